@@ -1,0 +1,92 @@
+import { readFileSync } from 'node:fs';
+import { applyEnvOverrides } from './env.js';
+import { describeValue, formatIssue, fromZodIssues, type ConfigIssue } from './issues.js';
+import { agentConfigSchema, SECRET_KEYS, type AgentConfig } from './schema.js';
+
+export type ConfigResult =
+  | { ok: true; config: AgentConfig; warnings: string[] }
+  | { ok: false; issues: ConfigIssue[]; warnings: string[] };
+
+export interface LoadOptions {
+  /** Path of the JSON config file; undefined means "embedded defaults plus environment". */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+function isSecretPath(path: string): boolean {
+  return SECRET_KEYS.has(path.split('.').pop() ?? '');
+}
+
+/** Reads and validates a config: file, then `IOTISTIC_*` overrides, then the schema's defaults. */
+export function loadConfig(opts: LoadOptions): ConfigResult {
+  const warnings: string[] = [];
+  let raw: unknown = {};
+  if (opts.file !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(opts.file, 'utf8');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'error';
+      return { ok: false, warnings, issues: [{ path: '', source: 'file', expected: `a readable file at ${opts.file} (${code})` }] };
+    }
+    try {
+      raw = JSON.parse(text) as unknown;
+    } catch (err) {
+      return {
+        ok: false,
+        warnings,
+        issues: [{ path: '', source: 'file', expected: `valid JSON in ${opts.file} (${(err as Error).message})` }],
+      };
+    }
+    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+      return { ok: false, warnings, issues: [{ path: '', source: 'file', value: raw, expected: 'a JSON object' }] };
+    }
+  }
+  const merged = structuredClone(raw) as Record<string, unknown>;
+  const env = applyEnvOverrides(merged, opts.env ?? {});
+  for (const name of env.unknown) warnings.push(`${name} is not a setting and was ignored`);
+  const parsed = agentConfigSchema.safeParse(merged);
+  if (!parsed.success) {
+    const sourceOf = (path: string): string => {
+      for (const [key, name] of env.applied) if (path === key || path.startsWith(`${key}.`)) return name;
+      return 'file';
+    };
+    return { ok: false, warnings, issues: fromZodIssues(parsed.error.issues, merged, sourceOf, isSecretPath) };
+  }
+  return { ok: true, config: parsed.data, warnings };
+}
+
+export function formatIssues(issues: readonly ConfigIssue[]): string {
+  return issues.map((i) => `  - ${formatIssue(i)}`).join('\n');
+}
+
+/** A copy of a config that is safe to log or show: secret values replaced. */
+export function redactConfig<T>(value: T): T {
+  if (Array.isArray(value)) return value.map((v: unknown) => redactConfig(v)) as T;
+  if (value === null || typeof value !== 'object') return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) out[k] = SECRET_KEYS.has(k) && v !== undefined ? '[redacted]' : redactConfig(v);
+  return out as T;
+}
+
+/**
+ * The data dir is needed before a config is known to be good (the last-known-good copy lives
+ * there), so it is found on its own: CLI flag, then environment, then the file's `dataDir` if the
+ * file can be read that far, then the default.
+ */
+export function resolveDataDir(opts: { flag?: string; file?: string; env?: NodeJS.ProcessEnv; fallback: string }): string {
+  if (opts.flag) return opts.flag;
+  const fromEnv = opts.env?.IOTISTIC_DATA_DIR;
+  if (fromEnv) return fromEnv;
+  if (opts.file) {
+    try {
+      const raw = JSON.parse(readFileSync(opts.file, 'utf8')) as { dataDir?: unknown };
+      if (typeof raw.dataDir === 'string' && raw.dataDir !== '') return raw.dataDir;
+    } catch {
+      // A broken file is reported by loadConfig; here it just does not name a data dir.
+    }
+  }
+  return opts.fallback;
+}
+
+export { describeValue };

@@ -1,0 +1,130 @@
+import { z } from 'zod';
+
+/**
+ * The one place for every setting and its default. The JSON Schema shipped in `schema/` is
+ * generated from this (npm run build), and `docs/configuration.md` explains the choices.
+ * Objects are strict: a misspelt key is an error that names it, not a silently ignored setting.
+ */
+
+const ms = (min: number) => z.number().int().min(min);
+const seconds = (min: number) => z.number().min(min);
+
+export const JITTER_STRATEGIES = ['full', 'decorrelated', 'equal', 'none'] as const;
+export type JitterStrategy = (typeof JITTER_STRATEGIES)[number];
+
+const offlineSchema = z.strictObject({
+  enableQueue: z.boolean().default(true).describe('Queue cloud-bound messages on disk while the cloud cannot be reached.'),
+  maxQueueSize: z
+    .number()
+    .int()
+    .min(100)
+    .default(100_000)
+    .describe('Most messages the outbox holds in total; beyond it the oldest lowest-priority messages are dropped.'),
+  maxQueueBytes: z
+    .number()
+    .int()
+    .min(1_048_576)
+    .default(256 * 1_048_576)
+    .describe('Most payload bytes the outbox holds in total (on disk, after compression).'),
+  maxOfflineMetricsBuffer: z
+    .number()
+    .int()
+    .min(10)
+    .default(10_080)
+    .describe('Most system-metrics samples kept while offline; older samples are downsampled, not dropped.'),
+  offlineThresholdSeconds: seconds(0)
+    .default(300)
+    .describe('Seconds offline before cloud-dependent features are paused (graceful degradation).'),
+  enableGracefulDegradation: z.boolean().default(true).describe('Pause cloud-dependent features after offlineThresholdSeconds offline.'),
+  minBackoffSeconds: seconds(0.1).default(2).describe('First retry delay of the backoff, before jitter.'),
+  maxBackoffSeconds: seconds(1).default(900).describe('Cap of the exponential backoff, in seconds.'),
+  enableJitter: z.boolean().default(true).describe('Randomise retry delays so a fleet does not reconnect in step. false means jitter "none".'),
+  jitter: z.enum(JITTER_STRATEGIES).default('full').describe('Jitter strategy of the backoff when enableJitter is true.'),
+  backoffResetAfterSeconds: seconds(0)
+    .default(30)
+    .describe('A success resets the backoff only after the connection stayed good this long (flapping links keep backing off).'),
+  offlineAfterFailures: z.number().int().min(1).default(3).describe('Consecutive failures on a channel before it counts as offline.'),
+  probeMaxIntervalSeconds: seconds(1).default(30).describe('While offline, longest pause between cheap TCP reachability probes.'),
+});
+
+const settingsSchema = z.strictObject({
+  pollIntervalMs: ms(1_000).default(60_000).describe('Target-state poll interval while online (jitter is added).'),
+  reportIntervalMs: ms(100).default(10_000).describe('At most one current-state report per this interval.'),
+  metricsIntervalMs: ms(1_000).default(60_000).describe('System metrics sampling interval.'),
+  reconciliationIntervalMs: ms(1_000).default(30_000).describe('How often workloads are reconciled against the target state.'),
+  offline: offlineSchema.prefault({}),
+});
+
+const deviceSchema = z.strictObject({
+  uuid: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{2,127}$/, 'a device id of 3-128 letters, digits, ".", "_" or "-"')
+    .optional()
+    .describe('Device id. When absent, one is generated at first start and kept in the store.'),
+  apiKey: z.string().min(8).optional().describe('Device API key sent as a bearer token to the cloud and MQTT broker. Never logged.'),
+  name: z.string().max(128).optional().describe('A human name for the device, shown locally.'),
+});
+
+const cloudSchema = z.strictObject({
+  apiUrl: z
+    .url({ protocol: /^https?$/ })
+    .optional()
+    .describe('Base URL of the device HTTP API. Without it the agent runs in local mode (no cloud).'),
+  requestTimeoutMs: ms(100).default(30_000).describe('A cloud request that has not completed in this time is aborted and counts as a failure.'),
+  caFile: z.string().optional().describe('Extra CA certificate (PEM) to trust for the cloud, on top of the system roots.'),
+});
+
+const apiSchema = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1').describe('Address the local API listens on. Keep it on loopback unless you know why.'),
+  port: z.number().int().min(0).max(65_535).default(48_484).describe('Port of the local API (0 picks a free one).'),
+  localApiKey: z
+    .string()
+    .min(16)
+    .optional()
+    .describe('Bearer key for the local API. When absent, one is generated at first start and kept in the data dir (mode 0600).'),
+});
+
+const loggingSchema = z.strictObject({
+  level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+  format: z.enum(['auto', 'json', 'pretty']).default('auto').describe('auto: pretty on a terminal, JSON otherwise.'),
+});
+
+const storeSchema = z.strictObject({
+  synchronous: z
+    .enum(['full', 'normal'])
+    .default('full')
+    .describe('full: a committed write survives a power cut. normal: survives a process crash, may lose the last commits on power loss.'),
+});
+
+const featuresSchema = z.strictObject({
+  dashboard: z.boolean().default(true).describe('Serve the dashboard page at / of the local API.'),
+  metrics: z.boolean().default(true).describe('Sample system metrics and send them to the cloud.'),
+  jobs: z.boolean().default(true).describe('Poll and run cloud jobs.'),
+  shadow: z.boolean().default(true).describe('Keep a local device shadow and sync it with the cloud.'),
+  localBroker: z.boolean().default(false).describe('Embedded MQTT listener on 127.0.0.1:1884 for local apps.'),
+});
+
+export const agentConfigSchema = z
+  .strictObject({
+    $schema: z.string().optional().describe('Path or URL of this JSON Schema, for editors.'),
+    dataDir: z.string().min(1).default('/var/lib/iotistic-agent').describe('Where the database, keys and logs live.'),
+    device: deviceSchema.prefault({}),
+    cloud: cloudSchema.prefault({}),
+    api: apiSchema.prefault({}),
+    logging: loggingSchema.prefault({}),
+    store: storeSchema.prefault({}),
+    settings: settingsSchema.prefault({}),
+    features: featuresSchema.prefault({}),
+  })
+  .describe('Iotistic Agent configuration');
+
+export type AgentConfig = z.output<typeof agentConfigSchema>;
+export type AgentConfigInput = z.input<typeof agentConfigSchema>;
+
+/** Every default, as the agent runs with an empty config file. */
+export function defaultConfig(): AgentConfig {
+  return agentConfigSchema.parse({});
+}
+
+/** The keys whose values are secrets: redacted when a config is shown or logged. */
+export const SECRET_KEYS = new Set(['apiKey', 'localApiKey', 'password']);

@@ -1,0 +1,109 @@
+import BetterSqlite3, { type Database } from 'better-sqlite3';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, renameSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Clock } from '../util/clock.js';
+import { AgentError, errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import { latestVersion, MIGRATIONS, type Migration } from './migrations.js';
+
+export interface OpenStoreOptions {
+  path: string;
+  logger: Logger;
+  clock: Pick<Clock, 'now'>;
+  /** `full` survives power loss; `normal` survives a process crash only (faster). */
+  synchronous?: 'full' | 'normal';
+  migrations?: readonly Migration[];
+}
+
+export interface OpenedDatabase {
+  db: Database;
+  /** Where a corrupt file was moved, when one was found at start. */
+  quarantinedTo?: string;
+}
+
+const SQLITE_FILES = ['', '-wal', '-shm'];
+
+/** Errors from SQLite that mean the file is not a usable database, as opposed to a full disk or a permission problem. */
+function isCorruption(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT'));
+}
+
+function createPrivateFile(path: string): void {
+  // Create the file ourselves so its mode is 0600 from the first byte; SQLite gives the WAL and
+  // shared-memory files the same mode as the database.
+  if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+  chmodSync(path, 0o600);
+}
+
+function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: readonly Migration[]): Database {
+  const db = new BetterSqlite3(path);
+  try {
+    db.pragma('journal_mode = WAL');
+    // FULL fsyncs the WAL on every commit, so a committed transaction survives a power cut.
+    db.pragma(`synchronous = ${synchronous.toUpperCase()}`);
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    // Bound the WAL so a long offline stretch does not grow it without limit.
+    db.pragma('journal_size_limit = 67108864');
+    const check = db.pragma('quick_check', { simple: true });
+    if (check !== 'ok') {
+      throw Object.assign(new Error(`integrity check failed: ${String(check)}`), { code: 'SQLITE_CORRUPT' });
+    }
+    migrate(db, migrations);
+    return db;
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+export function migrate(db: Database, migrations: readonly Migration[] = MIGRATIONS): number {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  const target = latestVersion(migrations);
+  if (current > target) {
+    throw new AgentError(
+      'STORE_TOO_NEW',
+      `the database schema is version ${current} but this agent knows up to ${target}; it was written by a newer agent`,
+    );
+  }
+  for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
+    if (m.version <= current) continue;
+    db.transaction(() => {
+      m.up(db);
+      db.pragma(`user_version = ${m.version}`);
+    })();
+  }
+  return target;
+}
+
+/**
+ * Opens the agent's database: WAL, durable pragmas, migrations, a quick integrity check. A file
+ * that is not a database or fails the check is moved aside (all of its files, with a timestamp
+ * suffix) and a fresh database takes its place, so the agent keeps running on what it can rebuild.
+ */
+export function openDatabase(opts: OpenStoreOptions): OpenedDatabase {
+  const { path, logger } = opts;
+  const synchronous = opts.synchronous ?? 'full';
+  const migrations = opts.migrations ?? MIGRATIONS;
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  createPrivateFile(path);
+  try {
+    return { db: openAndCheck(path, synchronous, migrations) };
+  } catch (err) {
+    if (!isCorruption(err)) {
+      throw new AgentError('STORE_OPEN_FAILED', `cannot open the database ${path}: ${errorMessage(err)}`, { cause: err });
+    }
+    const stamp = new Date(opts.clock.now()).toISOString().replace(/[:.]/g, '-');
+    const quarantinedTo = `${path}.corrupt-${stamp}`;
+    for (const suffix of SQLITE_FILES) {
+      if (existsSync(path + suffix)) renameSync(path + suffix, quarantinedTo + suffix);
+    }
+    logger.error(
+      { file: path, quarantinedTo, reason: errorMessage(err) },
+      `database ${path} is corrupt; moved it to ${quarantinedTo} and started a fresh one`,
+    );
+    createPrivateFile(path);
+    return { db: openAndCheck(path, synchronous, migrations), quarantinedTo };
+  }
+}

@@ -1,0 +1,85 @@
+import type { Database } from 'better-sqlite3';
+import type { Clock } from '../util/clock.js';
+import type { Logger } from '../util/logger.js';
+import { openDatabase } from './database.js';
+
+export interface StoredTarget {
+  etag: string | null;
+  version: number | null;
+  document: unknown;
+  source: 'cloud' | 'local';
+  receivedAt: number;
+}
+
+export interface OutageRecord {
+  id: number;
+  channel: string;
+  start: number;
+  end: number | null;
+  durationMs: number | null;
+  cause: string;
+}
+
+/**
+ * The agent's SQLite database and the small typed accessors the core needs. Larger parts (the
+ * outbox, MQTT's in-flight store) take `db` and own their own tables and statements.
+ */
+export class Store {
+  readonly quarantinedTo: string | undefined;
+  private closed = false;
+
+  private constructor(
+    readonly db: Database,
+    readonly path: string,
+    private readonly clock: Pick<Clock, 'now'>,
+    quarantinedTo: string | undefined,
+  ) {
+    this.quarantinedTo = quarantinedTo;
+  }
+
+  static open(opts: { path: string; logger: Logger; clock: Pick<Clock, 'now'>; synchronous?: 'full' | 'normal' }): Store {
+    const { db, quarantinedTo } = openDatabase(opts);
+    return new Store(db, opts.path, opts.clock, quarantinedTo);
+  }
+
+  getKv<T>(key: string): T | undefined {
+    const row = this.db.prepare('SELECT value FROM kv WHERE key = ?').get(key) as { value: string } | undefined;
+    return row ? (JSON.parse(row.value) as T) : undefined;
+  }
+
+  setKv(key: string, value: unknown): void {
+    this.db
+      .prepare('INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at')
+      .run(key, JSON.stringify(value), this.clock.now());
+  }
+
+  getTarget(): StoredTarget | undefined {
+    const row = this.db.prepare('SELECT etag, version, document, source, received_at FROM target_state WHERE id = 1').get() as
+      | { etag: string | null; version: number | null; document: string; source: 'cloud' | 'local'; received_at: number }
+      | undefined;
+    if (!row) return undefined;
+    return { etag: row.etag, version: row.version, document: JSON.parse(row.document) as unknown, source: row.source, receivedAt: row.received_at };
+  }
+
+  /** Replaces the target in one transaction, so a crash leaves the old one or the new one, never half. */
+  setTarget(target: Omit<StoredTarget, 'receivedAt'>): void {
+    this.db
+      .prepare(
+        `INSERT INTO target_state (id, etag, version, document, source, received_at) VALUES (1, ?, ?, ?, ?, ?)
+         ON CONFLICT(id) DO UPDATE SET etag = excluded.etag, version = excluded.version, document = excluded.document,
+           source = excluded.source, received_at = excluded.received_at`,
+      )
+      .run(target.etag, target.version, JSON.stringify(target.document), target.source, this.clock.now());
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    // Fold the WAL back into the main file so a copied or backed-up database is whole.
+    try {
+      this.db.pragma('wal_checkpoint(TRUNCATE)');
+    } finally {
+      this.db.close();
+    }
+  }
+}

@@ -1,0 +1,89 @@
+import { abortError, type Clock } from './clock.js';
+
+interface Sleeper {
+  due: number;
+  seq: number;
+  resolve: () => void;
+}
+
+/**
+ * A deterministic clock for unit tests and simulations. Time moves only when `advance` is called;
+ * sleepers whose deadline is reached are woken in deadline order, and the promise queue is drained
+ * between wake-ups so that code awaiting a sleep can schedule its next one inside the same advance.
+ */
+export class FakeClock implements Clock {
+  private mono = 0;
+  private wall: number;
+  private sleepers: Sleeper[] = [];
+  private seq = 0;
+
+  constructor(startWallMs = Date.UTC(2026, 0, 1)) {
+    this.wall = startWallMs;
+  }
+
+  now(): number {
+    return this.wall;
+  }
+
+  monotonic(): number {
+    return this.mono;
+  }
+
+  /** Moves the wall clock only (an NTP correction); monotonic time is untouched. */
+  jumpWall(deltaMs: number): void {
+    this.wall += deltaMs;
+  }
+
+  get pendingSleepers(): number {
+    return this.sleepers.length;
+  }
+
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) return reject(abortError(signal));
+      const sleeper: Sleeper = {
+        due: this.mono + Math.max(0, ms),
+        seq: this.seq++,
+        resolve: () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+      };
+      const onAbort = (): void => {
+        this.sleepers = this.sleepers.filter((s) => s !== sleeper);
+        reject(abortError(signal));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.sleepers.push(sleeper);
+    });
+  }
+
+  /** Advances both clocks by `ms`, waking every sleeper that falls due on the way, in order. */
+  async advance(ms: number): Promise<void> {
+    const target = this.mono + ms;
+    for (;;) {
+      await flushMicrotasks();
+      const next = this.earliest();
+      if (!next || next.due > target) break;
+      this.wall += next.due - this.mono;
+      this.mono = next.due;
+      this.sleepers = this.sleepers.filter((s) => s !== next);
+      next.resolve();
+    }
+    this.wall += target - this.mono;
+    this.mono = target;
+    await flushMicrotasks();
+  }
+
+  private earliest(): Sleeper | undefined {
+    let best: Sleeper | undefined;
+    for (const s of this.sleepers) {
+      if (!best || s.due < best.due || (s.due === best.due && s.seq < best.seq)) best = s;
+    }
+    return best;
+  }
+}
+
+async function flushMicrotasks(): Promise<void> {
+  for (let i = 0; i < 20; i++) await Promise.resolve();
+}

@@ -1,0 +1,50 @@
+import pino, { type Logger } from 'pino';
+
+export type { Logger };
+
+export type LogFormat = 'auto' | 'json' | 'pretty';
+
+/**
+ * Paths that may hold secrets, redacted wherever they appear in a log record. Config objects are
+ * logged through `redactConfig` as well, so a new secret key needs adding in one of the two places.
+ */
+export const REDACT_PATHS = [
+  'apiKey',
+  '*.apiKey',
+  '*.*.apiKey',
+  'localApiKey',
+  '*.localApiKey',
+  '*.*.localApiKey',
+  'password',
+  '*.password',
+  '*.*.password',
+  'authorization',
+  '*.authorization',
+  'headers.authorization',
+  'req.headers.authorization',
+];
+
+export interface LoggerOptions {
+  level?: string;
+  format?: LogFormat;
+  /** Where records go; defaults to stdout. Tests pass a stream to read them back. */
+  destination?: NodeJS.WritableStream;
+}
+
+export function createLogger(opts: LoggerOptions = {}): Logger {
+  const format = opts.format ?? 'auto';
+  const pretty = format === 'pretty' || (format === 'auto' && process.stdout.isTTY === true && !opts.destination);
+  const base = {
+    level: opts.level ?? 'info',
+    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    base: { pid: process.pid },
+    timestamp: pino.stdTimeFunctions.isoTime,
+  };
+  if (pretty) {
+    return pino({
+      ...base,
+      transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } },
+    });
+  }
+  return opts.destination ? pino(base, opts.destination) : pino(base);
+}
