@@ -14,7 +14,7 @@ export interface ConfigIssue {
 
 export function formatIssue(issue: ConfigIssue): string {
   const where = issue.path === '' ? '(document)' : issue.path;
-  const from = issue.source === 'file' ? '' : ` (from ${issue.source})`;
+  const from = issue.source.startsWith('IOTISTIC_') ? ` (from ${issue.source})` : '';
   const got = 'value' in issue ? `, got ${describeValue(issue.value)}` : '';
   return `${where}${from}: expected ${issue.expected}${got}`;
 }

@@ -50,7 +50,7 @@ export class Store {
   setKv(key: string, value: unknown): void {
     this.db
       .prepare('INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at')
-      .run(key, JSON.stringify(value), this.clock.now());
+      .run(key, JSON.stringify(value), Math.round(this.clock.now()));
   }
 
   getTarget(): StoredTarget | undefined {
@@ -69,7 +69,7 @@ export class Store {
          ON CONFLICT(id) DO UPDATE SET etag = excluded.etag, version = excluded.version, document = excluded.document,
            source = excluded.source, received_at = excluded.received_at`,
       )
-      .run(target.etag, target.version, JSON.stringify(target.document), target.source, this.clock.now());
+      .run(target.etag, target.version, JSON.stringify(target.document), target.source, Math.round(this.clock.now()));
   }
 
   close(): void {

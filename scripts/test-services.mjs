@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+// Makes sure the real services the tests use are installed. Tests start their own private
+// instances (own port, own data dir); nothing here starts a shared daemon.
+// As root, missing Debian packages are installed with apt-get; otherwise this says what to install
+// and exits non-zero, so the tests that need them fail loudly instead of skipping.
+import { execFileSync, spawnSync } from 'node:child_process';
+
+const REQUIRED = [
+  { bin: 'mosquitto', pkg: 'mosquitto', why: 'MQTT tests run a private Mosquitto broker' },
+  { bin: 'mosquitto_sub', pkg: 'mosquitto-clients', why: 'MQTT tests watch birth/last-will messages with mosquitto_sub' },
+];
+
+const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0 ||
+  spawnSync('test', ['-x', `/usr/sbin/${bin}`]).status === 0;
+
+const missing = REQUIRED.filter((r) => !has(r.bin));
+if (missing.length === 0) {
+  process.stdout.write('test services: all present\n');
+  process.exit(0);
+}
+const pkgs = [...new Set(missing.map((m) => m.pkg))];
+const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+if (!isRoot) {
+  process.stderr.write(
+    `test services missing:\n${missing.map((m) => `  - ${m.bin} (${m.why})`).join('\n')}\n` +
+      `install them with: sudo apt-get install -y ${pkgs.join(' ')}\n`,
+  );
+  process.exit(1);
+}
+process.stdout.write(`installing ${pkgs.join(' ')} with apt-get\n`);
+const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+execFileSync('apt-get', ['update', '-q'], { stdio: 'inherit', env });
+execFileSync('apt-get', ['install', '-y', '-q', '--no-install-recommends', ...pkgs], { stdio: 'inherit', env });
+const still = REQUIRED.filter((r) => !has(r.bin));
+if (still.length > 0) {
+  process.stderr.write(`still missing after apt-get: ${still.map((m) => m.bin).join(', ')}\n`);
+  process.exit(1);
+}

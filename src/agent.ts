@@ -1,0 +1,250 @@
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { ensureLocalKey } from './api/local-key.js';
+import { createMetrics } from './api/metrics.js';
+import { startApi } from './api/server.js';
+import { HealthReporter } from './cloud/health-report.js';
+import { CloudHttpClient } from './cloud/http-client.js';
+import { StateReporter } from './cloud/state-report.js';
+import { TargetStatePoller } from './cloud/target-state.js';
+import type { AgentConfig } from './config/schema.js';
+import { backoffFromSettings } from './resilience/backoff.js';
+import { ConnectionMonitor } from './resilience/connection-monitor.js';
+import { DegradationController } from './resilience/degradation.js';
+import { SqliteOutageLog } from './resilience/outage-log.js';
+import { ConnectivityProbe, probeTargetsFromUrls } from './resilience/probe.js';
+import { Wakeup } from './resilience/wakeup.js';
+import type { Store } from './store/store.js';
+import { systemClock, type Clock } from './util/clock.js';
+import { IdGenerator } from './util/ids.js';
+import type { Json } from './util/json-diff.js';
+import type { Logger } from './util/logger.js';
+import { LoopRunner } from './util/loops.js';
+import { systemRandom, type Random } from './util/random.js';
+import { AGENT_VERSION } from './version.js';
+import type { TargetState } from './workloads/target-schema.js';
+
+export interface AgentDeps {
+  config: AgentConfig;
+  store: Store;
+  logger: Logger;
+  clock?: Clock;
+  random?: Random;
+}
+
+const UUID_KEY = 'device.uuid';
+
+/** The device id: configured, else the one generated at first start and kept in the store. */
+export function deviceUuid(config: AgentConfig, store: Store): string {
+  if (config.device.uuid) return config.device.uuid;
+  const kept = store.getKv<string>(UUID_KEY);
+  if (kept) return kept;
+  const generated = randomBytes(16).toString('hex');
+  store.setKv(UUID_KEY, generated);
+  return generated;
+}
+
+/**
+ * The composition root: builds every part from the config, starts the loops and the local API, and
+ * stops them in order. Parts get what they need through their constructors; nothing is global.
+ */
+export class Agent {
+  readonly uuid: string;
+  readonly localKey: string;
+  apiUrl = '';
+  private readonly loops: LoopRunner;
+  private readonly monitor: ConnectionMonitor;
+  private readonly degradation: DegradationController;
+  private readonly http: CloudHttpClient | undefined;
+  private readonly poller: TargetStatePoller | undefined;
+  private readonly reporter: StateReporter | undefined;
+  private readonly health: HealthReporter | undefined;
+  private readonly probe: ConnectivityProbe | undefined;
+  private api: Awaited<ReturnType<typeof startApi>> | undefined;
+  private target: TargetState | undefined;
+  private stopped = false;
+
+  constructor(private readonly deps: AgentDeps) {
+    const { config, store, logger } = deps;
+    const clock = deps.clock ?? systemClock;
+    const random = deps.random ?? systemRandom;
+    const offline = config.settings.offline;
+    this.uuid = deviceUuid(config, store);
+    this.localKey = ensureLocalKey(config.dataDir, config.api.localApiKey);
+    this.loops = new LoopRunner({ logger, clock });
+    const ids = new IdGenerator(() => clock.now());
+    this.monitor = new ConnectionMonitor({
+      clock,
+      offlineAfterFailures: offline.offlineAfterFailures,
+      outageLog: new SqliteOutageLog(store),
+      channels: config.cloud.apiUrl ? ['api'] : [],
+      logger: logger.child({ part: 'connection' }),
+    });
+    const wakeup = new Wakeup({ clock, random });
+    this.degradation = new DegradationController({
+      status: this.monitor,
+      clock,
+      random,
+      logger,
+      enabled: offline.enableGracefulDegradation,
+      thresholdMs: offline.offlineThresholdSeconds * 1000,
+    });
+    const stored = store.getTarget();
+    if (stored) this.target = stored.document as TargetState;
+
+    if (config.cloud.apiUrl) {
+      this.http = new CloudHttpClient({
+        baseUrl: config.cloud.apiUrl,
+        ...(config.device.apiKey ? { apiKey: config.device.apiKey } : {}),
+        timeoutMs: config.cloud.requestTimeoutMs,
+        clock,
+        ...(config.cloud.caFile ? { caFile: config.cloud.caFile } : {}),
+        userAgent: `iotistic-agent/${AGENT_VERSION}`,
+      });
+      const settings = (): AgentConfig['settings'] => ({ ...config.settings, ...(this.target?.config.settings ?? {}) });
+      const backoff = (): ReturnType<typeof backoffFromSettings> => backoffFromSettings(offline, { clock, random });
+      this.poller = new TargetStatePoller({
+        http: this.http,
+        uuid: this.uuid,
+        store,
+        monitor: this.monitor,
+        backoff: backoff(),
+        sleeper: wakeup,
+        clock,
+        random,
+        logger: logger.child({ part: 'target-state' }),
+        pollIntervalMs: () => settings().pollIntervalMs,
+        onTarget: (t) => {
+          this.target = t;
+          this.reporter?.markDirty();
+        },
+        onRejected: () => this.reporter?.markDirty(),
+      });
+      this.reporter = new StateReporter({
+        http: this.http,
+        uuid: this.uuid,
+        store,
+        monitor: this.monitor,
+        backoff: backoff(),
+        sleeper: wakeup,
+        clock,
+        logger: logger.child({ part: 'state-report' }),
+        ids,
+        intervalMs: () => settings().reportIntervalMs,
+        current: () => this.currentState(),
+      });
+      this.health = new HealthReporter({
+        http: this.http,
+        uuid: this.uuid,
+        monitor: this.monitor,
+        backoff: backoff(),
+        sleeper: wakeup,
+        clock,
+        logger: logger.child({ part: 'health-report' }),
+        health: () => this.connectionHealth(),
+      });
+      this.probe = new ConnectivityProbe({
+        targets: probeTargetsFromUrls([config.cloud.apiUrl]),
+        status: this.monitor,
+        wakeup,
+        clock,
+        random,
+        logger: logger.child({ part: 'probe' }),
+        maxIntervalMs: offline.probeMaxIntervalSeconds * 1000,
+      });
+      this.monitor.on('status', (e) => {
+        logger.info({ from: e.from, to: e.to, cause: e.cause }, `connection ${e.from} -> ${e.to}`);
+        this.reporter?.markDirty();
+        if (e.from === 'offline') this.health?.request();
+      });
+    }
+  }
+
+  /** The current state as reported to the cloud (PROTOCOL.md "Current state"). */
+  currentState(): Json {
+    const health = this.monitor.health();
+    return {
+      status: 'applied',
+      targetVersion: this.target?.version ?? null,
+      apps: {},
+      connection: { status: health.status, offlineSince: health.offlineSince },
+      agent: { version: AGENT_VERSION },
+    };
+  }
+
+  connectionHealth(): ReturnType<ConnectionMonitor['health']> & { degradation: { mode: string; since: number | null } } {
+    return { ...this.monitor.health(), degradation: { mode: this.degradation.mode(), since: this.degradation.since() } };
+  }
+
+  stateView(): unknown {
+    const stored = this.deps.store.getTarget();
+    return {
+      target: stored ?? null,
+      lastRejection: this.poller?.lastRejection ?? null,
+      lastPollAt: this.poller?.lastPollAt ?? null,
+      lastPollError: this.poller?.lastError ?? null,
+      lastReportError: this.reporter?.lastError ?? null,
+      current: this.currentState(),
+      mode: this.deps.config.cloud.apiUrl ? 'cloud' : 'local',
+    };
+  }
+
+  async start(): Promise<void> {
+    const { config, logger } = this.deps;
+    const signal = this.loops.signal;
+    this.degradation.start(signal);
+    if (this.poller) this.loops.start('target-state', (s) => this.poller!.run(s));
+    if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
+    if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
+    if (this.probe) this.probe.start(signal);
+    const metrics = createMetrics({
+      connection: () => this.monitor.health(),
+      targetVersion: () => this.target?.version ?? null,
+      loops: () => this.loops.status(),
+      degraded: () => this.degradation.mode() === 'degraded',
+    });
+    this.api = await startApi({
+      host: config.api.host,
+      port: config.api.port,
+      key: this.localKey,
+      logger,
+      dashboard: config.features.dashboard,
+      view: {
+        version: AGENT_VERSION,
+        uuid: this.uuid,
+        loops: () => this.loops.status(),
+        healthy: () => this.loops.healthy(),
+        connection: () => this.connectionHealth(),
+        state: () => this.stateView(),
+        pollNow: () => {
+          if (!this.poller) return false;
+          this.poller.pollNow();
+          return true;
+        },
+        metrics,
+      },
+    });
+    this.apiUrl = this.api.url;
+    logger.info(
+      { uuid: this.uuid, api: this.apiUrl, cloud: config.cloud.apiUrl ?? null, dataDir: config.dataDir, version: AGENT_VERSION },
+      config.cloud.apiUrl ? 'agent started' : 'agent started in local mode (no cloud.apiUrl)',
+    );
+  }
+
+  /** Stops every loop, closes the API and the cloud client, and closes the database. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    const { logger, store } = this.deps;
+    const stuck = await this.loops.stop(3_000);
+    if (stuck.length > 0) logger.warn({ loops: stuck }, 'loops did not stop in time');
+    await this.api?.app.close();
+    await this.http?.close();
+    store.close();
+    logger.info('agent stopped');
+  }
+}
+
+export function databasePath(dataDir: string): string {
+  return join(dataDir, 'agent.db');
+}

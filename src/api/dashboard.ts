@@ -1,0 +1,58 @@
+/**
+ * The local dashboard: one static page. It reads the local API key from the URL fragment
+ * (`/#key=...`, never sent to the server) or asks for it, keeps it in sessionStorage, and polls
+ * the authenticated JSON routes.
+ */
+export function dashboardHtml(version: string): string {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>Iotistic Agent</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:12px 20px;display:flex;gap:16px;align-items:center}
+header h1{font-size:16px;margin:0}#badge{padding:2px 10px;border-radius:10px;font-weight:600}
+.online{background:#1f9d55;color:#fff}.degraded{background:#f0b429;color:#000}.offline{background:#d64545;color:#fff}
+main{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:16px;padding:16px}
+section{background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px #0002}
+h2{font-size:14px;margin:0 0 8px}table{border-collapse:collapse;width:100%}td{padding:2px 6px;border-bottom:1px solid #eee;vertical-align:top}
+td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break:break-all;margin:0;font-size:12px}
+#err{color:#d64545;padding:0 20px}
+</style></head>
+<body><header><h1>Iotistic Agent</h1><span id="badge">…</span><span id="dev"></span><span style="margin-left:auto;opacity:.6">v${version}</span></header>
+<p id="err"></p>
+<main>
+<section><h2>Connection</h2><table id="conn"></table></section>
+<section><h2>Channels</h2><table id="chan"></table></section>
+<section><h2>Recent outages</h2><table id="out"></table></section>
+<section><h2>Target state</h2><table id="state"></table></section>
+<section><h2>Loops</h2><table id="loops"></table></section>
+</main>
+<script>
+(function(){
+  var m = location.hash.match(/key=([^&]+)/);
+  if (m) { sessionStorage.setItem('iotisticKey', decodeURIComponent(m[1])); history.replaceState(null, '', location.pathname); }
+  var key = sessionStorage.getItem('iotisticKey');
+  if (!key) { key = prompt('Local API key (iotistic-agent status --show-key)') || ''; sessionStorage.setItem('iotisticKey', key); }
+  function esc(v){ return String(v).replace(/[&<>"]/g, function(c){ return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]; }); }
+  function ts(v){ return v ? new Date(v).toLocaleString() : '—'; }
+  function dur(ms){ if (ms == null) return '—'; var s = Math.round(ms/1000); return s < 120 ? s + ' s' : s < 7200 ? Math.round(s/60) + ' min' : Math.round(s/3600) + ' h'; }
+  function rows(id, pairs){ document.getElementById(id).innerHTML = pairs.map(function(p){ return '<tr><td>' + esc(p[0]) + '</td><td>' + p[1] + '</td></tr>'; }).join(''); }
+  function get(path){ return fetch(path, { headers: { authorization: 'Bearer ' + key } }).then(function(r){ if (r.status === 401) { sessionStorage.removeItem('iotisticKey'); throw new Error('wrong local API key: reload and enter it again'); } return r.json(); }); }
+  function tick(){
+    Promise.all([get('/v2/connection'), get('/v2/state'), get('/v2/loops'), get('/v2/device')]).then(function(a){
+      var c = a[0], s = a[1], loops = a[2], dev = a[3];
+      document.getElementById('err').textContent = '';
+      var b = document.getElementById('badge'); b.textContent = c.status; b.className = c.status;
+      document.getElementById('dev').textContent = dev.uuid;
+      rows('conn', [['status', esc(c.status)], ['uptime', dur(c.uptime)], ['offline since', ts(c.offlineSince)], ['last poll', ts(c.lastPollSuccess)], ['last report', ts(c.lastReportSuccess)], ['poll failures', c.pollFailures], ['report failures', c.reportFailures], ['degradation', esc((c.degradation && c.degradation.mode) || 'normal')]]);
+      rows('chan', Object.keys(c.channels || {}).map(function(n){ var ch = c.channels[n]; return [n, esc(ch.status) + (ch.lastError ? '<br><small>' + esc(ch.lastError) + '</small>' : '')]; }));
+      rows('out', (c.outages || []).slice(0, 8).map(function(o){ return [ts(o.start), dur(o.durationMs) + ' — ' + esc(o.cause)]; }));
+      var t = s.target;
+      rows('state', [['version', t ? t.version : '—'], ['source', t ? esc(t.source) : '—'], ['received', t ? ts(t.receivedAt) : '—'], ['rejected', s.lastRejection ? esc(s.lastRejection.message) : '—'], ['apps', t ? '<pre>' + esc(JSON.stringify(t.document.apps, null, 1)) + '</pre>' : '—']]);
+      rows('loops', loops.map(function(l){ return [l.name, esc(l.state) + (l.restarts ? ' (' + l.restarts + ' restarts)' : '')]; }));
+    }).catch(function(e){ document.getElementById('err').textContent = e.message; });
+  }
+  tick(); setInterval(tick, 2000);
+})();
+</script></body></html>`;
+}

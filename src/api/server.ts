@@ -1,0 +1,111 @@
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Registry } from 'prom-client';
+import { z } from 'zod';
+import { formatIssue, fromZodIssues } from '../config/issues.js';
+import type { Logger } from '../util/logger.js';
+import type { LoopStatus } from '../util/loops.js';
+import { bearerMatches } from './auth.js';
+import { dashboardHtml } from './dashboard.js';
+
+/** What the local API shows and controls; `agent.ts` provides it. */
+export interface ApiView {
+  version: string;
+  uuid: string;
+  loops(): LoopStatus[];
+  healthy(): boolean;
+  connection(): unknown;
+  state(): unknown;
+  /** Triggers an immediate target-state poll; false when the agent has no cloud. */
+  pollNow(): boolean;
+  metrics: Registry;
+}
+
+export interface ApiOptions {
+  host: string;
+  port: number;
+  key: string;
+  logger: Logger;
+  dashboard: boolean;
+  view: ApiView;
+}
+
+const OPEN_ROUTES = new Set(['/ping', '/v1/healthy', '/']);
+
+export class BadRequest extends Error {
+  readonly statusCode = 400;
+}
+
+/** Parses a body with a zod schema; failures become a 400 whose message names each field. */
+export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.output<T> {
+  const r = schema.safeParse(body);
+  if (r.success) return r.data;
+  const issues = fromZodIssues(r.error.issues, body, () => 'body', () => false);
+  throw new BadRequest(issues.map((i) => formatIssue({ ...i, path: i.path === '' ? 'body' : `body.${i.path}` })).join('; '));
+}
+
+const updateBody = z.strictObject({ force: z.boolean().optional() }).optional();
+
+export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance; url: string }> {
+  const { view } = opts;
+  const app = Fastify({ logger: false, bodyLimit: 1_048_576, forceCloseConnections: true });
+
+  app.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
+    const path = req.url.split('?')[0] ?? '';
+    if (OPEN_ROUTES.has(path)) return;
+    if (!bearerMatches(req.headers.authorization, opts.key)) {
+      await reply
+        .code(401)
+        .header('www-authenticate', 'Bearer realm="iotistic-agent"')
+        .send({ error: 'unauthorized', message: 'this route needs Authorization: Bearer <local API key> (see `iotistic-agent status --show-key`)' });
+    }
+  });
+
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
+    const status = err.statusCode ?? 500;
+    if (status >= 500) opts.logger.error({ err: err.message, url: req.url }, 'local API error');
+    const message =
+      err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError ? `body is not valid JSON: ${err.message}` : err.message;
+    void reply.code(status).send({ error: status === 400 ? 'bad_request' : 'error', message });
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` });
+  });
+
+  app.get('/ping', async (_req, reply) => reply.type('text/plain').send('OK'));
+
+  // Healthy means the agent's own loops are alive. It never looks at the cloud: a supervisor that
+  // restarts agents whose cloud is down would restart a whole offline fleet in a storm.
+  app.get('/v1/healthy', async (_req, reply) => {
+    const healthy = view.healthy();
+    const down = view.loops().filter((l) => l.state !== 'running');
+    return reply.code(healthy ? 200 : 503).send({ healthy, down: down.map((l) => ({ loop: l.name, state: l.state, lastError: l.lastError })) });
+  });
+
+  app.get('/v2/connection', async () => view.connection());
+  app.get('/v2/state', async () => view.state());
+  app.get('/v2/loops', async () => view.loops());
+  app.get('/v2/device', async () => ({ uuid: view.uuid, version: view.version }));
+
+  app.post('/v1/update', async (req, reply) => {
+    parseBody(updateBody, req.body);
+    if (!view.pollNow()) {
+      return reply.code(409).send({ error: 'no_cloud', message: 'cloud.apiUrl is not set: the agent runs in local mode and has nothing to poll' });
+    }
+    return reply.code(202).send({ polling: true });
+  });
+
+  app.get('/metrics', async (_req, reply) => reply.type(view.metrics.contentType).send(await view.metrics.metrics()));
+
+  if (opts.dashboard) {
+    // The page holds no data: it asks the API for it with the key the user supplies (URL fragment).
+    app.get('/', async (_req, reply) =>
+      reply
+        .type('text/html; charset=utf-8')
+        .header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+        .send(dashboardHtml(view.version)),
+    );
+  }
+
+  const address = await app.listen({ host: opts.host, port: opts.port });
+  return { app, url: address };
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { z } from 'zod';
+import { readLocalKey } from './api/local-key.js';
+import { bootAgent } from './bootstrap.js';
+import { formatIssues, loadConfig, resolveDataDir } from './config/load.js';
+import { agentConfigSchema, defaultConfig } from './config/schema.js';
+import { AgentError, errorMessage } from './util/errors.js';
+import { AGENT_VERSION } from './version.js';
+import { renderStatus } from './status-view.js';
+
+/** Exit code for a configuration error (sysexits' EX_CONFIG), so service managers can tell it apart. */
+const EXIT_CONFIG = 78;
+
+const program = new Command()
+  .name('iotistic-agent')
+  .description('Offline-first device agent: runs workloads, queues cloud-bound data durably, reconnects gently.')
+  .version(AGENT_VERSION);
+
+program
+  .command('run')
+  .description('run the agent until SIGTERM or SIGINT')
+  .addOption(new Option('-c, --config <file>', 'JSON config file').env('IOTISTIC_CONFIG'))
+  .option('-d, --data-dir <dir>', 'data directory (database, keys); overrides the config')
+  .action(async (opts: { config?: string; dataDir?: string }) => {
+    let booted;
+    try {
+      booted = await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env });
+    } catch (err) {
+      process.stderr.write(`iotistic-agent: ${errorMessage(err)}\n`);
+      process.exit(err instanceof AgentError && err.code === 'CONFIG_INVALID' ? EXIT_CONFIG : 1);
+    }
+    const { agent, logger } = booted;
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, 'stopping');
+      // A stop that hangs must not keep a service manager waiting forever.
+      const deadline = setTimeout(() => {
+        logger.error('stop took too long; exiting');
+        process.exit(1);
+      }, 8_000);
+      deadline.unref();
+      agent
+        .stop()
+        .then(() => logger.flush(() => process.exit(0)))
+        .catch((err: unknown) => {
+          process.stderr.write(`iotistic-agent: stop failed: ${errorMessage(err)}\n`);
+          process.exit(1);
+        });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+program
+  .command('status')
+  .description('show connection, target and loops from the local API of a running agent')
+  .addOption(new Option('-c, --config <file>', 'config file, to find the API address and data dir').env('IOTISTIC_CONFIG'))
+  .option('-d, --data-dir <dir>', 'data directory holding the local API key')
+  .option('--api <url>', 'local API base URL (default from the config, else http://127.0.0.1:48484)')
+  .option('--key <key>', 'local API key (default: read from the data dir)')
+  .option('--json', 'print the raw JSON (for scripts)')
+  .option('--show-key', 'also print the local API key')
+  .action(async (opts: { config?: string; dataDir?: string; api?: string; key?: string; json?: boolean; showKey?: boolean }) => {
+    const loaded = opts.config ? loadConfig({ file: opts.config, env: process.env }) : undefined;
+    const cfg = loaded?.ok ? loaded.config : defaultConfig();
+    const dataDir = resolveDataDir({ flag: opts.dataDir, file: opts.config, env: process.env, fallback: cfg.dataDir });
+    const apiHost = cfg.api.host === '0.0.0.0' ? '127.0.0.1' : cfg.api.host;
+    const base = (opts.api ?? `http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${cfg.api.port}`).replace(/\/$/, '');
+    const key = opts.key ?? process.env.IOTISTIC_API_LOCAL_API_KEY ?? cfg.api.localApiKey ?? readLocalKey(dataDir);
+    if (!key) {
+      process.stderr.write(`iotistic-agent: no local API key: none in ${dataDir} (use --data-dir or --key)\n`);
+      process.exit(1);
+    }
+    const get = async (path: string): Promise<unknown> => {
+      const res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${key}` }, signal: AbortSignal.timeout(5_000) });
+      if (!res.ok) throw new Error(`${path} answered ${res.status}: ${await res.text()}`);
+      return res.json();
+    };
+    try {
+      const [device, connection, state, loops] = await Promise.all([get('/v2/device'), get('/v2/connection'), get('/v2/state'), get('/v2/loops')]);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ device, connection, state, loops, ...(opts.showKey ? { localApiKey: key } : {}) })}\n`);
+      } else {
+        process.stdout.write(renderStatus({ device, connection, state, loops } as Parameters<typeof renderStatus>[0], opts.showKey ? key : undefined));
+      }
+    } catch (err) {
+      process.stderr.write(`iotistic-agent: cannot read the agent's status at ${base}: ${errorMessage(err)}\n`);
+      process.exit(1);
+    }
+  });
+
+const configCmd = program.command('config').description('work with config files');
+configCmd
+  .command('check')
+  .description('validate a config file (and IOTISTIC_* overrides); exit 0 when good, 1 with the reasons when not')
+  .addOption(new Option('-c, --config <file>', 'JSON config file').env('IOTISTIC_CONFIG').makeOptionMandatory())
+  .action((opts: { config: string }) => {
+    const r = loadConfig({ file: opts.config, env: process.env });
+    for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
+    if (!r.ok) {
+      process.stderr.write(`${opts.config}: ${r.issues.length} error${r.issues.length === 1 ? '' : 's'}\n${formatIssues(r.issues)}\n`);
+      process.exit(1);
+    }
+    process.stdout.write(`${opts.config}: OK (cloud: ${r.config.cloud.apiUrl ?? 'none, local mode'}; data dir: ${r.config.dataDir})\n`);
+  });
+configCmd
+  .command('schema')
+  .description('print the JSON Schema of the config file')
+  .action(() => {
+    process.stdout.write(`${JSON.stringify(z.toJSONSchema(agentConfigSchema, { io: 'input' }), null, 2)}\n`);
+  });
+configCmd
+  .command('defaults')
+  .description('print the config with every default filled in')
+  .action(() => {
+    process.stdout.write(`${JSON.stringify(defaultConfig(), null, 2)}\n`);
+  });
+
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  process.stderr.write(`iotistic-agent: ${errorMessage(err)}\n`);
+  process.exit(1);
+});

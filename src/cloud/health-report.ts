@@ -1,0 +1,71 @@
+import type { Backoff } from '../resilience/backoff.js';
+import type { Clock } from '../util/clock.js';
+import { Kick } from '../util/kick.js';
+import { errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import { CloudError, type CloudHttpClient } from './http-client.js';
+import type { OutcomeSink, WakeableSleep } from './target-state.js';
+
+export interface HealthReporterOptions {
+  http: Pick<CloudHttpClient, 'request'>;
+  uuid: string;
+  monitor: OutcomeSink;
+  backoff: Backoff;
+  sleeper: WakeableSleep;
+  clock: Clock;
+  logger: Logger;
+  health: () => unknown;
+}
+
+/**
+ * Sends the ConnectionHealth (with the outage that just ended) when the device comes back from
+ * offline, so the cloud can see how long a device was away and why. Several returns while a send
+ * is pending collapse into one: the latest health says everything the earlier ones did.
+ */
+export class HealthReporter {
+  private due = false;
+  private readonly kick = new Kick();
+  sent = 0;
+
+  constructor(private readonly o: HealthReporterOptions) {}
+
+  /** Schedules a report (called on each return from offline). */
+  request(): void {
+    this.due = true;
+    this.kick.kick();
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      if (!this.due) {
+        await this.kick.wait(Infinity, signal, this.o.clock);
+        continue;
+      }
+      try {
+        await this.o.http.request({
+          method: 'POST',
+          path: `/device/v1/${encodeURIComponent(this.o.uuid)}/health`,
+          json: this.o.health(),
+          signal,
+        });
+        this.due = false;
+        this.sent++;
+        this.o.monitor.markSuccess('api', 'health');
+        this.o.backoff.success();
+      } catch (err) {
+        if (signal.aborted) return;
+        const e = err instanceof CloudError ? err : undefined;
+        if (!e) this.o.logger.error({ err: errorMessage(err) }, 'health report failed unexpectedly; retrying with backoff');
+        this.o.monitor.markFailure('api', 'health', errorMessage(err));
+        if (e && !e.retryable) {
+          this.o.logger.warn({ err: errorMessage(err) }, 'health report refused by the cloud; dropping it');
+          this.due = false;
+          continue;
+        }
+        const delay = this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined);
+        if ((await this.kick.wait(delay, signal, this.o.sleeper, { kickable: false })) === 'woken') this.o.backoff.reset();
+      }
+    }
+  }
+
+}

@@ -1,0 +1,183 @@
+import { readFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
+import { Agent, request, type Dispatcher } from 'undici';
+import { parseRetryAfter } from '../resilience/backoff.js';
+import type { Clock } from '../util/clock.js';
+import { AgentError } from '../util/errors.js';
+
+/**
+ * Why a cloud call failed, in the terms the retry logic needs:
+ * - `network`: no connection (refused, reset, DNS) — retry with backoff;
+ * - `timeout`: no complete answer within `requestTimeoutMs` — retry with backoff;
+ * - `http`: an answer with a failing status — retry for 5xx, 408, 429; park for other 4xx.
+ */
+export type CloudErrorKind = 'network' | 'timeout' | 'http';
+
+export class CloudError extends AgentError {
+  constructor(
+    readonly kind: CloudErrorKind,
+    message: string,
+    readonly status?: number,
+    /** Lower bound from a `Retry-After` header, in ms. */
+    readonly retryAfterMs?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(kind === 'http' ? `CLOUD_HTTP_${status ?? 0}` : `CLOUD_${kind.toUpperCase()}`, message, options);
+    this.name = 'CloudError';
+  }
+
+  /** Whether trying the same request again later can succeed. */
+  get retryable(): boolean {
+    if (this.kind !== 'http') return true;
+    const s = this.status ?? 0;
+    return s >= 500 || s === 408 || s === 429;
+  }
+}
+
+export interface CloudResponse<T = unknown> {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: T | undefined;
+}
+
+export interface CloudRequest {
+  method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE';
+  path: string;
+  headers?: Record<string, string>;
+  json?: unknown;
+  /** Compress the JSON body with gzip (batches of messages). */
+  gzip?: boolean;
+  signal?: AbortSignal;
+  /** Statuses that are answers, not failures (304, 204...). 2xx always are. */
+  accept?: number[];
+}
+
+export interface CloudHttpClientOptions {
+  baseUrl: string;
+  apiKey?: string;
+  timeoutMs: number;
+  clock: Pick<Clock, 'now'>;
+  caFile?: string;
+  userAgent?: string;
+}
+
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  'EPIPE',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+]);
+
+/** The one HTTP client of the agent: bearer auth, a hard timeout, errors classified for retry. */
+export class CloudHttpClient {
+  private readonly dispatcher: Dispatcher;
+  private readonly base: URL;
+
+  constructor(private readonly opts: CloudHttpClientOptions) {
+    this.base = new URL(opts.baseUrl.endsWith('/') ? opts.baseUrl : `${opts.baseUrl}/`);
+    this.dispatcher = new Agent({
+      connect: {
+        timeout: opts.timeoutMs,
+        // TLS stays verified; a CA file adds trust, it never removes checks.
+        ...(opts.caFile ? { ca: readFileSync(opts.caFile, 'utf8') } : {}),
+      },
+      headersTimeout: opts.timeoutMs,
+      bodyTimeout: opts.timeoutMs,
+      keepAliveTimeout: 30_000,
+    });
+  }
+
+  get baseUrl(): string {
+    return this.base.href;
+  }
+
+  async request<T = unknown>(req: CloudRequest): Promise<CloudResponse<T>> {
+    const url = new URL(req.path.replace(/^\//, ''), this.base);
+    const headers: Record<string, string> = {
+      accept: 'application/json',
+      'user-agent': this.opts.userAgent ?? 'iotistic-agent',
+      ...req.headers,
+    };
+    if (this.opts.apiKey) headers.authorization = `Bearer ${this.opts.apiKey}`;
+    let body: Buffer | undefined;
+    if (req.json !== undefined) {
+      body = Buffer.from(JSON.stringify(req.json));
+      headers['content-type'] = 'application/json';
+      if (req.gzip) {
+        body = gzipSync(body);
+        headers['content-encoding'] = 'gzip';
+      }
+    }
+    const timeout = AbortSignal.timeout(this.opts.timeoutMs);
+    const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, { method: req.method, headers, body, signal, dispatcher: this.dispatcher });
+    } catch (err) {
+      throw this.classify(err, req, timeout);
+    }
+    let text: string;
+    try {
+      text = await res.body.text();
+    } catch (err) {
+      throw this.classify(err, req, timeout);
+    }
+    const ok = (res.statusCode >= 200 && res.statusCode < 300) || (req.accept ?? []).includes(res.statusCode);
+    if (!ok) {
+      const retryAfter = headerValue(res.headers['retry-after']);
+      const detail = summarise(text);
+      throw new CloudError(
+        'http',
+        `${req.method} ${url.pathname} answered ${res.statusCode}${detail ? `: ${detail}` : ''}`,
+        res.statusCode,
+        parseRetryAfter(retryAfter, this.opts.clock.now()),
+      );
+    }
+    let parsed: T | undefined;
+    if (text !== '') {
+      try {
+        parsed = JSON.parse(text) as T;
+      } catch {
+        throw new CloudError('http', `${req.method} ${url.pathname} answered ${res.statusCode} with a body that is not JSON`, res.statusCode);
+      }
+    }
+    return { status: res.statusCode, headers: res.headers, body: parsed };
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.destroy();
+  }
+
+  private classify(err: unknown, req: CloudRequest, timeout: AbortSignal): Error {
+    if (req.signal?.aborted) return err instanceof Error ? err : new Error(String(err));
+    const where = `${req.method} ${req.path}`;
+    if (timeout.aborted || (err as { code?: string }).code?.startsWith('UND_ERR_') && /timeout/i.test(String((err as Error).message))) {
+      return new CloudError('timeout', `${where} timed out after ${this.opts.timeoutMs} ms`, undefined, undefined, { cause: err });
+    }
+    const code = (err as { code?: string; cause?: { code?: string } }).code ?? (err as { cause?: { code?: string } }).cause?.code;
+    const reason = code && NETWORK_CODES.has(code) ? code : (err as Error).message;
+    return new CloudError('network', `${where} failed: ${reason}`, undefined, undefined, { cause: err });
+  }
+}
+
+function headerValue(h: string | string[] | undefined): string | undefined {
+  return Array.isArray(h) ? h[0] : h;
+}
+
+function summarise(text: string): string {
+  if (text === '') return '';
+  try {
+    const j = JSON.parse(text) as { message?: unknown; error?: unknown };
+    const m = j.message ?? j.error;
+    if (typeof m === 'string') return m.slice(0, 200);
+  } catch {
+    // not JSON: fall through to the raw text
+  }
+  return text.slice(0, 200);
+}

@@ -1,0 +1,137 @@
+import type { Backoff } from '../resilience/backoff.js';
+import type { Store } from '../store/store.js';
+import type { Clock } from '../util/clock.js';
+import { errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import type { Random } from '../util/random.js';
+import { validateTarget, type TargetState } from '../workloads/target-schema.js';
+import { CloudError, type CloudHttpClient } from './http-client.js';
+import type { ConfigIssue } from '../config/issues.js';
+import { Kick, type WakeableSleep } from '../util/kick.js';
+
+export type { WakeableSleep };
+
+/** What the poller needs of the connection monitor. */
+export interface OutcomeSink {
+  markSuccess(channel: string, operation: string): void;
+  markFailure(channel: string, operation: string, error: string): void;
+}
+
+
+export interface TargetRejection {
+  at: number;
+  etag: string | null;
+  issues: ConfigIssue[];
+  message: string;
+}
+
+export type PollOutcome = 'changed' | 'unchanged' | 'rejected';
+
+export interface TargetStatePollerOptions {
+  http: Pick<CloudHttpClient, 'request'>;
+  uuid: string;
+  store: Store;
+  monitor: OutcomeSink;
+  backoff: Backoff;
+  sleeper: WakeableSleep;
+  clock: Clock;
+  random: Random;
+  logger: Logger;
+  /** Read on every cycle: a target may change the interval. */
+  pollIntervalMs: () => number;
+  /** Called with each new valid target, after it is stored. */
+  onTarget: (target: TargetState) => void;
+  onRejected?: (rejection: TargetRejection) => void;
+}
+
+const REJECTED_ETAG_KEY = 'target.rejectedEtag';
+
+/**
+ * Polls the cloud for the target state: `If-None-Match` with the ETag held, `304` means nothing new,
+ * a new document is validated and stored with its ETag in one transaction before anyone applies it.
+ * On success the next poll is `pollIntervalMs` plus up to 10% jitter; on failure the shared backoff
+ * decides, and a wake-up from the connectivity probe or a `pollNow()` cuts the wait short.
+ */
+export class TargetStatePoller {
+  private readonly kick = new Kick();
+  lastRejection: TargetRejection | undefined;
+  lastPollAt: number | undefined;
+  lastError: string | undefined;
+
+  constructor(private readonly o: TargetStatePollerOptions) {}
+
+  /** Polls at once (a notify over MQTT, a local `POST /v1/update`). */
+  pollNow(): void {
+    this.kick.kick();
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      let delay: number;
+      try {
+        this.kick.consume();
+        await this.pollOnce(signal);
+        this.o.backoff.success();
+        const base = this.o.pollIntervalMs();
+        delay = base + this.o.random() * base * 0.1;
+      } catch (err) {
+        if (signal.aborted) return;
+        const cloudErr = err instanceof CloudError ? err : undefined;
+        delay = this.o.backoff.failure(cloudErr?.retryAfterMs !== undefined ? { retryAfterMs: cloudErr.retryAfterMs } : undefined);
+        if (cloudErr && !cloudErr.retryable) {
+          // A 4xx other than 408/429 will not heal by retrying at once: wait at least a full poll interval.
+          delay = Math.max(delay, this.o.pollIntervalMs());
+        }
+        if (cloudErr) this.o.logger.debug({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'target-state poll failed');
+        else this.o.logger.error({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'target-state poll failed unexpectedly');
+      }
+      if ((await this.kick.wait(delay, signal, this.o.sleeper)) === 'woken') this.o.backoff.reset();
+    }
+  }
+
+  /** One poll. Throws a CloudError on transport or HTTP failure (after marking the monitor). */
+  async pollOnce(signal?: AbortSignal): Promise<PollOutcome> {
+    const { store, http, uuid, monitor } = this.o;
+    const held = store.getTarget();
+    const rejectedEtag = store.getKv<string>(REJECTED_ETAG_KEY);
+    const ifNoneMatch = rejectedEtag ?? held?.etag ?? undefined;
+    this.lastPollAt = this.o.clock.now();
+    let res;
+    try {
+      res = await http.request({
+        method: 'GET',
+        path: `/device/v1/${encodeURIComponent(uuid)}/state`,
+        headers: ifNoneMatch ? { 'if-none-match': ifNoneMatch } : {},
+        accept: [304],
+        ...(signal ? { signal } : {}),
+      });
+    } catch (err) {
+      if (!signal?.aborted) {
+        this.lastError = errorMessage(err);
+        monitor.markFailure('api', 'poll', this.lastError);
+      }
+      throw err;
+    }
+    monitor.markSuccess('api', 'poll');
+    this.lastError = undefined;
+    if (res.status === 304) return 'unchanged';
+    const etagHeader = res.headers.etag;
+    const etag = (Array.isArray(etagHeader) ? etagHeader[0] : etagHeader) ?? null;
+    const result = validateTarget(res.body);
+    if (!result.ok) {
+      this.lastRejection = { at: this.o.clock.now(), etag, issues: result.issues, message: result.message };
+      if (etag) store.setKv(REJECTED_ETAG_KEY, etag);
+      this.o.logger.error({ etag, issues: result.issues }, `target state rejected, keeping the last good one: ${result.message}`);
+      this.o.onRejected?.(this.lastRejection);
+      return 'rejected';
+    }
+    store.db.transaction(() => {
+      store.setTarget({ etag, version: result.target.version, document: result.target, source: 'cloud' });
+      store.setKv(REJECTED_ETAG_KEY, null);
+    })();
+    this.lastRejection = undefined;
+    this.o.logger.info({ version: result.target.version, etag }, 'new target state stored');
+    this.o.onTarget(result.target);
+    return 'changed';
+  }
+}

@@ -1,0 +1,350 @@
+import * as dns from 'node:dns';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import { abortError, type Clock } from '../util/clock.js';
+import { AgentError, errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import type { Random } from '../util/random.js';
+import type { StatusChange, StatusSource } from './degradation.js';
+import type { Wakeup } from './wakeup.js';
+
+export interface ProbeTarget {
+  host: string;
+  port: number;
+}
+
+export type ProbeTrigger = 'schedule' | 'interfaces';
+
+export interface ReachableEvent {
+  target: ProbeTarget;
+  /** Wall-clock time the probe connected. */
+  at: number;
+  trigger: ProbeTrigger;
+}
+
+/** Resolves once a TCP connection to `target` is established (and closed again); rejects otherwise. */
+export type ConnectFn = (target: ProbeTarget, timeoutMs: number, signal: AbortSignal) => Promise<void>;
+
+export type InterfacesFn = () => NodeJS.Dict<os.NetworkInterfaceInfo[]>;
+
+const DEFAULT_PORTS: Record<string, number> = {
+  'http:': 80,
+  'https:': 443,
+  'ws:': 80,
+  'wss:': 443,
+  'mqtt:': 1883,
+  'mqtts:': 8883,
+};
+
+/**
+ * The hosts and ports to probe for a set of cloud URLs (API, MQTT broker), without duplicates.
+ * http/ws → 80, https/wss → 443, mqtt → 1883, mqtts → 8883, unless the URL names a port.
+ */
+export function probeTargetsFromUrls(urls: readonly string[]): ProbeTarget[] {
+  const targets = new Map<string, ProbeTarget>();
+  for (const raw of urls) {
+    let url: URL;
+    try {
+      url = new URL(raw);
+    } catch {
+      throw new AgentError('PROBE_TARGET_INVALID', `probe target "${raw}" is not a URL; expected e.g. https://api.example.com or mqtts://broker:8883`);
+    }
+    const port = url.port !== '' ? Number(url.port) : DEFAULT_PORTS[url.protocol];
+    if (port === undefined) {
+      throw new AgentError(
+        'PROBE_TARGET_INVALID',
+        `probe target "${raw}" has scheme "${url.protocol}" and no port; expected http, https, ws, wss, mqtt or mqtts, or an explicit port`,
+      );
+    }
+    // URL keeps IPv6 literals in brackets; net.connect wants them bare.
+    const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+    if (host === '') throw new AgentError('PROBE_TARGET_INVALID', `probe target "${raw}" has no host`);
+    targets.set(`${host}|${port}`, { host, port });
+  }
+  return [...targets.values()];
+}
+
+/**
+ * A real TCP connect probe: connect, then destroy the socket at once, so the cloud pays a
+ * handshake and never an API call. Rejects with code PROBE_TIMEOUT after `timeoutMs`,
+ * PROBE_CONNECT_FAILED on a refusal or network error, or the AbortError when `signal` aborts.
+ *
+ * Name lookups are shared: while a lookup of a host is still running, the next probe of that host
+ * joins it instead of starting another. When the uplink is down getaddrinfo can hang for tens of
+ * seconds, cannot be cancelled, and runs on libuv's small thread pool (which fs and crypto need
+ * too); probing every few seconds must not fill that pool with stuck lookups.
+ */
+export function createTcpConnect(): ConnectFn {
+  const pending = new Map<string, Array<(err: NodeJS.ErrnoException | null, address: string | dns.LookupAddress[], family?: number) => void>>();
+  const lookup: net.LookupFunction = (hostname, options, callback) => {
+    const key = `${hostname}|${JSON.stringify(options)}`;
+    const waiting = pending.get(key);
+    if (waiting) {
+      waiting.push(callback);
+      return;
+    }
+    pending.set(key, [callback]);
+    dns.lookup(hostname, options, (err, address, family) => {
+      const callbacks = pending.get(key) ?? [];
+      pending.delete(key);
+      for (const cb of callbacks) cb(err, address, family);
+    });
+  };
+
+  return (target, timeoutMs, signal) =>
+    new Promise<void>((resolve, reject) => {
+      if (signal.aborted) return reject(abortError(signal));
+      const socket = net.connect({ host: target.host, port: target.port, lookup });
+      const finish = (err?: Error): void => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        socket.removeAllListeners();
+        socket.on('error', () => undefined);
+        socket.destroy();
+        if (err) reject(err);
+        else resolve();
+      };
+      const onAbort = (): void => finish(abortError(signal));
+      const timer = setTimeout(
+        () => finish(new AgentError('PROBE_TIMEOUT', `no TCP connection to ${target.host}:${target.port} within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      socket.once('connect', () => finish());
+      socket.once('error', (err) =>
+        finish(new AgentError('PROBE_CONNECT_FAILED', `cannot connect to ${target.host}:${target.port}: ${errorMessage(err)}`, { cause: err })),
+      );
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+}
+
+export interface ConnectivityProbeOptions {
+  status: StatusSource;
+  wakeup: Pick<Wakeup, 'wake'>;
+  /** Where the cloud lives (see probeTargetsFromUrls). Each round tries them all at once. */
+  targets: readonly ProbeTarget[];
+  clock: Clock;
+  random: Random;
+  logger: Logger;
+  /** First wait between probes, before jitter. */
+  initialIntervalMs?: number;
+  /** settings.offline.probeMaxIntervalSeconds * 1000: the longest wait between probes. */
+  maxIntervalMs?: number;
+  /** A probe that has not connected within this counts as failed. */
+  connectTimeoutMs?: number;
+  /** How often the network interfaces are looked at while offline. */
+  interfacesPollMs?: number;
+  interfaces?: InterfacesFn;
+  connect?: ConnectFn;
+}
+
+
+/**
+ * While the connection is offline, checks cheaply whether the cloud can be reached again, so that
+ * loops sleeping out a long backoff (on the Wakeup) can try at once instead of minutes later.
+ *
+ * Probes are TCP connects on a jittered schedule that starts near `initialIntervalMs` and doubles
+ * to at most `maxIntervalMs`; a change of the machine's non-internal addresses (a link came up,
+ * DHCP gave an address) triggers a probe at once and restarts the schedule.
+ *
+ * `'reachable'` is emitted, and the Wakeup woken, when a probe connects after the way was closed:
+ * at the first success after the status went offline, and afterwards only after a probe has failed
+ * again. A cloud that accepts TCP but still fails its API (an overload, a bad credential) is thus
+ * not answered by waking every loop on every probe, which would defeat their backoff.
+ */
+export class ConnectivityProbe {
+  private readonly status: StatusSource;
+  private readonly wakeup: Pick<Wakeup, 'wake'>;
+  private readonly targets: readonly ProbeTarget[];
+  private readonly clock: Clock;
+  private readonly random: Random;
+  private readonly logger: Logger;
+  private readonly initialIntervalMs: number;
+  private readonly maxIntervalMs: number;
+  private readonly connectTimeoutMs: number;
+  private readonly interfacesPollMs: number;
+  private readonly interfaces: InterfacesFn;
+  private readonly connect: ConnectFn;
+  private readonly listeners = new Set<(e: ReachableEvent) => void>();
+  /** Stops the current offline stretch's probing; null while not probing. */
+  private episode: AbortController | null = null;
+  /** Every episode not yet finished (a stopped one may still be closing its sockets). */
+  private readonly running = new Set<Promise<void>>();
+  private started = false;
+
+  constructor(opts: ConnectivityProbeOptions) {
+    this.status = opts.status;
+    this.wakeup = opts.wakeup;
+    this.targets = opts.targets;
+    this.clock = opts.clock;
+    this.random = opts.random;
+    this.logger = opts.logger;
+    this.maxIntervalMs = Math.max(1, opts.maxIntervalMs ?? 30_000);
+    this.initialIntervalMs = Math.min(this.maxIntervalMs, Math.max(1, opts.initialIntervalMs ?? 1000));
+    this.connectTimeoutMs = Math.max(1, opts.connectTimeoutMs ?? 3000);
+    this.interfacesPollMs = Math.max(1, opts.interfacesPollMs ?? 5000);
+    this.interfaces = opts.interfaces ?? os.networkInterfaces;
+    this.connect = opts.connect ?? createTcpConnect();
+  }
+
+  /** True while probing (the status is offline and the probe is started). */
+  probing(): boolean {
+    return this.episode !== null;
+  }
+
+  on(event: 'reachable', fn: (e: ReachableEvent) => void): this {
+    if (event === 'reachable') this.listeners.add(fn);
+    return this;
+  }
+
+  off(event: 'reachable', fn: (e: ReachableEvent) => void): this {
+    if (event === 'reachable') this.listeners.delete(fn);
+    return this;
+  }
+
+  /**
+   * Follows the status source until `signal` aborts: probing starts when the status becomes
+   * offline and stops when it leaves offline. The promise resolves once everything has stopped
+   * (timers cleared, sockets closed, listener removed) and never rejects.
+   */
+  async start(signal: AbortSignal): Promise<void> {
+    if (this.started) throw new AgentError('ALREADY_STARTED', 'the connectivity probe was already started');
+    this.started = true;
+    if (signal.aborted) return;
+
+    const onStatus = (e: StatusChange): void => this.follow(e.to === 'offline');
+    this.status.on('status', onStatus);
+    this.follow(this.status.status() === 'offline');
+    await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    this.status.off('status', onStatus);
+    this.follow(false);
+    await Promise.all([...this.running]);
+  }
+
+  private follow(offline: boolean): void {
+    if (offline && !this.episode) {
+      const episode = new AbortController();
+      const done: Promise<void> = this.run(episode.signal)
+        .catch((err: unknown) => {
+          this.logger.error({ err: errorMessage(err) }, 'connectivity probe stopped on an unexpected error');
+        })
+        .finally(() => this.running.delete(done));
+      this.running.add(done);
+      this.episode = episode;
+      this.logger.debug({ targets: this.targets }, 'offline: probing the cloud');
+    } else if (!offline && this.episode) {
+      this.episode.abort();
+      this.episode = null;
+    }
+  }
+
+  /** One offline stretch: a single loop serving both the probe schedule and the interface watch. */
+  private async run(signal: AbortSignal): Promise<void> {
+    let attempt = 0;
+    // Going offline is the evidence that the way was closed, so the first success counts.
+    let reachable = false;
+    let addresses = this.addressSet();
+    let nextProbe = this.clock.monotonic() + this.interval(attempt++);
+    let nextPoll = this.clock.monotonic() + this.interfacesPollMs;
+
+    const probe = async (trigger: ProbeTrigger): Promise<void> => {
+      const target = await this.firstReachable(signal);
+      if (signal.aborted) return;
+      if (target === null) {
+        reachable = false;
+        return;
+      }
+      if (reachable) return;
+      reachable = true;
+      this.reached({ target, at: this.clock.now(), trigger });
+    };
+
+    while (!signal.aborted) {
+      const now = this.clock.monotonic();
+      if (now >= nextPoll) {
+        nextPoll = now + this.interfacesPollMs;
+        const current = this.addressSet();
+        if (current !== null && current !== addresses) {
+          const first = addresses === null;
+          addresses = current;
+          if (!first) {
+            this.logger.debug('network interfaces changed: probing now');
+            await probe('interfaces');
+            attempt = 0;
+            nextProbe = this.clock.monotonic() + this.interval(attempt++);
+            continue;
+          }
+        }
+      }
+      if (now >= nextProbe) {
+        await probe('schedule');
+        nextProbe = this.clock.monotonic() + this.interval(attempt++);
+        continue;
+      }
+      await this.clock.sleep(Math.min(nextProbe, nextPoll) - now, signal).catch(() => undefined);
+    }
+  }
+
+  /** The wait before probe number `attempt`: doubling from initialIntervalMs, capped, uniform in [base/2, base]. */
+  private interval(attempt: number): number {
+    const base = Math.min(this.maxIntervalMs, this.initialIntervalMs * 2 ** Math.min(attempt, 40));
+    return base / 2 + this.random() * (base / 2);
+  }
+
+  /** Tries every target at once; the first connect wins and the others are abandoned. */
+  private async firstReachable(signal: AbortSignal): Promise<ProbeTarget | null> {
+    if (this.targets.length === 0) return null;
+    const round = new AbortController();
+    const stop = (): void => round.abort();
+    signal.addEventListener('abort', stop, { once: true });
+    // The probe keeps its own deadline on the injected clock, whatever the connect function does.
+    this.clock.sleep(this.connectTimeoutMs, round.signal).then(stop, () => undefined);
+    try {
+      return await new Promise<ProbeTarget | null>((resolve) => {
+        let failures = 0;
+        for (const target of this.targets) {
+          Promise.resolve()
+            .then(() => this.connect(target, this.connectTimeoutMs, round.signal))
+            .then(
+              () => resolve(target),
+              (err: unknown) => {
+                this.logger.trace({ target, err: errorMessage(err) }, 'probe failed');
+                if (++failures === this.targets.length) resolve(null);
+              },
+            );
+        }
+        round.signal.addEventListener('abort', () => resolve(null), { once: true });
+      });
+    } finally {
+      stop();
+      signal.removeEventListener('abort', stop);
+    }
+  }
+
+  private reached(event: ReachableEvent): void {
+    for (const fn of [...this.listeners]) {
+      try {
+        fn(event);
+      } catch (err) {
+        this.logger.warn({ err: errorMessage(err) }, 'a reachable listener threw');
+      }
+    }
+    const reason = `cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`;
+    const woken = this.wakeup.wake(reason);
+    this.logger.info({ target: event.target, trigger: event.trigger, woken }, 'cloud reachable again: waking waiting loops');
+  }
+
+  /** The machine's non-internal addresses as one comparable string; null when they cannot be read. */
+  private addressSet(): string | null {
+    try {
+      const all = this.interfaces();
+      const addresses: string[] = [];
+      for (const [name, infos] of Object.entries(all)) {
+        for (const info of infos ?? []) if (!info.internal) addresses.push(`${name} ${info.family} ${info.address}`);
+      }
+      return addresses.sort().join(',');
+    } catch (err) {
+      this.logger.debug({ err: errorMessage(err) }, 'cannot read network interfaces');
+      return null;
+    }
+  }
+}

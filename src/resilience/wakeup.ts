@@ -1,0 +1,123 @@
+import { abortError, type Clock } from '../util/clock.js';
+import type { Random } from '../util/random.js';
+
+export type SleepOutcome = 'elapsed' | 'woken';
+
+export interface WakeupOptions {
+  clock: Clock;
+  random: Random;
+  /** Each woken sleeper resolves after its own uniform random delay in [0, staggerMaxMs]. */
+  staggerMaxMs?: number;
+}
+
+export interface WakeRecord {
+  reason: string;
+  /** Wall-clock time of the wake. */
+  at: number;
+  /** How many sleepers it woke. */
+  woken: number;
+}
+
+interface Sleeper {
+  wake(delayMs: number): void;
+}
+
+/**
+ * Sleeps that can be cut short when the way to the cloud is open again.
+ *
+ * A loop that waits out a backoff sleeps here instead of on the clock. When the connectivity probe
+ * finds the cloud reachable it calls `wake()`, and every current sleeper resolves with `'woken'`,
+ * each after its own random delay so that a device's loops (and a fleet of devices) do not all
+ * fire at the same instant. On `'woken'` the caller should reset its backoff before its next
+ * attempt: the wait it was serving belonged to an outage that has ended. On `'elapsed'` it carries
+ * on as usual.
+ *
+ * ```ts
+ * for (;;) {
+ *   const outcome = await wakeup.sleep(backoff.next(), signal);
+ *   if (outcome === 'woken') backoff.reset();
+ *   ...try again...
+ * }
+ * ```
+ */
+export class Wakeup {
+  private readonly clock: Clock;
+  private readonly random: Random;
+  private readonly staggerMaxMs: number;
+  private readonly sleepers = new Set<Sleeper>();
+  private last: WakeRecord | null = null;
+
+  constructor(opts: WakeupOptions) {
+    this.clock = opts.clock;
+    this.random = opts.random;
+    this.staggerMaxMs = Math.max(0, opts.staggerMaxMs ?? 5000);
+  }
+
+  /** Sleepers currently waiting for their deadline or a wake (not those already woken and staggering). */
+  get sleeping(): number {
+    return this.sleepers.size;
+  }
+
+  /** The most recent wake, for status output; null before the first. */
+  lastWake(): WakeRecord | null {
+    return this.last;
+  }
+
+  /**
+   * Resolves with `'elapsed'` after `ms` on the injected clock, or with `'woken'` after a `wake()`
+   * plus its stagger delay (never later than the original deadline; `ms = Infinity` waits for a wake). Rejects with the AbortError
+   * when `signal` aborts; no timer or listener is left behind in any case.
+   */
+  sleep(ms: number, signal?: AbortSignal): Promise<SleepOutcome> {
+    if (signal?.aborted) return Promise.reject(abortError(signal));
+    const deadline = this.clock.monotonic() + Math.max(0, ms);
+    return new Promise<SleepOutcome>((resolve, reject) => {
+      let timer = new AbortController();
+      let woken = false;
+      let settled = false;
+
+      const settle = (finish: () => void): void => {
+        if (settled) return;
+        settled = true;
+        this.sleepers.delete(sleeper);
+        signal?.removeEventListener('abort', onAbort);
+        timer.abort();
+        finish();
+      };
+      // (Re)arms the single timer of this sleep; a superseded timer is aborted and its rejection ignored.
+      const arm = (untilMonotonic: number): void => {
+        timer.abort();
+        const current = new AbortController();
+        timer = current;
+        this.clock.sleep(Math.max(0, untilMonotonic - this.clock.monotonic()), current.signal).then(
+          () => settle(() => resolve(woken ? 'woken' : 'elapsed')),
+          () => undefined,
+        );
+      };
+      const onAbort = (): void => settle(() => reject(abortError(signal)));
+      const sleeper: Sleeper = {
+        wake: (delayMs) => {
+          woken = true;
+          // A woken sleeper is no longer "current": a second wake must not push it further out.
+          this.sleepers.delete(sleeper);
+          const at = this.clock.monotonic() + delayMs;
+          if (at < deadline) arm(at);
+        },
+      };
+
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.sleepers.add(sleeper);
+      // ms = Infinity: wait for a wake or the abort only (a timer that long would overflow setTimeout).
+      if (Number.isFinite(deadline)) arm(deadline);
+    });
+  }
+
+  /** Wakes every current sleeper, each after its own uniform random delay in [0, staggerMaxMs]. Returns how many. */
+  wake(reason: string): number {
+    const current = [...this.sleepers];
+    this.sleepers.clear();
+    for (const sleeper of current) sleeper.wake(this.random() * this.staggerMaxMs);
+    this.last = { reason, at: this.clock.now(), woken: current.length };
+    return current.length;
+  }
+}

@@ -1,0 +1,94 @@
+/** Renders `iotistic-agent status` as a readable table. */
+
+interface StatusInput {
+  device: { uuid: string; version: string };
+  connection: {
+    status: string;
+    uptime: number;
+    offlineSince: number | null;
+    lastPollSuccess: number;
+    lastReportSuccess: number;
+    pollFailures: number;
+    reportFailures: number;
+    channels: Record<string, { status: string; consecutiveFailures: number; lastError: string | null }>;
+    outages: { start: number; end: number | null; durationMs: number | null; cause: string }[];
+    degradation?: { mode: string };
+  };
+  state: {
+    mode: string;
+    target: { version: number | null; source: string; receivedAt: number } | null;
+    lastRejection: { message: string } | null;
+    lastPollError: string | null;
+  };
+  loops: { name: string; state: string; restarts: number; lastError: string | null }[];
+}
+
+function when(ms: number | null | undefined): string {
+  if (!ms) return '-';
+  return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+}
+
+export function duration(ms: number | null | undefined): string {
+  if (ms == null) return '-';
+  const s = Math.round(ms / 1000);
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172_800) return `${(s / 3600).toFixed(1)}h`;
+  return `${(s / 86_400).toFixed(1)}d`;
+}
+
+function table(rows: [string, string][]): string {
+  const w = Math.max(...rows.map(([k]) => k.length));
+  return rows.map(([k, v]) => `  ${k.padEnd(w)}  ${v}`).join('\n');
+}
+
+export function renderStatus(s: StatusInput, key?: string): string {
+  const c = s.connection;
+  const out: string[] = [];
+  out.push(`Iotistic Agent ${s.device.version}  device ${s.device.uuid}`);
+  out.push('');
+  out.push('Connection');
+  out.push(
+    table([
+      ['status', c.status],
+      ['uptime', duration(c.uptime)],
+      ['offline since', when(c.offlineSince)],
+      ['last poll', when(c.lastPollSuccess)],
+      ['last report', when(c.lastReportSuccess)],
+      ['failures', `poll ${c.pollFailures}, report ${c.reportFailures}`],
+      ['degradation', c.degradation?.mode ?? 'normal'],
+    ]),
+  );
+  const channels = Object.entries(c.channels);
+  if (channels.length > 0) {
+    out.push('');
+    out.push('Channels');
+    out.push(table(channels.map(([n, ch]) => [n, `${ch.status}${ch.consecutiveFailures ? ` (${ch.consecutiveFailures} failures)` : ''}${ch.lastError ? `  ${ch.lastError}` : ''}`])));
+  }
+  if (c.outages.length > 0) {
+    out.push('');
+    out.push('Recent outages');
+    out.push(table(c.outages.slice(0, 5).map((o) => [when(o.start), `${o.end ? duration(o.durationMs) : 'ongoing'}  ${o.cause}`])));
+  }
+  out.push('');
+  out.push('Target state');
+  const t = s.state.target;
+  out.push(
+    table([
+      ['mode', s.state.mode],
+      ['version', t?.version != null ? String(t.version) : '-'],
+      ['source', t?.source ?? '-'],
+      ['received', when(t?.receivedAt)],
+      ['last rejection', s.state.lastRejection?.message ?? '-'],
+      ['last poll error', s.state.lastPollError ?? '-'],
+    ]),
+  );
+  out.push('');
+  out.push('Loops');
+  out.push(table(s.loops.map((l) => [l.name, `${l.state}${l.restarts ? ` (${l.restarts} restarts, last: ${l.lastError ?? '?'})` : ''}`])));
+  if (key) {
+    out.push('');
+    out.push(`Local API key: ${key}`);
+  }
+  return `${out.join('\n')}\n`;
+}

@@ -1,0 +1,124 @@
+import { readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+const dirs = tempDirs();
+const running: AgentProcess[] = [];
+beforeAll(() => requireBuilt());
+afterEach(async () => {
+  for (const a of running.splice(0)) await a.stop('SIGKILL');
+  dirs.cleanup();
+});
+
+async function start(opts: Parameters<typeof spawnAgent>[0]): Promise<AgentProcess> {
+  const a = await spawnAgent(opts);
+  running.push(a);
+  return a;
+}
+
+describe('iotistic-agent run', () => {
+  it('serves /v1/healthy and /v2/connection, and stops on SIGTERM with exit 0 within 5 s', async () => {
+    const dataDir = dirs.make();
+    const agent = await start({ dataDir });
+    await waitFor('healthy', async () => (await fetch(`${agent.apiUrl}/v1/healthy`)).status === 200);
+
+    const conn = await agent.get('/v2/connection');
+    expect(conn.status).toBe(200);
+    expect(conn.body).toMatchObject({ status: expect.stringMatching(/^(online|degraded|offline)$/), uptime: expect.any(Number), pollFailures: 0, reportFailures: 0, offlineSince: null });
+
+    // Everything but /ping and /v1/healthy needs the key.
+    const anon = await fetch(`${agent.apiUrl}/v2/connection`);
+    expect(anon.status).toBe(401);
+    // The key and database are private to the agent.
+    expect(statSync(join(dataDir, 'local-api.key')).mode & 0o777).toBe(0o600);
+    expect(statSync(join(dataDir, 'agent.db')).mode & 0o777).toBe(0o600);
+
+    const stopped = await agent.stop('SIGTERM');
+    expect(stopped.code).toBe(0);
+    expect(stopped.ms).toBeLessThan(5_000);
+    expect(agent.records().some((r) => r.msg === 'agent stopped')).toBe(true);
+  });
+
+  it('never writes secrets to its logs, even at debug level', async () => {
+    const dataDir = dirs.make();
+    const secret = 'device-secret-key-0123456789';
+    const agent = await start({ dataDir, config: { device: { apiKey: secret }, cloud: { apiUrl: 'http://127.0.0.1:9' } } });
+    await waitFor('a failed poll', () => agent.records().some((r) => String(r.msg).includes('connection')));
+    await agent.stop();
+    const all = JSON.stringify(agent.records()) + agent.stderr();
+    expect(all).toContain('effective config');
+    expect(all).not.toContain(secret);
+    expect(all).not.toContain(agent.key);
+  });
+
+  it('exits non-zero naming the key when the config is bad and there is no last-known-good', async () => {
+    const dataDir = dirs.make();
+    const cfg = join(dataDir, 'bad.json');
+    writeFileSync(cfg, JSON.stringify({ settings: { offline: { maxBackoffSeconds: 'forever' } } }));
+    const r = await runCli(['run', '--config', cfg, '--data-dir', dataDir]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain('settings.offline.maxBackoffSeconds: expected a number, got "forever"');
+  });
+
+  it('runs on the last-known-good config when the file later breaks', async () => {
+    const dataDir = dirs.make();
+    const first = await start({ dataDir, config: { settings: { pollIntervalMs: 7000 } } });
+    expect((await first.stop()).code).toBe(0);
+
+    const second = await start({ dataDir, config: { settings: { pollIntervalMs: 'often' } } });
+    const err = second.records().find((r) => typeof r.msg === 'string' && r.msg.includes('running on the last-known-good config'));
+    expect(String(err?.msg)).toContain('settings.pollIntervalMs: expected a number, got "often"');
+    expect((await second.get('/v1/healthy')).status).toBe(200);
+    expect((await second.stop()).code).toBe(0);
+  });
+
+  it('quarantines a garbage database file and keeps running', async () => {
+    const dataDir = dirs.make();
+    writeFileSync(join(dataDir, 'agent.db'), 'garbage, not SQLite '.repeat(500));
+    const agent = await start({ dataDir });
+    expect((await agent.get('/v1/healthy')).status).toBe(200);
+    const err = agent.records().find((r) => r.level === 50 && typeof r.msg === 'string' && r.msg.includes('is corrupt'));
+    expect(err?.file).toBe(join(dataDir, 'agent.db'));
+    expect(readdirSync(dataDir).filter((f) => f.startsWith('agent.db.corrupt-'))).toHaveLength(1);
+    expect((await agent.stop()).code).toBe(0);
+  });
+});
+
+describe('iotistic-agent config check', () => {
+  it('exits 0 for a good file', async () => {
+    const cfg = join(dirs.make(), 'ok.json');
+    writeFileSync(cfg, JSON.stringify({ cloud: { apiUrl: 'https://api.example.com' } }));
+    const r = await runCli(['config', 'check', '--config', cfg]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('OK');
+  });
+
+  it('lists every error with its key path and expected type, exit 1', async () => {
+    const cfg = join(dirs.make(), 'bad.json');
+    writeFileSync(cfg, JSON.stringify({ api: { port: '48484' }, settings: { offline: { enableQueue: 1 } } }));
+    const r = await runCli(['config', 'check', '--config', cfg]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('2 errors');
+    expect(r.stderr).toContain('api.port: expected a number, got "48484" (a string)');
+    expect(r.stderr).toContain('settings.offline.enableQueue: expected a boolean, got 1 (a number)');
+  });
+});
+
+describe('iotistic-agent status', () => {
+  it('prints a readable table and JSON from a running agent', async () => {
+    const dataDir = dirs.make();
+    const agent = await start({ dataDir });
+    const args = ['status', '--api', agent.apiUrl, '--data-dir', dataDir];
+    const table = await runCli(args);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/Connection\n\s+status\s+\w+/);
+    expect(table.stdout).toContain('Loops');
+    const json = await runCli([...args, '--json']);
+    expect(JSON.parse(json.stdout)).toMatchObject({ device: { uuid: expect.any(String) }, connection: { status: expect.any(String) } });
+    const wrongKey = await runCli([...args, '--key', 'not-the-key-at-all']);
+    expect(wrongKey.code).toBe(1);
+    expect(wrongKey.stderr).toContain('401');
+  });
+});

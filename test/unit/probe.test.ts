@@ -1,0 +1,321 @@
+import { EventEmitter } from 'node:events';
+import type * as os from 'node:os';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ConnectionStatus } from '../../src/resilience/degradation.js';
+import {
+  ConnectivityProbe,
+  probeTargetsFromUrls,
+  type ConnectFn,
+  type ConnectivityProbeOptions,
+  type ProbeTarget,
+  type ReachableEvent,
+} from '../../src/resilience/probe.js';
+import { Wakeup, type SleepOutcome } from '../../src/resilience/wakeup.js';
+import type { AgentError } from '../../src/util/errors.js';
+import { FakeClock } from '../../src/util/fake-clock.js';
+import { createLogger } from '../../src/util/logger.js';
+import { seededRandom } from '../../src/util/random.js';
+
+class FakeStatus extends EventEmitter {
+  current: ConnectionStatus;
+  constructor(initial: ConnectionStatus) {
+    super();
+    this.current = initial;
+  }
+  status(): ConnectionStatus {
+    return this.current;
+  }
+  set(to: ConnectionStatus): void {
+    const from = this.current;
+    this.current = to;
+    this.emit('status', { from, to, at: 0 });
+  }
+}
+
+type Iface = os.NetworkInterfaceInfo;
+function iface(address: string, family: 'IPv4' | 'IPv6', internal = false): Iface {
+  const base = { address, netmask: family === 'IPv4' ? '255.255.255.0' : 'ffff:ffff:ffff:ffff::', mac: '02:00:00:00:00:01', internal, cidr: null };
+  return family === 'IPv4' ? { ...base, family } : { ...base, family, scopeid: 0 };
+}
+
+const TARGET: ProbeTarget = { host: 'api.example.test', port: 443 };
+
+interface Harness {
+  clock: FakeClock;
+  status: FakeStatus;
+  wakeup: Wakeup;
+  probe: ConnectivityProbe;
+  calls: Array<{ at: number; target: ProbeTarget; timeoutMs: number; signal: AbortSignal }>;
+  events: ReachableEvent[];
+  ac: AbortController;
+  done: Promise<void>;
+  /** What the next connects do. */
+  outcome: { value: 'fail' | 'ok' | 'hang' };
+  ifaces: { value: NodeJS.Dict<Iface[]> };
+}
+
+const harnesses: Harness[] = [];
+afterEach(async () => {
+  for (const h of harnesses.splice(0)) {
+    h.ac.abort();
+    await h.done;
+  }
+});
+
+function setup(opts: { initial?: ConnectionStatus; seed?: number } & Partial<ConnectivityProbeOptions> = {}): Harness {
+  const clock = new FakeClock();
+  const status = new FakeStatus(opts.initial ?? 'online');
+  const wakeup = new Wakeup({ clock, random: seededRandom(99), staggerMaxMs: 5000 });
+  const calls: Harness['calls'] = [];
+  const outcome: Harness['outcome'] = { value: 'fail' };
+  const ifaces: Harness['ifaces'] = { value: { lo: [iface('127.0.0.1', 'IPv4', true)], eth0: [iface('fe80::1', 'IPv6')] } };
+  const connect: ConnectFn = (target, timeoutMs, signal) => {
+    calls.push({ at: clock.monotonic(), target, timeoutMs, signal });
+    if (outcome.value === 'ok') return Promise.resolve();
+    if (outcome.value === 'fail') return Promise.reject(new Error('ECONNREFUSED'));
+    return new Promise<void>(() => undefined); // never settles, ignores the signal
+  };
+  const probe = new ConnectivityProbe({
+    status,
+    wakeup,
+    targets: [TARGET],
+    clock,
+    random: seededRandom(opts.seed ?? 7),
+    logger: createLogger({ level: 'silent', destination: process.stderr }),
+    connect,
+    interfaces: () => ifaces.value,
+    ...opts,
+  });
+  const events: ReachableEvent[] = [];
+  probe.on('reachable', (e) => events.push(e));
+  const ac = new AbortController();
+  const done = probe.start(ac.signal);
+  const h = { clock, status, wakeup, probe, calls, events, ac, done, outcome, ifaces };
+  harnesses.push(h);
+  return h;
+}
+
+function gaps(times: number[]): number[] {
+  return times.slice(1).map((t, i) => t - (times[i] ?? 0));
+}
+
+describe('ConnectivityProbe', () => {
+  it('does not probe while online or degraded', async () => {
+    const h = setup({ initial: 'online' });
+    await h.clock.advance(120_000);
+    h.status.set('degraded');
+    await h.clock.advance(120_000);
+    expect(h.calls).toHaveLength(0);
+    expect(h.probe.probing()).toBe(false);
+    expect(h.clock.pendingSleepers).toBe(0);
+  });
+
+  it('probes on a schedule that starts near 1 s, grows, and is capped at maxIntervalMs', async () => {
+    const h = setup({ initial: 'offline', maxIntervalMs: 8000 });
+    await h.clock.advance(120_000);
+    const times = h.calls.map((c) => c.at);
+    const g = [times[0] ?? 0, ...gaps(times)];
+    // Each wait lies in [base/2, base] with base = min(8000, 1000 * 2^n).
+    const bases = g.map((_, n) => Math.min(8000, 1000 * 2 ** n));
+    g.forEach((gap, n) => {
+      expect(gap).toBeGreaterThanOrEqual((bases[n] ?? 0) / 2);
+      expect(gap).toBeLessThanOrEqual(bases[n] ?? 0);
+    });
+    expect(g[0]).toBeLessThanOrEqual(1000);
+    expect(Math.max(...g)).toBeLessThanOrEqual(8000);
+    expect(Math.max(...g.slice(-5))).toBeGreaterThan(2 * Math.max(...g.slice(0, 2)));
+    // About 120 s / (4-8 s) probes, not hundreds.
+    expect(h.calls.length).toBeGreaterThan(12);
+    expect(h.calls.length).toBeLessThan(35);
+    expect(h.calls.every((c) => c.timeoutMs === 3000)).toBe(true);
+  });
+
+  it('jitters every wait', async () => {
+    const a = setup({ initial: 'offline', seed: 1 });
+    const b = setup({ initial: 'offline', seed: 2 });
+    await a.clock.advance(600_000);
+    await b.clock.advance(600_000);
+    const capped = gaps(a.calls.map((c) => c.at)).slice(-10);
+    expect(new Set(capped).size).toBeGreaterThan(5);
+    expect(a.calls.map((c) => c.at).slice(0, 5)).not.toEqual(b.calls.map((c) => c.at).slice(0, 5));
+  });
+
+  it('emits reachable and wakes the sleepers when a probe connects', async () => {
+    const h = setup({ initial: 'online' });
+    const sleeps: Array<{ outcome?: SleepOutcome; at?: number }> = [];
+    for (let i = 0; i < 3; i++) {
+      const s: { outcome?: SleepOutcome; at?: number } = {};
+      void h.wakeup.sleep(900_000).then((o) => Object.assign(s, { outcome: o, at: h.clock.monotonic() }));
+      sleeps.push(s);
+    }
+    h.status.set('offline');
+    await h.clock.advance(5000);
+    expect(h.calls.length).toBeGreaterThan(0);
+    expect(h.events).toHaveLength(0);
+
+    h.outcome.value = 'ok';
+    const probesBefore = h.calls.length;
+    await h.clock.advance(10_000);
+    expect(h.calls.length).toBeGreaterThan(probesBefore);
+    expect(h.events).toHaveLength(1);
+    const event = h.events[0];
+    expect(event?.target).toEqual(TARGET);
+    expect(event?.trigger).toBe('schedule');
+    const probedAt = h.calls[probesBefore]?.at ?? NaN;
+    expect(event?.at).toBe(new FakeClock().now() + probedAt);
+    expect(h.wakeup.lastWake()?.woken).toBe(3);
+
+    await h.clock.advance(5000);
+    for (const s of sleeps) {
+      expect(s.outcome).toBe('woken');
+      expect(s.at).toBeGreaterThanOrEqual(probedAt);
+      expect(s.at).toBeLessThanOrEqual(probedAt + 5000);
+    }
+  });
+
+  it('counts the first success after going offline, then wakes again only after a failure', async () => {
+    const h = setup({ initial: 'offline' });
+    h.outcome.value = 'ok';
+    await h.clock.advance(60_000);
+    // The way was closed when the status went offline: the first connect is an opening...
+    expect(h.events).toHaveLength(1);
+    // ...but a cloud that keeps accepting TCP while its API still fails is not answered with a wake per probe.
+    expect(h.calls.length).toBeGreaterThan(3);
+
+    h.outcome.value = 'fail';
+    await h.clock.advance(60_000);
+    expect(h.events).toHaveLength(1);
+    h.outcome.value = 'ok';
+    await h.clock.advance(60_000);
+    expect(h.events).toHaveLength(2);
+  });
+
+  it('probes at once when the non-internal addresses change, and restarts the schedule', async () => {
+    // Waits of ~base: probes near 1, 3, 7, 15, 31, 63, 127 s.
+    const h = setup({ initial: 'offline', interfacesPollMs: 2000, maxIntervalMs: 600_000, random: () => 0.999 });
+    await h.clock.advance(64_000);
+    const last = h.calls.at(-1)?.at ?? 0;
+    expect(last).toBeGreaterThan(60_000);
+
+    // A change of internal addresses (loopback) is not a link coming up.
+    h.ifaces.value = { ...h.ifaces.value, lo: [iface('127.0.0.1', 'IPv4', true), iface('::1', 'IPv6', true)] };
+    await h.clock.advance(2000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(0);
+
+    h.outcome.value = 'ok';
+    h.ifaces.value = { ...h.ifaces.value, eth0: [iface('fe80::1', 'IPv6'), iface('192.168.1.20', 'IPv4')] };
+    const changedAt = h.clock.monotonic();
+    await h.clock.advance(2000);
+    const after = h.calls.filter((c) => c.at > last);
+    expect(after).toHaveLength(1);
+    expect(after[0]?.at).toBeLessThanOrEqual(changedAt + 2000);
+    expect(h.events.map((e) => e.trigger)).toEqual(['interfaces']);
+
+    // The schedule starts again near 1 s instead of waiting out the ~64 s it had grown to.
+    await h.clock.advance(1000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(2);
+    expect(h.events).toHaveLength(1);
+  });
+
+  it('gives up a probe that does not connect within the timeout, aborting it', async () => {
+    // Waits of 0.75 * base: probes at 750 ms, then 1500 ms after the previous round ends.
+    const h = setup({ initial: 'offline', connectTimeoutMs: 500, random: () => 0.5 });
+    h.outcome.value = 'hang';
+    await h.clock.advance(1000);
+    expect(h.calls).toHaveLength(1);
+    const first = h.calls[0];
+    expect(first?.signal.aborted).toBe(false);
+    await h.clock.advance(500);
+    expect(first?.signal.aborted).toBe(true);
+    // The schedule goes on after the timed-out round.
+    await h.clock.advance(2000);
+    expect(h.calls).toHaveLength(2);
+    expect(h.events).toHaveLength(0);
+  });
+
+  it('stops when the status leaves offline and starts again when it returns', async () => {
+    const h = setup({ initial: 'online' });
+    h.status.set('offline');
+    expect(h.probe.probing()).toBe(true);
+    await h.clock.advance(20_000);
+    const n = h.calls.length;
+    expect(n).toBeGreaterThan(2);
+
+    h.status.set('degraded');
+    expect(h.probe.probing()).toBe(false);
+    await h.clock.advance(0);
+    expect(h.clock.pendingSleepers).toBe(0);
+    await h.clock.advance(300_000);
+    expect(h.calls).toHaveLength(n);
+
+    h.status.set('offline');
+    await h.clock.advance(1000);
+    expect(h.calls).toHaveLength(n + 1);
+  });
+
+  it('stops on abort: timers cleared, status listener removed', async () => {
+    const h = setup({ initial: 'offline' });
+    h.outcome.value = 'hang';
+    await h.clock.advance(1500);
+    expect(h.status.listenerCount('status')).toBe(1);
+    const inFlight = h.calls.at(-1);
+    h.ac.abort();
+    await h.done;
+    expect(inFlight?.signal.aborted).toBe(true);
+    expect(h.status.listenerCount('status')).toBe(0);
+    expect(h.probe.probing()).toBe(false);
+    expect(h.clock.pendingSleepers).toBe(0);
+  });
+
+  it('still wakes the sleepers when a reachable listener throws', async () => {
+    const h = setup({ initial: 'offline' });
+    h.probe.on('reachable', () => {
+      throw new Error('listener bug');
+    });
+    const s: { outcome?: SleepOutcome } = {};
+    void h.wakeup.sleep(900_000).then((o) => (s.outcome = o));
+    h.outcome.value = 'ok';
+    await h.clock.advance(7000);
+    expect(h.events).toHaveLength(1);
+    expect(s.outcome).toBe('woken');
+  });
+});
+
+describe('probeTargetsFromUrls', () => {
+  it('maps schemes to their default ports unless a port is given, without duplicates', () => {
+    expect(
+      probeTargetsFromUrls([
+        'https://api.example.com/v1',
+        'http://plain.example.com',
+        'mqtt://broker.example.com',
+        'mqtts://broker.example.com',
+        'mqtts://broker.example.com:8884',
+        'https://api.example.com:8443',
+        'https://api.example.com/other',
+        'http://[::1]:8080',
+      ]),
+    ).toEqual([
+      { host: 'api.example.com', port: 443 },
+      { host: 'plain.example.com', port: 80 },
+      { host: 'broker.example.com', port: 1883 },
+      { host: 'broker.example.com', port: 8883 },
+      { host: 'broker.example.com', port: 8884 },
+      { host: 'api.example.com', port: 8443 },
+      { host: '::1', port: 8080 },
+    ]);
+  });
+
+  it('names the bad URL and what was expected', () => {
+    const bad = (url: string): AgentError => {
+      try {
+        probeTargetsFromUrls([url]);
+      } catch (err) {
+        return err as AgentError;
+      }
+      throw new Error('expected a throw');
+    };
+    expect(bad('not a url').code).toBe('PROBE_TARGET_INVALID');
+    expect(bad('not a url').message).toContain('not a url');
+    expect(bad('ftp://files.example.com').message).toMatch(/ftp:.*expected http, https/);
+  });
+});
