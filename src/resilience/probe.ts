@@ -5,6 +5,7 @@ import { abortError, type Clock } from '../util/clock.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
+import { Backoff } from './backoff.js';
 import type { StatusChange, StatusSource } from './degradation.js';
 import type { Wakeup } from './wakeup.js';
 
@@ -239,11 +240,11 @@ export class ConnectivityProbe {
 
   /** One offline stretch: a single loop serving both the probe schedule and the interface watch. */
   private async run(signal: AbortSignal): Promise<void> {
-    let attempt = 0;
+    const schedule = probeSchedule(this.initialIntervalMs, this.maxIntervalMs, this.clock, this.random);
     // Going offline is the evidence that the way was closed, so the first success counts.
     let reachable = false;
     let addresses = this.addressSet();
-    let nextProbe = this.clock.monotonic() + this.interval(attempt++);
+    let nextProbe = this.clock.monotonic() + schedule.failure();
     let nextPoll = this.clock.monotonic() + this.interfacesPollMs;
 
     const probe = async (trigger: ProbeTrigger): Promise<void> => {
@@ -269,25 +270,19 @@ export class ConnectivityProbe {
           if (!first) {
             this.logger.debug('network interfaces changed: probing now');
             await probe('interfaces');
-            attempt = 0;
-            nextProbe = this.clock.monotonic() + this.interval(attempt++);
+            schedule.reset();
+            nextProbe = this.clock.monotonic() + schedule.failure();
             continue;
           }
         }
       }
       if (now >= nextProbe) {
         await probe('schedule');
-        nextProbe = this.clock.monotonic() + this.interval(attempt++);
+        nextProbe = this.clock.monotonic() + schedule.failure();
         continue;
       }
       await this.clock.sleep(Math.min(nextProbe, nextPoll) - now, signal).catch(() => undefined);
     }
-  }
-
-  /** The wait before probe number `attempt`: doubling from initialIntervalMs, capped, uniform in [base/2, base]. */
-  private interval(attempt: number): number {
-    const base = Math.min(this.maxIntervalMs, this.initialIntervalMs * 2 ** Math.min(attempt, 40));
-    return base / 2 + this.random() * (base / 2);
   }
 
   /** Tries every target at once; the first connect wins and the others are abandoned. */
@@ -347,4 +342,13 @@ export class ConnectivityProbe {
       return null;
     }
   }
+}
+
+/**
+ * The probe's schedule is the project's one backoff with equal jitter: each wait is uniform in
+ * [base/2, base], base doubling from `initialMs` to `maxMs`, so probes never come back-to-back and a
+ * long outage settles at one probe every maxMs/2..maxMs. Exported for the fleet simulation.
+ */
+export function probeSchedule(initialMs: number, maxMs: number, clock: Pick<Clock, 'monotonic' | 'now'>, random: Random): Backoff {
+  return new Backoff({ minMs: initialMs, maxMs: Math.max(initialMs, maxMs), strategy: 'equal', clock, random });
 }
