@@ -1,6 +1,6 @@
-import { EventEmitter } from 'node:events';
 import type { Clock } from '../util/clock.js';
 import { AgentError, errorMessage } from '../util/errors.js';
+import { TypedEmitter } from '../util/typed-emitter.js';
 import type { OutageLog, OutageRecord } from './outage-log.js';
 
 /**
@@ -99,50 +99,6 @@ export interface ConnectionMonitorEvents {
   status: StatusEvent;
   'outage-started': Outage;
   'outage-ended': Outage;
-}
-
-/**
- * A typed face on node:events. A listener that throws does not stop the other listeners nor the
- * part that emitted (a transport reporting a failure must not fail because a subscriber did); its
- * error goes to `listenerFailed`.
- */
-export class TypedEmitter<Events extends { [K in keyof Events]: unknown }> {
-  private readonly emitter = new EventEmitter();
-
-  /** Returns a function that removes the listener. */
-  on<K extends keyof Events & string>(event: K, listener: (payload: Events[K]) => void): () => void {
-    this.emitter.on(event, listener);
-    return () => this.off(event, listener);
-  }
-
-  once<K extends keyof Events & string>(event: K, listener: (payload: Events[K]) => void): () => void {
-    this.emitter.once(event, listener);
-    return () => this.off(event, listener);
-  }
-
-  off<K extends keyof Events & string>(event: K, listener: (payload: Events[K]) => void): void {
-    this.emitter.off(event, listener);
-  }
-
-  listenerCount(event: keyof Events & string): number {
-    return this.emitter.listenerCount(event);
-  }
-
-  protected emit<K extends keyof Events & string>(event: K, payload: Events[K]): void {
-    // rawListeners keeps the `once` wrappers, which remove themselves when called.
-    for (const listener of this.emitter.rawListeners(event)) {
-      try {
-        (listener as (p: Events[K]) => void)(payload);
-      } catch (err) {
-        this.listenerFailed(err, event);
-      }
-    }
-  }
-
-  /** Where a listener's error goes; subclasses log it. By default it becomes a process warning. */
-  protected listenerFailed(err: unknown, event: string): void {
-    process.emitWarning(`a listener of "${event}" failed: ${errorMessage(err)}`, 'ListenerWarning');
-  }
 }
 
 /** The little of a logger the monitor uses; a pino Logger fits. */
@@ -491,3 +447,5 @@ function newChannel(): ChannelState {
     outage: null,
   };
 }
+
+export { TypedEmitter };

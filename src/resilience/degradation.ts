@@ -2,6 +2,7 @@ import type { Clock } from '../util/clock.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
+import { TypedEmitter } from '../util/typed-emitter.js';
 
 export type ConnectionStatus = 'online' | 'degraded' | 'offline';
 
@@ -92,7 +93,11 @@ interface Failure {
  * The threshold counts from when this controller saw the status go offline (or from `start()` if
  * it was already offline): it needs no shared notion of time with the monitor.
  */
-export class DegradationController {
+export interface DegradationEvents {
+  mode: ModeEvent;
+}
+
+export class DegradationController extends TypedEmitter<DegradationEvents> {
   private readonly status: StatusSource;
   private readonly clock: Clock;
   private readonly random: Random;
@@ -103,7 +108,6 @@ export class DegradationController {
   private readonly callTimeoutMs: number;
 
   private readonly entries: Entry[] = [];
-  private readonly listeners = new Set<(e: ModeEvent) => void>();
   private seq = 0;
   private pauseSeq = 0;
   private currentMode: DegradationMode = 'normal';
@@ -119,6 +123,7 @@ export class DegradationController {
   private resumeFailures: Failure[] = [];
 
   constructor(opts: DegradationControllerOptions) {
+    super();
     this.status = opts.status;
     this.clock = opts.clock;
     this.random = opts.random;
@@ -165,16 +170,6 @@ export class DegradationController {
       paused: e.paused,
       ...(e.error !== undefined ? { error: e.error } : {}),
     }));
-  }
-
-  on(event: 'mode', fn: (e: ModeEvent) => void): this {
-    if (event === 'mode') this.listeners.add(fn);
-    return this;
-  }
-
-  off(event: 'mode', fn: (e: ModeEvent) => void): this {
-    if (event === 'mode') this.listeners.delete(fn);
-    return this;
   }
 
   /**
@@ -329,6 +324,10 @@ export class DegradationController {
     }
   }
 
+  protected override listenerFailed(err: unknown, event: string): void {
+    this.logger.warn({ err: errorMessage(err) }, `a ${event} listener threw`);
+  }
+
   private changeMode(to: DegradationMode, reason: string, details: Record<string, unknown>): void {
     const from = this.currentMode;
     const at = this.clock.now();
@@ -337,12 +336,6 @@ export class DegradationController {
     const msg = to === 'degraded' ? 'entering degraded mode: cloud-dependent features paused' : 'leaving degraded mode: features resumed';
     this.logger.info({ mode: to, from, reason, ...details }, msg);
     const event: ModeEvent = { from, to, at, reason };
-    for (const fn of [...this.listeners]) {
-      try {
-        fn(event);
-      } catch (err) {
-        this.logger.warn({ err: errorMessage(err) }, 'a mode listener threw');
-      }
-    }
+    this.emit('mode', event);
   }
 }

@@ -6,6 +6,7 @@ import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import { Backoff } from './backoff.js';
+import { TypedEmitter } from '../util/typed-emitter.js';
 import type { StatusChange, StatusSource } from './degradation.js';
 import type { Wakeup } from './wakeup.js';
 
@@ -152,7 +153,11 @@ export interface ConnectivityProbeOptions {
  * again. A cloud that accepts TCP but still fails its API (an overload, a bad credential) is thus
  * not answered by waking every loop on every probe, which would defeat their backoff.
  */
-export class ConnectivityProbe {
+export interface ProbeEvents {
+  reachable: ReachableEvent;
+}
+
+export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   private readonly status: StatusSource;
   private readonly wakeup: Pick<Wakeup, 'wake'>;
   private readonly targets: readonly ProbeTarget[];
@@ -165,7 +170,6 @@ export class ConnectivityProbe {
   private readonly interfacesPollMs: number;
   private readonly interfaces: InterfacesFn;
   private readonly connect: ConnectFn;
-  private readonly listeners = new Set<(e: ReachableEvent) => void>();
   /** Stops the current offline stretch's probing; null while not probing. */
   private episode: AbortController | null = null;
   /** Every episode not yet finished (a stopped one may still be closing its sockets). */
@@ -173,6 +177,7 @@ export class ConnectivityProbe {
   private started = false;
 
   constructor(opts: ConnectivityProbeOptions) {
+    super();
     this.status = opts.status;
     this.wakeup = opts.wakeup;
     this.targets = opts.targets;
@@ -190,16 +195,6 @@ export class ConnectivityProbe {
   /** True while probing (the status is offline and the probe is started). */
   probing(): boolean {
     return this.episode !== null;
-  }
-
-  on(event: 'reachable', fn: (e: ReachableEvent) => void): this {
-    if (event === 'reachable') this.listeners.add(fn);
-    return this;
-  }
-
-  off(event: 'reachable', fn: (e: ReachableEvent) => void): this {
-    if (event === 'reachable') this.listeners.delete(fn);
-    return this;
   }
 
   /**
@@ -315,14 +310,12 @@ export class ConnectivityProbe {
     }
   }
 
+  protected override listenerFailed(err: unknown, event: string): void {
+    this.logger.warn({ err: errorMessage(err) }, `a ${event} listener threw`);
+  }
+
   private reached(event: ReachableEvent): void {
-    for (const fn of [...this.listeners]) {
-      try {
-        fn(event);
-      } catch (err) {
-        this.logger.warn({ err: errorMessage(err) }, 'a reachable listener threw');
-      }
-    }
+    this.emit('reachable', event);
     const reason = `cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`;
     const woken = this.wakeup.wake(reason);
     this.logger.info({ target: event.target, trigger: event.trigger, woken }, 'cloud reachable again: waking waiting loops');
