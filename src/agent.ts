@@ -152,6 +152,8 @@ export class Agent {
         logger: logger.child({ part: 'probe' }),
         maxIntervalMs: offline.probeMaxIntervalSeconds * 1000,
       });
+      // Degradable features, paused in this order after offlineThresholdSeconds offline.
+      this.degradation.register(this.reporter, { order: 50 });
       this.monitor.on('status', (e) => {
         logger.info({ from: e.from, to: e.to, cause: e.cause }, `connection ${e.from} -> ${e.to}`);
         this.reporter?.markDirty();

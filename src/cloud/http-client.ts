@@ -61,18 +61,20 @@ export interface CloudHttpClientOptions {
   userAgent?: string;
 }
 
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ETIMEDOUT',
-  'EPIPE',
-  'UND_ERR_SOCKET',
-  'UND_ERR_CLOSED',
-]);
+/** Network failures in words, each followed by its code so logs stay searchable. */
+const NETWORK_REASONS: Record<string, string> = {
+  ECONNREFUSED: 'connection refused',
+  ECONNRESET: 'connection reset',
+  ENOTFOUND: 'host not found',
+  EAI_AGAIN: 'name lookup failed',
+  EHOSTUNREACH: 'host unreachable',
+  ENETUNREACH: 'network unreachable',
+  ETIMEDOUT: 'connect timed out',
+  EPIPE: 'connection broken',
+  UND_ERR_SOCKET: 'connection closed by the other side',
+  UND_ERR_CLOSED: 'connection closed',
+  UND_ERR_CONNECT_TIMEOUT: 'connect timed out',
+};
 
 /** The one HTTP client of the agent: bearer auth, a hard timeout, errors classified for retry. */
 export class CloudHttpClient {
@@ -161,7 +163,8 @@ export class CloudHttpClient {
       return new CloudError('timeout', `${where} timed out after ${this.opts.timeoutMs} ms`, undefined, undefined, { cause: err });
     }
     const code = (err as { code?: string; cause?: { code?: string } }).code ?? (err as { cause?: { code?: string } }).cause?.code;
-    const reason = code && NETWORK_CODES.has(code) ? code : (err as Error).message;
+    const words = code ? NETWORK_REASONS[code] : undefined;
+    const reason = words ? `${words} (${code})` : (err as Error).message;
     return new CloudError('network', `${where} failed: ${reason}`, undefined, undefined, { cause: err });
   }
 }

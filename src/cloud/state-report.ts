@@ -41,6 +41,9 @@ interface Pending {
  * same, so the cloud can drop the duplicate.
  */
 export class StateReporter {
+  /** As a degradable feature: paused after a long outage, resumed (and reporting) on return. */
+  readonly name = 'state-report';
+  private paused = false;
   private dirty = true;
   private readonly kick = new Kick();
   private pending: Pending | undefined;
@@ -55,9 +58,18 @@ export class StateReporter {
     this.kick.kick();
   }
 
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.kick.kick();
+  }
+
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      if (!this.dirty && !this.pending) {
+      if (this.paused || (!this.dirty && !this.pending)) {
         await this.kick.wait(Infinity, signal, this.o.clock);
         continue;
       }

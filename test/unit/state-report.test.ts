@@ -118,3 +118,20 @@ describe('state reporter', () => {
     expect(ids.size).toBe(1);
   });
 });
+
+describe('state reporter as a degradable feature', () => {
+  it('sends nothing while paused and reports the latest state on resume', async () => {
+    const t = setup(1_000);
+    await t.clock.advance(10);
+    t.reporter.pause();
+    for (let i = 0; i < 10; i++) {
+      t.set({ status: 'applied', targetVersion: 10 + i });
+      await t.clock.advance(5_000);
+    }
+    expect(t.cloud.requests).toHaveLength(1);
+    t.reporter.resume();
+    await t.clock.advance(10);
+    expect(t.cloud.requests).toHaveLength(2);
+    expect(t.cloud.requests[1]?.state).toEqual({ targetVersion: 19 });
+  });
+});
