@@ -5,6 +5,7 @@ import { agentConfigSchema } from './schema.js';
 interface JsonSchemaNode {
   type?: string;
   enum?: unknown[];
+  anyOf?: { const?: unknown; type?: string }[];
   default?: unknown;
   description?: string;
   minimum?: number;
@@ -23,7 +24,8 @@ export function settingsReferenceMarkdown(): string {
       return;
     }
     const key = path.join('.');
-    const type = node.enum ? node.enum.map((v) => JSON.stringify(v)).join(' \\| ') : node.type ?? 'any';
+    const choices = node.enum ?? (node.anyOf?.every((a) => 'const' in a) ? node.anyOf.map((a) => a.const) : undefined);
+    const type = choices ? choices.map((v) => JSON.stringify(v)).join(' \\| ') : node.type ?? 'any';
     const max = node.maximum !== undefined && node.maximum < Number.MAX_SAFE_INTEGER ? node.maximum : undefined;
     const range = node.minimum !== undefined || max !== undefined ? ` (${node.minimum ?? ''}..${max ?? ''})` : '';
     const def = node.default === undefined ? '—' : `\`${JSON.stringify(node.default)}\``;

@@ -74,6 +74,32 @@ const cloudSchema = z.strictObject({
   caFile: z.string().optional().describe('Extra CA certificate (PEM) to trust for the cloud, on top of the system roots.'),
 });
 
+const mqttSchema = z.strictObject({
+  url: z
+    .url({ protocol: /^mqtts?$/ })
+    .optional()
+    .describe('Broker URL (mqtt:// or mqtts://). Without it the agent does not use MQTT.'),
+  protocolVersion: z
+    .union([z.literal(4), z.literal(5)])
+    .default(5)
+    .describe('MQTT 5 (reason codes, session expiry) or 4 (3.1.1) for brokers without MQTT 5.'),
+  clientId: z.string().min(1).max(128).optional().describe('Client id; defaults to the device uuid.'),
+  username: z.string().optional().describe('User name; defaults to the device uuid.'),
+  password: z.string().optional().describe('Password; defaults to device.apiKey. Never logged.'),
+  keepAliveSeconds: z.number().int().min(5).max(3600).default(60).describe('Keep-alive; a connection that stops answering is torn down within 1.5 x this.'),
+  connectTimeoutMs: z.number().int().min(1000).default(30_000).describe('A CONNECT not acknowledged in this time counts as a failure.'),
+  maxInflight: z.number().int().min(1).max(65_535).default(100).describe('Most QoS 1 publishes awaiting PUBACK at once.'),
+  sessionExpirySeconds: z
+    .number()
+    .int()
+    .min(0)
+    .default(604_800)
+    .describe('MQTT 5: how long the broker keeps the session (subscriptions, queued messages) while the device is away.'),
+  caFile: z.string().optional().describe('CA certificate (PEM) for mqtts://, on top of the system roots.'),
+  certFile: z.string().optional().describe('Client certificate (PEM) for mutual TLS.'),
+  keyFile: z.string().optional().describe('Client private key (PEM) for mutual TLS.'),
+});
+
 const apiSchema = z.strictObject({
   host: z.string().min(1).default('127.0.0.1').describe('Address the local API listens on. Keep it on loopback unless you know why.'),
   port: z.number().int().min(0).max(65_535).default(48_484).describe('Port of the local API (0 picks a free one).'),
@@ -110,6 +136,7 @@ export const agentConfigSchema = z
     dataDir: z.string().min(1).default('/var/lib/iotistic-agent').describe('Where the database, keys and logs live.'),
     device: deviceSchema.prefault({}),
     cloud: cloudSchema.prefault({}),
+    mqtt: mqttSchema.prefault({}),
     api: apiSchema.prefault({}),
     logging: loggingSchema.prefault({}),
     store: storeSchema.prefault({}),

@@ -2,6 +2,7 @@ import type { Database } from 'better-sqlite3';
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/logger.js';
 import { openDatabase } from './database.js';
+import type { Migration } from './migrations.js';
 
 export interface StoredTarget {
   etag: string | null;
@@ -37,7 +38,13 @@ export class Store {
     this.quarantinedTo = quarantinedTo;
   }
 
-  static open(opts: { path: string; logger: Logger; clock: Pick<Clock, 'now'>; synchronous?: 'full' | 'normal' }): Store {
+  static open(opts: {
+    path: string;
+    logger: Logger;
+    clock: Pick<Clock, 'now'>;
+    synchronous?: 'full' | 'normal';
+    migrations?: readonly Migration[];
+  }): Store {
     const { db, quarantinedTo } = openDatabase(opts);
     return new Store(db, opts.path, opts.clock, quarantinedTo);
   }
