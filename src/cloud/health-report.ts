@@ -1,19 +1,9 @@
-import type { Backoff } from '../resilience/backoff.js';
-import type { Clock } from '../util/clock.js';
 import { Kick } from '../util/kick.js';
 import { errorMessage } from '../util/errors.js';
-import type { Logger } from '../util/logger.js';
-import { CloudError, type CloudHttpClient } from './http-client.js';
-import type { OutcomeSink, WakeableSleep } from './target-state.js';
+import { CloudError } from './http-client.js';
+import type { CloudLoopDeps } from './loop-deps.js';
 
-export interface HealthReporterOptions {
-  http: Pick<CloudHttpClient, 'request'>;
-  uuid: string;
-  monitor: OutcomeSink;
-  backoff: Backoff;
-  sleeper: WakeableSleep;
-  clock: Clock;
-  logger: Logger;
+export interface HealthReporterOptions extends CloudLoopDeps {
   health: () => unknown;
 }
 

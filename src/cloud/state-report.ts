@@ -1,23 +1,13 @@
-import type { Backoff } from '../resilience/backoff.js';
 import type { Store } from '../store/store.js';
-import type { Clock } from '../util/clock.js';
 import { Kick } from '../util/kick.js';
 import { errorMessage } from '../util/errors.js';
 import type { IdGenerator } from '../util/ids.js';
 import { applyMergePatch, mergePatch, withoutNulls, type Json } from '../util/json-diff.js';
-import type { Logger } from '../util/logger.js';
-import { CloudError, type CloudHttpClient } from './http-client.js';
-import type { OutcomeSink, WakeableSleep } from './target-state.js';
+import { CloudError } from './http-client.js';
+import type { CloudLoopDeps } from './loop-deps.js';
 
-export interface StateReporterOptions {
-  http: Pick<CloudHttpClient, 'request'>;
-  uuid: string;
+export interface StateReporterOptions extends CloudLoopDeps {
   store: Store;
-  monitor: OutcomeSink;
-  backoff: Backoff;
-  sleeper: WakeableSleep;
-  clock: Clock;
-  logger: Logger;
   ids: IdGenerator;
   /** At most one report per this interval (read each time: a target may change it). */
   intervalMs: () => number;

@@ -1,21 +1,14 @@
-import type { Backoff } from '../resilience/backoff.js';
 import type { Store } from '../store/store.js';
-import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
-import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import { validateTarget, type TargetState } from '../workloads/target-schema.js';
-import { CloudError, type CloudHttpClient } from './http-client.js';
+import { CloudError } from './http-client.js';
+import type { CloudLoopDeps, OutcomeSink } from './loop-deps.js';
 import type { ConfigIssue } from '../config/issues.js';
 import { Kick, type WakeableSleep } from '../util/kick.js';
 
-export type { WakeableSleep };
+export type { OutcomeSink, WakeableSleep };
 
-/** What the poller needs of the connection monitor. */
-export interface OutcomeSink {
-  markSuccess(channel: string, operation: string): void;
-  markFailure(channel: string, operation: string, error: string): void;
-}
 
 
 export interface TargetRejection {
@@ -27,16 +20,9 @@ export interface TargetRejection {
 
 export type PollOutcome = 'changed' | 'unchanged' | 'rejected';
 
-export interface TargetStatePollerOptions {
-  http: Pick<CloudHttpClient, 'request'>;
-  uuid: string;
+export interface TargetStatePollerOptions extends CloudLoopDeps {
   store: Store;
-  monitor: OutcomeSink;
-  backoff: Backoff;
-  sleeper: WakeableSleep;
-  clock: Clock;
   random: Random;
-  logger: Logger;
   /** Read on every cycle: a target may change the interval. */
   pollIntervalMs: () => number;
   /** Called with each new valid target, after it is stored. */

@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events';
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -11,22 +10,8 @@ import {
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
 import { seededRandom } from '../../src/util/random.js';
+import { FakeStatus } from '../helpers/fake-status.js';
 
-class FakeStatus extends EventEmitter {
-  current: ConnectionStatus;
-  constructor(initial: ConnectionStatus) {
-    super();
-    this.current = initial;
-  }
-  status(): ConnectionStatus {
-    return this.current;
-  }
-  set(to: ConnectionStatus): void {
-    const from = this.current;
-    this.current = to;
-    this.emit('status', { from, to, at: 0 });
-  }
-}
 
 interface Call {
   op: 'pause' | 'resume';

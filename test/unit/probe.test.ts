@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events';
 import type * as os from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConnectionStatus } from '../../src/resilience/degradation.js';
@@ -15,22 +14,8 @@ import type { AgentError } from '../../src/util/errors.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
 import { seededRandom } from '../../src/util/random.js';
+import { FakeStatus } from '../helpers/fake-status.js';
 
-class FakeStatus extends EventEmitter {
-  current: ConnectionStatus;
-  constructor(initial: ConnectionStatus) {
-    super();
-    this.current = initial;
-  }
-  status(): ConnectionStatus {
-    return this.current;
-  }
-  set(to: ConnectionStatus): void {
-    const from = this.current;
-    this.current = to;
-    this.emit('status', { from, to, at: 0 });
-  }
-}
 
 type Iface = os.NetworkInterfaceInfo;
 function iface(address: string, family: 'IPv4' | 'IPv6', internal = false): Iface {
