@@ -5,6 +5,7 @@ import { createMetrics } from './api/metrics.js';
 import { startApi } from './api/server.js';
 import { HealthReporter } from './cloud/health-report.js';
 import { CloudHttpClient } from './cloud/http-client.js';
+import { RetryPolicy } from './cloud/retry.js';
 import { StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';
 import type { AgentConfig } from './config/schema.js';
@@ -102,14 +103,18 @@ export class Agent {
         userAgent: `iotistic-agent/${AGENT_VERSION}`,
       });
       const settings = (): AgentConfig['settings'] => ({ ...config.settings, ...(this.target?.config.settings ?? {}) });
-      const backoff = (): ReturnType<typeof backoffFromSettings> => backoffFromSettings(offline, { clock, random });
+      // Offline for want of a connection, the probe's handshakes are the way back; the loops' own
+      // requests slow to one per offlineRetryIntervalSeconds so a returning cloud is not met by them.
+      const offlineFloorMs = (): number =>
+        this.monitor.status() === 'offline' && this.monitor.lastFailureKind('api') === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
+      const retry = (): RetryPolicy =>
+        new RetryPolicy({ backoff: backoffFromSettings(offline, { clock, random }), sleeper: wakeup, clock, floorMs: offlineFloorMs });
       this.poller = new TargetStatePoller({
         http: this.http,
         uuid: this.uuid,
         store,
         monitor: this.monitor,
-        backoff: backoff(),
-        sleeper: wakeup,
+        retry: retry(),
         clock,
         random,
         logger: logger.child({ part: 'target-state' }),
@@ -125,8 +130,7 @@ export class Agent {
         uuid: this.uuid,
         store,
         monitor: this.monitor,
-        backoff: backoff(),
-        sleeper: wakeup,
+        retry: retry(),
         clock,
         logger: logger.child({ part: 'state-report' }),
         ids,
@@ -137,8 +141,7 @@ export class Agent {
         http: this.http,
         uuid: this.uuid,
         monitor: this.monitor,
-        backoff: backoff(),
-        sleeper: wakeup,
+        retry: retry(),
         clock,
         logger: logger.child({ part: 'health-report' }),
         health: () => this.connectionHealth(),
@@ -146,6 +149,8 @@ export class Agent {
       this.probe = new ConnectivityProbe({
         targets: probeTargetsFromUrls([config.cloud.apiUrl]),
         status: this.monitor,
+        // Offline because the cloud answered 503s is not a closed way: a handshake proves nothing new.
+        wayClosed: () => this.monitor.lastFailureKind('api') !== 'answer',
         wakeup,
         clock,
         random,

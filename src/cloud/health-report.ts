@@ -1,7 +1,7 @@
 import { Kick } from '../util/kick.js';
 import { errorMessage } from '../util/errors.js';
 import { CloudError } from './http-client.js';
-import type { CloudLoopDeps } from './loop-deps.js';
+import { failureKind, type CloudLoopDeps } from './loop-deps.js';
 
 export interface HealthReporterOptions extends CloudLoopDeps {
   health: () => unknown;
@@ -41,19 +41,18 @@ export class HealthReporter {
         this.due = false;
         this.sent++;
         this.o.monitor.markSuccess('api', 'health');
-        this.o.backoff.success();
+        this.o.retry.afterSuccess();
       } catch (err) {
         if (signal.aborted) return;
         const e = err instanceof CloudError ? err : undefined;
         if (!e) this.o.logger.error({ err: errorMessage(err) }, 'health report failed unexpectedly; retrying with backoff');
-        this.o.monitor.markFailure('api', 'health', errorMessage(err));
+        this.o.monitor.markFailure('api', 'health', errorMessage(err), failureKind(err));
         if (e && !e.retryable) {
           this.o.logger.warn({ err: errorMessage(err) }, 'health report refused by the cloud; dropping it');
           this.due = false;
           continue;
         }
-        const delay = this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined);
-        if ((await this.kick.wait(delay, signal, this.o.sleeper, { kickable: false })) === 'woken') this.o.backoff.reset();
+        await this.o.retry.wait(this.o.retry.afterFailure(err), signal);
       }
     }
   }

@@ -1,23 +1,26 @@
-import type { Backoff } from '../resilience/backoff.js';
 import type { Clock } from '../util/clock.js';
-import type { WakeableSleep } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
-import type { CloudHttpClient } from './http-client.js';
+import type { FailureKind } from '../resilience/connection-monitor.js';
+import { CloudError, type CloudHttpClient } from './http-client.js';
+import type { RetryPolicy } from './retry.js';
 
 /** What the loops need of the connection monitor: every request's outcome. */
 export interface OutcomeSink {
   markSuccess(channel: string, operation: string): void;
-  markFailure(channel: string, operation: string, error: string): void;
+  markFailure(channel: string, operation: string, error: string, kind?: FailureKind): void;
 }
 
-/** What every cloud loop (poller, reporters) is built with; each has its own backoff. */
+/** A transport failure (no connection, timeout) or an answer (the cloud said 5xx, 4xx). */
+export function failureKind(err: unknown): FailureKind {
+  return err instanceof CloudError && err.kind === 'http' ? 'answer' : 'transport';
+}
+
+/** What every cloud loop (poller, reporters) is built with; each has its own retry policy. */
 export interface CloudLoopDeps {
   http: Pick<CloudHttpClient, 'request'>;
   uuid: string;
   monitor: OutcomeSink;
-  backoff: Backoff;
-  /** Wakeable by the connectivity probe. */
-  sleeper: WakeableSleep;
+  retry: RetryPolicy;
   clock: Clock;
   logger: Logger;
 }

@@ -4,7 +4,7 @@ import { errorMessage } from '../util/errors.js';
 import type { IdGenerator } from '../util/ids.js';
 import { applyMergePatch, mergePatch, withoutNulls, type Json } from '../util/json-diff.js';
 import { CloudError } from './http-client.js';
-import type { CloudLoopDeps } from './loop-deps.js';
+import { failureKind, type CloudLoopDeps } from './loop-deps.js';
 
 export interface StateReporterOptions extends CloudLoopDeps {
   store: Store;
@@ -71,7 +71,7 @@ export class StateReporter {
       }
       try {
         await this.reportOnce(signal);
-        this.o.backoff.success();
+        this.o.retry.afterSuccess();
       } catch (err) {
         if (signal.aborted) return;
         const e = err instanceof CloudError ? err : undefined;
@@ -86,8 +86,7 @@ export class StateReporter {
           await this.kick.wait(this.o.intervalMs(), signal, this.o.clock);
           continue;
         }
-        const delay = this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined);
-        if ((await this.kick.wait(delay, signal, this.o.sleeper, { kickable: false })) === 'woken') this.o.backoff.reset();
+        await this.o.retry.wait(this.o.retry.afterFailure(err), signal);
       }
     }
   }
@@ -118,7 +117,7 @@ export class StateReporter {
     } catch (err) {
       if (!signal?.aborted) {
         this.lastError = errorMessage(err);
-        this.o.monitor.markFailure('api', 'report', this.lastError);
+        this.o.monitor.markFailure('api', 'report', this.lastError, failureKind(err));
       }
       throw err;
     }

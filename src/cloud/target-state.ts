@@ -3,7 +3,7 @@ import { errorMessage } from '../util/errors.js';
 import type { Random } from '../util/random.js';
 import { validateTarget, type TargetState } from '../workloads/target-schema.js';
 import { CloudError } from './http-client.js';
-import type { CloudLoopDeps, OutcomeSink } from './loop-deps.js';
+import { failureKind, type CloudLoopDeps, type OutcomeSink } from './loop-deps.js';
 import type { ConfigIssue } from '../config/issues.js';
 import { Kick, type WakeableSleep } from '../util/kick.js';
 
@@ -35,7 +35,7 @@ const REJECTED_ETAG_KEY = 'target.rejectedEtag';
 /**
  * Polls the cloud for the target state: `If-None-Match` with the ETag held, `304` means nothing new,
  * a new document is validated and stored with its ETag in one transaction before anyone applies it.
- * On success the next poll is `pollIntervalMs` plus up to 10% jitter; on failure the shared backoff
+ * On success the next poll is `pollIntervalMs` plus up to 10% jitter; on failure the loop's retry policy
  * decides, and a wake-up from the connectivity probe or a `pollNow()` cuts the wait short.
  */
 export class TargetStatePoller {
@@ -57,13 +57,13 @@ export class TargetStatePoller {
       try {
         this.kick.consume();
         await this.pollOnce(signal);
-        this.o.backoff.success();
+        this.o.retry.afterSuccess();
         const base = this.o.pollIntervalMs();
         delay = base + this.o.random() * base * 0.1;
       } catch (err) {
         if (signal.aborted) return;
         const cloudErr = err instanceof CloudError ? err : undefined;
-        delay = this.o.backoff.failure(cloudErr?.retryAfterMs !== undefined ? { retryAfterMs: cloudErr.retryAfterMs } : undefined);
+        delay = this.o.retry.afterFailure(err);
         if (cloudErr && !cloudErr.retryable) {
           // A 4xx other than 408/429 will not heal by retrying at once: wait at least a full poll interval.
           delay = Math.max(delay, this.o.pollIntervalMs());
@@ -71,7 +71,7 @@ export class TargetStatePoller {
         if (cloudErr) this.o.logger.debug({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'target-state poll failed');
         else this.o.logger.error({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'target-state poll failed unexpectedly');
       }
-      if ((await this.kick.wait(delay, signal, this.o.sleeper)) === 'woken') this.o.backoff.reset();
+      await this.o.retry.wait(delay, signal, this.kick);
     }
   }
 
@@ -94,7 +94,7 @@ export class TargetStatePoller {
     } catch (err) {
       if (!signal?.aborted) {
         this.lastError = errorMessage(err);
-        monitor.markFailure('api', 'poll', this.lastError);
+        monitor.markFailure('api', 'poll', this.lastError, failureKind(err));
       }
       throw err;
     }

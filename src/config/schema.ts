@@ -12,6 +12,19 @@ const seconds = (min: number) => z.number().min(min);
 export const JITTER_STRATEGIES = ['full', 'decorrelated', 'equal', 'none'] as const;
 export type JitterStrategy = (typeof JITTER_STRATEGIES)[number];
 
+const outboxChannelSchema = z.strictObject({
+  priority: z
+    .number()
+    .int()
+    .min(-1_000)
+    .max(1_000)
+    .optional()
+    .describe('Priority of the channel\'s messages (higher is delivered first and dropped last).'),
+  maxCount: z.number().int().min(1).optional().describe('Most messages of this channel in the outbox (on top of the total limit).'),
+  maxBytes: z.number().int().min(1_024).optional().describe('Most stored payload bytes of this channel in the outbox.'),
+  ttlMs: ms(1).optional().describe('Default time to live of the channel\'s messages; expired messages are removed and counted.'),
+});
+
 const offlineSchema = z.strictObject({
   enableQueue: z.boolean().default(true).describe('Queue cloud-bound messages on disk while the cloud cannot be reached.'),
   maxQueueSize: z
@@ -45,6 +58,40 @@ const offlineSchema = z.strictObject({
     .describe('A success resets the backoff only after the connection stayed good this long (flapping links keep backing off).'),
   offlineAfterFailures: z.number().int().min(1).default(3).describe('Consecutive failures on a channel before it counts as offline.'),
   probeMaxIntervalSeconds: seconds(1).default(30).describe('While offline, longest pause between cheap TCP reachability probes.'),
+  offlineRetryIntervalSeconds: seconds(0)
+    .default(300)
+    .describe(
+      'While offline for want of a connection, cloud loops retry at most this often themselves; the probe wakes them as soon as the way is open.',
+    ),
+  channels: z
+    .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a channel name of 1-64 letters, digits, ".", "_" or "-"'), outboxChannelSchema)
+    .default({})
+    .describe(
+      'Per-channel outbox policy, e.g. {"telemetry": {"maxCount": 50000}, "events": {"priority": 60}}. Default priorities: events/jobs 50, state/shadow 40, health 30, telemetry 20, metrics 10.',
+    ),
+  compressAboveBytes: z
+    .number()
+    .int()
+    .min(0)
+    .default(1_024)
+    .describe('Payloads whose JSON is larger than this are stored gzip-compressed (0: always try).'),
+  groupCommitWindowMs: z
+    .number()
+    .min(0)
+    .max(1_000)
+    .default(2)
+    .describe(
+      'Longest an enqueue waits for others to share its transaction (one fsync). A batch commits earlier as soon as an event-loop turn brings no new enqueue.',
+    ),
+  groupCommitMaxBatch: z.number().int().min(1).default(512).describe('A batch of enqueues commits at once when it holds this many messages.'),
+  minFreeDiskBytes: z
+    .number()
+    .int()
+    .min(0)
+    .default(64 * 1_048_576)
+    .describe(
+      'Free-disk watermark of the data dir: below it the outbox stops growing (new messages only replace older, less or equally important ones). 0 disables.',
+    ),
 });
 
 const settingsSchema = z.strictObject({

@@ -56,6 +56,8 @@ export class Backoff {
   /** The previous computed delay, which decorrelated jitter grows from. */
   private prevMs: number;
   private goodSince: number | undefined;
+  /** Monotonic time before which a server's Retry-After asked us not to come back. */
+  private holdUntil: number | undefined;
 
   constructor(opts: BackoffOptions) {
     const multiplier = opts.multiplier ?? 2;
@@ -101,7 +103,18 @@ export class Backoff {
     this.failures++;
     const retryAfter = opts.retryAfterMs;
     if (retryAfter === undefined || !Number.isFinite(retryAfter) || retryAfter <= 0) return delay;
-    return Math.max(delay, Math.min(retryAfter, MAX_RETRY_AFTER_MS));
+    const hold = Math.min(retryAfter, MAX_RETRY_AFTER_MS);
+    this.holdUntil = this.clock.monotonic() + hold;
+    return Math.max(delay, hold);
+  }
+
+  /**
+   * What is left of the latest Retry-After. `reset()` does not shorten it: a loop woken early (the
+   * probe saw the network back) still waits until the server said it would take it back.
+   */
+  holdRemainingMs(): number {
+    if (this.holdUntil === undefined) return 0;
+    return Math.max(0, this.holdUntil - this.clock.monotonic());
   }
 
   /**
@@ -109,6 +122,7 @@ export class Backoff {
    * continues it. Repeated successes keep the first one's time.
    */
   success(): void {
+    this.holdUntil = undefined;
     if (this.goodSince === undefined) this.goodSince = this.clock.monotonic();
   }
 

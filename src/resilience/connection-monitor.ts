@@ -45,9 +45,16 @@ export interface ChannelHealth {
   /** Wall time of the latest success per operation; an operation that never succeeded is absent. */
   lastSuccess: Record<string, number>;
   lastError: string | null;
+  /**
+   * Whether the latest failure was a transport failure (no connection, timeout) or an answer (the
+   * peer said 5xx/429...). An answer proves the way is open, so the probe does not wake loops for it.
+   */
+  lastFailureKind: FailureKind | null;
   /** Wall time of the first failure of the current outage; null when not offline. */
   offlineSince: number | null;
 }
+
+export type FailureKind = 'transport' | 'answer';
 
 /** PROTOCOL.md's ConnectionHealth. `outages[].channel` is an addition to the seed's fields. */
 export interface ConnectionHealth {
@@ -142,6 +149,7 @@ interface ChannelState {
   failures: Map<string, number>;
   lastSuccess: Map<string, number>;
   lastError: string | null;
+  lastFailureKind: FailureKind | null;
   streak: Streak | null;
   outage: OpenOutage | null;
 }
@@ -192,6 +200,11 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
     return [...this.channels.keys()];
   }
 
+  /** The kind of the channel's latest failure (null before any). */
+  lastFailureKind(channel: string): FailureKind | null {
+    return this.channels.get(channel)?.lastFailureKind ?? null;
+  }
+
   markSuccess(channel: string, operation: Operation): void {
     const before = this.status();
     const ch = this.channel(channel);
@@ -206,7 +219,7 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
     this.emitStatusChange(before, { channel, operation });
   }
 
-  markFailure(channel: string, operation: Operation, error: string): void {
+  markFailure(channel: string, operation: Operation, error: string, kind: FailureKind = 'transport'): void {
     const before = this.status();
     const ch = this.channel(channel);
     const at = this.clock.now();
@@ -215,6 +228,7 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
     ch.consecutiveFailures++;
     ch.failures.set(operation, (ch.failures.get(operation) ?? 0) + 1);
     ch.lastError = message;
+    ch.lastFailureKind = kind;
     const from = ch.status;
     const to = this.statusOf(ch.consecutiveFailures);
     ch.status = to;
@@ -290,6 +304,7 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
         failures: Object.fromEntries(ch.failures),
         lastSuccess: Object.fromEntries(ch.lastSuccess),
         lastError: ch.lastError,
+        lastFailureKind: ch.lastFailureKind,
         offlineSince: ch.status === 'offline' ? (ch.outage?.record.start ?? null) : null,
       };
     }
@@ -413,6 +428,9 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
       ch.consecutiveFailures = this.offlineAfterFailures;
       ch.status = 'offline';
       ch.lastError = error;
+      // What kind of failure opened it was not stored; count it as a closed way so the probe's
+      // first handshake wakes the loops.
+      ch.lastFailureKind = 'transport';
       ch.outage = { record, id: r.id, monoStart: mono };
     }
     this.outages.sort((a, b) => b.start - a.start);
@@ -443,6 +461,7 @@ function newChannel(): ChannelState {
     failures: new Map(),
     lastSuccess: new Map(),
     lastError: null,
+    lastFailureKind: null,
     streak: null,
     outage: null,
   };

@@ -137,6 +137,12 @@ export interface ConnectivityProbeOptions {
   interfacesPollMs?: number;
   interfaces?: InterfacesFn;
   connect?: ConnectFn;
+  /**
+   * Whether going offline closed the way (transport failures) rather than the cloud answering with
+   * errors. When it did not, a handshake proves nothing new: the loops keep their backoff and the
+   * probe wakes them only after a probe has failed and then succeeded. Default: always closed.
+   */
+  wayClosed?: () => boolean;
 }
 
 
@@ -153,6 +159,9 @@ export interface ConnectivityProbeOptions {
  * again. A cloud that accepts TCP but still fails its API (an overload, a bad credential) is thus
  * not answered by waking every loop on every probe, which would defeat their backoff.
  */
+/** The first probe of an offline stretch comes within this (then the schedule doubles). */
+export const PROBE_INITIAL_INTERVAL_MS = 1000;
+
 export interface ProbeEvents {
   reachable: ReachableEvent;
 }
@@ -170,6 +179,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   private readonly interfacesPollMs: number;
   private readonly interfaces: InterfacesFn;
   private readonly connect: ConnectFn;
+  private readonly wayClosed: () => boolean;
   /** Stops the current offline stretch's probing; null while not probing. */
   private episode: AbortController | null = null;
   /** Every episode not yet finished (a stopped one may still be closing its sockets). */
@@ -185,7 +195,8 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     this.random = opts.random;
     this.logger = opts.logger;
     this.maxIntervalMs = Math.max(1, opts.maxIntervalMs ?? 30_000);
-    this.initialIntervalMs = Math.min(this.maxIntervalMs, Math.max(1, opts.initialIntervalMs ?? 1000));
+    this.initialIntervalMs = Math.min(this.maxIntervalMs, Math.max(1, opts.initialIntervalMs ?? PROBE_INITIAL_INTERVAL_MS));
+    this.wayClosed = opts.wayClosed ?? (() => true);
     this.connectTimeoutMs = Math.max(1, opts.connectTimeoutMs ?? 3000);
     this.interfacesPollMs = Math.max(1, opts.interfacesPollMs ?? 5000);
     this.interfaces = opts.interfaces ?? os.networkInterfaces;
@@ -236,8 +247,9 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   /** One offline stretch: a single loop serving both the probe schedule and the interface watch. */
   private async run(signal: AbortSignal): Promise<void> {
     const schedule = probeSchedule(this.initialIntervalMs, this.maxIntervalMs, this.clock, this.random);
-    // Going offline is the evidence that the way was closed, so the first success counts.
-    let reachable = false;
+    // Going offline for want of a connection is the evidence that the way was closed, so the first
+    // success counts. Offline because the cloud kept answering errors, it takes a failed probe first.
+    let reachable = !this.wayClosed();
     let addresses = this.addressSet();
     let nextProbe = this.clock.monotonic() + schedule.failure();
     let nextPoll = this.clock.monotonic() + this.interfacesPollMs;

@@ -45,7 +45,7 @@ describe('a channel before its first mark', () => {
     expect(monitor.isOnline()).toBe(true);
     expect(monitor.offlineSince()).toBeNull();
     const h = monitor.health();
-    expect(h.channels.api).toEqual({ status: 'online', consecutiveFailures: 0, failures: {}, lastSuccess: {}, lastError: null, offlineSince: null });
+    expect(h.channels.api).toEqual({ status: 'online', consecutiveFailures: 0, failures: {}, lastSuccess: {}, lastError: null, lastFailureKind: null, offlineSince: null });
     expect(h.lastPollSuccess).toBe(0);
   });
 
@@ -202,7 +202,7 @@ describe('health()', () => {
     monitor.markSuccess('api', 'poll');
     const pollAt = clock.now();
     await clock.advance(1000);
-    monitor.markFailure('api', 'report', '503 Service Unavailable');
+    monitor.markFailure('api', 'report', '503 Service Unavailable', 'answer');
     monitor.markFailure('mqtt', 'report', 'not connected');
     monitor.markFailure('mqtt', 'poll', 'not connected');
     monitor.markSuccess('mqtt', 'report');
@@ -228,6 +228,7 @@ describe('health()', () => {
           failures: { report: 1 },
           lastSuccess: { poll: pollAt },
           lastError: '503 Service Unavailable',
+          lastFailureKind: 'answer',
           offlineSince: null,
         },
         mqtt: {
@@ -236,6 +237,7 @@ describe('health()', () => {
           failures: { report: 1, poll: 1 },
           lastSuccess: { report: reportAt },
           lastError: 'not connected',
+          lastFailureKind: 'transport',
           offlineSince: null,
         },
       },
@@ -368,6 +370,7 @@ describe('persistence across restarts', () => {
       failures: {},
       lastSuccess: {},
       lastError: 'ENOTFOUND',
+      lastFailureKind: 'transport',
       offlineSince: t1,
     });
     expect(second.health().outages.map((o) => o.cause).sort()).toEqual(['poll: ENOTFOUND', 'publish: ECONNREFUSED']);

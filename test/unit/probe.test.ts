@@ -175,6 +175,21 @@ describe('ConnectivityProbe', () => {
     expect(h.events).toHaveLength(2);
   });
 
+  it('does not wake anyone when the cloud took the device offline by answering errors, until a probe fails', async () => {
+    // Offline because of 503s: the way is open; a handshake is not news and must not reset backoffs.
+    const h = setup({ initial: 'offline', wayClosed: () => false });
+    h.outcome.value = 'ok';
+    await h.clock.advance(60_000);
+    expect(h.calls.length).toBeGreaterThan(3);
+    expect(h.events).toHaveLength(0);
+    // Then the cloud really goes away and comes back: that opening wakes.
+    h.outcome.value = 'fail';
+    await h.clock.advance(60_000);
+    h.outcome.value = 'ok';
+    await h.clock.advance(60_000);
+    expect(h.events).toHaveLength(1);
+  });
+
   it('probes at once when the non-internal addresses change, and restarts the schedule', async () => {
     // Waits of ~base: probes near 1, 3, 7, 15, 31, 63, 127 s.
     const h = setup({ initial: 'offline', interfacesPollMs: 2000, maxIntervalMs: 600_000, random: () => 0.999 });

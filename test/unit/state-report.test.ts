@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CloudError, type CloudRequest } from '../../src/cloud/http-client.js';
+import { RetryPolicy } from '../../src/cloud/retry.js';
 import { StateReporter } from '../../src/cloud/state-report.js';
 import { Backoff } from '../../src/resilience/backoff.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
@@ -46,8 +47,11 @@ function setup(intervalMs = 1_000, cloudUp = true) {
     uuid: 'dev-1',
     store,
     monitor: { markSuccess: () => outcomes.push("ok"), markFailure: (_c, _o, e) => outcomes.push(`fail ${e}`) },
-    backoff: new Backoff({ minMs: 1_000, maxMs: 60_000, strategy: 'full', clock, random }),
-    sleeper: new Wakeup({ clock, random }),
+    retry: new RetryPolicy({
+      backoff: new Backoff({ minMs: 1_000, maxMs: 60_000, strategy: 'full', clock, random }),
+      sleeper: new Wakeup({ clock, random }),
+      clock,
+    }),
     clock,
     logger: silentLogger(),
     ids: new IdGenerator(() => clock.now()),

@@ -1,0 +1,75 @@
+import * as os from 'node:os';
+
+/**
+ * What every benchmark prints (DESIGN.md, "Benchmarks and reports"): a readable table, and with
+ * `--json` one JSON object as the last line of stdout.
+ */
+
+export interface BenchResult {
+  name: string;
+  /** null when the quantity could not be measured (e.g. not every device came back within the run). */
+  value: number | null;
+  unit: string;
+}
+
+export interface BenchTarget {
+  want: string;
+  value: number | null;
+  met: boolean;
+}
+
+export interface BenchReport {
+  benchmark: string;
+  machine: { cpus: number; node: string };
+  config: Record<string, unknown>;
+  results: BenchResult[];
+  ratios: Record<string, number | null>;
+  targets: Record<string, BenchTarget>;
+}
+
+export function machine(): BenchReport['machine'] {
+  return { cpus: os.cpus().length, node: process.version };
+}
+
+/** A target with `met` computed from the measured value; an unmeasured value never meets it. */
+export function target(op: '<=' | '>=', limit: number, value: number | null): BenchTarget {
+  const measured = value !== null && Number.isFinite(value);
+  const met = measured && (op === '<=' ? value <= limit : value >= limit);
+  return { want: `${op} ${limit}`, value: measured ? round(value) : null, met };
+}
+
+/** A quotient, or null when either side was not measured or the divisor is 0. */
+export function ratio(a: number | null, b: number | null): number | null {
+  if (a === null || b === null || !Number.isFinite(a) || !Number.isFinite(b) || b === 0) return null;
+  return round(a / b);
+}
+
+/** Four decimals: enough for a report, without float noise (0.52781234 → 0.5278). */
+export function round(value: number): number {
+  return Number.isFinite(value) ? Math.round(value * 1e4) / 1e4 : value;
+}
+
+/** The JSON line; a non-finite number becomes null (JSON has no Infinity). */
+export function jsonLine(report: BenchReport): string {
+  return JSON.stringify(report, (_key, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v));
+}
+
+/** A number for a table cell: fixed digits, thousands grouped, '-' when unmeasured. */
+export function cell(value: number | null | undefined, digits = 0): string {
+  if (value === null || value === undefined || Number.isNaN(value)) return '-';
+  if (!Number.isFinite(value)) return value > 0 ? 'inf' : '-inf';
+  return value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+/** Columns padded to their widest cell: the first left-aligned (labels), the others right-aligned. */
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, c) => Math.max(...all.map((r) => (r[c] ?? '').length)));
+  const line = (r: readonly string[]): string =>
+    r
+      .map((text, c) => (c === 0 ? text.padEnd(widths[c] ?? 0) : text.padStart(widths[c] ?? 0)))
+      .join('  ')
+      .trimEnd();
+  const rule = widths.map((w) => '-'.repeat(w)).join('  ');
+  return [line(header), rule, ...rows.map(line)].join('\n');
+}

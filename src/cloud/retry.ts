@@ -1,0 +1,61 @@
+import type { Backoff } from '../resilience/backoff.js';
+import type { Clock } from '../util/clock.js';
+import { Kick, type WakeableSleep } from '../util/kick.js';
+import { CloudError } from './http-client.js';
+
+/** What the policy needs of a backoff: the project's `Backoff` (the fleet benchmark adapts the seed's formula). */
+export type RetryBackoff = Pick<Backoff, 'failure' | 'success' | 'reset' | 'holdRemainingMs'>;
+
+export interface RetryPolicyOptions {
+  backoff: RetryBackoff;
+  /** Wakeable by the connectivity probe. */
+  sleeper: WakeableSleep;
+  clock: Pick<Clock, 'sleep'>;
+  /**
+   * A lower bound on the delay after a failure, read at each failure. The agent returns
+   * `offlineRetryIntervalSeconds` while the device is offline for want of a connection and the
+   * connectivity probe watches the way back: the probe's handshakes bring the loop back within
+   * seconds, so the loop's own requests would only be load on a cloud that is coming back.
+   */
+  floorMs?: () => number;
+}
+
+/**
+ * How a cloud loop waits between attempts: the one backoff, a server's Retry-After, the offline
+ * floor, and what to do when the probe wakes it. Every loop that talks to the cloud uses one.
+ */
+export class RetryPolicy {
+  constructor(private readonly o: RetryPolicyOptions) {}
+
+  /** The delay before the next attempt after `err`. */
+  afterFailure(err: unknown): number {
+    const e = err instanceof CloudError ? err : undefined;
+    const delay = this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined);
+    return Math.max(delay, this.o.floorMs?.() ?? 0);
+  }
+
+  afterSuccess(): void {
+    this.o.backoff.success();
+  }
+
+  /**
+   * The probe saw the way open: start again from the first step. Returns how long to wait still,
+   * because a server's Retry-After is honoured even then.
+   */
+  afterWake(): number {
+    this.o.backoff.reset();
+    return this.o.backoff.holdRemainingMs();
+  }
+
+  /**
+   * Waits `delayMs` after a failure. A `kick` (new work the user asked for) may end the wait; new
+   * state alone must not, or every change during an outage would become a request. When the probe
+   * wakes the loop, the backoff starts over, after what is left of a Retry-After.
+   */
+  async wait(delayMs: number, signal: AbortSignal, kick?: Kick): Promise<void> {
+    const r = await (kick ?? new Kick()).wait(delayMs, signal, this.o.sleeper, { kickable: kick !== undefined });
+    if (r !== 'woken') return;
+    const hold = this.afterWake();
+    if (hold > 0) await this.o.clock.sleep(hold, signal).catch(() => undefined);
+  }
+}

@@ -1,0 +1,63 @@
+import { describe, expect, it } from 'vitest';
+import { CloudError } from '../../src/cloud/http-client.js';
+import { RetryPolicy } from '../../src/cloud/retry.js';
+import { Backoff } from '../../src/resilience/backoff.js';
+import { Wakeup } from '../../src/resilience/wakeup.js';
+import { FakeClock } from '../../src/util/fake-clock.js';
+import { seededRandom } from '../../src/util/random.js';
+
+function setup(floor = 0) {
+  const clock = new FakeClock();
+  const random = seededRandom(3);
+  const backoff = new Backoff({ minMs: 1_000, maxMs: 60_000, strategy: 'none', clock, random });
+  const wakeup = new Wakeup({ clock, random, staggerMaxMs: 1_000 });
+  let floorMs = floor;
+  const retry = new RetryPolicy({ backoff, sleeper: wakeup, clock, floorMs: () => floorMs });
+  return { clock, backoff, wakeup, retry, setFloor: (ms: number) => (floorMs = ms) };
+}
+
+describe('retry policy', () => {
+  it('follows the backoff and takes Retry-After as a lower bound', () => {
+    const t = setup();
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(2_000);
+    expect(t.retry.afterFailure(new CloudError('http', '429', 429, 30_000))).toBe(30_000);
+  });
+
+  it('waits at least the offline floor while it applies', () => {
+    const t = setup(300_000);
+    expect(t.retry.afterFailure(new Error('boom'))).toBe(300_000);
+    t.setFloor(0);
+    expect(t.retry.afterFailure(new Error('boom'))).toBe(2_000);
+  });
+
+  it('starts over after a wake-up but still honours what is left of a Retry-After', async () => {
+    const t = setup();
+    for (let i = 0; i < 5; i++) t.retry.afterFailure(new CloudError('network', 'refused'));
+    const delay = t.retry.afterFailure(new CloudError('http', '503', 503, 20_000));
+    expect(delay).toBe(32_000);
+    let done = false;
+    const waiting = t.retry.wait(delay, new AbortController().signal).then(() => (done = true));
+    await t.clock.advance(2_000);
+    t.wakeup.wake('probe');
+    // Woken within the stagger, but the server asked for 20 s: not before.
+    await t.clock.advance(15_000);
+    expect(done).toBe(false);
+    await t.clock.advance(3_500);
+    expect(done).toBe(true);
+    await waiting;
+    // And the backoff starts again from its first step.
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
+  });
+
+  it('a wake-up with no Retry-After ends the wait within the stagger', async () => {
+    const t = setup();
+    const delay = t.retry.afterFailure(new CloudError('network', 'refused'));
+    let done = false;
+    void t.retry.wait(delay * 100, new AbortController().signal).then(() => (done = true));
+    await t.clock.advance(10);
+    t.wakeup.wake('probe');
+    await t.clock.advance(1_000);
+    expect(done).toBe(true);
+  });
+});
