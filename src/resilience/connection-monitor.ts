@@ -310,7 +310,7 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
     }
     return {
       status: this.status(),
-      uptime: Math.max(0, this.clock.monotonic() - this.startedMono),
+      uptime: Math.round(Math.max(0, this.clock.monotonic() - this.startedMono)),
       lastPollSuccess,
       lastReportSuccess,
       pollFailures,
