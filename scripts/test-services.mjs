@@ -8,6 +8,9 @@ import { execFileSync, spawnSync } from 'node:child_process';
 const REQUIRED = [
   { bin: 'mosquitto', pkg: 'mosquitto', why: 'MQTT tests run a private Mosquitto broker' },
   { bin: 'mosquitto_sub', pkg: 'mosquitto-clients', why: 'MQTT tests watch birth/last-will messages with mosquitto_sub' },
+  { bin: 'dockerd', pkg: 'docker.io', why: 'workload tests start a private Docker engine when none answers' },
+  { bin: 'docker-registry', pkg: 'docker-registry', why: 'workload tests pull images from a registry on loopback' },
+  { bin: 'busybox', pkg: 'busybox-static', why: 'workload tests build their images from the static /bin/busybox (nothing is fetched)' },
 ];
 
 const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0 ||

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { fromZodIssues, formatIssue, type ConfigIssue } from '../config/issues.js';
+import { parseImageReference } from './image-ref.js';
 
 /**
  * The target-state document of PROTOCOL.md. A document that fails here is rejected whole: the
@@ -19,6 +20,13 @@ function portValid(spec: string): boolean {
   return host >= 1 && host <= 65535 && container >= 1 && container <= 65535;
 }
 
+/** A port mapping split into its parts, or undefined when it does not follow the grammar. */
+export function parsePort(spec: string): { ip: string | undefined; host: number; container: number; proto: 'tcp' | 'udp' } | undefined {
+  const m = PORT_RE.exec(spec);
+  if (!m?.groups || !portValid(spec)) return undefined;
+  return { ip: m.groups.ip, host: Number(m.groups.host), container: Number(m.groups.container), proto: m.groups.proto === 'udp' ? 'udp' : 'tcp' };
+}
+
 /** The host side of a port mapping, for the duplicate check: `ip:port/proto`. */
 export function hostPortKey(spec: string): string | undefined {
   const m = PORT_RE.exec(spec);
@@ -28,25 +36,80 @@ export function hostPortKey(spec: string): string | undefined {
 
 export const RESTART_POLICIES = ['no', 'always', 'on-failure', 'unless-stopped'] as const;
 export const RUNTIMES = ['docker', 'process', 'auto'] as const;
+export const NETWORK_MODES = ['bridge', 'none', 'host'] as const;
+export const UPDATE_STRATEGIES = ['download-then-kill', 'kill-then-download'] as const;
+export type UpdateStrategy = (typeof UPDATE_STRATEGIES)[number];
+
+/** Labels under this prefix are the agent's own (it finds its containers by them). */
+export const LABEL_PREFIX = 'io.iotistic.';
+/** The one label a target may set under the agent's prefix: the service's update strategy. */
+export const UPDATE_STRATEGY_LABEL = 'io.iotistic.update-strategy';
+
+const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+const VOLUME_RE = /^(?<source>[^:]+):(?<target>\/[^:]*)(?::(?<mode>ro|rw))?$/;
+const volumeMsg = 'a volume "NAME:/container/path[:ro|rw]" (NAME a letter or digit then letters, digits, "_", "." or "-") or a host bind mount "/host/path:/container/path[:ro|rw]"';
+
+/** A volume entry split into its parts, or undefined when it does not follow the grammar. */
+export function parseVolume(spec: string): { source: string; target: string; readOnly: boolean; hostPath: boolean } | undefined {
+  const m = VOLUME_RE.exec(spec);
+  if (!m?.groups?.source || !m.groups.target) return undefined;
+  const { source, target, mode } = m.groups;
+  const hostPath = source.startsWith('/');
+  if (!hostPath && !VOLUME_NAME.test(source)) return undefined;
+  return { source, target, readOnly: mode === 'ro', hostPath };
+}
+
+const DEVICE_RE = /^\/dev\/[^:\s]+(?::\/dev\/[^:\s]+)?(?::[rwm]{1,3})?$/;
+
+function imageRefinement(value: string, ctx: z.core.$RefinementCtx<string>): void {
+  const parsed = parseImageReference(value);
+  if ('error' in parsed) ctx.addIssue({ code: 'custom', message: parsed.error });
+}
+
+const labelsSchema = z.record(z.string().min(1), z.string()).superRefine((labels, ctx) => {
+  for (const [key, value] of Object.entries(labels)) {
+    if (key === UPDATE_STRATEGY_LABEL) {
+      if (!(UPDATE_STRATEGIES as readonly string[]).includes(value)) {
+        ctx.addIssue({ code: 'custom', path: [key], message: `one of ${UPDATE_STRATEGIES.map((v) => JSON.stringify(v)).join(', ')}` });
+      }
+    } else if (key.startsWith(LABEL_PREFIX)) {
+      ctx.addIssue({ code: 'custom', path: [key], message: `no label under "${LABEL_PREFIX}" other than "${UPDATE_STRATEGY_LABEL}" (the agent's own labels)` });
+    }
+  }
+});
+
+/** Fields that only mean something for a container. */
+const CONTAINER_ONLY = ['ports', 'volumes', 'devices', 'privileged', 'network_mode'] as const;
 
 const serviceSchema = z
   .strictObject({
     runtime: z.enum(RUNTIMES).default('docker'),
-    image: z.string().min(1).max(512).optional(),
+    image: z.string().min(1).max(512).superRefine(imageRefinement).optional(),
     command: z.array(z.string()).min(1).optional(),
     environment: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name'), z.string()).default({}),
     ports: z.array(z.string().refine(portValid, 'a port mapping "HOST:CONTAINER[/tcp|udp]" with ports 1-65535')).default([]),
-    volumes: z.array(z.string().min(1)).default([]),
+    volumes: z.array(z.string().min(1).refine((v) => parseVolume(v) !== undefined, volumeMsg)).default([]),
     restart: z.enum(RESTART_POLICIES).default('always'),
-    labels: z.record(z.string(), z.string()).default({}),
-    workingDir: z.string().optional(),
+    labels: labelsSchema.default({}),
+    workingDir: z.string().regex(/^\//, 'an absolute path').optional(),
+    privileged: z.boolean().default(false),
+    network_mode: z.enum(NETWORK_MODES).optional(),
+    devices: z.array(z.string().regex(DEVICE_RE, 'a device "/dev/HOST[:/dev/CONTAINER][:rwm]"')).default([]),
   })
   .superRefine((svc, ctx) => {
-    if (svc.runtime === 'process') {
-      if (svc.image !== undefined) ctx.addIssue({ code: 'custom', path: ['image'], message: 'no image for runtime "process"' });
-      if (!svc.command) ctx.addIssue({ code: 'custom', path: ['command'], message: 'a command (an array, first item an absolute path) for runtime "process"' });
+    // "auto" without an image can only ever run as a process, so it follows the process rules.
+    const asProcess = svc.runtime === 'process' || (svc.runtime === 'auto' && svc.image === undefined);
+    if (asProcess) {
+      const which = svc.runtime === 'process' ? 'for runtime "process"' : 'for runtime "auto" without an image (it runs as a process)';
+      if (svc.runtime === 'process' && svc.image !== undefined) ctx.addIssue({ code: 'custom', path: ['image'], message: 'no image for runtime "process"' });
+      if (!svc.command) ctx.addIssue({ code: 'custom', path: ['command'], message: `a command (an array, first item an absolute path) ${which}` });
       else if (!svc.command[0]?.startsWith('/')) {
         ctx.addIssue({ code: 'custom', path: ['command', 0], message: 'an absolute path to the program (no shell, no PATH lookup)' });
+      }
+      for (const key of CONTAINER_ONLY) {
+        const v = svc[key];
+        const set = Array.isArray(v) ? v.length > 0 : key === 'privileged' ? v === true : v !== undefined;
+        if (set) ctx.addIssue({ code: 'custom', path: [key], message: `no ${key} ${which} (containers only)` });
       }
     } else if (svc.image === undefined && svc.runtime === 'docker') {
       ctx.addIssue({ code: 'custom', path: ['image'], message: 'an image reference for runtime "docker"' });
@@ -105,16 +168,104 @@ function duplicatePortIssues(doc: unknown): ConfigIssue[] {
   return issues;
 }
 
+/**
+ * What the device's own config lets a target do to the host. Everything is refused by default: a
+ * cloud (or whoever holds its credentials) must not be able to take over the host by sending a target.
+ */
+export interface WorkloadPolicy {
+  /** Volumes whose source is a host path ("/host:/in/container"). */
+  allowHostMounts: boolean;
+  /** `privileged: true`. */
+  allowPrivileged: boolean;
+  /** `network_mode: host`. */
+  allowHostNetwork: boolean;
+  /** `devices: [...]`. */
+  allowDevices: boolean;
+}
+
+export const DEFAULT_WORKLOAD_POLICY: Readonly<WorkloadPolicy> = Object.freeze({
+  allowHostMounts: false,
+  allowPrivileged: false,
+  allowHostNetwork: false,
+  allowDevices: false,
+});
+
+/** The local config key that grants each permission, named in every refusal. */
+export const POLICY_SETTINGS: Readonly<Record<keyof WorkloadPolicy, string>> = Object.freeze({
+  allowHostMounts: 'workloads.allowHostMounts',
+  allowPrivileged: 'workloads.allowPrivileged',
+  allowHostNetwork: 'workloads.allowHostNetwork',
+  allowDevices: 'workloads.allowDevices',
+});
+
+function refusal(what: string, key: keyof WorkloadPolicy): string {
+  return `${what}: refused unless the device's local config sets ${POLICY_SETTINGS[key]}: true (a target cannot grant it)`;
+}
+
+/**
+ * What one service (raw or parsed) asks of the host beyond the policy. Works on raw input so it can
+ * be reported together with schema problems; `path` is the service's dotted path.
+ */
+export function servicePolicyIssues(path: string, svc: unknown, policy: Readonly<WorkloadPolicy> = DEFAULT_WORKLOAD_POLICY, source = 'target'): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  if (svc === null || typeof svc !== 'object') return issues;
+  const s = svc as Record<string, unknown>;
+  if (!policy.allowHostMounts && Array.isArray(s.volumes)) {
+    s.volumes.forEach((v: unknown, i) => {
+      if (typeof v === 'string' && v.startsWith('/')) {
+        issues.push({ path: `${path}.volumes.${i}`, source, value: v, expected: refusal('a named volume, not a host bind mount', 'allowHostMounts') });
+      }
+    });
+  }
+  if (!policy.allowPrivileged && s.privileged === true) {
+    issues.push({ path: `${path}.privileged`, source, value: true, expected: refusal('false (a privileged container owns the host)', 'allowPrivileged') });
+  }
+  if (!policy.allowHostNetwork && s.network_mode === 'host') {
+    issues.push({ path: `${path}.network_mode`, source, value: 'host', expected: refusal('"bridge" or "none", not "host"', 'allowHostNetwork') });
+  }
+  if (!policy.allowDevices && Array.isArray(s.devices) && s.devices.length > 0) {
+    issues.push({ path: `${path}.devices`, source, value: s.devices, expected: refusal('no host devices', 'allowDevices') });
+  }
+  return issues;
+}
+
+function policyIssues(doc: unknown, policy: Readonly<WorkloadPolicy>): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const apps = (doc as { apps?: unknown } | null)?.apps;
+  if (apps === null || typeof apps !== 'object') return issues;
+  for (const [app, appDoc] of Object.entries(apps)) {
+    const services = (appDoc as { services?: unknown } | null)?.services;
+    if (services === null || typeof services !== 'object') continue;
+    for (const [name, svc] of Object.entries(services)) issues.push(...servicePolicyIssues(`apps.${app}.services.${name}`, svc, policy));
+  }
+  return issues;
+}
+
 export type TargetState = z.output<typeof targetStateSchema>;
 export type ServiceSpec = TargetState['apps'][string]['services'][string];
 
+/** The update strategy of a service: its label, or download-then-kill. */
+export function updateStrategyOf(spec: Pick<ServiceSpec, 'labels'>): UpdateStrategy {
+  const v = spec.labels[UPDATE_STRATEGY_LABEL];
+  return v === 'kill-then-download' ? v : 'download-then-kill';
+}
+
 export type TargetValidation = { ok: true; target: TargetState } | { ok: false; issues: ConfigIssue[]; message: string };
 
-/** Validates a target document (already parsed JSON) and returns it with defaults, or every reason it is refused. */
-export function validateTarget(doc: unknown): TargetValidation {
+export interface ValidateTargetOptions {
+  /** What the device's local config allows; anything not given is refused. */
+  policy?: Partial<WorkloadPolicy>;
+}
+
+/**
+ * Validates a target document (already parsed JSON) and returns it with defaults, or every reason it
+ * is refused: schema problems, host ports used twice, and whatever the local policy does not allow.
+ */
+export function validateTarget(doc: unknown, opts: ValidateTargetOptions = {}): TargetValidation {
+  const policy = { ...DEFAULT_WORKLOAD_POLICY, ...opts.policy };
   const parsed = targetStateSchema.safeParse(doc);
-  const ports = duplicatePortIssues(doc);
-  if (parsed.success && ports.length === 0) return { ok: true, target: parsed.data };
-  const issues = [...(parsed.success ? [] : fromZodIssues(parsed.error.issues, doc, () => 'target', () => false)), ...ports];
+  const extra = [...duplicatePortIssues(doc), ...policyIssues(doc, policy)];
+  if (parsed.success && extra.length === 0) return { ok: true, target: parsed.data };
+  const issues = [...(parsed.success ? [] : fromZodIssues(parsed.error.issues, doc, () => 'target', () => false)), ...extra];
   return { ok: false, issues, message: issues.map((i) => formatIssue(i)).join('; ') };
 }

@@ -1,0 +1,401 @@
+import Docker from 'dockerode';
+import type { Readable } from 'node:stream';
+import { Backoff } from '../../resilience/backoff.js';
+import type { Clock } from '../../util/clock.js';
+import { AgentError, errorMessage } from '../../util/errors.js';
+import type { Logger } from '../../util/logger.js';
+import type { Random } from '../../util/random.js';
+import { parseImageReference } from '../image-ref.js';
+import { parsePort, parseVolume } from '../target-schema.js';
+import { LABELS, type Availability, type DesiredService, type Instance, type InstanceState, type WorkloadRuntime } from '../types.js';
+import { RuntimeEventEmitter } from './events.js';
+
+/**
+ * The Docker runtime: dockerode against `DOCKER_HOST` or the default socket.
+ *
+ * Every container and named volume the agent creates carries `io.iotistic.managed=true`, the agent
+ * id, the app and the service, and containers the hash of their configuration: after its own
+ * restart the agent finds (re-adopts) them by those labels, and it never lists, stops or removes
+ * anything without them. Containers are created with Docker's restart policy "no": restarts are
+ * the agent's (CrashLoopBackOff, restart counts, the same rules as native processes), so an engine
+ * that restarts a crashing container in a tight loop behind the agent's back cannot happen. After a
+ * reboot the engine starts nothing by itself; the agent starts what the stored target wants.
+ * Named volumes are `<app>_<name>` and are never removed by the agent (data outlives versions).
+ */
+
+export interface DockerRuntimeOptions {
+  /** A dockerode client; by default one for `host`, else `DOCKER_HOST`, else the default socket. */
+  docker?: Docker;
+  /** The engine's address: `unix:///path/docker.sock` or `tcp://host:port`. */
+  host?: string;
+  /** Tells agents sharing an engine apart (a label); "default" unless told. */
+  agentId?: string;
+  clock: Clock;
+  random: Random;
+  logger: Logger;
+  /** Seconds between SIGTERM and SIGKILL when stopping a container; 10 unless told. */
+  stopTimeoutSeconds?: number;
+  /** Limit of one API call (not pulls, not the event stream); 30 s unless told. */
+  callTimeoutMs?: number;
+  /** Limit of the availability ping; 3 s unless told. */
+  pingTimeoutMs?: number;
+  /** Re-subscription backoff of the event stream; 1 s to 30 s unless told. */
+  watchBackoff?: { minMs: number; maxMs: number };
+  /**
+   * Cap of each container's own log (the engine's json-file driver rotates it): 10 MiB x 3 files
+   * unless told; `false` leaves the engine's default log configuration alone.
+   */
+  containerLog?: { maxBytes: number; files: number } | false;
+}
+
+interface DockerError {
+  statusCode?: number;
+  message: string;
+}
+
+function status(err: unknown): number | undefined {
+  return (err as DockerError | undefined)?.statusCode;
+}
+
+const ZERO_TIME = '0001-01-01T00:00:00Z';
+
+function time(s: string | undefined): number | null {
+  if (!s || s.startsWith('0001-01-01')) return null;
+  const t = Date.parse(s);
+  return Number.isNaN(t) ? null : t;
+}
+
+const STATES: readonly InstanceState[] = ['created', 'running', 'exited', 'restarting', 'paused', 'dead', 'removing'];
+
+/** Docker's error messages wrap the useful part in "(HTTP code 500) server error - ...". */
+function dockerMessage(err: unknown): string {
+  const json = (err as { json?: { message?: string } } | undefined)?.json;
+  if (json && typeof json.message === 'string') return json.message;
+  return errorMessage(err)
+    .replace(/^\(HTTP code \d+\) [\w ]+ - /, '')
+    .trim();
+}
+
+/** dockerode's connection options for an engine address (`unix:///path` or `tcp://host:port`). */
+export function dockerAddress(host: string): Docker.DockerOptions {
+  if (host.startsWith('unix://')) return { socketPath: host.slice('unix://'.length) };
+  if (host.startsWith('/')) return { socketPath: host };
+  const m = /^tcp:\/\/([^:/]+|\[[^\]]+\]):(\d+)\/?$/.exec(host);
+  if (!m) throw new AgentError('DOCKER_HOST_INVALID', `docker host: expected "unix:///path/to/docker.sock" or "tcp://HOST:PORT", got ${JSON.stringify(host)}`);
+  return { host: m[1] as string, port: Number(m[2]), protocol: 'http' };
+}
+
+export class DockerRuntime implements WorkloadRuntime {
+  readonly kind = 'docker' as const;
+  readonly events = new RuntimeEventEmitter();
+  readonly docker: Docker;
+  readonly agentId: string;
+
+  constructor(private readonly o: DockerRuntimeOptions) {
+    this.docker = o.docker ?? new Docker(o.host ? dockerAddress(o.host) : undefined);
+    this.agentId = o.agentId ?? 'default';
+  }
+
+  /** Where the engine is expected, for messages. */
+  get endpoint(): string {
+    const m = this.docker.modem as unknown as { socketPath?: unknown; host?: string; port?: string | number };
+    if (typeof m.socketPath === 'string') return `unix://${m.socketPath}`;
+    if (m.host) return `${m.host}${m.port ? `:${m.port}` : ''}`;
+    return process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock';
+  }
+
+  private signal(signal: AbortSignal | undefined, ms = this.o.callTimeoutMs ?? 30_000): AbortSignal {
+    const t = AbortSignal.timeout(ms);
+    return signal ? AbortSignal.any([signal, t]) : t;
+  }
+
+  private ownLabels(): string[] {
+    return [`${LABELS.managed}=true`, `${LABELS.agent}=${this.agentId}`];
+  }
+
+  async availability(signal?: AbortSignal): Promise<Availability> {
+    try {
+      // The typings lack ping's options; dockerode takes them.
+      await (this.docker.ping as unknown as (o: object) => Promise<unknown>).call(this.docker, { abortSignal: this.signal(signal, this.o.pingTimeoutMs ?? 3_000) });
+      return { ok: true };
+    } catch (err) {
+      signal?.throwIfAborted();
+      return { ok: false, reason: `${this.endpoint}: ${dockerMessage(err)}` };
+    }
+  }
+
+  async list(signal?: AbortSignal): Promise<Instance[]> {
+    const found = await this.docker.listContainers({ all: true, filters: { label: this.ownLabels() }, abortSignal: this.signal(signal) } as Docker.ContainerListOptions);
+    const out: Instance[] = [];
+    for (const c of found) {
+      try {
+        const info = await this.docker.getContainer(c.Id).inspect({ abortSignal: this.signal(signal) } as object);
+        const inst = this.toInstance(info);
+        if (inst) out.push(inst);
+      } catch (err) {
+        // Removed between the list and the inspect.
+        if (status(err) !== 404) throw err;
+      }
+    }
+    return out;
+  }
+
+  private toInstance(info: Docker.ContainerInspectInfo): Instance | undefined {
+    const labels = info.Config.Labels ?? {};
+    const app = labels[LABELS.app];
+    const service = labels[LABELS.service];
+    const configHash = labels[LABELS.configHash];
+    if (!app || !service || !configHash) return undefined;
+    const st = info.State;
+    const state = (STATES as readonly string[]).includes(st.Status) ? (st.Status as InstanceState) : 'dead';
+    const startedAt = time(st.StartedAt);
+    const finishedAt = time(st.FinishedAt);
+    const neverRan = state === 'created' && startedAt === null && !st.Error;
+    return {
+      id: info.Id,
+      runtime: 'docker',
+      app,
+      service,
+      configHash,
+      image: info.Config.Image ?? null,
+      state,
+      exitCode: neverRan || state === 'running' ? null : st.ExitCode,
+      error: st.Error ? st.Error : st.OOMKilled ? 'killed: out of memory' : null,
+      startedAt,
+      finishedAt,
+      exitKey: state === 'exited' || state === 'dead' ? `${info.Id}:${st.FinishedAt ?? ZERO_TIME}` : null,
+    };
+  }
+
+  async hasImage(image: string, signal?: AbortSignal): Promise<boolean> {
+    try {
+      await this.docker.getImage(image).inspect({ abortSignal: this.signal(signal) } as object);
+      return true;
+    } catch (err) {
+      if (status(err) === 404) return false;
+      throw err;
+    }
+  }
+
+  /** Pulls an image; rejects with the registry's reason (unreachable, unknown, unauthorized). */
+  async pull(image: string, signal?: AbortSignal): Promise<void> {
+    const ref = parseImageReference(image);
+    if ('error' in ref) throw new AgentError('IMAGE_REFERENCE_INVALID', `${image}: expected ${ref.error}`);
+    const tag = ref.digest ?? ref.tag ?? 'latest';
+    let stream: Readable;
+    try {
+      stream = (await this.docker.createImage({ fromImage: ref.repository, tag, ...(signal ? { abortSignal: signal } : {}) })) as Readable;
+    } catch (err) {
+      throw new Error(dockerMessage(err), { cause: err });
+    }
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        stream.destroy();
+        reject(signal?.reason instanceof Error ? signal.reason : new Error('pull aborted'));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.docker.modem.followProgress(stream, (err: Error | null, output: { error?: string; errorDetail?: { message?: string } }[]) => {
+        signal?.removeEventListener('abort', onAbort);
+        if (err) return reject(new Error(dockerMessage(err)));
+        const failed = output.find((o) => o.error ?? o.errorDetail?.message);
+        if (failed) return reject(new Error(failed.errorDetail?.message ?? failed.error));
+        resolve();
+      });
+    });
+  }
+
+  async create(desired: DesiredService, signal?: AbortSignal): Promise<string> {
+    const { spec, app, service } = desired;
+    if (!desired.image) throw new AgentError('IMAGE_MISSING', `${app}/${service}: no image`);
+    const binds: string[] = [];
+    for (const v of spec.volumes) {
+      const vol = parseVolume(v);
+      if (!vol) throw new AgentError('VOLUME_INVALID', `${app}/${service}: bad volume ${JSON.stringify(v)}`);
+      const source = vol.hostPath ? vol.source : await this.ensureVolume(app, vol.source, signal);
+      binds.push(`${source}:${vol.target}${vol.readOnly ? ':ro' : ''}`);
+    }
+    const exposed: Record<string, object> = {};
+    const bindings: Record<string, { HostIp?: string; HostPort: string }[]> = {};
+    for (const port of spec.ports) {
+      const p = parsePort(port);
+      if (!p) throw new AgentError('PORT_INVALID', `${app}/${service}: bad port mapping ${JSON.stringify(port)}`);
+      const key = `${p.container}/${p.proto}`;
+      exposed[key] = {};
+      (bindings[key] ??= []).push({ ...(p.ip ? { HostIp: p.ip } : {}), HostPort: String(p.host) });
+    }
+    const devices = spec.devices.map((d) => {
+      const [host, inContainer, perms] = d.split(':');
+      return { PathOnHost: host as string, PathInContainer: inContainer ?? (host as string), CgroupPermissions: perms ?? 'rwm' };
+    });
+    const options: Docker.ContainerCreateOptions = {
+      name: `${app}_${service}_${desired.configHash.slice(0, 8)}`,
+      Image: desired.image,
+      ...(spec.command ? { Cmd: spec.command } : {}),
+      Env: Object.entries(spec.environment).map(([k, v]) => `${k}=${v}`),
+      ...(spec.workingDir ? { WorkingDir: spec.workingDir } : {}),
+      // The engine's own stops (its shutdown, `docker stop` by hand) keep the agent's grace period too.
+      StopTimeout: this.o.stopTimeoutSeconds ?? 10,
+      Labels: {
+        ...spec.labels,
+        [LABELS.managed]: 'true',
+        [LABELS.agent]: this.agentId,
+        [LABELS.app]: app,
+        [LABELS.service]: service,
+        [LABELS.configHash]: desired.configHash,
+      },
+      ExposedPorts: exposed,
+      HostConfig: {
+        Binds: binds,
+        PortBindings: bindings,
+        Privileged: spec.privileged,
+        Devices: devices,
+        ...(spec.network_mode ? { NetworkMode: spec.network_mode } : {}),
+        // The agent restarts, with its own CrashLoopBackOff.
+        RestartPolicy: { Name: 'no' },
+        ...this.logConfig(),
+      },
+    };
+    try {
+      const c = await this.docker.createContainer({ ...options, abortSignal: this.signal(signal) } as Docker.ContainerCreateOptions);
+      return c.id;
+    } catch (err) {
+      if (status(err) === 409) {
+        // The name is taken by a container that is not ours (ours would have been listed): let the engine name it.
+        this.o.logger.warn({ app, service, name: options.name }, 'container name taken by a container the agent does not manage; creating it unnamed');
+        const { name: _name, ...unnamed } = options;
+        const c = await this.docker.createContainer({ ...unnamed, abortSignal: this.signal(signal) } as Docker.ContainerCreateOptions);
+        return c.id;
+      }
+      throw new Error(dockerMessage(err), { cause: err });
+    }
+  }
+
+  /** The engine's json-file log is unbounded by default: months of output would fill a device's disk. */
+  private logConfig(): Pick<Docker.HostConfig, 'LogConfig'> {
+    const cap = this.o.containerLog ?? { maxBytes: 10 * 1_048_576, files: 3 };
+    if (cap === false) return {};
+    return { LogConfig: { Type: 'json-file', Config: { 'max-size': String(cap.maxBytes), 'max-file': String(cap.files) } } };
+  }
+
+  private async ensureVolume(app: string, name: string, signal?: AbortSignal): Promise<string> {
+    const full = `${app}_${name}`;
+    try {
+      await this.docker.getVolume(full).inspect({ abortSignal: this.signal(signal) } as object);
+      return full;
+    } catch (err) {
+      if (status(err) !== 404) throw err;
+    }
+    await this.docker.createVolume({
+      Name: full,
+      Labels: { [LABELS.managed]: 'true', [LABELS.agent]: this.agentId, [LABELS.app]: app },
+      abortSignal: this.signal(signal),
+    } as Docker.VolumeCreateOptions);
+    return full;
+  }
+
+  async start(id: string, signal?: AbortSignal): Promise<void> {
+    try {
+      await this.docker.getContainer(id).start({ abortSignal: this.signal(signal) } as object);
+    } catch (err) {
+      if (status(err) === 304) return; // already running
+      throw new Error(dockerMessage(err), { cause: err });
+    }
+  }
+
+  async stop(id: string, signal?: AbortSignal): Promise<void> {
+    const t = this.o.stopTimeoutSeconds ?? 10;
+    try {
+      await this.docker.getContainer(id).stop({ t, abortSignal: this.signal(signal, (t + 30) * 1000) } as object);
+    } catch (err) {
+      if (status(err) === 304 || status(err) === 404) return; // already stopped, or gone
+      throw new Error(dockerMessage(err), { cause: err });
+    }
+  }
+
+  async remove(id: string, signal?: AbortSignal): Promise<void> {
+    try {
+      // v: anonymous volumes go with the container; named volumes stay.
+      await this.docker.getContainer(id).remove({ force: true, v: true, abortSignal: this.signal(signal) } as object);
+    } catch (err) {
+      if (status(err) === 404) return;
+      throw new Error(dockerMessage(err), { cause: err });
+    }
+  }
+
+  /**
+   * Follows the engine's event stream for this agent's containers and reports each event; when the
+   * stream drops (engine restart, socket gone) it subscribes again after a backoff, and reports a
+   * 'resubscribed' change so the reconciler looks at everything it may have missed.
+   */
+  async watch(signal: AbortSignal): Promise<void> {
+    const backoff = new Backoff({
+      minMs: this.o.watchBackoff?.minMs ?? 1_000,
+      maxMs: this.o.watchBackoff?.maxMs ?? 30_000,
+      strategy: 'full',
+      resetAfterMs: 30_000,
+      clock: this.o.clock,
+      random: this.o.random,
+    });
+    while (!signal.aborted) {
+      let why: string;
+      try {
+        const stream = (await this.docker.getEvents({
+          filters: { type: ['container'], label: this.ownLabels() },
+          abortSignal: signal,
+        } as object)) as Readable;
+        backoff.success();
+        this.events.notify({ action: 'resubscribed' });
+        why = await this.consume(stream, signal);
+      } catch (err) {
+        why = dockerMessage(err);
+      }
+      if (signal.aborted) return;
+      const first = backoff.attempt === 0;
+      const delay = backoff.failure();
+      // Said once per outage: a device without an engine would otherwise log this forever.
+      this.o.logger[first ? 'warn' : 'debug']({ err: why, retryInMs: Math.round(delay) }, 'docker event stream lost; subscribing again');
+      this.events.notify({ action: 'stream-lost' });
+      try {
+        await this.o.clock.sleep(delay, signal);
+      } catch {
+        return;
+      }
+    }
+  }
+
+  private consume(stream: Readable, signal: AbortSignal): Promise<string> {
+    return new Promise<string>((resolve) => {
+      let buf = '';
+      const onAbort = (): void => {
+        stream.destroy();
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      stream.on('data', (chunk: Buffer) => {
+        buf += chunk.toString('utf8');
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          if (!line) continue;
+          try {
+            const ev = JSON.parse(line) as { id?: string; Action?: string; status?: string };
+            this.events.notify({ ...(ev.id ? { id: ev.id } : {}), action: ev.Action ?? ev.status ?? 'unknown' });
+          } catch {
+            // A partial or foreign line: the next full pass sees the truth anyway.
+          }
+        }
+      });
+      const done = (why: string) => (): void => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(why);
+      };
+      stream.once('end', done('event stream ended'));
+      stream.once('close', done('event stream closed'));
+      stream.once('error', (err: Error) => done(errorMessage(err))());
+    });
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}

@@ -1,0 +1,389 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { join } from 'node:path';
+import type { Clock } from '../../util/clock.js';
+import { AgentError, errorMessage } from '../../util/errors.js';
+import type { Logger } from '../../util/logger.js';
+import type { Availability, DesiredService, Instance, InstanceState, WorkloadRuntime } from '../types.js';
+import { RuntimeEventEmitter } from './events.js';
+import { RotatingLog } from './rotating-log.js';
+
+/**
+ * Native commands (`runtime: "process"`): spawned without a shell from an argv array, each in its
+ * own process group (so a stop reaches whatever it forked), with the target's environment on a
+ * minimal base (the agent's own environment, which may hold its keys, is never passed on), and
+ * stdout and stderr appended to a size-capped rotating log under the data dir.
+ *
+ * Across agent restarts, processes do NOT survive: they are the agent's children. A graceful stop
+ * of the agent (`close()`) stops them (SIGTERM to the group, SIGKILL after `stopTimeoutMs`). If the
+ * agent dies without stopping them (kill -9, a crash), the next agent finds them through the pid
+ * files it keeps in `<dataDir>/run/`, checks each is still the process it started (the start time
+ * in /proc, so a reused pid is never killed), and stops their groups before starting fresh copies.
+ * So a native service never runs twice, and its output always goes to the agent that runs it
+ * (re-adopting would leave it writing into a pipe nobody reads).
+ */
+
+export interface ProcessRuntimeOptions {
+  /** Where logs (`<app>/<service>/output.log`), working dirs and pid files (`run/`) live. */
+  dataDir: string;
+  clock: Clock;
+  logger: Logger;
+  /** Size cap of one log file; 1 MiB unless told. */
+  logMaxBytes?: number;
+  /** Rotated log files kept besides the current one; 2 unless told. */
+  logFiles?: number;
+  /** Grace between SIGTERM and SIGKILL when stopping; 10 s unless told. */
+  stopTimeoutMs?: number;
+  /** The environment every process starts from (the target's `environment` is laid over it). */
+  baseEnv?: Record<string, string>;
+}
+
+export const DEFAULT_PROCESS_ENV: Readonly<Record<string, string>> = Object.freeze({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' });
+
+interface PidFile {
+  id: string;
+  pid: number;
+  /** Field 22 of /proc/<pid>/stat: with the pid, identifies the process across pid reuse. */
+  startTicks: string | null;
+  app: string;
+  service: string;
+  configHash: string;
+  agentPid: number;
+}
+
+interface Proc {
+  id: string;
+  desired: DesiredService;
+  child: ChildProcess | undefined;
+  pid: number | undefined;
+  state: InstanceState;
+  exitCode: number | null;
+  error: string | null;
+  startedAt: number | null;
+  finishedAt: number | null;
+  exits: number;
+  exited: Promise<void>;
+}
+
+/** Start time of a process in clock ticks since boot, or null when it does not exist. */
+export function processStartTicks(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) is in parentheses and may hold spaces: count fields after it.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return rest[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(-pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Live (not zombie) processes in process group `pgid`, found through /proc. */
+export function groupMembers(pgid: number): number[] {
+  const out: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      // After "pid (comm) ": state, ppid, pgrp, ...
+      const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(pgrp) === pgid && state !== 'Z' && state !== 'X') out.push(Number(e));
+    } catch {
+      // Gone while we looked.
+    }
+  }
+  return out;
+}
+
+export class ProcessRuntime implements WorkloadRuntime {
+  readonly kind = 'process' as const;
+  readonly events = new RuntimeEventEmitter();
+  private readonly procs = new Map<string, Proc>();
+  private readonly logs = new Map<string, RotatingLog>();
+  private readonly runDir: string;
+  private readonly init: Promise<void>;
+  private seq = 0;
+  private closed = false;
+
+  constructor(private readonly o: ProcessRuntimeOptions) {
+    this.runDir = join(o.dataDir, 'run');
+    this.init = this.reapLeftovers();
+  }
+
+  private get stopTimeoutMs(): number {
+    return this.o.stopTimeoutMs ?? 10_000;
+  }
+
+  availability(): Promise<Availability> {
+    return Promise.resolve({ ok: true });
+  }
+
+  async list(): Promise<Instance[]> {
+    await this.init;
+    return [...this.procs.values()].map((p) => ({
+      id: p.id,
+      runtime: 'process',
+      app: p.desired.app,
+      service: p.desired.service,
+      configHash: p.desired.configHash,
+      image: null,
+      state: p.state,
+      exitCode: p.exitCode,
+      error: p.error,
+      startedAt: p.startedAt,
+      finishedAt: p.finishedAt,
+      exitKey: p.exits > 0 ? `${p.id}:${p.exits}` : null,
+    }));
+  }
+
+  hasImage(): Promise<boolean> {
+    return Promise.resolve(true);
+  }
+
+  pull(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  /** The log file a service's output goes to. */
+  logPath(app: string, service: string): string {
+    return join(this.o.dataDir, app, service, 'output.log');
+  }
+
+  async create(desired: DesiredService): Promise<string> {
+    await this.init;
+    if (this.closed) throw new AgentError('RUNTIME_CLOSED', 'the process runtime is shut down');
+    if (!desired.spec.command?.[0]) throw new AgentError('PROCESS_NO_COMMAND', `${desired.app}/${desired.service}: no command to run`);
+    const id = `${desired.app}.${desired.service}.${desired.configHash.slice(0, 8)}.${++this.seq}`;
+    this.procs.set(id, {
+      id,
+      desired,
+      child: undefined,
+      pid: undefined,
+      state: 'created',
+      exitCode: null,
+      error: null,
+      startedAt: null,
+      finishedAt: null,
+      exits: 0,
+      exited: Promise.resolve(),
+    });
+    return id;
+  }
+
+  /** Spawns the process; resolves once it runs, rejects if it cannot be started (no such file, not executable). */
+  async start(id: string): Promise<void> {
+    await this.init;
+    const p = this.need(id);
+    if (p.state === 'running') return;
+    if (this.closed) throw new AgentError('RUNTIME_CLOSED', 'the process runtime is shut down');
+    const { spec, app, service } = p.desired;
+    const [file, ...args] = spec.command ?? [];
+    const serviceDir = join(this.o.dataDir, app, service);
+    mkdirSync(serviceDir, { recursive: true, mode: 0o750 });
+    const cwd = spec.workingDir ?? serviceDir;
+    const log = this.log(app, service);
+    // Node reports a missing cwd as "spawn <program> ENOENT", blaming the program: say which it is.
+    if (!existsSync(cwd)) {
+      p.error = `working dir ${cwd} does not exist`;
+      p.finishedAt = this.o.clock.now();
+      p.exits++;
+      throw new AgentError('PROCESS_START_FAILED', p.error);
+    }
+    const child = spawn(file as string, args, {
+      cwd,
+      env: { ...(this.o.baseEnv ?? DEFAULT_PROCESS_ENV), ...spec.environment },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      // Its own process group: a stop signals everything it forked, and a Ctrl-C meant for the agent does not reach it.
+      detached: true,
+      shell: false,
+    });
+    const write = (chunk: Buffer): void => {
+      try {
+        log.write(chunk);
+      } catch (err) {
+        this.o.logger.warn({ app, service, err: errorMessage(err) }, 'could not write the service log');
+      }
+    };
+    child.stdout?.on('data', write);
+    child.stderr?.on('data', write);
+    p.child = child;
+    p.error = null;
+    p.exitCode = null;
+    let resolveExited: () => void = () => undefined;
+    p.exited = new Promise<void>((r) => (resolveExited = r));
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', () => {
+        p.pid = child.pid;
+        p.state = 'running';
+        p.startedAt = this.o.clock.now();
+        p.finishedAt = null;
+        this.writePidFile(p);
+        write(Buffer.from(`--- ${new Date(p.startedAt).toISOString()} started ${JSON.stringify(spec.command)} as pid ${child.pid}\n`));
+        this.events.notify({ id, action: 'start' });
+        resolve();
+      });
+      child.once('error', (err) => {
+        if (p.state === 'running') {
+          this.o.logger.warn({ app, service, err: errorMessage(err) }, 'process error');
+          return;
+        }
+        // Never started: a missing or non-executable program.
+        p.state = 'created';
+        p.error = errorMessage(err);
+        p.finishedAt = this.o.clock.now();
+        p.exits++;
+        p.child = undefined;
+        write(Buffer.from(`--- ${new Date(p.finishedAt).toISOString()} could not start: ${p.error}\n`));
+        resolveExited();
+        reject(new AgentError('PROCESS_START_FAILED', p.error, { cause: err }));
+      });
+      child.once('exit', (code, signal) => {
+        const pid = p.pid;
+        p.state = 'exited';
+        p.exitCode = code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0);
+        p.error = signal ? `killed by ${signal}` : null;
+        p.finishedAt = this.o.clock.now();
+        p.exits++;
+        p.child = undefined;
+        // What the service forked goes with it: a service is its process group.
+        if (pid !== undefined) signalGroup(pid, 'SIGKILL');
+        this.removePidFile(id);
+        write(Buffer.from(`--- ${new Date(p.finishedAt).toISOString()} exited ${signal ? `on ${signal}` : `with code ${code}`}\n`));
+        resolveExited();
+        this.events.notify({ id, action: 'die' });
+      });
+    });
+  }
+
+  async stop(id: string): Promise<void> {
+    await this.init;
+    const p = this.procs.get(id);
+    if (!p || p.state !== 'running' || p.pid === undefined) return;
+    const pid = p.pid;
+    signalGroup(pid, 'SIGTERM');
+    const ctl = new AbortController();
+    const timedOut = await Promise.race([
+      p.exited.then(() => false),
+      this.o.clock.sleep(this.stopTimeoutMs, ctl.signal).then(
+        () => true,
+        () => false,
+      ),
+    ]);
+    ctl.abort();
+    if (timedOut) {
+      this.o.logger.warn({ app: p.desired.app, service: p.desired.service, pid }, `did not stop within ${this.stopTimeoutMs} ms of SIGTERM: killing it`);
+      signalGroup(pid, 'SIGKILL');
+      await p.exited;
+    }
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.stop(id);
+    if (this.procs.delete(id)) this.events.notify({ id, action: 'destroy' });
+  }
+
+  /** Stops every process (agent shutdown). Logs are closed; pid files go with the processes. */
+  async close(): Promise<void> {
+    await this.init;
+    this.closed = true;
+    await Promise.allSettled([...this.procs.keys()].map((id) => this.stop(id)));
+    for (const log of this.logs.values()) log.close();
+    this.logs.clear();
+  }
+
+  private need(id: string): Proc {
+    const p = this.procs.get(id);
+    if (!p) throw new AgentError('PROCESS_NOT_FOUND', `no process instance ${id}`);
+    return p;
+  }
+
+  private log(app: string, service: string): RotatingLog {
+    const key = `${app}/${service}`;
+    let log = this.logs.get(key);
+    if (!log) {
+      log = new RotatingLog(this.logPath(app, service), this.o.logMaxBytes ?? 1_048_576, this.o.logFiles ?? 2);
+      this.logs.set(key, log);
+    }
+    return log;
+  }
+
+  private pidFilePath(id: string): string {
+    return join(this.runDir, `${id}.json`);
+  }
+
+  private writePidFile(p: Proc): void {
+    if (p.pid === undefined) return;
+    const rec: PidFile = {
+      id: p.id,
+      pid: p.pid,
+      startTicks: processStartTicks(p.pid),
+      app: p.desired.app,
+      service: p.desired.service,
+      configHash: p.desired.configHash,
+      agentPid: process.pid,
+    };
+    try {
+      mkdirSync(this.runDir, { recursive: true, mode: 0o700 });
+      writeFileSync(this.pidFilePath(p.id), JSON.stringify(rec), { mode: 0o600 });
+    } catch (err) {
+      this.o.logger.warn({ id: p.id, err: errorMessage(err) }, 'could not write the pid file');
+    }
+  }
+
+  private removePidFile(id: string): void {
+    rmSync(this.pidFilePath(id), { force: true });
+  }
+
+  /**
+   * Stops what a previous agent left running (it died without stopping its children). A pid file
+   * whose pid now belongs to another process (different start time) is only deleted.
+   */
+  private async reapLeftovers(): Promise<void> {
+    if (!existsSync(this.runDir)) return;
+    const files = readdirSync(this.runDir).filter((f) => f.endsWith('.json'));
+    await Promise.all(
+      files.map(async (f) => {
+        const path = join(this.runDir, f);
+        try {
+          const rec = JSON.parse(readFileSync(path, 'utf8')) as PidFile;
+          if (!Number.isInteger(rec.pid) || rec.pid <= 1) return;
+          const ticks = processStartTicks(rec.pid);
+          // Leader alive with another start time: the pid was reused, so its old group is gone.
+          // Leader gone: its pid cannot be reused while members of its group live, so -pid is still ours.
+          const ours = ticks === null ? groupMembers(rec.pid).length > 0 : ticks === rec.startTicks;
+          if (!ours) return;
+          this.o.logger.warn(
+            { app: rec.app, service: rec.service, pid: rec.pid },
+            `stopping ${rec.app}/${rec.service} (pid ${rec.pid}), left running by an agent that did not shut down; it starts afresh`,
+          );
+          signalGroup(rec.pid, 'SIGTERM');
+          const deadline = this.o.clock.monotonic() + this.stopTimeoutMs;
+          while (groupMembers(rec.pid).length > 0 && this.o.clock.monotonic() < deadline) await this.o.clock.sleep(50);
+          signalGroup(rec.pid, 'SIGKILL');
+          // Not our children: whoever reaps them does; wait until none is left alive.
+          const killDeadline = this.o.clock.monotonic() + 5_000;
+          while (groupMembers(rec.pid).length > 0 && this.o.clock.monotonic() < killDeadline) await this.o.clock.sleep(20);
+        } catch (err) {
+          this.o.logger.warn({ file: path, err: errorMessage(err) }, 'could not read a pid file; ignoring it');
+        } finally {
+          rmSync(path, { force: true });
+        }
+      }),
+    );
+  }
+}

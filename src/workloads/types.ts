@@ -1,0 +1,112 @@
+import type { TypedEmitter } from '../util/typed-emitter.js';
+import type { ServiceSpec, TargetState, UpdateStrategy } from './target-schema.js';
+
+export type RuntimeKind = 'docker' | 'process';
+
+/** What a service is doing, as reported (PROTOCOL.md, "Current state"). */
+export type ServiceStatus = 'running' | 'exited' | 'pulling' | 'backoff' | 'failed' | 'stopped' | 'creating';
+
+export interface ServiceState {
+  status: ServiceStatus;
+  /** Restarts the agent made after the service exited, since the agent started. */
+  restarts: number;
+  lastError: string | null;
+  /** The image it runs (docker), or null for a process. */
+  image: string | null;
+  runtime: RuntimeKind | null;
+  /** Epoch ms the running instance started, or null. */
+  startedAt: number | null;
+  /** Epoch ms of the next attempt while in `backoff`, else null. */
+  nextRetryAt: number | null;
+  /** Exit code of the last exit seen, or null. */
+  exitCode: number | null;
+}
+
+export type ApplyStatus = 'applying' | 'applied' | 'failed';
+
+export interface CurrentState {
+  status: ApplyStatus;
+  /** Version of the target being applied (or applied); null before any target. */
+  targetVersion: number | null;
+  apps: Record<string, { services: Record<string, ServiceState> }>;
+}
+
+/** Where the reconciler gets its target: the stored target, the poller, or local mode. */
+export interface TargetSource {
+  /** The target in force now, or undefined when there has never been one (then nothing is touched). */
+  current(): TargetState | undefined;
+  /** Calls `listener` whenever `current()` changes; returns the unsubscribe function. */
+  onChange(listener: () => void): () => void;
+}
+
+/** The state of one instance (a container, or a process slot) as its runtime sees it. */
+export type InstanceState = 'created' | 'running' | 'exited' | 'restarting' | 'paused' | 'dead' | 'removing';
+
+export interface Instance {
+  /** Container id, or the process runtime's own id. */
+  id: string;
+  runtime: RuntimeKind;
+  app: string;
+  service: string;
+  configHash: string;
+  image: string | null;
+  state: InstanceState;
+  exitCode: number | null;
+  /** The runtime's own error for the last start (e.g. "exec: not found"), if any. */
+  error: string | null;
+  startedAt: number | null;
+  finishedAt: number | null;
+  /** Changes with every exit, so one exit is counted once however often it is observed. */
+  exitKey: string | null;
+}
+
+/** A service as the target wants it, with its runtime resolved and its configuration hashed. */
+export interface DesiredService {
+  app: string;
+  service: string;
+  spec: ServiceSpec;
+  runtime: RuntimeKind;
+  /** The image to run (normalized: a bare name gets ":latest"); undefined for processes. */
+  image: string | undefined;
+  configHash: string;
+  updateStrategy: UpdateStrategy;
+}
+
+export interface RuntimeEvents {
+  /** Something about one of the runtime's instances changed (started, exited, removed), or the view was lost and must be refreshed. */
+  changed: { id?: string; action: string };
+}
+
+export type Availability = { ok: true } | { ok: false; reason: string };
+
+/** What the reconciler needs of a runtime. Every method acts only on instances the runtime itself created. */
+export interface WorkloadRuntime {
+  readonly kind: RuntimeKind;
+  readonly events: TypedEmitter<RuntimeEvents>;
+  /** Whether the runtime can run anything now, and why not. Cheap; called once per pass. */
+  availability(signal?: AbortSignal): Promise<Availability>;
+  /** The instances this agent created (labels / pid files), whatever their state. */
+  list(signal?: AbortSignal): Promise<Instance[]>;
+  /** Whether an image is present locally (always true for processes). */
+  hasImage(image: string, signal?: AbortSignal): Promise<boolean>;
+  pull(image: string, signal?: AbortSignal): Promise<void>;
+  /** Creates an instance (not started) and returns its id. */
+  create(desired: DesiredService, signal?: AbortSignal): Promise<string>;
+  start(id: string, signal?: AbortSignal): Promise<void>;
+  /** Stops gracefully, then kills after the runtime's stop timeout. Stopping a stopped instance is a no-op. */
+  stop(id: string, signal?: AbortSignal): Promise<void>;
+  remove(id: string, signal?: AbortSignal): Promise<void>;
+  /** Follows the runtime's own event stream, if it has one, until `signal` aborts. */
+  watch?(signal: AbortSignal): Promise<void>;
+  /** Releases the runtime at agent shutdown (the process runtime stops its children here). */
+  close(): Promise<void>;
+}
+
+/** The labels every container the agent creates carries. */
+export const LABELS = {
+  managed: 'io.iotistic.managed',
+  agent: 'io.iotistic.agent',
+  app: 'io.iotistic.app',
+  service: 'io.iotistic.service',
+  configHash: 'io.iotistic.config-hash',
+} as const;
