@@ -23,7 +23,11 @@ import type { Logger } from './util/logger.js';
 import { LoopRunner } from './util/loops.js';
 import { systemRandom, type Random } from './util/random.js';
 import { AGENT_VERSION } from './version.js';
-import type { TargetState } from './workloads/target-schema.js';
+import { validateTarget, type TargetState, type TargetValidation, type WorkloadPolicy } from './workloads/target-schema.js';
+import { Reconciler } from './workloads/reconciler.js';
+import { DockerRuntime } from './workloads/runtimes/docker.js';
+import { ProcessRuntime } from './workloads/runtimes/process.js';
+import { MemoryTargetSource } from './workloads/target-source.js';
 
 export interface AgentDeps {
   config: AgentConfig;
@@ -62,7 +66,9 @@ export class Agent {
   private readonly health: HealthReporter | undefined;
   private readonly probe: ConnectivityProbe | undefined;
   private api: Awaited<ReturnType<typeof startApi>> | undefined;
-  private target: TargetState | undefined;
+  private readonly targets: MemoryTargetSource;
+  private readonly reconciler: Reconciler;
+  private readonly policy: WorkloadPolicy;
   private stopped = false;
 
   constructor(private readonly deps: AgentDeps) {
@@ -90,8 +96,43 @@ export class Agent {
       enabled: offline.enableGracefulDegradation,
       thresholdMs: offline.offlineThresholdSeconds * 1000,
     });
+    const w = config.workloads;
+    this.policy = { allowHostMounts: w.allowHostMounts, allowPrivileged: w.allowPrivileged, allowHostNetwork: w.allowHostNetwork, allowDevices: w.allowDevices };
+    // The stored target is in force at once, offline or not; it is validated again in case this
+    // agent's rules (or the device's policy) changed since it was stored.
     const stored = store.getTarget();
-    if (stored) this.target = stored.document as TargetState;
+    let initial: TargetState | undefined;
+    if (stored) {
+      const v = validateTarget(stored.document, { policy: this.policy });
+      if (v.ok) initial = v.target;
+      else logger.error({ issues: v.issues }, `the stored target no longer validates and is not applied: ${v.message}`);
+    }
+    this.targets = new MemoryTargetSource(initial);
+    const settingsNow = (): AgentConfig['settings'] => ({ ...config.settings, ...(this.targets.current()?.config.settings ?? {}) });
+    this.reconciler = new Reconciler({
+      source: this.targets,
+      docker: new DockerRuntime({
+        clock,
+        random,
+        logger: logger.child({ part: 'docker' }),
+        ...(w.dockerHost ? { host: w.dockerHost } : {}),
+        stopTimeoutSeconds: w.stopTimeoutSeconds,
+        containerLog: { maxBytes: w.containerLogMaxBytes, files: w.containerLogFiles },
+      }),
+      process: new ProcessRuntime({
+        dataDir: join(config.dataDir, 'services'),
+        clock,
+        logger: logger.child({ part: 'process' }),
+        logMaxBytes: w.processLogMaxBytes,
+        logFiles: w.processLogFiles,
+        stopTimeoutMs: w.stopTimeoutSeconds * 1000,
+      }),
+      clock,
+      random,
+      logger: logger.child({ part: 'reconciler' }),
+      reconciliationIntervalMs: () => settingsNow().reconciliationIntervalMs,
+      policy: this.policy,
+    });
 
     if (config.cloud.apiUrl) {
       this.http = new CloudHttpClient({
@@ -102,7 +143,7 @@ export class Agent {
         ...(config.cloud.caFile ? { caFile: config.cloud.caFile } : {}),
         userAgent: `iotistic-agent/${AGENT_VERSION}`,
       });
-      const settings = (): AgentConfig['settings'] => ({ ...config.settings, ...(this.target?.config.settings ?? {}) });
+      const settings = settingsNow;
       // Offline for want of a connection, the probe's handshakes are the way back; the loops' own
       // requests slow to one per offlineRetryIntervalSeconds so a returning cloud is not met by them.
       const offlineFloorMs = (): number =>
@@ -119,8 +160,9 @@ export class Agent {
         random,
         logger: logger.child({ part: 'target-state' }),
         pollIntervalMs: () => settings().pollIntervalMs,
+        policy: this.policy,
         onTarget: (t) => {
-          this.target = t;
+          this.targets.set(t);
           this.reporter?.markDirty();
         },
         onRejected: () => this.reporter?.markDirty(),
@@ -170,13 +212,35 @@ export class Agent {
   /** The current state as reported to the cloud (PROTOCOL.md "Current state"). */
   currentState(): Json {
     const health = this.monitor.health();
-    return {
-      status: 'applied',
-      targetVersion: this.target?.version ?? null,
-      apps: {},
-      connection: { status: health.status, offlineSince: health.offlineSince },
-      agent: { version: AGENT_VERSION },
-    };
+    const workloads = this.reconciler.currentState();
+    return JSON.parse(
+      JSON.stringify({
+        ...workloads,
+        connection: { status: health.status, offlineSince: health.offlineSince },
+        agent: { version: AGENT_VERSION },
+      }),
+    ) as Json;
+  }
+
+  /** Local mode: a target set on the device. It stays in force (the cloud's is not fetched) until cleared. */
+  setLocalTarget(doc: unknown): TargetValidation {
+    const v = validateTarget(doc, { policy: this.policy });
+    if (!v.ok) return v;
+    this.deps.store.setTarget({ etag: null, version: v.target.version, document: v.target, source: 'local' });
+    this.targets.set(v.target);
+    this.deps.logger.info({ version: v.target.version }, 'local target set: local mode until it is cleared');
+    this.reporter?.markDirty();
+    return v;
+  }
+
+  /** Ends local mode: the cloud's target is fetched at once. Returns false when not in local mode. */
+  clearLocalTarget(): boolean {
+    const { store } = this.deps;
+    if (store.getTarget()?.source !== 'local') return false;
+    store.db.prepare('DELETE FROM target_state WHERE id = 1').run();
+    this.deps.logger.info('local mode ended');
+    this.poller?.pollNow();
+    return true;
   }
 
   connectionHealth(): ReturnType<ConnectionMonitor['health']> & { degradation: { mode: string; since: number | null } } {
@@ -192,7 +256,7 @@ export class Agent {
       lastPollError: this.poller?.lastError ?? null,
       lastReportError: this.reporter?.lastError ?? null,
       current: this.currentState(),
-      mode: this.deps.config.cloud.apiUrl ? 'cloud' : 'local',
+      mode: stored?.source === 'local' || !this.deps.config.cloud.apiUrl ? 'local' : 'cloud',
     };
   }
 
@@ -200,13 +264,15 @@ export class Agent {
     const { config, logger } = this.deps;
     const signal = this.loops.signal;
     this.degradation.start(signal);
+    this.reconciler.on('changed', () => this.reporter?.markDirty());
+    this.loops.start('reconciler', (s) => this.reconciler.run(s));
     if (this.poller) this.loops.start('target-state', (s) => this.poller!.run(s));
     if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
     if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
     if (this.probe) this.probe.start(signal);
     const metrics = createMetrics({
       connection: () => this.monitor.health(),
-      targetVersion: () => this.target?.version ?? null,
+      targetVersion: () => this.targets.current()?.version ?? null,
       loops: () => this.loops.status(),
       degraded: () => this.degradation.mode() === 'degraded',
     });
@@ -228,6 +294,8 @@ export class Agent {
           this.poller.pollNow();
           return true;
         },
+        setLocalTarget: (doc) => this.setLocalTarget(doc),
+        clearLocalTarget: () => this.clearLocalTarget(),
         metrics,
       },
     });
@@ -245,6 +313,8 @@ export class Agent {
     const { logger, store } = this.deps;
     const stuck = await this.loops.stop(3_000);
     if (stuck.length > 0) logger.warn({ loops: stuck }, 'loops did not stop in time');
+    // Native processes stop with the agent; containers keep running and are re-adopted at start.
+    await this.reconciler.close().catch((err: unknown) => logger.error({ err: String(err) }, 'stopping native services failed'));
     await this.api?.app.close();
     await this.http?.close();
     store.close();

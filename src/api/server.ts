@@ -6,6 +6,7 @@ import type { Logger } from '../util/logger.js';
 import type { LoopStatus } from '../util/loops.js';
 import { bearerMatches } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
+import type { TargetValidation } from '../workloads/target-schema.js';
 
 /** What the local API shows and controls; `agent.ts` provides it. */
 export interface ApiView {
@@ -17,6 +18,10 @@ export interface ApiView {
   state(): unknown;
   /** Triggers an immediate target-state poll; false when the agent has no cloud. */
   pollNow(): boolean;
+  /** Local mode: validates and applies a target set on the device. */
+  setLocalTarget(doc: unknown): TargetValidation;
+  /** Ends local mode; false when it was not on. */
+  clearLocalTarget(): boolean;
   metrics: Registry;
 }
 
@@ -92,6 +97,16 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
       return reply.code(409).send({ error: 'no_cloud', message: 'cloud.apiUrl is not set: the agent runs in local mode and has nothing to poll' });
     }
     return reply.code(202).send({ polling: true });
+  });
+
+  app.post('/v2/local/target-state', async (req, reply) => {
+    const r = view.setLocalTarget(req.body);
+    if (!r.ok) return reply.code(400).send({ error: 'bad_request', message: r.message, issues: r.issues });
+    return reply.code(200).send({ version: r.target.version, mode: 'local' });
+  });
+  app.delete('/v2/local/target-state', async (_req, reply) => {
+    if (!view.clearLocalTarget()) return reply.code(409).send({ error: 'not_local', message: 'the agent is not in local mode' });
+    return reply.code(200).send({ mode: 'cloud' });
   });
 
   app.get('/metrics', async (_req, reply) => reply.type(view.metrics.contentType).send(await view.metrics.metrics()));

@@ -1,7 +1,7 @@
 import type { Store } from '../store/store.js';
 import { errorMessage } from '../util/errors.js';
 import type { Random } from '../util/random.js';
-import { validateTarget, type TargetState } from '../workloads/target-schema.js';
+import { validateTarget, type TargetState, type WorkloadPolicy } from '../workloads/target-schema.js';
 import { CloudError } from './http-client.js';
 import { failureKind, type CloudLoopDeps, type OutcomeSink } from './loop-deps.js';
 import type { ConfigIssue } from '../config/issues.js';
@@ -18,7 +18,7 @@ export interface TargetRejection {
   message: string;
 }
 
-export type PollOutcome = 'changed' | 'unchanged' | 'rejected';
+export type PollOutcome = 'changed' | 'unchanged' | 'rejected' | 'local-mode';
 
 export interface TargetStatePollerOptions extends CloudLoopDeps {
   store: Store;
@@ -28,6 +28,8 @@ export interface TargetStatePollerOptions extends CloudLoopDeps {
   /** Called with each new valid target, after it is stored. */
   onTarget: (target: TargetState) => void;
   onRejected?: (rejection: TargetRejection) => void;
+  /** What the device's local config lets a target ask of the host. */
+  policy?: Partial<WorkloadPolicy>;
 }
 
 const REJECTED_ETAG_KEY = 'target.rejectedEtag';
@@ -79,6 +81,9 @@ export class TargetStatePoller {
   async pollOnce(signal?: AbortSignal): Promise<PollOutcome> {
     const { store, http, uuid, monitor } = this.o;
     const held = store.getTarget();
+    // In local mode the target was set on the device (POST /v2/local/target-state): the cloud's is
+    // not fetched until local mode ends.
+    if (held?.source === 'local') return 'local-mode';
     const rejectedEtag = store.getKv<string>(REJECTED_ETAG_KEY);
     const ifNoneMatch = rejectedEtag ?? held?.etag ?? undefined;
     this.lastPollAt = this.o.clock.now();
@@ -103,7 +108,7 @@ export class TargetStatePoller {
     if (res.status === 304) return 'unchanged';
     const etagHeader = res.headers.etag;
     const etag = (Array.isArray(etagHeader) ? etagHeader[0] : etagHeader) ?? null;
-    const result = validateTarget(res.body);
+    const result = validateTarget(res.body, { policy: this.o.policy ?? {} });
     if (!result.ok) {
       this.lastRejection = { at: this.o.clock.now(), etag, issues: result.issues, message: result.message };
       if (etag) store.setKv(REJECTED_ETAG_KEY, etag);

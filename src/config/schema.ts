@@ -81,7 +81,7 @@ const offlineSchema = z.strictObject({
     .max(1_000)
     .default(2)
     .describe(
-      'Longest an enqueue waits for others to share its transaction (one fsync). A batch commits earlier as soon as an event-loop turn brings no new enqueue.',
+      'Longest an enqueue waits for others to share its transaction (one fsync). A batch commits earlier when it reaches groupCommitMaxBatch or as many callers as the previous batch (producers that await each enqueue come back together).',
     ),
   groupCommitMaxBatch: z.number().int().min(1).default(512).describe('A batch of enqueues commits at once when it holds this many messages.'),
   minFreeDiskBytes: z
@@ -90,7 +90,7 @@ const offlineSchema = z.strictObject({
     .min(0)
     .default(64 * 1_048_576)
     .describe(
-      'Free-disk watermark of the data dir: below it the outbox stops growing (new messages only replace older, less or equally important ones). 0 disables.',
+      'Free-disk watermark of the data dir: below it the outbox stops growing (new messages only replace older, less or equally important ones). Keep it well above 4 MiB, the size the SQLite WAL grows to between checkpoints. 0 disables.',
     ),
 });
 
@@ -147,6 +147,20 @@ const mqttSchema = z.strictObject({
   keyFile: z.string().optional().describe('Client private key (PEM) for mutual TLS.'),
 });
 
+/** Local only: a target can never set these (a cloud must not be able to take over the host). */
+const workloadsSchema = z.strictObject({
+  allowHostMounts: z.boolean().default(false).describe('Let targets mount host paths into containers ("/host:/in/container").'),
+  allowPrivileged: z.boolean().default(false).describe('Let targets run privileged containers.'),
+  allowHostNetwork: z.boolean().default(false).describe('Let targets use network_mode "host".'),
+  allowDevices: z.boolean().default(false).describe('Let targets pass host devices into containers.'),
+  dockerHost: z.string().optional().describe('Docker engine address (unix:///path or tcp://host:port); else DOCKER_HOST, else the default socket.'),
+  stopTimeoutSeconds: z.number().int().min(0).max(3600).default(10).describe('Grace period between SIGTERM and SIGKILL when a service stops.'),
+  processLogMaxBytes: z.number().int().min(4096).default(1_048_576).describe('Size of each captured output file of a native process before it rotates.'),
+  processLogFiles: z.number().int().min(0).max(20).default(2).describe('Rotated output files kept per native process.'),
+  containerLogMaxBytes: z.number().int().min(65_536).default(10_485_760).describe("Docker's json-file log size per container before it rotates."),
+  containerLogFiles: z.number().int().min(1).max(20).default(3).describe('Docker log files kept per container.'),
+});
+
 const apiSchema = z.strictObject({
   host: z.string().min(1).default('127.0.0.1').describe('Address the local API listens on. Keep it on loopback unless you know why.'),
   port: z.number().int().min(0).max(65_535).default(48_484).describe('Port of the local API (0 picks a free one).'),
@@ -184,6 +198,7 @@ export const agentConfigSchema = z
     device: deviceSchema.prefault({}),
     cloud: cloudSchema.prefault({}),
     mqtt: mqttSchema.prefault({}),
+    workloads: workloadsSchema.prefault({}),
     api: apiSchema.prefault({}),
     logging: loggingSchema.prefault({}),
     store: storeSchema.prefault({}),

@@ -18,6 +18,8 @@ function view(over: Partial<ApiView> = {}): ApiView {
     connection: () => ({ status: 'offline', offlineSince: 1 }),
     state: () => ({ target: null }),
     pollNow: () => true,
+    setLocalTarget: () => ({ ok: false, issues: [], message: 'not in this test' }),
+    clearLocalTarget: () => false,
     metrics: new Registry(),
     ...over,
   };
