@@ -26,7 +26,7 @@ import { AGENT_VERSION } from './version.js';
 import { validateTarget, type TargetState, type TargetValidation, type WorkloadPolicy } from './workloads/target-schema.js';
 import { Reconciler } from './workloads/reconciler.js';
 import { DockerRuntime } from './workloads/runtimes/docker.js';
-import { ProcessRuntime } from './workloads/runtimes/process.js';
+import { ProcessRuntime, resolveProcessUser } from './workloads/runtimes/process.js';
 import { MemoryTargetSource } from './workloads/target-source.js';
 
 export interface AgentDeps {
@@ -126,6 +126,7 @@ export class Agent {
         logMaxBytes: w.processLogMaxBytes,
         logFiles: w.processLogFiles,
         stopTimeoutMs: w.stopTimeoutSeconds * 1000,
+        user: resolveProcessUser(w.processUser),
       }),
       clock,
       random,

@@ -153,6 +153,13 @@ const workloadsSchema = z.strictObject({
   allowPrivileged: z.boolean().default(false).describe('Let targets run privileged containers.'),
   allowHostNetwork: z.boolean().default(false).describe('Let targets use network_mode "host".'),
   allowDevices: z.boolean().default(false).describe('Let targets pass host devices into containers.'),
+  processUser: z
+    .string()
+    .min(1)
+    .default('nobody')
+    .describe(
+      'User ("name" or "uid:gid") native processes run as when the agent runs as root. "root" gives targets the host; the default does not.',
+    ),
   dockerHost: z.string().optional().describe('Docker engine address (unix:///path or tcp://host:port); else DOCKER_HOST, else the default socket.'),
   stopTimeoutSeconds: z.number().int().min(0).max(3600).default(10).describe('Grace period between SIGTERM and SIGKILL when a service stops.'),
   processLogMaxBytes: z.number().int().min(4096).default(1_048_576).describe('Size of each captured output file of a native process before it rotates.'),

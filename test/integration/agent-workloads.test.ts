@@ -1,3 +1,5 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { applyMergePatch, type Json } from '../../src/util/json-diff.js';
@@ -92,6 +94,24 @@ describe('a target applied through the devcloud', () => {
     const containers = await engine.docker.listContainers({ filters: { label: ['io.iotistic.service=box'] } });
     expect(containers).toHaveLength(1);
     expect(containers[0]?.State).toBe('running');
+  });
+
+  it('runs native processes as an unprivileged user by default, not as the root agent', async () => {
+    const dataDir = dirs.make();
+    const a = await spawnAgent({ dataDir, config: {} });
+    agents.push(a);
+    const r = await fetch(`${a.apiUrl}/v2/local/target-state`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ version: 1, apps: { who: { services: { ami: { runtime: 'process', command: ['/bin/sh', '-c', 'id -u; pwd; sleep 3600'] } } } } }),
+    });
+    expect(r.status).toBe(200);
+    const log = join(dataDir, 'services', 'who', 'ami', 'output.log');
+    const text = await waitFor('its output', () => (existsSync(log) && readFileSync(log, 'utf8').includes('\n/') ? readFileSync(log, 'utf8') : undefined));
+    // The agent runs as root in CI; its processes run as nobody (65534) in "/".
+    expect(process.getuid?.()).toBe(0);
+    const lines = text.split('\n').filter((l) => !l.startsWith('---'));
+    expect(lines.slice(0, 2)).toEqual(['65534', '/']);
   });
 
   it('applies a local target without a cloud and refuses one that asks for the host', async () => {

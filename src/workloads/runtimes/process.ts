@@ -37,6 +37,34 @@ export interface ProcessRuntimeOptions {
   stopTimeoutMs?: number;
   /** The environment every process starts from (the target's `environment` is laid over it). */
   baseEnv?: Record<string, string>;
+  /**
+   * Who the processes run as (see `resolveProcessUser`). Undefined: as the agent. A string is a
+   * reason no process may start (the configured user does not exist): they fail with it.
+   */
+  user?: { uid: number; gid: number; name: string } | string;
+}
+
+/**
+ * Resolves `workloads.processUser` ("name" or "uid:gid") against /etc/passwd. When the agent does
+ * not run as root it cannot switch users, and processes run as the agent: undefined is returned.
+ * A user that does not exist gives an explanation string, which makes every process service fail
+ * with it rather than silently run as root.
+ */
+export function resolveProcessUser(spec: string, passwd = '/etc/passwd'): ProcessRuntimeOptions['user'] {
+  if (typeof process.getuid !== 'function' || process.getuid() !== 0) return undefined;
+  const numeric = /^(\d+):(\d+)$/.exec(spec);
+  if (numeric) return { uid: Number(numeric[1]), gid: Number(numeric[2]), name: spec };
+  let text = '';
+  try {
+    text = readFileSync(passwd, 'utf8');
+  } catch {
+    return `workloads.processUser "${spec}": cannot read ${passwd} to look it up`;
+  }
+  for (const line of text.split('\n')) {
+    const [name, , uid, gid] = line.split(':');
+    if (name === spec && uid !== undefined && gid !== undefined) return { uid: Number(uid), gid: Number(gid), name };
+  }
+  return `workloads.processUser "${spec}" is not a user of this device (not in ${passwd})`;
 }
 
 export const DEFAULT_PROCESS_ENV: Readonly<Record<string, string>> = Object.freeze({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' });
@@ -193,9 +221,18 @@ export class ProcessRuntime implements WorkloadRuntime {
     if (this.closed) throw new AgentError('RUNTIME_CLOSED', 'the process runtime is shut down');
     const { spec, app, service } = p.desired;
     const [file, ...args] = spec.command ?? [];
+    const user = this.o.user;
+    if (typeof user === 'string') {
+      p.error = user;
+      p.finishedAt = this.o.clock.now();
+      p.exits++;
+      throw new AgentError('PROCESS_START_FAILED', p.error);
+    }
     const serviceDir = join(this.o.dataDir, app, service);
     mkdirSync(serviceDir, { recursive: true, mode: 0o750 });
-    const cwd = spec.workingDir ?? serviceDir;
+    // Run as another user, a process cannot enter the agent's private data dir: it starts in "/"
+    // unless the target names a working dir.
+    const cwd = spec.workingDir ?? (user ? '/' : serviceDir);
     const log = this.log(app, service);
     // Node reports a missing cwd as "spawn <program> ENOENT", blaming the program: say which it is.
     if (!existsSync(cwd)) {
@@ -211,6 +248,7 @@ export class ProcessRuntime implements WorkloadRuntime {
       // Its own process group: a stop signals everything it forked, and a Ctrl-C meant for the agent does not reach it.
       detached: true,
       shell: false,
+      ...(user ? { uid: user.uid, gid: user.gid } : {}),
     });
     const write = (chunk: Buffer): void => {
       try {
