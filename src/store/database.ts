@@ -67,6 +67,8 @@ export function migrate(db: Database, migrations: readonly Migration[] = MIGRATI
       `the database schema is version ${current} but this agent knows up to ${target}; it was written by a newer agent`,
     );
   }
+  const versions = migrations.map((m) => m.version);
+  if (new Set(versions).size !== versions.length) throw new AgentError('STORE_MIGRATIONS_INVALID', `two migrations share a version: ${versions.join(', ')}`);
   for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
     if (m.version <= current) continue;
     db.transaction(() => {

@@ -3,7 +3,6 @@ import BetterSqlite3 from 'better-sqlite3';
 import { createInterface } from 'node:readline';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import { defaultConfig, type AgentConfig } from '../../src/config/schema.js';
-import { MQTT_MIGRATION } from '../../src/mqtt/migration.js';
 import { MqttSession, type MqttSessionDeps } from '../../src/mqtt/session.js';
 import { backoffFromSettings } from '../../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../../src/resilience/connection-monitor.js';
@@ -18,7 +17,7 @@ import { silentLogger } from './logger.js';
 /** Helpers for the MQTT integration tests: a session wired as the agent wires it, and observers. */
 
 export function openStore(path: string, logger: Logger = silentLogger()): Store {
-  return Store.open({ path, logger, clock: systemClock, migrations: [...MIGRATIONS, MQTT_MIGRATION] });
+  return Store.open({ path, logger, clock: systemClock, migrations: MIGRATIONS });
 }
 
 export interface TestSession {

@@ -1,0 +1,393 @@
+import { spawn } from 'node:child_process';
+import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { PassThrough } from 'node:stream';
+import { Outbox } from '../src/outbox/outbox.js';
+import { encodePayload } from '../src/outbox/codec.js';
+import { Store } from '../src/store/store.js';
+import { systemClock } from '../src/util/clock.js';
+import { IdGenerator } from '../src/util/ids.js';
+import type { Json } from '../src/util/json-diff.js';
+import { createLogger } from '../src/util/logger.js';
+import { cell, jsonLine, machine, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
+
+/**
+ * npm run bench:outbox [-- --messages N --producers P --backlog B --rss-rows R --json]
+ *
+ * Everything runs in one temp dir under os.tmpdir() (printed), so every case writes to the same disk:
+ *  - enqueue_durable: our Outbox on a store with synchronous=FULL, P concurrent producers (each
+ *    awaits its enqueue, then enqueues the next), 200-byte JSON payloads; a message counts once its
+ *    enqueue resolved (committed and fsynced).
+ *  - seed_queue: the seed's OfflineQueue design: an in-memory array holding a backlog of B messages,
+ *    rewritten whole to a JSON file on every enqueue. For the same durability as ours each rewrite
+ *    is fsynced (open, write, fsync, close of the one file; no rename, which would only add a
+ *    directory fsync), and the drop-oldest bound is above the backlog so it never drops.
+ *  - sqlite_raw: the same rows (ids, 200-byte payloads) inserted into the same outbox table (same
+ *    indices, same store pragmas) with one prepared INSERT in one big transaction: SQLite's limit.
+ *  - rss: a child process opens the store and the outbox and runs stats() and peekBatch(100)+nack
+ *    in a loop for a while; its peak RSS (VmHWM) with an empty queue vs with R queued messages
+ *    (filled with the raw path, then the store closed before the child starts).
+ */
+
+const USAGE = 'usage: node dist/bench/outbox.js [--messages N] [--producers P] [--backlog B] [--rss-rows R] [--json]';
+const PAYLOAD_BYTES = 200;
+
+interface Args {
+  messages: number;
+  producers: number;
+  backlog: number;
+  rssRows: number;
+  json: boolean;
+}
+
+function parse(argv: string[]): Args {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      messages: { type: 'string', default: '100000' },
+      producers: { type: 'string', default: '64' },
+      backlog: { type: 'string', default: '10000' },
+      'rss-rows': { type: 'string', default: '1000000' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const int = (name: string, raw: string, min: number): number => {
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < min) {
+      console.error(`--${name}: expected an integer >= ${min}, got "${raw}"\n${USAGE}`);
+      process.exit(2);
+    }
+    return n;
+  };
+  return {
+    messages: int('messages', values.messages, 1000),
+    producers: int('producers', values.producers, 1),
+    backlog: int('backlog', values.backlog, 0),
+    rssRows: int('rss-rows', values['rss-rows'], 1000),
+    json: values.json,
+  };
+}
+
+const silent = createLogger({ level: 'silent', format: 'json', destination: new PassThrough() });
+
+/** A JSON payload whose text is exactly PAYLOAD_BYTES bytes. */
+function payload(i: number): Json {
+  const head = JSON.stringify({ seq: i, v: '' });
+  return { seq: i, v: 'x'.repeat(PAYLOAD_BYTES - head.length) };
+}
+
+function openStore(path: string): Store {
+  return Store.open({ path, logger: silent, clock: systemClock, synchronous: 'full' });
+}
+
+function bigLimits() {
+  return { maxCount: 100_000_000, maxBytes: 2 ** 45 };
+}
+
+/** Our outbox: P producers, each awaiting its enqueue before the next. */
+class EnqueueCase {
+  private readonly store: Store;
+  private readonly outbox: Outbox;
+  private next = 0;
+  constructor(
+    dir: string,
+    private readonly producers: number,
+    file = 'enqueue.db',
+    limits = bigLimits(),
+  ) {
+    this.store = openStore(join(dir, file));
+    this.outbox = new Outbox({ store: this.store, clock: systemClock, ids: new IdGenerator(), logger: silent, limits, disk: { minFreeBytes: 0 } });
+  }
+  /** Enqueues `count` messages; returns msg/s and the commits it took. */
+  async run(count: number): Promise<{ rate: number; commits: number }> {
+    const end = this.next + count;
+    const c0 = this.outbox.stats().commits;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: this.producers }, async () => {
+        while (this.next < end) {
+          const i = this.next++;
+          await this.outbox.enqueue({ channel: 'telemetry', payload: payload(i) });
+        }
+      }),
+    );
+    const ms = performance.now() - t0;
+    return { rate: (count / ms) * 1000, commits: this.outbox.stats().commits - c0 };
+  }
+  async close(): Promise<void> {
+    await this.outbox.close();
+    this.store.close();
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+/** The seed's Phase 2 OfflineQueue, made durable the simplest way (see the file comment). */
+class SeedOfflineQueue<T> {
+  private queue: T[] = [];
+  constructor(
+    private readonly maxSize: number,
+    private readonly persistPath: string,
+  ) {}
+  load(items: T[]): void {
+    this.queue = items;
+    this.saveToDisk();
+  }
+  enqueue(item: T): void {
+    this.queue.push(item);
+    if (this.queue.length > this.maxSize) this.queue.shift();
+    this.saveToDisk();
+  }
+  private saveToDisk(): void {
+    const fd = openSync(this.persistPath, 'w', 0o600);
+    try {
+      writeSync(fd, JSON.stringify(this.queue));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+async function benchSeed(dir: string, a: Args): Promise<{ rate: number; count: number; fileBytes: number }> {
+  const ids = new IdGenerator();
+  const message = (i: number) => ({ id: ids.next(), channel: 'telemetry', ts: Date.now(), payload: payload(i) });
+  const q = new SeedOfflineQueue<ReturnType<typeof message>>(a.backlog + 1_000_000, join(dir, 'seed-queue.json'));
+  q.load(Array.from({ length: a.backlog }, (_, i) => message(i)));
+  const budgetMs = 3_000;
+  let count = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: a.producers }, async () => {
+      while (performance.now() - t0 < budgetMs) {
+        await Promise.resolve();
+        q.enqueue(message(count++));
+      }
+    }),
+  );
+  const ms = performance.now() - t0;
+  return { rate: (count / ms) * 1000, count, fileBytes: statSync(join(dir, 'seed-queue.json')).size };
+}
+
+/** Raw inserts of pre-built rows into the outbox table, one transaction: returns rows/s. */
+function rawInsert(store: Store, rows: number, chunk = rows): number {
+  const ids = new IdGenerator();
+  const insert = store.db.prepare(
+    'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+  );
+  let ms = 0;
+  for (let start = 0; start < rows; start += chunk) {
+    const n = Math.min(chunk, rows - start);
+    const built = Array.from({ length: n }, (_, i) => {
+      const enc = encodePayload(payload(start + i), 1024);
+      return [ids.next(), enc.data, enc.bytes] as const;
+    });
+    const now = Date.now();
+    const t0 = performance.now();
+    store.db.transaction(() => {
+      for (const [id, data, bytes] of built) insert.run(id, 'telemetry', 20, now, null, null, 0, bytes, data);
+    })();
+    ms += performance.now() - t0;
+  }
+  return (rows / ms) * 1000;
+}
+
+interface RssReport {
+  hwmKb: number;
+  /** V8's heap (committed) at the end: the part of RSS that garbage-collection timing moves. */
+  heapKb: number;
+  depth: number;
+  openMs: number;
+  loops: number;
+}
+
+type RssMode = 'flow' | 'peek';
+
+function runRssChild(dbPath: string, mode: RssMode, loops: number): Promise<RssReport> {
+  const self = fileURLToPath(import.meta.url);
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [self, '--rss-child', dbPath, mode, String(loops)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      if (code !== 0) return reject(new Error(`rss child exited with ${String(code)}`));
+      try {
+        resolve(JSON.parse(out.trim().split('\n').pop() ?? '') as RssReport);
+      } catch (err) {
+        reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+  });
+}
+
+/**
+ * In the child: the agent's work on its queue for a fixed number of rounds, the same with either
+ * database. `flow`: producers enqueue 100 messages (durably), the API reads stats(), the flusher
+ * peeks a batch of 100 and acks it, so the depth stays where it started (0 or the backlog).
+ * `peek`: stats() and peekBatch(100)+nack only; with an empty queue that decodes nothing, so the
+ * comparison measures the work more than the backlog (reported, not a target).
+ */
+async function rssChild(dbPath: string, mode: RssMode, rounds: number): Promise<void> {
+  const t0 = performance.now();
+  const store = openStore(dbPath);
+  const outbox = new Outbox({ store, clock: systemClock, ids: new IdGenerator(), logger: silent, limits: bigLimits(), disk: { minFreeBytes: 0 } });
+  const openMs = performance.now() - t0;
+  let depth = 0;
+  for (let i = 0; i < rounds; i++) {
+    if (mode === 'flow') await Promise.all(Array.from({ length: 100 }, (_, k) => outbox.enqueue({ channel: 'telemetry', payload: payload(k) })));
+    depth = Math.max(depth, outbox.stats().depth);
+    const batch = outbox.peekBatch({ maxCount: 100, maxBytes: 256 * 1024 });
+    if (mode === 'flow') outbox.ack(batch.map((m) => m.id));
+    else outbox.nack(batch.map((m) => m.id));
+    await new Promise((r) => setImmediate(r));
+  }
+  const status = readFileSync('/proc/self/status', 'utf8');
+  const hwmKb = Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? NaN);
+  const heapKb = Math.round(process.memoryUsage().heapTotal / 1024);
+  await outbox.close();
+  store.close();
+  process.stdout.write(`${JSON.stringify({ hwmKb, heapKb, depth, openMs, loops: rounds })}\n`);
+}
+
+async function main(): Promise<void> {
+  const a = parse(process.argv.slice(2));
+  const dir = mkdtempSync(join(tmpdir(), 'iotistic-bench-outbox-'));
+  // Progress goes to stderr; stdout carries the table and, with --json, the JSON line last.
+  const log = (line: string): void => console.error(line);
+  log(`outbox benchmark in ${dir} (os.tmpdir(); every case on this one filesystem)`);
+  try {
+    // Outbox and raw inserts alternate in paired rounds (same table sizes as they grow), so a
+    // burst of load from elsewhere on the machine hits both sides of a ratio alike; medians reported.
+    const rounds = 5;
+    const perRound = Math.ceil(a.messages / rounds);
+    log(`enqueue vs raw SQLite: ${rounds} paired rounds of ${perRound} messages, ${a.producers} producers, synchronous=FULL ...`);
+    const enqCase = new EnqueueCase(dir, a.producers);
+    const rawStore = openStore(join(dir, 'raw.db'));
+    await enqCase.run(5_000); // warm-up: JIT, page cache, first WAL
+    rawInsert(rawStore, 5_000);
+    const enqRates: number[] = [];
+    const rawRates: number[] = [];
+    const pairRatios: number[] = [];
+    let commits = 0;
+    for (let r = 0; r < rounds; r++) {
+      const e = await enqCase.run(perRound);
+      const w = rawInsert(rawStore, perRound);
+      enqRates.push(e.rate);
+      rawRates.push(w);
+      pairRatios.push(e.rate / w);
+      commits += e.commits;
+    }
+    await enqCase.close();
+    rawStore.close();
+    // A long outage keeps the queue full: then every enqueue also drops the oldest message.
+    log(`enqueue into a full queue (each enqueue drops the oldest) ...`);
+    const fullCase = new EnqueueCase(dir, a.producers, 'enqueue-full.db', { maxCount: 20_000, maxBytes: 2 ** 45 });
+    await fullCase.run(25_000);
+    const whenFull = await fullCase.run(perRound);
+    await fullCase.close();
+    const enq = { rate: median(enqRates), commits, perCommit: (perRound * rounds) / commits };
+    const raw = median(rawRates);
+    log(`seed queue: backlog ${a.backlog}, rewrite + fsync per enqueue, 3 s ...`);
+    const seed = await benchSeed(dir, a);
+
+    const rssRounds = 2_000;
+    log(`rss: empty queue, ${rssRounds} rounds ...`);
+    const emptyPath = join(dir, 'rss-empty.db');
+    openStore(emptyPath).close();
+    // Peak RSS moves by several MiB from run to run with garbage-collection timing: three runs each, median.
+    const medianRun = async (path: string): Promise<RssReport> => {
+      const runs: RssReport[] = [];
+      for (let i = 0; i < 3; i++) runs.push(await runRssChild(path, 'flow', rssRounds));
+      runs.sort((x, y) => x.hwmKb - y.hwmKb);
+      return runs[1] as RssReport;
+    };
+    const rssEmpty = await medianRun(emptyPath);
+    const peekEmpty = await runRssChild(emptyPath, 'peek', rssRounds);
+    log(`rss: filling ${a.rssRows} messages with the raw path ...`);
+    const fullPath = join(dir, 'rss-full.db');
+    const full = openStore(fullPath);
+    rawInsert(full, a.rssRows, 100_000);
+    full.close();
+    const dbBytes = statSync(fullPath).size;
+    log(`rss: ${a.rssRows} queued (${cell(dbBytes / 1_048_576, 0)} MiB database), ${rssRounds} rounds ...`);
+    const rssFull = await medianRun(fullPath);
+    const peekFull = await runRssChild(fullPath, 'peek', rssRounds);
+
+    const results: BenchResult[] = [
+      { name: 'enqueue_durable', value: Math.round(enq.rate), unit: 'msg/s' },
+      { name: 'enqueue_messages_per_commit', value: Math.round(enq.perCommit * 10) / 10, unit: 'msg' },
+      { name: 'enqueue_durable_full_queue', value: Math.round(whenFull.rate), unit: 'msg/s' },
+      { name: 'seed_queue_enqueue', value: Math.round(seed.rate * 10) / 10, unit: 'msg/s' },
+      { name: 'sqlite_raw_insert', value: Math.round(raw), unit: 'rows/s' },
+      { name: 'rss_empty_peak', value: rssEmpty.hwmKb, unit: 'KiB' },
+      { name: 'rss_1m_peak', value: rssFull.hwmKb, unit: 'KiB' },
+      { name: 'rss_peek_only_empty_peak', value: peekEmpty.hwmKb, unit: 'KiB' },
+      { name: 'rss_peek_only_1m_peak', value: peekFull.hwmKb, unit: 'KiB' },
+      { name: 'open_1m_ms', value: Math.round(rssFull.openMs), unit: 'ms' },
+      // DRAIN THROUGHPUT (to be added by the lead once the flusher exists): measure the flusher
+      // draining a backlog to a devcloud over HTTP in this same run and push
+      // { name: 'drain_http', value: <msg/s>, unit: 'msg/s' } here, plus its ratio/target below.
+    ];
+    const ratios = {
+      enqueue_vs_seed_queue: ratio(enq.rate, seed.rate),
+      enqueue_vs_sqlite_raw: ratio(median(pairRatios), 1),
+      enqueue_full_queue_vs_empty: ratio(whenFull.rate, enq.rate),
+      rss_1m_vs_empty: ratio(rssFull.hwmKb, rssEmpty.hwmKb),
+      rss_peek_only_1m_vs_empty: ratio(peekFull.hwmKb, peekEmpty.hwmKb),
+    };
+    const report: BenchReport = {
+      benchmark: 'outbox',
+      machine: machine(),
+      config: { messages: a.messages, producers: a.producers, payloadBytes: PAYLOAD_BYTES, seedBacklog: a.backlog, rssRows: a.rssRows, synchronous: 'full', dir },
+      results,
+      ratios,
+      targets: {
+        enqueue_vs_seed_queue: target('>=', 100, ratios.enqueue_vs_seed_queue),
+        enqueue_vs_sqlite_raw: target('>=', 0.3, ratios.enqueue_vs_sqlite_raw),
+        rss_1m_vs_empty: target('<=', 1.2, ratios.rss_1m_vs_empty),
+      },
+    };
+    const rows = [
+      ['outbox enqueue (durable, FULL)', cell(enq.rate), 'msg/s', `median of ${rounds}; ${cell(enq.perCommit, 1)} msg per commit (fsync)`],
+      ['outbox enqueue into a full queue', cell(whenFull.rate), 'msg/s', `each enqueue drops the oldest (20,000 queued); 1 run, informational`],
+      ['seed queue (JSON rewrite + fsync)', cell(seed.rate, 1), 'msg/s', `backlog ${cell(a.backlog)}, ${cell(seed.count)} enqueues, file ${cell(seed.fileBytes / 1024)} KiB`],
+      ['SQLite raw (one transaction)', cell(raw), 'rows/s', `median of ${rounds}, paired with the above; same table and pragmas`],
+      ['peak RSS, empty queue', cell(rssEmpty.hwmKb / 1024, 1), 'MiB', `median of 3; ${cell(rssRounds)} rounds of enqueue 100, stats, peek 100, ack; V8 heap ${cell(rssEmpty.heapKb / 1024, 1)} MiB`],
+      [`peak RSS, ${cell(a.rssRows)} queued`, cell(rssFull.hwmKb / 1024, 1), 'MiB', `median of 3; same rounds, depth ${cell(rssFull.depth)}; V8 heap ${cell(rssFull.heapKb / 1024, 1)} MiB; open ${cell(rssFull.openMs)} ms`],
+      ['peak RSS, peek-only, empty', cell(peekEmpty.hwmKb / 1024, 1), 'MiB', 'stats + peekBatch(100) + nack: decodes nothing'],
+      [`peak RSS, peek-only, ${cell(a.rssRows)} queued`, cell(peekFull.hwmKb / 1024, 1), 'MiB', 'decodes 100 payloads a round (informational)'],
+    ];
+    const out = [
+      table(['case', 'value', 'unit', 'notes'], rows),
+      '',
+      table(
+        ['target', 'want', 'value', 'met'],
+        Object.entries(report.targets).map(([k, t]) => [k, t.want, cell(t.value, 3), t.met ? 'yes' : 'NO']),
+      ),
+    ].join('\n');
+    console.log(out);
+    if (a.json) console.log(jsonLine(report));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[2] === '--rss-child') {
+  await rssChild(process.argv[3] as string, process.argv[4] as RssMode, Number(process.argv[5]));
+} else {
+  await main();
+}

@@ -1,0 +1,48 @@
+import type { AgentConfig } from '../config/schema.js';
+import type { ChannelPolicy } from './types.js';
+
+/**
+ * Default priorities (higher = delivered first, dropped last): what the cloud needs to act on
+ * (events, job updates) before the device's state, before bulk data, before metrics, which degrade
+ * gracefully by downsampling anyway. A channel's `priority` setting overrides its entry.
+ */
+export const DEFAULT_CHANNEL_PRIORITIES: Readonly<Record<string, number>> = Object.freeze({
+  events: 50,
+  jobs: 50,
+  state: 40,
+  shadow: 40,
+  health: 30,
+  telemetry: 20,
+  metrics: 10,
+});
+
+/** Priority of a channel that is neither configured nor in DEFAULT_CHANNEL_PRIORITIES. */
+export const DEFAULT_PRIORITY = 20;
+
+export const CHANNEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export interface OutboxSettings {
+  limits: { maxCount: number; maxBytes: number };
+  channels: Record<string, ChannelPolicy>;
+  compressAboveBytes: number;
+  groupCommit: { windowMs: number; maxBatch: number };
+  disk: { minFreeBytes: number };
+}
+
+/**
+ * The outbox's options from `settings.offline`. The metrics channel is capped at
+ * `maxOfflineMetricsBuffer` messages unless configured otherwise: the MetricsBuffer downsamples
+ * before that cap is reached, so the cap only bites producers that bypass it.
+ */
+export function outboxSettings(offline: AgentConfig['settings']['offline']): OutboxSettings {
+  const channels: Record<string, ChannelPolicy> = {};
+  for (const [name, policy] of Object.entries(offline.channels)) channels[name] = { ...policy };
+  channels.metrics = { maxCount: offline.maxOfflineMetricsBuffer, ...channels.metrics };
+  return {
+    limits: { maxCount: offline.maxQueueSize, maxBytes: offline.maxQueueBytes },
+    channels,
+    compressAboveBytes: offline.compressAboveBytes,
+    groupCommit: { windowMs: offline.groupCommitWindowMs, maxBatch: offline.groupCommitMaxBatch },
+    disk: { minFreeBytes: offline.minFreeDiskBytes },
+  };
+}

@@ -1,0 +1,145 @@
+import type { QueueStats } from '../resilience/connection-monitor.js';
+import { AgentError } from '../util/errors.js';
+import type { Json } from '../util/json-diff.js';
+
+/** What a producer hands to `Outbox.enqueue`. */
+export interface EnqueueMessage {
+  /** Where it goes: `telemetry`, `metrics`, `events`, `state`, `jobs`, `health`, ... (letters, digits, `._-`). */
+  channel: string;
+  payload: Json;
+  /** Higher is more important. Default: the channel's configured priority, else `DEFAULT_CHANNEL_PRIORITIES`. */
+  priority?: number;
+  /** Not worth delivering after this long (counted as `expired` when it lapses). Default: the channel's `ttlMs`. */
+  ttlMs?: number;
+  /** The message id; a UUIDv7 is made when absent. Enqueuing an id that is already queued is a no-op. */
+  id?: string;
+  /** Replaces any undelivered, not in-flight message of the same channel with the same key. */
+  coalesceKey?: string;
+}
+
+export interface EnqueueResult {
+  id: string;
+  /** True when a message with this (given) id was already queued: nothing was written. */
+  duplicate?: boolean;
+}
+
+/** A queued message as the flusher sees it. */
+export interface OutboxMessage {
+  id: string;
+  channel: string;
+  priority: number;
+  /** Wall-clock epoch ms of the enqueue; the `ts` of PROTOCOL.md. */
+  createdAt: number;
+  expiresAt: number | null;
+  coalesceKey: string | null;
+  payload: Json;
+  /** Bytes the payload takes on disk (after compression). */
+  storedBytes: number;
+  compressed: boolean;
+}
+
+export interface ParkedMessage extends Omit<OutboxMessage, 'coalesceKey'> {
+  parkedAt: number;
+  reason: string;
+}
+
+export interface PeekOptions {
+  /** Only these channels; all when absent. */
+  channels?: readonly string[];
+  maxCount: number;
+  /** Sum of `storedBytes`; the first message is taken even when it alone is larger. */
+  maxBytes?: number;
+  /** Skipped as if leased (ids the caller already holds). */
+  excludeIds?: Iterable<string>;
+  /** Lease what is returned (default true): not peeked again until nack, ack, park or the lease runs out. */
+  lease?: boolean;
+}
+
+export interface FlushOptions {
+  channels?: readonly string[];
+  /** Messages per `sendFn` call (default 100; 1 gives the seed's one-at-a-time semantics). */
+  maxCount?: number;
+  maxBytes?: number;
+  signal?: AbortSignal;
+}
+
+/** Per channel policy; every field optional (defaults: DEFAULT_CHANNEL_PRIORITIES, the total limits, no TTL). */
+export interface ChannelPolicy {
+  priority?: number;
+  maxCount?: number;
+  maxBytes?: number;
+  ttlMs?: number;
+}
+
+export type DropReason = 'overflow' | 'disk' | 'expired';
+
+export interface ChannelStats {
+  depth: number;
+  /** Stored payload bytes. */
+  bytes: number;
+  /** Age of the oldest queued message (0 when empty). */
+  oldestAgeMs: number;
+  /** Messages peeked and not yet acked or nacked (in flight). */
+  leased: number;
+  /** Acked by a sink, since the database was created. */
+  delivered: number;
+  /** `drops.overflow + drops.disk` (expiry is counted apart, as in QueueStats). */
+  dropped: number;
+  drops: Record<DropReason, number>;
+  expired: number;
+  /** Messages in the parked table now. */
+  parked: number;
+  /** Messages ever parked. */
+  parkedTotal: number;
+  /** Undelivered messages replaced by a newer one with the same coalesce key. */
+  coalesced: number;
+  /** Messages merged into others by metrics downsampling. */
+  downsampled: number;
+  /** Messages accepted by enqueue since the outbox opened (not persisted: it would cost a write per commit). */
+  accepted: number;
+}
+
+export interface OutboxStats extends QueueStats, Omit<ChannelStats, keyof QueueStats> {
+  channels: Record<string, ChannelStats>;
+  /** Transactions that committed enqueues (group commit: far fewer than `accepted`). */
+  commits: number;
+  /** Enqueues waiting for the next group commit. */
+  pending: number;
+  /** `power-loss`: synchronous=FULL (a resolved enqueue survives a power cut); `process-crash`: NORMAL. */
+  durability: 'power-loss' | 'process-crash' | 'none';
+  disk: { freeBytes: number | null; minFreeBytes: number; low: boolean };
+}
+
+export interface CommitInfo {
+  /** Enqueue calls (an enqueueMany is one) in the transaction. */
+  calls: number;
+  messages: number;
+  ms: number;
+}
+
+export type OutboxErrorCode =
+  | 'OUTBOX_FULL'
+  | 'OUTBOX_DISK_LOW'
+  | 'OUTBOX_DISK_FULL'
+  | 'OUTBOX_TOO_LARGE'
+  | 'OUTBOX_INVALID'
+  | 'OUTBOX_CLOSED'
+  | 'OUTBOX_WRITE_FAILED';
+
+/**
+ * A refused or failed enqueue (or ack). `OUTBOX_FULL`: the limits are reached and everything queued
+ * is more important; `OUTBOX_DISK_LOW`: free disk is below the watermark and nothing less important
+ * can make room; `OUTBOX_DISK_FULL`: the write hit SQLITE_FULL / ENOSPC and was rolled back (nothing
+ * queued before was lost). Local ingestion maps FULL and the disk codes to 507, CLOSED to 503.
+ */
+export class OutboxError extends AgentError {
+  declare readonly code: OutboxErrorCode;
+  constructor(code: OutboxErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'OutboxError';
+  }
+}
+
+export function isOutboxError(err: unknown, code?: OutboxErrorCode): err is OutboxError {
+  return err instanceof OutboxError && (code === undefined || err.code === code);
+}
