@@ -4,11 +4,19 @@ import { ensureLocalKey } from './api/local-key.js';
 import { createMetrics } from './api/metrics.js';
 import { startApi } from './api/server.js';
 import { HealthReporter } from './cloud/health-report.js';
+import { HttpSink } from './cloud/http-sink.js';
 import { CloudHttpClient } from './cloud/http-client.js';
 import { RetryPolicy } from './cloud/retry.js';
 import { StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';
 import type { AgentConfig } from './config/schema.js';
+import { MqttSession } from './mqtt/session.js';
+import { MQTT_CHANNELS, MqttSink } from './mqtt/sink.js';
+import { MetricsBuffer } from './outbox/downsample.js';
+import { Flusher } from './outbox/flusher.js';
+import { Outbox } from './outbox/outbox.js';
+import { outboxSettings } from './outbox/policy.js';
+import { OutboxError, type EnqueueMessage, type EnqueueResult } from './outbox/types.js';
 import { backoffFromSettings } from './resilience/backoff.js';
 import { ConnectionMonitor } from './resilience/connection-monitor.js';
 import { DegradationController } from './resilience/degradation.js';
@@ -22,6 +30,9 @@ import type { Json } from './util/json-diff.js';
 import type { Logger } from './util/logger.js';
 import { LoopRunner } from './util/loops.js';
 import { systemRandom, type Random } from './util/random.js';
+import { MetricsSampler } from './telemetry/sampler.js';
+import { SystemMetrics } from './telemetry/system-metrics.js';
+import { errorMessage } from './util/errors.js';
 import { AGENT_VERSION } from './version.js';
 import { validateTarget, type TargetState, type TargetValidation, type WorkloadPolicy } from './workloads/target-schema.js';
 import { Reconciler } from './workloads/reconciler.js';
@@ -69,11 +80,17 @@ export class Agent {
   private readonly targets: MemoryTargetSource;
   private readonly reconciler: Reconciler;
   private readonly policy: WorkloadPolicy;
+  readonly outbox: Outbox;
+  private readonly flushers: Flusher[] = [];
+  private readonly mqtt: MqttSession | undefined;
+  private readonly sampler: MetricsSampler | undefined;
+  private readonly clock: Clock;
   private stopped = false;
 
   constructor(private readonly deps: AgentDeps) {
     const { config, store, logger } = deps;
     const clock = deps.clock ?? systemClock;
+    this.clock = clock;
     const random = deps.random ?? systemRandom;
     const offline = config.settings.offline;
     this.uuid = deviceUuid(config, store);
@@ -84,7 +101,7 @@ export class Agent {
       clock,
       offlineAfterFailures: offline.offlineAfterFailures,
       outageLog: new SqliteOutageLog(store),
-      channels: config.cloud.apiUrl ? ['api'] : [],
+      channels: [...(config.cloud.apiUrl ? ['api'] : []), ...(config.mqtt.url ? ['mqtt'] : [])],
       logger: logger.child({ part: 'connection' }),
     });
     const wakeup = new Wakeup({ clock, random });
@@ -135,6 +152,59 @@ export class Agent {
       policy: this.policy,
     });
 
+    // Everything bound for the cloud waits here, on disk, until a sink has delivered it.
+    this.outbox = new Outbox({
+      store,
+      clock,
+      ids,
+      logger: logger.child({ part: 'outbox' }),
+      ...outboxSettings(offline),
+      onCommit: () => {
+        for (const f of this.flushers) f.kick();
+      },
+    });
+    if (config.features.metrics && offline.enableQueue) {
+      this.sampler = new MetricsSampler({
+        metrics: new SystemMetrics({ dataDir: config.dataDir }),
+        buffer: new MetricsBuffer({ outbox: this.outbox, maxSamples: offline.maxOfflineMetricsBuffer, logger: logger.child({ part: 'metrics' }) }),
+        clock,
+        logger: logger.child({ part: 'metrics' }),
+        intervalMs: () => settingsNow().metricsIntervalMs,
+      });
+      this.degradation.register(this.sampler, { order: 10 });
+    }
+    // Offline for want of a connection, the probe's handshakes are the way back; the loops' own
+    // requests slow to one per offlineRetryIntervalSeconds so a returning cloud is not met by them.
+    const offlineFloorMs = (channel: string) => (): number =>
+      this.monitor.channelStatus(channel) === 'offline' && this.monitor.lastFailureKind(channel) === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
+    const retryFor = (channel: string): RetryPolicy =>
+      new RetryPolicy({ backoff: backoffFromSettings(offline, { clock, random }), sleeper: wakeup, clock, floorMs: offlineFloorMs(channel) });
+    const flusherFor = (sink: HttpSink | MqttSink): Flusher =>
+      new Flusher({
+        outbox: this.outbox,
+        sink,
+        monitor: this.monitor,
+        retry: retryFor(sink.monitorChannel),
+        clock,
+        logger: logger.child({ part: `flush-${sink.name}` }),
+        batch: { maxCount: offline.flushBatchMessages, maxBytes: offline.flushBatchBytes },
+        maxInflight: offline.flushMaxInflight,
+        rate: { messagesPerSecond: offline.flushRateMessagesPerSecond, bytesPerSecond: offline.flushRateBytesPerSecond },
+      });
+
+    if (config.mqtt.url) {
+      this.mqtt = new MqttSession({
+        config: { mqtt: config.mqtt, uuid: this.uuid, apiKey: config.device.apiKey },
+        store,
+        monitor: this.monitor,
+        backoff: backoffFromSettings(offline, { clock, random }),
+        wakeup,
+        clock,
+        logger: logger.child({ part: 'mqtt' }),
+      });
+      this.flushers.push(flusherFor(new MqttSink(this.mqtt)));
+    }
+
     if (config.cloud.apiUrl) {
       this.http = new CloudHttpClient({
         baseUrl: config.cloud.apiUrl,
@@ -145,12 +215,7 @@ export class Agent {
         userAgent: `iotistic-agent/${AGENT_VERSION}`,
       });
       const settings = settingsNow;
-      // Offline for want of a connection, the probe's handshakes are the way back; the loops' own
-      // requests slow to one per offlineRetryIntervalSeconds so a returning cloud is not met by them.
-      const offlineFloorMs = (): number =>
-        this.monitor.status() === 'offline' && this.monitor.lastFailureKind('api') === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
-      const retry = (): RetryPolicy =>
-        new RetryPolicy({ backoff: backoffFromSettings(offline, { clock, random }), sleeper: wakeup, clock, floorMs: offlineFloorMs });
+      const retry = (): RetryPolicy => retryFor('api');
       this.poller = new TargetStatePoller({
         http: this.http,
         uuid: this.uuid,
@@ -189,25 +254,80 @@ export class Agent {
         logger: logger.child({ part: 'health-report' }),
         health: () => this.connectionHealth(),
       });
+      // With MQTT, the channels it carries go to the broker; everything else (and all of it without
+      // MQTT) goes to the device API.
+      this.flushers.push(flusherFor(new HttpSink(this.http, this.uuid, config.mqtt.url ? MQTT_CHANNELS : undefined)));
+    }
+    const probeUrls = [config.cloud.apiUrl, config.mqtt.url].filter((u): u is string => u !== undefined);
+    if (probeUrls.length > 0) {
       this.probe = new ConnectivityProbe({
-        targets: probeTargetsFromUrls([config.cloud.apiUrl]),
+        targets: probeTargetsFromUrls(probeUrls),
         status: this.monitor,
         // Offline because the cloud answered 503s is not a closed way: a handshake proves nothing new.
-        wayClosed: () => this.monitor.lastFailureKind('api') !== 'answer',
+        wayClosed: () => this.monitor.channelNames.some((c) => this.monitor.lastFailureKind(c) !== 'answer'),
         wakeup,
         clock,
         random,
         logger: logger.child({ part: 'probe' }),
         maxIntervalMs: offline.probeMaxIntervalSeconds * 1000,
       });
-      // Degradable features, paused in this order after offlineThresholdSeconds offline.
-      this.degradation.register(this.reporter, { order: 50 });
-      this.monitor.on('status', (e) => {
-        logger.info({ from: e.from, to: e.to, cause: e.cause }, `connection ${e.from} -> ${e.to}`);
-        this.reporter?.markDirty();
-        if (e.from === 'offline') this.health?.request();
-      });
     }
+    // Degradable features, paused in this order after offlineThresholdSeconds offline.
+    if (this.reporter) this.degradation.register(this.reporter, { order: 50 });
+    this.monitor.on('status', (e) => {
+      logger.info({ from: e.from, to: e.to, cause: e.cause }, `connection ${e.from} -> ${e.to}`);
+      this.reporter?.markDirty();
+      if (e.from === 'offline') this.health?.request();
+      this.event('connection', { from: e.from, to: e.to, cause: e.cause ?? null });
+    });
+    this.monitor.on('channel', (e) => {
+      if (e.to !== 'online') return;
+      for (const f of this.flushers) if (f.stats().sink === (e.channel === 'mqtt' ? 'mqtt' : 'http')) f.channelOnline();
+    });
+    this.mqtt?.on('message', (m) => {
+      if (m.kind === 'target-notify') this.poller?.pollNow();
+    });
+    this.watchServiceTransitions();
+  }
+
+  /**
+   * A state transition worth keeping, queued durably on the `events` channel so that transitions
+   * during an outage reach the cloud after it. A refused enqueue (disk full) is logged, never thrown.
+   */
+  event(type: string, data: Record<string, unknown>): void {
+    if (!this.deps.config.settings.offline.enableQueue) return;
+    this.outbox.enqueue({ channel: 'events', payload: JSON.parse(JSON.stringify({ type, ...data })) as Json }).catch((err: unknown) => {
+      this.deps.logger.warn({ err: errorMessage(err), type }, 'could not queue an event');
+    });
+  }
+
+  /** Services that crash, back off or fail, and applies that fail, become events. */
+  private watchServiceTransitions(): void {
+    const last = new Map<string, string>();
+    let lastApply: string | undefined;
+    this.reconciler.on('changed', (state) => {
+      if (state.status !== lastApply && state.status === 'failed') this.event('apply-failed', { targetVersion: state.targetVersion });
+      lastApply = state.status;
+      for (const [app, { services }] of Object.entries(state.apps)) {
+        for (const [name, svc] of Object.entries(services)) {
+          const key = `${app}/${name}`;
+          const before = last.get(key);
+          last.set(key, svc.status);
+          if (before !== undefined && before !== svc.status && ['exited', 'backoff', 'failed'].includes(svc.status)) {
+            this.event('service-status', { app, service: name, from: before, to: svc.status, restarts: svc.restarts, lastError: svc.lastError });
+          }
+        }
+      }
+    });
+  }
+
+  /** Local ingestion (`POST /v2/telemetry`): resolves once every item is on disk. */
+  ingest(items: { stream: string; payload: Json }[]): Promise<EnqueueResult[]> {
+    if (!this.deps.config.settings.offline.enableQueue) {
+      return Promise.reject(new OutboxError('OUTBOX_CLOSED', 'settings.offline.enableQueue is false: this agent does not queue telemetry'));
+    }
+    const msgs: EnqueueMessage[] = items.map((i) => ({ channel: 'telemetry', payload: { stream: i.stream, payload: i.payload } }));
+    return this.outbox.enqueueMany(msgs);
   }
 
   /** The current state as reported to the cloud (PROTOCOL.md "Current state"). */
@@ -244,8 +364,18 @@ export class Agent {
     return true;
   }
 
-  connectionHealth(): ReturnType<ConnectionMonitor['health']> & { degradation: { mode: string; since: number | null } } {
-    return { ...this.monitor.health(), degradation: { mode: this.degradation.mode(), since: this.degradation.since() } };
+  connectionHealth(): ReturnType<ConnectionMonitor['health']> & { degradation: { mode: string; since: number | null }; mqtt: unknown } {
+    const q = this.outbox.stats();
+    return {
+      ...this.monitor.health({ queue: { depth: q.depth, bytes: q.bytes, oldestAgeMs: q.oldestAgeMs, dropped: q.dropped, expired: q.expired } }),
+      degradation: { mode: this.degradation.mode(), since: this.degradation.since() },
+      mqtt: this.mqtt?.stats() ?? null,
+    };
+  }
+
+  /** `GET /v2/queue`: the outbox per channel, the flushers, and what is parked. */
+  queueView(): unknown {
+    return { ...this.outbox.stats(), flushers: this.flushers.map((f) => f.stats()), parkedMessages: this.outbox.parked({ limit: 20 }) };
   }
 
   stateView(): unknown {
@@ -267,12 +397,24 @@ export class Agent {
     this.degradation.start(signal);
     this.reconciler.on('changed', () => this.reporter?.markDirty());
     this.loops.start('reconciler', (s) => this.reconciler.run(s));
+    for (const f of this.flushers) this.loops.start(`flush-${f.stats().sink}`, (s) => f.run(s));
+    if (this.mqtt) this.loops.start('mqtt', (s) => this.mqtt!.start(s));
+    if (this.sampler) this.loops.start('metrics', (s) => this.sampler!.run(s));
+    this.loops.start('outbox-expiry', async (s) => {
+      // TTLs lapse whether or not anything is enqueued or sent.
+      while (!s.aborted) {
+        await this.clock.sleep(60_000, s).catch(() => undefined);
+        if (!s.aborted) this.outbox.expire();
+      }
+    });
     if (this.poller) this.loops.start('target-state', (s) => this.poller!.run(s));
     if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
     if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
     if (this.probe) this.probe.start(signal);
     const metrics = createMetrics({
       connection: () => this.monitor.health(),
+      queue: () => this.outbox.stats(),
+      mqtt: () => this.mqtt?.stats() ?? null,
       targetVersion: () => this.targets.current()?.version ?? null,
       loops: () => this.loops.status(),
       degraded: () => this.degradation.mode() === 'degraded',
@@ -296,6 +438,9 @@ export class Agent {
           return true;
         },
         setLocalTarget: (doc) => this.setLocalTarget(doc),
+        ingest: (items) => this.ingest(items),
+        queue: () => this.queueView(),
+        retryParked: () => this.outbox.retryParked(),
         clearLocalTarget: () => this.clearLocalTarget(),
         metrics,
       },
@@ -317,6 +462,8 @@ export class Agent {
     // Native processes stop with the agent; containers keep running and are re-adopted at start.
     await this.reconciler.close().catch((err: unknown) => logger.error({ err: String(err) }, 'stopping native services failed'));
     await this.api?.app.close();
+    await this.mqtt?.stop().catch(() => undefined);
+    await this.outbox.close();
     await this.http?.close();
     store.close();
     logger.info('agent stopped');

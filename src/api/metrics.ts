@@ -8,6 +8,10 @@ export interface MetricsSource {
     outages: unknown[];
   };
   targetVersion(): number | null;
+  queue(): {
+    channels: Record<string, { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number }>;
+  };
+  mqtt(): { connected: boolean; inflight: number; reconnects: number } | null;
   loops(): { name: string; state: string; restarts: number }[];
   degraded(): boolean;
 }
@@ -60,6 +64,68 @@ export function createMetrics(source: MetricsSource): Registry {
       this.reset();
       for (const [channel, ch] of Object.entries(source.connection().channels)) {
         for (const [operation, n] of Object.entries(ch.failures)) this.inc({ channel, operation }, n);
+      }
+    },
+  });
+  const perChannel = (name: string, help: string, pick: (c: ReturnType<MetricsSource['queue']>['channels'][string]) => number, counter = false): void => {
+    const common = {
+      name,
+      help,
+      labelNames: ['channel'],
+      registers: [registry],
+    };
+    if (counter) {
+      new Counter({
+        ...common,
+        collect() {
+          this.reset();
+          for (const [channel, c] of Object.entries(source.queue().channels)) this.inc({ channel }, pick(c));
+        },
+      });
+    } else {
+      new Gauge({
+        ...common,
+        collect() {
+          this.reset();
+          for (const [channel, c] of Object.entries(source.queue().channels)) this.set({ channel }, pick(c));
+        },
+      });
+    }
+  };
+  perChannel('iotistic_queue_depth', 'Messages waiting in the outbox', (c) => c.depth);
+  perChannel('iotistic_queue_bytes', 'Stored payload bytes waiting in the outbox', (c) => c.bytes);
+  perChannel('iotistic_queue_oldest_age_seconds', 'Age of the oldest waiting message', (c) => c.oldestAgeMs / 1000);
+  perChannel('iotistic_queue_parked', 'Messages parked because the peer refuses them for good', (c) => c.parked);
+  perChannel('iotistic_queue_delivered_total', 'Messages delivered and acknowledged', (c) => c.delivered, true);
+  perChannel('iotistic_queue_dropped_total', 'Messages dropped by the limits (overflow, disk)', (c) => c.dropped, true);
+  perChannel('iotistic_queue_expired_total', 'Messages that outlived their TTL', (c) => c.expired, true);
+  new Gauge({
+    name: 'iotistic_mqtt_connected',
+    help: '1 while the MQTT session is connected (absent without MQTT)',
+    registers: [registry],
+    collect() {
+      const m = source.mqtt();
+      if (m) this.set(m.connected ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_mqtt_inflight',
+    help: 'QoS 1 publishes awaiting PUBACK',
+    registers: [registry],
+    collect() {
+      const m = source.mqtt();
+      if (m) this.set(m.inflight);
+    },
+  });
+  new Counter({
+    name: 'iotistic_mqtt_reconnects_total',
+    help: 'MQTT connections made after the first',
+    registers: [registry],
+    collect() {
+      const m = source.mqtt();
+      if (m) {
+        this.reset();
+        this.inc(m.reconnects);
       }
     },
   });

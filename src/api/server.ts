@@ -7,6 +7,8 @@ import type { LoopStatus } from '../util/loops.js';
 import { bearerMatches } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
+import { isOutboxError } from '../outbox/types.js';
+import type { Json } from '../util/json-diff.js';
 
 /** What the local API shows and controls; `agent.ts` provides it. */
 export interface ApiView {
@@ -22,6 +24,12 @@ export interface ApiView {
   setLocalTarget(doc: unknown): TargetValidation;
   /** Ends local mode; false when it was not on. */
   clearLocalTarget(): boolean;
+  /** Local ingestion: resolves once every item is durable on disk. */
+  ingest(items: { stream: string; payload: Json }[]): Promise<{ id: string }[]>;
+  /** The outbox per channel, the flushers, parked messages. */
+  queue(): unknown;
+  /** Puts parked messages back in the queue; returns how many. */
+  retryParked(): number;
   metrics: Registry;
 }
 
@@ -49,6 +57,14 @@ export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.outp
 }
 
 const updateBody = z.strictObject({ force: z.boolean().optional() }).optional();
+
+const STREAM = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const telemetryItem = z.strictObject({
+  stream: z.string().regex(STREAM, 'a stream name of 1-64 letters, digits, ".", "_" or "-"'),
+  payload: z.json(),
+});
+/** One item or up to 1000 at once (parsed apart, so errors name the item: a union would not). */
+const telemetryBatch = z.array(telemetryItem).min(1).max(1000);
 
 export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance; url: string }> {
   const { view } = opts;
@@ -108,6 +124,24 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
     if (!view.clearLocalTarget()) return reply.code(409).send({ error: 'not_local', message: 'the agent is not in local mode' });
     return reply.code(200).send({ mode: 'cloud' });
   });
+
+  // Local apps hand data to the agent; 202 only once it is durable on disk (a power cut after the
+  // answer loses nothing). A full queue or disk answers 507, a closed one 503, with the reason.
+  app.post('/v2/telemetry', async (req, reply) => {
+    const items = Array.isArray(req.body) ? parseBody(telemetryBatch, req.body) : [parseBody(telemetryItem, req.body)];
+    try {
+      const results = await view.ingest(items.map((i) => ({ stream: i.stream, payload: i.payload as Json })));
+      return reply.code(202).send({ ids: results.map((r) => r.id) });
+    } catch (err) {
+      if (isOutboxError(err)) {
+        const status = err.code === 'OUTBOX_CLOSED' || err.code === 'OUTBOX_WRITE_FAILED' ? 503 : err.code === 'OUTBOX_TOO_LARGE' || err.code === 'OUTBOX_INVALID' ? 400 : 507;
+        return reply.code(status).send({ error: err.code, message: err.message });
+      }
+      throw err;
+    }
+  });
+  app.get('/v2/queue', async () => view.queue());
+  app.post('/v2/queue/parked/retry', async () => ({ requeued: view.retryParked() }));
 
   app.get('/metrics', async (_req, reply) => reply.type(view.metrics.contentType).send(await view.metrics.metrics()));
 

@@ -84,6 +84,15 @@ const offlineSchema = z.strictObject({
       'Longest an enqueue waits for others to share its transaction (one fsync). A batch commits earlier when it reaches groupCommitMaxBatch or as many callers as the previous batch (producers that await each enqueue come back together).',
     ),
   groupCommitMaxBatch: z.number().int().min(1).default(512).describe('A batch of enqueues commits at once when it holds this many messages.'),
+  flushBatchMessages: z.number().int().min(1).max(10_000).default(500).describe('Most messages in one batch sent to a sink.'),
+  flushBatchBytes: z.number().int().min(1_024).default(524_288).describe('Most stored payload bytes in one batch sent to a sink.'),
+  flushMaxInflight: z.number().int().min(1).max(64).default(2).describe('Batches sent to a sink and not yet answered, at most.'),
+  flushRateMessagesPerSecond: z
+    .number()
+    .min(0)
+    .default(0)
+    .describe('Most messages a second the flusher sends (0: no limit), so a fleet draining backlogs does not flatten the cloud.'),
+  flushRateBytesPerSecond: z.number().min(0).default(0).describe('Most payload bytes a second the flusher sends (0: no limit).'),
   minFreeDiskBytes: z
     .number()
     .int()

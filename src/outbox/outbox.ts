@@ -629,7 +629,8 @@ export class Outbox {
     if (maxCount === 0) return [];
     const exclude = new Set(opts.excludeIds ?? []);
     const wanted = opts.channels ? new Set(opts.channels) : undefined;
-    const lanes = [...this.s.lanes.values()].filter((l) => l.count > 0 && (!wanted || wanted.has(l.channel)));
+    const unwanted = new Set(opts.excludeChannels ?? []);
+    const lanes = [...this.s.lanes.values()].filter((l) => l.count > 0 && (!wanted || wanted.has(l.channel)) && !unwanted.has(l.channel));
     const priorities = [...new Set(lanes.map((l) => l.priority))].sort((a, b) => b - a);
     const out: OutboxMessage[] = [];
     const seqs: number[] = [];

@@ -46,6 +46,8 @@ export interface ParkedMessage extends Omit<OutboxMessage, 'coalesceKey'> {
 export interface PeekOptions {
   /** Only these channels; all when absent. */
   channels?: readonly string[];
+  /** Not these channels (another sink carries them). */
+  excludeChannels?: readonly string[];
   maxCount: number;
   /** Sum of `storedBytes`; the first message is taken even when it alone is larger. */
   maxBytes?: number;

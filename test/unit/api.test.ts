@@ -20,6 +20,9 @@ function view(over: Partial<ApiView> = {}): ApiView {
     pollNow: () => true,
     setLocalTarget: () => ({ ok: false, issues: [], message: 'not in this test' }),
     clearLocalTarget: () => false,
+    ingest: async (items) => items.map((_, i) => ({ id: `id-${i}` })),
+    queue: () => ({ depth: 0 }),
+    retryParked: () => 0,
     metrics: new Registry(),
     ...over,
   };

@@ -1,0 +1,56 @@
+import type { OutboxMessage } from '../outbox/types.js';
+import type { Sink, SinkResult } from '../outbox/flusher.js';
+import { CloudError, type CloudHttpClient } from './http-client.js';
+
+/** Statuses that refuse what was sent (malformed, too large, unprocessable), not who sent it. */
+const CONTENT_REFUSALS = new Set([400, 413, 415, 422]);
+
+interface MessagesAnswer {
+  accepted?: unknown;
+  rejected?: unknown;
+}
+
+/**
+ * The HTTP sink: `POST /device/v1/{uuid}/messages` with a gzipped batch (PROTOCOL.md). The answer's
+ * `accepted` ids are acknowledged; `rejected` ones are refused for good; ids in neither go back to the
+ * queue. A 400, 413, 415 or 422 for the whole batch is permanent (the flusher splits it to find the
+ * message the cloud refuses).
+ */
+export class HttpSink implements Sink {
+  readonly name = 'http';
+  readonly monitorChannel = 'api';
+
+  constructor(
+    private readonly http: Pick<CloudHttpClient, 'request'>,
+    private readonly uuid: string,
+    /** Channels another sink (MQTT) carries. */
+    readonly excludeChannels?: readonly string[],
+  ) {}
+
+  async send(batch: OutboxMessage[], signal: AbortSignal): Promise<SinkResult> {
+    const res = await this.http.request<MessagesAnswer>({
+      method: 'POST',
+      path: `/device/v1/${encodeURIComponent(this.uuid)}/messages`,
+      json: { messages: batch.map((m) => ({ id: m.id, channel: m.channel, ts: m.createdAt, payload: m.payload })) },
+      gzip: true,
+      signal,
+    });
+    const body = res.body ?? {};
+    const accepted = Array.isArray(body.accepted) ? body.accepted.filter((x): x is string => typeof x === 'string') : [];
+    const rejected = Array.isArray(body.rejected)
+      ? body.rejected.flatMap((r: unknown) => {
+          const { id, reason, status } = (r ?? {}) as { id?: unknown; reason?: unknown; status?: unknown };
+          return typeof id === 'string' ? [{ id, reason: `${typeof status === 'number' ? `${status} ` : ''}${typeof reason === 'string' ? reason : 'rejected'}` }] : [];
+        })
+      : [];
+    return { accepted, rejected };
+  }
+
+  /**
+   * Only answers about the content are the message's fault. 401/403/404 and the like say something
+   * about the device or the cloud: the queue waits (with backoff) instead of parking everything.
+   */
+  isPermanent(err: unknown): boolean {
+    return err instanceof CloudError && err.kind === 'http' && CONTENT_REFUSALS.has(err.status ?? 0);
+  }
+}

@@ -1,0 +1,163 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
+import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
+import { observe } from '../helpers/mqtt.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+const dirs = tempDirs();
+const agents: AgentProcess[] = [];
+let cloud: DevCloud;
+beforeAll(async () => {
+  requireBuilt();
+  cloud = await startDevCloud();
+});
+afterEach(async () => {
+  for (const a of agents.splice(0)) await a.stop('SIGKILL');
+  await cloud.admin.clearFaults();
+});
+afterAll(async () => {
+  await cloud.close();
+  dirs.cleanup();
+});
+
+let n = 0;
+async function agentFor(extra: Record<string, unknown> = {}): Promise<{ agent: AgentProcess; uuid: string }> {
+  const dev = { uuid: `outbox-${process.pid}-${++n}`, apiKey: `outbox-key-${n}-0123456789` };
+  cloud.admin.createDevice(dev);
+  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  const agent = await spawnAgent({
+    dataDir: dirs.make(),
+    config: {
+      device: dev,
+      cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+      features: { metrics: false },
+      settings: { pollIntervalMs: 60_000, reportIntervalMs: 200, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, flushBatchMessages: 50 } },
+      ...extra,
+    },
+  });
+  agents.push(agent);
+  return { agent, uuid: dev.uuid };
+}
+
+async function post(agent: AgentProcess, body: unknown): Promise<{ status: number; body: { ids?: string[]; message?: string; error?: string } }> {
+  const res = await fetch(`${agent.apiUrl}/v2/telemetry`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${agent.key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, body: (await res.json()) as { ids?: string[] } };
+}
+
+function storedIds(uuid: string): Set<string> {
+  const ids = new Set<string>();
+  let after: number | undefined;
+  for (;;) {
+    const page = cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
+    for (const m of page.messages) ids.add(m.id);
+    if (!page.more) break;
+    after = page.nextAfter;
+  }
+  return ids;
+}
+
+describe('local telemetry through the outbox to the devcloud', () => {
+  it('accepts telemetry while the cloud is away and delivers every id once it is back, none stored twice', async () => {
+    const { agent, uuid } = await agentFor();
+    await waitFor('online', async () => ((await agent.get('/v2/connection')).body as { status: string }).status === 'online');
+    await cloud.admin.setFaults({ refuse: true });
+    const accepted: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const r = await post(agent, Array.from({ length: 10 }, (_, j) => ({ stream: 'temp', payload: { i, j, c: 20 + j / 10 } })));
+      expect(r.status).toBe(202);
+      accepted.push(...(r.body.ids ?? []));
+    }
+    expect(new Set(accepted).size).toBe(200);
+    const q = (await agent.get('/v2/queue')).body as { depth: number; channels: Record<string, { depth: number; bytes: number; oldestAgeMs: number }> };
+    expect(q.channels.telemetry?.depth).toBeGreaterThan(0);
+    expect(q.channels.telemetry?.bytes).toBeGreaterThan(0);
+    // ConnectionHealth carries the queue too.
+    const h = (await agent.get('/v2/connection')).body as { queue: { depth: number } };
+    expect(h.queue.depth).toBeGreaterThan(0);
+
+    await cloud.admin.clearFaults();
+    await waitFor('every accepted id at the devcloud', () => [...accepted].every((id) => storedIds(uuid).has(id)), 40_000, 250);
+    const received = cloud.admin.received(uuid).messages;
+    expect(received.unique).toBeGreaterThanOrEqual(200);
+    await waitFor('an empty queue', async () => ((await agent.get('/v2/queue')).body as { channels: Record<string, { depth: number }> }).channels.telemetry?.depth === 0);
+    const after = (await agent.get('/v2/queue')).body as { channels: Record<string, { delivered: number }> };
+    expect(after.channels.telemetry?.delivered).toBe(200);
+  });
+
+  it('parks a message the cloud refuses for good and delivers the others', async () => {
+    const { agent, uuid } = await agentFor();
+    await cloud.admin.setFaults({ refuse: true });
+    const r = await post(agent, Array.from({ length: 30 }, (_, i) => ({ stream: 's', payload: { i } })));
+    const ids = r.body.ids ?? [];
+    const poison = ids[7] as string;
+    await cloud.admin.setFaults({ refuse: null, poisonMessageIds: [poison] });
+    await waitFor('the others delivered', () => ids.filter((id) => id !== poison).every((id) => storedIds(uuid).has(id)), 30_000, 250);
+    const q = await waitFor('the poison parked', async () => {
+      const v = (await agent.get('/v2/queue')).body as { channels: Record<string, { parked: number; depth: number }>; parkedMessages: { id: string; reason: string }[] };
+      return v.channels.s === undefined && v.channels.telemetry?.parked === 1 ? v : undefined;
+    });
+    expect(q.parkedMessages[0]?.id).toBe(poison);
+    expect(q.parkedMessages[0]?.reason).toContain('422');
+    expect(storedIds(uuid).has(poison)).toBe(false);
+  });
+
+  it('answers 400 naming the field for bad telemetry', async () => {
+    const { agent } = await agentFor();
+    const bad = await post(agent, { stream: 'has space', payload: 1 });
+    expect(bad.status).toBe(400);
+    expect(bad.body.message).toContain('body.stream');
+    const missing = await post(agent, [{ stream: 'ok', payload: 1 }, { stream: 'ok' }]);
+    expect(missing.status).toBe(400);
+    expect(missing.body.message).toContain('body.1.payload');
+  });
+
+  it('queues connection transitions as events, delivered after the outage', async () => {
+    const { agent, uuid } = await agentFor();
+    await waitFor('online', async () => ((await agent.get('/v2/connection')).body as { status: string }).status === 'online');
+    await cloud.admin.setFaults({ refuse: true });
+    await fetch(`${agent.apiUrl}/v1/update`, { method: 'POST', headers: { authorization: `Bearer ${agent.key}` } });
+    await waitFor('offline', async () => ((await agent.get('/v2/connection')).body as { status: string }).status === 'offline', 20_000);
+    await cloud.admin.clearFaults();
+    await waitFor('the offline transition delivered as an event', () => {
+      const msgs = cloud.admin.messages(uuid, { limit: 1000 }).messages;
+      return msgs.some((m) => m.channel === 'events' && (m.payload as { type?: string; to?: string }).to === 'offline');
+    }, 30_000, 250);
+  });
+});
+
+describe('telemetry over MQTT', () => {
+  let broker: Mosquitto;
+  beforeAll(async () => {
+    broker = await startMosquitto();
+  });
+  afterAll(async () => {
+    await broker.dispose();
+  });
+
+  it('publishes local telemetry on iot/{uuid}/telemetry/{stream} and polls at once on target/notify', async () => {
+    const { agent, uuid } = await agentFor({ mqtt: { url: broker.url, keepAliveSeconds: 10 } });
+    const watcher = await observe(broker.url, `iot/${uuid}/#`);
+    try {
+      await waitFor('the birth message', () => watcher.received.some((r) => r.topic === `iot/${uuid}/status` && r.payload.includes('online')));
+      const r = await post(agent, [{ stream: 'vibration', payload: { rms: 0.4 } }, { stream: 'vibration', payload: { rms: 0.5 } }]);
+      expect(r.status).toBe(202);
+      await waitFor('both on the broker', () => (r.body.ids ?? []).every((id) => watcher.ids().includes(id)));
+      const msg = watcher.received.find((m) => m.topic === `iot/${uuid}/telemetry/vibration`);
+      expect(JSON.parse(msg?.payload ?? '{}')).toMatchObject({ id: expect.any(String), ts: expect.any(Number), payload: { rms: 0.4 } });
+
+      cloud.admin.setTarget(uuid, { version: 9, apps: {} });
+      await watcher.client.publishAsync(`iot/${uuid}/target/notify`, '{}', { qos: 1 });
+      await waitFor('target v9 (polled at once: the interval is a minute)', async () => ((await agent.get('/v2/state')).body as { target: { version: number } | null }).target?.version === 9, 10_000);
+      const health = (await agent.get('/v2/connection')).body as { channels: Record<string, { status: string }>; mqtt: { connected: boolean } };
+      expect(health.mqtt.connected).toBe(true);
+      expect(health.channels.mqtt?.status).toBe('online');
+    } finally {
+      await watcher.close();
+    }
+  });
+});
