@@ -4,6 +4,7 @@ import { Agent, request, type Dispatcher } from 'undici';
 import { parseRetryAfter } from '../resilience/backoff.js';
 import type { Clock } from '../util/clock.js';
 import { AgentError } from '../util/errors.js';
+import { NETWORK_REASONS } from '../util/network-errors.js';
 
 /**
  * Why a cloud call failed, in the terms the retry logic needs:
@@ -61,20 +62,6 @@ export interface CloudHttpClientOptions {
   userAgent?: string;
 }
 
-/** Network failures in words, each followed by its code so logs stay searchable. */
-const NETWORK_REASONS: Record<string, string> = {
-  ECONNREFUSED: 'connection refused',
-  ECONNRESET: 'connection reset',
-  ENOTFOUND: 'host not found',
-  EAI_AGAIN: 'name lookup failed',
-  EHOSTUNREACH: 'host unreachable',
-  ENETUNREACH: 'network unreachable',
-  ETIMEDOUT: 'connect timed out',
-  EPIPE: 'connection broken',
-  UND_ERR_SOCKET: 'connection closed by the other side',
-  UND_ERR_CLOSED: 'connection closed',
-  UND_ERR_CONNECT_TIMEOUT: 'connect timed out',
-};
 
 /** The one HTTP client of the agent: bearer auth, a hard timeout, errors classified for retry. */
 export class CloudHttpClient {

@@ -1,5 +1,6 @@
 import { ErrorWithReasonCode, ReasonCodes } from 'mqtt';
 import { errorMessage } from '../util/errors.js';
+import { NETWORK_REASONS } from '../util/network-errors.js';
 
 /**
  * What a broker's answer means for the agent: PUBACK reason codes (MQTT 5 §3.4.2.1) and connection
@@ -45,17 +46,6 @@ export function reasonName(code: number): string {
 export function hex(code: number): string {
   return `0x${code.toString(16).padStart(2, '0')}`;
 }
-
-const NETWORK: Record<string, string> = {
-  ECONNREFUSED: 'connection refused',
-  ECONNRESET: 'connection reset',
-  ENOTFOUND: 'host not found',
-  EAI_AGAIN: 'name lookup failed',
-  EHOSTUNREACH: 'host unreachable',
-  ENETUNREACH: 'network unreachable',
-  ETIMEDOUT: 'connect timed out',
-  EPIPE: 'connection broken',
-};
 
 const UNTRUSTED_SERVER = new Set([
   'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
@@ -105,7 +95,7 @@ export function describeConnectionError(err: unknown, ctx: DescribeContext): str
     const cert = ctx.certFile ? `the client certificate in mqtt.certFile (${ctx.certFile})` : 'the connection: it may require a client certificate (mqtt.certFile, mqtt.keyFile)';
     return `TLS: the broker refused ${cert}: ${message} (${code})`;
   }
-  if (code && NETWORK[code]) return `${NETWORK[code]} (${code})`;
+  if (code && NETWORK_REASONS[code]) return `${NETWORK_REASONS[code]} (${code})`;
   if (message === 'connack timeout') return `no CONNACK from the broker within ${ctx.connectTimeoutMs} ms (mqtt.connectTimeoutMs)`;
   if (message === 'Keepalive timeout') return 'no answer to the keep-alive ping (mqtt.js keep-alive timeout)';
   return code ? `${message} (${code})` : message;
