@@ -30,6 +30,7 @@ import type { Json } from './util/json-diff.js';
 import type { Logger } from './util/logger.js';
 import { LoopRunner } from './util/loops.js';
 import { systemRandom, type Random } from './util/random.js';
+import { LocalBroker } from './telemetry/local-broker.js';
 import { MetricsSampler } from './telemetry/sampler.js';
 import { SystemMetrics } from './telemetry/system-metrics.js';
 import { errorMessage } from './util/errors.js';
@@ -85,6 +86,7 @@ export class Agent {
   private readonly mqtt: MqttSession | undefined;
   private readonly sampler: MetricsSampler | undefined;
   private readonly clock: Clock;
+  private readonly localBroker: LocalBroker | undefined;
   private stopped = false;
 
   constructor(private readonly deps: AgentDeps) {
@@ -191,6 +193,16 @@ export class Agent {
         maxInflight: offline.flushMaxInflight,
         rate: { messagesPerSecond: offline.flushRateMessagesPerSecond, bytesPerSecond: offline.flushRateBytesPerSecond },
       });
+
+    if (config.features.localBroker) {
+      // Local apps publish on local/telemetry/{stream}; the PUBACK goes out once it is on disk.
+      this.localBroker = new LocalBroker({
+        host: config.localBroker.host,
+        port: config.localBroker.port,
+        ingest: (stream, payload) => this.ingest([{ stream, payload }]).then(() => undefined),
+        logger: logger.child({ part: 'local-broker' }),
+      });
+    }
 
     if (config.mqtt.url) {
       this.mqtt = new MqttSession({
@@ -446,6 +458,10 @@ export class Agent {
       },
     });
     this.apiUrl = this.api.url;
+    if (this.localBroker) {
+      const { port } = await this.localBroker.start();
+      logger.info({ host: config.localBroker.host, port }, 'local MQTT broker listening for local apps');
+    }
     logger.info(
       { uuid: this.uuid, api: this.apiUrl, cloud: config.cloud.apiUrl ?? null, dataDir: config.dataDir, version: AGENT_VERSION },
       config.cloud.apiUrl ? 'agent started' : 'agent started in local mode (no cloud.apiUrl)',
@@ -462,6 +478,7 @@ export class Agent {
     // Native processes stop with the agent; containers keep running and are re-adopted at start.
     await this.reconciler.close().catch((err: unknown) => logger.error({ err: String(err) }, 'stopping native services failed'));
     await this.api?.app.close();
+    await this.localBroker?.stop().catch(() => undefined);
     await this.mqtt?.stop().catch(() => undefined);
     await this.outbox.close();
     await this.http?.close();

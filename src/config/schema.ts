@@ -177,6 +177,11 @@ const workloadsSchema = z.strictObject({
   containerLogFiles: z.number().int().min(1).max(20).default(3).describe('Docker log files kept per container.'),
 });
 
+const localBrokerSchema = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1').describe('Address of the local MQTT listener (features.localBroker). It has no authentication: keep it on loopback.'),
+  port: z.number().int().min(0).max(65_535).default(1884).describe('Port of the local MQTT listener.'),
+});
+
 const apiSchema = z.strictObject({
   host: z.string().min(1).default('127.0.0.1').describe('Address the local API listens on. Keep it on loopback unless you know why.'),
   port: z.number().int().min(0).max(65_535).default(48_484).describe('Port of the local API (0 picks a free one).'),
@@ -215,6 +220,7 @@ export const agentConfigSchema = z
     cloud: cloudSchema.prefault({}),
     mqtt: mqttSchema.prefault({}),
     workloads: workloadsSchema.prefault({}),
+    localBroker: localBrokerSchema.prefault({}),
     api: apiSchema.prefault({}),
     logging: loggingSchema.prefault({}),
     store: storeSchema.prefault({}),

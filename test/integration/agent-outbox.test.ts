@@ -1,3 +1,4 @@
+import { connect } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
@@ -157,6 +158,36 @@ describe('telemetry over MQTT', () => {
       expect(health.mqtt.connected).toBe(true);
       expect(health.channels.mqtt?.status).toBe('online');
     } finally {
+      await watcher.close();
+    }
+  });
+
+  it('takes QoS 1 publishes of local apps on the local broker only once durable, and delivers them to the broker', async () => {
+    const { agent, uuid } = await agentFor({ mqtt: { url: broker.url, keepAliveSeconds: 10 }, features: { metrics: false, localBroker: true }, localBroker: { port: 0 } });
+    const started = await waitFor('the local broker', () => agent.records().find((r) => r.msg === 'local MQTT broker listening for local apps'));
+    const local = connect(`mqtt://127.0.0.1:${String(started.port)}`, { protocolVersion: 4, reconnectPeriod: 0 });
+    const watcher = await observe(broker.url, `iot/${uuid}/telemetry/#`);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        local.once('connect', () => resolve());
+        local.once('error', reject);
+      });
+      await local.publishAsync('local/telemetry/flow', JSON.stringify({ lpm: 12.5 }), { qos: 1 });
+      // The PUBACK came: the message is in the outbox on disk, or already delivered from it.
+      const q = (await agent.get('/v2/queue')).body as { channels: Record<string, { depth: number; delivered: number }> };
+      expect((q.channels.telemetry?.depth ?? 0) + (q.channels.telemetry?.delivered ?? 0)).toBe(1);
+      await waitFor('the publish on the cloud broker', () => watcher.received.find((m) => m.topic === `iot/${uuid}/telemetry/flow`));
+      const got = watcher.received.find((m) => m.topic === `iot/${uuid}/telemetry/flow`);
+      expect(JSON.parse(got?.payload ?? '{}')).toMatchObject({ payload: { lpm: 12.5 } });
+      // A local app cannot publish as the device.
+      const rogue = connect(`mqtt://127.0.0.1:${String(started.port)}`, { protocolVersion: 4, reconnectPeriod: 0 });
+      await new Promise<void>((resolve) => rogue.once('connect', () => resolve()));
+      const closed = new Promise<void>((resolve) => rogue.once('close', () => resolve()));
+      rogue.publish(`iot/${uuid}/telemetry/flow`, '{}', { qos: 1 });
+      await closed;
+      rogue.end(true);
+    } finally {
+      local.end(true);
       await watcher.close();
     }
   });

@@ -1,0 +1,273 @@
+import type { EventEmitter } from 'node:events';
+import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
+import { Aedes, type Client, type ConnectPacket, type PublishPacket } from 'aedes';
+import { isOutboxError } from '../outbox/types.js';
+import { AgentError, errorMessage } from '../util/errors.js';
+import type { Json } from '../util/json-diff.js';
+import type { Logger } from '../util/logger.js';
+
+/**
+ * The local MQTT listener (`features.localBroker`): an embedded aedes broker on loopback where local
+ * apps hand telemetry to the agent and talk to each other while the device is offline.
+ *
+ * - **Topics.** Clients may publish only under `local/`. `local/telemetry/{stream}` (stream: 1-64
+ *   letters, digits, `.`, `_`, `-`, starting with a letter or digit, as for `POST /v2/telemetry`)
+ *   is telemetry for the cloud; every other `local/...` topic is module-to-module traffic, routed to
+ *   local subscribers as by any broker and never sent anywhere else. Anything outside `local/`
+ *   (`iot/...` above all) is refused, so a local app cannot speak for the device toward the cloud.
+ *   A will outside `local/` is refused at CONNECT for the same reason.
+ * - **Durable before acknowledged.** A telemetry publish is handed to `ingest` in aedes's
+ *   authorizePublish step, which runs before aedes writes the PUBACK (QoS 1) or PUBREC (QoS 2) and
+ *   before local subscribers get the message: the app's acknowledgement means "on disk".
+ * - **Telemetry payloads** must be UTF-8 JSON of at most `maxPayloadBytes`; module-to-module payloads
+ *   are opaque bytes and only bounded by MQTT itself. aedes has no packet size limit of its own, so
+ *   the bound is checked once the whole packet is read: it protects the outbox, not the broker's memory.
+ * - **Refusals.** aedes (1.x) speaks MQTT 3.1 and 3.1.1 only: it answers an MQTT 5 CONNECT with
+ *   "unacceptable protocol version", so there are no PUBACK reason codes to send. MQTT 3.1.1 has no
+ *   negative PUBACK either, so every refusal (topic outside `local/`, bad stream name, payload not
+ *   JSON or too large, `ingest` rejecting because the queue is full or the disk low) closes the
+ *   client's connection without an acknowledgement. A QoS 1/2 message therefore stays in the app's
+ *   in-flight store and its MQTT client sends it again after reconnecting (mqtt.js does so by
+ *   default): a full queue turns into a retry at the app's reconnect period, not a loss. A QoS 0
+ *   message refused is lost, which is what QoS 0 promises. A message refused for what it is (bad
+ *   topic or payload) comes back on every reconnect: the log and `stats().refused` show it.
+ * - **At least once.** A PUBACK lost with a dropped connection makes the app send the message again,
+ *   and it is queued again under a new id: apps that care put their own id in the payload.
+ * - **Backpressure.** aedes reads nothing more from a client until every packet of the chunk it last
+ *   read is handled, `ingest` included, so a fast publisher is slowed to the outbox's pace by TCP
+ *   itself (the publishes of one chunk are ingested together and share the outbox's group commit).
+ * - **No authentication.** The listener binds to loopback by default, so only processes on the
+ *   device reach it. Binding it elsewhere lets any host that can reach the port write into the
+ *   outbox; `start` logs a warning when the host is not a loopback address.
+ */
+
+export const LOCAL_PREFIX = 'local/';
+export const LOCAL_TELEMETRY_PREFIX = 'local/telemetry/';
+/** The same rule as the local API's `POST /v2/telemetry`. */
+const STREAM = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576;
+
+export type LocalBrokerErrorCode =
+  | 'LOCAL_BROKER_LISTEN_FAILED'
+  | 'LOCAL_BROKER_STARTED'
+  | 'LOCAL_BROKER_STOPPING'
+  | 'LOCAL_TOPIC_FORBIDDEN'
+  | 'LOCAL_STREAM_INVALID'
+  | 'LOCAL_PAYLOAD_INVALID'
+  | 'LOCAL_PAYLOAD_TOO_LARGE'
+  | 'LOCAL_INGEST_REFUSED';
+
+export class LocalBrokerError extends AgentError {
+  declare readonly code: LocalBrokerErrorCode;
+  constructor(code: LocalBrokerErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'LocalBrokerError';
+  }
+}
+
+export interface LocalBrokerOptions {
+  /** Default `127.0.0.1`. The listener has no authentication: keep it on loopback. */
+  host?: string;
+  /** Default 1884; 0 picks a free port (`start` returns it). */
+  port?: number;
+  /** Makes a telemetry message durable; resolves once it is on disk, rejects when the queue refuses it. */
+  ingest: (stream: string, payload: Json) => Promise<void>;
+  logger: Logger;
+  /** Largest telemetry payload accepted, in bytes. Default 1 MiB (the local API's body limit). */
+  maxPayloadBytes?: number;
+}
+
+export interface LocalBrokerStats {
+  /** MQTT clients connected now. */
+  clients: number;
+  /** Telemetry messages `ingest` accepted (each one acknowledged to its app after that). */
+  accepted: number;
+  /** Publishes refused, for any reason (each one closed its client's connection). */
+  refused: number;
+}
+
+/** What a publish to `topic` is: telemetry for the outbox, local traffic, or refused (and why). */
+export type LocalPublish =
+  | { kind: 'telemetry'; stream: string; payload: Json }
+  | { kind: 'local' }
+  | { kind: 'refused'; error: LocalBrokerError };
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+export function classifyLocalPublish(topic: string, payload: Buffer | string, maxPayloadBytes: number): LocalPublish {
+  if (!topic.startsWith(LOCAL_PREFIX)) {
+    return refused('LOCAL_TOPIC_FORBIDDEN', `topic "${topic}": local apps may publish only under "${LOCAL_PREFIX}"`);
+  }
+  if (!topic.startsWith(LOCAL_TELEMETRY_PREFIX)) return { kind: 'local' };
+  const stream = topic.slice(LOCAL_TELEMETRY_PREFIX.length);
+  if (!STREAM.test(stream)) {
+    return refused('LOCAL_STREAM_INVALID', `topic "${topic}": expected ${LOCAL_TELEMETRY_PREFIX}{stream}, a stream name of 1-64 letters, digits, ".", "_" or "-"`);
+  }
+  const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+  if (bytes.length > maxPayloadBytes) {
+    return refused('LOCAL_PAYLOAD_TOO_LARGE', `topic "${topic}": a payload of ${bytes.length} bytes, expected at most ${maxPayloadBytes}`);
+  }
+  try {
+    return { kind: 'telemetry', stream, payload: JSON.parse(utf8.decode(bytes)) as Json };
+  } catch {
+    return refused('LOCAL_PAYLOAD_INVALID', `topic "${topic}": expected a UTF-8 JSON payload`);
+  }
+}
+
+function refused(code: LocalBrokerErrorCode, message: string): LocalPublish {
+  return { kind: 'refused', error: new LocalBrokerError(code, message) };
+}
+
+export function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  const h = host.toLowerCase();
+  return h === '::1' || h.startsWith('::ffff:127.');
+}
+
+interface Running {
+  aedes: Aedes;
+  server: Server;
+  sockets: Set<Socket>;
+}
+
+export class LocalBroker {
+  private readonly host: string;
+  private readonly port: number;
+  private readonly maxPayloadBytes: number;
+  private readonly log: Logger;
+  private running: Running | undefined;
+  private stopping = false;
+  /** `ingest` calls not settled yet: `stop` waits for them, so none runs after it returns. */
+  private readonly pending = new Set<Promise<void>>();
+  private accepted = 0;
+  private refused = 0;
+
+  constructor(private readonly o: LocalBrokerOptions) {
+    this.host = o.host ?? '127.0.0.1';
+    this.port = o.port ?? 1884;
+    this.maxPayloadBytes = o.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    this.log = o.logger;
+  }
+
+  /** Starts listening; rejects with LOCAL_BROKER_LISTEN_FAILED (port taken, bad host) and keeps nothing open. */
+  async start(): Promise<{ port: number }> {
+    if (this.running) throw new LocalBrokerError('LOCAL_BROKER_STARTED', 'the local broker is already started');
+    this.stopping = false;
+    const aedes = await Aedes.createBroker({
+      preConnect: (client, packet, done) => this.checkConnect(client, packet, done),
+      authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
+    });
+    // aedes emits 'error' for persistence failures; without a listener it would throw.
+    const emitter: EventEmitter = aedes;
+    emitter.on('error', (err: unknown) => this.log.error({ err: errorMessage(err) }, 'local broker error'));
+    aedes.on('clientError', (client, err) => this.log.debug({ clientId: client.id, err: err.message }, 'local client closed on error'));
+    aedes.on('connectionError', (_client, err) => this.log.debug({ err: err.message }, 'local connection closed on error'));
+    aedes.on('client', (client) => this.log.debug({ clientId: client.id }, 'local client connected'));
+    aedes.on('clientDisconnect', (client) => this.log.debug({ clientId: client.id }, 'local client disconnected'));
+
+    const sockets = new Set<Socket>();
+    const server = createServer((socket) => {
+      sockets.add(socket);
+      socket.once('close', () => sockets.delete(socket));
+      aedes.handle(socket);
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(this.port, this.host, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (err) {
+      await new Promise<void>((resolve) => aedes.close(() => resolve()));
+      throw new LocalBrokerError('LOCAL_BROKER_LISTEN_FAILED', `local broker: cannot listen on ${this.host}:${this.port}: ${errorMessage(err)}`, { cause: err });
+    }
+    server.on('error', (err) => this.log.error({ err: err.message }, 'local broker listener error'));
+    this.running = { aedes, server, sockets };
+    const { port } = server.address() as AddressInfo;
+    if (isLoopbackHost(this.host)) {
+      this.log.info({ host: this.host, port }, 'local MQTT broker listening');
+    } else {
+      this.log.warn({ host: this.host, port }, 'local MQTT broker listening on a non-loopback address: any host that reaches it can publish telemetry, without authentication');
+    }
+    return { port };
+  }
+
+  /** Closes the listener and every connection, waits for `ingest` calls under way, then closes aedes. Idempotent. */
+  async stop(): Promise<void> {
+    const running = this.running;
+    if (!running) return;
+    this.running = undefined;
+    this.stopping = true;
+    const { aedes, server, sockets } = running;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    // Not every socket is an aedes client yet (one may not have sent CONNECT): end them all here.
+    for (const s of sockets) s.destroy();
+    await closed;
+    await Promise.allSettled([...this.pending]);
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    this.log.info('local MQTT broker stopped');
+  }
+
+  stats(): LocalBrokerStats {
+    return { clients: this.running?.aedes.connectedClients ?? 0, accepted: this.accepted, refused: this.refused };
+  }
+
+  /** A will is published on the client's behalf later: the same topic rules apply, checked up front. */
+  private checkConnect(_client: Client, packet: ConnectPacket, done: (err: Error | null, ok: boolean) => void): void {
+    const will = packet.will;
+    if (will) {
+      const verdict = classifyLocalPublish(will.topic, will.payload, this.maxPayloadBytes);
+      if (verdict.kind === 'refused') {
+        this.log.warn({ clientId: packet.clientId, code: verdict.error.code, reason: verdict.error.message }, 'local client refused: its will breaks the topic rules');
+        done(verdict.error, false);
+        return;
+      }
+    }
+    done(null, true);
+  }
+
+  private authorizePublish(client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
+    const clientId = client?.id ?? null;
+    if (this.stopping) {
+      this.refused++;
+      done(new LocalBrokerError('LOCAL_BROKER_STOPPING', 'the local broker is stopping'));
+      return;
+    }
+    const verdict = classifyLocalPublish(packet.topic, packet.payload, this.maxPayloadBytes);
+    if (verdict.kind === 'refused') {
+      this.refuse(clientId, packet.topic, verdict.error);
+      done(verdict.error);
+      return;
+    }
+    if (verdict.kind === 'local') {
+      done(null);
+      return;
+    }
+    const settled = this.o.ingest(verdict.stream, verdict.payload).then(
+      () => {
+        this.accepted++;
+        done(null);
+      },
+      (err: unknown) => {
+        const refusal = new LocalBrokerError('LOCAL_INGEST_REFUSED', `topic "${packet.topic}": the agent could not queue it: ${errorMessage(err)}`, { cause: err });
+        this.refuse(clientId, packet.topic, refusal, isOutboxError(err) ? err.code : undefined);
+        done(refusal);
+      },
+    );
+    // `done` hands control to aedes; anything it throws is a bug to see in the log, not a lost rejection.
+    const tracked = settled.catch((err: unknown) => this.log.error({ err: errorMessage(err), topic: packet.topic }, 'local broker failed after ingest'));
+    this.pending.add(tracked);
+    void tracked.finally(() => this.pending.delete(tracked));
+  }
+
+  private refuse(clientId: string | null, topic: string, error: LocalBrokerError, outboxCode?: string): void {
+    this.refused++;
+    this.log.warn(
+      { clientId, topic, code: error.code, ...(outboxCode ? { outboxCode } : {}), reason: error.message },
+      'local publish refused: closing the client without an acknowledgement',
+    );
+  }
+}

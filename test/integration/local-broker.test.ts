@@ -1,0 +1,216 @@
+import { connect as tcpConnect, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { connectAsync, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
+import { afterEach, describe, expect, it } from 'vitest';
+import { OutboxError } from '../../src/outbox/types.js';
+import { LocalBroker, type LocalBrokerOptions } from '../../src/telemetry/local-broker.js';
+import type { Json } from '../../src/util/json-diff.js';
+import { silentLogger } from '../helpers/logger.js';
+import { until } from '../helpers/mqtt.js';
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+interface Ingested {
+  stream: string;
+  payload: Json;
+}
+
+async function startBroker(ingest: LocalBrokerOptions['ingest'], extra: Partial<LocalBrokerOptions> = {}): Promise<{ broker: LocalBroker; url: string; port: number }> {
+  const broker = new LocalBroker({ port: 0, ingest, logger: silentLogger(), ...extra });
+  const { port } = await broker.start();
+  cleanups.push(() => broker.stop());
+  return { broker, url: `mqtt://127.0.0.1:${port}`, port };
+}
+
+/** A recording ingest that resolves at once. */
+function recorder(): { ingested: Ingested[]; ingest: LocalBrokerOptions['ingest'] } {
+  const ingested: Ingested[] = [];
+  return { ingested, ingest: async (stream, payload) => void ingested.push({ stream, payload }) };
+}
+
+/** An MQTT 3.1.1 client (mqtt.js's default protocol) that does not reconnect unless told to. */
+type Client = MqttClient & { received: Packet[]; closes: number };
+
+async function client(url: string, opts: IClientOptions = {}): Promise<Client> {
+  const c = (await connectAsync(url, { reconnectPeriod: 0, connectTimeout: 5_000, ...opts }, false)) as Client;
+  c.received = [];
+  c.closes = 0;
+  c.on('packetreceive', (p) => c.received.push(p));
+  c.on('close', () => c.closes++);
+  cleanups.push(() => c.endAsync(true));
+  return c;
+}
+
+/**
+ * Publishes at QoS 1 and expects a refusal: the broker closes the connection and no PUBACK arrives.
+ * (mqtt.js keeps the message in flight for a resend: its promise settles only on reconnect or end.)
+ */
+async function expectRefused(c: Client, topic: string, payload: string | Buffer): Promise<void> {
+  let acked = false;
+  c.publishAsync(topic, payload, { qos: 1 }).then(
+    () => (acked = true),
+    () => undefined,
+  );
+  await until(`the connection closed after publishing to ${topic}`, () => c.closes > 0, 5_000);
+  await delay(50);
+  expect(acked, topic).toBe(false);
+  expect(pubacks(c), topic).toEqual([]);
+}
+
+const pubacks = (c: Client) => c.received.filter((p) => p.cmd === 'puback');
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
+  it('acknowledges a QoS 1 telemetry publish only after ingest resolved', async () => {
+    const events: Array<{ what: string; at: number }> = [];
+    const ingested: Ingested[] = [];
+    const { broker, url } = await startBroker(async (stream, payload) => {
+      events.push({ what: 'ingest called', at: performance.now() });
+      await delay(300);
+      ingested.push({ stream, payload });
+      events.push({ what: 'ingest resolved', at: performance.now() });
+    });
+    const app = await client(url);
+    app.on('packetreceive', (p) => {
+      if (p.cmd === 'puback') events.push({ what: 'puback', at: performance.now() });
+    });
+
+    const sentAt = performance.now();
+    await app.publishAsync('local/telemetry/temp.kitchen', JSON.stringify({ c: 21.5 }), { qos: 1 });
+
+    expect(events.map((e) => e.what)).toEqual(['ingest called', 'ingest resolved', 'puback']);
+    const [called, resolved, puback] = events;
+    expect(puback!.at).toBeGreaterThanOrEqual(resolved!.at);
+    expect(puback!.at - sentAt).toBeGreaterThanOrEqual(250);
+    expect(resolved!.at - called!.at).toBeGreaterThanOrEqual(250);
+    expect(ingested).toEqual([{ stream: 'temp.kitchen', payload: { c: 21.5 } }]);
+    expect(broker.stats()).toEqual({ clients: 1, accepted: 1, refused: 0 });
+  });
+
+  it('does not acknowledge when ingest rejects: the client is disconnected and re-sends after reconnecting', async () => {
+    let calls = 0;
+    const ingested: Ingested[] = [];
+    const { broker, url } = await startBroker(async (stream, payload) => {
+      calls++;
+      if (calls <= 2) throw new OutboxError('OUTBOX_FULL', 'the outbox is full');
+      ingested.push({ stream, payload });
+    });
+
+    // No reconnects: the publish fails, no PUBACK ever arrives.
+    const once = await client(url);
+    await expectRefused(once, 'local/telemetry/temp', '{"c":1}');
+    expect(broker.stats()).toMatchObject({ accepted: 0, refused: 1 });
+
+    // With mqtt.js's reconnects the unacknowledged message is sent again and lands once the queue takes it.
+    const retrying = await client(url, { reconnectPeriod: 100 });
+    await retrying.publishAsync('local/telemetry/temp', '{"c":2}', { qos: 1 });
+    expect(calls).toBe(3);
+    expect(retrying.closes).toBe(1);
+    expect(ingested).toEqual([{ stream: 'temp', payload: { c: 2 } }]);
+    expect(broker.stats()).toMatchObject({ accepted: 1, refused: 2 });
+  });
+
+  it('routes local/# between local clients (module to module) without ingesting it', async () => {
+    const { ingested, ingest } = recorder();
+    const { url } = await startBroker(ingest);
+    const sub = await client(url);
+    await sub.subscribeAsync('local/sensors/#', { qos: 1 });
+    const messages: Array<{ topic: string; payload: Buffer }> = [];
+    sub.on('message', (topic, payload) => messages.push({ topic, payload }));
+
+    const pub = await client(url);
+    // Module-to-module payloads are opaque bytes, not JSON.
+    await pub.publishAsync('local/sensors/kitchen/temp', Buffer.from([0xff, 0x00, 0x2a]), { qos: 1 });
+    await until('the message at the subscriber', () => messages.length > 0, 5_000);
+    expect(messages[0]!.topic).toBe('local/sensors/kitchen/temp');
+    expect([...messages[0]!.payload]).toEqual([0xff, 0x00, 0x2a]);
+    expect(ingested).toEqual([]);
+  });
+
+  it('refuses publishes outside local/ (and malformed telemetry topics): no PUBACK, nothing routed or ingested', async () => {
+    const { ingested, ingest } = recorder();
+    const { broker, url } = await startBroker(ingest);
+    const spy = await client(url);
+    await spy.subscribeAsync(['#', 'iot/#'], { qos: 1 });
+    const seen: string[] = [];
+    spy.on('message', (topic) => seen.push(topic));
+
+    const topics = ['iot/device-0001/telemetry/temp', 'iot/device-0001/status', 'other', 'local/telemetry/a/b', 'local/telemetry/.hidden'];
+    for (const topic of topics) {
+      const app = await client(url);
+      await expectRefused(app, topic, '{"c":1}');
+    }
+    // A will toward the cloud is refused at CONNECT.
+    await expect(client(url, { will: { topic: 'iot/device-0001/status', payload: Buffer.from('{"state":"offline"}'), qos: 1, retain: true } })).rejects.toThrow(/couldn't connect/i);
+    await client(url, { will: { topic: 'local/apps/sensor/status', payload: Buffer.from('offline'), qos: 1, retain: false } });
+
+    // The spy is still connected and saw none of it.
+    await spy.publishAsync('local/ping', 'x', { qos: 1 });
+    await until('the spy sees its own local message', () => seen.includes('local/ping'), 5_000);
+    expect(seen).toEqual(['local/ping']);
+    expect(ingested).toEqual([]);
+    expect(broker.stats().refused).toBe(topics.length);
+  });
+
+  it('refuses a telemetry payload that is not JSON, not UTF-8, or too large', async () => {
+    const { ingested, ingest } = recorder();
+    const { broker, url } = await startBroker(ingest, { maxPayloadBytes: 64 });
+    const bad: Array<string | Buffer> = ['not json', '', Buffer.from([0x22, 0xff, 0x22]), JSON.stringify({ pad: 'x'.repeat(100) })];
+    for (const payload of bad) {
+      const app = await client(url);
+      await expectRefused(app, 'local/telemetry/temp', payload);
+    }
+    const good = await client(url);
+    await good.publishAsync('local/telemetry/temp', '[1,2,3]', { qos: 1 });
+    expect(ingested).toEqual([{ stream: 'temp', payload: [1, 2, 3] }]);
+    expect(broker.stats()).toMatchObject({ accepted: 1, refused: bad.length });
+  });
+
+  it('refuses MQTT 5 clients at CONNECT (aedes speaks 3.1.1)', async () => {
+    const { url } = await startBroker(recorder().ingest);
+    await expect(client(url, { protocolVersion: 5 })).rejects.toThrow(/unacceptable protocol version/i);
+  });
+
+  it('stop() closes every client (connected or not), waits for ingest under way, and frees the port', async () => {
+    let release: () => void = () => undefined;
+    let ingestCalled = false;
+    let ingestSettled = false;
+    const { broker, url, port } = await startBroker(async () => {
+      ingestCalled = true;
+      await new Promise<void>((r) => (release = r));
+      ingestSettled = true;
+    });
+    const a = await client(url);
+    const b = await client(url);
+    // A connection that never sends CONNECT is not an aedes client yet; stop() must close it too.
+    const raw: Socket = tcpConnect(port, '127.0.0.1');
+    raw.on('error', () => undefined);
+    cleanups.push(() => void raw.destroy());
+    const rawClosed = new Promise<void>((r) => raw.once('close', () => r()));
+    await until('two clients', () => broker.stats().clients === 2, 5_000);
+
+    let acked = false;
+    a.publishAsync('local/telemetry/temp', '{"c":1}', { qos: 1 }).then(
+      () => (acked = true),
+      () => undefined,
+    );
+    await until('ingest under way', () => ingestCalled, 5_000);
+    let stopDone = false;
+    const stopped = broker.stop().then(() => (stopDone = true));
+    await until('the clients closed', () => a.closes > 0 && b.closes > 0, 5_000);
+    await delay(100);
+    expect(stopDone).toBe(false); // still waiting for the ingest under way
+    release();
+    await stopped;
+    expect(ingestSettled).toBe(true);
+
+    await rawClosed;
+    expect(acked).toBe(false);
+    expect(pubacks(a)).toEqual([]);
+    expect(broker.stats().clients).toBe(0);
+    await expect(connectAsync(url, { reconnectPeriod: 0, connectTimeout: 2_000 }, false)).rejects.toThrow(/ECONNREFUSED/);
+  });
+});
