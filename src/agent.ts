@@ -7,6 +7,7 @@ import { HealthReporter } from './cloud/health-report.js';
 import { HttpSink } from './cloud/http-sink.js';
 import { CloudHttpClient } from './cloud/http-client.js';
 import { RetryPolicy } from './cloud/retry.js';
+import { StateDelivery } from './cloud/state-delivery.js';
 import { StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';
 import type { AgentConfig } from './config/schema.js';
@@ -246,14 +247,9 @@ export class Agent {
         onRejected: () => this.reporter?.markDirty(),
       });
       this.reporter = new StateReporter({
-        http: this.http,
-        uuid: this.uuid,
-        store,
-        monitor: this.monitor,
-        retry: retry(),
+        outbox: this.outbox,
         clock,
         logger: logger.child({ part: 'state-report' }),
-        ids,
         intervalMs: () => settings().reportIntervalMs,
         current: () => this.currentState(),
       });
@@ -268,7 +264,9 @@ export class Agent {
       });
       // With MQTT, the channels it carries go to the broker; everything else (and all of it without
       // MQTT) goes to the device API.
-      this.flushers.push(flusherFor(new HttpSink(this.http, this.uuid, config.mqtt.url ? MQTT_CHANNELS : undefined)));
+      this.flushers.push(
+        flusherFor(new HttpSink(this.http, this.uuid, config.mqtt.url ? MQTT_CHANNELS : undefined, new StateDelivery(this.http, this.uuid, store))),
+      );
     }
     const probeUrls = [config.cloud.apiUrl, config.mqtt.url].filter((u): u is string => u !== undefined);
     if (probeUrls.length > 0) {
@@ -284,8 +282,6 @@ export class Agent {
         maxIntervalMs: offline.probeMaxIntervalSeconds * 1000,
       });
     }
-    // Degradable features, paused in this order after offlineThresholdSeconds offline.
-    if (this.reporter) this.degradation.register(this.reporter, { order: 50 });
     this.monitor.on('status', (e) => {
       logger.info({ from: e.from, to: e.to, cause: e.cause }, `connection ${e.from} -> ${e.to}`);
       this.reporter?.markDirty();

@@ -1,6 +1,9 @@
 import type { OutboxMessage } from '../outbox/types.js';
 import type { Sink, SinkResult } from '../outbox/flusher.js';
+import { errorMessage } from '../util/errors.js';
 import { CloudError, type CloudHttpClient } from './http-client.js';
+import type { StateDelivery } from './state-delivery.js';
+import { STATE_CHANNEL } from './state-report.js';
 
 /** Statuses that refuse what was sent (malformed, too large, unprocessable), not who sent it. */
 const CONTENT_REFUSALS = new Set([400, 413, 415, 422]);
@@ -25,9 +28,31 @@ export class HttpSink implements Sink {
     private readonly uuid: string,
     /** Channels another sink (MQTT) carries. */
     readonly excludeChannels?: readonly string[],
+    /** State reports go to `PATCH …/state`, one at a time, as merge patches. */
+    private readonly state?: StateDelivery,
   ) {}
 
   async send(batch: OutboxMessage[], signal: AbortSignal): Promise<SinkResult> {
+    const reports = this.state ? batch.filter((m) => m.channel === STATE_CHANNEL) : [];
+    const messages = reports.length > 0 ? batch.filter((m) => m.channel !== STATE_CHANNEL) : batch;
+    const result: SinkResult = messages.length > 0 ? await this.post(messages, signal) : { accepted: [], rejected: [] };
+    for (const r of reports) {
+      try {
+        await this.state!.send(r.id, r.payload, signal);
+        result.accepted.push(r.id);
+      } catch (err) {
+        if (this.isPermanent(err)) result.rejected.push({ id: r.id, reason: errorMessage(err) });
+        else {
+          // What was posted above stays acknowledged; this report goes back and the flusher backs off.
+          result.retryLater = err;
+          break;
+        }
+      }
+    }
+    return result;
+  }
+
+  private async post(batch: OutboxMessage[], signal: AbortSignal): Promise<SinkResult> {
     const res = await this.http.request<MessagesAnswer>({
       method: 'POST',
       path: `/device/v1/${encodeURIComponent(this.uuid)}/messages`,

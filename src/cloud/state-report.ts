@@ -1,44 +1,36 @@
-import type { Store } from '../store/store.js';
-import { Kick } from '../util/kick.js';
+import type { Outbox } from '../outbox/outbox.js';
+import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
-import type { IdGenerator } from '../util/ids.js';
-import { applyMergePatch, mergePatch, withoutNulls, type Json } from '../util/json-diff.js';
-import { CloudError } from './http-client.js';
-import { failureKind, type CloudLoopDeps } from './loop-deps.js';
+import { withoutNulls, type Json } from '../util/json-diff.js';
+import { Kick } from '../util/kick.js';
+import type { Logger } from '../util/logger.js';
 
-export interface StateReporterOptions extends CloudLoopDeps {
-  store: Store;
-  ids: IdGenerator;
+export const STATE_CHANNEL = 'state';
+const STATE_KEY = 'current-state';
+
+export interface StateReporterOptions {
+  outbox: Pick<Outbox, 'enqueue'>;
+  clock: Clock;
+  logger: Logger;
   /** At most one report per this interval (read each time: a target may change it). */
   intervalMs: () => number;
   /** The current state as it should be reported now (null members are left out: absent means null). */
   current: () => Json;
 }
 
-const ACKED_KEY = 'report.lastAcked';
-
-interface Pending {
-  reportId: string;
-  patch: Json;
-  full: Json;
-}
-
 /**
- * Reports the current state to the cloud: only what changed since the last report the cloud
- * acknowledged (a JSON merge patch), at most one per interval. While the cloud is away nothing piles
- * up: the next report is computed from the latest state when the way is open, so a thousand changes
- * during an outage cost one report. A retried report keeps its `reportId` while its content is the
- * same, so the cloud can drop the duplicate.
+ * Queues the current state for the cloud, at most once per interval, on the outbox's `state` channel
+ * with one coalescing key: however many changes happen while the cloud is away, one report (the latest)
+ * waits on disk, and a restart does not lose it. What goes over the wire is decided at delivery by
+ * `StateDelivery`: only what changed since the report the cloud last acknowledged.
  */
 export class StateReporter {
-  /** As a degradable feature: paused after a long outage, resumed (and reporting) on return. */
-  readonly name = 'state-report';
-  private paused = false;
   private dirty = true;
   private readonly kick = new Kick();
-  private pending: Pending | undefined;
-  private lastSentAt = -Infinity;
+  private lastQueuedAt = -Infinity;
+  private lastQueued: string | undefined;
   lastError: string | undefined;
+  queued = 0;
 
   constructor(private readonly o: StateReporterOptions) {}
 
@@ -48,83 +40,41 @@ export class StateReporter {
     this.kick.kick();
   }
 
-  pause(): void {
-    this.paused = true;
-  }
-
-  resume(): void {
-    this.paused = false;
-    this.kick.kick();
-  }
-
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      if (this.paused || (!this.dirty && !this.pending)) {
+      if (!this.dirty) {
         await this.kick.wait(Infinity, signal, this.o.clock);
         continue;
       }
       // Throttle: one report per interval, measured on the monotonic clock.
-      const wait = this.lastSentAt + this.o.intervalMs() - this.o.clock.monotonic();
+      const wait = this.lastQueuedAt + this.o.intervalMs() - this.o.clock.monotonic();
       if (wait > 0) {
         await this.o.clock.sleep(wait, signal).catch(() => undefined);
         continue;
       }
-      try {
-        await this.reportOnce(signal);
-        this.o.retry.afterSuccess();
-      } catch (err) {
-        if (signal.aborted) return;
-        const e = err instanceof CloudError ? err : undefined;
-        if (!e) this.o.logger.error({ err: errorMessage(err) }, 'state report failed unexpectedly; retrying with backoff');
-        if (e && !e.retryable) {
-          // The cloud refuses this report as it is: drop it (it is visible in lastError and logs) and
-          // send the whole state next time rather than retrying the same refusal forever.
-          this.o.logger.error({ err: errorMessage(err) }, 'state report refused by the cloud; will send the full state next time');
-          this.pending = undefined;
-          this.o.store.setKv(ACKED_KEY, null);
-          this.dirty = false;
-          await this.kick.wait(this.o.intervalMs(), signal, this.o.clock);
-          continue;
-        }
-        await this.o.retry.wait(this.o.retry.afterFailure(err), signal);
-      }
+      await this.queueOnce();
     }
   }
 
-  /** Builds and sends one report if anything changed. Returns whether one was sent. */
-  async reportOnce(signal?: AbortSignal): Promise<boolean> {
-    const acked = this.o.store.getKv<Json>(ACKED_KEY) ?? undefined;
-    const full = withoutNulls(this.o.current());
+  /** Queues the current state if it differs from the last one queued. Returns whether it did. */
+  async queueOnce(): Promise<boolean> {
     this.dirty = false;
-    const patch = mergePatch(acked ?? undefined, full);
-    if (patch === undefined) {
-      this.pending = undefined;
+    const full = withoutNulls(this.o.current());
+    const json = JSON.stringify(full);
+    if (json === this.lastQueued) return false;
+    this.lastQueuedAt = this.o.clock.monotonic();
+    try {
+      await this.o.outbox.enqueue({ channel: STATE_CHANNEL, coalesceKey: STATE_KEY, payload: full });
+      this.lastQueued = json;
+      this.lastError = undefined;
+      this.queued++;
+      return true;
+    } catch (err) {
+      // A full disk: the next change tries again; the state is recomputed then anyway.
+      this.lastError = errorMessage(err);
+      this.dirty = true;
+      this.o.logger.warn({ err: this.lastError }, 'could not queue the state report');
       return false;
     }
-    // Same content as the report that failed: same id, so a cloud that did get it can dedupe.
-    const reportId =
-      this.pending && JSON.stringify(this.pending.patch) === JSON.stringify(patch) ? this.pending.reportId : this.o.ids.next();
-    this.pending = { reportId, patch, full };
-    this.lastSentAt = this.o.clock.monotonic();
-    try {
-      await this.o.http.request({
-        method: 'PATCH',
-        path: `/device/v1/${encodeURIComponent(this.o.uuid)}/state`,
-        headers: { 'idempotency-key': reportId },
-        json: { reportId, state: patch },
-        ...(signal ? { signal } : {}),
-      });
-    } catch (err) {
-      if (!signal?.aborted) {
-        this.lastError = errorMessage(err);
-        this.o.monitor.markFailure('api', 'report', this.lastError, failureKind(err));
-      }
-      throw err;
-    }
-    this.o.monitor.markSuccess('api', 'report');
-    this.lastError = undefined;
-    this.o.store.setKv(ACKED_KEY, applyMergePatch(acked, patch));
-    this.pending = undefined;
-    return true;
   }
 }

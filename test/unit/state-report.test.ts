@@ -1,70 +1,54 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CloudError, type CloudRequest } from '../../src/cloud/http-client.js';
-import { RetryPolicy } from '../../src/cloud/retry.js';
+import { StateDelivery } from '../../src/cloud/state-delivery.js';
 import { StateReporter } from '../../src/cloud/state-report.js';
-import { Backoff } from '../../src/resilience/backoff.js';
-import { Wakeup } from '../../src/resilience/wakeup.js';
 import { Store } from '../../src/store/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
-import { IdGenerator } from '../../src/util/ids.js';
 import type { Json } from '../../src/util/json-diff.js';
-import { seededRandom } from '../../src/util/random.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 const dirs = tempDirs();
-const stops: AbortController[] = [];
-afterEach(() => {
-  for (const s of stops.splice(0)) s.abort();
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
   dirs.cleanup();
 });
 
-/** A stand-in for the cloud's HTTP endpoint (named fake: the real one is covered by the integration tests). */
-class FakeCloudEndpoint {
-  up = true;
-  requests: { reportId: string; state: Json; ok: boolean; at: number }[] = [];
-  constructor(private readonly clock: FakeClock) {}
-  async request(req: CloudRequest): Promise<{ status: number; headers: Record<string, string>; body: undefined }> {
-    const body = req.json as { reportId: string; state: Json };
-    expect(req.headers?.['idempotency-key']).toBe(body.reportId);
-    this.requests.push({ ...body, ok: this.up, at: this.clock.monotonic() });
-    if (!this.up) throw new CloudError('network', 'PATCH /state failed: ECONNREFUSED');
-    return { status: 200, headers: {}, body: undefined };
+function openStore(clock: FakeClock): Store {
+  const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
+  return store;
+}
+
+/**
+ * Stands in for the outbox (named fake: its group commit runs on real timers, and its coalescing is
+ * tested in outbox.test.ts): records what the reporter queues, keeping the latest per coalescing key.
+ */
+class RecordingOutbox {
+  calls: { payload: Json; coalesceKey?: string; channel: string }[] = [];
+  latest = new Map<string, Json>();
+  async enqueue(m: { channel: string; payload: Json; coalesceKey?: string }): Promise<{ id: string }> {
+    this.calls.push(m);
+    if (m.coalesceKey) this.latest.set(`${m.channel}/${m.coalesceKey}`, m.payload);
+    return { id: `id-${this.calls.length}` };
   }
 }
 
-function setup(intervalMs = 1_000, cloudUp = true) {
+function setupReporter(intervalMs = 1_000) {
   const clock = new FakeClock();
-  const random = seededRandom(7);
-  const cloud = new FakeCloudEndpoint(clock);
-  cloud.up = cloudUp;
-  const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
-  const outcomes: string[] = [];
+  const outbox = new RecordingOutbox();
   let current: Json = { status: 'applied', targetVersion: 1 };
-  const reporter = new StateReporter({
-    http: cloud,
-    uuid: 'dev-1',
-    store,
-    monitor: { markSuccess: () => outcomes.push("ok"), markFailure: (_c, _o, e) => outcomes.push(`fail ${e}`) },
-    retry: new RetryPolicy({
-      backoff: new Backoff({ minMs: 1_000, maxMs: 60_000, strategy: 'full', clock, random }),
-      sleeper: new Wakeup({ clock, random }),
-      clock,
-    }),
-    clock,
-    logger: silentLogger(),
-    ids: new IdGenerator(() => clock.now()),
-    intervalMs: () => intervalMs,
-    current: () => current,
-  });
+  const reporter = new StateReporter({ outbox, clock, logger: silentLogger(), intervalMs: () => intervalMs, current: () => current });
   const stop = new AbortController();
-  stops.push(stop);
-  void reporter.run(stop.signal);
+  const done = reporter.run(stop.signal);
+  cleanups.push(async () => {
+    stop.abort();
+    await done;
+  });
   return {
     clock,
-    cloud,
-    outcomes,
+    outbox,
     reporter,
     set(next: Json) {
       current = next;
@@ -74,68 +58,103 @@ function setup(intervalMs = 1_000, cloudUp = true) {
 }
 
 describe('state reporter', () => {
-  it('sends the whole state first, then only what changed since the acknowledged report', async () => {
-    const t = setup();
-    await t.clock.advance(10);
-    expect(t.cloud.requests.map((r) => r.state)).toEqual([{ status: 'applied', targetVersion: 1 }]);
-    t.set({ status: 'applied', targetVersion: 2 });
-    await t.clock.advance(1_500);
-    expect(t.cloud.requests[1]?.state).toEqual({ targetVersion: 2 });
-    expect(t.outcomes).toEqual(['ok', 'ok']);
-  });
-
-  it('sends at most one report per interval however often the state changes', async () => {
-    const t = setup(1_000);
+  it('queues the state at most once per interval however often it changes, on one coalescing key', async () => {
+    const t = setupReporter(1_000);
     for (let i = 0; i < 100; i++) {
       t.set({ status: 'applied', targetVersion: i });
       await t.clock.advance(50);
     }
-    // 5 s of changes every 50 ms: one report at the start and one per second after.
-    expect(t.cloud.requests.length).toBeGreaterThanOrEqual(5);
-    expect(t.cloud.requests.length).toBeLessThanOrEqual(6);
-    const gaps = t.cloud.requests.slice(1).map((r, i) => r.at - t.cloud.requests[i]!.at);
-    for (const g of gaps) expect(g).toBeGreaterThanOrEqual(1_000);
+    // 5 s of changes every 50 ms: about one queued report a second, never more.
+    expect(t.outbox.calls.length).toBeGreaterThanOrEqual(5);
+    expect(t.outbox.calls.length).toBeLessThanOrEqual(6);
+    await t.clock.advance(2_000);
+    expect(new Set(t.outbox.calls.map((c) => `${c.channel}/${c.coalesceKey}`))).toEqual(new Set(['state/current-state']));
+    expect(t.outbox.latest.get('state/current-state')).toEqual({ status: 'applied', targetVersion: 99 });
   });
 
-  it('coalesces a long outage into one report of the latest state, keeping the id while the content is the same', async () => {
-    const t = setup(1_000);
-    await t.clock.advance(10);
-    t.cloud.up = false;
+  it('queues at most one report per interval through a stream of changes, the last one the latest state', async () => {
+    const t = setupReporter(1_000);
     for (let i = 0; i < 600; i++) {
       t.set({ status: i % 2 ? 'applying' : 'applied', targetVersion: 100 + i });
-      await t.clock.advance(1_000);
+      await t.clock.advance(100);
     }
-    const failed = t.cloud.requests.filter((r) => !r.ok);
-    // 600 changes over 10 minutes: the backoff, not the change rate, sets the attempts.
-    expect(failed.length).toBeLessThan(30);
-    t.cloud.up = true;
-    await t.clock.advance(120_000);
-    const delivered = t.cloud.requests.filter((r) => r.ok);
-    expect(delivered).toHaveLength(2);
-    expect(delivered[1]?.state).toEqual({ status: 'applying', targetVersion: 699 });
+    await t.clock.advance(1_000);
+    // 600 changes in 60 s: 61 reports at most.
+    expect(t.outbox.calls.length).toBeLessThanOrEqual(62);
+    expect(t.outbox.calls.length).toBeGreaterThanOrEqual(55);
+    expect(t.outbox.latest.get('state/current-state')).toEqual({ status: 'applying', targetVersion: 699 });
+  });
 
-    // A retry of unchanged content reuses its report id.
-    const t2 = setup(1_000, false);
-    await t2.clock.advance(30_000);
-    const ids = new Set(t2.cloud.requests.map((r) => r.reportId));
-    expect(t2.cloud.requests.length).toBeGreaterThan(2);
-    expect(ids.size).toBe(1);
+  it('leaves null members out and queues nothing when nothing changed', async () => {
+    const t = setupReporter(100);
+    t.set({ status: 'applied', offlineSince: null } as Json);
+    await t.clock.advance(500);
+    const before = t.outbox.calls.length;
+    t.set({ status: 'applied', offlineSince: null } as Json);
+    await t.clock.advance(500);
+    expect(t.outbox.calls.length).toBe(before);
+    expect(t.outbox.latest.get('state/current-state')).toEqual({ status: 'applied' });
   });
 });
 
-describe('state reporter as a degradable feature', () => {
-  it('sends nothing while paused and reports the latest state on resume', async () => {
-    const t = setup(1_000);
-    await t.clock.advance(10);
-    t.reporter.pause();
-    for (let i = 0; i < 10; i++) {
-      t.set({ status: 'applied', targetVersion: 10 + i });
-      await t.clock.advance(5_000);
-    }
-    expect(t.cloud.requests).toHaveLength(1);
-    t.reporter.resume();
-    await t.clock.advance(10);
-    expect(t.cloud.requests).toHaveLength(2);
-    expect(t.cloud.requests[1]?.state).toEqual({ targetVersion: 19 });
+/** Stands in for the cloud's PATCH /state (named fake; the real one is in the integration tests). */
+class FakeStateEndpoint {
+  patches: { reportId: string; state: Json }[] = [];
+  fail: CloudError | undefined;
+  async request(req: CloudRequest): Promise<{ status: number; headers: Record<string, string>; body: undefined }> {
+    const body = req.json as { reportId: string; state: Json };
+    expect(req.headers?.['idempotency-key']).toBe(body.reportId);
+    if (this.fail) throw this.fail;
+    this.patches.push(body);
+    return { status: 200, headers: {}, body: undefined };
+  }
+}
+
+describe('state delivery', () => {
+  it('sends the whole state first, then only what changed since the acknowledged report', async () => {
+    const clock = new FakeClock();
+    const store = openStore(clock);
+    const cloud = new FakeStateEndpoint();
+    const d = new StateDelivery(cloud, 'dev-1', store);
+    await d.send('r1', { status: 'applied', targetVersion: 1, apps: { a: { s: 'running' } } });
+    await d.send('r2', { status: 'applied', targetVersion: 2, apps: { a: { s: 'running' } } });
+    await d.send('r3', { status: 'applied', targetVersion: 2, apps: { a: { s: 'running' } } });
+    expect(cloud.patches).toEqual([
+      { reportId: 'r1', state: { status: 'applied', targetVersion: 1, apps: { a: { s: 'running' } } } },
+      { reportId: 'r2', state: { targetVersion: 2 } },
+    ]);
+    store.close();
+  });
+
+  it('diffs each report against the one before it when several go at once', async () => {
+    const clock = new FakeClock();
+    const store = openStore(clock);
+    const cloud = new FakeStateEndpoint();
+    const d = new StateDelivery(cloud, 'dev-1', store);
+    await d.send('r0', { x: 1 });
+    // Two concurrent sends: x goes 1 → 2 → 1. Diffed against the same base, the second would be empty
+    // and the cloud would be left believing x = 2.
+    await Promise.all([d.send('r1', { x: 2 }), d.send('r2', { x: 1 })]);
+    expect(cloud.patches.map((p) => p.state)).toEqual([{ x: 1 }, { x: 2 }, { x: 1 }]);
+    store.close();
+  });
+
+  it('after a refusal sends the whole state again; a transient failure changes nothing', async () => {
+    const clock = new FakeClock();
+    const store = openStore(clock);
+    const cloud = new FakeStateEndpoint();
+    const d = new StateDelivery(cloud, 'dev-1', store);
+    await d.send('r1', { a: 1, b: 1 });
+    cloud.fail = new CloudError('network', 'connection refused (ECONNREFUSED)');
+    await expect(d.send('r2', { a: 1, b: 2 })).rejects.toThrow('ECONNREFUSED');
+    cloud.fail = undefined;
+    await d.send('r2', { a: 1, b: 2 });
+    expect(cloud.patches.at(-1)?.state).toEqual({ b: 2 });
+    cloud.fail = new CloudError('http', 'answered 422', 422);
+    await expect(d.send('r3', { a: 2, b: 2 })).rejects.toThrow('422');
+    cloud.fail = undefined;
+    await d.send('r4', { a: 2, b: 2 });
+    expect(cloud.patches.at(-1)?.state).toEqual({ a: 2, b: 2 });
+    store.close();
   });
 });
