@@ -265,7 +265,7 @@ export class Agent {
       // With MQTT, the channels it carries go to the broker; everything else (and all of it without
       // MQTT) goes to the device API.
       this.flushers.push(
-        flusherFor(new HttpSink(this.http, this.uuid, config.mqtt.url ? MQTT_CHANNELS : undefined, new StateDelivery(this.http, this.uuid, store))),
+        flusherFor(new HttpSink(this.http, this.uuid, config.mqtt.url ? MQTT_CHANNELS : undefined, new StateDelivery(this.http, this.uuid, store, this.monitor))),
       );
     }
     const probeUrls = [config.cloud.apiUrl, config.mqtt.url].filter((u): u is string => u !== undefined);

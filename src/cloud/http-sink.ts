@@ -45,6 +45,7 @@ export class HttpSink implements Sink {
         else {
           // What was posted above stays acknowledged; this report goes back and the flusher backs off.
           result.retryLater = err;
+          result.retryLaterMarked = true;
           break;
         }
       }

@@ -1,6 +1,8 @@
 import type { Store } from '../store/store.js';
 import { mergePatch, type Json } from '../util/json-diff.js';
+import { errorMessage } from '../util/errors.js';
 import { CloudError, type CloudHttpClient } from './http-client.js';
+import { failureKind, type OutcomeSink } from './loop-deps.js';
 
 const ACKED_KEY = 'report.lastAcked';
 
@@ -19,6 +21,8 @@ export class StateDelivery {
     private readonly http: Pick<CloudHttpClient, 'request'>,
     private readonly uuid: string,
     private readonly store: Pick<Store, 'getKv' | 'setKv'>,
+    /** Report outcomes are marked as the `report` operation (ConnectionHealth's lastReportSuccess, reportFailures). */
+    private readonly monitor?: OutcomeSink,
   ) {}
 
   /** Resolves when the cloud took it (or nothing changed); throws a CloudError otherwise. */
@@ -41,10 +45,12 @@ export class StateDelivery {
         ...(signal ? { signal } : {}),
       });
     } catch (err) {
+      if (!signal?.aborted) this.monitor?.markFailure('api', 'report', errorMessage(err), failureKind(err));
       // Refused as it is: the next report carries the whole state rather than another patch.
       if (err instanceof CloudError && !err.retryable) this.store.setKv(ACKED_KEY, null);
       throw err;
     }
+    this.monitor?.markSuccess('api', 'report');
     this.store.setKv(ACKED_KEY, full);
   }
 }

@@ -15,6 +15,8 @@ export interface SinkResult {
   rejected: { id: string; reason: string }[];
   /** Set when some messages could not be sent for now (they go back to the queue): the flusher backs off. */
   retryLater?: unknown;
+  /** The sink already marked that failure on the monitor (under its own operation). */
+  retryLaterMarked?: boolean;
 }
 
 /**
@@ -186,10 +188,14 @@ export class Flusher {
       monitor.markFailure(sink.monitorChannel, 'publish', this.lastError, failureKind(err));
       throw err;
     }
-    monitor.markSuccess(sink.monitorChannel, 'publish');
-    this.o.retry.afterSuccess();
-    this.lastSuccessAt = this.o.clock.now();
-    this.lastError = null;
+    if (result.retryLater === undefined) {
+      monitor.markSuccess(sink.monitorChannel, 'publish');
+      this.o.retry.afterSuccess();
+      this.lastSuccessAt = this.o.clock.now();
+      this.lastError = null;
+    } else if (!result.retryLaterMarked) {
+      monitor.markFailure(sink.monitorChannel, 'publish', errorMessage(result.retryLater), failureKind(result.retryLater));
+    }
     const accepted = new Set(result.accepted);
     const rejected = new Map(result.rejected.map((r) => [r.id, r.reason]));
     const acked = outbox.ack(ids.filter((id) => accepted.has(id)));

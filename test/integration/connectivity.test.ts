@@ -31,6 +31,7 @@ async function cloud(): Promise<DevCloud> {
 interface Conn {
   status: string;
   pollFailures: number;
+  lastReportSuccess: number;
   channels: Record<string, { status: string; lastError: string | null }>;
 }
 interface StateView {
@@ -75,7 +76,10 @@ describe('target state and reports against the devcloud', () => {
       const last = c.admin.received(dev.uuid).reports.last as { state?: { targetVersion?: number } } | null;
       return last?.state?.targetVersion === 3;
     });
-    expect((await conn(agent)).status).toBe('online');
+    const h = await conn(agent);
+    expect(h.status).toBe('online');
+    // Reports went through the outbox and its HTTP sink, and count as the seed's "report" operation.
+    await waitFor('lastReportSuccess', async () => (await conn(agent)).lastReportSuccess > 0);
 
     c.admin.setTarget(dev.uuid, { version: 4, apps: {} });
     const t0 = Date.now();
