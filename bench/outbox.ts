@@ -5,17 +5,31 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { PassThrough } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import { Agent, request } from 'undici';
+import { startDevCloud, type DevCloud } from '../devcloud/server.js';
+import { CloudHttpClient } from '../src/cloud/http-client.js';
+import { HttpSink } from '../src/cloud/http-sink.js';
+import { RetryPolicy } from '../src/cloud/retry.js';
+import { defaultConfig } from '../src/config/schema.js';
+import { Flusher } from '../src/outbox/flusher.js';
 import { Outbox } from '../src/outbox/outbox.js';
+import { outboxSettings } from '../src/outbox/policy.js';
+import { backoffFromSettings } from '../src/resilience/backoff.js';
+import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
+import { Wakeup } from '../src/resilience/wakeup.js';
 import { encodePayload } from '../src/outbox/codec.js';
 import { Store } from '../src/store/store.js';
 import { systemClock } from '../src/util/clock.js';
 import { IdGenerator } from '../src/util/ids.js';
 import type { Json } from '../src/util/json-diff.js';
 import { createLogger } from '../src/util/logger.js';
-import { cell, jsonLine, machine, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
+import { systemRandom } from '../src/util/random.js';
+import { AckCounter, deadline, fillOutbox } from './drain.js';
+import { cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
 
 /**
- * npm run bench:outbox [-- --messages N --producers P --backlog B --rss-rows R --json]
+ * npm run bench:outbox [-- --messages N --producers P --backlog B --drain D --rss-rows R --json]
  *
  * Everything runs in one temp dir under os.tmpdir() (printed), so every case writes to the same disk:
  *  - enqueue_durable: our Outbox on a store with synchronous=FULL, P concurrent producers (each
@@ -27,18 +41,31 @@ import { cell, jsonLine, machine, ratio, table, target, type BenchReport, type B
  *    directory fsync), and the drop-oldest bound is above the backlog so it never drops.
  *  - sqlite_raw: the same rows (ids, 200-byte payloads) inserted into the same outbox table (same
  *    indices, same store pragmas) with one prepared INSERT in one big transaction: SQLite's limit.
+ *  - drain_http: D messages (the same 200-byte payloads, channel telemetry) enqueued in an outbox
+ *    on disk (not timed), then drained to an in-process devcloud (startDevCloud, its SQLite file in
+ *    the same temp dir, the device created first) by the agent's own parts with every default:
+ *    Flusher (settings.offline.flushBatchMessages/flushBatchBytes, flushMaxInflight batches in
+ *    flight) + HttpSink (gzip) + CloudHttpClient + RetryPolicy (backoffFromSettings, a Wakeup).
+ *    Timed from the flusher's start until the ack that empties the outbox. Two informational
+ *    baselines post the same number of batches of the same size and shape from memory with undici's
+ *    request() on a keep-alive Agent, as many in flight as the flusher, reading each answer:
+ *    drain_http_raw_undici with the bodies serialised and gzipped before the clock starts (the
+ *    limit of the transport plus the devcloud, which runs in this process in every case), and
+ *    drain_http_raw_undici_encoding with JSON + gzip inside the timed loop (what is left is the
+ *    outbox's, flusher's and client's share). Three rounds in rotating order, medians.
  *  - rss: a child process opens the store and the outbox and runs stats() and peekBatch(100)+nack
  *    in a loop for a while; its peak RSS (VmHWM) with an empty queue vs with R queued messages
  *    (filled with the raw path, then the store closed before the child starts).
  */
 
-const USAGE = 'usage: node dist/bench/outbox.js [--messages N] [--producers P] [--backlog B] [--rss-rows R] [--json]';
+const USAGE = 'usage: node dist/bench/outbox.js [--messages N] [--producers P] [--backlog B] [--drain D] [--rss-rows R] [--json]';
 const PAYLOAD_BYTES = 200;
 
 interface Args {
   messages: number;
   producers: number;
   backlog: number;
+  drain: number;
   rssRows: number;
   json: boolean;
 }
@@ -50,6 +77,7 @@ function parse(argv: string[]): Args {
       messages: { type: 'string', default: '100000' },
       producers: { type: 'string', default: '64' },
       backlog: { type: 'string', default: '10000' },
+      drain: { type: 'string', default: '50000' },
       'rss-rows': { type: 'string', default: '1000000' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -72,9 +100,20 @@ function parse(argv: string[]): Args {
     messages: int('messages', values.messages, 1000),
     producers: int('producers', values.producers, 1),
     backlog: int('backlog', values.backlog, 0),
+    // The agent's outbox holds settings.offline.maxQueueSize messages by default.
+    drain: int('drain', values.drain, 1000),
     rssRows: int('rss-rows', values['rss-rows'], 1000),
     json: values.json,
   };
+}
+
+function checkArgs(a: Args): Args {
+  const maxQueue = defaultConfig().settings.offline.maxQueueSize;
+  if (a.drain > maxQueue) {
+    console.error(`--drain: expected at most settings.offline.maxQueueSize (${maxQueue}), got ${a.drain}\n${USAGE}`);
+    process.exit(2);
+  }
+  return a;
 }
 
 const silent = createLogger({ level: 'silent', format: 'json', destination: new PassThrough() });
@@ -127,12 +166,6 @@ class EnqueueCase {
     await this.outbox.close();
     this.store.close();
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 }
 
 /** The seed's Phase 2 OfflineQueue, made durable the simplest way (see the file comment). */
@@ -205,6 +238,172 @@ function rawInsert(store: Store, rows: number, chunk = rows): number {
   return (rows / ms) * 1000;
 }
 
+// ---------------------------------------------------------------- drain to the devcloud over HTTP
+
+const DRAIN_UUID = 'bench-device-0001';
+const DRAIN_KEY = 'bench-device-key-0001';
+
+interface DrainCase {
+  rate: number;
+  ms: number;
+  batches: number;
+  enqueueMs?: number;
+}
+
+/** Ours: Flusher + HttpSink + CloudHttpClient + RetryPolicy, wired as agent.ts wires them, every default. */
+async function drainOurs(dir: string, cloud: DevCloud, n: number, tag: string): Promise<DrainCase> {
+  const config = defaultConfig();
+  const offline = config.settings.offline;
+  const store = openStore(join(dir, `drain-${tag}.db`));
+  const flushers: Flusher[] = [];
+  const outbox = new Outbox({
+    store,
+    clock: systemClock,
+    ids: new IdGenerator(),
+    logger: silent,
+    ...outboxSettings(offline),
+    onCommit: () => flushers.forEach((f) => f.kick()),
+  });
+  const http = new CloudHttpClient({ baseUrl: cloud.url, apiKey: DRAIN_KEY, timeoutMs: config.cloud.requestTimeoutMs, clock: systemClock });
+  const controller = new AbortController();
+  let running: Promise<void> | undefined;
+  try {
+    const enqueueMs = await fillOutbox(outbox, n, (i) => ({ channel: 'telemetry', payload: payload(i) }));
+    const acks = new AckCounter(outbox);
+    const flusher = new Flusher({
+      outbox: acks.view,
+      sink: new HttpSink(http, DRAIN_UUID),
+      monitor: new ConnectionMonitor({ clock: systemClock, offlineAfterFailures: offline.offlineAfterFailures, channels: ['api'] }),
+      retry: new RetryPolicy({
+        backoff: backoffFromSettings(offline, { clock: systemClock, random: systemRandom }),
+        sleeper: new Wakeup({ clock: systemClock, random: systemRandom }),
+        clock: systemClock,
+      }),
+      clock: systemClock,
+      logger: silent,
+      batch: { maxCount: offline.flushBatchMessages, maxBytes: offline.flushBatchBytes },
+      maxInflight: offline.flushMaxInflight,
+      rate: { messagesPerSecond: offline.flushRateMessagesPerSecond, bytesPerSecond: offline.flushRateBytesPerSecond },
+    });
+    flushers.push(flusher);
+    const done = acks.all(n);
+    const t0 = performance.now();
+    running = flusher.run(controller.signal);
+    const t1 = await deadline(done, 120_000, 'the HTTP drain');
+    const st = flusher.stats();
+    const depth = outbox.stats().depth;
+    if (depth !== 0 || st.parked !== 0) throw new Error(`after the HTTP drain: depth ${depth}, parked ${st.parked}, last error ${st.lastError ?? 'none'}`);
+    return { rate: (n / (t1 - t0)) * 1000, ms: t1 - t0, batches: st.batchesSent, enqueueMs };
+  } finally {
+    controller.abort();
+    await running;
+    await http.close();
+    await outbox.close();
+    store.close();
+  }
+}
+
+/**
+ * The baselines: the same batches (count and size as the flusher sends them, fresh ids) posted from
+ * memory with undici's request() on a keep-alive Agent, as many in flight as the flusher allows,
+ * each answer read and checked. `encode: 'before'`: bodies serialised and gzipped before the clock
+ * starts (the limit of the transport plus the devcloud); `'timed'`: JSON.stringify + gzip of each
+ * batch inside the timed loop, as any client of the protocol must (isolates the outbox's share).
+ */
+async function drainRaw(cloud: DevCloud, n: number, batchSize: number, inflight: number, encode: 'before' | 'timed'): Promise<DrainCase> {
+  const ids = new IdGenerator();
+  const batches: { messages: { id: string; channel: string; ts: number; payload: Json }[] }[] = [];
+  for (let start = 0; start < n; start += batchSize) {
+    const k = Math.min(batchSize, n - start);
+    batches.push({ messages: Array.from({ length: k }, (_, j) => ({ id: ids.next(), channel: 'telemetry', ts: Date.now(), payload: payload(start + j) })) });
+  }
+  const gz = (b: (typeof batches)[number]): Buffer => gzipSync(Buffer.from(JSON.stringify(b)));
+  const prebuilt = encode === 'before' ? batches.map(gz) : [];
+  const dispatcher = new Agent({ keepAliveTimeout: 30_000 });
+  const url = `${cloud.url}/device/v1/${DRAIN_UUID}/messages`;
+  const headers = {
+    accept: 'application/json',
+    'content-type': 'application/json',
+    'content-encoding': 'gzip',
+    authorization: `Bearer ${DRAIN_KEY}`,
+  };
+  try {
+    let next = 0;
+    let accepted = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: inflight }, async () => {
+        while (next < batches.length) {
+          const i = next++;
+          const body = encode === 'before' ? (prebuilt[i] as Buffer) : gz(batches[i] as (typeof batches)[number]);
+          const res = await request(url, { method: 'POST', headers, body, dispatcher });
+          const answer = (await res.body.json()) as { accepted?: unknown[] };
+          if (res.statusCode !== 200 || !Array.isArray(answer.accepted)) throw new Error(`the devcloud answered ${res.statusCode}`);
+          accepted += answer.accepted.length;
+        }
+      }),
+    );
+    const ms = performance.now() - t0;
+    if (accepted !== n) throw new Error(`the devcloud accepted ${accepted} of ${n} messages`);
+    return { rate: (n / ms) * 1000, ms, batches: batches.length };
+  } finally {
+    await dispatcher.close();
+  }
+}
+
+/** Ours and the two raw baselines, in rotating order over `rounds`; medians, and medians of the per-round ratios. */
+async function benchDrain(dir: string, n: number, rounds: number, log: (line: string) => void) {
+  const offline = defaultConfig().settings.offline;
+  const { flushBatchMessages: size, flushMaxInflight: inflight } = offline;
+  const cloud = await startDevCloud({ dbPath: join(dir, 'devcloud.db') });
+  try {
+    cloud.admin.createDevice({ uuid: DRAIN_UUID, apiKey: DRAIN_KEY });
+    const before = cloud.admin.received(DRAIN_UUID).messages;
+    const cases = {
+      ours: (count: number, tag: string) => drainOurs(dir, cloud, count, tag),
+      raw: (count: number) => drainRaw(cloud, count, size, inflight, 'before'),
+      rawEncoding: (count: number) => drainRaw(cloud, count, size, inflight, 'timed'),
+    };
+    // Warm-up: JIT, connections, the devcloud's first pages.
+    const warm = 2_000;
+    await cases.ours(warm, 'warmup');
+    await cases.raw(warm);
+    await cases.rawEncoding(warm);
+    const runs = { ours: [] as DrainCase[], raw: [] as DrainCase[], rawEncoding: [] as DrainCase[] };
+    const orders = [
+      ['ours', 'raw', 'rawEncoding'],
+      ['raw', 'rawEncoding', 'ours'],
+      ['rawEncoding', 'ours', 'raw'],
+    ] as const;
+    for (let r = 0; r < rounds; r++) {
+      const order = orders[r % orders.length] as (typeof orders)[number];
+      log(`drain to the devcloud over HTTP: round ${r + 1}/${rounds}, ${cell(n)} messages, order ${order.join(', ')} ...`);
+      for (const k of order) runs[k].push(k === 'ours' ? await cases.ours(n, String(r)) : await cases[k](n));
+    }
+    // Every message of every run reached the devcloud exactly once: none lost, none stored twice.
+    const after = cloud.admin.received(DRAIN_UUID).messages;
+    const expected = 3 * (warm + rounds * n);
+    if (after.unique - before.unique !== expected || after.duplicates !== before.duplicates) {
+      throw new Error(`the devcloud stored ${after.unique - before.unique} unique messages (${after.duplicates - before.duplicates} duplicates), expected ${expected}`);
+    }
+    const rates = (xs: DrainCase[]): number[] => xs.map((x) => x.rate);
+    const pairs = (other: DrainCase[]): number | null => median(runs.ours.map((o, i) => o.rate / (other[i] as DrainCase).rate));
+    return {
+      ours: median(rates(runs.ours)) ?? NaN,
+      raw: median(rates(runs.raw)) ?? NaN,
+      rawEncoding: median(rates(runs.rawEncoding)) ?? NaN,
+      vsRaw: pairs(runs.raw),
+      vsRawEncoding: pairs(runs.rawEncoding),
+      runs: { ours: rates(runs.ours), raw: rates(runs.raw), rawEncoding: rates(runs.rawEncoding) },
+      batches: runs.ours[0]?.batches ?? 0,
+      enqueueMs: median(runs.ours.map((x) => x.enqueueMs ?? NaN)) ?? NaN,
+      settings: { batchMessages: size, batchBytes: offline.flushBatchBytes, inflight },
+    };
+  } finally {
+    await cloud.close();
+  }
+}
+
 interface RssReport {
   hwmKb: number;
   /** V8's heap (committed) at the end: the part of RSS that garbage-collection timing moves. */
@@ -264,7 +463,7 @@ async function rssChild(dbPath: string, mode: RssMode, rounds: number): Promise<
 }
 
 async function main(): Promise<void> {
-  const a = parse(process.argv.slice(2));
+  const a = checkArgs(parse(process.argv.slice(2)));
   const dir = mkdtempSync(join(tmpdir(), 'iotistic-bench-outbox-'));
   // Progress goes to stderr; stdout carries the table and, with --json, the JSON line last.
   const log = (line: string): void => console.error(line);
@@ -299,10 +498,12 @@ async function main(): Promise<void> {
     await fullCase.run(25_000);
     const whenFull = await fullCase.run(perRound);
     await fullCase.close();
-    const enq = { rate: median(enqRates), commits, perCommit: (perRound * rounds) / commits };
-    const raw = median(rawRates);
+    const enq = { rate: median(enqRates) ?? NaN, commits, perCommit: (perRound * rounds) / commits };
+    const raw = median(rawRates) ?? NaN;
     log(`seed queue: backlog ${a.backlog}, rewrite + fsync per enqueue, 3 s ...`);
     const seed = await benchSeed(dir, a);
+    const drainRounds = 3;
+    const drain = await benchDrain(dir, a.drain, drainRounds, log);
 
     const rssRounds = 2_000;
     log(`rss: empty queue, ${rssRounds} rounds ...`);
@@ -338,9 +539,9 @@ async function main(): Promise<void> {
       { name: 'rss_peek_only_empty_peak', value: peekEmpty.hwmKb, unit: 'KiB' },
       { name: 'rss_peek_only_1m_peak', value: peekFull.hwmKb, unit: 'KiB' },
       { name: 'open_1m_ms', value: Math.round(rssFull.openMs), unit: 'ms' },
-      // DRAIN THROUGHPUT (to be added by the lead once the flusher exists): measure the flusher
-      // draining a backlog to a devcloud over HTTP in this same run and push
-      // { name: 'drain_http', value: <msg/s>, unit: 'msg/s' } here, plus its ratio/target below.
+      { name: 'drain_http', value: Math.round(drain.ours), unit: 'msg/s' },
+      { name: 'drain_http_raw_undici', value: Math.round(drain.raw), unit: 'msg/s' },
+      { name: 'drain_http_raw_undici_encoding', value: Math.round(drain.rawEncoding), unit: 'msg/s' },
     ];
     const ratios = {
       enqueue_vs_seed_queue: ratio(enq.rate, seed.rate),
@@ -348,11 +549,14 @@ async function main(): Promise<void> {
       enqueue_full_queue_vs_empty: ratio(whenFull.rate, enq.rate),
       rss_1m_vs_empty: ratio(rssFull.hwmKb, rssEmpty.hwmKb),
       rss_peek_only_1m_vs_empty: ratio(peekFull.hwmKb, peekEmpty.hwmKb),
+      // Informational (issue 4 names no target for the drain).
+      drain_http_vs_raw_undici: ratio(drain.vsRaw, 1),
+      drain_http_vs_raw_undici_encoding: ratio(drain.vsRawEncoding, 1),
     };
     const report: BenchReport = {
       benchmark: 'outbox',
       machine: machine(),
-      config: { messages: a.messages, producers: a.producers, payloadBytes: PAYLOAD_BYTES, seedBacklog: a.backlog, rssRows: a.rssRows, synchronous: 'full', dir },
+      config: { messages: a.messages, producers: a.producers, payloadBytes: PAYLOAD_BYTES, seedBacklog: a.backlog, drainMessages: a.drain, drainRounds, drainBatch: drain.settings, rssRows: a.rssRows, synchronous: 'full', dir },
       results,
       ratios,
       targets: {
@@ -366,6 +570,24 @@ async function main(): Promise<void> {
       ['outbox enqueue into a full queue', cell(whenFull.rate), 'msg/s', `each enqueue drops the oldest (20,000 queued); 1 run, informational`],
       ['seed queue (JSON rewrite + fsync)', cell(seed.rate, 1), 'msg/s', `backlog ${cell(a.backlog)}, ${cell(seed.count)} enqueues, file ${cell(seed.fileBytes / 1024)} KiB`],
       ['SQLite raw (one transaction)', cell(raw), 'rows/s', `median of ${rounds}, paired with the above; same table and pragmas`],
+      [
+        'drain to devcloud over HTTP (ours)',
+        cell(drain.ours),
+        'msg/s',
+        `median of ${drainRounds} (${drain.runs.ours.map((x) => cell(x)).join(', ')}); ${cell(a.drain)} queued; ${drain.batches} batches of <= ${drain.settings.batchMessages}, ${drain.settings.inflight} in flight, gzip; enqueue before (untimed) ${cell(drain.enqueueMs)} ms`,
+      ],
+      [
+        'same batches, raw undici, pre-encoded',
+        cell(drain.raw),
+        'msg/s',
+        `median of ${drainRounds} (${drain.runs.raw.map((x) => cell(x)).join(', ')}); JSON + gzip before the clock; ours/this ${cell(drain.vsRaw, 3)} (informational)`,
+      ],
+      [
+        'same batches, raw undici, encoding',
+        cell(drain.rawEncoding),
+        'msg/s',
+        `median of ${drainRounds} (${drain.runs.rawEncoding.map((x) => cell(x)).join(', ')}); JSON + gzip per request, timed; ours/this ${cell(drain.vsRawEncoding, 3)} (informational)`,
+      ],
       ['peak RSS, empty queue', cell(rssEmpty.hwmKb / 1024, 1), 'MiB', `median of 3; ${cell(rssRounds)} rounds of enqueue 100, stats, peek 100, ack; V8 heap ${cell(rssEmpty.heapKb / 1024, 1)} MiB`],
       [`peak RSS, ${cell(a.rssRows)} queued`, cell(rssFull.hwmKb / 1024, 1), 'MiB', `median of 3; same rounds, depth ${cell(rssFull.depth)}; V8 heap ${cell(rssFull.heapKb / 1024, 1)} MiB; open ${cell(rssFull.openMs)} ms`],
       ['peak RSS, peek-only, empty', cell(peekEmpty.hwmKb / 1024, 1), 'MiB', 'stats + peekBatch(100) + nack: decodes nothing'],

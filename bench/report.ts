@@ -44,6 +44,14 @@ export function ratio(a: number | null, b: number | null): number | null {
   return round(a / b);
 }
 
+/** The middle value (mean of the two middle ones for an even count); null for none. */
+export function median(xs: readonly number[]): number | null {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
 /** Four decimals: enough for a report, without float noise (0.52781234 → 0.5278). */
 export function round(value: number): number {
   return Number.isFinite(value) ? Math.round(value * 1e4) / 1e4 : value;
