@@ -62,7 +62,9 @@ export class MqttSink implements Sink {
 
   constructor(private readonly session: Pick<MqttSession, 'publish' | 'topics'>) {}
 
-  async send(batch: OutboxMessage[], signal: AbortSignal): Promise<SinkResult> {
+  // No abort signal per publish: a listener each on one signal would cost a good part of a drain's CPU
+  // and trip Node's listener warning; at shutdown the session stops and settles every waiting publish.
+  async send(batch: OutboxMessage[]): Promise<SinkResult> {
     const result: SinkResult = { accepted: [], rejected: [] };
     const outcomes = await Promise.all(
       batch.map(async (m): Promise<[OutboxMessage, PublishOutcome]> => {
@@ -72,7 +74,7 @@ export class MqttSink implements Sink {
         } catch (err) {
           return [m, { ok: false, permanent: true, reasonCode: 0x90, reason: (err as Error).message }];
         }
-        return [m, await this.session.publish({ topic: mapped.topic, payload: JSON.stringify(mapped.body), id: m.id, signal })];
+        return [m, await this.session.publish({ topic: mapped.topic, payload: JSON.stringify(mapped.body), id: m.id })];
       }),
     );
     for (const [m, o] of outcomes) {
