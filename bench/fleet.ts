@@ -1,4 +1,3 @@
-import { parseArgs } from 'node:util';
 import {
   agentDefaults,
   outageScenario,
@@ -11,7 +10,7 @@ import {
   type RunResult,
   type StrategyName,
 } from './fleet-sim.js';
-import { cell, jsonLine, machine, ratio, round, table, target, type BenchReport, type BenchResult, type BenchTarget } from './report.js';
+import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type BenchReport, type BenchResult, type BenchTarget } from './report.js';
 
 /**
  * npm run bench:fleet [-- --devices N --seed S --json]
@@ -33,25 +32,8 @@ interface Args {
 }
 
 function parse(argv: string[]): Args {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      devices: { type: 'string', default: '10000' },
-      seed: { type: 'string', default: '1' },
-      json: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-  });
-  if (values.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
-  const devices = Number(values.devices);
-  if (!Number.isInteger(devices) || devices < 1) fail(`--devices: expected an integer >= 1, got "${values.devices}"`);
-  const seed = Number(values.seed);
-  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) fail(`--seed: expected an integer in [0, 4294967295], got "${values.seed}"`);
-  return { devices, seed, json: values.json };
+  const a = benchArgs(argv, USAGE, { devices: { default: 10_000, min: 1 }, seed: { default: 1, min: 0, max: 0xffffffff } });
+  return { devices: a.devices, seed: a.seed, json: a.json };
 }
 
 function fail(message: string): never {

@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { PassThrough } from 'node:stream';
-import { parseArgs } from 'node:util';
 import { connect, type IConnackPacket } from 'mqtt';
 import { RetryPolicy } from '../src/cloud/retry.js';
 import { defaultConfig } from '../src/config/schema.js';
@@ -24,7 +23,7 @@ import { createLogger } from '../src/util/logger.js';
 import { systemRandom } from '../src/util/random.js';
 import { AckCounter, deadline, fillOutbox } from './drain.js';
 import { startBroker, type BenchBroker } from './mosquitto.js';
-import { cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
+import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
 
 /**
  * npm run bench:mqtt [-- --messages N --runs R --backlog B --reconnects K --json]
@@ -80,39 +79,14 @@ interface Args {
 }
 
 function parse(argv: string[]): Args {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      messages: { type: 'string', default: '100000' },
-      runs: { type: 'string', default: '3' },
-      backlog: { type: 'string', default: '5000' },
-      reconnects: { type: 'string', default: '5' },
-      json: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-  });
-  if (values.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
-  const int = (name: string, raw: string, min: number, max = Infinity): number => {
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) {
-      console.error(`--${name}: expected an integer in [${min}, ${max}], got "${raw}"\n${USAGE}`);
-      process.exit(2);
-    }
-    return n;
-  };
   // The agent's outbox holds settings.offline.maxQueueSize (100,000) messages by default.
   const maxQueue = defaultConfig().settings.offline.maxQueueSize;
-  return {
-    messages: int('messages', values.messages, 1000, maxQueue),
-    runs: int('runs', values.runs, 1),
-    backlog: int('backlog', values.backlog, 1, maxQueue),
-    reconnects: int('reconnects', values.reconnects, 1),
-    json: values.json,
-  };
+  return benchArgs(argv, USAGE, {
+    messages: { default: 100_000, min: 1000, max: maxQueue },
+    runs: { default: 3, min: 1 },
+    backlog: { default: 5000, min: 1, max: maxQueue },
+    reconnects: { default: 5, min: 1 },
+  });
 }
 
 const silent = createLogger({ level: 'silent', format: 'json', destination: new PassThrough() });

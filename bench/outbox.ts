@@ -3,7 +3,6 @@ import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, stat
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { PassThrough } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { Agent, request } from 'undici';
@@ -26,7 +25,7 @@ import type { Json } from '../src/util/json-diff.js';
 import { createLogger } from '../src/util/logger.js';
 import { systemRandom } from '../src/util/random.js';
 import { AckCounter, deadline, fillOutbox } from './drain.js';
-import { cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
+import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
 
 /**
  * npm run bench:outbox [-- --messages N --producers P --backlog B --drain D --rss-rows R --json]
@@ -71,40 +70,14 @@ interface Args {
 }
 
 function parse(argv: string[]): Args {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      messages: { type: 'string', default: '100000' },
-      producers: { type: 'string', default: '64' },
-      backlog: { type: 'string', default: '10000' },
-      drain: { type: 'string', default: '50000' },
-      'rss-rows': { type: 'string', default: '1000000' },
-      json: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
+  const a = benchArgs(argv, USAGE, {
+    messages: { default: 100_000, min: 1000 },
+    producers: { default: 64, min: 1 },
+    backlog: { default: 10_000, min: 0 },
+    drain: { default: 50_000, min: 1000 },
+    'rss-rows': { default: 1_000_000, min: 1000 },
   });
-  if (values.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
-  const int = (name: string, raw: string, min: number): number => {
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min) {
-      console.error(`--${name}: expected an integer >= ${min}, got "${raw}"\n${USAGE}`);
-      process.exit(2);
-    }
-    return n;
-  };
-  return {
-    messages: int('messages', values.messages, 1000),
-    producers: int('producers', values.producers, 1),
-    backlog: int('backlog', values.backlog, 0),
-    // The agent's outbox holds settings.offline.maxQueueSize messages by default.
-    drain: int('drain', values.drain, 1000),
-    rssRows: int('rss-rows', values['rss-rows'], 1000),
-    json: values.json,
-  };
+  return { messages: a.messages, producers: a.producers, backlog: a.backlog, drain: a.drain, rssRows: a['rss-rows'], json: a.json };
 }
 
 function checkArgs(a: Args): Args {

@@ -1,4 +1,5 @@
 import * as os from 'node:os';
+import { parseArgs } from 'node:util';
 
 /**
  * What every benchmark prints (DESIGN.md, "Benchmarks and reports"): a readable table, and with
@@ -80,4 +81,40 @@ export function table(header: readonly string[], rows: readonly (readonly string
       .trimEnd();
   const rule = widths.map((w) => '-'.repeat(w)).join('  ');
   return [line(header), rule, ...rows.map(line)].join('\n');
+}
+
+/** An integer option of a benchmark's command line: its default and the range it must lie in. */
+export interface IntOption {
+  default: number;
+  min: number;
+  max?: number;
+}
+
+/**
+ * Parses `--name N` integer options and `--json` (and `--help`), the command line every benchmark
+ * shares. A bad value exits 2 with the option, the value and the range; `--help` prints `usage`.
+ */
+export function benchArgs<K extends string>(argv: string[], usage: string, ints: Record<K, IntOption>): Record<K, number> & { json: boolean } {
+  const options: Record<string, { type: 'string' | 'boolean'; default?: string | boolean; short?: string }> = {
+    json: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  };
+  for (const [name, o] of Object.entries<IntOption>(ints)) options[name] = { type: 'string', default: String(o.default) };
+  const { values } = parseArgs({ args: argv, options, strict: true });
+  if (values.help) {
+    console.log(usage);
+    process.exit(0);
+  }
+  const out = { json: values.json === true } as Record<K, number> & { json: boolean };
+  for (const [name, o] of Object.entries<IntOption>(ints)) {
+    const raw = String(values[name]);
+    const n = Number(raw);
+    const max = o.max ?? Infinity;
+    if (!Number.isInteger(n) || n < o.min || n > max) {
+      console.error(`--${name}: expected an integer in [${o.min}, ${max}], got "${raw}"\n${usage}`);
+      process.exit(2);
+    }
+    (out as Record<string, number>)[name] = n;
+  }
+  return out;
 }
