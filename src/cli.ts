@@ -80,11 +80,17 @@ program
       return res.json();
     };
     try {
-      const [device, connection, state, loops] = await Promise.all([get('/v2/device'), get('/v2/connection'), get('/v2/state'), get('/v2/loops')]);
+      const [device, connection, state, loops, queue] = await Promise.all([
+        get('/v2/device'),
+        get('/v2/connection'),
+        get('/v2/state'),
+        get('/v2/loops'),
+        get('/v2/queue'),
+      ]);
       if (opts.json) {
-        process.stdout.write(`${JSON.stringify({ device, connection, state, loops, ...(opts.showKey ? { localApiKey: key } : {}) })}\n`);
+        process.stdout.write(`${JSON.stringify({ device, connection, state, loops, queue, ...(opts.showKey ? { localApiKey: key } : {}) })}\n`);
       } else {
-        process.stdout.write(renderStatus({ device, connection, state, loops } as Parameters<typeof renderStatus>[0], opts.showKey ? key : undefined));
+        process.stdout.write(renderStatus({ device, connection, state, loops, queue } as Parameters<typeof renderStatus>[0], opts.showKey ? key : undefined));
       }
     } catch (err) {
       process.stderr.write(`iotistic-agent: cannot read the agent's status at ${base}: ${errorMessage(err)}\n`);

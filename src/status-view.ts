@@ -21,6 +21,12 @@ interface StatusInput {
     lastPollError: string | null;
   };
   loops: { name: string; state: string; restarts: number; lastError: string | null }[];
+  queue?: {
+    depth: number;
+    bytes: number;
+    oldestAgeMs: number;
+    channels: Record<string, { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number }>;
+  };
 }
 
 function when(ms: number | null | undefined): string {
@@ -35,6 +41,12 @@ export function duration(ms: number | null | undefined): string {
   if (s < 7200) return `${Math.round(s / 60)}m`;
   if (s < 172_800) return `${(s / 3600).toFixed(1)}h`;
   return `${(s / 86_400).toFixed(1)}d`;
+}
+
+function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1_048_576) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1_048_576).toFixed(1)} MiB`;
 }
 
 function table(rows: [string, string][]): string {
@@ -83,6 +95,15 @@ export function renderStatus(s: StatusInput, key?: string): string {
       ['last poll error', s.state.lastPollError ?? '-'],
     ]),
   );
+  if (s.queue) {
+    out.push('');
+    out.push(`Outbox  ${s.queue.depth} waiting, ${bytes(s.queue.bytes)}, oldest ${duration(s.queue.oldestAgeMs)}`);
+    const rows = Object.entries(s.queue.channels).map(([name, c]): [string, string] => [
+      name,
+      `${c.depth} waiting  ${c.delivered} delivered  ${c.dropped} dropped  ${c.expired} expired  ${c.parked} parked`,
+    ]);
+    if (rows.length > 0) out.push(table(rows));
+  }
   out.push('');
   out.push('Loops');
   out.push(table(s.loops.map((l) => [l.name, `${l.state}${l.restarts ? ` (${l.restarts} restarts, last: ${l.lastError ?? '?'})` : ''}`])));

@@ -25,6 +25,7 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
 <section><h2>Channels</h2><table id="chan"></table></section>
 <section><h2>Recent outages</h2><table id="out"></table></section>
 <section><h2>Target state</h2><table id="state"></table></section>
+<section><h2>Outbox</h2><table id="queue"></table></section>
 <section><h2>Loops</h2><table id="loops"></table></section>
 </main>
 <script>
@@ -39,8 +40,8 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
   function rows(id, pairs){ document.getElementById(id).innerHTML = pairs.map(function(p){ return '<tr><td>' + esc(p[0]) + '</td><td>' + p[1] + '</td></tr>'; }).join(''); }
   function get(path){ return fetch(path, { headers: { authorization: 'Bearer ' + key } }).then(function(r){ if (r.status === 401) { sessionStorage.removeItem('iotisticKey'); throw new Error('wrong local API key: reload and enter it again'); } return r.json(); }); }
   function tick(){
-    Promise.all([get('/v2/connection'), get('/v2/state'), get('/v2/loops'), get('/v2/device')]).then(function(a){
-      var c = a[0], s = a[1], loops = a[2], dev = a[3];
+    Promise.all([get('/v2/connection'), get('/v2/state'), get('/v2/loops'), get('/v2/device'), get('/v2/queue')]).then(function(a){
+      var c = a[0], s = a[1], loops = a[2], dev = a[3], q = a[4];
       document.getElementById('err').textContent = '';
       var b = document.getElementById('badge'); b.textContent = c.status; b.className = c.status;
       document.getElementById('dev').textContent = dev.uuid;
@@ -49,6 +50,7 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
       rows('out', (c.outages || []).slice(0, 8).map(function(o){ return [ts(o.start), dur(o.durationMs) + ' — ' + esc(o.cause)]; }));
       var t = s.target;
       rows('state', [['version', t ? t.version : '—'], ['source', t ? esc(t.source) : '—'], ['received', t ? ts(t.receivedAt) : '—'], ['rejected', s.lastRejection ? esc(s.lastRejection.message) : '—'], ['apps', t ? '<pre>' + esc(JSON.stringify(t.document.apps, null, 1)) + '</pre>' : '—']]);
+      rows('queue', [['waiting', q.depth + ' (' + Math.round(q.bytes / 1024) + ' KiB), oldest ' + dur(q.oldestAgeMs)]].concat(Object.keys(q.channels || {}).map(function(n){ var ch = q.channels[n]; return [n, ch.depth + ' waiting, ' + ch.delivered + ' delivered, ' + ch.dropped + ' dropped, ' + ch.parked + ' parked']; })));
       rows('loops', loops.map(function(l){ return [l.name, esc(l.state) + (l.restarts ? ' (' + l.restarts + ' restarts)' : '')]; }));
     }).catch(function(e){ document.getElementById('err').textContent = e.message; });
   }

@@ -115,6 +115,7 @@ describe('iotistic-agent status', () => {
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/Connection\n\s+status\s+\w+/);
     expect(table.stdout).toContain('Loops');
+    expect(table.stdout).toMatch(/Outbox\s+\d+ waiting/);
     const json = await runCli([...args, '--json']);
     expect(JSON.parse(json.stdout)).toMatchObject({ device: { uuid: expect.any(String) }, connection: { status: expect.any(String) } });
     const wrongKey = await runCli([...args, '--key', 'not-the-key-at-all']);
