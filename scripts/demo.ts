@@ -38,7 +38,12 @@ async function main(): Promise<void> {
   const cloud = await startDevCloud({ port: CLOUD_PORT, adminPort: CLOUD_PORT + 1, dbPath: resolve(dataRoot, 'devcloud.db') });
   cloud.admin.createDevice(cfg.device);
   if (cloud.admin.target(cfg.device.uuid).revision === 0) {
-    cloud.admin.setTarget(cfg.device.uuid, { version: 1, config: { settings: { pollIntervalMs: 10_000 } }, apps: {} });
+    // One native service, so the demo shows the reconciler at work without a container engine.
+    cloud.admin.setTarget(cfg.device.uuid, {
+      version: 1,
+      config: { settings: { pollIntervalMs: 10_000 } },
+      apps: { demo: { services: { heartbeat: { runtime: 'process', command: ['/bin/sh', '-c', 'while true; do date; sleep 30; done'] } } } },
+    });
   }
   let booted;
   try {
