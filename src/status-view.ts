@@ -19,6 +19,7 @@ interface StatusInput {
     target: { version: number | null; source: string; receivedAt: number } | null;
     lastRejection: { message: string } | null;
     lastPollError: string | null;
+    current?: { status?: string; apps?: Record<string, { services: Record<string, { status: string; restarts?: number; lastError?: string }> }> };
   };
   loops: { name: string; state: string; restarts: number; lastError: string | null }[];
   queue?: {
@@ -95,6 +96,14 @@ export function renderStatus(s: StatusInput, key?: string): string {
       ['last poll error', s.state.lastPollError ?? '-'],
     ]),
   );
+  const apps = s.state.current?.apps ?? {};
+  const services = Object.entries(apps).flatMap(([app, a]) => Object.entries(a.services).map(([name, svc]): [string, string] => [
+    `${app}/${name}`,
+    `${svc.status}${svc.restarts ? ` (${svc.restarts} restarts)` : ''}${svc.lastError ? `  ${svc.lastError}` : ''}`,
+  ]));
+  out.push('');
+  out.push(`Services  ${s.state.current?.status ?? '-'}`);
+  if (services.length > 0) out.push(table(services));
   if (s.queue) {
     out.push('');
     out.push(`Outbox  ${s.queue.depth} waiting, ${bytes(s.queue.bytes)}, oldest ${duration(s.queue.oldestAgeMs)}`);
