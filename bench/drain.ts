@@ -1,4 +1,11 @@
-import type { Outbox } from '../src/outbox/outbox.js';
+import { defaultConfig } from '../src/config/schema.js';
+import type { Flusher } from '../src/outbox/flusher.js';
+import { Outbox } from '../src/outbox/outbox.js';
+import { outboxSettings } from '../src/outbox/policy.js';
+import type { Store } from '../src/store/store.js';
+import { systemClock } from '../src/util/clock.js';
+import { IdGenerator } from '../src/util/ids.js';
+import type { Logger } from '../src/util/logger.js';
 import type { EnqueueMessage } from '../src/outbox/types.js';
 
 /**
@@ -7,6 +14,21 @@ import type { EnqueueMessage } from '../src/outbox/types.js';
  */
 
 /** Enqueues `n` messages in chunks of 1,000 (one enqueueMany, one transaction each). Returns ms. */
+/**
+ * An outbox with the agent's default settings, kicking `flushers` after each commit, as agent.ts
+ * wires it (the flushers are added to the array by the caller once built).
+ */
+export function defaultOutbox(store: Store, logger: Logger, flushers: Flusher[]): Outbox {
+  return new Outbox({
+    store,
+    clock: systemClock,
+    ids: new IdGenerator(),
+    logger,
+    ...outboxSettings(defaultConfig().settings.offline),
+    onCommit: () => flushers.forEach((f) => f.kick()),
+  });
+}
+
 export async function fillOutbox(outbox: Outbox, n: number, message: (i: number) => EnqueueMessage): Promise<number> {
   const t0 = performance.now();
   const chunk = 1000;

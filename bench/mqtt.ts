@@ -10,8 +10,7 @@ import { MqttSession, type PublishOutcome, type PublishRequest } from '../src/mq
 import { MqttSink } from '../src/mqtt/sink.js';
 import { deviceTopics } from '../src/mqtt/topics.js';
 import { Flusher } from '../src/outbox/flusher.js';
-import { Outbox } from '../src/outbox/outbox.js';
-import { outboxSettings } from '../src/outbox/policy.js';
+import type { Outbox } from '../src/outbox/outbox.js';
 import { backoffFromSettings } from '../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
 import { Wakeup } from '../src/resilience/wakeup.js';
@@ -21,7 +20,7 @@ import { IdGenerator } from '../src/util/ids.js';
 import type { Json } from '../src/util/json-diff.js';
 import { createLogger } from '../src/util/logger.js';
 import { systemRandom } from '../src/util/random.js';
-import { AckCounter, deadline, fillOutbox } from './drain.js';
+import { AckCounter, deadline, defaultOutbox, fillOutbox } from './drain.js';
 import { startBroker, type BenchBroker } from './mosquitto.js';
 import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
 
@@ -245,14 +244,7 @@ interface Agentish {
 function agentish(dbPath: string, broker: BenchBroker, clientId: string, opts: { tapPublish?: boolean } = {}): Agentish {
   const store = Store.open({ path: dbPath, logger: silent, clock: systemClock, synchronous: config.store.synchronous });
   const flushers: Flusher[] = [];
-  const outbox = new Outbox({
-    store,
-    clock: systemClock,
-    ids: new IdGenerator(),
-    logger: silent,
-    ...outboxSettings(offline),
-    onCommit: () => flushers.forEach((f) => f.kick()),
-  });
+  const outbox = defaultOutbox(store, silent, flushers);
   const monitor = new ConnectionMonitor({ clock: systemClock, offlineAfterFailures: offline.offlineAfterFailures, channels: ['mqtt'] });
   // No stagger: the wake-up is driven by the bench at the instant the broker's port opens (see the file comment).
   const wakeup = new Wakeup({ clock: systemClock, random: systemRandom, staggerMaxMs: 0 });

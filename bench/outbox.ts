@@ -13,7 +13,6 @@ import { RetryPolicy } from '../src/cloud/retry.js';
 import { defaultConfig } from '../src/config/schema.js';
 import { Flusher } from '../src/outbox/flusher.js';
 import { Outbox } from '../src/outbox/outbox.js';
-import { outboxSettings } from '../src/outbox/policy.js';
 import { backoffFromSettings } from '../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
 import { Wakeup } from '../src/resilience/wakeup.js';
@@ -24,7 +23,7 @@ import { IdGenerator } from '../src/util/ids.js';
 import type { Json } from '../src/util/json-diff.js';
 import { createLogger } from '../src/util/logger.js';
 import { systemRandom } from '../src/util/random.js';
-import { AckCounter, deadline, fillOutbox } from './drain.js';
+import { AckCounter, deadline, defaultOutbox, fillOutbox } from './drain.js';
 import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
 
 /**
@@ -229,14 +228,7 @@ async function drainOurs(dir: string, cloud: DevCloud, n: number, tag: string): 
   const offline = config.settings.offline;
   const store = openStore(join(dir, `drain-${tag}.db`));
   const flushers: Flusher[] = [];
-  const outbox = new Outbox({
-    store,
-    clock: systemClock,
-    ids: new IdGenerator(),
-    logger: silent,
-    ...outboxSettings(offline),
-    onCommit: () => flushers.forEach((f) => f.kick()),
-  });
+  const outbox = defaultOutbox(store, silent, flushers);
   const http = new CloudHttpClient({ baseUrl: cloud.url, apiKey: DRAIN_KEY, timeoutMs: config.cloud.requestTimeoutMs, clock: systemClock });
   const controller = new AbortController();
   let running: Promise<void> | undefined;

@@ -22,6 +22,14 @@ const SETUP_HINT =
   '(node scripts/test-services.mjs does it as root).';
 
 /** Label put on everything a test creates by hand, so teardown can find it on a shared engine. */
+/** Starts a daemon in its own process group with its output appended to `logPath`. */
+function spawnLogged(cmd: string, args: string[], logPath: string, env: NodeJS.ProcessEnv = process.env): { child: ChildProcess; exited: Promise<void> } {
+  const logFd = openSync(logPath, 'a');
+  const child = spawn(cmd, args, { detached: true, stdio: ['ignore', logFd, logFd], env });
+  closeSync(logFd);
+  return { child, exited: new Promise<void>((r) => child.once('exit', () => r())) };
+}
+
 export const TEST_RUN_LABEL = 'io.iotistic.test-run';
 
 export interface TestEngine {
@@ -159,10 +167,7 @@ export async function startEngine(): Promise<TestEngine> {
   let exited: Promise<void> = Promise.resolve();
 
   const launch = async (): Promise<void> => {
-    const logFd = openSync(join(dir, 'dockerd.log'), 'a');
-    const c = spawn(
-      'dockerd',
-      [
+    const c = spawnLogged('dockerd', [
         '--config-file', join(dir, 'daemon.json'),
         '--data-root', join(dir, 'root'),
         '--exec-root', join(dir, 'exec'),
@@ -174,21 +179,15 @@ export async function startEngine(): Promise<TestEngine> {
         '--ip-masq=false',
         '--ip-forward=false',
         '--log-level=warn',
-      ],
-      { detached: true, stdio: ['ignore', logFd, logFd], env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } },
-    );
-    closeSync(logFd);
-    child = c;
+      ], join(dir, 'dockerd.log'), { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` });
+    child = c.child;
     running = true;
-    exited = new Promise<void>((r) =>
-      c.once('exit', () => {
-        running = false;
-        r();
-      }),
-    );
+    exited = c.exited.then(() => {
+      running = false;
+    });
     const deadline = Date.now() + 30_000;
     while (!(await ping(docker, 1_000))) {
-      if (!running) throw new Error(`private dockerd exited with ${c.exitCode} before answering:\n${log()}\n${SETUP_HINT}`);
+      if (!running) throw new Error(`private dockerd exited with ${c.child.exitCode} before answering:\n${log()}\n${SETUP_HINT}`);
       if (Date.now() > deadline) throw new Error(`private dockerd did not answer within 30 s:\n${log()}`);
       await sleep(100);
     }
@@ -328,17 +327,12 @@ export async function startRegistry(): Promise<TestRegistry> {
     address,
     async start() {
       if (running) return;
-      const logFd = openSync(join(dir, 'registry.log'), 'a');
-      const c = spawn('docker-registry', ['serve', config], { detached: true, stdio: ['ignore', logFd, logFd] });
-      closeSync(logFd);
-      child = c;
+      const c = spawnLogged('docker-registry', ['serve', config], join(dir, 'registry.log'));
+      child = c.child;
       running = true;
-      exited = new Promise<void>((r) =>
-        c.once('exit', () => {
-          running = false;
-          r();
-        }),
-      );
+      exited = c.exited.then(() => {
+        running = false;
+      });
       const deadline = Date.now() + 15_000;
       for (;;) {
         try {
