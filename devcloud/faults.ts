@@ -11,13 +11,13 @@ import { badRequest, fail, isObject, rejectUnknownKeys, requireId, requireInt } 
  */
 export interface FaultSpec {
   /** Answer the next `count` matching requests with `status`. */
-  fail?: { count: number; status: number; path?: string } | null;
+  fail?: { count: number; status: number; path?: string; method?: string } | null;
   /** Answer with 429/503 and `Retry-After` (seconds or an HTTP date), `count` times or until cleared. */
-  throttle?: { status: 429 | 503; retryAfter?: string | number; count?: number; path?: string } | null;
+  throttle?: { status: 429 | 503; retryAfter?: string | number; count?: number; path?: string; method?: string } | null;
   /** Delay every device request by this many milliseconds. */
   latencyMs?: number | null;
   /** Accept matching requests and never answer, `count` times or until cleared. */
-  hang?: { count?: number; path?: string } | null;
+  hang?: { count?: number; path?: string; method?: string } | null;
   /** Close the device listener (ECONNREFUSED) until cleared, or for `forMs`. */
   refuse?: boolean | { forMs: number } | null;
   /** Messages with these ids are rejected one by one with 422 and not stored. */
@@ -48,6 +48,8 @@ export interface Refusable {
 interface PathFilter {
   path: RegExp | null;
   source: string | null;
+  /** Only requests with this method (GET, PATCH...); any when null. */
+  method: string | null;
 }
 
 interface FailFault extends PathFilter {
@@ -186,23 +188,22 @@ export class FaultInjector {
   }
 
   private decide(request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    const url = request.url;
     const hang = this.hangFault;
-    if (hang && matches(hang, url)) {
+    if (hang && matches(hang, request)) {
       if (hang.remaining !== null && --hang.remaining <= 0) this.hangFault = null;
       this.fired.hang++;
       this.hold(request.raw.socket);
       return; // never call done(): the request waits until the client, clear() or close() ends it
     }
     const f = this.failFault;
-    if (f && matches(f, url)) {
+    if (f && matches(f, request)) {
       if (--f.remaining <= 0) this.failFault = null;
       this.fired.fail++;
       void reply.code(f.status).send(faultBody(f.status, `injected fault: fail (${f.remaining} more)`));
       return;
     }
     const t = this.throttleFault;
-    if (t && matches(t, url)) {
+    if (t && matches(t, request)) {
       if (t.remaining !== null && --t.remaining <= 0) this.throttleFault = null;
       this.fired.throttle++;
       if (t.retryAfter !== null) void reply.header('retry-after', t.retryAfter);
@@ -256,15 +257,25 @@ export class FaultInjector {
   }
 }
 
-function matches(filter: PathFilter, url: string): boolean {
-  return filter.path === null || filter.path.test(url);
+function matches(filter: PathFilter, request: FastifyRequest): boolean {
+  return (filter.method === null || filter.method === request.method) && (filter.path === null || filter.path.test(request.url));
 }
 
 function faultBody(status: number, message: string): { error: string; message: string; statusCode: number } {
   return { error: STATUS_CODES[status] ?? 'Error', message, statusCode: status };
 }
 
-function parsePath(value: unknown, field: string): PathFilter {
+function parseFilter(spec: Record<string, unknown>, field: string): PathFilter {
+  const m = spec.method;
+  let method: string | null = null;
+  if (m !== undefined && m !== null) {
+    if (typeof m !== 'string' || !/^[A-Za-z]+$/.test(m)) fail(`${field}.method`, 'an HTTP method such as "GET"', m);
+    method = m.toUpperCase();
+  }
+  return { ...parsePath(spec.path, `${field}.path`), method };
+}
+
+function parsePath(value: unknown, field: string): Omit<PathFilter, 'method'> {
   if (value === undefined || value === null) return { path: null, source: null };
   if (typeof value !== 'string' || value === '') fail(field, 'a regular expression as a non-empty string', value);
   try {
@@ -293,11 +304,11 @@ export function parseFaultSpec(input: unknown): ParsedSpec {
   if (f === null || f === false) spec.fail = null;
   else if (f !== undefined) {
     if (!isObject(f)) fail('fail', 'an object { count, status, path? } or null', f);
-    rejectUnknownKeys(f, 'fail', ['count', 'status', 'path']);
+    rejectUnknownKeys(f, 'fail', ['count', 'status', 'path', 'method']);
     spec.fail = {
       remaining: requireInt(f.count, 'fail.count', 1, MAX_COUNT),
       status: requireInt(f.status, 'fail.status', 400, 599),
-      ...parsePath(f.path, 'fail.path'),
+      ...parseFilter(f, 'fail'),
     };
   }
 
@@ -305,13 +316,13 @@ export function parseFaultSpec(input: unknown): ParsedSpec {
   if (t === null || t === false) spec.throttle = null;
   else if (t !== undefined) {
     if (!isObject(t)) fail('throttle', 'an object { status, retryAfter?, count?, path? } or null', t);
-    rejectUnknownKeys(t, 'throttle', ['status', 'retryAfter', 'count', 'path']);
+    rejectUnknownKeys(t, 'throttle', ['status', 'retryAfter', 'count', 'path', 'method']);
     if (t.status !== 429 && t.status !== 503) fail('throttle.status', '429 or 503', t.status);
     spec.throttle = {
       status: t.status,
       retryAfter: parseRetryAfter(t.retryAfter, 'throttle.retryAfter'),
       remaining: t.count === undefined || t.count === null ? null : requireInt(t.count, 'throttle.count', 1, MAX_COUNT),
-      ...parsePath(t.path, 'throttle.path'),
+      ...parseFilter(t, 'throttle'),
     };
   }
 
@@ -323,10 +334,10 @@ export function parseFaultSpec(input: unknown): ParsedSpec {
   else if (h !== undefined) {
     const obj = h === true ? {} : h;
     if (!isObject(obj)) fail('hang', 'an object { count?, path? }, true, or null', h);
-    rejectUnknownKeys(obj, 'hang', ['count', 'path']);
+    rejectUnknownKeys(obj, 'hang', ['count', 'path', 'method']);
     spec.hang = {
       remaining: obj.count === undefined || obj.count === null ? null : requireInt(obj.count, 'hang.count', 1, MAX_COUNT),
-      ...parsePath(obj.path, 'hang.path'),
+      ...parseFilter(obj, 'hang'),
     };
   }
 

@@ -122,7 +122,7 @@ describe('faults injected by the devcloud', () => {
     const dev = device();
     c.admin.createDevice(dev);
     c.admin.setTarget(dev.uuid, { version: 7, apps: {} });
-    await c.admin.setFaults({ fail: { count: 4, status: 500, path: '/state' } });
+    await c.admin.setFaults({ fail: { count: 4, status: 500, path: '/state', method: 'GET' } });
     const agent = await agentFor(dev, c.url);
     await waitFor('target v7', async () => (await state(agent)).target?.version === 7);
     const h = await conn(agent);
@@ -138,7 +138,7 @@ describe('faults injected by the devcloud', () => {
     c.admin.setTarget(dev.uuid, { version: 1, apps: {} });
     const agent = await agentFor(dev, c.url);
     await waitFor('target v1', async () => (await state(agent)).target?.version === 1);
-    await c.admin.setFaults({ throttle: { status: 429, retryAfter: '3', count: 1, path: '/state$' } });
+    await c.admin.setFaults({ throttle: { status: 429, retryAfter: '3', count: 1, path: '/state$', method: 'GET' } });
     const before = c.admin.received(dev.uuid).requests.byRoute[STATE_GET] ?? 0;
     await fetch(`${agent.apiUrl}/v1/update`, { method: 'POST', headers: { authorization: `Bearer ${agent.key}` } });
     await waitFor('the throttled poll', () => (c.admin.received(dev.uuid).requests.byRoute[STATE_GET] ?? 0) === before + 1, 10_000, 10);
@@ -153,7 +153,7 @@ describe('faults injected by the devcloud', () => {
     const dev = device();
     c.admin.createDevice(dev);
     c.admin.setTarget(dev.uuid, { version: 2, apps: {} });
-    await c.admin.setFaults({ hang: { count: 1, path: '/state$' } });
+    await c.admin.setFaults({ hang: { count: 1, path: '/state$', method: 'GET' } });
     const agent = await agentFor(dev, c.url, {}, { cloud: { apiUrl: c.url, requestTimeoutMs: 1_000 } });
     await waitFor('a timeout', async () => (await conn(agent)).channels.api?.lastError?.includes('timed out after 1000 ms'));
     await waitFor('target v2', async () => (await state(agent)).target?.version === 2);

@@ -349,6 +349,16 @@ describe('devcloud (in process, real HTTP)', () => {
       expect(requests.byStatus['500']).toBe(2);
     });
 
+    it('fail, throttle and hang can be limited to one method', async () => {
+      await cloud.admin.setFaults({ fail: { count: 1, status: 503, path: '/state$', method: 'get' } });
+      const patched = await dev('PATCH', 'state', { body: { reportId: 'm-1', state: {} }, headers: { 'idempotency-key': 'm-1' } });
+      expect(patched.status).toBe(200);
+      expect(cloud.admin.faults().active.fail?.remaining).toBe(1);
+      expect((await dev('GET', 'state')).status).toBe(503);
+      await expect(cloud.admin.setFaults({ fail: { count: 1, status: 503, method: 'G E T' } })).rejects.toThrow(/fail\.method/);
+      await cloud.admin.clearFaults();
+    });
+
     it('throttle: answers 429/503 with Retry-After, N times or until cleared', async () => {
       const admin = adminClient(cloud.adminUrl);
       await admin.setFaults({ throttle: { status: 429, retryAfter: '7', count: 2 } });
