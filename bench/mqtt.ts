@@ -242,7 +242,7 @@ interface Agentish {
 }
 
 function agentish(dbPath: string, broker: BenchBroker, clientId: string, opts: { tapPublish?: boolean } = {}): Agentish {
-  const store = Store.open({ path: dbPath, logger: silent, clock: systemClock, synchronous: config.store.synchronous });
+  const store = Store.open({ path: dbPath, logger: silent, clock: systemClock, synchronous: config.store.synchronous, checkpoint: config.store.checkpoint });
   const flushers: Flusher[] = [];
   const outbox = defaultOutbox(store, silent, flushers);
   const monitor = new ConnectionMonitor({ clock: systemClock, offlineAfterFailures: offline.offlineAfterFailures, channels: ['mqtt'] });
@@ -264,11 +264,14 @@ function agentish(dbPath: string, broker: BenchBroker, clientId: string, opts: {
   const publisher = opts.tapPublish
     ? {
         topics: session.topics,
-        publish: async (req: PublishRequest): Promise<PublishOutcome> => {
-          const o = await session.publish(req);
-          if (o.ok) onFirst(performance.now());
-          return o;
-        },
+        publishMany: (reqs: readonly PublishRequest[]): Promise<PublishOutcome[]> =>
+          Promise.all(
+            reqs.map(async (req) => {
+              const o = await session.publish(req);
+              if (o.ok) onFirst(performance.now());
+              return o;
+            }),
+          ),
       }
     : session;
   const acks = new AckCounter(outbox);
@@ -317,8 +320,14 @@ function queued(i: number): { channel: string; payload: Json } {
   return { channel: 'telemetry', payload: telemetry(i) as unknown as Json };
 }
 
+/** Called around the timed part of a run (a profiler started and stopped there sees only the drain). */
+export interface TimedHooks {
+  before?: () => Promise<void> | void;
+  after?: () => Promise<void> | void;
+}
+
 /** (b) Ours: the outbox drained through Flusher + MqttSink + MqttSession. */
-export async function oursRun(dir: string, broker: BenchBroker, n: number, tag: string): Promise<DrainRun> {
+export async function oursRun(dir: string, broker: BenchBroker, n: number, tag: string, timed: TimedHooks = {}): Promise<DrainRun> {
   const a = agentish(join(dir, `ours-${tag}.db`), broker, `bench-ours-${tag}`);
   try {
     const c0 = a.outbox.stats().commits;
@@ -329,10 +338,12 @@ export async function oursRun(dir: string, broker: BenchBroker, n: number, tag: 
     // Connected, and the birth message (sent first on every connect) acknowledged.
     await until('the session to connect', () => a.session.connected && a.session.stats().acknowledged >= 1 && a.session.stats().inflight === 0);
     const done = a.acks.all(n);
+    await timed.before?.();
     const meter = new CpuMeter(broker);
     a.startFlusher();
     await deadline(done, RUN_TIMEOUT_MS, 'the drain');
     const measured = meter.finish(n);
+    await timed.after?.();
     const st = a.flusher.stats();
     const depth = a.outbox.stats().depth;
     if (depth !== 0 || st.parked !== 0) throw new Error(`after the drain: depth ${depth}, parked ${st.parked}`);

@@ -42,6 +42,7 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
     logger,
     clock: systemClock,
     synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
+    checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
   });
   const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now());
   if (resolved.source === 'none') {

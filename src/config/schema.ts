@@ -202,6 +202,10 @@ const storeSchema = z.strictObject({
     .enum(['full', 'normal'])
     .default('full')
     .describe('full: a committed write survives a power cut. normal: survives a process crash, may lose the last commits on power loss.'),
+  checkpoint: z
+    .enum(['background', 'inline'])
+    .default('background')
+    .describe('background: WAL checkpoints (page copies and their fsyncs) run on a worker thread, never on the event loop. inline: SQLite runs them inside the commit that fills the WAL.'),
 });
 
 const featuresSchema = z.strictObject({

@@ -1,7 +1,7 @@
 import { AgentError } from '../util/errors.js';
 import type { Sink, SinkResult } from '../outbox/flusher.js';
 import type { OutboxMessage } from '../outbox/types.js';
-import type { MqttSession, PublishOutcome } from './session.js';
+import type { MqttSession, PublishRequest } from './session.js';
 
 /** The outbox channels that travel over MQTT (PROTOCOL.md topics); the rest go over HTTP. */
 export const MQTT_CHANNELS = ['telemetry', 'metrics', 'events', 'shadow'] as const;
@@ -60,28 +60,34 @@ export class MqttSink implements Sink {
   readonly monitorChannel = 'mqtt';
   readonly channels = MQTT_CHANNELS;
 
-  constructor(private readonly session: Pick<MqttSession, 'publish' | 'topics'>) {}
+  constructor(private readonly session: Pick<MqttSession, 'publishMany' | 'topics'>) {}
 
   // No abort signal per publish: a listener each on one signal would cost a good part of a drain's CPU
   // and trip Node's listener warning; at shutdown the session stops and settles every waiting publish.
+  // heldByCaller: the outbox keeps every message until it is acked here, and after a restart it
+  // publishes the unacknowledged ones again, so the session need not write its own copy.
   async send(batch: OutboxMessage[]): Promise<SinkResult> {
     const result: SinkResult = { accepted: [], rejected: [] };
-    const outcomes = await Promise.all(
-      batch.map(async (m): Promise<[OutboxMessage, PublishOutcome]> => {
-        let mapped;
-        try {
-          mapped = toPublish(this.session, m);
-        } catch (err) {
-          return [m, { ok: false, permanent: true, reasonCode: 0x90, reason: (err as Error).message }];
-        }
-        return [m, await this.session.publish({ topic: mapped.topic, payload: JSON.stringify(mapped.body), id: m.id })];
-      }),
-    );
-    for (const [m, o] of outcomes) {
-      if (o.ok) result.accepted.push(m.id);
-      else if (o.permanent) result.rejected.push({ id: m.id, reason: o.reason });
-      else result.retryLater ??= new AgentError('MQTT_PUBLISH_DEFERRED', o.reason);
+    const requests: PublishRequest[] = [];
+    const sent: OutboxMessage[] = [];
+    for (const m of batch) {
+      let mapped;
+      try {
+        mapped = toPublish(this.session, m);
+      } catch (err) {
+        result.rejected.push({ id: m.id, reason: (err as Error).message });
+        continue;
+      }
+      requests.push({ topic: mapped.topic, payload: JSON.stringify(mapped.body), id: m.id, heldByCaller: true });
+      sent.push(m);
     }
+    const outcomes = await this.session.publishMany(requests);
+    outcomes.forEach((o, i) => {
+      const id = (sent[i] as OutboxMessage).id;
+      if (o.ok) result.accepted.push(id);
+      else if (o.permanent) result.rejected.push({ id, reason: o.reason });
+      else result.retryLater ??= new AgentError('MQTT_PUBLISH_DEFERRED', o.reason);
+    });
     return result;
   }
 

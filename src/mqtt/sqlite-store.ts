@@ -38,15 +38,21 @@ export interface StoredPublish {
 }
 
 /**
- * Announces the caller's id of a PUBLISH about to be handed to mqtt.js: the next `put` of a publish
- * with this topic and payload records `appId` with it and calls `onStored` with its message id,
- * synchronously, before the commit.
+ * Announces a PUBLISH about to be handed to mqtt.js: the next `put` of a publish with this topic
+ * and payload records `id` with it (as its `app_id`) and is reported to `onStored` with its message
+ * id, synchronously, before the commit. The session passes its own message objects as tags.
  */
 export interface PublishTag {
-  appId: string;
-  topic: string;
-  payload: Buffer;
-  onStored(messageId: number): void;
+  /** The caller's id of the message. */
+  readonly id: string;
+  readonly topic: string;
+  readonly payload: Buffer;
+  /**
+   * Keep the packet in memory only: the caller holds the message durably itself (see
+   * `PublishRequest.heldByCaller`). It is re-sent by every new connection of this process, and not
+   * after a restart. Its put is answered at once.
+   */
+  readonly held: boolean;
 }
 
 /**
@@ -58,8 +64,10 @@ export interface PublishTag {
  */
 export type StoreDurability = 'database' | 'process';
 
-export interface SqliteMqttStoreOptions {
+export interface SqliteMqttStoreOptions<T extends PublishTag = PublishTag> {
   clock: Pick<Clock, 'now'>;
+  /** A tagged publish was put (see `tag`), with the message id mqtt.js gave it. */
+  onStored?: (tag: T, messageId: number) => void;
   /** Default `database`. */
   durability?: StoreDurability;
   /**
@@ -73,6 +81,8 @@ export interface SqliteMqttStoreOptions {
 interface Entry {
   packet: Packet;
   appId: string | null;
+  /** In memory only (`PublishTag.volatile`): never written, so never deleted from the table either. */
+  volatile: boolean;
 }
 
 type Op = { op: 'put'; messageId: number; entry: Entry; storedAt: number; cb: ((err?: Error) => void) | undefined } | { op: 'del'; messageId: number };
@@ -92,14 +102,18 @@ interface Row {
 /** Packet fields that have a column of their own; everything else goes to `fields` (JSON). */
 const COLUMNS = new Set(['cmd', 'messageId', 'topic', 'payload', 'qos', 'retain', 'dup', 'length']);
 
-export class SqliteMqttStore implements IStore {
+export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStore {
   readonly kind: StoreKind;
   private readonly db: Database;
   private readonly clock: Pick<Clock, 'now'>;
   private readonly onError: ((err: Error, lostMessageIds: number[]) => void) | undefined;
+  private readonly onStored: ((tag: T, messageId: number) => void) | undefined;
   /** The table's rows of this store, in `seq` order (a replaced packet moves to the end, as in the table). */
   private readonly mirror = new Map<number, Entry>();
-  private readonly tags = new Map<string, PublishTag[]>();
+  /** The latest tag: mqtt.js usually stores a publish at once, so its put matches this one. */
+  private expected: T | undefined;
+  /** Older tags whose puts were deferred (mqtt.js holds new publishes while it re-sends stored ones). */
+  private readonly tags = new Map<string, T[]>();
   private pending: Op[] = [];
   private flushScheduled = false;
   private readonly insert: Statement;
@@ -108,11 +122,12 @@ export class SqliteMqttStore implements IStore {
   private readonly lighten: { set: Statement; restore: Statement } | undefined;
   private readonly commit: (ops: Op[]) => void;
 
-  constructor(db: Database, kind: StoreKind, opts: SqliteMqttStoreOptions) {
+  constructor(db: Database, kind: StoreKind, opts: SqliteMqttStoreOptions<T>) {
     this.db = db;
     this.kind = kind;
     this.clock = opts.clock;
     this.onError = opts.onError;
+    this.onStored = opts.onStored;
     // INSERT OR REPLACE gives a replaced packet (a PUBREL taking a PUBLISH's place) a new seq.
     this.insert = db.prepare(
       `INSERT OR REPLACE INTO mqtt_inflight (store, message_id, cmd, topic, payload, qos, retain, dup, fields, app_id, stored_at)
@@ -148,7 +163,7 @@ export class SqliteMqttStore implements IStore {
     const rows = db
       .prepare('SELECT message_id, cmd, topic, payload, qos, retain, dup, fields, app_id FROM mqtt_inflight WHERE store = ? ORDER BY seq')
       .all(kind) as Row[];
-    for (const row of rows) this.mirror.set(row.message_id, { packet: decodePacket(row), appId: row.app_id });
+    for (const row of rows) this.mirror.set(row.message_id, { packet: decodePacket(row), appId: row.app_id, volatile: false });
   }
 
   /** Packets held, committed or about to be. */
@@ -174,15 +189,18 @@ export class SqliteMqttStore implements IStore {
     return out;
   }
 
-  /** See `PublishTag`. Returns a function that withdraws the tag if the packet never reaches the store. */
-  tag(tag: PublishTag): () => void {
-    let list = this.tags.get(tag.topic);
-    if (!list) {
-      list = [];
-      this.tags.set(tag.topic, list);
+  /** See `PublishTag`. `untag` withdraws it if the packet never reaches the store. */
+  tag(tag: T): void {
+    const older = this.expected;
+    if (older) {
+      let list = this.tags.get(older.topic);
+      if (!list) {
+        list = [];
+        this.tags.set(older.topic, list);
+      }
+      list.push(older);
     }
-    list.push(tag);
-    return () => this.untag(tag);
+    this.expected = tag;
   }
 
   put(packet: Packet, cb: (error?: Error) => void): this {
@@ -192,17 +210,27 @@ export class SqliteMqttStore implements IStore {
       return this;
     }
     let appId: string | null = null;
+    let volatile = false;
     if (packet.cmd === 'publish') {
       const tag = this.takeTag(packet.topic, packet.payload);
       if (tag) {
-        appId = tag.appId;
-        tag.onStored(messageId);
+        appId = tag.id;
+        volatile = tag.held;
+        this.onStored?.(tag, messageId);
       }
     }
     // A copy, so a caller changing its packet later cannot change what is stored or re-sent.
-    const entry: Entry = { packet: copyPacket(packet), appId };
+    const entry: Entry = { packet: copyPacket(packet), appId, volatile };
+    const replaced = this.mirror.get(messageId);
     this.mirror.delete(messageId);
     this.mirror.set(messageId, entry);
+    if (volatile) {
+      // A stored packet it replaces must not come back after a restart.
+      if (replaced && !replaced.volatile) this.pending.push({ op: 'del', messageId });
+      if (this.pending.length > 0) this.scheduleFlush();
+      cb();
+      return this;
+    }
     this.pending.push({ op: 'put', messageId, entry, storedAt: Math.round(this.clock.now()), cb });
     this.scheduleFlush();
     return this;
@@ -223,8 +251,10 @@ export class SqliteMqttStore implements IStore {
       return this;
     }
     this.mirror.delete(messageId);
-    this.pending.push({ op: 'del', messageId });
-    this.scheduleFlush();
+    if (!entry.volatile) {
+      this.pending.push({ op: 'del', messageId });
+      this.scheduleFlush();
+    }
     cb(undefined, entry.packet);
     return this;
   }
@@ -300,7 +330,12 @@ export class SqliteMqttStore implements IStore {
     });
   }
 
-  private takeTag(topic: string, payload: string | Buffer): PublishTag | undefined {
+  private takeTag(topic: string, payload: string | Buffer): T | undefined {
+    const e = this.expected;
+    if (e && e.topic === topic && (e.payload === payload || e.payload.equals(toBuffer(payload)))) {
+      this.expected = undefined;
+      return e;
+    }
     const list = this.tags.get(topic);
     if (!list) return undefined;
     const bytes = toBuffer(payload);
@@ -311,7 +346,12 @@ export class SqliteMqttStore implements IStore {
     return tag;
   }
 
-  private untag(tag: PublishTag): void {
+  /** Withdraws a tag whose packet did not reach the store (a no-op for one that did). */
+  untag(tag: T): void {
+    if (this.expected === tag) {
+      this.expected = undefined;
+      return;
+    }
     const list = this.tags.get(tag.topic);
     if (!list) return;
     const i = list.indexOf(tag);

@@ -1,6 +1,7 @@
 import type { Database } from 'better-sqlite3';
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/logger.js';
+import { WalCheckpointer, type CheckpointerStats } from './checkpointer.js';
 import { openDatabase } from './database.js';
 import type { Migration } from './migrations.js';
 
@@ -28,25 +29,45 @@ export interface OutageRecord {
 export class Store {
   readonly quarantinedTo: string | undefined;
   private closed = false;
+  private readonly checkpointer: WalCheckpointer | undefined;
 
   private constructor(
     readonly db: Database,
     readonly path: string,
     private readonly clock: Pick<Clock, 'now'>,
     quarantinedTo: string | undefined,
+    checkpointer: WalCheckpointer | undefined,
   ) {
     this.quarantinedTo = quarantinedTo;
+    this.checkpointer = checkpointer;
   }
 
+  /**
+   * `checkpoint`: `background` moves WAL checkpoints to a worker thread (see `WalCheckpointer`),
+   * as the agent does (`store.checkpoint`); `inline` (the default here) leaves them to SQLite, in
+   * the COMMIT that crosses 1000 WAL pages.
+   */
   static open(opts: {
     path: string;
     logger: Logger;
     clock: Pick<Clock, 'now'>;
     synchronous?: 'full' | 'normal';
+    checkpoint?: 'background' | 'inline';
     migrations?: readonly Migration[];
   }): Store {
     const { db, quarantinedTo } = openDatabase(opts);
-    return new Store(db, opts.path, opts.clock, quarantinedTo);
+    const checkpointer = opts.checkpoint === 'background' ? new WalCheckpointer(db, { path: opts.path, logger: opts.logger }) : undefined;
+    return new Store(db, opts.path, opts.clock, quarantinedTo, checkpointer);
+  }
+
+  /** WAL pages a checkpoint is due at: what the WAL grows to in normal operation. */
+  get walCheckpointPages(): number {
+    return this.checkpointer?.thresholdPages ?? Math.max(1, this.db.pragma('wal_autocheckpoint', { simple: true }) as number);
+  }
+
+  /** The background checkpointer's counters; undefined when checkpoints are inline. */
+  checkpointStats(): CheckpointerStats | undefined {
+    return this.checkpointer?.stats();
   }
 
   getKv<T>(key: string): T | undefined {
@@ -82,6 +103,7 @@ export class Store {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.checkpointer?.close();
     // Fold the WAL back into the main file so a copied or backed-up database is whole.
     try {
       this.db.pragma('wal_checkpoint(TRUNCATE)');

@@ -3,7 +3,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
-import { observe } from '../helpers/mqtt.js';
+import { join } from 'node:path';
+import { FaultProxy } from '../helpers/fault-proxy.js';
+import { observe, outgoingRows } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 const dirs = tempDirs();
@@ -159,6 +161,61 @@ describe('telemetry over MQTT', () => {
       expect(health.channels.mqtt?.status).toBe('online');
     } finally {
       await watcher.close();
+    }
+  });
+
+  it('delivers telemetry that was in flight over MQTT when the agent was SIGKILLed: the outbox re-sends it after the restart', async () => {
+    let pubacks = 0;
+    const proxy = await FaultProxy.start({
+      target: broker,
+      onFrame: (f) => {
+        if (f.direction === 'down' && f.type === 4) pubacks++;
+      },
+    });
+    const dev = { uuid: `outbox-kill-${process.pid}`, apiKey: 'outbox-kill-key-0123456789' };
+    cloud.admin.createDevice(dev);
+    cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+    const dataDir = dirs.make();
+    const config = {
+      device: dev,
+      cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+      features: { metrics: false },
+      // A long keep-alive: the connection must stay up (PUBACKs lost) until the kill.
+      mqtt: { url: proxy.url, keepAliveSeconds: 60 },
+      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1 } },
+    };
+    const watcher = await observe(broker.url, `iot/${dev.uuid}/telemetry/#`);
+    try {
+      const first = await spawnAgent({ dataDir, config });
+      agents.push(first);
+      await waitFor('the birth acknowledged', () => pubacks >= 1);
+      // From now on no PUBACK reaches the agent: every message stays in flight.
+      proxy.blackhole('down');
+      const r = await post(first, Array.from({ length: 20 }, (_, i) => ({ stream: 'flow', payload: { i } })));
+      expect(r.status).toBe(202);
+      const ids = r.body.ids ?? [];
+      expect(ids).toHaveLength(20);
+      await waitFor('every message at the broker', () => ids.every((id) => watcher.ids().includes(id)));
+      // Held by the outbox alone: leased, not acked, and no second copy in the session's in-flight table.
+      const q = (await first.get('/v2/queue')).body as { channels: Record<string, { depth: number; leased: number }> };
+      expect(q.channels.telemetry).toMatchObject({ depth: 20, leased: 20 });
+      expect(outgoingRows(join(dataDir, 'agent.db'))).toEqual([]);
+      await first.stop('SIGKILL');
+
+      proxy.pass();
+      const second = await spawnAgent({ dataDir, config });
+      agents.push(second);
+      await waitFor('the outbox emptied', async () => {
+        const q2 = (await second.get('/v2/queue')).body as { channels: Record<string, { depth: number; delivered: number }> };
+        return q2.channels.telemetry?.depth === 0 && q2.channels.telemetry.delivered === 20;
+      }, 20_000);
+      // Each id twice: the copy the broker had before the kill and the one re-sent from the outbox.
+      const copies = new Map<string, number>();
+      for (const id of watcher.ids()) copies.set(id, (copies.get(id) ?? 0) + 1);
+      expect([...copies.entries()].sort()).toEqual([...ids].sort().map((id) => [id, 2]));
+    } finally {
+      await watcher.close();
+      await proxy.close();
     }
   });
 

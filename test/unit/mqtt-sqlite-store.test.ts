@@ -86,16 +86,17 @@ describe('SqliteMqttStore (the mqtt.js store in the agent database)', () => {
   it('records the caller id of a tagged publish and says which message id it got', async () => {
     const path = join(dirs.make(), 'agent.db');
     const store = openStore(path);
-    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
-    const stored: number[] = [];
+    const stored: Array<[string, number]> = [];
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock, onStored: (tag, id) => stored.push([tag.id, id]) });
     const payload = Buffer.from('{"id":"m-1"}');
-    s.tag({ appId: 'm-1', topic: 'iot/d/events', payload, onStored: (id) => stored.push(id) });
-    const withdrawn = s.tag({ appId: 'm-2', topic: 'iot/d/events', payload: Buffer.from('other'), onStored: (id) => stored.push(-id) });
+    s.tag({ id: 'm-1', topic: 'iot/d/events', payload, held: false });
+    const other = { id: 'm-2', topic: 'iot/d/events', payload: Buffer.from('other'), held: false };
+    s.tag(other);
     await put(s, publish(5)); // not the tagged payload
     await put(s, publish(6, { payload: Buffer.from('{"id":"m-1"}') }));
-    withdrawn();
+    s.untag(other);
     await put(s, publish(9, { payload: Buffer.from('other') }));
-    expect(stored).toEqual([6]);
+    expect(stored).toEqual([['m-1', 6]]);
     expect(s.appIdOf(6)).toBe('m-1');
     expect(s.appIdOf(9)).toBeNull();
     store.close();
@@ -105,6 +106,36 @@ describe('SqliteMqttStore (the mqtt.js store in the agent database)', () => {
       [6, 'm-1'],
       [9, null],
     ]);
+    again.close();
+  });
+
+  it('keeps a held publish in memory only: re-sent by the next client of this process, gone after a reopen, never written', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = openStore(path);
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
+    await put(s, publish(1));
+    const payload = Buffer.from('{"id":"held-2"}');
+    s.tag({ id: 'held-2', topic: 'iot/d/events', payload, held: true });
+    // Answered at once: no commit to wait for.
+    let answered = false;
+    s.put(publish(2, { payload }), () => (answered = true));
+    expect(answered).toBe(true);
+    // A held publish taking the message id of a stored one replaces it on disk too.
+    const payload3 = Buffer.from('{"id":"held-3"}');
+    s.tag({ id: 'held-3', topic: 'iot/d/events', payload: payload3, held: true });
+    await put(s, publish(1, { payload: payload3 }));
+    s.flush();
+    expect(rowsOf(path)).toEqual([]);
+    expect((await drain(s)).map((p) => [p.messageId, (p as IPublishPacket).payload.toString()])).toEqual([
+      [2, '{"id":"held-2"}'],
+      [1, '{"id":"held-3"}'],
+    ]);
+    expect(s.appIdOf(2)).toBe('held-2');
+    await del(s, 2);
+    expect(s.size).toBe(1);
+    store.close();
+    const again = openStore(path);
+    expect(new SqliteMqttStore(again.db, 'outgoing', { clock }).size).toBe(0);
     again.close();
   });
 
