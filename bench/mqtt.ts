@@ -33,18 +33,21 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type 
  * PUBLISHes. Messages are the agent's telemetry: `iot/{uuid}/telemetry/{stream}` (4 streams), body
  * `{ id, ts, payload }` of exactly 200 bytes.
  *
- *  - raw (the limit): mqtt.js 5 (MQTT 5, clean: false, its default in-memory store) publishes N
- *    pre-built messages from memory at QoS 1, keeping the window full; timed from the first
- *    PUBLISH to the last PUBACK.
+ *  - raw (the limit): mqtt.js 5 (MQTT 5, clean: false, its default in-memory store, every other
+ *    option at its default) publishes N pre-built messages from memory at QoS 1, keeping the window
+ *    full; timed from the first PUBLISH to the last PUBACK.
  *  - ours: the same N messages enqueued in the agent's Outbox on disk first (not timed), then the
  *    agent's own parts, wired as agent.ts wires them with every default: Flusher (batches of
  *    settings.offline.flushBatchMessages/flushBatchBytes, flushMaxInflight batches) + MqttSink +
- *    MqttSession (its in-flight store in the same SQLite database, synchronous=FULL for the outbox,
- *    `process` durability for the in-flight rows as the session defaults to). Timed from the
+ *    MqttSession (the sink publishes with heldByCaller: the outbox, synchronous=FULL, holds each
+ *    message until its PUBACK, so the session writes no in-flight rows of its own; WAL checkpoints
+ *    on a worker thread as store.checkpoint defaults to). Timed from the
  *    flusher's start (the session already connected, birth acknowledged) until the outbox is empty
  *    (the last ack committed).
  *  - session alone (informational, to split the gap): MqttSession.publish of the pre-built messages
- *    from memory, no outbox and no flusher, as many publishes outstanding as the flusher keeps.
+ *    from memory, no outbox and no flusher, as many publishes outstanding as the flusher keeps; not
+ *    held by the caller, so each goes through the session's SQLite in-flight table (`process`
+ *    durability, the session's default).
  *  Each round runs all three, raw first in even rounds and ours first in odd ones, so that load from
  *  elsewhere on the machine hits every side; medians of R rounds, and the target's ratio is the
  *  median of the per-round ours/raw ratios. CPU per message (this process; the broker from /proc)
@@ -531,6 +534,8 @@ async function main(): Promise<void> {
         flushMaxInflight: offline.flushMaxInflight,
         storeSynchronous: config.store.synchronous,
         inflightDurability: 'process',
+        sinkHeldByCaller: true,
+        storeCheckpoint: config.store.checkpoint,
         reconnectBacklog: a.backlog,
         reconnects: a.reconnects,
         reconnectWake: 'the bench calls Wakeup.wake() when the broker port first accepts a TCP connection, as the ConnectivityProbe does on a successful probe; the probe is not run (no probe schedule) and the Wakeup has no stagger',

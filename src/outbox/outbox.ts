@@ -176,12 +176,6 @@ interface Row {
 /** A row of `peekRows` (raw): seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload. */
 type LaneRow = [number, string, number, number | null, string | null, number, number, string | Buffer];
 
-interface PeekRow {
-  seq: number;
-  lane: Lane;
-  r: LaneRow;
-}
-
 interface ParkedRow extends Omit<Row, 'seq' | 'coalesce_key'> {
   parked_seq: number;
   parked_at: number;
@@ -677,49 +671,60 @@ export class Outbox {
     const leasing = opts.lease !== false;
     // Per lane: the rows read so far are all leased (before, or now) up to `next`.
     const floors = new Map<Lane, { open: boolean; next: number }>();
-    const taken: { seq: number; lane: Lane }[] = [];
+    const seqs: number[] = [];
     const chunk = Math.min(512, maxCount + Math.min(exclude.size, 448) + 8);
+    /** Takes or skips one row; false once the batch is complete. */
+    const visit = (lane: Lane, r: LaneRow): boolean => {
+      const seq = r[0];
+      let floor = floors.get(lane);
+      if (!floor) floors.set(lane, (floor = { open: leasing, next: lane.leasedBelow }));
+      if (this.leasedSeqs.has(seq)) {
+        if (floor.open) floor.next = seq + 1;
+        return true;
+      }
+      const id = r[1];
+      if (exclude.has(id)) {
+        floor.open = false;
+        return true;
+      }
+      const rowBytes = r[6];
+      if (out.length > 0 && bytes + rowBytes > maxBytes) return false;
+      let msg: OutboxMessage;
+      try {
+        msg = messageOf(lane, r);
+      } catch (err) {
+        this.logger.error({ id, channel: lane.channel, err: errorMessage(err) }, `outbox message ${id} cannot be decoded; parking it`);
+        undecodable.push(id);
+        floor.open = false;
+        return true;
+      }
+      out.push(msg);
+      seqs.push(seq);
+      if (floor.open) floor.next = seq + 1;
+      bytes += rowBytes;
+      return out.length < maxCount;
+    };
     // Raw rows (arrays) of the columns the lane does not already tell: half the cost of row objects.
-    const fetch = (lane: Lane, after: number, limit: number): PeekRow[] =>
-      (this.q.peekRows.all(lane.channel, lane.priority, after, limit) as LaneRow[]).map((r) => ({ seq: r[0], lane, r }));
+    const read = (lane: Lane, after: number, limit: number): LaneRow[] => this.q.peekRows.all(lane.channel, lane.priority, after, limit) as LaneRow[];
     outer: for (const p of priorities) {
       const at = lanes.filter((l) => l.priority === p);
-      for (const { seq, lane, r } of this.mergeLanes(at, fetch, chunk, (l) => l.leasedBelow)) {
-        let floor = floors.get(lane);
-        if (!floor) floors.set(lane, (floor = { open: leasing, next: lane.leasedBelow }));
-        if (this.leasedSeqs.has(seq)) {
-          if (floor.open) floor.next = seq + 1;
-          continue;
+      const only = at.length === 1 ? at[0] : undefined;
+      if (only) {
+        // One lane at this priority (the usual case): read it in order, no merging.
+        for (let after = only.leasedBelow - 1; ; ) {
+          const rows = read(only, after, chunk);
+          for (const r of rows) if (!visit(only, r)) break outer;
+          if (rows.length < chunk) break;
+          after = (rows[rows.length - 1] as LaneRow)[0];
         }
-        const id = r[1];
-        if (exclude.has(id)) {
-          floor.open = false;
-          continue;
-        }
-        const rowBytes = r[6];
-        if (out.length > 0 && bytes + rowBytes > maxBytes) break outer;
-        let msg: OutboxMessage;
-        try {
-          msg = messageOf(lane, r);
-        } catch (err) {
-          this.logger.error({ id, channel: lane.channel, err: errorMessage(err) }, `outbox message ${id} cannot be decoded; parking it`);
-          undecodable.push(id);
-          floor.open = false;
-          continue;
-        }
-        out.push(msg);
-        taken.push({ seq, lane });
-        if (floor.open) floor.next = seq + 1;
-        bytes += rowBytes;
-        if (out.length >= maxCount) break outer;
+        continue;
       }
+      const merged = this.mergeLanes(at, (lane, after, limit) => read(lane, after, limit).map((r) => ({ seq: r[0], lane, r })), chunk, (l) => l.leasedBelow);
+      for (const { lane, r } of merged) if (!visit(lane, r)) break outer;
     }
     if (leasing) {
       const until = this.clock.monotonic() + this.leaseMs;
-      out.forEach((m, i) => {
-        const t = taken[i] as { seq: number; lane: Lane };
-        this.lease(m.id, { seq: t.seq, channel: m.channel, priority: m.priority, bytes: m.storedBytes, until });
-      });
+      out.forEach((m, i) => this.lease(m.id, { seq: seqs[i] as number, channel: m.channel, priority: m.priority, bytes: m.storedBytes, until }));
       for (const [lane, floor] of floors) if (floor.next > lane.leasedBelow) lane.leasedBelow = floor.next;
     }
     if (undecodable.length > 0) this.park(undecodable, 'undecodable payload');

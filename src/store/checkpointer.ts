@@ -118,6 +118,8 @@ export class WalCheckpointer {
     db.pragma(`wal_autocheckpoint = ${this.threshold * SAFETY_FACTOR}`);
     this.worker = new Worker(WORKER_SOURCE, {
       eval: true,
+      // It allocates almost nothing: small heaps keep the thread's memory to a few MiB.
+      resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16, stackSizeMb: 1 },
       workerData: {
         path: opts.path,
         sqlite: createRequire(import.meta.url).resolve('better-sqlite3'),
