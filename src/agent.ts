@@ -8,9 +8,14 @@ import { HttpSink } from './cloud/http-sink.js';
 import { CloudHttpClient } from './cloud/http-client.js';
 import { RetryPolicy } from './cloud/retry.js';
 import { StateDelivery } from './cloud/state-delivery.js';
-import { StateReporter } from './cloud/state-report.js';
+import { STATE_CHANNEL, StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';
 import type { AgentConfig } from './config/schema.js';
+import { JobUpdateDelivery } from './jobs/delivery.js';
+import { pollTargetHandler, runCommandHandler } from './jobs/handlers.js';
+import { JobPoller } from './jobs/poller.js';
+import { JobRunner } from './jobs/runner.js';
+import { JOBS_CHANNEL, type JobHandler } from './jobs/types.js';
 import { MqttSession } from './mqtt/session.js';
 import { MQTT_CHANNELS, MqttSink } from './mqtt/sink.js';
 import { MetricsBuffer } from './outbox/downsample.js';
@@ -88,6 +93,8 @@ export class Agent {
   private readonly sampler: MetricsSampler | undefined;
   private readonly clock: Clock;
   private readonly localBroker: LocalBroker | undefined;
+  private readonly jobs: JobRunner | undefined;
+  private readonly jobPoller: JobPoller | undefined;
   private stopped = false;
 
   constructor(private readonly deps: AgentDeps) {
@@ -262,10 +269,33 @@ export class Agent {
         logger: logger.child({ part: 'health-report' }),
         health: () => this.connectionHealth(),
       });
+      if (config.features.jobs) {
+        const handlers: Record<string, JobHandler> = {
+          'run-command': runCommandHandler({ allowed: config.jobs.allowedCommands, maxOutputBytes: config.jobs.maxOutputBytes, user: resolveProcessUser(w.processUser) }),
+          'poll-target': pollTargetHandler((s) => this.poller!.pollOnce(s)),
+        };
+        this.jobs = new JobRunner({ db: store.db, outbox: this.outbox, handlers, clock, logger: logger.child({ part: 'jobs' }), history: config.jobs.history });
+        this.jobPoller = new JobPoller({
+          http: this.http,
+          uuid: this.uuid,
+          monitor: this.monitor,
+          retry: retry(),
+          clock,
+          random,
+          logger: logger.child({ part: 'jobs' }),
+          runner: this.jobs,
+          pollIntervalMs: () => config.jobs.pollIntervalMs,
+        });
+      }
       // With MQTT, the channels it carries go to the broker; everything else (and all of it without
-      // MQTT) goes to the device API.
+      // MQTT) goes to the device API: state reports and job updates each to an endpoint of their own.
       this.flushers.push(
-        flusherFor(new HttpSink(this.http, this.uuid, config.mqtt.url ? MQTT_CHANNELS : undefined, new StateDelivery(this.http, this.uuid, store, this.monitor))),
+        flusherFor(
+          new HttpSink(this.http, this.uuid, config.mqtt.url ? MQTT_CHANNELS : undefined, {
+            [STATE_CHANNEL]: new StateDelivery(this.http, this.uuid, store, this.monitor),
+            [JOBS_CHANNEL]: new JobUpdateDelivery(this.http, this.uuid, this.monitor),
+          }),
+        ),
       );
     }
     const probeUrls = [config.cloud.apiUrl, config.mqtt.url].filter((u): u is string => u !== undefined);
@@ -294,6 +324,7 @@ export class Agent {
     });
     this.mqtt?.on('message', (m) => {
       if (m.kind === 'target-notify') this.poller?.pollNow();
+      else if (m.kind === 'jobs-notify') this.jobPoller?.pollNow();
     });
     this.watchServiceTransitions();
   }
@@ -386,6 +417,25 @@ export class Agent {
     return { ...this.outbox.stats(), flushers: this.flushers.map((f) => f.stats()), parkedMessages: this.outbox.parked({ limit: 20 }) };
   }
 
+  /** `GET /v2/jobs`: whether jobs run here, the one running, the latest ones. */
+  jobsView(): unknown {
+    const cfg = this.deps.config;
+    if (!this.jobs) {
+      const why = !cfg.features.jobs ? 'features.jobs is false' : 'there is no cloud.apiUrl to take jobs from';
+      return { enabled: false, reason: why, types: [], running: null, counts: null, recent: [] };
+    }
+    return {
+      enabled: true,
+      types: this.jobs.types,
+      allowedCommands: cfg.jobs.allowedCommands,
+      lastPollAt: this.jobPoller?.lastPollAt ?? null,
+      lastPollError: this.jobPoller?.lastError ?? null,
+      running: this.jobs.running ?? null,
+      counts: this.jobs.counts(),
+      recent: this.jobs.list(20),
+    };
+  }
+
   stateView(): unknown {
     const stored = this.deps.store.getTarget();
     return {
@@ -416,6 +466,7 @@ export class Agent {
       }
     });
     if (this.poller) this.loops.start('target-state', (s) => this.poller!.run(s));
+    if (this.jobPoller) this.loops.start('jobs', (s) => this.jobPoller!.run(s));
     if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
     if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
     if (this.probe) this.probe.start(signal);
@@ -448,6 +499,7 @@ export class Agent {
         setLocalTarget: (doc) => this.setLocalTarget(doc),
         ingest: (items) => this.ingest(items),
         queue: () => this.queueView(),
+        jobs: () => this.jobsView(),
         retryParked: () => this.outbox.retryParked(),
         clearLocalTarget: () => this.clearLocalTarget(),
         metrics,

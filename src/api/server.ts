@@ -30,6 +30,8 @@ export interface ApiView {
   queue(): unknown;
   /** Puts parked messages back in the queue; returns how many. */
   retryParked(): number;
+  /** Cloud jobs: enabled or why not, the one running, the latest ones. */
+  jobs(): unknown;
   metrics: Registry;
 }
 
@@ -141,6 +143,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
     }
   });
   app.get('/v2/queue', async () => view.queue());
+  app.get('/v2/jobs', async () => view.jobs());
   app.post('/v2/queue/parked/retry', async () => ({ requeued: view.retryParked() }));
 
   app.get('/metrics', async (_req, reply) => reply.type(view.metrics.contentType).send(await view.metrics.metrics()));

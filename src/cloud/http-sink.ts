@@ -2,8 +2,17 @@ import type { OutboxMessage } from '../outbox/types.js';
 import type { Sink, SinkResult } from '../outbox/flusher.js';
 import { errorMessage } from '../util/errors.js';
 import { CloudError, type CloudHttpClient } from './http-client.js';
-import type { StateDelivery } from './state-delivery.js';
-import { STATE_CHANNEL } from './state-report.js';
+
+/**
+ * A channel whose messages go one by one to an endpoint of their own (state reports to `PATCH …/state`,
+ * job updates to `PATCH …/jobs/{id}`) instead of the batched `POST …/messages`.
+ */
+export interface ChannelDelivery {
+  /** Resolves when the cloud took the message; throws (a CloudError) otherwise. */
+  send(id: string, payload: OutboxMessage['payload'], signal: AbortSignal): Promise<void>;
+  /** Whether a failure refuses this message for good (it is parked); default: the sink's rule. */
+  isPermanent?(err: unknown): boolean;
+}
 
 /** Statuses that refuse what was sent (malformed, too large, unprocessable), not who sent it. */
 const CONTENT_REFUSALS = new Set([400, 413, 415, 422]);
@@ -28,22 +37,23 @@ export class HttpSink implements Sink {
     private readonly uuid: string,
     /** Channels another sink (MQTT) carries. */
     readonly excludeChannels?: readonly string[],
-    /** State reports go to `PATCH …/state`, one at a time, as merge patches. */
-    private readonly state?: StateDelivery,
+    /** Channels delivered one message at a time to endpoints of their own, in queue order. */
+    private readonly routes: Readonly<Record<string, ChannelDelivery>> = {},
   ) {}
 
   async send(batch: OutboxMessage[], signal: AbortSignal): Promise<SinkResult> {
-    const reports = this.state ? batch.filter((m) => m.channel === STATE_CHANNEL) : [];
-    const messages = reports.length > 0 ? batch.filter((m) => m.channel !== STATE_CHANNEL) : batch;
+    const routed = batch.filter((m) => Object.hasOwn(this.routes, m.channel));
+    const messages = routed.length > 0 ? batch.filter((m) => !Object.hasOwn(this.routes, m.channel)) : batch;
     const result: SinkResult = messages.length > 0 ? await this.post(messages, signal) : { accepted: [], rejected: [] };
-    for (const r of reports) {
+    for (const m of routed) {
+      const route = this.routes[m.channel] as ChannelDelivery;
       try {
-        await this.state!.send(r.id, r.payload, signal);
-        result.accepted.push(r.id);
+        await route.send(m.id, m.payload, signal);
+        result.accepted.push(m.id);
       } catch (err) {
-        if (this.isPermanent(err)) result.rejected.push({ id: r.id, reason: errorMessage(err) });
+        if ((route.isPermanent ?? ((e: unknown) => this.isPermanent(e)))(err)) result.rejected.push({ id: m.id, reason: errorMessage(err) });
         else {
-          // What was posted above stays acknowledged; this report goes back and the flusher backs off.
+          // What was sent before stays acknowledged; this one and the rest go back and the flusher backs off.
           result.retryLater = err;
           result.retryLaterMarked = true;
           break;

@@ -208,10 +208,31 @@ const storeSchema = z.strictObject({
     .describe('background: WAL checkpoints (page copies and their fsyncs) run on a worker thread, never on the event loop. inline: SQLite runs them inside the commit that fills the WAL.'),
 });
 
+const jobsSchema = z.strictObject({
+  pollIntervalMs: z
+    .number()
+    .int()
+    .min(1_000)
+    .default(60_000)
+    .describe('How often the agent asks the cloud for its next job when it has none (a jobs/notify over MQTT asks at once).'),
+  allowedCommands: z
+    .array(z.string().regex(/^\/[^\0]*$/, 'an absolute path'))
+    .default([])
+    .describe('Absolute paths of the programs a run-command job may run, with arguments as the job gives them and no shell. Empty: run-command jobs are rejected.'),
+  maxOutputBytes: z
+    .number()
+    .int()
+    .min(1_024)
+    .max(1_048_576)
+    .default(16_384)
+    .describe("Bytes of a run-command job's stdout, and of its stderr, kept in its result (the last ones)."),
+  history: z.number().int().min(1).max(10_000).default(100).describe('Finished jobs kept in the local table (GET /v2/jobs).'),
+});
+
 const featuresSchema = z.strictObject({
   dashboard: z.boolean().default(true).describe('Serve the dashboard page at / of the local API.'),
   metrics: z.boolean().default(true).describe('Sample system metrics and send them to the cloud.'),
-  jobs: z.boolean().default(true).describe('Poll and run cloud jobs.'),
+  jobs: z.boolean().default(true).describe('Poll the cloud for jobs and run them (needs cloud.apiUrl; see the jobs section).'),
   shadow: z.boolean().default(true).describe('Keep a local device shadow and sync it with the cloud.'),
   localBroker: z.boolean().default(false).describe('Embedded MQTT listener on 127.0.0.1:1884 for local apps.'),
 });
@@ -225,6 +246,7 @@ export const agentConfigSchema = z
     mqtt: mqttSchema.prefault({}),
     workloads: workloadsSchema.prefault({}),
     localBroker: localBrokerSchema.prefault({}),
+    jobs: jobsSchema.prefault({}),
     api: apiSchema.prefault({}),
     logging: loggingSchema.prefault({}),
     store: storeSchema.prefault({}),

@@ -1,4 +1,5 @@
 import type { Database } from 'better-sqlite3';
+import { JOBS_MIGRATION } from '../jobs/migration.js';
 import { MQTT_MIGRATION } from '../mqtt/migration.js';
 
 /**
@@ -95,8 +96,9 @@ export const MIGRATIONS: readonly Migration[] = [
       `);
     },
   },
-  // The MQTT session's in-flight store lives with the session's code.
+  // Modules with tables of their own keep their migrations with their code.
   MQTT_MIGRATION,
+  JOBS_MIGRATION,
 ];
 
 export function latestVersion(migrations: readonly Migration[] = MIGRATIONS): number {

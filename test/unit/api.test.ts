@@ -23,6 +23,7 @@ function view(over: Partial<ApiView> = {}): ApiView {
     ingest: async (items) => items.map((_, i) => ({ id: `id-${i}` })),
     queue: () => ({ depth: 0 }),
     retryParked: () => 0,
+    jobs: () => ({ enabled: false }),
     metrics: new Registry(),
     ...over,
   };

@@ -1,0 +1,114 @@
+import { CloudError } from '../cloud/http-client.js';
+import { failureKind, type CloudLoopDeps } from '../cloud/loop-deps.js';
+import { errorMessage } from '../util/errors.js';
+import type { Json } from '../util/json-diff.js';
+import { Kick } from '../util/kick.js';
+import type { Random } from '../util/random.js';
+import type { JobRunner } from './runner.js';
+import type { JobSpec } from './types.js';
+
+export interface JobPollerOptions extends CloudLoopDeps {
+  runner: Pick<JobRunner, 'run' | 'reject' | 'recover'>;
+  random: Random;
+  /** Read on every cycle. */
+  pollIntervalMs: () => number;
+}
+
+/** Longest timeout a job may ask for (a day); a job without one gets DEFAULT_TIMEOUT_S. */
+const MAX_TIMEOUT_S = 86_400;
+const DEFAULT_TIMEOUT_S = 300;
+const MAX_ID_LENGTH = 200;
+
+/**
+ * Asks the cloud for the next job (`GET …/jobs/next`: a job, or 204) and runs it, one at a time.
+ * After a job it asks again at once (the cloud may have queued several); with nothing to do it
+ * waits `pollIntervalMs` plus up to 10% jitter, or less when `pollNow()` is called (a
+ * `jobs/notify` over MQTT). Failures wait as the loop's retry policy says, like every cloud loop.
+ */
+export class JobPoller {
+  private readonly kick = new Kick();
+  lastPollAt: number | undefined;
+  lastError: string | undefined;
+
+  constructor(private readonly o: JobPollerOptions) {}
+
+  pollNow(): void {
+    this.kick.kick();
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    await this.o.runner.recover();
+    while (!signal.aborted) {
+      let delay: number;
+      try {
+        this.kick.consume();
+        const job = await this.next(signal);
+        this.o.retry.afterSuccess();
+        if (job) {
+          await this.o.runner.run(job, signal);
+          continue;
+        }
+        const base = this.o.pollIntervalMs();
+        delay = base + this.o.random() * base * 0.1;
+      } catch (err) {
+        if (signal.aborted) return;
+        delay = this.o.retry.afterFailure(err);
+        if (err instanceof CloudError && !err.retryable) delay = Math.max(delay, this.o.pollIntervalMs());
+        this.o.logger[err instanceof CloudError ? 'debug' : 'error']({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'polling for jobs failed');
+      }
+      await this.o.retry.wait(delay, signal, this.kick);
+    }
+  }
+
+  /** The next job, or undefined (204, or a job refused as malformed). Throws a CloudError. */
+  private async next(signal: AbortSignal): Promise<JobSpec | undefined> {
+    const { http, uuid, monitor } = this.o;
+    this.lastPollAt = this.o.clock.now();
+    let res;
+    try {
+      res = await http.request<unknown>({ method: 'GET', path: `/device/v1/${encodeURIComponent(uuid)}/jobs/next`, accept: [204], signal });
+    } catch (err) {
+      if (!signal.aborted) {
+        this.lastError = errorMessage(err);
+        monitor.markFailure('api', 'jobs', this.lastError, failureKind(err));
+      }
+      throw err;
+    }
+    monitor.markSuccess('api', 'jobs');
+    this.lastError = undefined;
+    if (res.status === 204) return undefined;
+    const parsed = parseJob(res.body);
+    if (parsed.ok) return parsed.job;
+    this.o.logger.error({ problem: parsed.problem }, `the cloud handed out a job the agent cannot read: ${parsed.problem}`);
+    // A job with a usable id is answered REJECTED, so the cloud does not wait for it forever.
+    if (parsed.id !== undefined) await this.o.runner.reject({ id: parsed.id }, parsed.problem);
+    return undefined;
+  }
+}
+
+type Parsed = { ok: true; job: JobSpec } | { ok: false; problem: string; id?: string };
+
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  const text = JSON.stringify(v) ?? String(v);
+  const kind = Array.isArray(v) ? 'an array' : v === null ? 'null' : `a ${typeof v}`;
+  return `${text.length > 60 ? `${text.slice(0, 57)}...` : text} (${kind})`;
+}
+
+/** Validates `{ id, type, params, timeoutSeconds }` (PROTOCOL.md); problems name the field, the value and what was expected. */
+export function parseJob(body: unknown): Parsed {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return { ok: false, problem: `job: expected an object, got ${describe(body)}` };
+  const b = body as Record<string, unknown>;
+  if (typeof b.id !== 'string' || b.id === '' || b.id.length > MAX_ID_LENGTH) {
+    return { ok: false, problem: `id: expected a string of 1 to ${MAX_ID_LENGTH} characters, got ${describe(b.id)}` };
+  }
+  const id = b.id;
+  if (typeof b.type !== 'string' || b.type === '') return { ok: false, id, problem: `type: expected a non-empty string, got ${describe(b.type)}` };
+  const params = b.params ?? {};
+  if (params === null || typeof params !== 'object' || Array.isArray(params)) return { ok: false, id, problem: `params: expected an object, got ${describe(params)}` };
+  const timeout = b.timeoutSeconds ?? DEFAULT_TIMEOUT_S;
+  if (typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout < 1 || timeout > MAX_TIMEOUT_S) {
+    return { ok: false, id, problem: `timeoutSeconds: expected an integer from 1 to ${MAX_TIMEOUT_S}, got ${describe(timeout)}` };
+  }
+  return { ok: true, job: { id, type: b.type, params: params as Record<string, Json>, timeoutSeconds: timeout } };
+}

@@ -1,0 +1,86 @@
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
+import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+// The built agent as a child process, the devcloud's jobs API, real programs.
+const dirs = tempDirs();
+let cloud: DevCloud;
+const agents: AgentProcess[] = [];
+beforeAll(async () => {
+  requireBuilt();
+  cloud = await startDevCloud();
+});
+afterEach(async () => {
+  for (const a of agents.splice(0)) await a.stop('SIGKILL');
+});
+afterAll(async () => {
+  await cloud.close();
+  dirs.cleanup();
+});
+
+let n = 0;
+function device(): { uuid: string; apiKey: string } {
+  const dev = { uuid: `jobs-${process.pid}-${++n}`, apiKey: `jobs-key-${n}-0123456789` };
+  cloud.admin.createDevice(dev);
+  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  return dev;
+}
+
+function config(dev: { uuid: string; apiKey: string }): Record<string, unknown> {
+  return {
+    device: dev,
+    cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+    features: { metrics: false },
+    jobs: { pollIntervalMs: 1_000, allowedCommands: ['/bin/echo', '/bin/sleep'] },
+    settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2 } },
+  };
+}
+
+async function start(dataDir: string, dev: { uuid: string; apiKey: string }): Promise<AgentProcess> {
+  const agent = await spawnAgent({ dataDir, config: config(dev) });
+  agents.push(agent);
+  return agent;
+}
+
+const statusOf = (uuid: string, id: string): string => cloud.admin.job(uuid, id).status;
+
+it('runs jobs from the cloud and reports each one: succeeded, not allowed, unknown type, timed out', async () => {
+  const dev = device();
+  const echo = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/echo', 'hello', '; reboot'] } }).id;
+  const shell = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sh', '-c', 'reboot'] } }).id;
+  const unknown = cloud.admin.createJob(dev.uuid, { type: 'format-disk' }).id;
+  const slow = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sleep', '30'] }, timeoutSeconds: 1 }).id;
+  const agent = await start(dirs.make(), dev);
+
+  await waitFor('every job answered', () => [echo, shell, unknown, slow].every((id) => statusOf(dev.uuid, id) !== 'IN_PROGRESS' && statusOf(dev.uuid, id) !== 'QUEUED'), 30_000);
+  const done = cloud.admin.job(dev.uuid, echo);
+  expect(done.status).toBe('SUCCEEDED');
+  expect(done.updates.map((u) => u.status)).toEqual(['IN_PROGRESS', 'SUCCEEDED']);
+  expect(done.updates[1]?.details).toMatchObject({ exitCode: 0, stdout: 'hello ; reboot\n' });
+
+  const refused = cloud.admin.job(dev.uuid, shell);
+  expect(refused.status).toBe('REJECTED');
+  expect(JSON.stringify(refused.updates.at(-1)?.details)).toContain('\\"/bin/sh\\" is not in jobs.allowedCommands');
+  expect(cloud.admin.job(dev.uuid, unknown)).toMatchObject({ status: 'REJECTED' });
+  expect(JSON.stringify(cloud.admin.job(dev.uuid, unknown).updates)).toContain('unknown job type \\"format-disk\\"; this agent runs: poll-target, run-command');
+  expect(cloud.admin.job(dev.uuid, slow)).toMatchObject({ status: 'TIMED_OUT' });
+
+  // The same, locally.
+  const local = (await agent.get('/v2/jobs')).body as { enabled: boolean; counts: Record<string, number>; recent: { id: string; status: string }[] };
+  expect(local.enabled).toBe(true);
+  expect(local.counts).toMatchObject({ SUCCEEDED: 1, REJECTED: 2, TIMED_OUT: 1, RUNNING: 0 });
+  expect(local.recent.find((j) => j.id === echo)?.status).toBe('SUCCEEDED');
+});
+
+it('reports a job that was running when the agent was SIGKILLed as FAILED after the restart, and does not run it again', async () => {
+  const dev = device();
+  const dataDir = dirs.make();
+  const first = await start(dataDir, dev);
+  const id = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sleep', '30'] }, timeoutSeconds: 60 }).id;
+  await waitFor('the job started', () => cloud.admin.job(dev.uuid, id).updates.some((u) => u.status === 'IN_PROGRESS'), 15_000);
+  await first.stop('SIGKILL');
+  await start(dataDir, dev);
+  await waitFor('the job reported failed', () => statusOf(dev.uuid, id) === 'FAILED', 15_000);
+  expect(JSON.stringify(cloud.admin.job(dev.uuid, id).updates.at(-1)?.details)).toContain('the agent restarted while the job ran');
+});
