@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { Json } from '../util/json-diff.js';
+import { signalGroup } from '../util/process-group.js';
 import { DEFAULT_PROCESS_ENV } from '../workloads/runtimes/process.js';
 import { JobFailed, JobRejected, type JobContext, type JobHandler } from './types.js';
 
@@ -86,17 +87,23 @@ function runProgram(program: string, args: string[], user: { uid: number; gid: n
   return new Promise((resolve, reject) => {
     const stdout = new Tail(maxOutputBytes);
     const stderr = new Tail(maxOutputBytes);
+    // A group of its own: the program's children are stopped with it, and the agent's next start can
+    // find and stop a group it left running.
     const child = spawn(program, args, {
       shell: false,
+      detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...DEFAULT_PROCESS_ENV, LANG: 'C.UTF-8' },
       cwd: '/',
       ...(user ? { uid: user.uid, gid: user.gid } : {}),
     });
+    if (child.pid !== undefined) ctx.started?.(child.pid);
     let killer: NodeJS.Timeout | undefined;
     const onAbort = (): void => {
-      child.kill('SIGTERM');
-      killer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS);
+      if (child.pid === undefined) return;
+      const pid = child.pid;
+      signalGroup(pid, 'SIGTERM');
+      killer = setTimeout(() => signalGroup(pid, 'SIGKILL'), KILL_AFTER_MS);
     };
     if (ctx.signal.aborted) onAbort();
     else ctx.signal.addEventListener('abort', onAbort, { once: true });

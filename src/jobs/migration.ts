@@ -18,7 +18,11 @@ export const JOBS_MIGRATION: Migration = {
         status          TEXT NOT NULL CHECK (status IN ('RUNNING', 'SUCCEEDED', 'FAILED', 'REJECTED', 'TIMED_OUT')),
         details         TEXT,
         received_at     INTEGER NOT NULL,
-        finished_at     INTEGER
+        finished_at     INTEGER,
+        -- The process group a run-command job started, and its start time (/proc/<pid>/stat field 22),
+        -- so that the next start can stop it if the agent died first, and never a recycled pid.
+        pid             INTEGER,
+        pid_start       INTEGER
       ) STRICT;
       CREATE INDEX jobs_by_received ON jobs (received_at);
     `);

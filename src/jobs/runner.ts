@@ -4,6 +4,7 @@ import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
+import { groupMembers, processStartTicks, signalGroup } from '../util/process-group.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
 import { JOBS_CHANNEL, JobFailed, JobRejected, type JobHandler, type JobSpec, type JobStatus, type JobUpdatePayload, type JobUpdateStatus } from './types.js';
 
@@ -42,9 +43,13 @@ interface Row {
   details: string | null;
   received_at: number;
   finished_at: number | null;
+  pid: number | null;
+  pid_start: number | null;
 }
 
 const FINAL: readonly JobStatus[] = ['SUCCEEDED', 'FAILED', 'REJECTED', 'TIMED_OUT'];
+/** A leftover process group gets this long after SIGTERM before SIGKILL. */
+const ORPHAN_KILL_AFTER_MS = 2_000;
 
 /**
  * Runs cloud jobs, one at a time, and reports each one's progress through the outbox (channel `jobs`,
@@ -57,7 +62,7 @@ const FINAL: readonly JobStatus[] = ['SUCCEEDED', 'FAILED', 'REJECTED', 'TIMED_O
  * may have effects (a command that ran halfway), and the cloud decides whether to send it again.
  */
 export class JobRunner extends TypedEmitter<JobRunnerEvents> {
-  private readonly q: Record<'insert' | 'finish' | 'get' | 'running' | 'list' | 'prune' | 'counts', Statement>;
+  private readonly q: Record<'insert' | 'finish' | 'get' | 'running' | 'list' | 'prune' | 'counts' | 'setPid', Statement>;
   private current: JobRecord | undefined;
 
   constructor(private readonly o: JobRunnerOptions) {
@@ -71,6 +76,7 @@ export class JobRunner extends TypedEmitter<JobRunnerEvents> {
       list: p('SELECT * FROM jobs ORDER BY received_at DESC, rowid DESC LIMIT ?'),
       prune: p(`DELETE FROM jobs WHERE status != 'RUNNING' AND id NOT IN (SELECT id FROM jobs WHERE status != 'RUNNING' ORDER BY received_at DESC, rowid DESC LIMIT ?)`),
       counts: p('SELECT status, count(*) AS n FROM jobs GROUP BY status'),
+      setPid: p('UPDATE jobs SET pid = ?, pid_start = ? WHERE id = ?'),
     };
   }
 
@@ -84,13 +90,29 @@ export class JobRunner extends TypedEmitter<JobRunnerEvents> {
     return Object.keys(this.o.handlers).sort();
   }
 
-  /** Jobs left RUNNING by the previous run of the agent are reported FAILED. */
+  /**
+   * Jobs left RUNNING by the previous run of the agent are reported FAILED. A process group such a
+   * job started that still runs (the same pid and start time) is stopped first: nobody waits for it.
+   */
   async recover(): Promise<void> {
     for (const row of this.q.running.all() as Row[]) {
       const job = toRecord(row);
-      this.o.logger.warn({ jobId: job.id, type: job.type }, `job ${job.id} (${job.type}) was cut off by a restart of the agent; reporting it failed`);
-      await this.end(job, 'FAILED', { error: 'the agent restarted while the job ran; it was not run again' });
+      const stopped = row.pid !== null && row.pid_start !== null ? await this.stopOrphan(row.pid, String(row.pid_start)) : false;
+      this.o.logger.warn({ jobId: job.id, type: job.type, stopped }, `job ${job.id} (${job.type}) was cut off by a restart of the agent; reporting it failed`);
+      const details: Record<string, Json> = { error: 'the agent restarted while the job ran; it was not run again' };
+      if (stopped) details.stoppedLeftoverProcess = row.pid;
+      await this.end(job, 'FAILED', details);
     }
+  }
+
+  /** SIGTERM to the group, SIGKILL after ORPHAN_KILL_AFTER_MS. True when there was something to stop. */
+  private async stopOrphan(pid: number, startTicks: string): Promise<boolean> {
+    if (processStartTicks(pid) !== startTicks) return false; // gone, or the pid belongs to someone else now
+    signalGroup(pid, 'SIGTERM');
+    const until = this.o.clock.monotonic() + ORPHAN_KILL_AFTER_MS;
+    while (groupMembers(pid).length > 0 && this.o.clock.monotonic() < until) await this.o.clock.sleep(50).catch(() => undefined);
+    if (groupMembers(pid).length > 0) signalGroup(pid, 'SIGKILL');
+    return true;
   }
 
   /** Newest first. */
@@ -147,7 +169,11 @@ export class JobRunner extends TypedEmitter<JobRunnerEvents> {
         },
         () => false,
       );
-      const ctx = { signal: AbortSignal.any([signal, timeout.signal]), logger: this.o.logger.child({ jobId: job.id }) };
+      const ctx = {
+        signal: AbortSignal.any([signal, timeout.signal]),
+        logger: this.o.logger.child({ jobId: job.id }),
+        started: (pid: number) => this.q.setPid.run(pid, Number(processStartTicks(pid) ?? 0), job.id),
+      };
       let outcome: [Exclude<JobStatus, 'RUNNING'>, Json];
       try {
         const details = await handler(job.params, ctx);

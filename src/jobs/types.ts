@@ -20,6 +20,11 @@ export interface JobContext {
   /** Aborted when the job times out or the agent stops. */
   signal: AbortSignal;
   logger: Logger;
+  /**
+   * A handler that starts a process group calls this with its leader's pid: the runner records it,
+   * so that a group left running by an agent that died is stopped at the next start.
+   */
+  started?(pid: number): void;
 }
 
 /**

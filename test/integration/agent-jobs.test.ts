@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { processStartTicks } from '../../src/util/process-group.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // The built agent as a child process, the devcloud's jobs API, real programs.
@@ -73,7 +74,7 @@ it('runs jobs from the cloud and reports each one: succeeded, not allowed, unkno
   expect(local.recent.find((j) => j.id === echo)?.status).toBe('SUCCEEDED');
 });
 
-it('reports a job that was running when the agent was SIGKILLed as FAILED after the restart, and does not run it again', async () => {
+it('reports a job that was running when the agent was SIGKILLed as FAILED after the restart, stops what it left running, and does not run it again', async () => {
   const dev = device();
   const dataDir = dirs.make();
   const first = await start(dataDir, dev);
@@ -82,5 +83,9 @@ it('reports a job that was running when the agent was SIGKILLed as FAILED after 
   await first.stop('SIGKILL');
   await start(dataDir, dev);
   await waitFor('the job reported failed', () => statusOf(dev.uuid, id) === 'FAILED', 15_000);
-  expect(JSON.stringify(cloud.admin.job(dev.uuid, id).updates.at(-1)?.details)).toContain('the agent restarted while the job ran');
+  const details = cloud.admin.job(dev.uuid, id).updates.at(-1)?.details as { error: string; stoppedLeftoverProcess?: number };
+  expect(details.error).toBe('the agent restarted while the job ran; it was not run again');
+  // The sleep the killed agent left behind was found by its pid and start time, and stopped.
+  expect(details.stoppedLeftoverProcess).toEqual(expect.any(Number));
+  await waitFor('the leftover sleep gone', () => processStartTicks(details.stoppedLeftoverProcess as number) === null, 10_000);
 });

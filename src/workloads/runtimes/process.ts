@@ -8,6 +8,9 @@ import type { Logger } from '../../util/logger.js';
 import type { Availability, DesiredService, Instance, InstanceState, WorkloadRuntime } from '../types.js';
 import { RuntimeEventEmitter } from './events.js';
 import { RotatingLog } from './rotating-log.js';
+import { groupMembers, processStartTicks, signalGroup } from '../../util/process-group.js';
+
+export { groupMembers, processStartTicks };
 
 /**
  * Native commands (`runtime: "process"`): spawned without a shell from an argv array, each in its
@@ -94,49 +97,6 @@ interface Proc {
   exited: Promise<void>;
 }
 
-/** Start time of a process in clock ticks since boot, or null when it does not exist. */
-export function processStartTicks(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) is in parentheses and may hold spaces: count fields after it.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
-function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
-  try {
-    process.kill(-pid, signal);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Live (not zombie) processes in process group `pgid`, found through /proc. */
-export function groupMembers(pgid: number): number[] {
-  const out: number[] = [];
-  let entries: string[];
-  try {
-    entries = readdirSync('/proc');
-  } catch {
-    return out;
-  }
-  for (const e of entries) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      // After "pid (comm) ": state, ppid, pgrp, ...
-      const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(pgrp) === pgid && state !== 'Z' && state !== 'X') out.push(Number(e));
-    } catch {
-      // Gone while we looked.
-    }
-  }
-  return out;
-}
 
 export class ProcessRuntime implements WorkloadRuntime {
   readonly kind = 'process' as const;
