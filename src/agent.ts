@@ -17,6 +17,7 @@ import { JobPoller } from './jobs/poller.js';
 import { JobRunner } from './jobs/runner.js';
 import { JOBS_CHANNEL, type JobHandler } from './jobs/types.js';
 import { MqttSession } from './mqtt/session.js';
+import { SHADOW_CHANNEL, Shadow, type ShadowDocument } from './shadow/shadow.js';
 import { MQTT_CHANNELS, MqttSink } from './mqtt/sink.js';
 import { MetricsBuffer } from './outbox/downsample.js';
 import { Flusher } from './outbox/flusher.js';
@@ -94,6 +95,7 @@ export class Agent {
   private readonly clock: Clock;
   private readonly localBroker: LocalBroker | undefined;
   private readonly jobs: JobRunner | undefined;
+  readonly shadow: Shadow | undefined;
   private readonly jobPoller: JobPoller | undefined;
   private stopped = false;
 
@@ -201,6 +203,14 @@ export class Agent {
         maxInflight: offline.flushMaxInflight,
         rate: { messagesPerSecond: offline.flushRateMessagesPerSecond, bytesPerSecond: offline.flushRateBytesPerSecond },
       });
+
+    if (config.features.shadow) {
+      this.shadow = new Shadow({ db: store.db, clock, logger: logger.child({ part: 'shadow' }) });
+      // Every change of the reported state is queued, coalesced: offline, only the latest is kept.
+      this.shadow.on('changed', (e) => {
+        if (e.reportedChanged) this.queueShadowReport(e.document);
+      });
+    }
 
     if (config.features.localBroker) {
       // Local apps publish on local/telemetry/{stream}; the PUBACK goes out once it is on disk.
@@ -325,6 +335,7 @@ export class Agent {
     this.mqtt?.on('message', (m) => {
       if (m.kind === 'target-notify') this.poller?.pollNow();
       else if (m.kind === 'jobs-notify') this.jobPoller?.pollNow();
+      else if (m.kind === 'shadow-desired') this.shadow?.applyCloudDesired(m.payload);
     });
     this.watchServiceTransitions();
   }
@@ -417,6 +428,17 @@ export class Agent {
     return { ...this.outbox.stats(), flushers: this.flushers.map((f) => f.stats()), parkedMessages: this.outbox.parked({ limit: 20 }) };
   }
 
+  /**
+   * The reported state goes to the cloud as `{ version, state }` on the shadow channel (MQTT
+   * `shadow/reported`, or in an HTTP messages batch), one coalesced message: the latest wins.
+   */
+  private queueShadowReport(doc: ShadowDocument): void {
+    if (!this.deps.config.settings.offline.enableQueue) return;
+    this.outbox
+      .enqueue({ channel: SHADOW_CHANNEL, coalesceKey: 'reported', payload: { version: doc.reportedVersion, state: doc.reported } })
+      .catch((err: unknown) => this.deps.logger.warn({ err: errorMessage(err) }, `could not queue the shadow report: ${errorMessage(err)}`));
+  }
+
   /** `GET /v2/jobs`: whether jobs run here, the one running, the latest ones. */
   jobsView(): unknown {
     const cfg = this.deps.config;
@@ -477,6 +499,11 @@ export class Agent {
       targetVersion: () => this.targets.current()?.version ?? null,
       loops: () => this.loops.status(),
       degraded: () => this.degradation.mode() === 'degraded',
+      jobs: () => this.jobs?.counts() ?? null,
+      shadow: () => {
+        const d = this.shadow?.get();
+        return d ? { reportedVersion: d.reportedVersion, desiredVersion: d.desiredVersion, deltaKeys: Object.keys(d.delta).length, conflicts: d.conflicts.length } : null;
+      },
     });
     this.api = await startApi({
       host: config.api.host,
@@ -500,6 +527,13 @@ export class Agent {
         ingest: (items) => this.ingest(items),
         queue: () => this.queueView(),
         jobs: () => this.jobsView(),
+        shadow: this.shadow
+          ? {
+              get: () => this.shadow!.get(),
+              patch: (body) => this.shadow!.patch(body).document,
+              clearOverrides: () => this.shadow!.clearOverrides(),
+            }
+          : undefined,
         retryParked: () => this.outbox.retryParked(),
         clearLocalTarget: () => this.clearLocalTarget(),
         metrics,

@@ -14,6 +14,10 @@ export interface MetricsSource {
   mqtt(): { connected: boolean; inflight: number; reconnects: number } | null;
   loops(): { name: string; state: string; restarts: number }[];
   degraded(): boolean;
+  /** Jobs in the local table per status; null when jobs do not run here. */
+  jobs?(): Record<string, number> | null;
+  /** null when the shadow is off. */
+  shadow?(): { reportedVersion: number; desiredVersion: number | null; deltaKeys: number; conflicts: number } | null;
 }
 
 const STATES = ['online', 'degraded', 'offline'] as const;
@@ -163,6 +167,47 @@ export function createMetrics(source: MetricsSource): Registry {
     collect() {
       this.reset();
       for (const l of source.loops()) this.inc({ loop: l.name }, l.restarts);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_jobs',
+    help: 'Jobs in the local table (the latest jobs.history finished ones, and the one running), by status',
+    labelNames: ['status'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [status, n] of Object.entries(source.jobs?.() ?? {})) this.set({ status }, n);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_shadow_version',
+    help: 'Version of the shadow documents: reported (counts local changes) and desired (the cloud’s)',
+    labelNames: ['document'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const sh = source.shadow?.();
+      if (!sh) return;
+      this.set({ document: 'reported' }, sh.reportedVersion);
+      if (sh.desiredVersion !== null) this.set({ document: 'desired' }, sh.desiredVersion);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_shadow_delta_keys',
+    help: 'Top-level keys of the desired state that the reported state does not match yet',
+    registers: [registry],
+    collect() {
+      const sh = source.shadow?.();
+      if (sh) this.set(sh.deltaKeys);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_shadow_conflicts',
+    help: 'Local desired overrides the cloud overruled (the latest 20 are kept)',
+    registers: [registry],
+    collect() {
+      const sh = source.shadow?.();
+      if (sh) this.set(sh.conflicts);
     },
   });
   return registry;

@@ -8,6 +8,11 @@ import { bearerMatches } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
 import { isOutboxError } from '../outbox/types.js';
+import { ShadowError } from '../shadow/shadow.js';
+
+function isShadowError(err: unknown): err is ShadowError {
+  return err instanceof ShadowError;
+}
 import type { Json } from '../util/json-diff.js';
 
 /** What the local API shows and controls; `agent.ts` provides it. */
@@ -32,6 +37,8 @@ export interface ApiView {
   retryParked(): number;
   /** Cloud jobs: enabled or why not, the one running, the latest ones. */
   jobs(): unknown;
+  /** The local shadow; undefined when `features.shadow` is off. `patch` throws a ShadowError for bad input. */
+  shadow?: { get(): unknown; patch(body: unknown): unknown; clearOverrides(): unknown } | undefined;
   metrics: Registry;
 }
 
@@ -144,6 +151,27 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   });
   app.get('/v2/queue', async () => view.queue());
   app.get('/v2/jobs', async () => view.jobs());
+
+  const shadow = view.shadow;
+  const noShadow = async (_req: FastifyRequest, reply: FastifyReply) =>
+    reply.code(404).send({ error: 'not_found', message: 'the device shadow is off here (features.shadow is false)' });
+  app.get('/v2/shadow', shadow ? async () => shadow.get() : noShadow);
+  app.patch(
+    '/v2/shadow',
+    shadow
+      ? async (req: FastifyRequest, reply: FastifyReply) => {
+          try {
+            return shadow.patch(req.body);
+          } catch (err) {
+            if (isShadowError(err)) {
+              return reply.code(err.code === 'SHADOW_TOO_LARGE' ? 413 : 400).send({ error: err.code === 'SHADOW_TOO_LARGE' ? 'too_large' : 'bad_request', message: err.message });
+            }
+            throw err;
+          }
+        }
+      : noShadow,
+  );
+  app.delete('/v2/shadow/overrides', shadow ? async () => shadow.clearOverrides() : noShadow);
   app.post('/v2/queue/parked/retry', async () => ({ requeued: view.retryParked() }));
 
   app.get('/metrics', async (_req, reply) => reply.type(view.metrics.contentType).send(await view.metrics.metrics()));

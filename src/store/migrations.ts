@@ -1,6 +1,7 @@
 import type { Database } from 'better-sqlite3';
 import { JOBS_MIGRATION } from '../jobs/migration.js';
 import { MQTT_MIGRATION } from '../mqtt/migration.js';
+import { SHADOW_MIGRATION } from '../shadow/migration.js';
 
 /**
  * Numbered schema migrations. `PRAGMA user_version` holds the number of the last one applied;
@@ -99,6 +100,7 @@ export const MIGRATIONS: readonly Migration[] = [
   // Modules with tables of their own keep their migrations with their code.
   MQTT_MIGRATION,
   JOBS_MIGRATION,
+  SHADOW_MIGRATION,
 ];
 
 export function latestVersion(migrations: readonly Migration[] = MIGRATIONS): number {

@@ -19,6 +19,8 @@ export interface AgentProcess {
   records(): Record<string, unknown>[];
   stderr(): string;
   get(path: string): Promise<{ status: number; body: unknown }>;
+  /** A request to the local API with the key and, when given, a JSON body. */
+  send(method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }>;
   /** Sends a signal and waits for the exit, returning the code and how long it took. */
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>;
 }
@@ -73,6 +75,21 @@ export async function spawnAgent(opts: SpawnAgentOptions): Promise<AgentProcess>
     } else await new Promise((r) => setTimeout(r, 50));
   }
   const key = readFileSync(join(opts.dataDir, 'local-api.key'), 'utf8').trim();
+  const send = async (method: string, path: string, json?: unknown): Promise<{ status: number; body: unknown }> => {
+    const res = await fetch(`${apiUrl}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${key}`, ...(json !== undefined ? { 'content-type': 'application/json' } : {}) },
+      ...(json !== undefined ? { body: JSON.stringify(json) } : {}),
+    });
+    const text = await res.text();
+    let body: unknown = text;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      // not JSON: keep the text
+    }
+    return { status: res.status, body };
+  };
   return {
     child,
     apiUrl,
@@ -80,17 +97,8 @@ export async function spawnAgent(opts: SpawnAgentOptions): Promise<AgentProcess>
     dataDir: opts.dataDir,
     records: () => lines,
     stderr: () => errText,
-    async get(path) {
-      const res = await fetch(`${apiUrl}${path}`, { headers: { authorization: `Bearer ${key}` } });
-      const text = await res.text();
-      let body: unknown = text;
-      try {
-        body = JSON.parse(text);
-      } catch {
-        // not JSON: keep the text
-      }
-      return { status: res.status, body };
-    },
+    get: (path) => send('GET', path),
+    send,
     async stop(signal = 'SIGTERM') {
       const t0 = Date.now();
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);

@@ -1,6 +1,7 @@
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startApi, type ApiView } from '../../src/api/server.js';
+import { ShadowError } from '../../src/shadow/shadow.js';
 import { silentLogger } from '../helpers/logger.js';
 
 const KEY = 'k'.repeat(32);
@@ -97,6 +98,32 @@ describe('local API', () => {
     const local = await api(view({ pollNow: () => false }));
     const r2 = await fetch(`${local}/v1/update`, { method: 'POST', headers: auth });
     expect(r2.status).toBe(409);
+  });
+
+  it('serves the shadow: 404 saying why when it is off, 400 or 413 with the shadow\'s message for bad input', async () => {
+    const off = await api();
+    const r = await fetch(`${off}/v2/shadow`, { headers: auth });
+    expect(r.status).toBe(404);
+    expect(((await r.json()) as { message: string }).message).toBe('the device shadow is off here (features.shadow is false)');
+    const on = await api(
+      view({
+        shadow: {
+          get: () => ({ reportedVersion: 0 }),
+          patch: (body) => {
+            if ((body as { big?: boolean }).big) throw new ShadowError('SHADOW_TOO_LARGE', 'reported: 70000 bytes as JSON, over the 65536-byte limit');
+            throw new ShadowError('SHADOW_INVALID', 'reported: expected an object (a JSON merge patch), got 5 (a number)');
+          },
+          clearOverrides: () => ({ overrides: null }),
+        },
+      }),
+    );
+    expect(await (await fetch(`${on}/v2/shadow`, { headers: auth })).json()).toEqual({ reportedVersion: 0 });
+    const patch = (body: unknown) => fetch(`${on}/v2/shadow`, { method: 'PATCH', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const bad = await patch({ reported: 5 });
+    expect(bad.status).toBe(400);
+    expect(await bad.json()).toEqual({ error: 'bad_request', message: 'reported: expected an object (a JSON merge patch), got 5 (a number)' });
+    expect((await patch({ big: true })).status).toBe(413);
+    expect((await fetch(`${on}/v2/shadow/overrides`, { method: 'DELETE', headers: auth })).status).toBe(200);
   });
 
   it('answers unknown routes with a JSON 404', async () => {
