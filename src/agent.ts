@@ -57,6 +57,8 @@ export interface AgentDeps {
 }
 
 const UUID_KEY = 'device.uuid';
+/** The latest shadow reportedVersion whose report is on disk in the outbox. */
+const SHADOW_QUEUED_KEY = 'shadow.reportQueuedVersion';
 
 /** The device id: configured, else the one generated at first start and kept in the store. */
 export function deviceUuid(config: AgentConfig, store: Store): string {
@@ -434,9 +436,25 @@ export class Agent {
    */
   private queueShadowReport(doc: ShadowDocument): void {
     if (!this.deps.config.settings.offline.enableQueue) return;
+    const version = doc.reportedVersion;
     this.outbox
-      .enqueue({ channel: SHADOW_CHANNEL, coalesceKey: 'reported', payload: { version: doc.reportedVersion, state: doc.reported } })
+      .enqueue({ channel: SHADOW_CHANNEL, coalesceKey: 'reported', payload: { version, state: doc.reported } })
+      .then(() => {
+        // Versions are queued in order; a late resolve of an older one must not lower the mark.
+        if (version > (this.deps.store.getKv<number>(SHADOW_QUEUED_KEY) ?? 0)) this.deps.store.setKv(SHADOW_QUEUED_KEY, version);
+      })
       .catch((err: unknown) => this.deps.logger.warn({ err: errorMessage(err) }, `could not queue the shadow report: ${errorMessage(err)}`));
+  }
+
+  /**
+   * A reported change committed to the shadow whose report was not yet on disk in the outbox when the
+   * agent died (the two are separate commits) is queued at the next start.
+   */
+  private requeueShadowReport(): void {
+    const doc = this.shadow?.get();
+    if (!doc || doc.reportedVersion <= (this.deps.store.getKv<number>(SHADOW_QUEUED_KEY) ?? 0)) return;
+    this.deps.logger.info({ version: doc.reportedVersion }, 'shadow: queuing the reported state the last run did not get to queue');
+    this.queueShadowReport(doc);
   }
 
   /** `GET /v2/jobs`: whether jobs run here, the one running, the latest ones. */
@@ -476,6 +494,7 @@ export class Agent {
     const signal = this.loops.signal;
     this.degradation.start(signal);
     this.reconciler.on('changed', () => this.reporter?.markDirty());
+    this.requeueShadowReport();
     this.loops.start('reconciler', (s) => this.reconciler.run(s));
     for (const f of this.flushers) this.loops.start(`flush-${f.stats().sink}`, (s) => f.run(s));
     if (this.mqtt) this.loops.start('mqtt', (s) => this.mqtt!.start(s));

@@ -4,6 +4,11 @@ import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers
 import { FaultProxy } from '../helpers/fault-proxy.js';
 import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { observe } from '../helpers/mqtt.js';
+import { join } from 'node:path';
+import { Shadow } from '../../src/shadow/shadow.js';
+import { Store } from '../../src/store/store.js';
+import { systemClock } from '../../src/util/clock.js';
+import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // The built agent, a real Mosquitto (behind a fault proxy to take the device offline) and the devcloud.
@@ -125,4 +130,21 @@ it('without MQTT, sends the reported state to the device API in a messages batch
   // Coalesced while waiting: never more than one message per change, and the last one is the latest state.
   expect(shadowMessages().length).toBeLessThanOrEqual(3);
   expect(shadowMessages().at(-1)?.payload).toEqual({ version: 3, state: { temp: 20 } });
+});
+
+it('queues at start a reported change whose report the last run did not get to queue (a crash between the two commits)', async () => {
+  const dev = { uuid: `shadow-crash-${process.pid}`, apiKey: 'shadow-crash-key-0123456789' };
+  cloud.admin.createDevice(dev);
+  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  const dataDir = dirs.make();
+  // What such a crash leaves: the shadow committed at version 2, no report of it in the outbox.
+  const store = Store.open({ path: join(dataDir, 'agent.db'), logger: silentLogger(), clock: systemClock });
+  const shadow = new Shadow({ db: store.db, clock: systemClock, logger: silentLogger() });
+  shadow.patch({ reported: { temp: 1 } });
+  shadow.patch({ reported: { temp: 2 } });
+  store.close();
+  const agent = await spawnAgent({ dataDir, config: { device: dev, cloud: { apiUrl: cloud.url }, features: { metrics: false }, settings: { pollIntervalMs: 60_000 } } });
+  agents.push(agent);
+  await waitFor('the report at the cloud', () => cloud.admin.messages(dev.uuid).messages.some((m) => m.channel === 'shadow'), 15_000);
+  expect(cloud.admin.messages(dev.uuid).messages.filter((m) => m.channel === 'shadow').map((m) => m.payload)).toEqual([{ version: 2, state: { temp: 2 } }]);
 });
