@@ -56,7 +56,7 @@ program
 
 program
   .command('status')
-  .description('show connection, target and loops from the local API of a running agent')
+  .description('show connection, target, services, outbox, jobs, shadow and loops from the local API of a running agent')
   .addOption(new Option('-c, --config <file>', 'config file, to find the API address and data dir').env('IOTISTIC_CONFIG'))
   .option('-d, --data-dir <dir>', 'data directory holding the local API key')
   .option('--api <url>', 'local API base URL (default from the config, else http://127.0.0.1:48484)')
@@ -74,23 +74,28 @@ program
       process.stderr.write(`iotistic-agent: no local API key: none in ${dataDir} (use --data-dir or --key)\n`);
       process.exit(1);
     }
-    const get = async (path: string): Promise<unknown> => {
+    const get = async (path: string, optional = false): Promise<unknown> => {
       const res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${key}` }, signal: AbortSignal.timeout(5_000) });
+      // The shadow answers 404 when it is off here.
+      if (optional && res.status === 404) return null;
       if (!res.ok) throw new Error(`${path} answered ${res.status}: ${await res.text()}`);
       return res.json();
     };
     try {
-      const [device, connection, state, loops, queue] = await Promise.all([
+      const [device, connection, state, loops, queue, jobs, shadow] = await Promise.all([
         get('/v2/device'),
         get('/v2/connection'),
         get('/v2/state'),
         get('/v2/loops'),
         get('/v2/queue'),
+        get('/v2/jobs'),
+        get('/v2/shadow', true),
       ]);
+      const all = { device, connection, state, loops, queue, jobs, shadow };
       if (opts.json) {
-        process.stdout.write(`${JSON.stringify({ device, connection, state, loops, queue, ...(opts.showKey ? { localApiKey: key } : {}) })}\n`);
+        process.stdout.write(`${JSON.stringify({ ...all, ...(opts.showKey ? { localApiKey: key } : {}) })}\n`);
       } else {
-        process.stdout.write(renderStatus({ device, connection, state, loops, queue } as Parameters<typeof renderStatus>[0], opts.showKey ? key : undefined));
+        process.stdout.write(renderStatus(all as Parameters<typeof renderStatus>[0], opts.showKey ? key : undefined));
       }
     } catch (err) {
       process.stderr.write(`iotistic-agent: cannot read the agent's status at ${base}: ${errorMessage(err)}\n`);

@@ -28,6 +28,20 @@ interface StatusInput {
     oldestAgeMs: number;
     channels: Record<string, { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number }>;
   };
+  jobs?: {
+    enabled: boolean;
+    reason?: string;
+    running: { id: string; type: string } | null;
+    counts: Record<string, number> | null;
+    recent: { id: string; type: string; status: string; finishedAt: number | null }[];
+  };
+  shadow?: {
+    reportedVersion: number;
+    desiredVersion: number | null;
+    delta: Record<string, unknown>;
+    overrides: Record<string, unknown> | null;
+    conflicts: unknown[];
+  } | null;
 }
 
 function when(ms: number | null | undefined): string {
@@ -112,6 +126,36 @@ export function renderStatus(s: StatusInput, key?: string): string {
       `${c.depth} waiting  ${c.delivered} delivered  ${c.dropped} dropped  ${c.expired} expired  ${c.parked} parked`,
     ]);
     if (rows.length > 0) out.push(table(rows));
+  }
+  if (s.jobs) {
+    out.push('');
+    const j = s.jobs;
+    if (!j.enabled) out.push(`Jobs  off (${j.reason ?? 'disabled'})`);
+    else {
+      const counts = Object.entries(j.counts ?? {})
+        .filter(([, n]) => n > 0)
+        .map(([k, n]) => `${n} ${k.toLowerCase().replace('_', ' ')}`)
+        .join(', ');
+      out.push(`Jobs  ${j.running ? `running ${j.running.type} ${j.running.id}` : 'idle'}${counts ? `; kept: ${counts}` : ''}`);
+      if (j.recent.length > 0) out.push(table(j.recent.slice(0, 5).map((r) => [r.id, `${r.type}  ${r.status}  ${when(r.finishedAt)}`])));
+    }
+  }
+  if (s.shadow !== undefined) {
+    out.push('');
+    const sh = s.shadow;
+    if (sh === null) out.push('Shadow  off');
+    else {
+      out.push('Shadow');
+      out.push(
+        table([
+          ['reported version', String(sh.reportedVersion)],
+          ['desired version', sh.desiredVersion === null ? '-' : String(sh.desiredVersion)],
+          ['delta', Object.keys(sh.delta).length > 0 ? Object.keys(sh.delta).join(', ') : 'none'],
+          ['local overrides', sh.overrides ? Object.keys(sh.overrides).join(', ') : 'none'],
+          ['conflicts', String(sh.conflicts.length)],
+        ]),
+      );
+    }
   }
   out.push('');
   out.push('Loops');

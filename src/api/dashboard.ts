@@ -26,6 +26,8 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
 <section><h2>Recent outages</h2><table id="out"></table></section>
 <section><h2>Target state</h2><table id="state"></table></section>
 <section><h2>Outbox</h2><table id="queue"></table></section>
+<section><h2>Jobs</h2><table id="jobs"></table></section>
+<section><h2>Shadow</h2><table id="shadow"></table></section>
 <section><h2>Loops</h2><table id="loops"></table></section>
 </main>
 <script>
@@ -38,10 +40,10 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
   function ts(v){ return v ? new Date(v).toLocaleString() : '—'; }
   function dur(ms){ if (ms == null) return '—'; var s = Math.round(ms/1000); return s < 120 ? s + ' s' : s < 7200 ? Math.round(s/60) + ' min' : Math.round(s/3600) + ' h'; }
   function rows(id, pairs){ document.getElementById(id).innerHTML = pairs.map(function(p){ return '<tr><td>' + esc(p[0]) + '</td><td>' + p[1] + '</td></tr>'; }).join(''); }
-  function get(path){ return fetch(path, { headers: { authorization: 'Bearer ' + key } }).then(function(r){ if (r.status === 401) { sessionStorage.removeItem('iotisticKey'); throw new Error('wrong local API key: reload and enter it again'); } return r.json(); }); }
+  function get(path){ return fetch(path, { headers: { authorization: 'Bearer ' + key } }).then(function(r){ if (r.status === 401) { sessionStorage.removeItem('iotisticKey'); throw new Error('wrong local API key: reload and enter it again'); } return r.status === 404 ? null : r.json(); }); }
   function tick(){
-    Promise.all([get('/v2/connection'), get('/v2/state'), get('/v2/loops'), get('/v2/device'), get('/v2/queue')]).then(function(a){
-      var c = a[0], s = a[1], loops = a[2], dev = a[3], q = a[4];
+    Promise.all([get('/v2/connection'), get('/v2/state'), get('/v2/loops'), get('/v2/device'), get('/v2/queue'), get('/v2/jobs'), get('/v2/shadow')]).then(function(a){
+      var c = a[0], s = a[1], loops = a[2], dev = a[3], q = a[4], jobs = a[5], sh = a[6];
       document.getElementById('err').textContent = '';
       var b = document.getElementById('badge'); b.textContent = c.status; b.className = c.status;
       document.getElementById('dev').textContent = dev.uuid;
@@ -51,6 +53,8 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
       var t = s.target;
       rows('state', [['version', t ? t.version : '—'], ['source', t ? esc(t.source) : '—'], ['received', t ? ts(t.receivedAt) : '—'], ['rejected', s.lastRejection ? esc(s.lastRejection.message) : '—'], ['apps', t ? '<pre>' + esc(JSON.stringify(t.document.apps, null, 1)) + '</pre>' : '—']]);
       rows('queue', [['waiting', q.depth + ' (' + Math.round(q.bytes / 1024) + ' KiB), oldest ' + dur(q.oldestAgeMs)]].concat(Object.keys(q.channels || {}).map(function(n){ var ch = q.channels[n]; return [n, ch.depth + ' waiting, ' + ch.delivered + ' delivered, ' + ch.dropped + ' dropped, ' + ch.parked + ' parked']; })));
+      rows('jobs', !jobs.enabled ? [['off', esc(jobs.reason)]] : [['running', jobs.running ? esc(jobs.running.type + ' ' + jobs.running.id) : 'nothing']].concat(jobs.recent.slice(0, 8).map(function(j){ return [esc(j.type), esc(j.status) + ' — ' + ts(j.finishedAt)]; })));
+      rows('shadow', !sh ? [['off', 'features.shadow is false']] : [['reported', 'v' + sh.reportedVersion + '<pre>' + esc(JSON.stringify(sh.reported, null, 1)) + '</pre>'], ['desired', (sh.desiredVersion == null ? '—' : 'v' + sh.desiredVersion) + '<pre>' + esc(JSON.stringify(sh.desired, null, 1)) + '</pre>'], ['delta', '<pre>' + esc(JSON.stringify(sh.delta)) + '</pre>'], ['local overrides', sh.overrides ? '<pre>' + esc(JSON.stringify(sh.overrides)) + '</pre>' : 'none'], ['conflicts', sh.conflicts.length]]);
       rows('loops', loops.map(function(l){ return [l.name, esc(l.state) + (l.restarts ? ' (' + l.restarts + ' restarts)' : '')]; }));
     }).catch(function(e){ document.getElementById('err').textContent = e.message; });
   }

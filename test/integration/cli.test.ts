@@ -116,8 +116,16 @@ describe('iotistic-agent status', () => {
     expect(table.stdout).toMatch(/Connection\n\s+status\s+\w+/);
     expect(table.stdout).toContain('Loops');
     expect(table.stdout).toMatch(/Outbox\s+\d+ waiting/);
+    // No cloud here: jobs are off and say why; the shadow is on.
+    expect(table.stdout).toContain('Jobs  off (there is no cloud.apiUrl to take jobs from)');
+    expect(table.stdout).toMatch(/Shadow\n\s+reported version\s+0/);
     const json = await runCli([...args, '--json']);
-    expect(JSON.parse(json.stdout)).toMatchObject({ device: { uuid: expect.any(String) }, connection: { status: expect.any(String) } });
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      device: { uuid: expect.any(String) },
+      connection: { status: expect.any(String) },
+      jobs: { enabled: false },
+      shadow: { reportedVersion: 0 },
+    });
     const wrongKey = await runCli([...args, '--key', 'not-the-key-at-all']);
     expect(wrongKey.code).toBe(1);
     expect(wrongKey.stderr).toContain('401');
