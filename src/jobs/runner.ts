@@ -96,6 +96,7 @@ export class JobRunner extends TypedEmitter<JobRunnerEvents> {
    */
   async recover(): Promise<void> {
     for (const row of this.q.running.all() as Row[]) {
+      if (row.id === this.current?.id) continue; // running in this process (the poll loop was restarted around it)
       const job = toRecord(row);
       const stopped = row.pid !== null && row.pid_start !== null ? await this.stopOrphan(row.pid, String(row.pid_start)) : false;
       this.o.logger.warn({ jobId: job.id, type: job.type, stopped }, `job ${job.id} (${job.type}) was cut off by a restart of the agent; reporting it failed`);

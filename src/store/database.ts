@@ -1,5 +1,5 @@
 import BetterSqlite3, { type Database } from 'better-sqlite3';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, renameSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Clock } from '../util/clock.js';
 import { AgentError, errorMessage } from '../util/errors.js';
@@ -19,6 +19,8 @@ export interface OpenedDatabase {
   db: Database;
   /** Where a corrupt file was moved, when one was found at start. */
   quarantinedTo?: string;
+  /** The integrity check ran (false: the file was as the last clean close left it). */
+  checked: boolean;
 }
 
 const SQLITE_FILES = ['', '-wal', '-shm'];
@@ -36,7 +38,50 @@ function createPrivateFile(path: string): void {
   chmodSync(path, 0o600);
 }
 
-function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: readonly Migration[]): Database {
+/**
+ * A database the agent closed cleanly leaves `<path>.clean`, the file's size and mtime right after it
+ * was folded back and closed. The next open that finds the file as it was left trusts it and skips
+ * the integrity check, which reads every page (seconds for a large queue on an SD card, at every
+ * graceful restart or update). A crash or a power cut leaves no marker, and a file changed since the
+ * marker was written fails the comparison: both are checked. The marker is removed at open, so a
+ * crash of this run cannot vouch for the file either. What it cannot see is damage that changes
+ * neither size nor mtime while the agent is stopped (silent media decay): that surfaces as
+ * SQLITE_CORRUPT errors in use, and the next unclean start checks the file.
+ */
+const CLEAN_SUFFIX = '.clean';
+
+function fingerprint(path: string): string {
+  const st = statSync(path);
+  return `${st.size}:${st.mtimeMs}`;
+}
+
+/** Writes the marker; called after the last connection closed. Never throws. */
+export function markClosedCleanly(path: string): void {
+  try {
+    writeFileSync(path + CLEAN_SUFFIX, fingerprint(path), { mode: 0o600 });
+  } catch {
+    // No marker: the next start checks the file, which is only slower.
+  }
+}
+
+/** Whether the file is as a clean close left it. Consumes the marker either way. */
+function closedCleanly(path: string): boolean {
+  const marker = path + CLEAN_SUFFIX;
+  let mark: string;
+  try {
+    mark = readFileSync(marker, 'utf8');
+  } catch {
+    return false;
+  }
+  rmSync(marker, { force: true });
+  try {
+    return mark === fingerprint(path) && !existsSync(`${path}-wal`);
+  } catch {
+    return false;
+  }
+}
+
+function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: readonly Migration[], trusted: boolean): Database {
   const db = new BetterSqlite3(path);
   try {
     db.pragma('journal_mode = WAL');
@@ -46,7 +91,7 @@ function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: 
     db.pragma('busy_timeout = 5000');
     // Bound the WAL so a long offline stretch does not grow it without limit.
     db.pragma('journal_size_limit = 67108864');
-    const check = db.pragma('quick_check', { simple: true });
+    const check = trusted ? 'ok' : db.pragma('quick_check', { simple: true });
     if (check !== 'ok') {
       throw Object.assign(new Error(`integrity check failed: ${String(check)}`), { code: 'SQLITE_CORRUPT' });
     }
@@ -89,9 +134,11 @@ export function openDatabase(opts: OpenStoreOptions): OpenedDatabase {
   const synchronous = opts.synchronous ?? 'full';
   const migrations = opts.migrations ?? MIGRATIONS;
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const trusted = closedCleanly(path);
   createPrivateFile(path);
+  if (trusted) logger.debug({ file: path }, 'database closed cleanly last time and unchanged since: integrity check skipped');
   try {
-    return { db: openAndCheck(path, synchronous, migrations) };
+    return { db: openAndCheck(path, synchronous, migrations, trusted), checked: !trusted };
   } catch (err) {
     if (!isCorruption(err)) {
       throw new AgentError('STORE_OPEN_FAILED', `cannot open the database ${path}: ${errorMessage(err)}`, { cause: err });
@@ -106,6 +153,6 @@ export function openDatabase(opts: OpenStoreOptions): OpenedDatabase {
       `database ${path} is corrupt; moved it to ${quarantinedTo} and started a fresh one`,
     );
     createPrivateFile(path);
-    return { db: openAndCheck(path, synchronous, migrations), quarantinedTo };
+    return { db: openAndCheck(path, synchronous, migrations, false), quarantinedTo, checked: true };
   }
 }

@@ -2,7 +2,7 @@ import type { Database } from 'better-sqlite3';
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/logger.js';
 import { WalCheckpointer, type CheckpointerStats } from './checkpointer.js';
-import { openDatabase } from './database.js';
+import { markClosedCleanly, openDatabase } from './database.js';
 import type { Migration } from './migrations.js';
 
 export interface StoredTarget {
@@ -28,6 +28,8 @@ export interface OutageRecord {
  */
 export class Store {
   readonly quarantinedTo: string | undefined;
+  /** The integrity check ran at open (false: trusted after a clean close, see `markClosedCleanly`). */
+  readonly integrityChecked: boolean;
   private closed = false;
   private readonly checkpointer: WalCheckpointer | undefined;
 
@@ -37,8 +39,10 @@ export class Store {
     private readonly clock: Pick<Clock, 'now'>,
     quarantinedTo: string | undefined,
     checkpointer: WalCheckpointer | undefined,
+    integrityChecked: boolean,
   ) {
     this.quarantinedTo = quarantinedTo;
+    this.integrityChecked = integrityChecked;
     this.checkpointer = checkpointer;
   }
 
@@ -55,9 +59,9 @@ export class Store {
     checkpoint?: 'background' | 'inline';
     migrations?: readonly Migration[];
   }): Store {
-    const { db, quarantinedTo } = openDatabase(opts);
+    const { db, quarantinedTo, checked } = openDatabase(opts);
     const checkpointer = opts.checkpoint === 'background' ? new WalCheckpointer(db, { path: opts.path, logger: opts.logger }) : undefined;
-    return new Store(db, opts.path, opts.clock, quarantinedTo, checkpointer);
+    return new Store(db, opts.path, opts.clock, quarantinedTo, checkpointer, checked);
   }
 
   /** WAL pages a checkpoint is due at: what the WAL grows to in normal operation. */
@@ -105,10 +109,14 @@ export class Store {
     this.closed = true;
     this.checkpointer?.close();
     // Fold the WAL back into the main file so a copied or backed-up database is whole.
+    let folded = false;
     try {
-      this.db.pragma('wal_checkpoint(TRUNCATE)');
+      const [r] = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+      folded = r?.busy === 0;
     } finally {
       this.db.close();
     }
+    // Only a file that is whole and closed may vouch for itself at the next open.
+    if (folded) markClosedCleanly(this.path);
   }
 }

@@ -1,5 +1,5 @@
 import BetterSqlite3 from 'better-sqlite3';
-import { closeSync, existsSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { migrate } from '../../src/store/database.js';
@@ -87,14 +87,46 @@ describe('store', () => {
     const insert = store.db.prepare('INSERT INTO kv (key, value, updated_at) VALUES (?, ?, 0)');
     for (let i = 0; i < 2000; i++) insert.run(`k${i}`, 'x'.repeat(200));
     store.close();
-    // Overwrite a stretch of pages in the middle of the file, past the header.
+    // Overwrite a stretch of pages in the middle of the file, past the header; then the start is as
+    // after a crash (no clean-close marker), so the file is checked.
     const fd = openSync(path, 'r+');
     writeSync(fd, Buffer.alloc(4096 * 4, 0xab), 0, 4096 * 4, 4096 * 3);
     closeSync(fd);
+    rmSync(`${path}.clean`);
     const reopened = Store.open({ path, logger: silentLogger(), clock });
+    expect(reopened.integrityChecked).toBe(true);
     expect(reopened.quarantinedTo).toBeDefined();
     expect(reopened.getKv('k1')).toBeUndefined();
     reopened.close();
+  });
+
+  it('skips the integrity check after a clean close of an unchanged file, and checks it otherwise', () => {
+    const path = join(dirs.make(), 'agent.db');
+    const first = Store.open({ path, logger: silentLogger(), clock });
+    expect(first.integrityChecked).toBe(true); // a new file has no marker
+    first.setKv('k', 1);
+    first.close();
+    expect(existsSync(`${path}.clean`)).toBe(true);
+    const second = Store.open({ path, logger: silentLogger(), clock });
+    expect(second.integrityChecked).toBe(false);
+    expect(second.getKv('k')).toBe(1);
+    // The marker is used up at open: a crash of this run (no close) leaves nothing to vouch for the file.
+    expect(existsSync(`${path}.clean`)).toBe(false);
+    second.db.close(); // a "crash": the Store is never closed
+    expect(Store.open({ path, logger: silentLogger(), clock }).integrityChecked).toBe(true);
+  });
+
+  it('checks a file changed after its clean close (the marker no longer matches)', () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = Store.open({ path, logger: silentLogger(), clock });
+    store.setKv('k', 1);
+    store.close();
+    // Changed later (a restore from backup, a tool): its mtime moves on.
+    const later = new Date(Date.now() + 5_000);
+    utimesSync(path, later, later);
+    const again = Store.open({ path, logger: silentLogger(), clock });
+    expect(again.integrityChecked).toBe(true);
+    again.close();
   });
 
   it('stores and replaces the target state', () => {
