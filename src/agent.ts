@@ -12,7 +12,7 @@ import { STATE_CHANNEL, StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';
 import type { AgentConfig } from './config/schema.js';
 import { JobUpdateDelivery } from './jobs/delivery.js';
-import { pollTargetHandler, runCommandHandler } from './jobs/handlers.js';
+import { pollTargetHandler, restartServiceHandler, runCommandHandler } from './jobs/handlers.js';
 import { JobPoller } from './jobs/poller.js';
 import { JobRunner } from './jobs/runner.js';
 import { JOBS_CHANNEL, type JobHandler } from './jobs/types.js';
@@ -285,6 +285,7 @@ export class Agent {
         const handlers: Record<string, JobHandler> = {
           'run-command': runCommandHandler({ allowed: config.jobs.allowedCommands, maxOutputBytes: config.jobs.maxOutputBytes, user: resolveProcessUser(w.processUser) }),
           'poll-target': pollTargetHandler((s) => this.poller!.pollOnce(s)),
+          'restart-service': restartServiceHandler((app, service, s) => this.reconciler.restartService(app, service, s)),
         };
         this.jobs = new JobRunner({ db: store.db, outbox: this.outbox, handlers, clock, logger: logger.child({ part: 'jobs' }), history: config.jobs.history });
         this.jobPoller = new JobPoller({

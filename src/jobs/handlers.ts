@@ -132,3 +132,26 @@ function runProgram(program: string, args: string[], user: { uid: number; gid: n
 export function pollTargetHandler(pollOnce: (signal: AbortSignal) => Promise<string>): JobHandler {
   return async (_params, ctx) => ({ outcome: await pollOnce(ctx.signal) });
 }
+
+/**
+ * `restart-service` `{ "app": "sensors", "service": "collector" }`: stops the service's instances and
+ * starts them again (between reconcile passes, see `Reconciler.restartService`). REJECTED for a
+ * service that is not in the target in force (the message names the ones that are) or that has no
+ * instance yet; SUCCEEDED with `{ "instances" }`.
+ */
+export function restartServiceHandler(restart: (app: string, service: string, signal: AbortSignal) => Promise<{ instances: number }>): JobHandler {
+  return async (params, ctx) => {
+    for (const field of ['app', 'service'] as const) {
+      const v = params[field];
+      if (typeof v !== 'string' || v === '') throw new JobRejected(`params.${field}: expected the name of a${field === 'app' ? 'n app' : ' service'} of the target, got ${describe(v)}`);
+    }
+    try {
+      const r = await restart(params.app as string, params.service as string, ctx.signal);
+      return { instances: r.instances };
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (code === 'UNKNOWN_SERVICE' || code === 'NO_INSTANCE') throw new JobRejected((err as Error).message);
+      throw err;
+    }
+  };
+}

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Clock } from '../util/clock.js';
-import { errorMessage } from '../util/errors.js';
+import { AgentError, errorMessage } from '../util/errors.js';
 import { Kick } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
@@ -46,6 +46,19 @@ export interface ReconcilerEvents {
   changed: CurrentState;
 }
 
+/** What `restartService` did. */
+export interface RestartResult {
+  /** Instances stopped (when running) and started again. */
+  instances: number;
+}
+
+interface RestartRequest {
+  app: string;
+  service: string;
+  resolve(r: RestartResult): void;
+  reject(err: Error): void;
+}
+
 export interface PassResult {
   /** Steps were taken (create, start, stop, remove, pull started). */
   acted: boolean;
@@ -80,6 +93,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   private passKey: string | undefined;
   private passStartedAt = 0;
   private readonly lifetime = new AbortController();
+  private restarts: RestartRequest[] = [];
   /** The last pass that threw (the engine went away mid-pass, a bug), for /v2/state. */
   lastPassError: string | null = null;
 
@@ -103,6 +117,65 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     this.kick.kick();
   }
 
+  /**
+   * Restarts a service of the target in force (a cloud job, an operator): its instances are stopped
+   * when running and started again. It runs in the reconcile loop between passes, so it never races
+   * an apply; the crash loop of the service starts afresh (an operator's restart is a new start).
+   * Rejects with `UNKNOWN_SERVICE` (naming the services there are) or `NO_INSTANCE` (nothing created
+   * yet), or the runtime's error; `signal` withdraws a request that has not started.
+   */
+  restartService(app: string, service: string, signal?: AbortSignal): Promise<RestartResult> {
+    const target = this.o.source.current();
+    if (!target?.apps[app]?.services[service]) {
+      const known = target ? Object.entries(target.apps).flatMap(([a, d]) => Object.keys(d.services).map((s) => `${a}/${s}`)) : [];
+      const list = known.length > 0 ? known.join(', ') : 'none';
+      return Promise.reject(new AgentError('UNKNOWN_SERVICE', `no service ${app}/${service} in the target in force (services: ${list})`));
+    }
+    if (this.lifetime.signal.aborted) return Promise.reject(new AgentError('STOPPING', 'the agent is stopping'));
+    return new Promise<RestartResult>((resolve, reject) => {
+      const req: RestartRequest = { app, service, resolve, reject };
+      this.restarts.push(req);
+      signal?.addEventListener(
+        'abort',
+        () => {
+          const i = this.restarts.indexOf(req);
+          if (i < 0) return; // already under way: it finishes
+          this.restarts.splice(i, 1);
+          reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+        },
+        { once: true },
+      );
+      this.kick.kick();
+    });
+  }
+
+  private async runRestarts(signal: AbortSignal): Promise<void> {
+    const pending = this.restarts;
+    this.restarts = [];
+    for (const req of pending) {
+      try {
+        req.resolve(await this.restartNow(req.app, req.service, signal));
+      } catch (err) {
+        req.reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    }
+  }
+
+  private async restartNow(app: string, service: string, signal: AbortSignal): Promise<RestartResult> {
+    const key = serviceKey(app, service);
+    const runtimes = [this.o.process, ...(this.o.docker && (await this.o.docker.availability(signal)).ok ? [this.o.docker] : [])];
+    const found: { rt: WorkloadRuntime; instance: Instance }[] = [];
+    for (const rt of runtimes) for (const i of await rt.list(signal)) if (i.app === app && i.service === service) found.push({ rt, instance: i });
+    if (found.length === 0) throw new AgentError('NO_INSTANCE', `service ${key} has no instance yet (it is still being created or pulled); try again later`);
+    this.retry.crash.forget(key);
+    for (const { rt, instance } of found) {
+      if (isActive(instance)) await rt.stop(instance.id, signal);
+      await rt.start(instance.id, signal);
+    }
+    this.o.logger.info({ app, service, instances: found.length }, `service ${key} restarted on request`);
+    return { instances: found.length };
+  }
+
   protected override listenerFailed(err: unknown, event: string): void {
     this.o.logger.error({ err: errorMessage(err), event }, 'a workloads state listener failed');
   }
@@ -122,6 +195,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     try {
       while (!signal.aborted) {
         this.kick.consume();
+        if (this.restarts.length > 0) await this.runRestarts(signal);
         const ctl = new AbortController();
         this.passCtl = ctl;
         let result: PassResult = { acted: false, failed: false };
@@ -156,6 +230,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   /** Aborts pulls and releases the runtimes (the process runtime stops its children). Containers keep running. */
   async close(): Promise<void> {
     this.lifetime.abort();
+    for (const req of this.restarts.splice(0)) req.reject(new AgentError('STOPPING', 'the agent is stopping'));
     for (const p of this.pulls.values()) p.ctl.abort();
     await Promise.allSettled([...this.pulls.values()].map((p) => p.done));
     await Promise.allSettled([this.o.process.close(), ...(this.o.docker ? [this.o.docker.close()] : [])]);

@@ -64,7 +64,7 @@ it('runs jobs from the cloud and reports each one: succeeded, not allowed, unkno
   expect(refused.status).toBe('REJECTED');
   expect(JSON.stringify(refused.updates.at(-1)?.details)).toContain('\\"/bin/sh\\" is not in jobs.allowedCommands');
   expect(cloud.admin.job(dev.uuid, unknown)).toMatchObject({ status: 'REJECTED' });
-  expect(JSON.stringify(cloud.admin.job(dev.uuid, unknown).updates)).toContain('unknown job type \\"format-disk\\"; this agent runs: poll-target, run-command');
+  expect(JSON.stringify(cloud.admin.job(dev.uuid, unknown).updates)).toContain('unknown job type \\"format-disk\\"; this agent runs: poll-target, restart-service, run-command');
   expect(cloud.admin.job(dev.uuid, slow)).toMatchObject({ status: 'TIMED_OUT' });
 
   // The same, locally.
@@ -88,4 +88,28 @@ it('reports a job that was running when the agent was SIGKILLed as FAILED after 
   // The sleep the killed agent left behind was found by its pid and start time, and stopped.
   expect(details.stoppedLeftoverProcess).toEqual(expect.any(Number));
   await waitFor('the leftover sleep gone', () => processStartTicks(details.stoppedLeftoverProcess as number) === null, 10_000);
+});
+
+it('restarts a service of the target on a restart-service job, and rejects one that is not there, naming those that are', async () => {
+  const dev = device();
+  cloud.admin.setTarget(dev.uuid, { version: 2, apps: { edge: { services: { ticker: { runtime: 'process', command: ['/bin/sleep', '3600'], restart: 'always' } } } } });
+  const agent = await start(dirs.make(), dev);
+  type Svc = { status: string; startedAt: number | null };
+  const ticker = async (): Promise<Svc | undefined> =>
+    ((await agent.get('/v2/state')).body as { current: { apps: Record<string, { services: Record<string, Svc> }> } }).current.apps.edge?.services.ticker;
+  const before = await waitFor('the service running', async () => {
+    const t = await ticker();
+    return t?.status === 'running' ? t : undefined;
+  }, 20_000);
+  const restart = cloud.admin.createJob(dev.uuid, { type: 'restart-service', params: { app: 'edge', service: 'ticker' } }).id;
+  const wrong = cloud.admin.createJob(dev.uuid, { type: 'restart-service', params: { app: 'edge', service: 'tocker' } }).id;
+  await waitFor('both answered', () => ['SUCCEEDED', 'REJECTED'].includes(statusOf(dev.uuid, restart)) && statusOf(dev.uuid, wrong) === 'REJECTED', 30_000);
+  expect(cloud.admin.job(dev.uuid, restart)).toMatchObject({ status: 'SUCCEEDED' });
+  expect(cloud.admin.job(dev.uuid, restart).updates.at(-1)?.details).toEqual({ instances: 1 });
+  expect(JSON.stringify(cloud.admin.job(dev.uuid, wrong).updates.at(-1)?.details)).toContain('no service edge/tocker in the target in force (services: edge/ticker)');
+  // Running again, started anew.
+  await waitFor('running with a later start', async () => {
+    const t = await ticker();
+    return t?.status === 'running' && (t.startedAt ?? 0) > (before.startedAt ?? 0);
+  }, 20_000);
 });
