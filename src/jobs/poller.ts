@@ -8,7 +8,7 @@ import type { JobRunner } from './runner.js';
 import type { JobSpec } from './types.js';
 
 export interface JobPollerOptions extends CloudLoopDeps {
-  runner: Pick<JobRunner, 'run' | 'reject' | 'recover'>;
+  runner: Pick<JobRunner, 'run' | 'reject' | 'recover' | 'knows'>;
   random: Random;
   /** Read on every cycle. */
   pollIntervalMs: () => number;
@@ -44,10 +44,12 @@ export class JobPoller {
         this.kick.consume();
         const job = await this.next(signal);
         this.o.retry.afterSuccess();
-        if (job) {
+        if (job && !this.o.runner.knows(job.id)) {
           await this.o.runner.run(job, signal);
           continue;
         }
+        // A job handed out again is not run twice, and asking again at once would only get it again.
+        if (job) this.o.logger.warn({ jobId: job.id }, `the cloud handed out job ${job.id} again; it ran already, asking again in a poll interval`);
         const base = this.o.pollIntervalMs();
         delay = base + this.o.random() * base * 0.1;
       } catch (err) {

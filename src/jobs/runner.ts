@@ -116,6 +116,11 @@ export class JobRunner extends TypedEmitter<JobRunnerEvents> {
     return true;
   }
 
+  /** Whether this job id was received before (it is in the table). */
+  knows(id: string): boolean {
+    return this.find(id) !== undefined;
+  }
+
   /** Newest first. */
   list(limit = 50): JobRecord[] {
     return (this.q.list.all(limit) as Row[]).map(toRecord);

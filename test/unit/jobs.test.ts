@@ -1,7 +1,12 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runCommandHandler } from '../../src/jobs/handlers.js';
-import { parseJob } from '../../src/jobs/poller.js';
+import { JobPoller, parseJob } from '../../src/jobs/poller.js';
+import type { CloudRequest, CloudResponse } from '../../src/cloud/http-client.js';
+import { RetryPolicy } from '../../src/cloud/retry.js';
+import { Backoff } from '../../src/resilience/backoff.js';
+import { Wakeup } from '../../src/resilience/wakeup.js';
+import { seededRandom } from '../../src/util/random.js';
 import { JobRunner } from '../../src/jobs/runner.js';
 import { JobFailed, JobRejected, type JobHandler, type JobUpdatePayload } from '../../src/jobs/types.js';
 import { Outbox } from '../../src/outbox/outbox.js';
@@ -132,6 +137,55 @@ describe('JobRunner', () => {
     const { runner } = setup({ ok: async () => null }, { history: 3 });
     for (let i = 0; i < 6; i++) await runner.run(job(`h${i}`, 'ok'), new AbortController().signal);
     expect(runner.list().map((j) => j.id)).toEqual(['h5', 'h4', 'h3']);
+  });
+});
+
+describe('JobPoller', () => {
+  it('asks again at once after a job, waits the interval when there is none, and never spins on a job handed out twice', async () => {
+    const env = setup({ ok: async () => 'done' });
+    const random = seededRandom(1);
+    // Stands in for the device API (named fake: the loop's timing is what is tested, on fake time;
+    // test/integration/agent-jobs.test.ts runs it against the devcloud): j1, j1 again, then nothing.
+    const answers: Array<CloudResponse<unknown>> = [
+      { status: 200, headers: {}, body: { id: 'j1', type: 'ok', params: {}, timeoutSeconds: 10 } },
+      { status: 200, headers: {}, body: { id: 'j1', type: 'ok', params: {}, timeoutSeconds: 10 } },
+    ];
+    const polls: number[] = [];
+    const http = {
+      request: async <T>(req: CloudRequest): Promise<CloudResponse<T>> => {
+        expect(req.path).toBe('/device/v1/dev-1/jobs/next');
+        polls.push(env.clock.monotonic());
+        return (answers.shift() ?? { status: 204, headers: {}, body: undefined }) as CloudResponse<T>;
+      },
+    };
+    const poller = new JobPoller({
+      http,
+      uuid: 'dev-1',
+      monitor: { markSuccess: () => undefined, markFailure: () => undefined },
+      retry: new RetryPolicy({ backoff: new Backoff({ minMs: 1_000, maxMs: 60_000, strategy: 'none', clock: env.clock, random }), sleeper: new Wakeup({ clock: env.clock, random }), clock: env.clock }),
+      clock: env.clock,
+      random: () => 0,
+      logger: silentLogger(),
+      runner: env.runner,
+      pollIntervalMs: () => 60_000,
+    });
+    const ctl = new AbortController();
+    const done = poller.run(ctl.signal);
+    await env.clock.advance(0);
+    await env.clock.advance(0);
+    // j1 ran, then the next poll came at once and got j1 again: not run, and no third poll yet.
+    expect(polls).toEqual([0, 0]);
+    expect(env.runner.list().map((j) => `${j.id}:${j.status}`)).toEqual(['j1:SUCCEEDED']);
+    await env.clock.advance(59_999);
+    expect(polls).toHaveLength(2);
+    await env.clock.advance(1);
+    expect(polls).toEqual([0, 0, 60_000]);
+    // Nothing to do (204): the next poll a poll interval later, or at once when notified.
+    poller.pollNow();
+    await env.clock.advance(0);
+    expect(polls).toEqual([0, 0, 60_000, 60_000]);
+    ctl.abort();
+    await done;
   });
 });
 
