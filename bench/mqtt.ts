@@ -10,6 +10,7 @@ import { MqttSession, type PublishOutcome, type PublishRequest } from '../src/mq
 import { MqttSink } from '../src/mqtt/sink.js';
 import { deviceTopics } from '../src/mqtt/topics.js';
 import { Flusher } from '../src/outbox/flusher.js';
+import { flusherSettings } from '../src/outbox/policy.js';
 import type { Outbox } from '../src/outbox/outbox.js';
 import { backoffFromSettings } from '../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
@@ -285,9 +286,7 @@ function agentish(dbPath: string, broker: BenchBroker, clientId: string, opts: {
     retry: new RetryPolicy({ backoff: backoffFromSettings(offline, { clock: systemClock, random: systemRandom }), sleeper: wakeup, clock: systemClock }),
     clock: systemClock,
     logger: silent,
-    batch: { maxCount: offline.flushBatchMessages, maxBytes: offline.flushBatchBytes },
-    maxInflight: offline.flushMaxInflight,
-    rate: { messagesPerSecond: offline.flushRateMessagesPerSecond, bytesPerSecond: offline.flushRateBytesPerSecond },
+    ...flusherSettings(offline),
   });
   flushers.push(flusher);
   const controller = new AbortController();

@@ -12,6 +12,7 @@ import { HttpSink } from '../src/cloud/http-sink.js';
 import { RetryPolicy } from '../src/cloud/retry.js';
 import { defaultConfig } from '../src/config/schema.js';
 import { Flusher } from '../src/outbox/flusher.js';
+import { flusherSettings } from '../src/outbox/policy.js';
 import { Outbox } from '../src/outbox/outbox.js';
 import { backoffFromSettings } from '../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
@@ -251,9 +252,7 @@ async function drainOurs(dir: string, cloud: DevCloud, n: number, tag: string): 
       }),
       clock: systemClock,
       logger: silent,
-      batch: { maxCount: offline.flushBatchMessages, maxBytes: offline.flushBatchBytes },
-      maxInflight: offline.flushMaxInflight,
-      rate: { messagesPerSecond: offline.flushRateMessagesPerSecond, bytesPerSecond: offline.flushRateBytesPerSecond },
+      ...flusherSettings(offline),
     });
     flushers.push(flusher);
     const done = acks.all(n);

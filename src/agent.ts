@@ -22,7 +22,7 @@ import { MQTT_CHANNELS, MqttSink } from './mqtt/sink.js';
 import { MetricsBuffer } from './outbox/downsample.js';
 import { Flusher } from './outbox/flusher.js';
 import { Outbox } from './outbox/outbox.js';
-import { outboxSettings } from './outbox/policy.js';
+import { flusherSettings, outboxSettings } from './outbox/policy.js';
 import { OutboxError, type EnqueueMessage, type EnqueueResult } from './outbox/types.js';
 import { backoffFromSettings } from './resilience/backoff.js';
 import { ConnectionMonitor } from './resilience/connection-monitor.js';
@@ -201,9 +201,7 @@ export class Agent {
         retry: retryFor(sink.monitorChannel),
         clock,
         logger: logger.child({ part: `flush-${sink.name}` }),
-        batch: { maxCount: offline.flushBatchMessages, maxBytes: offline.flushBatchBytes },
-        maxInflight: offline.flushMaxInflight,
-        rate: { messagesPerSecond: offline.flushRateMessagesPerSecond, bytesPerSecond: offline.flushRateBytesPerSecond },
+        ...flusherSettings(offline),
       });
 
     if (config.features.shadow) {

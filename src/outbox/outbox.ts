@@ -228,7 +228,7 @@ export class Outbox {
   private readonly walBudget: number;
   private readonly q: ReturnType<typeof prepareStatements>;
   private readonly tx: (fn: () => unknown) => unknown;
-  private readonly deleteLeased: (leased: Lease[]) => void;
+  private readonly deleteLeased: (ids: string[]) => void;
 
   private s: State;
   private readonly leases = new Map<string, Lease>();
@@ -275,9 +275,9 @@ export class Outbox {
     const t = this.db.transaction((fn: () => unknown) => fn());
     this.tx = (fn) => t(fn);
     // Inside `write`'s transaction this is a savepoint: a mismatch undoes the delete alone.
-    this.deleteLeased = this.db.transaction((leased: Lease[]) => {
-      const { changes } = this.q.deleteSeqs.run(JSON.stringify(leased.map((l) => l.seq)));
-      if (changes !== leased.length) throw new LeaseMismatch(`${changes} of ${leased.length} leased rows deleted`);
+    this.deleteLeased = this.db.transaction((ids: string[]) => {
+      const { changes } = this.q.deleteIds.run(JSON.stringify(ids));
+      if (changes !== ids.length) throw new LeaseMismatch(`${changes} of ${ids.length} leased rows deleted`);
     });
     this.s = this.load();
   }
@@ -751,10 +751,10 @@ export class Outbox {
   }
 
   /**
-   * Leased messages (what a sink acks) are deleted by seq in one statement, accounted from their
-   * leases; others one by one by id. A leased row always exists (nothing deletes a leased row
-   * without releasing its lease), but should one be missing the bulk delete is undone (savepoint)
-   * and every message is taken the slow way.
+   * Leased messages (what a sink acks) are deleted in one statement, accounted from their leases
+   * (channel, priority, bytes) without reading them back; others one by one. A leased row always
+   * exists (nothing deletes a leased row without releasing its lease), but should one be missing the
+   * bulk delete is undone (savepoint) and every message is taken the slow way.
    */
   private ackRows(list: string[]): number {
     return this.write(`acknowledging ${list.length} message(s)`, () => {
@@ -771,7 +771,7 @@ export class Outbox {
       let deleted = 0;
       if (leased.length > 0) {
         try {
-          this.deleteLeased(leased);
+          this.deleteLeased(leasedIds);
           for (const l of leased) {
             this.laneRemove(l);
             this.bump(l.channel, 'delivered');
@@ -779,7 +779,7 @@ export class Outbox {
           deleted += leased.length;
         } catch (err) {
           if (!(err instanceof LeaseMismatch)) throw err;
-          this.logger.warn({ err: err.message }, 'outbox: a leased message was missing at its ack; acknowledging one by one');
+          this.logger.error({ err: err.message }, 'outbox: a leased message was missing at its ack; acknowledging one by one');
           rest.push(...leasedIds);
         }
       }
@@ -1354,8 +1354,9 @@ function prepareStatements(db: Database) {
     clearKey: p('UPDATE outbox SET coalesce_key = NULL WHERE seq = ?'),
     deleteSeq: p('DELETE FROM outbox WHERE seq = ?'),
     deleteById: p('DELETE FROM outbox WHERE id = ? RETURNING seq, channel, priority, bytes'),
-    // One statement for a whole acked batch: a statement per row costs twice as much CPU.
-    deleteSeqs: p('DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))'),
+    // One statement for a whole acked batch: a statement per row costs twice as much CPU. By id,
+    // not by the leased seq: an ack can then only ever delete the messages it names.
+    deleteIds: p('DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))'),
     syncNormal: p('PRAGMA synchronous = NORMAL'),
     syncFull: p('PRAGMA synchronous = FULL'),
     findById: p('SELECT seq, channel, priority, bytes FROM outbox WHERE id = ?'),

@@ -1,4 +1,5 @@
 import type { AgentConfig } from '../config/schema.js';
+import type { FlusherOptions } from './flusher.js';
 import type { ChannelPolicy } from './types.js';
 
 /**
@@ -44,5 +45,14 @@ export function outboxSettings(offline: AgentConfig['settings']['offline']): Out
     compressAboveBytes: offline.compressAboveBytes,
     groupCommit: { windowMs: offline.groupCommitWindowMs, maxBatch: offline.groupCommitMaxBatch },
     disk: { minFreeBytes: offline.minFreeDiskBytes },
+  };
+}
+
+/** A flusher's batch size, batches in flight and rate budget from `settings.offline`, as the agent runs them. */
+export function flusherSettings(offline: AgentConfig['settings']['offline']): Pick<FlusherOptions, 'batch' | 'maxInflight' | 'rate'> {
+  return {
+    batch: { maxCount: offline.flushBatchMessages, maxBytes: offline.flushBatchBytes },
+    maxInflight: offline.flushMaxInflight,
+    rate: { messagesPerSecond: offline.flushRateMessagesPerSecond, bytesPerSecond: offline.flushRateBytesPerSecond },
   };
 }

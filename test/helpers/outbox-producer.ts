@@ -1,12 +1,18 @@
 /**
  * Child process of test/integration/outbox-crash.test.ts: enqueues into the outbox as fast as it
  * can from many concurrent producers while a flusher peeks and acks, until it is killed.
- *   node --import tsx test/helpers/outbox-producer.ts DB_PATH PRODUCERS SEED
- * stdout, one line each: `ready` once the outbox is open; `D <id>` after an enqueue (or an
- * enqueueMany) resolved, i.e. the id is durable; `A <id>` just BEFORE an ack of that id is
- * attempted (so a printed `A` means "may be gone", never "was not acked").
+ *   node --import tsx test/helpers/outbox-producer.ts DB_PATH PRODUCERS SEED CLAIMS_FILE
+ * stdout: `ready` once the outbox is open. CLAIMS_FILE, one line each: `D <id>` after an enqueue
+ * (or an enqueueMany) resolved, i.e. the id is durable; `A <id>` just BEFORE an ack of that id is
+ * attempted (so a written `A` means "may be gone", never "was not acked").
+ *
+ * The claims go to a file with a write(2) each, not to stdout: a pipe whose reader is slow (a busy
+ * CI machine) makes Node queue stdout writes inside the process, and a SIGKILL loses what is queued.
+ * An `A` lost that way made acked messages look lost. A write to a file is in the page cache when
+ * writeSync returns, so it survives the kill.
  */
 import { randomBytes } from 'node:crypto';
+import { openSync, writeSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { Outbox } from '../../src/outbox/outbox.js';
 import { Store } from '../../src/store/store.js';
@@ -16,8 +22,8 @@ import type { Json } from '../../src/util/json-diff.js';
 import { createLogger } from '../../src/util/logger.js';
 import { seededRandom } from '../../src/util/random.js';
 
-const [dbPath, producersArg, seedArg] = process.argv.slice(2);
-if (!dbPath) throw new Error('usage: outbox-producer.ts DB_PATH PRODUCERS SEED');
+const [dbPath, producersArg, seedArg, claimsPath] = process.argv.slice(2);
+if (!dbPath || !claimsPath) throw new Error('usage: outbox-producer.ts DB_PATH PRODUCERS SEED CLAIMS_FILE');
 const producers = Number(producersArg ?? 32);
 const random = seededRandom(Number(seedArg ?? 1));
 const logger = createLogger({ level: 'silent', format: 'json', destination: new PassThrough() });
@@ -32,8 +38,8 @@ const outbox = new Outbox({
   disk: { minFreeBytes: 0 },
 });
 
-// Pipes are written synchronously on Linux: a line is in the parent's pipe before the next statement.
-const say = (line: string): void => void process.stdout.write(`${line}\n`);
+const claims = openSync(claimsPath, 'a');
+const say = (line: string): void => void writeSync(claims, `${line}\n`);
 const channels = ['telemetry', 'events', 'metrics', 'state', 'jobs'];
 
 function payload(): Json {
@@ -68,6 +74,6 @@ async function flush(): Promise<void> {
   }
 }
 
-say('ready');
+process.stdout.write('ready\n');
 void flush();
 await Promise.all(Array.from({ length: producers }, () => produce()));

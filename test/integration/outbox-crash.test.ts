@@ -1,5 +1,6 @@
 import BetterSqlite3 from 'better-sqlite3';
 import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Outbox } from '../../src/outbox/outbox.js';
@@ -13,7 +14,8 @@ import { tempDirs } from '../helpers/tmp.js';
 
 /**
  * Zero loss under SIGKILL: a child process enqueues as fast as it can (32 producers, a flusher
- * acking as it goes) and prints each id once its enqueue resolved; it is killed with SIGKILL at a
+ * acking as it goes) and writes each id to a claims file once its enqueue resolved (and each id it is
+ * about to ack); it is killed with SIGKILL at a
  * random moment, over and over against the same database file. After every round, each id the
  * child was told was durable must still be queued, or have been (possibly) acked by the child.
  */
@@ -33,8 +35,9 @@ interface Round {
 
 /** Runs one child; kills it `killAfterMs` after it is ready (or after spawn when `early`). */
 function runRound(dbPath: string, seed: number, killAfterMs: number, early: boolean): Promise<Round> {
+  const claimsPath = `${dbPath}.claims-${seed}`;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', HELPER, dbPath, '32', String(seed)], {
+    const child = spawn(process.execPath, ['--import', 'tsx', HELPER, dbPath, '32', String(seed), claimsPath], {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -49,13 +52,7 @@ function runRound(dbPath: string, seed: number, killAfterMs: number, early: bool
     if (early) arm();
     child.stdout.on('data', (chunk: Buffer) => {
       partial += chunk.toString('utf8');
-      const lines = partial.split('\n');
-      partial = lines.pop() ?? ''; // a line cut by the kill is not a claim
-      for (const line of lines) {
-        if (line === 'ready') arm();
-        else if (line.startsWith('D ')) durable.push(line.slice(2));
-        else if (line.startsWith('A ')) acked.push(line.slice(2));
-      }
+      if (partial.includes('ready\n')) arm();
     });
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
     child.on('error', reject);
@@ -64,6 +61,13 @@ function runRound(dbPath: string, seed: number, killAfterMs: number, early: bool
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       clearTimeout(guard);
+      const lines = existsSync(claimsPath) ? readFileSync(claimsPath, 'utf8').split('\n') : [];
+      lines.pop(); // a line cut by the kill is not a claim
+      for (const line of lines) {
+        if (line.startsWith('D ')) durable.push(line.slice(2));
+        else if (line.startsWith('A ')) acked.push(line.slice(2));
+      }
+      rmSync(claimsPath, { force: true });
       resolve({ durable, acked, signal, code, stderr });
     });
   });
@@ -92,9 +96,12 @@ describe('outbox crash safety', () => {
       const raw = new BetterSqlite3(dbPath);
       const queued = new Set((raw.prepare('SELECT id FROM outbox').pluck().all() as string[]));
       expect(raw.pragma('quick_check', { simple: true })).toBe('ok');
-      raw.close();
       const lost = [...durable].filter((id) => !queued.has(id) && !maybeAcked.has(id));
-      expect(lost, `round ${round}: ${lost.length} durable id(s) missing, e.g. ${lost.slice(0, 3).join(', ')}`).toEqual([]);
+      // Where a missing id went, if anywhere: parked (with the reason), or gone.
+      const parked = lost.map((id) => raw.prepare('SELECT reason FROM outbox_parked WHERE id = ?').pluck().get(id) as string | undefined);
+      raw.close();
+      const where = lost.slice(0, 3).map((id, i) => `${id} (${parked[i] === undefined ? 'gone' : `parked: ${parked[i]}`})`);
+      expect(lost, `round ${round} (killed after ${killAfterMs} ms${early ? ', early' : ''}): ${lost.length} durable id(s) missing, e.g. ${where.join(', ')}; child stderr: ${r.stderr.slice(-300)}`).toEqual([]);
       // Forget what is settled, so the sets stay small.
       for (const id of durable) if (!queued.has(id)) durable.delete(id);
 
