@@ -3,6 +3,7 @@ import type { Json } from '../util/json-diff.js';
 import { signalGroup } from '../util/process-group.js';
 import { DEFAULT_PROCESS_ENV } from '../workloads/runtimes/process.js';
 import { JobFailed, JobRejected, type JobContext, type JobHandler } from './types.js';
+import { describeValue } from '../config/issues.js';
 
 /** Longest argument list and argument a run-command job may pass. */
 const MAX_ARGS = 100;
@@ -22,10 +23,6 @@ export interface RunCommandOptions {
   user?: { uid: number; gid: number; name: string } | string | undefined;
 }
 
-function describe(v: unknown): string {
-  const text = JSON.stringify(v) ?? String(v);
-  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
-}
 
 /** Keeps the last `max` bytes written to it. */
 class Tail {
@@ -66,17 +63,17 @@ export function runCommandHandler(o: RunCommandOptions): JobHandler {
   return (params: Record<string, Json>, ctx: JobContext): Promise<Json> => {
     const command = params.command;
     if (!Array.isArray(command) || command.length === 0 || command.length > MAX_ARGS + 1) {
-      throw new JobRejected(`params.command: expected an array of 1 to ${MAX_ARGS + 1} strings (the program and its arguments), got ${describe(command)}`);
+      throw new JobRejected(`params.command: expected an array of 1 to ${MAX_ARGS + 1} strings (the program and its arguments), got ${describeValue(command)}`);
     }
     command.forEach((a, i) => {
       if (typeof a !== 'string' || a.length > MAX_ARG_LENGTH || a.includes('\u0000')) {
-        throw new JobRejected(`params.command[${i}]: expected a string of at most ${MAX_ARG_LENGTH} characters without NUL, got ${describe(a)}`);
+        throw new JobRejected(`params.command[${i}]: expected a string of at most ${MAX_ARG_LENGTH} characters without NUL, got ${describeValue(a)}`);
       }
     });
     const [program, ...args] = command as string[];
     if (!o.allowed.includes(program as string)) {
       const allowed = o.allowed.length > 0 ? o.allowed.join(', ') : 'none; set jobs.allowedCommands in the device config';
-      throw new JobRejected(`params.command[0]: ${describe(program)} is not in jobs.allowedCommands (allowed: ${allowed})`);
+      throw new JobRejected(`params.command[0]: ${JSON.stringify(program)} is not in jobs.allowedCommands (allowed: ${allowed})`);
     }
     if (typeof o.user === 'string') return Promise.reject(new JobFailed(`cannot run ${String(program)}: ${o.user}`, {}));
     return runProgram(program as string, args, o.user, o.maxOutputBytes, ctx);
@@ -143,7 +140,7 @@ export function restartServiceHandler(restart: (app: string, service: string, si
   return async (params, ctx) => {
     for (const field of ['app', 'service'] as const) {
       const v = params[field];
-      if (typeof v !== 'string' || v === '') throw new JobRejected(`params.${field}: expected the name of a${field === 'app' ? 'n app' : ' service'} of the target, got ${describe(v)}`);
+      if (typeof v !== 'string' || v === '') throw new JobRejected(`params.${field}: expected the name of a${field === 'app' ? 'n app' : ' service'} of the target, got ${describeValue(v)}`);
     }
     try {
       const r = await restart(params.app as string, params.service as string, ctx.signal);

@@ -6,6 +6,7 @@ import { Kick } from '../util/kick.js';
 import type { Random } from '../util/random.js';
 import type { JobRunner } from './runner.js';
 import type { JobSpec } from './types.js';
+import { describeValue } from '../config/issues.js';
 
 export interface JobPollerOptions extends CloudLoopDeps {
   runner: Pick<JobRunner, 'run' | 'reject' | 'recover' | 'knows'>;
@@ -90,27 +91,21 @@ export class JobPoller {
 
 type Parsed = { ok: true; job: JobSpec } | { ok: false; problem: string; id?: string };
 
-function describe(v: unknown): string {
-  if (v === undefined) return 'nothing';
-  const text = JSON.stringify(v) ?? String(v);
-  const kind = Array.isArray(v) ? 'an array' : v === null ? 'null' : `a ${typeof v}`;
-  return `${text.length > 60 ? `${text.slice(0, 57)}...` : text} (${kind})`;
-}
 
 /** Validates `{ id, type, params, timeoutSeconds }` (PROTOCOL.md); problems name the field, the value and what was expected. */
 export function parseJob(body: unknown): Parsed {
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) return { ok: false, problem: `job: expected an object, got ${describe(body)}` };
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return { ok: false, problem: `job: expected an object, got ${describeValue(body)}` };
   const b = body as Record<string, unknown>;
   if (typeof b.id !== 'string' || b.id === '' || b.id.length > MAX_ID_LENGTH) {
-    return { ok: false, problem: `id: expected a string of 1 to ${MAX_ID_LENGTH} characters, got ${describe(b.id)}` };
+    return { ok: false, problem: `id: expected a string of 1 to ${MAX_ID_LENGTH} characters, got ${describeValue(b.id)}` };
   }
   const id = b.id;
-  if (typeof b.type !== 'string' || b.type === '') return { ok: false, id, problem: `type: expected a non-empty string, got ${describe(b.type)}` };
+  if (typeof b.type !== 'string' || b.type === '') return { ok: false, id, problem: `type: expected a non-empty string, got ${describeValue(b.type)}` };
   const params = b.params ?? {};
-  if (params === null || typeof params !== 'object' || Array.isArray(params)) return { ok: false, id, problem: `params: expected an object, got ${describe(params)}` };
+  if (params === null || typeof params !== 'object' || Array.isArray(params)) return { ok: false, id, problem: `params: expected an object, got ${describeValue(params)}` };
   const timeout = b.timeoutSeconds ?? DEFAULT_TIMEOUT_S;
   if (typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout < 1 || timeout > MAX_TIMEOUT_S) {
-    return { ok: false, id, problem: `timeoutSeconds: expected an integer from 1 to ${MAX_TIMEOUT_S}, got ${describe(timeout)}` };
+    return { ok: false, id, problem: `timeoutSeconds: expected an integer from 1 to ${MAX_TIMEOUT_S}, got ${describeValue(timeout)}` };
   }
   return { ok: true, job: { id, type: b.type, params: params as Record<string, Json>, timeoutSeconds: timeout } };
 }

@@ -199,7 +199,7 @@ describe('parseJob', () => {
   });
 
   it('names the field, the value and what was expected; keeps the id when it can', () => {
-    expect(parseJob([1])).toEqual({ ok: false, problem: 'job: expected an object, got [1] (an array)' });
+    expect(parseJob([1])).toEqual({ ok: false, problem: 'job: expected an object, got an array ([1])' });
     expect(parseJob({ type: 't' })).toEqual({ ok: false, problem: 'id: expected a string of 1 to 200 characters, got nothing' });
     expect(parseJob({ id: 'j', type: 7 })).toEqual({ ok: false, id: 'j', problem: 'type: expected a non-empty string, got 7 (a number)' });
     expect(parseJob({ id: 'j', type: 't', params: 'x' })).toEqual({ ok: false, id: 'j', problem: 'params: expected an object, got "x" (a string)' });
