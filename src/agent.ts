@@ -37,7 +37,7 @@ import type { Json } from './util/json-diff.js';
 import type { Logger } from './util/logger.js';
 import { LoopRunner } from './util/loops.js';
 import { systemRandom, type Random } from './util/random.js';
-import { LocalBroker } from './telemetry/local-broker.js';
+import { LOCAL_SHADOW_DESIRED, LocalBroker } from './telemetry/local-broker.js';
 import { MetricsSampler } from './telemetry/sampler.js';
 import { SystemMetrics } from './telemetry/system-metrics.js';
 import { errorMessage } from './util/errors.js';
@@ -214,12 +214,16 @@ export class Agent {
 
     if (config.features.localBroker) {
       // Local apps publish on local/telemetry/{stream}; the PUBACK goes out once it is on disk.
+      const shadow = this.shadow;
       this.localBroker = new LocalBroker({
         host: config.localBroker.host,
         port: config.localBroker.port,
         ingest: (stream, payload) => this.ingest([{ stream, payload }]).then(() => undefined),
+        ...(shadow ? { shadowReported: (patch: Json) => void shadow.patch({ reported: patch }) } : {}),
         logger: logger.child({ part: 'local-broker' }),
       });
+      // Local apps follow the desired state on a retained topic, offline as well.
+      shadow?.on('changed', (e) => this.publishLocalDesired(e.document));
     }
 
     if (config.mqtt.url) {
@@ -456,6 +460,10 @@ export class Agent {
     this.queueShadowReport(doc);
   }
 
+  private publishLocalDesired(doc: ShadowDocument): void {
+    this.localBroker?.publishRetained(LOCAL_SHADOW_DESIRED, JSON.stringify({ version: doc.desiredVersion, desired: doc.desired, delta: doc.delta }));
+  }
+
   /** `GET /v2/jobs`: whether jobs run here, the one running, the latest ones. */
   jobsView(): unknown {
     const cfg = this.deps.config;
@@ -561,6 +569,8 @@ export class Agent {
     if (this.localBroker) {
       const { port } = await this.localBroker.start();
       logger.info({ host: config.localBroker.host, port }, 'local MQTT broker listening for local apps');
+      const doc = this.shadow?.get();
+      if (doc) this.publishLocalDesired(doc);
     }
     logger.info(
       { uuid: this.uuid, api: this.apiUrl, cloud: config.cloud.apiUrl ?? null, dataDir: config.dataDir, version: AGENT_VERSION },

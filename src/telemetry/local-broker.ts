@@ -16,6 +16,10 @@ import type { Logger } from '../util/logger.js';
  *   local subscribers as by any broker and never sent anywhere else. Anything outside `local/`
  *   (`iot/...` above all) is refused, so a local app cannot speak for the device toward the cloud.
  *   A will outside `local/` is refused at CONNECT for the same reason.
+ * - **Shadow.** `local/shadow/reported` takes a JSON merge patch of the device shadow's reported
+ *   state (acknowledged once stored); the agent publishes `local/shadow/desired` (retained) with
+ *   the desired state and what the reported state does not match yet. Apps may not publish anything
+ *   else under `local/shadow/`, so no app can tell the others what to do.
  * - **Durable before acknowledged.** A telemetry publish is handed to `ingest` in aedes's
  *   authorizePublish step, which runs before aedes writes the PUBACK (QoS 1) or PUBREC (QoS 2) and
  *   before local subscribers get the message: the app's acknowledgement means "on disk".
@@ -43,6 +47,10 @@ import type { Logger } from '../util/logger.js';
 
 export const LOCAL_PREFIX = 'local/';
 export const LOCAL_TELEMETRY_PREFIX = 'local/telemetry/';
+/** The device shadow's topics: apps publish reported patches; the agent publishes desired (retained). */
+export const LOCAL_SHADOW_PREFIX = 'local/shadow/';
+export const LOCAL_SHADOW_REPORTED = 'local/shadow/reported';
+export const LOCAL_SHADOW_DESIRED = 'local/shadow/desired';
 /** The same rule as the local API's `POST /v2/telemetry`. */
 const STREAM = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576;
@@ -55,7 +63,8 @@ export type LocalBrokerErrorCode =
   | 'LOCAL_STREAM_INVALID'
   | 'LOCAL_PAYLOAD_INVALID'
   | 'LOCAL_PAYLOAD_TOO_LARGE'
-  | 'LOCAL_INGEST_REFUSED';
+  | 'LOCAL_INGEST_REFUSED'
+  | 'LOCAL_SHADOW_REFUSED';
 
 export class LocalBrokerError extends AgentError {
   declare readonly code: LocalBrokerErrorCode;
@@ -75,6 +84,11 @@ export interface LocalBrokerOptions {
   logger: Logger;
   /** Largest telemetry payload accepted, in bytes. Default 1 MiB (the local API's body limit). */
   maxPayloadBytes?: number;
+  /**
+   * Applies a reported-state patch published on `local/shadow/reported` (the shadow's `patch`);
+   * throws to refuse it. Absent: the shadow is off and the topic is refused.
+   */
+  shadowReported?: (patch: Json) => void;
 }
 
 export interface LocalBrokerStats {
@@ -89,6 +103,7 @@ export interface LocalBrokerStats {
 /** What a publish to `topic` is: telemetry for the outbox, local traffic, or refused (and why). */
 export type LocalPublish =
   | { kind: 'telemetry'; stream: string; payload: Json }
+  | { kind: 'shadow-reported'; payload: Json }
   | { kind: 'local' }
   | { kind: 'refused'; error: LocalBrokerError };
 
@@ -98,23 +113,34 @@ export function classifyLocalPublish(topic: string, payload: Buffer | string, ma
   if (!topic.startsWith(LOCAL_PREFIX)) {
     return refused('LOCAL_TOPIC_FORBIDDEN', `topic "${topic}": local apps may publish only under "${LOCAL_PREFIX}"`);
   }
+  if (topic.startsWith(LOCAL_SHADOW_PREFIX)) {
+    // The agent alone publishes the desired state: an app must not be able to tell the others what to do.
+    if (topic !== LOCAL_SHADOW_REPORTED) return refused('LOCAL_TOPIC_FORBIDDEN', `topic "${topic}": local apps may publish only ${LOCAL_SHADOW_REPORTED} under "${LOCAL_SHADOW_PREFIX}"`);
+    const parsed = jsonPayload(topic, payload, maxPayloadBytes);
+    return 'kind' in parsed ? parsed : { kind: 'shadow-reported', payload: parsed.json };
+  }
   if (!topic.startsWith(LOCAL_TELEMETRY_PREFIX)) return { kind: 'local' };
   const stream = topic.slice(LOCAL_TELEMETRY_PREFIX.length);
   if (!STREAM.test(stream)) {
     return refused('LOCAL_STREAM_INVALID', `topic "${topic}": expected ${LOCAL_TELEMETRY_PREFIX}{stream}, a stream name of 1-64 letters, digits, ".", "_" or "-"`);
   }
+  const parsed = jsonPayload(topic, payload, maxPayloadBytes);
+  return 'kind' in parsed ? parsed : { kind: 'telemetry', stream, payload: parsed.json };
+}
+
+function jsonPayload(topic: string, payload: Buffer | string, maxPayloadBytes: number): { json: Json } | Extract<LocalPublish, { kind: 'refused' }> {
   const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
   if (bytes.length > maxPayloadBytes) {
     return refused('LOCAL_PAYLOAD_TOO_LARGE', `topic "${topic}": a payload of ${bytes.length} bytes, expected at most ${maxPayloadBytes}`);
   }
   try {
-    return { kind: 'telemetry', stream, payload: JSON.parse(utf8.decode(bytes)) as Json };
+    return { json: JSON.parse(utf8.decode(bytes)) as Json };
   } catch {
     return refused('LOCAL_PAYLOAD_INVALID', `topic "${topic}": expected a UTF-8 JSON payload`);
   }
 }
 
-function refused(code: LocalBrokerErrorCode, message: string): LocalPublish {
+function refused(code: LocalBrokerErrorCode, message: string): Extract<LocalPublish, { kind: 'refused' }> {
   return { kind: 'refused', error: new LocalBrokerError(code, message) };
 }
 
@@ -211,6 +237,18 @@ export class LocalBroker {
     this.log.info('local MQTT broker stopped');
   }
 
+  /**
+   * Publishes a retained QoS 1 message from the agent itself to local subscribers (the shadow's
+   * desired state). Not run through the client rules; a no-op while the broker is not running.
+   */
+  publishRetained(topic: string, payload: string): void {
+    const running = this.running;
+    if (!running) return;
+    running.aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: true, dup: false }, (err) => {
+      if (err) this.log.warn({ topic, err: err.message }, `local broker: could not publish on ${topic}`);
+    });
+  }
+
   stats(): LocalBrokerStats {
     return { clients: this.running?.aedes.connectedClients ?? 0, accepted: this.accepted, refused: this.refused };
   }
@@ -243,6 +281,21 @@ export class LocalBroker {
       return;
     }
     if (verdict.kind === 'local') {
+      done(null);
+      return;
+    }
+    if (verdict.kind === 'shadow-reported') {
+      // The shadow commits synchronously: the PUBACK that follows means "stored".
+      try {
+        if (!this.o.shadowReported) throw new Error('the device shadow is off here (features.shadow is false)');
+        this.o.shadowReported(verdict.payload);
+      } catch (err) {
+        const refusal = new LocalBrokerError('LOCAL_SHADOW_REFUSED', `topic "${packet.topic}": ${errorMessage(err)}`, { cause: err });
+        this.refuse(clientId, packet.topic, refusal);
+        done(refusal);
+        return;
+      }
+      this.accepted++;
       done(null);
       return;
     }

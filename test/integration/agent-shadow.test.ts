@@ -148,3 +148,31 @@ it('queues at start a reported change whose report the last run did not get to q
   await waitFor('the report at the cloud', () => cloud.admin.messages(dev.uuid).messages.some((m) => m.channel === 'shadow'), 15_000);
   expect(cloud.admin.messages(dev.uuid).messages.filter((m) => m.channel === 'shadow').map((m) => m.payload)).toEqual([{ version: 2, state: { temp: 2 } }]);
 });
+
+it('serves the shadow to local apps on the local broker: desired retained on local/shadow/desired, reported patches on local/shadow/reported', async () => {
+  const dev = { uuid: `shadow-local-${process.pid}`, apiKey: 'shadow-local-key-0123456789' };
+  cloud.admin.createDevice(dev);
+  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  const agent = await spawnAgent({
+    dataDir: dirs.make(),
+    config: { device: dev, cloud: { apiUrl: cloud.url }, features: { metrics: false, localBroker: true }, localBroker: { port: 0 }, settings: { pollIntervalMs: 60_000 } },
+  });
+  agents.push(agent);
+  expect((await agent.send('PATCH', '/v2/shadow', { desired: { fan: 'on' } })).status).toBe(200);
+  const started = await waitFor('the local broker', () => agent.records().find((r) => r.msg === 'local MQTT broker listening for local apps'));
+  const app = await observe(`mqtt://127.0.0.1:${String(started.port)}`, 'local/shadow/desired', { protocolVersion: 4 });
+  cleanups.push(() => app.close());
+  // Retained: a late subscriber gets the current desired state and what is left to do.
+  const first = await waitFor('the retained desired state', () => app.received.find((m) => m.topic === 'local/shadow/desired'));
+  expect(first.retain).toBe(true);
+  expect(JSON.parse(first.payload)).toEqual({ version: null, desired: { fan: 'on' }, delta: { fan: 'on' } });
+  // The app reports over MQTT; the PUBACK means stored; the delta left to do shrinks and is published again.
+  await app.client.publishAsync('local/shadow/reported', JSON.stringify({ fan: 'on', rpm: 900 }), { qos: 1 });
+  expect(((await agent.get('/v2/shadow')).body as Doc).reported).toEqual({ fan: 'on', rpm: 900 });
+  await waitFor('the new delta', () => app.received.some((m) => JSON.parse(m.payload).delta && Object.keys(JSON.parse(m.payload).delta as object).length === 0));
+  // An app may not publish the desired state for the others: its connection is closed without a PUBACK.
+  const closed = new Promise<void>((resolve) => app.client.once('close', () => resolve()));
+  app.client.publish('local/shadow/desired', JSON.stringify({ desired: { fan: 'off' } }), { qos: 1 });
+  await closed;
+  expect(((await agent.get('/v2/shadow')).body as Doc).desired).toEqual({ fan: 'on' });
+});

@@ -130,7 +130,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     expect(ingested).toEqual([]);
   });
 
-  it('refuses publishes outside local/ (and malformed telemetry topics): no PUBACK, nothing routed or ingested', async () => {
+  it('refuses publishes outside local/ (and malformed telemetry topics, and the shadow\'s topics but reported): no PUBACK, nothing routed or ingested', async () => {
     const { ingested, ingest } = recorder();
     const { broker, url } = await startBroker(ingest);
     const spy = await client(url);
@@ -138,7 +138,17 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     const seen: string[] = [];
     spy.on('message', (topic) => seen.push(topic));
 
-    const topics = ['iot/device-0001/telemetry/temp', 'iot/device-0001/status', 'other', 'local/telemetry/a/b', 'local/telemetry/.hidden'];
+    // local/shadow/desired is the agent's alone; local/shadow/reported needs the shadow (off here).
+    const topics = [
+      'iot/device-0001/telemetry/temp',
+      'iot/device-0001/status',
+      'other',
+      'local/telemetry/a/b',
+      'local/telemetry/.hidden',
+      'local/shadow/desired',
+      'local/shadow/x',
+      'local/shadow/reported',
+    ];
     for (const topic of topics) {
       const app = await client(url);
       await expectRefused(app, topic, '{"c":1}');
