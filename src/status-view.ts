@@ -13,6 +13,7 @@ interface StatusInput {
     channels: Record<string, { status: string; consecutiveFailures: number; lastError: string | null }>;
     outages: { start: number; end: number | null; durationMs: number | null; cause: string }[];
     degradation?: { mode: string };
+    mqtt?: { connected: boolean; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null } | null;
   };
   state: {
     mode: string;
@@ -91,6 +92,19 @@ export function renderStatus(s: StatusInput, key?: string): string {
     out.push('');
     out.push('Channels');
     out.push(table(channels.map(([n, ch]) => [n, `${ch.status}${ch.consecutiveFailures ? ` (${ch.consecutiveFailures} failures)` : ''}${ch.lastError ? `  ${ch.lastError}` : ''}`])));
+  }
+  if (c.mqtt) {
+    const m = c.mqtt;
+    out.push('');
+    out.push('MQTT session');
+    out.push(
+      table([
+        ['connected', `${m.connected ? 'yes' : 'no'}${m.sessionPresent ? ' (session resumed)' : ''}`],
+        ['in flight', `${m.inflight} unacknowledged, ${m.queued} waiting`],
+        ['reconnects', String(m.reconnects)],
+        ['last error', m.lastError ?? '-'],
+      ]),
+    );
   }
   if (c.outages.length > 0) {
     out.push('');

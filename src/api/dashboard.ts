@@ -48,7 +48,7 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
       var b = document.getElementById('badge'); b.textContent = c.status; b.className = c.status;
       document.getElementById('dev').textContent = dev.uuid;
       rows('conn', [['status', esc(c.status)], ['uptime', dur(c.uptime)], ['offline since', ts(c.offlineSince)], ['last poll', ts(c.lastPollSuccess)], ['last report', ts(c.lastReportSuccess)], ['poll failures', c.pollFailures], ['report failures', c.reportFailures], ['degradation', esc((c.degradation && c.degradation.mode) || 'normal')]]);
-      rows('chan', Object.keys(c.channels || {}).map(function(n){ var ch = c.channels[n]; return [n, esc(ch.status) + (ch.lastError ? '<br><small>' + esc(ch.lastError) + '</small>' : '')]; }));
+      rows('chan', Object.keys(c.channels || {}).map(function(n){ var ch = c.channels[n]; return [n, esc(ch.status) + (ch.lastError ? '<br><small>' + esc(ch.lastError) + '</small>' : '')]; }).concat(c.mqtt ? [['mqtt session', (c.mqtt.connected ? 'connected' : 'not connected') + ', ' + c.mqtt.inflight + ' in flight, ' + c.mqtt.queued + ' waiting, ' + c.mqtt.reconnects + ' reconnects' + (c.mqtt.lastError ? '<br><small>' + esc(c.mqtt.lastError) + '</small>' : '')]] : []));
       rows('out', (c.outages || []).slice(0, 8).map(function(o){ return [ts(o.start), dur(o.durationMs) + ' — ' + esc(o.cause)]; }));
       var t = s.target;
       rows('state', [['version', t ? t.version : '—'], ['source', t ? esc(t.source) : '—'], ['received', t ? ts(t.receivedAt) : '—'], ['rejected', s.lastRejection ? esc(s.lastRejection.message) : '—'], ['apps', t ? '<pre>' + esc(JSON.stringify(t.document.apps, null, 1)) + '</pre>' : '—']]);

@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { renderStatus } from '../../src/status-view.js';
+
+const base = {
+  device: { uuid: 'dev-1', version: '9.9.9' },
+  connection: {
+    status: 'degraded',
+    uptime: 90_000,
+    offlineSince: null,
+    lastPollSuccess: 0,
+    lastReportSuccess: 0,
+    pollFailures: 2,
+    reportFailures: 0,
+    channels: { api: { status: 'online', consecutiveFailures: 0, lastError: null }, mqtt: { status: 'offline', consecutiveFailures: 3, lastError: 'connect ECONNREFUSED' } },
+    outages: [],
+    mqtt: { connected: false, inflight: 12, queued: 488, reconnects: 4, lastError: 'connect ECONNREFUSED 127.0.0.1:1883', sessionPresent: null },
+  },
+  state: { mode: 'cloud', target: null, lastRejection: null, lastPollError: null },
+  loops: [{ name: 'mqtt', state: 'running', restarts: 0, lastError: null }],
+  jobs: { enabled: true, running: { id: 'j-7', type: 'run-command' }, counts: { RUNNING: 1, SUCCEEDED: 3, FAILED: 0, REJECTED: 1, TIMED_OUT: 0 }, recent: [{ id: 'j-6', type: 'poll-target', status: 'SUCCEEDED', finishedAt: 0 }] },
+  shadow: { reportedVersion: 5, desiredVersion: 2, delta: { fan: 'on' }, overrides: null, conflicts: [] },
+};
+
+describe('iotistic-agent status (the table)', () => {
+  it('shows the MQTT session, the running job with what is kept, and the shadow', () => {
+    const out = renderStatus(base);
+    expect(out).toMatch(/MQTT session\n\s+connected\s+no\n\s+in flight\s+12 unacknowledged, 488 waiting\n\s+reconnects\s+4\n\s+last error\s+connect ECONNREFUSED 127\.0\.0\.1:1883/);
+    expect(out).toContain('Jobs  running run-command j-7; kept: 1 running, 3 succeeded, 1 rejected');
+    expect(out).toMatch(/Shadow\n\s+reported version\s+5\n\s+desired version\s+2\n\s+delta\s+fan\n\s+local overrides\s+none\n\s+conflicts\s+0/);
+  });
+
+  it('says why jobs are off and that the shadow is off, and leaves out the MQTT session without MQTT', () => {
+    const out = renderStatus({ ...base, connection: { ...base.connection, mqtt: null }, jobs: { enabled: false, reason: 'features.jobs is false', running: null, counts: null, recent: [] }, shadow: null });
+    expect(out).not.toContain('MQTT session');
+    expect(out).toContain('Jobs  off (features.jobs is false)');
+    expect(out).toContain('Shadow  off');
+  });
+});
