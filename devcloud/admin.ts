@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FaultInjector, FaultSpec, FaultStatus } from './faults.js';
 import { sendError } from './http.js';
-import type { DevCloudStore, HealthRecord, JobView, MessagePage, ReceivedCounts, ReportRecord } from './store.js';
+import type { DevCloudStore, HealthRecord, JobView, MessagePage, ReceivedCounts, ReportRecord, ShadowDesiredView } from './store.js';
 import {
   isObject,
   notFound,
@@ -31,6 +31,9 @@ export interface AdminApi {
   reports(uuid: string, query?: { limit?: number }): { reports: ReportRecord[] };
   health(uuid: string, query?: { limit?: number }): { health: HealthRecord[] };
   createJob(uuid: string, job: { type: string; params?: Record<string, unknown>; timeoutSeconds?: number }): { id: string };
+  /** Sets the device shadow's desired state (what `GET …/shadow/desired` answers); the version goes up by one. */
+  setShadowDesired(uuid: string, state: Record<string, unknown>): ShadowDesiredView;
+  shadowDesired(uuid: string): ShadowDesiredView | null;
   job(uuid: string, id: string): JobView;
   setFaults(spec: FaultSpec): Promise<FaultStatus>;
   clearFaults(): Promise<FaultStatus>;
@@ -54,6 +57,12 @@ export function createAdminApi(store: DevCloudStore, faults: FaultInjector): Adm
       const id = requireUuid(uuid);
       const { etag, revision } = store.setTarget(id, requireObject(target, 'target'));
       return { etag, revision };
+    },
+    setShadowDesired(uuid, state) {
+      return store.setShadowDesired(requireUuid(uuid), requireObject(state, 'state'));
+    },
+    shadowDesired(uuid) {
+      return store.shadowDesired(requireUuid(uuid)) ?? null;
     },
     target(uuid) {
       const t = store.target(requireUuid(uuid));
@@ -124,6 +133,10 @@ export function registerAdminRoutes(app: FastifyInstance, admin: AdminApi, admin
     admin.setTarget(request.params.uuid, request.body as Record<string, unknown>),
   );
   app.get('/admin/devices/:uuid/target', async (request: FastifyRequest<Uuid>) => admin.target(request.params.uuid));
+  app.put('/admin/devices/:uuid/shadow/desired', async (request: FastifyRequest<Uuid>) =>
+    admin.setShadowDesired(request.params.uuid, request.body as Record<string, unknown>),
+  );
+  app.get('/admin/devices/:uuid/shadow/desired', async (request: FastifyRequest<Uuid>) => admin.shadowDesired(request.params.uuid));
   app.get('/admin/devices/:uuid/received', async (request: FastifyRequest<Uuid>) => admin.received(request.params.uuid));
   app.get('/admin/devices/:uuid/messages', async (request: FastifyRequest<Uuid & Limit>) =>
     admin.messages(request.params.uuid, {

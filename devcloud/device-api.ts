@@ -126,6 +126,16 @@ function registerRoutes(app: FastifyInstance, store: DevCloudStore, faults: Faul
     return reply.type('application/json; charset=utf-8').send(target.json);
   });
 
+  // The shadow's desired state for devices without MQTT: 204 until one is set; the ETag is its version.
+  app.get(`${DEVICE_PREFIX}/shadow/desired`, async (request: UuidRequest, reply) => {
+    const desired = store.shadowDesired(request.params.uuid);
+    if (!desired) return reply.code(204).send();
+    const etag = `"shadow-${desired.version}"`;
+    void reply.header('etag', etag).header('cache-control', 'no-cache');
+    if (ifNoneMatchHits(request.headers['if-none-match'], etag)) return reply.code(304).send();
+    return desired;
+  });
+
   app.patch(`${DEVICE_PREFIX}/state`, async (request: UuidRequest) => {
     const body = requireObject(request.body, 'body');
     const reportId = requireId(body.reportId, 'reportId');

@@ -102,7 +102,14 @@ export type JobUpdateResult =
   | { found: false }
   | { found: true; duplicate: boolean; status: JobStatus };
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
+
+/** Changes after the first schema, by the version they bring the file to. */
+const UPGRADES: Record<number, string> = {
+  // The device shadow's desired state, for devices that read it over HTTP.
+  2: `ALTER TABLE devices ADD COLUMN shadow_desired TEXT;
+      ALTER TABLE devices ADD COLUMN shadow_version INTEGER NOT NULL DEFAULT 0;`,
+};
 
 const SCHEMA = `
   CREATE TABLE devices (
@@ -199,6 +206,14 @@ interface DeviceRow {
   target: string | null;
   target_rev: number;
   target_etag: string | null;
+  shadow_desired: string | null;
+  shadow_version: number;
+}
+
+/** The desired state of a device's shadow, as the cloud sets it. */
+export interface ShadowDesiredView {
+  version: number;
+  state: Record<string, unknown>;
 }
 
 interface MessageRow {
@@ -244,7 +259,8 @@ export class DevCloudStore {
     | 'setJobStatus'
     | 'job'
     | 'insertJobUpdate'
-    | 'jobUpdates',
+    | 'jobUpdates'
+    | 'setShadowDesired',
     Statement
   >;
   private closed = false;
@@ -255,7 +271,8 @@ export class DevCloudStore {
   ) {
     const prepare = (sql: string): Statement => db.prepare(sql);
     this.stmt = {
-      device: prepare('SELECT key_hash, target, target_rev, target_etag FROM devices WHERE uuid = ?'),
+      device: prepare('SELECT key_hash, target, target_rev, target_etag, shadow_desired, shadow_version FROM devices WHERE uuid = ?'),
+      setShadowDesired: prepare('UPDATE devices SET shadow_desired = ?, shadow_version = shadow_version + 1 WHERE uuid = ?'),
       insertDevice: prepare('INSERT INTO devices (uuid, key_hash, created_at) VALUES (?, ?, ?) ON CONFLICT (uuid) DO NOTHING'),
       setKey: prepare('UPDATE devices SET key_hash = ? WHERE uuid = ?'),
       setTarget: prepare(
@@ -312,7 +329,8 @@ export class DevCloudStore {
       }
       if (version < SCHEMA_VERSION) {
         db.transaction(() => {
-          db.exec(SCHEMA);
+          if (version < 1) db.exec(SCHEMA);
+          for (let v = Math.max(version, 1) + 1; v <= SCHEMA_VERSION; v++) db.exec(UPGRADES[v] as string);
           db.pragma(`user_version = ${SCHEMA_VERSION}`);
         })();
       }
@@ -380,6 +398,25 @@ export class DevCloudStore {
       return { etag: etagFor(0, DEFAULT_TARGET), revision: 0, json: DEFAULT_TARGET };
     }
     return { etag: row.target_etag, revision: row.target_rev, json: row.target };
+  }
+
+  // ---- the shadow's desired state ----
+
+  /** Stores a new desired state; its version is one more than the last. */
+  setShadowDesired(uuid: string, state: Record<string, unknown>): ShadowDesiredView {
+    return this.db.transaction(() => {
+      this.ensureDevice(uuid);
+      this.stmt.setShadowDesired.run(JSON.stringify(state), uuid);
+      const row = this.stmt.device.get(uuid) as DeviceRow;
+      return { version: row.shadow_version, state };
+    })();
+  }
+
+  /** The desired state, or undefined when none was ever set. */
+  shadowDesired(uuid: string): ShadowDesiredView | undefined {
+    const row = this.stmt.device.get(uuid) as DeviceRow | undefined;
+    if (row?.shadow_desired == null) return undefined;
+    return { version: row.shadow_version, state: JSON.parse(row.shadow_desired) as Record<string, unknown> };
   }
 
   // ---- counters ----

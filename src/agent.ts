@@ -17,6 +17,7 @@ import { JobPoller } from './jobs/poller.js';
 import { JobRunner } from './jobs/runner.js';
 import { JOBS_CHANNEL, type JobHandler } from './jobs/types.js';
 import { MqttSession } from './mqtt/session.js';
+import { ShadowDesiredPoller } from './shadow/poller.js';
 import { SHADOW_CHANNEL, Shadow, type ShadowDocument } from './shadow/shadow.js';
 import { MQTT_CHANNELS, MqttSink } from './mqtt/sink.js';
 import { MetricsBuffer } from './outbox/downsample.js';
@@ -98,6 +99,7 @@ export class Agent {
   private readonly localBroker: LocalBroker | undefined;
   private readonly jobs: JobRunner | undefined;
   readonly shadow: Shadow | undefined;
+  private readonly shadowPoller: ShadowDesiredPoller | undefined;
   private readonly jobPoller: JobPoller | undefined;
   private stopped = false;
 
@@ -300,6 +302,20 @@ export class Agent {
           logger: logger.child({ part: 'jobs' }),
           runner: this.jobs,
           pollIntervalMs: () => config.jobs.pollIntervalMs,
+        });
+      }
+      // Without MQTT the shadow's desired state is polled over HTTP; with it, it arrives retained.
+      if (this.shadow && !config.mqtt.url) {
+        this.shadowPoller = new ShadowDesiredPoller({
+          http: this.http,
+          uuid: this.uuid,
+          monitor: this.monitor,
+          retry: retry(),
+          clock,
+          random,
+          logger: logger.child({ part: 'shadow' }),
+          shadow: this.shadow,
+          pollIntervalMs: () => settings().pollIntervalMs,
         });
       }
       // With MQTT, the channels it carries go to the broker; everything else (and all of it without
@@ -515,6 +531,7 @@ export class Agent {
     });
     if (this.poller) this.loops.start('target-state', (s) => this.poller!.run(s));
     if (this.jobPoller) this.loops.start('jobs', (s) => this.jobPoller!.run(s));
+    if (this.shadowPoller) this.loops.start('shadow-desired', (s) => this.shadowPoller!.run(s));
     if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
     if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
     if (this.probe) this.probe.start(signal);

@@ -2,7 +2,7 @@ import type { Store } from '../store/store.js';
 import { errorMessage } from '../util/errors.js';
 import type { Random } from '../util/random.js';
 import { validateTarget, type TargetState, type WorkloadPolicy } from '../workloads/target-schema.js';
-import { CloudError } from './http-client.js';
+import { pollLoop } from './poll-loop.js';
 import { failureKind, type CloudLoopDeps, type OutcomeSink } from './loop-deps.js';
 import type { ConfigIssue } from '../config/issues.js';
 import { Kick, type WakeableSleep } from '../util/kick.js';
@@ -54,27 +54,15 @@ export class TargetStatePoller {
   }
 
   async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      let delay: number;
-      try {
-        this.kick.consume();
-        await this.pollOnce(signal);
-        this.o.retry.afterSuccess();
-        const base = this.o.pollIntervalMs();
-        delay = base + this.o.random() * base * 0.1;
-      } catch (err) {
-        if (signal.aborted) return;
-        const cloudErr = err instanceof CloudError ? err : undefined;
-        delay = this.o.retry.afterFailure(err);
-        if (cloudErr && !cloudErr.retryable) {
-          // A 4xx other than 408/429 will not heal by retrying at once: wait at least a full poll interval.
-          delay = Math.max(delay, this.o.pollIntervalMs());
-        }
-        if (cloudErr) this.o.logger.debug({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'target-state poll failed');
-        else this.o.logger.error({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'target-state poll failed unexpectedly');
-      }
-      await this.o.retry.wait(delay, signal, this.kick);
-    }
+    const o = this.o;
+    await pollLoop(
+      { retry: o.retry, random: o.random, logger: o.logger, intervalMs: o.pollIntervalMs, kick: this.kick, what: 'target-state poll' },
+      async (s) => {
+        await this.pollOnce(s);
+        return 'wait';
+      },
+      signal,
+    );
   }
 
   /** One poll. Throws a CloudError on transport or HTTP failure (after marking the monitor). */

@@ -1,4 +1,4 @@
-import { CloudError } from '../cloud/http-client.js';
+import { pollLoop } from '../cloud/poll-loop.js';
 import { failureKind, type CloudLoopDeps } from '../cloud/loop-deps.js';
 import { errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
@@ -39,28 +39,23 @@ export class JobPoller {
 
   async run(signal: AbortSignal): Promise<void> {
     await this.o.runner.recover();
-    while (!signal.aborted) {
-      let delay: number;
-      try {
-        this.kick.consume();
-        const job = await this.next(signal);
-        this.o.retry.afterSuccess();
-        if (job && !this.o.runner.knows(job.id)) {
-          await this.o.runner.run(job, signal);
-          continue;
-        }
+    const o = this.o;
+    await pollLoop(
+      { retry: o.retry, random: o.random, logger: o.logger, intervalMs: o.pollIntervalMs, kick: this.kick, what: 'polling for jobs' },
+      async (s) => {
+        const job = await this.next(s);
+        if (!job) return 'wait';
         // A job handed out again is not run twice, and asking again at once would only get it again.
-        if (job) this.o.logger.warn({ jobId: job.id }, `the cloud handed out job ${job.id} again; it ran already, asking again in a poll interval`);
-        const base = this.o.pollIntervalMs();
-        delay = base + this.o.random() * base * 0.1;
-      } catch (err) {
-        if (signal.aborted) return;
-        delay = this.o.retry.afterFailure(err);
-        if (err instanceof CloudError && !err.retryable) delay = Math.max(delay, this.o.pollIntervalMs());
-        this.o.logger[err instanceof CloudError ? 'debug' : 'error']({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'polling for jobs failed');
-      }
-      await this.o.retry.wait(delay, signal, this.kick);
-    }
+        if (o.runner.knows(job.id)) {
+          o.logger.warn({ jobId: job.id }, `the cloud handed out job ${job.id} again; it ran already, asking again in a poll interval`);
+          return 'wait';
+        }
+        await o.runner.run(job, s);
+        // The cloud may have queued more: ask again at once.
+        return 'again';
+      },
+      signal,
+    );
   }
 
   /** The next job, or undefined (204, or a job refused as malformed). Throws a CloudError. */

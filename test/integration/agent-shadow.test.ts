@@ -176,3 +176,20 @@ it('serves the shadow to local apps on the local broker: desired retained on loc
   await closed;
   expect(((await agent.get('/v2/shadow')).body as Doc).desired).toEqual({ fan: 'on' });
 });
+
+it('without MQTT, polls the desired state from the device API and applies newer versions', async () => {
+  const dev = { uuid: `shadow-poll-${process.pid}`, apiKey: 'shadow-poll-key-0123456789' };
+  cloud.admin.createDevice(dev);
+  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  const agent = await spawnAgent({
+    dataDir: dirs.make(),
+    config: { device: dev, cloud: { apiUrl: cloud.url }, features: { metrics: false }, settings: { pollIntervalMs: 1_000 } },
+  });
+  agents.push(agent);
+  cloud.admin.setShadowDesired(dev.uuid, { mode: 'eco', setpoint: 21 });
+  await waitFor('desired v1', async () => ((await agent.get('/v2/shadow')).body as Doc).desiredVersion === 1, 15_000);
+  cloud.admin.setShadowDesired(dev.uuid, { mode: 'boost', setpoint: 21 });
+  await waitFor('desired v2', async () => ((await agent.get('/v2/shadow')).body as Doc).desiredVersion === 2, 15_000);
+  expect(((await agent.get('/v2/shadow')).body as Doc).desired).toEqual({ mode: 'boost', setpoint: 21 });
+  expect((await agent.get('/v2/loops')).body).toEqual(expect.arrayContaining([expect.objectContaining({ name: 'shadow-desired', state: 'running' })]));
+});

@@ -304,6 +304,19 @@ describe('devcloud (in process, real HTTP)', () => {
     expect(missing.json).toMatchObject({ statusCode: 404, error: 'Not Found' });
   });
 
+  it('serves the shadow desired state: 204 until set, then { version, state } with an ETag, 304 when unchanged', async () => {
+    expect((await dev('GET', 'shadow/desired')).status).toBe(204);
+    expect(cloud.admin.setShadowDesired(uuid, { fan: 'on' })).toEqual({ version: 1, state: { fan: 'on' } });
+    const first = await dev('GET', 'shadow/desired');
+    expect(first.json).toEqual({ version: 1, state: { fan: 'on' } });
+    const etag = String(first.headers.etag);
+    expect((await dev('GET', 'shadow/desired', { headers: { 'if-none-match': etag } })).status).toBe(304);
+    cloud.admin.setShadowDesired(uuid, { fan: 'off' });
+    const second = await dev('GET', 'shadow/desired', { headers: { 'if-none-match': etag } });
+    expect(second.json).toEqual({ version: 2, state: { fan: 'off' } });
+    expect(cloud.admin.shadowDesired(uuid)).toEqual({ version: 2, state: { fan: 'off' } });
+  });
+
   it('runs the jobs flow: next, updates once per updateId, 204 when empty, 404 for unknown jobs', async () => {
     const { id: j1 } = cloud.admin.createJob(uuid, { type: 'reboot', params: { delay: 1 }, timeoutSeconds: 30 });
     const { id: j2 } = await adminClient(cloud.adminUrl).createJob(uuid, { type: 'noop' });

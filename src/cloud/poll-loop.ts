@@ -1,0 +1,47 @@
+import { errorMessage } from '../util/errors.js';
+import type { Kick } from '../util/kick.js';
+import type { Logger } from '../util/logger.js';
+import type { Random } from '../util/random.js';
+import { CloudError } from './http-client.js';
+import type { RetryPolicy } from './retry.js';
+
+export interface PollLoopOptions {
+  retry: RetryPolicy;
+  random: Random;
+  logger: Logger;
+  /** Read on every cycle (a target may change it). */
+  intervalMs: () => number;
+  /** `pollNow()` of the loop's owner: ends the wait between polls, never a backoff after a failure. */
+  kick: Kick;
+  /** For the log: "polling for jobs", "target-state poll"... */
+  what: string;
+}
+
+/**
+ * The loop every cloud poller runs (target state, jobs, the shadow's desired state): poll; after a
+ * success wait the interval plus up to 10% jitter (or poll again at once when `poll` says there is
+ * more), after a failure wait as the loop's retry policy says (the one backoff, Retry-After, the
+ * offline floor, woken by the connectivity probe). A refusal that retrying will not cure (a 4xx
+ * other than 408/429) waits at least a full interval. A kick ends the wait after a success.
+ */
+export async function pollLoop(o: PollLoopOptions, poll: (signal: AbortSignal) => Promise<'again' | 'wait'>, signal: AbortSignal): Promise<void> {
+  while (!signal.aborted) {
+    let delay: number;
+    try {
+      o.kick.consume();
+      const next = await poll(signal);
+      o.retry.afterSuccess();
+      if (next === 'again') continue;
+      const base = o.intervalMs();
+      delay = base + o.random() * base * 0.1;
+    } catch (err) {
+      if (signal.aborted) return;
+      const cloudErr = err instanceof CloudError ? err : undefined;
+      delay = o.retry.afterFailure(err);
+      if (cloudErr && !cloudErr.retryable) delay = Math.max(delay, o.intervalMs());
+      // Cloud failures are the monitor's to report; anything else is a bug worth an error.
+      o.logger[cloudErr ? 'debug' : 'error']({ err: errorMessage(err), retryInMs: Math.round(delay) }, `${o.what} failed${cloudErr ? '' : ' unexpectedly'}`);
+    }
+    await o.retry.wait(delay, signal, o.kick);
+  }
+}
