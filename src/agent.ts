@@ -6,6 +6,7 @@ import { startApi } from './api/server.js';
 import { HealthReporter } from './cloud/health-report.js';
 import { HttpSink } from './cloud/http-sink.js';
 import { CloudHttpClient } from './cloud/http-client.js';
+import type { CloudLoopDeps } from './cloud/loop-deps.js';
 import { RetryPolicy } from './cloud/retry.js';
 import { StateDelivery } from './cloud/state-delivery.js';
 import { STATE_CHANNEL, StateReporter } from './cloud/state-report.js';
@@ -251,16 +252,13 @@ export class Agent {
         userAgent: `iotistic-agent/${AGENT_VERSION}`,
       });
       const settings = settingsNow;
-      const retry = (): RetryPolicy => retryFor('api');
+      const http = this.http;
+      // What every cloud loop is built with; each gets a retry policy (a backoff) of its own.
+      const cloudLoop = (part: string): CloudLoopDeps => ({ http, uuid: this.uuid, monitor: this.monitor, retry: retryFor('api'), clock, logger: logger.child({ part }) });
       this.poller = new TargetStatePoller({
-        http: this.http,
-        uuid: this.uuid,
+        ...cloudLoop('target-state'),
         store,
-        monitor: this.monitor,
-        retry: retry(),
-        clock,
         random,
-        logger: logger.child({ part: 'target-state' }),
         pollIntervalMs: () => settings().pollIntervalMs,
         policy: this.policy,
         onTarget: (t) => {
@@ -277,12 +275,7 @@ export class Agent {
         current: () => this.currentState(),
       });
       this.health = new HealthReporter({
-        http: this.http,
-        uuid: this.uuid,
-        monitor: this.monitor,
-        retry: retry(),
-        clock,
-        logger: logger.child({ part: 'health-report' }),
+        ...cloudLoop('health-report'),
         health: () => this.connectionHealth(),
       });
       if (config.features.jobs) {
@@ -293,13 +286,8 @@ export class Agent {
         };
         this.jobs = new JobRunner({ db: store.db, outbox: this.outbox, handlers, clock, logger: logger.child({ part: 'jobs' }), history: config.jobs.history });
         this.jobPoller = new JobPoller({
-          http: this.http,
-          uuid: this.uuid,
-          monitor: this.monitor,
-          retry: retry(),
-          clock,
+          ...cloudLoop('jobs'),
           random,
-          logger: logger.child({ part: 'jobs' }),
           runner: this.jobs,
           pollIntervalMs: () => config.jobs.pollIntervalMs,
         });
@@ -307,13 +295,8 @@ export class Agent {
       // Without MQTT the shadow's desired state is polled over HTTP; with it, it arrives retained.
       if (this.shadow && !config.mqtt.url) {
         this.shadowPoller = new ShadowDesiredPoller({
-          http: this.http,
-          uuid: this.uuid,
-          monitor: this.monitor,
-          retry: retry(),
-          clock,
+          ...cloudLoop('shadow'),
           random,
-          logger: logger.child({ part: 'shadow' }),
           shadow: this.shadow,
           pollIntervalMs: () => settings().pollIntervalMs,
         });
