@@ -13,7 +13,6 @@ import type { EnqueueMessage } from '../src/outbox/types.js';
  * clock at the ack that empties it.
  */
 
-/** Enqueues `n` messages in chunks of 1,000 (one enqueueMany, one transaction each). Returns ms. */
 /**
  * An outbox with the agent's default settings, kicking `flushers` after each commit, as agent.ts
  * wires it (the flushers are added to the array by the caller once built).
@@ -29,6 +28,7 @@ export function defaultOutbox(store: Store, logger: Logger, flushers: Flusher[])
   });
 }
 
+/** Enqueues `n` messages in chunks of 1,000 (one enqueueMany, one transaction each). Returns ms. */
 export async function fillOutbox(outbox: Outbox, n: number, message: (i: number) => EnqueueMessage): Promise<number> {
   const t0 = performance.now();
   const chunk = 1000;
