@@ -11,6 +11,7 @@ import { RetryPolicy } from './cloud/retry.js';
 import { StateDelivery } from './cloud/state-delivery.js';
 import { STATE_CHANNEL, StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';
+import { configStatus, configView, type ConfigSource, type ConfigStatus } from './config/fallback.js';
 import type { AgentConfig } from './config/schema.js';
 import { JobUpdateDelivery } from './jobs/delivery.js';
 import { pollTargetHandler, restartServiceHandler, runCommandHandler } from './jobs/handlers.js';
@@ -56,6 +57,8 @@ export interface AgentDeps {
   logger: Logger;
   clock?: Clock;
   random?: Random;
+  /** Where the config came from (the file, or the last-known-good copy and why). Default: the file. */
+  configSource?: ConfigSource;
 }
 
 const UUID_KEY = 'device.uuid';
@@ -276,7 +279,7 @@ export class Agent {
       });
       this.health = new HealthReporter({
         ...cloudLoop('health-report'),
-        health: () => this.connectionHealth(),
+        health: () => ({ ...this.connectionHealth(), config: this.configStatus() }),
       });
       if (config.features.jobs) {
         const handlers: Record<string, JobHandler> = {
@@ -482,9 +485,15 @@ export class Agent {
     };
   }
 
+  /** The config's source and, on a fallback, why: in `/v2/state`, health reports and metrics. */
+  configStatus(): ConfigStatus {
+    return configStatus(this.deps.configSource ?? { source: 'file', file: null }, this.clock.now());
+  }
+
   stateView(): unknown {
     const stored = this.deps.store.getTarget();
     return {
+      config: this.configStatus(),
       target: stored ?? null,
       lastRejection: this.poller?.lastRejection ?? null,
       lastPollAt: this.poller?.lastPollAt ?? null,
@@ -518,6 +527,12 @@ export class Agent {
     if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
     if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
     if (this.probe) this.probe.start(signal);
+    const cfgStatus = this.configStatus();
+    if (cfgStatus.fallback) {
+      // The cloud learns of it now, not at the next return from offline.
+      this.event('config-fallback', { file: cfgStatus.file, ...cfgStatus.fallback });
+      this.health?.request();
+    }
     const metrics = createMetrics({
       connection: () => this.monitor.health(),
       queue: () => this.outbox.stats(),
@@ -525,6 +540,7 @@ export class Agent {
       targetVersion: () => this.targets.current()?.version ?? null,
       loops: () => this.loops.status(),
       degraded: () => this.degradation.mode() === 'degraded',
+      configFallback: () => this.configStatus().fallback?.reason ?? null,
       jobs: () => this.jobs?.counts() ?? null,
       shadow: () => {
         const d = this.shadow?.get();
@@ -544,6 +560,7 @@ export class Agent {
         healthy: () => this.loops.healthy(),
         connection: () => this.connectionHealth(),
         state: () => this.stateView(),
+        config: () => configView(config, this.deps.configSource ?? { source: 'file', file: null }, this.clock.now()),
         pollNow: () => {
           if (!this.poller) return false;
           this.poller.pollNow();

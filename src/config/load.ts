@@ -3,9 +3,12 @@ import { applyEnvOverrides } from './env.js';
 import { describeValue, formatIssue, fromZodIssues, type ConfigIssue } from './issues.js';
 import { agentConfigSchema, SECRET_KEYS, type AgentConfig } from './schema.js';
 
+/** Why a file failed: unreadable, not JSON, not an object, or values the schema refuses. */
+export type ConfigFailure = 'unreadable' | 'not-json' | 'not-an-object' | 'invalid';
+
 export type ConfigResult =
   | { ok: true; config: AgentConfig; warnings: string[] }
-  | { ok: false; issues: ConfigIssue[]; warnings: string[] };
+  | { ok: false; failure: ConfigFailure; issues: ConfigIssue[]; warnings: string[] };
 
 export interface LoadOptions {
   /** Path of the JSON config file; undefined means "embedded defaults plus environment". */
@@ -27,19 +30,20 @@ export function loadConfig(opts: LoadOptions): ConfigResult {
       text = readFileSync(opts.file, 'utf8');
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'error';
-      return { ok: false, warnings, issues: [{ path: '', source: 'file', expected: `a readable file at ${opts.file} (${code})` }] };
+      return { ok: false, failure: 'unreadable', warnings, issues: [{ path: '', source: 'file', expected: `a readable file at ${opts.file} (${code})` }] };
     }
     try {
       raw = JSON.parse(text) as unknown;
     } catch (err) {
       return {
         ok: false,
+        failure: 'not-json',
         warnings,
         issues: [{ path: '', source: 'file', expected: `valid JSON in ${opts.file} (${(err as Error).message})` }],
       };
     }
     if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
-      return { ok: false, warnings, issues: [{ path: '', source: 'file', value: raw, expected: 'a JSON object' }] };
+      return { ok: false, failure: 'not-an-object', warnings, issues: [{ path: '', source: 'file', value: raw, expected: 'a JSON object' }] };
     }
   }
   const merged = structuredClone(raw) as Record<string, unknown>;
@@ -51,7 +55,7 @@ export function loadConfig(opts: LoadOptions): ConfigResult {
       for (const [key, name] of env.applied) if (path === key || path.startsWith(`${key}.`)) return name;
       return 'file';
     };
-    return { ok: false, warnings, issues: fromZodIssues(parsed.error.issues, merged, sourceOf, isSecretPath) };
+    return { ok: false, failure: 'invalid', warnings, issues: fromZodIssues(parsed.error.issues, merged, sourceOf, isSecretPath) };
   }
   return { ok: true, config: parsed.data, warnings };
 }
