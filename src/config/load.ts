@@ -83,14 +83,37 @@ export function resolveDataDir(opts: { flag?: string; file?: string; env?: NodeJ
   const fromEnv = opts.env?.IOTISTIC_DATA_DIR;
   if (fromEnv) return fromEnv;
   if (opts.file) {
+    let text: string;
     try {
-      const raw = JSON.parse(readFileSync(opts.file, 'utf8')) as { dataDir?: unknown };
-      if (typeof raw.dataDir === 'string' && raw.dataDir !== '') return raw.dataDir;
+      text = readFileSync(opts.file, 'utf8');
     } catch {
-      // A broken file is reported by loadConfig; here it just does not name a data dir.
+      // An unreadable file is reported by loadConfig; here it just does not name a data dir.
+      return opts.fallback;
+    }
+    try {
+      const raw = JSON.parse(text) as { dataDir?: unknown };
+      if (typeof raw === 'object' && raw !== null && typeof raw.dataDir === 'string' && raw.dataDir !== '') return raw.dataDir;
+    } catch {
+      // A syntax error elsewhere in the file must not move the agent to the default data dir, away
+      // from its database and the last-known-good config in it: the one "dataDir" string still counts.
+      const salvaged = dataDirIn(text);
+      if (salvaged !== undefined) return salvaged;
     }
   }
   return opts.fallback;
+}
+
+/** The value of the one `"dataDir": "..."` member in text that is not valid JSON; undefined when not exactly one. */
+function dataDirIn(text: string): string | undefined {
+  const found = [...text.matchAll(/"dataDir"\s*:\s*("(?:[^"\\\n]|\\.)*")/g)];
+  const literal = found.length === 1 ? found[0]?.[1] : undefined;
+  if (literal === undefined) return undefined;
+  try {
+    const value = JSON.parse(literal) as string;
+    return value === '' ? undefined : value;
+  } catch {
+    return undefined;
+  }
 }
 
 export { describeValue };

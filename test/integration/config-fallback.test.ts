@@ -1,6 +1,9 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
-import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { CLI, requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // A config edit that breaks the file while a last-known-good copy exists: the agent keeps running on
@@ -8,12 +11,14 @@ import { tempDirs } from '../helpers/tmp.js';
 const dirs = tempDirs();
 let cloud: DevCloud;
 const agents: AgentProcess[] = [];
+const children: ChildProcess[] = [];
 beforeAll(async () => {
   requireBuilt();
   cloud = await startDevCloud();
 });
 afterEach(async () => {
   for (const a of agents.splice(0)) await a.stop('SIGKILL');
+  for (const c of children.splice(0)) c.kill('SIGKILL');
 });
 afterAll(async () => {
   await cloud.close();
@@ -109,4 +114,42 @@ describe('a broken config edit while a last-known-good config exists', () => {
     const page = (await broken.get('/')).body as string;
     expect(page).toContain('Config fallback');
   });
+});
+
+/** `run --config FILE` with no --data-dir: the data dir comes from the file alone. Resolves with the API URL. */
+async function runWithFileOnly(file: string): Promise<{ child: ChildProcess; apiUrl: string; stopped: Promise<number | null> }> {
+  const child = spawn(process.execPath, [CLI, 'run', '--config', file], { env: { ...process.env, IOTISTIC_DATA_DIR: undefined }, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  const stopped = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  let out = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  child.stderr!.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  const apiUrl = await waitFor(`the agent to start (${file})`, () => {
+    if (child.exitCode !== null) throw new Error(`agent exited with ${child.exitCode}: ${out}`);
+    return /"api":"(http:[^"]+)".*"msg":"agent started/.exec(out)?.[1];
+  }, 30_000);
+  return { child, apiUrl, stopped };
+}
+
+it('a file that is no longer JSON still names its data dir, so its last-known-good config is found there', async () => {
+  const dataDir = dirs.make();
+  const file = join(dataDir, 'agent.json');
+  const cfg = { dataDir, api: { port: 0 }, logging: { format: 'json' }, jobs: { allowedCommands: ['/bin/echo'] } };
+  writeFileSync(file, JSON.stringify(cfg, null, 2));
+  const first = await runWithFileOnly(file);
+  first.child.kill('SIGTERM');
+  expect(await first.stopped).toBe(0);
+
+  // A trailing comma: the file is not JSON any more, and the data dir is named only in it.
+  writeFileSync(file, JSON.stringify({ ...cfg, jobs: { allowedCommands: [] } }, null, 2).replace(/\n}$/, ',\n}'));
+  const second = await runWithFileOnly(file);
+  const key = readFileSync(join(dataDir, 'local-api.key'), 'utf8').trim();
+  const res = await fetch(`${second.apiUrl}/v2/config`, { headers: { authorization: `Bearer ${key}` } });
+  const view = (await res.json()) as ConfigView & { config: { dataDir: string } };
+  expect(view.source).toBe('last-known-good');
+  expect(view.fallback?.reason).toBe('not-json');
+  expect(view.config.dataDir).toBe(dataDir);
+  expect(view.config.jobs.allowedCommands).toEqual(['/bin/echo']);
+  second.child.kill('SIGTERM');
+  expect(await second.stopped).toBe(0);
 });

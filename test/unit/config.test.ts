@@ -151,6 +151,11 @@ describe('data dir resolution', () => {
     expect(resolveDataDir({ file, env: { IOTISTIC_DATA_DIR: '/env' }, fallback: '/def' })).toBe('/env');
     expect(resolveDataDir({ file, env: {}, fallback: '/def' })).toBe('/from/file');
     expect(resolveDataDir({ file: configFile('not json'), env: {}, fallback: '/def' })).toBe('/def');
+    // A syntax error elsewhere does not hide the one dataDir the file names (its database holds the last-known-good).
+    expect(resolveDataDir({ file: configFile('{ "dataDir": "/data/a \\"b\\"", "api": { "port": 1, }, }'), env: {}, fallback: '/def' })).toBe('/data/a "b"');
+    expect(resolveDataDir({ file: configFile('{ "dataDir": "/one", "x": { "dataDir": "/two" }, }'), env: {}, fallback: '/def' })).toBe('/def');
+    expect(resolveDataDir({ file: configFile('{ "dataDir": "", }'), env: {}, fallback: '/def' })).toBe('/def');
+    expect(resolveDataDir({ file: configFile('null'), env: {}, fallback: '/def' })).toBe('/def');
   });
 });
 
