@@ -57,7 +57,20 @@ export function loadConfig(opts: LoadOptions): ConfigResult {
     };
     return { ok: false, failure: 'invalid', warnings, issues: fromZodIssues(parsed.error.issues, merged, sourceOf, isSecretPath) };
   }
-  return { ok: true, config: parsed.data, warnings };
+  return { ok: true, config: parsed.data, warnings: [...warnings, ...unusedSettings(parsed.data)] };
+}
+
+/** Settings that are valid alone but do nothing with the rest of the config: said, never silently ignored. */
+function unusedSettings(c: AgentConfig): string[] {
+  const out: string[] = [];
+  if (c.cloud.caFile !== undefined && !c.cloud.apiUrl?.startsWith('https:')) {
+    out.push(`cloud.caFile is set but cloud.apiUrl is ${c.cloud.apiUrl ? 'not https://' : 'not set'}: the CA is not used`);
+  }
+  const tlsFiles = (['caFile', 'certFile', 'keyFile'] as const).filter((k) => c.mqtt[k] !== undefined);
+  if (tlsFiles.length > 0 && !c.mqtt.url?.startsWith('mqtts:')) {
+    out.push(`${tlsFiles.map((k) => `mqtt.${k}`).join(', ')} ${tlsFiles.length === 1 ? 'is' : 'are'} set but mqtt.url is ${c.mqtt.url ? 'not mqtts://' : 'not set'}: not used`);
+  }
+  return out;
 }
 
 export function formatIssues(issues: readonly ConfigIssue[]): string {

@@ -163,6 +163,11 @@ const mqttSchema = z.strictObject({
   caFile: z.string().optional().describe('CA certificate (PEM) for mqtts://, on top of the system roots.'),
   certFile: z.string().optional().describe('Client certificate (PEM) for mutual TLS.'),
   keyFile: z.string().optional().describe('Client private key (PEM) for mutual TLS.'),
+}).superRefine((m, ctx) => {
+  // The MQTT session refuses one without the other; caught here, it is a config error with a fallback, not a failed start.
+  if ((m.certFile === undefined) === (m.keyFile === undefined)) return;
+  const missing = m.certFile === undefined ? 'certFile' : 'keyFile';
+  ctx.addIssue({ code: 'custom', path: [missing], message: 'a path as well: mutual TLS needs both the client certificate (certFile) and its key (keyFile)' });
 });
 
 /** Local only: a target can never set these (a cloud must not be able to take over the host). */

@@ -50,6 +50,20 @@ describe('config check refuses keys that cannot go into an Authorization header'
   });
 });
 
+describe('config check on settings that cannot work together', () => {
+  it('refuses a client certificate without its key (the MQTT session would refuse it at every start)', async () => {
+    const r = await runCli(['config', 'check', '--config', writeConfig({ mqtt: { url: 'mqtts://127.0.0.1:8883', certFile: '/etc/client.pem' } })]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('mqtt.keyFile: expected a path as well: mutual TLS needs both');
+  });
+
+  it('warns about a cloud.caFile that an http:// cloud never uses', async () => {
+    const r = await runCli(['config', 'check', '--config', writeConfig({ cloud: { apiUrl: 'http://127.0.0.1:9', caFile: '/etc/ca.pem' } })]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain('warning: cloud.caFile is set but cloud.apiUrl is not https://: the CA is not used');
+  });
+});
+
 describe('iotistic-agent status', () => {
   it('with a broken --config whose api section is unusable: says so with the issues and exits 78', async () => {
     const file = writeConfig({ api: { port: 'eight thousand' }, dataDir: dirs.make() });

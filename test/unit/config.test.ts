@@ -202,3 +202,25 @@ describe('shipped JSON Schema', () => {
     expect(shipped).toEqual(z.toJSONSchema(agentConfigSchema, { io: 'input' }));
   });
 });
+
+describe('settings that cannot work with the rest of the config', () => {
+  it('refuses a client certificate without its key (and the reverse), naming the missing one', () => {
+    const r = loadConfig({ file: configFile({ mqtt: { url: 'mqtts://broker:8883', certFile: '/etc/c.pem' } }) });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(formatIssues(r.issues)).toContain('mqtt.keyFile: expected a path as well: mutual TLS needs both');
+    const k = loadConfig({ file: configFile({ mqtt: { url: 'mqtts://broker:8883', keyFile: '/etc/k.pem' } }) });
+    expect(!k.ok && formatIssues(k.issues)).toContain('mqtt.certFile: expected a path as well');
+  });
+
+  it('warns about TLS files that a plain-text or missing URL never uses', () => {
+    const r = loadConfig({ file: configFile({ cloud: { apiUrl: 'http://cloud', caFile: '/ca.pem' }, mqtt: { caFile: '/ca.pem' } }) });
+    expect(r.ok).toBe(true);
+    expect(r.warnings).toEqual([
+      'cloud.caFile is set but cloud.apiUrl is not https://: the CA is not used',
+      'mqtt.caFile is set but mqtt.url is not set: not used',
+    ]);
+    const fine = loadConfig({ file: configFile({ cloud: { apiUrl: 'https://cloud', caFile: '/ca.pem' }, mqtt: { url: 'mqtts://b', caFile: '/ca.pem' } }) });
+    expect(fine.warnings).toEqual([]);
+  });
+});
