@@ -11,7 +11,7 @@ import { RetryPolicy } from './cloud/retry.js';
 import { StateDelivery } from './cloud/state-delivery.js';
 import { STATE_CHANNEL, StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';
-import { configStatus, configView, type ConfigSource, type ConfigStatus } from './config/fallback.js';
+import { announceConfigSource, configStatus, configView, type ConfigSource, type ConfigStatus } from './config/fallback.js';
 import type { AgentConfig } from './config/schema.js';
 import { JobUpdateDelivery } from './jobs/delivery.js';
 import { pollTargetHandler, restartServiceHandler, runCommandHandler } from './jobs/handlers.js';
@@ -64,6 +64,8 @@ export interface AgentDeps {
 const UUID_KEY = 'device.uuid';
 /** The latest shadow reportedVersion whose report is on disk in the outbox. */
 const SHADOW_QUEUED_KEY = 'shadow.reportQueuedVersion';
+/** Whether the last run told the cloud it ran on the last-known-good config. */
+const FALLBACK_ANNOUNCED_KEY = 'config.fallbackAnnounced';
 
 /** The device id: configured, else the one generated at first start and kept in the store. */
 export function deviceUuid(config: AgentConfig, store: Store): string {
@@ -527,12 +529,13 @@ export class Agent {
     if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
     if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
     if (this.probe) this.probe.start(signal);
-    const cfgStatus = this.configStatus();
-    if (cfgStatus.fallback) {
-      // The cloud learns of it now, not at the next return from offline.
-      this.event('config-fallback', { file: cfgStatus.file, ...cfgStatus.fallback });
-      this.health?.request();
-    }
+    announceConfigSource({
+      status: this.configStatus(),
+      announced: { get: () => this.deps.store.getKv<boolean>(FALLBACK_ANNOUNCED_KEY) === true, set: (v) => this.deps.store.setKv(FALLBACK_ANNOUNCED_KEY, v) },
+      event: (type, data) => this.event(type, data),
+      healthReport: () => this.health?.request(),
+      logger,
+    });
     const metrics = createMetrics({
       connection: () => this.monitor.health(),
       queue: () => this.outbox.stats(),

@@ -2,6 +2,8 @@ import type { ConfigIssue } from './issues.js';
 import { redactConfig } from './load.js';
 import type { ConfigFailure } from './load.js';
 import type { AgentConfig } from './schema.js';
+import { errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
 
 /** Why a config file could not be used; a bounded set, so it can be a metric label. */
 export type FallbackReason = ConfigFailure;
@@ -71,3 +73,36 @@ const REASON_WORDS: Record<FallbackReason, string> = {
   'not-an-object': 'not a JSON object',
   invalid: 'invalid',
 };
+
+export interface AnnounceOptions {
+  status: ConfigStatus;
+  /** Whether the previous run told the cloud of a fallback (kept in the store). */
+  announced: { get(): boolean; set(value: boolean): void };
+  event(type: 'config-fallback' | 'config-restored', data: Record<string, unknown>): void;
+  /** Sends a health report (it carries `config`) now rather than at the next return from offline. */
+  healthReport(): void;
+  logger: Logger;
+}
+
+/**
+ * At start: a run on the last-known-good config is told to the cloud (an event, a health report), and
+ * so is the first run on the file again, or the cloud would keep showing the fallback after the fix.
+ * Remembering it is a write; one that fails (a full disk) costs only the restored notice.
+ */
+export function announceConfigSource(o: AnnounceOptions): void {
+  const { fallback, file } = o.status;
+  let before = false;
+  try {
+    before = o.announced.get();
+  } catch (err) {
+    o.logger.warn({ err: errorMessage(err) }, 'could not read whether a config fallback was reported');
+  }
+  if (!fallback && !before) return;
+  o.event(fallback ? 'config-fallback' : 'config-restored', { file, ...fallback });
+  o.healthReport();
+  try {
+    if (before !== Boolean(fallback)) o.announced.set(Boolean(fallback));
+  } catch (err) {
+    o.logger.warn({ err: errorMessage(err) }, 'could not remember that a config fallback was reported');
+  }
+}

@@ -113,6 +113,17 @@ describe('a broken config edit while a last-known-good config exists', () => {
 
     const page = (await broken.get('/')).body as string;
     expect(page).toContain('Config fallback');
+    expect((await broken.stop()).code).toBe(0);
+
+    // Fixed: the file is in force again, and the cloud is told so at once (not at the next outage).
+    const fixed = await start(dataDir, config({ allowedCommands: ['/bin/true'] }));
+    const after = (await fixed.get('/v2/config')).body as ConfigView;
+    expect(after).toMatchObject({ source: 'file', fallback: null, config: { jobs: { allowedCommands: ['/bin/true'] } } });
+    expect((await fixed.get('/metrics')).body).toMatch(/^iotistic_config_fallback\{reason="none"\} 0$/m);
+    await waitFor('a health report saying the file is in force', () => (cloud.admin.received(dev.uuid).health.config as ConfigView | null)?.source === 'file', 20_000);
+    await waitFor('a config-restored event', () =>
+      cloud.admin.messages(dev.uuid).messages.some((m) => m.channel === 'events' && (m.payload as { type?: string }).type === 'config-restored'),
+    20_000);
   });
 });
 
