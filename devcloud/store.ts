@@ -90,7 +90,8 @@ export interface ReceivedCounts {
     batches: number;
     byChannel: Record<string, number>;
   };
-  health: { received: number; last: HealthRecord | null };
+  /** `config`: where the device's config came from, per its latest health report (null before one says). */
+  health: { received: number; last: HealthRecord | null; config: unknown };
   jobUpdates: { received: number; duplicates: number };
   /** Every device request that named this uuid, including those a fault answered. */
   requests: { total: number; byRoute: Record<string, number>; byStatus: Record<string, number> };
@@ -597,11 +598,16 @@ export class DevCloudStore {
         batches: c('messages.batches'),
         byChannel,
       },
-      health: { received: c('health.received'), last: lastHealth ?? null },
+      health: { received: c('health.received'), last: lastHealth ?? null, config: configOf(lastHealth?.health) },
       jobUpdates: { received: c('jobUpdates.received'), duplicates: c('jobUpdates.duplicates') },
       requests: { total: c('requests.total'), byRoute, byStatus },
     };
   }
+}
+
+/** The `config` member of a health report: `{ source: "file" | "last-known-good", file, fallback }`. */
+function configOf(health: unknown): unknown {
+  return health !== null && typeof health === 'object' && 'config' in health ? (health as { config: unknown }).config : null;
 }
 
 function toReport(r: { report_id: string; state: string; received_at: number }): ReportRecord {

@@ -11,6 +11,7 @@ import { RetryPolicy } from './cloud/retry.js';
 import { StateDelivery } from './cloud/state-delivery.js';
 import { STATE_CHANNEL, StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';
+import { announceConfigSource, configStatus, configView, type ConfigSource, type ConfigStatus } from './config/fallback.js';
 import type { AgentConfig } from './config/schema.js';
 import { JobUpdateDelivery } from './jobs/delivery.js';
 import { pollTargetHandler, restartServiceHandler, runCommandHandler } from './jobs/handlers.js';
@@ -56,11 +57,15 @@ export interface AgentDeps {
   logger: Logger;
   clock?: Clock;
   random?: Random;
+  /** Where the config came from (the file, or the last-known-good copy and why). Default: the file. */
+  configSource?: ConfigSource;
 }
 
 const UUID_KEY = 'device.uuid';
 /** The latest shadow reportedVersion whose report is on disk in the outbox. */
 const SHADOW_QUEUED_KEY = 'shadow.reportQueuedVersion';
+/** Whether the last run told the cloud it ran on the last-known-good config. */
+const FALLBACK_ANNOUNCED_KEY = 'config.fallbackAnnounced';
 
 /** The device id: configured, else the one generated at first start and kept in the store. */
 export function deviceUuid(config: AgentConfig, store: Store): string {
@@ -276,7 +281,7 @@ export class Agent {
       });
       this.health = new HealthReporter({
         ...cloudLoop('health-report'),
-        health: () => this.connectionHealth(),
+        health: () => ({ ...this.connectionHealth(), config: this.configStatus() }),
       });
       if (config.features.jobs) {
         const handlers: Record<string, JobHandler> = {
@@ -482,9 +487,15 @@ export class Agent {
     };
   }
 
+  /** The config's source and, on a fallback, why: in `/v2/state`, health reports and metrics. */
+  configStatus(): ConfigStatus {
+    return configStatus(this.deps.configSource ?? { source: 'file', file: null }, this.clock.now());
+  }
+
   stateView(): unknown {
     const stored = this.deps.store.getTarget();
     return {
+      config: this.configStatus(),
       target: stored ?? null,
       lastRejection: this.poller?.lastRejection ?? null,
       lastPollAt: this.poller?.lastPollAt ?? null,
@@ -518,6 +529,13 @@ export class Agent {
     if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
     if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
     if (this.probe) this.probe.start(signal);
+    announceConfigSource({
+      status: this.configStatus(),
+      announced: { get: () => this.deps.store.getKv<boolean>(FALLBACK_ANNOUNCED_KEY) === true, set: (v) => this.deps.store.setKv(FALLBACK_ANNOUNCED_KEY, v) },
+      event: (type, data) => this.event(type, data),
+      healthReport: () => this.health?.request(),
+      logger,
+    });
     const metrics = createMetrics({
       connection: () => this.monitor.health(),
       queue: () => this.outbox.stats(),
@@ -525,6 +543,7 @@ export class Agent {
       targetVersion: () => this.targets.current()?.version ?? null,
       loops: () => this.loops.status(),
       degraded: () => this.degradation.mode() === 'degraded',
+      configFallback: () => this.configStatus().fallback?.reason ?? null,
       jobs: () => this.jobs?.counts() ?? null,
       shadow: () => {
         const d = this.shadow?.get();
@@ -544,6 +563,7 @@ export class Agent {
         healthy: () => this.loops.healthy(),
         connection: () => this.connectionHealth(),
         state: () => this.stateView(),
+        config: () => configView(config, this.deps.configSource ?? { source: 'file', file: null }, this.clock.now()),
         pollNow: () => {
           if (!this.poller) return false;
           this.poller.pollNow();

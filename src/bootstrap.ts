@@ -1,5 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { Agent, databasePath } from './agent.js';
+import type { ConfigSource } from './config/fallback.js';
 import { resolveWithLastKnownGood } from './config/last-known-good.js';
 import { formatIssues, loadConfig, redactConfig, resolveDataDir } from './config/load.js';
 import { defaultConfig, type AgentConfig } from './config/schema.js';
@@ -57,7 +58,13 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
   }
   const config: AgentConfig = { ...resolved.config, dataDir };
   logger.debug({ config: redactConfig(config) }, 'effective config');
-  const agent = new Agent({ config, store, logger });
+  const file = opts.configFile ?? null;
+  // Shown in the API, status, dashboard, metrics and the health report, not only in this log.
+  const configSource: ConfigSource =
+    resolved.source === 'last-known-good' && !loaded.ok
+      ? { source: 'last-known-good', file, reason: loaded.failure, issues: resolved.issues, lastKnownGoodSavedAt: resolved.savedAt, since: systemClock.now() }
+      : { source: 'file', file };
+  const agent = new Agent({ config, store, logger, configSource });
   try {
     await agent.start();
   } catch (err) {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { readLocalKey } from './api/local-key.js';
 import { bootAgent } from './bootstrap.js';
 import { formatIssues, loadConfig, resolveDataDir } from './config/load.js';
+import { noAnswer, statusConfig } from './status-target.js';
 import { agentConfigSchema, defaultConfig } from './config/schema.js';
 import { AgentError, errorMessage } from './util/errors.js';
 import { AGENT_VERSION } from './version.js';
@@ -64,8 +65,14 @@ program
   .option('--json', 'print the raw JSON (for scripts)')
   .option('--show-key', 'also print the local API key')
   .action(async (opts: { config?: string; dataDir?: string; api?: string; key?: string; json?: boolean; showKey?: boolean }) => {
-    const loaded = opts.config ? loadConfig({ file: opts.config, env: process.env }) : undefined;
-    const cfg = loaded?.ok ? loaded.config : defaultConfig();
+    const found = statusConfig(opts.config, process.env);
+    if (!found.ok && !opts.api) {
+      process.stderr.write(`iotistic-agent: ${found.message}\n`);
+      process.exit(EXIT_CONFIG);
+    }
+    const cfg = found.ok ? found.config : defaultConfig();
+    if (!found.ok) process.stderr.write(`warning: ${found.message.split('\n')[0]} (see \`config check\`); using --api ${opts.api}\n`);
+    else if (found.config.warning) process.stderr.write(`warning: ${found.config.warning}\n`);
     const dataDir = resolveDataDir({ flag: opts.dataDir, file: opts.config, env: process.env, fallback: cfg.dataDir });
     const apiHost = cfg.api.host === '0.0.0.0' ? '127.0.0.1' : cfg.api.host;
     const base = (opts.api ?? `http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${cfg.api.port}`).replace(/\/$/, '');
@@ -75,7 +82,13 @@ program
       process.exit(1);
     }
     const get = async (path: string, optional = false): Promise<unknown> => {
-      const res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${key}` }, signal: AbortSignal.timeout(5_000) });
+      let res: Response;
+      try {
+        res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${key}` }, signal: AbortSignal.timeout(5_000) });
+      } catch (err) {
+        const why = noAnswer(base, err);
+        throw why ? new AgentError('AGENT_NOT_ANSWERING', why) : err;
+      }
       // The shadow answers 404 when it is off here.
       if (optional && res.status === 404) return null;
       if (!res.ok) throw new Error(`${path} answered ${res.status}: ${await res.text()}`);
@@ -98,7 +111,8 @@ program
         process.stdout.write(renderStatus(all as Parameters<typeof renderStatus>[0], opts.showKey ? key : undefined));
       }
     } catch (err) {
-      process.stderr.write(`iotistic-agent: cannot read the agent's status at ${base}: ${errorMessage(err)}\n`);
+      const message = err instanceof AgentError && err.code === 'AGENT_NOT_ANSWERING' ? err.message : `cannot read the agent's status at ${base}: ${errorMessage(err)}`;
+      process.stderr.write(`iotistic-agent: ${message}\n`);
       process.exit(1);
     }
   });

@@ -1,4 +1,5 @@
 /** Renders `iotistic-agent status` as a readable table. */
+import { formatIssue, type ConfigIssue } from './config/issues.js';
 
 interface StatusInput {
   device: { uuid: string; version: string };
@@ -16,6 +17,7 @@ interface StatusInput {
     mqtt?: { connected: boolean; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null } | null;
   };
   state: {
+    config?: ConfigStatusInput;
     mode: string;
     target: { version: number | null; source: string; receivedAt: number } | null;
     lastRejection: { message: string } | null;
@@ -43,6 +45,31 @@ interface StatusInput {
     overrides: Record<string, unknown> | null;
     conflicts: unknown[];
   } | null;
+}
+
+interface ConfigStatusInput {
+  source: string;
+  file: string | null;
+  fallback: {
+    message: string;
+    issues: ConfigIssue[];
+    issueCount: number;
+    lastKnownGoodAgeMs: number;
+  } | null;
+}
+
+/** A fallback to the last-known-good config is the first thing shown: what runs is not what the file says. */
+function configWarning(c: ConfigStatusInput | undefined): string[] {
+  if (!c?.fallback) return [];
+  const f = c.fallback;
+  const more = f.issueCount > f.issues.length ? [`    ... and ${f.issueCount - f.issues.length} more (GET /v2/config)`] : [];
+  return [
+    '',
+    `!! CONFIG FALLBACK: ${f.message} (${duration(f.lastKnownGoodAgeMs)} ago).`,
+    '!! Changes in the file are NOT in force. Fix it (iotistic-agent config check) and restart. Issues:',
+    ...f.issues.map((i) => `    - ${formatIssue(i)}`),
+    ...more,
+  ];
 }
 
 function when(ms: number | null | undefined): string {
@@ -74,6 +101,7 @@ export function renderStatus(s: StatusInput, key?: string): string {
   const c = s.connection;
   const out: string[] = [];
   out.push(`Iotistic Agent ${s.device.version}  device ${s.device.uuid}`);
+  out.push(...configWarning(s.state.config));
   out.push('');
   out.push('Connection');
   out.push(
@@ -116,6 +144,7 @@ export function renderStatus(s: StatusInput, key?: string): string {
   const t = s.state.target;
   out.push(
     table([
+      ['config', s.state.config ? `${s.state.config.source}${s.state.config.file ? ` (${s.state.config.file})` : ''}` : '-'],
       ['mode', s.state.mode],
       ['version', t?.version != null ? String(t.version) : '-'],
       ['source', t?.source ?? '-'],

@@ -17,8 +17,10 @@ section{background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px
 h2{font-size:14px;margin:0 0 8px}table{border-collapse:collapse;width:100%}td{padding:2px 6px;border-bottom:1px solid #eee;vertical-align:top}
 td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break:break-all;margin:0;font-size:12px}
 #err{color:#d64545;padding:0 20px}
+#cfg{display:none;background:#d64545;color:#fff;padding:10px 20px;margin:0}#cfg ul{margin:4px 0 0;padding-left:20px}
 </style></head>
 <body><header><h1>Iotistic Agent</h1><span id="badge">…</span><span id="dev"></span><span style="margin-left:auto;opacity:.6">v${version}</span></header>
+<div id="cfg" role="alert"></div>
 <p id="err"></p>
 <main>
 <section><h2>Connection</h2><table id="conn"></table></section>
@@ -45,13 +47,16 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
     Promise.all([get('/v2/connection'), get('/v2/state'), get('/v2/loops'), get('/v2/device'), get('/v2/queue'), get('/v2/jobs'), get('/v2/shadow')]).then(function(a){
       var c = a[0], s = a[1], loops = a[2], dev = a[3], q = a[4], jobs = a[5], sh = a[6];
       document.getElementById('err').textContent = '';
+      var cf = s.config && s.config.fallback, cd = document.getElementById('cfg');
+      cd.style.display = cf ? 'block' : 'none';
+      cd.innerHTML = cf ? '<strong>Config fallback:</strong> ' + esc(cf.message) + '. Changes in the file are not in force.<ul>' + cf.issues.map(function(i){ return '<li>' + esc((i.path || '(document)') + ': expected ' + i.expected) + '</li>'; }).join('') + (cf.issueCount > cf.issues.length ? '<li>… ' + (cf.issueCount - cf.issues.length) + ' more (GET /v2/config)</li>' : '') + '</ul>' : '';
       var b = document.getElementById('badge'); b.textContent = c.status; b.className = c.status;
       document.getElementById('dev').textContent = dev.uuid;
       rows('conn', [['status', esc(c.status)], ['uptime', dur(c.uptime)], ['offline since', ts(c.offlineSince)], ['last poll', ts(c.lastPollSuccess)], ['last report', ts(c.lastReportSuccess)], ['poll failures', c.pollFailures], ['report failures', c.reportFailures], ['degradation', esc((c.degradation && c.degradation.mode) || 'normal')]]);
       rows('chan', Object.keys(c.channels || {}).map(function(n){ var ch = c.channels[n]; return [n, esc(ch.status) + (ch.lastError ? '<br><small>' + esc(ch.lastError) + '</small>' : '')]; }).concat(c.mqtt ? [['mqtt session', (c.mqtt.connected ? 'connected' : 'not connected') + ', ' + c.mqtt.inflight + ' in flight, ' + c.mqtt.queued + ' waiting, ' + c.mqtt.reconnects + ' reconnects' + (c.mqtt.lastError ? '<br><small>' + esc(c.mqtt.lastError) + '</small>' : '')]] : []));
       rows('out', (c.outages || []).slice(0, 8).map(function(o){ return [ts(o.start), dur(o.durationMs) + ' — ' + esc(o.cause)]; }));
       var t = s.target;
-      rows('state', [['version', t ? t.version : '—'], ['source', t ? esc(t.source) : '—'], ['received', t ? ts(t.receivedAt) : '—'], ['rejected', s.lastRejection ? esc(s.lastRejection.message) : '—'], ['apps', t ? '<pre>' + esc(JSON.stringify(t.document.apps, null, 1)) + '</pre>' : '—']]);
+      rows('state', [['config', esc(s.config ? s.config.source : '—')], ['version', t ? t.version : '—'], ['source', t ? esc(t.source) : '—'], ['received', t ? ts(t.receivedAt) : '—'], ['rejected', s.lastRejection ? esc(s.lastRejection.message) : '—'], ['apps', t ? '<pre>' + esc(JSON.stringify(t.document.apps, null, 1)) + '</pre>' : '—']]);
       rows('queue', [['waiting', q.depth + ' (' + Math.round(q.bytes / 1024) + ' KiB), oldest ' + dur(q.oldestAgeMs)]].concat(Object.keys(q.channels || {}).map(function(n){ var ch = q.channels[n]; return [n, ch.depth + ' waiting, ' + ch.delivered + ' delivered, ' + ch.dropped + ' dropped, ' + ch.parked + ' parked']; })));
       rows('jobs', !jobs.enabled ? [['off', esc(jobs.reason)]] : [['running', jobs.running ? esc(jobs.running.type + ' ' + jobs.running.id) : 'nothing']].concat(jobs.recent.slice(0, 8).map(function(j){ return [esc(j.type), esc(j.status) + ' — ' + ts(j.finishedAt)]; })));
       rows('shadow', !sh ? [['off', 'features.shadow is false']] : [['reported', 'v' + sh.reportedVersion + '<pre>' + esc(JSON.stringify(sh.reported, null, 1)) + '</pre>'], ['desired', (sh.desiredVersion == null ? '—' : 'v' + sh.desiredVersion) + '<pre>' + esc(JSON.stringify(sh.desired, null, 1)) + '</pre>'], ['delta', '<pre>' + esc(JSON.stringify(sh.delta)) + '</pre>'], ['local overrides', sh.overrides ? '<pre>' + esc(JSON.stringify(sh.overrides)) + '</pre>' : 'none'], ['conflicts', sh.conflicts.length]]);

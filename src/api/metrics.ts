@@ -14,6 +14,8 @@ export interface MetricsSource {
   mqtt(): { connected: boolean; inflight: number; reconnects: number } | null;
   loops(): { name: string; state: string; restarts: number }[];
   degraded(): boolean;
+  /** Why the config file was not used (the agent runs on the last-known-good one); null when it was. */
+  configFallback?(): string | null;
   /** Jobs in the local table per status; null when jobs do not run here. */
   jobs?(): Record<string, number> | null;
   /** null when the shadow is off. */
@@ -147,6 +149,18 @@ export function createMetrics(source: MetricsSource): Registry {
     registers: [registry],
     collect() {
       this.set(source.degraded() ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_config_fallback',
+    help: '1 while the agent runs on its last-known-good config because the file is broken; reason: unreadable, not-json, not-an-object or invalid',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const reason = source.configFallback?.() ?? null;
+      if (reason) this.set({ reason }, 1);
+      else this.set({ reason: 'none' }, 0);
     },
   });
   new Gauge({

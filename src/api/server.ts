@@ -23,6 +23,8 @@ export interface ApiView {
   healthy(): boolean;
   connection(): unknown;
   state(): unknown;
+  /** The effective config (secrets redacted), its source and, on a fallback, why. */
+  config(): unknown;
   /** Triggers an immediate target-state poll; false when the agent has no cloud. */
   pollNow(): boolean;
   /** Local mode: validates and applies a target set on the device. */
@@ -113,6 +115,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
 
   app.get('/v2/connection', async () => view.connection());
   app.get('/v2/state', async () => view.state());
+  app.get('/v2/config', async () => view.config());
   app.get('/v2/loops', async () => view.loops());
   app.get('/v2/device', async () => ({ uuid: view.uuid, version: view.version }));
 

@@ -4,6 +4,7 @@ import { Agent, request, type Dispatcher } from 'undici';
 import { parseRetryAfter } from '../resilience/backoff.js';
 import type { Clock } from '../util/clock.js';
 import { AgentError } from '../util/errors.js';
+import { trustWithDefaults } from '../util/tls-trust.js';
 import { NETWORK_REASONS } from '../util/network-errors.js';
 
 /**
@@ -73,8 +74,8 @@ export class CloudHttpClient {
     this.dispatcher = new Agent({
       connect: {
         timeout: opts.timeoutMs,
-        // TLS stays verified; a CA file adds trust, it never removes checks.
-        ...(opts.caFile ? { ca: readFileSync(opts.caFile, 'utf8') } : {}),
+        // TLS stays verified; a CA file adds trust to the system roots, it never removes checks.
+        ...(opts.caFile ? { ca: trustWithDefaults(readCaFile(opts.caFile)) } : {}),
       },
       headersTimeout: opts.timeoutMs,
       bodyTimeout: opts.timeoutMs,
@@ -153,6 +154,15 @@ export class CloudHttpClient {
     const words = code ? NETWORK_REASONS[code] : undefined;
     const reason = words ? `${words} (${code})` : (err as Error).message;
     return new CloudError('network', `${where} failed: ${reason}`, undefined, undefined, { cause: err });
+  }
+}
+
+function readCaFile(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new AgentError('CONFIG_FILE_UNREADABLE', `cloud.caFile: cannot read ${path} (${code}); expected a readable PEM file`, { cause: err });
   }
 }
 

@@ -3,9 +3,12 @@ import { applyEnvOverrides } from './env.js';
 import { describeValue, formatIssue, fromZodIssues, type ConfigIssue } from './issues.js';
 import { agentConfigSchema, SECRET_KEYS, type AgentConfig } from './schema.js';
 
+/** Why a file failed: unreadable, not JSON, not an object, or values the schema refuses. */
+export type ConfigFailure = 'unreadable' | 'not-json' | 'not-an-object' | 'invalid';
+
 export type ConfigResult =
   | { ok: true; config: AgentConfig; warnings: string[] }
-  | { ok: false; issues: ConfigIssue[]; warnings: string[] };
+  | { ok: false; failure: ConfigFailure; issues: ConfigIssue[]; warnings: string[] };
 
 export interface LoadOptions {
   /** Path of the JSON config file; undefined means "embedded defaults plus environment". */
@@ -27,19 +30,20 @@ export function loadConfig(opts: LoadOptions): ConfigResult {
       text = readFileSync(opts.file, 'utf8');
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'error';
-      return { ok: false, warnings, issues: [{ path: '', source: 'file', expected: `a readable file at ${opts.file} (${code})` }] };
+      return { ok: false, failure: 'unreadable', warnings, issues: [{ path: '', source: 'file', expected: `a readable file at ${opts.file} (${code})` }] };
     }
     try {
       raw = JSON.parse(text) as unknown;
     } catch (err) {
       return {
         ok: false,
+        failure: 'not-json',
         warnings,
         issues: [{ path: '', source: 'file', expected: `valid JSON in ${opts.file} (${(err as Error).message})` }],
       };
     }
     if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
-      return { ok: false, warnings, issues: [{ path: '', source: 'file', value: raw, expected: 'a JSON object' }] };
+      return { ok: false, failure: 'not-an-object', warnings, issues: [{ path: '', source: 'file', value: raw, expected: 'a JSON object' }] };
     }
   }
   const merged = structuredClone(raw) as Record<string, unknown>;
@@ -51,9 +55,22 @@ export function loadConfig(opts: LoadOptions): ConfigResult {
       for (const [key, name] of env.applied) if (path === key || path.startsWith(`${key}.`)) return name;
       return 'file';
     };
-    return { ok: false, warnings, issues: fromZodIssues(parsed.error.issues, merged, sourceOf, isSecretPath) };
+    return { ok: false, failure: 'invalid', warnings, issues: fromZodIssues(parsed.error.issues, merged, sourceOf, isSecretPath) };
   }
-  return { ok: true, config: parsed.data, warnings };
+  return { ok: true, config: parsed.data, warnings: [...warnings, ...unusedSettings(parsed.data)] };
+}
+
+/** Settings that are valid alone but do nothing with the rest of the config: said, never silently ignored. */
+function unusedSettings(c: AgentConfig): string[] {
+  const out: string[] = [];
+  if (c.cloud.caFile !== undefined && !c.cloud.apiUrl?.startsWith('https:')) {
+    out.push(`cloud.caFile is set but cloud.apiUrl is ${c.cloud.apiUrl ? 'not https://' : 'not set'}: the CA is not used`);
+  }
+  const tlsFiles = (['caFile', 'certFile', 'keyFile'] as const).filter((k) => c.mqtt[k] !== undefined);
+  if (tlsFiles.length > 0 && !c.mqtt.url?.startsWith('mqtts:')) {
+    out.push(`${tlsFiles.map((k) => `mqtt.${k}`).join(', ')} ${tlsFiles.length === 1 ? 'is' : 'are'} set but mqtt.url is ${c.mqtt.url ? 'not mqtts://' : 'not set'}: not used`);
+  }
+  return out;
 }
 
 export function formatIssues(issues: readonly ConfigIssue[]): string {
@@ -79,14 +96,37 @@ export function resolveDataDir(opts: { flag?: string; file?: string; env?: NodeJ
   const fromEnv = opts.env?.IOTISTIC_DATA_DIR;
   if (fromEnv) return fromEnv;
   if (opts.file) {
+    let text: string;
     try {
-      const raw = JSON.parse(readFileSync(opts.file, 'utf8')) as { dataDir?: unknown };
-      if (typeof raw.dataDir === 'string' && raw.dataDir !== '') return raw.dataDir;
+      text = readFileSync(opts.file, 'utf8');
     } catch {
-      // A broken file is reported by loadConfig; here it just does not name a data dir.
+      // An unreadable file is reported by loadConfig; here it just does not name a data dir.
+      return opts.fallback;
+    }
+    try {
+      const raw = JSON.parse(text) as { dataDir?: unknown };
+      if (typeof raw === 'object' && raw !== null && typeof raw.dataDir === 'string' && raw.dataDir !== '') return raw.dataDir;
+    } catch {
+      // A syntax error elsewhere in the file must not move the agent to the default data dir, away
+      // from its database and the last-known-good config in it: the one "dataDir" string still counts.
+      const salvaged = dataDirIn(text);
+      if (salvaged !== undefined) return salvaged;
     }
   }
   return opts.fallback;
+}
+
+/** The value of the one `"dataDir": "..."` member in text that is not valid JSON; undefined when not exactly one. */
+function dataDirIn(text: string): string | undefined {
+  const found = [...text.matchAll(/"dataDir"\s*:\s*("(?:[^"\\\n]|\\.)*")/g)];
+  const literal = found.length === 1 ? found[0]?.[1] : undefined;
+  if (literal === undefined) return undefined;
+  try {
+    const value = JSON.parse(literal) as string;
+    return value === '' ? undefined : value;
+  } catch {
+    return undefined;
+  }
 }
 
 export { describeValue };

@@ -111,13 +111,22 @@ const settingsSchema = z.strictObject({
   offline: offlineSchema.prefault({}),
 });
 
+/** RFC 6750 b64token: what an `Authorization: Bearer` header can carry. A key outside it could never be sent. */
+const bearerToken = (min: number) =>
+  z
+    .string()
+    .min(min)
+    .regex(/^[A-Za-z0-9\-._~+/]+=*$/, 'a bearer token (RFC 6750): letters, digits, "-", ".", "_", "~", "+", "/", then optional "=" padding; no spaces or other characters');
+
 const deviceSchema = z.strictObject({
   uuid: z
     .string()
     .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{2,127}$/, 'a device id of 3-128 letters, digits, ".", "_" or "-"')
     .optional()
     .describe('Device id. When absent, one is generated at first start and kept in the store.'),
-  apiKey: z.string().min(8).optional().describe('Device API key sent as a bearer token to the cloud and MQTT broker. Never logged.'),
+  apiKey: bearerToken(8)
+    .optional()
+    .describe('Device API key sent as a bearer token to the cloud and MQTT broker (RFC 6750 token characters: letters, digits, -._~+/ and = padding). Never logged.'),
   name: z.string().max(128).optional().describe('A human name for the device, shown locally.'),
 });
 
@@ -154,6 +163,11 @@ const mqttSchema = z.strictObject({
   caFile: z.string().optional().describe('CA certificate (PEM) for mqtts://, on top of the system roots.'),
   certFile: z.string().optional().describe('Client certificate (PEM) for mutual TLS.'),
   keyFile: z.string().optional().describe('Client private key (PEM) for mutual TLS.'),
+}).superRefine((m, ctx) => {
+  // The MQTT session refuses one without the other; caught here, it is a config error with a fallback, not a failed start.
+  if ((m.certFile === undefined) === (m.keyFile === undefined)) return;
+  const missing = m.certFile === undefined ? 'certFile' : 'keyFile';
+  ctx.addIssue({ code: 'custom', path: [missing], message: 'a path as well: mutual TLS needs both the client certificate (certFile) and its key (keyFile)' });
 });
 
 /** Local only: a target can never set these (a cloud must not be able to take over the host). */
@@ -185,11 +199,9 @@ const localBrokerSchema = z.strictObject({
 const apiSchema = z.strictObject({
   host: z.string().min(1).default('127.0.0.1').describe('Address the local API listens on. Keep it on loopback unless you know why.'),
   port: z.number().int().min(0).max(65_535).default(48_484).describe('Port of the local API (0 picks a free one).'),
-  localApiKey: z
-    .string()
-    .min(16)
+  localApiKey: bearerToken(16)
     .optional()
-    .describe('Bearer key for the local API. When absent, one is generated at first start and kept in the data dir (mode 0600).'),
+    .describe('Bearer key for the local API (RFC 6750 token characters, as device.apiKey). When absent, one is generated at first start and kept in the data dir (mode 0600).'),
 });
 
 const loggingSchema = z.strictObject({

@@ -18,6 +18,7 @@ function view(over: Partial<ApiView> = {}): ApiView {
     healthy: () => true,
     connection: () => ({ status: 'offline', offlineSince: 1 }),
     state: () => ({ target: null }),
+    config: () => ({ source: 'file' }),
     pollNow: () => true,
     setLocalTarget: () => ({ ok: false, issues: [], message: 'not in this test' }),
     clearLocalTarget: () => false,

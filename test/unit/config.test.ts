@@ -151,6 +151,11 @@ describe('data dir resolution', () => {
     expect(resolveDataDir({ file, env: { IOTISTIC_DATA_DIR: '/env' }, fallback: '/def' })).toBe('/env');
     expect(resolveDataDir({ file, env: {}, fallback: '/def' })).toBe('/from/file');
     expect(resolveDataDir({ file: configFile('not json'), env: {}, fallback: '/def' })).toBe('/def');
+    // A syntax error elsewhere does not hide the one dataDir the file names (its database holds the last-known-good).
+    expect(resolveDataDir({ file: configFile('{ "dataDir": "/data/a \\"b\\"", "api": { "port": 1, }, }'), env: {}, fallback: '/def' })).toBe('/data/a "b"');
+    expect(resolveDataDir({ file: configFile('{ "dataDir": "/one", "x": { "dataDir": "/two" }, }'), env: {}, fallback: '/def' })).toBe('/def');
+    expect(resolveDataDir({ file: configFile('{ "dataDir": "", }'), env: {}, fallback: '/def' })).toBe('/def');
+    expect(resolveDataDir({ file: configFile('null'), env: {}, fallback: '/def' })).toBe('/def');
   });
 });
 
@@ -195,5 +200,27 @@ describe('shipped JSON Schema', () => {
     const { readFileSync } = await import('node:fs');
     const shipped = JSON.parse(readFileSync(new URL('../../schema/agent-config.schema.json', import.meta.url), 'utf8')) as unknown;
     expect(shipped).toEqual(z.toJSONSchema(agentConfigSchema, { io: 'input' }));
+  });
+});
+
+describe('settings that cannot work with the rest of the config', () => {
+  it('refuses a client certificate without its key (and the reverse), naming the missing one', () => {
+    const r = loadConfig({ file: configFile({ mqtt: { url: 'mqtts://broker:8883', certFile: '/etc/c.pem' } }) });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(formatIssues(r.issues)).toContain('mqtt.keyFile: expected a path as well: mutual TLS needs both');
+    const k = loadConfig({ file: configFile({ mqtt: { url: 'mqtts://broker:8883', keyFile: '/etc/k.pem' } }) });
+    expect(!k.ok && formatIssues(k.issues)).toContain('mqtt.certFile: expected a path as well');
+  });
+
+  it('warns about TLS files that a plain-text or missing URL never uses', () => {
+    const r = loadConfig({ file: configFile({ cloud: { apiUrl: 'http://cloud', caFile: '/ca.pem' }, mqtt: { caFile: '/ca.pem' } }) });
+    expect(r.ok).toBe(true);
+    expect(r.warnings).toEqual([
+      'cloud.caFile is set but cloud.apiUrl is not https://: the CA is not used',
+      'mqtt.caFile is set but mqtt.url is not set: not used',
+    ]);
+    const fine = loadConfig({ file: configFile({ cloud: { apiUrl: 'https://cloud', caFile: '/ca.pem' }, mqtt: { url: 'mqtts://b', caFile: '/ca.pem' } }) });
+    expect(fine.warnings).toEqual([]);
   });
 });

@@ -36,3 +36,35 @@ describe('iotistic-agent status (the table)', () => {
     expect(out).toContain('Shadow  off');
   });
 });
+
+describe('iotistic-agent status on a last-known-good config', () => {
+  const fallback = {
+    source: 'last-known-good',
+    file: '/etc/iotistic/agent.json',
+    fallback: {
+      message: 'the config /etc/iotistic/agent.json is invalid (3 issues); running on the last-known-good config saved 2026-01-01T00:00:00.000Z',
+      issues: [
+        { path: 'settings.pollIntervalMs', source: 'file', value: '30s', expected: 'a number' },
+        { path: 'jobs.alowedCommands', source: 'file', expected: 'no such key' },
+      ],
+      issueCount: 3,
+      lastKnownGoodAgeMs: 3 * 3600_000,
+    },
+  };
+
+  it('says so right under the title, with the issues and how many are not shown', () => {
+    const out = renderStatus({ ...base, state: { ...base.state, config: fallback } }).split('\n');
+    expect(out[2]).toBe(`!! CONFIG FALLBACK: ${fallback.fallback.message} (3.0h ago).`);
+    expect(out[3]).toContain('NOT in force');
+    expect(out[4]).toBe('    - settings.pollIntervalMs: expected a number, got "30s" (a string)');
+    expect(out[5]).toBe('    - jobs.alowedCommands: expected no such key');
+    expect(out[6]).toBe('    ... and 1 more (GET /v2/config)');
+    expect(out.join('\n')).toMatch(/config\s+last-known-good \(\/etc\/iotistic\/agent\.json\)/);
+  });
+
+  it('prints no warning when the file is in force', () => {
+    const out = renderStatus({ ...base, state: { ...base.state, config: { source: 'file', file: '/etc/a.json', fallback: null } } });
+    expect(out).not.toContain('CONFIG FALLBACK');
+    expect(out).toMatch(/config\s+file \(\/etc\/a\.json\)/);
+  });
+});
