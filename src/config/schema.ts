@@ -111,12 +111,16 @@ const settingsSchema = z.strictObject({
   offline: offlineSchema.prefault({}),
 });
 
-/** RFC 6750 b64token: what an `Authorization: Bearer` header can carry. A key outside it could never be sent. */
+/**
+ * A key that goes into an `Authorization: Bearer` header: visible ASCII, no spaces or control characters. Anything
+ * else could never be sent. Stricter (RFC 6750's b64token) would refuse keys that work today and brick an upgrade,
+ * since the last-known-good copy would fail the same rule.
+ */
 const bearerToken = (min: number) =>
   z
     .string()
     .min(min)
-    .regex(/^[A-Za-z0-9\-._~+/]+=*$/, 'a bearer token (RFC 6750): letters, digits, "-", ".", "_", "~", "+", "/", then optional "=" padding; no spaces or other characters');
+    .regex(/^[\x21-\x7e]+$/, 'a bearer token: visible ASCII characters only (no spaces, control or non-ASCII characters)');
 
 const deviceSchema = z.strictObject({
   uuid: z
@@ -126,7 +130,7 @@ const deviceSchema = z.strictObject({
     .describe('Device id. When absent, one is generated at first start and kept in the store.'),
   apiKey: bearerToken(8)
     .optional()
-    .describe('Device API key sent as a bearer token to the cloud and MQTT broker (RFC 6750 token characters: letters, digits, -._~+/ and = padding). Never logged.'),
+    .describe('Device API key sent as a bearer token to the cloud and MQTT broker (visible ASCII, no spaces). Never logged.'),
   name: z.string().max(128).optional().describe('A human name for the device, shown locally.'),
 });
 
@@ -201,7 +205,7 @@ const apiSchema = z.strictObject({
   port: z.number().int().min(0).max(65_535).default(48_484).describe('Port of the local API (0 picks a free one).'),
   localApiKey: bearerToken(16)
     .optional()
-    .describe('Bearer key for the local API (RFC 6750 token characters, as device.apiKey). When absent, one is generated at first start and kept in the data dir (mode 0600).'),
+    .describe('Bearer key for the local API (visible ASCII, no spaces). When absent, one is generated at first start and kept in the data dir (mode 0600).'),
 });
 
 const loggingSchema = z.strictObject({

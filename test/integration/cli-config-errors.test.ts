@@ -33,18 +33,18 @@ function writeConfig(cfg: unknown): string {
 describe('config check refuses keys that cannot go into an Authorization header', () => {
   it.each([
     ['api.localApiKey', { api: { localApiKey: 'my local key with spaces' } }],
-    ['device.apiKey', { device: { apiKey: 'device-key:with"quote' } }],
+    ['device.apiKey', { device: { apiKey: 'device-key\twith-tab-é' } }],
   ])('%s', async (field, cfg) => {
     const r = await runCli(['config', 'check', '--config', writeConfig(cfg)]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`${field}: expected a bearer token (RFC 6750)`);
+    expect(r.stderr).toContain(`${field}: expected a bearer token: visible ASCII`);
     expect(r.stderr).toContain('no spaces');
     // The value is a secret: named, never shown.
     expect(r.stderr).toContain('"[redacted]"');
   });
 
-  it('accepts base64 and base64url keys with padding', async () => {
-    const r = await runCli(['config', 'check', '--config', writeConfig({ api: { localApiKey: 'aGVsbG8-d29y_bGQ+Zm9v/YmFy==' }, device: { apiKey: 'abc.DEF~123' } })]);
+  it('accepts base64, base64url and other visible-ASCII keys', async () => {
+    const r = await runCli(['config', 'check', '--config', writeConfig({ api: { localApiKey: 'aGVsbG8-d29y_bGQ+Zm9v/YmFy==' }, device: { apiKey: 'abc.DEF~123!@#' } })]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
   });
