@@ -1,11 +1,14 @@
-import { mkdirSync } from 'node:fs';
-import { Agent, databasePath } from './agent.js';
+import { Agent, databasePath, LEGACY_UUID_KEY } from './agent.js';
+import { prepareDataDir } from './boot/data-dir.js';
+import { DataDirDisk } from './boot/disk.js';
+import { loadIdentity } from './boot/identity.js';
+import { lockDataDir, type DataDirLock } from './boot/lock.js';
 import { resolveWithLastKnownGood } from './config/last-known-good.js';
-import { formatIssues, loadConfig, redactConfig, resolveDataDir } from './config/load.js';
+import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResult } from './config/load.js';
 import { defaultConfig, type AgentConfig } from './config/schema.js';
 import { Store } from './store/store.js';
 import { systemClock } from './util/clock.js';
-import { AgentError } from './util/errors.js';
+import { AgentError, errorMessage } from './util/errors.js';
 import { createLogger, type Logger } from './util/logger.js';
 
 export interface BootOptions {
@@ -36,15 +39,57 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
   const logger = createLogger({ level: logging.level, format: logging.format, ...(opts.logDestination ? { destination: opts.logDestination } : {}) });
   for (const w of loaded.warnings) logger.warn(w);
 
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const store = Store.open({
-    path: databasePath(dataDir),
-    logger,
-    clock: systemClock,
-    synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
-    checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
+  // Nothing touches the data dir's files before it is checked and locked.
+  prepareDataDir(dataDir, logger);
+  const lock = lockDataDir(dataDir, logger, systemClock.now());
+  try {
+    return await bootLocked({ opts, dataDir, loaded, logger, lock });
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: ConfigResult): Store {
+  const open = (): Store =>
+    Store.open({
+      path,
+      logger,
+      clock: systemClock,
+      synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
+      checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
+    });
+  disk.releaseIfFull();
+  try {
+    return open();
+  } catch (err) {
+    // The free-space reading can be late or wrong (quotas, reserved blocks): a full disk at open gets the reserve too.
+    if (!isDiskFull(err) || !disk.release(errorMessage(err))) throw err;
+    return open();
+  }
+}
+
+function isDiskFull(err: unknown): boolean {
+  const seen = [err, (err as { cause?: unknown }).cause];
+  return seen.some((e) => {
+    const code = String((e as { code?: unknown } | undefined)?.code ?? '');
+    return code === 'SQLITE_FULL' || code === 'ENOSPC' || code === 'SQLITE_IOERR_SHMSIZE' || /database or disk is full|ENOSPC/.test(errorMessage(e));
   });
-  const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now());
+}
+
+async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; lock: DataDirLock }): Promise<Booted> {
+  const { opts, dataDir, loaded, logger, lock } = args;
+  const defaults = defaultConfig();
+  const disk = new DataDirDisk({
+    dataDir,
+    reserveBytes: (loaded.ok ? loaded.config : defaults).store.diskReserveBytes,
+    minFreeBytes: (loaded.ok ? loaded.config : defaults).settings.offline.minFreeDiskBytes,
+    logger,
+  });
+  const store = openStore(databasePath(dataDir), logger, disk, loaded);
+  const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now(), (err) =>
+    logger.warn({ err: errorMessage(err) }, `could not save the last-known-good config (${errorMessage(err)}); the next start tries again`),
+  );
   if (resolved.source === 'none') {
     store.close();
     throw new AgentError('CONFIG_INVALID', `the config ${opts.configFile ?? '(environment)'} is invalid and there is no last-known-good config to fall back on:\n${formatIssues(resolved.issues)}`);
@@ -55,9 +100,10 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
       `the config ${opts.configFile ?? '(environment)'} is invalid; running on the last-known-good config:\n${formatIssues(resolved.issues)}`,
     );
   }
+  const identity = loadIdentity({ dataDir, logger, now: systemClock.now(), legacyUuid: () => store.getKv<string>(LEGACY_UUID_KEY) });
   const config: AgentConfig = { ...resolved.config, dataDir };
   logger.debug({ config: redactConfig(config) }, 'effective config');
-  const agent = new Agent({ config, store, logger });
+  const agent = new Agent({ config, store, logger, identity, disk, onStopped: () => lock.release() });
   try {
     await agent.start();
   } catch (err) {

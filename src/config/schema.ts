@@ -206,6 +206,14 @@ const storeSchema = z.strictObject({
     .enum(['background', 'inline'])
     .default('background')
     .describe('background: WAL checkpoints (page copies and their fsyncs) run on a worker thread, never on the event loop. inline: SQLite runs them inside the commit that fills the WAL.'),
+  diskReserveBytes: z
+    .number()
+    .int()
+    .min(0)
+    .default(4 * 1_048_576)
+    .describe(
+      'Size of the reserve file kept in the data dir (disk-reserve). A start on a full disk deletes it to have room to open the database; it is made again once twice its size is free. Less free than this reports the disk as full. 0: no reserve.',
+    ),
 });
 
 const jobsSchema = z.strictObject({
