@@ -377,6 +377,8 @@ export class Agent {
     if (!this.deps.config.settings.offline.enableQueue) {
       return Promise.reject(new OutboxError('OUTBOX_CLOSED', 'settings.offline.enableQueue is false: this agent does not queue telemetry'));
     }
+    const full = this.deps.disk?.refusal();
+    if (full) return Promise.reject(new OutboxError('OUTBOX_DISK_FULL', full));
     const msgs: EnqueueMessage[] = items.map((i) => ({ channel: 'telemetry', payload: { stream: i.stream, payload: i.payload } }));
     return this.outbox.enqueueMany(msgs);
   }

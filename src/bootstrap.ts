@@ -85,6 +85,7 @@ async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: Co
     reserveBytes: (loaded.ok ? loaded.config : defaults).store.diskReserveBytes,
     minFreeBytes: (loaded.ok ? loaded.config : defaults).settings.offline.minFreeDiskBytes,
     logger,
+    now: () => systemClock.now(),
   });
   const store = openStore(databasePath(dataDir), logger, disk, loaded);
   const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now(), (err) =>

@@ -5,6 +5,10 @@ import type { Logger } from '../util/logger.js';
 
 export const RESERVE_FILE = 'disk-reserve';
 
+/** Without a reserve, less than this free is full. */
+const MIN_FULL_BYTES = 256 * 1024;
+const RECHECK_MS = 1_000;
+
 export type DiskState = 'ok' | 'low' | 'full';
 
 export interface DiskView {
@@ -22,6 +26,7 @@ export interface DataDirDiskOptions {
   reserveBytes: number;
   minFreeBytes: number;
   logger: Logger;
+  now: () => number;
   /** Free bytes of the filesystem holding the data dir (default: statfs). Tests inject one. */
   freeBytes?: (dir: string) => number;
 }
@@ -32,16 +37,18 @@ function statfsFree(dir: string): number {
 }
 
 /**
- * The data dir's disk, as the agent sees it, and a reserve that makes a start on a full disk work.
- * Opening the database in WAL mode needs a few pages (its shared-memory index, the WAL): a file of
- * `reserveBytes` zeros is kept in the data dir while there is room, deleted at start when the disk
- * is full so the start has room, and made again once twice its size is free. `full`: less free than
- * the reserve; `low`: under the outbox's watermark.
+ * The data dir's disk, as the agent sees it, and a reserve that keeps room for the agent's own writes.
+ * Opening the database in WAL mode, acknowledging delivered messages and keeping state all need a few
+ * pages: a file of `reserveBytes` zeros is kept in the data dir while there is room, deleted whenever
+ * less than its size is free (at start, or when a check finds the disk full), and made again once twice
+ * its size is free. While the reserve is gone the disk is `full`: producers are refused (507, no
+ * PUBACK) so the room it gave back serves the agent and the drain of its queue, not more telemetry.
+ * `low`: under the outbox's watermark.
  */
 export class DataDirDisk {
   private readonly path: string;
   private readonly freeOf: (dir: string) => number;
-  private last: { free: number | null; state: DiskState } = { free: null, state: 'ok' };
+  private last: { free: number | null; state: DiskState; at: number } = { free: null, state: 'ok', at: -Infinity };
 
   constructor(private readonly opts: DataDirDiskOptions) {
     this.path = join(opts.dataDir, RESERVE_FILE);
@@ -60,10 +67,10 @@ export class DataDirDisk {
   releaseIfFull(): boolean {
     const free = this.free();
     if (free === null || free >= this.opts.reserveBytes || !existsSync(this.path)) return false;
-    return this.release(`only ${free} bytes free`);
+    return this.release(`${free} bytes free`);
   }
 
-  /** Deletes the reserve (after a write failed for want of space, or at start). */
+  /** Deletes the reserve (the disk is full, or a write at start failed for want of space). */
   release(why: string): boolean {
     if (!existsSync(this.path)) return false;
     try {
@@ -72,26 +79,46 @@ export class DataDirDisk {
       this.opts.logger.warn({ file: this.path, err: errorMessage(err) }, 'could not delete the disk reserve');
       return false;
     }
-    this.opts.logger.warn({ dataDir: this.opts.dataDir, reserveBytes: this.opts.reserveBytes }, `disk full where ${this.opts.dataDir} lives (${why}): deleted the ${this.opts.reserveBytes}-byte reserve to start`);
+    this.opts.logger.warn(
+      { dataDir: this.opts.dataDir, reserveBytes: this.opts.reserveBytes },
+      `disk full where ${this.opts.dataDir} lives (${why}): deleted the ${this.opts.reserveBytes}-byte reserve so the agent keeps room for its own writes; producers are refused until space returns`,
+    );
     return true;
   }
 
-  /** Re-reads free space, makes the reserve again when there is room, and logs state changes. */
+  /** Re-reads free space, releases or makes the reserve, and logs state changes. */
   check(): DiskView {
-    let free = this.free();
     const { reserveBytes, minFreeBytes, dataDir, logger } = this.opts;
-    if (free !== null && reserveBytes > 0 && free >= 2 * reserveBytes && !existsSync(this.path) && this.makeReserve()) free = this.free();
-    const state: DiskState = free === null ? this.last.state : free < Math.max(reserveBytes, 1) ? 'full' : free < minFreeBytes ? 'low' : 'ok';
+    let free = this.free();
+    if (free !== null && reserveBytes > 0) {
+      const present = existsSync(this.path);
+      if (present && free < reserveBytes && this.release(`${free} bytes free`)) free = this.free();
+      else if (!present && free >= 2 * reserveBytes && this.makeReserve()) free = this.free();
+    }
+    const reserveMissing = reserveBytes > 0 && !existsSync(this.path);
+    const state: DiskState =
+      free === null ? this.last.state : reserveMissing || free < Math.max(reserveBytes, MIN_FULL_BYTES) ? 'full' : free < minFreeBytes ? 'low' : 'ok';
     if (state !== this.last.state) {
-      const msg = `disk ${state} where ${dataDir} lives: ${free ?? '?'} bytes free (watermark ${minFreeBytes})`;
+      const msg = `disk ${state} where ${dataDir} lives: ${free ?? '?'} bytes free (watermark ${minFreeBytes}, reserve ${reserveBytes})`;
       if (state === 'ok') logger.info({ dataDir, freeBytes: free, state }, msg);
       else logger.warn({ dataDir, freeBytes: free, state }, msg);
     }
-    this.last = { free, state };
+    this.last = { free, state, at: this.opts.now() };
     return this.view();
   }
 
-  /** The last check's result (no I/O). */
+  /**
+   * Why a producer's message must be refused now, or undefined. Reads free space again when the last
+   * reading is older than a second, so space that returns is seen without waiting for the loop.
+   */
+  refusal(): string | undefined {
+    if (this.opts.now() - this.last.at >= RECHECK_MS) this.check();
+    if (this.last.state !== 'full') return undefined;
+    const free = this.last.free === null ? 'unknown' : `${this.last.free} bytes`;
+    return `the disk holding the data dir ${this.opts.dataDir} is full (${free} free; the agent keeps ${this.opts.reserveBytes} bytes for its own writes and the drain of its queue): nothing new is queued until space is freed there`;
+  }
+
+  /** The last check's result (no I/O but a stat of the reserve). */
   view(): DiskView {
     return {
       state: this.last.state,

@@ -113,6 +113,8 @@ export class Store {
     try {
       const [r] = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
       folded = r?.busy === 0;
+    } catch {
+      // A full disk cannot take the fold: the WAL stays, whole, and the next open replays it.
     } finally {
       this.db.close();
     }
