@@ -50,22 +50,35 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
   }
 }
 
+/**
+ * Opens the database on any disk. Full (less free than the reserve, or the open says so): the
+ * reserve is given back first; with none left, the database is opened in exclusive locking mode,
+ * which needs no `-shm` file (this process holds the data dir lock anyway).
+ */
 function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: ConfigResult): Store {
-  const open = (): Store =>
+  const open = (exclusive = false): Store =>
     Store.open({
       path,
       logger,
       clock: systemClock,
       synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
       checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
+      exclusive,
     });
   disk.releaseIfFull();
   try {
     return open();
   } catch (err) {
-    // The free-space reading can be late or wrong (quotas, reserved blocks): a full disk at open gets the reserve too.
-    if (!isDiskFull(err) || !disk.release(errorMessage(err))) throw err;
-    return open();
+    if (!isDiskFull(err)) throw err;
+    if (disk.release(errorMessage(err))) {
+      try {
+        return open();
+      } catch (again) {
+        if (!isDiskFull(again)) throw again;
+      }
+    }
+    logger.warn({ file: path, err: errorMessage(err) }, `the disk is full: opened ${path} in exclusive locking mode (WAL index in memory, checkpoints inline) until the next start`);
+    return open(true);
   }
 }
 

@@ -1,5 +1,5 @@
 import BetterSqlite3, { type Database } from 'better-sqlite3';
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
@@ -25,6 +25,18 @@ export function lockHolderPid(dataDir: string): number | undefined {
     return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/** Overwrites in place, then trims: an existing file's blocks take the new pid even on a full disk. */
+function writePid(path: string): void {
+  const text = Buffer.from(`${process.pid}\n`);
+  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT, 0o600);
+  try {
+    writeSync(fd, text, 0, text.length, 0);
+    ftruncateSync(fd, text.length);
+  } finally {
+    closeSync(fd);
   }
 }
 
@@ -64,7 +76,7 @@ export function lockDataDir(dataDir: string, logger: Logger, now: number): DataD
     );
   }
   try {
-    writeFileSync(join(dataDir, LOCK_PID_FILE), `${process.pid}\n`, { mode: 0o600 });
+    writePid(join(dataDir, LOCK_PID_FILE));
   } catch (err) {
     // Only the message of a second agent loses the pid; the lock itself holds.
     logger.warn({ err: errorMessage(err) }, `could not write the lock holder's pid next to ${path}`);

@@ -18,16 +18,24 @@ import { tempDirs } from '../helpers/tmp.js';
 
 const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
 const dirs = tempDirs();
-let mnt = '';
+const mounts: string[] = [];
 let cloud: DevCloud | undefined;
 const agents: AgentProcess[] = [];
 
 afterAll(async () => {
   for (const a of agents) await a.stop('SIGKILL');
   await cloud?.close();
-  if (mnt) execFileSync('umount', [mnt]);
+  for (const m of mounts) execFileSync('umount', [m]);
   dirs.cleanup();
 });
+
+function mountTmpfs(size: string): string {
+  if (!isRoot) throw new Error(`disk-full-start.test.ts needs root to mount a tmpfs; running as uid ${process.getuid?.()}. Run the tests as root (CI does).`);
+  const mnt = dirs.make('iotistic-fullstart-');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', mnt]);
+  mounts.push(mnt);
+  return mnt;
+}
 
 /** Fills the filesystem to the last byte with a file; returns its path. */
 function fillDisk(dir: string): string {
@@ -61,9 +69,7 @@ async function postTelemetry(a: AgentProcess, bytes: number): Promise<{ status: 
 
 describe('a start on a full disk', () => {
   it('starts after a kill -9 and a clean stop, says disk full, answers 507, drains, and recovers alone', { timeout: 90_000 }, async () => {
-    if (!isRoot) throw new Error(`disk-full-start.test.ts needs root to mount a tmpfs; running as uid ${process.getuid?.()}. Run the tests as root (CI does).`);
-    mnt = dirs.make('iotistic-fullstart-');
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,mode=0700', 'tmpfs', mnt]);
+    const mnt = mountTmpfs('16m');
     const dataDir = join(mnt, 'data');
     mkdirSync(dataDir, { mode: 0o700 });
     cloud = await startDevCloud();
@@ -140,5 +146,26 @@ describe('a start on a full disk', () => {
     }, 20_000);
     expect(back.dataDisk.freeBytes).toBeGreaterThan(4 * 1_048_576);
     expect(existsSync(join(dataDir, 'disk-reserve'))).toBe(true);
+  });
+
+  it('starts after a clean stop on a disk with not one byte free and no reserve', { timeout: 30_000 }, async () => {
+    const mnt = mountTmpfs('8m');
+    const dataDir = join(mnt, 'data');
+    mkdirSync(dataDir, { mode: 0o700 });
+    const config = { features: { metrics: false }, store: { diskReserveBytes: 0 } };
+    let a = await spawnAgent({ dataDir, config });
+    agents.push(a);
+    const uuid = ((await a.get('/v2/device')).body as { uuid: string }).uuid;
+    expect((await a.stop('SIGTERM')).code).toBe(0);
+    fillDisk(mnt);
+    a = await spawnAgent({ dataDir, config });
+    agents.push(a);
+    expect((await fetch(`${a.apiUrl}/v1/healthy`)).status).toBe(200);
+    expect(((await a.get('/v2/device')).body as { uuid: string }).uuid).toBe(uuid);
+    expect(((await a.get('/v2/queue')).body as QueueView).dataDisk.state).toBe('full');
+    const r = await postTelemetry(a, 64);
+    expect(r.status).toBe(507);
+    expect(r.body.message).toContain(dataDir);
+    expect((await a.stop('SIGTERM')).code).toBe(0);
   });
 });
