@@ -49,6 +49,7 @@ export class DataDirDisk {
   private readonly path: string;
   private readonly freeOf: (dir: string) => number;
   private last: { free: number | null; state: DiskState; at: number } = { free: null, state: 'ok', at: -Infinity };
+  private reserveBroken = false;
 
   constructor(private readonly opts: DataDirDiskOptions) {
     this.path = join(opts.dataDir, RESERVE_FILE);
@@ -88,7 +89,8 @@ export class DataDirDisk {
 
   /** Re-reads free space, releases or makes the reserve, and logs state changes. */
   check(): DiskView {
-    const { reserveBytes, minFreeBytes, dataDir, logger } = this.opts;
+    const { minFreeBytes, dataDir, logger } = this.opts;
+    const reserveBytes = this.reserveBroken ? 0 : this.opts.reserveBytes;
     let free = this.free();
     if (free !== null && reserveBytes > 0) {
       const present = existsSync(this.path);
@@ -144,8 +146,17 @@ export class DataDirDisk {
       renameSync(tmp, this.path);
       return true;
     } catch (err) {
-      rmSync(tmp, { force: true });
-      this.opts.logger.debug({ err: errorMessage(err) }, 'could not make the disk reserve yet');
+      try {
+        rmSync(tmp, { force: true });
+      } catch {
+        // nothing was made
+      }
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOSPC' && code !== 'EDQUOT') {
+        // Not for want of space (a read-only or odd filesystem): without a reserve, not "full" forever.
+        this.reserveBroken = true;
+        this.opts.logger.warn({ file: this.path, err: errorMessage(err) }, `cannot make the disk reserve (${errorMessage(err)}); running without one`);
+      }
       return false;
     }
   }

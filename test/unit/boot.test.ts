@@ -43,6 +43,16 @@ describe('the data dir disk and its reserve', () => {
     expect(disk.view()).toMatchObject({ state: 'ok', freeBytes: 20 << 20, dataDir, reserve: { present: true } });
   });
 
+  it('runs without a reserve it cannot make for a reason other than space, and is not "full" for it', () => {
+    const notADir = join(dirs.make(), 'file');
+    writeFileSync(notADir, 'x');
+    const { logger, records } = captureLogger();
+    const disk = new DataDirDisk({ dataDir: notADir, reserveBytes: 4096, minFreeBytes: 0, logger, now: () => 0, freeBytes: () => 100 << 20 });
+    expect(disk.check().state).toBe('ok');
+    expect(disk.refusal()).toBeUndefined();
+    expect(records().some((r) => String(r.msg).startsWith('cannot make the disk reserve'))).toBe(true);
+  });
+
   it('at start, gives the reserve back only when less than its size is free', () => {
     const dataDir = dirs.make();
     let free = 100 << 20;
