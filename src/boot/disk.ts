@@ -97,9 +97,11 @@ export class DataDirDisk {
       if (present && free < reserveBytes && this.release(`${free} bytes free`)) free = this.free();
       else if (!present && free >= 2 * reserveBytes && this.makeReserve()) free = this.free();
     }
-    const reserveMissing = reserveBytes > 0 && !existsSync(this.path);
+    // Read again: making the reserve may just have found it cannot be made.
+    const reserve = this.reserveBroken ? 0 : reserveBytes;
+    const reserveMissing = reserve > 0 && !existsSync(this.path);
     const state: DiskState =
-      free === null ? this.last.state : reserveMissing || free < Math.max(reserveBytes, MIN_FULL_BYTES) ? 'full' : free < minFreeBytes ? 'low' : 'ok';
+      free === null ? this.last.state : reserveMissing || free < Math.max(reserve, MIN_FULL_BYTES) ? 'full' : free < minFreeBytes ? 'low' : 'ok';
     if (state !== this.last.state) {
       const msg = `disk ${state} where ${dataDir} lives: ${free ?? '?'} bytes free (watermark ${minFreeBytes}, reserve ${reserveBytes})`;
       if (state === 'ok') logger.info({ dataDir, freeBytes: free, state }, msg);
