@@ -1,7 +1,9 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { Agent, databasePath, LEGACY_UUID_KEY } from './agent.js';
-import { prepareDataDir } from './boot/data-dir.js';
-import { DataDirDisk } from './boot/disk.js';
-import { loadIdentity } from './boot/identity.js';
+import { prepareDataDir, trustedFile } from './boot/data-dir.js';
+import { DataDirDisk, RESERVE_FILE } from './boot/disk.js';
+import { IDENTITY_FILE, LEGACY_KEY_FILE, loadIdentity } from './boot/identity.js';
 import { lockDataDir, type DataDirLock } from './boot/lock.js';
 import { resolveWithLastKnownGood } from './config/last-known-good.js';
 import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResult } from './config/load.js';
@@ -92,6 +94,12 @@ function isDiskFull(err: unknown): boolean {
 
 async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; lock: DataDirLock }): Promise<Booted> {
   const { opts, dataDir, loaded, logger, lock } = args;
+  // A state file someone else owns or may write (planted before the dir was repaired) is moved aside:
+  // a planted database could carry a target that runs their commands.
+  const db = databasePath(dataDir);
+  for (const path of [db, `${db}-wal`, `${db}-shm`, `${db}.clean`, join(dataDir, RESERVE_FILE), join(dataDir, IDENTITY_FILE), join(dataDir, LEGACY_KEY_FILE)]) {
+    if (existsSync(path)) trustedFile(path, logger, systemClock.now());
+  }
   const defaults = defaultConfig();
   const disk = new DataDirDisk({
     dataDir,
@@ -100,7 +108,7 @@ async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: Co
     logger,
     now: () => systemClock.now(),
   });
-  const store = openStore(databasePath(dataDir), logger, disk, loaded);
+  const store = openStore(db, logger, disk, loaded);
   const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now(), (err) =>
     logger.warn({ err: errorMessage(err) }, `could not save the last-known-good config (${errorMessage(err)}); the next start tries again`),
   );

@@ -138,7 +138,9 @@ export class DataDirDisk {
     // Written under another name and renamed: a half-written reserve never passes for a whole one.
     const tmp = `${this.path}.tmp`;
     try {
-      const fd = openSync(tmp, 'w', 0o600);
+      // 'wx': never through a link or a file someone left under that name.
+      rmSync(tmp, { force: true });
+      const fd = openSync(tmp, 'wx', 0o600);
       try {
         const chunk = Buffer.alloc(64 * 1024);
         for (let left = this.opts.reserveBytes; left > 0; left -= chunk.length) writeSync(fd, chunk, 0, Math.min(left, chunk.length));

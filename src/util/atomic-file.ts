@@ -8,7 +8,9 @@ import { dirname } from 'node:path';
 export function writeFileAtomic(path: string, data: string): void {
   const tmp = `${path}.tmp-${process.pid}`;
   try {
-    const fd = openSync(tmp, 'w', 0o600);
+    // 'wx': never through a link or a file someone left under that name.
+    rmSync(tmp, { force: true });
+    const fd = openSync(tmp, 'wx', 0o600);
     try {
       writeSync(fd, data);
       fsyncSync(fd);

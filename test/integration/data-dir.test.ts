@@ -83,7 +83,7 @@ describe('one agent per data dir', () => {
 });
 
 describe('files others can write', () => {
-  it('repairs a 0777 data dir and never takes a key planted by another user', { timeout: 30_000 }, async () => {
+  it('repairs a 0777 data dir and never takes a key, identity or database planted by another user', { timeout: 30_000 }, async () => {
     expect(process.getuid?.(), 'this test needs root to chown a file to another uid').toBe(0);
     const dataDir = dirs.make();
     chmodSync(dataDir, 0o777);
@@ -91,6 +91,7 @@ describe('files others can write', () => {
     for (const [file, text] of [
       ['local-api.key', `${planted}\n`],
       ['identity.json', JSON.stringify({ uuid: 'ab'.repeat(16), localApiKey: planted })],
+      ['agent.db', 'a database someone else wrote'],
     ] as const) {
       writeFileSync(join(dataDir, file), text);
       chownSync(join(dataDir, file), 65534, 65534);
@@ -105,7 +106,7 @@ describe('files others can write', () => {
     expect(statSync(dataDir).mode & 0o777).toBe(0o700);
     expect(statSync(join(dataDir, 'identity.json')).mode & 0o777).toBe(0o600);
     const aside = readdirSync(dataDir).filter((f) => f.includes('.untrusted-'));
-    expect(aside.sort().map((f) => f.replace(/\.untrusted-.*/, ''))).toEqual(['identity.json', 'local-api.key']);
+    expect(aside.sort().map((f) => f.replace(/\.untrusted-.*/, ''))).toEqual(['agent.db', 'identity.json', 'local-api.key']);
     expect(a.records().some((r) => String(r.msg).startsWith('not trusting local-api.key'))).toBe(true);
     expect(a.records().some((r) => String(r.msg).includes('had mode 0777'))).toBe(true);
   });
