@@ -148,7 +148,7 @@ describe('a start on a full disk', () => {
     expect(existsSync(join(dataDir, 'disk-reserve'))).toBe(true);
   });
 
-  it('starts after a clean stop on a disk with not one byte free and no reserve', { timeout: 30_000 }, async () => {
+  it('starts after a clean stop on a disk with not one byte free and no reserve, and runs its workload', { timeout: 30_000 }, async () => {
     const mnt = mountTmpfs('8m');
     const dataDir = join(mnt, 'data');
     mkdirSync(dataDir, { mode: 0o700 });
@@ -156,12 +156,14 @@ describe('a start on a full disk', () => {
     let a = await spawnAgent({ dataDir, config });
     agents.push(a);
     const uuid = ((await a.get('/v2/device')).body as { uuid: string }).uuid;
+    expect((await a.send('POST', '/v2/local/target-state', { version: 1, apps: { keep: { services: { napper: { runtime: 'process', command: ['/bin/sleep', '3600'] } } } } })).status).toBe(200);
     expect((await a.stop('SIGTERM')).code).toBe(0);
     fillDisk(mnt);
     a = await spawnAgent({ dataDir, config });
     agents.push(a);
     expect((await fetch(`${a.apiUrl}/v1/healthy`)).status).toBe(200);
     expect(((await a.get('/v2/device')).body as { uuid: string }).uuid).toBe(uuid);
+    await waitFor('the workload running', async () => ((await a.get('/v2/state')).body as StateView).current.apps.keep?.services.napper?.status === 'running');
     expect(((await a.get('/v2/queue')).body as QueueView).dataDisk.state).toBe('full');
     const r = await postTelemetry(a, 64);
     expect(r.status).toBe(507);
