@@ -212,7 +212,7 @@ const storeSchema = z.strictObject({
     .min(0)
     .default(4 * 1_048_576)
     .describe(
-      'Size of the reserve file kept in the data dir (disk-reserve). A start on a full disk deletes it to have room to open the database; it is made again once twice its size is free. Less free than this reports the disk as full. 0: no reserve.',
+      'Size of the reserve file kept in the data dir (disk-reserve) for the agent\'s own writes. When less than this is free (at start or while running) it is deleted, the disk is reported full and producers are refused (507, no PUBACK) so the room serves opening the database and delivering the queue; it is made again once twice its size is free. 0: no reserve (full below 256 KiB free).',
     ),
 });
 
