@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { ensureLocalKey } from './api/local-key.js';
 import { createMetrics } from './api/metrics.js';
 import { startApi } from './api/server.js';
+import type { DataDirDisk } from './boot/disk.js';
+import type { Identity } from './boot/identity.js';
 import { HealthReporter } from './cloud/health-report.js';
 import { HttpSink } from './cloud/http-sink.js';
 import { CloudHttpClient } from './cloud/http-client.js';
@@ -59,23 +59,20 @@ export interface AgentDeps {
   random?: Random;
   /** Where the config came from (the file, or the last-known-good copy and why). Default: the file. */
   configSource?: ConfigSource;
+  /** The device's own identity (identity.json); a configured `device.uuid` / `api.localApiKey` wins. */
+  identity: Identity;
+  /** The data dir's disk state and reserve, checked in a loop and shown in the API and metrics. */
+  disk?: DataDirDisk;
+  /** After the store is closed (the data dir lock is released here). */
+  onStopped?: () => void;
 }
 
-const UUID_KEY = 'device.uuid';
+/** Where agents before `identity.json` kept a generated uuid; read once at the upgrade (see loadIdentity). */
+export const LEGACY_UUID_KEY = 'device.uuid';
 /** The latest shadow reportedVersion whose report is on disk in the outbox. */
 const SHADOW_QUEUED_KEY = 'shadow.reportQueuedVersion';
 /** Whether the last run told the cloud it ran on the last-known-good config. */
 const FALLBACK_ANNOUNCED_KEY = 'config.fallbackAnnounced';
-
-/** The device id: configured, else the one generated at first start and kept in the store. */
-export function deviceUuid(config: AgentConfig, store: Store): string {
-  if (config.device.uuid) return config.device.uuid;
-  const kept = store.getKv<string>(UUID_KEY);
-  if (kept) return kept;
-  const generated = randomBytes(16).toString('hex');
-  store.setKv(UUID_KEY, generated);
-  return generated;
-}
 
 /**
  * The composition root: builds every part from the config, starts the loops and the local API, and
@@ -115,8 +112,8 @@ export class Agent {
     this.clock = clock;
     const random = deps.random ?? systemRandom;
     const offline = config.settings.offline;
-    this.uuid = deviceUuid(config, store);
-    this.localKey = ensureLocalKey(config.dataDir, config.api.localApiKey);
+    this.uuid = config.device.uuid ?? deps.identity.uuid;
+    this.localKey = config.api.localApiKey ?? deps.identity.localApiKey;
     this.loops = new LoopRunner({ logger, clock });
     const ids = new IdGenerator(() => clock.now());
     this.monitor = new ConnectionMonitor({
@@ -385,6 +382,8 @@ export class Agent {
     if (!this.deps.config.settings.offline.enableQueue) {
       return Promise.reject(new OutboxError('OUTBOX_CLOSED', 'settings.offline.enableQueue is false: this agent does not queue telemetry'));
     }
+    const full = this.deps.disk?.refusal();
+    if (full) return Promise.reject(new OutboxError('OUTBOX_DISK_FULL', full));
     const msgs: EnqueueMessage[] = items.map((i) => ({ channel: 'telemetry', payload: { stream: i.stream, payload: i.payload } }));
     return this.outbox.enqueueMany(msgs);
   }
@@ -434,7 +433,12 @@ export class Agent {
 
   /** `GET /v2/queue`: the outbox per channel, the flushers, and what is parked. */
   queueView(): unknown {
-    return { ...this.outbox.stats(), flushers: this.flushers.map((f) => f.stats()), parkedMessages: this.outbox.parked({ limit: 20 }) };
+    return {
+      ...this.outbox.stats(),
+      dataDisk: this.deps.disk?.view() ?? null,
+      flushers: this.flushers.map((f) => f.stats()),
+      parkedMessages: this.outbox.parked({ limit: 20 }),
+    };
   }
 
   /**
@@ -523,6 +527,16 @@ export class Agent {
         if (!s.aborted) this.outbox.expire();
       }
     });
+    const disk = this.deps.disk;
+    if (disk) {
+      disk.check();
+      this.loops.start('disk', async (s) => {
+        while (!s.aborted) {
+          await this.clock.sleep(5_000, s).catch(() => undefined);
+          if (!s.aborted) disk.check();
+        }
+      });
+    }
     if (this.poller) this.loops.start('target-state', (s) => this.poller!.run(s));
     if (this.jobPoller) this.loops.start('jobs', (s) => this.jobPoller!.run(s));
     if (this.shadowPoller) this.loops.start('shadow-desired', (s) => this.shadowPoller!.run(s));
@@ -539,6 +553,7 @@ export class Agent {
     const metrics = createMetrics({
       connection: () => this.monitor.health(),
       queue: () => this.outbox.stats(),
+      disk: () => this.deps.disk?.view() ?? null,
       mqtt: () => this.mqtt?.stats() ?? null,
       targetVersion: () => this.targets.current()?.version ?? null,
       loops: () => this.loops.status(),
@@ -613,6 +628,7 @@ export class Agent {
     await this.outbox.close();
     await this.http?.close();
     store.close();
+    this.deps.onStopped?.();
     logger.info('agent stopped');
   }
 }

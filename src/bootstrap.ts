@@ -1,12 +1,17 @@
-import { mkdirSync } from 'node:fs';
-import { Agent, databasePath } from './agent.js';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { Agent, databasePath, LEGACY_UUID_KEY } from './agent.js';
+import { prepareDataDir, trustedFile } from './boot/data-dir.js';
+import { DataDirDisk, RESERVE_FILE } from './boot/disk.js';
+import { IDENTITY_FILE, LEGACY_KEY_FILE, loadIdentity } from './boot/identity.js';
+import { lockDataDir, type DataDirLock } from './boot/lock.js';
 import type { ConfigSource } from './config/fallback.js';
 import { resolveWithLastKnownGood } from './config/last-known-good.js';
-import { formatIssues, loadConfig, redactConfig, resolveDataDir } from './config/load.js';
+import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResult } from './config/load.js';
 import { defaultConfig, type AgentConfig } from './config/schema.js';
 import { Store } from './store/store.js';
 import { systemClock } from './util/clock.js';
-import { AgentError } from './util/errors.js';
+import { AgentError, errorMessage } from './util/errors.js';
 import { createLogger, type Logger } from './util/logger.js';
 
 export interface BootOptions {
@@ -37,15 +42,77 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
   const logger = createLogger({ level: logging.level, format: logging.format, ...(opts.logDestination ? { destination: opts.logDestination } : {}) });
   for (const w of loaded.warnings) logger.warn(w);
 
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const store = Store.open({
-    path: databasePath(dataDir),
-    logger,
-    clock: systemClock,
-    synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
-    checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
+  // Nothing touches the data dir's files before it is checked and locked.
+  prepareDataDir(dataDir, logger);
+  const lock = lockDataDir(dataDir, logger, systemClock.now());
+  try {
+    return await bootLocked({ opts, dataDir, loaded, logger, lock });
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+/**
+ * Opens the database on any disk. Full (less free than the reserve, or the open says so): the
+ * reserve is given back first; with none left, the database is opened in exclusive locking mode,
+ * which needs no `-shm` file (this process holds the data dir lock anyway).
+ */
+function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: ConfigResult): Store {
+  const open = (exclusive = false): Store =>
+    Store.open({
+      path,
+      logger,
+      clock: systemClock,
+      synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
+      checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
+      exclusive,
+    });
+  disk.releaseIfFull();
+  try {
+    return open();
+  } catch (err) {
+    if (!isDiskFull(err)) throw err;
+    if (disk.release(errorMessage(err))) {
+      try {
+        return open();
+      } catch (again) {
+        if (!isDiskFull(again)) throw again;
+      }
+    }
+    logger.warn({ file: path, err: errorMessage(err) }, `the disk is full: opened ${path} in exclusive locking mode (WAL index in memory, checkpoints inline) until the next start`);
+    return open(true);
+  }
+}
+
+function isDiskFull(err: unknown): boolean {
+  const seen = [err, (err as { cause?: unknown }).cause];
+  return seen.some((e) => {
+    const code = String((e as { code?: unknown } | undefined)?.code ?? '');
+    return code === 'SQLITE_FULL' || code === 'ENOSPC' || code === 'SQLITE_IOERR_SHMSIZE' || /database or disk is full|ENOSPC/.test(errorMessage(e));
   });
-  const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now());
+}
+
+async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; lock: DataDirLock }): Promise<Booted> {
+  const { opts, dataDir, loaded, logger, lock } = args;
+  // A state file someone else owns or may write (planted before the dir was repaired) is moved aside:
+  // a planted database could carry a target that runs their commands.
+  const db = databasePath(dataDir);
+  for (const path of [db, `${db}-wal`, `${db}-shm`, `${db}.clean`, join(dataDir, RESERVE_FILE), join(dataDir, IDENTITY_FILE), join(dataDir, LEGACY_KEY_FILE)]) {
+    if (existsSync(path)) trustedFile(path, logger, systemClock.now());
+  }
+  const defaults = defaultConfig();
+  const disk = new DataDirDisk({
+    dataDir,
+    reserveBytes: (loaded.ok ? loaded.config : defaults).store.diskReserveBytes,
+    minFreeBytes: (loaded.ok ? loaded.config : defaults).settings.offline.minFreeDiskBytes,
+    logger,
+    now: () => systemClock.now(),
+  });
+  const store = openStore(db, logger, disk, loaded);
+  const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now(), (err) =>
+    logger.warn({ err: errorMessage(err) }, `could not save the last-known-good config (${errorMessage(err)}); the next start tries again`),
+  );
   if (resolved.source === 'none') {
     store.close();
     throw new AgentError('CONFIG_INVALID', `the config ${opts.configFile ?? '(environment)'} is invalid and there is no last-known-good config to fall back on:\n${formatIssues(resolved.issues)}`);
@@ -56,6 +123,7 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
       `the config ${opts.configFile ?? '(environment)'} is invalid; running on the last-known-good config:\n${formatIssues(resolved.issues)}`,
     );
   }
+  const identity = loadIdentity({ dataDir, logger, now: systemClock.now(), legacyUuid: () => store.getKv<string>(LEGACY_UUID_KEY) });
   const config: AgentConfig = { ...resolved.config, dataDir };
   logger.debug({ config: redactConfig(config) }, 'effective config');
   const file = opts.configFile ?? null;
@@ -64,7 +132,7 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
     resolved.source === 'last-known-good' && !loaded.ok
       ? { source: 'last-known-good', file, reason: loaded.failure, issues: resolved.issues, lastKnownGoodSavedAt: resolved.savedAt, since: systemClock.now() }
       : { source: 'file', file };
-  const agent = new Agent({ config, store, logger, configSource });
+  const agent = new Agent({ config, store, logger, configSource, identity, disk, onStopped: () => lock.release() });
   try {
     await agent.start();
   } catch (err) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
 import { z } from 'zod';
-import { readLocalKey } from './api/local-key.js';
+import { readLocalApiKey } from './boot/identity.js';
 import { bootAgent } from './bootstrap.js';
 import { formatIssues, loadConfig, resolveDataDir } from './config/load.js';
 import { noAnswer, statusConfig } from './status-target.js';
@@ -76,7 +76,7 @@ program
     const dataDir = resolveDataDir({ flag: opts.dataDir, file: opts.config, env: process.env, fallback: cfg.dataDir });
     const apiHost = cfg.api.host === '0.0.0.0' ? '127.0.0.1' : cfg.api.host;
     const base = (opts.api ?? `http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${cfg.api.port}`).replace(/\/$/, '');
-    const key = opts.key ?? process.env.IOTISTIC_API_LOCAL_API_KEY ?? cfg.api.localApiKey ?? readLocalKey(dataDir);
+    const key = opts.key ?? process.env.IOTISTIC_API_LOCAL_API_KEY ?? cfg.api.localApiKey ?? readLocalApiKey(dataDir);
     if (!key) {
       process.stderr.write(`iotistic-agent: no local API key: none in ${dataDir} (use --data-dir or --key)\n`);
       process.exit(1);

@@ -30,6 +30,7 @@ interface StatusInput {
     bytes: number;
     oldestAgeMs: number;
     channels: Record<string, { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number }>;
+    dataDisk?: { state: string; dataDir: string; freeBytes: number | null } | null;
   };
   jobs?: {
     enabled: boolean;
@@ -169,6 +170,8 @@ export function renderStatus(s: StatusInput, key?: string): string {
       `${c.depth} waiting  ${c.delivered} delivered  ${c.dropped} dropped  ${c.expired} expired  ${c.parked} parked`,
     ]);
     if (rows.length > 0) out.push(table(rows));
+    const d = s.queue.dataDisk;
+    if (d) out.push(`Disk  ${d.state === 'full' ? 'disk full' : d.state}: ${d.freeBytes === null ? '?' : bytes(d.freeBytes)} free where ${d.dataDir} lives`);
   }
   if (s.jobs) {
     out.push('');

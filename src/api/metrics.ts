@@ -18,6 +18,8 @@ export interface MetricsSource {
   configFallback?(): string | null;
   /** Jobs in the local table per status; null when jobs do not run here. */
   jobs?(): Record<string, number> | null;
+  /** The data dir's disk (ok | low | full); null when not watched. */
+  disk?(): { state: string; freeBytes: number | null } | null;
   /** null when the shadow is off. */
   shadow?(): { reportedVersion: number; desiredVersion: number | null; deltaKeys: number; conflicts: number } | null;
 }
@@ -105,6 +107,25 @@ export function createMetrics(source: MetricsSource): Registry {
   perChannel('iotistic_queue_delivered_total', 'Messages delivered and acknowledged', (c) => c.delivered, true);
   perChannel('iotistic_queue_dropped_total', 'Messages dropped by the limits (overflow, disk)', (c) => c.dropped, true);
   perChannel('iotistic_queue_expired_total', 'Messages that outlived their TTL', (c) => c.expired, true);
+  new Gauge({
+    name: 'iotistic_disk_state',
+    help: "State of the data dir's disk: 1 for the current state (ok, low, full), 0 for the others",
+    labelNames: ['state'],
+    registers: [registry],
+    collect() {
+      const d = source.disk?.();
+      if (d) for (const st of ['ok', 'low', 'full']) this.set({ state: st }, d.state === st ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_disk_free_bytes',
+    help: 'Free bytes of the filesystem holding the data dir, as last read',
+    registers: [registry],
+    collect() {
+      const d = source.disk?.();
+      if (d && d.freeBytes !== null) this.set(d.freeBytes);
+    },
+  });
   new Gauge({
     name: 'iotistic_mqtt_connected',
     help: '1 while the MQTT session is connected (absent without MQTT)',

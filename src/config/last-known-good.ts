@@ -21,12 +21,26 @@ export type ResolvedConfig =
  * down: the agent says why and runs on what worked before. Without a good copy there is nothing safe
  * to run on, and the caller exits with the reasons.
  */
-export function resolveWithLastKnownGood(result: ConfigResult, store: Store, file: string | undefined, now: number): ResolvedConfig {
+export function resolveWithLastKnownGood(
+  result: ConfigResult,
+  store: Store,
+  file: string | undefined,
+  now: number,
+  onSaveFailed: (err: unknown) => void = () => undefined,
+): ResolvedConfig {
+  const stored = store.getKv<StoredLkg>(LKG_KEY);
   if (result.ok) {
-    store.setKv(LKG_KEY, { config: result.config, savedAt: now, file: file ?? null } satisfies StoredLkg);
+    // Written only when it changed, and a failed write (a full disk) is no reason not to start:
+    // a start needs no write.
+    if (!stored || JSON.stringify(stored.config) !== JSON.stringify(result.config) || stored.file !== (file ?? null)) {
+      try {
+        store.setKv(LKG_KEY, { config: result.config, savedAt: now, file: file ?? null } satisfies StoredLkg);
+      } catch (err) {
+        onSaveFailed(err);
+      }
+    }
     return { source: 'file', config: result.config, warnings: result.warnings };
   }
-  const stored = store.getKv<StoredLkg>(LKG_KEY);
   if (stored) {
     // Re-validate: the schema may have changed since it was saved (an agent upgrade).
     const parsed = agentConfigSchema.safeParse(stored.config);

@@ -222,6 +222,14 @@ const storeSchema = z.strictObject({
     .enum(['background', 'inline'])
     .default('background')
     .describe('background: WAL checkpoints (page copies and their fsyncs) run on a worker thread, never on the event loop. inline: SQLite runs them inside the commit that fills the WAL.'),
+  diskReserveBytes: z
+    .number()
+    .int()
+    .min(0)
+    .default(4 * 1_048_576)
+    .describe(
+      'Size of the reserve file kept in the data dir (disk-reserve) for the agent\'s own writes. When less than this is free (at start or while running) it is deleted, the disk is reported full and producers are refused (507, no PUBACK) so the room serves opening the database and delivering the queue; it is made again once twice its size is free. 0: no reserve (full below 256 KiB free).',
+    ),
 });
 
 const jobsSchema = z.strictObject({

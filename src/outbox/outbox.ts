@@ -1117,9 +1117,15 @@ export class Outbox {
     if (isDiskFull(err)) {
       this.disk.low = true;
       this.disk.checkedAt = -Infinity;
+      let free = '';
+      try {
+        free = `, ${fmtBytes(this.freeBytesOf(this.dir))} free`;
+      } catch {
+        // the message goes without the number
+      }
       return new OutboxError(
         'OUTBOX_DISK_FULL',
-        `${what} failed: the disk holding ${this.dir} is full (${String(code ?? 'ENOSPC')}); the write was rolled back and nothing queued before was lost`,
+        `${what} failed: the disk holding ${this.dir} is full (${String(code ?? 'ENOSPC')}${free}); the write was rolled back and nothing queued before was lost; it is accepted again once space is freed`,
         { cause: err },
       );
     }

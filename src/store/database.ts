@@ -13,6 +13,11 @@ export interface OpenStoreOptions {
   /** `full` survives power loss; `normal` survives a process crash only (faster). */
   synchronous?: 'full' | 'normal';
   migrations?: readonly Migration[];
+  /**
+   * locking_mode EXCLUSIVE before WAL: SQLite keeps the WAL index in memory and never creates the
+   * `-shm` file, which a full disk cannot take. Only one connection may then use the file.
+   */
+  exclusive?: boolean;
 }
 
 export interface OpenedDatabase {
@@ -81,9 +86,10 @@ function closedCleanly(path: string): boolean {
   }
 }
 
-function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: readonly Migration[], trusted: boolean): Database {
+function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: readonly Migration[], trusted: boolean, exclusive = false): Database {
   const db = new BetterSqlite3(path);
   try {
+    if (exclusive) db.pragma('locking_mode = EXCLUSIVE');
     db.pragma('journal_mode = WAL');
     // FULL fsyncs the WAL on every commit, so a committed transaction survives a power cut.
     db.pragma(`synchronous = ${synchronous.toUpperCase()}`);
@@ -138,7 +144,7 @@ export function openDatabase(opts: OpenStoreOptions): OpenedDatabase {
   createPrivateFile(path);
   if (trusted) logger.debug({ file: path }, 'database closed cleanly last time and unchanged since: integrity check skipped');
   try {
-    return { db: openAndCheck(path, synchronous, migrations, trusted), checked: !trusted };
+    return { db: openAndCheck(path, synchronous, migrations, trusted, opts.exclusive), checked: !trusted };
   } catch (err) {
     if (!isCorruption(err)) {
       throw new AgentError('STORE_OPEN_FAILED', `cannot open the database ${path}: ${errorMessage(err)}`, { cause: err });
@@ -153,6 +159,6 @@ export function openDatabase(opts: OpenStoreOptions): OpenedDatabase {
       `database ${path} is corrupt; moved it to ${quarantinedTo} and started a fresh one`,
     );
     createPrivateFile(path);
-    return { db: openAndCheck(path, synchronous, migrations, false), quarantinedTo, checked: true };
+    return { db: openAndCheck(path, synchronous, migrations, false, opts.exclusive), quarantinedTo, checked: true };
   }
 }

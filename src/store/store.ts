@@ -58,9 +58,11 @@ export class Store {
     synchronous?: 'full' | 'normal';
     checkpoint?: 'background' | 'inline';
     migrations?: readonly Migration[];
+    /** See `OpenStoreOptions.exclusive`; checkpoints are then inline (the worker's connection could not share the file). */
+    exclusive?: boolean;
   }): Store {
     const { db, quarantinedTo, checked } = openDatabase(opts);
-    const checkpointer = opts.checkpoint === 'background' ? new WalCheckpointer(db, { path: opts.path, logger: opts.logger }) : undefined;
+    const checkpointer = opts.checkpoint === 'background' && !opts.exclusive ? new WalCheckpointer(db, { path: opts.path, logger: opts.logger }) : undefined;
     return new Store(db, opts.path, opts.clock, quarantinedTo, checkpointer, checked);
   }
 
@@ -113,6 +115,8 @@ export class Store {
     try {
       const [r] = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
       folded = r?.busy === 0;
+    } catch {
+      // A full disk cannot take the fold: the WAL stays, whole, and the next open replays it.
     } finally {
       this.db.close();
     }

@@ -32,6 +32,15 @@ export interface SpawnAgentOptions {
   timeoutMs?: number;
 }
 
+/** The key the agent's local API takes: configured, else the one in identity.json (local-api.key before it). */
+export function localApiKey(dataDir: string, config: Record<string, unknown>): string {
+  const configured = (config.api as { localApiKey?: unknown } | undefined)?.localApiKey;
+  if (typeof configured === 'string') return configured;
+  const identity = join(dataDir, 'identity.json');
+  if (existsSync(identity)) return (JSON.parse(readFileSync(identity, 'utf8')) as { localApiKey: string }).localApiKey;
+  return readFileSync(join(dataDir, 'local-api.key'), 'utf8').trim();
+}
+
 /** Writes a config, starts the built CLI with `run`, and resolves once the local API is listening. */
 export async function spawnAgent(opts: SpawnAgentOptions): Promise<AgentProcess> {
   requireBuilt();
@@ -74,7 +83,7 @@ export async function spawnAgent(opts: SpawnAgentOptions): Promise<AgentProcess>
       throw new Error(`agent did not start in time:\n${errText}\n${JSON.stringify(lines.slice(-5))}`);
     } else await new Promise((r) => setTimeout(r, 50));
   }
-  const key = readFileSync(join(opts.dataDir, 'local-api.key'), 'utf8').trim();
+  const key = localApiKey(opts.dataDir, config);
   const send = async (method: string, path: string, json?: unknown): Promise<{ status: number; body: unknown }> => {
     const res = await fetch(`${apiUrl}${path}`, {
       method,

@@ -31,8 +31,8 @@ describe('iotistic-agent run', () => {
     // Everything but /ping and /v1/healthy needs the key.
     const anon = await fetch(`${agent.apiUrl}/v2/connection`);
     expect(anon.status).toBe(401);
-    // The key and database are private to the agent.
-    expect(statSync(join(dataDir, 'local-api.key')).mode & 0o777).toBe(0o600);
+    // The identity (with the key) and database are private to the agent.
+    expect(statSync(join(dataDir, 'identity.json')).mode & 0o777).toBe(0o600);
     expect(statSync(join(dataDir, 'agent.db')).mode & 0o777).toBe(0o600);
 
     const stopped = await agent.stop('SIGTERM');

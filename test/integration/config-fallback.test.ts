@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
-import { CLI, requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { CLI, localApiKey, requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // A config edit that breaks the file while a last-known-good copy exists: the agent keeps running on
@@ -154,7 +154,7 @@ it('a file that is no longer JSON still names its data dir, so its last-known-go
   // A trailing comma: the file is not JSON any more, and the data dir is named only in it.
   writeFileSync(file, JSON.stringify({ ...cfg, jobs: { allowedCommands: [] } }, null, 2).replace(/\n}$/, ',\n}'));
   const second = await runWithFileOnly(file);
-  const key = readFileSync(join(dataDir, 'local-api.key'), 'utf8').trim();
+  const key = localApiKey(dataDir, {});
   const res = await fetch(`${second.apiUrl}/v2/config`, { headers: { authorization: `Bearer ${key}` } });
   const view = (await res.json()) as ConfigView & { config: { dataDir: string } };
   expect(view.source).toBe('last-known-good');

@@ -177,6 +177,29 @@ describe('last-known-good config', () => {
     store.close();
   });
 
+  it('writes the last-known-good config only when it changed, and starts when the write fails', () => {
+    const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock: { now: () => 1 } });
+    const file = configFile({ settings: { pollIntervalMs: 5000 } });
+    const writes: unknown[] = [];
+    const setKv = store.setKv.bind(store);
+    store.setKv = (k, v) => {
+      writes.push(v);
+      setKv(k, v);
+    };
+    resolveWithLastKnownGood(loadConfig({ file, env: {} }), store, file, 1);
+    resolveWithLastKnownGood(loadConfig({ file, env: {} }), store, file, 2);
+    expect(writes).toHaveLength(1);
+    writeFileSync(file, JSON.stringify({ settings: { pollIntervalMs: 6000 } }));
+    store.setKv = () => {
+      throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    };
+    const failed: unknown[] = [];
+    const r = resolveWithLastKnownGood(loadConfig({ file, env: {} }), store, file, 3, (err) => failed.push(err));
+    expect(r.source).toBe('file');
+    expect(failed).toHaveLength(1);
+    store.close();
+  });
+
   it('has nothing to fall back on the first time', () => {
     const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock: { now: () => 1 } });
     const file = configFile({ api: { port: 'x' } });
