@@ -279,11 +279,19 @@ export class DockerRuntime implements WorkloadRuntime {
 
   private async ensureVolume(app: string, name: string, signal?: AbortSignal): Promise<string> {
     const full = `${app}_${name}`;
+    let existing: Docker.VolumeInspectInfo | undefined;
     try {
-      await this.docker.getVolume(full).inspect({ abortSignal: this.signal(signal) } as object);
-      return full;
+      existing = (await this.docker.getVolume(full).inspect({ abortSignal: this.signal(signal) } as object)) as Docker.VolumeInspectInfo;
     } catch (err) {
       if (status(err) !== 404) throw err;
+    }
+    if (existing) {
+      // "a_b" + "c" and "a" + "b_c" name one volume: never hand one app's data to another.
+      const owner = existing.Labels?.[LABELS.app];
+      if (existing.Labels?.[LABELS.managed] === 'true' && owner !== undefined && owner !== app) {
+        throw new AgentError('VOLUME_TAKEN', `${app}: volume "${name}" would be the engine's volume ${full}, which belongs to app "${owner}"; rename the volume or the app`);
+      }
+      return full;
     }
     await this.docker.createVolume({
       Name: full,
