@@ -22,10 +22,19 @@ export function formatIssue(issue: ConfigIssue): string {
 export function describeValue(value: unknown): string {
   if (value === undefined) return 'nothing';
   if (value === null) return 'null';
-  if (Array.isArray(value)) return `an array (${truncate(JSON.stringify(value))})`;
-  if (typeof value === 'object') return `an object (${truncate(JSON.stringify(value))})`;
+  if (Array.isArray(value)) return `an array (${shown(value)})`;
+  if (typeof value === 'object') return `an object (${shown(value)})`;
   if (typeof value === 'string') return `${truncate(JSON.stringify(value))} (a string)`;
   return `${String(value)} (a ${typeof value})`;
+}
+
+/** JSON.stringify recurses: a value nested some thousands deep would throw instead of being described. */
+function shown(value: unknown): string {
+  try {
+    return truncate(JSON.stringify(value));
+  } catch {
+    return 'too deep or too odd to show';
+  }
 }
 
 function truncate(s: string, max = 60): string {

@@ -16,7 +16,8 @@ export function mergePatch(from: Json | undefined, to: Json): Json | undefined {
     const sub = mergePatch(from[k], v);
     if (sub !== undefined) patch[k] = sub;
   }
-  for (const k of Object.keys(from)) if (!(k in to)) patch[k] = null;
+  // hasOwn, not `in`: a key named "constructor" is "in" every object.
+  for (const k of Object.keys(from)) if (!Object.hasOwn(to, k)) patch[k] = null;
   return Object.keys(patch).length > 0 ? patch : undefined;
 }
 

@@ -126,7 +126,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
    */
   restartService(app: string, service: string, signal?: AbortSignal): Promise<RestartResult> {
     const target = this.o.source.current();
-    if (!target?.apps[app]?.services[service]) {
+    if (!target || !Object.hasOwn(target.apps, app) || !Object.hasOwn(target.apps[app]?.services ?? {}, service)) {
       const known = target ? Object.entries(target.apps).flatMap(([a, d]) => Object.keys(d.services).map((s) => `${a}/${s}`)) : [];
       const list = known.length > 0 ? known.join(', ') : 'none';
       return Promise.reject(new AgentError('UNKNOWN_SERVICE', `no service ${app}/${service} in the target in force (services: ${list})`));
@@ -548,7 +548,9 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
       }
       if (s.status === 'pulling' || s.status === 'creating' || s.status === 'stopped') anyBusy = true;
       if (s.status === 'failed' || s.status === 'backoff') anyFailed = true;
-      (apps[desired.app] ??= { services: {} }).services[desired.service] = s;
+      // Object.hasOwn: an app may be named "constructor", which a plain object already "has".
+      const appState = Object.hasOwn(apps, desired.app) ? (apps[desired.app] as CurrentState['apps'][string]) : (apps[desired.app] = { services: {} });
+      appState.services[desired.service] = s;
     }
     const status: ApplyStatus = anyBusy ? 'applying' : anyFailed ? 'failed' : 'applied';
     return { status, targetVersion: target.version, apps };

@@ -7,8 +7,19 @@ import { parseImageReference } from './image-ref.js';
  * last good target stays in force and the reasons (each naming the path) are reported.
  */
 
-const NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
-const nameMsg = 'a name of 1-63 lowercase letters, digits, "_", "." or "-", starting with a letter or digit';
+/**
+ * The one pattern for every name a target gives (apps, services, named volumes). Names become
+ * directory names, container and volume names and label values: lowercase ASCII only (no two names
+ * differ only in case or by a look-alike letter), no "/", no leading "." and no "..", at most 63.
+ */
+export const NAME_PATTERN = /^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62}$/;
+const NAME = NAME_PATTERN;
+export const NAME_EXPECTED = `a name matching ${String(NAME_PATTERN)} (1-63 lowercase letters, digits, "_", "." or "-", starting with a letter or digit, no "..")`;
+
+/** Whether a name from a target is one the agent accepts (and may use in a path). */
+export function isSafeName(name: unknown): name is string {
+  return typeof name === 'string' && NAME_PATTERN.test(name);
+}
 
 const PORT_RE = /^(?:(?<ip>[0-9.]+):)?(?<host>\d{1,5})(?::(?<container>\d{1,5}))(?:\/(?<proto>tcp|udp))?$/;
 
@@ -45,9 +56,8 @@ export const LABEL_PREFIX = 'io.iotistic.';
 /** The one label a target may set under the agent's prefix: the service's update strategy. */
 export const UPDATE_STRATEGY_LABEL = 'io.iotistic.update-strategy';
 
-const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const VOLUME_RE = /^(?<source>[^:]+):(?<target>\/[^:]*)(?::(?<mode>ro|rw))?$/;
-const volumeMsg = 'a volume "NAME:/container/path[:ro|rw]" (NAME a letter or digit then letters, digits, "_", "." or "-") or a host bind mount "/host/path:/container/path[:ro|rw]"';
+const volumeMsg = `a volume "NAME:/container/path[:ro|rw]" (NAME ${NAME_EXPECTED}) or a host bind mount "/host/path:/container/path[:ro|rw]"`;
 
 /** A volume entry split into its parts, or undefined when it does not follow the grammar. */
 export function parseVolume(spec: string): { source: string; target: string; readOnly: boolean; hostPath: boolean } | undefined {
@@ -55,7 +65,7 @@ export function parseVolume(spec: string): { source: string; target: string; rea
   if (!m?.groups?.source || !m.groups.target) return undefined;
   const { source, target, mode } = m.groups;
   const hostPath = source.startsWith('/');
-  if (!hostPath && !VOLUME_NAME.test(source)) return undefined;
+  if (!hostPath && !NAME.test(source)) return undefined;
   return { source, target, readOnly: mode === 'ro', hostPath };
 }
 
@@ -117,7 +127,7 @@ const serviceSchema = z
   });
 
 const appSchema = z.strictObject({
-  services: z.record(z.string().regex(NAME, nameMsg), serviceSchema),
+  services: z.record(z.string().regex(NAME, NAME_EXPECTED), serviceSchema),
 });
 
 /** The settings a target may override: a documented subset, never identity, keys or addresses. */
@@ -135,8 +145,33 @@ const targetConfigSchema = z.strictObject({
 export const targetStateSchema = z.strictObject({
   version: z.number().int().min(0),
   config: targetConfigSchema.default({}),
-  apps: z.record(z.string().regex(NAME, nameMsg), appSchema).default({}),
+  apps: z.record(z.string().regex(NAME, NAME_EXPECTED), appSchema).default({}),
 });
+
+/**
+ * App and service names that do not follow NAME_PATTERN, on the raw input: zod reports a bad record
+ * key as "Invalid key in record" without the key; this names the field, the value and the pattern.
+ */
+function nameIssues(doc: unknown): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const apps = (doc as { apps?: unknown } | null)?.apps;
+  if (apps === null || typeof apps !== 'object' || Array.isArray(apps)) return issues;
+  const check = (path: string, name: string): void => {
+    if (!NAME.test(name)) issues.push({ path, source: 'target', value: name, expected: NAME_EXPECTED });
+  };
+  for (const [app, appDoc] of Object.entries(apps)) {
+    check(`apps.${app}`, app);
+    const services = (appDoc as { services?: unknown } | null)?.services;
+    if (services === null || typeof services !== 'object' || Array.isArray(services)) continue;
+    for (const name of Object.keys(services)) check(`apps.${app}.services.${name}`, name);
+  }
+  return issues;
+}
+
+/** `apps.<app>` or `apps.<app>.services.<service>`: where a record key is a name. */
+function isNameKeyPath(path: readonly PropertyKey[]): boolean {
+  return path[0] === 'apps' && (path.length === 2 || (path.length === 4 && path[2] === 'services'));
+}
 
 /**
  * Host ports used twice in the whole document. Checked on the raw input, apart from the schema, so
@@ -264,8 +299,11 @@ export interface ValidateTargetOptions {
 export function validateTarget(doc: unknown, opts: ValidateTargetOptions = {}): TargetValidation {
   const policy = { ...DEFAULT_WORKLOAD_POLICY, ...opts.policy };
   const parsed = targetStateSchema.safeParse(doc);
-  const extra = [...duplicatePortIssues(doc), ...policyIssues(doc, policy)];
+  const names = nameIssues(doc);
+  const extra = [...names, ...duplicatePortIssues(doc), ...policyIssues(doc, policy)];
   if (parsed.success && extra.length === 0) return { ok: true, target: parsed.data };
-  const issues = [...(parsed.success ? [] : fromZodIssues(parsed.error.issues, doc, () => 'target', () => false)), ...extra];
+  // Bad keys are reported by nameIssues, with the key and the pattern.
+  const zodIssues = parsed.success ? [] : parsed.error.issues.filter((i) => !(i.code === 'invalid_key' && isNameKeyPath(i.path)));
+  const issues = [...fromZodIssues(zodIssues, doc, () => 'target', () => false), ...extra];
   return { ok: false, issues, message: issues.map((i) => formatIssue(i)).join('; ') };
 }

@@ -106,7 +106,7 @@ describe('a target applied through the devcloud', () => {
       body: JSON.stringify({ version: 1, apps: { who: { services: { ami: { runtime: 'process', command: ['/bin/sh', '-c', 'id -u; pwd; sleep 3600'] } } } } }),
     });
     expect(r.status).toBe(200);
-    const log = join(dataDir, 'services', 'who', 'ami', 'output.log');
+    const log = join(dataDir, 'services', 'apps', 'who', 'ami', 'output.log');
     const text = await waitFor('its output', () => (existsSync(log) && readFileSync(log, 'utf8').includes('\n/') ? readFileSync(log, 'utf8') : undefined));
     // The agent runs as root in CI; its processes run as nobody (65534) in "/".
     expect(process.getuid?.()).toBe(0);

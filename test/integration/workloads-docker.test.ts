@@ -277,6 +277,19 @@ describe('workloads on a real Docker engine', () => {
     }
   });
 
+  it('never hands one app\'s named volume to another whose names join to the same engine volume', async () => {
+    const n = `v${Math.floor(Math.random() * 1e9)}`;
+    // "<n>_x" + "data" and "<n>" + "x_data" are both the engine's volume "<n>_x_data".
+    const a = agent(target(1, { [`${n}_x`]: { services: { s: { image: IMG, command: RUN, volumes: ['data:/data'] } } }, [n]: { services: { s: { image: IMG, command: RUN, volumes: ['x_data:/data'] } } } }));
+    const states = await waitFor('one running, the other refused', () => {
+      const s = [a.service(`${n}_x`, 's'), a.service(n, 's')];
+      return s.some((x) => x?.status === 'running') && s.some((x) => x?.lastError?.includes('belongs to app')) ? s : undefined;
+    }, 30_000);
+    const owner = (await eng.docker.getVolume(`${n}_x_data`).inspect()).Labels?.['io.iotistic.app'];
+    expect(states[owner === n ? 0 : 1]?.lastError).toContain(`belongs to app "${owner}"`);
+    expect(states[owner === n ? 1 : 0]?.status).toBe('running');
+  });
+
   it('sees the engine restart through its event stream and brings the services back', async (ctx) => {
     if (!eng.restart) ctx.skip(); // only a private daemon may be restarted
     const a = agent(target(1, { app: { services: { s: { image: IMG, command: RUN } } } }), { intervalMs: 120_000 });

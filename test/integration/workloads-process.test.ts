@@ -117,7 +117,7 @@ describe('process runtime', () => {
       },
     }));
     await waitFor('hello running', () => a.service('app', 'hello')?.status === 'running');
-    const log = join(dataDir, 'app', 'hello', 'output.log');
+    const log = join(dataDir, 'apps', 'app', 'hello', 'output.log');
     const text = await waitFor('output captured', () => {
       const t = existsSync(log) ? readFileSync(log, 'utf8') : '';
       return t.includes('GREETING=') ? t : undefined;
@@ -128,10 +128,10 @@ describe('process runtime', () => {
     expect(text).not.toContain('IOTISTIC_TEST_SECRET');
     expect(text).not.toContain('must-not-leak');
     await waitFor('literal exited', () => a.service('app', 'literal')?.status === 'exited');
-    expect(readFileSync(join(dataDir, 'app', 'literal', 'output.log'), 'utf8')).toContain('$HOME *\n');
+    expect(readFileSync(join(dataDir, 'apps', 'app', 'literal', 'output.log'), 'utf8')).toContain('$HOME *\n');
     expect(a.service('app', 'literal')).toMatchObject({ status: 'exited', exitCode: 0, restarts: 0, runtime: 'process', image: null });
     await waitFor('where exited', () => a.service('app', 'where')?.status === 'exited');
-    expect(readFileSync(join(dataDir, 'app', 'where', 'output.log'), 'utf8')).toContain(`\n${dataDir}\n`);
+    expect(readFileSync(join(dataDir, 'apps', 'app', 'where', 'output.log'), 'utf8')).toContain(`\n${dataDir}\n`);
     expect(a.service('app', 'nowhere')?.lastError).toBe('start failed: working dir /nonexistent-dir does not exist');
     delete process.env.IOTISTIC_TEST_SECRET;
   });
@@ -140,13 +140,13 @@ describe('process runtime', () => {
     const dataDir = dirs.make();
     const script = 'i=0; while [ $i -lt 3000 ]; do echo "line $i ....................................................."; i=$((i+1)); done; exec /bin/sleep 300';
     const a = agent(dataDir, target(1, { app: { services: { chatty: { runtime: 'process', command: ['/bin/sh', '-c', script] } } } }), { logMaxBytes: 8_192, logFiles: 2 });
-    const log = join(dataDir, 'app', 'chatty', 'output.log');
+    const log = join(dataDir, 'apps', 'app', 'chatty', 'output.log');
     await waitFor('all lines written', () => existsSync(log) && readFileSync(log, 'utf8').includes('line 2999 '));
-    const files = readdirSync(join(dataDir, 'app', 'chatty')).sort();
+    const files = readdirSync(join(dataDir, 'apps', 'app', 'chatty')).sort();
     expect(files).toEqual(['output.log', 'output.log.1', 'output.log.2']);
-    for (const f of files) expect(statSync(join(dataDir, 'app', 'chatty', f)).size).toBeLessThanOrEqual(8_192);
+    for (const f of files) expect(statSync(join(dataDir, 'apps', 'app', 'chatty', f)).size).toBeLessThanOrEqual(8_192);
     // The oldest output is gone, the newest kept.
-    const all = files.map((f) => readFileSync(join(dataDir, 'app', 'chatty', f), 'utf8')).join('');
+    const all = files.map((f) => readFileSync(join(dataDir, 'apps', 'app', 'chatty', f), 'utf8')).join('');
     expect(all).not.toContain('line 0 ');
     expect(a.service('app', 'chatty')?.status).toBe('running');
   });
@@ -166,7 +166,7 @@ describe('process runtime', () => {
     }));
     await waitFor('four restarts', () => (a.service('app', 'crash')?.restarts ?? 0) >= 4, 30_000);
     // Start times from the log's markers.
-    const log = readFileSync(join(dataDir, 'app', 'crash', 'output.log'), 'utf8');
+    const log = readFileSync(join(dataDir, 'apps', 'app', 'crash', 'output.log'), 'utf8');
     const starts = [...log.matchAll(/^--- (\S+) started/gm)].map((m) => Date.parse(m[1] as string));
     const gaps = starts.slice(1).map((t, i) => t - (starts[i] as number));
     // 300 ms doubling: at least 300, 600, 1200, 2400 ms apart (plus the time to run, exit and be seen).

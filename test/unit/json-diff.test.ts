@@ -10,6 +10,14 @@ describe('merge patches', () => {
     expect(applyMergePatch(from, patch!)).toEqual(to);
   });
 
+  it('removes keys named like what every object has (an app "constructor")', () => {
+    const from: Json = { apps: { constructor: { services: {} }, toString: 1 } };
+    const to: Json = { apps: {} };
+    const patch = mergePatch(from, to);
+    expect(patch).toEqual({ apps: { constructor: null, toString: null } });
+    expect(applyMergePatch(from, patch!)).toEqual(to);
+  });
+
   it('is undefined when nothing changed', () => {
     expect(mergePatch({ a: { b: [1] } }, { a: { b: [1] } })).toBeUndefined();
   });

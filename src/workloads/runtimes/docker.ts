@@ -279,17 +279,29 @@ export class DockerRuntime implements WorkloadRuntime {
 
   private async ensureVolume(app: string, name: string, signal?: AbortSignal): Promise<string> {
     const full = `${app}_${name}`;
-    try {
-      await this.docker.getVolume(full).inspect({ abortSignal: this.signal(signal) } as object);
-      return full;
-    } catch (err) {
-      if (status(err) !== 404) throw err;
+    const inspect = async (): Promise<Docker.VolumeInspectInfo | undefined> => {
+      try {
+        return (await this.docker.getVolume(full).inspect({ abortSignal: this.signal(signal) } as object)) as Docker.VolumeInspectInfo;
+      } catch (err) {
+        if (status(err) !== 404) throw err;
+        return undefined;
+      }
+    };
+    let existing = await inspect();
+    if (!existing) {
+      // The engine answers a create of an existing name with that volume: look at whose it is after.
+      await this.docker.createVolume({
+        Name: full,
+        Labels: { [LABELS.managed]: 'true', [LABELS.agent]: this.agentId, [LABELS.app]: app },
+        abortSignal: this.signal(signal),
+      } as Docker.VolumeCreateOptions);
+      existing = await inspect();
     }
-    await this.docker.createVolume({
-      Name: full,
-      Labels: { [LABELS.managed]: 'true', [LABELS.agent]: this.agentId, [LABELS.app]: app },
-      abortSignal: this.signal(signal),
-    } as Docker.VolumeCreateOptions);
+    // "a_b" + "c" and "a" + "b_c" name one volume: never hand one app's data to another.
+    const owner = existing?.Labels?.[LABELS.app];
+    if (existing?.Labels?.[LABELS.managed] === 'true' && owner !== undefined && owner !== app) {
+      throw new AgentError('VOLUME_TAKEN', `${app}: volume "${name}" would be the engine's volume ${full}, which belongs to app "${owner}"; rename the volume or the app`);
+    }
     return full;
   }
 

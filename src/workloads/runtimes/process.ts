@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { Clock } from '../../util/clock.js';
@@ -7,6 +7,7 @@ import { AgentError, errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
 import type { Availability, DesiredService, Instance, InstanceState, WorkloadRuntime } from '../types.js';
 import { RuntimeEventEmitter } from './events.js';
+import { ProcessFiles, type PidRecord } from './process-files.js';
 import { RotatingLog } from './rotating-log.js';
 import { groupMembers, processStartTicks, signalGroup } from '../../util/process-group.js';
 
@@ -21,14 +22,15 @@ export { groupMembers, processStartTicks };
  * Across agent restarts, processes do NOT survive: they are the agent's children. A graceful stop
  * of the agent (`close()`) stops them (SIGTERM to the group, SIGKILL after `stopTimeoutMs`). If the
  * agent dies without stopping them (kill -9, a crash), the next agent finds them through the pid
- * files it keeps in `<dataDir>/run/`, checks each is still the process it started (the start time
- * in /proc, so a reused pid is never killed), and stops their groups before starting fresh copies.
+ * files it keeps in `<dataDir>/run/` (only files it owns and only it can write: see ProcessFiles),
+ * checks each is still the process it started (the start time in /proc, so a reused pid is never
+ * killed), and stops their groups before starting fresh copies.
  * So a native service never runs twice, and its output always goes to the agent that runs it
  * (re-adopting would leave it writing into a pipe nobody reads).
  */
 
 export interface ProcessRuntimeOptions {
-  /** Where logs (`<app>/<service>/output.log`), working dirs and pid files (`run/`) live. */
+  /** Where logs (`apps/<app>/<service>/output.log`), working dirs and pid files (`run/`) live: see ProcessFiles. */
   dataDir: string;
   clock: Clock;
   logger: Logger;
@@ -70,18 +72,9 @@ export function resolveProcessUser(spec: string, passwd = '/etc/passwd'): Proces
   return `workloads.processUser "${spec}" is not a user of this device (not in ${passwd})`;
 }
 
-export const DEFAULT_PROCESS_ENV: Readonly<Record<string, string>> = Object.freeze({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' });
+const LOG_NAME = 'output.log';
 
-interface PidFile {
-  id: string;
-  pid: number;
-  /** Field 22 of /proc/<pid>/stat: with the pid, identifies the process across pid reuse. */
-  startTicks: string | null;
-  app: string;
-  service: string;
-  configHash: string;
-  agentPid: number;
-}
+export const DEFAULT_PROCESS_ENV: Readonly<Record<string, string>> = Object.freeze({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' });
 
 interface Proc {
   id: string;
@@ -103,14 +96,17 @@ export class ProcessRuntime implements WorkloadRuntime {
   readonly events = new RuntimeEventEmitter();
   private readonly procs = new Map<string, Proc>();
   private readonly logs = new Map<string, RotatingLog>();
-  private readonly runDir: string;
+  private readonly files: ProcessFiles;
   private readonly init: Promise<void>;
   private seq = 0;
   private closed = false;
 
   constructor(private readonly o: ProcessRuntimeOptions) {
-    this.runDir = join(o.dataDir, 'run');
-    this.init = this.reapLeftovers();
+    this.files = new ProcessFiles({ root: o.dataDir, clock: o.clock, logger: o.logger });
+    this.init = this.reapLeftovers().catch((err: unknown) => {
+      // A start never fails on what the last run left: whatever was not understood was moved aside.
+      this.o.logger.error({ err: errorMessage(err) }, 'could not stop what a previous agent left running; going on');
+    });
   }
 
   private get stopTimeoutMs(): number {
@@ -149,7 +145,7 @@ export class ProcessRuntime implements WorkloadRuntime {
 
   /** The log file a service's output goes to. */
   logPath(app: string, service: string): string {
-    return join(this.o.dataDir, app, service, 'output.log');
+    return join(this.files.serviceDir(app, service), LOG_NAME);
   }
 
   async create(desired: DesiredService): Promise<string> {
@@ -188,8 +184,15 @@ export class ProcessRuntime implements WorkloadRuntime {
       p.exits++;
       throw new AgentError('PROCESS_START_FAILED', p.error);
     }
-    const serviceDir = join(this.o.dataDir, app, service);
-    mkdirSync(serviceDir, { recursive: true, mode: 0o750 });
+    let serviceDir: string;
+    try {
+      serviceDir = this.files.ensureServiceDir(app, service, this.logNames());
+    } catch (err) {
+      p.error = `cannot make its directory: ${errorMessage(err)}`;
+      p.finishedAt = this.o.clock.now();
+      p.exits++;
+      throw new AgentError('PROCESS_START_FAILED', p.error, { cause: err });
+    }
     // Run as another user, a process cannot enter the agent's private data dir: it starts in "/"
     // unless the target names a working dir.
     const cwd = spec.workingDir ?? (user ? '/' : serviceDir);
@@ -320,13 +323,14 @@ export class ProcessRuntime implements WorkloadRuntime {
     return log;
   }
 
-  private pidFilePath(id: string): string {
-    return join(this.runDir, `${id}.json`);
+  /** The log and its rotations: plain files, or moved aside. */
+  private logNames(): string[] {
+    return [LOG_NAME, ...Array.from({ length: this.o.logFiles ?? 2 }, (_, i) => `${LOG_NAME}.${i + 1}`)];
   }
 
   private writePidFile(p: Proc): void {
     if (p.pid === undefined) return;
-    const rec: PidFile = {
+    const rec: PidRecord = {
       id: p.id,
       pid: p.pid,
       startTicks: processStartTicks(p.pid),
@@ -336,34 +340,35 @@ export class ProcessRuntime implements WorkloadRuntime {
       agentPid: process.pid,
     };
     try {
-      mkdirSync(this.runDir, { recursive: true, mode: 0o700 });
-      writeFileSync(this.pidFilePath(p.id), JSON.stringify(rec), { mode: 0o600 });
+      this.files.writePidFile(rec);
     } catch (err) {
       this.o.logger.warn({ id: p.id, err: errorMessage(err) }, 'could not write the pid file');
     }
   }
 
   private removePidFile(id: string): void {
-    rmSync(this.pidFilePath(id), { force: true });
+    try {
+      this.files.removePidFile(id);
+    } catch (err) {
+      this.o.logger.warn({ id, err: errorMessage(err) }, 'could not remove the pid file');
+    }
   }
 
   /**
-   * Stops what a previous agent left running (it died without stopping its children). A pid file
-   * whose pid now belongs to another process (different start time) is only deleted.
+   * Stops what a previous agent left running (it died without stopping its children). Only pid files
+   * the agent can trust are read (ProcessFiles moves the others aside); one whose pid now belongs to
+   * another process (different start time) is only deleted.
    */
   private async reapLeftovers(): Promise<void> {
-    if (!existsSync(this.runDir)) return;
-    const files = readdirSync(this.runDir).filter((f) => f.endsWith('.json'));
+    this.files.prepare();
     await Promise.all(
-      files.map(async (f) => {
-        const path = join(this.runDir, f);
+      this.files.readPidFiles().map(async ({ path, rec }) => {
         try {
-          const rec = JSON.parse(readFileSync(path, 'utf8')) as PidFile;
-          if (!Number.isInteger(rec.pid) || rec.pid <= 1) return;
           const ticks = processStartTicks(rec.pid);
           // Leader alive with another start time: the pid was reused, so its old group is gone.
           // Leader gone: its pid cannot be reused while members of its group live, so -pid is still ours.
-          const ours = ticks === null ? groupMembers(rec.pid).length > 0 : ticks === rec.startTicks;
+          const members = ticks === null ? groupMembers(rec.pid) : [];
+          const ours = ticks === null ? members.length > 0 && !members.includes(process.pid) : ticks === rec.startTicks;
           if (!ours) return;
           this.o.logger.warn(
             { app: rec.app, service: rec.service, pid: rec.pid },
@@ -377,9 +382,13 @@ export class ProcessRuntime implements WorkloadRuntime {
           const killDeadline = this.o.clock.monotonic() + 5_000;
           while (groupMembers(rec.pid).length > 0 && this.o.clock.monotonic() < killDeadline) await this.o.clock.sleep(20);
         } catch (err) {
-          this.o.logger.warn({ file: path, err: errorMessage(err) }, 'could not read a pid file; ignoring it');
+          this.o.logger.warn({ file: path, err: errorMessage(err) }, 'could not stop what a pid file names; ignoring it');
         } finally {
-          rmSync(path, { force: true });
+          try {
+            rmSync(path, { force: true });
+          } catch (err) {
+            this.files.moveAside(path, `cannot be deleted (${errorMessage(err)})`);
+          }
         }
       }),
     );
