@@ -149,9 +149,9 @@ describe('each channel recovers on its own (fault 8)', () => {
     const results = await Promise.all(mixes.map((m, i) => outage(started[i]!.agent, started[i]!.endpoints, m.down, m.gapMs)));
     const table = mixes.map((m, i) => ({ mix: m.name, ...results[i] }));
     console.log(`recovery per channel (ms after the endpoint listened again): ${JSON.stringify(table)}`);
-    for (const row of table) {
-      for (const c of ['api', 'mqtt'] as const) if (row[c] !== undefined) expect(row[c], `${row.mix}: ${c}`).toBeLessThanOrEqual(RECOVERY_LIMIT_MS);
-    }
+    mixes.forEach((m, i) => {
+      for (const c of m.down) expect(results[i]?.[c], `${m.name}: ${c}`).toBeLessThanOrEqual(RECOVERY_LIMIT_MS);
+    });
     // Each probe says which channel it woke.
     const woke = started.flatMap((s) => s.agent.records()).filter((r) => String(r.msg).includes('reachable again'));
     expect(woke.length).toBeGreaterThan(0);
