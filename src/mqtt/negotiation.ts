@@ -10,7 +10,8 @@ import { hex, reasonName } from './reasons.js';
  * terms, return code 1 in 3.1.1 terms: NATS answers an MQTT 5 CONNECT so) or, from a broker that has
  * never accepted MQTT 5 here, the connection closed twice in a row before any CONNACK (RabbitMQ 3.10
  * does that). The version a broker accepted is kept in the store, so a restart does not ask again;
- * 3.1.1 is kept for a day (then MQTT 5 is tried once more) and forgotten when mqtt.url changes.
+ * 3.1.1 is kept for a day (an hour when only closes led to it; then MQTT 5 is tried once more) and
+ * forgotten when mqtt.url changes.
  * `4` or `5` force that version.
  */
 
@@ -23,6 +24,11 @@ export type Refusal = 'protocol' | 'auth' | 'other';
 export const PROTOCOL_KV_KEY = 'mqtt.protocol';
 /** How long a broker that speaks only 3.1.1 is believed before MQTT 5 is tried again. */
 export const RETRY_MQTT5_AFTER_MS = 24 * 3600_000;
+/**
+ * The same, when 3.1.1 was chosen only because the connection closed before CONNACK (no explicit
+ * answer): a proxy or load balancer closing connections looks alike, so it is believed for an hour.
+ */
+export const RETRY_MQTT5_AFTER_CLOSES_MS = 3600_000;
 
 /** CONNACK codes that refuse the credentials: MQTT 5 0x86/0x87, 3.1.1 4/5. */
 const AUTH_CODES = new Set([0x86, 0x87, 4, 5]);
@@ -53,6 +59,8 @@ interface StoredProtocol {
   at: number;
   /** mqtt.url without credentials: another broker is asked again. */
   broker: string;
+  /** 3.1.1 chosen after closes before CONNACK, not an explicit refusal. */
+  inferred?: boolean;
 }
 
 export interface ProtocolNegotiatorOptions {
@@ -82,6 +90,8 @@ export class ProtocolNegotiator {
   /** This broker accepted MQTT 5 before: a close before CONNACK is then a fault, not a "no". */
   private spoke5 = false;
   private earlyCloses = 0;
+  /** See StoredProtocol.inferred. */
+  private inferred = false;
 
   constructor(opts: ProtocolNegotiatorOptions) {
     this.opts = opts;
@@ -96,6 +106,7 @@ export class ProtocolNegotiator {
     }
     if (stored?.broker !== opts.broker || (stored.version !== 4 && stored.version !== 5)) return;
     this.spoke5 = stored.version === 5;
+    this.inferred = stored.inferred === true;
     if (stored.version === 4 && !this.expired(stored.at)) {
       this.current = 4;
       this.acceptedAt = stored.at;
@@ -105,7 +116,7 @@ export class ProtocolNegotiator {
   /** The version to connect with now. A 3.1.1 result older than a day gives MQTT 5 another try. */
   version(): MqttVersion {
     if (this.opts.setting === 'auto' && this.current === 4 && this.acceptedAt !== null && this.expired(this.acceptedAt)) {
-      this.opts.logger.info('mqtt: trying MQTT 5 again (3.1.1 was negotiated a day ago)');
+      this.opts.logger.info(`mqtt: trying MQTT 5 again (3.1.1 was negotiated ${this.inferred ? 'an hour' : 'a day'} ago)`);
       this.current = 5;
       this.acceptedAt = null;
     }
@@ -127,14 +138,15 @@ export class ProtocolNegotiator {
     if (version === 5) this.spoke5 = true;
     if (this.opts.setting !== 'auto' || !news) return;
     try {
-      this.opts.kv.setKv(PROTOCOL_KV_KEY, { version, at: now, broker: this.opts.broker } satisfies StoredProtocol);
+      const record: StoredProtocol = { version, at: now, broker: this.opts.broker, ...(version === 4 && this.inferred ? { inferred: true } : {}) };
+      this.opts.kv.setKv(PROTOCOL_KV_KEY, record);
     } catch (err) {
       this.opts.logger.warn({ err: String(err) }, 'mqtt: could not store the negotiated protocol version');
     }
     if (version === 4) {
       this.opts.logger.warn(
         { protocolVersion: 4 },
-        'mqtt: the broker speaks MQTT 3.1.1, not 5: using 3.1.1 (no session expiry, reason codes or Receive Maximum); MQTT 5 is tried again in a day or when mqtt.url changes',
+        'mqtt: the broker speaks MQTT 3.1.1, not 5: using 3.1.1 (no session expiry, reason codes or Receive Maximum); MQTT 5 is tried again later (a day, an hour when the broker only closed the connection) or when mqtt.url changes',
       );
     } else {
       this.opts.logger.info({ protocolVersion: 5 }, 'mqtt: negotiated MQTT 5');
@@ -161,6 +173,7 @@ export class ProtocolNegotiator {
     this.earlyCloses = 0;
     this.current = 4;
     this.acceptedAt = null;
+    this.inferred = code === undefined;
     const why = code === undefined ? 'closed the connection before answering' : `answered ${code === 1 ? 'unacceptable protocol version' : reasonName(code)} (${hex(code)})`;
     this.opts.logger.info({ code }, `mqtt: the broker ${why} to an MQTT 5 CONNECT; trying MQTT 3.1.1`);
     return true;
@@ -169,6 +182,6 @@ export class ProtocolNegotiator {
   private expired(at: number): boolean {
     const age = this.opts.clock.now() - at;
     // A wall clock that stepped back makes the age negative: ask again rather than trust it.
-    return age < 0 || age >= this.retryAfterMs;
+    return age < 0 || age >= (this.inferred ? Math.min(this.retryAfterMs, RETRY_MQTT5_AFTER_CLOSES_MS) : this.retryAfterMs);
   }
 }

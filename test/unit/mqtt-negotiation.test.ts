@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { classifyRefusal, PROTOCOL_KV_KEY, ProtocolNegotiator, RETRY_MQTT5_AFTER_MS, type ProtocolSetting } from '../../src/mqtt/negotiation.js';
+import { classifyRefusal, PROTOCOL_KV_KEY, ProtocolNegotiator, RETRY_MQTT5_AFTER_CLOSES_MS, RETRY_MQTT5_AFTER_MS, type ProtocolSetting } from '../../src/mqtt/negotiation.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
 
@@ -100,6 +100,22 @@ describe('ProtocolNegotiator', () => {
     // A stored result older than a day is not trusted at start either.
     await clock.advance(RETRY_MQTT5_AFTER_MS);
     expect(negotiator('auto', kv, clock).version()).toBe(5);
+  });
+
+  it('3.1.1 chosen from closes alone (no explicit answer) is believed for an hour, not a day', async () => {
+    const kv = kvStore();
+    const clock = new FakeClock();
+    const n = negotiator('auto', kv, clock);
+    n.refused(5, 'protocol', undefined);
+    expect(n.refused(5, 'protocol', undefined)).toBe(true);
+    n.accepted(4);
+    expect(kv.data.get(PROTOCOL_KV_KEY)).toMatchObject({ version: 4, inferred: true });
+    await clock.advance(RETRY_MQTT5_AFTER_CLOSES_MS - 1000);
+    expect(negotiator('auto', kv, clock).version()).toBe(4);
+    expect(n.version()).toBe(4);
+    await clock.advance(1000);
+    expect(negotiator('auto', kv, clock).version()).toBe(5);
+    expect(n.version()).toBe(5);
   });
 
   it('a wall clock that stepped back makes the stored result stale', async () => {
