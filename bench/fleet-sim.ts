@@ -315,7 +315,7 @@ class FleetSimulation {
     const withProbe = this.opts.strategy === 'default+probe';
     // As agent.ts wires it; the strategies without the probe have no floor (nothing would wake them).
     const floorMs = (): number =>
-      withProbe && monitor.status() === 'offline' && monitor.lastFailureKind('api') === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
+      withProbe && monitor.channelStatus('api') === 'offline' && monitor.lastFailureKind('api') === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
     const retry = new RetryPolicy({ backoff, sleeper: NO_SLEEPER, clock: NO_SLEEPER, floorMs });
     const device: SimDevice = {
       index,

@@ -31,8 +31,7 @@ import { backoffFromSettings } from './resilience/backoff.js';
 import { ConnectionMonitor } from './resilience/connection-monitor.js';
 import { DegradationController } from './resilience/degradation.js';
 import { SqliteOutageLog } from './resilience/outage-log.js';
-import { ConnectivityProbe, probeTargetsFromUrls } from './resilience/probe.js';
-import { Wakeup } from './resilience/wakeup.js';
+import { ChannelProbes } from './resilience/channel-probes.js';
 import type { Store } from './store/store.js';
 import { systemClock, type Clock } from './util/clock.js';
 import { IdGenerator } from './util/ids.js';
@@ -89,7 +88,7 @@ export class Agent {
   private readonly poller: TargetStatePoller | undefined;
   private readonly reporter: StateReporter | undefined;
   private readonly health: HealthReporter | undefined;
-  private readonly probe: ConnectivityProbe | undefined;
+  private readonly probes: ChannelProbes;
   private api: Awaited<ReturnType<typeof startApi>> | undefined;
   private readonly targets: MemoryTargetSource;
   private readonly reconciler: Reconciler;
@@ -123,7 +122,9 @@ export class Agent {
       channels: [...(config.cloud.apiUrl ? ['api'] : []), ...(config.mqtt.url ? ['mqtt'] : [])],
       logger: logger.child({ part: 'connection' }),
     });
-    const wakeup = new Wakeup({ clock, random });
+    // Each channel is probed and woken on its own: the API down while MQTT works is still probed.
+    const endpoints = { ...(config.cloud.apiUrl ? { api: config.cloud.apiUrl } : {}), ...(config.mqtt.url ? { mqtt: config.mqtt.url } : {}) };
+    this.probes = new ChannelProbes({ monitor: this.monitor, endpoints, clock, random, logger, maxIntervalMs: offline.probeMaxIntervalSeconds * 1000 });
     this.degradation = new DegradationController({
       status: this.monitor,
       clock,
@@ -197,7 +198,7 @@ export class Agent {
     const offlineFloorMs = (channel: string) => (): number =>
       this.monitor.channelStatus(channel) === 'offline' && this.monitor.lastFailureKind(channel) === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
     const retryFor = (channel: string): RetryPolicy =>
-      new RetryPolicy({ backoff: backoffFromSettings(offline, { clock, random }), sleeper: wakeup, clock, floorMs: offlineFloorMs(channel) });
+      new RetryPolicy({ backoff: backoffFromSettings(offline, { clock, random }), sleeper: this.probes.wakeup(channel), clock, floorMs: offlineFloorMs(channel) });
     const flusherFor = (sink: HttpSink | MqttSink): Flusher =>
       new Flusher({
         outbox: this.outbox,
@@ -237,7 +238,7 @@ export class Agent {
         store,
         monitor: this.monitor,
         backoff: backoffFromSettings(offline, { clock, random }),
-        wakeup,
+        wakeup: this.probes.wakeup('mqtt'),
         clock,
         logger: logger.child({ part: 'mqtt' }),
       });
@@ -313,20 +314,6 @@ export class Agent {
           }),
         ),
       );
-    }
-    const probeUrls = [config.cloud.apiUrl, config.mqtt.url].filter((u): u is string => u !== undefined);
-    if (probeUrls.length > 0) {
-      this.probe = new ConnectivityProbe({
-        targets: probeTargetsFromUrls(probeUrls),
-        status: this.monitor,
-        // Offline because the cloud answered 503s is not a closed way: a handshake proves nothing new.
-        wayClosed: () => this.monitor.channelNames.some((c) => this.monitor.lastFailureKind(c) !== 'answer'),
-        wakeup,
-        clock,
-        random,
-        logger: logger.child({ part: 'probe' }),
-        maxIntervalMs: offline.probeMaxIntervalSeconds * 1000,
-      });
     }
     this.monitor.on('status', (e) => {
       logger.info({ from: e.from, to: e.to, cause: e.cause }, `connection ${e.from} -> ${e.to}`);
@@ -542,7 +529,7 @@ export class Agent {
     if (this.shadowPoller) this.loops.start('shadow-desired', (s) => this.shadowPoller!.run(s));
     if (this.reporter) this.loops.start('state-report', (s) => this.reporter!.run(s));
     if (this.health) this.loops.start('health-report', (s) => this.health!.run(s));
-    if (this.probe) this.probe.start(signal);
+    void this.probes.start(signal);
     announceConfigSource({
       status: this.configStatus(),
       announced: { get: () => this.deps.store.getKv<boolean>(FALLBACK_ANNOUNCED_KEY) === true, set: (v) => this.deps.store.setKv(FALLBACK_ANNOUNCED_KEY, v) },

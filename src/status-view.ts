@@ -14,7 +14,7 @@ interface StatusInput {
     channels: Record<string, { status: string; consecutiveFailures: number; lastError: string | null }>;
     outages: { start: number; end: number | null; durationMs: number | null; cause: string }[];
     degradation?: { mode: string };
-    mqtt?: { connected: boolean; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null } | null;
+    mqtt?: { connected: boolean; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null; protocol?: { setting: string | number; version: number; negotiated: boolean } } | null;
   };
   state: {
     config?: ConfigStatusInput;
@@ -131,6 +131,7 @@ export function renderStatus(s: StatusInput, key?: string): string {
         ['connected', `${m.connected ? 'yes' : 'no'}${m.sessionPresent ? ' (session resumed)' : ''}`],
         ['in flight', `${m.inflight} unacknowledged, ${m.queued} waiting`],
         ['reconnects', String(m.reconnects)],
+        ...(m.protocol ? [['protocol', `MQTT ${m.protocol.version === 5 ? '5' : '3.1.1'}${m.protocol.negotiated ? '' : ' (trying)'}${m.protocol.setting === 'auto' ? ' (auto)' : ' (forced)'}`] as [string, string]] : []),
         ['last error', m.lastError ?? '-'],
       ]),
     );

@@ -149,9 +149,11 @@ const mqttSchema = z.strictObject({
     .optional()
     .describe('Broker URL (mqtt:// or mqtts://). Without it the agent does not use MQTT.'),
   protocolVersion: z
-    .union([z.literal(4), z.literal(5)])
-    .default(5)
-    .describe('MQTT 5 (reason codes, session expiry) or 4 (3.1.1) for brokers without MQTT 5.'),
+    .union([z.literal('auto'), z.literal(4), z.literal(5)])
+    .default('auto')
+    .describe(
+      '"auto": try MQTT 5, fall back to 3.1.1 when the broker does not speak 5, and remember it (MQTT 5 is tried again after a day or when mqtt.url changes). 5 or 4 (3.1.1) force that version.',
+    ),
   clientId: z.string().min(1).max(128).optional().describe('Client id; defaults to the device uuid.'),
   username: z.string().optional().describe('User name; defaults to the device uuid.'),
   password: z.string().optional().describe('Password; defaults to device.apiKey. Never logged.'),

@@ -1,6 +1,4 @@
-import { readFileSync } from 'node:fs';
-import { rootCertificates } from 'node:tls';
-import { connect, ErrorWithReasonCode, UniqueMessageIdProvider, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
+import { connect, ErrorWithReasonCode, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
 import type { AgentConfig } from '../config/schema.js';
 import type { Backoff } from '../resilience/backoff.js';
 import type { ConnectionMonitor } from '../resilience/connection-monitor.js';
@@ -10,6 +8,8 @@ import { AgentError, errorMessage } from '../util/errors.js';
 import type { WakeableSleep } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
+import { clientOptions } from './client-options.js';
+import { authRefusalMessage, classifyRefusal, ProtocolNegotiator, type MqttVersion, type ProtocolInfo, type Refusal } from './negotiation.js';
 import { describeConnectionError, hex, isPermanentPubackFailure, isPubackFailure, reasonName } from './reasons.js';
 import { SqliteMqttStore, type StoreDurability } from './sqlite-store.js';
 import { deviceTopics, publishTopicProblem, type DeviceTopics, type IncomingKind } from './topics.js';
@@ -47,7 +47,7 @@ export interface MqttSessionDeps {
   store: Store;
   monitor: Pick<ConnectionMonitor, 'markSuccess' | 'markFailure' | 'channelStatus'>;
   /** The one backoff (`backoffFromSettings`), for this session alone. */
-  backoff: Pick<Backoff, 'failure' | 'success' | 'reset'>;
+  backoff: Pick<Backoff, 'failure' | 'success' | 'reset' | 'maxMs'>;
   /** Backoff waits sleep here, so the connectivity probe can end them early. */
   wakeup: WakeableSleep;
   clock: Clock;
@@ -147,6 +147,8 @@ export interface MqttSessionStats {
   rejected: number;
   /** Incoming messages dropped (not JSON). */
   droppedIncoming: number;
+  /** mqtt.protocolVersion and the version negotiated with the broker (see negotiation.ts). */
+  protocol: ProtocolInfo;
 }
 
 type EntryState = 'queued' | 'sending' | 'stored' | 'done';
@@ -175,11 +177,17 @@ interface Entry {
 interface ConnectionEnd {
   established: boolean;
   error: string;
+  refusal?: Refusal;
+  /** The negotiator falls back to the other version: try again at once. */
+  retryNow?: boolean;
 }
 
 /** Per-connection state, for the one mqtt.js client of that connection. */
 interface Connection {
   client: MqttClient;
+  version: MqttVersion;
+  /** The CONNACK's refusal code, when it refused. */
+  refusalCode?: number;
   /** CONNACK accepted. */
   established: boolean;
   /** The 'connect' event: mqtt.js has re-sent the stored packets; new publishes may go. */
@@ -220,6 +228,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   private readonly outgoing: SqliteMqttStore<Entry>;
   private readonly incoming: SqliteMqttStore;
   private readonly log: Logger;
+  private readonly negotiator: ProtocolNegotiator;
 
   private readonly byId = new Map<string, Entry>();
   private readonly unclaimed = new Map<string, PublishOutcome>();
@@ -278,6 +287,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     this.window = m.maxInflight;
     this.topics = deviceTopics(deps.config.uuid);
     this.log = deps.logger;
+    this.negotiator = new ProtocolNegotiator({ setting: m.protocolVersion, broker: this.safeUrl(), kv: deps.store, clock: deps.clock, logger: deps.logger });
     const durability = deps.inflightDurability ?? 'process';
     this.outgoing = new SqliteMqttStore<Entry>(deps.store.db, 'outgoing', {
       clock: deps.clock,
@@ -321,6 +331,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       acknowledged: c.acknowledged,
       rejected: c.rejected,
       droppedIncoming: c.droppedIncoming,
+      protocol: this.negotiator.info(),
     };
   }
 
@@ -447,9 +458,11 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
         this.noteFailure('connect', end.error);
       }
       if (signal.aborted) break;
+      if (end.retryNow) continue;
       this.counters.connectionFailures++;
-      const delayMs = this.deps.backoff.failure();
-      this.log[end.established ? 'warn' : 'info'](
+      // Refused credentials stay refused until someone fixes them: retry at the backoff's cap.
+      const delayMs = end.refusal === 'auth' ? this.deps.backoff.maxMs : this.deps.backoff.failure();
+      this.log[end.refusal === 'auth' ? 'error' : end.established ? 'warn' : 'info'](
         { url: this.safeUrl(), error: end.error, retryInMs: Math.round(delayMs) },
         `mqtt: ${end.established ? 'connection lost' : 'could not connect'}: ${end.error}; retrying in ${Math.round(delayMs)} ms`,
       );
@@ -473,8 +486,11 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   /** One connection attempt and, when it succeeds, the connection's life. Resolves when it is over. */
   private connection(signal: AbortSignal): Promise<ConnectionEnd> {
     let options: IClientOptions;
+    const version = this.negotiator.version();
     try {
-      options = this.clientOptions();
+      const c = this.config;
+      const stores = { outgoingStore: this.outgoing, incomingStore: this.incoming };
+      options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey: c.apiKey, url: this.url, version, statusTopic: this.topics.status, now: this.deps.clock.now(), ...stores });
     } catch (err) {
       const error = errorMessage(err);
       this.noteFailure('connect', error);
@@ -483,6 +499,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     const client = connect(this.url.href, options);
     const conn: Connection = {
       client,
+      version,
       established: false,
       ready: false,
       subscribed: false,
@@ -521,9 +538,12 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
         conn.watchdog.abort();
         conn.ready = false;
         if (this.conn === conn) this.conn = undefined;
-        const error = conn.lastError ?? (conn.established ? 'the connection closed' : 'the connection closed before the broker accepted it');
-        if (!signal.aborted) {
-          this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error);
+        let error = conn.lastError ?? (conn.established ? 'the connection closed' : 'the connection closed before the broker accepted it');
+        const refusal = conn.established ? undefined : classifyRefusal(conn.refusalCode, conn.lastError === null);
+        const retryNow = refusal !== undefined && !signal.aborted && this.negotiator.refused(version, refusal, conn.refusalCode);
+        if (refusal === 'auth') error = authRefusalMessage(error);
+        if (!signal.aborted && !retryNow) {
+          this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error, refusal === 'auth' ? 'answer' : 'transport');
         }
         if (conn.established) {
           this.counters.since = this.deps.clock.now();
@@ -537,57 +557,9 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
         // the rest waits in the store for the next connection. Close the client's stores (a no-op
         // that commits what is pending) so it holds nothing.
         client.end(true);
-        resolve({ established: conn.established, error });
+        resolve({ established: conn.established, error, ...(refusal ? { refusal } : {}), retryNow });
       });
     });
-  }
-
-  private clientOptions(): IClientOptions {
-    const m = this.config.mqtt;
-    const uuid = this.config.uuid;
-    const options: IClientOptions = {
-      protocolVersion: m.protocolVersion,
-      clientId: m.clientId ?? uuid,
-      username: m.username ?? uuid,
-      clean: false,
-      keepalive: m.keepAliveSeconds,
-      connectTimeout: m.connectTimeoutMs,
-      reconnectPeriod: 0,
-      resubscribe: false,
-      queueQoSZero: false,
-      // A PINGREQ every keep-alive, busy or not, rather than re-arming the ping timer on every packet
-      // (a clearTimeout and a setTimeout per PUBACK: close to a tenth of a drain's CPU). One ping a
-      // minute costs nothing, and the watchdog (watch) judges the link by what arrives either way.
-      reschedulePings: false,
-      outgoingStore: this.outgoing,
-      incomingStore: this.incoming,
-      // Tracks the ids in use, so a new publish never takes the id of a stored packet being re-sent.
-      messageIdProvider: new UniqueMessageIdProvider(),
-      will: {
-        topic: this.topics.status,
-        // The broker cannot fill in the time: ts is when this connection was made.
-        payload: Buffer.from(JSON.stringify({ state: 'offline', ts: this.deps.clock.now() })),
-        qos: 1,
-        retain: true,
-      },
-      rejectUnauthorized: true,
-    };
-    // mqtt.js logs through the debug module, whose calls collect their arguments into an array even
-    // when debug output is off: about a fifth of what a drain allocates. Kept when DEBUG is set.
-    if (!process.env.DEBUG) options.log = noop;
-    const password = m.password ?? this.config.apiKey;
-    if (password !== undefined) options.password = password;
-    if (m.protocolVersion === 5) options.properties = { sessionExpiryInterval: m.sessionExpirySeconds };
-    if (this.url.protocol === 'mqtts:') {
-      // Files are read at every attempt, so renewed certificates are picked up without a restart.
-      // A CA file adds trust to the system roots; it never replaces them, and nothing turns checks off.
-      if (m.caFile) options.ca = [...rootCertificates, readConfigFile('caFile', m.caFile)];
-      if (m.certFile && m.keyFile) {
-        options.cert = readConfigFile('certFile', m.certFile);
-        options.key = readConfigFile('keyFile', m.keyFile);
-      }
-    }
-    return options;
   }
 
   private onClientError(conn: Connection, err: Error): void {
@@ -599,6 +571,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       connectTimeoutMs: m.connectTimeoutMs,
     });
     if (err.message === 'Keepalive timeout') conn.lossOperation = 'ping';
+    if (err instanceof ErrorWithReasonCode && err.message.startsWith('Connection refused')) conn.refusalCode = err.code;
     // The first error of a connection is its cause; what follows is usually the same failure again.
     conn.lastError ??= described;
     this.log.debug({ err: described }, `mqtt: ${described}`);
@@ -621,6 +594,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
         // MQTT 5: more unacknowledged QoS 1 publishes than the broker's Receive Maximum is a protocol
         // error that costs the connection; mqtt.js does not enforce it, so the window does.
         this.window = Math.min(this.maxInflight, packet.properties?.receiveMaximum ?? this.maxInflight);
+        this.negotiator.accepted(conn.version);
         this.deps.monitor.markSuccess('mqtt', 'connect');
         this.deps.backoff.success();
         // As mqtt.js does: a server keep-alive in the CONNACK (MQTT 5) replaces ours.
@@ -787,7 +761,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   }
 
   private send(conn: Connection, entry: Entry): void {
-    const size = publishPacketSize(entry, this.config.mqtt.protocolVersion);
+    const size = publishPacketSize(entry, conn.version);
     if (this.maximumPacketSize !== undefined && size > this.maximumPacketSize) {
       this.finish(entry, { ok: false, permanent: true, reasonCode: 0x95, reason: `packet too large: ${size} bytes, the broker takes at most ${this.maximumPacketSize}` });
       return;
@@ -946,7 +920,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   private shutdownClient(conn: Connection): void {
     const client = conn.client;
     conn.ready = false;
-    if (!conn.established || this.config.mqtt.protocolVersion !== 5) {
+    if (!conn.established || conn.version !== 5) {
       client.end(true);
       return;
     }
@@ -969,9 +943,9 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     this.schedulePump();
   }
 
-  private noteFailure(operation: 'connect' | 'ping', error: string): void {
+  private noteFailure(operation: 'connect' | 'ping', error: string, kind: 'transport' | 'answer' = 'transport'): void {
     this.counters.lastError = error;
-    this.deps.monitor.markFailure('mqtt', operation, error);
+    this.deps.monitor.markFailure('mqtt', operation, error, kind);
   }
 
   private safeUrl(): string {
@@ -980,14 +954,6 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
 
   protected override listenerFailed(err: unknown, event: string): void {
     this.log.error({ err: errorMessage(err), event }, `a listener of the MQTT session's "${event}" event failed: ${errorMessage(err)}`);
-  }
-}
-
-function readConfigFile(field: 'caFile' | 'certFile' | 'keyFile', path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new AgentError('MQTT_CONFIG_INVALID', `mqtt.${field}: cannot read ${path}: ${errorMessage(err)}`, { cause: err });
   }
 }
 

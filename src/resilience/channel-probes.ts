@@ -1,0 +1,96 @@
+import type { Clock } from '../util/clock.js';
+import type { Logger } from '../util/logger.js';
+import type { Random } from '../util/random.js';
+import type { ConnectionMonitor } from './connection-monitor.js';
+import type { StatusChange, StatusSource } from './degradation.js';
+import { ConnectivityProbe, probeTargetsFromUrls, type ConnectFn } from './probe.js';
+import { Wakeup } from './wakeup.js';
+
+/** The little of the connection monitor a channel's probe follows. */
+export type ChannelMonitor = Pick<ConnectionMonitor, 'channelStatus' | 'lastFailureKind' | 'on' | 'off'>;
+
+/**
+ * One channel of the monitor seen as a status source: offline when that channel is, whatever the
+ * others do. A channel's probe follows it, so an API that is down while MQTT works (the overall
+ * status then only `degraded`) is still probed.
+ */
+export function channelStatusSource(monitor: ChannelMonitor, channel: string): StatusSource {
+  const listeners = new Map<(e: StatusChange) => void, (e: { channel: string; from: string; to: string; at: number }) => void>();
+  return {
+    status: () => monitor.channelStatus(channel) ?? 'online',
+    on(_event, fn) {
+      const relay = (e: { channel: string; from: string; to: string; at: number }): void => {
+        if (e.channel === channel) fn({ from: e.from, to: e.to, at: e.at });
+      };
+      listeners.set(fn, relay);
+      monitor.on('channel', relay);
+    },
+    off(_event, fn) {
+      const relay = listeners.get(fn);
+      if (relay) monitor.off('channel', relay);
+      listeners.delete(fn);
+    },
+  };
+}
+
+export interface ChannelProbesOptions {
+  monitor: ChannelMonitor;
+  /** Each channel and the URL of its endpoint (`api`: the device API, `mqtt`: the broker). */
+  endpoints: Record<string, string>;
+  clock: Clock;
+  random: Random;
+  logger: Logger;
+  /** settings.offline.probeMaxIntervalSeconds * 1000. */
+  maxIntervalMs: number;
+  /** Wake stagger of each channel's Wakeup (default WAKE_STAGGER_MAX_MS). */
+  staggerMaxMs?: number;
+  initialIntervalMs?: number;
+  connect?: ConnectFn;
+}
+
+/**
+ * A probe and a Wakeup per channel. The loops and sinks of a channel sleep on that channel's
+ * Wakeup; when the channel is offline its probe handshakes with that channel's endpoint alone, and
+ * a handshake wakes that channel's sleepers only (with the stagger). Each probe keeps its own
+ * schedule, so a channel that works is never probed and a fleet's probes stay as spread as before.
+ */
+export class ChannelProbes {
+  private readonly wakeups = new Map<string, Wakeup>();
+  readonly probes: ConnectivityProbe[] = [];
+
+  constructor(private readonly opts: ChannelProbesOptions) {
+    for (const [channel, url] of Object.entries(opts.endpoints)) {
+      const monitor = opts.monitor;
+      this.probes.push(
+        new ConnectivityProbe({
+          targets: probeTargetsFromUrls([url]),
+          status: channelStatusSource(monitor, channel),
+          // Offline because the endpoint answered errors (503s) is not a closed way: a handshake proves nothing new.
+          wayClosed: () => monitor.lastFailureKind(channel) !== 'answer',
+          wakeup: this.wakeup(channel),
+          clock: opts.clock,
+          random: opts.random,
+          logger: opts.logger.child({ part: `probe-${channel}`, channel }),
+          maxIntervalMs: opts.maxIntervalMs,
+          ...(opts.initialIntervalMs !== undefined ? { initialIntervalMs: opts.initialIntervalMs } : {}),
+          ...(opts.connect ? { connect: opts.connect } : {}),
+        }),
+      );
+    }
+  }
+
+  /** The Wakeup the channel's loops sleep on (made on first use, also for a channel without a probe). */
+  wakeup(channel: string): Wakeup {
+    let w = this.wakeups.get(channel);
+    if (!w) {
+      w = new Wakeup({ clock: this.opts.clock, random: this.opts.random, ...(this.opts.staggerMaxMs !== undefined ? { staggerMaxMs: this.opts.staggerMaxMs } : {}) });
+      this.wakeups.set(channel, w);
+    }
+    return w;
+  }
+
+  /** Runs every probe until `signal` aborts; resolves once all have stopped. */
+  async start(signal: AbortSignal): Promise<void> {
+    await Promise.all(this.probes.map((p) => p.start(signal)));
+  }
+}

@@ -1,0 +1,161 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { ChannelProbes } from '../../src/resilience/channel-probes.js';
+import { ConnectionMonitor } from '../../src/resilience/connection-monitor.js';
+import type { ConnectFn, ProbeTarget } from '../../src/resilience/probe.js';
+import type { SleepOutcome } from '../../src/resilience/wakeup.js';
+import { FakeClock } from '../../src/util/fake-clock.js';
+import { createLogger } from '../../src/util/logger.js';
+import { seededRandom } from '../../src/util/random.js';
+
+const API = 'https://api.example.test:8443';
+const BROKER = 'mqtts://broker.example.test:8883';
+
+interface Harness {
+  clock: FakeClock;
+  monitor: ConnectionMonitor;
+  probes: ChannelProbes;
+  calls: Array<{ at: number; target: ProbeTarget }>;
+  /** Ports that accept a handshake now. */
+  open: Set<number>;
+  ac: AbortController;
+  done: Promise<void>;
+}
+
+const harnesses: Harness[] = [];
+afterEach(async () => {
+  for (const h of harnesses.splice(0)) {
+    h.ac.abort();
+    await h.done;
+  }
+});
+
+function setup(endpoints: Record<string, string> = { api: API, mqtt: BROKER }): Harness {
+  const clock = new FakeClock();
+  const monitor = new ConnectionMonitor({ clock, offlineAfterFailures: 3, channels: Object.keys(endpoints) });
+  const calls: Harness['calls'] = [];
+  const open = new Set<number>();
+  const connect: ConnectFn = (target) => {
+    calls.push({ at: clock.monotonic(), target });
+    return open.has(target.port) ? Promise.resolve() : Promise.reject(new Error('ECONNREFUSED'));
+  };
+  const probes = new ChannelProbes({
+    monitor,
+    endpoints,
+    clock,
+    random: seededRandom(3),
+    logger: createLogger({ level: 'silent', destination: process.stderr }),
+    maxIntervalMs: 30_000,
+    staggerMaxMs: 10_000,
+    connect,
+  });
+  const ac = new AbortController();
+  const h: Harness = { clock, monitor, probes, calls, open, ac, done: probes.start(ac.signal) };
+  harnesses.push(h);
+  return h;
+}
+
+function goOffline(monitor: ConnectionMonitor, channel: string): void {
+  for (let i = 0; i < 3; i++) monitor.markFailure(channel, 'connect', 'ECONNREFUSED');
+}
+
+/** A long backoff sleep on the channel's Wakeup; records how and when it ended. */
+function sleeper(h: Harness, channel: string): { outcome?: SleepOutcome; at?: number } {
+  const s: { outcome?: SleepOutcome; at?: number } = {};
+  void h.probes.wakeup(channel).sleep(900_000).then((o) => Object.assign(s, { outcome: o, at: h.clock.monotonic() }));
+  return s;
+}
+
+describe('ChannelProbes', () => {
+  it('probes the API alone while MQTT works (overall degraded) and wakes the API loops only', async () => {
+    const h = setup();
+    const api = sleeper(h, 'api');
+    const mqtt = sleeper(h, 'mqtt');
+    goOffline(h.monitor, 'api');
+    expect(h.monitor.status()).toBe('degraded');
+    await h.clock.advance(120_000);
+    expect(h.calls.length).toBeGreaterThan(3);
+    expect(h.calls.every((c) => c.target.port === 8443)).toBe(true);
+    // The schedule grows to the cap, never past it.
+    const gaps = h.calls.slice(1).map((c, i) => c.at - (h.calls[i]?.at ?? 0));
+    expect(Math.max(...gaps)).toBeLessThanOrEqual(30_000);
+
+    h.open.add(8443);
+    const back = h.clock.monotonic();
+    await h.clock.advance(45_000);
+    expect(api.outcome).toBe('woken');
+    // Within the longest probe wait plus the stagger.
+    expect((api.at ?? Infinity) - back).toBeLessThanOrEqual(40_000);
+    expect(mqtt.outcome).toBeUndefined();
+  });
+
+  it('probes the broker alone while the API works and wakes the MQTT session only', async () => {
+    const h = setup();
+    const api = sleeper(h, 'api');
+    const mqtt = sleeper(h, 'mqtt');
+    goOffline(h.monitor, 'mqtt');
+    await h.clock.advance(60_000);
+    expect(h.calls.length).toBeGreaterThan(0);
+    expect(h.calls.every((c) => c.target.port === 8883)).toBe(true);
+    h.open.add(8883);
+    await h.clock.advance(45_000);
+    expect(mqtt.outcome).toBe('woken');
+    expect(api.outcome).toBeUndefined();
+  });
+
+  it('both down: each channel follows its own endpoint and schedule', async () => {
+    const h = setup();
+    const api = sleeper(h, 'api');
+    const mqtt = sleeper(h, 'mqtt');
+    goOffline(h.monitor, 'api');
+    await h.clock.advance(7_000);
+    goOffline(h.monitor, 'mqtt');
+    expect(h.monitor.status()).toBe('offline');
+    await h.clock.advance(60_000);
+    const apiCalls = h.calls.filter((c) => c.target.port === 8443).length;
+    const mqttCalls = h.calls.filter((c) => c.target.port === 8883).length;
+    expect(apiCalls).toBeGreaterThan(0);
+    expect(mqttCalls).toBeGreaterThan(0);
+    // Two schedules, neither faster than one probe would be: about 60 s / (1..30 s) each.
+    expect(apiCalls + mqttCalls).toBeLessThan(30);
+
+    h.open.add(8883); // the broker returns first
+    await h.clock.advance(45_000);
+    expect(mqtt.outcome).toBe('woken');
+    expect(api.outcome).toBeUndefined();
+    h.open.add(8443);
+    await h.clock.advance(45_000);
+    expect(api.outcome).toBe('woken');
+  });
+
+  it('stops probing a channel once it is online again, and never probes a working one', async () => {
+    const h = setup();
+    goOffline(h.monitor, 'mqtt');
+    await h.clock.advance(20_000);
+    const before = h.calls.length;
+    expect(before).toBeGreaterThan(0);
+    h.monitor.markSuccess('mqtt', 'connect');
+    await h.clock.advance(300_000);
+    expect(h.calls.length).toBe(before);
+    expect(h.probes.probes.every((p) => !p.probing())).toBe(true);
+  });
+
+  it('does not wake for a channel offline on answers (503s) until a probe has failed first', async () => {
+    const h = setup();
+    const api = sleeper(h, 'api');
+    h.open.add(8443);
+    for (let i = 0; i < 3; i++) h.monitor.markFailure('api', 'poll', 'HTTP 503', 'answer');
+    await h.clock.advance(60_000);
+    expect(api.outcome).toBeUndefined();
+  });
+
+  it('an HTTP-only agent has one probe and it works as before', async () => {
+    const h = setup({ api: API });
+    const api = sleeper(h, 'api');
+    goOffline(h.monitor, 'api');
+    expect(h.probes.probes).toHaveLength(1);
+    await h.clock.advance(10_000);
+    h.open.add(8443);
+    await h.clock.advance(45_000);
+    expect(api.outcome).toBe('woken');
+  });
+});
