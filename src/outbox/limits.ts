@@ -80,6 +80,7 @@ const LOGGED = 'logged.';
  * logs a drop twice.
  */
 export class DropReporter {
+  private readonly db: Database;
   private readonly clock: Clock;
   private readonly logger: Logger;
   private readonly intervalMs: number;
@@ -92,6 +93,7 @@ export class DropReporter {
   private closed = false;
 
   constructor(o: DropReporterOptions) {
+    this.db = o.db;
     this.clock = o.clock;
     this.logger = o.logger;
     this.intervalMs = o.intervalMs;
@@ -134,6 +136,11 @@ export class DropReporter {
 
   /** Logs what is not logged yet, now (at start: what a killed process left; at close: the rest). */
   report(startup = false): void {
+    // Inside someone's transaction the record of what is logged could be rolled back after the line.
+    if (this.db.inTransaction) {
+      queueMicrotask(() => this.report(startup));
+      return;
+    }
     const delta = new Map<string, DropCounts>();
     const rows: [string, string, number][] = [];
     let total = 0;

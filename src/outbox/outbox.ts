@@ -295,13 +295,8 @@ export class Outbox {
       if (changes !== ids.length) throw new LeaseMismatch(`${changes} of ${ids.length} leased rows deleted`);
     });
     this.s = this.load();
-    this.drops = new DropReporter({
-      db: this.db,
-      clock: this.clock,
-      logger: this.logger,
-      intervalMs: opts.dropLogIntervalMs ?? 60_000,
-      totals: () => [...this.s.counters].map(([ch, c]) => [ch, dropsOf(c)]),
-    });
+    const totals = (): [string, DropCounts][] => [...this.s.counters].map(([ch, c]) => [ch, dropsOf(c)]);
+    this.drops = new DropReporter({ db: this.db, clock: this.clock, logger: this.logger, intervalMs: opts.dropLogIntervalMs ?? 60_000, totals });
     this.drops.report(true);
   }
 
@@ -531,8 +526,7 @@ export class Outbox {
     let chBytes = ch.bytes - (replaced?.bytes ?? 0);
     let totCount = this.s.total.count - (replaced ? 1 : 0);
     let totBytes = this.s.total.bytes - (replaced?.bytes ?? 0);
-    const chMaxCount = policy?.maxCount ?? Infinity;
-    const chMaxBytes = policy?.maxBytes ?? Infinity;
+    const chMax = { maxCount: policy?.maxCount ?? Infinity, maxBytes: policy?.maxBytes ?? Infinity };
     const b = m.enc.bytes;
     const victims: { v: Victim; reason: LimitKind }[] = [];
     let freed = replaced?.bytes ?? 0;
@@ -547,12 +541,11 @@ export class Outbox {
         chBytes -= v.bytes;
       }
     };
-
     // Per scope (the channel's own limits, then the totals) and kind: drop what may give way, else refuse.
-    const over = (scope: string | null, k: LimitKind): boolean =>
-      scope === null
-        ? k === 'count' ? totCount + 1 > this.limits.maxCount : totBytes + b > this.limits.maxBytes
-        : k === 'count' ? chCount + 1 > chMaxCount : chBytes + b > chMaxBytes;
+    const over = (scope: string | null, k: LimitKind): boolean => {
+      const [count, bytes, max] = scope === null ? [totCount, totBytes, this.limits] : [chCount, chBytes, chMax];
+      return k === 'count' ? count + 1 > max.maxCount : bytes + b > max.maxBytes;
+    };
     for (const scope of [m.channel, null]) {
       for (const k of ['count', 'bytes'] as const) {
         if (!over(scope, k)) continue;
@@ -560,7 +553,7 @@ export class Outbox {
           take(v, k);
           if (!over(scope, k)) break;
         }
-        if (over(scope, k)) return fullError({ ...m, scope, kind: k, onLimit: this.onLimitOf(m.channel) }, scope === null ? this.limits : { maxCount: chMaxCount, maxBytes: chMaxBytes });
+        if (over(scope, k)) return fullError({ ...m, scope, kind: k, onLimit: this.onLimitOf(m.channel) }, scope === null ? this.limits : chMax);
       }
     }
     if (this.diskLow() && freed < b) {
@@ -1041,7 +1034,7 @@ export class Outbox {
         delivered: c.delivered,
         dropped: c.overflow + c.count + c.bytes + c.disk + c.parkedLimit,
         drops: { ...dropsOf(c), count: c.count + c.overflow },
-        onLimit: this.onLimitOf(name),
+        onLimit: { ...this.onLimitOf(name) },
         expired: c.expired,
         parked: this.s.parked.get(name) ?? 0,
         parkedTotal: c.parked,

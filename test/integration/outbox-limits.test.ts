@@ -165,6 +165,8 @@ describe('outbox limits on the built agent (uplink down, maxQueueSize 100)', () 
     expect(got.http.size).toBe(httpDelivered);
     expect(q.channels.telemetry!.dropped).toBe(q.channels.telemetry!.drops.count);
 
+    const metrics = String((await second.get('/metrics')).body);
+    expect(metrics).toContain(`iotistic_queue_drops_total{channel="telemetry",reason="count"} ${q.channels.telemetry!.drops.count}`);
     await second.stop('SIGTERM');
     const lines = [...dropLines(first), ...dropLines(second)];
     expect(lines.some((l) => /before this start/.test(l.msg))).toBe(true);
