@@ -29,7 +29,10 @@ interface StatusInput {
     depth: number;
     bytes: number;
     oldestAgeMs: number;
-    channels: Record<string, { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number }>;
+    channels: Record<
+      string,
+      { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number; drops?: Record<string, number> }
+    >;
     dataDisk?: { state: string; dataDir: string; freeBytes: number | null } | null;
   };
   jobs?: {
@@ -168,7 +171,7 @@ export function renderStatus(s: StatusInput, key?: string): string {
     out.push(`Outbox  ${s.queue.depth} waiting, ${bytes(s.queue.bytes)}, oldest ${duration(s.queue.oldestAgeMs)}`);
     const rows = Object.entries(s.queue.channels).map(([name, c]): [string, string] => [
       name,
-      `${c.depth} waiting  ${c.delivered} delivered  ${c.dropped} dropped  ${c.expired} expired  ${c.parked} parked`,
+      `${c.depth} waiting  ${c.delivered} delivered  ${c.dropped} dropped${dropReasons(c.drops)}  ${c.expired} expired  ${c.parked} parked`,
     ]);
     if (rows.length > 0) out.push(table(rows));
     const d = s.queue.dataDisk;
@@ -212,4 +215,10 @@ export function renderStatus(s: StatusInput, key?: string): string {
     out.push(`Local API key: ${key}`);
   }
   return `${out.join('\n')}\n`;
+}
+
+/** " (count 3, disk 1)": the limit drops by reason (ttl has its own column). */
+function dropReasons(drops: Record<string, number> | undefined): string {
+  const parts = Object.entries(drops ?? {}).filter(([r, n]) => r !== 'ttl' && n > 0).map(([r, n]) => `${r} ${n}`);
+  return parts.length > 0 ? ` (${parts.join(', ')})` : '';
 }

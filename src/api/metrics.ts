@@ -9,7 +9,10 @@ export interface MetricsSource {
   };
   targetVersion(): number | null;
   queue(): {
-    channels: Record<string, { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number }>;
+    channels: Record<
+      string,
+      { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number; drops?: Record<string, number> }
+    >;
   };
   mqtt(): { connected: boolean; inflight: number; reconnects: number } | null;
   loops(): { name: string; state: string; restarts: number }[];
@@ -105,7 +108,19 @@ export function createMetrics(source: MetricsSource): Registry {
   perChannel('iotistic_queue_oldest_age_seconds', 'Age of the oldest waiting message', (c) => c.oldestAgeMs / 1000);
   perChannel('iotistic_queue_parked', 'Messages parked because the peer refuses them for good', (c) => c.parked);
   perChannel('iotistic_queue_delivered_total', 'Messages delivered and acknowledged', (c) => c.delivered, true);
-  perChannel('iotistic_queue_dropped_total', 'Messages dropped by the limits (overflow, disk)', (c) => c.dropped, true);
+  perChannel('iotistic_queue_dropped_total', 'Messages dropped by the limits (count, bytes, disk, parked table)', (c) => c.dropped, true);
+  new Counter({
+    name: 'iotistic_queue_drops_total',
+    help: 'Messages that left the outbox undelivered, by channel and reason (count, bytes, disk, ttl, parkedLimit)',
+    labelNames: ['channel', 'reason'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [channel, c] of Object.entries(source.queue().channels)) {
+        for (const [reason, n] of Object.entries(c.drops ?? {})) this.inc({ channel, reason }, n);
+      }
+    },
+  });
   perChannel('iotistic_queue_expired_total', 'Messages that outlived their TTL', (c) => c.expired, true);
   new Gauge({
     name: 'iotistic_disk_state',

@@ -147,7 +147,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
     } catch (err) {
       if (isOutboxError(err)) {
         const status = err.code === 'OUTBOX_CLOSED' || err.code === 'OUTBOX_WRITE_FAILED' ? 503 : err.code === 'OUTBOX_TOO_LARGE' || err.code === 'OUTBOX_INVALID' ? 400 : 507;
-        return reply.code(status).send({ error: err.code, message: err.message });
+        return reply.code(status).send({ error: err.code, message: err.message, ...err.details });
       }
       throw err;
     }

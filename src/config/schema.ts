@@ -12,6 +12,13 @@ const seconds = (min: number) => z.number().min(min);
 export const JITTER_STRATEGIES = ['full', 'decorrelated', 'equal', 'none'] as const;
 export type JitterStrategy = (typeof JITTER_STRATEGIES)[number];
 
+const limitAction = z.enum(['refuse', 'drop-oldest']).optional();
+const onLimitSchema = z.strictObject({
+  count: limitAction.describe('At a message-count limit (maxQueueSize, a channel\'s maxCount). Unset: the built-in default (docs/outbox.md).'),
+  bytes: limitAction.describe('At a stored-bytes limit (maxQueueBytes, a channel\'s maxBytes). Unset: the built-in default.'),
+  disk: limitAction.describe('Below the free-disk watermark (minFreeDiskBytes). Unset: the built-in default (refuse).'),
+});
+
 const outboxChannelSchema = z.strictObject({
   priority: z
     .number()
@@ -23,6 +30,11 @@ const outboxChannelSchema = z.strictObject({
   maxCount: z.number().int().min(1).optional().describe('Most messages of this channel in the outbox (on top of the total limit).'),
   maxBytes: z.number().int().min(1_024).optional().describe('Most stored payload bytes of this channel in the outbox.'),
   ttlMs: ms(1).optional().describe('Default time to live of the channel\'s messages; expired messages are removed and counted.'),
+  onLimit: onLimitSchema
+    .optional()
+    .describe(
+      'What gives when a limit is reached: "drop-oldest" lets this channel\'s oldest queued messages be dropped for a new message of equal or higher priority; "refuse" keeps them and refuses new messages that find nothing to drop (507 / no PUBACK). Unset limits: settings.offline.onLimit, else the built-in default (docs/outbox.md).',
+    ),
 });
 
 const offlineSchema = z.strictObject({
@@ -32,7 +44,7 @@ const offlineSchema = z.strictObject({
     .int()
     .min(100)
     .default(100_000)
-    .describe('Most messages the outbox holds in total; beyond it the oldest lowest-priority messages are dropped.'),
+    .describe('Most messages the outbox holds in total; at it, what gives is each channel\'s onLimit.count (drop the oldest lowest-priority message, or refuse the new one).'),
   maxQueueBytes: z
     .number()
     .int()
@@ -69,6 +81,14 @@ const offlineSchema = z.strictObject({
     .describe(
       'Per-channel outbox policy, e.g. {"telemetry": {"maxCount": 50000}, "events": {"priority": 60}}. Default priorities: events/jobs 50, state/shadow 40, health 30, telemetry 20, metrics 10.',
     ),
+  onLimit: onLimitSchema
+    .default({})
+    .describe(
+      'What gives at each limit for every channel without its own onLimit, e.g. {"count": "refuse"}. Unset: the built-in defaults (telemetry, metrics, state, shadow, health drop-oldest at count and bytes; events, jobs and other channels refuse; every channel refuses at the disk watermark).',
+    ),
+  dropLogIntervalSeconds: seconds(0)
+    .default(60)
+    .describe('At most one "outbox dropped N message(s)" summary line per this many seconds; drops not yet logged when the agent stops or dies are logged at the next start.'),
   compressAboveBytes: z
     .number()
     .int()
@@ -99,7 +119,7 @@ const offlineSchema = z.strictObject({
     .min(0)
     .default(64 * 1_048_576)
     .describe(
-      'Free-disk watermark of the data dir: below it the outbox stops growing (new messages only replace older, less or equally important ones). Keep it well above 4 MiB, the size the SQLite WAL grows to between checkpoints. 0 disables.',
+      'Free-disk watermark of the data dir: below it the outbox stops growing, and new messages are refused (507 / no PUBACK) unless a channel\'s onLimit.disk is "drop-oldest". Keep it well above 4 MiB, the size the SQLite WAL grows to between checkpoints. 0 disables.',
     ),
 });
 

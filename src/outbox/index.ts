@@ -3,3 +3,4 @@ export { MetricsBuffer, mergeRecords, levelOf, isAggregate, toAggregate, validat
 export type { MetricsAggregate, MetricsBufferOptions, MetricsRecord, MetricsSample, MetricSummary } from './downsample.js';
 export { DEFAULT_CHANNEL_PRIORITIES, DEFAULT_PRIORITY, outboxSettings, type OutboxSettings } from './policy.js';
 export * from './types.js';
+export { DEFAULT_ON_LIMIT, LIMIT_ACTIONS, LIMIT_KINDS, resolveOnLimit } from './limits.js';

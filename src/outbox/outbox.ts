@@ -8,13 +8,13 @@ import type { IdGenerator } from '../util/ids.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
 import { decodePayload, encodePayload, type EncodedPayload } from './codec.js';
+import { DROP_REASONS, DropReporter, diskLowError, fmtBytes, fullError, resolveOnLimit, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
 import { CHANNEL_NAME, DEFAULT_CHANNEL_PRIORITIES, DEFAULT_PRIORITY } from './policy.js';
 import {
   OutboxError,
   type ChannelPolicy,
   type ChannelStats,
   type CommitInfo,
-  type DropReason,
   type EnqueueMessage,
   type EnqueueResult,
   type FlushOptions,
@@ -40,13 +40,14 @@ import {
  * come back together after a commit, and holding them for the rest of the window would only idle
  * them. Each caller's promise resolves after the commit that holds its message.
  *
- * Policy. Limits on message count and stored bytes apply per channel and in total. To admit a
- * message over a limit, the oldest messages of the lowest priority (at most the newcomer's) within
- * the limit's scope are dropped; a higher priority is never dropped while a lower one is queued.
- * When nothing may be dropped the newcomer is refused (`OUTBOX_FULL`). Below the free-disk
- * watermark the queue stops growing the same way (drops counted as `disk`, else `OUTBOX_DISK_LOW`).
- * Every drop, expiry, delivery and park is counted per channel in `outbox_counters`, in the same
- * transaction as the change, so the counters survive restarts and never disagree with the rows.
+ * Policy (limits.ts). Limits on message count and stored bytes apply per channel and in total,
+ * and the queue stops growing below the free-disk watermark. To admit a message over a limit, the
+ * oldest messages of the lowest priority (at most the newcomer's) within the limit's scope, among
+ * the channels whose `onLimit` for that limit is `drop-oldest`, are dropped; a higher priority is
+ * never dropped while a lower one is queued. When nothing may be dropped the newcomer is refused
+ * (`OUTBOX_FULL`, `OUTBOX_DISK_LOW`). Every drop (by reason), expiry, delivery and park is counted
+ * per channel in `outbox_counters`, in the same transaction as the change, so the counters survive
+ * restarts and never disagree with the rows; a DropReporter logs the drops as summary lines.
  *
  * Delivery. `peekBatch` leases messages (highest priority first, arrival order within a channel);
  * `ack` deletes them, `nack` releases them, `park` sets aside what a sink rejects for good. Leases
@@ -65,6 +66,10 @@ export interface OutboxOptions {
   /** Totals over every channel: `settings.offline.maxQueueSize` and `maxQueueBytes`. */
   limits: { maxCount: number; maxBytes: number };
   channels?: Record<string, ChannelPolicy>;
+  /** What gives at each limit for channels without their own `onLimit` (default: limits.ts DEFAULT_ON_LIMIT). */
+  onLimit?: Partial<OnLimit>;
+  /** At most one drop summary line per this many ms (default 60 s). */
+  dropLogIntervalMs?: number;
   /** Payload JSON larger than this is stored gzipped (default 1024). */
   compressAboveBytes?: number;
   groupCommit?: { windowMs?: number; maxBatch?: number };
@@ -114,8 +119,12 @@ interface Lease {
 /** Thrown (and caught) inside `ack`'s savepoint: a leased row was not there to delete. */
 class LeaseMismatch extends Error {}
 
-/** Counters kept in `outbox_counters`, written in the transaction of the change they count. */
-const COUNTERS = ['delivered', 'overflow', 'disk', 'expired', 'parked', 'coalesced', 'downsampled'] as const;
+/**
+ * Counters kept in `outbox_counters`, written in the transaction of the change they count. Drops by
+ * reason: `count`, `bytes`, `disk`, `expired` (ttl), `parkedLimit`; `overflow` is the count and bytes
+ * drops of databases from before they were told apart, shown as `count`.
+ */
+const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'coalesced', 'downsampled'] as const;
 /** `accepted` is counted in memory only (since the outbox opened): persisting it would add a page write to every enqueue commit. */
 type CounterName = (typeof COUNTERS)[number] | 'accepted';
 type Counters = Record<CounterName, number>;
@@ -190,7 +199,8 @@ class Refused {
 const CHUNK = 64;
 const SEP = '\u0000';
 const laneKey = (channel: string, priority: number): string => `${channel}${SEP}${priority}`;
-const zeroCounters = (): Counters => ({ accepted: 0, delivered: 0, overflow: 0, disk: 0, expired: 0, parked: 0, coalesced: 0, downsampled: 0 });
+const zeroCounters = (): Counters => ({ accepted: 0, delivered: 0, overflow: 0, count: 0, bytes: 0, disk: 0, expired: 0, parked: 0, parkedLimit: 0, coalesced: 0, downsampled: 0 });
+const dropsOf = (c: Counters): DropCounts => ({ count: c.count, bytes: c.bytes, disk: c.disk, ttl: c.expired, parkedLimit: c.parkedLimit });
 
 /** SQLITE_FULL, or an I/O error that says ENOSPC. */
 function isDiskFull(err: unknown): boolean {
@@ -212,6 +222,9 @@ export class Outbox {
   private readonly logger: Logger;
   private readonly limits: { maxCount: number; maxBytes: number };
   private readonly policies = new Map<string, ChannelPolicy>();
+  private readonly globalOnLimit: Partial<OnLimit> | undefined;
+  private readonly onLimits = new Map<string, OnLimit>();
+  private readonly drops: DropReporter;
   private readonly compressAboveBytes: number;
   private readonly windowMs: number;
   private readonly maxBatch: number;
@@ -246,7 +259,8 @@ export class Outbox {
 
   private disk = { free: null as number | null, checkedAt: -Infinity, bytesSince: 0, low: false, tight: false };
   private diskErrorLogged = false;
-  private dropLog = { at: -Infinity, counts: new Map<string, number>() };
+  /** Something was dropped in the transaction under way (the reporter hears of it once it commits). */
+  private dropping = false;
 
   constructor(opts: OutboxOptions) {
     this.db = opts.store.db;
@@ -257,6 +271,7 @@ export class Outbox {
     this.logger = opts.logger;
     this.limits = { ...opts.limits };
     for (const [name, policy] of Object.entries(opts.channels ?? {})) this.policies.set(name, { ...policy });
+    this.globalOnLimit = opts.onLimit;
     this.compressAboveBytes = opts.compressAboveBytes ?? 1024;
     this.windowMs = opts.groupCommit?.windowMs ?? 2;
     this.maxBatch = Math.max(1, opts.groupCommit?.maxBatch ?? 512);
@@ -280,6 +295,16 @@ export class Outbox {
       if (changes !== ids.length) throw new LeaseMismatch(`${changes} of ${ids.length} leased rows deleted`);
     });
     this.s = this.load();
+    const totals = (): [string, DropCounts][] => [...this.s.counters].map(([ch, c]) => [ch, dropsOf(c)]);
+    this.drops = new DropReporter({ db: this.db, clock: this.clock, logger: this.logger, intervalMs: opts.dropLogIntervalMs ?? 60_000, totals });
+    this.drops.report(true);
+  }
+
+  /** The policy in force at each limit for `channel`. */
+  onLimitOf(channel: string): OnLimit {
+    let p = this.onLimits.get(channel);
+    if (!p) this.onLimits.set(channel, (p = resolveOnLimit(channel, this.policies.get(channel)?.onLimit, this.globalOnLimit)));
+    return p;
   }
 
   // ---------------------------------------------------------------- enqueue
@@ -427,6 +452,7 @@ export class Outbox {
       }
     } catch (err) {
       this.s = before;
+      this.dropping = false;
       const e = this.writeError(err, `writing ${messages} message(s)`);
       this.logger.error({ err: errorMessage(err), code: e.code, messages }, e.message);
       for (const call of batch) call.reject(e);
@@ -434,6 +460,7 @@ export class Outbox {
     }
     this.commits++;
     this.afterWrite();
+    this.dropsCommitted();
     batch.forEach((call, i) => {
       const o = outcomes[i];
       if (o instanceof OutboxError) call.reject(o);
@@ -499,12 +526,11 @@ export class Outbox {
     let chBytes = ch.bytes - (replaced?.bytes ?? 0);
     let totCount = this.s.total.count - (replaced ? 1 : 0);
     let totBytes = this.s.total.bytes - (replaced?.bytes ?? 0);
-    const chMaxCount = policy?.maxCount ?? Infinity;
-    const chMaxBytes = policy?.maxBytes ?? Infinity;
+    const chMax = { maxCount: policy?.maxCount ?? Infinity, maxBytes: policy?.maxBytes ?? Infinity };
     const b = m.enc.bytes;
-    const victims: { v: Victim; reason: 'overflow' | 'disk' }[] = [];
+    const victims: { v: Victim; reason: LimitKind }[] = [];
     let freed = replaced?.bytes ?? 0;
-    const take = (v: Victim, reason: 'overflow' | 'disk'): void => {
+    const take = (v: Victim, reason: LimitKind): void => {
       victims.push({ v, reason });
       taken.add(v.seq);
       freed += v.bytes;
@@ -515,34 +541,27 @@ export class Outbox {
         chBytes -= v.bytes;
       }
     };
-
-    const chOver = (): boolean => chCount + 1 > chMaxCount || chBytes + b > chMaxBytes;
-    if (chOver()) {
-      for (const v of this.candidates(m.channel, m.priority, taken)) {
-        take(v, 'overflow');
-        if (!chOver()) break;
+    // Per scope (the channel's own limits, then the totals) and kind: drop what may give way, else refuse.
+    const over = (scope: string | null, k: LimitKind): boolean => {
+      const [count, bytes, max] = scope === null ? [totCount, totBytes, this.limits] : [chCount, chBytes, chMax];
+      return k === 'count' ? count + 1 > max.maxCount : bytes + b > max.maxBytes;
+    };
+    for (const scope of [m.channel, null]) {
+      for (const k of ['count', 'bytes'] as const) {
+        if (!over(scope, k)) continue;
+        for (const v of this.candidates(scope, m.priority, taken, k)) {
+          take(v, k);
+          if (!over(scope, k)) break;
+        }
+        if (over(scope, k)) return fullError({ ...m, scope, kind: k, onLimit: this.onLimitOf(m.channel) }, scope === null ? this.limits : chMax);
       }
-      if (chOver()) return this.fullError(m, `channel "${m.channel}" limit (${fmtLimit(chMaxCount, chMaxBytes)})`);
-    }
-    const totOver = (): boolean => totCount + 1 > this.limits.maxCount || totBytes + b > this.limits.maxBytes;
-    if (totOver()) {
-      for (const v of this.candidates(null, m.priority, taken)) {
-        take(v, 'overflow');
-        if (!totOver()) break;
-      }
-      if (totOver()) return this.fullError(m, `total limit (${fmtLimit(this.limits.maxCount, this.limits.maxBytes)})`);
     }
     if (this.diskLow() && freed < b) {
-      for (const v of this.candidates(null, m.priority, taken)) {
+      for (const v of this.candidates(null, m.priority, taken, 'disk')) {
         take(v, 'disk');
         if (freed >= b) break;
       }
-      if (freed < b) {
-        return new OutboxError(
-          'OUTBOX_DISK_LOW',
-          `disk space is low (${fmtBytes(this.disk.free ?? 0)} free where ${this.dir} lives, watermark ${fmtBytes(this.minFreeBytes)}) and nothing of priority <= ${m.priority} is queued to make room for a ${m.channel} message`,
-        );
-      }
+      if (freed < b) return diskLowError(m, { dataDir: this.dir, freeBytes: this.disk.free ?? 0, minFreeBytes: this.minFreeBytes });
     }
 
     // Apply: the decision is made, now change rows and the in-memory totals together.
@@ -556,7 +575,6 @@ export class Outbox {
       this.q.deleteSeq.run(v.seq);
       this.laneRemove(v);
       this.bump(v.channel, reason);
-      this.noteDrop(v.channel, reason);
     }
     this.insert(m);
     this.disk.bytesSince += Math.max(0, b - freed);
@@ -580,19 +598,14 @@ export class Outbox {
     if (m.expiresAt !== null && m.expiresAt < this.s.nextExpiryAt) this.s.nextExpiryAt = m.expiresAt;
   }
 
-  private fullError(m: Prepared, which: string): OutboxError {
-    return new OutboxError(
-      'OUTBOX_FULL',
-      `outbox full: the ${which} is reached and every queued message in its scope has a priority above ${m.priority} (a ${m.channel} message was refused)`,
-    );
-  }
-
   /**
    * Drop candidates in drop order: lowest priority first (up to `maxPriority`), oldest first within
-   * a priority across the lanes of `channel` (or every channel), skipping in-flight messages.
+   * a priority across the lanes of `channel` (or every channel) that give way at `kind`, skipping in-flight messages.
    */
-  private *candidates(channel: string | null, maxPriority: number, skip: Set<number>): Generator<Victim> {
-    const lanes = [...this.s.lanes.values()].filter((l) => l.count > 0 && l.priority <= maxPriority && (channel === null || l.channel === channel));
+  private *candidates(channel: string | null, maxPriority: number, skip: Set<number>, kind: LimitKind): Generator<Victim> {
+    const lanes = [...this.s.lanes.values()].filter(
+      (l) => l.count > 0 && l.priority <= maxPriority && (channel === null || l.channel === channel) && this.onLimitOf(l.channel)[kind] === 'drop-oldest',
+    );
     const priorities = [...new Set(lanes.map((l) => l.priority))].sort((a, b) => a - b);
     for (const p of priorities) {
       const at = lanes.filter((l) => l.priority === p);
@@ -826,7 +839,7 @@ export class Outbox {
         for (const r of this.q.parkedOldest.all(over) as { parked_seq: number; channel: string }[]) {
           this.q.parkedDelete.run(r.parked_seq);
           this.s.parked.set(r.channel, (this.s.parked.get(r.channel) ?? 1) - 1);
-          this.bump(r.channel, 'overflow');
+          this.bump(r.channel, 'parkedLimit');
         }
       }
       return parked;
@@ -928,6 +941,7 @@ export class Outbox {
   close(): Promise<void> {
     this.closed = true;
     this.commitPending();
+    this.drops.close();
     return Promise.resolve();
   }
 
@@ -1018,8 +1032,9 @@ export class Outbox {
         oldestAgeMs: o === undefined ? 0 : Math.max(0, now - o),
         leased: leasedBy.get(name) ?? 0,
         delivered: c.delivered,
-        dropped: c.overflow + c.disk,
-        drops: { overflow: c.overflow, disk: c.disk, expired: c.expired },
+        dropped: c.overflow + c.count + c.bytes + c.disk + c.parkedLimit,
+        drops: { ...dropsOf(c), count: c.count + c.overflow },
+        onLimit: { ...this.onLimitOf(name) },
         expired: c.expired,
         parked: this.s.parked.get(name) ?? 0,
         parkedTotal: c.parked,
@@ -1103,11 +1118,19 @@ export class Outbox {
         r = run();
       }
       this.afterWrite();
+      this.dropsCommitted();
       return r;
     } catch (err) {
       this.s = before;
+      this.dropping = false;
       throw this.writeError(err, what);
     }
+  }
+
+  private dropsCommitted(): void {
+    if (!this.dropping) return;
+    this.dropping = false;
+    this.drops.noteDrops();
   }
 
   private writeError(err: unknown, what: string): OutboxError {
@@ -1179,6 +1202,7 @@ export class Outbox {
     }
     c[counter] += by;
     if (counter !== 'accepted') this.s.dirty.add(channel);
+    if (counter === 'count' || counter === 'bytes' || counter === 'disk' || counter === 'expired' || counter === 'parkedLimit') this.dropping = true;
   }
 
   private laneAdd(channel: string, priority: number, bytes: number, createdAt: number, seq: number | bigint): void {
@@ -1324,7 +1348,7 @@ export class Outbox {
     if (this.disk.low && !wasLow) {
       this.logger.warn(
         { dir: this.dir, freeBytes: free, minFreeBytes: this.minFreeBytes },
-        `disk space low (${fmtBytes(free)} free, watermark ${fmtBytes(this.minFreeBytes)}): the outbox stops growing; new messages replace older, less important ones`,
+        `disk space low (${fmtBytes(free)} free, watermark ${fmtBytes(this.minFreeBytes)}): the outbox stops growing; new messages are refused unless older ones of a channel whose onLimit.disk is "drop-oldest" can make room`,
       );
     } else if (!this.disk.low && wasLow) {
       this.logger.info({ dir: this.dir, freeBytes: free }, `disk space back above the watermark (${fmtBytes(free)} free): the outbox grows again`);
@@ -1335,17 +1359,6 @@ export class Outbox {
     if (this.minFreeBytes <= 0) return false;
     const d = this.disk;
     return d.low || (d.free !== null && d.free - d.bytesSince < this.minFreeBytes);
-  }
-
-  /** Drops are logged at most once a minute per process, with what was dropped since. */
-  private noteDrop(channel: string, reason: DropReason): void {
-    const key = `${channel}/${reason}`;
-    this.dropLog.counts.set(key, (this.dropLog.counts.get(key) ?? 0) + 1);
-    const now = this.clock.monotonic();
-    if (now - this.dropLog.at < 60_000) return;
-    const dropped = Object.fromEntries(this.dropLog.counts);
-    this.logger.warn({ dropped }, `outbox full: dropped ${sum(this.dropLog.counts.values())} message(s) (oldest of the lowest priority first)`);
-    this.dropLog = { at: now, counts: new Map() };
   }
 }
 
@@ -1442,7 +1455,8 @@ function emptyChannelStats(): ChannelStats {
     leased: 0,
     delivered: 0,
     dropped: 0,
-    drops: { overflow: 0, disk: 0, expired: 0 },
+    drops: zeroDrops(),
+    onLimit: { count: 'refuse', bytes: 'refuse', disk: 'refuse' },
     expired: 0,
     parked: 0,
     parkedTotal: 0,
@@ -1458,9 +1472,7 @@ function addInto(t: ChannelStats, c: ChannelStats): void {
   t.leased += c.leased;
   t.delivered += c.delivered;
   t.dropped += c.dropped;
-  t.drops.overflow += c.drops.overflow;
-  t.drops.disk += c.drops.disk;
-  t.drops.expired += c.drops.expired;
+  for (const r of DROP_REASONS) t.drops[r] += c.drops[r];
   t.expired += c.expired;
   t.parked += c.parked;
   t.parkedTotal += c.parkedTotal;
@@ -1473,17 +1485,4 @@ function sum(values: Iterable<number>): number {
   let n = 0;
   for (const v of values) n += v;
   return n;
-}
-
-function fmtLimit(count: number, bytes: number): string {
-  const parts: string[] = [];
-  if (Number.isFinite(count)) parts.push(`${count} messages`);
-  if (Number.isFinite(bytes)) parts.push(fmtBytes(bytes));
-  return parts.join(', ');
-}
-
-function fmtBytes(n: number): string {
-  if (n >= 1_048_576) return `${(n / 1_048_576).toFixed(1)} MiB`;
-  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${n} B`;
 }

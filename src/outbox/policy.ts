@@ -1,6 +1,6 @@
 import type { AgentConfig } from '../config/schema.js';
 import type { FlusherOptions } from './flusher.js';
-import type { ChannelPolicy } from './types.js';
+import type { ChannelPolicy, OnLimit } from './types.js';
 
 /**
  * Default priorities (higher = delivered first, dropped last): what the cloud needs to act on
@@ -28,6 +28,8 @@ export interface OutboxSettings {
   compressAboveBytes: number;
   groupCommit: { windowMs: number; maxBatch: number };
   disk: { minFreeBytes: number };
+  onLimit: Partial<OnLimit>;
+  dropLogIntervalMs: number;
 }
 
 /**
@@ -45,6 +47,8 @@ export function outboxSettings(offline: AgentConfig['settings']['offline']): Out
     compressAboveBytes: offline.compressAboveBytes,
     groupCommit: { windowMs: offline.groupCommitWindowMs, maxBatch: offline.groupCommitMaxBatch },
     disk: { minFreeBytes: offline.minFreeDiskBytes },
+    onLimit: offline.onLimit,
+    dropLogIntervalMs: offline.dropLogIntervalSeconds * 1000,
   };
 }
 

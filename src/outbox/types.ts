@@ -1,6 +1,9 @@
 import type { QueueStats } from '../resilience/connection-monitor.js';
 import { AgentError } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
+import type { DropReason, OnLimit } from './limits.js';
+
+export type { DropReason, LimitAction, LimitKind, OnLimit } from './limits.js';
 
 /** What a producer hands to `Outbox.enqueue`. */
 export interface EnqueueMessage {
@@ -71,9 +74,9 @@ export interface ChannelPolicy {
   maxCount?: number;
   maxBytes?: number;
   ttlMs?: number;
+  /** What gives at each limit (limits.ts); unset kinds: the outbox's `onLimit`, else DEFAULT_ON_LIMIT. */
+  onLimit?: Partial<OnLimit>;
 }
-
-export type DropReason = 'overflow' | 'disk' | 'expired';
 
 export interface ChannelStats {
   depth: number;
@@ -85,9 +88,11 @@ export interface ChannelStats {
   leased: number;
   /** Acked by a sink, since the database was created. */
   delivered: number;
-  /** `drops.overflow + drops.disk` (expiry is counted apart, as in QueueStats). */
+  /** Dropped by a limit: `drops.count + bytes + disk + parkedLimit` (expiry, `drops.ttl`, is counted apart, as in QueueStats). */
   dropped: number;
   drops: Record<DropReason, number>;
+  /** The policy in force at each limit. */
+  onLimit: OnLimit;
   expired: number;
   /** Messages in the parked table now. */
   parked: number;
@@ -129,16 +134,19 @@ export type OutboxErrorCode =
   | 'OUTBOX_WRITE_FAILED';
 
 /**
- * A refused or failed enqueue (or ack). `OUTBOX_FULL`: the limits are reached and everything queued
- * is more important; `OUTBOX_DISK_LOW`: free disk is below the watermark and nothing less important
- * can make room; `OUTBOX_DISK_FULL`: the write hit SQLITE_FULL / ENOSPC and was rolled back (nothing
+ * A refused or failed enqueue (or ack). `OUTBOX_FULL`: a count or bytes limit is reached and nothing
+ * queued may give way (see limits.ts); `OUTBOX_DISK_LOW`: free disk is below the watermark and
+ * nothing may give way; `OUTBOX_DISK_FULL`: the write hit SQLITE_FULL / ENOSPC and was rolled back (nothing
  * queued before was lost). Local ingestion maps FULL and the disk codes to 507, CLOSED to 503.
  */
 export class OutboxError extends AgentError {
   declare readonly code: OutboxErrorCode;
-  constructor(code: OutboxErrorCode, message: string, options?: { cause?: unknown }) {
+  /** What the limit was and where (setting, data dir, free bytes): sent with a 507. */
+  readonly details: Record<string, string | number> | undefined;
+  constructor(code: OutboxErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, string | number> }) {
     super(code, message, options);
     this.name = 'OutboxError';
+    this.details = options?.details;
   }
 }
 

@@ -29,10 +29,11 @@ import type { Logger } from '../util/logger.js';
  * - **Refusals.** aedes (1.x) speaks MQTT 3.1 and 3.1.1 only: it answers an MQTT 5 CONNECT with
  *   "unacceptable protocol version", so there are no PUBACK reason codes to send. MQTT 3.1.1 has no
  *   negative PUBACK either, so every refusal (topic outside `local/`, bad stream name, payload not
- *   JSON or too large, `ingest` rejecting because the queue is full or the disk low) closes the
- *   client's connection without an acknowledgement. A QoS 1/2 message therefore stays in the app's
- *   in-flight store and its MQTT client sends it again after reconnecting (mqtt.js does so by
- *   default): a full queue turns into a retry at the app's reconnect period, not a loss. A QoS 0
+ *   JSON or too large, `ingest` rejecting because the outbox refuses at a limit, as the telemetry
+ *   channel's `onLimit` says: docs/outbox.md) closes the client's connection without an
+ *   acknowledgement. A QoS 1/2 message therefore stays in the app's in-flight store and its MQTT
+ *   client sends it again after reconnecting (mqtt.js does so by default; mosquitto_pub exits 7):
+ *   a full queue turns into a retry at the app's reconnect period, not a loss. A QoS 0
  *   message refused is lost, which is what QoS 0 promises. A message refused for what it is (bad
  *   topic or payload) comes back on every reconnect: the log and `stats().refused` show it.
  * - **At least once.** A PUBACK lost with a dropped connection makes the app send the message again,

@@ -77,6 +77,8 @@ describe('outbox on a full disk', () => {
       limits: { maxCount: 1_000_000, maxBytes: 1 << 30 },
       disk: { minFreeBytes: 1_536 * 1024, checkIntervalMs: 100, checkEveryBytes: 32 * 1024 },
       groupCommit: { windowMs: 1 },
+      // The default at the watermark is to refuse; this test is about replacing older messages.
+      onLimit: { disk: 'drop-oldest' },
     });
     const payload = (): string => randomBytes(768).toString('base64'); // ~1 KiB, incompressible
 
@@ -101,7 +103,7 @@ describe('outbox on a full disk', () => {
     // 2. Nothing less important than what is queued can make room: a clear refusal.
     const low = await outbox.enqueue({ channel: 'metrics', payload: { cpu: 1 } }).catch((e: unknown) => e);
     expect(isOutboxError(low, 'OUTBOX_DISK_LOW')).toBe(true);
-    expect((low as Error).message).toMatch(/disk space is low .* watermark 1\.5 MiB/);
+    expect((low as Error).message).toMatch(/disk space low: .* under the watermark of 1\.5 MiB/);
 
     // 3. The disk fills up for real (another process wrote a file): the write fails with ENOSPC,
     //    the producer gets OUTBOX_DISK_FULL, and what was queued is all still there.

@@ -86,6 +86,13 @@ describe('config schema', () => {
     expect(msg).toMatch(/settings\.offline\.enableJitter: expected a boolean, got "yes"/);
   });
 
+  it('names a bad outbox limit policy and what is expected', () => {
+    const msg = errorsOf({ settings: { offline: { onLimit: { count: 'drop' }, channels: { telemetry: { onLimit: { dsk: 'refuse' } } } } } });
+    expect(msg).toMatch(/settings\.offline\.onLimit\.count: expected one of "refuse", "drop-oldest", got "drop"/);
+    expect(msg).toContain('settings.offline.channels.telemetry.onLimit.dsk: expected no such key');
+    expect(defaultConfig().settings.offline).toMatchObject({ onLimit: {}, dropLogIntervalSeconds: 60 });
+  });
+
   it('rejects misspelt keys by name instead of ignoring them', () => {
     expect(errorsOf({ settings: { offline: { maxQueueSzie: 5 } } })).toContain('settings.offline.maxQueueSzie: expected no such key');
   });

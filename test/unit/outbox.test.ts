@@ -77,6 +77,9 @@ function all(outbox: Outbox, channels?: string[]): OutboxMessage[] {
   return outbox.peekBatch({ maxCount: 1_000_000, lease: false, channels });
 }
 
+/** Every channel gives way at every limit: the mechanics of drop-oldest, whatever the defaults. */
+const DROP_ALL = { count: 'drop-oldest', bytes: 'drop-oldest', disk: 'drop-oldest' } as const;
+
 const tag = (m: OutboxMessage): string => `${m.channel}:${JSON.stringify(m.payload)}`;
 
 async function rejection(p: Promise<unknown>): Promise<unknown> {
@@ -134,7 +137,7 @@ describe('outbox: order', () => {
 
 describe('outbox: limits and drop policy', () => {
   it('drops the oldest of the lowest priority first, never a higher one while a lower one is queued', async () => {
-    const { outbox } = setup({ limits: { maxCount: 6, maxBytes: 1 << 30 } });
+    const { outbox } = setup({ limits: { maxCount: 6, maxBytes: 1 << 30 }, onLimit: DROP_ALL });
     for (let i = 1; i <= 2; i++) await outbox.enqueue({ channel: 'metrics', payload: i });
     for (let i = 1; i <= 2; i++) await outbox.enqueue({ channel: 'telemetry', payload: i });
     for (let i = 1; i <= 2; i++) await outbox.enqueue({ channel: 'events', payload: i });
@@ -150,18 +153,18 @@ describe('outbox: limits and drop policy', () => {
     // Lower than everything queued: refused, nothing dropped.
     const err = await rejection(outbox.enqueue({ channel: 'metrics', payload: 3 }));
     expect(isOutboxError(err, 'OUTBOX_FULL')).toBe(true);
-    expect((err as Error).message).toMatch(/total limit \(6 messages/);
+    expect((err as Error).message).toMatch(/outbox's limit of 6 messages \(settings\.offline\.maxQueueSize\)/);
     expect(all(outbox)).toHaveLength(6);
     const s = outbox.stats();
-    expect(s.channels.metrics?.drops.overflow).toBe(2);
-    expect(s.channels.telemetry?.drops.overflow).toBe(2);
+    expect(s.channels.metrics?.drops.count).toBe(2);
+    expect(s.channels.telemetry?.drops.count).toBe(2);
     expect(s.channels.events?.dropped).toBe(0);
     expect(s.dropped).toBe(4);
   });
 
   it('keeps the invariant under a random mix of priorities (model check)', async () => {
     const random = seededRandom(42);
-    const { outbox } = setup({ limits: { maxCount: 20, maxBytes: 1 << 30 } });
+    const { outbox } = setup({ limits: { maxCount: 20, maxBytes: 1 << 30 }, onLimit: DROP_ALL });
     const channels = ['metrics', 'telemetry', 'state', 'events'];
     for (let i = 0; i < 300; i++) {
       const before = all(outbox);
@@ -192,6 +195,7 @@ describe('outbox: limits and drop policy', () => {
     const { outbox } = setup({
       limits: { maxCount: 100, maxBytes: 2_000 },
       channels: { telemetry: { maxCount: 3 }, logs: { maxBytes: 1_024 } },
+      onLimit: DROP_ALL,
     });
     await outbox.enqueue({ channel: 'metrics', payload: 0 });
     for (let i = 1; i <= 5; i++) await outbox.enqueue({ channel: 'telemetry', payload: i });
@@ -209,7 +213,7 @@ describe('outbox: limits and drop policy', () => {
     expect(s.bytes).toBeLessThanOrEqual(2_000);
     expect(s.channels.metrics!.depth).toBe(0);
     expect(s.channels.events!.depth).toBe(4);
-    expect(s.channels.telemetry!.drops.overflow + s.channels.logs!.drops.overflow + s.channels.metrics!.drops.overflow).toBeGreaterThan(2);
+    expect(s.channels.telemetry!.drops.count + s.channels.logs!.drops.bytes + s.channels.metrics!.drops.bytes).toBeGreaterThan(2);
     // A message larger than any limit is refused up front.
     const err = await rejection(outbox.enqueue({ channel: 'logs', payload: randomBytes(1_000).toString('hex') }));
     expect(isOutboxError(err, 'OUTBOX_TOO_LARGE')).toBe(true);
@@ -230,7 +234,7 @@ describe('outbox: limits and drop policy', () => {
   });
 
   it('enqueueMany is all or nothing', async () => {
-    const { outbox } = setup({ limits: { maxCount: 3, maxBytes: 1 << 30 } });
+    const { outbox } = setup({ limits: { maxCount: 3, maxBytes: 1 << 30 }, onLimit: DROP_ALL });
     for (let i = 1; i <= 3; i++) await outbox.enqueue({ channel: 'events', payload: i });
     const err = await rejection(
       outbox.enqueueMany([
@@ -269,7 +273,7 @@ describe('outbox: TTL', () => {
     expect(outbox.expire()).toBe(1);
     const s = outbox.stats();
     expect(s.expired).toBe(2);
-    expect(s.channels.telemetry?.drops.expired).toBe(1);
+    expect(s.channels.telemetry?.drops.ttl).toBe(1);
     expect(s.channels.health?.expired).toBe(1);
     expect(s.dropped).toBe(0); // expiry is not a drop (QueueStats counts them apart)
     // At enqueue time too: an expired message never counts against the limits of a newcomer.
@@ -544,9 +548,9 @@ describe('outbox: group commit', () => {
 });
 
 describe('outbox: disk', () => {
-  it('below the free-disk watermark stops growing: replaces lower-or-equal priority, else OUTBOX_DISK_LOW', async () => {
+  it('with drop-oldest below the free-disk watermark stops growing: replaces lower-or-equal priority, else OUTBOX_DISK_LOW', async () => {
     let free = 1_000_000_000;
-    const { outbox, clock } = setup({ disk: { minFreeBytes: 100_000_000, checkIntervalMs: 1_000, freeBytes: () => free } });
+    const { outbox, clock } = setup({ disk: { minFreeBytes: 100_000_000, checkIntervalMs: 1_000, freeBytes: () => free }, onLimit: DROP_ALL });
     for (let i = 1; i <= 3; i++) await outbox.enqueue({ channel: 'telemetry', payload: i });
     free = 50_000_000;
     await clock.advance(1_000);
@@ -555,7 +559,7 @@ describe('outbox: disk', () => {
     expect(all(outbox).map(tag)).toEqual(['events:1', 'telemetry:3', 'telemetry:4']);
     const err = await rejection(outbox.enqueue({ channel: 'metrics', payload: 1 }));
     expect(isOutboxError(err, 'OUTBOX_DISK_LOW')).toBe(true);
-    expect((err as Error).message).toMatch(/disk space is low/);
+    expect((err as Error).message).toMatch(/disk space low/);
     const s = outbox.stats();
     expect(s.disk.low).toBe(true);
     expect(s.channels.telemetry!.drops.disk).toBe(2);

@@ -29,6 +29,16 @@ describe('iotistic-agent status (the table)', () => {
     expect(out).toMatch(/Shadow\n\s+reported version\s+5\n\s+desired version\s+2\n\s+delta\s+fan\n\s+local overrides\s+none\n\s+conflicts\s+0/);
   });
 
+  it('shows the outbox drops per channel by reason', () => {
+    const queue = {
+      depth: 100,
+      bytes: 4096,
+      oldestAgeMs: 60_000,
+      channels: { telemetry: { depth: 100, bytes: 4096, oldestAgeMs: 60_000, delivered: 5, dropped: 42, expired: 1, parked: 0, drops: { count: 40, bytes: 0, disk: 2, ttl: 1, parkedLimit: 0 } } },
+    };
+    expect(renderStatus({ ...base, queue })).toMatch(/telemetry\s+100 waiting {2}5 delivered {2}42 dropped \(count 40, disk 2\) {2}1 expired {2}0 parked/);
+  });
+
   it('says why jobs are off and that the shadow is off, and leaves out the MQTT session without MQTT', () => {
     const out = renderStatus({ ...base, connection: { ...base.connection, mqtt: null }, jobs: { enabled: false, reason: 'features.jobs is false', running: null, counts: null, recent: [] }, shadow: null });
     expect(out).not.toContain('MQTT session');

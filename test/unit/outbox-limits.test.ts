@@ -1,0 +1,178 @@
+import { join } from 'node:path';
+import { setImmediate as tick } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { resolveOnLimit } from '../../src/outbox/limits.js';
+import { Outbox, type OutboxOptions } from '../../src/outbox/outbox.js';
+import { isOutboxError, type OutboxError, type OutboxMessage } from '../../src/outbox/types.js';
+import { Store } from '../../src/store/store.js';
+import { FakeClock } from '../../src/util/fake-clock.js';
+import { IdGenerator } from '../../src/util/ids.js';
+import type { Logger } from '../../src/util/logger.js';
+import { captureLogger, silentLogger } from '../helpers/logger.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+const dirs = tempDirs();
+const open: { store: Store; outbox: Outbox; closed?: boolean }[] = [];
+afterEach(async () => {
+  for (const o of open.splice(0)) {
+    if (!o.closed) await o.outbox.close();
+    o.store.close();
+  }
+  dirs.cleanup();
+});
+
+type Overrides = Partial<Omit<OutboxOptions, 'store' | 'clock' | 'ids' | 'logger'>>;
+
+/** An outbox on a real SQLite file, fake time. */
+function make(path: string, overrides: Overrides = {}, o: { clock?: FakeClock; logger?: Logger } = {}) {
+  const clock = o.clock ?? new FakeClock();
+  const store = Store.open({ path, logger: silentLogger(), clock });
+  const outbox = new Outbox({
+    store,
+    clock,
+    ids: new IdGenerator(() => clock.now()),
+    logger: o.logger ?? silentLogger(),
+    limits: { maxCount: 1000, maxBytes: 64 * 1_048_576 },
+    disk: { minFreeBytes: 0 },
+    groupCommit: { windowMs: 0 },
+    ...overrides,
+  });
+  const entry = { store, outbox };
+  open.push(entry);
+  return { ...entry, clock };
+}
+
+const dbPath = (): string => join(dirs.make(), 'agent.db');
+const all = (outbox: Outbox): OutboxMessage[] => outbox.peekBatch({ maxCount: 1_000_000, lease: false });
+const tag = (m: OutboxMessage): string => `${m.channel}:${JSON.stringify(m.payload)}`;
+const rejection = (p: Promise<unknown>): Promise<OutboxError> => p.then(
+  () => {
+    throw new Error('expected a rejection');
+  },
+  (e: unknown) => e as OutboxError,
+);
+
+describe('outbox limits: the policy in force', () => {
+  it('resolves a channel setting over the global one over the built-in default', () => {
+    expect(resolveOnLimit('telemetry')).toEqual({ count: 'drop-oldest', bytes: 'drop-oldest', disk: 'refuse' });
+    expect(resolveOnLimit('events')).toEqual({ count: 'refuse', bytes: 'refuse', disk: 'refuse' });
+    expect(resolveOnLimit('my-app')).toEqual({ count: 'refuse', bytes: 'refuse', disk: 'refuse' });
+    expect(resolveOnLimit('telemetry', undefined, { count: 'refuse' })).toMatchObject({ count: 'refuse', bytes: 'drop-oldest' });
+    expect(resolveOnLimit('telemetry', { count: 'drop-oldest' }, { count: 'refuse', disk: 'drop-oldest' })).toEqual({
+      count: 'drop-oldest',
+      bytes: 'drop-oldest',
+      disk: 'drop-oldest',
+    });
+  });
+
+  it('by default telemetry drops its oldest at the count limit; events are refused at theirs and never dropped', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 4, maxBytes: 1 << 30 }, channels: { events: { maxCount: 2 } } });
+    for (let i = 1; i <= 2; i++) await outbox.enqueue({ channel: 'events', payload: i });
+    const err = await rejection(outbox.enqueue({ channel: 'events', payload: 3 }));
+    expect(err.code).toBe('OUTBOX_FULL');
+    expect(err.message).toMatch(/"events" channel's limit of 2 messages \(settings\.offline\.channels\.events\.maxCount\)/);
+    expect(err.message).toMatch(/onLimit\.count: "refuse"/);
+    expect(err.details).toMatchObject({ limit: 'settings.offline.channels.events.maxCount', kind: 'count', max: 2 });
+    for (let i = 1; i <= 4; i++) await outbox.enqueue({ channel: 'telemetry', payload: i });
+    // Total 4: telemetry made room by dropping telemetry (its own priority), never the events.
+    expect(all(outbox).map(tag)).toEqual(['events:1', 'events:2', 'telemetry:3', 'telemetry:4']);
+    const s = outbox.stats();
+    expect(s.channels.telemetry).toMatchObject({ dropped: 2, drops: { count: 2, bytes: 0, disk: 0 }, onLimit: { count: 'drop-oldest', disk: 'refuse' } });
+    expect(s.channels.events).toMatchObject({ dropped: 0, onLimit: { count: 'refuse' } });
+  });
+
+  it('a channel that refuses is never a victim: telemetry is refused when only events fill the queue', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 3, maxBytes: 1 << 30 }, channels: { events: { priority: 10 } } });
+    for (let i = 1; i <= 3; i++) await outbox.enqueue({ channel: 'events', payload: i });
+    const err = await rejection(outbox.enqueue({ channel: 'telemetry', payload: 1 }));
+    expect(err.code).toBe('OUTBOX_FULL');
+    expect(err.message).toMatch(/outbox's limit of 3 messages \(settings\.offline\.maxQueueSize\)/);
+    expect(outbox.stats().dropped).toBe(0);
+  });
+
+  it('with refuse everywhere nothing is ever dropped and every refusal names the limit', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 5, maxBytes: 1 << 30 }, onLimit: { count: 'refuse', bytes: 'refuse' } });
+    let refused = 0;
+    for (let i = 0; i < 20; i++) {
+      const r = await outbox.enqueue({ channel: i % 2 ? 'telemetry' : 'metrics', payload: i }).catch((e: unknown) => e);
+      if (isOutboxError(r, 'OUTBOX_FULL')) refused++;
+    }
+    expect(refused).toBe(15);
+    expect(outbox.stats()).toMatchObject({ depth: 5, dropped: 0 });
+  });
+
+  it('counts bytes drops as bytes', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 1000, maxBytes: 2_048 }, compressAboveBytes: 1 << 30 });
+    for (let i = 0; i < 10; i++) await outbox.enqueue({ channel: 'telemetry', payload: 'x'.repeat(400) + String(i) });
+    expect(outbox.stats().channels.telemetry!.drops).toMatchObject({ count: 0, bytes: 5 });
+  });
+
+  it('refuses at the disk watermark by default, naming the data dir and the free bytes', async () => {
+    let free = 1_000_000_000;
+    const path = dbPath();
+    const { outbox, clock } = make(path, { disk: { minFreeBytes: 100_000_000, checkIntervalMs: 1_000, freeBytes: () => free } });
+    for (let i = 1; i <= 3; i++) await outbox.enqueue({ channel: 'telemetry', payload: i });
+    free = 50_000_000;
+    await clock.advance(1_000);
+    const err = await rejection(outbox.enqueue({ channel: 'telemetry', payload: 4 }));
+    expect(err.code).toBe('OUTBOX_DISK_LOW');
+    expect(err.message).toContain(join(path, '..'));
+    expect(err.message).toMatch(/4\d\.\d MiB free for the data dir .*settings\.offline\.minFreeDiskBytes/);
+    expect(err.details).toMatchObject({ dataDir: join(path, '..'), freeBytes: expect.any(Number), minFreeBytes: 100_000_000 });
+    expect(outbox.stats()).toMatchObject({ depth: 3, dropped: 0 });
+
+  });
+});
+
+describe('outbox limits: the drop log', () => {
+  const lines = (records: () => Record<string, unknown>[]) =>
+    records().filter((r) => typeof r.msg === 'string' && r.msg.startsWith('outbox dropped')) as { msg: string; total: number; dropped: Record<string, Record<string, number>> }[];
+
+  it('logs an accurate summary at most once per interval, and the rest when due without more drops', async () => {
+    const cap = captureLogger('info');
+    const { outbox, clock } = make(dbPath(), { limits: { maxCount: 3, maxBytes: 1 << 30 }, dropLogIntervalMs: 10_000 }, { logger: cap.logger });
+    for (let i = 0; i < 4; i++) await outbox.enqueue({ channel: 'telemetry', payload: i }); // 1 dropped: logged at once
+    await tick();
+    expect(lines(cap.records)).toHaveLength(1);
+    for (let i = 0; i < 50; i++) await outbox.enqueue({ channel: 'telemetry', payload: i }); // 50 more, within the interval
+    await tick();
+    expect(lines(cap.records)).toHaveLength(1);
+    await clock.advance(10_000);
+    await tick();
+    const ls = lines(cap.records);
+    expect(ls).toHaveLength(2);
+    expect(ls.map((l) => l.total)).toEqual([1, 50]);
+    expect(ls[1]!.dropped).toEqual({ telemetry: { count: 50 } });
+    expect(ls[1]!.msg).toMatch(/outbox dropped 50 message\(s\) since the last report: telemetry 50 \(count\)/);
+    expect(outbox.stats().dropped).toBe(51);
+  });
+
+  it('drops a killed process did not log are logged by the next start, each exactly once', async () => {
+    const path = dbPath();
+    const cap = captureLogger('info');
+    let dropped = 0;
+    // Three short-lived "processes", each killed (never closed) with drops not logged yet.
+    for (let run = 0; run < 3; run++) {
+      const p = make(path, { limits: { maxCount: 3, maxBytes: 1 << 30 }, dropLogIntervalMs: 60_000, channels: { health: { ttlMs: 10 } } }, { logger: cap.logger });
+      for (let i = 0; i < 10 + run; i++) await p.outbox.enqueue({ channel: 'telemetry', payload: i });
+      await p.outbox.enqueue({ channel: 'health', payload: run });
+      await p.clock.advance(20);
+      p.outbox.expire();
+      const entry = open.find((e) => e.outbox === p.outbox)!;
+      entry.closed = true; // a kill -9: no close(), so nothing flushed
+      dropped = p.outbox.stats().dropped + p.outbox.stats().expired;
+    }
+    const last = make(path, { limits: { maxCount: 3, maxBytes: 1 << 30 } }, { logger: cap.logger });
+    await last.outbox.close();
+    open.find((e) => e.outbox === last.outbox)!.closed = true;
+    await tick();
+    const ls = lines(cap.records);
+    const sum = ls.reduce((n, l) => n + l.total, 0);
+    expect(sum).toBe(dropped);
+    expect(ls.some((l) => /before this start/.test(l.msg))).toBe(true);
+    const byReason: Record<string, number> = {};
+    for (const l of ls) for (const d of Object.values(l.dropped)) for (const [r, n] of Object.entries(d)) byReason[r] = (byReason[r] ?? 0) + n;
+    const s = last.outbox.stats();
+    expect(byReason).toEqual({ count: s.drops.count, ttl: s.drops.ttl });
+  });
+});
