@@ -61,7 +61,7 @@ it('refuses a 60 MB target while reading it: the limit named in /v2/state, memor
   const environment = Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`V${i}`, big]));
   cloud.admin.setTarget(dev.uuid, { version: 2, apps: { big: { services: { s: { image: 'busybox:1', environment } } } } });
 
-  const rejected = await waitFor('the rejection', async () => (await state()).lastRejection, 30_000);
+  const rejected = await waitFor('the rejection', async () => (await state()).lastRejection ?? undefined, 30_000);
   expect(rejected.message).toMatch(/limits\.maxTargetBytes \(2097152 bytes\)/);
   expect((await state()).target?.version).toBe(1);
   const after = memory(agent.child.pid!);
