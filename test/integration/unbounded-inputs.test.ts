@@ -5,6 +5,7 @@ import { connectAsync } from 'mqtt';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { startMosquitto } from '../helpers/mosquitto.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // Fault 7 of issue #21, on the built agent: what comes in from outside (a target document, local API
@@ -186,3 +187,43 @@ it('disconnects local broker clients that send packets over the limit, refuses c
   expect(JSON.stringify(queue)).toMatch(/telemetry/);
   expect((await agent.get('/v1/healthy')).status).toBe(200);
 });
+
+for (const protocolVersion of [4, 5] as const) {
+  it(`bounds what the cloud broker sends (MQTT ${protocolVersion === 5 ? '5: maximumPacketSize, the broker drops it' : '3.1.1: the connection is closed at the header'}), then takes good messages`, async () => {
+    const broker = await startMosquitto();
+    closers.push(() => broker.dispose());
+    const uuid = `inputs-mqtt-${protocolVersion}-${process.pid}`;
+    const agent = await start({ device: { uuid }, mqtt: { url: broker.url, protocolVersion }, features: { metrics: false, jobs: false, shadow: true } });
+    const mqttStats = async () => ((await agent.get('/v2/connection')).body as { mqtt: { connected: boolean; droppedIncoming: number; reconnects: number } }).mqtt;
+    await waitFor('the agent connected', async () => (await mqttStats()).connected);
+    const before = memory(agent.child.pid!);
+    const cloud = await connectAsync(broker.url, { protocolVersion: 5, reconnectPeriod: 0 });
+    closers.push(() => cloud.endAsync(true));
+    const topic = `iot/${uuid}/shadow/desired`;
+
+    await cloud.publishAsync(topic, Buffer.alloc(20 * MiB, 0x20), { qos: 0 });
+    if (protocolVersion === 4) {
+      await waitFor('the refusal logged', () => agent.records().some((r) => String(r.msg).includes('over limits.maxCloudResponseBytes (1048576)')));
+    }
+    expect(memory(agent.child.pid!).hwm - before.rss).toBeLessThan(100 * MiB);
+
+    // Good messages still arrive (after a reconnect for 3.1.1).
+    const shadow = async () => ((await agent.get('/v2/shadow')).body as { desired: Record<string, unknown> }).desired;
+    await waitFor(
+      'a good desired state applied',
+      async () => {
+        if (!(await mqttStats()).connected) return false;
+        await cloud.publishAsync(topic, JSON.stringify({ version: 2, state: { mode: 'eco' } }), { qos: 1 });
+        return (await shadow()).mode === 'eco';
+      },
+      30_000,
+      500,
+    );
+    // Nested past limits.maxJsonDepth: dropped and counted.
+    const dropped = (await mqttStats()).droppedIncoming;
+    await cloud.publishAsync(topic, `{"version":3,"state":{"a":${'['.repeat(5_000)}${']'.repeat(5_000)}}}`, { qos: 1 });
+    await waitFor('the deep message dropped', async () => (await mqttStats()).droppedIncoming > dropped);
+    expect(agent.records().some((r) => String(r.msg).includes('limits.maxJsonDepth (64 levels)'))).toBe(true);
+    expect((await shadow()).mode).toBe('eco');
+  });
+}
