@@ -67,7 +67,7 @@ it('refuses a 60 MB target while reading it: the limit named in /v2/state, memor
   expect((await state()).target?.version).toBe(1);
   const after = memory(agent.child.pid!);
   expect(after.hwm - Math.max(before.rss, 0)).toBeLessThan(100 * MiB);
-  expect(agent.records().some((r) => String(r.msg).includes('limits.maxTargetBytes'))).toBe(true);
+  await waitFor('the refusal logged', () => agent.records().some((r) => String(r.msg).includes('limits.maxTargetBytes')));
   // The agent stays healthy and keeps polling (the refused ETag answers 304).
   expect((await agent.get('/v1/healthy')).status).toBe(200);
 });
@@ -223,7 +223,7 @@ for (const protocolVersion of [4, 5] as const) {
     const dropped = (await mqttStats()).droppedIncoming;
     await cloud.publishAsync(topic, `{"version":3,"state":{"a":${'['.repeat(5_000)}${']'.repeat(5_000)}}}`, { qos: 1 });
     await waitFor('the deep message dropped', async () => (await mqttStats()).droppedIncoming > dropped);
-    expect(agent.records().some((r) => String(r.msg).includes('limits.maxJsonDepth (64 levels)'))).toBe(true);
+    await waitFor('the drop logged', () => agent.records().some((r) => String(r.msg).includes('limits.maxJsonDepth (64 levels)')));
     expect((await shadow()).mode).toBe('eco');
   });
 }
