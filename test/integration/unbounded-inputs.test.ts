@@ -68,6 +68,11 @@ it('refuses a 60 MB target while reading it: the limit named in /v2/state, memor
   const after = memory(agent.child.pid!);
   expect(after.hwm - Math.max(before.rss, 0)).toBeLessThan(100 * MiB);
   await waitFor('the refusal logged', () => agent.records().some((r) => String(r.msg).includes('limits.maxTargetBytes')));
+  // Nested 3,000 deep (as deep as the devcloud can store): refused the same way, naming the depth limit.
+  const deep = JSON.parse(`${'['.repeat(3_000)}${']'.repeat(3_000)}`) as unknown;
+  cloud.admin.setTarget(dev.uuid, { version: 3, apps: {}, x: deep });
+  await waitFor('the depth rejection', async () => /limits\.maxJsonDepth \(64 levels\)/.test((await state()).lastRejection?.message ?? ''), 30_000);
+  expect((await state()).target?.version).toBe(1);
   // The agent stays healthy and keeps polling (the refused ETag answers 304).
   expect((await agent.get('/v1/healthy')).status).toBe(200);
 });
