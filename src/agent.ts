@@ -225,6 +225,9 @@ export class Agent {
         host: config.localBroker.host,
         port: config.localBroker.port,
         ingest: (stream, payload) => this.ingest([{ stream, payload }]).then(() => undefined),
+        maxPacketBytes: config.limits.maxLocalPacketBytes,
+        maxConnections: config.limits.maxLocalConnections,
+        maxJsonDepth: config.limits.maxJsonDepth,
         ...(shadow ? { shadowReported: (patch: Json) => void shadow.patch({ reported: patch }) } : {}),
         logger: logger.child({ part: 'local-broker' }),
       });
@@ -234,7 +237,7 @@ export class Agent {
 
     if (config.mqtt.url) {
       this.mqtt = new MqttSession({
-        config: { mqtt: config.mqtt, uuid: this.uuid, apiKey: config.device.apiKey },
+        config: { mqtt: config.mqtt, uuid: this.uuid, apiKey: config.device.apiKey, limits: config.limits },
         store,
         monitor: this.monitor,
         backoff: backoffFromSettings(offline, { clock, random }),
@@ -253,6 +256,8 @@ export class Agent {
         clock,
         ...(config.cloud.caFile ? { caFile: config.cloud.caFile } : {}),
         userAgent: `iotistic-agent/${AGENT_VERSION}`,
+        maxResponseBytes: config.limits.maxCloudResponseBytes,
+        maxJsonDepth: config.limits.maxJsonDepth,
       });
       const settings = settingsNow;
       const http = this.http;
@@ -264,6 +269,7 @@ export class Agent {
         random,
         pollIntervalMs: () => settings().pollIntervalMs,
         policy: this.policy,
+        maxTargetBytes: config.limits.maxTargetBytes,
         onTarget: (t) => {
           this.targets.set(t);
           this.reporter?.markDirty();
@@ -558,6 +564,7 @@ export class Agent {
       key: this.localKey,
       logger,
       dashboard: config.features.dashboard,
+      limits: config.limits,
       view: {
         version: AGENT_VERSION,
         uuid: this.uuid,

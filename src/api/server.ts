@@ -9,6 +9,8 @@ import { dashboardHtml } from './dashboard.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
 import { isOutboxError } from '../outbox/types.js';
 import { ShadowError } from '../shadow/shadow.js';
+import { LIMIT_DEFAULTS, type AgentConfig } from '../config/schema.js';
+import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
 
 function isShadowError(err: unknown): err is ShadowError {
   return err instanceof ShadowError;
@@ -51,7 +53,11 @@ export interface ApiOptions {
   logger: Logger;
   dashboard: boolean;
   view: ApiView;
+  /** Body size and JSON depth bounds; default the schema's. */
+  limits?: Pick<AgentConfig['limits'], 'maxApiBodyBytes' | 'maxTargetBytes' | 'maxJsonDepth'>;
 }
+
+const LOCAL_TARGET_ROUTE = '/v2/local/target-state';
 
 const OPEN_ROUTES = new Set(['/ping', '/v1/healthy', '/']);
 
@@ -79,7 +85,23 @@ const telemetryBatch = z.array(telemetryItem).min(1).max(1000);
 
 export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance; url: string }> {
   const { view } = opts;
-  const app = Fastify({ logger: false, bodyLimit: 1_048_576, forceCloseConnections: true });
+  const limits = { ...LIMIT_DEFAULTS, ...opts.limits };
+  const app = Fastify({ logger: false, bodyLimit: limits.maxApiBodyBytes, forceCloseConnections: true });
+  // Bodies are measured before they are parsed: what handles them (schemas, stringify) recurses.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    if (jsonDeeperThan(body as string, limits.maxJsonDepth)) {
+      opts.logger.warn({ url: req.url }, `local API: body refused, ${depthMessage('it', 'limits.maxJsonDepth', limits.maxJsonDepth)}`);
+      done(new BadRequest(depthMessage('body', 'limits.maxJsonDepth', limits.maxJsonDepth)), undefined);
+      return;
+    }
+    parseJson(req, body as string, done);
+  });
+  const bodyLimitOf = (url: string) =>
+    url.split('?')[0] === LOCAL_TARGET_ROUTE
+      ? `limits.maxTargetBytes (${limits.maxTargetBytes} bytes)`
+      : `limits.maxApiBodyBytes (${limits.maxApiBodyBytes} bytes)`;
 
   app.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
     const path = req.url.split('?')[0] ?? '';
@@ -95,6 +117,11 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     const status = err.statusCode ?? 500;
     if (status >= 500) opts.logger.error({ err: err.message, url: req.url }, 'local API error');
+    if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      opts.logger.warn({ url: req.url, length: req.headers['content-length'] }, `local API: body refused, over ${bodyLimitOf(req.url)}`);
+      void reply.code(413).send({ error: 'too_large', message: `body is larger than ${bodyLimitOf(req.url)}` });
+      return;
+    }
     const message =
       err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError ? `body is not valid JSON: ${err.message}` : err.message;
     void reply.code(status).send({ error: status === 400 ? 'bad_request' : 'error', message });
@@ -127,7 +154,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
     return reply.code(202).send({ polling: true });
   });
 
-  app.post('/v2/local/target-state', async (req, reply) => {
+  app.post(LOCAL_TARGET_ROUTE, { bodyLimit: limits.maxTargetBytes }, async (req, reply) => {
     const r = view.setLocalTarget(req.body);
     if (!r.ok) return reply.code(400).send({ error: 'bad_request', message: r.message, issues: r.issues });
     return reply.code(200).send({ version: r.target.version, mode: 'local' });

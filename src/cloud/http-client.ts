@@ -3,8 +3,10 @@ import { gzipSync } from 'node:zlib';
 import { Agent, request, type Dispatcher } from 'undici';
 import { parseRetryAfter } from '../resilience/backoff.js';
 import type { Clock } from '../util/clock.js';
+import { LIMIT_DEFAULTS } from '../config/schema.js';
 import { AgentError } from '../util/errors.js';
 import { trustWithDefaults } from '../util/tls-trust.js';
+import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
 import { NETWORK_REASONS } from '../util/network-errors.js';
 
 /**
@@ -52,6 +54,8 @@ export interface CloudRequest {
   signal?: AbortSignal;
   /** Statuses that are answers, not failures (304, 204...). 2xx always are. */
   accept?: number[];
+  /** A bound on this answer's body other than the client's `maxResponseBytes` (the target document's). */
+  maxBytes?: { bytes: number; setting: string };
 }
 
 export interface CloudHttpClientOptions {
@@ -61,6 +65,37 @@ export interface CloudHttpClientOptions {
   clock: Pick<Clock, 'now'>;
   caFile?: string;
   userAgent?: string;
+  /** Largest answer body read; default `limits.maxCloudResponseBytes`'s. */
+  maxResponseBytes?: number;
+  /** Deepest JSON nesting parsed; default `limits.maxJsonDepth`'s. */
+  maxJsonDepth?: number;
+}
+
+export type CloudAnswerRefusedCode = 'CLOUD_ANSWER_TOO_LARGE' | 'CLOUD_ANSWER_TOO_DEEP';
+
+/**
+ * The cloud answered, but with a body over one of the agent's limits: nothing of it is used. An
+ * `http` CloudError (the cloud is reachable; retrying at once will not help), with its own code and
+ * the answer's headers (the ETag lets a poller remember what it refused).
+ */
+export class CloudAnswerRefused extends CloudError {
+  declare readonly code: CloudAnswerRefusedCode;
+  constructor(
+    code: CloudAnswerRefusedCode,
+    message: string,
+    status: number,
+    readonly headers: Record<string, string | string[] | undefined>,
+    readonly setting: string,
+    readonly limit: number,
+  ) {
+    super('http', message, status);
+    (this as { code: string }).code = code;
+    this.name = 'CloudAnswerRefused';
+  }
+
+  override get retryable(): boolean {
+    return false;
+  }
 }
 
 
@@ -112,13 +147,26 @@ export class CloudHttpClient {
     } catch (err) {
       throw this.classify(err, req, timeout);
     }
+    const ok = (res.statusCode >= 200 && res.statusCode < 300) || (req.accept ?? []).includes(res.statusCode);
+    const limit = req.maxBytes ?? { bytes: this.opts.maxResponseBytes ?? LIMIT_DEFAULTS.maxCloudResponseBytes, setting: 'limits.maxCloudResponseBytes' };
     let text: string;
     try {
-      text = await res.body.text();
+      const read = await readLimited(res, limit.bytes);
+      if (read.over && ok) {
+        throw new CloudAnswerRefused(
+          'CLOUD_ANSWER_TOO_LARGE',
+          `${req.method} ${url.pathname} answered ${res.statusCode} with ${read.declared !== undefined ? `${read.declared} bytes` : 'a body'} over ${limit.setting} (${limit.bytes} bytes); it was not read further`,
+          res.statusCode,
+          res.headers,
+          limit.setting,
+          limit.bytes,
+        );
+      }
+      text = read.text;
     } catch (err) {
+      if (err instanceof CloudAnswerRefused) throw err;
       throw this.classify(err, req, timeout);
     }
-    const ok = (res.statusCode >= 200 && res.statusCode < 300) || (req.accept ?? []).includes(res.statusCode);
     if (!ok) {
       const retryAfter = headerValue(res.headers['retry-after']);
       const detail = summarise(text);
@@ -131,6 +179,17 @@ export class CloudHttpClient {
     }
     let parsed: T | undefined;
     if (text !== '') {
+      const maxDepth = this.opts.maxJsonDepth ?? LIMIT_DEFAULTS.maxJsonDepth;
+      if (jsonDeeperThan(text, maxDepth)) {
+        throw new CloudAnswerRefused(
+          'CLOUD_ANSWER_TOO_DEEP',
+          `${req.method} ${url.pathname} answered ${res.statusCode} with JSON that ${depthMessage('', 'limits.maxJsonDepth', maxDepth).trimStart()}`,
+          res.statusCode,
+          res.headers,
+          'limits.maxJsonDepth',
+          maxDepth,
+        );
+      }
       try {
         parsed = JSON.parse(text) as T;
       } catch {
@@ -164,6 +223,30 @@ function readCaFile(path: string): string {
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     throw new AgentError('CONFIG_FILE_UNREADABLE', `cloud.caFile: cannot read ${path} (${code}); expected a readable PEM file`, { cause: err });
   }
+}
+
+/**
+ * Reads an answer's body up to `max` bytes and stops there (the connection is dropped, the rest
+ * never held): a declared Content-Length over it is refused before reading anything. An answer
+ * over the limit comes back `over` with what was read, for an error's summary.
+ */
+async function readLimited(res: Dispatcher.ResponseData, max: number): Promise<{ text: string; over: boolean; declared?: number }> {
+  const declared = Number(headerValue(res.headers['content-length']) ?? Number.NaN);
+  if (Number.isFinite(declared) && declared > max) {
+    res.body.destroy();
+    return { text: '', over: true, declared };
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) {
+      res.body.destroy();
+      return { text: Buffer.concat(chunks).toString('utf8'), over: true };
+    }
+    chunks.push(chunk);
+  }
+  return { text: Buffer.concat(chunks, size).toString('utf8'), over: false };
 }
 
 function headerValue(h: string | string[] | undefined): string | undefined {

@@ -2,7 +2,7 @@ import { errorMessage } from '../util/errors.js';
 import type { Kick } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
-import { CloudError } from './http-client.js';
+import { CloudAnswerRefused, CloudError } from './http-client.js';
 import type { RetryPolicy } from './retry.js';
 
 export interface PollLoopOptions {
@@ -40,7 +40,8 @@ export async function pollLoop(o: PollLoopOptions, poll: (signal: AbortSignal) =
       delay = o.retry.afterFailure(err);
       if (cloudErr && !cloudErr.retryable) delay = Math.max(delay, o.intervalMs());
       // Cloud failures are the monitor's to report; anything else is a bug worth an error.
-      o.logger[cloudErr ? 'debug' : 'error']({ err: errorMessage(err), retryInMs: Math.round(delay) }, `${o.what} failed${cloudErr ? '' : ' unexpectedly'}`);
+      // An answer over a limit is the cloud's doing and nothing else reports it: worth a warning.
+      o.logger[err instanceof CloudAnswerRefused ? 'warn' : cloudErr ? 'debug' : 'error']({ err: errorMessage(err), retryInMs: Math.round(delay) }, `${o.what} failed${cloudErr ? '' : ' unexpectedly'}`);
     }
     await o.retry.wait(delay, signal, o.kick);
   }

@@ -6,6 +6,8 @@ import { pollLoop } from './poll-loop.js';
 import { failureKind, type CloudLoopDeps, type OutcomeSink } from './loop-deps.js';
 import type { ConfigIssue } from '../config/issues.js';
 import { Kick, type WakeableSleep } from '../util/kick.js';
+import { LIMIT_DEFAULTS } from '../config/schema.js';
+import { CloudAnswerRefused } from './http-client.js';
 
 export type { OutcomeSink, WakeableSleep };
 
@@ -30,6 +32,8 @@ export interface TargetStatePollerOptions extends CloudLoopDeps {
   onRejected?: (rejection: TargetRejection) => void;
   /** What the device's local config lets a target ask of the host. */
   policy?: Partial<WorkloadPolicy>;
+  /** Largest target document read (`limits.maxTargetBytes`). */
+  maxTargetBytes?: number;
 }
 
 const REJECTED_ETAG_KEY = 'target.rejectedEtag';
@@ -82,9 +86,19 @@ export class TargetStatePoller {
         path: `/device/v1/${encodeURIComponent(uuid)}/state`,
         headers: ifNoneMatch ? { 'if-none-match': ifNoneMatch } : {},
         accept: [304],
+        maxBytes: { bytes: this.o.maxTargetBytes ?? LIMIT_DEFAULTS.maxTargetBytes, setting: 'limits.maxTargetBytes' },
         ...(signal ? { signal } : {}),
       });
     } catch (err) {
+      // An answer over a limit is a document refused, like one that fails validation: the cloud is
+      // reachable, and the target in force stays.
+      if (err instanceof CloudAnswerRefused) {
+        monitor.markSuccess('api', 'poll');
+        this.lastError = undefined;
+        const etagHeader = err.headers.etag;
+        const etag = (Array.isArray(etagHeader) ? etagHeader[0] : etagHeader) ?? null;
+        return this.reject(etag, [{ path: '', source: 'cloud', expected: `a document within ${err.setting} (${err.limit})` }], err.message);
+      }
       if (!signal?.aborted) {
         this.lastError = errorMessage(err);
         monitor.markFailure('api', 'poll', this.lastError, failureKind(err));
@@ -97,13 +111,7 @@ export class TargetStatePoller {
     const etagHeader = res.headers.etag;
     const etag = (Array.isArray(etagHeader) ? etagHeader[0] : etagHeader) ?? null;
     const result = validateTarget(res.body, { policy: this.o.policy ?? {} });
-    if (!result.ok) {
-      this.lastRejection = { at: this.o.clock.now(), etag, issues: result.issues, message: result.message };
-      if (etag) store.setKv(REJECTED_ETAG_KEY, etag);
-      this.o.logger.error({ etag, issues: result.issues }, `target state rejected, keeping the last good one: ${result.message}`);
-      this.o.onRejected?.(this.lastRejection);
-      return 'rejected';
-    }
+    if (!result.ok) return this.reject(etag, result.issues, result.message);
     store.db.transaction(() => {
       store.setTarget({ etag, version: result.target.version, document: result.target, source: 'cloud' });
       store.setKv(REJECTED_ETAG_KEY, null);
@@ -112,5 +120,13 @@ export class TargetStatePoller {
     this.o.logger.info({ version: result.target.version, etag }, 'new target state stored');
     this.o.onTarget(result.target);
     return 'changed';
+  }
+
+  private reject(etag: string | null, issues: ConfigIssue[], message: string): 'rejected' {
+    this.lastRejection = { at: this.o.clock.now(), etag, issues, message };
+    if (etag) this.o.store.setKv(REJECTED_ETAG_KEY, etag);
+    this.o.logger.error({ etag, issues }, `target state rejected, keeping the last good one: ${message}`);
+    this.o.onRejected?.(this.lastRejection);
+    return 'rejected';
   }
 }

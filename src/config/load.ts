@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { applyEnvOverrides } from './env.js';
 import { describeValue, formatIssue, fromZodIssues, type ConfigIssue } from './issues.js';
-import { agentConfigSchema, SECRET_KEYS, type AgentConfig } from './schema.js';
+import { agentConfigSchema, LIMIT_DEFAULTS, SECRET_KEYS, type AgentConfig } from './schema.js';
+import { jsonDeeperThan } from '../util/json-limits.js';
 
 /** Why a file failed: unreadable, not JSON, not an object, or values the schema refuses. */
 export type ConfigFailure = 'unreadable' | 'not-json' | 'not-an-object' | 'invalid';
@@ -31,6 +32,10 @@ export function loadConfig(opts: LoadOptions): ConfigResult {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'error';
       return { ok: false, failure: 'unreadable', warnings, issues: [{ path: '', source: 'file', expected: `a readable file at ${opts.file} (${code})` }] };
+    }
+    // Copying and describing a value recurses: a file nested past any real config is refused first.
+    if (jsonDeeperThan(text, LIMIT_DEFAULTS.maxJsonDepth)) {
+      return { ok: false, failure: 'invalid', warnings, issues: [{ path: '', source: 'file', expected: `a JSON object nested at most ${LIMIT_DEFAULTS.maxJsonDepth} levels deep in ${opts.file}` }] };
     }
     try {
       raw = JSON.parse(text) as unknown;

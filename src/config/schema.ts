@@ -283,6 +283,62 @@ const featuresSchema = z.strictObject({
   localBroker: z.boolean().default(false).describe('Embedded MQTT listener on 127.0.0.1:1884 for local apps.'),
 });
 
+/**
+ * Bounds on what the agent takes in from outside (the cloud, local apps). Chosen for a 512 MB
+ * device: a document is refused while it is read, before it is held whole, so the worst case is
+ * the limit, not the sender's choice. Exported so the parts that enforce them share the defaults.
+ */
+export const LIMIT_DEFAULTS = {
+  maxTargetBytes: 2 * 1_048_576,
+  maxCloudResponseBytes: 1_048_576,
+  maxJsonDepth: 64,
+  maxApiBodyBytes: 1_048_576,
+  maxLocalPacketBytes: 1_048_576 + 65_536,
+  maxLocalConnections: 32,
+} as const;
+
+const limitsSchema = z.strictObject({
+  maxTargetBytes: z
+    .number()
+    .int()
+    .min(65_536)
+    .default(LIMIT_DEFAULTS.maxTargetBytes)
+    .describe('Largest target-state document accepted, from the cloud or POST /v2/local/target-state. A larger one is refused while it is read; the target in force stays.'),
+  maxCloudResponseBytes: z
+    .number()
+    .int()
+    .min(65_536)
+    .default(LIMIT_DEFAULTS.maxCloudResponseBytes)
+    .describe('Largest other answer read from the cloud (jobs, shadow desired state, errors) and largest MQTT packet taken from the cloud broker.'),
+  maxJsonDepth: z
+    .number()
+    .int()
+    .min(8)
+    .max(1_000)
+    .default(LIMIT_DEFAULTS.maxJsonDepth)
+    .describe('Deepest nesting of arrays and objects in any JSON the agent takes in: cloud answers, MQTT messages, local API bodies, local broker payloads.'),
+  maxApiBodyBytes: z
+    .number()
+    .int()
+    .min(1_024)
+    .default(LIMIT_DEFAULTS.maxApiBodyBytes)
+    .describe('Largest request body of the local API (413 above it); POST /v2/local/target-state takes up to maxTargetBytes.'),
+  maxLocalPacketBytes: z
+    .number()
+    .int()
+    .min(1_024)
+    .max(268_435_455)
+    .default(LIMIT_DEFAULTS.maxLocalPacketBytes)
+    .describe('Largest MQTT packet a local broker client may send; a client that announces a larger one is disconnected before it is read.'),
+  maxLocalConnections: z
+    .number()
+    .int()
+    .min(1)
+    .max(10_000)
+    .default(LIMIT_DEFAULTS.maxLocalConnections)
+    .describe('Most connections the local broker holds at once; more are closed as they arrive.'),
+});
+
 export const agentConfigSchema = z
   .strictObject({
     $schema: z.string().optional().describe('Path or URL of this JSON Schema, for editors.'),
@@ -298,6 +354,7 @@ export const agentConfigSchema = z
     store: storeSchema.prefault({}),
     settings: settingsSchema.prefault({}),
     features: featuresSchema.prefault({}),
+    limits: limitsSchema.prefault({}),
   })
   .describe('Iotistic Agent configuration');
 

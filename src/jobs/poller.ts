@@ -1,5 +1,5 @@
 import { pollLoop } from '../cloud/poll-loop.js';
-import { failureKind, type CloudLoopDeps } from '../cloud/loop-deps.js';
+import { markRequestFailure, type CloudLoopDeps } from '../cloud/loop-deps.js';
 import { errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import { Kick } from '../util/kick.js';
@@ -68,7 +68,7 @@ export class JobPoller {
     } catch (err) {
       if (!signal.aborted) {
         this.lastError = errorMessage(err);
-        monitor.markFailure('api', 'jobs', this.lastError, failureKind(err));
+        markRequestFailure(monitor, 'jobs', err);
       }
       throw err;
     }

@@ -17,6 +17,8 @@ export interface ClientOptionsInput {
   now: number;
   outgoingStore: IStore;
   incomingStore: IStore;
+  /** Largest packet the broker may send (MQTT 5 says so in the CONNECT; 3.1.1 cannot, the session's frame guard closes the link). */
+  maxPacketBytes: number;
 }
 
 const noop = (): void => undefined;
@@ -56,7 +58,7 @@ export function clientOptions(i: ClientOptionsInput): IClientOptions {
   if (!process.env.DEBUG) options.log = noop;
   const password = m.password ?? i.apiKey;
   if (password !== undefined) options.password = password;
-  if (i.version === 5) options.properties = { sessionExpiryInterval: m.sessionExpirySeconds };
+  if (i.version === 5) options.properties = { sessionExpiryInterval: m.sessionExpirySeconds, maximumPacketSize: i.maxPacketBytes };
   if (i.url.protocol === 'mqtts:') {
     // Files are read at every attempt, so renewed certificates are picked up without a restart.
     // A CA file adds trust to the system roots; it never replaces them, and nothing turns checks off.

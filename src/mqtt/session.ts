@@ -1,5 +1,7 @@
 import { connect, ErrorWithReasonCode, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
-import type { AgentConfig } from '../config/schema.js';
+import { LIMIT_DEFAULTS, type AgentConfig } from '../config/schema.js';
+import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
+import { MqttFrameScanner } from '../util/mqtt-frames.js';
 import type { Backoff } from '../resilience/backoff.js';
 import type { ConnectionMonitor } from '../resilience/connection-monitor.js';
 import type { Store } from '../store/store.js';
@@ -39,6 +41,8 @@ export interface MqttSessionConfig {
   uuid: string;
   /** Device API key: the default password. */
   apiKey?: string | undefined;
+  /** Bounds on what the cloud may send: `maxCloudResponseBytes` per packet, `maxJsonDepth`. Defaults: the schema's. */
+  limits?: Pick<AgentConfig['limits'], 'maxCloudResponseBytes' | 'maxJsonDepth'>;
 }
 
 export interface MqttSessionDeps {
@@ -490,7 +494,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     try {
       const c = this.config;
       const stores = { outgoingStore: this.outgoing, incomingStore: this.incoming };
-      options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey: c.apiKey, url: this.url, version, statusTopic: this.topics.status, now: this.deps.clock.now(), ...stores });
+      options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey: c.apiKey, url: this.url, version, statusTopic: this.topics.status, now: this.deps.clock.now(), maxPacketBytes: this.maxPacketBytes, ...stores });
     } catch (err) {
       const error = errorMessage(err);
       this.noteFailure('connect', error);
@@ -527,6 +531,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       client.on('packetreceive', (packet) => this.onPacket(conn, packet));
       client.on('connect', (connack) => this.onReady(conn, connack.sessionPresent));
       client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet.retain));
+      this.guardIncoming(conn);
       client.on('disconnect', (packet) => {
         const rc = packet.reasonCode ?? 0;
         conn.lastError = `the broker closed the connection: ${reasonName(rc)} (${hex(rc)})${rc === 0x8e ? ` — another client is using client id ${String(options.clientId)}` : ''}`;
@@ -720,10 +725,38 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     });
   }
 
+  private get maxPacketBytes(): number {
+    return this.config.limits?.maxCloudResponseBytes ?? LIMIT_DEFAULTS.maxCloudResponseBytes;
+  }
+
+  /**
+   * mqtt.js holds a packet whole until its last byte: a packet from the broker announced over the
+   * limit ends the connection as soon as its header is seen, so the most held is the limit.
+   */
+  private guardIncoming(conn: Connection): void {
+    const stream = conn.client.stream as NodeJS.ReadableStream | undefined;
+    if (!stream) return;
+    const scanner = new MqttFrameScanner(this.maxPacketBytes);
+    stream.on('data', (chunk: Buffer) => {
+      const over = scanner.feed(chunk);
+      if (over === undefined) return;
+      conn.lastError = `the broker sent ${over < 0 ? 'a packet with a malformed length' : `a packet of ${over} bytes`}, over limits.maxCloudResponseBytes (${this.maxPacketBytes}): connection closed`;
+      this.counters.droppedIncoming++;
+      this.log.warn({ bytes: over, limit: this.maxPacketBytes }, `mqtt: ${conn.lastError}`);
+      conn.client.end(true);
+    });
+  }
+
   private onMessage(topic: string, payload: Buffer, retained: boolean): void {
     const kind = this.topics.kindOf(topic);
     if (!kind) {
       this.log.debug({ topic }, 'mqtt: message on a topic the agent does not handle; ignored');
+      return;
+    }
+    const maxDepth = this.config.limits?.maxJsonDepth ?? LIMIT_DEFAULTS.maxJsonDepth;
+    if (jsonDeeperThan(payload, maxDepth)) {
+      this.counters.droppedIncoming++;
+      this.log.warn({ topic, bytes: payload.length }, `mqtt: dropped a message on ${topic}: ${depthMessage('its payload', 'limits.maxJsonDepth', maxDepth)}`);
       return;
     }
     let parsed: unknown;

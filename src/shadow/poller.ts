@@ -1,4 +1,4 @@
-import { failureKind, type CloudLoopDeps } from '../cloud/loop-deps.js';
+import { markRequestFailure, type CloudLoopDeps } from '../cloud/loop-deps.js';
 import { pollLoop } from '../cloud/poll-loop.js';
 import { errorMessage } from '../util/errors.js';
 import { Kick } from '../util/kick.js';
@@ -58,7 +58,7 @@ export class ShadowDesiredPoller {
     } catch (err) {
       if (!signal?.aborted) {
         this.lastError = errorMessage(err);
-        monitor.markFailure('api', 'shadow', this.lastError, failureKind(err));
+        markRequestFailure(monitor, 'shadow', err);
       }
       throw err;
     }

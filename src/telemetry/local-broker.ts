@@ -1,10 +1,14 @@
 import type { EventEmitter } from 'node:events';
 import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import { Aedes, type Client, type ConnectPacket, type PublishPacket } from 'aedes';
 import { isOutboxError } from '../outbox/types.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
+import { LIMIT_DEFAULTS } from '../config/schema.js';
+import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
+import { MqttFrameScanner } from '../util/mqtt-frames.js';
 
 /**
  * The local MQTT listener (`features.localBroker`): an embedded aedes broker on loopback where local
@@ -23,9 +27,12 @@ import type { Logger } from '../util/logger.js';
  * - **Durable before acknowledged.** A telemetry publish is handed to `ingest` in aedes's
  *   authorizePublish step, which runs before aedes writes the PUBACK (QoS 1) or PUBREC (QoS 2) and
  *   before local subscribers get the message: the app's acknowledgement means "on disk".
- * - **Telemetry payloads** must be UTF-8 JSON of at most `maxPayloadBytes`; module-to-module payloads
- *   are opaque bytes and only bounded by MQTT itself. aedes has no packet size limit of its own, so
- *   the bound is checked once the whole packet is read: it protects the outbox, not the broker's memory.
+ * - **Telemetry payloads** must be UTF-8 JSON of at most `maxPayloadBytes`, nested at most
+ *   `maxJsonDepth` deep; module-to-module payloads are opaque bytes.
+ * - **Bounded.** aedes holds a packet whole until its last byte, whatever size it announces, so each
+ *   connection's bytes pass through a frame scanner first: a client that announces a packet over
+ *   `limits.maxLocalPacketBytes` is disconnected before the packet is read. At most
+ *   `limits.maxLocalConnections` connections are held; more are closed as they arrive.
  * - **Refusals.** aedes (1.x) speaks MQTT 3.1 and 3.1.1 only: it answers an MQTT 5 CONNECT with
  *   "unacceptable protocol version", so there are no PUBACK reason codes to send. MQTT 3.1.1 has no
  *   negative PUBACK either, so every refusal (topic outside `local/`, bad stream name, payload not
@@ -64,6 +71,7 @@ export type LocalBrokerErrorCode =
   | 'LOCAL_STREAM_INVALID'
   | 'LOCAL_PAYLOAD_INVALID'
   | 'LOCAL_PAYLOAD_TOO_LARGE'
+  | 'LOCAL_PACKET_TOO_LARGE'
   | 'LOCAL_INGEST_REFUSED'
   | 'LOCAL_SHADOW_REFUSED';
 
@@ -85,6 +93,12 @@ export interface LocalBrokerOptions {
   logger: Logger;
   /** Largest telemetry payload accepted, in bytes. Default 1 MiB (the local API's body limit). */
   maxPayloadBytes?: number;
+  /** Largest MQTT packet a client may send (`limits.maxLocalPacketBytes`). */
+  maxPacketBytes?: number;
+  /** Most connections at once (`limits.maxLocalConnections`). */
+  maxConnections?: number;
+  /** Deepest JSON nesting of a telemetry or shadow payload (`limits.maxJsonDepth`). */
+  maxJsonDepth?: number;
   /**
    * Applies a reported-state patch published on `local/shadow/reported` (the shadow's `patch`);
    * throws to refuse it. Absent: the shadow is off and the topic is refused.
@@ -99,6 +113,10 @@ export interface LocalBrokerStats {
   accepted: number;
   /** Publishes refused, for any reason (each one closed its client's connection). */
   refused: number;
+  /** Connections closed for a packet over `limits.maxLocalPacketBytes`. */
+  oversizePackets: number;
+  /** Connections closed on arrival because `limits.maxLocalConnections` were open. */
+  connectionsRefused: number;
 }
 
 /** What a publish to `topic` is: telemetry for the outbox, local traffic, or refused (and why). */
@@ -110,14 +128,14 @@ export type LocalPublish =
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-export function classifyLocalPublish(topic: string, payload: Buffer | string, maxPayloadBytes: number): LocalPublish {
+export function classifyLocalPublish(topic: string, payload: Buffer | string, maxPayloadBytes: number, maxJsonDepth: number = LIMIT_DEFAULTS.maxJsonDepth): LocalPublish {
   if (!topic.startsWith(LOCAL_PREFIX)) {
     return refused('LOCAL_TOPIC_FORBIDDEN', `topic "${topic}": local apps may publish only under "${LOCAL_PREFIX}"`);
   }
   if (topic.startsWith(LOCAL_SHADOW_PREFIX)) {
     // The agent alone publishes the desired state: an app must not be able to tell the others what to do.
     if (topic !== LOCAL_SHADOW_REPORTED) return refused('LOCAL_TOPIC_FORBIDDEN', `topic "${topic}": local apps may publish only ${LOCAL_SHADOW_REPORTED} under "${LOCAL_SHADOW_PREFIX}"`);
-    const parsed = jsonPayload(topic, payload, maxPayloadBytes);
+    const parsed = jsonPayload(topic, payload, maxPayloadBytes, maxJsonDepth);
     return 'kind' in parsed ? parsed : { kind: 'shadow-reported', payload: parsed.json };
   }
   if (!topic.startsWith(LOCAL_TELEMETRY_PREFIX)) return { kind: 'local' };
@@ -125,15 +143,16 @@ export function classifyLocalPublish(topic: string, payload: Buffer | string, ma
   if (!STREAM.test(stream)) {
     return refused('LOCAL_STREAM_INVALID', `topic "${topic}": expected ${LOCAL_TELEMETRY_PREFIX}{stream}, a stream name of 1-64 letters, digits, ".", "_" or "-"`);
   }
-  const parsed = jsonPayload(topic, payload, maxPayloadBytes);
+  const parsed = jsonPayload(topic, payload, maxPayloadBytes, maxJsonDepth);
   return 'kind' in parsed ? parsed : { kind: 'telemetry', stream, payload: parsed.json };
 }
 
-function jsonPayload(topic: string, payload: Buffer | string, maxPayloadBytes: number): { json: Json } | Extract<LocalPublish, { kind: 'refused' }> {
+function jsonPayload(topic: string, payload: Buffer | string, maxPayloadBytes: number, maxJsonDepth: number): { json: Json } | Extract<LocalPublish, { kind: 'refused' }> {
   const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
   if (bytes.length > maxPayloadBytes) {
     return refused('LOCAL_PAYLOAD_TOO_LARGE', `topic "${topic}": a payload of ${bytes.length} bytes, expected at most ${maxPayloadBytes}`);
   }
+  if (jsonDeeperThan(bytes, maxJsonDepth)) return refused('LOCAL_PAYLOAD_INVALID', `topic "${topic}": ${depthMessage('the payload', 'limits.maxJsonDepth', maxJsonDepth)}`);
   try {
     return { json: JSON.parse(utf8.decode(bytes)) as Json };
   } catch {
@@ -162,7 +181,13 @@ export class LocalBroker {
   private readonly host: string;
   private readonly port: number;
   private readonly maxPayloadBytes: number;
+  private readonly maxPacketBytes: number;
+  private readonly maxJsonDepth: number;
   private readonly log: Logger;
+  private oversizePackets = 0;
+  private connectionsRefused = 0;
+  /** Connections refused since the last one accepted: only the first of a run is logged. */
+  private refusedInRun = 0;
   private running: Running | undefined;
   private stopping = false;
   /** `ingest` calls not settled yet: `stop` waits for them, so none runs after it returns. */
@@ -174,6 +199,8 @@ export class LocalBroker {
     this.host = o.host ?? '127.0.0.1';
     this.port = o.port ?? 1884;
     this.maxPayloadBytes = o.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    this.maxPacketBytes = o.maxPacketBytes ?? LIMIT_DEFAULTS.maxLocalPacketBytes;
+    this.maxJsonDepth = o.maxJsonDepth ?? LIMIT_DEFAULTS.maxJsonDepth;
     this.log = o.logger;
   }
 
@@ -197,7 +224,19 @@ export class LocalBroker {
     const server = createServer((socket) => {
       sockets.add(socket);
       socket.once('close', () => sockets.delete(socket));
-      aedes.handle(socket);
+      if (this.refusedInRun > 0) {
+        this.log.warn({ refused: this.refusedInRun }, `local broker: ${this.refusedInRun} connection(s) were refused while limits.maxLocalConnections (${server.maxConnections}) were open`);
+        this.refusedInRun = 0;
+      }
+      aedes.handle(new BoundedSocket(socket, this.maxPacketBytes, (size) => this.onOversize(socket, size)));
+    });
+    // Node closes connections past maxConnections as they arrive, and says so with 'drop'.
+    server.maxConnections = this.o.maxConnections ?? LIMIT_DEFAULTS.maxLocalConnections;
+    server.on('drop', (d) => {
+      this.connectionsRefused++;
+      if (this.refusedInRun++ === 0) {
+        this.log.warn({ remote: `${d?.remoteAddress ?? '?'}:${d?.remotePort ?? '?'}` }, `local broker: connection refused, limits.maxLocalConnections (${server.maxConnections}) are open`);
+      }
     });
     try {
       await new Promise<void>((resolve, reject) => {
@@ -251,14 +290,20 @@ export class LocalBroker {
   }
 
   stats(): LocalBrokerStats {
-    return { clients: this.running?.aedes.connectedClients ?? 0, accepted: this.accepted, refused: this.refused };
+    return {
+      clients: this.running?.aedes.connectedClients ?? 0,
+      accepted: this.accepted,
+      refused: this.refused,
+      oversizePackets: this.oversizePackets,
+      connectionsRefused: this.connectionsRefused,
+    };
   }
 
   /** A will is published on the client's behalf later: the same topic rules apply, checked up front. */
   private checkConnect(_client: Client, packet: ConnectPacket, done: (err: Error | null, ok: boolean) => void): void {
     const will = packet.will;
     if (will) {
-      const verdict = classifyLocalPublish(will.topic, will.payload, this.maxPayloadBytes);
+      const verdict = classifyLocalPublish(will.topic, will.payload, this.maxPayloadBytes, this.maxJsonDepth);
       if (verdict.kind === 'refused') {
         this.log.warn({ clientId: packet.clientId, code: verdict.error.code, reason: verdict.error.message }, 'local client refused: its will breaks the topic rules');
         done(verdict.error, false);
@@ -275,7 +320,7 @@ export class LocalBroker {
       done(new LocalBrokerError('LOCAL_BROKER_STOPPING', 'the local broker is stopping'));
       return;
     }
-    const verdict = classifyLocalPublish(packet.topic, packet.payload, this.maxPayloadBytes);
+    const verdict = classifyLocalPublish(packet.topic, packet.payload, this.maxPayloadBytes, this.maxJsonDepth);
     if (verdict.kind === 'refused') {
       this.refuse(clientId, packet.topic, verdict.error);
       done(verdict.error);
@@ -317,11 +362,71 @@ export class LocalBroker {
     void tracked.finally(() => this.pending.delete(tracked));
   }
 
+  private onOversize(socket: Socket, size: number): void {
+    this.oversizePackets++;
+    const what = size < 0 ? 'a packet with a malformed length' : `a packet of ${size} bytes`;
+    this.log.warn(
+      { remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, bytes: size, limit: this.maxPacketBytes },
+      `local broker: client disconnected: it announced ${what}, over limits.maxLocalPacketBytes (${this.maxPacketBytes})`,
+    );
+  }
+
   private refuse(clientId: string | null, topic: string, error: LocalBrokerError, outboxCode?: string): void {
     this.refused++;
     this.log.warn(
       { clientId, topic, code: error.code, ...(outboxCode ? { outboxCode } : {}), reason: error.message },
       'local publish refused: closing the client without an acknowledgement',
     );
+  }
+}
+
+/**
+ * A client's socket as aedes sees it: every byte passes the frame scanner first, and a packet over
+ * the limit ends the connection before aedes holds it. Backpressure is kept: the socket is paused
+ * while aedes has not read what it was given.
+ */
+class BoundedSocket extends Duplex {
+  private readonly scanner: MqttFrameScanner;
+
+  constructor(
+    private readonly socket: Socket,
+    maxPacketBytes: number,
+    onOversize: (size: number) => void,
+  ) {
+    super({ allowHalfOpen: false });
+    this.scanner = new MqttFrameScanner(maxPacketBytes);
+    socket.on('data', (chunk: Buffer) => {
+      const over = this.scanner.feed(chunk);
+      if (over !== undefined) {
+        onOversize(over);
+        socket.destroy();
+        return;
+      }
+      if (!this.push(chunk)) socket.pause();
+    });
+    socket.on('end', () => this.push(null));
+    socket.on('close', () => this.destroy());
+    socket.on('error', (err) => this.destroy(err));
+  }
+
+  override _read(): void {
+    this.socket.resume();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    if (this.socket.destroyed) {
+      done();
+      return;
+    }
+    this.socket.write(chunk, (err) => done(err ?? null));
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    this.socket.end(() => done());
+  }
+
+  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
+    this.socket.destroy();
+    done(err);
   }
 }

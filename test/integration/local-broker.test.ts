@@ -87,7 +87,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     expect(puback!.at - sentAt).toBeGreaterThanOrEqual(250);
     expect(resolved!.at - called!.at).toBeGreaterThanOrEqual(250);
     expect(ingested).toEqual([{ stream: 'temp.kitchen', payload: { c: 21.5 } }]);
-    expect(broker.stats()).toEqual({ clients: 1, accepted: 1, refused: 0 });
+    expect(broker.stats()).toEqual({ clients: 1, accepted: 1, refused: 0, oversizePackets: 0, connectionsRefused: 0 });
   });
 
   it('does not acknowledge when ingest rejects: the client is disconnected and re-sends after reconnecting', async () => {
