@@ -492,7 +492,34 @@ export class Agent {
       lastReportError: this.reporter?.lastError ?? null,
       current: this.currentState(),
       mode: stored?.source === 'local' || !this.deps.config.cloud.apiUrl ? 'local' : 'cloud',
+      database: this.deps.store.databaseHealth(),
     };
+  }
+
+  /** A database found corrupt at this start is reported to the cloud with what was salvaged. */
+  private reportQuarantine(): void {
+    const q = this.deps.store.quarantine;
+    if (!q) return;
+    const tables = Object.fromEntries(Object.entries(q.tables).map(([name, t]) => [name, { recovered: t.recovered, lost: t.lost }]));
+    this.event('database-quarantined', {
+      quarantinedTo: q.quarantinedTo,
+      at: q.at,
+      reason: q.reason,
+      recovered: q.recovered,
+      lost: q.lost,
+      unknownLoss: q.unknownLoss,
+      salvageError: q.salvageError,
+      tables,
+    });
+  }
+
+  /** The full integrity check runs once the API is up; damage it finds is reported at once. */
+  private checkDatabase(): void {
+    const { store } = this.deps;
+    store.startIntegrityCheck();
+    void store.integrityResult().then((r) => {
+      if (r.state === 'failed' && !this.stopped) this.event('database-corrupt', { detail: r.detail, salvageAtNextStart: true });
+    });
   }
 
   async start(): Promise<void> {
@@ -501,6 +528,7 @@ export class Agent {
     this.degradation.start(signal);
     this.reconciler.on('changed', () => this.reporter?.markDirty());
     this.requeueShadowReport();
+    this.reportQuarantine();
     this.loops.start('reconciler', (s) => this.reconciler.run(s));
     for (const f of this.flushers) this.loops.start(`flush-${f.stats().sink}`, (s) => f.run(s));
     if (this.mqtt) this.loops.start('mqtt', (s) => this.mqtt!.start(s));
@@ -525,6 +553,7 @@ export class Agent {
       targetVersion: () => this.targets.current()?.version ?? null,
       loops: () => this.loops.status(),
       degraded: () => this.degradation.mode() === 'degraded',
+      database: () => this.deps.store.databaseHealth(),
       jobs: () => this.jobs?.counts() ?? null,
       shadow: () => {
         const d = this.shadow?.get();
@@ -566,6 +595,7 @@ export class Agent {
       },
     });
     this.apiUrl = this.api.url;
+    this.checkDatabase();
     if (this.localBroker) {
       const { port } = await this.localBroker.start();
       logger.info({ host: config.localBroker.host, port }, 'local MQTT broker listening for local apps');

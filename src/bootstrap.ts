@@ -43,6 +43,8 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
     clock: systemClock,
     synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
     checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
+    // The full check reads every page: it runs once the agent is up (Agent.start), so a start stays short.
+    integrityCheck: 'background',
   });
   const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now());
   if (resolved.source === 'none') {

@@ -3,7 +3,9 @@ import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/logger.js';
 import { WalCheckpointer, type CheckpointerStats } from './checkpointer.js';
 import { markClosedCleanly, openDatabase } from './database.js';
+import { BackgroundIntegrityCheck, type IntegrityStatus } from './integrity.js';
 import type { Migration } from './migrations.js';
+import { QUARANTINE_KV_KEY, readPendingSalvage, writePendingSalvage, type QuarantineReport } from './quarantine.js';
 
 export interface StoredTarget {
   etag: string | null;
@@ -26,24 +28,41 @@ export interface OutageRecord {
  * The agent's SQLite database and the small typed accessors the core needs. Larger parts (the
  * outbox, MQTT's in-flight store) take `db` and own their own tables and statements.
  */
+/** `GET /v2/state`'s `database`: the last quarantine, the integrity check of this run, a salvage due. */
+export interface DatabaseHealth {
+  quarantine: QuarantineReport | null;
+  /** The quarantine happened at this start (not an earlier one). */
+  quarantinedThisStart: boolean;
+  integrity: IntegrityStatus;
+  /** Set when damage was found while running: the next start quarantines and salvages. */
+  salvagePending: string | null;
+}
+
 export class Store {
-  readonly quarantinedTo: string | undefined;
-  /** The integrity check ran at open (false: trusted after a clean close, see `markClosedCleanly`). */
+  /** Set when this start found the database corrupt: where it went and what was salvaged. */
+  readonly quarantine: QuarantineReport | undefined;
+  /** The file needed an integrity check (false: trusted after a clean close, see `markClosedCleanly`). */
   readonly integrityChecked: boolean;
   private closed = false;
   private readonly checkpointer: WalCheckpointer | undefined;
+  private background: BackgroundIntegrityCheck | undefined;
+  private deferredCheck: { logger: Logger } | undefined;
 
   private constructor(
     readonly db: Database,
     readonly path: string,
     private readonly clock: Pick<Clock, 'now'>,
-    quarantinedTo: string | undefined,
+    quarantine: QuarantineReport | undefined,
     checkpointer: WalCheckpointer | undefined,
     integrityChecked: boolean,
   ) {
-    this.quarantinedTo = quarantinedTo;
+    this.quarantine = quarantine;
     this.integrityChecked = integrityChecked;
     this.checkpointer = checkpointer;
+  }
+
+  get quarantinedTo(): string | undefined {
+    return this.quarantine?.quarantinedTo;
   }
 
   /**
@@ -58,10 +77,55 @@ export class Store {
     synchronous?: 'full' | 'normal';
     checkpoint?: 'background' | 'inline';
     migrations?: readonly Migration[];
+    /** `background`: a fast check at open, the full one in a child process after (see integrity.ts). */
+    integrityCheck?: 'background' | 'inline';
   }): Store {
-    const { db, quarantinedTo, checked } = openDatabase(opts);
+    const background = opts.integrityCheck === 'background';
+    const { db, quarantine, checked } = openDatabase({ ...opts, integrityCheck: background ? 'deferred' : 'inline' });
     const checkpointer = opts.checkpoint === 'background' ? new WalCheckpointer(db, { path: opts.path, logger: opts.logger }) : undefined;
-    return new Store(db, opts.path, opts.clock, quarantinedTo, checkpointer, checked);
+    const store = new Store(db, opts.path, opts.clock, quarantine, checkpointer, checked);
+    if (background && checked && !quarantine) store.deferredCheck = { logger: opts.logger };
+    return store;
+  }
+
+  /**
+   * Starts the full integrity check deferred at open (`integrityCheck: 'background'`), once the agent
+   * is up. Damage it finds leaves the salvage marker, so the next start quarantines and salvages.
+   */
+  startIntegrityCheck(): void {
+    if (!this.deferredCheck || this.background || this.closed) return;
+    this.background = new BackgroundIntegrityCheck({
+      path: this.path,
+      logger: this.deferredCheck.logger,
+      clock: this.clock,
+      onCorrupt: (detail) => writePendingSalvage(this.path, { reason: `integrity check: ${detail}`, at: new Date(this.clock.now()).toISOString() }),
+    });
+  }
+
+  /** Resolves once the background integrity check has a result (at once when none runs). */
+  integrityResult(): Promise<IntegrityStatus> {
+    return this.background?.done ?? Promise.resolve(this.integrityStatus());
+  }
+
+  integrityStatus(): IntegrityStatus {
+    if (this.background) return this.background.current;
+    const state = this.deferredCheck ? 'pending' : this.integrityChecked ? 'ok' : 'skipped';
+    return { state, startedAt: null, finishedAt: null, ms: null, detail: this.quarantine ? 'quarantined at this start' : null };
+  }
+
+  databaseHealth(): DatabaseHealth {
+    let kept: QuarantineReport | null = null;
+    try {
+      kept = this.quarantine ?? this.getKv<QuarantineReport>(QUARANTINE_KV_KEY) ?? null;
+    } catch {
+      kept = null;
+    }
+    return {
+      quarantine: kept,
+      quarantinedThisStart: this.quarantine !== undefined,
+      integrity: this.integrityStatus(),
+      salvagePending: readPendingSalvage(this.path)?.reason ?? null,
+    };
   }
 
   /** WAL pages a checkpoint is due at: what the WAL grows to in normal operation. */
@@ -107,6 +171,7 @@ export class Store {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.background?.stop();
     this.checkpointer?.close();
     // Fold the WAL back into the main file so a copied or backed-up database is whole.
     let folded = false;
@@ -116,7 +181,8 @@ export class Store {
     } finally {
       this.db.close();
     }
-    // Only a file that is whole and closed may vouch for itself at the next open.
-    if (folded) markClosedCleanly(this.path);
+    // Only a file that is whole, closed, and not left unchecked after a crash may vouch for itself.
+    const unverified = this.deferredCheck !== undefined && this.background?.current.state !== 'ok';
+    if (folded && !unverified) markClosedCleanly(this.path);
   }
 }
