@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +17,7 @@ import { benchArgs, cell, jsonLine, machine, median, table, target } from './rep
  * little so the WAL is live, kill -9. Baseline: the same start on an empty database, in the same run.
  */
 
-const USAGE = 'usage: node dist/bench/restart.js [--messages N] [--runs R] [--json]';
+const USAGE = 'usage: node dist/bench/restart.js [--messages N] [--runs R] [--cold 0|1] [--json]\n  --cold 1: drop the database from the page cache before each start (as after a power cut)';
 const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
 
 function fill(path: string, rows: number): void {
@@ -54,8 +54,18 @@ async function healthyAt(url: string, child: ChildProcess, deadline: number): Pr
   }
 }
 
-/** One start: ms from spawn to /v1/healthy; then a little traffic and kill -9. */
-async function startOnce(dataDir: string, port: number): Promise<number> {
+/** Asks the kernel to drop the file's cached pages (GNU dd's documented idiom for that). */
+function dropCache(file: string): void {
+  try {
+    execFileSync('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
+  } catch {
+    // No such file (no WAL) or no GNU dd: the start is measured warm.
+  }
+}
+
+/** One start: ms from spawn to /v1/healthy, then kill -9. */
+async function startOnce(dataDir: string, port: number, cold: boolean): Promise<number> {
+  if (cold) for (const s of ['', '-wal']) dropCache(join(dataDir, `agent.db${s}`));
   const configFile = join(dataDir, 'config.json');
   writeFileSync(configFile, JSON.stringify({ api: { port }, logging: { level: 'warn', format: 'json' }, features: { metrics: false } }));
   const t0 = performance.now();
@@ -71,7 +81,7 @@ async function startOnce(dataDir: string, port: number): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const a = benchArgs(process.argv.slice(2), USAGE, { messages: { default: 1_000_000, min: 0 }, runs: { default: 3, min: 1, max: 50 }, port: { default: 48_999, min: 1024, max: 65535 } });
+  const a = benchArgs(process.argv.slice(2), USAGE, { messages: { default: 1_000_000, min: 0 }, runs: { default: 3, min: 1, max: 50 }, cold: { default: 0, min: 0, max: 1 }, port: { default: 48_999, min: 1024, max: 65535 } });
   const log = a.json ? (s: string) => console.error(s) : (s: string) => console.log(s);
   const root = mkdtempSync(join(tmpdir(), 'bench-restart-'));
   try {
@@ -83,11 +93,11 @@ async function main(): Promise<void> {
     log(`filled ${a.messages} messages in ${Math.round(performance.now() - t0)} ms; file ${cell(statSync(join(full, 'agent.db')).size / 1_048_576, 0)} MiB`);
     const times: Record<'empty' | 'full', number[]> = { empty: [], full: [] };
     // A first start with no clean marker and a kill -9, so every timed start follows a kill -9.
-    await startOnce(empty, a.port);
-    await startOnce(full, a.port);
+    await startOnce(empty, a.port, false);
+    await startOnce(full, a.port, false);
     for (let i = 0; i < a.runs; i++) {
-      times.empty.push(await startOnce(empty, a.port));
-      times.full.push(await startOnce(full, a.port));
+      times.empty.push(await startOnce(empty, a.port, a.cold === 1));
+      times.full.push(await startOnce(full, a.port, a.cold === 1));
       log(`run ${i + 1}: empty ${Math.round(times.empty.at(-1)!)} ms, ${a.messages} queued ${Math.round(times.full.at(-1)!)} ms`);
     }
     const range = (xs: number[]): string => `${Math.round(Math.min(...xs))}-${Math.round(Math.max(...xs))} ms`;
@@ -97,8 +107,8 @@ async function main(): Promise<void> {
       table(
         ['case', 'median ms', 'range'],
         [
-          ['kill -9, restart to /v1/healthy, empty queue', cell(mEmpty), range(times.empty)],
-          [`kill -9, restart to /v1/healthy, ${cell(a.messages)} queued`, cell(mFull), range(times.full)],
+          [`kill -9, restart to /v1/healthy, empty queue${a.cold ? ' (cold cache)' : ''}`, cell(mEmpty), range(times.empty)],
+          [`kill -9, restart to /v1/healthy, ${cell(a.messages)} queued${a.cold ? ' (cold cache)' : ''}`, cell(mFull), range(times.full)],
         ],
       ),
     );
@@ -108,7 +118,7 @@ async function main(): Promise<void> {
         jsonLine({
           benchmark: 'restart',
           machine: machine(),
-          config: { messages: a.messages, runs: a.runs, store: defaultConfig().store },
+          config: { messages: a.messages, runs: a.runs, cold: a.cold === 1, store: defaultConfig().store },
           results: [
             { name: 'restart_empty_ms', value: mEmpty, unit: 'ms' },
             { name: 'restart_backlog_ms', value: mFull, unit: 'ms' },

@@ -103,6 +103,7 @@ export class Agent {
   private readonly shadowPoller: ShadowDesiredPoller | undefined;
   private readonly jobPoller: JobPoller | undefined;
   private stopped = false;
+  private salvageNeeded: (() => void) | undefined;
 
   constructor(private readonly deps: AgentDeps) {
     const { config, store, logger } = deps;
@@ -518,8 +519,18 @@ export class Agent {
     const { store } = this.deps;
     store.startIntegrityCheck();
     void store.integrityResult().then((r) => {
-      if (r.state === 'failed' && !this.stopped) this.event('database-corrupt', { detail: r.detail, salvageAtNextStart: true });
+      if (r.state !== 'failed' || this.stopped) return;
+      this.event('database-corrupt', { detail: r.detail, salvageAtNextStart: true });
+      this.salvageNeeded?.();
     });
+  }
+
+  /**
+   * Called once when the background integrity check finds the database damaged: the process that
+   * runs the agent restarts it (`run` does, in-process), and that start salvages the database.
+   */
+  onSalvageNeeded(handler: () => void): void {
+    this.salvageNeeded = handler;
   }
 
   async start(): Promise<void> {
