@@ -171,7 +171,12 @@ function recover(
   rmSync(path + CLEAN_SUFFIX, { force: true });
   const when = quarantinedTo && at ? at : new Date(opts.clock.now()).toISOString();
   const moved = quarantinedTo ?? moveAside(path, opts.clock.now());
-  writePendingSalvage(path, { reason, at: when, quarantinedTo: moved });
+  try {
+    writePendingSalvage(path, { reason, at: when, quarantinedTo: moved });
+  } catch (err) {
+    // Without the marker a crash during the salvage loses it (the copy stays on disk); the start goes on.
+    opts.logger.warn({ err: errorMessage(err) }, `could not write the salvage marker: ${errorMessage(err)}`);
+  }
   const { db, report } = salvageQuarantined(
     path,
     { reason, at: when, quarantinedTo: moved },

@@ -40,11 +40,13 @@ export interface IntegrityStatus {
   detail: string | null;
 }
 
-const CHILD_SOURCE = `
-const Database = require(process.env.IOTISTIC_SQLITE);
+/** The check itself, on a thread of the child, so the child's main thread stays free to watch its parent. */
+const CHECK_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const Database = require(workerData.sqlite);
 let out;
 try {
-  const db = new Database(process.env.IOTISTIC_DB, { readonly: true, fileMustExist: true });
+  const db = new Database(workerData.db, { readonly: true, fileMustExist: true });
   db.pragma('busy_timeout = 5000');
   const rows = db.pragma('quick_check(20)').map((r) => r.quick_check);
   db.close();
@@ -53,7 +55,21 @@ try {
   const code = String(err && err.code || '');
   out = { ok: false, corrupt: code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB', detail: String(err && err.message || err) };
 }
-process.stdout.write(JSON.stringify(out));
+parentPort.postMessage(out);
+`;
+
+/**
+ * The child: runs the check and prints the verdict as JSON. An agent killed with SIGKILL cannot stop
+ * it, so it watches its parent and kills itself when orphaned rather than read the whole file for nobody.
+ */
+const CHILD_SOURCE = `
+const { Worker } = require('node:worker_threads');
+const parent = process.ppid;
+const done = (out) => process.stdout.write(JSON.stringify(out), () => process.exit(0));
+const w = new Worker(${JSON.stringify(CHECK_SOURCE)}, { eval: true, workerData: { db: process.env.IOTISTIC_DB, sqlite: process.env.IOTISTIC_SQLITE } });
+w.on('message', done);
+w.on('error', (err) => done({ ok: false, corrupt: false, detail: String(err && err.message || err) }));
+setInterval(() => { if (process.ppid !== parent) process.kill(process.pid, 'SIGKILL'); }, 250);
 `;
 
 export interface BackgroundCheckOptions {

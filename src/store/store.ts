@@ -1,5 +1,6 @@
 import type { Database } from 'better-sqlite3';
 import type { Clock } from '../util/clock.js';
+import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { WalCheckpointer, type CheckpointerStats } from './checkpointer.js';
 import { markClosedCleanly, openDatabase } from './database.js';
@@ -94,11 +95,18 @@ export class Store {
    */
   startIntegrityCheck(): void {
     if (!this.deferredCheck || this.background || this.closed) return;
+    const { logger } = this.deferredCheck;
     this.background = new BackgroundIntegrityCheck({
       path: this.path,
-      logger: this.deferredCheck.logger,
+      logger,
       clock: this.clock,
-      onCorrupt: (detail) => writePendingSalvage(this.path, { reason: `integrity check: ${detail}`, at: new Date(this.clock.now()).toISOString() }),
+      onCorrupt: (detail) => {
+        try {
+          writePendingSalvage(this.path, { reason: `integrity check: ${detail}`, at: new Date(this.clock.now()).toISOString() });
+        } catch (err) {
+          logger.error({ err: errorMessage(err) }, `could not leave the salvage marker (${errorMessage(err)}): the damage is found again at the next start`);
+        }
+      },
     });
   }
 
