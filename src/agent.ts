@@ -32,6 +32,7 @@ import { DegradationController } from './resilience/degradation.js';
 import { SqliteOutageLog } from './resilience/outage-log.js';
 import { ConnectivityProbe, probeTargetsFromUrls } from './resilience/probe.js';
 import { Wakeup } from './resilience/wakeup.js';
+import { isCorruptionError } from './store/integrity.js';
 import type { Store } from './store/store.js';
 import { systemClock, type Clock } from './util/clock.js';
 import { IdGenerator } from './util/ids.js';
@@ -113,7 +114,8 @@ export class Agent {
     const offline = config.settings.offline;
     this.uuid = deviceUuid(config, store);
     this.localKey = ensureLocalKey(config.dataDir, config.api.localApiKey);
-    this.loops = new LoopRunner({ logger, clock });
+    // A loop that fails on a damaged page makes the store check the whole file.
+    this.loops = new LoopRunner({ logger, clock, onFailure: (_name, err) => isCorruptionError(err) && store.suspectCorruption(errorMessage(err)) });
     const ids = new IdGenerator(() => clock.now());
     this.monitor = new ConnectionMonitor({
       clock,
@@ -517,12 +519,12 @@ export class Agent {
   /** The full integrity check runs once the API is up; damage it finds is reported at once. */
   private checkDatabase(): void {
     const { store } = this.deps;
-    store.startIntegrityCheck();
-    void store.integrityResult().then((r) => {
-      if (r.state !== 'failed' || this.stopped) return;
+    store.onIntegrityFailure((r) => {
+      if (this.stopped) return;
       this.event('database-corrupt', { detail: r.detail, salvageAtNextStart: true });
       this.salvageNeeded?.();
     });
+    store.startIntegrityCheck();
   }
 
   /**

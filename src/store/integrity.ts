@@ -28,6 +28,12 @@ export function fastCheck(db: Database): void {
   }
 }
 
+/** Errors from SQLite that mean the file is damaged (not a full disk, a lock or a permission problem). */
+export function isCorruptionError(err: unknown): boolean {
+  const code = String((err as { code?: unknown } | null)?.code ?? '');
+  return code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB';
+}
+
 export type IntegrityState = 'skipped' | 'pending' | 'running' | 'ok' | 'failed' | 'error';
 
 export interface IntegrityStatus {

@@ -47,7 +47,10 @@ export class Store {
   private closed = false;
   private readonly checkpointer: WalCheckpointer | undefined;
   private background: BackgroundIntegrityCheck | undefined;
-  private deferredCheck: { logger: Logger } | undefined;
+  /** The full check was deferred at open and is still owed. */
+  private checkOwed = false;
+  private logger: Logger | undefined;
+  private integrityFailed: ((status: IntegrityStatus) => void) | undefined;
 
   private constructor(
     readonly db: Database,
@@ -85,7 +88,8 @@ export class Store {
     const { db, quarantine, checked } = openDatabase({ ...opts, integrityCheck: background ? 'deferred' : 'inline' });
     const checkpointer = opts.checkpoint === 'background' ? new WalCheckpointer(db, { path: opts.path, logger: opts.logger }) : undefined;
     const store = new Store(db, opts.path, opts.clock, quarantine, checkpointer, checked);
-    if (background && checked && !quarantine) store.deferredCheck = { logger: opts.logger };
+    store.logger = opts.logger;
+    store.checkOwed = background && checked && !quarantine;
     return store;
   }
 
@@ -94,9 +98,28 @@ export class Store {
    * is up. Damage it finds leaves the salvage marker, so the next start quarantines and salvages.
    */
   startIntegrityCheck(): void {
-    if (!this.deferredCheck || this.background || this.closed) return;
-    const { logger } = this.deferredCheck;
-    this.background = new BackgroundIntegrityCheck({
+    if (this.checkOwed && !this.background) this.runCheck();
+  }
+
+  /**
+   * A read failed with SQLITE_CORRUPT in use: checks the whole file in the background (also when the
+   * last clean close vouched for it, as silent media decay changes neither size nor mtime).
+   */
+  suspectCorruption(why: string): void {
+    const state = this.background?.current.state;
+    if (this.closed || state === 'running' || state === 'failed') return;
+    this.logger?.warn({ file: this.path, why }, `database error in use (${why}): checking the database`);
+    this.runCheck();
+  }
+
+  /** Called when a background check finds damage (the salvage marker is then on disk). */
+  onIntegrityFailure(handler: (status: IntegrityStatus) => void): void {
+    this.integrityFailed = handler;
+  }
+
+  private runCheck(): void {
+    const logger = this.logger!;
+    const check: BackgroundIntegrityCheck = new BackgroundIntegrityCheck({
       path: this.path,
       logger,
       clock: this.clock,
@@ -106,8 +129,10 @@ export class Store {
         } catch (err) {
           logger.error({ err: errorMessage(err) }, `could not leave the salvage marker (${errorMessage(err)}): the damage is found again at the next start`);
         }
+        if (!this.closed) this.integrityFailed?.(check.current);
       },
     });
+    this.background = check;
   }
 
   /** Resolves once the background integrity check has a result (at once when none runs). */
@@ -117,7 +142,7 @@ export class Store {
 
   integrityStatus(): IntegrityStatus {
     if (this.background) return this.background.current;
-    const state = this.deferredCheck ? 'pending' : this.integrityChecked ? 'ok' : 'skipped';
+    const state = this.checkOwed ? 'pending' : this.integrityChecked ? 'ok' : 'skipped';
     return { state, startedAt: null, finishedAt: null, ms: null, detail: this.quarantine ? 'quarantined at this start' : null };
   }
 
@@ -190,7 +215,7 @@ export class Store {
       this.db.close();
     }
     // Only a file that is whole, closed, and not left unchecked after a crash may vouch for itself.
-    const unverified = this.deferredCheck !== undefined && this.background?.current.state !== 'ok';
+    const unverified = (this.checkOwed || this.background !== undefined) && this.background?.current.state !== 'ok';
     if (folded && !unverified) markClosedCleanly(this.path);
   }
 }

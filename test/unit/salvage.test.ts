@@ -249,4 +249,27 @@ describe('salvage of a corrupt database', () => {
     store.close();
     expect(existsSync(`${path}.clean`)).toBe(true);
   });
+
+  it('damage a clean close vouched for (size and mtime unchanged): an error in use starts the check', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    populate(path);
+    overwritePages(path, leafPages(path, 'outbox').slice(30, 32));
+    // Decay the marker cannot see: it still matches the file (its size and mtime). (The read-only
+    // look at the pages left an empty WAL behind.)
+    for (const suffix of ['-wal', '-shm']) rmSync(path + suffix, { force: true });
+    const st = statSync(path);
+    writeFileSync(`${path}.clean`, `${st.size}:${st.mtimeMs}`);
+    const store = Store.open({ path, logger: silentLogger(), clock, integrityCheck: 'background' });
+    expect(store.integrityStatus().state).toBe('skipped');
+    store.startIntegrityCheck(); // nothing owed: the clean close vouched for the file
+    expect(store.integrityStatus().state).toBe('skipped');
+    const failures: string[] = [];
+    store.onIntegrityFailure((r) => failures.push(r.state));
+    store.suspectCorruption('database disk image is malformed');
+    expect((await store.integrityResult()).state).toBe('failed');
+    expect(failures).toEqual(['failed']);
+    expect(existsSync(pendingMarkerPath(path))).toBe(true);
+    store.close();
+    expect(existsSync(`${path}.clean`)).toBe(false);
+  });
 });
