@@ -33,6 +33,7 @@ import { SqliteOutageLog } from './resilience/outage-log.js';
 import { ConnectivityProbe, probeTargetsFromUrls } from './resilience/probe.js';
 import { Wakeup } from './resilience/wakeup.js';
 import { isCorruptionError } from './store/integrity.js';
+import { quarantineEvent } from './store/quarantine.js';
 import type { Store } from './store/store.js';
 import { systemClock, type Clock } from './util/clock.js';
 import { IdGenerator } from './util/ids.js';
@@ -499,38 +500,21 @@ export class Agent {
     };
   }
 
-  /** A database found corrupt at this start is reported to the cloud with what was salvaged. */
-  private reportQuarantine(): void {
-    const q = this.deps.store.quarantine;
-    if (!q) return;
-    const tables = Object.fromEntries(Object.entries(q.tables).map(([name, t]) => [name, { recovered: t.recovered, lost: t.lost }]));
-    this.event('database-quarantined', {
-      quarantinedTo: q.quarantinedTo,
-      at: q.at,
-      reason: q.reason,
-      recovered: q.recovered,
-      lost: q.lost,
-      unknownLoss: q.unknownLoss,
-      salvageError: q.salvageError,
-      tables,
-    });
-  }
-
-  /** The full integrity check runs once the API is up; damage it finds is reported at once. */
-  private checkDatabase(): void {
+  /**
+   * A database quarantined at this start is reported with what was salvaged. Damage the background
+   * check finds later is reported too, and `onSalvageNeeded`'s handler (`run`: an in-process restart)
+   * makes the start that salvages it.
+   */
+  private watchDatabase(): void {
     const { store } = this.deps;
+    if (store.quarantine) this.event('database-quarantined', quarantineEvent(store.quarantine));
     store.onIntegrityFailure((r) => {
       if (this.stopped) return;
       this.event('database-corrupt', { detail: r.detail, salvageAtNextStart: true });
       this.salvageNeeded?.();
     });
-    store.startIntegrityCheck();
   }
 
-  /**
-   * Called once when the background integrity check finds the database damaged: the process that
-   * runs the agent restarts it (`run` does, in-process), and that start salvages the database.
-   */
   onSalvageNeeded(handler: () => void): void {
     this.salvageNeeded = handler;
   }
@@ -541,7 +525,7 @@ export class Agent {
     this.degradation.start(signal);
     this.reconciler.on('changed', () => this.reporter?.markDirty());
     this.requeueShadowReport();
-    this.reportQuarantine();
+    this.watchDatabase();
     this.loops.start('reconciler', (s) => this.reconciler.run(s));
     for (const f of this.flushers) this.loops.start(`flush-${f.stats().sink}`, (s) => f.run(s));
     if (this.mqtt) this.loops.start('mqtt', (s) => this.mqtt!.start(s));
@@ -608,7 +592,8 @@ export class Agent {
       },
     });
     this.apiUrl = this.api.url;
-    this.checkDatabase();
+    // The full check reads every page: it starts once the API is up, so the start stays short.
+    this.deps.store.startIntegrityCheck();
     if (this.localBroker) {
       const { port } = await this.localBroker.start();
       logger.info({ host: config.localBroker.host, port }, 'local MQTT broker listening for local apps');

@@ -32,6 +32,13 @@ export interface QuarantineReport {
   salvageMs: number;
 }
 
+/** The `database-quarantined` event's fields (JSON). */
+export function quarantineEvent(q: QuarantineReport): Record<string, unknown> {
+  const tables = Object.fromEntries(Object.entries(q.tables).map(([name, t]) => [name, { recovered: t.recovered, lost: t.lost }]));
+  const { quarantinedTo, at, reason, recovered, lost, unknownLoss, salvageError } = q;
+  return { quarantinedTo, at, reason, recovered, lost, unknownLoss, salvageError, tables };
+}
+
 export interface PendingSalvage {
   reason: string;
   at: string;

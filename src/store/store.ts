@@ -25,10 +25,6 @@ export interface OutageRecord {
   cause: string;
 }
 
-/**
- * The agent's SQLite database and the small typed accessors the core needs. Larger parts (the
- * outbox, MQTT's in-flight store) take `db` and own their own tables and statements.
- */
 /** `GET /v2/state`'s `database`: the last quarantine, the integrity check of this run, a salvage due. */
 export interface DatabaseHealth {
   quarantine: QuarantineReport | null;
@@ -39,6 +35,10 @@ export interface DatabaseHealth {
   salvagePending: string | null;
 }
 
+/**
+ * The agent's SQLite database and the small typed accessors the core needs. Larger parts (the
+ * outbox, MQTT's in-flight store) take `db` and own their own tables and statements.
+ */
 export class Store {
   /** Set when this start found the database corrupt: where it went and what was salvaged. */
   readonly quarantine: QuarantineReport | undefined;
