@@ -3,6 +3,7 @@ import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, 
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { MIGRATIONS } from '../../src/store/migrations.js';
 import { KEEP_QUARANTINED, pendingMarkerPath, QUARANTINE_KV_KEY, type QuarantineReport } from '../../src/store/quarantine.js';
 import { Store } from '../../src/store/store.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
@@ -271,5 +272,21 @@ describe('salvage of a corrupt database', () => {
     expect(existsSync(pendingMarkerPath(path))).toBe(true);
     store.close();
     expect(existsSync(`${path}.clean`)).toBe(false);
+  });
+
+  it('a salvage that fails part-way (a write error) still starts, on an empty database, and says why', () => {
+    const path = join(dirs.make(), 'agent.db');
+    populate(path);
+    overwritePages(path, leafPages(path, 'outbox').slice(10, 12));
+    // Every write to kv fails with an error that is not a refused row (as a full disk would).
+    const failing = [...MIGRATIONS, { version: 999, name: 'kv writes fail', up: (db: BetterSqlite3.Database) => db.exec('CREATE TRIGGER kv_fails BEFORE INSERT ON kv BEGIN SELECT abs(-9223372036854775808); END') }];
+    const log = captureLogger();
+    rmSync(`${path}.clean`, { force: true });
+    const store = Store.open({ path, logger: log.logger, clock, migrations: failing });
+    expect(store.quarantine?.salvageError).toMatch(/salvage failed, started on an empty database: integer overflow/);
+    expect(queuedIds(store)).toEqual([]);
+    expect(existsSync(pendingMarkerPath(path))).toBe(false);
+    expect(log.records().some((r) => r.level === 50 && String(r.msg).includes('salvage failed'))).toBe(true);
+    store.close();
   });
 });
