@@ -32,6 +32,8 @@ import { ConnectionMonitor } from './resilience/connection-monitor.js';
 import { DegradationController } from './resilience/degradation.js';
 import { SqliteOutageLog } from './resilience/outage-log.js';
 import { ChannelProbes } from './resilience/channel-probes.js';
+import { isCorruptionError } from './store/integrity.js';
+import { quarantineEvent } from './store/quarantine.js';
 import type { Store } from './store/store.js';
 import { systemClock, type Clock } from './util/clock.js';
 import { IdGenerator } from './util/ids.js';
@@ -104,6 +106,7 @@ export class Agent {
   private readonly shadowPoller: ShadowDesiredPoller | undefined;
   private readonly jobPoller: JobPoller | undefined;
   private stopped = false;
+  private salvageNeeded: (() => void) | undefined;
 
   constructor(private readonly deps: AgentDeps) {
     const { config, store, logger } = deps;
@@ -113,7 +116,8 @@ export class Agent {
     const offline = config.settings.offline;
     this.uuid = config.device.uuid ?? deps.identity.uuid;
     this.localKey = config.api.localApiKey ?? deps.identity.localApiKey;
-    this.loops = new LoopRunner({ logger, clock });
+    // A loop that fails on a damaged page makes the store check the whole file.
+    this.loops = new LoopRunner({ logger, clock, onFailure: (_name, err) => isCorruptionError(err) && store.suspectCorruption(errorMessage(err)) });
     const ids = new IdGenerator(() => clock.now());
     this.monitor = new ConnectionMonitor({
       clock,
@@ -500,7 +504,27 @@ export class Agent {
       lastReportError: this.reporter?.lastError ?? null,
       current: this.currentState(),
       mode: stored?.source === 'local' || !this.deps.config.cloud.apiUrl ? 'local' : 'cloud',
+      database: this.deps.store.databaseHealth(),
     };
+  }
+
+  /**
+   * A database quarantined at this start is reported with what was salvaged. Damage the background
+   * check finds later is reported too, and `onSalvageNeeded`'s handler (`run`: an in-process restart)
+   * makes the start that salvages it.
+   */
+  private watchDatabase(): void {
+    const { store } = this.deps;
+    if (store.quarantine) this.event('database-quarantined', quarantineEvent(store.quarantine));
+    store.onIntegrityFailure((r) => {
+      if (this.stopped) return;
+      this.event('database-corrupt', { detail: r.detail, salvageAtNextStart: true });
+      this.salvageNeeded?.();
+    });
+  }
+
+  onSalvageNeeded(handler: () => void): void {
+    this.salvageNeeded = handler;
   }
 
   async start(): Promise<void> {
@@ -509,6 +533,7 @@ export class Agent {
     this.degradation.start(signal);
     this.reconciler.on('changed', () => this.reporter?.markDirty());
     this.requeueShadowReport();
+    this.watchDatabase();
     this.loops.start('reconciler', (s) => this.reconciler.run(s));
     for (const f of this.flushers) this.loops.start(`flush-${f.stats().sink}`, (s) => f.run(s));
     if (this.mqtt) this.loops.start('mqtt', (s) => this.mqtt!.start(s));
@@ -552,6 +577,7 @@ export class Agent {
       loops: () => this.loops.status(),
       degraded: () => this.degradation.mode() === 'degraded',
       configFallback: () => this.configStatus().fallback?.reason ?? null,
+      database: () => this.deps.store.databaseHealth(),
       jobs: () => this.jobs?.counts() ?? null,
       shadow: () => {
         const d = this.shadow?.get();
@@ -595,6 +621,8 @@ export class Agent {
       },
     });
     this.apiUrl = this.api.url;
+    // The full check reads every page: it starts once the API is up, so the start stays short.
+    this.deps.store.startIntegrityCheck();
     if (this.localBroker) {
       const { port } = await this.localBroker.start();
       logger.info({ host: config.localBroker.host, port }, 'local MQTT broker listening for local apps');

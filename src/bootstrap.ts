@@ -67,6 +67,8 @@ function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: Conf
       synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
       checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
       exclusive,
+      // The full check reads every page: it runs once the agent is up (Agent.start), so a start stays short.
+      integrityCheck: 'background',
     });
   disk.releaseIfFull();
   try {

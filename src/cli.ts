@@ -24,15 +24,33 @@ program
   .addOption(new Option('-c, --config <file>', 'JSON config file').env('IOTISTIC_CONFIG'))
   .option('-d, --data-dir <dir>', 'data directory (database, keys); overrides the config')
   .action(async (opts: { config?: string; dataDir?: string }) => {
-    let booted;
-    try {
-      booted = await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env });
-    } catch (err) {
-      process.stderr.write(`iotistic-agent: ${errorMessage(err)}\n`);
-      process.exit(err instanceof AgentError && err.code === 'CONFIG_INVALID' ? EXIT_CONFIG : 1);
-    }
-    const { agent, logger } = booted;
+    const boot = async (): Promise<Awaited<ReturnType<typeof bootAgent>>> => {
+      try {
+        return await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env });
+      } catch (err) {
+        process.stderr.write(`iotistic-agent: ${errorMessage(err)}\n`);
+        process.exit(err instanceof AgentError && err.code === 'CONFIG_INVALID' ? EXIT_CONFIG : 1);
+      }
+    };
+    let { agent, logger } = await boot();
     let stopping = false;
+    let restarting: Promise<void> | undefined;
+    // A database found damaged while running is salvaged by a fresh start, once per process.
+    const salvage = (): void => {
+      if (stopping || restarting) return;
+      logger.warn('restarting the agent to quarantine and salvage the damaged database');
+      restarting = agent
+        .stop()
+        .then(async () => {
+          if (stopping) return;
+          ({ agent, logger } = await boot());
+        })
+        .catch((err: unknown) => {
+          process.stderr.write(`iotistic-agent: restart to salvage the database failed: ${errorMessage(err)}\n`);
+          process.exit(1);
+        });
+    };
+    agent.onSalvageNeeded(salvage);
     const stop = (signal: string): void => {
       if (stopping) return;
       stopping = true;
@@ -43,8 +61,8 @@ program
         process.exit(1);
       }, 8_000);
       deadline.unref();
-      agent
-        .stop()
+      Promise.resolve(restarting)
+        .then(() => agent.stop())
         .then(() => logger.flush(() => process.exit(0)))
         .catch((err: unknown) => {
           process.stderr.write(`iotistic-agent: stop failed: ${errorMessage(err)}\n`);

@@ -22,6 +22,7 @@ interface StatusInput {
     target: { version: number | null; source: string; receivedAt: number } | null;
     lastRejection: { message: string } | null;
     lastPollError: string | null;
+    database?: DatabaseInput;
     current?: { status?: string; apps?: Record<string, { services: Record<string, { status: string; restarts?: number; lastError?: string }> }> };
   };
   loops: { name: string; state: string; restarts: number; lastError: string | null }[];
@@ -74,6 +75,40 @@ function configWarning(c: ConfigStatusInput | undefined): string[] {
     ...f.issues.map((i) => `    - ${formatIssue(i)}`),
     ...more,
   ];
+}
+
+interface DatabaseInput {
+  quarantine: {
+    quarantinedTo: string;
+    at: string;
+    reason: string;
+    recovered: number;
+    lost: number;
+    unknownLoss: string[];
+    salvageError: string | null;
+    tables: Record<string, { recovered: number; lost: number | null }>;
+  } | null;
+  quarantinedThisStart: boolean;
+  integrity: { state: string; detail: string | null; ms: number | null };
+  salvagePending: string | null;
+}
+
+/** The Database block: the integrity check, a pending salvage, and the last quarantine with its counts. */
+function databaseSection(d: DatabaseInput): string[] {
+  const check = d.integrity.state === 'ok' && d.integrity.ms !== null ? `ok (${(d.integrity.ms / 1000).toFixed(1)}s)` : d.integrity.state;
+  const rows: [string, string][] = [['integrity check', `${check}${d.integrity.detail && d.integrity.state !== 'ok' ? `  ${d.integrity.detail}` : ''}`]];
+  if (d.salvagePending) rows.push(['CORRUPT', `${d.salvagePending}; quarantined and salvaged at the next start`]);
+  const q = d.quarantine;
+  if (q) {
+    const lost = `${q.lost} lost${q.unknownLoss.length > 0 ? ` (+ unknown in ${q.unknownLoss.join(', ')})` : ''}`;
+    rows.push(['quarantined', `${q.at.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}${d.quarantinedThisStart ? ' (this start)' : ''}  ${q.reason}`]);
+    rows.push(['moved to', q.quarantinedTo]);
+    rows.push(['salvaged', q.salvageError ?? `${q.recovered} rows recovered, ${lost}`]);
+    for (const [name, t] of Object.entries(q.tables)) {
+      if (t.recovered > 0 || t.lost !== 0) rows.push([`  ${name}`, `${t.recovered} recovered, ${t.lost ?? 'unknown'} lost`]);
+    }
+  }
+  return ['', 'Database', table(rows)];
 }
 
 function when(ms: number | null | undefined): string {
@@ -158,6 +193,7 @@ export function renderStatus(s: StatusInput, key?: string): string {
       ['last poll error', s.state.lastPollError ?? '-'],
     ]),
   );
+  if (s.state.database) out.push(...databaseSection(s.state.database));
   const apps = s.state.current?.apps ?? {};
   const services = Object.entries(apps).flatMap(([app, a]) => Object.entries(a.services).map(([name, svc]): [string, string] => [
     `${app}/${name}`,

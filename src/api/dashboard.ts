@@ -27,6 +27,7 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
 <section><h2>Channels</h2><table id="chan"></table></section>
 <section><h2>Recent outages</h2><table id="out"></table></section>
 <section><h2>Target state</h2><table id="state"></table></section>
+<section><h2>Database</h2><table id="db"></table></section>
 <section><h2>Outbox</h2><table id="queue"></table></section>
 <section><h2>Jobs</h2><table id="jobs"></table></section>
 <section><h2>Shadow</h2><table id="shadow"></table></section>
@@ -55,6 +56,8 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
       rows('conn', [['status', esc(c.status)], ['uptime', dur(c.uptime)], ['offline since', ts(c.offlineSince)], ['last poll', ts(c.lastPollSuccess)], ['last report', ts(c.lastReportSuccess)], ['poll failures', c.pollFailures], ['report failures', c.reportFailures], ['degradation', esc((c.degradation && c.degradation.mode) || 'normal')]]);
       rows('chan', Object.keys(c.channels || {}).map(function(n){ var ch = c.channels[n]; return [n, esc(ch.status) + (ch.lastError ? '<br><small>' + esc(ch.lastError) + '</small>' : '')]; }).concat(c.mqtt ? [['mqtt session', (c.mqtt.connected ? 'connected' : 'not connected') + ', ' + c.mqtt.inflight + ' in flight, ' + c.mqtt.queued + ' waiting, ' + c.mqtt.reconnects + ' reconnects' + (c.mqtt.lastError ? '<br><small>' + esc(c.mqtt.lastError) + '</small>' : '')]] : []));
       rows('out', (c.outages || []).slice(0, 8).map(function(o){ return [ts(o.start), dur(o.durationMs) + ' — ' + esc(o.cause)]; }));
+      var d = s.database, q = d && d.quarantine;
+      if (d) rows('db', [['integrity check', esc(d.integrity.state) + (d.integrity.detail && d.integrity.state !== 'ok' ? '<br><small>' + esc(d.integrity.detail) + '</small>' : '')]].concat(d.salvagePending ? [['CORRUPT', esc(d.salvagePending) + '<br><small>quarantined and salvaged at the next start</small>']] : []).concat(q ? [['quarantined', esc(q.at) + ' — ' + esc(q.reason)], ['moved to', esc(q.quarantinedTo)], ['salvaged', q.salvageError ? esc(q.salvageError) : q.recovered + ' rows recovered, ' + q.lost + ' lost' + (q.unknownLoss.length ? ' (+ unknown in ' + esc(q.unknownLoss.join(', ')) + ')' : '')]] : []));
       var t = s.target;
       rows('state', [['config', esc(s.config ? s.config.source : '—')], ['version', t ? t.version : '—'], ['source', t ? esc(t.source) : '—'], ['received', t ? ts(t.receivedAt) : '—'], ['rejected', s.lastRejection ? esc(s.lastRejection.message) : '—'], ['apps', t ? '<pre>' + esc(JSON.stringify(t.document.apps, null, 1)) + '</pre>' : '—']]);
       var dd = q.dataDisk;

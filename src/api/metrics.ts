@@ -25,6 +25,12 @@ export interface MetricsSource {
   disk?(): { state: string; freeBytes: number | null } | null;
   /** null when the shadow is off. */
   shadow?(): { reportedVersion: number; desiredVersion: number | null; deltaKeys: number; conflicts: number } | null;
+  /** The last quarantine of a corrupt database (kept across restarts) and this run's integrity check. */
+  database?(): {
+    quarantine: { at: string; tables: Record<string, { recovered: number; lost: number | null }> } | null;
+    integrity: { state: string };
+    salvagePending: string | null;
+  };
 }
 
 const STATES = ['online', 'degraded', 'offline'] as const;
@@ -260,5 +266,40 @@ export function createMetrics(source: MetricsSource): Registry {
       if (sh) this.set(sh.conflicts);
     },
   });
+  databaseMetrics(registry, source);
   return registry;
+}
+
+function databaseMetrics(registry: Registry, source: MetricsSource): void {
+  new Gauge({
+    name: 'iotistic_database_quarantined_timestamp_seconds',
+    help: 'When a corrupt database was last moved aside and salvaged (0: never)',
+    registers: [registry],
+    collect() {
+      const q = source.database?.().quarantine;
+      this.set(q ? Date.parse(q.at) / 1000 || 0 : 0);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_database_salvaged_rows',
+    help: 'Rows of the last quarantined database, per table: recovered into the fresh one, or lost (-1: unknown)',
+    labelNames: ['table', 'outcome'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [table, t] of Object.entries(source.database?.().quarantine?.tables ?? {})) {
+        this.set({ table, outcome: 'recovered' }, t.recovered);
+        this.set({ table, outcome: 'lost' }, t.lost ?? -1);
+      }
+    },
+  });
+  new Gauge({
+    name: 'iotistic_database_corrupt',
+    help: '1 when the integrity check found the database damaged while running: it is salvaged at the next start',
+    registers: [registry],
+    collect() {
+      const d = source.database?.();
+      if (d) this.set(d.integrity.state === 'failed' || d.salvagePending !== null ? 1 : 0);
+    },
+  });
 }

@@ -1,10 +1,12 @@
 import BetterSqlite3, { type Database } from 'better-sqlite3';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Clock } from '../util/clock.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
+import { fastCheck } from './integrity.js';
 import { latestVersion, MIGRATIONS, type Migration } from './migrations.js';
+import { moveAside, readPendingSalvage, salvageQuarantined, SQLITE_FILES, writePendingSalvage, type QuarantineReport } from './quarantine.js';
 
 export interface OpenStoreOptions {
   path: string;
@@ -18,17 +20,21 @@ export interface OpenStoreOptions {
    * `-shm` file, which a full disk cannot take. Only one connection may then use the file.
    */
   exclusive?: boolean;
+  /**
+   * `inline` (the default here) runs `quick_check` at open, reading every page; `deferred` runs only
+   * a fast check at open and leaves the full one to the caller (`BackgroundIntegrityCheck`), so a
+   * start does not grow with the backlog.
+   */
+  integrityCheck?: 'inline' | 'deferred';
 }
 
 export interface OpenedDatabase {
   db: Database;
-  /** Where a corrupt file was moved, when one was found at start. */
-  quarantinedTo?: string;
-  /** The integrity check ran (false: the file was as the last clean close left it). */
+  /** Set when a corrupt file was found at start: where it went and what was salvaged from it. */
+  quarantine?: QuarantineReport;
+  /** The file was (or, deferred, is to be) checked: false when the last clean close vouched for it. */
   checked: boolean;
 }
-
-const SQLITE_FILES = ['', '-wal', '-shm'];
 
 /** Errors from SQLite that mean the file is not a usable database, as opposed to a full disk or a permission problem. */
 function isCorruption(err: unknown): boolean {
@@ -86,7 +92,7 @@ function closedCleanly(path: string): boolean {
   }
 }
 
-function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: readonly Migration[], trusted: boolean, exclusive = false): Database {
+function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: readonly Migration[], check: 'none' | 'fast' | 'full', exclusive = false): Database {
   const db = new BetterSqlite3(path);
   try {
     if (exclusive) db.pragma('locking_mode = EXCLUSIVE');
@@ -97,9 +103,10 @@ function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: 
     db.pragma('busy_timeout = 5000');
     // Bound the WAL so a long offline stretch does not grow it without limit.
     db.pragma('journal_size_limit = 67108864');
-    const check = trusted ? 'ok' : db.pragma('quick_check', { simple: true });
-    if (check !== 'ok') {
-      throw Object.assign(new Error(`integrity check failed: ${String(check)}`), { code: 'SQLITE_CORRUPT' });
+    if (check === 'fast') fastCheck(db);
+    const result = check === 'full' ? db.pragma('quick_check', { simple: true }) : 'ok';
+    if (result !== 'ok') {
+      throw Object.assign(new Error(`integrity check failed: ${String(result)}`), { code: 'SQLITE_CORRUPT' });
     }
     migrate(db, migrations);
     return db;
@@ -131,34 +138,64 @@ export function migrate(db: Database, migrations: readonly Migration[] = MIGRATI
 }
 
 /**
- * Opens the agent's database: WAL, durable pragmas, migrations, a quick integrity check. A file
- * that is not a database or fails the check is moved aside (all of its files, with a timestamp
- * suffix) and a fresh database takes its place, so the agent keeps running on what it can rebuild.
+ * Opens the agent's database: WAL, durable pragmas, migrations, an integrity check. A file that is
+ * not a database or fails the check is moved aside (all of its files, with a timestamp suffix), a
+ * fresh database takes its place and what can still be read is salvaged into it (see quarantine.ts),
+ * so the agent keeps running on what it kept and can rebuild.
  */
 export function openDatabase(opts: OpenStoreOptions): OpenedDatabase {
   const { path, logger } = opts;
   const synchronous = opts.synchronous ?? 'full';
   const migrations = opts.migrations ?? MIGRATIONS;
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const pending = readPendingSalvage(path);
+  if (pending) return { ...recover(opts, synchronous, migrations, pending.reason, pending.quarantinedTo, pending.at), checked: true };
   const trusted = closedCleanly(path);
   createPrivateFile(path);
   if (trusted) logger.debug({ file: path }, 'database closed cleanly last time and unchanged since: integrity check skipped');
+  const check = trusted ? 'none' : opts.integrityCheck === 'deferred' ? 'fast' : 'full';
   try {
-    return { db: openAndCheck(path, synchronous, migrations, trusted, opts.exclusive), checked: !trusted };
+    return { db: openAndCheck(path, synchronous, migrations, check, opts.exclusive), checked: !trusted };
   } catch (err) {
     if (!isCorruption(err)) {
       throw new AgentError('STORE_OPEN_FAILED', `cannot open the database ${path}: ${errorMessage(err)}`, { cause: err });
     }
-    const stamp = new Date(opts.clock.now()).toISOString().replace(/[:.]/g, '-');
-    const quarantinedTo = `${path}.corrupt-${stamp}`;
-    for (const suffix of SQLITE_FILES) {
-      if (existsSync(path + suffix)) renameSync(path + suffix, quarantinedTo + suffix);
-    }
-    logger.error(
-      { file: path, quarantinedTo, reason: errorMessage(err) },
-      `database ${path} is corrupt; moved it to ${quarantinedTo} and started a fresh one`,
-    );
-    createPrivateFile(path);
-    return { db: openAndCheck(path, synchronous, migrations, false, opts.exclusive), quarantinedTo, checked: true };
+    return { ...recover(opts, synchronous, migrations, errorMessage(err)), checked: true };
   }
+}
+
+/** Quarantines the database (unless an interrupted salvage already did) and salvages it into a fresh one. */
+function recover(
+  opts: OpenStoreOptions,
+  synchronous: 'full' | 'normal',
+  migrations: readonly Migration[],
+  reason: string,
+  quarantinedTo?: string,
+  at?: string,
+): { db: Database; quarantine: QuarantineReport } {
+  const { path } = opts;
+  rmSync(path + CLEAN_SUFFIX, { force: true });
+  const when = quarantinedTo && at ? at : new Date(opts.clock.now()).toISOString();
+  const moved = quarantinedTo ?? moveAside(path, opts.clock.now());
+  try {
+    writePendingSalvage(path, { reason, at: when, quarantinedTo: moved });
+  } catch (err) {
+    // Without the marker a crash during the salvage loses it (the copy stays on disk); the start goes on.
+    opts.logger.warn({ err: errorMessage(err) }, `could not write the salvage marker: ${errorMessage(err)}`);
+  }
+  const { db, report } = salvageQuarantined(
+    path,
+    { reason, at: when, quarantinedTo: moved },
+    {
+      openFresh: () => {
+        createPrivateFile(path);
+        return openAndCheck(path, synchronous, migrations, 'none', opts.exclusive);
+      },
+      removeFresh: () => {
+        for (const suffix of SQLITE_FILES) rmSync(path + suffix, { force: true });
+      },
+    },
+    opts.logger,
+  );
+  return { db, quarantine: report };
 }

@@ -1,9 +1,12 @@
 import type { Database } from 'better-sqlite3';
 import type { Clock } from '../util/clock.js';
+import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { WalCheckpointer, type CheckpointerStats } from './checkpointer.js';
 import { markClosedCleanly, openDatabase } from './database.js';
+import { BackgroundIntegrityCheck, type IntegrityStatus } from './integrity.js';
 import type { Migration } from './migrations.js';
+import { QUARANTINE_KV_KEY, readPendingSalvage, writePendingSalvage, type QuarantineReport } from './quarantine.js';
 
 export interface StoredTarget {
   etag: string | null;
@@ -22,28 +25,49 @@ export interface OutageRecord {
   cause: string;
 }
 
+/** `GET /v2/state`'s `database`: the last quarantine, the integrity check of this run, a salvage due. */
+export interface DatabaseHealth {
+  quarantine: QuarantineReport | null;
+  /** The quarantine happened at this start (not an earlier one). */
+  quarantinedThisStart: boolean;
+  integrity: IntegrityStatus;
+  /** Set when damage was found while running: the next start quarantines and salvages. */
+  salvagePending: string | null;
+}
+
 /**
  * The agent's SQLite database and the small typed accessors the core needs. Larger parts (the
  * outbox, MQTT's in-flight store) take `db` and own their own tables and statements.
  */
 export class Store {
-  readonly quarantinedTo: string | undefined;
-  /** The integrity check ran at open (false: trusted after a clean close, see `markClosedCleanly`). */
+  /** Set when this start found the database corrupt: where it went and what was salvaged. */
+  readonly quarantine: QuarantineReport | undefined;
+  /** The file needed an integrity check (false: trusted after a clean close, see `markClosedCleanly`). */
   readonly integrityChecked: boolean;
   private closed = false;
   private readonly checkpointer: WalCheckpointer | undefined;
+  private background: BackgroundIntegrityCheck | undefined;
+  /** The full check was deferred at open and is still owed. */
+  private checkOwed = false;
+  private exclusive = false;
+  private logger: Logger | undefined;
+  private integrityFailed: ((status: IntegrityStatus) => void) | undefined;
 
   private constructor(
     readonly db: Database,
     readonly path: string,
     private readonly clock: Pick<Clock, 'now'>,
-    quarantinedTo: string | undefined,
+    quarantine: QuarantineReport | undefined,
     checkpointer: WalCheckpointer | undefined,
     integrityChecked: boolean,
   ) {
-    this.quarantinedTo = quarantinedTo;
+    this.quarantine = quarantine;
     this.integrityChecked = integrityChecked;
     this.checkpointer = checkpointer;
+  }
+
+  get quarantinedTo(): string | undefined {
+    return this.quarantine?.quarantinedTo;
   }
 
   /**
@@ -60,10 +84,86 @@ export class Store {
     migrations?: readonly Migration[];
     /** See `OpenStoreOptions.exclusive`; checkpoints are then inline (the worker's connection could not share the file). */
     exclusive?: boolean;
+    /** `background`: a fast check at open, the full one in a child process after (see integrity.ts). */
+    integrityCheck?: 'background' | 'inline';
   }): Store {
-    const { db, quarantinedTo, checked } = openDatabase(opts);
+    const background = opts.integrityCheck === 'background';
+    const { db, quarantine, checked } = openDatabase({ ...opts, integrityCheck: background ? 'deferred' : 'inline' });
     const checkpointer = opts.checkpoint === 'background' && !opts.exclusive ? new WalCheckpointer(db, { path: opts.path, logger: opts.logger }) : undefined;
-    return new Store(db, opts.path, opts.clock, quarantinedTo, checkpointer, checked);
+    const store = new Store(db, opts.path, opts.clock, quarantine, checkpointer, checked);
+    store.logger = opts.logger;
+    store.checkOwed = background && checked && !quarantine;
+    // An exclusive open (full disk) admits no second connection: the check stays owed until the next start.
+    store.exclusive = opts.exclusive === true;
+    return store;
+  }
+
+  /**
+   * Starts the full integrity check deferred at open (`integrityCheck: 'background'`), once the agent
+   * is up. Damage it finds leaves the salvage marker, so the next start quarantines and salvages.
+   */
+  startIntegrityCheck(): void {
+    if (this.checkOwed && !this.background && !this.exclusive) this.runCheck();
+  }
+
+  /**
+   * A read failed with SQLITE_CORRUPT in use: checks the whole file in the background (also when the
+   * last clean close vouched for it, as silent media decay changes neither size nor mtime).
+   */
+  suspectCorruption(why: string): void {
+    const state = this.background?.current.state;
+    if (this.closed || this.exclusive || state === 'running' || state === 'failed') return;
+    this.logger?.warn({ file: this.path, why }, `database error in use (${why}): checking the database`);
+    this.runCheck();
+  }
+
+  /** Called when a background check finds damage (the salvage marker is then on disk). */
+  onIntegrityFailure(handler: (status: IntegrityStatus) => void): void {
+    this.integrityFailed = handler;
+  }
+
+  private runCheck(): void {
+    const logger = this.logger!;
+    const check: BackgroundIntegrityCheck = new BackgroundIntegrityCheck({
+      path: this.path,
+      logger,
+      clock: this.clock,
+      onCorrupt: (detail) => {
+        try {
+          writePendingSalvage(this.path, { reason: `integrity check: ${detail}`, at: new Date(this.clock.now()).toISOString() });
+        } catch (err) {
+          logger.error({ err: errorMessage(err) }, `could not leave the salvage marker (${errorMessage(err)}): the damage is found again at the next start`);
+        }
+        if (!this.closed) this.integrityFailed?.(check.current);
+      },
+    });
+    this.background = check;
+  }
+
+  /** Resolves once the background integrity check has a result (at once when none runs). */
+  integrityResult(): Promise<IntegrityStatus> {
+    return this.background?.done ?? Promise.resolve(this.integrityStatus());
+  }
+
+  integrityStatus(): IntegrityStatus {
+    if (this.background) return this.background.current;
+    const state = this.checkOwed ? 'pending' : this.integrityChecked ? 'ok' : 'skipped';
+    return { state, startedAt: null, finishedAt: null, ms: null, detail: this.quarantine ? 'quarantined at this start' : null };
+  }
+
+  databaseHealth(): DatabaseHealth {
+    let kept: QuarantineReport | null = null;
+    try {
+      kept = this.quarantine ?? this.getKv<QuarantineReport>(QUARANTINE_KV_KEY) ?? null;
+    } catch {
+      kept = null;
+    }
+    return {
+      quarantine: kept,
+      quarantinedThisStart: this.quarantine !== undefined,
+      integrity: this.integrityStatus(),
+      salvagePending: readPendingSalvage(this.path)?.reason ?? null,
+    };
   }
 
   /** WAL pages a checkpoint is due at: what the WAL grows to in normal operation. */
@@ -109,6 +209,7 @@ export class Store {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.background?.stop();
     this.checkpointer?.close();
     // Fold the WAL back into the main file so a copied or backed-up database is whole.
     let folded = false;
@@ -120,7 +221,8 @@ export class Store {
     } finally {
       this.db.close();
     }
-    // Only a file that is whole and closed may vouch for itself at the next open.
-    if (folded) markClosedCleanly(this.path);
+    // Only a file that is whole, closed, and not left unchecked after a crash may vouch for itself.
+    const unverified = (this.checkOwed || this.background !== undefined) && this.background?.current.state !== 'ok';
+    if (folded && !unverified) markClosedCleanly(this.path);
   }
 }

@@ -26,7 +26,8 @@ export class LoopRunner {
   private readonly loops = new Map<string, LoopEntry>();
 
   constructor(
-    private readonly deps: { logger: Logger; clock: Clock },
+    /** `onFailure` hears every error a loop throws (before its restart). */
+    private readonly deps: { logger: Logger; clock: Clock; onFailure?: (loop: string, err: unknown) => void },
     private readonly restartDelayMs = { min: 1_000, max: 60_000 },
   ) {}
 
@@ -61,6 +62,11 @@ export class LoopRunner {
         entry.lastError = errorMessage(err);
         entry.lastErrorAt = this.deps.clock.now();
         this.deps.logger.error({ loop: entry.name, err: entry.lastError, restartInMs: delay }, `loop ${entry.name} failed; restarting`);
+        try {
+          this.deps.onFailure?.(entry.name, err);
+        } catch {
+          // A listener's failure is not the loop's.
+        }
         try {
           await this.deps.clock.sleep(delay, signal);
         } catch {

@@ -46,7 +46,7 @@ function runToExit(dataDir: string, timeoutMs = 20_000): Promise<{ code: number 
 const alive = (pid: number): boolean => existsSync(`/proc/${pid}`);
 
 async function servicePid(dataDir: string): Promise<number> {
-  const log = join(dataDir, 'services', 'lock', 'napper', 'output.log');
+  const log = join(dataDir, 'services', 'apps', 'lock', 'napper', 'output.log');
   return waitFor('the process workload to start', () => {
     const m = existsSync(log) ? /as pid (\d+)/.exec(readFileSync(log, 'utf8')) : null;
     return m ? Number(m[1]) : undefined;

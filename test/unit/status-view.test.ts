@@ -45,6 +45,33 @@ describe('iotistic-agent status (the table)', () => {
     expect(out).toContain('Jobs  off (features.jobs is false)');
     expect(out).toContain('Shadow  off');
   });
+
+  it('shows a quarantined database with what was salvaged, and a salvage still due', () => {
+    const database = {
+      quarantine: {
+        quarantinedTo: '/data/agent.db.corrupt-2026-12-05T04-00-00-000Z',
+        at: '2026-12-05T04:00:00.000Z',
+        reason: 'integrity check: Tree 8 page 40: btreeInitPage() returns error code 11',
+        recovered: 1940,
+        lost: 60,
+        unknownLoss: ['outages'],
+        salvageError: null,
+        tables: { outbox: { recovered: 1930, lost: 60 }, kv: { recovered: 10, lost: 0 }, outages: { recovered: 0, lost: null }, jobs: { recovered: 0, lost: 0 } },
+      },
+      quarantinedThisStart: true,
+      integrity: { state: 'skipped', detail: null, ms: null },
+      salvagePending: null,
+    };
+    const out = renderStatus({ ...base, state: { ...base.state, database } });
+    expect(out).toMatch(/Database\n\s+integrity check\s+skipped\n\s+quarantined\s+2026-12-05 04:00:00Z \(this start\)\s+integrity check: Tree 8/);
+    expect(out).toMatch(/moved to\s+\/data\/agent\.db\.corrupt-2026-12-05T04-00-00-000Z/);
+    expect(out).toMatch(/salvaged\s+1940 rows recovered, 60 lost \(\+ unknown in outages\)/);
+    expect(out).toMatch(/outbox\s+1930 recovered, 60 lost/);
+    expect(out).toMatch(/outages\s+0 recovered, unknown lost/);
+    expect(out).not.toMatch(/jobs\s+0 recovered/);
+    const pending = renderStatus({ ...base, state: { ...base.state, database: { ...database, quarantine: null, integrity: { state: 'failed', detail: 'page 9: bad', ms: 900 }, salvagePending: 'integrity check: page 9: bad' } } });
+    expect(pending).toMatch(/integrity check\s+failed {2}page 9: bad\n\s+CORRUPT\s+integrity check: page 9: bad; quarantined and salvaged at the next start/);
+  });
 });
 
 describe('iotistic-agent status on a last-known-good config', () => {
