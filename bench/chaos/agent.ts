@@ -127,6 +127,9 @@ export class AgentUnderTest {
   /** Starts the agent and waits for `/v1/healthy`; from then on it is supervised. */
   async start(): Promise<StartRecord> {
     this.supervised = true;
+    // A restart the supervisor has begun counts as this start: never two processes at once.
+    const pending = await this.restarting;
+    if (pending && this.running()) return pending;
     return this.spawnOnce();
   }
 
@@ -264,9 +267,7 @@ export class AgentUnderTest {
   private async restartSoon(): Promise<StartRecord> {
     await new Promise((r) => setTimeout(r, RESTART_DELAY_MS));
     if (!this.supervised || this.running()) return { agent: this.name, at: Date.now(), ok: true, ms: 0 };
-    const r = await this.spawnOnce();
-    this.restarting = undefined;
-    return r;
+    return this.spawnOnce();
   }
 
   private async waitHealthy(child: ChildProcess, t0: number, logStart: number): Promise<StartRecord> {

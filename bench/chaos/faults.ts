@@ -48,6 +48,9 @@ export interface FaultRecord {
   findings: string[];
 }
 
+/** Free bytes left in the "disk low" phase: under the default minFreeDiskBytes (64 MiB). */
+const DISK_LOW_BYTES = 32 * 1_048_576;
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export class Faults {
@@ -184,24 +187,37 @@ export class Faults {
     return s.ok;
   }
 
-  /** Fills the agent's data dir (its own tmpfs) to the last byte, restarts it on the full disk, then frees it. */
+  /**
+   * Lowers the agent's free disk (its own tmpfs) under the default watermark, then fills it to the
+   * last byte, restarts it on the full disk (after a kill -9 and after a clean stop), then frees it.
+   */
   private async diskFull(a: AgentUnderTest, rec: FaultRecord): Promise<void> {
-    const filler = fillDisk(a.spec.dataDir);
+    const fillers = [fillDisk(a.spec.dataDir, DISK_LOW_BYTES, 'chaos-low')];
+    // The agent can free space itself (a WAL checkpoint truncates the WAL): fill up again before each step.
+    const topUp = (): void => void fillers.push(fillDisk(a.spec.dataDir, 0, `chaos-full-${fillers.length}`));
     try {
-      const before = this.acceptedBy(a.name as Uplink);
-      await sleep(this.between(4_000, 8_000));
-      rec.notes.push(`full: ${this.acceptedBy(a.name as Uplink) - before} acknowledged while full`);
+      const drops = a.drops().disk;
+      let before = this.acceptedBy(a.name as Uplink);
+      await sleep(this.between(3_000, 5_000));
+      await a.pollQueue();
+      rec.notes.push(`${DISK_LOW_BYTES / 1_048_576} MiB free: ${this.acceptedBy(a.name as Uplink) - before} acknowledged, ${a.drops().disk - drops} dropped for disk`);
+      topUp();
+      before = this.acceptedBy(a.name as Uplink);
+      await sleep(this.between(3_000, 5_000));
+      rec.notes.push(`full: ${this.acceptedBy(a.name as Uplink) - before} acknowledged`);
       // After a kill -9 the WAL keeps its blocks and a boot write may fit in them; after a clean
       // stop it is gone and any write at boot needs a block the disk does not have. Both happen.
       await a.kill();
+      topUp();
       rec.notes.push('SIGKILL:');
       await this.restart(a, rec);
       await a.stop();
+      topUp();
       rec.notes.push('clean stop:');
       await this.restart(a, rec);
       await sleep(1_000);
     } finally {
-      rmSync(filler, { force: true });
+      for (const f of fillers) rmSync(f, { force: true });
     }
     const freedAt = Date.now();
     const base = this.acceptedBy(a.name as Uplink);
@@ -236,14 +252,11 @@ export class Faults {
     const rssBefore = a.rssMiB();
     await this.world.admin.setTarget(uuid, doc);
     await a.post('/v1/update').catch(() => undefined);
-    const t0 = Date.now();
-    let healthyAll = true;
-    while (Date.now() - t0 < 6_000) {
-      if (!(await a.healthy())) healthyAll = false;
-      await sleep(500);
-    }
-    rec.notes.push(`${kind} target (${JSON.stringify(doc).length.toLocaleString('en-US')} bytes); RSS ${rssBefore ?? '?'} -> ${a.rssMiB() ?? '?'} MiB`);
-    if (!healthyAll) rec.findings.push('not healthy while taking the target');
+    const health = await watchHealth(a, 6_000);
+    rec.notes.push(
+      `${kind} target (${JSON.stringify(doc).length.toLocaleString('en-US')} bytes); RSS ${rssBefore ?? '?'} -> ${a.rssMiB() ?? '?'} MiB; /v1/healthy slowest ${health.slowestMs} ms`,
+    );
+    if (health.failures > 0) rec.findings.push(`not healthy while taking the target (${health.failures} checks failed or took over 2 s)`);
     await a.kill();
     const benign = ++this.targetVersion;
     await this.world.admin.setTarget(a.uuids.at(-1) ?? uuid, { version: benign, apps: {} });
@@ -276,16 +289,24 @@ export class Faults {
     const step = this.random() < 0.5 ? '+2h' : '-2h';
     writeFileSync(a.clockFile, `${step}\n`);
     const hold = this.between(6_000, 10_000);
-    let healthyAll = true;
-    const t0 = Date.now();
-    while (Date.now() - t0 < hold) {
-      if (!(await a.healthy())) healthyAll = false;
-      await sleep(500);
-    }
+    const health = await watchHealth(a, hold);
     writeFileSync(a.clockFile, '+0\n');
-    rec.notes.push(`wall clock ${step} for ${hold} ms, then back`);
-    if (!healthyAll) rec.findings.push('not healthy while its clock was stepped');
+    rec.notes.push(`wall clock ${step} for ${hold} ms, then back; /v1/healthy slowest ${health.slowestMs} ms`);
+    if (health.failures > 0) rec.findings.push(`not healthy while its clock was stepped (${health.failures} checks failed or took over 2 s)`);
   }
+}
+
+/** Asks `/v1/healthy` every 0.5 s for `ms`: how many checks failed (or took over 2 s), and the slowest answer. */
+async function watchHealth(a: AgentUnderTest, ms: number): Promise<{ failures: number; slowestMs: number }> {
+  let failures = 0;
+  let slowestMs = 0;
+  for (const t0 = Date.now(); Date.now() - t0 < ms; ) {
+    const t = Date.now();
+    if (!(await a.healthy())) failures++;
+    slowestMs = Math.max(slowestMs, Date.now() - t);
+    await sleep(500);
+  }
+  return { failures, slowestMs };
 }
 
 async function targetVersion(a: AgentUnderTest): Promise<number | undefined> {

@@ -46,6 +46,12 @@ export function summarize(ledger: Ledger, opts: { seed: number; durationMs: numb
   for (const a of ledger.agents) {
     if (a.queueUnknown) findings.push(`agent ${a.agent}: not running at the end, its queue could not be read (what it still holds counts as lost)`);
   }
+  for (const a of ledger.agents) {
+    // The agents run on default settings, where the limits must refuse (507 / no PUBACK), not drop what was acknowledged.
+    if (a.dropped.disk + a.dropped.overflow > 0) {
+      findings.push(`agent ${a.agent}: ${a.dropped.disk} acknowledged messages dropped at the disk watermark and ${a.dropped.overflow} at the queue limit, on default settings`);
+    }
+  }
   for (const a of ledger.agents) if (a.uuids.length > 1) findings.push(`agent ${a.agent}: device uuid changed during the run (${a.uuids.join(' -> ')})`);
   const s = {
     lost: sum((a) => a.lost),
