@@ -6,7 +6,7 @@ import { devcloudStored } from './cloud-store.js';
 import { FAULT_KINDS, Faults, type FaultKind, type FaultRecord } from './faults.js';
 import { computeLedger } from './ledger.js';
 import { ApiProducer, LocalBrokerProducer, type Producer } from './producers.js';
-import { printSummary, summarize } from './report.js';
+import { printSummary, summarize, type ChaosSummary } from './report.js';
 import { World } from './world.js';
 
 /**
@@ -63,7 +63,16 @@ function schedule(random: Random): () => FaultKind {
   };
 }
 
-async function main(): Promise<number> {
+interface Options {
+  seed: number;
+  durationMs: number;
+  rate: number;
+  drainMs: number;
+  keep: boolean;
+  json: boolean;
+}
+
+function options(): Options | undefined {
   const { values } = parseArgs({
     options: {
       seed: { type: 'string', default: '1' },
@@ -78,14 +87,21 @@ async function main(): Promise<number> {
   });
   if (values.help) {
     console.log(USAGE);
-    return 0;
+    return undefined;
   }
-  const seed = positiveInt('--seed', String(values.seed), 2 ** 31);
-  const durationMs = duration('--duration', String(values.duration));
-  const rate = positiveInt('--rate', String(values.rate), 1_000);
-  const drainMs = duration('--drain-timeout', String(values['drain-timeout']));
-  const random = seededRandom(seed);
+  return {
+    seed: positiveInt('--seed', String(values.seed), 2 ** 31),
+    durationMs: duration('--duration', String(values.duration)),
+    rate: positiveInt('--rate', String(values.rate), 1_000),
+    drainMs: duration('--drain-timeout', String(values['drain-timeout'])),
+    keep: values.keep === true,
+    json: values.json === true,
+  };
+}
 
+async function main(): Promise<number> {
+  const opts = options();
+  if (!opts) return 0;
   const world = await World.start({ startDeadlineMs: 30_000 });
   const onSignal = (): void => {
     void world.close().finally(() => process.exit(130));
@@ -93,69 +109,76 @@ async function main(): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   log(`run dir ${world.runDir}`);
-
   let passed = false;
   try {
-    for (const a of world.agents) {
-      const s = await a.start();
-      if (!s.ok) log(`agent ${a.name} did not start: ${s.why}`);
-    }
-    const producers = new Map<Uplink, Producer[]>();
-    for (const a of world.agents) {
-      producers.set(a.name as Uplink, [
-        new ApiProducer(a, join(world.runDir, `ledger-${a.name}-api.log`), rate),
-        new LocalBrokerProducer(a, join(world.runDir, `ledger-${a.name}-local-mqtt.log`), rate),
-      ]);
-    }
-    const all = [...producers.values()].flat();
-    for (const p of all) p.start();
-    const acceptedBy = (agent: Uplink): number => (producers.get(agent) ?? []).reduce((n, p) => n + p.stats.accepted, 0);
-    const poller = setInterval(() => void Promise.all(world.agents.map((a) => a.pollQueue())), 2_000);
-
-    const faults = new Faults(world, random, acceptedBy);
-    const next = schedule(random);
-    const done: FaultRecord[] = [];
-    const startedAt = Date.now();
-    const missing = (): FaultKind[] => FAULT_KINDS.filter((k) => !done.some((f) => f.kind === k));
-    await sleep(3_000);
-    while (Date.now() - startedAt < durationMs || missing().length > 0) {
-      const kind = next();
-      const rec = await faults.inject(kind);
-      done.push(rec);
-      log(`${((rec.at - startedAt) / 1000).toFixed(1)} s ${kind} on ${rec.target} (${rec.endAt - rec.at} ms)${rec.findings.length ? `: ${rec.findings.join('; ')}` : ''}`);
-      await sleep(1_000 + random() * 1_000);
-    }
-    const faultsMs = Date.now() - startedAt;
-
-    log('faults over: stopping producers, lifting every fault, draining');
-    await Promise.all(all.map((p) => p.stop()));
-    world.httpProxy.pass();
-    world.mqttProxy.pass();
-    for (const a of world.agents) if (!a.running()) await a.start();
-    const finals = await drain(world, drainMs);
-    clearInterval(poller);
-    await sleep(2_000);
-
-    const uuids = world.agents.flatMap((a) => a.uuids);
-    const http = await devcloudStored(world.admin, uuids);
-    const mqtt = world.cloudMqtt.stored();
-    const ledger = computeLedger(
-      all.map((p) => ({ agent: p.stats.agent, ingress: p.stats.ingress, ledgerPath: p.ledgerPath, refused: p.stats.refused })),
-      world.agents.map((a, i) => ({ agent: a.name, drops: a.drops(), queued: finals[i]?.depth ?? 0, parked: finals[i]?.parked ?? 0, queueUnknown: finals[i] === undefined, uuids: a.uuids, starts: a.starts })),
-      [...http.deliveries, ...mqtt.deliveries],
-      http.suppressed + mqtt.suppressed,
-      done,
-    );
-    const summary = summarize(ledger, { seed, durationMs: faultsMs, rate, startedAt, runDir: world.runDir, missingKinds: missing() });
+    const summary = await campaign(world, opts);
     printSummary(summary);
-    if (values.json) console.log(JSON.stringify(summary));
+    if (opts.json) console.log(JSON.stringify(summary));
     passed = summary.pass;
     return passed ? 0 : 1;
   } finally {
     await world.close();
-    if (passed && !values.keep) world.removeRunDir();
+    if (passed && !opts.keep) world.removeRunDir();
     else log(`logs and ledgers kept in ${world.runDir}`);
   }
+}
+
+/** Starts the agents and producers, runs the schedule, lifts every fault, drains, and accounts. */
+async function campaign(world: World, opts: Options): Promise<ChaosSummary> {
+  const random = seededRandom(opts.seed);
+  for (const a of world.agents) {
+    const s = await a.start();
+    if (!s.ok) log(`agent ${a.name} did not start: ${s.why}`);
+  }
+  const producers = new Map<Uplink, Producer[]>();
+  for (const a of world.agents) {
+    producers.set(a.name as Uplink, [
+      new ApiProducer(a, join(world.runDir, `ledger-${a.name}-api.log`), opts.rate),
+      new LocalBrokerProducer(a, join(world.runDir, `ledger-${a.name}-local-mqtt.log`), opts.rate),
+    ]);
+  }
+  const all = [...producers.values()].flat();
+  for (const p of all) p.start();
+  const acceptedBy = (agent: Uplink): number => (producers.get(agent) ?? []).reduce((n, p) => n + p.stats.accepted, 0);
+  const poller = setInterval(() => void Promise.all(world.agents.map((a) => a.pollQueue())), 2_000);
+
+  const faults = new Faults(world, random, acceptedBy);
+  const next = schedule(random);
+  const done: FaultRecord[] = [];
+  const startedAt = Date.now();
+  const missing = (): FaultKind[] => FAULT_KINDS.filter((k) => !done.some((f) => f.kind === k));
+  await sleep(3_000);
+  while (Date.now() - startedAt < opts.durationMs || missing().length > 0) {
+    const kind = next();
+    const rec = await faults.inject(kind);
+    done.push(rec);
+    log(`${((rec.at - startedAt) / 1000).toFixed(1)} s ${kind} on ${rec.target} (${rec.endAt - rec.at} ms)${rec.findings.length ? `: ${rec.findings.join('; ')}` : ''}`);
+    await sleep(1_000 + random() * 1_000);
+  }
+  const faultsMs = Date.now() - startedAt;
+
+  log('faults over: stopping producers, lifting every fault, draining');
+  await Promise.all(all.map((p) => p.stop()));
+  world.httpProxy.pass();
+  world.mqttProxy.pass();
+  for (const a of world.agents) if (!a.running()) await a.start();
+  const finals = await drain(world, opts.drainMs);
+  clearInterval(poller);
+  await sleep(2_000);
+
+  const http = await devcloudStored(world.admin, world.agents.flatMap((a) => a.uuids));
+  const mqtt = world.cloudMqtt.stored();
+  const ledger = computeLedger(
+    all.map((p) => ({ agent: p.stats.agent, ingress: p.stats.ingress, ledgerPath: p.ledgerPath, refused: p.stats.refused })),
+    world.agents.map((a, i) => ({
+      agent: a.name, drops: a.drops(), queued: finals[i]?.depth ?? 0, parked: finals[i]?.parked ?? 0,
+      queueUnknown: finals[i] === undefined, uuids: a.uuids, starts: a.starts,
+    })),
+    [...http.deliveries, ...mqtt.deliveries],
+    http.suppressed + mqtt.suppressed,
+    done,
+  );
+  return summarize(ledger, { seed: opts.seed, durationMs: faultsMs, rate: opts.rate, startedAt, runDir: world.runDir, missingKinds: missing() });
 }
 
 /** Waits until every agent's telemetry queue is empty (or the timeout); returns the last depths. */

@@ -108,52 +108,12 @@ export class Faults {
         return;
       }
       case 'blackhole-http':
-      case 'blackhole-mqtt': {
-        const [proxy, uplink] = this.proxyFor(kind);
-        rec.target = `${uplink} proxy`;
-        rec.affects = [uplink];
-        // MQTT: longer than 1.5 x keep-alive (5 s), so the watchdog must find the dead connection.
-        const hold = uplink === 'mqtt' ? this.between(9_000, 12_000) : this.between(6_000, 10_000);
-        proxy.blackhole('both', { newConnections: true });
-        await sleep(hold);
-        // A forgotten connection never comes back: drop the held ones, new ones pass again.
-        proxy.reset();
-        proxy.pass();
-        rec.notes.push(`accepted and never answered for ${hold} ms`);
-        return;
-      }
+      case 'blackhole-mqtt':
       case 'reset-http':
-      case 'reset-mqtt': {
-        const [proxy, uplink] = this.proxyFor(kind);
-        rec.target = `${uplink} proxy`;
-        rec.affects = [uplink];
-        // Often, for a few seconds, with a little latency so requests and publishes are cut in
-        // flight, not only idle sockets.
-        const hold = this.between(3_000, 6_000);
-        let resets = 0;
-        proxy.delay(200);
-        for (const t0 = Date.now(); Date.now() - t0 < hold; ) {
-          resets += proxy.connections;
-          proxy.reset();
-          await sleep(250);
-        }
-        proxy.pass();
-        rec.notes.push(`every connection reset every 250 ms for ${hold} ms (${resets} resets)`);
-        return;
-      }
+      case 'reset-mqtt':
       case 'latency-http':
-      case 'latency-mqtt': {
-        const [proxy, uplink] = this.proxyFor(kind);
-        rec.target = `${uplink} proxy`;
-        rec.affects = [uplink];
-        const ms = this.between(300, 2_000);
-        const hold = this.between(4_000, 8_000);
-        proxy.delay(ms);
-        await sleep(hold);
-        proxy.pass();
-        rec.notes.push(`${ms} ms each way for ${hold} ms`);
-        return;
-      }
+      case 'latency-mqtt':
+        return this.proxyFault(kind, rec);
       case 'disk-full':
         return this.onAgent(rec, (a) => this.diskFull(a, rec));
       case 'db-corrupt':
@@ -169,9 +129,43 @@ export class Faults {
     }
   }
 
-  private proxyFor(kind: string): [World['httpProxy'], Uplink] {
-    return kind.endsWith('-http') ? [this.world.httpProxy, 'http'] : [this.world.mqttProxy, 'mqtt'];
+  /** Faults on the way to an endpoint: the proxy in front of the device API or the broker. */
+  private async proxyFault(kind: FaultKind, rec: FaultRecord): Promise<void> {
+    const [proxy, uplink] = kind.endsWith('-http') ? [this.world.httpProxy, 'http' as const] : [this.world.mqttProxy, 'mqtt' as const];
+    rec.target = `${uplink} proxy`;
+    rec.affects = [uplink];
+    if (kind.startsWith('blackhole-')) {
+      // MQTT: longer than 1.5 x keep-alive (5 s), so the watchdog must find the dead connection.
+      const hold = uplink === 'mqtt' ? this.between(9_000, 12_000) : this.between(6_000, 10_000);
+      proxy.blackhole('both', { newConnections: true });
+      await sleep(hold);
+      // A forgotten connection never comes back: drop the held ones, new ones pass again.
+      proxy.reset();
+      proxy.pass();
+      rec.notes.push(`accepted and never answered for ${hold} ms`);
+    } else if (kind.startsWith('reset-')) {
+      // Often, for a few seconds, with a little latency so requests and publishes are cut in
+      // flight, not only idle sockets.
+      const hold = this.between(3_000, 6_000);
+      let resets = 0;
+      proxy.delay(200);
+      for (const t0 = Date.now(); Date.now() - t0 < hold; ) {
+        resets += proxy.connections;
+        proxy.reset();
+        await sleep(250);
+      }
+      proxy.pass();
+      rec.notes.push(`every connection reset every 250 ms for ${hold} ms (${resets} resets)`);
+    } else {
+      const ms = this.between(300, 2_000);
+      const hold = this.between(4_000, 8_000);
+      proxy.delay(ms);
+      await sleep(hold);
+      proxy.pass();
+      rec.notes.push(`${ms} ms each way for ${hold} ms`);
+    }
   }
+
 
   private async onAgent(rec: FaultRecord, f: (a: AgentUnderTest) => Promise<void>): Promise<void> {
     const a = this.pickAgent();
