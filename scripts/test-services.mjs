@@ -11,6 +11,7 @@ const REQUIRED = [
   { bin: 'dockerd', pkg: 'docker.io', why: 'workload tests start a private Docker engine when none answers' },
   { bin: 'docker-registry', pkg: 'docker-registry', why: 'workload tests pull images from a registry on loopback' },
   { bin: 'busybox', pkg: 'busybox-static', why: 'workload tests build their images from the static /bin/busybox (nothing is fetched)' },
+  { bin: 'faketime', pkg: 'faketime', why: 'npm run chaos steps the agents\' wall clock with libfaketime' },
 ];
 
 const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0 ||

@@ -1,8 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { fillDisk } from '../../bench/chaos/disk.js';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { tempDirs } from '../helpers/tmp.js';
@@ -35,26 +36,6 @@ function mountTmpfs(size: string): string {
   execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', mnt]);
   mounts.push(mnt);
   return mnt;
-}
-
-/** Fills the filesystem to the last byte with a file; returns its path. */
-function fillDisk(dir: string): string {
-  const path = join(dir, 'filler');
-  const fd = openSync(path, 'a');
-  const chunk = Buffer.alloc(64 * 1024, 1);
-  try {
-    for (let size = chunk.length; size >= 1; ) {
-      try {
-        writeSync(fd, chunk, 0, size);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
-        size = Math.floor(size / 2);
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return path;
 }
 
 type QueueView = { depth: number; dataDisk: { state: string; freeBytes: number; dataDir: string; reserve: { present: boolean } } };

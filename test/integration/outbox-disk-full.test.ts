@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Outbox } from '../../src/outbox/outbox.js';
@@ -9,6 +9,7 @@ import { Store } from '../../src/store/store.js';
 import { systemClock } from '../../src/util/clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { errorMessage } from '../../src/util/errors.js';
+import { fillDisk } from '../../bench/chaos/disk.js';
 import { captureLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -41,26 +42,6 @@ afterAll(() => {
   if (mounted) execFileSync('umount', [mnt]);
   dirs.cleanup();
 });
-
-/** Fills the filesystem to the last byte with a file; returns its path. */
-function fillDisk(dir: string): string {
-  const path = join(dir, 'filler');
-  const fd = openSync(path, 'w');
-  const chunk = Buffer.alloc(64 * 1024, 1);
-  try {
-    for (let size = chunk.length; size >= 1; ) {
-      try {
-        writeSync(fd, chunk, 0, size);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
-        size = Math.floor(size / 2);
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return path;
-}
 
 describe('outbox on a full disk', () => {
   it('stops growing at the watermark, reports drops, survives ENOSPC without loss, and recovers', { timeout: 60_000 }, async () => {

@@ -1,0 +1,160 @@
+import { cell, machine, table } from '../report.js';
+import type { FaultKind } from './faults.js';
+import type { Ledger } from './ledger.js';
+
+/** The chaos report: readable tables, and the one JSON line (DESIGN.md) with `--json`. */
+
+/** Issue 21: every channel back online at most 40 s after its endpoint returns. */
+const RECOVERY_WANT_MS = 40_000;
+
+export interface ChaosSummary {
+  benchmark: 'chaos';
+  machine: ReturnType<typeof machine>;
+  config: { seed: number; durationMs: number; ratePerProducer: number; clock: 'libfaketime'; runDir: string | null };
+  accepted: number;
+  delivered: number;
+  dropped: { total: number; overflow: number; disk: number; expired: number };
+  queued: number;
+  parked: number;
+  lost: number;
+  duplicatesStored: number;
+  duplicatesSuppressed: number;
+  brickedStarts: number;
+  starts: number;
+  unacknowledgedStored: number;
+  faultsInjected: Partial<Record<FaultKind, number>>;
+  missingKinds: FaultKind[];
+  findings: string[];
+  faults: Array<{ kind: FaultKind; target: string; atS: number; heldMs: number; deliveringMs: Record<string, number | null>; notes: string[]; findings: string[] }>;
+  channels: Ledger['channels'];
+  agents: Ledger['agents'];
+  pass: boolean;
+}
+
+export function summarize(ledger: Ledger, opts: { seed: number; durationMs: number; rate: number; startedAt: number; runDir: string | null; missingKinds: FaultKind[] }): ChaosSummary {
+  const sum = (f: (a: Ledger['agents'][number]) => number): number => ledger.agents.reduce((n, a) => n + f(a), 0);
+  const faultsInjected: Partial<Record<FaultKind, number>> = {};
+  for (const f of ledger.faults) faultsInjected[f.kind] = (faultsInjected[f.kind] ?? 0) + 1;
+  const findings: string[] = [];
+  for (const f of ledger.faults) for (const x of f.findings) findings.push(`${f.kind} (${f.target}): ${x}`);
+  for (const f of ledger.faults) {
+    for (const [agent, ms] of Object.entries(f.deliveringMs)) {
+      if (ms === null) findings.push(`${f.kind} (${f.target}): agent ${agent} delivered nothing after the fault`);
+      else if (ms > RECOVERY_WANT_MS) findings.push(`${f.kind} (${f.target}): agent ${agent} delivered again only ${cell(ms / 1000, 1)} s after the fault ended (want <= ${RECOVERY_WANT_MS / 1000} s)`);
+    }
+  }
+  for (const a of ledger.agents) {
+    if (a.queueUnknown) findings.push(`agent ${a.agent}: not running at the end, its queue could not be read (what it still holds counts as lost)`);
+  }
+  for (const a of ledger.agents) {
+    // The agents run on default settings, where the limits must refuse (507 / no PUBACK), not drop what was acknowledged.
+    if (a.dropped.disk + a.dropped.overflow > 0) {
+      findings.push(`agent ${a.agent}: ${a.dropped.disk} acknowledged messages dropped at the disk watermark and ${a.dropped.overflow} at the queue limit, on default settings`);
+    }
+  }
+  for (const a of ledger.agents) if (a.uuids.length > 1) findings.push(`agent ${a.agent}: device uuid changed during the run (${a.uuids.join(' -> ')})`);
+  const s = {
+    lost: sum((a) => a.lost),
+    duplicatesStored: sum((a) => a.duplicatesStored),
+    brickedStarts: sum((a) => a.brickedStarts),
+  };
+  return {
+    benchmark: 'chaos',
+    machine: machine(),
+    config: { seed: opts.seed, durationMs: opts.durationMs, ratePerProducer: opts.rate, clock: 'libfaketime', runDir: opts.runDir },
+    accepted: sum((a) => a.accepted),
+    delivered: sum((a) => a.delivered),
+    dropped: {
+      total: sum((a) => a.dropped.total),
+      overflow: sum((a) => a.dropped.overflow),
+      disk: sum((a) => a.dropped.disk),
+      expired: sum((a) => a.dropped.expired),
+    },
+    queued: sum((a) => a.queued),
+    parked: sum((a) => a.parked),
+    ...s,
+    duplicatesSuppressed: ledger.duplicatesSuppressed,
+    starts: sum((a) => a.starts),
+    unacknowledgedStored: ledger.unacknowledgedStored,
+    faultsInjected,
+    missingKinds: opts.missingKinds,
+    findings,
+    faults: ledger.faults.map((f) => ({
+      kind: f.kind,
+      target: f.target,
+      atS: Math.round((f.at - opts.startedAt) / 100) / 10,
+      heldMs: f.endAt - f.at,
+      deliveringMs: f.deliveringMs,
+      notes: f.notes,
+      findings: f.findings,
+    })),
+    channels: ledger.channels,
+    agents: ledger.agents,
+    pass: s.lost === 0 && s.duplicatesStored === 0 && s.brickedStarts === 0 && opts.missingKinds.length === 0,
+  };
+}
+
+export function printSummary(s: ChaosSummary): void {
+  const out: string[] = [];
+  out.push(`chaos: seed ${s.config.seed}, ${Math.round(s.config.durationMs / 1000)} s of faults, ${s.faults.length} faults, ${s.config.ratePerProducer} msg/s per producer`);
+  out.push('');
+  out.push(
+    table(
+      ['agent', 'ingress', 'accepted', 'delivered', 'undelivered', 'refused (producer kept it)'],
+      s.channels.map((c) => [c.agent, c.ingress, cell(c.accepted), cell(c.delivered), cell(c.undelivered), refusals(c.refused)]),
+    ),
+  );
+  out.push('');
+  out.push(
+    table(
+      ['agent', 'accepted', 'delivered', 'dropped ovf/disk/exp', 'queued', 'parked', 'lost', 'dup stored', 'resends', 'starts', 'bricked', 'uuids'],
+      s.agents.map((a) => [
+        a.agent, cell(a.accepted), cell(a.delivered), `${a.dropped.overflow}/${a.dropped.disk}/${a.dropped.expired}`, cell(a.queued), cell(a.parked),
+        cell(a.lost), cell(a.duplicatesStored), cell(a.producerResends), cell(a.starts), cell(a.brickedStarts), String(a.uuids.length),
+      ]),
+    ),
+  );
+  out.push('');
+  out.push(
+    table(
+      ['fault', 'target', 'at s', 'held ms', 'delivering after ms', 'notes'],
+      s.faults.map((f) => [
+        f.findings.length > 0 ? `${f.kind} !` : f.kind,
+        f.target,
+        cell(f.atS, 1),
+        cell(f.heldMs),
+        Object.entries(f.deliveringMs).map(([a, ms]) => `${a} ${ms === null ? 'never' : cell(ms)}`).join(', '),
+        f.notes.join('; ').slice(0, 110),
+      ]),
+    ),
+  );
+  out.push('');
+  out.push(
+    table(
+      ['total', 'value', 'want'],
+      [
+        ['accepted', cell(s.accepted), ''],
+        ['delivered', cell(s.delivered), ''],
+        ['dropped (counted by the agent)', cell(s.dropped.total), ''],
+        ['still queued / parked at the end', `${cell(s.queued)} / ${cell(s.parked)}`, ''],
+        ['lost', cell(s.lost), '0'],
+        ['duplicatesStored', cell(s.duplicatesStored), '0'],
+        ['duplicatesSuppressed', cell(s.duplicatesSuppressed), ''],
+        ['brickedStarts', `${cell(s.brickedStarts)} of ${cell(s.starts)}`, '0'],
+        ['fault kinds not exercised', String(s.missingKinds.length), '0'],
+      ],
+    ),
+  );
+  if (s.findings.length > 0) {
+    out.push('', 'findings:');
+    for (const f of s.findings) out.push(`  - ${f}`);
+  }
+  out.push('', s.pass ? 'PASS' : 'FAIL');
+  console.log(out.join('\n'));
+}
+
+function refusals(r: Record<string, number>): string {
+  return Object.entries(r)
+    .map(([k, v]) => `${k}: ${v}`)
+    .join(', ');
+}
