@@ -37,16 +37,19 @@ export interface StartRecord {
   why?: string;
 }
 
+/** The outbox's drop reasons (`/v2/queue` channels.*.drops). */
 export interface DropCounts {
-  overflow: number;
+  count: number;
+  bytes: number;
   disk: number;
-  expired: number;
+  ttl: number;
+  parkedLimit: number;
 }
 
 /** As a service manager would (systemd Restart=always, RestartSec=2). */
 const RESTART_DELAY_MS = 2_000;
 
-const ZERO: DropCounts = { overflow: 0, disk: 0, expired: 0 };
+const ZERO: DropCounts = { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0 };
 
 export class AgentUnderTest {
   readonly configFile: string;
@@ -191,7 +194,7 @@ export class AgentUnderTest {
       if (r.status !== 200) return undefined;
       const t = (r.body as { channels?: Record<string, { depth?: number; parked?: number; drops?: Partial<DropCounts> }> }).channels?.telemetry;
       if (!t) return { depth: 0, parked: 0 };
-      this.observeDrops({ overflow: t.drops?.overflow ?? 0, disk: t.drops?.disk ?? 0, expired: t.drops?.expired ?? 0 });
+      this.observeDrops({ count: t.drops?.count ?? 0, bytes: t.drops?.bytes ?? 0, disk: t.drops?.disk ?? 0, ttl: t.drops?.ttl ?? 0, parkedLimit: t.drops?.parkedLimit ?? 0 });
       return { depth: t.depth ?? 0, parked: t.parked ?? 0 };
     } catch {
       return undefined;

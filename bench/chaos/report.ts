@@ -13,7 +13,7 @@ export interface ChaosSummary {
   config: { seed: number; durationMs: number; ratePerProducer: number; clock: 'libfaketime'; runDir: string | null };
   accepted: number;
   delivered: number;
-  dropped: { total: number; overflow: number; disk: number; expired: number };
+  dropped: { total: number; count: number; bytes: number; disk: number; ttl: number; parkedLimit: number };
   queued: number;
   parked: number;
   lost: number;
@@ -47,10 +47,8 @@ export function summarize(ledger: Ledger, opts: { seed: number; durationMs: numb
     if (a.queueUnknown) findings.push(`agent ${a.agent}: not running at the end, its queue could not be read (what it still holds counts as lost)`);
   }
   for (const a of ledger.agents) {
-    // The agents run on default settings, where the limits must refuse (507 / no PUBACK), not drop what was acknowledged.
-    if (a.dropped.disk + a.dropped.overflow > 0) {
-      findings.push(`agent ${a.agent}: ${a.dropped.disk} acknowledged messages dropped at the disk watermark and ${a.dropped.overflow} at the queue limit, on default settings`);
-    }
+    // On default settings the disk watermark refuses (507 / no PUBACK): nothing acknowledged may be dropped for disk.
+    if (a.dropped.disk > 0) findings.push(`agent ${a.agent}: ${a.dropped.disk} acknowledged messages dropped at the disk watermark, where the default policy refuses`);
   }
   for (const a of ledger.agents) if (a.uuids.length > 1) findings.push(`agent ${a.agent}: device uuid changed during the run (${a.uuids.join(' -> ')})`);
   const s = {
@@ -66,9 +64,11 @@ export function summarize(ledger: Ledger, opts: { seed: number; durationMs: numb
     delivered: sum((a) => a.delivered),
     dropped: {
       total: sum((a) => a.dropped.total),
-      overflow: sum((a) => a.dropped.overflow),
+      count: sum((a) => a.dropped.count),
+      bytes: sum((a) => a.dropped.bytes),
       disk: sum((a) => a.dropped.disk),
-      expired: sum((a) => a.dropped.expired),
+      ttl: sum((a) => a.dropped.ttl),
+      parkedLimit: sum((a) => a.dropped.parkedLimit),
     },
     queued: sum((a) => a.queued),
     parked: sum((a) => a.parked),
@@ -107,9 +107,9 @@ export function printSummary(s: ChaosSummary): void {
   out.push('');
   out.push(
     table(
-      ['agent', 'accepted', 'delivered', 'dropped ovf/disk/exp', 'queued', 'parked', 'lost', 'dup stored', 'resends', 'starts', 'bricked', 'uuids'],
+      ['agent', 'accepted', 'delivered', 'dropped count/bytes/disk/ttl', 'queued', 'parked', 'lost', 'dup stored', 'resends', 'starts', 'bricked', 'uuids'],
       s.agents.map((a) => [
-        a.agent, cell(a.accepted), cell(a.delivered), `${a.dropped.overflow}/${a.dropped.disk}/${a.dropped.expired}`, cell(a.queued), cell(a.parked),
+        a.agent, cell(a.accepted), cell(a.delivered), `${a.dropped.count}/${a.dropped.bytes}/${a.dropped.disk}/${a.dropped.ttl}`, cell(a.queued), cell(a.parked),
         cell(a.lost), cell(a.duplicatesStored), cell(a.producerResends), cell(a.starts), cell(a.brickedStarts), String(a.uuids.length),
       ]),
     ),

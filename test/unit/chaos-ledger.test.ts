@@ -20,7 +20,7 @@ function ledgerFile(records: Array<[string, string, number]>): string {
 
 const agent = (over: Partial<AgentInput> = {}): AgentInput => ({
   agent: 'http',
-  drops: { overflow: 0, disk: 0, expired: 0 },
+  drops: { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0 },
   queued: 0,
   parked: 0,
   uuids: ['u1'],
@@ -39,7 +39,7 @@ describe('chaos ledger', () => {
 
     const explained = computeLedger(
       [{ agent: 'http', ingress: 'api', ledgerPath: api, refused: {} }],
-      [agent({ drops: { overflow: 0, disk: 1, expired: 0 }, queued: 1 })],
+      [agent({ drops: { count: 0, bytes: 0, disk: 1, ttl: 0, parkedLimit: 0 }, queued: 1 })],
       stored,
       0,
       [],
