@@ -247,6 +247,7 @@ export class Agent {
         backoff: backoffFromSettings(offline, { clock, random }),
         wakeup: this.probes.wakeup('mqtt'),
         clock,
+        random,
         logger: logger.child({ part: 'mqtt' }),
       });
       this.flushers.push(flusherFor(new MqttSink(this.mqtt)));

@@ -1,3 +1,4 @@
+import { systemRandom, type Random } from '../util/random.js';
 import { connect, ErrorWithReasonCode, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
 import { LIMIT_DEFAULTS, type AgentConfig } from '../config/schema.js';
 import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
@@ -55,6 +56,8 @@ export interface MqttSessionDeps {
   /** Backoff waits sleep here, so the connectivity probe can end them early. */
   wakeup: WakeableSleep;
   clock: Clock;
+  /** Spreads the retries after refused credentials, so a fleet whose key was revoked does not come back in step. */
+  random?: Random;
   logger: Logger;
   /**
    * Commit strength of the in-flight table (see `StoreDurability`). Default `process`: a message in
@@ -465,7 +468,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       if (end.retryNow) continue;
       this.counters.connectionFailures++;
       // Refused credentials stay refused until someone fixes them: retry at the backoff's cap.
-      const delayMs = end.refusal === 'auth' ? this.deps.backoff.maxMs : this.deps.backoff.failure();
+      const delayMs = end.refusal === 'auth' ? this.deps.backoff.maxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.backoff.failure();
       this.log[end.refusal === 'auth' ? 'error' : end.established ? 'warn' : 'info'](
         { url: this.safeUrl(), error: end.error, retryInMs: Math.round(delayMs) },
         `mqtt: ${end.established ? 'connection lost' : 'could not connect'}: ${end.error}; retrying in ${Math.round(delayMs)} ms`,
