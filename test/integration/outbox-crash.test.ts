@@ -84,7 +84,8 @@ describe('outbox crash safety', () => {
     for (let round = 0; round < ROUNDS; round++) {
       // One round in six is killed early, possibly while the store opens or migrates.
       const early = round % 6 === 5;
-      const killAfterMs = early ? Math.floor(random() * 400) : 20 + Math.floor(random() * 400);
+      // The others get at least 100 ms of producing: on a loaded machine the first commit can take tens of ms.
+      const killAfterMs = early ? Math.floor(random() * 400) : 100 + Math.floor(random() * 400);
       const r = await runRound(dbPath, round + 1, killAfterMs, early);
       expect(r.signal, `round ${round}: the child should die by SIGKILL, not on its own (code ${r.code}):\n${r.stderr}`).toBe('SIGKILL');
       for (const id of r.durable) durable.add(id);
