@@ -124,7 +124,7 @@ describe('files others can write', () => {
 });
 
 describe('identity outlives the database', () => {
-  it('keeps the uuid and key when agent.db is deleted or garbage, and upgrades an old data dir', { timeout: 45_000 }, async () => {
+  it('keeps the uuid and key when agent.db is deleted or garbage, and upgrades an old data dir', { timeout: 120_000 }, async () => {
     const dataDir = dirs.make();
     let a = await start(dataDir);
     const uuid = ((await a.get('/v2/device')).body as { uuid: string }).uuid;
