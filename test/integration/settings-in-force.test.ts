@@ -79,6 +79,13 @@ describe('settings in force on the built agent', () => {
     expect((await queue(agent)).channels.telemetry?.depth).toBe(accepted);
   });
 
+  it('settings.offline.enableQueue false: the agent queues nothing and says so to a producer (503)', async () => {
+    const agent = await start({ offline: { enableQueue: false } });
+    const r = (await agent.send('POST', '/v2/telemetry', { stream: 's', payload: 1 })) as { status: number; body: { message?: string } };
+    expect(r.status).toBe(503);
+    expect(r.body.message).toContain('settings.offline.enableQueue is false');
+  });
+
   it('settings.offline.offlineAfterFailures: a channel failing fewer times than it is degraded, not offline', async () => {
     const agent = await start({ offline: { offlineAfterFailures: 1000 } });
     const conn = await waitFor(
