@@ -119,7 +119,7 @@ export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStor
   private readonly insert: Statement;
   private readonly remove: Statement;
   /** Set `synchronous` to NORMAL and back, when the store commits lighter than its connection. */
-  private readonly lighten: { set: Statement; restore: Statement } | undefined;
+  private readonly lighten: { set: () => void; restore: () => void } | undefined;
   private readonly commit: (ops: Op[]) => void;
 
   constructor(db: Database, kind: StoreKind, opts: SqliteMqttStoreOptions<T>) {
@@ -136,7 +136,9 @@ export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStor
     this.remove = db.prepare('DELETE FROM mqtt_inflight WHERE store = ? AND message_id = ?');
     const level = db.pragma('synchronous', { simple: true }) as number; // 0 off, 1 normal, 2 full, 3 extra
     if (opts.durability === 'process' && level > 1) {
-      this.lighten = { set: db.prepare('PRAGMA synchronous = NORMAL'), restore: db.prepare(`PRAGMA synchronous = ${level}`) };
+      // db.pragma each time: SQLite applies `PRAGMA synchronous = X` when the statement is compiled,
+      // so a prepared one would do nothing when run.
+      this.lighten = { set: () => db.pragma('synchronous = NORMAL'), restore: () => db.pragma(`synchronous = ${level}`) };
     }
     this.commit = db.transaction((ops: Op[]) => {
       for (const o of ops) {
@@ -299,7 +301,7 @@ export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStor
     // inside a transaction, hence the check.
     const lighter = this.lighten !== undefined && !this.db.inTransaction;
     try {
-      if (lighter) this.lighten?.set.run();
+      if (lighter) this.lighten?.set();
       this.commit(ops);
     } catch (e) {
       const err = e instanceof Error ? e : new Error(String(e));
@@ -316,7 +318,7 @@ export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStor
       for (const o of ops) if (o.op === 'put') o.cb?.(wrapped);
       return;
     } finally {
-      if (lighter) this.lighten?.restore.run();
+      if (lighter) this.lighten?.restore();
     }
     for (const o of ops) if (o.op === 'put') o.cb?.();
   }

@@ -282,8 +282,7 @@ export class Outbox {
     this.leaseMs = opts.leaseMs ?? 300_000;
     this.maxParked = opts.maxParked ?? 10_000;
     this.onCommit = opts.onCommit;
-    const sync = this.db.pragma('synchronous', { simple: true }) as number;
-    this.durability = sync >= 2 ? 'power-loss' : sync === 1 ? 'process-crash' : 'none';
+    this.durability = durabilityOf(this.db.pragma('synchronous', { simple: true }) as number);
     this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
     this.walBudget = opts.store.walCheckpointPages * this.pageSize;
     this.q = prepareStatements(this.db);
@@ -752,12 +751,14 @@ export class Outbox {
     // duplicate delivery (same id, deduplicated by the receiver), never a message. The next durable
     // commit (any enqueue) syncs it anyway. This takes an fsync off every delivered batch.
     const relax = this.durability === 'power-loss';
-    if (relax) this.q.syncNormal.run();
+    // db.pragma, not a prepared statement: SQLite applies `PRAGMA synchronous = X` when the
+    // statement is compiled, so a prepared one does nothing when run (and forces X once prepared).
+    if (relax) this.db.pragma('synchronous = NORMAL');
     let n: number;
     try {
       n = this.ackRows(list);
     } finally {
-      if (relax) this.q.syncFull.run();
+      if (relax) this.db.pragma('synchronous = FULL');
     }
     for (const id of list) this.unlease(id);
     return n;
@@ -1051,7 +1052,8 @@ export class Outbox {
       channels,
       commits: this.commits,
       pending: this.pendingMessages,
-      durability: this.durability,
+      // Read each time (db.pragma: a prepared pragma can answer from when it was compiled), so a setting left weaker shows.
+      durability: durabilityOf(this.db.pragma('synchronous', { simple: true }) as number),
       disk: { freeBytes: this.disk.free, minFreeBytes: this.minFreeBytes, low: this.diskLow() },
     };
   }
@@ -1376,8 +1378,6 @@ function prepareStatements(db: Database) {
     // One statement for a whole acked batch: a statement per row costs twice as much CPU. By id,
     // not by the leased seq: an ack can then only ever delete the messages it names.
     deleteIds: p('DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))'),
-    syncNormal: p('PRAGMA synchronous = NORMAL'),
-    syncFull: p('PRAGMA synchronous = FULL'),
     findById: p('SELECT seq, channel, priority, bytes FROM outbox WHERE id = ?'),
     laneKeys: p('SELECT seq, bytes FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?'),
     laneRows: p(
@@ -1485,4 +1485,8 @@ function sum(values: Iterable<number>): number {
   let n = 0;
   for (const v of values) n += v;
   return n;
+}
+
+function durabilityOf(synchronous: number): OutboxStats['durability'] {
+  return synchronous >= 2 ? 'power-loss' : synchronous === 1 ? 'process-crash' : 'none';
 }

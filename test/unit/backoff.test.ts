@@ -66,6 +66,30 @@ describe('Backoff without jitter', () => {
     expect(() => new Backoff({ minMs: 2000, maxMs: 1000, strategy: 'full', clock, random })).toThrow(/maxMs/);
     expect(() => new Backoff({ minMs: 100, maxMs: 1000, multiplier: 0.5, strategy: 'full', clock, random })).toThrow(AgentError);
   });
+
+  it('says which option is wrong, its value and what was expected; the edges of each range are accepted', () => {
+    const clock = new FakeClock();
+    const random = seededRandom(1);
+    const base = { minMs: 100, maxMs: 1000, strategy: 'full' as const, clock, random };
+    const refusals: [Partial<BackoffOptions>, string][] = [
+      [{ minMs: 0 }, 'backoff option minMs: expected a number of milliseconds above 0, got 0'],
+      [{ maxMs: 99 }, 'backoff option maxMs: expected a number of milliseconds >= minMs (100), got 99'],
+      [{ multiplier: 0.5 }, 'backoff option multiplier: expected a number >= 1, got 0.5'],
+      [{ resetAfterMs: -1 }, 'backoff option resetAfterMs: expected a number of milliseconds >= 0, got -1'],
+      [{ resetAfterMs: Number.NaN }, 'backoff option resetAfterMs: expected a number of milliseconds >= 0, got NaN'],
+      [{ resetAfterMs: Number.POSITIVE_INFINITY }, 'backoff option resetAfterMs: expected a number of milliseconds >= 0, got Infinity'],
+    ];
+    for (const [over, message] of refusals) {
+      expect(() => new Backoff({ ...base, ...over }), message).toThrow(message);
+      try {
+        new Backoff({ ...base, ...over });
+      } catch (err) {
+        expect((err as AgentError).code).toBe('BACKOFF_OPTIONS_INVALID');
+      }
+    }
+    // A fixed delay (maxMs = minMs, multiplier 1) and an immediate reset are fine.
+    expect(failures(new Backoff({ ...base, maxMs: 100, multiplier: 1, resetAfterMs: 0, strategy: 'none' }), 3)).toEqual([100, 100, 100]);
+  });
 });
 
 describe('full jitter', () => {
@@ -212,6 +236,31 @@ describe('parseRetryAfter', () => {
     expect(parseRetryAfter('Fri, 01 Jan 2100 00:00:00 GMT', now)).toBe(MAX_RETRY_AFTER_MS);
   });
 
+  it('reads every month, a one-digit asctime day, the last second of a day and a leap second', () => {
+    const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+    months.forEach((mon, i) => {
+      const minuteBefore = Date.UTC(2025, i, 2) - 60_000;
+      expect(parseRetryAfter(`Mon, 02 ${mon} 2025 00:00:00 GMT`, minuteBefore), mon).toBe(60_000);
+      expect(parseRetryAfter(`Mon, 02 ${mon.toUpperCase()} 2025 00:00:00 GMT`, minuteBefore), mon).toBe(60_000);
+    });
+    expect(parseRetryAfter('Thu Jan  1 00:00:30 2026', now)).toBe(30_000);
+    expect(parseRetryAfter('Thu, 01 Jan 2026 23:59:59 GMT', now)).toBe(DAY - 1000);
+    // :60 is read as :59, not as the next minute.
+    expect(parseRetryAfter('Thu, 01 Jan 2026 00:10:60 GMT', now)).toBe(10 * 60_000 + 59_000);
+  });
+
+  it('refuses an hour, minute or second out of range', () => {
+    for (const bad of ['Thu, 01 Jan 2026 24:00:00 GMT', 'Thu, 01 Jan 2026 00:60:00 GMT', 'Thu, 01 Jan 2026 00:00:61 GMT']) {
+      expect(parseRetryAfter(bad, now), bad).toBeUndefined();
+    }
+  });
+
+  it('reads a two-digit year within 50 years ahead as this century, beyond as the last', () => {
+    // now is 2026: 76 is 2076 (50 years ahead), 77 is 1977.
+    expect(parseRetryAfter('Sunday, 01-Jan-76 00:00:00 GMT', now)).toBe(MAX_RETRY_AFTER_MS);
+    expect(parseRetryAfter('Saturday, 01-Jan-77 00:00:00 GMT', now)).toBe(0);
+  });
+
   it('ignores anything else', () => {
     for (const bad of [undefined, '', 'soon', '-5', '1.5', '1e3', 'Thu, 31 Feb 2026 00:00:00 GMT', 'Thu, 01 Foo 2026 00:00:00 GMT', 'Thu, 01 Jan 2026 25:00:00 GMT', '2026-01-01T00:00:30Z']) {
       expect(parseRetryAfter(bad, now), String(bad)).toBeUndefined();
@@ -239,6 +288,20 @@ describe('reset after a stable link', () => {
     expect(backoff.attempt).toBe(0);
     expect(backoff.failure()).toBe(1000);
     expect(backoff.failure()).toBe(2000);
+  });
+
+  it('resets at exactly resetAfterMs of good link, not a millisecond later', async () => {
+    const { backoff, clock } = make('none', { resetAfterMs: 30_000 });
+    failures(backoff, 4);
+    backoff.success();
+    await clock.advance(30_000);
+    expect(backoff.failure()).toBe(1000);
+    const other = make('none', { resetAfterMs: 30_000 });
+    await other.clock.advance(100_000); // stability is measured from the success, not from the clock's start
+    failures(other.backoff, 4);
+    other.backoff.success();
+    await other.clock.advance(29_999);
+    expect(other.backoff.failure()).toBe(16_000);
   });
 
   it('counts stability from the first success, not the latest', async () => {
@@ -322,6 +385,10 @@ describe('backoffFromSettings', () => {
     expect(() => backoffFromSettings(offline, { clock, random: seededRandom(1) })).toThrow(
       /settings\.offline\.minBackoffSeconds.*settings\.offline\.maxBackoffSeconds/,
     );
+    expect(() => backoffFromSettings(offline, { clock, random: seededRandom(1) })).toThrow(expect.objectContaining({ code: 'CONFIG_INVALID' }));
+    // Equal is a fixed delay, and fine.
+    const fixed = backoffFromSettings({ ...offline, minBackoffSeconds: 10, enableJitter: false }, { clock, random: seededRandom(1) });
+    expect(failures(fixed, 3)).toEqual([10_000, 10_000, 10_000]);
   });
 });
 

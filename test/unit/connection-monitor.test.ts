@@ -132,6 +132,26 @@ describe('channel transitions', () => {
     expect(() => make({ offlineAfterFailures: 0 })).toThrow(/offlineAfterFailures/);
   });
 
+  it('refuses options that cannot work, naming the option, the value and what it expects; 1 is fine for both', () => {
+    expect(() => make({ offlineAfterFailures: 1.5 })).toThrow('connection monitor offlineAfterFailures: expected an integer >= 1, got 1.5');
+    for (const kept of [0, 2.5]) {
+      expect(() => make({ maxOutagesKept: kept })).toThrow(`connection monitor maxOutagesKept: expected an integer >= 1, got ${kept}`);
+    }
+    expect(() => make({ maxOutagesKept: 0 })).toThrow(expect.objectContaining({ code: 'MONITOR_OPTIONS_INVALID' }));
+    const { monitor } = make({ offlineAfterFailures: 1, maxOutagesKept: 1 });
+    monitor.markFailure('api', 'poll', 'x');
+    expect(monitor.health().outages).toHaveLength(1);
+  });
+
+  it('keeps an error of up to 500 characters whole and cuts a longer one, marking the cut', () => {
+    const { monitor } = make();
+    const exact = 'e'.repeat(500);
+    monitor.markFailure('api', 'poll', exact);
+    expect(monitor.health().channels.api?.lastError).toBe(exact);
+    monitor.markFailure('api', 'poll', `${'f'.repeat(500)}TAIL`);
+    expect(monitor.health().channels.api?.lastError).toBe(`${'f'.repeat(500)}…`);
+  });
+
   it('measures outage durations on the monotonic clock, so a wall-clock step does not distort them', async () => {
     const { monitor, clock } = make({ offlineAfterFailures: 1 });
     monitor.markFailure('api', 'poll', 'x');
@@ -269,6 +289,7 @@ describe('health()', () => {
     monitor.markFailure('api', 'poll', 'outage 6');
     const outages = monitor.health().outages;
     expect(outages.map((o) => o.cause)).toEqual(['poll: outage 6', 'poll: outage 5', 'poll: outage 4']);
+    expect(outages).toHaveLength(3); // exactly maxOutagesKept, not one fewer
     expect(outages[0]).toMatchObject({ end: null, durationMs: null });
     expect(outages[1]).toMatchObject({ durationMs: 1000, end: outages[1]!.start + 1000 });
   });

@@ -226,6 +226,13 @@ describe('run-command (real programs)', () => {
       'params.command[0]: "/bin/sh" is not in jobs.allowedCommands (allowed: /bin/echo, /bin/false, /usr/bin/seq, /bin/sleep)',
     );
     expect(() => runCommandHandler({ allowed: [], maxOutputBytes: 1024 })({ command: ['/bin/echo'] }, ctx())).toThrow(/allowed: none; set jobs.allowedCommands/);
+  });
+
+  it('matches a program by its exact absolute path: same file name elsewhere, a bare name or a path with .. is refused', () => {
+    // An allow-list that looked at file names would let a planted /tmp/x/echo, or any echo on PATH, run.
+    for (const program of ['/tmp/evil/echo', 'echo', 'bin/echo', '/bin/../tmp/echo', '/bin/echo/', '/usr/local/bin/echo', '/bin/echo ']) {
+      expect(() => run({ command: [program, 'hi'] }, ctx()), program).toThrow(`params.command[0]: ${JSON.stringify(program)} is not in jobs.allowedCommands`);
+    }
     expect(() => run({ command: '/bin/echo hi' }, ctx())).toThrow('params.command: expected an array of 1 to 101 strings (the program and its arguments), got "/bin/echo hi"');
     expect(() => run({ command: ['/bin/echo', 3] }, ctx())).toThrow('params.command[1]: expected a string of at most 4096 characters without NUL, got 3');
   });

@@ -313,6 +313,35 @@ describe('outbox: counters and restarts', () => {
     expect(setup({}, { synchronous: 'normal' }).outbox.stats().durability).toBe('process-crash');
   });
 
+  it('keeps the store\'s durability in force after every ack, acked or not, and the stats say what is in force', async () => {
+    for (const synchronous of ['full', 'normal'] as const) {
+      const { outbox, store } = setup({}, { synchronous });
+      const level = synchronous === 'full' ? 2 : 1;
+      const said = synchronous === 'full' ? 'power-loss' : 'process-crash';
+      const inForce = () => ({ pragma: store.db.pragma('synchronous', { simple: true }), stats: outbox.stats().durability });
+      await outbox.enqueueMany([1, 2, 3, 4].map((n) => ({ channel: 'telemetry', payload: n })));
+      const [a, b, ...rest] = outbox.peekBatch({ maxCount: 10 });
+      outbox.ack([a!.id]);
+      expect(inForce(), `${synchronous}: after an ack`).toEqual({ pragma: level, stats: said });
+      outbox.ack([b!.id, 'no-such-id']);
+      expect(inForce(), `${synchronous}: after an ack naming an unknown id`).toEqual({ pragma: level, stats: said });
+      outbox.nack(rest.map((m) => m.id));
+      outbox.ack([]);
+      expect(inForce(), `${synchronous}: after a nack and an empty ack`).toEqual({ pragma: level, stats: said });
+      // An enqueue after an ack is as durable as the store says: the ack did not leave it weaker.
+      await outbox.enqueue({ channel: 'events', payload: 'after' });
+      expect(inForce(), `${synchronous}: after the next enqueue`).toEqual({ pragma: level, stats: said });
+    }
+  });
+
+  it('stats report a weaker setting left in force, instead of what the store was opened with', () => {
+    const { outbox, store } = setup();
+    store.db.pragma('synchronous = NORMAL');
+    expect(outbox.stats().durability).toBe('process-crash');
+    store.db.pragma('synchronous = OFF');
+    expect(outbox.stats().durability).toBe('none');
+  });
+
   it('reports the age of the oldest message per channel', async () => {
     const { outbox, clock } = setup();
     await outbox.enqueue({ channel: 'telemetry', payload: 1 });

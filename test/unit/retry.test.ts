@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { CloudError } from '../../src/cloud/http-client.js';
 import { RetryPolicy } from '../../src/cloud/retry.js';
 import { Backoff } from '../../src/resilience/backoff.js';
+import { Kick } from '../../src/util/kick.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
@@ -48,6 +49,28 @@ describe('retry policy', () => {
     await waiting;
     // And the backoff starts again from its first step.
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
+  });
+
+  it('a success that lasts starts the backoff over; one that does not, does not', async () => {
+    const t = setup();
+    for (let i = 0; i < 4; i++) t.retry.afterFailure(new CloudError('network', 'refused'));
+    t.retry.afterSuccess();
+    await t.clock.advance(5_000);
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(16_000);
+    t.retry.afterSuccess();
+    await t.clock.advance(30_000); // the backoff's resetAfterMs
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
+  });
+
+  it('a kick (work the user asked for) ends the wait; without one only time or the probe does', async () => {
+    const t = setup();
+    const kick = new Kick();
+    let done = false;
+    void t.retry.wait(60_000, new AbortController().signal, kick).then(() => (done = true));
+    await t.clock.advance(10);
+    kick.kick();
+    await t.clock.advance(10);
+    expect(done).toBe(true);
   });
 
   it('a wake-up with no Retry-After ends the wait within the stagger', async () => {
