@@ -83,10 +83,21 @@ const telemetryItem = z.strictObject({
 /** One item or up to 1000 at once (parsed apart, so errors name the item: a union would not). */
 const telemetryBatch = z.array(telemetryItem).min(1).max(1000);
 
-export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance; url: string }> {
+/** A route the API serves, as fastify registered it (HEAD included). */
+export interface ApiRoute {
+  method: string;
+  url: string;
+}
+
+export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance; url: string; routes: readonly ApiRoute[] }> {
   const { view } = opts;
   const limits = { ...LIMIT_DEFAULTS, ...opts.limits };
   const app = Fastify({ logger: false, bodyLimit: limits.maxApiBodyBytes, forceCloseConnections: true });
+  // The route table, so that a test can check every route for auth (a new route cannot slip in open).
+  const routes: ApiRoute[] = [];
+  app.addHook('onRoute', (r) => {
+    for (const method of [r.method].flat()) routes.push({ method, url: r.url });
+  });
   // Bodies are measured before they are parsed: what handles them (schemas, stringify) recurses.
   const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser('application/json');
@@ -217,5 +228,5 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   }
 
   const address = await app.listen({ host: opts.host, port: opts.port });
-  return { app, url: address };
+  return { app, url: address, routes };
 }
