@@ -19,7 +19,9 @@ export default {
   timeoutMS: 20_000,
   incremental: true,
   incrementalFile: `reports/mutation/${area.name}.incremental.json`,
-  reporters: ['json', 'html', 'clear-text', 'progress-append-only'],
+  plugins: ['@stryker-mutator/*', './scripts/stryker-survivors-reporter.mjs'],
+  // survivors: reports/mutation/<area>.survivors.txt, written while the run goes on.
+  reporters: ['json', 'html', 'clear-text', 'progress-append-only', 'survivors'],
   jsonReporter: { fileName: `reports/mutation/${area.name}.json` },
   htmlReporter: { fileName: `reports/mutation/${area.name}.html` },
   ignorePatterns: ['dist', 'data', 'coverage', '.test-services', 'devcloud/**/*.db'],

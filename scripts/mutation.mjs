@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// npm run test:mutation -- [--area <name>]... [--json] [--summary-only]
+// npm run test:mutation -- [--area <name>]... [--json] [--summary-only] [--concurrency <n>] [--ignore-static]
+// --ignore-static: skip mutants in module-level code (schemas, constants), which Stryker can only test by
+// running every test of the area; much faster, but those mutants are reported as Ignored, not tested.
 // Runs Stryker on each area in turn (all of them without --area), then prints per area what
 // Stryker's JSON report says: killed, survived, no coverage, timeout, score. `--summary-only`
 // reads the last reports without running Stryker.
@@ -11,18 +13,23 @@ function parseArgs(argv) {
   const areas = [];
   let json = false;
   let summaryOnly = false;
+  let concurrency;
+  let ignoreStatic = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--json') json = true;
     else if (a === '--summary-only') summaryOnly = true;
+    else if (a === '--ignore-static') ignoreStatic = true;
+    else if (a === '--concurrency') concurrency = argv[++i];
     else if (a === '--area') areas.push(...(argv[++i] ?? '').split(',').filter(Boolean));
     else if (a.startsWith('--area=')) areas.push(...a.slice('--area='.length).split(',').filter(Boolean));
-    else throw new Error(`unknown argument "${a}"; expected --area <name>, --json or --summary-only`);
+    else throw new Error(`unknown argument "${a}"; expected --area <name>, --json, --summary-only, --concurrency <n> or --ignore-static`);
   }
   for (const a of areas) {
     if (!(a in AREAS)) throw new Error(`--area "${a}" is not an area; expected one of ${Object.keys(AREAS).join(', ')}`);
   }
-  return { areas: areas.length ? areas : Object.keys(AREAS), json, summaryOnly };
+  if (concurrency !== undefined && !/^[1-9]\d*$/.test(concurrency)) throw new Error(`--concurrency "${concurrency}": expected a whole number of workers (1 or 2 on this 2-core machine)`);
+  return { areas: areas.length ? areas : Object.keys(AREAS), json, summaryOnly, concurrency, ignoreStatic };
 }
 
 /** Counts from a mutation-testing-report-schema JSON report. Ignored mutants (equivalent, marked) are left out. */
@@ -45,10 +52,10 @@ export function summarise(report) {
   return { ...counts, score: valid === 0 ? null : Math.round((detected / valid) * 10_000) / 100 };
 }
 
-function runArea(name) {
+function runArea(name, concurrency, ignoreStatic) {
   const area = AREAS[name];
   const started = Date.now();
-  const r = spawnSync('npx', ['stryker', 'run'], {
+  const r = spawnSync('npx', ['stryker', 'run', ...(concurrency ? ['--concurrency', concurrency] : []), ...(ignoreStatic ? ['--ignoreStatic'] : [])], {
     stdio: 'inherit',
     env: { ...process.env, MUTATION_AREA: name, MUTATION_TESTS: area.tests.join(',') },
   });
@@ -56,11 +63,11 @@ function runArea(name) {
 }
 
 function main() {
-  const { areas, json, summaryOnly } = parseArgs(process.argv.slice(2));
+  const { areas, json, summaryOnly, concurrency, ignoreStatic } = parseArgs(process.argv.slice(2));
   const results = {};
   let failed = false;
   for (const name of areas) {
-    const run = summaryOnly ? undefined : runArea(name);
+    const run = summaryOnly ? undefined : runArea(name, concurrency, ignoreStatic);
     if (run && run.status !== 0) failed = true;
     const file = `reports/mutation/${name}.json`;
     if (!existsSync(file)) {
@@ -79,4 +86,9 @@ function main() {
   process.exitCode = failed ? 1 : 0;
 }
 
-main();
+try {
+  main();
+} catch (err) {
+  console.error(`test:mutation: ${err instanceof Error ? err.message : String(err)}`);
+  process.exitCode = 2;
+}
