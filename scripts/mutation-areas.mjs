@@ -17,7 +17,7 @@ export const AREAS = {
     mutate: ['src/cloud/target-state.ts', 'src/workloads/target-schema.ts'],
     // Not the property tests (target-schema.property.test.ts): most mutants here are in the module-level
     // schema, which Stryker can only test by re-running every test; the examples kill what they would.
-    tests: ['test/unit/target-schema.test.ts', 'test/unit/target-schema-workloads.test.ts', 'test/unit/target-state.test.ts'],
+    tests: ['test/unit/target-schema.test.ts', 'test/unit/target-schema-workloads.test.ts', 'test/unit/target-schema-edges.test.ts', 'test/unit/target-state.test.ts'],
   },
   config: {
     mutate: ['src/config/**/*.ts'],

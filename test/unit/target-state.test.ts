@@ -9,7 +9,7 @@ import { Store } from '../../src/store/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 import type { TargetState } from '../../src/workloads/target-schema.js';
-import { silentLogger } from '../helpers/logger.js';
+import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -50,7 +50,7 @@ const valid = (version: number) => ({ version, apps: { a: { services: { web: { i
 /** Invalid as a whole: one bad service among good ones. */
 const invalid = (version: number) => ({ version, apps: { a: { services: { web: { image: 'nginx:1' }, api: { runtime: 'kubernetes', image: 'x' } } } } });
 
-function setup(opts: { uuid?: string; policy?: { allowPrivileged?: boolean }; maxTargetBytes?: number; answers?: Answer[] } = {}) {
+function setup(opts: { uuid?: string; policy?: { allowPrivileged?: boolean }; maxTargetBytes?: number; answers?: Answer[]; logger?: ReturnType<typeof silentLogger> } = {}) {
   const clock = new FakeClock();
   const random = seededRandom(3);
   const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
@@ -68,7 +68,7 @@ function setup(opts: { uuid?: string; policy?: { allowPrivileged?: boolean }; ma
     },
     retry: new RetryPolicy({ backoff: new Backoff({ minMs: 1_000, maxMs: 60_000, strategy: 'none', clock, random }), sleeper: new Wakeup({ clock, random }), clock }),
     clock,
-    logger: silentLogger(),
+    logger: opts.logger ?? silentLogger(),
     store,
     random,
     pollIntervalMs: () => 10_000,
@@ -221,5 +221,32 @@ describe('target-state poll', () => {
     ctl.abort();
     await t.clock.advance(20_000);
     await done;
+  });
+
+  it('retries a failed poll after the backoff, saying in the log which loop failed', async () => {
+    const cap = captureLogger();
+    const t = setup({ logger: cap.logger, answers: [new CloudError('network', 'connect ECONNREFUSED'), ok(valid(1), '"e1"')] });
+    const ctl = new AbortController();
+    const done = t.poller.run(ctl.signal);
+    await t.clock.advance(0);
+    expect(t.cloud.requests).toHaveLength(1);
+    expect(cap.records().some((r) => r.msg === 'target-state poll failed' && r.err === 'connect ECONNREFUSED')).toBe(true);
+    await t.clock.advance(1_000);
+    expect(t.applied.map((a) => a.version)).toEqual([1]);
+    ctl.abort();
+    await t.clock.advance(20_000);
+    await done;
+  });
+
+  it('logs each new target with its version and ETag, and each rejection as an error with the reasons', async () => {
+    const cap = captureLogger();
+    const t = setup({ logger: cap.logger, answers: [ok(valid(1), '"e1"'), ok(invalid(2), '"e2"')] });
+    await t.poller.pollOnce();
+    await t.poller.pollOnce();
+    const logs = cap.records();
+    expect(logs.find((r) => r.msg === 'new target state stored')).toMatchObject({ version: 1, etag: '"e1"' });
+    const rejected = logs.find((r) => String(r.msg).startsWith('target state rejected, keeping the last good one: '));
+    expect(rejected).toMatchObject({ level: 50, etag: '"e2"', issues: [{ path: 'apps.a.services.api.runtime' }] });
+    expect(rejected?.msg).toContain('apps.a.services.api.runtime: expected one of');
   });
 });
