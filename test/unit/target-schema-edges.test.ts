@@ -74,6 +74,13 @@ describe('service fields', () => {
     for (const bad of ['dev/x', '/dev/a:rwmx', '/dev/a b', '/dev/a:/etc/b', ' /dev/a', '/dev/a:x']) expect(devices(bad), bad).toBe(false);
   });
 
+  it('names the label at fault', () => {
+    const r = svc({ image: 'x', labels: { 'io.iotistic.update-strategy': 'yolo', 'io.iotistic.own': 'x', team: 'a' } });
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.issues.map((i) => i.path)).toEqual(['apps.a.services.s.labels.io.iotistic.update-strategy', 'apps.a.services.s.labels.io.iotistic.own']);
+    expect(svc({ image: 'x', labels: { 'io.iotistic.update-strategy': 'download-then-kill' } }).ok).toBe(true);
+  });
+
   it('runs "auto" with an image as a container, and without one by the process rules', () => {
     expect(svc({ runtime: 'auto', image: 'x', ports: ['80:80'] }).ok).toBe(true);
     expect(svc({ runtime: 'auto', command: ['/bin/true'] }).ok).toBe(true);
