@@ -65,7 +65,15 @@ describe('volumes', () => {
 describe('service fields', () => {
   it('checks environment names, the working dir, commands and devices', () => {
     expect(svc({ image: 'x', environment: { A_1: 'v', _b: 'w' }, workingDir: '/app', command: ['run'] }).ok).toBe(true);
-    for (const name of ['1A', 'A-B', 'A B']) expect(svc({ image: 'x', environment: { [name]: 'v' } }).ok, name).toBe(false);
+    for (const name of ['1A', 'A-B', 'A B']) {
+      const r = svc({ image: 'x', environment: { [name]: 'v' } });
+      expect(r.ok, name).toBe(false);
+      // The key is what is wrong: named with what a key must be, never the value it maps to.
+      if (!r.ok) expect(r.message).toBe(`apps.a.services.s.environment.${name}: expected a key that is an environment variable name, got ${JSON.stringify(name)} (a string)`);
+    }
+    const label = svc({ image: 'x', labels: { '': 'v' } });
+    expect(label.ok).toBe(false);
+    if (!label.ok) expect(label.message).toBe('apps.a.services.s.labels.: expected a key that is a string of at least 1 characters, got "" (a string)');
     expect(svc({ image: 'x', command: [] }).ok).toBe(false);
     expect(svc({ image: '' }).ok).toBe(false);
     expect(svc({ image: `r/${'a'.repeat(510)}` }).ok).toBe(false);
