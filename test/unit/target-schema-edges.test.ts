@@ -37,8 +37,8 @@ describe('ports', () => {
     const r = validateTarget({ version: 1, apps: { a: { services: { s: { image: 'x', ports: [8080, 'junk', '8080:80'] }, t: { image: 'y', ports: ['8080:81'] } } } } });
     expect(r.ok).toBe(false);
     if (r.ok) return;
-    expect(r.issues.filter((i) => i.expected.startsWith('a host port not already used')).map((i) => [i.path, i.expected])).toEqual([
-      ['apps.a.services.t.ports.0', 'a host port not already used (apps.a.services.s.ports.2 uses 8080:80)'],
+    expect(r.issues.filter((i) => i.expected.startsWith('a host port not already used'))).toEqual([
+      { path: 'apps.a.services.t.ports.0', source: 'target', value: '8080:81', expected: 'a host port not already used (apps.a.services.s.ports.2 uses 8080:80)' },
     ]);
   });
 });
@@ -142,6 +142,7 @@ describe('local policy, one permission at a time', () => {
   });
 
   it('gives the refused value and the source it was asked for', () => {
+    expect(servicePolicyIssues('x', hostile).map((i) => i.source)).toEqual(['target', 'target', 'target', 'target']);
     const issues = servicePolicyIssues('x', hostile, undefined, 'local');
     expect(issues.map((i) => [i.path, i.source, i.value])).toEqual([
       ['x.volumes.1', 'local', '/:/host'],
