@@ -179,3 +179,18 @@ describe('documents of the wrong shape', () => {
     expect(r.issues.find((i) => i.path === 'apps.Bad')).toMatchObject({ source: 'target', value: 'Bad', expected: expect.stringContaining('a name matching') });
   });
 });
+
+describe('the rejection message', () => {
+  it('lists every issue, each with its source, separated by "; "', () => {
+    const r = validateTarget({ version: '1', apps: { a: { services: { s: { image: 'x', privileged: true } } } } });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.issues.map((i) => [i.path, i.source])).toEqual([
+      ['version', 'target'],
+      ['apps.a.services.s.privileged', 'target'],
+    ]);
+    expect(r.message).toBe(
+      'version: expected a number, got "1" (a string); apps.a.services.s.privileged: expected false (a privileged container owns the host): refused unless the device\'s local config sets workloads.allowPrivileged: true (a target cannot grant it), got true (a boolean)',
+    );
+  });
+});
