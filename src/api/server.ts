@@ -107,6 +107,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   });
   // Bodies are measured before they are parsed: what handles them (schemas, stringify) recurses.
   const parseJson = app.getDefaultJsonParser('error', 'error');
+  // Stryker disable next-line StringLiteral: fastify also lets a parser for application/json replace its built-in one
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
     if (jsonDeeperThan(body as string, limits.maxJsonDepth)) {
