@@ -211,7 +211,10 @@ describe('local API routes', () => {
     const t = await post(`${url}/v2/local/target-state?x=1`, { version: 1, apps: {}, pad: 'x'.repeat(450) });
     expect(t.status).toBe(413);
     expect(await t.json()).toEqual({ error: 'too_large', message: 'body is larger than limits.maxTargetBytes (400 bytes)' });
-    expect(logs().filter((l) => String(l.msg).startsWith('local API: body refused, over limits.'))).toHaveLength(2);
+    const refusals = logs().filter((l) => String(l.msg).startsWith('local API: body refused, over limits.'));
+    expect(refusals).toHaveLength(2);
+    // The log says which route and how large the body claimed to be.
+    expect(refusals[0]).toMatchObject({ url: '/v2/telemetry', length: String(JSON.stringify(big).length) });
     expect(logs().some((l) => l.level === 'error' || l.level === 50)).toBe(false);
   });
 
@@ -221,7 +224,7 @@ describe('local API routes', () => {
     const deep = await post(`${url}/v2/telemetry`, { stream: 's', payload: nest(6) });
     expect(deep.status).toBe(400);
     expect(await deep.json()).toEqual({ error: 'bad_request', message: 'body nests arrays/objects deeper than limits.maxJsonDepth (4 levels)' });
-    expect(logs().some((l) => String(l.msg).includes('body refused, it nests arrays/objects deeper than limits.maxJsonDepth (4 levels)'))).toBe(true);
+    expect(logs().find((l) => String(l.msg).includes('body refused, it nests arrays/objects deeper than limits.maxJsonDepth (4 levels)'))).toMatchObject({ url: '/v2/telemetry' });
     expect((await post(`${url}/v2/telemetry`, { stream: 's', payload: nest(2) })).status).toBe(202);
   });
 
