@@ -69,6 +69,7 @@ export class BadRequest extends Error {
 export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.output<T> {
   const r = schema.safeParse(body);
   if (r.success) return r.data;
+  // Stryker disable next-line StringLiteral: formatIssue shows a source only for environment variables (IOTISTIC_*)
   const issues = fromZodIssues(r.error.issues, body, () => 'body', () => false);
   throw new BadRequest(issues.map((i) => formatIssue({ ...i, path: i.path === '' ? 'body' : `body.${i.path}` })).join('; '));
 }
@@ -83,12 +84,30 @@ const telemetryItem = z.strictObject({
 /** One item or up to 1000 at once (parsed apart, so errors name the item: a union would not). */
 const telemetryBatch = z.array(telemetryItem).min(1).max(1000);
 
-export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance; url: string }> {
+/** A route the API serves, as fastify registered it (HEAD included). */
+export interface ApiRoute {
+  method: string;
+  url: string;
+}
+
+export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance; url: string; routes: readonly ApiRoute[] }> {
   const { view } = opts;
   const limits = { ...LIMIT_DEFAULTS, ...opts.limits };
-  const app = Fastify({ logger: false, bodyLimit: limits.maxApiBodyBytes, forceCloseConnections: true });
+  const app = Fastify({
+    // Stryker disable next-line BooleanLiteral: fastify's own request log (stdout) is off; nothing the API answers depends on it
+    logger: false,
+    bodyLimit: limits.maxApiBodyBytes,
+    // A stop must not wait for a client holding a request open (a stuck ingest, a slow reader).
+    forceCloseConnections: true,
+  });
+  // The route table, so that a test can check every route for auth (a new route cannot slip in open).
+  const routes: ApiRoute[] = [];
+  app.addHook('onRoute', (r) => {
+    for (const method of [r.method].flat()) routes.push({ method, url: r.url });
+  });
   // Bodies are measured before they are parsed: what handles them (schemas, stringify) recurses.
   const parseJson = app.getDefaultJsonParser('error', 'error');
+  // Stryker disable next-line StringLiteral: fastify also lets a parser for application/json replace its built-in one
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
     if (jsonDeeperThan(body as string, limits.maxJsonDepth)) {
@@ -104,6 +123,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
       : `limits.maxApiBodyBytes (${limits.maxApiBodyBytes} bytes)`;
 
   app.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
+    // Stryker disable next-line StringLiteral: split() always returns a first element; the fallback is for the type checker
     const path = req.url.split('?')[0] ?? '';
     if (OPEN_ROUTES.has(path)) return;
     if (!bearerMatches(req.headers.authorization, opts.key)) {
@@ -122,14 +142,15 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
       void reply.code(413).send({ error: 'too_large', message: `body is larger than ${bodyLimitOf(req.url)}` });
       return;
     }
-    const message =
-      err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError ? `body is not valid JSON: ${err.message}` : err.message;
+    // Fastify's JSON parser reports bad JSON with this code (not a SyntaxError).
+    const message = err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' ? `body is not valid JSON: ${err.message}` : err.message;
     void reply.code(status).send({ error: status === 400 ? 'bad_request' : 'error', message });
   });
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` });
   });
 
+  // Stryker disable next-line StringLiteral: fastify sends a string as text/plain anyway
   app.get('/ping', async (_req, reply) => reply.type('text/plain').send('OK'));
 
   // Healthy means the agent's own loops are alive. It never looks at the cloud: a supervisor that
@@ -217,5 +238,5 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   }
 
   const address = await app.listen({ host: opts.host, port: opts.port });
-  return { app, url: address };
+  return { app, url: address, routes };
 }

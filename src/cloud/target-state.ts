@@ -124,6 +124,7 @@ export class TargetStatePoller {
 
   private reject(etag: string | null, issues: ConfigIssue[], message: string): 'rejected' {
     this.lastRejection = { at: this.o.clock.now(), etag, issues, message };
+    // Stryker disable next-line ConditionalExpression: storing null instead is read back as "none" (??), the same as not storing
     if (etag) this.o.store.setKv(REJECTED_ETAG_KEY, etag);
     this.o.logger.error({ etag, issues }, `target state rejected, keeping the last good one: ${message}`);
     this.o.onRejected?.(this.lastRejection);

@@ -107,6 +107,13 @@ export function fromZodIssues(
       continue;
     }
     const path = issue.path.map(String).join('.');
+    if (issue.code === 'invalid_key') {
+      // A bad record key: zod keeps the key's own problem inside; what is wrong is the key, not its value.
+      const inner = issue.issues[0];
+      const key = issue.path[issue.path.length - 1];
+      out.push({ path, source: sourceOf(path), value: String(key), expected: inner ? `a key that is ${expectedOf(inner as z.core.$ZodIssue)}` : issue.message });
+      continue;
+    }
     const at = valueAt(input, issue.path);
     const base: ConfigIssue = { path, source: sourceOf(path), expected: expectedOf(issue) };
     if (at.found) base.value = isSecret(path) ? '[redacted]' : at.value;

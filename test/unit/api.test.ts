@@ -105,7 +105,7 @@ describe('local API', () => {
     const off = await api();
     const r = await fetch(`${off}/v2/shadow`, { headers: auth });
     expect(r.status).toBe(404);
-    expect(((await r.json()) as { message: string }).message).toBe('the device shadow is off here (features.shadow is false)');
+    expect(await r.json()).toEqual({ error: 'not_found', message: 'the device shadow is off here (features.shadow is false)' });
     const on = await api(
       view({
         shadow: {
@@ -123,7 +123,9 @@ describe('local API', () => {
     const bad = await patch({ reported: 5 });
     expect(bad.status).toBe(400);
     expect(await bad.json()).toEqual({ error: 'bad_request', message: 'reported: expected an object (a JSON merge patch), got 5 (a number)' });
-    expect((await patch({ big: true })).status).toBe(413);
+    const big = await patch({ big: true });
+    expect(big.status).toBe(413);
+    expect(await big.json()).toEqual({ error: 'too_large', message: 'reported: 70000 bytes as JSON, over the 65536-byte limit' });
     expect((await fetch(`${on}/v2/shadow/overrides`, { method: 'DELETE', headers: auth })).status).toBe(200);
   });
 
