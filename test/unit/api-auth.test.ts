@@ -1,5 +1,5 @@
-import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
+import { fakeApiView } from '../helpers/api-view.js';
 import { bearerMatches } from '../../src/api/auth.js';
 import { startApi, type ApiRoute, type ApiView } from '../../src/api/server.js';
 import { silentLogger } from '../helpers/logger.js';
@@ -19,24 +19,10 @@ afterEach(async () => {
 });
 
 function view(shadow: boolean): ApiView {
-  return {
-    version: '9.9.9',
-    uuid: 'dev-1',
-    loops: () => [],
-    healthy: () => true,
-    connection: () => ({ status: 'online' }),
-    state: () => ({ target: null }),
-    config: () => ({ source: 'file' }),
-    pollNow: () => true,
+  return fakeApiView({
     setLocalTarget: () => ({ ok: false, issues: [], message: 'refused in this test' }),
-    clearLocalTarget: () => false,
-    ingest: async (items) => items.map((_, i) => ({ id: `id-${i}` })),
-    queue: () => ({ depth: 0 }),
-    retryParked: () => 0,
-    jobs: () => ({ enabled: false }),
     shadow: shadow ? { get: () => ({}), patch: () => ({}), clearOverrides: () => ({}) } : undefined,
-    metrics: new Registry(),
-  };
+  });
 }
 
 async function api(shadow: boolean): Promise<{ url: string; routes: readonly ApiRoute[] }> {

@@ -1,5 +1,6 @@
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
+import { fakeApiView } from '../helpers/api-view.js';
 import { startApi, type ApiOptions, type ApiView } from '../../src/api/server.js';
 import { OutboxError, type OutboxErrorCode } from '../../src/outbox/types.js';
 import type { TargetState } from '../../src/workloads/target-schema.js';
@@ -16,24 +17,14 @@ afterEach(async () => {
 });
 
 function view(over: Partial<ApiView> = {}): ApiView {
-  return {
-    version: '9.9.9',
-    uuid: 'dev-1',
+  return fakeApiView({
     loops: () => [{ name: 'target-state', state: 'running', restarts: 0, lastError: null, lastErrorAt: null }],
-    healthy: () => true,
-    connection: () => ({ status: 'online' }),
     state: () => ({ target: { version: 4 } }),
     config: () => ({ source: 'file', redacted: true }),
-    pollNow: () => true,
-    setLocalTarget: () => ({ ok: false, issues: [], message: 'not in this test' }),
-    clearLocalTarget: () => false,
-    ingest: async (items) => items.map((_, i) => ({ id: `id-${i}` })),
     queue: () => ({ depth: 3 }),
-    retryParked: () => 0,
     jobs: () => ({ enabled: false, reason: 'features.jobs is false' }),
-    metrics: new Registry(),
     ...over,
-  };
+  });
 }
 
 async function api(v: ApiView = view(), over: Partial<ApiOptions> = {}) {

@@ -1,5 +1,5 @@
-import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
+import { fakeApiView } from '../helpers/api-view.js';
 import { startApi, type ApiView } from '../../src/api/server.js';
 import { ShadowError } from '../../src/shadow/shadow.js';
 import { silentLogger } from '../helpers/logger.js';
@@ -11,24 +11,11 @@ afterEach(async () => {
 });
 
 function view(over: Partial<ApiView> = {}): ApiView {
-  return {
-    version: '9.9.9',
-    uuid: 'dev-1',
+  return fakeApiView({
     loops: () => [{ name: 'target-state', state: 'running', restarts: 0, lastError: null, lastErrorAt: null }],
-    healthy: () => true,
     connection: () => ({ status: 'offline', offlineSince: 1 }),
-    state: () => ({ target: null }),
-    config: () => ({ source: 'file' }),
-    pollNow: () => true,
-    setLocalTarget: () => ({ ok: false, issues: [], message: 'not in this test' }),
-    clearLocalTarget: () => false,
-    ingest: async (items) => items.map((_, i) => ({ id: `id-${i}` })),
-    queue: () => ({ depth: 0 }),
-    retryParked: () => 0,
-    jobs: () => ({ enabled: false }),
-    metrics: new Registry(),
     ...over,
-  };
+  });
 }
 
 async function api(v: ApiView = view()): Promise<string> {
