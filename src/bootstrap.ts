@@ -9,6 +9,7 @@ import type { ConfigSource } from './config/fallback.js';
 import { resolveWithLastKnownGood } from './config/last-known-good.js';
 import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResult } from './config/load.js';
 import { defaultConfig, type AgentConfig } from './config/schema.js';
+import { countCorruptLosses } from './outbox/salvage-losses.js';
 import { Store } from './store/store.js';
 import { systemClock } from './util/clock.js';
 import { AgentError, errorMessage } from './util/errors.js';
@@ -69,6 +70,8 @@ function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: Conf
       exclusive,
       // The full check reads every page: it runs once the agent is up (Agent.start), so a start stays short.
       integrityCheck: 'background',
+      // Messages lost with a corrupt database become the outbox's `corrupt` drops, per channel.
+      onSalvaged: (db, salvage) => void countCorruptLosses(db, salvage, logger),
     });
   disk.releaseIfFull();
   try {

@@ -44,12 +44,14 @@ export interface DropCounts {
   disk: number;
   ttl: number;
   parkedLimit: number;
+  /** Lost with a corrupt database: the rows on the pages the db-corrupt fault overwrote, as the agent's salvage counted them. */
+  corrupt: number;
 }
 
 /** As a service manager would (systemd Restart=always, RestartSec=2). */
 const RESTART_DELAY_MS = 2_000;
 
-const ZERO: DropCounts = { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0 };
+const ZERO: DropCounts = { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, corrupt: 0 };
 
 export class AgentUnderTest {
   readonly configFile: string;
@@ -194,7 +196,7 @@ export class AgentUnderTest {
       if (r.status !== 200) return undefined;
       const t = (r.body as { channels?: Record<string, { depth?: number; parked?: number; drops?: Partial<DropCounts> }> }).channels?.telemetry;
       if (!t) return { depth: 0, parked: 0 };
-      this.observeDrops({ count: t.drops?.count ?? 0, bytes: t.drops?.bytes ?? 0, disk: t.drops?.disk ?? 0, ttl: t.drops?.ttl ?? 0, parkedLimit: t.drops?.parkedLimit ?? 0 });
+      this.observeDrops({ count: t.drops?.count ?? 0, bytes: t.drops?.bytes ?? 0, disk: t.drops?.disk ?? 0, ttl: t.drops?.ttl ?? 0, parkedLimit: t.drops?.parkedLimit ?? 0, corrupt: t.drops?.corrupt ?? 0 });
       return { depth: t.depth ?? 0, parked: t.parked ?? 0 };
     } catch {
       return undefined;

@@ -81,7 +81,7 @@ export function computeLedger(producers: ProducerInput[], agents: AgentInput[], 
   const channels: ChannelLedger[] = [];
   const agentLedgers = new Map<string, AgentLedger>();
   for (const a of agents) {
-    const dropped = { ...a.drops, total: a.drops.count + a.drops.bytes + a.drops.disk + a.drops.ttl + a.drops.parkedLimit };
+    const dropped = { ...a.drops, total: a.drops.count + a.drops.bytes + a.drops.disk + a.drops.ttl + a.drops.parkedLimit + a.drops.corrupt };
     const bricked = a.starts.filter((s) => !s.ok).length;
     agentLedgers.set(a.agent, {
       agent: a.agent, accepted: 0, delivered: 0, dropped, queued: a.queued, parked: a.parked, lost: 0,

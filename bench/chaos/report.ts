@@ -13,7 +13,7 @@ export interface ChaosSummary {
   config: { seed: number; durationMs: number; ratePerProducer: number; clock: 'libfaketime'; runDir: string | null };
   accepted: number;
   delivered: number;
-  dropped: { total: number; count: number; bytes: number; disk: number; ttl: number; parkedLimit: number };
+  dropped: { total: number; count: number; bytes: number; disk: number; ttl: number; parkedLimit: number; corrupt: number };
   queued: number;
   parked: number;
   lost: number;
@@ -69,6 +69,7 @@ export function summarize(ledger: Ledger, opts: { seed: number; durationMs: numb
       disk: sum((a) => a.dropped.disk),
       ttl: sum((a) => a.dropped.ttl),
       parkedLimit: sum((a) => a.dropped.parkedLimit),
+      corrupt: sum((a) => a.dropped.corrupt),
     },
     queued: sum((a) => a.queued),
     parked: sum((a) => a.parked),
@@ -107,9 +108,9 @@ export function printSummary(s: ChaosSummary): void {
   out.push('');
   out.push(
     table(
-      ['agent', 'accepted', 'delivered', 'dropped count/bytes/disk/ttl', 'queued', 'parked', 'lost', 'dup stored', 'resends', 'starts', 'bricked', 'uuids'],
+      ['agent', 'accepted', 'delivered', 'dropped count/bytes/disk/ttl/corrupt', 'queued', 'parked', 'lost', 'dup stored', 'resends', 'starts', 'bricked', 'uuids'],
       s.agents.map((a) => [
-        a.agent, cell(a.accepted), cell(a.delivered), `${a.dropped.count}/${a.dropped.bytes}/${a.dropped.disk}/${a.dropped.ttl}`, cell(a.queued), cell(a.parked),
+        a.agent, cell(a.accepted), cell(a.delivered), `${a.dropped.count}/${a.dropped.bytes}/${a.dropped.disk}/${a.dropped.ttl}/${a.dropped.corrupt}`, cell(a.queued), cell(a.parked),
         cell(a.lost), cell(a.duplicatesStored), cell(a.producerResends), cell(a.starts), cell(a.brickedStarts), String(a.uuids.length),
       ]),
     ),
@@ -136,6 +137,7 @@ export function printSummary(s: ChaosSummary): void {
         ['accepted', cell(s.accepted), ''],
         ['delivered', cell(s.delivered), ''],
         ['dropped (counted by the agent)', cell(s.dropped.total), ''],
+        ['  of which lost with a corrupt database (corrupt)', cell(s.dropped.corrupt), ''],
         ['still queued / parked at the end', `${cell(s.queued)} / ${cell(s.parked)}`, ''],
         ['lost', cell(s.lost), '0'],
         ['duplicatesStored', cell(s.duplicatesStored), '0'],

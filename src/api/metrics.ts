@@ -114,10 +114,10 @@ export function createMetrics(source: MetricsSource): Registry {
   perChannel('iotistic_queue_oldest_age_seconds', 'Age of the oldest waiting message', (c) => c.oldestAgeMs / 1000);
   perChannel('iotistic_queue_parked', 'Messages parked because the peer refuses them for good', (c) => c.parked);
   perChannel('iotistic_queue_delivered_total', 'Messages delivered and acknowledged', (c) => c.delivered, true);
-  perChannel('iotistic_queue_dropped_total', 'Messages dropped by the limits (count, bytes, disk, parked table)', (c) => c.dropped, true);
+  perChannel('iotistic_queue_dropped_total', 'Messages dropped by the limits (count, bytes, disk, parked table) or lost with a corrupt database', (c) => c.dropped, true);
   new Counter({
     name: 'iotistic_queue_drops_total',
-    help: 'Messages that left the outbox undelivered, by channel and reason (count, bytes, disk, ttl, parkedLimit)',
+    help: 'Messages that left the outbox undelivered, by channel and reason (count, bytes, disk, ttl, parkedLimit, corrupt)',
     labelNames: ['channel', 'reason'],
     registers: [registry],
     collect() {

@@ -121,10 +121,11 @@ class LeaseMismatch extends Error {}
 
 /**
  * Counters kept in `outbox_counters`, written in the transaction of the change they count. Drops by
- * reason: `count`, `bytes`, `disk`, `expired` (ttl), `parkedLimit`; `overflow` is the count and bytes
+ * reason: `count`, `bytes`, `disk`, `expired` (ttl), `parkedLimit`, `corrupt` (lost with a damaged database,
+ * counted by the salvage: salvage-losses.ts); `overflow` is the count and bytes
  * drops of databases from before they were told apart, shown as `count`.
  */
-const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'coalesced', 'downsampled'] as const;
+const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'corrupt', 'coalesced', 'downsampled'] as const;
 /** `accepted` is counted in memory only (since the outbox opened): persisting it would add a page write to every enqueue commit. */
 type CounterName = (typeof COUNTERS)[number] | 'accepted';
 type Counters = Record<CounterName, number>;
@@ -199,8 +200,8 @@ class Refused {
 const CHUNK = 64;
 const SEP = '\u0000';
 const laneKey = (channel: string, priority: number): string => `${channel}${SEP}${priority}`;
-const zeroCounters = (): Counters => ({ accepted: 0, delivered: 0, overflow: 0, count: 0, bytes: 0, disk: 0, expired: 0, parked: 0, parkedLimit: 0, coalesced: 0, downsampled: 0 });
-const dropsOf = (c: Counters): DropCounts => ({ count: c.count, bytes: c.bytes, disk: c.disk, ttl: c.expired, parkedLimit: c.parkedLimit });
+const zeroCounters = (): Counters => ({ accepted: 0, delivered: 0, overflow: 0, count: 0, bytes: 0, disk: 0, expired: 0, parked: 0, parkedLimit: 0, corrupt: 0, coalesced: 0, downsampled: 0 });
+const dropsOf = (c: Counters): DropCounts => ({ count: c.count, bytes: c.bytes, disk: c.disk, ttl: c.expired, parkedLimit: c.parkedLimit, corrupt: c.corrupt });
 
 /** SQLITE_FULL, or an I/O error that says ENOSPC. */
 function isDiskFull(err: unknown): boolean {
@@ -1033,7 +1034,7 @@ export class Outbox {
         oldestAgeMs: o === undefined ? 0 : Math.max(0, now - o),
         leased: leasedBy.get(name) ?? 0,
         delivered: c.delivered,
-        dropped: c.overflow + c.count + c.bytes + c.disk + c.parkedLimit,
+        dropped: c.overflow + c.count + c.bytes + c.disk + c.parkedLimit + c.corrupt,
         drops: { ...dropsOf(c), count: c.count + c.overflow },
         onLimit: { ...this.onLimitOf(name) },
         expired: c.expired,
@@ -1204,7 +1205,7 @@ export class Outbox {
     }
     c[counter] += by;
     if (counter !== 'accepted') this.s.dirty.add(channel);
-    if (counter === 'count' || counter === 'bytes' || counter === 'disk' || counter === 'expired' || counter === 'parkedLimit') this.dropping = true;
+    if (counter === 'count' || counter === 'bytes' || counter === 'disk' || counter === 'expired' || counter === 'parkedLimit' || counter === 'corrupt') this.dropping = true;
   }
 
   private laneAdd(channel: string, priority: number, bytes: number, createdAt: number, seq: number | bigint): void {

@@ -6,7 +6,7 @@ import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { fastCheck } from './integrity.js';
 import { latestVersion, MIGRATIONS, type Migration } from './migrations.js';
-import { moveAside, readPendingSalvage, salvageQuarantined, SQLITE_FILES, writePendingSalvage, type QuarantineReport } from './quarantine.js';
+import { moveAside, readPendingSalvage, salvageQuarantined, SQLITE_FILES, writePendingSalvage, type QuarantineReport, type SalvageHook } from './quarantine.js';
 
 export interface OpenStoreOptions {
   path: string;
@@ -26,6 +26,8 @@ export interface OpenStoreOptions {
    * start does not grow with the backlog.
    */
   integrityCheck?: 'inline' | 'deferred';
+  /** Called with what a salvage recovered and lost, in the fresh database (see `SalvageStep.onSalvaged`). */
+  onSalvaged?: SalvageHook;
 }
 
 export interface OpenedDatabase {
@@ -194,6 +196,7 @@ function recover(
       removeFresh: () => {
         for (const suffix of SQLITE_FILES) rmSync(path + suffix, { force: true });
       },
+      ...(opts.onSalvaged ? { onSalvaged: opts.onSalvaged } : {}),
     },
     opts.logger,
   );

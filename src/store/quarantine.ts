@@ -152,6 +152,23 @@ export interface SalvageStep {
   openFresh(): Database;
   /** Deletes the database files at the original path (a partial fresh one). */
   removeFresh(): void;
+  /**
+   * Lets the features that own the tables account for what was lost (the outbox counts lost messages
+   * per channel), in the fresh database before the marker goes: a crash before that redoes it all.
+   */
+  onSalvaged?: SalvageHook;
+}
+
+/** See `SalvageStep.onSalvaged`. An error it throws is logged; the salvage stands. */
+export type SalvageHook = (db: Database, salvage: SalvageReport) => void;
+
+function runHook(hook: SalvageHook | undefined, db: Database, salvage: SalvageReport, logger: Logger): void {
+  if (!hook) return;
+  try {
+    hook(db, salvage);
+  } catch (err) {
+    logger.warn({ err: errorMessage(err) }, `could not account for the rows the salvage lost: ${errorMessage(err)}`);
+  }
 }
 
 /**
@@ -169,6 +186,7 @@ export function salvageQuarantined(path: string, pending: Required<PendingSalvag
     const sync = db.pragma('synchronous', { simple: true }) as number;
     db.pragma('synchronous = OFF');
     salvage = salvageInto(db, pending.quarantinedTo);
+    runHook(step.onSalvaged, db, salvage, logger);
     db.pragma(`synchronous = ${sync}`);
     db.pragma('wal_checkpoint(TRUNCATE)');
     if (salvage.error) salvageError = salvage.error;

@@ -6,7 +6,7 @@ import { WalCheckpointer, type CheckpointerStats } from './checkpointer.js';
 import { markClosedCleanly, openDatabase } from './database.js';
 import { BackgroundIntegrityCheck, type IntegrityStatus } from './integrity.js';
 import type { Migration } from './migrations.js';
-import { QUARANTINE_KV_KEY, readPendingSalvage, writePendingSalvage, type QuarantineReport } from './quarantine.js';
+import { QUARANTINE_KV_KEY, readPendingSalvage, writePendingSalvage, type QuarantineReport, type SalvageHook } from './quarantine.js';
 
 export interface StoredTarget {
   etag: string | null;
@@ -86,6 +86,8 @@ export class Store {
     exclusive?: boolean;
     /** `background`: a fast check at open, the full one in a child process after (see integrity.ts). */
     integrityCheck?: 'background' | 'inline';
+    /** See `OpenStoreOptions.onSalvaged`. */
+    onSalvaged?: SalvageHook;
   }): Store {
     const background = opts.integrityCheck === 'background';
     const { db, quarantine, checked } = openDatabase({ ...opts, integrityCheck: background ? 'deferred' : 'inline' });

@@ -20,7 +20,7 @@ function ledgerFile(records: Array<[string, string, number]>): string {
 
 const agent = (over: Partial<AgentInput> = {}): AgentInput => ({
   agent: 'http',
-  drops: { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0 },
+  drops: { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, corrupt: 0 },
   queued: 0,
   parked: 0,
   uuids: ['u1'],
@@ -39,12 +39,22 @@ describe('chaos ledger', () => {
 
     const explained = computeLedger(
       [{ agent: 'http', ingress: 'api', ledgerPath: api, refused: {} }],
-      [agent({ drops: { count: 0, bytes: 0, disk: 1, ttl: 0, parkedLimit: 0 }, queued: 1 })],
+      [agent({ drops: { count: 0, bytes: 0, disk: 1, ttl: 0, parkedLimit: 0, corrupt: 0 }, queued: 1 })],
       stored,
       0,
       [],
     );
     expect(explained.agents[0]).toMatchObject({ lost: 0, dropped: { total: 1, disk: 1 } });
+
+    // What the agent's salvage counted as lost with a corrupt database is explained, not lost.
+    const corrupt = computeLedger(
+      [{ agent: 'http', ingress: 'api', ledgerPath: api, refused: {} }],
+      [agent({ drops: { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, corrupt: 2 } })],
+      stored,
+      0,
+      [],
+    );
+    expect(corrupt.agents[0]).toMatchObject({ lost: 0, dropped: { total: 2, corrupt: 2 } });
   });
 
   it('counts an id stored under two device uuids, and an API request stored under two ids, as stored duplicates', () => {
