@@ -1,0 +1,168 @@
+/**
+ * B-tree pages, cells and records of the SQLite file format, decoded from untrusted bytes. Every
+ * offset and length is checked against the page or payload it points into; anything that does not
+ * fit is "unreadable" (null), never a throw, a loop or an allocation larger than the database.
+ */
+
+export const TABLE_INTERIOR = 0x05;
+export const TABLE_LEAF = 0x0d;
+export const INDEX_INTERIOR = 0x02;
+export const INDEX_LEAF = 0x0a;
+
+/** A value as stored: integers as bigint (they may exceed 2^53), text as string, blobs as Buffer. */
+export type StoredValue = null | bigint | number | string | Buffer;
+
+export interface TableRow {
+  rowid: bigint;
+  values: StoredValue[];
+}
+
+export interface PageReader {
+  page(n: number): Buffer | null;
+  readonly header: { usable: number; pageCount: number };
+}
+
+/** Where a page's b-tree header starts: page 1 carries the 100-byte database header first. */
+export const headerOffset = (pageNo: number): number => (pageNo === 1 ? 100 : 0);
+
+/** A varint at `at`: its value and length, or null when it runs past `end`. */
+export function readVarint(buf: Buffer, at: number, end = buf.length): { value: bigint; length: number } | null {
+  let value = 0n;
+  for (let i = 0; i < 9; i++) {
+    if (at + i >= end) return null;
+    const byte = buf[at + i]!;
+    if (i === 8) return { value: (value << 8n) | BigInt(byte), length: 9 };
+    value = (value << 7n) | BigInt(byte & 0x7f);
+    if (byte < 0x80) return { value, length: i + 1 };
+  }
+  return null;
+}
+
+/** Signed 64-bit view of a varint (rowids and keys are signed). */
+const signed = (v: bigint): bigint => BigInt.asIntN(64, v);
+
+export interface BtreePage {
+  type: number;
+  /** Offsets of the cells within the page, each checked to lie inside it. */
+  cells: number[];
+  /** Interior pages: the right-most child. */
+  rightChild?: number;
+}
+
+/** The b-tree header and cell pointers of a page, or null when it is not a valid b-tree page. */
+export function parseBtreePage(buf: Buffer, pageNo: number, usable: number): BtreePage | null {
+  const h = headerOffset(pageNo);
+  if (buf.length < h + 12) return null;
+  const type = buf[h]!;
+  const interior = type === TABLE_INTERIOR || type === INDEX_INTERIOR;
+  if (!interior && type !== TABLE_LEAF && type !== INDEX_LEAF) return null;
+  const count = buf.readUInt16BE(h + 3);
+  const ptrs = h + (interior ? 12 : 8);
+  if (ptrs + 2 * count > usable) return null;
+  const cells: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const at = buf.readUInt16BE(ptrs + 2 * i);
+    if (at < ptrs + 2 * count || at >= usable) return null;
+    cells.push(at);
+  }
+  const page: BtreePage = { type, cells };
+  if (interior) page.rightChild = buf.readUInt32BE(h + 8);
+  return page;
+}
+
+/** The child page numbers of an interior page (left children of its cells, then the right child). */
+export function childPages(buf: Buffer, page: BtreePage, usable: number): number[] {
+  const out: number[] = [];
+  for (const at of page.cells) if (at + 4 <= usable) out.push(buf.readUInt32BE(at));
+  if (page.rightChild !== undefined) out.push(page.rightChild);
+  return out;
+}
+
+/** Bytes of a payload of `size` kept on a table-leaf page; the rest goes to overflow pages (spec 1.6). */
+export function localPayload(size: number, usable: number, index = false): number {
+  const x = index ? Math.floor(((usable - 12) * 64) / 255) - 23 : usable - 35;
+  if (size <= x) return size;
+  const m = Math.floor(((usable - 12) * 32) / 255) - 23;
+  const k = m + ((size - m) % (usable - 4));
+  return k <= x ? k : m;
+}
+
+/**
+ * The payload of the table-leaf cell at `at`, following its overflow chain; null when the cell runs
+ * past the page, or the chain loops, leaves the file, or ends early.
+ */
+export function readTableLeafCell(file: PageReader, buf: Buffer, at: number): { rowid: bigint; payload: Buffer } | null {
+  const { usable, pageCount } = file.header;
+  const size = readVarint(buf, at, usable);
+  if (!size) return null;
+  const key = readVarint(buf, at + size.length, usable);
+  if (!key) return null;
+  // A payload cannot exceed the pages the file has: bounds the allocation below.
+  if (size.value > BigInt(pageCount) * BigInt(usable)) return null;
+  const total = Number(size.value);
+  const start = at + size.length + key.length;
+  const local = localPayload(total, usable);
+  if (start + local > usable) return null;
+  if (local === total) return { rowid: signed(key.value), payload: buf.subarray(start, start + total) };
+  if (start + local + 4 > usable) return null;
+  const payload = Buffer.alloc(total);
+  buf.copy(payload, 0, start, start + local);
+  let filled = local;
+  let next = buf.readUInt32BE(start + local);
+  const seen = new Set<number>();
+  while (filled < total) {
+    if (next < 2 || next > pageCount || seen.has(next)) return null;
+    seen.add(next);
+    const ov = file.page(next);
+    if (!ov) return null;
+    const n = Math.min(usable - 4, total - filled);
+    ov.copy(payload, filled, 4, 4 + n);
+    filled += n;
+    next = ov.readUInt32BE(0);
+  }
+  return { rowid: signed(key.value), payload };
+}
+
+/** Bytes a value of serial type `t` takes in a record body. */
+function serialSize(t: bigint): number | null {
+  if (t <= 4n) return [0, 1, 2, 3, 4][Number(t)]!;
+  if (t === 5n) return 6;
+  if (t === 6n || t === 7n) return 8;
+  if (t === 8n || t === 9n) return 0;
+  if (t === 10n || t === 11n) return null;
+  return Number((t - (t % 2n === 0n ? 12n : 13n)) / 2n);
+}
+
+function readValue(p: Buffer, t: bigint, at: number, n: number): StoredValue {
+  if (t === 0n) return null;
+  if (t === 8n) return 0n;
+  if (t === 9n) return 1n;
+  if (t === 7n) return p.readDoubleBE(at);
+  if (t <= 6n) {
+    let v = 0n;
+    for (let i = 0; i < n; i++) v = (v << 8n) | BigInt(p[at + i]!);
+    return BigInt.asIntN(n * 8, v);
+  }
+  const bytes = p.subarray(at, at + n);
+  return t % 2n === 0n ? Buffer.from(bytes) : bytes.toString('utf8');
+}
+
+/** The values of a record, or null when its header or a value runs past the payload. */
+export function decodeRecord(p: Buffer): StoredValue[] | null {
+  const hl = readVarint(p, 0);
+  if (!hl || hl.value > BigInt(p.length) || hl.value < BigInt(hl.length)) return null;
+  const headerEnd = Number(hl.value);
+  const values: StoredValue[] = [];
+  let h = hl.length;
+  let body = headerEnd;
+  while (h < headerEnd) {
+    const t = readVarint(p, h, headerEnd);
+    if (!t) return null;
+    h += t.length;
+    const n = serialSize(t.value);
+    if (n === null || body + n > p.length) return null;
+    values.push(readValue(p, t.value, body, n));
+    body += n;
+  }
+  return values;
+}
