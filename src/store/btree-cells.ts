@@ -38,6 +38,22 @@ export function readVarint(buf: Buffer, at: number, end = buf.length): { value: 
   return null;
 }
 
+/**
+ * A varint as a JS number (sizes, serial types, header lengths): the common 1-7 byte ones without
+ * allocating a bigint; null when it runs past `end` or exceeds 2^53.
+ */
+export function readSize(buf: Buffer, at: number, end = buf.length): { value: number; length: number } | null {
+  let value = 0;
+  for (let i = 0; i < 7; i++) {
+    if (at + i >= end) return null;
+    const byte = buf[at + i]!;
+    value = value * 128 + (byte & 0x7f);
+    if (byte < 0x80) return { value, length: i + 1 };
+  }
+  const big = readVarint(buf, at, end);
+  return big && big.value <= BigInt(Number.MAX_SAFE_INTEGER) ? { value: Number(big.value), length: big.length } : null;
+}
+
 /** Signed 64-bit view of a varint (rowids and keys are signed). */
 const signed = (v: bigint): bigint => BigInt.asIntN(64, v);
 
@@ -93,13 +109,13 @@ export function localPayload(size: number, usable: number, index = false): numbe
  */
 export function readTableLeafCell(file: PageReader, buf: Buffer, at: number): { rowid: bigint; payload: Buffer } | null {
   const { usable, pageCount } = file.header;
-  const size = readVarint(buf, at, usable);
+  const size = readSize(buf, at, usable);
   if (!size) return null;
   const key = readVarint(buf, at + size.length, usable);
   if (!key) return null;
   // A payload cannot exceed the pages the file has: bounds the allocation below.
-  if (size.value > BigInt(pageCount) * BigInt(usable)) return null;
-  const total = Number(size.value);
+  if (size.value > pageCount * usable) return null;
+  const total = size.value;
   const start = at + size.length + key.length;
   const local = localPayload(total, usable);
   if (start + local > usable) return null;
@@ -124,39 +140,36 @@ export function readTableLeafCell(file: PageReader, buf: Buffer, at: number): { 
 }
 
 /** Bytes a value of serial type `t` takes in a record body. */
-function serialSize(t: bigint): number | null {
-  if (t <= 4n) return [0, 1, 2, 3, 4][Number(t)]!;
-  if (t === 5n) return 6;
-  if (t === 6n || t === 7n) return 8;
-  if (t === 8n || t === 9n) return 0;
-  if (t === 10n || t === 11n) return null;
-  return Number((t - (t % 2n === 0n ? 12n : 13n)) / 2n);
+function serialSize(t: number): number | null {
+  if (t <= 4) return t;
+  if (t === 5) return 6;
+  if (t === 6 || t === 7) return 8;
+  if (t === 8 || t === 9) return 0;
+  if (t === 10 || t === 11) return null;
+  return Math.floor((t - 12) / 2);
 }
 
-function readValue(p: Buffer, t: bigint, at: number, n: number): StoredValue {
-  if (t === 0n) return null;
-  if (t === 8n) return 0n;
-  if (t === 9n) return 1n;
-  if (t === 7n) return p.readDoubleBE(at);
-  if (t <= 6n) {
-    let v = 0n;
-    for (let i = 0; i < n; i++) v = (v << 8n) | BigInt(p[at + i]!);
-    return BigInt.asIntN(n * 8, v);
-  }
+function readValue(p: Buffer, t: number, at: number, n: number): StoredValue {
+  if (t === 0) return null;
+  if (t === 8) return 0n;
+  if (t === 9) return 1n;
+  if (t === 7) return p.readDoubleBE(at);
+  if (t <= 4) return BigInt(p.readIntBE(at, n));
+  if (t <= 6) return n === 8 ? p.readBigInt64BE(at) : BigInt(p.readIntBE(at, n));
   const bytes = p.subarray(at, at + n);
-  return t % 2n === 0n ? Buffer.from(bytes) : bytes.toString('utf8');
+  return t % 2 === 0 ? Buffer.from(bytes) : bytes.toString('utf8');
 }
 
 /** The values of a record, or null when its header or a value runs past the payload. */
 export function decodeRecord(p: Buffer): StoredValue[] | null {
-  const hl = readVarint(p, 0);
-  if (!hl || hl.value > BigInt(p.length) || hl.value < BigInt(hl.length)) return null;
-  const headerEnd = Number(hl.value);
+  const hl = readSize(p, 0);
+  if (!hl || hl.value > p.length || hl.value < hl.length) return null;
+  const headerEnd = hl.value;
   const values: StoredValue[] = [];
   let h = hl.length;
   let body = headerEnd;
   while (h < headerEnd) {
-    const t = readVarint(p, h, headerEnd);
+    const t = readSize(p, h, headerEnd);
     if (!t) return null;
     h += t.length;
     const n = serialSize(t.value);

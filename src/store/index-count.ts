@@ -1,4 +1,5 @@
 import type { Database } from 'better-sqlite3';
+import { RowidSet } from './rowid-set.js';
 
 /**
  * What a damaged table's indexes still know about it. An index is a separate b-tree: when the table's
@@ -11,15 +12,17 @@ export type IndexedValues = Record<string, string | number | null>;
 export interface IndexKnowledge {
   /** The largest row count that any way of counting (the table, NOT INDEXED, each index) still gives; null when none can. */
   expected: number | null;
-  /** Every rowid some readable index lists, with the column values those indexes hold for it. */
-  listed: Map<bigint, IndexedValues>;
+  /** Every rowid some readable index lists. */
+  listed: RowidSet;
   /** Whether some index was read to its end without an error (so `listed` names every row). */
   complete: boolean;
+  /** The indexes read, for `indexValues`. */
+  indexes: IndexDef[];
 }
 
 const quote = (name: string): string => `"${name.replaceAll('"', '""')}"`;
 
-interface IndexDef {
+export interface IndexDef {
   name: string;
   columns: string[];
 }
@@ -50,31 +53,31 @@ function tryCount(src: Database, sql: string): number | null {
 
 const plain = (v: unknown): string | number | null => (typeof v === 'bigint' ? Number(v) : typeof v === 'string' || typeof v === 'number' ? v : null);
 
-/** Reads the rowids and key columns an index lists, as far as it can be read; true when read to its end. */
-function listIndex(src: Database, table: string, idx: IndexDef, listed: Map<bigint, IndexedValues>, cap: number): boolean {
-  const cols = ['rowid', ...idx.columns];
-  try {
-    // Only indexed columns and the rowid: SQLite answers from the index alone, never touching the table.
-    const stmt = src.prepare(`SELECT ${cols.map(quote).join(', ')} FROM ${quote(table)} INDEXED BY ${quote(idx.name)}`).raw(true).safeIntegers(true);
-    for (const row of stmt.iterate() as IterableIterator<unknown[]>) {
-      const rowid = row[0] as bigint;
-      let values = listed.get(rowid);
-      if (!values) {
-        if (listed.size >= cap) return false;
-        values = {};
-        listed.set(rowid, values);
+/**
+ * Yields the rowids an index lists, as far as it can be read; `ends[i]` says whether index i was
+ * read to its end. Only the rowid is selected: SQLite answers from the index alone, never the table.
+ */
+function* listIndexes(src: Database, table: string, indexes: IndexDef[], cap: number, ends: boolean[]): Generator<bigint> {
+  for (const idx of indexes) {
+    let n = 0;
+    let ended = false;
+    try {
+      const stmt = src.prepare(`SELECT rowid FROM ${quote(table)} INDEXED BY ${quote(idx.name)}`).pluck().safeIntegers(true);
+      for (const rowid of stmt.iterate() as IterableIterator<bigint>) {
+        if (++n > cap) break;
+        yield rowid;
       }
-      for (let i = 1; i < cols.length; i++) values[cols[i]!] = plain(row[i]);
+      ended = n <= cap;
+    } catch {
+      ended = false;
     }
-    return true;
-  } catch {
-    return false;
+    ends.push(ended);
   }
 }
 
 /**
- * Counts `table`'s rows every way SQLite can and lists what its indexes hold. `cap` bounds how many
- * rowids are kept (a huge damaged table must not exhaust memory).
+ * Counts `table`'s rows every way SQLite can and lists the rowids its indexes hold. `cap` bounds the
+ * rowids read per index (a huge damaged table must not exhaust memory).
  */
 export function askIndexes(src: Database, table: string, cap: number): IndexKnowledge {
   const indexes = fullIndexes(src, table);
@@ -83,8 +86,28 @@ export function askIndexes(src: Database, table: string, cap: number): IndexKnow
     tryCount(src, `SELECT count(*) AS n FROM ${quote(table)} NOT INDEXED`),
     ...indexes.map((i) => tryCount(src, `SELECT count(*) AS n FROM ${quote(table)} INDEXED BY ${quote(i.name)}`)),
   ].filter((n): n is number => n !== null);
-  const listed = new Map<bigint, IndexedValues>();
-  let complete = false;
-  for (const idx of indexes) if (listIndex(src, table, idx, listed, cap)) complete = true;
-  return { expected: counts.length > 0 ? Math.max(...counts) : null, listed, complete };
+  const ends: boolean[] = [];
+  const listed = RowidSet.from(listIndexes(src, table, indexes, cap, ends));
+  return { expected: counts.length > 0 ? Math.max(...counts) : null, listed, complete: ends.includes(true), indexes };
+}
+
+/** The values the indexes hold for each of `wanted` (one pass over each index). */
+export function indexValues(src: Database, table: string, indexes: IndexDef[], wanted: RowidSet): Map<bigint, IndexedValues> {
+  const out = new Map<bigint, IndexedValues>();
+  for (const idx of indexes) {
+    const cols = ['rowid', ...idx.columns];
+    try {
+      const stmt = src.prepare(`SELECT ${cols.map(quote).join(', ')} FROM ${quote(table)} INDEXED BY ${quote(idx.name)}`).raw(true).safeIntegers(true);
+      for (const row of stmt.iterate() as IterableIterator<unknown[]>) {
+        const rowid = row[0] as bigint;
+        if (!wanted.has(rowid)) continue;
+        const values = out.get(rowid) ?? {};
+        out.set(rowid, values);
+        for (let i = 1; i < cols.length; i++) values[cols[i]!] = plain(row[i]);
+      }
+    } catch {
+      // What was read before the damage stays.
+    }
+  }
+  return out;
 }

@@ -3,6 +3,7 @@ import { errorMessage } from '../util/errors.js';
 import type { StoredValue } from './btree-cells.js';
 import { PageFile } from './page-file.js';
 import { type ColumnDef, leafRows, planScan, rowFits } from './page-scan.js';
+import { RowidSet } from './rowid-set.js';
 import { quote, TableCopier } from './table-copier.js';
 
 /**
@@ -27,7 +28,7 @@ export interface ScanTarget {
   /** Fresh columns (without the rowid alias) that the scan may fill. */
   columns: string[];
   /** When set, only orphan rows with a rowid in it are live (an intact index lists every live row). */
-  liveRowids?: Set<bigint>;
+  liveRowids?: RowidSet;
 }
 
 export interface ScanOutcome {
@@ -37,6 +38,11 @@ export interface ScanOutcome {
 
 const BATCH = 2_000;
 
+/** The rowids a fresh table holds now. */
+export function freshRowids(fresh: Database, table: string): RowidSet {
+  return RowidSet.from(fresh.prepare(`SELECT rowid FROM ${quote(table)}`).pluck().safeIntegers(true).iterate() as IterableIterator<bigint>);
+}
+
 /** A stored value as better-sqlite3 binds it. */
 const bindable = (v: StoredValue): unknown => v;
 
@@ -44,7 +50,7 @@ function copyTable(fresh: Database, file: PageFile, name: string, target: ScanTa
   const byName = new Map(columns.map((c, i) => [c.name, i]));
   const cols = target.columns.filter((c) => byName.has(c));
   const copier = new TableCopier(fresh, name, cols, true);
-  const exists = fresh.prepare(`SELECT 1 FROM ${quote(name)} WHERE rowid = ?`).pluck();
+  const copied = freshRowids(fresh, name);
   const batch: unknown[][] = [];
   let errors = 0;
   const seen = new Set<bigint>();
@@ -58,7 +64,7 @@ function copyTable(fresh: Database, file: PageFile, name: string, target: ScanTa
       }
       // An orphan row no complete index lists is a deleted row left on a page: not live.
       if (orphans.has(p) && target.liveRowids && !target.liveRowids.has(r.rowid)) continue;
-      if (seen.has(r.rowid) || exists.get(r.rowid) !== undefined) continue;
+      if (seen.has(r.rowid) || copied.has(r.rowid)) continue;
       seen.add(r.rowid);
       batch.push([r.rowid, ...cols.map((c) => bindable(r.values[byName.get(c)!]!))]);
       if (batch.length >= BATCH) copier.flush(batch);

@@ -1,8 +1,9 @@
 import BetterSqlite3, { type Database } from 'better-sqlite3';
 import { errorMessage } from '../util/errors.js';
-import { askIndexes, type IndexedValues, type IndexKnowledge } from './index-count.js';
+import { askIndexes, type IndexedValues, indexValues, type IndexKnowledge } from './index-count.js';
 import { type ColumnDef, tableColumns } from './page-scan.js';
-import { type PageScanSummary, scanInto, type ScanTarget } from './salvage-scan.js';
+import { RowidSet } from './rowid-set.js';
+import { freshRowids, type PageScanSummary, scanInto, type ScanTarget } from './salvage-scan.js';
 import { quote, TableCopier } from './table-copier.js';
 
 /**
@@ -222,18 +223,15 @@ function copyThroughSqlite(fresh: Database, src: Database, tables: TableInfo[], 
   return damaged;
 }
 
-/** The rowids `knowledge` lists that the fresh table lacks: the lost rows, named. */
-function lostRowids(fresh: Database, table: string, knowledge: IndexKnowledge): { count: number; rows: LostRows } {
-  const exists = fresh.prepare(`SELECT 1 FROM ${quote(table)} WHERE rowid = ?`).pluck();
-  const rows: LostRow[] = [];
-  let count = 0;
-  for (const [rowid, values] of knowledge.listed) {
-    if (exists.get(rowid) !== undefined) continue;
-    count++;
-    if (rows.length < LOST_ROWS_CAP) rows.push({ rowid: Number(rowid), values });
-  }
-  rows.sort((a, b) => a.rowid - b.rowid);
-  return { count, rows: count > rows.length ? { rows, truncated: true } : { rows } };
+/** The rowids `knowledge` lists that the fresh table lacks: the lost rows, named by what the indexes hold. */
+function lostRowids(fresh: Database, src: Database, table: string, knowledge: IndexKnowledge): { count: number; rows: LostRows } {
+  const copied = freshRowids(fresh, table);
+  const lost: bigint[] = [];
+  for (const rowid of knowledge.listed) if (!copied.has(rowid)) lost.push(rowid);
+  const named = RowidSet.from(lost.slice(0, LOST_ROWS_CAP));
+  const values = named.size > 0 ? indexValues(src, table, knowledge.indexes, named) : new Map<bigint, IndexedValues>();
+  const rows = [...named].map((rowid) => ({ rowid: Number(rowid), values: values.get(rowid) ?? {} }));
+  return { count: lost.length, rows: lost.length > rows.length ? { rows, truncated: true } : { rows } };
 }
 
 /**
@@ -247,7 +245,7 @@ function scanDamaged(fresh: Database, src: Database | null, damagedPath: string,
     if (!damaged.has(t.name)) continue;
     const k = src ? askIndexes(src, t.name, LISTED_CAP) : undefined;
     if (k) knowledge.set(t.name, k);
-    targets.set(t.name, k?.complete ? { columns: t.columns, liveRowids: new Set(k.listed.keys()) } : { columns: t.columns });
+    targets.set(t.name, k?.complete ? { columns: t.columns, liveRowids: k.listed } : { columns: t.columns });
   }
   const freshColumns = new Map(tables.filter((t) => t.rowid).map((t) => [t.name, t.defs]));
   const { summary, outcomes } = scanInto(fresh, damagedPath, targets, freshColumns);
@@ -262,7 +260,7 @@ function scanDamaged(fresh: Database, src: Database | null, damagedPath: string,
     const k = knowledge.get(name);
     const counts = [firstCount, k?.expected ?? null].filter((n): n is number => n !== null);
     const expected = counts.length > 0 ? Math.max(...counts) : null;
-    const lost = k ? lostRowids(fresh, name, k) : undefined;
+    const lost = k && src ? lostRowids(fresh, src, name, k) : undefined;
     if (lost && lost.rows.rows.length > 0) report.lostRows[name] = lost.rows;
     if (expected === null) entry.lost = lost && k!.listed.size > 0 ? lost.count : null;
     else entry.lost = Math.max(0, expected - entry.recovered, lost?.count ?? 0);
