@@ -11,7 +11,7 @@ import {
   TABLE_LEAF,
   type TableRow,
 } from './btree-cells.js';
-import { PageFile } from './page-file.js';
+import type { PageFile } from './page-file.js';
 
 /**
  * Finds the rows of damaged tables by reading the file's pages, below SQLite: each table's tree is

@@ -1,9 +1,9 @@
 import BetterSqlite3 from 'better-sqlite3';
-import { closeSync, copyFileSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PageFile } from '../../src/store/page-file.js';
+import { PageFile, readWal } from '../../src/store/page-file.js';
 import { salvageInto, type SalvageReport } from '../../src/store/salvage.js';
 import { Store } from '../../src/store/store.js';
 import { silentLogger } from '../helpers/logger.js';
@@ -27,6 +27,8 @@ interface Msg {
 }
 
 const smallMsg = (i: number): Msg => ({ id: id(i), channel: CHANNELS[i % 3]!, payload: `{"i":${i}}` });
+/** ~10 rows a leaf: a two-level outbox tree with few rows. */
+const paddedMsg = (i: number): Msg => ({ ...smallMsg(i), payload: JSON.stringify({ i, pad: 'p'.repeat(i % 50 + 300) }) });
 
 /** A database as the agent leaves it, with `count` queued messages made by `make`. */
 function populate(path: string, count: number, make: (i: number) => Msg = smallMsg): void {
@@ -62,6 +64,13 @@ function overwrite(path: string, pageNos: number[], pageSize = 4096, fill = 0xab
   closeSync(fd);
 }
 
+/** A schema larger than one page: its root (page 1) becomes an interior page with leaves. */
+function bloatSchema(path: string): void {
+  const db = new BetterSqlite3(path);
+  for (let t = 0; t < 40; t++) db.exec(`CREATE TABLE extra_${t} (a TEXT, b TEXT, c TEXT /* ${'x'.repeat(200)} */) STRICT`);
+  db.close();
+}
+
 /** Salvages `damaged` into a fresh, migrated database; returns the report and the fresh store's rows. */
 function salvage(damaged: string): { report: SalvageReport; ids: string[]; store: Store } {
   const store = Store.open({ path: join(dirs.make(), 'fresh.db'), logger: silentLogger(), clock });
@@ -73,8 +82,8 @@ function salvage(damaged: string): { report: SalvageReport; ids: string[]; store
 describe('page-level salvage', () => {
   it('an interior page of the outbox overwritten: every row on intact leaves recovered, the lost ones named with their channels', () => {
     const path = join(dirs.make(), 'agent.db');
-    const N = 70_000;
-    populate(path, N);
+    const N = 8_000;
+    populate(path, N, paddedMsg);
     const tree = pages(path, 'outbox');
     const interior = tree.filter((p) => p.pagetype === 'internal' && p.path !== '/');
     expect(interior.length).toBeGreaterThan(0);
@@ -113,10 +122,7 @@ describe('page-level salvage', () => {
     it(`a damaged sqlite_schema, ${target}: SQLite cannot read the file, the rows are still recovered`, () => {
       const path = join(dirs.make(), 'agent.db');
       populate(path, 3_000);
-      const db = new BetterSqlite3(path);
-      // A schema larger than one page: its root becomes an interior page with leaves.
-      for (let t = 0; t < 40; t++) db.exec(`CREATE TABLE extra_${t} (a TEXT, b TEXT, c TEXT /* ${'x'.repeat(200)} */) STRICT`);
-      db.close();
+      bloatSchema(path);
       const schema = pages(path, 'sqlite_schema');
       expect(schema.length).toBeGreaterThan(1);
       const page = target.startsWith('page 1') ? 1 : schema.find((p) => p.pagetype === 'leaf')!.pageno;
@@ -130,11 +136,12 @@ describe('page-level salvage', () => {
     });
   }
 
-  it('rows only in the WAL (not checkpointed), the main file header overwritten: the WAL rows recovered', () => {
+  it('rows only in the WAL (not checkpointed), the schema damaged in the main file: the WAL rows recovered by the scan', () => {
     const dir = dirs.make();
     const live = join(dir, 'live.db');
     const path = join(dir, 'agent.db');
     populate(live, 2_000);
+    bloatSchema(live);
     const db = new BetterSqlite3(live);
     db.pragma('wal_autocheckpoint = 0');
     const insert = db.prepare("INSERT INTO outbox (id, channel, priority, created_at, encoding, bytes, payload) VALUES (?, 'events', 20, 0, 0, 2, '{}')");
@@ -143,12 +150,40 @@ describe('page-level salvage', () => {
     })();
     for (const s of ['', '-wal']) copyFileSync(live + s, path + s);
     db.close();
-    overwrite(path, [1]);
+    // The schema leaf naming the outbox, which the inserts did not change: SQLite cannot read the schema.
+    overwrite(path, [pages(live, 'sqlite_schema').find((p) => p.pagetype === 'leaf')!.pageno]);
     const { report, ids, store } = salvage(path);
+    expect(report.pageScan?.tables).toContain('kv');
     expect(ids.slice(0, 2_000)).toEqual(Array.from({ length: 2_000 }, (_, i) => id(i)));
     expect(ids.slice(2_000)).toEqual(Array.from({ length: 500 }, (_, i) => `wal-${i}`));
     expect(report.tables.outbox!.recovered).toBe(2_500);
     store.close();
+  });
+
+  it('a WAL frame whose checksum fails ends the WAL there: the transaction it belongs to is not read', () => {
+    const dir = dirs.make();
+    const live = join(dir, 'live.db');
+    populate(live, 100);
+    const db = new BetterSqlite3(live);
+    db.pragma('wal_autocheckpoint = 0');
+    db.exec("INSERT INTO kv VALUES ('first', '1', 0)");
+    db.transaction(() => {
+      for (let i = 0; i < 300; i++) db.prepare("INSERT INTO outbox (id, channel, priority, created_at, encoding, bytes, payload) VALUES (?, 'e', 20, 0, 0, 2, '{}')").run(`w-${i}`);
+    })();
+    const wal = join(dir, 'copy.db-wal');
+    copyFileSync(`${live}-wal`, wal);
+    db.close();
+    const whole = readWal(wal)!;
+    const frame = 4096 + 24;
+    const frames = (statSync(wal).size - 32) / frame;
+    // One byte of the last frame's page: the last transaction's commit frame no longer checks.
+    const fd = openSync(wal, 'r+');
+    writeSync(fd, Buffer.from([readFileSync(wal)[32 + (frames - 1) * frame + 100]! ^ 0xff]), 0, 1, 32 + (frames - 1) * frame + 100);
+    closeSync(fd);
+    const cut = readWal(wal)!;
+    expect(cut.dbPages).toBeLessThan(whole.dbPages);
+    expect(cut.frames.size).toBeLessThan(whole.frames.size);
+    expect(cut.frames.size).toBeGreaterThan(0);
   });
 
   it('freed pages holding deleted rows are never resurrected, even with the indexes gone too', () => {
