@@ -105,14 +105,16 @@ export function localPayload(size: number, usable: number, index = false): numbe
 
 /**
  * The payload of the table-leaf cell at `at`, following its overflow chain; null when the cell runs
- * past the page, or the chain loops, leaves the file, or ends early.
+ * past the page, or the chain loops, leaves the file, or ends early; 'skipped' when `skip` says so.
  */
-export function readTableLeafCell(file: PageReader, buf: Buffer, at: number): { rowid: bigint; payload: Buffer } | null {
+export function readTableLeafCell(file: PageReader, buf: Buffer, at: number, skip?: (rowid: bigint) => boolean): { rowid: bigint; payload: Buffer } | 'skipped' | null {
   const { usable, pageCount } = file.header;
   const size = readSize(buf, at, usable);
   if (!size) return null;
   const key = readVarint(buf, at + size.length, usable);
   if (!key) return null;
+  // A row already copied need not be read again (nor its overflow chain followed).
+  if (skip?.(signed(key.value))) return 'skipped';
   // A payload cannot exceed the pages the file has: bounds the allocation below.
   if (size.value > pageCount * usable) return null;
   const total = size.value;

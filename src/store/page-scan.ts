@@ -76,15 +76,16 @@ export function rowFits(columns: ColumnDef[], values: StoredValue[]): boolean {
   return values.length === columns.length && columns.every((c, i) => valueFits(c, values[i]!));
 }
 
-/** The rows of one table-leaf page: readable ones, and how many cells were unreadable. */
-export function leafRows(file: PageFile, pageNo: number): { rows: TableRow[]; unreadable: number } {
+/** The rows of one table-leaf page: readable ones (but those `skip` names), and how many cells were unreadable. */
+export function leafRows(file: PageFile, pageNo: number, skip?: (rowid: bigint) => boolean): { rows: TableRow[]; unreadable: number } {
   const rows: TableRow[] = [];
   let unreadable = 0;
   const buf = file.page(pageNo);
   const page = buf ? parseBtreePage(buf, pageNo, file.header.usable) : null;
   if (!buf || page?.type !== TABLE_LEAF) return { rows, unreadable: 1 };
   for (const at of page.cells) {
-    const cell = readTableLeafCell(file, buf, at);
+    const cell = readTableLeafCell(file, buf, at, skip);
+    if (cell === 'skipped') continue;
     const values = cell ? decodeRecord(cell.payload) : null;
     if (cell && values) rows.push({ rowid: cell.rowid, values });
     else unreadable++;
@@ -190,6 +191,12 @@ export function planScan(file: PageFile, damaged: Set<string>, freshColumns: Map
   for (const [name, fresh] of freshColumns) {
     const sql = schema.find((e) => e.type === 'table' && e.name === name)?.sql;
     defs.set(name, (sql ? columnsFromSql(sql, name) : null) ?? fresh);
+  }
+  // Tables only the damaged file has are candidates too: a page of theirs must not go to another table.
+  for (const e of schema) {
+    if (e.type !== 'table' || defs.has(e.name) || !e.sql || e.name.startsWith('sqlite_')) continue;
+    const cols = columnsFromSql(e.sql, e.name);
+    if (cols) defs.set(e.name, cols);
   }
   const plan: PageScanPlan = { tables: new Map(), ambiguousPages: 0, unassignedPages: 0 };
   for (const name of damaged) {

@@ -55,7 +55,7 @@ function copyTable(fresh: Database, file: PageFile, name: string, target: ScanTa
   let errors = 0;
   const seen = new Set<bigint>();
   for (const p of pages) {
-    const { rows, unreadable } = leafRows(file, p);
+    const { rows, unreadable } = leafRows(file, p, (rowid) => copied.has(rowid) || seen.has(rowid));
     errors += unreadable;
     for (const r of rows) {
       if (!rowFits(columns, r.values)) {
