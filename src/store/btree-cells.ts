@@ -115,7 +115,7 @@ export function readTableLeafCell(file: PageReader, buf: Buffer, at: number, ski
   if (!key) return null;
   // A row already copied need not be read again (nor its overflow chain followed).
   if (skip?.(signed(key.value))) return 'skipped';
-  // A payload cannot exceed the pages the file has: bounds the allocation below.
+  // A payload cannot exceed the pages the file has.
   if (size.value > pageCount * usable) return null;
   const total = size.value;
   const start = at + size.length + key.length;
@@ -123,8 +123,8 @@ export function readTableLeafCell(file: PageReader, buf: Buffer, at: number, ski
   if (start + local > usable) return null;
   if (local === total) return { rowid: signed(key.value), payload: buf.subarray(start, start + total) };
   if (start + local + 4 > usable) return null;
-  const payload = Buffer.alloc(total);
-  buf.copy(payload, 0, start, start + local);
+  // Chunks, joined at the end: memory grows with the pages actually read, never with a size garbage claims.
+  const chunks = [buf.subarray(start, start + local)];
   let filled = local;
   let next = buf.readUInt32BE(start + local);
   const seen = new Set<number>();
@@ -134,10 +134,11 @@ export function readTableLeafCell(file: PageReader, buf: Buffer, at: number, ski
     const ov = file.page(next);
     if (!ov) return null;
     const n = Math.min(usable - 4, total - filled);
-    ov.copy(payload, filled, 4, 4 + n);
+    chunks.push(ov.subarray(4, 4 + n));
     filled += n;
     next = ov.readUInt32BE(0);
   }
+  const payload = Buffer.concat(chunks, total);
   return { rowid: signed(key.value), payload };
 }
 

@@ -250,6 +250,25 @@ describe('page-level salvage', () => {
     fresh.close();
   });
 
+  it('a UTF-16 database: no page scan, and the report says why', () => {
+    const dir = dirs.make();
+    const path = join(dir, 'utf16.db');
+    const db = new BetterSqlite3(path);
+    db.pragma("encoding = 'UTF-16le'");
+    db.exec('CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL) STRICT');
+    db.transaction(() => {
+      for (let i = 1; i <= 3_000; i++) db.prepare('INSERT INTO t VALUES (?, ?)').run(i, `v${i}`.padEnd(30, '.'));
+    })();
+    db.close();
+    overwrite(path, [pages(path, 't').find((p) => p.path === '/')!.pageno]);
+    const fresh = new BetterSqlite3(join(dir, 'fresh.db'));
+    fresh.exec('CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL) STRICT');
+    const report = salvageInto(fresh, path);
+    expect(report.pageScan?.error).toMatch(/UTF-16le.*only UTF-8/);
+    expect(report.tables.t!.recovered).toBe(0);
+    fresh.close();
+  });
+
   it('reads the header as SQLite wrote it: 64 KiB pages, page and freelist counts', () => {
     const dir = dirs.make();
     for (const size of [65536, 1024, 4096]) {
