@@ -123,10 +123,36 @@ export function readTableLeafCell(file: PageReader, buf: Buffer, at: number, ski
   if (start + local > usable) return null;
   if (local === total) return { rowid: signed(key.value), payload: buf.subarray(start, start + total) };
   if (start + local + 4 > usable) return null;
+  const payload = followOverflow(file, buf.subarray(start, start + local), buf.readUInt32BE(start + local), total);
+  if (!payload) return null;
+  return { rowid: signed(key.value), payload };
+}
+
+/**
+ * The payload of the index cell at `at` (interior cells start with a 4-byte child pointer), following
+ * its overflow chain; null when unreadable, as for table cells.
+ */
+export function readIndexCell(file: PageReader, buf: Buffer, at: number, interior: boolean): Buffer | null {
+  const { usable, pageCount } = file.header;
+  const start0 = at + (interior ? 4 : 0);
+  const size = readSize(buf, start0, usable);
+  if (!size || size.value > pageCount * usable) return null;
+  const total = size.value;
+  const start = start0 + size.length;
+  const local = localPayload(total, usable, true);
+  if (start + local > usable) return null;
+  if (local === total) return buf.subarray(start, start + total);
+  if (start + local + 4 > usable) return null;
+  return followOverflow(file, buf.subarray(start, start + local), buf.readUInt32BE(start + local), total);
+}
+
+/** `local` followed by the overflow chain from page `next`, `total` bytes in all; null when the chain is broken. */
+function followOverflow(file: PageReader, local: Buffer, first: number, total: number): Buffer | null {
+  const { usable, pageCount } = file.header;
   // Chunks, joined at the end: memory grows with the pages actually read, never with a size garbage claims.
-  const chunks = [buf.subarray(start, start + local)];
-  let filled = local;
-  let next = buf.readUInt32BE(start + local);
+  const chunks = [local];
+  let filled = local.length;
+  let next = first;
   const seen = new Set<number>();
   while (filled < total) {
     if (next < 2 || next > pageCount || seen.has(next)) return null;
@@ -138,8 +164,7 @@ export function readTableLeafCell(file: PageReader, buf: Buffer, at: number, ski
     filled += n;
     next = ov.readUInt32BE(0);
   }
-  const payload = Buffer.concat(chunks, total);
-  return { rowid: signed(key.value), payload };
+  return Buffer.concat(chunks, total);
 }
 
 /** Bytes a value of serial type `t` takes in a record body. */

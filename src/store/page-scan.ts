@@ -29,9 +29,11 @@ export interface ColumnDef {
   rowidAlias: boolean;
 }
 
-interface SchemaEntry {
+export interface SchemaEntry {
   type: string;
   name: string;
+  /** The table an index belongs to. */
+  table: string;
   root: number;
   sql: string | null;
 }
@@ -141,7 +143,7 @@ function readSchema(file: PageFile, map: PageMap): SchemaEntry[] {
       if (v.length !== 5 || typeof v[0] !== 'string' || typeof v[1] !== 'string' || typeof v[3] !== 'bigint') continue;
       const root = Number(v[3]);
       if (root < 1 || root > file.header.pageCount) continue;
-      entries.push({ type: v[0], name: v[1], root, sql: typeof v[4] === 'string' ? v[4] : null });
+      entries.push({ type: v[0], name: v[1], table: typeof v[2] === 'string' ? v[2] : '', root, sql: typeof v[4] === 'string' ? v[4] : null });
     }
   }
   return entries;
@@ -157,6 +159,8 @@ export interface ScannedTable {
 
 export interface PageScanPlan {
   tables: Map<string, ScannedTable>;
+  /** The entries of the damaged file's sqlite_schema that could be read. */
+  schema: SchemaEntry[];
   /** Orphan leaf pages that fit more than one table (skipped). */
   ambiguousPages: number;
   /** Orphan leaf pages that fit no damaged table (or only an intact one). */
@@ -198,7 +202,7 @@ export function planScan(file: PageFile, damaged: Set<string>, freshColumns: Map
     const cols = columnsFromSql(e.sql, e.name);
     if (cols) defs.set(e.name, cols);
   }
-  const plan: PageScanPlan = { tables: new Map(), ambiguousPages: 0, unassignedPages: 0 };
+  const plan: PageScanPlan = { tables: new Map(), schema, ambiguousPages: 0, unassignedPages: 0 };
   for (const name of damaged) {
     const columns = defs.get(name);
     if (columns) plan.tables.set(name, { columns, pages: [...(reached.get(name) ?? [])], orphans: new Set() });

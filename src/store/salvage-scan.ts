@@ -2,7 +2,9 @@ import type { Database } from 'better-sqlite3';
 import { errorMessage } from '../util/errors.js';
 import type { StoredValue } from './btree-cells.js';
 import { PageFile } from './page-file.js';
-import { type ColumnDef, leafRows, planScan, rowFits } from './page-scan.js';
+import { type ColumnDef, leafRows, planScan, rowFits, type ScannedTable, type SchemaEntry } from './page-scan.js';
+import type { IndexedValues } from './index-count.js';
+import { pageIndexes, pageIndexKnowledge, pageIndexValues } from './index-pages.js';
 import { RowidSet } from './rowid-set.js';
 import { quote, TableCopier } from './table-copier.js';
 
@@ -29,11 +31,51 @@ export interface ScanTarget {
   columns: string[];
   /** When set, only orphan rows with a rowid in it are live (an intact index lists every live row). */
   liveRowids?: RowidSet;
+  /** Count and name the rows through the indexes read page by page (SQLite cannot); the table's CREATE to fall back on. */
+  countFromPages?: string;
+}
+
+export interface LostRow {
+  rowid: number;
+  /** The column values the table's intact indexes still hold for the row (e.g. the outbox's id, channel). */
+  values: IndexedValues;
+}
+
+export interface LostRows {
+  rows: LostRow[];
+  /** Set when there were more than LOST_ROWS_CAP. */
+  truncated?: true;
+}
+
+/** Lost rows named per table, at most. */
+export const LOST_ROWS_CAP = 100_000;
+/** Rowids read from a damaged table's indexes, at most (bounds memory on a huge table). */
+export const LISTED_CAP = 2_000_000;
+
+export interface NamedLoss {
+  /** Rowids the indexes list that the fresh table lacks. */
+  count: number;
+  /** Rowids the indexes list in all. */
+  listed: number;
+  rows: LostRows;
+}
+
+/** The rowids `listed` names that the fresh table lacks: the lost rows, with what `valuesFor` knows of them. */
+export function nameLost(fresh: Database, table: string, listed: RowidSet, valuesFor: (wanted: RowidSet) => Map<bigint, IndexedValues>): NamedLoss {
+  const copied = freshRowids(fresh, table);
+  const lost: bigint[] = [];
+  for (const rowid of listed) if (!copied.has(rowid)) lost.push(rowid);
+  const named = RowidSet.from(lost.slice(0, LOST_ROWS_CAP));
+  const values = named.size > 0 ? valuesFor(named) : new Map<bigint, IndexedValues>();
+  const rows = [...named].map((rowid) => ({ rowid: Number(rowid), values: values.get(rowid) ?? {} }));
+  return { count: lost.length, listed: listed.size, rows: lost.length > rows.length ? { rows, truncated: true } : { rows } };
 }
 
 export interface ScanOutcome {
   recovered: number;
   errors: number;
+  /** What the indexes read page by page said (when asked to count from pages). */
+  indexes?: { expected: number | null; lost: NamedLoss };
 }
 
 const BATCH = 2_000;
@@ -74,6 +116,17 @@ function copyTable(fresh: Database, file: PageFile, name: string, target: ScanTa
   return { recovered: copier.recovered, errors: errors + copier.errors };
 }
 
+/** Copies one table's rows from its pages; counts and names its rows through its indexes' pages when asked. */
+function scanTable(fresh: Database, file: PageFile, schema: SchemaEntry[], name: string, target: ScanTarget, t: ScannedTable): ScanOutcome {
+  if (target.countFromPages === undefined) return copyTable(fresh, file, name, target, t.pages, t.orphans, t.columns);
+  const sql = schema.find((e) => e.type === 'table' && e.name === name)?.sql ?? target.countFromPages;
+  const indexes = pageIndexes(schema, name, sql);
+  const k = pageIndexKnowledge(file, indexes, LISTED_CAP);
+  const outcome: ScanOutcome = copyTable(fresh, file, name, k.complete ? { ...target, liveRowids: k.listed } : target, t.pages, t.orphans, t.columns);
+  outcome.indexes = { expected: k.expected, lost: nameLost(fresh, name, k.listed, (w) => pageIndexValues(file, indexes, w)) };
+  return outcome;
+}
+
 /**
  * Scans the damaged file's pages for the rows of `targets` (by table name). `freshColumns` are the
  * column definitions of every fresh rowid table: the fallback when the damaged schema cannot say, and
@@ -104,7 +157,7 @@ export function scanInto(
     summary.unassignedPages = plan.unassignedPages;
     for (const [name, t] of plan.tables) {
       summary.orphanPages += t.orphans.size;
-      outcomes.set(name, copyTable(fresh, file, name, targets.get(name)!, t.pages, t.orphans, t.columns));
+      outcomes.set(name, scanTable(fresh, file, plan.schema, name, targets.get(name)!, t));
     }
   } finally {
     file.close();

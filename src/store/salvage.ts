@@ -1,9 +1,10 @@
 import BetterSqlite3, { type Database } from 'better-sqlite3';
 import { errorMessage } from '../util/errors.js';
-import { askIndexes, type IndexedValues, indexValues, type IndexKnowledge } from './index-count.js';
+import { askIndexes, indexValues, type IndexKnowledge } from './index-count.js';
 import { type ColumnDef, tableColumns } from './page-scan.js';
-import { RowidSet } from './rowid-set.js';
-import { freshRowids, type PageScanSummary, scanInto, type ScanTarget } from './salvage-scan.js';
+import { LISTED_CAP, type LostRows, nameLost, type PageScanSummary, scanInto, type ScanTarget } from './salvage-scan.js';
+
+export { LOST_ROWS_CAP, type LostRow, type LostRows } from './salvage-scan.js';
 import { quote, TableCopier } from './table-copier.js';
 
 /**
@@ -34,18 +35,6 @@ export interface TableSalvage {
   errors: number;
 }
 
-export interface LostRow {
-  rowid: number;
-  /** The column values the table's intact indexes still hold for the row (e.g. the outbox's id, channel). */
-  values: IndexedValues;
-}
-
-export interface LostRows {
-  rows: LostRow[];
-  /** Set when there were more than LOST_ROWS_CAP. */
-  truncated?: true;
-}
-
 export interface SalvageReport {
   tables: Record<string, TableSalvage>;
   /**
@@ -62,10 +51,6 @@ export interface SalvageReport {
 
 /** Rows per read and per write transaction. */
 const CHUNK = 2_000;
-/** Lost rows named per table, at most. */
-export const LOST_ROWS_CAP = 100_000;
-/** Rowids read from a damaged table's indexes, at most (bounds memory on a huge table). */
-const LISTED_CAP = 2_000_000;
 /** Largest rowid SQLite assigns. */
 const MAX_ROWID = 2n ** 63n - 1n;
 
@@ -75,6 +60,7 @@ interface TableInfo {
   rowid: boolean;
   /** Definitions of every column (the rowid alias included), for the page scan. */
   defs: ColumnDef[];
+  sql: string;
 }
 
 /** Tables of the fresh database, with their columns, in creation order. */
@@ -88,7 +74,7 @@ function freshTables(fresh: Database): TableInfo[] {
     // An INTEGER PRIMARY KEY is the rowid itself: copied as `rowid`, not twice.
     const pks = info.filter((c) => c.pk > 0);
     const alias = rowid && pks.length === 1 && pks[0]!.type.toUpperCase() === 'INTEGER' ? pks[0]!.name : undefined;
-    return { name, columns: info.map((c) => c.name).filter((c) => c !== alias), rowid, defs: tableColumns(fresh, name) ?? [] };
+    return { name, columns: info.map((c) => c.name).filter((c) => c !== alias), rowid, defs: tableColumns(fresh, name) ?? [], sql };
   });
 }
 
@@ -223,17 +209,6 @@ function copyThroughSqlite(fresh: Database, src: Database, tables: TableInfo[], 
   return damaged;
 }
 
-/** The rowids `knowledge` lists that the fresh table lacks: the lost rows, named by what the indexes hold. */
-function lostRowids(fresh: Database, src: Database, table: string, knowledge: IndexKnowledge): { count: number; rows: LostRows } {
-  const copied = freshRowids(fresh, table);
-  const lost: bigint[] = [];
-  for (const rowid of knowledge.listed) if (!copied.has(rowid)) lost.push(rowid);
-  const named = RowidSet.from(lost.slice(0, LOST_ROWS_CAP));
-  const values = named.size > 0 ? indexValues(src, table, knowledge.indexes, named) : new Map<bigint, IndexedValues>();
-  const rows = [...named].map((rowid) => ({ rowid: Number(rowid), values: values.get(rowid) ?? {} }));
-  return { count: lost.length, rows: lost.length > rows.length ? { rows, truncated: true } : { rows } };
-}
-
 /**
  * The second pass over the damaged tables (every rowid table when SQLite cannot open the file): the
  * page scan, then the loss as the indexes account for it.
@@ -245,7 +220,8 @@ function scanDamaged(fresh: Database, src: Database | null, damagedPath: string,
     if (!damaged.has(t.name)) continue;
     const k = src ? askIndexes(src, t.name, LISTED_CAP) : undefined;
     if (k) knowledge.set(t.name, k);
-    targets.set(t.name, k?.complete ? { columns: t.columns, liveRowids: k.listed } : { columns: t.columns });
+    // Without SQLite, the scan reads the indexes page by page (with the fresh CREATE when the damaged one is lost).
+    targets.set(t.name, k?.complete ? { columns: t.columns, liveRowids: k.listed } : { columns: t.columns, ...(src ? {} : { countFromPages: t.sql }) });
   }
   const freshColumns = new Map(tables.filter((t) => t.rowid).map((t) => [t.name, t.defs]));
   const { summary, outcomes } = scanInto(fresh, damagedPath, targets, freshColumns);
@@ -258,11 +234,11 @@ function scanDamaged(fresh: Database, src: Database | null, damagedPath: string,
       entry.errors += scanned.errors;
     }
     const k = knowledge.get(name);
-    const counts = [firstCount, k?.expected ?? null].filter((n): n is number => n !== null);
+    const counts = [firstCount, k?.expected ?? null, scanned?.indexes?.expected ?? null].filter((n): n is number => n !== null);
     const expected = counts.length > 0 ? Math.max(...counts) : null;
-    const lost = k && src ? lostRowids(fresh, src, name, k) : undefined;
+    const lost = k && src ? nameLost(fresh, name, k.listed, (w) => indexValues(src, name, k.indexes, w)) : scanned?.indexes?.lost;
     if (lost && lost.rows.rows.length > 0) report.lostRows[name] = lost.rows;
-    if (expected === null) entry.lost = lost && k!.listed.size > 0 ? lost.count : null;
+    if (expected === null) entry.lost = lost && lost.listed > 0 ? lost.count : null;
     else entry.lost = Math.max(0, expected - entry.recovered, lost?.count ?? 0);
   }
 }

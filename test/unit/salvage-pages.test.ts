@@ -136,6 +136,24 @@ describe('page-level salvage', () => {
     });
   }
 
+  it('SQLite cannot open the file (a schema leaf damaged) and an outbox leaf lost: the indexes, read page by page, count and name the lost rows', () => {
+    const path = join(dirs.make(), 'agent.db');
+    populate(path, 3_000);
+    bloatSchema(path);
+    const schemaLeaves = pages(path, 'sqlite_schema').filter((p) => p.pagetype === 'leaf');
+    const leaves = pages(path, 'outbox').filter((p) => p.pagetype === 'leaf');
+    const before = leaves.slice(0, 10).reduce((n, p) => n + p.ncell, 0);
+    const onLeaf = Array.from({ length: leaves[10]!.ncell }, (_, k) => before + k);
+    // The last schema leaf holds only the extra tables: the outbox's entries and its indexes' survive.
+    overwrite(path, [schemaLeaves.at(-1)!.pageno, leaves[10]!.pageno]);
+    const { report, ids, store } = salvage(path);
+    expect(report.pageScan?.tables).toContain('outbox');
+    expect(ids).toEqual(Array.from({ length: 3_000 }, (_, i) => i).filter((i) => !onLeaf.includes(i)).map(id));
+    expect(report.tables.outbox).toMatchObject({ recovered: 3_000 - onLeaf.length, lost: onLeaf.length });
+    expect(report.lostRows.outbox!.rows.map((r) => [r.values.id, r.values.channel])).toEqual(onLeaf.map((i) => [id(i), CHANNELS[i % 3]]));
+    store.close();
+  });
+
   it('rows only in the WAL (not checkpointed), the schema damaged in the main file: the WAL rows recovered by the scan', () => {
     const dir = dirs.make();
     const live = join(dir, 'live.db');
