@@ -108,6 +108,25 @@ describe('page-level salvage', () => {
     store.close();
   });
 
+  it('count(*) fails (the table root and the outbox_id index damaged): another index counts the rows and names the lost ones', () => {
+    const path = join(dirs.make(), 'agent.db');
+    populate(path, 3_000);
+    const tree = pages(path, 'outbox');
+    const leaves = tree.filter((p) => p.pagetype === 'leaf');
+    const before = leaves.slice(0, 7).reduce((n, p) => n + p.ncell, 0);
+    const onLeaf = Array.from({ length: leaves[7]!.ncell }, (_, k) => before + k);
+    overwrite(path, [tree.find((p) => p.path === '/')!.pageno, pages(path, 'outbox_id').find((p) => p.path === '/')!.pageno, leaves[7]!.pageno]);
+    const db = new BetterSqlite3(path, { readonly: true });
+    expect(() => db.prepare('SELECT count(*) FROM outbox').get()).toThrow();
+    db.close();
+    const { report, ids, store } = salvage(path);
+    expect(ids).toHaveLength(3_000 - onLeaf.length);
+    expect(report.tables.outbox).toMatchObject({ recovered: 3_000 - onLeaf.length, lost: onLeaf.length });
+    // outbox_lane holds channel, priority, seq and bytes; the id was only in the damaged outbox_id.
+    expect(report.lostRows.outbox!.rows.map((r) => [r.rowid, r.values.channel, r.values.seq])).toEqual(onLeaf.map((i) => [i + 1, CHANNELS[i % 3], i + 1]));
+    store.close();
+  });
+
   it('lostRows is not part of the per-table report the quarantine persists', () => {
     const path = join(dirs.make(), 'agent.db');
     populate(path, 3_000);
