@@ -1,5 +1,11 @@
 import BetterSqlite3, { type Database } from 'better-sqlite3';
 import { errorMessage } from '../util/errors.js';
+import { askIndexes, indexValues, type IndexKnowledge } from './index-count.js';
+import { type ColumnDef, tableColumns } from './page-scan.js';
+import { LISTED_CAP, type LostRows, nameLost, type PageScanSummary, scanInto, type ScanTarget } from './salvage-scan.js';
+
+export { LOST_ROWS_CAP, type LostRow, type LostRows } from './salvage-scan.js';
+import { quote, TableCopier } from './table-copier.js';
 
 /**
  * Copies what can still be read from a damaged database into a fresh one, table by table. The fresh
@@ -11,11 +17,19 @@ import { errorMessage } from '../util/errors.js';
  * a read fails the reader seeks past the failure (doubling the step until a seek succeeds, then
  * narrowing it back), so the rows beyond the bad page are read again. A row the fresh schema refuses
  * (a CHECK, a UNIQUE, a STRICT type: garbage that happened to parse) is counted as lost.
+ *
+ * SQLite cannot reach the intact leaves under a damaged interior page, nor open a file whose schema
+ * is damaged; a second pass reads those tables' pages itself (salvage-scan.ts). The tables' indexes,
+ * separate b-trees, count the rows and name the ones lost (index-count.ts).
  */
 
 export interface TableSalvage {
   recovered: number;
-  /** Rows known to be lost: `expected - recovered` when the damaged table could still count its rows, else null (unknown). */
+  /**
+   * Rows known to be lost: the larger of `expected - recovered` (expected: the largest count the table
+   * or any of its indexes still gives) and the rowids an index lists that were not recovered; null
+   * when nothing can count (unknown).
+   */
   lost: number | null;
   /** Read errors skipped over (each cost one or more rows). */
   errors: number;
@@ -23,6 +37,13 @@ export interface TableSalvage {
 
 export interface SalvageReport {
   tables: Record<string, TableSalvage>;
+  /**
+   * The lost rows each damaged table's indexes can still name, by table. Kept apart from `tables`
+   * (which is persisted with the quarantine report) because it can be large.
+   */
+  lostRows: Record<string, LostRows>;
+  /** What the page scan did, when it ran. */
+  pageScan?: PageScanSummary;
   /** Set when salvage could not read the damaged file at all (e.g. not a database): nothing was copied. */
   error?: string;
   ms: number;
@@ -33,12 +54,13 @@ const CHUNK = 2_000;
 /** Largest rowid SQLite assigns. */
 const MAX_ROWID = 2n ** 63n - 1n;
 
-const quote = (name: string): string => `"${name.replaceAll('"', '""')}"`;
-
 interface TableInfo {
   name: string;
   columns: string[];
   rowid: boolean;
+  /** Definitions of every column (the rowid alias included), for the page scan. */
+  defs: ColumnDef[];
+  sql: string;
 }
 
 /** Tables of the fresh database, with their columns, in creation order. */
@@ -52,7 +74,7 @@ function freshTables(fresh: Database): TableInfo[] {
     // An INTEGER PRIMARY KEY is the rowid itself: copied as `rowid`, not twice.
     const pks = info.filter((c) => c.pk > 0);
     const alias = rowid && pks.length === 1 && pks[0]!.type.toUpperCase() === 'INTEGER' ? pks[0]!.name : undefined;
-    return { name, columns: info.map((c) => c.name).filter((c) => c !== alias), rowid };
+    return { name, columns: info.map((c) => c.name).filter((c) => c !== alias), rowid, defs: tableColumns(fresh, name) ?? [], sql };
   });
 }
 
@@ -76,34 +98,6 @@ function countRows(src: Database, table: string): number | null {
     return (src.prepare(`SELECT count(*) AS n FROM ${quote(table)}`).get() as { n: number }).n;
   } catch {
     return null;
-  }
-}
-
-class TableCopier {
-  recovered = 0;
-  errors = 0;
-  private readonly write: (rows: unknown[][]) => void;
-
-  constructor(fresh: Database, table: string, columns: string[], withRowid: boolean) {
-    const cols = [...(withRowid ? ['rowid'] : []), ...columns];
-    const one = fresh.prepare(`INSERT INTO ${quote(table)} (${cols.map(quote).join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`);
-    this.write = fresh.transaction((rows: unknown[][]) => {
-      for (const r of rows) {
-        try {
-          one.run(r);
-          this.recovered++;
-        } catch (err) {
-          // Only a row the schema refuses is skipped; a full disk or an I/O error ends the salvage.
-          if (!String((err as { code?: unknown }).code).startsWith('SQLITE_CONSTRAINT')) throw err;
-          this.errors++;
-        }
-      }
-    });
-  }
-
-  flush(rows: unknown[][]): void {
-    if (rows.length > 0) this.write(rows);
-    rows.length = 0;
   }
 }
 
@@ -196,6 +190,74 @@ function isReadError(err: unknown): boolean {
   return code.startsWith('SQLITE_CORRUPT') || code.startsWith('SQLITE_NOTADB') || code.startsWith('SQLITE_IOERR') || code.startsWith('SQLITE_ERROR') || code === 'SQLITE_RANGE';
 }
 
+/** The first pass: copies each table through SQLite; returns the rowid tables that had damage. */
+function copyThroughSqlite(fresh: Database, src: Database, tables: TableInfo[], report: SalvageReport): Map<string, number | null> {
+  const damaged = new Map<string, number | null>();
+  for (const t of tables) {
+    const columns = sharedColumns(src, t);
+    if (columns === null) {
+      report.tables[t.name] = { recovered: 0, lost: 0, errors: 0 };
+      continue;
+    }
+    const expected = countRows(src, t.name);
+    const copier = new TableCopier(fresh, t.name, columns, t.rowid);
+    if (t.rowid) copyRowidTable(src, copier, t.name, columns);
+    else copyKeyedTable(src, copier, t.name, columns);
+    report.tables[t.name] = { recovered: copier.recovered, lost: expected === null ? null : Math.max(0, expected - copier.recovered), errors: copier.errors + (expected === null ? 1 : 0) };
+    if (t.rowid && (copier.errors > 0 || expected === null || expected > copier.recovered)) damaged.set(t.name, expected);
+  }
+  return damaged;
+}
+
+/**
+ * The second pass over the damaged tables (every rowid table when SQLite cannot open the file): the
+ * page scan, then the loss as the indexes account for it.
+ */
+function scanDamaged(fresh: Database, src: Database | null, damagedPath: string, tables: TableInfo[], damaged: Map<string, number | null>, report: SalvageReport): void {
+  const knowledge = new Map<string, IndexKnowledge>();
+  const targets = new Map<string, ScanTarget>();
+  for (const t of tables) {
+    if (!damaged.has(t.name)) continue;
+    const k = src ? askIndexes(src, t.name, LISTED_CAP) : undefined;
+    if (k) knowledge.set(t.name, k);
+    // Without SQLite, the scan reads the indexes page by page (with the fresh CREATE when the damaged one is lost).
+    targets.set(t.name, k?.complete ? { columns: t.columns, liveRowids: k.listed } : { columns: t.columns, ...(src ? {} : { countFromPages: t.sql }) });
+  }
+  const freshColumns = new Map(tables.filter((t) => t.rowid).map((t) => [t.name, t.defs]));
+  const { summary, outcomes } = scanInto(fresh, damagedPath, targets, freshColumns);
+  report.pageScan = summary;
+  for (const [name, firstCount] of damaged) {
+    const entry = report.tables[name]!;
+    const scanned = outcomes.get(name);
+    if (scanned) {
+      entry.recovered += scanned.recovered;
+      entry.errors += scanned.errors;
+    }
+    const k = knowledge.get(name);
+    const counts = [firstCount, k?.expected ?? null, scanned?.indexes?.expected ?? null].filter((n): n is number => n !== null);
+    const expected = counts.length > 0 ? Math.max(...counts) : null;
+    const lost = k && src ? nameLost(fresh, name, k.listed, (w) => indexValues(src, name, k.indexes, w)) : scanned?.indexes?.lost;
+    if (lost && lost.rows.rows.length > 0) report.lostRows[name] = lost.rows;
+    if (expected === null) entry.lost = lost && lost.listed > 0 ? lost.count : null;
+    else entry.lost = Math.max(0, expected - entry.recovered, lost?.count ?? 0);
+  }
+}
+
+function openDamaged(damagedPath: string): Database {
+  const src = new BetterSqlite3(damagedPath, { readonly: true, fileMustExist: true });
+  try {
+    // Read what lies before a cut: SQLite refuses a file shorter than its header says unless the
+    // schema is "writable", which better-sqlite3's defensive mode forbids. Harmless on a read-only connection.
+    src.unsafeMode(true);
+    src.pragma('writable_schema = ON');
+    src.prepare('SELECT count(*) FROM sqlite_schema').get();
+    return src;
+  } catch (err) {
+    src.close();
+    throw err;
+  }
+}
+
 /**
  * Copies the readable rows of the damaged database at `damagedPath` into `fresh`. Never modifies the
  * damaged file (it is opened read-only, so its WAL is read, never checkpointed into it). Throws only
@@ -204,43 +266,30 @@ function isReadError(err: unknown): boolean {
 export function salvageInto(fresh: Database, damagedPath: string, clock: { now(): number } = { now: () => performance.now() }): SalvageReport {
   const t0 = clock.now();
   const tables = freshTables(fresh);
-  const report: SalvageReport = { tables: {}, ms: 0 };
-  let src: Database;
+  const report: SalvageReport = { tables: {}, lostRows: {}, ms: 0 };
+  let src: Database | null = null;
+  let openError: string | undefined;
   try {
-    src = new BetterSqlite3(damagedPath, { readonly: true, fileMustExist: true });
-    // Read what lies before a cut: SQLite refuses a file shorter than its header says unless the
-    // schema is "writable", which better-sqlite3's defensive mode forbids. Harmless on a read-only connection.
-    src.unsafeMode(true);
-    src.pragma('writable_schema = ON');
-    src.prepare('SELECT count(*) FROM sqlite_schema').get();
+    src = openDamaged(damagedPath);
   } catch (err) {
-    report.error = `the damaged file cannot be read as a database: ${errorMessage(err)}`;
-    for (const t of tables) report.tables[t.name] = { recovered: 0, lost: null, errors: 1 };
-    report.ms = clock.now() - t0;
-    return report;
+    openError = `the damaged file cannot be read as a database: ${errorMessage(err)}`;
   }
+  const fk = fresh.pragma('foreign_keys', { simple: true });
+  fresh.pragma('foreign_keys = OFF');
   try {
-    const fk = fresh.pragma('foreign_keys', { simple: true });
-    fresh.pragma('foreign_keys = OFF');
-    try {
-      for (const t of tables) {
-        const columns = sharedColumns(src, t);
-        if (columns === null) {
-          report.tables[t.name] = { recovered: 0, lost: 0, errors: 0 };
-          continue;
-        }
-        const expected = countRows(src, t.name);
-        const copier = new TableCopier(fresh, t.name, columns, t.rowid);
-        if (t.rowid) copyRowidTable(src, copier, t.name, columns);
-        else copyKeyedTable(src, copier, t.name, columns);
-        report.tables[t.name] = { recovered: copier.recovered, lost: expected === null ? null : Math.max(0, expected - copier.recovered), errors: copier.errors + (expected === null ? 1 : 0) };
-      }
-    } finally {
-      fresh.pragma(`foreign_keys = ${fk ? 'ON' : 'OFF'}`);
+    let damaged: Map<string, number | null>;
+    if (src) damaged = copyThroughSqlite(fresh, src, tables, report);
+    else {
+      for (const t of tables) report.tables[t.name] = { recovered: 0, lost: null, errors: 1 };
+      damaged = new Map(tables.filter((t) => t.rowid).map((t) => [t.name, null]));
     }
+    if (damaged.size > 0) scanDamaged(fresh, src, damagedPath, tables, damaged, report);
   } finally {
-    src.close();
+    fresh.pragma(`foreign_keys = ${fk ? 'ON' : 'OFF'}`);
+    src?.close();
   }
+  // Not readable by SQLite yet rows found page by page: a salvage, not a failure.
+  if (openError && Object.values(report.tables).every((t) => t.recovered === 0)) report.error = openError;
   report.ms = clock.now() - t0;
   return report;
 }
