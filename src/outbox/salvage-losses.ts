@@ -6,7 +6,9 @@ import type { Logger } from '../util/logger.js';
  * tables go. Structural, so the store needs to know nothing of the outbox.
  */
 export interface SalvageLosses {
-  tables: Record<string, { lost: number | null; lostRows?: readonly { values: Readonly<Record<string, unknown>> }[] } | undefined>;
+  tables: Record<string, { lost: number | null } | undefined>;
+  /** Per table, the lost rows its intact indexes still name (their indexed column values). */
+  lostRows?: Record<string, { rows: readonly { values: Readonly<Record<string, unknown>> }[] } | undefined>;
 }
 
 export interface CorruptLosses {
@@ -28,7 +30,7 @@ export function corruptLosses(salvage: SalvageLosses): CorruptLosses {
   const out: CorruptLosses = { byChannel: {}, unknownChannel: 0, parked: 0, uncounted: [] };
   const queued = salvage.tables['outbox'];
   if (queued) {
-    const rows = queued.lostRows ?? [];
+    const rows = salvage.lostRows?.['outbox']?.rows ?? [];
     for (const r of rows) {
       const channel = r.values['channel'];
       if (typeof channel === 'string') out.byChannel[channel] = (out.byChannel[channel] ?? 0) + 1;

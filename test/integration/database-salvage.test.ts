@@ -153,6 +153,13 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
   const metrics = (await second.get('/metrics')).body as string;
   expect(metrics).toMatch(/iotistic_database_quarantined_timestamp_seconds [1-9]/);
   expect(metrics).toContain(`iotistic_database_salvaged_rows{table="outbox",outcome="lost"} ${outbox.lost}`);
+  // Each lost message is a counted drop of its channel (the outbox_lane index still named them).
+  const lostCount = accepted.length - survivors.length;
+  expect(outbox.lost).toBeGreaterThanOrEqual(lostCount);
+  const queue = (await second.get('/v2/queue')).body as { channels: Record<string, { dropped: number; drops: Record<string, number> }> };
+  expect(queue.channels['telemetry']).toMatchObject({ dropped: lostCount, drops: { corrupt: lostCount, count: 0 } });
+  expect(metrics).toContain(`iotistic_queue_drops_total{channel="telemetry",reason="corrupt"} ${lostCount}`);
+  expect(second.records().some((r) => String(r.msg) === `outbox: ${lostCount} messages were lost with the damaged database (telemetry: ${lostCount})`)).toBe(true);
 
   // The cloud comes back: every surviving message arrives with its original id, and the event too.
   await cloud.admin.clearFaults();
@@ -172,8 +179,65 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
   expect(event.ev.payload).toMatchObject({ type: 'database-quarantined', quarantinedTo: d.quarantine!.quarantinedTo, tables: { outbox: { recovered: outbox.recovered, lost: outbox.lost } } });
 }
 
+/** The interior pages of the outbox's b-tree (its root among them), overwritten: every leaf under them is intact. */
+function damageOutboxInterior(path: string): number {
+  const db = new BetterSqlite3(path, { readonly: true });
+  const interior = (db.prepare("SELECT pageno FROM dbstat WHERE name = 'outbox' AND pagetype = 'internal'").all() as { pageno: number }[]).map((r) => r.pageno);
+  db.close();
+  expect(interior.length).toBeGreaterThan(0);
+  const fd = openSync(path, 'r+');
+  for (const p of interior) writeSync(fd, Buffer.alloc(PAGE, 0x5a), 0, PAGE, (p - 1) * PAGE);
+  closeSync(fd);
+  return interior.length;
+}
+
+/** The whole queue survives damage that hides its pages from SQLite (the salvage reads the pages themselves). */
+async function interiorDamaged(): Promise<void> {
+  const dev = { uuid: `salvage-${process.pid}-i`, apiKey: 'salvage-key-0123456789abcdef' };
+  cloud.admin.createDevice(dev);
+  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  const dataDir = dirs.make();
+  const port = await freePort();
+  const config = {
+    device: dev,
+    api: { port },
+    cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+    features: { metrics: false },
+    settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+  };
+  await cloud.admin.setFaults({ refuse: true });
+  const first = await spawnAgent({ dataDir, config });
+  agents.push(first);
+  const accepted: string[] = [];
+  for (let b = 0; b < 20; b++) {
+    const r = await first.send('POST', '/v2/telemetry', Array.from({ length: 100 }, (_, i) => ({ stream: 'temp', payload: { b, i, pad: 'p'.repeat(200) } })));
+    expect(r.status).toBe(202);
+    accepted.push(...(r.body as { ids: string[] }).ids);
+  }
+  expect((await first.stop()).code).toBe(0);
+  damageOutboxInterior(join(dataDir, 'agent.db'));
+
+  const second = await spawnAgent({ dataDir, config });
+  agents.push(second);
+  const d = await waitFor('the quarantine and salvage', async () => {
+    const v = await databaseView(second);
+    return v.quarantinedThisStart ? v : undefined;
+  }, 30_000, 200);
+  expect(d.quarantine!.tables.outbox).toMatchObject({ lost: 0 });
+  await cloud.admin.clearFaults();
+  const delivered = await waitFor('every accepted message at the devcloud', () => {
+    const ids = new Set(storedMessages(dev.uuid).filter((m) => m.channel === 'telemetry').map((m) => m.id));
+    return accepted.every((id) => ids.has(id)) ? ids : undefined;
+  }, 60_000, 250);
+  expect(delivered.size).toBe(accepted.length);
+  const queue = (await second.get('/v2/queue')).body as { channels: Record<string, { drops: Record<string, number> }> };
+  expect(queue.channels['telemetry']?.drops['corrupt']).toBe(0);
+}
+
 describe('a corrupt database is salvaged and reported', () => {
   it('queued messages survive a damaged file and reach the cloud with their ids; the quarantine is visible', () => damagedWhileStopped(false), 90_000);
 
   it('the same when a clean close vouched for the damaged file: a read failing in use starts the check', () => damagedWhileStopped(true), 90_000);
+
+  it("the outbox's interior pages overwritten: the leaves under them are read page by page, nothing is lost", () => interiorDamaged(), 90_000);
 });

@@ -22,11 +22,8 @@ function outboxOn(store: Store, clock: FakeClock): Outbox {
 describe('messages lost with a corrupt database', () => {
   it('are sorted by the channel an intact index still names; the rest are counted as unknown', () => {
     const losses = corruptLosses({
-      tables: {
-        outbox: { lost: 6, lostRows: [lostRow('telemetry'), lostRow('telemetry'), lostRow('metrics'), lostRow(null)] },
-        outbox_parked: { lost: 3 },
-        kv: { lost: 1 },
-      },
+      tables: { outbox: { lost: 6 }, outbox_parked: { lost: 3 }, kv: { lost: 1 } },
+      lostRows: { outbox: { rows: [lostRow('telemetry'), lostRow('telemetry'), lostRow('metrics'), lostRow(null)] } },
     });
     expect(losses).toEqual({ byChannel: { telemetry: 2, metrics: 1 }, unknownChannel: 3, parked: 3, uncounted: [] });
     expect(corruptLosses({ tables: { outbox: { lost: null }, outbox_parked: { lost: null } } }).uncounted).toEqual(['outbox', 'outbox_parked']);
@@ -38,9 +35,9 @@ describe('messages lost with a corrupt database', () => {
     const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
     try {
       const log = captureLogger();
-      countCorruptLosses(store.db, { tables: { outbox: { lost: 3, lostRows: [lostRow('telemetry'), lostRow('telemetry'), lostRow('events')] } } }, log.logger);
+      countCorruptLosses(store.db, { tables: { outbox: { lost: 3 } }, lostRows: { outbox: { rows: [lostRow('telemetry'), lostRow('telemetry'), lostRow('events')] } } }, log.logger);
       // A second salvage later adds to the first.
-      countCorruptLosses(store.db, { tables: { outbox: { lost: 2, lostRows: [lostRow('telemetry')] }, outbox_parked: { lost: 4 } } }, log.logger);
+      countCorruptLosses(store.db, { tables: { outbox: { lost: 2 }, outbox_parked: { lost: 4 } }, lostRows: { outbox: { rows: [lostRow('telemetry')] } } }, log.logger);
       const lines = log.records().filter((r) => r.level === 50).map((r) => String(r.msg));
       expect(lines).toEqual([
         'outbox: 3 messages were lost with the damaged database (telemetry: 2; events: 1)',
@@ -60,7 +57,7 @@ describe('messages lost with a corrupt database', () => {
     const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock: new FakeClock() });
     try {
       const log = captureLogger();
-      countCorruptLosses(store.db, { tables: { outbox: { lost: 0, lostRows: [] }, outbox_parked: { lost: 0 } } }, log.logger);
+      countCorruptLosses(store.db, { tables: { outbox: { lost: 0 }, outbox_parked: { lost: 0 } }, lostRows: {} }, log.logger);
       expect(log.records()).toEqual([]);
       expect(store.db.prepare("SELECT count(*) AS n FROM outbox_counters WHERE counter = 'corrupt'").get()).toEqual({ n: 0 });
     } finally {
