@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 /**
@@ -208,8 +209,12 @@ export class AgentUnderTest {
     return { ...this.dropsTotal };
   }
 
-  /** Starts a second agent on the same data dir (other ports); resolves with how it ended or `running`. */
-  async secondInstance(apiPort: number, brokerPort: number, waitMs: number): Promise<{ exit: number | null; ranMs: number; output: string }> {
+  /**
+   * Starts a second agent on the same data dir (other ports) and waits for it to exit (it must refuse),
+   * for `waitMs` at most, or until its local API answers (it runs: proof enough). A loaded machine can
+   * take seconds just to load the agent's modules, so silence for a while proves nothing; an answer does.
+   */
+  async secondInstance(apiPort: number, brokerPort: number, waitMs: number): Promise<{ exit: number | null; ranMs: number; output: string; answered: boolean }> {
     const configFile = join(this.spec.runDir, `agent-${this.name}-second.json`);
     const logFile = join(this.spec.runDir, `agent-${this.name}-second.log`);
     writeFileSync(configFile, JSON.stringify(this.config(apiPort, brokerPort)));
@@ -220,20 +225,27 @@ export class AgentUnderTest {
       stdio: ['ignore', out, out],
     });
     closeSync(out);
-    const exit = await new Promise<number | null>((resolve) => {
-      const timer = setTimeout(() => resolve(null), waitMs);
+    let exit: number | null = null;
+    let exited = false;
+    const gone = new Promise<void>((resolve) =>
       child.once('exit', (code, signal) => {
-        clearTimeout(timer);
-        resolve(code ?? (signal ? 128 : null));
-      });
-    });
+        exit = code ?? (signal ? 128 : null);
+        exited = true;
+        resolve();
+      }),
+    );
+    let answered = false;
+    while (!exited && !answered && Date.now() - t0 < waitMs) {
+      answered = await answers(apiPort);
+      if (!answered) await Promise.race([gone, sleep(250)]);
+    }
     const ranMs = Date.now() - t0;
-    if (exit === null) {
-      const gone = new Promise((r) => child.once('exit', r));
+    if (!exited) {
       child.kill('SIGKILL');
       await gone;
+      exit = null;
     }
-    return { exit, ranMs, output: tail(readFileSync(logFile, 'utf8'), 400) };
+    return { exit, ranMs, output: tail(readFileSync(logFile, 'utf8'), 400), answered };
   }
 
   private observeDrops(now: DropCounts): void {
@@ -296,6 +308,16 @@ export class AgentUnderTest {
     } catch {
       // asked again at the next start
     }
+  }
+}
+
+/** Whether something answers HTTP on the loopback port (any status). */
+async function answers(port: number): Promise<boolean> {
+  try {
+    await fetch(`http://127.0.0.1:${port}/v1/healthy`, { signal: AbortSignal.timeout(1_000) });
+    return true;
+  } catch {
+    return false;
   }
 }
 
