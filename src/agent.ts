@@ -414,7 +414,7 @@ export class Agent {
   clearLocalTarget(): boolean {
     const { store } = this.deps;
     if (store.getTarget()?.source !== 'local') return false;
-    store.db.prepare('DELETE FROM target_state WHERE id = 1').run();
+    store.clearTarget();
     this.deps.logger.info('local mode ended');
     this.poller?.pollNow();
     return true;

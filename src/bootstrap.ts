@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Agent, databasePath, LEGACY_UUID_KEY } from './agent.js';
 import { prepareDataDir, trustedFile } from './boot/data-dir.js';
 import { DataDirDisk, RESERVE_FILE } from './boot/disk.js';
@@ -11,6 +11,7 @@ import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResu
 import { defaultConfig, type AgentConfig } from './config/schema.js';
 import { countCorruptLosses } from './outbox/salvage-losses.js';
 import { Store } from './store/store.js';
+import { TARGET_MIRROR_FILE } from './store/target-mirror.js';
 import { systemClock } from './util/clock.js';
 import { AgentError, errorMessage } from './util/errors.js';
 import { createLogger, type Logger } from './util/logger.js';
@@ -72,6 +73,7 @@ function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: Conf
       integrityCheck: 'background',
       // Messages lost with a corrupt database become the outbox's `corrupt` drops, per channel.
       onSalvaged: (db, salvage) => void countCorruptLosses(db, salvage, logger),
+      targetMirror: join(dirname(path), TARGET_MIRROR_FILE),
     });
   disk.releaseIfFull();
   try {
@@ -103,7 +105,7 @@ async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: Co
   // A state file someone else owns or may write (planted before the dir was repaired) is moved aside:
   // a planted database could carry a target that runs their commands.
   const db = databasePath(dataDir);
-  for (const path of [db, `${db}-wal`, `${db}-shm`, `${db}.clean`, join(dataDir, RESERVE_FILE), join(dataDir, IDENTITY_FILE), join(dataDir, LEGACY_KEY_FILE)]) {
+  for (const path of [db, `${db}-wal`, `${db}-shm`, `${db}.clean`, join(dataDir, RESERVE_FILE), join(dataDir, IDENTITY_FILE), join(dataDir, LEGACY_KEY_FILE), join(dataDir, TARGET_MIRROR_FILE)]) {
     if (existsSync(path)) trustedFile(path, logger, systemClock.now());
   }
   const defaults = defaultConfig();

@@ -1,4 +1,5 @@
 import type { Database } from 'better-sqlite3';
+import { existsSync, rmSync } from 'node:fs';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
@@ -6,6 +7,7 @@ import { WalCheckpointer, type CheckpointerStats } from './checkpointer.js';
 import { markClosedCleanly, openDatabase } from './database.js';
 import { BackgroundIntegrityCheck, type IntegrityStatus } from './integrity.js';
 import type { Migration } from './migrations.js';
+import { readTargetMirror, writeTargetMirror } from './target-mirror.js';
 import { QUARANTINE_KV_KEY, readPendingSalvage, writePendingSalvage, type QuarantineReport, type SalvageHook } from './quarantine.js';
 
 export interface StoredTarget {
@@ -50,6 +52,7 @@ export class Store {
   /** The full check was deferred at open and is still owed. */
   private checkOwed = false;
   private exclusive = false;
+  private targetMirror: string | undefined;
   private logger: Logger | undefined;
   private integrityFailed: ((status: IntegrityStatus) => void) | undefined;
 
@@ -88,6 +91,8 @@ export class Store {
     integrityCheck?: 'background' | 'inline';
     /** See `OpenStoreOptions.onSalvaged`. */
     onSalvaged?: SalvageHook;
+    /** Where a copy of the target is kept outside the database (target-mirror.ts); none when unset. */
+    targetMirror?: string;
   }): Store {
     const background = opts.integrityCheck === 'background';
     const { db, quarantine, checked } = openDatabase({ ...opts, integrityCheck: background ? 'deferred' : 'inline' });
@@ -97,6 +102,7 @@ export class Store {
     store.checkOwed = background && checked && !quarantine;
     // An exclusive open (full disk) admits no second connection: the check stays owed until the next start.
     store.exclusive = opts.exclusive === true;
+    if (opts.targetMirror) store.adoptTargetMirror(opts.targetMirror);
     return store;
   }
 
@@ -197,15 +203,57 @@ export class Store {
     return { etag: row.etag, version: row.version, document: JSON.parse(row.document) as unknown, source: row.source, receivedAt: row.received_at };
   }
 
+  /**
+   * A salvage that lost the target takes it back from the copy; a database with a target and no copy
+   * (one made before copies were kept) makes the copy.
+   */
+  private adoptTargetMirror(path: string): void {
+    this.targetMirror = path;
+    const held = this.getTarget();
+    if (held) {
+      if (!existsSync(path)) writeTargetMirror(path, held, this.logger);
+      return;
+    }
+    if (!this.quarantine) return;
+    const copy = readTargetMirror(path);
+    if (!copy.ok) {
+      this.logger?.error({ file: path, why: copy.why }, `the target was lost with the damaged database and cannot be taken back from ${path} (${copy.why}): none is in force until the cloud or the local API gives one`);
+      return;
+    }
+    this.writeTarget(copy.target, copy.target.receivedAt);
+    this.logger?.error(
+      { file: path, version: copy.target.version, source: copy.target.source },
+      `the target was lost with the damaged database; took back version ${copy.target.version ?? '(none)'} (${copy.target.source}) from ${path}`,
+    );
+  }
+
   /** Replaces the target in one transaction, so a crash leaves the old one or the new one, never half. */
   setTarget(target: Omit<StoredTarget, 'receivedAt'>): void {
+    const receivedAt = Math.round(this.clock.now());
+    this.writeTarget(target, receivedAt);
+    if (this.targetMirror) writeTargetMirror(this.targetMirror, { ...target, receivedAt }, this.logger);
+  }
+
+  /** No target in force (local mode ended): the row and its copy go. */
+  clearTarget(): void {
+    this.db.prepare('DELETE FROM target_state WHERE id = 1').run();
+    if (this.targetMirror) {
+      try {
+        rmSync(this.targetMirror, { force: true });
+      } catch (err) {
+        this.logger?.warn({ file: this.targetMirror, err: errorMessage(err) }, `could not delete the copy of the target ${this.targetMirror}: ${errorMessage(err)}`);
+      }
+    }
+  }
+
+  private writeTarget(target: Omit<StoredTarget, 'receivedAt'>, receivedAt: number): void {
     this.db
       .prepare(
         `INSERT INTO target_state (id, etag, version, document, source, received_at) VALUES (1, ?, ?, ?, ?, ?)
          ON CONFLICT(id) DO UPDATE SET etag = excluded.etag, version = excluded.version, document = excluded.document,
            source = excluded.source, received_at = excluded.received_at`,
       )
-      .run(target.etag, target.version, JSON.stringify(target.document), target.source, Math.round(this.clock.now()));
+      .run(target.etag, target.version, JSON.stringify(target.document), target.source, receivedAt);
   }
 
   close(): void {
