@@ -46,7 +46,7 @@ describe('ports', () => {
 describe('names', () => {
   it('accepts 1-63 lowercase letters, digits, "_", "." and "-", starting with a letter or digit, without ".."', () => {
     for (const good of ['a', '0', 'a'.repeat(63), 'a.b', 'a_b-c', 'web-1']) expect(isSafeName(good), good).toBe(true);
-    for (const bad of ['', 'a'.repeat(64), 'A', '.a', '-a', '_a', 'a..b', 'a/b', 'a b', 'é']) expect(isSafeName(bad), bad).toBe(false);
+    for (const bad of ['', 'a'.repeat(64), 'A', '.a', '-a', '_a', 'a..b', 'ab..c', 'a.b-c..', 'a/b', 'a b', 'é']) expect(isSafeName(bad), bad).toBe(false);
     expect(isSafeName(5)).toBe(false);
     expect(isSafeName(null)).toBe(false);
   });
