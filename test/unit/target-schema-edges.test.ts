@@ -78,8 +78,8 @@ describe('service fields', () => {
     expect(svc({ image: '' }).ok).toBe(false);
     expect(svc({ image: `r/${'a'.repeat(510)}` }).ok).toBe(false);
     const devices = (d: string) => svc({ image: 'x', devices: [d] }, { allowDevices: true }).ok;
-    for (const good of ['/dev/ttyUSB0', '/dev/a:/dev/b', '/dev/a:/dev/b:rwm', '/dev/a:r']) expect(devices(good), good).toBe(true);
-    for (const bad of ['dev/x', '/dev/a:rwmx', '/dev/a b', '/dev/a:/etc/b', ' /dev/a', '/dev/a:x']) expect(devices(bad), bad).toBe(false);
+    for (const good of ['/dev/ttyUSB0', '/dev/a:/dev/b', '/dev/ttyUSB0:/dev/ttyS1', '/dev/a:/dev/b:rwm', '/dev/a:r', '/dev/i2c-1:rw']) expect(devices(good), good).toBe(true);
+    for (const bad of ['dev/x', '/dev/a:rwmx', '/dev/a:rwmr', '/dev/a:', '/dev/a:/dev/', '/dev/', '/dev/a b', '/dev/a:/etc/b', ' /dev/a', '/dev/a:x']) expect(devices(bad), bad).toBe(false);
   });
 
   it('names the label at fault', () => {
