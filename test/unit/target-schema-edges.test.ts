@@ -71,6 +71,12 @@ describe('service fields', () => {
       // The key is what is wrong: named with what a key must be, never the value it maps to.
       if (!r.ok) expect(r.message).toBe(`apps.a.services.s.environment.${name}: expected a key that is an environment variable name, got ${JSON.stringify(name)} (a string)`);
     }
+    // A path that only contains a "/" is still relative to wherever the runtime starts.
+    for (const dir of ['app/bin', './app', 'C:/app']) {
+      const r = svc({ image: 'x', workingDir: dir });
+      expect(r.ok, dir).toBe(false);
+      if (!r.ok) expect(r.message, dir).toBe(`apps.a.services.s.workingDir: expected an absolute path, got ${JSON.stringify(dir)} (a string)`);
+    }
     const label = svc({ image: 'x', labels: { '': 'v' } });
     expect(label.ok).toBe(false);
     if (!label.ok) expect(label.message).toBe('apps.a.services.s.labels.: expected a key that is a string of at least 1 characters, got "" (a string)');
