@@ -184,6 +184,13 @@ describe('documents of the wrong shape', () => {
     expect(paths).toContain('apps.ok.services.s.runtime');
     expect(r.issues.find((i) => i.path === 'apps.Bad')).toMatchObject({ source: 'target', value: 'Bad', expected: expect.stringContaining('a name matching') });
   });
+
+  it('names a bad service name of a good app once, with the pattern, and no other problem', () => {
+    const r = validateTarget({ version: 1, apps: { ok: { services: { 'Web 1': { image: 'x' } } } } });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.issues).toEqual([{ path: 'apps.ok.services.Web 1', source: 'target', value: 'Web 1', expected: expect.stringContaining('a name matching') }]);
+  });
 });
 
 describe('the rejection message', () => {
