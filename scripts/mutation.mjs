@@ -1,15 +1,12 @@
 #!/usr/bin/env node
-// npm run test:mutation -- [--area <name>]... [--json] [--summary-only] [--concurrency <n>] [--ignore-static] [--retest-survivors]
+// npm run test:mutation -- [--area <name>]... [--json] [--summary-only] [--concurrency <n>] [--ignore-static]
 // --ignore-static: skip mutants in module-level code (schemas, constants), which Stryker can only test by
 // running every test of the area; much faster, but those mutants are reported as Ignored, not tested.
-// --retest-survivors: drop the survivors (and uncovered mutants) from the area's incremental file first, so
-// that the incremental run tests them again; without it, Stryker reuses a static mutant's "Survived" even
-// after a test that kills it was added (stryker-js #4372, #6119). Much shorter than a run with --force.
 // Runs Stryker on each area in turn (all of them without --area), then prints per area what
 // Stryker's JSON report says: killed, survived, no coverage, timeout, score. `--summary-only`
 // reads the last reports without running Stryker.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { AREAS } from './mutation-areas.mjs';
 
 function parseArgs(argv) {
@@ -18,23 +15,21 @@ function parseArgs(argv) {
   let summaryOnly = false;
   let concurrency;
   let ignoreStatic = false;
-  let retestSurvivors = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--json') json = true;
     else if (a === '--summary-only') summaryOnly = true;
     else if (a === '--ignore-static') ignoreStatic = true;
-    else if (a === '--retest-survivors') retestSurvivors = true;
     else if (a === '--concurrency') concurrency = argv[++i];
     else if (a === '--area') areas.push(...(argv[++i] ?? '').split(',').filter(Boolean));
     else if (a.startsWith('--area=')) areas.push(...a.slice('--area='.length).split(',').filter(Boolean));
-    else throw new Error(`unknown argument "${a}"; expected --area <name>, --json, --summary-only, --concurrency <n>, --ignore-static or --retest-survivors`);
+    else throw new Error(`unknown argument "${a}"; expected --area <name>, --json, --summary-only, --concurrency <n> or --ignore-static`);
   }
   for (const a of areas) {
     if (!(a in AREAS)) throw new Error(`--area "${a}" is not an area; expected one of ${Object.keys(AREAS).join(', ')}`);
   }
   if (concurrency !== undefined && !/^[1-9]\d*$/.test(concurrency)) throw new Error(`--concurrency "${concurrency}": expected a whole number of workers (1 or 2 on this 2-core machine)`);
-  return { areas: areas.length ? areas : Object.keys(AREAS), json, summaryOnly, concurrency, ignoreStatic, retestSurvivors };
+  return { areas: areas.length ? areas : Object.keys(AREAS), json, summaryOnly, concurrency, ignoreStatic };
 }
 
 /** Counts from a mutation-testing-report-schema JSON report. Ignored mutants (equivalent, marked) are left out. */
@@ -57,26 +52,6 @@ export function summarise(report) {
   return { ...counts, score: valid === 0 ? null : Math.round((detected / valid) * 10_000) / 100 };
 }
 
-/** Removes survived and uncovered mutants from an incremental report (in place); returns how many. */
-export function forgetUndetected(report) {
-  let dropped = 0;
-  for (const file of Object.values(report.files)) {
-    const kept = file.mutants.filter((m) => m.status !== 'Survived' && m.status !== 'NoCoverage');
-    dropped += file.mutants.length - kept.length;
-    file.mutants = kept;
-  }
-  return dropped;
-}
-
-function retestSurvivorsOf(name) {
-  const file = `reports/mutation/${name}.incremental.json`;
-  if (!existsSync(file)) return;
-  const report = JSON.parse(readFileSync(file, 'utf8'));
-  const dropped = forgetUndetected(report);
-  writeFileSync(file, JSON.stringify(report));
-  console.log(`${name}: ${dropped} survived or uncovered mutant(s) will be tested again`);
-}
-
 function runArea(name, concurrency, ignoreStatic) {
   const area = AREAS[name];
   const started = Date.now();
@@ -88,11 +63,10 @@ function runArea(name, concurrency, ignoreStatic) {
 }
 
 function main() {
-  const { areas, json, summaryOnly, concurrency, ignoreStatic, retestSurvivors } = parseArgs(process.argv.slice(2));
+  const { areas, json, summaryOnly, concurrency, ignoreStatic } = parseArgs(process.argv.slice(2));
   const results = {};
   let failed = false;
   for (const name of areas) {
-    if (retestSurvivors && !summaryOnly) retestSurvivorsOf(name);
     const run = summaryOnly ? undefined : runArea(name, concurrency, ignoreStatic);
     if (run && run.status !== 0) failed = true;
     const file = `reports/mutation/${name}.json`;
