@@ -46,7 +46,7 @@ describe('ports', () => {
 describe('names', () => {
   it('accepts 1-63 lowercase letters, digits, "_", "." and "-", starting with a letter or digit, without ".."', () => {
     for (const good of ['a', '0', 'a'.repeat(63), 'a.b', 'a_b-c', 'web-1']) expect(isSafeName(good), good).toBe(true);
-    for (const bad of ['', 'a'.repeat(64), 'A', '.a', '-a', '_a', 'a..b', 'a/b', 'a b', 'é']) expect(isSafeName(bad), bad).toBe(false);
+    for (const bad of ['', 'a'.repeat(64), 'A', '.a', '-a', '_a', 'a..b', 'ab..c', 'a.b-c..', 'a/b', 'a b', 'é']) expect(isSafeName(bad), bad).toBe(false);
     expect(isSafeName(5)).toBe(false);
     expect(isSafeName(null)).toBe(false);
   });
@@ -71,6 +71,12 @@ describe('service fields', () => {
       // The key is what is wrong: named with what a key must be, never the value it maps to.
       if (!r.ok) expect(r.message).toBe(`apps.a.services.s.environment.${name}: expected a key that is an environment variable name, got ${JSON.stringify(name)} (a string)`);
     }
+    // A path that only contains a "/" is still relative to wherever the runtime starts.
+    for (const dir of ['app/bin', './app', 'C:/app']) {
+      const r = svc({ image: 'x', workingDir: dir });
+      expect(r.ok, dir).toBe(false);
+      if (!r.ok) expect(r.message, dir).toBe(`apps.a.services.s.workingDir: expected an absolute path, got ${JSON.stringify(dir)} (a string)`);
+    }
     const label = svc({ image: 'x', labels: { '': 'v' } });
     expect(label.ok).toBe(false);
     if (!label.ok) expect(label.message).toBe('apps.a.services.s.labels.: expected a key that is a string of at least 1 characters, got "" (a string)');
@@ -78,8 +84,8 @@ describe('service fields', () => {
     expect(svc({ image: '' }).ok).toBe(false);
     expect(svc({ image: `r/${'a'.repeat(510)}` }).ok).toBe(false);
     const devices = (d: string) => svc({ image: 'x', devices: [d] }, { allowDevices: true }).ok;
-    for (const good of ['/dev/ttyUSB0', '/dev/a:/dev/b', '/dev/a:/dev/b:rwm', '/dev/a:r']) expect(devices(good), good).toBe(true);
-    for (const bad of ['dev/x', '/dev/a:rwmx', '/dev/a b', '/dev/a:/etc/b', ' /dev/a', '/dev/a:x']) expect(devices(bad), bad).toBe(false);
+    for (const good of ['/dev/ttyUSB0', '/dev/a:/dev/b', '/dev/ttyUSB0:/dev/ttyS1', '/dev/a:/dev/b:rwm', '/dev/a:r', '/dev/i2c-1:rw']) expect(devices(good), good).toBe(true);
+    for (const bad of ['dev/x', '/dev/a:rwmx', '/dev/a:rwmr', '/dev/a:', '/dev/a:/dev/', '/dev/', '/dev/a b', '/dev/a:/etc/b', ' /dev/a', '/dev/a:x']) expect(devices(bad), bad).toBe(false);
   });
 
   it('names the label at fault', () => {
@@ -177,6 +183,13 @@ describe('documents of the wrong shape', () => {
     expect(paths.filter((p) => p === 'apps.Bad.services.Also Bad')).toHaveLength(1);
     expect(paths).toContain('apps.ok.services.s.runtime');
     expect(r.issues.find((i) => i.path === 'apps.Bad')).toMatchObject({ source: 'target', value: 'Bad', expected: expect.stringContaining('a name matching') });
+  });
+
+  it('names a bad service name of a good app once, with the pattern, and no other problem', () => {
+    const r = validateTarget({ version: 1, apps: { ok: { services: { 'Web 1': { image: 'x' } } } } });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.issues).toEqual([{ path: 'apps.ok.services.Web 1', source: 'target', value: 'Web 1', expected: expect.stringContaining('a name matching') }]);
   });
 });
 

@@ -134,6 +134,19 @@ describe('target-state poll', () => {
     expect(t.applied).toHaveLength(1);
   });
 
+  it('keeps the refused ETag in the database under the key earlier agents wrote, across an upgrade', async () => {
+    // The key is part of the on-disk format: an agent upgraded on a device must go on naming the
+    // document its predecessor refused, not download it again.
+    const t = setup({ answers: [notModified('"old-refused"'), ok(invalid(2), '"e2"'), ok(valid(3), '"e3"')] });
+    t.store.setKv('target.rejectedEtag', '"old-refused"');
+    expect(await t.poller.pollOnce()).toBe('unchanged');
+    expect(t.cloud.ifNoneMatch(0)).toBe('"old-refused"');
+    await t.poller.pollOnce();
+    expect(t.store.getKv('target.rejectedEtag')).toBe('"e2"');
+    await t.poller.pollOnce();
+    expect(t.store.getKv('target.rejectedEtag')).toBeNull();
+  });
+
   it('after a rejection, a good target is applied and the poll goes back to its ETag', async () => {
     const t = setup({ answers: [ok(valid(1), '"e1"'), ok(invalid(2), '"e2"'), ok(valid(3), '"e3"'), notModified('"e3"')] });
     await t.poller.pollOnce();
