@@ -158,4 +158,14 @@ describe('ChannelProbes', () => {
     await h.clock.advance(45_000);
     expect(api.outcome).toBe('woken');
   });
+
+  it('once stopped, a channel going offline starts no probe', async () => {
+    const h = setup();
+    h.ac.abort();
+    await h.done;
+    goOffline(h.monitor, 'api');
+    await h.clock.advance(120_000);
+    expect(h.calls).toEqual([]);
+    expect(h.probes.probes.every((p) => !p.probing())).toBe(true);
+  });
 });
