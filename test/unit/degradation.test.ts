@@ -137,8 +137,12 @@ describe('DegradationController', () => {
   it('counts from start() when the status is already offline', async () => {
     const h = setup({ initial: 'offline' });
     h.controller.register(h.feature('cloud-jobs'), { order: 1 });
+    // The agent has been up (and offline) a while before the controller starts: that time does not count.
+    await h.clock.advance(2 * THRESHOLD);
     h.start();
-    await h.clock.advance(THRESHOLD);
+    await h.clock.advance(THRESHOLD - 1);
+    expect(h.calls).toHaveLength(0);
+    await h.clock.advance(1);
     expect(h.controller.mode()).toBe('degraded');
   });
 
