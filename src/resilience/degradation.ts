@@ -141,11 +141,14 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
    * (without resuming it).
    */
   register(feature: Degradable, opts: { order: number }): () => void {
+    // Stryker disable next-line ConditionalExpression: the same object has the same name, which the second test catches
     if (this.entries.some((e) => e.feature === feature || e.feature.name === feature.name)) {
       throw new AgentError('DEGRADABLE_DUPLICATE', `a degradable feature named "${feature.name}" is already registered`);
     }
+    // Stryker disable next-line UnaryOperator: pauseSeq is read only for paused entries, and pausing sets it first
     const entry: Entry = { feature, order: opts.order, seq: this.seq++, paused: false, pauseSeq: -1 };
     this.entries.push(entry);
+    // Stryker disable next-line ArithmeticOperator: the list is sorted at every push, so a tie is only compared newest-first, which both order after
     this.entries.sort((a, b) => a.order - b.order || a.seq - b.seq);
     this.kick();
     return () => {
@@ -212,6 +215,7 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
           continue;
         }
         await this.degrade(signal);
+        // Stryker disable next-line MethodExpression,ArrowFunction: a paused feature implies degraded mode (only degrade() pauses, and it sets the mode), so the second test never decides
       } else if (this.currentMode === 'degraded' || this.entries.some((e) => e.paused)) {
         await this.recover(signal);
       } else {

@@ -138,6 +138,7 @@ describe('channel transitions', () => {
       expect(() => make({ maxOutagesKept: kept })).toThrow(`connection monitor maxOutagesKept: expected an integer >= 1, got ${kept}`);
     }
     expect(() => make({ maxOutagesKept: 0 })).toThrow(expect.objectContaining({ code: 'MONITOR_OPTIONS_INVALID' }));
+    expect(() => make({ offlineAfterFailures: 0 })).toThrow(expect.objectContaining({ code: 'MONITOR_OPTIONS_INVALID' }));
     const { monitor } = make({ offlineAfterFailures: 1, maxOutagesKept: 1 });
     monitor.markFailure('api', 'poll', 'x');
     expect(monitor.health().outages).toHaveLength(1);
@@ -172,8 +173,11 @@ describe('overall status', () => {
     expect(monitor.status()).toBe('degraded');
     expect(monitor.isOnline()).toBe(true);
     expect(monitor.offlineSince()).toBeNull();
+    await clock.advance(1_000);
+    // One channel works: the agent is not offline, however long api has been.
+    expect(monitor.offlineDurationMs()).toBe(0);
 
-    await clock.advance(60_000);
+    await clock.advance(59_000);
     const tMqtt = clock.now();
     events.length = 0;
     for (let i = 0; i < 3; i++) monitor.markFailure('mqtt', 'publish', 'connack timeout');
@@ -201,6 +205,36 @@ describe('overall status', () => {
     monitor.addChannel('mqtt');
     expect(monitor.status()).toBe('degraded');
     expect(events).toEqual([['status', { from: 'offline', to: 'degraded', at: clock.now() }]]);
+  });
+
+  it('adding a channel it already knows changes nothing: an offline one stays offline with its counts', () => {
+    const { monitor, events } = make({ offlineAfterFailures: 1 });
+    monitor.markFailure('api', 'poll', 'x');
+    events.length = 0;
+    monitor.addChannel('api');
+    expect(monitor.channelStatus('api')).toBe('offline');
+    expect(monitor.status()).toBe('offline');
+    expect(monitor.health().channels.api).toMatchObject({ consecutiveFailures: 1, failures: { poll: 1 }, lastError: 'x' });
+    expect(events).toEqual([]);
+  });
+
+  it('knows no channel when given none', () => {
+    const monitor = new ConnectionMonitor({ clock: new FakeClock(T0) });
+    expect(monitor.channelNames).toEqual([]);
+    expect(monitor.health().channels).toEqual({});
+    monitor.markFailure('api', 'poll', 'x');
+    monitor.markFailure('api', 'poll', 'x');
+    monitor.markFailure('api', 'poll', 'x');
+    // api is the only channel, so the agent is offline (a phantom second channel would say degraded).
+    expect(monitor.status()).toBe('offline');
+  });
+
+  it('a success on a channel that is online already announces nothing', () => {
+    const { monitor, events } = make();
+    monitor.markSuccess('api', 'poll');
+    monitor.markSuccess('api', 'report');
+    expect(events).toEqual([]);
+    expect(monitor.health().channels.api?.lastSuccess).toEqual({ poll: T0, report: T0 });
   });
 
   it('a first mark on a new channel compares the overall status before and after, once', () => {

@@ -323,6 +323,32 @@ describe('DegradationController', () => {
     const h = setup();
     h.controller.register(h.feature('a'), { order: 1 });
     expect(() => h.controller.register(h.feature('a'), { order: 2 })).toThrow(expect.objectContaining({ code: 'DEGRADABLE_DUPLICATE' }));
+    expect(() => h.controller.register(h.feature('a'), { order: 2 })).toThrow('a degradable feature named "a" is already registered');
+  });
+
+  it('pauses features of equal order in the order they registered', async () => {
+    const h = setup();
+    for (const name of ['e1', 'e2', 'e3', 'e4', 'e5']) h.controller.register(h.feature(name), { order: 3 });
+    h.controller.register(h.feature('first'), { order: 1 });
+    h.controller.register(h.feature('e6'), { order: 3 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['first', 'e1', 'e2', 'e3', 'e4', 'e5', 'e6']);
+  });
+
+  it('forgets an unregistered feature: not listed, never paused; unregistering twice removes nothing else', async () => {
+    const h = setup();
+    const unregisterA = h.controller.register(h.feature('a'), { order: 1 });
+    h.controller.register(h.feature('b'), { order: 2 });
+    h.controller.register(h.feature('c'), { order: 3 });
+    unregisterA();
+    unregisterA();
+    expect(h.controller.features().map((f) => f.name)).toEqual(['b', 'c']);
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['b', 'c']);
   });
 
   it('pauses nothing when disabled, and still reports normal', async () => {
@@ -333,8 +359,47 @@ describe('DegradationController', () => {
     await h.clock.advance(10 * THRESHOLD);
     expect(h.calls).toHaveLength(0);
     expect(h.controller.mode()).toBe('normal');
-    expect(h.controller.features()).toEqual([{ name: 'a', order: 1, paused: false }]);
+    // No error field on a feature whose calls never failed.
+    expect(h.controller.features()).toStrictEqual([{ name: 'a', order: 1, paused: false }]);
     expect(h.status.listenerCount('status')).toBe(0);
+  });
+
+  it('with no feature registered still reports degraded after the threshold and normal once back', async () => {
+    const h = setup();
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(h.controller.mode()).toBe('degraded');
+    h.status.set('online');
+    await h.clock.advance(0);
+    expect(h.controller.mode()).toBe('normal');
+    expect(h.modes.map((m) => m.to)).toEqual(['degraded', 'normal']);
+  });
+
+  it('pauses nothing more once stopped in the middle of the pauses', async () => {
+    const h = setup();
+    h.controller.register(h.feature('slow', { pauseMs: 1_000 }), { order: 1 });
+    h.controller.register(h.feature('b'), { order: 2 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['slow']);
+    h.ac.abort();
+    await h.clock.advance(1_000);
+    await h.run.done;
+    expect(names(h.calls, 'pause')).toEqual(['slow']);
+    expect(h.controller.mode()).toBe('normal');
+  });
+
+  it('refuses a second start, naming what was started twice', async () => {
+    const h = setup();
+    h.start();
+    const second = h.controller.start(h.ac.signal).then(
+      () => 'ran',
+      (err: unknown) => err,
+    );
+    h.ac.abort();
+    expect(await second).toMatchObject({ code: 'ALREADY_STARTED', message: 'the degradation controller was already started' });
   });
 
   it('stops on abort: no timer left, listener removed', async () => {
