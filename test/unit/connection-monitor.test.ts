@@ -218,6 +218,14 @@ describe('overall status', () => {
     expect(events).toEqual([]);
   });
 
+  it('counts its uptime from its own start, not from the clock origin', async () => {
+    const clock = new FakeClock(T0);
+    await clock.advance(5_000);
+    const monitor = new ConnectionMonitor({ clock, channels: ['api'] });
+    await clock.advance(2_000);
+    expect(monitor.health().uptime).toBe(2_000);
+  });
+
   it('knows no channel when given none', () => {
     const monitor = new ConnectionMonitor({ clock: new FakeClock(T0) });
     expect(monitor.channelNames).toEqual([]);

@@ -96,7 +96,7 @@ describe('DegradationController', () => {
     expect(names(h.calls, 'pause')).toEqual(['cloud-jobs', 'shadow-sync', 'metrics-upload']);
     expect(h.controller.mode()).toBe('degraded');
     expect(h.controller.since()).toBe(h.clock.now());
-    expect(h.modes).toEqual([{ from: 'normal', to: 'degraded', at: h.clock.now(), reason: expect.stringContaining('offline for 300 s') }]);
+    expect(h.modes).toEqual([{ from: 'normal', to: 'degraded', at: h.clock.now(), reason: 'offline for 300 s (threshold 300 s)' }]);
     expect(h.controller.features()).toEqual([
       { name: 'cloud-jobs', order: 1, paused: true },
       { name: 'shadow-sync', order: 2, paused: true },
@@ -266,6 +266,10 @@ describe('DegradationController', () => {
     await h.clock.advance(1);
     expect(names(h.calls, 'pause')).toEqual(['c']);
     expect(h.modes.map((m) => m.to)).toEqual(['degraded']);
+    // No second mode change to announce: the re-pause is a debug line naming what was paused again.
+    expect(h.lines.filter((l) => l.msg === 'offline again while resuming; features paused again')).toEqual([
+      expect.objectContaining({ level: 20, paused: ['c'], failed: [] }),
+    ]);
 
     h.status.set('online');
     await h.clock.advance(10_000);
