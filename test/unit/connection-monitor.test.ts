@@ -32,9 +32,24 @@ function make(over: Partial<ConnectionMonitorOptions> = {}): { monitor: Connecti
   return { monitor, clock, events: record(monitor) };
 }
 
-function silentLogger(): { info: () => void; warn: () => void; error: (fields: object, msg: string) => void; errors: string[] } {
+interface CapturedLogger {
+  info: (fields: object, msg: string) => void;
+  warn: (fields: object, msg: string) => void;
+  error: (fields: object, msg: string) => void;
+  /** The messages of error lines. */
+  errors: string[];
+  /** Every line, as the log would hold it. */
+  lines: Array<{ level: string; fields: object; msg: string }>;
+}
+
+function silentLogger(): CapturedLogger {
   const errors: string[] = [];
-  return { info: () => undefined, warn: () => undefined, error: (_f: object, msg: string) => errors.push(msg), errors };
+  const lines: CapturedLogger['lines'] = [];
+  const at = (level: string) => (fields: object, msg: string) => {
+    lines.push({ level, fields, msg });
+    if (level === 'error') errors.push(msg);
+  };
+  return { info: at('info'), warn: at('warn'), error: at('error'), errors, lines };
 }
 
 describe('a channel before its first mark', () => {
@@ -204,7 +219,8 @@ describe('overall status', () => {
     monitor.addChannel('mqtt');
     monitor.addChannel('mqtt');
     expect(monitor.status()).toBe('degraded');
-    expect(events).toEqual([['status', { from: 'offline', to: 'degraded', at: clock.now() }]]);
+    // No cause at all (not an undefined one): no mark changed it.
+    expect(events).toStrictEqual([['status', { from: 'offline', to: 'degraded', at: clock.now() }]]);
   });
 
   it('adding a channel it already knows changes nothing: an offline one stays offline with its counts', () => {
@@ -364,6 +380,20 @@ describe('resilience of the monitor itself', () => {
     expect(monitor.listenerCount('channel')).toBe(1); // the recorder of make()
   });
 
+  it('logs when a channel goes offline, with the cause, and when it is back, with the duration', async () => {
+    const logger = silentLogger();
+    const { monitor, clock } = make({ offlineAfterFailures: 2, logger });
+    monitor.markFailure('api', 'poll', 'ECONNREFUSED');
+    await clock.advance(1_000);
+    monitor.markFailure('api', 'report', 'timeout');
+    await clock.advance(4_000);
+    monitor.markSuccess('api', 'poll');
+    expect(logger.lines).toEqual([
+      { level: 'warn', fields: { channel: 'api', cause: 'poll: ECONNREFUSED', since: T0 }, msg: 'api is offline (poll: ECONNREFUSED)' },
+      { level: 'info', fields: { channel: 'api', durationMs: 5_000 }, msg: 'api is back online after 5000 ms' },
+    ]);
+  });
+
   it('keeps working when the outage log fails', () => {
     const logger = silentLogger();
     const broken: OutageLog = {
@@ -381,6 +411,7 @@ describe('resilience of the monitor itself', () => {
     monitor.markSuccess('api', 'poll');
     expect(monitor.status()).toBe('online');
     expect(logger.errors).toEqual([expect.stringContaining('SQLITE_FULL')]);
+    expect(logger.lines.find((l) => l.level === 'error')?.fields).toEqual({ err: expect.objectContaining({ message: 'SQLITE_FULL' }), channel: 'api' });
   });
 });
 

@@ -43,7 +43,7 @@ function setup(opts: Partial<DegradationControllerOptions> & { initial?: Connect
   const calls: Call[] = [];
   const feature = (
     name: string,
-    behaviour: { pauseThrows?: boolean; resumeThrows?: boolean; pauseHangs?: boolean; pauseMs?: number } = {},
+    behaviour: { pauseThrows?: boolean; resumeThrows?: boolean; pauseHangs?: boolean; pauseMs?: number; resumeMs?: number } = {},
   ): Degradable => ({
     name,
     pause() {
@@ -55,6 +55,7 @@ function setup(opts: Partial<DegradationControllerOptions> & { initial?: Connect
     async resume() {
       calls.push({ op: 'resume', name, at: clock.monotonic() });
       if (behaviour.resumeThrows) throw new Error(`${name} cannot resume`);
+      if (behaviour.resumeMs) await clock.sleep(behaviour.resumeMs);
     },
   });
   const modes: ModeEvent[] = [];
@@ -237,6 +238,12 @@ describe('DegradationController', () => {
       resumed: ['c', 'b', 'a'],
       failed: [{ name: 'b', error: 'b cannot resume' }],
     });
+    // A failure is shown until a later call of that feature works: c resumed fine, b did not.
+    expect(h.controller.features()).toStrictEqual([
+      { name: 'a', order: 1, paused: false },
+      { name: 'b', order: 2, paused: false, error: 'b cannot resume' },
+      { name: 'c', order: 3, paused: false },
+    ]);
   });
 
   it('cancels the remaining resumes when offline again, and re-arms the threshold', async () => {
@@ -378,6 +385,56 @@ describe('DegradationController', () => {
     await h.clock.advance(0);
     expect(h.controller.mode()).toBe('normal');
     expect(h.modes.map((m) => m.to)).toEqual(['degraded', 'normal']);
+  });
+
+  it('does not resume a feature unregistered while paused, before or during the resumes', async () => {
+    const values = [0.1, 0.9, 0.1, 0.9]; // stagger draws: b after 1 s, a after 9 s
+    const h = setup({ resumeStaggerMaxMs: 10_000, random: () => values.shift() ?? 0 });
+    const unregister = h.controller.register(h.feature('a'), { order: 1 });
+    h.controller.register(h.feature('b'), { order: 2 });
+    const unregisterC = h.controller.register(h.feature('c'), { order: 3 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['a', 'b', 'c']);
+    unregisterC();
+    h.status.set('online');
+    await h.clock.advance(2_000);
+    expect(names(h.calls, 'resume')).toEqual(['b']);
+    unregister();
+    await h.clock.advance(20_000);
+    expect(names(h.calls, 'resume')).toEqual(['b']);
+    expect(h.controller.mode()).toBe('normal');
+  });
+
+  it('stays degraded when the connection drops again during the last resume', async () => {
+    const h = setup({ resumeStaggerMaxMs: 0 });
+    h.controller.register(h.feature('slow', { resumeMs: 5_000 }), { order: 1 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    h.status.set('online');
+    await h.clock.advance(1_000);
+    expect(names(h.calls, 'resume')).toEqual(['slow']);
+    h.status.set('offline');
+    await h.clock.advance(5_000);
+    expect(h.controller.mode()).toBe('degraded');
+    expect(h.modes.map((m) => m.to)).toEqual(['degraded']);
+  });
+
+  it('stays degraded when stopped during the last resume', async () => {
+    const h = setup({ resumeStaggerMaxMs: 0 });
+    h.controller.register(h.feature('slow', { resumeMs: 5_000 }), { order: 1 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    h.status.set('online');
+    await h.clock.advance(1_000);
+    h.ac.abort();
+    await h.clock.advance(5_000);
+    await h.run.done;
+    expect(h.controller.mode()).toBe('degraded');
+    expect(h.modes.map((m) => m.to)).toEqual(['degraded']);
   });
 
   it('pauses nothing more once stopped in the middle of the pauses', async () => {
