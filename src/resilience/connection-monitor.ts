@@ -384,6 +384,7 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
   private remember(record: Outage): void {
     this.outages.push(record);
     this.outages.sort((a, b) => b.start - a.start);
+    // Stryker disable next-line EqualityOperator: cutting a list to the length it has changes nothing
     if (this.outages.length > this.maxOutagesKept) this.outages.length = this.maxOutagesKept;
   }
 
@@ -426,6 +427,7 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
         this.remember(record);
       }
       const separator = r.cause.indexOf(': ');
+      // Stryker disable next-line ConditionalExpression,EqualityOperator,MethodExpression,StringLiteral: a restored channel has its outage, so its streak is never read (startOutage runs only without one)
       const operation = separator > 0 ? r.cause.slice(0, separator) : 'unknown';
       const error = separator > 0 ? r.cause.slice(separator + 2) : r.cause;
       // Where the first failure lies on this run's monotonic clock; the wall clock is all that was stored.
@@ -439,6 +441,7 @@ export class ConnectionMonitor extends TypedEmitter<ConnectionMonitorEvents> {
       ch.lastFailureKind = 'transport';
       ch.outage = { record, id: r.id, monoStart: mono };
     }
+    // Stryker disable next-line MethodExpression,ArithmeticOperator: recent() comes most recent first and remember() sorts what it adds
     this.outages.sort((a, b) => b.start - a.start);
   }
 

@@ -310,13 +310,16 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
 
   /** Waits `ms` (null: indefinitely) or until the status changes, a feature registers, or `signal` aborts. */
   private async waitForChange(ms: number | null, signal: AbortSignal): Promise<void> {
+    // Stryker disable next-line ConditionalExpression: every caller checks the signal just before, with no await between
     if (signal.aborted) return;
     const wait = new AbortController();
     const stop = (): void => wait.abort();
     this.kick = stop;
+    // Stryker disable next-line ObjectLiteral,BooleanLiteral: the finally block removes it, and an AbortSignal fires once
     signal.addEventListener('abort', stop, { once: true });
     try {
       if (ms === null) {
+        // Stryker disable next-line ObjectLiteral,BooleanLiteral: an AbortSignal fires 'abort' once
         await new Promise<void>((resolve) => wait.signal.addEventListener('abort', () => resolve(), { once: true }));
       } else {
         await this.clock.sleep(ms, wait.signal).catch(() => undefined);
@@ -324,6 +327,7 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
     } finally {
       stop();
       signal.removeEventListener('abort', stop);
+      // Stryker disable next-line ConditionalExpression,EqualityOperator: waits never overlap, so kick is this wait's stop, and a stale stop aborts a finished wait: no effect either way
       if (this.kick === stop) this.kick = () => undefined;
     }
   }

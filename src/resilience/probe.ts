@@ -59,6 +59,7 @@ export function probeTargetsFromUrls(urls: readonly string[]): ProbeTarget[] {
       );
     }
     // URL keeps IPv6 literals in brackets; net.connect wants them bare.
+    // Stryker disable next-line Regex: a bracketed hostname starts with its bracket
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
     if (host === '') throw new AgentError('PROBE_TARGET_INVALID', `probe target "${raw}" has no host`);
     targets.set(`${host}|${port}`, { host, port });

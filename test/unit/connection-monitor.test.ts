@@ -394,6 +394,47 @@ describe('resilience of the monitor itself', () => {
     ]);
   });
 
+  it('logs a failed write of an outage end, with the channel, and carries on', () => {
+    const logger = silentLogger();
+    const log: OutageLog = {
+      open: () => 7,
+      close: () => {
+        throw new Error('SQLITE_READONLY');
+      },
+      recent: () => [],
+      openOutages: () => [],
+    };
+    const { monitor } = make({ offlineAfterFailures: 1, outageLog: log, logger });
+    monitor.markFailure('api', 'poll', 'x');
+    monitor.markSuccess('api', 'poll');
+    expect(monitor.status()).toBe('online');
+    expect(logger.lines.filter((l) => l.level === 'error')).toEqual([
+      { level: 'error', fields: { err: expect.objectContaining({ message: 'SQLITE_READONLY' }), channel: 'api' }, msg: 'could not record the end of the api outage: SQLITE_READONLY' },
+    ]);
+  });
+
+  it('starts without history, and says so, when the outage log cannot be read', () => {
+    const logger = silentLogger();
+    const log: OutageLog = {
+      open: () => 1,
+      close: () => undefined,
+      recent: () => {
+        throw new Error('SQLITE_CORRUPT');
+      },
+      openOutages: () => [],
+    };
+    const { monitor } = make({ outageLog: log, logger });
+    expect(monitor.status()).toBe('online');
+    expect(monitor.health().outages).toEqual([]);
+    expect(logger.lines).toEqual([
+      {
+        level: 'error',
+        fields: { err: expect.objectContaining({ message: 'SQLITE_CORRUPT' }) },
+        msg: 'could not read the outage log; starting without its history: SQLITE_CORRUPT',
+      },
+    ]);
+  });
+
   it('keeps working when the outage log fails', () => {
     const logger = silentLogger();
     const broken: OutageLog = {
@@ -483,6 +524,50 @@ describe('persistence across restarts', () => {
     expect(third.channelStatus('mqtt')).toBe('offline');
     const apiOutage = third.health().outages.find((o) => o.channel === 'api');
     expect(apiOutage).toEqual({ channel: 'api', start: t1, end: T0 + HOUR + 5000, durationMs: HOUR + 4500, cause: 'poll: ENOTFOUND' });
+  });
+
+  it('shows the error of a restored outage as stored when its cause names no operation', () => {
+    const clock = new FakeClock(T0 + HOUR);
+    const log = new SqliteOutageLog(openStore(clock));
+    log.open('api', T0, 'connection reset');
+    log.open('mqtt', T0, ': half a cause');
+    const monitor = new ConnectionMonitor({ clock, outageLog: log });
+    expect(monitor.health().channels.api?.lastError).toBe('connection reset');
+    expect(monitor.health().channels.mqtt?.lastError).toBe(': half a cause');
+  });
+
+  it('of two open outages of one channel keeps the older and closes the other', () => {
+    const clock = new FakeClock(T0 + HOUR);
+    const store = openStore(clock);
+    const log = new SqliteOutageLog(store);
+    log.open('api', T0, 'poll: ECONNREFUSED');
+    log.open('api', T0 + 1000, 'report: timeout');
+    const monitor = new ConnectionMonitor({ clock, outageLog: log });
+    expect(monitor.channelStatus('api')).toBe('offline');
+    expect(monitor.offlineSince()).toBe(T0);
+    expect(monitor.health().channels.api?.lastError).toBe('ECONNREFUSED');
+    expect(log.openOutages().map((o) => o.cause)).toEqual(['poll: ECONNREFUSED']);
+  });
+
+  it('logs a duplicate open outage it cannot close, and still starts offline from the older', () => {
+    const logger = silentLogger();
+    const open = [
+      { id: 1, channel: 'api', start: T0, end: null, durationMs: null, cause: 'poll: ECONNREFUSED' },
+      { id: 2, channel: 'api', start: T0 + 1000, end: null, durationMs: null, cause: 'report: timeout' },
+    ];
+    const log: OutageLog = {
+      open: () => 3,
+      close: () => {
+        throw new Error('SQLITE_BUSY');
+      },
+      recent: () => open,
+      openOutages: () => open,
+    };
+    const monitor = new ConnectionMonitor({ clock: new FakeClock(T0 + HOUR), outageLog: log, logger });
+    expect(monitor.offlineSince()).toBe(T0);
+    expect(logger.lines).toEqual([
+      { level: 'error', fields: { err: expect.objectContaining({ message: 'SQLITE_BUSY' }) }, msg: 'could not close a duplicate open outage: SQLITE_BUSY' },
+    ]);
   });
 
   it('restores a channel that was online as online, with the outage history', async () => {

@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -222,6 +223,7 @@ describe('DegradationController', () => {
     const info = h.lines.filter((l) => (l.level as number) >= 30);
     expect(info).toHaveLength(2);
     expect(info[0]).toMatchObject({
+      msg: 'entering degraded mode: cloud-dependent features paused',
       mode: 'degraded',
       from: 'normal',
       reason: expect.stringContaining('offline'),
@@ -232,6 +234,7 @@ describe('DegradationController', () => {
       ],
     });
     expect(info[1]).toMatchObject({
+      msg: 'leaving degraded mode: features resumed',
       mode: 'normal',
       from: 'degraded',
       reason: expect.stringContaining('online'),
@@ -450,6 +453,45 @@ describe('DegradationController', () => {
     await h.run.done;
     expect(names(h.calls, 'pause')).toEqual(['slow']);
     expect(h.controller.mode()).toBe('normal');
+  });
+
+  it('leaves no listener on the shutdown signal behind, however many waits it went through', async () => {
+    const h = setup({ thresholdMs: 1_000, resumeStaggerMaxMs: 1_000 });
+    h.controller.register(h.feature('a'), { order: 1 });
+    h.start();
+    for (let i = 0; i < 20; i++) {
+      h.status.set('offline');
+      await h.clock.advance(1_000);
+      h.status.set('online');
+      await h.clock.advance(1_000);
+    }
+    expect(h.modes).toHaveLength(40);
+    // The wait in progress holds one; every finished wait took its own away.
+    expect(getEventListeners(h.ac.signal, 'abort').length).toBeLessThanOrEqual(1);
+  });
+
+  it('clears the deadline of each pause and resume once it has answered', async () => {
+    const h = setup();
+    h.controller.register(h.feature('a'), { order: 1 });
+    h.controller.register(h.feature('b'), { order: 2 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(h.controller.mode()).toBe('degraded');
+    // Degraded and offline, the controller waits for the status alone: no timer at all.
+    expect(h.clock.pendingSleepers).toBe(0);
+  });
+
+  it('logs a mode listener that throws and still changes mode', async () => {
+    const h = setup();
+    h.controller.on('mode', () => {
+      throw new Error('subscriber bug');
+    });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(h.controller.mode()).toBe('degraded');
+    expect(h.lines.filter((l) => l.msg === 'a mode listener threw')).toEqual([expect.objectContaining({ level: 40, err: 'subscriber bug' })]);
   });
 
   it('refuses a second start, naming what was started twice', async () => {
