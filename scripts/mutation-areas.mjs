@@ -15,6 +15,8 @@ export const AREAS = {
       'test/unit/backoff.test.ts', 'test/unit/retry.test.ts', 'test/unit/connection-monitor.test.ts',
       'test/unit/channel-probes.test.ts', 'test/unit/probe.test.ts', 'test/unit/degradation.test.ts',
       'test/unit/wakeup.test.ts', 'test/unit/outage-log.test.ts',
+      // In-process, loopback only, imports src/: the one test of the real TCP connect.
+      'test/integration/probe-tcp.test.ts',
     ],
   },
   target: {

@@ -59,6 +59,15 @@ describe('createTcpConnect (real sockets on 127.0.0.1)', () => {
     await expect(connect({ host: 'localhost', port }, 3000, new AbortController().signal)).resolves.toBeUndefined();
   });
 
+  it('probes one host name at once and again later: every probe connects', async () => {
+    const port = await listen();
+    const connect = createTcpConnect();
+    const signal = new AbortController().signal;
+    // Two at once share one lookup; the one after must not wait on the finished lookup.
+    await expect(Promise.all([connect({ host: 'localhost', port }, 3000, signal), connect({ host: 'localhost', port }, 3000, signal)])).resolves.toEqual([undefined, undefined]);
+    await expect(connect({ host: 'localhost', port }, 3000, signal)).resolves.toBeUndefined();
+  });
+
   it('fails fast with PROBE_CONNECT_FAILED on a closed port', async () => {
     const port = await closedPort();
     const connect = createTcpConnect();

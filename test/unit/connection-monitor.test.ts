@@ -366,6 +366,32 @@ describe('resilience of the monitor itself', () => {
     expect(seen).toEqual(['offline']);
     expect(monitor.channelStatus('api')).toBe('offline');
     expect(logger.errors).toEqual([expect.stringContaining('subscriber bug')]);
+    expect(logger.lines.find((l) => l.level === 'error')?.fields).toEqual({ err: expect.objectContaining({ message: 'subscriber bug' }), event: 'channel' });
+  });
+
+  it('without a logger, turns its errors (and only those) into process warnings', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const broken: OutageLog = {
+        open: () => {
+          throw new Error('SQLITE_FULL');
+        },
+        close: () => undefined,
+        recent: () => [],
+        openOutages: () => [],
+      };
+      const { monitor } = make({ offlineAfterFailures: 1, outageLog: broken });
+      monitor.markFailure('api', 'poll', 'x'); // an error (the log) and a warn (offline)
+      monitor.markSuccess('api', 'poll'); // an info (back online)
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.map((w) => [w.name, w.message])).toEqual([
+        ['ConnectionMonitorWarning', 'could not record the start of the api outage: SQLITE_FULL'],
+      ]);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 
   it('once() and the returned unsubscribe work', () => {

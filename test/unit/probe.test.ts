@@ -318,5 +318,6 @@ describe('probeTargetsFromUrls', () => {
     expect(bad('not a url').message).toContain('not a url');
     expect(bad('ftp://files.example.com').message).toMatch(/ftp:.*expected http, https/);
     expect(bad('ftp://files.example.com').code).toBe('PROBE_TARGET_INVALID');
+    expect(bad('mqtt:///no-host')).toMatchObject({ code: 'PROBE_TARGET_INVALID', message: 'probe target "mqtt:///no-host" has no host' });
   });
 });
