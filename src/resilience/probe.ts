@@ -116,6 +116,7 @@ export function createTcpConnect(): ConnectFn {
       socket.once('error', (err) =>
         finish(new AgentError('PROBE_CONNECT_FAILED', `cannot connect to ${target.host}:${target.port}: ${errorMessage(err)}`, { cause: err })),
       );
+      // Stryker disable next-line ObjectLiteral,BooleanLiteral: finish() removes it, and an AbortSignal fires once
       signal.addEventListener('abort', onAbort, { once: true });
     });
 }

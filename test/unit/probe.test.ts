@@ -253,6 +253,37 @@ describe('ConnectivityProbe', () => {
     expect(h.calls).toHaveLength(n + 1);
   });
 
+  it('refuses a second start, naming what was started twice', async () => {
+    const h = setup({ initial: 'offline' });
+    const second = h.probe.start(h.ac.signal).then(
+      () => 'ran',
+      (err: unknown) => err,
+    );
+    h.ac.abort();
+    expect(await second).toMatchObject({ code: 'ALREADY_STARTED', message: 'the connectivity probe was already started' });
+  });
+
+  it('started with a signal already aborted, returns at once and never probes', async () => {
+    const h = setup({ initial: 'offline' });
+    h.ac.abort();
+    await h.done;
+    const late = new ConnectivityProbe({
+      status: h.status,
+      wakeup: h.wakeup,
+      targets: [TARGET],
+      clock: h.clock,
+      random: seededRandom(1),
+      logger: createLogger({ level: 'silent', destination: process.stderr }),
+      connect: () => Promise.resolve(),
+    });
+    let returned = false;
+    void late.start(AbortSignal.abort()).then(() => (returned = true));
+    await h.clock.advance(60_000);
+    expect(returned).toBe(true);
+    expect(late.probing()).toBe(false);
+    expect(h.status.listenerCount('status')).toBe(0);
+  });
+
   it('stops on abort: timers cleared, status listener removed', async () => {
     const h = setup({ initial: 'offline' });
     h.outcome.value = 'hang';
