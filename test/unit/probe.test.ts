@@ -1,4 +1,5 @@
 import type * as os from 'node:os';
+import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConnectionStatus } from '../../src/resilience/degradation.js';
 import {
@@ -296,6 +297,51 @@ describe('ConnectivityProbe', () => {
     expect(h.status.listenerCount('status')).toBe(0);
     expect(h.probe.probing()).toBe(false);
     expect(h.clock.pendingSleepers).toBe(0);
+  });
+
+  it('logs the start of probing, a throwing listener and the way back, with their details', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const h = setup({ initial: 'offline', logger: createLogger({ level: 'debug', destination }) });
+    h.probe.on('reachable', () => {
+      throw new Error('listener bug');
+    });
+    void h.wakeup.sleep(900_000);
+    h.outcome.value = 'ok';
+    await h.clock.advance(7000);
+    const pick = (l: Record<string, unknown>) => ({ level: l.level, msg: l.msg, targets: l.targets, err: l.err, target: l.target, trigger: l.trigger, woken: l.woken });
+    expect(lines.map(pick)).toEqual([
+      { level: 20, msg: 'offline: probing the cloud', targets: [TARGET] },
+      { level: 40, msg: 'a reachable listener threw', err: 'listener bug' },
+      { level: 30, msg: 'cloud reachable again: waking waiting loops', target: TARGET, trigger: 'schedule', woken: 1 },
+    ].map((l) => ({ targets: undefined, err: undefined, target: undefined, trigger: undefined, woken: undefined, ...l })));
+  });
+
+  it('logs an episode that fails unexpectedly, and probes again on the next offline stretch', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const h = setup({
+      initial: 'offline',
+      logger: createLogger({ level: 'error', destination }),
+      wakeup: {
+        wake: () => {
+          throw new Error('wakeup bug');
+        },
+      },
+    });
+    h.outcome.value = 'ok';
+    await h.clock.advance(7000);
+    expect(lines).toEqual([expect.objectContaining({ level: 50, msg: 'connectivity probe stopped on an unexpected error', err: 'wakeup bug' })]);
   });
 
   it('still wakes the sleepers when a reachable listener throws', async () => {
