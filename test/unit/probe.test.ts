@@ -191,6 +191,59 @@ describe('ConnectivityProbe', () => {
     expect(h.events).toHaveLength(1);
   });
 
+  it('does not take interfaces it cannot read for a change of address', async () => {
+    let unreadable = false;
+    const base = { lo: [iface('127.0.0.1', 'IPv4', true)], eth0: [iface('192.168.1.20', 'IPv4')] };
+    const h = setup({
+      initial: 'offline',
+      interfacesPollMs: 2000,
+      maxIntervalMs: 600_000,
+      random: () => 0.999,
+      interfaces: () => {
+        if (unreadable) throw new Error('EMFILE');
+        return base;
+      },
+    });
+    await h.clock.advance(64_000);
+    const last = h.calls.at(-1)?.at ?? 0;
+    unreadable = true;
+    await h.clock.advance(4000);
+    unreadable = false;
+    await h.clock.advance(4000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(0);
+  });
+
+  it('takes the first addresses it can read, after none at the start, as the ones to compare with', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    let current: NodeJS.Dict<Iface[]> | null = null;
+    const h = setup({
+      initial: 'offline',
+      interfacesPollMs: 2000,
+      maxIntervalMs: 600_000,
+      random: () => 0.999,
+      logger: createLogger({ level: 'debug', destination }),
+      interfaces: () => {
+        if (current === null) throw new Error('EMFILE');
+        return current;
+      },
+    });
+    await h.clock.advance(64_000);
+    const last = h.calls.at(-1)?.at ?? 0;
+    current = { eth0: [iface('192.168.1.20', 'IPv4')] };
+    await h.clock.advance(4000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(0);
+    current = { eth0: [iface('192.168.1.21', 'IPv4')] };
+    await h.clock.advance(2000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(1);
+    expect(lines.filter((l) => l.msg === 'network interfaces changed: probing now')).toHaveLength(1);
+  });
+
   it('probes at once when the non-internal addresses change, and restarts the schedule', async () => {
     // Waits of ~base: probes near 1, 3, 7, 15, 31, 63, 127 s.
     const h = setup({ initial: 'offline', interfacesPollMs: 2000, maxIntervalMs: 600_000, random: () => 0.999 });
@@ -322,7 +375,7 @@ describe('ConnectivityProbe', () => {
     ].map((l) => ({ targets: undefined, err: undefined, target: undefined, trigger: undefined, woken: undefined, ...l })));
   });
 
-  it('logs an episode that fails unexpectedly, and probes again on the next offline stretch', async () => {
+  it('logs an episode that fails unexpectedly', async () => {
     const lines: Array<Record<string, unknown>> = [];
     const destination = new Writable({
       write(chunk: Buffer, _enc, cb) {
