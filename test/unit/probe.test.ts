@@ -375,6 +375,20 @@ describe('ConnectivityProbe', () => {
     ].map((l) => ({ targets: undefined, err: undefined, target: undefined, trigger: undefined, woken: undefined, ...l })));
   });
 
+  it('logs each failed probe at trace level, with the target and the error', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const h = setup({ initial: 'offline', logger: createLogger({ level: 'trace', destination }) });
+    await h.clock.advance(1000);
+    expect(h.calls).toHaveLength(1);
+    expect(lines.filter((l) => l.level === 10)).toEqual([expect.objectContaining({ msg: 'probe failed', target: TARGET, err: 'ECONNREFUSED' })]);
+  });
+
   it('logs an episode that fails unexpectedly', async () => {
     const lines: Array<Record<string, unknown>> = [];
     const destination = new Writable({
