@@ -389,6 +389,19 @@ describe('ConnectivityProbe', () => {
     expect(lines.filter((l) => l.level === 10)).toEqual([expect.objectContaining({ msg: 'probe failed', target: TARGET, err: 'ECONNREFUSED' })]);
   });
 
+  it('waits for every target of a round: one refused does not hide another that connects a moment later', async () => {
+    const other: ProbeTarget = { host: 'broker.example.test', port: 8883 };
+    let clock: FakeClock | undefined;
+    const h = setup({
+      initial: 'offline',
+      targets: [TARGET, other],
+      connect: (target) => (target === other ? (clock as FakeClock).sleep(100) : Promise.reject(new Error('ECONNREFUSED'))),
+    });
+    clock = h.clock;
+    await h.clock.advance(1500);
+    expect(h.events.map((e) => e.target)).toEqual([other]);
+  });
+
   it('logs an episode that fails unexpectedly', async () => {
     const lines: Array<Record<string, unknown>> = [];
     const destination = new Writable({
