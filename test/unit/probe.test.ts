@@ -242,6 +242,7 @@ describe('ConnectivityProbe', () => {
     await h.clock.advance(2000);
     expect(h.calls.filter((c) => c.at > last)).toHaveLength(1);
     expect(lines.filter((l) => l.msg === 'network interfaces changed: probing now')).toHaveLength(1);
+    expect(lines.find((l) => l.msg === 'cannot read network interfaces')).toMatchObject({ level: 20, err: 'EMFILE' });
   });
 
   it('probes at once when the non-internal addresses change, and restarts the schedule', async () => {
@@ -400,6 +401,48 @@ describe('ConnectivityProbe', () => {
     clock = h.clock;
     await h.clock.advance(1500);
     expect(h.events.map((e) => e.target)).toEqual([other]);
+  });
+
+  it('sees the same addresses listed in another order as no change', async () => {
+    let flip = false;
+    const a = [iface('192.168.1.20', 'IPv4')];
+    const b = [iface('10.0.0.7', 'IPv4')];
+    const h = setup({
+      initial: 'offline',
+      interfacesPollMs: 2000,
+      maxIntervalMs: 600_000,
+      random: () => 0.999,
+      interfaces: () => (flip ? { wlan0: b, eth0: a } : { eth0: a, wlan0: b }),
+    });
+    await h.clock.advance(64_000);
+    const last = h.calls.at(-1)?.at ?? 0;
+    flip = true;
+    await h.clock.advance(4000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(0);
+  });
+
+  it('says in the wake-up which target answered and what made it probe', async () => {
+    const h = setup({ initial: 'offline' });
+    h.outcome.value = 'ok';
+    await h.clock.advance(1000);
+    expect(h.wakeup.lastWake()?.reason).toBe('cloud reachable at api.example.test:443 (schedule)');
+  });
+
+  it('keeps no timer or listener of a finished round: a long outage leaks nothing', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const h = setup({ initial: 'offline', maxIntervalMs: 2000 });
+      await h.clock.advance(60_000);
+      expect(h.calls.length).toBeGreaterThan(20);
+      // Between rounds only the loop's own wait is pending, not the deadline of a round that has ended.
+      expect(h.clock.pendingSleepers).toBe(1);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 
   it('logs an episode that fails unexpectedly', async () => {
