@@ -27,7 +27,7 @@ export const AREAS = {
   },
   config: {
     mutate: ['src/config/**/*.ts'],
-    tests: ['test/unit/config.test.ts', 'test/unit/config-fallback.test.ts', 'test/unit/offline-settings.test.ts'],
+    tests: ['test/unit/config.test.ts', 'test/unit/config-fallback.test.ts', 'test/unit/config-messages.test.ts', 'test/unit/offline-settings.test.ts'],
   },
   api: {
     mutate: ['src/api/auth.ts', 'src/api/server.ts'],
