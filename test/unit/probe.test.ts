@@ -392,13 +392,13 @@ describe('ConnectivityProbe', () => {
 
   it('waits for every target of a round: one refused does not hide another that connects a moment later', async () => {
     const other: ProbeTarget = { host: 'broker.example.test', port: 8883 };
-    let clock: FakeClock | undefined;
+    const ref: { clock?: FakeClock } = {};
     const h = setup({
       initial: 'offline',
       targets: [TARGET, other],
-      connect: (target) => (target === other ? (clock as FakeClock).sleep(100) : Promise.reject(new Error('ECONNREFUSED'))),
+      connect: (target) => (target === other ? (ref.clock as FakeClock).sleep(100) : Promise.reject(new Error('ECONNREFUSED'))),
     });
-    clock = h.clock;
+    ref.clock = h.clock;
     await h.clock.advance(1500);
     expect(h.events.map((e) => e.target)).toEqual([other]);
   });
