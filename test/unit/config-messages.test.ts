@@ -213,6 +213,12 @@ describe('environment overrides', () => {
     expect(r.applied.get('api.port')).toBe('IOTISTIC_API_PORT');
   });
 
+  it('takes an optional text setting as text, even when it looks like a number', () => {
+    const r = loadConfig({ env: { IOTISTIC_MQTT_CLIENT_ID: '12345', IOTISTIC_DEVICE_NAME: 'true' } });
+    expect(r.ok && r.config.mqtt.clientId).toBe('12345');
+    expect(r.ok && r.config.device.name).toBe('true');
+  });
+
   it('accepts every spelling of true and false', () => {
     for (const [raw, value] of [['true', true], ['1', true], ['YES', true], ['on', true], ['False', false], ['0', false], ['no', false], ['off', false]] as const) {
       const target: Record<string, unknown> = {};
