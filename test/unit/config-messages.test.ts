@@ -180,8 +180,8 @@ describe('a config file that cannot be used at all', () => {
 });
 
 describe('environment overrides', () => {
-  const keys = envKeys();
-
+  // envKeys() is called inside each test (directly or by applyEnvOverrides), never once for the file:
+  // what a test checks must be computed while it runs.
   it('coerces numbers, booleans and JSON, and leaves what does not parse for validation to name', () => {
     const target: Record<string, unknown> = {};
     const r = applyEnvOverrides(
@@ -200,7 +200,6 @@ describe('environment overrides', () => {
         IOTISTIC_CONFIG: '/etc/agent.json',
         OTHER: 'x',
       },
-      keys,
     );
     expect(target).toEqual({
       api: { port: 8080 },
@@ -222,7 +221,7 @@ describe('environment overrides', () => {
   it('accepts every spelling of true and false', () => {
     for (const [raw, value] of [['true', true], ['1', true], ['YES', true], ['on', true], ['False', false], ['0', false], ['no', false], ['off', false]] as const) {
       const target: Record<string, unknown> = {};
-      applyEnvOverrides(target, { IOTISTIC_FEATURES_DASHBOARD: raw }, keys);
+      applyEnvOverrides(target, { IOTISTIC_FEATURES_DASHBOARD: raw });
       expect(target).toEqual({ features: { dashboard: value } });
     }
   });
@@ -230,16 +229,16 @@ describe('environment overrides', () => {
   it('replaces a file value that is not an object on the way to a setting', () => {
     for (const api of [null, 5, ['x']]) {
       const target: Record<string, unknown> = { api, other: 1 };
-      applyEnvOverrides(target, { IOTISTIC_API_PORT: '1' }, keys);
+      applyEnvOverrides(target, { IOTISTIC_API_PORT: '1' });
       expect(target).toEqual({ api: { port: 1 }, other: 1 });
     }
     const kept: Record<string, unknown> = { api: { host: 'h' } };
-    applyEnvOverrides(kept, { IOTISTIC_API_PORT: '1' }, keys);
+    applyEnvOverrides(kept, { IOTISTIC_API_PORT: '1' });
     expect(kept).toEqual({ api: { host: 'h', port: 1 } });
   });
 
   it('lists unknown prefixed variables sorted, and ignores unset ones', () => {
-    const r = applyEnvOverrides({}, { IOTISTIC_ZZZ: '1', IOTISTIC_AAA: '2', IOTISTIC_API_PORT: undefined }, keys);
+    const r = applyEnvOverrides({}, { IOTISTIC_ZZZ: '1', IOTISTIC_AAA: '2', IOTISTIC_API_PORT: undefined });
     expect(r.unknown).toEqual(['IOTISTIC_AAA', 'IOTISTIC_ZZZ']);
     expect([...r.applied]).toEqual([]);
   });
@@ -253,6 +252,7 @@ describe('environment overrides', () => {
   });
 
   it('derives a name for every leaf and skips $schema', () => {
+    const keys = envKeys();
     const names = keys.map((k) => k.name);
     expect(names).not.toContain('IOTISTIC_$SCHEMA');
     expect(keys.find((k) => k.name === 'IOTISTIC_SETTINGS_OFFLINE_MAX_QUEUE_SIZE')).toEqual({
