@@ -84,6 +84,12 @@ describe('what the schema expected, in words', () => {
     expect(lines.some((l) => l.startsWith('  - mqtt.protocolVersion: expected '))).toBe(true);
   });
 
+  it('for a key that is missing shows no value at all', () => {
+    expect(errorsOf({ mqtt: { url: 'mqtts://b:8883', certFile: '/c.pem' } })).toEqual([
+      '  - mqtt.keyFile: expected a path as well: mutual TLS needs both the client certificate (certFile) and its key (keyFile)',
+    ]);
+  });
+
   it('for a bad outbox channel name: the key is wrong, not its value', () => {
     expect(errorsOf({ settings: { offline: { channels: { 'bad name': { priority: 1 } } } } })).toEqual([
       '  - settings.offline.channels.bad name: expected a key that is a channel name of 1-64 letters, digits, ".", "_" or "-", got "bad name" (a string)',
@@ -137,7 +143,7 @@ describe('what the schema expected, in words', () => {
     const parsed = schema.safeParse(input);
     if (parsed.success) throw new Error('expected issues');
     const issues = fromZodIssues(parsed.error.issues, input, () => 'file', (path) => path.endsWith('token'));
-    expect(issues).toEqual([
+    expect(issues).toStrictEqual([
       { path: 'need', source: 'file', expected: 'a string' },
       { path: 'inner.token', source: 'file', value: '[redacted]', expected: 'a string of at least 20 characters' },
     ]);
@@ -210,6 +216,13 @@ describe('environment overrides', () => {
     });
     expect(r.unknown).toEqual([]);
     expect(r.applied.get('api.port')).toBe('IOTISTIC_API_PORT');
+  });
+
+  it('takes blanks around a number or a yes/no as nothing, and blanks alone as no number', () => {
+    const r = loadConfig({ env: { IOTISTIC_API_PORT: ' 8080 ', IOTISTIC_FEATURES_DASHBOARD: ' Off ' } });
+    expect(r.ok && r.config.api.port).toBe(8080);
+    expect(r.ok && r.config.features.dashboard).toBe(false);
+    expect(errorsOf({}, { IOTISTIC_API_PORT: '   ' })).toEqual(['  - api.port (from IOTISTIC_API_PORT): expected a number, got "   " (a string)']);
   });
 
   it('takes an optional text setting as text, even when it looks like a number', () => {
