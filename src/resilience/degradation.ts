@@ -215,8 +215,10 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
           continue;
         }
         await this.degrade(signal);
+      } else if (
         // Stryker disable next-line MethodExpression,ArrowFunction: a paused feature implies degraded mode (only degrade() pauses, and it sets the mode), so the second test never decides
-      } else if (this.currentMode === 'degraded' || this.entries.some((e) => e.paused)) {
+        this.currentMode === 'degraded' || this.entries.some((e) => e.paused)
+      ) {
         await this.recover(signal);
       } else {
         await this.waitForChange(null, signal);

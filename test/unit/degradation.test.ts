@@ -440,6 +440,20 @@ describe('DegradationController', () => {
     expect(h.modes.map((m) => m.to)).toEqual(['degraded']);
   });
 
+  it('does not pause a feature unregistered while the ones before it pause', async () => {
+    const h = setup();
+    h.controller.register(h.feature('slow', { pauseMs: 1_000 }), { order: 1 });
+    const unregister = h.controller.register(h.feature('b'), { order: 2 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['slow']);
+    unregister();
+    await h.clock.advance(1_000);
+    expect(names(h.calls, 'pause')).toEqual(['slow']);
+    expect(h.controller.mode()).toBe('degraded');
+  });
+
   it('pauses nothing more once stopped in the middle of the pauses', async () => {
     const h = setup();
     h.controller.register(h.feature('slow', { pauseMs: 1_000 }), { order: 1 });
