@@ -11,7 +11,13 @@ export const AREAS = {
   },
   resilience: {
     mutate: ['src/resilience/**/*.ts', 'src/cloud/retry.ts'],
-    tests: ['test/unit/backoff.test.ts', 'test/unit/retry.test.ts', 'test/unit/connection-monitor.test.ts'],
+    tests: [
+      'test/unit/backoff.test.ts', 'test/unit/retry.test.ts', 'test/unit/connection-monitor.test.ts',
+      'test/unit/channel-probes.test.ts', 'test/unit/probe.test.ts', 'test/unit/degradation.test.ts',
+      'test/unit/wakeup.test.ts', 'test/unit/outage-log.test.ts',
+      // In-process, loopback only, imports src/: the one test of the real TCP connect.
+      'test/integration/probe-tcp.test.ts',
+    ],
   },
   target: {
     mutate: ['src/cloud/target-state.ts', 'src/workloads/target-schema.ts'],
@@ -21,7 +27,7 @@ export const AREAS = {
   },
   config: {
     mutate: ['src/config/**/*.ts'],
-    tests: ['test/unit/config.test.ts', 'test/unit/config-fallback.test.ts'],
+    tests: ['test/unit/config.test.ts', 'test/unit/config-fallback.test.ts', 'test/unit/config-messages.test.ts', 'test/unit/offline-settings.test.ts'],
   },
   api: {
     mutate: ['src/api/auth.ts', 'src/api/server.ts'],

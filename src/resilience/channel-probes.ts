@@ -72,6 +72,7 @@ export class ChannelProbes {
           random: opts.random,
           logger: opts.logger.child({ part: `probe-${channel}`, channel }),
           maxIntervalMs: opts.maxIntervalMs,
+          // Stryker disable next-line ConditionalExpression: 'true' passes undefined, which is the default; 'false' is killed by "starts each offline stretch at the initial interval it is given"
           ...(opts.initialIntervalMs !== undefined ? { initialIntervalMs: opts.initialIntervalMs } : {}),
           ...(opts.connect ? { connect: opts.connect } : {}),
         }),
@@ -83,6 +84,7 @@ export class ChannelProbes {
   wakeup(channel: string): Wakeup {
     let w = this.wakeups.get(channel);
     if (!w) {
+      // Stryker disable next-line ConditionalExpression: 'true' passes undefined, which is the default; 'false' is killed by "wakes with the stagger it is given"
       w = new Wakeup({ clock: this.opts.clock, random: this.opts.random, ...(this.opts.staggerMaxMs !== undefined ? { staggerMaxMs: this.opts.staggerMaxMs } : {}) });
       this.wakeups.set(channel, w);
     }

@@ -141,11 +141,14 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
    * (without resuming it).
    */
   register(feature: Degradable, opts: { order: number }): () => void {
+    // Stryker disable next-line ConditionalExpression: the same object has the same name, which the second test catches
     if (this.entries.some((e) => e.feature === feature || e.feature.name === feature.name)) {
       throw new AgentError('DEGRADABLE_DUPLICATE', `a degradable feature named "${feature.name}" is already registered`);
     }
+    // Stryker disable next-line UnaryOperator: pauseSeq is read only for paused entries, and pausing sets it first
     const entry: Entry = { feature, order: opts.order, seq: this.seq++, paused: false, pauseSeq: -1 };
     this.entries.push(entry);
+    // Stryker disable next-line ArithmeticOperator: the list is sorted at every push, so a tie is only compared newest-first, which both order after
     this.entries.sort((a, b) => a.order - b.order || a.seq - b.seq);
     this.kick();
     return () => {
@@ -212,7 +215,10 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
           continue;
         }
         await this.degrade(signal);
-      } else if (this.currentMode === 'degraded' || this.entries.some((e) => e.paused)) {
+      } else if (
+        // Stryker disable next-line MethodExpression,ArrowFunction: a paused feature implies degraded mode (only degrade() pauses, and it sets the mode), so the second test never decides
+        this.currentMode === 'degraded' || this.entries.some((e) => e.paused)
+      ) {
         await this.recover(signal);
       } else {
         await this.waitForChange(null, signal);
@@ -306,13 +312,16 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
 
   /** Waits `ms` (null: indefinitely) or until the status changes, a feature registers, or `signal` aborts. */
   private async waitForChange(ms: number | null, signal: AbortSignal): Promise<void> {
+    // Stryker disable next-line ConditionalExpression: every caller checks the signal just before, with no await between
     if (signal.aborted) return;
     const wait = new AbortController();
     const stop = (): void => wait.abort();
     this.kick = stop;
+    // Stryker disable next-line ObjectLiteral,BooleanLiteral: the finally block removes it, and an AbortSignal fires once
     signal.addEventListener('abort', stop, { once: true });
     try {
       if (ms === null) {
+        // Stryker disable next-line ObjectLiteral,BooleanLiteral: an AbortSignal fires 'abort' once
         await new Promise<void>((resolve) => wait.signal.addEventListener('abort', () => resolve(), { once: true }));
       } else {
         await this.clock.sleep(ms, wait.signal).catch(() => undefined);
@@ -320,6 +329,7 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
     } finally {
       stop();
       signal.removeEventListener('abort', stop);
+      // Stryker disable next-line ConditionalExpression,EqualityOperator: waits never overlap, so kick is this wait's stop, and a stale stop aborts a finished wait: no effect either way
       if (this.kick === stop) this.kick = () => undefined;
     }
   }

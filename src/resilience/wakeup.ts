@@ -84,7 +84,9 @@ export class Wakeup {
       let settled = false;
 
       const settle = (finish: () => void): void => {
+        // Stryker disable next-line ConditionalExpression: a second settle only repeats idempotent steps (delete, remove, abort) and a settled promise ignores resolve/reject
         if (settled) return;
+        // Stryker disable next-line BooleanLiteral: as above, settling twice changes nothing
         settled = true;
         this.sleepers.delete(sleeper);
         signal?.removeEventListener('abort', onAbort);
@@ -108,10 +110,12 @@ export class Wakeup {
           // A woken sleeper is no longer "current": a second wake must not push it further out.
           this.sleepers.delete(sleeper);
           const at = this.clock.monotonic() + delayMs;
+          // Stryker disable next-line EqualityOperator: at the deadline the armed timer resolves 'woken' (woken is set) at the same instant
           if (at < deadline) arm(at);
         },
       };
 
+      // Stryker disable next-line ObjectLiteral,BooleanLiteral: settle() removes the listener, so it never runs twice anyway
       signal?.addEventListener('abort', onAbort, { once: true });
       this.sleepers.add(sleeper);
       // ms = Infinity: wait for a wake or the abort only (a timer that long would overflow setTimeout).

@@ -1,6 +1,6 @@
 import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EventEmitter } from 'node:events';
+import { EventEmitter, getEventListeners } from 'node:events';
 import { ConnectivityProbe, createTcpConnect, type ReachableEvent } from '../../src/resilience/probe.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
 import { isAbortError, systemClock } from '../../src/util/clock.js';
@@ -46,7 +46,10 @@ describe('createTcpConnect (real sockets on 127.0.0.1)', () => {
       );
     });
     const connect = createTcpConnect();
-    await expect(connect({ host: '127.0.0.1', port }, 3000, new AbortController().signal)).resolves.toBeUndefined();
+    const signal = new AbortController().signal;
+    await expect(connect({ host: '127.0.0.1', port }, 3000, signal)).resolves.toBeUndefined();
+    // Nothing is left on the caller's signal once the probe is over.
+    expect(getEventListeners(signal, 'abort')).toHaveLength(0);
     await expect.poll(() => closed.length, { timeout: 5000 }).toBe(1);
     await closed[0];
     expect(received).toBe(0); // a handshake, not a request
@@ -57,6 +60,15 @@ describe('createTcpConnect (real sockets on 127.0.0.1)', () => {
     const connect = createTcpConnect();
     // localhost may resolve to ::1 first; the server listens on IPv4 only, and happy eyeballs copes.
     await expect(connect({ host: 'localhost', port }, 3000, new AbortController().signal)).resolves.toBeUndefined();
+  });
+
+  it('probes one host name at once and again later: every probe connects', async () => {
+    const port = await listen();
+    const connect = createTcpConnect();
+    const signal = new AbortController().signal;
+    // Two at once share one lookup; the one after must not wait on the finished lookup.
+    await expect(Promise.all([connect({ host: 'localhost', port }, 3000, signal), connect({ host: 'localhost', port }, 3000, signal)])).resolves.toEqual([undefined, undefined]);
+    await expect(connect({ host: 'localhost', port }, 3000, signal)).resolves.toBeUndefined();
   });
 
   it('fails fast with PROBE_CONNECT_FAILED on a closed port', async () => {
@@ -70,6 +82,7 @@ describe('createTcpConnect (real sockets on 127.0.0.1)', () => {
     expect(err?.code).toBe('PROBE_CONNECT_FAILED');
     expect(err?.message).toContain(`127.0.0.1:${port}`);
     expect(err?.message).toContain('ECONNREFUSED');
+    expect(err).toMatchObject({ cause: expect.objectContaining({ code: 'ECONNREFUSED' }) });
     expect(performance.now() - started).toBeLessThan(2000);
   });
 

@@ -1,3 +1,4 @@
+import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ChannelProbes } from '../../src/resilience/channel-probes.js';
 import { ConnectionMonitor } from '../../src/resilience/connection-monitor.js';
@@ -29,7 +30,22 @@ afterEach(async () => {
   }
 });
 
-function setup(endpoints: Record<string, string> = { api: API, mqtt: BROKER }): Harness {
+/** Log lines written at info and above, parsed. */
+function logLines(): { lines: Array<Record<string, unknown>>; destination: Writable } {
+  const lines: Array<Record<string, unknown>> = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  return { lines, destination };
+}
+
+function setup(
+  endpoints: Record<string, string> = { api: API, mqtt: BROKER },
+  extra: { initialIntervalMs?: number; destination?: Writable; staggerMaxMs?: number } = {},
+): Harness {
   const clock = new FakeClock();
   const monitor = new ConnectionMonitor({ clock, offlineAfterFailures: 3, channels: Object.keys(endpoints) });
   const calls: Harness['calls'] = [];
@@ -43,10 +59,11 @@ function setup(endpoints: Record<string, string> = { api: API, mqtt: BROKER }): 
     endpoints,
     clock,
     random: seededRandom(3),
-    logger: createLogger({ level: 'silent', destination: process.stderr }),
+    logger: extra.destination ? createLogger({ level: 'info', destination: extra.destination }) : createLogger({ level: 'silent', destination: process.stderr }),
     maxIntervalMs: 30_000,
-    staggerMaxMs: 10_000,
+    staggerMaxMs: extra.staggerMaxMs ?? 10_000,
     connect,
+    ...(extra.initialIntervalMs !== undefined ? { initialIntervalMs: extra.initialIntervalMs } : {}),
   });
   const ac = new AbortController();
   const h: Harness = { clock, monitor, probes, calls, open, ac, done: probes.start(ac.signal) };
@@ -157,5 +174,54 @@ describe('ChannelProbes', () => {
     h.open.add(8443);
     await h.clock.advance(45_000);
     expect(api.outcome).toBe('woken');
+  });
+
+  it('wakes on the first probe when the channel went offline for want of a connection', async () => {
+    const log = logLines();
+    const h = setup({ api: API }, { destination: log.destination });
+    const api = sleeper(h, 'api');
+    h.open.add(8443);
+    goOffline(h.monitor, 'api');
+    await h.clock.advance(1_000);
+    expect(h.calls).toHaveLength(1);
+    await h.clock.advance(10_000);
+    expect(api.outcome).toBe('woken');
+    // The line says which channel's probe found the way open.
+    expect(log.lines.filter((l) => l.msg === 'cloud reachable again: waking waiting loops')).toEqual([
+      expect.objectContaining({ part: 'probe-api', channel: 'api', woken: 1, trigger: 'schedule' }),
+    ]);
+  });
+
+  it('wakes with the stagger it is given: none at all', async () => {
+    const h = setup({ api: API }, { staggerMaxMs: 0 });
+    const api = sleeper(h, 'api');
+    goOffline(h.monitor, 'api');
+    await h.clock.advance(5_000);
+    h.open.add(8443);
+    const opened = h.clock.monotonic();
+    await h.clock.advance(30_000);
+    const success = h.calls.find((c) => c.at >= opened)?.at;
+    expect(api.outcome).toBe('woken');
+    expect(api.at).toBe(success);
+  });
+
+  it('starts each offline stretch at the initial interval it is given', async () => {
+    const h = setup({ api: API }, { initialIntervalMs: 10_000 });
+    goOffline(h.monitor, 'api');
+    // Equal jitter: the first probe comes between half the interval and the interval.
+    await h.clock.advance(4_999);
+    expect(h.calls).toEqual([]);
+    await h.clock.advance(5_001);
+    expect(h.calls).toHaveLength(1);
+  });
+
+  it('once stopped, a channel going offline starts no probe', async () => {
+    const h = setup();
+    h.ac.abort();
+    await h.done;
+    goOffline(h.monitor, 'api');
+    await h.clock.advance(120_000);
+    expect(h.calls).toEqual([]);
+    expect(h.probes.probes.every((p) => !p.probing())).toBe(true);
   });
 });

@@ -74,4 +74,53 @@ describe('telling the cloud at start', () => {
     expect(r.reports).toBe(1);
     expect(r.records().some((l) => String(l.msg).includes('could not remember') && String(l.err).includes('disk is full'))).toBe(true);
   });
+
+  it('a fallback already announced is announced again (the cloud may have missed it), and not remembered twice', () => {
+    const r = run(configStatus(fallback, 2_000), true);
+    expect(r.events.map((e) => e.type)).toEqual(['config-fallback']);
+    expect(r.reports).toBe(1);
+    expect(r.writes).toEqual([]);
+  });
+
+  it('a remembered state it cannot read counts as not announced, and is logged', () => {
+    const log = captureLogger();
+    const events: string[] = [];
+    announceConfigSource({
+      status: configStatus({ source: 'file', file: '/etc/a.json' }, 0),
+      announced: {
+        get: () => {
+          throw new Error('SQLITE_CORRUPT');
+        },
+        set: () => undefined,
+      },
+      event: (type) => events.push(type),
+      healthReport: () => undefined,
+      logger: log.logger,
+    });
+    expect(events).toEqual([]);
+    expect(log.records()).toEqual([expect.objectContaining({ level: 40, msg: 'could not read whether a config fallback was reported', err: 'SQLITE_CORRUPT' })]);
+  });
+
+  it('logs the failed write with its level, message and error', () => {
+    const r = run(configStatus(fallback, 2_000), false, { failWrite: true });
+    expect(r.records()).toEqual([expect.objectContaining({ level: 40, msg: 'could not remember that a config fallback was reported', err: 'database or disk is full' })]);
+  });
+});
+
+describe('the fallback message', () => {
+  const base = { source: 'last-known-good' as const, lastKnownGoodSavedAt: 0, since: 0 };
+  it('says in words why the file could not be used, how many issues, and from when the copy in use is', () => {
+    const one = [{ path: '', source: 'file', expected: 'x' }];
+    expect(configStatus({ ...base, file: '/a.json', reason: 'unreadable', issues: one }, 0).fallback?.message).toBe(
+      'the config /a.json is unreadable (1 issue); running on the last-known-good config saved 1970-01-01T00:00:00.000Z',
+    );
+    expect(configStatus({ ...base, file: '/a.json', reason: 'not-json', issues: [] }, 0).fallback?.message).toContain('is not valid JSON (0 issues)');
+    expect(configStatus({ ...base, file: null, reason: 'not-an-object', issues: one }, 0).fallback?.message).toContain(
+      'the config (environment) is not a JSON object (1 issue)',
+    );
+  });
+
+  it('never reports a negative age when the clock went back', () => {
+    expect(configStatus({ ...fallback }, 0).fallback?.lastKnownGoodAgeMs).toBe(0);
+  });
 });

@@ -32,9 +32,24 @@ function make(over: Partial<ConnectionMonitorOptions> = {}): { monitor: Connecti
   return { monitor, clock, events: record(monitor) };
 }
 
-function silentLogger(): { info: () => void; warn: () => void; error: (fields: object, msg: string) => void; errors: string[] } {
+interface CapturedLogger {
+  info: (fields: object, msg: string) => void;
+  warn: (fields: object, msg: string) => void;
+  error: (fields: object, msg: string) => void;
+  /** The messages of error lines. */
+  errors: string[];
+  /** Every line, as the log would hold it. */
+  lines: Array<{ level: string; fields: object; msg: string }>;
+}
+
+function silentLogger(): CapturedLogger {
   const errors: string[] = [];
-  return { info: () => undefined, warn: () => undefined, error: (_f: object, msg: string) => errors.push(msg), errors };
+  const lines: CapturedLogger['lines'] = [];
+  const at = (level: string) => (fields: object, msg: string) => {
+    lines.push({ level, fields, msg });
+    if (level === 'error') errors.push(msg);
+  };
+  return { info: at('info'), warn: at('warn'), error: at('error'), errors, lines };
 }
 
 describe('a channel before its first mark', () => {
@@ -138,6 +153,7 @@ describe('channel transitions', () => {
       expect(() => make({ maxOutagesKept: kept })).toThrow(`connection monitor maxOutagesKept: expected an integer >= 1, got ${kept}`);
     }
     expect(() => make({ maxOutagesKept: 0 })).toThrow(expect.objectContaining({ code: 'MONITOR_OPTIONS_INVALID' }));
+    expect(() => make({ offlineAfterFailures: 0 })).toThrow(expect.objectContaining({ code: 'MONITOR_OPTIONS_INVALID' }));
     const { monitor } = make({ offlineAfterFailures: 1, maxOutagesKept: 1 });
     monitor.markFailure('api', 'poll', 'x');
     expect(monitor.health().outages).toHaveLength(1);
@@ -172,8 +188,11 @@ describe('overall status', () => {
     expect(monitor.status()).toBe('degraded');
     expect(monitor.isOnline()).toBe(true);
     expect(monitor.offlineSince()).toBeNull();
+    await clock.advance(1_000);
+    // One channel works: the agent is not offline, however long api has been.
+    expect(monitor.offlineDurationMs()).toBe(0);
 
-    await clock.advance(60_000);
+    await clock.advance(59_000);
     const tMqtt = clock.now();
     events.length = 0;
     for (let i = 0; i < 3; i++) monitor.markFailure('mqtt', 'publish', 'connack timeout');
@@ -200,7 +219,46 @@ describe('overall status', () => {
     monitor.addChannel('mqtt');
     monitor.addChannel('mqtt');
     expect(monitor.status()).toBe('degraded');
-    expect(events).toEqual([['status', { from: 'offline', to: 'degraded', at: clock.now() }]]);
+    // No cause at all (not an undefined one): no mark changed it.
+    expect(events).toStrictEqual([['status', { from: 'offline', to: 'degraded', at: clock.now() }]]);
+  });
+
+  it('adding a channel it already knows changes nothing: an offline one stays offline with its counts', () => {
+    const { monitor, events } = make({ offlineAfterFailures: 1 });
+    monitor.markFailure('api', 'poll', 'x');
+    events.length = 0;
+    monitor.addChannel('api');
+    expect(monitor.channelStatus('api')).toBe('offline');
+    expect(monitor.status()).toBe('offline');
+    expect(monitor.health().channels.api).toMatchObject({ consecutiveFailures: 1, failures: { poll: 1 }, lastError: 'x' });
+    expect(events).toEqual([]);
+  });
+
+  it('counts its uptime from its own start, not from the clock origin', async () => {
+    const clock = new FakeClock(T0);
+    await clock.advance(5_000);
+    const monitor = new ConnectionMonitor({ clock, channels: ['api'] });
+    await clock.advance(2_000);
+    expect(monitor.health().uptime).toBe(2_000);
+  });
+
+  it('knows no channel when given none', () => {
+    const monitor = new ConnectionMonitor({ clock: new FakeClock(T0) });
+    expect(monitor.channelNames).toEqual([]);
+    expect(monitor.health().channels).toEqual({});
+    monitor.markFailure('api', 'poll', 'x');
+    monitor.markFailure('api', 'poll', 'x');
+    monitor.markFailure('api', 'poll', 'x');
+    // api is the only channel, so the agent is offline (a phantom second channel would say degraded).
+    expect(monitor.status()).toBe('offline');
+  });
+
+  it('a success on a channel that is online already announces nothing', () => {
+    const { monitor, events } = make();
+    monitor.markSuccess('api', 'poll');
+    monitor.markSuccess('api', 'report');
+    expect(events).toEqual([]);
+    expect(monitor.health().channels.api?.lastSuccess).toEqual({ poll: T0, report: T0 });
   });
 
   it('a first mark on a new channel compares the overall status before and after, once', () => {
@@ -308,6 +366,32 @@ describe('resilience of the monitor itself', () => {
     expect(seen).toEqual(['offline']);
     expect(monitor.channelStatus('api')).toBe('offline');
     expect(logger.errors).toEqual([expect.stringContaining('subscriber bug')]);
+    expect(logger.lines.find((l) => l.level === 'error')?.fields).toEqual({ err: expect.objectContaining({ message: 'subscriber bug' }), event: 'channel' });
+  });
+
+  it('without a logger, turns its errors (and only those) into process warnings', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const broken: OutageLog = {
+        open: () => {
+          throw new Error('SQLITE_FULL');
+        },
+        close: () => undefined,
+        recent: () => [],
+        openOutages: () => [],
+      };
+      const { monitor } = make({ offlineAfterFailures: 1, outageLog: broken });
+      monitor.markFailure('api', 'poll', 'x'); // an error (the log) and a warn (offline)
+      monitor.markSuccess('api', 'poll'); // an info (back online)
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.map((w) => [w.name, w.message])).toEqual([
+        ['ConnectionMonitorWarning', 'could not record the start of the api outage: SQLITE_FULL'],
+      ]);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 
   it('once() and the returned unsubscribe work', () => {
@@ -320,6 +404,61 @@ describe('resilience of the monitor itself', () => {
     monitor.markSuccess('api', 'poll');
     expect(seen).toEqual(['once:degraded', 'on:degraded']);
     expect(monitor.listenerCount('channel')).toBe(1); // the recorder of make()
+  });
+
+  it('logs when a channel goes offline, with the cause, and when it is back, with the duration', async () => {
+    const logger = silentLogger();
+    const { monitor, clock } = make({ offlineAfterFailures: 2, logger });
+    monitor.markFailure('api', 'poll', 'ECONNREFUSED');
+    await clock.advance(1_000);
+    monitor.markFailure('api', 'report', 'timeout');
+    await clock.advance(4_000);
+    monitor.markSuccess('api', 'poll');
+    expect(logger.lines).toEqual([
+      { level: 'warn', fields: { channel: 'api', cause: 'poll: ECONNREFUSED', since: T0 }, msg: 'api is offline (poll: ECONNREFUSED)' },
+      { level: 'info', fields: { channel: 'api', durationMs: 5_000 }, msg: 'api is back online after 5000 ms' },
+    ]);
+  });
+
+  it('logs a failed write of an outage end, with the channel, and carries on', () => {
+    const logger = silentLogger();
+    const log: OutageLog = {
+      open: () => 7,
+      close: () => {
+        throw new Error('SQLITE_READONLY');
+      },
+      recent: () => [],
+      openOutages: () => [],
+    };
+    const { monitor } = make({ offlineAfterFailures: 1, outageLog: log, logger });
+    monitor.markFailure('api', 'poll', 'x');
+    monitor.markSuccess('api', 'poll');
+    expect(monitor.status()).toBe('online');
+    expect(logger.lines.filter((l) => l.level === 'error')).toEqual([
+      { level: 'error', fields: { err: expect.objectContaining({ message: 'SQLITE_READONLY' }), channel: 'api' }, msg: 'could not record the end of the api outage: SQLITE_READONLY' },
+    ]);
+  });
+
+  it('starts without history, and says so, when the outage log cannot be read', () => {
+    const logger = silentLogger();
+    const log: OutageLog = {
+      open: () => 1,
+      close: () => undefined,
+      recent: () => {
+        throw new Error('SQLITE_CORRUPT');
+      },
+      openOutages: () => [],
+    };
+    const { monitor } = make({ outageLog: log, logger });
+    expect(monitor.status()).toBe('online');
+    expect(monitor.health().outages).toEqual([]);
+    expect(logger.lines).toEqual([
+      {
+        level: 'error',
+        fields: { err: expect.objectContaining({ message: 'SQLITE_CORRUPT' }) },
+        msg: 'could not read the outage log; starting without its history: SQLITE_CORRUPT',
+      },
+    ]);
   });
 
   it('keeps working when the outage log fails', () => {
@@ -339,6 +478,7 @@ describe('resilience of the monitor itself', () => {
     monitor.markSuccess('api', 'poll');
     expect(monitor.status()).toBe('online');
     expect(logger.errors).toEqual([expect.stringContaining('SQLITE_FULL')]);
+    expect(logger.lines.find((l) => l.level === 'error')?.fields).toEqual({ err: expect.objectContaining({ message: 'SQLITE_FULL' }), channel: 'api' });
   });
 });
 
@@ -410,6 +550,50 @@ describe('persistence across restarts', () => {
     expect(third.channelStatus('mqtt')).toBe('offline');
     const apiOutage = third.health().outages.find((o) => o.channel === 'api');
     expect(apiOutage).toEqual({ channel: 'api', start: t1, end: T0 + HOUR + 5000, durationMs: HOUR + 4500, cause: 'poll: ENOTFOUND' });
+  });
+
+  it('shows the error of a restored outage as stored when its cause names no operation', () => {
+    const clock = new FakeClock(T0 + HOUR);
+    const log = new SqliteOutageLog(openStore(clock));
+    log.open('api', T0, 'connection reset');
+    log.open('mqtt', T0, ': half a cause');
+    const monitor = new ConnectionMonitor({ clock, outageLog: log });
+    expect(monitor.health().channels.api?.lastError).toBe('connection reset');
+    expect(monitor.health().channels.mqtt?.lastError).toBe(': half a cause');
+  });
+
+  it('of two open outages of one channel keeps the older and closes the other', () => {
+    const clock = new FakeClock(T0 + HOUR);
+    const store = openStore(clock);
+    const log = new SqliteOutageLog(store);
+    log.open('api', T0, 'poll: ECONNREFUSED');
+    log.open('api', T0 + 1000, 'report: timeout');
+    const monitor = new ConnectionMonitor({ clock, outageLog: log });
+    expect(monitor.channelStatus('api')).toBe('offline');
+    expect(monitor.offlineSince()).toBe(T0);
+    expect(monitor.health().channels.api?.lastError).toBe('ECONNREFUSED');
+    expect(log.openOutages().map((o) => o.cause)).toEqual(['poll: ECONNREFUSED']);
+  });
+
+  it('logs a duplicate open outage it cannot close, and still starts offline from the older', () => {
+    const logger = silentLogger();
+    const open = [
+      { id: 1, channel: 'api', start: T0, end: null, durationMs: null, cause: 'poll: ECONNREFUSED' },
+      { id: 2, channel: 'api', start: T0 + 1000, end: null, durationMs: null, cause: 'report: timeout' },
+    ];
+    const log: OutageLog = {
+      open: () => 3,
+      close: () => {
+        throw new Error('SQLITE_BUSY');
+      },
+      recent: () => open,
+      openOutages: () => open,
+    };
+    const monitor = new ConnectionMonitor({ clock: new FakeClock(T0 + HOUR), outageLog: log, logger });
+    expect(monitor.offlineSince()).toBe(T0);
+    expect(logger.lines).toEqual([
+      { level: 'error', fields: { err: expect.objectContaining({ message: 'SQLITE_BUSY' }) }, msg: 'could not close a duplicate open outage: SQLITE_BUSY' },
+    ]);
   });
 
   it('restores a channel that was online as online, with the outage history', async () => {

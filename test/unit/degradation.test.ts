@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -43,7 +44,7 @@ function setup(opts: Partial<DegradationControllerOptions> & { initial?: Connect
   const calls: Call[] = [];
   const feature = (
     name: string,
-    behaviour: { pauseThrows?: boolean; resumeThrows?: boolean; pauseHangs?: boolean; pauseMs?: number } = {},
+    behaviour: { pauseThrows?: boolean; resumeThrows?: boolean; pauseHangs?: boolean; pauseMs?: number; resumeMs?: number } = {},
   ): Degradable => ({
     name,
     pause() {
@@ -55,6 +56,7 @@ function setup(opts: Partial<DegradationControllerOptions> & { initial?: Connect
     async resume() {
       calls.push({ op: 'resume', name, at: clock.monotonic() });
       if (behaviour.resumeThrows) throw new Error(`${name} cannot resume`);
+      if (behaviour.resumeMs) await clock.sleep(behaviour.resumeMs);
     },
   });
   const modes: ModeEvent[] = [];
@@ -96,7 +98,7 @@ describe('DegradationController', () => {
     expect(names(h.calls, 'pause')).toEqual(['cloud-jobs', 'shadow-sync', 'metrics-upload']);
     expect(h.controller.mode()).toBe('degraded');
     expect(h.controller.since()).toBe(h.clock.now());
-    expect(h.modes).toEqual([{ from: 'normal', to: 'degraded', at: h.clock.now(), reason: expect.stringContaining('offline for 300 s') }]);
+    expect(h.modes).toEqual([{ from: 'normal', to: 'degraded', at: h.clock.now(), reason: 'offline for 300 s (threshold 300 s)' }]);
     expect(h.controller.features()).toEqual([
       { name: 'cloud-jobs', order: 1, paused: true },
       { name: 'shadow-sync', order: 2, paused: true },
@@ -137,8 +139,12 @@ describe('DegradationController', () => {
   it('counts from start() when the status is already offline', async () => {
     const h = setup({ initial: 'offline' });
     h.controller.register(h.feature('cloud-jobs'), { order: 1 });
+    // The agent has been up (and offline) a while before the controller starts: that time does not count.
+    await h.clock.advance(2 * THRESHOLD);
     h.start();
-    await h.clock.advance(THRESHOLD);
+    await h.clock.advance(THRESHOLD - 1);
+    expect(h.calls).toHaveLength(0);
+    await h.clock.advance(1);
     expect(h.controller.mode()).toBe('degraded');
   });
 
@@ -217,6 +223,7 @@ describe('DegradationController', () => {
     const info = h.lines.filter((l) => (l.level as number) >= 30);
     expect(info).toHaveLength(2);
     expect(info[0]).toMatchObject({
+      msg: 'entering degraded mode: cloud-dependent features paused',
       mode: 'degraded',
       from: 'normal',
       reason: expect.stringContaining('offline'),
@@ -227,12 +234,19 @@ describe('DegradationController', () => {
       ],
     });
     expect(info[1]).toMatchObject({
+      msg: 'leaving degraded mode: features resumed',
       mode: 'normal',
       from: 'degraded',
       reason: expect.stringContaining('online'),
       resumed: ['c', 'b', 'a'],
       failed: [{ name: 'b', error: 'b cannot resume' }],
     });
+    // A failure is shown until a later call of that feature works: c resumed fine, b did not.
+    expect(h.controller.features()).toStrictEqual([
+      { name: 'a', order: 1, paused: false },
+      { name: 'b', order: 2, paused: false, error: 'b cannot resume' },
+      { name: 'c', order: 3, paused: false },
+    ]);
   });
 
   it('cancels the remaining resumes when offline again, and re-arms the threshold', async () => {
@@ -262,6 +276,10 @@ describe('DegradationController', () => {
     await h.clock.advance(1);
     expect(names(h.calls, 'pause')).toEqual(['c']);
     expect(h.modes.map((m) => m.to)).toEqual(['degraded']);
+    // No second mode change to announce: the re-pause is a debug line naming what was paused again.
+    expect(h.lines.filter((l) => l.msg === 'offline again while resuming; features paused again')).toEqual([
+      expect.objectContaining({ level: 20, paused: ['c'], failed: [] }),
+    ]);
 
     h.status.set('online');
     await h.clock.advance(10_000);
@@ -319,6 +337,32 @@ describe('DegradationController', () => {
     const h = setup();
     h.controller.register(h.feature('a'), { order: 1 });
     expect(() => h.controller.register(h.feature('a'), { order: 2 })).toThrow(expect.objectContaining({ code: 'DEGRADABLE_DUPLICATE' }));
+    expect(() => h.controller.register(h.feature('a'), { order: 2 })).toThrow('a degradable feature named "a" is already registered');
+  });
+
+  it('pauses features of equal order in the order they registered', async () => {
+    const h = setup();
+    for (const name of ['e1', 'e2', 'e3', 'e4', 'e5']) h.controller.register(h.feature(name), { order: 3 });
+    h.controller.register(h.feature('first'), { order: 1 });
+    h.controller.register(h.feature('e6'), { order: 3 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['first', 'e1', 'e2', 'e3', 'e4', 'e5', 'e6']);
+  });
+
+  it('forgets an unregistered feature: not listed, never paused; unregistering twice removes nothing else', async () => {
+    const h = setup();
+    const unregisterA = h.controller.register(h.feature('a'), { order: 1 });
+    h.controller.register(h.feature('b'), { order: 2 });
+    h.controller.register(h.feature('c'), { order: 3 });
+    unregisterA();
+    unregisterA();
+    expect(h.controller.features().map((f) => f.name)).toEqual(['b', 'c']);
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['b', 'c']);
   });
 
   it('pauses nothing when disabled, and still reports normal', async () => {
@@ -329,8 +373,150 @@ describe('DegradationController', () => {
     await h.clock.advance(10 * THRESHOLD);
     expect(h.calls).toHaveLength(0);
     expect(h.controller.mode()).toBe('normal');
-    expect(h.controller.features()).toEqual([{ name: 'a', order: 1, paused: false }]);
+    // No error field on a feature whose calls never failed.
+    expect(h.controller.features()).toStrictEqual([{ name: 'a', order: 1, paused: false }]);
     expect(h.status.listenerCount('status')).toBe(0);
+  });
+
+  it('with no feature registered still reports degraded after the threshold and normal once back', async () => {
+    const h = setup();
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(h.controller.mode()).toBe('degraded');
+    h.status.set('online');
+    await h.clock.advance(0);
+    expect(h.controller.mode()).toBe('normal');
+    expect(h.modes.map((m) => m.to)).toEqual(['degraded', 'normal']);
+  });
+
+  it('does not resume a feature unregistered while paused, before or during the resumes', async () => {
+    const values = [0.1, 0.9, 0.1, 0.9]; // stagger draws: b after 1 s, a after 9 s
+    const h = setup({ resumeStaggerMaxMs: 10_000, random: () => values.shift() ?? 0 });
+    const unregister = h.controller.register(h.feature('a'), { order: 1 });
+    h.controller.register(h.feature('b'), { order: 2 });
+    const unregisterC = h.controller.register(h.feature('c'), { order: 3 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['a', 'b', 'c']);
+    unregisterC();
+    h.status.set('online');
+    await h.clock.advance(2_000);
+    expect(names(h.calls, 'resume')).toEqual(['b']);
+    unregister();
+    await h.clock.advance(20_000);
+    expect(names(h.calls, 'resume')).toEqual(['b']);
+    expect(h.controller.mode()).toBe('normal');
+  });
+
+  it('stays degraded when the connection drops again during the last resume', async () => {
+    const h = setup({ resumeStaggerMaxMs: 0 });
+    h.controller.register(h.feature('slow', { resumeMs: 5_000 }), { order: 1 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    h.status.set('online');
+    await h.clock.advance(1_000);
+    expect(names(h.calls, 'resume')).toEqual(['slow']);
+    h.status.set('offline');
+    await h.clock.advance(5_000);
+    expect(h.controller.mode()).toBe('degraded');
+    expect(h.modes.map((m) => m.to)).toEqual(['degraded']);
+  });
+
+  it('stays degraded when stopped during the last resume', async () => {
+    const h = setup({ resumeStaggerMaxMs: 0 });
+    h.controller.register(h.feature('slow', { resumeMs: 5_000 }), { order: 1 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    h.status.set('online');
+    await h.clock.advance(1_000);
+    h.ac.abort();
+    await h.clock.advance(5_000);
+    await h.run.done;
+    expect(h.controller.mode()).toBe('degraded');
+    expect(h.modes.map((m) => m.to)).toEqual(['degraded']);
+  });
+
+  it('does not pause a feature unregistered while the ones before it pause', async () => {
+    const h = setup();
+    h.controller.register(h.feature('slow', { pauseMs: 1_000 }), { order: 1 });
+    const unregister = h.controller.register(h.feature('b'), { order: 2 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['slow']);
+    unregister();
+    await h.clock.advance(1_000);
+    expect(names(h.calls, 'pause')).toEqual(['slow']);
+    expect(h.controller.mode()).toBe('degraded');
+  });
+
+  it('pauses nothing more once stopped in the middle of the pauses', async () => {
+    const h = setup();
+    h.controller.register(h.feature('slow', { pauseMs: 1_000 }), { order: 1 });
+    h.controller.register(h.feature('b'), { order: 2 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(names(h.calls, 'pause')).toEqual(['slow']);
+    h.ac.abort();
+    await h.clock.advance(1_000);
+    await h.run.done;
+    expect(names(h.calls, 'pause')).toEqual(['slow']);
+    expect(h.controller.mode()).toBe('normal');
+  });
+
+  it('leaves no listener on the shutdown signal behind, however many waits it went through', async () => {
+    const h = setup({ thresholdMs: 1_000, resumeStaggerMaxMs: 1_000 });
+    h.controller.register(h.feature('a'), { order: 1 });
+    h.start();
+    for (let i = 0; i < 20; i++) {
+      h.status.set('offline');
+      await h.clock.advance(1_000);
+      h.status.set('online');
+      await h.clock.advance(1_000);
+    }
+    expect(h.modes).toHaveLength(40);
+    // The wait in progress holds one; every finished wait took its own away.
+    expect(getEventListeners(h.ac.signal, 'abort').length).toBeLessThanOrEqual(1);
+  });
+
+  it('clears the deadline of each pause and resume once it has answered', async () => {
+    const h = setup();
+    h.controller.register(h.feature('a'), { order: 1 });
+    h.controller.register(h.feature('b'), { order: 2 });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(h.controller.mode()).toBe('degraded');
+    // Degraded and offline, the controller waits for the status alone: no timer at all.
+    expect(h.clock.pendingSleepers).toBe(0);
+  });
+
+  it('logs a mode listener that throws and still changes mode', async () => {
+    const h = setup();
+    h.controller.on('mode', () => {
+      throw new Error('subscriber bug');
+    });
+    h.start();
+    h.status.set('offline');
+    await h.clock.advance(THRESHOLD);
+    expect(h.controller.mode()).toBe('degraded');
+    expect(h.lines.filter((l) => l.msg === 'a mode listener threw')).toEqual([expect.objectContaining({ level: 40, err: 'subscriber bug' })]);
+  });
+
+  it('refuses a second start, naming what was started twice', async () => {
+    const h = setup();
+    h.start();
+    const second = h.controller.start(h.ac.signal).then(
+      () => 'ran',
+      (err: unknown) => err,
+    );
+    h.ac.abort();
+    expect(await second).toMatchObject({ code: 'ALREADY_STARTED', message: 'the degradation controller was already started' });
   });
 
   it('stops on abort: no timer left, listener removed', async () => {

@@ -1,4 +1,5 @@
 import type * as os from 'node:os';
+import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConnectionStatus } from '../../src/resilience/degradation.js';
 import {
@@ -190,6 +191,60 @@ describe('ConnectivityProbe', () => {
     expect(h.events).toHaveLength(1);
   });
 
+  it('does not take interfaces it cannot read for a change of address', async () => {
+    let unreadable = false;
+    const base = { lo: [iface('127.0.0.1', 'IPv4', true)], eth0: [iface('192.168.1.20', 'IPv4')] };
+    const h = setup({
+      initial: 'offline',
+      interfacesPollMs: 2000,
+      maxIntervalMs: 600_000,
+      random: () => 0.999,
+      interfaces: () => {
+        if (unreadable) throw new Error('EMFILE');
+        return base;
+      },
+    });
+    await h.clock.advance(64_000);
+    const last = h.calls.at(-1)?.at ?? 0;
+    unreadable = true;
+    await h.clock.advance(4000);
+    unreadable = false;
+    await h.clock.advance(4000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(0);
+  });
+
+  it('takes the first addresses it can read, after none at the start, as the ones to compare with', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    let current: NodeJS.Dict<Iface[]> | null = null;
+    const h = setup({
+      initial: 'offline',
+      interfacesPollMs: 2000,
+      maxIntervalMs: 600_000,
+      random: () => 0.999,
+      logger: createLogger({ level: 'debug', destination }),
+      interfaces: () => {
+        if (current === null) throw new Error('EMFILE');
+        return current;
+      },
+    });
+    await h.clock.advance(64_000);
+    const last = h.calls.at(-1)?.at ?? 0;
+    current = { eth0: [iface('192.168.1.20', 'IPv4')] };
+    await h.clock.advance(4000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(0);
+    current = { eth0: [iface('192.168.1.21', 'IPv4')] };
+    await h.clock.advance(2000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(1);
+    expect(lines.filter((l) => l.msg === 'network interfaces changed: probing now')).toHaveLength(1);
+    expect(lines.find((l) => l.msg === 'cannot read network interfaces')).toMatchObject({ level: 20, err: 'EMFILE' });
+  });
+
   it('probes at once when the non-internal addresses change, and restarts the schedule', async () => {
     // Waits of ~base: probes near 1, 3, 7, 15, 31, 63, 127 s.
     const h = setup({ initial: 'offline', interfacesPollMs: 2000, maxIntervalMs: 600_000, random: () => 0.999 });
@@ -253,6 +308,37 @@ describe('ConnectivityProbe', () => {
     expect(h.calls).toHaveLength(n + 1);
   });
 
+  it('refuses a second start, naming what was started twice', async () => {
+    const h = setup({ initial: 'offline' });
+    const second = h.probe.start(h.ac.signal).then(
+      () => 'ran',
+      (err: unknown) => err,
+    );
+    h.ac.abort();
+    expect(await second).toMatchObject({ code: 'ALREADY_STARTED', message: 'the connectivity probe was already started' });
+  });
+
+  it('started with a signal already aborted, returns at once and never probes', async () => {
+    const h = setup({ initial: 'offline' });
+    h.ac.abort();
+    await h.done;
+    const late = new ConnectivityProbe({
+      status: h.status,
+      wakeup: h.wakeup,
+      targets: [TARGET],
+      clock: h.clock,
+      random: seededRandom(1),
+      logger: createLogger({ level: 'silent', destination: process.stderr }),
+      connect: () => Promise.resolve(),
+    });
+    let returned = false;
+    void late.start(AbortSignal.abort()).then(() => (returned = true));
+    await h.clock.advance(60_000);
+    expect(returned).toBe(true);
+    expect(late.probing()).toBe(false);
+    expect(h.status.listenerCount('status')).toBe(0);
+  });
+
   it('stops on abort: timers cleared, status listener removed', async () => {
     const h = setup({ initial: 'offline' });
     h.outcome.value = 'hang';
@@ -265,6 +351,120 @@ describe('ConnectivityProbe', () => {
     expect(h.status.listenerCount('status')).toBe(0);
     expect(h.probe.probing()).toBe(false);
     expect(h.clock.pendingSleepers).toBe(0);
+  });
+
+  it('logs the start of probing, a throwing listener and the way back, with their details', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const h = setup({ initial: 'offline', logger: createLogger({ level: 'debug', destination }) });
+    h.probe.on('reachable', () => {
+      throw new Error('listener bug');
+    });
+    void h.wakeup.sleep(900_000);
+    h.outcome.value = 'ok';
+    await h.clock.advance(7000);
+    const pick = (l: Record<string, unknown>) => ({ level: l.level, msg: l.msg, targets: l.targets, err: l.err, target: l.target, trigger: l.trigger, woken: l.woken });
+    expect(lines.map(pick)).toEqual([
+      { level: 20, msg: 'offline: probing the cloud', targets: [TARGET] },
+      { level: 40, msg: 'a reachable listener threw', err: 'listener bug' },
+      { level: 30, msg: 'cloud reachable again: waking waiting loops', target: TARGET, trigger: 'schedule', woken: 1 },
+    ].map((l) => ({ targets: undefined, err: undefined, target: undefined, trigger: undefined, woken: undefined, ...l })));
+  });
+
+  it('logs each failed probe at trace level, with the target and the error', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const h = setup({ initial: 'offline', logger: createLogger({ level: 'trace', destination }) });
+    await h.clock.advance(1000);
+    expect(h.calls).toHaveLength(1);
+    expect(lines.filter((l) => l.level === 10)).toEqual([expect.objectContaining({ msg: 'probe failed', target: TARGET, err: 'ECONNREFUSED' })]);
+  });
+
+  it('waits for every target of a round: one refused does not hide another that connects a moment later', async () => {
+    const other: ProbeTarget = { host: 'broker.example.test', port: 8883 };
+    const ref: { clock?: FakeClock } = {};
+    const h = setup({
+      initial: 'offline',
+      targets: [TARGET, other],
+      connect: (target) => (target === other ? (ref.clock as FakeClock).sleep(100) : Promise.reject(new Error('ECONNREFUSED'))),
+    });
+    ref.clock = h.clock;
+    await h.clock.advance(1500);
+    expect(h.events.map((e) => e.target)).toEqual([other]);
+  });
+
+  it('sees the same addresses listed in another order as no change', async () => {
+    let flip = false;
+    const a = [iface('192.168.1.20', 'IPv4')];
+    const b = [iface('10.0.0.7', 'IPv4')];
+    const h = setup({
+      initial: 'offline',
+      interfacesPollMs: 2000,
+      maxIntervalMs: 600_000,
+      random: () => 0.999,
+      interfaces: () => (flip ? { wlan0: b, eth0: a } : { eth0: a, wlan0: b }),
+    });
+    await h.clock.advance(64_000);
+    const last = h.calls.at(-1)?.at ?? 0;
+    flip = true;
+    await h.clock.advance(4000);
+    expect(h.calls.filter((c) => c.at > last)).toHaveLength(0);
+  });
+
+  it('says in the wake-up which target answered and what made it probe', async () => {
+    const h = setup({ initial: 'offline' });
+    h.outcome.value = 'ok';
+    await h.clock.advance(1000);
+    expect(h.wakeup.lastWake()?.reason).toBe('cloud reachable at api.example.test:443 (schedule)');
+  });
+
+  it('keeps no timer or listener of a finished round: a long outage leaks nothing', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const h = setup({ initial: 'offline', maxIntervalMs: 2000 });
+      await h.clock.advance(60_000);
+      expect(h.calls.length).toBeGreaterThan(20);
+      // Between rounds only the loop's own wait is pending, not the deadline of a round that has ended.
+      expect(h.clock.pendingSleepers).toBe(1);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('logs an episode that fails unexpectedly', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const h = setup({
+      initial: 'offline',
+      logger: createLogger({ level: 'error', destination }),
+      wakeup: {
+        wake: () => {
+          throw new Error('wakeup bug');
+        },
+      },
+    });
+    h.outcome.value = 'ok';
+    await h.clock.advance(7000);
+    expect(lines).toEqual([expect.objectContaining({ level: 50, msg: 'connectivity probe stopped on an unexpected error', err: 'wakeup bug' })]);
   });
 
   it('still wakes the sleepers when a reachable listener throws', async () => {
@@ -317,5 +517,7 @@ describe('probeTargetsFromUrls', () => {
     expect(bad('not a url').code).toBe('PROBE_TARGET_INVALID');
     expect(bad('not a url').message).toContain('not a url');
     expect(bad('ftp://files.example.com').message).toMatch(/ftp:.*expected http, https/);
+    expect(bad('ftp://files.example.com').code).toBe('PROBE_TARGET_INVALID');
+    expect(bad('mqtt:///no-host')).toMatchObject({ code: 'PROBE_TARGET_INVALID', message: 'probe target "mqtt:///no-host" has no host' });
   });
 });

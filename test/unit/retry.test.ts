@@ -83,4 +83,24 @@ describe('retry policy', () => {
     await t.clock.advance(1_000);
     expect(done).toBe(true);
   });
+
+  it('a wait that runs out, or that a kick ends, keeps the backoff growing', async () => {
+    const t = setup();
+    t.retry.afterFailure(new CloudError('network', 'refused'));
+    const delay = t.retry.afterFailure(new CloudError('network', 'refused'));
+    expect(delay).toBe(2_000);
+    let done = false;
+    void t.retry.wait(delay, new AbortController().signal).then(() => (done = true));
+    await t.clock.advance(2_000);
+    expect(done).toBe(true);
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(4_000);
+    const kick = new Kick();
+    done = false;
+    void t.retry.wait(4_000, new AbortController().signal, kick).then(() => (done = true));
+    await t.clock.advance(10);
+    kick.kick();
+    await t.clock.advance(10);
+    expect(done).toBe(true);
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(8_000);
+  });
 });
