@@ -77,9 +77,28 @@ function expectedOf(issue: z.core.$ZodIssue): string {
       return `a multiple of ${String(issue.divisor)}`;
     case 'unrecognized_keys':
       return 'no such key (check the spelling; see schema/agent-config.schema.json)';
+    case 'invalid_union':
+      return unionExpected(issue.errors);
     default:
       return issue.message;
   }
+}
+
+/**
+ * What any option of a union would have taken: its literal values merged into one list (`one of
+ * "auto", 4, 5`), anything else in words, joined with "or" (zod's own message is "Invalid input").
+ */
+function unionExpected(options: readonly (readonly z.core.$ZodIssue[])[]): string {
+  const values: unknown[] = [];
+  const words: string[] = [];
+  for (const issues of options) {
+    const first = issues[0];
+    if (!first) continue;
+    if (first.code === 'invalid_value') values.push(...first.values);
+    else words.push(expectedOf(first));
+  }
+  const parts = [...(values.length > 0 ? [`one of ${values.map((v) => JSON.stringify(v)).join(', ')}`] : []), ...new Set(words)];
+  return parts.length > 0 ? parts.join(' or ') : 'a valid value';
 }
 
 function article(type: string): string {
