@@ -11,6 +11,7 @@ export const AREAS = {
       'test/unit/flusher.test.ts',
       'test/unit/outbox-corrupt-losses.test.ts',
       'test/unit/offline-settings.test.ts',
+      'test/unit/downsample.test.ts',
     ],
   },
   mqtt: {
