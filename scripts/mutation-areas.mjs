@@ -12,6 +12,7 @@ export const AREAS = {
       'test/unit/outbox-corrupt-losses.test.ts',
       'test/unit/offline-settings.test.ts',
       'test/unit/downsample.test.ts',
+      'test/unit/outbox-edges.test.ts',
     ],
   },
   mqtt: {

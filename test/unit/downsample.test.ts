@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { afterEach, describe, expect, it } from 'vitest';
 import { decodePayload, encodePayload } from '../../src/outbox/codec.js';
 import { MetricsBuffer, isAggregate, levelOf, mergeRecords, toAggregate, validateSample, type MetricsAggregate, type MetricsRecord } from '../../src/outbox/downsample.js';
@@ -201,5 +202,16 @@ describe('payload codec', () => {
     // Text stored as a BLOB (encoding 0) decodes too.
     expect(decodePayload(0, Buffer.from('[1,2]'))).toEqual([1, 2]);
     expect(() => encodePayload(undefined as unknown as Json, 10)).toThrow(new TypeError('payload is not a JSON value'));
+  });
+
+  it('keeps a payload as text when gzip does not make it smaller, even by nothing', () => {
+    // Short text: gzip's own header and trailer make it longer.
+    expect(encodePayload('abc', 1)).toEqual({ encoding: 0, data: '"abc"', bytes: 5 });
+    // A text whose gzip is exactly as long: no saving, so not compressed.
+    const hex = '0123456789abcdef';
+    const texts = Array.from({ length: 400 }, (_, len) => Array.from({ length: len }, (_, i) => hex[(i * 7 + (i >> 3) * 5 + ((i * i) % 11)) % 16]).join(''));
+    const same = texts.find((t) => gzipSync(JSON.stringify(t)).length === Buffer.byteLength(JSON.stringify(t)));
+    expect(same).toBeDefined();
+    expect(encodePayload(same!, 1).encoding).toBe(0);
   });
 });
