@@ -13,6 +13,7 @@ export const AREAS = {
       'test/unit/offline-settings.test.ts',
       'test/unit/downsample.test.ts',
       'test/unit/outbox-edges.test.ts',
+      'test/unit/flusher-edges.test.ts',
     ],
   },
   mqtt: {
