@@ -189,6 +189,35 @@ describe('metrics buffer: messages it did not write', () => {
   });
 });
 
+describe('metrics buffer: null and arrays on its channel', () => {
+  it('treats them as foreign messages: kept in place, and the samples around them still merge', async () => {
+    const cap = captureLogger();
+    const { outbox } = setup(cap.logger);
+    const buffer = new MetricsBuffer({ outbox, maxSamples: 4, logger: cap.logger });
+    await outbox.enqueue({ channel: 'metrics', payload: null });
+    await outbox.enqueue({ channel: 'metrics', payload: [1, 2] });
+    for (let i = 0; i < 3; i++) await buffer.add({ ts: i, values: { cpu: i } });
+    const shown = (): unknown[] => outbox.readChannel('metrics', 10).map((m) => (m.payload !== null && typeof m.payload === 'object' && !Array.isArray(m.payload) ? toAggregate(m.payload as unknown as MetricsRecord).count : m.payload));
+    expect(shown()).toEqual([null, [1, 2], 2, 1]);
+    expect(cap.records().filter((r) => String(r.msg).startsWith('metrics downsampling failed'))).toEqual([]);
+  });
+});
+
+describe('metrics buffer: a compaction that fails', () => {
+  it('still queues the sample, and warns naming the channel and the error', async () => {
+    const cap = captureLogger();
+    const { outbox, store } = setup(cap.logger);
+    const buffer = new MetricsBuffer({ outbox, maxSamples: 4, logger: cap.logger });
+    for (let i = 0; i < 4; i++) await buffer.add({ ts: i, values: { cpu: i } });
+    store.db.exec("CREATE TRIGGER no_update BEFORE UPDATE ON outbox BEGIN SELECT RAISE(ABORT, 'update blocked'); END");
+    await expect(buffer.add({ ts: 4, values: { cpu: 4 } })).resolves.toMatchObject({ id: expect.any(String) });
+    expect(outbox.readChannel('metrics', 10).map((m) => (m.payload as { ts: number }).ts)).toEqual([0, 1, 2, 3, 4]);
+    expect(cap.records()).toContainEqual(
+      expect.objectContaining({ level: 40, channel: 'metrics', err: 'downsampling metrics failed: update blocked', msg: 'metrics downsampling failed; queuing the sample anyway' }),
+    );
+  });
+});
+
 describe('payload codec', () => {
   it('compresses only above the threshold and only when it saves space; decodes what it encoded', () => {
     const text = JSON.stringify({ v: 'a'.repeat(100) });
