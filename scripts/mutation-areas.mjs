@@ -14,6 +14,7 @@ export const AREAS = {
       'test/unit/downsample.test.ts',
       'test/unit/outbox-edges.test.ts',
       'test/unit/flusher-edges.test.ts',
+      'test/unit/outbox-recovery.test.ts',
     ],
   },
   mqtt: {

@@ -1,0 +1,194 @@
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { setImmediate as tick } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Outbox, type OutboxOptions } from '../../src/outbox/outbox.js';
+import type { OutboxMessage } from '../../src/outbox/types.js';
+import { Store } from '../../src/store/store.js';
+import { FakeClock } from '../../src/util/fake-clock.js';
+import { IdGenerator } from '../../src/util/ids.js';
+import type { Logger } from '../../src/util/logger.js';
+import { captureLogger, silentLogger } from '../helpers/logger.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+/**
+ * How the outbox copes with what it does not expect: a payload that no longer decodes, a leased row
+ * gone at its ack, an enqueue inside another transaction that rolls back, a restart with expired
+ * messages, large lanes read in chunks, and which drops reach the drop log.
+ */
+
+const dirs = tempDirs();
+const open: { store: Store; outbox: Outbox }[] = [];
+afterEach(async () => {
+  for (const o of open.splice(0)) {
+    await o.outbox.close();
+    o.store.close();
+  }
+  dirs.cleanup();
+});
+
+type Overrides = Partial<Omit<OutboxOptions, 'store' | 'clock' | 'ids' | 'logger'>>;
+
+function make(overrides: Overrides = {}, o: { path?: string; clock?: FakeClock; logger?: Logger } = {}) {
+  const clock = o.clock ?? new FakeClock();
+  const path = o.path ?? join(dirs.make(), 'agent.db');
+  const store = Store.open({ path, logger: silentLogger(), clock });
+  const outbox = new Outbox({
+    store,
+    clock,
+    ids: new IdGenerator(() => clock.now()),
+    logger: o.logger ?? silentLogger(),
+    limits: { maxCount: 100_000, maxBytes: 64 * 1_048_576 },
+    disk: { minFreeBytes: 0 },
+    groupCommit: { windowMs: 0 },
+    ...overrides,
+  });
+  const entry = { store, outbox };
+  open.push(entry);
+  return { ...entry, clock, path };
+}
+
+async function closeOne(env: { store: Store; outbox: Outbox }): Promise<void> {
+  await env.outbox.close();
+  env.store.close();
+  open.splice(open.indexOf(open.find((e) => e.outbox === env.outbox)!), 1);
+}
+
+const all = (outbox: Outbox): OutboxMessage[] => outbox.peekBatch({ maxCount: 1_000_000, lease: false });
+
+describe('outbox: damaged rows', () => {
+  it('a payload that no longer decodes is parked as undecodable and logged; the rest of the batch is handed out', async () => {
+    const cap = captureLogger();
+    const { outbox, store } = make({}, { logger: cap.logger });
+    const ids = (await outbox.enqueueMany([1, 2, 3].map((n) => ({ channel: 'telemetry', payload: n })))).map((r) => r.id);
+    store.db.prepare("UPDATE outbox SET payload = '{not json' WHERE id = ?").run(ids[1]);
+    expect(outbox.peekBatch({ maxCount: 10 }).map((m) => m.payload)).toEqual([1, 3]);
+    expect(store.db.prepare('SELECT id, reason FROM outbox_parked').all()).toEqual([{ id: ids[1], reason: 'undecodable payload' }]);
+    expect(outbox.stats().channels.telemetry).toMatchObject({ depth: 2, parked: 1, leased: 2 });
+    expect(cap.records()).toContainEqual(expect.objectContaining({ level: 50, id: ids[1], channel: 'telemetry', msg: `outbox message ${ids[1]} cannot be decoded; parking it` }));
+    expect(cap.records()).toContainEqual(expect.objectContaining({ msg: 'parked 1 outbox message(s): undecodable payload' }));
+  });
+
+  it('a leased message missing at its ack: the others are still acknowledged, one by one, and it is logged', async () => {
+    const cap = captureLogger();
+    const { outbox, store } = make({}, { logger: cap.logger });
+    await outbox.enqueueMany([1, 2, 3].map((n) => ({ channel: 'events', payload: n })));
+    const batch = outbox.peekBatch({ maxCount: 3 });
+    store.db.prepare('DELETE FROM outbox WHERE id = ?').run(batch[1]!.id); // gone behind the outbox's back
+    expect(outbox.ack(batch.map((m) => m.id))).toBe(2);
+    expect(all(outbox)).toEqual([]);
+    expect(outbox.stats().channels.events).toMatchObject({ delivered: 2, leased: 0 });
+    expect(cap.records()).toContainEqual(expect.objectContaining({ level: 50, err: '2 of 3 leased rows deleted', msg: 'outbox: a leased message was missing at its ack; acknowledging one by one' }));
+  });
+});
+
+describe('outbox: enqueue inside someone else\'s transaction', () => {
+  it('a full batch is committed after that transaction, so its rollback does not take the message', async () => {
+    const { outbox, store } = make({ groupCommit: { windowMs: 60_000, maxBatch: 1 } });
+    let p!: Promise<unknown>;
+    expect(() =>
+      store.db.transaction(() => {
+        p = outbox.enqueue({ channel: 'events', payload: 'inside' });
+        throw new Error('their rollback');
+      })(),
+    ).toThrow('their rollback');
+    await p;
+    expect(all(outbox).map((m) => m.payload)).toEqual(['inside']);
+    expect(store.db.prepare('SELECT count(*) AS n FROM outbox').get()).toEqual({ n: 1 });
+  });
+});
+
+describe('outbox: after a restart', () => {
+  it('says how much it holds from before, and expires on time what had a TTL', async () => {
+    const cap = captureLogger();
+    const clock = new FakeClock();
+    const a = make({}, { clock });
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 'short', ttlMs: 1_000 });
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 'long' });
+    await closeOne(a);
+    const b = make({}, { clock, path: a.path, logger: cap.logger });
+    expect(cap.records()).toContainEqual(expect.objectContaining({ level: 30, depth: 2, msg: 'outbox holds 2 undelivered message(s) from before' }));
+    await clock.advance(1_000);
+    expect(b.outbox.peekBatch({ maxCount: 10 }).map((m) => m.payload)).toEqual(['long']);
+    expect(b.outbox.stats()).toMatchObject({ depth: 1, expired: 1 });
+  });
+
+  it('an empty outbox says nothing of what it holds', () => {
+    const cap = captureLogger();
+    make({}, { logger: cap.logger });
+    expect(cap.records().filter((r) => String(r.msg).startsWith('outbox holds'))).toEqual([]);
+  });
+});
+
+describe('outbox: large lanes', () => {
+  it('hands out a batch larger than one read, in order, across lanes of one priority and past many excluded ids', async () => {
+    const { outbox } = make();
+    const msgs = Array.from({ length: 1_500 }, (_, i) => ({ channel: i % 3 === 0 ? 'b' : 'a', payload: i }));
+    const ids = (await outbox.enqueueMany(msgs)).map((r) => r.id);
+    const got = outbox.peekBatch({ maxCount: 1_200, excludeIds: ids.slice(0, 500) });
+    expect(got.map((m) => m.payload)).toEqual(Array.from({ length: 1_000 }, (_, i) => 500 + i));
+    const single = make();
+    await single.outbox.enqueueMany(Array.from({ length: 1_300 }, (_, i) => ({ channel: 'a', payload: i })));
+    expect(single.outbox.peekBatch({ maxCount: 1_250 }).map((m) => m.payload)).toEqual(Array.from({ length: 1_250 }, (_, i) => i));
+    expect(single.outbox.peekBatch({ maxCount: 100 }).map((m) => m.payload)).toEqual(Array.from({ length: 50 }, (_, i) => 1_250 + i));
+  });
+
+  it('drops the oldest across many rows of a lane when a large message needs the room', async () => {
+    const { outbox } = make({ limits: { maxCount: 100_000, maxBytes: 3_000 }, compressAboveBytes: 1 << 30, onLimit: { bytes: 'drop-oldest' } });
+    await outbox.enqueueMany(Array.from({ length: 1_000 }, (_, i) => ({ channel: 'telemetry', payload: i % 10 }))); // 1 byte each... 1,000 bytes
+    await outbox.enqueue({ channel: 'telemetry', payload: 'x'.repeat(2_498) }); // 2,500 bytes: 500 of the oldest go
+    const left = all(outbox);
+    expect(left).toHaveLength(501);
+    expect(outbox.stats()).toMatchObject({ bytes: 3_000, drops: { bytes: 500 } });
+  });
+});
+
+describe('outbox: drops that reach the drop log', () => {
+  it('bytes, disk and parked-limit drops are logged like count drops', async () => {
+    const cap = captureLogger('info');
+    let free = 1_000_000_000;
+    const { outbox, clock } = make(
+      {
+        limits: { maxCount: 1_000, maxBytes: 30 },
+        compressAboveBytes: 1 << 30,
+        dropLogIntervalMs: 0,
+        maxParked: 1,
+        onLimit: { count: 'drop-oldest', bytes: 'drop-oldest', disk: 'drop-oldest' },
+        disk: { minFreeBytes: 100 * 1_048_576, checkIntervalMs: 1_000, freeBytes: () => free },
+      },
+      { logger: cap.logger },
+    );
+    const lines = (): string[] => cap.records().filter((r) => String(r.msg).startsWith('outbox dropped')).map((r) => String(r.msg));
+    await outbox.enqueue({ channel: 'telemetry', payload: 'aaaaaaaa' }); // 10 bytes
+    free = 1;
+    await clock.advance(1_000);
+    await outbox.enqueue({ channel: 'telemetry', payload: 'bbbbbbbb' }); // below the watermark: replaces the first
+    await tick();
+    expect(lines()).toEqual(['outbox dropped 1 message(s) since the last report: telemetry 1 (disk)']);
+    free = 1_000_000_000;
+    await clock.advance(1_000);
+    await outbox.enqueue({ channel: 'telemetry', payload: 'cccccccc' });
+    await outbox.enqueue({ channel: 'telemetry', payload: 'dddddddd' });
+    await outbox.enqueue({ channel: 'telemetry', payload: 'eeeeeeee' }); // over 30 bytes: the oldest goes
+    await tick();
+    expect(lines()[1]).toBe('outbox dropped 1 message(s) since the last report: telemetry 1 (bytes)');
+    const [x] = outbox.peekBatch({ maxCount: 1 });
+    outbox.park([x!.id], 'bad');
+    const { id } = await outbox.enqueue({ channel: 'events', payload: 1 });
+    outbox.park([id], 'bad'); // the parked table holds one: the first parked goes
+    await tick();
+    expect(lines()[2]).toBe('outbox dropped 1 message(s) since the last report: telemetry 1 (parkedLimit)');
+  });
+});
+
+describe('outbox: a tight disk', () => {
+  it('keeps the WAL truncated after every write when the filesystem could not hold it growing', async () => {
+    const { outbox, path } = make({ disk: { minFreeBytes: 1, checkIntervalMs: 60_000, freeBytes: () => 1_000_000 } });
+    const wal = (): number => (existsSync(`${path}-wal`) ? statSync(`${path}-wal`).size : 0);
+    for (let i = 0; i < 3; i++) await outbox.enqueue({ channel: 'telemetry', payload: 'x'.repeat(5_000) });
+    expect(wal()).toBe(0);
+    const roomy = make({ disk: { minFreeBytes: 1, checkIntervalMs: 60_000, freeBytes: () => 10_000_000_000 } });
+    for (let i = 0; i < 3; i++) await roomy.outbox.enqueue({ channel: 'telemetry', payload: 'x'.repeat(5_000) });
+    expect(statSync(`${roomy.path}-wal`).size).toBeGreaterThan(0);
+  });
+});
