@@ -302,3 +302,38 @@ describe('outbox limits: the drop log, edges', () => {
     expect(cap.records()).toContainEqual(expect.objectContaining({ level: 20, err: 'counters read-only', msg: 'outbox: could not record which drops are logged' }));
   });
 });
+
+describe('outbox limits: a coalescing message replaces, so it needs no room', () => {
+  it('is admitted at a full channel that refuses, and at the full outbox, by replacing its key', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 2, maxBytes: 1 << 30 }, channels: { state: { maxCount: 1, onLimit: { count: 'refuse' } } } });
+    await outbox.enqueue({ channel: 'state', payload: 1, coalesceKey: 'k' });
+    await outbox.enqueue({ channel: 'events', payload: 'e' });
+    await outbox.enqueue({ channel: 'state', payload: 2, coalesceKey: 'k' });
+    expect(all(outbox).map(tag)).toEqual(['events:"e"', 'state:2']);
+    expect(outbox.stats()).toMatchObject({ depth: 2, dropped: 0, coalesced: 1 });
+    // Without the key it is a second message: refused.
+    expect((await rejection(outbox.enqueue({ channel: 'state', payload: 3 }))).code).toBe('OUTBOX_FULL');
+  });
+
+  it('at a bytes limit the replaced message\'s bytes are room for the new one', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 100, maxBytes: 30 }, channels: { state: { maxBytes: 20, onLimit: { bytes: 'refuse' } } }, compressAboveBytes: 1 << 30 });
+    await outbox.enqueue({ channel: 'state', payload: 'a'.repeat(18), coalesceKey: 'k' }); // 20 bytes
+    await outbox.enqueue({ channel: 'events', payload: 'e'.repeat(8) }); // 10 bytes: the outbox is full
+    await outbox.enqueue({ channel: 'state', payload: 'b'.repeat(18), coalesceKey: 'k' });
+    expect(outbox.stats()).toMatchObject({ depth: 2, bytes: 30, dropped: 0, coalesced: 1 });
+  });
+
+  it('below the disk watermark a replacement no larger than what it replaces is admitted; a larger one is refused', async () => {
+    let free = 1_000_000_000;
+    const { outbox, clock } = make(dbPath(), { disk: { minFreeBytes: 100 * 1_048_576, checkIntervalMs: 1_000, freeBytes: () => free }, compressAboveBytes: 1 << 30 });
+    await outbox.enqueue({ channel: 'state', payload: 'a'.repeat(10), coalesceKey: 'k' });
+    free = 1;
+    await clock.advance(1_000);
+    await outbox.enqueue({ channel: 'state', payload: 'b'.repeat(10), coalesceKey: 'k' });
+    expect(all(outbox).map((m) => m.payload)).toEqual(['b'.repeat(10)]);
+    const err = await rejection(outbox.enqueue({ channel: 'state', payload: 'c'.repeat(11), coalesceKey: 'k' }));
+    expect(err.code).toBe('OUTBOX_DISK_LOW');
+    expect(all(outbox).map((m) => m.payload)).toEqual(['b'.repeat(10)]);
+    expect(outbox.stats()).toMatchObject({ coalesced: 1, dropped: 0 });
+  });
+});

@@ -192,3 +192,63 @@ describe('outbox: a tight disk', () => {
     expect(statSync(`${roomy.path}-wal`).size).toBeGreaterThan(0);
   });
 });
+
+describe('outbox: flush(sendFn) options', () => {
+  it('sends 100 at a time by default, at most 1 MiB, only the chosen channels, and not at all once aborted', async () => {
+    const { outbox } = make({ compressAboveBytes: 1 << 30 });
+    await outbox.enqueueMany(Array.from({ length: 150 }, (_, i) => ({ channel: 'telemetry', payload: i })));
+    await outbox.enqueue({ channel: 'events', payload: 'not this one' });
+    const sizes: number[] = [];
+    expect(await outbox.flush(async (b) => void sizes.push(b.length), { channels: ['telemetry'] })).toBe(150);
+    expect(sizes).toEqual([100, 50]);
+    await outbox.enqueueMany([0, 1, 2].map(() => ({ channel: 'telemetry', payload: 'x'.repeat(400_000) })));
+    sizes.length = 0;
+    expect(await outbox.flush(async (b) => void sizes.push(b.length), { channels: ['telemetry'] })).toBe(3);
+    expect(sizes).toEqual([2, 1]);
+    const aborted = AbortSignal.abort();
+    await expect(outbox.flush(async () => undefined, { signal: aborted })).rejects.toThrow();
+    expect(outbox.stats()).toMatchObject({ depth: 1, leased: 0 });
+  });
+});
+
+describe('outbox: stats, age over lanes', () => {
+  it('a channel\'s oldest message is the oldest of all its priorities', async () => {
+    const { outbox, clock } = make();
+    await outbox.enqueue({ channel: 'telemetry', payload: 'old, low', priority: 1 });
+    await clock.advance(5_000);
+    await outbox.enqueue({ channel: 'telemetry', payload: 'new, high', priority: 90 });
+    await clock.advance(1_000);
+    expect(outbox.stats().channels.telemetry!.oldestAgeMs).toBe(6_000);
+  });
+});
+
+describe('outbox: expiry that cannot be written', () => {
+  it('warns and still answers the peek; the expiry is done once the write works', async () => {
+    const cap = captureLogger();
+    const { outbox, store, clock } = make({}, { logger: cap.logger });
+    await outbox.enqueue({ channel: 'telemetry', payload: 'short', ttlMs: 10 });
+    await outbox.enqueue({ channel: 'telemetry', payload: 'long' });
+    await clock.advance(10);
+    store.db.exec("CREATE TRIGGER no_delete BEFORE DELETE ON outbox BEGIN SELECT RAISE(ABORT, 'delete blocked'); END");
+    expect(() => outbox.peekBatch({ maxCount: 10, lease: false })).not.toThrow();
+    expect(cap.records()).toContainEqual(expect.objectContaining({ level: 40, err: 'expiring messages failed: delete blocked', msg: 'outbox: expiring messages failed; will retry' }));
+    store.db.exec('DROP TRIGGER no_delete');
+    expect(outbox.peekBatch({ maxCount: 10 }).map((m) => m.payload)).toEqual(['long']);
+    expect(outbox.stats()).toMatchObject({ depth: 1, expired: 1 });
+    expect(cap.records()).toContainEqual(expect.objectContaining({ level: 20, count: 1, msg: 'outbox: 1 message(s) expired' }));
+  });
+});
+
+describe('outbox: a full disk', () => {
+  it('says how much is free in the refusal', async () => {
+    const { outbox, store } = make({ compressAboveBytes: 1 << 30 });
+    await outbox.enqueue({ channel: 'telemetry', payload: 1 });
+    store.db.pragma(`max_page_count = ${store.db.pragma('page_count', { simple: true }) as number}`);
+    const err = await outbox.enqueue({ channel: 'telemetry', payload: 'x'.repeat(50_000) }).then(
+      () => undefined,
+      (e: unknown) => e as Error & { code: string },
+    );
+    expect(err?.code).toBe('OUTBOX_DISK_FULL');
+    expect(err?.message).toMatch(/^writing 1 message\(s\) failed: the disk holding .+ is full \(SQLITE_FULL, [\d.]+ (MiB|KiB|B) free\); the write was rolled back/);
+  });
+});
