@@ -252,3 +252,33 @@ describe('outbox: a full disk', () => {
     expect(err?.message).toMatch(/^writing 1 message\(s\) failed: the disk holding .+ is full \(SQLITE_FULL, [\d.]+ (MiB|KiB|B) free\); the write was rolled back/);
   });
 });
+
+describe('outbox: leases and their ends', () => {
+  it('a batch that fills maxBytes exactly takes the message that fills it', async () => {
+    const { outbox } = make({ compressAboveBytes: 1 << 30 });
+    for (let i = 0; i < 4; i++) await outbox.enqueue({ channel: 'telemetry', payload: 'x'.repeat(98) }); // 100 bytes each
+    expect(outbox.peekBatch({ maxCount: 10, maxBytes: 300 })).toHaveLength(3);
+  });
+
+  it('nack counts only what was leased; park and expiry end a lease too', async () => {
+    const { outbox, clock } = make();
+    await outbox.enqueueMany([1, 2, 3].map((n) => ({ channel: 'telemetry', payload: n, ...(n === 3 ? { ttlMs: 100 } : {}) })));
+    const [a, b, c] = outbox.peekBatch({ maxCount: 3 });
+    expect(outbox.nack(['nope', a!.id])).toBe(1);
+    expect(outbox.nack([a!.id])).toBe(0);
+    outbox.park([b!.id], 'bad');
+    expect(outbox.stats().leased).toBe(1);
+    await clock.advance(100);
+    expect(outbox.expire()).toBe(1);
+    expect(outbox.stats()).toMatchObject({ leased: 0, depth: 1 });
+    expect(outbox.ack([c!.id])).toBe(0);
+  });
+
+  it('close() with nothing pending commits nothing', async () => {
+    const env = make();
+    await env.outbox.enqueue({ channel: 'telemetry', payload: 1 });
+    const commits = env.outbox.stats().commits;
+    await env.outbox.close();
+    expect(env.outbox.stats().commits).toBe(commits);
+  });
+});
