@@ -286,3 +286,65 @@ describe('flusher: which messages, and when', () => {
     expect(t.marks).toEqual([]);
   });
 });
+
+describe('flusher: back online', () => {
+  it('the channel coming back online ends the backoff at once; a word of it from before the failure does not', async () => {
+    let up = false;
+    const peer = new RecordingPeer((b) => (up ? acceptAll(b) : new CloudError('network', 'connection refused')));
+    const t = setup(peer);
+    t.flusher.channelOnline(); // stale: before anything failed
+    await t.enqueue(2);
+    await t.clock.advance(10);
+    expect(peer.batches).toHaveLength(1);
+    await t.clock.advance(500);
+    expect(peer.batches).toHaveLength(1); // still backing off (1 s)
+    up = true;
+    t.flusher.channelOnline();
+    await t.clock.advance(10);
+    expect(peer.batches).toHaveLength(2);
+    expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 2 });
+  });
+
+  it('new messages queued while batches are in flight are sent without waiting for those answers', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let first = true;
+    const peer = new RecordingPeer(async (b) => {
+      if (first) {
+        first = false;
+        await gate;
+      }
+      return acceptAll(b);
+    });
+    const t = setup(peer, { maxInflight: 2 });
+    await t.enqueue(1);
+    await t.clock.advance(10);
+    await t.enqueue(1, 'events');
+    await t.clock.advance(10);
+    expect(peer.batches.map((b) => b[0]!.channel)).toEqual(['telemetry', 'events']);
+    expect(t.outbox.stats().delivered).toBe(1);
+    release();
+    await t.clock.advance(10);
+    expect(t.outbox.stats().delivered).toBe(2);
+  });
+
+  it('a batch in flight that fails while nothing else is queued is retried after the backoff, not at the next idle look', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let calls = 0;
+    const peer = new RecordingPeer(async (b) => {
+      if (++calls === 1) {
+        await gate;
+        return new CloudError('network', 'connection reset');
+      }
+      return acceptAll(b);
+    });
+    const t = setup(peer, { maxInflight: 2 });
+    await t.enqueue(1);
+    await t.clock.advance(10);
+    release();
+    await t.clock.advance(1_100);
+    expect(peer.batches).toHaveLength(2);
+    expect(t.outbox.stats().delivered).toBe(1);
+  });
+});
