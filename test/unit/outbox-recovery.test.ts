@@ -253,6 +253,24 @@ describe('outbox: a full disk', () => {
   });
 });
 
+describe('outbox: an I/O error that says the disk is full', () => {
+  it('is a full disk too, whatever its code', async () => {
+    const { outbox, store } = make();
+    for (const said of ['ENOSPC: no space left on device', 'Database or disk is full']) {
+      store.db.exec(`CREATE TRIGGER full BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, '${said}'); END`);
+      const err = await outbox.enqueue({ channel: 'telemetry', payload: 1 }).then(
+        () => undefined,
+        (e: unknown) => e as Error & { code: string },
+      );
+      expect(err?.code, said).toBe('OUTBOX_DISK_FULL');
+      expect(err?.message).toMatch(/is full \(SQLITE_CONSTRAINT_TRIGGER, /);
+      store.db.exec('DROP TRIGGER full');
+    }
+    await outbox.enqueue({ channel: 'telemetry', payload: 2 });
+    expect(outbox.stats().depth).toBe(1);
+  });
+});
+
 describe('outbox: leases and their ends', () => {
   it('a batch that fills maxBytes exactly takes the message that fills it', async () => {
     const { outbox } = make({ compressAboveBytes: 1 << 30 });
