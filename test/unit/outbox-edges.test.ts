@@ -302,6 +302,7 @@ describe('outbox: downsampling support', () => {
     const s = outbox.stats();
     expect(s.channels.metrics).toMatchObject({ depth: 3, bytes: 1 + 100 + 1, downsampled: 1 });
     expect(s.bytes).toBe(103);
+    expect(s.downsampled).toBe(1);
     expect(outbox.readChannel('metrics', 0)).toEqual([]);
     expect(outbox.readChannel('metrics', 2)).toHaveLength(2);
     expect(m4).toBeDefined();

@@ -292,6 +292,22 @@ describe('outbox: leases and their ends', () => {
     expect(outbox.ack([c!.id])).toBe(0);
   });
 
+  it('readChannel tells a compressed message from a plain one, with every field', async () => {
+    const { outbox, clock } = make({ compressAboveBytes: 50 });
+    await outbox.enqueue({ channel: 'metrics', payload: 'y'.repeat(200), coalesceKey: 'k', ttlMs: 1_000 });
+    await outbox.enqueue({ channel: 'metrics', payload: 'small' });
+    const [big, small] = outbox.readChannel('metrics', 10);
+    expect(big).toMatchObject({ channel: 'metrics', priority: 10, createdAt: clock.now(), expiresAt: clock.now() + 1_000, coalesceKey: 'k', payload: 'y'.repeat(200), compressed: true, leased: false });
+    expect(big!.storedBytes).toBeLessThan(200);
+    expect(small).toMatchObject({ payload: 'small', compressed: false, storedBytes: 7, coalesceKey: null, expiresAt: null });
+  });
+
+  it('synchronous = EXTRA is as durable as FULL', () => {
+    const { outbox, store } = make();
+    store.db.pragma('synchronous = EXTRA');
+    expect(outbox.stats().durability).toBe('power-loss');
+  });
+
   it('close() with nothing pending commits nothing', async () => {
     const env = make();
     await env.outbox.enqueue({ channel: 'telemetry', payload: 1 });
