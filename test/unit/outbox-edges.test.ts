@@ -127,6 +127,8 @@ describe('outbox: what a refused enqueue says', () => {
       ['toString', 20],
       ['telemetry', 5],
     ]);
+    // A channel named like an Object method is just another channel: refuses at every limit.
+    expect(outbox.stats().channels['toString']!.onLimit).toEqual({ count: 'refuse', bytes: 'refuse', disk: 'refuse' });
   });
 
   it('a channel\'s own TTL applies when the message gives none', async () => {
