@@ -337,3 +337,32 @@ describe('outbox limits: a coalescing message replaces, so it needs no room', ()
     expect(outbox.stats()).toMatchObject({ coalesced: 1, dropped: 0 });
   });
 });
+
+describe('outbox limits: the drop log inside another transaction', () => {
+  it('a report asked for inside a transaction that rolls back is made after it, and not repeated by the next start', async () => {
+    const path = dbPath();
+    const cap = captureLogger('info');
+    const a = make(path, { limits: { maxCount: 1, maxBytes: 1 << 30 }, dropLogIntervalMs: 60_000 }, { logger: cap.logger });
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 1 });
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 2 }); // 1 dropped: logged at once
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 3 }); // 1 more, held back by the interval
+    await tick();
+    const lines = () => cap.records().filter((r) => String(r.msg).startsWith('outbox dropped'));
+    expect(lines()).toHaveLength(1);
+    expect(() =>
+      a.store.db.transaction(() => {
+        void a.outbox.close();
+        throw new Error('rolled back');
+      })(),
+    ).toThrow('rolled back');
+    open.find((e) => e.outbox === a.outbox)!.closed = true;
+    await tick();
+    expect(lines()).toHaveLength(2);
+    a.store.close();
+    open.splice(open.findIndex((e) => e.outbox === a.outbox), 1);
+    const b = make(path, { limits: { maxCount: 1, maxBytes: 1 << 30 } }, { logger: cap.logger });
+    await tick();
+    expect(lines()).toHaveLength(2);
+    expect(b.outbox.stats().dropped).toBe(2);
+  });
+});
