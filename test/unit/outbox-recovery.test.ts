@@ -316,3 +316,62 @@ describe('outbox: leases and their ends', () => {
     expect(env.outbox.stats().commits).toBe(commits);
   });
 });
+
+describe('outbox: the defaults', () => {
+  function bare(o: { logger?: Logger; freeBytes?: (dir: string) => number } = {}) {
+    const clock = new FakeClock();
+    const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
+    const outbox = new Outbox({
+      store,
+      clock,
+      ids: new IdGenerator(() => clock.now()),
+      logger: o.logger ?? silentLogger(),
+      limits: { maxCount: 1, maxBytes: 1 << 30 },
+      ...(o.freeBytes ? { disk: { freeBytes: o.freeBytes } } : {}),
+    });
+    open.push({ store, outbox });
+    return { clock, outbox };
+  }
+
+  it('a 64 MiB watermark, re-read every 5 s; leases of 5 min; drop lines at most once a minute; gzip above 1 KiB', async () => {
+    let reads = 0;
+    const cap = captureLogger('info');
+    const { clock, outbox } = bare({ logger: cap.logger, freeBytes: () => (reads++, 10_000_000_000) });
+    expect(outbox.stats().disk.minFreeBytes).toBe(64 * 1_048_576);
+    await outbox.enqueue({ channel: 'telemetry', payload: 'x'.repeat(1_022) }); // 1,024 bytes: kept as text
+    expect(reads).toBe(1);
+    await clock.advance(4_999);
+    await outbox.enqueue({ channel: 'telemetry', payload: 'x'.repeat(1_023) }); // 1,025 bytes: gzipped; drops the first
+    expect(reads).toBe(1);
+    await clock.advance(1);
+    const [m] = outbox.peekBatch({ maxCount: 1 });
+    expect(m!.compressed).toBe(true);
+    // The one queued is in flight, so this is refused; the commit re-reads free space all the same.
+    expect(await outbox.enqueue({ channel: 'telemetry', payload: 3 }).then(() => 'queued', () => 'refused')).toBe('refused');
+    expect(reads).toBe(2);
+    await clock.advance(299_999);
+    expect(outbox.stats().leased).toBe(1);
+    await clock.advance(1);
+    expect(outbox.stats().leased).toBe(0);
+    const lines = () => cap.records().filter((r) => String(r.msg).startsWith('outbox dropped'));
+    expect(lines()).toHaveLength(1);
+    await outbox.enqueue({ channel: 'telemetry', payload: 4 }); // a minute since the last line: logged at once
+    await tick();
+    expect(lines()).toHaveLength(2);
+    await outbox.enqueue({ channel: 'telemetry', payload: 5 });
+    await clock.advance(59_999);
+    expect(lines()).toHaveLength(2);
+    await clock.advance(1);
+    expect(lines()).toHaveLength(3);
+  });
+
+  it('a group commit holds at most 512 messages', async () => {
+    const clock = new FakeClock();
+    const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
+    const sizes: number[] = [];
+    const outbox = new Outbox({ store, clock, ids: new IdGenerator(() => clock.now()), logger: silentLogger(), limits: { maxCount: 10_000, maxBytes: 1 << 30 }, disk: { minFreeBytes: 0 }, onCommit: (c) => sizes.push(c.messages) });
+    open.push({ store, outbox });
+    await Promise.all(Array.from({ length: 600 }, (_, i) => outbox.enqueue({ channel: 'telemetry', payload: i })));
+    expect(sizes).toEqual([512, 88]);
+  });
+});
