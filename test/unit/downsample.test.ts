@@ -189,6 +189,19 @@ describe('metrics buffer: messages it did not write', () => {
   });
 });
 
+describe('metrics buffer: a channel full of messages it cannot merge', () => {
+  it('merges nothing, says nothing of downsampling, and still queues the sample', async () => {
+    const cap = captureLogger();
+    const { outbox } = setup(cap.logger);
+    const buffer = new MetricsBuffer({ outbox, maxSamples: 4, logger: cap.logger });
+    for (let i = 0; i < 4; i++) await outbox.enqueue({ channel: 'metrics', payload: `foreign ${i}` });
+    await buffer.add({ ts: 1, values: { cpu: 1 } });
+    expect(buffer.compact()).toBe(0);
+    expect(outbox.readChannel('metrics', 10)).toHaveLength(5);
+    expect(cap.records().filter((r) => String(r.msg).startsWith('metrics buffer full'))).toEqual([]);
+  });
+});
+
 describe('metrics buffer: null and arrays on its channel', () => {
   it('treats them as foreign messages: kept in place, and the samples around them still merge', async () => {
     const cap = captureLogger();
