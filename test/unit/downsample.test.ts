@@ -202,6 +202,33 @@ describe('metrics buffer: a channel full of messages it cannot merge', () => {
   });
 });
 
+describe('metrics buffer: look-alikes of its records', () => {
+  const lookAlikes: Json[] = [
+    { values: { cpu: 1 } },
+    { ts: 1, values: null },
+    { ts: 1, values: 5 },
+    { ts: '1', values: { cpu: 1 } },
+    { from: 1, to: 2, count: 1 },
+    { from: 1, to: 2, count: 1, values: null },
+    { from: 1, to: 2, count: 1, values: 'cpu' },
+    { from: '1', to: 2, count: 1, values: {} },
+    { from: 1, to: '2', count: 1, values: {} },
+    { from: 1, to: 2, count: '1', values: {} },
+  ];
+
+  it.each(lookAlikes.map((p) => [JSON.stringify(p), p]))('%s is someone else\'s message: kept as it is, never merged', async (_name, payload) => {
+    const cap = captureLogger();
+    const { outbox } = setup(cap.logger);
+    const buffer = new MetricsBuffer({ outbox, maxSamples: 4, logger: cap.logger });
+    const { id } = await outbox.enqueue({ channel: 'metrics', payload: payload as Json });
+    for (let i = 0; i < 4; i++) await buffer.add({ ts: 10 + i, values: { cpu: i } });
+    const after = outbox.readChannel('metrics', 10);
+    expect(after[0]).toMatchObject({ id, payload });
+    expect(after).toHaveLength(4);
+    expect(cap.records().filter((r) => r.level === 40)).toEqual([]);
+  });
+});
+
 describe('metrics buffer: null and arrays on its channel', () => {
   it('treats them as foreign messages: kept in place, and the samples around them still merge', async () => {
     const cap = captureLogger();
