@@ -126,7 +126,10 @@ describe('metrics buffer', () => {
     const [a, b] = outbox.readChannel('sysmetrics', 10);
     expect(a).toMatchObject({ channel: 'sysmetrics', priority: 77, expiresAt: clock.now() + 1_000, payload: { ts: 1, values: { cpu: 1 } } });
     expect(b).toMatchObject({ channel: 'sysmetrics', expiresAt: null, payload: { ts: 2, values: { cpu: 2 } } });
+    await buffer.add({ ts: 3, values: { cpu: 3 } });
+    // Three of four: room left, so nothing is merged, even though the older half has a pair.
     expect(buffer.compact()).toBe(0);
+    expect(outbox.readChannel('sysmetrics', 10)).toHaveLength(3);
     expect(outbox.stats().channels.metrics).toBeUndefined();
   });
 
@@ -173,6 +176,29 @@ describe('metrics buffer', () => {
     expect(recs.reduce((n, r) => n + r.count, 0)).toBe(20);
     expect(recs[0]!.from).toBe(0);
     expect(recs.at(-1)!.to).toBe(19_000);
+  });
+});
+
+describe('metrics buffer: a larger buffer', () => {
+  it('merges only within the older half first: the exact sequence of counts on a buffer of eight', async () => {
+    const { outbox } = setup();
+    const buffer = new MetricsBuffer({ outbox, maxSamples: 8 });
+    const counts = (): number[] => outbox.readChannel('metrics', 100).map((m) => toAggregate(m.payload as unknown as MetricsRecord).count);
+    const seen: number[][] = [];
+    for (let i = 0; i < 14; i++) {
+      await buffer.add({ ts: i * 1_000, values: { cpu: i } });
+      if (i >= 7) seen.push(counts());
+    }
+    expect(seen).toEqual([
+      [1, 1, 1, 1, 1, 1, 1, 1],
+      [2, 2, 1, 1, 1, 1, 1],
+      [2, 2, 1, 1, 1, 1, 1, 1],
+      [4, 2, 1, 1, 1, 1, 1],
+      [4, 2, 1, 1, 1, 1, 1, 1],
+      [4, 2, 2, 1, 1, 1, 1, 1],
+      // The pair that straddles the middle is left for later: only one merge was needed.
+      [4, 4, 1, 1, 1, 1, 1, 1],
+    ]);
   });
 });
 
