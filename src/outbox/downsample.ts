@@ -198,6 +198,7 @@ export class MetricsBuffer {
     pass(Math.ceil(items.length / 2), false);
     if (removed.length < need) pass(items.length, false);
     // Every level distinct (a very long outage on a tiny buffer): merge the oldest neighbours anyway.
+    // Stryker disable next-line EqualityOperator: equivalent: at removed === need a pass with stopAt = need merges nothing, and the loop breaks.
     while (removed.length < need) {
       const before = removed.length;
       pass(items.length, true, need);

@@ -202,6 +202,22 @@ describe('metrics buffer: a larger buffer', () => {
   });
 });
 
+describe('metrics buffer: more than one over', () => {
+  it('merges neighbours of any level, pass after pass, until enough are gone, and never across a foreign message', async () => {
+    const { outbox } = setup();
+    // Queued by hand (a smaller buffer than before a restart, say): 5 messages for a buffer of 4.
+    await outbox.enqueue({ channel: 'metrics', payload: agg(0, 7, 8) as unknown as Json });
+    await outbox.enqueue({ channel: 'metrics', payload: 'foreign' });
+    await outbox.enqueue({ channel: 'metrics', payload: agg(8, 11, 4) as unknown as Json });
+    await outbox.enqueue({ channel: 'metrics', payload: agg(12, 13, 2) as unknown as Json });
+    await outbox.enqueue({ channel: 'metrics', payload: { ts: 14, values: {} } });
+    const buffer = new MetricsBuffer({ outbox, maxSamples: 4 });
+    await buffer.add({ ts: 15, values: {} });
+    const shown = outbox.readChannel('metrics', 10).map((m) => (typeof m.payload === 'string' ? m.payload : toAggregate(m.payload as unknown as MetricsRecord).count));
+    expect(shown).toEqual([8, 'foreign', 7, 1]);
+  });
+});
+
 describe('metrics buffer: messages it did not write', () => {
   it('leaves a message that is not a metrics record where it is, with its id, and merges nothing across it', async () => {
     const { outbox } = setup();
