@@ -366,3 +366,19 @@ describe('outbox limits: the drop log inside another transaction', () => {
     expect(b.outbox.stats().dropped).toBe(2);
   });
 });
+
+describe('outbox limits: the drop log after close', () => {
+  it('a drop after close is not logged by this process (the next start logs it)', async () => {
+    const cap = captureLogger('info');
+    const { outbox, clock } = make(dbPath(), { dropLogIntervalMs: 0, maxParked: 1 }, { logger: cap.logger });
+    const [a, b] = (await outbox.enqueueMany([1, 2].map((n) => ({ channel: 'telemetry', payload: n })))).map((r) => r.id);
+    outbox.park([a!], 'bad');
+    await outbox.close();
+    open[open.length - 1]!.closed = true;
+    outbox.park([b!], 'bad'); // the parked table holds one: a parkedLimit drop
+    await clock.advance(120_000);
+    await tick();
+    expect(cap.records().filter((r) => String(r.msg).startsWith('outbox dropped'))).toEqual([]);
+    expect(outbox.stats().drops.parkedLimit).toBe(1);
+  });
+});
