@@ -29,7 +29,7 @@ class RecordingPeer implements Sink {
   readonly monitorChannel = 'mqtt';
   batches: OutboxMessage[][] = [];
   constructor(
-    private readonly decide: (batch: OutboxMessage[], signal: AbortSignal) => SinkResult | Error | Promise<SinkResult>,
+    private readonly decide: (batch: OutboxMessage[], signal: AbortSignal) => SinkResult | Error | Promise<SinkResult | Error>,
     readonly channels?: readonly string[],
     readonly excludeChannels?: readonly string[],
   ) {}
