@@ -3,7 +3,19 @@
 export const AREAS = {
   outbox: {
     mutate: ['src/outbox/**/*.ts'],
-    tests: ['test/unit/outbox.test.ts', 'test/unit/outbox-limits.test.ts', 'test/unit/flusher.test.ts'],
+    // Every fast unit test of src/outbox: the queue and its limits, the flusher, the salvage's corrupt drops,
+    // the policy's settings (downsample and codec are covered through outbox.test.ts).
+    tests: [
+      'test/unit/outbox.test.ts',
+      'test/unit/outbox-limits.test.ts',
+      'test/unit/flusher.test.ts',
+      'test/unit/outbox-corrupt-losses.test.ts',
+      'test/unit/offline-settings.test.ts',
+      'test/unit/downsample.test.ts',
+      'test/unit/outbox-edges.test.ts',
+      'test/unit/flusher-edges.test.ts',
+      'test/unit/outbox-recovery.test.ts',
+    ],
   },
   mqtt: {
     mutate: ['src/mqtt/**/*.ts'],

@@ -202,8 +202,8 @@ export class Flusher {
     this.counters.delivered += acked;
     const poison = batch.filter((m) => !accepted.has(m.id) && rejected.has(m.id));
     for (const m of poison) this.parkAll([m], `refused: ${rejected.get(m.id) ?? 'no reason'}`);
-    const unanswered = ids.filter((id) => !accepted.has(id) && !rejected.has(id));
-    if (unanswered.length > 0) outbox.nack(unanswered);
+    // What was acked or parked holds no lease any more: nacking every id puts back only the unanswered.
+    outbox.nack(ids);
     if (result.retryLater !== undefined) {
       this.lastError = errorMessage(result.retryLater);
       throw result.retryLater;

@@ -883,6 +883,7 @@ export class Outbox {
         if (inserted.changes === 0) continue; // already queued under that id
         this.laneAdd(row.channel, row.priority, row.bytes, row.created_at, inserted.lastInsertRowid);
         const lane = this.s.lanes.get(laneKey(row.channel, row.priority));
+        // Stryker disable next-line all: equivalent: the row goes at the end (new seq), so the lane's first row and its age are unchanged (laneAdd set it when the lane was empty).
         if (lane) lane.oldest = undefined;
         if (row.expires_at !== null && row.expires_at < this.s.nextExpiryAt) this.s.nextExpiryAt = row.expires_at;
         n++;

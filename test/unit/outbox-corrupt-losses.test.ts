@@ -53,6 +53,28 @@ describe('messages lost with a corrupt database', () => {
     }
   });
 
+  it('messages whose channel nothing could tell, or a table that could not be counted, are logged too, with the losses as fields', () => {
+    const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock: new FakeClock() });
+    try {
+      const log = captureLogger();
+      countCorruptLosses(store.db, { tables: { outbox: { lost: 2 } } }, log.logger);
+      countCorruptLosses(store.db, { tables: { outbox: { lost: null }, outbox_parked: { lost: 0 } } }, log.logger);
+      countCorruptLosses(store.db, { tables: { outbox: { lost: null }, outbox_parked: { lost: null } } }, log.logger);
+      const errors = log.records().filter((r) => r.level === 50);
+      expect(errors.map((r) => r.msg)).toEqual([
+        'outbox: 2 messages were lost with the damaged database (channel unknown: 2)',
+        'outbox: 0 messages were lost with the damaged database (and an unknown number from outbox)',
+        'outbox: 0 messages were lost with the damaged database (and an unknown number from outbox, outbox_parked)',
+      ]);
+      expect(errors[0]).toMatchObject({ byChannel: {}, unknownChannel: 2, parked: 0, uncounted: [] });
+      expect(errors[1]).toMatchObject({ uncounted: ['outbox'] });
+      // Nothing could be put to a channel: no channel's counter moved.
+      expect(store.db.prepare("SELECT count(*) AS n FROM outbox_counters WHERE counter = 'corrupt'").get()).toEqual({ n: 0 });
+    } finally {
+      store.close();
+    }
+  });
+
   it('nothing lost: no counter, no line', () => {
     const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock: new FakeClock() });
     try {

@@ -176,3 +176,209 @@ describe('outbox limits: the drop log', () => {
     expect(byReason).toEqual({ count: s.drops.count, ttl: s.drops.ttl });
   });
 });
+
+describe('outbox limits: what a refusal says', () => {
+  it('names the bytes limit and its setting, per channel and in total, in MiB, KiB or bytes', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 1000, maxBytes: 2_048 }, channels: { logs: { maxBytes: 1_000 } }, compressAboveBytes: 1 << 30 });
+    await outbox.enqueue({ channel: 'logs', payload: 'x'.repeat(898) });
+    let err = await rejection(outbox.enqueue({ channel: 'logs', payload: 'y'.repeat(198) }));
+    expect(err.code).toBe('OUTBOX_FULL');
+    expect(err.message).toBe(
+      'outbox full: the "logs" channel\'s limit of 1000 B (settings.offline.channels.logs.maxBytes) is reached and channel "logs" refuses at this limit (onLimit.bytes: "refuse"), so none of its queued messages is dropped; the logs message was not queued: send it again later',
+    );
+    expect(err.details).toEqual({ limit: 'settings.offline.channels.logs.maxBytes', kind: 'bytes', max: 1_000, channel: 'logs' });
+    await outbox.enqueue({ channel: 'events', payload: 'e'.repeat(1_000) });
+    err = await rejection(outbox.enqueue({ channel: 'events', payload: 'f'.repeat(200) }));
+    expect(err.message).toBe(
+      'outbox full: the outbox\'s limit of 2.0 KiB (settings.offline.maxQueueBytes) is reached and no queued message of priority <= 50 in a channel whose onLimit.bytes is "drop-oldest" is left to make room; the events message was not queued: send it again later',
+    );
+    expect(err.details).toEqual({ limit: 'settings.offline.maxQueueBytes', kind: 'bytes', max: 2_048, channel: 'events' });
+  });
+
+  it('a channel of its own limit that gives way but finds nothing of its priority says so', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 1000, maxBytes: 1 << 30 }, channels: { telemetry: { maxCount: 1 } } });
+    await outbox.enqueue({ channel: 'telemetry', payload: 1, priority: 90 });
+    const err = await rejection(outbox.enqueue({ channel: 'telemetry', payload: 2, priority: 10 }));
+    expect(err.message).toBe(
+      'outbox full: the "telemetry" channel\'s limit of 1 messages (settings.offline.channels.telemetry.maxCount) is reached and no queued message of priority <= 10 in a channel whose onLimit.count is "drop-oldest" is left to make room; the telemetry message was not queued: send it again later',
+    );
+    expect(err.details).toEqual({ limit: 'settings.offline.channels.telemetry.maxCount', kind: 'count', max: 1, channel: 'telemetry' });
+  });
+
+  it('the disk refusal gives its numbers in the details and the message', async () => {
+    let free = 1_000_000_000;
+    const path = dbPath();
+    const { outbox, clock } = make(path, { disk: { minFreeBytes: 100 * 1_048_576, checkIntervalMs: 1_000, freeBytes: () => free } });
+    await outbox.enqueue({ channel: 'telemetry', payload: 1 });
+    free = 1;
+    await clock.advance(1_000);
+    const err = await rejection(outbox.enqueue({ channel: 'events', payload: 2 }));
+    expect(err.code).toBe('OUTBOX_DISK_LOW');
+    const got = err.details as { freeBytes: number };
+    expect(err.details).toEqual({ limit: 'settings.offline.minFreeDiskBytes', kind: 'disk', dataDir: join(path, '..'), freeBytes: got.freeBytes, minFreeBytes: 100 * 1_048_576, channel: 'events' });
+    expect(got.freeBytes).toBeLessThan(100 * 1_048_576);
+    expect(err.message).toContain('under the watermark of 100.0 MiB (settings.offline.minFreeDiskBytes), and no queued message of priority <= 50 in a channel whose onLimit.disk is "drop-oldest" is left to make room; the events message was not queued: send it again once space is freed');
+  });
+});
+
+describe('outbox limits: the drop log, edges', () => {
+  const dropLines = (records: () => Record<string, unknown>[]) => records().filter((r) => typeof r.msg === 'string' && r.msg.startsWith('outbox dropped'));
+
+  it('one line for every channel and reason, channels in name order; close() logs what the interval held back', async () => {
+    const cap = captureLogger('info');
+    const { outbox, clock } = make(
+      dbPath(),
+      { limits: { maxCount: 2, maxBytes: 1 << 30 }, dropLogIntervalMs: 60_000, channels: { metrics: { ttlMs: 10 } } },
+      { logger: cap.logger },
+    );
+    await outbox.enqueue({ channel: 'metrics', payload: 0 });
+    await clock.advance(10);
+    await outbox.enqueue({ channel: 'telemetry', payload: 0 }); // metrics 0 expires here
+    await tick();
+    expect(dropLines(cap.records)).toHaveLength(1);
+    for (let i = 1; i <= 3; i++) await outbox.enqueue({ channel: 'telemetry', payload: i });
+    await outbox.enqueue({ channel: 'state', payload: 0 });
+    await outbox.enqueue({ channel: 'metrics', payload: 1 }).catch(() => undefined);
+    await tick();
+    expect(dropLines(cap.records)).toHaveLength(1); // within the interval
+    await outbox.close();
+    open[open.length - 1]!.closed = true;
+    const ls = dropLines(cap.records);
+    expect(ls).toHaveLength(2);
+    expect(ls[0]).toMatchObject({ total: 1, dropped: { metrics: { ttl: 1 } }, level: 40, msg: 'outbox dropped 1 message(s) since the last report: metrics 1 (ttl)' });
+    expect(ls[1]!.msg).toBe('outbox dropped 3 message(s) since the last report: telemetry 3 (count)');
+    // Closed: no more lines, whatever happens.
+    await clock.advance(120_000);
+    await tick();
+    expect(dropLines(cap.records)).toHaveLength(2);
+  });
+
+  it('several reasons and channels in one line, sorted by channel name', async () => {
+    const cap = captureLogger('info');
+    const { outbox, clock } = make(dbPath(), { limits: { maxCount: 2, maxBytes: 1 << 30 }, dropLogIntervalMs: 0, channels: { zeta: { ttlMs: 5 }, alpha: { ttlMs: 5 } }, onLimit: { count: 'drop-oldest' } }, { logger: cap.logger });
+    await outbox.enqueueMany([
+      { channel: 'zeta', payload: 1 },
+      { channel: 'alpha', payload: 1 },
+    ]);
+    await clock.advance(5);
+    // One commit: both expire, then the newcomers push out one of themselves... of zeta and alpha.
+    await outbox.enqueueMany([
+      { channel: 'zeta', payload: 2, ttlMs: 60_000 },
+      { channel: 'alpha', payload: 2, ttlMs: 60_000 },
+      { channel: 'zeta', payload: 3, ttlMs: 60_000 },
+    ]);
+    await tick();
+    const ls = dropLines(cap.records);
+    expect(ls).toHaveLength(1);
+    expect(ls[0]!.msg).toBe('outbox dropped 3 message(s) since the last report: alpha 1 (ttl); zeta 1 (count), 1 (ttl)');
+    // An interval of 0: the next drop, at the same instant, has its own line at once.
+    await outbox.enqueue({ channel: 'zeta', payload: 4 });
+    await tick();
+    expect(dropLines(cap.records).map((l) => l.msg)).toEqual([ls[0]!.msg, 'outbox dropped 1 message(s) since the last report: alpha 1 (count)']);
+  });
+
+  it('a line is not repeated by the next start, and a record it cannot make is only a debug line', async () => {
+    const path = dbPath();
+    const cap = captureLogger('debug');
+    const a = make(path, { limits: { maxCount: 1, maxBytes: 1 << 30 }, dropLogIntervalMs: 0 }, { logger: cap.logger });
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 1 });
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 2 });
+    await tick();
+    expect(dropLines(cap.records)).toHaveLength(1);
+    // A counter row the reporter does not know is ignored.
+    a.store.db.prepare("INSERT INTO outbox_counters (channel, counter, value) VALUES ('telemetry', 'logged.bogus', 5)").run();
+    await a.outbox.close();
+    open.find((e) => e.outbox === a.outbox)!.closed = true;
+    a.store.close();
+    open.splice(open.findIndex((e) => e.outbox === a.outbox), 1);
+    const b = make(path, { limits: { maxCount: 1, maxBytes: 1 << 30 }, dropLogIntervalMs: 0 }, { logger: cap.logger });
+    await tick();
+    expect(dropLines(cap.records)).toHaveLength(1);
+    // The record of what is logged cannot be written: the line is logged anyway.
+    b.store.db.exec("CREATE TRIGGER no_logged BEFORE UPDATE ON outbox_counters WHEN NEW.counter LIKE 'logged.%' BEGIN SELECT RAISE(ABORT, 'counters read-only'); END");
+    await b.outbox.enqueue({ channel: 'telemetry', payload: 3 });
+    await tick();
+    expect(dropLines(cap.records)).toHaveLength(2);
+    expect(cap.records()).toContainEqual(expect.objectContaining({ level: 20, err: 'counters read-only', msg: 'outbox: could not record which drops are logged' }));
+  });
+});
+
+describe('outbox limits: a coalescing message replaces, so it needs no room', () => {
+  it('is admitted at a full channel that refuses, and at the full outbox, by replacing its key', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 2, maxBytes: 1 << 30 }, channels: { state: { maxCount: 1, onLimit: { count: 'refuse' } } } });
+    await outbox.enqueue({ channel: 'state', payload: 1, coalesceKey: 'k' });
+    await outbox.enqueue({ channel: 'events', payload: 'e' });
+    await outbox.enqueue({ channel: 'state', payload: 2, coalesceKey: 'k' });
+    expect(all(outbox).map(tag)).toEqual(['events:"e"', 'state:2']);
+    expect(outbox.stats()).toMatchObject({ depth: 2, dropped: 0, coalesced: 1 });
+    // Without the key it is a second message: refused.
+    expect((await rejection(outbox.enqueue({ channel: 'state', payload: 3 }))).code).toBe('OUTBOX_FULL');
+  });
+
+  it('at a bytes limit the replaced message\'s bytes are room for the new one', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 100, maxBytes: 30 }, channels: { state: { maxBytes: 20, onLimit: { bytes: 'refuse' } } }, compressAboveBytes: 1 << 30 });
+    await outbox.enqueue({ channel: 'state', payload: 'a'.repeat(18), coalesceKey: 'k' }); // 20 bytes
+    await outbox.enqueue({ channel: 'events', payload: 'e'.repeat(8) }); // 10 bytes: the outbox is full
+    await outbox.enqueue({ channel: 'state', payload: 'b'.repeat(18), coalesceKey: 'k' });
+    expect(outbox.stats()).toMatchObject({ depth: 2, bytes: 30, dropped: 0, coalesced: 1 });
+  });
+
+  it('below the disk watermark a replacement no larger than what it replaces is admitted; a larger one is refused', async () => {
+    let free = 1_000_000_000;
+    const { outbox, clock } = make(dbPath(), { disk: { minFreeBytes: 100 * 1_048_576, checkIntervalMs: 1_000, freeBytes: () => free }, compressAboveBytes: 1 << 30 });
+    await outbox.enqueue({ channel: 'state', payload: 'a'.repeat(10), coalesceKey: 'k' });
+    free = 1;
+    await clock.advance(1_000);
+    await outbox.enqueue({ channel: 'state', payload: 'b'.repeat(10), coalesceKey: 'k' });
+    expect(all(outbox).map((m) => m.payload)).toEqual(['b'.repeat(10)]);
+    const err = await rejection(outbox.enqueue({ channel: 'state', payload: 'c'.repeat(11), coalesceKey: 'k' }));
+    expect(err.code).toBe('OUTBOX_DISK_LOW');
+    expect(all(outbox).map((m) => m.payload)).toEqual(['b'.repeat(10)]);
+    expect(outbox.stats()).toMatchObject({ coalesced: 1, dropped: 0 });
+  });
+});
+
+describe('outbox limits: the drop log inside another transaction', () => {
+  it('a report asked for inside a transaction that rolls back is made after it, and not repeated by the next start', async () => {
+    const path = dbPath();
+    const cap = captureLogger('info');
+    const a = make(path, { limits: { maxCount: 1, maxBytes: 1 << 30 }, dropLogIntervalMs: 60_000 }, { logger: cap.logger });
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 1 });
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 2 }); // 1 dropped: logged at once
+    await a.outbox.enqueue({ channel: 'telemetry', payload: 3 }); // 1 more, held back by the interval
+    await tick();
+    const lines = () => cap.records().filter((r) => String(r.msg).startsWith('outbox dropped'));
+    expect(lines()).toHaveLength(1);
+    expect(() =>
+      a.store.db.transaction(() => {
+        void a.outbox.close();
+        throw new Error('rolled back');
+      })(),
+    ).toThrow('rolled back');
+    open.find((e) => e.outbox === a.outbox)!.closed = true;
+    await tick();
+    expect(lines()).toHaveLength(2);
+    a.store.close();
+    open.splice(open.findIndex((e) => e.outbox === a.outbox), 1);
+    const b = make(path, { limits: { maxCount: 1, maxBytes: 1 << 30 } }, { logger: cap.logger });
+    await tick();
+    expect(lines()).toHaveLength(2);
+    expect(b.outbox.stats().dropped).toBe(2);
+  });
+});
+
+describe('outbox limits: the drop log after close', () => {
+  it('a drop after close is not logged by this process (the next start logs it)', async () => {
+    const cap = captureLogger('info');
+    const { outbox, clock } = make(dbPath(), { dropLogIntervalMs: 0, maxParked: 1 }, { logger: cap.logger });
+    const [a, b] = (await outbox.enqueueMany([1, 2].map((n) => ({ channel: 'telemetry', payload: n })))).map((r) => r.id);
+    outbox.park([a!], 'bad');
+    await outbox.close();
+    open[open.length - 1]!.closed = true;
+    outbox.park([b!], 'bad'); // the parked table holds one: a parkedLimit drop
+    await clock.advance(120_000);
+    await tick();
+    expect(cap.records().filter((r) => String(r.msg).startsWith('outbox dropped'))).toEqual([]);
+    expect(outbox.stats().drops.parkedLimit).toBe(1);
+  });
+});
