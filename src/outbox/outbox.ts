@@ -855,18 +855,29 @@ export class Outbox {
   parked(opts: { channel?: string; limit?: number } = {}): ParkedMessage[] {
     const limit = opts.limit ?? 100;
     const rows = (opts.channel === undefined ? this.q.parkedList.all(limit) : this.q.parkedListChannel.all(opts.channel, limit)) as ParkedRow[];
-    return rows.map((r) => ({
-      id: r.id,
-      channel: r.channel,
-      priority: r.priority,
-      createdAt: r.created_at,
-      expiresAt: r.expires_at,
-      payload: decodePayload(r.encoding, r.payload),
-      storedBytes: r.bytes,
-      compressed: r.encoding === 1,
-      parkedAt: r.parked_at,
-      reason: r.reason,
-    }));
+    return rows.map((r) => {
+      // A message parked because its payload cannot be decoded must not hide the rest of the list.
+      let payload: Json = null;
+      let payloadError: string | undefined;
+      try {
+        payload = decodePayload(r.encoding, r.payload);
+      } catch (err) {
+        payloadError = `the stored payload cannot be decoded: ${errorMessage(err)}`;
+      }
+      return {
+        id: r.id,
+        channel: r.channel,
+        priority: r.priority,
+        createdAt: r.created_at,
+        expiresAt: r.expires_at,
+        payload,
+        storedBytes: r.bytes,
+        compressed: r.encoding === 1,
+        parkedAt: r.parked_at,
+        reason: r.reason,
+        ...(payloadError === undefined ? {} : { payloadError }),
+      };
+    });
   }
 
   /** Operator action: puts parked messages (all, or these ids) back at the end of the queue. Limits apply at the next enqueue. */

@@ -44,6 +44,8 @@ export interface OutboxMessage {
 export interface ParkedMessage extends Omit<OutboxMessage, 'coalesceKey'> {
   parkedAt: number;
   reason: string;
+  /** Set when the stored payload cannot be decoded (it was parked for that): `payload` is then null. */
+  payloadError?: string;
 }
 
 export interface PeekOptions {

@@ -67,6 +67,14 @@ describe('outbox: damaged rows', () => {
     expect(outbox.stats().channels.telemetry).toMatchObject({ depth: 2, parked: 1, leased: 2 });
     expect(cap.records()).toContainEqual(expect.objectContaining({ level: 50, id: ids[1], channel: 'telemetry', msg: `outbox message ${ids[1]} cannot be decoded; parking it` }));
     expect(cap.records()).toContainEqual(expect.objectContaining({ msg: 'parked 1 outbox message(s): undecodable payload' }));
+    // The parked list still lists it (and every other parked message), saying why its payload is missing.
+    await outbox.enqueue({ channel: 'telemetry', payload: 4 });
+    const fourth = outbox.peekBatch({ maxCount: 10 }).find((m) => m.payload === 4)!;
+    outbox.park([fourth.id], 'refused: 400');
+    const listed = outbox.parked();
+    expect(listed.map((m) => [m.id, m.reason, m.payload])).toEqual(expect.arrayContaining([[ids[1], 'undecodable payload', null], [fourth.id, 'refused: 400', 4]]));
+    expect(listed.find((m) => m.id === ids[1])?.payloadError).toMatch(/^the stored payload cannot be decoded: /);
+    expect(listed.find((m) => m.id === fourth.id)).not.toHaveProperty('payloadError');
   });
 
   it('a leased message missing at its ack: the others are still acknowledged, one by one, and it is logged', async () => {
