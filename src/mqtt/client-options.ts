@@ -12,6 +12,8 @@ export interface ClientOptionsInput {
   url: URL;
   /** The version of this attempt (see ProtocolNegotiator). */
   version: MqttVersion;
+  /** Start a clean session: the broker drops what it kept for the agent (see MqttSession's oversize streak). */
+  clean?: boolean;
   /** Topic of the last will. */
   statusTopic: string;
   now: number;
@@ -30,7 +32,7 @@ export function clientOptions(i: ClientOptionsInput): IClientOptions {
     protocolVersion: i.version,
     clientId: m.clientId ?? i.uuid,
     username: m.username ?? i.uuid,
-    clean: false,
+    clean: i.clean ?? false,
     keepalive: m.keepAliveSeconds,
     connectTimeout: m.connectTimeoutMs,
     reconnectPeriod: 0,

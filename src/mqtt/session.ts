@@ -193,6 +193,8 @@ interface ConnectionEnd {
 interface Connection {
   client: MqttClient;
   version: MqttVersion;
+  /** Connected with a clean session (to drop a packet the broker kept re-sending). */
+  clean: boolean;
   /** The CONNACK's refusal code, when it refused. */
   refusalCode?: number;
   /** CONNACK accepted. */
@@ -251,6 +253,8 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   private done: Promise<void> = Promise.resolve();
   private conn: Connection | undefined;
   private connections = 0;
+  /** Connections in a row the broker ended by sending a packet over the limit (see `connection`). */
+  private oversizeStreak = 0;
   private birthSeq = 0;
   private birth: Entry | undefined;
   private pumpScheduled = false;
@@ -493,11 +497,16 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   /** One connection attempt and, when it succeeds, the connection's life. Resolves when it is over. */
   private connection(signal: AbortSignal): Promise<ConnectionEnd> {
     let options: IClientOptions;
+    let clean = false;
     const version = this.negotiator.version();
     try {
       const c = this.config;
       const stores = { outgoingStore: this.outgoing, incomingStore: this.incoming };
-      options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey: c.apiKey, url: this.url, version, statusTopic: this.topics.status, now: this.deps.clock.now(), maxPacketBytes: this.maxPacketBytes, ...stores });
+      // A broker that re-sends a packet over the limit with the stored session would cut the agent off for
+      // good (3.1.1 cannot refuse one packet): after two such closes in a row, a clean session drops it.
+      clean = this.oversizeStreak >= 2;
+      if (clean) this.log.warn({ closes: this.oversizeStreak }, 'mqtt: the broker keeps re-sending a packet over limits.maxCloudResponseBytes with the stored session; connecting with a clean session to drop it (messages the broker held for the device are lost; retained ones come back on subscribe)');
+      options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey: c.apiKey, url: this.url, version, clean, statusTopic: this.topics.status, now: this.deps.clock.now(), maxPacketBytes: this.maxPacketBytes, ...stores });
     } catch (err) {
       const error = errorMessage(err);
       this.noteFailure('connect', error);
@@ -507,6 +516,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     const conn: Connection = {
       client,
       version,
+      clean,
       established: false,
       ready: false,
       subscribed: false,
@@ -661,6 +671,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   private onReady(conn: Connection, sessionPresent: boolean): void {
     if (this.conn !== conn) return;
     conn.ready = true;
+    if (conn.clean) this.oversizeStreak = 0;
     const reconnect = this.connections > 0;
     this.connections++;
     if (reconnect) this.counters.reconnects++;
@@ -745,12 +756,14 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       if (over === undefined) return;
       conn.lastError = `the broker sent ${over < 0 ? 'a packet with a malformed length' : `a packet of ${over} bytes`}, over limits.maxCloudResponseBytes (${this.maxPacketBytes}): connection closed`;
       this.counters.droppedIncoming++;
+      this.oversizeStreak++;
       this.log.warn({ bytes: over, limit: this.maxPacketBytes }, `mqtt: ${conn.lastError}`);
       conn.client.end(true);
     });
   }
 
   private onMessage(topic: string, payload: Buffer, retained: boolean): void {
+    this.oversizeStreak = 0;
     const kind = this.topics.kindOf(topic);
     if (!kind) {
       this.log.debug({ topic }, 'mqtt: message on a topic the agent does not handle; ignored');
