@@ -47,7 +47,11 @@ export const AREAS = {
   },
   store: {
     mutate: ['src/store/**/*.ts'],
-    tests: ['test/unit/store.test.ts', 'test/unit/salvage.test.ts', 'test/unit/checkpointer.test.ts'],
+    // The page-by-page salvage, the target copy and the corrupt-loss hook are store code too.
+    tests: [
+      'test/unit/store.test.ts', 'test/unit/salvage.test.ts', 'test/unit/salvage-pages.test.ts',
+      'test/unit/checkpointer.test.ts', 'test/unit/target-mirror.test.ts', 'test/unit/outbox-corrupt-losses.test.ts',
+    ],
   },
 };
 

@@ -347,4 +347,36 @@ describe('flusher: back online', () => {
     expect(peer.batches).toHaveLength(2);
     expect(t.outbox.stats().delivered).toBe(1);
   });
+
+  it('after a failed batch nothing new is sent until the other batches in flight have answered, then once after the backoff', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let calls = 0;
+    const peer = new RecordingPeer(async (b) => {
+      calls++;
+      if (calls === 1) {
+        await gate; // a slow batch: its answer comes long after the other one failed
+        return acceptAll(b);
+      }
+      if (calls === 2) return new CloudError('network', 'connection reset');
+      return acceptAll(b);
+    });
+    const t = setup(peer, { maxInflight: 2 });
+    await t.enqueue(1);
+    await t.clock.advance(10);
+    await t.enqueue(1, 'events');
+    await t.clock.advance(10);
+    expect(peer.batches.map((b) => b[0]!.channel)).toEqual(['telemetry', 'events']);
+    // The events batch failed; the slow one is still out. Well past the 1 s backoff, nothing is re-sent:
+    // the sink is backing off as a whole, not beside a batch it has not heard back from.
+    await t.clock.advance(5_000);
+    expect(peer.batches).toHaveLength(2);
+    release();
+    await t.clock.advance(10);
+    expect(t.outbox.stats().delivered).toBe(1);
+    expect(peer.batches).toHaveLength(2); // the backoff starts once the slow batch has answered
+    await t.clock.advance(1_100);
+    expect(peer.batches.map((b) => b[0]!.channel)).toEqual(['telemetry', 'events', 'events']);
+    expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 2 });
+  });
 });
