@@ -15,6 +15,7 @@ import type { Outbox } from '../src/outbox/outbox.js';
 import { backoffFromSettings } from '../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
 import { Wakeup } from '../src/resilience/wakeup.js';
+import { MIGRATIONS } from '../src/database-schema.js';
 import { Store } from '../src/store/store.js';
 import { systemClock } from '../src/util/clock.js';
 import { IdGenerator } from '../src/util/ids.js';
@@ -246,7 +247,7 @@ interface Agentish {
 }
 
 function agentish(dbPath: string, broker: BenchBroker, clientId: string, opts: { tapPublish?: boolean } = {}): Agentish {
-  const store = Store.open({ path: dbPath, logger: silent, clock: systemClock, synchronous: config.store.synchronous, checkpoint: config.store.checkpoint });
+  const store = Store.open({ path: dbPath, logger: silent, clock: systemClock, migrations: MIGRATIONS, synchronous: config.store.synchronous, checkpoint: config.store.checkpoint });
   const flushers: Flusher[] = [];
   const outbox = defaultOutbox(store, silent, flushers);
   const monitor = new ConnectionMonitor({ clock: systemClock, offlineAfterFailures: offline.offlineAfterFailures, channels: ['mqtt'] });

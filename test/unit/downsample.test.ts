@@ -5,7 +5,7 @@ import { decodePayload, encodePayload } from '../../src/outbox/codec.js';
 import { MetricsBuffer, isAggregate, levelOf, mergeRecords, toAggregate, validateSample, type MetricsAggregate, type MetricsRecord } from '../../src/outbox/downsample.js';
 import { Outbox } from '../../src/outbox/outbox.js';
 import { isOutboxError, type OutboxError } from '../../src/outbox/types.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Json } from '../../src/util/json-diff.js';

@@ -7,7 +7,7 @@ import { Outbox } from '../../src/outbox/outbox.js';
 import type { OutboxMessage } from '../../src/outbox/types.js';
 import { Backoff } from '../../src/resilience/backoff.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { seededRandom } from '../../src/util/random.js';

@@ -9,7 +9,7 @@ import { Flusher } from '../../src/outbox/flusher.js';
 import { Outbox } from '../../src/outbox/outbox.js';
 import { Backoff } from '../../src/resilience/backoff.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { seededRandom } from '../../src/util/random.js';

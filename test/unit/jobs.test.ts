@@ -10,7 +10,7 @@ import { seededRandom } from '../../src/util/random.js';
 import { JobRunner } from '../../src/jobs/runner.js';
 import { JobFailed, JobRejected, type JobHandler, type JobUpdatePayload } from '../../src/jobs/types.js';
 import { Outbox } from '../../src/outbox/outbox.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { silentLogger } from '../helpers/logger.js';

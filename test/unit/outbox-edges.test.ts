@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Outbox, type OutboxOptions } from '../../src/outbox/outbox.js';
 import { isOutboxError, type CommitInfo, type OutboxError, type OutboxMessage } from '../../src/outbox/types.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Json } from '../../src/util/json-diff.js';

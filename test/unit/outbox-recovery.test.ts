@@ -4,7 +4,7 @@ import { setImmediate as tick } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Outbox, type OutboxOptions } from '../../src/outbox/outbox.js';
 import type { OutboxMessage } from '../../src/outbox/types.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Logger } from '../../src/util/logger.js';

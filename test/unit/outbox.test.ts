@@ -6,7 +6,7 @@ import { Outbox, type OutboxOptions } from '../../src/outbox/outbox.js';
 import { outboxSettings } from '../../src/outbox/policy.js';
 import { isOutboxError, type CommitInfo, type OutboxMessage } from '../../src/outbox/types.js';
 import { defaultConfig } from '../../src/config/schema.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Json } from '../../src/util/json-diff.js';

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Shadow, ShadowError, type JsonObject, type ShadowChange } from '../../src/shadow/shadow.js';
 import { computeDelta, mergeOverrides, threeWayMerge } from '../../src/shadow/three-way.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { applyMergePatch, withoutNulls, type Json } from '../../src/util/json-diff.js';
 import type { Logger } from '../../src/util/logger.js';

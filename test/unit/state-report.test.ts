@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { CloudError, type CloudRequest } from '../../src/cloud/http-client.js';
 import { StateDelivery } from '../../src/cloud/state-delivery.js';
 import { StateReporter } from '../../src/cloud/state-report.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import type { Json } from '../../src/util/json-diff.js';
 import { silentLogger } from '../helpers/logger.js';

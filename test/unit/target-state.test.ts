@@ -5,7 +5,7 @@ import { RetryPolicy } from '../../src/cloud/retry.js';
 import { TargetStatePoller, type TargetRejection } from '../../src/cloud/target-state.js';
 import { Backoff } from '../../src/resilience/backoff.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { FakeClock } from '../../src/util/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 import type { TargetState } from '../../src/workloads/target-schema.js';
