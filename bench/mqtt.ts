@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { PassThrough } from 'node:stream';
 import { connect, type IConnackPacket } from 'mqtt';
-import { RetryPolicy } from '../src/cloud/retry.js';
+import { RetryPolicy } from '../src/resilience/retry-policy.js';
 import { defaultConfig } from '../src/config/schema.js';
 import { MqttSession, type PublishOutcome, type PublishRequest } from '../src/mqtt/session.js';
 import { MqttSink } from '../src/mqtt/sink.js';

@@ -9,7 +9,7 @@ import { Agent, request } from 'undici';
 import { startDevCloud, type DevCloud } from '../devcloud/server.js';
 import { CloudHttpClient } from '../src/cloud/http-client.js';
 import { HttpSink } from '../src/cloud/http-sink.js';
-import { RetryPolicy } from '../src/cloud/retry.js';
+import { RetryPolicy } from '../src/resilience/retry-policy.js';
 import { defaultConfig } from '../src/config/schema.js';
 import { Flusher } from '../src/outbox/flusher.js';
 import { flusherSettings } from '../src/outbox/policy.js';

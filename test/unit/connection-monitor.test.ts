@@ -10,7 +10,7 @@ import {
 } from '../../src/resilience/connection-monitor.js';
 import { SqliteOutageLog, type OutageLog } from '../../src/resilience/outage-log.js';
 import { Store } from '../helpers/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 const HOUR = 60 * 60 * 1000;

@@ -6,7 +6,7 @@ import { MetricsBuffer, isAggregate, levelOf, mergeRecords, toAggregate, validat
 import { Outbox } from '../../src/outbox/outbox.js';
 import { isOutboxError, type OutboxError } from '../../src/outbox/types.js';
 import { Store } from '../helpers/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Json } from '../../src/util/json-diff.js';
 import type { Logger } from '../../src/util/logger.js';

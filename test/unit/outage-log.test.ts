@@ -5,7 +5,7 @@ import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SqliteOutageLog } from '../../src/resilience/outage-log.js';
 import { Store } from '../helpers/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 

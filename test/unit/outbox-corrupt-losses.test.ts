@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Outbox } from '../../src/outbox/outbox.js';
 import { corruptLosses, countCorruptLosses } from '../../src/outbox/salvage-losses.js';
 import { Store } from '../helpers/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';

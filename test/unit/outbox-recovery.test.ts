@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Outbox, type OutboxOptions } from '../../src/outbox/outbox.js';
 import type { OutboxMessage } from '../../src/outbox/types.js';
 import { Store } from '../helpers/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Logger } from '../../src/util/logger.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';

@@ -7,7 +7,7 @@ import { outboxSettings } from '../../src/outbox/policy.js';
 import { isOutboxError, type CommitInfo, type OutboxMessage } from '../../src/outbox/types.js';
 import { defaultConfig } from '../../src/config/schema.js';
 import { Store } from '../helpers/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Json } from '../../src/util/json-diff.js';
 import { seededRandom } from '../../src/util/random.js';

@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Shadow, ShadowError, type JsonObject, type ShadowChange } from '../../src/shadow/shadow.js';
 import { computeDelta, mergeOverrides, threeWayMerge } from '../../src/shadow/three-way.js';
 import { Store } from '../helpers/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { applyMergePatch, withoutNulls, type Json } from '../../src/util/json-diff.js';
 import type { Logger } from '../../src/util/logger.js';
 import { seededRandom, type Random } from '../../src/util/random.js';
