@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { PassThrough } from 'node:stream';
 import { connect, type IConnackPacket } from 'mqtt';
-import { RetryPolicy } from '../src/cloud/retry.js';
+import { RetryPolicy } from '../src/resilience/retry-policy.js';
 import { defaultConfig } from '../src/config/schema.js';
 import { MqttSession, type PublishOutcome, type PublishRequest } from '../src/mqtt/session.js';
 import { MqttSink } from '../src/mqtt/sink.js';
@@ -15,6 +15,7 @@ import type { Outbox } from '../src/outbox/outbox.js';
 import { backoffFromSettings } from '../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
 import { Wakeup } from '../src/resilience/wakeup.js';
+import { MIGRATIONS } from '../src/database-schema.js';
 import { Store } from '../src/store/store.js';
 import { systemClock } from '../src/util/clock.js';
 import { IdGenerator } from '../src/util/ids.js';
@@ -246,7 +247,7 @@ interface Agentish {
 }
 
 function agentish(dbPath: string, broker: BenchBroker, clientId: string, opts: { tapPublish?: boolean } = {}): Agentish {
-  const store = Store.open({ path: dbPath, logger: silent, clock: systemClock, synchronous: config.store.synchronous, checkpoint: config.store.checkpoint });
+  const store = Store.open({ path: dbPath, logger: silent, clock: systemClock, migrations: MIGRATIONS, synchronous: config.store.synchronous, checkpoint: config.store.checkpoint });
   const flushers: Flusher[] = [];
   const outbox = defaultOutbox(store, silent, flushers);
   const monitor = new ConnectionMonitor({ clock: systemClock, offlineAfterFailures: offline.offlineAfterFailures, channels: ['mqtt'] });

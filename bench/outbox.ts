@@ -9,7 +9,7 @@ import { Agent, request } from 'undici';
 import { startDevCloud, type DevCloud } from '../devcloud/server.js';
 import { CloudHttpClient } from '../src/cloud/http-client.js';
 import { HttpSink } from '../src/cloud/http-sink.js';
-import { RetryPolicy } from '../src/cloud/retry.js';
+import { RetryPolicy } from '../src/resilience/retry-policy.js';
 import { defaultConfig } from '../src/config/schema.js';
 import { Flusher } from '../src/outbox/flusher.js';
 import { flusherSettings } from '../src/outbox/policy.js';
@@ -18,6 +18,7 @@ import { backoffFromSettings } from '../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
 import { Wakeup } from '../src/resilience/wakeup.js';
 import { encodePayload } from '../src/outbox/codec.js';
+import { MIGRATIONS } from '../src/database-schema.js';
 import { Store } from '../src/store/store.js';
 import { systemClock } from '../src/util/clock.js';
 import { IdGenerator } from '../src/util/ids.js';
@@ -103,7 +104,7 @@ function payload(i: number): Json {
  * since a baseline contains none of our code.
  */
 function openStore(path: string, checkpoint: 'background' | 'inline' = defaultConfig().store.checkpoint): Store {
-  return Store.open({ path, logger: silent, clock: systemClock, synchronous: 'full', checkpoint });
+  return Store.open({ path, logger: silent, clock: systemClock, migrations: MIGRATIONS, synchronous: 'full', checkpoint });
 }
 
 function bigLimits() {

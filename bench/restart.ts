@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { defaultConfig } from '../src/config/schema.js';
 import { encodePayload } from '../src/outbox/codec.js';
+import { MIGRATIONS } from '../src/database-schema.js';
 import { Store } from '../src/store/store.js';
 import { IdGenerator } from '../src/util/ids.js';
 import { createLogger } from '../src/util/logger.js';
@@ -21,7 +22,7 @@ const USAGE = 'usage: node dist/bench/restart.js [--messages N] [--runs R] [--co
 const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
 
 function fill(path: string, rows: number): void {
-  const store = Store.open({ path, logger: createLogger({ level: 'silent', format: 'json' }), clock: { now: Date.now } });
+  const store = Store.open({ path, logger: createLogger({ level: 'silent', format: 'json' }), clock: { now: Date.now }, migrations: MIGRATIONS });
   const ids = new IdGenerator();
   const insert = store.db.prepare(
     'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',

@@ -7,7 +7,7 @@ import { HealthReporter } from './cloud/health-report.js';
 import { HttpSink } from './cloud/http-sink.js';
 import { CloudHttpClient } from './cloud/http-client.js';
 import type { CloudLoopDeps } from './cloud/loop-deps.js';
-import { RetryPolicy } from './cloud/retry.js';
+import { RetryPolicy } from './resilience/retry-policy.js';
 import { StateDelivery } from './cloud/state-delivery.js';
 import { STATE_CHANNEL, StateReporter } from './cloud/state-report.js';
 import { TargetStatePoller } from './cloud/target-state.js';

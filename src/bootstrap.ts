@@ -9,6 +9,7 @@ import type { ConfigSource } from './config/fallback.js';
 import { resolveWithLastKnownGood } from './config/last-known-good.js';
 import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResult } from './config/load.js';
 import { defaultConfig, type AgentConfig } from './config/schema.js';
+import { MIGRATIONS } from './database-schema.js';
 import { countCorruptLosses } from './outbox/salvage-losses.js';
 import { Store } from './store/store.js';
 import { TARGET_MIRROR_FILE } from './store/target-mirror.js';
@@ -66,6 +67,7 @@ function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: Conf
       path,
       logger,
       clock: systemClock,
+      migrations: MIGRATIONS,
       synchronous: loaded.ok ? loaded.config.store.synchronous : 'full',
       checkpoint: loaded.ok ? loaded.config.store.checkpoint : 'background',
       exclusive,

@@ -1,7 +1,8 @@
 import { Kick } from '../util/kick.js';
 import { errorMessage } from '../util/errors.js';
-import { CloudError } from './http-client.js';
-import { failureKind, type CloudLoopDeps } from './loop-deps.js';
+import { CloudError } from '../resilience/cloud-error.js';
+import type { CloudLoopDeps } from './loop-deps.js';
+import { failureKind } from '../resilience/outcome.js';
 
 export interface HealthReporterOptions extends CloudLoopDeps {
   health: () => unknown;

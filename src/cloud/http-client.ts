@@ -8,35 +8,7 @@ import { AgentError } from '../util/errors.js';
 import { trustWithDefaults } from '../util/tls-trust.js';
 import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
 import { NETWORK_REASONS } from '../util/network-errors.js';
-
-/**
- * Why a cloud call failed, in the terms the retry logic needs:
- * - `network`: no connection (refused, reset, DNS) — retry with backoff;
- * - `timeout`: no complete answer within `requestTimeoutMs` — retry with backoff;
- * - `http`: an answer with a failing status — retry for 5xx, 408, 429; park for other 4xx.
- */
-export type CloudErrorKind = 'network' | 'timeout' | 'http';
-
-export class CloudError extends AgentError {
-  constructor(
-    readonly kind: CloudErrorKind,
-    message: string,
-    readonly status?: number,
-    /** Lower bound from a `Retry-After` header, in ms. */
-    readonly retryAfterMs?: number,
-    options?: { cause?: unknown },
-  ) {
-    super(kind === 'http' ? `CLOUD_HTTP_${status ?? 0}` : `CLOUD_${kind.toUpperCase()}`, message, options);
-    this.name = 'CloudError';
-  }
-
-  /** Whether trying the same request again later can succeed. */
-  get retryable(): boolean {
-    if (this.kind !== 'http') return true;
-    const s = this.status ?? 0;
-    return s >= 500 || s === 408 || s === 429;
-  }
-}
+import { CloudAnswerRefused, CloudError } from '../resilience/cloud-error.js';
 
 export interface CloudResponse<T = unknown> {
   status: number;
@@ -69,33 +41,6 @@ export interface CloudHttpClientOptions {
   maxResponseBytes?: number;
   /** Deepest JSON nesting parsed; default `limits.maxJsonDepth`'s. */
   maxJsonDepth?: number;
-}
-
-export type CloudAnswerRefusedCode = 'CLOUD_ANSWER_TOO_LARGE' | 'CLOUD_ANSWER_TOO_DEEP';
-
-/**
- * The cloud answered, but with a body over one of the agent's limits: nothing of it is used. An
- * `http` CloudError (the cloud is reachable; retrying at once will not help), with its own code and
- * the answer's headers (the ETag lets a poller remember what it refused).
- */
-export class CloudAnswerRefused extends CloudError {
-  declare readonly code: CloudAnswerRefusedCode;
-  constructor(
-    code: CloudAnswerRefusedCode,
-    message: string,
-    status: number,
-    readonly headers: Record<string, string | string[] | undefined>,
-    readonly setting: string,
-    readonly limit: number,
-  ) {
-    super('http', message, status);
-    (this as { code: string }).code = code;
-    this.name = 'CloudAnswerRefused';
-  }
-
-  override get retryable(): boolean {
-    return false;
-  }
 }
 
 

@@ -1,7 +1,8 @@
 import type { OutboxMessage } from '../outbox/types.js';
 import type { Sink, SinkResult } from '../outbox/flusher.js';
 import { errorMessage } from '../util/errors.js';
-import { CloudError, type CloudHttpClient } from './http-client.js';
+import type { CloudHttpClient } from './http-client.js';
+import { CloudError } from '../resilience/cloud-error.js';
 
 /**
  * A channel whose messages go one by one to an endpoint of their own (state reports to `PATCH …/state`,

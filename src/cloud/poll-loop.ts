@@ -2,8 +2,8 @@ import { errorMessage } from '../util/errors.js';
 import type { Kick } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
-import { CloudAnswerRefused, CloudError } from './http-client.js';
-import type { RetryPolicy } from './retry.js';
+import { CloudAnswerRefused, CloudError } from '../resilience/cloud-error.js';
+import type { RetryPolicy } from '../resilience/retry-policy.js';
 
 export interface PollLoopOptions {
   retry: RetryPolicy;

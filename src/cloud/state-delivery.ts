@@ -1,8 +1,9 @@
 import type { Store } from '../store/store.js';
 import { mergePatch, type Json } from '../util/json-diff.js';
 import { errorMessage } from '../util/errors.js';
-import { CloudError, type CloudHttpClient } from './http-client.js';
-import { failureKind, type OutcomeSink } from './loop-deps.js';
+import type { CloudHttpClient } from './http-client.js';
+import { CloudError } from '../resilience/cloud-error.js';
+import { failureKind, type OutcomeSink } from '../resilience/outcome.js';
 
 const ACKED_KEY = 'report.lastAcked';
 

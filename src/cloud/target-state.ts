@@ -3,11 +3,12 @@ import { errorMessage } from '../util/errors.js';
 import type { Random } from '../util/random.js';
 import { validateTarget, type TargetState, type WorkloadPolicy } from '../workloads/target-schema.js';
 import { pollLoop } from './poll-loop.js';
-import { failureKind, type CloudLoopDeps, type OutcomeSink } from './loop-deps.js';
+import type { CloudLoopDeps } from './loop-deps.js';
+import { failureKind, type OutcomeSink } from '../resilience/outcome.js';
 import type { ConfigIssue } from '../config/issues.js';
 import { Kick, type WakeableSleep } from '../util/kick.js';
 import { LIMIT_DEFAULTS } from '../config/schema.js';
-import { CloudAnswerRefused } from './http-client.js';
+import { CloudAnswerRefused } from '../resilience/cloud-error.js';
 
 export type { OutcomeSink, WakeableSleep };
 

@@ -1,6 +1,7 @@
-import { CloudError, type CloudHttpClient } from '../cloud/http-client.js';
+import type { CloudHttpClient } from '../cloud/http-client.js';
+import { CloudError } from '../resilience/cloud-error.js';
 import type { ChannelDelivery } from '../cloud/http-sink.js';
-import { failureKind, type OutcomeSink } from '../cloud/loop-deps.js';
+import { failureKind, type OutcomeSink } from '../resilience/outcome.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import type { JobUpdatePayload } from './types.js';

@@ -1,5 +1,6 @@
 import { pollLoop } from '../cloud/poll-loop.js';
-import { markRequestFailure, type CloudLoopDeps } from '../cloud/loop-deps.js';
+import type { CloudLoopDeps } from '../cloud/loop-deps.js';
+import { markRequestFailure } from '../resilience/outcome.js';
 import { errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import { Kick } from '../util/kick.js';

@@ -1,6 +1,6 @@
-import type { OutcomeSink } from '../cloud/loop-deps.js';
-import { failureKind } from '../cloud/loop-deps.js';
-import type { RetryPolicy } from '../cloud/retry.js';
+import type { OutcomeSink } from '../resilience/outcome.js';
+import { failureKind } from '../resilience/outcome.js';
+import type { RetryPolicy } from '../resilience/retry-policy.js';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import { Kick } from '../util/kick.js';

@@ -2,7 +2,7 @@ import type { Database, Statement } from 'better-sqlite3';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { OutboxError } from './types.js';
+import { OutboxError } from './errors.js';
 
 /**
  * What the outbox does at each of its limits, per channel, and the account of what it dropped.

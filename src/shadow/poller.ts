@@ -1,4 +1,5 @@
-import { markRequestFailure, type CloudLoopDeps } from '../cloud/loop-deps.js';
+import type { CloudLoopDeps } from '../cloud/loop-deps.js';
+import { markRequestFailure } from '../resilience/outcome.js';
 import { pollLoop } from '../cloud/poll-loop.js';
 import { errorMessage } from '../util/errors.js';
 import { Kick } from '../util/kick.js';

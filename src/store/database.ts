@@ -5,7 +5,7 @@ import type { Clock } from '../util/clock.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { fastCheck } from './integrity.js';
-import { latestVersion, MIGRATIONS, type Migration } from './migrations.js';
+import { latestVersion, type Migration } from './migrations.js';
 import { moveAside, readPendingSalvage, salvageQuarantined, SQLITE_FILES, writePendingSalvage, type QuarantineReport, type SalvageHook } from './quarantine.js';
 
 export interface OpenStoreOptions {
@@ -14,7 +14,8 @@ export interface OpenStoreOptions {
   clock: Pick<Clock, 'now'>;
   /** `full` survives power loss; `normal` survives a process crash only (faster). */
   synchronous?: 'full' | 'normal';
-  migrations?: readonly Migration[];
+  /** The schema, from the layer that knows the parts (the agent's: src/database-schema.ts). */
+  migrations: readonly Migration[];
   /**
    * locking_mode EXCLUSIVE before WAL: SQLite keeps the WAL index in memory and never creates the
    * `-shm` file, which a full disk cannot take. Only one connection may then use the file.
@@ -118,7 +119,7 @@ function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: 
   }
 }
 
-export function migrate(db: Database, migrations: readonly Migration[] = MIGRATIONS): number {
+export function migrate(db: Database, migrations: readonly Migration[]): number {
   const current = db.pragma('user_version', { simple: true }) as number;
   const target = latestVersion(migrations);
   if (current > target) {
@@ -148,7 +149,7 @@ export function migrate(db: Database, migrations: readonly Migration[] = MIGRATI
 export function openDatabase(opts: OpenStoreOptions): OpenedDatabase {
   const { path, logger } = opts;
   const synchronous = opts.synchronous ?? 'full';
-  const migrations = opts.migrations ?? MIGRATIONS;
+  const { migrations } = opts;
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   const pending = readPendingSalvage(path);
   if (pending) return { ...recover(opts, synchronous, migrations, pending.reason, pending.quarantinedTo, pending.at), checked: true };

@@ -84,7 +84,8 @@ export class Store {
     clock: Pick<Clock, 'now'>;
     synchronous?: 'full' | 'normal';
     checkpoint?: 'background' | 'inline';
-    migrations?: readonly Migration[];
+    /** See `OpenStoreOptions.migrations`. */
+    migrations: readonly Migration[];
     /** See `OpenStoreOptions.exclusive`; checkpoints are then inline (the worker's connection could not share the file). */
     exclusive?: boolean;
     /** `background`: a fast check at open, the full one in a child process after (see integrity.ts). */

@@ -6,7 +6,7 @@ import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
 import { hasExited, isActive, planService, resolveTarget, serviceKey, wantsRestart, type ResolvedService, type ServicePlan, type Step } from './planner.js';
-import { RetryManager, type RetryPolicy } from './retry.js';
+import { RetryManager, type RestartBackoffSpec } from './retry.js';
 import { DEFAULT_WORKLOAD_POLICY, type TargetState, type WorkloadPolicy } from './target-schema.js';
 import type { ApplyStatus, Availability, CurrentState, Instance, RuntimeKind, ServiceState, TargetSource, WorkloadRuntime } from './types.js';
 
@@ -35,8 +35,8 @@ export interface ReconcilerOptions {
   /** What the device's local config allows (host mounts, privileged, host network, devices); default: nothing. */
   policy?: Partial<WorkloadPolicy>;
   /** Override the crash-loop and pull backoffs (tests use short ones). */
-  crashBackoff?: Partial<RetryPolicy>;
-  pullBackoff?: Partial<RetryPolicy>;
+  crashBackoff?: Partial<RestartBackoffSpec>;
+  pullBackoff?: Partial<RestartBackoffSpec>;
   /** A pull that has not finished in this time is aborted and backs off; 20 minutes unless told. */
   pullTimeoutMs?: number;
 }

@@ -8,7 +8,8 @@ import type { Random } from '../util/random.js';
  * the next attempt is due and why the last one failed, and never counts one exit twice.
  */
 
-export interface RetryPolicy {
+/** The steps of one escalation (restarts after crashes, image pulls); the cloud loops' is `RetryPolicy`. */
+export interface RestartBackoffSpec {
   minMs: number;
   maxMs: number;
   /** A success resets the escalation only after it lasted this long. */
@@ -20,13 +21,13 @@ export interface RetryPolicy {
  * The kubelet's numbers: 10 s doubling to 5 min, reset after 10 min running. No jitter: restarting
  * a local service costs no one else anything, and people reading the state expect the kubelet's steps.
  */
-export const CRASH_BACKOFF: Readonly<RetryPolicy> = Object.freeze({ minMs: 10_000, maxMs: 300_000, resetAfterMs: 600_000, strategy: 'none' });
+export const CRASH_BACKOFF: Readonly<RestartBackoffSpec> = Object.freeze({ minMs: 10_000, maxMs: 300_000, resetAfterMs: 600_000, strategy: 'none' });
 
 /**
  * Pulls reach a registry, often the fleet's own: equal jitter keeps at least half of each step and
  * spreads a fleet that lost the registry together.
  */
-export const PULL_BACKOFF: Readonly<RetryPolicy> = Object.freeze({ minMs: 10_000, maxMs: 300_000, resetAfterMs: 0, strategy: 'equal' });
+export const PULL_BACKOFF: Readonly<RestartBackoffSpec> = Object.freeze({ minMs: 10_000, maxMs: 300_000, resetAfterMs: 0, strategy: 'equal' });
 
 export interface RetryView {
   /** Failures counted in the current escalation. */
@@ -51,7 +52,7 @@ export class RetryTracker {
   private readonly entries = new Map<string, Entry>();
 
   constructor(
-    readonly policy: Readonly<RetryPolicy>,
+    readonly policy: Readonly<RestartBackoffSpec>,
     private readonly deps: { clock: Pick<Clock, 'monotonic' | 'now'>; random: Random },
   ) {}
 
@@ -145,8 +146,8 @@ export class RetryTracker {
 }
 
 export interface RetryManagerOptions {
-  crash?: Partial<RetryPolicy>;
-  pull?: Partial<RetryPolicy>;
+  crash?: Partial<RestartBackoffSpec>;
+  pull?: Partial<RestartBackoffSpec>;
   clock: Pick<Clock, 'monotonic' | 'now'>;
   random: Random;
 }

@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { openSync, writeSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { Outbox } from '../../src/outbox/outbox.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from './store.js';
 import { systemClock } from '../../src/util/clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Json } from '../../src/util/json-diff.js';

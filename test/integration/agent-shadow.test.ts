@@ -6,7 +6,7 @@ import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { observe } from '../helpers/mqtt.js';
 import { join } from 'node:path';
 import { Shadow } from '../../src/shadow/shadow.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { systemClock } from '../../src/util/clock.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';

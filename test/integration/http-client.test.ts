@@ -1,7 +1,8 @@
 import { createServer, type Server } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
-import { CloudError, CloudHttpClient } from '../../src/cloud/http-client.js';
+import { CloudHttpClient } from '../../src/cloud/http-client.js';
+import { CloudError } from '../../src/resilience/cloud-error.js';
 
 let cloud: DevCloud;
 let client: CloudHttpClient;

@@ -4,7 +4,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Outbox } from '../../src/outbox/outbox.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { systemClock } from '../../src/util/clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { seededRandom } from '../../src/util/random.js';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Outbox } from '../../src/outbox/outbox.js';
 import { isOutboxError } from '../../src/outbox/types.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { systemClock } from '../../src/util/clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { errorMessage } from '../../src/util/errors.js';

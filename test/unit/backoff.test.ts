@@ -11,7 +11,7 @@ import {
   type BackoffStrategy,
 } from '../../src/resilience/backoff.js';
 import { AgentError } from '../../src/util/errors.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 
 const DAY = 24 * 60 * 60 * 1000;

@@ -4,7 +4,7 @@ import { ChannelProbes } from '../../src/resilience/channel-probes.js';
 import { ConnectionMonitor } from '../../src/resilience/connection-monitor.js';
 import type { ConnectFn, ProbeTarget } from '../../src/resilience/probe.js';
 import type { SleepOutcome } from '../../src/resilience/wakeup.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
 import { seededRandom } from '../../src/util/random.js';
 

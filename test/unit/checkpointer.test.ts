@@ -3,7 +3,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SAFETY_FACTOR, WalCheckpointer } from '../../src/store/checkpointer.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 

@@ -7,7 +7,7 @@ import { describeValue, formatIssue, fromZodIssues } from '../../src/config/issu
 import { resolveWithLastKnownGood } from '../../src/config/last-known-good.js';
 import { formatIssues, loadConfig, redactConfig, resolveDataDir } from '../../src/config/load.js';
 import { withReference } from '../../src/config/reference.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 

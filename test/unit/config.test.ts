@@ -6,7 +6,7 @@ import { envKeys, envName } from '../../src/config/env.js';
 import { resolveWithLastKnownGood } from '../../src/config/last-known-good.js';
 import { formatIssues, loadConfig, redactConfig, resolveDataDir } from '../../src/config/load.js';
 import { agentConfigSchema, defaultConfig } from '../../src/config/schema.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 

@@ -9,8 +9,8 @@ import {
   type ConnectionMonitorOptions,
 } from '../../src/resilience/connection-monitor.js';
 import { SqliteOutageLog, type OutageLog } from '../../src/resilience/outage-log.js';
-import { Store } from '../../src/store/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { Store } from '../helpers/store.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 const HOUR = 60 * 60 * 1000;

@@ -8,7 +8,7 @@ import {
   type DegradationControllerOptions,
   type ModeEvent,
 } from '../../src/resilience/degradation.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
 import { seededRandom } from '../../src/util/random.js';
 import { FakeStatus } from '../helpers/fake-status.js';

@@ -1,14 +1,14 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CloudError } from '../../src/cloud/http-client.js';
-import { RetryPolicy } from '../../src/cloud/retry.js';
+import { CloudError } from '../../src/resilience/cloud-error.js';
+import { RetryPolicy } from '../../src/resilience/retry-policy.js';
 import { Flusher, type FlusherOptions, type Sink, type SinkResult } from '../../src/outbox/flusher.js';
 import { Outbox } from '../../src/outbox/outbox.js';
 import type { OutboxMessage } from '../../src/outbox/types.js';
 import { Backoff } from '../../src/resilience/backoff.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
-import { Store } from '../../src/store/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { Store } from '../helpers/store.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { seededRandom } from '../../src/util/random.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';

@@ -3,7 +3,8 @@ import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
 import mqttPacket from 'mqtt-packet';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CloudAnswerRefused, CloudHttpClient } from '../../src/cloud/http-client.js';
+import { CloudHttpClient } from '../../src/cloud/http-client.js';
+import { CloudAnswerRefused } from '../../src/resilience/cloud-error.js';
 import { jsonDeeperThan, valueDeeperThan } from '../../src/util/json-limits.js';
 import { MqttFrameScanner } from '../../src/util/mqtt-frames.js';
 

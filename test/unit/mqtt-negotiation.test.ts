@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { classifyRefusal, PROTOCOL_KV_KEY, ProtocolNegotiator, RETRY_MQTT5_AFTER_CLOSES_MS, RETRY_MQTT5_AFTER_MS, type ProtocolSetting } from '../../src/mqtt/negotiation.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
 
 const BROKER = 'mqtt://broker.example.test:1883';

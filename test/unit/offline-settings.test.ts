@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { defaultConfig, type AgentConfig } from '../../src/config/schema.js';
 import { flusherSettings, outboxSettings } from '../../src/outbox/policy.js';
 import { backoffFromSettings } from '../../src/resilience/backoff.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 
 /**

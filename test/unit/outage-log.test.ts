@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SqliteOutageLog } from '../../src/resilience/outage-log.js';
-import { Store } from '../../src/store/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { Store } from '../helpers/store.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 

@@ -12,7 +12,7 @@ import {
 } from '../../src/resilience/probe.js';
 import { Wakeup, type SleepOutcome } from '../../src/resilience/wakeup.js';
 import type { AgentError } from '../../src/util/errors.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
 import { seededRandom } from '../../src/util/random.js';
 import { FakeStatus } from '../helpers/fake-status.js';

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { CloudError } from '../../src/cloud/http-client.js';
-import { RetryPolicy } from '../../src/cloud/retry.js';
+import { CloudError } from '../../src/resilience/cloud-error.js';
+import { RetryPolicy } from '../../src/resilience/retry-policy.js';
 import { Backoff } from '../../src/resilience/backoff.js';
 import { Kick } from '../../src/util/kick.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 
 function setup(floor = 0) {

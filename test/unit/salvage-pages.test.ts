@@ -5,7 +5,7 @@ import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PageFile, readWal } from '../../src/store/page-file.js';
 import { salvageInto, type SalvageReport } from '../../src/store/salvage.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 

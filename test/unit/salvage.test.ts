@@ -3,9 +3,9 @@ import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, 
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MIGRATIONS } from '../../src/store/migrations.js';
+import { MIGRATIONS } from '../../src/database-schema.js';
 import { KEEP_QUARANTINED, pendingMarkerPath, QUARANTINE_KV_KEY, type QuarantineReport } from '../../src/store/quarantine.js';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 

@@ -1,10 +1,11 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CloudError, type CloudRequest } from '../../src/cloud/http-client.js';
+import type { CloudRequest } from '../../src/cloud/http-client.js';
+import { CloudError } from '../../src/resilience/cloud-error.js';
 import { StateDelivery } from '../../src/cloud/state-delivery.js';
 import { StateReporter } from '../../src/cloud/state-report.js';
-import { Store } from '../../src/store/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { Store } from '../helpers/store.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import type { Json } from '../../src/util/json-diff.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';

@@ -3,8 +3,8 @@ import { closeSync, existsSync, openSync, readdirSync, rmSync, statSync, utimesS
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { migrate } from '../../src/store/database.js';
-import { latestVersion, MIGRATIONS, type Migration } from '../../src/store/migrations.js';
-import { Store } from '../../src/store/store.js';
+import type { Migration } from '../../src/store/migrations.js';
+import { latestVersion, MIGRATIONS, Store } from '../helpers/store.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 

@@ -2,7 +2,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Store } from '../../src/store/store.js';
+import { Store } from '../helpers/store.js';
 import { TARGET_MIRROR_FILE } from '../../src/store/target-mirror.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';

@@ -1,12 +1,13 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CloudAnswerRefused, CloudError, type CloudRequest, type CloudResponse } from '../../src/cloud/http-client.js';
-import { RetryPolicy } from '../../src/cloud/retry.js';
+import type { CloudRequest, CloudResponse } from '../../src/cloud/http-client.js';
+import { CloudAnswerRefused, CloudError } from '../../src/resilience/cloud-error.js';
+import { RetryPolicy } from '../../src/resilience/retry-policy.js';
 import { TargetStatePoller, type TargetRejection } from '../../src/cloud/target-state.js';
 import { Backoff } from '../../src/resilience/backoff.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
-import { Store } from '../../src/store/store.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { Store } from '../helpers/store.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 import type { TargetState } from '../../src/workloads/target-schema.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';

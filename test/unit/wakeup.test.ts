@@ -2,7 +2,7 @@ import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { Wakeup, type SleepOutcome } from '../../src/resilience/wakeup.js';
 import { isAbortError } from '../../src/util/clock.js';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 
 function track(clock: FakeClock, p: Promise<SleepOutcome>): { outcome?: SleepOutcome; at?: number; error?: unknown } {

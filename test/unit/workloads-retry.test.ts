@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { FakeClock } from '../../src/util/fake-clock.js';
+import { FakeClock } from '../helpers/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 import { Reconciler } from '../../src/workloads/reconciler.js';
 import { CRASH_BACKOFF, RetryTracker } from '../../src/workloads/retry.js';

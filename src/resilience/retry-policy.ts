@@ -1,7 +1,7 @@
-import type { Backoff } from '../resilience/backoff.js';
 import type { Clock } from '../util/clock.js';
 import { Kick, type WakeableSleep } from '../util/kick.js';
-import { CloudError } from './http-client.js';
+import type { Backoff } from './backoff.js';
+import { CloudError } from './cloud-error.js';
 
 /** What the policy needs of a backoff: the project's `Backoff` (the fleet benchmark adapts the seed's formula). */
 export type RetryBackoff = Pick<Backoff, 'failure' | 'success' | 'reset' | 'holdRemainingMs'>;

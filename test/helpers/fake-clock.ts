@@ -1,4 +1,4 @@
-import { abortError, type Clock } from './clock.js';
+import { abortError, type Clock } from '../../src/util/clock.js';
 
 interface Sleeper {
   due: number;

@@ -1,0 +1,22 @@
+import type { FailureKind } from './connection-monitor.js';
+import { CloudAnswerRefused, CloudError } from './cloud-error.js';
+
+/** What the loops need of the connection monitor: every request's outcome. */
+export interface OutcomeSink {
+  markSuccess(channel: string, operation: string): void;
+  markFailure(channel: string, operation: string, error: string, kind?: FailureKind): void;
+}
+
+/** A transport failure (no connection, timeout) or an answer (the cloud said 5xx, 4xx). */
+export function failureKind(err: unknown): FailureKind {
+  return err instanceof CloudError && err.kind === 'http' ? 'answer' : 'transport';
+}
+
+/**
+ * Tells the monitor how a request ended in failure. An answer refused for its size or depth
+ * (limits.*) came from a cloud that is reachable: it must never take the channel offline.
+ */
+export function markRequestFailure(monitor: OutcomeSink, operation: string, err: unknown): void {
+  if (err instanceof CloudAnswerRefused) monitor.markSuccess('api', operation);
+  else monitor.markFailure('api', operation, err instanceof Error ? err.message : String(err), failureKind(err));
+}
