@@ -10,6 +10,7 @@ import { resolveWithLastKnownGood } from './config/last-known-good.js';
 import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResult } from './config/load.js';
 import { defaultConfig, type AgentConfig } from './config/schema.js';
 import { MIGRATIONS } from './database-schema.js';
+import { COUNTER_MIRROR_FILE, restoreCounters } from './outbox/counter-mirror.js';
 import { countCorruptLosses } from './outbox/salvage-losses.js';
 import { Store } from './store/store.js';
 import { TARGET_MIRROR_FILE } from './store/target-mirror.js';
@@ -73,8 +74,12 @@ function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: Conf
       exclusive,
       // The full check reads every page: it runs once the agent is up (Agent.start), so a start stays short.
       integrityCheck: 'background',
-      // Messages lost with a corrupt database become the outbox's `corrupt` drops, per channel.
-      onSalvaged: (db, salvage) => void countCorruptLosses(db, salvage, logger),
+      // The outbox's counters come back from their copy if the damage took them; then the messages
+      // lost with the corrupt database become its `corrupt` drops, per channel.
+      onSalvaged: (db, salvage) => {
+        restoreCounters(db, join(dirname(path), COUNTER_MIRROR_FILE), logger);
+        countCorruptLosses(db, salvage, logger);
+      },
       targetMirror: join(dirname(path), TARGET_MIRROR_FILE),
     });
   disk.releaseIfFull();
