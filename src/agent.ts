@@ -111,14 +111,14 @@ export class Agent {
 
 /** Builds the parts, each factory given what the earlier ones built. */
 function assemble(deps: AgentDeps): AgentParts {
-  const core = buildCore(deps);
+  const core = buildCore(deps, AGENT_VERSION);
   const workloads = buildWorkloads(core);
   const queueing = buildQueueing(core, workloads.settings);
   const shadow = buildShadow(core, queueing);
   const localBroker = buildLocalBroker(core, queueing.ingest, shadow?.shadow);
   const mqtt = buildMqtt(core, queueing);
-  const { configSource, clock, monitor, degradation } = core;
-  const status = new AgentStatus({ configSource, clock, monitor, reconciler: workloads.reconciler, outbox: queueing.outbox, degradation, mqtt });
+  const { version, configSource, clock, monitor, degradation } = core;
+  const status = new AgentStatus({ version, configSource, clock, monitor, reconciler: workloads.reconciler, outbox: queueing.outbox, degradation, mqtt });
   const cloud = buildCloud(core, { workloads, queueing, status, shadow: shadow?.shadow });
   // Local mode: a target set is reported; a cleared one makes the cloud's fetched at once.
   const localTarget = buildLocalTarget(core, workloads, { set: () => cloud?.reporter.markDirty(), cleared: () => cloud?.poller.pollNow() });

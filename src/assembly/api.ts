@@ -2,7 +2,6 @@ import type { Registry } from 'prom-client';
 import { createMetrics } from '../api/metrics.js';
 import type { ApiView } from '../api/server.js';
 import { configView } from '../config/fallback.js';
-import { AGENT_VERSION } from '../version.js';
 import { jobsView, queueView, shadowSummary, stateView } from '../views/api-views.js';
 import type { AgentParts } from './parts.js';
 
@@ -12,7 +11,7 @@ export function buildApiView(p: AgentParts): ApiView {
   const { config, loops, store } = core;
   const shadow = p.shadow?.shadow;
   return {
-    version: AGENT_VERSION,
+    version: core.version,
     uuid: core.uuid,
     loops: () => loops.status(),
     healthy: () => loops.healthy(),

@@ -13,7 +13,6 @@ import { MQTT_CHANNELS } from '../mqtt/sink.js';
 import { ShadowDesiredPoller } from '../shadow/poller.js';
 import type { Shadow } from '../shadow/shadow.js';
 import type { AgentStatus } from '../views/agent-status.js';
-import { AGENT_VERSION } from '../version.js';
 import type { Core } from './core.js';
 import { buildJobs } from './jobs.js';
 import { addFlusher, type Queueing } from './outbox.js';
@@ -83,7 +82,7 @@ function buildHttpClient(core: Core, baseUrl: string): CloudHttpClient {
     timeoutMs: config.cloud.requestTimeoutMs,
     clock,
     ...(config.cloud.caFile ? { caFile: config.cloud.caFile } : {}),
-    userAgent: `iotistic-agent/${AGENT_VERSION}`,
+    userAgent: `iotistic-agent/${core.version}`,
     maxResponseBytes: config.limits.maxCloudResponseBytes,
     maxJsonDepth: config.limits.maxJsonDepth,
   });

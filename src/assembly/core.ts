@@ -45,6 +45,8 @@ export interface Core {
   disk: DataDirDisk | undefined;
   uuid: string;
   localKey: string;
+  /** This agent's version (in reports, the API, the user agent). */
+  version: string;
   loops: LoopRunner;
   ids: IdGenerator;
   monitor: ConnectionMonitor;
@@ -54,7 +56,7 @@ export interface Core {
   retryFor(channel: SinkChannel): RetryPolicy;
 }
 
-export function buildCore(deps: AgentDeps): Core {
+export function buildCore(deps: AgentDeps, version: string): Core {
   const { config, store, logger } = deps;
   const clock = deps.clock ?? systemClock;
   const random = deps.random ?? systemRandom;
@@ -96,6 +98,7 @@ export function buildCore(deps: AgentDeps): Core {
     disk: deps.disk,
     uuid: config.device.uuid ?? deps.identity.uuid,
     localKey: config.api.localApiKey ?? deps.identity.localApiKey,
+    version,
     loops,
     ids,
     monitor,

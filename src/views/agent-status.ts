@@ -4,13 +4,13 @@ import type { DegradationController } from '../resilience/degradation.js';
 import type { Outbox } from '../outbox/outbox.js';
 import type { Clock } from '../util/clock.js';
 import type { Json } from '../util/json-diff.js';
-import { AGENT_VERSION } from '../version.js';
 import type { Reconciler } from '../workloads/reconciler.js';
 
 /** `GET /v2/connection` and the health report: the monitor's health with the queue, the mode, MQTT. */
 export type ConnectionView = ConnectionHealth & { degradation: { mode: string; since: number | null }; mqtt: unknown };
 
 export interface AgentStatusParts {
+  version: string;
   configSource: ConfigSource;
   clock: Pick<Clock, 'now'>;
   monitor: Pick<ConnectionMonitor, 'health'>;
@@ -40,7 +40,7 @@ export class AgentStatus {
       JSON.stringify({
         ...workloads,
         connection: { status: health.status, offlineSince: health.offlineSince },
-        agent: { version: AGENT_VERSION },
+        agent: { version: this.p.version },
       }),
     ) as Json;
   }
