@@ -22,6 +22,8 @@ const LAYERS = [
   'jobs', //       cloud jobs: poller, runner, handlers
   'shadow', //     the device shadow
   'api', //        the local HTTP API and dashboard
+  'views', //      what status, the API and the dashboard show, computed from the parts' public methods
+  'assembly', //   the factories agent.ts wires the parts with, one per concern
 ];
 
 /**

@@ -17,7 +17,7 @@ function isShadowError(err: unknown): err is ShadowError {
 }
 import type { Json } from '../util/json-diff.js';
 
-/** What the local API shows and controls; `agent.ts` provides it. */
+/** What the local API shows and controls; `assembly/api.ts` builds it from the agent's parts. */
 export interface ApiView {
   version: string;
   uuid: string;

@@ -240,4 +240,68 @@ describe('a corrupt database is salvaged and reported', () => {
   it('the same when a clean close vouched for the damaged file: a read failing in use starts the check', () => damagedWhileStopped(true), 90_000);
 
   it("the outbox's interior pages overwritten: the leaves under them are read page by page, nothing is lost", () => interiorDamaged(), 90_000);
+
+  it('the page of the outbox counters overwritten: the drops counted before come back from their copy', () => countersDamaged(), 90_000);
 });
+
+/** Overwrites every page of one table (and of its indexes) with garbage. */
+function damageTable(path: string, table: string): number {
+  const db = new BetterSqlite3(path, { readonly: true });
+  const pages = (db.prepare('SELECT pageno FROM dbstat WHERE name = ? OR name IN (SELECT name FROM sqlite_master WHERE type = \'index\' AND tbl_name = ?)').all(table, table) as { pageno: number }[]).map((r) => r.pageno);
+  db.close();
+  expect(pages.length).toBeGreaterThan(0);
+  const fd = openSync(path, 'r+');
+  for (const p of pages) writeSync(fd, Buffer.alloc(PAGE, 0x3c), 0, PAGE, (p - 1) * PAGE);
+  closeSync(fd);
+  return pages.length;
+}
+
+/**
+ * The drops the outbox had counted (here: the oldest messages dropped at a full queue) live in one small
+ * table; damage to its page must not erase them, or a device that lost nothing unaccounted would look as
+ * if it had. They come back from `outbox-counters.json`.
+ */
+async function countersDamaged(): Promise<void> {
+  const dev = { uuid: `salvage-${process.pid}-c`, apiKey: 'salvage-key-0123456789abcdef' };
+  cloud.admin.createDevice(dev);
+  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  const dataDir = dirs.make();
+  const port = await freePort();
+  const config = {
+    device: dev,
+    api: { port },
+    cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+    features: { metrics: false },
+    settings: {
+      pollIntervalMs: 60_000, reportIntervalMs: 500,
+      offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, maxQueueSize: 100, onLimit: { count: 'drop-oldest' } },
+    },
+  };
+  await cloud.admin.setFaults({ refuse: true });
+  const first = await spawnAgent({ dataDir, config });
+  agents.push(first);
+  for (let b = 0; b < 3; b++) {
+    const r = await first.send('POST', '/v2/telemetry', Array.from({ length: 50 }, (_, i) => ({ stream: 'temp', payload: { b, i } })));
+    expect(r.status).toBe(202);
+  }
+  type Queue = { channels: Record<string, { drops: Record<string, number> }> };
+  const dropsBefore = ((await first.get('/v2/queue')).body as Queue).channels['telemetry']!.drops;
+  expect(dropsBefore['count']).toBeGreaterThanOrEqual(50);
+  expect((await first.stop()).code).toBe(0);
+  const copy = join(dataDir, 'outbox-counters.json');
+  expect(statSync(copy).mode & 0o777).toBe(0o600);
+
+  damageTable(join(dataDir, 'agent.db'), 'outbox_counters');
+  const second = await spawnAgent({ dataDir, config });
+  agents.push(second);
+  const d = await waitFor('the quarantine and salvage', async () => {
+    const v = await databaseView(second);
+    return v.quarantinedThisStart ? v : undefined;
+  }, 30_000, 200);
+  expect(d.quarantine!.tables['outbox_counters']?.recovered ?? 0).toBe(0);
+  const after = ((await second.get('/v2/queue')).body as Queue).channels['telemetry']!.drops;
+  expect(after['count']).toBe(dropsBefore['count']);
+  expect(second.records().some((r) => /^outbox: \d+ counters lost with the damaged database were taken back from .*outbox-counters\.json$/.test(String(r.msg)))).toBe(true);
+  const metrics = (await second.get('/metrics')).body as string;
+  expect(metrics).toContain(`iotistic_queue_drops_total{channel="telemetry",reason="count"} ${dropsBefore['count']}`);
+}

@@ -1,0 +1,102 @@
+import { HealthReporter } from '../cloud/health-report.js';
+import { CloudHttpClient } from '../cloud/http-client.js';
+import { HttpSink } from '../cloud/http-sink.js';
+import type { CloudLoopDeps } from '../cloud/loop-deps.js';
+import { StateDelivery } from '../cloud/state-delivery.js';
+import { STATE_CHANNEL, StateReporter } from '../cloud/state-report.js';
+import { TargetStatePoller } from '../cloud/target-state.js';
+import { JobUpdateDelivery } from '../jobs/delivery.js';
+import type { JobPoller } from '../jobs/poller.js';
+import type { JobRunner } from '../jobs/runner.js';
+import { JOBS_CHANNEL } from '../jobs/types.js';
+import { MQTT_CHANNELS } from '../mqtt/sink.js';
+import { ShadowDesiredPoller } from '../shadow/poller.js';
+import type { Shadow } from '../shadow/shadow.js';
+import type { AgentStatus } from '../views/agent-status.js';
+import type { Core } from './core.js';
+import { buildJobs } from './jobs.js';
+import { addFlusher, type Queueing } from './outbox.js';
+import type { Workloads } from './workloads.js';
+
+/** Everything that talks to the device API over HTTP (`cloud.apiUrl`). */
+export interface CloudParts {
+  http: CloudHttpClient;
+  poller: TargetStatePoller;
+  reporter: StateReporter;
+  health: HealthReporter;
+  jobs: { runner: JobRunner; poller: JobPoller } | undefined;
+  shadowPoller: ShadowDesiredPoller | undefined;
+}
+
+export interface CloudNeeds {
+  workloads: Workloads;
+  queueing: Queueing;
+  status: AgentStatus;
+  shadow: Shadow | undefined;
+}
+
+export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefined {
+  const { config, store, random, logger } = core;
+  const apiUrl = config.cloud.apiUrl;
+  if (!apiUrl) return undefined;
+  const { workloads, queueing, status } = needs;
+  const http = buildHttpClient(core, apiUrl);
+  // What every cloud loop is built with; each gets a retry policy (a backoff) of its own.
+  const cloudLoop = (part: string): CloudLoopDeps => ({ http, uuid: core.uuid, monitor: core.monitor, retry: core.retryFor('api'), clock: core.clock, logger: logger.child({ part }) });
+  const reporter = new StateReporter({
+    outbox: queueing.outbox,
+    clock: core.clock,
+    logger: logger.child({ part: 'state-report' }),
+    intervalMs: () => workloads.settings().reportIntervalMs,
+    current: () => status.currentState(),
+  });
+  const poller = new TargetStatePoller({
+    ...cloudLoop('target-state'),
+    store,
+    random,
+    pollIntervalMs: () => workloads.settings().pollIntervalMs,
+    policy: workloads.policy,
+    maxTargetBytes: config.limits.maxTargetBytes,
+    onTarget: (t) => {
+      workloads.targets.set(t);
+      reporter.markDirty();
+    },
+    onRejected: () => reporter.markDirty(),
+  });
+  const health = new HealthReporter({ ...cloudLoop('health-report'), health: () => ({ ...status.connectionHealth(), config: status.configStatus() }) });
+  const jobs = config.features.jobs ? buildJobs(core, { loop: cloudLoop('jobs'), outbox: queueing.outbox, poller, reconciler: workloads.reconciler }) : undefined;
+  // Without MQTT the shadow's desired state is polled over HTTP; with it, it arrives retained.
+  const shadowPoller =
+    needs.shadow && !config.mqtt.url
+      ? new ShadowDesiredPoller({ ...cloudLoop('shadow'), random, shadow: needs.shadow, pollIntervalMs: () => workloads.settings().pollIntervalMs })
+      : undefined;
+  addHttpFlusher(core, queueing, http);
+  return { http, poller, reporter, health, jobs, shadowPoller };
+}
+
+function buildHttpClient(core: Core, baseUrl: string): CloudHttpClient {
+  const { config, clock } = core;
+  return new CloudHttpClient({
+    baseUrl,
+    ...(config.device.apiKey ? { apiKey: config.device.apiKey } : {}),
+    timeoutMs: config.cloud.requestTimeoutMs,
+    clock,
+    ...(config.cloud.caFile ? { caFile: config.cloud.caFile } : {}),
+    userAgent: `iotistic-agent/${core.version}`,
+    maxResponseBytes: config.limits.maxCloudResponseBytes,
+    maxJsonDepth: config.limits.maxJsonDepth,
+  });
+}
+
+/**
+ * With MQTT, the channels it carries go to the broker; everything else (and all of it without MQTT)
+ * goes to the device API: state reports and job updates each to an endpoint of their own.
+ */
+function addHttpFlusher(core: Core, q: Queueing, http: CloudHttpClient): void {
+  const { config, store, monitor, uuid } = core;
+  const sink = new HttpSink(http, uuid, config.mqtt.url ? MQTT_CHANNELS : undefined, {
+    [STATE_CHANNEL]: new StateDelivery(http, uuid, store, monitor),
+    [JOBS_CHANNEL]: new JobUpdateDelivery(http, uuid, monitor),
+  });
+  addFlusher(core, q, sink);
+}

@@ -1,0 +1,109 @@
+import type { DataDirDisk } from '../boot/disk.js';
+import type { Identity } from '../boot/identity.js';
+import { RetryPolicy } from '../resilience/retry-policy.js';
+import type { ConfigSource } from '../config/fallback.js';
+import type { AgentConfig } from '../config/schema.js';
+import { backoffFromSettings } from '../resilience/backoff.js';
+import { ChannelProbes } from '../resilience/channel-probes.js';
+import { ConnectionMonitor } from '../resilience/connection-monitor.js';
+import { DegradationController } from '../resilience/degradation.js';
+import { SqliteOutageLog } from '../resilience/outage-log.js';
+import { isCorruptionError } from '../store/integrity.js';
+import type { Store } from '../store/store.js';
+import { systemClock, type Clock } from '../util/clock.js';
+import { errorMessage } from '../util/errors.js';
+import { IdGenerator } from '../util/ids.js';
+import type { Logger } from '../util/logger.js';
+import { LoopRunner } from '../util/loops.js';
+import { systemRandom, type Random } from '../util/random.js';
+import type { SinkChannel } from './flusher-router.js';
+
+export interface AgentDeps {
+  config: AgentConfig;
+  store: Store;
+  logger: Logger;
+  clock?: Clock;
+  random?: Random;
+  /** Where the config came from (the file, or the last-known-good copy and why). Default: the file. */
+  configSource?: ConfigSource;
+  /** The device's own identity (identity.json); a configured `device.uuid` / `api.localApiKey` wins. */
+  identity: Identity;
+  /** The data dir's disk state and reserve, checked in a loop and shown in the API and metrics. */
+  disk?: DataDirDisk;
+  /** After the store is closed (the data dir lock is released here). */
+  onStopped?: () => void;
+}
+
+/** What every part is built with: the deps, defaults filled in, and the connection's watchers. */
+export interface Core {
+  config: AgentConfig;
+  store: Store;
+  logger: Logger;
+  clock: Clock;
+  random: Random;
+  configSource: ConfigSource;
+  disk: DataDirDisk | undefined;
+  uuid: string;
+  localKey: string;
+  /** This agent's version (in reports, the API, the user agent). */
+  version: string;
+  loops: LoopRunner;
+  ids: IdGenerator;
+  monitor: ConnectionMonitor;
+  probes: ChannelProbes;
+  degradation: DegradationController;
+  /** A retry policy of its own (a backoff) for a loop whose requests go over `channel`. */
+  retryFor(channel: SinkChannel): RetryPolicy;
+}
+
+export function buildCore(deps: AgentDeps, version: string): Core {
+  const { config, store, logger } = deps;
+  const clock = deps.clock ?? systemClock;
+  const random = deps.random ?? systemRandom;
+  const offline = config.settings.offline;
+  // A loop that fails on a damaged page makes the store check the whole file.
+  const loops = new LoopRunner({ logger, clock, onFailure: (_name, err) => isCorruptionError(err) && store.suspectCorruption(errorMessage(err)) });
+  const ids = new IdGenerator(() => clock.now());
+  const monitor = new ConnectionMonitor({
+    clock,
+    offlineAfterFailures: offline.offlineAfterFailures,
+    outageLog: new SqliteOutageLog(store),
+    channels: [...(config.cloud.apiUrl ? ['api'] : []), ...(config.mqtt.url ? ['mqtt'] : [])],
+    logger: logger.child({ part: 'connection' }),
+  });
+  // Each channel is probed and woken on its own: the API down while MQTT works is still probed.
+  const endpoints = { ...(config.cloud.apiUrl ? { api: config.cloud.apiUrl } : {}), ...(config.mqtt.url ? { mqtt: config.mqtt.url } : {}) };
+  const probes = new ChannelProbes({ monitor, endpoints, clock, random, logger, maxIntervalMs: offline.probeMaxIntervalSeconds * 1000 });
+  const degradation = new DegradationController({
+    status: monitor,
+    clock,
+    random,
+    logger,
+    enabled: offline.enableGracefulDegradation,
+    thresholdMs: offline.offlineThresholdSeconds * 1000,
+  });
+  // Offline for want of a connection, the probe's handshakes are the way back; the loops' own
+  // requests slow to one per offlineRetryIntervalSeconds so a returning cloud is not met by them.
+  const offlineFloorMs = (channel: SinkChannel) => (): number =>
+    monitor.channelStatus(channel) === 'offline' && monitor.lastFailureKind(channel) === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
+  const retryFor = (channel: SinkChannel): RetryPolicy =>
+    new RetryPolicy({ backoff: backoffFromSettings(offline, { clock, random }), sleeper: probes.wakeup(channel), clock, floorMs: offlineFloorMs(channel) });
+  return {
+    config,
+    store,
+    logger,
+    clock,
+    random,
+    configSource: deps.configSource ?? { source: 'file', file: null },
+    disk: deps.disk,
+    uuid: config.device.uuid ?? deps.identity.uuid,
+    localKey: config.api.localApiKey ?? deps.identity.localApiKey,
+    version,
+    loops,
+    ids,
+    monitor,
+    probes,
+    degradation,
+    retryFor,
+  };
+}

@@ -1,0 +1,37 @@
+import type { Clock } from '../util/clock.js';
+import type { AgentParts } from './parts.js';
+
+/** Starts every loop of the agent under its LoopRunner, in the order they have always started. */
+export function startLoops(p: AgentParts): void {
+  const { core, workloads, queueing, mqtt, cloud } = p;
+  const { loops, clock, disk } = core;
+  loops.start('reconciler', (s) => workloads.reconciler.run(s));
+  for (const f of queueing.flushers.all) loops.start(`flush-${f.stats().sink}`, (s) => f.run(s));
+  if (mqtt) loops.start('mqtt', (s) => mqtt.start(s));
+  const sampler = queueing.sampler;
+  if (sampler) loops.start('metrics', (s) => sampler.run(s));
+  // TTLs lapse whether or not anything is enqueued or sent.
+  loops.start('outbox-expiry', every(clock, 60_000, () => queueing.outbox.expire()));
+  if (disk) {
+    disk.check();
+    loops.start('disk', every(clock, 5_000, () => disk.check()));
+  }
+  if (!cloud) return;
+  loops.start('target-state', (s) => cloud.poller.run(s));
+  const jobs = cloud.jobs;
+  if (jobs) loops.start('jobs', (s) => jobs.poller.run(s));
+  const shadowPoller = cloud.shadowPoller;
+  if (shadowPoller) loops.start('shadow-desired', (s) => shadowPoller.run(s));
+  loops.start('state-report', (s) => cloud.reporter.run(s));
+  loops.start('health-report', (s) => cloud.health.run(s));
+}
+
+/** A loop that calls `tick` every `ms` until its signal aborts. */
+function every(clock: Pick<Clock, 'sleep'>, ms: number, tick: () => unknown): (signal: AbortSignal) => Promise<void> {
+  return async (s) => {
+    while (!s.aborted) {
+      await clock.sleep(ms, s).catch(() => undefined);
+      if (!s.aborted) tick();
+    }
+  };
+}

@@ -1,0 +1,39 @@
+import { MqttSession } from '../mqtt/session.js';
+import { MqttSink } from '../mqtt/sink.js';
+import { backoffFromSettings } from '../resilience/backoff.js';
+import type { Shadow } from '../shadow/shadow.js';
+import type { Core } from './core.js';
+import { addFlusher, type Queueing } from './outbox.js';
+
+/** The MQTT session (`mqtt.url`) and the flusher that publishes the channels it carries. */
+export function buildMqtt(core: Core, q: Queueing): MqttSession | undefined {
+  const { config, store, monitor, probes, clock, random, logger } = core;
+  if (!config.mqtt.url) return undefined;
+  const mqtt = new MqttSession({
+    config: { mqtt: config.mqtt, uuid: core.uuid, apiKey: config.device.apiKey, limits: config.limits },
+    store,
+    monitor,
+    backoff: backoffFromSettings(config.settings.offline, { clock, random }),
+    wakeup: probes.wakeup('mqtt'),
+    clock,
+    random,
+    logger: logger.child({ part: 'mqtt' }),
+  });
+  addFlusher(core, q, new MqttSink(mqtt));
+  return mqtt;
+}
+
+/** What the cloud pushes over MQTT: notifies that cut a poll's wait short, the shadow's desired state. */
+export interface MqttRoutes {
+  pollTarget(): void;
+  pollJobs(): void;
+  shadow: Pick<Shadow, 'applyCloudDesired'> | undefined;
+}
+
+export function routeMqttMessages(mqtt: Pick<MqttSession, 'on'>, to: MqttRoutes): void {
+  mqtt.on('message', (m) => {
+    if (m.kind === 'target-notify') to.pollTarget();
+    else if (m.kind === 'jobs-notify') to.pollJobs();
+    else if (m.kind === 'shadow-desired') to.shadow?.applyCloudDesired(m.payload);
+  });
+}

@@ -1,0 +1,70 @@
+import type { HttpSink } from '../cloud/http-sink.js';
+import type { AgentConfig } from '../config/schema.js';
+import type { MqttSink } from '../mqtt/sink.js';
+import { MetricsBuffer } from '../outbox/downsample.js';
+import { Flusher } from '../outbox/flusher.js';
+import { Outbox } from '../outbox/outbox.js';
+import { flusherSettings, outboxSettings } from '../outbox/policy.js';
+import { TelemetryIngest } from '../telemetry/ingest.js';
+import { MetricsSampler } from '../telemetry/sampler.js';
+import { SystemMetrics } from '../telemetry/system-metrics.js';
+import type { Core } from './core.js';
+import { EventLog } from './events.js';
+import { FlusherRouter } from './flusher-router.js';
+
+/** The outbox and what writes to it or drains it. */
+export interface Queueing {
+  outbox: Outbox;
+  /** The flushers (one per sink), woken by the outbox's commits and their channel's return. */
+  flushers: FlusherRouter;
+  events: EventLog;
+  ingest: TelemetryIngest;
+  sampler: MetricsSampler | undefined;
+}
+
+export function buildQueueing(core: Core, settings: () => AgentConfig['settings']): Queueing {
+  const { config, store, clock, ids, logger, disk } = core;
+  const offline = config.settings.offline;
+  const flushers = new FlusherRouter();
+  // Everything bound for the cloud waits here, on disk, until a sink has delivered it.
+  const outbox = new Outbox({ store, clock, ids, logger: logger.child({ part: 'outbox' }), ...outboxSettings(offline), onCommit: () => flushers.committed() });
+  const enabled = offline.enableQueue;
+  return {
+    outbox,
+    flushers,
+    events: new EventLog({ enabled, outbox, logger }),
+    ingest: new TelemetryIngest({ enabled, outbox, ...(disk ? { diskRefusal: () => disk.refusal() } : {}) }),
+    sampler: buildSampler(core, outbox, settings),
+  };
+}
+
+/** System metrics, sampled and downsampled into the outbox; the first feature shed when degraded. */
+function buildSampler(core: Core, outbox: Outbox, settings: () => AgentConfig['settings']): MetricsSampler | undefined {
+  const { config, clock, logger, degradation } = core;
+  const offline = config.settings.offline;
+  if (!config.features.metrics || !offline.enableQueue) return undefined;
+  const sampler = new MetricsSampler({
+    metrics: new SystemMetrics({ dataDir: config.dataDir }),
+    buffer: new MetricsBuffer({ outbox, maxSamples: offline.maxOfflineMetricsBuffer, logger: logger.child({ part: 'metrics' }) }),
+    clock,
+    logger: logger.child({ part: 'metrics' }),
+    intervalMs: () => settings().metricsIntervalMs,
+  });
+  degradation.register(sampler, { order: 10 });
+  return sampler;
+}
+
+/** A flusher that drains the outbox into `sink`, with a retry policy of its own on the sink's channel. */
+export function addFlusher(core: Core, q: Queueing, sink: HttpSink | MqttSink): Flusher {
+  const { config, monitor, clock, logger } = core;
+  const flusher = new Flusher({
+    outbox: q.outbox,
+    sink,
+    monitor,
+    retry: core.retryFor(sink.monitorChannel),
+    clock,
+    logger: logger.child({ part: `flush-${sink.name}` }),
+    ...flusherSettings(config.settings.offline),
+  });
+  return q.flushers.add(sink.monitorChannel, flusher);
+}

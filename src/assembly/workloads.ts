@@ -1,0 +1,76 @@
+import { join } from 'node:path';
+import type { AgentConfig } from '../config/schema.js';
+import type { Store } from '../store/store.js';
+import type { Logger } from '../util/logger.js';
+import { LocalTarget } from '../workloads/local-target.js';
+import { Reconciler } from '../workloads/reconciler.js';
+import { DockerRuntime } from '../workloads/runtimes/docker.js';
+import { ProcessRuntime, resolveProcessUser } from '../workloads/runtimes/process.js';
+import { validateTarget, type TargetState, type WorkloadPolicy } from '../workloads/target-schema.js';
+import { MemoryTargetSource } from '../workloads/target-source.js';
+import type { Core } from './core.js';
+
+export interface Workloads {
+  policy: WorkloadPolicy;
+  targets: MemoryTargetSource;
+  reconciler: Reconciler;
+  /** The config's settings with the target's `config.settings` over them, read at each use. */
+  settings(): AgentConfig['settings'];
+}
+
+export function buildWorkloads(core: Core): Workloads {
+  const { config, store, logger } = core;
+  const w = config.workloads;
+  const policy: WorkloadPolicy = { allowHostMounts: w.allowHostMounts, allowPrivileged: w.allowPrivileged, allowHostNetwork: w.allowHostNetwork, allowDevices: w.allowDevices };
+  const targets = new MemoryTargetSource(storedTarget(store, policy, logger));
+  const settings = (): AgentConfig['settings'] => ({ ...config.settings, ...(targets.current()?.config.settings ?? {}) });
+  return { policy, targets, settings, reconciler: buildReconciler(core, targets, policy, settings) };
+}
+
+/**
+ * The stored target is in force at once, offline or not; it is validated again in case this
+ * agent's rules (or the device's policy) changed since it was stored.
+ */
+function storedTarget(store: Pick<Store, 'getTarget'>, policy: WorkloadPolicy, logger: Logger): TargetState | undefined {
+  const stored = store.getTarget();
+  if (!stored) return undefined;
+  const v = validateTarget(stored.document, { policy });
+  if (v.ok) return v.target;
+  logger.error({ issues: v.issues }, `the stored target no longer validates and is not applied: ${v.message}`);
+  return undefined;
+}
+
+function buildReconciler(core: Core, targets: MemoryTargetSource, policy: WorkloadPolicy, settings: () => AgentConfig['settings']): Reconciler {
+  const { config, clock, random, logger } = core;
+  const w = config.workloads;
+  return new Reconciler({
+    source: targets,
+    docker: new DockerRuntime({
+      clock,
+      random,
+      logger: logger.child({ part: 'docker' }),
+      ...(w.dockerHost ? { host: w.dockerHost } : {}),
+      stopTimeoutSeconds: w.stopTimeoutSeconds,
+      containerLog: { maxBytes: w.containerLogMaxBytes, files: w.containerLogFiles },
+    }),
+    process: new ProcessRuntime({
+      dataDir: join(config.dataDir, 'services'),
+      clock,
+      logger: logger.child({ part: 'process' }),
+      logMaxBytes: w.processLogMaxBytes,
+      logFiles: w.processLogFiles,
+      stopTimeoutMs: w.stopTimeoutSeconds * 1000,
+      user: resolveProcessUser(w.processUser),
+    }),
+    clock,
+    random,
+    logger: logger.child({ part: 'reconciler' }),
+    reconciliationIntervalMs: () => settings().reconciliationIntervalMs,
+    policy,
+  });
+}
+
+/** Local mode (`/v2/local/target-state`): a set target is reported; a cleared one makes the cloud's fetched. */
+export function buildLocalTarget(core: Core, workloads: Workloads, on: { set(): void; cleared(): void }): LocalTarget {
+  return new LocalTarget({ store: core.store, targets: workloads.targets, policy: workloads.policy, logger: core.logger, onSet: on.set, onCleared: on.cleared });
+}
