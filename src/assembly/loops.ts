@@ -12,6 +12,8 @@ export function startLoops(p: AgentParts): void {
   if (sampler) loops.start('metrics', (s) => sampler.run(s));
   // TTLs lapse whether or not anything is enqueued or sent.
   loops.start('outbox-expiry', every(clock, 60_000, () => queueing.outbox.expire()));
+  // The counters' copy outside the database follows it (written now, then when a counter changed).
+  loops.start('outbox-counters', (s) => queueing.counters.run(s));
   if (disk) {
     disk.check();
     loops.start('disk', every(clock, 5_000, () => disk.check()));

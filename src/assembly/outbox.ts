@@ -1,6 +1,8 @@
 import type { HttpSink } from '../cloud/http-sink.js';
 import type { AgentConfig } from '../config/schema.js';
 import type { MqttSink } from '../mqtt/sink.js';
+import { join } from 'node:path';
+import { COUNTER_MIRROR_FILE, CounterMirror } from '../outbox/counter-mirror.js';
 import { MetricsBuffer } from '../outbox/downsample.js';
 import { Flusher } from '../outbox/flusher.js';
 import { Outbox } from '../outbox/outbox.js';
@@ -20,6 +22,8 @@ export interface Queueing {
   events: EventLog;
   ingest: TelemetryIngest;
   sampler: MetricsSampler | undefined;
+  /** The copy of the outbox's counters outside the database, taken back after a salvage that lost them. */
+  counters: CounterMirror;
 }
 
 export function buildQueueing(core: Core, settings: () => AgentConfig['settings']): Queueing {
@@ -35,6 +39,7 @@ export function buildQueueing(core: Core, settings: () => AgentConfig['settings'
     events: new EventLog({ enabled, outbox, logger }),
     ingest: new TelemetryIngest({ enabled, outbox, ...(disk ? { diskRefusal: () => disk.refusal() } : {}) }),
     sampler: buildSampler(core, outbox, settings),
+    counters: new CounterMirror({ db: store.db, path: join(config.dataDir, COUNTER_MIRROR_FILE), clock, logger: logger.child({ part: 'outbox' }) }),
   };
 }
 
