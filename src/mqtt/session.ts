@@ -13,9 +13,10 @@ import type { Logger } from '../util/logger.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
 import { clientOptions } from './client-options.js';
 import { authRefusalMessage, classifyRefusal, ProtocolNegotiator, type MqttVersion, type ProtocolInfo, type Refusal } from './negotiation.js';
-import { describeConnectionError, hex, isPermanentPubackFailure, isPubackFailure, reasonName } from './reasons.js';
+import { describeConnectionError, hex, reasonName } from './reasons.js';
+import { PublishWindow, type PublishOutcome, type PublishRequest } from './publish-window.js';
 import { SqliteMqttStore, type StoreDurability } from './sqlite-store.js';
-import { deviceTopics, publishTopicProblem, type DeviceTopics, type IncomingKind } from './topics.js';
+import { deviceTopics, type DeviceTopics, type IncomingKind } from './topics.js';
 
 /**
  * The agent's MQTT session: one persistent session (`clean: false`, MQTT 5 session expiry) with the
@@ -75,28 +76,7 @@ export interface MqttSessionDeps {
   stopTimeoutMs?: number;
 }
 
-export interface PublishRequest {
-  topic: string;
-  payload: Buffer | string;
-  /** The message's unique id (the outbox id): a second publish of a known id joins the first. */
-  id: string;
-  retain?: boolean;
-  /** Stops waiting (the outcome is then `aborted`); a message already sent stays in flight. */
-  signal?: AbortSignal;
-  /**
-   * The caller keeps the message on disk until it has the outcome and publishes it again after a
-   * restart, as the outbox does. The session then holds it in memory only (re-sent by every new
-   * connection of this process) instead of writing a second copy of it to the in-flight table: for
-   * an outbox drain that write was most of the session's cost. Default false: the in-flight table
-   * keeps the message until its PUBACK, across a kill -9.
-   */
-  heldByCaller?: boolean;
-}
-
-export type PublishOutcome =
-  | { ok: true }
-  | { ok: false; permanent: true; reasonCode: number; reason: string }
-  | { ok: false; permanent: false; reasonCode?: number; reason: string };
+export type { PublishOutcome, PublishRequest } from './publish-window.js';
 
 export interface IncomingMessage {
   kind: IncomingKind;
@@ -158,29 +138,6 @@ export interface MqttSessionStats {
   protocol: ProtocolInfo;
 }
 
-type EntryState = 'queued' | 'sending' | 'stored' | 'done';
-
-interface Waiter {
-  resolve(outcome: PublishOutcome): void;
-  detach(): void;
-}
-
-/** One message on its way: queued for a slot, handed to mqtt.js, or in the store awaiting its PUBACK. */
-interface Entry {
-  id: string;
-  topic: string;
-  payload: Buffer;
-  retain: boolean;
-  /** See `PublishRequest.heldByCaller`: not written to the in-flight table. */
-  held: boolean;
-  state: EntryState;
-  messageId: number | undefined;
-  /** Usually one; an array, not a Set: the drain makes one per message. */
-  waiters: Waiter[];
-  /** Tagged in the store (see `PublishTag`) and not yet put there. */
-  tagged: boolean;
-}
-
 interface ConnectionEnd {
   established: boolean;
   error: string;
@@ -213,56 +170,27 @@ interface Connection {
   watchdog: AbortController;
 }
 
+/** Marks of success at most this often while the channel is online: one per PINGRESP would be noise. */
 const SUCCESS_MARK_INTERVAL_MS = 1_000;
-
-const noop = (): void => undefined;
-// mqtt.js copies its options: one object each serves every publish.
-const QOS1 = { qos: 1, retain: false } as const;
-const QOS1_RETAINED = { qos: 1, retain: true } as const;
-const ACKED: PublishOutcome = Object.freeze({ ok: true });
-
-/**
- * Outcomes of messages that finished while nobody waited for them (re-sent from the store after a
- * restart, or sent and then abandoned by an aborted caller), kept for the next publish of the same
- * id. The oldest are forgotten beyond this many.
- */
-const UNCLAIMED_OUTCOMES_KEPT = 10_000;
 
 export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   readonly topics: DeviceTopics;
   private readonly config: MqttSessionConfig;
   private readonly deps: MqttSessionDeps;
   private readonly url: URL;
-  private readonly maxInflight: number;
-  private readonly outgoing: SqliteMqttStore<Entry>;
+  private readonly window: PublishWindow;
   private readonly incoming: SqliteMqttStore;
   private readonly log: Logger;
   private readonly negotiator: ProtocolNegotiator;
 
-  private readonly byId = new Map<string, Entry>();
-  private readonly unclaimed = new Map<string, PublishOutcome>();
-  private readonly byMessageId = new Map<number, Entry>();
-  private readonly inflightEntries = new Set<Entry>();
-  /** Sends that must go first: the birth message, then sends that never reached the store. */
-  private readonly urgent: Entry[] = [];
-  private readonly queue: Entry[] = [];
-
   private readonly controller = new AbortController();
   private started = false;
-  private stopping = false;
   private done: Promise<void> = Promise.resolve();
   private conn: Connection | undefined;
   private connections = 0;
   /** Connections in a row the broker ended by sending a packet over the limit (see `connection`). */
   private oversizeStreak = 0;
   private birthSeq = 0;
-  private birth: Entry | undefined;
-  private pumpScheduled = false;
-  /** The broker's maximum packet size (MQTT 5 CONNACK), when it announced one. */
-  private maximumPacketSize: number | undefined;
-  /** In-flight window of the current connection: mqtt.maxInflight, or less if the broker's Receive Maximum says so. */
-  private window: number;
-  private lastPublishMark = -Infinity;
   private lastPingMark = -Infinity;
 
   private readonly counters = {
@@ -272,8 +200,6 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     lastError: null as string | null,
     lastConnectAt: null as number | null,
     sessionPresent: null as boolean | null,
-    acknowledged: 0,
-    rejected: 0,
     droppedIncoming: 0,
   };
 
@@ -294,22 +220,18 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     if (!Number.isInteger(m.maxInflight) || m.maxInflight < 1) {
       throw new AgentError('MQTT_CONFIG_INVALID', `mqtt.maxInflight: expected an integer >= 1, got ${String(m.maxInflight)}`);
     }
-    this.maxInflight = m.maxInflight;
-    this.window = m.maxInflight;
     this.topics = deviceTopics(deps.config.uuid);
     this.log = deps.logger;
     this.negotiator = new ProtocolNegotiator({ setting: m.protocolVersion, broker: this.safeUrl(), kv: deps.store, clock: deps.clock, logger: deps.logger });
     const durability = deps.inflightDurability ?? 'process';
-    this.outgoing = new SqliteMqttStore<Entry>(deps.store.db, 'outgoing', {
-      clock: deps.clock,
+    this.window = new PublishWindow({
+      db: deps.store.db,
+      maxInflight: m.maxInflight,
       durability,
-      onError: (err, lost) => this.onStoreError(err, lost),
-      onStored: (entry, messageId) => {
-        entry.tagged = false;
-        entry.messageId = messageId;
-        entry.state = 'stored';
-        this.byMessageId.set(messageId, entry);
-      },
+      monitor: deps.monitor,
+      clock: deps.clock,
+      logger: deps.logger,
+      onStoreError: (message) => (this.counters.lastError = message),
     });
     this.incoming = new SqliteMqttStore(deps.store.db, 'incoming', {
       clock: deps.clock,
@@ -319,7 +241,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     if (this.url.protocol === 'mqtt:' && (m.caFile || m.certFile)) {
       this.log.warn({ url: this.safeUrl() }, 'mqtt: mqtt.caFile/certFile are set but mqtt.url is mqtt:// (no TLS); they are not used');
     }
-    this.restore();
+    this.window.restore();
   }
 
   get connected(): boolean {
@@ -328,19 +250,20 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
 
   stats(): MqttSessionStats {
     const c = this.counters;
+    const w = this.window.counts();
     return {
       connected: this.connected,
       subscribed: this.conn?.ready === true && this.conn.subscribed,
       since: c.since,
-      inflight: this.inflightEntries.size,
-      queued: this.urgent.length + this.queue.length,
+      inflight: w.inflight,
+      queued: w.queued,
       reconnects: c.reconnects,
       connectionFailures: c.connectionFailures,
       lastError: c.lastError,
       lastConnectAt: c.lastConnectAt,
       sessionPresent: c.sessionPresent,
-      acknowledged: c.acknowledged,
-      rejected: c.rejected,
+      acknowledged: w.acknowledged,
+      rejected: w.rejected,
       droppedIncoming: c.droppedIncoming,
       protocol: this.negotiator.info(),
     };
@@ -371,7 +294,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
    * or the database could not store it.
    */
   publish(req: PublishRequest): Promise<PublishOutcome> {
-    return new Promise<PublishOutcome>((resolve) => this.submit(req, resolve));
+    return new Promise<PublishOutcome>((resolve) => this.window.submit(req, resolve));
   }
 
   /**
@@ -384,45 +307,12 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       let left = reqs.length;
       if (left === 0) resolve(outcomes);
       reqs.forEach((req, i) =>
-        this.submit(req, (o) => {
+        this.window.submit(req, (o) => {
           outcomes[i] = o;
           if (--left === 0) resolve(outcomes);
         }),
       );
     });
-  }
-
-  /** Takes one publish; `done` is called once with its outcome (synchronously when it is known at once). */
-  private submit(req: PublishRequest, done: (outcome: PublishOutcome) => void): void {
-    if (this.stopping) return done({ ok: false, permanent: false, reason: 'the MQTT session is stopped' });
-    const problem = publishTopicProblem(req.topic);
-    if (problem) return done({ ok: false, permanent: true, reasonCode: 0x90, reason: `topic name invalid: ${problem}` });
-    const known = this.unclaimed.get(req.id);
-    if (known) {
-      // Sent earlier and answered while nobody waited (re-sent from the store after a restart).
-      this.unclaimed.delete(req.id);
-      return done(known);
-    }
-    if (req.signal?.aborted) return done({ ok: false, permanent: false, reason: 'aborted' });
-    let entry = this.byId.get(req.id);
-    if (!entry) {
-      const payload = typeof req.payload === 'string' ? Buffer.from(req.payload, 'utf8') : req.payload;
-      entry = {
-        id: req.id,
-        topic: req.topic,
-        payload,
-        retain: req.retain === true,
-        held: req.heldByCaller === true,
-        state: 'queued',
-        messageId: undefined,
-        waiters: [],
-        tagged: false,
-      };
-      this.byId.set(req.id, entry);
-      this.queue.push(entry);
-      this.schedulePump();
-    }
-    this.wait(entry, done, req.signal);
   }
 
   /**
@@ -433,10 +323,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     if (this.started) throw new AgentError('ALREADY_STARTED', 'the MQTT session was already started');
     this.started = true;
     const run = AbortSignal.any([signal, this.controller.signal]);
-    this.done = this.loop(run).finally(() => {
-      this.stopping = true;
-      this.settleWaiters({ ok: false, permanent: false, reason: 'the MQTT session stopped' });
-    });
+    this.done = this.loop(run).finally(() => this.window.close({ ok: false, permanent: false, reason: 'the MQTT session stopped' }));
     return this.done;
   }
 
@@ -448,11 +335,10 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
    * keeps whatever is unacknowledged for the next start.
    */
   async stop(): Promise<void> {
-    this.stopping = true;
-    this.settleWaiters({ ok: false, permanent: false, reason: 'the MQTT session stopped' });
+    this.window.close({ ok: false, permanent: false, reason: 'the MQTT session stopped' });
     this.controller.abort();
     await this.done;
-    this.outgoing.flush();
+    this.window.outgoing.flush();
     this.incoming.flush();
   }
 
@@ -501,7 +387,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     const version = this.negotiator.version();
     try {
       const c = this.config;
-      const stores = { outgoingStore: this.outgoing, incomingStore: this.incoming };
+      const stores = { outgoingStore: this.window.outgoing, incomingStore: this.incoming };
       // A broker that re-sends a packet over the limit with the stored session would cut the agent off for
       // good (3.1.1 cannot refuse one packet): after two such closes in a row, a clean session drops it.
       clean = this.oversizeStreak >= 2;
@@ -556,6 +442,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
         conn.watchdog.abort();
         conn.ready = false;
         if (this.conn === conn) this.conn = undefined;
+        this.window.detach(conn);
         let error = conn.lastError ?? (conn.established ? 'the connection closed' : 'the connection closed before the broker accepted it');
         const refusal = conn.established ? undefined : classifyRefusal(conn.refusalCode, conn.lastError === null);
         const retryNow = refusal !== undefined && !signal.aborted && this.negotiator.refused(version, refusal, conn.refusalCode);
@@ -608,10 +495,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
         this.counters.lastConnectAt = now;
         this.counters.since = now;
         this.counters.sessionPresent = packet.sessionPresent;
-        this.maximumPacketSize = packet.properties?.maximumPacketSize;
-        // MQTT 5: more unacknowledged QoS 1 publishes than the broker's Receive Maximum is a protocol
-        // error that costs the connection; mqtt.js does not enforce it, so the window does.
-        this.window = Math.min(this.maxInflight, packet.properties?.receiveMaximum ?? this.maxInflight);
+        this.window.setBrokerLimits({ receiveMaximum: packet.properties?.receiveMaximum, maximumPacketSize: packet.properties?.maximumPacketSize });
         this.negotiator.accepted(conn.version);
         this.deps.monitor.markSuccess('mqtt', 'connect');
         this.deps.backoff.success();
@@ -621,7 +505,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
         return;
       }
       case 'puback':
-        this.onPuback(packet.messageId, packet.reasonCode, packet.properties?.reasonString);
+        this.window.onPuback(packet.messageId, packet.reasonCode, packet.properties?.reasonString);
         return;
       case 'pingresp': {
         const now = this.deps.clock.monotonic();
@@ -675,8 +559,9 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     const reconnect = this.connections > 0;
     this.connections++;
     if (reconnect) this.counters.reconnects++;
+    const w = this.window.counts();
     this.log.info(
-      { url: this.safeUrl(), sessionPresent, inflight: this.inflightEntries.size, queued: this.urgent.length + this.queue.length },
+      { url: this.safeUrl(), sessionPresent, inflight: w.inflight, queued: w.queued },
       `mqtt: connected${sessionPresent ? ' (session resumed)' : ''}`,
     );
     if (!sessionPresent && reconnect) {
@@ -685,7 +570,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     this.subscribe(conn);
     this.sendBirth();
     this.emit('connected', { sessionPresent, reconnect, at: this.deps.clock.now() });
-    this.schedulePump();
+    this.window.attach(conn);
   }
 
   /** Subscriptions are made on every connection: a session the broker lost or expired has none. */
@@ -711,31 +596,11 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   }
 
   private sendBirth(): void {
-    // A birth of an earlier connection that never went out is stale: this one replaces it.
-    const stale = this.birth;
-    if (stale?.state === 'queued') {
-      const i = this.urgent.indexOf(stale);
-      if (i >= 0) this.urgent.splice(i, 1);
-      this.finish(stale, { ok: false, permanent: false, reason: 'superseded' });
-    }
     const ts = this.deps.clock.now();
-    const entry: Entry = {
-      id: `birth-${ts}-${++this.birthSeq}`,
-      topic: this.topics.status,
-      payload: Buffer.from(JSON.stringify({ state: 'online', ts })),
-      retain: true,
-      // Every connection sends a birth of its own: one left over from before a crash is stale.
-      held: true,
-      state: 'queued',
-      messageId: undefined,
-      waiters: [],
-      tagged: false,
-    };
-    this.byId.set(entry.id, entry);
-    this.urgent.unshift(entry);
-    this.birth = entry;
-    this.wait(entry, (outcome) => {
-      if (!outcome.ok && !this.stopping && outcome.reason !== 'superseded') this.log.warn({ reason: outcome.reason }, `mqtt: the birth message was not accepted: ${outcome.reason}`);
+    const birth = { id: `birth-${ts}-${++this.birthSeq}`, topic: this.topics.status, payload: Buffer.from(JSON.stringify({ state: 'online', ts })), retain: true };
+    // Every connection sends a birth of its own: one of an earlier connection still waiting is stale.
+    this.window.sendAhead(birth, (outcome) => {
+      if (!outcome.ok && !this.window.stopped && outcome.reason !== 'superseded') this.log.warn({ reason: outcome.reason }, `mqtt: the birth message was not accepted: ${outcome.reason}`);
     });
   }
 
@@ -786,185 +651,6 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     this.emit('message', { kind, topic, payload: parsed, retained, at: this.deps.clock.now() });
   }
 
-  // ---- publishing ----
-
-  private schedulePump(): void {
-    if (this.pumpScheduled) return;
-    this.pumpScheduled = true;
-    queueMicrotask(() => {
-      this.pumpScheduled = false;
-      this.pump();
-    });
-  }
-
-  /** Hands waiting messages to mqtt.js while there is a connection and a free in-flight slot. */
-  private pump(): void {
-    const conn = this.conn;
-    if (!conn?.ready || this.stopping) return;
-    while (this.inflightEntries.size < this.window) {
-      const entry = this.urgent.shift() ?? this.queue.shift();
-      if (!entry) return;
-      if (entry.state !== 'queued') continue;
-      this.send(conn, entry);
-    }
-  }
-
-  private send(conn: Connection, entry: Entry): void {
-    const size = publishPacketSize(entry, conn.version);
-    if (this.maximumPacketSize !== undefined && size > this.maximumPacketSize) {
-      this.finish(entry, { ok: false, permanent: true, reasonCode: 0x95, reason: `packet too large: ${size} bytes, the broker takes at most ${this.maximumPacketSize}` });
-      return;
-    }
-    entry.state = 'sending';
-    this.inflightEntries.add(entry);
-    entry.tagged = true;
-    this.outgoing.tag(entry);
-    // Success and broker refusals are read from the PUBACK itself (onPuback), which also serves
-    // messages re-sent from the store; this callback only sees failures before the broker answered.
-    conn.client.publish(entry.topic, entry.payload, entry.retain ? QOS1_RETAINED : QOS1, (err) => {
-      if (!err || err instanceof ErrorWithReasonCode || entry.state === 'done') return;
-      this.sendFailed(conn, entry, err);
-    });
-  }
-
-  /**
-   * A send ended without a PUBACK ("Connection closed", "client disconnecting"): the connection is
-   * going away, so it takes nothing more. A message in the store stays there (the next connection
-   * re-sends it); one that never reached it waits for the next connection, ahead of the queue.
-   */
-  private sendFailed(conn: Connection, entry: Entry, err: Error): void {
-    conn.ready = false;
-    this.untag(entry);
-    if (entry.messageId !== undefined && this.outgoing.has(entry.messageId)) return;
-    if (entry.messageId !== undefined) this.byMessageId.delete(entry.messageId);
-    entry.messageId = undefined;
-    this.inflightEntries.delete(entry);
-    const code = (err as { code?: unknown }).code;
-    if (code === 'MQTT_STORE_WRITE_FAILED') {
-      this.finish(entry, { ok: false, permanent: false, reason: err.message });
-    } else if (this.stopping) {
-      this.finish(entry, { ok: false, permanent: false, reason: 'the MQTT session stopped' });
-    } else {
-      entry.state = 'queued';
-      this.urgent.push(entry);
-    }
-  }
-
-  private onPuback(messageId: number | undefined, reasonCode: number | undefined, reasonString: string | undefined): void {
-    if (messageId === undefined) return;
-    const entry = this.byMessageId.get(messageId);
-    if (!entry) return;
-    this.byMessageId.delete(messageId);
-    // The broker answered: the link works, whatever it thinks of the message.
-    const now = this.deps.clock.monotonic();
-    if (now - this.lastPublishMark >= SUCCESS_MARK_INTERVAL_MS || this.deps.monitor.channelStatus('mqtt') !== 'online') {
-      this.lastPublishMark = now;
-      this.deps.monitor.markSuccess('mqtt', 'publish');
-    }
-    if (!isPubackFailure(reasonCode)) {
-      this.counters.acknowledged++;
-      this.finish(entry, ACKED);
-    } else {
-      const rc = reasonCode as number;
-      const reason = `${reasonName(rc)} (${hex(rc)})${reasonString ? `: ${reasonString}` : ''}`;
-      this.counters.rejected++;
-      const permanent = isPermanentPubackFailure(rc);
-      this.log.warn({ id: entry.id, topic: entry.topic, reasonCode: rc, permanent }, `mqtt: the broker refused message ${entry.id} on ${entry.topic}: ${reason}`);
-      this.finish(entry, permanent ? { ok: false, permanent: true, reasonCode: rc, reason } : { ok: false, permanent: false, reasonCode: rc, reason });
-    }
-    this.schedulePump();
-  }
-
-  private untag(entry: Entry): void {
-    if (!entry.tagged) return;
-    entry.tagged = false;
-    this.outgoing.untag(entry);
-  }
-
-  /** The message is no longer on its way: tell every waiter, free its slot and its id. */
-  private finish(entry: Entry, outcome: PublishOutcome): void {
-    if (entry.state === 'done') return;
-    entry.state = 'done';
-    this.untag(entry);
-    this.inflightEntries.delete(entry);
-    if (this.byId.get(entry.id) === entry) this.byId.delete(entry.id);
-    if (entry.waiters.length === 0 && entry.messageId !== undefined && (outcome.ok || outcome.permanent)) {
-      // The broker answered and nobody is told: keep the answer for a later publish of the same id,
-      // which would otherwise send another copy of a message the broker already has.
-      this.unclaimed.set(entry.id, outcome);
-      if (this.unclaimed.size > UNCLAIMED_OUTCOMES_KEPT) this.unclaimed.delete(this.unclaimed.keys().next().value as string);
-    }
-    const waiters = entry.waiters;
-    entry.waiters = [];
-    for (const w of waiters) {
-      w.detach();
-      w.resolve(outcome);
-    }
-  }
-
-  /** Adds `resolve` to the entry's waiters; it is called once, with the outcome or with `aborted`. */
-  private wait(entry: Entry, resolve: (outcome: PublishOutcome) => void, signal?: AbortSignal): void {
-    if (signal?.aborted) return resolve({ ok: false, permanent: false, reason: 'aborted' });
-    if (!signal) {
-      entry.waiters.push({ resolve, detach: noop });
-      return;
-    }
-    const onAbort = (): void => {
-      const i = entry.waiters.indexOf(waiter);
-      if (i >= 0) entry.waiters.splice(i, 1);
-      resolve({ ok: false, permanent: false, reason: 'aborted' });
-      // Not sent yet and nobody else waiting: forget it. Once sent it stays in flight (and in the
-      // store); a later publish of the same id joins it.
-      if (entry.state === 'queued' && entry.waiters.length === 0) {
-        entry.state = 'done';
-        if (this.byId.get(entry.id) === entry) this.byId.delete(entry.id);
-      }
-    };
-    const waiter: Waiter = { resolve, detach: () => signal.removeEventListener('abort', onAbort) };
-    entry.waiters.push(waiter);
-    signal.addEventListener('abort', onAbort, { once: true });
-  }
-
-  /**
-   * Every waiting caller gets `outcome`. Messages not yet sent are dropped from memory (the caller
-   * still has them); messages in the store stay there for the next start.
-   */
-  private settleWaiters(outcome: PublishOutcome): void {
-    for (const entry of [...this.urgent, ...this.queue]) this.finish(entry, outcome);
-    this.urgent.length = 0;
-    this.queue.length = 0;
-    for (const entry of this.byId.values()) {
-      const waiters = entry.waiters;
-      entry.waiters = [];
-      for (const w of waiters) {
-        w.detach();
-        w.resolve(outcome);
-      }
-    }
-  }
-
-  /** Messages left in the store by an earlier run: in flight from the start, re-sent by the first connection. */
-  private restore(): void {
-    const stored = this.outgoing.publishes();
-    for (const p of stored) {
-      const entry: Entry = {
-        id: p.appId ?? `mqtt-stored-${p.messageId}`,
-        topic: p.topic,
-        payload: p.payload,
-        retain: p.retain,
-        held: false,
-        state: 'stored',
-        messageId: p.messageId,
-        waiters: [],
-        tagged: false,
-      };
-      this.byId.set(entry.id, entry);
-      this.byMessageId.set(p.messageId, entry);
-      this.inflightEntries.add(entry);
-    }
-    if (stored.length > 0) this.log.info({ count: stored.length }, `mqtt: ${stored.length} unacknowledged message(s) from the last run will be sent again`);
-  }
-
   /** Ends the client for a stop: see `stop`. The connection's 'close' then ends `connection`. */
   private shutdownClient(conn: Connection): void {
     const client = conn.client;
@@ -979,19 +665,6 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     client.end(false, { reasonCode: 0x04 });
   }
 
-  /** A batch of sends could not be written to the database: those messages are not in flight. */
-  private onStoreError(err: Error, lostMessageIds: number[]): void {
-    this.counters.lastError = err.message;
-    this.log.error({ err: err.message, lost: lostMessageIds.length }, `mqtt: ${err.message}`);
-    for (const messageId of lostMessageIds) {
-      const entry = this.byMessageId.get(messageId);
-      if (!entry) continue;
-      this.byMessageId.delete(messageId);
-      this.finish(entry, { ok: false, permanent: false, reason: err.message });
-    }
-    this.schedulePump();
-  }
-
   private noteFailure(operation: 'connect' | 'ping', error: string, kind: 'transport' | 'answer' = 'transport'): void {
     this.counters.lastError = error;
     this.deps.monitor.markFailure('mqtt', operation, error, kind);
@@ -1004,11 +677,4 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   protected override listenerFailed(err: unknown, event: string): void {
     this.log.error({ err: errorMessage(err), event }, `a listener of the MQTT session's "${event}" event failed: ${errorMessage(err)}`);
   }
-}
-
-/** The size of the PUBLISH on the wire (fixed header, topic, packet id, empty MQTT 5 properties, payload). */
-function publishPacketSize(entry: Entry, protocolVersion: 4 | 5): number {
-  const remaining = 2 + Buffer.byteLength(entry.topic, 'utf8') + 2 + (protocolVersion === 5 ? 1 : 0) + entry.payload.length;
-  const lengthBytes = remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4;
-  return 1 + lengthBytes + remaining;
 }
