@@ -246,6 +246,7 @@ export class Agent {
         monitor: this.monitor,
         backoff: backoffFromSettings(offline, { clock, random }),
         wakeup: this.probes.wakeup('mqtt'),
+        floorMs: offlineFloorMs('mqtt'),
         clock,
         random,
         logger: logger.child({ part: 'mqtt' }),

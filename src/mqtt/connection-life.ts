@@ -1,10 +1,9 @@
 import { connect, ErrorWithReasonCode, type IClientOptions, type IStore, type MqttClient, type Packet } from 'mqtt';
+import type { RetryPolicy } from '../cloud/retry.js';
 import type { AgentConfig } from '../config/schema.js';
-import type { Backoff } from '../resilience/backoff.js';
 import type { ConnectionMonitor } from '../resilience/connection-monitor.js';
 import { isAbortError, type Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
-import type { WakeableSleep } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import { systemRandom, type Random } from '../util/random.js';
 import { clientOptions } from './client-options.js';
@@ -18,8 +17,10 @@ import type { DeviceTopics } from './topics.js';
 /**
  * The life of the session's connection to the broker: one attempt at a time, each with a fresh
  * mqtt.js client on the same stores (mqtt.js's own reconnect is off), the CONNACK, the watchdog, the
- * subscriptions and the birth of every connection, and the wait between attempts. Every outcome
- * is marked on the connection monitor (channel `mqtt`: `connect`, `ping`, `subscribe`).
+ * subscriptions and the birth of every connection, and the wait between attempts, which is the
+ * retry policy's as for every loop of the agent (the one backoff, the offline floor, the probe's
+ * wake-ups). Every outcome is marked on the connection monitor (channel `mqtt`: `connect`, `ping`,
+ * `subscribe`).
  *
  * What is published goes through the publish window: this class hands it each ready connection.
  */
@@ -50,10 +51,10 @@ export interface ConnectionLifeDeps {
   stores: { outgoing: IStore; incoming: IStore };
   negotiator: Pick<ProtocolNegotiator, 'version' | 'refused' | 'accepted'>;
   monitor: Pick<ConnectionMonitor, 'markSuccess' | 'markFailure' | 'channelStatus'>;
-  /** The one backoff (`backoffFromSettings`), for this session alone. */
-  backoff: Pick<Backoff, 'failure' | 'success' | 'reset' | 'maxMs'>;
-  /** Backoff waits sleep here, so the connectivity probe can end them early. */
-  wakeup: WakeableSleep;
+  /** The waits between attempts: a backoff of this session alone, woken by the `mqtt` channel's probe. */
+  retry: Pick<RetryPolicy, 'afterFailure' | 'afterSuccess' | 'wait'>;
+  /** The cap of that backoff: refused credentials are retried after half to all of it. */
+  refusedRetryMaxMs: number;
   clock: Clock;
   /** Spreads the retries after refused credentials, so a fleet whose key was revoked does not come back in step. */
   random?: Random | undefined;
@@ -177,7 +178,8 @@ export class ConnectionLife {
       if (end.retryNow) continue;
       this.counters.connectionFailures++;
       // Refused credentials stay refused until someone fixes them: retry at the backoff's cap.
-      const delayMs = end.refusal === 'auth' ? this.deps.backoff.maxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.backoff.failure();
+      // The failure is on the monitor already, so the offline floor sees it.
+      const delayMs = end.refusal === 'auth' ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined);
       this.log[end.refusal === 'auth' ? 'error' : end.established ? 'warn' : 'info'](
         { url: this.safeUrl(), error: end.error, retryInMs: Math.round(delayMs) },
         `mqtt: ${end.established ? 'connection lost' : 'could not connect'}: ${end.error}; retrying in ${Math.round(delayMs)} ms`,
@@ -186,13 +188,15 @@ export class ConnectionLife {
     }
   }
 
-  /** Waits out `delayMs` before the next attempt; false when the session is stopping. */
+  /**
+   * Waits out `delayMs` before the next attempt; false when the session is stopping. When the probe
+   * saw the way open again the policy ends the wait and starts its backoff over: the wait belonged
+   * to an outage that has ended.
+   */
   private async pause(delayMs: number, signal: AbortSignal): Promise<boolean> {
     try {
-      const outcome = await this.deps.wakeup.sleep(delayMs, signal);
-      // The probe saw the way open again: the wait belonged to an outage that has ended.
-      if (outcome === 'woken') this.deps.backoff.reset();
-      return true;
+      await this.deps.retry.wait(delayMs, signal);
+      return !signal.aborted;
     } catch (err) {
       if (signal.aborted || isAbortError(err)) return false;
       // The loop must not end on a broken sleeper: wait on the clock instead.
@@ -366,7 +370,7 @@ export class ConnectionLife {
     this.deps.window.setBrokerLimits({ receiveMaximum: properties?.receiveMaximum, maximumPacketSize: properties?.maximumPacketSize });
     this.deps.negotiator.accepted(conn.version);
     this.deps.monitor.markSuccess('mqtt', 'connect');
-    this.deps.backoff.success();
+    this.deps.retry.afterSuccess();
     // As mqtt.js does: a server keep-alive in the CONNACK (MQTT 5) replaces ours.
     const keepAliveSeconds = properties?.serverKeepAlive || this.deps.config.mqtt.keepAliveSeconds;
     void this.watch(conn, keepAliveSeconds * 1000);

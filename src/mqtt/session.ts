@@ -1,3 +1,4 @@
+import { RetryPolicy } from '../cloud/retry.js';
 import type { AgentConfig } from '../config/schema.js';
 import type { Backoff } from '../resilience/backoff.js';
 import type { ConnectionMonitor } from '../resilience/connection-monitor.js';
@@ -25,9 +26,10 @@ export type { ConnectedEvent, DisconnectedEvent, IncomingMessage, MqttSessionEve
  * its two parts:
  *
  * - **the connection's life** (`connection-life.ts`): its own reconnect loop, not mqtt.js's
- *   (`reconnectPeriod: 0`): every attempt builds a fresh mqtt.js client on the same stores, waits out
- *   the project's backoff between attempts (cut short by the connectivity probe's wake-up, which
- *   also resets it), and reports every outcome to the connection monitor (channel `mqtt`: `connect`,
+ *   (`reconnectPeriod: 0`): every attempt builds a fresh mqtt.js client on the same stores, waits
+ *   between attempts through the retry policy like every loop (the project's backoff, the offline
+ *   floor, cut short by the connectivity probe's wake-up, which also resets the backoff), and
+ *   reports every outcome to the connection monitor (channel `mqtt`: `connect`,
  *   `ping`, `subscribe`). The watchdog: nothing received for 1.5 x keep-alive tears the connection
  *   down. Birth and will: `{ state: 'online' }` retained on `iot/{uuid}/status` after every
  *   connect, `{ state: 'offline' }` the last will on the same topic. Subscriptions to target/notify,
@@ -45,9 +47,14 @@ export interface MqttSessionDeps {
   store: Store;
   monitor: Pick<ConnectionMonitor, 'markSuccess' | 'markFailure' | 'channelStatus'>;
   /** The one backoff (`backoffFromSettings`), for this session alone. */
-  backoff: Pick<Backoff, 'failure' | 'success' | 'reset' | 'maxMs'>;
+  backoff: Pick<Backoff, 'failure' | 'success' | 'reset' | 'holdRemainingMs' | 'maxMs'>;
   /** Backoff waits sleep here, so the connectivity probe can end them early. */
   wakeup: WakeableSleep;
+  /**
+   * The offline floor of the reconnect loop's retry policy (see `RetryPolicyOptions.floorMs`): the
+   * agent's, for channel `mqtt`. None unless given.
+   */
+  floorMs?: () => number;
   clock: Clock;
   /** Spreads the retries after refused credentials, so a fleet whose key was revoked does not come back in step. */
   random?: Random;
@@ -141,8 +148,8 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       stores: { outgoing: this.window.outgoing, incoming: this.incoming },
       negotiator: this.negotiator,
       monitor: deps.monitor,
-      backoff: deps.backoff,
-      wakeup: deps.wakeup,
+      retry: new RetryPolicy({ backoff: deps.backoff, sleeper: deps.wakeup, clock: deps.clock, ...(deps.floorMs ? { floorMs: deps.floorMs } : {}) }),
+      refusedRetryMaxMs: deps.backoff.maxMs,
       clock: deps.clock,
       random: deps.random,
       logger: deps.logger,

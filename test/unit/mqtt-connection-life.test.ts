@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events';
 import { PassThrough } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { defaultConfig, type AgentConfig } from '../../src/config/schema.js';
+import { RetryPolicy } from '../../src/cloud/retry.js';
 import { ConnectionLife, type ConnectionLifeDeps } from '../../src/mqtt/connection-life.js';
 import { ProtocolNegotiator } from '../../src/mqtt/negotiation.js';
 import type { PublishLink, WindowCounts } from '../../src/mqtt/publish-window.js';
@@ -72,6 +73,9 @@ afterEach(async () => {
   for (const stop of controllers.splice(0)) await stop();
 });
 
+/** The agent's offline floor, shortened: one attempt a minute while the channel is offline for want of a connection. */
+const FLOOR_MS = 60_000;
+
 function harness(o: { mqtt?: Partial<AgentConfig['mqtt']>; limits?: ConnectionLifeDeps['config']['limits']; random?: number } = {}): Harness {
   const clock = new FakeClock();
   const random = (): number => o.random ?? 0.5;
@@ -106,8 +110,13 @@ function harness(o: { mqtt?: Partial<AgentConfig['mqtt']>; limits?: ConnectionLi
     stores: { outgoing: noStore, incoming: noStore },
     negotiator: new ProtocolNegotiator({ setting: 5, broker: 'mqtt://broker.test:1883', kv: { getKv: () => undefined, setKv: () => undefined }, clock, logger: silentLogger() }),
     monitor,
-    backoff: new Backoff({ minMs: 1_000, maxMs: 8_000, strategy: 'none', clock, random }),
-    wakeup,
+    retry: new RetryPolicy({
+      backoff: new Backoff({ minMs: 1_000, maxMs: 8_000, strategy: 'none', clock, random }),
+      sleeper: wakeup,
+      clock,
+      floorMs: () => (monitor.channelStatus('mqtt') === 'offline' && monitor.lastFailureKind('mqtt') === 'transport' ? FLOOR_MS : 0),
+    }),
+    refusedRetryMaxMs: 8_000,
     clock,
     random,
     logger: silentLogger(),
@@ -206,7 +215,7 @@ describe('ConnectionLife: a connection', () => {
 });
 
 describe('ConnectionLife: between attempts', () => {
-  it('waits the backoff after a failed attempt, and the probe ends the wait and resets the backoff', async () => {
+  it('waits the backoff after a failed attempt, and the probe ends the wait and starts the backoff over', async () => {
     const h = harness();
     h.start();
     await settle();
@@ -227,12 +236,43 @@ describe('ConnectionLife: between attempts', () => {
     await h.clock.advance(0);
     await settle();
     expect(h.clients).toHaveLength(3);
-    // Back to the first step.
+    // Back to the first step: a connection that is lost at once waits 1 s again.
+    h.clients[2]!.accept();
     h.clients[2]!.fail(refused());
     await h.clock.advance(1_000);
     await settle();
     expect(h.clients).toHaveLength(4);
-    expect(h.life.stats().connectionFailures).toBe(3);
+    expect(h.life.stats()).toMatchObject({ connectionFailures: 3, reconnects: 0 });
+  });
+
+  it('while the channel is offline for want of a connection, tries once per offline floor; the probe is the way back', async () => {
+    const h = harness();
+    h.start();
+    for (const wait of [1_000, 2_000]) {
+      await settle();
+      h.clients.at(-1)!.fail(refused());
+      await h.clock.advance(wait);
+    }
+    await settle();
+    // The third failure in a row takes the channel offline: the floor, not the backoff's 4 s.
+    h.clients[2]!.fail(refused());
+    await settle();
+    expect(h.monitor.channelStatus('mqtt')).toBe('offline');
+    await h.clock.advance(FLOOR_MS - 1);
+    expect(h.clients).toHaveLength(3);
+    await h.clock.advance(1);
+    await settle();
+    expect(h.clients).toHaveLength(4);
+
+    h.clients[3]!.fail(refused());
+    await h.clock.advance(10_000);
+    expect(h.clients).toHaveLength(4);
+    h.wakeup.wake('the broker port accepts connections');
+    await h.clock.advance(0);
+    await settle();
+    expect(h.clients).toHaveLength(5);
+    h.clients[4]!.accept();
+    expect(h.monitor.channelStatus('mqtt')).toBe('online');
   });
 
   it('retries refused credentials after half to all of the backoff cap, as an answer, not a network fault', async () => {
