@@ -15,6 +15,7 @@ export function buildMqtt(core: Core, q: Queueing): MqttSession | undefined {
     monitor,
     backoff: backoffFromSettings(config.settings.offline, { clock, random }),
     wakeup: probes.wakeup('mqtt'),
+    floorMs: core.offlineFloorMs('mqtt'),
     clock,
     random,
     logger: logger.child({ part: 'mqtt' }),

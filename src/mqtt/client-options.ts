@@ -12,14 +12,14 @@ export interface ClientOptionsInput {
   url: URL;
   /** The version of this attempt (see ProtocolNegotiator). */
   version: MqttVersion;
-  /** Start a clean session: the broker drops what it kept for the agent (see MqttSession's oversize streak). */
+  /** Start a clean session: the broker drops what it kept for the agent (see `IncomingGuard.cleanSessionNeeded`). */
   clean?: boolean;
   /** Topic of the last will. */
   statusTopic: string;
   now: number;
   outgoingStore: IStore;
   incomingStore: IStore;
-  /** Largest packet the broker may send (MQTT 5 says so in the CONNECT; 3.1.1 cannot, the session's frame guard closes the link). */
+  /** Largest packet the broker may send (MQTT 5 says so in the CONNECT; 3.1.1 cannot, `IncomingGuard`'s frame scan closes the link). */
   maxPacketBytes: number;
 }
 

@@ -1,0 +1,301 @@
+import type { IClientPublishOptions, PacketCallback } from 'mqtt';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PublishWindow, publishPacketSize, type PublishLink, type PublishOutcome, type PublishRequest } from '../../src/mqtt/publish-window.js';
+import type { Store } from '../../src/store/store.js';
+import { FakeClock } from '../helpers/fake-clock.js';
+import { silentLogger } from '../helpers/logger.js';
+import { openStore } from '../helpers/mqtt.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+const dirs = tempDirs();
+const opened: Store[] = [];
+afterEach(() => {
+  for (const s of opened.splice(0)) s.close();
+  dirs.cleanup();
+});
+
+interface Sent {
+  topic: string;
+  payload: string;
+  retain: boolean;
+  messageId: number;
+  callback: PacketCallback | undefined;
+}
+
+/** Lets queued microtasks (the window's pump) and the store's group commit run. */
+const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/**
+ * A connection as mqtt.js makes it, reduced to what the window uses: each publish gets the next
+ * packet id and is put in the outgoing store before it would go on the wire.
+ */
+function fakeLink(window: PublishWindow, firstId = 1): PublishLink & { sent: Sent[] } {
+  const sent: Sent[] = [];
+  let nextId = firstId;
+  return {
+    ready: true,
+    version: 5,
+    sent,
+    client: {
+      publish(topic: string, message: Buffer, opts: IClientPublishOptions, callback?: PacketCallback) {
+        const messageId = nextId++;
+        const retain = opts.retain === true;
+        sent.push({ topic, payload: message.toString('utf8'), retain, messageId, callback });
+        window.outgoing.put({ cmd: 'publish', topic, payload: message, qos: 1, retain, dup: false, messageId }, () => undefined);
+      },
+    },
+  };
+}
+
+interface Harness {
+  window: PublishWindow;
+  store: Store;
+  marks: string[];
+  /** Publishes `req` and records its outcome in `outcomes` under its id once it comes. */
+  publish(req: PublishRequest): Promise<PublishOutcome>;
+  outcomes: Map<string, PublishOutcome>;
+  /** The broker's PUBACK for `messageId`, as mqtt.js hands it on: the session first, then its store. */
+  puback(messageId: number, reasonCode?: number, reasonString?: string): void;
+}
+
+function harness(opts: { maxInflight?: number; path?: string } = {}): Harness {
+  const store = openStore(opts.path ?? join(dirs.make(), 'agent.db'));
+  opened.push(store);
+  const marks: string[] = [];
+  const window = new PublishWindow({
+    db: store.db,
+    maxInflight: opts.maxInflight ?? 10,
+    durability: 'process',
+    monitor: { markSuccess: (channel, operation) => void marks.push(`${channel}:${operation}`), channelStatus: () => 'online' },
+    clock: new FakeClock(),
+    logger: silentLogger(),
+  });
+  const outcomes = new Map<string, PublishOutcome>();
+  return {
+    window,
+    store,
+    marks,
+    outcomes,
+    publish: (req) =>
+      new Promise((resolve) =>
+        window.submit(req, (o) => {
+          outcomes.set(req.id, o);
+          resolve(o);
+        }),
+      ),
+    puback(messageId, reasonCode, reasonString) {
+      window.onPuback(messageId, reasonCode, reasonString);
+      window.outgoing.del({ messageId }, () => undefined);
+    },
+  };
+}
+
+const msg = (id: string, extra: Partial<PublishRequest> = {}): PublishRequest => ({ id, topic: 'iot/d/events', payload: JSON.stringify({ id }), heldByCaller: true, ...extra });
+
+describe('PublishWindow: the in-flight bound', () => {
+  it('sends at most maxInflight, the rest in call order as PUBACKs free slots', async () => {
+    const h = harness({ maxInflight: 3 });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    for (const id of ['a', 'b', 'c', 'd', 'e']) void h.publish(msg(id));
+    await settle();
+    expect(link.sent.map((s) => JSON.parse(s.payload).id)).toEqual(['a', 'b', 'c']);
+    expect(h.window.counts()).toEqual({ inflight: 3, queued: 2, acknowledged: 0, rejected: 0 });
+
+    h.puback(2);
+    await settle();
+    expect(link.sent.map((s) => JSON.parse(s.payload).id)).toEqual(['a', 'b', 'c', 'd']);
+    h.puback(1);
+    h.puback(3);
+    await settle();
+    expect(link.sent).toHaveLength(5);
+    expect(h.window.counts()).toMatchObject({ inflight: 2, queued: 0, acknowledged: 3 });
+  });
+
+  it('takes the broker Receive Maximum when it is lower, and sends nothing without a ready connection', async () => {
+    const h = harness({ maxInflight: 5 });
+    for (const id of ['a', 'b', 'c', 'd']) void h.publish(msg(id));
+    await settle();
+    expect(h.window.counts()).toMatchObject({ inflight: 0, queued: 4 });
+
+    h.window.setBrokerLimits({ receiveMaximum: 2 });
+    const link = fakeLink(h.window);
+    link.ready = false;
+    h.window.attach(link);
+    await settle();
+    expect(link.sent).toHaveLength(0);
+
+    link.ready = true;
+    h.window.attach(link);
+    await settle();
+    expect(link.sent).toHaveLength(2);
+
+    // A new connection without a Receive Maximum has the whole window again.
+    h.window.setBrokerLimits({});
+    h.puback(1);
+    await settle();
+    expect(link.sent).toHaveLength(4);
+  });
+});
+
+describe('PublishWindow: PUBACKs and outcomes', () => {
+  it('maps PUBACKs to their messages by packet id whatever order they come in', async () => {
+    const h = harness();
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    const done = ['m1', 'm2', 'm3', 'm4'].map((id) => h.publish(msg(id)));
+    await settle();
+    const idOf = (messageId: number): string => JSON.parse(link.sent.find((s) => s.messageId === messageId)!.payload).id;
+    expect([1, 2, 3, 4].map(idOf)).toEqual(['m1', 'm2', 'm3', 'm4']);
+
+    h.puback(3, 0x97, 'slow down');
+    h.puback(1);
+    h.puback(4, 0x87);
+    h.puback(2, 0x10);
+    const [m1, m2, m3, m4] = await Promise.all(done);
+    expect(m1).toEqual({ ok: true });
+    expect(m2).toEqual({ ok: true });
+    expect(m3).toEqual({ ok: false, permanent: false, reasonCode: 0x97, reason: 'Quota exceeded (0x97): slow down' });
+    expect(m4).toMatchObject({ ok: false, permanent: true, reasonCode: 0x87 });
+    expect(h.window.counts()).toEqual({ inflight: 0, queued: 0, acknowledged: 2, rejected: 2 });
+    // One success mark a second at most while the channel is online.
+    expect(h.marks).toEqual(['mqtt:publish']);
+  });
+
+  it('classifies refusals by reason code: transient ones may be retried, the rest park the message', async () => {
+    const codes = [0x80, 0x83, 0x87, 0x90, 0x91, 0x89, 0x96, 0x97, 0x99, 0xa0];
+    const h = harness({ maxInflight: codes.length });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    const done = codes.map((rc) => h.publish(msg(`rc-${rc}`)));
+    await settle();
+    codes.forEach((rc, i) => h.puback(i + 1, rc));
+    const outcomes = await Promise.all(done);
+    const permanent = codes.filter((_, i) => !outcomes[i]!.ok && (outcomes[i] as { permanent: boolean }).permanent);
+    expect(permanent).toEqual([0x80, 0x83, 0x87, 0x90, 0x99, 0xa0]);
+    expect(outcomes.every((o, i) => !o.ok && o.reasonCode === codes[i])).toBe(true);
+  });
+
+  it('refuses before sending: an invalid topic (0x90), a packet over the broker Maximum Packet Size (0x95)', async () => {
+    const h = harness();
+    const link = fakeLink(h.window);
+    h.window.setBrokerLimits({ maximumPacketSize: 100 });
+    h.window.attach(link);
+    expect(await h.publish(msg('bad', { topic: 'iot/d/+' }))).toMatchObject({ ok: false, permanent: true, reasonCode: 0x90 });
+    const big = msg('big', { payload: 'x'.repeat(100) });
+    expect(await h.publish(big)).toMatchObject({ ok: false, permanent: true, reasonCode: 0x95 });
+    const fits = msg('fits', { payload: 'x'.repeat(100 - publishPacketSize({ topic: 'iot/d/events', payload: Buffer.alloc(0) }, 5)) });
+    void h.publish(fits);
+    await settle();
+    expect(link.sent.map((s) => s.topic)).toEqual(['iot/d/events']);
+  });
+
+  it('joins a publish of an id on its way, and keeps an answer nobody waited for', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const before = harness({ path });
+    const link = fakeLink(before.window);
+    before.window.attach(link);
+    // Not held by the caller: the in-flight table keeps it for the next run.
+    void before.publish(msg('kept', { heldByCaller: false }));
+    await settle();
+    before.window.outgoing.flush();
+    opened.splice(0).forEach((s) => s.close());
+
+    const after = harness({ path });
+    after.window.restore();
+    expect(after.window.counts()).toMatchObject({ inflight: 1, queued: 0 });
+    // Re-sent by mqtt.js from the store and answered before the caller asked again.
+    after.puback(1);
+    const relink = fakeLink(after.window);
+    after.window.attach(relink);
+    expect(await after.publish(msg('kept', { heldByCaller: false }))).toEqual({ ok: true });
+    await settle();
+    expect(relink.sent).toHaveLength(0);
+
+    const first = after.publish(msg('twice'));
+    const second = after.publish(msg('twice'));
+    await settle();
+    expect(relink.sent).toHaveLength(1);
+    after.puback(relink.sent[0]!.messageId);
+    expect(await Promise.all([first, second])).toEqual([{ ok: true }, { ok: true }]);
+  });
+});
+
+describe('PublishWindow: waiters across disconnects and at stop', () => {
+  it('keeps a publish pending across a lost connection: in the store it stays in flight, else it goes first next time', async () => {
+    const h = harness({ maxInflight: 2 });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    const a = h.publish(msg('a'));
+    await settle();
+    // mqtt.js refuses the next send at once: the client is going away and never stored it.
+    link.client.publish = (_topic, _message, _opts, callback) => callback?.(new Error('client disconnecting'));
+    const b = h.publish(msg('b'));
+    void h.publish(msg('c'));
+    await settle();
+    expect(link.ready).toBe(false);
+    // The connection closes before the PUBACK of 'a' and mqtt.js fails its send too.
+    link.sent[0]!.callback?.(new Error('Connection closed'));
+    h.window.detach(link);
+    await settle();
+    expect(h.outcomes.size).toBe(0);
+    expect(h.window.counts()).toMatchObject({ inflight: 1, queued: 2 });
+
+    // 'a' is in the store: mqtt.js re-sends it with its packet id. 'b' goes before 'c'.
+    const next = fakeLink(h.window, 100);
+    h.window.attach(next);
+    await settle();
+    expect(next.sent.map((s) => JSON.parse(s.payload).id)).toEqual(['b']);
+    h.puback(link.sent[0]!.messageId);
+    expect(await a).toEqual({ ok: true });
+    await settle();
+    expect(next.sent.map((s) => JSON.parse(s.payload).id)).toEqual(['b', 'c']);
+    h.puback(next.sent[0]!.messageId);
+    expect(await b).toEqual({ ok: true });
+  });
+
+  it('releases every waiter at stop and takes nothing after', async () => {
+    const h = harness({ maxInflight: 1 });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    const sent = h.publish(msg('sent'));
+    const queued = h.publish(msg('queued'));
+    await settle();
+    h.window.close({ ok: false, permanent: false, reason: 'the MQTT session stopped' });
+    expect(await sent).toEqual({ ok: false, permanent: false, reason: 'the MQTT session stopped' });
+    expect(await queued).toEqual({ ok: false, permanent: false, reason: 'the MQTT session stopped' });
+    expect(h.window.stopped).toBe(true);
+    expect(await h.publish(msg('late'))).toEqual({ ok: false, permanent: false, reason: 'the MQTT session is stopped' });
+    expect(h.window.counts()).toMatchObject({ queued: 0 });
+  });
+
+  it('ends the wait of an aborted caller; a message not sent yet is forgotten', async () => {
+    const h = harness({ maxInflight: 1 });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    void h.publish(msg('first'));
+    const ctl = new AbortController();
+    const waiting = h.publish(msg('second', { signal: ctl.signal }));
+    await settle();
+    ctl.abort();
+    expect(await waiting).toEqual({ ok: false, permanent: false, reason: 'aborted' });
+    h.puback(1);
+    await settle();
+    expect(link.sent).toHaveLength(1);
+  });
+
+  it('sends the message sent ahead before the queue, and a newer one supersedes it while it waits', async () => {
+    const h = harness({ maxInflight: 1 });
+    void h.publish(msg('queued'));
+    const birth = (n: number): Promise<PublishOutcome> =>
+      new Promise((resolve) => h.window.sendAhead({ id: `birth-${n}`, topic: 'iot/d/status', payload: Buffer.from(`{"n":${n}}`), retain: true }, resolve));
+    const old = birth(1);
+    void birth(2);
+    expect(await old).toEqual({ ok: false, permanent: false, reason: 'superseded' });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    await settle();
+    expect(link.sent.map((s) => [s.topic, s.payload, s.retain])).toEqual([['iot/d/status', '{"n":2}', true]]);
+  });
+});
