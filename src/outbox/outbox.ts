@@ -8,8 +8,8 @@ import type { IdGenerator } from '../util/ids.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
 import { decodePayload, encodePayload, type EncodedPayload } from './codec.js';
-import { DROP_REASONS, DropReporter, diskLowError, fmtBytes, fullError, resolveOnLimit, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
-import { CHANNEL_NAME, DEFAULT_CHANNEL_PRIORITIES, DEFAULT_PRIORITY } from './policy.js';
+import { DROP_REASONS, DropReporter, diskLowError, fmtBytes, fullError, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
+import { CHANNEL_NAME, ChannelPolicies, defaultPriority } from './channel-policies.js';
 import {
   OutboxError,
   type ChannelPolicy,
@@ -17,7 +17,6 @@ import {
   type CommitInfo,
   type EnqueueMessage,
   type EnqueueResult,
-  type FlushOptions,
   type OutboxMessage,
   type OutboxStats,
   type ParkedMessage,
@@ -222,9 +221,7 @@ export class Outbox {
   private readonly ids: Pick<IdGenerator, 'next'>;
   private readonly logger: Logger;
   private readonly limits: { maxCount: number; maxBytes: number };
-  private readonly policies = new Map<string, ChannelPolicy>();
-  private readonly globalOnLimit: Partial<OnLimit> | undefined;
-  private readonly onLimits = new Map<string, OnLimit>();
+  private readonly policies: ChannelPolicies;
   private readonly drops: DropReporter;
   private readonly compressAboveBytes: number;
   private readonly windowMs: number;
@@ -271,8 +268,7 @@ export class Outbox {
     this.ids = opts.ids;
     this.logger = opts.logger;
     this.limits = { ...opts.limits };
-    for (const [name, policy] of Object.entries(opts.channels ?? {})) this.policies.set(name, { ...policy });
-    this.globalOnLimit = opts.onLimit;
+    this.policies = new ChannelPolicies(opts.channels, opts.onLimit);
     this.compressAboveBytes = opts.compressAboveBytes ?? 1024;
     this.windowMs = opts.groupCommit?.windowMs ?? 2;
     this.maxBatch = Math.max(1, opts.groupCommit?.maxBatch ?? 512);
@@ -302,9 +298,7 @@ export class Outbox {
 
   /** The policy in force at each limit for `channel`. */
   onLimitOf(channel: string): OnLimit {
-    let p = this.onLimits.get(channel);
-    if (!p) this.onLimits.set(channel, (p = resolveOnLimit(channel, this.policies.get(channel)?.onLimit, this.globalOnLimit)));
-    return p;
+    return this.policies.onLimitOf(channel);
   }
 
   // ---------------------------------------------------------------- enqueue
@@ -919,28 +913,6 @@ export class Outbox {
     });
   }
 
-  /**
-   * The seed's `flush(sendFn)`: sends batches until the queue (or the chosen channels) is empty,
-   * acking each batch after `sendFn` resolves. On the first failure the batch is nacked (it stays
-   * queued, in order) and the error is rethrown. Resolves with the number delivered.
-   */
-  async flush(sendFn: (batch: OutboxMessage[]) => Promise<void>, opts: FlushOptions = {}): Promise<number> {
-    let delivered = 0;
-    for (;;) {
-      opts.signal?.throwIfAborted();
-      const batch = this.peekBatch({ channels: opts.channels, maxCount: opts.maxCount ?? 100, maxBytes: opts.maxBytes ?? 1_048_576 });
-      if (batch.length === 0) return delivered;
-      const ids = batch.map((m) => m.id);
-      try {
-        await sendFn(batch);
-      } catch (err) {
-        this.nack(ids);
-        throw err;
-      }
-      delivered += this.ack(ids);
-    }
-  }
-
   // ---------------------------------------------------------------- maintenance
 
   /** Removes expired messages now (counted as expired); also done at enqueue and peek time. */
@@ -1023,7 +995,7 @@ export class Outbox {
   stats(): OutboxStats {
     this.releaseExpiredLeases();
     const now = this.clock.now();
-    const names = new Set<string>([...this.s.channels.keys(), ...this.s.counters.keys(), ...this.s.parked.keys(), ...this.policies.keys()]);
+    const names = new Set<string>([...this.s.channels.keys(), ...this.s.counters.keys(), ...this.s.parked.keys(), ...this.policies.names()]);
     const leasedBy = new Map<string, number>();
     for (const l of this.leases.values()) leasedBy.set(l.channel, (leasedBy.get(l.channel) ?? 0) + 1);
     const oldestBy = new Map<string, number>();
@@ -1454,10 +1426,6 @@ function toMessage(r: Row): OutboxMessage {
     storedBytes: r.bytes,
     compressed: r.encoding === 1,
   };
-}
-
-function defaultPriority(channel: string): number {
-  return Object.hasOwn(DEFAULT_CHANNEL_PRIORITIES, channel) ? (DEFAULT_CHANNEL_PRIORITIES[channel] as number) : DEFAULT_PRIORITY;
 }
 
 function emptyChannelStats(): ChannelStats {
