@@ -1,4 +1,4 @@
-import type { Database, Statement } from 'better-sqlite3';
+import type { Database } from 'better-sqlite3';
 import { statSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Store } from '../store/store.js';
@@ -10,6 +10,7 @@ import type { Logger } from '../util/logger.js';
 import { decodePayload, encodePayload, type EncodedPayload } from './codec.js';
 import { DROP_REASONS, DropReporter, diskLowError, fmtBytes, fullError, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
 import { CHANNEL_NAME, ChannelPolicies, defaultPriority } from './channel-policies.js';
+import { prepareOutboxStatements, type LaneRow, type OutboxStatements, type ParkedRow, type Row, type RowRef } from './outbox-sql.js';
 import {
   OutboxError,
   type ChannelPolicy,
@@ -162,35 +163,6 @@ interface PendingCall {
   reject: (err: Error) => void;
 }
 
-interface Victim {
-  seq: number;
-  channel: string;
-  priority: number;
-  bytes: number;
-}
-
-interface Row {
-  seq: number;
-  id: string;
-  channel: string;
-  priority: number;
-  created_at: number;
-  expires_at: number | null;
-  coalesce_key: string | null;
-  encoding: number;
-  bytes: number;
-  payload: string | Buffer;
-}
-
-/** A row of `peekRows` (raw): seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload. */
-type LaneRow = [number, string, number, number | null, string | null, number, number, string | Buffer];
-
-interface ParkedRow extends Omit<Row, 'seq' | 'coalesce_key'> {
-  parked_seq: number;
-  parked_at: number;
-  reason: string;
-}
-
 /** Thrown inside an enqueueMany savepoint to roll back the members already applied. */
 class Refused {
   constructor(readonly error: OutboxError) {}
@@ -237,7 +209,7 @@ export class Outbox {
   private readonly pageSize: number;
   /** Bytes the WAL grows to before SQLite checkpoints it. */
   private readonly walBudget: number;
-  private readonly q: ReturnType<typeof prepareStatements>;
+  private readonly q: OutboxStatements;
   private readonly tx: (fn: () => unknown) => unknown;
   private readonly deleteLeased: (ids: string[]) => void;
 
@@ -282,7 +254,7 @@ export class Outbox {
     this.durability = durabilityOf(this.db.pragma('synchronous', { simple: true }) as number);
     this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
     this.walBudget = opts.store.walCheckpointPages * this.pageSize;
-    this.q = prepareStatements(this.db);
+    this.q = prepareOutboxStatements(this.db);
     const t = this.db.transaction((fn: () => unknown) => fn());
     this.tx = (fn) => t(fn);
     // Inside `write`'s transaction this is a savepoint: a mismatch undoes the delete alone.
@@ -504,10 +476,10 @@ export class Outbox {
       return { id: m.id };
     }
     const taken = new Set<number>();
-    let replaced: Victim | undefined;
+    let replaced: RowRef | undefined;
     let unkey: number | undefined;
     if (m.coalesceKey !== null) {
-      const row = this.q.coalesceFind.get(m.channel, m.coalesceKey) as Victim | undefined;
+      const row = this.q.coalesceFind.get(m.channel, m.coalesceKey) as RowRef | undefined;
       if (row && this.leasedSeqs.has(row.seq)) unkey = row.seq; // in flight: let it finish, it just loses its key
       else if (row) {
         replaced = { ...row, channel: m.channel };
@@ -522,9 +494,9 @@ export class Outbox {
     let totBytes = this.s.total.bytes - (replaced?.bytes ?? 0);
     const chMax = { maxCount: policy?.maxCount ?? Infinity, maxBytes: policy?.maxBytes ?? Infinity };
     const b = m.enc.bytes;
-    const victims: { v: Victim; reason: LimitKind }[] = [];
+    const victims: { v: RowRef; reason: LimitKind }[] = [];
     let freed = replaced?.bytes ?? 0;
-    const take = (v: Victim, reason: LimitKind): void => {
+    const take = (v: RowRef, reason: LimitKind): void => {
       victims.push({ v, reason });
       taken.add(v.seq);
       freed += v.bytes;
@@ -596,7 +568,7 @@ export class Outbox {
    * Drop candidates in drop order: lowest priority first (up to `maxPriority`), oldest first within
    * a priority across the lanes of `channel` (or every channel) that give way at `kind`, skipping in-flight messages.
    */
-  private *candidates(channel: string | null, maxPriority: number, skip: Set<number>, kind: LimitKind): Generator<Victim> {
+  private *candidates(channel: string | null, maxPriority: number, skip: Set<number>, kind: LimitKind): Generator<RowRef> {
     const lanes = [...this.s.lanes.values()].filter(
       (l) => l.count > 0 && l.priority <= maxPriority && (channel === null || l.channel === channel) && this.onLimitOf(l.channel)[kind] === 'drop-oldest',
     );
@@ -793,7 +765,7 @@ export class Outbox {
         }
       }
       for (const id of rest) {
-        const row = this.q.deleteById.get(id) as Victim | undefined;
+        const row = this.q.deleteById.get(id) as RowRef | undefined;
         if (!row) continue;
         this.laneRemove(row);
         this.bump(row.channel, 'delivered');
@@ -821,7 +793,7 @@ export class Outbox {
     const n = this.write(`parking ${list.length} message(s)`, () => {
       let parked = 0;
       for (const id of list) {
-        const row = this.q.findById.get(id) as Victim | undefined;
+        const row = this.q.findById.get(id) as RowRef | undefined;
         if (!row) continue;
         this.q.parkInsert.run(at, reason.slice(0, 1000), row.seq);
         this.q.deleteSeq.run(row.seq);
@@ -956,7 +928,7 @@ export class Outbox {
     return this.write(`downsampling ${channel}`, () => {
       const ids: (string | undefined)[] = [];
       for (const { id, enc } of encoded) {
-        const row = this.q.findById.get(id) as Victim | undefined;
+        const row = this.q.findById.get(id) as RowRef | undefined;
         if (!row || row.channel !== channel || this.leasedSeqs.has(row.seq)) {
           ids.push(undefined);
           continue;
@@ -972,7 +944,7 @@ export class Outbox {
         ids.push(newId);
       }
       for (const id of change.remove) {
-        const row = this.q.findById.get(id) as Victim | undefined;
+        const row = this.q.findById.get(id) as RowRef | undefined;
         if (!row || row.channel !== channel || this.leasedSeqs.has(row.seq)) continue;
         this.q.deleteSeq.run(row.seq);
         this.laneRemove(row);
@@ -1255,7 +1227,7 @@ export class Outbox {
     if (now < this.s.nextExpiryAt) return 0;
     let n = 0;
     for (;;) {
-      const rows = this.q.expiredRows.all(now, 256) as (Victim & { id: string })[];
+      const rows = this.q.expiredRows.all(now, 256) as (RowRef & { id: string })[];
       for (const r of rows) {
         this.q.deleteSeq.run(r.seq);
         this.laneRemove(r);
@@ -1347,57 +1319,6 @@ export class Outbox {
     const d = this.disk;
     return d.low || (d.free !== null && d.free - d.bytesSince < this.minFreeBytes);
   }
-}
-
-function prepareStatements(db: Database) {
-  const p = (sql: string): Statement => db.prepare(sql);
-  return {
-    insert: p(
-      'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-    ),
-    idExists: p('SELECT 1 FROM outbox WHERE id = ?'),
-    coalesceFind: p('SELECT seq, priority, bytes FROM outbox WHERE channel = ? AND coalesce_key = ?'),
-    clearKey: p('UPDATE outbox SET coalesce_key = NULL WHERE seq = ?'),
-    deleteSeq: p('DELETE FROM outbox WHERE seq = ?'),
-    deleteById: p('DELETE FROM outbox WHERE id = ? RETURNING seq, channel, priority, bytes'),
-    // One statement for a whole acked batch: a statement per row costs twice as much CPU. By id,
-    // not by the leased seq: an ack can then only ever delete the messages it names.
-    deleteIds: p('DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))'),
-    findById: p('SELECT seq, channel, priority, bytes FROM outbox WHERE id = ?'),
-    laneKeys: p('SELECT seq, bytes FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?'),
-    laneRows: p(
-      'SELECT seq, id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?',
-    ),
-    peekRows: p(
-      'SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?',
-    ).raw(),
-    laneOldest: p('SELECT created_at FROM outbox WHERE channel = ? AND priority = ? ORDER BY seq LIMIT 1'),
-    expiredRows: p('SELECT seq, id, channel, priority, bytes FROM outbox WHERE expires_at <= ? ORDER BY expires_at LIMIT ?'),
-    minExpiry: p('SELECT min(expires_at) AS t FROM outbox WHERE expires_at IS NOT NULL'),
-    updatePayload: p('UPDATE outbox SET id = ?, encoding = ?, bytes = ?, payload = ? WHERE seq = ?'),
-    loadLanes: p('SELECT channel, priority, count(*) AS n, total(bytes) AS b FROM outbox GROUP BY channel, priority'),
-    loadCounters: p('SELECT channel, counter, value FROM outbox_counters'),
-    loadParked: p('SELECT channel, count(*) AS n FROM outbox_parked GROUP BY channel'),
-    counterSet: p('INSERT INTO outbox_counters (channel, counter, value) VALUES (?, ?, ?) ON CONFLICT (channel, counter) DO UPDATE SET value = excluded.value'),
-    parkInsert: p(
-      `INSERT OR REPLACE INTO outbox_parked (id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload)
-       SELECT id, channel, priority, created_at, expires_at, encoding, bytes, ?, ?, payload FROM outbox WHERE seq = ?`,
-    ),
-    parkedOldest: p('SELECT parked_seq, channel FROM outbox_parked ORDER BY parked_seq LIMIT ?'),
-    parkedDelete: p('DELETE FROM outbox_parked WHERE parked_seq = ?'),
-    parkedIds: p('SELECT id FROM outbox_parked ORDER BY parked_seq'),
-    parkedGet: p('SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason FROM outbox_parked WHERE id = ?'),
-    parkedList: p(
-      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload FROM outbox_parked ORDER BY parked_seq LIMIT ?',
-    ),
-    parkedListChannel: p(
-      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload FROM outbox_parked WHERE channel = ? ORDER BY parked_seq LIMIT ?',
-    ),
-    unparkInsert: p(
-      `INSERT OR IGNORE INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload)
-       SELECT id, channel, priority, created_at, expires_at, NULL, encoding, bytes, payload FROM outbox_parked WHERE id = ?`,
-    ),
-  };
 }
 
 function messageOf(lane: Lane, r: LaneRow): OutboxMessage {
