@@ -8,8 +8,11 @@ import type { IdGenerator } from '../util/ids.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
 import { decodePayload, encodePayload, type EncodedPayload } from './codec.js';
+import { OutboxCounters, zeroCounters, dropsOf } from './counters.js';
 import { DROP_REASONS, DropReporter, diskLowError, fmtBytes, fullError, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
 import { CHANNEL_NAME, ChannelPolicies, defaultPriority } from './channel-policies.js';
+import { Lanes, mergeLanes, type Lane } from './lanes.js';
+import { Leases } from './leases.js';
 import { prepareOutboxStatements, type LaneRow, type OutboxStatements, type ParkedRow, type Row, type RowRef } from './outbox-sql.js';
 import {
   OutboxError,
@@ -91,61 +94,6 @@ export interface OutboxOptions {
   onCommit?: (info: CommitInfo) => void;
 }
 
-interface Lane {
-  channel: string;
-  priority: number;
-  count: number;
-  bytes: number;
-  /** created_at of the first message in delivery order; undefined: unknown (read on demand). */
-  oldest: number | undefined;
-  /**
-   * Every row of the lane with a smaller seq is leased, so `peekBatch` starts reading there: with a
-   * batch or two in flight it would otherwise read past all of them again for every new batch.
-   * Raised by `peekBatch`; lowered when a lease is released with its row still queued and when a
-   * row is inserted below it (SQLite may reuse the seq of deleted rows at the end of the table).
-   */
-  leasedBelow: number;
-}
-
-/** A message handed to a sink: its row, and what `ack` needs to account for it without reading it back. */
-interface Lease {
-  seq: number;
-  channel: string;
-  priority: number;
-  bytes: number;
-  until: number;
-}
-
-/** Thrown (and caught) inside `ack`'s savepoint: a leased row was not there to delete. */
-class LeaseMismatch extends Error {}
-
-/**
- * Counters kept in `outbox_counters`, written in the transaction of the change they count. Drops by
- * reason: `count`, `bytes`, `disk`, `expired` (ttl), `parkedLimit`, `corrupt` (lost with a damaged database,
- * counted by the salvage: salvage-losses.ts); `overflow` is the count and bytes
- * drops of databases from before they were told apart, shown as `count`.
- */
-const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'corrupt', 'coalesced', 'downsampled'] as const;
-/** `accepted` is counted in memory only (since the outbox opened): persisting it would add a page write to every enqueue commit. */
-type CounterName = (typeof COUNTERS)[number] | 'accepted';
-type Counters = Record<CounterName, number>;
-
-interface Totals {
-  count: number;
-  bytes: number;
-}
-
-/** Everything in memory that a transaction changes; snapshotted so a rollback can restore it. */
-interface State {
-  lanes: Map<string, Lane>;
-  channels: Map<string, Totals>;
-  total: Totals;
-  counters: Map<string, Counters>;
-  parked: Map<string, number>;
-  nextExpiryAt: number;
-  dirty: Set<string>;
-}
-
 interface Prepared {
   id: string;
   idGiven: boolean;
@@ -167,12 +115,6 @@ interface PendingCall {
 class Refused {
   constructor(readonly error: OutboxError) {}
 }
-
-const CHUNK = 64;
-const SEP = '\u0000';
-const laneKey = (channel: string, priority: number): string => `${channel}${SEP}${priority}`;
-const zeroCounters = (): Counters => ({ accepted: 0, delivered: 0, overflow: 0, count: 0, bytes: 0, disk: 0, expired: 0, parked: 0, parkedLimit: 0, corrupt: 0, coalesced: 0, downsampled: 0 });
-const dropsOf = (c: Counters): DropCounts => ({ count: c.count, bytes: c.bytes, disk: c.disk, ttl: c.expired, parkedLimit: c.parkedLimit, corrupt: c.corrupt });
 
 /** SQLITE_FULL, or an I/O error that says ENOSPC. */
 function isDiskFull(err: unknown): boolean {
@@ -213,10 +155,11 @@ export class Outbox {
   private readonly tx: (fn: () => unknown) => unknown;
   private readonly deleteLeased: (ids: string[]) => void;
 
-  private s: State;
-  private readonly leases = new Map<string, Lease>();
-  private readonly leasedSeqs = new Set<number>();
-  private nextLeaseExpiry = Infinity;
+  private readonly lanes: Lanes;
+  private readonly counters: OutboxCounters;
+  private readonly leases: Leases;
+  /** The earliest expires_at of a queued message (a lower bound): nothing expires before it, so the check is free until then. */
+  private nextExpiryAt = Infinity;
 
   private pending: PendingCall[] = [];
   private pendingMessages = 0;
@@ -229,8 +172,6 @@ export class Outbox {
 
   private disk = { free: null as number | null, checkedAt: -Infinity, bytesSince: 0, low: false, tight: false };
   private diskErrorLogged = false;
-  /** Something was dropped in the transaction under way (the reporter hears of it once it commits). */
-  private dropping = false;
 
   constructor(opts: OutboxOptions) {
     this.db = opts.store.db;
@@ -262,8 +203,11 @@ export class Outbox {
       const { changes } = this.q.deleteIds.run(JSON.stringify(ids));
       if (changes !== ids.length) throw new LeaseMismatch(`${changes} of ${ids.length} leased rows deleted`);
     });
-    this.s = this.load();
-    const totals = (): [string, DropCounts][] => [...this.s.counters].map(([ch, c]) => [ch, dropsOf(c)]);
+    this.lanes = new Lanes((channel, priority) => (this.q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at);
+    this.counters = new OutboxCounters((channel, counter, value) => this.q.counterSet.run(channel, counter, value));
+    this.leases = new Leases(this.lanes, this.clock, this.leaseMs);
+    this.load();
+    const totals = (): [string, DropCounts][] => this.counters.dropTotals();
     this.drops = new DropReporter({ db: this.db, clock: this.clock, logger: this.logger, intervalMs: opts.dropLogIntervalMs ?? 60_000, totals });
     this.drops.report(true);
   }
@@ -394,31 +338,30 @@ export class Outbox {
     if (batch.length === 0) return;
     this.lastBatchCalls = batch.length;
     const t0 = performance.now();
-    const before = this.snapshot();
+    const restore = this.checkpoint();
     let outcomes: (EnqueueResult[] | OutboxError)[] = [];
     const attempt = (): void => {
       outcomes = [];
       this.tx(() => {
-        this.releaseExpiredLeases();
+        this.leases.releaseExpired();
         this.expireDue();
         this.checkDisk();
         for (const call of batch) outcomes.push(call.messages.length === 1 ? this.admitOne(call.messages[0] as Prepared) : this.admitGroup(call.messages));
-        this.writeCounters();
+        this.counters.write();
       });
     };
     try {
       try {
         attempt();
       } catch (err) {
-        this.s = before;
+        restore();
         // A full disk may only be a full WAL: fold it back, re-read free space, and try once more.
         if (!isDiskFull(err) || !this.reclaimWal()) throw err;
-        this.s = this.snapshotOf(before);
         attempt();
       }
     } catch (err) {
-      this.s = before;
-      this.dropping = false;
+      restore();
+      this.counters.discardDrops();
       const e = this.writeError(err, `writing ${messages} message(s)`);
       this.logger.error({ err: errorMessage(err), code: e.code, messages }, e.message);
       for (const call of batch) call.reject(e);
@@ -445,7 +388,7 @@ export class Outbox {
   }
 
   private admitGroup(ms: Prepared[]): EnqueueResult[] | OutboxError {
-    const before = this.snapshot();
+    const restore = this.checkpoint();
     try {
       return this.tx(() => {
         const out: EnqueueResult[] = [];
@@ -458,7 +401,7 @@ export class Outbox {
       }) as EnqueueResult[];
     } catch (err) {
       if (!(err instanceof Refused)) throw err;
-      this.s = before;
+      restore();
       return err.error;
     }
   }
@@ -480,18 +423,18 @@ export class Outbox {
     let unkey: number | undefined;
     if (m.coalesceKey !== null) {
       const row = this.q.coalesceFind.get(m.channel, m.coalesceKey) as RowRef | undefined;
-      if (row && this.leasedSeqs.has(row.seq)) unkey = row.seq; // in flight: let it finish, it just loses its key
+      if (row && this.leases.isLeased(row.seq)) unkey = row.seq; // in flight: let it finish, it just loses its key
       else if (row) {
         replaced = { ...row, channel: m.channel };
         taken.add(row.seq);
       }
     }
     const policy = this.policies.get(m.channel);
-    const ch = this.s.channels.get(m.channel) ?? { count: 0, bytes: 0 };
+    const ch = this.lanes.channel(m.channel) ?? { count: 0, bytes: 0 };
     let chCount = ch.count - (replaced ? 1 : 0);
     let chBytes = ch.bytes - (replaced?.bytes ?? 0);
-    let totCount = this.s.total.count - (replaced ? 1 : 0);
-    let totBytes = this.s.total.bytes - (replaced?.bytes ?? 0);
+    let totCount = this.lanes.total.count - (replaced ? 1 : 0);
+    let totBytes = this.lanes.total.bytes - (replaced?.bytes ?? 0);
     const chMax = { maxCount: policy?.maxCount ?? Infinity, maxBytes: policy?.maxBytes ?? Infinity };
     const b = m.enc.bytes;
     const victims: { v: RowRef; reason: LimitKind }[] = [];
@@ -533,14 +476,14 @@ export class Outbox {
     // Apply: the decision is made, now change rows and the in-memory totals together.
     if (replaced) {
       this.q.deleteSeq.run(replaced.seq);
-      this.laneRemove(replaced);
-      this.bump(m.channel, 'coalesced');
+      this.lanes.remove(replaced);
+      this.counters.bump(m.channel, 'coalesced');
     }
     if (unkey !== undefined) this.q.clearKey.run(unkey);
     for (const { v, reason } of victims) {
       this.q.deleteSeq.run(v.seq);
-      this.laneRemove(v);
-      this.bump(v.channel, reason);
+      this.lanes.remove(v);
+      this.counters.bump(v.channel, reason);
     }
     this.insert(m);
     this.disk.bytesSince += Math.max(0, b - freed);
@@ -549,19 +492,19 @@ export class Outbox {
 
   private fits(m: Prepared): boolean {
     const b = m.enc.bytes;
-    const t = this.s.total;
+    const t = this.lanes.total;
     if (t.count + 1 > this.limits.maxCount || t.bytes + b > this.limits.maxBytes || this.diskLow()) return false;
     const policy = this.policies.get(m.channel);
     if (policy?.maxCount === undefined && policy?.maxBytes === undefined) return true;
-    const ch = this.s.channels.get(m.channel) ?? { count: 0, bytes: 0 };
+    const ch = this.lanes.channel(m.channel) ?? { count: 0, bytes: 0 };
     return ch.count + 1 <= (policy.maxCount ?? Infinity) && ch.bytes + b <= (policy.maxBytes ?? Infinity);
   }
 
   private insert(m: Prepared): void {
     const { lastInsertRowid } = this.q.insert.run(m.id, m.channel, m.priority, m.createdAt, m.expiresAt, m.coalesceKey, m.enc.encoding, m.enc.bytes, m.enc.data);
-    this.laneAdd(m.channel, m.priority, m.enc.bytes, m.createdAt, lastInsertRowid);
-    this.bump(m.channel, 'accepted');
-    if (m.expiresAt !== null && m.expiresAt < this.s.nextExpiryAt) this.s.nextExpiryAt = m.expiresAt;
+    this.lanes.add(m.channel, m.priority, m.enc.bytes, m.createdAt, lastInsertRowid);
+    this.counters.bump(m.channel, 'accepted');
+    if (m.expiresAt !== null && m.expiresAt < this.nextExpiryAt) this.nextExpiryAt = m.expiresAt;
   }
 
   /**
@@ -569,14 +512,14 @@ export class Outbox {
    * a priority across the lanes of `channel` (or every channel) that give way at `kind`, skipping in-flight messages.
    */
   private *candidates(channel: string | null, maxPriority: number, skip: Set<number>, kind: LimitKind): Generator<RowRef> {
-    const lanes = [...this.s.lanes.values()].filter(
-      (l) => l.count > 0 && l.priority <= maxPriority && (channel === null || l.channel === channel) && this.onLimitOf(l.channel)[kind] === 'drop-oldest',
+    const lanes = this.lanes.nonEmpty().filter(
+      (l) => l.priority <= maxPriority && (channel === null || l.channel === channel) && this.onLimitOf(l.channel)[kind] === 'drop-oldest',
     );
     const priorities = [...new Set(lanes.map((l) => l.priority))].sort((a, b) => a - b);
     for (const p of priorities) {
       const at = lanes.filter((l) => l.priority === p);
       // Usually one victim is enough: start with a few rows per lane and read more only as needed.
-      const rows = this.mergeLanes(
+      const rows = mergeLanes(
         at,
         (lane, after, limit) =>
           (this.q.laneKeys.all(lane.channel, lane.priority, after, limit) as { seq: number; bytes: number }[]).map((r) => ({
@@ -587,43 +530,7 @@ export class Outbox {
           })),
         4,
       );
-      for (const v of rows) if (!skip.has(v.seq) && !this.leasedSeqs.has(v.seq)) yield v;
-    }
-  }
-
-  /**
-   * Merges lanes by seq, reading each in chunks (the first of `chunk` rows, each next one twice as
-   * large, up to 512), so no more than a few hundred rows per lane are ever in memory.
-   */
-  private *mergeLanes<R extends { seq: number }>(
-    lanes: Lane[],
-    fetch: (lane: Lane, after: number, limit: number) => R[],
-    chunk = CHUNK,
-    from: (lane: Lane) => number = () => 0,
-  ): Generator<R> {
-    const cursors = lanes.map((lane) => ({ lane, after: from(lane) - 1, buf: [] as R[], i: 0, done: false, size: chunk }));
-    for (;;) {
-      let best: (typeof cursors)[number] | undefined;
-      let bestRow: R | undefined;
-      for (const c of cursors) {
-        if (c.i >= c.buf.length) {
-          if (c.done) continue;
-          c.buf = fetch(c.lane, c.after, c.size);
-          c.i = 0;
-          if (c.buf.length < c.size) c.done = true;
-          c.size = Math.min(512, c.size * 2);
-          if (c.buf.length === 0) continue;
-        }
-        const row = c.buf[c.i] as R;
-        if (!bestRow || row.seq < bestRow.seq) {
-          best = c;
-          bestRow = row;
-        }
-      }
-      if (!best || !bestRow) return;
-      best.i++;
-      best.after = bestRow.seq;
-      yield bestRow;
+      for (const v of rows) if (!skip.has(v.seq) && !this.leases.isLeased(v.seq)) yield v;
     }
   }
 
@@ -642,7 +549,7 @@ export class Outbox {
     const exclude = new Set(opts.excludeIds ?? []);
     const wanted = opts.channels ? new Set(opts.channels) : undefined;
     const unwanted = new Set(opts.excludeChannels ?? []);
-    const lanes = [...this.s.lanes.values()].filter((l) => l.count > 0 && (!wanted || wanted.has(l.channel)) && !unwanted.has(l.channel));
+    const lanes = this.lanes.nonEmpty().filter((l) => (!wanted || wanted.has(l.channel)) && !unwanted.has(l.channel));
     const priorities = [...new Set(lanes.map((l) => l.priority))].sort((a, b) => b - a);
     const out: OutboxMessage[] = [];
     const undecodable: string[] = [];
@@ -657,7 +564,7 @@ export class Outbox {
       const seq = r[0];
       let floor = floors.get(lane);
       if (!floor) floors.set(lane, (floor = { open: leasing, next: lane.leasedBelow }));
-      if (this.leasedSeqs.has(seq)) {
+      if (this.leases.isLeased(seq)) {
         if (floor.open) floor.next = seq + 1;
         return true;
       }
@@ -698,13 +605,13 @@ export class Outbox {
         }
         continue;
       }
-      const merged = this.mergeLanes(at, (lane, after, limit) => read(lane, after, limit).map((r) => ({ seq: r[0], lane, r })), chunk, (l) => l.leasedBelow);
+      const merged = mergeLanes(at, (lane, after, limit) => read(lane, after, limit).map((r) => ({ seq: r[0], lane, r })), chunk, (l) => l.leasedBelow);
       for (const { lane, r } of merged) if (!visit(lane, r)) break outer;
     }
     if (leasing) {
-      const until = this.clock.monotonic() + this.leaseMs;
-      out.forEach((m, i) => this.lease(m.id, { seq: seqs[i] as number, channel: m.channel, priority: m.priority, bytes: m.storedBytes, until }));
-      for (const [lane, floor] of floors) if (floor.next > lane.leasedBelow) lane.leasedBelow = floor.next;
+      const until = this.leases.untilFromNow();
+      out.forEach((m, i) => this.leases.grant(m.id, { seq: seqs[i] as number, channel: m.channel, priority: m.priority, bytes: m.storedBytes }, until));
+      for (const [lane, floor] of floors) this.lanes.leasedUpTo(lane, floor.next);
     }
     if (undecodable.length > 0) this.park(undecodable, 'undecodable payload');
     return out;
@@ -727,7 +634,7 @@ export class Outbox {
     } finally {
       if (relax) this.db.pragma('synchronous = FULL');
     }
-    for (const id of list) this.unlease(id);
+    for (const id of list) this.leases.release(id);
     return n;
   }
 
@@ -754,8 +661,8 @@ export class Outbox {
         try {
           this.deleteLeased(leasedIds);
           for (const l of leased) {
-            this.laneRemove(l);
-            this.bump(l.channel, 'delivered');
+            this.lanes.remove(l);
+            this.counters.bump(l.channel, 'delivered');
           }
           deleted += leased.length;
         } catch (err) {
@@ -767,8 +674,8 @@ export class Outbox {
       for (const id of rest) {
         const row = this.q.deleteById.get(id) as RowRef | undefined;
         if (!row) continue;
-        this.laneRemove(row);
-        this.bump(row.channel, 'delivered');
+        this.lanes.remove(row);
+        this.counters.bump(row.channel, 'delivered');
         deleted++;
       }
       return deleted;
@@ -778,7 +685,7 @@ export class Outbox {
   /** The send failed: the messages go back to the queue, in their place. Returns how many leases were released. */
   nack(ids: Iterable<string>): number {
     let n = 0;
-    for (const id of ids) if (this.unlease(id, true)) n++;
+    for (const id of ids) if (this.leases.release(id, true)) n++;
     return n;
   }
 
@@ -797,22 +704,22 @@ export class Outbox {
         if (!row) continue;
         this.q.parkInsert.run(at, reason.slice(0, 1000), row.seq);
         this.q.deleteSeq.run(row.seq);
-        this.laneRemove(row);
-        this.s.parked.set(row.channel, (this.s.parked.get(row.channel) ?? 0) + 1);
-        this.bump(row.channel, 'parked');
+        this.lanes.remove(row);
+        this.counters.addParked(row.channel, 1);
+        this.counters.bump(row.channel, 'parked');
         parked++;
       }
-      const over = sum(this.s.parked.values()) - this.maxParked;
+      const over = this.counters.parkedTotal() - this.maxParked;
       if (over > 0) {
         for (const r of this.q.parkedOldest.all(over) as { parked_seq: number; channel: string }[]) {
           this.q.parkedDelete.run(r.parked_seq);
-          this.s.parked.set(r.channel, (this.s.parked.get(r.channel) ?? 1) - 1);
-          this.bump(r.channel, 'parkedLimit');
+          this.counters.addParked(r.channel, -1);
+          this.counters.bump(r.channel, 'parkedLimit');
         }
       }
       return parked;
     });
-    for (const id of list) this.unlease(id);
+    for (const id of list) this.leases.release(id);
     if (n > 0) this.logger.warn({ count: n, reason }, `parked ${n} outbox message(s): ${reason}`);
     return n;
   }
@@ -856,13 +763,11 @@ export class Outbox {
         if (!row) continue;
         const inserted = this.q.unparkInsert.run(id);
         this.q.parkedDelete.run(row.parked_seq);
-        this.s.parked.set(row.channel, (this.s.parked.get(row.channel) ?? 1) - 1);
+        this.counters.addParked(row.channel, -1);
         if (inserted.changes === 0) continue; // already queued under that id
-        this.laneAdd(row.channel, row.priority, row.bytes, row.created_at, inserted.lastInsertRowid);
-        const lane = this.s.lanes.get(laneKey(row.channel, row.priority));
-        // Stryker disable next-line all: equivalent: the row goes at the end (new seq), so the lane's first row and its age are unchanged (laneAdd set it when the lane was empty).
-        if (lane) lane.oldest = undefined;
-        if (row.expires_at !== null && row.expires_at < this.s.nextExpiryAt) this.s.nextExpiryAt = row.expires_at;
+        this.lanes.add(row.channel, row.priority, row.bytes, row.created_at, inserted.lastInsertRowid);
+        this.lanes.forgetOldest(row.channel, row.priority);
+        if (row.expires_at !== null && row.expires_at < this.nextExpiryAt) this.nextExpiryAt = row.expires_at;
         n++;
       }
       return n;
@@ -878,7 +783,7 @@ export class Outbox {
         const row = this.q.parkedGet.get(id) as ParkedRow | undefined;
         if (!row) continue;
         this.q.parkedDelete.run(row.parked_seq);
-        this.s.parked.set(row.channel, (this.s.parked.get(row.channel) ?? 1) - 1);
+        this.counters.addParked(row.channel, -1);
         n++;
       }
       return n;
@@ -890,7 +795,7 @@ export class Outbox {
   /** Removes expired messages now (counted as expired); also done at enqueue and peek time. */
   expire(): number {
     return this.write('expiring messages', () => {
-      this.s.nextExpiryAt = -Infinity; // force a look
+      this.nextExpiryAt = -Infinity; // force a look
       return this.expireDue();
     });
   }
@@ -907,11 +812,11 @@ export class Outbox {
 
   /** Messages of one channel in delivery order, oldest first, at most `limit`, with their lease state. */
   readChannel(channel: string, limit: number): (OutboxMessage & { leased: boolean })[] {
-    const lanes = [...this.s.lanes.values()].filter((l) => l.channel === channel && l.count > 0);
+    const lanes = this.lanes.nonEmpty().filter((l) => l.channel === channel);
     const out: (OutboxMessage & { leased: boolean })[] = [];
     if (limit <= 0) return out;
-    for (const row of this.mergeLanes(lanes, (lane, after, n) => this.q.laneRows.all(lane.channel, lane.priority, after, n) as Row[], Math.min(limit, 512))) {
-      out.push({ ...toMessage(row), leased: this.leasedSeqs.has(row.seq) });
+    for (const row of mergeLanes(lanes, (lane, after, n) => this.q.laneRows.all(lane.channel, lane.priority, after, n) as Row[], Math.min(limit, 512))) {
+      out.push({ ...toMessage(row), leased: this.leases.isLeased(row.seq) });
       if (out.length >= limit) break;
     }
     return out;
@@ -929,26 +834,21 @@ export class Outbox {
       const ids: (string | undefined)[] = [];
       for (const { id, enc } of encoded) {
         const row = this.q.findById.get(id) as RowRef | undefined;
-        if (!row || row.channel !== channel || this.leasedSeqs.has(row.seq)) {
+        if (!row || row.channel !== channel || this.leases.isLeased(row.seq)) {
           ids.push(undefined);
           continue;
         }
         const newId = this.ids.next();
         this.q.updatePayload.run(newId, enc.encoding, enc.bytes, enc.data, row.seq);
-        const lane = this.s.lanes.get(laneKey(row.channel, row.priority));
-        const ch = this.s.channels.get(row.channel);
-        const delta = enc.bytes - row.bytes;
-        if (lane) lane.bytes += delta;
-        if (ch) ch.bytes += delta;
-        this.s.total.bytes += delta;
+        this.lanes.resize(row.channel, row.priority, enc.bytes - row.bytes);
         ids.push(newId);
       }
       for (const id of change.remove) {
         const row = this.q.findById.get(id) as RowRef | undefined;
-        if (!row || row.channel !== channel || this.leasedSeqs.has(row.seq)) continue;
+        if (!row || row.channel !== channel || this.leases.isLeased(row.seq)) continue;
         this.q.deleteSeq.run(row.seq);
-        this.laneRemove(row);
-        this.bump(channel, 'downsampled');
+        this.lanes.remove(row);
+        this.counters.bump(channel, 'downsampled');
       }
       return ids;
     });
@@ -956,7 +856,7 @@ export class Outbox {
 
   /** Messages of a channel, committed and pending. */
   channelDepth(channel: string): number {
-    let n = this.s.channels.get(channel)?.count ?? 0;
+    let n = this.lanes.channel(channel)?.count ?? 0;
     for (const call of this.pending) for (const m of call.messages) if (m.channel === channel) n++;
     return n;
   }
@@ -965,23 +865,21 @@ export class Outbox {
 
   /** Depth, bytes, age and counters per channel and in total; from memory (plus an index probe per changed lane). */
   stats(): OutboxStats {
-    this.releaseExpiredLeases();
+    this.leases.releaseExpired();
     const now = this.clock.now();
-    const names = new Set<string>([...this.s.channels.keys(), ...this.s.counters.keys(), ...this.s.parked.keys(), ...this.policies.names()]);
-    const leasedBy = new Map<string, number>();
-    for (const l of this.leases.values()) leasedBy.set(l.channel, (leasedBy.get(l.channel) ?? 0) + 1);
+    const names = new Set<string>([...this.lanes.channelNames(), ...this.counters.channelNames(), ...this.policies.names()]);
+    const leasedBy = this.leases.countByChannel();
     const oldestBy = new Map<string, number>();
-    for (const lane of this.s.lanes.values()) {
-      if (lane.count === 0) continue;
-      const o = this.laneOldest(lane);
+    for (const lane of this.lanes.nonEmpty()) {
+      const o = this.lanes.oldest(lane);
       if (o !== undefined) oldestBy.set(lane.channel, Math.min(oldestBy.get(lane.channel) ?? Infinity, o));
     }
     const channels: Record<string, ChannelStats> = {};
     const total = emptyChannelStats();
     let oldest = Infinity;
     for (const name of [...names].sort()) {
-      const t = this.s.channels.get(name) ?? { count: 0, bytes: 0 };
-      const c = this.s.counters.get(name) ?? zeroCounters();
+      const t = this.lanes.channel(name) ?? { count: 0, bytes: 0 };
+      const c = this.counters.of(name) ?? zeroCounters();
       const o = oldestBy.get(name);
       if (o !== undefined) oldest = Math.min(oldest, o);
       const cs: ChannelStats = {
@@ -994,7 +892,7 @@ export class Outbox {
         drops: { ...dropsOf(c), count: c.count + c.overflow },
         onLimit: { ...this.onLimitOf(name) },
         expired: c.expired,
-        parked: this.s.parked.get(name) ?? 0,
+        parked: this.counters.parkedOf(name),
         parkedTotal: c.parked,
         coalesced: c.coalesced,
         downsampled: c.downsampled,
@@ -1017,52 +915,34 @@ export class Outbox {
 
   // ---------------------------------------------------------------- internals
 
-  private load(): State {
-    const s: State = { lanes: new Map(), channels: new Map(), total: { count: 0, bytes: 0 }, counters: new Map(), parked: new Map(), nextExpiryAt: Infinity, dirty: new Set() };
-    for (const r of this.q.loadLanes.all() as { channel: string; priority: number; n: number; b: number }[]) {
-      s.lanes.set(laneKey(r.channel, r.priority), { channel: r.channel, priority: r.priority, count: r.n, bytes: r.b, oldest: undefined, leasedBelow: 0 });
-      const ch = s.channels.get(r.channel) ?? { count: 0, bytes: 0 };
-      ch.count += r.n;
-      ch.bytes += r.b;
-      s.channels.set(r.channel, ch);
-      s.total.count += r.n;
-      s.total.bytes += r.b;
-    }
-    for (const r of this.q.loadCounters.all() as { channel: string; counter: string; value: number }[]) {
-      if (!(COUNTERS as readonly string[]).includes(r.counter)) continue;
-      const c = s.counters.get(r.channel) ?? zeroCounters();
-      c[r.counter as CounterName] = r.value;
-      s.counters.set(r.channel, c);
-    }
-    for (const r of this.q.loadParked.all() as { channel: string; n: number }[]) s.parked.set(r.channel, r.n);
-    s.nextExpiryAt = (this.q.minExpiry.get() as { t: number | null }).t ?? Infinity;
-    if (s.total.count > 0) this.logger.info({ depth: s.total.count, bytes: s.total.bytes }, `outbox holds ${s.total.count} undelivered message(s) from before`);
-    return s;
+  /** The ledger, counters and next expiry of what the database holds, at open. */
+  private load(): void {
+    this.lanes.load(this.q.loadLanes.all() as { channel: string; priority: number; n: number; b: number }[]);
+    this.counters.load(this.q.loadCounters.all() as { channel: string; counter: string; value: number }[], this.q.loadParked.all() as { channel: string; n: number }[]);
+    this.nextExpiryAt = (this.q.minExpiry.get() as { t: number | null }).t ?? Infinity;
+    const total = this.lanes.total;
+    if (total.count > 0) this.logger.info({ depth: total.count, bytes: total.bytes }, `outbox holds ${total.count} undelivered message(s) from before`);
   }
 
-  private snapshot(): State {
-    return this.snapshotOf(this.s);
-  }
-
-  private snapshotOf(s: State): State {
-    return {
-      lanes: new Map([...s.lanes].map(([k, l]) => [k, { ...l }])),
-      channels: new Map([...s.channels].map(([k, t]) => [k, { ...t }])),
-      total: { ...s.total },
-      counters: new Map([...s.counters].map(([k, c]) => [k, { ...c }])),
-      parked: new Map(s.parked),
-      nextExpiryAt: s.nextExpiryAt,
-      dirty: new Set(s.dirty),
+  /** Saves everything in memory that a transaction changes; the returned function restores it (as often as called). */
+  private checkpoint(): () => void {
+    const lanes = this.lanes.checkpoint();
+    const counters = this.counters.checkpoint();
+    const nextExpiryAt = this.nextExpiryAt;
+    return () => {
+      lanes();
+      counters();
+      this.nextExpiryAt = nextExpiryAt;
     };
   }
 
   /** Runs `fn` in a transaction with counters written at its end; on failure restores memory and throws an OutboxError. */
   private write<T>(what: string, fn: () => T): T {
-    const before = this.snapshot();
+    const restore = this.checkpoint();
     const run = (): T =>
       this.tx(() => {
         const out = fn();
-        this.writeCounters();
+        this.counters.write();
         return out;
       }) as T;
     try {
@@ -1070,26 +950,23 @@ export class Outbox {
       try {
         r = run();
       } catch (err) {
-        this.s = before;
+        restore();
         // As for enqueues: a full WAL is folded back and the write tried once more (an ack frees space).
         if (!isDiskFull(err) || !this.reclaimWal()) throw err;
-        this.s = this.snapshotOf(before);
         r = run();
       }
       this.afterWrite();
       this.dropsCommitted();
       return r;
     } catch (err) {
-      this.s = before;
-      this.dropping = false;
+      restore();
+      this.counters.discardDrops();
       throw this.writeError(err, what);
     }
   }
 
   private dropsCommitted(): void {
-    if (!this.dropping) return;
-    this.dropping = false;
-    this.drops.noteDrops();
+    if (this.counters.takeDrops()) this.drops.noteDrops();
   }
 
   private writeError(err: unknown, what: string): OutboxError {
@@ -1143,77 +1020,10 @@ export class Outbox {
     }
   }
 
-  /** Writes the counters of every channel whose counters changed (dirty is per channel: cheaper to track than per counter). */
-  private writeCounters(): void {
-    for (const channel of this.s.dirty) {
-      const c = this.s.counters.get(channel);
-      if (!c) continue;
-      for (const name of COUNTERS) if (c[name] !== 0) this.q.counterSet.run(channel, name, c[name]);
-    }
-    this.s.dirty.clear();
-  }
-
-  private bump(channel: string, counter: CounterName, by = 1): void {
-    let c = this.s.counters.get(channel);
-    if (!c) {
-      c = zeroCounters();
-      this.s.counters.set(channel, c);
-    }
-    c[counter] += by;
-    if (counter !== 'accepted') this.s.dirty.add(channel);
-    if (counter === 'count' || counter === 'bytes' || counter === 'disk' || counter === 'expired' || counter === 'parkedLimit' || counter === 'corrupt') this.dropping = true;
-  }
-
-  private laneAdd(channel: string, priority: number, bytes: number, createdAt: number, seq: number | bigint): void {
-    const key = laneKey(channel, priority);
-    let lane = this.s.lanes.get(key);
-    if (!lane) {
-      lane = { channel, priority, count: 0, bytes: 0, oldest: undefined, leasedBelow: 0 };
-      this.s.lanes.set(key, lane);
-    }
-    if (Number(seq) < lane.leasedBelow) lane.leasedBelow = Number(seq);
-    if (lane.count === 0) lane.oldest = createdAt;
-    lane.count++;
-    lane.bytes += bytes;
-    let ch = this.s.channels.get(channel);
-    if (!ch) {
-      ch = { count: 0, bytes: 0 };
-      this.s.channels.set(channel, ch);
-    }
-    ch.count++;
-    ch.bytes += bytes;
-    this.s.total.count++;
-    this.s.total.bytes += bytes;
-  }
-
-  private laneRemove(v: { channel: string; priority: number; bytes: number }): void {
-    const lane = this.s.lanes.get(laneKey(v.channel, v.priority));
-    if (lane) {
-      lane.count--;
-      lane.bytes -= v.bytes;
-      lane.oldest = undefined;
-    }
-    const ch = this.s.channels.get(v.channel);
-    if (ch) {
-      ch.count--;
-      ch.bytes -= v.bytes;
-    }
-    this.s.total.count--;
-    this.s.total.bytes -= v.bytes;
-  }
-
-  private laneOldest(lane: Lane): number | undefined {
-    if (lane.oldest === undefined && lane.count > 0) {
-      const r = this.q.laneOldest.get(lane.channel, lane.priority) as { created_at: number } | undefined;
-      lane.oldest = r?.created_at;
-    }
-    return lane.oldest;
-  }
-
   /** Expiry and lease upkeep before a read. */
   private maintain(): void {
-    this.releaseExpiredLeases();
-    if (this.clock.now() < this.s.nextExpiryAt) return;
+    this.leases.releaseExpired();
+    if (this.clock.now() < this.nextExpiryAt) return;
     try {
       this.write('expiring messages', () => this.expireDue());
     } catch (err) {
@@ -1224,52 +1034,22 @@ export class Outbox {
   /** Deletes expired messages (in the caller's transaction). In-flight ones too: their ack becomes a no-op. */
   private expireDue(): number {
     const now = this.clock.now();
-    if (now < this.s.nextExpiryAt) return 0;
+    if (now < this.nextExpiryAt) return 0;
     let n = 0;
     for (;;) {
       const rows = this.q.expiredRows.all(now, 256) as (RowRef & { id: string })[];
       for (const r of rows) {
         this.q.deleteSeq.run(r.seq);
-        this.laneRemove(r);
-        this.bump(r.channel, 'expired');
-        this.unlease(r.id);
+        this.lanes.remove(r);
+        this.counters.bump(r.channel, 'expired');
+        this.leases.release(r.id);
         n++;
       }
       if (rows.length < 256) break;
     }
-    this.s.nextExpiryAt = (this.q.minExpiry.get() as { t: number | null }).t ?? Infinity;
+    this.nextExpiryAt = (this.q.minExpiry.get() as { t: number | null }).t ?? Infinity;
     if (n > 0) this.logger.debug({ count: n }, `outbox: ${n} message(s) expired`);
     return n;
-  }
-
-  private lease(id: string, l: Lease): void {
-    this.leases.set(id, l);
-    this.leasedSeqs.add(l.seq);
-    if (l.until < this.nextLeaseExpiry) this.nextLeaseExpiry = l.until;
-  }
-
-  /** `requeued`: the row stays in the queue (a nack, a lapsed lease), so the lane's scan must see it again. */
-  private unlease(id: string, requeued = false): boolean {
-    const l = this.leases.get(id);
-    if (!l) return false;
-    this.leases.delete(id);
-    this.leasedSeqs.delete(l.seq);
-    if (requeued) {
-      const lane = this.s.lanes.get(laneKey(l.channel, l.priority));
-      if (lane && l.seq < lane.leasedBelow) lane.leasedBelow = l.seq;
-    }
-    return true;
-  }
-
-  private releaseExpiredLeases(): void {
-    const now = this.clock.monotonic();
-    if (now < this.nextLeaseExpiry) return;
-    let next = Infinity;
-    for (const [id, l] of this.leases) {
-      if (l.until <= now) this.unlease(id, true);
-      else next = Math.min(next, l.until);
-    }
-    this.nextLeaseExpiry = next;
   }
 
   /**
@@ -1381,12 +1161,6 @@ function addInto(t: ChannelStats, c: ChannelStats): void {
   t.coalesced += c.coalesced;
   t.downsampled += c.downsampled;
   t.accepted += c.accepted;
-}
-
-function sum(values: Iterable<number>): number {
-  let n = 0;
-  for (const v of values) n += v;
-  return n;
 }
 
 function durabilityOf(synchronous: number): OutboxStats['durability'] {
