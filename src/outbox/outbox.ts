@@ -12,6 +12,7 @@ import { OutboxCounters, zeroCounters, dropsOf } from './counters.js';
 import { DROP_REASONS, DropReporter, diskLowError, fmtBytes, fullError, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
 import { CHANNEL_NAME, ChannelPolicies, defaultPriority } from './channel-policies.js';
 import { Lanes, mergeLanes, type Lane } from './lanes.js';
+import { GroupCommit, type PendingCall } from './group-commit.js';
 import { Leases } from './leases.js';
 import { prepareOutboxStatements, type LaneRow, type OutboxStatements, type ParkedRow, type Row, type RowRef } from './outbox-sql.js';
 import {
@@ -105,12 +106,6 @@ interface Prepared {
   enc: EncodedPayload;
 }
 
-interface PendingCall {
-  messages: Prepared[];
-  resolve: (results: EnqueueResult[]) => void;
-  reject: (err: Error) => void;
-}
-
 /** Thrown inside an enqueueMany savepoint to roll back the members already applied. */
 class Refused {
   constructor(readonly error: OutboxError) {}
@@ -138,8 +133,6 @@ export class Outbox {
   private readonly policies: ChannelPolicies;
   private readonly drops: DropReporter;
   private readonly compressAboveBytes: number;
-  private readonly windowMs: number;
-  private readonly maxBatch: number;
   private readonly minFreeBytes: number;
   private readonly diskCheckIntervalMs: number;
   private readonly diskCheckEveryBytes: number;
@@ -161,12 +154,7 @@ export class Outbox {
   /** The earliest expires_at of a queued message (a lower bound): nothing expires before it, so the check is free until then. */
   private nextExpiryAt = Infinity;
 
-  private pending: PendingCall[] = [];
-  private pendingMessages = 0;
-  private idleTimer: NodeJS.Immediate | undefined;
-  private windowTimer: NodeJS.Timeout | undefined;
-  private commitQueued = false;
-  private lastBatchCalls = 0;
+  private readonly group: GroupCommit<Prepared>;
   private commits = 0;
   private closed = false;
 
@@ -183,8 +171,6 @@ export class Outbox {
     this.limits = { ...opts.limits };
     this.policies = new ChannelPolicies(opts.channels, opts.onLimit);
     this.compressAboveBytes = opts.compressAboveBytes ?? 1024;
-    this.windowMs = opts.groupCommit?.windowMs ?? 2;
-    this.maxBatch = Math.max(1, opts.groupCommit?.maxBatch ?? 512);
     this.minFreeBytes = opts.disk?.minFreeBytes ?? 64 * 1_048_576;
     this.diskCheckIntervalMs = opts.disk?.checkIntervalMs ?? 5_000;
     this.diskCheckEveryBytes = opts.disk?.checkEveryBytes ?? 1_048_576;
@@ -196,6 +182,12 @@ export class Outbox {
     this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
     this.walBudget = opts.store.walCheckpointPages * this.pageSize;
     this.q = prepareOutboxStatements(this.db);
+    this.group = new GroupCommit<Prepared>({
+      windowMs: opts.groupCommit?.windowMs ?? 2,
+      maxBatch: opts.groupCommit?.maxBatch ?? 512,
+      inTransaction: () => this.db.inTransaction,
+      commit: (batch, messages) => this.commitBatch(batch, messages),
+    });
     const t = this.db.transaction((fn: () => unknown) => fn());
     this.tx = (fn) => t(fn);
     // Inside `write`'s transaction this is a savepoint: a mismatch undoes the delete alone.
@@ -232,7 +224,7 @@ export class Outbox {
       return Promise.reject(err as Error);
     }
     return new Promise<EnqueueResult>((resolve, reject) => {
-      this.add({ messages: [m], resolve: (r) => resolve(r[0] as EnqueueResult), reject });
+      this.group.add({ messages: [m], resolve: (r) => resolve(r[0] as EnqueueResult), reject });
     });
   }
 
@@ -245,7 +237,7 @@ export class Outbox {
       return Promise.reject(err as Error);
     }
     if (ms.length === 0) return Promise.resolve([]);
-    return new Promise<EnqueueResult[]>((resolve, reject) => this.add({ messages: ms, resolve, reject }));
+    return new Promise<EnqueueResult[]>((resolve, reject) => this.group.add({ messages: ms, resolve, reject }));
   }
 
   private prepare(msg: EnqueueMessage): Prepared {
@@ -290,53 +282,8 @@ export class Outbox {
     };
   }
 
-  private add(call: PendingCall): void {
-    this.pending.push(call);
-    this.pendingMessages += call.messages.length;
-    if (this.pendingMessages >= this.maxBatch) {
-      // Full batch: commit now, unless called inside someone's transaction on this connection (the
-      // commit would become a savepoint of theirs and resolve before it is durable).
-      if (!this.db.inTransaction) this.commitPending();
-      else if (!this.commitQueued) {
-        this.commitQueued = true;
-        queueMicrotask(() => this.commitPending());
-      }
-      return;
-    }
-    if (this.idleTimer === undefined) this.idleTimer = setImmediate(this.onIdle);
-    if (this.windowTimer === undefined) this.windowTimer = setTimeout(this.onWindow, this.windowMs);
-  }
-
-  /**
-   * Once the enqueues of this event-loop turn are in: commit before the window ends when the batch
-   * already has as many callers as the previous one. Producers that await each enqueue come back
-   * together after a commit, so waiting longer would only idle them; a lone producer (previous batch
-   * of one) and producers spread over time wait for the window and share its commit.
-   */
-  private readonly onIdle = (): void => {
-    this.idleTimer = undefined;
-    if (this.pending.length === 0) return;
-    if (this.windowMs === 0 || (this.lastBatchCalls >= 2 && this.pending.length >= this.lastBatchCalls)) this.commitPending();
-  };
-
-  private readonly onWindow = (): void => {
-    this.windowTimer = undefined;
-    this.commitPending();
-  };
-
-  /** Writes every pending enqueue in one transaction and settles their promises. */
-  private commitPending(): void {
-    this.commitQueued = false;
-    if (this.idleTimer !== undefined) clearImmediate(this.idleTimer);
-    if (this.windowTimer !== undefined) clearTimeout(this.windowTimer);
-    this.idleTimer = undefined;
-    this.windowTimer = undefined;
-    const batch = this.pending;
-    const messages = this.pendingMessages;
-    this.pending = [];
-    this.pendingMessages = 0;
-    if (batch.length === 0) return;
-    this.lastBatchCalls = batch.length;
+  /** Writes a group commit's batch in one transaction and settles its calls. */
+  private commitBatch(batch: PendingCall<Prepared>[], messages: number): void {
     const t0 = performance.now();
     const restore = this.checkpoint();
     let outcomes: (EnqueueResult[] | OutboxError)[] = [];
@@ -803,7 +750,7 @@ export class Outbox {
   /** Commits what is pending and refuses further enqueues. Does not close the store. */
   close(): Promise<void> {
     this.closed = true;
-    this.commitPending();
+    this.group.flush();
     this.drops.close();
     return Promise.resolve();
   }
@@ -857,7 +804,7 @@ export class Outbox {
   /** Messages of a channel, committed and pending. */
   channelDepth(channel: string): number {
     let n = this.lanes.channel(channel)?.count ?? 0;
-    for (const call of this.pending) for (const m of call.messages) if (m.channel === channel) n++;
+    for (const m of this.group.queued()) if (m.channel === channel) n++;
     return n;
   }
 
@@ -906,7 +853,7 @@ export class Outbox {
       ...total,
       channels,
       commits: this.commits,
-      pending: this.pendingMessages,
+      pending: this.group.messages,
       // Read each time (db.pragma: a prepared pragma can answer from when it was compiled), so a setting left weaker shows.
       durability: durabilityOf(this.db.pragma('synchronous', { simple: true }) as number),
       disk: { freeBytes: this.disk.free, minFreeBytes: this.minFreeBytes, low: this.diskLow() },
