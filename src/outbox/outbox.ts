@@ -1,6 +1,4 @@
 import type { Database } from 'better-sqlite3';
-import { statSync, statfsSync } from 'node:fs';
-import { dirname } from 'node:path';
 import type { Store } from '../store/store.js';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
@@ -8,8 +6,9 @@ import type { IdGenerator } from '../util/ids.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
 import { decodePayload, encodePayload, type EncodedPayload } from './codec.js';
+import { DiskWatermark, isDiskFull } from './disk-watermark.js';
 import { OutboxCounters, zeroCounters, dropsOf } from './counters.js';
-import { DROP_REASONS, DropReporter, diskLowError, fmtBytes, fullError, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
+import { DROP_REASONS, DropReporter, diskLowError, fullError, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
 import { CHANNEL_NAME, ChannelPolicies, defaultPriority } from './channel-policies.js';
 import { Lanes, mergeLanes, type Lane } from './lanes.js';
 import { GroupCommit, type PendingCall } from './group-commit.js';
@@ -111,21 +110,8 @@ class Refused {
   constructor(readonly error: OutboxError) {}
 }
 
-/** SQLITE_FULL, or an I/O error that says ENOSPC. */
-function isDiskFull(err: unknown): boolean {
-  const code = (err as { code?: unknown }).code;
-  return code === 'SQLITE_FULL' || /ENOSPC|database or disk is full/i.test(errorMessage(err));
-}
-
-function statfsFree(dir: string): number {
-  const s = statfsSync(dir);
-  return Number(s.bavail) * Number(s.bsize);
-}
-
 export class Outbox {
   private readonly db: Database;
-  private readonly dir: string;
-  private readonly walPath: string;
   private readonly clock: Clock;
   private readonly ids: Pick<IdGenerator, 'next'>;
   private readonly logger: Logger;
@@ -133,17 +119,10 @@ export class Outbox {
   private readonly policies: ChannelPolicies;
   private readonly drops: DropReporter;
   private readonly compressAboveBytes: number;
-  private readonly minFreeBytes: number;
-  private readonly diskCheckIntervalMs: number;
-  private readonly diskCheckEveryBytes: number;
-  private readonly freeBytesOf: (dir: string) => number;
   private readonly leaseMs: number;
   private readonly maxParked: number;
   private readonly onCommit: ((info: CommitInfo) => void) | undefined;
   private readonly durability: OutboxStats['durability'];
-  private readonly pageSize: number;
-  /** Bytes the WAL grows to before SQLite checkpoints it. */
-  private readonly walBudget: number;
   private readonly q: OutboxStatements;
   private readonly tx: (fn: () => unknown) => unknown;
   private readonly deleteLeased: (ids: string[]) => void;
@@ -158,29 +137,30 @@ export class Outbox {
   private commits = 0;
   private closed = false;
 
-  private disk = { free: null as number | null, checkedAt: -Infinity, bytesSince: 0, low: false, tight: false };
-  private diskErrorLogged = false;
+  private readonly disk: DiskWatermark;
 
   constructor(opts: OutboxOptions) {
     this.db = opts.store.db;
-    this.dir = dirname(opts.store.path);
-    this.walPath = `${opts.store.path}-wal`;
     this.clock = opts.clock;
     this.ids = opts.ids;
     this.logger = opts.logger;
     this.limits = { ...opts.limits };
     this.policies = new ChannelPolicies(opts.channels, opts.onLimit);
     this.compressAboveBytes = opts.compressAboveBytes ?? 1024;
-    this.minFreeBytes = opts.disk?.minFreeBytes ?? 64 * 1_048_576;
-    this.diskCheckIntervalMs = opts.disk?.checkIntervalMs ?? 5_000;
-    this.diskCheckEveryBytes = opts.disk?.checkEveryBytes ?? 1_048_576;
-    this.freeBytesOf = opts.disk?.freeBytes ?? statfsFree;
     this.leaseMs = opts.leaseMs ?? 300_000;
     this.maxParked = opts.maxParked ?? 10_000;
     this.onCommit = opts.onCommit;
     this.durability = durabilityOf(this.db.pragma('synchronous', { simple: true }) as number);
-    this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
-    this.walBudget = opts.store.walCheckpointPages * this.pageSize;
+    const pageSize = this.db.pragma('page_size', { simple: true }) as number;
+    this.disk = new DiskWatermark({
+      db: this.db,
+      path: opts.store.path,
+      clock: this.clock,
+      logger: this.logger,
+      pageSize,
+      walBudget: opts.store.walCheckpointPages * pageSize,
+      ...opts.disk,
+    });
     this.q = prepareOutboxStatements(this.db);
     this.group = new GroupCommit<Prepared>({
       windowMs: opts.groupCommit?.windowMs ?? 2,
@@ -292,7 +272,7 @@ export class Outbox {
       this.tx(() => {
         this.leases.releaseExpired();
         this.expireDue();
-        this.checkDisk();
+        this.disk.check();
         for (const call of batch) outcomes.push(call.messages.length === 1 ? this.admitOne(call.messages[0] as Prepared) : this.admitGroup(call.messages));
         this.counters.write();
       });
@@ -303,7 +283,7 @@ export class Outbox {
       } catch (err) {
         restore();
         // A full disk may only be a full WAL: fold it back, re-read free space, and try once more.
-        if (!isDiskFull(err) || !this.reclaimWal()) throw err;
+        if (!isDiskFull(err) || !this.disk.reclaimWal()) throw err;
         attempt();
       }
     } catch (err) {
@@ -315,7 +295,7 @@ export class Outbox {
       return;
     }
     this.commits++;
-    this.afterWrite();
+    this.disk.afterWrite();
     this.dropsCommitted();
     batch.forEach((call, i) => {
       const o = outcomes[i];
@@ -362,7 +342,7 @@ export class Outbox {
     if (m.coalesceKey === null && this.fits(m)) {
       // The common case: nothing to replace, every limit has room.
       this.insert(m);
-      this.disk.bytesSince += m.enc.bytes;
+      this.disk.noteWritten(m.enc.bytes);
       return { id: m.id };
     }
     const taken = new Set<number>();
@@ -412,12 +392,12 @@ export class Outbox {
         if (over(scope, k)) return fullError({ ...m, scope, kind: k, onLimit: this.onLimitOf(m.channel) }, scope === null ? this.limits : chMax);
       }
     }
-    if (this.diskLow() && freed < b) {
+    if (this.disk.low && freed < b) {
       for (const v of this.candidates(null, m.priority, taken, 'disk')) {
         take(v, 'disk');
         if (freed >= b) break;
       }
-      if (freed < b) return diskLowError(m, { dataDir: this.dir, freeBytes: this.disk.free ?? 0, minFreeBytes: this.minFreeBytes });
+      if (freed < b) return diskLowError(m, { dataDir: this.disk.dir, freeBytes: this.disk.free ?? 0, minFreeBytes: this.disk.minFreeBytes });
     }
 
     // Apply: the decision is made, now change rows and the in-memory totals together.
@@ -433,14 +413,14 @@ export class Outbox {
       this.counters.bump(v.channel, reason);
     }
     this.insert(m);
-    this.disk.bytesSince += Math.max(0, b - freed);
+    this.disk.noteWritten(Math.max(0, b - freed));
     return { id: m.id };
   }
 
   private fits(m: Prepared): boolean {
     const b = m.enc.bytes;
     const t = this.lanes.total;
-    if (t.count + 1 > this.limits.maxCount || t.bytes + b > this.limits.maxBytes || this.diskLow()) return false;
+    if (t.count + 1 > this.limits.maxCount || t.bytes + b > this.limits.maxBytes || this.disk.low) return false;
     const policy = this.policies.get(m.channel);
     if (policy?.maxCount === undefined && policy?.maxBytes === undefined) return true;
     const ch = this.lanes.channel(m.channel) ?? { count: 0, bytes: 0 };
@@ -856,7 +836,7 @@ export class Outbox {
       pending: this.group.messages,
       // Read each time (db.pragma: a prepared pragma can answer from when it was compiled), so a setting left weaker shows.
       durability: durabilityOf(this.db.pragma('synchronous', { simple: true }) as number),
-      disk: { freeBytes: this.disk.free, minFreeBytes: this.minFreeBytes, low: this.diskLow() },
+      disk: { freeBytes: this.disk.free, minFreeBytes: this.disk.minFreeBytes, low: this.disk.low },
     };
   }
 
@@ -899,10 +879,10 @@ export class Outbox {
       } catch (err) {
         restore();
         // As for enqueues: a full WAL is folded back and the write tried once more (an ack frees space).
-        if (!isDiskFull(err) || !this.reclaimWal()) throw err;
+        if (!isDiskFull(err) || !this.disk.reclaimWal()) throw err;
         r = run();
       }
-      this.afterWrite();
+      this.disk.afterWrite();
       this.dropsCommitted();
       return r;
     } catch (err) {
@@ -918,53 +898,8 @@ export class Outbox {
 
   private writeError(err: unknown, what: string): OutboxError {
     if (err instanceof OutboxError) return err;
-    const code = (err as { code?: unknown }).code;
-    const message = errorMessage(err);
-    if (isDiskFull(err)) {
-      this.disk.low = true;
-      this.disk.checkedAt = -Infinity;
-      let free = '';
-      try {
-        free = `, ${fmtBytes(this.freeBytesOf(this.dir))} free`;
-      } catch {
-        // the message goes without the number
-      }
-      return new OutboxError(
-        'OUTBOX_DISK_FULL',
-        `${what} failed: the disk holding ${this.dir} is full (${String(code ?? 'ENOSPC')}${free}); the write was rolled back and nothing queued before was lost; it is accepted again once space is freed`,
-        { cause: err },
-      );
-    }
-    return new OutboxError('OUTBOX_WRITE_FAILED', `${what} failed: ${message}`, { cause: err });
-  }
-
-  /**
-   * While disk is low or tight, the WAL is folded back and truncated after every write, so it
-   * never holds more than one transaction's pages and cannot run the filesystem out of space.
-   */
-  private afterWrite(): void {
-    if (this.disk.tight || this.diskLow()) this.reclaimWal();
-  }
-
-  /** Checkpoints and truncates the WAL; true when it freed something. Never throws. */
-  private reclaimWal(): boolean {
-    const size = this.walBytes();
-    try {
-      this.db.pragma('wal_checkpoint(TRUNCATE)');
-    } catch (err) {
-      this.logger.debug({ err: errorMessage(err) }, 'outbox: WAL checkpoint failed');
-      return false;
-    }
-    this.disk.checkedAt = -Infinity;
-    return size > 0 && this.walBytes() < size;
-  }
-
-  private walBytes(): number {
-    try {
-      return statSync(this.walPath).size;
-    } catch {
-      return 0;
-    }
+    if (isDiskFull(err)) return this.disk.full(err, what);
+    return new OutboxError('OUTBOX_WRITE_FAILED', `${what} failed: ${errorMessage(err)}`, { cause: err });
   }
 
   /** Expiry and lease upkeep before a read. */
@@ -997,54 +932,6 @@ export class Outbox {
     this.nextExpiryAt = (this.q.minExpiry.get() as { t: number | null }).t ?? Infinity;
     if (n > 0) this.logger.debug({ count: n }, `outbox: ${n} message(s) expired`);
     return n;
-  }
-
-  /**
-   * Re-reads free space when due. What the queue can still grow into is the filesystem's free
-   * bytes, plus SQLite's free pages (reused before the file grows), plus the WAL: it is a buffer
-   * that a checkpoint rewinds, not data, and counting it as used would make the reading swing by
-   * the WAL's size from one check to the next. The WAL does need room to grow to its checkpoint
-   * size (wal_autocheckpoint pages, about 4 MiB): when the filesystem cannot give it twice that,
-   * the disk is `tight` and the WAL is truncated after every write, as it is while `low`.
-   */
-  private checkDisk(): void {
-    if (this.minFreeBytes <= 0) return;
-    const now = this.clock.monotonic();
-    const d = this.disk;
-    if (!d.low && !d.tight && now - d.checkedAt < this.diskCheckIntervalMs && d.bytesSince < this.diskCheckEveryBytes) return;
-    let fsFree: number;
-    let wal: number;
-    let freePages: number;
-    try {
-      fsFree = this.freeBytesOf(this.dir);
-      wal = this.walBytes();
-      freePages = this.db.pragma('freelist_count', { simple: true }) as number;
-    } catch (err) {
-      if (!this.diskErrorLogged) this.logger.warn({ dir: this.dir, err: errorMessage(err) }, 'outbox: cannot read free disk space; the watermark is not enforced');
-      this.diskErrorLogged = true;
-      return;
-    }
-    const free = fsFree + wal + freePages * this.pageSize;
-    const wasLow = d.low;
-    // Hysteresis: a queue held at the watermark reads a little above or below it from one check to
-    // the next; it leaves the low state only with a quarter of the watermark (at most 16 MiB) to spare.
-    const leaveAt = this.minFreeBytes + Math.min(this.minFreeBytes / 4, 16 * 1_048_576);
-    const low = free < this.minFreeBytes || (wasLow && free < leaveAt);
-    this.disk = { free, checkedAt: now, bytesSince: 0, low, tight: fsFree + wal < 2 * this.walBudget };
-    if (this.disk.low && !wasLow) {
-      this.logger.warn(
-        { dir: this.dir, freeBytes: free, minFreeBytes: this.minFreeBytes },
-        `disk space low (${fmtBytes(free)} free, watermark ${fmtBytes(this.minFreeBytes)}): the outbox stops growing; new messages are refused unless older ones of a channel whose onLimit.disk is "drop-oldest" can make room`,
-      );
-    } else if (!this.disk.low && wasLow) {
-      this.logger.info({ dir: this.dir, freeBytes: free }, `disk space back above the watermark (${fmtBytes(free)} free): the outbox grows again`);
-    }
-  }
-
-  private diskLow(): boolean {
-    if (this.minFreeBytes <= 0) return false;
-    const d = this.disk;
-    return d.low || (d.free !== null && d.free - d.bytesSince < this.minFreeBytes);
   }
 }
 
