@@ -12,7 +12,7 @@ import { DROP_REASONS, DropReporter, diskLowError, fullError, zeroDrops, type Dr
 import { CHANNEL_NAME, ChannelPolicies, defaultPriority } from './channel-policies.js';
 import { Lanes, mergeLanes, type Lane } from './lanes.js';
 import { GroupCommit, type PendingCall } from './group-commit.js';
-import { Leases } from './leases.js';
+import { Leases, type Lease } from './leases.js';
 import { prepareOutboxStatements, type LaneRow, type OutboxStatements, type ParkedRow, type Row, type RowRef } from './outbox-sql.js';
 import {
   OutboxError,
@@ -104,6 +104,9 @@ interface Prepared {
   coalesceKey: string | null;
   enc: EncodedPayload;
 }
+
+/** Thrown (and caught) inside `ack`'s savepoint: a leased row was not there to delete. */
+class LeaseMismatch extends Error {}
 
 /** Thrown inside an enqueueMany savepoint to roll back the members already applied. */
 class Refused {
