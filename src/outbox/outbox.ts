@@ -5,16 +5,17 @@ import { errorMessage } from '../util/errors.js';
 import type { IdGenerator } from '../util/ids.js';
 import type { Logger } from '../util/logger.js';
 import { Acks } from './ack.js';
+import { Admission } from './admission.js';
 import { ChannelPolicies } from './channel-policies.js';
 import { OutboxCounters } from './counters.js';
 import { DiskWatermark } from './disk-watermark.js';
 import { Expiry } from './expiry.js';
 import { GroupCommit, type PendingCall } from './group-commit.js';
 import { Intake, type Prepared } from './intake.js';
-import { Lanes, mergeLanes } from './lanes.js';
+import { Lanes } from './lanes.js';
 import { Leases } from './leases.js';
-import { DropReporter, diskLowError, fullError, type LimitKind, type OnLimit } from './limits.js';
-import { prepareOutboxStatements, type OutboxStatements, type RowRef } from './outbox-sql.js';
+import { DropReporter, type OnLimit } from './limits.js';
+import { prepareOutboxStatements } from './outbox-sql.js';
 import { Parking } from './parking.js';
 import { Reader } from './reader.js';
 import { recoverOutbox } from './recovery.js';
@@ -90,19 +91,6 @@ export interface OutboxOptions {
   onCommit?: (info: CommitInfo) => void;
 }
 
-/** What admitting a message over a limit changes: the row it replaces (coalescing), a key it takes, what it drops. */
-interface Plan {
-  replaced: RowRef | undefined;
-  unkey: number | undefined;
-  victims: { v: RowRef; reason: LimitKind }[];
-  freed: number;
-}
-
-/** Thrown inside an enqueueMany savepoint to roll back the members already applied. */
-class Refused {
-  constructor(readonly error: OutboxError) {}
-}
-
 export class Outbox {
   private readonly db: Database;
   private readonly clock: Clock;
@@ -116,8 +104,7 @@ export class Outbox {
   private readonly disk: DiskWatermark;
   private readonly tx: Transactor;
   private readonly intake: Intake;
-  private readonly q: OutboxStatements;
-  private readonly limits: { maxCount: number; maxBytes: number };
+  private readonly admission: Admission;
   private readonly group: GroupCommit<Prepared>;
   private readonly reader: Reader;
   private readonly acks: Acks;
@@ -133,10 +120,10 @@ export class Outbox {
     this.clock = clock;
     this.logger = logger;
     this.onCommit = opts.onCommit;
-    const limits = (this.limits = { ...opts.limits });
+    const limits = { ...opts.limits };
     const compressAboveBytes = opts.compressAboveBytes ?? 1024;
     const pageSize = db.pragma('page_size', { simple: true }) as number;
-    const q = (this.q = prepareOutboxStatements(db));
+    const q = prepareOutboxStatements(db);
     const policies = (this.policies = new ChannelPolicies(opts.channels, opts.onLimit));
     const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at));
     const counters = (this.counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value)));
@@ -149,6 +136,7 @@ export class Outbox {
     };
     const tx = (this.tx = new Transactor({ db, checkpoint, counters, disk, onDrops: () => this.drops.noteDrops() }));
     this.intake = new Intake({ policies, limits, compressAboveBytes, clock, ids });
+    this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, disk, policies, limits });
     this.group = new GroupCommit<Prepared>({
       windowMs: opts.groupCommit?.windowMs ?? 2,
       maxBatch: opts.groupCommit?.maxBatch ?? 512,
@@ -216,7 +204,7 @@ export class Outbox {
         this.leases.releaseExpired();
         this.expiry.expireDue();
         this.disk.check();
-        return batch.map((call) => this.admitCall(call.messages));
+        return batch.map((call) => this.admission.admitCall(call.messages));
       });
     } catch (err) {
       const e = err as OutboxError;
@@ -353,160 +341,5 @@ export class Outbox {
         disk: { freeBytes: this.disk.free, minFreeBytes: this.disk.minFreeBytes, low: this.disk.low },
       },
     });
-  }
-
-  // ---------------------------------------------------------------- admission
-
-  /** One enqueue call: its results, or the error that refused it (an enqueueMany is all or nothing). */
-  private admitCall(messages: Prepared[]): EnqueueResult[] | OutboxError {
-    if (messages.length === 1) {
-      const r = this.admit(messages[0] as Prepared);
-      return r instanceof OutboxError ? r : [r];
-    }
-    const restore = this.tx.checkpoint();
-    try {
-      return this.tx.atomic(() => {
-        const out: EnqueueResult[] = [];
-        for (const m of messages) {
-          const r = this.admit(m);
-          if (r instanceof OutboxError) throw new Refused(r);
-          out.push(r);
-        }
-        return out;
-      });
-    } catch (err) {
-      if (!(err instanceof Refused)) throw err;
-      restore();
-      return err.error;
-    }
-  }
-
-  /** Decides whether `m` fits, choosing what to drop first; only then changes anything. */
-  private admit(m: Prepared): EnqueueResult | OutboxError {
-    if (m.idGiven && this.q.idExists.get(m.id) !== undefined) return { id: m.id, duplicate: true };
-    if (m.coalesceKey === null && this.fits(m)) {
-      // The common case: nothing to replace, every limit has room.
-      this.insert(m);
-      this.disk.noteWritten(m.enc.bytes);
-      return { id: m.id };
-    }
-    const plan = this.plan(m);
-    if (plan instanceof OutboxError) return plan;
-    // Apply: the decision is made, now change rows and the in-memory totals together.
-    if (plan.replaced) {
-      this.q.deleteSeq.run(plan.replaced.seq);
-      this.lanes.remove(plan.replaced);
-      this.counters.bump(m.channel, 'coalesced');
-    }
-    if (plan.unkey !== undefined) this.q.clearKey.run(plan.unkey);
-    for (const { v, reason } of plan.victims) {
-      this.q.deleteSeq.run(v.seq);
-      this.lanes.remove(v);
-      this.counters.bump(v.channel, reason);
-    }
-    this.insert(m);
-    this.disk.noteWritten(Math.max(0, m.enc.bytes - plan.freed));
-    return { id: m.id };
-  }
-
-  /** What must give way for `m`, per scope (its channel's limits, then the totals) and kind, then the disk; or why it is refused. */
-  private plan(m: Prepared): Plan | OutboxError {
-    const taken = new Set<number>();
-    const plan: Plan = { replaced: undefined, unkey: undefined, victims: [], freed: 0 };
-    if (m.coalesceKey !== null) {
-      const row = this.q.coalesceFind.get(m.channel, m.coalesceKey) as RowRef | undefined;
-      if (row && this.leases.isLeased(row.seq)) plan.unkey = row.seq; // in flight: let it finish, it just loses its key
-      else if (row) {
-        plan.replaced = { ...row, channel: m.channel };
-        taken.add(row.seq);
-      }
-    }
-    const { replaced } = plan;
-    const policy = this.policies.get(m.channel);
-    const ch = this.lanes.channel(m.channel) ?? { count: 0, bytes: 0 };
-    let chCount = ch.count - (replaced ? 1 : 0);
-    let chBytes = ch.bytes - (replaced?.bytes ?? 0);
-    let totCount = this.lanes.total.count - (replaced ? 1 : 0);
-    let totBytes = this.lanes.total.bytes - (replaced?.bytes ?? 0);
-    const chMax = { maxCount: policy?.maxCount ?? Infinity, maxBytes: policy?.maxBytes ?? Infinity };
-    const b = m.enc.bytes;
-    plan.freed = replaced?.bytes ?? 0;
-    const take = (v: RowRef, reason: LimitKind): void => {
-      plan.victims.push({ v, reason });
-      taken.add(v.seq);
-      plan.freed += v.bytes;
-      totCount--;
-      totBytes -= v.bytes;
-      if (v.channel === m.channel) {
-        chCount--;
-        chBytes -= v.bytes;
-      }
-    };
-    const over = (scope: string | null, k: LimitKind): boolean => {
-      const [count, bytes, max] = scope === null ? [totCount, totBytes, this.limits] : [chCount, chBytes, chMax];
-      return k === 'count' ? count + 1 > max.maxCount : bytes + b > max.maxBytes;
-    };
-    for (const scope of [m.channel, null]) {
-      for (const k of ['count', 'bytes'] as const) {
-        if (!over(scope, k)) continue;
-        for (const v of this.candidates(scope, m.priority, taken, k)) {
-          take(v, k);
-          if (!over(scope, k)) break;
-        }
-        if (over(scope, k)) return fullError({ ...m, scope, kind: k, onLimit: this.policies.onLimitOf(m.channel) }, scope === null ? this.limits : chMax);
-      }
-    }
-    if (this.disk.low && plan.freed < b) {
-      for (const v of this.candidates(null, m.priority, taken, 'disk')) {
-        take(v, 'disk');
-        if (plan.freed >= b) break;
-      }
-      if (plan.freed < b) return diskLowError(m, { dataDir: this.disk.dir, freeBytes: this.disk.free ?? 0, minFreeBytes: this.disk.minFreeBytes });
-    }
-    return plan;
-  }
-
-  private fits(m: Prepared): boolean {
-    const b = m.enc.bytes;
-    const t = this.lanes.total;
-    if (t.count + 1 > this.limits.maxCount || t.bytes + b > this.limits.maxBytes || this.disk.low) return false;
-    const policy = this.policies.get(m.channel);
-    if (policy?.maxCount === undefined && policy?.maxBytes === undefined) return true;
-    const ch = this.lanes.channel(m.channel) ?? { count: 0, bytes: 0 };
-    return ch.count + 1 <= (policy.maxCount ?? Infinity) && ch.bytes + b <= (policy.maxBytes ?? Infinity);
-  }
-
-  private insert(m: Prepared): void {
-    const { lastInsertRowid } = this.q.insert.run(m.id, m.channel, m.priority, m.createdAt, m.expiresAt, m.coalesceKey, m.enc.encoding, m.enc.bytes, m.enc.data);
-    this.lanes.add(m.channel, m.priority, m.enc.bytes, m.createdAt, lastInsertRowid);
-    this.counters.bump(m.channel, 'accepted');
-    this.expiry.note(m.expiresAt);
-  }
-
-  /**
-   * Drop candidates in drop order: lowest priority first (up to `maxPriority`), oldest first within
-   * a priority across the lanes of `channel` (or every channel) that give way at `kind`, skipping in-flight messages.
-   */
-  private *candidates(channel: string | null, maxPriority: number, skip: Set<number>, kind: LimitKind): Generator<RowRef> {
-    const lanes = this.lanes
-      .nonEmpty()
-      .filter((l) => l.priority <= maxPriority && (channel === null || l.channel === channel) && this.policies.onLimitOf(l.channel)[kind] === 'drop-oldest');
-    const priorities = [...new Set(lanes.map((l) => l.priority))].sort((a, b) => a - b);
-    for (const p of priorities) {
-      const at = lanes.filter((l) => l.priority === p);
-      // Usually one victim is enough: start with a few rows per lane and read more only as needed.
-      const rows = mergeLanes(
-        at,
-        (lane, after, limit) =>
-          (this.q.laneKeys.all(lane.channel, lane.priority, after, limit) as { seq: number; bytes: number }[]).map((r) => ({
-            seq: r.seq,
-            bytes: r.bytes,
-            channel: lane.channel,
-            priority: lane.priority,
-          })),
-        4,
-      );
-      for (const v of rows) if (!skip.has(v.seq) && !this.leases.isLeased(v.seq)) yield v;
-    }
   }
 }
