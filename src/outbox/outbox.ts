@@ -1,23 +1,33 @@
-import type { Database, Statement } from 'better-sqlite3';
-import { statSync, statfsSync } from 'node:fs';
-import { dirname } from 'node:path';
+import type { Database } from 'better-sqlite3';
 import type { Store } from '../store/store.js';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import type { IdGenerator } from '../util/ids.js';
-import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
-import { decodePayload, encodePayload, type EncodedPayload } from './codec.js';
-import { DROP_REASONS, DropReporter, diskLowError, fmtBytes, fullError, resolveOnLimit, zeroDrops, type DropCounts, type LimitKind, type OnLimit } from './limits.js';
-import { CHANNEL_NAME, DEFAULT_CHANNEL_PRIORITIES, DEFAULT_PRIORITY } from './policy.js';
+import { Acks } from './ack.js';
+import { Admission } from './admission.js';
+import { ChannelPolicies } from './channel-policies.js';
+import { OutboxCounters } from './counters.js';
+import { DiskWatermark } from './disk-watermark.js';
+import { Expiry } from './expiry.js';
+import { GroupCommit, type PendingCall } from './group-commit.js';
+import { Intake, type Prepared } from './intake.js';
+import { Lanes } from './lanes.js';
+import { Leases } from './leases.js';
+import { DropReporter, type OnLimit } from './limits.js';
+import { prepareOutboxStatements } from './outbox-sql.js';
+import { Parking } from './parking.js';
+import { Reader } from './reader.js';
+import { recoverOutbox } from './recovery.js';
+import { Rewriter, type ChannelRewrite } from './rewrite.js';
+import { durabilityOf, outboxStats } from './stats.js';
+import { Transactor } from './transactor.js';
 import {
   OutboxError,
   type ChannelPolicy,
-  type ChannelStats,
   type CommitInfo,
   type EnqueueMessage,
   type EnqueueResult,
-  type FlushOptions,
   type OutboxMessage,
   type OutboxStats,
   type ParkedMessage,
@@ -26,6 +36,15 @@ import {
 
 /**
  * The outbox: one durable queue, in the agent's SQLite database, for every cloud-bound message.
+ * This class is its front; each job is a part of its own (docs/outbox.md):
+ *
+ * - intake.ts checks and encodes a message; group-commit.ts gathers enqueues into one transaction
+ *   (one fsync); admission.ts admits each within the limits, dropping what may give way (limits.ts);
+ * - transactor.ts runs every write, keeping the in-memory ledger (lanes.ts, counters.ts, expiry.ts)
+ *   in step with the rows and restoring it on a rollback; disk-watermark.ts watches free space;
+ * - reader.ts reads batches in delivery order; leases.ts holds what is in flight; ack.ts deletes
+ *   what was delivered; parking.ts keeps what a sink refused for good; rewrite.ts is downsampling's;
+ * - recovery.ts rebuilds the ledger at open; stats.ts reports it; outbox-sql.ts holds every statement.
  *
  * Durability. `enqueue` resolves only after the transaction holding the message has committed, so
  * the guarantee is the store's `synchronous` setting (`store.synchronous` in the config): with FULL
@@ -33,29 +52,10 @@ import {
  * with NORMAL it survives a crash or kill of the process, and a power cut may lose the last commits.
  * `stats().durability` says which is in force.
  *
- * Group commit. Enqueues are not written one by one: they join a pending batch that is written in
- * one transaction (one fsync) when the batch has waited `groupCommit.windowMs` since its first
- * enqueue, or holds `groupCommit.maxBatch` messages, or (checked once the enqueues of an event-loop
- * turn are in) has as many callers as the previous batch had: producers that await each enqueue
- * come back together after a commit, and holding them for the rest of the window would only idle
- * them. Each caller's promise resolves after the commit that holds its message.
- *
- * Policy (limits.ts). Limits on message count and stored bytes apply per channel and in total,
- * and the queue stops growing below the free-disk watermark. To admit a message over a limit, the
- * oldest messages of the lowest priority (at most the newcomer's) within the limit's scope, among
- * the channels whose `onLimit` for that limit is `drop-oldest`, are dropped; a higher priority is
- * never dropped while a lower one is queued. When nothing may be dropped the newcomer is refused
- * (`OUTBOX_FULL`, `OUTBOX_DISK_LOW`). Every drop (by reason), expiry, delivery and park is counted
- * per channel in `outbox_counters`, in the same transaction as the change, so the counters survive
- * restarts and never disagree with the rows; a DropReporter logs the drops as summary lines.
- *
  * Delivery. `peekBatch` leases messages (highest priority first, arrival order within a channel);
  * `ack` deletes them, `nack` releases them, `park` sets aside what a sink rejects for good. Leases
  * live in memory only: after a restart every undelivered message is eligible again (at-least-once;
- * receivers dedupe on the id).
- *
- * Memory does not grow with the backlog: the outbox keeps per-(channel, priority) totals and
- * counters in memory and reads rows in small chunks through the `outbox_lane` index.
+ * receivers dedupe on the id). Memory does not grow with the backlog.
  */
 
 export interface OutboxOptions {
@@ -91,220 +91,72 @@ export interface OutboxOptions {
   onCommit?: (info: CommitInfo) => void;
 }
 
-interface Lane {
-  channel: string;
-  priority: number;
-  count: number;
-  bytes: number;
-  /** created_at of the first message in delivery order; undefined: unknown (read on demand). */
-  oldest: number | undefined;
-  /**
-   * Every row of the lane with a smaller seq is leased, so `peekBatch` starts reading there: with a
-   * batch or two in flight it would otherwise read past all of them again for every new batch.
-   * Raised by `peekBatch`; lowered when a lease is released with its row still queued and when a
-   * row is inserted below it (SQLite may reuse the seq of deleted rows at the end of the table).
-   */
-  leasedBelow: number;
-}
-
-/** A message handed to a sink: its row, and what `ack` needs to account for it without reading it back. */
-interface Lease {
-  seq: number;
-  channel: string;
-  priority: number;
-  bytes: number;
-  until: number;
-}
-
-/** Thrown (and caught) inside `ack`'s savepoint: a leased row was not there to delete. */
-class LeaseMismatch extends Error {}
-
-/**
- * Counters kept in `outbox_counters`, written in the transaction of the change they count. Drops by
- * reason: `count`, `bytes`, `disk`, `expired` (ttl), `parkedLimit`, `corrupt` (lost with a damaged database,
- * counted by the salvage: salvage-losses.ts); `overflow` is the count and bytes
- * drops of databases from before they were told apart, shown as `count`.
- */
-const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'corrupt', 'coalesced', 'downsampled'] as const;
-/** `accepted` is counted in memory only (since the outbox opened): persisting it would add a page write to every enqueue commit. */
-type CounterName = (typeof COUNTERS)[number] | 'accepted';
-type Counters = Record<CounterName, number>;
-
-interface Totals {
-  count: number;
-  bytes: number;
-}
-
-/** Everything in memory that a transaction changes; snapshotted so a rollback can restore it. */
-interface State {
-  lanes: Map<string, Lane>;
-  channels: Map<string, Totals>;
-  total: Totals;
-  counters: Map<string, Counters>;
-  parked: Map<string, number>;
-  nextExpiryAt: number;
-  dirty: Set<string>;
-}
-
-interface Prepared {
-  id: string;
-  idGiven: boolean;
-  channel: string;
-  priority: number;
-  createdAt: number;
-  expiresAt: number | null;
-  coalesceKey: string | null;
-  enc: EncodedPayload;
-}
-
-interface PendingCall {
-  messages: Prepared[];
-  resolve: (results: EnqueueResult[]) => void;
-  reject: (err: Error) => void;
-}
-
-interface Victim {
-  seq: number;
-  channel: string;
-  priority: number;
-  bytes: number;
-}
-
-interface Row {
-  seq: number;
-  id: string;
-  channel: string;
-  priority: number;
-  created_at: number;
-  expires_at: number | null;
-  coalesce_key: string | null;
-  encoding: number;
-  bytes: number;
-  payload: string | Buffer;
-}
-
-/** A row of `peekRows` (raw): seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload. */
-type LaneRow = [number, string, number, number | null, string | null, number, number, string | Buffer];
-
-interface ParkedRow extends Omit<Row, 'seq' | 'coalesce_key'> {
-  parked_seq: number;
-  parked_at: number;
-  reason: string;
-}
-
-/** Thrown inside an enqueueMany savepoint to roll back the members already applied. */
-class Refused {
-  constructor(readonly error: OutboxError) {}
-}
-
-const CHUNK = 64;
-const SEP = '\u0000';
-const laneKey = (channel: string, priority: number): string => `${channel}${SEP}${priority}`;
-const zeroCounters = (): Counters => ({ accepted: 0, delivered: 0, overflow: 0, count: 0, bytes: 0, disk: 0, expired: 0, parked: 0, parkedLimit: 0, corrupt: 0, coalesced: 0, downsampled: 0 });
-const dropsOf = (c: Counters): DropCounts => ({ count: c.count, bytes: c.bytes, disk: c.disk, ttl: c.expired, parkedLimit: c.parkedLimit, corrupt: c.corrupt });
-
-/** SQLITE_FULL, or an I/O error that says ENOSPC. */
-function isDiskFull(err: unknown): boolean {
-  const code = (err as { code?: unknown }).code;
-  return code === 'SQLITE_FULL' || /ENOSPC|database or disk is full/i.test(errorMessage(err));
-}
-
-function statfsFree(dir: string): number {
-  const s = statfsSync(dir);
-  return Number(s.bavail) * Number(s.bsize);
-}
-
 export class Outbox {
   private readonly db: Database;
-  private readonly dir: string;
-  private readonly walPath: string;
   private readonly clock: Clock;
-  private readonly ids: Pick<IdGenerator, 'next'>;
   private readonly logger: Logger;
-  private readonly limits: { maxCount: number; maxBytes: number };
-  private readonly policies = new Map<string, ChannelPolicy>();
-  private readonly globalOnLimit: Partial<OnLimit> | undefined;
-  private readonly onLimits = new Map<string, OnLimit>();
-  private readonly drops: DropReporter;
-  private readonly compressAboveBytes: number;
-  private readonly windowMs: number;
-  private readonly maxBatch: number;
-  private readonly minFreeBytes: number;
-  private readonly diskCheckIntervalMs: number;
-  private readonly diskCheckEveryBytes: number;
-  private readonly freeBytesOf: (dir: string) => number;
-  private readonly leaseMs: number;
-  private readonly maxParked: number;
   private readonly onCommit: ((info: CommitInfo) => void) | undefined;
-  private readonly durability: OutboxStats['durability'];
-  private readonly pageSize: number;
-  /** Bytes the WAL grows to before SQLite checkpoints it. */
-  private readonly walBudget: number;
-  private readonly q: ReturnType<typeof prepareStatements>;
-  private readonly tx: (fn: () => unknown) => unknown;
-  private readonly deleteLeased: (ids: string[]) => void;
-
-  private s: State;
-  private readonly leases = new Map<string, Lease>();
-  private readonly leasedSeqs = new Set<number>();
-  private nextLeaseExpiry = Infinity;
-
-  private pending: PendingCall[] = [];
-  private pendingMessages = 0;
-  private idleTimer: NodeJS.Immediate | undefined;
-  private windowTimer: NodeJS.Timeout | undefined;
-  private commitQueued = false;
-  private lastBatchCalls = 0;
+  private readonly policies: ChannelPolicies;
+  private readonly lanes: Lanes;
+  private readonly counters: OutboxCounters;
+  private readonly leases: Leases;
+  private readonly expiry: Expiry;
+  private readonly disk: DiskWatermark;
+  private readonly tx: Transactor;
+  private readonly intake: Intake;
+  private readonly admission: Admission;
+  private readonly group: GroupCommit<Prepared>;
+  private readonly reader: Reader;
+  private readonly acks: Acks;
+  private readonly parking: Parking;
+  private readonly rewriter: Rewriter;
+  private readonly drops: DropReporter;
   private commits = 0;
   private closed = false;
 
-  private disk = { free: null as number | null, checkedAt: -Infinity, bytesSince: 0, low: false, tight: false };
-  private diskErrorLogged = false;
-  /** Something was dropped in the transaction under way (the reporter hears of it once it commits). */
-  private dropping = false;
-
   constructor(opts: OutboxOptions) {
-    this.db = opts.store.db;
-    this.dir = dirname(opts.store.path);
-    this.walPath = `${opts.store.path}-wal`;
-    this.clock = opts.clock;
-    this.ids = opts.ids;
-    this.logger = opts.logger;
-    this.limits = { ...opts.limits };
-    for (const [name, policy] of Object.entries(opts.channels ?? {})) this.policies.set(name, { ...policy });
-    this.globalOnLimit = opts.onLimit;
-    this.compressAboveBytes = opts.compressAboveBytes ?? 1024;
-    this.windowMs = opts.groupCommit?.windowMs ?? 2;
-    this.maxBatch = Math.max(1, opts.groupCommit?.maxBatch ?? 512);
-    this.minFreeBytes = opts.disk?.minFreeBytes ?? 64 * 1_048_576;
-    this.diskCheckIntervalMs = opts.disk?.checkIntervalMs ?? 5_000;
-    this.diskCheckEveryBytes = opts.disk?.checkEveryBytes ?? 1_048_576;
-    this.freeBytesOf = opts.disk?.freeBytes ?? statfsFree;
-    this.leaseMs = opts.leaseMs ?? 300_000;
-    this.maxParked = opts.maxParked ?? 10_000;
+    const { clock, logger, ids } = opts;
+    const db = (this.db = opts.store.db);
+    this.clock = clock;
+    this.logger = logger;
     this.onCommit = opts.onCommit;
-    this.durability = durabilityOf(this.db.pragma('synchronous', { simple: true }) as number);
-    this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
-    this.walBudget = opts.store.walCheckpointPages * this.pageSize;
-    this.q = prepareStatements(this.db);
-    const t = this.db.transaction((fn: () => unknown) => fn());
-    this.tx = (fn) => t(fn);
-    // Inside `write`'s transaction this is a savepoint: a mismatch undoes the delete alone.
-    this.deleteLeased = this.db.transaction((ids: string[]) => {
-      const { changes } = this.q.deleteIds.run(JSON.stringify(ids));
-      if (changes !== ids.length) throw new LeaseMismatch(`${changes} of ${ids.length} leased rows deleted`);
+    const limits = { ...opts.limits };
+    const compressAboveBytes = opts.compressAboveBytes ?? 1024;
+    const pageSize = db.pragma('page_size', { simple: true }) as number;
+    const q = prepareOutboxStatements(db);
+    const policies = (this.policies = new ChannelPolicies(opts.channels, opts.onLimit));
+    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at));
+    const counters = (this.counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value)));
+    const leases = (this.leases = new Leases(lanes, clock, opts.leaseMs ?? 300_000));
+    const expiry = (this.expiry = new Expiry({ q, lanes, counters, leases, clock, logger }));
+    const disk = (this.disk = new DiskWatermark({ db, path: opts.store.path, clock, logger, pageSize, walBudget: opts.store.walCheckpointPages * pageSize, ...opts.disk }));
+    const checkpoint = (): (() => void) => {
+      const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint()];
+      return () => restores.forEach((restore) => restore());
+    };
+    const tx = (this.tx = new Transactor({ db, checkpoint, counters, disk, onDrops: () => this.drops.noteDrops() }));
+    this.intake = new Intake({ policies, limits, compressAboveBytes, clock, ids });
+    this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, disk, policies, limits });
+    this.group = new GroupCommit<Prepared>({
+      windowMs: opts.groupCommit?.windowMs ?? 2,
+      maxBatch: opts.groupCommit?.maxBatch ?? 512,
+      inTransaction: () => db.inTransaction,
+      commit: (batch, messages) => this.commitBatch(batch, messages),
     });
-    this.s = this.load();
-    const totals = (): [string, DropCounts][] => [...this.s.counters].map(([ch, c]) => [ch, dropsOf(c)]);
-    this.drops = new DropReporter({ db: this.db, clock: this.clock, logger: this.logger, intervalMs: opts.dropLogIntervalMs ?? 60_000, totals });
+    this.reader = new Reader({ q, lanes, leases, logger });
+    const durability = durabilityOf(db.pragma('synchronous', { simple: true }) as number);
+    this.acks = new Acks({ db, q, tx, lanes, counters, leases, logger, durability });
+    this.parking = new Parking({ q, tx, lanes, counters, leases, expiry, clock, logger, maxParked: opts.maxParked ?? 10_000 });
+    this.rewriter = new Rewriter({ q, tx, lanes, counters, leases, ids, compressAboveBytes });
+    recoverOutbox({ q, lanes, counters, expiry, logger });
+    const totals = () => counters.dropTotals();
+    this.drops = new DropReporter({ db, clock, logger, intervalMs: opts.dropLogIntervalMs ?? 60_000, totals });
     this.drops.report(true);
   }
 
   /** The policy in force at each limit for `channel`. */
   onLimitOf(channel: string): OnLimit {
-    let p = this.onLimits.get(channel);
-    if (!p) this.onLimits.set(channel, (p = resolveOnLimit(channel, this.policies.get(channel)?.onLimit, this.globalOnLimit)));
-    return p;
+    return this.policies.onLimitOf(channel);
   }
 
   // ---------------------------------------------------------------- enqueue
@@ -322,7 +174,7 @@ export class Outbox {
       return Promise.reject(err as Error);
     }
     return new Promise<EnqueueResult>((resolve, reject) => {
-      this.add({ messages: [m], resolve: (r) => resolve(r[0] as EnqueueResult), reject });
+      this.group.add({ messages: [m], resolve: (r) => resolve(r[0] as EnqueueResult), reject });
     });
   }
 
@@ -335,132 +187,32 @@ export class Outbox {
       return Promise.reject(err as Error);
     }
     if (ms.length === 0) return Promise.resolve([]);
-    return new Promise<EnqueueResult[]>((resolve, reject) => this.add({ messages: ms, resolve, reject }));
+    return new Promise<EnqueueResult[]>((resolve, reject) => this.group.add({ messages: ms, resolve, reject }));
   }
 
   private prepare(msg: EnqueueMessage): Prepared {
     if (this.closed) throw new OutboxError('OUTBOX_CLOSED', 'the outbox is closed (the agent is stopping)');
-    const { channel } = msg;
-    if (typeof channel !== 'string' || !CHANNEL_NAME.test(channel)) {
-      throw new OutboxError('OUTBOX_INVALID', `channel: expected 1-64 letters, digits, ".", "_" or "-", got ${JSON.stringify(channel)}`);
-    }
-    const policy = this.policies.get(channel);
-    const priority = msg.priority ?? policy?.priority ?? defaultPriority(channel);
-    if (!Number.isSafeInteger(priority)) throw new OutboxError('OUTBOX_INVALID', `priority: expected an integer, got ${String(priority)}`);
-    const ttlMs = msg.ttlMs ?? policy?.ttlMs;
-    if (ttlMs !== undefined && !(typeof ttlMs === 'number' && ttlMs > 0 && Number.isFinite(ttlMs))) {
-      throw new OutboxError('OUTBOX_INVALID', `ttlMs: expected a positive number of milliseconds, got ${String(ttlMs)}`);
-    }
-    if (msg.id !== undefined && !(typeof msg.id === 'string' && msg.id.length > 0 && msg.id.length <= 128)) {
-      throw new OutboxError('OUTBOX_INVALID', `id: expected a string of 1-128 characters, got ${JSON.stringify(msg.id)}`);
-    }
-    if (msg.coalesceKey !== undefined && !(typeof msg.coalesceKey === 'string' && msg.coalesceKey.length > 0 && msg.coalesceKey.length <= 256)) {
-      throw new OutboxError('OUTBOX_INVALID', `coalesceKey: expected a string of 1-256 characters, got ${JSON.stringify(msg.coalesceKey)}`);
-    }
-    let enc: EncodedPayload;
-    try {
-      enc = encodePayload(msg.payload, this.compressAboveBytes);
-    } catch (err) {
-      throw new OutboxError('OUTBOX_INVALID', `payload: expected a JSON value (${errorMessage(err)})`, { cause: err });
-    }
-    const maxBytes = Math.min(this.limits.maxBytes, policy?.maxBytes ?? Infinity);
-    if (enc.bytes > maxBytes) {
-      throw new OutboxError('OUTBOX_TOO_LARGE', `a ${channel} message of ${enc.bytes} bytes (stored) is larger than the outbox may hold (${maxBytes} bytes)`);
-    }
-    const createdAt = Math.round(this.clock.now());
-    return {
-      id: msg.id ?? this.ids.next(),
-      idGiven: msg.id !== undefined,
-      channel,
-      priority,
-      createdAt,
-      expiresAt: ttlMs === undefined ? null : createdAt + Math.ceil(ttlMs),
-      coalesceKey: msg.coalesceKey ?? null,
-      enc,
-    };
+    return this.intake.prepare(msg);
   }
 
-  private add(call: PendingCall): void {
-    this.pending.push(call);
-    this.pendingMessages += call.messages.length;
-    if (this.pendingMessages >= this.maxBatch) {
-      // Full batch: commit now, unless called inside someone's transaction on this connection (the
-      // commit would become a savepoint of theirs and resolve before it is durable).
-      if (!this.db.inTransaction) this.commitPending();
-      else if (!this.commitQueued) {
-        this.commitQueued = true;
-        queueMicrotask(() => this.commitPending());
-      }
-      return;
-    }
-    if (this.idleTimer === undefined) this.idleTimer = setImmediate(this.onIdle);
-    if (this.windowTimer === undefined) this.windowTimer = setTimeout(this.onWindow, this.windowMs);
-  }
-
-  /**
-   * Once the enqueues of this event-loop turn are in: commit before the window ends when the batch
-   * already has as many callers as the previous one. Producers that await each enqueue come back
-   * together after a commit, so waiting longer would only idle them; a lone producer (previous batch
-   * of one) and producers spread over time wait for the window and share its commit.
-   */
-  private readonly onIdle = (): void => {
-    this.idleTimer = undefined;
-    if (this.pending.length === 0) return;
-    if (this.windowMs === 0 || (this.lastBatchCalls >= 2 && this.pending.length >= this.lastBatchCalls)) this.commitPending();
-  };
-
-  private readonly onWindow = (): void => {
-    this.windowTimer = undefined;
-    this.commitPending();
-  };
-
-  /** Writes every pending enqueue in one transaction and settles their promises. */
-  private commitPending(): void {
-    this.commitQueued = false;
-    if (this.idleTimer !== undefined) clearImmediate(this.idleTimer);
-    if (this.windowTimer !== undefined) clearTimeout(this.windowTimer);
-    this.idleTimer = undefined;
-    this.windowTimer = undefined;
-    const batch = this.pending;
-    const messages = this.pendingMessages;
-    this.pending = [];
-    this.pendingMessages = 0;
-    if (batch.length === 0) return;
-    this.lastBatchCalls = batch.length;
+  /** Writes a group commit's batch in one transaction (upkeep first) and settles its calls. */
+  private commitBatch(batch: PendingCall<Prepared>[], messages: number): void {
     const t0 = performance.now();
-    const before = this.snapshot();
-    let outcomes: (EnqueueResult[] | OutboxError)[] = [];
-    const attempt = (): void => {
-      outcomes = [];
-      this.tx(() => {
-        this.releaseExpiredLeases();
-        this.expireDue();
-        this.checkDisk();
-        for (const call of batch) outcomes.push(call.messages.length === 1 ? this.admitOne(call.messages[0] as Prepared) : this.admitGroup(call.messages));
-        this.writeCounters();
-      });
-    };
+    let outcomes: (EnqueueResult[] | OutboxError)[];
     try {
-      try {
-        attempt();
-      } catch (err) {
-        this.s = before;
-        // A full disk may only be a full WAL: fold it back, re-read free space, and try once more.
-        if (!isDiskFull(err) || !this.reclaimWal()) throw err;
-        this.s = this.snapshotOf(before);
-        attempt();
-      }
+      outcomes = this.tx.run(`writing ${messages} message(s)`, () => {
+        this.leases.releaseExpired();
+        this.expiry.expireDue();
+        this.disk.check();
+        return batch.map((call) => this.admission.admitCall(call.messages));
+      });
     } catch (err) {
-      this.s = before;
-      this.dropping = false;
-      const e = this.writeError(err, `writing ${messages} message(s)`);
-      this.logger.error({ err: errorMessage(err), code: e.code, messages }, e.message);
+      const e = err as OutboxError;
+      this.logger.error({ err: errorMessage(e.cause ?? e), code: e.code, messages }, e.message);
       for (const call of batch) call.reject(e);
       return;
     }
     this.commits++;
-    this.afterWrite();
-    this.dropsCommitted();
     batch.forEach((call, i) => {
       const o = outcomes[i];
       if (o instanceof OutboxError) call.reject(o);
@@ -473,194 +225,6 @@ export class Outbox {
     }
   }
 
-  private admitOne(m: Prepared): EnqueueResult[] | OutboxError {
-    const r = this.admit(m);
-    return r instanceof OutboxError ? r : [r];
-  }
-
-  private admitGroup(ms: Prepared[]): EnqueueResult[] | OutboxError {
-    const before = this.snapshot();
-    try {
-      return this.tx(() => {
-        const out: EnqueueResult[] = [];
-        for (const m of ms) {
-          const r = this.admit(m);
-          if (r instanceof OutboxError) throw new Refused(r);
-          out.push(r);
-        }
-        return out;
-      }) as EnqueueResult[];
-    } catch (err) {
-      if (!(err instanceof Refused)) throw err;
-      this.s = before;
-      return err.error;
-    }
-  }
-
-  /**
-   * Decides whether `m` fits, choosing what to drop first; only then changes anything, so a refused
-   * message leaves the queue exactly as it was. Runs inside the batch's transaction.
-   */
-  private admit(m: Prepared): EnqueueResult | OutboxError {
-    if (m.idGiven && this.q.idExists.get(m.id) !== undefined) return { id: m.id, duplicate: true };
-    if (m.coalesceKey === null && this.fits(m)) {
-      // The common case: nothing to replace, every limit has room.
-      this.insert(m);
-      this.disk.bytesSince += m.enc.bytes;
-      return { id: m.id };
-    }
-    const taken = new Set<number>();
-    let replaced: Victim | undefined;
-    let unkey: number | undefined;
-    if (m.coalesceKey !== null) {
-      const row = this.q.coalesceFind.get(m.channel, m.coalesceKey) as Victim | undefined;
-      if (row && this.leasedSeqs.has(row.seq)) unkey = row.seq; // in flight: let it finish, it just loses its key
-      else if (row) {
-        replaced = { ...row, channel: m.channel };
-        taken.add(row.seq);
-      }
-    }
-    const policy = this.policies.get(m.channel);
-    const ch = this.s.channels.get(m.channel) ?? { count: 0, bytes: 0 };
-    let chCount = ch.count - (replaced ? 1 : 0);
-    let chBytes = ch.bytes - (replaced?.bytes ?? 0);
-    let totCount = this.s.total.count - (replaced ? 1 : 0);
-    let totBytes = this.s.total.bytes - (replaced?.bytes ?? 0);
-    const chMax = { maxCount: policy?.maxCount ?? Infinity, maxBytes: policy?.maxBytes ?? Infinity };
-    const b = m.enc.bytes;
-    const victims: { v: Victim; reason: LimitKind }[] = [];
-    let freed = replaced?.bytes ?? 0;
-    const take = (v: Victim, reason: LimitKind): void => {
-      victims.push({ v, reason });
-      taken.add(v.seq);
-      freed += v.bytes;
-      totCount--;
-      totBytes -= v.bytes;
-      if (v.channel === m.channel) {
-        chCount--;
-        chBytes -= v.bytes;
-      }
-    };
-    // Per scope (the channel's own limits, then the totals) and kind: drop what may give way, else refuse.
-    const over = (scope: string | null, k: LimitKind): boolean => {
-      const [count, bytes, max] = scope === null ? [totCount, totBytes, this.limits] : [chCount, chBytes, chMax];
-      return k === 'count' ? count + 1 > max.maxCount : bytes + b > max.maxBytes;
-    };
-    for (const scope of [m.channel, null]) {
-      for (const k of ['count', 'bytes'] as const) {
-        if (!over(scope, k)) continue;
-        for (const v of this.candidates(scope, m.priority, taken, k)) {
-          take(v, k);
-          if (!over(scope, k)) break;
-        }
-        if (over(scope, k)) return fullError({ ...m, scope, kind: k, onLimit: this.onLimitOf(m.channel) }, scope === null ? this.limits : chMax);
-      }
-    }
-    if (this.diskLow() && freed < b) {
-      for (const v of this.candidates(null, m.priority, taken, 'disk')) {
-        take(v, 'disk');
-        if (freed >= b) break;
-      }
-      if (freed < b) return diskLowError(m, { dataDir: this.dir, freeBytes: this.disk.free ?? 0, minFreeBytes: this.minFreeBytes });
-    }
-
-    // Apply: the decision is made, now change rows and the in-memory totals together.
-    if (replaced) {
-      this.q.deleteSeq.run(replaced.seq);
-      this.laneRemove(replaced);
-      this.bump(m.channel, 'coalesced');
-    }
-    if (unkey !== undefined) this.q.clearKey.run(unkey);
-    for (const { v, reason } of victims) {
-      this.q.deleteSeq.run(v.seq);
-      this.laneRemove(v);
-      this.bump(v.channel, reason);
-    }
-    this.insert(m);
-    this.disk.bytesSince += Math.max(0, b - freed);
-    return { id: m.id };
-  }
-
-  private fits(m: Prepared): boolean {
-    const b = m.enc.bytes;
-    const t = this.s.total;
-    if (t.count + 1 > this.limits.maxCount || t.bytes + b > this.limits.maxBytes || this.diskLow()) return false;
-    const policy = this.policies.get(m.channel);
-    if (policy?.maxCount === undefined && policy?.maxBytes === undefined) return true;
-    const ch = this.s.channels.get(m.channel) ?? { count: 0, bytes: 0 };
-    return ch.count + 1 <= (policy.maxCount ?? Infinity) && ch.bytes + b <= (policy.maxBytes ?? Infinity);
-  }
-
-  private insert(m: Prepared): void {
-    const { lastInsertRowid } = this.q.insert.run(m.id, m.channel, m.priority, m.createdAt, m.expiresAt, m.coalesceKey, m.enc.encoding, m.enc.bytes, m.enc.data);
-    this.laneAdd(m.channel, m.priority, m.enc.bytes, m.createdAt, lastInsertRowid);
-    this.bump(m.channel, 'accepted');
-    if (m.expiresAt !== null && m.expiresAt < this.s.nextExpiryAt) this.s.nextExpiryAt = m.expiresAt;
-  }
-
-  /**
-   * Drop candidates in drop order: lowest priority first (up to `maxPriority`), oldest first within
-   * a priority across the lanes of `channel` (or every channel) that give way at `kind`, skipping in-flight messages.
-   */
-  private *candidates(channel: string | null, maxPriority: number, skip: Set<number>, kind: LimitKind): Generator<Victim> {
-    const lanes = [...this.s.lanes.values()].filter(
-      (l) => l.count > 0 && l.priority <= maxPriority && (channel === null || l.channel === channel) && this.onLimitOf(l.channel)[kind] === 'drop-oldest',
-    );
-    const priorities = [...new Set(lanes.map((l) => l.priority))].sort((a, b) => a - b);
-    for (const p of priorities) {
-      const at = lanes.filter((l) => l.priority === p);
-      // Usually one victim is enough: start with a few rows per lane and read more only as needed.
-      const rows = this.mergeLanes(
-        at,
-        (lane, after, limit) =>
-          (this.q.laneKeys.all(lane.channel, lane.priority, after, limit) as { seq: number; bytes: number }[]).map((r) => ({
-            seq: r.seq,
-            bytes: r.bytes,
-            channel: lane.channel,
-            priority: lane.priority,
-          })),
-        4,
-      );
-      for (const v of rows) if (!skip.has(v.seq) && !this.leasedSeqs.has(v.seq)) yield v;
-    }
-  }
-
-  /**
-   * Merges lanes by seq, reading each in chunks (the first of `chunk` rows, each next one twice as
-   * large, up to 512), so no more than a few hundred rows per lane are ever in memory.
-   */
-  private *mergeLanes<R extends { seq: number }>(
-    lanes: Lane[],
-    fetch: (lane: Lane, after: number, limit: number) => R[],
-    chunk = CHUNK,
-    from: (lane: Lane) => number = () => 0,
-  ): Generator<R> {
-    const cursors = lanes.map((lane) => ({ lane, after: from(lane) - 1, buf: [] as R[], i: 0, done: false, size: chunk }));
-    for (;;) {
-      let best: (typeof cursors)[number] | undefined;
-      let bestRow: R | undefined;
-      for (const c of cursors) {
-        if (c.i >= c.buf.length) {
-          if (c.done) continue;
-          c.buf = fetch(c.lane, c.after, c.size);
-          c.i = 0;
-          if (c.buf.length < c.size) c.done = true;
-          c.size = Math.min(512, c.size * 2);
-          if (c.buf.length === 0) continue;
-        }
-        const row = c.buf[c.i] as R;
-        if (!bestRow || row.seq < bestRow.seq) {
-          best = c;
-          bestRow = row;
-        }
-      }
-      if (!best || !bestRow) return;
-      best.i++;
-      best.after = bestRow.seq;
-      yield bestRow;
-    }
-  }
-
   // ---------------------------------------------------------------- delivery
 
   /**
@@ -670,149 +234,20 @@ export class Outbox {
    */
   peekBatch(opts: PeekOptions): OutboxMessage[] {
     this.maintain();
-    const maxCount = Math.max(0, Math.floor(opts.maxCount));
-    const maxBytes = opts.maxBytes ?? Infinity;
-    if (maxCount === 0) return [];
-    const exclude = new Set(opts.excludeIds ?? []);
-    const wanted = opts.channels ? new Set(opts.channels) : undefined;
-    const unwanted = new Set(opts.excludeChannels ?? []);
-    const lanes = [...this.s.lanes.values()].filter((l) => l.count > 0 && (!wanted || wanted.has(l.channel)) && !unwanted.has(l.channel));
-    const priorities = [...new Set(lanes.map((l) => l.priority))].sort((a, b) => b - a);
-    const out: OutboxMessage[] = [];
-    const undecodable: string[] = [];
-    let bytes = 0;
-    const leasing = opts.lease !== false;
-    // Per lane: the rows read so far are all leased (before, or now) up to `next`.
-    const floors = new Map<Lane, { open: boolean; next: number }>();
-    const seqs: number[] = [];
-    const chunk = Math.min(512, maxCount + Math.min(exclude.size, 448) + 8);
-    /** Takes or skips one row; false once the batch is complete. */
-    const visit = (lane: Lane, r: LaneRow): boolean => {
-      const seq = r[0];
-      let floor = floors.get(lane);
-      if (!floor) floors.set(lane, (floor = { open: leasing, next: lane.leasedBelow }));
-      if (this.leasedSeqs.has(seq)) {
-        if (floor.open) floor.next = seq + 1;
-        return true;
-      }
-      const id = r[1];
-      if (exclude.has(id)) {
-        floor.open = false;
-        return true;
-      }
-      const rowBytes = r[6];
-      if (out.length > 0 && bytes + rowBytes > maxBytes) return false;
-      let msg: OutboxMessage;
-      try {
-        msg = messageOf(lane, r);
-      } catch (err) {
-        this.logger.error({ id, channel: lane.channel, err: errorMessage(err) }, `outbox message ${id} cannot be decoded; parking it`);
-        undecodable.push(id);
-        floor.open = false;
-        return true;
-      }
-      out.push(msg);
-      seqs.push(seq);
-      if (floor.open) floor.next = seq + 1;
-      bytes += rowBytes;
-      return out.length < maxCount;
-    };
-    // Raw rows (arrays) of the columns the lane does not already tell: half the cost of row objects.
-    const read = (lane: Lane, after: number, limit: number): LaneRow[] => this.q.peekRows.all(lane.channel, lane.priority, after, limit) as LaneRow[];
-    outer: for (const p of priorities) {
-      const at = lanes.filter((l) => l.priority === p);
-      const only = at.length === 1 ? at[0] : undefined;
-      if (only) {
-        // One lane at this priority (the usual case): read it in order, no merging.
-        for (let after = only.leasedBelow - 1; ; ) {
-          const rows = read(only, after, chunk);
-          for (const r of rows) if (!visit(only, r)) break outer;
-          if (rows.length < chunk) break;
-          after = (rows[rows.length - 1] as LaneRow)[0];
-        }
-        continue;
-      }
-      const merged = this.mergeLanes(at, (lane, after, limit) => read(lane, after, limit).map((r) => ({ seq: r[0], lane, r })), chunk, (l) => l.leasedBelow);
-      for (const { lane, r } of merged) if (!visit(lane, r)) break outer;
-    }
-    if (leasing) {
-      const until = this.clock.monotonic() + this.leaseMs;
-      out.forEach((m, i) => this.lease(m.id, { seq: seqs[i] as number, channel: m.channel, priority: m.priority, bytes: m.storedBytes, until }));
-      for (const [lane, floor] of floors) if (floor.next > lane.leasedBelow) lane.leasedBelow = floor.next;
-    }
+    const { batch, undecodable } = this.reader.peek(opts);
     if (undecodable.length > 0) this.park(undecodable, 'undecodable payload');
-    return out;
+    return batch;
   }
 
   /** The sink accepted these: deletes them (counted as delivered). Unknown ids are ignored. Returns how many were deleted. */
   ack(ids: Iterable<string>): number {
-    const list = [...ids];
-    if (list.length === 0) return 0;
-    // An acknowledgement is committed without its own fsync: losing one to a power cut costs a
-    // duplicate delivery (same id, deduplicated by the receiver), never a message. The next durable
-    // commit (any enqueue) syncs it anyway. This takes an fsync off every delivered batch.
-    const relax = this.durability === 'power-loss';
-    // db.pragma, not a prepared statement: SQLite applies `PRAGMA synchronous = X` when the
-    // statement is compiled, so a prepared one does nothing when run (and forces X once prepared).
-    if (relax) this.db.pragma('synchronous = NORMAL');
-    let n: number;
-    try {
-      n = this.ackRows(list);
-    } finally {
-      if (relax) this.db.pragma('synchronous = FULL');
-    }
-    for (const id of list) this.unlease(id);
-    return n;
-  }
-
-  /**
-   * Leased messages (what a sink acks) are deleted in one statement, accounted from their leases
-   * (channel, priority, bytes) without reading them back; others one by one. A leased row always
-   * exists (nothing deletes a leased row without releasing its lease), but should one be missing the
-   * bulk delete is undone (savepoint) and every message is taken the slow way.
-   */
-  private ackRows(list: string[]): number {
-    return this.write(`acknowledging ${list.length} message(s)`, () => {
-      const leased: Lease[] = [];
-      const leasedIds: string[] = [];
-      const rest: string[] = [];
-      for (const id of list) {
-        const l = this.leases.get(id);
-        if (l) {
-          leased.push(l);
-          leasedIds.push(id);
-        } else rest.push(id);
-      }
-      let deleted = 0;
-      if (leased.length > 0) {
-        try {
-          this.deleteLeased(leasedIds);
-          for (const l of leased) {
-            this.laneRemove(l);
-            this.bump(l.channel, 'delivered');
-          }
-          deleted += leased.length;
-        } catch (err) {
-          if (!(err instanceof LeaseMismatch)) throw err;
-          this.logger.error({ err: err.message }, 'outbox: a leased message was missing at its ack; acknowledging one by one');
-          rest.push(...leasedIds);
-        }
-      }
-      for (const id of rest) {
-        const row = this.q.deleteById.get(id) as Victim | undefined;
-        if (!row) continue;
-        this.laneRemove(row);
-        this.bump(row.channel, 'delivered');
-        deleted++;
-      }
-      return deleted;
-    });
+    return this.acks.ack(ids);
   }
 
   /** The send failed: the messages go back to the queue, in their place. Returns how many leases were released. */
   nack(ids: Iterable<string>): number {
     let n = 0;
-    for (const id of ids) if (this.unlease(id, true)) n++;
+    for (const id of ids) if (this.leases.release(id, true)) n++;
     return n;
   }
 
@@ -821,199 +256,69 @@ export class Outbox {
    * visible through `parked()`, and are not retried until an operator calls `retryParked`.
    */
   park(ids: Iterable<string>, reason: string): number {
-    const list = [...ids];
-    if (list.length === 0) return 0;
-    const at = Math.round(this.clock.now());
-    const n = this.write(`parking ${list.length} message(s)`, () => {
-      let parked = 0;
-      for (const id of list) {
-        const row = this.q.findById.get(id) as Victim | undefined;
-        if (!row) continue;
-        this.q.parkInsert.run(at, reason.slice(0, 1000), row.seq);
-        this.q.deleteSeq.run(row.seq);
-        this.laneRemove(row);
-        this.s.parked.set(row.channel, (this.s.parked.get(row.channel) ?? 0) + 1);
-        this.bump(row.channel, 'parked');
-        parked++;
-      }
-      const over = sum(this.s.parked.values()) - this.maxParked;
-      if (over > 0) {
-        for (const r of this.q.parkedOldest.all(over) as { parked_seq: number; channel: string }[]) {
-          this.q.parkedDelete.run(r.parked_seq);
-          this.s.parked.set(r.channel, (this.s.parked.get(r.channel) ?? 1) - 1);
-          this.bump(r.channel, 'parkedLimit');
-        }
-      }
-      return parked;
-    });
-    for (const id of list) this.unlease(id);
-    if (n > 0) this.logger.warn({ count: n, reason }, `parked ${n} outbox message(s): ${reason}`);
-    return n;
+    return this.parking.park(ids, reason);
   }
 
   /** Parked messages, oldest first. */
   parked(opts: { channel?: string; limit?: number } = {}): ParkedMessage[] {
-    const limit = opts.limit ?? 100;
-    const rows = (opts.channel === undefined ? this.q.parkedList.all(limit) : this.q.parkedListChannel.all(opts.channel, limit)) as ParkedRow[];
-    return rows.map((r) => {
-      // A message parked because its payload cannot be decoded must not hide the rest of the list.
-      let payload: Json = null;
-      let payloadError: string | undefined;
-      try {
-        payload = decodePayload(r.encoding, r.payload);
-      } catch (err) {
-        payloadError = `the stored payload cannot be decoded: ${errorMessage(err)}`;
-      }
-      return {
-        id: r.id,
-        channel: r.channel,
-        priority: r.priority,
-        createdAt: r.created_at,
-        expiresAt: r.expires_at,
-        payload,
-        storedBytes: r.bytes,
-        compressed: r.encoding === 1,
-        parkedAt: r.parked_at,
-        reason: r.reason,
-        ...(payloadError === undefined ? {} : { payloadError }),
-      };
-    });
+    return this.parking.list(opts);
   }
 
   /** Operator action: puts parked messages (all, or these ids) back at the end of the queue. Limits apply at the next enqueue. */
   retryParked(ids?: Iterable<string>): number {
-    const list = ids === undefined ? (this.q.parkedIds.all() as { id: string }[]).map((r) => r.id) : [...ids];
-    return this.write(`retrying ${list.length} parked message(s)`, () => {
-      let n = 0;
-      for (const id of list) {
-        const row = this.q.parkedGet.get(id) as ParkedRow | undefined;
-        if (!row) continue;
-        const inserted = this.q.unparkInsert.run(id);
-        this.q.parkedDelete.run(row.parked_seq);
-        this.s.parked.set(row.channel, (this.s.parked.get(row.channel) ?? 1) - 1);
-        if (inserted.changes === 0) continue; // already queued under that id
-        this.laneAdd(row.channel, row.priority, row.bytes, row.created_at, inserted.lastInsertRowid);
-        const lane = this.s.lanes.get(laneKey(row.channel, row.priority));
-        // Stryker disable next-line all: equivalent: the row goes at the end (new seq), so the lane's first row and its age are unchanged (laneAdd set it when the lane was empty).
-        if (lane) lane.oldest = undefined;
-        if (row.expires_at !== null && row.expires_at < this.s.nextExpiryAt) this.s.nextExpiryAt = row.expires_at;
-        n++;
-      }
-      return n;
-    });
+    return this.parking.retry(ids);
   }
 
   /** Operator action: deletes parked messages (all, or these ids). */
   purgeParked(ids?: Iterable<string>): number {
-    const list = ids === undefined ? (this.q.parkedIds.all() as { id: string }[]).map((r) => r.id) : [...ids];
-    return this.write(`purging ${list.length} parked message(s)`, () => {
-      let n = 0;
-      for (const id of list) {
-        const row = this.q.parkedGet.get(id) as ParkedRow | undefined;
-        if (!row) continue;
-        this.q.parkedDelete.run(row.parked_seq);
-        this.s.parked.set(row.channel, (this.s.parked.get(row.channel) ?? 1) - 1);
-        n++;
-      }
-      return n;
-    });
-  }
-
-  /**
-   * The seed's `flush(sendFn)`: sends batches until the queue (or the chosen channels) is empty,
-   * acking each batch after `sendFn` resolves. On the first failure the batch is nacked (it stays
-   * queued, in order) and the error is rethrown. Resolves with the number delivered.
-   */
-  async flush(sendFn: (batch: OutboxMessage[]) => Promise<void>, opts: FlushOptions = {}): Promise<number> {
-    let delivered = 0;
-    for (;;) {
-      opts.signal?.throwIfAborted();
-      const batch = this.peekBatch({ channels: opts.channels, maxCount: opts.maxCount ?? 100, maxBytes: opts.maxBytes ?? 1_048_576 });
-      if (batch.length === 0) return delivered;
-      const ids = batch.map((m) => m.id);
-      try {
-        await sendFn(batch);
-      } catch (err) {
-        this.nack(ids);
-        throw err;
-      }
-      delivered += this.ack(ids);
-    }
+    return this.parking.purge(ids);
   }
 
   // ---------------------------------------------------------------- maintenance
 
   /** Removes expired messages now (counted as expired); also done at enqueue and peek time. */
   expire(): number {
-    return this.write('expiring messages', () => {
-      this.s.nextExpiryAt = -Infinity; // force a look
-      return this.expireDue();
+    return this.tx.run('expiring messages', () => {
+      this.expiry.force();
+      return this.expiry.expireDue();
     });
   }
 
   /** Commits what is pending and refuses further enqueues. Does not close the store. */
   close(): Promise<void> {
     this.closed = true;
-    this.commitPending();
+    this.group.flush();
     this.drops.close();
     return Promise.resolve();
+  }
+
+  /** Expiry and lease upkeep before a read. */
+  private maintain(): void {
+    this.leases.releaseExpired();
+    if (!this.expiry.due()) return;
+    try {
+      this.tx.run('expiring messages', () => this.expiry.expireDue());
+    } catch (err) {
+      this.logger.warn({ err: errorMessage(err) }, 'outbox: expiring messages failed; will retry');
+    }
   }
 
   // ---------------------------------------------------------------- downsampling support
 
   /** Messages of one channel in delivery order, oldest first, at most `limit`, with their lease state. */
   readChannel(channel: string, limit: number): (OutboxMessage & { leased: boolean })[] {
-    const lanes = [...this.s.lanes.values()].filter((l) => l.channel === channel && l.count > 0);
-    const out: (OutboxMessage & { leased: boolean })[] = [];
-    if (limit <= 0) return out;
-    for (const row of this.mergeLanes(lanes, (lane, after, n) => this.q.laneRows.all(lane.channel, lane.priority, after, n) as Row[], Math.min(limit, 512))) {
-      out.push({ ...toMessage(row), leased: this.leasedSeqs.has(row.seq) });
-      if (out.length >= limit) break;
-    }
-    return out;
+    return this.reader.readChannel(channel, limit);
   }
 
-  /**
-   * Downsampling in one transaction: each `replace` entry gets a new payload and a new id (a
-   * receiver that already stored the old id must not drop the aggregate as a duplicate) but keeps
-   * its place in the queue; `remove` entries are deleted and counted as downsampled. In-flight
-   * messages are left alone. Returns the new ids of the replaced messages (undefined when skipped).
-   */
-  rewrite(channel: string, change: { replace: { id: string; payload: Json }[]; remove: string[] }): (string | undefined)[] {
-    const encoded = change.replace.map((r) => ({ id: r.id, enc: encodePayload(r.payload, this.compressAboveBytes) }));
-    return this.write(`downsampling ${channel}`, () => {
-      const ids: (string | undefined)[] = [];
-      for (const { id, enc } of encoded) {
-        const row = this.q.findById.get(id) as Victim | undefined;
-        if (!row || row.channel !== channel || this.leasedSeqs.has(row.seq)) {
-          ids.push(undefined);
-          continue;
-        }
-        const newId = this.ids.next();
-        this.q.updatePayload.run(newId, enc.encoding, enc.bytes, enc.data, row.seq);
-        const lane = this.s.lanes.get(laneKey(row.channel, row.priority));
-        const ch = this.s.channels.get(row.channel);
-        const delta = enc.bytes - row.bytes;
-        if (lane) lane.bytes += delta;
-        if (ch) ch.bytes += delta;
-        this.s.total.bytes += delta;
-        ids.push(newId);
-      }
-      for (const id of change.remove) {
-        const row = this.q.findById.get(id) as Victim | undefined;
-        if (!row || row.channel !== channel || this.leasedSeqs.has(row.seq)) continue;
-        this.q.deleteSeq.run(row.seq);
-        this.laneRemove(row);
-        this.bump(channel, 'downsampled');
-      }
-      return ids;
-    });
+  /** Downsampling in one transaction (rewrite.ts). Returns the new ids of the replaced messages (undefined when skipped). */
+  rewrite(channel: string, change: ChannelRewrite): (string | undefined)[] {
+    return this.rewriter.rewrite(channel, change);
   }
 
   /** Messages of a channel, committed and pending. */
   channelDepth(channel: string): number {
-    let n = this.s.channels.get(channel)?.count ?? 0;
-    for (const call of this.pending) for (const m of call.messages) if (m.channel === channel) n++;
+    let n = this.lanes.channel(channel)?.count ?? 0;
+    for (const m of this.group.queued()) if (m.channel === channel) n++;
     return n;
   }
 
@@ -1021,485 +326,20 @@ export class Outbox {
 
   /** Depth, bytes, age and counters per channel and in total; from memory (plus an index probe per changed lane). */
   stats(): OutboxStats {
-    this.releaseExpiredLeases();
-    const now = this.clock.now();
-    const names = new Set<string>([...this.s.channels.keys(), ...this.s.counters.keys(), ...this.s.parked.keys(), ...this.policies.keys()]);
-    const leasedBy = new Map<string, number>();
-    for (const l of this.leases.values()) leasedBy.set(l.channel, (leasedBy.get(l.channel) ?? 0) + 1);
-    const oldestBy = new Map<string, number>();
-    for (const lane of this.s.lanes.values()) {
-      if (lane.count === 0) continue;
-      const o = this.laneOldest(lane);
-      if (o !== undefined) oldestBy.set(lane.channel, Math.min(oldestBy.get(lane.channel) ?? Infinity, o));
-    }
-    const channels: Record<string, ChannelStats> = {};
-    const total = emptyChannelStats();
-    let oldest = Infinity;
-    for (const name of [...names].sort()) {
-      const t = this.s.channels.get(name) ?? { count: 0, bytes: 0 };
-      const c = this.s.counters.get(name) ?? zeroCounters();
-      const o = oldestBy.get(name);
-      if (o !== undefined) oldest = Math.min(oldest, o);
-      const cs: ChannelStats = {
-        depth: t.count,
-        bytes: t.bytes,
-        oldestAgeMs: o === undefined ? 0 : Math.max(0, now - o),
-        leased: leasedBy.get(name) ?? 0,
-        delivered: c.delivered,
-        dropped: c.overflow + c.count + c.bytes + c.disk + c.parkedLimit + c.corrupt,
-        drops: { ...dropsOf(c), count: c.count + c.overflow },
-        onLimit: { ...this.onLimitOf(name) },
-        expired: c.expired,
-        parked: this.s.parked.get(name) ?? 0,
-        parkedTotal: c.parked,
-        coalesced: c.coalesced,
-        downsampled: c.downsampled,
-        accepted: c.accepted,
-      };
-      channels[name] = cs;
-      addInto(total, cs);
-    }
-    total.oldestAgeMs = oldest === Infinity ? 0 : Math.max(0, now - oldest);
-    return {
-      ...total,
-      channels,
-      commits: this.commits,
-      pending: this.pendingMessages,
-      // Read each time (db.pragma: a prepared pragma can answer from when it was compiled), so a setting left weaker shows.
-      durability: durabilityOf(this.db.pragma('synchronous', { simple: true }) as number),
-      disk: { freeBytes: this.disk.free, minFreeBytes: this.minFreeBytes, low: this.diskLow() },
-    };
+    this.leases.releaseExpired();
+    return outboxStats({
+      lanes: this.lanes,
+      counters: this.counters,
+      leases: this.leases,
+      policies: this.policies,
+      now: this.clock.now(),
+      totals: {
+        commits: this.commits,
+        pending: this.group.messages,
+        // Read each time (db.pragma: a prepared pragma can answer from when it was compiled), so a setting left weaker shows.
+        durability: durabilityOf(this.db.pragma('synchronous', { simple: true }) as number),
+        disk: { freeBytes: this.disk.free, minFreeBytes: this.disk.minFreeBytes, low: this.disk.low },
+      },
+    });
   }
-
-  // ---------------------------------------------------------------- internals
-
-  private load(): State {
-    const s: State = { lanes: new Map(), channels: new Map(), total: { count: 0, bytes: 0 }, counters: new Map(), parked: new Map(), nextExpiryAt: Infinity, dirty: new Set() };
-    for (const r of this.q.loadLanes.all() as { channel: string; priority: number; n: number; b: number }[]) {
-      s.lanes.set(laneKey(r.channel, r.priority), { channel: r.channel, priority: r.priority, count: r.n, bytes: r.b, oldest: undefined, leasedBelow: 0 });
-      const ch = s.channels.get(r.channel) ?? { count: 0, bytes: 0 };
-      ch.count += r.n;
-      ch.bytes += r.b;
-      s.channels.set(r.channel, ch);
-      s.total.count += r.n;
-      s.total.bytes += r.b;
-    }
-    for (const r of this.q.loadCounters.all() as { channel: string; counter: string; value: number }[]) {
-      if (!(COUNTERS as readonly string[]).includes(r.counter)) continue;
-      const c = s.counters.get(r.channel) ?? zeroCounters();
-      c[r.counter as CounterName] = r.value;
-      s.counters.set(r.channel, c);
-    }
-    for (const r of this.q.loadParked.all() as { channel: string; n: number }[]) s.parked.set(r.channel, r.n);
-    s.nextExpiryAt = (this.q.minExpiry.get() as { t: number | null }).t ?? Infinity;
-    if (s.total.count > 0) this.logger.info({ depth: s.total.count, bytes: s.total.bytes }, `outbox holds ${s.total.count} undelivered message(s) from before`);
-    return s;
-  }
-
-  private snapshot(): State {
-    return this.snapshotOf(this.s);
-  }
-
-  private snapshotOf(s: State): State {
-    return {
-      lanes: new Map([...s.lanes].map(([k, l]) => [k, { ...l }])),
-      channels: new Map([...s.channels].map(([k, t]) => [k, { ...t }])),
-      total: { ...s.total },
-      counters: new Map([...s.counters].map(([k, c]) => [k, { ...c }])),
-      parked: new Map(s.parked),
-      nextExpiryAt: s.nextExpiryAt,
-      dirty: new Set(s.dirty),
-    };
-  }
-
-  /** Runs `fn` in a transaction with counters written at its end; on failure restores memory and throws an OutboxError. */
-  private write<T>(what: string, fn: () => T): T {
-    const before = this.snapshot();
-    const run = (): T =>
-      this.tx(() => {
-        const out = fn();
-        this.writeCounters();
-        return out;
-      }) as T;
-    try {
-      let r: T;
-      try {
-        r = run();
-      } catch (err) {
-        this.s = before;
-        // As for enqueues: a full WAL is folded back and the write tried once more (an ack frees space).
-        if (!isDiskFull(err) || !this.reclaimWal()) throw err;
-        this.s = this.snapshotOf(before);
-        r = run();
-      }
-      this.afterWrite();
-      this.dropsCommitted();
-      return r;
-    } catch (err) {
-      this.s = before;
-      this.dropping = false;
-      throw this.writeError(err, what);
-    }
-  }
-
-  private dropsCommitted(): void {
-    if (!this.dropping) return;
-    this.dropping = false;
-    this.drops.noteDrops();
-  }
-
-  private writeError(err: unknown, what: string): OutboxError {
-    if (err instanceof OutboxError) return err;
-    const code = (err as { code?: unknown }).code;
-    const message = errorMessage(err);
-    if (isDiskFull(err)) {
-      this.disk.low = true;
-      this.disk.checkedAt = -Infinity;
-      let free = '';
-      try {
-        free = `, ${fmtBytes(this.freeBytesOf(this.dir))} free`;
-      } catch {
-        // the message goes without the number
-      }
-      return new OutboxError(
-        'OUTBOX_DISK_FULL',
-        `${what} failed: the disk holding ${this.dir} is full (${String(code ?? 'ENOSPC')}${free}); the write was rolled back and nothing queued before was lost; it is accepted again once space is freed`,
-        { cause: err },
-      );
-    }
-    return new OutboxError('OUTBOX_WRITE_FAILED', `${what} failed: ${message}`, { cause: err });
-  }
-
-  /**
-   * While disk is low or tight, the WAL is folded back and truncated after every write, so it
-   * never holds more than one transaction's pages and cannot run the filesystem out of space.
-   */
-  private afterWrite(): void {
-    if (this.disk.tight || this.diskLow()) this.reclaimWal();
-  }
-
-  /** Checkpoints and truncates the WAL; true when it freed something. Never throws. */
-  private reclaimWal(): boolean {
-    const size = this.walBytes();
-    try {
-      this.db.pragma('wal_checkpoint(TRUNCATE)');
-    } catch (err) {
-      this.logger.debug({ err: errorMessage(err) }, 'outbox: WAL checkpoint failed');
-      return false;
-    }
-    this.disk.checkedAt = -Infinity;
-    return size > 0 && this.walBytes() < size;
-  }
-
-  private walBytes(): number {
-    try {
-      return statSync(this.walPath).size;
-    } catch {
-      return 0;
-    }
-  }
-
-  /** Writes the counters of every channel whose counters changed (dirty is per channel: cheaper to track than per counter). */
-  private writeCounters(): void {
-    for (const channel of this.s.dirty) {
-      const c = this.s.counters.get(channel);
-      if (!c) continue;
-      for (const name of COUNTERS) if (c[name] !== 0) this.q.counterSet.run(channel, name, c[name]);
-    }
-    this.s.dirty.clear();
-  }
-
-  private bump(channel: string, counter: CounterName, by = 1): void {
-    let c = this.s.counters.get(channel);
-    if (!c) {
-      c = zeroCounters();
-      this.s.counters.set(channel, c);
-    }
-    c[counter] += by;
-    if (counter !== 'accepted') this.s.dirty.add(channel);
-    if (counter === 'count' || counter === 'bytes' || counter === 'disk' || counter === 'expired' || counter === 'parkedLimit' || counter === 'corrupt') this.dropping = true;
-  }
-
-  private laneAdd(channel: string, priority: number, bytes: number, createdAt: number, seq: number | bigint): void {
-    const key = laneKey(channel, priority);
-    let lane = this.s.lanes.get(key);
-    if (!lane) {
-      lane = { channel, priority, count: 0, bytes: 0, oldest: undefined, leasedBelow: 0 };
-      this.s.lanes.set(key, lane);
-    }
-    if (Number(seq) < lane.leasedBelow) lane.leasedBelow = Number(seq);
-    if (lane.count === 0) lane.oldest = createdAt;
-    lane.count++;
-    lane.bytes += bytes;
-    let ch = this.s.channels.get(channel);
-    if (!ch) {
-      ch = { count: 0, bytes: 0 };
-      this.s.channels.set(channel, ch);
-    }
-    ch.count++;
-    ch.bytes += bytes;
-    this.s.total.count++;
-    this.s.total.bytes += bytes;
-  }
-
-  private laneRemove(v: { channel: string; priority: number; bytes: number }): void {
-    const lane = this.s.lanes.get(laneKey(v.channel, v.priority));
-    if (lane) {
-      lane.count--;
-      lane.bytes -= v.bytes;
-      lane.oldest = undefined;
-    }
-    const ch = this.s.channels.get(v.channel);
-    if (ch) {
-      ch.count--;
-      ch.bytes -= v.bytes;
-    }
-    this.s.total.count--;
-    this.s.total.bytes -= v.bytes;
-  }
-
-  private laneOldest(lane: Lane): number | undefined {
-    if (lane.oldest === undefined && lane.count > 0) {
-      const r = this.q.laneOldest.get(lane.channel, lane.priority) as { created_at: number } | undefined;
-      lane.oldest = r?.created_at;
-    }
-    return lane.oldest;
-  }
-
-  /** Expiry and lease upkeep before a read. */
-  private maintain(): void {
-    this.releaseExpiredLeases();
-    if (this.clock.now() < this.s.nextExpiryAt) return;
-    try {
-      this.write('expiring messages', () => this.expireDue());
-    } catch (err) {
-      this.logger.warn({ err: errorMessage(err) }, 'outbox: expiring messages failed; will retry');
-    }
-  }
-
-  /** Deletes expired messages (in the caller's transaction). In-flight ones too: their ack becomes a no-op. */
-  private expireDue(): number {
-    const now = this.clock.now();
-    if (now < this.s.nextExpiryAt) return 0;
-    let n = 0;
-    for (;;) {
-      const rows = this.q.expiredRows.all(now, 256) as (Victim & { id: string })[];
-      for (const r of rows) {
-        this.q.deleteSeq.run(r.seq);
-        this.laneRemove(r);
-        this.bump(r.channel, 'expired');
-        this.unlease(r.id);
-        n++;
-      }
-      if (rows.length < 256) break;
-    }
-    this.s.nextExpiryAt = (this.q.minExpiry.get() as { t: number | null }).t ?? Infinity;
-    if (n > 0) this.logger.debug({ count: n }, `outbox: ${n} message(s) expired`);
-    return n;
-  }
-
-  private lease(id: string, l: Lease): void {
-    this.leases.set(id, l);
-    this.leasedSeqs.add(l.seq);
-    if (l.until < this.nextLeaseExpiry) this.nextLeaseExpiry = l.until;
-  }
-
-  /** `requeued`: the row stays in the queue (a nack, a lapsed lease), so the lane's scan must see it again. */
-  private unlease(id: string, requeued = false): boolean {
-    const l = this.leases.get(id);
-    if (!l) return false;
-    this.leases.delete(id);
-    this.leasedSeqs.delete(l.seq);
-    if (requeued) {
-      const lane = this.s.lanes.get(laneKey(l.channel, l.priority));
-      if (lane && l.seq < lane.leasedBelow) lane.leasedBelow = l.seq;
-    }
-    return true;
-  }
-
-  private releaseExpiredLeases(): void {
-    const now = this.clock.monotonic();
-    if (now < this.nextLeaseExpiry) return;
-    let next = Infinity;
-    for (const [id, l] of this.leases) {
-      if (l.until <= now) this.unlease(id, true);
-      else next = Math.min(next, l.until);
-    }
-    this.nextLeaseExpiry = next;
-  }
-
-  /**
-   * Re-reads free space when due. What the queue can still grow into is the filesystem's free
-   * bytes, plus SQLite's free pages (reused before the file grows), plus the WAL: it is a buffer
-   * that a checkpoint rewinds, not data, and counting it as used would make the reading swing by
-   * the WAL's size from one check to the next. The WAL does need room to grow to its checkpoint
-   * size (wal_autocheckpoint pages, about 4 MiB): when the filesystem cannot give it twice that,
-   * the disk is `tight` and the WAL is truncated after every write, as it is while `low`.
-   */
-  private checkDisk(): void {
-    if (this.minFreeBytes <= 0) return;
-    const now = this.clock.monotonic();
-    const d = this.disk;
-    if (!d.low && !d.tight && now - d.checkedAt < this.diskCheckIntervalMs && d.bytesSince < this.diskCheckEveryBytes) return;
-    let fsFree: number;
-    let wal: number;
-    let freePages: number;
-    try {
-      fsFree = this.freeBytesOf(this.dir);
-      wal = this.walBytes();
-      freePages = this.db.pragma('freelist_count', { simple: true }) as number;
-    } catch (err) {
-      if (!this.diskErrorLogged) this.logger.warn({ dir: this.dir, err: errorMessage(err) }, 'outbox: cannot read free disk space; the watermark is not enforced');
-      this.diskErrorLogged = true;
-      return;
-    }
-    const free = fsFree + wal + freePages * this.pageSize;
-    const wasLow = d.low;
-    // Hysteresis: a queue held at the watermark reads a little above or below it from one check to
-    // the next; it leaves the low state only with a quarter of the watermark (at most 16 MiB) to spare.
-    const leaveAt = this.minFreeBytes + Math.min(this.minFreeBytes / 4, 16 * 1_048_576);
-    const low = free < this.minFreeBytes || (wasLow && free < leaveAt);
-    this.disk = { free, checkedAt: now, bytesSince: 0, low, tight: fsFree + wal < 2 * this.walBudget };
-    if (this.disk.low && !wasLow) {
-      this.logger.warn(
-        { dir: this.dir, freeBytes: free, minFreeBytes: this.minFreeBytes },
-        `disk space low (${fmtBytes(free)} free, watermark ${fmtBytes(this.minFreeBytes)}): the outbox stops growing; new messages are refused unless older ones of a channel whose onLimit.disk is "drop-oldest" can make room`,
-      );
-    } else if (!this.disk.low && wasLow) {
-      this.logger.info({ dir: this.dir, freeBytes: free }, `disk space back above the watermark (${fmtBytes(free)} free): the outbox grows again`);
-    }
-  }
-
-  private diskLow(): boolean {
-    if (this.minFreeBytes <= 0) return false;
-    const d = this.disk;
-    return d.low || (d.free !== null && d.free - d.bytesSince < this.minFreeBytes);
-  }
-}
-
-function prepareStatements(db: Database) {
-  const p = (sql: string): Statement => db.prepare(sql);
-  return {
-    insert: p(
-      'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-    ),
-    idExists: p('SELECT 1 FROM outbox WHERE id = ?'),
-    coalesceFind: p('SELECT seq, priority, bytes FROM outbox WHERE channel = ? AND coalesce_key = ?'),
-    clearKey: p('UPDATE outbox SET coalesce_key = NULL WHERE seq = ?'),
-    deleteSeq: p('DELETE FROM outbox WHERE seq = ?'),
-    deleteById: p('DELETE FROM outbox WHERE id = ? RETURNING seq, channel, priority, bytes'),
-    // One statement for a whole acked batch: a statement per row costs twice as much CPU. By id,
-    // not by the leased seq: an ack can then only ever delete the messages it names.
-    deleteIds: p('DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))'),
-    findById: p('SELECT seq, channel, priority, bytes FROM outbox WHERE id = ?'),
-    laneKeys: p('SELECT seq, bytes FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?'),
-    laneRows: p(
-      'SELECT seq, id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?',
-    ),
-    peekRows: p(
-      'SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?',
-    ).raw(),
-    laneOldest: p('SELECT created_at FROM outbox WHERE channel = ? AND priority = ? ORDER BY seq LIMIT 1'),
-    expiredRows: p('SELECT seq, id, channel, priority, bytes FROM outbox WHERE expires_at <= ? ORDER BY expires_at LIMIT ?'),
-    minExpiry: p('SELECT min(expires_at) AS t FROM outbox WHERE expires_at IS NOT NULL'),
-    updatePayload: p('UPDATE outbox SET id = ?, encoding = ?, bytes = ?, payload = ? WHERE seq = ?'),
-    loadLanes: p('SELECT channel, priority, count(*) AS n, total(bytes) AS b FROM outbox GROUP BY channel, priority'),
-    loadCounters: p('SELECT channel, counter, value FROM outbox_counters'),
-    loadParked: p('SELECT channel, count(*) AS n FROM outbox_parked GROUP BY channel'),
-    counterSet: p('INSERT INTO outbox_counters (channel, counter, value) VALUES (?, ?, ?) ON CONFLICT (channel, counter) DO UPDATE SET value = excluded.value'),
-    parkInsert: p(
-      `INSERT OR REPLACE INTO outbox_parked (id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload)
-       SELECT id, channel, priority, created_at, expires_at, encoding, bytes, ?, ?, payload FROM outbox WHERE seq = ?`,
-    ),
-    parkedOldest: p('SELECT parked_seq, channel FROM outbox_parked ORDER BY parked_seq LIMIT ?'),
-    parkedDelete: p('DELETE FROM outbox_parked WHERE parked_seq = ?'),
-    parkedIds: p('SELECT id FROM outbox_parked ORDER BY parked_seq'),
-    parkedGet: p('SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason FROM outbox_parked WHERE id = ?'),
-    parkedList: p(
-      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload FROM outbox_parked ORDER BY parked_seq LIMIT ?',
-    ),
-    parkedListChannel: p(
-      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload FROM outbox_parked WHERE channel = ? ORDER BY parked_seq LIMIT ?',
-    ),
-    unparkInsert: p(
-      `INSERT OR IGNORE INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload)
-       SELECT id, channel, priority, created_at, expires_at, NULL, encoding, bytes, payload FROM outbox_parked WHERE id = ?`,
-    ),
-  };
-}
-
-function messageOf(lane: Lane, r: LaneRow): OutboxMessage {
-  return {
-    id: r[1],
-    channel: lane.channel,
-    priority: lane.priority,
-    createdAt: r[2],
-    expiresAt: r[3],
-    coalesceKey: r[4],
-    payload: decodePayload(r[5], r[7]),
-    storedBytes: r[6],
-    compressed: r[5] === 1,
-  };
-}
-
-function toMessage(r: Row): OutboxMessage {
-  return {
-    id: r.id,
-    channel: r.channel,
-    priority: r.priority,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-    coalesceKey: r.coalesce_key,
-    payload: decodePayload(r.encoding, r.payload),
-    storedBytes: r.bytes,
-    compressed: r.encoding === 1,
-  };
-}
-
-function defaultPriority(channel: string): number {
-  return Object.hasOwn(DEFAULT_CHANNEL_PRIORITIES, channel) ? (DEFAULT_CHANNEL_PRIORITIES[channel] as number) : DEFAULT_PRIORITY;
-}
-
-function emptyChannelStats(): ChannelStats {
-  return {
-    depth: 0,
-    bytes: 0,
-    oldestAgeMs: 0,
-    leased: 0,
-    delivered: 0,
-    dropped: 0,
-    drops: zeroDrops(),
-    onLimit: { count: 'refuse', bytes: 'refuse', disk: 'refuse' },
-    expired: 0,
-    parked: 0,
-    parkedTotal: 0,
-    coalesced: 0,
-    downsampled: 0,
-    accepted: 0,
-  };
-}
-
-function addInto(t: ChannelStats, c: ChannelStats): void {
-  t.depth += c.depth;
-  t.bytes += c.bytes;
-  t.leased += c.leased;
-  t.delivered += c.delivered;
-  t.dropped += c.dropped;
-  for (const r of DROP_REASONS) t.drops[r] += c.drops[r];
-  t.expired += c.expired;
-  t.parked += c.parked;
-  t.parkedTotal += c.parkedTotal;
-  t.coalesced += c.coalesced;
-  t.downsampled += c.downsampled;
-  t.accepted += c.accepted;
-}
-
-function sum(values: Iterable<number>): number {
-  let n = 0;
-  for (const v of values) n += v;
-  return n;
-}
-
-function durabilityOf(synchronous: number): OutboxStats['durability'] {
-  return synchronous >= 2 ? 'power-loss' : synchronous === 1 ? 'process-crash' : 'none';
 }

@@ -2,25 +2,7 @@ import type { AgentConfig } from '../config/schema.js';
 import type { FlusherOptions } from './flusher.js';
 import type { ChannelPolicy, OnLimit } from './types.js';
 
-/**
- * Default priorities (higher = delivered first, dropped last): what the cloud needs to act on
- * (events, job updates) before the device's state, before bulk data, before metrics, which degrade
- * gracefully by downsampling anyway. A channel's `priority` setting overrides its entry.
- */
-export const DEFAULT_CHANNEL_PRIORITIES: Readonly<Record<string, number>> = Object.freeze({
-  events: 50,
-  jobs: 50,
-  state: 40,
-  shadow: 40,
-  health: 30,
-  telemetry: 20,
-  metrics: 10,
-});
-
-/** Priority of a channel that is neither configured nor in DEFAULT_CHANNEL_PRIORITIES. */
-export const DEFAULT_PRIORITY = 20;
-
-export const CHANNEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export { CHANNEL_NAME, DEFAULT_CHANNEL_PRIORITIES, DEFAULT_PRIORITY } from './channel-policies.js';
 
 export interface OutboxSettings {
   limits: { maxCount: number; maxBytes: number };

@@ -62,14 +62,6 @@ export interface PeekOptions {
   lease?: boolean;
 }
 
-export interface FlushOptions {
-  channels?: readonly string[];
-  /** Messages per `sendFn` call (default 100; 1 gives the seed's one-at-a-time semantics). */
-  maxCount?: number;
-  maxBytes?: number;
-  signal?: AbortSignal;
-}
-
 /** Per channel policy; every field optional (defaults: DEFAULT_CHANNEL_PRIORITIES, the total limits, no TTL). */
 export interface ChannelPolicy {
   priority?: number;

@@ -9,6 +9,7 @@ import { FakeClock } from '../helpers/fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Logger } from '../../src/util/logger.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
+import { flushOutbox } from '../helpers/outbox-flush.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -207,14 +208,14 @@ describe('outbox: flush(sendFn) options', () => {
     await outbox.enqueueMany(Array.from({ length: 150 }, (_, i) => ({ channel: 'telemetry', payload: i })));
     await outbox.enqueue({ channel: 'events', payload: 'not this one' });
     const sizes: number[] = [];
-    expect(await outbox.flush(async (b) => void sizes.push(b.length), { channels: ['telemetry'] })).toBe(150);
+    expect(await flushOutbox(outbox, async (b) => void sizes.push(b.length), { channels: ['telemetry'] })).toBe(150);
     expect(sizes).toEqual([100, 50]);
     await outbox.enqueueMany([0, 1, 2].map(() => ({ channel: 'telemetry', payload: 'x'.repeat(400_000) })));
     sizes.length = 0;
-    expect(await outbox.flush(async (b) => void sizes.push(b.length), { channels: ['telemetry'] })).toBe(3);
+    expect(await flushOutbox(outbox, async (b) => void sizes.push(b.length), { channels: ['telemetry'] })).toBe(3);
     expect(sizes).toEqual([2, 1]);
     const aborted = AbortSignal.abort();
-    await expect(outbox.flush(async () => undefined, { signal: aborted })).rejects.toThrow();
+    await expect(flushOutbox(outbox, async () => undefined, { signal: aborted })).rejects.toThrow();
     expect(outbox.stats()).toMatchObject({ depth: 1, leased: 0 });
   });
 });

@@ -12,6 +12,7 @@ import { IdGenerator } from '../../src/util/ids.js';
 import type { Json } from '../../src/util/json-diff.js';
 import { seededRandom } from '../../src/util/random.js';
 import { silentLogger } from '../helpers/logger.js';
+import { flushOutbox } from '../helpers/outbox-flush.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 const dirs = tempDirs();
@@ -504,7 +505,8 @@ describe('outbox: delivery', () => {
     const got: number[] = [];
     let calls = 0;
     const err = await rejection(
-      outbox.flush(
+      flushOutbox(
+        outbox,
         async (batch) => {
           if (++calls === 3) throw new Error('cloud down');
           got.push(...batch.map((m) => m.payload as number));
@@ -516,7 +518,7 @@ describe('outbox: delivery', () => {
     expect(got).toEqual([1, 2, 3, 4]);
     expect(all(outbox).map((m) => m.payload)).toEqual([5, 6, 7]);
     expect(outbox.stats().leased).toBe(0);
-    expect(await outbox.flush(async (batch) => void got.push(...batch.map((m) => m.payload as number)))).toBe(3);
+    expect(await flushOutbox(outbox, async (batch) => void got.push(...batch.map((m) => m.payload as number)))).toBe(3);
     expect(got).toEqual([1, 2, 3, 4, 5, 6, 7]);
   });
 });

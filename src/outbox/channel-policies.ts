@@ -1,0 +1,58 @@
+import { resolveOnLimit, type OnLimit } from './limits.js';
+import type { ChannelPolicy } from './types.js';
+
+/**
+ * Default priorities (higher = delivered first, dropped last): what the cloud needs to act on
+ * (events, job updates) before the device's state, before bulk data, before metrics, which degrade
+ * gracefully by downsampling anyway. A channel's `priority` setting overrides its entry.
+ */
+export const DEFAULT_CHANNEL_PRIORITIES: Readonly<Record<string, number>> = Object.freeze({
+  events: 50,
+  jobs: 50,
+  state: 40,
+  shadow: 40,
+  health: 30,
+  telemetry: 20,
+  metrics: 10,
+});
+
+/** Priority of a channel that is neither configured nor in DEFAULT_CHANNEL_PRIORITIES. */
+export const DEFAULT_PRIORITY = 20;
+
+export const CHANNEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function defaultPriority(channel: string): number {
+  return Object.hasOwn(DEFAULT_CHANNEL_PRIORITIES, channel) ? (DEFAULT_CHANNEL_PRIORITIES[channel] as number) : DEFAULT_PRIORITY;
+}
+
+/**
+ * The configured policy of each channel and the action in force at each of its limits (resolved
+ * once per channel: admission asks for it for every lane it considers).
+ */
+export class ChannelPolicies {
+  private readonly policies = new Map<string, ChannelPolicy>();
+  private readonly onLimits = new Map<string, OnLimit>();
+
+  constructor(
+    channels: Record<string, ChannelPolicy> | undefined,
+    private readonly globalOnLimit: Partial<OnLimit> | undefined,
+  ) {
+    for (const [name, policy] of Object.entries(channels ?? {})) this.policies.set(name, { ...policy });
+  }
+
+  get(channel: string): ChannelPolicy | undefined {
+    return this.policies.get(channel);
+  }
+
+  /** Configured channels (shown in stats even while they have never held a message). */
+  names(): IterableIterator<string> {
+    return this.policies.keys();
+  }
+
+  /** The policy in force at each limit for `channel`. */
+  onLimitOf(channel: string): OnLimit {
+    let p = this.onLimits.get(channel);
+    if (!p) this.onLimits.set(channel, (p = resolveOnLimit(channel, this.policies.get(channel)?.onLimit, this.globalOnLimit)));
+    return p;
+  }
+}

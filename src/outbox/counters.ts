@@ -1,0 +1,125 @@
+import type { DropCounts } from './limits.js';
+
+/**
+ * Counters kept in `outbox_counters`, written in the transaction of the change they count. Drops by
+ * reason: `count`, `bytes`, `disk`, `expired` (ttl), `parkedLimit`, `corrupt` (lost with a damaged database,
+ * counted by the salvage: salvage-losses.ts); `overflow` is the count and bytes
+ * drops of databases from before they were told apart, shown as `count`.
+ */
+export const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'corrupt', 'coalesced', 'downsampled'] as const;
+/** `accepted` is counted in memory only (since the outbox opened): persisting it would add a page write to every enqueue commit. */
+export type CounterName = (typeof COUNTERS)[number] | 'accepted';
+export type Counters = Record<CounterName, number>;
+
+/** Counters that are drops: the drop reporter hears of them once their transaction commits. */
+const DROPS: ReadonlySet<CounterName> = new Set<CounterName>(['count', 'bytes', 'disk', 'expired', 'parkedLimit', 'corrupt']);
+
+export const zeroCounters = (): Counters => ({ accepted: 0, delivered: 0, overflow: 0, count: 0, bytes: 0, disk: 0, expired: 0, parked: 0, parkedLimit: 0, corrupt: 0, coalesced: 0, downsampled: 0 });
+export const dropsOf = (c: Counters): DropCounts => ({ count: c.count, bytes: c.bytes, disk: c.disk, ttl: c.expired, parkedLimit: c.parkedLimit, corrupt: c.corrupt });
+
+interface CounterState {
+  counters: Map<string, Counters>;
+  /** Messages in the parked table now, per channel. */
+  parked: Map<string, number>;
+  /** Channels whose counters changed since they were last written. */
+  dirty: Set<string>;
+}
+
+function copyOf(s: CounterState): CounterState {
+  return { counters: new Map([...s.counters].map(([k, c]) => [k, { ...c }])), parked: new Map(s.parked), dirty: new Set(s.dirty) };
+}
+
+/**
+ * The outbox's counters per channel (what was delivered, dropped by reason, expired, parked, ...)
+ * and the number of parked messages, in memory, written to `outbox_counters` at the end of the
+ * transaction that changed them and restored with it by a `checkpoint`.
+ */
+export class OutboxCounters {
+  private s: CounterState = { counters: new Map(), parked: new Map(), dirty: new Set() };
+  /** Something was dropped in the transaction under way (the reporter hears of it once it commits). */
+  private dropping = false;
+
+  /** `store`: writes one counter (an upsert, in the caller's transaction). */
+  constructor(private readonly store: (channel: string, counter: CounterName, value: number) => void) {}
+
+  /** The persisted counters and the parked table's counts, at open. Unknown counter names are ignored. */
+  load(counters: Iterable<{ channel: string; counter: string; value: number }>, parked: Iterable<{ channel: string; n: number }>): void {
+    for (const r of counters) {
+      if (!(COUNTERS as readonly string[]).includes(r.counter)) continue;
+      const c = this.s.counters.get(r.channel) ?? zeroCounters();
+      c[r.counter as CounterName] = r.value;
+      this.s.counters.set(r.channel, c);
+    }
+    for (const r of parked) this.s.parked.set(r.channel, r.n);
+  }
+
+  bump(channel: string, counter: CounterName, by = 1): void {
+    let c = this.s.counters.get(channel);
+    if (!c) {
+      c = zeroCounters();
+      this.s.counters.set(channel, c);
+    }
+    c[counter] += by;
+    if (counter !== 'accepted') this.s.dirty.add(channel);
+    if (DROPS.has(counter)) this.dropping = true;
+  }
+
+  of(channel: string): Readonly<Counters> | undefined {
+    return this.s.counters.get(channel);
+  }
+
+  /** Channels with counters or parked messages. */
+  channelNames(): string[] {
+    return [...this.s.counters.keys(), ...this.s.parked.keys()];
+  }
+
+  /** The drop counts of every channel, for the drop reporter. */
+  dropTotals(): [string, DropCounts][] {
+    return [...this.s.counters].map(([ch, c]) => [ch, dropsOf(c)]);
+  }
+
+  parkedOf(channel: string): number {
+    return this.s.parked.get(channel) ?? 0;
+  }
+
+  /** `n` more (or, negative, fewer) messages of `channel` in the parked table. */
+  addParked(channel: string, n: number): void {
+    this.s.parked.set(channel, (this.s.parked.get(channel) ?? (n < 0 ? 1 : 0)) + n);
+  }
+
+  parkedTotal(): number {
+    let n = 0;
+    for (const v of this.s.parked.values()) n += v;
+    return n;
+  }
+
+  /** Writes the counters of every channel whose counters changed (dirty is per channel: cheaper to track than per counter). */
+  write(): void {
+    for (const channel of this.s.dirty) {
+      const c = this.s.counters.get(channel);
+      if (!c) continue;
+      for (const name of COUNTERS) if (c[name] !== 0) this.store(channel, name, c[name]);
+    }
+    this.s.dirty.clear();
+  }
+
+  /** True (once) when the transaction that just committed dropped something. */
+  takeDrops(): boolean {
+    const d = this.dropping;
+    this.dropping = false;
+    return d;
+  }
+
+  /** The transaction under way rolled back: its drops never happened. */
+  discardDrops(): void {
+    this.dropping = false;
+  }
+
+  /** Saves the counters; the returned function puts them back as they were (as often as called). */
+  checkpoint(): () => void {
+    const saved = copyOf(this.s);
+    return () => {
+      this.s = copyOf(saved);
+    };
+  }
+}

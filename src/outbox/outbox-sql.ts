@@ -1,0 +1,91 @@
+import type { Database, Statement } from 'better-sqlite3';
+
+/**
+ * Every statement the outbox runs, prepared once per connection. Schema: migration 2 (docs/outbox.md).
+ * Rows are read through the `outbox_lane` index (channel, priority, seq, bytes), so a lane's rows
+ * come in delivery order and its totals come from the index alone.
+ */
+export function prepareOutboxStatements(db: Database) {
+  const p = (sql: string): Statement => db.prepare(sql);
+  return {
+    insert: p(
+      'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+    ),
+    idExists: p('SELECT 1 FROM outbox WHERE id = ?'),
+    coalesceFind: p('SELECT seq, priority, bytes FROM outbox WHERE channel = ? AND coalesce_key = ?'),
+    clearKey: p('UPDATE outbox SET coalesce_key = NULL WHERE seq = ?'),
+    deleteSeq: p('DELETE FROM outbox WHERE seq = ?'),
+    deleteById: p('DELETE FROM outbox WHERE id = ? RETURNING seq, channel, priority, bytes'),
+    // One statement for a whole acked batch: a statement per row costs twice as much CPU. By id,
+    // not by the leased seq: an ack can then only ever delete the messages it names.
+    deleteIds: p('DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))'),
+    findById: p('SELECT seq, channel, priority, bytes FROM outbox WHERE id = ?'),
+    laneKeys: p('SELECT seq, bytes FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?'),
+    laneRows: p(
+      'SELECT seq, id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?',
+    ),
+    peekRows: p(
+      'SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?',
+    ).raw(),
+    laneOldest: p('SELECT created_at FROM outbox WHERE channel = ? AND priority = ? ORDER BY seq LIMIT 1'),
+    expiredRows: p('SELECT seq, id, channel, priority, bytes FROM outbox WHERE expires_at <= ? ORDER BY expires_at LIMIT ?'),
+    minExpiry: p('SELECT min(expires_at) AS t FROM outbox WHERE expires_at IS NOT NULL'),
+    updatePayload: p('UPDATE outbox SET id = ?, encoding = ?, bytes = ?, payload = ? WHERE seq = ?'),
+    loadLanes: p('SELECT channel, priority, count(*) AS n, total(bytes) AS b FROM outbox GROUP BY channel, priority'),
+    loadCounters: p('SELECT channel, counter, value FROM outbox_counters'),
+    loadParked: p('SELECT channel, count(*) AS n FROM outbox_parked GROUP BY channel'),
+    counterSet: p('INSERT INTO outbox_counters (channel, counter, value) VALUES (?, ?, ?) ON CONFLICT (channel, counter) DO UPDATE SET value = excluded.value'),
+    parkInsert: p(
+      `INSERT OR REPLACE INTO outbox_parked (id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload)
+       SELECT id, channel, priority, created_at, expires_at, encoding, bytes, ?, ?, payload FROM outbox WHERE seq = ?`,
+    ),
+    parkedOldest: p('SELECT parked_seq, channel FROM outbox_parked ORDER BY parked_seq LIMIT ?'),
+    parkedDelete: p('DELETE FROM outbox_parked WHERE parked_seq = ?'),
+    parkedIds: p('SELECT id FROM outbox_parked ORDER BY parked_seq'),
+    parkedGet: p('SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason FROM outbox_parked WHERE id = ?'),
+    parkedList: p(
+      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload FROM outbox_parked ORDER BY parked_seq LIMIT ?',
+    ),
+    parkedListChannel: p(
+      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload FROM outbox_parked WHERE channel = ? ORDER BY parked_seq LIMIT ?',
+    ),
+    unparkInsert: p(
+      `INSERT OR IGNORE INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload)
+       SELECT id, channel, priority, created_at, expires_at, NULL, encoding, bytes, payload FROM outbox_parked WHERE id = ?`,
+    ),
+  };
+}
+
+export type OutboxStatements = ReturnType<typeof prepareOutboxStatements>;
+
+/** Where a queued message is and what it weighs: what lanes, counters and leases account by. */
+export interface RowRef {
+  seq: number;
+  channel: string;
+  priority: number;
+  bytes: number;
+}
+
+/** A full row of `outbox` (`laneRows`). */
+export interface Row {
+  seq: number;
+  id: string;
+  channel: string;
+  priority: number;
+  created_at: number;
+  expires_at: number | null;
+  coalesce_key: string | null;
+  encoding: number;
+  bytes: number;
+  payload: string | Buffer;
+}
+
+/** A row of `peekRows` (raw): seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload. */
+export type LaneRow = [number, string, number, number | null, string | null, number, number, string | Buffer];
+
+/** A row of `outbox_parked`. */
+export interface ParkedRow extends Omit<Row, 'seq' | 'coalesce_key'> {
+  parked_seq: number;
+  parked_at: number;
+  reason: string;
+}

@@ -1,0 +1,71 @@
+import { join } from 'node:path';
+import { ChannelPolicies } from '../../src/outbox/channel-policies.js';
+import { OutboxCounters } from '../../src/outbox/counters.js';
+import { DiskWatermark } from '../../src/outbox/disk-watermark.js';
+import { Expiry } from '../../src/outbox/expiry.js';
+import { Intake } from '../../src/outbox/intake.js';
+import { Lanes } from '../../src/outbox/lanes.js';
+import { Leases } from '../../src/outbox/leases.js';
+import type { OnLimit } from '../../src/outbox/limits.js';
+import { prepareOutboxStatements } from '../../src/outbox/outbox-sql.js';
+import { Transactor } from '../../src/outbox/transactor.js';
+import type { ChannelPolicy, EnqueueMessage } from '../../src/outbox/types.js';
+import { Store } from './store.js';
+import { FakeClock } from './fake-clock.js';
+import { IdGenerator } from '../../src/util/ids.js';
+import type { Logger } from '../../src/util/logger.js';
+import { silentLogger } from './logger.js';
+
+export interface PartsOptions {
+  limits?: { maxCount: number; maxBytes: number };
+  channels?: Record<string, ChannelPolicy>;
+  onLimit?: Partial<OnLimit>;
+  /** Free bytes the disk watermark reads (default: plenty). */
+  freeBytes?: () => number;
+  minFreeBytes?: number;
+  leaseMs?: number;
+  logger?: Logger;
+}
+
+/**
+ * The outbox's parts on a fresh database, wired as the Outbox wires them, for tests of one part
+ * with its real collaborators (no Outbox front, no group commit).
+ */
+export function outboxParts(dir: string, o: PartsOptions = {}) {
+  const clock = new FakeClock();
+  const logger = o.logger ?? silentLogger();
+  const store = Store.open({ path: join(dir, 'agent.db'), logger: silentLogger(), clock });
+  const db = store.db;
+  const q = prepareOutboxStatements(db);
+  const ids = new IdGenerator(() => clock.now());
+  const limits = o.limits ?? { maxCount: 1_000, maxBytes: 1 << 30 };
+  const policies = new ChannelPolicies(o.channels, o.onLimit);
+  const lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at);
+  const counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value));
+  const leases = new Leases(lanes, clock, o.leaseMs ?? 60_000);
+  const expiry = new Expiry({ q, lanes, counters, leases, clock, logger });
+  const disk = new DiskWatermark({
+    db,
+    path: store.path,
+    clock,
+    logger,
+    pageSize: 4096,
+    walBudget: 4 * 1_048_576,
+    minFreeBytes: o.minFreeBytes ?? 64 * 1_048_576,
+    freeBytes: o.freeBytes ?? (() => 1 << 40),
+  });
+  const drops: number[] = [];
+  const checkpoint = (): (() => void) => {
+    const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint()];
+    return () => restores.forEach((r) => r());
+  };
+  const tx = new Transactor({ db, checkpoint, counters, disk, onDrops: () => void drops.push(1) });
+  const intake = new Intake({ policies, limits, compressAboveBytes: 1024, clock, ids });
+  const prepare = (m: EnqueueMessage) => intake.prepare(m);
+  /** Rows of the outbox table, in seq order: `channel:payload`. */
+  const rows = (): string[] =>
+    (db.prepare('SELECT channel, payload FROM outbox ORDER BY seq').all() as { channel: string; payload: string }[]).map((r) => `${r.channel}:${r.payload}`);
+  return { store, db, q, clock, logger, ids, limits, policies, lanes, counters, leases, expiry, disk, tx, intake, prepare, rows, drops };
+}
+
+export type OutboxParts = ReturnType<typeof outboxParts>;

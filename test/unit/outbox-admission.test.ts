@@ -1,0 +1,99 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { Admission } from '../../src/outbox/admission.js';
+import { OutboxError, type EnqueueMessage } from '../../src/outbox/types.js';
+import { outboxParts, type PartsOptions } from '../helpers/outbox-parts.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+/** Admission alone (no group commit, no front): what fits, what gives way, what is refused and leaves everything as it was. */
+
+const dirs = tempDirs();
+const open: { close: () => void }[] = [];
+afterEach(() => {
+  for (const s of open.splice(0)) s.close();
+  dirs.cleanup();
+});
+
+function admission(o: PartsOptions = {}) {
+  const p = outboxParts(dirs.make(), o);
+  open.push(p.store);
+  const a = new Admission(p);
+  const admit = (m: EnqueueMessage) => a.admit(p.prepare(m));
+  return { ...p, a, admit };
+}
+
+describe('admission', () => {
+  it('inserts what fits, counted as accepted, and answers a queued id as a duplicate without writing', () => {
+    const { admit, rows, lanes, counters } = admission();
+    expect(admit({ channel: 'telemetry', payload: 1, id: 'a' })).toEqual({ id: 'a' });
+    expect(admit({ channel: 'telemetry', payload: 2, id: 'a' })).toEqual({ id: 'a', duplicate: true });
+    expect(rows()).toEqual(['telemetry:1']);
+    expect(lanes.total.count).toBe(1);
+    expect(counters.of('telemetry')?.accepted).toBe(1);
+  });
+
+  it('drops the oldest of the lowest priority that may give way at the count limit, counted by reason', () => {
+    const { admit, rows, counters } = admission({ limits: { maxCount: 3, maxBytes: 1 << 30 } });
+    admit({ channel: 'metrics', payload: 'm1' });
+    admit({ channel: 'telemetry', payload: 't1' });
+    admit({ channel: 'events', payload: 'e1' });
+    expect(admit({ channel: 'telemetry', payload: 't2' })).toEqual({ id: expect.any(String) });
+    expect(rows()).toEqual(['telemetry:"t1"', 'events:"e1"', 'telemetry:"t2"']);
+    expect(counters.of('metrics')?.count).toBe(1);
+    expect(counters.takeDrops()).toBe(true);
+  });
+
+  it('refuses when nothing may give way and leaves the queue as it was', () => {
+    const { admit, rows, lanes } = admission({ limits: { maxCount: 2, maxBytes: 1 << 30 } });
+    admit({ channel: 'events', payload: 1 });
+    admit({ channel: 'telemetry', payload: 2, priority: 60 });
+    const r = admit({ channel: 'events', payload: 3 });
+    expect(r).toBeInstanceOf(OutboxError);
+    expect((r as OutboxError).code).toBe('OUTBOX_FULL');
+    expect(rows()).toEqual(['events:1', 'telemetry:2']);
+    expect(lanes.total.count).toBe(2);
+  });
+
+  it('applies a channel limit within the channel only', () => {
+    const { admit, rows } = admission({ channels: { telemetry: { maxCount: 1 } } });
+    admit({ channel: 'metrics', payload: 'm' });
+    admit({ channel: 'telemetry', payload: 1 });
+    admit({ channel: 'telemetry', payload: 2 });
+    expect(rows()).toEqual(['metrics:"m"', 'telemetry:2']);
+  });
+
+  it('replaces a queued message with the same coalesce key; a leased one keeps its place and loses its key', () => {
+    const { admit, rows, counters, leases, q } = admission();
+    admit({ channel: 'state', payload: 1, coalesceKey: 'k' });
+    admit({ channel: 'state', payload: 2, coalesceKey: 'k' });
+    expect(rows()).toEqual(['state:2']);
+    expect(counters.of('state')?.coalesced).toBe(1);
+    const row = q.coalesceFind.get('state', 'k') as { seq: number };
+    leases.grant('x', { seq: row.seq, channel: 'state', priority: 40, bytes: 1 });
+    admit({ channel: 'state', payload: 3, coalesceKey: 'k' });
+    expect(rows()).toEqual(['state:2', 'state:3']);
+    expect(q.coalesceFind.get('state', 'k')).toMatchObject({ seq: row.seq + 1 });
+  });
+
+  it('admits an enqueueMany all or none: a refused member rolls back the rest, rows and memory', () => {
+    const { a, prepare, rows, lanes, counters } = admission({ limits: { maxCount: 2, maxBytes: 1 << 30 } });
+    const r = a.admitCall([{ channel: 'events', payload: 1 }, { channel: 'events', payload: 2 }, { channel: 'events', payload: 3 }].map(prepare));
+    expect((r as OutboxError).code).toBe('OUTBOX_FULL');
+    expect(rows()).toEqual([]);
+    expect(lanes.total).toEqual({ count: 0, bytes: 0 });
+    expect(counters.of('events')?.accepted ?? 0).toBe(0);
+    expect(a.admitCall([prepare({ channel: 'events', payload: 1 })])).toEqual([{ id: expect.any(String) }]);
+  });
+
+  it('below the disk watermark refuses, unless a channel that drops at the disk limit makes room', () => {
+    let free = 1 << 40;
+    const { admit, rows, disk, counters } = admission({ freeBytes: () => free, onLimit: { disk: 'refuse' }, channels: { metrics: { onLimit: { disk: 'drop-oldest' } } } });
+    admit({ channel: 'metrics', payload: 'x'.repeat(100) });
+    free = 1_000;
+    disk.check();
+    const refused = admit({ channel: 'events', payload: 'x'.repeat(200) });
+    expect((refused as OutboxError).code).toBe('OUTBOX_DISK_LOW');
+    expect(admit({ channel: 'events', payload: 'y'.repeat(50) })).toEqual({ id: expect.any(String) });
+    expect(rows()).toEqual([`events:"${'y'.repeat(50)}"`]);
+    expect(counters.of('metrics')?.disk).toBe(1);
+  });
+});
