@@ -54,8 +54,6 @@ export interface Core {
   degradation: DegradationController;
   /** A retry policy of its own (a backoff) for a loop whose requests go over `channel`. */
   retryFor(channel: SinkChannel): RetryPolicy;
-  /** The offline floor of `channel`'s retries (0 unless offline for want of a connection). */
-  offlineFloorMs(channel: SinkChannel): () => number;
 }
 
 export function buildCore(deps: AgentDeps, version: string): Core {
@@ -91,7 +89,6 @@ export function buildCore(deps: AgentDeps, version: string): Core {
   const retryFor = (channel: SinkChannel): RetryPolicy =>
     new RetryPolicy({ backoff: backoffFromSettings(offline, { clock, random }), sleeper: probes.wakeup(channel), clock, floorMs: offlineFloorMs(channel) });
   return {
-    offlineFloorMs,
     config,
     store,
     logger,
