@@ -1,6 +1,5 @@
-import { readFileSync } from 'node:fs';
 import type { Database } from 'better-sqlite3';
-import { writeFileAtomic } from '../util/atomic-file.js';
+import { readJsonCopy, writeFileAtomic } from '../util/atomic-file.js';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
@@ -35,18 +34,9 @@ export interface CounterRow {
 
 /** The copy's rows, or why there is none usable (missing, not JSON, not the shape written). */
 export function readCounterMirror(path: string): { ok: true; rows: CounterRow[] } | { ok: false; why: string } {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    return { ok: false, why: (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'there is no copy' : `the copy cannot be read: ${errorMessage(err)}` };
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return { ok: false, why: 'the copy is not JSON' };
-  }
+  const read = readJsonCopy(path);
+  if (!read.ok) return read;
+  const v = read.value;
   const o = v as { format?: unknown; counters?: unknown };
   if (typeof v !== 'object' || v === null || o.format !== 1 || !Array.isArray(o.counters)) {
     return { ok: false, why: 'the copy does not have the expected fields (format 1, counters: [[channel, counter, value]...])' };

@@ -1,5 +1,4 @@
-import { readFileSync } from 'node:fs';
-import { writeFileAtomic } from '../util/atomic-file.js';
+import { readJsonCopy, writeFileAtomic } from '../util/atomic-file.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 
@@ -32,18 +31,9 @@ export function writeTargetMirror(path: string, target: MirroredTarget, logger: 
 
 /** The copy, or why there is none usable (missing, not JSON, not the shape written). */
 export function readTargetMirror(path: string): { ok: true; target: MirroredTarget } | { ok: false; why: string } {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    return { ok: false, why: (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'there is no copy' : `the copy cannot be read: ${errorMessage(err)}` };
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return { ok: false, why: 'the copy is not JSON' };
-  }
+  const read = readJsonCopy(path);
+  if (!read.ok) return read;
+  const v = read.value;
   const o = v as Record<string, unknown>;
   const shaped =
     typeof v === 'object' && v !== null && o['format'] === 1 && 'document' in o &&

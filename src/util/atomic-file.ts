@@ -1,5 +1,6 @@
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { errorMessage } from './errors.js';
 
 /**
  * Replaces `path` with `data` so a crash or power cut leaves the old content or the new, never a
@@ -27,5 +28,23 @@ export function writeFileAtomic(path: string, data: string): void {
     fsyncSync(dir);
   } finally {
     closeSync(dir);
+  }
+}
+
+/**
+ * Reads a copy kept outside the database (written by `writeFileAtomic`) as JSON, or says why it cannot be
+ * used: missing, unreadable or not JSON. The caller checks the shape.
+ */
+export function readJsonCopy(path: string): { ok: true; value: unknown } | { ok: false; why: string } {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    return { ok: false, why: (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'there is no copy' : `the copy cannot be read: ${errorMessage(err)}` };
+  }
+  try {
+    return { ok: true, value: JSON.parse(text) as unknown };
+  } catch {
+    return { ok: false, why: 'the copy is not JSON' };
   }
 }
