@@ -6,6 +6,7 @@ import type { Logger } from '../util/logger.js';
 import type { LoopStatus } from '../util/loops.js';
 import { bearerMatches } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
+import { drainBody } from './drain-body.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
 import { isOutboxError } from '../outbox/types.js';
 import { ShadowError } from '../shadow/shadow.js';
@@ -60,6 +61,8 @@ export interface ApiOptions {
 const LOCAL_TARGET_ROUTE = '/v2/local/target-state';
 
 const OPEN_ROUTES = new Set(['/ping', '/v1/healthy', '/']);
+// A refused body is read (and thrown away) up to this much and this long before the 413 goes out.
+const REFUSED_BODY_DRAIN = { maxBytes: 64 * 1_048_576, maxMs: 10_000 };
 
 export class BadRequest extends Error {
   readonly statusCode = 400;
@@ -136,13 +139,14 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
     }
   });
 
-  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
+  app.setErrorHandler(async (err: Error & { statusCode?: number; code?: string }, req, reply) => {
     const status = err.statusCode ?? 500;
     if (status >= 500) opts.logger.error({ err: err.message, url: req.url }, 'local API error');
     if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
       opts.logger.warn({ url: req.url, length: req.headers['content-length'] }, `local API: body refused, over ${bodyLimitOf(req.url)}`);
-      void reply.code(413).send({ error: 'too_large', message: `body is larger than ${bodyLimitOf(req.url)}` });
-      return;
+      // The answer waits for the rest of the body (thrown away), or the client never reads it.
+      await drainBody(req.raw, REFUSED_BODY_DRAIN);
+      return reply.code(413).send({ error: 'too_large', message: `body is larger than ${bodyLimitOf(req.url)}` });
     }
     // Fastify's JSON parser reports bad JSON with this code (not a SyntaxError).
     const message = err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' ? `body is not valid JSON: ${err.message}` : err.message;

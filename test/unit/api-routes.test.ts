@@ -1,3 +1,4 @@
+import { request } from 'node:http';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fakeApiView } from '../helpers/api-view.js';
@@ -207,6 +208,51 @@ describe('local API routes', () => {
     // The log says which route and how large the body claimed to be.
     expect(refusals[0]).toMatchObject({ url: '/v2/telemetry', length: String(JSON.stringify(big).length) });
     expect(logs().some((l) => l.level === 'error' || l.level === 50)).toBe(false);
+  });
+
+  it('lets a client still sending an oversized body finish, then answers 413 (no reset mid-send)', async () => {
+    const { url } = await api(view(), { limits: { maxApiBodyBytes: 1_000, maxTargetBytes: 1_000, maxJsonDepth: 8 } });
+    const { port } = new URL(url);
+    // The body comes in slow pieces, as from a device on a weak link: the size is known from the
+    // header long before the last piece, and the server must not close under the sender.
+    const send = (total: number) =>
+      new Promise<{ status: number; body: string; sendError: string | null }>((resolve) => {
+        let status = 0;
+        let body = '';
+        let sendError: string | null = null;
+        let pending = 2; // the response read to its end, and the body sent (or failed)
+        const done = () => --pending === 0 && resolve({ status, body, sendError });
+        const req = request({ host: '127.0.0.1', port: Number(port), path: '/v2/telemetry', method: 'POST', headers: { ...json, 'content-length': String(total) } });
+        req.on('response', (res) => {
+          status = res.statusCode ?? 0;
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (body += c));
+          res.on('end', done);
+        });
+        req.on('error', (err) => {
+          sendError ??= err.message;
+          if (status === 0) done(); // no response will come
+          done();
+        });
+        const piece = Buffer.alloc(16_384, 'x');
+        let sent = 0;
+        const next = () => {
+          if (sendError) return;
+          if (sent >= total) return void req.end(done);
+          const n = Math.min(piece.length, total - sent);
+          sent += n;
+          req.write(piece.subarray(0, n), (err) => {
+            if (!err) return void setTimeout(next, 1);
+            sendError ??= err.message;
+            done();
+          });
+        };
+        next();
+      });
+    const slow = await send(2_097_152);
+    expect(slow.sendError).toBeNull();
+    expect(slow.status).toBe(413);
+    expect(JSON.parse(slow.body)).toEqual({ error: 'too_large', message: 'body is larger than limits.maxApiBodyBytes (1000 bytes)' });
   });
 
   it('refuses JSON nested deeper than limits.maxJsonDepth with 400, before parsing it; depth at the limit is fine', async () => {
