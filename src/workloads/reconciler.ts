@@ -1,11 +1,13 @@
 import { createHash } from 'node:crypto';
 import type { Clock } from '../util/clock.js';
-import { AgentError, errorMessage } from '../util/errors.js';
+import { errorMessage } from '../util/errors.js';
 import { Kick } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
 import { hasExited, isActive, planService, resolveTarget, serviceKey, wantsRestart, type ResolvedService, type ServicePlan, type Step } from './planner.js';
+import { ImagePulls } from './image-pulls.js';
+import { RestartRequests, type RestartResult } from './restart-requests.js';
 import { RetryManager, type RestartBackoffSpec } from './retry.js';
 import { DEFAULT_WORKLOAD_POLICY, type TargetState, type WorkloadPolicy } from './target-schema.js';
 import type { ApplyStatus, Availability, CurrentState, Instance, RuntimeKind, ServiceState, TargetSource, WorkloadRuntime } from './types.js';
@@ -46,19 +48,6 @@ export interface ReconcilerEvents {
   changed: CurrentState;
 }
 
-/** What `restartService` did. */
-export interface RestartResult {
-  /** Instances stopped (when running) and started again. */
-  instances: number;
-}
-
-interface RestartRequest {
-  app: string;
-  service: string;
-  resolve(r: RestartResult): void;
-  reject(err: Error): void;
-}
-
 export interface PassResult {
   /** Steps were taken (create, start, stop, remove, pull started). */
   acted: boolean;
@@ -72,11 +61,6 @@ interface ServiceMemo {
   lastError: string | null;
 }
 
-interface Pull {
-  ctl: AbortController;
-  done: Promise<void>;
-}
-
 function targetKey(t: TargetState | undefined): string {
   return t === undefined ? 'none' : `${t.version}:${createHash('sha256').update(JSON.stringify(t)).digest('hex')}`;
 }
@@ -86,14 +70,14 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   private readonly retry: RetryManager;
   private readonly policy: WorkloadPolicy;
   private readonly memos = new Map<string, ServiceMemo>();
-  private readonly pulls = new Map<string, Pull>();
+  private readonly pulls: ImagePulls;
+  private readonly restarts: RestartRequests;
   private state: CurrentState = { status: 'applied', targetVersion: null, apps: {} };
   private stateJson = JSON.stringify(this.state);
   private passCtl: AbortController | undefined;
   private passKey: string | undefined;
   private passStartedAt = 0;
   private readonly lifetime = new AbortController();
-  private restarts: RestartRequest[] = [];
   /** The last pass that threw (the engine went away mid-pass, a bug), for /v2/state. */
   lastPassError: string | null = null;
 
@@ -101,6 +85,17 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     super();
     this.policy = { ...DEFAULT_WORKLOAD_POLICY, ...o.policy };
     this.retry = new RetryManager({ clock: o.clock, random: o.random, crash: o.crashBackoff, pull: o.pullBackoff });
+    const lifetime = this.lifetime.signal;
+    this.pulls = new ImagePulls({
+      docker: o.docker,
+      backoff: this.retry.pull,
+      clock: o.clock,
+      logger: o.logger,
+      lifetime,
+      timeoutMs: o.pullTimeoutMs ?? 20 * 60_000,
+      settled: () => this.kick.kick(),
+    });
+    this.restarts = new RestartRequests({ source: o.source, docker: o.docker, process: o.process, crash: this.retry.crash, logger: o.logger, lifetime, queued: () => this.kick.kick() });
     // Until the first pass has looked, a target in force is being applied.
     const t = o.source.current();
     if (t) this.state = { status: 'applying', targetVersion: t.version, apps: {} };
@@ -125,55 +120,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
    * yet), or the runtime's error; `signal` withdraws a request that has not started.
    */
   restartService(app: string, service: string, signal?: AbortSignal): Promise<RestartResult> {
-    const target = this.o.source.current();
-    if (!target || !Object.hasOwn(target.apps, app) || !Object.hasOwn(target.apps[app]?.services ?? {}, service)) {
-      const known = target ? Object.entries(target.apps).flatMap(([a, d]) => Object.keys(d.services).map((s) => `${a}/${s}`)) : [];
-      const list = known.length > 0 ? known.join(', ') : 'none';
-      return Promise.reject(new AgentError('UNKNOWN_SERVICE', `no service ${app}/${service} in the target in force (services: ${list})`));
-    }
-    if (this.lifetime.signal.aborted) return Promise.reject(new AgentError('STOPPING', 'the agent is stopping'));
-    return new Promise<RestartResult>((resolve, reject) => {
-      const req: RestartRequest = { app, service, resolve, reject };
-      this.restarts.push(req);
-      signal?.addEventListener(
-        'abort',
-        () => {
-          const i = this.restarts.indexOf(req);
-          if (i < 0) return; // already under way: it finishes
-          this.restarts.splice(i, 1);
-          reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
-        },
-        { once: true },
-      );
-      this.kick.kick();
-    });
-  }
-
-  private async runRestarts(signal: AbortSignal): Promise<void> {
-    const pending = this.restarts;
-    this.restarts = [];
-    for (const req of pending) {
-      try {
-        req.resolve(await this.restartNow(req.app, req.service, signal));
-      } catch (err) {
-        req.reject(err instanceof Error ? err : new Error(String(err)));
-      }
-    }
-  }
-
-  private async restartNow(app: string, service: string, signal: AbortSignal): Promise<RestartResult> {
-    const key = serviceKey(app, service);
-    const runtimes = [this.o.process, ...(this.o.docker && (await this.o.docker.availability(signal)).ok ? [this.o.docker] : [])];
-    const found: { rt: WorkloadRuntime; instance: Instance }[] = [];
-    for (const rt of runtimes) for (const i of await rt.list(signal)) if (i.app === app && i.service === service) found.push({ rt, instance: i });
-    if (found.length === 0) throw new AgentError('NO_INSTANCE', `service ${key} has no instance yet (it is still being created or pulled); try again later`);
-    this.retry.crash.forget(key);
-    for (const { rt, instance } of found) {
-      if (isActive(instance)) await rt.stop(instance.id, signal);
-      await rt.start(instance.id, signal);
-    }
-    this.o.logger.info({ app, service, instances: found.length }, `service ${key} restarted on request`);
-    return { instances: found.length };
+    return this.restarts.request(app, service, signal);
   }
 
   protected override listenerFailed(err: unknown, event: string): void {
@@ -195,7 +142,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     try {
       while (!signal.aborted) {
         this.kick.consume();
-        if (this.restarts.length > 0) await this.runRestarts(signal);
+        if (this.restarts.pending > 0) await this.restarts.run(signal);
         const ctl = new AbortController();
         this.passCtl = ctl;
         let result: PassResult = { acted: false, failed: false };
@@ -230,9 +177,8 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   /** Aborts pulls and releases the runtimes (the process runtime stops its children). Containers keep running. */
   async close(): Promise<void> {
     this.lifetime.abort();
-    for (const req of this.restarts.splice(0)) req.reject(new AgentError('STOPPING', 'the agent is stopping'));
-    for (const p of this.pulls.values()) p.ctl.abort();
-    await Promise.allSettled([...this.pulls.values()].map((p) => p.done));
+    this.restarts.refuseAll();
+    await this.pulls.close();
     await Promise.allSettled([this.o.process.close(), ...(this.o.docker ? [this.o.docker.close()] : [])]);
   }
 
@@ -297,7 +243,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     }
 
     this.forgetGone(byKey);
-    const images = await this.imagesPresent(resolved, signal);
+    const images = await this.pulls.present(resolved, signal);
 
     // Plan.
     const plans = new Map<string, ServicePlan>();
@@ -312,13 +258,13 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
           resolved: r,
           instances: found,
           imagePresent: image === undefined || images.get(image) === true,
-          pulling: image !== undefined && this.pulls.has(image),
+          pulling: image !== undefined && this.pulls.pulling(image),
           pullWaiting: image !== undefined && this.retry.pull.waiting(image),
           crashWaiting: this.retry.crash.waiting(key),
         }),
       );
     }
-    this.abortUnwantedPulls(resolved);
+    this.pulls.abortUnwanted(resolved);
 
     const acting = [...plans.values()].some((p) => p.steps.length > 0);
     this.publish(this.buildState(target, byKey, plans, acting));
@@ -389,61 +335,6 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     for (const image of this.retry.pull.keys()) if (!images.has(image)) this.retry.pull.forget(image);
   }
 
-  private async imagesPresent(resolved: ResolvedService[], signal: AbortSignal): Promise<Map<string, boolean>> {
-    const out = new Map<string, boolean>();
-    const docker = this.o.docker;
-    if (!docker) return out;
-    const wanted = new Set(resolved.filter((r) => !r.blocked && r.desired.image !== undefined).map((r) => r.desired.image as string));
-    await Promise.all(
-      [...wanted].map(async (image) => {
-        try {
-          out.set(image, await docker.hasImage(image, signal));
-        } catch (err) {
-          signal.throwIfAborted();
-          this.o.logger.warn({ image, err: errorMessage(err) }, 'could not inspect image');
-          out.set(image, false);
-        }
-      }),
-    );
-    return out;
-  }
-
-  private abortUnwantedPulls(resolved: ResolvedService[]): void {
-    const wanted = new Set(resolved.map((r) => r.desired.image));
-    for (const [image, pull] of this.pulls) {
-      if (!wanted.has(image)) {
-        this.o.logger.info({ image }, 'no service wants this image any more: aborting its download');
-        pull.ctl.abort();
-      }
-    }
-  }
-
-  private startPull(image: string): void {
-    const docker = this.o.docker;
-    // A pull step planned before a failure that happened meanwhile must not skip the backoff.
-    if (!docker || this.pulls.has(image) || this.retry.pull.waiting(image)) return;
-    const ctl = new AbortController();
-    const signal = AbortSignal.any([ctl.signal, this.lifetime.signal, AbortSignal.timeout(this.o.pullTimeoutMs ?? 20 * 60_000)]);
-    this.o.logger.info({ image }, `pulling ${image}`);
-    const started = this.o.clock.monotonic();
-    const done = (async () => {
-      try {
-        await docker.pull(image, signal);
-        this.retry.pull.forget(image);
-        this.o.logger.info({ image, ms: Math.round(this.o.clock.monotonic() - started) }, `pulled ${image}`);
-      } catch (err) {
-        if (ctl.signal.aborted || this.lifetime.signal.aborted) return;
-        const why = `pull of ${image} failed: ${errorMessage(err)}`;
-        const delay = this.retry.pull.fail(image, why);
-        this.o.logger.warn({ image, err: errorMessage(err), retryInMs: delay === undefined ? undefined : Math.round(delay) }, why);
-      } finally {
-        this.pulls.delete(image);
-        this.kick.kick();
-      }
-    })();
-    this.pulls.set(image, { ctl, done });
-  }
-
   /** Runs one service's steps in order; stops at the first failure. Returns false if one failed. */
   private async act(key: string, r: ResolvedService | undefined, plan: ServicePlan, signal: AbortSignal): Promise<boolean> {
     const memo = r ? this.memo(key, r.desired.configHash) : undefined;
@@ -483,7 +374,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     const where = { app: r?.desired.app, service: r?.desired.service };
     switch (step.kind) {
       case 'pull':
-        this.startPull(step.image);
+        this.pulls.start(step.image);
         return;
       case 'stop': {
         this.o.logger.info({ ...where, id: step.instance.id }, `stopping ${step.instance.app}/${step.instance.service}`);

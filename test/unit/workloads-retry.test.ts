@@ -3,10 +3,10 @@ import { FakeClock } from '../helpers/fake-clock.js';
 import { seededRandom } from '../../src/util/random.js';
 import { Reconciler } from '../../src/workloads/reconciler.js';
 import { CRASH_BACKOFF, RetryTracker } from '../../src/workloads/retry.js';
-import { RuntimeEventEmitter } from '../../src/workloads/runtimes/events.js';
 import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
-import type { Availability, CurrentState, DesiredService, Instance, RuntimeKind, WorkloadRuntime } from '../../src/workloads/types.js';
+import type { CurrentState } from '../../src/workloads/types.js';
+import { MemoryRuntime } from '../helpers/memory-runtime.js';
 import { silentLogger } from '../helpers/logger.js';
 
 const S = 1000;
@@ -58,85 +58,6 @@ describe('RetryTracker (CrashLoopBackOff timing)', () => {
     expect(t.known('k')).toBe(false);
   });
 });
-
-/** An in-memory runtime for unit tests of the loop on fake time (the integration tests use real engines). */
-class MemoryRuntime implements WorkloadRuntime {
-  readonly events = new RuntimeEventEmitter();
-  readonly instances = new Map<string, Instance>();
-  readonly starts: { service: string; at: number }[] = [];
-  readonly pulls: { image: string; at: number }[] = [];
-  images = new Set<string>();
-  /** Services whose every run exits after this many ms. */
-  crashAfterMs = new Map<string, number>();
-  pullBehaviour: (image: string, signal?: AbortSignal) => Promise<void> = () => Promise.reject(new Error('registry unreachable'));
-  createBehaviour: (d: DesiredService, signal?: AbortSignal) => Promise<void> = () => Promise.resolve();
-  private seq = 0;
-
-  constructor(
-    readonly kind: RuntimeKind,
-    private readonly clock: FakeClock,
-  ) {}
-
-  availability(): Promise<Availability> {
-    return Promise.resolve({ ok: true });
-  }
-  list(): Promise<Instance[]> {
-    return Promise.resolve([...this.instances.values()].map((i) => ({ ...i })));
-  }
-  hasImage(image: string): Promise<boolean> {
-    return Promise.resolve(this.kind === 'process' || this.images.has(image));
-  }
-  async pull(image: string, signal?: AbortSignal): Promise<void> {
-    this.pulls.push({ image, at: this.clock.monotonic() });
-    await this.pullBehaviour(image, signal);
-    this.images.add(image);
-  }
-  async create(d: DesiredService, signal?: AbortSignal): Promise<string> {
-    await this.createBehaviour(d, signal);
-    const id = `${d.service}-${++this.seq}`;
-    this.instances.set(id, {
-      id,
-      runtime: this.kind,
-      app: d.app,
-      service: d.service,
-      configHash: d.configHash,
-      image: d.image ?? null,
-      state: 'created',
-      exitCode: null,
-      error: null,
-      startedAt: null,
-      finishedAt: null,
-      exitKey: null,
-    });
-    return id;
-  }
-  start(id: string): Promise<void> {
-    const i = this.instances.get(id);
-    if (!i) return Promise.reject(new Error('no such instance'));
-    Object.assign(i, { state: 'running', startedAt: this.clock.now(), exitCode: null });
-    this.starts.push({ service: i.service, at: this.clock.monotonic() });
-    const after = this.crashAfterMs.get(i.service);
-    if (after !== undefined) {
-      void this.clock.sleep(after).then(() => {
-        Object.assign(i, { state: 'exited', exitCode: 1, finishedAt: this.clock.now(), exitKey: `${id}:${this.clock.monotonic()}` });
-        this.events.notify({ id, action: 'die' });
-      });
-    }
-    return Promise.resolve();
-  }
-  stop(id: string): Promise<void> {
-    const i = this.instances.get(id);
-    if (i && i.state === 'running') Object.assign(i, { state: 'exited', exitCode: 143, finishedAt: this.clock.now(), exitKey: `${id}:stop` });
-    return Promise.resolve();
-  }
-  remove(id: string): Promise<void> {
-    this.instances.delete(id);
-    return Promise.resolve();
-  }
-  close(): Promise<void> {
-    return Promise.resolve();
-  }
-}
 
 function target(version: number, apps: Record<string, unknown>): TargetState {
   const r = validateTarget({ version, apps });

@@ -177,33 +177,8 @@ export class ProcessRuntime implements WorkloadRuntime {
     if (this.closed) throw new AgentError('RUNTIME_CLOSED', 'the process runtime is shut down');
     const { spec, app, service } = p.desired;
     const [file, ...args] = spec.command ?? [];
-    const user = this.o.user;
-    if (typeof user === 'string') {
-      p.error = user;
-      p.finishedAt = this.o.clock.now();
-      p.exits++;
-      throw new AgentError('PROCESS_START_FAILED', p.error);
-    }
-    let serviceDir: string;
-    try {
-      serviceDir = this.files.ensureServiceDir(app, service, this.logNames());
-    } catch (err) {
-      p.error = `cannot make its directory: ${errorMessage(err)}`;
-      p.finishedAt = this.o.clock.now();
-      p.exits++;
-      throw new AgentError('PROCESS_START_FAILED', p.error, { cause: err });
-    }
-    // Run as another user, a process cannot enter the agent's private data dir: it starts in "/"
-    // unless the target names a working dir.
-    const cwd = spec.workingDir ?? (user ? '/' : serviceDir);
+    const { cwd, user } = this.launchPlace(p);
     const log = this.log(app, service);
-    // Node reports a missing cwd as "spawn <program> ENOENT", blaming the program: say which it is.
-    if (!existsSync(cwd)) {
-      p.error = `working dir ${cwd} does not exist`;
-      p.finishedAt = this.o.clock.now();
-      p.exits++;
-      throw new AgentError('PROCESS_START_FAILED', p.error);
-    }
     const child = spawn(file as string, args, {
       cwd,
       env: { ...(this.o.baseEnv ?? DEFAULT_PROCESS_ENV), ...spec.environment },
@@ -225,16 +200,50 @@ export class ProcessRuntime implements WorkloadRuntime {
     p.child = child;
     p.error = null;
     p.exitCode = null;
+    await this.follow(p, child, write);
+  }
+
+  /** Where and as whom a process starts; what stops it from starting is recorded as a failed start. */
+  private launchPlace(p: Proc): { cwd: string; user: { uid: number; gid: number } | undefined } {
+    const { spec, app, service } = p.desired;
+    const user = this.o.user;
+    if (typeof user === 'string') throw this.failedStart(p, user);
+    let serviceDir: string;
+    try {
+      serviceDir = this.files.ensureServiceDir(app, service, this.logNames());
+    } catch (err) {
+      throw this.failedStart(p, `cannot make its directory: ${errorMessage(err)}`, err);
+    }
+    // Run as another user, a process cannot enter the agent's private data dir: it starts in "/"
+    // unless the target names a working dir.
+    const cwd = spec.workingDir ?? (user ? '/' : serviceDir);
+    // Node reports a missing cwd as "spawn <program> ENOENT", blaming the program: say which it is.
+    if (!existsSync(cwd)) throw this.failedStart(p, `working dir ${cwd} does not exist`);
+    return { cwd, user };
+  }
+
+  /** Records a start that did not happen (it counts as an exit, for the crash loop) and says why. */
+  private failedStart(p: Proc, error: string, cause?: unknown): AgentError {
+    p.error = error;
+    p.finishedAt = this.o.clock.now();
+    p.exits++;
+    return new AgentError('PROCESS_START_FAILED', error, cause === undefined ? undefined : { cause });
+  }
+
+  /** Follows a spawned child: resolves once it runs, rejects if it never does; records its exit. */
+  private follow(p: Proc, child: ChildProcess, write: (chunk: Buffer) => void): Promise<void> {
+    const { id, desired } = p;
+    const { app, service } = desired;
     let resolveExited: () => void = () => undefined;
     p.exited = new Promise<void>((r) => (resolveExited = r));
-    await new Promise<void>((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       child.once('spawn', () => {
         p.pid = child.pid;
         p.state = 'running';
         p.startedAt = this.o.clock.now();
         p.finishedAt = null;
         this.writePidFile(p);
-        write(Buffer.from(`--- ${new Date(p.startedAt).toISOString()} started ${JSON.stringify(spec.command)} as pid ${child.pid}\n`));
+        write(Buffer.from(`--- ${new Date(p.startedAt).toISOString()} started ${JSON.stringify(desired.spec.command)} as pid ${child.pid}\n`));
         this.events.notify({ id, action: 'start' });
         resolve();
       });
@@ -245,13 +254,11 @@ export class ProcessRuntime implements WorkloadRuntime {
         }
         // Never started: a missing or non-executable program.
         p.state = 'created';
-        p.error = errorMessage(err);
-        p.finishedAt = this.o.clock.now();
-        p.exits++;
         p.child = undefined;
-        write(Buffer.from(`--- ${new Date(p.finishedAt).toISOString()} could not start: ${p.error}\n`));
+        const failure = this.failedStart(p, errorMessage(err), err);
+        write(Buffer.from(`--- ${new Date(p.finishedAt ?? 0).toISOString()} could not start: ${p.error}\n`));
         resolveExited();
-        reject(new AgentError('PROCESS_START_FAILED', p.error, { cause: err }));
+        reject(failure);
       });
       child.once('exit', (code, signal) => {
         const pid = p.pid;
