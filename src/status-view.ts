@@ -137,13 +137,22 @@ function table(rows: [string, string][]): string {
 }
 
 export function renderStatus(s: StatusInput, key?: string): string {
-  const c = s.connection;
-  const out: string[] = [];
-  out.push(`Iotistic Agent ${s.device.version}  device ${s.device.uuid}`);
-  out.push(...configWarning(s.state.config));
-  out.push('');
-  out.push('Connection');
-  out.push(
+  const out: string[] = [`Iotistic Agent ${s.device.version}  device ${s.device.uuid}`, ...configWarning(s.state.config)];
+  out.push(...connectionSection(s.connection), ...targetSection(s.state));
+  if (s.state.database) out.push(...databaseSection(s.state.database));
+  out.push(...servicesSection(s.state));
+  if (s.queue) out.push(...outboxSection(s.queue));
+  if (s.jobs) out.push(...jobsSection(s.jobs));
+  if (s.shadow !== undefined) out.push(...shadowSection(s.shadow));
+  out.push('', 'Loops', table(s.loops.map((l) => [l.name, `${l.state}${l.restarts ? ` (${l.restarts} restarts, last: ${l.lastError ?? '?'})` : ''}`])));
+  if (key) out.push('', `Local API key: ${key}`);
+  return `${out.join('\n')}\n`;
+}
+
+function connectionSection(c: StatusInput['connection']): string[] {
+  const out = [
+    '',
+    'Connection',
     table([
       ['status', c.status],
       ['uptime', duration(c.uptime)],
@@ -153,17 +162,15 @@ export function renderStatus(s: StatusInput, key?: string): string {
       ['failures', `poll ${c.pollFailures}, report ${c.reportFailures}`],
       ['degradation', c.degradation?.mode ?? 'normal'],
     ]),
-  );
+  ];
   const channels = Object.entries(c.channels);
   if (channels.length > 0) {
-    out.push('');
-    out.push('Channels');
+    out.push('', 'Channels');
     out.push(table(channels.map(([n, ch]) => [n, `${ch.status}${ch.consecutiveFailures ? ` (${ch.consecutiveFailures} failures)` : ''}${ch.lastError ? `  ${ch.lastError}` : ''}`])));
   }
   if (c.mqtt) {
     const m = c.mqtt;
-    out.push('');
-    out.push('MQTT session');
+    out.push('', 'MQTT session');
     out.push(
       table([
         ['connected', `${m.connected ? 'yes' : 'no'}${m.sessionPresent ? ' (session resumed)' : ''}`],
@@ -175,82 +182,78 @@ export function renderStatus(s: StatusInput, key?: string): string {
     );
   }
   if (c.outages.length > 0) {
-    out.push('');
-    out.push('Recent outages');
+    out.push('', 'Recent outages');
     out.push(table(c.outages.slice(0, 5).map((o) => [when(o.start), `${o.end ? duration(o.durationMs) : 'ongoing'}  ${o.cause}`])));
   }
-  out.push('');
-  out.push('Target state');
-  const t = s.state.target;
-  out.push(
+  return out;
+}
+
+function targetSection(state: StatusInput['state']): string[] {
+  const t = state.target;
+  return [
+    '',
+    'Target state',
     table([
-      ['config', s.state.config ? `${s.state.config.source}${s.state.config.file ? ` (${s.state.config.file})` : ''}` : '-'],
-      ['mode', s.state.mode],
+      ['config', state.config ? `${state.config.source}${state.config.file ? ` (${state.config.file})` : ''}` : '-'],
+      ['mode', state.mode],
       ['version', t?.version != null ? String(t.version) : '-'],
       ['source', t?.source ?? '-'],
       ['received', when(t?.receivedAt)],
-      ['last rejection', s.state.lastRejection?.message ?? '-'],
-      ['last poll error', s.state.lastPollError ?? '-'],
+      ['last rejection', state.lastRejection?.message ?? '-'],
+      ['last poll error', state.lastPollError ?? '-'],
+    ]),
+  ];
+}
+
+function servicesSection(state: StatusInput['state']): string[] {
+  const apps = state.current?.apps ?? {};
+  const services = Object.entries(apps).flatMap(([app, a]) =>
+    Object.entries(a.services).map(([name, svc]): [string, string] => [
+      `${app}/${name}`,
+      `${svc.status}${svc.restarts ? ` (${svc.restarts} restarts)` : ''}${svc.lastError ? `  ${svc.lastError}` : ''}`,
     ]),
   );
-  if (s.state.database) out.push(...databaseSection(s.state.database));
-  const apps = s.state.current?.apps ?? {};
-  const services = Object.entries(apps).flatMap(([app, a]) => Object.entries(a.services).map(([name, svc]): [string, string] => [
-    `${app}/${name}`,
-    `${svc.status}${svc.restarts ? ` (${svc.restarts} restarts)` : ''}${svc.lastError ? `  ${svc.lastError}` : ''}`,
-  ]));
-  out.push('');
-  out.push(`Services  ${s.state.current?.status ?? '-'}`);
+  const out = ['', `Services  ${state.current?.status ?? '-'}`];
   if (services.length > 0) out.push(table(services));
-  if (s.queue) {
-    out.push('');
-    out.push(`Outbox  ${s.queue.depth} waiting, ${bytes(s.queue.bytes)}, oldest ${duration(s.queue.oldestAgeMs)}`);
-    const rows = Object.entries(s.queue.channels).map(([name, c]): [string, string] => [
-      name,
-      `${c.depth} waiting  ${c.delivered} delivered  ${c.dropped} dropped${dropReasons(c.drops)}  ${c.expired} expired  ${c.parked} parked`,
-    ]);
-    if (rows.length > 0) out.push(table(rows));
-    const d = s.queue.dataDisk;
-    if (d) out.push(`Disk  ${d.state === 'full' ? 'disk full' : d.state}: ${d.freeBytes === null ? '?' : bytes(d.freeBytes)} free where ${d.dataDir} lives`);
-  }
-  if (s.jobs) {
-    out.push('');
-    const j = s.jobs;
-    if (!j.enabled) out.push(`Jobs  off (${j.reason ?? 'disabled'})`);
-    else {
-      const counts = Object.entries(j.counts ?? {})
-        .filter(([, n]) => n > 0)
-        .map(([k, n]) => `${n} ${k.toLowerCase().replace('_', ' ')}`)
-        .join(', ');
-      out.push(`Jobs  ${j.running ? `running ${j.running.type} ${j.running.id}` : 'idle'}${counts ? `; kept: ${counts}` : ''}`);
-      if (j.recent.length > 0) out.push(table(j.recent.slice(0, 5).map((r) => [r.id, `${r.type}  ${r.status}  ${when(r.finishedAt)}`])));
-    }
-  }
-  if (s.shadow !== undefined) {
-    out.push('');
-    const sh = s.shadow;
-    if (sh === null) out.push('Shadow  off');
-    else {
-      out.push('Shadow');
-      out.push(
-        table([
-          ['reported version', String(sh.reportedVersion)],
-          ['desired version', sh.desiredVersion === null ? '-' : String(sh.desiredVersion)],
-          ['delta', Object.keys(sh.delta).length > 0 ? Object.keys(sh.delta).join(', ') : 'none'],
-          ['local overrides', sh.overrides ? Object.keys(sh.overrides).join(', ') : 'none'],
-          ['conflicts', String(sh.conflicts.length)],
-        ]),
-      );
-    }
-  }
-  out.push('');
-  out.push('Loops');
-  out.push(table(s.loops.map((l) => [l.name, `${l.state}${l.restarts ? ` (${l.restarts} restarts, last: ${l.lastError ?? '?'})` : ''}`])));
-  if (key) {
-    out.push('');
-    out.push(`Local API key: ${key}`);
-  }
-  return `${out.join('\n')}\n`;
+  return out;
+}
+
+function outboxSection(q: NonNullable<StatusInput['queue']>): string[] {
+  const out = ['', `Outbox  ${q.depth} waiting, ${bytes(q.bytes)}, oldest ${duration(q.oldestAgeMs)}`];
+  const rows = Object.entries(q.channels).map(([name, c]): [string, string] => [
+    name,
+    `${c.depth} waiting  ${c.delivered} delivered  ${c.dropped} dropped${dropReasons(c.drops)}  ${c.expired} expired  ${c.parked} parked`,
+  ]);
+  if (rows.length > 0) out.push(table(rows));
+  const d = q.dataDisk;
+  if (d) out.push(`Disk  ${d.state === 'full' ? 'disk full' : d.state}: ${d.freeBytes === null ? '?' : bytes(d.freeBytes)} free where ${d.dataDir} lives`);
+  return out;
+}
+
+function jobsSection(j: NonNullable<StatusInput['jobs']>): string[] {
+  if (!j.enabled) return ['', `Jobs  off (${j.reason ?? 'disabled'})`];
+  const counts = Object.entries(j.counts ?? {})
+    .filter(([, n]) => n > 0)
+    .map(([k, n]) => `${n} ${k.toLowerCase().replace('_', ' ')}`)
+    .join(', ');
+  const out = ['', `Jobs  ${j.running ? `running ${j.running.type} ${j.running.id}` : 'idle'}${counts ? `; kept: ${counts}` : ''}`];
+  if (j.recent.length > 0) out.push(table(j.recent.slice(0, 5).map((r) => [r.id, `${r.type}  ${r.status}  ${when(r.finishedAt)}`])));
+  return out;
+}
+
+function shadowSection(sh: StatusInput['shadow']): string[] {
+  if (!sh) return ['', 'Shadow  off'];
+  return [
+    '',
+    'Shadow',
+    table([
+      ['reported version', String(sh.reportedVersion)],
+      ['desired version', sh.desiredVersion === null ? '-' : String(sh.desiredVersion)],
+      ['delta', Object.keys(sh.delta).length > 0 ? Object.keys(sh.delta).join(', ') : 'none'],
+      ['local overrides', sh.overrides ? Object.keys(sh.overrides).join(', ') : 'none'],
+      ['conflicts', String(sh.conflicts.length)],
+    ]),
+  ];
 }
 
 /** " (count 3, disk 1)": the limit drops by reason (ttl has its own column). */

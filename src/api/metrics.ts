@@ -39,6 +39,18 @@ export function createMetrics(source: MetricsSource): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'iotistic_agent_' });
 
+  connectionMetrics(registry, source);
+  queueMetrics(registry, source);
+  diskMetrics(registry, source);
+  mqttMetrics(registry, source);
+  agentMetrics(registry, source);
+  featureMetrics(registry, source);
+  databaseMetrics(registry, source);
+  return registry;
+}
+
+/** The connection: overall, per channel, and failed operations. */
+function connectionMetrics(registry: Registry, source: MetricsSource): void {
   new Gauge({
     name: 'iotistic_connection_status',
     help: 'Overall connection status: 1 for the current state, 0 for the others',
@@ -84,6 +96,10 @@ export function createMetrics(source: MetricsSource): Registry {
       }
     },
   });
+}
+
+/** The outbox, per channel: what waits, what left and how. */
+function queueMetrics(registry: Registry, source: MetricsSource): void {
   const perChannel = (name: string, help: string, pick: (c: ReturnType<MetricsSource['queue']>['channels'][string]) => number, counter = false): void => {
     const common = {
       name,
@@ -128,6 +144,10 @@ export function createMetrics(source: MetricsSource): Registry {
     },
   });
   perChannel('iotistic_queue_expired_total', 'Messages that outlived their TTL', (c) => c.expired, true);
+}
+
+/** The data dir's disk watermark. */
+function diskMetrics(registry: Registry, source: MetricsSource): void {
   new Gauge({
     name: 'iotistic_disk_state',
     help: "State of the data dir's disk: 1 for the current state (ok, low, full), 0 for the others",
@@ -147,6 +167,10 @@ export function createMetrics(source: MetricsSource): Registry {
       if (d && d.freeBytes !== null) this.set(d.freeBytes);
     },
   });
+}
+
+/** The MQTT session (absent without MQTT). */
+function mqttMetrics(registry: Registry, source: MetricsSource): void {
   new Gauge({
     name: 'iotistic_mqtt_connected',
     help: '1 while the MQTT session is connected (absent without MQTT)',
@@ -177,6 +201,10 @@ export function createMetrics(source: MetricsSource): Registry {
       }
     },
   });
+}
+
+/** The agent itself: the target in force, degradation, the config in use and its loops. */
+function agentMetrics(registry: Registry, source: MetricsSource): void {
   new Gauge({
     name: 'iotistic_target_version',
     help: 'Version of the target state in force (-1 when none)',
@@ -225,6 +253,10 @@ export function createMetrics(source: MetricsSource): Registry {
       for (const l of source.loops()) this.inc({ loop: l.name }, l.restarts);
     },
   });
+}
+
+/** Jobs and the shadow, when they run here. */
+function featureMetrics(registry: Registry, source: MetricsSource): void {
   new Gauge({
     name: 'iotistic_jobs',
     help: 'Jobs in the local table (the latest jobs.history finished ones, and the one running), by status',
@@ -266,10 +298,9 @@ export function createMetrics(source: MetricsSource): Registry {
       if (sh) this.set(sh.conflicts);
     },
   });
-  databaseMetrics(registry, source);
-  return registry;
 }
 
+/** The database: the last quarantine and salvage, and a corruption found while running. */
 function databaseMetrics(registry: Registry, source: MetricsSource): void {
   new Gauge({
     name: 'iotistic_database_quarantined_timestamp_seconds',

@@ -93,6 +93,8 @@ export interface ApiRoute {
   url: string;
 }
 
+type Limits = Required<NonNullable<ApiOptions['limits']>>;
+
 export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance; url: string; routes: readonly ApiRoute[] }> {
   const { view } = opts;
   const limits = { ...LIMIT_DEFAULTS, ...opts.limits };
@@ -108,6 +110,17 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   app.addHook('onRoute', (r) => {
     for (const method of [r.method].flat()) routes.push({ method, url: r.url });
   });
+  installGuards(app, opts, limits);
+  statusRoutes(app, view, opts.dashboard);
+  controlRoutes(app, view, limits);
+  shadowRoutes(app, view);
+
+  const address = await app.listen({ host: opts.host, port: opts.port });
+  return { app, url: address, routes };
+}
+
+/** What every request passes: the body limits and parser, the key, and errors as JSON naming the cause. */
+function installGuards(app: FastifyInstance, opts: ApiOptions, limits: Limits): void {
   // Bodies are measured before they are parsed: what handles them (schemas, stringify) recurses.
   const parseJson = app.getDefaultJsonParser('error', 'error');
   // Stryker disable next-line StringLiteral: fastify also lets a parser for application/json replace its built-in one
@@ -155,7 +168,10 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` });
   });
+}
 
+/** What the agent shows: liveness, health, the views, metrics and the dashboard page. */
+function statusRoutes(app: FastifyInstance, view: ApiView, dashboard: boolean | undefined): void {
   app.get('/ping', async (_req, reply) => {
     // Stryker disable next-line StringLiteral: fastify sends a string as text/plain anyway
     reply.type('text/plain');
@@ -176,6 +192,23 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   app.get('/v2/loops', async () => view.loops());
   app.get('/v2/device', async () => ({ uuid: view.uuid, version: view.version }));
 
+  app.get('/v2/queue', async () => view.queue());
+  app.get('/v2/jobs', async () => view.jobs());
+  app.get('/metrics', async (_req, reply) => reply.type(view.metrics.contentType).send(await view.metrics.metrics()));
+
+  if (dashboard) {
+    // The page holds no data: it asks the API for it with the key the user supplies (URL fragment).
+    app.get('/', async (_req, reply) =>
+      reply
+        .type('text/html; charset=utf-8')
+        .header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+        .send(dashboardHtml(view.version)),
+    );
+  }
+}
+
+/** What local apps and operators change: a poll now, the local target, telemetry, parked messages. */
+function controlRoutes(app: FastifyInstance, view: ApiView, limits: Limits): void {
   app.post('/v1/update', async (req, reply) => {
     parseBody(updateBody, req.body);
     if (!view.pollNow()) {
@@ -209,9 +242,11 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
       throw err;
     }
   });
-  app.get('/v2/queue', async () => view.queue());
-  app.get('/v2/jobs', async () => view.jobs());
+  app.post('/v2/queue/parked/retry', async () => ({ requeued: view.retryParked() }));
+}
 
+/** The device shadow's routes; 404 saying why when the shadow is off. */
+function shadowRoutes(app: FastifyInstance, view: ApiView): void {
   const shadow = view.shadow;
   const noShadow = async (_req: FastifyRequest, reply: FastifyReply) =>
     reply.code(404).send({ error: 'not_found', message: 'the device shadow is off here (features.shadow is false)' });
@@ -232,20 +267,4 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
       : noShadow,
   );
   app.delete('/v2/shadow/overrides', shadow ? async () => shadow.clearOverrides() : noShadow);
-  app.post('/v2/queue/parked/retry', async () => ({ requeued: view.retryParked() }));
-
-  app.get('/metrics', async (_req, reply) => reply.type(view.metrics.contentType).send(await view.metrics.metrics()));
-
-  if (opts.dashboard) {
-    // The page holds no data: it asks the API for it with the key the user supplies (URL fragment).
-    app.get('/', async (_req, reply) =>
-      reply
-        .type('text/html; charset=utf-8')
-        .header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
-        .send(dashboardHtml(view.version)),
-    );
-  }
-
-  const address = await app.listen({ host: opts.host, port: opts.port });
-  return { app, url: address, routes };
 }
