@@ -38,8 +38,10 @@ export interface ApiView {
   ingest(items: { stream: string; payload: Json }[]): Promise<{ id: string }[]>;
   /** The outbox per channel, the flushers, parked messages. */
   queue(): unknown;
-  /** Puts parked messages back in the queue; returns how many. */
-  retryParked(): number;
+  /** Puts parked messages (all, or these ids) back in the queue; returns how many. */
+  retryParked(ids?: string[]): number;
+  /** Deletes parked messages (all, or these ids), counted as dropped; returns how many. */
+  purgeParked(ids?: string[]): number;
   /** Cloud jobs: enabled or why not, the one running, the latest ones. */
   jobs(): unknown;
   /** The local shadow; undefined when `features.shadow` is off. `patch` throws a ShadowError for bad input. */
@@ -78,6 +80,12 @@ export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.outp
 }
 
 const updateBody = z.strictObject({ force: z.boolean().optional() }).optional();
+
+const parkedIds = z.array(z.string().min(1).max(128)).min(1).max(10_000);
+/** No body (or no ids): every parked message. */
+const retryParkedBody = z.strictObject({ ids: parkedIds.optional() }).optional();
+/** Deleting is for good: the body names the ids, or says `all: true` (one of the two). */
+const purgeParkedBody = z.strictObject({ ids: parkedIds.optional(), all: z.literal(true).optional() });
 
 const STREAM = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const telemetryItem = z.strictObject({
@@ -242,7 +250,15 @@ function controlRoutes(app: FastifyInstance, view: ApiView, limits: Limits): voi
       throw err;
     }
   });
-  app.post('/v2/queue/parked/retry', async () => ({ requeued: view.retryParked() }));
+  app.post('/v2/queue/parked/retry', async (req) => ({ requeued: view.retryParked(parseBody(retryParkedBody, req.body)?.ids) }));
+  app.post('/v2/queue/parked/purge', async (req) => {
+    const body = parseBody(purgeParkedBody, req.body ?? {});
+    if ((body.ids === undefined) === (body.all === undefined)) {
+      const got = body.ids === undefined ? 'neither' : 'both';
+      throw new BadRequest(`body: expected "ids" (the parked messages to delete) or "all": true, one of the two, got ${got}`);
+    }
+    return { purged: view.purgeParked(body.ids) };
+  });
 }
 
 /** The device shadow's routes; 404 saying why when the shadow is off. */

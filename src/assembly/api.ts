@@ -34,7 +34,8 @@ export function buildApiView(p: AgentParts): ApiView {
           clearOverrides: () => shadow.clearOverrides(),
         }
       : undefined,
-    retryParked: () => queueing.outbox.retryParked(),
+    retryParked: (ids) => queueing.outbox.retryParked(ids),
+    purgeParked: (ids) => queueing.outbox.purgeParked(ids),
     clearLocalTarget: () => localTarget.clear(),
     metrics: buildMetrics(p),
   };

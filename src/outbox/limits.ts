@@ -53,11 +53,11 @@ export function resolveOnLimit(channel: string, own?: Partial<OnLimit>, global?:
   return out;
 }
 
-/** Why messages left the queue undelivered: a limit, the TTL, the parked table's own cap, or a corrupt database (the pages they were on). */
-export const DROP_REASONS = ['count', 'bytes', 'disk', 'ttl', 'parkedLimit', 'corrupt'] as const;
+/** Why messages left the queue undelivered: a limit, the TTL, the parked table's own cap, an operator's purge of parked ones, or a corrupt database (the pages they were on). */
+export const DROP_REASONS = ['count', 'bytes', 'disk', 'ttl', 'parkedLimit', 'purged', 'corrupt'] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 export type DropCounts = Record<DropReason, number>;
-export const zeroDrops = (): DropCounts => ({ count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, corrupt: 0 });
+export const zeroDrops = (): DropCounts => ({ count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, purged: 0, corrupt: 0 });
 
 export interface DropReporterOptions {
   db: Database;

@@ -69,8 +69,8 @@ export class Parking {
   /** Puts parked messages (all, or these ids) back at the end of the queue. Limits apply at the next enqueue. */
   retry(ids?: Iterable<string>): number {
     const list = this.idsOrAll(ids);
-    return this.o.tx.run(`retrying ${list.length} parked message(s)`, () => {
-      let n = 0;
+    const n = this.o.tx.run(`retrying ${list.length} parked message(s)`, () => {
+      let done = 0;
       for (const id of list) {
         const row = this.o.q.parkedGet.get(id) as ParkedRow | undefined;
         if (!row) continue;
@@ -81,26 +81,32 @@ export class Parking {
         this.o.lanes.add(row.channel, row.priority, row.bytes, row.created_at, inserted.lastInsertRowid);
         this.o.lanes.forgetOldest(row.channel, row.priority);
         this.o.expiry.note(row.expires_at);
-        n++;
+        done++;
       }
-      return n;
+      return done;
     });
+    // An operator's action: said in the log, like the parking itself.
+    this.o.logger.info({ asked: list.length, requeued: n }, `requeued ${n} parked outbox message(s)`);
+    return n;
   }
 
-  /** Deletes parked messages (all, or these ids). */
+  /** Deletes parked messages (all, or these ids), counted as `purged` drops of their channel. */
   purge(ids?: Iterable<string>): number {
     const list = this.idsOrAll(ids);
-    return this.o.tx.run(`purging ${list.length} parked message(s)`, () => {
-      let n = 0;
+    const n = this.o.tx.run(`purging ${list.length} parked message(s)`, () => {
+      let done = 0;
       for (const id of list) {
         const row = this.o.q.parkedGet.get(id) as ParkedRow | undefined;
         if (!row) continue;
         this.o.q.parkedDelete.run(row.parked_seq);
         this.o.counters.addParked(row.channel, -1);
-        n++;
+        this.o.counters.bump(row.channel, 'purged');
+        done++;
       }
-      return n;
+      return done;
     });
+    this.o.logger.info({ asked: list.length, purged: n }, `purged ${n} parked outbox message(s): counted as dropped (purged)`);
+    return n;
   }
 
   /** Over `maxParked`: the oldest parked give way, counted as parkedLimit drops of their channel. */

@@ -20,6 +20,7 @@ export function fakeApiView(over: Partial<ApiView> = {}): ApiView {
     ingest: async (items) => items.map((_, i) => ({ id: `id-${i}` })),
     queue: () => ({ depth: 0 }),
     retryParked: () => 0,
+    purgeParked: () => 0,
     jobs: () => ({ enabled: false }),
     metrics: new Registry(),
     ...over,

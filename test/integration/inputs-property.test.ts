@@ -113,7 +113,7 @@ describe('local API bodies', () => {
 
   /** A fake agent: the target in force, what was ingested, the shadow's reported state. */
   function fakeView() {
-    const state = { target: GOOD_TARGET as unknown, ingested: 0, reported: {} as Record<string, unknown> };
+    const state = { target: GOOD_TARGET as unknown, ingested: 0, reported: {} as Record<string, unknown>, parkedCalls: [] as unknown[] };
     const view: ApiView = {
       version: '9.9.9',
       uuid: 'dev-1',
@@ -135,7 +135,8 @@ describe('local API bodies', () => {
         return items.map((_, n) => ({ id: `id-${n}` }));
       },
       queue: () => ({}),
-      retryParked: () => 0,
+      retryParked: (ids) => (state.parkedCalls.push(['retry', ids ?? 'all']), 0),
+      purgeParked: (ids) => (state.parkedCalls.push(['purge', ids ?? 'all']), 0),
       jobs: () => ({}),
       shadow: {
         get: () => state.reported,
@@ -154,9 +155,14 @@ describe('local API bodies', () => {
     ['POST', '/v2/telemetry'],
     ['POST', '/v2/local/target-state'],
     ['POST', '/v1/update'],
+    ['POST', '/v2/queue/parked/retry'],
+    ['POST', '/v2/queue/parked/purge'],
   ] as const;
 
-  const good: Record<string, unknown> = { '/v2/telemetry': { stream: 'temp', payload: { c: 21 } }, '/v2/local/target-state': GOOD_TARGET, '/v1/update': { force: true } };
+  const good: Record<string, unknown> = { '/v2/telemetry': { stream: 'temp', payload: { c: 21 } }, '/v2/local/target-state': GOOD_TARGET, '/v1/update': { force: true },
+    '/v2/queue/parked/retry': { ids: ['0190a0b1-1111-7000-8000-000000000001'] },
+    '/v2/queue/parked/purge': { ids: ['0190a0b1-1111-7000-8000-000000000001'] },
+  };
 
   /** Random bodies, good bodies with one value replaced, and good texts cut and spliced. */
   const body = (route: string) =>

@@ -325,11 +325,43 @@ describe('local API routes', () => {
     expect(await pending).toBeInstanceOf(Error);
   });
 
-  it('requeues parked messages and says how many', async () => {
-    const { url } = await api(view({ retryParked: () => 5 }));
+  it('requeues parked messages, all or the ids named, and says how many', async () => {
+    const asked: (string[] | undefined)[] = [];
+    const { url } = await api(view({ retryParked: (ids) => (asked.push(ids), 5) }));
     const r = await fetch(`${url}/v2/queue/parked/retry`, { method: 'POST', headers: auth });
     expect(r.status).toBe(200);
     expect(await r.json()).toEqual({ requeued: 5 });
+    expect((await post(`${url}/v2/queue/parked/retry`, { ids: ['a', 'b'] })).status).toBe(200);
+    expect(asked).toEqual([undefined, ['a', 'b']]);
+    const bad = await post(`${url}/v2/queue/parked/retry`, { ids: [] });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { message: string }).message).toMatch(/^body\.ids: /);
+    expect(asked).toHaveLength(2);
+  });
+
+  it('purges parked messages only when told which (ids, or all: true), and says how many', async () => {
+    const asked: (string[] | undefined)[] = [];
+    const { url } = await api(view({ purgeParked: (ids) => (asked.push(ids), ids?.length ?? 7) }));
+    const all = await post(`${url}/v2/queue/parked/purge`, { all: true });
+    expect(all.status).toBe(200);
+    expect(await all.json()).toEqual({ purged: 7 });
+    const some = await post(`${url}/v2/queue/parked/purge`, { ids: ['m1'] });
+    expect(await some.json()).toEqual({ purged: 1 });
+    expect(asked).toEqual([undefined, ['m1']]);
+    // Deleting is for good: no body, an empty one, all: false or both at once delete nothing, and say why.
+    const refusals = {
+      none: 'body: expected "ids" (the parked messages to delete) or "all": true, one of the two, got neither',
+      '{}': 'body: expected "ids" (the parked messages to delete) or "all": true, one of the two, got neither',
+      '{"ids":["m1"],"all":true}': 'body: expected "ids" (the parked messages to delete) or "all": true, one of the two, got both',
+      '{"all":false}': 'body.all: expected one of true, got false (a boolean)',
+      '{"ids":"m1"}': 'body.ids: expected an array, got "m1" (a string)',
+    };
+    for (const [body, message] of Object.entries(refusals)) {
+      const r = await fetch(`${url}/v2/queue/parked/purge`, { method: 'POST', headers: body === 'none' ? auth : json, body: body === 'none' ? undefined : body });
+      expect(r.status, body).toBe(400);
+      expect(await r.json(), body).toEqual({ error: 'bad_request', message });
+    }
+    expect(asked).toHaveLength(2);
   });
 
   it('patches the shadow and clears its overrides, answering what the shadow says; other errors are 500s', async () => {

@@ -256,6 +256,8 @@ describe('outbox: the parked table', () => {
     expect(outbox.stats().channels.telemetry).toMatchObject({ depth: 2, parked: 1 });
     expect(outbox.purgeParked()).toBe(1);
     expect(outbox.stats().parked).toBe(0);
+    // What an operator purged left undelivered: dropped, with its reason.
+    expect(outbox.stats().channels.telemetry).toMatchObject({ dropped: 2, drops: { purged: 2 } });
   });
 
   it('a retried message keeps its TTL, and alone in its lane is the oldest again', async () => {
@@ -341,7 +343,7 @@ describe('outbox: stats', () => {
       leased: 0,
       delivered: 0,
       dropped: 0,
-      drops: { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, corrupt: 0 },
+      drops: { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, purged: 0, corrupt: 0 },
       onLimit: { count: 'refuse', bytes: 'refuse', disk: 'refuse' },
       expired: 0,
       parked: 0,

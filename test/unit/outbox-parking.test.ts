@@ -63,7 +63,7 @@ describe('parking', () => {
     expect(expiry.due()).toBe(true);
   });
 
-  it('purges parked messages, all or the ids named', () => {
+  it('purges parked messages, all or the ids named, counted as purged drops', () => {
     const { k, insert, counters } = parking();
     for (const id of ['a', 'b', 'c']) insert(id);
     k.park(['a', 'b', 'c'], 'bad');
@@ -72,6 +72,7 @@ describe('parking', () => {
     expect(k.purge()).toBe(2);
     expect(counters.parkedTotal()).toBe(0);
     expect(counters.of('telemetry')?.parked).toBe(3);
+    expect(counters.of('telemetry')?.purged).toBe(3);
   });
 
   it('keeps at most maxParked: the oldest parked give way, counted as parkedLimit drops', () => {
