@@ -33,8 +33,8 @@ export default tseslint.config(
     },
   },
   {
-    // Shipped code: no file over 600 lines, no class over 400, no function over 80.
-    files: ['src/**/*.ts'],
+    // Shipped code (the agent and the devcloud): no file over 600 lines, no class over 400, no function over 80.
+    files: ['src/**/*.ts', 'devcloud/**/*.ts'],
     plugins: { shape },
     rules: {
       'max-lines': ['error', { max: 600 }],

@@ -75,43 +75,7 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   const dir = mkdtempSync(join(tmpdir(), 'mosquitto-'));
   const data = join(dir, 'data');
   mkdirSync(data);
-  const lines = [
-    `listener ${port} ${host}`,
-    // As root, mosquitto would switch to the "mosquitto" user, who cannot read this private temp dir.
-    `user ${userInfo().username}`,
-    'log_dest stderr',
-    'log_type error',
-    'log_type warning',
-    ...(opts.verbose === false ? [] : ['log_type notice', 'log_type information']),
-    'connection_messages true',
-    `max_queued_messages ${opts.maxQueued ?? 100_000}`,
-    `persistence ${opts.persistence ? 'true' : 'false'}`,
-  ];
-  if (opts.maxInflight !== undefined) lines.push(`max_inflight_messages ${opts.maxInflight}`);
-  if (opts.persistence) {
-    lines.push(`persistence_location ${data}/`, 'autosave_on_changes true', 'autosave_interval 1');
-  }
-  if (opts.users) {
-    const file = join(dir, 'passwords');
-    writeFileSync(file, '');
-    for (const [user, password] of Object.entries(opts.users)) {
-      const r = spawnSync('/usr/bin/mosquitto_passwd', ['-b', file, user, password], { encoding: 'utf8' });
-      if (r.status !== 0) throw new Error(`mosquitto_passwd failed: ${r.stderr}`);
-    }
-    lines.push('allow_anonymous false', `password_file ${file}`);
-  } else {
-    lines.push('allow_anonymous true');
-  }
-  if (opts.acl !== undefined) {
-    const file = join(dir, 'acl');
-    writeFileSync(file, opts.acl);
-    lines.push(`acl_file ${file}`);
-  }
-  if (opts.tls) {
-    lines.push(`cafile ${opts.tls.caFile}`, `certfile ${opts.tls.certFile}`, `keyfile ${opts.tls.keyFile}`);
-    lines.push(`require_certificate ${opts.tls.requireCertificate ? 'true' : 'false'}`);
-  }
-  lines.push(...(opts.extra ?? []));
+  const lines = configLines(opts, { host, port, dir, data });
   const configFile = join(dir, 'mosquitto.conf');
   writeFileSync(configFile, `${lines.join('\n')}\n`);
 
@@ -164,4 +128,47 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The broker's config file, line by line: a private listener, its data dir, and what `opts` asks for. */
+function configLines(opts: MosquittoOptions, at: { host: string; port: number; dir: string; data: string }): string[] {
+  const { host, port, dir, data } = at;
+  const lines = [
+    `listener ${port} ${host}`,
+    // As root, mosquitto would switch to the "mosquitto" user, who cannot read this private temp dir.
+    `user ${userInfo().username}`,
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    ...(opts.verbose === false ? [] : ['log_type notice', 'log_type information']),
+    'connection_messages true',
+    `max_queued_messages ${opts.maxQueued ?? 100_000}`,
+    `persistence ${opts.persistence ? 'true' : 'false'}`,
+  ];
+  if (opts.maxInflight !== undefined) lines.push(`max_inflight_messages ${opts.maxInflight}`);
+  if (opts.persistence) {
+    lines.push(`persistence_location ${data}/`, 'autosave_on_changes true', 'autosave_interval 1');
+  }
+  if (opts.users) {
+    const file = join(dir, 'passwords');
+    writeFileSync(file, '');
+    for (const [user, password] of Object.entries(opts.users)) {
+      const r = spawnSync('/usr/bin/mosquitto_passwd', ['-b', file, user, password], { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`mosquitto_passwd failed: ${r.stderr}`);
+    }
+    lines.push('allow_anonymous false', `password_file ${file}`);
+  } else {
+    lines.push('allow_anonymous true');
+  }
+  if (opts.acl !== undefined) {
+    const file = join(dir, 'acl');
+    writeFileSync(file, opts.acl);
+    lines.push(`acl_file ${file}`);
+  }
+  if (opts.tls) {
+    lines.push(`cafile ${opts.tls.caFile}`, `certfile ${opts.tls.certFile}`, `keyfile ${opts.tls.keyFile}`);
+    lines.push(`require_certificate ${opts.tls.requireCertificate ? 'true' : 'false'}`);
+  }
+  lines.push(...(opts.extra ?? []));
+  return lines;
 }
