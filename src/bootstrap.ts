@@ -12,6 +12,8 @@ import { defaultConfig, type AgentConfig } from './config/schema.js';
 import { MIGRATIONS } from './database-schema.js';
 import { COUNTER_MIRROR_FILE, restoreCounters } from './outbox/counter-mirror.js';
 import { countCorruptLosses } from './outbox/salvage-losses.js';
+import { isCorruptionError } from './store/integrity.js';
+import { writePendingSalvage } from './store/quarantine.js';
 import { Store } from './store/store.js';
 import { TARGET_MIRROR_FILE } from './store/target-mirror.js';
 import { systemClock } from './util/clock.js';
@@ -48,13 +50,29 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
 
   // Nothing touches the data dir's files before it is checked and locked.
   prepareDataDir(dataDir, logger);
-  const lock = lockDataDir(dataDir, logger, systemClock.now());
-  try {
-    return await bootLocked({ opts, dataDir, loaded, logger, lock });
-  } catch (err) {
-    lock.release();
-    throw err;
+  for (let attempt = 1; ; attempt++) {
+    const lock = lockDataDir(dataDir, logger, systemClock.now());
+    try {
+      return await bootLocked({ opts, dataDir, loaded, logger, lock });
+    } catch (err) {
+      lock.release();
+      // Damage the quick checks at open did not see (they do not read every page) surfaced while
+      // starting: without this, every start would fail on the same page and the device would stay
+      // down. The salvage marker makes the next open quarantine and salvage the file: start once more.
+      if (attempt > 1 || !corruptionIn(err)) throw err;
+      const db = databasePath(dataDir);
+      logger.error({ file: db, err: errorMessage(err) }, `the database is damaged (${errorMessage(err)}, found while starting): quarantining and salvaging it`);
+      writePendingSalvage(db, { reason: `found while starting: ${errorMessage(err)}`, at: new Date(systemClock.now()).toISOString() });
+    }
   }
+}
+
+/** Whether `err`, or an error it wraps, says the database file is damaged. */
+function corruptionIn(err: unknown): boolean {
+  for (let e = err, depth = 0; e !== undefined && e !== null && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (isCorruptionError(e)) return true;
+  }
+  return false;
 }
 
 /**
@@ -124,11 +142,40 @@ async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: Co
     now: () => systemClock.now(),
   });
   const store = openStore(db, logger, disk, loaded);
+  let agent: Agent;
+  let source: Booted['source'];
+  let config: AgentConfig;
+  try {
+    ({ agent, source, config } = buildAgent({ opts, dataDir, loaded, logger, lock, store, disk }));
+  } catch (err) {
+    // Closed, so that a retry can move the file aside.
+    closeQuietly(store);
+    throw err;
+  }
+  try {
+    await agent.start();
+  } catch (err) {
+    await agent.stop().catch(() => undefined);
+    throw err;
+  }
+  return { agent, config, logger, source };
+}
+
+/** The config in force (the file's, or the last-known-good one), the identity, and the agent on `store`. */
+function buildAgent(args: {
+  opts: BootOptions;
+  dataDir: string;
+  loaded: ConfigResult;
+  logger: Logger;
+  lock: DataDirLock;
+  store: Store;
+  disk: DataDirDisk;
+}): { agent: Agent; source: Booted['source']; config: AgentConfig } {
+  const { opts, dataDir, loaded, logger, lock, store, disk } = args;
   const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now(), (err) =>
     logger.warn({ err: errorMessage(err) }, `could not save the last-known-good config (${errorMessage(err)}); the next start tries again`),
   );
   if (resolved.source === 'none') {
-    store.close();
     throw new AgentError('CONFIG_INVALID', `the config ${opts.configFile ?? '(environment)'} is invalid and there is no last-known-good config to fall back on:\n${formatIssues(resolved.issues)}`);
   }
   if (resolved.source === 'last-known-good') {
@@ -147,11 +194,13 @@ async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: Co
       ? { source: 'last-known-good', file, reason: loaded.failure, issues: resolved.issues, lastKnownGoodSavedAt: resolved.savedAt, since: systemClock.now() }
       : { source: 'file', file };
   const agent = new Agent({ config, store, logger, configSource, identity, disk, onStopped: () => lock.release() });
+  return { agent, source: resolved.source, config };
+}
+
+function closeQuietly(store: Store): void {
   try {
-    await agent.start();
-  } catch (err) {
-    await agent.stop().catch(() => undefined);
-    throw err;
+    store.close();
+  } catch {
+    // A damaged file may fail its last checkpoint: it is closed all the same.
   }
-  return { agent, config, logger, source: resolved.source };
 }

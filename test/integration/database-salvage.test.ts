@@ -242,7 +242,54 @@ describe('a corrupt database is salvaged and reported', () => {
   it("the outbox's interior pages overwritten: the leaves under them are read page by page, nothing is lost", () => interiorDamaged(), 90_000);
 
   it('the page of the outbox counters overwritten: the drops counted before come back from their copy', () => countersDamaged(), 90_000);
+
+  it('damage the checks at open do not see but the start reads (the lane index): salvaged, and the start goes on', () => laneIndexDamaged(), 90_000);
 });
+
+/**
+ * Leaf pages of the outbox's lane index overwritten while stopped: the checks at open read the tables'
+ * first and last rows, not the indexes, and the start then reads the whole index to rebuild its
+ * ledger. That read used to fail the start, and every start after it (a bricked device, chaos soak 4).
+ */
+async function laneIndexDamaged(): Promise<void> {
+  const dataDir = dirs.make();
+  const port = await freePort();
+  const config = { api: { port }, features: { metrics: false } };
+  const first = await spawnAgent({ dataDir, config });
+  agents.push(first);
+  const accepted: string[] = [];
+  for (let b = 0; b < 20; b++) {
+    const r = await first.send('POST', '/v2/telemetry', Array.from({ length: 100 }, (_, i) => ({ stream: 'temp', payload: { b, i, pad: 'p'.repeat(200) } })));
+    accepted.push(...(r.body as { ids: string[] }).ids);
+  }
+  expect((await first.stop()).code).toBe(0);
+  const dbPath = join(dataDir, 'agent.db');
+  const db = new BetterSqlite3(dbPath, { readonly: true });
+  const leaves = (db.prepare("SELECT pageno FROM dbstat WHERE name = 'outbox_lane' AND pagetype = 'leaf' ORDER BY path").all() as { pageno: number }[]).map((r) => r.pageno);
+  db.close();
+  expect(leaves.length).toBeGreaterThan(4);
+  const fd = openSync(dbPath, 'r+');
+  const mid = Math.floor(leaves.length / 2);
+  for (const p of leaves.slice(mid, mid + 2)) writeSync(fd, Buffer.alloc(PAGE, 0x6b), 0, PAGE, (p - 1) * PAGE);
+  closeSync(fd);
+
+  const second = await spawnAgent({ dataDir, config });
+  agents.push(second);
+  expect((await second.get('/v1/healthy')).status).toBe(200);
+  expect(second.records().some((r) => String(r.msg).startsWith('the database is damaged (database disk image is malformed, found while starting)'))).toBe(true);
+  const d = await databaseView(second);
+  expect(d.quarantinedThisStart).toBe(true);
+  expect(d.quarantine?.reason).toMatch(/^found while starting: /);
+  expect(d.salvagePending).toBeNull();
+  // Only an index was hit: every row is read back, nothing is lost.
+  expect(d.quarantine!.tables.outbox).toMatchObject({ recovered: accepted.length, lost: 0 });
+  expect(((await second.get('/v2/queue')).body as { channels: Record<string, { depth: number }> }).channels['telemetry']?.depth).toBe(accepted.length);
+  // And the next start is an ordinary one.
+  expect((await second.stop()).code).toBe(0);
+  const third = await spawnAgent({ dataDir, config });
+  agents.push(third);
+  expect((await databaseView(third)).quarantinedThisStart).toBe(false);
+}
 
 /** Overwrites every page of one table (and of its indexes) with garbage. */
 function damageTable(path: string, table: string): number {
