@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
-import type { Dispatcher } from 'undici';
+import type { Dispatcher, request as undiciRequest } from 'undici';
 import { parseRetryAfter } from '../resilience/backoff.js';
 import type { Clock } from '../util/clock.js';
 import { LIMIT_DEFAULTS } from '../config/schema.js';
@@ -45,7 +45,7 @@ export interface CloudHttpClientOptions {
 
 
 interface Transport {
-  request: typeof import('undici').request;
+  request: typeof undiciRequest;
   dispatcher: Dispatcher;
 }
 
