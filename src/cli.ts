@@ -1,4 +1,8 @@
-#!/usr/bin/env node
+#!/bin/sh
+//bin/sh -c :; export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"; exec node --max-semi-space-size=1 "$0" "$@"
+// Line 2 is a command to sh and a comment to node: the bin (`iotistic-agent`) starts node with a
+// 1 MiB young generation and two malloc arenas, the settings of a small device (docs/performance.md,
+// "Footprint"); `node dist/src/cli.js` runs without them.
 import { Command, Option } from 'commander';
 import { z } from 'zod';
 import { readLocalApiKey } from './boot/identity.js';

@@ -1,5 +1,4 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { Registry } from 'prom-client';
 import { z } from 'zod';
 import { formatIssue, fromZodIssues } from '../config/issues.js';
 import type { Logger } from '../util/logger.js';
@@ -46,7 +45,13 @@ export interface ApiView {
   jobs(): unknown;
   /** The local shadow; undefined when `features.shadow` is off. `patch` throws a ShadowError for bad input. */
   shadow?: { get(): unknown; patch(body: unknown): unknown; clearOverrides(): unknown } | undefined;
-  metrics: Registry;
+  metrics: MetricsExposition;
+}
+
+/** The Prometheus exposition (a prom-client Registry is one); its content type is read after `metrics()`. */
+export interface MetricsExposition {
+  readonly contentType: string;
+  metrics(): Promise<string>;
 }
 
 export interface ApiOptions {
@@ -202,7 +207,10 @@ function statusRoutes(app: FastifyInstance, view: ApiView, dashboard: boolean | 
 
   app.get('/v2/queue', async () => view.queue());
   app.get('/v2/jobs', async () => view.jobs());
-  app.get('/metrics', async (_req, reply) => reply.type(view.metrics.contentType).send(await view.metrics.metrics()));
+  app.get('/metrics', async (_req, reply) => {
+    const text = await view.metrics.metrics();
+    return reply.type(view.metrics.contentType).send(text);
+  });
 
   if (dashboard) {
     // The page holds no data: it asks the API for it with the key the user supplies (URL fragment).

@@ -1,6 +1,6 @@
 import type { Registry } from 'prom-client';
-import { createMetrics } from '../api/metrics.js';
-import type { ApiView } from '../api/server.js';
+import type { MetricsSource } from '../api/metrics.js';
+import type { ApiView, MetricsExposition } from '../api/server.js';
 import { configView } from '../config/fallback.js';
 import { jobsView, queueView, shadowSummary, stateView } from '../views/api-views.js';
 import type { AgentParts } from './parts.js';
@@ -41,10 +41,28 @@ export function buildApiView(p: AgentParts): ApiView {
   };
 }
 
-/** The Prometheus registry (`GET /metrics`): every gauge reads its part at scrape time. */
-function buildMetrics(p: AgentParts): Registry {
+/**
+ * The Prometheus registry (`GET /metrics`): every gauge reads its part at scrape time. It is built
+ * at the first scrape, so a device nobody scrapes never loads prom-client nor runs its default
+ * collectors (the event-loop delay monitor alone wakes the loop every 10 ms). The process's default
+ * metrics (GC, event-loop delay) then count from that first scrape; the agent's own read their
+ * parts and are the same whenever the registry was built.
+ */
+function buildMetrics(p: AgentParts): MetricsExposition {
+  let registry: Registry | undefined;
+  let loading: Promise<Registry> | undefined;
+  const load = (): Promise<Registry> => (loading ??= import('../api/metrics.js').then(({ createMetrics }) => (registry = createMetrics(metricsSource(p)))));
+  return {
+    get contentType() {
+      return registry?.contentType ?? 'text/plain; version=0.0.4; charset=utf-8';
+    },
+    metrics: async () => (await load()).metrics(),
+  };
+}
+
+function metricsSource(p: AgentParts): MetricsSource {
   const { core, queueing, cloud, status, mqtt } = p;
-  return createMetrics({
+  return {
     connection: () => core.monitor.health(),
     queue: () => queueing.outbox.stats(),
     disk: () => core.disk?.view() ?? null,
@@ -56,5 +74,5 @@ function buildMetrics(p: AgentParts): Registry {
     database: () => core.store.databaseHealth(),
     jobs: () => cloud?.jobs?.runner.counts() ?? null,
     shadow: () => shadowSummary(p.shadow?.shadow),
-  });
+  };
 }

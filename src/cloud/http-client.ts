@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
-import { Agent, request, type Dispatcher } from 'undici';
+import type { Dispatcher, request as undiciRequest } from 'undici';
 import { parseRetryAfter } from '../resilience/backoff.js';
 import type { Clock } from '../util/clock.js';
 import { LIMIT_DEFAULTS } from '../config/schema.js';
@@ -44,23 +44,38 @@ export interface CloudHttpClientOptions {
 }
 
 
-/** The one HTTP client of the agent: bearer auth, a hard timeout, errors classified for retry. */
+interface Transport {
+  request: typeof undiciRequest;
+  dispatcher: Dispatcher;
+}
+
+/**
+ * The one HTTP client of the agent: bearer auth, a hard timeout, errors classified for retry.
+ * undici is loaded at the first request, so a device in local mode (no cloud) never holds it.
+ */
 export class CloudHttpClient {
-  private readonly dispatcher: Dispatcher;
+  private transport: Promise<Transport> | undefined;
   private readonly base: URL;
+  private readonly ca: string[] | undefined;
 
   constructor(private readonly opts: CloudHttpClientOptions) {
     this.base = new URL(opts.baseUrl.endsWith('/') ? opts.baseUrl : `${opts.baseUrl}/`);
-    this.dispatcher = new Agent({
-      connect: {
-        timeout: opts.timeoutMs,
-        // TLS stays verified; a CA file adds trust to the system roots, it never removes checks.
-        ...(opts.caFile ? { ca: trustWithDefaults(readCaFile(opts.caFile)) } : {}),
-      },
-      headersTimeout: opts.timeoutMs,
-      bodyTimeout: opts.timeoutMs,
-      keepAliveTimeout: 30_000,
-    });
+    // Read now: a CA file that cannot be read fails the start, not the first request.
+    // TLS stays verified; a CA file adds trust to the system roots, it never removes checks.
+    this.ca = opts.caFile ? trustWithDefaults(readCaFile(opts.caFile)) : undefined;
+  }
+
+  private loadTransport(): Promise<Transport> {
+    this.transport ??= import('undici').then(({ Agent, request }) => ({
+      request,
+      dispatcher: new Agent({
+        connect: { timeout: this.opts.timeoutMs, ...(this.ca ? { ca: this.ca } : {}) },
+        headersTimeout: this.opts.timeoutMs,
+        bodyTimeout: this.opts.timeoutMs,
+        keepAliveTimeout: 30_000,
+      }),
+    }));
+    return this.transport;
   }
 
   get baseUrl(): string {
@@ -84,11 +99,12 @@ export class CloudHttpClient {
         headers['content-encoding'] = 'gzip';
       }
     }
+    const { request, dispatcher } = await this.loadTransport();
     const timeout = AbortSignal.timeout(this.opts.timeoutMs);
     const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(url, { method: req.method, headers, body, signal, dispatcher: this.dispatcher });
+      res = await request(url, { method: req.method, headers, body, signal, dispatcher });
     } catch (err) {
       throw this.classify(err, req, timeout);
     }
@@ -145,7 +161,7 @@ export class CloudHttpClient {
   }
 
   async close(): Promise<void> {
-    await this.dispatcher.destroy();
+    if (this.transport) await (await this.transport).dispatcher.destroy();
   }
 
   private classify(err: unknown, req: CloudRequest, timeout: AbortSignal): Error {

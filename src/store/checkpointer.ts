@@ -11,9 +11,10 @@ import type { Logger } from '../util/logger.js';
  * checkpoint runs inside whichever COMMIT pushes the WAL past 1000 pages: about a third of the CPU
  * of acknowledging a drained batch here, and on an SD card tens of milliseconds of a blocked agent.
  *
- * The worker has its own connection to the file and sleeps on a shared word. Every `pollMs` it
- * reads how many WAL frames are not yet in the database (the wal-index header in the `-shm` file,
- * https://www.sqlite.org/walformat.html: mxFrame at byte 16, nBackfill at byte 96, host byte order)
+ * The worker has its own connection to the file and sleeps on a shared word. Every `pollMs` (up to
+ * `idlePollMs` while the WAL does not move) it reads how many WAL frames are not yet in the
+ * database (the wal-index header in the `-shm` file, https://www.sqlite.org/walformat.html: mxFrame
+ * at byte 16, nBackfill at byte 96, host byte order)
  * and runs `PRAGMA wal_checkpoint(PASSIVE)` once that reaches `thresholdPages`. A passive checkpoint
  * takes no lock that writers or readers wait on. The main connection keeps SQLite's automatic
  * checkpoint as a safety net at `SAFETY_FACTOR` times the threshold (the worker fell behind a burst),
@@ -28,8 +29,15 @@ export interface CheckpointerOptions {
   path: string;
   /** Frames in the WAL not yet in the database that start a checkpoint. Default 1000 (SQLite's own). */
   thresholdPages?: number;
-  /** Default 100 ms. */
+  /** Default 100 ms: how often a WAL that is being written is looked at. */
   pollMs?: number;
+  /**
+   * Default 1,600 ms: the longest wait between looks at a WAL that stopped moving (each look that
+   * finds it unchanged doubles the wait), so an idle agent's worker wakes about once a second
+   * instead of ten times. A burst after a quiet spell is seen within this; the main connection's
+   * safety net still checkpoints a WAL that grew to SAFETY_FACTOR times the threshold before that.
+   */
+  idlePollMs?: number;
   logger: Logger;
 }
 
@@ -62,7 +70,7 @@ const FAILURES = 4;
 const WORKER_SOURCE = `
 const { workerData, parentPort } = require('node:worker_threads');
 const fs = require('node:fs');
-const { path, sqlite, threshold, pollMs, little, ctl } = workerData;
+const { path, sqlite, threshold, pollMs, idlePollMs, little, ctl } = workerData;
 const c = new Int32Array(ctl);
 let db, shm;
 try {
@@ -78,11 +86,16 @@ try {
     if (fs.readSync(shm, header, 0, 100, 0) < 100) return [0, 0];
     return [read32(16), read32(96)];
   };
+  let wait = pollMs;
+  let seen = -1;
   while (Atomics.load(c, ${STOP}) === 0) {
-    Atomics.wait(c, ${STOP}, 0, pollMs);
+    Atomics.wait(c, ${STOP}, 0, wait);
     if (Atomics.load(c, ${STOP}) !== 0) break;
     try {
       const [frames, backfilled] = walIndex();
+      // A WAL that did not move is looked at half as often each time, down to idlePollMs; any write brings pollMs back.
+      wait = frames === seen ? Math.min(wait * 2, idlePollMs) : pollMs;
+      seen = frames;
       if (frames - backfilled < threshold) continue;
       const [r] = checkpoint.all();
       Atomics.add(c, ${CHECKPOINTS}, 1);
@@ -125,6 +138,7 @@ export class WalCheckpointer {
         sqlite: createRequire(import.meta.url).resolve('better-sqlite3'),
         threshold: this.threshold,
         pollMs: opts.pollMs ?? 100,
+        idlePollMs: Math.max(opts.pollMs ?? 100, opts.idlePollMs ?? 1_600),
         little: endianness() === 'LE',
         ctl: this.ctl.buffer,
       },

@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events';
 import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import { Aedes, type Client, type ConnectPacket, type PublishPacket } from 'aedes';
+import type { Aedes, Client, ConnectPacket, PublishPacket } from 'aedes';
 import { isOutboxError } from '../outbox/types.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
@@ -208,7 +208,9 @@ export class LocalBroker {
   async start(): Promise<{ port: number }> {
     if (this.running) throw new LocalBrokerError('LOCAL_BROKER_STARTED', 'the local broker is already started');
     this.stopping = false;
-    const aedes = await Aedes.createBroker({
+    // Loaded here, not at the agent's start: a device with the broker off never holds aedes.
+    const { Aedes: Broker } = await import('aedes');
+    const aedes = await Broker.createBroker({
       preConnect: (client, packet, done) => this.checkConnect(client, packet, done),
       authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
     });

@@ -1,4 +1,7 @@
-import Docker from 'dockerode';
+import type Docker from 'dockerode';
+import { access } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { Backoff } from '../../resilience/backoff.js';
 import type { Clock } from '../../util/clock.js';
@@ -12,6 +15,11 @@ import { RuntimeEventEmitter } from './events.js';
 
 /**
  * The Docker runtime: dockerode against `DOCKER_HOST` or the default socket.
+ *
+ * dockerode (and what it brings: ssh2, gRPC, protobufs; about 20 MiB of an idle agent) is loaded at
+ * the first call that needs the engine. While it is not loaded and the engine's address is a unix
+ * socket that does not exist (a device without Docker), every call fails as dockerode's would
+ * ("connect ENOENT <path>") without loading it; once the socket appears, the client is loaded.
  *
  * Every container and named volume the agent creates carries `io.iotistic.managed=true`, the agent
  * id, the app and the service, and containers the hash of their configuration: after its own
@@ -85,20 +93,66 @@ export function dockerAddress(host: string): Docker.DockerOptions {
   return { host: m[1] as string, port: Number(m[2]), protocol: 'http' };
 }
 
+/**
+ * The unix socket dockerode would dial for `address` (or, without one, for DOCKER_HOST or its
+ * default), so its absence can be seen without loading dockerode; undefined for a TCP engine.
+ */
+async function socketPath(address: Docker.DockerOptions | undefined): Promise<string | undefined> {
+  if (address) return address.socketPath;
+  const env = process.env.DOCKER_HOST;
+  if (env && !env.startsWith('unix://')) return undefined;
+  if (env && env.length > 'unix://'.length) return env.slice('unix://'.length);
+  // docker-modem's default: the user's Docker Desktop socket when it is there, else the system one.
+  const user = join(homedir(), '.docker', 'run', 'docker.sock');
+  return (await exists(user)) ? user : '/var/run/docker.sock';
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch (err) {
+    // Only "not there" counts: anything else (a permission) is for the client to report.
+    return (err as NodeJS.ErrnoException).code !== 'ENOENT';
+  }
+}
+
 export class DockerRuntime implements WorkloadRuntime {
   readonly kind = 'docker' as const;
   readonly events = new RuntimeEventEmitter();
-  readonly docker: Docker;
   readonly agentId: string;
+  private readonly address: Docker.DockerOptions | undefined;
+  private client: Docker | undefined;
+  private loading: Promise<Docker> | undefined;
 
   constructor(private readonly o: DockerRuntimeOptions) {
-    this.docker = o.docker ?? new Docker(o.host ? dockerAddress(o.host) : undefined);
+    // A bad address fails here, at the start, as before the client was loaded lazily.
+    this.address = o.host ? dockerAddress(o.host) : undefined;
+    this.client = o.docker;
     this.agentId = o.agentId ?? 'default';
+  }
+
+  /** The client, loaded at the first call; fails as dockerode would while the engine's socket is missing. */
+  private async engine(): Promise<Docker> {
+    if (this.client) return this.client;
+    if (!this.loading) {
+      const path = await socketPath(this.address);
+      if (path !== undefined && !(await exists(path))) {
+        throw Object.assign(new Error(`connect ENOENT ${path}`), { code: 'ENOENT', address: path });
+      }
+      this.loading ??= import('dockerode').then(({ default: Dockerode }) => (this.client = new Dockerode(this.address)));
+    }
+    return this.loading;
   }
 
   /** Where the engine is expected, for messages. */
   get endpoint(): string {
-    const m = this.docker.modem as unknown as { socketPath?: unknown; host?: string; port?: string | number };
+    if (!this.client) {
+      if (this.address?.socketPath) return `unix://${this.address.socketPath}`;
+      if (this.address) return `${this.address.host}:${this.address.port}`;
+      return process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock';
+    }
+    const m = this.client.modem as unknown as { socketPath?: unknown; host?: string; port?: string | number };
     if (typeof m.socketPath === 'string') return `unix://${m.socketPath}`;
     if (m.host) return `${m.host}${m.port ? `:${m.port}` : ''}`;
     return process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock';
@@ -116,7 +170,8 @@ export class DockerRuntime implements WorkloadRuntime {
   async availability(signal?: AbortSignal): Promise<Availability> {
     try {
       // The typings lack ping's options; dockerode takes them.
-      await (this.docker.ping as unknown as (o: object) => Promise<unknown>).call(this.docker, { abortSignal: this.signal(signal, this.o.pingTimeoutMs ?? 3_000) });
+      const docker = await this.engine();
+      await (docker.ping as unknown as (o: object) => Promise<unknown>).call(docker, { abortSignal: this.signal(signal, this.o.pingTimeoutMs ?? 3_000) });
       return { ok: true };
     } catch (err) {
       signal?.throwIfAborted();
@@ -125,11 +180,11 @@ export class DockerRuntime implements WorkloadRuntime {
   }
 
   async list(signal?: AbortSignal): Promise<Instance[]> {
-    const found = await this.docker.listContainers({ all: true, filters: { label: this.ownLabels() }, abortSignal: this.signal(signal) } as Docker.ContainerListOptions);
+    const found = await (await this.engine()).listContainers({ all: true, filters: { label: this.ownLabels() }, abortSignal: this.signal(signal) } as Docker.ContainerListOptions);
     const out: Instance[] = [];
     for (const c of found) {
       try {
-        const info = await this.docker.getContainer(c.Id).inspect({ abortSignal: this.signal(signal) } as object);
+        const info = await (await this.engine()).getContainer(c.Id).inspect({ abortSignal: this.signal(signal) } as object);
         const inst = this.toInstance(info);
         if (inst) out.push(inst);
       } catch (err) {
@@ -169,7 +224,7 @@ export class DockerRuntime implements WorkloadRuntime {
 
   async hasImage(image: string, signal?: AbortSignal): Promise<boolean> {
     try {
-      await this.docker.getImage(image).inspect({ abortSignal: this.signal(signal) } as object);
+      await (await this.engine()).getImage(image).inspect({ abortSignal: this.signal(signal) } as object);
       return true;
     } catch (err) {
       if (status(err) === 404) return false;
@@ -183,8 +238,10 @@ export class DockerRuntime implements WorkloadRuntime {
     if ('error' in ref) throw new AgentError('IMAGE_REFERENCE_INVALID', `${image}: expected ${ref.error}`);
     const tag = ref.digest ?? ref.tag ?? 'latest';
     let stream: Readable;
+    let docker: Docker;
     try {
-      stream = (await this.docker.createImage({ fromImage: ref.repository, tag, ...(signal ? { abortSignal: signal } : {}) })) as Readable;
+      docker = await this.engine();
+      stream = (await docker.createImage({ fromImage: ref.repository, tag, ...(signal ? { abortSignal: signal } : {}) })) as Readable;
     } catch (err) {
       throw new Error(dockerMessage(err), { cause: err });
     }
@@ -194,7 +251,7 @@ export class DockerRuntime implements WorkloadRuntime {
         reject(signal?.reason instanceof Error ? signal.reason : new Error('pull aborted'));
       };
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.docker.modem.followProgress(stream, (err: Error | null, output: { error?: string; errorDetail?: { message?: string } }[]) => {
+      docker.modem.followProgress(stream, (err: Error | null, output: { error?: string; errorDetail?: { message?: string } }[]) => {
         signal?.removeEventListener('abort', onAbort);
         if (err) return reject(new Error(dockerMessage(err)));
         const failed = output.find((o) => o.error ?? o.errorDetail?.message);
@@ -256,14 +313,14 @@ export class DockerRuntime implements WorkloadRuntime {
       },
     };
     try {
-      const c = await this.docker.createContainer({ ...options, abortSignal: this.signal(signal) } as Docker.ContainerCreateOptions);
+      const c = await (await this.engine()).createContainer({ ...options, abortSignal: this.signal(signal) } as Docker.ContainerCreateOptions);
       return c.id;
     } catch (err) {
       if (status(err) === 409) {
         // The name is taken by a container that is not ours (ours would have been listed): let the engine name it.
         this.o.logger.warn({ app, service, name: options.name }, 'container name taken by a container the agent does not manage; creating it unnamed');
         const { name: _name, ...unnamed } = options;
-        const c = await this.docker.createContainer({ ...unnamed, abortSignal: this.signal(signal) } as Docker.ContainerCreateOptions);
+        const c = await (await this.engine()).createContainer({ ...unnamed, abortSignal: this.signal(signal) } as Docker.ContainerCreateOptions);
         return c.id;
       }
       throw new Error(dockerMessage(err), { cause: err });
@@ -281,7 +338,7 @@ export class DockerRuntime implements WorkloadRuntime {
     const full = `${app}_${name}`;
     const inspect = async (): Promise<Docker.VolumeInspectInfo | undefined> => {
       try {
-        return (await this.docker.getVolume(full).inspect({ abortSignal: this.signal(signal) } as object)) as Docker.VolumeInspectInfo;
+        return (await (await this.engine()).getVolume(full).inspect({ abortSignal: this.signal(signal) } as object)) as Docker.VolumeInspectInfo;
       } catch (err) {
         if (status(err) !== 404) throw err;
         return undefined;
@@ -290,7 +347,7 @@ export class DockerRuntime implements WorkloadRuntime {
     let existing = await inspect();
     if (!existing) {
       // The engine answers a create of an existing name with that volume: look at whose it is after.
-      await this.docker.createVolume({
+      await (await this.engine()).createVolume({
         Name: full,
         Labels: { [LABELS.managed]: 'true', [LABELS.agent]: this.agentId, [LABELS.app]: app },
         abortSignal: this.signal(signal),
@@ -307,7 +364,7 @@ export class DockerRuntime implements WorkloadRuntime {
 
   async start(id: string, signal?: AbortSignal): Promise<void> {
     try {
-      await this.docker.getContainer(id).start({ abortSignal: this.signal(signal) } as object);
+      await (await this.engine()).getContainer(id).start({ abortSignal: this.signal(signal) } as object);
     } catch (err) {
       if (status(err) === 304) return; // already running
       throw new Error(dockerMessage(err), { cause: err });
@@ -317,7 +374,7 @@ export class DockerRuntime implements WorkloadRuntime {
   async stop(id: string, signal?: AbortSignal): Promise<void> {
     const t = this.o.stopTimeoutSeconds ?? 10;
     try {
-      await this.docker.getContainer(id).stop({ t, abortSignal: this.signal(signal, (t + 30) * 1000) } as object);
+      await (await this.engine()).getContainer(id).stop({ t, abortSignal: this.signal(signal, (t + 30) * 1000) } as object);
     } catch (err) {
       if (status(err) === 304 || status(err) === 404) return; // already stopped, or gone
       throw new Error(dockerMessage(err), { cause: err });
@@ -327,7 +384,7 @@ export class DockerRuntime implements WorkloadRuntime {
   async remove(id: string, signal?: AbortSignal): Promise<void> {
     try {
       // v: anonymous volumes go with the container; named volumes stay.
-      await this.docker.getContainer(id).remove({ force: true, v: true, abortSignal: this.signal(signal) } as object);
+      await (await this.engine()).getContainer(id).remove({ force: true, v: true, abortSignal: this.signal(signal) } as object);
     } catch (err) {
       if (status(err) === 404) return;
       throw new Error(dockerMessage(err), { cause: err });
@@ -351,7 +408,7 @@ export class DockerRuntime implements WorkloadRuntime {
     while (!signal.aborted) {
       let why: string;
       try {
-        const stream = (await this.docker.getEvents({
+        const stream = (await (await this.engine()).getEvents({
           filters: { type: ['container'], label: this.ownLabels() },
           abortSignal: signal,
         } as object)) as Readable;
