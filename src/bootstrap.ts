@@ -40,6 +40,8 @@ export interface BootOptions {
   env: NodeJS.ProcessEnv;
   /** Overrides applied after validation (the demo uses it to point at its own cloud). */
   logDestination?: NodeJS.WritableStream;
+  /** Ports bound before this was even loaded (cli.ts); else they are bound here, once the config is read. */
+  listeners?: EarlyListeners;
 }
 
 export interface Booted {
@@ -64,7 +66,7 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
 
   // Local apps connecting during the start wait for their answer instead of being refused. Only for
   // the config file's ports: a config that fails is replaced by the last-known-good one, read later.
-  const listeners = loaded.ok ? await bindEarly(loaded.config) : {};
+  const listeners = opts.listeners ?? (loaded.ok ? await bindEarly(loaded.config) : {});
   try {
     return await bootWithRetry({ opts, dataDir, loaded, logger, listeners });
   } catch (err) {
