@@ -183,6 +183,7 @@ async function main(): Promise<void> {
     if (a.json) {
       const listening = m('full', 'listening');
       const ready = m('full', 'ready');
+      const backlogVsEmpty = ratio(ready, m('empty', 'ready'));
       console.log(
         jsonLine({
           benchmark: 'restart',
@@ -199,9 +200,10 @@ async function main(): Promise<void> {
             { name: 'cpu_ms_to_ready_empty', value: cpu('empty', 'readyCpu'), unit: 'ms' },
             { name: 'cpu_ms_to_ready_backlog', value: cpu('full', 'readyCpu'), unit: 'ms' },
           ],
-          ratios: { ready_backlog_vs_empty: ratio(ready, m('empty', 'ready')) },
-          // The issue's targets (#22): listening within 0.3 s and ready within 1 s of a kill -9, with the backlog.
-          targets: { ms_to_listening: target('<=', 300, listening), ms_to_ready_1m: target('<=', 1000, ready) },
+          ratios: { backlog_vs_empty: backlogVsEmpty },
+          // Issue 22: listening within 0.3 s and ready within 1 s of a kill -9, with the backlog; issue 21:
+          // the backlog at most doubles the time to ready.
+          targets: { ms_to_listening: target('<=', 300, listening), ms_to_ready_1m: target('<=', 1000, ready), backlog_vs_empty: target('<=', 2, backlogVsEmpty) },
         }),
       );
     }
