@@ -1,4 +1,3 @@
-import { join } from 'node:path';
 import { startApi } from './api/server.js';
 import { buildApiView } from './assembly/api.js';
 import { buildCloud } from './assembly/cloud.js';
@@ -14,9 +13,6 @@ import { AgentStatus } from './views/agent-status.js';
 import { AGENT_VERSION } from './version.js';
 
 export type { AgentDeps } from './assembly/core.js';
-
-/** Where agents before `identity.json` kept a generated uuid; read once at the upgrade (see loadIdentity). */
-export const LEGACY_UUID_KEY = 'device.uuid';
 
 /**
  * The composition root: builds every part from the config (the factories of assembly/, in this
@@ -69,7 +65,8 @@ export class Agent {
     void core.probes.start(core.loops.signal);
     announceConfig({ status: status.configStatus(), kv: store, events: queueing.events, healthReport: () => cloud?.health.request(), logger });
     const view = buildApiView(this.p);
-    this.api = await startApi({ host: config.api.host, port: config.api.port, key: this.localKey, logger, dashboard: config.features.dashboard, limits: config.limits, view });
+    const listener = this.deps.listeners?.api;
+    this.api = await startApi({ host: config.api.host, port: config.api.port, key: this.localKey, logger, dashboard: config.features.dashboard, limits: config.limits, view, ...(listener ? { listener } : {}) });
     this.apiUrl = this.api.url;
     // The full check reads every page: it starts once the API is up, so the start stays short.
     store.startIntegrityCheck();
@@ -82,8 +79,9 @@ export class Agent {
 
   private async startLocalBroker(): Promise<void> {
     const { localBroker, shadow, core } = this.p;
-    if (!localBroker) return;
-    const { port } = await localBroker.start();
+    const held = this.deps.listeners?.broker;
+    if (!localBroker) return held?.close();
+    const { port } = await localBroker.start(held);
     core.logger.info({ host: core.config.localBroker.host, port }, 'local MQTT broker listening for local apps');
     if (shadow) publishLocalDesired(localBroker, shadow.shadow.get());
   }
@@ -100,6 +98,8 @@ export class Agent {
     await workloads.reconciler.close().catch((err: unknown) => logger.error({ err: String(err) }, 'stopping native services failed'));
     await this.api?.app.close();
     await localBroker?.stop().catch(() => undefined);
+    // Ports bound early and not adopted (the start failed before them) are let go too.
+    await Promise.all([this.deps.listeners?.api?.close(), this.deps.listeners?.broker?.close()]);
     await mqtt?.stop().catch(() => undefined);
     await queueing.outbox.close();
     await cloud?.http.close();
@@ -123,8 +123,4 @@ function assemble(deps: AgentDeps): AgentParts {
   // Local mode: a target set is reported; a cleared one makes the cloud's fetched at once.
   const localTarget = buildLocalTarget(core, workloads, { set: () => cloud?.reporter.markDirty(), cleared: () => cloud?.poller.pollNow() });
   return { core, workloads, queueing, shadow, localBroker, mqtt, status, cloud, localTarget };
-}
-
-export function databasePath(dataDir: string): string {
-  return join(dataDir, 'agent.db');
 }

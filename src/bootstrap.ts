@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Agent, databasePath, LEGACY_UUID_KEY } from './agent.js';
+import type { Agent } from './agent.js';
 import { prepareDataDir, trustedFile } from './boot/data-dir.js';
 import { DataDirDisk, RESERVE_FILE } from './boot/disk.js';
 import { IDENTITY_FILE, LEGACY_KEY_FILE, loadIdentity } from './boot/identity.js';
@@ -18,7 +18,21 @@ import { Store } from './store/store.js';
 import { TARGET_MIRROR_FILE } from './store/target-mirror.js';
 import { systemClock } from './util/clock.js';
 import { AgentError, errorMessage } from './util/errors.js';
+import { HeldListener } from './util/held-listener.js';
 import { createLogger, type Logger } from './util/logger.js';
+
+/** Where agents before `identity.json` kept a generated uuid; read once at the upgrade (see loadIdentity). */
+export const LEGACY_UUID_KEY = 'device.uuid';
+
+export function databasePath(dataDir: string): string {
+  return join(dataDir, 'agent.db');
+}
+
+/** The local API's and the local broker's ports, bound before the rest of the start (see HeldListener). */
+export interface EarlyListeners {
+  api?: HeldListener;
+  broker?: HeldListener;
+}
 
 export interface BootOptions {
   configFile?: string;
@@ -26,6 +40,8 @@ export interface BootOptions {
   env: NodeJS.ProcessEnv;
   /** Overrides applied after validation (the demo uses it to point at its own cloud). */
   logDestination?: NodeJS.WritableStream;
+  /** Ports bound before this was even loaded (cli.ts); else they are bound here, once the config is read. */
+  listeners?: EarlyListeners;
 }
 
 export interface Booted {
@@ -48,12 +64,33 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
   const logger = createLogger({ level: logging.level, format: logging.format, ...(opts.logDestination ? { destination: opts.logDestination } : {}) });
   for (const w of loaded.warnings) logger.warn(w);
 
+  // Local apps connecting during the start wait for their answer instead of being refused. Only for
+  // the config file's ports: a config that fails is replaced by the last-known-good one, read later.
+  const listeners = opts.listeners ?? (loaded.ok ? await bindEarly(loaded.config) : {});
+  try {
+    return await bootWithRetry({ opts, dataDir, loaded, logger, listeners });
+  } catch (err) {
+    await Promise.all([listeners.api?.close(), listeners.broker?.close()]);
+    throw err;
+  }
+}
+
+async function bindEarly(config: AgentConfig): Promise<EarlyListeners> {
+  const [api, broker] = await Promise.all([
+    HeldListener.bind(config.api.host, config.api.port),
+    config.features.localBroker ? HeldListener.bind(config.localBroker.host, config.localBroker.port) : undefined,
+  ]);
+  return { ...(api ? { api } : {}), ...(broker ? { broker } : {}) };
+}
+
+async function bootWithRetry(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; listeners: EarlyListeners }): Promise<Booted> {
+  const { dataDir, logger } = args;
   // Nothing touches the data dir's files before it is checked and locked.
   prepareDataDir(dataDir, logger);
   for (let attempt = 1; ; attempt++) {
     const lock = lockDataDir(dataDir, logger, systemClock.now());
     try {
-      return await bootLocked({ opts, dataDir, loaded, logger, lock });
+      return await bootLocked({ ...args, lock });
     } catch (err) {
       lock.release();
       // Damage the quick checks at open did not see (they do not read every page) surfaced while
@@ -125,8 +162,10 @@ function isDiskFull(err: unknown): boolean {
   });
 }
 
-async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; lock: DataDirLock }): Promise<Booted> {
-  const { opts, dataDir, loaded, logger, lock } = args;
+async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; lock: DataDirLock; listeners: EarlyListeners }): Promise<Booted> {
+  const { opts, dataDir, loaded, logger, lock, listeners } = args;
+  // The agent's modules (the API, the brokers, the runtimes' clients) load after the ports are bound.
+  const { Agent } = await import('./agent.js');
   // A state file someone else owns or may write (planted before the dir was repaired) is moved aside:
   // a planted database could carry a target that runs their commands.
   const db = databasePath(dataDir);
@@ -146,7 +185,7 @@ async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: Co
   let source: Booted['source'];
   let config: AgentConfig;
   try {
-    ({ agent, source, config } = buildAgent({ opts, dataDir, loaded, logger, lock, store, disk }));
+    ({ agent, source, config } = buildAgent({ opts, dataDir, loaded, logger, lock, store, disk, listeners, Agent }));
   } catch (err) {
     // Closed, so that a retry can move the file aside.
     closeQuietly(store);
@@ -170,8 +209,10 @@ function buildAgent(args: {
   lock: DataDirLock;
   store: Store;
   disk: DataDirDisk;
+  listeners: EarlyListeners;
+  Agent: typeof Agent;
 }): { agent: Agent; source: Booted['source']; config: AgentConfig } {
-  const { opts, dataDir, loaded, logger, lock, store, disk } = args;
+  const { opts, dataDir, loaded, logger, lock, store, disk, listeners, Agent } = args;
   const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now(), (err) =>
     logger.warn({ err: errorMessage(err) }, `could not save the last-known-good config (${errorMessage(err)}); the next start tries again`),
   );
@@ -193,7 +234,7 @@ function buildAgent(args: {
     resolved.source === 'last-known-good' && !loaded.ok
       ? { source: 'last-known-good', file, reason: loaded.failure, issues: resolved.issues, lastKnownGoodSavedAt: resolved.savedAt, since: systemClock.now() }
       : { source: 'file', file };
-  const agent = new Agent({ config, store, logger, configSource, identity, disk, onStopped: () => lock.release() });
+  const agent = new Agent({ config, store, logger, configSource, identity, disk, listeners, onStopped: () => lock.release() });
   return { agent, source: resolved.source, config };
 }
 

@@ -4,15 +4,14 @@
 // 1 MiB young generation and two malloc arenas, the settings of a small device (docs/performance.md,
 // "Footprint"); `node dist/src/cli.js` runs without them.
 import { Command, Option } from 'commander';
-import { z } from 'zod';
-import { readLocalApiKey } from './boot/identity.js';
-import { bootAgent } from './bootstrap.js';
-import { formatIssues, loadConfig, resolveDataDir } from './config/load.js';
-import { noAnswer, statusConfig } from './status-target.js';
-import { agentConfigSchema, defaultConfig } from './config/schema.js';
+import { earlyAddresses } from './boot/early-addresses.js';
+import type { bootAgent, EarlyListeners } from './bootstrap.js';
 import { AgentError, errorMessage } from './util/errors.js';
+import { HeldListener } from './util/held-listener.js';
 import { AGENT_VERSION } from './version.js';
-import { renderStatus } from './status-view.js';
+
+// Only what `run` needs to bind its ports is imported here: the rest (the config's schema, the agent)
+// loads after them, in each command (see bindEarly).
 
 /** Exit code for a configuration error (sysexits' EX_CONFIG), so service managers can tell it apart. */
 const EXIT_CONFIG = 78;
@@ -28,9 +27,15 @@ program
   .addOption(new Option('-c, --config <file>', 'JSON config file').env('IOTISTIC_CONFIG'))
   .option('-d, --data-dir <dir>', 'data directory (database, keys); overrides the config')
   .action(async (opts: { config?: string; dataDir?: string }) => {
+    // Bound before anything else loads: a local app connecting during the start waits instead of being refused.
+    let listeners: EarlyListeners | undefined = await bindEarly(opts.config);
     const boot = async (): Promise<Awaited<ReturnType<typeof bootAgent>>> => {
+      const early = listeners;
+      // A restart (to salvage) binds again, after its config.
+      listeners = undefined;
       try {
-        return await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env });
+        const { bootAgent } = await import('./bootstrap.js');
+        return await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env, ...(early ? { listeners: early } : {}) });
       } catch (err) {
         process.stderr.write(`iotistic-agent: ${errorMessage(err)}\n`);
         process.exit(err instanceof AgentError && err.code === 'CONFIG_INVALID' ? EXIT_CONFIG : 1);
@@ -87,6 +92,13 @@ program
   .option('--json', 'print the raw JSON (for scripts)')
   .option('--show-key', 'also print the local API key')
   .action(async (opts: { config?: string; dataDir?: string; api?: string; key?: string; json?: boolean; showKey?: boolean }) => {
+    const [{ readLocalApiKey }, { resolveDataDir }, { noAnswer, statusConfig }, { defaultConfig }, { renderStatus }] = await Promise.all([
+      import('./boot/identity.js'),
+      import('./config/load.js'),
+      import('./status-target.js'),
+      import('./config/schema.js'),
+      import('./status-view.js'),
+    ]);
     const found = statusConfig(opts.config, process.env);
     if (!found.ok && !opts.api) {
       process.stderr.write(`iotistic-agent: ${found.message}\n`);
@@ -144,7 +156,8 @@ configCmd
   .command('check')
   .description('validate a config file (and IOTISTIC_* overrides); exit 0 when good, 1 with the reasons when not')
   .addOption(new Option('-c, --config <file>', 'JSON config file').env('IOTISTIC_CONFIG').makeOptionMandatory())
-  .action((opts: { config: string }) => {
+  .action(async (opts: { config: string }) => {
+    const { formatIssues, loadConfig } = await import('./config/load.js');
     const r = loadConfig({ file: opts.config, env: process.env });
     for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
     if (!r.ok) {
@@ -156,16 +169,25 @@ configCmd
 configCmd
   .command('schema')
   .description('print the JSON Schema of the config file')
-  .action(() => {
+  .action(async () => {
+    const [{ z }, { agentConfigSchema }] = await Promise.all([import('zod'), import('./config/schema.js')]);
     process.stdout.write(`${JSON.stringify(z.toJSONSchema(agentConfigSchema, { io: 'input' }), null, 2)}\n`);
   });
 configCmd
   .command('defaults')
   .description('print the config with every default filled in')
-  .action(() => {
+  .action(async () => {
+    const { defaultConfig } = await import('./config/schema.js');
     process.stdout.write(`${JSON.stringify(defaultConfig(), null, 2)}\n`);
   });
 
+/** The ports the config file names, bound now (a hint read without the schema: see earlyAddresses). */
+async function bindEarly(configFile: string | undefined): Promise<EarlyListeners | undefined> {
+  const at = earlyAddresses(configFile, process.env);
+  if (!at) return undefined;
+  const [api, broker] = await Promise.all([HeldListener.bind(at.api.host, at.api.port), at.broker ? HeldListener.bind(at.broker.host, at.broker.port) : undefined]);
+  return { ...(api ? { api } : {}), ...(broker ? { broker } : {}) };
+}
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`iotistic-agent: ${errorMessage(err)}\n`);

@@ -1,6 +1,8 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { formatIssue, fromZodIssues } from '../config/issues.js';
+import { isIPv6 } from 'node:net';
+import type { HeldListener } from '../util/held-listener.js';
 import type { Logger } from '../util/logger.js';
 import type { LoopStatus } from '../util/loops.js';
 import { bearerMatches } from './auth.js';
@@ -63,6 +65,8 @@ export interface ApiOptions {
   view: ApiView;
   /** Body size and JSON depth bounds; default the schema's. */
   limits?: Pick<AgentConfig['limits'], 'maxApiBodyBytes' | 'maxTargetBytes' | 'maxJsonDepth'>;
+  /** The port bound early in the start (its held connections are answered now); used when it is `host:port`. */
+  listener?: HeldListener;
 }
 
 const LOCAL_TARGET_ROUTE = '/v2/local/target-state';
@@ -128,6 +132,15 @@ export async function startApi(opts: ApiOptions): Promise<{ app: FastifyInstance
   controlRoutes(app, view, limits);
   shadowRoutes(app, view);
 
+  const held = opts.listener;
+  if (held?.available && held.host === opts.host && held.requestedPort === opts.port) {
+    await app.ready();
+    // Closing the app closes the listener and ends its connections (forceCloseConnections, for it).
+    app.addHook('onClose', async () => held.close());
+    held.adopt((socket) => app.server.emit('connection', socket));
+    return { app, url: `http://${isIPv6(opts.host) ? `[${opts.host}]` : opts.host}:${held.port}`, routes };
+  }
+  await held?.close();
   const address = await app.listen({ host: opts.host, port: opts.port });
   return { app, url: address, routes };
 }

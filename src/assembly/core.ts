@@ -12,6 +12,7 @@ import { isCorruptionError } from '../store/integrity.js';
 import type { Store } from '../store/store.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
+import type { HeldListener } from '../util/held-listener.js';
 import { IdGenerator } from '../util/ids.js';
 import type { Logger } from '../util/logger.js';
 import { LoopRunner } from '../util/loops.js';
@@ -30,6 +31,8 @@ export interface AgentDeps {
   identity: Identity;
   /** The data dir's disk state and reserve, checked in a loop and shown in the API and metrics. */
   disk?: DataDirDisk;
+  /** The local API's and the local broker's ports, bound early in the start (bootstrap.ts); adopted by them. */
+  listeners?: { api?: HeldListener; broker?: HeldListener };
   /** After the store is closed (the data dir lock is released here). */
   onStopped?: () => void;
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { API_ADDRESS, LOCAL_BROKER_ADDRESS } from '../boot/early-addresses.js';
 
 /**
  * The one place for every setting and its default. The JSON Schema shipped in `schema/` is
@@ -218,13 +219,13 @@ const workloadsSchema = z.strictObject({
 });
 
 const localBrokerSchema = z.strictObject({
-  host: z.string().min(1).default('127.0.0.1').describe('Address of the local MQTT listener (features.localBroker). It has no authentication: keep it on loopback.'),
-  port: z.number().int().min(0).max(65_535).default(1884).describe('Port of the local MQTT listener.'),
+  host: z.string().min(1).default(LOCAL_BROKER_ADDRESS.host).describe('Address of the local MQTT listener (features.localBroker). It has no authentication: keep it on loopback.'),
+  port: z.number().int().min(0).max(65_535).default(LOCAL_BROKER_ADDRESS.port).describe('Port of the local MQTT listener.'),
 });
 
 const apiSchema = z.strictObject({
-  host: z.string().min(1).default('127.0.0.1').describe('Address the local API listens on. Keep it on loopback unless you know why.'),
-  port: z.number().int().min(0).max(65_535).default(48_484).describe('Port of the local API (0 picks a free one).'),
+  host: z.string().min(1).default(API_ADDRESS.host).describe('Address the local API listens on. Keep it on loopback unless you know why.'),
+  port: z.number().int().min(0).max(65_535).default(API_ADDRESS.port).describe('Port of the local API (0 picks a free one).'),
   localApiKey: bearerToken(16)
     .optional()
     .describe('Bearer key for the local API (visible ASCII, no spaces). When absent, one is generated at first start and kept in the data dir (mode 0600).'),

@@ -8,6 +8,7 @@ import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
 import { LIMIT_DEFAULTS } from '../config/schema.js';
 import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
+import type { HeldListener } from '../util/held-listener.js';
 import { MqttFrameScanner } from '../util/mqtt-frames.js';
 
 /**
@@ -204,8 +205,11 @@ export class LocalBroker {
     this.log = o.logger;
   }
 
-  /** Starts listening; rejects with LOCAL_BROKER_LISTEN_FAILED (port taken, bad host) and keeps nothing open. */
-  async start(): Promise<{ port: number }> {
+  /**
+   * Starts listening; rejects with LOCAL_BROKER_LISTEN_FAILED (port taken, bad host) and keeps nothing open.
+   * `held`: the port bound early in the start (its waiting clients are served now), used when it is `host:port`.
+   */
+  async start(held?: HeldListener): Promise<{ port: number }> {
     if (this.running) throw new LocalBrokerError('LOCAL_BROKER_STARTED', 'the local broker is already started');
     this.stopping = false;
     // Loaded here, not at the agent's start: a device with the broker off never holds aedes.
@@ -223,31 +227,18 @@ export class LocalBroker {
     aedes.on('clientDisconnect', (client) => this.log.debug({ clientId: client.id }, 'local client disconnected'));
 
     const sockets = new Set<Socket>();
-    const server = createServer((socket) => {
+    const onConnection = (socket: Socket): void => {
       sockets.add(socket);
       socket.once('close', () => sockets.delete(socket));
       if (this.refusedInRun > 0) {
-        this.log.warn({ refused: this.refusedInRun }, `local broker: ${this.refusedInRun} connection(s) were refused while limits.maxLocalConnections (${server.maxConnections}) were open`);
+        this.log.warn({ refused: this.refusedInRun }, `local broker: ${this.refusedInRun} connection(s) were refused while limits.maxLocalConnections (${this.o.maxConnections ?? LIMIT_DEFAULTS.maxLocalConnections}) were open`);
         this.refusedInRun = 0;
       }
       aedes.handle(new BoundedSocket(socket, this.maxPacketBytes, (size) => this.onOversize(socket, size)));
-    });
-    // Node closes connections past maxConnections as they arrive, and says so with 'drop'.
-    server.maxConnections = this.o.maxConnections ?? LIMIT_DEFAULTS.maxLocalConnections;
-    server.on('drop', (d) => {
-      this.connectionsRefused++;
-      if (this.refusedInRun++ === 0) {
-        this.log.warn({ remote: `${d?.remoteAddress ?? '?'}:${d?.remotePort ?? '?'}` }, `local broker: connection refused, limits.maxLocalConnections (${server.maxConnections}) are open`);
-      }
-    });
+    };
+    let server: Server;
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(this.port, this.host, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
+      server = await this.listen(onConnection, held);
     } catch (err) {
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       throw new LocalBrokerError('LOCAL_BROKER_LISTEN_FAILED', `local broker: cannot listen on ${this.host}:${this.port}: ${errorMessage(err)}`, { cause: err });
@@ -261,6 +252,37 @@ export class LocalBroker {
       this.log.warn({ host: this.host, port }, 'local MQTT broker listening on a non-loopback address: any host that reaches it can publish telemetry, without authentication');
     }
     return { port };
+  }
+
+  /** Node closes connections past maxConnections as they arrive, and says so with 'drop'. */
+  private limit(server: Server): Server {
+    server.maxConnections = this.o.maxConnections ?? LIMIT_DEFAULTS.maxLocalConnections;
+    server.on('drop', (d) => {
+      this.connectionsRefused++;
+      if (this.refusedInRun++ === 0) {
+        this.log.warn({ remote: `${d?.remoteAddress ?? '?'}:${d?.remotePort ?? '?'}` }, `local broker: connection refused, limits.maxLocalConnections (${server.maxConnections}) are open`);
+      }
+    });
+    return server;
+  }
+
+  /** The held listener when it is this broker's address, else a new one. */
+  private async listen(onConnection: (socket: Socket) => void, held: HeldListener | undefined): Promise<Server> {
+    if (held?.available && held.host === this.host && held.requestedPort === this.port) {
+      this.limit(held.netServer);
+      held.adopt(onConnection);
+      return held.netServer;
+    }
+    await held?.close();
+    const server = this.limit(createServer(onConnection));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.port, this.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return server;
   }
 
   /** Closes the listener and every connection, waits for `ingest` calls under way, then closes aedes. Idempotent. */

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { OutboxError } from '../../src/outbox/types.js';
 import { LocalBroker, type LocalBrokerOptions } from '../../src/telemetry/local-broker.js';
 import type { Json } from '../../src/util/json-diff.js';
+import { HeldListener } from '../../src/util/held-listener.js';
 import { silentLogger } from '../helpers/logger.js';
 import { until } from '../helpers/mqtt.js';
 
@@ -222,5 +223,24 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     expect(pubacks(a)).toEqual([]);
     expect(broker.stats().clients).toBe(0);
     await expect(connectAsync(url, { reconnectPeriod: 0, connectTimeout: 2_000 }, false)).rejects.toThrow(/ECONNREFUSED/);
+  });
+});
+
+describe('LocalBroker on a port bound early in the start (HeldListener)', () => {
+  it('a client that connected while the agent was starting gets its CONNACK once the broker is up, then its PUBACKs', async () => {
+    const held = await HeldListener.bind('127.0.0.1', 0);
+    if (!held) throw new Error('could not bind a port');
+    cleanups.push(() => held.close());
+    // mqtt.js connects at once: accepted, not refused; its CONNECT waits in the held connection.
+    const early = connectAsync(`mqtt://127.0.0.1:${held.port}`, { reconnectPeriod: 0, connectTimeout: 30_000 }, false);
+    const { ingested, ingest } = recorder();
+    const broker = new LocalBroker({ port: 0, ingest, logger: silentLogger() });
+    const { port } = await broker.start(held);
+    cleanups.push(() => broker.stop());
+    expect(port).toBe(held.port);
+    const c = await early;
+    cleanups.push(() => c.endAsync(true));
+    await c.publishAsync('local/telemetry/early', JSON.stringify({ v: 1 }), { qos: 1 });
+    expect(ingested).toEqual([{ stream: 'early', payload: { v: 1 } }]);
   });
 });

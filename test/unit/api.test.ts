@@ -3,6 +3,7 @@ import { fakeApiView } from '../helpers/api-view.js';
 import { startApi, type ApiView } from '../../src/api/server.js';
 import { ShadowError } from '../../src/shadow/shadow.js';
 import { silentLogger } from '../helpers/logger.js';
+import { HeldListener } from '../../src/util/held-listener.js';
 
 const KEY = 'k'.repeat(32);
 const closers: (() => Promise<void>)[] = [];
@@ -121,5 +122,34 @@ describe('local API', () => {
     const r = await fetch(`${url}/v9/nothing`, { headers: auth });
     expect(r.status).toBe(404);
     expect(await r.json()).toMatchObject({ error: 'not_found' });
+  });
+});
+
+describe('local API on a port bound early in the start', () => {
+  it('answers the requests made before it was built, then serves as usual, and closing it frees the port', async () => {
+    const held = await HeldListener.bind('127.0.0.1', 0);
+    if (!held) throw new Error('could not bind a port');
+    const base = `http://127.0.0.1:${held.port}`;
+    // Sent while the agent is still starting: accepted and held (not refused), answered once the API is up.
+    const pending = fetch(`${base}/v1/healthy`);
+    const { app, url } = await startApi({ host: '127.0.0.1', port: 0, key: KEY, logger: silentLogger(), dashboard: false, view: view(), listener: held });
+    expect(url).toBe(base);
+    expect((await pending).status).toBe(200);
+    expect((await fetch(`${url}/v2/loops`, { headers: auth })).status).toBe(200);
+    await app.close();
+    expect(held.available).toBe(false);
+    await expect(fetch(`${url}/ping`)).rejects.toThrow();
+  });
+
+  it('is not used for another address: the API binds its own, and the early one is let go', async () => {
+    const held = await HeldListener.bind('127.0.0.1', 0);
+    if (!held) throw new Error('could not bind a port');
+    const heldUrl = `http://127.0.0.1:${held.port}`;
+    const { app, url } = await startApi({ host: 'localhost', port: 0, key: KEY, logger: silentLogger(), dashboard: false, view: view(), listener: held });
+    closers.push(() => app.close());
+    expect(url).not.toBe(heldUrl);
+    expect((await fetch(`${url}/ping`)).status).toBe(200);
+    expect(held.available).toBe(false);
+    await expect(fetch(`${heldUrl}/ping`)).rejects.toThrow();
   });
 });
