@@ -42,9 +42,6 @@ export function clientOptions(i: ClientOptionsInput): IClientOptions {
     // (a clearTimeout and a setTimeout per PUBACK: close to a tenth of a drain's CPU). One ping a
     // minute costs nothing, and the session's watchdog judges the link by what arrives either way.
     reschedulePings: false,
-    // mqtt-packet otherwise builds, at the first packet, a cache of 65,536 two-byte Buffers for the
-    // numbers it writes (ids, lengths): 6 MiB of heap held for good. Two small allocations per publish instead.
-    writeCache: false,
     outgoingStore: i.outgoingStore,
     incomingStore: i.incomingStore,
     // Tracks the ids in use, so a new publish never takes the id of a stored packet being re-sent.
