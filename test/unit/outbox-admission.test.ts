@@ -21,6 +21,13 @@ function admission(o: PartsOptions = {}) {
   return { ...p, a, admit };
 }
 
+/** The stored size of a message, as admission counts it. */
+function prepare0(m: EnqueueMessage): number {
+  const p = outboxParts(dirs.make());
+  open.push(p.store);
+  return p.prepare(m).enc.bytes;
+}
+
 describe('admission', () => {
   it('inserts what fits, counted as accepted, and answers a queued id as a duplicate without writing', () => {
     const { admit, rows, lanes, counters } = admission();
@@ -82,6 +89,34 @@ describe('admission', () => {
     expect(lanes.total).toEqual({ count: 0, bytes: 0 });
     expect(counters.of('events')?.accepted ?? 0).toBe(0);
     expect(a.admitCall([prepare({ channel: 'events', payload: 1 })])).toEqual([{ id: expect.any(String) }]);
+  });
+
+  it('a message larger than the oldest takes as many as it needs at the bytes limit, and no more', () => {
+    const size = (n: number) => ({ channel: 'telemetry', payload: 'x'.repeat(n) });
+    const { admit, rows, counters, prepare } = admission({ limits: { maxCount: 100, maxBytes: 3 * prepare0(size(100)) } });
+    for (let i = 0; i < 3; i++) admit(size(100));
+    // Twice as large as each queued one: two give way, the third stays.
+    expect(admit(size(100 + prepare(size(100)).enc.bytes))).toEqual({ id: expect.any(String) });
+    expect(rows()).toHaveLength(2);
+    expect(counters.of('telemetry')?.bytes).toBe(2);
+  });
+
+  it('below the disk watermark, takes as many as free what the message needs, and none when a replaced one frees enough', () => {
+    let free = 1 << 40;
+    const { admit, rows, disk, counters, prepare } = admission({ freeBytes: () => free, onLimit: { disk: 'refuse' }, channels: { metrics: { onLimit: { disk: 'drop-oldest' } } } });
+    const b = prepare({ channel: 'metrics', payload: 'x'.repeat(100) }).enc.bytes;
+    for (let i = 0; i < 3; i++) admit({ channel: 'metrics', payload: 'x'.repeat(100) });
+    admit({ channel: 'state', payload: 'p'.repeat(100), coalesceKey: 'k' });
+    free = 1_000;
+    disk.check();
+    // Exactly as large as two of them: two give way, the third stays.
+    expect(admit({ channel: 'events', payload: 'y'.repeat(100 + b) })).toEqual({ id: expect.any(String) });
+    expect(counters.of('metrics')?.disk).toBe(2);
+    // Replacing a message of the same size frees what it takes: nothing else gives way.
+    expect(admit({ channel: 'state', payload: 'q'.repeat(100), coalesceKey: 'k' })).toEqual({ id: expect.any(String) });
+    expect(counters.of('metrics')?.disk).toBe(2);
+    expect(counters.of('state')?.coalesced).toBe(1);
+    expect(rows().filter((r) => r.startsWith('metrics:'))).toHaveLength(1);
   });
 
   it('below the disk watermark refuses, unless a channel that drops at the disk limit makes room', () => {
