@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Parking } from '../../src/outbox/parking.js';
+import { captureLogger } from '../helpers/logger.js';
 import { outboxParts } from '../helpers/outbox-parts.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -12,8 +13,8 @@ afterEach(() => {
   dirs.cleanup();
 });
 
-function parking(maxParked = 10) {
-  const p = outboxParts(dirs.make());
+function parking(maxParked = 10, logger = captureLogger().logger) {
+  const p = outboxParts(dirs.make(), { logger });
   open.push(p.store);
   const k = new Parking({ ...p, maxParked });
   const insert = (id: string, channel = 'telemetry', expiresAt: number | null = null) => {
@@ -73,6 +74,20 @@ describe('parking', () => {
     expect(counters.parkedTotal()).toBe(0);
     expect(counters.of('telemetry')?.parked).toBe(3);
     expect(counters.of('telemetry')?.purged).toBe(3);
+  });
+
+  it("says in the log what an operator's retry and purge did: asked for, and done", () => {
+    const cap = captureLogger();
+    const { k, insert } = parking(10, cap.logger);
+    for (const id of ['a', 'b', 'c']) insert(id);
+    k.park(['a', 'b', 'c'], 'bad');
+    k.retry(['a', 'nope']);
+    k.purge();
+    const lines = cap.records().filter((r) => /^(requeued|purged) /.test(String(r.msg)));
+    expect(lines).toEqual([
+      expect.objectContaining({ asked: 2, requeued: 1, msg: 'requeued 1 parked outbox message(s)' }),
+      expect.objectContaining({ asked: 2, purged: 2, msg: 'purged 2 parked outbox message(s): counted as dropped (purged)' }),
+    ]);
   });
 
   it('keeps at most maxParked: the oldest parked give way, counted as parkedLimit drops', () => {
