@@ -13,7 +13,7 @@ afterEach(() => dirs.cleanup());
 
 const MiB = 1_048_576;
 
-function watermark(o: { minFreeBytes?: number; freelist?: number; walBudget?: number } = {}) {
+function watermark(o: { minFreeBytes?: number; freelist?: number; walBudget?: number; checkpointFails?: boolean } = {}) {
   const dir = dirs.make();
   const path = join(dir, 'agent.db');
   const clock = new FakeClock();
@@ -27,6 +27,7 @@ function watermark(o: { minFreeBytes?: number; freelist?: number; walBudget?: nu
   const db = {
     pragma: (sql: string) => {
       pragmas.push(sql);
+      if (sql === 'wal_checkpoint(TRUNCATE)' && o.checkpointFails) throw new Error('database table is locked');
       if (sql === 'wal_checkpoint(TRUNCATE)') writeFileSync(`${path}-wal`, '');
       return o.freelist ?? 0;
     },
@@ -48,7 +49,7 @@ function watermark(o: { minFreeBytes?: number; freelist?: number; walBudget?: nu
       return fs.free;
     },
   });
-  return { disk, fs, clock, logged, pragmas, path, dir };
+  return { disk, fs, clock, logged, pragmas, path, dir, records };
 }
 
 describe('disk watermark', () => {
@@ -122,6 +123,21 @@ describe('disk watermark', () => {
     roomy.disk.check();
     roomy.disk.afterWrite();
     expect(roomy.pragmas).not.toContain('wal_checkpoint(TRUNCATE)');
+  });
+
+  it('a checkpoint that fails frees nothing, says why at debug level, and does not force a new reading', () => {
+    const { disk, fs, path, records } = watermark({ checkpointFails: true });
+    disk.check();
+    writeFileSync(`${path}-wal`, Buffer.alloc(100));
+    expect(disk.reclaimWal()).toBe(false);
+    expect(records().filter((l) => l.msg === 'outbox: WAL checkpoint failed')).toEqual([expect.objectContaining({ level: 20, err: 'database table is locked' })]);
+    disk.check();
+    expect(fs.reads).toBe(1);
+  });
+
+  it("knows a full disk by SQLite's code whatever the message says", () => {
+    expect(isDiskFull(Object.assign(new Error('disk I/O error'), { code: 'SQLITE_FULL' }))).toBe(true);
+    expect(isDiskFull(Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR' }))).toBe(false);
   });
 
   it('turns a full-disk write error into OUTBOX_DISK_FULL and reads again at the next check', () => {
