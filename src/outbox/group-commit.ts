@@ -86,7 +86,9 @@ export class GroupCommit<M> {
       // Full batch: commit now, unless called inside someone's transaction on this connection (the
       // commit would become a savepoint of theirs and resolve before it is durable).
       if (!this.o.inTransaction()) this.flush();
+      // Stryker disable next-line ConditionalExpression,BooleanLiteral: equivalent: a second queued flush finds the batch taken and returns
       else if (!this.commitQueued) {
+        // Stryker disable next-line BooleanLiteral: equivalent: as above
         this.commitQueued = true;
         queueMicrotask(() => this.flush());
       }
@@ -119,6 +121,7 @@ export class GroupCommit<M> {
    */
   private readonly onIdle = (): void => {
     this.cancelIdle = undefined;
+    // Stryker disable next-line ConditionalExpression: equivalent: flush() returns at once on an empty batch
     if (this.pending.length === 0) return;
     if (this.windowMs === 0 || (this.lastBatchCalls >= 2 && this.pending.length >= this.lastBatchCalls)) this.flush();
   };
