@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { afterEach } from 'vitest';
 import { ChannelPolicies } from '../../src/outbox/channel-policies.js';
 import { OutboxCounters } from '../../src/outbox/counters.js';
 import { DiskWatermark } from '../../src/outbox/disk-watermark.js';
@@ -15,6 +16,7 @@ import { FakeClock } from './fake-clock.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import type { Logger } from '../../src/util/logger.js';
 import { silentLogger } from './logger.js';
+import { tempDirs } from './tmp.js';
 
 export interface PartsOptions {
   limits?: { maxCount: number; maxBytes: number };
@@ -69,3 +71,21 @@ export function outboxParts(dir: string, o: PartsOptions = {}) {
 }
 
 export type OutboxParts = ReturnType<typeof outboxParts>;
+
+/**
+ * For a test file: `fresh(o)` gives parts on a temp dir of their own; after each test their stores
+ * are closed and the dirs removed.
+ */
+export function partsPerTest(): (o?: PartsOptions) => OutboxParts {
+  const dirs = tempDirs();
+  const open: { close: () => void }[] = [];
+  afterEach(() => {
+    for (const s of open.splice(0)) s.close();
+    dirs.cleanup();
+  });
+  return (o = {}) => {
+    const p = outboxParts(dirs.make(), o);
+    open.push(p.store);
+    return p;
+  };
+}

@@ -1,22 +1,15 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Acks } from '../../src/outbox/ack.js';
 import { captureLogger } from '../helpers/logger.js';
-import { outboxParts } from '../helpers/outbox-parts.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { partsPerTest } from '../helpers/outbox-parts.js';
 
 /** Acknowledgement alone: leased rows deleted in one statement, others one by one, counted as delivered. */
 
-const dirs = tempDirs();
-const open: { close: () => void }[] = [];
-afterEach(() => {
-  for (const s of open.splice(0)) s.close();
-  dirs.cleanup();
-});
+const freshParts = partsPerTest();
 
 function acks(durability: 'power-loss' | 'process-crash' = 'process-crash') {
   const cap = captureLogger();
-  const p = outboxParts(dirs.make(), { logger: cap.logger });
-  open.push(p.store);
+  const p = freshParts({ logger: cap.logger });
   const a = new Acks({ ...p, durability });
   const insert = (id: string, lease = true) => {
     const seq = Number(p.q.insert.run(id, 'telemetry', 20, 1, null, null, 0, 1, '1').lastInsertRowid);

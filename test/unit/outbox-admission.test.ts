@@ -1,21 +1,14 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Admission } from '../../src/outbox/admission.js';
 import { OutboxError, type EnqueueMessage } from '../../src/outbox/types.js';
-import { outboxParts, type PartsOptions } from '../helpers/outbox-parts.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { partsPerTest, type PartsOptions } from '../helpers/outbox-parts.js';
 
 /** Admission alone (no group commit, no front): what fits, what gives way, what is refused and leaves everything as it was. */
 
-const dirs = tempDirs();
-const open: { close: () => void }[] = [];
-afterEach(() => {
-  for (const s of open.splice(0)) s.close();
-  dirs.cleanup();
-});
+const freshParts = partsPerTest();
 
 function admission(o: PartsOptions = {}) {
-  const p = outboxParts(dirs.make(), o);
-  open.push(p.store);
+  const p = freshParts(o);
   const a = new Admission(p);
   const admit = (m: EnqueueMessage) => a.admit(p.prepare(m));
   return { ...p, a, admit };
@@ -23,8 +16,7 @@ function admission(o: PartsOptions = {}) {
 
 /** The stored size of a message, as admission counts it. */
 function prepare0(m: EnqueueMessage): number {
-  const p = outboxParts(dirs.make());
-  open.push(p.store);
+  const p = freshParts();
   return p.prepare(m).enc.bytes;
 }
 

@@ -1,19 +1,12 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { outboxParts } from '../helpers/outbox-parts.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { describe, expect, it } from 'vitest';
+import { partsPerTest } from '../helpers/outbox-parts.js';
 
 /** Expiry alone: messages past their TTL go (counted, leases ended), and the check is free until the earliest expiry. */
 
-const dirs = tempDirs();
-const open: { close: () => void }[] = [];
-afterEach(() => {
-  for (const s of open.splice(0)) s.close();
-  dirs.cleanup();
-});
+const freshParts = partsPerTest();
 
 function parts() {
-  const p = outboxParts(dirs.make());
-  open.push(p.store);
+  const p = freshParts();
   const insert = (id: string, expiresAt: number | null) => {
     const seq = Number(p.q.insert.run(id, 'telemetry', 20, 1, expiresAt, null, 0, 1, JSON.stringify(id)).lastInsertRowid);
     p.lanes.add('telemetry', 20, 1, 1, seq);

@@ -1,21 +1,14 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Parking } from '../../src/outbox/parking.js';
 import { captureLogger } from '../helpers/logger.js';
-import { outboxParts } from '../helpers/outbox-parts.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { partsPerTest } from '../helpers/outbox-parts.js';
 
 /** The parked table alone: park, list, retry at the end of the queue, purge, and the cap. */
 
-const dirs = tempDirs();
-const open: { close: () => void }[] = [];
-afterEach(() => {
-  for (const s of open.splice(0)) s.close();
-  dirs.cleanup();
-});
+const freshParts = partsPerTest();
 
 function parking(maxParked = 10, logger = captureLogger().logger) {
-  const p = outboxParts(dirs.make(), { logger });
-  open.push(p.store);
+  const p = freshParts({ logger });
   const k = new Parking({ ...p, maxParked });
   const insert = (id: string, channel = 'telemetry', expiresAt: number | null = null) => {
     const seq = Number(p.q.insert.run(id, channel, 20, 1, expiresAt, null, 0, 1, JSON.stringify(id)).lastInsertRowid);

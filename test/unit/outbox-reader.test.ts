@@ -1,20 +1,13 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Reader } from '../../src/outbox/reader.js';
-import { outboxParts } from '../helpers/outbox-parts.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { partsPerTest } from '../helpers/outbox-parts.js';
 
 /** The reader alone: delivery order, byte bounds, leases taken and skipped, undecodable rows handed back. */
 
-const dirs = tempDirs();
-const open: { close: () => void }[] = [];
-afterEach(() => {
-  for (const s of open.splice(0)) s.close();
-  dirs.cleanup();
-});
+const freshParts = partsPerTest();
 
 function reader() {
-  const p = outboxParts(dirs.make());
-  open.push(p.store);
+  const p = freshParts();
   const r = new Reader(p);
   const insert = (id: string, channel: string, priority: number, payload: string = JSON.stringify(id)) => {
     const seq = p.q.insert.run(id, channel, priority, 1, null, null, 0, payload.length, payload).lastInsertRowid;

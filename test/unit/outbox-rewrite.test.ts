@@ -1,20 +1,13 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Rewriter } from '../../src/outbox/rewrite.js';
-import { outboxParts } from '../helpers/outbox-parts.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { partsPerTest } from '../helpers/outbox-parts.js';
 
 /** The rewriter alone: payloads replaced in place under new ids, messages merged away, in-flight ones untouched. */
 
-const dirs = tempDirs();
-const open: { close: () => void }[] = [];
-afterEach(() => {
-  for (const s of open.splice(0)) s.close();
-  dirs.cleanup();
-});
+const freshParts = partsPerTest();
 
 function rewriter() {
-  const p = outboxParts(dirs.make());
-  open.push(p.store);
+  const p = freshParts();
   const w = new Rewriter({ ...p, compressAboveBytes: 1024 });
   const insert = (id: string, channel = 'metrics') => {
     const payload = JSON.stringify(id);

@@ -1,25 +1,18 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { recoverOutbox } from '../../src/outbox/recovery.js';
 import { durabilityOf, outboxStats } from '../../src/outbox/stats.js';
 import { captureLogger } from '../helpers/logger.js';
-import { outboxParts } from '../helpers/outbox-parts.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { partsPerTest } from '../helpers/outbox-parts.js';
 
 /** Stats from the ledger alone, and the ledger recovered from the database at open. */
 
-const dirs = tempDirs();
-const open: { close: () => void }[] = [];
-afterEach(() => {
-  for (const s of open.splice(0)) s.close();
-  dirs.cleanup();
-});
+const freshParts = partsPerTest();
 
 const totals = { commits: 3, pending: 1, durability: 'power-loss' as const, disk: { freeBytes: null, minFreeBytes: 0, low: false } };
 
 describe('outbox stats', () => {
   it('sum per channel and in total: depth, bytes, age of the oldest, leases, counters, configured channels', async () => {
-    const p = outboxParts(dirs.make(), { channels: { quiet: {} } });
-    open.push(p.store);
+    const p = freshParts({ channels: { quiet: {} } });
     const t0 = p.clock.now();
     p.lanes.add('telemetry', 20, 10, t0, 1);
     p.lanes.add('events', 50, 5, t0 + 500, 2);
@@ -45,8 +38,7 @@ describe('outbox stats', () => {
 
 describe('outbox recovery', () => {
   it('rebuilds the ledger, counters, parked counts and next expiry from the database, and says what it holds', async () => {
-    const p = outboxParts(dirs.make());
-    open.push(p.store);
+    const p = freshParts();
     const now = p.clock.now();
     p.q.insert.run('a', 'telemetry', 20, now, now + 10, null, 0, 4, '"aa"');
     p.q.insert.run('b', 'telemetry', 20, now, null, null, 0, 6, '"bbbb"');

@@ -1,20 +1,13 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { OutboxError } from '../../src/outbox/types.js';
-import { outboxParts } from '../helpers/outbox-parts.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { partsPerTest } from '../helpers/outbox-parts.js';
 
 /** The transactor alone: rows, ledger and counters commit together or not at all; errors become OutboxErrors. */
 
-const dirs = tempDirs();
-const open: { close: () => void }[] = [];
-afterEach(() => {
-  for (const s of open.splice(0)) s.close();
-  dirs.cleanup();
-});
+const freshParts = partsPerTest();
 
 function parts() {
-  const p = outboxParts(dirs.make());
-  open.push(p.store);
+  const p = freshParts();
   const insert = (id: string) => {
     const seq = p.q.insert.run(id, 'telemetry', 20, 1, null, null, 0, 1, '1').lastInsertRowid;
     p.lanes.add('telemetry', 20, 1, 1, seq);
