@@ -1,4 +1,4 @@
-import { connect } from 'mqtt';
+import { connectAsync } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
@@ -222,13 +222,11 @@ describe('telemetry over MQTT', () => {
   it('takes QoS 1 publishes of local apps on the local broker only once durable, and delivers them to the broker', async () => {
     const { agent, uuid } = await agentFor({ mqtt: { url: broker.url, keepAliveSeconds: 10 }, features: { metrics: false, localBroker: true }, localBroker: { port: 0 } });
     const started = await waitFor('the local broker', () => agent.records().find((r) => r.msg === 'local MQTT broker listening for local apps'));
-    const local = connect(`mqtt://127.0.0.1:${String(started.port)}`, { protocolVersion: 4, reconnectPeriod: 0 });
+    // connectAsync listens from the first moment: a CONNACK that comes while the observer below
+    // connects is not missed (a 'connect' listener added after that wait never fired).
+    const local = await connectAsync(`mqtt://127.0.0.1:${String(started.port)}`, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000 });
     const watcher = await observe(broker.url, `iot/${uuid}/telemetry/#`);
     try {
-      await new Promise<void>((resolve, reject) => {
-        local.once('connect', () => resolve());
-        local.once('error', reject);
-      });
       await local.publishAsync('local/telemetry/flow', JSON.stringify({ lpm: 12.5 }), { qos: 1 });
       // The PUBACK came: the message is in the outbox on disk, or already delivered from it.
       const q = (await agent.get('/v2/queue')).body as { channels: Record<string, { depth: number; delivered: number }> };
@@ -237,8 +235,7 @@ describe('telemetry over MQTT', () => {
       const got = watcher.received.find((m) => m.topic === `iot/${uuid}/telemetry/flow`);
       expect(JSON.parse(got?.payload ?? '{}')).toMatchObject({ payload: { lpm: 12.5 } });
       // A local app cannot publish as the device.
-      const rogue = connect(`mqtt://127.0.0.1:${String(started.port)}`, { protocolVersion: 4, reconnectPeriod: 0 });
-      await new Promise<void>((resolve) => rogue.once('connect', () => resolve()));
+      const rogue = await connectAsync(`mqtt://127.0.0.1:${String(started.port)}`, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000 });
       const closed = new Promise<void>((resolve) => rogue.once('close', () => resolve()));
       rogue.publish(`iot/${uuid}/telemetry/flow`, '{}', { qos: 1 });
       await closed;
