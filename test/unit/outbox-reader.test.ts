@@ -35,7 +35,7 @@ describe('reader', () => {
     insert('b', 'telemetry', 20, '"bb"');
     expect(ids(r.peek({ maxCount: 10, maxBytes: 5, lease: false }).batch)).toEqual(['a']);
     expect(ids(r.peek({ maxCount: 10, maxBytes: 14, lease: false }).batch)).toEqual(['a', 'b']);
-    expect(r.peek({ maxCount: 0 }).batch).toEqual([]);
+    expect(r.peek({ maxCount: 0 })).toEqual({ batch: [], undecodable: [] });
   });
 
   it('leases what it returns and skips leased and excluded messages the next time', () => {
@@ -57,6 +57,22 @@ describe('reader', () => {
     expect(ids(r.peek({ maxCount: 1, excludeIds: ['b'] }).batch)).toEqual(['d']);
     // Without the exclusion b is due: nothing may have moved the lane's start past it.
     expect(ids(r.peek({ maxCount: 10 }).batch)).toEqual(['b']);
+  });
+
+  it('finds the next message behind many excluded ones, read in chunks, in one lane or several', () => {
+    const { r, insert, db } = reader();
+    // More exclusions than the batch is long (a flusher with many messages in flight) and more rows
+    // than one chunk: the scan goes on, chunk after chunk, to the first message it may take.
+    db.transaction(() => {
+      for (let i = 0; i < 700; i++) {
+        insert(`t${i}`, 'telemetry', 20);
+        if (i === 300) insert('l0', 'logs', 20);
+      }
+    })();
+    const inFlight = Array.from({ length: 600 }, (_, i) => `t${i}`);
+    expect(ids(r.peek({ maxCount: 1, lease: false, channels: ['telemetry'], excludeIds: inFlight }).batch)).toEqual(['t600']);
+    expect(ids(r.peek({ maxCount: 2, lease: false, excludeIds: inFlight }).batch)).toEqual(['l0', 't600']);
+    expect(ids(r.peek({ maxCount: 1, lease: false, excludeIds: inFlight.slice(0, 20) }).batch)).toEqual(['t20']);
   });
 
   it('hands back the ids whose payload cannot be decoded, and leases none of them', () => {
