@@ -111,6 +111,28 @@ describe('admission', () => {
     expect(rows().filter((r) => r.startsWith('metrics:'))).toHaveLength(1);
   });
 
+  it('between two readings of free space, counts what the queue grew by: a replacement of the same size adds nothing', () => {
+    const min = 10_000;
+    let free = 1 << 40;
+    const { admit, disk, prepare } = admission({ minFreeBytes: min, freeBytes: () => free, onLimit: { disk: 'refuse' } });
+    const b = prepare({ channel: 'state', payload: 'p'.repeat(1_000), coalesceKey: 'k' }).enc.bytes;
+    // A reading adds the WAL and SQLite's free pages to the filesystem's free bytes: aim past them.
+    free = 0;
+    disk.check();
+    free = min + Math.floor(2.5 * b) - (disk.free ?? 0);
+    disk.check();
+    expect(disk.free).toBe(min + Math.floor(2.5 * b));
+    // The first takes b; each replacement frees what it takes: the disk is not low after five.
+    for (let i = 0; i < 5; i++) expect(admit({ channel: 'state', payload: String(i).repeat(1_000), coalesceKey: 'k' })).toEqual({ id: expect.any(String) });
+    expect(disk.low).toBe(false);
+    // Two new ones grow the queue by 2b more: 3b is past what was free above the watermark.
+    admit({ channel: 'events', payload: 'e'.repeat(1_000) });
+    expect(disk.low).toBe(false);
+    admit({ channel: 'events', payload: 'f'.repeat(1_000) });
+    expect(disk.low).toBe(true);
+    expect((admit({ channel: 'events', payload: 'g'.repeat(1_000) }) as OutboxError).code).toBe('OUTBOX_DISK_LOW');
+  });
+
   it('below the disk watermark refuses, unless a channel that drops at the disk limit makes room', () => {
     let free = 1 << 40;
     const { admit, rows, disk, counters } = admission({ freeBytes: () => free, onLimit: { disk: 'refuse' }, channels: { metrics: { onLimit: { disk: 'drop-oldest' } } } });

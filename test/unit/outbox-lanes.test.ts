@@ -33,6 +33,16 @@ describe('lanes', () => {
     expect(lanes.nonEmpty().map((l) => l.channel)).toEqual(['telemetry', 'telemetry']);
   });
 
+  it('keep apart a channel whose name ends in digits from another one at a different priority', () => {
+    const { lanes } = ledger();
+    // "metrics1" at 0 and "metrics" at 10 must not share a lane (their names and priorities run together).
+    lanes.add('metrics1', 0, 7, 1_000, 1);
+    lanes.add('metrics', 10, 5, 1_000, 2);
+    expect(laneOf(lanes, 'metrics1', 0)).toMatchObject({ count: 1, bytes: 7 });
+    expect(laneOf(lanes, 'metrics', 10)).toMatchObject({ count: 1, bytes: 5 });
+    expect(lanes.nonEmpty()).toHaveLength(2);
+  });
+
   it('know the oldest of a lane from its first insert, and probe once for it after its first row left', () => {
     const { lanes, probes } = ledger(() => 2_000);
     lanes.add('telemetry', 20, 1, 1_000, 1);
