@@ -59,7 +59,7 @@ interface Harness {
   puback(messageId: number, reasonCode?: number, reasonString?: string): void;
 }
 
-function harness(opts: { maxInflight?: number; path?: string } = {}): Harness {
+function harness(opts: { maxInflight?: number; path?: string; onStoreError?: (message: string) => void } = {}): Harness {
   const store = openStore(opts.path ?? join(dirs.make(), 'agent.db'));
   opened.push(store);
   const marks: string[] = [];
@@ -70,6 +70,7 @@ function harness(opts: { maxInflight?: number; path?: string } = {}): Harness {
     monitor: { markSuccess: (channel, operation) => void marks.push(`${channel}:${operation}`), channelStatus: () => 'online' },
     clock: new FakeClock(),
     logger: silentLogger(),
+    ...(opts.onStoreError ? { onStoreError: opts.onStoreError } : {}),
   });
   const outcomes = new Map<string, PublishOutcome>();
   return {
@@ -182,7 +183,7 @@ describe('PublishWindow: PUBACKs and outcomes', () => {
     const link = fakeLink(h.window);
     h.window.setBrokerLimits({ maximumPacketSize: 100 });
     h.window.attach(link);
-    expect(await h.publish(msg('bad', { topic: 'iot/d/+' }))).toMatchObject({ ok: false, permanent: true, reasonCode: 0x90 });
+    expect(await h.publish(msg('bad', { topic: 'iot/d/+' }))).toMatchObject({ ok: false, permanent: true, reasonCode: 0x90, reason: expect.stringMatching(/^topic name invalid: ./) });
     const big = msg('big', { payload: 'x'.repeat(100) });
     expect(await h.publish(big)).toMatchObject({ ok: false, permanent: true, reasonCode: 0x95 });
     const fits = msg('fits', { payload: 'x'.repeat(100 - publishPacketSize({ topic: 'iot/d/events', payload: Buffer.alloc(0) }, 5)) });
@@ -283,6 +284,38 @@ describe('PublishWindow: waiters across disconnects and at stop', () => {
     h.puback(1);
     await settle();
     expect(link.sent).toHaveLength(1);
+  });
+
+  it('answers a caller whose signal is already aborted at once, and sends nothing for it', async () => {
+    const h = harness();
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    const ctl = new AbortController();
+    ctl.abort();
+    expect(await h.publish(msg('late', { signal: ctl.signal }))).toEqual({ ok: false, permanent: false, reason: 'aborted' });
+    await settle();
+    expect(link.sent).toEqual([]);
+    expect(h.window.counts()).toMatchObject({ inflight: 0, queued: 0 });
+  });
+
+  it('fails the messages whose send could not be written to the database, says why, and goes on with the next', async () => {
+    const errors: string[] = [];
+    const h = harness({ maxInflight: 1, onStoreError: (m) => void errors.push(m) });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    h.store.db.exec("CREATE TEMP TRIGGER full_disk BEFORE INSERT ON mqtt_inflight BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;");
+    // Not held by the caller (a message of the session's own): the window writes it to the database.
+    const failed = h.publish(msg('first', { heldByCaller: false }));
+    const second = h.publish(msg('second', { heldByCaller: false }));
+    expect(await failed).toEqual({ ok: false, permanent: false, reason: expect.stringMatching(/could not write MQTT outgoing packets to the database: database or disk is full/) });
+    expect(errors).toEqual([expect.stringMatching(/database or disk is full/)]);
+    // Its in-flight slot is free again: the next message is sent.
+    h.store.db.exec('DROP TRIGGER full_disk');
+    await settle();
+    expect(link.sent.map((s) => JSON.parse(s.payload).id)).toEqual(['first', 'second']);
+    h.puback(link.sent[1]!.messageId);
+    expect(await second).toMatchObject({ ok: true });
+    await settle();
   });
 
   it('sends the message sent ahead before the queue, and a newer one supersedes it while it waits', async () => {
