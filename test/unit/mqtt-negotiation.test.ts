@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { classifyRefusal, PROTOCOL_KV_KEY, ProtocolNegotiator, RETRY_MQTT5_AFTER_CLOSES_MS, RETRY_MQTT5_AFTER_MS, type ProtocolSetting } from '../../src/mqtt/negotiation.js';
 import { FakeClock } from '../helpers/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
+import { captureLogger } from '../helpers/logger.js';
 
 const BROKER = 'mqtt://broker.example.test:1883';
 
@@ -57,6 +58,7 @@ describe('ProtocolNegotiator', () => {
     expect(known.version()).toBe(5);
     // Also after a restart: the store says this broker speaks MQTT 5.
     const restarted = negotiator('auto', kv);
+    expect(restarted.version()).toBe(5);
     for (let i = 0; i < 5; i++) expect(restarted.refused(5, 'protocol', undefined)).toBe(false);
     // An explicit "unsupported" still counts (the broker was replaced by an older one).
     expect(restarted.refused(5, 'protocol', 0x84)).toBe(true);
@@ -128,6 +130,35 @@ describe('ProtocolNegotiator', () => {
     expect(negotiator('auto', kv, clock).version()).toBe(5);
   });
 
+  it('keeps its result under the key "mqtt.protocol", which an upgraded agent reads back', () => {
+    const kv = kvStore();
+    negotiator('auto', kv).accepted(5);
+    expect([...kv.data.keys()]).toEqual(['mqtt.protocol']);
+  });
+
+  it('a stored 3.1.1 result, once stale, is no sign that the broker speaks MQTT 5: two closes fall back again', async () => {
+    const kv = kvStore();
+    const clock = new FakeClock();
+    const first = negotiator('auto', kv, clock);
+    first.refused(5, 'protocol', 1);
+    first.accepted(4);
+    await clock.advance(RETRY_MQTT5_AFTER_MS);
+    const restarted = negotiator('auto', kv, clock);
+    expect(restarted.version()).toBe(5);
+    expect(restarted.refused(5, 'protocol', undefined)).toBe(false);
+    expect(restarted.refused(5, 'protocol', undefined)).toBe(true);
+    expect(restarted.version()).toBe(4);
+  });
+
+  it('4 or 5 forced: a stored result of auto is not read', () => {
+    const kv = kvStore();
+    const auto = negotiator('auto', kv);
+    auto.refused(5, 'protocol', 0x84);
+    auto.accepted(4);
+    expect(negotiator(5, kv).version()).toBe(5);
+    expect(negotiator(5, kv).info()).toEqual({ setting: 5, version: 5, negotiated: false });
+  });
+
   it('4 or 5 forced: never falls back and stores nothing', () => {
     for (const v of [4, 5] as const) {
       const kv = kvStore();
@@ -148,7 +179,7 @@ describe('ProtocolNegotiator', () => {
     expect(n.version()).toBe(5);
   });
 
-  it('a store that cannot be read or written does not stop negotiation', () => {
+  it('a store that cannot be read or written does not stop negotiation, and says so', async () => {
     const broken = {
       getKv: () => {
         throw new Error('SQLITE_CORRUPT');
@@ -157,10 +188,15 @@ describe('ProtocolNegotiator', () => {
         throw new Error('SQLITE_FULL');
       },
     };
-    const n = new ProtocolNegotiator({ setting: 'auto', broker: BROKER, kv: broken, clock: new FakeClock(), logger: createLogger({ level: 'silent', destination: process.stderr }) });
+    const cap = captureLogger('warn');
+    const n = new ProtocolNegotiator({ setting: 'auto', broker: BROKER, kv: broken, clock: new FakeClock(), logger: cap.logger });
     expect(n.version()).toBe(5);
     expect(n.refused(5, 'protocol', 0x84)).toBe(true);
     expect(() => n.accepted(4)).not.toThrow();
     expect(n.info().negotiated).toBe(true);
+    await new Promise((r) => setImmediate(r));
+    const warnings = cap.records().map((r) => [r.msg, r.err]);
+    expect(warnings).toContainEqual(['mqtt: could not read the negotiated protocol version; trying MQTT 5', 'Error: SQLITE_CORRUPT']);
+    expect(warnings).toContainEqual(['mqtt: could not store the negotiated protocol version', 'Error: SQLITE_FULL']);
   });
 });
