@@ -109,6 +109,39 @@ describe('SqliteMqttStore (the mqtt.js store in the agent database)', () => {
     again.close();
   });
 
+  it('deletes from the disk a packet it read back after a restart, once the broker acknowledged it', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const first = openStore(path);
+    await put(new SqliteMqttStore(first.db, 'outgoing', { clock }), publish(4));
+    first.close();
+    const second = openStore(path);
+    const s = new SqliteMqttStore(second.db, 'outgoing', { clock });
+    await del(s, 4);
+    s.flush();
+    second.close();
+    expect(rowsOf(path)).toEqual([]);
+  });
+
+  it('matches each of several deferred tags of one topic to its own put, in any order', async () => {
+    const store = openStore(join(dirs.make(), 'agent.db'));
+    const stored: Array<[string, number]> = [];
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock, onStored: (tag, id) => stored.push([tag.id, id]) });
+    // mqtt.js holds new publishes while it re-sends stored ones: three tags before the first put.
+    for (const id of ['a', 'b', 'c']) s.tag({ id, topic: 'iot/d/events', payload: Buffer.from(id), held: false });
+    for (const [messageId, id] of [[11, 'a'], [13, 'c'], [12, 'b']] as const) await put(s, publish(messageId, { payload: Buffer.from(id) }));
+    expect(stored).toEqual([['a', 11], ['c', 13], ['b', 12]]);
+    store.close();
+  });
+
+  it('refuses a packet without a valid message id, naming its kind and the id', async () => {
+    const store = openStore(join(dirs.make(), 'agent.db'));
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
+    await expect(put(s, { cmd: 'pubrel' } as Packet)).rejects.toThrow('cannot store a pubrel packet without a message id (got undefined)');
+    await expect(put(s, publish(70_000))).rejects.toMatchObject({ code: 'MQTT_STORE_INVALID_PACKET', message: 'cannot store a publish packet without a message id (got 70000)' });
+    expect(s.size).toBe(0);
+    store.close();
+  });
+
   it('keeps a held publish in memory only: re-sent by the next client of this process, gone after a reopen, never written', async () => {
     const path = join(dirs.make(), 'agent.db');
     const store = openStore(path);
@@ -147,6 +180,55 @@ describe('SqliteMqttStore (the mqtt.js store in the agent database)', () => {
     await put(s, publish(1));
     expect(rowsOf(path).map((r) => r.message_id)).toEqual([1]); // committed: another connection sees it
     expect(store.db.pragma('synchronous', { simple: true })).toBe(2);
+    store.close();
+  });
+
+  it("lowers synchronous to NORMAL for its own commits only with durability 'process' on a FULL connection, outside a transaction", async () => {
+    const path = join(dirs.make(), 'agent.db');
+    openStore(path).close();
+    /** The statements the connection ran (better-sqlite3's verbose hook), reduced to the pragmas and the insert. */
+    const traced = (synchronous: string) => {
+      const ran: string[] = [];
+      const db = new BetterSqlite3(path, { verbose: (sql) => void ran.push(String(sql)) });
+      db.pragma(`synchronous = ${synchronous}`);
+      ran.length = 0;
+      const steps = (): string[] => ran.filter((q) => /^PRAGMA synchronous|^INSERT/.test(q)).map((q) => (q.startsWith('INSERT') ? 'INSERT' : q));
+      return { db, steps };
+    };
+    const full = traced('FULL');
+    let n = 0;
+    const processStore = new SqliteMqttStore(full.db, 'outgoing', { clock, durability: 'process' });
+    full.steps(); // the constructor reads the level
+    await put(processStore, publish(++n));
+    expect(full.steps().slice(-3)).toEqual(['PRAGMA synchronous = NORMAL', 'INSERT', 'PRAGMA synchronous = 2']);
+    expect(full.db.pragma('synchronous', { simple: true })).toBe(2);
+    // Inside a caller's transaction the level cannot change: the commit is theirs.
+    const before = full.steps().length;
+    full.db.transaction(() => {
+      processStore.put(publish(++n), () => undefined);
+      processStore.flush();
+    })();
+    expect(full.steps().slice(before)).toEqual(['INSERT']);
+    full.db.close();
+
+    for (const [synchronous, durability] of [['FULL', 'database'], ['NORMAL', 'process']] as const) {
+      const t = traced(synchronous);
+      const store = new SqliteMqttStore(t.db, 'outgoing', { clock, durability });
+      const start = t.steps().length;
+      await put(store, publish(++n));
+      expect(t.steps().slice(start)).toEqual(['INSERT']);
+      t.db.close();
+    }
+  });
+
+  it('keeps a plain publish in its columns alone, with no JSON copy of them', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = openStore(path);
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
+    await put(s, { ...publish(1), length: 30 } as IPublishPacket);
+    await put(s, publish(2, { properties: { contentType: 'application/json' } }));
+    const fields = store.db.prepare('SELECT fields FROM mqtt_inflight ORDER BY seq').all() as Array<{ fields: string | null }>;
+    expect(fields.map((r) => r.fields)).toEqual([null, JSON.stringify({ properties: { contentType: 'application/json' } })]);
     store.close();
   });
 
