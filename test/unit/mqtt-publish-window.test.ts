@@ -99,9 +99,11 @@ describe('PublishWindow: the in-flight bound', () => {
     const h = harness({ maxInflight: 3 });
     const link = fakeLink(h.window);
     h.window.attach(link);
-    for (const id of ['a', 'b', 'c', 'd', 'e']) void h.publish(msg(id));
+    for (const id of ['a', 'b', 'c', 'd', 'e']) void h.publish(msg(id, id === 'b' ? { retain: true } : {}));
     await settle();
     expect(link.sent.map((s) => JSON.parse(s.payload).id)).toEqual(['a', 'b', 'c']);
+    // Retained only when asked.
+    expect(link.sent.map((s) => s.retain)).toEqual([false, true, false]);
     expect(h.window.counts()).toEqual({ inflight: 3, queued: 2, acknowledged: 0, rejected: 0 });
 
     h.puback(2);
@@ -284,6 +286,19 @@ describe('PublishWindow: waiters across disconnects and at stop', () => {
     h.puback(1);
     await settle();
     expect(link.sent).toHaveLength(1);
+  });
+
+  it('a late detach of an earlier connection leaves the current one in use', async () => {
+    const h = harness();
+    const old = fakeLink(h.window);
+    const current = fakeLink(h.window, 100);
+    h.window.attach(old);
+    h.window.attach(current);
+    h.window.detach(old);
+    void h.publish(msg('m'));
+    await settle();
+    expect(old.sent).toEqual([]);
+    expect(current.sent.map((s) => s.messageId)).toEqual([100]);
   });
 
   it('answers a caller whose signal is already aborted at once, and sends nothing for it', async () => {
