@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { PublishWindow, publishPacketSize, type PublishLink, type PublishOutcome, type PublishRequest } from '../../src/mqtt/publish-window.js';
 import type { Store } from '../../src/store/store.js';
 import { FakeClock } from '../helpers/fake-clock.js';
-import { silentLogger } from '../helpers/logger.js';
+import { captureLogger } from '../helpers/logger.js';
 import { openStore } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -51,7 +51,11 @@ function fakeLink(window: PublishWindow, firstId = 1): PublishLink & { sent: Sen
 interface Harness {
   window: PublishWindow;
   store: Store;
+  clock: FakeClock;
   marks: string[];
+  /** What the monitor answers for the channel's status. */
+  status: 'online' | 'degraded' | 'offline';
+  logged(): Record<string, unknown>[];
   /** Publishes `req` and records its outcome in `outcomes` under its id once it comes. */
   publish(req: PublishRequest): Promise<PublishOutcome>;
   outcomes: Map<string, PublishOutcome>;
@@ -63,20 +67,25 @@ function harness(opts: { maxInflight?: number; path?: string; onStoreError?: (me
   const store = openStore(opts.path ?? join(dirs.make(), 'agent.db'));
   opened.push(store);
   const marks: string[] = [];
+  const clock = new FakeClock();
+  const log = captureLogger('info');
   const window = new PublishWindow({
     db: store.db,
     maxInflight: opts.maxInflight ?? 10,
     durability: 'process',
-    monitor: { markSuccess: (channel, operation) => void marks.push(`${channel}:${operation}`), channelStatus: () => 'online' },
-    clock: new FakeClock(),
-    logger: silentLogger(),
+    monitor: { markSuccess: (channel, operation) => void marks.push(`${channel}:${operation}`), channelStatus: () => h.status },
+    clock,
+    logger: log.logger,
     ...(opts.onStoreError ? { onStoreError: opts.onStoreError } : {}),
   });
   const outcomes = new Map<string, PublishOutcome>();
-  return {
+  const h: Harness = {
     window,
     store,
+    clock,
     marks,
+    status: 'online',
+    logged: log.records,
     outcomes,
     publish: (req) =>
       new Promise((resolve) =>
@@ -90,6 +99,7 @@ function harness(opts: { maxInflight?: number; path?: string; onStoreError?: (me
       window.outgoing.del({ messageId }, () => undefined);
     },
   };
+  return h;
 }
 
 const msg = (id: string, extra: Partial<PublishRequest> = {}): PublishRequest => ({ id, topic: 'iot/d/events', payload: JSON.stringify({ id }), heldByCaller: true, ...extra });
@@ -160,10 +170,35 @@ describe('PublishWindow: PUBACKs and outcomes', () => {
     expect(m1).toEqual({ ok: true });
     expect(m2).toEqual({ ok: true });
     expect(m3).toEqual({ ok: false, permanent: false, reasonCode: 0x97, reason: 'Quota exceeded (0x97): slow down' });
-    expect(m4).toMatchObject({ ok: false, permanent: true, reasonCode: 0x87 });
+    expect(m4).toEqual({ ok: false, permanent: true, reasonCode: 0x87, reason: 'Not authorized (0x87)' });
     expect(h.window.counts()).toEqual({ inflight: 0, queued: 0, acknowledged: 2, rejected: 2 });
     // One success mark a second at most while the channel is online.
     expect(h.marks).toEqual(['mqtt:publish']);
+    await new Promise((r) => setImmediate(r));
+    expect(h.logged().filter((r) => r.level === 40)).toEqual([
+      expect.objectContaining({ id: 'm3', topic: 'iot/d/events', reasonCode: 0x97, permanent: false, msg: 'mqtt: the broker refused message m3 on iot/d/events: Quota exceeded (0x97): slow down' }),
+      expect.objectContaining({ id: 'm4', topic: 'iot/d/events', reasonCode: 0x87, permanent: true, msg: 'mqtt: the broker refused message m4 on iot/d/events: Not authorized (0x87)' }),
+    ]);
+  });
+
+  it('marks the link working at most once a second while online, and at every PUBACK while it is not', async () => {
+    const h = harness();
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    for (const id of ['a', 'b', 'c', 'd', 'e']) void h.publish(msg(id));
+    await settle();
+    h.puback(1);
+    await h.clock.advance(999);
+    h.puback(2);
+    expect(h.marks).toHaveLength(1);
+    await h.clock.advance(1);
+    h.puback(3);
+    expect(h.marks).toHaveLength(2);
+    // Degraded or offline: every answer from the broker counts toward coming back.
+    h.status = 'degraded';
+    h.puback(4);
+    h.puback(5);
+    expect(h.marks).toEqual(['mqtt:publish', 'mqtt:publish', 'mqtt:publish', 'mqtt:publish']);
   });
 
   it('classifies refusals by reason code: transient ones may be retried, the rest park the message', async () => {
