@@ -1,4 +1,4 @@
-import type { IClientPublishOptions, PacketCallback } from 'mqtt';
+import { ErrorWithReasonCode, type IClientPublishOptions, type PacketCallback } from 'mqtt';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PublishWindow, publishPacketSize, type PublishLink, type PublishOutcome, type PublishRequest } from '../../src/mqtt/publish-window.js';
@@ -162,6 +162,9 @@ describe('PublishWindow: PUBACKs and outcomes', () => {
     const idOf = (messageId: number): string => JSON.parse(link.sent.find((s) => s.messageId === messageId)!.payload).id;
     expect([1, 2, 3, 4].map(idOf)).toEqual(['m1', 'm2', 'm3', 'm4']);
 
+    // mqtt.js also hands a refusal to the publish's callback: an answer, not a broken link, in whichever order.
+    link.sent[2]!.callback?.(new ErrorWithReasonCode('Quota exceeded', 0x97));
+    expect(link.ready).toBe(true);
     h.puback(3, 0x97, 'slow down');
     h.puback(1);
     h.puback(4, 0x87);
@@ -222,7 +225,7 @@ describe('PublishWindow: PUBACKs and outcomes', () => {
     h.window.attach(link);
     expect(await h.publish(msg('bad', { topic: 'iot/d/+' }))).toMatchObject({ ok: false, permanent: true, reasonCode: 0x90, reason: expect.stringMatching(/^topic name invalid: ./) });
     const big = msg('big', { payload: 'x'.repeat(100) });
-    expect(await h.publish(big)).toMatchObject({ ok: false, permanent: true, reasonCode: 0x95 });
+    expect(await h.publish(big)).toEqual({ ok: false, permanent: true, reasonCode: 0x95, reason: `packet too large: ${publishPacketSize({ topic: 'iot/d/events', payload: Buffer.from(big.payload) }, 5)} bytes, the broker takes at most 100` });
     const fits = msg('fits', { payload: 'x'.repeat(100 - publishPacketSize({ topic: 'iot/d/events', payload: Buffer.alloc(0) }, 5)) });
     void h.publish(fits);
     await settle();
@@ -232,6 +235,7 @@ describe('PublishWindow: PUBACKs and outcomes', () => {
   it('joins a publish of an id on its way, and keeps an answer nobody waited for', async () => {
     const path = join(dirs.make(), 'agent.db');
     const before = harness({ path });
+    before.window.restore();
     const link = fakeLink(before.window);
     before.window.attach(link);
     // Not held by the caller: the in-flight table keeps it for the next run.
@@ -239,10 +243,15 @@ describe('PublishWindow: PUBACKs and outcomes', () => {
     await settle();
     before.window.outgoing.flush();
     opened.splice(0).forEach((s) => s.close());
+    // Nothing was left by a run before that one: nothing to say.
+    await new Promise((r) => setImmediate(r));
+    expect(before.logged()).toEqual([]);
 
     const after = harness({ path });
     after.window.restore();
     expect(after.window.counts()).toMatchObject({ inflight: 1, queued: 0 });
+    await new Promise((r) => setImmediate(r));
+    expect(after.logged().map((r) => [r.msg, r.count])).toEqual([['mqtt: 1 unacknowledged message(s) from the last run will be sent again', 1]]);
     // Re-sent by mqtt.js from the store and answered before the caller asked again.
     after.puback(1);
     const relink = fakeLink(after.window);
