@@ -133,6 +133,7 @@ export class ProtocolNegotiator {
   accepted(version: MqttVersion): void {
     const now = this.opts.clock.now();
     // Stored when decided, not at every connection: the day before MQTT 5 is tried again runs from the decision.
+    // Stryker disable next-line ConditionalExpression: equivalent: connections use version(), so a version other than current is accepted only after version() reset acceptedAt
     const news = this.acceptedAt === null || this.current !== version;
     this.current = version;
     if (news) this.acceptedAt = now;
@@ -140,6 +141,7 @@ export class ProtocolNegotiator {
     if (version === 5) this.spoke5 = true;
     if (this.opts.setting !== 'auto' || !news) return;
     try {
+      // Stryker disable next-line ConditionalExpression: equivalent: `inferred` of an MQTT 5 record is never read (it only shortens how long 3.1.1 is believed)
       const record: StoredProtocol = { version, at: now, broker: this.opts.broker, ...(version === 4 && this.inferred ? { inferred: true } : {}) };
       this.opts.kv.setKv(PROTOCOL_KV_KEY, record);
     } catch (err) {

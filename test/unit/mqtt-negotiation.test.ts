@@ -159,6 +159,64 @@ describe('ProtocolNegotiator', () => {
     expect(negotiator(5, kv).info()).toEqual({ setting: 5, version: 5, negotiated: false });
   });
 
+  it('says what it decides: each fallback with the broker\'s answer, each version accepted, each new try of MQTT 5', async () => {
+    const kv = kvStore();
+    const clock = new FakeClock();
+    const cap = captureLogger('info');
+    const make = (): ProtocolNegotiator => new ProtocolNegotiator({ setting: 'auto', broker: BROKER, kv, clock, logger: cap.logger });
+    const n = make();
+    n.refused(5, 'protocol', 1);
+    n.accepted(4);
+    n.accepted(4); // a reconnection: nothing new to say
+    await clock.advance(RETRY_MQTT5_AFTER_MS);
+    expect(n.version()).toBe(5);
+    n.refused(5, 'protocol', 0x84);
+    n.accepted(4);
+    await clock.advance(RETRY_MQTT5_AFTER_MS);
+    n.version();
+    n.accepted(5);
+    const closes = new ProtocolNegotiator({ setting: 'auto', broker: 'mqtt://closer.test:1883', kv: kvStore(), clock, logger: cap.logger });
+    closes.refused(5, 'protocol', undefined);
+    closes.refused(5, 'protocol', undefined);
+    closes.accepted(4);
+    await clock.advance(RETRY_MQTT5_AFTER_CLOSES_MS);
+    closes.version();
+    await new Promise((r) => setImmediate(r));
+    const accepted4 = 'mqtt: the broker speaks MQTT 3.1.1, not 5: using 3.1.1 (no session expiry, reason codes or Receive Maximum); MQTT 5 is tried again later (a day, an hour when the broker only closed the connection) or when mqtt.url changes';
+    expect(cap.records().map((r) => [r.level, r.msg, r.code ?? r.protocolVersion])).toEqual([
+      [30, 'mqtt: the broker answered unacceptable protocol version (0x01) to an MQTT 5 CONNECT; trying MQTT 3.1.1', 1],
+      [40, accepted4, 4],
+      [30, 'mqtt: trying MQTT 5 again (3.1.1 was negotiated a day ago)', undefined],
+      [30, 'mqtt: the broker answered Unsupported Protocol Version (0x84) to an MQTT 5 CONNECT; trying MQTT 3.1.1', 0x84],
+      [40, accepted4, 4],
+      [30, 'mqtt: trying MQTT 5 again (3.1.1 was negotiated a day ago)', undefined],
+      [30, 'mqtt: negotiated MQTT 5', 5],
+      [30, 'mqtt: the broker closed the connection before answering to an MQTT 5 CONNECT; trying MQTT 3.1.1', undefined],
+      [40, accepted4, 4],
+      [30, 'mqtt: trying MQTT 5 again (3.1.1 was negotiated an hour ago)', undefined],
+    ]);
+  });
+
+  it('a broker that once spoke 3.1.1 may still fall back after closes when MQTT 5 is tried again', async () => {
+    const clock = new FakeClock();
+    const n = negotiator('auto', kvStore(), clock);
+    n.refused(5, 'protocol', 1);
+    n.accepted(4);
+    await clock.advance(RETRY_MQTT5_AFTER_MS);
+    expect(n.version()).toBe(5);
+    expect(n.refused(5, 'protocol', undefined)).toBe(false);
+    expect(n.refused(5, 'protocol', undefined)).toBe(true);
+  });
+
+  it('trusts a stored 3.1.1 result from this very instant', () => {
+    const kv = kvStore();
+    const clock = new FakeClock();
+    const first = negotiator('auto', kv, clock);
+    first.refused(5, 'protocol', 1);
+    first.accepted(4);
+    expect(negotiator('auto', kv, clock).version()).toBe(4);
+  });
+
   it('4 or 5 forced: never falls back and stores nothing', () => {
     for (const v of [4, 5] as const) {
       const kv = kvStore();
@@ -171,6 +229,14 @@ describe('ProtocolNegotiator', () => {
       n.accepted(v);
       expect(kv.data.size).toBe(0);
     }
+  });
+
+  it('4 forced: stays on 3.1.1 however long it runs', async () => {
+    const clock = new FakeClock();
+    const n = negotiator(4, kvStore(), clock);
+    n.accepted(4);
+    await clock.advance(RETRY_MQTT5_AFTER_MS * 2);
+    expect(n.version()).toBe(4);
   });
 
   it('credentials refusals do not touch the version', () => {
