@@ -232,6 +232,87 @@ describe('SqliteMqttStore (the mqtt.js store in the agent database)', () => {
     store.close();
   });
 
+  it('takes message ids 1 to 65535 only', async () => {
+    const store = openStore(join(dirs.make(), 'agent.db'));
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
+    await put(s, publish(65_535));
+    await put(s, publish(1));
+    for (const bad of [0, 65_536, 1.5]) await expect(put(s, publish(bad))).rejects.toMatchObject({ code: 'MQTT_STORE_INVALID_PACKET' });
+    expect(s.publishes().map((p) => p.messageId)).toEqual([65_535, 1]);
+    store.close();
+  });
+
+  it('a held publish that takes the id of a stored packet removes that packet from the disk', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = openStore(path);
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
+    await put(s, publish(5));
+    const held = { id: 'h', topic: 'iot/d/events', payload: Buffer.from('held'), held: true };
+    s.tag(held);
+    await put(s, publish(5, { payload: Buffer.from('held') }));
+    await new Promise((r) => setImmediate(r));
+    expect(rowsOf(path)).toEqual([]);
+    expect(s.appIdOf(5)).toBe('h');
+    store.close();
+  });
+
+  it('commits what is pending when mqtt.js closes the store', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = openStore(path);
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
+    s.put(publish(3), () => undefined);
+    await new Promise<void>((resolve, reject) => s.close((err) => (err ? reject(err) : resolve())));
+    expect(rowsOf(path).map((r) => r.message_id)).toEqual([3]);
+    store.close();
+  });
+
+  it('matches a tag by topic and payload: the same payload on another topic is not it; a withdrawn deferred tag matches nothing', async () => {
+    const store = openStore(join(dirs.make(), 'agent.db'));
+    const stored: string[] = [];
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock, onStored: (tag) => stored.push(tag.id) });
+    const a = { id: 'a', topic: 'iot/d/events', payload: Buffer.from('same'), held: false };
+    s.tag(a);
+    await put(s, publish(1, { topic: 'iot/d/metrics', payload: Buffer.from('same') }));
+    expect(stored).toEqual([]);
+    const b = { id: 'b', topic: 'iot/d/events', payload: Buffer.from('other'), held: false };
+    s.tag(b); // a is deferred now
+    s.untag(a);
+    await put(s, publish(2, { payload: Buffer.from('same') }));
+    await put(s, publish(3, { payload: Buffer.from('other') }));
+    expect(stored).toEqual(['b']);
+    expect([s.appIdOf(2), s.appIdOf(3)]).toEqual([null, 'b']);
+    store.close();
+  });
+
+  it('keeps what was put, whatever the caller changes in its packet afterwards', async () => {
+    const store = openStore(join(dirs.make(), 'agent.db'));
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
+    const p = publish(4, { properties: { contentType: 'application/json' } });
+    await put(s, p);
+    p.topic = 'changed';
+    p.properties!.contentType = 'text/plain';
+    expect(await get(s, 4)).toMatchObject({ topic: 'iot/d/events', properties: { contentType: 'application/json' } });
+    store.close();
+  });
+
+  it('keeps packets other than publishes, and binary or odd-looking fields, faithfully across a reopen', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = openStore(path);
+    const s = new SqliteMqttStore(store.db, 'outgoing', { clock });
+    const pubrel = { cmd: 'pubrel', messageId: 9, reasonCode: 0x92, properties: { reasonString: 'later', userProperties: { empty: null } } } as unknown as Packet;
+    const odd = publish(10, { properties: { correlationData: new Uint8Array([1, 2, 3]) as Buffer, userProperties: { $buffer: 'aGk=', note: 'x' } } });
+    await put(s, pubrel);
+    await put(s, odd);
+    store.close();
+    const again = openStore(path);
+    const s2 = new SqliteMqttStore(again.db, 'outgoing', { clock });
+    expect(await get(s2, 9)).toStrictEqual({ cmd: 'pubrel', messageId: 9, qos: 0, reasonCode: 0x92, properties: { reasonString: 'later', userProperties: { empty: null } } });
+    const p10 = (await get(s2, 10)) as IPublishPacket;
+    expect(p10.properties?.correlationData).toEqual(Buffer.from([1, 2, 3]));
+    expect(p10.properties?.userProperties).toStrictEqual({ $buffer: 'aGk=', note: 'x' });
+    again.close();
+  });
+
   it('fails the puts of a batch that cannot be written, and forgets them', async () => {
     const store = openStore(join(dirs.make(), 'agent.db'));
     const lost: number[][] = [];
@@ -240,6 +321,19 @@ describe('SqliteMqttStore (the mqtt.js store in the agent database)', () => {
     await expect(put(s, publish(1))).rejects.toThrow(/could not write MQTT outgoing packets to the database: database or disk is full/);
     expect(lost).toEqual([[1]]);
     expect(s.has(1)).toBe(false);
+    // One batch: a delete, a put replaced before the commit, another put. Lost: each id not on disk, once.
+    store.db.exec('DROP TRIGGER full_disk');
+    await put(s, publish(7));
+    store.db.exec("CREATE TEMP TRIGGER full_disk BEFORE INSERT ON mqtt_inflight BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;");
+    const errors: unknown[] = [];
+    s.del({ messageId: 7 }, () => undefined);
+    s.put(publish(2), (err) => errors.push(err));
+    s.put(publish(2, { payload: Buffer.from('newer') }), (err) => errors.push(err));
+    s.put(publish(3), (err) => errors.push(err));
+    s.flush();
+    expect(lost[1]).toEqual([2, 3]);
+    expect(errors).toHaveLength(3);
+    expect(errors[0]).toMatchObject({ code: 'MQTT_STORE_WRITE_FAILED', cause: expect.objectContaining({ message: 'database or disk is full' }) });
     store.close();
   });
 });
