@@ -1,4 +1,5 @@
 import { ErrorWithReasonCode, type IClientPublishOptions, type PacketCallback } from 'mqtt';
+import { generate } from 'mqtt-packet';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PublishWindow, publishPacketSize, type PublishLink, type PublishOutcome, type PublishRequest } from '../../src/mqtt/publish-window.js';
@@ -391,3 +392,137 @@ describe('PublishWindow: waiters across disconnects and at stop', () => {
     expect(link.sent.map((s) => [s.topic, s.payload, s.retain])).toEqual([['iot/d/status', '{"n":2}', true]]);
   });
 });
+
+describe('PublishWindow: answers and their callers', () => {
+  it('sends an id again once its answer was given: nothing is answered from a publish its caller already heard of', async () => {
+    const h = harness();
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    expect(await (async () => {
+      const p = h.publish(msg('again'));
+      await settle();
+      h.puback(link.sent[0]!.messageId);
+      return p;
+    })()).toEqual({ ok: true });
+    // The outbox sends it again (its own retry): it goes on the wire again.
+    const second = h.publish(msg('again'));
+    await settle();
+    expect(link.sent).toHaveLength(2);
+    h.puback(link.sent[1]!.messageId);
+    expect(await second).toEqual({ ok: true });
+  });
+
+  it('keeps only final answers nobody waited for: a transient refusal of a restored message is sent again when asked', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const before = harness({ path });
+    const link = fakeLink(before.window);
+    before.window.attach(link);
+    void before.publish(msg('q', { heldByCaller: false }));
+    await settle();
+    before.window.outgoing.flush();
+    opened.splice(0).forEach((st) => st.close());
+
+    const after = harness({ path });
+    after.window.restore();
+    after.puback(1, 0x97); // re-sent from the store, refused for now, nobody waiting
+    const relink = fakeLink(after.window, 50);
+    after.window.attach(relink);
+    const retried = after.publish(msg('q', { heldByCaller: false }));
+    await settle();
+    expect(relink.sent.map((x) => x.messageId)).toEqual([50]);
+    after.puback(50);
+    expect(await retried).toEqual({ ok: true });
+    await settle();
+  });
+
+  it('an abort by one of two callers of a queued message leaves it to the other; an abort after sending keeps it in flight', async () => {
+    const h = harness({ maxInflight: 1 });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    void h.publish(msg('first'));
+    const quitter = new AbortController();
+    const leaving = h.publish(msg('shared', { signal: quitter.signal }));
+    const staying = h.publish(msg('shared'));
+    await settle();
+    quitter.abort();
+    expect(await leaving).toEqual({ ok: false, permanent: false, reason: 'aborted' });
+    h.puback(1);
+    await settle();
+    expect(link.sent.map((x) => JSON.parse(x.payload).id)).toEqual(['first', 'shared']);
+
+    // Aborted once on the wire: a later publish of the id joins the one in flight, no second copy.
+    const sentCtl = new AbortController();
+    h.puback(2);
+    expect(await staying).toEqual({ ok: true });
+    const inFlight = h.publish(msg('late', { signal: sentCtl.signal }));
+    await settle();
+    sentCtl.abort();
+    expect(await inFlight).toMatchObject({ reason: 'aborted' });
+    const joined = h.publish(msg('late'));
+    await settle();
+    expect(link.sent).toHaveLength(3);
+    h.puback(3);
+    expect(await joined).toEqual({ ok: true });
+  });
+
+  it('tells each caller once, even when its signal aborts after the answer', async () => {
+    const h = harness();
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    const ctl = new AbortController();
+    const calls: PublishOutcome[] = [];
+    h.window.submit(msg('once', { signal: ctl.signal }), (o) => calls.push(o));
+    await settle();
+    h.puback(1);
+    ctl.abort();
+    expect(calls).toEqual([{ ok: true }]);
+  });
+
+  it('a send mqtt.js refuses before storing: a failed write fails its caller, else it waits for the next connection; at a stop the caller has the stop\'s answer', async () => {
+    const h = harness({ maxInflight: 3 });
+    const link = fakeLink(h.window);
+    h.window.attach(link);
+    const refusals = [Object.assign(new Error('could not write MQTT outgoing packets: disk full'), { code: 'MQTT_STORE_WRITE_FAILED' }), new Error('client disconnecting')];
+    link.client.publish = (_topic, _message, _opts, callback) => callback?.(refusals.shift()!);
+    const failed = h.publish(msg('w'));
+    const waits = h.publish(msg('x'));
+    await settle();
+    expect(await failed).toEqual({ ok: false, permanent: false, reason: 'could not write MQTT outgoing packets: disk full' });
+    expect(h.window.counts()).toMatchObject({ inflight: 0, queued: 1 });
+
+    // At a stop: a send refused while stopping is answered as such.
+    const s2 = harness();
+    const l2 = fakeLink(s2.window);
+    let refuse: ((err: Error) => void) | undefined;
+    l2.client.publish = (_topic, _message, _opts, callback) => {
+      refuse = (err) => callback?.(err);
+    };
+    s2.window.attach(l2);
+    const stopped = s2.publish(msg('s'));
+    await settle();
+    s2.window.close({ ok: false, permanent: false, reason: 'closing' });
+    refuse?.(new Error('client disconnecting'));
+    expect(await stopped).toEqual({ ok: false, permanent: false, reason: 'closing' });
+    // 'x' waits for the next connection, first in line.
+    const next = fakeLink(h.window, 200);
+    h.window.attach(next);
+    await settle();
+    expect(next.sent.map((x) => JSON.parse(x.payload).id)).toEqual(['x']);
+    h.puback(200);
+    expect(await waits).toEqual({ ok: true });
+  });
+});
+
+describe('publishPacketSize', () => {
+  it('is the size of the PUBLISH mqtt.js writes, at every length boundary, in MQTT 3.1.1 and 5', () => {
+    const topic = 'iot/d/events';
+    for (const version of [4, 5] as const) {
+      for (const remaining of [127, 128, 16_383, 16_384, 2_097_151, 2_097_152]) {
+        const payload = Buffer.alloc(remaining - (2 + topic.length + 2 + (version === 5 ? 1 : 0)));
+        const wire = generate({ cmd: 'publish', topic, payload, qos: 1, messageId: 1, retain: false, dup: false, ...(version === 5 ? { properties: {} } : {}) }, { protocolVersion: version });
+        expect({ version, remaining, size: publishPacketSize({ topic, payload }, version) }).toEqual({ version, remaining, size: wire.length });
+      }
+    }
+  });
+});
+
