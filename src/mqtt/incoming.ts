@@ -69,6 +69,7 @@ export class IncomingGuard {
     stream.on('data', (chunk: Buffer) => {
       const over = scanner.feed(chunk);
       if (over === undefined) return;
+      // Stryker disable next-line EqualityOperator: the scanner returns -1 or a packet's size on the wire, at least 2 bytes, never 0
       const error = `the broker sent ${over < 0 ? 'a packet with a malformed length' : `a packet of ${over} bytes`}, over limits.maxCloudResponseBytes (${limit}): connection closed`;
       this.dropped++;
       this.streak++;
