@@ -48,7 +48,10 @@ export interface GroupCommitOptions<M> {
  * one transaction (one fsync) when the batch has waited `windowMs` since its first enqueue, or holds
  * `maxBatch` messages, or (checked once the enqueues of an event-loop turn are in) has as many calls
  * as the previous batch had: producers that await each enqueue come back together after a commit,
- * and holding them for the rest of the window would only idle them.
+ * and holding them for the rest of the window would only idle them. That includes a lone producer
+ * (a previous batch of one): an app that waits for each acknowledgement pays the fsync, not the
+ * window on top of it. Batches still form by themselves under load: a commit blocks the event loop
+ * for its fsync, and what arrives meanwhile is read in the next turn, together.
  */
 export class GroupCommit<M> {
   private pending: PendingCall<M>[] = [];
@@ -116,14 +119,14 @@ export class GroupCommit<M> {
 
   /**
    * Once the enqueues of this event-loop turn are in: commit before the window ends when the batch
-   * already has as many calls as the previous one. A lone producer (previous batch of one) and
-   * producers spread over time wait for the window and share its commit.
+   * already has as many calls as the previous one (one, for a lone producer). Fewer calls than last
+   * time (producers spread over time) wait for the window and share its commit.
    */
   private readonly onIdle = (): void => {
     this.cancelIdle = undefined;
     // Stryker disable next-line ConditionalExpression: equivalent: flush() returns at once on an empty batch
     if (this.pending.length === 0) return;
-    if (this.windowMs === 0 || (this.lastBatchCalls >= 2 && this.pending.length >= this.lastBatchCalls)) this.flush();
+    if (this.windowMs === 0 || this.pending.length >= this.lastBatchCalls) this.flush();
   };
 
   private readonly onWindow = (): void => {

@@ -46,30 +46,47 @@ function group(o: { windowMs?: number; maxBatch?: number; inTransaction?: () => 
 }
 
 describe('group commit', () => {
-  it('holds a lone call for the window, then commits it', () => {
+  it('holds a call for the window when the previous batch had more callers, then commits it', () => {
     const { g, t, commits, call } = group({ windowMs: 7 });
     g.add(call('a'));
+    g.add(call('b'));
     t.turnEnds();
-    expect(commits).toEqual([]);
+    expect(commits).toEqual([['a', 'b']]);
+    g.add(call('c'));
+    t.turnEnds();
+    expect(commits).toHaveLength(1);
     expect(g.messages).toBe(1);
-    expect([...g.queued()]).toEqual(['a']);
+    expect([...g.queued()]).toEqual(['c']);
     t.windowEnds();
-    expect(commits).toEqual([['a']]);
-    expect(t.windows).toEqual([7]);
+    expect(commits).toEqual([['a', 'b'], ['c']]);
+    expect(t.windows).toEqual([7, 7]);
     expect(g.messages).toBe(0);
   });
 
-  it('commits at the end of a turn once the batch has as many calls as the previous one (at least two)', () => {
+  it('commits at the end of a turn once the batch has as many calls as the previous one', () => {
     const { g, t, commits, call } = group();
     g.add(call('a'));
     g.add(call('b'));
-    t.windowEnds();
     g.add(call('c'));
     t.turnEnds();
-    expect(commits).toEqual([['a', 'b']]); // one call of two: wait
+    expect(commits).toEqual([['a', 'b', 'c']]);
     g.add(call('d'));
+    g.add(call('e'));
     t.turnEnds();
-    expect(commits).toEqual([['a', 'b'], ['c', 'd']]);
+    expect(commits).toHaveLength(1); // two calls of three: wait
+    g.add(call('f'));
+    t.turnEnds();
+    expect(commits).toEqual([['a', 'b', 'c'], ['d', 'e', 'f']]);
+    expect(t.armed()).toEqual({ idle: 0, window: 0 });
+  });
+
+  it('commits a lone producer at the end of its turn: it pays the fsync, not the window too', () => {
+    const { g, t, commits, call } = group({ windowMs: 7 });
+    for (const m of ['a', 'b', 'c']) {
+      g.add(call(m));
+      t.turnEnds();
+    }
+    expect(commits).toEqual([['a'], ['b'], ['c']]);
     expect(t.armed()).toEqual({ idle: 0, window: 0 });
   });
 
