@@ -15,6 +15,8 @@ import { deadline } from './drain.js';
 const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
 /** The local API's key, set in the config (so no identity file is read). */
 const KEY = 'bench-ingest-local-key-0001';
+/** How long a start may take: on a loaded machine (nice 19 beside a mutation run) a minute was not enough. */
+const START_DEADLINE_MS = 180_000;
 
 export interface BenchAgent {
   apiUrl: string;
@@ -50,7 +52,7 @@ export async function startAgent(root: string): Promise<BenchAgent> {
   const alive = (): boolean => child.exitCode === null && child.signalCode === null;
   const apiUrl = `http://127.0.0.1:${ports.api}`;
   const queue = async (): Promise<{ depth: number; durability: string }> => {
-    const res = await fetch(`${apiUrl}/v2/queue`, { headers: { authorization: `Bearer ${KEY}` }, signal: AbortSignal.timeout(30_000) });
+    const res = await fetch(`${apiUrl}/v2/queue`, { headers: { authorization: `Bearer ${KEY}` }, signal: AbortSignal.timeout(START_DEADLINE_MS) });
     if (res.status !== 200) throw new Error(`GET /v2/queue answered ${res.status}: ${await res.text()}`);
     const body = (await res.json()) as { durability: string; channels: Record<string, { depth: number } | undefined> };
     return { depth: body.channels.telemetry?.depth ?? 0, durability: body.durability };
@@ -64,9 +66,10 @@ export async function startAgent(root: string): Promise<BenchAgent> {
     rmSync(dataDir, { recursive: true, force: true });
   };
   try {
-    await waitForPort('127.0.0.1', ports.api, 60_000, alive, 20);
-    await waitForPort('127.0.0.1', ports.broker, 60_000, alive, 20);
-    await readyQueue(queue, alive);
+    const end = Date.now() + START_DEADLINE_MS;
+    await waitForPort('127.0.0.1', ports.api, START_DEADLINE_MS, alive, 20);
+    await waitForPort('127.0.0.1', ports.broker, end - Date.now(), alive, 20);
+    await readyQueue(queue, alive, end);
   } catch (e) {
     await stop();
     throw new Error(`the agent did not start: ${(e as Error).message}\n${err.slice(-2000)}`);
@@ -75,8 +78,7 @@ export async function startAgent(root: string): Promise<BenchAgent> {
 }
 
 /** The API's port is bound early in the start; `/v2/queue` answers once the outbox is open. */
-async function readyQueue(queue: () => Promise<unknown>, alive: () => boolean): Promise<void> {
-  const end = Date.now() + 60_000;
+async function readyQueue(queue: () => Promise<unknown>, alive: () => boolean, end: number): Promise<void> {
   for (;;) {
     try {
       await queue();

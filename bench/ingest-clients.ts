@@ -125,3 +125,16 @@ export async function httpIngest(apiUrl: string, key: string, n: number, batch: 
     await pool.close();
   }
 }
+
+/**
+ * Leaves a persistent session (clean: false) subscribed to `local/telemetry/#` at QoS 1 and
+ * disconnects: from then on the broker queues every telemetry message for it, and so stores it.
+ */
+export async function parkSubscriber(port: number): Promise<void> {
+  const client = await connectAsync(`mqtt://127.0.0.1:${port}`, { protocolVersion: 4, clean: false, clientId: 'bench-ingest-parked', reconnectPeriod: 0, connectTimeout: 30_000 });
+  try {
+    await client.subscribeAsync('local/telemetry/#', { qos: 1 });
+  } finally {
+    await client.endAsync();
+  }
+}

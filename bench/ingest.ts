@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startMosquitto, type Mosquitto } from '../devcloud/mosquitto.js';
 import { procCpuMs, startAgent, type BenchAgent } from './ingest-agent.js';
-import { httpIngest, mosquittoPub, mqttWindow, PAYLOAD_BYTES, STREAMS, type ProducerRun } from './ingest-clients.js';
+import { httpIngest, mosquittoPub, mqttWindow, parkSubscriber, PAYLOAD_BYTES, STREAMS, type ProducerRun } from './ingest-clients.js';
 import { benchArgs, cell, jsonLine, machine, median, ratio, round, table, target, type BenchReport } from './report.js';
 
 /**
@@ -20,6 +20,11 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, round, table, target
  *  - window: mqtt.js, MQTT 3.1.1, QoS 1, 100 publishes unacknowledged; ours vs both Mosquittos.
  *    Target (issue 22): ours >= 10x durable Mosquitto.
  *  - one in flight: the same, publish, await the PUBACK, next (`--single` messages); target >= 1x durable.
+ *  - Informational, in both MQTT cases: "durable, stored", a fresh durable Mosquitto per run with one
+ *    parked persistent QoS 1 subscriber on `local/telemetry/#`, so that it queues every message and
+ *    its persistence has something to save (with no subscriber it drops the message after the PUBACK
+ *    and writes nothing: the durable baseline above is then as volatile as the default one). It
+ *    saves its whole database after every change, so a run costs O(n^2): at most `--single` messages.
  *  - mosquitto_pub: `mosquitto_pub -l -q 1` fed N lines on stdin, timed from its spawn to its exit
  *    (it exits once stdin ended and its last message is acknowledged); ours vs default Mosquitto,
  *    target >= 0.5x.
@@ -43,7 +48,7 @@ const HTTP_IN_FLIGHT = 100;
 const BATCH = 100;
 const BATCH_IN_FLIGHT = 10;
 
-type Side = 'ours' | 'durable' | 'plain';
+type Side = 'ours' | 'durable' | 'plain' | 'stored';
 type CaseKey = 'window' | 'one' | 'pub' | 'http1' | 'http100';
 
 interface Case {
@@ -67,8 +72,8 @@ function cases(messages: number, single: number): Case[] {
   const mqtt = (window: number) => (t: { port: number }, n: number, tag: string) => mqttWindow(t.port, n, window, `bench-ingest-${tag}`);
   const http = (batch: number, inFlight: number) => (t: { agent?: BenchAgent }, n: number) => httpIngest(t.agent!.apiUrl, t.agent!.key, n, batch, inFlight);
   return [
-    { key: 'window', label: `MQTT QoS 1, window ${WINDOW}`, messages, sides: ['ours', 'durable', 'plain'], run: mqtt(WINDOW) },
-    { key: 'one', label: 'MQTT QoS 1, one in flight', messages: single, sides: ['ours', 'durable'], run: mqtt(1) },
+    { key: 'window', label: `MQTT QoS 1, window ${WINDOW}`, messages, sides: ['ours', 'durable', 'plain', 'stored'], run: mqtt(WINDOW) },
+    { key: 'one', label: 'MQTT QoS 1, one in flight', messages: single, sides: ['ours', 'durable', 'stored'], run: mqtt(1) },
     { key: 'pub', label: 'mosquitto_pub -l -q 1', messages, sides: ['ours', 'plain'], run: (t, n) => mosquittoPub(t.port, n) },
     { key: 'http1', label: `HTTP, 1 per POST, ${HTTP_IN_FLIGHT} in flight`, messages, sides: ['ours'], run: http(1, HTTP_IN_FLIGHT) },
     { key: 'http100', label: `HTTP, ${BATCH} per POST, ${BATCH_IN_FLIGHT} in flight`, messages, sides: ['ours'], run: http(BATCH, BATCH_IN_FLIGHT) },
@@ -82,11 +87,14 @@ interface World {
   /** Our runs whose queue did not grow by the acknowledged count. */
   mismatches: number;
   durability: string | undefined;
+  /** Most messages of a run against the "durable, stored" Mosquitto. */
+  storedCap: number;
   log(line: string): void;
 }
 
 /** One run of `c` against `side`: a fresh agent for ours (its queue checked after), else the Mosquitto. */
 async function runSide(w: World, c: Case, side: Side, tag: string): Promise<Measured> {
+  if (side === 'stored') return runStored(w, c, tag);
   if (side !== 'ours') {
     const broker = side === 'durable' ? w.durable : w.plain;
     const cpu0 = procCpuMs(broker.pid());
@@ -111,6 +119,19 @@ async function runSide(w: World, c: Case, side: Side, tag: string): Promise<Meas
   }
 }
 
+/** Against a fresh durable Mosquitto whose parked subscriber makes it queue (and save) every message. */
+async function runStored(w: World, c: Case, tag: string): Promise<Measured> {
+  const broker = await startMosquitto({ persistence: true, verbose: false, maxQueued: 1_000_000 });
+  try {
+    await parkSubscriber(broker.port);
+    const cpu0 = procCpuMs(broker.pid());
+    const r = await c.run({ port: broker.port }, Math.min(c.messages, w.storedCap), `stored-${tag}`);
+    return measured(r, cpu0, procCpuMs(broker.pid()));
+  } finally {
+    await broker.dispose();
+  }
+}
+
 function measured(r: ProducerRun, cpu0: number | null, cpu1: number | null): Measured {
   return { rate: (r.acked / r.ms) * 1000, cpuUsPerMsg: cpu0 !== null && cpu1 !== null ? ((cpu1 - cpu0) * 1000) / r.acked : null };
 }
@@ -124,7 +145,7 @@ async function measureAll(w: World, all: Case[], rounds: number): Promise<Runs> 
     for (const c of all) {
       const order = r % 2 === 0 ? c.sides : [...c.sides].reverse();
       for (const side of order) {
-        w.log(`round ${r + 1}/${rounds}: ${c.label}, ${side}, ${cell(c.messages)} messages ...`);
+        w.log(`round ${r + 1}/${rounds}: ${c.label}, ${side}, ${cell(sizeOf(w, c, side))} messages ...`);
         let m = UNMEASURED;
         try {
           m = await runSide(w, c, side, `${c.key}-${r}`);
@@ -140,12 +161,12 @@ async function measureAll(w: World, all: Case[], rounds: number): Promise<Runs> 
   return runs;
 }
 
-/** Untimed: the agent's code and Mosquitto's pages warm before the first measured run. */
-async function warmUp(w: World, all: Case[]): Promise<void> {
-  w.log('warm-up: 1,000 messages of each case on each side ...');
-  for (const c of all) {
-    for (const side of c.sides) await runSide(w, { ...c, messages: Math.min(c.messages, 1000) }, side, `${c.key}-warm`);
-  }
+const sizeOf = (w: Pick<World, 'storedCap'>, c: Case, side: Side): number => (side === 'stored' ? Math.min(c.messages, w.storedCap) : c.messages);
+
+/** Untimed: the agent's code and Mosquitto's pages warm before the first measured run (the first case, each side). */
+async function warmUp(w: World, first: Case): Promise<void> {
+  w.log(`warm-up: 1,000 messages of "${first.label}" on each side ...`);
+  for (const side of first.sides.filter((x) => x !== 'stored')) await runSide(w, { ...first, messages: Math.min(first.messages, 1000) }, side, `${first.key}-warm`);
 }
 
 const rates = (xs: Measured[] | undefined): (number | null)[] => (xs ?? []).map((x) => x.rate);
@@ -158,6 +179,7 @@ const SIDE_LABEL: Record<Side, string> = {
   ours: 'ours (agent)',
   durable: 'Mosquitto, durable (autosave_on_changes, interval 1)',
   plain: 'Mosquitto, defaults (persistence off)',
+  stored: 'Mosquitto, durable, stored (a parked subscriber; informational)',
 };
 
 interface Summary {
@@ -165,7 +187,7 @@ interface Summary {
   ratios: Record<string, (number | null)[]>;
 }
 
-function summarize(all: Case[], runs: Runs): Summary {
+function summarize(all: Case[], runs: Runs, storedCap: number): Summary {
   const rows: string[][] = [];
   for (const c of all) {
     for (const side of c.sides) {
@@ -173,7 +195,7 @@ function summarize(all: Case[], runs: Runs): Summary {
       const measuredRates = rates(xs).filter((x): x is number => x !== null);
       const range = measuredRates.length ? `${cell(Math.min(...measuredRates))}-${cell(Math.max(...measuredRates))}` : '-';
       const cpu = medianAll(xs.map((x) => x.cpuUsPerMsg));
-      rows.push([`${c.label}: ${SIDE_LABEL[side]}`, cell(c.messages), cell(medianAll(rates(xs))), range, cell(cpu, 1)]);
+      rows.push([`${c.label}: ${SIDE_LABEL[side]}`, cell(sizeOf({ storedCap }, c, side)), cell(medianAll(rates(xs))), range, cell(cpu, 1)]);
     }
   }
   const r = (k: CaseKey, s: Side): (number | null)[] => rates(runs[k][s]);
@@ -183,7 +205,9 @@ function summarize(all: Case[], runs: Runs): Summary {
     ratios: {
       window_vs_durable_mosquitto: pairs(r('window', 'ours'), durableWindow),
       window_vs_default_mosquitto: pairs(r('window', 'ours'), r('window', 'plain')),
+      window_vs_durable_mosquitto_stored: pairs(r('window', 'ours'), r('window', 'stored')),
       one_in_flight_vs_durable_mosquitto: pairs(r('one', 'ours'), r('one', 'durable')),
+      one_in_flight_vs_durable_mosquitto_stored: pairs(r('one', 'ours'), r('one', 'stored')),
       mosquitto_pub_vs_default_mosquitto: pairs(r('pub', 'ours'), r('pub', 'plain')),
       http_single_vs_durable_mosquitto_window: pairs(r('http1', 'ours'), durableWindow),
       http_batch_vs_durable_mosquitto_window: pairs(r('http100', 'ours'), durableWindow),
@@ -213,16 +237,16 @@ async function main(): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'iotistic-bench-ingest-'));
   const durable = await startMosquitto({ persistence: true, verbose: false });
   const plain = await startMosquitto({ verbose: false });
-  const w: World = { root, durable, plain, mismatches: 0, durability: undefined, log };
+  const w: World = { root, durable, plain, mismatches: 0, durability: undefined, storedCap: a.single, log };
   try {
     log(`ingest benchmark in ${root}; durable Mosquitto on ${durable.url}, default Mosquitto on ${plain.url}`);
     const all = cases(a.messages, a.single);
-    await warmUp(w, all);
+    await warmUp(w, all[0]!);
     const runs = await measureAll(w, all, a.rounds);
     const dbFile = join(durable.dir, 'data', 'mosquitto.db');
     // Written only when Mosquitto saves: with no subscriber nothing is queued, so maybe never.
     const durableDbBytes = existsSync(dbFile) ? statSync(dbFile).size : 0;
-    const s = summarize(all, runs);
+    const s = summarize(all, runs, a.single);
     report(a, all, runs, s, { mismatches: w.mismatches, durability: w.durability ?? null, durableDbBytes });
     log(`done in ${cell((performance.now() - started) / 1000, 1)} s`);
   } finally {
@@ -288,6 +312,7 @@ function report(a: ReturnType<typeof parse>, all: Case[], runs: Runs, s: Summary
       window: WINDOW,
       http: { inFlight: HTTP_IN_FLIGHT, batch: BATCH, batchInFlight: BATCH_IN_FLIGHT },
       httpBaseline: 'the durable Mosquitto QoS 1 window rate of the same round',
+      storedBaseline: 'informational: a fresh durable Mosquitto per run with a parked persistent QoS 1 subscriber, at most `single` messages a run',
       outboxDurability: extra.durability,
       queueMismatches: extra.mismatches,
       durableMosquittoDbBytes: extra.durableDbBytes,
