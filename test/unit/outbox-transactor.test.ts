@@ -44,7 +44,7 @@ describe('transactor', () => {
       err = e;
     }
     expect(err).toBeInstanceOf(OutboxError);
-    expect(err).toMatchObject({ code: 'OUTBOX_WRITE_FAILED', message: 'writing 2 message(s) failed: insert blocked' });
+    expect(err).toMatchObject({ code: 'OUTBOX_WRITE_FAILED', message: 'writing 2 message(s) failed: insert blocked', cause: expect.objectContaining({ message: 'insert blocked' }) });
     expect(rows()).toEqual(['telemetry:1']);
     expect(lanes.total.count).toBe(1);
     expect(counters.of('telemetry')?.count ?? 0).toBe(0);
@@ -59,6 +59,36 @@ describe('transactor', () => {
     expect(() => tx.run('x', () => { throw own; })).toThrow(own);
     const full = Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
     expect(() => tx.run('writing', () => { throw full; })).toThrow(expect.objectContaining({ code: 'OUTBOX_DISK_FULL' }));
+  });
+
+  it('on a full disk folds the WAL back and tries once more, only when that freed something; other failures are not retried', () => {
+    const { tx, insert, rows, disk } = parts();
+    const full = () => Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    // The WAL holds pages: a full disk may be only a full WAL, which a checkpoint gives back.
+    tx.run('writing', () => insert('a'));
+    let calls = 0;
+    tx.run('writing', () => {
+      if (++calls === 1) throw full();
+      insert('b');
+    });
+    expect(calls).toBe(2);
+    expect(rows()).toEqual(['telemetry:1', 'telemetry:1']);
+    // Nothing left to fold back: the failure stands, after one try.
+    disk.reclaimWal();
+    calls = 0;
+    expect(() => tx.run('writing', () => {
+      calls++;
+      throw full();
+    })).toThrow(expect.objectContaining({ code: 'OUTBOX_DISK_FULL' }));
+    expect(calls).toBe(1);
+    // Any other failure: no second try either.
+    tx.run('writing', () => insert('c'));
+    calls = 0;
+    expect(() => tx.run('writing', () => {
+      calls++;
+      throw new Error('insert blocked');
+    })).toThrow(expect.objectContaining({ code: 'OUTBOX_WRITE_FAILED' }));
+    expect(calls).toBe(1);
   });
 
   it('runs `atomic` as a savepoint inside a transaction: an inner failure undoes the inner part only', () => {
