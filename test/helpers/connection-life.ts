@@ -5,7 +5,7 @@ import { afterEach } from 'vitest';
 import { defaultConfig, type AgentConfig } from '../../src/config/schema.js';
 import { ConnectionLife, type ConnectionLifeDeps } from '../../src/mqtt/connection-life.js';
 import { ProtocolNegotiator, type ProtocolSetting } from '../../src/mqtt/negotiation.js';
-import type { PublishLink, WindowCounts } from '../../src/mqtt/publish-window.js';
+import type { BrokerLimits, PublishLink, PublishOutcome, WindowCounts } from '../../src/mqtt/publish-window.js';
 import type { ConnectedEvent, DisconnectedEvent, IncomingMessage } from '../../src/mqtt/session-events.js';
 import { deviceTopics } from '../../src/mqtt/topics.js';
 import { Backoff } from '../../src/resilience/backoff.js';
@@ -28,19 +28,24 @@ export class FakeClient extends EventEmitter {
   constructor(
     readonly options: IClientOptions,
     private readonly holdSubacks = false,
+    private readonly suback: SubackAnswer = (topics) => ({ err: null, granted: topics.map((topic) => ({ topic, qos: 1 })) }),
+    /** A graceful end (DISCONNECT first) leaves the socket open, as with a broker that does not close it. */
+    private readonly lingerOnGracefulEnd = false,
   ) {
     super();
   }
 
-  subscribe(topics: Record<string, unknown>, cb: (err: Error | null, granted: Array<{ topic: string; qos: number }>) => void): void {
+  subscribe(topics: Record<string, unknown>, cb: (err: Error | null, granted: Array<{ topic: string; qos: number }> | undefined) => void): void {
     this.subscriptions.push(...Object.keys(topics));
-    const suback = (): void => cb(null, Object.keys(topics).map((topic) => ({ topic, qos: 1 })));
+    const answer = this.suback(Object.keys(topics));
+    const suback = (): void => cb(answer.err, answer.granted);
     if (this.holdSubacks) this.pendingSubacks.push(suback);
     else suback();
   }
 
   end(force?: boolean, opts?: unknown): this {
     this.ends.push([force, opts]);
+    if (force !== true && this.lingerOnGracefulEnd) return this;
     if (!this.closed) {
       this.closed = true;
       queueMicrotask(() => this.emit('close'));
@@ -67,6 +72,8 @@ export class FakeClient extends EventEmitter {
   }
 }
 
+export type SubackAnswer = (topics: string[]) => { err: Error | null; granted: Array<{ topic: string; qos: number }> | undefined };
+
 export const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 export interface Harness {
@@ -78,6 +85,13 @@ export interface Harness {
   failures: Array<{ operation: string; error: string; kind: string | undefined }>;
   successes: string[];
   attached: PublishLink[];
+  /** What reached the publish window: PUBACKs, the broker's limits, births with their callbacks. */
+  window: {
+    pubacks: Array<[number | undefined, number | undefined, string | undefined]>;
+    limits: BrokerLimits[];
+    births: Array<{ message: { id: string; topic: string; payload: Buffer; retain: boolean }; done: (outcome: PublishOutcome) => void }>;
+    stopped: boolean;
+  };
   events: { connected: ConnectedEvent[]; disconnected: DisconnectedEvent[]; message: IncomingMessage[] };
   start(): void;
   /** The run loop, as `start` left it: resolves when the loop ends. */
@@ -105,6 +119,9 @@ export interface HarnessOptions {
   /** mqtt.js's `connect` throws this instead of returning a client. */
   connectThrows?: Error;
   holdSubacks?: boolean;
+  suback?: SubackAnswer;
+  lingerOnGracefulEnd?: boolean;
+  stopTimeoutMs?: number;
 }
 
 export function harness(o: HarnessOptions = {}): Harness {
@@ -128,7 +145,8 @@ export function harness(o: HarnessOptions = {}): Harness {
   const wakeup = new Wakeup({ clock, random, staggerMaxMs: 0 });
   const clients: FakeClient[] = [];
   const attached: PublishLink[] = [];
-  const counts: WindowCounts = { inflight: 0, queued: 0, acknowledged: 0, rejected: 0 };
+  const counts: WindowCounts = { inflight: 2, queued: 3, acknowledged: 0, rejected: 0 };
+  const win: Harness['window'] = { pubacks: [], limits: [], births: [], stopped: false };
   const events: Harness['events'] = { connected: [], disconnected: [], message: [] };
   const noStore = { put: () => undefined, get: () => undefined, del: () => undefined, createStream: () => undefined, close: () => undefined } as never;
   const retry = new RetryPolicy({
@@ -143,13 +161,15 @@ export function harness(o: HarnessOptions = {}): Harness {
     url: new URL(mqtt.url),
     topics: deviceTopics('device-1'),
     window: {
-      setBrokerLimits: () => undefined,
+      setBrokerLimits: (l) => void win.limits.push(l),
       attach: (link) => void attached.push(link),
       detach: () => undefined,
-      onPuback: () => undefined,
-      sendAhead: () => undefined,
+      onPuback: (id, rc, reason) => void win.pubacks.push([id, rc, reason]),
+      sendAhead: (message, done) => void win.births.push({ message, done }),
       counts: () => counts,
-      stopped: false,
+      get stopped() {
+        return win.stopped;
+      },
     },
     stores: { outgoing: noStore, incoming: noStore },
     negotiator: new ProtocolNegotiator({ setting: o.protocol ?? 5, broker: mqtt.url, kv: { getKv: () => undefined, setKv: () => undefined }, clock, logger: silentLogger() }),
@@ -159,6 +179,7 @@ export function harness(o: HarnessOptions = {}): Harness {
     clock,
     random,
     logger: o.logger ?? silentLogger(),
+    stopTimeoutMs: o.stopTimeoutMs,
     events: {
       connected: (e) => void events.connected.push(e),
       disconnected: (e) => void events.disconnected.push(e),
@@ -166,7 +187,7 @@ export function harness(o: HarnessOptions = {}): Harness {
     },
     connect: (_url, options) => {
       if (o.connectThrows) throw o.connectThrows;
-      const c = new FakeClient(options, o.holdSubacks);
+      const c = new FakeClient(options, o.holdSubacks, o.suback, o.lingerOnGracefulEnd);
       clients.push(c);
       return c as unknown as MqttClient;
     },
@@ -182,6 +203,7 @@ export function harness(o: HarnessOptions = {}): Harness {
     failures,
     successes,
     attached,
+    window: win,
     events,
     start: () => {
       running = life.run(ctl.signal);
