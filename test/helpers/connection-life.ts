@@ -31,6 +31,8 @@ export class FakeClient extends EventEmitter {
     private readonly suback: SubackAnswer = (topics) => ({ err: null, granted: topics.map((topic) => ({ topic, qos: 1 })) }),
     /** A graceful end (DISCONNECT first) leaves the socket open, as with a broker that does not close it. */
     private readonly lingerOnGracefulEnd = false,
+    /** `end` leaves the close to the test (`drop`), as a socket that takes its time to close. */
+    private readonly holdClose = false,
   ) {
     super();
   }
@@ -45,7 +47,7 @@ export class FakeClient extends EventEmitter {
 
   end(force?: boolean, opts?: unknown): this {
     this.ends.push([force, opts]);
-    if (force !== true && this.lingerOnGracefulEnd) return this;
+    if ((force !== true && this.lingerOnGracefulEnd) || this.holdClose) return this;
     if (!this.closed) {
       this.closed = true;
       queueMicrotask(() => this.emit('close'));
@@ -121,6 +123,7 @@ export interface HarnessOptions {
   holdSubacks?: boolean;
   suback?: SubackAnswer;
   lingerOnGracefulEnd?: boolean;
+  holdClose?: boolean;
   stopTimeoutMs?: number;
 }
 
@@ -187,7 +190,7 @@ export function harness(o: HarnessOptions = {}): Harness {
     },
     connect: (_url, options) => {
       if (o.connectThrows) throw o.connectThrows;
-      const c = new FakeClient(options, o.holdSubacks, o.suback, o.lingerOnGracefulEnd);
+      const c = new FakeClient(options, o.holdSubacks, o.suback, o.lingerOnGracefulEnd, o.holdClose);
       clients.push(c);
       return c as unknown as MqttClient;
     },

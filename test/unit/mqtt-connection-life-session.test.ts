@@ -59,6 +59,21 @@ describe('ConnectionLife: the broker’s packets', () => {
     ]);
   });
 
+  it('takes a half-open connection from the window at once, before its socket has closed', async () => {
+    const h = harness({ mqtt: { keepAliveSeconds: 10 }, holdClose: true });
+    h.start();
+    await settle();
+    const c = h.clients[0]!;
+    c.accept();
+    await h.clock.advance(15_000);
+    expect(c.ends).toEqual([[true, undefined]]);
+    expect(h.attached[0]!.ready).toBe(false);
+    expect(h.life.stats()).toMatchObject({ connected: false, subscribed: false });
+    c.drop();
+    await settle();
+    expect(h.failures).toHaveLength(1);
+  });
+
   it('counts a keep-alive timeout of mqtt.js against ping, and logs client errors at debug', async () => {
     const log = captureLogger();
     const h = harness({ logger: log.logger });
@@ -138,6 +153,18 @@ describe('ConnectionLife: each connection', () => {
     expect(log.records().filter((r) => String(r.msg).startsWith('mqtt: subscribing failed'))).toEqual([
       expect.objectContaining({ level: WARN, err: 'connection closed', msg: 'mqtt: subscribing failed: connection closed' }),
     ]);
+  });
+
+  it('says nothing of a SUBACK failure that comes after its connection was lost', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger, holdSubacks: true, suback: () => ({ err: new Error('connection closed'), granted: undefined }) });
+    h.start();
+    await settle();
+    h.clients[0]!.accept();
+    h.clients[0]!.fail(refused());
+    await settle();
+    h.clients[0]!.pendingSubacks.shift()!();
+    expect(log.records().filter((r) => String(r.msg).startsWith('mqtt: subscribing failed'))).toEqual([]);
   });
 
   it('sends a retained birth on every connection, and warns when one is not accepted', async () => {

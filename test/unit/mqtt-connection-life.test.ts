@@ -272,6 +272,8 @@ describe('ConnectionLife: what the operator reads', () => {
     });
     expect(h.failures).toEqual([{ operation: 'connect', error: 'connection lost: the connection closed', kind: 'transport' }]);
     expect(h.events.disconnected).toEqual([expect.objectContaining({ error: 'the connection closed' })]);
+    // The closed client is ended at once, so its stores hold nothing.
+    expect(h.clients[0]!.ends).toEqual([[true, undefined]]);
   });
 
   it('logs refused credentials at error', async () => {
