@@ -125,15 +125,15 @@ describe('ConnectionLife: each connection', () => {
   it('reports each subscription the broker refuses, and is not subscribed', async () => {
     const log = captureLogger();
     const refusedTopic = topics.subscriptions[0]!.topic;
-    const h = harness({ logger: log.logger, suback: (ts) => ({ err: null, granted: ts.map((topic) => ({ topic, qos: topic === refusedTopic ? 0x87 : 1 })) }) });
+    const h = harness({ logger: log.logger, suback: (ts) => ({ err: null, granted: ts.map((topic) => ({ topic, qos: topic === refusedTopic ? 0x80 : 1 })) }) });
     h.start();
     await settle();
     h.clients[0]!.accept();
-    const error = `the broker refused the subscription to ${refusedTopic}: Not authorized (0x87)`;
+    const error = `the broker refused the subscription to ${refusedTopic}: Unspecified error (0x80)`;
     expect(h.life.stats()).toMatchObject({ connected: true, subscribed: false, lastError: error });
     expect(h.failures).toEqual([{ operation: 'subscribe', error, kind: undefined }]);
     expect(log.records().filter((r) => String(r.msg).includes('refused the subscription'))).toEqual([
-      expect.objectContaining({ level: 50, topic: refusedTopic, reasonCode: 0x87, msg: `mqtt: ${error}` }),
+      expect.objectContaining({ level: 50, topic: refusedTopic, reasonCode: 0x80, msg: `mqtt: ${error}` }),
     ]);
   });
 

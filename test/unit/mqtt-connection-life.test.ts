@@ -217,6 +217,8 @@ describe('ConnectionLife: what the operator reads', () => {
     await settle();
     expect(h.clients).toHaveLength(3);
     expect(h.life.stats().since).toBe(lostAt);
+    // A connection lost with an error of its own counts against connect, not ping.
+    expect(h.failures.map((f) => f.operation)).toEqual(['connect', 'connect']);
   });
 
   it('shows the latest error recorded from elsewhere in the session', () => {
