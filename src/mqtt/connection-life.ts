@@ -205,6 +205,7 @@ export class ConnectionLife {
         await this.deps.clock.sleep(delayMs, signal);
         return true;
       } catch {
+        // Stryker disable next-line BooleanLiteral: the clock's sleep rejects only on abort, which the loop's head checks as well
         return false;
       }
     }
@@ -258,6 +259,7 @@ export class ConnectionLife {
   private follow(conn: Connection, options: IClientOptions, signal: AbortSignal, resolve: (end: ConnectionEnd) => void): void {
     const client = conn.client;
     const onAbort = (): void => this.shutdownClient(conn);
+    // Stryker disable next-line ObjectLiteral,BooleanLiteral: a signal fires 'abort' once, and the close removes the listener
     signal.addEventListener('abort', onAbort, { once: true });
     const timeoutMs = this.deps.config.mqtt.connectTimeoutMs;
     // mqtt.js times the CONNACK out itself (connectTimeout); this is the backstop that keeps the
@@ -401,6 +403,7 @@ export class ConnectionLife {
       }
       try {
         await clock.sleep(limit - silentFor, signal);
+      // Stryker disable next-line BlockStatement: the sleep rejects only once the watchdog is aborted, which the loop's head checks as well
       } catch {
         return;
       }
@@ -466,6 +469,7 @@ export class ConnectionLife {
       client.end(true);
       return;
     }
+    // Stryker disable next-line OptionalChaining: an established connection always has its stream
     const timer = setTimeout(() => client.stream?.destroy(), this.deps.stopTimeoutMs ?? 2_000);
     client.once('close', () => clearTimeout(timer));
     // 0x04: disconnect with will message, so the retained status turns offline.

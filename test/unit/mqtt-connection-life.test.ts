@@ -1,160 +1,9 @@
-import { ErrorWithReasonCode, type IClientOptions, type MqttClient } from 'mqtt';
-import { EventEmitter } from 'node:events';
-import { PassThrough } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
-import { defaultConfig, type AgentConfig } from '../../src/config/schema.js';
-import { RetryPolicy } from '../../src/resilience/retry-policy.js';
-import { ConnectionLife, type ConnectionLifeDeps } from '../../src/mqtt/connection-life.js';
-import { ProtocolNegotiator } from '../../src/mqtt/negotiation.js';
-import type { PublishLink, WindowCounts } from '../../src/mqtt/publish-window.js';
-import type { ConnectedEvent, DisconnectedEvent, IncomingMessage } from '../../src/mqtt/session-events.js';
+import { ErrorWithReasonCode } from 'mqtt';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { deviceTopics } from '../../src/mqtt/topics.js';
-import { Backoff } from '../../src/resilience/backoff.js';
-import { ConnectionMonitor } from '../../src/resilience/connection-monitor.js';
-import { Wakeup } from '../../src/resilience/wakeup.js';
-import { FakeClock } from '../helpers/fake-clock.js';
-import { silentLogger } from '../helpers/logger.js';
-
-/** An mqtt.js client reduced to what the connection's life uses; the test plays the broker. */
-class FakeClient extends EventEmitter {
-  readonly stream = new PassThrough();
-  readonly ends: Array<[boolean | undefined, unknown]> = [];
-  readonly subscriptions: string[] = [];
-  closed = false;
-
-  constructor(readonly options: IClientOptions) {
-    super();
-  }
-
-  subscribe(topics: Record<string, unknown>, cb: (err: Error | null, granted: Array<{ topic: string; qos: number }>) => void): void {
-    this.subscriptions.push(...Object.keys(topics));
-    cb(null, Object.keys(topics).map((topic) => ({ topic, qos: 1 })));
-  }
-
-  end(force?: boolean, opts?: unknown): this {
-    this.ends.push([force, opts]);
-    if (!this.closed) {
-      this.closed = true;
-      queueMicrotask(() => this.emit('close'));
-    }
-    return this;
-  }
-
-  /** The broker accepts the CONNECT; mqtt.js then re-sends what it stored and says `connect`. */
-  accept(properties: Record<string, number> = {}, sessionPresent = false): void {
-    this.emit('packetreceive', { cmd: 'connack', reasonCode: 0, sessionPresent, properties });
-    this.emit('connect', { cmd: 'connack', sessionPresent });
-  }
-
-  /** The CONNECT fails as mqtt.js reports it: an error, then the close. */
-  fail(err: Error): void {
-    this.emit('error', err);
-    this.end(true);
-  }
-}
-
-const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
-
-interface Harness {
-  life: ConnectionLife;
-  clock: FakeClock;
-  clients: FakeClient[];
-  wakeup: Wakeup;
-  monitor: ConnectionMonitor;
-  failures: Array<{ operation: string; error: string; kind: string | undefined }>;
-  attached: PublishLink[];
-  events: { connected: ConnectedEvent[]; disconnected: DisconnectedEvent[]; message: IncomingMessage[] };
-  start(): void;
-  stop(): Promise<void>;
-}
-
-const controllers: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const stop of controllers.splice(0)) await stop();
-});
-
-/** The agent's offline floor, shortened: one attempt a minute while the channel is offline for want of a connection. */
-const FLOOR_MS = 60_000;
-
-function harness(o: { mqtt?: Partial<AgentConfig['mqtt']>; limits?: ConnectionLifeDeps['config']['limits']; random?: number } = {}): Harness {
-  const clock = new FakeClock();
-  const random = (): number => o.random ?? 0.5;
-  const config = defaultConfig();
-  const mqtt = { ...config.mqtt, url: 'mqtt://broker.test:1883', protocolVersion: 5 as const, ...o.mqtt };
-  const monitor = new ConnectionMonitor({ clock, channels: ['mqtt'] });
-  const failures: Harness['failures'] = [];
-  const markFailure = monitor.markFailure.bind(monitor);
-  monitor.markFailure = (channel, operation, error, kind) => {
-    failures.push({ operation, error, kind });
-    markFailure(channel, operation, error, kind);
-  };
-  const wakeup = new Wakeup({ clock, random, staggerMaxMs: 0 });
-  const clients: FakeClient[] = [];
-  const attached: PublishLink[] = [];
-  const counts: WindowCounts = { inflight: 0, queued: 0, acknowledged: 0, rejected: 0 };
-  const events: Harness['events'] = { connected: [], disconnected: [], message: [] };
-  const noStore = { put: () => undefined, get: () => undefined, del: () => undefined, createStream: () => undefined, close: () => undefined } as never;
-  const life = new ConnectionLife({
-    config: { mqtt, uuid: 'device-1', limits: o.limits },
-    url: new URL(mqtt.url),
-    topics: deviceTopics('device-1'),
-    window: {
-      setBrokerLimits: () => undefined,
-      attach: (link) => void attached.push(link),
-      detach: () => undefined,
-      onPuback: () => undefined,
-      sendAhead: () => undefined,
-      counts: () => counts,
-      stopped: false,
-    },
-    stores: { outgoing: noStore, incoming: noStore },
-    negotiator: new ProtocolNegotiator({ setting: 5, broker: 'mqtt://broker.test:1883', kv: { getKv: () => undefined, setKv: () => undefined }, clock, logger: silentLogger() }),
-    monitor,
-    retry: new RetryPolicy({
-      backoff: new Backoff({ minMs: 1_000, maxMs: 8_000, strategy: 'none', clock, random }),
-      sleeper: wakeup,
-      clock,
-      floorMs: () => (monitor.channelStatus('mqtt') === 'offline' && monitor.lastFailureKind('mqtt') === 'transport' ? FLOOR_MS : 0),
-    }),
-    refusedRetryMaxMs: 8_000,
-    clock,
-    random,
-    logger: silentLogger(),
-    events: {
-      connected: (e) => void events.connected.push(e),
-      disconnected: (e) => void events.disconnected.push(e),
-      message: (m) => void events.message.push(m),
-    },
-    connect: (_url, options) => {
-      const c = new FakeClient(options);
-      clients.push(c);
-      return c as unknown as MqttClient;
-    },
-  });
-  const ctl = new AbortController();
-  let running: Promise<void> = Promise.resolve();
-  const h: Harness = {
-    life,
-    clock,
-    clients,
-    wakeup,
-    monitor,
-    failures,
-    attached,
-    events,
-    start: () => {
-      running = life.run(ctl.signal);
-    },
-    stop: async () => {
-      ctl.abort();
-      await running;
-    },
-  };
-  controllers.push(h.stop);
-  return h;
-}
-
-const refused = (): Error => Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1883'), { code: 'ECONNREFUSED' });
+import { abortError } from '../../src/util/clock.js';
+import { FLOOR_MS, harness, refused, settle } from '../helpers/connection-life.js';
+import { captureLogger } from '../helpers/logger.js';
 
 describe('ConnectionLife: a connection', () => {
   it('subscribes, hands the ready connection to the window, marks the monitor and says connected', async () => {
@@ -320,5 +169,333 @@ describe('ConnectionLife: between attempts', () => {
     await h.clock.advance(8_000);
     await settle();
     expect(h.clients[3]!.options.clean).toBe(false);
+  });
+});
+
+const INFO = 30;
+const WARN = 40;
+const ERROR = 50;
+const URL_LOGGED = 'mqtt://broker.test:1883';
+
+describe('ConnectionLife: what the operator reads', () => {
+  it('reports a connection as up only once the broker accepted it, and subscribed only once every SUBACK came', async () => {
+    const h = harness({ holdSubacks: true });
+    expect(h.life.stats()).toMatchObject({ connected: false, subscribed: false, since: null });
+    h.start();
+    await settle();
+    // Attempting since the first attempt's wall time.
+    const firstAttemptAt = h.clock.now();
+    expect(h.life.connected).toBe(false);
+    expect(h.life.stats()).toMatchObject({ connected: false, subscribed: false, since: firstAttemptAt });
+    h.clients[0]!.accept();
+    expect(h.life.stats()).toMatchObject({ connected: true, subscribed: false });
+    h.clients[0]!.pendingSubacks.shift()!();
+    expect(h.life.stats()).toMatchObject({ connected: true, subscribed: true });
+    // Lost: neither up nor subscribed, and the window's link is no longer ready.
+    h.clients[0]!.fail(refused());
+    await settle();
+    expect(h.life.stats()).toMatchObject({ connected: false, subscribed: false });
+    expect(h.attached[0]!.ready).toBe(false);
+  });
+
+  it('keeps `since` at the first attempt while attempts fail, and at the loss after a connection', async () => {
+    const h = harness();
+    h.start();
+    await settle();
+    const firstAttemptAt = h.clock.now();
+    h.clients[0]!.fail(refused());
+    await h.clock.advance(1_000);
+    await settle();
+    expect(h.clients).toHaveLength(2);
+    expect(h.life.stats().since).toBe(firstAttemptAt);
+    h.clients[1]!.accept();
+    await h.clock.advance(500);
+    h.clients[1]!.fail(refused());
+    await settle();
+    const lostAt = h.clock.now();
+    await h.clock.advance(8_000);
+    await settle();
+    expect(h.clients).toHaveLength(3);
+    expect(h.life.stats().since).toBe(lostAt);
+    // A connection lost with an error of its own counts against connect, not ping.
+    expect(h.failures.map((f) => f.operation)).toEqual(['connect', 'connect']);
+  });
+
+  it('shows the latest error recorded from elsewhere in the session', () => {
+    const h = harness();
+    h.life.recordError('the outbox store is full');
+    expect(h.life.stats().lastError).toBe('the outbox store is full');
+  });
+
+  it('marks the first PINGRESP as a success, then at most once a second while online', async () => {
+    const h = harness();
+    h.start();
+    await settle();
+    const c = h.clients[0]!;
+    c.accept();
+    c.emit('packetreceive', { cmd: 'pingresp' });
+    c.emit('packetreceive', { cmd: 'pingresp' });
+    await h.clock.advance(1_000);
+    c.emit('packetreceive', { cmd: 'pingresp' });
+    expect(h.successes).toEqual(['connect', 'ping', 'ping']);
+  });
+
+  it('logs a connection never made at info, with the url, the error and the wait', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger });
+    h.start();
+    await settle();
+    h.clients[0]!.fail(refused());
+    await settle();
+    const line = log.records().find((r) => String(r.msg).includes('retrying'));
+    expect(line).toMatchObject({
+      level: INFO,
+      url: URL_LOGGED,
+      error: expect.stringContaining('ECONNREFUSED'),
+      retryInMs: 1_000,
+      msg: expect.stringMatching(/^mqtt: could not connect: .*ECONNREFUSED.*; retrying in 1000 ms$/),
+    });
+    expect(String(line!.msg)).not.toContain('credentials');
+  });
+
+  it('logs a lost connection at warn', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger });
+    h.start();
+    await settle();
+    h.clients[0]!.accept();
+    h.clients[0]!.drop();
+    await settle();
+    expect(log.records().find((r) => String(r.msg).includes('retrying'))).toMatchObject({
+      level: WARN,
+      error: 'the connection closed',
+      retryInMs: 1_000,
+      msg: 'mqtt: connection lost: the connection closed; retrying in 1000 ms',
+    });
+    expect(h.failures).toEqual([{ operation: 'connect', error: 'connection lost: the connection closed', kind: 'transport' }]);
+    expect(h.events.disconnected).toEqual([expect.objectContaining({ error: 'the connection closed' })]);
+    // The closed client is ended at once, so its stores hold nothing.
+    expect(h.clients[0]!.ends).toEqual([[true, undefined]]);
+  });
+
+  it('logs refused credentials at error', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger, random: 0.5 });
+    h.start();
+    await settle();
+    h.clients[0]!.fail(new ErrorWithReasonCode('Connection refused: Not authorized', 0x87));
+    await settle();
+    expect(log.records().find((r) => String(r.msg).includes('retrying'))).toMatchObject({
+      level: ERROR,
+      retryInMs: 6_000,
+      msg: expect.stringMatching(/^mqtt: could not connect: .*the broker refused the credentials.*; retrying in 6000 ms$/),
+    });
+  });
+
+  it('counts options mqtt.js cannot take as a failed attempt and tries again after the backoff', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger, connectThrows: new Error('invalid protocol') });
+    h.start();
+    await settle();
+    expect(h.failures).toEqual([{ operation: 'connect', error: 'invalid protocol', kind: 'transport' }]);
+    expect(log.records().find((r) => String(r.msg).includes('retrying'))).toMatchObject({ level: INFO, msg: 'mqtt: could not connect: invalid protocol; retrying in 1000 ms' });
+    await h.clock.advance(1_000);
+    expect(h.failures).toHaveLength(2);
+    expect(h.life.stats().connectionFailures).toBe(2);
+  });
+
+  it('counts a CA file it cannot read as an attempt that never connected', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger, mqtt: { url: 'mqtts://broker.test:8883', caFile: '/nonexistent/ca.pem' } });
+    h.start();
+    await settle();
+    expect(h.clients).toHaveLength(0);
+    expect(h.failures).toEqual([{ operation: 'connect', error: expect.stringContaining('mqtt.caFile: cannot read /nonexistent/ca.pem'), kind: 'transport' }]);
+    expect(log.records().find((r) => String(r.msg).includes('retrying'))).toMatchObject({ level: INFO, msg: expect.stringMatching(/^mqtt: could not connect: mqtt.caFile/) });
+  });
+
+  it('says why the broker closed the connection, and who took the client id over', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger });
+    h.start();
+    await settle();
+    h.clients[0]!.accept();
+    h.clients[0]!.emit('disconnect', { cmd: 'disconnect', reasonCode: 0x8e });
+    h.clients[0]!.drop();
+    await h.clock.advance(1_000);
+    await settle();
+    h.clients[1]!.accept();
+    h.clients[1]!.emit('disconnect', { cmd: 'disconnect', reasonCode: 0x8b });
+    h.clients[1]!.drop();
+    await settle();
+    expect(h.failures.map((f) => f.error)).toEqual([
+      'connection lost: the broker closed the connection: Session taken over (0x8e) — another client is using client id device-1',
+      'connection lost: the broker closed the connection: Server shutting down (0x8b)',
+    ]);
+    expect(log.records().filter((r) => String(r.msg).startsWith('mqtt: the broker closed'))).toEqual([
+      expect.objectContaining({ level: WARN, reasonCode: 0x8e, msg: 'mqtt: the broker closed the connection: Session taken over (0x8e) — another client is using client id device-1' }),
+      expect.objectContaining({ level: WARN, reasonCode: 0x8b, msg: 'mqtt: the broker closed the connection: Server shutting down (0x8b)' }),
+    ]);
+  });
+
+  it('warns once when it connects with a clean session to drop a packet the broker keeps re-sending', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger, limits: { maxCloudResponseBytes: 1_000, maxJsonDepth: 64 } });
+    h.start();
+    for (let i = 0; i < 2; i++) {
+      await settle();
+      h.clients[i]!.accept();
+      h.clients[i]!.stream.write(Buffer.from([0x30, 0x88, 0x27]));
+      await settle();
+      // Closed at once, without waiting for the DISCONNECT.
+      expect(h.clients[i]!.ends[0]).toEqual([true, undefined]);
+      await h.clock.advance(8_000);
+    }
+    await settle();
+    h.clients[2]!.accept();
+    h.clients[2]!.fail(refused());
+    await h.clock.advance(8_000);
+    await settle();
+    expect(h.clients).toHaveLength(4);
+    expect(log.records().filter((r) => String(r.msg).includes('clean session'))).toEqual([
+      expect.objectContaining({ level: WARN, closes: 2, msg: expect.stringMatching(/^mqtt: the broker keeps re-sending a packet over limits.maxCloudResponseBytes/) }),
+    ]);
+  });
+});
+
+describe('ConnectionLife: the loop', () => {
+  it('falls back to MQTT 3.1.1 at once when the broker refuses version 5, without counting a failure', async () => {
+    const h = harness({ protocol: 'auto' });
+    h.start();
+    await settle();
+    h.clients[0]!.emit('packetreceive', { cmd: 'connack', reasonCode: 0x84, sessionPresent: false });
+    h.clients[0]!.fail(new ErrorWithReasonCode('Connection refused: Unsupported Protocol Version', 0x84));
+    await settle();
+    await settle();
+    expect(h.clients).toHaveLength(2);
+    expect(h.clients[1]!.options.protocolVersion).toBe(4);
+    expect(h.life.stats().connectionFailures).toBe(0);
+    expect(h.failures).toEqual([]);
+  });
+
+  it('takes two closes before any CONNACK, with no error, for a refusal of version 5; network errors are not', async () => {
+    const h = harness({ protocol: 'auto' });
+    h.start();
+    await settle();
+    for (let i = 0; i < 2; i++) {
+      h.clients.at(-1)!.fail(refused());
+      await h.clock.advance(8_000);
+      await settle();
+    }
+    expect(h.clients.map((c) => c.options.protocolVersion)).toEqual([5, 5, 5]);
+    // The third failure in a row: the offline floor.
+    h.clients[2]!.drop();
+    await h.clock.advance(FLOOR_MS);
+    await settle();
+    h.clients[3]!.drop();
+    await settle();
+    await settle();
+    expect(h.clients).toHaveLength(5);
+    expect(h.clients[4]!.options.protocolVersion).toBe(4);
+    expect(h.failures.at(-1)!.error).toBe('the connection closed before the broker accepted it');
+  });
+
+  it('stops without counting a failure when it is stopped while connecting, and leaves clients of past attempts alone', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger });
+    h.start();
+    await settle();
+    h.clients[0]!.fail(refused());
+    await h.clock.advance(1_000);
+    await settle();
+    const endsOfFirst = h.clients[0]!.ends.length;
+    await h.stop();
+    expect(h.clients[0]!.ends).toHaveLength(endsOfFirst);
+    expect(h.clients[1]!.ends[0]).toEqual([true, undefined]);
+    expect(h.life.stats().connectionFailures).toBe(1);
+    expect(h.failures).toHaveLength(1);
+    expect(log.records().filter((r) => String(r.msg).includes('retrying'))).toHaveLength(1);
+  });
+
+  it('ignores what an ended connection reports late', async () => {
+    const h = harness();
+    h.start();
+    await settle();
+    const c = h.clients[0]!;
+    c.fail(refused());
+    await settle();
+    c.accept();
+    c.emit('packetreceive', { cmd: 'pingresp' });
+    expect(h.successes).toEqual([]);
+    expect(h.events.connected).toEqual([]);
+    expect(h.life.stats()).toMatchObject({ connected: false, lastConnectAt: null });
+  });
+
+  it('waits on the clock when the backoff wait breaks, logs it, and goes on', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger, wait: () => Promise.reject(new Error('sleeper broke')) });
+    h.start();
+    await settle();
+    h.clients[0]!.fail(refused());
+    await settle();
+    expect(log.records().filter((r) => String(r.msg).includes('backoff wait'))).toEqual([
+      expect.objectContaining({ level: ERROR, err: 'sleeper broke', msg: 'mqtt: the backoff wait failed: sleeper broke' }),
+    ]);
+    await h.clock.advance(999);
+    expect(h.clients).toHaveLength(1);
+    await h.clock.advance(1);
+    await settle();
+    expect(h.clients).toHaveLength(2);
+  });
+
+  it('ends the loop when the backoff wait is aborted', async () => {
+    const log = captureLogger();
+    const h = harness({ logger: log.logger, wait: () => Promise.reject(abortError()) });
+    h.start();
+    await settle();
+    h.clients[0]!.fail(refused());
+    await h.running();
+    await h.clock.advance(10_000);
+    expect(h.clients).toHaveLength(1);
+    expect(log.records().filter((r) => String(r.msg).includes('backoff wait'))).toEqual([]);
+  });
+});
+
+describe('ConnectionLife: the CONNACK backstop', () => {
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('ends an attempt with no CONNACK a second after mqtt.connectTimeoutMs, keeping the error that came first', async () => {
+    const h = harness({ mqtt: { connectTimeoutMs: 5_000 } });
+    h.start();
+    await settle();
+    vi.advanceTimersByTime(5_999);
+    expect(h.clients[0]!.ends).toEqual([]);
+    vi.advanceTimersByTime(1);
+    expect(h.clients[0]!.ends[0]).toEqual([true, undefined]);
+    await settle();
+    expect(h.failures).toEqual([{ operation: 'connect', error: 'no CONNACK from the broker within 5000 ms (mqtt.connectTimeoutMs)', kind: 'transport' }]);
+
+    await h.clock.advance(1_000);
+    await settle();
+    h.clients[1]!.emit('error', Object.assign(new Error('getaddrinfo EAI_AGAIN broker.test'), { code: 'EAI_AGAIN' }));
+    vi.advanceTimersByTime(6_000);
+    await settle();
+    expect(h.failures[1]!.error).toContain('EAI_AGAIN');
+  });
+
+  it('leaves an established connection alone', async () => {
+    const h = harness({ mqtt: { connectTimeoutMs: 5_000 } });
+    h.start();
+    await settle();
+    h.clients[0]!.accept();
+    vi.advanceTimersByTime(60_000);
+    await settle();
+    expect(h.clients[0]!.ends).toEqual([]);
+    expect(h.life.connected).toBe(true);
   });
 });
