@@ -9,7 +9,7 @@ import type { WakeableSleep } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
-import { ConnectionLife, type MqttSessionConfig } from './connection-life.js';
+import { ConnectionLife, type ConnectionLifeDeps, type MqttSessionConfig } from './connection-life.js';
 import { ProtocolNegotiator, type ProtocolInfo } from './negotiation.js';
 import { PublishWindow, type PublishOutcome, type PublishRequest } from './publish-window.js';
 import type { MqttSessionEvents } from './session-events.js';
@@ -73,6 +73,8 @@ export interface MqttSessionDeps {
    * Default 2000 ms.
    */
   stopTimeoutMs?: number;
+  /** mqtt.js's `connect`; a test passes a fake client. */
+  connect?: ConnectionLifeDeps['connect'];
 }
 
 export interface MqttSessionStats {
@@ -154,6 +156,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       random: deps.random,
       logger: deps.logger,
       stopTimeoutMs: deps.stopTimeoutMs,
+      connect: deps.connect,
       events: {
         connected: (e) => this.emit('connected', e),
         disconnected: (e) => this.emit('disconnected', e),
@@ -225,6 +228,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
    */
   publishMany(reqs: readonly PublishRequest[]): Promise<PublishOutcome[]> {
     return new Promise<PublishOutcome[]>((resolve) => {
+      // Stryker disable next-line ArrayDeclaration: equivalent: every index is assigned before the array is handed out
       const outcomes = new Array<PublishOutcome>(reqs.length);
       let left = reqs.length;
       if (left === 0) resolve(outcomes);
