@@ -102,6 +102,42 @@ describe('the copy of the outbox counters', () => {
     expect(copy.ok && copy.rows).toContainEqual({ channel: 'telemetry', counter: 'count', value: 2 });
   });
 
+  it('says again after a write succeeded in between; a database it cannot read is said too, and at a stop after close nothing', async () => {
+    const t = open(dirs.make(), 10);
+    const dir = join(dirs.make(), 'data');
+    writeFileSync(dir, '');
+    const log = captureLogger();
+    const mirror = new CounterMirror({ db: t.store.db, path: join(dir, 'outbox-counters.json'), clock: t.clock, logger: log.logger });
+    await fill(t.outbox, 11);
+    expect(mirror.sync()).toBe(false);
+    rmSync(dir);
+    mkdirSync(dir);
+    expect(mirror.sync()).toBe(true);
+    rmSync(dir, { recursive: true });
+    writeFileSync(dir, '');
+    await fill(t.outbox, 1);
+    expect(mirror.sync()).toBe(false);
+    const other = new CounterMirror({ db: t.store.db, path: join(dirs.make(), 'c.json'), clock: t.clock, logger: log.logger });
+    expect(other.sync()).toBe(true);
+    // Stopped after the database closed: no last write, nothing to say.
+    const ctl = new AbortController();
+    const running = other.run(ctl.signal);
+    await t.close();
+    ctl.abort();
+    await running;
+    const warnings = (): unknown[][] => log.records().filter((r) => r.level === 40).map((r) => [r.file, String(r.msg).replace(/: .*$/, '')]);
+    await new Promise((r) => setImmediate(r));
+    expect(warnings()).toHaveLength(2);
+    // Asked anyway: the counters cannot be read.
+    expect(other.sync()).toBe(false);
+    await new Promise((r) => setImmediate(r));
+    expect(warnings()).toEqual([
+      [join(dir, 'outbox-counters.json'), `could not write the copy of the outbox counters to ${join(dir, 'outbox-counters.json')}`],
+      [join(dir, 'outbox-counters.json'), `could not write the copy of the outbox counters to ${join(dir, 'outbox-counters.json')}`],
+      [expect.stringContaining('c.json'), 'could not read the outbox counters'],
+    ]);
+  });
+
   it('a copy that is missing, not JSON or not its shape is refused with the reason; stray rows are skipped', () => {
     const dir = dirs.make();
     const path = join(dir, 'c.json');
@@ -112,8 +148,11 @@ describe('the copy of the outbox counters', () => {
       writeFileSync(path, bad);
       expect(readCounterMirror(path)).toMatchObject({ ok: false, why: expect.stringContaining('expected fields') });
     }
-    writeFileSync(path, JSON.stringify({ format: 1, counters: [['t', 'count', 3], ['t', 'bytes', -1], ['t', 'disk', 1.5], [1, 'count', 2], ['t', 'x'], 'row', ['e', 'corrupt', 4]] }));
-    expect(readCounterMirror(path)).toEqual({ ok: true, rows: [{ channel: 't', counter: 'count', value: 3 }, { channel: 'e', counter: 'corrupt', value: 4 }] });
+    writeFileSync(path, JSON.stringify({ format: 1, counters: [['t', 'count', 3], ['t', 'bytes', -1], ['t', 'disk', 1.5], [1, 'count', 2], ['t', 'x'], 'row', ['e', 'corrupt', 4], ['e', 'ttl', 0], ['e', 'x', 1, 'extra'], { length: 3 }] }));
+    expect(readCounterMirror(path)).toEqual({
+      ok: true,
+      rows: [{ channel: 't', counter: 'count', value: 3 }, { channel: 'e', counter: 'corrupt', value: 4 }, { channel: 'e', counter: 'ttl', value: 0 }],
+    });
   });
 });
 
@@ -139,6 +178,19 @@ describe('after a salvage that lost the counters', () => {
     const stats = after.outbox.stats();
     expect(stats.channels['telemetry']).toMatchObject({ drops: { count: 4, corrupt: 1 } });
     expect(stats.channels['events']).toMatchObject({ drops: { corrupt: 2 } });
+  });
+
+  it('tells counters apart by channel and counter, however their names run together, and says how many it raised', () => {
+    const t = open(dirs.make());
+    t.store.db.prepare("INSERT INTO outbox_counters (channel, counter, value) VALUES ('a', 'bc', 9)").run();
+    writeFileSync(t.path, JSON.stringify({ format: 1, counters: [['a', 'bc', 5], ['ab', 'c', 7]] }));
+    const log = captureLogger();
+    expect(restoreCounters(t.store.db, t.path, log.logger)).toBe(1);
+    expect(t.store.db.prepare('SELECT channel, counter, value FROM outbox_counters ORDER BY channel').all()).toEqual([
+      { channel: 'a', counter: 'bc', value: 9 },
+      { channel: 'ab', counter: 'c', value: 7 },
+    ]);
+    expect(log.records().map((r) => [r.file, r.raised])).toEqual([[t.path, 1]]);
   });
 
   it('a counter the database holds higher than the copy (counted after the last copy) is kept', async () => {
