@@ -2,7 +2,8 @@ import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startMosquitto, type Mosquitto } from '../devcloud/mosquitto.js';
-import { procCpuMs, startAgent, type BenchAgent } from './ingest-agent.js';
+import { startAgent, type BenchAgent } from './ingest-agent.js';
+import { procCpuMs } from './proc.js';
 import { httpIngest, mosquittoPub, mqttWindow, parkSubscriber, PAYLOAD_BYTES, STREAMS, type ProducerRun } from './ingest-clients.js';
 import { benchArgs, cell, jsonLine, machine, median, ratio, round, table, target, type BenchReport } from './report.js';
 

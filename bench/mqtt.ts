@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -25,6 +25,7 @@ import { systemRandom } from '../src/util/random.js';
 import { AckCounter, deadline, defaultOutbox, fillOutbox } from './drain.js';
 import { startBroker, type BenchBroker } from './mosquitto.js';
 import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
+import { procCpuMs } from './proc.js';
 
 /**
  * npm run bench:mqtt [-- --messages N --runs R --backlog B --reconnects K --json]
@@ -130,19 +131,6 @@ export function prebuild(n: number): Prebuilt[] {
 }
 
 // ---- measuring ----
-
-/** CPU time (user + system) of a process from /proc, in ms; null when it cannot be read. */
-function procCpuMs(pid: number | undefined): number | null {
-  if (pid === undefined) return null;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // utime and stime are fields 14 and 15 of stat (11 and 12 after the command), in clock ticks (100/s on Linux).
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
-  } catch {
-    return null;
-  }
-}
 
 interface DrainRun {
   /** msg/s; null when the run did not finish. */
