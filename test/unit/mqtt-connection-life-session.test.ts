@@ -183,7 +183,7 @@ describe('ConnectionLife: each connection', () => {
     ]);
     const [first, second] = h.window.births;
     first!.done({ ok: false, permanent: false, reason: 'superseded' });
-    second!.done({ ok: false, permanent: true, reason: 'Not authorized (0x87)' });
+    second!.done({ ok: false, permanent: true, reasonCode: 0x87, reason: 'Not authorized (0x87)' });
     h.window.stopped = true;
     second!.done({ ok: false, permanent: false, reason: 'the session stopped' });
     expect(log.records().filter((r) => String(r.msg).includes('birth'))).toEqual([
