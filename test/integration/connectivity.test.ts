@@ -179,7 +179,8 @@ describe('faults injected by the devcloud', () => {
     const health = await waitFor('a health report', () => c.admin.health(dev.uuid).health[0]);
     const body = health.health as { outages: { end: number | null; cause: string }[] };
     expect(body.outages[0]?.end).not.toBeNull();
-    expect(body.outages[0]?.cause).toContain('ECONNREFUSED');
+    // The outage's first failure: a refused connect, or a kept-alive connection the refusing cloud reset.
+    expect(body.outages[0]?.cause).toMatch(/ECONNREFUSED|ECONNRESET/);
   });
 });
 
