@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { connectAsync } from 'mqtt';
 import { Pool } from 'undici';
 import { deadline } from './drain.js';
+import { publishWindowed } from './mqtt-window.js';
 
 /**
  * The producers of the ingest benchmark: what a local app does to hand telemetry over. Each one
@@ -36,28 +37,14 @@ const streamOf = (i: number): string => STREAMS[i % STREAMS.length] as string;
  * closed connection (the agent refuses by closing) fails the run.
  */
 export async function mqttWindow(port: number, n: number, window: number, clientId: string): Promise<ProducerRun> {
-  const messages = Array.from({ length: n }, (_, i) => ({ topic: `local/telemetry/${streamOf(i)}`, body: Buffer.from(payload(i)) }));
+  const messages = Array.from({ length: n }, (_, i) => ({ topic: `local/telemetry/${streamOf(i)}`, payload: Buffer.from(payload(i)) }));
   const client = await connectAsync(`mqtt://127.0.0.1:${port}`, { protocolVersion: 4, clean: true, clientId, reconnectPeriod: 0, connectTimeout: 30_000 });
   try {
     const t0 = performance.now();
-    let acked = 0;
-    await deadline(
-      new Promise<void>((resolve, reject) => {
-        client.once('close', () => reject(new Error(`the broker closed the connection after ${acked} PUBACKs`)));
-        let next = 0;
-        const sendOne = (): void => {
-          const m = messages[next++]!;
-          client.publish(m.topic, m.body, { qos: 1 }, (err) => {
-            if (err) return reject(err);
-            if (++acked === n) return resolve();
-            if (next < n) sendOne();
-          });
-        };
-        for (let k = 0; k < Math.min(window, n); k++) sendOne();
-      }),
-      RUN_TIMEOUT_MS,
-      `${n} QoS 1 publishes`,
-    );
+    const progress = { acked: 0 };
+    const closed = new Promise<never>((_, reject) => client.once('close', () => reject(new Error(`the broker closed the connection after ${progress.acked} PUBACKs`))));
+    await deadline(Promise.race([publishWindowed(client, messages, window, progress), closed]), RUN_TIMEOUT_MS, `${n} QoS 1 publishes`);
+    const { acked } = progress;
     return { acked, ms: performance.now() - t0 };
   } finally {
     client.removeAllListeners('close');

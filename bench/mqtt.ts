@@ -26,6 +26,7 @@ import { AckCounter, deadline, defaultOutbox, fillOutbox } from './drain.js';
 import { startBroker, type BenchBroker } from './mosquitto.js';
 import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type BenchReport, type BenchResult } from './report.js';
 import { procCpuMs } from './proc.js';
+import { publishWindowed } from './mqtt-window.js';
 
 /**
  * npm run bench:mqtt [-- --messages N --runs R --backlog B --reconnects K --json]
@@ -195,23 +196,7 @@ export async function rawRun(broker: BenchBroker, messages: Prebuilt[], clientId
     const window = Math.min(config.mqtt.maxInflight, connack.properties?.receiveMaximum ?? config.mqtt.maxInflight);
     const n = messages.length;
     const meter = new CpuMeter(broker);
-    await deadline(
-      new Promise<void>((resolve, reject) => {
-        let next = 0;
-        let acked = 0;
-        const sendOne = (): void => {
-          const m = messages[next++] as Prebuilt;
-          client.publish(m.topic, m.payload, { qos: 1 }, (err) => {
-            if (err) return reject(err);
-            if (++acked === n) return resolve();
-            if (next < n) sendOne();
-          });
-        };
-        for (let k = 0; k < Math.min(window, n); k++) sendOne();
-      }),
-      RUN_TIMEOUT_MS,
-      'raw publish',
-    );
+    await deadline(publishWindowed(client, messages, window), RUN_TIMEOUT_MS, 'raw publish');
     return { ...meter.finish(n), window };
   } finally {
     await client.endAsync().catch(() => undefined);
