@@ -247,6 +247,15 @@ describe('cells pushed out of their page by damage', () => {
     expect(readIndexCell(file, file.page(1)!, 100, true)).toEqual(pattern(3));
   });
 
+  it('an index cell whose overflow pointer ends exactly at the page end is followed', () => {
+    // 200 bytes: 39 on the page, the pointer in the last 4 bytes, 161 on page 2.
+    const payload = pattern(200, 9);
+    const at = USABLE - 4 - 39 - 2;
+    const file = pagesWithCell(2, at, [...varint(200), ...payload.subarray(0, 39), 0, 0, 0, 2]);
+    payload.copy(file.bytes, USABLE + 4, 39);
+    expect(readIndexCell(file, file.page(1)!, at, false)).toEqual(payload);
+  });
+
   it('an index cell whose overflow pointer runs past the page is unreadable', () => {
     // 200 bytes: 39 on the page, then the pointer; 2 + 39 leaves 2 bytes of the page for it.
     const at = USABLE - 2 - 39 - 2;
