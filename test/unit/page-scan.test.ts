@@ -165,6 +165,19 @@ describe('planning the page scan', () => {
     file.close();
   });
 
+  it('skips a schema entry whose root page is not stored as an integer (a REAL 2.5 here)', () => {
+    const path = build();
+    const db = new BetterSqlite3(path);
+    db.unsafeMode(true);
+    db.pragma('writable_schema = ON');
+    db.prepare("INSERT INTO sqlite_schema VALUES ('table', 'ghost', 'ghost', ?, 'CREATE TABLE ghost (x)')").run(2.5);
+    db.close();
+    const file = PageFile.open(path);
+    const plan = planScan(file, new Set(), new Map());
+    expect(plan.schema.map((s) => s.name)).toEqual(['a', 'b', 'c', 'e', 'z']);
+    file.close();
+  });
+
   it('keeps the leaves an intact tree reaches, without counting them as orphans', () => {
     const path = build();
     const b = pagesOf(path, 'b');
