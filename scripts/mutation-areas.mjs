@@ -57,6 +57,7 @@ export const AREAS = {
       'test/unit/checkpointer.test.ts', 'test/unit/target-mirror.test.ts', 'test/unit/outbox-corrupt-losses.test.ts',
       'test/unit/quarantine.test.ts', 'test/unit/quarantine-durability.test.ts', 'test/unit/salvage-report.test.ts',
       'test/unit/integrity.test.ts', 'test/unit/target-mirror-shape.test.ts', 'test/unit/database-open.test.ts',
+      'test/unit/store-health.test.ts',
     ],
   },
 };
