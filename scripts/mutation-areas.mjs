@@ -56,6 +56,9 @@ export const AREAS = {
       'test/unit/store.test.ts', 'test/unit/salvage.test.ts', 'test/unit/salvage-pages.test.ts',
       'test/unit/checkpointer.test.ts', 'test/unit/target-mirror.test.ts', 'test/unit/outbox-corrupt-losses.test.ts',
       'test/unit/page-scan.test.ts', 'test/unit/btree-cells.test.ts',
+      'test/unit/quarantine.test.ts', 'test/unit/quarantine-durability.test.ts', 'test/unit/salvage-report.test.ts',
+      'test/unit/integrity.test.ts', 'test/unit/target-mirror-shape.test.ts', 'test/unit/database-open.test.ts',
+      'test/unit/store-health.test.ts',
     ],
   },
 };

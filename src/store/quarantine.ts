@@ -129,6 +129,7 @@ export function pruneQuarantined(path: string, keep: number, logger: Logger): vo
   } catch {
     return;
   }
+  // Stryker disable next-line MethodExpression: readdirSync (libuv scandir) already returns names in byte order, the order sort() gives these ASCII time stamps
   for (const old of names.sort().slice(0, Math.max(0, names.length - keep))) {
     const file = join(dir, old);
     for (const suffix of SQLITE_FILES) rmSync(file + suffix, { force: true });
