@@ -46,13 +46,13 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type 
  *    the same temp dir, the device created first) by the agent's own parts with every default:
  *    Flusher (settings.offline.flushBatchMessages/flushBatchBytes, flushMaxInflight batches in
  *    flight) + HttpSink (gzip) + CloudHttpClient + RetryPolicy (backoffFromSettings, a Wakeup).
- *    Timed from the flusher's start until the ack that empties the outbox. Two informational
- *    baselines post the same number of batches of the same size and shape from memory with undici's
+ *    Timed from the flusher's start until the ack that empties the outbox. Two baselines post the same number of batches of the same size and shape from memory with undici's
  *    request() on a keep-alive Agent, as many in flight as the flusher, reading each answer:
  *    drain_http_raw_undici with the bodies serialised and gzipped before the clock starts (the
  *    limit of the transport plus the devcloud, which runs in this process in every case), and
  *    drain_http_raw_undici_encoding with JSON + gzip inside the timed loop (what is left is the
- *    outbox's, flusher's and client's share). Three rounds in rotating order, medians.
+ *    outbox's, flusher's and client's share). Three rounds in rotating order, medians. Issue 22's
+ *    target is ours >= 0.8x the first (drain_http_vs_raw_undici); the second is informational.
  *  - rss: a child process opens the store and the outbox and runs stats() and peekBatch(100)+nack
  *    in a loop for a while; its peak RSS (VmHWM) with an empty queue vs with R queued messages
  *    (filled with the raw path, then the store closed before the child starts).
@@ -446,28 +446,34 @@ async function main(): Promise<void> {
     log(`enqueue vs raw SQLite: ${rounds} paired rounds of ${perRound} messages, ${a.producers} producers, synchronous=FULL ...`);
     const enqCase = new EnqueueCase(dir, a.producers);
     const rawStore = openStore(join(dir, 'raw.db'), 'inline');
+    // A long outage keeps the queue full: then every enqueue also drops the oldest message. Filled
+    // first, then measured in the same rounds as the others (issue 22: >= 0.6x the rate when not full).
+    const fullCase = new EnqueueCase(dir, a.producers, 'enqueue-full.db', { maxCount: 20_000, maxBytes: 2 ** 45 });
+    log(`filling the full-queue case to its 20,000-message limit ...`);
+    await fullCase.run(25_000);
     await enqCase.run(5_000); // warm-up: JIT, page cache, first WAL
     rawInsert(rawStore, 5_000);
     const enqRates: number[] = [];
     const rawRates: number[] = [];
+    const fullRates: number[] = [];
     const pairRatios: number[] = [];
+    const fullRatios: number[] = [];
     let commits = 0;
     for (let r = 0; r < rounds; r++) {
       const e = await enqCase.run(perRound);
       const w = rawInsert(rawStore, perRound);
+      const f = await fullCase.run(perRound);
       enqRates.push(e.rate);
       rawRates.push(w);
+      fullRates.push(f.rate);
       pairRatios.push(e.rate / w);
+      fullRatios.push(f.rate / e.rate);
       commits += e.commits;
     }
     await enqCase.close();
-    rawStore.close();
-    // A long outage keeps the queue full: then every enqueue also drops the oldest message.
-    log(`enqueue into a full queue (each enqueue drops the oldest) ...`);
-    const fullCase = new EnqueueCase(dir, a.producers, 'enqueue-full.db', { maxCount: 20_000, maxBytes: 2 ** 45 });
-    await fullCase.run(25_000);
-    const whenFull = await fullCase.run(perRound);
     await fullCase.close();
+    rawStore.close();
+    const whenFull = { rate: median(fullRates) ?? NaN };
     const enq = { rate: median(enqRates) ?? NaN, commits, perCommit: (perRound * rounds) / commits };
     const raw = median(rawRates) ?? NaN;
     log(`seed queue: backlog ${a.backlog}, rewrite + fsync per enqueue, 3 s ...`);
@@ -516,10 +522,9 @@ async function main(): Promise<void> {
     const ratios = {
       enqueue_vs_seed_queue: ratio(enq.rate, seed.rate),
       enqueue_vs_sqlite_raw: ratio(median(pairRatios), 1),
-      enqueue_full_queue_vs_empty: ratio(whenFull.rate, enq.rate),
+      enqueue_full_queue_vs_empty: ratio(median(fullRatios) ?? NaN, 1),
       rss_1m_vs_empty: ratio(rssFull.hwmKb, rssEmpty.hwmKb),
       rss_peek_only_1m_vs_empty: ratio(peekFull.hwmKb, peekEmpty.hwmKb),
-      // Informational (issue 4 names no target for the drain).
       drain_http_vs_raw_undici: ratio(drain.vsRaw, 1),
       drain_http_vs_raw_undici_encoding: ratio(drain.vsRawEncoding, 1),
     };
@@ -531,13 +536,16 @@ async function main(): Promise<void> {
       ratios,
       targets: {
         enqueue_vs_seed_queue: target('>=', 100, ratios.enqueue_vs_seed_queue),
-        enqueue_vs_sqlite_raw: target('>=', 0.3, ratios.enqueue_vs_sqlite_raw),
+        // Issue 22's targets (issue 4 asked 0.3 of raw inserts).
+        enqueue_vs_sqlite_raw: target('>=', 0.5, ratios.enqueue_vs_sqlite_raw),
+        enqueue_full_queue_vs_empty: target('>=', 0.6, ratios.enqueue_full_queue_vs_empty),
+        drain_http_vs_raw_undici: target('>=', 0.8, ratios.drain_http_vs_raw_undici),
         rss_1m_vs_empty: target('<=', 1.2, ratios.rss_1m_vs_empty),
       },
     };
     const rows = [
       ['outbox enqueue (durable, FULL)', cell(enq.rate), 'msg/s', `median of ${rounds}; ${cell(enq.perCommit, 1)} msg per commit (fsync)`],
-      ['outbox enqueue into a full queue', cell(whenFull.rate), 'msg/s', `each enqueue drops the oldest (20,000 queued); 1 run, informational`],
+      ['outbox enqueue into a full queue', cell(whenFull.rate), 'msg/s', `each enqueue drops the oldest (20,000 queued); median of ${rounds}, in the same rounds`],
       ['seed queue (JSON rewrite + fsync)', cell(seed.rate, 1), 'msg/s', `backlog ${cell(a.backlog)}, ${cell(seed.count)} enqueues, file ${cell(seed.fileBytes / 1024)} KiB`],
       ['SQLite raw (one transaction)', cell(raw), 'rows/s', `median of ${rounds}, paired with the above; same table and pragmas`],
       [
@@ -550,7 +558,7 @@ async function main(): Promise<void> {
         'same batches, raw undici, pre-encoded',
         cell(drain.raw),
         'msg/s',
-        `median of ${drainRounds} (${drain.runs.raw.map((x) => cell(x)).join(', ')}); JSON + gzip before the clock; ours/this ${cell(drain.vsRaw, 3)} (informational)`,
+        `median of ${drainRounds} (${drain.runs.raw.map((x) => cell(x)).join(', ')}); JSON + gzip before the clock; ours/this ${cell(drain.vsRaw, 3)} (the target, issue 22: >= 0.8)`,
       ],
       [
         'same batches, raw undici, encoding',

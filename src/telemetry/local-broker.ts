@@ -1,6 +1,5 @@
 import type { EventEmitter } from 'node:events';
 import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
-import { Duplex } from 'node:stream';
 import type { Aedes, Client, ConnectPacket, PublishPacket } from 'aedes';
 import { isOutboxError } from '../outbox/types.js';
 import { AgentError, errorMessage } from '../util/errors.js';
@@ -9,7 +8,7 @@ import type { Logger } from '../util/logger.js';
 import { LIMIT_DEFAULTS } from '../config/schema.js';
 import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
 import type { HeldListener } from '../util/held-listener.js';
-import { MqttFrameScanner } from '../util/mqtt-frames.js';
+import { BoundedSocket } from './bounded-socket.js';
 
 /**
  * The local MQTT listener (`features.localBroker`): an embedded aedes broker on loopback where local
@@ -230,6 +229,9 @@ export class LocalBroker {
     const onConnection = (socket: Socket): void => {
       sockets.add(socket);
       socket.once('close', () => sockets.delete(socket));
+      // A PUBACK is a few bytes sent alone: with Nagle's algorithm it waits for the client's delayed
+      // ACK (40 ms on Linux), and a client that waits for each PUBACK gets about 20 a second.
+      socket.setNoDelay(true);
       if (this.refusedInRun > 0) {
         this.log.warn({ refused: this.refusedInRun }, `local broker: ${this.refusedInRun} connection(s) were refused while limits.maxLocalConnections (${this.o.maxConnections ?? LIMIT_DEFAULTS.maxLocalConnections}) were open`);
         this.refusedInRun = 0;
@@ -401,56 +403,5 @@ export class LocalBroker {
       { clientId, topic, code: error.code, ...(outboxCode ? { outboxCode } : {}), reason: error.message },
       'local publish refused: closing the client without an acknowledgement',
     );
-  }
-}
-
-/**
- * A client's socket as aedes sees it: every byte passes the frame scanner first, and a packet over
- * the limit ends the connection before aedes holds it. Backpressure is kept: the socket is paused
- * while aedes has not read what it was given.
- */
-class BoundedSocket extends Duplex {
-  private readonly scanner: MqttFrameScanner;
-
-  constructor(
-    private readonly socket: Socket,
-    maxPacketBytes: number,
-    onOversize: (size: number) => void,
-  ) {
-    super({ allowHalfOpen: false });
-    this.scanner = new MqttFrameScanner(maxPacketBytes);
-    socket.on('data', (chunk: Buffer) => {
-      const over = this.scanner.feed(chunk);
-      if (over !== undefined) {
-        onOversize(over);
-        socket.destroy();
-        return;
-      }
-      if (!this.push(chunk)) socket.pause();
-    });
-    socket.on('end', () => this.push(null));
-    socket.on('close', () => this.destroy());
-    socket.on('error', (err) => this.destroy(err));
-  }
-
-  override _read(): void {
-    this.socket.resume();
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
-    if (this.socket.destroyed) {
-      done();
-      return;
-    }
-    this.socket.write(chunk, (err) => done(err ?? null));
-  }
-
-  override _final(done: (err?: Error | null) => void): void {
-    this.socket.end(() => done());
-  }
-
-  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
-    this.socket.destroy();
-    done(err);
   }
 }

@@ -1,5 +1,5 @@
 import BetterSqlite3 from 'better-sqlite3';
-import { statSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SAFETY_FACTOR, WalCheckpointer } from '../../src/store/checkpointer.js';
@@ -36,7 +36,7 @@ describe('WalCheckpointer (store.checkpoint = background)', () => {
     write(store.db, 1500);
     await until('a background checkpoint', () => (store.checkpointStats()?.checkpoints ?? 0) >= 1);
     const stats = store.checkpointStats();
-    expect(stats).toMatchObject({ running: true, failures: 0, lastError: null });
+    expect(stats).toMatchObject({ state: 'running', starts: 1, failures: 0, lastError: null });
     expect(stats?.pagesCopied).toBeGreaterThanOrEqual(1000);
     // The main connection's own checkpoint (at 4,000 pages) never ran: it would have nothing left to copy.
     const [r] = store.db.pragma('wal_checkpoint(PASSIVE)') as Array<{ log: number; checkpointed: number }>;
@@ -56,16 +56,67 @@ describe('WalCheckpointer (store.checkpoint = background)', () => {
     db.close();
   });
 
+  it('starts no worker while the WAL stays below the threshold (an idle device keeps no second thread)', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = Store.open({ path, logger: silentLogger(), clock });
+    const c = new WalCheckpointer(store.db, { path, logger: silentLogger(), pollMs: 5, idlePollMs: 5 });
+    write(store.db, 500);
+    // Forty looks at a WAL of 500 pages: none starts a worker.
+    const end = Date.now() + 200;
+    await until('200 ms of looks', () => Date.now() >= end);
+    expect(c.stats()).toMatchObject({ state: 'watching', starts: 0, checkpoints: 0 });
+    write(store.db, 600);
+    await until('a background checkpoint', () => c.stats().checkpoints >= 1);
+    expect(c.stats()).toMatchObject({ state: 'running', starts: 1 });
+    c.close();
+    store.close();
+  });
+
+  it('lets an idle worker go and starts a new one when the WAL grows again', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = Store.open({ path, logger: silentLogger(), clock });
+    const c = new WalCheckpointer(store.db, { path, logger: silentLogger(), pollMs: 10, idleExitMs: 300 });
+    write(store.db, 1500);
+    await until('a background checkpoint', () => c.stats().checkpoints >= 1);
+    await until('the idle worker to end', () => c.stats().state === 'watching');
+    expect(c.stats()).toMatchObject({ starts: 1, failures: 0, lastError: null });
+    // The safety net stays where it was: an idle end is not a failure.
+    expect(store.db.pragma('wal_autocheckpoint', { simple: true })).toBe(1000 * SAFETY_FACTOR);
+    write(store.db, 1500);
+    await until('a second worker\'s checkpoint', () => c.stats().checkpoints >= 2);
+    expect(c.stats()).toMatchObject({ starts: 2, failures: 0 });
+    c.close();
+    expect(c.stats().state).toBe('closed');
+    store.close();
+  });
+
   it('falls back to SQLite checkpointing on the main connection when the worker cannot run, and says why', async () => {
     const path = join(dirs.make(), 'agent.db');
     const store = Store.open({ path, logger: silentLogger(), clock });
     const log = captureLogger();
-    // The worker opens its own connection to `path`: a file that does not exist stops it at once.
-    const c = new WalCheckpointer(store.db, { path: join(dirs.make(), 'missing.db'), logger: log.logger });
-    await until('the fallback', () => !c.stats().running);
+    // A wal-index saying 2,000 frames are due, for a database that does not exist: the worker starts and cannot open it.
+    const missing = join(dirs.make(), 'missing.db');
+    const header = Buffer.alloc(100);
+    header.writeUInt32LE(2000, 16);
+    writeFileSync(`${missing}-shm`, header);
+    const c = new WalCheckpointer(store.db, { path: missing, logger: log.logger });
+    await until('the fallback', () => c.stats().state === 'failed');
+    expect(c.stats()).toMatchObject({ starts: 1 });
     expect(c.stats().lastError).toMatch(/the checkpoint worker could not start: .*missing\.db/);
     expect(store.db.pragma('wal_autocheckpoint', { simple: true })).toBe(1000);
     expect(log.text()).toMatch(/checkpointing the WAL inline from now on/);
+    c.close();
+    store.close();
+  });
+
+  it('falls back at once when the main thread cannot read the WAL index', () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = Store.open({ path, logger: silentLogger(), clock });
+    const log = captureLogger();
+    const c = new WalCheckpointer(store.db, { path: join(dirs.make(), 'gone.db'), logger: log.logger });
+    expect(c.stats()).toMatchObject({ state: 'failed', starts: 0 });
+    expect(c.stats().lastError).toMatch(/the WAL index could not be read: .*gone\.db-shm/);
+    expect(store.db.pragma('wal_autocheckpoint', { simple: true })).toBe(1000);
     c.close();
     store.close();
   });
