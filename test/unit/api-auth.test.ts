@@ -5,7 +5,7 @@ import { startApi, type ApiRoute, type ApiView } from '../../src/api/server.js';
 import { silentLogger } from '../helpers/logger.js';
 
 /**
- * Auth of the local API, from its route table: every route fastify serves needs the key, except the
+ * Auth of the local API, from its route table: every route the API serves (HEAD too) needs the key, except the
  * ones docs/api.md lists as open. A route added later is checked without anyone editing this test.
  */
 
