@@ -46,7 +46,7 @@ export const AREAS = {
     tests: ['test/unit/config.test.ts', 'test/unit/config-fallback.test.ts', 'test/unit/config-messages.test.ts', 'test/unit/offline-settings.test.ts'],
   },
   api: {
-    mutate: ['src/api/auth.ts', 'src/api/server.ts'],
+    mutate: ['src/api/auth.ts', 'src/api/server.ts', 'src/api/http-router.ts', 'src/api/http-server.ts'],
     tests: ['test/unit/api*.test.ts'],
   },
   store: {
