@@ -55,6 +55,8 @@ export const AREAS = {
     tests: [
       'test/unit/store.test.ts', 'test/unit/salvage.test.ts', 'test/unit/salvage-pages.test.ts',
       'test/unit/checkpointer.test.ts', 'test/unit/target-mirror.test.ts', 'test/unit/outbox-corrupt-losses.test.ts',
+      // The damaged-file reader and the index readers, field by field.
+      'test/unit/page-file.test.ts',
     ],
   },
 };
