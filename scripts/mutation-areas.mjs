@@ -56,7 +56,7 @@ export const AREAS = {
       'test/unit/store.test.ts', 'test/unit/salvage.test.ts', 'test/unit/salvage-pages.test.ts',
       'test/unit/checkpointer.test.ts', 'test/unit/target-mirror.test.ts', 'test/unit/outbox-corrupt-losses.test.ts',
       // The damaged-file reader and the index readers, field by field.
-      'test/unit/page-file.test.ts',
+      'test/unit/page-file.test.ts', 'test/unit/index-pages.test.ts', 'test/unit/index-count.test.ts',
     ],
   },
 };
