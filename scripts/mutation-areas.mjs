@@ -57,6 +57,7 @@ export const AREAS = {
       'test/unit/checkpointer.test.ts', 'test/unit/target-mirror.test.ts', 'test/unit/outbox-corrupt-losses.test.ts',
       // The damaged-file reader and the index readers, field by field.
       'test/unit/page-file.test.ts', 'test/unit/index-pages.test.ts', 'test/unit/index-count.test.ts',
+      'test/unit/salvage-scan.test.ts',
     ],
   },
 };
