@@ -1,14 +1,18 @@
 import BetterSqlite3 from 'better-sqlite3';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { IndexedValues } from '../../src/store/index-count.js';
-import { LOST_ROWS_CAP, nameLost } from '../../src/store/salvage-scan.js';
+import { LOST_ROWS_CAP, nameLost, scanInto } from '../../src/store/salvage-scan.js';
 import { RowidSet } from '../../src/store/rowid-set.js';
+import { tempDirs } from '../helpers/tmp.js';
 
 /** Naming the lost rows: the rowids the indexes list that the fresh table lacks, with what the indexes know of them. */
 
 const dbs: BetterSqlite3.Database[] = [];
+const dirs = tempDirs();
 afterEach(() => {
   for (const db of dbs.splice(0)) db.close();
+  dirs.cleanup();
 });
 
 function fresh(rowids: number[]): BetterSqlite3.Database {
@@ -55,5 +59,22 @@ describe('nameLost', () => {
     expect(asked).toBe(LOST_ROWS_CAP);
     const exact = nameLost(fresh([]), 't"x', RowidSet.from(range(1, LOST_ROWS_CAP)), () => new Map());
     expect(exact.rows.truncated).toBeUndefined();
+  });
+});
+
+describe('scanInto', () => {
+  it('rows the fresh schema refuses are counted as errors, the rest recovered with their rowids', () => {
+    const path = join(dirs.make(), 'd.db');
+    const src = new BetterSqlite3(path);
+    src.exec('CREATE TABLE t (v TEXT)');
+    for (let i = 1; i <= 10; i++) src.prepare('INSERT INTO t (rowid, v) VALUES (?, ?)').run(i, i % 4 === 0 ? 'bad' : `v${i}`);
+    src.close();
+    const db = new BetterSqlite3(':memory:');
+    dbs.push(db);
+    db.exec("CREATE TABLE t (v TEXT CHECK (v <> 'bad'))");
+    const { summary, outcomes } = scanInto(db, path, new Map([['t', { columns: ['v'] }]]), new Map([['t', [{ name: 'v', type: 'TEXT', notNull: false, rowidAlias: false }]]]));
+    expect(summary.error).toBeUndefined();
+    expect(outcomes.get('t')).toEqual({ recovered: 8, errors: 2 });
+    expect(db.prepare('SELECT rowid FROM t ORDER BY rowid').pluck().all()).toEqual([1, 2, 3, 5, 6, 7, 9, 10]);
   });
 });
