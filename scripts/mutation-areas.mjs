@@ -59,6 +59,9 @@ export const AREAS = {
       'test/unit/quarantine.test.ts', 'test/unit/quarantine-durability.test.ts', 'test/unit/salvage-report.test.ts',
       'test/unit/integrity.test.ts', 'test/unit/target-mirror-shape.test.ts', 'test/unit/database-open.test.ts',
       'test/unit/store-health.test.ts',
+      // The damaged-file reader and the index readers, field by field.
+      'test/unit/page-file.test.ts', 'test/unit/index-pages.test.ts', 'test/unit/index-count.test.ts',
+      'test/unit/salvage-scan.test.ts',
     ],
   },
 };
