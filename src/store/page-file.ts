@@ -160,8 +160,8 @@ export class PageFile {
     const header = parseHeader(head, this.fileSize, this.wal?.pageSize);
     // A WAL of another page size belongs to another database: ignore it.
     if (this.wal && this.wal.pageSize !== header.pageSize) this.wal = null;
-    // Stryker disable next-line ConditionalExpression,EqualityOperator: readWal returns a WAL only with a commit frame, so dbPages > 0 always.
-    if (this.wal && this.wal.dbPages > 0) header.pageCount = this.wal.dbPages;
+    // readWal returns a WAL only once it has read a commit frame, and a commit frame's size is never 0.
+    if (this.wal) header.pageCount = this.wal.dbPages;
     this.header = header;
   }
 
@@ -172,9 +172,8 @@ export class PageFile {
   private walPage(n: number): Buffer | null {
     const at = this.wal?.frames.get(n);
     if (at === undefined || this.walFd === null || !this.wal) return null;
-    const buf = readAt(this.walFd, this.wal.pageSize, at);
-    // Stryker disable next-line ConditionalExpression: readWal lists only frames wholly inside the file, so the read is never short.
-    return buf.length === this.wal.pageSize ? buf : null;
+    // readWal lists only frames wholly inside the file, so this read is never short.
+    return readAt(this.walFd, this.wal.pageSize, at);
   }
 
   /** Page `n` (1-based), or null when it is out of range or cut short. */
@@ -183,10 +182,8 @@ export class PageFile {
     const fromWal = this.walPage(n);
     if (fromWal) return fromWal;
     const size = this.header.pageSize;
-    // Stryker disable next-line ConditionalExpression,ArithmeticOperator: a shortcut: without it the read below comes back short and gives null too.
-    if (n * size > this.fileSize) return null;
+    // A page the header counts but the file cuts short (a truncated file) comes back short: none.
     const buf = readAt(this.fd, size, (n - 1) * size);
-    // Stryker disable next-line ConditionalExpression: the check above leaves only pages wholly inside the file, never read short.
     return buf.length === size ? buf : null;
   }
 

@@ -238,6 +238,20 @@ describe('PageFile', () => {
     file.close();
   });
 
+  it('a page the WAL counts that is neither in the WAL nor wholly in the file is null; the pages before it are whole', () => {
+    const path = join(dirs.make(), 'a.db');
+    const { pageCount } = makeDb(path, { rows: 40 });
+    const whole = readFileSync(path);
+    // The file lost the end of its last page; a committed WAL frame (of page 2) still counts it.
+    writeFileSync(path, whole.subarray(0, (pageCount - 1) * 4096 + 100));
+    writeFileSync(`${path}-wal`, buildWal([{ page: 2, commit: pageCount }], { pageSize: 4096 }));
+    const file = PageFile.open(path);
+    expect(file.header.pageCount).toBe(pageCount);
+    expect(file.page(pageCount - 1)).toEqual(whole.subarray((pageCount - 2) * 4096, (pageCount - 1) * 4096));
+    expect(file.page(pageCount)).toBeNull();
+    file.close();
+  });
+
   it('closes the files it opened', () => {
     const path = join(dirs.make(), 'a.db');
     makeDb(path);
