@@ -29,12 +29,22 @@ it('delivers every id when the broker is SIGKILLed and restarted mid-stream; dup
   await until('a quarter acknowledged', () => s.session.stats().acknowledged >= 100);
   await broker.kill();
   await until('the session to see the broker gone', () => !s.session.connected);
-  const inflightAtKill = s.session.stats().inflight;
+  const atKill = s.session.stats();
+  const inflightAtKill = atKill.inflight;
   await broker.start();
 
   const results = await Promise.all(outcomes);
   expect(results.filter((r) => !r.ok)).toEqual([]);
-  await until('every id at the subscriber', () => new Set(cloud.ids()).size === ids.length, 20_000);
+  const missing = () => {
+    const seen = new Set(cloud.ids());
+    return ids.filter((id) => !seen.has(id));
+  };
+  await until('every id at the subscriber', () => missing().length === 0, 20_000).catch((e: Error) => {
+    // Say which ids, and where the stream stood at the kill, so a failure can be told apart from
+    // the broker's own window (it acknowledges a publish before its next persistence save).
+    const m = missing();
+    throw new Error(`${e.message}: ${m.length} missing (${m.slice(0, 20).join(', ')}); at the kill: acknowledged ${atKill.acknowledged}, inflight ${atKill.inflight}; subscriber saw ${cloud.received.length} copies`);
+  });
   const received = cloud.ids();
   expect([...new Set(received)].sort()).toEqual(ids);
   // Every copy carries one of the ids (nothing else arrives), and the extra copies are bounded: the
