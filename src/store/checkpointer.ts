@@ -181,14 +181,19 @@ export class WalCheckpointer {
     this.look();
   }
 
-  private stopWorker(): void {
+  /** Ends the watching and tells a worker, if any, to stop; does not wait for it. */
+  private halt(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     this.walIndex.close();
-    const worker = this.worker;
-    if (!worker) return;
     Atomics.store(this.ctl, STOP, 1);
     Atomics.notify(this.ctl, STOP);
+  }
+
+  private stopWorker(): void {
+    this.halt();
+    const worker = this.worker;
+    if (!worker) return;
     if (Atomics.wait(this.ctl, DONE, 0, CLOSE_WAIT_MS) === 'timed-out') {
       this.opts.logger.warn(`store: the checkpoint worker did not stop within ${CLOSE_WAIT_MS} ms`);
       void worker.terminate();
@@ -201,11 +206,7 @@ export class WalCheckpointer {
     this.state = 'failed';
     this.lastError = why;
     // Stops the worker without waiting: it may be the one failing.
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-    this.walIndex.close();
-    Atomics.store(this.ctl, STOP, 1);
-    Atomics.notify(this.ctl, STOP);
+    this.halt();
     try {
       if (this.db.open) this.db.pragma(`wal_autocheckpoint = ${this.threshold}`);
     } catch {
