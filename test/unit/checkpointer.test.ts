@@ -1,7 +1,7 @@
 import BetterSqlite3 from 'better-sqlite3';
 import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { SAFETY_FACTOR, WalCheckpointer } from '../../src/store/checkpointer.js';
 import { Store } from '../helpers/store.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
@@ -9,7 +9,10 @@ import { tempDirs } from '../helpers/tmp.js';
 
 // A real database file and a real worker thread.
 const dirs = tempDirs();
-afterEach(() => dirs.cleanup());
+afterEach(() => {
+  vi.useRealTimers();
+  dirs.cleanup();
+});
 const clock = { now: () => Date.UTC(2026, 10, 28) };
 
 async function until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
@@ -119,5 +122,60 @@ describe('WalCheckpointer (store.checkpoint = background)', () => {
     expect(store.db.pragma('wal_autocheckpoint', { simple: true })).toBe(1000);
     c.close();
     store.close();
+  });
+  it('looks at a WAL that stopped moving less and less often (doubling up to idlePollMs), and every pollMs again once it moves', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const dir = dirs.make();
+    const db = new BetterSqlite3(join(dir, 'main.db'));
+    // A wal-index the test writes: mxFrame at byte 16. Its database does not exist, so a worker
+    // started for it fails at once; `starts` tells when a look found the threshold reached.
+    const path = join(dir, 'watched.db');
+    const shm = (frames: number) => {
+      const header = Buffer.alloc(100);
+      header.writeUInt32LE(frames, 16);
+      writeFileSync(`${path}-shm`, header);
+    };
+    shm(10);
+    const c = new WalCheckpointer(db, { path, logger: silentLogger(), thresholdPages: 1000, pollMs: 100, idlePollMs: 1600 });
+    // Looks at 0, 100, 300, 700, 1500, 3100, 4700, 6300...: the WAL does not move.
+    vi.advanceTimersByTime(5000);
+    shm(20);
+    vi.advanceTimersByTime(1299);
+    expect(c.stats()).toMatchObject({ state: 'watching', starts: 0 });
+    // The look at 6300 sees the WAL moved (20 frames, below the threshold): the next is 100 ms later.
+    vi.advanceTimersByTime(1);
+    shm(1000);
+    vi.advanceTimersByTime(99);
+    expect(c.stats().starts).toBe(0);
+    vi.advanceTimersByTime(1);
+    expect(c.stats().starts).toBe(1);
+    c.close();
+    db.close();
+  });
+
+  it('a quiet WAL that grows past the threshold is seen within idlePollMs, not before its next look', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const dir = dirs.make();
+    const db = new BetterSqlite3(join(dir, 'main.db'));
+    const path = join(dir, 'watched.db');
+    const shm = (frames: number, backfilled = 0) => {
+      const header = Buffer.alloc(100);
+      header.writeUInt32LE(frames, 16);
+      header.writeUInt32LE(backfilled, 96);
+      writeFileSync(`${path}-shm`, header);
+    };
+    // 1,500 frames of which 600 are already in the database: 900 pending, below the threshold.
+    shm(1500, 600);
+    const c = new WalCheckpointer(db, { path, logger: silentLogger(), thresholdPages: 1000, pollMs: 100, idlePollMs: 1600 });
+    vi.advanceTimersByTime(5000);
+    expect(c.stats().starts).toBe(0);
+    shm(1600, 600);
+    // Last look at 4700: the next is at 6300.
+    vi.advanceTimersByTime(1299);
+    expect(c.stats().starts).toBe(0);
+    vi.advanceTimersByTime(1);
+    expect(c.stats().starts).toBe(1);
+    c.close();
+    db.close();
   });
 });
