@@ -167,6 +167,30 @@ describe('planning the page scan', () => {
     file.close();
   });
 
+  it('never counts a WITHOUT ROWID table as a candidate for an orphan leaf (its rows live in an index b-tree)', () => {
+    const path = join(dirs.make(), 'wr.db');
+    const db = new BetterSqlite3(path);
+    db.pragma(`page_size = ${PAGE}`);
+    // w's rows would fit d's leaves, column for column; but they are never on a table leaf.
+    db.exec('CREATE TABLE d (s TEXT NOT NULL) STRICT; CREATE TABLE w (s TEXT NOT NULL PRIMARY KEY) STRICT, WITHOUT ROWID');
+    db.transaction(() => {
+      for (let i = 0; i < 300; i++) {
+        db.prepare('INSERT INTO d (s) VALUES (?)').run(`d-${i}`);
+        db.prepare('INSERT INTO w (s) VALUES (?)').run(`w-${i}`);
+      }
+    })();
+    db.close();
+    const [d, w] = [pagesOf(path, 'd'), pagesOf(path, 'w')];
+    zeroPages(path, d.interior);
+    const file = PageFile.open(path);
+    const plan = planScan(file, new Set(['d']), new Map([['d', columnsFromSql('CREATE TABLE d (s TEXT NOT NULL) STRICT', 'd')!]]));
+    expect(plan.ambiguousPages).toBe(0);
+    expect([...plan.tables.get('d')!.orphans]).toEqual(d.leaves);
+    // w's tree is intact and walked as an index: none of its pages is an orphan of d.
+    expect(d.leaves.some((p) => w.leaves.includes(p))).toBe(false);
+    file.close();
+  });
+
   it('skips a schema entry whose root page is not stored as an integer (a REAL 2.5 here)', () => {
     const path = build();
     const db = new BetterSqlite3(path);
