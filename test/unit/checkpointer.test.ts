@@ -178,4 +178,57 @@ describe('WalCheckpointer (store.checkpoint = background)', () => {
     c.close();
     db.close();
   });
+  it('close stops a running worker at once, without a warning: no checkpoint runs after it, whatever is written', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = Store.open({ path, logger: silentLogger(), clock });
+    const log = captureLogger();
+    const c = new WalCheckpointer(store.db, { path, logger: log.logger, pollMs: 5, idlePollMs: 5 });
+    write(store.db, 1500);
+    await until('a background checkpoint', () => c.stats().checkpoints >= 1);
+    c.close();
+    const after = c.stats().checkpoints;
+    write(store.db, 1500);
+    const end = Date.now() + 200;
+    await until('200 ms', () => Date.now() >= end);
+    expect(c.stats()).toMatchObject({ state: 'closed', checkpoints: after });
+    expect(log.text()).not.toMatch(/did not stop/);
+    store.close();
+  });
+
+  it('a running worker leaves a WAL below the threshold alone (it reads the wal-index in the host byte order)', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = Store.open({ path, logger: silentLogger(), clock });
+    const c = new WalCheckpointer(store.db, { path, logger: silentLogger(), pollMs: 5, idlePollMs: 5, idleExitMs: 60_000 });
+    write(store.db, 1500);
+    await until('a background checkpoint', () => c.stats().checkpoints >= 1);
+    const after = c.stats().checkpoints;
+    // Twenty frames more, far below the threshold: some forty looks of the worker, none checkpoints.
+    write(store.db, 20);
+    const end = Date.now() + 200;
+    await until('200 ms of looks', () => Date.now() >= end);
+    expect(c.stats()).toMatchObject({ state: 'running', checkpoints: after });
+    c.close();
+    store.close();
+  });
+  it('looks again pollMs after its first look, whatever the WAL held then (one frame here)', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const dir = dirs.make();
+    const db = new BetterSqlite3(join(dir, 'main.db'));
+    const path = join(dir, 'watched.db');
+    const shm = (frames: number) => {
+      const header = Buffer.alloc(100);
+      header.writeUInt32LE(frames, 16);
+      writeFileSync(`${path}-shm`, header);
+    };
+    shm(1);
+    const c = new WalCheckpointer(db, { path, logger: silentLogger(), thresholdPages: 1000, pollMs: 100, idlePollMs: 1600 });
+    vi.advanceTimersByTime(1);
+    shm(1000);
+    vi.advanceTimersByTime(98);
+    expect(c.stats().starts).toBe(0);
+    vi.advanceTimersByTime(1);
+    expect(c.stats().starts).toBe(1);
+    c.close();
+    db.close();
+  });
 });
