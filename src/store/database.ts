@@ -42,7 +42,8 @@ export interface OpenedDatabase {
 /** Errors from SQLite that mean the file is not a usable database, as opposed to a full disk or a permission problem. */
 function isCorruption(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
-  return code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT'));
+  // SQLITE_CORRUPT and its extended codes (SQLITE_CORRUPT_INDEX, _SEQUENCE, _VTAB).
+  return code === 'SQLITE_NOTADB' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT'));
 }
 
 function createPrivateFile(path: string): void {
