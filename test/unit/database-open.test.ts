@@ -103,6 +103,23 @@ describe('opening the database', () => {
     opened.db.close();
   });
 
+  it('exclusive: the WAL index stays in memory (no -shm file, which a full disk could not take) and no other connection reads the file', () => {
+    const path = join(dirs.make(), 'x.db');
+    const { db } = openDatabase(opts(path, { exclusive: true }));
+    db.exec('CREATE TABLE t (v TEXT); INSERT INTO t VALUES (1)');
+    expect(existsSync(`${path}-wal`)).toBe(true);
+    expect(existsSync(`${path}-shm`)).toBe(false);
+    const other = new BetterSqlite3(path, { fileMustExist: true });
+    expect(() => other.prepare('SELECT count(*) FROM t').get()).toThrow(/locked|busy/i);
+    other.close();
+    db.close();
+    const shared = join(dirs.make(), 's.db');
+    const { db: db2 } = openDatabase(opts(shared));
+    db2.exec('CREATE TABLE t (v TEXT); INSERT INTO t VALUES (1)');
+    expect(existsSync(`${shared}-shm`)).toBe(true);
+    db2.close();
+  });
+
   it('a garbage file (not a database) is quarantined, not an error', () => {
     const path = join(dirs.make(), 'agent.db');
     writeFileSync(path, Buffer.alloc(8192, 'this is not a database '));
