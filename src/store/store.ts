@@ -50,7 +50,9 @@ export class Store {
   private readonly checkpointer: WalCheckpointer | undefined;
   private background: BackgroundIntegrityCheck | undefined;
   /** The full check was deferred at open and is still owed. */
+  // Stryker disable next-line BooleanLiteral: Store.open sets both before the store is handed out.
   private checkOwed = false;
+  // Stryker disable next-line BooleanLiteral: as above.
   private exclusive = false;
   private targetMirror: string | undefined;
   private logger: Logger | undefined;

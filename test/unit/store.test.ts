@@ -119,6 +119,28 @@ describe('store', () => {
     expect(Store.open({ path, logger: silentLogger(), clock }).integrityChecked).toBe(true);
   });
 
+  it('vouches for no file whose WAL could not be folded back at close: a reader held it, or the fold failed', () => {
+    const path = join(dirs.make(), 'agent.db');
+    const store = Store.open({ path, logger: silentLogger(), clock });
+    store.setKv('k', 1);
+    // Another connection in a read transaction: the TRUNCATE checkpoint is busy.
+    const reader = new BetterSqlite3(path, { readonly: true });
+    reader.exec('BEGIN');
+    reader.prepare('SELECT count(*) FROM kv').get();
+    store.close();
+    expect(existsSync(`${path}.clean`)).toBe(false);
+    reader.exec('COMMIT');
+    reader.close();
+
+    const other = join(dirs.make(), 'agent.db');
+    const s2 = Store.open({ path: other, logger: silentLogger(), clock });
+    s2.setKv('k', 1);
+    // The connection gone under it: the fold throws, and close goes on without a marker.
+    s2.db.close();
+    expect(() => s2.close()).not.toThrow();
+    expect(existsSync(`${other}.clean`)).toBe(false);
+  });
+
   it('checks a file changed after its clean close (the marker no longer matches)', () => {
     const path = join(dirs.make(), 'agent.db');
     const store = Store.open({ path, logger: silentLogger(), clock });
