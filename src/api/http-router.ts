@@ -291,6 +291,7 @@ function readUpTo(req: IncomingMessage, max: number): Promise<Buffer | 'over'> {
     };
     req.on('data', onData);
     req.once('end', onEnd);
+    // Stryker disable next-line StringLiteral: a client gone mid-body makes node emit 'error' (aborted) before 'close'; either ends the read.
     req.once('close', onClose);
     req.once('error', onClose);
   });
@@ -307,7 +308,7 @@ function forbiddenKey(value: unknown): string | undefined {
     if (v === null || typeof v !== 'object') continue;
     for (const [key, child] of Object.entries(v)) {
       if (key === '__proto__') return `${path}.__proto__`;
-      if (key === 'constructor' && child !== null && typeof child === 'object' && Object.hasOwn(child, 'prototype')) return `${path}.constructor.prototype`;
+      if (key === 'constructor' && child instanceof Object && Object.hasOwn(child, 'prototype')) return `${path}.constructor.prototype`;
       stack.push({ v: child, path: `${path}.${key}` });
     }
   }

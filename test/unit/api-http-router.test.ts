@@ -120,6 +120,23 @@ describe('which requests carry a body', () => {
     const r = await send(port, 'POST', '/e', { body: '\uFEFF["a\uFEFFb"]', headers: JSON_TYPE });
     expect(r.status).toBe(200);
     expect(JSON.parse(r.body)).toEqual({ body: ['a\uFEFFb'] });
+    const inner = await send(port, 'POST', '/e', { body: '["c\uFEFFd"]', headers: JSON_TYPE });
+    expect(JSON.parse(inner.body)).toEqual({ body: ['c\uFEFFd'] });
+  });
+});
+
+describe('keys that could set a prototype', () => {
+  it('refuses constructor.prototype only under a key named constructor, and takes a null or plain constructor', async () => {
+    const { port } = await serve((r) => r.post('/k', (req) => ({ body: req.body })));
+    const post = (body: string) => send(port, 'POST', '/k', { body, headers: JSON_TYPE });
+    const refused = await post('{"a":{"constructor":{"prototype":{}}}}');
+    expect(refused.status).toBe(400);
+    expect(JSON.parse(refused.body).message).toBe('body.a.constructor.prototype: this key is refused (it would set an object\'s prototype)');
+    for (const ok of ['{"a":{"prototype":1}}', '{"constructor":null}', '{"constructor":"x"}', '{"constructor":{"name":"y"}}']) {
+      const r = await post(ok);
+      expect({ ok, status: r.status }).toEqual({ ok, status: 200 });
+      expect(JSON.parse(r.body)).toEqual({ body: JSON.parse(ok) });
+    }
   });
 });
 
@@ -308,6 +325,8 @@ describe('where the server listens', () => {
     closers.push(() => other.app.close());
     expect(held!.available).toBe(false);
     expect(other.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    // It answers there (a 404 from the router: no routes).
+    expect((await fetch(`${other.url}/nothing`)).status).toBe(404);
 
     const held2 = await HeldListener.bind('::1', 0);
     closers.push(() => held2!.close());
