@@ -328,6 +328,18 @@ describe('where the server listens', () => {
     // It answers there (a 404 from the router: no routes).
     expect((await fetch(`${other.url}/nothing`)).status).toBe(404);
 
+    // The same host, another port asked for: not adopted either.
+    const free = createServer();
+    await new Promise<void>((resolve) => free.listen(0, '127.0.0.1', () => resolve()));
+    const port = (free.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => free.close(() => resolve()));
+    const held4 = await HeldListener.bind('127.0.0.1', 0);
+    closers.push(() => held4!.close());
+    const own = await serveHttp(listener, { host: '127.0.0.1', port, listener: held4 });
+    closers.push(() => own.app.close());
+    expect(own.url).toBe(`http://127.0.0.1:${port}`);
+    expect(held4!.available).toBe(false);
+
     const held2 = await HeldListener.bind('::1', 0);
     closers.push(() => held2!.close());
     const same = await serveHttp(listener, { host: '::1', port: 0, listener: held2 });
