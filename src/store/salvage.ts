@@ -101,13 +101,13 @@ function countRows(src: Database, table: string): number | null {
   }
 }
 
-/** Whether reading from `after` (exclusive) yields a row without an error: the seek past a bad page. */
-function readableFrom(src: Database, table: string, after: bigint): 'row' | 'end' | 'error' {
+/** Whether reading from `after` (exclusive) succeeds, a row or the end: the seek past a bad page. */
+function readableFrom(src: Database, table: string, after: bigint): boolean {
   try {
-    const r = src.prepare(`SELECT rowid FROM ${quote(table)} WHERE rowid > ? ORDER BY rowid LIMIT 1`).safeIntegers(true).get(after);
-    return r === undefined ? 'end' : 'row';
+    src.prepare(`SELECT 1 FROM ${quote(table)} WHERE rowid > ? ORDER BY rowid LIMIT 1`).get(after);
+    return true;
   } catch {
-    return 'error';
+    return false;
   }
 }
 
@@ -122,7 +122,7 @@ function seekPast(src: Database, table: string, failedAt: bigint): bigint | null
   let good: bigint | undefined;
   while (failedAt + step < MAX_ROWID) {
     const at = failedAt + step;
-    if (readableFrom(src, table, at) !== 'error') {
+    if (readableFrom(src, table, at)) {
       good = at;
       break;
     }
@@ -133,8 +133,8 @@ function seekPast(src: Database, table: string, failedAt: bigint): bigint | null
   let hi: bigint = good;
   while (hi - bad > 1n) {
     const mid: bigint = bad + (hi - bad) / 2n;
-    if (readableFrom(src, table, mid) === 'error') bad = mid;
-    else hi = mid;
+    if (readableFrom(src, table, mid)) hi = mid;
+    else bad = mid;
   }
   return hi;
 }
