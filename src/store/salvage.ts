@@ -147,17 +147,16 @@ function copyRowidTable(src: Database, copier: TableCopier, table: string, colum
   let after = -MAX_ROWID - 1n;
   const batch: unknown[][] = [];
   for (;;) {
-    let read = 0;
     const from = after;
     try {
       for (const row of select.iterate(after) as IterableIterator<unknown[]>) {
         after = row[0] as bigint;
         batch.push(row);
-        read++;
       }
       copier.flush(batch);
-      // A damaged page can return rows out of order: never read the same stretch forever.
-      if (read < CHUNK || after <= from) return;
+      // The end (a read that yields no row) or a damaged page returning rows out of order: never read
+      // the same stretch forever. (A short read is the end too, but its next read yields nothing.)
+      if (after <= from) return;
     } catch (err) {
       if (!isReadError(err)) throw err;
       copier.flush(batch);
@@ -244,7 +243,8 @@ function scanDamaged(fresh: Database, src: Database | null, damagedPath: string,
 }
 
 function openDamaged(damagedPath: string): Database {
-  const src = new BetterSqlite3(damagedPath, { readonly: true, fileMustExist: true });
+  // Read-only: a missing file is not created (SQLITE_CANTOPEN).
+  const src = new BetterSqlite3(damagedPath, { readonly: true });
   try {
     // Read what lies before a cut: SQLite refuses a file shorter than its header says unless the
     // schema is "writable", which better-sqlite3's defensive mode forbids. Harmless on a read-only connection.

@@ -205,3 +205,16 @@ describe('salvage: how the report counts', () => {
     expect(report.lostRows).toEqual({});
   });
 });
+
+describe('salvage of a file that is not there', () => {
+  it('nothing copied; the report says the file cannot be read, by SQLite nor page by page', () => {
+    const dir = dirs.make();
+    const fresh = new BetterSqlite3(join(dir, 'fresh.db'));
+    dbs.push(fresh);
+    fresh.exec('CREATE TABLE t (v TEXT); CREATE TABLE k (key TEXT PRIMARY KEY) WITHOUT ROWID');
+    const report = salvageInto(fresh, join(dir, 'gone.db'));
+    expect(report.error).toBe('the damaged file cannot be read as a database: unable to open database file');
+    expect(report.pageScan).toMatchObject({ tables: ['t'], error: expect.stringMatching(/^the damaged file cannot be read: .*ENOENT/) });
+    expect(report.tables).toEqual({ t: { recovered: 0, lost: null, errors: 1 }, k: { recovered: 0, lost: null, errors: 1 } });
+  });
+});
