@@ -218,3 +218,20 @@ describe('salvage of a file that is not there', () => {
     expect(report.tables).toEqual({ t: { recovered: 0, lost: null, errors: 1 }, k: { recovered: 0, lost: null, errors: 1 } });
   });
 });
+
+describe('salvage, page scan: a write error', () => {
+  it('ends the salvage; the rows the scan wrote in whole transactions of 2,000 before it stay', () => {
+    const { path, fresh } = pair((db) => {
+      db.exec('CREATE TABLE t (n INTEGER NOT NULL)');
+      const insert = db.prepare('INSERT INTO t (rowid, n) VALUES (?, ?)');
+      db.transaction(() => {
+        for (let i = 1; i <= 2_500; i++) insert.run(i, i);
+      })();
+    }, 'CREATE TABLE t (n INTEGER NOT NULL)');
+    // SQLite reads nothing (the root is gone): every row comes from the scan, which fails like a full disk on row 2,500.
+    overwrite(path, [pages(path, 't').find((p) => p.path === '/')!.pageno]);
+    fresh.exec('CREATE TRIGGER t_fails BEFORE INSERT ON t WHEN NEW.n = 2500 BEGIN SELECT abs(-9223372036854775808); END');
+    expect(() => salvageInto(fresh, path)).toThrow(/integer overflow/);
+    expect(values(fresh, 'SELECT n FROM t ORDER BY rowid')).toEqual(range(1, 2_000));
+  });
+});
