@@ -1,5 +1,5 @@
 import BetterSqlite3 from 'better-sqlite3';
-import { closeSync, openSync, readFileSync, statSync, truncateSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, statSync, truncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { salvageInto } from '../../src/store/salvage.js';
@@ -245,6 +245,35 @@ describe('salvage, page scan: rows that do not fit their table', () => {
     expect(values(fresh, 'SELECT rowid FROM t ORDER BY rowid')).toEqual(range(1, 3_000).filter((i) => !lost.includes(i) && i !== bad));
     // The read that failed, the count that failed, and the row.
     expect(report.tables.t).toEqual({ recovered: 3_000 - lost.length - 1, lost: null, errors: 3 });
+  });
+});
+
+describe('salvage, page scan: a cell that cannot be read', () => {
+  it('one damaged record on an intact leaf: only that row is lost, counted as lost and as errors by both passes', () => {
+    const { path, fresh } = pair((db) => {
+      db.exec('CREATE TABLE t (n INTEGER, pad TEXT)');
+      const insert = db.prepare('INSERT INTO t (rowid, n, pad) VALUES (?, ?, ?)');
+      db.transaction(() => {
+        for (let i = 1; i <= 3_000; i++) insert.run(i, i, 'p'.repeat(40));
+      })();
+    }, 'CREATE TABLE t (n INTEGER, pad TEXT)');
+    // Row 1000's cell: payload of 45 bytes, rowid 1000, a record header of 3 bytes (a 2-byte integer,
+    // a text of 40) that now claims 127 bytes.
+    const cell = Buffer.from([0x2d, 0x87, 0x68, 0x03, 0x02, 0x5d, 0x03, 0xe8]);
+    const bytes = readFileSync(path);
+    const at = bytes.indexOf(cell);
+    expect(at).toBeGreaterThan(0);
+    expect(bytes.indexOf(cell, at + 1)).toBe(-1);
+    const fd = openSync(path, 'r+');
+    writeSync(fd, Buffer.from([0x7f]), 0, 1, at + 3);
+    closeSync(fd);
+    const openFiles = (): number => readdirSync('/proc/self/fd').length;
+    const before = openFiles();
+    const report = salvageInto(fresh, path);
+    // Both readers of the damaged file are closed.
+    expect(openFiles()).toBe(before);
+    expect(values(fresh, 'SELECT rowid FROM t ORDER BY rowid')).toEqual(range(1, 3_000).filter((i) => i !== 1000));
+    expect(report.tables.t).toEqual({ recovered: 2_999, lost: 1, errors: 2 });
   });
 });
 
