@@ -269,6 +269,23 @@ describe('page-level salvage', () => {
     store.close();
   });
 
+  it('freed pages the damaged freelist no longer names look like orphans: an intact index says their rows were deleted, so they stay deleted', () => {
+    const path = join(dirs.make(), 'agent.db');
+    populate(path, 6_000);
+    const db = new BetterSqlite3(path);
+    db.pragma('secure_delete = OFF');
+    db.prepare('DELETE FROM outbox WHERE seq BETWEEN 1001 AND 4000').run();
+    db.close();
+    const trunk = readFileSync(path).readUInt32BE(32);
+    expect(trunk).toBeGreaterThan(0);
+    overwrite(path, [pages(path, 'outbox').find((p) => p.path === '/')!.pageno, trunk]);
+    const { report, ids, store } = salvage(path);
+    const live = Array.from({ length: 6_000 }, (_, i) => i).filter((i) => i < 1000 || i >= 4000);
+    expect(ids).toEqual(live.map(id));
+    expect(report.tables.outbox).toMatchObject({ recovered: live.length, lost: 0 });
+    store.close();
+  });
+
   it('payloads larger than a page (overflow chains) read back byte-exact', () => {
     const path = join(dirs.make(), 'agent.db');
     const big = (i: number): Msg => ({
