@@ -277,6 +277,33 @@ describe('salvage, page scan: a cell that cannot be read', () => {
   });
 });
 
+describe('salvage, page scan: a rowid twice on one page', () => {
+  it('the first cell is kept, the second skipped without counting an error', () => {
+    const { path, fresh } = pair((db) => {
+      db.exec('CREATE TABLE t (n INTEGER, pad TEXT)');
+      const insert = db.prepare('INSERT INTO t (rowid, n, pad) VALUES (?, ?, ?)');
+      db.transaction(() => {
+        for (let i = 1; i <= 3_000; i++) insert.run(i, i, 'p'.repeat(40));
+      })();
+    }, 'CREATE TABLE t (n INTEGER, pad TEXT)');
+    // Row 1001's cell (payload of 45 bytes, rowid 1001, n = 1001) now says rowid 1000, the cell before it.
+    const cell = Buffer.from([0x2d, 0x87, 0x69, 0x03, 0x02, 0x5d, 0x03, 0xe9]);
+    const bytes = readFileSync(path);
+    const at = bytes.indexOf(cell);
+    expect(at).toBeGreaterThan(0);
+    const fd = openSync(path, 'r+');
+    writeSync(fd, Buffer.from([0x68]), 0, 1, at + 2);
+    closeSync(fd);
+    // SQLite reads nothing (the root is gone): every row comes from the scan.
+    overwrite(path, [pages(path, 't').find((p) => p.path === '/')!.pageno]);
+    const report = salvageInto(fresh, path);
+    expect(values(fresh, 'SELECT rowid FROM t ORDER BY rowid')).toEqual(range(1, 3_000).filter((i) => i !== 1001));
+    expect(values(fresh, 'SELECT n FROM t WHERE rowid = 1000')).toEqual([1000]);
+    // The read that failed and the count that failed; nothing from the scan.
+    expect(report.tables.t).toEqual({ recovered: 2_999, lost: null, errors: 2 });
+  });
+});
+
 describe('salvage, page scan: a write error', () => {
   it('ends the salvage; the rows the scan wrote in whole transactions of 2,000 before it stay', () => {
     const { path, fresh } = pair((db) => {
