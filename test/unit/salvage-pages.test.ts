@@ -173,10 +173,12 @@ describe('page-level salvage', () => {
     store.close();
   });
 
-  it('SQLite cannot open the file: the damaged CREATE of a table is used for its indexes (a UNIQUE the fresh one lacks names the lost rows), and a column the damaged table lacks gets its default', () => {
+  it('SQLite cannot open the file: the damaged CREATE of a table (not a trigger of its name) is used for its indexes (a UNIQUE the fresh one lacks names the lost rows), and a column the damaged table lacks gets its default', () => {
     const dir = dirs.make();
     const path = join(dir, 'damaged.db');
     const db = new BetterSqlite3(path);
+    // A trigger may share a table's name (not an index nor a view): it is not the table's CREATE.
+    db.exec('CREATE TABLE u (x); CREATE TRIGGER t AFTER INSERT ON u BEGIN SELECT 1; END');
     db.exec('CREATE TABLE t (v TEXT NOT NULL, code TEXT UNIQUE)');
     db.transaction(() => {
       for (let i = 1; i <= 3_000; i++) db.prepare('INSERT INTO t (rowid, v, code) VALUES (?, ?, ?)').run(i, `v${i}`.padEnd(40, '.'), `c${i}`);
