@@ -61,7 +61,7 @@ export const AREAS = {
       'test/unit/store-health.test.ts',
       // The damaged-file reader and the index readers, field by field.
       'test/unit/page-file.test.ts', 'test/unit/index-pages.test.ts', 'test/unit/index-count.test.ts',
-      'test/unit/salvage-scan.test.ts', 'test/unit/wal-index.test.ts',
+      'test/unit/salvage-scan.test.ts', 'test/unit/wal-index.test.ts', 'test/unit/salvage-first-pass.test.ts',
     ],
   },
 };

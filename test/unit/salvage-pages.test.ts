@@ -173,6 +173,35 @@ describe('page-level salvage', () => {
     store.close();
   });
 
+  it('SQLite cannot open the file: the damaged CREATE of a table (not a trigger of its name) is used for its indexes (a UNIQUE the fresh one lacks names the lost rows), and a column the damaged table lacks gets its default', () => {
+    const dir = dirs.make();
+    const path = join(dir, 'damaged.db');
+    const db = new BetterSqlite3(path);
+    // A trigger may share a table's name (not an index nor a view): it is not the table's CREATE.
+    db.exec('CREATE TABLE u (x); CREATE TRIGGER t AFTER INSERT ON u BEGIN SELECT 1; END');
+    db.exec('CREATE TABLE t (v TEXT NOT NULL, code TEXT UNIQUE)');
+    db.transaction(() => {
+      for (let i = 1; i <= 3_000; i++) db.prepare('INSERT INTO t (rowid, v, code) VALUES (?, ?, ?)').run(i, `v${i}`.padEnd(40, '.'), `c${i}`);
+    })();
+    db.close();
+    bloatSchema(path);
+    const leaves = pages(path, 't').filter((p) => p.pagetype === 'leaf');
+    const before = leaves.slice(0, 4).reduce((n, p) => n + p.ncell, 0);
+    const lost = Array.from({ length: leaves[4]!.ncell }, (_, k) => before + 1 + k);
+    // The last schema leaf holds only the extra tables: t's entry and its UNIQUE's survive.
+    overwrite(path, [pages(path, 'sqlite_schema').filter((p) => p.pagetype === 'leaf').at(-1)!.pageno, leaves[4]!.pageno]);
+    const fresh = new BetterSqlite3(join(dir, 'fresh.db'));
+    // A newer schema: no UNIQUE on code, a column added since.
+    fresh.exec("CREATE TABLE t (v TEXT NOT NULL, code TEXT, added TEXT NOT NULL DEFAULT 'd')");
+    const report = salvageInto(fresh, path);
+    const rows = fresh.prepare('SELECT rowid AS r, v, code, added FROM t ORDER BY rowid').all() as { r: number; v: string; code: string; added: string }[];
+    expect(rows.map((r) => r.r)).toEqual(Array.from({ length: 3_000 }, (_, i) => i + 1).filter((i) => !lost.includes(i)));
+    expect(rows[0]).toEqual({ r: 1, v: 'v1'.padEnd(40, '.'), code: 'c1', added: 'd' });
+    expect(report.tables.t).toMatchObject({ recovered: 3_000 - lost.length, lost: lost.length });
+    expect(report.lostRows.t!.rows.map((r) => [r.rowid, r.values.code])).toEqual(lost.map((i) => [i, `c${i}`]));
+    fresh.close();
+  });
+
   it('rows only in the WAL (not checkpointed), the schema damaged in the main file: the WAL rows recovered by the scan', () => {
     const dir = dirs.make();
     const live = join(dir, 'live.db');
@@ -239,6 +268,23 @@ describe('page-level salvage', () => {
     const live = Array.from({ length: 6_000 }, (_, i) => i).filter((i) => i < 1000 || i >= 4000);
     expect(ids).toEqual(live.map(id));
     expect(report.tables.outbox!.recovered).toBe(live.length);
+    store.close();
+  });
+
+  it('freed pages the damaged freelist no longer names look like orphans: an intact index says their rows were deleted, so they stay deleted', () => {
+    const path = join(dirs.make(), 'agent.db');
+    populate(path, 6_000);
+    const db = new BetterSqlite3(path);
+    db.pragma('secure_delete = OFF');
+    db.prepare('DELETE FROM outbox WHERE seq BETWEEN 1001 AND 4000').run();
+    db.close();
+    const trunk = readFileSync(path).readUInt32BE(32);
+    expect(trunk).toBeGreaterThan(0);
+    overwrite(path, [pages(path, 'outbox').find((p) => p.path === '/')!.pageno, trunk]);
+    const { report, ids, store } = salvage(path);
+    const live = Array.from({ length: 6_000 }, (_, i) => i).filter((i) => i < 1000 || i >= 4000);
+    expect(ids).toEqual(live.map(id));
+    expect(report.tables.outbox).toMatchObject({ recovered: live.length, lost: 0 });
     store.close();
   });
 
