@@ -204,7 +204,7 @@ export class Outbox {
         this.leases.releaseExpired();
         this.expiry.expireDue();
         this.disk.check();
-        return batch.map((call) => this.admission.admitCall(call.messages));
+        return this.admission.admitCalls(batch.map((call) => call.messages));
       });
     } catch (err) {
       const e = err as OutboxError;
