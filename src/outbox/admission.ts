@@ -2,6 +2,7 @@ import type { ChannelPolicies } from './channel-policies.js';
 import type { OutboxCounters } from './counters.js';
 import type { DiskWatermark } from './disk-watermark.js';
 import type { Expiry } from './expiry.js';
+import { LaneHeads, type KeyRow } from './lane-heads.js';
 import { mergeLanes, type Lanes } from './lanes.js';
 import type { Leases } from './leases.js';
 import { diskLowError, fullError, type LimitKind } from './limits.js';
@@ -44,7 +45,20 @@ class Refused {
  * A refused message leaves the queue exactly as it was.
  */
 export class Admission {
+  /** The lanes' first rows while `admitCalls` runs (one group commit's transaction). */
+  private heads: LaneHeads | undefined;
+
   constructor(private readonly o: AdmissionOptions) {}
+
+  /** A group commit's calls, in order, in the caller's transaction: their drop plans share one read of each lane's first rows. */
+  admitCalls(calls: readonly Prepared[][]): (EnqueueResult[] | OutboxError)[] {
+    this.heads = new LaneHeads((channel, priority, after, limit) => this.o.q.laneKeys.all(channel, priority, after, limit) as { seq: number; bytes: number }[]);
+    try {
+      return calls.map((messages) => this.admitCall(messages));
+    } finally {
+      this.heads = undefined;
+    }
+  }
 
   /** One enqueue call: its results, or the error that refused it (an enqueueMany is all or nothing). */
   admitCall(messages: Prepared[]): EnqueueResult[] | OutboxError {
@@ -66,6 +80,7 @@ export class Admission {
     } catch (err) {
       if (!(err instanceof Refused)) throw err;
       restore();
+      this.heads?.clear(); // the savepoint's rollback put back what it had deleted
       return err.error;
     }
   }
@@ -83,15 +98,13 @@ export class Admission {
     if (plan instanceof OutboxError) return plan;
     // Apply: the decision is made, now change rows and the in-memory totals together.
     if (plan.replaced) {
-      this.o.q.deleteSeq.run(plan.replaced.seq);
-      this.o.lanes.remove(plan.replaced);
+      this.delete(plan.replaced);
       this.o.counters.bump(m.channel, 'coalesced');
     }
     // Stryker disable next-line ConditionalExpression: equivalent: an undefined seq is bound as NULL and matches no row
     if (plan.unkey !== undefined) this.o.q.clearKey.run(plan.unkey);
     for (const { v, reason } of plan.victims) {
-      this.o.q.deleteSeq.run(v.seq);
-      this.o.lanes.remove(v);
+      this.delete(v);
       this.o.counters.bump(v.channel, reason);
     }
     this.insert(m);
@@ -178,8 +191,15 @@ export class Admission {
   private insert(m: Prepared): void {
     const { lastInsertRowid } = this.o.q.insert.run(m.id, m.channel, m.priority, m.createdAt, m.expiresAt, m.coalesceKey, m.enc.encoding, m.enc.bytes, m.enc.data);
     this.o.lanes.add(m.channel, m.priority, m.enc.bytes, m.createdAt, lastInsertRowid);
+    this.heads?.inserted(m.channel, m.priority, Number(lastInsertRowid), m.enc.bytes);
     this.o.counters.bump(m.channel, 'accepted');
     this.o.expiry.note(m.expiresAt);
+  }
+
+  private delete(v: RowRef): void {
+    this.o.q.deleteSeq.run(v.seq);
+    this.o.lanes.remove(v);
+    this.heads?.deleted(v.channel, v.priority, v.seq);
   }
 
   /**
@@ -193,17 +213,20 @@ export class Admission {
     const priorities = [...new Set(lanes.map((l) => l.priority))].sort((a, b) => a - b);
     for (const p of priorities) {
       const at = lanes.filter((l) => l.priority === p);
-      // Usually one victim is enough: start with a few rows per lane and read more only as needed.
+      // One victim is usually enough (a full queue drops one per message): read one row per lane
+      // first and more only as needed, each lane from its leased prefix on (rows below it are all in
+      // flight, never victims; a flusher keeps a batch or two of a lane's oldest rows leased).
       const rows = mergeLanes(
         at,
         (lane, after, limit) =>
-          (this.o.q.laneKeys.all(lane.channel, lane.priority, after, limit) as { seq: number; bytes: number }[]).map((r) => ({
+          (this.heads ? this.heads.rows(lane.channel, lane.priority, after, limit) : (this.o.q.laneKeys.all(lane.channel, lane.priority, after, limit) as KeyRow[])).map((r) => ({
             seq: r.seq,
             bytes: r.bytes,
             channel: lane.channel,
             priority: lane.priority,
           })),
-        4,
+        1,
+        (lane) => lane.leasedBelow,
       );
       for (const v of rows) if (!skip.has(v.seq) && !this.o.leases.isLeased(v.seq)) yield v;
     }

@@ -39,7 +39,8 @@ import {
  * This class is its front; each job is a part of its own (docs/outbox.md):
  *
  * - intake.ts checks and encodes a message; group-commit.ts gathers enqueues into one transaction
- *   (one fsync); admission.ts admits each within the limits, dropping what may give way (limits.ts);
+ *   (one fsync); admission.ts admits each within the limits, dropping what may give way (limits.ts;
+ *   lane-heads.ts reads the lanes' first rows once per commit for it);
  * - transactor.ts runs every write, keeping the in-memory ledger (lanes.ts, counters.ts, expiry.ts)
  *   in step with the rows and restoring it on a rollback; disk-watermark.ts watches free space;
  * - reader.ts reads batches in delivery order; leases.ts holds what is in flight; ack.ts deletes
@@ -204,7 +205,7 @@ export class Outbox {
         this.leases.releaseExpired();
         this.expiry.expireDue();
         this.disk.check();
-        return batch.map((call) => this.admission.admitCall(call.messages));
+        return this.admission.admitCalls(batch.map((call) => call.messages));
       });
     } catch (err) {
       const e = err as OutboxError;

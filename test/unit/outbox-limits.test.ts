@@ -81,6 +81,51 @@ describe('outbox limits: the policy in force', () => {
     expect(s.channels.events).toMatchObject({ dropped: 0, onLimit: { count: 'refuse' } });
   });
 
+  it('a message in flight is never a victim: the oldest not in flight gives way, then the rest in order', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 6, maxBytes: 1 << 30 } });
+    const queue = (): string[] => outbox.readChannel('telemetry', 100).map((m) => `${JSON.stringify(m.payload)}${m.leased ? ' in flight' : ''}`);
+    for (let i = 1; i <= 6; i++) await outbox.enqueue({ channel: 'telemetry', payload: i });
+    const inFlight = outbox.peekBatch({ maxCount: 3 }); // a sink holds 1, 2, 3
+    for (let i = 7; i <= 9; i++) await outbox.enqueue({ channel: 'telemetry', payload: i });
+    expect(queue()).toEqual(['1 in flight', '2 in flight', '3 in flight', '7', '8', '9']);
+    outbox.nack([inFlight[1]!.id]); // 2 is back in the queue: the oldest that may give way, then 7 (past 3)
+    await outbox.enqueue({ channel: 'telemetry', payload: 10 });
+    await outbox.enqueue({ channel: 'telemetry', payload: 11 });
+    expect(queue()).toEqual(['1 in flight', '3 in flight', '8', '9', '10', '11']);
+    expect(outbox.stats().channels.telemetry).toMatchObject({ depth: 6, dropped: 5 });
+  });
+
+  it('more messages than the limit in one group commit: each drops the oldest, messages of the same commit too', async () => {
+    for (const maxCount of [1, 2]) {
+      const { outbox } = make(dbPath(), { limits: { maxCount, maxBytes: 1 << 30 } });
+      // One commit: every enqueue of this turn. SQLite gives a row inserted into an emptied table the seq just freed.
+      const ids = await Promise.all([1, 2, 3, 4, 5].map((i) => outbox.enqueue({ channel: 'telemetry', payload: i })));
+      expect(ids).toHaveLength(5);
+      expect(outbox.stats().commits).toBe(1);
+      expect(all(outbox).map(tag)).toEqual(['telemetry:4', 'telemetry:5'].slice(2 - maxCount));
+      expect(outbox.stats().channels.telemetry).toMatchObject({ depth: maxCount, dropped: 5 - maxCount });
+    }
+  });
+
+  it('an enqueueMany refused after it dropped gives its victims back, and a later message of the same commit drops the oldest', async () => {
+    const { outbox } = make(dbPath(), { limits: { maxCount: 4, maxBytes: 1 << 30 }, channels: { events: { maxCount: 1 } } });
+    for (const i of [1, 2, 3]) await outbox.enqueue({ channel: 'telemetry', payload: i });
+    await outbox.enqueue({ channel: 'events', payload: 1 });
+    // One commit: "a" drops telemetry 1, then the events message is refused at its channel's limit
+    // and the whole call rolls back (1 is queued again); "b" must drop 1, not 2.
+    const [many, one] = await Promise.allSettled([
+      outbox.enqueueMany([
+        { channel: 'telemetry', payload: 'a' },
+        { channel: 'events', payload: 2 },
+      ]),
+      outbox.enqueue({ channel: 'telemetry', payload: 'b' }),
+    ]);
+    expect(outbox.stats().commits).toBe(5);
+    expect(many.status === 'rejected' && (many.reason as OutboxError).code).toBe('OUTBOX_FULL');
+    expect(one.status).toBe('fulfilled');
+    expect(all(outbox).map(tag)).toEqual(['events:1', 'telemetry:2', 'telemetry:3', 'telemetry:"b"']);
+  });
+
   it('a channel that refuses is never a victim: telemetry is refused when only events fill the queue', async () => {
     const { outbox } = make(dbPath(), { limits: { maxCount: 3, maxBytes: 1 << 30 }, channels: { events: { priority: 10 } } });
     for (let i = 1; i <= 3; i++) await outbox.enqueue({ channel: 'events', payload: i });
