@@ -3,17 +3,34 @@ import { Duplex } from 'node:stream';
 import { MqttFrameScanner } from '../util/mqtt-frames.js';
 
 /**
+ * When reading may go on (the LoopShare): while it is paused, what the client sends waits in the
+ * socket (TCP holds the client back), and each read aedes makes is timed as an ingest turn.
+ */
+export interface ReadGate {
+  readonly paused: boolean;
+  /** Runs `fn` once reading may go on (at once when it may now). */
+  whenReady(fn: () => void): void;
+  /** Starts timing a turn; the function returned ends it. */
+  begin(): () => void;
+}
+
+/**
  * A client's socket as aedes sees it: every byte passes the frame scanner first, and a packet over
  * the limit ends the connection before aedes holds it. Backpressure is kept: the socket is paused
- * while aedes has not read what it was given.
+ * while aedes has not read what it was given, and while the gate is paused.
  */
 export class BoundedSocket extends Duplex {
   private readonly scanner: MqttFrameScanner;
+  /** Chunks that arrived as the gate paused, handed to aedes (in order) once it opens. */
+  private held: Buffer[] = [];
+  private endHeld = false;
+  private waiting = false;
 
   constructor(
     private readonly socket: Socket,
     maxPacketBytes: number,
     onOversize: (size: number) => void,
+    private readonly gate?: ReadGate,
   ) {
     super({ allowHalfOpen: false });
     this.scanner = new MqttFrameScanner(maxPacketBytes);
@@ -24,15 +41,47 @@ export class BoundedSocket extends Duplex {
         socket.destroy();
         return;
       }
+      if (this.gate?.paused || this.held.length > 0) {
+        this.held.push(chunk);
+        socket.pause();
+        this.waitForGate();
+        return;
+      }
       if (!this.push(chunk)) socket.pause();
     });
-    socket.on('end', () => this.push(null));
+    socket.on('end', () => {
+      if (this.held.length > 0) this.endHeld = true;
+      else this.push(null);
+    });
     socket.on('close', () => this.destroy());
     socket.on('error', (err) => this.destroy(err));
   }
 
+  /** aedes reads a batch and parses it at once, synchronously: from here to the next microtask is its turn. */
+  override read(size?: number): Buffer | null {
+    const chunk = super.read(size) as Buffer | null;
+    if (chunk !== null && this.gate) queueMicrotask(this.gate.begin());
+    return chunk;
+  }
+
   override _read(): void {
+    if (this.gate?.paused || this.held.length > 0) return this.waitForGate();
     this.socket.resume();
+  }
+
+  private waitForGate(): void {
+    if (this.waiting || !this.gate) return;
+    this.waiting = true;
+    this.gate.whenReady(() => {
+      this.waiting = false;
+      if (this.destroyed) return;
+      const held = this.held;
+      this.held = [];
+      let more = true;
+      for (const chunk of held) more = this.push(chunk);
+      if (this.endHeld) this.push(null);
+      else if (more) this.socket.resume();
+    });
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
