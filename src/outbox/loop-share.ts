@@ -12,6 +12,16 @@ export interface LoopShareOptions {
 
 const noop = (): void => undefined;
 
+/** What the share did so far (`GET /v2/queue`'s `ingestShare`): why local intake is slower while a drain runs. */
+export interface LoopShareStats {
+  enabled: boolean;
+  /** Pauses begun since the start. */
+  pauses: number;
+  /** Time local ingest spent paused, ms. */
+  pausedMs: number;
+  paused: boolean;
+}
+
 /**
  * Ingest and delivery share one event loop and one database. Under a flood of local producers the
  * loop is always busy with their packets and commits, and the flusher's callbacks (read a batch, send
@@ -34,6 +44,8 @@ export class LoopShare {
   /** Start of the turn being measured: turns that begin inside it are part of it, counted once. */
   private turnStart: number | undefined;
   private stopped = false;
+  private pauses = 0;
+  private pausedMs = 0;
 
   constructor(private readonly o: LoopShareOptions) {
     this.maxPauseMs = o.maxPauseMs ?? 1_000;
@@ -76,6 +88,10 @@ export class LoopShare {
     else fn();
   }
 
+  stats(): LoopShareStats {
+    return { enabled: this.enabled, pauses: this.pauses, pausedMs: Math.round(this.pausedMs), paused: this.paused };
+  }
+
   /** Ends any pause (its waiters go on) and never pauses again. */
   stop(): void {
     this.stopped = true;
@@ -84,6 +100,8 @@ export class LoopShare {
 
   private async pause(): Promise<void> {
     const ac = (this.pausing = new AbortController());
+    const t0 = this.o.clock.monotonic();
+    this.pauses++;
     try {
       // Turns measured during the pause (a commit of what was read before it) extend it.
       for (let left = this.until - this.o.clock.monotonic(); left > 0; left = this.until - this.o.clock.monotonic()) {
@@ -92,6 +110,7 @@ export class LoopShare {
     } catch {
       // Aborted by stop(): the waiters go on below.
     } finally {
+      this.pausedMs += this.o.clock.monotonic() - t0;
       this.pausing = undefined;
       const waiters = this.waiters;
       this.waiters = [];
