@@ -72,7 +72,10 @@ export class LoopShare {
   spent(ms: number): void {
     if (this.turnStart !== undefined || !this.enabled || this.stopped || !(ms > 0) || !this.o.draining()) return;
     const now = this.o.clock.monotonic();
-    this.until = Math.min(Math.max(this.until, now) + ms, now + this.maxPauseMs);
+    // A turn run during a pause (the commit of what was read before it) used that much of the pause:
+    // the loop is owed that time back on top of the turn's own pause.
+    const owed = this.pausing ? 2 * ms : ms;
+    this.until = Math.min(Math.max(this.until, now) + owed, now + this.maxPauseMs);
     if (!this.pausing) void this.pause();
   }
 

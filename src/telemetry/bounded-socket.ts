@@ -25,6 +25,8 @@ export class BoundedSocket extends Duplex {
   private held: Buffer[] = [];
   private endHeld = false;
   private waiting = false;
+  /** aedes asked for data while the gate was paused: it waits for a 'readable'. */
+  private readRefused = false;
 
   constructor(
     private readonly socket: Socket,
@@ -57,8 +59,17 @@ export class BoundedSocket extends Duplex {
     socket.on('error', (err) => this.destroy(err));
   }
 
-  /** aedes reads a batch and parses it at once, synchronously: from here to the next microtask is its turn. */
+  /**
+   * aedes reads a batch and parses it at once, synchronously: from here to the next microtask is its
+   * turn. While the gate is paused it reads nothing, not even what is already buffered here: it is
+   * told 'readable' again once the gate opens (read(0), Node's own probe, is let through).
+   */
   override read(size?: number): Buffer | null {
+    if (this.gate?.paused && size !== 0) {
+      this.readRefused = true;
+      this.waitForGate();
+      return null;
+    }
     const chunk = super.read(size) as Buffer | null;
     if (chunk !== null && this.gate) queueMicrotask(this.gate.begin());
     return chunk;
@@ -81,6 +92,10 @@ export class BoundedSocket extends Duplex {
       for (const chunk of held) more = this.push(chunk);
       if (this.endHeld) this.push(null);
       else if (more) this.socket.resume();
+      if (this.readRefused) {
+        this.readRefused = false;
+        this.emit('readable');
+      }
     });
   }
 

@@ -40,14 +40,14 @@ describe('LoopShare', () => {
     expect(share.ready()).toBeUndefined();
   });
 
-  it('turns measured during a pause (a commit of what was read before it) extend it', async () => {
+  it('a turn run during a pause (a commit of what was read before it) extends it by twice its length: the time it took from the pause, and its own', async () => {
     const { clock, share } = setup();
     share.spent(10);
     await clock.advance(4);
     share.spent(6);
     const order: string[] = [];
     share.whenReady(() => order.push('ready'));
-    await clock.advance(11);
+    await clock.advance(17);
     expect(order).toEqual([]);
     await clock.advance(1);
     expect(order).toEqual(['ready']);
