@@ -56,6 +56,15 @@ describe('BoundedSocket', () => {
     expect(writes).toEqual([Buffer.from([0x40, 0x02, 0x00, 0x07])]);
   });
 
+  it('sends what is written in one turn of the loop (the PUBACKs of one commit) as one write', async () => {
+    const { bounded, client, writes } = await pair();
+    bounded.write(Buffer.from([0x40, 0x02, 0x00, 0x01]));
+    bounded.write(Buffer.from([0x40, 0x02, 0x00, 0x02]));
+    bounded.write(Buffer.from([0x40, 0x02, 0x00, 0x03]));
+    expect(await read(client, 12)).toEqual(Buffer.from([0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x00, 0x02, 0x40, 0x02, 0x00, 0x03]));
+    expect(writes).toEqual([Buffer.from([0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x00, 0x02, 0x40, 0x02, 0x00, 0x03])]);
+  });
+
   it('passes uncorked writes through as they come', async () => {
     const { bounded, client, writes } = await pair();
     bounded.write(Buffer.from([0xd0, 0x00]));
