@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectAsync, type MqttClient } from 'mqtt';
-import { startDevCloud, type DevCloud } from '../devcloud/server.js';
+import { startCloudStub, type CloudStub } from './cloud-stub.js';
 import { deadline } from './drain.js';
 import { startFlood, type Flood, type FloodPlan } from './fairness-flood.js';
 import { startAgent, type BenchAgent } from './ingest-agent.js';
@@ -14,20 +14,23 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type 
  * npm run bench:fairness [-- --backlog B --seconds S --rounds R --mqtt-clients M --http-in-flight H --no-share --quick --json]
  *
  * Issue 22's fairness target: ingest and drain share the event loop and the database; under a flood
- * of local producers, delivery keeps at least half its rate alone. For each uplink (HTTP to the
- * devcloud's device API, in this process; MQTT to a private Mosquitto with a counting subscriber on
+ * of local producers, delivery keeps at least half its rate alone. For each uplink (HTTP to a stub
+ * of the device API's messages route in this process, bench/cloud-stub.ts; MQTT to a private
+ * Mosquitto with a counting subscriber on
  * `iot/{uuid}/telemetry/#`), each round, on a fresh data dir:
  *  1. fill: the built agent in local mode (no uplink: nothing drains) takes the flood until B
  *     messages are acknowledged: the flood's intake alone;
- *  2. the agent restarts on the same data dir with the uplink configured, and the backlog drains.
- *     Solo: the delivery rate over S seconds (after 2 s of warm-up from the first delivered message),
- *     cut short before the backlog could run out;
- *  3. flood: the same flood starts again while the drain goes on; once it is acknowledged, 2 s of
- *     warm-up, then the delivery rate and the flood's intake rate over S seconds.
+ *  2. the agent restarts on the same data dir with the uplink configured, and the backlog drains;
+ *     from the first delivered message, twice in turn:
+ *     solo: the delivery rate over S seconds (after 0.3 s), cut short once 40 % of the queue is gone;
+ *     flood: the same flood starts while the drain goes on; from 1 s after its first acknowledgement,
+ *     the delivery rate and the flood's intake rate over S seconds (cut short when the queue falls
+ *     under B / 4: a drain with no backlog left only follows the intake); the flood stops.
+ *     Alternating the windows makes a change of load on the machine weigh on both sides.
  * The flood (bench/fairness-flood.ts, a child process): M mqtt.js clients on the local broker, QoS 1,
  * 100 unacknowledged each, and H `POST /v2/telemetry` of 100 items in flight; it counts only what was
- * acknowledged. Delivered: telemetry messages the devcloud stored (by its counters) or the subscriber
- * received. Fairness per round: flood rate / solo rate of the same round; the target's value is the
+ * acknowledged. Delivered: distinct telemetry ids the stub was sent, or messages the subscriber
+ * received. Fairness per round: mean flood rate / mean solo rate of the same round; the target's value is the
  * median of the rounds' ratios (>= 0.5 for each uplink). After each round: every message acknowledged
  * (fill + flood) is delivered or still queued (`lost` counts the shortfall). `--no-share` runs the
  * agent with settings.offline.shareLoopWithDrain false (the loop not shared: what it was before).
@@ -36,12 +39,21 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type 
 const USAGE =
   'usage: node dist/bench/fairness.js [--backlog B] [--seconds S] [--rounds R] [--mqtt-clients M] [--http-in-flight H] [--no-share] [--quick] [--json]\n' +
   '  --backlog: messages queued before each drain; --seconds: length of each measured window\n' +
-  '  --no-share: settings.offline.shareLoopWithDrain false (the baseline); --quick: 15,000 messages, 3 s windows';
+  '  --no-share: settings.offline.shareLoopWithDrain false (the baseline); --quick: 60,000 messages, 2 s windows';
 const UUID = 'bench-fairness-0001';
 const DEVICE_KEY = 'bench-fairness-device-key';
 const WINDOW = 100;
 const HTTP_BATCH = 100;
-const WARM_MS = 2_000;
+/** Solo and flood windows per round, alternating. */
+const PAIRS = 2;
+const SOLO_WARM_MS = 300;
+/** From the flood's first acknowledgement to the start of its window. */
+const FLOOD_WARM_MS = 1_000;
+const MIN_WINDOW_MS = 300;
+/** The agent's settings.offline.maxQueueSize here: room for a backlog that lasts through the windows at tens of thousands a second. */
+const MAX_QUEUE = 2_000_000;
+/** How often a window looks at the queue's depth. */
+const DEPTH_POLL_MS = 200;
 const POLL_MS = 50;
 /** Longest wait for the first delivery after a start, or for a fill. */
 const PHASE_DEADLINE_MS = 300_000;
@@ -75,6 +87,8 @@ interface Round {
   soloCpu: number | null;
   floodCpu: number | null;
   lost: number;
+  /** Each window's delivered rate, in order. */
+  windows?: { solo: number[]; flood: number[] };
 }
 
 interface Window {
@@ -85,24 +99,36 @@ interface Window {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/**
- * Delivered rate (and the flood's intake rate) over `seconds`, from 1 s after `delivered` first passes
- * `from`; ended early once `stopAt` messages are delivered (the backlog must not run dry inside it).
- */
-async function measure(far: Far, agent: BenchAgent, o: { from: number; stopAt: number; seconds: number; flood?: Flood }): Promise<Window> {
+/** Resolves once `delivered` passes `from` (the drain has begun). */
+async function firstDelivery(far: Far, from: number): Promise<void> {
   const end = performance.now() + PHASE_DEADLINE_MS;
-  while (far.delivered() <= o.from) {
+  while (far.delivered() <= from) {
     if (performance.now() > end) throw new Error(`nothing delivered within ${PHASE_DEADLINE_MS} ms`);
     await sleep(POLL_MS);
   }
-  await sleep(WARM_MS);
+}
+
+/**
+ * Delivered rate (and the flood's intake rate) over `seconds` after `warmMs`; ended early once the
+ * telemetry queue is below `minDepth` (a drain that ran out of backlog would only follow the intake).
+ * A window cut shorter than MIN_WINDOW_MS is unmeasured: the backlog was too small for the rate.
+ */
+async function measure(far: Far, agent: BenchAgent, o: { warmMs: number; minDepth: number; seconds: number; flood?: Flood }): Promise<Window> {
+  await sleep(o.warmMs);
   const t0 = performance.now();
   const d0 = far.delivered();
   const i0 = o.flood?.acked() ?? 0;
   const c0 = procCpuMs(agent.pid);
-  while (performance.now() - t0 < o.seconds * 1000 && far.delivered() < o.stopAt) await sleep(POLL_MS);
+  let depthAt = t0;
+  while (performance.now() - t0 < o.seconds * 1000) {
+    await sleep(POLL_MS);
+    if (performance.now() - depthAt < DEPTH_POLL_MS) continue;
+    depthAt = performance.now();
+    if ((await agent.queue()).depth < o.minDepth) break;
+  }
   const ms = performance.now() - t0;
   const c1 = procCpuMs(agent.pid);
+  if (ms < MIN_WINDOW_MS) throw new Error(`the backlog ran low after ${Math.round(ms)} ms of a window: raise --backlog`);
   const rate = ((far.delivered() - d0) / ms) * 1000;
   return { rate, intake: o.flood ? ((o.flood.acked() - i0) / ms) * 1000 : null, cpu: c0 !== null && c1 !== null ? ((c1 - c0) / ms) * 100 : null };
 }
@@ -137,27 +163,48 @@ type AgentConfig = Record<string, Record<string, unknown>>;
 
 async function round(root: string, far: Far, a: Args, log: (l: string) => void): Promise<Round> {
   const dataDir = mkdtempSync(join(root, 'agent-'));
-  const base: AgentConfig = { device: { uuid: UUID, apiKey: DEVICE_KEY }, settings: { offline: { shareLoopWithDrain: a.share } } };
+  const base: AgentConfig = { device: { uuid: UUID, apiKey: DEVICE_KEY }, settings: { offline: { shareLoopWithDrain: a.share, maxQueueSize: MAX_QUEUE, maxQueueBytes: 1024 * 1_048_576 } } };
   try {
     const filled = await fill(root, dataDir, base, a);
     log(`  fill: ${cell(filled.acked)} messages at ${cell(filled.rate)} msg/s (flood alone, nothing draining)`);
     const d0 = far.delivered();
     const agent = await startAgent(root, { dataDir, keep: true, config: { ...base, ...far.config, features: { metrics: false, localBroker: true, jobs: false, shadow: false } } });
     try {
-      const solo = await measure(far, agent, { from: d0, stopAt: d0 + Math.floor(filled.acked * 0.7), seconds: a.seconds });
-      log(`  solo: ${cell(solo.rate)} msg/s delivered, agent CPU ${cell(solo.cpu)} %`);
-      const flood = startFlood(floodPlan(agent, a));
-      let floodCounts;
-      let under: Window;
-      try {
-        await deadline(flood.started, PHASE_DEADLINE_MS, 'the flood start');
-        under = await measure(far, agent, { from: far.delivered(), stopAt: Infinity, seconds: a.seconds, flood });
-      } finally {
-        floodCounts = await flood.stop();
+      await firstDelivery(far, d0);
+      // Solo and flood windows alternate (PAIRS of each), so that a change of load on the machine
+      // during the round weighs on both sides; each flood refills what the solo window before drained.
+      const solos: Window[] = [];
+      const floods: Window[] = [];
+      let floodAcked = 0;
+      for (let k = 0; k < PAIRS; k++) {
+        // A solo window takes at most 40 % of what is queued; a flood window stops at a quarter of the backlog.
+        const depth = (await agent.queue()).depth;
+        const solo = await measure(far, agent, { warmMs: SOLO_WARM_MS, minDepth: depth * 0.6, seconds: a.seconds });
+        log(`  solo: ${cell(solo.rate)} msg/s delivered, agent CPU ${cell(solo.cpu)} %`);
+        solos.push(solo);
+        const flood = startFlood(floodPlan(agent, a));
+        try {
+          await deadline(flood.started, PHASE_DEADLINE_MS, 'the flood start');
+          floods.push(await measure(far, agent, { warmMs: FLOOD_WARM_MS, minDepth: a.backlog / 4, seconds: a.seconds, flood }));
+        } finally {
+          const counts = await flood.stop();
+          floodAcked += counts.mqtt + counts.http;
+        }
+        const under = floods[floods.length - 1]!;
+        log(`  flood: ${cell(under.rate)} msg/s delivered while ${cell(under.intake)} msg/s came in, agent CPU ${cell(under.cpu)} %`);
       }
-      log(`  flood: ${cell(under.rate)} msg/s delivered while ${cell(under.intake)} msg/s came in, agent CPU ${cell(under.cpu)} %`);
-      const lost = await shortfall(far, agent, filled.acked + floodCounts.mqtt + floodCounts.http, d0);
-      return { fillRate: filled.rate, solo: solo.rate, flood: under.rate, floodIntake: under.intake, soloCpu: solo.cpu, floodCpu: under.cpu, lost };
+      const lost = await shortfall(far, agent, filled.acked + floodAcked, d0);
+      const mean = (ws: Window[], f: (w: Window) => number | null): number | null => (ws.every((w) => f(w) !== null) ? ws.reduce((sum, w) => sum + f(w)!, 0) / ws.length : null);
+      return {
+        fillRate: filled.rate,
+        solo: mean(solos, (w) => w.rate),
+        flood: mean(floods, (w) => w.rate),
+        floodIntake: mean(floods, (w) => w.intake),
+        soloCpu: mean(solos, (w) => w.cpu),
+        floodCpu: mean(floods, (w) => w.cpu),
+        lost,
+        windows: { solo: solos.map((w) => Math.round(w.rate)), flood: floods.map((w) => Math.round(w.rate)) },
+      };
     } finally {
       await agent.stop();
     }
@@ -176,11 +223,9 @@ async function shortfall(far: Far, agent: BenchAgent, acked: number, d0: number)
   }
 }
 
-async function httpFar(): Promise<{ far: Far; cloud: DevCloud }> {
-  const cloud = await startDevCloud();
-  cloud.admin.createDevice({ uuid: UUID, apiKey: DEVICE_KEY });
-  const far: Far = { config: { cloud: { apiUrl: cloud.url } }, delivered: () => cloud.admin.received(UUID).messages.byChannel.telemetry ?? 0 };
-  return { far, cloud };
+async function httpFar(): Promise<{ far: Far; cloud: CloudStub }> {
+  const cloud = await startCloudStub();
+  return { far: { config: { cloud: { apiUrl: cloud.url } }, delivered: () => cloud.delivered() }, cloud };
 }
 
 async function mqttFar(): Promise<{ far: Far; broker: BenchBroker; counter: MqttClient }> {
@@ -200,8 +245,8 @@ function parse(argv: string[]): Args {
     argv.filter((x) => x !== '--quick' && x !== '--no-share'),
     USAGE,
     {
-      backlog: { default: quick ? 15_000 : 40_000, min: 1_000, max: 90_000 },
-      seconds: { default: quick ? 3 : 5, min: 1, max: 120 },
+      backlog: { default: quick ? 60_000 : 200_000, min: 1_000, max: MAX_QUEUE / 2 },
+      seconds: { default: quick ? 2 : 3, min: 1, max: 120 },
       rounds: { default: 3, min: 1, max: 50 },
       'mqtt-clients': { default: 2, min: 0, max: 30 },
       'http-in-flight': { default: 4, min: 0, max: 100 },
@@ -220,7 +265,7 @@ async function main(): Promise<void> {
   const rounds: Record<Uplink, Round[]> = { http: [], mqtt: [] };
   const started = performance.now();
   try {
-    log(`fairness benchmark in ${root}; loop share ${a.share ? 'on' : 'OFF (--no-share)'}; devcloud ${http.cloud.url}, Mosquitto ${mqtt.broker.url}`);
+    log(`fairness benchmark in ${root}; loop share ${a.share ? 'on' : 'OFF (--no-share)'}; cloud stub ${http.cloud.url}, Mosquitto ${mqtt.broker.url}`);
     for (let r = 0; r < a.rounds; r++) {
       for (const u of r % 2 === 0 ? UPLINKS : [...UPLINKS].reverse()) {
         log(`round ${r + 1}/${a.rounds}, uplink ${u}:`);
