@@ -22,10 +22,10 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, table, target, type 
  *     messages are acknowledged: the flood's intake alone;
  *  2. the agent restarts on the same data dir with the uplink configured, and the backlog drains;
  *     from the first delivered message, twice in turn:
- *     solo: the delivery rate over S seconds (after 0.3 s), cut short once 40 % of the queue is gone;
+ *     solo: the delivery rate over S seconds (after 0.3 s), cut short once 30 % of the queue is gone;
  *     flood: the same flood starts while the drain goes on; from 1 s after its first acknowledgement,
  *     the delivery rate and the flood's intake rate over S seconds (cut short when the queue falls
- *     under B / 4: a drain with no backlog left only follows the intake); the flood stops.
+ *     under B / 5: a drain with no backlog left only follows the intake); the flood stops.
  *     Alternating the windows makes a change of load on the machine weigh on both sides.
  * The flood (bench/fairness-flood.ts, a child process): M mqtt.js clients on the local broker, QoS 1,
  * 100 unacknowledged each, and H `POST /v2/telemetry` of 100 items in flight; it counts only what was
@@ -161,6 +161,26 @@ async function fill(root: string, dataDir: string, base: AgentConfig, a: Args): 
 
 type AgentConfig = Record<string, Record<string, unknown>>;
 
+/** One solo window, then one flood window; `into.acked` counts what the flood had acknowledged (also when the window failed). */
+async function pair(far: Far, agent: BenchAgent, a: Args, into: { solos: Window[]; floods: Window[]; acked: number }, log: (l: string) => void): Promise<void> {
+  // A solo window takes at most 30 % of what is queued; a flood window stops at a fifth of the backlog.
+  const depth = (await agent.queue()).depth;
+  const solo = await measure(far, agent, { warmMs: SOLO_WARM_MS, minDepth: depth * 0.7, seconds: a.seconds });
+  log(`  solo: ${cell(solo.rate)} msg/s delivered, agent CPU ${cell(solo.cpu)} %`);
+  const flood = startFlood(floodPlan(agent, a));
+  let under: Window;
+  try {
+    await deadline(flood.started, PHASE_DEADLINE_MS, 'the flood start');
+    under = await measure(far, agent, { warmMs: FLOOD_WARM_MS, minDepth: a.backlog / 5, seconds: a.seconds, flood });
+  } finally {
+    const counts = await flood.stop();
+    into.acked += counts.mqtt + counts.http;
+  }
+  log(`  flood: ${cell(under.rate)} msg/s delivered while ${cell(under.intake)} msg/s came in, agent CPU ${cell(under.cpu)} %`);
+  into.solos.push(solo);
+  into.floods.push(under);
+}
+
 async function round(root: string, far: Far, a: Args, log: (l: string) => void): Promise<Round> {
   const dataDir = mkdtempSync(join(root, 'agent-'));
   const base: AgentConfig = { device: { uuid: UUID, apiKey: DEVICE_KEY }, settings: { offline: { shareLoopWithDrain: a.share, maxQueueSize: MAX_QUEUE, maxQueueBytes: 1024 * 1_048_576 } } };
@@ -173,27 +193,19 @@ async function round(root: string, far: Far, a: Args, log: (l: string) => void):
       await firstDelivery(far, d0);
       // Solo and flood windows alternate (PAIRS of each), so that a change of load on the machine
       // during the round weighs on both sides; each flood refills what the solo window before drained.
-      const solos: Window[] = [];
-      const floods: Window[] = [];
-      let floodAcked = 0;
+      const w = { solos: [] as Window[], floods: [] as Window[], acked: 0 };
       for (let k = 0; k < PAIRS; k++) {
-        // A solo window takes at most 40 % of what is queued; a flood window stops at a quarter of the backlog.
-        const depth = (await agent.queue()).depth;
-        const solo = await measure(far, agent, { warmMs: SOLO_WARM_MS, minDepth: depth * 0.6, seconds: a.seconds });
-        log(`  solo: ${cell(solo.rate)} msg/s delivered, agent CPU ${cell(solo.cpu)} %`);
-        solos.push(solo);
-        const flood = startFlood(floodPlan(agent, a));
         try {
-          await deadline(flood.started, PHASE_DEADLINE_MS, 'the flood start');
-          floods.push(await measure(far, agent, { warmMs: FLOOD_WARM_MS, minDepth: a.backlog / 4, seconds: a.seconds, flood }));
-        } finally {
-          const counts = await flood.stop();
-          floodAcked += counts.mqtt + counts.http;
+          await pair(far, agent, a, w, log);
+        } catch (err) {
+          // The first pair is the round; a later one that ran out of backlog is left out, not the round.
+          if (k === 0) throw err;
+          log(`  pair ${k + 1} left out: ${err instanceof Error ? err.message : String(err)}`);
+          break;
         }
-        const under = floods[floods.length - 1]!;
-        log(`  flood: ${cell(under.rate)} msg/s delivered while ${cell(under.intake)} msg/s came in, agent CPU ${cell(under.cpu)} %`);
       }
-      const lost = await shortfall(far, agent, filled.acked + floodAcked, d0);
+      const lost = await shortfall(far, agent, filled.acked + w.acked, d0);
+      const { solos, floods } = w;
       const mean = (ws: Window[], f: (w: Window) => number | null): number | null => (ws.every((w) => f(w) !== null) ? ws.reduce((sum, w) => sum + f(w)!, 0) / ws.length : null);
       return {
         fillRate: filled.rate,
@@ -245,7 +257,7 @@ function parse(argv: string[]): Args {
     argv.filter((x) => x !== '--quick' && x !== '--no-share'),
     USAGE,
     {
-      backlog: { default: quick ? 60_000 : 200_000, min: 1_000, max: MAX_QUEUE / 2 },
+      backlog: { default: quick ? 60_000 : 300_000, min: 1_000, max: MAX_QUEUE / 2 },
       seconds: { default: quick ? 2 : 3, min: 1, max: 120 },
       rounds: { default: 3, min: 1, max: 50 },
       'mqtt-clients': { default: 2, min: 0, max: 30 },
