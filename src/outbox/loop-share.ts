@@ -12,6 +12,14 @@ export interface LoopShareOptions {
 
 const noop = (): void => undefined;
 
+/**
+ * A pause is this many times the turn it follows. 1 would split the loop evenly if every cost of
+ * ingest were measured, but some are not (garbage collection of what it allocated, writing the
+ * PUBACKs, parsing the POSTs' headers, the sockets' reads) and fall on the drain's side: with 1,
+ * bench:fairness measured 0.50-0.60 of the drain's solo rate, with 1.5 0.60-0.68 (docs/performance.md).
+ */
+const PAUSE_RATIO = 1.5;
+
 /** What the share did so far (`GET /v2/queue`'s `ingestShare`): why local intake is slower while a drain runs. */
 export interface LoopShareStats {
   enabled: boolean;
@@ -27,9 +35,9 @@ export interface LoopShareStats {
  * loop is always busy with their packets and commits, and the flusher's callbacks (read a batch, send
  * it, commit the ack) wait behind them: delivery fell to a few percent of its rate alone. The rule
  * here: while a drain is under way (the outbox has messages leased to a sink), every ingest turn
- * (the synchronous work of taking messages in, measured by `begin`/`spent`) is followed by a pause as
- * long as that turn took, during which the local broker reads nothing from its clients and `POST
- * /v2/telemetry` bodies wait unread. Ingest then gets at most about half the loop while a drain runs,
+ * (the synchronous work of taking messages in, measured by `begin`/`spent`) is followed by a pause
+ * 1.5 times as long as that turn took, during which the local broker reads nothing from its clients and
+ * `POST /v2/telemetry` bodies wait unread. Ingest then gets less than half the loop while a drain runs,
  * and nothing is dropped: TCP holds the producers back, and a PUBACK or a 202 still means "on disk".
  * With nothing draining there is no pause, so a producer alone loses nothing.
  */
@@ -74,7 +82,7 @@ export class LoopShare {
     const now = this.o.clock.monotonic();
     // A turn run during a pause (the commit of what was read before it) used that much of the pause:
     // the loop is owed that time back on top of the turn's own pause.
-    const owed = this.pausing ? 2 * ms : ms;
+    const owed = (this.pausing ? 2 * ms : ms) * PAUSE_RATIO;
     this.until = Math.min(Math.max(this.until, now) + owed, now + this.maxPauseMs);
     if (!this.pausing) void this.pause();
   }

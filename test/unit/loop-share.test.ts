@@ -17,13 +17,13 @@ function setup(opts: { enabled?: boolean; maxPauseMs?: number } = {}) {
 }
 
 describe('LoopShare', () => {
-  it('while a drain runs, a turn is followed by a pause as long as the turn', async () => {
+  it('while a drain runs, a turn is followed by a pause 1.5 times as long as the turn', async () => {
     const { clock, share, turn } = setup();
     await turn(8);
     expect(share.paused).toBe(true);
     let resumed = false;
     void share.ready()?.then(() => (resumed = true));
-    await clock.advance(7);
+    await clock.advance(11);
     expect(resumed).toBe(false);
     await clock.advance(1);
     expect(resumed).toBe(true);
@@ -40,14 +40,14 @@ describe('LoopShare', () => {
     expect(share.ready()).toBeUndefined();
   });
 
-  it('a turn run during a pause (a commit of what was read before it) extends it by twice its length: the time it took from the pause, and its own', async () => {
+  it('a turn run during a pause (a commit of what was read before it) extends it by twice its own pause: the time it took from the pause, and its own', async () => {
     const { clock, share } = setup();
-    share.spent(10);
+    share.spent(10); // paused until 15
     await clock.advance(4);
-    share.spent(6);
+    share.spent(6); // + 2 x 9: until 33
     const order: string[] = [];
     share.whenReady(() => order.push('ready'));
-    await clock.advance(17);
+    await clock.advance(28);
     expect(order).toEqual([]);
     await clock.advance(1);
     expect(order).toEqual(['ready']);
@@ -64,7 +64,7 @@ describe('LoopShare', () => {
     expect(share.paused).toBe(false);
     outer();
     expect(share.paused).toBe(true);
-    await clock.advance(4);
+    await clock.advance(7);
     expect(share.paused).toBe(true);
     await clock.advance(1);
     expect(share.paused).toBe(false);
