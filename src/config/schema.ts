@@ -118,7 +118,7 @@ const offlineSchema = z.strictObject({
     .boolean()
     .default(true)
     .describe(
-      'While the outbox is delivering, each turn of local ingest (local broker, POST /v2/telemetry) is followed by a pause as long as it took, so a flood of local producers leaves delivery about half the event loop (held back by TCP, nothing dropped). false: local producers take all they can, and delivery may nearly stop under a flood.',
+      'While the outbox is delivering, each turn of local ingest (local broker, POST /v2/telemetry) is followed by a pause 1.5 times as long as it took, so a flood of local producers leaves delivery more than half the event loop (held back by TCP, nothing dropped). false: local producers take all they can, and delivery slows to a fraction of its rate under a flood.',
     ),
   minFreeDiskBytes: z
     .number()

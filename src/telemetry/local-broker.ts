@@ -49,7 +49,7 @@ import { BoundedSocket, type ReadGate } from './bounded-socket.js';
  *   read is handled, `ingest` included, so a fast publisher is slowed to the outbox's pace by TCP
  *   itself (the publishes of one chunk are ingested together and share the outbox's group commit).
  *   While the outbox delivers, `gate` (the LoopShare) pauses reading after each ingest turn, so that
- *   a flood leaves the delivery about half the event loop (outbox/loop-share.ts).
+ *   a flood leaves the delivery more than half the event loop (outbox/loop-share.ts).
  * - **No authentication.** The listener binds to loopback by default, so only processes on the
  *   device reach it. Binding it elsewhere lets any host that can reach the port write into the
  *   outbox; `start` logs a warning when the host is not a loopback address.
