@@ -27,24 +27,32 @@ export interface BenchAgent {
   queue(): Promise<{ depth: number; durability: string }>;
   /** Its stderr so far (warnings and errors: the log level is warn). */
   stderr(): string;
-  /** SIGTERM (SIGKILL after 10 s), then the data dir is removed. */
+  /** SIGTERM (SIGKILL after 10 s), then the data dir is removed (unless the run said `keep`). */
   stop(): Promise<void>;
 }
 
-/** Starts the agent in a new dir under `root` and resolves once `/v2/queue` answers 200. */
-export async function startAgent(root: string): Promise<BenchAgent> {
-  const dataDir = mkdtempSync(join(root, 'agent-'));
+export interface AgentRun {
+  /** An existing data dir (a queue left by an earlier run); default a new dir under `root`. */
+  dataDir?: string;
+  /** Config sections added to the bench's own (an uplink, settings); a section given here is merged over the bench's. */
+  config?: Record<string, Record<string, unknown>>;
+  /** Leave the data dir at `stop` (for a next run on it). */
+  keep?: boolean;
+}
+
+/** Starts the agent in a new dir under `root` (or `run.dataDir`) and resolves once `/v2/queue` answers 200. */
+export async function startAgent(root: string, run: AgentRun = {}): Promise<BenchAgent & { dataDir: string }> {
+  const dataDir = run.dataDir ?? mkdtempSync(join(root, 'agent-'));
   const ports = { api: await freePort(), broker: await freePort() };
   const configFile = join(dataDir, 'config.json');
-  writeFileSync(
-    configFile,
-    JSON.stringify({
-      api: { port: ports.api, localApiKey: KEY },
-      localBroker: { port: ports.broker },
-      logging: { level: 'warn', format: 'json' },
-      features: { metrics: false, localBroker: true },
-    }),
-  );
+  const base: Record<string, Record<string, unknown>> = {
+    api: { port: ports.api, localApiKey: KEY },
+    localBroker: { port: ports.broker },
+    logging: { level: 'warn', format: 'json' },
+    features: { metrics: false, localBroker: true },
+  };
+  for (const [section, values] of Object.entries(run.config ?? {})) base[section] = { ...base[section], ...values };
+  writeFileSync(configFile, JSON.stringify(base));
   const child = spawn(process.execPath, [CLI, 'run', '--config', configFile, '--data-dir', dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr.setEncoding('utf8').on('data', (t: string) => (err += t));
@@ -63,7 +71,7 @@ export async function startAgent(root: string): Promise<BenchAgent> {
       child.kill('SIGKILL');
       await exited;
     });
-    rmSync(dataDir, { recursive: true, force: true });
+    if (!run.keep) rmSync(dataDir, { recursive: true, force: true });
   };
   try {
     const end = Date.now() + START_DEADLINE_MS;
@@ -74,7 +82,7 @@ export async function startAgent(root: string): Promise<BenchAgent> {
     await stop();
     throw new Error(`the agent did not start: ${(e as Error).message}\n${err.slice(-2000)}`);
   }
-  return { apiUrl, brokerPort: ports.broker, key: KEY, pid: child.pid, queue, stderr: () => err, stop };
+  return { apiUrl, brokerPort: ports.broker, key: KEY, pid: child.pid, queue, stderr: () => err, stop, dataDir };
 }
 
 /** The API's port is bound early in the start; `/v2/queue` answers once the outbox is open. */

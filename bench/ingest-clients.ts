@@ -29,7 +29,22 @@ export function payload(i: number): string {
   return s;
 }
 
-const streamOf = (i: number): string => STREAMS[i % STREAMS.length] as string;
+export const streamOf = (i: number): string => STREAMS[i % STREAMS.length] as string;
+
+/** The body of a `POST /v2/telemetry` carrying items `start` .. `start + count - 1`: one object when count is 1, else an array. */
+export function telemetryBody(start: number, count: number): string {
+  const items = Array.from({ length: count }, (_, k) => `{"stream":"${streamOf(start + k)}","payload":${payload(start + k)}}`);
+  return count === 1 ? items[0]! : `[${items.join(',')}]`;
+}
+
+/** The headers of a `POST /v2/telemetry` with the local API key. */
+export const telemetryHeaders = (key: string) => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
+
+/** The ids a 202 of `POST /v2/telemetry` carries; any other status throws. */
+export function acceptedIds(status: number, text: string): number {
+  if (status !== 202) throw new Error(`POST /v2/telemetry answered ${status}: ${text.slice(0, 200)}`);
+  return (JSON.parse(text) as { ids: unknown[] }).ids.length;
+}
 
 /**
  * mqtt.js (MQTT 3.1.1: the agent's aedes speaks nothing newer), QoS 1 on `local/telemetry/{stream}`,
@@ -86,11 +101,11 @@ export async function mosquittoPub(port: number, n: number): Promise<ProducerRun
 export async function httpIngest(apiUrl: string, key: string, n: number, batch: number, inFlight: number): Promise<ProducerRun> {
   const bodies: { body: string; count: number }[] = [];
   for (let i = 0; i < n; i += batch) {
-    const items = Array.from({ length: Math.min(batch, n - i) }, (_, k) => `{"stream":"${streamOf(i + k)}","payload":${payload(i + k)}}`);
-    bodies.push({ body: batch === 1 ? items[0]! : `[${items.join(',')}]`, count: items.length });
+    const count = Math.min(batch, n - i);
+    bodies.push({ body: telemetryBody(i, count), count });
   }
   const pool = new Pool(apiUrl, { connections: inFlight, pipelining: 1 });
-  const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+  const headers = telemetryHeaders(key);
   try {
     const t0 = performance.now();
     let acked = 0;
@@ -99,9 +114,7 @@ export async function httpIngest(apiUrl: string, key: string, n: number, batch: 
       while (next < bodies.length) {
         const b = bodies[next++]!;
         const res = await pool.request({ path: '/v2/telemetry', method: 'POST', headers, body: b.body });
-        const text = await res.body.text();
-        if (res.statusCode !== 202) throw new Error(`POST /v2/telemetry answered ${res.statusCode}: ${text.slice(0, 200)}`);
-        const ids = (JSON.parse(text) as { ids: unknown[] }).ids.length;
+        const ids = acceptedIds(res.statusCode, await res.body.text());
         if (ids !== b.count) throw new Error(`a POST of ${b.count} items answered ${ids} ids`);
         acked += ids;
       }

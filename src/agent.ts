@@ -66,7 +66,7 @@ export class Agent {
     announceConfig({ status: status.configStatus(), kv: store, events: queueing.events, healthReport: () => cloud?.health.request(), logger });
     const view = buildApiView(this.p);
     const listener = this.deps.listeners?.api;
-    this.api = await startApi({ host: config.api.host, port: config.api.port, key: this.localKey, logger, dashboard: config.features.dashboard, limits: config.limits, view, ...(listener ? { listener } : {}) });
+    this.api = await startApi({ host: config.api.host, port: config.api.port, key: this.localKey, logger, dashboard: config.features.dashboard, limits: config.limits, view, ingestGate: queueing.share, ...(listener ? { listener } : {}) });
     this.apiUrl = this.api.url;
     // The full check reads every page: it starts once the API is up, so the start stays short.
     store.startIntegrityCheck();
@@ -94,6 +94,8 @@ export class Agent {
     const { logger, store } = core;
     const stuck = await core.loops.stop(3_000);
     if (stuck.length > 0) logger.warn({ loops: stuck }, 'loops did not stop in time');
+    // A pause under way ends now (its timer with it): producers held by it get the stop's refusals.
+    queueing.share.stop();
     // Native processes stop with the agent; containers keep running and are re-adopted at start.
     await workloads.reconciler.close().catch((err: unknown) => logger.error({ err: String(err) }, 'stopping native services failed'));
     await this.api?.app.close();
@@ -115,7 +117,7 @@ function assemble(deps: AgentDeps): AgentParts {
   const workloads = buildWorkloads(core);
   const queueing = buildQueueing(core, workloads.settings);
   const shadow = buildShadow(core, queueing);
-  const localBroker = buildLocalBroker(core, queueing.ingest, shadow?.shadow);
+  const localBroker = buildLocalBroker(core, queueing.ingest, shadow?.shadow, queueing.share);
   const mqtt = buildMqtt(core, queueing);
   const { version, configSource, clock, monitor, degradation } = core;
   const status = new AgentStatus({ version, configSource, clock, monitor, reconciler: workloads.reconciler, outbox: queueing.outbox, degradation, mqtt });

@@ -103,9 +103,26 @@ export interface RouterOptions {
   guard?: (req: IncomingMessage, path: string) => Reply | undefined;
 }
 
+/**
+ * Holds a route's bodies back while it is paused (the LoopShare, while the outbox delivers): a body
+ * waits unread, then parsing it and the handler's synchronous part are timed as one turn.
+ */
+export interface RouteGate {
+  /** Resolves once bodies may be read; undefined when they may now. */
+  ready(): Promise<void> | undefined;
+  /** Starts timing a turn; the function returned ends it. */
+  begin(): () => void;
+}
+
+export interface RouteOptions {
+  bodyLimit?: BodyLimit;
+  gate?: RouteGate;
+}
+
 interface Route {
   handler: Handler;
   bodyLimit: BodyLimit | undefined;
+  gate: RouteGate | undefined;
 }
 
 const EMPTY_JSON = "Body cannot be empty when content-type is set to 'application/json'";
@@ -124,8 +141,8 @@ export class Router {
     this.add('HEAD', path, handler);
   }
 
-  post(path: string, handler: Handler, opts: { bodyLimit?: BodyLimit } = {}): void {
-    this.add('POST', path, handler, opts.bodyLimit);
+  post(path: string, handler: Handler, opts: RouteOptions = {}): void {
+    this.add('POST', path, handler, opts);
   }
 
   patch(path: string, handler: Handler): void {
@@ -147,10 +164,10 @@ export class Router {
     });
   };
 
-  private add(method: string, path: string, handler: Handler, bodyLimit?: BodyLimit): void {
+  private add(method: string, path: string, handler: Handler, opts: RouteOptions = {}): void {
     const byMethod = this.table.get(path) ?? new Map<string, Route>();
     if (byMethod.has(method)) throw new Error(`route ${method} ${path} is registered twice`);
-    byMethod.set(method, { handler, bodyLimit });
+    byMethod.set(method, { handler, bodyLimit: opts.bodyLimit, gate: opts.gate });
     this.table.set(path, byMethod);
     this.routes.push({ method, url: path });
   }
@@ -168,16 +185,26 @@ export class Router {
       if (guarded) return send(res, guarded);
       const route = this.table.get(path)?.get(method);
       if (!route) throw new HttpError(404, 'not_found', `no route ${method} ${path}`);
-      const body = await this.readBody(req, route.bodyLimit ?? this.o.bodyLimit);
-      const out = await route.handler({ method, path, headers: req.headers, body, raw: req });
+      const ready = route.gate?.ready();
+      if (ready) await ready;
+      const bytes = await this.readBody(req, route.bodyLimit ?? this.o.bodyLimit);
+      const end = route.gate?.begin();
+      let pending: unknown;
+      try {
+        const body = bytes === undefined ? undefined : this.parseJson(req, bytes);
+        pending = route.handler({ method, path, headers: req.headers, body, raw: req });
+      } finally {
+        end?.();
+      }
+      const out = await pending;
       send(res, out instanceof Reply ? out : json(200, out));
     } catch (err) {
       this.fail(req, res, err);
     }
   }
 
-  /** The JSON body, undefined when there is none; a 415, 413 or 400 when it cannot be taken. */
-  private async readBody(req: IncomingMessage, limit: BodyLimit): Promise<unknown> {
+  /** The JSON body's bytes, undefined when there is none; a 415 or 413 when it cannot be taken. */
+  private async readBody(req: IncomingMessage, limit: BodyLimit): Promise<Buffer | undefined> {
     const kind = bodyKind(req);
     if (kind === 'none') return undefined;
     if (kind === 'unsupported') {
@@ -191,7 +218,7 @@ export class Router {
       // The answer waits for the rest of the body (thrown away), or the client never reads it.
       throw new BodyTooLarge(limit, (await drainBody(req, this.o.drain)) === 'drained');
     }
-    return this.parseJson(req, bytes);
+    return bytes;
   }
 
   private parseJson(req: IncomingMessage, bytes: Buffer): unknown {

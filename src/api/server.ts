@@ -5,7 +5,7 @@ import type { Logger } from '../util/logger.js';
 import type { LoopStatus } from '../util/loops.js';
 import { bearerMatches } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
-import { HttpError, json, Router, text, type ApiRoute } from './http-router.js';
+import { HttpError, json, Router, text, type ApiRoute, type RouteGate } from './http-router.js';
 import { serveHttp, type HttpApp, type HttpTimeouts } from './http-server.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
 import { isOutboxError } from '../outbox/types.js';
@@ -67,6 +67,8 @@ export interface ApiOptions {
   listener?: HeldListener;
   /** How long a connection may take (idle, headers, whole request); tests shorten them. */
   timeouts?: Partial<HttpTimeouts>;
+  /** Shares the event loop with delivery (the LoopShare): `POST /v2/telemetry` bodies wait while it pauses. */
+  ingestGate?: RouteGate;
 }
 
 const LOCAL_TARGET_ROUTE = '/v2/local/target-state';
@@ -122,7 +124,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
     guard: (req, path) => (OPEN_ROUTES.has(path) || bearerMatches(req.headers.authorization, opts.key) ? undefined : UNAUTHORIZED),
   });
   statusRoutes(router, view, opts.dashboard);
-  controlRoutes(router, view, limits);
+  controlRoutes(router, view, limits, opts.ingestGate);
   shadowRoutes(router, view);
   const { app, url } = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts });
   // The route table, so that a test can check every route for auth (a new route cannot slip in open).
@@ -171,7 +173,7 @@ function statusRoutes(r: Router, view: ApiView, dashboard: boolean | undefined):
 }
 
 /** What local apps and operators change: a poll now, the local target, telemetry, parked messages. */
-function controlRoutes(r: Router, view: ApiView, limits: Limits): void {
+function controlRoutes(r: Router, view: ApiView, limits: Limits, ingestGate: RouteGate | undefined): void {
   r.post('/v1/update', (req) => {
     parseBody(updateBody, req.body);
     if (!view.pollNow()) {
@@ -196,19 +198,23 @@ function controlRoutes(r: Router, view: ApiView, limits: Limits): void {
 
   // Local apps hand data to the agent; 202 only once it is durable on disk (a power cut after the
   // answer loses nothing). A full queue or disk answers 507, a closed one 503, with the reason.
-  r.post('/v2/telemetry', async (req) => {
-    const items = Array.isArray(req.body) ? parseBody(telemetryBatch, req.body) : [parseBody(telemetryItem, req.body)];
-    try {
-      const results = await view.ingest(items.map((i) => ({ stream: i.stream, payload: i.payload as Json })));
-      return json(202, { ids: results.map((x) => x.id) });
-    } catch (err) {
-      if (isOutboxError(err)) {
-        const status = err.code === 'OUTBOX_CLOSED' || err.code === 'OUTBOX_WRITE_FAILED' ? 503 : err.code === 'OUTBOX_TOO_LARGE' || err.code === 'OUTBOX_INVALID' ? 400 : 507;
-        return json(status, { error: err.code, message: err.message, ...err.details });
+  r.post(
+    '/v2/telemetry',
+    async (req) => {
+      const items = Array.isArray(req.body) ? parseBody(telemetryBatch, req.body) : [parseBody(telemetryItem, req.body)];
+      try {
+        const results = await view.ingest(items.map((i) => ({ stream: i.stream, payload: i.payload as Json })));
+        return json(202, { ids: results.map((x) => x.id) });
+      } catch (err) {
+        if (isOutboxError(err)) {
+          const status = err.code === 'OUTBOX_CLOSED' || err.code === 'OUTBOX_WRITE_FAILED' ? 503 : err.code === 'OUTBOX_TOO_LARGE' || err.code === 'OUTBOX_INVALID' ? 400 : 507;
+          return json(status, { error: err.code, message: err.message, ...err.details });
+        }
+        throw err;
       }
-      throw err;
-    }
-  });
+    },
+    ingestGate ? { gate: ingestGate } : {},
+  );
   r.post('/v2/queue/parked/retry', (req) => ({ requeued: view.retryParked(parseBody(retryParkedBody, req.body)?.ids) }));
   r.post('/v2/queue/parked/purge', (req) => {
     const body = parseBody(purgeParkedBody, req.body ?? {});

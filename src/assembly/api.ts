@@ -25,7 +25,7 @@ export function buildApiView(p: AgentParts): ApiView {
     },
     setLocalTarget: (doc) => localTarget.set(doc),
     ingest: (items) => queueing.ingest.ingest(items),
-    queue: () => queueView({ outbox: queueing.outbox, disk: core.disk, flushers: queueing.flushers.all }),
+    queue: () => queueView({ outbox: queueing.outbox, disk: core.disk, flushers: queueing.flushers.all, share: queueing.share }),
     jobs: () => jobsView({ config, runner: cloud?.jobs?.runner, poller: cloud?.jobs?.poller }),
     shadow: shadow
       ? {

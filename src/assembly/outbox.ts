@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { COUNTER_MIRROR_FILE, CounterMirror } from '../outbox/counter-mirror.js';
 import { MetricsBuffer } from '../outbox/downsample.js';
 import { Flusher } from '../outbox/flusher.js';
+import { LoopShare } from '../outbox/loop-share.js';
 import { Outbox } from '../outbox/outbox.js';
 import { flusherSettings, outboxSettings } from '../outbox/policy.js';
 import { TelemetryIngest } from '../telemetry/ingest.js';
@@ -21,6 +22,8 @@ export interface Queueing {
   flushers: FlusherRouter;
   events: EventLog;
   ingest: TelemetryIngest;
+  /** Local ingest's share of the event loop while the outbox delivers (the local broker and API are held by it). */
+  share: LoopShare;
   sampler: MetricsSampler | undefined;
   /** The copy of the outbox's counters outside the database, taken back after a salvage that lost them. */
   counters: CounterMirror;
@@ -30,12 +33,25 @@ export function buildQueueing(core: Core, settings: () => AgentConfig['settings'
   const { config, store, clock, ids, logger, disk } = core;
   const offline = config.settings.offline;
   const flushers = new FlusherRouter();
+  // A commit of what producers handed over is ingest's turn too: while a drain runs, a pause as long follows it.
+  const share = new LoopShare({ clock, draining: () => outbox.leased > 0, enabled: offline.shareLoopWithDrain });
   // Everything bound for the cloud waits here, on disk, until a sink has delivered it.
-  const outbox = new Outbox({ store, clock, ids, logger: logger.child({ part: 'outbox' }), ...outboxSettings(offline), onCommit: () => flushers.committed() });
+  const outbox = new Outbox({
+    store,
+    clock,
+    ids,
+    logger: logger.child({ part: 'outbox' }),
+    ...outboxSettings(offline),
+    onCommit: (info) => {
+      flushers.committed();
+      share.spent(info.ms);
+    },
+  });
   const enabled = offline.enableQueue;
   return {
     outbox,
     flushers,
+    share,
     events: new EventLog({ enabled, outbox, logger }),
     ingest: new TelemetryIngest({ enabled, outbox, ...(disk ? { diskRefusal: () => disk.refusal() } : {}) }),
     sampler: buildSampler(core, outbox, settings),

@@ -1,3 +1,4 @@
+import type { ReadGate } from '../telemetry/bounded-socket.js';
 import { LOCAL_SHADOW_DESIRED, LocalBroker } from '../telemetry/local-broker.js';
 import type { TelemetryIngest } from '../telemetry/ingest.js';
 import { ShadowReportQueue } from '../shadow/report-queue.js';
@@ -28,7 +29,7 @@ export function buildShadow(core: Core, q: Queueing): ShadowParts | undefined {
  * The local MQTT broker (`features.localBroker`): local apps publish on local/telemetry/{stream} (the
  * PUBACK goes out once it is on disk) and follow the shadow's desired state on a retained topic.
  */
-export function buildLocalBroker(core: Core, ingest: TelemetryIngest, shadow: Shadow | undefined): LocalBroker | undefined {
+export function buildLocalBroker(core: Core, ingest: TelemetryIngest, shadow: Shadow | undefined, gate?: ReadGate): LocalBroker | undefined {
   const { config, logger } = core;
   if (!config.features.localBroker) return undefined;
   const broker = new LocalBroker({
@@ -40,6 +41,7 @@ export function buildLocalBroker(core: Core, ingest: TelemetryIngest, shadow: Sh
     maxJsonDepth: config.limits.maxJsonDepth,
     ...(shadow ? { shadowReported: (patch: Json) => void shadow.patch({ reported: patch }) } : {}),
     logger: logger.child({ part: 'local-broker' }),
+    ...(gate ? { gate } : {}),
   });
   // Offline as well.
   shadow?.on('changed', (e) => publishLocalDesired(broker, e.document));

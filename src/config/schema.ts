@@ -114,6 +114,12 @@ const offlineSchema = z.strictObject({
     .default(0)
     .describe('Most messages a second the flusher sends (0: no limit), so a fleet draining backlogs does not flatten the cloud.'),
   flushRateBytesPerSecond: z.number().min(0).default(0).describe('Most payload bytes a second the flusher sends (0: no limit).'),
+  shareLoopWithDrain: z
+    .boolean()
+    .default(true)
+    .describe(
+      'While the outbox is delivering, each turn of local ingest (local broker, POST /v2/telemetry) is followed by a pause 1.5 times as long as it took, so a flood of local producers leaves delivery more than half the event loop (held back by TCP, nothing dropped). false: local producers take all they can, and delivery slows to a fraction of its rate under a flood.',
+    ),
   minFreeDiskBytes: z
     .number()
     .int()

@@ -42,6 +42,11 @@ export class Leases {
     return this.clock.monotonic() + this.leaseMs;
   }
 
+  /** Messages leased now. */
+  get size(): number {
+    return this.byId.size;
+  }
+
   get(id: string): Lease | undefined {
     return this.byId.get(id);
   }

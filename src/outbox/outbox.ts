@@ -245,6 +245,11 @@ export class Outbox {
     return this.acks.ack(ids);
   }
 
+  /** Messages leased to a sink and not yet acked, nacked or parked: a delivery is under way while it is above 0. */
+  get leased(): number {
+    return this.leases.size;
+  }
+
   /** The send failed: the messages go back to the queue, in their place. Returns how many leases were released. */
   nack(ids: Iterable<string>): number {
     let n = 0;

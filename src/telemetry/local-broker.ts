@@ -8,7 +8,7 @@ import type { Logger } from '../util/logger.js';
 import { LIMIT_DEFAULTS } from '../config/schema.js';
 import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
 import type { HeldListener } from '../util/held-listener.js';
-import { BoundedSocket } from './bounded-socket.js';
+import { BoundedSocket, type ReadGate } from './bounded-socket.js';
 
 /**
  * The local MQTT listener (`features.localBroker`): an embedded aedes broker on loopback where local
@@ -48,6 +48,8 @@ import { BoundedSocket } from './bounded-socket.js';
  * - **Backpressure.** aedes reads nothing more from a client until every packet of the chunk it last
  *   read is handled, `ingest` included, so a fast publisher is slowed to the outbox's pace by TCP
  *   itself (the publishes of one chunk are ingested together and share the outbox's group commit).
+ *   While the outbox delivers, `gate` (the LoopShare) pauses reading after each ingest turn, so that
+ *   a flood leaves the delivery more than half the event loop (outbox/loop-share.ts).
  * - **No authentication.** The listener binds to loopback by default, so only processes on the
  *   device reach it. Binding it elsewhere lets any host that can reach the port write into the
  *   outbox; `start` logs a warning when the host is not a loopback address.
@@ -104,6 +106,8 @@ export interface LocalBrokerOptions {
    * throws to refuse it. Absent: the shadow is off and the topic is refused.
    */
   shadowReported?: (patch: Json) => void;
+  /** Shares the event loop with delivery (the LoopShare): clients are not read while it pauses. */
+  gate?: ReadGate;
 }
 
 export interface LocalBrokerStats {
@@ -236,7 +240,7 @@ export class LocalBroker {
         this.log.warn({ refused: this.refusedInRun }, `local broker: ${this.refusedInRun} connection(s) were refused while limits.maxLocalConnections (${this.o.maxConnections ?? LIMIT_DEFAULTS.maxLocalConnections}) were open`);
         this.refusedInRun = 0;
       }
-      aedes.handle(new BoundedSocket(socket, this.maxPacketBytes, (size) => this.onOversize(socket, size)));
+      aedes.handle(new BoundedSocket(socket, this.maxPacketBytes, (size) => this.onOversize(socket, size), this.o.gate));
     };
     let server: Server;
     try {

@@ -5,6 +5,7 @@ import type { AgentConfig } from '../config/schema.js';
 import type { JobPoller } from '../jobs/poller.js';
 import type { JobRunner } from '../jobs/runner.js';
 import type { Flusher } from '../outbox/flusher.js';
+import type { LoopShare } from '../outbox/loop-share.js';
 import type { Outbox } from '../outbox/outbox.js';
 import type { Shadow } from '../shadow/shadow.js';
 import type { Store } from '../store/store.js';
@@ -16,6 +17,7 @@ export interface QueueParts {
   outbox: Pick<Outbox, 'stats' | 'parked'>;
   disk: Pick<DataDirDisk, 'view'> | undefined;
   flushers: readonly Pick<Flusher, 'stats'>[];
+  share?: Pick<LoopShare, 'stats'> | undefined;
 }
 
 /** `GET /v2/queue`: the outbox per channel, the flushers, and what is parked. */
@@ -24,6 +26,7 @@ export function queueView(p: QueueParts): unknown {
     ...p.outbox.stats(),
     dataDisk: p.disk?.view() ?? null,
     flushers: p.flushers.map((f) => f.stats()),
+    ingestShare: p.share?.stats() ?? null,
     parkedMessages: p.outbox.parked({ limit: 20 }),
   };
 }

@@ -158,6 +158,45 @@ describe('local API bodies', () => {
   });
 });
 
+describe('local API ingest gate (the loop share)', () => {
+  it('holds a POST /v2/telemetry body unread while the gate is paused, then takes it, and times its handling as a turn', async () => {
+    let open: () => void = () => undefined;
+    let paused = true;
+    let asked = 0;
+    const turns: string[] = [];
+    const ingested: unknown[] = [];
+    const gate = {
+      ready: () => {
+        asked++;
+        return paused ? new Promise<void>((r) => (open = r)) : undefined;
+      },
+      begin: () => {
+        turns.push('begin');
+        return () => turns.push('end');
+      },
+    };
+    const view = fakeApiView({ ingest: async (items) => (ingested.push(...items), items.map((_, i) => ({ id: `id-${i}` }))) });
+    const { url } = await api(view, { ingestGate: gate });
+    const answer = fetch(`${url}/v2/telemetry`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ stream: 's', payload: { v: 1 } }) });
+    await until(() => asked > 0);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(ingested).toEqual([]);
+    expect(turns).toEqual([]);
+    // Other routes are not held.
+    expect((await fetch(`${url}/v2/queue`, { headers: auth })).status).toBe(200);
+    paused = false;
+    open();
+    const res = await answer;
+    expect(res.status).toBe(202);
+    expect(ingested).toEqual([{ stream: 's', payload: { v: 1 } }]);
+    expect(turns).toEqual(['begin', 'end']);
+  });
+});
+
+async function until(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
 describe('local API routing', () => {
   it('answers HEAD for every GET route as GET would, without the body, and for nothing else', async () => {
     const { url, routes } = await api();
