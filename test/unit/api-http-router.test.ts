@@ -1,4 +1,4 @@
-import { Agent, request } from 'node:http';
+import { Agent, request, type IncomingMessage } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HttpError, Router, type RouterOptions } from '../../src/api/http-router.js';
@@ -177,11 +177,11 @@ describe('the body limit', () => {
   });
 
   it('lets go of the request once its body is read, or once the client is gone mid-body', async () => {
-    let captured: import('node:http').IncomingMessage | undefined;
+    let captured: IncomingMessage | undefined;
     const listeners = () => ['data', 'end', 'close', 'error'].map((e) => captured!.listeners(e).length);
     let during: number[] = [];
     let base: number[] = [];
-    const { port } = await serve((r) => r.post('/t', (req) => ({ listeners: listeners() })), {
+    const { port } = await serve((r) => r.post('/t', () => ({ listeners: listeners() })), {
       guard: (req) => {
         captured = req;
         base = listeners();
