@@ -30,6 +30,26 @@ function write(db: BetterSqlite3.Database, pages: number): void {
   for (let i = 0; i < pages; i += 50) db.transaction(() => { for (let k = 0; k < 50; k++) insert.run('y'.repeat(3000)); })();
 }
 
+/**
+ * For the fake-clock tests: a main connection, and the path of a database whose wal-index the test
+ * writes (`shm(frames, backfilled)`: mxFrame at byte 16, nBackfill at 96). That database does not
+ * exist, so a worker started for it fails at once; `starts` tells when a look found the threshold reached.
+ */
+function watchedWal() {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+  const dir = dirs.make();
+  const db = new BetterSqlite3(join(dir, 'main.db'));
+  const path = join(dir, 'watched.db');
+  const shm = (frames: number, backfilled = 0) => {
+    const header = Buffer.alloc(100);
+    header.writeUInt32LE(frames, 16);
+    header.writeUInt32LE(backfilled, 96);
+    writeFileSync(`${path}-shm`, header);
+  };
+  const watch = () => new WalCheckpointer(db, { path, logger: silentLogger(), thresholdPages: 1000, pollMs: 100, idlePollMs: 1600 });
+  return { db, shm, watch };
+}
+
 describe('WalCheckpointer (store.checkpoint = background)', () => {
   it('checkpoints from the worker once the WAL passes the threshold, leaving the main connection a safety net only', async () => {
     const path = join(dirs.make(), 'agent.db');
@@ -123,20 +143,11 @@ describe('WalCheckpointer (store.checkpoint = background)', () => {
     c.close();
     store.close();
   });
+
   it('looks at a WAL that stopped moving less and less often (doubling up to idlePollMs), and every pollMs again once it moves', () => {
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
-    const dir = dirs.make();
-    const db = new BetterSqlite3(join(dir, 'main.db'));
-    // A wal-index the test writes: mxFrame at byte 16. Its database does not exist, so a worker
-    // started for it fails at once; `starts` tells when a look found the threshold reached.
-    const path = join(dir, 'watched.db');
-    const shm = (frames: number) => {
-      const header = Buffer.alloc(100);
-      header.writeUInt32LE(frames, 16);
-      writeFileSync(`${path}-shm`, header);
-    };
+    const { db, shm, watch } = watchedWal();
     shm(10);
-    const c = new WalCheckpointer(db, { path, logger: silentLogger(), thresholdPages: 1000, pollMs: 100, idlePollMs: 1600 });
+    const c = watch();
     // Looks at 0, 100, 300, 700, 1500, 3100, 4700, 6300...: the WAL does not move.
     vi.advanceTimersByTime(5000);
     shm(20);
@@ -154,19 +165,10 @@ describe('WalCheckpointer (store.checkpoint = background)', () => {
   });
 
   it('a quiet WAL that grows past the threshold is seen within idlePollMs, not before its next look', () => {
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
-    const dir = dirs.make();
-    const db = new BetterSqlite3(join(dir, 'main.db'));
-    const path = join(dir, 'watched.db');
-    const shm = (frames: number, backfilled = 0) => {
-      const header = Buffer.alloc(100);
-      header.writeUInt32LE(frames, 16);
-      header.writeUInt32LE(backfilled, 96);
-      writeFileSync(`${path}-shm`, header);
-    };
+    const { db, shm, watch } = watchedWal();
     // 1,500 frames of which 600 are already in the database: 900 pending, below the threshold.
     shm(1500, 600);
-    const c = new WalCheckpointer(db, { path, logger: silentLogger(), thresholdPages: 1000, pollMs: 100, idlePollMs: 1600 });
+    const c = watch();
     vi.advanceTimersByTime(5000);
     expect(c.stats().starts).toBe(0);
     shm(1600, 600);
@@ -210,18 +212,11 @@ describe('WalCheckpointer (store.checkpoint = background)', () => {
     c.close();
     store.close();
   });
+
   it('looks again pollMs after its first look, whatever the WAL held then (one frame here)', () => {
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
-    const dir = dirs.make();
-    const db = new BetterSqlite3(join(dir, 'main.db'));
-    const path = join(dir, 'watched.db');
-    const shm = (frames: number) => {
-      const header = Buffer.alloc(100);
-      header.writeUInt32LE(frames, 16);
-      writeFileSync(`${path}-shm`, header);
-    };
+    const { db, shm, watch } = watchedWal();
     shm(1);
-    const c = new WalCheckpointer(db, { path, logger: silentLogger(), thresholdPages: 1000, pollMs: 100, idlePollMs: 1600 });
+    const c = watch();
     vi.advanceTimersByTime(1);
     shm(1000);
     vi.advanceTimersByTime(98);
