@@ -86,6 +86,14 @@ describe('settings in force on the built agent', () => {
     expect(r.body.message).toContain('settings.offline.enableQueue is false');
   });
 
+  it('settings.offline.shareLoopWithDrain: the loop share the agent builds is off when set false, on by default', async () => {
+    const [on, off] = await Promise.all([start({}), start({ offline: { shareLoopWithDrain: false } })]);
+    const share = async (agent: AgentProcess) => ((await agent.get('/v2/queue')).body as { ingestShare: { enabled: boolean; pauses: number } }).ingestShare;
+    expect(await share(on)).toMatchObject({ enabled: true, pauses: 0 });
+    // Off, it never pauses local ingest (test/unit/loop-share.test.ts); on, it does while a drain runs (test/integration/loop-share.test.ts).
+    expect(await share(off)).toMatchObject({ enabled: false, pauses: 0 });
+  });
+
   it('settings.offline.offlineAfterFailures: a channel failing fewer times than it is degraded, not offline', async () => {
     const agent = await start({ offline: { offlineAfterFailures: 1000 } });
     const conn = await waitFor(

@@ -82,6 +82,7 @@ const wiredByAgent: Record<string, string> = {
   probeMaxIntervalSeconds: 'test/integration/connectivity.test.ts (back online within the probe interval)',
   offlineRetryIntervalSeconds: 'test/integration/recovery-per-channel.test.ts',
   enableJitter: 'below: false means strategy none',
+  shareLoopWithDrain: 'test/integration/settings-in-force.test.ts (GET /v2/queue ingestShare.enabled), test/unit/loop-share.test.ts (disabled never pauses)',
 };
 
 describe('settings.offline reaches its consumers', () => {
