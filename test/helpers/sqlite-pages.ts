@@ -1,5 +1,5 @@
 import BetterSqlite3 from 'better-sqlite3';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import type { PageReader } from '../../src/store/btree-cells.js';
 
 /** A database file held in memory, read page by page: bytes may be damaged in `bytes` before reading. */
@@ -40,4 +40,27 @@ export function rootPage(path: string, name: string): number {
   const row = db.prepare('SELECT rootpage FROM sqlite_schema WHERE name = ?').get(name) as { rootpage: number };
   db.close();
   return row.rootpage;
+}
+
+/** A page of a table or index as SQLite's dbstat names it. */
+export interface PageInfo {
+  pageno: number;
+  pagetype: string;
+  ncell: number;
+  path: string;
+}
+
+/** The pages of table or index `name`, in tree order (dbstat's path). */
+export function pages(path: string, name: string): PageInfo[] {
+  const db = new BetterSqlite3(path, { readonly: true });
+  const rows = db.prepare('SELECT pageno, pagetype, ncell, path FROM dbstat WHERE name = ? ORDER BY path').all(name) as PageInfo[];
+  db.close();
+  return rows;
+}
+
+/** Overwrites pages `pageNos` of the file with `fill` bytes: damage as a bad sector or a torn write leaves it. */
+export function overwrite(path: string, pageNos: number[], pageSize = 4096, fill = 0xab): void {
+  const fd = openSync(path, 'r+');
+  for (const p of pageNos) writeSync(fd, Buffer.alloc(pageSize, fill), 0, pageSize, (p - 1) * pageSize);
+  closeSync(fd);
 }

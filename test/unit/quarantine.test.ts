@@ -1,5 +1,5 @@
 import BetterSqlite3 from 'better-sqlite3';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { migrate } from '../../src/store/database.js';
@@ -17,6 +17,7 @@ import {
 } from '../../src/store/quarantine.js';
 import { MIGRATIONS, Store } from '../helpers/store.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
+import { overwrite } from '../helpers/sqlite-pages.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -41,11 +42,6 @@ function populate(path: string, count: number): void {
   store.close();
 }
 
-function overwrite(path: string, pageNos: number[], pageSize = 4096): void {
-  const fd = openSync(path, 'r+');
-  for (const p of pageNos) writeSync(fd, Buffer.alloc(pageSize, 0xab), 0, pageSize, (p - 1) * pageSize);
-  closeSync(fd);
-}
 
 function leafPages(path: string, table: string): number[] {
   const db = new BetterSqlite3(path, { readonly: true });

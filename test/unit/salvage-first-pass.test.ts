@@ -3,6 +3,7 @@ import { closeSync, openSync, readdirSync, readFileSync, statSync, truncateSync,
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { salvageInto } from '../../src/store/salvage.js';
+import { overwrite, pages } from '../helpers/sqlite-pages.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -18,25 +19,8 @@ afterEach(() => {
   dirs.cleanup();
 });
 
-interface PageInfo {
-  pageno: number;
-  pagetype: string;
-  ncell: number;
-  path: string;
-}
 
-function pages(path: string, name: string): PageInfo[] {
-  const db = new BetterSqlite3(path, { readonly: true });
-  const rows = db.prepare('SELECT pageno, pagetype, ncell, path FROM dbstat WHERE name = ? ORDER BY path').all(name) as PageInfo[];
-  db.close();
-  return rows;
-}
 
-function overwrite(path: string, pageNos: number[], pageSize = 4096): void {
-  const fd = openSync(path, 'r+');
-  for (const p of pageNos) writeSync(fd, Buffer.alloc(pageSize, 0xab), 0, pageSize, (p - 1) * pageSize);
-  closeSync(fd);
-}
 
 /** A damaged database made by `fill`, and a fresh one made by `schema` in the same directory. */
 function pair(fill: (db: BetterSqlite3.Database) => void, schema: string): { path: string; fresh: BetterSqlite3.Database } {

@@ -7,6 +7,7 @@ import { PageFile, readWal } from '../../src/store/page-file.js';
 import { salvageInto, type SalvageReport } from '../../src/store/salvage.js';
 import { Store } from '../helpers/store.js';
 import { silentLogger } from '../helpers/logger.js';
+import { overwrite, pages, type PageInfo } from '../helpers/sqlite-pages.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -44,25 +45,8 @@ function populate(path: string, count: number, make: (i: number) => Msg = smallM
   store.close();
 }
 
-interface PageInfo {
-  pageno: number;
-  pagetype: string;
-  ncell: number;
-  path: string;
-}
 
-function pages(path: string, name: string): PageInfo[] {
-  const db = new BetterSqlite3(path, { readonly: true });
-  const rows = db.prepare('SELECT pageno, pagetype, ncell, path FROM dbstat WHERE name = ? ORDER BY path').all(name) as PageInfo[];
-  db.close();
-  return rows;
-}
 
-function overwrite(path: string, pageNos: number[], pageSize = 4096, fill = 0xab): void {
-  const fd = openSync(path, 'r+');
-  for (const p of pageNos) writeSync(fd, Buffer.alloc(pageSize, fill), 0, pageSize, (p - 1) * pageSize);
-  closeSync(fd);
-}
 
 /** A schema larger than one page: its root (page 1) becomes an interior page with leaves. */
 function bloatSchema(path: string): void {

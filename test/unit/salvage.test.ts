@@ -7,6 +7,7 @@ import { MIGRATIONS } from '../../src/database-schema.js';
 import { KEEP_QUARANTINED, pendingMarkerPath, QUARANTINE_KV_KEY, type QuarantineReport } from '../../src/store/quarantine.js';
 import { Store } from '../helpers/store.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
+import { overwrite } from '../helpers/sqlite-pages.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -49,11 +50,6 @@ function leafPages(path: string, table: string): number[] {
   return pages;
 }
 
-function overwritePages(path: string, pages: number[], pageSize = 4096): void {
-  const fd = openSync(path, 'r+');
-  for (const p of pages) writeSync(fd, Buffer.alloc(pageSize, 0xab), 0, pageSize, (p - 1) * pageSize);
-  closeSync(fd);
-}
 
 /** Starts as after a crash: no clean-close marker, so the file is checked. */
 function reopen(path: string, logger = silentLogger()): Store {
@@ -90,7 +86,7 @@ describe('salvage of a corrupt database', () => {
     const leaves = leafPages(path, 'outbox');
     expect(leaves.length).toBeGreaterThan(50);
     const mid = Math.floor(leaves.length / 2);
-    overwritePages(path, leaves.slice(mid, mid + 3));
+    overwrite(path, leaves.slice(mid, mid + 3));
     const store = reopen(path);
     const q = store.quarantine!;
     expect(q).toBeDefined();
@@ -175,7 +171,7 @@ describe('salvage of a corrupt database', () => {
     db.transaction(() => { for (let i = 0; i < 10; i++) insert.run(`wal-${i}`); })();
     for (const s of ['', '-wal', '-shm']) copyFileSync(live + s, path + s);
     db.close();
-    overwritePages(path, leaves.slice(5, 7));
+    overwrite(path, leaves.slice(5, 7));
     const store = reopen(path);
     expect(store.quarantine).toBeDefined();
     const ids = queuedIds(store);
@@ -189,7 +185,7 @@ describe('salvage of a corrupt database', () => {
   it('a salvage cut short by a crash is redone from the quarantined copy at the next start', () => {
     const path = join(dirs.make(), 'agent.db');
     populate(path);
-    overwritePages(path, leafPages(path, 'outbox').slice(10, 11));
+    overwrite(path, leafPages(path, 'outbox').slice(10, 11));
     const first = reopen(path);
     const { quarantinedTo } = first.quarantine!;
     const recovered = first.quarantine!.recovered;
@@ -223,7 +219,7 @@ describe('salvage of a corrupt database', () => {
     const path = join(dirs.make(), 'agent.db');
     populate(path);
     const leaves = leafPages(path, 'outbox');
-    overwritePages(path, leaves.slice(20, 22));
+    overwrite(path, leaves.slice(20, 22));
     rmSync(`${path}.clean`, { force: true });
     const store = Store.open({ path, logger: silentLogger(), clock, integrityCheck: 'background' });
     expect(store.quarantine).toBeUndefined();
@@ -254,7 +250,7 @@ describe('salvage of a corrupt database', () => {
   it('damage a clean close vouched for (size and mtime unchanged): an error in use starts the check', async () => {
     const path = join(dirs.make(), 'agent.db');
     populate(path);
-    overwritePages(path, leafPages(path, 'outbox').slice(30, 32));
+    overwrite(path, leafPages(path, 'outbox').slice(30, 32));
     // Decay the marker cannot see: it still matches the file (its size and mtime). (The read-only
     // look at the pages left an empty WAL behind.)
     for (const suffix of ['-wal', '-shm']) rmSync(path + suffix, { force: true });
@@ -277,7 +273,7 @@ describe('salvage of a corrupt database', () => {
   it('a salvage that fails part-way (a write error) still starts, on an empty database, and says why', () => {
     const path = join(dirs.make(), 'agent.db');
     populate(path);
-    overwritePages(path, leafPages(path, 'outbox').slice(10, 12));
+    overwrite(path, leafPages(path, 'outbox').slice(10, 12));
     // Every write to kv fails with an error that is not a refused row (as a full disk would).
     const failing = [...MIGRATIONS, { version: 999, name: 'kv writes fail', up: (db: BetterSqlite3.Database) => db.exec('CREATE TRIGGER kv_fails BEFORE INSERT ON kv BEGIN SELECT abs(-9223372036854775808); END') }];
     const log = captureLogger();
