@@ -203,15 +203,31 @@ describe('salvage of a file that is not there', () => {
   });
 });
 
+/** Table t of rows 1..3,000 (n = rowid, 40 bytes of padding), and a fresh database of the same schema. */
+function rowsOneToThreeThousand(): { path: string; fresh: BetterSqlite3.Database } {
+  return pair((db) => {
+    db.exec('CREATE TABLE t (n INTEGER, pad TEXT)');
+    const insert = db.prepare('INSERT INTO t (rowid, n, pad) VALUES (?, ?, ?)');
+    db.transaction(() => {
+      for (let i = 1; i <= 3_000; i++) insert.run(i, i, 'p'.repeat(40));
+    })();
+  }, 'CREATE TABLE t (n INTEGER, pad TEXT)');
+}
+
+/** Sets byte `offset` of the one cell that starts with `cell` (its bytes occur once in the file) to `value`. */
+function patchCell(path: string, cell: Buffer, offset: number, value: number): void {
+  const bytes = readFileSync(path);
+  const at = bytes.indexOf(cell);
+  expect(at).toBeGreaterThan(0);
+  expect(bytes.indexOf(cell, at + 1)).toBe(-1);
+  const fd = openSync(path, 'r+');
+  writeSync(fd, Buffer.from([value]), 0, 1, at + offset);
+  closeSync(fd);
+}
+
 describe('salvage, page scan: rows that do not fit their table', () => {
   it("a row on a tree page that breaks its own table's definition (a NULL in a NOT NULL column) is not copied and is counted as an error", () => {
-    const { path, fresh } = pair((db) => {
-      db.exec('CREATE TABLE t (n INTEGER, pad TEXT)');
-      const insert = db.prepare('INSERT INTO t (rowid, n, pad) VALUES (?, ?, ?)');
-      db.transaction(() => {
-        for (let i = 1; i <= 3_000; i++) insert.run(i, i, 'p'.repeat(40));
-      })();
-    }, 'CREATE TABLE t (n INTEGER, pad TEXT)');
+    const { path, fresh } = rowsOneToThreeThousand();
     const leaves = pages(path, 't').filter((p) => p.pagetype === 'leaf');
     const before = leaves.slice(0, 4).reduce((n, p) => n + p.ncell, 0);
     const lost = range(before + 1, before + leaves[4]!.ncell);
@@ -234,23 +250,11 @@ describe('salvage, page scan: rows that do not fit their table', () => {
 
 describe('salvage, page scan: a cell that cannot be read', () => {
   it('one damaged record on an intact leaf: only that row is lost, counted as lost and as errors by both passes', () => {
-    const { path, fresh } = pair((db) => {
-      db.exec('CREATE TABLE t (n INTEGER, pad TEXT)');
-      const insert = db.prepare('INSERT INTO t (rowid, n, pad) VALUES (?, ?, ?)');
-      db.transaction(() => {
-        for (let i = 1; i <= 3_000; i++) insert.run(i, i, 'p'.repeat(40));
-      })();
-    }, 'CREATE TABLE t (n INTEGER, pad TEXT)');
+    const { path, fresh } = rowsOneToThreeThousand();
     // Row 1000's cell: payload of 45 bytes, rowid 1000, a record header of 3 bytes (a 2-byte integer,
     // a text of 40) that now claims 127 bytes.
     const cell = Buffer.from([0x2d, 0x87, 0x68, 0x03, 0x02, 0x5d, 0x03, 0xe8]);
-    const bytes = readFileSync(path);
-    const at = bytes.indexOf(cell);
-    expect(at).toBeGreaterThan(0);
-    expect(bytes.indexOf(cell, at + 1)).toBe(-1);
-    const fd = openSync(path, 'r+');
-    writeSync(fd, Buffer.from([0x7f]), 0, 1, at + 3);
-    closeSync(fd);
+    patchCell(path, cell, 3, 0x7f);
     const openFiles = (): number => readdirSync('/proc/self/fd').length;
     const before = openFiles();
     const report = salvageInto(fresh, path);
@@ -263,21 +267,10 @@ describe('salvage, page scan: a cell that cannot be read', () => {
 
 describe('salvage, page scan: a rowid twice on one page', () => {
   it('the first cell is kept, the second skipped without counting an error', () => {
-    const { path, fresh } = pair((db) => {
-      db.exec('CREATE TABLE t (n INTEGER, pad TEXT)');
-      const insert = db.prepare('INSERT INTO t (rowid, n, pad) VALUES (?, ?, ?)');
-      db.transaction(() => {
-        for (let i = 1; i <= 3_000; i++) insert.run(i, i, 'p'.repeat(40));
-      })();
-    }, 'CREATE TABLE t (n INTEGER, pad TEXT)');
+    const { path, fresh } = rowsOneToThreeThousand();
     // Row 1001's cell (payload of 45 bytes, rowid 1001, n = 1001) now says rowid 1000, the cell before it.
     const cell = Buffer.from([0x2d, 0x87, 0x69, 0x03, 0x02, 0x5d, 0x03, 0xe9]);
-    const bytes = readFileSync(path);
-    const at = bytes.indexOf(cell);
-    expect(at).toBeGreaterThan(0);
-    const fd = openSync(path, 'r+');
-    writeSync(fd, Buffer.from([0x68]), 0, 1, at + 2);
-    closeSync(fd);
+    patchCell(path, cell, 2, 0x68);
     // SQLite reads nothing (the root is gone): every row comes from the scan.
     overwrite(path, [pages(path, 't').find((p) => p.path === '/')!.pageno]);
     const report = salvageInto(fresh, path);
