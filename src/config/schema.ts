@@ -102,7 +102,7 @@ const offlineSchema = z.strictObject({
     .max(1_000)
     .default(2)
     .describe(
-      'Longest an enqueue waits for others to share its transaction (one fsync). A batch commits earlier when it reaches groupCommitMaxBatch or as many callers as the previous batch (producers that await each enqueue come back together; a lone producer commits at once).',
+      'Longest a batch of enqueues is held while the fsync of the previous commit runs (with store.synchronous "full"; what arrives meanwhile shares the next fsync). A batch that is not held commits at the end of its event-loop turn; one that reaches groupCommitMaxBatch commits at once.',
     ),
   groupCommitMaxBatch: z.number().int().min(1).default(512).describe('A batch of enqueues commits at once when it holds this many messages.'),
   flushBatchMessages: z.number().int().min(1).max(10_000).default(500).describe('Most messages in one batch sent to a sink.'),

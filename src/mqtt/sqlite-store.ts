@@ -1,6 +1,7 @@
 import type { Database, Statement } from 'better-sqlite3';
 import type { IStore, Packet } from 'mqtt';
 import { Readable } from 'node:stream';
+import { commitWithoutFsync, syncLevel } from '../store/sync-level.js';
 import type { Clock } from '../util/clock.js';
 import { AgentError } from '../util/errors.js';
 
@@ -118,8 +119,8 @@ export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStor
   private flushScheduled = false;
   private readonly insert: Statement;
   private readonly remove: Statement;
-  /** Set `synchronous` to NORMAL and back, when the store commits lighter than its connection. */
-  private readonly lighten: { set: () => void; restore: () => void } | undefined;
+  /** The level put back after a commit lighter than the connection (0: commits as the connection does). */
+  private readonly lightenFrom: number;
   private readonly commit: (ops: Op[]) => void;
 
   constructor(db: Database, kind: StoreKind, opts: SqliteMqttStoreOptions<T>) {
@@ -134,12 +135,7 @@ export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStor
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     this.remove = db.prepare('DELETE FROM mqtt_inflight WHERE store = ? AND message_id = ?');
-    const level = db.pragma('synchronous', { simple: true }) as number; // 0 off, 1 normal, 2 full, 3 extra
-    if (opts.durability === 'process' && level > 1) {
-      // db.pragma each time: SQLite applies `PRAGMA synchronous = X` when the statement is compiled,
-      // so a prepared one would do nothing when run.
-      this.lighten = { set: () => db.pragma('synchronous = NORMAL'), restore: () => db.pragma(`synchronous = ${level}`) };
-    }
+    this.lightenFrom = opts.durability === 'process' ? syncLevel(db) : 0;
     this.commit = db.transaction((ops: Op[]) => {
       for (const o of ops) {
         if (o.op === 'del') {
@@ -297,14 +293,10 @@ export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStor
     const ops = this.pending;
     if (ops.length === 0) return;
     this.pending = [];
-    // `synchronous` is per connection and the connection is shared: lower it for this commit only.
-    // Nothing else can commit in between (better-sqlite3 is synchronous), and it cannot change
-    // inside a transaction, hence the check.
-    const lighter = this.lighten !== undefined && !this.db.inTransaction;
     try {
-      // Stryker disable next-line OptionalChaining: equivalent: lighter implies lighten is set
-      if (lighter) this.lighten?.set();
-      this.commit(ops);
+      // `synchronous` is per connection and the connection is shared: lowered for this commit only
+      // (nothing else can commit in between: better-sqlite3 is synchronous).
+      commitWithoutFsync(this.db, this.lightenFrom, () => this.commit(ops));
     } catch (e) {
       const err = e instanceof Error ? e : new Error(String(e));
       const wrapped = new AgentError('MQTT_STORE_WRITE_FAILED', `could not write MQTT ${this.kind} packets to the database: ${err.message}`, { cause: err });
@@ -319,9 +311,6 @@ export class SqliteMqttStore<T extends PublishTag = PublishTag> implements IStor
       this.onError?.(wrapped, lost);
       for (const o of ops) if (o.op === 'put') o.cb?.(wrapped);
       return;
-    } finally {
-      // Stryker disable next-line OptionalChaining: equivalent: as above
-      if (lighter) this.lighten?.restore();
     }
     for (const o of ops) if (o.op === 'put') o.cb?.();
   }

@@ -1,22 +1,22 @@
 import type { Database } from 'better-sqlite3';
+import { commitWithoutFsync } from '../store/sync-level.js';
 import type { Logger } from '../util/logger.js';
 import type { OutboxCounters } from './counters.js';
 import type { Lanes } from './lanes.js';
 import type { Lease, Leases } from './leases.js';
 import type { OutboxStatements, RowRef } from './outbox-sql.js';
 import type { Transactor } from './transactor.js';
-import type { OutboxStats } from './types.js';
 
 export interface AcksOptions {
-  db: Pick<Database, 'pragma' | 'transaction'>;
+  db: Pick<Database, 'exec' | 'transaction' | 'inTransaction'>;
   q: Pick<OutboxStatements, 'deleteIds' | 'deleteById'>;
   tx: Pick<Transactor, 'run'>;
   lanes: Pick<Lanes, 'remove'>;
   counters: Pick<OutboxCounters, 'bump'>;
   leases: Pick<Leases, 'get' | 'release'>;
   logger: Logger;
-  /** What a commit survives (read once at open): with `power-loss` an ack is committed without its own fsync. */
-  durability: OutboxStats['durability'];
+  /** The connection's `synchronous` (read once at open): at FULL or above an ack is committed without its own fsync. */
+  syncLevel: number;
 }
 
 /** Thrown (and caught) inside `ack`'s savepoint: a leased row was not there to delete. */
@@ -41,16 +41,7 @@ export class Acks {
     // An acknowledgement is committed without its own fsync: losing one to a power cut costs a
     // duplicate delivery (same id, deduplicated by the receiver), never a message. The next durable
     // commit (any enqueue) syncs it anyway. This takes an fsync off every delivered batch.
-    const relax = this.o.durability === 'power-loss';
-    // db.pragma, not a prepared statement: SQLite applies `PRAGMA synchronous = X` when the
-    // statement is compiled, so a prepared one does nothing when run (and forces X once prepared).
-    if (relax) this.o.db.pragma('synchronous = NORMAL');
-    let n: number;
-    try {
-      n = this.deleteRows(list);
-    } finally {
-      if (relax) this.o.db.pragma('synchronous = FULL');
-    }
+    const n = commitWithoutFsync(this.o.db, this.o.syncLevel, () => this.deleteRows(list));
     for (const id of list) this.o.leases.release(id);
     return n;
   }

@@ -32,7 +32,7 @@ export const realTimers: GroupCommitTimers = {
 };
 
 export interface GroupCommitOptions<M> {
-  /** The longest a batch waits for more enqueues after its first one. */
+  /** The longest a batch is held (see `hold`). */
   windowMs: number;
   /** A batch holding this many messages is committed at once. */
   maxBatch: number;
@@ -40,18 +40,25 @@ export interface GroupCommitOptions<M> {
   inTransaction: () => boolean;
   /** Writes `batch` in one transaction and settles every call of it. */
   commit: (batch: PendingCall<M>[], messages: number) => void;
+  /**
+   * True while committing now would gain nothing: the commits are made durable by an fsync of
+   * their own (WalSync), one is under way, and a commit now would only wait for the next one. The
+   * batch is then held, still growing, until `release()` (that fsync has ended), the window or
+   * `maxBatch`. Default: never.
+   */
+  hold?: () => boolean;
   timers?: GroupCommitTimers;
 }
 
 /**
  * Group commit: enqueues are not written one by one, they join a pending batch that is written in
- * one transaction (one fsync) when the batch has waited `windowMs` since its first enqueue, or holds
- * `maxBatch` messages, or (checked once the enqueues of an event-loop turn are in) has as many calls
- * as the previous batch had: producers that await each enqueue come back together after a commit,
- * and holding them for the rest of the window would only idle them. That includes a lone producer
- * (a previous batch of one): an app that waits for each acknowledgement pays the fsync, not the
- * window on top of it. Batches still form by themselves under load: a commit blocks the event loop
- * for its fsync, and what arrives meanwhile is read in the next turn, together.
+ * one transaction. A batch commits once the enqueues of its event-loop turn are in, unless `hold`
+ * says an fsync is under way: then it waits for that fsync to end (`release`) and is written just
+ * before the next one starts, which covers it. So a lone producer that awaits each acknowledgement
+ * pays one commit and one fsync, never a wait on top; under load, everything that arrives during
+ * an fsync shares the next one. A batch also commits at once when it holds `maxBatch` messages, and
+ * after `windowMs` of holding (a slow disk does not hold the batch for the whole of its fsync: what
+ * is committed meanwhile is only waiting for the sync, not for the commit's CPU).
  */
 export class GroupCommit<M> {
   private pending: PendingCall<M>[] = [];
@@ -59,17 +66,14 @@ export class GroupCommit<M> {
   private cancelIdle: (() => void) | undefined;
   private cancelWindow: (() => void) | undefined;
   private commitQueued = false;
-  private lastBatchCalls = 0;
-  private readonly windowMs: number;
   private readonly maxBatch: number;
   private readonly timers: GroupCommitTimers;
   private readonly window: Schedule;
 
   constructor(private readonly o: GroupCommitOptions<M>) {
-    this.windowMs = o.windowMs;
     this.maxBatch = Math.max(1, o.maxBatch);
     this.timers = o.timers ?? realTimers;
-    this.window = this.timers.window(this.windowMs);
+    this.window = this.timers.window(o.windowMs);
   }
 
   /** Messages waiting for the next commit. */
@@ -98,7 +102,11 @@ export class GroupCommit<M> {
       return;
     }
     this.cancelIdle ??= this.timers.idle(this.onIdle);
-    this.cancelWindow ??= this.window(this.onWindow);
+  }
+
+  /** The fsync `hold` waited for has ended: commit what was held, so the next one covers it. */
+  release(): void {
+    if (this.pending.length > 0) this.flush();
   }
 
   /** Commits what is pending now. */
@@ -113,20 +121,14 @@ export class GroupCommit<M> {
     this.pending = [];
     this.pendingMessages = 0;
     if (batch.length === 0) return;
-    this.lastBatchCalls = batch.length;
     this.o.commit(batch, messages);
   }
 
-  /**
-   * Once the enqueues of this event-loop turn are in: commit before the window ends when the batch
-   * already has as many calls as the previous one (one, for a lone producer). Fewer calls than last
-   * time (producers spread over time) wait for the window and share its commit.
-   */
+  /** The enqueues of this event-loop turn are in: commit them, unless held (see `hold`). */
   private readonly onIdle = (): void => {
     this.cancelIdle = undefined;
-    // Stryker disable next-line ConditionalExpression: equivalent: flush() returns at once on an empty batch
-    if (this.pending.length === 0) return;
-    if (this.windowMs === 0 || this.pending.length >= this.lastBatchCalls) this.flush();
+    if (this.o.hold?.() !== true) this.flush();
+    else this.cancelWindow ??= this.window(this.onWindow);
   };
 
   private readonly onWindow = (): void => {

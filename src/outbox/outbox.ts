@@ -1,5 +1,7 @@
 import type { Database } from 'better-sqlite3';
 import type { Store } from '../store/store.js';
+import { commitWithoutFsync, syncLevel } from '../store/sync-level.js';
+import { WalSync, type WalSyncFs } from '../store/wal-sync.js';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import type { IdGenerator } from '../util/ids.js';
@@ -47,11 +49,13 @@ import {
  *   what was delivered; parking.ts keeps what a sink refused for good; rewrite.ts is downsampling's;
  * - recovery.ts rebuilds the ledger at open; stats.ts reports it; outbox-sql.ts holds every statement.
  *
- * Durability. `enqueue` resolves only after the transaction holding the message has committed, so
- * the guarantee is the store's `synchronous` setting (`store.synchronous` in the config): with FULL
- * (the default) SQLite fsyncs the WAL at each commit and a resolved enqueue survives a power cut;
- * with NORMAL it survives a crash or kill of the process, and a power cut may lose the last commits.
- * `stats().durability` says which is in force.
+ * Durability. `enqueue` resolves only once the transaction holding the message is as durable as
+ * the store's `synchronous` setting (`store.synchronous` in the config) asks: with FULL (the
+ * default) a resolved enqueue survives a power cut: the transaction commits without an fsync of its
+ * own and resolves after the WAL's next fdatasync, which runs off the event loop (store/wal-sync.ts)
+ * and covers every commit made before it; with NORMAL it resolves at the commit and survives a crash
+ * or kill of the process, and a power cut may lose the last commits. `stats().durability` says
+ * which is in force.
  *
  * Delivery. `peekBatch` leases messages (highest priority first, arrival order within a channel);
  * `ack` deletes them, `nack` releases them, `park` sets aside what a sink rejects for good. Leases
@@ -88,6 +92,8 @@ export interface OutboxOptions {
   leaseMs?: number;
   /** Most parked messages kept; beyond, the oldest parked are dropped (default 10,000). */
   maxParked?: number;
+  /** The file calls that sync the WAL after an enqueue's commit (default node:fs; tests inject failures). */
+  walSyncFs?: WalSyncFs;
   /** Called after every committed enqueue transaction (tests and metrics). */
   onCommit?: (info: CommitInfo) => void;
 }
@@ -112,8 +118,12 @@ export class Outbox {
   private readonly parking: Parking;
   private readonly rewriter: Rewriter;
   private readonly drops: DropReporter;
+  /** The connection's `synchronous` at open: at FULL or above, enqueues are fsynced off the loop (walSync). */
+  private readonly syncLevel: number;
+  private readonly walSync: WalSync;
   private commits = 0;
   private closed = false;
+  private closing: Promise<void> | undefined;
 
   constructor(opts: OutboxOptions) {
     const { clock, logger, ids } = opts;
@@ -138,15 +148,17 @@ export class Outbox {
     const tx = (this.tx = new Transactor({ db, checkpoint, counters, disk, onDrops: () => this.drops.noteDrops() }));
     this.intake = new Intake({ policies, limits, compressAboveBytes, clock, ids });
     this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, disk, policies, limits });
+    const level = (this.syncLevel = syncLevel(db));
+    const walSync = (this.walSync = new WalSync(opts.store.path, { onIdle: () => this.group.release(), fs: opts.walSyncFs }));
     this.group = new GroupCommit<Prepared>({
       windowMs: opts.groupCommit?.windowMs ?? 2,
       maxBatch: opts.groupCommit?.maxBatch ?? 512,
       inTransaction: () => db.inTransaction,
       commit: (batch, messages) => this.commitBatch(batch, messages),
+      hold: level >= 2 ? () => walSync.busy : undefined,
     });
     this.reader = new Reader({ q, lanes, leases, logger });
-    const durability = durabilityOf(db.pragma('synchronous', { simple: true }) as number);
-    this.acks = new Acks({ db, q, tx, lanes, counters, leases, logger, durability });
+    this.acks = new Acks({ db, q, tx, lanes, counters, leases, logger, syncLevel: level });
     this.parking = new Parking({ q, tx, lanes, counters, leases, expiry, clock, logger, maxParked: opts.maxParked ?? 10_000 });
     this.rewriter = new Rewriter({ q, tx, lanes, counters, leases, ids, compressAboveBytes });
     recoverOutbox({ q, lanes, counters, expiry, logger });
@@ -200,13 +212,18 @@ export class Outbox {
   private commitBatch(batch: PendingCall<Prepared>[], messages: number): void {
     const t0 = performance.now();
     let outcomes: (EnqueueResult[] | OutboxError)[];
+    // With FULL, the commit itself skips the fsync and WalSync does it on the thread pool: the loop
+    // goes on reading while the disk works, and what arrives meanwhile shares the next fsync.
+    const deferSync = this.syncLevel >= 2 && !this.db.inTransaction;
     try {
-      outcomes = this.tx.run(`writing ${messages} message(s)`, () => {
-        this.leases.releaseExpired();
-        this.expiry.expireDue();
-        this.disk.check();
-        return this.admission.admitCalls(batch.map((call) => call.messages));
-      });
+      outcomes = commitWithoutFsync(this.db, deferSync ? this.syncLevel : 0, () =>
+        this.tx.run(`writing ${messages} message(s)`, () => {
+          this.leases.releaseExpired();
+          this.expiry.expireDue();
+          this.disk.check();
+          return this.admission.admitCalls(batch.map((call) => call.messages));
+        }),
+      );
     } catch (err) {
       const e = err as OutboxError;
       this.logger.error({ err: errorMessage(e.cause ?? e), code: e.code, messages }, e.message);
@@ -214,16 +231,30 @@ export class Outbox {
       return;
     }
     this.commits++;
-    batch.forEach((call, i) => {
-      const o = outcomes[i];
-      if (o instanceof OutboxError) call.reject(o);
-      else call.resolve(o as EnqueueResult[]);
-    });
+    const settle = (syncErr?: OutboxError): void =>
+      batch.forEach((call, i) => {
+        const o = outcomes[i];
+        if (o instanceof OutboxError) call.reject(o);
+        else if (syncErr) call.reject(syncErr);
+        else call.resolve(o as EnqueueResult[]);
+      });
+    if (deferSync) this.walSync.after((err) => settle(err && this.syncFailed(err, messages)));
+    else settle();
     try {
       this.onCommit?.({ calls: batch.length, messages, ms: performance.now() - t0 });
     } catch (err) {
       this.logger.warn({ err: errorMessage(err) }, 'outbox: onCommit hook failed');
     }
+  }
+
+  /**
+   * The commit is in the WAL but its fsync failed: the messages are queued (and will be delivered)
+   * but were never on disk as promised, so their producers are told. A retry may duplicate them.
+   */
+  private syncFailed(err: Error, messages: number): OutboxError {
+    const e = new OutboxError('OUTBOX_WRITE_FAILED', `writing ${messages} message(s): ${err.message}; they are queued but may not survive a power cut`, { cause: err });
+    this.logger.error({ err: err.message, code: e.code, messages }, e.message);
+    return e;
   }
 
   // ---------------------------------------------------------------- delivery
@@ -290,12 +321,22 @@ export class Outbox {
     });
   }
 
-  /** Commits what is pending and refuses further enqueues. Does not close the store. */
+  /** Commits what is pending, refuses further enqueues, and resolves once what was committed is synced. Does not close the store. */
   close(): Promise<void> {
+    if (this.closing) return this.closing;
     this.closed = true;
     this.group.flush();
     this.drops.close();
-    return Promise.resolve();
+    this.closing =
+      this.syncLevel < 2
+        ? Promise.resolve()
+        : new Promise((resolve) =>
+            this.walSync.after(() => {
+              this.walSync.close();
+              resolve();
+            }),
+          );
+    return this.closing;
   }
 
   /** Expiry and lease upkeep before a read. */
@@ -343,7 +384,7 @@ export class Outbox {
         commits: this.commits,
         pending: this.group.messages,
         // Read each time (db.pragma: a prepared pragma can answer from when it was compiled), so a setting left weaker shows.
-        durability: durabilityOf(this.db.pragma('synchronous', { simple: true }) as number),
+        durability: durabilityOf(syncLevel(this.db)),
         disk: { freeBytes: this.disk.free, minFreeBytes: this.disk.minFreeBytes, low: this.disk.low },
       },
     });

@@ -30,7 +30,9 @@ afterEach(async () => {
 function setup(handlers: Record<string, JobHandler>, opts: { path?: string; clock?: FakeClock; history?: number } = {}) {
   const clock = opts.clock ?? new FakeClock();
   const path = opts.path ?? join(dirs.make(), 'agent.db');
-  const store = Store.open({ path, logger: silentLogger(), clock });
+  // `normal`: an enqueue resolves at its commit. With `full` it waits for a real fdatasync on the
+  // thread pool, which hand-driven time (clock.advance) does not wait for.
+  const store = Store.open({ path, logger: silentLogger(), clock, synchronous: 'normal' });
   const outbox = new Outbox({
     store,
     clock,

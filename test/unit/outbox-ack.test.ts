@@ -7,10 +7,10 @@ import { partsPerTest } from '../helpers/outbox-parts.js';
 
 const freshParts = partsPerTest();
 
-function acks(durability: 'power-loss' | 'process-crash' = 'process-crash') {
+function acks(syncLevel = 1) {
   const cap = captureLogger();
   const p = freshParts({ logger: cap.logger });
-  const a = new Acks({ ...p, durability });
+  const a = new Acks({ ...p, syncLevel });
   const insert = (id: string, lease = true) => {
     const seq = Number(p.q.insert.run(id, 'telemetry', 20, 1, null, null, 0, 1, '1').lastInsertRowid);
     p.lanes.add('telemetry', 20, 1, 1, seq);
@@ -46,7 +46,7 @@ describe('acks', () => {
   });
 
   it('commit without their own fsync under synchronous=FULL, and put FULL back after', () => {
-    const { a, insert, db } = acks('power-loss');
+    const { a, insert, db } = acks(2);
     db.pragma('synchronous = FULL');
     insert('a');
     expect(a.ack(['a'])).toBe(1);

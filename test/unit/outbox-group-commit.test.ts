@@ -26,7 +26,7 @@ function manualTimers() {
   return { timers, windows, turnEnds: () => fire(idle), windowEnds: () => fire(window), armed: () => ({ idle: idle.size, window: window.size }) };
 }
 
-function group(o: { windowMs?: number; maxBatch?: number; inTransaction?: () => boolean } = {}) {
+function group(o: { windowMs?: number; maxBatch?: number; inTransaction?: () => boolean; hold?: () => boolean } = {}) {
   const t = manualTimers();
   const commits: string[][] = [];
   const g = new GroupCommit<string>({
@@ -38,6 +38,7 @@ function group(o: { windowMs?: number; maxBatch?: number; inTransaction?: () => 
       expect(messages).toBe(batch.reduce((n, c) => n + c.messages.length, 0));
       for (const c of batch) c.resolve(c.messages.map((id) => ({ id })));
     },
+    hold: o.hold,
     timers: t.timers,
   });
   const settled: string[] = [];
@@ -46,48 +47,51 @@ function group(o: { windowMs?: number; maxBatch?: number; inTransaction?: () => 
 }
 
 describe('group commit', () => {
-  it('holds a call for the window when the previous batch had more callers, then commits it', () => {
-    const { g, t, commits, call } = group({ windowMs: 7 });
+  it('holds a batch while an fsync is under way, growing, and commits it all at release', () => {
+    let syncing = true;
+    const { g, t, commits, call } = group({ windowMs: 7, hold: () => syncing });
     g.add(call('a'));
-    g.add(call('b'));
     t.turnEnds();
-    expect(commits).toEqual([['a', 'b']]);
-    g.add(call('c'));
+    g.add(call('b', 'c'));
     t.turnEnds();
-    expect(commits).toHaveLength(1);
-    expect(g.messages).toBe(1);
-    expect([...g.queued()]).toEqual(['c']);
+    expect(commits).toEqual([]);
+    expect(g.messages).toBe(3);
+    expect([...g.queued()]).toEqual(['a', 'b', 'c']);
+    expect(t.armed()).toEqual({ idle: 0, window: 1 });
+    syncing = false;
+    g.release();
+    expect(commits).toEqual([['a', 'b', 'c']]);
+    expect(t.armed()).toEqual({ idle: 0, window: 0 });
+    g.release();
+    expect(commits).toHaveLength(1); // nothing held: nothing to commit
+  });
+
+  it('commits a held batch once it has been held for the window (a slow disk)', () => {
+    const { g, t, commits, call } = group({ windowMs: 7, hold: () => true });
+    g.add(call('a'));
+    t.turnEnds();
+    t.turnEnds();
+    expect(commits).toEqual([]);
     t.windowEnds();
-    expect(commits).toEqual([['a', 'b'], ['c']]);
-    expect(t.windows).toEqual([7, 7]);
+    expect(commits).toEqual([['a']]);
+    expect(t.windows).toEqual([7]);
     expect(g.messages).toBe(0);
   });
 
-  it('commits at the end of a turn once the batch has as many calls as the previous one', () => {
-    const { g, t, commits, call } = group();
-    g.add(call('a'));
-    g.add(call('b'));
-    g.add(call('c'));
-    t.turnEnds();
-    expect(commits).toEqual([['a', 'b', 'c']]);
-    g.add(call('d'));
-    g.add(call('e'));
-    t.turnEnds();
-    expect(commits).toHaveLength(1); // two calls of three: wait
-    g.add(call('f'));
-    t.turnEnds();
-    expect(commits).toEqual([['a', 'b', 'c'], ['d', 'e', 'f']]);
-    expect(t.armed()).toEqual({ idle: 0, window: 0 });
-  });
-
-  it('commits a lone producer at the end of its turn: it pays the fsync, not the window too', () => {
-    const { g, t, commits, call } = group({ windowMs: 7 });
-    for (const m of ['a', 'b', 'c']) {
-      g.add(call(m));
+  it('commits at the end of every turn when nothing holds it, a lone producer included, without arming the window', () => {
+    for (const hold of [undefined, () => false]) {
+      const { g, t, commits, call } = group({ windowMs: 7, hold });
+      g.add(call('a'));
+      g.add(call('b'));
       t.turnEnds();
+      g.add(call('c'));
+      t.turnEnds();
+      g.add(call('d'));
+      t.turnEnds();
+      expect(commits).toEqual([['a', 'b'], ['c'], ['d']]);
+      expect(t.windows).toEqual([]);
+      expect(t.armed()).toEqual({ idle: 0, window: 0 });
     }
-    expect(commits).toEqual([['a'], ['b'], ['c']]);
-    expect(t.armed()).toEqual({ idle: 0, window: 0 });
   });
 
   it('commits a full batch at once, and only after the caller leaves its transaction', async () => {
@@ -104,7 +108,7 @@ describe('group commit', () => {
     expect(commits).toEqual([['a', 'b', 'c', 'd'], ['e', 'f', 'g']]);
   });
 
-  it('with a window of 0 commits at the end of the turn; flush commits now, and nothing when nothing waits', () => {
+  it('flush commits now, and nothing when nothing waits', () => {
     const { g, t, commits, settled, call } = group({ windowMs: 0 });
     g.add(call('a'));
     t.turnEnds();

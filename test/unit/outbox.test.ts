@@ -1,3 +1,4 @@
+import BetterSqlite3 from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,6 +15,7 @@ import { seededRandom } from '../../src/util/random.js';
 import { silentLogger } from '../helpers/logger.js';
 import { flushOutbox } from '../helpers/outbox-flush.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { handFs } from '../helpers/hand-fs.js';
 
 const dirs = tempDirs();
 const open: { store: Store; outbox: Outbox }[] = [];
@@ -82,6 +84,25 @@ function all(outbox: Outbox, channels?: string[]): OutboxMessage[] {
 const DROP_ALL = { count: 'drop-oldest', bytes: 'drop-oldest', disk: 'drop-oldest' } as const;
 
 const tag = (m: OutboxMessage): string => `${m.channel}:${JSON.stringify(m.payload)}`;
+
+/** The payloads queued in the database at `dir`, as another connection (another process) sees them. */
+function queuedPayloads(dir: string): string[] {
+  const db = new BetterSqlite3(join(dir, 'agent.db'), { readonly: true });
+  try {
+    return (db.prepare('SELECT payload FROM outbox ORDER BY seq').all() as { payload: string }[]).map((r) => r.payload);
+  } finally {
+    db.close();
+  }
+}
+
+/** Waits (a turn at a time, at most 5 s) until `cond` holds. */
+async function until(cond: () => boolean): Promise<void> {
+  const end = Date.now() + 5_000;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out waiting for a condition');
+    await new Promise((r) => setImmediate(r));
+  }
+}
 
 async function rejection(p: Promise<unknown>): Promise<unknown> {
   try {
@@ -557,18 +578,62 @@ describe('outbox: group commit', () => {
     expect(commits).toHaveLength(2);
   }, 30_000);
 
-  it('after a batch of five callers, batches producers that arrive one per event-loop turn five at a time', async () => {
-    const { outbox, commits } = setup({ groupCommit: { windowMs: 60_000, maxBatch: 10_000 } });
-    await Promise.all(['a', 'b', 'c', 'd', 'e'].map((p) => outbox.enqueue({ channel: 'telemetry', payload: p })));
-    expect(commits.map((c) => c.calls)).toEqual([5]);
-    const pending: Promise<unknown>[] = [];
-    for (let i = 0; i < 20; i++) {
-      pending.push(outbox.enqueue({ channel: 'telemetry', payload: i }));
+  it('resolves an enqueue only after an fdatasync of the WAL that began after its commit; what comes meanwhile shares the next', async () => {
+    const fs = handFs();
+    const { outbox, commits, dir } = setup({ walSyncFs: fs.fs, groupCommit: { windowMs: 60_000, maxBatch: 10_000 } });
+    const resolved: string[] = [];
+    const first = outbox.enqueue({ channel: 'telemetry', payload: 'a' }).then(() => void resolved.push('a'));
+    await until(() => fs.running() === 1);
+    expect(commits.map((c) => c.calls)).toEqual([1]);
+    expect(queuedPayloads(dir)).toEqual(['"a"']); // committed: another connection sees it ...
+    expect(resolved).toEqual([]); // ... but not answered before it is on disk
+    const later: Promise<unknown>[] = [];
+    for (let i = 0; i < 5; i++) {
+      later.push(outbox.enqueue({ channel: 'telemetry', payload: i }).then(() => void resolved.push(String(i))));
       await new Promise((r) => setImmediate(r));
     }
-    await Promise.all(pending);
-    expect(commits.map((c) => c.calls)).toEqual([5, 5, 5, 5, 5]);
-  }, 30_000);
+    expect(commits.map((c) => c.calls)).toEqual([1]); // held while the fdatasync runs
+    fs.endSync();
+    await first;
+    expect(resolved).toEqual(['a']);
+    expect(commits.map((c) => c.calls)).toEqual([1, 5]); // in before the next fdatasync, which covers them
+    expect(fs.running()).toBe(1);
+    fs.endSync();
+    await Promise.all(later);
+    expect(resolved).toEqual(['a', '0', '1', '2', '3', '4']);
+    const closed = outbox.close(); // one last fdatasync for what close commits
+    fs.endSync();
+    await closed;
+  });
+
+  it('tells the producers of a commit whose fdatasync failed, and keeps their messages queued', async () => {
+    const fs = handFs();
+    const { outbox, dir } = setup({ walSyncFs: fs.fs });
+    const p = outbox.enqueue({ channel: 'telemetry', payload: 'x' });
+    await until(() => fs.running() === 1);
+    fs.endSync(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    const err = await rejection(p);
+    expect(isOutboxError(err, 'OUTBOX_WRITE_FAILED')).toBe(true);
+    expect((err as Error).message).toBe(
+      'writing 1 message(s): fdatasync of ' + join(dir, 'agent.db') + '-wal failed: EIO: i/o error, fdatasync; they are queued but may not survive a power cut',
+    );
+    expect(queuedPayloads(dir)).toEqual(['"x"']);
+    const next = outbox.enqueue({ channel: 'telemetry', payload: 'y' });
+    await until(() => fs.running() === 1);
+    fs.endSync();
+    await expect(next).resolves.toMatchObject({ id: expect.any(String) });
+    const closed = outbox.close();
+    fs.endSync();
+    await closed;
+  });
+
+  it('with store.synchronous normal answers at the commit, with no fdatasync of its own', async () => {
+    const fs = handFs();
+    const { outbox } = setup({ walSyncFs: fs.fs }, { synchronous: 'normal' });
+    await outbox.enqueue({ channel: 'telemetry', payload: 1 });
+    await outbox.close();
+    expect(fs.log).toEqual([]);
+  });
 
   it('refuses enqueues after close, having committed what was pending', async () => {
     const { outbox } = setup();
