@@ -11,13 +11,14 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, round, table, target
  *
  * The agent's idle footprint (issue 22). Each round, in turn:
  *  - floor: a plain `node -e` process idling (a timer every hour): the runtime's own RSS and CPU;
- *  - agent: the built agent started as its bin starts it (dist/src/cli.js is a sh launcher line that
- *    execs node with its settings: run with /bin/sh, as execve would), local mode (no cloud.apiUrl), the local API on a free port, JSON logs
+ *  - agent: the built agent started as its bin starts it (dist/bundle/cli.js, the bundle of
+ *    scripts/bundle.ts, whose second line is a sh launcher that execs node with its settings: run with
+ *    /bin/sh, as execve would), local mode (no cloud.apiUrl), the local API on a free port, JSON logs
  *    at info, the MQTT session up against a private Mosquitto this bench starts, and a local target
  *    with one native process service (`/bin/sleep`). Measured once the service runs, the session is
  *    connected and the start's integrity check is over, plus `--settle` seconds;
- *  - agent_plain_node: the same agent under `node cli.js`, without the launcher's settings, when
- *    there is a launcher (what `node dist/src/cli.js run` costs, as the tests and the soak start it).
+ *  - agent_plain_node: the same file under `node`, without the launcher's settings, when there is a
+ *    launcher. (`--agent dist/src/cli.js` measures the unbundled agent, as the tests and the soak start it.)
  * For `--seconds`: RSS (VmRSS of /proc/<pid>/status) sampled every second (median and peak), and the
  * CPU time of the whole process (every thread: utime + stime of /proc/<pid>/stat) over the window,
  * as a percentage of one core. The service's own process is not counted: the agent alone.
@@ -25,7 +26,7 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, round, table, target
  */
 
 const USAGE = 'usage: node dist/bench/footprint.js [--seconds N] [--rounds R] [--settle S] [--json] [--agent path/to/cli.js]';
-const DEFAULT_CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
+const DEFAULT_CLI = fileURLToPath(new URL('../bundle/cli.js', import.meta.url));
 const TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
 interface Sample {

@@ -12,7 +12,8 @@ import { deadline } from './drain.js';
  * the telemetry channel's depth counts exactly what the producers handed over.
  */
 
-const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
+/** The agent as installed: the bundle the bin runs (scripts/bundle.ts). */
+const CLI = fileURLToPath(new URL('../bundle/cli.js', import.meta.url));
 /** The local API's key, set in the config (so no identity file is read). */
 const KEY = 'bench-ingest-local-key-0001';
 /** How long a start may take: on a loaded machine (nice 19 beside a mutation run) a minute was not enough. */

@@ -22,7 +22,8 @@ import { benchArgs, cell, jsonLine, machine, median, ratio, table, target } from
  */
 
 const USAGE = 'usage: node dist/bench/restart.js [--messages N] [--runs R] [--cold 0|1] [--json]\n  --cold 1: drop the database from the page cache before each start (as after a power cut)';
-const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
+/** The agent as installed: the bundle the bin runs (scripts/bundle.ts). */
+const CLI = fileURLToPath(new URL('../bundle/cli.js', import.meta.url));
 
 function fill(path: string, rows: number): void {
   const store = Store.open({ path, logger: createLogger({ level: 'silent', format: 'json' }), clock: { now: Date.now }, migrations: MIGRATIONS });

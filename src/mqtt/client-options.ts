@@ -42,6 +42,9 @@ export function clientOptions(i: ClientOptionsInput): IClientOptions {
     // (a clearTimeout and a setTimeout per PUBACK: close to a tenth of a drain's CPU). One ping a
     // minute costs nothing, and the session's watchdog judges the link by what arrives either way.
     reschedulePings: false,
+    // No number cache in mqtt-packet: see util/mqtt-packet-cache.ts (this turns it off for the whole
+    // process when the session connects first).
+    writeCache: false,
     outgoingStore: i.outgoingStore,
     incomingStore: i.incomingStore,
     // Tracks the ids in use, so a new publish never takes the id of a stored packet being re-sent.

@@ -8,6 +8,7 @@ import type { Logger } from '../util/logger.js';
 import { LIMIT_DEFAULTS } from '../config/schema.js';
 import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
 import type { HeldListener } from '../util/held-listener.js';
+import { dropPacketNumberCache } from '../util/mqtt-packet-cache.js';
 import { BoundedSocket, type ReadGate } from './bounded-socket.js';
 
 /**
@@ -217,6 +218,7 @@ export class LocalBroker {
     this.stopping = false;
     // Loaded here, not at the agent's start: a device with the broker off never holds aedes.
     const { Aedes: Broker } = await import('aedes');
+    await dropPacketNumberCache();
     const aedes = await Broker.createBroker({
       preConnect: (client, packet, done) => this.checkConnect(client, packet, done),
       authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),

@@ -5,9 +5,11 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const CLI = join(ROOT, 'dist/src/cli.js');
+/** What the `iotistic-agent` bin runs: the bundle (scripts/bundle.ts), a sh launcher line first. */
+export const BIN = join(ROOT, 'dist/bundle/cli.js');
 
 export function requireBuilt(): void {
-  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first (npm test does)`);
+  for (const built of [CLI, BIN]) if (!existsSync(built)) throw new Error(`${built} is missing: run \`npm run build\` first (npm test does)`);
 }
 
 export interface AgentProcess {
@@ -30,6 +32,8 @@ export interface SpawnAgentOptions {
   config?: Record<string, unknown>;
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  /** Start the bin as installed (`/bin/sh` runs the bundle's launcher line, which execs node) instead of `node dist/src/cli.js`. */
+  bin?: boolean;
 }
 
 /** The key the agent's local API takes: configured, else the one in identity.json (local-api.key before it). */
@@ -47,7 +51,8 @@ export async function spawnAgent(opts: SpawnAgentOptions): Promise<AgentProcess>
   const configFile = join(opts.dataDir, 'config.json');
   const config = { api: { port: 0 }, logging: { level: 'debug', format: 'json' }, ...opts.config };
   writeFileSync(configFile, JSON.stringify(config));
-  const child = spawn(process.execPath, [CLI, 'run', '--config', configFile, '--data-dir', opts.dataDir], {
+  const args = ['run', '--config', configFile, '--data-dir', opts.dataDir];
+  const child = spawn(opts.bin ? '/bin/sh' : process.execPath, [opts.bin ? BIN : CLI, ...args], {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

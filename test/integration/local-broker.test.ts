@@ -1,6 +1,7 @@
 import { connect as tcpConnect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { connectAsync, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
+import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it } from 'vitest';
 import { OutboxError } from '../../src/outbox/types.js';
 import { LocalBroker, type LocalBrokerOptions } from '../../src/telemetry/local-broker.js';
@@ -61,6 +62,9 @@ async function expectRefused(c: Client, topic: string, payload: string | Buffer)
   expect(pubacks(c), topic).toEqual([]);
 }
 
+/** mqtt-packet's number cache (numbers.js): filled at the first packet written unless turned off. */
+const packetNumbers = createRequire(import.meta.url)('mqtt-packet/numbers') as { cache: Record<number, Buffer> };
+
 const pubacks = (c: Client) => c.received.filter((p) => p.cmd === 'puback');
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -89,6 +93,8 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     expect(resolved!.at - called!.at).toBeGreaterThanOrEqual(250);
     expect(ingested).toEqual([{ stream: 'temp.kitchen', payload: { c: 21.5 } }]);
     expect(broker.stats()).toEqual({ clients: 1, accepted: 1, refused: 0, oversizePackets: 0, connectionsRefused: 0 });
+    // Packets were written (CONNACK, PUBACK) without mqtt-packet's cache of 65,536 number Buffers (6 MiB).
+    expect(Object.keys(packetNumbers.cache)).toHaveLength(0);
   });
 
   it('does not acknowledge when ingest rejects: the client is disconnected and re-sends after reconnecting', async () => {

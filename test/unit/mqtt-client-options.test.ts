@@ -79,6 +79,7 @@ describe('clientOptions', () => {
       resubscribe: false,
       queueQoSZero: false,
       reschedulePings: false,
+      writeCache: false,
       rejectUnauthorized: true,
     });
   });
