@@ -3,7 +3,7 @@ import { formatIssue, fromZodIssues } from '../config/issues.js';
 import type { HeldListener } from '../util/held-listener.js';
 import type { Logger } from '../util/logger.js';
 import type { LoopStatus } from '../util/loops.js';
-import { bearerMatches } from './auth.js';
+import { bearerMatcher } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
 import { HttpError, json, Router, text, type ApiRoute, type RouteGate } from './http-router.js';
 import { serveHttp, type HttpApp, type HttpTimeouts } from './http-server.js';
@@ -104,7 +104,9 @@ const purgeParkedBody = z.strictObject({ ids: parkedIds.optional(), all: z.liter
 const STREAM = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const telemetryItem = z.strictObject({
   stream: z.string().regex(STREAM, 'a stream name of 1-64 letters, digits, ".", "_" or "-"'),
-  payload: z.json(),
+  // The body came from JSON.parse, so any value present is JSON: only its presence is checked
+  // (z.json() walked every payload again, a sixth of a one-item POST's CPU).
+  payload: z.custom<Json>((v) => v !== undefined, 'a JSON value (null is allowed)'),
 });
 /** One item or up to 1000 at once (parsed apart, so errors name the item: a union would not). */
 const telemetryBatch = z.array(telemetryItem).min(1).max(1000);
@@ -116,12 +118,13 @@ type Limits = Required<NonNullable<ApiOptions['limits']>>;
 export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: string; routes: readonly ApiRoute[] }> {
   const { view } = opts;
   const limits = { ...LIMIT_DEFAULTS, ...opts.limits };
+  const authorized = bearerMatcher(opts.key);
   const router = new Router({
     logger: opts.logger,
     bodyLimit: { bytes: limits.maxApiBodyBytes, setting: 'limits.maxApiBodyBytes' },
     maxJsonDepth: limits.maxJsonDepth,
     drain: REFUSED_BODY_DRAIN,
-    guard: (req, path) => (OPEN_ROUTES.has(path) || bearerMatches(req.headers.authorization, opts.key) ? undefined : UNAUTHORIZED),
+    guard: (req, path) => (OPEN_ROUTES.has(path) || authorized(req.headers.authorization) ? undefined : UNAUTHORIZED),
   });
   statusRoutes(router, view, opts.dashboard);
   controlRoutes(router, view, limits, opts.ingestGate);

@@ -1,6 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { fakeApiView } from '../helpers/api-view.js';
-import { bearerMatches } from '../../src/api/auth.js';
+import { bearerMatcher } from '../../src/api/auth.js';
+
+const bearerMatches = (header: string | undefined, key: string): boolean => bearerMatcher(key)(header);
 import { startApi, type ApiRoute, type ApiView } from '../../src/api/server.js';
 import { silentLogger } from '../helpers/logger.js';
 
@@ -85,7 +87,7 @@ describe('local API auth, every route from the route table', () => {
   });
 });
 
-describe('bearerMatches', () => {
+describe('bearerMatcher', () => {
   it('accepts the exact key, with the scheme in any case and spaces around the token', () => {
     expect(bearerMatches(`Bearer ${KEY}`, KEY)).toBe(true);
     expect(bearerMatches(`bearer ${KEY}`, KEY)).toBe(true);

@@ -151,6 +151,7 @@ describe('local API routes', () => {
     expect(await bad([])).toContain('body');
     expect(await bad(Array.from({ length: 1001 }, () => ({ stream: 's', payload: 1 })))).toContain('body');
     expect(await bad({ stream: 's', payload: 1, extra: true })).toContain('extra');
+    expect(await bad({ stream: 's' })).toBe('body.payload: expected a JSON value (null is allowed)');
     // Every problem of a body at once, "; " between them.
     expect(await bad({ stream: '.x', payload: 1, extra: true })).toMatch(/^body\.stream: expected a stream name of 1-64 letters[^;]*; body\.extra: expected no such key/);
     // The limits themselves are fine: 64 characters, 1000 items.
