@@ -62,6 +62,8 @@ export const AREAS = {
       // The damaged-file reader and the index readers, field by field.
       'test/unit/page-file.test.ts', 'test/unit/index-pages.test.ts', 'test/unit/index-count.test.ts',
       'test/unit/salvage-scan.test.ts', 'test/unit/wal-index.test.ts', 'test/unit/salvage-first-pass.test.ts',
+      // The WAL's fsync off the event loop, and the commits made without their own (the outbox's acks).
+      'test/unit/wal-sync.test.ts', 'test/unit/outbox-ack.test.ts', 'test/unit/outbox.test.ts',
     ],
   },
 };
