@@ -90,9 +90,10 @@ export class WalSync {
   private syncFd(fd: number, path: string, waiting: SyncDone[]): void {
     this.fs.fdatasync(fd, (err) => {
       if (err) err.path ??= path;
-      // A file not kept is closed; so is the WAL after a failure (the next sync opens it afresh).
+      // A file not kept (the database's, when there was no WAL: `fd` is not `this.fd`, which is
+      // unset) is closed; so is the WAL after a failure (the next sync opens it afresh).
       if (fd !== this.fd || err) {
-        if (fd === this.fd) this.fd = undefined;
+        this.fd = undefined;
         this.fs.close(fd, () => {});
       }
       this.finish(waiting, err);

@@ -9,14 +9,15 @@ import type { WalSyncFs } from '../../src/store/wal-sync.js';
 type Cb = (err: NodeJS.ErrnoException | null) => void;
 
 export function handFs(o: { missing?: string[]; failOpen?: string } = {}) {
+  // `open wal`: opened read-only (the flags are shown when they are anything else).
   const log: string[] = [];
   const syncs: { fd: number; end: (err?: NodeJS.ErrnoException) => void }[] = [];
   const open = new Map<number, string>();
   let nextFd = 10;
   const fs: WalSyncFs = {
-    open(path, _flags, cb) {
+    open(path, flags, cb) {
       const name = path.endsWith('-wal') ? 'wal' : 'db';
-      log.push(`open ${name}`);
+      log.push(`open ${name}${flags === 'r' ? '' : ` ${flags}`}`);
       if (o.missing?.includes(name)) return cb(Object.assign(new Error(`ENOENT: no such file, open '${path}'`), { code: 'ENOENT', path }), -1);
       if (o.failOpen === name) return cb(Object.assign(new Error(`EACCES: permission denied, open '${path}'`), { code: 'EACCES', path }), -1);
       const fd = nextFd++;

@@ -59,9 +59,14 @@ describe('WalSync', () => {
     const h = handFs();
     const w = new WalSync('/data/agent.db', { fs: h.fs });
     const errors: (string | undefined)[] = [];
-    w.after((e) => errors.push(e?.message));
+    const causes: unknown[] = [];
+    w.after((e) => {
+      errors.push(e?.message);
+      causes.push(e?.cause);
+    });
     h.endSync(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
     expect(errors).toEqual(['fdatasync of /data/agent.db-wal failed: EIO: i/o error, fdatasync']);
+    expect(causes).toEqual([expect.objectContaining({ code: 'EIO' })]);
     expect(h.openFds()).toEqual([]);
     w.after((e) => errors.push(e?.message));
     h.endSync();
@@ -77,6 +82,12 @@ describe('WalSync', () => {
     h.endSync();
     expect(result).toBeUndefined();
     expect(h.log).toEqual(['open wal', 'open db', 'sync db', 'close db']);
+    expect(h.openFds()).toEqual([]);
+    // A failure of that sync names the database file, not the WAL.
+    let failed = '';
+    w.after((e) => (failed = e?.message ?? ''));
+    h.endSync(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    expect(failed).toBe('fdatasync of /data/agent.db failed: EIO: i/o error, fdatasync');
     expect(h.openFds()).toEqual([]);
 
     const bad = handFs({ failOpen: 'wal' });
@@ -101,6 +112,13 @@ describe('WalSync', () => {
     const w2 = new WalSync('/data/agent.db', { fs: idle.fs });
     w2.close();
     expect(idle.log).toEqual([]);
+    // Closed between syncs: the WAL kept open since the last one is closed at once.
+    const w3 = new WalSync('/data/agent.db', { fs: idle.fs });
+    w3.after(() => undefined);
+    idle.endSync();
+    expect(idle.openFds()).toEqual(['wal']);
+    w3.close();
+    expect(idle.openFds()).toEqual([]);
   });
 
   it('syncs a real WAL after commits made without their own fsync, and leaves no descriptor open after close', async () => {
