@@ -5,7 +5,6 @@ import { prepareDataDir, trustedFile } from './boot/data-dir.js';
 import { DataDirDisk, RESERVE_FILE } from './boot/disk.js';
 import { IDENTITY_FILE, LEGACY_KEY_FILE, loadIdentity } from './boot/identity.js';
 import { lockDataDir, type DataDirLock } from './boot/lock.js';
-import { CacheWarmer } from './outbox/warm-cache.js';
 import type { ConfigSource } from './config/fallback.js';
 import { resolveWithLastKnownGood } from './config/last-known-good.js';
 import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResult } from './config/load.js';
@@ -165,18 +164,14 @@ function isDiskFull(err: unknown): boolean {
 
 async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; lock: DataDirLock; listeners: EarlyListeners }): Promise<Booted> {
   const { opts, dataDir, loaded, logger, lock, listeners } = args;
+  // The agent's modules (the API, the brokers, the runtimes' clients) load after the ports are bound.
+  const { Agent } = await import('./agent.js');
   // A state file someone else owns or may write (planted before the dir was repaired) is moved aside:
   // a planted database could carry a target that runs their commands.
   const db = databasePath(dataDir);
   for (const path of [db, `${db}-wal`, `${db}-shm`, `${db}.clean`, join(dataDir, RESERVE_FILE), join(dataDir, IDENTITY_FILE), join(dataDir, LEGACY_KEY_FILE), join(dataDir, TARGET_MIRROR_FILE)]) {
     if (existsSync(path)) trustedFile(path, logger, systemClock.now());
   }
-  // While the agent's modules load, a worker reads the pages the outbox's recovery will read (a
-  // backlog's lane index): a cold start then finds them in the page cache. Over before the open.
-  const warmer = new CacheWarmer(db);
-  // The agent's modules (the API, the brokers, the runtimes' clients) load after the ports are bound.
-  const { Agent } = await import('./agent.js');
-  await warmer.done;
   const defaults = defaultConfig();
   const disk = new DataDirDisk({
     dataDir,

@@ -11,9 +11,6 @@ import type { Database, Statement } from 'better-sqlite3';
  * CPU instead of 3.5, and the full-queue enqueue runs one per dropped message). `?+0` is the same
  * number to SQLite but not a bare parameter, so the statement stays prepared.
  */
-/** The totals per lane at open, from the `outbox_lane` index alone (recovery.ts; warm-cache.ts reads the same pages ahead). */
-export const LOAD_LANES = 'SELECT channel, priority, count(*) AS n, total(bytes) AS b FROM outbox GROUP BY channel, priority';
-
 export function prepareOutboxStatements(db: Database) {
   const p = (sql: string): Statement => db.prepare(sql);
   return {
@@ -40,7 +37,7 @@ export function prepareOutboxStatements(db: Database) {
     expiredRows: p('SELECT seq, id, channel, priority, bytes FROM outbox WHERE expires_at <= ? ORDER BY expires_at LIMIT ?+0'),
     minExpiry: p('SELECT min(expires_at) AS t FROM outbox WHERE expires_at IS NOT NULL'),
     updatePayload: p('UPDATE outbox SET id = ?, encoding = ?, bytes = ?, payload = ? WHERE seq = ?'),
-    loadLanes: p(LOAD_LANES),
+    loadLanes: p('SELECT channel, priority, count(*) AS n, total(bytes) AS b FROM outbox GROUP BY channel, priority'),
     loadCounters: p('SELECT channel, counter, value FROM outbox_counters'),
     loadParked: p('SELECT channel, count(*) AS n FROM outbox_parked GROUP BY channel'),
     counterSet: p('INSERT INTO outbox_counters (channel, counter, value) VALUES (?, ?, ?) ON CONFLICT (channel, counter) DO UPDATE SET value = excluded.value'),
