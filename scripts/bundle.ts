@@ -18,7 +18,7 @@ const entry = new URL('dist/src/cli.js', root);
 const outdir = new URL('dist/bundle/', root);
 
 /** Packages loaded from node_modules at run time, not bundled (see above). */
-export const EXTERNAL = ['better-sqlite3', 'dockerode', 'pino', 'pino-pretty'];
+const EXTERNAL = ['better-sqlite3', 'dockerode', 'pino', 'pino-pretty'];
 
 // The CLI's first two lines: `#!/bin/sh` and the launcher line that is a command to sh and a
 // comment to node (src/cli.ts). esbuild keeps the first; the second goes back in as a banner.

@@ -41,7 +41,7 @@ import {
  * This class is its front; each job is a part of its own (docs/outbox.md):
  *
  * - intake.ts checks and encodes a message; group-commit.ts gathers enqueues into one transaction
- *   (one fsync); admission.ts admits each within the limits, dropping what may give way (limits.ts;
+ *   (store/wal-sync.ts makes it durable off the event loop); admission.ts admits each within the limits, dropping what may give way (limits.ts;
  *   lane-heads.ts reads the lanes' first rows once per commit for it);
  * - transactor.ts runs every write, keeping the in-memory ledger (lanes.ts, counters.ts, expiry.ts)
  *   in step with the rows and restoring it on a rollback; disk-watermark.ts watches free space;
