@@ -3,6 +3,8 @@
  * per lane (a channel at one priority) its count, stored bytes, oldest `created_at` and leased
  * prefix; per channel and in total the count and bytes. Every change is made in the transaction that
  * changes the rows, and a `checkpoint` taken before it restores the ledger if that transaction rolls back.
+ * Each lane's count and bytes are also persisted (`outbox_lane_totals`), by `write` at the end of
+ * that transaction, so that a start can load them without counting the rows.
  */
 
 export interface Lane {
@@ -37,6 +39,16 @@ interface LaneState {
   lanes: Map<string, Lane>;
   channels: Map<string, Totals>;
   total: Totals;
+  /** Lanes whose count or bytes changed since they were last persisted. */
+  dirty: Set<string>;
+  /** The persisted totals are to be replaced whole (after a recount). */
+  rewrite: boolean;
+}
+
+/** Persists lane totals: `set` one lane's (count 0: it is removed), `clear` all of them. */
+export interface LaneTotalsStore {
+  set(channel: string, priority: number, count: number, bytes: number): void;
+  clear(): void;
 }
 
 const SEP = '\u0000';
@@ -47,16 +59,26 @@ function copyOf(s: LaneState): LaneState {
     lanes: new Map([...s.lanes].map(([k, l]) => [k, { ...l }])),
     channels: new Map([...s.channels].map(([k, t]) => [k, { ...t }])),
     total: { ...s.total },
+    dirty: new Set(s.dirty),
+    rewrite: s.rewrite,
   };
 }
 
+const emptyState = (): LaneState => ({ lanes: new Map(), channels: new Map(), total: { count: 0, bytes: 0 }, dirty: new Set(), rewrite: false });
+
 export class Lanes {
-  private s: LaneState = { lanes: new Map(), channels: new Map(), total: { count: 0, bytes: 0 } };
+  private s: LaneState = emptyState();
 
-  /** `probeOldest`: the created_at of a lane's first row (an index probe), for a lane whose first row changed. */
-  constructor(private readonly probeOldest: (channel: string, priority: number) => number | undefined) {}
+  /**
+   * `probeOldest`: the created_at of a lane's first row (an index probe), for a lane whose first row
+   * changed. `store`: where `write` persists the totals (none: kept in memory only).
+   */
+  constructor(
+    private readonly probeOldest: (channel: string, priority: number) => number | undefined,
+    private readonly store?: LaneTotalsStore,
+  ) {}
 
-  /** The totals per lane at open (read from the covering index). */
+  /** The totals per lane at open (persisted, or counted from the rows). */
   load(rows: Iterable<{ channel: string; priority: number; n: number; b: number }>): void {
     for (const r of rows) {
       this.s.lanes.set(laneKey(r.channel, r.priority), { channel: r.channel, priority: r.priority, count: r.n, bytes: r.b, oldest: undefined, leasedBelow: 0 });
@@ -80,6 +102,7 @@ export class Lanes {
     if (lane.count === 0) lane.oldest = createdAt;
     lane.count++;
     lane.bytes += bytes;
+    this.s.dirty.add(key);
     const ch = this.channelTotals(channel);
     ch.count++;
     ch.bytes += bytes;
@@ -89,11 +112,13 @@ export class Lanes {
 
   /** A row was deleted (delivered, dropped, expired, parked, merged). */
   remove(v: LaneEntry): void {
-    const lane = this.s.lanes.get(laneKey(v.channel, v.priority));
+    const key = laneKey(v.channel, v.priority);
+    const lane = this.s.lanes.get(key);
     if (lane) {
       lane.count--;
       lane.bytes -= v.bytes;
       lane.oldest = undefined;
+      this.s.dirty.add(key);
     }
     const ch = this.s.channels.get(v.channel);
     if (ch) {
@@ -106,9 +131,13 @@ export class Lanes {
 
   /** A row's payload was rewritten to `delta` more (or fewer) stored bytes. */
   resize(channel: string, priority: number, delta: number): void {
-    const lane = this.s.lanes.get(laneKey(channel, priority));
+    const key = laneKey(channel, priority);
+    const lane = this.s.lanes.get(key);
     const ch = this.s.channels.get(channel);
-    if (lane) lane.bytes += delta;
+    if (lane) {
+      lane.bytes += delta;
+      this.s.dirty.add(key);
+    }
     if (ch) ch.bytes += delta;
     this.s.total.bytes += delta;
   }
@@ -153,6 +182,56 @@ export class Lanes {
   oldest(lane: Lane): number | undefined {
     if (lane.oldest === undefined && lane.count > 0) lane.oldest = this.probeOldest(lane.channel, lane.priority);
     return lane.oldest;
+  }
+
+  /**
+   * Counted from the rows again: every lane's count and bytes (a lane not in `rows` holds nothing),
+   * persisted whole at the next `write`. Leased prefixes are kept; oldest times are probed again.
+   */
+  recount(rows: Iterable<{ channel: string; priority: number; n: number; b: number }>): void {
+    const counted = new Map<string, { n: number; b: number }>();
+    const s = this.s;
+    for (const r of rows) {
+      const key = laneKey(r.channel, r.priority);
+      counted.set(key, { n: r.n, b: r.b });
+      if (!s.lanes.has(key)) s.lanes.set(key, { channel: r.channel, priority: r.priority, count: 0, bytes: 0, oldest: undefined, leasedBelow: 0 });
+    }
+    s.channels = new Map();
+    s.total = { count: 0, bytes: 0 };
+    for (const [key, lane] of s.lanes) {
+      const c = counted.get(key);
+      lane.count = c?.n ?? 0;
+      lane.bytes = c?.b ?? 0;
+      lane.oldest = undefined;
+      const ch = this.channelTotals(lane.channel);
+      ch.count += lane.count;
+      ch.bytes += lane.bytes;
+      s.total.count += lane.count;
+      s.total.bytes += lane.bytes;
+    }
+    s.rewrite = true;
+  }
+
+  /** Persists what changed since the last write (in the transaction that changed it). */
+  write(): void {
+    const s = this.s;
+    if (!this.store) return;
+    if (s.rewrite) {
+      this.store.clear();
+      for (const l of s.lanes.values()) if (l.count > 0) this.store.set(l.channel, l.priority, l.count, l.bytes);
+    } else {
+      for (const key of s.dirty) {
+        const l = s.lanes.get(key);
+        if (l) this.store.set(l.channel, l.priority, l.count, l.bytes);
+      }
+    }
+    s.dirty.clear();
+    s.rewrite = false;
+  }
+
+  /** Something is yet to be persisted. */
+  get unwritten(): boolean {
+    return this.s.rewrite || this.s.dirty.size > 0;
   }
 
   /** Saves the ledger; the returned function puts it back as it was (as often as called). */

@@ -1,7 +1,7 @@
 import type { Database, Statement } from 'better-sqlite3';
 
 /**
- * Every statement the outbox runs, prepared once per connection. Schema: migration 2 (docs/outbox.md).
+ * Every statement the outbox runs, prepared once per connection. Schema: migrations 2 and 7 (docs/outbox.md).
  * Rows are read through the `outbox_lane` index (channel, priority, seq, bytes), so a lane's rows
  * come in delivery order and its totals come from the index alone.
  *
@@ -38,6 +38,12 @@ export function prepareOutboxStatements(db: Database) {
     minExpiry: p('SELECT min(expires_at) AS t FROM outbox WHERE expires_at IS NOT NULL'),
     updatePayload: p('UPDATE outbox SET id = ?, encoding = ?, bytes = ?, payload = ? WHERE seq = ?'),
     loadLanes: p('SELECT channel, priority, count(*) AS n, total(bytes) AS b FROM outbox GROUP BY channel, priority'),
+    loadLaneTotals: p('SELECT channel, priority, count AS n, bytes AS b FROM outbox_lane_totals WHERE count > 0'),
+    laneTotalSet: p(
+      'INSERT INTO outbox_lane_totals (channel, priority, count, bytes) VALUES (?, ?, ?, ?) ON CONFLICT (channel, priority) DO UPDATE SET count = excluded.count, bytes = excluded.bytes',
+    ),
+    laneTotalDelete: p('DELETE FROM outbox_lane_totals WHERE channel = ? AND priority = ?'),
+    laneTotalsClear: p('DELETE FROM outbox_lane_totals'),
     loadCounters: p('SELECT channel, counter, value FROM outbox_counters'),
     loadParked: p('SELECT channel, count(*) AS n FROM outbox_parked GROUP BY channel'),
     counterSet: p('INSERT INTO outbox_counters (channel, counter, value) VALUES (?, ?, ?) ON CONFLICT (channel, counter) DO UPDATE SET value = excluded.value'),

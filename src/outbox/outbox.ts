@@ -17,7 +17,8 @@ import { Intake, type Prepared } from './intake.js';
 import { Lanes } from './lanes.js';
 import { Leases } from './leases.js';
 import { DropReporter, type OnLimit } from './limits.js';
-import { prepareOutboxStatements } from './outbox-sql.js';
+import { LANE_TOTALS_MISMATCH_SQL } from './migration.js';
+import { prepareOutboxStatements, type OutboxStatements } from './outbox-sql.js';
 import { Parking } from './parking.js';
 import { Reader } from './reader.js';
 import { recoverOutbox } from './recovery.js';
@@ -64,7 +65,7 @@ import {
  */
 
 export interface OutboxOptions {
-  store: Pick<Store, 'db' | 'path' | 'walCheckpointPages'>;
+  store: Pick<Store, 'db' | 'path' | 'walCheckpointPages' | 'quarantine' | 'integrityChecked' | 'verifyLater' | 'distrust'>;
   clock: Clock;
   ids: Pick<IdGenerator, 'next'>;
   logger: Logger;
@@ -100,6 +101,8 @@ export interface OutboxOptions {
 
 export class Outbox {
   private readonly db: Database;
+  private readonly store: OutboxOptions['store'];
+  private readonly q: OutboxStatements;
   private readonly clock: Clock;
   private readonly logger: Logger;
   private readonly onCommit: ((info: CommitInfo) => void) | undefined;
@@ -134,9 +137,13 @@ export class Outbox {
     const limits = { ...opts.limits };
     const compressAboveBytes = opts.compressAboveBytes ?? 1024;
     const pageSize = db.pragma('page_size', { simple: true }) as number;
-    const q = prepareOutboxStatements(db);
+    const q = (this.q = prepareOutboxStatements(db));
+    this.store = opts.store;
     const policies = (this.policies = new ChannelPolicies(opts.channels, opts.onLimit));
-    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at));
+    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at, {
+      set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
+      clear: () => q.laneTotalsClear.run(),
+    }));
     const counters = (this.counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value)));
     const leases = (this.leases = new Leases(lanes, clock, opts.leaseMs ?? 300_000));
     const expiry = (this.expiry = new Expiry({ q, lanes, counters, leases, clock, logger }));
@@ -145,7 +152,7 @@ export class Outbox {
       const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint()];
       return () => restores.forEach((restore) => restore());
     };
-    const tx = (this.tx = new Transactor({ db, checkpoint, counters, disk, onDrops: () => this.drops.noteDrops() }));
+    const tx = (this.tx = new Transactor({ db, checkpoint, counters, lanes, disk, onDrops: () => this.drops.noteDrops() }));
     this.intake = new Intake({ policies, limits, compressAboveBytes, clock, ids });
     this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, disk, policies, limits });
     const level = (this.syncLevel = syncLevel(db));
@@ -161,7 +168,11 @@ export class Outbox {
     this.acks = new Acks({ db, q, tx, lanes, counters, leases, logger, syncLevel: level });
     this.parking = new Parking({ q, tx, lanes, counters, leases, expiry, clock, logger, maxParked: opts.maxParked ?? 10_000 });
     this.rewriter = new Rewriter({ q, tx, lanes, counters, leases, ids, compressAboveBytes });
-    recoverOutbox({ q, lanes, counters, expiry, logger });
+    const store = this.store;
+    // A salvage copies the totals of the damaged file beside fewer rows: always counted again then.
+    const trustTotals = !store.quarantine && (!store.integrityChecked || store.verifyLater({ name: 'outbox lane totals', sql: LANE_TOTALS_MISMATCH_SQL }, (row) => this.recount(row)));
+    recoverOutbox({ q, lanes, counters, expiry, logger, trustTotals });
+    if (lanes.unwritten) this.persistTotals('counted at open');
     const totals = () => counters.dropTotals();
     this.drops = new DropReporter({ db, clock, logger, intervalMs: opts.dropLogIntervalMs ?? 60_000, totals });
     this.drops.report(true);
@@ -337,6 +348,29 @@ export class Outbox {
             }),
           );
     return this.closing;
+  }
+
+  /**
+   * The persisted lane totals disagreed with the rows (`mismatch`: the first lane that did, from
+   * the background check): the rows are counted again, in a transaction, and the totals replaced.
+   */
+  private recount(mismatch: unknown): boolean {
+    if (this.closed) return false;
+    this.logger.warn({ mismatch }, 'outbox: the per-lane totals kept in the database did not match its rows (was it written by something else?); counting the rows again');
+    this.lanes.recount(this.q.loadLanes.all() as { channel: string; priority: number; n: number; b: number }[]);
+    return this.persistTotals('recounted');
+  }
+
+  /** Writes the lane totals whole; on failure the next start must count again (the store is told). */
+  private persistTotals(why: string): boolean {
+    try {
+      this.tx.run(`writing the outbox's lane totals (${why})`, () => undefined);
+      return true;
+    } catch (err) {
+      this.logger.error({ err: errorMessage(err) }, `outbox: the lane totals (${why}) could not be written; they are counted again at the next start`);
+      this.store.distrust();
+      return false;
+    }
   }
 
   /** Expiry and lease upkeep before a read. */

@@ -2,6 +2,7 @@ import type { Database } from 'better-sqlite3';
 import { errorMessage } from '../util/errors.js';
 import type { OutboxCounters } from './counters.js';
 import { isDiskFull, type DiskWatermark } from './disk-watermark.js';
+import type { Lanes } from './lanes.js';
 import { OutboxError } from './types.js';
 
 export interface TransactorOptions {
@@ -9,6 +10,8 @@ export interface TransactorOptions {
   /** Saves everything in memory a transaction changes; the returned function restores it (as often as called). */
   checkpoint: () => () => void;
   counters: Pick<OutboxCounters, 'write' | 'takeDrops' | 'discardDrops'>;
+  /** The ledger's per-lane totals, persisted at the end of each transaction with the counters. */
+  lanes: Pick<Lanes, 'write'>;
   disk: Pick<DiskWatermark, 'reclaimWal' | 'afterWrite' | 'full'>;
   /** A committed transaction dropped messages (the drop reporter's cue). */
   onDrops: () => void;
@@ -16,7 +19,7 @@ export interface TransactorOptions {
 
 /**
  * Every outbox write runs here: rows and the in-memory ledger change together in one transaction,
- * the changed counters are written at its end, and on a rollback memory is restored to match the
+ * the changed counters and lane totals are written at its end, and on a rollback memory is restored to match the
  * rows. A write that hits a full disk is tried once more after the WAL is folded back (it may only
  * be a full WAL); what still fails becomes an OutboxError.
  */
@@ -45,6 +48,7 @@ export class Transactor {
       this.atomic(() => {
         const out = fn();
         this.o.counters.write();
+        this.o.lanes.write();
         return out;
       });
     try {

@@ -56,8 +56,14 @@ try {
   const db = new Database(workerData.db, { readonly: true, fileMustExist: true });
   db.pragma('busy_timeout = 5000');
   const rows = db.pragma('quick_check(20)').map((r) => r.quick_check);
+  out = { ok: rows.length === 1 && rows[0] === 'ok', detail: rows.join('; '), mismatches: [] };
+  if (out.ok) {
+    for (const c of workerData.checks) {
+      const row = db.prepare(c.sql).get();
+      if (row !== undefined) out.mismatches.push({ name: c.name, row });
+    }
+  }
   db.close();
-  out = { ok: rows.length === 1 && rows[0] === 'ok', detail: rows.join('; ') };
 } catch (err) {
   const code = String(err && err.code || '');
   out = { ok: false, corrupt: code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB', detail: String(err && err.message || err) };
@@ -73,11 +79,27 @@ const CHILD_SOURCE = `
 const { Worker } = require('node:worker_threads');
 const parent = process.ppid;
 const done = (out) => process.stdout.write(JSON.stringify(out), () => process.exit(0));
-const w = new Worker(${JSON.stringify(CHECK_SOURCE)}, { eval: true, workerData: { db: process.env.IOTISTIC_DB, sqlite: process.env.IOTISTIC_SQLITE } });
+const w = new Worker(${JSON.stringify(CHECK_SOURCE)}, { eval: true, workerData: { db: process.env.IOTISTIC_DB, sqlite: process.env.IOTISTIC_SQLITE, checks: JSON.parse(process.env.IOTISTIC_CHECKS || '[]') } });
 w.on('message', done);
 w.on('error', (err) => done({ ok: false, corrupt: false, detail: String(err && err.message || err) }));
 setInterval(() => { if (process.ppid !== parent) process.kill(process.pid, 'SIGKILL'); }, 250);
 `;
+
+/**
+ * A query over data a part derives from its own rows and keeps beside them (the outbox's per-lane
+ * totals), run after a passing `quick_check` on the same read-only connection: it returns a row when
+ * the derived data and the rows disagree, none when they agree.
+ */
+export interface ConsistencyQuery {
+  name: string;
+  sql: string;
+}
+
+export interface Mismatch {
+  name: string;
+  /** The first row the query returned (what disagreed). */
+  row: unknown;
+}
 
 export interface BackgroundCheckOptions {
   path: string;
@@ -85,6 +107,9 @@ export interface BackgroundCheckOptions {
   clock: { now(): number };
   /** Called once when the check finds damage. */
   onCorrupt(detail: string): void;
+  /** Run when the file passes; each that returns a row is reported to `onMismatch`. */
+  queries?: readonly ConsistencyQuery[];
+  onMismatch?(found: Mismatch[]): void;
 }
 
 /** Runs `quick_check` in a child process at low CPU priority; `stop` kills it. */
@@ -122,7 +147,11 @@ export class BackgroundIntegrityCheck {
     };
     try {
       const child = spawn(process.execPath, ['-e', CHILD_SOURCE], {
-        env: { IOTISTIC_DB: path, IOTISTIC_SQLITE: createRequire(import.meta.url).resolve('better-sqlite3') },
+        env: {
+          IOTISTIC_DB: path,
+          IOTISTIC_SQLITE: createRequire(import.meta.url).resolve('better-sqlite3'),
+          IOTISTIC_CHECKS: JSON.stringify(this.opts.queries ?? []),
+        },
         stdio: ['ignore', 'pipe', 'ignore'],
       });
       this.child = child;
@@ -136,14 +165,17 @@ export class BackgroundIntegrityCheck {
       child.stdout!.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
       child.on('error', (err) => finish('error', errorMessage(err)));
       child.on('close', (code, signal) => {
-        let r: { ok?: boolean; corrupt?: boolean; detail?: string } | undefined;
+        let r: { ok?: boolean; corrupt?: boolean; detail?: string; mismatches?: Mismatch[] } | undefined;
         try {
           r = JSON.parse(stdout) as typeof r;
         } catch {
           r = undefined;
         }
         if (!r) finish('error', signal ? `the check was stopped (${signal})` : `the check exited with ${String(code)} without a verdict`);
-        else if (r.ok) finish('ok', null);
+        else if (r.ok) {
+          finish('ok', null);
+          if (r.mismatches?.length) this.opts.onMismatch?.(r.mismatches);
+        }
         else if (r.corrupt === false) finish('error', r.detail ?? null);
         else finish('failed', r.detail ?? 'integrity check failed');
       });

@@ -5,7 +5,7 @@ import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { WalCheckpointer, type CheckpointerStats } from './checkpointer.js';
 import { markClosedCleanly, openDatabase } from './database.js';
-import { BackgroundIntegrityCheck, type IntegrityStatus } from './integrity.js';
+import { BackgroundIntegrityCheck, type ConsistencyQuery, type IntegrityStatus, type Mismatch } from './integrity.js';
 import type { Migration } from './migrations.js';
 import { readTargetMirror, writeTargetMirror } from './target-mirror.js';
 import { QUARANTINE_KV_KEY, readPendingSalvage, writePendingSalvage, type QuarantineReport, type SalvageHook } from './quarantine.js';
@@ -57,6 +57,9 @@ export class Store {
   private targetMirror: string | undefined;
   private logger: Logger | undefined;
   private integrityFailed: ((status: IntegrityStatus) => void) | undefined;
+  private readonly consistency: { query: ConsistencyQuery; repair: (row: unknown) => boolean }[] = [];
+  /** Something kept in the file is known to disagree with its rows: the next start must not trust it. */
+  private distrusted = false;
 
   private constructor(
     readonly db: Database,
@@ -128,6 +131,24 @@ export class Store {
     this.runCheck();
   }
 
+  /**
+   * Data a part keeps beside its rows (the outbox's per-lane totals) may be loaded at open without
+   * being checked against them when either the file vouched for itself (closed cleanly, unchanged
+   * since: `integrityChecked` false) or the background check will run `query` after it; `repair`
+   * is then called with the first disagreeing row, and returns whether the part put it right.
+   * Returns false when no background check is owed: the part must check (or rebuild) it itself.
+   */
+  verifyLater(query: ConsistencyQuery, repair: (row: unknown) => boolean): boolean {
+    if (!this.checkOwed || this.exclusive || this.background) return false;
+    this.consistency.push({ query, repair });
+    return true;
+  }
+
+  /** A part could not keep its derived data in step with the rows: the file must not vouch for itself at the next start. */
+  distrust(): void {
+    this.distrusted = true;
+  }
+
   /** Called when a background check finds damage (the salvage marker is then on disk). */
   onIntegrityFailure(handler: (status: IntegrityStatus) => void): void {
     this.integrityFailed = handler;
@@ -147,8 +168,24 @@ export class Store {
         }
         if (!this.closed) this.integrityFailed?.(check.current);
       },
+      queries: this.consistency.map((c) => c.query),
+      onMismatch: (found) => this.repair(found),
     });
     this.background = check;
+  }
+
+  private repair(found: Mismatch[]): void {
+    if (this.closed) return;
+    for (const m of found) {
+      const c = this.consistency.find((x) => x.query.name === m.name);
+      let ok = false;
+      try {
+        ok = c?.repair(m.row) ?? false;
+      } catch (err) {
+        this.logger?.error({ check: m.name, err: errorMessage(err) }, `${m.name}: could not be put right: ${errorMessage(err)}`);
+      }
+      if (!ok) this.distrust();
+    }
   }
 
   /** Resolves once the background integrity check has a result (at once when none runs). */
@@ -276,6 +313,6 @@ export class Store {
     }
     // Only a file that is whole, closed, and not left unchecked after a crash may vouch for itself.
     const unverified = (this.checkOwed || this.background !== undefined) && this.background?.current.state !== 'ok';
-    if (folded && !unverified) markClosedCleanly(this.path);
+    if (folded && !unverified && !this.distrusted) markClosedCleanly(this.path);
   }
 }

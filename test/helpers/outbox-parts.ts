@@ -42,7 +42,10 @@ export function outboxParts(dir: string, o: PartsOptions = {}) {
   const ids = new IdGenerator(() => clock.now());
   const limits = o.limits ?? { maxCount: 1_000, maxBytes: 1 << 30 };
   const policies = new ChannelPolicies(o.channels, o.onLimit);
-  const lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at);
+  const lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at, {
+    set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
+    clear: () => q.laneTotalsClear.run(),
+  });
   const counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value));
   const leases = new Leases(lanes, clock, o.leaseMs ?? 60_000);
   const expiry = new Expiry({ q, lanes, counters, leases, clock, logger });
@@ -61,7 +64,7 @@ export function outboxParts(dir: string, o: PartsOptions = {}) {
     const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint()];
     return () => restores.forEach((r) => r());
   };
-  const tx = new Transactor({ db, checkpoint, counters, disk, onDrops: () => void drops.push(1) });
+  const tx = new Transactor({ db, checkpoint, counters, lanes, disk, onDrops: () => void drops.push(1) });
   const intake = new Intake({ policies, limits, compressAboveBytes: 1024, clock, ids });
   const prepare = (m: EnqueueMessage) => intake.prepare(m);
   /** Rows of the outbox table, in seq order: `channel:payload`. */

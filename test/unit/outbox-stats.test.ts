@@ -47,8 +47,14 @@ describe('outbox recovery', () => {
     p.q.parkInsert.run(now, 'bad', 3);
     p.q.deleteSeq.run(3);
     const cap = captureLogger();
-    recoverOutbox({ ...p, logger: cap.logger });
+    recoverOutbox({ ...p, logger: cap.logger, trustTotals: false });
     expect(p.lanes.total).toEqual({ count: 2, bytes: 10 });
+    // Counted from the rows, the totals are persisted whole at the next write.
+    expect(p.lanes.unwritten).toBe(true);
+    p.tx.run('test', () => undefined);
+    expect(p.db.prepare('SELECT channel, priority, count, bytes FROM outbox_lane_totals ORDER BY channel').all()).toEqual([
+      { channel: 'telemetry', priority: 20, count: 2, bytes: 10 },
+    ]);
     expect(p.counters.of('telemetry')?.delivered).toBe(9);
     expect(p.counters.parkedOf('events')).toBe(1);
     expect(p.expiry.due()).toBe(false);
@@ -56,5 +62,18 @@ describe('outbox recovery', () => {
     expect(p.expiry.due()).toBe(true);
     await new Promise((r) => setImmediate(r));
     expect(cap.text()).toContain('outbox holds 2 undelivered message(s) from before');
+  });
+
+  it('loads the persisted lane totals as they are when told to trust them, without counting the rows', () => {
+    const p = freshParts();
+    const now = p.clock.now();
+    p.q.insert.run('a', 'telemetry', 20, now, null, null, 0, 4, '"aa"');
+    // Totals that are not the rows' (one row, 4 bytes): what is loaded is the table's.
+    p.q.laneTotalSet.run('telemetry', 20, 7, 70);
+    p.q.laneTotalSet.run('events', 50, 2, 5);
+    recoverOutbox({ ...p, logger: captureLogger().logger, trustTotals: true });
+    expect(p.lanes.total).toEqual({ count: 9, bytes: 75 });
+    expect(p.lanes.channel('events')).toEqual({ count: 2, bytes: 5 });
+    expect(p.lanes.unwritten).toBe(false);
   });
 });
