@@ -13,7 +13,7 @@ interface StatusInput {
     reportFailures: number;
     channels: Record<string, { status: string; consecutiveFailures: number; lastError: string | null }>;
     outages: { start: number; end: number | null; durationMs: number | null; cause: string }[];
-    degradation?: { mode: string };
+    degradation?: { mode: string; reason?: string | null; features?: { name: string; order: number; paused: boolean; error?: string }[] };
     mqtt?: { connected: boolean; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null; protocol?: { setting: string | number; version: number; negotiated: boolean } } | null;
   };
   state: {
@@ -149,6 +149,14 @@ export function renderStatus(s: StatusInput, key?: string): string {
   return `${out.join('\n')}\n`;
 }
 
+/** "degraded: offline for 312 s (threshold 300 s); paused: metrics, jobs, shadow" */
+function degradationLine(d: StatusInput['connection']['degradation']): string {
+  if (!d) return 'normal';
+  const paused = (d.features ?? []).filter((f) => f.paused).map((f) => `${f.name}${f.error ? ` (${f.error})` : ''}`);
+  const reason = d.mode === 'degraded' && d.reason ? `: ${d.reason}` : '';
+  return `${d.mode}${reason}${paused.length > 0 ? `; paused: ${paused.join(', ')}` : ''}`;
+}
+
 function connectionSection(c: StatusInput['connection']): string[] {
   const out = [
     '',
@@ -160,7 +168,7 @@ function connectionSection(c: StatusInput['connection']): string[] {
       ['last poll', when(c.lastPollSuccess)],
       ['last report', when(c.lastReportSuccess)],
       ['failures', `poll ${c.pollFailures}, report ${c.reportFailures}`],
-      ['degradation', c.degradation?.mode ?? 'normal'],
+      ['degradation', degradationLine(c.degradation)],
     ]),
   ];
   const channels = Object.entries(c.channels);

@@ -41,6 +41,7 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
   if (!key) { key = prompt('Local API key (iotistic-agent status --show-key)') || ''; sessionStorage.setItem('iotisticKey', key); }
   function esc(v){ return String(v).replace(/[&<>"]/g, function(c){ return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]; }); }
   function ts(v){ return v ? new Date(v).toLocaleString() : '—'; }
+  function degr(d){ if (!d) return 'normal'; var p = (d.features || []).filter(function(f){ return f.paused; }).map(function(f){ return f.name; }); return d.mode + (d.mode === 'degraded' && d.reason ? ': ' + d.reason : '') + (p.length ? '; paused: ' + p.join(', ') : ''); }
   function dur(ms){ if (ms == null) return '—'; var s = Math.round(ms/1000); return s < 120 ? s + ' s' : s < 7200 ? Math.round(s/60) + ' min' : Math.round(s/3600) + ' h'; }
   function rows(id, pairs){ document.getElementById(id).innerHTML = pairs.map(function(p){ return '<tr><td>' + esc(p[0]) + '</td><td>' + p[1] + '</td></tr>'; }).join(''); }
   function get(path){ return fetch(path, { headers: { authorization: 'Bearer ' + key } }).then(function(r){ if (r.status === 401) { sessionStorage.removeItem('iotisticKey'); throw new Error('wrong local API key: reload and enter it again'); } return r.status === 404 ? null : r.json(); }); }
@@ -53,7 +54,7 @@ td:first-child{color:#667;white-space:nowrap}pre{white-space:pre-wrap;word-break
       cd.innerHTML = cf ? '<strong>Config fallback:</strong> ' + esc(cf.message) + '. Changes in the file are not in force.<ul>' + cf.issues.map(function(i){ return '<li>' + esc((i.path || '(document)') + ': expected ' + i.expected) + '</li>'; }).join('') + (cf.issueCount > cf.issues.length ? '<li>… ' + (cf.issueCount - cf.issues.length) + ' more (GET /v2/config)</li>' : '') + '</ul>' : '';
       var b = document.getElementById('badge'); b.textContent = c.status; b.className = c.status;
       document.getElementById('dev').textContent = dev.uuid;
-      rows('conn', [['status', esc(c.status)], ['uptime', dur(c.uptime)], ['offline since', ts(c.offlineSince)], ['last poll', ts(c.lastPollSuccess)], ['last report', ts(c.lastReportSuccess)], ['poll failures', c.pollFailures], ['report failures', c.reportFailures], ['degradation', esc((c.degradation && c.degradation.mode) || 'normal')]]);
+      rows('conn', [['status', esc(c.status)], ['uptime', dur(c.uptime)], ['offline since', ts(c.offlineSince)], ['last poll', ts(c.lastPollSuccess)], ['last report', ts(c.lastReportSuccess)], ['poll failures', c.pollFailures], ['report failures', c.reportFailures], ['degradation', esc(degr(c.degradation))]]);
       rows('chan', Object.keys(c.channels || {}).map(function(n){ var ch = c.channels[n]; return [n, esc(ch.status) + (ch.lastError ? '<br><small>' + esc(ch.lastError) + '</small>' : '')]; }).concat(c.mqtt ? [['mqtt session', (c.mqtt.connected ? 'connected' : 'not connected') + ', ' + c.mqtt.inflight + ' in flight, ' + c.mqtt.queued + ' waiting, ' + c.mqtt.reconnects + ' reconnects' + (c.mqtt.lastError ? '<br><small>' + esc(c.mqtt.lastError) + '</small>' : '')]] : []));
       rows('out', (c.outages || []).slice(0, 8).map(function(o){ return [ts(o.start), dur(o.durationMs) + ' — ' + esc(o.cause)]; }));
       var d = s.database, q = d && d.quarantine;

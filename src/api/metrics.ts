@@ -17,6 +17,8 @@ export interface MetricsSource {
   mqtt(): { connected: boolean; inflight: number; reconnects: number } | null;
   loops(): { name: string; state: string; restarts: number }[];
   degraded(): boolean;
+  /** The features graceful degradation sheds, and whether each is paused now. */
+  degradedFeatures?(): { name: string; paused: boolean }[];
   /** Why the config file was not used (the agent runs on the last-known-good one); null when it was. */
   configFallback?(): string | null;
   /** Jobs in the local table per status; null when jobs do not run here. */
@@ -219,6 +221,16 @@ function agentMetrics(registry: Registry, source: MetricsSource): void {
     registers: [registry],
     collect() {
       this.set(source.degraded() ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_feature_paused',
+    help: '1 while graceful degradation holds the named cloud-dependent feature paused (metrics, jobs, shadow)',
+    labelNames: ['feature'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const f of source.degradedFeatures?.() ?? []) this.set({ feature: f.name }, f.paused ? 1 : 0);
     },
   });
   new Gauge({

@@ -12,6 +12,7 @@ import { JOBS_CHANNEL } from '../jobs/types.js';
 import { MQTT_CHANNELS } from '../mqtt/sink.js';
 import { ShadowDesiredPoller } from '../shadow/poller.js';
 import type { Shadow } from '../shadow/shadow.js';
+import { ShadowSync } from '../shadow/sync.js';
 import type { AgentStatus } from '../views/agent-status.js';
 import type { Core } from './core.js';
 import { buildJobs } from './jobs.js';
@@ -26,6 +27,8 @@ export interface CloudParts {
   health: HealthReporter;
   jobs: { runner: JobRunner; poller: JobPoller } | undefined;
   shadowPoller: ShadowDesiredPoller | undefined;
+  /** The shadow's cloud/local mode, paused (local) by graceful degradation. */
+  shadowSync: ShadowSync | undefined;
 }
 
 export interface CloudNeeds {
@@ -70,8 +73,12 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
     needs.shadow && !config.mqtt.url
       ? new ShadowDesiredPoller({ ...cloudLoop('shadow'), random, shadow: needs.shadow, pollIntervalMs: () => workloads.settings().pollIntervalMs })
       : undefined;
+  const shadowSync = needs.shadow ? new ShadowSync({ ...(shadowPoller ? { poller: shadowPoller } : {}), clock: core.clock, logger: logger.child({ part: 'shadow' }) }) : undefined;
+  // Shed in this order after offlineThresholdSeconds offline (system metrics, order 10, go first).
+  if (jobs) core.degradation.register(jobs.poller, { order: 20 });
+  if (shadowSync) core.degradation.register(shadowSync, { order: 30 });
   addHttpFlusher(core, queueing, http);
-  return { http, poller, reporter, health, jobs, shadowPoller };
+  return { http, poller, reporter, health, jobs, shadowPoller, shadowSync };
 }
 
 function buildHttpClient(core: Core, baseUrl: string): CloudHttpClient {

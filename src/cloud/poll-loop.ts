@@ -1,5 +1,6 @@
 import { errorMessage } from '../util/errors.js';
 import type { Kick } from '../util/kick.js';
+import type { PauseGate } from '../util/pause-gate.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import { CloudAnswerRefused, CloudError } from '../resilience/cloud-error.js';
@@ -15,6 +16,8 @@ export interface PollLoopOptions {
   kick: Kick;
   /** For the log: "polling for jobs", "target-state poll"... */
   what: string;
+  /** Closed while the loop's feature is paused by graceful degradation: no poll starts until it opens. */
+  gate?: PauseGate;
 }
 
 /**
@@ -22,11 +25,16 @@ export interface PollLoopOptions {
  * success wait the interval plus up to 10% jitter (or poll again at once when `poll` says there is
  * more), after a failure wait as the loop's retry policy says (the one backoff, Retry-After, the
  * offline floor, woken by the connectivity probe). A refusal that retrying will not cure (a 4xx
- * other than 408/429) waits at least a full interval. A kick ends the wait after a success.
+ * other than 408/429) waits at least a full interval. A kick ends the wait after a success. While
+ * `gate` is closed no poll starts; one under way runs to its end.
  */
 export async function pollLoop(o: PollLoopOptions, poll: (signal: AbortSignal) => Promise<'again' | 'wait'>, signal: AbortSignal): Promise<void> {
   while (!signal.aborted) {
     let delay: number;
+    if (o.gate?.paused) {
+      await o.gate.whenOpen(signal);
+      continue;
+    }
     try {
       o.kick.consume();
       const next = await poll(signal);

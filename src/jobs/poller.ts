@@ -4,6 +4,7 @@ import { markRequestFailure } from '../resilience/outcome.js';
 import { errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import { Kick } from '../util/kick.js';
+import { PauseGate } from '../util/pause-gate.js';
 import type { Random } from '../util/random.js';
 import type { JobRunner } from './runner.js';
 import type { JobSpec } from './types.js';
@@ -26,9 +27,13 @@ const MAX_ID_LENGTH = 200;
  * After a job it asks again at once (the cloud may have queued several); with nothing to do it
  * waits `pollIntervalMs` plus up to 10% jitter, or less when `pollNow()` is called (a
  * `jobs/notify` over MQTT). Failures wait as the loop's retry policy says, like every cloud loop.
+ * Graceful degradation pauses it (`pause`: no new job is asked for; one already fetched runs to
+ * its end and its updates wait in the outbox) and resumes it (`resume`: it asks at once).
  */
 export class JobPoller {
+  readonly name = 'jobs';
   private readonly kick = new Kick();
+  private readonly gate = new PauseGate();
   lastPollAt: number | undefined;
   lastError: string | undefined;
 
@@ -38,11 +43,24 @@ export class JobPoller {
     this.kick.kick();
   }
 
+  pause(): void {
+    this.gate.pause();
+  }
+
+  resume(): void {
+    this.gate.resume();
+    this.kick.kick();
+  }
+
+  get paused(): boolean {
+    return this.gate.paused;
+  }
+
   async run(signal: AbortSignal): Promise<void> {
     await this.o.runner.recover();
     const o = this.o;
     await pollLoop(
-      { retry: o.retry, random: o.random, logger: o.logger, intervalMs: o.pollIntervalMs, kick: this.kick, what: 'polling for jobs' },
+      { retry: o.retry, random: o.random, logger: o.logger, intervalMs: o.pollIntervalMs, kick: this.kick, what: 'polling for jobs', gate: this.gate },
       async (s) => {
         const job = await this.next(s);
         if (!job) return 'wait';

@@ -112,6 +112,8 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
   private pauseSeq = 0;
   private currentMode: DegradationMode = 'normal';
   private modeSince: number;
+  /** Why the mode last changed; null before any change. */
+  private lastReason: string | null = null;
   private offline = false;
   /** Monotonic time the current offline stretch was first seen. */
   private offlineAt = 0;
@@ -159,6 +161,11 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
 
   mode(): DegradationMode {
     return this.currentMode;
+  }
+
+  /** Why the current mode began ("offline for 312 s (threshold 300 s)"); null before any change. */
+  reason(): string | null {
+    return this.lastReason;
   }
 
   /** Wall-clock time the current mode began (construction time before any change). */
@@ -343,6 +350,7 @@ export class DegradationController extends TypedEmitter<DegradationEvents> {
     const at = this.clock.now();
     this.currentMode = to;
     this.modeSince = at;
+    this.lastReason = reason;
     const msg = to === 'degraded' ? 'entering degraded mode: cloud-dependent features paused' : 'leaving degraded mode: features resumed';
     this.logger.info({ mode: to, from, reason, ...details }, msg);
     const event: ModeEvent = { from, to, at, reason };

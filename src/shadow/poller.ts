@@ -3,6 +3,7 @@ import { markRequestFailure } from '../resilience/outcome.js';
 import { pollLoop } from '../cloud/poll-loop.js';
 import { errorMessage } from '../util/errors.js';
 import { Kick } from '../util/kick.js';
+import { PauseGate } from '../util/pause-gate.js';
 import type { Random } from '../util/random.js';
 import type { Shadow } from './shadow.js';
 
@@ -21,6 +22,8 @@ export interface ShadowDesiredPollerOptions extends CloudLoopDeps {
  */
 export class ShadowDesiredPoller {
   private readonly kick = new Kick();
+  /** Closed while the shadow is in local mode (`ShadowSync`). */
+  readonly gate = new PauseGate();
   private etag: string | undefined;
   lastPollAt: number | undefined;
   lastError: string | undefined;
@@ -34,7 +37,7 @@ export class ShadowDesiredPoller {
   run(signal: AbortSignal): Promise<void> {
     const o = this.o;
     return pollLoop(
-      { retry: o.retry, random: o.random, logger: o.logger, intervalMs: o.pollIntervalMs, kick: this.kick, what: 'polling the shadow desired state' },
+      { retry: o.retry, random: o.random, logger: o.logger, intervalMs: o.pollIntervalMs, kick: this.kick, what: 'polling the shadow desired state', gate: this.gate },
       async (s) => {
         await this.pollOnce(s);
         return 'wait';

@@ -1,13 +1,21 @@
 import { configStatus, type ConfigSource, type ConfigStatus } from '../config/fallback.js';
 import type { ConnectionHealth, ConnectionMonitor } from '../resilience/connection-monitor.js';
-import type { DegradationController } from '../resilience/degradation.js';
+import type { DegradationController, FeatureState } from '../resilience/degradation.js';
 import type { Outbox } from '../outbox/outbox.js';
 import type { Clock } from '../util/clock.js';
 import type { Json } from '../util/json-diff.js';
 import type { Reconciler } from '../workloads/reconciler.js';
 
 /** `GET /v2/connection` and the health report: the monitor's health with the queue, the mode, MQTT. */
-export type ConnectionView = ConnectionHealth & { degradation: { mode: string; since: number | null }; mqtt: unknown };
+/** Graceful degradation: the mode, since when and why, and each registered feature in shedding order. */
+export interface DegradationView {
+  mode: string;
+  since: number | null;
+  reason: string | null;
+  features: FeatureState[];
+}
+
+export type ConnectionView = ConnectionHealth & { degradation: DegradationView; mqtt: unknown };
 
 export interface AgentStatusParts {
   version: string;
@@ -16,7 +24,7 @@ export interface AgentStatusParts {
   monitor: Pick<ConnectionMonitor, 'health'>;
   reconciler: Pick<Reconciler, 'currentState'>;
   outbox: Pick<Outbox, 'stats'>;
-  degradation: Pick<DegradationController, 'mode' | 'since'>;
+  degradation: Pick<DegradationController, 'mode' | 'since' | 'reason' | 'features'>;
   mqtt: { stats(): unknown } | undefined;
 }
 
@@ -47,9 +55,10 @@ export class AgentStatus {
 
   connectionHealth(): ConnectionView {
     const q = this.p.outbox.stats();
+    const d = this.p.degradation;
     return {
       ...this.p.monitor.health({ queue: { depth: q.depth, bytes: q.bytes, oldestAgeMs: q.oldestAgeMs, dropped: q.dropped, expired: q.expired } }),
-      degradation: { mode: this.p.degradation.mode(), since: this.p.degradation.since() },
+      degradation: { mode: d.mode(), since: d.since(), reason: d.reason(), features: d.features() },
       mqtt: this.p.mqtt?.stats() ?? null,
     };
   }
