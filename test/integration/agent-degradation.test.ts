@@ -1,0 +1,89 @@
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
+import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+// The built agent, the devcloud (made unreachable with its fault switch), a real program as the job.
+const dirs = tempDirs();
+let cloud: DevCloud;
+const agents: AgentProcess[] = [];
+beforeAll(async () => {
+  requireBuilt();
+  cloud = await startDevCloud();
+});
+afterEach(async () => {
+  for (const a of agents.splice(0)) await a.stop('SIGKILL');
+  await cloud.admin.clearFaults();
+});
+afterAll(async () => {
+  await cloud.close();
+  dirs.cleanup();
+});
+
+interface Degradation {
+  mode: string;
+  reason: string | null;
+  features: { name: string; order: number; paused: boolean }[];
+}
+interface ShadowDoc {
+  desired: Record<string, unknown>;
+  desiredVersion: number | null;
+  overrides: Record<string, unknown> | null;
+  conflicts: unknown[];
+}
+
+it('offline beyond the threshold: jobs pause (one under way finishes, its result arrives after the return) and the shadow goes local (a change made offline merges after the return)', async () => {
+  const dev = { uuid: `degrade-${process.pid}`, apiKey: 'degrade-key-0123456789' };
+  cloud.admin.createDevice(dev);
+  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  cloud.admin.setShadowDesired(dev.uuid, { setpoint: 20, mode: 'auto' });
+  const job = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sleep', '5'] }, timeoutSeconds: 120 }).id;
+  const agent = await spawnAgent({
+    dataDir: dirs.make(),
+    config: {
+      device: dev,
+      cloud: { apiUrl: cloud.url, requestTimeoutMs: 1_000 },
+      features: { metrics: false },
+      jobs: { pollIntervalMs: 1_000, allowedCommands: ['/bin/sleep'] },
+      settings: {
+        pollIntervalMs: 1_000,
+        offline: { offlineThresholdSeconds: 1, offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 },
+      },
+    },
+  });
+  agents.push(agent);
+  const degradation = async (): Promise<Degradation> => ((await agent.get('/v2/connection')).body as { degradation: Degradation }).degradation;
+  const shadow = async (): Promise<ShadowDoc> => (await agent.get('/v2/shadow')).body as ShadowDoc;
+
+  await waitFor('the job under way at the cloud', () => cloud.admin.job(dev.uuid, job).status === 'IN_PROGRESS', 20_000);
+  await waitFor('the desired state from the cloud', async () => (await shadow()).desiredVersion === 1, 20_000);
+
+  // The cloud goes away for longer than the threshold.
+  await cloud.admin.setFaults({ refuse: true });
+  await waitFor('degraded', async () => (await degradation()).mode === 'degraded', 30_000);
+  const d = await degradation();
+  expect(d.reason).toMatch(/^offline for \d+ s \(threshold 1 s\)$/);
+  expect(d.features).toEqual([
+    { name: 'jobs', order: 20, paused: true },
+    { name: 'shadow', order: 30, paused: true },
+  ]);
+
+  // Offline: the job runs to its end locally; an operator overrides the mode; the cloud changes the setpoint.
+  await waitFor('the job finished locally', async () => ((await agent.get('/v2/jobs')).body as { recent: { id: string; status: string }[] }).recent.some((j) => j.id === job && j.status === 'SUCCEEDED'), 30_000);
+  expect(cloud.admin.job(dev.uuid, job).status).toBe('IN_PROGRESS');
+  expect((await agent.send('PATCH', '/v2/shadow', { desired: { mode: 'manual' } })).status).toBe(200);
+  cloud.admin.setShadowDesired(dev.uuid, { setpoint: 22, mode: 'auto' });
+
+  // Back: the result arrives, the features resume (within the stagger), the shadow merges 3-way.
+  await cloud.admin.clearFaults();
+  await waitFor('the job result at the cloud', () => cloud.admin.job(dev.uuid, job).status === 'SUCCEEDED', 30_000);
+  expect(cloud.admin.job(dev.uuid, job).updates.map((u) => u.status)).toEqual(['IN_PROGRESS', 'SUCCEEDED']);
+  await waitFor('normal again', async () => (await degradation()).mode === 'normal', 30_000);
+  expect((await degradation()).features.every((f) => !f.paused)).toBe(true);
+  await waitFor('the cloud change merged', async () => (await shadow()).desiredVersion === 2, 20_000);
+  const merged = await shadow();
+  expect(merged.desired).toEqual({ setpoint: 22, mode: 'manual' });
+  expect(merged.overrides).toEqual({ mode: 'manual' });
+  expect(agent.records().some((l) => String(l.msg) === 'entering degraded mode: cloud-dependent features paused')).toBe(true);
+  expect(agent.records().some((l) => String(l.msg) === 'leaving degraded mode: features resumed')).toBe(true);
+}, 90_000);
