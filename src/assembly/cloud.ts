@@ -1,4 +1,4 @@
-import { HealthReporter } from '../cloud/health-report.js';
+import { HEALTH_CHANNEL, HealthDelivery, HealthReporter } from '../cloud/health-report.js';
 import { CloudHttpClient } from '../cloud/http-client.js';
 import { HttpSink } from '../cloud/http-sink.js';
 import type { CloudLoopDeps } from '../cloud/loop-deps.js';
@@ -66,7 +66,11 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
     },
     onRejected: () => reporter.markDirty(),
   });
-  const health = new HealthReporter({ ...cloudLoop('health-report'), health: () => ({ ...status.connectionHealth(), config: status.configStatus() }) });
+  const health = new HealthReporter({
+    outbox: queueing.outbox,
+    health: () => ({ ...status.connectionHealth(), config: status.configStatus() }),
+    logger: logger.child({ part: 'health-report' }),
+  });
   const jobs = config.features.jobs ? buildJobs(core, { loop: cloudLoop('jobs'), outbox: queueing.outbox, poller, reconciler: workloads.reconciler }) : undefined;
   // Without MQTT the shadow's desired state is polled over HTTP; with it, it arrives retained.
   const shadowPoller =
@@ -104,6 +108,7 @@ function addHttpFlusher(core: Core, q: Queueing, http: CloudHttpClient): void {
   const sink = new HttpSink(http, uuid, config.mqtt.url ? MQTT_CHANNELS : undefined, {
     [STATE_CHANNEL]: new StateDelivery(http, uuid, store, monitor),
     [JOBS_CHANNEL]: new JobUpdateDelivery(http, uuid, monitor),
+    [HEALTH_CHANNEL]: new HealthDelivery(http, uuid, monitor),
   });
   addFlusher(core, q, sink);
 }

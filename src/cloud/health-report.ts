@@ -1,61 +1,72 @@
-import { Kick } from '../util/kick.js';
-import { errorMessage } from '../util/errors.js';
+import type { Outbox } from '../outbox/outbox.js';
 import { CloudError } from '../resilience/cloud-error.js';
-import type { CloudLoopDeps } from './loop-deps.js';
-import { failureKind } from '../resilience/outcome.js';
+import { failureKind, type OutcomeSink } from '../resilience/outcome.js';
+import { errorMessage } from '../util/errors.js';
+import type { Json } from '../util/json-diff.js';
+import type { Logger } from '../util/logger.js';
+import type { CloudHttpClient } from './http-client.js';
+import type { ChannelDelivery } from './http-sink.js';
 
-export interface HealthReporterOptions extends CloudLoopDeps {
+/** The outbox channel of health reports (priority 30, drop-oldest at its limits). */
+export const HEALTH_CHANNEL = 'health';
+/** One health report waits at a time: a newer one replaces it (the latest says all the earlier did). */
+const COALESCE_KEY = 'latest';
+
+export interface HealthReporterOptions {
+  outbox: Pick<Outbox, 'enqueue'>;
+  /** The ConnectionHealth (with the outages) and the config's source, read when a report is asked for. */
   health: () => unknown;
+  logger: Logger;
 }
 
 /**
- * Sends the ConnectionHealth (with the outage that just ended) when the device comes back from
- * offline, so the cloud can see how long a device was away and why. Several returns while a send
- * is pending collapse into one: the latest health says everything the earlier ones did.
+ * Queues the ConnectionHealth (with the outage that just ended) when the device comes back from
+ * offline, and at a start on the last-known-good config, so the cloud can see how long a device was
+ * away and why. It goes through the outbox like everything bound for the cloud: durable (a restart
+ * before the cloud is back keeps it) and coalesced (several returns while one waits become the latest).
  */
 export class HealthReporter {
-  private due = false;
-  private readonly kick = new Kick();
-  sent = 0;
+  queued = 0;
 
   constructor(private readonly o: HealthReporterOptions) {}
 
-  /** Schedules a report (called on each return from offline). */
+  /** Queues a report of the health as it is now. Never throws: a refusal is logged. */
   request(): void {
-    this.due = true;
-    this.kick.kick();
-  }
-
-  async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      if (!this.due) {
-        await this.kick.wait(Infinity, signal, this.o.clock);
-        continue;
-      }
-      try {
-        await this.o.http.request({
-          method: 'POST',
-          path: `/device/v1/${encodeURIComponent(this.o.uuid)}/health`,
-          json: this.o.health(),
-          signal,
-        });
-        this.due = false;
-        this.sent++;
-        this.o.monitor.markSuccess('api', 'health');
-        this.o.retry.afterSuccess();
-      } catch (err) {
-        if (signal.aborted) return;
-        const e = err instanceof CloudError ? err : undefined;
-        if (!e) this.o.logger.error({ err: errorMessage(err) }, 'health report failed unexpectedly; retrying with backoff');
-        this.o.monitor.markFailure('api', 'health', errorMessage(err), failureKind(err));
-        if (e && !e.retryable) {
-          this.o.logger.warn({ err: errorMessage(err) }, 'health report refused by the cloud; dropping it');
-          this.due = false;
-          continue;
-        }
-        await this.o.retry.wait(this.o.retry.afterFailure(err), signal);
-      }
+    let payload: Json;
+    try {
+      payload = JSON.parse(JSON.stringify(this.o.health())) as Json;
+    } catch (err) {
+      this.o.logger.error({ err: errorMessage(err) }, 'health report: the health could not be read');
+      return;
     }
+    this.o.outbox.enqueue({ channel: HEALTH_CHANNEL, payload, coalesceKey: COALESCE_KEY }).then(
+      () => void this.queued++,
+      (err: unknown) => this.o.logger.warn({ err: errorMessage(err) }, `health report not queued: ${errorMessage(err)}`),
+    );
+  }
+}
+
+/** Sends queued health reports: `POST /device/v1/{uuid}/health` with the report, its outbox id as `Idempotency-Key`. */
+export class HealthDelivery implements ChannelDelivery {
+  constructor(
+    private readonly http: Pick<CloudHttpClient, 'request'>,
+    private readonly uuid: string,
+    /** Outcomes are marked as the `health` operation on the `api` channel. */
+    private readonly monitor?: OutcomeSink,
+  ) {}
+
+  async send(id: string, payload: Json, signal: AbortSignal): Promise<void> {
+    try {
+      await this.http.request({ method: 'POST', path: `/device/v1/${encodeURIComponent(this.uuid)}/health`, headers: { 'idempotency-key': id }, json: payload, signal });
+    } catch (err) {
+      if (!signal.aborted) this.monitor?.markFailure('api', 'health', errorMessage(err), failureKind(err));
+      throw err;
+    }
+    this.monitor?.markSuccess('api', 'health');
   }
 
+  /** A report the cloud refuses as it is (a 4xx other than 408/429) is parked, not retried. */
+  isPermanent(err: unknown): boolean {
+    return err instanceof CloudError && !err.retryable && err.kind === 'http';
+  }
 }

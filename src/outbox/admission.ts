@@ -16,7 +16,7 @@ export interface AdmissionOptions {
   tx: Pick<Transactor, 'atomic' | 'checkpoint'>;
   lanes: Pick<Lanes, 'add' | 'remove' | 'channel' | 'total' | 'nonEmpty'>;
   counters: Pick<OutboxCounters, 'bump'>;
-  leases: Pick<Leases, 'isLeased'>;
+  leases: Pick<Leases, 'isLeased' | 'supersede'>;
   expiry: Pick<Expiry, 'note'>;
   disk: Pick<DiskWatermark, 'low' | 'noteWritten' | 'dir' | 'free' | 'minFreeBytes'>;
   policies: Pick<ChannelPolicies, 'get' | 'onLimitOf'>;
@@ -102,7 +102,10 @@ export class Admission {
       this.o.counters.bump(m.channel, 'coalesced');
     }
     // Stryker disable next-line ConditionalExpression: equivalent: an undefined seq is bound as NULL and matches no row
-    if (plan.unkey !== undefined) this.o.q.clearKey.run(plan.unkey);
+    if (plan.unkey !== undefined) {
+      this.o.q.clearKey.run(plan.unkey);
+      this.o.leases.supersede(plan.unkey, m.coalesceKey as string);
+    }
     for (const { v, reason } of plan.victims) {
       this.delete(v);
       this.o.counters.bump(v.channel, reason);

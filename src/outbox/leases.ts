@@ -19,6 +19,8 @@ export interface Lease {
 export class Leases {
   private readonly byId = new Map<string, Lease>();
   private readonly seqs = new Set<number>();
+  /** Leased rows a newer message with the same coalesce key replaced while in flight: seq → that key. */
+  private readonly superseded = new Map<number, string>();
   /** The earliest `until` of any lease (a lower bound): nothing lapses before it, so the check is free until then. */
   private nextExpiry = Infinity;
 
@@ -56,6 +58,20 @@ export class Leases {
   }
 
   /**
+   * The leased row `seq` lost its coalesce `key` to a newer message (it is in flight, so it was not
+   * replaced). Should its delivery fail, it is stale: see `supersededKey`.
+   */
+  supersede(seq: number, key: string): void {
+    if (this.seqs.has(seq)) this.superseded.set(seq, key);
+  }
+
+  /** The coalesce key the leased row of `id` lost while in flight, if it did. */
+  supersededKey(id: string): string | undefined {
+    const l = this.byId.get(id);
+    return l ? this.superseded.get(l.seq) : undefined;
+  }
+
+  /**
    * Ends the lease of `id`; false when it had none. `requeued`: the row stays in the queue (a nack,
    * a lapsed lease), so its lane's scan must see it again.
    */
@@ -64,6 +80,7 @@ export class Leases {
     if (!l) return false;
     this.byId.delete(id);
     this.seqs.delete(l.seq);
+    this.superseded.delete(l.seq);
     if (requeued) this.lanes.requeued(l.channel, l.priority, l.seq);
     return true;
   }

@@ -24,6 +24,7 @@ import { Reader } from './reader.js';
 import { recoverOutbox } from './recovery.js';
 import { Rewriter, type ChannelRewrite } from './rewrite.js';
 import { durabilityOf, outboxStats } from './stats.js';
+import { Superseded } from './superseded.js';
 import { Transactor } from './transactor.js';
 import {
   OutboxError,
@@ -120,6 +121,7 @@ export class Outbox {
   private readonly acks: Acks;
   private readonly parking: Parking;
   private readonly rewriter: Rewriter;
+  private readonly superseded: Superseded;
   private readonly drops: DropReporter;
   /** The connection's `synchronous` at open: at FULL or above, enqueues are fsynced off the loop (walSync). */
   private readonly syncLevel: number;
@@ -168,6 +170,14 @@ export class Outbox {
     this.acks = new Acks({ db, q, tx, lanes, counters, leases, logger, syncLevel: level });
     this.parking = new Parking({ q, tx, lanes, counters, leases, expiry, clock, logger, maxParked: opts.maxParked ?? 10_000 });
     this.rewriter = new Rewriter({ q, tx, lanes, counters, leases, ids, compressAboveBytes });
+    this.superseded = new Superseded({
+      q,
+      tx,
+      lanes,
+      counters,
+      leases,
+      onError: (err) => logger.warn({ err: errorMessage(err) }, 'outbox: superseded messages could not be deleted; they are sent again'),
+    });
     const store = this.store;
     // A salvage copies the totals of the damaged file beside fewer rows: always counted again then.
     const trustTotals = !store.quarantine && (!store.integrityChecked || store.verifyLater({ name: 'outbox lane totals', sql: LANE_TOTALS_MISMATCH_SQL }, (row) => this.recount(row)));
@@ -292,11 +302,12 @@ export class Outbox {
     return this.leases.size;
   }
 
-  /** The send failed: the messages go back to the queue, in their place. Returns how many leases were released. */
+  /**
+   * The send failed: the messages go back to the queue, in their place (those a newer message with
+   * the same coalesce key replaced while in flight are deleted: superseded.ts). Returns how many leases were released.
+   */
   nack(ids: Iterable<string>): number {
-    let n = 0;
-    for (const id of ids) if (this.leases.release(id, true)) n++;
-    return n;
+    return this.superseded.nack(ids);
   }
 
   /**
