@@ -135,7 +135,7 @@ function queueMetrics(registry: Registry, source: MetricsSource): void {
   perChannel('iotistic_queue_dropped_total', 'Messages dropped by the limits (count, bytes, disk, parked table) or lost with a corrupt database', (c) => c.dropped, true);
   new Counter({
     name: 'iotistic_queue_drops_total',
-    help: 'Messages that left the outbox undelivered, by channel and reason (count, bytes, disk, ttl, parkedLimit, purged, corrupt)',
+    help: 'Messages that left the outbox undelivered, by channel and reason (count, bytes, disk, ttl, parkedLimit, purged, corrupt, offline)',
     labelNames: ['channel', 'reason'],
     registers: [registry],
     collect() {

@@ -210,7 +210,7 @@ function controlRoutes(r: Router, view: ApiView, limits: Limits, ingestGate: Rou
         return json(202, { ids: results.map((x) => x.id) });
       } catch (err) {
         if (isOutboxError(err)) {
-          const status = err.code === 'OUTBOX_CLOSED' || err.code === 'OUTBOX_WRITE_FAILED' ? 503 : err.code === 'OUTBOX_TOO_LARGE' || err.code === 'OUTBOX_INVALID' ? 400 : 507;
+          const status = err.code === 'OUTBOX_CLOSED' || err.code === 'OUTBOX_OFFLINE' || err.code === 'OUTBOX_WRITE_FAILED' ? 503 : err.code === 'OUTBOX_TOO_LARGE' || err.code === 'OUTBOX_INVALID' ? 400 : 507;
           return json(status, { error: err.code, message: err.message, ...err.details });
         }
         throw err;

@@ -9,8 +9,6 @@ import type { Logger } from '../util/logger.js';
 import type { Reconciler } from '../workloads/reconciler.js';
 
 export interface EventLogOptions {
-  /** `settings.offline.enableQueue`: false records nothing. */
-  enabled: boolean;
   outbox: Pick<Outbox, 'enqueue'>;
   logger: Pick<Logger, 'warn'>;
 }
@@ -23,7 +21,6 @@ export class EventLog {
   constructor(private readonly o: EventLogOptions) {}
 
   record(type: string, data: Record<string, unknown>): void {
-    if (!this.o.enabled) return;
     this.o.outbox.enqueue({ channel: 'events', payload: JSON.parse(JSON.stringify({ type, ...data })) as Json }).catch((err: unknown) => {
       this.o.logger.warn({ err: errorMessage(err), type }, 'could not queue an event');
     });

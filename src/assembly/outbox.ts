@@ -46,14 +46,20 @@ export function buildQueueing(core: Core, settings: () => AgentConfig['settings'
       flushers.committed();
       share.spent(info.ms);
     },
+    // The seed's enableQueue: false: no store-and-forward while the cloud is away; every feature still runs.
+    ...(offline.enableQueue ? {} : { refuseWhileOffline: () => core.monitor.status() === 'offline' }),
   });
-  const enabled = offline.enableQueue;
+  if (!offline.enableQueue) {
+    logger.warn(
+      'settings.offline.enableQueue is false: what the device produces while the cloud cannot be reached is not queued but dropped, and counted (drops.offline in GET /v2/queue and the metrics)',
+    );
+  }
   return {
     outbox,
     flushers,
     share,
-    events: new EventLog({ enabled, outbox, logger }),
-    ingest: new TelemetryIngest({ enabled, outbox, ...(disk ? { diskRefusal: () => disk.refusal() } : {}) }),
+    events: new EventLog({ outbox, logger }),
+    ingest: new TelemetryIngest({ outbox, ...(disk ? { diskRefusal: () => disk.refusal() } : {}) }),
     sampler: buildSampler(core, outbox, settings),
     counters: new CounterMirror({ db: store.db, path: join(config.dataDir, COUNTER_MIRROR_FILE), clock, logger: logger.child({ part: 'outbox' }) }),
   };
@@ -63,7 +69,7 @@ export function buildQueueing(core: Core, settings: () => AgentConfig['settings'
 function buildSampler(core: Core, outbox: Outbox, settings: () => AgentConfig['settings']): MetricsSampler | undefined {
   const { config, clock, logger, degradation } = core;
   const offline = config.settings.offline;
-  if (!config.features.metrics || !offline.enableQueue) return undefined;
+  if (!config.features.metrics) return undefined;
   const sampler = new MetricsSampler({
     metrics: new SystemMetrics({ dataDir: config.dataDir }),
     buffer: new MetricsBuffer({ outbox, maxSamples: offline.maxOfflineMetricsBuffer, logger: logger.child({ part: 'metrics' }) }),

@@ -17,7 +17,7 @@ export function buildShadow(core: Core, q: Queueing): ShadowParts | undefined {
   const { config, store, clock, logger } = core;
   if (!config.features.shadow) return undefined;
   const shadow = new Shadow({ db: store.db, clock, logger: logger.child({ part: 'shadow' }) });
-  const reports = new ShadowReportQueue({ enabled: config.settings.offline.enableQueue, outbox: q.outbox, kv: store, logger });
+  const reports = new ShadowReportQueue({ outbox: q.outbox, kv: store, logger });
   // Coalesced: offline, only the latest is kept.
   shadow.on('changed', (e) => {
     if (e.reportedChanged) reports.queue(e.document);

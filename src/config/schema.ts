@@ -39,7 +39,12 @@ const outboxChannelSchema = z.strictObject({
 });
 
 const offlineSchema = z.strictObject({
-  enableQueue: z.boolean().default(true).describe('Queue cloud-bound messages on disk while the cloud cannot be reached.'),
+  enableQueue: z
+    .boolean()
+    .default(true)
+    .describe(
+      'Queue cloud-bound messages on disk while the cloud cannot be reached. false: what is produced while it cannot be reached is not queued but dropped and counted (drops.offline), producers of the local API get a 503; every feature keeps running.',
+    ),
   maxQueueSize: z
     .number()
     .int()

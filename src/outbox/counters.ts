@@ -3,19 +3,43 @@ import type { DropCounts } from './limits.js';
 /**
  * Counters kept in `outbox_counters`, written in the transaction of the change they count. Drops by
  * reason: `count`, `bytes`, `disk`, `expired` (ttl), `parkedLimit`, `purged` (parked ones an operator deleted), `corrupt` (lost with a damaged database,
- * counted by the salvage: salvage-losses.ts); `overflow` is the count and bytes
+ * counted by the salvage: salvage-losses.ts), `offline` (not queued: produced while the cloud was unreachable with `enableQueue: false`); `overflow` is the count and bytes
  * drops of databases from before they were told apart, shown as `count`.
  */
-export const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'purged', 'corrupt', 'coalesced', 'downsampled'] as const;
+export const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'purged', 'corrupt', 'coalesced', 'downsampled', 'offline'] as const;
 /** `accepted` is counted in memory only (since the outbox opened): persisting it would add a page write to every enqueue commit. */
 export type CounterName = (typeof COUNTERS)[number] | 'accepted';
 export type Counters = Record<CounterName, number>;
 
 /** Counters that are drops: the drop reporter hears of them once their transaction commits. */
-const DROPS: ReadonlySet<CounterName> = new Set<CounterName>(['count', 'bytes', 'disk', 'expired', 'parkedLimit', 'purged', 'corrupt']);
+const DROPS: ReadonlySet<CounterName> = new Set<CounterName>(['count', 'bytes', 'disk', 'expired', 'parkedLimit', 'purged', 'corrupt', 'offline']);
 
-export const zeroCounters = (): Counters => ({ accepted: 0, delivered: 0, overflow: 0, count: 0, bytes: 0, disk: 0, expired: 0, parked: 0, parkedLimit: 0, purged: 0, corrupt: 0, coalesced: 0, downsampled: 0 });
-export const dropsOf = (c: Counters): DropCounts => ({ count: c.count, bytes: c.bytes, disk: c.disk, ttl: c.expired, parkedLimit: c.parkedLimit, purged: c.purged, corrupt: c.corrupt });
+export const zeroCounters = (): Counters => ({
+  accepted: 0,
+  delivered: 0,
+  overflow: 0,
+  count: 0,
+  bytes: 0,
+  disk: 0,
+  expired: 0,
+  parked: 0,
+  parkedLimit: 0,
+  purged: 0,
+  corrupt: 0,
+  coalesced: 0,
+  downsampled: 0,
+  offline: 0,
+});
+export const dropsOf = (c: Counters): DropCounts => ({
+  count: c.count,
+  bytes: c.bytes,
+  disk: c.disk,
+  ttl: c.expired,
+  parkedLimit: c.parkedLimit,
+  purged: c.purged,
+  corrupt: c.corrupt,
+  offline: c.offline,
+});
 
 interface CounterState {
   counters: Map<string, Counters>;

@@ -7,13 +7,16 @@ export type OutboxErrorCode =
   | 'OUTBOX_TOO_LARGE'
   | 'OUTBOX_INVALID'
   | 'OUTBOX_CLOSED'
+  | 'OUTBOX_OFFLINE'
   | 'OUTBOX_WRITE_FAILED';
 
 /**
  * A refused or failed enqueue (or ack). `OUTBOX_FULL`: a count or bytes limit is reached and nothing
  * queued may give way (see limits.ts); `OUTBOX_DISK_LOW`: free disk is below the watermark and
  * nothing may give way; `OUTBOX_DISK_FULL`: the write hit SQLITE_FULL / ENOSPC and was rolled back (nothing
- * queued before was lost). Local ingestion maps FULL and the disk codes to 507, CLOSED to 503.
+ * queued before was lost); `OUTBOX_OFFLINE`: the cloud is unreachable and queueing is off
+ * (`settings.offline.enableQueue: false`), counted as an `offline` drop. Local ingestion maps FULL and
+ * the disk codes to 507, CLOSED and OFFLINE to 503.
  */
 export class OutboxError extends AgentError {
   declare readonly code: OutboxErrorCode;

@@ -53,11 +53,15 @@ export function resolveOnLimit(channel: string, own?: Partial<OnLimit>, global?:
   return out;
 }
 
-/** Why messages left the queue undelivered: a limit, the TTL, the parked table's own cap, an operator's purge of parked ones, or a corrupt database (the pages they were on). */
-export const DROP_REASONS = ['count', 'bytes', 'disk', 'ttl', 'parkedLimit', 'purged', 'corrupt'] as const;
+/**
+ * Why messages left the queue undelivered: a limit, the TTL, the parked table's own cap, an
+ * operator's purge of parked ones, a corrupt database (the pages they were on), or, with queueing
+ * off (`enableQueue: false`), the cloud being unreachable when they were produced (`offline`).
+ */
+export const DROP_REASONS = ['count', 'bytes', 'disk', 'ttl', 'parkedLimit', 'purged', 'corrupt', 'offline'] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 export type DropCounts = Record<DropReason, number>;
-export const zeroDrops = (): DropCounts => ({ count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, purged: 0, corrupt: 0 });
+export const zeroDrops = (): DropCounts => ({ count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, purged: 0, corrupt: 0, offline: 0 });
 
 export interface DropReporterOptions {
   db: Database;

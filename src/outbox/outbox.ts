@@ -98,6 +98,12 @@ export interface OutboxOptions {
   walSyncFs?: WalSyncFs;
   /** Called after every committed enqueue transaction (tests and metrics). */
   onCommit?: (info: CommitInfo) => void;
+  /**
+   * `settings.offline.enableQueue: false`: while this answers true (the cloud is unreachable), a
+   * new message is not queued: its enqueue is refused with OUTBOX_OFFLINE and counted as an
+   * `offline` drop of its channel. What was queued before stays and is delivered.
+   */
+  refuseWhileOffline?: () => boolean;
 }
 
 export class Outbox {
@@ -107,6 +113,7 @@ export class Outbox {
   private readonly clock: Clock;
   private readonly logger: Logger;
   private readonly onCommit: ((info: CommitInfo) => void) | undefined;
+  private readonly refuseWhileOffline: (() => boolean) | undefined;
   private readonly policies: ChannelPolicies;
   private readonly lanes: Lanes;
   private readonly counters: OutboxCounters;
@@ -136,6 +143,7 @@ export class Outbox {
     this.clock = clock;
     this.logger = logger;
     this.onCommit = opts.onCommit;
+    this.refuseWhileOffline = opts.refuseWhileOffline;
     const limits = { ...opts.limits };
     const compressAboveBytes = opts.compressAboveBytes ?? 1024;
     const pageSize = db.pragma('page_size', { simple: true }) as number;
@@ -207,6 +215,7 @@ export class Outbox {
     } catch (err) {
       return Promise.reject(err as Error);
     }
+    if (this.refuseWhileOffline?.()) return Promise.reject(this.notQueued([m]));
     return new Promise<EnqueueResult>((resolve, reject) => {
       this.group.add({ messages: [m], resolve: (r) => resolve(r[0] as EnqueueResult), reject });
     });
@@ -221,7 +230,21 @@ export class Outbox {
       return Promise.reject(err as Error);
     }
     if (ms.length === 0) return Promise.resolve([]);
+    if (this.refuseWhileOffline?.()) return Promise.reject(this.notQueued(ms));
     return new Promise<EnqueueResult[]>((resolve, reject) => this.group.add({ messages: ms, resolve, reject }));
+  }
+
+  /** Counts `ms` as `offline` drops (in a transaction of their own, so the count survives a crash) and says why they were not queued. */
+  private notQueued(ms: readonly Prepared[]): OutboxError {
+    const why = 'not queued: the cloud cannot be reached and settings.offline.enableQueue is false (counted in drops.offline)';
+    try {
+      this.tx.run(`counting ${ms.length} message(s) not queued while offline`, () => {
+        for (const m of ms) this.counters.bump(m.channel, 'offline');
+      });
+    } catch (err) {
+      this.logger.warn({ err: errorMessage(err) }, `outbox: messages not queued while offline could not be counted: ${errorMessage(err)}`);
+    }
+    return new OutboxError('OUTBOX_OFFLINE', why);
   }
 
   private prepare(msg: EnqueueMessage): Prepared {

@@ -40,7 +40,7 @@ export function outboxStats(src: StatsSources): OutboxStats {
       oldestAgeMs: o === undefined ? 0 : Math.max(0, now - o),
       leased: leasedBy.get(name) ?? 0,
       delivered: c.delivered,
-      dropped: c.overflow + c.count + c.bytes + c.disk + c.parkedLimit + c.purged + c.corrupt,
+      dropped: c.overflow + c.count + c.bytes + c.disk + c.parkedLimit + c.purged + c.corrupt + c.offline,
       drops: { ...dropsOf(c), count: c.count + c.overflow },
       onLimit: { ...src.policies.onLimitOf(name) },
       expired: c.expired,

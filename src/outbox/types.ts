@@ -82,7 +82,7 @@ export interface ChannelStats {
   leased: number;
   /** Acked by a sink, since the database was created. */
   delivered: number;
-  /** Dropped by a limit or lost with a corrupt database: `drops.count + bytes + disk + parkedLimit + purged + corrupt` (expiry, `drops.ttl`, is counted apart, as in QueueStats). */
+  /** Dropped by a limit or lost with a corrupt database: `drops.count + bytes + disk + parkedLimit + purged + corrupt + offline` (expiry, `drops.ttl`, is counted apart, as in QueueStats). */
   dropped: number;
   drops: Record<DropReason, number>;
   /** The policy in force at each limit. */

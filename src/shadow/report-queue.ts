@@ -8,8 +8,6 @@ import { SHADOW_CHANNEL, type Shadow, type ShadowDocument } from './shadow.js';
 export const SHADOW_QUEUED_KEY = 'shadow.reportQueuedVersion';
 
 export interface ShadowReportQueueOptions {
-  /** `settings.offline.enableQueue`: false queues nothing. */
-  enabled: boolean;
   outbox: Pick<Outbox, 'enqueue'>;
   kv: Pick<Store, 'getKv' | 'setKv'>;
   logger: Pick<Logger, 'info' | 'warn'>;
@@ -23,7 +21,6 @@ export class ShadowReportQueue {
   constructor(private readonly o: ShadowReportQueueOptions) {}
 
   queue(doc: ShadowDocument): void {
-    if (!this.o.enabled) return;
     const { kv } = this.o;
     const version = doc.reportedVersion;
     this.o.outbox

@@ -8,8 +8,6 @@ export interface TelemetryItem {
 }
 
 export interface TelemetryIngestOptions {
-  /** `settings.offline.enableQueue`: false refuses every item. */
-  enabled: boolean;
   outbox: Pick<Outbox, 'enqueueMany'>;
   /** Why the data dir's disk refuses new data now (full); undefined while it takes it. */
   diskRefusal?: () => string | undefined;
@@ -23,9 +21,6 @@ export class TelemetryIngest {
   constructor(private readonly o: TelemetryIngestOptions) {}
 
   ingest(items: readonly TelemetryItem[]): Promise<EnqueueResult[]> {
-    if (!this.o.enabled) {
-      return Promise.reject(new OutboxError('OUTBOX_CLOSED', 'settings.offline.enableQueue is false: this agent does not queue telemetry'));
-    }
     const full = this.o.diskRefusal?.();
     if (full) return Promise.reject(new OutboxError('OUTBOX_DISK_FULL', full));
     const msgs: EnqueueMessage[] = items.map((i) => ({ channel: 'telemetry', payload: { stream: i.stream, payload: i.payload } }));

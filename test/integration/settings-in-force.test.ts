@@ -79,11 +79,16 @@ describe('settings in force on the built agent', () => {
     expect((await queue(agent)).channels.telemetry?.depth).toBe(accepted);
   });
 
-  it('settings.offline.enableQueue false: the agent queues nothing and says so to a producer (503)', async () => {
-    const agent = await start({ offline: { enableQueue: false } });
-    const r = (await agent.send('POST', '/v2/telemetry', { stream: 's', payload: 1 })) as { status: number; body: { message?: string } };
+  it('settings.offline.enableQueue false: said at start; while the cloud is unreachable nothing new is queued: a producer gets 503 naming the setting, and it is counted (drops.offline)', async () => {
+    const agent = await start({ offline: { enableQueue: false, offlineAfterFailures: 1 } });
+    expect(agent.records().some((l) => String(l.msg).startsWith('settings.offline.enableQueue is false'))).toBe(true);
+    await waitFor('offline', async () => ((await agent.get('/v2/connection')).body as Connection).status === 'offline');
+    const r = (await agent.send('POST', '/v2/telemetry', { stream: 's', payload: 1 })) as { status: number; body: { error?: string; message?: string } };
     expect(r.status).toBe(503);
+    expect(r.body.error).toBe('OUTBOX_OFFLINE');
     expect(r.body.message).toContain('settings.offline.enableQueue is false');
+    const q = (await agent.get('/v2/queue')).body as { channels: Record<string, { depth: number; drops: Record<string, number> }> };
+    expect(q.channels['telemetry']).toMatchObject({ depth: 0, drops: { offline: 1 } });
   });
 
   it('settings.offline.shareLoopWithDrain: the loop share the agent builds is off when set false, on by default', async () => {

@@ -48,12 +48,11 @@ describe('FlusherRouter', () => {
 });
 
 describe('TelemetryIngest', () => {
-  it('queues each item on the telemetry channel, and refuses with the queue off or the disk full', async () => {
+  it('queues each item on the telemetry channel, and refuses with the disk full', async () => {
     const outbox = recordingOutbox();
-    await new TelemetryIngest({ enabled: true, outbox }).ingest([{ stream: 's', payload: 1 }]);
+    await new TelemetryIngest({ outbox }).ingest([{ stream: 's', payload: 1 }]);
     expect(outbox.sent).toEqual([{ channel: 'telemetry', payload: { stream: 's', payload: 1 } }]);
-    await expect(new TelemetryIngest({ enabled: false, outbox }).ingest([])).rejects.toMatchObject({ code: 'OUTBOX_CLOSED' });
-    await expect(new TelemetryIngest({ enabled: true, outbox, diskRefusal: () => 'the disk is full' }).ingest([])).rejects.toMatchObject({ code: 'OUTBOX_DISK_FULL', message: 'the disk is full' });
+    await expect(new TelemetryIngest({ outbox, diskRefusal: () => 'the disk is full' }).ingest([])).rejects.toMatchObject({ code: 'OUTBOX_DISK_FULL', message: 'the disk is full' });
   });
 });
 
@@ -93,7 +92,7 @@ describe('ShadowReportQueue', () => {
   it('queues the reported state coalesced, marks the version on disk, and requeues one the last run missed', async () => {
     const outbox = recordingOutbox();
     const kv = kvMap();
-    const q = new ShadowReportQueue({ enabled: true, outbox, kv, logger: silentLogger() });
+    const q = new ShadowReportQueue({ outbox, kv, logger: silentLogger() });
     q.queue(doc(2));
     await Promise.resolve();
     await Promise.resolve();
@@ -105,12 +104,9 @@ describe('ShadowReportQueue', () => {
     expect(outbox.sent).toHaveLength(2);
   });
 
-  it('queues nothing with the queue off, and only logs a refused enqueue', async () => {
-    const off = recordingOutbox();
-    new ShadowReportQueue({ enabled: false, outbox: off, kv: kvMap(), logger: silentLogger() }).queue(doc(1));
-    expect(off.sent).toEqual([]);
+  it('only logs a refused enqueue, and does not mark its version queued', async () => {
     const kv = kvMap();
-    new ShadowReportQueue({ enabled: true, outbox: recordingOutbox(new Error('full')), kv, logger: silentLogger() }).queue(doc(1));
+    new ShadowReportQueue({ outbox: recordingOutbox(new Error('full')), kv, logger: silentLogger() }).queue(doc(1));
     await new Promise((r) => setImmediate(r));
     expect(kv.m.has(SHADOW_QUEUED_KEY)).toBe(false);
   });
@@ -119,7 +115,7 @@ describe('ShadowReportQueue', () => {
 describe('events', () => {
   it('records a service that goes from running to backoff and a failed apply, once each', async () => {
     const outbox = recordingOutbox();
-    const events = new EventLog({ enabled: true, outbox, logger: silentLogger() });
+    const events = new EventLog({ outbox, logger: silentLogger() });
     let listener: ((s: never) => void) | undefined;
     watchServiceTransitions({ on: ((_e: string, l: (s: never) => void) => void (listener = l)) as never }, events);
     const state = (status: string, svc: string) => ({ status, targetVersion: 4, apps: { a: { services: { s: { status: svc, restarts: 2, lastError: 'x' } } } } }) as never;

@@ -74,10 +74,9 @@ const mapped: Record<string, () => unknown> = {
 
 /** Keys the agent wires itself, and the test that sees each one's effect on the built agent (or its part). */
 const wiredByAgent: Record<string, string> = {
-  enableQueue: 'test/integration/settings-in-force.test.ts (false: telemetry refused with 503)',
+  enableQueue: 'test/integration/settings-in-force.test.ts (false: offline, telemetry refused with 503 and counted as drops.offline); test/unit/outbox-offline.test.ts',
   offlineAfterFailures: 'test/integration/settings-in-force.test.ts',
-  // Only the controller's own test; the agent's passing them on is not observed yet (issue 20, left).
-  offlineThresholdSeconds: 'test/unit/degradation.test.ts (DegradationController thresholdMs)',
+  offlineThresholdSeconds: 'test/integration/agent-degradation.test.ts (1 s: degraded, its reason names the threshold), test/unit/degradation.test.ts',
   enableGracefulDegradation: 'test/unit/degradation.test.ts (DegradationController enabled)',
   probeMaxIntervalSeconds: 'test/integration/connectivity.test.ts (back online within the probe interval)',
   offlineRetryIntervalSeconds: 'test/integration/recovery-per-channel.test.ts',

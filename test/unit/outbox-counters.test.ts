@@ -43,7 +43,7 @@ describe('outbox counters', () => {
     const { c } = counters();
     c.bump('telemetry', 'delivered');
     expect(c.takeDrops()).toBe(false);
-    for (const reason of ['count', 'bytes', 'disk', 'expired', 'parkedLimit', 'purged', 'corrupt'] as const) {
+    for (const reason of ['count', 'bytes', 'disk', 'expired', 'parkedLimit', 'purged', 'corrupt', 'offline'] as const) {
       c.bump('telemetry', reason);
       expect(c.takeDrops()).toBe(true);
       expect(c.takeDrops()).toBe(false);
@@ -51,7 +51,7 @@ describe('outbox counters', () => {
     c.bump('telemetry', 'count');
     c.discardDrops();
     expect(c.takeDrops()).toBe(false);
-    expect(dropsOf(c.of('telemetry')!)).toEqual({ count: 2, bytes: 1, disk: 1, ttl: 1, parkedLimit: 1, purged: 1, corrupt: 1 });
+    expect(dropsOf(c.of('telemetry')!)).toEqual({ count: 2, bytes: 1, disk: 1, ttl: 1, parkedLimit: 1, purged: 1, corrupt: 1, offline: 1 });
     expect(c.dropTotals()).toEqual([['telemetry', dropsOf(c.of('telemetry')!)]]);
   });
 

@@ -343,7 +343,7 @@ describe('outbox: stats', () => {
       leased: 0,
       delivered: 0,
       dropped: 0,
-      drops: { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, purged: 0, corrupt: 0 },
+      drops: { count: 0, bytes: 0, disk: 0, ttl: 0, parkedLimit: 0, purged: 0, corrupt: 0, offline: 0 },
       onLimit: { count: 'refuse', bytes: 'refuse', disk: 'refuse' },
       expired: 0,
       parked: 0,
