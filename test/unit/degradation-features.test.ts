@@ -1,23 +1,19 @@
-import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { CloudRequest, CloudResponse } from '../../src/cloud/http-client.js';
 import { JobPoller } from '../../src/jobs/poller.js';
 import { JobRunner } from '../../src/jobs/runner.js';
 import type { JobUpdatePayload } from '../../src/jobs/types.js';
-import { Outbox } from '../../src/outbox/outbox.js';
 import { Backoff } from '../../src/resilience/backoff.js';
 import { DegradationController } from '../../src/resilience/degradation.js';
 import { RetryPolicy } from '../../src/resilience/retry-policy.js';
 import { Wakeup } from '../../src/resilience/wakeup.js';
 import { ShadowDesiredPoller } from '../../src/shadow/poller.js';
 import { ShadowSync } from '../../src/shadow/sync.js';
-import { IdGenerator } from '../../src/util/ids.js';
 import { seededRandom } from '../../src/util/random.js';
 import { FakeClock } from '../helpers/fake-clock.js';
 import { FakeStatus } from '../helpers/fake-status.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
-import { Store } from '../helpers/store.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { outboxesPerTest } from '../helpers/outbox-per-test.js';
 
 /**
  * Graceful degradation with the real features it sheds (issue 13): the job poller and the shadow's
@@ -25,15 +21,7 @@ import { tempDirs } from '../helpers/tmp.js';
  * what is tested is when each part asks, and what it does while paused.
  */
 
-const dirs = tempDirs();
-const open: { store: Store; outbox: Outbox }[] = [];
-afterEach(async () => {
-  for (const o of open.splice(0)) {
-    await o.outbox.close();
-    o.store.close();
-  }
-  dirs.cleanup();
-});
+const { make } = outboxesPerTest();
 
 const THRESHOLD = 300_000;
 const STAGGER = 10_000;
@@ -42,9 +30,7 @@ const INTERVAL = 60_000;
 function setup() {
   const clock = new FakeClock();
   const random = seededRandom(7);
-  const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock, synchronous: 'normal' });
-  const outbox = new Outbox({ store, clock, ids: new IdGenerator(() => clock.now()), logger: silentLogger(), limits: { maxCount: 1_000, maxBytes: 1 << 24 }, disk: { minFreeBytes: 0 }, groupCommit: { windowMs: 0 } });
-  open.push({ store, outbox });
+  const { store, outbox } = make({ clock, synchronous: 'normal' });
   // A job that takes ten minutes: fetched just before the cloud goes away, it outlives the pause.
   const runner = new JobRunner({
     db: store.db,

@@ -1,15 +1,13 @@
 import BetterSqlite3 from 'better-sqlite3';
 import fc from 'fast-check';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LANE_TOTALS_MISMATCH_SQL } from '../../src/outbox/migration.js';
-import { Outbox, type OutboxOptions } from '../../src/outbox/outbox.js';
-import { IdGenerator } from '../../src/util/ids.js';
+import type { Outbox } from '../../src/outbox/outbox.js';
 import type { Logger } from '../../src/util/logger.js';
-import { FakeClock } from '../helpers/fake-clock.js';
-import { captureLogger, silentLogger } from '../helpers/logger.js';
-import { Store } from '../helpers/store.js';
-import { tempDirs } from '../helpers/tmp.js';
+import type { FakeClock } from '../helpers/fake-clock.js';
+import { captureLogger } from '../helpers/logger.js';
+import { outboxesPerTest, type OpenOutbox, type OutboxOpening } from '../helpers/outbox-per-test.js';
 
 /**
  * The per-lane totals the outbox keeps in the database (`outbox_lane_totals`), so a start does not
@@ -17,49 +15,18 @@ import { tempDirs } from '../helpers/tmp.js';
  * may (a clean close, or a background check to follow), and what disagrees is counted again.
  */
 
-const dirs = tempDirs();
-const open: { store: Store; outbox: Outbox }[] = [];
-afterEach(async () => {
-  for (const o of open.splice(0)) {
-    await o.outbox.close();
-    o.store.close();
-  }
-  dirs.cleanup();
-});
+const { make: open, close, dirs } = outboxesPerTest();
 
 interface Opening {
   path: string;
   clock?: FakeClock;
   logger?: Logger;
   background?: boolean;
-  overrides?: Partial<Omit<OutboxOptions, 'store' | 'clock' | 'ids' | 'logger'>>;
+  overrides?: OutboxOpening['overrides'];
 }
 
-function make(o: Opening) {
-  const clock = o.clock ?? new FakeClock();
-  const store = Store.open({ path: o.path, logger: silentLogger(), clock, integrityCheck: o.background ? 'background' : 'inline' });
-  const outbox = new Outbox({
-    store,
-    clock,
-    ids: new IdGenerator(() => clock.now()),
-    logger: o.logger ?? silentLogger(),
-    limits: { maxCount: 100_000, maxBytes: 64 * 1_048_576 },
-    disk: { minFreeBytes: 0 },
-    groupCommit: { windowMs: 0 },
-    ...o.overrides,
-  });
-  const entry = { store, outbox };
-  open.push(entry);
-  return { ...entry, clock };
-}
-
-async function closeOne(env: { store: Store; outbox: Outbox }, crash = false): Promise<void> {
-  await env.outbox.close();
-  // A "crash": the connection goes without the clean-close marker (the store is never closed).
-  if (crash) env.store.db.close();
-  else env.store.close();
-  open.splice(open.findIndex((e) => e.outbox === env.outbox), 1);
-}
+const make = (o: Opening) => open({ ...o, integrityCheck: o.background ? 'background' : 'inline' });
+const closeOne = (env: OpenOutbox, crash = false): Promise<void> => close(env, { crash });
 
 const persisted = (db: BetterSqlite3.Database) =>
   db.prepare('SELECT channel, priority, count, bytes FROM outbox_lane_totals ORDER BY channel, priority').all() as {

@@ -1,47 +1,18 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { Outbox } from '../../src/outbox/outbox.js';
-import { IdGenerator } from '../../src/util/ids.js';
-import { FakeClock } from '../helpers/fake-clock.js';
-import { silentLogger } from '../helpers/logger.js';
-import { Store } from '../helpers/store.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { describe, expect, it } from 'vitest';
+import { outboxesPerTest } from '../helpers/outbox-per-test.js';
 
 /** `settings.offline.enableQueue: false` (the seed's meaning): no store-and-forward while the cloud is away. */
 
-const dirs = tempDirs();
-const open: { store: Store; outbox: Outbox }[] = [];
-afterEach(async () => {
-  for (const o of open.splice(0)) {
-    await o.outbox.close();
-    o.store.close();
-  }
-  dirs.cleanup();
-});
-
-function make(path: string, offline: () => boolean) {
-  const clock = new FakeClock();
-  const store = Store.open({ path, logger: silentLogger(), clock });
-  const outbox = new Outbox({
-    store,
-    clock,
-    ids: new IdGenerator(() => clock.now()),
-    logger: silentLogger(),
-    limits: { maxCount: 1_000, maxBytes: 1 << 24 },
-    disk: { minFreeBytes: 0 },
-    groupCommit: { windowMs: 0 },
-    refuseWhileOffline: offline,
-  });
-  const entry = { store, outbox };
-  open.push(entry);
-  return entry;
-}
+const { make: open, close, dirs } = outboxesPerTest();
+const make = (path: string, offline: () => boolean) => open({ path, overrides: { limits: { maxCount: 1_000, maxBytes: 1 << 24 }, refuseWhileOffline: offline } });
 
 describe('outbox: not queued while offline (enableQueue false)', () => {
   it('takes messages while the way is open; while offline refuses them (OUTBOX_OFFLINE) and counts each as an offline drop, kept across a restart', async () => {
     const path = join(dirs.make(), 'agent.db');
     let offline = false;
-    const { store, outbox } = make(path, () => offline);
+    const env = make(path, () => offline);
+    const { outbox } = env;
     await outbox.enqueue({ channel: 'telemetry', payload: 1 });
     offline = true;
     await expect(outbox.enqueue({ channel: 'telemetry', payload: 2 })).rejects.toMatchObject({
@@ -56,9 +27,7 @@ describe('outbox: not queued while offline (enableQueue false)', () => {
     offline = false;
     await outbox.enqueue({ channel: 'telemetry', payload: 5 });
     expect(outbox.stats().channels['telemetry']?.depth).toBe(2);
-    await outbox.close();
-    store.close();
-    open.splice(0);
+    await close(env);
     const again = make(path, () => false);
     expect(again.outbox.stats().channels['telemetry']?.drops.offline).toBe(2);
   });

@@ -1,35 +1,15 @@
-import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LANE_TOTALS_MISMATCH_SQL } from '../../src/outbox/migration.js';
-import { Outbox } from '../../src/outbox/outbox.js';
-import { IdGenerator } from '../../src/util/ids.js';
-import { FakeClock } from '../helpers/fake-clock.js';
-import { silentLogger } from '../helpers/logger.js';
-import { Store } from '../helpers/store.js';
-import { tempDirs } from '../helpers/tmp.js';
+import type { Outbox } from '../../src/outbox/outbox.js';
+import { outboxesPerTest } from '../helpers/outbox-per-test.js';
 
 /**
  * A coalesced message in flight when a newer one with its key arrives keeps its place; if its
  * delivery then fails it is stale: deleted (counted as coalesced), not sent again after the newer one.
  */
 
-const dirs = tempDirs();
-const open: { store: Store; outbox: Outbox }[] = [];
-afterEach(async () => {
-  for (const o of open.splice(0)) {
-    await o.outbox.close();
-    o.store.close();
-  }
-  dirs.cleanup();
-});
-
-function make() {
-  const clock = new FakeClock();
-  const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
-  const outbox = new Outbox({ store, clock, ids: new IdGenerator(() => clock.now()), logger: silentLogger(), limits: { maxCount: 1_000, maxBytes: 1 << 24 }, disk: { minFreeBytes: 0 }, groupCommit: { windowMs: 0 } });
-  open.push({ store, outbox });
-  return { store, outbox };
-}
+const { make: open } = outboxesPerTest();
+const make = () => open({ overrides: { limits: { maxCount: 1_000, maxBytes: 1 << 24 } } });
 
 const report = (n: number) => ({ channel: 'health', payload: { n }, coalesceKey: 'latest' });
 const queued = (o: Outbox) => o.peekBatch({ maxCount: 100, lease: false }).map((m) => m.payload);
