@@ -47,10 +47,32 @@ async function client(url: string, opts: IClientOptions = {}): Promise<Client> {
 }
 
 /**
- * Publishes at QoS 1 and expects a refusal: the broker closes the connection and no PUBACK arrives.
- * (mqtt.js keeps the message in flight for a resend: its promise settles only on reconnect or end.)
+ * Publishes at QoS 1 and expects a refusal for what the message is: it is acknowledged (so a
+ * persistent client does not send it again), the connection stays open, and the reason arrives on
+ * local/errors/{clientId}, naming the topic and the code.
  */
-async function expectRefused(c: Client, topic: string, payload: string | Buffer): Promise<void> {
+async function expectRefused(c: Client, topic: string, payload: string | Buffer, code: string, qos: 1 | 2 = 1): Promise<void> {
+  const reasons: Array<Record<string, unknown>> = [];
+  const errorsTopic = `local/errors/${encodeURIComponent(c.options.clientId!)}`;
+  c.on('message', (t, p) => {
+    if (t === errorsTopic) reasons.push(JSON.parse(p.toString()) as Record<string, unknown>);
+  });
+  await c.subscribeAsync(errorsTopic, { qos: 1 });
+  await c.publishAsync(topic, payload, { qos });
+  await until(`the reason on ${errorsTopic}`, () => reasons.length > 0, 5_000);
+  expect(reasons[0], topic).toMatchObject({ clientId: c.options.clientId, topic, code, acknowledged: true });
+  expect(String(reasons[0]!.reason)).toContain(topic);
+  await delay(50);
+  expect(c.closes, topic).toBe(0);
+  expect(c.connected, topic).toBe(true);
+}
+
+/**
+ * Publishes at QoS 1 and expects a refusal for the agent's state: the broker closes the connection
+ * and no PUBACK arrives. (mqtt.js keeps the message in flight for a resend: its promise settles only
+ * on reconnect or end.)
+ */
+async function expectDisconnected(c: Client, topic: string, payload: string | Buffer): Promise<void> {
   let acked = false;
   c.publishAsync(topic, payload, { qos: 1 }).then(
     () => (acked = true),
@@ -92,7 +114,18 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     expect(puback!.at - sentAt).toBeGreaterThanOrEqual(250);
     expect(resolved!.at - called!.at).toBeGreaterThanOrEqual(250);
     expect(ingested).toEqual([{ stream: 'temp.kitchen', payload: { c: 21.5 } }]);
-    expect(broker.stats()).toEqual({ clients: 1, accepted: 1, refused: 0, oversizePackets: 0, connectionsRefused: 0 });
+    expect(broker.stats()).toEqual({
+      clients: 1,
+      accepted: 1,
+      refused: 0,
+      refusedAcknowledged: 0,
+      oversizePackets: 0,
+      connectionsRefused: 0,
+      retained: 0,
+      queued: 0,
+      retainedDropped: 0,
+      queuedDropped: 0,
+    });
     // Packets were written (CONNACK, PUBACK) without mqtt-packet's cache of 65,536 number Buffers (6 MiB).
     expect(Object.keys(packetNumbers.cache)).toHaveLength(0);
   });
@@ -108,7 +141,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
 
     // No reconnects: the publish fails, no PUBACK ever arrives.
     const once = await client(url);
-    await expectRefused(once, 'local/telemetry/temp', '{"c":1}');
+    await expectDisconnected(once, 'local/telemetry/temp', '{"c":1}');
     expect(broker.stats()).toMatchObject({ accepted: 0, refused: 1 });
 
     // With mqtt.js's reconnects the unacknowledged message is sent again and lands once the queue takes it.
@@ -137,7 +170,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     expect(ingested).toEqual([]);
   });
 
-  it('refuses publishes outside local/ (and malformed telemetry topics, and the shadow\'s topics but reported): no PUBACK, nothing routed or ingested', async () => {
+  it('refuses publishes outside local/ (and malformed telemetry topics, the shadow\'s topics but reported, local/errors/): acknowledged, the reason on local/errors/{id}, nothing routed or ingested', async () => {
     const { ingested, ingest } = recorder();
     const { broker, url } = await startBroker(ingest);
     const spy = await client(url);
@@ -155,21 +188,30 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
       'local/shadow/desired',
       'local/shadow/x',
       'local/shadow/reported',
+      'local/errors/someone',
     ];
     for (const topic of topics) {
       const app = await client(url);
-      await expectRefused(app, topic, '{"c":1}');
+      const code = topic === 'local/shadow/reported' ? 'LOCAL_SHADOW_REFUSED' : topic.startsWith('local/telemetry/') ? 'LOCAL_STREAM_INVALID' : 'LOCAL_TOPIC_FORBIDDEN';
+      await expectRefused(app, topic, '{"c":1}', code);
     }
+    // QoS 2 the same way: PUBREC, PUBREL, PUBCOMP, and nothing routed.
+    const q2 = await client(url);
+    await expectRefused(q2, 'iot/device-0001/status', '{"c":2}', 'LOCAL_TOPIC_FORBIDDEN', 2);
+    // Nobody may subscribe where acknowledged refusals go.
+    const sneaky = await client(url);
+    await expect(sneaky.subscribeAsync('$agent/#', { qos: 1 })).rejects.toThrow(/subscribe error/i);
     // A will toward the cloud is refused at CONNECT.
     await expect(client(url, { will: { topic: 'iot/device-0001/status', payload: Buffer.from('{"state":"offline"}'), qos: 1, retain: true } })).rejects.toThrow(/couldn't connect/i);
     await client(url, { will: { topic: 'local/apps/sensor/status', payload: Buffer.from('offline'), qos: 1, retain: false } });
 
-    // The spy is still connected and saw none of it.
+    // The spy is still connected and saw none of it, only the reasons (local/errors/ is under local/).
     await spy.publishAsync('local/ping', 'x', { qos: 1 });
     await until('the spy sees its own local message', () => seen.includes('local/ping'), 5_000);
-    expect(seen).toEqual(['local/ping']);
+    expect(seen.filter((t) => !t.startsWith('local/errors/'))).toEqual(['local/ping']);
+    expect(seen.filter((t) => t.startsWith('local/errors/'))).toHaveLength(topics.length + 1);
     expect(ingested).toEqual([]);
-    expect(broker.stats().refused).toBe(topics.length);
+    expect(broker.stats()).toMatchObject({ refused: topics.length + 1, refusedAcknowledged: topics.length + 1 });
   });
 
   it('refuses a telemetry payload that is not JSON, not UTF-8, or too large', async () => {
@@ -178,7 +220,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     const bad: Array<string | Buffer> = ['not json', '', Buffer.from([0x22, 0xff, 0x22]), JSON.stringify({ pad: 'x'.repeat(100) })];
     for (const payload of bad) {
       const app = await client(url);
-      await expectRefused(app, 'local/telemetry/temp', payload);
+      await expectRefused(app, 'local/telemetry/temp', payload, typeof payload === 'string' && payload.length > 64 ? 'LOCAL_PAYLOAD_TOO_LARGE' : 'LOCAL_PAYLOAD_INVALID');
     }
     const good = await client(url);
     await good.publishAsync('local/telemetry/temp', '[1,2,3]', { qos: 1 });
