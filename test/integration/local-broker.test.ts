@@ -2,13 +2,18 @@ import { connect as tcpConnect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { connectAsync, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
 import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import mqttPacket from 'mqtt-packet';
 import { afterEach, describe, expect, it } from 'vitest';
 import { OutboxError } from '../../src/outbox/types.js';
 import { LocalBroker, type LocalBrokerOptions } from '../../src/telemetry/local-broker.js';
 import type { Json } from '../../src/util/json-diff.js';
 import { HeldListener } from '../../src/util/held-listener.js';
+import { BrokerPersistence } from '../../src/telemetry/broker-persistence.js';
+import type { Store } from '../../src/store/store.js';
 import { silentLogger } from '../helpers/logger.js';
-import { until } from '../helpers/mqtt.js';
+import { openStore, until } from '../helpers/mqtt.js';
+import { tempDirs } from '../helpers/tmp.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -290,5 +295,71 @@ describe('LocalBroker on a port bound early in the start (HeldListener)', () => 
     cleanups.push(() => c.endAsync(true));
     await c.publishAsync('local/telemetry/early', JSON.stringify({ v: 1 }), { qos: 1 });
     expect(ingested).toEqual([{ stream: 'early', payload: { v: 1 } }]);
+  });
+});
+
+/** An MQTT 3.1.1 client on a raw socket: it acknowledges nothing unless told to. */
+async function rawClient(port: number, clientId: string): Promise<{ socket: Socket; packets: mqttPacket.Packet[]; send: (p: mqttPacket.Packet) => void }> {
+  const socket = tcpConnect(port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  cleanups.push(() => void socket.destroy());
+  const packets: mqttPacket.Packet[] = [];
+  const parser = mqttPacket.parser({ protocolVersion: 4 });
+  parser.on('packet', (p) => packets.push(p));
+  socket.on('data', (chunk) => parser.parse(chunk));
+  const send = (p: mqttPacket.Packet) => void socket.write(mqttPacket.generate(p));
+  send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: false, clientId, keepalive: 60 });
+  await until('the CONNACK', () => packets.some((p) => p.cmd === 'connack'), 5_000);
+  return { socket, packets, send };
+}
+
+describe('LocalBroker with its persistence (the agent database)', () => {
+  const dirs = tempDirs();
+  afterEach(() => dirs.cleanup());
+
+  /** A broker on the database file at `path`, as the agent builds it at each start. */
+  async function brokerOn(path: string): Promise<{ broker: LocalBroker; persistence: BrokerPersistence; port: number; store: Store }> {
+    const store = openStore(path);
+    const persistence = new BrokerPersistence({ db: store.db, clock: { now: () => Date.now() }, logger: silentLogger(), maxRetained: 10, maxQueuedPerClient: 10 });
+    const broker = new LocalBroker({ port: 0, ingest: recorder().ingest, logger: silentLogger(), persistence });
+    const { port } = await broker.start();
+    cleanups.push(async () => {
+      await broker.stop();
+      if (store.db.open) store.close();
+    });
+    return { broker, persistence, port, store };
+  }
+
+  it('re-sends a QoS 1 message in flight to a persistent session (sent, never acknowledged) after a restart, with its message id', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const first = await brokerOn(path);
+    const raw = await rawClient(first.port, 'slow-app');
+    raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'local/inflight/#', qos: 1 }] });
+    await until('the SUBACK', () => raw.packets.some((p) => p.cmd === 'suback'), 5_000);
+    const pub = await client(`mqtt://127.0.0.1:${first.port}`);
+    const publishes = (c: { packets: mqttPacket.Packet[] }) => c.packets.filter((p): p is mqttPacket.IPublishPacket => p.cmd === 'publish');
+    // m0 is acknowledged (its id is free again); m1 is not: after the restart it must come with its own id, not the first free one.
+    await pub.publishAsync('local/inflight/a', 'm0', { qos: 1 });
+    await until('m0 at the raw client', () => publishes(raw).length === 1, 5_000);
+    raw.send({ cmd: 'puback', messageId: publishes(raw)[0]!.messageId! });
+    await until('m0 acknowledged', () => first.broker.stats().queued === 0, 5_000);
+    await pub.publishAsync('local/inflight/a', 'm1', { qos: 1 });
+    await until('m1 at the raw client', () => publishes(raw).length === 2, 5_000);
+    const sent = publishes(raw)[1]!;
+    expect(sent.messageId).not.toBe(publishes(raw)[0]!.messageId);
+    raw.socket.destroy(); // no PUBACK
+    await first.broker.stop();
+    first.store.close();
+
+    const second = await brokerOn(path);
+    expect(second.broker.stats().queued).toBe(1);
+    const back = await rawClient(second.port, 'slow-app');
+    expect(back.packets[0]).toMatchObject({ cmd: 'connack', sessionPresent: true });
+    await until('the PUBLISH again', () => publishes(back).length > 0, 5_000);
+    const again = publishes(back)[0]!;
+    expect(publishes(back)).toHaveLength(1);
+    expect({ topic: again.topic, payload: again.payload.toString(), messageId: again.messageId, qos: again.qos }).toEqual({ topic: 'local/inflight/a', payload: 'm1', messageId: sent.messageId, qos: 1 });
+    back.send({ cmd: 'puback', messageId: again.messageId! });
+    await until('nothing queued', () => second.broker.stats().queued === 0, 5_000);
   });
 });
