@@ -153,13 +153,22 @@ export class BrokerPersistence {
     return this.createRetainedStreamCombi([pattern]);
   }
 
+  /**
+   * The topics are listed now and each message read as the stream is consumed: a subscribe to `#` holds
+   * a few payloads at a time, not every retained one. (A statement cannot stay open across turns: the
+   * connection is shared.)
+   */
   createRetainedStreamCombi(patterns: string[]): Readable {
     this.flush();
-    const out: StoredPacket[] = [];
-    for (const r of this.st.allRetained.iterate() as Iterable<{ topic: string; payload: Buffer; qos: number }>) {
-      if (patterns.some((p) => topicMatches(p, r.topic))) out.push({ cmd: 'publish', topic: r.topic, payload: r.payload, qos: r.qos, retain: true, dup: false });
+    const topics = (this.st.retainedTopics.pluck().all() as string[]).filter((t) => patterns.some((p) => topicMatches(p, t)));
+    const st = this.st;
+    function* read(): Generator<StoredPacket> {
+      for (const topic of topics) {
+        const r = st.getRetained.get(topic) as { payload: Buffer; qos: number } | undefined;
+        if (r) yield { cmd: 'publish', topic, payload: r.payload, qos: r.qos, retain: true, dup: false };
+      }
     }
-    return Readable.from(out);
+    return Readable.from(read());
   }
 
   // --- subscriptions ---
@@ -290,9 +299,18 @@ export class BrokerPersistence {
     });
   }
 
+  /** The client's queue in order, each message read as the stream is consumed (see createRetainedStreamCombi). */
   outgoingStream(client: ClientRef): Readable {
     this.flush();
-    return Readable.from((this.st.outgoingOf.all(client.id) as OutgoingRow[]).map(rowToPacket));
+    const seqs = this.st.outgoingSeqsOf.pluck().all(client.id) as number[];
+    const st = this.st;
+    function* read(): Generator<StoredPacket> {
+      for (const seq of seqs) {
+        const row = st.outgoingBySeq.get(seq) as OutgoingRow | undefined;
+        if (row) yield rowToPacket(row);
+      }
+    }
+    return Readable.from(read());
   }
 
   // --- incoming QoS 2, not yet released ---

@@ -53,7 +53,8 @@ export function brokerStatements(db: Database) {
   const p = (sql: string): Statement => db.prepare(sql);
   const outgoingColumns = 'seq, cmd, broker_id, broker_counter, message_id, topic, payload, qos, retain';
   return {
-    allRetained: p('SELECT topic, payload, qos FROM broker_retained ORDER BY topic'),
+    retainedTopics: p('SELECT topic FROM broker_retained ORDER BY topic'),
+    getRetained: p('SELECT payload, qos FROM broker_retained WHERE topic = ?'),
     retainedCount: p('SELECT count(*) AS n FROM broker_retained'),
     hasRetained: p('SELECT 1 FROM broker_retained WHERE topic = ?'),
     upsertRetained: p(
@@ -82,7 +83,8 @@ export function brokerStatements(db: Database) {
     outgoingByMessageId: p(`SELECT ${outgoingColumns} FROM broker_outgoing WHERE client_id = ? AND message_id = ? ORDER BY seq LIMIT 1`),
     deleteOutgoing: p('DELETE FROM broker_outgoing WHERE seq = ?'),
     deleteOutgoingOf: p('DELETE FROM broker_outgoing WHERE client_id = ?'),
-    outgoingOf: p(`SELECT ${outgoingColumns} FROM broker_outgoing WHERE client_id = ? ORDER BY seq`),
+    outgoingSeqsOf: p('SELECT seq FROM broker_outgoing WHERE client_id = ? ORDER BY seq'),
+    outgoingBySeq: p(`SELECT ${outgoingColumns} FROM broker_outgoing WHERE seq = ?`),
     upsertIncoming: p('INSERT OR REPLACE INTO broker_incoming (client_id, message_id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?, ?)'),
     getIncoming: p('SELECT topic, payload, qos, retain FROM broker_incoming WHERE client_id = ? AND message_id = ?'),
     deleteIncoming: p('DELETE FROM broker_incoming WHERE client_id = ? AND message_id = ?'),
