@@ -77,9 +77,9 @@ async function expectRefused(c: Client, topic: string, payload: string | Buffer,
  * and no PUBACK arrives. (mqtt.js keeps the message in flight for a resend: its promise settles only
  * on reconnect or end.)
  */
-async function expectDisconnected(c: Client, topic: string, payload: string | Buffer): Promise<void> {
+async function expectDisconnected(c: Client, topic: string, payload: string | Buffer, opts: { retain?: boolean } = {}): Promise<void> {
   let acked = false;
-  c.publishAsync(topic, payload, { qos: 1 }).then(
+  c.publishAsync(topic, payload, { qos: 1, ...opts }).then(
     () => (acked = true),
     () => undefined,
   );
@@ -329,6 +329,26 @@ describe('LocalBroker with its persistence (the agent database)', () => {
     });
     return { broker, persistence, port, store };
   }
+
+  it('acknowledges a retained publish only once it is stored: one the database refuses gets no PUBACK, and the reason', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const { broker, port, store } = await brokerOn(path);
+    const first = await client(`mqtt://127.0.0.1:${port}`);
+    await first.publishAsync('local/config/a', 'kept', { qos: 1, retain: true });
+    expect(broker.stats().retained).toBe(1);
+    // A real SQLite failure on the next retained write (as a full disk or a damaged page would give).
+    store.db.exec("CREATE TRIGGER no_retained BEFORE INSERT ON broker_retained BEGIN SELECT RAISE(ABORT, 'no room for it'); END");
+    const watcher = await client(`mqtt://127.0.0.1:${port}`);
+    const reasons: string[] = [];
+    watcher.on('message', (_t, p) => reasons.push(p.toString()));
+    await watcher.subscribeAsync('local/errors/retainer', { qos: 1 });
+    const app = await client(`mqtt://127.0.0.1:${port}`, { clientId: 'retainer' });
+    await expectDisconnected(app, 'local/config/b', 'lost', { retain: true });
+    await until('the reason', () => reasons.length > 0, 5_000);
+    expect(JSON.parse(reasons[0]!)).toMatchObject({ topic: 'local/config/b', code: 'LOCAL_BROKER_WRITE_FAILED', acknowledged: false });
+    expect(JSON.parse(reasons[0]!).reason).toMatch(/no room for it/);
+    expect(broker.stats()).toMatchObject({ retained: 1, refused: 1, refusedAcknowledged: 0 });
+  });
 
   it('re-sends a QoS 1 message in flight to a persistent session (sent, never acknowledged) after a restart, with its message id', async () => {
     const path = join(dirs.make(), 'agent.db');
