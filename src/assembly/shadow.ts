@@ -1,4 +1,5 @@
 import type { ReadGate } from '../telemetry/bounded-socket.js';
+import { BrokerPersistence } from '../telemetry/broker-persistence.js';
 import { LOCAL_SHADOW_DESIRED, LocalBroker } from '../telemetry/local-broker.js';
 import type { TelemetryIngest } from '../telemetry/ingest.js';
 import { ShadowReportQueue } from '../shadow/report-queue.js';
@@ -30,8 +31,16 @@ export function buildShadow(core: Core, q: Queueing): ShadowParts | undefined {
  * PUBACK goes out once it is on disk) and follow the shadow's desired state on a retained topic.
  */
 export function buildLocalBroker(core: Core, ingest: TelemetryIngest, shadow: Shadow | undefined, gate?: ReadGate): LocalBroker | undefined {
-  const { config, logger } = core;
+  const { config, logger, store, clock } = core;
   if (!config.features.localBroker) return undefined;
+  const log = logger.child({ part: 'local-broker' });
+  const persistence = new BrokerPersistence({
+    db: store.db,
+    clock,
+    logger: log,
+    maxRetained: config.localBroker.maxRetained,
+    maxQueuedPerClient: config.localBroker.maxQueuedPerClient,
+  });
   const broker = new LocalBroker({
     host: config.localBroker.host,
     port: config.localBroker.port,
@@ -40,7 +49,8 @@ export function buildLocalBroker(core: Core, ingest: TelemetryIngest, shadow: Sh
     maxConnections: config.limits.maxLocalConnections,
     maxJsonDepth: config.limits.maxJsonDepth,
     ...(shadow ? { shadowReported: (patch: Json) => void shadow.patch({ reported: patch }) } : {}),
-    logger: logger.child({ part: 'local-broker' }),
+    logger: log,
+    persistence,
     ...(gate ? { gate } : {}),
   });
   // Offline as well.

@@ -232,6 +232,20 @@ const workloadsSchema = z.strictObject({
 const localBrokerSchema = z.strictObject({
   host: z.string().min(1).default(LOCAL_BROKER_ADDRESS.host).describe('Address of the local MQTT listener (features.localBroker). It has no authentication: keep it on loopback.'),
   port: z.number().int().min(0).max(65_535).default(LOCAL_BROKER_ADDRESS.port).describe('Port of the local MQTT listener.'),
+  maxRetained: z
+    .number()
+    .int()
+    .min(1)
+    .max(1_000_000)
+    .default(1_000)
+    .describe('Most retained topics the local broker keeps (in the database, across restarts). A retained message on a new topic past it is delivered but not kept.'),
+  maxQueuedPerClient: z
+    .number()
+    .int()
+    .min(1)
+    .max(1_000_000)
+    .default(1_000)
+    .describe('Most QoS 1/2 messages kept for one persistent session (clean session false) while it is away or has not acknowledged them; past it the oldest is dropped.'),
 });
 
 const apiSchema = z.strictObject({

@@ -1,6 +1,6 @@
 import type { EventEmitter } from 'node:events';
 import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
-import type { Aedes, Client, ConnectPacket, PublishPacket } from 'aedes';
+import type { Aedes, Client, ConnectPacket, PublishPacket, Subscription } from 'aedes';
 import { isOutboxError } from '../outbox/types.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
@@ -10,6 +10,7 @@ import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
 import type { HeldListener } from '../util/held-listener.js';
 import { dropPacketNumberCache } from '../util/mqtt-packet-cache.js';
 import { BoundedSocket, type ReadGate } from './bounded-socket.js';
+import type { BrokerPersistence } from './broker-persistence.js';
 
 /**
  * The local MQTT listener (`features.localBroker`): an embedded aedes broker on loopback where local
@@ -35,15 +36,23 @@ import { BoundedSocket, type ReadGate } from './bounded-socket.js';
  *   `limits.maxLocalPacketBytes` is disconnected before the packet is read. At most
  *   `limits.maxLocalConnections` connections are held; more are closed as they arrive.
  * - **Refusals.** aedes (1.x) speaks MQTT 3.1 and 3.1.1 only: it answers an MQTT 5 CONNECT with
- *   "unacceptable protocol version", so there are no PUBACK reason codes to send. MQTT 3.1.1 has no
- *   negative PUBACK either, so every refusal (topic outside `local/`, bad stream name, payload not
- *   JSON or too large, `ingest` rejecting because the outbox refuses at a limit, as the telemetry
- *   channel's `onLimit` says: docs/outbox.md) closes the client's connection without an
- *   acknowledgement. A QoS 1/2 message therefore stays in the app's in-flight store and its MQTT
- *   client sends it again after reconnecting (mqtt.js does so by default; mosquitto_pub exits 7):
- *   a full queue turns into a retry at the app's reconnect period, not a loss. A QoS 0
- *   message refused is lost, which is what QoS 0 promises. A message refused for what it is (bad
- *   topic or payload) comes back on every reconnect: the log and `stats().refused` show it.
+ *   "unacceptable protocol version", so there are no PUBACK reason codes to send, and MQTT 3.1.1 has
+ *   no negative PUBACK. Every refusal is published (QoS 1, not retained) on
+ *   `local/errors/{clientId}` (the id URI-encoded) as JSON naming the topic, the code and the reason,
+ *   counted in `stats().refused` and logged once per client connection and code. Then:
+ *   - a message refused for what it is (topic outside `local/`, bad stream name, payload not JSON or
+ *     too large, the shadow refusing the patch, the outbox refusing the item itself) is acknowledged
+ *     (PUBACK / PUBREC) and routed nowhere: sending it again could never succeed, and a client with
+ *     a persistent session would otherwise send it at every reconnect, forever;
+ *   - a message refused for the agent's state (the outbox at a limit, as the telemetry channel's
+ *     `onLimit` says: docs/outbox.md; a write failing; the broker stopping) closes the connection
+ *     without an acknowledgement, so it stays in the app's in-flight store and its client sends it
+ *     again after reconnecting (mqtt.js does so by default; mosquitto_pub exits 7): a full queue
+ *     turns into a retry at the app's reconnect period, not a loss.
+ *   A QoS 0 message refused is lost, which is what QoS 0 promises.
+ * - **Persistent.** With a `persistence` (broker-persistence.ts), retained messages, persistent
+ *   sessions (clean session false), their queued and in-flight messages and wills are in the agent's
+ *   database and outlive a restart. A retained publish is stored before it is acknowledged.
  * - **At least once.** A PUBACK lost with a dropped connection makes the app send the message again,
  *   and it is queued again under a new id: apps that care put their own id in the payload.
  * - **Backpressure.** aedes reads nothing more from a client until every packet of the chunk it last
@@ -62,6 +71,14 @@ export const LOCAL_TELEMETRY_PREFIX = 'local/telemetry/';
 export const LOCAL_SHADOW_PREFIX = 'local/shadow/';
 export const LOCAL_SHADOW_REPORTED = 'local/shadow/reported';
 export const LOCAL_SHADOW_DESIRED = 'local/shadow/desired';
+/** The agent publishes each refusal on `local/errors/{clientId}`; apps may not publish under it. */
+export const LOCAL_ERRORS_PREFIX = 'local/errors/';
+/**
+ * Where a refused message that is acknowledged goes instead of its topic: no subscriber may match it
+ * (see `authorizeSubscribe`) and nothing is forwarded on it (`authorizeForward`).
+ */
+const REFUSED_SINK = '$agent/refused';
+const SINK_PREFIX = '$agent/';
 /** The same rule as the local API's `POST /v2/telemetry`. */
 const STREAM = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576;
@@ -76,7 +93,8 @@ export type LocalBrokerErrorCode =
   | 'LOCAL_PAYLOAD_TOO_LARGE'
   | 'LOCAL_PACKET_TOO_LARGE'
   | 'LOCAL_INGEST_REFUSED'
-  | 'LOCAL_SHADOW_REFUSED';
+  | 'LOCAL_SHADOW_REFUSED'
+  | 'LOCAL_BROKER_WRITE_FAILED';
 
 export class LocalBrokerError extends AgentError {
   declare readonly code: LocalBrokerErrorCode;
@@ -109,6 +127,8 @@ export interface LocalBrokerOptions {
   shadowReported?: (patch: Json) => void;
   /** Shares the event loop with delivery (the LoopShare): clients are not read while it pauses. */
   gate?: ReadGate;
+  /** Keeps retained messages and persistent sessions across restarts; absent: aedes's in-memory store. */
+  persistence?: BrokerPersistence;
 }
 
 export interface LocalBrokerStats {
@@ -116,12 +136,20 @@ export interface LocalBrokerStats {
   clients: number;
   /** Telemetry messages `ingest` accepted (each one acknowledged to its app after that). */
   accepted: number;
-  /** Publishes refused, for any reason (each one closed its client's connection). */
+  /** Publishes refused, for any reason. */
   refused: number;
+  /** Of those, the ones acknowledged (refused for what they are: the client does not send them again). */
+  refusedAcknowledged: number;
   /** Connections closed for a packet over `limits.maxLocalPacketBytes`. */
   oversizePackets: number;
   /** Connections closed on arrival because `limits.maxLocalConnections` were open. */
   connectionsRefused: number;
+  /** Retained topics kept, and messages queued for persistent sessions (0 without a persistence). */
+  retained: number;
+  queued: number;
+  /** Retained messages not kept at `localBroker.maxRetained`; queued ones dropped at `localBroker.maxQueuedPerClient`. */
+  retainedDropped: number;
+  queuedDropped: number;
 }
 
 /** What a publish to `topic` is: telemetry for the outbox, local traffic, or refused (and why). */
@@ -136,6 +164,9 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 export function classifyLocalPublish(topic: string, payload: Buffer | string, maxPayloadBytes: number, maxJsonDepth: number = LIMIT_DEFAULTS.maxJsonDepth): LocalPublish {
   if (!topic.startsWith(LOCAL_PREFIX)) {
     return refused('LOCAL_TOPIC_FORBIDDEN', `topic "${topic}": local apps may publish only under "${LOCAL_PREFIX}"`);
+  }
+  if (topic.startsWith(LOCAL_ERRORS_PREFIX)) {
+    return refused('LOCAL_TOPIC_FORBIDDEN', `topic "${topic}": "${LOCAL_ERRORS_PREFIX}" is the agent's, where it reports refusals`);
   }
   if (topic.startsWith(LOCAL_SHADOW_PREFIX)) {
     // The agent alone publishes the desired state: an app must not be able to tell the others what to do.
@@ -199,6 +230,9 @@ export class LocalBroker {
   private readonly pending = new Set<Promise<void>>();
   private accepted = 0;
   private refused = 0;
+  private refusedAcknowledged = 0;
+  /** clientId → refusal codes logged during its connection: one warning each, the rest at debug. */
+  private readonly refusalsLogged = new Map<string, Set<string>>();
 
   constructor(private readonly o: LocalBrokerOptions) {
     this.host = o.host ?? '127.0.0.1';
@@ -222,6 +256,9 @@ export class LocalBroker {
     const aedes = await Broker.createBroker({
       preConnect: (client, packet, done) => this.checkConnect(client, packet, done),
       authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
+      authorizeSubscribe: (client, sub, done) => this.authorizeSubscribe(client, sub, done),
+      authorizeForward: (_client, packet) => (packet.topic === REFUSED_SINK ? null : packet),
+      ...(this.o.persistence ? { persistence: this.o.persistence } : {}),
     });
     // aedes emits 'error' for persistence failures; without a listener it would throw.
     const emitter: EventEmitter = aedes;
@@ -229,7 +266,10 @@ export class LocalBroker {
     aedes.on('clientError', (client, err) => this.log.debug({ clientId: client.id, err: err.message }, 'local client closed on error'));
     aedes.on('connectionError', (_client, err) => this.log.debug({ err: err.message }, 'local connection closed on error'));
     aedes.on('client', (client) => this.log.debug({ clientId: client.id }, 'local client connected'));
-    aedes.on('clientDisconnect', (client) => this.log.debug({ clientId: client.id }, 'local client disconnected'));
+    aedes.on('clientDisconnect', (client) => {
+      this.refusalsLogged.delete(client.id);
+      this.log.debug({ clientId: client.id }, 'local client disconnected');
+    });
 
     const sockets = new Set<Socket>();
     const onConnection = (socket: Socket): void => {
@@ -306,6 +346,8 @@ export class LocalBroker {
     await closed;
     await Promise.allSettled([...this.pending]);
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    this.o.persistence?.flush();
+    this.refusalsLogged.clear();
     this.log.info('local MQTT broker stopped');
   }
 
@@ -322,13 +364,24 @@ export class LocalBroker {
   }
 
   stats(): LocalBrokerStats {
+    const p = this.o.persistence?.stats();
     return {
       clients: this.running?.aedes.connectedClients ?? 0,
       accepted: this.accepted,
       refused: this.refused,
+      refusedAcknowledged: this.refusedAcknowledged,
       oversizePackets: this.oversizePackets,
       connectionsRefused: this.connectionsRefused,
+      retained: p?.retained ?? 0,
+      queued: p?.queued ?? 0,
+      retainedDropped: p?.retainedDropped ?? 0,
+      queuedDropped: p?.queuedDropped ?? 0,
     };
+  }
+
+  /** No client may subscribe where acknowledged refusals go (granted: failure, 0x80). */
+  private authorizeSubscribe(_client: Client | null, sub: Subscription, done: (err: Error | null, sub: Subscription | null) => void): void {
+    done(null, sub.topic.startsWith(SINK_PREFIX) ? null : sub);
   }
 
   /** A will is published on the client's behalf later: the same topic rules apply, checked up front. */
@@ -354,12 +407,11 @@ export class LocalBroker {
     }
     const verdict = classifyLocalPublish(packet.topic, packet.payload, this.maxPayloadBytes, this.maxJsonDepth);
     if (verdict.kind === 'refused') {
-      this.refuse(clientId, packet.topic, verdict.error);
-      done(verdict.error);
+      this.refuse(clientId, packet, verdict.error, done, 'acknowledge');
       return;
     }
     if (verdict.kind === 'local') {
-      done(null);
+      this.keepRetained(clientId, packet, done);
       return;
     }
     if (verdict.kind === 'shadow-reported') {
@@ -369,29 +421,42 @@ export class LocalBroker {
         this.o.shadowReported(verdict.payload);
       } catch (err) {
         const refusal = new LocalBrokerError('LOCAL_SHADOW_REFUSED', `topic "${packet.topic}": ${errorMessage(err)}`, { cause: err });
-        this.refuse(clientId, packet.topic, refusal);
-        done(refusal);
+        this.refuse(clientId, packet, refusal, done, 'acknowledge');
         return;
       }
       this.accepted++;
-      done(null);
+      this.keepRetained(clientId, packet, done);
       return;
     }
     const settled = this.o.ingest(verdict.stream, verdict.payload).then(
       () => {
         this.accepted++;
-        done(null);
+        this.keepRetained(clientId, packet, done);
       },
       (err: unknown) => {
         const refusal = new LocalBrokerError('LOCAL_INGEST_REFUSED', `topic "${packet.topic}": the agent could not queue it: ${errorMessage(err)}`, { cause: err });
-        this.refuse(clientId, packet.topic, refusal, isOutboxError(err) ? err.code : undefined);
-        done(refusal);
+        // The item itself (too large, invalid) will never be taken; a full queue or a failed write may be later.
+        const forGood = isOutboxError(err, 'OUTBOX_TOO_LARGE') || isOutboxError(err, 'OUTBOX_INVALID');
+        this.refuse(clientId, packet, refusal, done, forGood ? 'acknowledge' : 'disconnect', isOutboxError(err) ? err.code : undefined);
       },
     );
     // `done` hands control to aedes; anything it throws is a bug to see in the log, not a lost rejection.
     const tracked = settled.catch((err: unknown) => this.log.error({ err: errorMessage(err), topic: packet.topic }, 'local broker failed after ingest'));
     this.pending.add(tracked);
     void tracked.finally(() => this.pending.delete(tracked));
+  }
+
+  /** A retained message is stored before its PUBACK, so an acknowledged one outlives a kill -9 (aedes stores it after). */
+  private keepRetained(clientId: string | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
+    const persistence = this.o.persistence;
+    if (!packet.retain || !persistence) {
+      done(null);
+      return;
+    }
+    persistence.storeRetained({ cmd: 'publish', topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: true }).then(
+      () => done(null),
+      (err: unknown) => this.refuse(clientId, packet, new LocalBrokerError('LOCAL_BROKER_WRITE_FAILED', `topic "${packet.topic}": the retained message could not be stored: ${errorMessage(err)}`, { cause: err }), done, 'disconnect'),
+    );
   }
 
   private onOversize(socket: Socket, size: number): void {
@@ -403,11 +468,51 @@ export class LocalBroker {
     );
   }
 
-  private refuse(clientId: string | null, topic: string, error: LocalBrokerError, outboxCode?: string): void {
+  /**
+   * Refuses a publish visibly (see the header): reported on local/errors/{clientId}, counted, logged once
+   * per client connection and code; then either acknowledged and routed nowhere, or left unacknowledged
+   * with the connection closed so the client sends it again later.
+   */
+  private refuse(clientId: string | null, packet: PublishPacket, error: LocalBrokerError, done: (err?: Error | null) => void, how: 'acknowledge' | 'disconnect', outboxCode?: string): void {
     this.refused++;
-    this.log.warn(
-      { clientId, topic, code: error.code, ...(outboxCode ? { outboxCode } : {}), reason: error.message },
-      'local publish refused: closing the client without an acknowledgement',
-    );
+    const topic = packet.topic;
+    const acknowledged = how === 'acknowledge';
+    const fields = { clientId, topic, code: error.code, ...(outboxCode ? { outboxCode } : {}), reason: error.message };
+    const msg = acknowledged ? 'local publish refused: acknowledged and dropped, the reason published on local/errors/{clientId}' : 'local publish refused: closing the client without an acknowledgement, so it sends the message again later';
+    if (this.firstRefusal(clientId, outboxCode ?? error.code)) this.log.warn(fields, msg);
+    else this.log.debug(fields, msg);
+    if (clientId !== null) this.report(clientId, { topic, code: error.code, ...(outboxCode ? { outboxCode } : {}), reason: error.message, acknowledged });
+    if (!acknowledged) {
+      done(error);
+      return;
+    }
+    this.refusedAcknowledged++;
+    // aedes acknowledges what is authorized: the message goes where nothing is stored or forwarded.
+    packet.topic = REFUSED_SINK;
+    packet.payload = Buffer.alloc(0);
+    packet.retain = false;
+    done(null);
+  }
+
+  private firstRefusal(clientId: string | null, code: string): boolean {
+    if (clientId === null) return true;
+    let codes = this.refusalsLogged.get(clientId);
+    if (!codes) {
+      codes = new Set();
+      this.refusalsLogged.set(clientId, codes);
+    }
+    if (codes.has(code)) return false;
+    codes.add(code);
+    return true;
+  }
+
+  private report(clientId: string, what: Record<string, unknown>): void {
+    const running = this.running;
+    if (!running) return;
+    const topic = `${LOCAL_ERRORS_PREFIX}${encodeURIComponent(clientId)}`;
+    const payload = Buffer.from(JSON.stringify({ clientId, ...what }));
+    running.aedes.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, (err) => {
+      if (err) this.log.debug({ topic, err: err.message }, `local broker: could not publish on ${topic}`);
+    });
   }
 }

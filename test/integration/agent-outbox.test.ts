@@ -234,11 +234,14 @@ describe('telemetry over MQTT', () => {
       await waitFor('the publish on the cloud broker', () => watcher.received.find((m) => m.topic === `iot/${uuid}/telemetry/flow`));
       const got = watcher.received.find((m) => m.topic === `iot/${uuid}/telemetry/flow`);
       expect(JSON.parse(got?.payload ?? '{}')).toMatchObject({ payload: { lpm: 12.5 } });
-      // A local app cannot publish as the device.
-      const rogue = await connectAsync(`mqtt://127.0.0.1:${String(started.port)}`, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000 });
-      const closed = new Promise<void>((resolve) => rogue.once('close', () => resolve()));
-      rogue.publish(`iot/${uuid}/telemetry/flow`, '{}', { qos: 1 });
-      await closed;
+      // A local app cannot publish as the device: acknowledged and dropped, the reason on local/errors/{clientId}.
+      const rogue = await connectAsync(`mqtt://127.0.0.1:${String(started.port)}`, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000, clientId: 'rogue' });
+      const reasons: string[] = [];
+      rogue.on('message', (_t, p) => reasons.push(p.toString()));
+      await rogue.subscribeAsync('local/errors/rogue', { qos: 1 });
+      await rogue.publishAsync(`iot/${uuid}/telemetry/flow`, '{}', { qos: 1 });
+      await waitFor('the reason', () => reasons.length > 0);
+      expect(JSON.parse(reasons[0]!)).toMatchObject({ topic: `iot/${uuid}/telemetry/flow`, code: 'LOCAL_TOPIC_FORBIDDEN' });
       rogue.end(true);
     } finally {
       local.end(true);

@@ -170,10 +170,13 @@ it('serves the shadow to local apps on the local broker: desired retained on loc
   await app.client.publishAsync('local/shadow/reported', JSON.stringify({ fan: 'on', rpm: 900 }), { qos: 1 });
   expect(((await agent.get('/v2/shadow')).body as Doc).reported).toEqual({ fan: 'on', rpm: 900 });
   await waitFor('the new delta', () => app.received.some((m) => JSON.parse(m.payload).delta && Object.keys(JSON.parse(m.payload).delta as object).length === 0));
-  // An app may not publish the desired state for the others: its connection is closed without a PUBACK.
-  const closed = new Promise<void>((resolve) => app.client.once('close', () => resolve()));
-  app.client.publish('local/shadow/desired', JSON.stringify({ desired: { fan: 'off' } }), { qos: 1 });
-  await closed;
+  // An app may not publish the desired state for the others: acknowledged and dropped, the reason on local/errors/{clientId}.
+  const errors = `local/errors/${app.client.options.clientId!}`;
+  await app.client.subscribeAsync(errors, { qos: 1 });
+  await app.client.publishAsync('local/shadow/desired', JSON.stringify({ desired: { fan: 'off' } }), { qos: 1 });
+  const reason = await waitFor('the reason', () => app.received.find((m) => m.topic === errors));
+  expect(JSON.parse(reason.payload)).toMatchObject({ topic: 'local/shadow/desired', code: 'LOCAL_TOPIC_FORBIDDEN', acknowledged: true });
+  expect(app.received.filter((m) => m.topic === 'local/shadow/desired' && JSON.parse(m.payload).desired?.fan === 'off')).toEqual([]);
   expect(((await agent.get('/v2/shadow')).body as Doc).desired).toEqual({ fan: 'on' });
 });
 

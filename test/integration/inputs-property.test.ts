@@ -284,7 +284,7 @@ describe('local broker packets', () => {
           c.on('error', () => undefined);
           for (const m of messages) {
             if (!c.connected) break;
-            // A refusal closes the connection: the promise of a refused QoS 1 publish never settles.
+            // A refusal for the agent's state closes the connection: the promise of that QoS 1 publish never settles.
             await Promise.race([c.publishAsync(m.topic, m.payload, { qos: m.qos }).catch(() => undefined), new Promise((r) => setTimeout(r, 200))]);
           }
           await c.endAsync(true);

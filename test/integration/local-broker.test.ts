@@ -2,13 +2,18 @@ import { connect as tcpConnect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { connectAsync, type IClientOptions, type MqttClient, type Packet } from 'mqtt';
 import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import mqttPacket from 'mqtt-packet';
 import { afterEach, describe, expect, it } from 'vitest';
 import { OutboxError } from '../../src/outbox/types.js';
 import { LocalBroker, type LocalBrokerOptions } from '../../src/telemetry/local-broker.js';
 import type { Json } from '../../src/util/json-diff.js';
 import { HeldListener } from '../../src/util/held-listener.js';
+import { BrokerPersistence } from '../../src/telemetry/broker-persistence.js';
+import type { Store } from '../../src/store/store.js';
 import { silentLogger } from '../helpers/logger.js';
-import { until } from '../helpers/mqtt.js';
+import { openStore, until } from '../helpers/mqtt.js';
+import { tempDirs } from '../helpers/tmp.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -47,12 +52,34 @@ async function client(url: string, opts: IClientOptions = {}): Promise<Client> {
 }
 
 /**
- * Publishes at QoS 1 and expects a refusal: the broker closes the connection and no PUBACK arrives.
- * (mqtt.js keeps the message in flight for a resend: its promise settles only on reconnect or end.)
+ * Publishes at QoS 1 and expects a refusal for what the message is: it is acknowledged (so a
+ * persistent client does not send it again), the connection stays open, and the reason arrives on
+ * local/errors/{clientId}, naming the topic and the code.
  */
-async function expectRefused(c: Client, topic: string, payload: string | Buffer): Promise<void> {
+async function expectRefused(c: Client, topic: string, payload: string | Buffer, code: string, qos: 1 | 2 = 1): Promise<void> {
+  const reasons: Array<Record<string, unknown>> = [];
+  const errorsTopic = `local/errors/${encodeURIComponent(c.options.clientId!)}`;
+  c.on('message', (t, p) => {
+    if (t === errorsTopic) reasons.push(JSON.parse(p.toString()) as Record<string, unknown>);
+  });
+  await c.subscribeAsync(errorsTopic, { qos: 1 });
+  await c.publishAsync(topic, payload, { qos });
+  await until(`the reason on ${errorsTopic}`, () => reasons.length > 0, 5_000);
+  expect(reasons[0], topic).toMatchObject({ clientId: c.options.clientId, topic, code, acknowledged: true });
+  expect(String(reasons[0]!.reason)).toContain(topic);
+  await delay(50);
+  expect(c.closes, topic).toBe(0);
+  expect(c.connected, topic).toBe(true);
+}
+
+/**
+ * Publishes at QoS 1 and expects a refusal for the agent's state: the broker closes the connection
+ * and no PUBACK arrives. (mqtt.js keeps the message in flight for a resend: its promise settles only
+ * on reconnect or end.)
+ */
+async function expectDisconnected(c: Client, topic: string, payload: string | Buffer, opts: { retain?: boolean } = {}): Promise<void> {
   let acked = false;
-  c.publishAsync(topic, payload, { qos: 1 }).then(
+  c.publishAsync(topic, payload, { qos: 1, ...opts }).then(
     () => (acked = true),
     () => undefined,
   );
@@ -92,7 +119,18 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     expect(puback!.at - sentAt).toBeGreaterThanOrEqual(250);
     expect(resolved!.at - called!.at).toBeGreaterThanOrEqual(250);
     expect(ingested).toEqual([{ stream: 'temp.kitchen', payload: { c: 21.5 } }]);
-    expect(broker.stats()).toEqual({ clients: 1, accepted: 1, refused: 0, oversizePackets: 0, connectionsRefused: 0 });
+    expect(broker.stats()).toEqual({
+      clients: 1,
+      accepted: 1,
+      refused: 0,
+      refusedAcknowledged: 0,
+      oversizePackets: 0,
+      connectionsRefused: 0,
+      retained: 0,
+      queued: 0,
+      retainedDropped: 0,
+      queuedDropped: 0,
+    });
     // Packets were written (CONNACK, PUBACK) without mqtt-packet's cache of 65,536 number Buffers (6 MiB).
     expect(Object.keys(packetNumbers.cache)).toHaveLength(0);
   });
@@ -108,7 +146,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
 
     // No reconnects: the publish fails, no PUBACK ever arrives.
     const once = await client(url);
-    await expectRefused(once, 'local/telemetry/temp', '{"c":1}');
+    await expectDisconnected(once, 'local/telemetry/temp', '{"c":1}');
     expect(broker.stats()).toMatchObject({ accepted: 0, refused: 1 });
 
     // With mqtt.js's reconnects the unacknowledged message is sent again and lands once the queue takes it.
@@ -137,7 +175,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     expect(ingested).toEqual([]);
   });
 
-  it('refuses publishes outside local/ (and malformed telemetry topics, and the shadow\'s topics but reported): no PUBACK, nothing routed or ingested', async () => {
+  it('refuses publishes outside local/ (and malformed telemetry topics, the shadow\'s topics but reported, local/errors/): acknowledged, the reason on local/errors/{id}, nothing routed or ingested', async () => {
     const { ingested, ingest } = recorder();
     const { broker, url } = await startBroker(ingest);
     const spy = await client(url);
@@ -155,21 +193,30 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
       'local/shadow/desired',
       'local/shadow/x',
       'local/shadow/reported',
+      'local/errors/someone',
     ];
     for (const topic of topics) {
       const app = await client(url);
-      await expectRefused(app, topic, '{"c":1}');
+      const code = topic === 'local/shadow/reported' ? 'LOCAL_SHADOW_REFUSED' : topic.startsWith('local/telemetry/') ? 'LOCAL_STREAM_INVALID' : 'LOCAL_TOPIC_FORBIDDEN';
+      await expectRefused(app, topic, '{"c":1}', code);
     }
+    // QoS 2 the same way: PUBREC, PUBREL, PUBCOMP, and nothing routed.
+    const q2 = await client(url);
+    await expectRefused(q2, 'iot/device-0001/status', '{"c":2}', 'LOCAL_TOPIC_FORBIDDEN', 2);
+    // Nobody may subscribe where acknowledged refusals go.
+    const sneaky = await client(url);
+    await expect(sneaky.subscribeAsync('$agent/#', { qos: 1 })).rejects.toThrow(/subscribe error/i);
     // A will toward the cloud is refused at CONNECT.
     await expect(client(url, { will: { topic: 'iot/device-0001/status', payload: Buffer.from('{"state":"offline"}'), qos: 1, retain: true } })).rejects.toThrow(/couldn't connect/i);
     await client(url, { will: { topic: 'local/apps/sensor/status', payload: Buffer.from('offline'), qos: 1, retain: false } });
 
-    // The spy is still connected and saw none of it.
+    // The spy is still connected and saw none of it, only the reasons (local/errors/ is under local/).
     await spy.publishAsync('local/ping', 'x', { qos: 1 });
     await until('the spy sees its own local message', () => seen.includes('local/ping'), 5_000);
-    expect(seen).toEqual(['local/ping']);
+    expect(seen.filter((t) => !t.startsWith('local/errors/'))).toEqual(['local/ping']);
+    expect(seen.filter((t) => t.startsWith('local/errors/'))).toHaveLength(topics.length + 1);
     expect(ingested).toEqual([]);
-    expect(broker.stats().refused).toBe(topics.length);
+    expect(broker.stats()).toMatchObject({ refused: topics.length + 1, refusedAcknowledged: topics.length + 1 });
   });
 
   it('refuses a telemetry payload that is not JSON, not UTF-8, or too large', async () => {
@@ -178,7 +225,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     const bad: Array<string | Buffer> = ['not json', '', Buffer.from([0x22, 0xff, 0x22]), JSON.stringify({ pad: 'x'.repeat(100) })];
     for (const payload of bad) {
       const app = await client(url);
-      await expectRefused(app, 'local/telemetry/temp', payload);
+      await expectRefused(app, 'local/telemetry/temp', payload, typeof payload === 'string' && payload.length > 64 ? 'LOCAL_PAYLOAD_TOO_LARGE' : 'LOCAL_PAYLOAD_INVALID');
     }
     const good = await client(url);
     await good.publishAsync('local/telemetry/temp', '[1,2,3]', { qos: 1 });
@@ -248,5 +295,91 @@ describe('LocalBroker on a port bound early in the start (HeldListener)', () => 
     cleanups.push(() => c.endAsync(true));
     await c.publishAsync('local/telemetry/early', JSON.stringify({ v: 1 }), { qos: 1 });
     expect(ingested).toEqual([{ stream: 'early', payload: { v: 1 } }]);
+  });
+});
+
+/** An MQTT 3.1.1 client on a raw socket: it acknowledges nothing unless told to. */
+async function rawClient(port: number, clientId: string): Promise<{ socket: Socket; packets: mqttPacket.Packet[]; send: (p: mqttPacket.Packet) => void }> {
+  const socket = tcpConnect(port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  cleanups.push(() => void socket.destroy());
+  const packets: mqttPacket.Packet[] = [];
+  const parser = mqttPacket.parser({ protocolVersion: 4 });
+  parser.on('packet', (p) => packets.push(p));
+  socket.on('data', (chunk) => parser.parse(chunk));
+  const send = (p: mqttPacket.Packet) => void socket.write(mqttPacket.generate(p));
+  send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: false, clientId, keepalive: 60 });
+  await until('the CONNACK', () => packets.some((p) => p.cmd === 'connack'), 5_000);
+  return { socket, packets, send };
+}
+
+describe('LocalBroker with its persistence (the agent database)', () => {
+  const dirs = tempDirs();
+  afterEach(() => dirs.cleanup());
+
+  /** A broker on the database file at `path`, as the agent builds it at each start. */
+  async function brokerOn(path: string): Promise<{ broker: LocalBroker; persistence: BrokerPersistence; port: number; store: Store }> {
+    const store = openStore(path);
+    const persistence = new BrokerPersistence({ db: store.db, clock: { now: () => Date.now() }, logger: silentLogger(), maxRetained: 10, maxQueuedPerClient: 10 });
+    const broker = new LocalBroker({ port: 0, ingest: recorder().ingest, logger: silentLogger(), persistence });
+    const { port } = await broker.start();
+    cleanups.push(async () => {
+      await broker.stop();
+      if (store.db.open) store.close();
+    });
+    return { broker, persistence, port, store };
+  }
+
+  it('acknowledges a retained publish only once it is stored: one the database refuses gets no PUBACK, and the reason', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const { broker, port, store } = await brokerOn(path);
+    const first = await client(`mqtt://127.0.0.1:${port}`);
+    await first.publishAsync('local/config/a', 'kept', { qos: 1, retain: true });
+    expect(broker.stats().retained).toBe(1);
+    // A real SQLite failure on the next retained write (as a full disk or a damaged page would give).
+    store.db.exec("CREATE TRIGGER no_retained BEFORE INSERT ON broker_retained BEGIN SELECT RAISE(ABORT, 'no room for it'); END");
+    const watcher = await client(`mqtt://127.0.0.1:${port}`);
+    const reasons: string[] = [];
+    watcher.on('message', (_t, p) => reasons.push(p.toString()));
+    await watcher.subscribeAsync('local/errors/retainer', { qos: 1 });
+    const app = await client(`mqtt://127.0.0.1:${port}`, { clientId: 'retainer' });
+    await expectDisconnected(app, 'local/config/b', 'lost', { retain: true });
+    await until('the reason', () => reasons.length > 0, 5_000);
+    expect(JSON.parse(reasons[0]!)).toMatchObject({ topic: 'local/config/b', code: 'LOCAL_BROKER_WRITE_FAILED', acknowledged: false });
+    expect(JSON.parse(reasons[0]!).reason).toMatch(/no room for it/);
+    expect(broker.stats()).toMatchObject({ retained: 1, refused: 1, refusedAcknowledged: 0 });
+  });
+
+  it('re-sends a QoS 1 message in flight to a persistent session (sent, never acknowledged) after a restart, with its message id', async () => {
+    const path = join(dirs.make(), 'agent.db');
+    const first = await brokerOn(path);
+    const raw = await rawClient(first.port, 'slow-app');
+    raw.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'local/inflight/#', qos: 1 }] });
+    await until('the SUBACK', () => raw.packets.some((p) => p.cmd === 'suback'), 5_000);
+    const pub = await client(`mqtt://127.0.0.1:${first.port}`);
+    const publishes = (c: { packets: mqttPacket.Packet[] }) => c.packets.filter((p): p is mqttPacket.IPublishPacket => p.cmd === 'publish');
+    // m0 is acknowledged (its id is free again); m1 is not: after the restart it must come with its own id, not the first free one.
+    await pub.publishAsync('local/inflight/a', 'm0', { qos: 1 });
+    await until('m0 at the raw client', () => publishes(raw).length === 1, 5_000);
+    raw.send({ cmd: 'puback', messageId: publishes(raw)[0]!.messageId! });
+    await until('m0 acknowledged', () => first.broker.stats().queued === 0, 5_000);
+    await pub.publishAsync('local/inflight/a', 'm1', { qos: 1 });
+    await until('m1 at the raw client', () => publishes(raw).length === 2, 5_000);
+    const sent = publishes(raw)[1]!;
+    expect(sent.messageId).not.toBe(publishes(raw)[0]!.messageId);
+    raw.socket.destroy(); // no PUBACK
+    await first.broker.stop();
+    first.store.close();
+
+    const second = await brokerOn(path);
+    expect(second.broker.stats().queued).toBe(1);
+    const back = await rawClient(second.port, 'slow-app');
+    expect(back.packets[0]).toMatchObject({ cmd: 'connack', sessionPresent: true });
+    await until('the PUBLISH again', () => publishes(back).length > 0, 5_000);
+    const again = publishes(back)[0]!;
+    expect(publishes(back)).toHaveLength(1);
+    expect({ topic: again.topic, payload: again.payload.toString(), messageId: again.messageId, qos: again.qos }).toEqual({ topic: 'local/inflight/a', payload: 'm1', messageId: sent.messageId, qos: 1 });
+    back.send({ cmd: 'puback', messageId: again.messageId! });
+    await until('nothing queued', () => second.broker.stats().queued === 0, 5_000);
   });
 });
