@@ -76,7 +76,7 @@ const mapped: Record<string, () => unknown> = {
 const wiredByAgent: Record<string, string> = {
   enableQueue: 'test/integration/settings-in-force.test.ts (false: offline, telemetry refused with 503 and counted as drops.offline); test/unit/outbox-offline.test.ts',
   offlineAfterFailures: 'test/integration/settings-in-force.test.ts',
-  offlineThresholdSeconds: 'test/integration/agent-degradation.test.ts (1 s: degraded, its reason names the threshold), test/unit/degradation.test.ts',
+  offlineThresholdSeconds: 'test/integration/agent-offline.test.ts (1 s: degraded, its reason names the threshold), test/unit/degradation.test.ts',
   enableGracefulDegradation: 'test/unit/degradation.test.ts (DegradationController enabled)',
   probeMaxIntervalSeconds: 'test/integration/connectivity.test.ts (back online within the probe interval)',
   offlineRetryIntervalSeconds: 'test/integration/recovery-per-channel.test.ts',
