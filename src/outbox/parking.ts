@@ -8,6 +8,7 @@ import type { Expiry } from './expiry.js';
 import type { Lanes } from './lanes.js';
 import type { Leases } from './leases.js';
 import type { OutboxStatements, ParkedRow, RowRef } from './outbox-sql.js';
+import type { QueueClock } from './queue-clock.js';
 import type { Transactor } from './transactor.js';
 import type { ParkedMessage } from './types.js';
 
@@ -22,6 +23,8 @@ export interface ParkingOptions {
   leases: Pick<Leases, 'release'>;
   expiry: Pick<Expiry, 'note'>;
   clock: Pick<Clock, 'now'>;
+  /** A message's wall time, corrected when its boot's clock got synced after it was queued. */
+  queueClock: Pick<QueueClock, 'wallOf'>;
   logger: Logger;
   /** Most parked messages kept; beyond, the oldest parked are dropped (counted as parkedLimit). */
   maxParked: number;
@@ -63,7 +66,7 @@ export class Parking {
   list(opts: { channel?: string; limit?: number } = {}): ParkedMessage[] {
     const limit = opts.limit ?? 100;
     const rows = (opts.channel === undefined ? this.o.q.parkedList.all(limit) : this.o.q.parkedListChannel.all(opts.channel, limit)) as ParkedRow[];
-    return rows.map(parkedMessage);
+    return rows.map((r) => parkedMessage(r, this.o.queueClock));
   }
 
   /** Puts parked messages (all, or these ids) back at the end of the queue. Limits apply at the next enqueue. */
@@ -125,7 +128,7 @@ export class Parking {
   }
 }
 
-function parkedMessage(r: ParkedRow): ParkedMessage {
+function parkedMessage(r: ParkedRow, time: Pick<QueueClock, 'wallOf'>): ParkedMessage {
   // A message parked because its payload cannot be decoded must not hide the rest of the list.
   let payload: Json = null;
   let payloadError: string | undefined;
@@ -138,7 +141,7 @@ function parkedMessage(r: ParkedRow): ParkedMessage {
     id: r.id,
     channel: r.channel,
     priority: r.priority,
-    createdAt: r.created_at,
+    createdAt: time.wallOf(r.created_at, r.boot, r.mono),
     expiresAt: r.expires_at,
     payload,
     storedBytes: r.bytes,

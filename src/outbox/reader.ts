@@ -4,12 +4,15 @@ import { decodePayload } from './codec.js';
 import { mergeLanes, type Lane, type Lanes } from './lanes.js';
 import type { Leases } from './leases.js';
 import type { LaneRow, OutboxStatements, Row } from './outbox-sql.js';
+import type { QueueClock } from './queue-clock.js';
 import type { OutboxMessage, PeekOptions } from './types.js';
 
 export interface ReaderOptions {
   q: Pick<OutboxStatements, 'peekRows' | 'laneRows'>;
   lanes: Pick<Lanes, 'nonEmpty' | 'leasedUpTo'>;
   leases: Pick<Leases, 'isLeased' | 'grant' | 'untilFromNow'>;
+  /** A message's wall time, corrected when its boot's clock got synced after it was queued. */
+  queueClock: Pick<QueueClock, 'wallOf'>;
   logger: Logger;
 }
 
@@ -67,7 +70,7 @@ export class Reader {
       if (out.length > 0 && bytes + rowBytes > maxBytes) return false;
       let msg: OutboxMessage;
       try {
-        msg = messageOf(lane, r);
+        msg = messageOf(lane, r, this.o.queueClock);
       } catch (err) {
         this.o.logger.error({ id, channel: lane.channel, err: errorMessage(err) }, `outbox message ${id} cannot be decoded; parking it`);
         undecodable.push(id);
@@ -115,19 +118,19 @@ export class Reader {
     if (limit <= 0) return out;
     // Stryker disable next-line MethodExpression: the chunk size of the reads; a larger one returns the same rows
     for (const row of mergeLanes(lanes, (lane, after, n) => this.o.q.laneRows.all(lane.channel, lane.priority, after, n) as Row[], Math.min(limit, 512))) {
-      out.push({ ...toMessage(row), leased: this.o.leases.isLeased(row.seq) });
+      out.push({ ...toMessage(row, this.o.queueClock), leased: this.o.leases.isLeased(row.seq) });
       if (out.length >= limit) break;
     }
     return out;
   }
 }
 
-function messageOf(lane: Lane, r: LaneRow): OutboxMessage {
+function messageOf(lane: Lane, r: LaneRow, time: Pick<QueueClock, 'wallOf'>): OutboxMessage {
   return {
     id: r[1],
     channel: lane.channel,
     priority: lane.priority,
-    createdAt: r[2],
+    createdAt: time.wallOf(r[2], r[8], r[9]),
     expiresAt: r[3],
     coalesceKey: r[4],
     payload: decodePayload(r[5], r[7]),
@@ -136,12 +139,12 @@ function messageOf(lane: Lane, r: LaneRow): OutboxMessage {
   };
 }
 
-function toMessage(r: Row): OutboxMessage {
+function toMessage(r: Row, time: Pick<QueueClock, 'wallOf'>): OutboxMessage {
   return {
     id: r.id,
     channel: r.channel,
     priority: r.priority,
-    createdAt: r.created_at,
+    createdAt: time.wallOf(r.created_at, r.boot, r.mono),
     expiresAt: r.expires_at,
     coalesceKey: r.coalesce_key,
     payload: decodePayload(r.encoding, r.payload),
