@@ -17,6 +17,8 @@ export interface MetricsSource {
   mqtt(): { connected: boolean; inflight: number; reconnects: number } | null;
   loops(): { name: string; state: string; restarts: number }[];
   degraded(): boolean;
+  /** Whether the wall clock is synced (resilience/clock-sync.ts). */
+  clockSynced(): boolean;
   /** Why the config file was not used (the agent runs on the last-known-good one); null when it was. */
   configFallback?(): string | null;
   /** Jobs in the local table per status; null when jobs do not run here. */
@@ -219,6 +221,14 @@ function agentMetrics(registry: Registry, source: MetricsSource): void {
     registers: [registry],
     collect() {
       this.set(source.degraded() ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_clock_synced',
+    help: '1 when the wall clock is synced (timesyncd, timedatectl, or not before the build date); 0 while timestamps and certificate checks cannot be trusted',
+    registers: [registry],
+    collect() {
+      this.set(source.clockSynced() ? 1 : 0);
     },
   });
   new Gauge({

@@ -70,6 +70,7 @@ function metricsSource(p: AgentParts): MetricsSource {
     targetVersion: () => p.workloads.targets.current()?.version ?? null,
     loops: () => core.loops.status(),
     degraded: () => core.degradation.mode() === 'degraded',
+    clockSynced: () => core.clockSync.synced,
     configFallback: () => status.configStatus().fallback?.reason ?? null,
     database: () => core.store.databaseHealth(),
     jobs: () => cloud?.jobs?.runner.counts() ?? null,

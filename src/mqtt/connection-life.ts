@@ -64,6 +64,8 @@ export interface ConnectionLifeDeps {
   events: ConnectionEvents;
   /** mqtt.js's `connect`; a test passes a fake client. */
   connect?: (url: string, options: IClientOptions) => MqttClient;
+  /** Whether the wall clock is synced (TLS errors name the clock when it is not). Default: synced. */
+  clockSynced?: () => boolean;
 }
 
 export interface ConnectionStats {
@@ -328,6 +330,7 @@ export class ConnectionLife {
       caFile: m.caFile,
       certFile: m.certFile,
       connectTimeoutMs: m.connectTimeoutMs,
+      clock: { synced: this.deps.clockSynced?.() ?? true, now: this.deps.clock.now() },
     });
     if (err.message === 'Keepalive timeout') conn.lossOperation = 'ping';
     if (err instanceof ErrorWithReasonCode && err.message.startsWith('Connection refused')) conn.refusalCode = err.code;

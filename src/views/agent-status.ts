@@ -1,4 +1,5 @@
 import { configStatus, type ConfigSource, type ConfigStatus } from '../config/fallback.js';
+import type { ClockSync, ClockSyncState } from '../resilience/clock-sync.js';
 import type { ConnectionHealth, ConnectionMonitor } from '../resilience/connection-monitor.js';
 import type { DegradationController } from '../resilience/degradation.js';
 import type { Outbox } from '../outbox/outbox.js';
@@ -7,7 +8,7 @@ import type { Json } from '../util/json-diff.js';
 import type { Reconciler } from '../workloads/reconciler.js';
 
 /** `GET /v2/connection` and the health report: the monitor's health with the queue, the mode, MQTT. */
-export type ConnectionView = ConnectionHealth & { degradation: { mode: string; since: number | null }; mqtt: unknown };
+export type ConnectionView = ConnectionHealth & { degradation: { mode: string; since: number | null }; mqtt: unknown; clockSynced: boolean; clock: ClockSyncState };
 
 export interface AgentStatusParts {
   version: string;
@@ -18,6 +19,7 @@ export interface AgentStatusParts {
   outbox: Pick<Outbox, 'stats'>;
   degradation: Pick<DegradationController, 'mode' | 'since'>;
   mqtt: { stats(): unknown } | undefined;
+  clockSync: Pick<ClockSync, 'state'>;
 }
 
 /**
@@ -47,10 +49,13 @@ export class AgentStatus {
 
   connectionHealth(): ConnectionView {
     const q = this.p.outbox.stats();
+    const clock = this.p.clockSync.state;
     return {
       ...this.p.monitor.health({ queue: { depth: q.depth, bytes: q.bytes, oldestAgeMs: q.oldestAgeMs, dropped: q.dropped, expired: q.expired } }),
       degradation: { mode: this.p.degradation.mode(), since: this.p.degradation.since() },
       mqtt: this.p.mqtt?.stats() ?? null,
+      clockSynced: clock.synced,
+      clock,
     };
   }
 }
