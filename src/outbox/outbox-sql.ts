@@ -33,7 +33,8 @@ export function prepareOutboxStatements(db: Database) {
     peekRows: p(
       'SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?+0',
     ).raw(),
-    laneOldest: p('SELECT created_at FROM outbox WHERE channel = ? AND priority = ? ORDER BY seq LIMIT 1'),
+    // On the queue clock (rows from before migration 9: their created_at, which the queue clock started at).
+    laneOldest: p('SELECT coalesce(mono, created_at) AS at FROM outbox WHERE channel = ? AND priority = ? ORDER BY seq LIMIT 1'),
     expiredRows: p('SELECT seq, id, channel, priority, bytes FROM outbox WHERE expires_at <= ? ORDER BY expires_at LIMIT ?+0'),
     minExpiry: p('SELECT min(expires_at) AS t FROM outbox WHERE expires_at IS NOT NULL'),
     updatePayload: p('UPDATE outbox SET id = ?, encoding = ?, bytes = ?, payload = ? WHERE seq = ?'),

@@ -144,7 +144,7 @@ export class Outbox {
     const q = (this.q = prepareOutboxStatements(db));
     this.store = opts.store;
     const policies = (this.policies = new ChannelPolicies(opts.channels, opts.onLimit));
-    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at, {
+    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { at: number } | undefined)?.at, {
       set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
       clear: () => q.laneTotalsClear.run(),
     }));
@@ -435,7 +435,7 @@ export class Outbox {
       counters: this.counters,
       leases: this.leases,
       policies: this.policies,
-      now: this.clock.now(),
+      now: this.queueClock.now(),
       totals: {
         commits: this.commits,
         pending: this.group.messages,

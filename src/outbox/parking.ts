@@ -81,7 +81,7 @@ export class Parking {
         this.o.q.parkedDelete.run(row.parked_seq);
         this.o.counters.addParked(row.channel, -1);
         if (inserted.changes === 0) continue; // already queued under that id
-        this.o.lanes.add(row.channel, row.priority, row.bytes, row.created_at, inserted.lastInsertRowid);
+        this.o.lanes.add(row.channel, row.priority, row.bytes, row.mono ?? row.created_at, inserted.lastInsertRowid);
         this.o.lanes.forgetOldest(row.channel, row.priority);
         this.o.expiry.note(row.expires_at);
         done++;

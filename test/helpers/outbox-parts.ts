@@ -45,7 +45,7 @@ export function outboxParts(dir: string, o: PartsOptions = {}) {
   const ids = new IdGenerator(() => clock.now());
   const limits = o.limits ?? { maxCount: 1_000, maxBytes: 1 << 30 };
   const policies = new ChannelPolicies(o.channels, o.onLimit);
-  const lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at, {
+  const lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { at: number } | undefined)?.at, {
     set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
     clear: () => q.laneTotalsClear.run(),
   });

@@ -43,7 +43,7 @@ describe('outbox statements', () => {
         { channel: 'events', priority: 50, n: 1, b: 7 },
       ]),
     );
-    expect(q.laneOldest.get('telemetry', 20)).toEqual({ created_at: 1_000 });
+    expect(q.laneOldest.get('telemetry', 20)).toEqual({ at: 1_000 });
   });
 
   it('delete an acked batch by the ids it names only', () => {

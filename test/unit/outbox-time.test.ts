@@ -80,6 +80,7 @@ describe('TTL on the queue clock', () => {
     clock.jumpWall(YEARS_56);
     expect(depth(first.outbox)).toBe(100);
     expect(peekAll(first.outbox)).toHaveLength(100);
+    expect(first.outbox.stats().oldestAgeMs).toBe(1_000); // an age, not 56 years
     await clock.advance(10 * MIN - 1_001);
     expect(depth(first.outbox)).toBe(100);
     await clock.advance(1);
