@@ -7,7 +7,7 @@ import type { OutboxMessage } from '../../src/outbox/types.js';
 import { IdGenerator } from '../../src/util/ids.js';
 import { FakeClock } from '../helpers/fake-clock.js';
 import { silentLogger } from '../helpers/logger.js';
-import { Store } from '../helpers/store.js';
+import { MIGRATIONS, Store } from '../helpers/store.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -187,6 +187,26 @@ describe('TTL on the queue clock', () => {
     expect(depth(again.outbox)).toBe(1);
     await clock.advance(8 * MIN - 10_000);
     expect(depth(again.outbox)).toBe(0);
+  });
+});
+
+describe('rows queued before migration 9', () => {
+  it('keep their expiry (the first queue clock starts at the wall clock) and their timestamp', async () => {
+    const clock = new FakeClock(TODAY);
+    const path = join(dirs.make(), 'agent.db');
+    const old = Store.open({ path, logger: silentLogger(), clock, migrations: MIGRATIONS.filter((m) => m.version < 9) });
+    old.db
+      .prepare("INSERT INTO outbox (id, channel, priority, created_at, expires_at, encoding, bytes, payload) VALUES ('old', 'telemetry', 20, ?, ?, 0, 1, '1')")
+      .run(TODAY - 5_000, TODAY + MIN);
+    old.db.exec("INSERT INTO outbox_lane_totals (channel, priority, count, bytes) VALUES ('telemetry', 20, 1, 1)");
+    old.close();
+    await clock.advance(2_000);
+    const { outbox } = make(clock, path, { synced: true });
+    expect(peekAll(outbox)).toEqual([expect.objectContaining({ id: 'old', createdAt: TODAY - 5_000 })]);
+    await clock.advance(MIN - 2_001);
+    expect(depth(outbox)).toBe(1);
+    await clock.advance(1);
+    expect(depth(outbox)).toBe(0);
   });
 });
 
