@@ -9,6 +9,7 @@ import type { Lanes } from './lanes.js';
 import type { Leases } from './leases.js';
 import type { OutboxStatements, ParkedRow, RowRef } from './outbox-sql.js';
 import type { QueueClock } from './queue-clock.js';
+import { expiryWall, type WallTimes } from './reader.js';
 import type { Transactor } from './transactor.js';
 import type { ParkedMessage } from './types.js';
 
@@ -24,7 +25,7 @@ export interface ParkingOptions {
   expiry: Pick<Expiry, 'note'>;
   clock: Pick<Clock, 'now'>;
   /** A message's wall time, corrected when its boot's clock got synced after it was queued. */
-  queueClock: Pick<QueueClock, 'wallOf'>;
+  queueClock: Pick<QueueClock, 'wallOf' | 'wallOffset'>;
   logger: Logger;
   /** Most parked messages kept; beyond, the oldest parked are dropped (counted as parkedLimit). */
   maxParked: number;
@@ -66,7 +67,9 @@ export class Parking {
   list(opts: { channel?: string; limit?: number } = {}): ParkedMessage[] {
     const limit = opts.limit ?? 100;
     const rows = (opts.channel === undefined ? this.o.q.parkedList.all(limit) : this.o.q.parkedListChannel.all(opts.channel, limit)) as ParkedRow[];
-    return rows.map((r) => parkedMessage(r, this.o.queueClock));
+    const q = this.o.queueClock;
+    const time = { wallOf: (c: number, b: number | null, m: number | null) => q.wallOf(c, b, m), offset: q.wallOffset() };
+    return rows.map((r) => parkedMessage(r, time));
   }
 
   /** Puts parked messages (all, or these ids) back at the end of the queue. Limits apply at the next enqueue. */
@@ -128,7 +131,7 @@ export class Parking {
   }
 }
 
-function parkedMessage(r: ParkedRow, time: Pick<QueueClock, 'wallOf'>): ParkedMessage {
+function parkedMessage(r: ParkedRow, time: WallTimes): ParkedMessage {
   // A message parked because its payload cannot be decoded must not hide the rest of the list.
   let payload: Json = null;
   let payloadError: string | undefined;
@@ -142,7 +145,7 @@ function parkedMessage(r: ParkedRow, time: Pick<QueueClock, 'wallOf'>): ParkedMe
     channel: r.channel,
     priority: r.priority,
     createdAt: time.wallOf(r.created_at, r.boot, r.mono),
-    expiresAt: r.expires_at,
+    expiresAt: expiryWall(r.expires_at, time.offset),
     payload,
     storedBytes: r.bytes,
     compressed: r.encoding === 1,

@@ -121,6 +121,11 @@ export class QueueClock {
     q.bootSeen.run(Math.round(now), Math.round(wall), synced ? 1 : 0, this.boot);
   }
 
+  /** Wall clock minus queue clock now: turns a queue-clock time (an expiry) into the wall time it falls at, as the wall clock reads now. */
+  wallOffset(): number {
+    return this.o.clock.now() - this.now();
+  }
+
   /** The wall time a message was queued at: corrected when its boot's clock got synced after it, else as stamped. */
   wallOf(createdAt: number, boot: number | null, mono: number | null): number {
     if (boot === null || mono === null) return createdAt;

@@ -102,6 +102,8 @@ describe('TTL on the queue clock', () => {
     const { clock, first } = setup();
     await first.outbox.enqueue({ channel: 'telemetry', payload: 1, ttlMs: 10 * MIN });
     clock.jumpWall(-HOUR);
+    // Shown as the wall clock reads now: the step moves the figure, not the expiry.
+    expect(peekAll(first.outbox)[0]!.expiresAt).toBe(clock.now() + 10 * MIN);
     await first.outbox.enqueue({ channel: 'telemetry', payload: 2, ttlMs: 20 * MIN });
     await clock.advance(10 * MIN - 1);
     expect(depth(first.outbox)).toBe(2);
