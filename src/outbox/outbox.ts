@@ -49,6 +49,8 @@ import {
  *   in step with the rows and restoring it on a rollback; disk-watermark.ts watches free space;
  * - reader.ts reads batches in delivery order; leases.ts holds what is in flight; ack.ts deletes
  *   what was delivered; parking.ts keeps what a sink refused for good; rewrite.ts is downsampling's;
+ * - queue-clock.ts is the time TTLs and ages run on (no wall-clock step moves it, reboots carry it) and
+ *   corrects the wall times of messages queued before the clock was synced;
  * - recovery.ts rebuilds the ledger at open; stats.ts reports it; outbox-sql.ts holds every statement.
  *
  * Durability. `enqueue` resolves only once the transaction holding the message is as durable as
