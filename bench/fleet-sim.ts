@@ -264,6 +264,8 @@ class FleetSimulation {
     this.buckets = new Int32Array(Math.ceil((this.returnAt + capMs + this.tailMs) / 1000) + 2);
     this.clock = {
       monotonic: () => this.time,
+      uptime: () => this.time,
+      bootId: () => 'fleet-sim',
       now: () => WALL_ORIGIN + this.time,
       sleep: () => Promise.reject(new Error('the fleet simulation moves time itself: nothing may sleep on its clock')),
     };

@@ -10,7 +10,7 @@ import type { AgentParts } from './assembly/parts.js';
 import { buildLocalBroker, buildShadow, publishLocalDesired } from './assembly/shadow.js';
 import { buildLocalTarget, buildWorkloads } from './assembly/workloads.js';
 import { AgentStatus } from './views/agent-status.js';
-import { AGENT_VERSION } from './version.js';
+import { AGENT_BUILT_AT, AGENT_VERSION } from './version.js';
 
 export type { AgentDeps } from './assembly/core.js';
 
@@ -113,14 +113,14 @@ export class Agent {
 
 /** Builds the parts, each factory given what the earlier ones built. */
 function assemble(deps: AgentDeps): AgentParts {
-  const core = buildCore(deps, AGENT_VERSION);
+  const core = buildCore(deps, AGENT_VERSION, AGENT_BUILT_AT);
   const workloads = buildWorkloads(core);
   const queueing = buildQueueing(core, workloads.settings);
   const shadow = buildShadow(core, queueing);
   const localBroker = buildLocalBroker(core, queueing.ingest, shadow?.shadow, queueing.share);
   const mqtt = buildMqtt(core, queueing);
   const { version, configSource, clock, monitor, degradation } = core;
-  const status = new AgentStatus({ version, configSource, clock, monitor, reconciler: workloads.reconciler, outbox: queueing.outbox, degradation, mqtt });
+  const status = new AgentStatus({ version, configSource, clock, monitor, reconciler: workloads.reconciler, outbox: queueing.outbox, degradation, mqtt, clockSync: core.clockSync });
   const cloud = buildCloud(core, { workloads, queueing, status, shadow: shadow?.shadow });
   // Local mode: a target set is reported; a cleared one makes the cloud's fetched at once.
   const localTarget = buildLocalTarget(core, workloads, { set: () => cloud?.reporter.markDirty(), cleared: () => cloud?.poller.pollNow() });

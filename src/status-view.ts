@@ -14,6 +14,7 @@ interface StatusInput {
     channels: Record<string, { status: string; consecutiveFailures: number; lastError: string | null }>;
     outages: { start: number; end: number | null; durationMs: number | null; cause: string }[];
     degradation?: { mode: string; reason?: string | null; features?: { name: string; order: number; paused: boolean; error?: string }[] };
+    clock?: { synced: boolean; source: string; detail: string };
     mqtt?: { connected: boolean; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null; protocol?: { setting: string | number; version: number; negotiated: boolean } } | null;
   };
   state: {
@@ -169,6 +170,7 @@ function connectionSection(c: StatusInput['connection']): string[] {
       ['last report', when(c.lastReportSuccess)],
       ['failures', `poll ${c.pollFailures}, report ${c.reportFailures}`],
       ['degradation', degradationLine(c.degradation)],
+      ...(c.clock ? [['clock', `${c.clock.synced ? 'synced' : 'NOT synced'} (${c.clock.detail})`] as [string, string]] : []),
     ]),
   ];
   const channels = Object.entries(c.channels);

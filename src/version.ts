@@ -12,3 +12,9 @@ export const AGENT_VERSION: string = (() => {
   }
   return '0.0.0';
 })();
+
+/**
+ * The date this version was cut (raised with each release): a wall clock before it cannot be right,
+ * so the clock is not synced (resilience/clock-sync.ts), whatever else says so.
+ */
+export const AGENT_BUILT_AT: number = Date.UTC(2026, 11, 1);

@@ -19,6 +19,8 @@ export interface MetricsSource {
   degraded(): boolean;
   /** The features graceful degradation sheds, and whether each is paused now. */
   degradedFeatures?(): { name: string; paused: boolean }[];
+  /** Whether the wall clock is synced (resilience/clock-sync.ts). */
+  clockSynced(): boolean;
   /** Why the config file was not used (the agent runs on the last-known-good one); null when it was. */
   configFallback?(): string | null;
   /** Jobs in the local table per status; null when jobs do not run here. */
@@ -231,6 +233,14 @@ function agentMetrics(registry: Registry, source: MetricsSource): void {
     collect() {
       this.reset();
       for (const f of source.degradedFeatures?.() ?? []) this.set({ feature: f.name }, f.paused ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_clock_synced',
+    help: '1 when the wall clock is synced (timesyncd, timedatectl, or not before the build date); 0 while timestamps and certificate checks cannot be trusted',
+    registers: [registry],
+    collect() {
+      this.set(source.clockSynced() ? 1 : 0);
     },
   });
   new Gauge({

@@ -71,6 +71,7 @@ function metricsSource(p: AgentParts): MetricsSource {
     loops: () => core.loops.status(),
     degraded: () => core.degradation.mode() === 'degraded',
     degradedFeatures: () => core.degradation.features(),
+    clockSynced: () => core.clockSync.synced,
     configFallback: () => status.configStatus().fallback?.reason ?? null,
     database: () => core.store.databaseHealth(),
     jobs: () => cloud?.jobs?.runner.counts() ?? null,

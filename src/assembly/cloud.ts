@@ -96,6 +96,7 @@ function buildHttpClient(core: Core, baseUrl: string): CloudHttpClient {
     userAgent: `iotistic-agent/${core.version}`,
     maxResponseBytes: config.limits.maxCloudResponseBytes,
     maxJsonDepth: config.limits.maxJsonDepth,
+    clockSynced: () => core.clockSync.synced,
   });
 }
 

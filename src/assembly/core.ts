@@ -5,6 +5,7 @@ import type { ConfigSource } from '../config/fallback.js';
 import type { AgentConfig } from '../config/schema.js';
 import { backoffFromSettings } from '../resilience/backoff.js';
 import { ChannelProbes } from '../resilience/channel-probes.js';
+import { ClockSync, wakeOnClockSync } from '../resilience/clock-sync.js';
 import { ConnectionMonitor } from '../resilience/connection-monitor.js';
 import { DegradationController } from '../resilience/degradation.js';
 import { SqliteOutageLog } from '../resilience/outage-log.js';
@@ -33,6 +34,8 @@ export interface AgentDeps {
   disk?: DataDirDisk;
   /** The local API's and the local broker's ports, bound early in the start (bootstrap.ts); adopted by them. */
   listeners?: { api?: HeldListener; broker?: HeldListener };
+  /** Whether the wall clock is synced (default: timesyncd, timedatectl, else the build date). */
+  clockSync?: ClockSync;
   /** After the store is closed (the data dir lock is released here). */
   onStopped?: () => void;
 }
@@ -55,11 +58,14 @@ export interface Core {
   monitor: ConnectionMonitor;
   probes: ChannelProbes;
   degradation: DegradationController;
+  /** Whether the wall clock is synced: the outbox's timestamps, TLS errors and the API read it. */
+  clockSync: ClockSync;
   /** A retry policy of its own (a backoff) for a loop whose requests go over `channel`. */
   retryFor(channel: SinkChannel): RetryPolicy;
 }
 
-export function buildCore(deps: AgentDeps, version: string): Core {
+/** `builtAt`: this agent's build date, the earliest wall time that can be right (clock-sync.ts). */
+export function buildCore(deps: AgentDeps, version: string, builtAt: number): Core {
   const { config, store, logger } = deps;
   const clock = deps.clock ?? systemClock;
   const random = deps.random ?? systemRandom;
@@ -89,6 +95,8 @@ export function buildCore(deps: AgentDeps, version: string): Core {
   // requests slow to one per offlineRetryIntervalSeconds so a returning cloud is not met by them.
   const offlineFloorMs = (channel: SinkChannel) => (): number =>
     monitor.channelStatus(channel) === 'offline' && monitor.lastFailureKind(channel) === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
+  const clockSync = deps.clockSync ?? new ClockSync({ clock, logger: logger.child({ part: 'clock' }), notBefore: builtAt });
+  wakeOnClockSync(clockSync, Object.keys(endpoints).map((channel) => probes.wakeup(channel)));
   const retryFor = (channel: SinkChannel): RetryPolicy =>
     new RetryPolicy({ backoff: backoffFromSettings(offline, { clock, random }), sleeper: probes.wakeup(channel), clock, floorMs: offlineFloorMs(channel) });
   return {
@@ -107,6 +115,7 @@ export function buildCore(deps: AgentDeps, version: string): Core {
     monitor,
     probes,
     degradation,
+    clockSync,
     retryFor,
   };
 }

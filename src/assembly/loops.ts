@@ -5,6 +5,7 @@ import type { AgentParts } from './parts.js';
 export function startLoops(p: AgentParts): void {
   const { core, workloads, queueing, mqtt, cloud } = p;
   const { loops, clock, disk } = core;
+  loops.start('clock-sync', (s) => core.clockSync.run(s));
   loops.start('reconciler', (s) => workloads.reconciler.run(s));
   for (const f of queueing.flushers.all) loops.start(`flush-${f.stats().sink}`, (s) => f.run(s));
   if (mqtt) loops.start('mqtt', (s) => mqtt.start(s));

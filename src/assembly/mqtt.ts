@@ -20,6 +20,7 @@ export function buildMqtt(core: Core, q: Queueing): MqttSession | undefined {
     // hold every reconnect to one per offlineRetryIntervalSeconds (found by the chaos run: no delivery
     // for the rest of the run after a broker kill). The session's backoff and jitter pace it instead.
     clock,
+    clockSynced: () => core.clockSync.synced,
     random,
     logger: logger.child({ part: 'mqtt' }),
   });

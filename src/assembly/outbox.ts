@@ -42,6 +42,7 @@ export function buildQueueing(core: Core, settings: () => AgentConfig['settings'
     ids,
     logger: logger.child({ part: 'outbox' }),
     ...outboxSettings(offline),
+    clockSynced: () => core.clockSync.synced,
     onCommit: (info) => {
       flushers.committed();
       share.spent(info.ms);

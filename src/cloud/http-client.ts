@@ -7,7 +7,7 @@ import { LIMIT_DEFAULTS } from '../config/schema.js';
 import { AgentError } from '../util/errors.js';
 import { trustWithDefaults } from '../util/tls-trust.js';
 import { depthMessage, jsonDeeperThan } from '../util/json-limits.js';
-import { NETWORK_REASONS } from '../util/network-errors.js';
+import { clockCertProblem, errorCode, NETWORK_REASONS } from '../util/network-errors.js';
 import { CloudAnswerRefused, CloudError } from '../resilience/cloud-error.js';
 
 export interface CloudResponse<T = unknown> {
@@ -41,6 +41,8 @@ export interface CloudHttpClientOptions {
   maxResponseBytes?: number;
   /** Deepest JSON nesting parsed; default `limits.maxJsonDepth`'s. */
   maxJsonDepth?: number;
+  /** Whether the wall clock is synced: a certificate not yet valid while it is not is a `clock` error (default: synced). */
+  clockSynced?: () => boolean;
 }
 
 
@@ -170,7 +172,9 @@ export class CloudHttpClient {
     if (timeout.aborted || (err as { code?: string }).code?.startsWith('UND_ERR_') && /timeout/i.test(String((err as Error).message))) {
       return new CloudError('timeout', `${where} timed out after ${this.opts.timeoutMs} ms`, undefined, undefined, { cause: err });
     }
-    const code = (err as { code?: string; cause?: { code?: string } }).code ?? (err as { cause?: { code?: string } }).cause?.code;
+    const clock = clockCertProblem(err, this.opts.clockSynced?.() ?? true, this.opts.clock.now());
+    if (clock) return new CloudError('clock', `${where} failed: ${clock}`, undefined, undefined, { cause: err });
+    const code = errorCode(err);
     const words = code ? NETWORK_REASONS[code] : undefined;
     const reason = words ? `${words} (${code})` : (err as Error).message;
     return new CloudError('network', `${where} failed: ${reason}`, undefined, undefined, { cause: err });

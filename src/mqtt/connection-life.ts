@@ -4,6 +4,7 @@ import type { AgentConfig } from '../config/schema.js';
 import type { ConnectionMonitor } from '../resilience/connection-monitor.js';
 import { isAbortError, type Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
+import { clockCertProblem } from '../util/network-errors.js';
 import type { Logger } from '../util/logger.js';
 import { systemRandom, type Random } from '../util/random.js';
 import { clientOptions } from './client-options.js';
@@ -64,6 +65,8 @@ export interface ConnectionLifeDeps {
   events: ConnectionEvents;
   /** mqtt.js's `connect`; a test passes a fake client. */
   connect?: (url: string, options: IClientOptions) => MqttClient;
+  /** Whether the wall clock is synced (TLS errors name the clock when it is not). Default: synced. */
+  clockSynced?: () => boolean;
 }
 
 export interface ConnectionStats {
@@ -94,6 +97,8 @@ interface Connection {
   clean: boolean;
   /** The CONNACK's refusal code, when it refused. */
   refusalCode?: number;
+  /** TLS refused the broker's certificate as not yet valid by an unsynced clock: the clock's fault, not the network's. */
+  clockProblem?: boolean;
   /** CONNACK accepted. */
   established: boolean;
   /** The 'connect' event: mqtt.js has re-sent the stored packets; new publishes may go. */
@@ -304,7 +309,7 @@ export class ConnectionLife {
     const retryNow = refusal !== undefined && !signal.aborted && this.deps.negotiator.refused(conn.version, refusal, conn.refusalCode);
     if (refusal === 'auth') error = authRefusalMessage(error);
     if (!signal.aborted && !retryNow) {
-      this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error, refusal === 'auth' ? 'answer' : 'transport');
+      this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error, refusal === 'auth' || conn.clockProblem ? 'answer' : 'transport');
     }
     if (conn.established) {
       this.counters.since = this.deps.clock.now();
@@ -323,12 +328,15 @@ export class ConnectionLife {
 
   private onClientError(conn: Connection, err: Error): void {
     const m = this.deps.config.mqtt;
+    const synced = this.deps.clockSynced?.() ?? true;
     const described = describeConnectionError(err, {
       host: this.deps.url.hostname,
       caFile: m.caFile,
       certFile: m.certFile,
       connectTimeoutMs: m.connectTimeoutMs,
+      clock: { synced, now: this.deps.clock.now() },
     });
+    if (clockCertProblem(err, synced, 0) !== undefined) conn.clockProblem = true;
     if (err.message === 'Keepalive timeout') conn.lossOperation = 'ping';
     if (err instanceof ErrorWithReasonCode && err.message.startsWith('Connection refused')) conn.refusalCode = err.code;
     // The first error of a connection is its cause; what follows is usually the same failure again.

@@ -1,6 +1,6 @@
 import { ErrorWithReasonCode, ReasonCodes } from 'mqtt';
 import { errorMessage } from '../util/errors.js';
-import { NETWORK_REASONS } from '../util/network-errors.js';
+import { clockCertProblem, NETWORK_REASONS } from '../util/network-errors.js';
 
 /**
  * What a broker's answer means for the agent: PUBACK reason codes (MQTT 5 §3.4.2.1) and connection
@@ -65,6 +65,8 @@ export interface DescribeContext {
   caFile?: string | undefined;
   certFile?: string | undefined;
   connectTimeoutMs: number;
+  /** Whether the wall clock is synced, and its reading: a certificate not yet valid by an unsynced clock is the clock's fault. */
+  clock?: { synced: boolean; now: number };
 }
 
 /** A connection error in words, followed by its code so logs stay searchable. */
@@ -85,6 +87,8 @@ export function describeConnectionError(err: unknown, ctx: DescribeContext): str
     const trust = ctx.caFile ? `the CA in mqtt.caFile (${ctx.caFile}) or the system roots` : 'the system roots (set mqtt.caFile to the CA that signed it)';
     return `TLS: the certificate of ${ctx.host} is not signed by ${trust}: ${message} (${code})`;
   }
+  const clock = ctx.clock && clockCertProblem(err, ctx.clock.synced, ctx.clock.now);
+  if (clock) return `TLS to ${ctx.host}: ${clock}`;
   if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') {
     return `TLS: the certificate of ${ctx.host} is ${code === 'CERT_HAS_EXPIRED' ? 'expired' : 'not yet valid'} (is the device clock right?): ${message} (${code})`;
   }

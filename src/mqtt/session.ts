@@ -55,6 +55,8 @@ export interface MqttSessionDeps {
    * agent's, for channel `mqtt`. None unless given.
    */
   floorMs?: () => number;
+  /** Whether the wall clock is synced (TLS errors name the clock when it is not). Default: synced. */
+  clockSynced?: () => boolean;
   clock: Clock;
   /** Spreads the retries after refused credentials, so a fleet whose key was revoked does not come back in step. */
   random?: Random;
@@ -157,6 +159,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       logger: deps.logger,
       stopTimeoutMs: deps.stopTimeoutMs,
       connect: deps.connect,
+      ...(deps.clockSynced ? { clockSynced: deps.clockSynced } : {}),
       events: {
         connected: (e) => this.emit('connected', e),
         disconnected: (e) => this.emit('disconnected', e),

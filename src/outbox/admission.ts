@@ -192,8 +192,8 @@ export class Admission {
   }
 
   private insert(m: Prepared): void {
-    const { lastInsertRowid } = this.o.q.insert.run(m.id, m.channel, m.priority, m.createdAt, m.expiresAt, m.coalesceKey, m.enc.encoding, m.enc.bytes, m.enc.data);
-    this.o.lanes.add(m.channel, m.priority, m.enc.bytes, m.createdAt, lastInsertRowid);
+    const { lastInsertRowid } = this.o.q.insert.run(m.id, m.channel, m.priority, m.createdAt, m.expiresAt, m.coalesceKey, m.enc.encoding, m.enc.bytes, m.enc.data, m.boot, m.mono);
+    this.o.lanes.add(m.channel, m.priority, m.enc.bytes, m.mono, lastInsertRowid);
     this.heads?.inserted(m.channel, m.priority, Number(lastInsertRowid), m.enc.bytes);
     this.o.counters.bump(m.channel, 'accepted');
     this.o.expiry.note(m.expiresAt);

@@ -1,16 +1,17 @@
-import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/logger.js';
 import type { OutboxCounters } from './counters.js';
 import type { Lanes } from './lanes.js';
 import type { Leases } from './leases.js';
 import type { OutboxStatements, RowRef } from './outbox-sql.js';
+import type { QueueClock } from './queue-clock.js';
 
 export interface ExpiryOptions {
   q: Pick<OutboxStatements, 'expiredRows' | 'deleteSeq' | 'minExpiry'>;
   lanes: Pick<Lanes, 'remove'>;
   counters: Pick<OutboxCounters, 'bump'>;
   leases: Pick<Leases, 'release'>;
-  clock: Pick<Clock, 'now'>;
+  /** expires_at is on the queue clock: a wall-clock step never expires (nor keeps) a message. */
+  clock: Pick<QueueClock, 'now'>;
   logger: Logger;
 }
 

@@ -3,6 +3,7 @@ import { errorMessage } from '../util/errors.js';
 import type { IdGenerator } from '../util/ids.js';
 import { CHANNEL_NAME, defaultPriority, type ChannelPolicies } from './channel-policies.js';
 import { encodePayload, type EncodedPayload } from './codec.js';
+import type { QueueClock } from './queue-clock.js';
 import { OutboxError, type EnqueueMessage } from './types.js';
 
 /** An enqueued message checked, encoded and given its id, priority and expiry: what admission decides on. */
@@ -11,10 +12,15 @@ export interface Prepared {
   idGiven: boolean;
   channel: string;
   priority: number;
+  /** Wall-clock ms of the enqueue (as the clock said then). */
   createdAt: number;
+  /** On the queue clock (queue-clock.ts), as `mono`. */
   expiresAt: number | null;
   coalesceKey: string | null;
   enc: EncodedPayload;
+  /** The boot it was queued in and the queue clock then. */
+  boot: number;
+  mono: number;
 }
 
 export interface IntakeOptions {
@@ -23,6 +29,8 @@ export interface IntakeOptions {
   limits: { maxBytes: number };
   compressAboveBytes: number;
   clock: Pick<Clock, 'now'>;
+  /** TTLs are counted on it: a wall-clock step neither expires nor extends a message. */
+  queueClock: Pick<QueueClock, 'stamp'>;
   ids: Pick<IdGenerator, 'next'>;
 }
 
@@ -62,15 +70,18 @@ export class Intake {
       throw new OutboxError('OUTBOX_TOO_LARGE', `a ${channel} message of ${enc.bytes} bytes (stored) is larger than the outbox may hold (${maxBytes} bytes)`);
     }
     const createdAt = Math.round(this.o.clock.now());
+    const { boot, mono } = this.o.queueClock.stamp();
     return {
       id: msg.id ?? this.o.ids.next(),
       idGiven: msg.id !== undefined,
       channel,
       priority,
       createdAt,
-      expiresAt: ttlMs === undefined ? null : createdAt + Math.ceil(ttlMs),
+      expiresAt: ttlMs === undefined ? null : mono + Math.ceil(ttlMs),
       coalesceKey: msg.coalesceKey ?? null,
       enc,
+      boot,
+      mono,
     };
   }
 }

@@ -1,6 +1,6 @@
 /**
  * The ledger of what is queued, kept in memory so that stats, admission and peeks never count rows:
- * per lane (a channel at one priority) its count, stored bytes, oldest `created_at` and leased
+ * per lane (a channel at one priority) its count, stored bytes, oldest queue-clock stamp and leased
  * prefix; per channel and in total the count and bytes. Every change is made in the transaction that
  * changes the rows, and a `checkpoint` taken before it restores the ledger if that transaction rolls back.
  * Each lane's count and bytes are also persisted (`outbox_lane_totals`), by `write` at the end of
@@ -12,7 +12,7 @@ export interface Lane {
   priority: number;
   count: number;
   bytes: number;
-  /** created_at of the first message in delivery order; undefined: unknown (read on demand). */
+  /** The queue-clock stamp (`mono`) of the first message in delivery order; undefined: unknown (read on demand). */
   oldest: number | undefined;
   /**
    * Every row of the lane with a smaller seq is leased, so `peekBatch` starts reading there: with a
@@ -70,7 +70,7 @@ export class Lanes {
   private s: LaneState = emptyState();
 
   /**
-   * `probeOldest`: the created_at of a lane's first row (an index probe), for a lane whose first row
+   * `probeOldest`: the queue-clock stamp of a lane's first row (an index probe), for a lane whose first row
    * changed. `store`: where `write` persists the totals (none: kept in memory only).
    */
   constructor(
@@ -91,7 +91,7 @@ export class Lanes {
   }
 
   /** A row was inserted at `seq`. */
-  add(channel: string, priority: number, bytes: number, createdAt: number, seq: number | bigint): void {
+  add(channel: string, priority: number, bytes: number, queuedAt: number, seq: number | bigint): void {
     const key = laneKey(channel, priority);
     let lane = this.s.lanes.get(key);
     if (!lane) {
@@ -99,7 +99,7 @@ export class Lanes {
       this.s.lanes.set(key, lane);
     }
     if (Number(seq) < lane.leasedBelow) lane.leasedBelow = Number(seq);
-    if (lane.count === 0) lane.oldest = createdAt;
+    if (lane.count === 0) lane.oldest = queuedAt;
     lane.count++;
     lane.bytes += bytes;
     this.s.dirty.add(key);
@@ -142,7 +142,7 @@ export class Lanes {
     this.s.total.bytes += delta;
   }
 
-  /** Forgets a lane's oldest created_at: it is probed again when asked. */
+  /** Forgets a lane's oldest stamp: it is probed again when asked. */
   forgetOldest(channel: string, priority: number): void {
     const lane = this.s.lanes.get(laneKey(channel, priority));
     // Stryker disable next-line all: equivalent: retryParked puts its row at the end (new seq), so the lane's first row and its age are unchanged (add set it when the lane was empty).
@@ -178,7 +178,7 @@ export class Lanes {
     return this.s.total;
   }
 
-  /** The created_at of the lane's first message (probed once after the first row changed). */
+  /** The queue-clock stamp of the lane's first message (probed once after the first row changed). */
   oldest(lane: Lane): number | undefined {
     if (lane.oldest === undefined && lane.count > 0) lane.oldest = this.probeOldest(lane.channel, lane.priority);
     return lane.oldest;

@@ -102,3 +102,34 @@ export const LANE_TOTALS_MISMATCH_SQL = `
   WHERE coalesce(r.n, 0) != coalesce(t.count, 0) OR coalesce(r.b, 0) != coalesce(t.bytes, 0)
   LIMIT 1
 `;
+
+/**
+ * Time you can trust (docs/outbox.md, "Time"): each message is stamped with the boot it was queued
+ * in and the queue clock then (`mono`: elapsed time that a wall-clock step never moves), and
+ * `expires_at` is counted on that clock from now on. `outbox_boots` holds each boot's origin on the
+ * queue clock, where it was last seen, and (once the clock was synced) its wall-clock origin.
+ * Rows from before have NULL stamps; the queue clock starts at the wall clock's value, so their
+ * `expires_at` needs no rewrite. Columns added, not a table rebuilt: a migration of a large queue is instant.
+ */
+export const OUTBOX_TIME_MIGRATION: Migration = {
+  version: 9,
+  name: 'outbox: boot and queue-clock stamps, the boots table',
+  up(db) {
+    db.exec(`
+        ALTER TABLE outbox ADD COLUMN boot INTEGER;
+        ALTER TABLE outbox ADD COLUMN mono INTEGER;
+        ALTER TABLE outbox_parked ADD COLUMN boot INTEGER;
+        ALTER TABLE outbox_parked ADD COLUMN mono INTEGER;
+        CREATE TABLE outbox_boots (
+          boot        INTEGER PRIMARY KEY,
+          boot_id     TEXT NOT NULL UNIQUE,
+          base        INTEGER NOT NULL,
+          seen_at     INTEGER NOT NULL,
+          seen_wall   INTEGER NOT NULL,
+          seen_synced INTEGER NOT NULL CHECK (seen_synced IN (0, 1)),
+          synced_at   INTEGER,
+          wall_origin INTEGER
+        ) STRICT;
+      `);
+  },
+};

@@ -1,7 +1,7 @@
 import type { Database, Statement } from 'better-sqlite3';
 
 /**
- * Every statement the outbox runs, prepared once per connection. Schema: migrations 2 and 7 (docs/outbox.md).
+ * Every statement the outbox runs, prepared once per connection. Schema: migrations 2, 7 and 9 (docs/outbox.md).
  * Rows are read through the `outbox_lane` index (channel, priority, seq, bytes), so a lane's rows
  * come in delivery order and its totals come from the index alone.
  *
@@ -15,7 +15,7 @@ export function prepareOutboxStatements(db: Database) {
   const p = (sql: string): Statement => db.prepare(sql);
   return {
     insert: p(
-      'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
     ),
     idExists: p('SELECT 1 FROM outbox WHERE id = ?'),
     coalesceFind: p('SELECT seq, priority, bytes FROM outbox WHERE channel = ? AND coalesce_key = ?'),
@@ -28,12 +28,13 @@ export function prepareOutboxStatements(db: Database) {
     findById: p('SELECT seq, channel, priority, bytes FROM outbox WHERE id = ?'),
     laneKeys: p('SELECT seq, bytes FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?+0'),
     laneRows: p(
-      'SELECT seq, id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?+0',
+      'SELECT seq, id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?+0',
     ),
     peekRows: p(
-      'SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?+0',
+      'SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?+0',
     ).raw(),
-    laneOldest: p('SELECT created_at FROM outbox WHERE channel = ? AND priority = ? ORDER BY seq LIMIT 1'),
+    // On the queue clock (rows from before migration 9: their created_at, which the queue clock started at).
+    laneOldest: p('SELECT coalesce(mono, created_at) AS at FROM outbox WHERE channel = ? AND priority = ? ORDER BY seq LIMIT 1'),
     expiredRows: p('SELECT seq, id, channel, priority, bytes FROM outbox WHERE expires_at <= ? ORDER BY expires_at LIMIT ?+0'),
     minExpiry: p('SELECT min(expires_at) AS t FROM outbox WHERE expires_at IS NOT NULL'),
     updatePayload: p('UPDATE outbox SET id = ?, encoding = ?, bytes = ?, payload = ? WHERE seq = ?'),
@@ -48,23 +49,31 @@ export function prepareOutboxStatements(db: Database) {
     loadParked: p('SELECT channel, count(*) AS n FROM outbox_parked GROUP BY channel'),
     counterSet: p('INSERT INTO outbox_counters (channel, counter, value) VALUES (?, ?, ?) ON CONFLICT (channel, counter) DO UPDATE SET value = excluded.value'),
     parkInsert: p(
-      `INSERT OR REPLACE INTO outbox_parked (id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload)
-       SELECT id, channel, priority, created_at, expires_at, encoding, bytes, ?, ?, payload FROM outbox WHERE seq = ?`,
+      `INSERT OR REPLACE INTO outbox_parked (id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload, boot, mono)
+       SELECT id, channel, priority, created_at, expires_at, encoding, bytes, ?, ?, payload, boot, mono FROM outbox WHERE seq = ?`,
     ),
     parkedOldest: p('SELECT parked_seq, channel FROM outbox_parked ORDER BY parked_seq LIMIT ?+0'),
     parkedDelete: p('DELETE FROM outbox_parked WHERE parked_seq = ?'),
     parkedIds: p('SELECT id FROM outbox_parked ORDER BY parked_seq'),
-    parkedGet: p('SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason FROM outbox_parked WHERE id = ?'),
+    parkedGet: p('SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, boot, mono FROM outbox_parked WHERE id = ?'),
     parkedList: p(
-      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload FROM outbox_parked ORDER BY parked_seq LIMIT ?+0',
+      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload, boot, mono FROM outbox_parked ORDER BY parked_seq LIMIT ?+0',
     ),
     parkedListChannel: p(
-      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload FROM outbox_parked WHERE channel = ? ORDER BY parked_seq LIMIT ?+0',
+      'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload, boot, mono FROM outbox_parked WHERE channel = ? ORDER BY parked_seq LIMIT ?+0',
     ),
     unparkInsert: p(
-      `INSERT OR IGNORE INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload)
-       SELECT id, channel, priority, created_at, expires_at, NULL, encoding, bytes, payload FROM outbox_parked WHERE id = ?`,
+      `INSERT OR IGNORE INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono)
+       SELECT id, channel, priority, created_at, expires_at, NULL, encoding, bytes, payload, boot, mono FROM outbox_parked WHERE id = ?`,
     ),
+    // The queue clock's boots (queue-clock.ts).
+    bootById: p('SELECT boot, boot_id, base, seen_at, seen_wall, seen_synced, synced_at, wall_origin FROM outbox_boots WHERE boot_id = ?'),
+    bootLast: p('SELECT boot, boot_id, base, seen_at, seen_wall, seen_synced, synced_at, wall_origin FROM outbox_boots ORDER BY boot DESC LIMIT 1'),
+    bootInsert: p('INSERT INTO outbox_boots (boot_id, base, seen_at, seen_wall, seen_synced) VALUES (?, ?, ?, ?, ?)'),
+    bootSeen: p('UPDATE outbox_boots SET seen_at = ?, seen_wall = ?, seen_synced = ? WHERE boot = ?'),
+    bootSynced: p('UPDATE outbox_boots SET synced_at = ?, wall_origin = ? WHERE boot = ?'),
+    bootOrigins: p('SELECT boot, synced_at, wall_origin FROM outbox_boots WHERE wall_origin IS NOT NULL'),
+    bootsPrune: p('DELETE FROM outbox_boots WHERE boot <= ?'),
   };
 }
 
@@ -90,10 +99,25 @@ export interface Row {
   encoding: number;
   bytes: number;
   payload: string | Buffer;
+  /** The boot it was queued in (`outbox_boots`) and the queue clock then; NULL for rows queued before migration 9. */
+  boot: number | null;
+  mono: number | null;
 }
 
-/** A row of `peekRows` (raw): seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload. */
-export type LaneRow = [number, string, number, number | null, string | null, number, number, string | Buffer];
+/** A row of `peekRows` (raw): seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono. */
+export type LaneRow = [number, string, number, number | null, string | null, number, number, string | Buffer, number | null, number | null];
+
+/** A row of `outbox_boots` (queue-clock.ts). */
+export interface BootRow {
+  boot: number;
+  boot_id: string;
+  base: number;
+  seen_at: number;
+  seen_wall: number;
+  seen_synced: number;
+  synced_at: number | null;
+  wall_origin: number | null;
+}
 
 /** A row of `outbox_parked`. */
 export interface ParkedRow extends Omit<Row, 'seq' | 'coalesce_key'> {

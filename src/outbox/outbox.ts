@@ -19,6 +19,7 @@ import { Leases } from './leases.js';
 import { DropReporter, type OnLimit } from './limits.js';
 import { LANE_TOTALS_MISMATCH_SQL } from './migration.js';
 import { prepareOutboxStatements, type OutboxStatements } from './outbox-sql.js';
+import { QueueClock } from './queue-clock.js';
 import { Parking } from './parking.js';
 import { Reader } from './reader.js';
 import { recoverOutbox } from './recovery.js';
@@ -49,6 +50,8 @@ import {
  *   in step with the rows and restoring it on a rollback; disk-watermark.ts watches free space;
  * - reader.ts reads batches in delivery order; leases.ts holds what is in flight; ack.ts deletes
  *   what was delivered; parking.ts keeps what a sink refused for good; rewrite.ts is downsampling's;
+ * - queue-clock.ts is the time TTLs and ages run on (no wall-clock step moves it, reboots carry it) and
+ *   corrects the wall times of messages queued before the clock was synced;
  * - recovery.ts rebuilds the ledger at open; stats.ts reports it; outbox-sql.ts holds every statement.
  *
  * Durability. `enqueue` resolves only once the transaction holding the message is as durable as
@@ -96,6 +99,8 @@ export interface OutboxOptions {
   maxParked?: number;
   /** The file calls that sync the WAL after an enqueue's commit (default node:fs; tests inject failures). */
   walSyncFs?: WalSyncFs;
+  /** Whether the wall clock is synced now (clock-sync.ts): what the queue clock trusts it for (docs/outbox.md, "Time"). Default: never. */
+  clockSynced?: () => boolean;
   /** Called after every committed enqueue transaction (tests and metrics). */
   onCommit?: (info: CommitInfo) => void;
   /**
@@ -119,6 +124,7 @@ export class Outbox {
   private readonly counters: OutboxCounters;
   private readonly leases: Leases;
   private readonly expiry: Expiry;
+  private readonly queueClock: QueueClock;
   private readonly disk: DiskWatermark;
   private readonly tx: Transactor;
   private readonly intake: Intake;
@@ -150,20 +156,21 @@ export class Outbox {
     const q = (this.q = prepareOutboxStatements(db));
     this.store = opts.store;
     const policies = (this.policies = new ChannelPolicies(opts.channels, opts.onLimit));
-    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at, {
+    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { at: number } | undefined)?.at, {
       set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
       clear: () => q.laneTotalsClear.run(),
     }));
     const counters = (this.counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value)));
     const leases = (this.leases = new Leases(lanes, clock, opts.leaseMs ?? 300_000));
-    const expiry = (this.expiry = new Expiry({ q, lanes, counters, leases, clock, logger }));
+    const queueClock = (this.queueClock = new QueueClock({ clock, synced: opts.clockSynced ?? (() => false), logger }));
+    const expiry = (this.expiry = new Expiry({ q, lanes, counters, leases, clock: queueClock, logger }));
     const disk = (this.disk = new DiskWatermark({ db, path: opts.store.path, clock, logger, pageSize, walBudget: opts.store.walCheckpointPages * pageSize, ...opts.disk }));
     const checkpoint = (): (() => void) => {
-      const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint()];
+      const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint(), queueClock.checkpoint()];
       return () => restores.forEach((restore) => restore());
     };
-    const tx = (this.tx = new Transactor({ db, checkpoint, counters, lanes, disk, onDrops: () => this.drops.noteDrops() }));
-    this.intake = new Intake({ policies, limits, compressAboveBytes, clock, ids });
+    const tx = (this.tx = new Transactor({ db, checkpoint, counters, lanes, queueClock, disk, onDrops: () => this.drops.noteDrops() }));
+    this.intake = new Intake({ policies, limits, compressAboveBytes, clock, queueClock, ids });
     this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, disk, policies, limits });
     const level = (this.syncLevel = syncLevel(db));
     const walSync = (this.walSync = new WalSync(opts.store.path, { onIdle: () => this.group.release(), fs: opts.walSyncFs }));
@@ -174,9 +181,9 @@ export class Outbox {
       commit: (batch, messages) => this.commitBatch(batch, messages),
       hold: level >= 2 ? () => walSync.busy : undefined,
     });
-    this.reader = new Reader({ q, lanes, leases, logger });
+    this.reader = new Reader({ q, lanes, leases, queueClock, logger });
     this.acks = new Acks({ db, q, tx, lanes, counters, leases, logger, syncLevel: level });
-    this.parking = new Parking({ q, tx, lanes, counters, leases, expiry, clock, logger, maxParked: opts.maxParked ?? 10_000 });
+    this.parking = new Parking({ q, tx, lanes, counters, leases, expiry, clock, queueClock, logger, maxParked: opts.maxParked ?? 10_000 });
     this.rewriter = new Rewriter({ q, tx, lanes, counters, leases, ids, compressAboveBytes });
     this.superseded = new Superseded({
       q,
@@ -190,6 +197,7 @@ export class Outbox {
     // A salvage copies the totals of the damaged file beside fewer rows: always counted again then.
     const trustTotals = !store.quarantine && (!store.integrityChecked || store.verifyLater({ name: 'outbox lane totals', sql: LANE_TOTALS_MISMATCH_SQL }, (row) => this.recount(row)));
     recoverOutbox({ q, lanes, counters, expiry, logger, trustTotals });
+    this.openQueueClock();
     if (lanes.unwritten) this.persistTotals('counted at open');
     const totals = () => counters.dropTotals();
     this.drops = new DropReporter({ db, clock, logger, intervalMs: opts.dropLogIntervalMs ?? 60_000, totals });
@@ -407,9 +415,25 @@ export class Outbox {
     }
   }
 
-  /** Expiry and lease upkeep before a read. */
+  /** Finds or starts this boot's row; on failure ages are kept in memory only (the next open carries on from the last write). */
+  private openQueueClock(): void {
+    try {
+      this.db.transaction(() => this.queueClock.open(this.q))();
+    } catch (err) {
+      this.logger.error({ err: errorMessage(err) }, 'outbox: the boot of the queue clock could not be written; message ages carry on from the last one written');
+    }
+  }
+
+  /** Expiry, lease upkeep and a first clock sync (so what is read next carries corrected times) before a read. */
   private maintain(): void {
     this.leases.releaseExpired();
+    if (this.queueClock.syncPending) {
+      try {
+        this.tx.run('noting the clock synced', () => undefined);
+      } catch (err) {
+        this.logger.warn({ err: errorMessage(err) }, 'outbox: noting the clock synced failed; will retry');
+      }
+    }
     if (!this.expiry.due()) return;
     try {
       this.tx.run('expiring messages', () => this.expiry.expireDue());
@@ -447,7 +471,7 @@ export class Outbox {
       counters: this.counters,
       leases: this.leases,
       policies: this.policies,
-      now: this.clock.now(),
+      now: this.queueClock.now(),
       totals: {
         commits: this.commits,
         pending: this.group.messages,

@@ -8,6 +8,8 @@ import type { Expiry } from './expiry.js';
 import type { Lanes } from './lanes.js';
 import type { Leases } from './leases.js';
 import type { OutboxStatements, ParkedRow, RowRef } from './outbox-sql.js';
+import type { QueueClock } from './queue-clock.js';
+import { expiryWall, type WallTimes } from './reader.js';
 import type { Transactor } from './transactor.js';
 import type { ParkedMessage } from './types.js';
 
@@ -22,6 +24,8 @@ export interface ParkingOptions {
   leases: Pick<Leases, 'release'>;
   expiry: Pick<Expiry, 'note'>;
   clock: Pick<Clock, 'now'>;
+  /** A message's wall time, corrected when its boot's clock got synced after it was queued. */
+  queueClock: Pick<QueueClock, 'wallOf' | 'wallOffset'>;
   logger: Logger;
   /** Most parked messages kept; beyond, the oldest parked are dropped (counted as parkedLimit). */
   maxParked: number;
@@ -63,7 +67,9 @@ export class Parking {
   list(opts: { channel?: string; limit?: number } = {}): ParkedMessage[] {
     const limit = opts.limit ?? 100;
     const rows = (opts.channel === undefined ? this.o.q.parkedList.all(limit) : this.o.q.parkedListChannel.all(opts.channel, limit)) as ParkedRow[];
-    return rows.map(parkedMessage);
+    const q = this.o.queueClock;
+    const time = { wallOf: (c: number, b: number | null, m: number | null) => q.wallOf(c, b, m), offset: q.wallOffset() };
+    return rows.map((r) => parkedMessage(r, time));
   }
 
   /** Puts parked messages (all, or these ids) back at the end of the queue. Limits apply at the next enqueue. */
@@ -78,7 +84,7 @@ export class Parking {
         this.o.q.parkedDelete.run(row.parked_seq);
         this.o.counters.addParked(row.channel, -1);
         if (inserted.changes === 0) continue; // already queued under that id
-        this.o.lanes.add(row.channel, row.priority, row.bytes, row.created_at, inserted.lastInsertRowid);
+        this.o.lanes.add(row.channel, row.priority, row.bytes, row.mono ?? row.created_at, inserted.lastInsertRowid);
         this.o.lanes.forgetOldest(row.channel, row.priority);
         this.o.expiry.note(row.expires_at);
         done++;
@@ -125,7 +131,7 @@ export class Parking {
   }
 }
 
-function parkedMessage(r: ParkedRow): ParkedMessage {
+function parkedMessage(r: ParkedRow, time: WallTimes): ParkedMessage {
   // A message parked because its payload cannot be decoded must not hide the rest of the list.
   let payload: Json = null;
   let payloadError: string | undefined;
@@ -138,8 +144,8 @@ function parkedMessage(r: ParkedRow): ParkedMessage {
     id: r.id,
     channel: r.channel,
     priority: r.priority,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
+    createdAt: time.wallOf(r.created_at, r.boot, r.mono),
+    expiresAt: expiryWall(r.expires_at, time.offset),
     payload,
     storedBytes: r.bytes,
     compressed: r.encoding === 1,

@@ -4,12 +4,15 @@ import { decodePayload } from './codec.js';
 import { mergeLanes, type Lane, type Lanes } from './lanes.js';
 import type { Leases } from './leases.js';
 import type { LaneRow, OutboxStatements, Row } from './outbox-sql.js';
+import type { QueueClock } from './queue-clock.js';
 import type { OutboxMessage, PeekOptions } from './types.js';
 
 export interface ReaderOptions {
   q: Pick<OutboxStatements, 'peekRows' | 'laneRows'>;
   lanes: Pick<Lanes, 'nonEmpty' | 'leasedUpTo'>;
   leases: Pick<Leases, 'isLeased' | 'grant' | 'untilFromNow'>;
+  /** A message's wall time, corrected when its boot's clock got synced after it was queued. */
+  queueClock: Pick<QueueClock, 'wallOf' | 'wallOffset'>;
   logger: Logger;
 }
 
@@ -49,6 +52,7 @@ export class Reader {
     const seqs: number[] = [];
     // Stryker disable next-line MethodExpression: the chunk is how many rows one read fetches; a larger one returns the same messages
     const chunk = Math.min(512, maxCount + Math.min(exclude.size, 448) + 8);
+    const time = { wallOf: (c: number, b: number | null, m: number | null) => this.o.queueClock.wallOf(c, b, m), offset: this.o.queueClock.wallOffset() };
     /** Takes or skips one row; false once the batch is complete. */
     const visit = (lane: Lane, r: LaneRow): boolean => {
       const seq = r[0];
@@ -67,7 +71,7 @@ export class Reader {
       if (out.length > 0 && bytes + rowBytes > maxBytes) return false;
       let msg: OutboxMessage;
       try {
-        msg = messageOf(lane, r);
+        msg = messageOf(lane, r, time);
       } catch (err) {
         this.o.logger.error({ id, channel: lane.channel, err: errorMessage(err) }, `outbox message ${id} cannot be decoded; parking it`);
         undecodable.push(id);
@@ -112,23 +116,35 @@ export class Reader {
   readChannel(channel: string, limit: number): (OutboxMessage & { leased: boolean })[] {
     const lanes = this.o.lanes.nonEmpty().filter((l) => l.channel === channel);
     const out: (OutboxMessage & { leased: boolean })[] = [];
+    const time = { wallOf: (c: number, b: number | null, m: number | null) => this.o.queueClock.wallOf(c, b, m), offset: this.o.queueClock.wallOffset() };
     if (limit <= 0) return out;
     // Stryker disable next-line MethodExpression: the chunk size of the reads; a larger one returns the same rows
     for (const row of mergeLanes(lanes, (lane, after, n) => this.o.q.laneRows.all(lane.channel, lane.priority, after, n) as Row[], Math.min(limit, 512))) {
-      out.push({ ...toMessage(row), leased: this.o.leases.isLeased(row.seq) });
+      out.push({ ...toMessage(row, time), leased: this.o.leases.isLeased(row.seq) });
       if (out.length >= limit) break;
     }
     return out;
   }
 }
 
-function messageOf(lane: Lane, r: LaneRow): OutboxMessage {
+/** How a read turns stored times into wall times: `wallOf` for when it was queued, `offset` for its expiry. */
+export interface WallTimes {
+  wallOf: QueueClock['wallOf'];
+  offset: number;
+}
+
+/** A queue-clock expiry as the wall time it falls at (as the wall clock reads now). */
+export function expiryWall(expiresAt: number | null, offset: number): number | null {
+  return expiresAt === null ? null : Math.round(expiresAt + offset);
+}
+
+function messageOf(lane: Lane, r: LaneRow, time: WallTimes): OutboxMessage {
   return {
     id: r[1],
     channel: lane.channel,
     priority: lane.priority,
-    createdAt: r[2],
-    expiresAt: r[3],
+    createdAt: time.wallOf(r[2], r[8], r[9]),
+    expiresAt: expiryWall(r[3], time.offset),
     coalesceKey: r[4],
     payload: decodePayload(r[5], r[7]),
     storedBytes: r[6],
@@ -136,13 +152,13 @@ function messageOf(lane: Lane, r: LaneRow): OutboxMessage {
   };
 }
 
-function toMessage(r: Row): OutboxMessage {
+function toMessage(r: Row, time: WallTimes): OutboxMessage {
   return {
     id: r.id,
     channel: r.channel,
     priority: r.priority,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
+    createdAt: time.wallOf(r.created_at, r.boot, r.mono),
+    expiresAt: expiryWall(r.expires_at, time.offset),
     coalesceKey: r.coalesce_key,
     payload: decodePayload(r.encoding, r.payload),
     storedBytes: r.bytes,

@@ -10,7 +10,7 @@ export interface StatsSources {
   counters: Pick<OutboxCounters, 'of' | 'parkedOf' | 'channelNames'>;
   leases: Pick<Leases, 'countByChannel'>;
   policies: Pick<ChannelPolicies, 'names' | 'onLimitOf'>;
-  /** Wall-clock ms now. */
+  /** The queue clock now (queue-clock.ts): ages no wall-clock step changes. */
   now: number;
   /** What is not per channel: commits, pending, durability, disk. */
   totals: Pick<OutboxStats, 'commits' | 'pending' | 'durability' | 'disk'>;

@@ -3,6 +3,7 @@ import { errorMessage } from '../util/errors.js';
 import type { OutboxCounters } from './counters.js';
 import { isDiskFull, type DiskWatermark } from './disk-watermark.js';
 import type { Lanes } from './lanes.js';
+import type { QueueClock } from './queue-clock.js';
 import { OutboxError } from './types.js';
 
 export interface TransactorOptions {
@@ -12,6 +13,8 @@ export interface TransactorOptions {
   counters: Pick<OutboxCounters, 'write' | 'takeDrops' | 'discardDrops'>;
   /** The ledger's per-lane totals, persisted at the end of each transaction with the counters. */
   lanes: Pick<Lanes, 'write'>;
+  /** Where the queue clock was last seen (and the boot's wall origin once synced), written at the end of each transaction. */
+  queueClock?: Pick<QueueClock, 'write'>;
   disk: Pick<DiskWatermark, 'reclaimWal' | 'afterWrite' | 'full'>;
   /** A committed transaction dropped messages (the drop reporter's cue). */
   onDrops: () => void;
@@ -49,6 +52,7 @@ export class Transactor {
         const out = fn();
         this.o.counters.write();
         this.o.lanes.write();
+        this.o.queueClock?.write();
         return out;
       });
     try {

@@ -31,8 +31,9 @@ export interface OutboxMessage {
   id: string;
   channel: string;
   priority: number;
-  /** Wall-clock epoch ms of the enqueue; the `ts` of PROTOCOL.md. */
+  /** Wall-clock epoch ms of the enqueue (corrected when the clock got synced after it: docs/outbox.md "Time"); the `ts` of PROTOCOL.md. */
   createdAt: number;
+  /** When its TTL lapses, as the wall clock reads now (TTLs run on the queue clock: a wall-clock step moves this, never the expiry itself). */
   expiresAt: number | null;
   coalesceKey: string | null;
   payload: Json;

@@ -8,9 +8,11 @@ import { AgentError } from '../util/errors.js';
  * Why a cloud call failed, in the terms the retry logic needs:
  * - `network`: no connection (refused, reset, DNS) — retry with backoff;
  * - `timeout`: no complete answer within `requestTimeoutMs` — retry with backoff;
- * - `http`: an answer with a failing status — retry for 5xx, 408, 429; park for other 4xx.
+ * - `http`: an answer with a failing status — retry for 5xx, 408, 429; park for other 4xx;
+ * - `clock`: the device clock is not synced and the server's certificate is not yet valid by it
+ *   (CLOUD_CLOCK) — not a network problem; retried, and at once when the clock gets synced.
  */
-export type CloudErrorKind = 'network' | 'timeout' | 'http';
+export type CloudErrorKind = 'network' | 'timeout' | 'http' | 'clock';
 
 export class CloudError extends AgentError {
   constructor(

@@ -7,9 +7,12 @@ export interface OutcomeSink {
   markFailure(channel: string, operation: string, error: string, kind?: FailureKind): void;
 }
 
-/** A transport failure (no connection, timeout) or an answer (the cloud said 5xx, 4xx). */
+/**
+ * A transport failure (no connection, timeout) or an answer (the cloud said 5xx, 4xx). A TLS
+ * refusal for want of a synced clock is an answer too: the cloud was reached, the network is fine.
+ */
 export function failureKind(err: unknown): FailureKind {
-  return err instanceof CloudError && err.kind === 'http' ? 'answer' : 'transport';
+  return err instanceof CloudError && (err.kind === 'http' || err.kind === 'clock') ? 'answer' : 'transport';
 }
 
 /**

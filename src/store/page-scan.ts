@@ -73,8 +73,12 @@ function valueFits(c: ColumnDef, v: StoredValue): boolean {
   return c.type === 'BLOB';
 }
 
+/**
+ * Whether a decoded record is a row of a table with `columns`. A row written before an `ALTER TABLE
+ * ADD COLUMN` has fewer fields, which SQLite reads as NULL: it fits when each missing column may be NULL.
+ */
 export function rowFits(columns: ColumnDef[], values: StoredValue[]): boolean {
-  return values.length === columns.length && columns.every((c, i) => valueFits(c, values[i]!));
+  return values.length > 0 && values.length <= columns.length && columns.every((c, i) => valueFits(c, i < values.length ? values[i]! : null));
 }
 
 /** The rows of one table-leaf page: readable ones (but those `skip` names), and how many cells were unreadable. */

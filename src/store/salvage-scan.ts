@@ -108,7 +108,8 @@ function copyTable(fresh: Database, file: PageFile, name: string, target: ScanTa
       if (orphans.has(p) && target.liveRowids && !target.liveRowids.has(r.rowid)) continue;
       if (seen.has(r.rowid) || copied.has(r.rowid)) continue;
       seen.add(r.rowid);
-      batch.push([r.rowid, ...cols.map((c) => bindable(r.values[byName.get(c)!]!))]);
+      // A field a short record lacks (written before an ADD COLUMN) is NULL.
+      batch.push([r.rowid, ...cols.map((c) => bindable(r.values[byName.get(c)!] ?? null))]);
       if (batch.length >= BATCH) copier.flush(batch);
     }
   }

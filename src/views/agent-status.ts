@@ -1,4 +1,5 @@
 import { configStatus, type ConfigSource, type ConfigStatus } from '../config/fallback.js';
+import type { ClockSync, ClockSyncState } from '../resilience/clock-sync.js';
 import type { ConnectionHealth, ConnectionMonitor } from '../resilience/connection-monitor.js';
 import type { DegradationController, FeatureState } from '../resilience/degradation.js';
 import type { Outbox } from '../outbox/outbox.js';
@@ -15,7 +16,7 @@ export interface DegradationView {
   features: FeatureState[];
 }
 
-export type ConnectionView = ConnectionHealth & { degradation: DegradationView; mqtt: unknown };
+export type ConnectionView = ConnectionHealth & { degradation: DegradationView; mqtt: unknown; clockSynced: boolean; clock: ClockSyncState };
 
 export interface AgentStatusParts {
   version: string;
@@ -26,6 +27,7 @@ export interface AgentStatusParts {
   outbox: Pick<Outbox, 'stats'>;
   degradation: Pick<DegradationController, 'mode' | 'since' | 'reason' | 'features'>;
   mqtt: { stats(): unknown } | undefined;
+  clockSync: Pick<ClockSync, 'state'>;
 }
 
 /**
@@ -56,10 +58,13 @@ export class AgentStatus {
   connectionHealth(): ConnectionView {
     const q = this.p.outbox.stats();
     const d = this.p.degradation;
+    const clock = this.p.clockSync.state;
     return {
       ...this.p.monitor.health({ queue: { depth: q.depth, bytes: q.bytes, oldestAgeMs: q.oldestAgeMs, dropped: q.dropped, expired: q.expired } }),
       degradation: { mode: d.mode(), since: d.since(), reason: d.reason(), features: d.features() },
       mqtt: this.p.mqtt?.stats() ?? null,
+      clockSynced: clock.synced,
+      clock,
     };
   }
 }

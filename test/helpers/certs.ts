@@ -72,3 +72,29 @@ export function makeCa(name = 'Iotistic Test CA'): TestCa {
     dispose: () => rmSync(dir, { recursive: true, force: true }),
   };
 }
+
+/**
+ * A server certificate for 127.0.0.1 signed by `ca` that is valid only from 2030 on: what a device
+ * whose clock reads 1970 (or any time before 2030) sees as "not yet valid". `openssl ca`, as
+ * `x509 -req` of OpenSSL 3.0 cannot set the start date.
+ */
+export function notYetValidServer(ca: TestCa): CertPair {
+  const dir = ca.dir;
+  const keyFile = join(dir, 'future.key');
+  const csr = join(dir, 'future.csr');
+  const certFile = join(dir, 'future.crt');
+  const conf = join(dir, 'future-ca.cnf');
+  writeFileSync(join(dir, 'index.txt'), '');
+  writeFileSync(join(dir, 'serial'), '1000\n');
+  writeFileSync(
+    conf,
+    [
+      '[ca]', 'default_ca = d', '[d]', `dir = ${dir}`, 'database = $dir/index.txt', 'new_certs_dir = $dir', 'serial = $dir/serial',
+      'default_md = sha256', 'policy = any', 'unique_subject = no', '[any]', 'commonName = supplied',
+      '[ext]', 'basicConstraints = CA:FALSE', 'keyUsage = critical,digitalSignature', 'extendedKeyUsage = serverAuth', 'subjectAltName = IP:127.0.0.1,DNS:localhost', '',
+    ].join('\n'),
+  );
+  openssl(['req', '-new', ...KEY, '-keyout', keyFile, '-out', csr, '-subj', '/CN=127.0.0.1'], dir);
+  openssl(['ca', '-batch', '-config', conf, '-cert', ca.caFile, '-keyfile', ca.caKeyFile, '-in', csr, '-out', certFile, '-startdate', '20300101000000Z', '-enddate', '20310101000000Z', '-extensions', 'ext', '-notext'], dir);
+  return { certFile, keyFile };
+}

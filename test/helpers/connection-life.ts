@@ -125,6 +125,8 @@ export interface HarnessOptions {
   lingerOnGracefulEnd?: boolean;
   holdClose?: boolean;
   stopTimeoutMs?: number;
+  /** Whether the wall clock is synced (default: the life's own default, synced). */
+  clockSynced?: () => boolean;
 }
 
 export function harness(o: HarnessOptions = {}): Harness {
@@ -183,6 +185,7 @@ export function harness(o: HarnessOptions = {}): Harness {
     random,
     logger: o.logger ?? silentLogger(),
     stopTimeoutMs: o.stopTimeoutMs,
+    ...(o.clockSynced ? { clockSynced: o.clockSynced } : {}),
     events: {
       connected: (e) => void events.connected.push(e),
       disconnected: (e) => void events.disconnected.push(e),

@@ -14,6 +14,9 @@ interface Sleeper {
 export class FakeClock implements Clock {
   private mono = 0;
   private wall: number;
+  /** `mono` when the current (fake) boot began, less the uptime it had then. */
+  private bootOrigin = 0;
+  private boots = 0;
   private sleepers: Sleeper[] = [];
   private seq = 0;
 
@@ -27,6 +30,26 @@ export class FakeClock implements Clock {
 
   monotonic(): number {
     return this.mono;
+  }
+
+  uptime(): number {
+    return this.mono - this.bootOrigin;
+  }
+
+  bootId(): string {
+    return `fake-boot-${this.boots}`;
+  }
+
+  /**
+   * A (faked) reboot: a new boot id, uptime restarts at `uptimeMs`, the wall clock moves by `wallDeltaMs`
+   * (the downtime as an RTC would count it, or a step to 1970 without one). `monotonic()` goes on, so
+   * sleepers of the test itself are unaffected.
+   */
+  reboot(opts: { uptimeMs?: number; wallDeltaMs?: number; wallMs?: number } = {}): void {
+    this.boots++;
+    this.bootOrigin = this.mono - (opts.uptimeMs ?? 0);
+    if (opts.wallMs !== undefined) this.wall = opts.wallMs;
+    else this.wall += opts.wallDeltaMs ?? 0;
   }
 
   /** Moves the wall clock only (an NTP correction); monotonic time is untouched. */

@@ -9,6 +9,7 @@ import { Lanes } from '../../src/outbox/lanes.js';
 import { Leases } from '../../src/outbox/leases.js';
 import type { OnLimit } from '../../src/outbox/limits.js';
 import { prepareOutboxStatements } from '../../src/outbox/outbox-sql.js';
+import { QueueClock } from '../../src/outbox/queue-clock.js';
 import { Transactor } from '../../src/outbox/transactor.js';
 import type { ChannelPolicy, EnqueueMessage } from '../../src/outbox/types.js';
 import { Store } from './store.js';
@@ -24,6 +25,8 @@ export interface PartsOptions {
   onLimit?: Partial<OnLimit>;
   /** Free bytes the disk watermark reads (default: plenty). */
   freeBytes?: () => number;
+  /** Whether the wall clock counts as synced (default: not). */
+  clockSynced?: () => boolean;
   minFreeBytes?: number;
   leaseMs?: number;
   logger?: Logger;
@@ -42,13 +45,15 @@ export function outboxParts(dir: string, o: PartsOptions = {}) {
   const ids = new IdGenerator(() => clock.now());
   const limits = o.limits ?? { maxCount: 1_000, maxBytes: 1 << 30 };
   const policies = new ChannelPolicies(o.channels, o.onLimit);
-  const lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { created_at: number } | undefined)?.created_at, {
+  const lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { at: number } | undefined)?.at, {
     set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
     clear: () => q.laneTotalsClear.run(),
   });
   const counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value));
   const leases = new Leases(lanes, clock, o.leaseMs ?? 60_000);
-  const expiry = new Expiry({ q, lanes, counters, leases, clock, logger });
+  const queueClock = new QueueClock({ clock, synced: o.clockSynced ?? (() => false), logger });
+  db.transaction(() => queueClock.open(q))();
+  const expiry = new Expiry({ q, lanes, counters, leases, clock: queueClock, logger });
   const disk = new DiskWatermark({
     db,
     path: store.path,
@@ -61,16 +66,16 @@ export function outboxParts(dir: string, o: PartsOptions = {}) {
   });
   const drops: number[] = [];
   const checkpoint = (): (() => void) => {
-    const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint()];
+    const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint(), queueClock.checkpoint()];
     return () => restores.forEach((r) => r());
   };
-  const tx = new Transactor({ db, checkpoint, counters, lanes, disk, onDrops: () => void drops.push(1) });
-  const intake = new Intake({ policies, limits, compressAboveBytes: 1024, clock, ids });
+  const tx = new Transactor({ db, checkpoint, counters, lanes, queueClock, disk, onDrops: () => void drops.push(1) });
+  const intake = new Intake({ policies, limits, compressAboveBytes: 1024, clock, queueClock, ids });
   const prepare = (m: EnqueueMessage) => intake.prepare(m);
   /** Rows of the outbox table, in seq order: `channel:payload`. */
   const rows = (): string[] =>
     (db.prepare('SELECT channel, payload FROM outbox ORDER BY seq').all() as { channel: string; payload: string }[]).map((r) => `${r.channel}:${r.payload}`);
-  return { store, db, q, clock, logger, ids, limits, policies, lanes, counters, leases, expiry, disk, tx, intake, prepare, rows, drops };
+  return { store, db, q, clock, logger, ids, limits, policies, lanes, counters, leases, queueClock, expiry, disk, tx, intake, prepare, rows, drops };
 }
 
 export type OutboxParts = ReturnType<typeof outboxParts>;

@@ -27,6 +27,8 @@ describe('iotistic-agent run', () => {
     const conn = await agent.get('/v2/connection');
     expect(conn.status).toBe(200);
     expect(conn.body).toMatchObject({ status: expect.stringMatching(/^(online|degraded|offline)$/), uptime: expect.any(Number), pollFailures: 0, reportFailures: 0, offlineSince: null });
+    // This machine's own answer (timesyncd, timedatectl or the build date), or pending if asked before the first check.
+    expect(conn.body).toMatchObject({ clockSynced: expect.any(Boolean), clock: { source: expect.stringMatching(/^(pending|timesyncd|timedatectl|plausibility)$/), detail: expect.any(String) } });
 
     // Everything but /ping and /v1/healthy needs the key.
     const anon = await fetch(`${agent.apiUrl}/v2/connection`);

@@ -87,6 +87,29 @@ describe('ConnectionLife: the broker’s packets', () => {
     expect(log.records().filter((r) => r.msg === `mqtt: ${described}`)).toEqual([expect.objectContaining({ level: 20, err: described })]);
   });
 
+  it('names the clock for a certificate not yet valid while the clock is not synced, and counts it as an answer, not a network failure', async () => {
+    let synced = false;
+    const h = harness({ clockSynced: () => synced });
+    h.start();
+    await settle();
+    h.clients[0]!.fail(Object.assign(new Error('certificate is not yet valid'), { code: 'CERT_NOT_YET_VALID' }));
+    h.clients[0]!.end(true);
+    await settle();
+    expect(h.failures).toEqual([
+      {
+        operation: 'connect',
+        error: "TLS to broker.test: the device clock is not synced (it reads 2026-01-01T00:00:00.000Z), and by it the server's certificate is not yet valid (CERT_NOT_YET_VALID); retrying once the clock is synced",
+        kind: 'answer',
+      },
+    ]);
+    synced = true;
+    await h.clock.advance(1_000);
+    h.clients[1]!.fail(Object.assign(new Error('certificate is not yet valid'), { code: 'CERT_NOT_YET_VALID' }));
+    h.clients[1]!.end(true);
+    await settle();
+    expect(h.failures[1]).toMatchObject({ kind: 'transport', error: expect.stringContaining('(is the device clock right?)') });
+  });
+
   it('takes only a CONNACK’s "Connection refused" for a refusal, not other errors with a reason code', async () => {
     const h = harness();
     h.start();

@@ -2,14 +2,17 @@ import { describe, expect, it } from 'vitest';
 import { ChannelPolicies } from '../../src/outbox/channel-policies.js';
 import { Intake } from '../../src/outbox/intake.js';
 import { isOutboxError, type EnqueueMessage } from '../../src/outbox/types.js';
+import { QueueClock } from '../../src/outbox/queue-clock.js';
 import { FakeClock } from '../helpers/fake-clock.js';
+import { silentLogger } from '../helpers/logger.js';
 
 /** Intake alone: a message checked, encoded and given its id, priority and expiry, or refused at once. */
 
 function intake(channels = {}) {
   const clock = new FakeClock();
   let n = 0;
-  const i = new Intake({ policies: new ChannelPolicies(channels, undefined), limits: { maxBytes: 1_000 }, compressAboveBytes: 100, clock, ids: { next: () => `id${++n}` } });
+  const queueClock = new QueueClock({ clock, synced: () => false, logger: silentLogger() });
+  const i = new Intake({ policies: new ChannelPolicies(channels, undefined), limits: { maxBytes: 1_000 }, compressAboveBytes: 100, clock, queueClock, ids: { next: () => `id${++n}` } });
   const refusal = (m: EnqueueMessage): string => {
     try {
       i.prepare(m);

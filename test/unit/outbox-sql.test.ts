@@ -20,7 +20,7 @@ function open() {
   stores.push(store);
   const q = prepareOutboxStatements(store.db);
   const insert = (id: string, channel: string, priority: number, bytes = 10, expiresAt: number | null = null): number =>
-    Number(q.insert.run(id, channel, priority, 1_000, expiresAt, null, 0, bytes, JSON.stringify(id)).lastInsertRowid);
+    Number(q.insert.run(id, channel, priority, 1_000, expiresAt, null, 0, bytes, JSON.stringify(id), null, null).lastInsertRowid);
   return { store, q, insert };
 }
 
@@ -36,14 +36,14 @@ describe('outbox statements', () => {
     ]);
     expect(q.laneKeys.all('telemetry', 20, a, 10)).toEqual([{ seq: b, bytes: 6 }]);
     const raw = q.peekRows.all('telemetry', 20, 0, 1) as LaneRow[];
-    expect(raw).toEqual([[a, 'a', 1_000, null, null, 0, 5, '"a"']]);
+    expect(raw).toEqual([[a, 'a', 1_000, null, null, 0, 5, '"a"', null, null]]);
     expect(q.loadLanes.all()).toEqual(
       expect.arrayContaining([
         { channel: 'telemetry', priority: 20, n: 2, b: 11 },
         { channel: 'events', priority: 50, n: 1, b: 7 },
       ]),
     );
-    expect(q.laneOldest.get('telemetry', 20)).toEqual({ created_at: 1_000 });
+    expect(q.laneOldest.get('telemetry', 20)).toEqual({ at: 1_000 });
   });
 
   it('delete an acked batch by the ids it names only', () => {

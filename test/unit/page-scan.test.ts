@@ -64,7 +64,15 @@ describe('which rows fit a table', () => {
     expect(rowFits(strict, with_(3, Buffer.from([1])))).toBe(false);
     expect(rowFits(strict, with_(4, 'x'))).toBe(false);
     expect(rowFits(strict, with_(4, 1.5))).toBe(false);
-    expect(rowFits(strict, ok.slice(0, 5))).toBe(false);
+    expect(rowFits(strict, [...ok, null])).toBe(false);
+    expect(rowFits(strict, [])).toBe(false);
+    // Short of a NOT NULL column.
+    expect(rowFits(strict, ok.slice(0, 3))).toBe(false);
+  });
+
+  it('takes a row written before an ALTER TABLE ADD COLUMN: fewer fields, the missing ones NULL', () => {
+    expect(rowFits(strict, ok.slice(0, 5))).toBe(true);
+    expect(rowFits([...strict, col('added', 'INTEGER')], ok)).toBe(true);
   });
 });
 

@@ -5,7 +5,7 @@ import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PageFile, readWal } from '../../src/store/page-file.js';
 import { salvageInto, type SalvageReport } from '../../src/store/salvage.js';
-import { Store } from '../helpers/store.js';
+import { MIGRATIONS, Store } from '../helpers/store.js';
 import { silentLogger } from '../helpers/logger.js';
 import { overwrite, pages, type PageInfo } from '../helpers/sqlite-pages.js';
 import { tempDirs } from '../helpers/tmp.js';
@@ -32,8 +32,8 @@ const smallMsg = (i: number): Msg => ({ id: id(i), channel: CHANNELS[i % 3]!, pa
 const paddedMsg = (i: number): Msg => ({ ...smallMsg(i), payload: JSON.stringify({ i, pad: 'p'.repeat(i % 50 + 300) }) });
 
 /** A database as the agent leaves it, with `count` queued messages made by `make`. */
-function populate(path: string, count: number, make: (i: number) => Msg = smallMsg): void {
-  const store = Store.open({ path, logger: silentLogger(), clock });
+function populate(path: string, count: number, make: (i: number) => Msg = smallMsg, migrations = MIGRATIONS): void {
+  const store = Store.open({ path, logger: silentLogger(), clock, migrations });
   const insert = store.db.prepare('INSERT INTO outbox (id, channel, priority, created_at, encoding, bytes, payload) VALUES (?, ?, 20, 0, 0, ?, ?)');
   store.db.transaction(() => {
     for (let i = 0; i < count; i++) {
@@ -89,6 +89,21 @@ describe('page-level salvage', () => {
     expect(report.lostRows.outbox!.rows.map((r) => r.values.channel)).toEqual(onLeaf.map((i) => CHANNELS[i % 3]));
     expect(report.lostRows.outbox!.rows[0]).toMatchObject({ rowid: onLeaf[0]! + 1, values: { priority: 20, seq: onLeaf[0]! + 1, bytes: expect.any(Number) } });
     expect(store.getKv('device.uuid')).toBe('uuid-kept-0001');
+    store.close();
+  });
+
+  it('rows queued before migration 9 added columns (shorter records) are recovered by the page scan too', () => {
+    const path = join(dirs.make(), 'agent.db');
+    const N = 8_000;
+    populate(path, N, paddedMsg, MIGRATIONS.filter((m) => m.version < 9));
+    Store.open({ path, logger: silentLogger(), clock }).close(); // migration 9 runs: the rows keep their 10 fields
+    const tree = pages(path, 'outbox');
+    const hit = tree.filter((p) => p.pagetype === 'internal' && p.path !== '/')[0]!;
+    overwrite(path, [hit.pageno]);
+    const { report, ids, store } = salvage(path);
+    expect(ids).toHaveLength(N);
+    expect(report.tables.outbox).toMatchObject({ recovered: N, lost: 0 });
+    expect(store.db.prepare('SELECT count(*) AS n FROM outbox WHERE boot IS NULL AND mono IS NULL').get()).toEqual({ n: N });
     store.close();
   });
 
