@@ -7,6 +7,9 @@ import type { Migration } from '../store/migrations.js';
  * (`broker_outgoing`, in `seq` order: the order they are sent in), the QoS 2 messages received and not
  * yet released (`broker_incoming`), and the wills of connected clients.
  * `message_id` is null for a message queued and not yet sent to its client.
+ * `broker_subscriptions` is WITHOUT ROWID: its rows (text, text, integer) have the shape of `kv`'s,
+ * and a salvage that must find tables by the shape of their pages (a damaged schema) could not tell
+ * a page of one from a page of the other; a WITHOUT ROWID table's pages are of another kind.
  */
 export const BROKER_MIGRATION: Migration = {
   version: 8,
@@ -25,7 +28,7 @@ export const BROKER_MIGRATION: Migration = {
         topic      TEXT NOT NULL,
         qos        INTEGER NOT NULL,
         PRIMARY KEY (client_id, topic)
-      ) STRICT;
+      ) STRICT, WITHOUT ROWID;
       CREATE TABLE broker_outgoing (
         seq            INTEGER PRIMARY KEY AUTOINCREMENT,
         client_id      TEXT NOT NULL,

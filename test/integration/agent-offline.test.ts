@@ -93,7 +93,7 @@ interface Queue {
   channels: Record<string, { depth: number }>;
 }
 
-it('a health report queued on the return from offline survives a kill -9 before the cloud takes it, and arrives after the restart', async () => {
+it('a health report queued on the return from offline survives a kill -9 and a restart with the cloud still refusing it, and arrives once the cloud takes it', async () => {
   const dev = { uuid: `health-${process.pid}`, apiKey: 'health-key-0123456789' };
   cloud.admin.createDevice(dev);
   cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
@@ -123,8 +123,11 @@ it('a health report queued on the return from offline survives a kill -9 before 
 
   await first.stop('SIGKILL');
   agents.splice(0);
-  await cloud.admin.clearFaults();
+  // The restart, with the cloud still refusing the report: it is still queued.
   const second = await start();
+  await waitFor('the report queued after the restart', async () => (((await second.get('/v2/queue')).body as Queue).channels['health']?.depth ?? 0) >= 1, 20_000);
+  expect(cloud.admin.health(dev.uuid).health).toEqual([]);
+  await cloud.admin.clearFaults();
   const report = await waitFor('the report at the cloud', () => cloud.admin.health(dev.uuid).health[0], 30_000);
   const outages = (report.health as { outages: { end: number | null; cause: string }[] }).outages;
   // The outage of the first run, ended: the report as it was when queued. (With offlineAfterFailures 1
