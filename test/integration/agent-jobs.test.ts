@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
@@ -46,6 +47,22 @@ async function start(dataDir: string, dev: { uuid: string; apiKey: string }): Pr
 
 const statusOf = (uuid: string, id: string): string => cloud.admin.job(uuid, id).status;
 
+/** The command lines of the processes whose parent is `ppid` (from /proc). */
+function childrenOf(ppid: number): string[] {
+  const out: string[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1] !== String(ppid)) continue;
+      out.push(readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' '));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return out;
+}
+
 it('runs jobs from the cloud and reports each one: succeeded, not allowed, unknown type, timed out', async () => {
   const dev = device();
   const echo = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/echo', 'hello', '; reboot'] } }).id;
@@ -80,6 +97,9 @@ it('reports a job that was running when the agent was SIGKILLed as FAILED after 
   const first = await start(dataDir, dev);
   const id = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sleep', '30'] }, timeoutSeconds: 60 }).id;
   await waitFor('the job started', () => cloud.admin.job(dev.uuid, id).updates.some((u) => u.status === 'IN_PROGRESS'), 15_000);
+  // IN_PROGRESS can reach the cloud before the program runs (it is delivered once committed, while
+  // its fsync is under way): kill once the agent's sleep is there (its pid is recorded in the same turn).
+  await waitFor('the program running', () => childrenOf(first.child.pid!).some((c) => c === '/bin/sleep 30'), 15_000);
   await first.stop('SIGKILL');
   await start(dataDir, dev);
   await waitFor('the job reported failed', () => statusOf(dev.uuid, id) === 'FAILED', 15_000);
