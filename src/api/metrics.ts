@@ -23,6 +23,17 @@ export interface MetricsSource {
   clockSynced(): boolean;
   /** Why the config file was not used (the agent runs on the last-known-good one); null when it was. */
   configFallback?(): string | null;
+  /** The local broker's counts (local-broker.ts `LocalBrokerStats`); null when it is off. */
+  localBroker?(): {
+    clients: number;
+    accepted: number;
+    refused: number;
+    refusedAcknowledged: number;
+    retained: number;
+    queued: number;
+    retainedDropped: number;
+    queuedDropped: number;
+  } | null;
   /** Jobs in the local table per status; null when jobs do not run here. */
   jobs?(): Record<string, number> | null;
   /** The data dir's disk (ok | low | full); null when not watched. */
@@ -47,6 +58,7 @@ export function createMetrics(source: MetricsSource): Registry {
   queueMetrics(registry, source);
   diskMetrics(registry, source);
   mqttMetrics(registry, source);
+  localBrokerMetrics(registry, source);
   agentMetrics(registry, source);
   featureMetrics(registry, source);
   databaseMetrics(registry, source);
@@ -169,6 +181,58 @@ function diskMetrics(registry: Registry, source: MetricsSource): void {
     collect() {
       const d = source.disk?.();
       if (d && d.freeBytes !== null) this.set(d.freeBytes);
+    },
+  });
+}
+
+/** The local broker (absent when `features.localBroker` is off). */
+function localBrokerMetrics(registry: Registry, source: MetricsSource): void {
+  new Gauge({
+    name: 'iotistic_local_broker_clients',
+    help: 'Local MQTT clients connected to the local broker',
+    registers: [registry],
+    collect() {
+      const b = source.localBroker?.();
+      if (b) this.set(b.clients);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_local_broker_kept',
+    help: 'What the local broker keeps across restarts: retained topics, and messages queued for persistent sessions',
+    labelNames: ['kind'],
+    registers: [registry],
+    collect() {
+      const b = source.localBroker?.();
+      if (!b) return;
+      this.set({ kind: 'retained' }, b.retained);
+      this.set({ kind: 'queued' }, b.queued);
+    },
+  });
+  new Counter({
+    name: 'iotistic_local_broker_publishes_total',
+    help: 'Publishes of local apps by outcome: accepted (telemetry durable), refused (acknowledged: refused for what it is), refused_unacknowledged (the agent could not take it now)',
+    labelNames: ['outcome'],
+    registers: [registry],
+    collect() {
+      const b = source.localBroker?.();
+      if (!b) return;
+      this.reset();
+      this.inc({ outcome: 'accepted' }, b.accepted);
+      this.inc({ outcome: 'refused' }, b.refusedAcknowledged);
+      this.inc({ outcome: 'refused_unacknowledged' }, b.refused - b.refusedAcknowledged);
+    },
+  });
+  new Counter({
+    name: 'iotistic_local_broker_dropped_total',
+    help: 'Messages the local broker did not keep: retained past localBroker.maxRetained, queued past localBroker.maxQueuedPerClient',
+    labelNames: ['kind'],
+    registers: [registry],
+    collect() {
+      const b = source.localBroker?.();
+      if (!b) return;
+      this.reset();
+      this.inc({ kind: 'retained' }, b.retainedDropped);
+      this.inc({ kind: 'queued' }, b.queuedDropped);
     },
   });
 }

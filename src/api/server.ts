@@ -43,6 +43,8 @@ export interface ApiView {
   purgeParked(ids?: string[]): number;
   /** Cloud jobs: enabled or why not, the one running, the latest ones. */
   jobs(): unknown;
+  /** The local MQTT broker: enabled or why not, its clients, what it accepted, refused, keeps and dropped. */
+  localBroker(): unknown;
   /** The local shadow; undefined when `features.shadow` is off. `patch` throws a ShadowError for bad input. */
   shadow?: { get(): unknown; patch(body: unknown): unknown; clearOverrides(): unknown } | undefined;
   metrics: MetricsExposition;
@@ -160,6 +162,7 @@ function statusRoutes(r: Router, view: ApiView, dashboard: boolean | undefined):
 
   r.get('/v2/queue', () => view.queue());
   r.get('/v2/jobs', () => view.jobs());
+  r.get('/v2/local-broker', () => view.localBroker());
   r.get('/metrics', async () => {
     const body = await view.metrics.metrics();
     return text(200, view.metrics.contentType, body);

@@ -27,6 +27,7 @@ export function buildApiView(p: AgentParts): ApiView {
     ingest: (items) => queueing.ingest.ingest(items),
     queue: () => queueView({ outbox: queueing.outbox, disk: core.disk, flushers: queueing.flushers.all, share: queueing.share }),
     jobs: () => jobsView({ config, runner: cloud?.jobs?.runner, poller: cloud?.jobs?.poller }),
+    localBroker: () => (p.localBroker ? { enabled: true, ...p.localBroker.stats() } : { enabled: false, reason: 'features.localBroker is false' }),
     shadow: shadow
       ? {
           get: () => shadow.get(),
@@ -75,6 +76,7 @@ function metricsSource(p: AgentParts): MetricsSource {
     configFallback: () => status.configStatus().fallback?.reason ?? null,
     database: () => core.store.databaseHealth(),
     jobs: () => cloud?.jobs?.runner.counts() ?? null,
+    localBroker: () => p.localBroker?.stats() ?? null,
     shadow: () => shadowSummary(p.shadow?.shadow),
   };
 }

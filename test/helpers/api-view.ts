@@ -22,6 +22,7 @@ export function fakeApiView(over: Partial<ApiView> = {}): ApiView {
     retryParked: () => 0,
     purgeParked: () => 0,
     jobs: () => ({ enabled: false }),
+    localBroker: () => ({ enabled: false }),
     metrics: new Registry(),
     ...over,
   };

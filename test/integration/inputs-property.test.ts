@@ -138,6 +138,7 @@ describe('local API bodies', () => {
       retryParked: (ids) => (state.parkedCalls.push(['retry', ids ?? 'all']), 0),
       purgeParked: (ids) => (state.parkedCalls.push(['purge', ids ?? 'all']), 0),
       jobs: () => ({}),
+      localBroker: () => ({ enabled: false }),
       shadow: {
         get: () => state.reported,
         patch: (body) => {

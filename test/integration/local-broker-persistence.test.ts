@@ -99,6 +99,9 @@ describe('the local broker keeps its state across agent restarts (mosquitto clie
     await publish(port, ['-t', 'local/config/zz-end', '-m', 'end']);
     await waitFor('the end marker', () => messages(sub).includes('local/config/zz-end end'), 20_000);
     expect(messages(sub)).toEqual(['local/config/mode boost', 'local/config/zz-end end']);
+    // What it keeps, in the local API and the metrics.
+    expect((await agent.get('/v2/local-broker')).body).toMatchObject({ enabled: true, retained: 1, retainedDropped: 0, queuedDropped: 0 });
+    expect(String((await agent.get('/metrics')).body)).toContain('iotistic_local_broker_kept{kind="retained"} 1');
   });
 
   it('a persistent session keeps its subscription across a kill -9 and gets the QoS 1 messages published while it was away, before and after the restart', async () => {
@@ -153,5 +156,11 @@ describe('a refused publish (mosquitto clients)', () => {
     expect(messages(errors)).toHaveLength(1);
     const connects = agent.records().filter((r) => r.msg === 'local client connected' && r.clientId === 'sensor-7');
     expect(connects).toHaveLength(2); // mosquitto_pub's, then the session's return: no reconnects in between
+    // Counted where an operator looks.
+    await waitFor('the valid publish counted', async () => ((await agent.get('/v2/local-broker')).body as { accepted: number }).accepted === 1, 20_000);
+    expect((await agent.get('/v2/local-broker')).body).toMatchObject({ enabled: true, refused: 1, refusedAcknowledged: 1 });
+    const metrics = String((await agent.get('/metrics')).body);
+    expect(metrics).toContain('iotistic_local_broker_publishes_total{outcome="refused"} 1');
+    expect(metrics).toContain('iotistic_local_broker_publishes_total{outcome="accepted"} 1');
   });
 });
