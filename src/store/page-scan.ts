@@ -179,7 +179,11 @@ export interface PageScanPlan {
 function fittingTables(file: PageFile, p: number, candidates: Map<string, ColumnDef[]>): string[] {
   const { rows } = leafRows(file, p);
   if (rows.length === 0) return [];
-  return [...candidates].filter(([, cols]) => rows.every((r) => rowFits(cols, r.values))).map(([name]) => name);
+  const fits = [...candidates].filter(([, cols]) => rows.every((r) => rowFits(cols, r.values)));
+  // Rows as long as a table's columns name it before a wider table they fit only as rows older than
+  // an ADD COLUMN (its extra columns NULL): a key-value page must not look like a wider table's.
+  const exact = fits.filter(([, cols]) => rows.every((r) => r.values.length === cols.length));
+  return (exact.length > 0 ? exact : fits).map(([name]) => name);
 }
 
 /**

@@ -175,6 +175,35 @@ describe('planning the page scan', () => {
     file.close();
   });
 
+  it('gives an orphan leaf to the table its rows fit column for column, before a wider one they fit only as rows older than an ADD COLUMN', () => {
+    const path = join(dirs.make(), 'short.db');
+    const db = new BetterSqlite3(path);
+    db.pragma(`page_size = ${PAGE}`);
+    // k's rows (text, text, integer) also fit wide, whose extra columns may be NULL.
+    db.exec(
+      'CREATE TABLE k (key TEXT NOT NULL, value TEXT NOT NULL, at INTEGER NOT NULL) STRICT; CREATE TABLE wide (a TEXT NOT NULL, b TEXT NOT NULL, c INTEGER NOT NULL, d TEXT) STRICT',
+    );
+    db.transaction(() => {
+      for (let i = 0; i < 300; i++) {
+        db.prepare('INSERT INTO k VALUES (?, ?, ?)').run(`key-${i}`, `value-${i}`, i);
+        db.prepare('INSERT INTO wide VALUES (?, ?, ?, ?)').run(`a-${i}`, `b-${i}`, i, `d-${i}`);
+      }
+    })();
+    db.close();
+    const [k, wide] = [pagesOf(path, 'k'), pagesOf(path, 'wide')];
+    zeroPages(path, [...k.interior, ...wide.interior]);
+    const file = PageFile.open(path);
+    const fresh = new Map([
+      ['k', columnsFromSql('CREATE TABLE k (key TEXT NOT NULL, value TEXT NOT NULL, at INTEGER NOT NULL) STRICT', 'k')!],
+      ['wide', columnsFromSql('CREATE TABLE wide (a TEXT NOT NULL, b TEXT NOT NULL, c INTEGER NOT NULL, d TEXT) STRICT', 'wide')!],
+    ]);
+    const plan = planScan(file, new Set(['k', 'wide']), fresh);
+    expect(plan.ambiguousPages).toBe(0);
+    expect([...plan.tables.get('k')!.orphans].sort((x, y) => x - y)).toEqual([...k.leaves].sort((x, y) => x - y));
+    expect([...plan.tables.get('wide')!.orphans].sort((x, y) => x - y)).toEqual([...wide.leaves].sort((x, y) => x - y));
+    file.close();
+  });
+
   it('never counts a WITHOUT ROWID table as a candidate for an orphan leaf (its rows live in an index b-tree)', () => {
     const path = join(dirs.make(), 'wr.db');
     const db = new BetterSqlite3(path);
