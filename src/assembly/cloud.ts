@@ -27,8 +27,6 @@ export interface CloudParts {
   health: HealthReporter;
   jobs: { runner: JobRunner; poller: JobPoller } | undefined;
   shadowPoller: ShadowDesiredPoller | undefined;
-  /** The shadow's cloud/local mode, paused (local) by graceful degradation. */
-  shadowSync: ShadowSync | undefined;
 }
 
 export interface CloudNeeds {
@@ -77,12 +75,12 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
     needs.shadow && !config.mqtt.url
       ? new ShadowDesiredPoller({ ...cloudLoop('shadow'), random, shadow: needs.shadow, pollIntervalMs: () => workloads.settings().pollIntervalMs })
       : undefined;
-  const shadowSync = needs.shadow ? new ShadowSync({ ...(shadowPoller ? { poller: shadowPoller } : {}), clock: core.clock, logger: logger.child({ part: 'shadow' }) }) : undefined;
+  const shadowSync = needs.shadow ? new ShadowSync({ ...(shadowPoller ? { poller: shadowPoller } : {}), logger: logger.child({ part: 'shadow' }) }) : undefined;
   // Shed in this order after offlineThresholdSeconds offline (system metrics, order 10, go first).
   if (jobs) core.degradation.register(jobs.poller, { order: 20 });
   if (shadowSync) core.degradation.register(shadowSync, { order: 30 });
   addHttpFlusher(core, queueing, http);
-  return { http, poller, reporter, health, jobs, shadowPoller, shadowSync };
+  return { http, poller, reporter, health, jobs, shadowPoller };
 }
 
 function buildHttpClient(core: Core, baseUrl: string): CloudHttpClient {

@@ -1,6 +1,6 @@
 import type { Outbox } from '../outbox/outbox.js';
 import { CloudError } from '../resilience/cloud-error.js';
-import { failureKind, type OutcomeSink } from '../resilience/outcome.js';
+import { withOutcome, type OutcomeSink } from '../resilience/outcome.js';
 import { errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
@@ -26,8 +26,6 @@ export interface HealthReporterOptions {
  * before the cloud is back keeps it) and coalesced (several returns while one waits become the latest).
  */
 export class HealthReporter {
-  queued = 0;
-
   constructor(private readonly o: HealthReporterOptions) {}
 
   /** Queues a report of the health as it is now. Never throws: a refusal is logged. */
@@ -39,10 +37,9 @@ export class HealthReporter {
       this.o.logger.error({ err: errorMessage(err) }, 'health report: the health could not be read');
       return;
     }
-    this.o.outbox.enqueue({ channel: HEALTH_CHANNEL, payload, coalesceKey: COALESCE_KEY }).then(
-      () => void this.queued++,
-      (err: unknown) => this.o.logger.warn({ err: errorMessage(err) }, `health report not queued: ${errorMessage(err)}`),
-    );
+    this.o.outbox
+      .enqueue({ channel: HEALTH_CHANNEL, payload, coalesceKey: COALESCE_KEY })
+      .catch((err: unknown) => this.o.logger.warn({ err: errorMessage(err) }, `health report not queued: ${errorMessage(err)}`));
   }
 }
 
@@ -56,13 +53,9 @@ export class HealthDelivery implements ChannelDelivery {
   ) {}
 
   async send(id: string, payload: Json, signal: AbortSignal): Promise<void> {
-    try {
-      await this.http.request({ method: 'POST', path: `/device/v1/${encodeURIComponent(this.uuid)}/health`, headers: { 'idempotency-key': id }, json: payload, signal });
-    } catch (err) {
-      if (!signal.aborted) this.monitor?.markFailure('api', 'health', errorMessage(err), failureKind(err));
-      throw err;
-    }
-    this.monitor?.markSuccess('api', 'health');
+    await withOutcome(this.monitor, 'health', signal, () =>
+      this.http.request({ method: 'POST', path: `/device/v1/${encodeURIComponent(this.uuid)}/health`, headers: { 'idempotency-key': id }, json: payload, signal }),
+    );
   }
 
   /** A report the cloud refuses as it is (a 4xx other than 408/429) is parked, not retried. */

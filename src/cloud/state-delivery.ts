@@ -1,9 +1,8 @@
 import type { Store } from '../store/store.js';
 import { mergePatch, type Json } from '../util/json-diff.js';
-import { errorMessage } from '../util/errors.js';
 import type { CloudHttpClient } from './http-client.js';
 import { CloudError } from '../resilience/cloud-error.js';
-import { failureKind, type OutcomeSink } from '../resilience/outcome.js';
+import { withOutcome, type OutcomeSink } from '../resilience/outcome.js';
 
 const ACKED_KEY = 'report.lastAcked';
 
@@ -38,20 +37,20 @@ export class StateDelivery {
     const patch = mergePatch(acked ?? undefined, full);
     if (patch === undefined) return;
     try {
-      await this.http.request({
-        method: 'PATCH',
-        path: `/device/v1/${encodeURIComponent(this.uuid)}/state`,
-        headers: { 'idempotency-key': reportId },
-        json: { reportId, state: patch },
-        ...(signal ? { signal } : {}),
-      });
+      await withOutcome(this.monitor, 'report', signal, () =>
+        this.http.request({
+          method: 'PATCH',
+          path: `/device/v1/${encodeURIComponent(this.uuid)}/state`,
+          headers: { 'idempotency-key': reportId },
+          json: { reportId, state: patch },
+          ...(signal ? { signal } : {}),
+        }),
+      );
     } catch (err) {
-      if (!signal?.aborted) this.monitor?.markFailure('api', 'report', errorMessage(err), failureKind(err));
       // Refused as it is: the next report carries the whole state rather than another patch.
       if (err instanceof CloudError && !err.retryable) this.store.setKv(ACKED_KEY, null);
       throw err;
     }
-    this.monitor?.markSuccess('api', 'report');
     this.store.setKv(ACKED_KEY, full);
   }
 }

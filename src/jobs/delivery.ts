@@ -1,8 +1,8 @@
 import type { CloudHttpClient } from '../cloud/http-client.js';
 import { CloudError } from '../resilience/cloud-error.js';
 import type { ChannelDelivery } from '../cloud/http-sink.js';
-import { failureKind, type OutcomeSink } from '../resilience/outcome.js';
-import { AgentError, errorMessage } from '../util/errors.js';
+import { withOutcome, type OutcomeSink } from '../resilience/outcome.js';
+import { AgentError } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import type { JobUpdatePayload } from './types.js';
 
@@ -26,18 +26,15 @@ export class JobUpdateDelivery implements ChannelDelivery {
     if (typeof u.jobId !== 'string' || typeof u.status !== 'string') {
       throw new AgentError('JOB_UPDATE_INVALID', `job update ${updateId} has no jobId or status: it cannot be sent`);
     }
-    try {
-      await this.http.request({
+    const jobId = u.jobId;
+    await withOutcome(this.monitor, 'jobs', signal, () =>
+      this.http.request({
         method: 'PATCH',
-        path: `/device/v1/${encodeURIComponent(this.uuid)}/jobs/${encodeURIComponent(u.jobId)}`,
+        path: `/device/v1/${encodeURIComponent(this.uuid)}/jobs/${encodeURIComponent(jobId)}`,
         json: { updateId, status: u.status, details: u.details ?? null },
         signal,
-      });
-    } catch (err) {
-      if (!signal.aborted) this.monitor?.markFailure('api', 'jobs', errorMessage(err), failureKind(err));
-      throw err;
-    }
-    this.monitor?.markSuccess('api', 'jobs');
+      }),
+    );
   }
 
   /** A 404 is the job's fault here (the cloud dropped it), not the device's: park the update, do not stall the queue. */

@@ -1,4 +1,5 @@
 import type { FailureKind } from './connection-monitor.js';
+import { errorMessage } from '../util/errors.js';
 import { CloudAnswerRefused, CloudError } from './cloud-error.js';
 
 /** What the loops need of the connection monitor: every request's outcome. */
@@ -22,4 +23,20 @@ export function failureKind(err: unknown): FailureKind {
 export function markRequestFailure(monitor: OutcomeSink, operation: string, err: unknown): void {
   if (err instanceof CloudAnswerRefused) monitor.markSuccess('api', operation);
   else monitor.markFailure('api', operation, err instanceof Error ? err.message : String(err), failureKind(err));
+}
+
+/**
+ * One request of `operation` on the `api` channel (a queued report or update sent by the HTTP sink),
+ * with its outcome told to the monitor: nothing when `signal` aborted it (the agent is stopping).
+ */
+export async function withOutcome<T>(monitor: OutcomeSink | undefined, operation: string, signal: AbortSignal | undefined, request: () => Promise<T>): Promise<T> {
+  let out: T;
+  try {
+    out = await request();
+  } catch (err) {
+    if (!signal?.aborted) monitor?.markFailure('api', operation, errorMessage(err), failureKind(err));
+    throw err;
+  }
+  monitor?.markSuccess('api', operation);
+  return out;
 }

@@ -1,4 +1,3 @@
-import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/logger.js';
 import type { ShadowDesiredPoller } from './poller.js';
 
@@ -7,7 +6,6 @@ export type ShadowSyncMode = 'cloud' | 'local';
 export interface ShadowSyncOptions {
   /** The HTTP poller of the desired state (devices without MQTT); with MQTT it arrives retained. */
   poller?: Pick<ShadowDesiredPoller, 'gate' | 'pollNow'>;
-  clock: Pick<Clock, 'now'>;
   logger: Logger;
 }
 
@@ -21,19 +19,11 @@ export interface ShadowSyncOptions {
 export class ShadowSync {
   readonly name = 'shadow';
   private current: ShadowSyncMode = 'cloud';
-  private changedAt: number;
 
-  constructor(private readonly o: ShadowSyncOptions) {
-    this.changedAt = o.clock.now();
-  }
+  constructor(private readonly o: ShadowSyncOptions) {}
 
   get mode(): ShadowSyncMode {
     return this.current;
-  }
-
-  /** Wall-clock time of the last change of mode (construction time before any). */
-  get since(): number {
-    return this.changedAt;
   }
 
   enableLocalMode(): void {
@@ -59,7 +49,6 @@ export class ShadowSync {
 
   private set(mode: ShadowSyncMode): void {
     this.current = mode;
-    this.changedAt = this.o.clock.now();
     this.o.logger.info({ mode }, mode === 'local' ? 'shadow: local mode (the cloud\'s desired state is not polled)' : 'shadow: cloud sync again');
   }
 }

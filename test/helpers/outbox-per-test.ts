@@ -30,12 +30,12 @@ export interface OpenOutbox {
 
 /**
  * For a test file: `make()` opens a store and an outbox on a real SQLite file; after each test every
- * one still open is closed and the temp dirs removed. `close(env, { crash: true })` drops the
+ * one still open (and each `track`ed) is closed and the temp dirs removed. `close(env, { crash: true })` drops the
  * connection without the clean-close marker, as a kill -9 leaves it.
  */
 export function outboxesPerTest() {
   const dirs = tempDirs();
-  const open: OpenOutbox[] = [];
+  const open: Pick<OpenOutbox, 'store' | 'outbox'>[] = [];
   afterEach(async () => {
     for (const o of open.splice(0)) {
       await o.outbox.close();
@@ -67,5 +67,7 @@ export function outboxesPerTest() {
     else env.store.close();
     open.splice(open.indexOf(env), 1);
   };
-  return { make, close, dirs };
+  /** Closes, after the test, a store and outbox the test built itself. */
+  const track = (env: Pick<OpenOutbox, 'store' | 'outbox'>): void => void open.push(env);
+  return { make, close, track, dirs };
 }

@@ -63,7 +63,7 @@ function setup() {
   const jobs = new JobPoller({ ...loop(), random: () => 0, runner, pollIntervalMs: () => INTERVAL });
   const shadowPoller = new ShadowDesiredPoller({ ...loop(), random: () => 0, shadow: { applyCloudDesired: () => ({ applied: false, reason: 'none', conflicts: [] }) }, pollIntervalMs: () => INTERVAL });
   const cap = captureLogger();
-  const sync = new ShadowSync({ poller: shadowPoller, clock, logger: cap.logger });
+  const sync = new ShadowSync({ poller: shadowPoller, logger: cap.logger });
   const status = new FakeStatus('online');
   const controller = new DegradationController({ status, clock, random, logger: cap.logger, enabled: true, thresholdMs: THRESHOLD, resumeStaggerMaxMs: STAGGER });
   controller.register(jobs, { order: 20 });

@@ -1,8 +1,8 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setImmediate as tick } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
-import { Outbox, type OutboxOptions } from '../../src/outbox/outbox.js';
+import { describe, expect, it } from 'vitest';
+import { Outbox } from '../../src/outbox/outbox.js';
 import type { OutboxMessage } from '../../src/outbox/types.js';
 import { Store } from '../helpers/store.js';
 import { FakeClock } from '../helpers/fake-clock.js';
@@ -10,7 +10,7 @@ import { IdGenerator } from '../../src/util/ids.js';
 import type { Logger } from '../../src/util/logger.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { flushOutbox } from '../helpers/outbox-flush.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { outboxesPerTest, type OpenOutbox, type OutboxOpening } from '../helpers/outbox-per-test.js';
 
 /**
  * How the outbox copes with what it does not expect: a payload that no longer decodes, a leased row
@@ -18,42 +18,12 @@ import { tempDirs } from '../helpers/tmp.js';
  * messages, large lanes read in chunks, and which drops reach the drop log.
  */
 
-const dirs = tempDirs();
-const open: { store: Store; outbox: Outbox }[] = [];
-afterEach(async () => {
-  for (const o of open.splice(0)) {
-    await o.outbox.close();
-    o.store.close();
-  }
-  dirs.cleanup();
-});
+const { make: openOutbox, close, track, dirs } = outboxesPerTest();
 
-type Overrides = Partial<Omit<OutboxOptions, 'store' | 'clock' | 'ids' | 'logger'>>;
+type Overrides = OutboxOpening['overrides'];
 
-function make(overrides: Overrides = {}, o: { path?: string; clock?: FakeClock; logger?: Logger } = {}) {
-  const clock = o.clock ?? new FakeClock();
-  const path = o.path ?? join(dirs.make(), 'agent.db');
-  const store = Store.open({ path, logger: silentLogger(), clock });
-  const outbox = new Outbox({
-    store,
-    clock,
-    ids: new IdGenerator(() => clock.now()),
-    logger: o.logger ?? silentLogger(),
-    limits: { maxCount: 100_000, maxBytes: 64 * 1_048_576 },
-    disk: { minFreeBytes: 0 },
-    groupCommit: { windowMs: 0 },
-    ...overrides,
-  });
-  const entry = { store, outbox };
-  open.push(entry);
-  return { ...entry, clock, path };
-}
-
-async function closeOne(env: { store: Store; outbox: Outbox }): Promise<void> {
-  await env.outbox.close();
-  env.store.close();
-  open.splice(open.indexOf(open.find((e) => e.outbox === env.outbox)!), 1);
-}
+const make = (overrides: Overrides = {}, o: { path?: string; clock?: FakeClock; logger?: Logger } = {}) => openOutbox({ ...o, overrides });
+const closeOne = (env: OpenOutbox): Promise<void> => close(env);
 
 const all = (outbox: Outbox): OutboxMessage[] => outbox.peekBatch({ maxCount: 1_000_000, lease: false });
 
@@ -338,7 +308,7 @@ describe('outbox: the defaults', () => {
       limits: { maxCount: 1, maxBytes: 1 << 30 },
       ...(o.freeBytes ? { disk: { freeBytes: o.freeBytes } } : {}),
     });
-    open.push({ store, outbox });
+    track({ store, outbox });
     return { clock, outbox };
   }
 
@@ -379,7 +349,7 @@ describe('outbox: the defaults', () => {
     const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
     const sizes: number[] = [];
     const outbox = new Outbox({ store, clock, ids: new IdGenerator(() => clock.now()), logger: silentLogger(), limits: { maxCount: 10_000, maxBytes: 1 << 30 }, disk: { minFreeBytes: 0 }, onCommit: (c) => sizes.push(c.messages) });
-    open.push({ store, outbox });
+    track({ store, outbox });
     await Promise.all(Array.from({ length: 600 }, (_, i) => outbox.enqueue({ channel: 'telemetry', payload: i })));
     expect(sizes).toEqual([512, 88]);
   });
