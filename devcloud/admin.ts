@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FaultInjector, FaultSpec, FaultStatus } from './faults.js';
 import { sendError } from './http.js';
+import { checkLedger, type LedgerCheck } from './ledger-check.js';
 import type { DevCloudStore, HealthRecord, JobView, MessagePage, ReceivedCounts, ReportRecord, ShadowDesiredView } from './store.js';
 import {
   isObject,
@@ -30,6 +31,8 @@ export interface AdminApi {
   messages(uuid: string, query?: { after?: number; limit?: number }): MessagePage;
   reports(uuid: string, query?: { limit?: number }): { reports: ReportRecord[] };
   health(uuid: string, query?: { limit?: number }): { health: HealthRecord[] };
+  /** The device's latest health report's loss ledger checked against the ids stored (ledger-check.ts). */
+  ledger(uuid: string): LedgerCheck;
   createJob(uuid: string, job: { type: string; params?: Record<string, unknown>; timeoutSeconds?: number }): { id: string };
   /** Sets the device shadow's desired state (what `GET …/shadow/desired` answers); the version goes up by one. */
   setShadowDesired(uuid: string, state: Record<string, unknown>): ShadowDesiredView;
@@ -81,6 +84,11 @@ export function createAdminApi(store: DevCloudStore, faults: FaultInjector): Adm
     },
     health(uuid, query = {}) {
       return { health: store.health(requireUuid(uuid), optionalInt(query.limit, 'limit', 1, MAX_PAGE, 100)) };
+    },
+    ledger(uuid) {
+      const id = requireUuid(uuid);
+      const last = store.health(id, 1)[0];
+      return checkLedger(last?.health, last?.receivedAt ?? null, (channel) => store.idsOf(id, channel));
     },
     createJob(uuid, job) {
       const body = requireObject(job, 'body');
@@ -150,6 +158,7 @@ export function registerAdminRoutes(app: FastifyInstance, admin: AdminApi, admin
   app.get('/admin/devices/:uuid/health', async (request: FastifyRequest<Uuid & Limit>) =>
     admin.health(request.params.uuid, { limit: queryInt(request.query.limit, 'limit', 1, MAX_PAGE, 100) }),
   );
+  app.get('/admin/devices/:uuid/ledger', async (request: FastifyRequest<Uuid>) => admin.ledger(request.params.uuid));
   app.post('/admin/devices/:uuid/jobs', async (request: FastifyRequest<Uuid>, reply) =>
     reply.code(201).send(admin.createJob(request.params.uuid, request.body as { type: string })),
   );

@@ -163,7 +163,8 @@ function registerRoutes(app: FastifyInstance, store: DevCloudStore, faults: Faul
   });
 
   app.post(`${DEVICE_PREFIX}/health`, async (request: UuidRequest, reply) => {
-    store.addHealth(request.params.uuid, requireObject(request.body, 'body'));
+    const key = request.headers['idempotency-key'];
+    store.addHealth(request.params.uuid, requireObject(request.body, 'body'), typeof key === 'string' ? requireId(key, 'Idempotency-Key') : undefined);
     return reply.code(204).send();
   });
 

@@ -1,12 +1,15 @@
 /** The devcloud's tables: the schema a new file gets, and the upgrades of older files. */
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** Changes after the first schema, by the version they bring the file to. */
 export const UPGRADES: Record<number, string> = {
   // The device shadow's desired state, for devices that read it over HTTP.
   2: `ALTER TABLE devices ADD COLUMN shadow_desired TEXT;
       ALTER TABLE devices ADD COLUMN shadow_version INTEGER NOT NULL DEFAULT 0;`,
+  // A health report's Idempotency-Key (its outbox id): a retry is stored once, and the loss ledger check counts it.
+  3: `ALTER TABLE health ADD COLUMN idem_key TEXT;
+      CREATE UNIQUE INDEX health_by_key ON health (device, idem_key) WHERE idem_key IS NOT NULL;`,
 };
 
 export const SCHEMA = `

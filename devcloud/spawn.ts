@@ -185,6 +185,7 @@ export function adminClient(adminUrl: string, opts: { token?: string } = {}): Ad
     },
     reports: (uuid, q = {}) => call('GET', `${device(uuid)}/reports${query({ limit: q.limit })}`),
     health: (uuid, q = {}) => call('GET', `${device(uuid)}/health${query({ limit: q.limit })}`),
+    ledger: (uuid) => call('GET', `${device(uuid)}/ledger`),
     createJob: (uuid, job) => call('POST', `${device(uuid)}/jobs`, job),
     setShadowDesired: (uuid, state) => call('PUT', `${device(uuid)}/shadow/desired`, state),
     shadowDesired: (uuid) => call('GET', `${device(uuid)}/shadow/desired`),

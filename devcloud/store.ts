@@ -182,6 +182,10 @@ export class DevCloudStore {
     | 'byChannel'
     | 'insertHealth'
     | 'health'
+    | 'idsOfMessages'
+    | 'idsOfReports'
+    | 'idsOfJobUpdates'
+    | 'idsOfHealth'
     | 'insertJob'
     | 'nextJob'
     | 'setJobStatus'
@@ -224,7 +228,11 @@ export class DevCloudStore {
       ),
       countMessages: prepare('SELECT count(*) AS n FROM messages WHERE device = ?'),
       byChannel: prepare('SELECT channel, count(*) AS n FROM messages WHERE device = ? GROUP BY channel'),
-      insertHealth: prepare('INSERT INTO health (device, body, received_at) VALUES (?, ?, ?)'),
+      insertHealth: prepare('INSERT OR IGNORE INTO health (device, body, received_at, idem_key) VALUES (?, ?, ?, ?)'),
+      idsOfMessages: prepare('SELECT id FROM messages WHERE device = ? AND channel = ?').pluck(),
+      idsOfReports: prepare('SELECT report_id FROM reports WHERE device = ?').pluck(),
+      idsOfJobUpdates: prepare('SELECT u.update_id FROM job_updates AS u JOIN jobs AS j ON j.id = u.job_id WHERE j.device = ?').pluck(),
+      idsOfHealth: prepare('SELECT idem_key FROM health WHERE device = ? AND idem_key IS NOT NULL').pluck(),
       health: prepare('SELECT body, received_at FROM health WHERE device = ? ORDER BY seq DESC LIMIT ?'),
       insertJob: prepare(
         `INSERT INTO jobs (id, device, type, params, timeout_seconds, status, created_at, updated_at)
@@ -415,9 +423,10 @@ export class DevCloudStore {
 
   // ---- health ----
 
-  addHealth(uuid: string, body: unknown): void {
+  /** Stores a health report; one with the `key` (its Idempotency-Key) of a stored one is counted, not stored again. */
+  addHealth(uuid: string, body: unknown, key?: string): void {
     this.db.transaction(() => {
-      this.stmt.insertHealth.run(uuid, JSON.stringify(body), this.now());
+      this.stmt.insertHealth.run(uuid, JSON.stringify(body), this.now(), key ?? null);
       this.stmt.bump.run(uuid, 'health.received', 1);
     })();
   }
@@ -427,6 +436,18 @@ export class DevCloudStore {
       health: JSON.parse(r.body) as unknown,
       receivedAt: r.received_at,
     }));
+  }
+
+  /**
+   * The ids stored for one of a device's outbox channels, as the agent's loss ledger counts them:
+   * state reports by reportId, job updates by updateId, health reports by Idempotency-Key, every
+   * other channel by message id.
+   */
+  idsOf(uuid: string, channel: string): IterableIterator<string> {
+    if (channel === 'state') return this.stmt.idsOfReports.iterate(uuid) as IterableIterator<string>;
+    if (channel === 'jobs') return this.stmt.idsOfJobUpdates.iterate(uuid) as IterableIterator<string>;
+    if (channel === 'health') return this.stmt.idsOfHealth.iterate(uuid) as IterableIterator<string>;
+    return this.stmt.idsOfMessages.iterate(uuid, channel) as IterableIterator<string>;
   }
 
   // ---- jobs ----

@@ -47,6 +47,8 @@ export class Agent {
       routeMqttMessages(mqtt, { pollTarget: () => cloud?.poller.pollNow(), pollJobs: () => cloud?.jobs?.poller.pollNow(), shadow: shadow?.shadow });
     }
     watchServiceTransitions(workloads.reconciler, queueing.events);
+    // Rows counted again after the start: the ledger may show a loss; the cloud hears of it now.
+    queueing.whenRecounted(() => cloud?.health.request());
   }
 
   /** `handler` (`run`: an in-process restart) makes the start that salvages a database found damaged. */

@@ -11,7 +11,7 @@ import { formatIssues, loadConfig, redactConfig, resolveDataDir, type ConfigResu
 import { defaultConfig, type AgentConfig } from './config/schema.js';
 import { MIGRATIONS } from './database-schema.js';
 import { COUNTER_MIRROR_FILE, restoreCounters } from './outbox/counter-mirror.js';
-import { countCorruptLosses } from './outbox/salvage-losses.js';
+import { countCorruptLosses, rebaseLedger } from './outbox/salvage-losses.js';
 import { isCorruptionError } from './store/integrity.js';
 import { writePendingSalvage } from './store/quarantine.js';
 import { Store } from './store/store.js';
@@ -130,10 +130,11 @@ function openStore(path: string, logger: Logger, disk: DataDirDisk, loaded: Conf
       // The full check reads every page: it runs once the agent is up (Agent.start), so a start stays short.
       integrityCheck: 'background',
       // The outbox's counters come back from their copy if the damage took them; then the messages
-      // lost with the corrupt database become its `corrupt` drops, per channel.
+      // lost with the corrupt database become its `corrupt` drops, per channel, and the loss ledger balances again.
       onSalvaged: (db, salvage) => {
         restoreCounters(db, join(dirname(path), COUNTER_MIRROR_FILE), logger);
         countCorruptLosses(db, salvage, logger);
+        rebaseLedger(db, logger);
       },
       targetMirror: join(dirname(path), TARGET_MIRROR_FILE),
     });

@@ -36,6 +36,7 @@ interface StatusInput {
       { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number; drops?: Record<string, number> }
     >;
     dataDisk?: { state: string; dataDir: string; freeBytes: number | null } | null;
+    ledger?: { balanced: boolean; channels: Record<string, { accepted: number; unaccounted: number }> };
   };
   jobs?: {
     enabled: boolean;
@@ -235,9 +236,19 @@ function outboxSection(q: NonNullable<StatusInput['queue']>): string[] {
     `${c.depth} waiting  ${c.delivered} delivered  ${c.dropped} dropped${dropReasons(c.drops)}  ${c.expired} expired  ${c.parked} parked`,
   ]);
   if (rows.length > 0) out.push(table(rows));
+  if (q.ledger) out.push(ledgerLine(q.ledger));
   const d = q.dataDisk;
   if (d) out.push(`Disk  ${d.state === 'full' ? 'disk full' : d.state}: ${d.freeBytes === null ? '?' : bytes(d.freeBytes)} free where ${d.dataDir} lives`);
   return out;
+}
+
+/** The loss ledger in one line: balanced, or which channels have messages nothing accounts for. */
+function ledgerLine(l: NonNullable<NonNullable<StatusInput['queue']>['ledger']>): string {
+  const channels = Object.entries(l.channels);
+  const accepted = channels.reduce((n, [, c]) => n + c.accepted, 0);
+  if (l.balanced) return `Ledger  balanced: all ${accepted} message(s) taken are delivered, queued, parked, dropped or expired`;
+  const off = channels.filter(([, c]) => c.unaccounted !== 0).map(([name, c]) => `${name} ${c.unaccounted}`);
+  return `Ledger  DOES NOT BALANCE: unaccounted ${off.join(', ')} (removed behind the agent's back? see the log)`;
 }
 
 function jobsSection(j: NonNullable<StatusInput['jobs']>): string[] {

@@ -14,6 +14,8 @@ export interface MetricsSource {
       { depth: number; bytes: number; oldestAgeMs: number; delivered: number; dropped: number; expired: number; parked: number; drops?: Record<string, number> }
     >;
   };
+  /** The outbox's loss ledger (outbox/ledger.ts), per channel. */
+  ledger?(): { balanced: boolean; channels: Record<string, { accepted: number; unaccounted: number }> };
   mqtt(): { connected: boolean; inflight: number; reconnects: number } | null;
   loops(): { name: string; state: string; restarts: number }[];
   degraded(): boolean;
@@ -160,6 +162,41 @@ function queueMetrics(registry: Registry, source: MetricsSource): void {
     },
   });
   perChannel('iotistic_queue_expired_total', 'Messages that outlived their TTL', (c) => c.expired, true);
+  ledgerMetrics(registry, source);
+}
+
+/** The loss ledger: what was taken, and what of it is not accounted for (0 unless rows vanished behind the agent's back). */
+function ledgerMetrics(registry: Registry, source: MetricsSource): void {
+  const ledger = source.ledger?.bind(source);
+  if (!ledger) return;
+  new Counter({
+    name: 'iotistic_queue_accepted_total',
+    help: 'Messages the outbox took (queued, or dropped on arrival while offline with enableQueue false)',
+    labelNames: ['channel'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [channel, l] of Object.entries(ledger().channels)) this.inc({ channel }, l.accepted);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_queue_unaccounted',
+    help: 'Messages taken that are neither delivered, queued, parked, dropped nor expired (the loss ledger; anything but 0 is a loss nothing counted)',
+    labelNames: ['channel'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [channel, l] of Object.entries(ledger().channels)) this.set({ channel }, l.unaccounted);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_queue_ledger_balanced',
+    help: '1 while every message the outbox took is accounted for, 0 when the loss ledger of a channel does not balance',
+    registers: [registry],
+    collect() {
+      this.set(ledger().balanced ? 1 : 0);
+    },
+  });
 }
 
 /** The data dir's disk watermark. */

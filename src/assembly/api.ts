@@ -66,6 +66,7 @@ function metricsSource(p: AgentParts): MetricsSource {
   return {
     connection: () => core.monitor.health(),
     queue: () => queueing.outbox.stats(),
+    ledger: () => queueing.outbox.ledger(),
     disk: () => core.disk?.view() ?? null,
     mqtt: () => mqtt?.stats() ?? null,
     targetVersion: () => p.workloads.targets.current()?.version ?? null,

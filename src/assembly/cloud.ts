@@ -66,8 +66,11 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
   });
   const health = new HealthReporter({
     outbox: queueing.outbox,
-    health: () => ({ ...status.connectionHealth(), config: status.configStatus() }),
+    // The ledger says which channels went over MQTT: a cloud that sees only the device API cannot check those.
+    health: () => ({ ...status.connectionHealth(), config: status.configStatus(), ledger: { ...queueing.outbox.ledger(), mqttChannels: config.mqtt.url ? [...MQTT_CHANNELS] : [] } }),
     logger: logger.child({ part: 'health-report' }),
+    clock: core.clock,
+    intervalMs: () => workloads.settings().healthReportIntervalMs,
   });
   const jobs = config.features.jobs ? buildJobs(core, { loop: cloudLoop('jobs'), outbox: queueing.outbox, poller, reconciler: workloads.reconciler }) : undefined;
   // Without MQTT the shadow's desired state is polled over HTTP; with it, it arrives retained.

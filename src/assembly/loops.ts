@@ -26,6 +26,7 @@ export function startLoops(p: AgentParts): void {
   const shadowPoller = cloud.shadowPoller;
   if (shadowPoller) loops.start('shadow-desired', (s) => shadowPoller.run(s));
   loops.start('state-report', (s) => cloud.reporter.run(s));
+  loops.start('health-report', (s) => cloud.health.run(s));
 }
 
 /** A loop that calls `tick` every `ms` until its signal aborts. */

@@ -27,12 +27,15 @@ export interface Queueing {
   sampler: MetricsSampler | undefined;
   /** The copy of the outbox's counters outside the database, taken back after a salvage that lost them. */
   counters: CounterMirror;
+  /** Whom to tell when the outbox counted its rows again after the start (its loss ledger may have moved). */
+  whenRecounted(listener: () => void): void;
 }
 
 export function buildQueueing(core: Core, settings: () => AgentConfig['settings']): Queueing {
   const { config, store, clock, ids, logger, disk } = core;
   const offline = config.settings.offline;
   const flushers = new FlusherRouter();
+  let recounted: (() => void) | undefined;
   // A commit of what producers handed over is ingest's turn too: while a drain runs, a pause as long follows it.
   const share = new LoopShare({ clock, draining: () => outbox.leased > 0, enabled: offline.shareLoopWithDrain });
   // Everything bound for the cloud waits here, on disk, until a sink has delivered it.
@@ -49,6 +52,7 @@ export function buildQueueing(core: Core, settings: () => AgentConfig['settings'
     },
     // The seed's enableQueue: false: no store-and-forward while the cloud is away; every feature still runs.
     ...(offline.enableQueue ? {} : { refuseWhileOffline: () => core.monitor.status() === 'offline' }),
+    onRecount: () => recounted?.(),
   });
   if (!offline.enableQueue) {
     logger.warn(
@@ -63,6 +67,7 @@ export function buildQueueing(core: Core, settings: () => AgentConfig['settings'
     ingest: new TelemetryIngest({ outbox, ...(disk ? { diskRefusal: () => disk.refusal() } : {}) }),
     sampler: buildSampler(core, outbox, settings),
     counters: new CounterMirror({ db: store.db, path: join(config.dataDir, COUNTER_MIRROR_FILE), clock, logger: logger.child({ part: 'outbox' }) }),
+    whenRecounted: (listener) => void (recounted = listener),
   };
 }
 

@@ -1,6 +1,7 @@
 import type { Outbox } from '../outbox/outbox.js';
 import { CloudError } from '../resilience/cloud-error.js';
 import { withOutcome, type OutcomeSink } from '../resilience/outcome.js';
+import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
@@ -17,16 +18,28 @@ export interface HealthReporterOptions {
   /** The ConnectionHealth (with the outages) and the config's source, read when a report is asked for. */
   health: () => unknown;
   logger: Logger;
+  clock: Pick<Clock, 'sleep'>;
+  /** A report at every start and then this often (`settings.healthReportIntervalMs`), so the cloud sees the loss ledger move. */
+  intervalMs: () => number;
 }
 
 /**
- * Queues the ConnectionHealth (with the outage that just ended) when the device comes back from
- * offline, and at a start on the last-known-good config, so the cloud can see how long a device was
- * away and why. It goes through the outbox like everything bound for the cloud: durable (a restart
+ * Queues the ConnectionHealth (with the outage that just ended, and the outbox's loss ledger) at
+ * every start, every `intervalMs`, when the device comes back from offline, when the outbox counted
+ * its rows again (the ledger may have moved), and at a start on the last-known-good config, so the
+ * cloud can see how long a device was away and why, and check that nothing was lost. It goes through the outbox like everything bound for the cloud: durable (a restart
  * before the cloud is back keeps it) and coalesced (several returns while one waits become the latest).
  */
 export class HealthReporter {
   constructor(private readonly o: HealthReporterOptions) {}
+
+  /** A report now, then one every interval, until `signal` aborts. */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      this.request();
+      await this.o.clock.sleep(this.o.intervalMs(), signal).catch(() => undefined);
+    }
+  }
 
   /** Queues a report of the health as it is now. Never throws: a refusal is logged. */
   request(): void {

@@ -138,6 +138,9 @@ const offlineSchema = z.strictObject({
 const settingsSchema = z.strictObject({
   pollIntervalMs: ms(1_000).default(60_000).describe('Target-state poll interval while online (jitter is added).'),
   reportIntervalMs: ms(100).default(10_000).describe('At most one current-state report per this interval.'),
+  healthReportIntervalMs: ms(10_000)
+    .default(900_000)
+    .describe('A connection-health report (with the outbox\'s loss ledger) at every start and then this often; also one on each return from offline.'),
   metricsIntervalMs: ms(1_000).default(60_000).describe('System metrics sampling interval.'),
   reconciliationIntervalMs: ms(1_000).default(30_000).describe('How often workloads are reconciled against the target state.'),
   offline: offlineSchema.prefault({}),

@@ -12,7 +12,7 @@ export interface AcksOptions {
   q: Pick<OutboxStatements, 'deleteIds' | 'deleteById'>;
   tx: Pick<Transactor, 'run'>;
   lanes: Pick<Lanes, 'remove'>;
-  counters: Pick<OutboxCounters, 'bump'>;
+  counters: Pick<OutboxCounters, 'bump' | 'digest'>;
   leases: Pick<Leases, 'get' | 'release'>;
   logger: Logger;
   /** The connection's `synchronous` (read once at open): at FULL or above an ack is committed without its own fsync. */
@@ -68,7 +68,7 @@ export class Acks {
       if (leased.length > 0) {
         try {
           this.deleteLeased(leasedIds);
-          for (const l of leased) this.delivered(l);
+          leased.forEach((l, i) => this.delivered(l, leasedIds[i] as string));
           deleted += leased.length;
         } catch (err) {
           if (!(err instanceof LeaseMismatch)) throw err;
@@ -79,15 +79,16 @@ export class Acks {
       for (const id of rest) {
         const row = this.o.q.deleteById.get(id) as RowRef | undefined;
         if (!row) continue;
-        this.delivered(row);
+        this.delivered(row, id);
         deleted++;
       }
       return deleted;
     });
   }
 
-  private delivered(row: Omit<RowRef, 'seq'>): void {
+  private delivered(row: Omit<RowRef, 'seq'>, id: string): void {
     this.o.lanes.remove(row);
     this.o.counters.bump(row.channel, 'delivered');
+    this.o.counters.digest(row.channel, id);
   }
 }

@@ -56,7 +56,7 @@ export function readCounterMirror(path: string): { ok: true; rows: CounterRow[] 
 
 /**
  * After a salvage: raises each counter of the fresh database to the copy's value where the copy holds
- * more. Returns how many counters were raised. Safe to run twice (a salvage redone after a crash).
+ * more (the ledger's digest, not a count, is taken with its channel's `delivered`). Returns how many counters were raised. Safe to run twice (a salvage redone after a crash).
  */
 export function restoreCounters(db: Database, path: string, logger: Logger): number {
   const copy = readCounterMirror(path);
@@ -69,13 +69,21 @@ export function restoreCounters(db: Database, path: string, logger: Logger): num
   const raise = db.prepare(
     'INSERT INTO outbox_counters (channel, counter, value) VALUES (?, ?, ?) ON CONFLICT (channel, counter) DO UPDATE SET value = max(value, excluded.value)',
   );
+  const setDigest = db.prepare(
+    "INSERT INTO outbox_counters (channel, counter, value) VALUES (?, 'digest', ?) ON CONFLICT (channel, counter) DO UPDATE SET value = excluded.value",
+  );
   let raised = 0;
   db.transaction(() => {
+    const deliveredRaised = new Set<string>();
     for (const r of copy.rows) {
-      if ((current.get(key(r)) ?? 0) >= r.value) continue;
+      // The digest is a sum modulo 2^52, not a count: it follows `delivered` below.
+      if (r.counter === 'digest' || (current.get(key(r)) ?? 0) >= r.value) continue;
       raise.run(r.channel, r.counter, r.value);
+      if (r.counter === 'delivered') deliveredRaised.add(r.channel);
       raised++;
     }
+    // A channel whose delivered count was taken back takes the digest of the same copy with it (it sums those ids).
+    for (const r of copy.rows) if (r.counter === 'digest' && deliveredRaised.has(r.channel)) setDigest.run(r.channel, r.value);
   })();
   if (raised > 0) logger.warn({ file: path, raised }, `outbox: ${raised} counters lost with the damaged database were taken back from ${path}`);
   return raised;

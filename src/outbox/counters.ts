@@ -1,14 +1,32 @@
+import { addToDigest } from './ledger.js';
 import type { DropCounts } from './limits.js';
 
 /**
- * Counters kept in `outbox_counters`, written in the transaction of the change they count. Drops by
+ * Counters kept in `outbox_counters`, written in the transaction of the change they count. `accepted`:
+ * messages the outbox took (queued, or counted as an `offline` drop on arrival); `digest`: the loss
+ * ledger's sum of the delivered ids' hashes (ledger.ts), not a count. Drops by
  * reason: `count`, `bytes`, `disk`, `expired` (ttl), `parkedLimit`, `purged` (parked ones an operator deleted), `corrupt` (lost with a damaged database,
  * counted by the salvage: salvage-losses.ts), `offline` (not queued: produced while the cloud was unreachable with `enableQueue: false`); `overflow` is the count and bytes
  * drops of databases from before they were told apart, shown as `count`.
  */
-export const COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parked', 'parkedLimit', 'purged', 'corrupt', 'coalesced', 'downsampled', 'offline'] as const;
-/** `accepted` is counted in memory only (since the outbox opened): persisting it would add a page write to every enqueue commit. */
-export type CounterName = (typeof COUNTERS)[number] | 'accepted';
+export const COUNTERS = [
+  'accepted',
+  'delivered',
+  'overflow',
+  'count',
+  'bytes',
+  'disk',
+  'expired',
+  'parked',
+  'parkedLimit',
+  'purged',
+  'corrupt',
+  'coalesced',
+  'downsampled',
+  'offline',
+  'digest',
+] as const;
+export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
 
 /** Counters that are drops: the drop reporter hears of them once their transaction commits. */
@@ -29,6 +47,7 @@ export const zeroCounters = (): Counters => ({
   coalesced: 0,
   downsampled: 0,
   offline: 0,
+  digest: 0,
 });
 export const dropsOf = (c: Counters): DropCounts => ({
   count: c.count,
@@ -84,8 +103,15 @@ export class OutboxCounters {
       this.s.counters.set(channel, c);
     }
     c[counter] += by;
-    if (counter !== 'accepted') this.s.dirty.add(channel);
+    this.s.dirty.add(channel);
     if (DROPS.has(counter)) this.dropping = true;
+  }
+
+  /** Adds a delivered id to its channel's digest (ledger.ts); the ack that counts it as delivered does this too. */
+  digest(channel: string, id: string): void {
+    this.bump(channel, 'digest', 0);
+    const c = this.s.counters.get(channel) as Counters;
+    c.digest = addToDigest(c.digest, id);
   }
 
   of(channel: string): Readonly<Counters> | undefined {

@@ -133,3 +133,25 @@ export const OUTBOX_TIME_MIGRATION: Migration = {
       `);
   },
 };
+
+/**
+ * The loss ledger (ledger.ts): `accepted` was counted in memory only before. A database from before
+ * starts its ledger balanced: each channel's `accepted` is set to what its other counters and rows
+ * account for, so the ledger proves everything from the upgrade on.
+ */
+export const OUTBOX_LEDGER_MIGRATION: Migration = {
+  version: 10,
+  name: 'outbox: the loss ledger starts balanced (accepted = what is accounted for)',
+  up(db) {
+    db.exec(`
+        INSERT INTO outbox_counters (channel, counter, value)
+          SELECT channel, 'accepted', sum(n) FROM (
+            SELECT channel, sum(value) AS n FROM outbox_counters
+              WHERE counter IN ('delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parkedLimit', 'purged', 'corrupt', 'coalesced', 'downsampled', 'offline')
+              GROUP BY channel
+            UNION ALL SELECT channel, count(*) FROM outbox GROUP BY channel
+            UNION ALL SELECT channel, count(*) FROM outbox_parked GROUP BY channel
+          ) GROUP BY channel HAVING sum(n) > 0;
+      `);
+  },
+};

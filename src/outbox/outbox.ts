@@ -15,6 +15,7 @@ import { Expiry } from './expiry.js';
 import { GroupCommit, type PendingCall } from './group-commit.js';
 import { Intake, type Prepared } from './intake.js';
 import { Lanes } from './lanes.js';
+import { LedgerLog, outboxLedger, type OutboxLedger } from './ledger.js';
 import { Leases } from './leases.js';
 import { DropReporter, type OnLimit } from './limits.js';
 import { LANE_TOTALS_MISMATCH_SQL } from './migration.js';
@@ -109,6 +110,8 @@ export interface OutboxOptions {
    * `offline` drop of its channel. What was queued before stays and is delivered.
    */
   refuseWhileOffline?: () => boolean;
+  /** The rows were counted again after the start (a background check found the totals wrong): the loss ledger may have changed. */
+  onRecount?: () => void;
 }
 
 export class Outbox {
@@ -139,6 +142,8 @@ export class Outbox {
   /** The connection's `synchronous` at open: at FULL or above, enqueues are fsynced off the loop (walSync). */
   private readonly syncLevel: number;
   private readonly walSync: WalSync;
+  private readonly onRecount: (() => void) | undefined;
+  private readonly ledgerLog: LedgerLog;
   private commits = 0;
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -150,6 +155,8 @@ export class Outbox {
     this.logger = logger;
     this.onCommit = opts.onCommit;
     this.refuseWhileOffline = opts.refuseWhileOffline;
+    this.onRecount = opts.onRecount;
+    this.ledgerLog = new LedgerLog(logger);
     const limits = { ...opts.limits };
     const compressAboveBytes = opts.compressAboveBytes ?? 1024;
     const pageSize = db.pragma('page_size', { simple: true }) as number;
@@ -202,6 +209,8 @@ export class Outbox {
     const totals = () => counters.dropTotals();
     this.drops = new DropReporter({ db, clock, logger, intervalMs: opts.dropLogIntervalMs ?? 60_000, totals });
     this.drops.report(true);
+    // A loss found at open (rows removed while the agent was stopped) is logged now, not at the first look.
+    this.ledger();
   }
 
   /** The policy in force at each limit for `channel`. */
@@ -247,7 +256,11 @@ export class Outbox {
     const why = 'not queued: the cloud cannot be reached and settings.offline.enableQueue is false (counted in drops.offline)';
     try {
       this.tx.run(`counting ${ms.length} message(s) not queued while offline`, () => {
-        for (const m of ms) this.counters.bump(m.channel, 'offline');
+        for (const m of ms) {
+          // Taken and dropped on arrival: the ledger accounts for it like any other drop.
+          this.counters.bump(m.channel, 'accepted');
+          this.counters.bump(m.channel, 'offline');
+        }
       });
     } catch (err) {
       this.logger.warn({ err: errorMessage(err) }, `outbox: messages not queued while offline could not be counted: ${errorMessage(err)}`);
@@ -400,7 +413,9 @@ export class Outbox {
     if (this.closed) return false;
     this.logger.warn({ mismatch }, 'outbox: the per-lane totals kept in the database did not match its rows (was it written by something else?); counting the rows again');
     this.lanes.recount(this.q.loadLanes.all() as { channel: string; priority: number; n: number; b: number }[]);
-    return this.persistTotals('recounted');
+    const persisted = this.persistTotals('recounted');
+    this.onRecount?.();
+    return persisted;
   }
 
   /** Writes the lane totals whole; on failure the next start must count again (the store is told). */
@@ -462,6 +477,16 @@ export class Outbox {
   }
 
   // ---------------------------------------------------------------- stats
+
+  /**
+   * The loss ledger per channel (ledger.ts): every message taken, accounted for. A channel whose
+   * `unaccounted` changes to anything but 0 is logged as an error, once per change.
+   */
+  ledger(): OutboxLedger {
+    const l = outboxLedger(this.stats(), (channel) => this.counters.of(channel)?.digest ?? 0);
+    this.ledgerLog.note(l);
+    return l;
+  }
 
   /** Depth, bytes, age and counters per channel and in total; from memory (plus an index probe per changed lane). */
   stats(): OutboxStats {

@@ -48,6 +48,12 @@ export class Parking {
       for (const id of list) {
         const row = this.o.q.findById.get(id) as RowRef | undefined;
         if (!row) continue;
+        const before = this.o.q.parkedGet.get(id) as ParkedRow | undefined;
+        if (before) {
+          // Parked before under the same id (a producer sent it again): the newer copy replaces it, counted as replaced.
+          this.o.counters.addParked(before.channel, -1);
+          this.o.counters.bump(before.channel, 'coalesced');
+        }
         this.o.q.parkInsert.run(at, reason.slice(0, 1000), row.seq);
         this.o.q.deleteSeq.run(row.seq);
         this.o.lanes.remove(row);
@@ -83,7 +89,11 @@ export class Parking {
         const inserted = this.o.q.unparkInsert.run(id);
         this.o.q.parkedDelete.run(row.parked_seq);
         this.o.counters.addParked(row.channel, -1);
-        if (inserted.changes === 0) continue; // already queued under that id
+        if (inserted.changes === 0) {
+          // Already queued under that id (a producer sent it again): one copy goes, counted as replaced.
+          this.o.counters.bump(row.channel, 'coalesced');
+          continue;
+        }
         this.o.lanes.add(row.channel, row.priority, row.bytes, row.mono ?? row.created_at, inserted.lastInsertRowid);
         this.o.lanes.forgetOldest(row.channel, row.priority);
         this.o.expiry.note(row.expires_at);

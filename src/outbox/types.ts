@@ -97,7 +97,7 @@ export interface ChannelStats {
   coalesced: number;
   /** Messages merged into others by metrics downsampling. */
   downsampled: number;
-  /** Messages accepted by enqueue since the outbox opened (not persisted: it would cost a write per commit). */
+  /** Messages the outbox took: queued, or counted as an `offline` drop on arrival (the loss ledger's left side: ledger.ts). */
   accepted: number;
 }
 

@@ -14,7 +14,7 @@ import type { AgentStatus } from './agent-status.js';
 /** The local API's pages (and what `status` and the dashboard print), read from the parts at each request. */
 
 export interface QueueParts {
-  outbox: Pick<Outbox, 'stats' | 'parked'>;
+  outbox: Pick<Outbox, 'stats' | 'parked' | 'ledger'>;
   disk: Pick<DataDirDisk, 'view'> | undefined;
   flushers: readonly Pick<Flusher, 'stats'>[];
   share?: Pick<LoopShare, 'stats'> | undefined;
@@ -24,6 +24,7 @@ export interface QueueParts {
 export function queueView(p: QueueParts): unknown {
   return {
     ...p.outbox.stats(),
+    ledger: p.outbox.ledger(),
     dataDisk: p.disk?.view() ?? null,
     flushers: p.flushers.map((f) => f.stats()),
     ingestShare: p.share?.stats() ?? null,

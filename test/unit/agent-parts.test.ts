@@ -133,8 +133,10 @@ describe('events', () => {
 describe('API views', () => {
   it('keep the fields of /v2/queue, /v2/jobs and /v2/state in their order', () => {
     const share = { stats: () => ({ enabled: true, pauses: 3, pausedMs: 12, paused: false }) };
-    const q = queueView({ outbox: { stats: () => ({ depth: 1 }) as never, parked: () => [] }, disk: undefined, flushers: [{ stats: () => ({ sink: 'http' }) as never }], share });
-    expect(Object.keys(q as object)).toEqual(['depth', 'dataDisk', 'flushers', 'ingestShare', 'parkedMessages']);
+    const ledger = { balanced: true, channels: {} };
+    const q = queueView({ outbox: { stats: () => ({ depth: 1 }) as never, parked: () => [], ledger: () => ledger }, disk: undefined, flushers: [{ stats: () => ({ sink: 'http' }) as never }], share });
+    expect(Object.keys(q as object)).toEqual(['depth', 'ledger', 'dataDisk', 'flushers', 'ingestShare', 'parkedMessages']);
+    expect((q as { ledger: unknown }).ledger).toBe(ledger);
     expect((q as { ingestShare: unknown }).ingestShare).toEqual({ enabled: true, pauses: 3, pausedMs: 12, paused: false });
     const off = jobsView({ config: { features: { jobs: true }, jobs: {} } as never, runner: undefined, poller: undefined });
     expect(off).toEqual({ enabled: false, reason: 'there is no cloud.apiUrl to take jobs from', types: [], running: null, counts: null, recent: [] });

@@ -167,16 +167,16 @@ describe('after a salvage that lost the counters', () => {
     before.store.db.exec("DELETE FROM outbox_counters WHERE NOT (channel = 'telemetry' AND counter = 'count')");
     before.store.db.prepare("UPDATE outbox_counters SET value = 1 WHERE channel = 'telemetry' AND counter = 'count'").run();
     const log = captureLogger();
-    // telemetry's count (1 → 4) and its drop log's mark, events' corrupt losses.
-    expect(restoreCounters(before.store.db, before.path, log.logger)).toBe(3);
+    // telemetry's accepted and count (1 → 4), its drop log's mark, events' corrupt losses.
+    expect(restoreCounters(before.store.db, before.path, log.logger)).toBe(4);
     expect(restoreCounters(before.store.db, before.path, log.logger)).toBe(0); // a salvage redone: nothing twice
-    expect(log.records().map((r) => r.msg)).toEqual([`outbox: 3 counters lost with the damaged database were taken back from ${before.path}`]);
+    expect(log.records().map((r) => r.msg)).toEqual([`outbox: 4 counters lost with the damaged database were taken back from ${before.path}`]);
     countCorruptLosses(before.store.db, { tables: { outbox: { lost: 1 } }, lostRows: { outbox: { rows: [{ values: { channel: 'telemetry' } }] } } }, silentLogger());
     await before.close();
 
     const after = open(dir, 10);
     const stats = after.outbox.stats();
-    expect(stats.channels['telemetry']).toMatchObject({ drops: { count: 4, corrupt: 1 } });
+    expect(stats.channels['telemetry']).toMatchObject({ accepted: 14, drops: { count: 4, corrupt: 1 } });
     expect(stats.channels['events']).toMatchObject({ drops: { corrupt: 2 } });
   });
 
