@@ -115,6 +115,8 @@ export class AgentUnderTest {
       api: { port: apiPort, localApiKey: s.localKey },
       localBroker: { port: brokerPort },
       features: { localBroker: true },
+      // A health report (with the loss ledger) every 10 s, so the end of the run has one made after the drain.
+      settings: { healthReportIntervalMs: 10_000 },
       logging: { level: 'info', format: 'json' },
     };
   }

@@ -1,3 +1,4 @@
+import { checkAgentLedgers } from './agent-ledgers.js';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { seededRandom, type Random } from '../../src/util/random.js';
@@ -164,7 +165,10 @@ async function campaign(world: World, opts: Options): Promise<ChaosSummary> {
   for (const a of world.agents) if (!a.running()) await a.start();
   const finals = await drain(world, opts.drainMs);
   clearInterval(poller);
+  const drainedAt = Date.now();
   await sleep(2_000);
+  // The agents' own ledgers, and the devcloud's check of a health report made after the drain (one every 10 s).
+  const ledgers = await checkAgentLedgers(world.agents, world.admin, drainedAt, 30_000);
 
   const http = await devcloudStored(world.admin, world.agents.flatMap((a) => a.uuids));
   const mqtt = world.cloudMqtt.stored();
@@ -178,7 +182,7 @@ async function campaign(world: World, opts: Options): Promise<ChaosSummary> {
     http.suppressed + mqtt.suppressed,
     done,
   );
-  return summarize(ledger, { seed: opts.seed, durationMs: faultsMs, rate: opts.rate, startedAt, runDir: world.runDir, missingKinds: missing() });
+  return summarize(ledger, { seed: opts.seed, durationMs: faultsMs, rate: opts.rate, startedAt, runDir: world.runDir, missingKinds: missing(), agentLedgers: ledgers });
 }
 
 /** Waits until every agent's telemetry queue is empty (or the timeout); returns the last depths. */

@@ -1,4 +1,5 @@
 import { cell, machine, table } from '../report.js';
+import type { AgentLedgerCheck } from './agent-ledgers.js';
 import type { FaultKind } from './faults.js';
 import type { Ledger } from './ledger.js';
 
@@ -28,10 +29,15 @@ export interface ChaosSummary {
   faults: Array<{ kind: FaultKind; target: string; atS: number; heldMs: number; deliveringMs: Record<string, number | null>; notes: string[]; findings: string[] }>;
   channels: Ledger['channels'];
   agents: Ledger['agents'];
+  /** Each agent's own loss ledger and the devcloud's check of it (agent-ledgers.ts). */
+  agentLedgers: AgentLedgerCheck[];
   pass: boolean;
 }
 
-export function summarize(ledger: Ledger, opts: { seed: number; durationMs: number; rate: number; startedAt: number; runDir: string | null; missingKinds: FaultKind[] }): ChaosSummary {
+export function summarize(
+  ledger: Ledger,
+  opts: { seed: number; durationMs: number; rate: number; startedAt: number; runDir: string | null; missingKinds: FaultKind[]; agentLedgers: AgentLedgerCheck[] },
+): ChaosSummary {
   const sum = (f: (a: Ledger['agents'][number]) => number): number => ledger.agents.reduce((n, a) => n + f(a), 0);
   const faultsInjected: Partial<Record<FaultKind, number>> = {};
   for (const f of ledger.faults) faultsInjected[f.kind] = (faultsInjected[f.kind] ?? 0) + 1;
@@ -51,6 +57,8 @@ export function summarize(ledger: Ledger, opts: { seed: number; durationMs: numb
     if (a.dropped.disk > 0) findings.push(`agent ${a.agent}: ${a.dropped.disk} acknowledged messages dropped at the disk watermark, where the default policy refuses`);
   }
   for (const a of ledger.agents) if (a.uuids.length > 1) findings.push(`agent ${a.agent}: device uuid changed during the run (${a.uuids.join(' -> ')})`);
+  const ledgerFindings = opts.agentLedgers.flatMap((l) => l.findings);
+  findings.push(...ledgerFindings);
   const s = {
     lost: sum((a) => a.lost),
     duplicatesStored: sum((a) => a.duplicatesStored),
@@ -91,7 +99,8 @@ export function summarize(ledger: Ledger, opts: { seed: number; durationMs: numb
     })),
     channels: ledger.channels,
     agents: ledger.agents,
-    pass: s.lost === 0 && s.duplicatesStored === 0 && s.brickedStarts === 0 && opts.missingKinds.length === 0,
+    agentLedgers: opts.agentLedgers,
+    pass: s.lost === 0 && s.duplicatesStored === 0 && s.brickedStarts === 0 && opts.missingKinds.length === 0 && ledgerFindings.length === 0,
   };
 }
 
@@ -115,6 +124,7 @@ export function printSummary(s: ChaosSummary): void {
       ]),
     ),
   );
+  out.push('', ...ledgerTable(s.agentLedgers));
   out.push('');
   out.push(
     table(
@@ -153,6 +163,19 @@ export function printSummary(s: ChaosSummary): void {
   }
   out.push('', s.pass ? 'PASS' : 'FAIL');
   console.log(out.join('\n'));
+}
+
+/** The agents' own loss ledgers, a row per channel, with the devcloud's verdict. */
+function ledgerTable(ledgers: AgentLedgerCheck[]): string[] {
+  const rows: string[][] = [];
+  for (const a of ledgers) {
+    for (const [channel, l] of Object.entries(a.local?.channels ?? {})) {
+      const dropped = Object.values(l.dropped).reduce((n, v) => n + v, 0);
+      rows.push([a.agent, channel, cell(l.accepted), cell(l.delivered), cell(l.queued), cell(l.parked), cell(dropped), cell(l.expired), cell(l.superseded), cell(l.unaccounted), a.cloud?.channels[channel]?.verdict ?? '-']);
+    }
+    if (!a.local) rows.push([a.agent, '?', '', '', '', '', '', '', '', '', '']);
+  }
+  return ['loss ledger (each agent\'s own; want unaccounted 0, and no devcloud mismatch)', table(['agent', 'channel', 'accepted', 'delivered', 'queued', 'parked', 'dropped', 'expired', 'superseded', 'unaccounted', 'devcloud'], rows)];
 }
 
 function refusals(r: Record<string, number>): string {

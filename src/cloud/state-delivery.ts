@@ -25,7 +25,7 @@ export class StateDelivery {
     private readonly monitor?: OutcomeSink,
   ) {}
 
-  /** Resolves when the cloud took it (or nothing changed); throws a CloudError otherwise. */
+  /** Resolves when the cloud took it; throws a CloudError otherwise. */
   send(reportId: string, full: Json, signal?: AbortSignal): Promise<void> {
     const run = this.chain.then(() => this.sendNow(reportId, full, signal));
     this.chain = run.catch(() => undefined);
@@ -34,8 +34,9 @@ export class StateDelivery {
 
   private async sendNow(reportId: string, full: Json, signal?: AbortSignal): Promise<void> {
     const acked = this.store.getKv<Json>(ACKED_KEY) ?? undefined;
-    const patch = mergePatch(acked ?? undefined, full);
-    if (patch === undefined) return;
+    // Nothing changed since the acknowledged report: still sent (an empty patch), so every report the
+    // outbox counts as delivered is one the cloud holds (the loss ledger's check, docs/outbox.md).
+    const patch = mergePatch(acked ?? undefined, full) ?? {};
     try {
       await withOutcome(this.monitor, 'report', signal, () =>
         this.http.request({

@@ -56,7 +56,7 @@ export function readCounterMirror(path: string): { ok: true; rows: CounterRow[] 
 
 /**
  * After a salvage: raises each counter of the fresh database to the copy's value where the copy holds
- * more (the ledger's digest, not a count, is taken with its channel's `delivered`). Returns how many counters were raised. Safe to run twice (a salvage redone after a crash).
+ * more (the ledger's digest, not a count, is taken where the copy's `delivered` is the database's). Returns how many counters were raised. Safe to run twice (a salvage redone after a crash).
  */
 export function restoreCounters(db: Database, path: string, logger: Logger): number {
   const copy = readCounterMirror(path);
@@ -74,16 +74,19 @@ export function restoreCounters(db: Database, path: string, logger: Logger): num
   );
   let raised = 0;
   db.transaction(() => {
-    const deliveredRaised = new Set<string>();
     for (const r of copy.rows) {
       // The digest is a sum modulo 2^52, not a count: it follows `delivered` below.
       if (r.counter === 'digest' || (current.get(key(r)) ?? 0) >= r.value) continue;
       raise.run(r.channel, r.counter, r.value);
-      if (r.counter === 'delivered') deliveredRaised.add(r.channel);
+      current.set(key(r), r.value);
       raised++;
     }
-    // A channel whose delivered count was taken back takes the digest of the same copy with it (it sums those ids).
-    for (const r of copy.rows) if (r.counter === 'digest' && deliveredRaised.has(r.channel)) setDigest.run(r.channel, r.value);
+    // The copy's digest sums the ids of the copy's delivered count: it is right wherever that count is the database's now.
+    const delivered = new Map(copy.rows.filter((r) => r.counter === 'delivered').map((r) => [r.channel, r.value]));
+    for (const r of copy.rows) {
+      if (r.counter !== 'digest' || delivered.get(r.channel) !== current.get(key({ channel: r.channel, counter: 'delivered' }))) continue;
+      setDigest.run(r.channel, r.value);
+    }
   })();
   if (raised > 0) logger.warn({ file: path, raised }, `outbox: ${raised} counters lost with the damaged database were taken back from ${path}`);
   return raised;

@@ -64,12 +64,16 @@ interface CounterState {
   counters: Map<string, Counters>;
   /** Messages in the parked table now, per channel. */
   parked: Map<string, number>;
-  /** Channels whose counters changed since they were last written. */
-  dirty: Set<string>;
+  /** Per channel, the counters that changed since they were last written (an enqueue changes only `accepted`: one upsert, not the channel's dozen). */
+  dirty: Map<string, Set<CounterName>>;
 }
 
 function copyOf(s: CounterState): CounterState {
-  return { counters: new Map([...s.counters].map(([k, c]) => [k, { ...c }])), parked: new Map(s.parked), dirty: new Set(s.dirty) };
+  return {
+    counters: new Map([...s.counters].map(([k, c]) => [k, { ...c }])),
+    parked: new Map(s.parked),
+    dirty: new Map([...s.dirty].map(([k, d]) => [k, new Set(d)])),
+  };
 }
 
 /**
@@ -78,7 +82,7 @@ function copyOf(s: CounterState): CounterState {
  * transaction that changed them and restored with it by a `checkpoint`.
  */
 export class OutboxCounters {
-  private s: CounterState = { counters: new Map(), parked: new Map(), dirty: new Set() };
+  private s: CounterState = { counters: new Map(), parked: new Map(), dirty: new Map() };
   /** Something was dropped in the transaction under way (the reporter hears of it once it commits). */
   private dropping = false;
 
@@ -103,7 +107,9 @@ export class OutboxCounters {
       this.s.counters.set(channel, c);
     }
     c[counter] += by;
-    this.s.dirty.add(channel);
+    const dirty = this.s.dirty.get(channel);
+    if (dirty) dirty.add(counter);
+    else this.s.dirty.set(channel, new Set([counter]));
     if (DROPS.has(counter)) this.dropping = true;
   }
 
@@ -143,12 +149,12 @@ export class OutboxCounters {
     return n;
   }
 
-  /** Writes the counters of every channel whose counters changed (dirty is per channel: cheaper to track than per counter). */
+  /** Writes the counters that changed since the last write. */
   write(): void {
-    for (const channel of this.s.dirty) {
+    for (const [channel, names] of this.s.dirty) {
       const c = this.s.counters.get(channel);
       if (!c) continue;
-      for (const name of COUNTERS) if (c[name] !== 0) this.store(channel, name, c[name]);
+      for (const name of names) this.store(channel, name, c[name]);
     }
     this.s.dirty.clear();
   }

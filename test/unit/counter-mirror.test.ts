@@ -1,3 +1,4 @@
+import { digestOf } from '../../src/outbox/ledger.js';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -178,6 +179,30 @@ describe('after a salvage that lost the counters', () => {
     const stats = after.outbox.stats();
     expect(stats.channels['telemetry']).toMatchObject({ accepted: 14, drops: { count: 4, corrupt: 1 } });
     expect(stats.channels['events']).toMatchObject({ drops: { corrupt: 2 } });
+  });
+
+  it('takes the ledger digest back with the delivered count it sums, and only where that count is the database\'s', async () => {
+    const dir = dirs.make();
+    const t = open(dir);
+    await t.outbox.enqueueMany([1, 2, 3].map((i) => ({ channel: 'events', payload: i })));
+    const sent = t.outbox.peekBatch({ maxCount: 2 }).map((m) => m.id);
+    t.outbox.ack(sent);
+    new CounterMirror({ db: t.store.db, path: t.path, clock: t.clock, logger: silentLogger() }).sync();
+    const digestRow = () => (t.store.db.prepare("SELECT value FROM outbox_counters WHERE channel = 'events' AND counter = 'digest'").get() as { value: number } | undefined)?.value;
+    const want = digestOf(sent);
+    // Both rows lost: delivered comes back from the copy, and its digest with it.
+    t.store.db.exec("DELETE FROM outbox_counters WHERE counter IN ('delivered', 'digest')");
+    restoreCounters(t.store.db, t.path, silentLogger());
+    expect(digestRow()).toBe(want);
+    // The digest row alone lost: the copy's delivered is the database's, so its digest is right.
+    t.store.db.exec("DELETE FROM outbox_counters WHERE counter = 'digest'");
+    restoreCounters(t.store.db, t.path, silentLogger());
+    expect(digestRow()).toBe(want);
+    // The database counts more delivered than the copy did: the copy's digest would be wrong, it is left.
+    t.store.db.exec("UPDATE outbox_counters SET value = 5 WHERE counter = 'delivered'; DELETE FROM outbox_counters WHERE counter = 'digest'");
+    restoreCounters(t.store.db, t.path, silentLogger());
+    expect(digestRow()).toBeUndefined();
+    await t.close();
   });
 
   it('tells counters apart by channel and counter, however their names run together, and says how many it raised', () => {

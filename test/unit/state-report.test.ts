@@ -112,7 +112,7 @@ class FakeStateEndpoint {
 }
 
 describe('state delivery', () => {
-  it('sends the whole state first, then only what changed since the acknowledged report', async () => {
+  it('sends the whole state first, then only what changed since the acknowledged report (an empty patch when nothing did)', async () => {
     const clock = new FakeClock();
     const store = openStore(clock);
     const cloud = new FakeStateEndpoint();
@@ -123,6 +123,7 @@ describe('state delivery', () => {
     expect(cloud.patches).toEqual([
       { reportId: 'r1', state: { status: 'applied', targetVersion: 1, apps: { a: { s: 'running' } } } },
       { reportId: 'r2', state: { targetVersion: 2 } },
+      { reportId: 'r3', state: {} },
     ]);
     store.close();
   });

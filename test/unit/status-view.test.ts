@@ -39,6 +39,19 @@ describe('iotistic-agent status (the table)', () => {
     expect(renderStatus({ ...base, queue })).toMatch(/telemetry\s+100 waiting {2}5 delivered {2}42 dropped \(count 40, disk 2\) {2}1 expired {2}0 parked/);
   });
 
+  it('says whether the loss ledger balances, and where it does not', () => {
+    const queue = {
+      depth: 3,
+      bytes: 10,
+      oldestAgeMs: 0,
+      channels: {},
+      ledger: { balanced: true, channels: { telemetry: { accepted: 7, unaccounted: 0 }, events: { accepted: 2, unaccounted: 0 } } },
+    };
+    expect(renderStatus({ ...base, queue })).toContain('Ledger  balanced: all 9 message(s) taken are delivered, queued, parked, dropped or expired');
+    const off = { ...queue, ledger: { balanced: false, channels: { telemetry: { accepted: 7, unaccounted: 1 }, events: { accepted: 2, unaccounted: 0 } } } };
+    expect(renderStatus({ ...base, queue: off })).toContain("Ledger  DOES NOT BALANCE: unaccounted telemetry 1 (removed behind the agent's back? see the log)");
+  });
+
   it('says why jobs are off and that the shadow is off, and leaves out the MQTT session without MQTT', () => {
     const out = renderStatus({ ...base, connection: { ...base.connection, mqtt: null }, jobs: { enabled: false, reason: 'features.jobs is false', running: null, counts: null, recent: [] }, shadow: null });
     expect(out).not.toContain('MQTT session');
