@@ -138,5 +138,7 @@ it('a health report queued on the return from offline survives a kill -9 and a r
   // refusing cloud closed between requests reads UND_ERR_SOCKET.)
   expect(outages.some((o) => o.end !== null && /ECONNREFUSED|ECONNRESET|UND_ERR_SOCKET/.test(o.cause))).toBe(true);
   await waitFor('the queue empty', async () => ((await second.get('/v2/queue')).body as Queue).channels['health']?.depth === 0, 30_000);
-  expect(cloud.admin.health(dev.uuid).health.length).toBeLessThanOrEqual(2);
+  // At most: the one in flight at the kill, the one the restart made (it replaced the one waiting),
+  // and one for the second run's own return from offline (the refused reports took its channel offline).
+  expect(cloud.admin.health(dev.uuid).health.length).toBeLessThanOrEqual(3);
 }, 90_000);

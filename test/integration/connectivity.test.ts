@@ -176,7 +176,10 @@ describe('faults injected by the devcloud', () => {
     await c.admin.clearFaults();
     await waitFor('online again', async () => (await conn(agent)).status === 'online', 20_000);
     // The return sends a health report with the outage that just ended.
-    const health = await waitFor('a health report', () => c.admin.health(dev.uuid).health[0]);
+    // (The report made at the start has no outage yet: the one of the return is looked for.)
+    const health = await waitFor('a health report with the outage', () =>
+      c.admin.health(dev.uuid).health.find((h) => ((h.health as { outages?: unknown[] }).outages ?? []).length > 0),
+    );
     const body = health.health as { outages: { end: number | null; cause: string }[] };
     expect(body.outages[0]?.end).not.toBeNull();
     // The outage's first failure: a refused connect, or a kept-alive connection the refusing cloud

@@ -1,6 +1,7 @@
 import BetterSqlite3 from 'better-sqlite3';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
+import { SCHEMA_VERSION } from '../../devcloud/schema.js';
 import { DevCloudStore } from '../../devcloud/store.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -14,7 +15,7 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
   first.close();
   // Make it what a schema-1 devcloud left: no shadow columns, user_version 1.
   const raw = new BetterSqlite3(path);
-  raw.exec('ALTER TABLE devices DROP COLUMN shadow_desired; ALTER TABLE devices DROP COLUMN shadow_version;');
+  raw.exec('ALTER TABLE devices DROP COLUMN shadow_desired; ALTER TABLE devices DROP COLUMN shadow_version; DROP INDEX health_by_key; ALTER TABLE health DROP COLUMN idem_key;');
   raw.pragma('user_version = 1');
   raw.close();
 
@@ -24,6 +25,6 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
   expect(again.setShadowDesired('dev-1', { fan: 'on' })).toEqual({ version: 1, state: { fan: 'on' } });
   again.close();
   const check = new BetterSqlite3(path, { readonly: true });
-  expect(check.pragma('user_version', { simple: true })).toBe(2);
+  expect(check.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
   check.close();
 });
