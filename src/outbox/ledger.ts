@@ -28,21 +28,28 @@ const FNV_PRIME = 0x01000193;
 const BASIS_HIGH = 0x811c9dc5;
 const BASIS_LOW = 0x050c5d1f;
 
-function fnv1a(id: string, basis: number): number {
-  let h = basis;
+/** Both FNV-1a passes in one walk over the id: [high basis, low basis]. */
+function fnv1aPair(id: string): [number, number] {
+  let a = BASIS_HIGH;
+  let b = BASIS_LOW;
   for (let i = 0; i < id.length; i++) {
     const c = id.charCodeAt(i);
     // Ids are ASCII in practice; anything else is hashed as its UTF-8 bytes, so every implementation agrees.
-    if (c >= 0x80) return fnv1aBytes(Buffer.from(id, 'utf8'), basis);
-    h = Math.imul(h ^ c, FNV_PRIME);
+    if (c >= 0x80) return fnv1aBytes(Buffer.from(id, 'utf8'));
+    a = Math.imul(a ^ c, FNV_PRIME);
+    b = Math.imul(b ^ c, FNV_PRIME);
   }
-  return avalanche(h);
+  return [avalanche(a), avalanche(b)];
 }
 
-function fnv1aBytes(bytes: Uint8Array, basis: number): number {
-  let h = basis;
-  for (const b of bytes) h = Math.imul(h ^ b, FNV_PRIME);
-  return avalanche(h);
+function fnv1aBytes(bytes: Uint8Array): [number, number] {
+  let a = BASIS_HIGH;
+  let b = BASIS_LOW;
+  for (const c of bytes) {
+    a = Math.imul(a ^ c, FNV_PRIME);
+    b = Math.imul(b ^ c, FNV_PRIME);
+  }
+  return [avalanche(a), avalanche(b)];
 }
 
 /** Spreads FNV's weak low bits over the word (xor-shift and multiply). */
@@ -55,7 +62,8 @@ function avalanche(x: number): number {
 
 /** The 52-bit hash of one message id that the digest sums: (high pass mod 2^20) x 2^32 + low pass. */
 export function idHash(id: string): number {
-  return (fnv1a(id, BASIS_HIGH) % 0x100000) * 0x100000000 + fnv1a(id, BASIS_LOW);
+  const [high, low] = fnv1aPair(id);
+  return (high % 0x100000) * 0x100000000 + low;
 }
 
 /** `digest` with `id` added. */
