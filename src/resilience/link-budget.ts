@@ -85,6 +85,8 @@ export class LinkBudget {
   roll(): boolean {
     const now = periodAt(this.o.clock.now(), this.o.kind);
     if (now.period <= this.record.period) return false;
+    // The ending period's last bytes are kept with it, not lost to the throttle.
+    if (this.dirty) this.save(true);
     this.record = now;
     this.save(true);
     this.o.store.pruneOld(this.o.kind);
