@@ -47,6 +47,8 @@ export class Agent {
       routeMqttMessages(mqtt, { pollTarget: () => cloud?.poller.pollNow(), pollJobs: () => cloud?.jobs?.poller.pollNow(), shadow: shadow?.shadow });
     }
     watchServiceTransitions(workloads.reconciler, queueing.events);
+    // Another link to the cloud: new connections, so nothing goes on leaving from the old link's address.
+    queueing.link?.onRouteChange(() => cloud?.http.renewConnections());
   }
 
   /** `handler` (`run`: an in-process restart) makes the start that salvages a database found damaged. */

@@ -143,7 +143,7 @@ const networkSchema = z.strictObject({
     .array(interfacePattern)
     .default(['wwan*', 'wwp*', 'wwx*', 'ppp*'])
     .describe(
-      'Interfaces the carrier bills by the byte (cellular), as name patterns with * and ?. The default names cellular modems (wwan0, wwp0s20u4i6, wwx… from systemd\'s naming, ppp0); usb0 is left out because it is as often a tethering link to a laptop. While the route to the cloud leaves on one of them, only meteredChannels are sent, within meteredBudgetBytes. [] : no link is metered.',
+      'Interfaces the carrier bills by the byte (cellular), as name patterns with * and ?. The default names cellular modems (wwan0, wwp0s20u4i6, wwx… from systemd\'s naming, ppp0); usb0 is left out because it is as often a tethering link to a laptop. While the route to the cloud leaves on one of them, only meteredChannels are sent, within meteredBudgetBytes. []: no link is metered.',
     ),
   meteredChannels: z
     .array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a channel name of 1-64 letters, digits, ".", "_" or "-"'))

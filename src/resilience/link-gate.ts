@@ -68,9 +68,15 @@ export class LinkGate {
   private resolvedAt = Number.NEGATIVE_INFINITY;
   private exhausted = false;
   private checked = false;
+  private readonly routeListeners: ((route: LinkRoute) => void)[] = [];
 
   constructor(private readonly o: LinkGateOptions) {
     if (o.cloudHost && isIP(o.cloudHost)) this.address = o.cloudHost;
+  }
+
+  /** `listener` hears each change of the cloud's interface (or of its metered-ness) after the first reading. */
+  onRouteChange(listener: (route: LinkRoute) => void): void {
+    this.routeListeners.push(listener);
   }
 
   /** Reads the route and the counters now; wakes the flushers when the link changed or a period began. */
@@ -89,6 +95,7 @@ export class LinkGate {
     const rolled = this.o.budget.roll();
     if (rolled) this.exhausted = false;
     this.o.budget.save();
+    if (changed && this.checked) for (const l of this.routeListeners) l(next);
     if ((changed && this.checked) || rolled) this.o.onChange();
     this.checked = true;
   }
