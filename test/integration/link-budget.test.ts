@@ -66,19 +66,21 @@ interface LinkView {
 it.skipIf(!usable)(
   'on wwan0 only the allowed channels go, within the budget (the interface counters say so); once the route is on eth1 everything arrives',
   async () => {
-    cloud = await spawnDevCloud({ prefix: lab.prefix(cloudNs), args: ['--host', '0.0.0.0'] });
-    const admin: AdminClient = adminClient(`http://${net(3, 2)}:${cloud.adminPort}`);
+    const devcloud = await spawnDevCloud({ prefix: lab.prefix(cloudNs), args: ['--host', '0.0.0.0'] });
+    cloud = devcloud;
+    const admin: AdminClient = adminClient(`http://${net(3, 2)}:${devcloud.adminPort}`);
     const dev = { uuid: `budget-${lab.id}`, apiKey: 'budget-key-0123456789' };
     await admin.createDevice(dev);
     await admin.setTarget(dev.uuid, { version: 1, apps: {} });
     const before = wwanBytes();
-    agent = await spawnAgent({
-      dataDir: dirs.make(),
+    const dataDir = dirs.make();
+    const start = async (): Promise<AgentProcess> => spawnAgent({
+      dataDir,
       prefix: lab.prefix(agentNs),
       config: {
         device: dev,
         api: { host: net(2, 2), port: 0 },
-        cloud: { apiUrl: `http://${CLOUD_ADDRESS}:${cloud.port}`, requestTimeoutMs: 5_000 },
+        cloud: { apiUrl: `http://${CLOUD_ADDRESS}:${devcloud.port}`, requestTimeoutMs: 5_000 },
         // System metrics every second: a channel that is not sent on the metered link.
         features: { metrics: true, jobs: false },
         settings: {
@@ -88,7 +90,8 @@ it.skipIf(!usable)(
         },
       },
     });
-    const running = agent;
+    agent = await start();
+    let running = agent;
     const link = async (): Promise<LinkView> => ((await running.get('/v2/connection')).body as { link: LinkView }).link;
     await waitFor('the agent on wwan0, metered', async () => {
       const l = await link();
@@ -131,6 +134,18 @@ it.skipIf(!usable)(
     }, 30_000, 1_000);
     expect(wwanBytes() - before).toBeLessThanOrEqual(BUDGET);
     console.log(JSON.stringify({ budget: BUDGET, agentCounted: spent.budget.usedBytes, interfaceCounted: usedOnWwan, interfaceAfterWait: wwanBytes() - before, telemetrySentOnWwan: telemetryOnWwan, telemetryQueued: ids.length, held: spent.held }));
+
+    // A restart on the metered link: the use is still there (SQLite), so nothing more of the outbox goes.
+    await running.stop('SIGTERM');
+    agent = running = await start();
+    await waitFor('the restarted agent on wwan0, its budget spent', async () => {
+      const l = await link();
+      return l.interface === 'wwan0' && l.budget.exhausted ? l : undefined;
+    }, 30_000);
+    const restarted = await link();
+    expect(restarted.budget.usedBytes).toBeGreaterThanOrEqual(spent.budget.usedBytes);
+    expect((await admin.allMessages(dev.uuid)).filter((m) => m.channel === 'telemetry').length).toBe(telemetryOnWwan);
+    console.log(JSON.stringify({ afterRestart: { agentCounted: restarted.budget.usedBytes, interfaceCounted: wwanBytes() - before } }));
 
     // The unmetered link comes back: everything arrives, nothing missing.
     const wwanAtSwitch = wwanBytes();
