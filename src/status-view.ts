@@ -64,7 +64,8 @@ interface LinkInput {
 /** "wwan0 (metered): 180.2 KiB of 200.0 KiB this month, resets 2027-01-01 00:00:00Z; held: telemetry 812, metrics 3" */
 export function linkLine(l: LinkInput): string {
   const b = l.budget;
-  const use = b.limitBytes > 0 ? `${bytes(b.usedBytes)} of ${bytes(b.limitBytes)} this ${b.period}${b.exhausted ? ' (spent)' : ''}` : `${bytes(b.usedBytes)} this ${b.period}, no cap`;
+  const span = b.period === 'day' ? 'today' : `this ${b.period}`;
+  const use = b.limitBytes > 0 ? `${bytes(b.usedBytes)} of ${bytes(b.limitBytes)} ${span}${b.exhausted ? ' (spent)' : ''}` : `${bytes(b.usedBytes)} ${span}, no cap`;
   const held = Object.entries(l.held).map(([c, n]) => `${c} ${n}`);
   const where = `${l.interface ?? 'no route'}${l.metered ? ' (metered)' : ''}`;
   return `${where}: ${use}, resets ${when(b.resetsAt)}${held.length > 0 ? `; held: ${held.join(', ')}` : ''}`;
