@@ -77,6 +77,11 @@ export class LinkBudget {
     this.baseline = o.store.baseline();
   }
 
+  /** Whether some use is not written yet. */
+  get unsaved(): boolean {
+    return this.dirty;
+  }
+
   get limitBytes(): number {
     return this.o.limitBytes;
   }
@@ -85,11 +90,17 @@ export class LinkBudget {
   roll(): boolean {
     const now = periodAt(this.o.clock.now(), this.o.kind);
     if (now.period <= this.record.period) return false;
-    // The ending period's last bytes are kept with it, not lost to the throttle.
-    if (this.dirty) this.save(true);
+    const ending = this.dirty ? this.record : undefined;
     this.record = now;
-    this.save(true);
-    this.o.store.pruneOld(this.o.kind);
+    this.dirty = true;
+    try {
+      // The ending period's last bytes are kept with it, not lost to the throttle.
+      if (ending) this.o.store.write(ending, this.baseline, this.o.clock.now());
+      this.save(true);
+      this.o.store.pruneOld(this.o.kind);
+    } catch {
+      // The new period begins regardless; its row is written by the next save (it stays dirty), which says why if it fails again.
+    }
     return true;
   }
 

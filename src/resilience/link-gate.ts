@@ -68,6 +68,7 @@ export class LinkGate {
   private resolvedAt = Number.NEGATIVE_INFINITY;
   private exhausted = false;
   private checked = false;
+  private writeError: string | null = null;
   private readonly routeListeners: ((route: LinkRoute) => void)[] = [];
 
   constructor(private readonly o: LinkGateOptions) {
@@ -92,9 +93,9 @@ export class LinkGate {
       this.exhausted = false;
     }
     this.sample();
-    const rolled = this.o.budget.roll();
+    const rolled = this.kept(() => this.o.budget.roll()) ?? false;
     if (rolled) this.exhausted = false;
-    this.o.budget.save();
+    this.kept(() => this.o.budget.save());
     if (changed && this.checked) for (const l of this.routeListeners) l(next);
     if ((changed && this.checked) || rolled) this.o.onChange();
     this.checked = true;
@@ -153,12 +154,30 @@ export class LinkGate {
         await this.o.clock.sleep(this.o.intervalMs, signal).catch(() => undefined);
       }
     } finally {
-      this.o.budget.save(true);
+      this.kept(() => this.o.budget.save(true));
     }
   }
 
   private sample(): void {
-    this.o.budget.observe(this.route.metered && this.route.iface ? readCounters(this.o.read, this.route.iface) : undefined);
+    this.kept(() => this.o.budget.observe(this.route.metered && this.route.iface ? readCounters(this.o.read, this.route.iface) : undefined));
+  }
+
+  /**
+   * Runs a step that writes the use to the database. A write that fails (a full disk) must not stop the
+   * flushers that ask the gate (delivering is what frees the disk): it is logged when its reason changes,
+   * and the use is written again at the next step.
+   */
+  private kept<T>(step: () => T): T | undefined {
+    try {
+      const r = step();
+      if (!this.o.budget.unsaved) this.writeError = null;
+      return r;
+    } catch (err) {
+      const msg = errorMessage(err);
+      if (msg !== this.writeError) this.o.logger.warn({ err: msg }, 'the metered link\'s use could not be written; it is kept in memory and written again');
+      this.writeError = msg;
+      return undefined;
+    }
   }
 
   private async refreshAddress(): Promise<void> {

@@ -87,3 +87,45 @@ describe('the link gate', () => {
     expect(t.gate.state()).toMatchObject({ iface: 'eth1', metered: false, budgetExhausted: false });
   });
 });
+
+describe('the link gate on a failing disk', () => {
+  it('keeps counting and answering the flushers when the use cannot be written, and says so once', () => {
+    const clock = new FakeClock(Date.UTC(2026, 11, 6, 23, 59));
+    let failing = true;
+    const writes: number[] = [];
+    const store: BudgetStore = {
+      ...nothingKept,
+      write: (r) => {
+        if (failing) throw new Error('SQLITE_FULL: database or disk is full');
+        writes.push(r.usedBytes);
+      },
+    };
+    let bytes = 0;
+    const read = (path: string): string => (path === IPV4_ROUTES ? defaultVia('wwan0') : path.endsWith('/ifindex') ? '4' : path.endsWith('/rx_bytes') ? String(bytes) : '0');
+    const log = captureLogger('info');
+    const gate = new LinkGate({
+      read,
+      patterns: ['wwan*'],
+      meteredChannels: ['events'],
+      budget: new LinkBudget({ store, clock, kind: 'day', limitBytes: 50_000, saveEveryMs: 0 }),
+      cloudHost: '192.0.2.10',
+      resolve: () => Promise.reject(new Error('unused')),
+      clock,
+      logger: log.logger,
+      intervalMs: 1_000,
+      onChange: () => undefined,
+    });
+    gate.check();
+    bytes = 30_000;
+    expect(gate.window()?.maxBytes).toBeGreaterThan(0);
+    gate.check();
+    clock.jumpWall(120_000);
+    gate.check();
+    expect(gate.state().budget).toMatchObject({ usedBytes: 0, resetsAt: Date.UTC(2026, 11, 8) });
+    expect(log.records().filter((r) => String(r.msg).includes('could not be written'))).toHaveLength(1);
+    failing = false;
+    bytes = 31_000;
+    gate.check();
+    expect(writes.at(-1)).toBe(1_000);
+  });
+});
