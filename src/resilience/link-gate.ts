@@ -142,7 +142,9 @@ export class LinkGate {
     };
   }
 
+  /** Read now (the counters too, so the use shown is not a check interval behind). */
   state(): LinkState {
+    if (this.route.metered) this.sample();
     return { iface: this.route.iface, metered: this.route.metered, allowedChannels: this.o.meteredChannels, budget: this.o.budget.view(), budgetExhausted: this.route.metered && this.exhausted };
   }
 

@@ -1,7 +1,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { adminClient, spawnDevCloud, type AdminClient, type SpawnedDevCloud } from '../helpers/devcloud.js';
-import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { canMakeNetns, NetnsLab } from '../helpers/netns.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -143,8 +143,13 @@ it.skipIf(!usable)(
       return l.interface === 'wwan0' && l.budget.exhausted ? l : undefined;
     }, 30_000);
     const restarted = await link();
+    // Nothing lost across the restart: the use read now is the interface's growth since the first start.
     expect(restarted.budget.usedBytes).toBeGreaterThanOrEqual(spent.budget.usedBytes);
+    expect(restarted.budget.usedBytes).toBeLessThanOrEqual(wwanBytes() - before);
     expect((await admin.allMessages(dev.uuid)).filter((m) => m.channel === 'telemetry').length).toBe(telemetryOnWwan);
+    const status = await runCli(['status', '--api', running.apiUrl, '--key', running.key]);
+    expect(status.code).toBe(0);
+    expect(status.stdout).toMatch(/^ {2}link +wwan0 \(metered\): [\d.]+ KiB of 200\.0 KiB today \(spent\), resets \S+ \S+; held: .*telemetry \d+/m);
     console.log(JSON.stringify({ afterRestart: { agentCounted: restarted.budget.usedBytes, interfaceCounted: wwanBytes() - before } }));
 
     // The unmetered link comes back: everything arrives, nothing missing.
