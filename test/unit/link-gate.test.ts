@@ -129,3 +129,24 @@ describe('the link gate on a failing disk', () => {
     expect(writes.at(-1)).toBe(1_000);
   });
 });
+
+describe('the link metrics', () => {
+  it('show the link, the budget and what is held, and nothing of a channel no longer held', async () => {
+    const { Registry } = await import('prom-client');
+    const { linkMetrics } = await import('../../src/api/link-metrics.js');
+    let held: Record<string, number> = { telemetry: 12, metrics: 3 };
+    const registry = new Registry();
+    linkMetrics(registry, { link: () => ({ interface: 'wwan0', metered: true, budget: { limitBytes: 204_800, usedBytes: 201_072 }, held }) });
+    const text = await registry.metrics();
+    expect(text).toContain('iotistic_link_metered{interface="wwan0"} 1');
+    expect(text).toContain('iotistic_link_budget_used_bytes 201072');
+    expect(text).toContain('iotistic_link_budget_limit_bytes 204800');
+    expect(text).toContain('iotistic_link_held_messages{channel="telemetry"} 12');
+    held = {};
+    expect(await registry.metrics()).not.toContain('iotistic_link_held_messages{');
+    const none = new Registry();
+    linkMetrics(none, { link: () => null });
+    // Without a cloud: no link to label, nothing held (the unlabelled gauges read 0, as the others of the agent's do).
+    expect(await none.metrics()).not.toMatch(/^iotistic_link_(metered|held_messages)\{/m);
+  });
+});
