@@ -25,6 +25,8 @@ export function canMakeNetns(): boolean {
 export class NetnsLab {
   readonly id = randomBytes(3).toString('hex');
   private readonly namespaces: string[] = [];
+  /** Links made in the test's own namespace (by their names there, before and after a rename). */
+  private readonly rootLinks: string[] = [];
 
   namespace(role: string): string {
     const name = `iot-${role}-${this.id}`;
@@ -43,6 +45,7 @@ export class NetnsLab {
   link(a: { ns?: string; name: string; addr: string }, b: { ns?: string; name: string; addr: string }): void {
     const tmpA = `va${this.id}${randomBytes(1).toString('hex')}`;
     const tmpB = `vb${this.id}${randomBytes(1).toString('hex')}`;
+    this.rootLinks.push(tmpA, tmpB, ...[a, b].filter((end) => !end.ns).map((end) => end.name));
     ip('link', 'add', tmpA, 'type', 'veth', 'peer', 'name', tmpB);
     for (const [tmp, end] of [[tmpA, a], [tmpB, b]] as const) {
       if (end.ns) ip('link', 'set', tmp, 'netns', end.ns);
@@ -63,12 +66,24 @@ export class NetnsLab {
   }
 
   cleanup(): void {
-    for (const ns of this.namespaces.splice(0)) {
+    const quietly = (...args: string[]): void => {
       try {
-        ip('netns', 'del', ns);
+        ip(...args);
       } catch {
         // already gone
       }
+    };
+    for (const ns of this.namespaces.splice(0)) quietly('netns', 'del', ns);
+    // A pair whose ends both stayed here (a failure before the move) goes too; deleting one end takes both.
+    for (const name of this.rootLinks.splice(0)) if (this.rootLinkExists(name)) quietly('link', 'del', name);
+  }
+
+  private rootLinkExists(name: string): boolean {
+    try {
+      ip('link', 'show', 'dev', name);
+      return true;
+    } catch {
+      return false;
     }
   }
 }
