@@ -32,6 +32,8 @@ export interface SpawnDevCloudOptions {
   autoProvision?: boolean;
   /** More CLI arguments, e.g. `['--log-level', 'debug']`. */
   args?: string[];
+  /** A command the devcloud runs under, e.g. `['ip', 'netns', 'exec', 'ns1']` (in a network namespace); it must exec it. */
+  prefix?: string[];
   /** How long to wait for the listening line. Default 15 s. */
   startTimeoutMs?: number;
 }
@@ -69,7 +71,8 @@ export async function spawnDevCloud(opts: SpawnDevCloudOptions = {}): Promise<Sp
   if (opts.adminToken !== undefined) args.push('--admin-token', opts.adminToken);
   args.push(...(opts.args ?? []));
 
-  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const [file = '', ...rest] = [...(opts.prefix ?? []), process.execPath, ...args];
+  const child = spawn(file, rest, { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
     stderr += chunk;

@@ -49,6 +49,8 @@ export class Agent {
     watchServiceTransitions(workloads.reconciler, queueing.events);
     // Rows counted again after the start: the ledger may show a loss; the cloud hears of it now.
     queueing.whenRecounted(() => cloud?.health.request());
+    // Another link to the cloud: new connections, so nothing goes on leaving from the old link's address.
+    queueing.link?.onRouteChange(() => cloud?.http.renewConnections());
   }
 
   /** `handler` (`run`: an in-process restart) makes the start that salvages a database found damaged. */

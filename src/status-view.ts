@@ -15,6 +15,7 @@ interface StatusInput {
     outages: { start: number; end: number | null; durationMs: number | null; cause: string }[];
     degradation?: { mode: string; reason?: string | null; features?: { name: string; order: number; paused: boolean; error?: string }[] };
     clock?: { synced: boolean; source: string; detail: string };
+    link?: LinkInput;
     mqtt?: { connected: boolean; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null; protocol?: { setting: string | number; version: number; negotiated: boolean } } | null;
   };
   state: {
@@ -52,6 +53,23 @@ interface StatusInput {
     overrides: Record<string, unknown> | null;
     conflicts: unknown[];
   } | null;
+}
+
+interface LinkInput {
+  interface: string | null;
+  metered: boolean;
+  budget: { period: string; limitBytes: number; usedBytes: number; resetsAt: number; exhausted: boolean };
+  held: Record<string, number>;
+}
+
+/** "wwan0 (metered): 180.2 KiB of 200.0 KiB this month, resets 2027-01-01 00:00:00Z; held: telemetry 812, metrics 3" */
+export function linkLine(l: LinkInput): string {
+  const b = l.budget;
+  const span = b.period === 'day' ? 'today' : `this ${b.period}`;
+  const use = b.limitBytes > 0 ? `${bytes(b.usedBytes)} of ${bytes(b.limitBytes)} ${span}${b.exhausted ? ' (spent)' : ''}` : `${bytes(b.usedBytes)} ${span}, no cap`;
+  const held = Object.entries(l.held).map(([c, n]) => `${c} ${n}`);
+  const where = `${l.interface ?? 'no route'}${l.metered ? ' (metered)' : ''}`;
+  return `${where}: ${use}, resets ${when(b.resetsAt)}${held.length > 0 ? `; held: ${held.join(', ')}` : ''}`;
 }
 
 interface ConfigStatusInput {
@@ -171,6 +189,7 @@ function connectionSection(c: StatusInput['connection']): string[] {
       ['last report', when(c.lastReportSuccess)],
       ['failures', `poll ${c.pollFailures}, report ${c.reportFailures}`],
       ['degradation', degradationLine(c.degradation)],
+      ...(c.link ? [['link', linkLine(c.link)] as [string, string]] : []),
       ...(c.clock ? [['clock', `${c.clock.synced ? 'synced' : 'NOT synced'} (${c.clock.detail})`] as [string, string]] : []),
     ]),
   ];

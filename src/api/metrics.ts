@@ -1,7 +1,8 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { linkMetrics, type LinkMetricsSource } from './link-metrics.js';
 
 /** What the exposition reads at scrape time; nothing is copied into the metrics in between. */
-export interface MetricsSource {
+export interface MetricsSource extends LinkMetricsSource {
   connection(): {
     status: string;
     channels: Record<string, { status: string; consecutiveFailures: number; failures: Record<string, number> }>;
@@ -64,6 +65,7 @@ export function createMetrics(source: MetricsSource): Registry {
   agentMetrics(registry, source);
   featureMetrics(registry, source);
   databaseMetrics(registry, source);
+  linkMetrics(registry, source);
   return registry;
 }
 

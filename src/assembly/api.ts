@@ -3,6 +3,7 @@ import type { MetricsSource } from '../api/metrics.js';
 import type { ApiView, MetricsExposition } from '../api/server.js';
 import { configView } from '../config/fallback.js';
 import { jobsView, queueView, shadowSummary, stateView } from '../views/api-views.js';
+import { linkView } from '../views/link-view.js';
 import type { AgentParts } from './parts.js';
 
 /** What the local API shows and controls, each answer read from the parts at request time. */
@@ -15,7 +16,10 @@ export function buildApiView(p: AgentParts): ApiView {
     uuid: core.uuid,
     loops: () => loops.status(),
     healthy: () => loops.healthy(),
-    connection: () => status.connectionHealth(),
+    connection: () => {
+      const link = queueing.link;
+      return { ...status.connectionHealth(), ...(link ? { link: linkView(link, queueing.outbox) } : {}) };
+    },
     state: () => stateView({ status, store, poller: cloud?.poller, reporter: cloud?.reporter, hasCloud: Boolean(config.cloud.apiUrl) }),
     config: () => configView(config, core.configSource, core.clock.now()),
     pollNow: () => {
@@ -79,5 +83,6 @@ function metricsSource(p: AgentParts): MetricsSource {
     jobs: () => cloud?.jobs?.runner.counts() ?? null,
     localBroker: () => p.localBroker?.stats() ?? null,
     shadow: () => shadowSummary(p.shadow?.shadow),
+    link: () => (queueing.link ? linkView(queueing.link, queueing.outbox) : null),
   };
 }

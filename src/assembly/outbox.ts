@@ -14,6 +14,8 @@ import { SystemMetrics } from '../telemetry/system-metrics.js';
 import type { Core } from './core.js';
 import { EventLog } from './events.js';
 import { FlusherRouter } from './flusher-router.js';
+import { buildLink } from './link.js';
+import type { LinkGate } from '../resilience/link-gate.js';
 
 /** The outbox and what writes to it or drains it. */
 export interface Queueing {
@@ -29,6 +31,8 @@ export interface Queueing {
   counters: CounterMirror;
   /** Whom to tell when the outbox counted its rows again after the start (its loss ledger may have moved). */
   whenRecounted(listener: () => void): void;
+  /** What a metered link lets through (settings.network); undefined without a cloud. */
+  link: LinkGate | undefined;
 }
 
 export function buildQueueing(core: Core, settings: () => AgentConfig['settings']): Queueing {
@@ -68,6 +72,8 @@ export function buildQueueing(core: Core, settings: () => AgentConfig['settings'
     sampler: buildSampler(core, outbox, settings),
     counters: new CounterMirror({ db: store.db, path: join(config.dataDir, COUNTER_MIRROR_FILE), clock, logger: logger.child({ part: 'outbox' }) }),
     whenRecounted: (listener) => void (recounted = listener),
+    // A change of link or budget period is new work for every flusher.
+    link: buildLink(core, () => flushers.committed()),
   };
 }
 
@@ -98,6 +104,7 @@ export function addFlusher(core: Core, q: Queueing, sink: HttpSink | MqttSink): 
     clock,
     logger: logger.child({ part: `flush-${sink.name}` }),
     ...flusherSettings(config.settings.offline),
+    ...(q.link ? { link: q.link } : {}),
   });
   return q.flushers.add(sink.monitorChannel, flusher);
 }

@@ -162,6 +162,17 @@ export class CloudHttpClient {
     return { status: res.statusCode, headers: res.headers, body: parsed };
   }
 
+  /**
+   * The route to the cloud changed: later requests open connections of their own, from the new link's
+   * address; a kept-alive connection would go on using the old link's address, its answers (billed, on a
+   * metered link) coming back over the old link. Requests under way finish on the old ones, which then close.
+   */
+  renewConnections(): void {
+    const old = this.transport;
+    this.transport = undefined;
+    void old?.then((t) => t.dispatcher.close()).catch(() => undefined);
+  }
+
   async close(): Promise<void> {
     if (this.transport) await (await this.transport).dispatcher.destroy();
   }

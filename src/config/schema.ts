@@ -135,6 +135,35 @@ const offlineSchema = z.strictObject({
     ),
 });
 
+/** An interface-name pattern: letters, digits, "_", ".", "-", and the wildcards "*" (any run) and "?" (one character). */
+const interfacePattern = z.string().regex(/^[A-Za-z0-9_.:*?-]{1,32}$/, 'an interface name pattern of 1-32 letters, digits, "_", ".", ":", "-", with "*" (any run) and "?" (one character)');
+
+const networkSchema = z.strictObject({
+  meteredInterfaces: z
+    .array(interfacePattern)
+    .default(['wwan*', 'wwp*', 'wwx*', 'ppp*'])
+    .describe(
+      'Interfaces the carrier bills by the byte (cellular), as name patterns with * and ?. The default names cellular modems (wwan0, wwp0s20u4i6, wwx… from systemd\'s naming, ppp0); usb0 is left out because it is as often a tethering link to a laptop. While the route to the cloud leaves on one of them, only meteredChannels are sent, within meteredBudgetBytes. []: no link is metered.',
+    ),
+  meteredChannels: z
+    .array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a channel name of 1-64 letters, digits, ".", "_" or "-"'))
+    .default(['state', 'events', 'jobs', 'shadow'])
+    .describe('Outbox channels sent while on a metered link (in the outbox\'s priority order); the others wait for an unmetered link and are counted as held.'),
+  meteredBudgetBytes: z
+    .number()
+    .int()
+    .min(0)
+    .default(0)
+    .describe(
+      'Bytes the metered interfaces may carry per meteredBudgetPeriod (received + sent, as the carrier counts them, including polls and probes); past it the outbox holds even meteredChannels until the next period or an unmetered link. 0: no cap, only the channel filter.',
+    ),
+  meteredBudgetPeriod: z
+    .enum(['day', 'month'])
+    .default('month')
+    .describe('The budget\'s period: a UTC calendar day or month (the use starts again at 00:00 UTC of the next one).'),
+  routeCheckIntervalMs: ms(200).default(2_000).describe('How often the route to the cloud (/proc/net/route) and the metered interface\'s byte counters are read.'),
+});
+
 const settingsSchema = z.strictObject({
   pollIntervalMs: ms(1_000).default(60_000).describe('Target-state poll interval while online (jitter is added).'),
   reportIntervalMs: ms(100).default(10_000).describe('At most one current-state report per this interval.'),
@@ -144,6 +173,7 @@ const settingsSchema = z.strictObject({
   metricsIntervalMs: ms(1_000).default(60_000).describe('System metrics sampling interval.'),
   reconciliationIntervalMs: ms(1_000).default(30_000).describe('How often workloads are reconciled against the target state.'),
   offline: offlineSchema.prefault({}),
+  network: networkSchema.prefault({}),
 });
 
 /**

@@ -37,6 +37,16 @@ export interface Sink {
   isPermanent(err: unknown): boolean;
 }
 
+/**
+ * What a metered link lets through (src/resilience/link-gate.ts). `window()` undefined: the link is not
+ * metered, everything goes. Else only `channels`, at most `maxBytes` stored bytes a batch, and
+ * `reserve` takes the batch's share of the budget before it goes (the head of it that fits).
+ */
+export interface LinkWindow {
+  window(): { channels: readonly string[]; maxBytes: number } | undefined;
+  reserve(batch: readonly OutboxMessage[]): { count: number; release(): void };
+}
+
 export interface FlusherOptions {
   outbox: Pick<Outbox, 'peekBatch' | 'ack' | 'nack' | 'park'>;
   sink: Sink;
@@ -51,6 +61,8 @@ export interface FlusherOptions {
   rate?: { messagesPerSecond?: number; bytesPerSecond?: number };
   /** With nothing to send, look again this often anyway (TTL expiry, a missed kick). */
   idleRecheckMs?: number;
+  /** A metered link's filter and budget; absent: every channel, always. Held messages wait for a kick. */
+  link?: LinkWindow;
 }
 
 export interface FlusherStats {
@@ -62,6 +74,8 @@ export interface FlusherStats {
   lastError: string | null;
   lastSuccessAt: number | null;
 }
+
+const noop = (): void => undefined;
 
 type BatchOutcome = { ok: true } | { ok: false; err: unknown };
 
@@ -105,7 +119,7 @@ export class Flusher {
   }
 
   async run(signal: AbortSignal): Promise<void> {
-    const { outbox, sink, batch } = this.o;
+    const { outbox } = this.o;
     let failure: unknown;
     try {
       while (!signal.aborted) {
@@ -124,12 +138,7 @@ export class Flusher {
           continue;
         }
         this.work.consume();
-        const next = outbox.peekBatch({
-          ...(sink.channels ? { channels: sink.channels } : {}),
-          ...(sink.excludeChannels ? { excludeChannels: sink.excludeChannels } : {}),
-          maxCount: batch.maxCount,
-          maxBytes: batch.maxBytes,
-        });
+        const { next, release } = this.peek();
         if (next.length === 0) {
           if (this.inflight.size > 0) {
             const r = await Promise.race([...this.inflight, this.work.wait(Infinity, signal, this.o.clock).then(() => ({ ok: true }) as const)]);
@@ -144,9 +153,10 @@ export class Flusher {
           await this.bytes.take(next.reduce((n, m) => n + m.storedBytes, 0), signal);
         } catch {
           outbox.nack(next.map((m) => m.id));
+          release();
           break;
         }
-        const task: Promise<BatchOutcome> = this.deliver(next, signal).then(
+        const task: Promise<BatchOutcome> = this.deliver(next, signal).finally(release).then(
           () => ({ ok: true }) as const,
           (err: unknown) => ({ ok: false, err }) as const,
         );
@@ -156,6 +166,27 @@ export class Flusher {
     } finally {
       await Promise.allSettled([...this.inflight]);
     }
+  }
+
+  /**
+   * The next batch, in the outbox's order, of the channels this sink carries and, on a metered link,
+   * the link allows, within its budget; empty when nothing may go now (the flusher waits for a kick).
+   */
+  private peek(): { next: OutboxMessage[]; release: () => void } {
+    const { outbox, sink, batch, link } = this.o;
+    const w = link?.window();
+    const channels = w ? (sink.channels ?? w.channels).filter((c) => w.channels.includes(c)) : sink.channels;
+    if (w && (channels?.length === 0 || w.maxBytes <= 0)) return { next: [], release: noop };
+    const next = outbox.peekBatch({
+      ...(channels ? { channels } : {}),
+      ...(sink.excludeChannels ? { excludeChannels: sink.excludeChannels } : {}),
+      maxCount: batch.maxCount,
+      maxBytes: w ? Math.min(batch.maxBytes, w.maxBytes) : batch.maxBytes,
+    });
+    if (!link || next.length === 0) return { next, release: noop };
+    const r = link.reserve(next);
+    if (r.count < next.length) outbox.nack(next.slice(r.count).map((m) => m.id));
+    return { next: next.slice(0, r.count), release: r.release };
   }
 
   /** Sends one batch; resolves when every message in it is acked, parked or back in the queue. */

@@ -34,6 +34,8 @@ export interface SpawnAgentOptions {
   timeoutMs?: number;
   /** Start the bin as installed (`/bin/sh` runs the bundle's launcher line, which execs node) instead of `node dist/src/cli.js`. */
   bin?: boolean;
+  /** A command the agent runs under, e.g. `['ip', 'netns', 'exec', 'ns1']` (in a network namespace); it must exec the agent. */
+  prefix?: string[];
 }
 
 /** The key the agent's local API takes: configured, else the one in identity.json (local-api.key before it). */
@@ -52,7 +54,9 @@ export async function spawnAgent(opts: SpawnAgentOptions): Promise<AgentProcess>
   const config = { api: { port: 0 }, logging: { level: 'debug', format: 'json' }, ...opts.config };
   writeFileSync(configFile, JSON.stringify(config));
   const args = ['run', '--config', configFile, '--data-dir', opts.dataDir];
-  const child = spawn(opts.bin ? '/bin/sh' : process.execPath, [opts.bin ? BIN : CLI, ...args], {
+  const command = [opts.bin ? '/bin/sh' : process.execPath, opts.bin ? BIN : CLI, ...args];
+  const [file = '', ...rest] = [...(opts.prefix ?? []), ...command];
+  const child = spawn(file, rest, {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
