@@ -169,8 +169,11 @@ describe('the loss ledger', () => {
     env.outbox.ack(env.outbox.peekBatch({ maxCount: 2 }).map((m) => m.id));
     env.outbox.park(env.outbox.peekBatch({ maxCount: 1 }).map((m) => m.id), 'bad');
     await close(env);
-    // As a database written by the version before this one: no accepted counter, at schema 9.
-    writeOutside(path, "DELETE FROM outbox_counters WHERE counter = 'accepted'; PRAGMA user_version = 9;");
+    // As a database written by the version before this one: no accepted counter, at schema 9 (the tables of later migrations gone).
+    const db0 = new BetterSqlite3(path);
+    const later = (db0.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('outbox_stream_heads', 'link_budget', 'link_counter')").pluck().all() as string[]).map((t) => `DROP TABLE ${t};`);
+    db0.close();
+    writeOutside(path, `DELETE FROM outbox_counters WHERE counter = 'accepted'; ${later.join(' ')} PRAGMA user_version = 9;`);
     const db = new BetterSqlite3(path);
     expect(db.pragma('user_version', { simple: true })).toBe(9);
     db.close();
