@@ -68,7 +68,8 @@ export class HttpSink implements Sink {
     const res = await this.http.request<MessagesAnswer>({
       method: 'POST',
       path: `/device/v1/${encodeURIComponent(this.uuid)}/messages`,
-      json: { messages: batch.map((m) => ({ id: m.id, channel: m.channel, ts: m.createdAt, payload: m.payload })) },
+      // `backfill` only on history sent after its stream's newest (docs/protocol.md, additions).
+      json: { messages: batch.map((m) => ({ id: m.id, channel: m.channel, ts: m.createdAt, payload: m.payload, ...(m.backfill ? { backfill: true } : {}) })) },
       gzip: true,
       signal,
     });

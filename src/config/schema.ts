@@ -31,6 +31,12 @@ const outboxChannelSchema = z.strictObject({
   maxCount: z.number().int().min(1).optional().describe('Most messages of this channel in the outbox (on top of the total limit).'),
   maxBytes: z.number().int().min(1_024).optional().describe('Most stored payload bytes of this channel in the outbox.'),
   ttlMs: ms(1).optional().describe('Default time to live of the channel\'s messages; expired messages are removed and counted.'),
+  freshFirst: z
+    .boolean()
+    .optional()
+    .describe(
+      'Freshness-first drain: when the cloud returns after an outage, send the newest queued message of each stream (telemetry: each stream; otherwise the channel) first, then the history oldest first, marked backfill on the wire. Default: true for telemetry and metrics, false otherwise (docs/outbox.md).',
+    ),
   onLimit: onLimitSchema
     .optional()
     .describe(

@@ -7,6 +7,7 @@ import { Kick } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import { TokenBucket } from '../util/token-bucket.js';
 import type { Outbox } from './outbox.js';
+import type { FreshEpisode } from './episode.js';
 import type { OutboxMessage } from './types.js';
 
 /** What a sink says of a batch it took: the ids the peer acknowledged and those it refused for good. */
@@ -38,7 +39,8 @@ export interface Sink {
 }
 
 export interface FlusherOptions {
-  outbox: Pick<Outbox, 'peekBatch' | 'ack' | 'nack' | 'park'>;
+  /** `beginEpisode` absent: no freshness-first drain (the outbox's plain order). */
+  outbox: Pick<Outbox, 'peekBatch' | 'ack' | 'nack' | 'park'> & Partial<Pick<Outbox, 'beginEpisode'>>;
   sink: Sink;
   monitor: OutcomeSink;
   retry: RetryPolicy;
@@ -106,7 +108,11 @@ export class Flusher {
 
   async run(signal: AbortSignal): Promise<void> {
     const { outbox, sink, batch } = this.o;
+    const scope = { ...(sink.channels ? { channels: sink.channels } : {}), ...(sink.excludeChannels ? { excludeChannels: sink.excludeChannels } : {}) };
     let failure: unknown;
+    // A return: the first send, and the first after a failure. It begins a freshness-first drain.
+    let returning = true;
+    let episode: FreshEpisode | undefined;
     try {
       while (!signal.aborted) {
         if (failure !== undefined) {
@@ -116,6 +122,7 @@ export class Flusher {
           failure = undefined;
           this.online.consume();
           await this.o.retry.wait(delay, signal, this.online);
+          returning = true;
           continue;
         }
         if (this.inflight.size >= this.o.maxInflight) {
@@ -124,12 +131,12 @@ export class Flusher {
           continue;
         }
         this.work.consume();
-        const next = outbox.peekBatch({
-          ...(sink.channels ? { channels: sink.channels } : {}),
-          ...(sink.excludeChannels ? { excludeChannels: sink.excludeChannels } : {}),
-          maxCount: batch.maxCount,
-          maxBytes: batch.maxBytes,
-        });
+        if (returning) {
+          episode?.close();
+          episode = outbox.beginEpisode?.(scope);
+          returning = false;
+        }
+        const next = outbox.peekBatch({ ...scope, maxCount: batch.maxCount, maxBytes: batch.maxBytes, ...(episode ? { episode } : {}) });
         if (next.length === 0) {
           if (this.inflight.size > 0) {
             const r = await Promise.race([...this.inflight, this.work.wait(Infinity, signal, this.o.clock).then(() => ({ ok: true }) as const)]);
@@ -155,6 +162,7 @@ export class Flusher {
       }
     } finally {
       await Promise.allSettled([...this.inflight]);
+      episode?.close();
     }
   }
 

@@ -133,3 +133,27 @@ export const OUTBOX_TIME_MIGRATION: Migration = {
       `);
   },
 };
+
+/**
+ * Freshness-first drain (docs/outbox.md, "Freshness-first drain"): each message may name its stream
+ * (a telemetry stream; NULL: its channel's single stream), and `outbox_stream_heads` holds the seq
+ * of the newest message of each stream of the channels that opt in, written at the end of each
+ * enqueue transaction for the streams whose head moved. Columns added, not a table rebuilt: instant
+ * on any queue size. Rows queued before have no stream and no head: they drain oldest first.
+ */
+export const OUTBOX_STREAMS_MIGRATION: Migration = {
+  version: 11,
+  name: 'outbox: stream of each message, the newest message of each stream',
+  up(db) {
+    db.exec(`
+        ALTER TABLE outbox ADD COLUMN stream TEXT;
+        ALTER TABLE outbox_parked ADD COLUMN stream TEXT;
+        CREATE TABLE outbox_stream_heads (
+          channel TEXT NOT NULL,
+          stream  TEXT NOT NULL,
+          seq     INTEGER NOT NULL,
+          PRIMARY KEY (channel, stream)
+        ) STRICT, WITHOUT ROWID;
+      `);
+  },
+};

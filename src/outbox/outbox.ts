@@ -11,6 +11,8 @@ import { Admission } from './admission.js';
 import { ChannelPolicies } from './channel-policies.js';
 import { OutboxCounters } from './counters.js';
 import { DiskWatermark } from './disk-watermark.js';
+import type { FreshEpisode } from './episode.js';
+import { Episodes, type EpisodeScope } from './episodes.js';
 import { Expiry } from './expiry.js';
 import { GroupCommit, type PendingCall } from './group-commit.js';
 import { Intake, type Prepared } from './intake.js';
@@ -25,6 +27,7 @@ import { Reader } from './reader.js';
 import { recoverOutbox } from './recovery.js';
 import { Rewriter, type ChannelRewrite } from './rewrite.js';
 import { durabilityOf, outboxStats } from './stats.js';
+import { StreamHeads, type StreamHead } from './stream-heads.js';
 import { Superseded } from './superseded.js';
 import { Transactor } from './transactor.js';
 import {
@@ -136,6 +139,7 @@ export class Outbox {
   private readonly rewriter: Rewriter;
   private readonly superseded: Superseded;
   private readonly drops: DropReporter;
+  private readonly episodes: Episodes;
   /** The connection's `synchronous` at open: at FULL or above, enqueues are fsynced off the loop (walSync). */
   private readonly syncLevel: number;
   private readonly walSync: WalSync;
@@ -156,22 +160,32 @@ export class Outbox {
     const q = (this.q = prepareOutboxStatements(db));
     this.store = opts.store;
     const policies = (this.policies = new ChannelPolicies(opts.channels, opts.onLimit));
-    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { at: number } | undefined)?.at, {
-      set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
-      clear: () => q.laneTotalsClear.run(),
-    }));
+    const lanes = (this.lanes = new Lanes(
+      (channel, priority) => (q.laneOldest.get(channel, priority) as { at: number } | undefined)?.at,
+      {
+        set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
+        clear: () => q.laneTotalsClear.run(),
+      },
+      (seq) => this.episodes.inserted(seq),
+    ));
+    const heads = new StreamHeads((channel) => policies.freshFirst(channel), {
+      set: (h) => q.headSet.run(h.channel, h.stream, h.seq),
+      delete: (channel, stream) => q.headDelete.run(channel, stream),
+    });
+    heads.load(q.headsLoad.all() as StreamHead[]);
+    this.episodes = new Episodes({ q, heads, lanes, policies, logger });
     const counters = (this.counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value)));
     const leases = (this.leases = new Leases(lanes, clock, opts.leaseMs ?? 300_000));
     const queueClock = (this.queueClock = new QueueClock({ clock, synced: opts.clockSynced ?? (() => false), logger }));
     const expiry = (this.expiry = new Expiry({ q, lanes, counters, leases, clock: queueClock, logger }));
     const disk = (this.disk = new DiskWatermark({ db, path: opts.store.path, clock, logger, pageSize, walBudget: opts.store.walCheckpointPages * pageSize, ...opts.disk }));
     const checkpoint = (): (() => void) => {
-      const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint(), queueClock.checkpoint()];
+      const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint(), queueClock.checkpoint(), heads.checkpoint()];
       return () => restores.forEach((restore) => restore());
     };
-    const tx = (this.tx = new Transactor({ db, checkpoint, counters, lanes, queueClock, disk, onDrops: () => this.drops.noteDrops() }));
+    const tx = (this.tx = new Transactor({ db, checkpoint, counters, lanes, heads, queueClock, disk, onDrops: () => this.drops.noteDrops() }));
     this.intake = new Intake({ policies, limits, compressAboveBytes, clock, queueClock, ids });
-    this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, disk, policies, limits });
+    this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, heads, disk, policies, limits });
     const level = (this.syncLevel = syncLevel(db));
     const walSync = (this.walSync = new WalSync(opts.store.path, { onIdle: () => this.group.release(), fs: opts.walSyncFs }));
     this.group = new GroupCommit<Prepared>({
@@ -321,6 +335,15 @@ export class Outbox {
     const { batch, undecodable } = this.reader.peek(opts);
     if (undecodable.length > 0) this.park(undecodable, 'undecodable payload');
     return batch;
+  }
+
+  /**
+   * The cloud is back (a flusher's first send, or its first after a failure): a freshness-first
+   * drain of the opt-in channels `scope` carries. Pass it to `peekBatch` (`episode`); close it when
+   * a new one begins or the flusher stops.
+   */
+  beginEpisode(scope: EpisodeScope = {}): FreshEpisode {
+    return this.episodes.begin(scope);
   }
 
   /** The sink accepted these: deletes them (counted as delivered). Unknown ids are ignored. Returns how many were deleted. */

@@ -187,7 +187,8 @@ describe('flusher: retry later', () => {
     await t.clock.advance(500);
     expect(peer.batches).toHaveLength(1); // backing off (1 s)
     await t.clock.advance(600);
-    expect(peer.batches.map((b) => b.map((m) => m.payload))).toEqual([[0, 1, 2], [1, 2]]);
+    // The return after the failure drains telemetry freshness first: the newest (2), then the history.
+    expect(peer.batches.map((b) => b.map((m) => m.payload))).toEqual([[0, 1, 2], [2, 1]]);
     expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 3 });
 
     // Once the sink has marked it itself, the flusher does not mark it again.
