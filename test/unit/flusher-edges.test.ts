@@ -381,3 +381,25 @@ describe('flusher: back online', () => {
     expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 2 });
   });
 });
+
+describe('flusher: freshness-first drain', () => {
+  it('after an outage sends each stream’s newest first, then the history oldest first marked backfill, within its batches', async () => {
+    let down = true;
+    const peer = new RecordingPeer((b) => (down ? new CloudError('network', 'connection refused') : acceptAll(b)));
+    const t = setup(peer, { batch: { maxCount: 3, maxBytes: 1_048_576 } });
+    for (const n of [1, 2, 3]) await t.outbox.enqueueMany(['a', 'b'].map((s) => ({ channel: 'telemetry', stream: s, payload: `${s}${n}` })));
+    t.flusher.kick();
+    await t.clock.advance(10);
+    expect(peer.batches).toHaveLength(1); // refused: backing off
+    down = false;
+    await t.outbox.enqueue({ channel: 'telemetry', stream: 'b', payload: 'b4' }); // queued during the backoff: b's newest now
+    await t.clock.advance(1_100);
+    const seen = peer.batches.slice(1).map((b) => b.map((m) => `${String(m.payload)}${m.backfill ? '*' : ''}`));
+    expect(seen).toEqual([
+      ['a3', 'b4', 'a1*'],
+      ['b1*', 'a2*', 'b2*'],
+      ['b3*'],
+    ]);
+    expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 7 });
+  });
+});
