@@ -1,12 +1,14 @@
 /** The devcloud's tables: the schema a new file gets, and the upgrades of older files. */
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** Changes after the first schema, by the version they bring the file to. */
 export const UPGRADES: Record<number, string> = {
   // The device shadow's desired state, for devices that read it over HTTP.
   2: `ALTER TABLE devices ADD COLUMN shadow_desired TEXT;
       ALTER TABLE devices ADD COLUMN shadow_version INTEGER NOT NULL DEFAULT 0;`,
+  // Whether a message arrived marked backfill (a freshness-first drain's history, docs/protocol.md).
+  3: `ALTER TABLE messages ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0;`,
 };
 
 export const SCHEMA = `

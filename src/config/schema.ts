@@ -91,7 +91,7 @@ const offlineSchema = z.strictObject({
     .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a channel name of 1-64 letters, digits, ".", "_" or "-"'), outboxChannelSchema)
     .default({})
     .describe(
-      'Per-channel outbox policy, e.g. {"telemetry": {"maxCount": 50000}, "events": {"priority": 60}}. Default priorities: events/jobs 50, state/shadow 40, health 30, telemetry 20, metrics 10.',
+      'Per-channel outbox policy, e.g. {"telemetry": {"maxCount": 50000}, "events": {"priority": 60}}. Default priorities: events/jobs 50, state/shadow 40, health 30, telemetry 20, metrics 10. freshFirst (default true for telemetry and metrics): after an outage each stream\'s newest message goes first, then the history, marked backfill (docs/outbox.md).',
     ),
   onLimit: onLimitSchema
     .default({})
