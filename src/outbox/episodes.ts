@@ -9,7 +9,7 @@ import type { StreamHead, StreamHeads } from './stream-heads.js';
 export interface EpisodesOptions {
   q: Pick<OutboxStatements, 'headProbe' | 'maxSeq'>;
   heads: Pick<StreamHeads, 'of' | 'forget'>;
-  lanes: Pick<Lanes, 'nonEmpty'>;
+  lanes: Pick<Lanes, 'nonEmpty' | 'channel'>;
   policies: Pick<ChannelPolicies, 'freshFirst'>;
   logger: Logger;
 }
@@ -48,8 +48,9 @@ export class Episodes {
       this.o.logger.warn({ err: errorMessage(err) }, 'outbox: delivered stream heads could not be forgotten; they are checked again at the next return');
     }
     const channels = new Set(this.o.lanes.nonEmpty().map((l) => l.channel).filter(orders));
-    for (const h of heads) channels.add(h.channel);
-    const episode = new FreshEpisode(startSeq, heads, channels, (e) => this.open.delete(e));
+    // Nothing to backfill (no stream holds more than its newest): the plain order, priorities first.
+    const backlog = [...channels].some((c) => (this.o.lanes.channel(c)?.count ?? 0) > heads.filter((h) => h.channel === c).length);
+    const episode = backlog ? new FreshEpisode(startSeq, heads, channels, (e) => this.open.delete(e)) : new FreshEpisode(startSeq, [], new Set(), (e) => this.open.delete(e));
     this.open.add(episode);
     return episode;
   }

@@ -74,6 +74,12 @@ describe('freshness-first drain', () => {
     expect(drain(off.outbox, off.outbox.beginEpisode())).toEqual(['a1', 'b1', 'c1', 'a2', 'b2', 'c2', 'a3', 'b3', 'c3']);
   });
 
+  it('keeps the plain order when no stream holds more than its newest message (nothing to backfill)', async () => {
+    const { outbox } = open();
+    await outbox.enqueueMany([t('a', 1), { channel: 'events', payload: 'e1' }, t('b', 1)]);
+    expect(drain(outbox, outbox.beginEpisode())).toEqual(['e1', 'a1', 'b1']);
+  });
+
   it('puts a nacked head first again, and a new episode after a failure starts from the newest still queued', async () => {
     const { outbox } = open();
     await backlog(outbox);
