@@ -138,8 +138,9 @@ export const OUTBOX_TIME_MIGRATION: Migration = {
  * Freshness-first drain (docs/outbox.md, "Freshness-first drain"): each message may name its stream
  * (a telemetry stream; NULL: its channel's single stream), and `outbox_stream_heads` holds the seq
  * of the newest message of each stream of the channels that opt in, written at the end of each
- * enqueue transaction for the streams whose head moved. Columns added, not a table rebuilt: instant
- * on any queue size. Rows queued before have no stream and no head: they drain oldest first.
+ * enqueue transaction for the streams whose head moved, with a mark (channel '', the highest seq whose
+ * head is written: stream-heads.ts). Columns added, not a table rebuilt, and the mark is one seek:
+ * instant on any queue size. Rows queued before have no stream and no head: they drain oldest first.
  */
 export const OUTBOX_STREAMS_MIGRATION: Migration = {
   version: 11,
@@ -154,6 +155,7 @@ export const OUTBOX_STREAMS_MIGRATION: Migration = {
           seq     INTEGER NOT NULL,
           PRIMARY KEY (channel, stream)
         ) STRICT, WITHOUT ROWID;
+        INSERT INTO outbox_stream_heads (channel, stream, seq) SELECT '', '', coalesce(max(seq), 0) FROM outbox;
       `);
   },
 };

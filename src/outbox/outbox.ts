@@ -27,7 +27,6 @@ import { Reader } from './reader.js';
 import { recoverOutbox } from './recovery.js';
 import { Rewriter, type ChannelRewrite } from './rewrite.js';
 import { durabilityOf, outboxStats } from './stats.js';
-import { StreamHeads, type StreamHead } from './stream-heads.js';
 import { Superseded } from './superseded.js';
 import { Transactor } from './transactor.js';
 import {
@@ -168,12 +167,8 @@ export class Outbox {
       },
       (seq) => this.episodes.inserted(seq),
     ));
-    const heads = new StreamHeads((channel) => policies.freshFirst(channel), {
-      set: (h) => q.headSet.run(h.channel, h.stream, h.seq),
-      delete: (channel, stream) => q.headDelete.run(channel, stream),
-    });
-    heads.load(q.headsLoad.all() as StreamHead[]);
-    this.episodes = new Episodes({ q, heads, lanes, policies, logger });
+    const episodes = (this.episodes = new Episodes({ q, lanes, policies, logger, clock }));
+    const heads = episodes.heads;
     const counters = (this.counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value)));
     const leases = (this.leases = new Leases(lanes, clock, opts.leaseMs ?? 300_000));
     const queueClock = (this.queueClock = new QueueClock({ clock, synced: opts.clockSynced ?? (() => false), logger }));
@@ -402,6 +397,7 @@ export class Outbox {
     if (this.closing) return this.closing;
     this.closed = true;
     this.group.flush();
+    this.episodes.close(this.tx);
     this.drops.close();
     this.closing =
       this.syncLevel < 2

@@ -121,7 +121,30 @@ describe('freshness-first drain', () => {
     outbox.ack(a2.map((m) => m.id));
     await outbox.enqueue(t('b', 1)); // takes a2's seq
     expect(drain(outbox, outbox.beginEpisode())).toEqual(['b1', 'a1*']);
-    expect(store.db.prepare('SELECT channel, stream FROM outbox_stream_heads ORDER BY stream').all()).toEqual([{ channel: 'telemetry', stream: 'b' }]);
+    expect(store.db.prepare("SELECT stream FROM outbox_stream_heads WHERE stream = 'a'").all()).toEqual([]);
+  });
+
+  it('writes the heads at most every 250 ms and at a clean close; after a crash a start finds the newer ones from the rows', async () => {
+    const env = open();
+    const table = () => env.store.db.prepare('SELECT channel, stream, seq FROM outbox_stream_heads ORDER BY channel, stream').all() as { channel: string; stream: string; seq: number }[];
+    await env.outbox.enqueueMany([t('a', 1), t('b', 1)]);
+    const written = table();
+    expect(written.map((r) => `${r.channel}/${r.stream}`)).toEqual(['/', 'telemetry/a', 'telemetry/b']); // the mark, then the heads
+    await env.outbox.enqueueMany([t('a', 2), t('b', 2)]);
+    expect(table()).toEqual(written); // within 250 ms: not written again
+    await env.clock.advance(250);
+    await env.outbox.enqueue(t('c', 1));
+    expect(table().map((r) => `${r.stream}:${r.seq}`)).toEqual([':5', 'a:3', 'b:4', 'c:5']);
+    await env.outbox.enqueueMany([t('a', 3), t('c', 2)]); // not written: lost with the crash below
+    await close(env, { crash: true });
+    const again = open({ path: env.path, clock: env.clock });
+    expect(drain(again.outbox, again.outbox.beginEpisode())).toEqual(['b2', 'a3', 'c2', 'a1*', 'b1*', 'a2*', 'c1*']);
+    const clean = open();
+    await clean.outbox.enqueueMany([t('x', 1), t('x', 2)]);
+    await clean.outbox.enqueue(t('x', 3));
+    await close(clean);
+    const reopened = open({ path: clean.path, clock: clean.clock });
+    expect(reopened.store.db.prepare("SELECT seq FROM outbox_stream_heads WHERE stream = 'x'").get()).toEqual({ seq: 3 });
   });
 
   it('refuses a stream that is not a string of 1-256 characters', async () => {
