@@ -159,3 +159,9 @@ export const OUTBOX_STREAMS_MIGRATION: Migration = {
       `);
   },
 };
+
+/** Marks every queued row's stream head as known (what a bench that fills the table behind the outbox's back runs, as it rebuilds the lane totals). */
+export const STREAM_HEADS_MARK_SQL = `
+  INSERT INTO outbox_stream_heads (channel, stream, seq) SELECT '', '', coalesce(max(seq), 0) FROM outbox
+    ON CONFLICT (channel, stream) DO UPDATE SET seq = excluded.seq;
+`;

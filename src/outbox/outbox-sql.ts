@@ -39,8 +39,9 @@ export function prepareOutboxStatements(db: Database) {
     headProbe: p('SELECT channel, priority, stream FROM outbox WHERE seq = ?'),
     maxSeq: p('SELECT max(seq) AS s FROM outbox'),
     headsLoad: p('SELECT channel, stream, seq FROM outbox_stream_heads'),
-    // The rows queued since the heads were last written (above their mark): a start reads them to bring the heads up to date.
-    headsTail: p('SELECT seq, channel, stream FROM outbox WHERE seq > ? ORDER BY seq'),
+    // The rows queued since the heads were last written (above their mark), newest first: a start reads them to bring the
+    // heads up to date. Bounded: a crash loses at most 250 ms of enqueues; far more is rows written behind the outbox's back.
+    headsTail: p('SELECT seq, channel, stream FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT 100000'),
     headSet: p('INSERT INTO outbox_stream_heads (channel, stream, seq) VALUES (?, ?, ?) ON CONFLICT (channel, stream) DO UPDATE SET seq = excluded.seq'),
     headDelete: p('DELETE FROM outbox_stream_heads WHERE channel = ? AND stream = ?'),
     // On the queue clock (rows from before migration 9: their created_at, which the queue clock started at).

@@ -54,18 +54,22 @@ export class StreamHeads {
 
   constructor(private readonly o: StreamHeadsOptions) {}
 
-  /** At open: the persisted heads and mark (`rows`), then `tail(mark)`, the rows queued above the mark. */
+  /** At open: the persisted heads and mark (`rows`), then `tail(mark)`, the rows queued above the mark, newest first. */
   load(rows: Iterable<StreamHead>, tail: (after: number) => Iterable<{ seq: number; channel: string; stream: string | null }>): void {
     let mark = 0;
     for (const h of rows) {
       if (h.channel === '') mark = h.seq;
       else this.committed.set(keyOf(h.channel, h.stream), { ...h });
     }
+    // Newest first: the first row of a stream is its head.
+    const found = new Set<string>();
     for (const r of tail(mark)) {
-      if (!this.o.optIn(r.channel)) continue;
+      const k = keyOf(r.channel, r.stream ?? '');
+      if (found.has(k) || !this.o.optIn(r.channel)) continue;
+      found.add(k);
       const h = { channel: r.channel, stream: r.stream ?? '', seq: r.seq };
-      this.committed.set(keyOf(h.channel, h.stream), h);
-      this.unwritten.set(keyOf(h.channel, h.stream), h);
+      this.committed.set(k, h);
+      this.unwritten.set(k, h);
     }
   }
 
