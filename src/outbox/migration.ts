@@ -139,8 +139,10 @@ export const OUTBOX_TIME_MIGRATION: Migration = {
  * (a telemetry stream; NULL: its channel's single stream), and `outbox_stream_heads` holds the seq
  * of the newest message of each stream of the channels that opt in, written at the end of each
  * enqueue transaction for the streams whose head moved, with a mark (channel '', the highest seq whose
- * head is written: stream-heads.ts). Columns added, not a table rebuilt, and the mark is one seek:
- * instant on any queue size. Rows queued before have no stream and no head: they drain oldest first.
+ * head is written: stream-heads.ts). Columns added, not a table rebuilt: instant on any queue size.
+ * No row is written here (a salvage copies the damaged file's rows into a freshly migrated one, and a
+ * row of the migration's would collide): until the first mark, a start reads at most the newest
+ * 100,000 rows for heads. Rows queued before have no stream: each opt-in channel's are one stream.
  */
 export const OUTBOX_STREAMS_MIGRATION: Migration = {
   version: 11,
@@ -155,7 +157,6 @@ export const OUTBOX_STREAMS_MIGRATION: Migration = {
           seq     INTEGER NOT NULL,
           PRIMARY KEY (channel, stream)
         ) STRICT, WITHOUT ROWID;
-        INSERT INTO outbox_stream_heads (channel, stream, seq) SELECT '', '', coalesce(max(seq), 0) FROM outbox;
       `);
   },
 };
