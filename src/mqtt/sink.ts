@@ -25,8 +25,9 @@ function record(v: unknown): Record<string, unknown> {
  */
 export function toPublish(session: Pick<MqttSession, 'topics'>, m: OutboxMessage): { topic: string; body: unknown } {
   const mapped = mapPublish(session, m);
-  // History sent after its stream's newest message (a freshness-first drain) says so; live messages carry no such member.
-  if (m.backfill) mapped.body = { ...(mapped.body as Record<string, unknown>), backfill: true };
+  // History sent after its stream's newest message (a freshness-first drain) says so; live messages carry
+  // no such member. Every body is a new object literal of mapPublish's: set in place, no copy per message.
+  if (m.backfill) (mapped.body as Record<string, unknown>).backfill = true;
   return mapped;
 }
 

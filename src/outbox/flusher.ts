@@ -84,6 +84,12 @@ export class Flusher {
   private counters = { batchesSent: 0, delivered: 0, parked: 0 };
   private lastError: string | null = null;
   private lastSuccessAt: number | null = null;
+  /**
+   * A return: the first send, the first after a failure, and the first after the sink's channel came
+   * back online (an MQTT session holds its publishes across a disconnect: no send fails). It begins a
+   * freshness-first drain.
+   */
+  private returning = true;
 
   constructor(private readonly o: FlusherOptions) {
     const mps = o.rate?.messagesPerSecond ?? 0;
@@ -97,8 +103,9 @@ export class Flusher {
     this.work.kick();
   }
 
-  /** The sink's channel is back online: stop waiting out a backoff. */
+  /** The sink's channel is back online: stop waiting out a backoff; what is sent next begins a freshness-first drain. */
   channelOnline(): void {
+    this.returning = true;
     this.online.kick();
   }
 
@@ -110,8 +117,6 @@ export class Flusher {
     const { outbox, sink, batch } = this.o;
     const scope = { ...(sink.channels ? { channels: sink.channels } : {}), ...(sink.excludeChannels ? { excludeChannels: sink.excludeChannels } : {}) };
     let failure: unknown;
-    // A return: the first send, and the first after a failure. It begins a freshness-first drain.
-    let returning = true;
     let episode: FreshEpisode | undefined;
     try {
       while (!signal.aborted) {
@@ -122,7 +127,7 @@ export class Flusher {
           failure = undefined;
           this.online.consume();
           await this.o.retry.wait(delay, signal, this.online);
-          returning = true;
+          this.returning = true;
           continue;
         }
         if (this.inflight.size >= this.o.maxInflight) {
@@ -131,10 +136,10 @@ export class Flusher {
           continue;
         }
         this.work.consume();
-        if (returning) {
+        if (this.returning) {
           episode?.close();
           episode = outbox.beginEpisode?.(scope);
-          returning = false;
+          this.returning = false;
         }
         const next = outbox.peekBatch({ ...scope, maxCount: batch.maxCount, maxBytes: batch.maxBytes, ...(episode ? { episode } : {}) });
         if (next.length === 0) {

@@ -402,4 +402,24 @@ describe('flusher: freshness-first drain', () => {
     ]);
     expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 7 });
   });
+
+  it('begins anew when the sink\'s channel comes back online, though no send failed (an MQTT session holds its publishes)', async () => {
+    let release: (() => void) | undefined;
+    let calls = 0;
+    const peer = new RecordingPeer((b): SinkResult | Promise<SinkResult> =>
+      ++calls === 1 ? new Promise<SinkResult>((resolve) => (release = () => resolve(acceptAll(b)))) : acceptAll(b),
+    );
+    const t = setup(peer, { batch: { maxCount: 3, maxBytes: 1_048_576 } });
+    const put = (s: string, n: number) => t.outbox.enqueue({ channel: 'telemetry', stream: s, payload: `${s}${n}` });
+    await put('a', 1);
+    t.flusher.kick();
+    await t.clock.advance(10);
+    expect(release).toBeDefined(); // a1 is held across the disconnect
+    for (const [s, n] of [['a', 2], ['b', 1], ['a', 3], ['b', 2]] as const) await put(s, n);
+    t.flusher.channelOnline();
+    release?.();
+    await t.clock.advance(10);
+    const seen = peer.batches.map((b) => b.map((m) => `${String(m.payload)}${m.backfill ? '*' : ''}`));
+    expect(seen).toEqual([['a1'], ['a3', 'b2', 'a2*'], ['b1*']]);
+  });
 });
