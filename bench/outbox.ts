@@ -18,7 +18,7 @@ import { backoffFromSettings } from '../src/resilience/backoff.js';
 import { ConnectionMonitor } from '../src/resilience/connection-monitor.js';
 import { Wakeup } from '../src/resilience/wakeup.js';
 import { encodePayload } from '../src/outbox/codec.js';
-import { LANE_TOTALS_REBUILD_SQL } from '../src/outbox/migration.js';
+import { LANE_TOTALS_REBUILD_SQL, STREAM_HEADS_MARK_SQL } from '../src/outbox/migration.js';
 import { MIGRATIONS } from '../src/database-schema.js';
 import { Store } from '../src/store/store.js';
 import { systemClock } from '../src/util/clock.js';
@@ -500,7 +500,7 @@ async function main(): Promise<void> {
     const full = openStore(fullPath);
     rawInsert(full, a.rssRows, 100_000);
     // Rows written here, not through the outbox: the per-lane totals it keeps beside them are made to match.
-    full.db.exec(LANE_TOTALS_REBUILD_SQL);
+    full.db.exec(LANE_TOTALS_REBUILD_SQL + STREAM_HEADS_MARK_SQL);
     full.close();
     const dbBytes = statSync(fullPath).size;
     log(`rss: ${a.rssRows} queued (${cell(dbBytes / 1_048_576, 0)} MiB database), ${rssRounds} rounds ...`);

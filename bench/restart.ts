@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { defaultConfig } from '../src/config/schema.js';
 import { encodePayload } from '../src/outbox/codec.js';
-import { LANE_TOTALS_REBUILD_SQL } from '../src/outbox/migration.js';
+import { LANE_TOTALS_REBUILD_SQL, STREAM_HEADS_MARK_SQL } from '../src/outbox/migration.js';
 import { MIGRATIONS } from '../src/database-schema.js';
 import { Store } from '../src/store/store.js';
 import { IdGenerator } from '../src/util/ids.js';
@@ -43,7 +43,7 @@ function fill(path: string, rows: number): void {
     })();
   }
   // Rows written here, not through the outbox: the per-lane totals it keeps beside them are made to match.
-  store.db.exec(LANE_TOTALS_REBUILD_SQL);
+  store.db.exec(LANE_TOTALS_REBUILD_SQL + STREAM_HEADS_MARK_SQL);
   store.close();
 }
 

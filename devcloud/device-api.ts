@@ -114,7 +114,8 @@ function parseMessages(body: unknown): IncomingMessage[] {
     const channel = requireString(m.channel, `${at}.channel`);
     const ts = requireFiniteNumber(m.ts, `${at}.ts`);
     if (!('payload' in m)) fail(`${at}.payload`, 'a JSON value (null is allowed)', undefined);
-    return { id, channel, ts, payload: m.payload };
+    if (m.backfill !== undefined && typeof m.backfill !== 'boolean') fail(`${at}.backfill`, 'a boolean when present', m.backfill);
+    return { id, channel, ts, payload: m.payload, ...(m.backfill === true ? { backfill: true as const } : {}) };
   });
 }
 

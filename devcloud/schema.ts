@@ -1,6 +1,6 @@
 /** The devcloud's tables: the schema a new file gets, and the upgrades of older files. */
 
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /** Changes after the first schema, by the version they bring the file to. */
 export const UPGRADES: Record<number, string> = {
@@ -10,6 +10,8 @@ export const UPGRADES: Record<number, string> = {
   // A health report's Idempotency-Key (its outbox id): a retry is stored once, and the loss ledger check counts it.
   3: `ALTER TABLE health ADD COLUMN idem_key TEXT;
       CREATE UNIQUE INDEX health_by_key ON health (device, idem_key) WHERE idem_key IS NOT NULL;`,
+  // Whether a message arrived marked backfill (a freshness-first drain's history, docs/protocol.md).
+  4: `ALTER TABLE messages ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0;`,
 };
 
 export const SCHEMA = `

@@ -29,6 +29,8 @@ export interface IncomingMessage {
   channel: string;
   ts: number;
   payload: unknown;
+  /** Sent marked backfill: history after its stream's newest (docs/protocol.md). */
+  backfill?: true;
 }
 
 export interface StoredMessage extends IncomingMessage {
@@ -151,6 +153,7 @@ interface MessageRow {
   ts: number;
   payload: string;
   received_at: number;
+  backfill: number;
 }
 
 interface JobRow {
@@ -221,10 +224,10 @@ export class DevCloudStore {
       reports: prepare('SELECT report_id, state, received_at FROM reports WHERE device = ? ORDER BY seq DESC LIMIT ?'),
       countReports: prepare('SELECT count(*) AS n FROM reports WHERE device = ?'),
       insertMessage: prepare(
-        'INSERT INTO messages (device, id, channel, ts, payload, received_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device, id) DO NOTHING',
+        'INSERT INTO messages (device, id, channel, ts, payload, received_at, backfill) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, id) DO NOTHING',
       ),
       messages: prepare(
-        'SELECT seq, id, channel, ts, payload, received_at FROM messages WHERE device = ? AND seq > ? ORDER BY seq LIMIT ?',
+        'SELECT seq, id, channel, ts, payload, received_at, backfill FROM messages WHERE device = ? AND seq > ? ORDER BY seq LIMIT ?',
       ),
       countMessages: prepare('SELECT count(*) AS n FROM messages WHERE device = ?'),
       byChannel: prepare('SELECT channel, count(*) AS n FROM messages WHERE device = ? GROUP BY channel'),
@@ -396,7 +399,7 @@ export class DevCloudStore {
       const at = this.now();
       let stored = 0;
       for (const m of accepted) {
-        stored += this.stmt.insertMessage.run(uuid, m.id, m.channel, m.ts, JSON.stringify(m.payload) ?? 'null', at).changes;
+        stored += this.stmt.insertMessage.run(uuid, m.id, m.channel, m.ts, JSON.stringify(m.payload) ?? 'null', at, m.backfill ? 1 : 0).changes;
       }
       const duplicates = accepted.length - stored;
       this.stmt.bump.run(uuid, 'messages.batches', 1);
@@ -417,6 +420,7 @@ export class DevCloudStore {
       ts: r.ts,
       payload: JSON.parse(r.payload) as unknown,
       receivedAt: r.received_at,
+      ...(r.backfill ? { backfill: true as const } : {}),
     }));
     return { messages: page, nextAfter: page.at(-1)?.seq ?? after, more };
   }

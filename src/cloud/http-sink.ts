@@ -15,6 +15,16 @@ export interface ChannelDelivery {
   isPermanent?(err: unknown): boolean;
 }
 
+/**
+ * A message as `POST …/messages` carries it; `backfill` only on history sent after its stream's newest
+ * (docs/protocol.md, additions). Two literals rather than a spread: this runs for every message drained.
+ */
+function wireItem(m: OutboxMessage): Record<string, unknown> {
+  return m.backfill
+    ? { id: m.id, channel: m.channel, ts: m.createdAt, payload: m.payload, backfill: true }
+    : { id: m.id, channel: m.channel, ts: m.createdAt, payload: m.payload };
+}
+
 /** Statuses that refuse what was sent (malformed, too large, unprocessable), not who sent it. */
 const CONTENT_REFUSALS = new Set([400, 413, 415, 422]);
 
@@ -68,7 +78,7 @@ export class HttpSink implements Sink {
     const res = await this.http.request<MessagesAnswer>({
       method: 'POST',
       path: `/device/v1/${encodeURIComponent(this.uuid)}/messages`,
-      json: { messages: batch.map((m) => ({ id: m.id, channel: m.channel, ts: m.createdAt, payload: m.payload })) },
+      json: { messages: batch.map(wireItem) },
       gzip: true,
       signal,
     });

@@ -31,6 +31,12 @@ const outboxChannelSchema = z.strictObject({
   maxCount: z.number().int().min(1).optional().describe('Most messages of this channel in the outbox (on top of the total limit).'),
   maxBytes: z.number().int().min(1_024).optional().describe('Most stored payload bytes of this channel in the outbox.'),
   ttlMs: ms(1).optional().describe('Default time to live of the channel\'s messages; expired messages are removed and counted.'),
+  freshFirst: z
+    .boolean()
+    .optional()
+    .describe(
+      'Freshness-first drain: when the cloud returns after an outage, send the newest queued message of each stream (telemetry: each stream; otherwise the channel) first, then the history oldest first, marked backfill on the wire. Default: true for telemetry and metrics, false otherwise (docs/outbox.md).',
+    ),
   onLimit: onLimitSchema
     .optional()
     .describe(
@@ -85,7 +91,7 @@ const offlineSchema = z.strictObject({
     .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a channel name of 1-64 letters, digits, ".", "_" or "-"'), outboxChannelSchema)
     .default({})
     .describe(
-      'Per-channel outbox policy, e.g. {"telemetry": {"maxCount": 50000}, "events": {"priority": 60}}. Default priorities: events/jobs 50, state/shadow 40, health 30, telemetry 20, metrics 10.',
+      'Per-channel outbox policy, e.g. {"telemetry": {"maxCount": 50000}, "events": {"priority": 60}}. Default priorities: events/jobs 50, state/shadow 40, health 30, telemetry 20, metrics 10. freshFirst (default true for telemetry and metrics): after an outage each stream\'s newest message goes first, then the history, marked backfill (docs/outbox.md).',
     ),
   onLimit: onLimitSchema
     .default({})

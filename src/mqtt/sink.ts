@@ -21,9 +21,17 @@ function record(v: unknown): Record<string, unknown> {
  * Maps an outbox message to its topic and body (PROTOCOL.md): telemetry `{ stream, payload }` to
  * `iot/{uuid}/telemetry/{stream}` as `{ id, ts, payload }`; metrics to `…/metrics` as
  * `{ id, ts, samples }`; events to `…/events` as `{ id, ts, type, ... }`; shadow reports to
- * `…/shadow/reported` as `{ id, version, state }`.
+ * `…/shadow/reported` as `{ id, version, state }`. A message marked `backfill` carries `backfill: true` too.
  */
 export function toPublish(session: Pick<MqttSession, 'topics'>, m: OutboxMessage): { topic: string; body: unknown } {
+  const mapped = mapPublish(session, m);
+  // History sent after its stream's newest message (a freshness-first drain) says so; live messages carry
+  // no such member. Every body is a new object literal of mapPublish's: set in place, no copy per message.
+  if (m.backfill) (mapped.body as Record<string, unknown>).backfill = true;
+  return mapped;
+}
+
+function mapPublish(session: Pick<MqttSession, 'topics'>, m: OutboxMessage): { topic: string; body: unknown } {
   const t = session.topics;
   const p = record(m.payload);
   switch (m.channel) {

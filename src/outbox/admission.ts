@@ -8,6 +8,7 @@ import type { Leases } from './leases.js';
 import { diskLowError, fullError, type LimitKind } from './limits.js';
 import type { Prepared } from './intake.js';
 import type { OutboxStatements, RowRef } from './outbox-sql.js';
+import type { StreamHeads } from './stream-heads.js';
 import type { Transactor } from './transactor.js';
 import { OutboxError, type EnqueueResult } from './types.js';
 
@@ -18,6 +19,8 @@ export interface AdmissionOptions {
   counters: Pick<OutboxCounters, 'bump'>;
   leases: Pick<Leases, 'isLeased' | 'supersede'>;
   expiry: Pick<Expiry, 'note'>;
+  /** The newest message of each stream (freshness-first drain); none: not kept. */
+  heads?: Pick<StreamHeads, 'moved'>;
   disk: Pick<DiskWatermark, 'low' | 'noteWritten' | 'dir' | 'free' | 'minFreeBytes'>;
   policies: Pick<ChannelPolicies, 'get' | 'onLimitOf'>;
   /** Totals over every channel. */
@@ -192,7 +195,8 @@ export class Admission {
   }
 
   private insert(m: Prepared): void {
-    const { lastInsertRowid } = this.o.q.insert.run(m.id, m.channel, m.priority, m.createdAt, m.expiresAt, m.coalesceKey, m.enc.encoding, m.enc.bytes, m.enc.data, m.boot, m.mono);
+    const { lastInsertRowid } = this.o.q.insert.run(m.id, m.channel, m.priority, m.createdAt, m.expiresAt, m.coalesceKey, m.enc.encoding, m.enc.bytes, m.enc.data, m.boot, m.mono, m.stream);
+    this.o.heads?.moved(m.channel, m.stream, Number(lastInsertRowid));
     this.o.lanes.add(m.channel, m.priority, m.enc.bytes, m.mono, lastInsertRowid);
     this.heads?.inserted(m.channel, m.priority, Number(lastInsertRowid), m.enc.bytes);
     this.o.counters.bump(m.channel, 'accepted');

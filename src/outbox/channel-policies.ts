@@ -19,6 +19,9 @@ export const DEFAULT_CHANNEL_PRIORITIES: Readonly<Record<string, number>> = Obje
 /** Priority of a channel that is neither configured nor in DEFAULT_CHANNEL_PRIORITIES. */
 export const DEFAULT_PRIORITY = 20;
 
+/** Channels that drain freshness first unless configured otherwise: bulk data whose newest value matters most. */
+export const DEFAULT_FRESH_FIRST: ReadonlySet<string> = new Set(['telemetry', 'metrics']);
+
 export const CHANNEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export function defaultPriority(channel: string): number {
@@ -47,6 +50,11 @@ export class ChannelPolicies {
   /** Configured channels (shown in stats even while they have never held a message). */
   names(): IterableIterator<string> {
     return this.policies.keys();
+  }
+
+  /** Whether `channel` drains freshness first after an outage (its `freshFirst`, else DEFAULT_FRESH_FIRST). */
+  freshFirst(channel: string): boolean {
+    return this.policies.get(channel)?.freshFirst ?? DEFAULT_FRESH_FIRST.has(channel);
   }
 
   /** The policy in force at each limit for `channel`. */

@@ -7,6 +7,7 @@ import { Kick } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import { TokenBucket } from '../util/token-bucket.js';
 import type { Outbox } from './outbox.js';
+import type { FreshEpisode } from './episode.js';
 import type { OutboxMessage } from './types.js';
 
 /** What a sink says of a batch it took: the ids the peer acknowledged and those it refused for good. */
@@ -48,7 +49,8 @@ export interface LinkWindow {
 }
 
 export interface FlusherOptions {
-  outbox: Pick<Outbox, 'peekBatch' | 'ack' | 'nack' | 'park'>;
+  /** `beginEpisode` absent: no freshness-first drain (the outbox's plain order). */
+  outbox: Pick<Outbox, 'peekBatch' | 'ack' | 'nack' | 'park'> & Partial<Pick<Outbox, 'beginEpisode'>>;
   sink: Sink;
   monitor: OutcomeSink;
   retry: RetryPolicy;
@@ -96,6 +98,12 @@ export class Flusher {
   private counters = { batchesSent: 0, delivered: 0, parked: 0 };
   private lastError: string | null = null;
   private lastSuccessAt: number | null = null;
+  /**
+   * A return: the first send, the first after a failure, and the first after the sink's channel came
+   * back online (an MQTT session holds its publishes across a disconnect: no send fails). It begins a
+   * freshness-first drain.
+   */
+  private returning = true;
 
   constructor(private readonly o: FlusherOptions) {
     const mps = o.rate?.messagesPerSecond ?? 0;
@@ -109,8 +117,9 @@ export class Flusher {
     this.work.kick();
   }
 
-  /** The sink's channel is back online: stop waiting out a backoff. */
+  /** The sink's channel is back online: stop waiting out a backoff; what is sent next begins a freshness-first drain. */
   channelOnline(): void {
+    this.returning = true;
     this.online.kick();
   }
 
@@ -119,8 +128,10 @@ export class Flusher {
   }
 
   async run(signal: AbortSignal): Promise<void> {
-    const { outbox } = this.o;
+    const { outbox, sink } = this.o;
+    const scope = { ...(sink.channels ? { channels: sink.channels } : {}), ...(sink.excludeChannels ? { excludeChannels: sink.excludeChannels } : {}) };
     let failure: unknown;
+    let episode: FreshEpisode | undefined;
     try {
       while (!signal.aborted) {
         if (failure !== undefined) {
@@ -130,6 +141,7 @@ export class Flusher {
           failure = undefined;
           this.online.consume();
           await this.o.retry.wait(delay, signal, this.online);
+          this.returning = true;
           continue;
         }
         if (this.inflight.size >= this.o.maxInflight) {
@@ -138,7 +150,12 @@ export class Flusher {
           continue;
         }
         this.work.consume();
-        const { next, release } = this.peek();
+        if (this.returning) {
+          episode?.close();
+          episode = outbox.beginEpisode?.(scope);
+          this.returning = false;
+        }
+        const { next, release } = this.peek(episode);
         if (next.length === 0) {
           if (this.inflight.size > 0) {
             const r = await Promise.race([...this.inflight, this.work.wait(Infinity, signal, this.o.clock).then(() => ({ ok: true }) as const)]);
@@ -165,6 +182,7 @@ export class Flusher {
       }
     } finally {
       await Promise.allSettled([...this.inflight]);
+      episode?.close();
     }
   }
 
@@ -172,7 +190,7 @@ export class Flusher {
    * The next batch, in the outbox's order, of the channels this sink carries and, on a metered link,
    * the link allows, within its budget; empty when nothing may go now (the flusher waits for a kick).
    */
-  private peek(): { next: OutboxMessage[]; release: () => void } {
+  private peek(episode: FreshEpisode | undefined): { next: OutboxMessage[]; release: () => void } {
     const { outbox, sink, batch, link } = this.o;
     const w = link?.window();
     const channels = w ? (sink.channels ?? w.channels).filter((c) => w.channels.includes(c)) : sink.channels;
@@ -182,6 +200,7 @@ export class Flusher {
       ...(sink.excludeChannels ? { excludeChannels: sink.excludeChannels } : {}),
       maxCount: batch.maxCount,
       maxBytes: w ? Math.min(batch.maxBytes, w.maxBytes) : batch.maxBytes,
+      ...(episode ? { episode } : {}),
     });
     if (!link || next.length === 0) return { next, release: noop };
     const r = link.reserve(next);

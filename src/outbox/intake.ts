@@ -17,6 +17,8 @@ export interface Prepared {
   /** On the queue clock (queue-clock.ts), as `mono`. */
   expiresAt: number | null;
   coalesceKey: string | null;
+  /** Its stream (null: its channel's single stream). */
+  stream: string | null;
   enc: EncodedPayload;
   /** The boot it was queued in and the queue clock then. */
   boot: number;
@@ -59,6 +61,9 @@ export class Intake {
     if (msg.coalesceKey !== undefined && !(typeof msg.coalesceKey === 'string' && msg.coalesceKey.length > 0 && msg.coalesceKey.length <= 256)) {
       throw new OutboxError('OUTBOX_INVALID', `coalesceKey: expected a string of 1-256 characters, got ${JSON.stringify(msg.coalesceKey)}`);
     }
+    if (msg.stream !== undefined && !(typeof msg.stream === 'string' && msg.stream.length > 0 && msg.stream.length <= 256)) {
+      throw new OutboxError('OUTBOX_INVALID', `stream: expected a string of 1-256 characters, got ${JSON.stringify(msg.stream)}`);
+    }
     let enc: EncodedPayload;
     try {
       enc = encodePayload(msg.payload, this.o.compressAboveBytes);
@@ -79,6 +84,7 @@ export class Intake {
       createdAt,
       expiresAt: ttlMs === undefined ? null : mono + Math.ceil(ttlMs),
       coalesceKey: msg.coalesceKey ?? null,
+      stream: msg.stream ?? null,
       enc,
       boot,
       mono,

@@ -76,6 +76,8 @@ export class Lanes {
   constructor(
     private readonly probeOldest: (channel: string, priority: number) => number | undefined,
     private readonly store?: LaneTotalsStore,
+    /** Told the seq of every row inserted (freshness-first drains under way watch it: episodes.ts). */
+    private readonly onInsert?: (seq: number) => void,
   ) {}
 
   /** The totals per lane at open (persisted, or counted from the rows). */
@@ -99,6 +101,7 @@ export class Lanes {
       this.s.lanes.set(key, lane);
     }
     if (Number(seq) < lane.leasedBelow) lane.leasedBelow = Number(seq);
+    this.onInsert?.(Number(seq));
     if (lane.count === 0) lane.oldest = queuedAt;
     lane.count++;
     lane.bytes += bytes;
@@ -256,11 +259,11 @@ export class Lanes {
  * Merges lanes by seq, reading each in chunks (the first of `chunk` rows, each next one twice as
  * large, up to 512), so no more than a few hundred rows per lane are ever in memory.
  */
-export function* mergeLanes<R extends { seq: number }>(
-  lanes: Lane[],
-  fetch: (lane: Lane, after: number, limit: number) => R[],
+export function* mergeLanes<R extends { seq: number }, L = Lane>(
+  lanes: L[],
+  fetch: (lane: L, after: number, limit: number) => R[],
   chunk = 64,
-  from: (lane: Lane) => number = () => 0,
+  from: (lane: L) => number = () => 0,
 ): Generator<R> {
   const cursors = lanes.map((lane) => ({ lane, after: from(lane) - 1, buf: [] as R[], i: 0, done: false, size: chunk }));
   for (;;) {

@@ -1,7 +1,7 @@
 import type { Database, Statement } from 'better-sqlite3';
 
 /**
- * Every statement the outbox runs, prepared once per connection. Schema: migrations 2, 7 and 9 (docs/outbox.md).
+ * Every statement the outbox runs, prepared once per connection. Schema: migrations 2, 7, 9 and 11 (docs/outbox.md).
  * Rows are read through the `outbox_lane` index (channel, priority, seq, bytes), so a lane's rows
  * come in delivery order and its totals come from the index alone.
  *
@@ -15,7 +15,7 @@ export function prepareOutboxStatements(db: Database) {
   const p = (sql: string): Statement => db.prepare(sql);
   return {
     insert: p(
-      'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
     ),
     idExists: p('SELECT 1 FROM outbox WHERE id = ?'),
     coalesceFind: p('SELECT seq, priority, bytes FROM outbox WHERE channel = ? AND coalesce_key = ?'),
@@ -30,9 +30,20 @@ export function prepareOutboxStatements(db: Database) {
     laneRows: p(
       'SELECT seq, id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?+0',
     ),
+    // A lane's rows in (after, upTo]: a freshness-first drain reads what came after the return apart from the history.
     peekRows: p(
-      'SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono FROM outbox WHERE channel = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?+0',
+      'SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono FROM outbox WHERE channel = ? AND priority = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?+0',
     ).raw(),
+    // Freshness-first drain: a stream's newest row by its seq (the columns of peekRows, then where it belongs).
+    headRow: p('SELECT seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono, channel, priority, stream FROM outbox WHERE seq = ?').raw(),
+    headProbe: p('SELECT channel, priority, stream FROM outbox WHERE seq = ?'),
+    maxSeq: p('SELECT max(seq) AS s FROM outbox'),
+    headsLoad: p('SELECT channel, stream, seq FROM outbox_stream_heads'),
+    // The rows queued since the heads were last written (above their mark), newest first: a start reads them to bring the
+    // heads up to date. Bounded: a crash loses at most 250 ms of enqueues; far more is rows written behind the outbox's back.
+    headsTail: p('SELECT seq, channel, stream FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT 100000'),
+    headSet: p('INSERT INTO outbox_stream_heads (channel, stream, seq) VALUES (?, ?, ?) ON CONFLICT (channel, stream) DO UPDATE SET seq = excluded.seq'),
+    headDelete: p('DELETE FROM outbox_stream_heads WHERE channel = ? AND stream = ?'),
     // On the queue clock (rows from before migration 9: their created_at, which the queue clock started at).
     laneOldest: p('SELECT coalesce(mono, created_at) AS at FROM outbox WHERE channel = ? AND priority = ? ORDER BY seq LIMIT 1'),
     expiredRows: p('SELECT seq, id, channel, priority, bytes FROM outbox WHERE expires_at <= ? ORDER BY expires_at LIMIT ?+0'),
@@ -49,8 +60,8 @@ export function prepareOutboxStatements(db: Database) {
     loadParked: p('SELECT channel, count(*) AS n FROM outbox_parked GROUP BY channel'),
     counterSet: p('INSERT INTO outbox_counters (channel, counter, value) VALUES (?, ?, ?) ON CONFLICT (channel, counter) DO UPDATE SET value = excluded.value'),
     parkInsert: p(
-      `INSERT OR REPLACE INTO outbox_parked (id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload, boot, mono)
-       SELECT id, channel, priority, created_at, expires_at, encoding, bytes, ?, ?, payload, boot, mono FROM outbox WHERE seq = ?`,
+      `INSERT OR REPLACE INTO outbox_parked (id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload, boot, mono, stream)
+       SELECT id, channel, priority, created_at, expires_at, encoding, bytes, ?, ?, payload, boot, mono, stream FROM outbox WHERE seq = ?`,
     ),
     parkedOldest: p('SELECT parked_seq, channel FROM outbox_parked ORDER BY parked_seq LIMIT ?+0'),
     parkedDelete: p('DELETE FROM outbox_parked WHERE parked_seq = ?'),
@@ -63,8 +74,8 @@ export function prepareOutboxStatements(db: Database) {
       'SELECT parked_seq, id, channel, priority, created_at, expires_at, encoding, bytes, parked_at, reason, payload, boot, mono FROM outbox_parked WHERE channel = ? ORDER BY parked_seq LIMIT ?+0',
     ),
     unparkInsert: p(
-      `INSERT OR IGNORE INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono)
-       SELECT id, channel, priority, created_at, expires_at, NULL, encoding, bytes, payload, boot, mono FROM outbox_parked WHERE id = ?`,
+      `INSERT OR IGNORE INTO outbox (id, channel, priority, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono, stream)
+       SELECT id, channel, priority, created_at, expires_at, NULL, encoding, bytes, payload, boot, mono, stream FROM outbox_parked WHERE id = ?`,
     ),
     // The queue clock's boots (queue-clock.ts).
     bootById: p('SELECT boot, boot_id, base, seen_at, seen_wall, seen_synced, synced_at, wall_origin FROM outbox_boots WHERE boot_id = ?'),
@@ -106,6 +117,9 @@ export interface Row {
 
 /** A row of `peekRows` (raw): seq, id, created_at, expires_at, coalesce_key, encoding, bytes, payload, boot, mono. */
 export type LaneRow = [number, string, number, number | null, string | null, number, number, string | Buffer, number | null, number | null];
+
+/** A row of `headRow` (raw): the columns of LaneRow, then channel, priority, stream. */
+export type HeadRow = [...LaneRow, string, number, string | null];
 
 /** A row of `outbox_boots` (queue-clock.ts). */
 export interface BootRow {

@@ -10,7 +10,10 @@ import { Acks } from './ack.js';
 import { Admission } from './admission.js';
 import { ChannelPolicies } from './channel-policies.js';
 import { OutboxCounters } from './counters.js';
+import { dropOffline } from './offline-drops.js';
 import { DiskWatermark } from './disk-watermark.js';
+import type { FreshEpisode } from './episode.js';
+import { Episodes, type EpisodeScope } from './episodes.js';
 import { Expiry } from './expiry.js';
 import { GroupCommit, type PendingCall } from './group-commit.js';
 import { Intake, type Prepared } from './intake.js';
@@ -139,6 +142,7 @@ export class Outbox {
   private readonly rewriter: Rewriter;
   private readonly superseded: Superseded;
   private readonly drops: DropReporter;
+  private readonly episodes: Episodes;
   /** The connection's `synchronous` at open: at FULL or above, enqueues are fsynced off the loop (walSync). */
   private readonly syncLevel: number;
   private readonly walSync: WalSync;
@@ -163,22 +167,28 @@ export class Outbox {
     const q = (this.q = prepareOutboxStatements(db));
     this.store = opts.store;
     const policies = (this.policies = new ChannelPolicies(opts.channels, opts.onLimit));
-    const lanes = (this.lanes = new Lanes((channel, priority) => (q.laneOldest.get(channel, priority) as { at: number } | undefined)?.at, {
-      set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
-      clear: () => q.laneTotalsClear.run(),
-    }));
+    const lanes = (this.lanes = new Lanes(
+      (channel, priority) => (q.laneOldest.get(channel, priority) as { at: number } | undefined)?.at,
+      {
+        set: (channel, priority, count, bytes) => (count > 0 ? q.laneTotalSet.run(channel, priority, count, bytes) : q.laneTotalDelete.run(channel, priority)),
+        clear: () => q.laneTotalsClear.run(),
+      },
+      (seq) => this.episodes.inserted(seq),
+    ));
+    const episodes = (this.episodes = new Episodes({ q, lanes, policies, logger, clock }));
+    const heads = episodes.heads;
     const counters = (this.counters = new OutboxCounters((channel, counter, value) => q.counterSet.run(channel, counter, value)));
     const leases = (this.leases = new Leases(lanes, clock, opts.leaseMs ?? 300_000));
     const queueClock = (this.queueClock = new QueueClock({ clock, synced: opts.clockSynced ?? (() => false), logger }));
     const expiry = (this.expiry = new Expiry({ q, lanes, counters, leases, clock: queueClock, logger }));
     const disk = (this.disk = new DiskWatermark({ db, path: opts.store.path, clock, logger, pageSize, walBudget: opts.store.walCheckpointPages * pageSize, ...opts.disk }));
     const checkpoint = (): (() => void) => {
-      const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint(), queueClock.checkpoint()];
+      const restores = [lanes.checkpoint(), counters.checkpoint(), expiry.checkpoint(), queueClock.checkpoint(), heads.checkpoint()];
       return () => restores.forEach((restore) => restore());
     };
-    const tx = (this.tx = new Transactor({ db, checkpoint, counters, lanes, queueClock, disk, onDrops: () => this.drops.noteDrops() }));
+    const tx = (this.tx = new Transactor({ db, checkpoint, counters, lanes, heads, queueClock, disk, onDrops: () => this.drops.noteDrops() }));
     this.intake = new Intake({ policies, limits, compressAboveBytes, clock, queueClock, ids });
-    this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, disk, policies, limits });
+    this.admission = new Admission({ q, tx, lanes, counters, leases, expiry, heads, disk, policies, limits });
     const level = (this.syncLevel = syncLevel(db));
     const walSync = (this.walSync = new WalSync(opts.store.path, { onIdle: () => this.group.release(), fs: opts.walSyncFs }));
     this.group = new GroupCommit<Prepared>({
@@ -232,7 +242,7 @@ export class Outbox {
     } catch (err) {
       return Promise.reject(err as Error);
     }
-    if (this.refuseWhileOffline?.()) return Promise.reject(this.notQueued([m]));
+    if (this.refuseWhileOffline?.()) return Promise.reject(dropOffline({ tx: this.tx, counters: this.counters, logger: this.logger }, [m.channel]));
     return new Promise<EnqueueResult>((resolve, reject) => {
       this.group.add({ messages: [m], resolve: (r) => resolve(r[0] as EnqueueResult), reject });
     });
@@ -247,25 +257,8 @@ export class Outbox {
       return Promise.reject(err as Error);
     }
     if (ms.length === 0) return Promise.resolve([]);
-    if (this.refuseWhileOffline?.()) return Promise.reject(this.notQueued(ms));
+    if (this.refuseWhileOffline?.()) return Promise.reject(dropOffline({ tx: this.tx, counters: this.counters, logger: this.logger }, ms.map((m) => m.channel)));
     return new Promise<EnqueueResult[]>((resolve, reject) => this.group.add({ messages: ms, resolve, reject }));
-  }
-
-  /** Counts `ms` as `offline` drops (in a transaction of their own, so the count survives a crash) and says why they were not queued. */
-  private notQueued(ms: readonly Prepared[]): OutboxError {
-    const why = 'not queued: the cloud cannot be reached and settings.offline.enableQueue is false (counted in drops.offline)';
-    try {
-      this.tx.run(`counting ${ms.length} message(s) not queued while offline`, () => {
-        for (const m of ms) {
-          // Taken and dropped on arrival: the ledger accounts for it like any other drop.
-          this.counters.bump(m.channel, 'accepted');
-          this.counters.bump(m.channel, 'offline');
-        }
-      });
-    } catch (err) {
-      this.logger.warn({ err: errorMessage(err) }, `outbox: messages not queued while offline could not be counted: ${errorMessage(err)}`);
-    }
-    return new OutboxError('OUTBOX_OFFLINE', why);
   }
 
   private prepare(msg: EnqueueMessage): Prepared {
@@ -336,6 +329,15 @@ export class Outbox {
     return batch;
   }
 
+  /**
+   * The cloud is back (a flusher's first send, or its first after a failure): a freshness-first
+   * drain of the opt-in channels `scope` carries. Pass it to `peekBatch` (`episode`); close it when
+   * a new one begins or the flusher stops.
+   */
+  beginEpisode(scope: EpisodeScope = {}): FreshEpisode {
+    return this.episodes.begin(scope);
+  }
+
   /** The sink accepted these: deletes them (counted as delivered). Unknown ids are ignored. Returns how many were deleted. */
   ack(ids: Iterable<string>): number {
     return this.acks.ack(ids);
@@ -392,6 +394,7 @@ export class Outbox {
     if (this.closing) return this.closing;
     this.closed = true;
     this.group.flush();
+    this.episodes.close(this.tx);
     this.drops.close();
     this.closing =
       this.syncLevel < 2

@@ -4,6 +4,7 @@ import type { OutboxCounters } from './counters.js';
 import { isDiskFull, type DiskWatermark } from './disk-watermark.js';
 import type { Lanes } from './lanes.js';
 import type { QueueClock } from './queue-clock.js';
+import type { StreamHeads } from './stream-heads.js';
 import { OutboxError } from './types.js';
 
 export interface TransactorOptions {
@@ -15,6 +16,8 @@ export interface TransactorOptions {
   lanes: Pick<Lanes, 'write'>;
   /** Where the queue clock was last seen (and the boot's wall origin once synced), written at the end of each transaction. */
   queueClock?: Pick<QueueClock, 'write'>;
+  /** The streams' newest messages: written at the end of each transaction, taken in memory once it committed. */
+  heads?: Pick<StreamHeads, 'write' | 'settle'>;
   disk: Pick<DiskWatermark, 'reclaimWal' | 'afterWrite' | 'full'>;
   /** A committed transaction dropped messages (the drop reporter's cue). */
   onDrops: () => void;
@@ -52,6 +55,7 @@ export class Transactor {
         const out = fn();
         this.o.counters.write();
         this.o.lanes.write();
+        this.o.heads?.write();
         this.o.queueClock?.write();
         return out;
       });
@@ -65,6 +69,7 @@ export class Transactor {
         if (!isDiskFull(err) || !this.o.disk.reclaimWal()) throw err;
         r = attempt();
       }
+      this.o.heads?.settle();
       this.o.disk.afterWrite();
       if (this.o.counters.takeDrops()) this.o.onDrops();
       return r;

@@ -1,5 +1,6 @@
 import type { QueueStats } from '../resilience/connection-monitor.js';
 import type { Json } from '../util/json-diff.js';
+import type { FreshEpisode } from './episode.js';
 import type { DropReason, OnLimit } from './limits.js';
 
 export type { DropReason, LimitAction, LimitKind, OnLimit } from './limits.js';
@@ -18,6 +19,12 @@ export interface EnqueueMessage {
   id?: string;
   /** Replaces any undelivered, not in-flight message of the same channel with the same key. */
   coalesceKey?: string;
+  /**
+   * The stream it belongs to (a telemetry stream; 1-256 characters): in a channel that drains
+   * freshness first, the newest message of each stream goes before the stream's history. Absent:
+   * the channel's single stream.
+   */
+  stream?: string;
 }
 
 export interface EnqueueResult {
@@ -40,6 +47,11 @@ export interface OutboxMessage {
   /** Bytes the payload takes on disk (after compression). */
   storedBytes: number;
   compressed: boolean;
+  /**
+   * Sent during a freshness-first drain after a newer message of its stream (it was queued before
+   * the return and is not its stream's newest): sinks put `backfill: true` on the wire. Absent otherwise.
+   */
+  backfill?: boolean;
 }
 
 export interface ParkedMessage extends Omit<OutboxMessage, 'coalesceKey'> {
@@ -61,6 +73,8 @@ export interface PeekOptions {
   excludeIds?: Iterable<string>;
   /** Lease what is returned (default true): not peeked again until nack, ack, park or the lease runs out. */
   lease?: boolean;
+  /** A freshness-first drain under way (`Outbox.beginEpisode`): its order, and `backfill` marks. */
+  episode?: FreshEpisode;
 }
 
 /** Per channel policy; every field optional (defaults: DEFAULT_CHANNEL_PRIORITIES, the total limits, no TTL). */
@@ -71,6 +85,8 @@ export interface ChannelPolicy {
   ttlMs?: number;
   /** What gives at each limit (limits.ts); unset kinds: the outbox's `onLimit`, else DEFAULT_ON_LIMIT. */
   onLimit?: Partial<OnLimit>;
+  /** After an outage, send each stream's newest message first, then the history oldest first (default: telemetry and metrics). */
+  freshFirst?: boolean;
 }
 
 export interface ChannelStats {

@@ -23,7 +23,7 @@ export class TelemetryIngest {
   ingest(items: readonly TelemetryItem[]): Promise<EnqueueResult[]> {
     const full = this.o.diskRefusal?.();
     if (full) return Promise.reject(new OutboxError('OUTBOX_DISK_FULL', full));
-    const msgs: EnqueueMessage[] = items.map((i) => ({ channel: 'telemetry', payload: { stream: i.stream, payload: i.payload } }));
+    const msgs: EnqueueMessage[] = items.map((i) => ({ channel: 'telemetry', stream: i.stream, payload: { stream: i.stream, payload: i.payload } }));
     return this.o.outbox.enqueueMany(msgs);
   }
 }

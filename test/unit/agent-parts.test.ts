@@ -48,10 +48,10 @@ describe('FlusherRouter', () => {
 });
 
 describe('TelemetryIngest', () => {
-  it('queues each item on the telemetry channel, and refuses with the disk full', async () => {
+  it('queues each item on the telemetry channel in its stream, and refuses with the disk full', async () => {
     const outbox = recordingOutbox();
     await new TelemetryIngest({ outbox }).ingest([{ stream: 's', payload: 1 }]);
-    expect(outbox.sent).toEqual([{ channel: 'telemetry', payload: { stream: 's', payload: 1 } }]);
+    expect(outbox.sent).toEqual([{ channel: 'telemetry', stream: 's', payload: { stream: 's', payload: 1 } }]);
     await expect(new TelemetryIngest({ outbox, diskRefusal: () => 'the disk is full' }).ingest([])).rejects.toMatchObject({ code: 'OUTBOX_DISK_FULL', message: 'the disk is full' });
   });
 });

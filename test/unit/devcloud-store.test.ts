@@ -13,9 +13,9 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
   const first = DevCloudStore.open(path);
   first.setTarget('dev-1', { version: 4, apps: {} });
   first.close();
-  // Make it what a schema-1 devcloud left: no shadow columns, user_version 1.
+  // Make it what a schema-1 devcloud left: no shadow columns, no backfill column, user_version 1.
   const raw = new BetterSqlite3(path);
-  raw.exec('ALTER TABLE devices DROP COLUMN shadow_desired; ALTER TABLE devices DROP COLUMN shadow_version; DROP INDEX health_by_key; ALTER TABLE health DROP COLUMN idem_key;');
+  raw.exec('ALTER TABLE devices DROP COLUMN shadow_desired; ALTER TABLE devices DROP COLUMN shadow_version; DROP INDEX health_by_key; ALTER TABLE health DROP COLUMN idem_key; ALTER TABLE messages DROP COLUMN backfill;');
   raw.pragma('user_version = 1');
   raw.close();
 
@@ -26,5 +26,19 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
   again.close();
   const check = new BetterSqlite3(path, { readonly: true });
   expect(check.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+  expect(check.prepare("SELECT name FROM pragma_table_info('messages') WHERE name = 'backfill'").all()).toEqual([{ name: 'backfill' }]);
   check.close();
+});
+
+it('keeps the backfill mark of a message and shows it in the messages page; live messages carry none', () => {
+  const store = DevCloudStore.open(join(dirs.make(), 'devcloud.db'));
+  store.addMessages('dev-1', [
+    { id: 'm-2', channel: 'telemetry', ts: 2, payload: { n: 2 } },
+    { id: 'm-1', channel: 'telemetry', ts: 1, payload: { n: 1 }, backfill: true },
+  ], 0);
+  expect(store.messages('dev-1', 0, 10).messages.map((m) => [m.id, m.backfill])).toEqual([
+    ['m-2', undefined],
+    ['m-1', true],
+  ]);
+  store.close();
 });

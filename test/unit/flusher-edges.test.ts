@@ -187,7 +187,8 @@ describe('flusher: retry later', () => {
     await t.clock.advance(500);
     expect(peer.batches).toHaveLength(1); // backing off (1 s)
     await t.clock.advance(600);
-    expect(peer.batches.map((b) => b.map((m) => m.payload))).toEqual([[0, 1, 2], [1, 2]]);
+    // The return after the failure drains telemetry freshness first: the newest (2), then the history.
+    expect(peer.batches.map((b) => b.map((m) => m.payload))).toEqual([[0, 1, 2], [2, 1]]);
     expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 3 });
 
     // Once the sink has marked it itself, the flusher does not mark it again.
@@ -378,5 +379,47 @@ describe('flusher: back online', () => {
     await t.clock.advance(1_100);
     expect(peer.batches.map((b) => b[0]!.channel)).toEqual(['telemetry', 'events', 'events']);
     expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 2 });
+  });
+});
+
+describe('flusher: freshness-first drain', () => {
+  it('after an outage sends each stream’s newest first, then the history oldest first marked backfill, within its batches', async () => {
+    let down = true;
+    const peer = new RecordingPeer((b) => (down ? new CloudError('network', 'connection refused') : acceptAll(b)));
+    const t = setup(peer, { batch: { maxCount: 3, maxBytes: 1_048_576 } });
+    for (const n of [1, 2, 3]) await t.outbox.enqueueMany(['a', 'b'].map((s) => ({ channel: 'telemetry', stream: s, payload: `${s}${n}` })));
+    t.flusher.kick();
+    await t.clock.advance(10);
+    expect(peer.batches).toHaveLength(1); // refused: backing off
+    down = false;
+    await t.outbox.enqueue({ channel: 'telemetry', stream: 'b', payload: 'b4' }); // queued during the backoff: b's newest now
+    await t.clock.advance(1_100);
+    const seen = peer.batches.slice(1).map((b) => b.map((m) => `${String(m.payload)}${m.backfill ? '*' : ''}`));
+    expect(seen).toEqual([
+      ['a3', 'b4', 'a1*'],
+      ['b1*', 'a2*', 'b2*'],
+      ['b3*'],
+    ]);
+    expect(t.outbox.stats()).toMatchObject({ depth: 0, delivered: 7 });
+  });
+
+  it('begins anew when the sink\'s channel comes back online, though no send failed (an MQTT session holds its publishes)', async () => {
+    let release: (() => void) | undefined;
+    let calls = 0;
+    const peer = new RecordingPeer((b): SinkResult | Promise<SinkResult> =>
+      ++calls === 1 ? new Promise<SinkResult>((resolve) => (release = () => resolve(acceptAll(b)))) : acceptAll(b),
+    );
+    const t = setup(peer, { batch: { maxCount: 3, maxBytes: 1_048_576 } });
+    const put = (s: string, n: number) => t.outbox.enqueue({ channel: 'telemetry', stream: s, payload: `${s}${n}` });
+    await put('a', 1);
+    t.flusher.kick();
+    await t.clock.advance(10);
+    expect(release).toBeDefined(); // a1 is held across the disconnect
+    for (const [s, n] of [['a', 2], ['b', 1], ['a', 3], ['b', 2]] as const) await put(s, n);
+    t.flusher.channelOnline();
+    release?.();
+    await t.clock.advance(10);
+    const seen = peer.batches.map((b) => b.map((m) => `${String(m.payload)}${m.backfill ? '*' : ''}`));
+    expect(seen).toEqual([['a1'], ['a3', 'b2', 'a2*'], ['b1*']]);
   });
 });

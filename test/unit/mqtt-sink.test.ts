@@ -89,6 +89,13 @@ describe('toPublish: the topic and body of each channel (PROTOCOL.md)', () => {
     expect(published(msg('s3', 'shadow', {})).body).toEqual({ id: 's3', version: null, state: null });
   });
 
+  it('marks history sent after its stream\'s newest with backfill: true, and leaves live messages unmarked', () => {
+    const old = { ...msg('t-1', 'telemetry', { stream: 'temp', payload: 20 }), backfill: true };
+    expect(published(old)).toEqual({ topic: 'iot/dev-7/telemetry/temp', body: { id: 't-1', ts: TS, payload: 20, backfill: true } });
+    expect(published({ ...msg('m-1', 'metrics', { cpu: 1 }), backfill: true }).body).toEqual({ id: 'm-1', ts: TS, samples: [{ cpu: 1 }], backfill: true });
+    expect(published(msg('t-2', 'telemetry', { stream: 'temp', payload: 21 })).body).not.toHaveProperty('backfill');
+  });
+
   it('refuses a message it cannot map, naming the message and why', () => {
     const cases: Array<[OutboxMessage, string]> = [
       [msg('t4', 'telemetry', { payload: 1 }), 'telemetry message t4 has no stream'],

@@ -12,7 +12,7 @@ function acks(syncLevel = 1) {
   const p = freshParts({ logger: cap.logger });
   const a = new Acks({ ...p, syncLevel });
   const insert = (id: string, lease = true) => {
-    const seq = Number(p.q.insert.run(id, 'telemetry', 20, 1, null, null, 0, 1, '1', null, null).lastInsertRowid);
+    const seq = Number(p.q.insert.run(id, 'telemetry', 20, 1, null, null, 0, 1, '1', null, null, null).lastInsertRowid);
     p.lanes.add('telemetry', 20, 1, 1, seq);
     if (lease) p.leases.grant(id, { seq, channel: 'telemetry', priority: 20, bytes: 1 });
     return seq;

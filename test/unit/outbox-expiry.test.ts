@@ -8,7 +8,7 @@ const freshParts = partsPerTest();
 function parts() {
   const p = freshParts();
   const insert = (id: string, expiresAt: number | null) => {
-    const seq = Number(p.q.insert.run(id, 'telemetry', 20, 1, expiresAt, null, 0, 1, JSON.stringify(id), null, null).lastInsertRowid);
+    const seq = Number(p.q.insert.run(id, 'telemetry', 20, 1, expiresAt, null, 0, 1, JSON.stringify(id), null, null, null).lastInsertRowid);
     p.lanes.add('telemetry', 20, 1, 1, seq);
     p.expiry.note(expiresAt);
     return seq;
@@ -39,7 +39,7 @@ describe('expiry', () => {
 
   it('looks at the database only when due or forced, and loads the earliest expiry at open', async () => {
     const { expiry, insert, clock, q } = parts();
-    q.insert.run('raw', 'telemetry', 20, 1, clock.now() + 10, null, 0, 1, '1', null, null); // behind its back
+    q.insert.run('raw', 'telemetry', 20, 1, clock.now() + 10, null, 0, 1, '1', null, null, null); // behind its back
     expect(expiry.expireDue()).toBe(0);
     expiry.load();
     await clock.advance(10);

@@ -11,7 +11,7 @@ function parking(maxParked = 10, logger = captureLogger().logger) {
   const p = freshParts({ logger });
   const k = new Parking({ ...p, maxParked });
   const insert = (id: string, channel = 'telemetry', expiresAt: number | null = null) => {
-    const seq = Number(p.q.insert.run(id, channel, 20, 1, expiresAt, null, 0, 1, JSON.stringify(id), null, null).lastInsertRowid);
+    const seq = Number(p.q.insert.run(id, channel, 20, 1, expiresAt, null, 0, 1, JSON.stringify(id), null, null, null).lastInsertRowid);
     p.lanes.add(channel, 20, 1, 1, seq);
     return seq;
   };
@@ -36,7 +36,7 @@ describe('parking', () => {
 
   it('lists a parked message whose payload cannot be decoded with the error instead of failing', () => {
     const { k, q, lanes } = parking();
-    const seq = Number(q.insert.run('bad', 'telemetry', 20, 1, null, null, 1, 3, Buffer.from('zzz'), null, null).lastInsertRowid);
+    const seq = Number(q.insert.run('bad', 'telemetry', 20, 1, null, null, 1, 3, Buffer.from('zzz'), null, null, null).lastInsertRowid);
     lanes.add('telemetry', 20, 3, 1, seq);
     k.park(['bad'], 'undecodable payload');
     expect(k.list()[0]).toMatchObject({ id: 'bad', payload: null, payloadError: expect.stringContaining('cannot be decoded') });

@@ -10,7 +10,7 @@ function reader() {
   const p = freshParts();
   const r = new Reader(p);
   const insert = (id: string, channel: string, priority: number, payload: string = JSON.stringify(id)) => {
-    const seq = p.q.insert.run(id, channel, priority, 1, null, null, 0, payload.length, payload, null, null).lastInsertRowid;
+    const seq = p.q.insert.run(id, channel, priority, 1, null, null, 0, payload.length, payload, null, null, null).lastInsertRowid;
     p.lanes.add(channel, priority, payload.length, 1, seq);
   };
   return { ...p, r, insert };
@@ -78,7 +78,7 @@ describe('reader', () => {
   it('hands back the ids whose payload cannot be decoded, and leases none of them', () => {
     const { r, insert, q, leases } = reader();
     insert('good', 'telemetry', 20);
-    const seq = Number(q.insert.run('bad', 'telemetry', 20, 1, null, null, 1, 3, Buffer.from('zzz'), null, null).lastInsertRowid);
+    const seq = Number(q.insert.run('bad', 'telemetry', 20, 1, null, null, 1, 3, Buffer.from('zzz'), null, null, null).lastInsertRowid);
     const p = r.peek({ maxCount: 10 });
     expect(ids(p.batch)).toEqual(['good']);
     expect(p.undecodable).toEqual(['bad']);

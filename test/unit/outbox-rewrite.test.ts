@@ -11,7 +11,7 @@ function rewriter() {
   const w = new Rewriter({ ...p, compressAboveBytes: 1024 });
   const insert = (id: string, channel = 'metrics') => {
     const payload = JSON.stringify(id);
-    const seq = Number(p.q.insert.run(id, channel, 10, 1, null, null, 0, payload.length, payload, null, null).lastInsertRowid);
+    const seq = Number(p.q.insert.run(id, channel, 10, 1, null, null, 0, payload.length, payload, null, null, null).lastInsertRowid);
     p.lanes.add(channel, 10, payload.length, 1, seq);
     return seq;
   };

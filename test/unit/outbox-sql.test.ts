@@ -20,7 +20,7 @@ function open() {
   stores.push(store);
   const q = prepareOutboxStatements(store.db);
   const insert = (id: string, channel: string, priority: number, bytes = 10, expiresAt: number | null = null): number =>
-    Number(q.insert.run(id, channel, priority, 1_000, expiresAt, null, 0, bytes, JSON.stringify(id), null, null).lastInsertRowid);
+    Number(q.insert.run(id, channel, priority, 1_000, expiresAt, null, 0, bytes, JSON.stringify(id), null, null, null).lastInsertRowid);
   return { store, q, insert };
 }
 
@@ -35,7 +35,8 @@ describe('outbox statements', () => {
       { seq: b, bytes: 6 },
     ]);
     expect(q.laneKeys.all('telemetry', 20, a, 10)).toEqual([{ seq: b, bytes: 6 }]);
-    const raw = q.peekRows.all('telemetry', 20, 0, 1) as LaneRow[];
+    const raw = q.peekRows.all('telemetry', 20, 0, Number.MAX_SAFE_INTEGER, 1) as LaneRow[];
+    expect(q.peekRows.all('telemetry', 20, 0, a, 10)).toHaveLength(1); // bounded above (a freshness-first drain's history)
     expect(raw).toEqual([[a, 'a', 1_000, null, null, 0, 5, '"a"', null, null]]);
     expect(q.loadLanes.all()).toEqual(
       expect.arrayContaining([

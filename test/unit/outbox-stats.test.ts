@@ -40,9 +40,9 @@ describe('outbox recovery', () => {
   it('rebuilds the ledger, counters, parked counts and next expiry from the database, and says what it holds', async () => {
     const p = freshParts();
     const now = p.clock.now();
-    p.q.insert.run('a', 'telemetry', 20, now, now + 10, null, 0, 4, '"aa"', null, null);
-    p.q.insert.run('b', 'telemetry', 20, now, null, null, 0, 6, '"bbbb"', null, null);
-    p.q.insert.run('c', 'events', 50, now, null, null, 0, 3, '"c"', null, null);
+    p.q.insert.run('a', 'telemetry', 20, now, now + 10, null, 0, 4, '"aa"', null, null, null);
+    p.q.insert.run('b', 'telemetry', 20, now, null, null, 0, 6, '"bbbb"', null, null, null);
+    p.q.insert.run('c', 'events', 50, now, null, null, 0, 3, '"c"', null, null, null);
     p.q.counterSet.run('telemetry', 'delivered', 9);
     p.q.parkInsert.run(now, 'bad', 3);
     p.q.deleteSeq.run(3);
@@ -67,7 +67,7 @@ describe('outbox recovery', () => {
   it('loads the persisted lane totals as they are when told to trust them, without counting the rows', () => {
     const p = freshParts();
     const now = p.clock.now();
-    p.q.insert.run('a', 'telemetry', 20, now, null, null, 0, 4, '"aa"', null, null);
+    p.q.insert.run('a', 'telemetry', 20, now, null, null, 0, 4, '"aa"', null, null, null);
     // Totals that are not the rows' (one row, 4 bytes): what is loaded is the table's.
     p.q.laneTotalSet.run('telemetry', 20, 7, 70);
     p.q.laneTotalSet.run('events', 50, 2, 5);

@@ -9,7 +9,7 @@ const freshParts = partsPerTest();
 function parts() {
   const p = freshParts();
   const insert = (id: string) => {
-    const seq = p.q.insert.run(id, 'telemetry', 20, 1, null, null, 0, 1, '1', null, null).lastInsertRowid;
+    const seq = p.q.insert.run(id, 'telemetry', 20, 1, null, null, 0, 1, '1', null, null, null).lastInsertRowid;
     p.lanes.add('telemetry', 20, 1, 1, seq);
   };
   return { ...p, insert };
