@@ -1,32 +1,18 @@
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
+import { expect, it } from 'vitest';
 import type { StoredMessage } from '../../devcloud/store.js';
-import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { spawnAgent, waitFor } from '../helpers/agent-process.js';
+import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 // Issue 14, part 2, on the built agent: after an outage the devcloud first stores the newest
 // telemetry of each stream, then the history, marked backfill; nothing is missing.
-const dirs = tempDirs();
-const agents: AgentProcess[] = [];
-let cloud: DevCloud;
-beforeAll(async () => {
-  requireBuilt();
-  cloud = await startDevCloud();
-});
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop('SIGKILL');
-  await cloud.admin.clearFaults();
-});
-afterAll(async () => {
-  await cloud.close();
-  dirs.cleanup();
-});
+const env = agentsWithDevCloud();
+const { dirs, agents } = env;
 
 function stored(uuid: string): StoredMessage[] {
   const out: StoredMessage[] = [];
   let after: number | undefined;
   for (;;) {
-    const page = cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
+    const page = env.cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
     out.push(...page.messages);
     if (!page.more) return out;
     after = page.nextAfter;
@@ -35,13 +21,13 @@ function stored(uuid: string): StoredMessage[] {
 
 it('after an outage the devcloud gets the newest reading of each stream first, then the history marked backfill, every reading once', async () => {
   const dev = { uuid: `fresh-${process.pid}`, apiKey: 'fresh-key-0123456789' };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const agent = await spawnAgent({
     dataDir: dirs.make(),
     config: {
       device: dev,
-      cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+      cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
       settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, flushBatchMessages: 20 } },
     },
@@ -49,7 +35,7 @@ it('after an outage the devcloud gets the newest reading of each stream first, t
   agents.push(agent);
   await waitFor('online', async () => ((await agent.get('/v2/connection')).body as { status: string }).status === 'online');
 
-  await cloud.admin.setFaults({ refuse: true });
+  await env.cloud.admin.setFaults({ refuse: true });
   const streams = ['temp', 'flow', 'vibration'];
   const ids = new Map<string, string>(); // id -> "stream/i"
   for (let i = 0; i < 12; i++) {
@@ -64,7 +50,7 @@ it('after an outage the devcloud gets the newest reading of each stream first, t
   await waitFor('a refused delivery', async () => ((await agent.get('/v2/connection')).body as { status: string }).status !== 'online', 20_000);
   expect(stored(dev.uuid).filter((m) => m.channel === 'telemetry')).toEqual([]);
 
-  await cloud.admin.clearFaults();
+  await env.cloud.admin.clearFaults();
   await waitFor('every reading at the devcloud', () => stored(dev.uuid).filter((m) => m.channel === 'telemetry').length >= ids.size, 40_000, 250);
   const telemetry = stored(dev.uuid).filter((m) => m.channel === 'telemetry');
   expect(new Set(telemetry.map((m) => m.id))).toEqual(new Set(ids.keys()));

@@ -1,35 +1,21 @@
 import BetterSqlite3 from 'better-sqlite3';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import type { LedgerCheck } from '../../devcloud/ledger-check.js';
-import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import type { OutboxLedger } from '../../src/outbox/ledger.js';
-import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 // Issue 14, the loss ledger, on the built agent: every health report carries it, the devcloud checks
 // it against the ids it stored, and a message deleted from the database while the agent was stopped
 // shows as a mismatch in the next report.
-const dirs = tempDirs();
-let cloud: DevCloud;
-const agents: AgentProcess[] = [];
-beforeAll(async () => {
-  requireBuilt();
-  cloud = await startDevCloud();
-});
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop('SIGKILL');
-  await cloud.admin.clearFaults();
-});
-afterAll(async () => {
-  await cloud.close();
-  dirs.cleanup();
-});
+const env = agentsWithDevCloud();
+const { dirs, agents } = env;
 
 function configFor(dev: { uuid: string; apiKey: string }) {
   return {
     device: dev,
-    cloud: { apiUrl: cloud.url, requestTimeoutMs: 1_000 },
+    cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 1_000 },
     features: { metrics: false },
     settings: {
       pollIntervalMs: 1_000,
@@ -54,8 +40,8 @@ const ledgerOf = async (agent: AgentProcess): Promise<OutboxLedger> => ((await a
 
 it('the ledger balances, every health report carries it, and the devcloud finds exactly the delivered ids', async () => {
   const dev = { uuid: `ledger-ok-${process.pid}`, apiKey: 'ledger-key-0123456789' };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const agent = await start(dirs.make(), dev);
   await post(agent, Array.from({ length: 40 }, (_, i) => ({ stream: `s${i % 4}`, payload: { i } })));
   await waitFor('all 40 delivered', async () => (await ledgerOf(agent)).channels.telemetry?.delivered === 40, 30_000);
@@ -67,7 +53,7 @@ it('the ledger balances, every health report carries it, and the devcloud finds 
   const check = await waitFor(
     'a report that counts the 40',
     () => {
-      const c = cloud.admin.ledger(dev.uuid);
+      const c = env.cloud.admin.ledger(dev.uuid);
       return c.channels.telemetry?.agent.delivered === 40 ? c : undefined;
     },
     40_000,
@@ -83,11 +69,11 @@ it('the ledger balances, every health report carries it, and the devcloud finds 
 
 it('a message deleted from the database while the agent was stopped is a mismatch in the next report, at the devcloud and locally', async () => {
   const dev = { uuid: `ledger-gone-${process.pid}`, apiKey: 'ledger-key-0123456789' };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const dataDir = dirs.make();
   // The cloud is away: five readings wait in the outbox.
-  await cloud.admin.setFaults({ refuse: true });
+  await env.cloud.admin.setFaults({ refuse: true });
   const first = await start(dataDir, dev);
   await post(first, Array.from({ length: 5 }, (_, i) => ({ stream: 'temp', payload: { i } })));
   expect((await ledgerOf(first)).channels.telemetry).toMatchObject({ accepted: 5, queued: 5, unaccounted: 0 });
@@ -100,9 +86,9 @@ it('a message deleted from the database while the agent was stopped is a mismatc
   expect(gone.changes).toBe(1);
 
   const second = await start(dataDir, dev);
-  await cloud.admin.clearFaults();
+  await env.cloud.admin.clearFaults();
   const check = await waitFor('the devcloud sees the mismatch', () => {
-    const c: LedgerCheck = cloud.admin.ledger(dev.uuid);
+    const c: LedgerCheck = env.cloud.admin.ledger(dev.uuid);
     return c.mismatch ? c : undefined;
   }, 40_000);
   expect(check.channels.telemetry).toMatchObject({ verdict: 'mismatch', agent: { accepted: 5, unaccounted: 1 } });

@@ -1,39 +1,25 @@
 import { connectAsync } from 'mqtt';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
-import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { join } from 'node:path';
 import { FaultProxy } from '../helpers/fault-proxy.js';
 import { observe, outgoingRows } from '../helpers/mqtt.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
-const dirs = tempDirs();
-const agents: AgentProcess[] = [];
-let cloud: DevCloud;
-beforeAll(async () => {
-  requireBuilt();
-  cloud = await startDevCloud();
-});
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop('SIGKILL');
-  await cloud.admin.clearFaults();
-});
-afterAll(async () => {
-  await cloud.close();
-  dirs.cleanup();
-});
+const env = agentsWithDevCloud();
+const { dirs, agents } = env;
 
 let n = 0;
 async function agentFor(extra: Record<string, unknown> = {}): Promise<{ agent: AgentProcess; uuid: string }> {
   const dev = { uuid: `outbox-${process.pid}-${++n}`, apiKey: `outbox-key-${n}-0123456789` };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const agent = await spawnAgent({
     dataDir: dirs.make(),
     config: {
       device: dev,
-      cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+      cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
       settings: { pollIntervalMs: 60_000, reportIntervalMs: 200, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, flushBatchMessages: 50 } },
       ...extra,
@@ -56,7 +42,7 @@ function storedIds(uuid: string): Set<string> {
   const ids = new Set<string>();
   let after: number | undefined;
   for (;;) {
-    const page = cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
+    const page = env.cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
     for (const m of page.messages) ids.add(m.id);
     if (!page.more) break;
     after = page.nextAfter;
@@ -68,7 +54,7 @@ describe('local telemetry through the outbox to the devcloud', () => {
   it('accepts telemetry while the cloud is away and delivers every id once it is back, none stored twice', async () => {
     const { agent, uuid } = await agentFor();
     await waitFor('online', async () => ((await agent.get('/v2/connection')).body as { status: string }).status === 'online');
-    await cloud.admin.setFaults({ refuse: true });
+    await env.cloud.admin.setFaults({ refuse: true });
     const accepted: string[] = [];
     for (let i = 0; i < 20; i++) {
       const r = await post(agent, Array.from({ length: 10 }, (_, j) => ({ stream: 'temp', payload: { i, j, c: 20 + j / 10 } })));
@@ -83,9 +69,9 @@ describe('local telemetry through the outbox to the devcloud', () => {
     const h = (await agent.get('/v2/connection')).body as { queue: { depth: number } };
     expect(h.queue.depth).toBeGreaterThan(0);
 
-    await cloud.admin.clearFaults();
+    await env.cloud.admin.clearFaults();
     await waitFor('every accepted id at the devcloud', () => [...accepted].every((id) => storedIds(uuid).has(id)), 40_000, 250);
-    const received = cloud.admin.received(uuid).messages;
+    const received = env.cloud.admin.received(uuid).messages;
     expect(received.unique).toBeGreaterThanOrEqual(200);
     await waitFor('an empty queue', async () => ((await agent.get('/v2/queue')).body as { channels: Record<string, { depth: number }> }).channels.telemetry?.depth === 0);
     const after = (await agent.get('/v2/queue')).body as { channels: Record<string, { delivered: number }> };
@@ -94,11 +80,11 @@ describe('local telemetry through the outbox to the devcloud', () => {
 
   it('parks a message the cloud refuses for good and delivers the others', async () => {
     const { agent, uuid } = await agentFor();
-    await cloud.admin.setFaults({ refuse: true });
+    await env.cloud.admin.setFaults({ refuse: true });
     const r = await post(agent, Array.from({ length: 30 }, (_, i) => ({ stream: 's', payload: { i } })));
     const ids = r.body.ids ?? [];
     const poison = ids[7] as string;
-    await cloud.admin.setFaults({ refuse: null, poisonMessageIds: [poison] });
+    await env.cloud.admin.setFaults({ refuse: null, poisonMessageIds: [poison] });
     await waitFor('the others delivered', () => ids.filter((id) => id !== poison).every((id) => storedIds(uuid).has(id)), 30_000, 250);
     const q = await waitFor('the poison parked', async () => {
       const v = (await agent.get('/v2/queue')).body as { channels: Record<string, { parked: number; depth: number }>; parkedMessages: { id: string; reason: string }[] };
@@ -122,12 +108,12 @@ describe('local telemetry through the outbox to the devcloud', () => {
   it('queues connection transitions as events, delivered after the outage', async () => {
     const { agent, uuid } = await agentFor();
     await waitFor('online', async () => ((await agent.get('/v2/connection')).body as { status: string }).status === 'online');
-    await cloud.admin.setFaults({ refuse: true });
+    await env.cloud.admin.setFaults({ refuse: true });
     await fetch(`${agent.apiUrl}/v1/update`, { method: 'POST', headers: { authorization: `Bearer ${agent.key}` } });
     await waitFor('offline', async () => ((await agent.get('/v2/connection')).body as { status: string }).status === 'offline', 20_000);
-    await cloud.admin.clearFaults();
+    await env.cloud.admin.clearFaults();
     await waitFor('the offline transition delivered as an event', () => {
-      const msgs = cloud.admin.messages(uuid, { limit: 1000 }).messages;
+      const msgs = env.cloud.admin.messages(uuid, { limit: 1000 }).messages;
       return msgs.some((m) => m.channel === 'events' && (m.payload as { type?: string; to?: string }).to === 'offline');
     }, 30_000, 250);
   });
@@ -153,7 +139,7 @@ describe('telemetry over MQTT', () => {
       const msg = watcher.received.find((m) => m.topic === `iot/${uuid}/telemetry/vibration`);
       expect(JSON.parse(msg?.payload ?? '{}')).toMatchObject({ id: expect.any(String), ts: expect.any(Number), payload: { rms: 0.4 } });
 
-      cloud.admin.setTarget(uuid, { version: 9, apps: {} });
+      env.cloud.admin.setTarget(uuid, { version: 9, apps: {} });
       await watcher.client.publishAsync(`iot/${uuid}/target/notify`, '{}', { qos: 1 });
       await waitFor('target v9 (polled at once: the interval is a minute)', async () => ((await agent.get('/v2/state')).body as { target: { version: number } | null }).target?.version === 9, 10_000);
       const health = (await agent.get('/v2/connection')).body as { channels: Record<string, { status: string }>; mqtt: { connected: boolean } };
@@ -173,12 +159,12 @@ describe('telemetry over MQTT', () => {
       },
     });
     const dev = { uuid: `outbox-kill-${process.pid}`, apiKey: 'outbox-kill-key-0123456789' };
-    cloud.admin.createDevice(dev);
-    cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+    env.cloud.admin.createDevice(dev);
+    env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
     const dataDir = dirs.make();
     const config = {
       device: dev,
-      cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+      cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
       // A long keep-alive: the connection must stay up (PUBACKs lost) until the kill.
       mqtt: { url: proxy.url, keepAliveSeconds: 60 },

@@ -2,33 +2,19 @@ import BetterSqlite3 from 'better-sqlite3';
 import { closeSync, existsSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
-import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { describe, expect, it } from 'vitest';
+import { runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 /**
  * Issue 21, fault 3: a database damaged while the agent was stopped. The agent starts at once (the
  * full check runs once it is up), finds the damage, and at the next start salvages what can be read:
  * the queued messages that survive reach the cloud with their original ids, and the quarantine is
- * visible in /v2/state, status, /metrics and as an event at the cloud.
+ * visible in /v2/state, status, /metrics and as an event at the env.cloud.
  */
 
-const dirs = tempDirs();
-const agents: AgentProcess[] = [];
-let cloud: DevCloud;
-beforeAll(async () => {
-  requireBuilt();
-  cloud = await startDevCloud();
-});
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop('SIGKILL');
-  await cloud.admin.clearFaults();
-});
-afterAll(async () => {
-  await cloud.close();
-  dirs.cleanup();
-});
+const env = agentsWithDevCloud();
+const { dirs, agents } = env;
 
 const PAGE = 4096;
 
@@ -59,7 +45,7 @@ function storedMessages(uuid: string): { id: string; channel: string; payload: u
   const out: { id: string; channel: string; payload: unknown }[] = [];
   let after: number | undefined;
   for (;;) {
-    const page = cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
+    const page = env.cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
     out.push(...page.messages);
     if (!page.more) return out;
     after = page.nextAfter;
@@ -80,12 +66,12 @@ const databaseView = async (agent: AgentProcess): Promise<DatabaseView> => ((awa
  */
 async function damagedWhileStopped(vouched: boolean): Promise<void> {
   const dev = { uuid: `salvage-${process.pid}-${vouched ? 'v' : 'u'}`, apiKey: 'salvage-key-0123456789abcdef' };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const dataDir = dirs.make();
   const config = {
     device: dev,
-    cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+    cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
     features: { metrics: false },
     settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
   };
@@ -98,7 +84,7 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
   };
 
   // Messages queued while the cloud is unreachable.
-  await cloud.admin.setFaults({ refuse: true });
+  await env.cloud.admin.setFaults({ refuse: true });
   const first = await start();
   const accepted: string[] = [];
   for (let b = 0; b < 20; b++) {
@@ -164,7 +150,7 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
   expect(lossLines, lossLines.join('\n')).toEqual([expect.stringMatching(new RegExp(`\\(telemetry: ${lostCount}[;)]`))]);
 
   // The cloud comes back: every surviving message arrives with its original id, and the event too.
-  await cloud.admin.clearFaults();
+  await env.cloud.admin.clearFaults();
   const event = await waitFor(
     'the quarantine event and the salvaged messages at the devcloud',
     () => {
@@ -196,18 +182,18 @@ function damageOutboxInterior(path: string): number {
 /** The whole queue survives damage that hides its pages from SQLite (the salvage reads the pages themselves). */
 async function interiorDamaged(): Promise<void> {
   const dev = { uuid: `salvage-${process.pid}-i`, apiKey: 'salvage-key-0123456789abcdef' };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const dataDir = dirs.make();
   const port = await freePort();
   const config = {
     device: dev,
     api: { port },
-    cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+    cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
     features: { metrics: false },
     settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
   };
-  await cloud.admin.setFaults({ refuse: true });
+  await env.cloud.admin.setFaults({ refuse: true });
   const first = await spawnAgent({ dataDir, config });
   agents.push(first);
   const accepted: string[] = [];
@@ -226,7 +212,7 @@ async function interiorDamaged(): Promise<void> {
     return v.quarantinedThisStart ? v : undefined;
   }, 30_000, 200);
   expect(d.quarantine!.tables.outbox).toMatchObject({ lost: 0 });
-  await cloud.admin.clearFaults();
+  await env.cloud.admin.clearFaults();
   const delivered = await waitFor('every accepted message at the devcloud', () => {
     const ids = new Set(storedMessages(dev.uuid).filter((m) => m.channel === 'telemetry').map((m) => m.id));
     return accepted.every((id) => ids.has(id)) ? ids : undefined;
@@ -323,21 +309,21 @@ function damageTable(path: string, table: string): number {
  */
 async function countersDamaged(): Promise<void> {
   const dev = { uuid: `salvage-${process.pid}-c`, apiKey: 'salvage-key-0123456789abcdef' };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const dataDir = dirs.make();
   const port = await freePort();
   const config = {
     device: dev,
     api: { port },
-    cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+    cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
     features: { metrics: false },
     settings: {
       pollIntervalMs: 60_000, reportIntervalMs: 500,
       offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, maxQueueSize: 100, onLimit: { count: 'drop-oldest' } },
     },
   };
-  await cloud.admin.setFaults({ refuse: true });
+  await env.cloud.admin.setFaults({ refuse: true });
   const first = await spawnAgent({ dataDir, config });
   agents.push(first);
   for (let b = 0; b < 3; b++) {
