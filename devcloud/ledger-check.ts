@@ -67,18 +67,24 @@ export function checkLedger(health: unknown, reportedAt: number | null, idsOf: (
   const channels: Record<string, ChannelCheck> = {};
   let mismatch = false;
   for (const [name, agent] of Object.entries(reported.channels)) {
-    let stored = 0;
-    let digest = 0;
-    for (const id of idsOf(name)) {
-      digest = addToDigest(digest, id);
-      stored++;
-    }
-    const cloud = { stored, digest: digestHex(digest) };
-    const check = reported.mqtt.has(name) && agent.unaccounted === 0 ? { verdict: 'unchecked' as const, reason: 'sent over MQTT: this cloud sees only the device API' } : verdictOf(agent, cloud);
+    // Sent over MQTT: this cloud holds none of its ids, so only the agent's own balance is checked.
+    const unchecked = reported.mqtt.has(name) && agent.unaccounted === 0;
+    const cloud = unchecked ? { stored: 0, digest: digestHex(0) } : storedDigest(idsOf(name));
+    const check = unchecked ? { verdict: 'unchecked' as const, reason: 'sent over MQTT: this cloud sees only the device API' } : verdictOf(agent, cloud);
     if (check.verdict === 'mismatch') mismatch = true;
     channels[name] = { ...check, agent, cloud };
   }
   return { reported: true, reportedAt, mismatch, channels };
+}
+
+function storedDigest(ids: Iterable<string>): { stored: number; digest: string } {
+  let stored = 0;
+  let digest = 0;
+  for (const id of ids) {
+    digest = addToDigest(digest, id);
+    stored++;
+  }
+  return { stored, digest: digestHex(digest) };
 }
 
 function verdictOf(agent: ReportedChannel, cloud: { stored: number; digest: string }): { verdict: LedgerVerdict; reason?: string } {

@@ -20,6 +20,13 @@ import type { ChannelStats, OutboxStats } from './types.js';
  * the same over the ids it holds for the channel, in any order (docs/protocol.md, "Loss ledger").
  */
 
+/**
+ * The counters the ledger's right side sums, besides the rows queued and parked: delivered, every drop
+ * reason (`overflow` is the count drops of older databases), expired, and what was superseded. Not
+ * `parked` (messages ever parked: those still parked are rows, the rest moved on and are counted there).
+ */
+export const ACCOUNTED_COUNTERS = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parkedLimit', 'purged', 'corrupt', 'coalesced', 'downsampled', 'offline'] as const;
+
 /** The digest's modulus: sums of two values below it stay exact in a double. */
 export const DIGEST_MODULUS = 2 ** 52;
 

@@ -137,7 +137,8 @@ export const OUTBOX_TIME_MIGRATION: Migration = {
 /**
  * The loss ledger (ledger.ts): `accepted` was counted in memory only before. A database from before
  * starts its ledger balanced: each channel's `accepted` is set to what its other counters and rows
- * account for, so the ledger proves everything from the upgrade on.
+ * account for, so the ledger proves everything from the upgrade on. (The counter names are ledger.ts's
+ * ACCOUNTED_COUNTERS, written out: a migration's SQL stays as shipped.)
  */
 export const OUTBOX_LEDGER_MIGRATION: Migration = {
   version: 10,

@@ -1,5 +1,6 @@
 import type { Database } from 'better-sqlite3';
 import type { Logger } from '../util/logger.js';
+import { ACCOUNTED_COUNTERS } from './ledger.js';
 
 /**
  * What a salvage of a corrupt database (src/store/salvage.ts) says it lost, as far as the outbox's
@@ -74,8 +75,7 @@ export function countCorruptLosses(db: Database, salvage: SalvageLosses, logger:
   return losses;
 }
 
-/** The counters the loss ledger's right side sums (ledger.ts), besides the rows queued and parked. */
-const ACCOUNTED = ['delivered', 'overflow', 'count', 'bytes', 'disk', 'expired', 'parkedLimit', 'purged', 'corrupt', 'coalesced', 'downsampled', 'offline'];
+const ACCOUNTED: readonly string[] = ACCOUNTED_COUNTERS;
 
 /**
  * The last step of a salvage: the loss ledger of each channel balanced again. What the damage took

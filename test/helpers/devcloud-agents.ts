@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
+import type { StoredMessage } from '../../devcloud/store.js';
 import { requireBuilt, spawnAgent, type AgentProcess, type SpawnAgentOptions } from './agent-process.js';
 import { tempDirs } from './tmp.js';
 
@@ -32,6 +33,16 @@ export function agentsWithDevCloud() {
     get cloud(): DevCloud {
       if (!devcloud) throw new Error('the devcloud starts in beforeAll: use it inside a test');
       return devcloud;
+    },
+    /** Every message the devcloud stored for `uuid`, in arrival order (all pages of the admin answer). */
+    storedMessages(uuid: string): StoredMessage[] {
+      const out: StoredMessage[] = [];
+      for (let after = 0; ; ) {
+        const page = this.cloud.admin.messages(uuid, { after, limit: 1000 });
+        out.push(...page.messages);
+        if (!page.more) return out;
+        after = page.nextAfter;
+      }
     },
     /** Starts the built agent; it is killed after the test. */
     async spawn(opts: SpawnAgentOptions): Promise<AgentProcess> {

@@ -1,6 +1,6 @@
 import { expect, it } from 'vitest';
-import type { StoredMessage } from '../../devcloud/store.js';
 import { spawnAgent, waitFor } from '../helpers/agent-process.js';
+import type { StoredMessage } from '../../devcloud/store.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 // Issue 14, part 2, on the built agent: after an outage the devcloud first stores the newest
@@ -8,16 +8,6 @@ import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 const env = agentsWithDevCloud();
 const { dirs, agents } = env;
 
-function stored(uuid: string): StoredMessage[] {
-  const out: StoredMessage[] = [];
-  let after: number | undefined;
-  for (;;) {
-    const page = env.cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
-    out.push(...page.messages);
-    if (!page.more) return out;
-    after = page.nextAfter;
-  }
-}
 
 it('after an outage the devcloud gets the newest reading of each stream first, then the history marked backfill, every reading once', async () => {
   const dev = { uuid: `fresh-${process.pid}`, apiKey: 'fresh-key-0123456789' };
@@ -48,11 +38,11 @@ it('after an outage the devcloud gets the newest reading of each stream first, t
     ((await res.json()) as { ids: string[] }).ids.forEach((id, k) => ids.set(id, `${streams[k] as string}/${i}`));
   }
   await waitFor('a refused delivery', async () => ((await agent.get('/v2/connection')).body as { status: string }).status !== 'online', 20_000);
-  expect(stored(dev.uuid).filter((m) => m.channel === 'telemetry')).toEqual([]);
+  expect(env.storedMessages(dev.uuid).filter((m) => m.channel === 'telemetry')).toEqual([]);
 
   await env.cloud.admin.clearFaults();
-  await waitFor('every reading at the devcloud', () => stored(dev.uuid).filter((m) => m.channel === 'telemetry').length >= ids.size, 40_000, 250);
-  const telemetry = stored(dev.uuid).filter((m) => m.channel === 'telemetry');
+  await waitFor('every reading at the devcloud', () => env.storedMessages(dev.uuid).filter((m) => m.channel === 'telemetry').length >= ids.size, 40_000, 250);
+  const telemetry = env.storedMessages(dev.uuid).filter((m) => m.channel === 'telemetry');
   expect(new Set(telemetry.map((m) => m.id))).toEqual(new Set(ids.keys()));
   const reading = (m: StoredMessage): string => `${ids.get(m.id) as string}${m.backfill ? ' backfill' : ''}`;
   // The newest of each stream first, then the history oldest first, each marked.

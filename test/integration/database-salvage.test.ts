@@ -41,16 +41,6 @@ function damageOutboxMiddle(path: string, count: number): void {
   closeSync(fd);
 }
 
-function storedMessages(uuid: string): { id: string; channel: string; payload: unknown }[] {
-  const out: { id: string; channel: string; payload: unknown }[] = [];
-  let after: number | undefined;
-  for (;;) {
-    const page = env.cloud.admin.messages(uuid, { limit: 1000, ...(after !== undefined ? { after } : {}) });
-    out.push(...page.messages);
-    if (!page.more) return out;
-    after = page.nextAfter;
-  }
-}
 
 interface DatabaseView {
   quarantine: { quarantinedTo: string; at: string; reason: string; recovered: number; lost: number; tables: Record<string, { recovered: number; lost: number | null }> } | null;
@@ -154,7 +144,7 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
   const event = await waitFor(
     'the quarantine event and the salvaged messages at the devcloud',
     () => {
-      const all = storedMessages(dev.uuid);
+      const all = env.storedMessages(dev.uuid);
       const telemetry = all.filter((m) => m.channel === 'telemetry');
       const ev = all.find((m) => m.channel === 'events' && (m.payload as { type?: string }).type === 'database-quarantined');
       return ev && telemetry.length >= survivors.length ? { ev, telemetry } : undefined;
@@ -214,7 +204,7 @@ async function interiorDamaged(): Promise<void> {
   expect(d.quarantine!.tables.outbox).toMatchObject({ lost: 0 });
   await env.cloud.admin.clearFaults();
   const delivered = await waitFor('every accepted message at the devcloud', () => {
-    const ids = new Set(storedMessages(dev.uuid).filter((m) => m.channel === 'telemetry').map((m) => m.id));
+    const ids = new Set(env.storedMessages(dev.uuid).filter((m) => m.channel === 'telemetry').map((m) => m.id));
     return accepted.every((id) => ids.has(id)) ? ids : undefined;
   }, 60_000, 250);
   expect(delivered.size).toBe(accepted.length);
