@@ -5,6 +5,7 @@ import { buildCore, type AgentDeps } from './assembly/core.js';
 import { announceConfig, watchConnection, watchDatabase, watchServiceTransitions } from './assembly/events.js';
 import { startLoops } from './assembly/loops.js';
 import { buildMqtt, routeMqttMessages } from './assembly/mqtt.js';
+import { buildLogs } from './assembly/logs.js';
 import { buildQueueing } from './assembly/outbox.js';
 import type { AgentParts } from './assembly/parts.js';
 import { buildLocalBroker, buildShadow, publishLocalDesired } from './assembly/shadow.js';
@@ -102,6 +103,8 @@ export class Agent {
     queueing.share.stop();
     // Native processes stop with the agent; containers keep running and are re-adopted at start.
     await workloads.reconciler.close().catch((err: unknown) => logger.error({ err: String(err) }, 'stopping native services failed'));
+    // What the services printed up to their stop is committed before the outbox closes.
+    await this.p.logs.close();
     await this.api?.app.close();
     await localBroker?.stop().catch(() => undefined);
     // Ports bound early and not adopted (the start failed before them) are let go too.
@@ -120,6 +123,7 @@ function assemble(deps: AgentDeps): AgentParts {
   const core = buildCore(deps, AGENT_VERSION, AGENT_BUILT_AT);
   const workloads = buildWorkloads(core);
   const queueing = buildQueueing(core, workloads.settings);
+  const logs = buildLogs(core, workloads, queueing, deps.logTap);
   const shadow = buildShadow(core, queueing);
   const localBroker = buildLocalBroker(core, queueing.ingest, shadow?.shadow, queueing.share);
   const mqtt = buildMqtt(core, queueing);
@@ -128,5 +132,5 @@ function assemble(deps: AgentDeps): AgentParts {
   const cloud = buildCloud(core, { workloads, queueing, status, shadow: shadow?.shadow });
   // Local mode: a target set is reported; a cleared one makes the cloud's fetched at once.
   const localTarget = buildLocalTarget(core, workloads, { set: () => cloud?.reporter.markDirty(), cleared: () => cloud?.poller.pollNow() });
-  return { core, workloads, queueing, shadow, localBroker, mqtt, status, cloud, localTarget };
+  return { core, workloads, queueing, logs, shadow, localBroker, mqtt, status, cloud, localTarget };
 }

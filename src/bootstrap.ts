@@ -20,6 +20,7 @@ import { systemClock } from './util/clock.js';
 import { AgentError, errorMessage } from './util/errors.js';
 import { HeldListener } from './util/held-listener.js';
 import { createLogger, type Logger } from './util/logger.js';
+import { AgentLogTap } from './logs/agent-tap.js';
 
 /** Where agents before `identity.json` kept a generated uuid; read once at the upgrade (see loadIdentity). */
 export const LEGACY_UUID_KEY = 'device.uuid';
@@ -61,14 +62,23 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
   const dataDir = resolveDataDir({ flag: opts.dataDir, file: opts.configFile, env: opts.env, fallback: defaultConfig().dataDir });
   const loaded = loadConfig({ file: opts.configFile, env: opts.env });
   const logging = loaded.ok ? loaded.config.logging : defaultConfig().logging;
-  const logger = createLogger({ level: logging.level, format: logging.format, ...(opts.logDestination ? { destination: opts.logDestination } : {}) });
+  // The agent's own records at or above logs.agentLevel are kept for the `agent` log from the first one on.
+  const agentLevel = loaded.ok ? loaded.config.logs.agentLevel : defaultConfig().logs.agentLevel;
+  const shipsOwn = agentLevel !== 'off' && (loaded.ok ? loaded.config.logs.enabled : true);
+  const logTap = shipsOwn ? new AgentLogTap(agentLevel) : undefined;
+  const logger = createLogger({
+    level: logging.level,
+    format: logging.format,
+    ...(opts.logDestination ? { destination: opts.logDestination } : {}),
+    ...(logTap ? { tap: { level: logTap.level, stream: logTap.stream } } : {}),
+  });
   for (const w of loaded.warnings) logger.warn(w);
 
   // Local apps connecting during the start wait for their answer instead of being refused. Only for
   // the config file's ports: a config that fails is replaced by the last-known-good one, read later.
   const listeners = opts.listeners ?? (loaded.ok ? await bindEarly(loaded.config) : {});
   try {
-    return await bootWithRetry({ opts, dataDir, loaded, logger, listeners });
+    return await bootWithRetry({ opts, dataDir, loaded, logger, listeners, logTap });
   } catch (err) {
     await Promise.all([listeners.api?.close(), listeners.broker?.close()]);
     throw err;
@@ -83,7 +93,7 @@ async function bindEarly(config: AgentConfig): Promise<EarlyListeners> {
   return { ...(api ? { api } : {}), ...(broker ? { broker } : {}) };
 }
 
-async function bootWithRetry(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; listeners: EarlyListeners }): Promise<Booted> {
+async function bootWithRetry(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; listeners: EarlyListeners; logTap: AgentLogTap | undefined }): Promise<Booted> {
   const { dataDir, logger } = args;
   // Nothing touches the data dir's files before it is checked and locked.
   prepareDataDir(dataDir, logger);
@@ -163,8 +173,8 @@ function isDiskFull(err: unknown): boolean {
   });
 }
 
-async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; lock: DataDirLock; listeners: EarlyListeners }): Promise<Booted> {
-  const { opts, dataDir, loaded, logger, lock, listeners } = args;
+async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: ConfigResult; logger: Logger; lock: DataDirLock; listeners: EarlyListeners; logTap: AgentLogTap | undefined }): Promise<Booted> {
+  const { opts, dataDir, loaded, logger, lock, listeners, logTap } = args;
   // The agent's modules (the API, the brokers, the runtimes' clients) load after the ports are bound.
   const { Agent } = await import('./agent.js');
   // A state file someone else owns or may write (planted before the dir was repaired) is moved aside:
@@ -186,7 +196,7 @@ async function bootLocked(args: { opts: BootOptions; dataDir: string; loaded: Co
   let source: Booted['source'];
   let config: AgentConfig;
   try {
-    ({ agent, source, config } = buildAgent({ opts, dataDir, loaded, logger, lock, store, disk, listeners, Agent }));
+    ({ agent, source, config } = buildAgent({ opts, dataDir, loaded, logger, lock, store, disk, listeners, Agent, logTap }));
   } catch (err) {
     // Closed, so that a retry can move the file aside.
     closeQuietly(store);
@@ -206,6 +216,7 @@ function buildAgent(args: {
   opts: BootOptions;
   dataDir: string;
   loaded: ConfigResult;
+  logTap: AgentLogTap | undefined;
   logger: Logger;
   lock: DataDirLock;
   store: Store;
@@ -213,7 +224,7 @@ function buildAgent(args: {
   listeners: EarlyListeners;
   Agent: typeof Agent;
 }): { agent: Agent; source: Booted['source']; config: AgentConfig } {
-  const { opts, dataDir, loaded, logger, lock, store, disk, listeners, Agent } = args;
+  const { opts, dataDir, loaded, logger, lock, store, disk, listeners, Agent, logTap } = args;
   const resolved = resolveWithLastKnownGood(loaded, store, opts.configFile, systemClock.now(), (err) =>
     logger.warn({ err: errorMessage(err) }, `could not save the last-known-good config (${errorMessage(err)}); the next start tries again`),
   );
@@ -235,7 +246,7 @@ function buildAgent(args: {
     resolved.source === 'last-known-good' && !loaded.ok
       ? { source: 'last-known-good', file, reason: loaded.failure, issues: resolved.issues, lastKnownGoodSavedAt: resolved.savedAt, since: systemClock.now() }
       : { source: 'file', file };
-  const agent = new Agent({ config, store, logger, configSource, identity, disk, listeners, onStopped: () => lock.release() });
+  const agent = new Agent({ config, store, logger, configSource, identity, disk, listeners, ...(logTap ? { logTap } : {}), onStopped: () => lock.release() });
   return { agent, source: resolved.source, config };
 }
 

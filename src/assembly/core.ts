@@ -10,6 +10,7 @@ import { ConnectionMonitor } from '../resilience/connection-monitor.js';
 import { DegradationController } from '../resilience/degradation.js';
 import { SqliteOutageLog } from '../resilience/outage-log.js';
 import { isCorruptionError } from '../store/integrity.js';
+import type { AgentLogTap } from '../logs/agent-tap.js';
 import type { Store } from '../store/store.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
@@ -38,6 +39,8 @@ export interface AgentDeps {
   clockSync?: ClockSync;
   /** After the store is closed (the data dir lock is released here). */
   onStopped?: () => void;
+  /** The logger's tap of the agent's own records (bootstrap.ts), shipped as the `agent` log. */
+  logTap?: AgentLogTap;
 }
 
 /** What every part is built with: the deps, defaults filled in, and the connection's watchers. */

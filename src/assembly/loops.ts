@@ -7,6 +7,7 @@ export function startLoops(p: AgentParts): void {
   const { loops, clock, disk } = core;
   loops.start('clock-sync', (s) => core.clockSync.run(s));
   loops.start('reconciler', (s) => workloads.reconciler.run(s));
+  loops.start('logs', (s) => p.logs.run(s));
   const link = queueing.link;
   if (link) loops.start('link', (s) => link.run(s));
   for (const f of queueing.flushers.all) loops.start(`flush-${f.stats().sink}`, (s) => f.run(s));

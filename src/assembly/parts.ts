@@ -1,3 +1,4 @@
+import type { LogCollector } from '../logs/collector.js';
 import type { MqttSession } from '../mqtt/session.js';
 import type { LocalBroker } from '../telemetry/local-broker.js';
 import type { AgentStatus } from '../views/agent-status.js';
@@ -13,6 +14,7 @@ export interface AgentParts {
   core: Core;
   workloads: Workloads;
   queueing: Queueing;
+  logs: LogCollector;
   shadow: ShadowParts | undefined;
   localBroker: LocalBroker | undefined;
   mqtt: MqttSession | undefined;

@@ -12,6 +12,8 @@ import type { Core } from './core.js';
 
 export interface Workloads {
   policy: WorkloadPolicy;
+  /** The runtimes the reconciler drives (the log collector follows their output). */
+  runtimes: { docker: DockerRuntime; process: ProcessRuntime };
   targets: MemoryTargetSource;
   reconciler: Reconciler;
   /** The config's settings with the target's `config.settings` over them, read at each use. */
@@ -24,7 +26,8 @@ export function buildWorkloads(core: Core): Workloads {
   const policy: WorkloadPolicy = { allowHostMounts: w.allowHostMounts, allowPrivileged: w.allowPrivileged, allowHostNetwork: w.allowHostNetwork, allowDevices: w.allowDevices };
   const targets = new MemoryTargetSource(storedTarget(store, policy, logger));
   const settings = (): AgentConfig['settings'] => ({ ...config.settings, ...(targets.current()?.config.settings ?? {}) });
-  return { policy, targets, settings, reconciler: buildReconciler(core, targets, policy, settings) };
+  const runtimes = buildRuntimes(core);
+  return { policy, targets, settings, runtimes, reconciler: buildReconciler(core, runtimes, targets, policy, settings) };
 }
 
 /**
@@ -40,11 +43,10 @@ function storedTarget(store: Pick<Store, 'getTarget'>, policy: WorkloadPolicy, l
   return undefined;
 }
 
-function buildReconciler(core: Core, targets: MemoryTargetSource, policy: WorkloadPolicy, settings: () => AgentConfig['settings']): Reconciler {
+function buildRuntimes(core: Core): Workloads['runtimes'] {
   const { config, clock, random, logger } = core;
   const w = config.workloads;
-  return new Reconciler({
-    source: targets,
+  return {
     docker: new DockerRuntime({
       clock,
       random,
@@ -62,6 +64,15 @@ function buildReconciler(core: Core, targets: MemoryTargetSource, policy: Worklo
       stopTimeoutMs: w.stopTimeoutSeconds * 1000,
       user: resolveProcessUser(w.processUser),
     }),
+  };
+}
+
+function buildReconciler(core: Core, runtimes: Workloads['runtimes'], targets: MemoryTargetSource, policy: WorkloadPolicy, settings: () => AgentConfig['settings']): Reconciler {
+  const { clock, random, logger } = core;
+  return new Reconciler({
+    source: targets,
+    docker: runtimes.docker,
+    process: runtimes.process,
     clock,
     random,
     logger: logger.child({ part: 'reconciler' }),

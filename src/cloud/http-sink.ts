@@ -3,6 +3,7 @@ import type { Sink, SinkResult } from '../outbox/flusher.js';
 import { errorMessage } from '../util/errors.js';
 import type { CloudHttpClient } from './http-client.js';
 import { CloudError } from '../resilience/cloud-error.js';
+import { LOGS_CHANNEL, wireLogMessage, type WireLogMessage } from '../logs/types.js';
 
 /**
  * A channel whose messages go one by one to an endpoint of their own (state reports to `PATCH …/state`,
@@ -34,7 +35,8 @@ interface MessagesAnswer {
 }
 
 /**
- * The HTTP sink: `POST /device/v1/{uuid}/messages` with a gzipped batch (PROTOCOL.md). The answer's
+ * The HTTP sink: `POST /device/v1/{uuid}/messages` with a gzipped batch (PROTOCOL.md), log chunks
+ * to `POST …/logs` the same way (docs/protocol.md, "Logs"). The answer's
  * `accepted` ids are acknowledged; `rejected` ones are refused for good; ids in neither go back to the
  * queue. A 400, 413, 415 or 422 for the whole batch is permanent (the flusher splits it to find the
  * message the cloud refuses).
@@ -54,8 +56,10 @@ export class HttpSink implements Sink {
 
   async send(batch: OutboxMessage[], signal: AbortSignal): Promise<SinkResult> {
     const routed = batch.filter((m) => Object.hasOwn(this.routes, m.channel));
-    const messages = routed.length > 0 ? batch.filter((m) => !Object.hasOwn(this.routes, m.channel)) : batch;
+    const logs = batch.filter((m) => m.channel === LOGS_CHANNEL);
+    const messages = routed.length + logs.length > 0 ? batch.filter((m) => !Object.hasOwn(this.routes, m.channel) && m.channel !== LOGS_CHANNEL) : batch;
     const result: SinkResult = messages.length > 0 ? await this.post(messages, signal) : { accepted: [], rejected: [] };
+    if (logs.length > 0) await this.postLogs(logs, result, signal);
     for (const m of routed) {
       const route = this.routes[m.channel] as ChannelDelivery;
       try {
@@ -74,11 +78,36 @@ export class HttpSink implements Sink {
     return result;
   }
 
-  private async post(batch: OutboxMessage[], signal: AbortSignal): Promise<SinkResult> {
+  /**
+   * Log chunks go to `POST …/logs` (docs/protocol.md, "Logs"), in one request after the messages.
+   * When the messages were sent and this fails, what the first request took stays acknowledged.
+   */
+  private async postLogs(logs: OutboxMessage[], result: SinkResult, signal: AbortSignal): Promise<void> {
+    const items = [];
+    for (const m of logs) {
+      const item = wireLogMessage(m);
+      if (item) items.push(item);
+      else result.rejected.push({ id: m.id, reason: 'not a log chunk (expected { service, lines })' });
+    }
+    if (items.length === 0) return;
+    let answer: SinkResult;
+    try {
+      answer = await this.post(items, signal, 'logs');
+    } catch (err) {
+      if (result.accepted.length === 0 && result.rejected.length === 0) throw err;
+      if (this.isPermanent(err)) for (const m of items) result.rejected.push({ id: m.id, reason: errorMessage(err) });
+      else result.retryLater = err;
+      return;
+    }
+    result.accepted.push(...answer.accepted);
+    result.rejected.push(...answer.rejected);
+  }
+
+  private async post(batch: OutboxMessage[] | WireLogMessage[], signal: AbortSignal, endpoint: 'messages' | 'logs' = 'messages'): Promise<SinkResult> {
     const res = await this.http.request<MessagesAnswer>({
       method: 'POST',
-      path: `/device/v1/${encodeURIComponent(this.uuid)}/messages`,
-      json: { messages: batch.map(wireItem) },
+      path: `/device/v1/${encodeURIComponent(this.uuid)}/${endpoint}`,
+      json: { messages: endpoint === 'logs' ? batch : (batch as OutboxMessage[]).map(wireItem) },
       gzip: true,
       signal,
     });

@@ -91,12 +91,12 @@ const offlineSchema = z.strictObject({
     .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'a channel name of 1-64 letters, digits, ".", "_" or "-"'), outboxChannelSchema)
     .default({})
     .describe(
-      'Per-channel outbox policy, e.g. {"telemetry": {"maxCount": 50000}, "events": {"priority": 60}}. Default priorities: events/jobs 50, state/shadow 40, health 30, telemetry 20, metrics 10. freshFirst (default true for telemetry and metrics): after an outage each stream\'s newest message goes first, then the history, marked backfill (docs/outbox.md).',
+      'Per-channel outbox policy, e.g. {"telemetry": {"maxCount": 50000}, "events": {"priority": 60}}. Default priorities: events/jobs 50, state/shadow 40, health 30, telemetry 20, logs 15, metrics 10; logs also have a budget of their own (maxBytes 32 MiB, ttlMs 7 days) unless set here. freshFirst (default true for telemetry and metrics): after an outage each stream\'s newest message goes first, then the history, marked backfill (docs/outbox.md).',
     ),
   onLimit: onLimitSchema
     .default({})
     .describe(
-      'What gives at each limit for every channel without its own onLimit, e.g. {"count": "refuse"}. Unset: the built-in defaults (telemetry, metrics, state, shadow, health drop-oldest at count and bytes; events, jobs and other channels refuse; every channel refuses at the disk watermark).',
+      'What gives at each limit for every channel without its own onLimit, e.g. {"count": "refuse"}. Unset: the built-in defaults (telemetry, metrics, state, shadow, health, logs drop-oldest at count and bytes; events, jobs and other channels refuse; every channel refuses at the disk watermark).',
     ),
   dropLogIntervalSeconds: seconds(0)
     .default(60)
@@ -300,6 +300,45 @@ const loggingSchema = z.strictObject({
   format: z.enum(['auto', 'json', 'pretty']).default('auto').describe('auto: pretty on a terminal, JSON otherwise.'),
 });
 
+/** A workload's log name pattern: `<app>/<service>` with `*` for any run of characters. */
+const logServicePattern = z.string().regex(/^[a-z0-9_.*-]{1,63}\/[a-z0-9_.*-]{1,63}$/, 'a pattern "<app>/<service>" of lowercase letters, digits, "_", ".", "-" and "*" (any run)');
+
+const logsSchema = z.strictObject({
+  enabled: z.boolean().default(true).describe('Ship logs to the cloud (docs/logs.md). false: nothing is collected; workloads still write their local logs.'),
+  services: z
+    .array(logServicePattern)
+    .default(['*/*'])
+    .describe('Workloads whose output is shipped, as "<app>/<service>" patterns with * (default: every service of every app). []: none.'),
+  agentLevel: z
+    .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'off'])
+    .default('warn')
+    .describe('The agent\'s own records at or above this level (and at or above logging.level) are shipped as the "agent" log. warn by default: what an operator must act on, not the routine. off: none.'),
+  linesPerSecond: z
+    .number()
+    .min(0)
+    .default(100)
+    .describe('Lines a second each service may ship on average (0: no limit). Over it, lines are dropped and a marker line counts them. 100/s is far above a healthy service\'s output and keeps one stuck in a loop from filling the budget in minutes.'),
+  bytesPerSecond: z.number().int().min(0).default(64 * 1024).describe('Bytes of text a second each service may ship on average (0: no limit); over it, as linesPerSecond.'),
+  burstSeconds: z.number().min(0.1).max(3600).default(10).describe('How many seconds of either rate a service may send at once (a stack trace, a start-up banner).'),
+  maxLineBytes: z
+    .number()
+    .int()
+    .min(256)
+    .max(1_048_576)
+    .default(16 * 1024)
+    .describe('A longer line is cut here and says how many bytes were cut (16 KiB: Docker splits lines at the same size).'),
+  chunkLines: z.number().int().min(1).max(5_000).default(500).describe('Lines of one service per outbox message at most.'),
+  chunkWindowMs: z
+    .number()
+    .int()
+    .min(10)
+    .max(60_000)
+    .default(250)
+    .describe('Longest a line waits for others before its chunk is queued: the latency added to a quiet service\'s lines, against one outbox message per line.'),
+  markerIntervalSeconds: seconds(0.1).default(5).describe('While lines are being dropped, at most one marker line per reason per this many seconds (each counts every line dropped since the last).'),
+  tailLines: z.number().int().min(0).max(100_000).default(1_000).describe('Last lines kept per service for GET /v2/logs, the CLI and the dashboard (0: none).'),
+});
+
 const storeSchema = z.strictObject({
   synchronous: z
     .enum(['full', 'normal'])
@@ -416,6 +455,7 @@ export const agentConfigSchema = z
     jobs: jobsSchema.prefault({}),
     api: apiSchema.prefault({}),
     logging: loggingSchema.prefault({}),
+    logs: logsSchema.prefault({}),
     store: storeSchema.prefault({}),
     settings: settingsSchema.prefault({}),
     features: featuresSchema.prefault({}),

@@ -2,9 +2,10 @@ import { AgentError } from '../util/errors.js';
 import type { Sink, SinkResult } from '../outbox/flusher.js';
 import type { OutboxMessage } from '../outbox/types.js';
 import type { MqttSession, PublishRequest } from './session.js';
+import { wireLogMessage } from '../logs/types.js';
 
 /** The outbox channels that travel over MQTT (PROTOCOL.md topics); the rest go over HTTP. */
-export const MQTT_CHANNELS = ['telemetry', 'metrics', 'events', 'shadow'] as const;
+export const MQTT_CHANNELS = ['telemetry', 'metrics', 'events', 'shadow', 'logs'] as const;
 
 /** A message the sink cannot map to a topic: the message is wrong, not the broker. */
 class Unmappable extends AgentError {
@@ -51,6 +52,17 @@ function mapPublish(session: Pick<MqttSession, 'topics'>, m: OutboxMessage): { t
       return { topic: t.events, body: { ...p, id: m.id, ts: m.createdAt, type: typeof p.type === 'string' ? p.type : 'event' } };
     case 'shadow':
       return { topic: t.shadowReported, body: { id: m.id, version: p.version ?? null, state: p.state ?? null } };
+    case 'logs': {
+      const body = wireLogMessage({ id: m.id, createdAt: m.createdAt, payload: m.payload });
+      if (!body) throw new Unmappable(`logs message ${m.id} is not a log chunk (expected { service, lines })`);
+      let topic: string;
+      try {
+        topic = t.logs(body.service);
+      } catch (err) {
+        throw new Unmappable((err as Error).message);
+      }
+      return { topic, body };
+    }
     default:
       throw new Unmappable(`channel ${m.channel} does not travel over MQTT`);
   }

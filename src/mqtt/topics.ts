@@ -14,6 +14,8 @@ export interface DeviceTopics {
   jobsNotify: string;
   targetNotify: string;
   telemetry(stream: string): string;
+  /** A log source's topic: `logs/<app>/<service>` for a workload, `logs/agent` for the agent (docs/protocol.md, "Logs"). */
+  logs(service: string): string;
   /** The cloud → device topics the session subscribes to, with what each one's messages are. */
   subscriptions: ReadonlyArray<{ topic: string; kind: IncomingKind }>;
   /** Which subscription a received topic belongs to; undefined for any other topic. */
@@ -40,6 +42,12 @@ export function deviceTopics(uuid: string): DeviceTopics {
       const problem = topicLevelProblem(stream);
       if (problem) throw new TypeError(`telemetry stream "${stream}": ${problem}`);
       return `${prefix}telemetry/${stream}`;
+    },
+    logs(service: string): string {
+      const levels = service.split('/');
+      const problem = levels.length > 2 ? 'expected "agent" or "<app>/<service>"' : levels.map(topicLevelProblem).find((p) => p !== undefined);
+      if (problem) throw new TypeError(`log service "${service}": ${problem}`);
+      return `${prefix}logs/${service}`;
     },
     subscriptions,
     kindOf: (topic) => kinds.get(topic),

@@ -13,7 +13,17 @@ export const DEFAULT_CHANNEL_PRIORITIES: Readonly<Record<string, number>> = Obje
   shadow: 40,
   health: 30,
   telemetry: 20,
+  logs: 15,
   metrics: 10,
+});
+
+/**
+ * Built-in budgets of channels whose volume is not the device's own choice (a configured field of
+ * the channel overrides its entry): the logs of a chatty service must not push out telemetry, so
+ * they get an eighth of the default total and a week to live.
+ */
+export const DEFAULT_CHANNEL_POLICIES: Readonly<Record<string, ChannelPolicy>> = Object.freeze({
+  logs: Object.freeze({ maxBytes: 32 * 1_048_576, ttlMs: 7 * 24 * 3_600_000 }),
 });
 
 /** Priority of a channel that is neither configured nor in DEFAULT_CHANNEL_PRIORITIES. */
@@ -40,7 +50,8 @@ export class ChannelPolicies {
     channels: Record<string, ChannelPolicy> | undefined,
     private readonly globalOnLimit: Partial<OnLimit> | undefined,
   ) {
-    for (const [name, policy] of Object.entries(channels ?? {})) this.policies.set(name, { ...policy });
+    for (const [name, policy] of Object.entries(DEFAULT_CHANNEL_POLICIES)) this.policies.set(name, { ...policy });
+    for (const [name, policy] of Object.entries(channels ?? {})) this.policies.set(name, { ...this.policies.get(name), ...policy });
   }
 
   get(channel: string): ChannelPolicy | undefined {

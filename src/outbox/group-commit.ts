@@ -5,6 +5,8 @@ export interface PendingCall<M> {
   messages: M[];
   resolve: (results: EnqueueResult[]) => void;
   reject: (err: Error) => void;
+  /** Runs in the commit's transaction once the call was admitted (its writes commit or roll back with the messages). */
+  alongside?: () => void;
 }
 
 /** Runs `fn` later; the returned function cancels it. */

@@ -41,6 +41,7 @@ export const DEFAULT_ON_LIMIT: Readonly<Record<string, OnLimit>> = Object.freeze
   state: DROP_BUT_DISK,
   shadow: DROP_BUT_DISK,
   health: DROP_BUT_DISK,
+  logs: DROP_BUT_DISK,
   events: REFUSE_ALL,
   jobs: REFUSE_ALL,
 });

@@ -248,8 +248,12 @@ export class Outbox {
     });
   }
 
-  /** Queues several messages all or none (one savepoint in the group's transaction); ids in order. */
-  enqueueMany(msgs: readonly EnqueueMessage[]): Promise<EnqueueResult[]> {
+  /**
+   * Queues several messages all or none (one savepoint in the group's transaction); ids in order.
+   * `alongside` runs in the same transaction once they are admitted: a producer's own bookkeeping
+   * (a read cursor) that must be on disk exactly when its messages are.
+   */
+  enqueueMany(msgs: readonly EnqueueMessage[], opts?: { alongside?: () => void }): Promise<EnqueueResult[]> {
     let ms: Prepared[];
     try {
       ms = msgs.map((m) => this.prepare(m));
@@ -258,7 +262,7 @@ export class Outbox {
     }
     if (ms.length === 0) return Promise.resolve([]);
     if (this.refuseWhileOffline?.()) return Promise.reject(dropOffline({ tx: this.tx, counters: this.counters, logger: this.logger }, ms.map((m) => m.channel)));
-    return new Promise<EnqueueResult[]>((resolve, reject) => this.group.add({ messages: ms, resolve, reject }));
+    return new Promise<EnqueueResult[]>((resolve, reject) => this.group.add({ messages: ms, resolve, reject, ...(opts?.alongside ? { alongside: opts.alongside } : {}) }));
   }
 
   private prepare(msg: EnqueueMessage): Prepared {
@@ -279,7 +283,11 @@ export class Outbox {
           this.leases.releaseExpired();
           this.expiry.expireDue();
           this.disk.check();
-          return this.admission.admitCalls(batch.map((call) => call.messages));
+          const admitted = this.admission.admitCalls(batch.map((call) => call.messages));
+          batch.forEach((call, i) => {
+            if (!(admitted[i] instanceof OutboxError)) call.alongside?.();
+          });
+          return admitted;
         }),
       );
     } catch (err) {

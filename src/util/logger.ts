@@ -29,6 +29,8 @@ export interface LoggerOptions {
   format?: LogFormat;
   /** Where records go; defaults to stdout. Tests pass a stream to read them back. */
   destination?: NodeJS.WritableStream;
+  /** A second destination for records at or above its level (the agent's own log source, logs/agent-tap.ts). */
+  tap?: { level: string; stream: { write(record: string): void } };
 }
 
 export function createLogger(opts: LoggerOptions = {}): Logger {
@@ -40,11 +42,11 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     base: { pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
   };
-  if (pretty) {
-    return pino({
-      ...base,
-      transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } },
-    });
+  const prettyOptions = { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' };
+  if (opts.tap) {
+    const main = pretty ? pino.transport({ target: 'pino-pretty', options: prettyOptions }) : (opts.destination ?? pino.destination(1));
+    return pino(base, pino.multistream([{ level: base.level as pino.Level, stream: main }, { level: opts.tap.level as pino.Level, stream: opts.tap.stream }]));
   }
+  if (pretty) return pino({ ...base, transport: { target: 'pino-pretty', options: prettyOptions } });
   return opts.destination ? pino(base, opts.destination) : pino(base);
 }

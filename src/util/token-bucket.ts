@@ -31,6 +31,18 @@ export class TokenBucket {
     await this.clock.sleep((-this.tokens / this.ratePerSecond) * 1000, signal);
   }
 
+  /**
+   * Takes `n` tokens if they are there now, without waiting (a limit that drops instead of delaying).
+   * A request larger than the burst passes when the bucket is full, leaving it in debt.
+   */
+  tryTake(n: number): boolean {
+    if (this.unlimited || n <= 0) return true;
+    this.refill();
+    if (this.tokens < Math.min(n, this.burst)) return false;
+    this.tokens -= n;
+    return true;
+  }
+
   private refill(): void {
     const now = this.clock.monotonic();
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.ratePerSecond);

@@ -464,6 +464,17 @@ export class DockerRuntime implements WorkloadRuntime {
     });
   }
 
+  /**
+   * A container's log as the engine streams it (`GET /containers/{id}/logs`: stdout and stderr in
+   * frames, each entry with its time), from `since` (Docker's `seconds.nanoseconds`) or the start,
+   * followed while the container runs; it ends when the container stops (log/docker-frames.ts reads it).
+   */
+  async logStream(id: string, since: string | undefined, signal: AbortSignal): Promise<Readable> {
+    const container = (await this.engine()).getContainer(id);
+    const opts = { follow: true, stdout: true, stderr: true, timestamps: true, ...(since ? { since } : {}), abortSignal: signal };
+    return (await container.logs(opts as unknown as Docker.ContainerLogsOptions & { follow: true })) as unknown as Readable;
+  }
+
   close(): Promise<void> {
     return Promise.resolve();
   }

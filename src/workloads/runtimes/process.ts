@@ -6,6 +6,7 @@ import type { Clock } from '../../util/clock.js';
 import { AgentError, errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
 import type { Availability, DesiredService, Instance, InstanceState, WorkloadRuntime } from '../types.js';
+import { TypedEmitter } from '../../util/typed-emitter.js';
 import { RuntimeEventEmitter } from './events.js';
 import { ProcessFiles, type PidRecord } from './process-files.js';
 import { RotatingLog } from './rotating-log.js';
@@ -74,6 +75,23 @@ export function resolveProcessUser(spec: string, passwd = '/etc/passwd'): Proces
 
 const LOG_NAME = 'output.log';
 
+export interface ProcessOutputEvents {
+  output: { app: string; service: string; stream: 'stdout' | 'stderr'; chunk: Buffer };
+  /** Its pipes are closed: a last line without a newline is complete. */
+  ended: { app: string; service: string };
+}
+
+/** The processes' output channel: the runtime reports, the log collector listens. */
+export class ProcessOutput extends TypedEmitter<ProcessOutputEvents> {
+  printed(e: ProcessOutputEvents['output']): void {
+    this.emit('output', e);
+  }
+
+  ended(e: ProcessOutputEvents['ended']): void {
+    this.emit('ended', e);
+  }
+}
+
 export const DEFAULT_PROCESS_ENV: Readonly<Record<string, string>> = Object.freeze({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' });
 
 interface Proc {
@@ -94,6 +112,8 @@ interface Proc {
 export class ProcessRuntime implements WorkloadRuntime {
   readonly kind = 'process' as const;
   readonly events = new RuntimeEventEmitter();
+  /** What the processes print, as they print it (the log collector follows it; the rotating file gets the same). */
+  readonly output = new ProcessOutput();
   private readonly procs = new Map<string, Proc>();
   private readonly logs = new Map<string, RotatingLog>();
   private readonly files: ProcessFiles;
@@ -195,8 +215,15 @@ export class ProcessRuntime implements WorkloadRuntime {
         this.o.logger.warn({ app, service, err: errorMessage(err) }, 'could not write the service log');
       }
     };
-    child.stdout?.on('data', write);
-    child.stderr?.on('data', write);
+    child.stdout?.on('data', (chunk: Buffer) => {
+      write(chunk);
+      this.output.printed({ app, service, stream: 'stdout', chunk });
+    });
+    child.stderr?.on('data', (chunk: Buffer) => {
+      write(chunk);
+      this.output.printed({ app, service, stream: 'stderr', chunk });
+    });
+    child.once('close', () => this.output.ended({ app, service }));
     p.child = child;
     p.error = null;
     p.exitCode = null;

@@ -1,0 +1,149 @@
+import type { Database, Statement } from 'better-sqlite3';
+import type { Migration } from '../store/migrations.js';
+import type { DockerCursor } from './docker-frames.js';
+import type { LogDropReason, LogLine, LogStream } from './types.js';
+
+/**
+ * What the log collectors keep in the agent's database (docs/logs.md), each written in the same
+ * transaction as the outbox message of the chunk it belongs to, so a crash at any moment leaves
+ * them and the queue in step (no line sent twice, none skipped):
+ *   log_services  per service, the sequence number of its next line
+ *   log_cursors   per container, where its log was read up to (Docker's entry time and how many
+ *                 entries with that time were taken)
+ *   log_tail      the last lines of each service, for the local API, CLI and dashboard: one row per
+ *                 chunk, pruned to `tailLines` lines a service
+ */
+export const LOGS_MIGRATION: Migration = {
+  version: 13,
+  name: 'logs: sequence numbers, container cursors and the local tail',
+  up(db) {
+    db.exec(`
+      CREATE TABLE log_services (
+        service  TEXT PRIMARY KEY,
+        next_seq INTEGER NOT NULL CHECK (next_seq >= 0)
+      ) STRICT;
+      CREATE TABLE log_cursors (
+        source  TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        at      TEXT NOT NULL,
+        skip    INTEGER NOT NULL
+      ) STRICT;
+      CREATE TABLE log_tail (
+        service    TEXT NOT NULL,
+        first_seq  INTEGER NOT NULL,
+        last_seq   INTEGER NOT NULL,
+        first_ts   INTEGER NOT NULL,
+        lines      TEXT NOT NULL,
+        PRIMARY KEY (service, first_seq)
+      ) STRICT, WITHOUT ROWID;
+    `);
+  },
+};
+
+/** A tail row's line: `[seq, ts, stream, line]`, a marker with `dropped, reason` after. */
+type TailLine = [number, number, LogStream, string] | [number, number, 'marker', string, number, LogDropReason];
+
+export interface TailQuery {
+  service?: string;
+  /** Lines at or after this epoch ms. */
+  since?: number;
+  /** Lines with a greater sequence number (with `service`). */
+  afterSeq?: number;
+  /** The last `limit` lines that match (default 1000). */
+  limit?: number;
+}
+
+/** What a chunk's commit writes besides its outbox message. */
+export interface ChunkCommit {
+  service: string;
+  nextSeq: number;
+  cursors: ReadonlyMap<string, DockerCursor>;
+  lines: readonly LogLine[];
+}
+
+export class LogStore {
+  private readonly getSeq: Statement<[string], { next_seq: number }>;
+  private readonly putSeq: Statement<[string, number]>;
+  private readonly getCursor: Statement<[string], { at: string; skip: number }>;
+  private readonly putCursor: Statement<[string, string, string, number]>;
+  private readonly dropCursor: Statement<[string]>;
+  private readonly listCursors: Statement<[], { source: string; service: string }>;
+  private readonly putTail: Statement<[string, number, number, number, string]>;
+  private readonly pruneTail: Statement<[string, number]>;
+  private readonly tailServices: Statement<[], { service: string }>;
+
+  constructor(
+    private readonly db: Database,
+    /** Lines kept per service for local reading. */
+    private readonly tailLines: number,
+  ) {
+    this.getSeq = db.prepare('SELECT next_seq FROM log_services WHERE service = ?');
+    this.putSeq = db.prepare('INSERT INTO log_services (service, next_seq) VALUES (?, ?) ON CONFLICT (service) DO UPDATE SET next_seq = excluded.next_seq');
+    this.getCursor = db.prepare('SELECT at, skip FROM log_cursors WHERE source = ?');
+    this.putCursor = db.prepare('INSERT INTO log_cursors (source, service, at, skip) VALUES (?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET at = excluded.at, skip = excluded.skip');
+    this.dropCursor = db.prepare('DELETE FROM log_cursors WHERE source = ?');
+    this.listCursors = db.prepare('SELECT source, service FROM log_cursors');
+    this.putTail = db.prepare('INSERT OR REPLACE INTO log_tail (service, first_seq, last_seq, first_ts, lines) VALUES (?, ?, ?, ?, ?)');
+    this.pruneTail = db.prepare('DELETE FROM log_tail WHERE service = ? AND last_seq < ?');
+    this.tailServices = db.prepare('SELECT DISTINCT service FROM log_tail ORDER BY service');
+  }
+
+  nextSeq(service: string): number {
+    return this.getSeq.get(service)?.next_seq ?? 0;
+  }
+
+  cursor(source: string): DockerCursor | undefined {
+    const row = this.getCursor.get(source);
+    return row ? { at: row.at, skip: row.skip } : undefined;
+  }
+
+  /** Containers with a cursor (to forget those that are gone). */
+  cursors(): Array<{ source: string; service: string }> {
+    return this.listCursors.all();
+  }
+
+  forget(source: string): void {
+    this.dropCursor.run(source);
+  }
+
+  /** Runs inside the chunk's outbox transaction (Outbox.enqueueMany's `alongside`). */
+  commit(c: ChunkCommit): void {
+    this.putSeq.run(c.service, c.nextSeq);
+    for (const [source, cur] of c.cursors) this.putCursor.run(source, c.service, cur.at, cur.skip);
+    if (this.tailLines <= 0 || c.lines.length === 0) return;
+    const first = c.lines[0] as LogLine;
+    const rows: TailLine[] = c.lines.map((l) => (l.stream === 'marker' ? [l.seq, l.ts, 'marker', l.line, l.dropped ?? 0, l.reason ?? 'outbox'] : [l.seq, l.ts, l.stream, l.line]));
+    this.putTail.run(c.service, first.seq, c.nextSeq - 1, first.ts, JSON.stringify(rows));
+    this.pruneTail.run(c.service, c.nextSeq - this.tailLines);
+  }
+
+  /** Services with lines in the tail. */
+  services(): string[] {
+    return this.tailServices.all().map((r) => r.service);
+  }
+
+  /** The last `limit` lines matching `q`, oldest first (per service in sequence order; services interleaved by time). */
+  read(q: TailQuery): LogLine[] {
+    const limit = q.limit ?? 1000;
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.service !== undefined) {
+      where.push('service = ?');
+      args.push(q.service);
+    }
+    if (q.afterSeq !== undefined) {
+      where.push('last_seq > ?');
+      args.push(q.afterSeq);
+    }
+    const sql = `SELECT service, lines FROM log_tail ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY first_ts, service, first_seq`;
+    const out: LogLine[] = [];
+    for (const row of this.db.prepare<unknown[], { service: string; lines: string }>(sql).iterate(...args)) {
+      for (const l of JSON.parse(row.lines) as TailLine[]) {
+        if (q.afterSeq !== undefined && l[0] <= q.afterSeq) continue;
+        if (q.since !== undefined && l[1] < q.since) continue;
+        out.push(l[2] === 'marker' ? { service: row.service, seq: l[0], ts: l[1], stream: 'marker', line: l[3], dropped: l[4], reason: l[5] } : { service: row.service, seq: l[0], ts: l[1], stream: l[2], line: l[3] });
+      }
+    }
+    return out.length > limit ? out.slice(out.length - limit) : out;
+  }
+}
