@@ -66,7 +66,7 @@ function parseLine(raw: unknown, at: string, streams: readonly LogStream[]): Inc
   const ts = requireFiniteNumber(l.ts, `${at}.ts`);
   const stream = l.stream as LogStream;
   if (typeof stream !== 'string' || !streams.includes(stream)) {
-    fail(`${at}.stream`, `one of ${streams.join(', ')}${streams.length === WORKLOAD_STREAMS.length ? ' (levels are for service "agent" only)' : ''}`, l.stream);
+    fail(`${at}.stream`, `one of ${streams.join(', ')}${streams === WORKLOAD_STREAMS ? ' (levels are for service "agent" only)' : ''}`, l.stream);
   }
   if (typeof l.line !== 'string' || l.line.length > MAX_LINE_CHARS) fail(`${at}.line`, `a string of at most ${MAX_LINE_CHARS} characters`, l.line);
   if (stream !== 'marker') {
