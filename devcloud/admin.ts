@@ -3,6 +3,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FaultInjector, FaultSpec, FaultStatus } from './faults.js';
 import { sendError } from './http.js';
 import { checkLedger, type LedgerCheck } from './ledger-check.js';
+import type { LogPage, LogServiceSummary } from './log-store.js';
+import { logFilter, logFilterFromQuery, type LogQuery } from './logs.js';
 import type { DevCloudStore, HealthRecord, JobView, MessagePage, ReceivedCounts, ReportRecord, ShadowDesiredView } from './store.js';
 import {
   isObject,
@@ -38,6 +40,10 @@ export interface AdminApi {
   setShadowDesired(uuid: string, state: Record<string, unknown>): ShadowDesiredView;
   shadowDesired(uuid: string): ShadowDesiredView | null;
   job(uuid: string, id: string): JobView;
+  /** Device log lines by service, seq, then arrival; filters as `GET /admin/devices/:uuid/logs` (logs.ts). */
+  logs(uuid: string, query?: LogQuery): LogPage;
+  /** Per service: lines, first and last seq, newest line ts, log messages. */
+  logServices(uuid: string): { services: LogServiceSummary[] };
   setFaults(spec: FaultSpec): Promise<FaultStatus>;
   clearFaults(): Promise<FaultStatus>;
   faults(): FaultStatus;
@@ -104,6 +110,13 @@ export function createAdminApi(store: DevCloudStore, faults: FaultInjector): Adm
       if (!job) throw notFound(`device ${uuid} has no job ${JSON.stringify(id)}`);
       return job;
     },
+    logs(uuid, query = {}) {
+      const filter = logFilter(query);
+      return store.logs.lines(requireUuid(uuid), filter);
+    },
+    logServices(uuid) {
+      return { services: store.logs.services(requireUuid(uuid)) };
+    },
     setFaults: (spec) => faults.set(spec),
     clearFaults: () => faults.clear(),
     faults: () => faults.status(),
@@ -165,6 +178,11 @@ export function registerAdminRoutes(app: FastifyInstance, admin: AdminApi, admin
   app.get('/admin/devices/:uuid/jobs/:id', async (request: FastifyRequest<{ Params: { uuid: string; id: string } }>) =>
     admin.job(request.params.uuid, request.params.id),
   );
+
+  app.get('/admin/devices/:uuid/logs', async (request: FastifyRequest<Uuid & { Querystring: Record<string, string | undefined> }>) =>
+    admin.logs(request.params.uuid, logFilterFromQuery(request.query)),
+  );
+  app.get('/admin/devices/:uuid/logs/services', async (request: FastifyRequest<Uuid>) => admin.logServices(request.params.uuid));
 
   app.get('/admin/faults', async () => admin.faults());
   app.put('/admin/faults', async (request) => admin.setFaults(request.body as FaultSpec));

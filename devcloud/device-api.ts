@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { FaultInjector } from './faults.js';
 import { sendError } from './http.js';
+import { parseLogBatch } from './logs.js';
 import { UPDATE_STATUSES, type DevCloudStore, type IncomingMessage, type JobUpdateStatus } from './store.js';
 import {
   badRequest,
@@ -119,6 +120,23 @@ function parseMessages(body: unknown): IncomingMessage[] {
   });
 }
 
+interface Rejection {
+  id: string;
+  status: number;
+  reason: string;
+}
+
+/** Messages whose id the admin poisoned (faults.ts) are rejected one by one; the rest go on. */
+function splitPoisoned<T extends { id: string }>(batch: readonly T[], faults: FaultInjector): { accepted: T[]; rejected: Rejection[] } {
+  const accepted: T[] = [];
+  const rejected: Rejection[] = [];
+  for (const m of batch) {
+    if (faults.poisoned(m.id)) rejected.push({ id: m.id, status: 422, reason: 'rejected by the devcloud: poisoned message id (fault injection)' });
+    else accepted.push(m);
+  }
+  return { accepted, rejected };
+}
+
 function registerRoutes(app: FastifyInstance, store: DevCloudStore, faults: FaultInjector): void {
   app.get(`${DEVICE_PREFIX}/state`, async (request: UuidRequest, reply) => {
     const target = store.target(request.params.uuid);
@@ -152,14 +170,15 @@ function registerRoutes(app: FastifyInstance, store: DevCloudStore, faults: Faul
   });
 
   app.post(`${DEVICE_PREFIX}/messages`, async (request: UuidRequest) => {
-    const batch = parseMessages(request.body);
-    const accepted: IncomingMessage[] = [];
-    const rejected: { id: string; status: number; reason: string }[] = [];
-    for (const m of batch) {
-      if (faults.poisoned(m.id)) rejected.push({ id: m.id, status: 422, reason: 'rejected by the devcloud: poisoned message id (fault injection)' });
-      else accepted.push(m);
-    }
+    const { accepted, rejected } = splitPoisoned(parseMessages(request.body), faults);
     const { duplicates } = store.addMessages(request.params.uuid, accepted, rejected.length);
+    return { accepted: [...new Set(accepted.map((m) => m.id))], rejected, duplicates };
+  });
+
+  // Device logs (docs/protocol.md, "Logs"): answered like messages; a log message seen before keeps its first lines.
+  app.post(`${DEVICE_PREFIX}/logs`, async (request: UuidRequest) => {
+    const { accepted, rejected } = splitPoisoned(parseLogBatch(request.body), faults);
+    const { duplicates } = store.logs.add(request.params.uuid, accepted, rejected.length);
     return { accepted: [...new Set(accepted.map((m) => m.id))], rejected, duplicates };
   });
 

@@ -60,7 +60,10 @@ export function reportedLedger(health: unknown): { channels: Record<string, Repo
   return { channels: out, mqtt };
 }
 
-/** Checks one report's ledger against the ids stored per channel (`idsOf`). */
+/**
+ * Checks one report's ledger against the ids stored per channel (`idsOf`: DevCloudStore.idsOf, which
+ * takes `state`, `jobs`, `health` and `logs` from their own tables and every other channel from messages).
+ */
 export function checkLedger(health: unknown, reportedAt: number | null, idsOf: (channel: string) => Iterable<string>): LedgerCheck {
   const reported = reportedLedger(health);
   if (!reported) return { reported: false, reportedAt, mismatch: false, channels: {} };

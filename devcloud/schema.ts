@@ -1,6 +1,38 @@
 /** The devcloud's tables: the schema a new file gets, and the upgrades of older files. */
 
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
+
+/**
+ * Device logs (docs/protocol.md, "Logs"): one row per log message (an outbox message of channel `logs`,
+ * unique per device by id) and one per line of a message stored, in arrival order (`arrival`).
+ * Lines are not deduplicated by `seq`: a device that sends one seq under two message ids shows it twice.
+ */
+const LOG_TABLES = `
+  CREATE TABLE log_messages (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    device      TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    service     TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    backfill    INTEGER NOT NULL DEFAULT 0,
+    received_at INTEGER NOT NULL,
+    UNIQUE (device, id)
+  ) STRICT;
+  CREATE TABLE log_lines (
+    arrival    INTEGER PRIMARY KEY AUTOINCREMENT,
+    device     TEXT NOT NULL,
+    service    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    ts         REAL NOT NULL,
+    stream     TEXT NOT NULL,
+    line       TEXT NOT NULL,
+    dropped    INTEGER,
+    reason     TEXT,
+    message_id TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX log_lines_by_seq ON log_lines (device, service, seq);
+  CREATE INDEX log_lines_by_ts ON log_lines (device, ts);
+`;
 
 /** Changes after the first schema, by the version they bring the file to. */
 export const UPGRADES: Record<number, string> = {
@@ -12,8 +44,14 @@ export const UPGRADES: Record<number, string> = {
       CREATE UNIQUE INDEX health_by_key ON health (device, idem_key) WHERE idem_key IS NOT NULL;`,
   // Whether a message arrived marked backfill (a freshness-first drain's history, docs/protocol.md).
   4: `ALTER TABLE messages ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0;`,
+  // Device logs: their messages (deduplicated by id) and lines.
+  5: LOG_TABLES,
 };
 
+/**
+ * The first version of the schema. A new file gets it and then every entry of UPGRADES in order
+ * (DevCloudStore.open), so a table an upgrade creates is not repeated here.
+ */
 export const SCHEMA = `
   CREATE TABLE devices (
     uuid          TEXT PRIMARY KEY,

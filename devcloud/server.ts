@@ -10,6 +10,8 @@ import { DevCloudStore } from './store.js';
 export type { AdminApi } from './admin.js';
 export { DevCloudError } from './validate.js';
 export type { FaultSpec, FaultStatus } from './faults.js';
+export type { LogPage, LogServiceSummary, StoredLogLine } from './log-store.js';
+export type { LogQuery } from './logs.js';
 export type {
   HealthRecord,
   JobStatus,

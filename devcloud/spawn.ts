@@ -163,7 +163,7 @@ export function adminClient(adminUrl: string, opts: { token?: string } = {}): Ad
   }
 
   const device = (uuid: string): string => `/admin/devices/${encodeURIComponent(uuid)}`;
-  const query = (q: Record<string, number | undefined>): string => {
+  const query = (q: Record<string, string | number | undefined>): string => {
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(q)) if (v !== undefined) params.set(k, String(v));
     const s = params.toString();
@@ -193,6 +193,9 @@ export function adminClient(adminUrl: string, opts: { token?: string } = {}): Ad
     setShadowDesired: (uuid, state) => call('PUT', `${device(uuid)}/shadow/desired`, state),
     shadowDesired: (uuid) => call('GET', `${device(uuid)}/shadow/desired`),
     job: (uuid, id) => call('GET', `${device(uuid)}/jobs/${encodeURIComponent(id)}`),
+    logs: (uuid, q = {}) =>
+      call('GET', `${device(uuid)}/logs${query({ service: q.service, since: q.since, until: q.until, afterSeq: q.afterSeq, limit: q.limit })}`),
+    logServices: (uuid) => call('GET', `${device(uuid)}/logs/services`),
     setFaults: (spec) => call('PUT', '/admin/faults', spec),
     clearFaults: () => call('DELETE', '/admin/faults'),
     faults: () => call('GET', '/admin/faults'),

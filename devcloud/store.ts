@@ -2,6 +2,7 @@ import BetterSqlite3, { type Database, type Statement } from 'better-sqlite3';
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { LogStore, type LogCounts } from './log-store.js';
 import { SCHEMA, SCHEMA_VERSION, UPGRADES } from './schema.js';
 
 /** The devcloud's SQLite tables and every query it runs. Counters live here too, so they survive a restart. */
@@ -96,6 +97,7 @@ export interface ReceivedCounts {
   /** `config`: where the device's config came from, per its latest health report (null before one says). */
   health: { received: number; last: HealthRecord | null; config: unknown };
   jobUpdates: { received: number; duplicates: number };
+  logs: LogCounts;
   /** Every device request that named this uuid, including those a fault answered. */
   requests: { total: number; byRoute: Record<string, number>; byStatus: Record<string, number> };
 }
@@ -199,6 +201,8 @@ export class DevCloudStore {
     Statement
   >;
   private closed = false;
+  /** Device logs (log-store.ts), in the same database. */
+  readonly logs: LogStore;
 
   private constructor(
     private readonly db: Database,
@@ -253,6 +257,7 @@ export class DevCloudStore {
       ),
       jobUpdates: prepare('SELECT update_id, status, details, received_at FROM job_updates WHERE job_id = ? ORDER BY seq'),
     };
+    this.logs = new LogStore(db, now, (uuid, name, by) => this.bump(uuid, name, by));
   }
 
   /** Opens (creating if needed) the database at `path`, or an in-memory one for `:memory:`. */
@@ -444,13 +449,14 @@ export class DevCloudStore {
 
   /**
    * The ids stored for one of a device's outbox channels, as the agent's loss ledger counts them:
-   * state reports by reportId, job updates by updateId, health reports by Idempotency-Key, every
-   * other channel by message id.
+   * state reports by reportId, job updates by updateId, health reports by Idempotency-Key, logs by
+   * log message id (`POST …/logs`), every other channel by message id.
    */
   idsOf(uuid: string, channel: string): IterableIterator<string> {
     if (channel === 'state') return this.stmt.idsOfReports.iterate(uuid) as IterableIterator<string>;
     if (channel === 'jobs') return this.stmt.idsOfJobUpdates.iterate(uuid) as IterableIterator<string>;
     if (channel === 'health') return this.stmt.idsOfHealth.iterate(uuid) as IterableIterator<string>;
+    if (channel === 'logs') return this.logs.ids(uuid);
     return this.stmt.idsOfMessages.iterate(uuid, channel) as IterableIterator<string>;
   }
 
@@ -552,6 +558,7 @@ export class DevCloudStore {
       },
       health: { received: c('health.received'), last: lastHealth ?? null, config: configOf(lastHealth?.health) },
       jobUpdates: { received: c('jobUpdates.received'), duplicates: c('jobUpdates.duplicates') },
+      logs: this.logs.counts(uuid, c),
       requests: { total: c('requests.total'), byRoute, byStatus },
     };
   }

@@ -13,9 +13,10 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
   const first = DevCloudStore.open(path);
   first.setTarget('dev-1', { version: 4, apps: {} });
   first.close();
-  // Make it what a schema-1 devcloud left: no shadow columns, no backfill column, user_version 1.
+  // Make it what a schema-1 devcloud left: no shadow columns, no backfill column, no log tables, user_version 1.
   const raw = new BetterSqlite3(path);
   raw.exec('ALTER TABLE devices DROP COLUMN shadow_desired; ALTER TABLE devices DROP COLUMN shadow_version; DROP INDEX health_by_key; ALTER TABLE health DROP COLUMN idem_key; ALTER TABLE messages DROP COLUMN backfill;');
+  raw.exec('DROP TABLE log_lines; DROP TABLE log_messages;');
   raw.pragma('user_version = 1');
   raw.close();
 
@@ -27,6 +28,12 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
   const check = new BetterSqlite3(path, { readonly: true });
   expect(check.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
   expect(check.prepare("SELECT name FROM pragma_table_info('messages') WHERE name = 'backfill'").all()).toEqual([{ name: 'backfill' }]);
+  expect(check.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'log_%' ORDER BY name").pluck().all()).toEqual([
+    'log_lines',
+    'log_lines_by_seq',
+    'log_lines_by_ts',
+    'log_messages',
+  ]);
   check.close();
 });
 
