@@ -51,8 +51,13 @@ export class AgentLogTap {
     this.sink = sink;
     const early = this.early;
     this.early = [];
-    for (const line of early) sink(line);
-    if (this.earlyDropped > 0) dropped(this.earlyDropped);
+    this.busy = true;
+    try {
+      for (const line of early) sink(line);
+      if (this.earlyDropped > 0) dropped(this.earlyDropped);
+    } finally {
+      this.busy = false;
+    }
     this.earlyDropped = 0;
     return () => {
       if (this.sink === sink) this.sink = undefined;

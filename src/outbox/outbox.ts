@@ -117,6 +117,14 @@ export interface OutboxOptions {
   onRecount?: () => void;
 }
 
+/** Runs the `alongside` of each admitted call, in the commit's transaction; returns the outcomes. */
+function runAlongside<T>(batch: readonly PendingCall<Prepared>[], outcomes: T[]): T[] {
+  batch.forEach((call, i) => {
+    if (!(outcomes[i] instanceof OutboxError)) call.alongside?.();
+  });
+  return outcomes;
+}
+
 export class Outbox {
   private readonly db: Database;
   private readonly store: OutboxOptions['store'];
@@ -283,11 +291,7 @@ export class Outbox {
           this.leases.releaseExpired();
           this.expiry.expireDue();
           this.disk.check();
-          const admitted = this.admission.admitCalls(batch.map((call) => call.messages));
-          batch.forEach((call, i) => {
-            if (!(admitted[i] instanceof OutboxError)) call.alongside?.();
-          });
-          return admitted;
+          return runAlongside(batch, this.admission.admitCalls(batch.map((call) => call.messages)));
         }),
       );
     } catch (err) {

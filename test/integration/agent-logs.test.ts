@@ -1,0 +1,211 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
+import { startEngine, type TestEngine } from '../helpers/docker.js';
+
+/**
+ * Device logs end to end (docs/logs.md): built agents, a real Docker engine (private), native
+ * processes, and the devcloud, which stores every line it is sent (never deduplicating by seq, so an
+ * agent that sends a line twice is seen).
+ */
+const env = agentsWithDevCloud();
+let engine: TestEngine;
+const IMAGE = 'local/agent-logs:1';
+
+beforeAll(async () => {
+  engine = await startEngine();
+  await engine.buildImage(IMAGE);
+}, 120_000);
+afterAll(async () => {
+  await engine?.stop();
+}, 120_000);
+
+interface StoredLine {
+  service: string;
+  seq: number;
+  ts: number;
+  stream: string;
+  line: string;
+  dropped?: number;
+}
+
+/** Every line the devcloud holds for a service, in seq order (all pages). */
+function cloudLines(uuid: string, service: string): StoredLine[] {
+  const out: StoredLine[] = [];
+  for (let afterSeq: number | undefined; ; ) {
+    const page = env.cloud.admin.logs(uuid, { service, ...(afterSeq === undefined ? {} : { afterSeq }), limit: 10_000 }) as { lines: StoredLine[]; more: boolean };
+    out.push(...page.lines);
+    if (!page.more || page.lines.length === 0) return out;
+    afterSeq = (page.lines.at(-1) as StoredLine).seq;
+  }
+}
+
+/** A ticker printing `n=<i>` every 10 ms, forever: for a container (busybox) and for a native process. */
+const TICK = 'i=0; while :; do echo "n=$i"; i=$((i+1)); usleep 10000 2>/dev/null || sleep 0.01; done';
+
+async function agentFor(uuid: string, dataDir: string, extra: Record<string, unknown> = {}): Promise<AgentProcess> {
+  const dev = { uuid, apiKey: `${uuid}-key-0123456789` };
+  return env.spawn({
+    dataDir,
+    env: { DOCKER_HOST: engine.host },
+    config: {
+      device: dev,
+      cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
+      features: { metrics: false },
+      logs: { linesPerSecond: 1_000, ...extra },
+      settings: {
+        pollIntervalMs: 2_000,
+        reconciliationIntervalMs: 2_000,
+        offline: { offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1 },
+      },
+    },
+  });
+}
+
+/** Each test's app has a name of its own: agents on one engine share its containers' labels. */
+function tickers(uuid: string, app: string): void {
+  env.cloud.admin.createDevice({ uuid, apiKey: `${uuid}-key-0123456789` });
+  env.cloud.admin.setTarget(uuid, {
+    version: 1,
+    apps: {
+      [app]: {
+        services: {
+          box: { image: IMAGE, command: ['/bin/sh', '-c', TICK] },
+          proc: { runtime: 'process', command: ['/bin/sh', '-c', TICK] },
+        },
+      },
+    },
+  });
+}
+
+/** The numbers a ticker printed, in seq order, and whether the seqs run 0, 1, 2, ... with none twice. */
+function ticks(lines: StoredLine[]): { numbers: number[]; seqsContiguous: boolean } {
+  const numbers = lines.filter((l) => l.stream === 'stdout').map((l) => Number(/^n=(\d+)$/.exec(l.line)?.[1] ?? NaN));
+  return { numbers, seqsContiguous: lines.every((l, i) => l.seq === i) };
+}
+
+/** Whether `numbers` is 0, 1, 2, ... k (runs: several such runs one after another, a restarted process's). */
+function runs(numbers: number[]): number[][] {
+  const out: number[][] = [];
+  for (const n of numbers) {
+    if (n === 0 || out.length === 0) out.push([n]);
+    else (out.at(-1) as number[]).push(n);
+  }
+  return out;
+}
+
+const contiguous = (run: number[]): boolean => run.every((n, i) => n === i);
+
+describe('logs through an outage', () => {
+  it('a container and a process printing every 10 ms through a 60 s devcloud outage: every line arrives once, in order', async () => {
+    const uuid = `logs-outage-${process.pid}`;
+    tickers(uuid, 'outage');
+    await agentFor(uuid, env.dirs.make());
+    await waitFor('both services\' lines at the cloud', () => cloudLines(uuid, 'outage/box').length > 50 && cloudLines(uuid, 'outage/proc').length > 50, 90_000);
+
+    await env.cloud.admin.setFaults({ refuse: true });
+    const downAt = Date.now();
+    await new Promise((r) => setTimeout(r, 60_000));
+    const upAt = Date.now();
+    await env.cloud.admin.setFaults({ refuse: null });
+
+    for (const service of ['outage/box', 'outage/proc']) {
+      // Caught up: lines printed after the return are there.
+      await waitFor(`${service} caught up`, () => cloudLines(uuid, service).some((l) => l.ts > upAt + 2_000), 60_000);
+      const lines = cloudLines(uuid, service);
+      const { numbers, seqsContiguous } = ticks(lines);
+      expect(seqsContiguous, `${service}: seq 0, 1, 2, ... each once`).toBe(true);
+      expect(contiguous(numbers), `${service}: n=0, 1, 2, ... each once`).toBe(true);
+      // The outage's lines are among them (about 100 a second for 60 s).
+      expect(lines.filter((l) => l.ts > downAt && l.ts < upAt).length).toBeGreaterThan(2_000);
+      expect(lines.every((l) => l.stream !== 'marker')).toBe(true);
+    }
+  }, 240_000);
+});
+
+describe('logs across a kill -9 of the agent', () => {
+  it('no gap and no duplicate: the container\'s log resumes from its cursor, the process\'s numbering goes on', async () => {
+    const uuid = `logs-kill-${process.pid}`;
+    tickers(uuid, 'edge');
+    const dataDir = env.dirs.make();
+    const first = await agentFor(uuid, dataDir);
+    await waitFor('lines at the cloud', () => cloudLines(uuid, 'edge/box').length > 100 && cloudLines(uuid, 'edge/proc').length > 100, 90_000);
+    await first.stop('SIGKILL');
+    const killedAt = Date.now();
+    // The container goes on printing while no agent reads it.
+    await new Promise((r) => setTimeout(r, 3_000));
+    await agentFor(uuid, dataDir);
+    await waitFor('lines after the restart', () => cloudLines(uuid, 'edge/box').some((l) => l.ts > killedAt + 5_000) && cloudLines(uuid, 'edge/proc').some((l) => l.ts > killedAt + 5_000), 90_000);
+
+    const box = ticks(cloudLines(uuid, 'edge/box'));
+    expect(box.seqsContiguous).toBe(true);
+    expect(contiguous(box.numbers), 'the container: n=0, 1, 2, ... each once, across the kill').toBe(true);
+    expect(box.numbers.length).toBeGreaterThan(300);
+
+    const proc = ticks(cloudLines(uuid, 'edge/proc'));
+    expect(proc.seqsContiguous).toBe(true);
+    // The process is stopped and started afresh by the new agent: two runs, each 0, 1, 2, ... once.
+    const procRuns = runs(proc.numbers);
+    expect(procRuns.length).toBe(2);
+    expect(procRuns.every(contiguous)).toBe(true);
+  }, 240_000);
+});
+
+describe('a flooding service', () => {
+  it('its markers count exactly what was dropped, and a quiet service\'s lines and telemetry still arrive on time', async () => {
+    const uuid = `logs-flood-${process.pid}`;
+    env.cloud.admin.createDevice({ uuid, apiKey: `${uuid}-key-0123456789` });
+    // 50 rounds of 200 lines 0.1 s apart: about 2,000 lines a second, 100 times the limit of 20.
+    const FLOOD = 'sleep 2; for j in $(seq 1 50); do seq 1 200; sleep 0.1; done; echo flood-done; sleep 3600';
+    const QUIET = 'i=0; while :; do echo "q=$i"; i=$((i+1)); sleep 0.2; done';
+    env.cloud.admin.setTarget(uuid, {
+      version: 1,
+      apps: { edge: { services: { flood: { runtime: 'process', command: ['/bin/sh', '-c', FLOOD] }, quiet: { runtime: 'process', command: ['/bin/sh', '-c', QUIET] } } } },
+    });
+    const agent = await agentFor(uuid, env.dirs.make(), { linesPerSecond: 20, burstSeconds: 2, markerIntervalSeconds: 1 });
+    await waitFor('the quiet service\'s lines', () => cloudLines(uuid, 'edge/quiet').length > 5, 60_000);
+
+    // While the flood runs: quiet lines and telemetry are at the cloud within 3 s of being made.
+    const lateness: number[] = [];
+    const seen = new Set<number>();
+    const telemetryLateness: number[] = [];
+    const deadline = Date.now() + 6_000;
+    while (Date.now() < deadline) {
+      const sentAt = Date.now();
+      const posted = await agent.send('POST', '/v2/telemetry', { stream: 'probe', payload: { at: sentAt } });
+      const [id] = (posted.body as { ids: string[] }).ids;
+      await waitFor('the telemetry at the cloud', () => env.storedMessages(uuid).some((m) => m.id === id), 10_000);
+      telemetryLateness.push(Date.now() - sentAt);
+      for (const l of cloudLines(uuid, 'edge/quiet')) {
+        if (!seen.has(l.seq)) {
+          seen.add(l.seq);
+          lateness.push(Date.now() - l.ts);
+        }
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(Math.max(...telemetryLateness)).toBeLessThan(3_000);
+    expect(lateness.length).toBeGreaterThan(10);
+    expect(Math.max(...lateness)).toBeLessThan(3_000);
+
+    await waitFor('the flood over and counted', () => cloudLines(uuid, 'edge/flood').some((l) => l.line === 'flood-done'), 60_000);
+    // The marker of the last drops is committed at most a marker interval after them.
+    await waitFor(
+      'every flooded line kept or counted',
+      () => {
+        const lines = cloudLines(uuid, 'edge/flood');
+        const kept = lines.filter((l) => l.stream === 'stdout' && /^\d+$/.test(l.line)).length;
+        const dropped = lines.filter((l) => l.stream === 'marker').reduce((n, l) => n + (l.dropped ?? 0), 0);
+        return kept + dropped === 10_000;
+      },
+      20_000,
+    );
+    const lines = cloudLines(uuid, 'edge/flood');
+    const markers = lines.filter((l) => l.stream === 'marker');
+    expect(markers.length).toBeGreaterThan(3);
+    expect(markers.every((m) => /^\d+ lines? dropped \(rate limit: 20 lines\/s\)$/.test(m.line))).toBe(true);
+    expect(lines.every((l, i) => l.seq === i)).toBe(true);
+    // The quiet service lost nothing.
+    expect(cloudLines(uuid, 'edge/quiet').every((l) => l.stream === 'stdout')).toBe(true);
+  }, 180_000);
+});
