@@ -16,6 +16,7 @@ const LAYERS = [
   'resilience', // backoff, retry policy, request errors and outcomes, connection monitor, probes
   'outbox', //     the durable queue and its flushers
   'workloads', //  target schema, reconciler, runtimes
+  'logs', //       device logs: collectors, the service logs, the local tail
   'cloud', //      HTTP client, pollers' loop, target state, reporters, the HTTP sink
   'mqtt', //       the session, its in-flight store, the MQTT sink
   'telemetry', //  system metrics, the sampler, the local broker
