@@ -85,5 +85,6 @@ function metricsSource(p: AgentParts): MetricsSource {
     localBroker: () => p.localBroker?.stats() ?? null,
     shadow: () => shadowSummary(p.shadow?.shadow),
     link: () => (queueing.link ? linkView(queueing.link, queueing.outbox) : null),
+    logs: () => p.logs.serviceStats(),
   };
 }
