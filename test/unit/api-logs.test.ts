@@ -237,6 +237,17 @@ describe('GET /v2/logs?follow=1', () => {
     await waitUntil('the follower to unsubscribe', () => l.events.listenerCount('lines') === 0);
   });
 
+  it('outlives the request and keep-alive time bounds: a follower is not a slow request', async () => {
+    const l = logs();
+    const url = await api(l.view, { timeouts: { headersMs: 200, requestMs: 300, keepAliveMs: 200, checkEveryMs: 100 } });
+    const f = await follow(`${url}/v2/logs?follow=1`);
+    await new Promise((r) => setTimeout(r, 800));
+    l.commit('edge/web', ['still here']);
+    await f.until((t) => t.includes('still here'));
+    expect(l.events.listenerCount('lines')).toBe(1);
+    f.close();
+  });
+
   it('answers HEAD with the stream\'s headers and no body', async () => {
     const l = logs();
     const url = await api(l.view);
