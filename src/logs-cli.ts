@@ -65,9 +65,13 @@ export async function runLogs(base: string, key: string, service: string | undef
       for (const l of lines) await write(out, `${o.json ? JSON.stringify(l) : formatLine(l)}\n`);
       return LOGS_EXIT.ok;
     }
-    await stream(res, out, o.json === true);
+    // A stop of the agent closes the stream, cleanly or mid-chunk: either way it is over.
+    const cut = await stream(res, out, o.json === true).then(
+      () => '',
+      (err: unknown) => `: ${errorMessage(err)}`,
+    );
     if (stop.signal.aborted) return LOGS_EXIT.ok;
-    process.stderr.write(`iotistic-agent: the agent at ${base} ended the log stream (it stopped?)\n`);
+    process.stderr.write(`iotistic-agent: the agent at ${base} ended the log stream (it stopped?)${cut}\n`);
     return LOGS_EXIT.failed;
   } catch (err) {
     if (stop.signal.aborted) return LOGS_EXIT.ok;

@@ -139,7 +139,7 @@ describe('iotistic-agent logs', () => {
   it('prints a workload\'s lines, as text or NDJSON, follows them until SIGTERM, and says what the API refused (exit 2)', async () => {
     const dataDir = dirs.make();
     const agent = await start({ dataDir });
-    const script = 'echo "hello from talker"; echo "<b>second</b> line" >&2; sleep 1; echo "a later line"; sleep 3600';
+    const script = 'echo "hello from talker"; echo "<b>second</b> line" >&2; sleep 1; echo "a later line"; exec sleep 3600';
     const posted = await agent.send('POST', '/v2/local/target-state', { version: 1, apps: { demo: { services: { talker: { runtime: 'process', command: ['/bin/sh', '-c', script] } } } } });
     expect(posted.status).toBe(200);
     const args = ['--api', agent.apiUrl, '--data-dir', dataDir];
@@ -171,5 +171,17 @@ describe('iotistic-agent logs', () => {
     const since = await runCli(['logs', '--since', 'yesterday', ...args]);
     expect(since.code).toBe(2);
     expect(since.stderr).toContain('iotistic-agent: since: expected epoch milliseconds, an ISO time (2026-01-02T03:04:05Z) or a duration ago (30s, 10m, 2h, 1d), got "yesterday"');
+
+    // A follower whose agent stops is told so (exit 1).
+    const orphan = spawn(process.execPath, [CLI, 'logs', '-f', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let orphanOut = '';
+    let orphanErr = '';
+    orphan.stdout.on('data', (c: Buffer) => (orphanOut += c.toString('utf8')));
+    orphan.stderr.on('data', (c: Buffer) => (orphanErr += c.toString('utf8')));
+    const orphanExit = new Promise<number | null>((resolve) => orphan.once('exit', (code) => resolve(code)));
+    await waitFor('the follower\'s tail', () => orphanOut.includes('"a later line"'), 10_000);
+    expect((await agent.stop()).code).toBe(0);
+    expect(await orphanExit).toBe(1);
+    expect(orphanErr).toContain(`iotistic-agent: the agent at ${agent.apiUrl} ended the log stream (it stopped?)`);
   }, 30_000);
 });
