@@ -92,29 +92,8 @@ program
   .option('--json', 'print the raw JSON (for scripts)')
   .option('--show-key', 'also print the local API key')
   .action(async (opts: { config?: string; dataDir?: string; api?: string; key?: string; json?: boolean; showKey?: boolean }) => {
-    const [{ readLocalApiKey }, { resolveDataDir }, { noAnswer, statusConfig }, { defaultConfig }, { renderStatus }] = await Promise.all([
-      import('./boot/identity.js'),
-      import('./config/load.js'),
-      import('./status-target.js'),
-      import('./config/schema.js'),
-      import('./status-view.js'),
-    ]);
-    const found = statusConfig(opts.config, process.env);
-    if (!found.ok && !opts.api) {
-      process.stderr.write(`iotistic-agent: ${found.message}\n`);
-      process.exit(EXIT_CONFIG);
-    }
-    const cfg = found.ok ? found.config : defaultConfig();
-    if (!found.ok) process.stderr.write(`warning: ${found.message.split('\n')[0]} (see \`config check\`); using --api ${opts.api}\n`);
-    else if (found.config.warning) process.stderr.write(`warning: ${found.config.warning}\n`);
-    const dataDir = resolveDataDir({ flag: opts.dataDir, file: opts.config, env: process.env, fallback: cfg.dataDir });
-    const apiHost = cfg.api.host === '0.0.0.0' ? '127.0.0.1' : cfg.api.host;
-    const base = (opts.api ?? `http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${cfg.api.port}`).replace(/\/$/, '');
-    const key = opts.key ?? process.env.IOTISTIC_API_LOCAL_API_KEY ?? cfg.api.localApiKey ?? readLocalApiKey(dataDir);
-    if (!key) {
-      process.stderr.write(`iotistic-agent: no local API key: none in ${dataDir} (use --data-dir or --key)\n`);
-      process.exit(1);
-    }
+    const [{ localApiAccess }, { noAnswer }, { renderStatus }] = await Promise.all([import('./cli-api.js'), import('./status-target.js'), import('./status-view.js')]);
+    const { base, key } = localApiAccess(opts);
     const get = async (path: string, optional = false): Promise<unknown> => {
       let res: Response;
       try {
@@ -149,6 +128,24 @@ program
       process.stderr.write(`iotistic-agent: ${message}\n`);
       process.exit(1);
     }
+  });
+
+program
+  .command('logs')
+  .description('print the last log lines of the workloads and the agent from the local API of a running agent; -f follows them')
+  .argument('[service]', 'one service: <app>/<service>, a service name one app has, or agent (default: all)')
+  .option('-f, --follow', 'then print the new lines as they come, until Ctrl-C or SIGTERM')
+  .option('--since <when>', 'lines since then: a duration ago (30s, 10m, 2h, 1d), an ISO time or epoch milliseconds')
+  .option('-n, --lines <n>', 'the last N lines (1-10000; default 1000)')
+  .option('--json', 'print each line as a JSON object (NDJSON)')
+  .addOption(new Option('-c, --config <file>', 'config file, to find the API address and data dir').env('IOTISTIC_CONFIG'))
+  .option('-d, --data-dir <dir>', 'data directory holding the local API key')
+  .option('--api <url>', 'local API base URL (default from the config, else http://127.0.0.1:48484)')
+  .option('--key <key>', 'local API key (default: read from the data dir)')
+  .action(async (service: string | undefined, opts: { follow?: boolean; since?: string; lines?: string; json?: boolean; config?: string; dataDir?: string; api?: string; key?: string }) => {
+    const [{ localApiAccess }, { runLogs }] = await Promise.all([import('./cli-api.js'), import('./logs-cli.js')]);
+    const { base, key } = localApiAccess(opts);
+    process.exit(await runLogs(base, key, service, opts));
   });
 
 const configCmd = program.command('config').description('work with config files');

@@ -19,6 +19,14 @@ export class Reply {
   ) {}
 }
 
+/**
+ * An answer the handler writes itself, over time (GET /v2/logs?follow=1): `start` takes the response
+ * once the request is routed and owns it from then on (status, headers, the end).
+ */
+export class Streamed {
+  constructor(readonly start: (res: ServerResponse, req: IncomingMessage) => void) {}
+}
+
 export const JSON_TYPE = 'application/json; charset=utf-8';
 
 /** A JSON answer. */
@@ -197,6 +205,7 @@ export class Router {
         end?.();
       }
       const out = await pending;
+      if (out instanceof Streamed) return res.destroyed ? undefined : out.start(res, req);
       send(res, out instanceof Reply ? out : json(200, out));
     } catch (err) {
       this.fail(req, res, err);

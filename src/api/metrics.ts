@@ -1,8 +1,9 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { linkMetrics, type LinkMetricsSource } from './link-metrics.js';
+import { logMetrics, type LogMetricsSource } from './log-metrics.js';
 
 /** What the exposition reads at scrape time; nothing is copied into the metrics in between. */
-export interface MetricsSource extends LinkMetricsSource {
+export interface MetricsSource extends LinkMetricsSource, LogMetricsSource {
   connection(): {
     status: string;
     channels: Record<string, { status: string; consecutiveFailures: number; failures: Record<string, number> }>;
@@ -66,6 +67,7 @@ export function createMetrics(source: MetricsSource): Registry {
   featureMetrics(registry, source);
   databaseMetrics(registry, source);
   linkMetrics(registry, source);
+  logMetrics(registry, source);
   return registry;
 }
 

@@ -7,6 +7,7 @@ import { bearerMatcher } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
 import { HttpError, json, Router, text, type ApiRoute, type RouteGate } from './http-router.js';
 import { serveHttp, type HttpApp, type HttpTimeouts } from './http-server.js';
+import { FOLLOW_BOUNDS, logRoutes, type FollowBounds, type LogsView } from './logs-route.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
 import { isOutboxError } from '../outbox/types.js';
 import { ShadowError } from '../shadow/shadow.js';
@@ -47,6 +48,8 @@ export interface ApiView {
   localBroker(): unknown;
   /** The local shadow; undefined when `features.shadow` is off. `patch` throws a ShadowError for bad input. */
   shadow?: { get(): unknown; patch(body: unknown): unknown; clearOverrides(): unknown } | undefined;
+  /** Device logs (GET /v2/logs): the local tail, the committed lines as they come, the counts per service. */
+  logs(): LogsView;
   metrics: MetricsExposition;
 }
 
@@ -71,6 +74,8 @@ export interface ApiOptions {
   timeouts?: Partial<HttpTimeouts>;
   /** Shares the event loop with delivery (the LoopShare): `POST /v2/telemetry` bodies wait while it pauses. */
   ingestGate?: RouteGate;
+  /** A log follower's keep-alive and buffer bounds (GET /v2/logs?follow=1); tests shorten them. */
+  follow?: Partial<FollowBounds>;
 }
 
 const LOCAL_TARGET_ROUTE = '/v2/local/target-state';
@@ -131,6 +136,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
   statusRoutes(router, view, opts.dashboard);
   controlRoutes(router, view, limits, opts.ingestGate);
   shadowRoutes(router, view);
+  logRoutes(router, () => view.logs(), { ...FOLLOW_BOUNDS, ...opts.follow });
   const { app, url } = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts });
   // The route table, so that a test can check every route for auth (a new route cannot slip in open).
   return { app, url, routes: router.routes };

@@ -42,6 +42,7 @@ export function buildApiView(p: AgentParts): ApiView {
     retryParked: (ids) => queueing.outbox.retryParked(ids),
     purgeParked: (ids) => queueing.outbox.purgeParked(ids),
     clearLocalTarget: () => localTarget.clear(),
+    logs: () => ({ tail: p.logs.tail, events: p.logs.events, serviceStats: () => p.logs.serviceStats(), clock: core.clock }),
     metrics: buildMetrics(p),
   };
 }
@@ -84,5 +85,6 @@ function metricsSource(p: AgentParts): MetricsSource {
     localBroker: () => p.localBroker?.stats() ?? null,
     shadow: () => shadowSummary(p.shadow?.shadow),
     link: () => (queueing.link ? linkView(queueing.link, queueing.outbox) : null),
+    logs: () => p.logs.serviceStats(),
   };
 }

@@ -1,5 +1,7 @@
 import { Registry } from 'prom-client';
 import type { ApiView } from '../../src/api/server.js';
+import { LogEvents } from '../../src/logs/collector.js';
+import { systemClock } from '../../src/util/clock.js';
 
 /**
  * A fake agent behind the local API, for tests that start `startApi` in-process: healthy, no cloud,
@@ -23,6 +25,7 @@ export function fakeApiView(over: Partial<ApiView> = {}): ApiView {
     purgeParked: () => 0,
     jobs: () => ({ enabled: false }),
     localBroker: () => ({ enabled: false }),
+    logs: () => ({ tail: { read: () => [], services: () => [] }, events: new LogEvents(), serviceStats: () => ({}), clock: systemClock }),
     metrics: new Registry(),
     ...over,
   };

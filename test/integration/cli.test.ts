@@ -1,7 +1,8 @@
+import { spawn } from 'node:child_process';
 import { readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { CLI, requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 const dirs = tempDirs();
@@ -132,4 +133,55 @@ describe('iotistic-agent status', () => {
     expect(wrongKey.code).toBe(1);
     expect(wrongKey.stderr).toContain('401');
   });
+});
+
+describe('iotistic-agent logs', () => {
+  it('prints a workload\'s lines, as text or NDJSON, follows them until SIGTERM, and says what the API refused (exit 2)', async () => {
+    const dataDir = dirs.make();
+    const agent = await start({ dataDir });
+    const script = 'echo "hello from talker"; echo "<b>second</b> line" >&2; sleep 1; echo "a later line"; exec sleep 3600';
+    const posted = await agent.send('POST', '/v2/local/target-state', { version: 1, apps: { demo: { services: { talker: { runtime: 'process', command: ['/bin/sh', '-c', script] } } } } });
+    expect(posted.status).toBe(200);
+    const args = ['--api', agent.apiUrl, '--data-dir', dataDir];
+    // Following from the start: the lines come as the process prints them.
+    const follower = spawn(process.execPath, [CLI, 'logs', 'talker', '-f', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let followed = '';
+    follower.stdout.on('data', (c: Buffer) => (followed += c.toString('utf8')));
+    const followerExit = new Promise<number | null>((resolve) => follower.once('exit', (code) => resolve(code)));
+
+    await waitFor('the lines in the tail', async () => ((await agent.get('/v2/logs?service=demo/talker')).body as { lines: unknown[] }).lines.length >= 2, 10_000);
+    const text = await runCli(['logs', 'talker', ...args]);
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z demo\/talker stdout hello from talker\n/);
+    expect(text.stdout).toContain(' demo/talker stderr <b>second</b> line\n');
+    const json = await runCli(['logs', 'demo/talker', '--json', '-n', '1', '--since', '10m', ...args]);
+    expect(json.code, json.stderr).toBe(0);
+    const last = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(last).toHaveLength(1);
+    expect(last[0]).toMatchObject({ service: 'demo/talker', seq: expect.any(Number), ts: expect.any(Number), stream: expect.stringMatching(/^std(out|err)$/) });
+
+    await waitFor('the later line followed', () => followed.includes(' demo/talker stdout a later line\n'), 10_000);
+    expect(followed).toContain(' demo/talker stdout hello from talker\n');
+    follower.kill('SIGTERM');
+    expect(await followerExit).toBe(0);
+
+    const bad = await runCli(['logs', 'nosuch', ...args]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^iotistic-agent: service: no service named "nosuch" has logs here \(services with logs: (agent, )?demo\/talker\); expected <app>\/<service>, a service name or "agent"\n$/);
+    const since = await runCli(['logs', '--since', 'yesterday', ...args]);
+    expect(since.code).toBe(2);
+    expect(since.stderr).toContain('iotistic-agent: since: expected epoch milliseconds, an ISO time (2026-01-02T03:04:05Z) or a duration ago (30s, 10m, 2h, 1d), got "yesterday"');
+
+    // A follower whose agent stops is told so (exit 1).
+    const orphan = spawn(process.execPath, [CLI, 'logs', '-f', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let orphanOut = '';
+    let orphanErr = '';
+    orphan.stdout.on('data', (c: Buffer) => (orphanOut += c.toString('utf8')));
+    orphan.stderr.on('data', (c: Buffer) => (orphanErr += c.toString('utf8')));
+    const orphanExit = new Promise<number | null>((resolve) => orphan.once('exit', (code) => resolve(code)));
+    await waitFor('the follower\'s tail', () => orphanOut.includes('"a later line"'), 10_000);
+    expect((await agent.stop()).code).toBe(0);
+    expect(await orphanExit).toBe(1);
+    expect(orphanErr).toContain(`iotistic-agent: the agent at ${agent.apiUrl} ended the log stream (it stopped?)`);
+  }, 30_000);
 });

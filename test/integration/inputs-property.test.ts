@@ -15,6 +15,7 @@ import { validateTarget } from '../../src/workloads/target-schema.js';
 import { runCli } from '../helpers/agent-process.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { fakeApiView } from '../helpers/api-view.js';
 
 // Property-based bad input (issue #21): config files, local API bodies and local broker packets,
 // random and mutated from good ones. Each is accepted or refused with a message naming the field;
@@ -138,6 +139,7 @@ describe('local API bodies', () => {
       retryParked: (ids) => (state.parkedCalls.push(['retry', ids ?? 'all']), 0),
       purgeParked: (ids) => (state.parkedCalls.push(['purge', ids ?? 'all']), 0),
       jobs: () => ({}),
+      logs: fakeApiView().logs,
       localBroker: () => ({ enabled: false }),
       shadow: {
         get: () => state.reported,
