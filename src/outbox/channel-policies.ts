@@ -44,6 +44,8 @@ export function defaultPriority(channel: string): number {
  */
 export class ChannelPolicies {
   private readonly policies = new Map<string, ChannelPolicy>();
+  /** The channels the config names (the built-in policies are not shown until a channel is used). */
+  private readonly configured: string[];
   private readonly onLimits = new Map<string, OnLimit>();
 
   constructor(
@@ -52,6 +54,7 @@ export class ChannelPolicies {
   ) {
     for (const [name, policy] of Object.entries(DEFAULT_CHANNEL_POLICIES)) this.policies.set(name, { ...policy });
     for (const [name, policy] of Object.entries(channels ?? {})) this.policies.set(name, { ...this.policies.get(name), ...policy });
+    this.configured = Object.keys(channels ?? {});
   }
 
   get(channel: string): ChannelPolicy | undefined {
@@ -60,7 +63,7 @@ export class ChannelPolicies {
 
   /** Configured channels (shown in stats even while they have never held a message). */
   names(): IterableIterator<string> {
-    return this.policies.keys();
+    return this.configured.values();
   }
 
   /** Whether `channel` drains freshness first after an outage (its `freshFirst`, else DEFAULT_FRESH_FIRST). */

@@ -89,6 +89,14 @@ describe('toPublish: the topic and body of each channel (PROTOCOL.md)', () => {
     expect(published(msg('s3', 'shadow', {})).body).toEqual({ id: 's3', version: null, state: null });
   });
 
+  it('sends a log chunk to logs/<app>/<service> (the agent\'s to logs/agent) with each line\'s absolute time', () => {
+    expect(published(msg('l1', 'logs', { service: 'edge/web', lines: [[7, -5, 'stderr', 'boom']] }))).toEqual({
+      topic: 'iot/dev-7/logs/edge/web',
+      body: { id: 'l1', ts: TS, service: 'edge/web', lines: [{ seq: 7, ts: TS - 5, stream: 'stderr', line: 'boom' }] },
+    });
+    expect(published(msg('l2', 'logs', { service: 'agent', lines: [] })).topic).toBe('iot/dev-7/logs/agent');
+  });
+
   it('marks history sent after its stream\'s newest with backfill: true, and leaves live messages unmarked', () => {
     const old = { ...msg('t-1', 'telemetry', { stream: 'temp', payload: 20 }), backfill: true };
     expect(published(old)).toEqual({ topic: 'iot/dev-7/telemetry/temp', body: { id: 't-1', ts: TS, payload: 20, backfill: true } });
@@ -101,7 +109,9 @@ describe('toPublish: the topic and body of each channel (PROTOCOL.md)', () => {
       [msg('t4', 'telemetry', { payload: 1 }), 'telemetry message t4 has no stream'],
       [msg('t5', 'telemetry', null), 'telemetry message t5 has no stream'],
       [msg('t6', 'telemetry', { stream: 'a/b', payload: 1 }), 'telemetry stream "a/b": expected a name without "/", "+", "#" or NUL'],
-      [msg('l1', 'logs', { line: 'x' }), 'channel logs does not travel over MQTT'],
+      [msg('l1', 'logs', { line: 'x' }), 'logs message l1 is not a log chunk (expected { service, lines })'],
+      [msg('l2', 'logs', { service: 'a/b/c', lines: [] }), 'log service "a/b/c": expected "agent" or "<app>/<service>"'],
+      [msg('j1', 'jobs', { status: 'x' }), 'channel jobs does not travel over MQTT'],
     ];
     for (const [m, message] of cases) {
       expect(() => toPublish(session, m)).toThrow(expect.objectContaining({ code: 'MQTT_UNMAPPABLE', message }));
@@ -115,9 +125,9 @@ describe('MqttSink', () => {
     expect({ name: sink.name, monitorChannel: sink.monitorChannel, channels: sink.channels }).toEqual({
       name: 'mqtt',
       monitorChannel: 'mqtt',
-      channels: ['telemetry', 'metrics', 'events', 'shadow'],
+      channels: ['telemetry', 'metrics', 'events', 'shadow', 'logs'],
     });
-    expect(MQTT_CHANNELS).toEqual(['telemetry', 'metrics', 'events', 'shadow']);
+    expect(MQTT_CHANNELS).toEqual(['telemetry', 'metrics', 'events', 'shadow', 'logs']);
     expect(sink.isPermanent()).toBe(false);
   });
 

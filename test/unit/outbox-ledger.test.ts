@@ -171,7 +171,7 @@ describe('the loss ledger', () => {
     await close(env);
     // As a database written by the version before this one: no accepted counter, at schema 9 (the tables of later migrations gone).
     const db0 = new BetterSqlite3(path);
-    const later = (db0.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('outbox_stream_heads', 'link_budget', 'link_counter')").pluck().all() as string[]).map((t) => `DROP TABLE ${t};`);
+    const later = (db0.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('outbox_stream_heads', 'link_budget', 'link_counter', 'log_services', 'log_cursors', 'log_tail')").pluck().all() as string[]).map((t) => `DROP TABLE ${t};`);
     const columns = ['outbox', 'outbox_parked'].filter((t) => db0.prepare(`SELECT 1 FROM pragma_table_info('${t}') WHERE name = 'stream'`).get() !== undefined);
     db0.close();
     const dropColumns = columns.map((t) => `ALTER TABLE ${t} DROP COLUMN stream;`).join(' ');

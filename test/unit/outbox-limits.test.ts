@@ -224,14 +224,14 @@ describe('outbox limits: the drop log', () => {
 
 describe('outbox limits: what a refusal says', () => {
   it('names the bytes limit and its setting, per channel and in total, in MiB, KiB or bytes', async () => {
-    const { outbox } = make(dbPath(), { limits: { maxCount: 1000, maxBytes: 2_048 }, channels: { logs: { maxBytes: 1_000 } }, compressAboveBytes: 1 << 30 });
-    await outbox.enqueue({ channel: 'logs', payload: 'x'.repeat(898) });
-    let err = await rejection(outbox.enqueue({ channel: 'logs', payload: 'y'.repeat(198) }));
+    const { outbox } = make(dbPath(), { limits: { maxCount: 1000, maxBytes: 2_048 }, channels: { bulk: { maxBytes: 1_000 } }, compressAboveBytes: 1 << 30 });
+    await outbox.enqueue({ channel: 'bulk', payload: 'x'.repeat(898) });
+    let err = await rejection(outbox.enqueue({ channel: 'bulk', payload: 'y'.repeat(198) }));
     expect(err.code).toBe('OUTBOX_FULL');
     expect(err.message).toBe(
-      'outbox full: the "logs" channel\'s limit of 1000 B (settings.offline.channels.logs.maxBytes) is reached and channel "logs" refuses at this limit (onLimit.bytes: "refuse"), so none of its queued messages is dropped; the logs message was not queued: send it again later',
+      'outbox full: the "bulk" channel\'s limit of 1000 B (settings.offline.channels.bulk.maxBytes) is reached and channel "bulk" refuses at this limit (onLimit.bytes: "refuse"), so none of its queued messages is dropped; the bulk message was not queued: send it again later',
     );
-    expect(err.details).toEqual({ limit: 'settings.offline.channels.logs.maxBytes', kind: 'bytes', max: 1_000, channel: 'logs' });
+    expect(err.details).toEqual({ limit: 'settings.offline.channels.bulk.maxBytes', kind: 'bytes', max: 1_000, channel: 'bulk' });
     await outbox.enqueue({ channel: 'events', payload: 'e'.repeat(1_000) });
     err = await rejection(outbox.enqueue({ channel: 'events', payload: 'f'.repeat(200) }));
     expect(err.message).toBe(

@@ -140,13 +140,13 @@ describe('outbox: order', () => {
     // Same priority, different channels: interleaved by arrival.
     const two = setup().outbox;
     await two.enqueue({ channel: 'telemetry', payload: 1 });
-    await two.enqueue({ channel: 'logs', payload: 1 });
+    await two.enqueue({ channel: 'bulk', payload: 1 });
     await two.enqueue({ channel: 'telemetry', payload: 2 });
-    expect(all(two).map(tag)).toEqual(['telemetry:1', 'logs:1', 'telemetry:2']);
+    expect(all(two).map(tag)).toEqual(['telemetry:1', 'bulk:1', 'telemetry:2']);
     // An explicit priority beats the channel default; channels filter.
-    await two.enqueue({ channel: 'logs', payload: 2, priority: 99 });
-    expect(all(two).map(tag)[0]).toBe('logs:2');
-    expect(all(two, ['logs']).map(tag)).toEqual(['logs:2', 'logs:1']);
+    await two.enqueue({ channel: 'bulk', payload: 2, priority: 99 });
+    expect(all(two).map(tag)[0]).toBe('bulk:2');
+    expect(all(two, ['bulk']).map(tag)).toEqual(['bulk:2', 'bulk:1']);
   });
 
   it('stops a batch at maxBytes without skipping ahead in a channel, but always takes one', async () => {
