@@ -49,6 +49,11 @@ export function shipsService(patterns: readonly string[], name: string): boolean
   return patterns.some((p) => new RegExp(`^${p.split('*').map(escapeRegExp).join('.*')}$`).test(name));
 }
 
+/** A loop with nothing to do: it runs until stopped (LoopRunner restarts a loop that returns). */
+function untilAborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true })));
+}
+
 function escapeRegExp(s: string): string {
   return s.replace(/[.+?^${}()|[\]\\]/g, '\\$&');
 }
@@ -65,6 +70,8 @@ export class LogCollector {
   private readonly docker: DockerLogs | undefined;
   private readonly shipped = new Map<string, boolean>();
   private closed = false;
+  /** Stops following the processes' output and the agent's records (at `close`). */
+  private readonly detach: Array<() => void> = [];
 
   constructor(private readonly o: LogCollectorOptions) {
     const c = o.config;
@@ -121,30 +128,30 @@ export class LogCollector {
     return yes;
   }
 
-  /** Follows every source until `signal` aborts (the lines taken stay pending until `close`). */
+  /**
+   * Follows the containers until `signal` aborts. The processes' output and the agent's records are
+   * taken from the start until `close`: a process stopped with the agent says its last words after
+   * the loops have stopped.
+   */
   async run(signal: AbortSignal): Promise<void> {
-    if (!this.o.config.enabled) return;
-    const offs: Array<() => void> = [];
-    if (this.o.process) offs.push(new ProcessLogs({ output: this.o.process, logOf: (s) => this.logOf(s), clock: this.o.clock, maxLineBytes: this.o.config.maxLineBytes }).start());
+    if (!this.o.config.enabled) return untilAborted(signal);
+    if (this.o.process) this.detach.push(new ProcessLogs({ output: this.o.process, logOf: (s) => this.logOf(s), clock: this.o.clock, maxLineBytes: this.o.config.maxLineBytes }).start());
     const tap = this.o.tap;
     if (tap && this.ships(AGENT_SERVICE)) {
-      offs.push(
+      this.detach.push(
         tap.attach(
           (line) => this.logOf(AGENT_SERVICE)?.push(line),
           (count) => this.logOf(AGENT_SERVICE)?.drop('backlog', count),
         ),
       );
     }
-    try {
-      if (this.docker) await this.docker.run(signal);
-      else await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
-    } finally {
-      for (const off of offs) off();
-    }
+    if (this.docker) await this.docker.run(signal);
+    else await untilAborted(signal);
   }
 
   /** Commits what every service has pending and stops taking lines (agent shutdown, before the outbox closes). */
   async close(): Promise<void> {
+    for (const off of this.detach.splice(0)) off();
     this.closed = true;
     await Promise.all(
       [...this.logs.values()].map((log) => log.close().catch((err: unknown) => this.o.logger.warn({ service: log.service, err: errorMessage(err) }, 'logs: could not commit the last lines'))),
