@@ -71,6 +71,8 @@ export class LogStore {
   private readonly putTail: Statement<[string, number, number, number, string]>;
   private readonly pruneTail: Statement<[string, number]>;
   private readonly tailServices: Statement<[], { service: string }>;
+  /** Prepared reads of the tail, by their SQL (four shapes at most). */
+  private readonly reads = new Map<string, Statement<Array<string | number>, { service: string; lines: string }>>();
 
   constructor(
     private readonly db: Database,
@@ -122,11 +124,14 @@ export class LogStore {
     return this.tailServices.all().map((r) => r.service);
   }
 
-  /** The last `limit` lines matching `q`, oldest first (per service in sequence order; services interleaved by time). */
+  /**
+   * The last `limit` lines matching `q`, oldest first (per service in sequence order; services
+   * interleaved by time). Rows are read newest first and parsed only until `limit` lines are found.
+   */
   read(q: TailQuery): LogLine[] {
     const limit = q.limit ?? 1000;
     const where: string[] = [];
-    const args: unknown[] = [];
+    const args: Array<string | number> = [];
     if (q.service !== undefined) {
       where.push('service = ?');
       args.push(q.service);
@@ -135,15 +140,23 @@ export class LogStore {
       where.push('last_seq > ?');
       args.push(q.afterSeq);
     }
-    const sql = `SELECT service, lines FROM log_tail ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY first_ts, service, first_seq`;
-    const out: LogLine[] = [];
-    for (const row of this.db.prepare<unknown[], { service: string; lines: string }>(sql).iterate(...args)) {
+    const sql = `SELECT service, lines FROM log_tail ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY first_ts DESC, service DESC, first_seq DESC`;
+    let stmt = this.reads.get(sql);
+    if (!stmt) this.reads.set(sql, (stmt = this.db.prepare<Array<string | number>, { service: string; lines: string }>(sql)));
+    const rows: LogLine[][] = [];
+    let found = 0;
+    for (const row of stmt.iterate(...args)) {
+      const lines: LogLine[] = [];
       for (const l of JSON.parse(row.lines) as TailLine[]) {
         if (q.afterSeq !== undefined && l[0] <= q.afterSeq) continue;
         if (q.since !== undefined && l[1] < q.since) continue;
-        out.push(l[2] === 'marker' ? { service: row.service, seq: l[0], ts: l[1], stream: 'marker', line: l[3], dropped: l[4], reason: l[5] } : { service: row.service, seq: l[0], ts: l[1], stream: l[2], line: l[3] });
+        lines.push(l[2] === 'marker' ? { service: row.service, seq: l[0], ts: l[1], stream: 'marker', line: l[3], dropped: l[4], reason: l[5] } : { service: row.service, seq: l[0], ts: l[1], stream: l[2], line: l[3] });
       }
+      rows.push(lines);
+      found += lines.length;
+      if (found >= limit) break;
     }
+    const out = rows.reverse().flat();
     return out.length > limit ? out.slice(out.length - limit) : out;
   }
 }

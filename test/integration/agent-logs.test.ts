@@ -2,6 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 import { startEngine, type TestEngine } from '../helpers/docker.js';
+import { startMosquitto } from '../helpers/mosquitto.js';
+import { observe } from '../helpers/mqtt.js';
 
 /**
  * Device logs end to end (docs/logs.md): built agents, a real Docker engine (private), native
@@ -208,4 +210,41 @@ describe('a flooding service', () => {
     // The quiet service lost nothing.
     expect(cloudLines(uuid, 'edge/quiet').every((l) => l.stream === 'stdout')).toBe(true);
   }, 180_000);
+});
+
+describe('logs over MQTT', () => {
+  it('each chunk is published on logs/<app>/<service>, the agent\'s own on logs/agent, lines numbered without a gap', async () => {
+    const broker = await startMosquitto();
+    const uuid = `logs-mqtt-${process.pid}`;
+    const sub = await observe(broker.url, `iot/${uuid}/logs/#`);
+    try {
+      env.cloud.admin.createDevice({ uuid, apiKey: `${uuid}-key-0123456789` });
+      env.cloud.admin.setTarget(uuid, { version: 1, apps: { m: { services: { say: { runtime: 'process', command: ['/bin/sh', '-c', 'for i in $(seq 0 199); do echo "n=$i"; done; sleep 3600'] } } } } });
+      await env.spawn({
+        dataDir: env.dirs.make(),
+        config: {
+          device: { uuid, apiKey: `${uuid}-key-0123456789` },
+          cloud: { apiUrl: env.cloud.url },
+          mqtt: { url: broker.url },
+          workloads: { dockerHost: 'unix:///nonexistent/docker.sock' },
+          features: { metrics: false },
+          settings: { pollIntervalMs: 2_000 },
+        },
+      });
+      type Body = { id: string; service: string; lines: Array<{ seq: number; stream: string; line: string }> };
+      const bodies = (topic: string): Body[] => sub.received.filter((r) => r.topic === topic).map((r) => JSON.parse(r.payload) as Body);
+      await waitFor('every line on the broker', () => bodies(`iot/${uuid}/logs/m/say`).flatMap((b) => b.lines).length >= 200, 60_000);
+      const lines = bodies(`iot/${uuid}/logs/m/say`).flatMap((b) => b.lines);
+      expect(lines.map((l) => l.seq)).toEqual([...Array(lines.length).keys()]);
+      expect(lines.map((l) => l.line)).toEqual([...Array(200).keys()].map((i) => `n=${i}`));
+      expect(bodies(`iot/${uuid}/logs/m/say`).every((b) => b.service === 'm/say' && typeof b.id === 'string')).toBe(true);
+      // Not over HTTP: the devcloud's device API has none of them.
+      expect(cloudLines(uuid, 'm/say')).toEqual([]);
+      // The agent warns about what it cannot do (here: the Docker engine it is pointed at is not there): its own log.
+      await waitFor('the agent\'s warning on logs/agent', () => bodies(`iot/${uuid}/logs/agent`).some((b) => b.lines.some((l) => l.stream === 'warn' && l.line.includes('ENOENT /nonexistent/docker.sock'))), 60_000);
+    } finally {
+      await sub.close();
+      await broker.dispose();
+    }
+  }, 120_000);
 });
