@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { defaultConfig } from '../src/config/schema.js';
 import { MIGRATIONS } from '../src/database-schema.js';
@@ -25,6 +26,8 @@ import { expectedLine } from './logs-lines.js';
  */
 
 export interface AgentPlan {
+  /** Diagnostics only (BENCH_LOGS_OVERRIDES): settings changed from the agent's defaults, to see what a part costs. */
+  overrides?: { logs?: Record<string, unknown>; offline?: Record<string, unknown> };
   host: string;
   agentId: string;
   dbPath: string;
@@ -39,6 +42,8 @@ export interface AgentResult {
   /** Most lines in one chunk (more than chunkLines when lines came in while a commit was in flight). */
   maxChunkLines: number;
   storedBytes: number;
+  /** CPU ms over the timed span main thread and other threads (SQLite's checkpointer, libuv's pool, V8's GC helpers). */
+  threads: Record<string, number>;
   /** Empty when every line arrived in order, once; else what was wrong. */
   errors: string[];
 }
@@ -47,12 +52,37 @@ export type FromAgent = { kind: 'started' } | { kind: 'committed' } | { kind: 'd
 
 const silent = createLogger({ level: 'silent', format: 'json', destination: new PassThrough() });
 
+/** CPU ms so far of each thread of this process, by thread id, from /proc (empty where there is none). */
+function threadCpu(): Map<string, { name: string; ms: number }> {
+  const out = new Map<string, { name: string; ms: number }>();
+  try {
+    for (const tid of readdirSync('/proc/self/task')) {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      // Node 20 names every thread "node": the main thread is told by its id (the pid).
+      const name = Number(tid) === process.pid ? 'main thread' : 'other threads';
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.set(tid, { name, ms: ((Number(f[11]) + Number(f[12])) * 1000) / 100 });
+    }
+  } catch {
+    // not Linux
+  }
+  return out;
+}
+
+/** Per thread name, the CPU ms between two readings. */
+function threadDelta(a: Map<string, { name: string; ms: number }>, b: Map<string, { name: string; ms: number }>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [tid, t] of b) out[t.name] = (out[t.name] ?? 0) + t.ms - (a.get(tid)?.ms ?? 0);
+  return out;
+}
+
 function send(m: FromAgent): void {
   process.send?.(m);
 }
 
 async function run(plan: AgentPlan): Promise<void> {
-  const defaults = defaultConfig();
+  const base = defaultConfig();
+  const defaults = { ...base, logs: { ...base.logs, ...plan.overrides?.logs }, settings: { ...base.settings, offline: { ...base.settings.offline, ...plan.overrides?.offline } } };
   const store = Store.open({ path: plan.dbPath, logger: silent, clock: systemClock, migrations: MIGRATIONS, synchronous: defaults.store.synchronous, checkpoint: defaults.store.checkpoint });
   const outbox = new Outbox({ store, clock: systemClock, ids: new IdGenerator(), logger: silent, ...outboxSettings(defaults.settings.offline) });
   const docker = new DockerRuntime({ host: plan.host, agentId: plan.agentId, clock: systemClock, random: systemRandom, logger: silent });
@@ -61,11 +91,13 @@ async function run(plan: AgentPlan): Promise<void> {
   let committed = 0;
   let doneAt = 0;
   let cpuEnd: NodeJS.CpuUsage | undefined;
+  let threadsEnd = new Map<string, { name: string; ms: number }>();
   const all = new Promise<void>((resolve) => {
     collector.events.on('lines', (lines) => {
       committed += lines.length;
       if (committed >= plan.lines && !cpuEnd) {
         cpuEnd = process.cpuUsage();
+        threadsEnd = threadCpu();
         doneAt = performance.now();
         resolve();
       }
@@ -73,6 +105,7 @@ async function run(plan: AgentPlan): Promise<void> {
   });
   const stop = new AbortController();
   send({ kind: 'started' });
+  const threads0 = threadCpu();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const running = collector.run(stop.signal);
@@ -88,7 +121,7 @@ async function run(plan: AgentPlan): Promise<void> {
   const check = verify(outbox, plan.lines);
   await outbox.close();
   store.close();
-  send({ kind: 'done', result: { ms: doneAt - t0, cpuMs, committed, ...check } });
+  send({ kind: 'done', result: { ms: doneAt - t0, cpuMs, committed, threads: threadDelta(threads0, threadsEnd), ...check } });
 }
 
 /** Reads the `logs` channel back: sequence numbers 0..N-1 and line texts 1..N, in order, once. */

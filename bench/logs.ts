@@ -34,6 +34,7 @@ import { benchArgs, cell, jsonLine, machine, median, round, table, target, type 
  * The engine's (dockerd's) CPU during each side is shown too, from /proc deltas: both make it read
  * and frame the same log (ours asks for timestamps, as the agent does).
  * Rounds run both sides back to back, alternating which goes first; the ratios are paired per round.
+ * BENCH_LOGS_CPU_PROF=DIR writes a CPU profile of each round's agent child to DIR (node --cpu-prof).
  */
 
 const USAGE = 'usage: node dist/bench/logs.js [--lines N] [--rounds R] [--json]';
@@ -104,8 +105,11 @@ function checkFile(path: string, lines: number): void {
 }
 
 async function ours(e: BenchEngine, dir: string, lines: number, r: number): Promise<Side & { result: AgentResult }> {
-  const plan: AgentPlan = { host: e.host, agentId: AGENT_ID, dbPath: join(dir, `agent-${r}.db`), lines };
-  const child = fork(join(HERE, 'logs-agent.js'), [JSON.stringify(plan)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const plan: AgentPlan = { ...overrides(), host: e.host, agentId: AGENT_ID, dbPath: join(dir, `agent-${r}.db`), lines };
+  // BENCH_LOGS_CPU_PROF=DIR: the child writes a V8 CPU profile there (node --cpu-prof), to see where its time goes.
+  const prof = process.env.BENCH_LOGS_CPU_PROF;
+  const execArgv = prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [];
+  const child = fork(join(HERE, 'logs-agent.js'), [JSON.stringify(plan)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
   current = child;
   let e0: number | null = null;
   let e1: number | null = null;
@@ -127,6 +131,16 @@ async function ours(e: BenchEngine, dir: string, lines: number, r: number): Prom
   }
 }
 
+/**
+ * BENCH_LOGS_OVERRIDES='{"logs": {"tailLines": 0}, "offline": {"compressAboveBytes": 1e9}}': the
+ * agent's side with settings other than its defaults, to see what a part costs. Diagnostics only:
+ * such a run is not the benchmark (the JSON line's config says so).
+ */
+function overrides(): Pick<AgentPlan, 'overrides'> {
+  const raw = process.env.BENCH_LOGS_OVERRIDES;
+  return raw ? { overrides: JSON.parse(raw) as AgentPlan['overrides'] } : {};
+}
+
 interface Round {
   first: SideName;
   base: Side;
@@ -145,6 +159,7 @@ async function main(): Promise<void> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
+    if (process.env.BENCH_LOGS_OVERRIDES) log(`NOT the agent's defaults (diagnostics): ${process.env.BENCH_LOGS_OVERRIDES}`);
     log('starting a private dockerd ...');
     const e = (engine = await startPrivateEngine());
     const t0 = performance.now();
@@ -164,6 +179,7 @@ async function main(): Promise<void> {
       const round = { first, base: base as Side, ours: mine as Round['ours'] };
       rounds.push(round);
       log(`round ${r + 1} (${first} first): docker logs -f ${cell(rate(round.base, a.lines))} lines/s, ours ${cell(rate(round.ours, a.lines))} lines/s (${round.ours.result.chunks} chunks of up to ${round.ours.result.maxChunkLines} lines, ${(round.ours.result.storedBytes / 2 ** 20).toFixed(1)} MiB stored, all ${cell(a.lines)} lines checked)`);
+      log(`  ours' CPU by thread (ms): ${Object.entries(round.ours.result.threads).map(([t, ms]) => `${t} ${cell(ms)}`).join(', ')}`);
     }
     report(a, rounds, logBytes, log);
   } finally {
@@ -225,7 +241,7 @@ function report(a: { lines: number; rounds: number; json: boolean }, rounds: Rou
   const out: BenchReport = {
     benchmark: 'logs',
     machine: machine(),
-    config: { lines: n, rounds: a.rounds, lineBytes: expectedLine(n).length + 1, logBytes, pregenerated: true },
+    config: { lines: n, rounds: a.rounds, lineBytes: expectedLine(n).length + 1, logBytes, pregenerated: true, ...overrides() },
     results: [
       { name: 'docker_logs_rate', value: med((r) => rate(r.base, n)), unit: 'lines/s' },
       { name: 'ours_rate', value: med((r) => rate(r.ours, n)), unit: 'lines/s' },
