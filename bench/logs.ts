@@ -187,11 +187,18 @@ async function main(): Promise<void> {
   }
 }
 
-async function cleanup(dir: string): Promise<void> {
-  const e = engine;
-  engine = undefined;
-  if (e) await e.stop();
-  rmSync(dir, { recursive: true, force: true });
+let cleaning: Promise<void> | undefined;
+
+/** Stops the private engine and removes the temp dir, once: a signal and the main path share it. */
+function cleanup(dir: string): Promise<void> {
+  cleaning ??= (async () => {
+    try {
+      await engine?.stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  })();
+  return cleaning;
 }
 
 const rate = (s: Side, n: number): number => n / (s.ms / 1000);
