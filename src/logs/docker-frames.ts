@@ -65,49 +65,55 @@ export class DockerFrameReader {
       const size = buf.readUInt32BE(off + 4);
       if (buf.length - off - HEADER < size) break;
       const kind = buf[off] as number;
-      const payload = buf.subarray(off + HEADER, off + HEADER + size);
+      const start = off + HEADER;
       off += HEADER + size;
       if (kind !== 1 && kind !== 2) continue; // stdin (0) or anything unknown: not a log line
-      const line = this.entry(kind === 1 ? 'stdout' : 'stderr', payload);
+      const line = this.entry(kind === 1 ? 'stdout' : 'stderr', buf, start, off);
       if (line) out.push(line);
     }
     this.rest = off < buf.length ? Buffer.from(buf.subarray(off)) : undefined;
     return out;
   }
 
-  private entry(stream: 'stdout' | 'stderr', payload: Buffer): (DockerLine & { cursor: DockerCursor }) | undefined {
-    const space = payload.indexOf(0x20);
-    if (space <= 0) return undefined;
-    const at = payload.toString('latin1', 0, space);
+  /**
+   * The entry in `buf[start, end)`. Read by offsets, not through subarrays (no Buffer object per
+   * entry); the cursor returned is `readAt` itself, never changed in place (a new one per entry).
+   */
+  private entry(stream: 'stdout' | 'stderr', buf: Buffer, start: number, end: number): (DockerLine & { cursor: DockerCursor }) | undefined {
+    const space = buf.indexOf(0x20, start);
+    if (space <= start || space >= end) return undefined;
+    const at = buf.toString('latin1', start, space);
     if (this.skipLeft > 0 && at === this.resumeAt) {
       this.skipLeft--;
       return undefined;
     }
     this.skipLeft = 0;
     this.readAt = at === this.readAt.at ? { at, skip: this.readAt.skip + 1 } : { at, skip: 1 };
-    const complete = payload[payload.length - 1] === 0x0a;
-    const body = payload.subarray(space + 1, complete ? payload.length - 1 : payload.length);
+    const complete = buf[end - 1] === 0x0a;
+    const from = space + 1;
+    const to = complete ? end - 1 : end;
+    const length = to - from;
     const i = stream === 'stdout' ? 0 : 1;
     let p = this.partial[i];
     if (!p && complete) {
       const ts = this.millis(at);
-      const text = body.length > this.maxLineBytes ? cutMark(body.toString('utf8', 0, this.maxLineBytes), body.length - this.maxLineBytes) : body.toString('utf8');
-      return { stream, ts, text, at, cursor: { ...this.readAt } };
+      const text = length > this.maxLineBytes ? cutMark(buf.toString('utf8', from, from + this.maxLineBytes), length - this.maxLineBytes) : buf.toString('utf8', from, to);
+      return { stream, ts, text, at, cursor: this.readAt };
     }
     p ??= this.partial[i] = { parts: [], bytes: 0, cut: 0, ts: this.millis(at) };
     const room = Math.max(0, this.maxLineBytes - p.bytes);
-    if (body.length <= room) {
-      p.parts.push(body.toString('utf8'));
-      p.bytes += body.length;
+    if (length <= room) {
+      p.parts.push(buf.toString('utf8', from, to));
+      p.bytes += length;
     } else {
-      if (room > 0) p.parts.push(body.toString('utf8', 0, room));
+      if (room > 0) p.parts.push(buf.toString('utf8', from, from + room));
       p.bytes += room;
-      p.cut += body.length - room;
+      p.cut += length - room;
     }
     if (!complete) return undefined;
     this.partial[i] = undefined;
     const joined = p.parts.join('');
-    return { stream, ts: p.ts, text: p.cut > 0 ? cutMark(joined, p.cut) : joined, at, cursor: { ...this.readAt } };
+    return { stream, ts: p.ts, text: p.cut > 0 ? cutMark(joined, p.cut) : joined, at, cursor: this.readAt };
   }
 
   /** Epoch ms of an RFC 3339 time; the date and seconds are parsed once per second of log. */
