@@ -327,7 +327,13 @@ const logsSchema = z.strictObject({
     .max(1_048_576)
     .default(16 * 1024)
     .describe('A longer line is cut here and says how many bytes were cut (16 KiB: Docker splits lines at the same size).'),
-  chunkLines: z.number().int().min(1).max(5_000).default(500).describe('Lines of one service per outbox message at most.'),
+  chunkLines: z
+    .number()
+    .int()
+    .min(1)
+    .max(5_000)
+    .default(1_000)
+    .describe('Lines of one service per outbox message at most: 1,000 lines of 100 bytes are about 100 KB of JSON, 10-15 KB stored gzipped; a larger chunk costs less per line (one insert and one fsync for all of them), 1,000 takes most of that gain.'),
   chunkWindowMs: z
     .number()
     .int()

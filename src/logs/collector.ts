@@ -9,7 +9,7 @@ import type { AgentLogTap } from './agent-tap.js';
 import { DockerLogs, type DockerLogRuntime } from './docker-logs.js';
 import type { LogStore } from './log-store.js';
 import { ProcessLogs } from './process-logs.js';
-import { ServiceLog } from './service-log.js';
+import { committedLines, ServiceLog } from './service-log.js';
 import { AGENT_SERVICE, type LogDropReason, type LogLine } from './types.js';
 
 export interface LogCollectorOptions {
@@ -108,9 +108,10 @@ export class LogCollector {
       chunk: { maxLines: c.chunkLines, maxBytes: 256 * 1024, windowMs: c.chunkWindowMs, maxPendingBytes: 1_048_576 },
       markerIntervalMs: c.markerIntervalSeconds * 1000,
       quiet: service === AGENT_SERVICE,
-      onCommitted: (lines) => {
-        stat.lines += lines.length;
-        this.events.committed(lines);
+      onCommitted: (chunk, ts) => {
+        stat.lines += chunk.lines.length;
+        // Expanded for the local followers only when there are some.
+        if (this.events.listenerCount('lines') > 0) this.events.committed(committedLines(chunk, ts));
       },
       onDropped: (reason, count) => (stat.dropped[reason] = (stat.dropped[reason] ?? 0) + count),
       onRewind: () => this.docker?.rewind(service),

@@ -16,6 +16,9 @@ export interface DockerLine {
   text: string;
   /** The entry time as the engine wrote it (nanoseconds): what a resume's cursor holds. */
   at: string;
+  /** The container it was read from, and where its log resumes after this line. */
+  source: string;
+  cursor: DockerCursor;
 }
 
 /** Where a container's log was read up to: the time of the last entry taken, and how many entries with exactly that time were. */
@@ -47,6 +50,8 @@ export class DockerFrameReader {
   constructor(
     private readonly maxLineBytes: number,
     resume?: DockerCursor,
+    /** The container, named on every line. */
+    private readonly source = '',
   ) {
     this.readAt = resume ? { ...resume } : { at: '', skip: 0 };
     this.resumeAt = resume?.at;
@@ -57,9 +62,9 @@ export class DockerFrameReader {
    * The complete lines in `chunk` (and what earlier chunks left), each with the cursor that
    * resumes right after it. A line split into entries gets the cursor of its last entry.
    */
-  push(chunk: Buffer): Array<DockerLine & { cursor: DockerCursor }> {
+  push(chunk: Buffer): DockerLine[] {
     const buf = this.rest ? Buffer.concat([this.rest, chunk]) : chunk;
-    const out: Array<DockerLine & { cursor: DockerCursor }> = [];
+    const out: DockerLine[] = [];
     let off = 0;
     while (buf.length - off >= HEADER) {
       const size = buf.readUInt32BE(off + 4);
@@ -79,7 +84,7 @@ export class DockerFrameReader {
    * The entry in `buf[start, end)`. Read by offsets, not through subarrays (no Buffer object per
    * entry); the cursor returned is `readAt` itself, never changed in place (a new one per entry).
    */
-  private entry(stream: 'stdout' | 'stderr', buf: Buffer, start: number, end: number): (DockerLine & { cursor: DockerCursor }) | undefined {
+  private entry(stream: 'stdout' | 'stderr', buf: Buffer, start: number, end: number): DockerLine | undefined {
     const space = buf.indexOf(0x20, start);
     if (space <= start || space >= end) return undefined;
     const at = buf.toString('latin1', start, space);
@@ -98,7 +103,7 @@ export class DockerFrameReader {
     if (!p && complete) {
       const ts = this.millis(at);
       const text = length > this.maxLineBytes ? cutMark(buf.toString('utf8', from, from + this.maxLineBytes), length - this.maxLineBytes) : buf.toString('utf8', from, to);
-      return { stream, ts, text, at, cursor: this.readAt };
+      return { stream, ts, text, at, source: this.source, cursor: this.readAt };
     }
     p ??= this.partial[i] = { parts: [], bytes: 0, cut: 0, ts: this.millis(at) };
     const room = Math.max(0, this.maxLineBytes - p.bytes);
@@ -113,7 +118,7 @@ export class DockerFrameReader {
     if (!complete) return undefined;
     this.partial[i] = undefined;
     const joined = p.parts.join('');
-    return { stream, ts: p.ts, text: p.cut > 0 ? cutMark(joined, p.cut) : joined, at, cursor: this.readAt };
+    return { stream, ts: p.ts, text: p.cut > 0 ? cutMark(joined, p.cut) : joined, at, source: this.source, cursor: this.readAt };
   }
 
   /** Epoch ms of an RFC 3339 time; the date and seconds are parsed once per second of log. */

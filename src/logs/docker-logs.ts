@@ -139,13 +139,13 @@ export class DockerLogs {
   /** Reads one container's log from its cursor; true when the stream ended (the container stopped), false when aborted. */
   private async read(id: string, log: ServiceLog, signal: AbortSignal): Promise<boolean> {
     const cursor = this.o.store.cursor(id);
-    const reader = new DockerFrameReader(this.o.maxLineBytes, cursor);
+    const reader = new DockerFrameReader(this.o.maxLineBytes, cursor, id);
     const stream = await this.o.runtime.logStream(id, cursor ? sinceParam(cursor.at) : undefined, signal);
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         for (const line of reader.push(chunk)) {
           // Checked before every line: a rewind (or the end) must not let a stale line in.
-          while (!signal.aborted && !log.push(line, id, line.cursor)) await log.drained();
+          while (!signal.aborted && !log.push(line)) await log.drained();
           if (signal.aborted) return false;
         }
       }

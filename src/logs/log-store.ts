@@ -1,7 +1,13 @@
 import type { Database, Statement } from 'better-sqlite3';
 import type { Migration } from '../store/migrations.js';
 import type { DockerCursor } from './docker-frames.js';
-import type { LogDropReason, LogLine, LogStream } from './types.js';
+import { chunkOf, expandLines, type LogLine } from './types.js';
+
+interface TailRow {
+  service: string;
+  ts: number;
+  chunk: string;
+}
 
 /**
  * What the log collectors keep in the agent's database (docs/logs.md), each written in the same
@@ -11,7 +17,8 @@ import type { LogDropReason, LogLine, LogStream } from './types.js';
  *   log_cursors   per container, where its log was read up to (Docker's entry time and how many
  *                 entries with that time were taken)
  *   log_tail      the last lines of each service, for the local API, CLI and dashboard: one row per
- *                 chunk, pruned to `tailLines` lines a service
+ *                 chunk (its time and its payload's JSON, the text the outbox got), pruned to about
+ *                 `tailLines` lines a service
  */
 export const LOGS_MIGRATION: Migration = {
   version: 13,
@@ -32,16 +39,13 @@ export const LOGS_MIGRATION: Migration = {
         service    TEXT NOT NULL,
         first_seq  INTEGER NOT NULL,
         last_seq   INTEGER NOT NULL,
-        first_ts   INTEGER NOT NULL,
-        lines      TEXT NOT NULL,
+        ts         INTEGER NOT NULL,
+        chunk      TEXT NOT NULL,
         PRIMARY KEY (service, first_seq)
       ) STRICT, WITHOUT ROWID;
     `);
   },
 };
-
-/** A tail row's line: `[seq, ts, stream, line]`, a marker with `dropped, reason` after. */
-type TailLine = [number, number, LogStream, string] | [number, number, 'marker', string, number, LogDropReason];
 
 export interface TailQuery {
   service?: string;
@@ -58,7 +62,10 @@ export interface ChunkCommit {
   service: string;
   nextSeq: number;
   cursors: ReadonlyMap<string, DockerCursor>;
-  lines: readonly LogLine[];
+  /** The chunk's first sequence number, its time and its payload's JSON ('' for a chunk without lines). */
+  firstSeq: number;
+  ts: number;
+  json: string;
 }
 
 export class LogStore {
@@ -72,7 +79,7 @@ export class LogStore {
   private readonly pruneTail: Statement<[string, number]>;
   private readonly tailServices: Statement<[], { service: string }>;
   /** Prepared reads of the tail, by their SQL (four shapes at most). */
-  private readonly reads = new Map<string, Statement<Array<string | number>, { service: string; lines: string }>>();
+  private readonly reads = new Map<string, Statement<Array<string | number>, TailRow>>();
 
   constructor(
     private readonly db: Database,
@@ -85,7 +92,7 @@ export class LogStore {
     this.putCursor = db.prepare('INSERT INTO log_cursors (source, service, at, skip) VALUES (?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET at = excluded.at, skip = excluded.skip');
     this.dropCursor = db.prepare('DELETE FROM log_cursors WHERE source = ?');
     this.listCursors = db.prepare('SELECT source, service FROM log_cursors');
-    this.putTail = db.prepare('INSERT OR REPLACE INTO log_tail (service, first_seq, last_seq, first_ts, lines) VALUES (?, ?, ?, ?, ?)');
+    this.putTail = db.prepare('INSERT OR REPLACE INTO log_tail (service, first_seq, last_seq, ts, chunk) VALUES (?, ?, ?, ?, ?)');
     this.pruneTail = db.prepare('DELETE FROM log_tail WHERE service = ? AND last_seq < ?');
     this.tailServices = db.prepare('SELECT DISTINCT service FROM log_tail ORDER BY service');
   }
@@ -112,10 +119,8 @@ export class LogStore {
   commit(c: ChunkCommit): void {
     this.putSeq.run(c.service, c.nextSeq);
     for (const [source, cur] of c.cursors) this.putCursor.run(source, c.service, cur.at, cur.skip);
-    if (this.tailLines <= 0 || c.lines.length === 0) return;
-    const first = c.lines[0] as LogLine;
-    const rows: TailLine[] = c.lines.map((l) => (l.stream === 'marker' ? [l.seq, l.ts, 'marker', l.line, l.dropped ?? 0, l.reason ?? 'outbox'] : [l.seq, l.ts, l.stream, l.line]));
-    this.putTail.run(c.service, first.seq, c.nextSeq - 1, first.ts, JSON.stringify(rows));
+    if (this.tailLines <= 0 || c.json === '') return;
+    this.putTail.run(c.service, c.firstSeq, c.nextSeq - 1, c.ts, c.json);
     this.pruneTail.run(c.service, c.nextSeq - this.tailLines);
   }
 
@@ -140,17 +145,18 @@ export class LogStore {
       where.push('last_seq > ?');
       args.push(q.afterSeq);
     }
-    const sql = `SELECT service, lines FROM log_tail ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY first_ts DESC, service DESC, first_seq DESC`;
+    const sql = `SELECT service, ts, chunk FROM log_tail ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY ts DESC, service DESC, first_seq DESC`;
     let stmt = this.reads.get(sql);
-    if (!stmt) this.reads.set(sql, (stmt = this.db.prepare<Array<string | number>, { service: string; lines: string }>(sql)));
+    if (!stmt) this.reads.set(sql, (stmt = this.db.prepare<Array<string | number>, TailRow>(sql)));
     const rows: LogLine[][] = [];
     let found = 0;
     for (const row of stmt.iterate(...args)) {
+      const chunk = chunkOf(JSON.parse(row.chunk));
       const lines: LogLine[] = [];
-      for (const l of JSON.parse(row.lines) as TailLine[]) {
-        if (q.afterSeq !== undefined && l[0] <= q.afterSeq) continue;
-        if (q.since !== undefined && l[1] < q.since) continue;
-        lines.push(l[2] === 'marker' ? { service: row.service, seq: l[0], ts: l[1], stream: 'marker', line: l[3], dropped: l[4], reason: l[5] } : { service: row.service, seq: l[0], ts: l[1], stream: l[2], line: l[3] });
+      for (const l of chunk ? expandLines(row.ts, chunk) : []) {
+        if (q.afterSeq !== undefined && l.seq <= q.afterSeq) continue;
+        if (q.since !== undefined && l.ts < q.since) continue;
+        lines.push({ service: row.service, ...l });
       }
       rows.push(lines);
       found += lines.length;

@@ -1,4 +1,5 @@
 import type { Outbox } from '../outbox/outbox.js';
+import type { Json } from '../util/json-diff.js';
 import { OutboxError } from '../outbox/types.js';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
@@ -6,7 +7,7 @@ import type { Logger } from '../util/logger.js';
 import type { DockerCursor } from './docker-frames.js';
 import type { LogStore } from './log-store.js';
 import { LogRateLimiter, markerText, type LogRateLimits } from './rate-limit.js';
-import { LOGS_CHANNEL, type CollectedLine, type LogDropReason, type LogLine, type StoredLine } from './types.js';
+import { expandLines, LOGS_CHANNEL, type ChunkPayload, type CollectedLine, type LogDropReason, type LogLine, type StoredLine } from './types.js';
 
 export interface ChunkLimits {
   /** A chunk is queued when it holds this many lines ... */
@@ -31,8 +32,8 @@ export interface ServiceLogOptions {
   markerIntervalMs: number;
   /** Refusals are logged at debug, not warn (the agent's own log: its warning would be a line of it). */
   quiet?: boolean;
-  /** Lines committed (for local followers and metrics). */
-  onCommitted?: (lines: readonly LogLine[]) => void;
+  /** A chunk committed, its lines' times relative to `ts` (expandLines): for local followers and metrics. */
+  onCommitted?: (chunk: ChunkPayload, ts: number) => void;
   /** Lines dropped (metrics). */
   onDropped?: (reason: LogDropReason, count: number) => void;
   /**
@@ -42,32 +43,40 @@ export interface ServiceLogOptions {
   onRewind?: () => void;
 }
 
-/** What was taken, in order: a line, or lines dropped; either may move a replayable source's cursor. */
-interface Entry {
-  line?: CollectedLine;
-  drop?: LogDropReason;
-  count?: number;
-  /** A replayable source and where it resumes after this entry. */
+/** A line as a source hands it: a replayable one (a container's) names itself and where its log resumes after the line. */
+export interface SourcedLine extends CollectedLine {
   source?: string;
   cursor?: DockerCursor;
 }
 
+/** Lines dropped (a run of one reason is one entry); it may move a replayable source's cursor. */
+interface Drop {
+  drop: LogDropReason;
+  count: number;
+  source?: string;
+  cursor?: DockerCursor;
+}
+
+/** What was taken, in order: lines (as the sources handed them: no copy per line) and drops. */
+type Entry = SourcedLine | Drop;
+
+const isDrop = (e: Entry): e is Drop => (e as Drop).drop !== undefined;
+
 interface Pending {
   entries: Entry[];
-  /** Lines among `entries`, and their bytes of text. */
+  /** Lines among `entries`, and their length in characters (about their bytes). */
   lines: number;
-  bytes: number;
+  chars: number;
   /** Whether `entries` counts dropped lines (a marker is due). */
   drops: boolean;
   startedAt: number;
 }
 
-/** A chunk on its way to the outbox. */
+/** A chunk on its way to the outbox: stored lines with their absolute times until the commit makes them relative. */
 interface Chunk {
-  lines: LogLine[];
+  lines: StoredLine[];
   /** Per replayable source, the cursor after its last entry in the chunk. */
   cursors: Map<string, DockerCursor>;
-  /** Entries of non-replayable sources' lines, for a refusal to count. */
   replayable: boolean;
 }
 
@@ -78,8 +87,9 @@ interface Chunk {
  * number, its sources' cursors and the local tail in the enqueue's transaction (LogStore.commit):
  * what a crash leaves is always a prefix of what was taken, numbered without a gap, with the
  * markers of the drops in that prefix, so a source read again from its cursor neither repeats nor
- * skips a line, nor counts a drop twice. The drops of a chunk become one marker line per reason at
- * its end; while lines are being dropped a chunk waits up to `markerIntervalMs` after the last marker.
+ * skips a line, nor counts a drop twice. The drops of one reason in a chunk are one marker line, where
+ * the first of them was; while lines are being dropped a chunk waits up to `markerIntervalMs` after
+ * the last marker.
  */
 export class ServiceLog {
   private nextSeq: number;
@@ -88,6 +98,7 @@ export class ServiceLog {
   /** Cancels the pending wake-up (a chunk's window). */
   private timer: AbortController | undefined;
   private readonly limiter: LogRateLimiter;
+  private readonly countBytes: boolean;
   private lastMarkerAt = -Infinity;
   private refusals = 0;
   private closed = false;
@@ -96,6 +107,7 @@ export class ServiceLog {
   constructor(private readonly o: ServiceLogOptions) {
     this.nextSeq = o.store.nextSeq(o.service);
     this.limiter = new LogRateLimiter(o.rate, o.clock);
+    this.countBytes = o.rate.bytesPerSecond > 0;
     this.pending = this.fresh();
   }
 
@@ -103,55 +115,59 @@ export class ServiceLog {
     return this.o.service;
   }
 
-  /** Lines (bytes of text) waiting for the outbox. */
+  /** Characters of line text waiting for the outbox. */
   get backlogBytes(): number {
-    return this.pending.bytes;
+    return this.pending.chars;
   }
 
   /**
-   * Takes a line. `source` and `cursor` name a replayable source (a container) and where its log
-   * resumes after this line. Returns false when the backlog is full: a replayable source should
-   * pause until `drained()` and hand the line again; a line that is not replayable was dropped (counted).
+   * Takes a line. Returns false when the backlog is full: a replayable source (a line with `source`
+   * and `cursor`) should pause until `drained()` and hand the line again; another line was dropped (counted).
    */
-  push(line: CollectedLine, source?: string, cursor?: DockerCursor): boolean {
+  push(line: SourcedLine): boolean {
     if (this.closed) return false;
-    const at: Pick<Entry, 'source' | 'cursor'> = source !== undefined && cursor ? { source, cursor } : {};
-    if (this.pending.bytes >= this.o.chunk.maxPendingBytes && this.committing) {
-      if (source === undefined) this.drop('backlog', 1);
+    const p = this.pending;
+    if (p.chars >= this.o.chunk.maxPendingBytes && this.committing) {
+      if (line.source === undefined) this.drop('backlog', 1);
       return false;
     }
-    const reason = this.limiter.admit(Buffer.byteLength(line.text));
-    if (reason) this.drop(reason, 1, at);
+    const reason = this.limiter.admit(this.countBytes ? Buffer.byteLength(line.text) : line.text.length);
+    if (reason) this.drop(reason, 1, line.source, line.cursor);
     else {
-      if (this.pending.lines === 0) this.pending.startedAt = this.o.clock.monotonic();
-      this.pending.entries.push({ line, ...at });
-      this.pending.lines++;
-      this.pending.bytes += line.text.length + 32;
+      if (p.lines === 0) p.startedAt = this.o.clock.monotonic();
+      p.entries.push(line);
+      p.lines++;
+      p.chars += line.text.length + 32;
+      if (p.lines >= this.o.chunk.maxLines || p.chars >= this.o.chunk.maxBytes) this.schedule();
+      else if (!this.timer && !this.committing) this.schedule();
     }
-    this.schedule();
     return true;
   }
 
   /** Counts `count` lines dropped (by a limit here, or a source's own); a marker line will say so. */
-  drop(reason: LogDropReason, count: number, at: Pick<Entry, 'source' | 'cursor'> = {}): void {
+  drop(reason: LogDropReason, count: number, source?: string, cursor?: DockerCursor): void {
     if (count <= 0) return;
-    const last = this.pending.entries[this.pending.entries.length - 1];
+    const p = this.pending;
+    const last = p.entries[p.entries.length - 1];
     // A run of drops of one reason is one entry (a flood must not cost an entry per line).
-    if (last && last.drop === reason && last.line === undefined) {
-      last.count = (last.count ?? 0) + count;
-      if (at.source !== undefined) Object.assign(last, at);
+    if (last && isDrop(last) && last.drop === reason) {
+      last.count += count;
+      if (source !== undefined) {
+        last.source = source;
+        last.cursor = cursor;
+      }
     } else {
-      if (this.pending.entries.length === 0) this.pending.startedAt = this.o.clock.monotonic();
-      this.pending.entries.push({ drop: reason, count, ...at });
+      if (p.entries.length === 0) p.startedAt = this.o.clock.monotonic();
+      p.entries.push(source === undefined ? { drop: reason, count } : { drop: reason, count, source, cursor });
     }
-    this.pending.drops = true;
+    p.drops = true;
     this.o.onDropped?.(reason, count);
     this.schedule();
   }
 
   /** Resolves when the backlog has room again. */
   drained(): Promise<void> {
-    if (this.pending.bytes < this.o.chunk.maxPendingBytes || !this.committing) return Promise.resolve();
+    if (this.pending.chars < this.o.chunk.maxPendingBytes || !this.committing) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
@@ -173,13 +189,13 @@ export class ServiceLog {
   }
 
   private fresh(): Pending {
-    return { entries: [], lines: 0, bytes: 0, drops: false, startedAt: this.o.clock.monotonic() };
+    return { entries: [], lines: 0, chars: 0, drops: false, startedAt: this.o.clock.monotonic() };
   }
 
   private schedule(): void {
     const p = this.pending;
     if (this.committing) return; // the commit's end looks again
-    if (p.lines >= this.o.chunk.maxLines || p.bytes >= this.o.chunk.maxBytes) {
+    if (p.lines >= this.o.chunk.maxLines || p.chars >= this.o.chunk.maxBytes) {
       this.commitNext();
       return;
     }
@@ -206,13 +222,13 @@ export class ServiceLog {
     this.cancelTimer();
     const p = this.pending;
     if (p.entries.length === 0 || this.committing) return;
-    const { chunk, taken, bytes } = this.cut(p.entries);
+    const { chunk, taken, chars } = this.cut(p.entries);
     if (taken === p.entries.length) this.pending = this.fresh();
     else {
       p.entries = p.entries.slice(taken);
-      p.lines = p.entries.reduce((n, e) => n + (e.line ? 1 : 0), 0);
-      p.bytes -= bytes;
-      p.drops = p.entries.some((e) => e.drop !== undefined);
+      p.lines = p.entries.reduce((n, e) => n + (isDrop(e) ? 0 : 1), 0);
+      p.chars -= chars;
+      p.drops = p.entries.some(isDrop);
       p.startedAt = this.o.clock.monotonic();
     }
     this.committing = this.commit(chunk).finally(() => {
@@ -223,25 +239,25 @@ export class ServiceLog {
   }
 
   /** The chunk of the first entries: their lines numbered, the drops of each reason one marker where the first of them was. */
-  private cut(entries: readonly Entry[]): { chunk: Chunk; taken: number; bytes: number } {
+  private cut(entries: readonly Entry[]): { chunk: Chunk; taken: number; chars: number } {
     const chunk: Chunk = { lines: [], cursors: new Map(), replayable: false };
-    const markers = new Map<LogDropReason, LogLine>();
-    let bytes = 0;
+    const markers = new Map<LogDropReason, StoredLine>();
+    let chars = 0;
     let taken = 0;
     let seq = this.nextSeq;
     for (const e of entries) {
-      if (e.line) {
-        if (chunk.lines.length >= this.o.chunk.maxLines || (chunk.lines.length > 0 && bytes >= this.o.chunk.maxBytes)) break;
-        chunk.lines.push({ service: this.o.service, seq: seq++, ts: e.line.ts, stream: e.line.stream, line: e.line.text });
-        bytes += e.line.text.length + 32;
-      } else if (e.drop) {
-        let m = markers.get(e.drop);
-        if (!m) {
-          m = { service: this.o.service, seq: seq++, ts: this.o.clock.now(), stream: 'marker', line: '', dropped: 0, reason: e.drop };
-          markers.set(e.drop, m);
-          chunk.lines.push(m);
+      if (!isDrop(e)) {
+        if (chunk.lines.length >= this.o.chunk.maxLines || (chunk.lines.length > 0 && chars >= this.o.chunk.maxBytes)) break;
+        chunk.lines.push([seq++, e.ts, e.stream, e.text]);
+        chars += e.text.length + 32;
+      } else {
+        const m = markers.get(e.drop);
+        if (m) (m as [number, number, 'marker', string, number, LogDropReason])[4] += e.count;
+        else {
+          const marker: StoredLine = [seq++, this.o.clock.now(), 'marker', '', e.count, e.drop];
+          markers.set(e.drop, marker);
+          chunk.lines.push(marker);
         }
-        m.dropped = (m.dropped ?? 0) + (e.count ?? 0);
       }
       if (e.source !== undefined && e.cursor) {
         chunk.cursors.set(e.source, e.cursor);
@@ -249,29 +265,36 @@ export class ServiceLog {
       }
       taken++;
     }
-    for (const m of markers.values()) m.line = markerText(m.dropped ?? 0, m.reason ?? 'outbox', this.o.rate);
+    for (const m of markers.values()) m[3] = markerText(m[4] as number, m[5] as LogDropReason, this.o.rate);
     if (markers.size > 0) this.lastMarkerAt = this.o.clock.monotonic();
     this.nextSeq = seq;
-    return { chunk, taken, bytes };
+    return { chunk, taken, chars };
   }
 
   private async commit(chunk: Chunk): Promise<void> {
-    const createdAt = this.o.clock.now();
-    const stored: StoredLine[] = chunk.lines.map((l) => (l.stream === 'marker' ? [l.seq, l.ts - createdAt, 'marker', l.line, l.dropped ?? 0, l.reason ?? 'outbox'] : [l.seq, l.ts - createdAt, l.stream, l.line]));
+    const ts = this.o.clock.now();
     const nextSeq = this.nextSeq;
-    const alongside = (): void => this.o.store.commit({ service: this.o.service, nextSeq, cursors: chunk.cursors, lines: chunk.lines });
+    const first = chunk.lines[0]?.[0] ?? nextSeq;
+    // The lines' times become offsets from the chunk's (the outbox corrects the chunk's: docs/logs.md).
+    const absolute = chunk.lines.map((l) => l[1]);
+    for (const l of chunk.lines) l[1] -= ts;
+    const payload: ChunkPayload = { service: this.o.service, lines: chunk.lines };
+    // Serialised once, for the outbox and the local tail.
+    const json = chunk.lines.length > 0 ? JSON.stringify(payload) : '';
+    const alongside = (): void => this.o.store.commit({ service: this.o.service, nextSeq, cursors: chunk.cursors, firstSeq: first, ts, json });
     try {
       if (chunk.lines.length > 0) {
-        await this.o.outbox.enqueueMany([{ channel: LOGS_CHANNEL, stream: this.o.service, payload: { service: this.o.service, lines: stored } }], { alongside });
+        await this.o.outbox.enqueueMany([{ channel: LOGS_CHANNEL, stream: this.o.service, payload: payload as unknown as Json, payloadJson: json }], { alongside });
       } else {
         // Only cursors moved (nothing to send): they are stored alone.
         alongside();
       }
     } catch (err) {
+      chunk.lines.forEach((l, i) => (l[1] = absolute[i] as number));
       this.refused(chunk, err);
       return;
     }
-    this.o.onCommitted?.(chunk.lines);
+    this.o.onCommitted?.(payload, ts);
   }
 
   /**
@@ -281,8 +304,8 @@ export class ServiceLog {
    */
   private refused(chunk: Chunk, err: unknown): void {
     this.refusals++;
-    this.nextSeq = chunk.lines[0]?.seq ?? this.nextSeq;
-    const lost = chunk.lines.filter((l) => l.stream !== 'marker').length;
+    this.nextSeq = chunk.lines[0]?.[0] ?? this.nextSeq;
+    const lost = chunk.lines.filter((l) => l[2] !== 'marker').length;
     const code = err instanceof OutboxError ? err.code : undefined;
     this.o.logger[this.o.quiet ? 'debug' : 'warn']({ service: this.o.service, lines: lost, code, err: errorMessage(err) }, `logs of ${this.o.service}: the outbox refused ${lost} line(s)`);
     if (chunk.replayable || this.pending.entries.some((e) => e.source !== undefined)) {
@@ -290,9 +313,9 @@ export class ServiceLog {
       this.o.onRewind?.();
       return;
     }
-    const dropped: Entry[] = [];
+    const dropped: Drop[] = [];
     if (lost > 0) dropped.push({ drop: 'outbox', count: lost });
-    for (const m of chunk.lines) if (m.stream === 'marker' && m.reason && m.dropped) dropped.push({ drop: m.reason, count: m.dropped });
+    for (const m of chunk.lines) if (m[2] === 'marker') dropped.push({ drop: m[5] as LogDropReason, count: m[4] as number });
     this.pending.entries.unshift(...dropped);
     this.pending.drops ||= dropped.length > 0;
     if (lost > 0) this.o.onDropped?.('outbox', lost);
@@ -303,4 +326,9 @@ export class ServiceLog {
     this.drainWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+/** The lines of a committed chunk, as the local API shows them. */
+export function committedLines(chunk: ChunkPayload, ts: number): LogLine[] {
+  return expandLines(ts, chunk).map((l) => ({ service: chunk.service, ...l }));
 }

@@ -41,7 +41,7 @@ export interface LogLine {
  * A stored line of a chunk: `[seq, dt, stream, line]` or, for a marker, `[seq, dt, "marker", line,
  * dropped, reason]`. `dt` is the line's time less the chunk's (its outbox message's `createdAt`), so
  * the outbox's correction of a message queued before the clock was synced (docs/outbox.md, "Time")
- * corrects its lines too. Arrays, not objects: a chunk of 500 lines is parsed and written at every
+ * corrects its lines too. Arrays, not objects: a chunk of 1,000 lines is parsed and written at every
  * step of its way.
  */
 export type StoredLine = [number, number, LogStream, string] | [number, number, 'marker', string, number, LogDropReason];

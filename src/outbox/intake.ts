@@ -66,7 +66,7 @@ export class Intake {
     }
     let enc: EncodedPayload;
     try {
-      enc = encodePayload(msg.payload, this.o.compressAboveBytes);
+      enc = encodePayload(msg.payload, this.o.compressAboveBytes, msg.payloadJson);
     } catch (err) {
       throw new OutboxError('OUTBOX_INVALID', `payload: expected a JSON value (${errorMessage(err)})`, { cause: err });
     }

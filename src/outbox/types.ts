@@ -11,6 +11,8 @@ export interface EnqueueMessage {
   /** Where it goes: `telemetry`, `metrics`, `events`, `state`, `jobs`, `health`, ... (letters, digits, `._-`). */
   channel: string;
   payload: Json;
+  /** `JSON.stringify(payload)`, when the producer has it already (a log chunk, also kept in the local tail): stored as given. */
+  payloadJson?: string;
   /** Higher is more important. Default: the channel's configured priority, else `DEFAULT_CHANNEL_PRIORITIES`. */
   priority?: number;
   /** Not worth delivering after this long (counted as `expired` when it lapses). Default: the channel's `ttlMs`. */

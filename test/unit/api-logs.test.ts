@@ -10,6 +10,7 @@ import { fakeApiView } from '../helpers/api-view.js';
 import { FakeClock } from '../helpers/fake-clock.js';
 import { silentLogger } from '../helpers/logger.js';
 import { Store } from '../helpers/store.js';
+import { chunkCommit } from '../helpers/log-chunks.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /** GET /v2/logs and /v2/logs/services (docs/api.md, "Logs") on a real LogStore (temp SQLite) and a real LogEvents. */
@@ -34,7 +35,7 @@ function logs(tailLines = 1000) {
   const commit = (service: string, texts: string[], stream: LogStream = 'stdout'): LogLine[] => {
     const first = tail.nextSeq(service);
     const lines = texts.map((line, i) => ({ service, seq: first + i, ts: clock.now(), stream, line }));
-    tail.commit({ service, nextSeq: first + lines.length, cursors: new Map(), lines });
+    tail.commit(chunkCommit(service, first + lines.length, lines));
     const s = (stats[service] ??= { lines: 0, dropped: {}, backlogBytes: 0 });
     s.lines += lines.length;
     events.committed(lines);

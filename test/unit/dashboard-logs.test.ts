@@ -8,6 +8,7 @@ import { fakeApiView } from '../helpers/api-view.js';
 import { FakeClock } from '../helpers/fake-clock.js';
 import { silentLogger } from '../helpers/logger.js';
 import { Store } from '../helpers/store.js';
+import { chunkCommit } from '../helpers/log-chunks.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -70,8 +71,8 @@ describe('dashboard Logs section', () => {
     closers.push(() => store.close());
     const tail = new LogStore(store.db, 100);
     const hostile = ['<script>alert(1)</script>', '<img src=x onerror="alert(2)">', '</pre><b>bold</b> & more'];
-    tail.commit({ service: 'edge/web', nextSeq: 3, cursors: new Map(), lines: hostile.map((line, seq) => ({ service: 'edge/web', seq, ts: clock.now(), stream: 'stdout', line })) });
-    tail.commit({ service: 'agent', nextSeq: 1, cursors: new Map(), lines: [{ service: 'agent', seq: 0, ts: clock.now(), stream: 'marker', line: '7 lines dropped', dropped: 7, reason: 'lines-rate' }] });
+    tail.commit(chunkCommit('edge/web', 3, hostile.map((line, seq) => ({ service: 'edge/web', seq, ts: clock.now(), stream: 'stdout' as const, line }))));
+    tail.commit(chunkCommit('agent', 1, [{ service: 'agent', seq: 0, ts: clock.now(), stream: 'marker', line: '7 lines dropped', dropped: 7, reason: 'lines-rate' }]));
     const stats = { 'edge/web': { lines: 3, dropped: { 'bytes-rate': 2 }, backlogBytes: 0 }, '<i>x</i>/y': { lines: 0, dropped: {}, backlogBytes: 10 } };
     const view = fakeApiView({
       logs: () => ({ tail, events: new LogEvents(), serviceStats: () => stats, clock }),

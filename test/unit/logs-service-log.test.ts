@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { LogStore } from '../../src/logs/log-store.js';
-import { ServiceLog, type ServiceLogOptions } from '../../src/logs/service-log.js';
+import { committedLines, ServiceLog, type ServiceLogOptions } from '../../src/logs/service-log.js';
 import { chunkOf, expandLines, type LogLine } from '../../src/logs/types.js';
 import type { Outbox } from '../../src/outbox/outbox.js';
 import { OutboxError } from '../../src/outbox/types.js';
@@ -24,7 +24,7 @@ function serviceLog(env: OpenOutbox, over: Partial<ServiceLogOptions> = {}): { l
     rate: RATE_OFF,
     chunk: CHUNK,
     markerIntervalMs: 1_000,
-    onCommitted: (lines) => committed.push(...lines),
+    onCommitted: (chunk, ts) => committed.push(...committedLines(chunk, ts)),
     ...over,
   });
   return { log, store, committed };
@@ -122,18 +122,18 @@ describe('ServiceLog', () => {
       enqueueMany: (msgs, opts) => (refuse ? Promise.reject(new OutboxError('OUTBOX_FULL', 'full')) : env.outbox.enqueueMany(msgs, opts)),
     };
     const { log, store } = serviceLog(env, { outbox, onRewind: () => rewinds++ });
-    log.push({ stream: 'stdout', ts: 1, text: 'a' }, 'c1', { at: 't1', skip: 1 });
+    log.push({ stream: 'stdout', ts: 1, text: 'a', source: 'c1', cursor: { at: 't1', skip: 1 } });
     await log.flush();
     expect(store.cursor('c1')).toEqual({ at: 't1', skip: 1 });
     refuse = true;
-    log.push({ stream: 'stdout', ts: 2, text: 'b' }, 'c1', { at: 't2', skip: 1 });
+    log.push({ stream: 'stdout', ts: 2, text: 'b', source: 'c1', cursor: { at: 't2', skip: 1 } });
     await log.flush();
     expect(rewinds).toBe(1);
     expect(store.cursor('c1')).toEqual({ at: 't1', skip: 1 });
     expect(store.nextSeq('app/web')).toBe(1);
     // Read again: the same line gets the same number.
     refuse = false;
-    log.push({ stream: 'stdout', ts: 2, text: 'b' }, 'c1', { at: 't2', skip: 1 });
+    log.push({ stream: 'stdout', ts: 2, text: 'b', source: 'c1', cursor: { at: 't2', skip: 1 } });
     await log.flush();
     expect(queuedLines(env).map((l) => [l.seq, l.line])).toEqual([
       [0, 'a'],
