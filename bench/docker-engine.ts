@@ -26,7 +26,8 @@ export interface BenchEngine {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function ping(docker: Docker, ms: number): Promise<boolean> {
+/** Whether the engine answers within `ms` (shared with test/helpers/docker.ts). */
+export async function ping(docker: Docker, ms: number): Promise<boolean> {
   try {
     await (docker.ping as unknown as (o: object) => Promise<unknown>).call(docker, { abortSignal: AbortSignal.timeout(ms) });
     return true;
@@ -120,7 +121,7 @@ function tail(dir: string): string {
 }
 
 /** What the daemon left: its processes (by pid, those naming the dir), mounts under the dir, the dir. */
-async function sweep(dir: string): Promise<void> {
+export async function sweep(dir: string): Promise<void> {
   for (let i = 0; i < 20; i++) {
     const left = processesMentioning(dir);
     if (left.length === 0) break;

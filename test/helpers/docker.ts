@@ -1,8 +1,9 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import Docker from 'dockerode';
+import { ping, sweep } from '../../bench/docker-engine.js';
 import { freePort } from '../../devcloud/ports.js';
 
 /**
@@ -48,15 +49,6 @@ export interface TestEngine {
   restart?: () => Promise<void>;
 }
 
-async function ping(docker: Docker, ms: number): Promise<boolean> {
-  try {
-    await (docker.ping as unknown as (o: object) => Promise<unknown>).call(docker, { abortSignal: AbortSignal.timeout(ms) });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -82,25 +74,6 @@ export function followStream(docker: Docker, stream: Readable): Promise<void> {
 }
 
 /** Processes whose command line mentions `needle` (a private daemon's dir). */
-function processesMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(needle)) out.push(Number(e));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
-
-function mountsUnder(dir: string): string[] {
-  const lines = readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
-  const points = lines.map((l) => l.split(' ')[4] ?? '').filter((p) => p === dir || p.startsWith(`${dir}/`));
-  return points.sort((a, b) => b.length - a.length);
-}
-
 async function removeRunObjects(docker: Docker, runId: string): Promise<void> {
   const containers = await docker.listContainers({ all: true });
   for (const c of containers) {
@@ -218,26 +191,7 @@ export async function startEngine(): Promise<TestEngine> {
       await halt();
     } finally {
       // containerd and the shims run in their own sessions: anything still mentioning the dir goes.
-      for (let i = 0; i < 20; i++) {
-        const left = processesMentioning(dir);
-        if (left.length === 0) break;
-        for (const pid of left) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            // gone
-          }
-        }
-        await sleep(100);
-      }
-      for (const m of mountsUnder(dir)) {
-        try {
-          execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-        } catch {
-          // already gone
-        }
-      }
-      rmSync(dir, { recursive: true, force: true });
+      await sweep(dir);
     }
   };
 

@@ -248,3 +248,34 @@ describe('logs over MQTT', () => {
     }
   }, 120_000);
 });
+
+describe('a container that restarts and is replaced', () => {
+  it('its restarts are followed from the cursor and its replacement from its first line; the numbers go on', async () => {
+    const uuid = `logs-replace-${process.pid}`;
+    env.cloud.admin.createDevice({ uuid, apiKey: `${uuid}-key-0123456789` });
+    // Prints 5 lines and exits: the agent starts the same container again (restart "always").
+    const run = (tag: string) => ['/bin/sh', '-c', `for i in 1 2 3 4 5; do echo "${tag} $i"; done; sleep 1`];
+    env.cloud.admin.setTarget(uuid, { version: 1, apps: { rep: { services: { box: { image: IMAGE, command: run('a'), environment: { V: '1' } } } } } });
+    await agentFor(uuid, env.dirs.make(), { chunkWindowMs: 50 });
+    await waitFor('two runs of the first container', () => cloudLines(uuid, 'rep/box').filter((l) => l.line === 'a 1').length >= 2, 90_000);
+    env.cloud.admin.setTarget(uuid, { version: 2, apps: { rep: { services: { box: { image: IMAGE, command: run('b'), environment: { V: '2' } } } } } });
+    await waitFor('the replacement\'s lines', () => cloudLines(uuid, 'rep/box').some((l) => l.line === 'b 5'), 90_000);
+    const lines = cloudLines(uuid, 'rep/box');
+    expect(lines.every((l, i) => l.seq === i)).toBe(true);
+    // Runs of 1..5, each whole and once (a restart does not send the earlier runs' lines again).
+    const texts = lines.map((l) => l.line);
+    const firstB = texts.indexOf('b 1');
+    const a = texts.slice(0, firstB);
+    const aRuns: string[][] = [];
+    for (const t of a) {
+      if (t === 'a 1') aRuns.push([t]);
+      else aRuns.at(-1)?.push(t);
+    }
+    expect(aRuns.length).toBeGreaterThanOrEqual(2);
+    expect(aRuns.flat()).toEqual(a);
+    // Every run whole; the last may have been cut by the replacement's stop.
+    for (const r of aRuns.slice(0, -1)) expect(r).toEqual(['a 1', 'a 2', 'a 3', 'a 4', 'a 5']);
+    expect(['a 1', 'a 2', 'a 3', 'a 4', 'a 5'].slice(0, aRuns.at(-1)?.length)).toEqual(aRuns.at(-1));
+    expect(texts.slice(firstB, firstB + 5)).toEqual(['b 1', 'b 2', 'b 3', 'b 4', 'b 5']);
+  }, 180_000);
+});
