@@ -172,7 +172,9 @@ describe('faults injected by the devcloud', () => {
       const h = await conn(agent);
       return h.status === 'offline' ? h : undefined;
     });
-    expect(off.channels.api?.lastError).toContain('ECONNREFUSED');
+    // A refused connect, or a kept-alive connection the refusing cloud closed under a request (the
+    // agent sends more than polls: a health report, log chunks of its own warnings).
+    expect(off.channels.api?.lastError).toMatch(/ECONNREFUSED|ECONNRESET|UND_ERR_SOCKET/);
     await c.admin.clearFaults();
     await waitFor('online again', async () => (await conn(agent)).status === 'online', 20_000);
     // The return sends a health report with the outage that just ended.
