@@ -57,6 +57,9 @@ const STATES = ['online', 'degraded', 'offline'] as const;
 export function createMetrics(source: MetricsSource): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'iotistic_agent_' });
+  // prom-client names three gauges *_total, which the exposition format keeps for counters (promtool
+  // check metrics fails on them); the same counts by type stay (iotistic_agent_nodejs_active_*{type}: sum them).
+  for (const name of ['handles', 'requests', 'resources']) registry.removeSingleMetric(`iotistic_agent_nodejs_active_${name}_total`);
 
   connectionMetrics(registry, source);
   queueMetrics(registry, source);
