@@ -13,6 +13,7 @@ const REQUIRED = [
   { bin: 'busybox', pkg: 'busybox-static', why: 'workload tests build their images from the static /bin/busybox (nothing is fetched)' },
   { bin: 'faketime', pkg: 'faketime', why: 'npm run chaos steps the agents\' wall clock with libfaketime' },
   { bin: 'ip', pkg: 'iproute2', why: 'the data-budget test puts the agent and the devcloud in network namespaces linked by veth pairs (as root)' },
+  { bin: 'promtool', pkg: 'prometheus', why: 'the metrics tests check /metrics, the alert rules and the dashboard\'s queries with promtool' },
 ];
 
 const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0 ||

@@ -1,14 +1,13 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { DEFAULT_CHANNEL_PRIORITIES } from '../outbox/channel-policies.js';
+import { zeroDrops } from '../outbox/limits.js';
+import { connectionMetrics, mqttMetrics, type ConnectionMetricsSource } from './connection-metrics.js';
 import { linkMetrics, type LinkMetricsSource } from './link-metrics.js';
 import { logMetrics, type LogMetricsSource } from './log-metrics.js';
+import { serviceMetrics, type ServiceMetricsSource } from './service-metrics.js';
 
 /** What the exposition reads at scrape time; nothing is copied into the metrics in between. */
-export interface MetricsSource extends LinkMetricsSource, LogMetricsSource {
-  connection(): {
-    status: string;
-    channels: Record<string, { status: string; consecutiveFailures: number; failures: Record<string, number> }>;
-    outages: unknown[];
-  };
+export interface MetricsSource extends ConnectionMetricsSource, LinkMetricsSource, LogMetricsSource, ServiceMetricsSource {
   targetVersion(): number | null;
   queue(): {
     channels: Record<
@@ -18,7 +17,8 @@ export interface MetricsSource extends LinkMetricsSource, LogMetricsSource {
   };
   /** The outbox's loss ledger (outbox/ledger.ts), per channel. */
   ledger?(): { balanced: boolean; channels: Record<string, { accepted: number; unaccounted: number }> };
-  mqtt(): { connected: boolean; inflight: number; reconnects: number } | null;
+  /** The outbox's total limits (settings.offline.maxQueueSize, maxQueueBytes). */
+  queueLimits?(): { maxCount: number; maxBytes: number };
   loops(): { name: string; state: string; restarts: number }[];
   degraded(): boolean;
   /** The features graceful degradation sheds, and whether each is paused now. */
@@ -52,11 +52,12 @@ export interface MetricsSource extends LinkMetricsSource, LogMetricsSource {
   };
 }
 
-const STATES = ['online', 'degraded', 'offline'] as const;
-
 export function createMetrics(source: MetricsSource): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'iotistic_agent_' });
+  // prom-client names three gauges *_total, which the exposition format keeps for counters (promtool
+  // check metrics fails on them); the same counts by type stay (iotistic_agent_nodejs_active_*{type}: sum them).
+  for (const name of ['handles', 'requests', 'resources']) registry.removeSingleMetric(`iotistic_agent_nodejs_active_${name}_total`);
 
   connectionMetrics(registry, source);
   queueMetrics(registry, source);
@@ -68,61 +69,28 @@ export function createMetrics(source: MetricsSource): Registry {
   databaseMetrics(registry, source);
   linkMetrics(registry, source);
   logMetrics(registry, source);
+  serviceMetrics(registry, source);
   return registry;
 }
 
-/** The connection: overall, per channel, and failed operations. */
-function connectionMetrics(registry: Registry, source: MetricsSource): void {
-  new Gauge({
-    name: 'iotistic_connection_status',
-    help: 'Overall connection status: 1 for the current state, 0 for the others',
-    labelNames: ['state'],
-    registers: [registry],
-    collect() {
-      const s = source.connection().status;
-      for (const st of STATES) this.set({ state: st }, s === st ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'iotistic_channel_status',
-    help: 'Per-channel connection status: 1 for the current state, 0 for the others',
-    labelNames: ['channel', 'state'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [channel, ch] of Object.entries(source.connection().channels)) {
-        for (const st of STATES) this.set({ channel, state: st }, ch.status === st ? 1 : 0);
-      }
-    },
-  });
-  new Gauge({
-    name: 'iotistic_channel_consecutive_failures',
-    help: 'Consecutive failures of the channel since its last success',
-    labelNames: ['channel'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [channel, ch] of Object.entries(source.connection().channels)) this.set({ channel }, ch.consecutiveFailures);
-    },
-  });
-  // A counter that is set from the monitor's totals at scrape time.
-  new Counter({
-    name: 'iotistic_cloud_failures_total',
-    help: 'Failed cloud operations, by channel and operation',
-    labelNames: ['channel', 'operation'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [channel, ch] of Object.entries(source.connection().channels)) {
-        for (const [operation, n] of Object.entries(ch.failures)) this.inc({ channel, operation }, n);
-      }
-    },
-  });
+type QueueChannel = ReturnType<MetricsSource['queue']>['channels'][string];
+
+/** Every channel in `channels`, and the built-in ones (DEFAULT_CHANNEL_PRIORITIES) as `zero` until they hold anything. */
+function withKnown<T>(channels: Record<string, T>, zero: T): Record<string, T> {
+  const all: Record<string, T> = {};
+  for (const name of Object.keys(DEFAULT_CHANNEL_PRIORITIES)) all[name] = zero;
+  return Object.assign(all, channels);
+}
+
+/** The outbox's channels: used or configured (its stats), and the built-in ones, so every series exists from the start. */
+function queueChannels(source: MetricsSource): Record<string, QueueChannel> {
+  const zero: QueueChannel = { depth: 0, bytes: 0, oldestAgeMs: 0, delivered: 0, dropped: 0, expired: 0, parked: 0, drops: zeroDrops() };
+  return withKnown(source.queue().channels, zero);
 }
 
 /** The outbox, per channel: what waits, what left and how. */
 function queueMetrics(registry: Registry, source: MetricsSource): void {
-  const perChannel = (name: string, help: string, pick: (c: ReturnType<MetricsSource['queue']>['channels'][string]) => number, counter = false): void => {
+  const perChannel = (name: string, help: string, pick: (c: QueueChannel) => number, counter = false): void => {
     const common = {
       name,
       help,
@@ -134,7 +102,7 @@ function queueMetrics(registry: Registry, source: MetricsSource): void {
         ...common,
         collect() {
           this.reset();
-          for (const [channel, c] of Object.entries(source.queue().channels)) this.inc({ channel }, pick(c));
+          for (const [channel, c] of Object.entries(queueChannels(source))) this.inc({ channel }, pick(c));
         },
       });
     } else {
@@ -142,7 +110,7 @@ function queueMetrics(registry: Registry, source: MetricsSource): void {
         ...common,
         collect() {
           this.reset();
-          for (const [channel, c] of Object.entries(source.queue().channels)) this.set({ channel }, pick(c));
+          for (const [channel, c] of Object.entries(queueChannels(source))) this.set({ channel }, pick(c));
         },
       });
     }
@@ -160,13 +128,36 @@ function queueMetrics(registry: Registry, source: MetricsSource): void {
     registers: [registry],
     collect() {
       this.reset();
-      for (const [channel, c] of Object.entries(source.queue().channels)) {
+      for (const [channel, c] of Object.entries(queueChannels(source))) {
         for (const [reason, n] of Object.entries(c.drops ?? {})) this.inc({ channel, reason }, n);
       }
     },
   });
   perChannel('iotistic_queue_expired_total', 'Messages that outlived their TTL', (c) => c.expired, true);
+  queueLimitMetrics(registry, source);
   ledgerMetrics(registry, source);
+}
+
+/** The outbox's total limits, over every channel (the depth and bytes near them: sum of iotistic_queue_depth, _bytes). */
+function queueLimitMetrics(registry: Registry, source: MetricsSource): void {
+  new Gauge({
+    name: 'iotistic_queue_limit_messages',
+    help: 'Messages the outbox holds at most, over every channel (settings.offline.maxQueueSize)',
+    registers: [registry],
+    collect() {
+      const l = source.queueLimits?.();
+      if (l) this.set(l.maxCount);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_queue_limit_bytes',
+    help: 'Stored payload bytes the outbox holds at most, over every channel (settings.offline.maxQueueBytes)',
+    registers: [registry],
+    collect() {
+      const l = source.queueLimits?.();
+      if (l) this.set(l.maxBytes);
+    },
+  });
 }
 
 /** The loss ledger: what was taken, and what of it is not accounted for (0 unless rows vanished behind the agent's back). */
@@ -180,7 +171,7 @@ function ledgerMetrics(registry: Registry, source: MetricsSource): void {
     registers: [registry],
     collect() {
       this.reset();
-      for (const [channel, l] of Object.entries(ledger().channels)) this.inc({ channel }, l.accepted);
+      for (const [channel, l] of Object.entries(withKnown(ledger().channels, { accepted: 0, unaccounted: 0 }))) this.inc({ channel }, l.accepted);
     },
   });
   new Gauge({
@@ -190,7 +181,7 @@ function ledgerMetrics(registry: Registry, source: MetricsSource): void {
     registers: [registry],
     collect() {
       this.reset();
-      for (const [channel, l] of Object.entries(ledger().channels)) this.set({ channel }, l.unaccounted);
+      for (const [channel, l] of Object.entries(withKnown(ledger().channels, { accepted: 0, unaccounted: 0 }))) this.set({ channel }, l.unaccounted);
     },
   });
   new Gauge({
@@ -274,40 +265,6 @@ function localBrokerMetrics(registry: Registry, source: MetricsSource): void {
       this.reset();
       this.inc({ kind: 'retained' }, b.retainedDropped);
       this.inc({ kind: 'queued' }, b.queuedDropped);
-    },
-  });
-}
-
-/** The MQTT session (absent without MQTT). */
-function mqttMetrics(registry: Registry, source: MetricsSource): void {
-  new Gauge({
-    name: 'iotistic_mqtt_connected',
-    help: '1 while the MQTT session is connected (absent without MQTT)',
-    registers: [registry],
-    collect() {
-      const m = source.mqtt();
-      if (m) this.set(m.connected ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'iotistic_mqtt_inflight',
-    help: 'QoS 1 publishes awaiting PUBACK',
-    registers: [registry],
-    collect() {
-      const m = source.mqtt();
-      if (m) this.set(m.inflight);
-    },
-  });
-  new Counter({
-    name: 'iotistic_mqtt_reconnects_total',
-    help: 'MQTT connections made after the first',
-    registers: [registry],
-    collect() {
-      const m = source.mqtt();
-      if (m) {
-        this.reset();
-        this.inc(m.reconnects);
-      }
     },
   });
 }

@@ -71,6 +71,7 @@ function metricsSource(p: AgentParts): MetricsSource {
   return {
     connection: () => core.monitor.health(),
     queue: () => queueing.outbox.stats(),
+    queueLimits: () => ({ maxCount: core.config.settings.offline.maxQueueSize, maxBytes: core.config.settings.offline.maxQueueBytes }),
     ledger: () => queueing.outbox.ledger(),
     disk: () => core.disk?.view() ?? null,
     mqtt: () => mqtt?.stats() ?? null,
@@ -86,5 +87,7 @@ function metricsSource(p: AgentParts): MetricsSource {
     shadow: () => shadowSummary(p.shadow?.shadow),
     link: () => (queueing.link ? linkView(queueing.link, queueing.outbox) : null),
     logs: () => p.logs.serviceStats(),
+    info: () => ({ version: core.version, uuid: core.uuid }),
+    services: () => p.workloads.reconciler.currentState().apps,
   };
 }
