@@ -1,5 +1,6 @@
+import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { CLI, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 /** `iotistic-agent queue`, `queue parked`, `queue retry`, `queue purge` against a built agent whose devcloud refuses some messages for good. */
@@ -92,4 +93,26 @@ describe('iotistic-agent queue', () => {
       return rest.every((id) => stored.has(id));
     }, 10_000, 100);
   }, 20_000);
+
+  it('on a terminal: colours, none with NO_COLOR, and a purge asks first and deletes nothing on "n"', async () => {
+    const dataDir = env.dirs.make();
+    const agent = await env.spawn({ dataDir });
+    const args = `--api ${agent.apiUrl} --data-dir ${dataDir}`;
+    // util-linux script(1) runs the command on a pseudo-terminal; what is piped in is typed on it.
+    const onTerminal = (command: string, input = ''): { code: number | null; out: string } => {
+      const r = spawnSync('script', ['-qec', command, '/dev/null'], { input, encoding: 'utf8', timeout: 10_000 });
+      return { code: r.status, out: r.stdout };
+    };
+    const coloured = onTerminal(`${process.execPath} ${CLI} status ${args}`);
+    expect(coloured.code).toBe(0);
+    expect(coloured.out).toContain('Ledger  \u001b[32mbalanced\u001b[39m');
+    const plain = onTerminal(`NO_COLOR=1 ${process.execPath} ${CLI} status ${args}`);
+    expect(plain.out).toMatch(/^Ledger {2}balanced\r?$/m);
+    expect(plain.out).not.toContain('\u001b[');
+    const declined = onTerminal(`${process.execPath} ${CLI} queue purge --all ${args}`, 'n\n');
+    expect(declined.out).toContain('delete all 0 parked messages for good (they count as purged drops)? [y/N] ');
+    expect(declined.out).toContain('iotistic-agent: nothing deleted');
+    expect(declined.code).toBe(1);
+  }, 20_000);
 });
+
