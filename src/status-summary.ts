@@ -1,6 +1,6 @@
 /** `iotistic-agent status`: a few lines on what matters (the full table is `status --full`, status-view.ts). */
 import { palette, type Palette } from './cli-client.js';
-import { bytes, duration, when, type StatusInput } from './status-view.js';
+import { bytes, degradationLine, duration, when, type StatusInput } from './status-view.js';
 
 export interface SummaryOptions {
   /** Wall time now, for the ages ("5m ago"). */
@@ -20,6 +20,8 @@ export function renderSummary(s: StatusInput, o: SummaryOptions): string {
   const fallback = s.state.config?.fallback;
   if (fallback) out.push(p.red(`!! CONFIG FALLBACK: ${fallback.message}; the file is NOT in force (iotistic-agent config check; status --full lists the issues)`));
   out.push(`Connection  ${tone(p, c.status)}${c.clock && !c.clock.synced ? `  ${p.yellow(`clock NOT synced (${c.clock.detail})`)}` : ''}`);
+  // Features shed while offline (or back): said only when not normal.
+  if (c.degradation && c.degradation.mode !== 'normal') out.push(`  ${p.yellow(degradationLine(c.degradation))}`);
   const channels = Object.entries(c.channels);
   out.push(...aligned(channels.map(([name, ch]) => [name, channelLine(p, ch, o.now)])));
   if (s.queue) out.push(...outboxLines(p, s.queue));

@@ -170,7 +170,7 @@ export function renderStatus(s: StatusInput, key?: string): string {
 }
 
 /** "degraded: offline for 312 s (threshold 300 s); paused: metrics, jobs, shadow" */
-function degradationLine(d: StatusInput['connection']['degradation']): string {
+export function degradationLine(d: StatusInput['connection']['degradation']): string {
   if (!d) return 'normal';
   const paused = (d.features ?? []).filter((f) => f.paused).map((f) => `${f.name}${f.error ? ` (${f.error})` : ''}`);
   const reason = d.mode === 'degraded' && d.reason ? `: ${d.reason}` : '';

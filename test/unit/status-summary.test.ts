@@ -83,16 +83,21 @@ describe('iotistic-agent status (the summary)', () => {
     expect(coloured.replaceAll(SGR, '')).toBe(plain);
   });
 
-  it('shows a ledger that does not balance, a config fallback and an unsynced clock', () => {
+  it('shows a ledger that does not balance, a config fallback, an unsynced clock and the features shed', () => {
     const off = {
       ...status,
-      connection: { ...status.connection, clock: { synced: false, source: 'plausibility', detail: 'before the build date' } },
+      connection: {
+        ...status.connection,
+        clock: { synced: false, source: 'plausibility', detail: 'before the build date' },
+        degradation: { mode: 'degraded', reason: 'offline for 312 s (threshold 300 s)', features: [{ name: 'metrics-sampling', order: 1, paused: true }, { name: 'jobs', order: 2, paused: false }] },
+      },
       state: { ...status.state, config: { source: 'last-known-good', file: '/etc/a.json', fallback: { message: 'the config /etc/a.json is invalid (1 issue)', issues: [], issueCount: 1, lastKnownGoodAgeMs: 0 } } },
       queue: { ...status.queue, ledger: { balanced: false, channels: { telemetry: { accepted: 55, unaccounted: 2 } } } },
     };
     const out = renderSummary(off, { now: NOW, colour: false });
     expect(out.split('\n')[1]).toBe('!! CONFIG FALLBACK: the config /etc/a.json is invalid (1 issue); the file is NOT in force (iotistic-agent config check; status --full lists the issues)');
-    expect(out).toContain('Connection  degraded  clock NOT synced (before the build date)');
+    expect(out).toContain('Connection  degraded  clock NOT synced (before the build date)\n  degraded: offline for 312 s (threshold 300 s); paused: metrics-sampling\n  api   online');
+    expect(renderSummary({ ...status, connection: { ...status.connection, degradation: { mode: 'normal', features: [] } } }, { now: NOW, colour: false })).not.toContain('normal');
     expect(out).toContain('Ledger  DOES NOT BALANCE: unaccounted telemetry 2');
   });
 });
