@@ -82,53 +82,82 @@ program
     process.on('SIGINT', () => stop('SIGINT'));
   });
 
-program
-  .command('status')
-  .description('show connection, target, services, outbox, jobs, shadow and loops from the local API of a running agent')
-  .addOption(new Option('-c, --config <file>', 'config file, to find the API address and data dir').env('IOTISTIC_CONFIG'))
-  .option('-d, --data-dir <dir>', 'data directory holding the local API key')
-  .option('--api <url>', 'local API base URL (default from the config, else http://127.0.0.1:48484)')
-  .option('--key <key>', 'local API key (default: read from the data dir)')
-  .option('--json', 'print the raw JSON (for scripts)')
+/** The options every command that talks to a running agent takes. */
+function apiOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('-c, --config <file>', 'config file, to find the API address and data dir').env('IOTISTIC_CONFIG'))
+    .option('-d, --data-dir <dir>', 'data directory holding the local API key')
+    .option('--api <url>', 'local API base URL (default from the config, else http://127.0.0.1:48484)')
+    .option('--key <key>', 'local API key (default: read from the data dir)');
+}
+
+type ApiOpts = { config?: string; dataDir?: string; api?: string; key?: string };
+
+apiOptions(program.command('status'))
+  .description('a summary of a running agent: connection per channel, outbox, services, loss ledger, disk (--full: every detail)')
+  .option('--full', 'the full table: connection, link, MQTT session, outages, target, database, services, outbox, jobs, shadow, loops')
+  .option('--json', 'print the raw JSON of the API (for scripts)')
   .option('--show-key', 'also print the local API key')
-  .action(async (opts: { config?: string; dataDir?: string; api?: string; key?: string; json?: boolean; showKey?: boolean }) => {
-    const [{ localApiAccess }, { noAnswer }, { renderStatus }] = await Promise.all([import('./cli-api.js'), import('./status-target.js'), import('./status-view.js')]);
-    const { base, key } = localApiAccess(opts);
-    const get = async (path: string, optional = false): Promise<unknown> => {
-      let res: Response;
-      try {
-        res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${key}` }, signal: AbortSignal.timeout(5_000) });
-      } catch (err) {
-        const why = noAnswer(base, err);
-        throw why ? new AgentError('AGENT_NOT_ANSWERING', why) : err;
-      }
-      // The shadow answers 404 when it is off here.
-      if (optional && res.status === 404) return null;
-      if (!res.ok) throw new Error(`${path} answered ${res.status}: ${await res.text()}`);
-      return res.json();
-    };
+  .action(async (opts: ApiOpts & { json?: boolean; full?: boolean; showKey?: boolean }) => {
+    const [{ localApiAccess }, { AgentApi, colourWanted }, { renderStatus }, { renderSummary }] = await Promise.all([
+      import('./cli-api.js'),
+      import('./cli-client.js'),
+      import('./status-view.js'),
+      import('./status-summary.js'),
+    ]);
+    const access = localApiAccess(opts);
+    const api = new AgentApi(access);
     try {
-      const [device, connection, state, loops, queue, jobs, shadow] = await Promise.all([
-        get('/v2/device'),
-        get('/v2/connection'),
-        get('/v2/state'),
-        get('/v2/loops'),
-        get('/v2/queue'),
-        get('/v2/jobs'),
-        get('/v2/shadow', true),
-      ]);
+      const [device, connection, state, loops, queue, jobs, shadow] = await Promise.all(
+        ['/v2/device', '/v2/connection', '/v2/state', '/v2/loops', '/v2/queue', '/v2/jobs'].map((path) => api.get(path)).concat(api.get('/v2/shadow', true)),
+      );
       const all = { device, connection, state, loops, queue, jobs, shadow };
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify({ ...all, ...(opts.showKey ? { localApiKey: key } : {}) })}\n`);
-      } else {
-        process.stdout.write(renderStatus(all as Parameters<typeof renderStatus>[0], opts.showKey ? key : undefined));
+      const key = opts.showKey ? access.key : undefined;
+      if (opts.json) process.stdout.write(`${JSON.stringify({ ...all, ...(key ? { localApiKey: key } : {}) })}\n`);
+      else if (opts.full) process.stdout.write(renderStatus(all as Parameters<typeof renderStatus>[0], key));
+      else {
+        const colour = colourWanted(process.stdout, process.env);
+        process.stdout.write(renderSummary(all as Parameters<typeof renderSummary>[0], { now: Date.now(), colour }) + (key ? `Local API key: ${key}\n` : ''));
       }
     } catch (err) {
-      const message = err instanceof AgentError && err.code === 'AGENT_NOT_ANSWERING' ? err.message : `cannot read the agent's status at ${base}: ${errorMessage(err)}`;
+      const message = err instanceof AgentError ? err.message : `cannot read the agent's status at ${access.base}: ${errorMessage(err)}`;
       process.stderr.write(`iotistic-agent: ${message}\n`);
       process.exit(1);
     }
   });
+
+/** `queue`, `queue parked`, `queue retry`, `queue purge`: see queue-cli.ts. */
+async function queueAction(action: 'list' | 'parked' | 'retry' | 'purge', ids: string[], opts: ApiOpts & { json?: boolean; all?: boolean; yes?: boolean }): Promise<never> {
+  const [{ localApiAccess }, { AgentApi, colourWanted }, { askOnTerminal, runQueue }] = await Promise.all([import('./cli-api.js'), import('./cli-client.js'), import('./queue-cli.js')]);
+  const api = new AgentApi(localApiAccess(opts));
+  const io = { out: process.stdout, err: process.stderr, colour: colourWanted(process.stdout, process.env), now: Date.now(), confirm: process.stdin.isTTY ? askOnTerminal : undefined };
+  process.exit(await runQueue(api, action, ids, opts, io));
+}
+
+const queueCmd = apiOptions(program.command('queue'))
+  .description('the outbox of a running agent per channel: waiting, bytes, oldest, delivered, dropped, parked')
+  .option('--json', 'print the raw JSON of GET /v2/queue')
+  .action((opts: ApiOpts & { json?: boolean }) => queueAction('list', [], opts));
+// `queue parked --api URL`: the subcommand's options are its own, not the parent's (commander wants it on both levels).
+program.enablePositionalOptions();
+queueCmd.enablePositionalOptions();
+apiOptions(queueCmd.command('parked'))
+  .description('list the parked messages (refused by the cloud for good): id, channel, when, why')
+  .option('--json', 'print the parked messages as JSON')
+  .action((opts: ApiOpts & { json?: boolean }) => queueAction('parked', [], opts));
+apiOptions(queueCmd.command('retry'))
+  .description('put parked messages back in the queue (after fixing what the cloud refused)')
+  .argument('[ids...]', 'the parked messages (see `queue parked`)')
+  .option('--all', 'every parked message')
+  .option('--json', 'print the answer as JSON')
+  .action((ids: string[], opts: ApiOpts & { json?: boolean; all?: boolean }) => queueAction('retry', ids, opts));
+apiOptions(queueCmd.command('purge'))
+  .description('delete parked messages for good (asks on a terminal; --yes to skip)')
+  .argument('[ids...]', 'the parked messages (see `queue parked`)')
+  .option('--all', 'every parked message')
+  .option('-y, --yes', 'do not ask (needed when stdin is not a terminal)')
+  .option('--json', 'print the answer as JSON')
+  .action((ids: string[], opts: ApiOpts & { json?: boolean; all?: boolean; yes?: boolean }) => queueAction('purge', ids, opts));
 
 program
   .command('logs')
@@ -153,9 +182,15 @@ configCmd
   .command('check')
   .description('validate a config file (and IOTISTIC_* overrides); exit 0 when good, 1 with the reasons when not')
   .addOption(new Option('-c, --config <file>', 'JSON config file').env('IOTISTIC_CONFIG').makeOptionMandatory())
-  .action(async (opts: { config: string }) => {
+  .option('--json', 'print { ok, file, warnings, issues } (and cloud, dataDir when ok) as JSON')
+  .action(async (opts: { config: string; json?: boolean }) => {
     const { formatIssues, loadConfig } = await import('./config/load.js');
     const r = loadConfig({ file: opts.config, env: process.env });
+    if (opts.json) {
+      const more = r.ok ? { cloud: r.config.cloud.apiUrl ?? null, dataDir: r.config.dataDir, issues: [] } : { issues: r.issues };
+      process.stdout.write(`${JSON.stringify({ ok: r.ok, file: opts.config, warnings: r.warnings, ...more })}\n`);
+      process.exit(r.ok ? 0 : 1);
+    }
     for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
     if (!r.ok) {
       process.stderr.write(`${opts.config}: ${r.issues.length} error${r.issues.length === 1 ? '' : 's'}\n${formatIssues(r.issues)}\n`);

@@ -47,13 +47,13 @@ export function statusConfig(file: string | undefined, env: NodeJS.ProcessEnv): 
   };
 }
 
-/** Why a request to the local API got no answer, for people: "no agent is answering at ...". */
+/** Why a request to the local API got no answer, for people: "no agent answers at ... (connection refused, ECONNREFUSED): is it running? ...". */
 export function noAnswer(base: string, err: unknown): string | undefined {
   const e = err as { name?: string; cause?: { code?: string; message?: string } };
   if (e.name === 'TimeoutError') return `the agent at ${base} did not answer within 5 s (is it stuck, or is something else listening there?)`;
   if (e.name !== 'TypeError' || !e.cause) return undefined;
   const code = e.cause.code;
   const words = code ? NETWORK_REASONS[code] : undefined;
-  const cause = words ? `${words} (${code})` : code ?? e.cause.message ?? 'no answer';
-  return `no agent is answering at ${base} (is it running? is the address right?): ${cause}`;
+  const cause = words ? `${words}, ${code}` : code ?? e.cause.message ?? 'no answer';
+  return `no agent answers at ${base} (${cause}): is it running? (systemctl status iotistic-agent) Is the address right? (--api, or the config's api section)`;
 }

@@ -1,7 +1,7 @@
 /** Renders `iotistic-agent status` as a readable table. */
 import { formatIssue, type ConfigIssue } from './config/issues.js';
 
-interface StatusInput {
+export interface StatusInput {
   device: { uuid: string; version: string };
   connection: {
     status: string;
@@ -11,7 +11,7 @@ interface StatusInput {
     lastReportSuccess: number;
     pollFailures: number;
     reportFailures: number;
-    channels: Record<string, { status: string; consecutiveFailures: number; lastError: string | null }>;
+    channels: Record<string, { status: string; consecutiveFailures: number; lastError: string | null; lastFailureKind?: string | null; offlineSince?: number | null; lastSuccess?: Record<string, number> }>;
     outages: { start: number; end: number | null; durationMs: number | null; cause: string }[];
     degradation?: { mode: string; reason?: string | null; features?: { name: string; order: number; paused: boolean; error?: string }[] };
     clock?: { synced: boolean; source: string; detail: string };
@@ -131,7 +131,7 @@ function databaseSection(d: DatabaseInput): string[] {
   return ['', 'Database', table(rows)];
 }
 
-function when(ms: number | null | undefined): string {
+export function when(ms: number | null | undefined): string {
   if (!ms) return '-';
   return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 }
@@ -145,7 +145,7 @@ export function duration(ms: number | null | undefined): string {
   return `${(s / 86_400).toFixed(1)}d`;
 }
 
-function bytes(n: number): string {
+export function bytes(n: number): string {
   if (n < 1024) return `${n} B`;
   if (n < 1_048_576) return `${(n / 1024).toFixed(1)} KiB`;
   return `${(n / 1_048_576).toFixed(1)} MiB`;
@@ -170,7 +170,7 @@ export function renderStatus(s: StatusInput, key?: string): string {
 }
 
 /** "degraded: offline for 312 s (threshold 300 s); paused: metrics, jobs, shadow" */
-function degradationLine(d: StatusInput['connection']['degradation']): string {
+export function degradationLine(d: StatusInput['connection']['degradation']): string {
   if (!d) return 'normal';
   const paused = (d.features ?? []).filter((f) => f.paused).map((f) => `${f.name}${f.error ? ` (${f.error})` : ''}`);
   const reason = d.mode === 'degraded' && d.reason ? `: ${d.reason}` : '';

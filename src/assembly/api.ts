@@ -39,7 +39,12 @@ export function buildApiView(p: AgentParts): ApiView {
           clearOverrides: () => shadow.clearOverrides(),
         }
       : undefined,
-    retryParked: (ids) => queueing.outbox.retryParked(ids),
+    retryParked: (ids) => {
+      const requeued = queueing.outbox.retryParked(ids);
+      // Sent now, not at the flushers' idle recheck (30 s): they wait for a commit, and a retry is one.
+      if (requeued > 0) queueing.flushers.committed();
+      return requeued;
+    },
     purgeParked: (ids) => queueing.outbox.purgeParked(ids),
     clearLocalTarget: () => localTarget.clear(),
     logs: () => ({ tail: p.logs.tail, events: p.logs.events, serviceStats: () => p.logs.serviceStats(), clock: core.clock }),

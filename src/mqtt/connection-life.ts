@@ -1,7 +1,7 @@
 import { connect, ErrorWithReasonCode, type IClientOptions, type IStore, type MqttClient, type Packet } from 'mqtt';
 import type { RetryPolicy } from '../resilience/retry-policy.js';
 import type { AgentConfig } from '../config/schema.js';
-import type { ConnectionMonitor } from '../resilience/connection-monitor.js';
+import type { ConnectionMonitor, FailureKind } from '../resilience/connection-monitor.js';
 import { isAbortError, type Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import { clockCertProblem } from '../util/network-errors.js';
@@ -85,6 +85,8 @@ interface ConnectionEnd {
   established: boolean;
   error: string;
   refusal?: Refusal;
+  /** The CONNACK's refusal code (MQTT 5 reason code or 3.1.1 return code), when it refused. */
+  refusalCode?: number;
   /** The negotiator falls back to the other version: try again at once. */
   retryNow?: boolean;
 }
@@ -127,6 +129,8 @@ export class ConnectionLife {
   private connections = 0;
   private birthSeq = 0;
   private lastPingMark = -Infinity;
+  /** The refusal of the credentials was logged as a warning in this outage (reset when a connection is accepted). */
+  private authRefusalSaid = false;
   private readonly counters = {
     since: null as number | null,
     reconnects: 0,
@@ -183,11 +187,15 @@ export class ConnectionLife {
       if (end.retryNow) continue;
       this.counters.connectionFailures++;
       // Refused credentials stay refused until someone fixes them: retry at the backoff's cap.
-      // The failure is on the monitor already, so the offline floor sees it.
-      const delayMs = end.refusal === 'auth' ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined);
-      this.log[end.refusal === 'auth' ? 'error' : end.established ? 'warn' : 'info'](
-        { url: this.safeUrl(), error: end.error, retryInMs: Math.round(delayMs) },
-        `mqtt: ${end.established ? 'connection lost' : 'could not connect'}: ${end.error}; retrying in ${Math.round(delayMs)} ms`,
+      // The failure is on the monitor already (as `auth`), so the offline floor sees it.
+      const auth = end.refusal === 'auth';
+      const delayMs = auth ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined);
+      // A refusal of the credentials is a warning once per outage (until a connection is accepted); its repeats are debug.
+      const level = auth ? (this.authRefusalSaid ? 'debug' : 'warn') : end.established ? 'warn' : 'info';
+      if (auth) this.authRefusalSaid = true;
+      this.log[level](
+        { url: this.safeUrl(), error: end.error, retryInMs: Math.round(delayMs), ...(auth ? { refusal: 'auth', reasonCode: end.refusalCode } : {}) },
+        `mqtt: ${end.established ? 'connection lost' : 'could not connect'}: ${end.error}; retrying in ${Math.round(delayMs)} ms${auth ? ' (the long backoff: retrying sooner cannot fix credentials)' : ''}`,
       );
       if (!(await this.pause(delayMs, signal))) break;
     }
@@ -309,7 +317,7 @@ export class ConnectionLife {
     const retryNow = refusal !== undefined && !signal.aborted && this.deps.negotiator.refused(conn.version, refusal, conn.refusalCode);
     if (refusal === 'auth') error = authRefusalMessage(error);
     if (!signal.aborted && !retryNow) {
-      this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error, refusal === 'auth' || conn.clockProblem ? 'answer' : 'transport');
+      this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error, refusal === 'auth' ? 'auth' : conn.clockProblem ? 'answer' : 'transport');
     }
     if (conn.established) {
       this.counters.since = this.deps.clock.now();
@@ -323,7 +331,7 @@ export class ConnectionLife {
     // the rest waits in the store for the next connection. Close the client's stores (a no-op
     // that commits what is pending) so it holds nothing.
     conn.client.end(true);
-    return { established: conn.established, error, ...(refusal ? { refusal } : {}), retryNow };
+    return { established: conn.established, error, ...(refusal ? { refusal } : {}), ...(conn.refusalCode !== undefined ? { refusalCode: conn.refusalCode } : {}), retryNow };
   }
 
   private onClientError(conn: Connection, err: Error): void {
@@ -422,6 +430,7 @@ export class ConnectionLife {
   private onReady(conn: Connection, sessionPresent: boolean): void {
     if (this.conn !== conn) return;
     conn.ready = true;
+    this.authRefusalSaid = false;
     if (conn.clean) this.incoming.cleanSessionMade();
     const reconnect = this.connections > 0;
     this.connections++;
@@ -484,7 +493,7 @@ export class ConnectionLife {
     client.end(false, { reasonCode: 0x04 });
   }
 
-  private noteFailure(operation: 'connect' | 'ping', error: string, kind: 'transport' | 'answer' = 'transport'): void {
+  private noteFailure(operation: 'connect' | 'ping', error: string, kind: FailureKind = 'transport'): void {
     this.counters.lastError = error;
     this.deps.monitor.markFailure('mqtt', operation, error, kind);
   }

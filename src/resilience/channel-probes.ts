@@ -1,7 +1,7 @@
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
-import type { ConnectionMonitor } from './connection-monitor.js';
+import type { ConnectionMonitor, FailureKind } from './connection-monitor.js';
 import type { StatusChange, StatusSource } from './degradation.js';
 import { ConnectivityProbe, probeTargetsFromUrls, type ConnectFn } from './probe.js';
 import { Wakeup } from './wakeup.js';
@@ -65,8 +65,8 @@ export class ChannelProbes {
         new ConnectivityProbe({
           targets: probeTargetsFromUrls([url]),
           status: channelStatusSource(monitor, channel),
-          // Offline because the endpoint answered errors (503s) is not a closed way: a handshake proves nothing new.
-          wayClosed: () => monitor.lastFailureKind(channel) !== 'answer',
+          // Offline because the endpoint answered errors (503s) or refused the credentials is not a closed way: a handshake proves nothing new.
+          wayClosed: () => wayClosedBy(monitor.lastFailureKind(channel)),
           wakeup: this.wakeup(channel),
           clock: opts.clock,
           random: opts.random,
@@ -95,4 +95,9 @@ export class ChannelProbes {
   async start(signal: AbortSignal): Promise<void> {
     await Promise.all(this.probes.map((p) => p.start(signal)));
   }
+}
+
+/** Whether the channel's latest failure says the way to its endpoint is closed (a transport failure, or none known). */
+export function wayClosedBy(kind: FailureKind | null): boolean {
+  return kind !== 'answer' && kind !== 'auth';
 }

@@ -46,15 +46,17 @@ export interface ChannelHealth {
   lastSuccess: Record<string, number>;
   lastError: string | null;
   /**
-   * Whether the latest failure was a transport failure (no connection, timeout) or an answer (the
-   * peer said 5xx/429...). An answer proves the way is open, so the probe does not wake loops for it.
+   * Whether the latest failure was a transport failure (no connection, timeout), an answer (the
+   * peer said 5xx/429...) or a refusal of the credentials (`auth`: an MQTT broker refused the
+   * username or password; only a fix on either side ends it). An answer or a refusal proves the way
+   * is open, so the probe does not wake loops for them.
    */
   lastFailureKind: FailureKind | null;
   /** Wall time of the first failure of the current outage; null when not offline. */
   offlineSince: number | null;
 }
 
-export type FailureKind = 'transport' | 'answer';
+export type FailureKind = 'transport' | 'answer' | 'auth';
 
 /** PROTOCOL.md's ConnectionHealth. `outages[].channel` is an addition to the seed's fields. */
 export interface ConnectionHealth {

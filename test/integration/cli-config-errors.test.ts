@@ -97,13 +97,12 @@ describe('iotistic-agent status', () => {
     expect(r.stdout).toContain('Iotistic Agent');
   });
 
-  it('against a stopped agent: "no agent is answering at <url>" with the cause', async () => {
+  it('against a stopped agent: "no agent answers at <url>" with the cause', async () => {
     const port = await closedPort();
     const url = `http://127.0.0.1:${port}`;
     const r = await runCli(['status', '--api', url, '--key', 'any-key-0123456789abcdef']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`no agent is answering at ${url} (is it running?`);
-    expect(r.stderr).toContain('connection refused (ECONNREFUSED)');
+    expect(r.stderr).toContain(`no agent answers at ${url} (connection refused, ECONNREFUSED): is it running? (systemctl status iotistic-agent)`);
     expect(r.stderr).not.toContain('fetch failed');
   });
 });

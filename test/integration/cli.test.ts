@@ -110,11 +110,33 @@ describe('iotistic-agent config check', () => {
 });
 
 describe('iotistic-agent status', () => {
-  it('prints a readable table and JSON from a running agent', async () => {
+  it('prints a summary, the full table and JSON from a running agent; a wrong key says where the key came from', async () => {
     const dataDir = dirs.make();
     const agent = await start({ dataDir });
     const args = ['status', '--api', agent.apiUrl, '--data-dir', dataDir];
-    const table = await runCli(args);
+    const otherDir = dirs.make();
+    writeFileSync(join(otherDir, 'identity.json'), JSON.stringify({ localApiKey: 'k'.repeat(32) }));
+    // At once: each CLI run is a node start.
+    const [summary, table, json, wrongKey, wrongDir] = await Promise.all([
+      runCli(args),
+      runCli([...args, '--full']),
+      runCli([...args, '--json']),
+      runCli([...args, '--key', 'not-the-key-at-all']),
+      // Another agent's data dir: the key read from its identity.json is not this agent's.
+      runCli(['status', '--api', agent.apiUrl, '--data-dir', otherDir]),
+    ]);
+    expect(summary.code, summary.stderr).toBe(0);
+    const lines = summary.stdout.split('\n');
+    expect(lines[0]).toMatch(/^Iotistic Agent \S+ {2}device [0-9a-f]{32} {2}up \d+s$/);
+    expect(summary.stdout).toMatch(/^Connection {2}(online|degraded|offline)$/m);
+    expect(summary.stdout).toMatch(/^Outbox {2}\d+ waiting, \d+ B/m);
+    expect(summary.stdout).toMatch(/^Services {2}none$/m);
+    expect(summary.stdout).toMatch(/^Ledger {2}balanced$/m);
+    expect(summary.stdout).toMatch(new RegExp(`^Disk {2}ok: [\\d.]+ (B|KiB|MiB) free in ${dataDir}$`, 'm'));
+    // Compact, and no colour into a pipe.
+    expect(lines.length).toBeLessThan(15);
+    expect(summary.stdout).not.toContain('\u001b[');
+
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/Connection\n\s+status\s+\w+/);
     expect(table.stdout).toContain('Loops');
@@ -122,16 +144,23 @@ describe('iotistic-agent status', () => {
     // No cloud here: jobs are off and say why; the shadow is on.
     expect(table.stdout).toContain('Jobs  off (there is no cloud.apiUrl to take jobs from)');
     expect(table.stdout).toMatch(/Shadow\n\s+reported version\s+0/);
-    const json = await runCli([...args, '--json']);
     expect(JSON.parse(json.stdout)).toMatchObject({
       device: { uuid: expect.any(String) },
       connection: { status: expect.any(String) },
       jobs: { enabled: false },
       shadow: { reportedVersion: 0 },
     });
-    const wrongKey = await runCli([...args, '--key', 'not-the-key-at-all']);
     expect(wrongKey.code).toBe(1);
-    expect(wrongKey.stderr).toContain('401');
+    expect(wrongKey.stderr).toBe(`iotistic-agent: the agent at ${agent.apiUrl} refused the local API key (401): the key was read from --key; pass --key KEY, or --data-dir DIR of the agent\n`);
+    expect(wrongDir.code).toBe(1);
+    expect(wrongDir.stderr).toContain(`refused the local API key (401): the key was read from ${otherDir}/identity.json`);
+
+    // The agent stopped: said so, with what to check, exit 1.
+    expect((await agent.stop()).code).toBe(0);
+    const stopped = await runCli(args);
+    expect(stopped.code).toBe(1);
+    expect(stopped.stderr).toBe(`iotistic-agent: no agent answers at ${agent.apiUrl} (connection refused, ECONNREFUSED): is it running? (systemctl status iotistic-agent) Is the address right? (--api, or the config's api section)\n`);
+    expect(stopped.stdout).toBe('');
   });
 });
 

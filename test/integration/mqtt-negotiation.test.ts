@@ -85,7 +85,7 @@ describe('MQTT protocol negotiation (fault 9)', () => {
     expect(second.records().some((r) => String(r.msg).includes('trying MQTT 3.1.1'))).toBe(false);
   });
 
-  it('refused credentials are an error with a hint, shown in /v2/connection and retried only after half the backoff cap or more (MQTT 5 and 3.1.1)', async () => {
+  it('refused credentials are a warning with the reason and a hint, an auth failure in /v2/connection, retried only after half the backoff cap or more (MQTT 5 and 3.1.1)', async () => {
     const setups = await Promise.all(
       ([5, 4] as const).map(async (protocolVersion) => {
         const proxy = await counted(mosquitto);
@@ -103,12 +103,17 @@ describe('MQTT protocol negotiation (fault 9)', () => {
         return v.channels.mqtt?.lastError?.includes('refused the credentials') ? v : undefined;
       }, 20_000, 200);
       expect(c.channels.mqtt?.lastError).toContain('check device.apiKey');
+      // Not a network failure: the broker answered, refusing the credentials.
+      expect(c.channels.mqtt?.lastFailureKind).toBe('auth');
       expect(c.channels.mqtt?.lastError).toContain('mqtt.username');
       expect(c.mqtt?.lastError).toContain('check device.apiKey');
       expect(c.mqtt?.protocol.version).toBe(protocolVersion);
       // The log is written asynchronously: the line may come after the API shows the refusal.
       const logged = await waitFor(`MQTT ${protocolVersion}: the refusal logged`, () => a.records().find((r) => String(r.msg).includes('refused the credentials')));
-      expect(logged.level, `MQTT ${protocolVersion}`).toBe(50);
+      expect(logged.level, `MQTT ${protocolVersion}`).toBe(40);
+      // The broker's reason in words: MQTT 5's reason code, 3.1.1's return code.
+      expect(String(logged.msg)).toContain(protocolVersion === 5 ? 'the broker refused the connection: Not authorized (0x87)' : 'the broker refused the connection: Not authorized (return code 5)');
+      expect(logged).toMatchObject({ refusal: 'auth', reasonCode: protocolVersion === 5 ? 0x87 : 5 });
       expect(proxy.connects.length).toBeGreaterThanOrEqual(1);
     }
     // A network error would be retried within 0.2-1.6 s here; refused credentials wait half the cap or more (15-30 s).

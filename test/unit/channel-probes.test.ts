@@ -165,6 +165,15 @@ describe('ChannelProbes', () => {
     expect(api.outcome).toBeUndefined();
   });
 
+  it('does not wake the MQTT session offline on refused credentials: its long backoff stands while the broker is reachable', async () => {
+    const h = setup();
+    const mqtt = sleeper(h, 'mqtt');
+    h.open.add(8883);
+    for (let i = 0; i < 3; i++) h.monitor.markFailure('mqtt', 'connect', 'the broker refused the connection: Not authorized (0x87)', 'auth');
+    await h.clock.advance(60_000);
+    expect(mqtt.outcome).toBeUndefined();
+  });
+
   it('an HTTP-only agent has one probe and it works as before', async () => {
     const h = setup({ api: API });
     const api = sleeper(h, 'api');

@@ -124,7 +124,7 @@ describe('ConnectionLife: between attempts', () => {
     expect(h.monitor.channelStatus('mqtt')).toBe('online');
   });
 
-  it('retries refused credentials after half to all of the backoff cap, as an answer, not a network fault', async () => {
+  it('retries refused credentials after half to all of the backoff cap, marked auth on the monitor, not a network fault', async () => {
     const h = harness({ random: 0.5 });
     h.start();
     await settle();
@@ -133,7 +133,7 @@ describe('ConnectionLife: between attempts', () => {
     c.fail(new ErrorWithReasonCode('Connection refused: Not authorized', 0x87));
     await settle();
     expect(h.failures).toHaveLength(1);
-    expect(h.failures[0]).toMatchObject({ operation: 'connect', kind: 'answer' });
+    expect(h.failures[0]).toMatchObject({ operation: 'connect', kind: 'auth' });
     expect(h.failures[0]!.error).toMatch(/the broker refused the credentials/);
     // 8 s cap x (0.5 + 0.5 x 0.5)
     await h.clock.advance(5_999);
@@ -175,6 +175,7 @@ describe('ConnectionLife: between attempts', () => {
 const INFO = 30;
 const WARN = 40;
 const ERROR = 50;
+const DEBUG = 20;
 const URL_LOGGED = 'mqtt://broker.test:1883';
 
 describe('ConnectionLife: what the operator reads', () => {
@@ -278,17 +279,31 @@ describe('ConnectionLife: what the operator reads', () => {
     expect(h.clients[0]!.ends).toEqual([[true, undefined]]);
   });
 
-  it('logs refused credentials at error', async () => {
+  it('warns of refused credentials once per outage, with the reason in words; the repeats are debug', async () => {
     const log = captureLogger();
     const h = harness({ logger: log.logger, random: 0.5 });
     h.start();
+    const refuse = async (): Promise<void> => {
+      await settle();
+      h.clients.at(-1)!.fail(new ErrorWithReasonCode('Connection refused: Not authorized', 0x87));
+      await settle();
+      await h.clock.advance(6_000);
+    };
+    await refuse();
+    await refuse();
     await settle();
-    h.clients[0]!.fail(new ErrorWithReasonCode('Connection refused: Not authorized', 0x87));
+    h.clients.at(-1)!.accept();
+    h.clients.at(-1)!.drop();
     await settle();
-    expect(log.records().find((r) => String(r.msg).includes('retrying'))).toMatchObject({
-      level: ERROR,
+    await h.clock.advance(60_000);
+    await refuse();
+    const said = log.records().filter((r) => String(r.msg).includes('refused the credentials'));
+    expect(said.map((r) => r.level)).toEqual([WARN, DEBUG, WARN]);
+    expect(said[0]).toMatchObject({
+      refusal: 'auth',
+      reasonCode: 0x87,
       retryInMs: 6_000,
-      msg: expect.stringMatching(/^mqtt: could not connect: .*the broker refused the credentials.*; retrying in 6000 ms$/),
+      msg: expect.stringMatching(/^mqtt: could not connect: the broker refused the connection: Not authorized \(0x87\); the broker refused the credentials: check device\.apiKey .*; retrying in 6000 ms \(the long backoff: retrying sooner cannot fix credentials\)$/),
     });
   });
 
