@@ -34,7 +34,7 @@ function depthChart(s, chans){
   }).join('');
   var axis = '<line x1="10" y1="110" x2="590" y2="110" stroke="#ccd"/><text x="10" y="9" font-size="10" fill="#667">' + esc(num(max)) + '</text><text x="10" y="124" font-size="10" fill="#667">−1 h</text><text x="590" y="124" font-size="10" fill="#667" text-anchor="end">now</text>';
   var legend = '<div class="legend">' + chans.map(function(n, i){ return '<span style="color:' + COLORS[i % COLORS.length] + '">■ ' + esc(n) + '</span>'; }).join('') + '</div>';
-  return '<svg viewBox="0 0 600 128" role="img" aria-label="outbox depth per channel over the last hour">' + axis + lines + '</svg>' + legend;
+  return '<svg class="chart" viewBox="0 0 600 128" role="img" aria-label="outbox depth per channel over the last hour">' + axis + lines + '</svg>' + legend;
 }
 
 function outboxCard(s){

@@ -27,7 +27,7 @@ time,small{color:#556}.bad{color:#b42318}.muted{color:#889}.empty{color:#889;fon
 .pill{display:inline-block;padding:0 8px;border-radius:8px;font-size:12px;font-weight:600;background:#e4e7ec}
 .pill.running,.pill.online,.pill.succeeded{background:#d1fadf;color:#05603a}.pill.backoff,.pill.degraded,.pill.restarting{background:#fef0c7;color:#93370d}
 .pill.exited,.pill.failed,.pill.offline,.pill.dead{background:#fee4e2;color:#b42318}
-svg{display:block;width:100%;height:auto}.legend span{margin-right:12px;font-size:12px}
+svg{display:block;width:100%;height:auto}svg.chart{max-width:720px}.legend span{margin-right:12px;font-size:12px}
 #err{color:#b42318;padding:0 16px;margin:8px 0 0}
 #cfg{display:none;background:#d64545;color:#fff;padding:10px 16px;margin:0}#cfg ul{margin:4px 0 0;padding-left:20px}
 #keyform{max-width:420px;margin:32px auto;background:#fff;padding:16px 20px;border-radius:8px;box-shadow:0 1px 2px #0002}
