@@ -205,7 +205,7 @@ export function dashboardRoutes(r: Router, hub: DashboardHub, tokens: StreamToke
     const url = req.raw.url ?? '';
     const token = new URLSearchParams(url.includes('?') ? url.slice(url.indexOf('?') + 1) : '').get('token');
     if (!authorized(req.headers.authorization) && !tokens.take(token)) {
-      return json(401, { error: 'unauthorized', message: `this route needs ?token=<a stream token from POST ${TOKEN_ROUTE}> (single use, ${tokens.ttlMs / 1000} s) or Authorization: Bearer <local API key>` });
+      return json(401, { error: 'unauthorized', message: `this route needs ?token=<a stream token from POST ${TOKEN_ROUTE}> (single use, ${tokens.ttlMs / 1000} s) or Authorization: Bearer <local API key>` }, { 'www-authenticate': 'Bearer realm="iotistic-agent"' });
     }
     return new Streamed((res, raw) => {
       if (raw.method === 'HEAD') {
