@@ -94,6 +94,7 @@ export class DashboardHub {
     private readonly view: DashboardView,
     private readonly clock: HubClock,
     private readonly bounds: StreamBounds,
+    private readonly onError: (err: unknown) => void = () => undefined,
   ) {
     this.ring = new DepthRing(bounds.samples);
   }
@@ -116,17 +117,24 @@ export class DashboardHub {
 
   /** Takes the response: the headers, a snapshot at once, then the feed until the client goes. */
   subscribe(res: ServerResponse): void {
+    // Read before the headers go: a view that throws is the router's 500, not a stream cut short.
+    const first = this.snapshotJson();
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
     this.clients.add(res);
     res.once('close', () => this.clients.delete(res));
-    this.send(res, this.snapshotJson());
+    this.send(res, first);
     this.wake?.();
   }
 
   private async run(): Promise<void> {
     const { signal } = this.stop;
     while (!signal.aborted) {
-      this.tick();
+      try {
+        this.tick();
+      } catch (err) {
+        // A view that throws once (a database busy, say) skips this tick; the next one reads again.
+        this.onError(err);
+      }
       try {
         await this.sleep(this.clients.size > 0 ? this.bounds.checkMs : this.bounds.sampleEveryMs, signal);
       } catch {

@@ -146,7 +146,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
   controlRoutes(router, view, limits, opts.ingestGate);
   shadowRoutes(router, view);
   logRoutes(router, () => view.logs(), { ...FOLLOW_BOUNDS, ...opts.follow });
-  const hub = opts.dashboard ? dashboardStream(router, view, { ...STREAM_BOUNDS, ...opts.stream }, authorized) : undefined;
+  const hub = opts.dashboard ? dashboardStream(router, opts, authorized) : undefined;
   const served = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts }).catch((err: unknown) => {
     hub?.close();
     throw err;
@@ -156,8 +156,10 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
   return { app, url: served.url, routes: router.routes };
 }
 
-function dashboardStream(router: Router, view: ApiView, bounds: StreamBounds, authorized: (h: string | undefined) => boolean): DashboardHub {
-  const hub = new DashboardHub(view, view.clock, bounds);
+function dashboardStream(router: Router, opts: ApiOptions, authorized: (h: string | undefined) => boolean): DashboardHub {
+  const { view, logger } = opts;
+  const bounds: StreamBounds = { ...STREAM_BOUNDS, ...opts.stream };
+  const hub = new DashboardHub(view, view.clock, bounds, (err) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'dashboard stream: reading the views failed'));
   dashboardRoutes(router, hub, new StreamTokens(view.clock, bounds), authorized);
   hub.start();
   return hub;

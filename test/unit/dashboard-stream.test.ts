@@ -155,4 +155,24 @@ describe('dashboard stream schedule and bounds', () => {
     await clock.advance(2_000);
     await until('the reading client still fed', () => reading.events.length > before);
   }, 30_000);
+
+  it('skips a tick whose views throw, and answers 500 to a client whose first snapshot cannot be read', async () => {
+    let fail = false;
+    const view = fakeApiView({
+      clock: new FakeClock(Date.UTC(2026, 11, 6, 8, 0, 0)),
+      jobs: () => {
+        if (fail) throw new Error('database busy');
+        return { enabled: false, reason: 'features.jobs is false' };
+      },
+    });
+    const { url, tokens, clock } = await served(view);
+    const r = reader(`${url}/v2/dashboard/stream?token=${tokens.issue()}`);
+    await until('the first snapshot', () => r.events.length === 1);
+    fail = true;
+    expect(await reader(`${url}/v2/dashboard/stream?token=${tokens.issue()}`).status).toBe(500);
+    await clock.advance(2_000);
+    fail = false;
+    await clock.advance(2_000);
+    await until('the stream going on', () => r.events.length === 2);
+  });
 });
