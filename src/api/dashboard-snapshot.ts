@@ -135,8 +135,11 @@ export interface DashboardSnapshot {
   events: DashboardEvent[];
 }
 
-/** Reads every view once; the outbox's parked messages (payloads) stay out: the page shows their count. */
-export function takeSnapshot(view: DashboardView, at: number, depth: DashboardSnapshot['depth'], events: DashboardEvent[]): DashboardSnapshot {
+/**
+ * Reads every view once; the outbox's parked messages (payloads) stay out: the page shows their
+ * count. Without `withLogs` the log tail is not read (a sample taken while no page is open).
+ */
+export function takeSnapshot(view: DashboardView, at: number, depth: DashboardSnapshot['depth'], events: DashboardEvent[], withLogs = true): DashboardSnapshot {
   const { parkedMessages: _parked, ...queue } = obj(view.queue());
   return {
     at,
@@ -148,7 +151,7 @@ export function takeSnapshot(view: DashboardView, at: number, depth: DashboardSn
     jobs: view.jobs(),
     shadow: view.shadow ? view.shadow.get() : null,
     loops: view.loops(),
-    logs: logServices(view.logs(), 5),
+    logs: withLogs ? logServices(view.logs(), 5) : null,
     depth,
     events,
   };

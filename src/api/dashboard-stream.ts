@@ -161,7 +161,7 @@ export class DashboardHub {
     const mono = this.clock.monotonic();
     const sampleDue = mono - this.lastSample >= this.bounds.sampleEveryMs;
     if (!sampleDue && this.clients.size === 0) return;
-    const snap = this.snapshot();
+    const snap = this.snapshot(this.clients.size > 0);
     const facts = factsOf(snap);
     this.record(diffFacts(this.facts, facts, snap.at));
     this.facts = facts;
@@ -184,8 +184,8 @@ export class DashboardHub {
     return { everyMs: this.bounds.sampleEveryMs, samples: this.ring.samples() };
   }
 
-  private snapshot() {
-    return takeSnapshot(this.view, this.clock.now(), this.depth(), this.recent.slice().reverse());
+  private snapshot(withLogs = true) {
+    return takeSnapshot(this.view, this.clock.now(), this.depth(), this.recent.slice().reverse(), withLogs);
   }
 
   private snapshotJson(): string {
