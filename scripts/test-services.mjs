@@ -12,6 +12,7 @@ const REQUIRED = [
   { bin: 'docker-registry', pkg: 'docker-registry', why: 'workload tests pull images from a registry on loopback' },
   { bin: 'busybox', pkg: 'busybox-static', why: 'workload tests build their images from the static /bin/busybox (nothing is fetched)' },
   { bin: 'faketime', pkg: 'faketime', why: 'npm run chaos steps the agents\' wall clock with libfaketime' },
+  { bin: 'chromium', pkg: 'chromium', why: 'the dashboard test drives the page in Debian\'s chromium through playwright-core (no browser is downloaded)' },
   { bin: 'ip', pkg: 'iproute2', why: 'the data-budget test puts the agent and the devcloud in network namespaces linked by veth pairs (as root)' },
   { bin: 'promtool', pkg: 'prometheus', why: 'the metrics tests check /metrics, the alert rules and the dashboard\'s queries with promtool' },
 ];

@@ -5,6 +5,7 @@ import type { Logger } from '../util/logger.js';
 import type { LoopStatus } from '../util/loops.js';
 import { bearerMatcher } from './auth.js';
 import { dashboardHtml } from './dashboard.js';
+import { DashboardHub, dashboardRoutes, STREAM_BOUNDS, STREAM_ROUTE, StreamTokens, type StreamBounds } from './dashboard-stream.js';
 import { HttpError, json, Router, text, type ApiRoute, type RouteGate } from './http-router.js';
 import { serveHttp, type HttpApp, type HttpTimeouts } from './http-server.js';
 import { FOLLOW_BOUNDS, logRoutes, type FollowBounds, type LogsView } from './logs-route.js';
@@ -13,6 +14,7 @@ import { isOutboxError } from '../outbox/types.js';
 import { ShadowError } from '../shadow/shadow.js';
 import { LIMIT_DEFAULTS, type AgentConfig } from '../config/schema.js';
 import type { Json } from '../util/json-diff.js';
+import type { Clock } from '../util/clock.js';
 
 function isShadowError(err: unknown): err is ShadowError {
   return err instanceof ShadowError;
@@ -22,6 +24,10 @@ function isShadowError(err: unknown): err is ShadowError {
 export interface ApiView {
   version: string;
   uuid: string;
+  /** False in local mode (no cloud.apiUrl). */
+  hasCloud: boolean;
+  /** The agent's clock: the dashboard stream's schedule and timestamps. */
+  clock: Pick<Clock, 'now' | 'monotonic' | 'sleep'>;
   loops(): LoopStatus[];
   healthy(): boolean;
   connection(): unknown;
@@ -76,6 +82,8 @@ export interface ApiOptions {
   ingestGate?: RouteGate;
   /** A log follower's keep-alive and buffer bounds (GET /v2/logs?follow=1); tests shorten them. */
   follow?: Partial<FollowBounds>;
+  /** The dashboard stream's schedule and bounds (GET /v2/dashboard/stream); tests shorten them. */
+  stream?: Partial<StreamBounds>;
 }
 
 const LOCAL_TARGET_ROUTE = '/v2/local/target-state';
@@ -131,15 +139,30 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
     bodyLimit: { bytes: limits.maxApiBodyBytes, setting: 'limits.maxApiBodyBytes' },
     maxJsonDepth: limits.maxJsonDepth,
     drain: REFUSED_BODY_DRAIN,
-    guard: (req, path) => (OPEN_ROUTES.has(path) || authorized(req.headers.authorization) ? undefined : UNAUTHORIZED),
+    // The stream authenticates itself: a single-use stream token in the query (EventSource sends no headers) or the bearer key.
+    guard: (req, path) => (OPEN_ROUTES.has(path) || path === STREAM_ROUTE || authorized(req.headers.authorization) ? undefined : UNAUTHORIZED),
   });
   statusRoutes(router, view, opts.dashboard);
   controlRoutes(router, view, limits, opts.ingestGate);
   shadowRoutes(router, view);
   logRoutes(router, () => view.logs(), { ...FOLLOW_BOUNDS, ...opts.follow });
-  const { app, url } = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts });
+  const hub = opts.dashboard ? dashboardStream(router, opts, authorized) : undefined;
+  const served = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts }).catch((err: unknown) => {
+    hub?.close();
+    throw err;
+  });
+  const app: HttpApp = hub ? { close: () => (hub.close(), served.app.close()) } : served.app;
   // The route table, so that a test can check every route for auth (a new route cannot slip in open).
-  return { app, url, routes: router.routes };
+  return { app, url: served.url, routes: router.routes };
+}
+
+function dashboardStream(router: Router, opts: ApiOptions, authorized: (h: string | undefined) => boolean): DashboardHub {
+  const { view, logger } = opts;
+  const bounds: StreamBounds = { ...STREAM_BOUNDS, ...opts.stream };
+  const hub = new DashboardHub(view, view.clock, bounds, (err) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'dashboard stream: reading the views failed'));
+  dashboardRoutes(router, hub, new StreamTokens(view.clock, bounds), authorized);
+  hub.start();
+  return hub;
 }
 
 const UNAUTHORIZED = json(

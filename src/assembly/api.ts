@@ -14,6 +14,8 @@ export function buildApiView(p: AgentParts): ApiView {
   return {
     version: core.version,
     uuid: core.uuid,
+    hasCloud: Boolean(config.cloud.apiUrl),
+    clock: core.clock,
     loops: () => loops.status(),
     healthy: () => loops.healthy(),
     connection: () => {

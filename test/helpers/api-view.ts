@@ -11,6 +11,8 @@ export function fakeApiView(over: Partial<ApiView> = {}): ApiView {
   return {
     version: '9.9.9',
     uuid: 'dev-1',
+    hasCloud: false,
+    clock: systemClock,
     loops: () => [],
     healthy: () => true,
     connection: () => ({ status: 'online' }),

@@ -8,6 +8,7 @@ import { Registry } from 'prom-client';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { startApi, type ApiView } from '../../src/api/server.js';
 import { formatIssue } from '../../src/config/issues.js';
+import { systemClock } from '../../src/util/clock.js';
 import { loadConfig } from '../../src/config/load.js';
 import { LocalBroker } from '../../src/telemetry/local-broker.js';
 import type { Json } from '../../src/util/json-diff.js';
@@ -118,6 +119,8 @@ describe('local API bodies', () => {
     const view: ApiView = {
       version: '9.9.9',
       uuid: 'dev-1',
+      hasCloud: false,
+      clock: systemClock,
       loops: () => [],
       config: () => ({ source: 'file' }),
       healthy: () => true,

@@ -1,5 +1,4 @@
 import { join } from 'node:path';
-import { runInNewContext } from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startApi } from '../../src/api/server.js';
 import { LogEvents } from '../../src/logs/collector.js';
@@ -10,6 +9,7 @@ import { silentLogger } from '../helpers/logger.js';
 import { Store } from '../helpers/store.js';
 import { chunkCommit } from '../helpers/log-chunks.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { runDashboardPage } from '../helpers/dashboard-page.js';
 
 /**
  * The dashboard's Logs section: the page's own script, run in a VM against the real API (a real
@@ -24,47 +24,7 @@ afterEach(async () => {
   dirs.cleanup();
 });
 
-interface Element {
-  innerHTML: string;
-  textContent: string;
-  className: string;
-  style: Record<string, string>;
-}
-
-/** Loads the page from the API and runs its script with `document` and `fetch` bound to the API; returns the elements it wrote. */
-async function runPage(url: string): Promise<Map<string, Element>> {
-  const html = await (await fetch(`${url}/`)).text();
-  const script = /<script>([\s\S]*)<\/script>/.exec(html)?.[1];
-  if (!script) throw new Error('no script in the page');
-  const elements = new Map<string, Element>();
-  const document = {
-    getElementById: (id: string) => {
-      let e = elements.get(id);
-      if (!e) elements.set(id, (e = { innerHTML: '', textContent: '', className: '', style: {} }));
-      return e;
-    },
-  };
-  const session = new Map<string, string>();
-  runInNewContext(script, {
-    document,
-    location: { hash: `#key=${KEY}`, pathname: '/' },
-    history: { replaceState: () => undefined },
-    sessionStorage: { getItem: (k: string) => session.get(k) ?? null, setItem: (k: string, v: string) => session.set(k, v), removeItem: (k: string) => session.delete(k) },
-    prompt: () => null,
-    setInterval: () => 0,
-    fetch: (path: string, init: RequestInit) => fetch(`${url}${path}`, init),
-    Promise,
-    Date,
-  });
-  const deadline = Date.now() + 5_000;
-  while ((elements.get('logs')?.innerHTML ?? '') === '' && (elements.get('err')?.textContent ?? '') === '') {
-    if (Date.now() > deadline) throw new Error('the page rendered nothing');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return elements;
-}
-
-describe('dashboard Logs section', () => {
+describe('dashboard Services card (logs)', () => {
   it('shows per service its counts and last lines, every line as text', async () => {
     const clock = new FakeClock(Date.UTC(2026, 0, 2, 3, 4, 5));
     const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
@@ -82,23 +42,23 @@ describe('dashboard Logs section', () => {
     const { app, url } = await startApi({ host: '127.0.0.1', port: 0, key: KEY, logger: silentLogger(), dashboard: true, view });
     closers.push(() => app.close());
 
-    const page = await runPage(url);
+    const page = await runDashboardPage(url, KEY, closers);
     expect(page.get('err')?.textContent).toBe('');
     expect(page.get('queue')?.innerHTML).toContain('waiting');
-    const html = page.get('logs')!.innerHTML;
+    const html = page.get('services')!.innerHTML;
     expect(html).toContain('<h3>edge/web</h3><small>3 lines, dropped 2 bytes-rate</small>');
     expect(html).toContain('2026-01-02T03:04:05.000Z stdout &lt;script&gt;alert(1)&lt;/script&gt;\n');
     expect(html).toContain('stdout &lt;img src=x onerror=&quot;alert(2)&quot;&gt;');
     expect(html).toContain('stdout &lt;/pre&gt;&lt;b&gt;bold&lt;/b&gt; &amp; more</pre>');
     expect(html).toContain('<h3>agent</h3><small>0 lines</small><pre>2026-01-02T03:04:05.000Z [dropped 7: lines-rate] 7 lines dropped</pre>');
-    expect(html).toContain('<h3>&lt;i&gt;x&lt;/i&gt;/y</h3><small>0 lines, 10 bytes waiting</small><pre></pre>');
+    expect(html).toContain('<h3>&lt;i&gt;x&lt;/i&gt;/y</h3><small>0 lines, 10 bytes waiting</small><p class="empty">no log lines yet</p>');
     // No markup but the page's own: every tag in the section is one it writes.
-    expect(html.match(/<[a-z/][^>]*>/g)?.filter((t) => !/^<\/?(h3|small|pre)>$/.test(t))).toEqual([]);
+    expect(html.match(/<[a-z/][^>]*>/g)?.filter((t) => !/^<\/?(h3|small|pre|p)>$/.test(t) && t !== '<p class="empty">')).toEqual([]);
   });
 
   it('says so when there are no lines yet', async () => {
     const { app, url } = await startApi({ host: '127.0.0.1', port: 0, key: KEY, logger: silentLogger(), dashboard: true, view: fakeApiView() });
     closers.push(() => app.close());
-    expect((await runPage(url)).get('logs')?.innerHTML).toBe('<p>no log lines yet</p>');
+    expect((await runDashboardPage(url, KEY, closers)).get('services')?.innerHTML).toBe('<p class="empty">no services yet (no target applied) and no log lines yet</p>');
   });
 });
