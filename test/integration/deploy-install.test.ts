@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { startDevCloud } from '../../devcloud/server.js';
 import { requireBuilt, ROOT as ROOT_DIR } from '../helpers/agent-process.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -9,7 +10,7 @@ import { tempDirs } from '../helpers/tmp.js';
  * deploy/install.sh as an operator runs it: its syntax (sh -n, shellcheck when installed), what
  * --dry-run says it would do (and that it does nothing), and a real install into a temp root
  * (--root DIR: every path under DIR, no systemctl) whose files and modes are checked, whose installed
- * agent runs from its own copy of the modules, which a second run upgrades in place keeping the
+ * agent runs from its own copy of the modules and delivers a reading to a devcloud, which a second run upgrades in place keeping the
  * config, and which --uninstall removes keeping the data unless --purge.
  */
 
@@ -26,27 +27,49 @@ function install(...args: string[]): { status: number | null; stdout: string; st
 
 const mode = (path: string): string => (statSync(path).mode & 0o777).toString(8);
 
-/** Starts the installed bin, waits for its local API, asks /v1/healthy, and stops it with SIGTERM. */
-async function runInstalled(root: string): Promise<{ healthy: number; code: number | null; stderr: string }> {
+/**
+ * Starts the installed bin against a devcloud, posts a reading, waits until the cloud has it, and
+ * stops the agent with SIGTERM: what it answered, whether the cloud got it, how it exited.
+ */
+async function runInstalled(root: string): Promise<{ healthy: number; accepted: number; delivered: boolean; code: number | null; stderr: string }> {
+  const cloud = await startDevCloud();
   const dataDir = dirs.make();
   const config = join(dataDir, 'config.json');
-  writeFileSync(config, JSON.stringify({ dataDir, api: { port: 0 }, features: { metrics: false }, logging: { format: 'json', level: 'info' } }));
-  // The bin as the unit runs it, resolved in the root: modules are found from the installed copy only.
+  const device = { uuid: 'installed', apiKey: 'installed-device-api-key' };
+  cloud.admin.createDevice(device);
+  writeFileSync(config, JSON.stringify({ dataDir, device, cloud: { apiUrl: cloud.url }, api: { port: 0, localApiKey: 'installed-local-api-key' }, features: { metrics: false }, logging: { format: 'json', level: 'info' } }));
+  // The bin as the unit runs it, from the root: modules are found in the installed copy only.
   const child = spawn('/bin/sh', [join(root, 'opt/iotistic-agent/dist/bundle/cli.js'), 'run', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr.on('data', (c: Buffer) => (err += c.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const deadline = Date.now() + 60_000;
-  let api: string | undefined;
-  while (api === undefined && Date.now() < deadline && child.exitCode === null) {
-    api = out.split('\n').flatMap((l) => (l.includes('"agent started') ? [(JSON.parse(l) as { api: string }).api] : []))[0];
-    if (api === undefined) await new Promise((r) => setTimeout(r, 50));
+  try {
+    const deadline = Date.now() + 60_000;
+    let api: string | undefined;
+    while (api === undefined && Date.now() < deadline && child.exitCode === null) {
+      api = out.split('\n').flatMap((l) => (l.includes('"agent started') ? [(JSON.parse(l) as { api: string }).api] : []))[0];
+      if (api === undefined) await new Promise((r) => setTimeout(r, 50));
+    }
+    if (api === undefined) throw new Error(`the installed agent did not start:\n${err}\n${out.slice(-2000)}`);
+    const healthy = (await fetch(`${api}/v1/healthy`)).status;
+    const posted = await fetch(`${api}/v2/telemetry`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer installed-local-api-key', 'content-type': 'application/json' },
+      body: JSON.stringify({ stream: 'flow', payload: { lpm: 1 } }),
+    });
+    let delivered = false;
+    while (!delivered && Date.now() < deadline) {
+      delivered = (cloud.admin.received(device.uuid).messages.byChannel.telemetry ?? 0) >= 1;
+      if (!delivered) await new Promise((r) => setTimeout(r, 100));
+    }
+    child.kill('SIGTERM');
+    return { healthy, accepted: posted.status, delivered, code: await exited, stderr: err };
+  } finally {
+    child.kill('SIGKILL');
+    await cloud.close();
   }
-  const healthy = api === undefined ? 0 : (await fetch(`${api}/v1/healthy`)).status;
-  child.kill('SIGTERM');
-  return { healthy, code: await exited, stderr: err };
 }
 
 describe('deploy/install.sh', () => {
@@ -81,7 +104,7 @@ describe('deploy/install.sh', () => {
     expect(install('--dry-run', '--uninstall', '--purge').stdout).toContain('+ rm -rf /etc/iotistic-agent /var/lib/iotistic-agent');
   });
 
-  it('installs into a root: program, bin link, a 0600 config from the example, the unit; the installed agent runs', async () => {
+  it('installs into a root: program, bin link, a 0600 config from the example, the unit; the installed agent runs and delivers to a cloud', async () => {
     requireBuilt();
     const root = dirs.make();
     const r = install('--root', root, '--config', 'http-only');
@@ -104,7 +127,7 @@ describe('deploy/install.sh', () => {
     expect(r.stdout).toContain('skipping systemctl restart iotistic-agent.service (--root)');
 
     const run = await runInstalled(root);
-    expect(run).toEqual({ healthy: 200, code: 0, stderr: '' });
+    expect(run).toEqual({ healthy: 200, accepted: 202, delivered: true, code: 0, stderr: '' });
   }, 120_000);
 
   it('a second run upgrades in place and keeps the config; --uninstall keeps config and data, --purge removes them', () => {
