@@ -11,7 +11,7 @@
  * dockerode pulls in ssh2, whose optional native part esbuild cannot bundle).
  */
 import { build } from 'esbuild';
-import { existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 
 const root = new URL('../../', import.meta.url);
 const entry = new URL('dist/src/cli.js', root);
@@ -55,3 +55,5 @@ await build({
   // Bundled CommonJS dependencies call `require` (node: built-ins); an ES module has none of its own.
   banner: { js: `${launcher}\nimport { createRequire as __iotisticRequire } from 'node:module'; const require = __iotisticRequire(import.meta.url);` },
 });
+// What the bundle loads from node_modules at run time: deploy/install.sh copies these and their dependencies.
+writeFileSync(new URL('externals.json', outdir), `${JSON.stringify(EXTERNAL)}\n`);

@@ -68,7 +68,9 @@ export class CloudHttpClient {
   }
 
   private loadTransport(): Promise<Transport> {
-    this.transport ??= import('undici').then(({ Agent, request }) => ({
+    // `default` (undici's module.exports): named exports of this CommonJS package exist under Node's
+    // loader but not in the bundle (scripts/bundle.ts), where esbuild gives a dynamic import of it only `default`.
+    this.transport ??= import('undici').then(({ default: { Agent, request } }) => ({
       request,
       dispatcher: new Agent({
         connect: { timeout: this.opts.timeoutMs, ...(this.ca ? { ca: this.ca } : {}) },
