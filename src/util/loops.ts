@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { isAbortError, type Clock } from './clock.js';
 import { errorMessage } from './errors.js';
 import type { Logger } from './logger.js';
@@ -21,6 +22,9 @@ interface LoopEntry extends LoopStatus {
  * again after a pause that doubles up to a minute, so one broken part never takes the others (or the
  * process) down; `/v1/healthy` reports unhealthy while any loop is down.
  */
+/** Listeners the loops' signal may hold before Node warns: a few per loop, for every loop the agent runs. */
+const LOOP_SIGNAL_LISTENERS = 200;
+
 export class LoopRunner {
   private readonly controller = new AbortController();
   private readonly loops = new Map<string, LoopEntry>();
@@ -29,7 +33,11 @@ export class LoopRunner {
     /** `onFailure` hears every error a loop throws (before its restart). */
     private readonly deps: { logger: Logger; clock: Clock; onFailure?: (loop: string, err: unknown) => void },
     private readonly restartDelayMs = { min: 1_000, max: 60_000 },
-  ) {}
+  ) {
+    // Every loop waits on this one signal (a sleep, a paused gate, a request), twenty at once and
+    // more: Node's warning at 11 listeners would report that as a leak. Each wait removes its own.
+    setMaxListeners(LOOP_SIGNAL_LISTENERS, this.controller.signal);
+  }
 
   get signal(): AbortSignal {
     return this.controller.signal;
