@@ -1,6 +1,6 @@
 /** `iotistic-agent status`: a few lines on what matters (the full table is `status --full`, status-view.ts). */
 import { palette, type Palette } from './cli-client.js';
-import { bytes, degradationLine, duration, when, type StatusInput } from './status-view.js';
+import { bytes, degradationLine, duration, linkLine, when, type StatusInput } from './status-view.js';
 
 export interface SummaryOptions {
   /** Wall time now, for the ages ("5m ago"). */
@@ -23,7 +23,8 @@ export function renderSummary(s: StatusInput, o: SummaryOptions): string {
   // Features shed while offline (or back): said only when not normal.
   if (c.degradation && c.degradation.mode !== 'normal') out.push(`  ${p.yellow(degradationLine(c.degradation))}`);
   const channels = Object.entries(c.channels);
-  out.push(...aligned(channels.map(([name, ch]) => [name, channelLine(p, ch, o.now)])));
+  // The metered link (settings.network) beside the channels: what it lets through and what is held.
+  out.push(...aligned([...channels.map(([name, ch]): [string, string] => [name, channelLine(p, ch, o.now)]), ...(c.link ? [['link', linkLine(c.link)] as [string, string]] : [])]));
   if (s.queue) out.push(...outboxLines(p, s.queue));
   out.push(...serviceLines(p, s.state));
   const ledger = s.queue?.ledger;
@@ -32,8 +33,23 @@ export function renderSummary(s: StatusInput, o: SummaryOptions): string {
     out.push(`Ledger  ${ledger.balanced ? p.green('balanced') : p.red(`DOES NOT BALANCE: unaccounted ${off.map(([n, ch]) => `${n} ${ch.unaccounted}`).join(', ')}`)}`);
   }
   const d = s.queue?.dataDisk;
-  if (d) out.push(`Disk  ${d.state === 'ok' ? p.green('ok') : p.red(d.state === 'full' ? 'FULL' : d.state)}: ${d.freeBytes === null ? '?' : bytes(d.freeBytes)} free in ${d.dataDir}`);
+  if (d) out.push(`Disk  ${d.state === 'ok' ? p.green('ok') : p.red(d.state === 'full' ? 'disk full' : d.state)}: ${d.freeBytes === null ? '?' : bytes(d.freeBytes)} free in ${d.dataDir}`);
+  const db = databaseLine(s.state.database);
+  if (db) out.push(p.red(db));
   return `${out.join('\n')}\n`;
+}
+
+/** The database, when something is wrong with it or was: a salvage due, a failed check, the last quarantine. */
+function databaseLine(d: StatusInput['state']['database']): string | undefined {
+  if (!d) return undefined;
+  if (d.salvagePending) return `Database  CORRUPT: ${d.salvagePending}; quarantined and salvaged at the next start`;
+  const q = d.quarantine;
+  if (q) {
+    const salvaged = q.salvageError ?? `${q.recovered} rows recovered, ${q.lost} lost`;
+    return `Database  quarantined ${q.at.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}${d.quarantinedThisStart ? ' (this start)' : ''}: ${q.reason}; moved to ${q.quarantinedTo}; ${salvaged} (status --full)`;
+  }
+  if (d.integrity.state === 'failed' || d.integrity.state === 'error') return `Database  integrity check ${d.integrity.state}${d.integrity.detail ? `: ${d.integrity.detail}` : ''}`;
+  return undefined;
 }
 
 /** "online since 2026-12-06 08:00:00Z (5m ago)"; "offline since ... (5m ago), 7 failures, auth: <error>". */

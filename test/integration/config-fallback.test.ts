@@ -98,7 +98,11 @@ describe('a broken config edit while a last-known-good config exists', () => {
     // Among the first lines, not buried under the tables.
     expect(lines.slice(0, 4).join('\n')).toContain('CONFIG FALLBACK');
     expect(status.stdout).toContain('running on the last-known-good config saved');
-    expect(status.stdout).toContain('settings.pollIntervalMs: expected a number, got "30s" (a string)');
+    expect(status.stdout).toContain('status --full lists the issues');
+    // The full table lists every issue of the file.
+    const full = await runCli(['status', '--full', '--api', broken.apiUrl, '--key', broken.key]);
+    expect(full.code).toBe(0);
+    expect(full.stdout).toContain('settings.pollIntervalMs: expected a number, got "30s" (a string)');
 
     const health = await waitFor('a health report carrying the config source', () => {
       const c = cloud.admin.received(dev.uuid).health.config as ConfigView | null;
