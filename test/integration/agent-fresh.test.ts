@@ -19,7 +19,9 @@ it('after an outage the devcloud gets the newest reading of each stream first, t
       device: dev,
       cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
-      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, flushBatchMessages: 20 } },
+      // One batch in flight: the devcloud stores in the order sent (with two, the second may be stored
+      // before the first, which this test would read as history before the newest).
+      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, flushBatchMessages: 20, flushMaxInflight: 1 } },
     },
   });
   agents.push(agent);

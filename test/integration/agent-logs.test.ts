@@ -112,8 +112,13 @@ describe('logs through an outage', () => {
     await env.cloud.admin.setFaults({ refuse: null });
 
     for (const service of ['outage/box', 'outage/proc']) {
-      // Caught up: lines printed after the return are there.
-      await waitFor(`${service} caught up`, () => cloudLines(uuid, service).some((l) => l.ts > upAt + 2_000), 60_000);
+      // Caught up: lines printed after the return are there, and every one before them. (Two batches
+      // are in flight at a time: for a moment a later one may be stored before an earlier one. A line
+      // lost or stored twice never becomes contiguous: the wait then fails.)
+      await waitFor(`${service} caught up, seq 0..n contiguous`, () => {
+        const now = cloudLines(uuid, service);
+        return now.some((l) => l.ts > upAt + 2_000) && ticks(now).seqsContiguous;
+      }, 60_000);
       const lines = cloudLines(uuid, service);
       const { numbers, seqsContiguous } = ticks(lines);
       expect(seqsContiguous, `${service}: seq 0, 1, 2, ... each once`).toBe(true);
