@@ -168,6 +168,9 @@ describe('telemetry over MQTT', () => {
       features: { metrics: false },
       // A long keep-alive: the connection must stay up (PUBACKs lost) until the kill.
       mqtt: { url: proxy.url, keepAliveSeconds: 60 },
+      // The agent's own warnings go over MQTT too (logs/agent): one in flight would take one of the 20
+      // slots the broker allows, and this test counts 20 telemetry messages in flight.
+      logs: { agentLevel: 'off' },
       settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1 } },
     };
     const watcher = await observe(broker.url, `iot/${dev.uuid}/telemetry/#`);
