@@ -18,8 +18,8 @@ export interface LoadOptions {
 }
 
 function isSecretPath(path: string): boolean {
-  // A registry entry of the wrong shape (an array, a string) may be the password itself.
-  if (path.startsWith('workloads.registries.')) return true;
+  // A registries value of the wrong shape (an array, a string, broken JSON in its variable) may hold a password.
+  if (path === 'workloads.registries' || path.startsWith('workloads.registries.')) return true;
   return SECRET_KEYS.has(path.split('.').pop() ?? '');
 }
 

@@ -112,10 +112,15 @@ export function redactTargetDocument<T>(doc: T): T {
   return { ...doc, registries: redactEntries((doc as { registries: unknown }).registries) } as T;
 }
 
+/** A misshapen entry as it may be shown: a string or an array in its place may be the password itself. */
+function shownEntry(value: unknown): unknown {
+  return typeof value === 'string' || Array.isArray(value) ? REDACTED : redactEntries(value);
+}
+
 /** An entry is exactly `{ username, password }` (non-empty strings) or `{ device: true }`. */
 function entryIssues(path: string, entry: unknown): ConfigIssue[] {
   const expected = 'an object { "username": "...", "password": "..." } or { "device": true }';
-  if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) return [{ path, source: 'target', value: redactEntries(entry), expected }];
+  if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) return [{ path, source: 'target', value: shownEntry(entry), expected }];
   const e = entry as Record<string, unknown>;
   const issues: ConfigIssue[] = [];
   if ('device' in e) {
@@ -147,7 +152,7 @@ export function registryIssues(doc: unknown): ConfigIssue[] {
   const regs = (doc as { registries: unknown }).registries;
   if (regs === undefined) return [];
   if (regs === null || typeof regs !== 'object' || Array.isArray(regs)) {
-    return [{ path: 'registries', source: 'target', value: redactEntries(regs), expected: `an object keyed by ${REGISTRY_HOST_EXPECTED}` }];
+    return [{ path: 'registries', source: 'target', value: shownEntry(regs), expected: `an object keyed by ${REGISTRY_HOST_EXPECTED}` }];
   }
   const issues: ConfigIssue[] = [];
   const seen = new Map<string, string>();
