@@ -1,16 +1,20 @@
 import { writeFileSync } from 'node:fs';
+import { createServer, type IncomingHttpHeaders } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { formatIssues, loadConfig, redactConfig } from '../../src/config/load.js';
+import { systemClock } from '../../src/util/clock.js';
 import { seededRandom } from '../../src/util/random.js';
 import { isRegistryHost } from '../../src/util/registry-host.js';
 import { Reconciler } from '../../src/workloads/reconciler.js';
+import { DockerRuntime } from '../../src/workloads/runtimes/docker.js';
 import { pullErrorMessage, redactTargetDocument, registryOfImage, TargetRegistryCredentials } from '../../src/workloads/registry-auth.js';
 import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import type { RegistryAuth } from '../../src/workloads/types.js';
 import { FakeClock } from '../helpers/fake-clock.js';
-import { silentLogger } from '../helpers/logger.js';
+import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { MemoryRuntime } from '../helpers/memory-runtime.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -233,5 +237,39 @@ describe('pulls on fake time', () => {
     expect(docker.pulls).toHaveLength(2);
     expect(clock.monotonic()).toBe(0);
     expect(rec.currentState().apps.a?.services.web?.status).toBe('running');
+  });
+});
+
+describe('the login on the wire', () => {
+  it('goes to the engine as the X-Registry-Auth header of the pull only, never in its URL', async () => {
+    const seen: { url: string; headers: IncomingHttpHeaders }[] = [];
+    // Stands in for the engine's API: answers the pull with one progress line.
+    const server = createServer((req, res) => {
+      seen.push({ url: req.url ?? '', headers: req.headers });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: 'Downloaded newer image' }) + '\n');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const rt = new DockerRuntime({ host: `tcp://127.0.0.1:${(server.address() as AddressInfo).port}`, clock: systemClock, random: seededRandom(1), logger: silentLogger() });
+      await rt.pull(`${REG}/app:2`, undefined, { username: 'ci', password: SECRET, serveraddress: REG });
+      await rt.pull(`${REG}/app:1`);
+      expect(seen).toHaveLength(2);
+      const [withLogin, anonymous] = seen;
+      expect(withLogin?.url).toContain('/images/create?');
+      expect(decodeURIComponent(withLogin?.url ?? '')).not.toContain(SECRET);
+      const header = String(withLogin?.headers['x-registry-auth']);
+      expect(JSON.parse(Buffer.from(header.replace(/-/g, '+').replace(/_/g, '/'), 'base64').toString('utf8'))).toEqual({ username: 'ci', password: SECRET, serveraddress: REG });
+      expect(anonymous?.headers['x-registry-auth']).toBeUndefined();
+    } finally {
+      server.close();
+    }
+  });
+
+  it('is redacted by the logger should a target ever be logged', () => {
+    const log = captureLogger();
+    log.logger.info({ registries: { [REG]: { username: 'ci', password: SECRET } }, target: { registries: { [REG]: { username: 'ci', password: SECRET } } } }, 'x');
+    expect(log.text()).not.toContain(SECRET);
+    expect(log.text()).toContain('"username":"ci"');
   });
 });

@@ -245,7 +245,7 @@ export class DockerRuntime implements WorkloadRuntime {
     try {
       docker = await this.engine();
       const opts = { fromImage: ref.repository, tag, ...(signal ? { abortSignal: signal } : {}) };
-      // The login as its own argument: inside `opts` dockerode would also put it in the query string.
+      // dockerode's auth argument becomes the X-Registry-Auth header; never part of the URL (the engine may log URLs).
       stream = (await (auth ? docker.createImage({ ...auth }, opts) : docker.createImage(opts))) as Readable;
     } catch (err) {
       throw new Error(dockerMessage(err), { cause: err });
