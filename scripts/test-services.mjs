@@ -10,6 +10,7 @@ const REQUIRED = [
   { bin: 'mosquitto_sub', pkg: 'mosquitto-clients', why: 'MQTT tests watch birth/last-will messages with mosquitto_sub' },
   { bin: 'dockerd', pkg: 'docker.io', why: 'workload tests start a private Docker engine when none answers' },
   { bin: 'docker-registry', pkg: 'docker-registry', why: 'workload tests pull images from a registry on loopback' },
+  { bin: 'htpasswd', pkg: 'apache2-utils', why: 'the registry-auth tests give docker-registry an htpasswd (bcrypt) user' },
   { bin: 'busybox', pkg: 'busybox-static', why: 'workload tests build their images from the static /bin/busybox (nothing is fetched)' },
   { bin: 'faketime', pkg: 'faketime', why: 'npm run chaos steps the agents\' wall clock with libfaketime' },
   { bin: 'chromium', pkg: 'chromium', why: 'the dashboard test drives the page in Debian\'s chromium through playwright-core (no browser is downloaded)' },

@@ -78,6 +78,7 @@ function buildReconciler(core: Core, runtimes: Workloads['runtimes'], targets: M
     logger: logger.child({ part: 'reconciler' }),
     reconciliationIntervalMs: () => settings().reconciliationIntervalMs,
     policy,
+    deviceRegistries: core.config.workloads.registries,
   });
 }
 

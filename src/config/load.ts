@@ -18,6 +18,8 @@ export interface LoadOptions {
 }
 
 function isSecretPath(path: string): boolean {
+  // A registries value of the wrong shape (an array, a string, broken JSON in its variable) may hold a password.
+  if (path === 'workloads.registries' || path.startsWith('workloads.registries.')) return true;
   return SECRET_KEYS.has(path.split('.').pop() ?? '');
 }
 

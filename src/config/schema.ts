@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { API_ADDRESS, LOCAL_BROKER_ADDRESS } from '../boot/early-addresses.js';
+import { isRegistryHost, REGISTRY_HOST_EXPECTED } from '../util/registry-host.js';
 
 /**
  * The one place for every setting and its default. The JSON Schema shipped in `schema/` is
@@ -266,6 +267,15 @@ const workloadsSchema = z.strictObject({
   processLogFiles: z.number().int().min(0).max(20).default(2).describe('Rotated output files kept per native process.'),
   containerLogMaxBytes: z.number().int().min(65_536).default(10_485_760).describe("Docker's json-file log size per container before it rotates."),
   containerLogFiles: z.number().int().min(1).max(20).default(3).describe('Docker log files kept per container.'),
+  registries: z
+    .record(
+      z.string().refine(isRegistryHost, REGISTRY_HOST_EXPECTED),
+      z.strictObject({ username: z.string().min(1), password: z.string().min(1) }),
+    )
+    .default({})
+    .describe(
+      'The device\'s own registry logins for image pulls, keyed by registry host[:port]: { "username", "password" }. Used when the target has no login of its own for that registry (or asks for the device\'s with { "device": true }). Passwords are never shown.',
+    ),
 });
 
 const localBrokerSchema = z.strictObject({

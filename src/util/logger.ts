@@ -18,6 +18,10 @@ export const REDACT_PATHS = [
   'password',
   '*.password',
   '*.*.password',
+  // A target's registry logins, should a target (or part of one) ever be logged.
+  'registries.*.password',
+  '*.registries.*.password',
+  '*.*.registries.*.password',
   'authorization',
   '*.authorization',
   'headers.authorization',

@@ -9,6 +9,7 @@ import type { LoopShare } from '../outbox/loop-share.js';
 import type { Outbox } from '../outbox/outbox.js';
 import type { Shadow } from '../shadow/shadow.js';
 import type { Store } from '../store/store.js';
+import { redactTargetDocument } from '../workloads/registry-auth.js';
 import type { AgentStatus } from './agent-status.js';
 
 /** The local API's pages (and what `status` and the dashboard print), read from the parts at each request. */
@@ -71,7 +72,8 @@ export function stateView(p: StateParts): unknown {
   const stored = p.store.getTarget();
   return {
     config: p.status.configStatus(),
-    target: stored ?? null,
+    // The stored target keeps the registries' passwords as they came; they are never shown.
+    target: stored ? { ...stored, document: redactTargetDocument(stored.document) } : null,
     lastRejection: p.poller?.lastRejection ?? null,
     lastPollAt: p.poller?.lastPollAt ?? null,
     lastPollError: p.poller?.lastError ?? null,

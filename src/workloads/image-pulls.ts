@@ -2,6 +2,7 @@ import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { ResolvedService } from './planner.js';
+import { credentialFingerprint, pullErrorMessage, registryOfImage, type RegistryCredential, type RegistryCredentials } from './registry-auth.js';
 import type { RetryTracker } from './retry.js';
 import type { WorkloadRuntime } from './types.js';
 
@@ -32,6 +33,8 @@ interface Pull {
  */
 export class ImagePulls {
   private readonly pulls = new Map<string, Pull>();
+  /** The credentials (their fingerprint) each failed pull used: new ones end its backoff at once. */
+  private readonly failedWith = new Map<string, string>();
 
   constructor(private readonly o: ImagePullsOptions) {}
 
@@ -75,25 +78,51 @@ export class ImagePulls {
     }
   }
 
-  /** Starts downloading `image` unless it is under way or backing off. */
-  start(image: string): void {
+  /**
+   * Ends the backoff of every failed pull whose registry's credentials changed since (a corrected
+   * password is tried at once, not after the backoff of the wrong one). Call before planning.
+   */
+  retryChangedCredentials(credentials: RegistryCredentials | undefined): void {
+    for (const [image, used] of this.failedWith) {
+      if (!this.o.backoff.waiting(image)) {
+        this.failedWith.delete(image);
+        continue;
+      }
+      if (fingerprintFor(image, credentials) === used) continue;
+      this.o.logger.info({ image }, `the credentials for ${registryOfImage(image)} changed: pulling ${image} again now`);
+      this.o.backoff.forget(image);
+      this.failedWith.delete(image);
+    }
+  }
+
+  /** Starts downloading `image` unless it is under way or backing off; logs in with the credentials of its registry. */
+  start(image: string, credentials?: RegistryCredentials): void {
     const docker = this.o.docker;
     // A pull step planned before a failure that happened meanwhile must not skip the backoff.
     if (!docker || this.pulls.has(image) || this.o.backoff.waiting(image)) return;
+    const registry = registryOfImage(image);
+    let login: RegistryCredential | undefined;
+    try {
+      login = credentials?.for(registry);
+    } catch (err) {
+      this.failed(image, fingerprintFor(image, credentials), `pull of ${image} failed: ${errorMessage(err)}`, errorMessage(err));
+      this.o.settled();
+      return;
+    }
+    const auth = login ? { username: login.username, password: login.password, serveraddress: registry } : undefined;
     const ctl = new AbortController();
     const signal = AbortSignal.any([ctl.signal, this.o.lifetime, AbortSignal.timeout(this.o.timeoutMs)]);
-    this.o.logger.info({ image }, `pulling ${image}`);
+    this.o.logger.info({ image, ...(login ? { registry, user: login.username, credentials: login.source } : {}) }, `pulling ${image}`);
     const started = this.o.clock.monotonic();
     const done = (async () => {
       try {
-        await docker.pull(image, signal);
+        await docker.pull(image, signal, auth);
         this.o.backoff.forget(image);
+        this.failedWith.delete(image);
         this.o.logger.info({ image, ms: Math.round(this.o.clock.monotonic() - started) }, `pulled ${image}`);
       } catch (err) {
         if (ctl.signal.aborted || this.o.lifetime.aborted) return;
-        const why = `pull of ${image} failed: ${errorMessage(err)}`;
-        const delay = this.o.backoff.fail(image, why);
-        this.o.logger.warn({ image, err: errorMessage(err), retryInMs: delay === undefined ? undefined : Math.round(delay) }, why);
+        this.failed(image, credentialFingerprint(login), pullErrorMessage(image, registry, login, errorMessage(err)), errorMessage(err));
       } finally {
         this.pulls.delete(image);
         this.o.settled();
@@ -102,9 +131,24 @@ export class ImagePulls {
     this.pulls.set(image, { ctl, done });
   }
 
+  private failed(image: string, fingerprint: string, why: string, err: string): void {
+    const delay = this.o.backoff.fail(image, why);
+    this.failedWith.set(image, fingerprint);
+    this.o.logger.warn({ image, err, retryInMs: delay === undefined ? undefined : Math.round(delay) }, why);
+  }
+
   /** Aborts every download and waits for them to end. */
   async close(): Promise<void> {
     for (const p of this.pulls.values()) p.ctl.abort();
     await Promise.allSettled([...this.pulls.values()].map((p) => p.done));
+  }
+}
+
+/** The fingerprint of the credentials a pull of `image` would use now ("missing" when the lookup fails). */
+function fingerprintFor(image: string, credentials: RegistryCredentials | undefined): string {
+  try {
+    return credentialFingerprint(credentials?.for(registryOfImage(image)));
+  } catch {
+    return 'missing';
   }
 }

@@ -7,6 +7,7 @@ import type { Random } from '../util/random.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
 import { hasExited, isActive, planService, resolveTarget, serviceKey, wantsRestart, type ResolvedService, type ServicePlan, type Step } from './planner.js';
 import { ImagePulls } from './image-pulls.js';
+import { TargetRegistryCredentials, type RegistryCredentials, type RegistryLogin } from './registry-auth.js';
 import { RestartRequests, type RestartResult } from './restart-requests.js';
 import { RetryManager, type RestartBackoffSpec } from './retry.js';
 import { DEFAULT_WORKLOAD_POLICY, type TargetState, type WorkloadPolicy } from './target-schema.js';
@@ -41,6 +42,8 @@ export interface ReconcilerOptions {
   pullBackoff?: Partial<RestartBackoffSpec>;
   /** A pull that has not finished in this time is aborted and backs off; 20 minutes unless told. */
   pullTimeoutMs?: number;
+  /** The device's own registry logins (`workloads.registries`), used where the target has none. */
+  deviceRegistries?: Readonly<Record<string, RegistryLogin>>;
 }
 
 export interface ReconcilerEvents {
@@ -72,6 +75,8 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   private readonly memos = new Map<string, ServiceMemo>();
   private readonly pulls: ImagePulls;
   private readonly restarts: RestartRequests;
+  /** The registry credentials of the target of the pass under way. */
+  private credentials: RegistryCredentials | undefined;
   private state: CurrentState = { status: 'applied', targetVersion: null, apps: {} };
   private stateJson = JSON.stringify(this.state);
   private passCtl: AbortController | undefined;
@@ -243,6 +248,8 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     }
 
     this.forgetGone(byKey);
+    this.credentials = new TargetRegistryCredentials(target.registries, this.o.deviceRegistries);
+    this.pulls.retryChangedCredentials(this.credentials);
     const images = await this.pulls.present(resolved, signal);
 
     // Plan.
@@ -374,7 +381,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     const where = { app: r?.desired.app, service: r?.desired.service };
     switch (step.kind) {
       case 'pull':
-        this.pulls.start(step.image);
+        this.pulls.start(step.image, this.credentials);
         return;
       case 'stop': {
         this.o.logger.info({ ...where, id: step.instance.id }, `stopping ${step.instance.app}/${step.instance.service}`);

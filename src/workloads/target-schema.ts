@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { fromZodIssues, formatIssue, type ConfigIssue } from '../config/issues.js';
 import { parseImageReference } from './image-ref.js';
+import { registryIssues } from './registry-auth.js';
 
 /**
  * The target-state document of PROTOCOL.md. A document that fails here is rejected whole: the
@@ -144,10 +145,15 @@ const targetConfigSchema = z.strictObject({
     .optional(),
 });
 
+/** Its problems are reported by registryIssues (on the raw input, never showing a password); this gives the type. */
+const registryEntrySchema = z.union([z.strictObject({ username: z.string().min(1), password: z.string().min(1) }), z.strictObject({ device: z.literal(true) })]);
+
 export const targetStateSchema = z.strictObject({
   version: z.number().int().min(0),
   config: targetConfigSchema.default({}),
   apps: z.record(z.string().regex(NAME, NAME_EXPECTED), appSchema).default({}),
+  /** Credentials per registry host[:port] for image pulls (registry-auth.ts); optional so targets without them hash as before. */
+  registries: z.record(z.string(), registryEntrySchema).optional(),
 });
 
 /**
@@ -309,10 +315,10 @@ export function validateTarget(doc: unknown, opts: ValidateTargetOptions = {}): 
   const policy = { ...DEFAULT_WORKLOAD_POLICY, ...opts.policy };
   const parsed = targetStateSchema.safeParse(doc);
   const names = nameIssues(doc);
-  const extra = [...names, ...duplicatePortIssues(doc), ...policyIssues(doc, policy)];
+  const extra = [...names, ...registryIssues(doc), ...duplicatePortIssues(doc), ...policyIssues(doc, policy)];
   if (parsed.success && extra.length === 0) return { ok: true, target: parsed.data };
-  // Bad keys are reported by nameIssues, with the key and the pattern.
-  const zodIssues = parsed.success ? [] : parsed.error.issues.filter((i) => !(i.code === 'invalid_key' && isNameKeyPath(i.path)));
+  // Bad keys are reported by nameIssues, with the key and the pattern; registries by registryIssues.
+  const zodIssues = parsed.success ? [] : parsed.error.issues.filter((i) => !(i.code === 'invalid_key' && isNameKeyPath(i.path)) && i.path[0] !== 'registries');
   const issues = [...fromZodIssues(zodIssues, doc, () => 'target', () => false), ...extra];
   return { ok: false, issues, message: issues.map((i) => formatIssue(i)).join('; ') };
 }

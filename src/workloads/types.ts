@@ -77,6 +77,14 @@ export interface RuntimeEvents {
   changed: { id?: string; action: string };
 }
 
+/** A registry login for one pull, as the engine's X-Registry-Auth header carries it. */
+export interface RegistryAuth {
+  username: string;
+  password: string;
+  /** The registry (host[:port]) the login is for. */
+  serveraddress: string;
+}
+
 export type Availability = { ok: true } | { ok: false; reason: string };
 
 /** What the reconciler needs of a runtime. Every method acts only on instances the runtime itself created. */
@@ -89,7 +97,8 @@ export interface WorkloadRuntime {
   list(signal?: AbortSignal): Promise<Instance[]>;
   /** Whether an image is present locally (always true for processes). */
   hasImage(image: string, signal?: AbortSignal): Promise<boolean>;
-  pull(image: string, signal?: AbortSignal): Promise<void>;
+  /** Downloads an image, logging in with `auth` when given (never logged, never kept). */
+  pull(image: string, signal?: AbortSignal, auth?: RegistryAuth): Promise<void>;
   /** Creates an instance (not started) and returns its id. */
   create(desired: DesiredService, signal?: AbortSignal): Promise<string>;
   start(id: string, signal?: AbortSignal): Promise<void>;

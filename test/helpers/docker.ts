@@ -19,7 +19,7 @@ import { freePort } from '../../devcloud/ports.js';
 const SETUP_HINT =
   'The Docker integration tests need a Docker engine: either one answering at DOCKER_HOST or /var/run/docker.sock, ' +
   'or root and Debian\'s docker.io installed (the tests then start a private dockerd). Also: busybox-static (/bin/busybox) for ' +
-  'test images and docker-registry for pull tests. Install with: apt-get install -y docker.io busybox-static docker-registry ' +
+  'test images, docker-registry for pull tests and apache2-utils (htpasswd) for the registry-auth tests. Install with: apt-get install -y docker.io busybox-static docker-registry apache2-utils ' +
   '(node scripts/test-services.mjs does it as root).';
 
 /** Label put on everything a test creates by hand, so teardown can find it on a shared engine. */
@@ -252,8 +252,22 @@ export interface TestRegistry {
   destroy(): Promise<void>;
 }
 
+export interface RegistryOptions {
+  /** Basic auth with one user (an htpasswd file, bcrypt, made with apache2-utils' htpasswd): pushes log in as it. */
+  login?: { username: string; password: string };
+}
+
+/** The `auth:` section of the registry's config for one bcrypt htpasswd user. */
+function htpasswdAuth(dir: string, login: { username: string; password: string }): string[] {
+  if (!has('htpasswd')) throw new Error(`htpasswd is not installed (apache2-utils). ${SETUP_HINT}`);
+  const file = join(dir, 'htpasswd');
+  // docker-registry reads bcrypt entries only (-B).
+  writeFileSync(file, execFileSync('htpasswd', ['-Bbn', login.username, login.password], { encoding: 'utf8' }));
+  return ['auth:', '  htpasswd:', '    realm: iotistic-test', `    path: ${file}`];
+}
+
 /** Debian's docker-registry on a loopback port with its own storage (the engine treats 127.0.0.0/8 as insecure, i.e. plain HTTP). */
-export async function startRegistry(): Promise<TestRegistry> {
+export async function startRegistry(opts: RegistryOptions = {}): Promise<TestRegistry> {
   if (!has('docker-registry')) throw new Error(`docker-registry is not installed. ${SETUP_HINT}`);
   const dir = mkdtempSync('/tmp/ik-reg-');
   const port = await freePort();
@@ -261,7 +275,21 @@ export async function startRegistry(): Promise<TestRegistry> {
   const config = join(dir, 'config.yml');
   writeFileSync(
     config,
-    ['version: 0.1', 'log:', '  level: error', 'storage:', '  filesystem:', `    rootdirectory: ${join(dir, 'data')}`, '  delete:', '    enabled: true', 'http:', `  addr: ${address}`, '  secret: test-only-secret', ''].join('\n'),
+    [
+      'version: 0.1',
+      'log:',
+      '  level: error',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${join(dir, 'data')}`,
+      '  delete:',
+      '    enabled: true',
+      'http:',
+      `  addr: ${address}`,
+      '  secret: test-only-secret',
+      ...(opts.login ? htpasswdAuth(dir, opts.login) : []),
+      '',
+    ].join('\n'),
   );
   let child: ChildProcess | undefined;
   let running = false;
@@ -280,7 +308,8 @@ export async function startRegistry(): Promise<TestRegistry> {
       for (;;) {
         try {
           const res = await fetch(`http://${address}/v2/`, { signal: AbortSignal.timeout(1_000) });
-          if (res.status === 200) return;
+          // With auth, an anonymous request is answered 401: the registry is up.
+          if (res.status === 200 || (opts.login && res.status === 401)) return;
         } catch {
           // not yet
         }
@@ -312,7 +341,7 @@ export async function startRegistry(): Promise<TestRegistry> {
       const remote = `${address}/${repo}`;
       await docker.getImage(local).tag({ repo: remote, tag });
       // The engine wants an X-Registry-Auth header even for a registry without auth.
-      const stream = (await docker.getImage(`${remote}:${tag}`).push({ authconfig: { serveraddress: address } })) as Readable;
+      const stream = (await docker.getImage(`${remote}:${tag}`).push({ authconfig: { ...opts.login, serveraddress: address } })) as Readable;
       await followStream(docker, stream);
       await docker.getImage(`${remote}:${tag}`).remove();
       return `${remote}:${tag}`;

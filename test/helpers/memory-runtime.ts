@@ -1,5 +1,5 @@
 import { RuntimeEventEmitter } from '../../src/workloads/runtimes/events.js';
-import type { Availability, DesiredService, Instance, RuntimeKind, WorkloadRuntime } from '../../src/workloads/types.js';
+import type { Availability, DesiredService, Instance, RegistryAuth, RuntimeKind, WorkloadRuntime } from '../../src/workloads/types.js';
 import type { FakeClock } from './fake-clock.js';
 
 /** An in-memory runtime for unit tests of the loop on fake time (the integration tests use real engines). */
@@ -7,11 +7,11 @@ export class MemoryRuntime implements WorkloadRuntime {
   readonly events = new RuntimeEventEmitter();
   readonly instances = new Map<string, Instance>();
   readonly starts: { service: string; at: number }[] = [];
-  readonly pulls: { image: string; at: number }[] = [];
+  readonly pulls: { image: string; at: number; auth?: RegistryAuth }[] = [];
   images = new Set<string>();
   /** Services whose every run exits after this many ms. */
   crashAfterMs = new Map<string, number>();
-  pullBehaviour: (image: string, signal?: AbortSignal) => Promise<void> = () => Promise.reject(new Error('registry unreachable'));
+  pullBehaviour: (image: string, signal?: AbortSignal, auth?: RegistryAuth) => Promise<void> = () => Promise.reject(new Error('registry unreachable'));
   createBehaviour: (d: DesiredService, signal?: AbortSignal) => Promise<void> = () => Promise.resolve();
   private seq = 0;
 
@@ -29,9 +29,9 @@ export class MemoryRuntime implements WorkloadRuntime {
   hasImage(image: string): Promise<boolean> {
     return Promise.resolve(this.kind === 'process' || this.images.has(image));
   }
-  async pull(image: string, signal?: AbortSignal): Promise<void> {
-    this.pulls.push({ image, at: this.clock.monotonic() });
-    await this.pullBehaviour(image, signal);
+  async pull(image: string, signal?: AbortSignal, auth?: RegistryAuth): Promise<void> {
+    this.pulls.push({ image, at: this.clock.monotonic(), ...(auth ? { auth } : {}) });
+    await this.pullBehaviour(image, signal, auth);
     this.images.add(image);
   }
   async create(d: DesiredService, signal?: AbortSignal): Promise<string> {

@@ -10,7 +10,7 @@ import type { Logger } from '../../util/logger.js';
 import type { Random } from '../../util/random.js';
 import { parseImageReference } from '../image-ref.js';
 import { parsePort, parseVolume } from '../target-schema.js';
-import { LABELS, type Availability, type DesiredService, type Instance, type InstanceState, type WorkloadRuntime } from '../types.js';
+import { LABELS, type Availability, type DesiredService, type Instance, type InstanceState, type RegistryAuth, type WorkloadRuntime } from '../types.js';
 import { RuntimeEventEmitter } from './events.js';
 
 /**
@@ -232,8 +232,11 @@ export class DockerRuntime implements WorkloadRuntime {
     }
   }
 
-  /** Pulls an image; rejects with the registry's reason (unreachable, unknown, unauthorized). */
-  async pull(image: string, signal?: AbortSignal): Promise<void> {
+  /**
+   * Pulls an image; rejects with the registry's reason (unreachable, unknown, unauthorized). With
+   * `auth`, dockerode sends it as the X-Registry-Auth header (base64 JSON) of this one request only.
+   */
+  async pull(image: string, signal?: AbortSignal, auth?: RegistryAuth): Promise<void> {
     const ref = parseImageReference(image);
     if ('error' in ref) throw new AgentError('IMAGE_REFERENCE_INVALID', `${image}: expected ${ref.error}`);
     const tag = ref.digest ?? ref.tag ?? 'latest';
@@ -241,7 +244,9 @@ export class DockerRuntime implements WorkloadRuntime {
     let docker: Docker;
     try {
       docker = await this.engine();
-      stream = (await docker.createImage({ fromImage: ref.repository, tag, ...(signal ? { abortSignal: signal } : {}) })) as Readable;
+      const opts = { fromImage: ref.repository, tag, ...(signal ? { abortSignal: signal } : {}) };
+      // dockerode's auth argument becomes the X-Registry-Auth header; never part of the URL (the engine may log URLs).
+      stream = (await (auth ? docker.createImage({ ...auth }, opts) : docker.createImage(opts))) as Readable;
     } catch (err) {
       throw new Error(dockerMessage(err), { cause: err });
     }
