@@ -8,6 +8,7 @@ import { DockerRuntime } from '../workloads/runtimes/docker.js';
 import { ProcessRuntime, resolveProcessUser } from '../workloads/runtimes/process.js';
 import { validateTarget, type TargetState, type WorkloadPolicy } from '../workloads/target-schema.js';
 import { MemoryTargetSource } from '../workloads/target-source.js';
+import { SecretStore } from '../secrets/secret-store.js';
 import type { Core } from './core.js';
 
 export interface Workloads {
@@ -16,6 +17,8 @@ export interface Workloads {
   runtimes: { docker: DockerRuntime; process: ProcessRuntime };
   targets: MemoryTargetSource;
   reconciler: Reconciler;
+  /** The device's secrets (cloud and local), encrypted at rest. */
+  secrets: SecretStore;
   /** The config's settings with the target's `config.settings` over them, read at each use. */
   settings(): AgentConfig['settings'];
 }
@@ -26,8 +29,15 @@ export function buildWorkloads(core: Core): Workloads {
   const policy: WorkloadPolicy = { allowHostMounts: w.allowHostMounts, allowPrivileged: w.allowPrivileged, allowHostNetwork: w.allowHostNetwork, allowDevices: w.allowDevices };
   const targets = new MemoryTargetSource(storedTarget(store, policy, logger));
   const settings = (): AgentConfig['settings'] => ({ ...config.settings, ...(targets.current()?.config.settings ?? {}) });
+  const secrets = new SecretStore({
+    file: config.secrets.file ?? join(config.dataDir, 'secrets.enc'),
+    keyFile: config.secrets.keyFile ?? join(config.dataDir, 'secrets.key'),
+    clock: core.clock,
+    logger: logger.child({ part: 'secrets' }),
+  });
+  secrets.open();
   const runtimes = buildRuntimes(core);
-  return { policy, targets, settings, runtimes, reconciler: buildReconciler(core, runtimes, targets, policy, settings) };
+  return { policy, targets, settings, runtimes, secrets, reconciler: buildReconciler(core, runtimes, targets, policy, settings, secrets) };
 }
 
 /**
@@ -54,6 +64,7 @@ function buildRuntimes(core: Core): Workloads['runtimes'] {
       ...(w.dockerHost ? { host: w.dockerHost } : {}),
       stopTimeoutSeconds: w.stopTimeoutSeconds,
       containerLog: { maxBytes: w.containerLogMaxBytes, files: w.containerLogFiles },
+      secretsDir: join(config.dataDir, 'run-secrets'),
     }),
     process: new ProcessRuntime({
       dataDir: join(config.dataDir, 'services'),
@@ -63,11 +74,12 @@ function buildRuntimes(core: Core): Workloads['runtimes'] {
       logFiles: w.processLogFiles,
       stopTimeoutMs: w.stopTimeoutSeconds * 1000,
       user: resolveProcessUser(w.processUser),
+      secretsDir: join(config.dataDir, 'run-secrets'),
     }),
   };
 }
 
-function buildReconciler(core: Core, runtimes: Workloads['runtimes'], targets: MemoryTargetSource, policy: WorkloadPolicy, settings: () => AgentConfig['settings']): Reconciler {
+function buildReconciler(core: Core, runtimes: Workloads['runtimes'], targets: MemoryTargetSource, policy: WorkloadPolicy, settings: () => AgentConfig['settings'], secrets: SecretStore): Reconciler {
   const { clock, random, logger } = core;
   return new Reconciler({
     source: targets,
@@ -78,6 +90,7 @@ function buildReconciler(core: Core, runtimes: Workloads['runtimes'], targets: M
     logger: logger.child({ part: 'reconciler' }),
     reconciliationIntervalMs: () => settings().reconciliationIntervalMs,
     policy,
+    secrets,
   });
 }
 

@@ -10,7 +10,7 @@ import { ImagePulls } from './image-pulls.js';
 import { RestartRequests, type RestartResult } from './restart-requests.js';
 import { RetryManager, type RestartBackoffSpec } from './retry.js';
 import { DEFAULT_WORKLOAD_POLICY, type TargetState, type WorkloadPolicy } from './target-schema.js';
-import type { ApplyStatus, Availability, CurrentState, Instance, RuntimeKind, ServiceState, TargetSource, WorkloadRuntime } from './types.js';
+import type { ApplyStatus, Availability, CurrentState, Instance, RuntimeKind, SecretSource, ServiceState, TargetSource, WorkloadRuntime } from './types.js';
 
 /**
  * The workload reconciler, in the kubelet's shape: observe what runs (both runtimes), diff it
@@ -41,6 +41,8 @@ export interface ReconcilerOptions {
   pullBackoff?: Partial<RestartBackoffSpec>;
   /** A pull that has not finished in this time is aborted and backs off; 20 minutes unless told. */
   pullTimeoutMs?: number;
+  /** The device's secrets, for services that name some; a change of a value recreates the services using it. */
+  secrets?: SecretSource;
 }
 
 export interface ReconcilerEvents {
@@ -133,6 +135,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     const offs = [
       this.o.source.onChange(() => this.onTargetChange()),
       this.o.process.events.on('changed', onEvent),
+      ...(this.o.secrets ? [this.o.secrets.onChange(onEvent)] : []),
       ...(this.o.docker ? [this.o.docker.events.on('changed', onEvent)] : []),
     ];
     const watch = this.o.docker?.watch?.(signal).catch((err: unknown) => {
@@ -233,7 +236,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     instances.push(...(await this.o.process.list(signal)));
     signal.throwIfAborted();
 
-    const resolved = resolveTarget(target, docker, this.policy);
+    const resolved = resolveTarget(target, docker, this.policy, this.o.secrets);
     const byKey = new Map<string, ResolvedService>();
     for (const r of resolved) byKey.set(serviceKey(r.desired.app, r.desired.service), r);
     const instancesByKey = new Map<string, Instance[]>();
