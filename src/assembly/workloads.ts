@@ -56,6 +56,9 @@ function storedTarget(store: Pick<Store, 'getTarget'>, policy: WorkloadPolicy, l
 function buildRuntimes(core: Core): Workloads['runtimes'] {
   const { config, clock, random, logger } = core;
   const w = config.workloads;
+  const user = resolveProcessUser(w.processUser);
+  // A process run as another user cannot enter the agent's 0700 data dir: its secret files live on /run (a tmpfs).
+  const processSecrets = config.secrets.processDir ?? (typeof user === 'object' ? '/run/iotistic-agent/secrets' : join(config.dataDir, 'run-secrets'));
   return {
     docker: new DockerRuntime({
       clock,
@@ -73,8 +76,8 @@ function buildRuntimes(core: Core): Workloads['runtimes'] {
       logMaxBytes: w.processLogMaxBytes,
       logFiles: w.processLogFiles,
       stopTimeoutMs: w.stopTimeoutSeconds * 1000,
-      user: resolveProcessUser(w.processUser),
-      secretsDir: join(config.dataDir, 'run-secrets'),
+      user,
+      secretsDir: processSecrets,
     }),
   };
 }

@@ -6,14 +6,20 @@ import type { DesiredService } from '../types.js';
 /**
  * The files of a service's file secrets: `<root>/<app>/<service>/<name>`, in a 0700 directory.
  * Each is replaced by a rename, so an instance still running keeps the value it started with
- * while its successor gets the new one. Names the service no longer uses are removed.
+ * while its successor gets the new one. Names the service no longer uses are removed. With an
+ * owner (a process run as another user), the directory and files are that user's and the two
+ * levels above it are 0711: it can pass through them to its own directory, list nothing.
  */
 export function writeSecretFiles(root: string, desired: DesiredService, opts: { mode: number; owner?: { uid: number; gid: number } }): Map<string, string> {
   const dir = join(root, desired.app, desired.service);
   const paths = new Map<string, string>();
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   chmodSync(dir, 0o700);
-  if (opts.owner) chownSync(dir, opts.owner.uid, opts.owner.gid);
+  if (opts.owner) {
+    chmodSync(root, 0o711);
+    chmodSync(join(root, desired.app), 0o711);
+    chownSync(dir, opts.owner.uid, opts.owner.gid);
+  }
   for (const ref of desired.spec.secrets) {
     const value = desired.secretValues.get(ref.name);
     if (ref.file === undefined || value === undefined) continue;
