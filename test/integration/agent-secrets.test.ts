@@ -1,9 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
+import { startEngine, type TestEngine } from '../helpers/docker.js';
 
 /**
  * Secrets end to end (docs/lifecycle.md, "Secrets"): the devcloud holds a device's secrets, the
@@ -156,4 +157,83 @@ describe('secrets', () => {
       expect(own, "the agent's own log at debug level").not.toContain(value);
     }
   }, 180_000);
+});
+
+describe('secrets in a container', () => {
+  let engine: TestEngine;
+  const IMAGE = 'local/agent-secrets:1';
+  beforeAll(async () => {
+    engine = await startEngine();
+    await engine.buildImage(IMAGE);
+  }, 120_000);
+  afterAll(async () => {
+    await engine?.stop();
+  }, 120_000);
+
+  it('gets them as env and as a read-only file at its path; a change recreates it; none shown', async () => {
+    const uuid = `secrets-docker-${process.pid}`;
+    const dataDir = env.dirs.make();
+    const [first, second, tlsKey] = [fresh('first'), fresh('second'), fresh('tls')];
+    const admin = env.cloud.admin;
+    admin.createDevice({ uuid, apiKey: `${uuid}-key-0123456789` });
+    admin.setSecret(uuid, 'db-password', { value: first });
+    admin.setSecret(uuid, 'tls-key', { value: tlsKey });
+    // Prints the hashes (never the values), whether the file is read-only, then the password itself (to be masked).
+    const script = [
+      'echo "env=$(printf %s "$DB_PASSWORD" | sha256sum | cut -d" " -f1)"',
+      'echo "file=$(sha256sum < /run/secrets/tls-key | cut -d" " -f1)"',
+      '(echo x >> /run/secrets/tls-key) 2>/dev/null && echo "file=writable" || echo "file=read-only"',
+      'echo "password $DB_PASSWORD"',
+      'trap "exit 0" TERM; sleep 3600 & wait',
+    ].join('; ');
+    admin.setTarget(uuid, {
+      version: 1,
+      apps: {
+        vaultbox: {
+          services: {
+            reader: {
+              image: IMAGE,
+              command: ['/bin/sh', '-c', script],
+              secrets: [
+                { name: 'db-password', env: 'DB_PASSWORD' },
+                { name: 'tls-key', file: '/run/secrets/tls-key' },
+              ],
+            },
+          },
+        },
+      },
+    });
+    const agent = await env.spawn({
+      dataDir,
+      env: { DOCKER_HOST: engine.host },
+      config: {
+        device: { uuid, apiKey: `${uuid}-key-0123456789` },
+        cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
+        logging: { level: 'debug', format: 'json' },
+        logs: { chunkWindowMs: 200 },
+        settings: { pollIntervalMs: 1_000, reportIntervalMs: 500, reconciliationIntervalMs: 1_000 },
+      },
+    });
+    const lines = (): string => JSON.stringify(admin.logs(uuid, { service: 'vaultbox/reader', limit: 10_000 }));
+    await waitFor('the container saw the first password and the key file, read-only', () => {
+      const l = lines();
+      return l.includes(`env=${sha(first)}`) && l.includes(`file=${sha(tlsKey)}`) && l.includes('file=read-only') && l.includes('password [secret]');
+    }, 90_000);
+    const mounted = join(dataDir, 'run-secrets', 'vaultbox', 'reader');
+    expect(statSync(mounted).mode & 0o777).toBe(0o700);
+    expect(statSync(join(mounted, 'tls-key')).mode & 0o777).toBe(0o444);
+
+    admin.setSecret(uuid, 'db-password', { value: second });
+    await waitFor('the container was recreated with the new password', () => lines().includes(`env=${sha(second)}`), 90_000);
+    await waitFor('a state report with the reader running', () => JSON.stringify(admin.reports(uuid, { limit: 1 })).includes('"reader":{"status":"running"'), 30_000);
+
+    const shown = await everythingShown(agent);
+    const sent = everythingSent(uuid);
+    const own = `${JSON.stringify(agent.records())}\n${agent.stderr()}`;
+    for (const value of [first, second, tlsKey]) {
+      expect(shown, 'the local API').not.toContain(value);
+      expect(sent, 'what the cloud received').not.toContain(value);
+      expect(own, "the agent's own log at debug level").not.toContain(value);
+    }
+  }, 240_000);
 });
