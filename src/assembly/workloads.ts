@@ -9,6 +9,8 @@ import { ProcessRuntime, resolveProcessUser } from '../workloads/runtimes/proces
 import { validateTarget, type TargetState, type WorkloadPolicy } from '../workloads/target-schema.js';
 import { MemoryTargetSource } from '../workloads/target-source.js';
 import { SecretStore } from '../secrets/secret-store.js';
+import { errorMessage } from '../util/errors.js';
+import { pruneSecretDirs } from '../workloads/runtimes/secret-files.js';
 import type { Core } from './core.js';
 
 export interface Workloads {
@@ -37,6 +39,18 @@ export function buildWorkloads(core: Core): Workloads {
   });
   secrets.open();
   const runtimes = buildRuntimes(core);
+  // The secret files of services no longer in the target go (at start, and on every new target).
+  const prune = (): void => {
+    for (const root of new Set([runtimes.docker.secretsDir ?? runtimes.process.secretsDir, runtimes.process.secretsDir])) {
+      try {
+        pruneSecretDirs(root, targets.current());
+      } catch (err) {
+        logger.warn({ dir: root, err: errorMessage(err) }, 'could not remove the secret files of services gone');
+      }
+    }
+  };
+  prune();
+  targets.onChange(prune);
   return { policy, targets, settings, runtimes, secrets, reconciler: buildReconciler(core, runtimes, targets, policy, settings, secrets) };
 }
 

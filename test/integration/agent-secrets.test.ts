@@ -156,6 +156,10 @@ describe('secrets', () => {
       expect(sent, 'what the cloud received').not.toContain(value);
       expect(own, "the agent's own log at debug level").not.toContain(value);
     }
+
+    // A service gone from the target leaves no secret file behind.
+    admin.setTarget(uuid, { version: 2, apps: { vault: { services: { plain: { runtime: 'process', command: ['/bin/sleep', '3600'] } } } } });
+    await waitFor('the reader\'s secret files removed', () => !existsSync(secretDir), 30_000);
   }, 180_000);
 });
 

@@ -332,6 +332,11 @@ export class DockerRuntime implements WorkloadRuntime {
     }
   }
 
+  /** Where this runtime writes file secrets (pruned by the assembly when services go). */
+  get secretsDir(): string | undefined {
+    return this.o.secretsDir;
+  }
+
   /**
    * File secrets are mounted one file each, read-only. Mode 0444: the container may run as any
    * user, and a bind-mounted file keeps the host's owner; the 0700 directory keeps the host's other users out.

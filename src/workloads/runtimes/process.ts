@@ -254,12 +254,17 @@ export class ProcessRuntime implements WorkloadRuntime {
     return { cwd, user };
   }
 
+  /** Where this runtime writes file secrets (pruned by the assembly when services go). */
+  get secretsDir(): string {
+    return this.o.secretsDir ?? join(this.o.dataDir, 'run-secrets');
+  }
+
   /** The service's secrets as environment (file secrets written first, their paths in the variables `file` names). */
   private secretEnv(p: Proc, user: { uid: number; gid: number } | undefined): Record<string, string> {
     if (p.desired.spec.secrets.length === 0) return {};
     let files: Map<string, string>;
     try {
-      const root = this.o.secretsDir ?? join(this.o.dataDir, 'run-secrets');
+      const root = this.secretsDir;
       files = writeSecretFiles(root, p.desired, { mode: 0o400, ...(user ? { owner: user } : {}) });
     } catch (err) {
       throw this.failedStart(p, `cannot write its secret files: ${errorMessage(err)}`, err);

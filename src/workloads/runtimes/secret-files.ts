@@ -1,6 +1,7 @@
-import { chmodSync, chownSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../util/atomic-file.js';
+import type { TargetState } from '../target-schema.js';
 import type { DesiredService } from '../types.js';
 
 /**
@@ -44,4 +45,22 @@ export function secretEnv(desired: DesiredService, files?: ReadonlyMap<string, s
     if (ref.file !== undefined && path !== undefined) env[ref.file] = path;
   }
   return env;
+}
+
+/**
+ * Removes the secret files of services that no longer have file secrets in `target` (removed from
+ * it, or their references changed). A container still running keeps its mounted file (the inode
+ * lives until it is removed); nothing of a service gone stays on the device's disk.
+ */
+export function pruneSecretDirs(root: string, target: TargetState | undefined): void {
+  if (!target || !existsSync(root)) return;
+  const keep = new Set<string>();
+  for (const [app, a] of Object.entries(target.apps)) {
+    for (const [service, s] of Object.entries(a.services)) if (s.secrets.some((r) => r.file !== undefined)) keep.add(`${app}/${service}`);
+  }
+  for (const app of readdirSync(root)) {
+    const appDir = join(root, app);
+    for (const service of readdirSync(appDir)) if (!keep.has(`${app}/${service}`)) rmSync(join(appDir, service), { recursive: true, force: true });
+    if (readdirSync(appDir).length === 0) rmSync(appDir, { recursive: true, force: true });
+  }
 }
