@@ -16,6 +16,7 @@ const LAYERS = [
   'resilience', // backoff, retry policy, request errors and outcomes, connection monitor, probes
   'outbox', //     the durable queue and its flushers
   'workloads', //  target schema, reconciler, runtimes
+  'secrets', //    the encrypted secret store (workloads see it through SecretSource)
   'logs', //       device logs: collection from the runtimes and the agent, chunks into the outbox
   'cloud', //      HTTP client, pollers' loop, target state, reporters, the HTTP sink
   'mqtt', //       the session, its in-flight store, the MQTT sink

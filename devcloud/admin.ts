@@ -17,6 +17,7 @@ import {
   requireUuid,
   fail,
 } from './validate.js';
+import { secretsAdmin } from './secrets.js';
 
 /**
  * The admin operations, as methods for in-process tests and as HTTP routes on the admin listener.
@@ -44,6 +45,11 @@ export interface AdminApi {
   logs(uuid: string, query?: LogQuery): LogPage;
   /** Per service: lines, first and last seq, newest line ts, log messages. */
   logServices(uuid: string): { services: LogServiceSummary[] };
+  /** Sets a device secret (the device fetches it when its target names it); the answer never holds the value. */
+  setSecret(uuid: string, name: string, body: unknown): { name: string; version: number };
+  deleteSecret(uuid: string, name: string): { name: string; removed: true };
+  /** Names and times only. */
+  secrets(uuid: string): { version: number; secrets: { name: string; updatedAt: number }[] };
   setFaults(spec: FaultSpec): Promise<FaultStatus>;
   clearFaults(): Promise<FaultStatus>;
   faults(): FaultStatus;
@@ -67,6 +73,7 @@ export function createAdminApi(store: DevCloudStore, faults: FaultInjector): Adm
       const { etag, revision } = store.setTarget(id, requireObject(target, 'target'));
       return { etag, revision };
     },
+    ...secretsAdmin(store),
     setShadowDesired(uuid, state) {
       return store.setShadowDesired(requireUuid(uuid), requireObject(state, 'state'));
     },
@@ -184,6 +191,13 @@ export function registerAdminRoutes(app: FastifyInstance, admin: AdminApi, admin
   );
   app.get('/admin/devices/:uuid/logs/services', async (request: FastifyRequest<Uuid>) => admin.logServices(request.params.uuid));
 
+  app.put('/admin/devices/:uuid/secrets/:name', async (request: FastifyRequest<{ Params: { uuid: string; name: string } }>) =>
+    admin.setSecret(request.params.uuid, request.params.name, request.body),
+  );
+  app.delete('/admin/devices/:uuid/secrets/:name', async (request: FastifyRequest<{ Params: { uuid: string; name: string } }>) =>
+    admin.deleteSecret(request.params.uuid, request.params.name),
+  );
+  app.get('/admin/devices/:uuid/secrets', async (request: FastifyRequest<Uuid>) => admin.secrets(request.params.uuid));
   app.get('/admin/faults', async () => admin.faults());
   app.put('/admin/faults', async (request) => admin.setFaults(request.body as FaultSpec));
   app.delete('/admin/faults', async () => admin.clearFaults());

@@ -137,12 +137,32 @@ function splitPoisoned<T extends { id: string }>(batch: readonly T[], faults: Fa
   return { accepted, rejected };
 }
 
+function secretsVersion(n: number): string {
+  return `s${n}`;
+}
+
+/** The target as served: with `secretsVersion` once the device has secrets, and an ETag that changes with it. */
+function withSecretsVersion(target: { etag: string; json: string }, version: number): { etag: string; json: string } {
+  if (version === 0) return target;
+  const doc = JSON.parse(target.json) as Record<string, unknown>;
+  return { etag: `${target.etag.slice(0, -1)}-${secretsVersion(version)}"`, json: JSON.stringify({ ...doc, secretsVersion: secretsVersion(version) }) };
+}
+
 function registerRoutes(app: FastifyInstance, store: DevCloudStore, faults: FaultInjector): void {
   app.get(`${DEVICE_PREFIX}/state`, async (request: UuidRequest, reply) => {
-    const target = store.target(request.params.uuid);
+    const target = withSecretsVersion(store.target(request.params.uuid), store.secrets.version(request.params.uuid));
     void reply.header('etag', target.etag).header('cache-control', 'no-cache');
     if (ifNoneMatchHits(request.headers['if-none-match'], target.etag)) return reply.code(304).send();
     return reply.type('application/json; charset=utf-8').send(target.json);
+  });
+
+  // The device's secrets (docs/protocol.md, "Secrets"); the ETag is the version the target carries.
+  app.get(`${DEVICE_PREFIX}/secrets`, async (request: UuidRequest, reply) => {
+    const version = secretsVersion(store.secrets.version(request.params.uuid));
+    const etag = JSON.stringify(version);
+    void reply.header('etag', etag).header('cache-control', 'no-store');
+    if (ifNoneMatchHits(request.headers['if-none-match'], etag)) return reply.code(304).send();
+    return { version, secrets: store.secrets.values(request.params.uuid) };
   });
 
   // The shadow's desired state for devices without MQTT: 204 until one is set; the ETag is its version.

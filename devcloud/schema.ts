@@ -1,6 +1,6 @@
 /** The devcloud's tables: the schema a new file gets, and the upgrades of older files. */
 
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 7;
 
 /**
  * Device logs (docs/protocol.md, "Logs"): one row per log message (an outbox message of channel `logs`,
@@ -46,6 +46,17 @@ export const UPGRADES: Record<number, string> = {
   4: `ALTER TABLE messages ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0;`,
   // Device logs: their messages (deduplicated by id) and lines.
   5: LOG_TABLES,
+  // Placeholder: the upgrade to 6 is another change's (issue #17); the lead puts it here when merging.
+  6: '',
+  // Device secrets (docs/protocol.md, "Secrets"): values per device, and the version the target carries.
+  7: `CREATE TABLE device_secrets (
+        device     TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (device, name)
+      ) STRICT, WITHOUT ROWID;
+      ALTER TABLE devices ADD COLUMN secrets_version INTEGER NOT NULL DEFAULT 0;`,
 };
 
 /**

@@ -196,6 +196,9 @@ export function adminClient(adminUrl: string, opts: { token?: string } = {}): Ad
     logs: (uuid, q = {}) =>
       call('GET', `${device(uuid)}/logs${query({ service: q.service, since: q.since, until: q.until, afterSeq: q.afterSeq, limit: q.limit })}`),
     logServices: (uuid) => call('GET', `${device(uuid)}/logs/services`),
+    setSecret: (uuid, name, body) => call('PUT', `${device(uuid)}/secrets/${encodeURIComponent(name)}`, body),
+    deleteSecret: (uuid, name) => call('DELETE', `${device(uuid)}/secrets/${encodeURIComponent(name)}`),
+    secrets: (uuid) => call('GET', `${device(uuid)}/secrets`),
     setFaults: (spec) => call('PUT', '/admin/faults', spec),
     clearFaults: () => call('DELETE', '/admin/faults'),
     faults: () => call('GET', '/admin/faults'),

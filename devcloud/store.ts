@@ -3,6 +3,7 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { LogStore, type LogCounts } from './log-store.js';
+import { SecretTable } from './secrets.js';
 import { SCHEMA, SCHEMA_VERSION, UPGRADES } from './schema.js';
 
 /** The devcloud's SQLite tables and every query it runs. Counters live here too, so they survive a restart. */
@@ -203,6 +204,8 @@ export class DevCloudStore {
   private closed = false;
   /** Device logs (log-store.ts), in the same database. */
   readonly logs: LogStore;
+  /** Device secrets (secrets.ts), in the same database. */
+  readonly secrets: SecretTable;
 
   private constructor(
     private readonly db: Database,
@@ -258,6 +261,7 @@ export class DevCloudStore {
       jobUpdates: prepare('SELECT update_id, status, details, received_at FROM job_updates WHERE job_id = ? ORDER BY seq'),
     };
     this.logs = new LogStore(db, now, (uuid, name, by) => this.bump(uuid, name, by));
+    this.secrets = new SecretTable(db, now);
   }
 
   /** Opens (creating if needed) the database at `path`, or an in-memory one for `:memory:`. */

@@ -31,6 +31,14 @@ export class AgentApi {
     return this.answer(path, await this.send('POST', path, body));
   }
 
+  async put(path: string, body: unknown): Promise<unknown> {
+    return this.answer(path, await this.send('PUT', path, body));
+  }
+
+  async delete(path: string): Promise<unknown> {
+    return this.answer(path, await this.send('DELETE', path));
+  }
+
   private async send(method: string, path: string, body?: unknown): Promise<Response> {
     const headers: Record<string, string> = { authorization: `Bearer ${this.access.key}` };
     if (body !== undefined) headers['content-type'] = 'application/json';

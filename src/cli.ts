@@ -159,6 +159,30 @@ apiOptions(queueCmd.command('purge'))
   .option('--json', 'print the answer as JSON')
   .action((ids: string[], opts: ApiOpts & { json?: boolean; all?: boolean; yes?: boolean }) => queueAction('purge', ids, opts));
 
+/** `secret set|ls|rm`: see secret-cli.ts. */
+async function secretAction(action: 'set' | 'ls' | 'rm', name: string | undefined, opts: ApiOpts & { fromFile?: string; stdin?: boolean; json?: boolean }): Promise<never> {
+  const [{ localApiAccess }, { AgentApi }, { runSecret }] = await Promise.all([import('./cli-api.js'), import('./cli-client.js'), import('./secret-cli.js')]);
+  const api = new AgentApi(localApiAccess(opts));
+  process.exit(await runSecret(api, action, name, opts, { out: process.stdout, err: process.stderr, stdin: process.stdin }));
+}
+
+const secretCmd = program.command('secret').description('the local secrets of a running agent (names and sources shown, never values)');
+secretCmd.enablePositionalOptions();
+apiOptions(secretCmd.command('set'))
+  .description('set a local secret, overriding the cloud\'s of that name until removed; the value from a file or stdin, never argv')
+  .argument('<name>', 'the secret name')
+  .option('--from-file <file>', 'read the value from this file (one trailing newline dropped)')
+  .option('--stdin', 'read the value from stdin (one trailing newline dropped)')
+  .action((name: string, opts: ApiOpts & { fromFile?: string; stdin?: boolean }) => secretAction('set', name, opts));
+apiOptions(secretCmd.command('ls'))
+  .description('list the secrets: name, source (cloud/local), updated, the services using them; never values')
+  .option('--json', 'print the raw JSON of GET /v2/secrets')
+  .action((opts: ApiOpts & { json?: boolean }) => secretAction('ls', undefined, opts));
+apiOptions(secretCmd.command('rm'))
+  .description('remove a local secret (the cloud\'s of that name, if any, is used again)')
+  .argument('<name>', 'the secret name')
+  .action((name: string, opts: ApiOpts) => secretAction('rm', name, opts));
+
 program
   .command('logs')
   .description('print the last log lines of the workloads and the agent from the local API of a running agent; -f follows them')

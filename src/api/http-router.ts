@@ -140,6 +140,8 @@ export class Router {
   /** In registration order, so that a test can walk every route (for auth, say). */
   readonly routes: ApiRoute[] = [];
   private readonly table = new Map<string, Map<string, Route>>();
+  /** Routes of `prefix + one path segment` (`/v2/secrets/{name}`); the handler reads the segment from the path. */
+  private readonly segmentTable = new Map<string, Map<string, Route>>();
 
   constructor(private readonly o: RouterOptions) {}
 
@@ -159,6 +161,22 @@ export class Router {
 
   delete(path: string, handler: Handler): void {
     this.add('DELETE', path, handler);
+  }
+
+  /** A route for every `prefix + SEGMENT` (a segment without "/"), e.g. `segment('PUT', '/v2/secrets/', h)`. */
+  segment(method: 'PUT' | 'DELETE' | 'GET', prefix: string, handler: Handler): void {
+    const byMethod = this.segmentTable.get(prefix) ?? new Map<string, Route>();
+    byMethod.set(method, { handler, bodyLimit: undefined, gate: undefined });
+    this.segmentTable.set(prefix, byMethod);
+    this.routes.push({ method, url: `${prefix}x` });
+  }
+
+  private segmentRoute(path: string, method: string): Route | undefined {
+    for (const [prefix, byMethod] of this.segmentTable) {
+      const rest = path.slice(prefix.length);
+      if (path.startsWith(prefix) && rest.length > 0 && !rest.includes('/')) return byMethod.get(method);
+    }
+    return undefined;
   }
 
   /** The request listener for node:http. */
@@ -191,7 +209,7 @@ export class Router {
     try {
       const guarded = this.o.guard?.(req, path);
       if (guarded) return send(res, guarded);
-      const route = this.table.get(path)?.get(method);
+      const route = this.table.get(path)?.get(method) ?? this.segmentRoute(path, method);
       if (!route) throw new HttpError(404, 'not_found', `no route ${method} ${path}`);
       const ready = route.gate?.ready();
       if (ready) await ready;

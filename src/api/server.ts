@@ -9,6 +9,7 @@ import { DashboardHub, dashboardRoutes, STREAM_BOUNDS, STREAM_ROUTE, StreamToken
 import { HttpError, json, Router, text, type ApiRoute, type RouteGate } from './http-router.js';
 import { serveHttp, type HttpApp, type HttpTimeouts } from './http-server.js';
 import { FOLLOW_BOUNDS, logRoutes, type FollowBounds, type LogsView } from './logs-route.js';
+import { secretRoutes, type SecretsView } from './secret-routes.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
 import { isOutboxError } from '../outbox/types.js';
 import { ShadowError } from '../shadow/shadow.js';
@@ -56,6 +57,8 @@ export interface ApiView {
   shadow?: { get(): unknown; patch(body: unknown): unknown; clearOverrides(): unknown } | undefined;
   /** Device logs (GET /v2/logs): the local tail, the committed lines as they come, the counts per service. */
   logs(): LogsView;
+  /** The device's secrets: names and sources out, values only in. */
+  secrets: SecretsView;
   metrics: MetricsExposition;
 }
 
@@ -145,6 +148,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
   statusRoutes(router, view, opts.dashboard);
   controlRoutes(router, view, limits, opts.ingestGate);
   shadowRoutes(router, view);
+  secretRoutes(router, view.secrets);
   logRoutes(router, () => view.logs(), { ...FOLLOW_BOUNDS, ...opts.follow });
   const hub = opts.dashboard ? dashboardStream(router, opts, authorized) : undefined;
   const served = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts }).catch((err: unknown) => {

@@ -50,7 +50,26 @@ export function buildApiView(p: AgentParts): ApiView {
     purgeParked: (ids) => queueing.outbox.purgeParked(ids),
     clearLocalTarget: () => localTarget.clear(),
     logs: () => ({ tail: p.logs.tail, events: p.logs.events, serviceStats: () => p.logs.serviceStats(), clock: core.clock }),
+    secrets: secretsView(p),
     metrics: buildMetrics(p),
+  };
+}
+
+/** The secrets as the local API shows them: names, sources, times and the services using each; never values. */
+function secretsView(p: AgentParts): ApiView['secrets'] {
+  const { secrets, targets } = p.workloads;
+  return {
+    list: () => {
+      const users = new Map<string, string[]>();
+      for (const [app, a] of Object.entries(targets.current()?.apps ?? {})) {
+        for (const [service, s] of Object.entries(a.services)) for (const r of s.secrets) users.set(r.name, [...(users.get(r.name) ?? []), `${app}/${service}`]);
+      }
+      const held = secrets.list().map((s) => ({ ...s, updatedAt: new Date(s.updatedAt).toISOString(), usedBy: users.get(s.name) ?? [] }));
+      const missing = [...users].filter(([name]) => !secrets.has(name)).map(([name, usedBy]) => ({ name, missing: true, usedBy }));
+      return { cloudVersion: secrets.cloudVersion, secrets: held, missing };
+    },
+    set: (name, value) => secrets.setLocal(name, value),
+    remove: (name) => secrets.removeLocal(name),
   };
 }
 

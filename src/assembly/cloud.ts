@@ -5,6 +5,7 @@ import type { CloudLoopDeps } from '../cloud/loop-deps.js';
 import { StateDelivery } from '../cloud/state-delivery.js';
 import { STATE_CHANNEL, StateReporter } from '../cloud/state-report.js';
 import { TargetStatePoller } from '../cloud/target-state.js';
+import { SecretsFetcher } from '../cloud/secrets-fetch.js';
 import { JobUpdateDelivery } from '../jobs/delivery.js';
 import type { JobPoller } from '../jobs/poller.js';
 import type { JobRunner } from '../jobs/runner.js';
@@ -23,6 +24,7 @@ import type { Workloads } from './workloads.js';
 export interface CloudParts {
   http: CloudHttpClient;
   poller: TargetStatePoller;
+  secrets: SecretsFetcher;
   reporter: StateReporter;
   health: HealthReporter;
   jobs: { runner: JobRunner; poller: JobPoller } | undefined;
@@ -51,6 +53,15 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
     intervalMs: () => workloads.settings().reportIntervalMs,
     current: () => status.currentState(),
   });
+  const secrets = new SecretsFetcher({
+    ...cloudLoop('secrets'),
+    store: workloads.secrets,
+    random,
+    target: () => workloads.targets.current(),
+    pollIntervalMs: () => workloads.settings().pollIntervalMs,
+    maxBytes: config.limits.maxCloudResponseBytes,
+  });
+  workloads.targets.onChange(() => secrets.check());
   const poller = new TargetStatePoller({
     ...cloudLoop('target-state'),
     store,
@@ -83,7 +94,7 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
   if (jobs) core.degradation.register(jobs.poller, { order: 20 });
   if (shadowSync) core.degradation.register(shadowSync, { order: 30 });
   addHttpFlusher(core, queueing, http);
-  return { http, poller, reporter, health, jobs, shadowPoller };
+  return { http, poller, secrets, reporter, health, jobs, shadowPoller };
 }
 
 function buildHttpClient(core: Core, baseUrl: string): CloudHttpClient {

@@ -17,5 +17,6 @@ export function buildLogs(core: Core, workloads: Workloads, queueing: Queueing, 
     docker: workloads.runtimes.docker,
     process: workloads.runtimes.process.output,
     ...(tap ? { tap } : {}),
+    ...(config.secrets.maskLogs ? { mask: workloads.secrets.masker() } : {}),
   });
 }

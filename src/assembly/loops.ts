@@ -24,6 +24,7 @@ export function startLoops(p: AgentParts): void {
   }
   if (!cloud) return;
   loops.start('target-state', (s) => cloud.poller.run(s));
+  loops.start('secrets', (s) => cloud.secrets.run(s));
   const jobs = cloud.jobs;
   if (jobs) loops.start('jobs', (s) => jobs.poller.run(s));
   const shadowPoller = cloud.shadowPoller;

@@ -8,6 +8,9 @@ import { DockerRuntime } from '../workloads/runtimes/docker.js';
 import { ProcessRuntime, resolveProcessUser } from '../workloads/runtimes/process.js';
 import { validateTarget, type TargetState, type WorkloadPolicy } from '../workloads/target-schema.js';
 import { MemoryTargetSource } from '../workloads/target-source.js';
+import { SecretStore } from '../secrets/secret-store.js';
+import { errorMessage } from '../util/errors.js';
+import { pruneSecretDirs } from '../workloads/runtimes/secret-files.js';
 import type { Core } from './core.js';
 
 export interface Workloads {
@@ -16,6 +19,8 @@ export interface Workloads {
   runtimes: { docker: DockerRuntime; process: ProcessRuntime };
   targets: MemoryTargetSource;
   reconciler: Reconciler;
+  /** The device's secrets (cloud and local), encrypted at rest. */
+  secrets: SecretStore;
   /** The config's settings with the target's `config.settings` over them, read at each use. */
   settings(): AgentConfig['settings'];
 }
@@ -26,8 +31,27 @@ export function buildWorkloads(core: Core): Workloads {
   const policy: WorkloadPolicy = { allowHostMounts: w.allowHostMounts, allowPrivileged: w.allowPrivileged, allowHostNetwork: w.allowHostNetwork, allowDevices: w.allowDevices };
   const targets = new MemoryTargetSource(storedTarget(store, policy, logger));
   const settings = (): AgentConfig['settings'] => ({ ...config.settings, ...(targets.current()?.config.settings ?? {}) });
+  const secrets = new SecretStore({
+    file: config.secrets.file ?? join(config.dataDir, 'secrets.enc'),
+    keyFile: config.secrets.keyFile ?? join(config.dataDir, 'secrets.key'),
+    clock: core.clock,
+    logger: logger.child({ part: 'secrets' }),
+  });
+  secrets.open();
   const runtimes = buildRuntimes(core);
-  return { policy, targets, settings, runtimes, reconciler: buildReconciler(core, runtimes, targets, policy, settings) };
+  // The secret files of services no longer in the target go (at start, and on every new target).
+  const prune = (): void => {
+    for (const root of new Set([runtimes.docker.secretsDir ?? runtimes.process.secretsDir, runtimes.process.secretsDir])) {
+      try {
+        pruneSecretDirs(root, targets.current());
+      } catch (err) {
+        logger.warn({ dir: root, err: errorMessage(err) }, 'could not remove the secret files of services gone');
+      }
+    }
+  };
+  prune();
+  targets.onChange(prune);
+  return { policy, targets, settings, runtimes, secrets, reconciler: buildReconciler(core, runtimes, targets, policy, settings, secrets) };
 }
 
 /**
@@ -46,6 +70,9 @@ function storedTarget(store: Pick<Store, 'getTarget'>, policy: WorkloadPolicy, l
 function buildRuntimes(core: Core): Workloads['runtimes'] {
   const { config, clock, random, logger } = core;
   const w = config.workloads;
+  const user = resolveProcessUser(w.processUser);
+  // A process run as another user cannot enter the agent's 0700 data dir: its secret files live on /run (a tmpfs).
+  const processSecrets = config.secrets.processDir ?? (typeof user === 'object' ? '/run/iotistic-agent/secrets' : join(config.dataDir, 'run-secrets'));
   return {
     docker: new DockerRuntime({
       clock,
@@ -54,6 +81,7 @@ function buildRuntimes(core: Core): Workloads['runtimes'] {
       ...(w.dockerHost ? { host: w.dockerHost } : {}),
       stopTimeoutSeconds: w.stopTimeoutSeconds,
       containerLog: { maxBytes: w.containerLogMaxBytes, files: w.containerLogFiles },
+      secretsDir: join(config.dataDir, 'run-secrets'),
     }),
     process: new ProcessRuntime({
       dataDir: join(config.dataDir, 'services'),
@@ -62,12 +90,13 @@ function buildRuntimes(core: Core): Workloads['runtimes'] {
       logMaxBytes: w.processLogMaxBytes,
       logFiles: w.processLogFiles,
       stopTimeoutMs: w.stopTimeoutSeconds * 1000,
-      user: resolveProcessUser(w.processUser),
+      user,
+      secretsDir: processSecrets,
     }),
   };
 }
 
-function buildReconciler(core: Core, runtimes: Workloads['runtimes'], targets: MemoryTargetSource, policy: WorkloadPolicy, settings: () => AgentConfig['settings']): Reconciler {
+function buildReconciler(core: Core, runtimes: Workloads['runtimes'], targets: MemoryTargetSource, policy: WorkloadPolicy, settings: () => AgentConfig['settings'], secrets: SecretStore): Reconciler {
   const { clock, random, logger } = core;
   return new Reconciler({
     source: targets,
@@ -79,6 +108,7 @@ function buildReconciler(core: Core, runtimes: Workloads['runtimes'], targets: M
     reconciliationIntervalMs: () => settings().reconciliationIntervalMs,
     policy,
     deviceRegistries: core.config.workloads.registries,
+    secrets,
   });
 }
 

@@ -459,6 +459,23 @@ const limitsSchema = z.strictObject({
     .describe('Most connections the local broker holds at once; more are closed as they arrive.'),
 });
 
+const secretsSchema = z.strictObject({
+  keyFile: z
+    .string()
+    .min(1)
+    .optional()
+    .describe('The key that encrypts secrets.enc (32 random bytes as hex, mode 0600); <dataDir>/secrets.key unless set (e.g. a tmpfs a TPM unseals at boot).'),
+  file: z.string().min(1).optional().describe('The encrypted secrets file; <dataDir>/secrets.enc unless set.'),
+  processDir: z
+    .string()
+    .regex(/^\//, 'an absolute path')
+    .optional()
+    .describe(
+      'Where native processes\' file secrets are written (<dir>/<app>/<service>/<name>, 0400, the process user\'s). Default: /run/iotistic-agent/secrets (a tmpfs) when processes run as another user (they cannot enter the data dir), else <dataDir>/run-secrets.',
+    ),
+  maskLogs: z.boolean().default(true).describe('Mask secret values (6 characters or more) in the workloads\' log lines the agent ships and shows.'),
+});
+
 export const agentConfigSchema = z
   .strictObject({
     $schema: z.string().optional().describe('Path or URL of this JSON Schema, for editors.'),
@@ -476,6 +493,7 @@ export const agentConfigSchema = z
     settings: settingsSchema.prefault({}),
     features: featuresSchema.prefault({}),
     limits: limitsSchema.prefault({}),
+    secrets: secretsSchema.prefault({}),
   })
   .describe('Iotistic Agent configuration');
 

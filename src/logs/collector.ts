@@ -21,6 +21,8 @@ export interface LogCollectorOptions {
   docker?: DockerLogRuntime;
   process?: ProcessOutput;
   tap?: AgentLogTap;
+  /** Masks secret values in the workloads' lines (not the agent's own, which never holds them). */
+  mask?: (text: string) => string;
 }
 
 export interface ServiceLogStats {
@@ -115,6 +117,7 @@ export class LogCollector {
       },
       onDropped: (reason, count) => (stat.dropped[reason] = (stat.dropped[reason] ?? 0) + count),
       onRewind: () => this.docker?.rewind(service),
+      ...(this.o.mask && service !== AGENT_SERVICE ? { mask: this.o.mask } : {}),
     });
     this.logs.set(service, made);
     return made;

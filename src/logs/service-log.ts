@@ -41,6 +41,8 @@ export interface ServiceLogOptions {
    * are not counted as dropped: they are read again from the stored cursors (`rewind`).
    */
   onRewind?: () => void;
+  /** Masks secret values in a line's text before it is kept or sent (secrets/secret-store.ts). */
+  mask?: (text: string) => string;
 }
 
 /** A line as a source hands it: a replayable one (a container's) names itself and where its log resumes after the line. */
@@ -124,8 +126,10 @@ export class ServiceLog {
    * Takes a line. Returns false when the backlog is full: a replayable source (a line with `source`
    * and `cursor`) should pause until `drained()` and hand the line again; another line was dropped (counted).
    */
-  push(line: SourcedLine): boolean {
+  push(sourced: SourcedLine): boolean {
     if (this.closed) return false;
+    const masked = this.o.mask?.(sourced.text);
+    const line = masked === undefined || masked === sourced.text ? sourced : { ...sourced, text: masked };
     const p = this.pending;
     if (p.chars >= this.o.chunk.maxPendingBytes && this.committing) {
       if (line.source === undefined) this.drop('backlog', 1);

@@ -26,6 +26,13 @@ export const REDACT_PATHS = [
   '*.authorization',
   'headers.authorization',
   'req.headers.authorization',
+  // A service's environment may hold secrets (workloads' `secrets` with `env`); nothing logs it, this is the net.
+  'env',
+  '*.env',
+  'Env',
+  '*.Env',
+  'secretValues',
+  '*.secretValues',
 ];
 
 export interface LoggerOptions {

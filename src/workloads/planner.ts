@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { normalizeImage } from './image-ref.js';
 import { servicePolicyIssues, updateStrategyOf, UPDATE_STRATEGY_LABEL, type ServiceSpec, type TargetState, type WorkloadPolicy } from './target-schema.js';
 import { formatIssue } from '../config/issues.js';
-import type { Availability, DesiredService, Instance, RuntimeKind, ServiceStatus } from './types.js';
+import type { Availability, DesiredService, Instance, RuntimeKind, SecretSource, ServiceStatus } from './types.js';
 
 /**
  * The pure half of the reconciler: from what the target wants and what runs, the steps that close
@@ -42,23 +42,45 @@ export interface ResolvedService {
   blocked?: { reason: string; removeInstances: boolean };
 }
 
-/** Resolves each service of the target: its runtime (for `auto`), image, hash and strategy. */
-export function resolveTarget(target: TargetState, docker: Availability, policy: Readonly<WorkloadPolicy>): ResolvedService[] {
+/**
+ * The values of the secrets a service names, and the names missing from the store. With the values,
+ * the service's hash takes an HMAC of them: a changed value recreates the service.
+ */
+function serviceSecrets(spec: ServiceSpec, secrets: SecretSource | undefined): { values: Map<string, string>; missing: string[]; digest: string | undefined } {
+  const values = new Map<string, string>();
+  const missing: string[] = [];
+  for (const ref of spec.secrets) {
+    const v = secrets?.get(ref.name);
+    if (v === undefined) missing.push(ref.name);
+    else values.set(ref.name, v);
+  }
+  const digest = values.size > 0 && secrets ? secrets.digest([...values].sort(([a], [b]) => (a < b ? -1 : 1))) : undefined;
+  return { values, missing, digest };
+}
+
+/** Resolves each service of the target: its runtime (for `auto`), image, hash, strategy and secrets. */
+export function resolveTarget(target: TargetState, docker: Availability, policy: Readonly<WorkloadPolicy>, secrets?: SecretSource): ResolvedService[] {
   const out: ResolvedService[] = [];
   for (const [app, appDoc] of Object.entries(target.apps)) {
     for (const [service, spec] of Object.entries(appDoc.services)) {
       const runtime: RuntimeKind = spec.runtime === 'process' || (spec.runtime === 'auto' && spec.image === undefined) ? 'process' : 'docker';
+      const used = serviceSecrets(spec, secrets);
+      const hash = configHash(runtime, spec);
       const desired: DesiredService = {
         app,
         service,
         spec,
         runtime,
         image: runtime === 'docker' && spec.image !== undefined ? normalizeImage(spec.image) : undefined,
-        configHash: configHash(runtime, spec),
+        configHash: used.digest === undefined ? hash : createHash('sha256').update(`${hash}:${used.digest}`).digest('hex').slice(0, 32),
         updateStrategy: updateStrategyOf(spec),
+        secretValues: used.values,
       };
       const refused = servicePolicyIssues(`apps.${app}.services.${service}`, spec, policy, 'local policy');
-      if (refused.length > 0) {
+      if (used.missing.length > 0) {
+        // A running instance keeps the values it was given (as offline); nothing new starts without them.
+        out.push({ desired, blocked: { reason: `waiting for secret ${used.missing.join(', ')}`, removeInstances: false } });
+      } else if (refused.length > 0) {
         out.push({ desired, blocked: { reason: refused.map((i) => formatIssue(i)).join('; '), removeInstances: true } });
       } else if (runtime === 'docker' && !docker.ok) {
         const reason =

@@ -11,7 +11,7 @@ import { TargetRegistryCredentials, type RegistryCredentials, type RegistryLogin
 import { RestartRequests, type RestartResult } from './restart-requests.js';
 import { RetryManager, type RestartBackoffSpec } from './retry.js';
 import { DEFAULT_WORKLOAD_POLICY, type TargetState, type WorkloadPolicy } from './target-schema.js';
-import type { ApplyStatus, Availability, CurrentState, Instance, RuntimeKind, ServiceState, TargetSource, WorkloadRuntime } from './types.js';
+import type { ApplyStatus, Availability, CurrentState, Instance, RuntimeKind, SecretSource, ServiceState, TargetSource, WorkloadRuntime } from './types.js';
 
 /**
  * The workload reconciler, in the kubelet's shape: observe what runs (both runtimes), diff it
@@ -44,6 +44,8 @@ export interface ReconcilerOptions {
   pullTimeoutMs?: number;
   /** The device's own registry logins (`workloads.registries`), used where the target has none. */
   deviceRegistries?: Readonly<Record<string, RegistryLogin>>;
+  /** The device's secrets, for services that name some; a change of a value recreates the services using it. */
+  secrets?: SecretSource;
 }
 
 export interface ReconcilerEvents {
@@ -138,6 +140,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     const offs = [
       this.o.source.onChange(() => this.onTargetChange()),
       this.o.process.events.on('changed', onEvent),
+      ...(this.o.secrets ? [this.o.secrets.onChange(onEvent)] : []),
       ...(this.o.docker ? [this.o.docker.events.on('changed', onEvent)] : []),
     ];
     const watch = this.o.docker?.watch?.(signal).catch((err: unknown) => {
@@ -238,7 +241,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     instances.push(...(await this.o.process.list(signal)));
     signal.throwIfAborted();
 
-    const resolved = resolveTarget(target, docker, this.policy);
+    const resolved = resolveTarget(target, docker, this.policy, this.o.secrets);
     const byKey = new Map<string, ResolvedService>();
     for (const r of resolved) byKey.set(serviceKey(r.desired.app, r.desired.service), r);
     const instancesByKey = new Map<string, Instance[]>();

@@ -92,6 +92,21 @@ const labelsSchema = z.record(z.string().min(1), z.string()).superRefine((labels
 /** Fields that only mean something for a container. */
 const CONTAINER_ONLY = ['ports', 'volumes', 'devices', 'privileged', 'network_mode'] as const;
 
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * A secret the service is given (the target names it; the value comes from the device's store):
+ * `env` is the environment variable that holds the value; `file` is, for a container, the absolute
+ * path it is mounted at, and for a process the environment variable that holds the path of the file.
+ */
+const secretRefSchema = z
+  .strictObject({
+    name: z.string().regex(NAME, NAME_EXPECTED),
+    env: z.string().regex(ENV_NAME, 'an environment variable name').optional(),
+    file: z.string().min(1).max(4096).optional(),
+  })
+  .refine((r) => r.env !== undefined || r.file !== undefined, 'an "env" or a "file" (or both) saying how the service gets the secret');
+
 const serviceSchema = z
   .strictObject({
     runtime: z.enum(RUNTIMES).default('docker'),
@@ -106,6 +121,7 @@ const serviceSchema = z
     privileged: z.boolean().default(false),
     network_mode: z.enum(NETWORK_MODES).optional(),
     devices: z.array(z.string().regex(DEVICE_RE, 'a device "/dev/HOST[:/dev/CONTAINER][:rwm]"')).default([]),
+    secrets: z.array(secretRefSchema).max(64).default([]),
   })
   .superRefine((svc, ctx) => {
     // "auto" without an image can only ever run as a process, so it follows the process rules.
@@ -127,7 +143,22 @@ const serviceSchema = z
       // Not a process and no image: runtime "docker" ("auto" without an image is a process).
       ctx.addIssue({ code: 'custom', path: ['image'], message: 'an image reference for runtime "docker"' });
     }
+    secretRefIssues(svc.secrets, asProcess, ctx);
   });
+
+function secretRefIssues(refs: readonly { name: string; env?: string | undefined; file?: string | undefined }[], asProcess: boolean, ctx: z.core.$RefinementCtx<unknown>): void {
+  const seen = new Set<string>();
+  refs.forEach((r, i) => {
+    if (seen.has(r.name)) ctx.addIssue({ code: 'custom', path: ['secrets', i, 'name'], message: `a secret named once per service (${r.name} is named twice)` });
+    seen.add(r.name);
+    if (r.file === undefined) return;
+    if (asProcess && !ENV_NAME.test(r.file)) {
+      ctx.addIssue({ code: 'custom', path: ['secrets', i, 'file'], message: 'for a process, an environment variable name (it is given the path of the file the agent writes)' });
+    } else if (!asProcess && (!r.file.startsWith('/') || r.file.split('/').includes('..'))) {
+      ctx.addIssue({ code: 'custom', path: ['secrets', i, 'file'], message: 'for a container, an absolute path without ".." (where the file is mounted read-only)' });
+    }
+  });
+}
 
 const appSchema = z.strictObject({
   services: z.record(z.string().regex(NAME, NAME_EXPECTED), serviceSchema),
@@ -150,6 +181,8 @@ const registryEntrySchema = z.union([z.strictObject({ username: z.string().min(1
 
 export const targetStateSchema = z.strictObject({
   version: z.number().int().min(0),
+  /** Opaque: when it differs from the version of the secrets the device holds, it fetches them again. */
+  secretsVersion: z.string().min(1).max(128).optional(),
   config: targetConfigSchema.default({}),
   apps: z.record(z.string().regex(NAME, NAME_EXPECTED), appSchema).default({}),
   /** Credentials per registry host[:port] for image pulls (registry-auth.ts); optional so targets without them hash as before. */

@@ -70,6 +70,16 @@ export interface DesiredService {
   image: string | undefined;
   configHash: string;
   updateStrategy: UpdateStrategy;
+  /** The values of the secrets the service names, by name. A Map: JSON and the logger show it as `{}`. */
+  secretValues: ReadonlyMap<string, string>;
+}
+
+/** Where the reconciler reads the values of the secrets a target names (secrets/secret-store.ts). */
+export interface SecretSource {
+  get(name: string): string | undefined;
+  /** An HMAC of the values, keyed with the secrets key, for the config hash (a change recreates the service). */
+  digest(values: readonly (readonly [string, string])[]): string;
+  onChange(listener: () => void): () => void;
 }
 
 export interface RuntimeEvents {

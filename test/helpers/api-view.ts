@@ -28,6 +28,7 @@ export function fakeApiView(over: Partial<ApiView> = {}): ApiView {
     jobs: () => ({ enabled: false }),
     localBroker: () => ({ enabled: false }),
     logs: () => ({ tail: { read: () => [], services: () => [] }, events: new LogEvents(), serviceStats: () => ({}), clock: systemClock }),
+    secrets: { list: () => ({ cloudVersion: null, secrets: [], missing: [] }), set: () => undefined, remove: () => false },
     metrics: new Registry(),
     ...over,
   };

@@ -133,6 +133,7 @@ describe('local API bodies', () => {
         return v;
       },
       clearLocalTarget: () => false,
+      secrets: { list: () => ({ secrets: [] }), set: () => undefined, remove: () => false },
       ingest: async (items) => {
         for (const i of items) JSON.stringify(i.payload);
         state.ingested += items.length;

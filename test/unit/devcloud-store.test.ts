@@ -17,6 +17,7 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
   const raw = new BetterSqlite3(path);
   raw.exec('ALTER TABLE devices DROP COLUMN shadow_desired; ALTER TABLE devices DROP COLUMN shadow_version; DROP INDEX health_by_key; ALTER TABLE health DROP COLUMN idem_key; ALTER TABLE messages DROP COLUMN backfill;');
   raw.exec('DROP TABLE log_lines; DROP TABLE log_messages;');
+  raw.exec('DROP TABLE device_secrets; ALTER TABLE devices DROP COLUMN secrets_version;');
   raw.pragma('user_version = 1');
   raw.close();
 
@@ -34,6 +35,7 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
     'log_lines_by_ts',
     'log_messages',
   ]);
+  expect(check.prepare("SELECT name FROM pragma_table_info('devices') WHERE name = 'secrets_version'").pluck().all()).toEqual(['secrets_version']);
   check.close();
 });
 
@@ -47,5 +49,19 @@ it('keeps the backfill mark of a message and shows it in the messages page; live
     ['m-2', undefined],
     ['m-1', true],
   ]);
+  store.close();
+});
+
+it('keeps device secrets: names for the admin, values for the device, a version that goes up on each change', () => {
+  const store = DevCloudStore.open(join(dirs.make(), 'devcloud.db'));
+  expect(store.secrets.version('dev-1')).toBe(0);
+  expect(store.secrets.put('dev-1', 'db-password', 'hunter2-value')).toEqual({ name: 'db-password', version: 1 });
+  expect(store.secrets.names('dev-1').map((s) => s.name)).toEqual(['db-password']);
+  expect(store.secrets.values('dev-1')).toEqual({ 'db-password': 'hunter2-value' });
+  expect(() => store.secrets.put('dev-1', 'Bad', 'hunter2-value')).toThrow(/name: expected/);
+  expect(() => store.secrets.put('dev-1', 'big', 'x'.repeat(65_537))).toThrow('value: expected at most 65536 bytes, got 65537');
+  expect(store.secrets.remove('dev-1', 'db-password')).toBe(true);
+  expect(store.secrets.remove('dev-1', 'db-password')).toBe(false);
+  expect(store.secrets.version('dev-1')).toBe(2);
   store.close();
 });

@@ -7,6 +7,7 @@ import { Backoff } from '../../resilience/backoff.js';
 import type { Clock } from '../../util/clock.js';
 import { AgentError, errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
+import { secretEnv, writeSecretFiles } from './secret-files.js';
 import type { Random } from '../../util/random.js';
 import { parseImageReference } from '../image-ref.js';
 import { parsePort, parseVolume } from '../target-schema.js';
@@ -54,6 +55,8 @@ export interface DockerRuntimeOptions {
    * unless told; `false` leaves the engine's default log configuration alone.
    */
   containerLog?: { maxBytes: number; files: number } | false;
+  /** Where file secrets are written before they are bind-mounted read-only; required for services that have file secrets. */
+  secretsDir?: string;
 }
 
 interface DockerError {
@@ -276,6 +279,7 @@ export class DockerRuntime implements WorkloadRuntime {
       const source = vol.hostPath ? vol.source : await this.ensureVolume(app, vol.source, signal);
       binds.push(`${source}:${vol.target}${vol.readOnly ? ':ro' : ''}`);
     }
+    binds.push(...this.secretBinds(desired));
     const exposed: Record<string, object> = {};
     const bindings: Record<string, { HostIp?: string; HostPort: string }[]> = {};
     for (const port of spec.ports) {
@@ -293,7 +297,8 @@ export class DockerRuntime implements WorkloadRuntime {
       name: `${app}_${service}_${desired.configHash.slice(0, 8)}`,
       Image: desired.image,
       ...(spec.command ? { Cmd: spec.command } : {}),
-      Env: Object.entries(spec.environment).map(([k, v]) => `${k}=${v}`),
+      // Env secrets show in `docker inspect` on the host; file secrets do not. The options are never logged.
+      Env: Object.entries({ ...spec.environment, ...secretEnv(desired) }).map(([k, v]) => `${k}=${v}`),
       ...(spec.workingDir ? { WorkingDir: spec.workingDir } : {}),
       // The engine's own stops (its shutdown, `docker stop` by hand) keep the agent's grace period too.
       StopTimeout: this.o.stopTimeoutSeconds ?? 10,
@@ -330,6 +335,25 @@ export class DockerRuntime implements WorkloadRuntime {
       }
       throw new Error(dockerMessage(err), { cause: err });
     }
+  }
+
+  /** Where this runtime writes file secrets (pruned by the assembly when services go). */
+  get secretsDir(): string | undefined {
+    return this.o.secretsDir;
+  }
+
+  /**
+   * File secrets are mounted one file each, read-only. Mode 0444: the container may run as any
+   * user, and a bind-mounted file keeps the host's owner; the 0700 directory keeps the host's other users out.
+   */
+  private secretBinds(desired: DesiredService): string[] {
+    if (!desired.spec.secrets.some((r) => r.file !== undefined)) return [];
+    if (!this.o.secretsDir) throw new AgentError('SECRETS_DIR_MISSING', `${desired.app}/${desired.service}: file secrets need the runtime's secretsDir`);
+    const paths = writeSecretFiles(this.o.secretsDir, desired, { mode: 0o444 });
+    return desired.spec.secrets.flatMap((r) => {
+      const path = paths.get(r.name);
+      return r.file !== undefined && path !== undefined ? [`${path}:${r.file}:ro`] : [];
+    });
   }
 
   /** The engine's json-file log is unbounded by default: months of output would fill a device's disk. */

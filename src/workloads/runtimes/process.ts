@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import type { Clock } from '../../util/clock.js';
 import { AgentError, errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
+import { secretEnv, writeSecretFiles } from './secret-files.js';
 import type { Availability, DesiredService, Instance, InstanceState, WorkloadRuntime } from '../types.js';
 import { TypedEmitter } from '../../util/typed-emitter.js';
 import { RuntimeEventEmitter } from './events.js';
@@ -48,6 +49,8 @@ export interface ProcessRuntimeOptions {
    * reason no process may start (the configured user does not exist): they fail with it.
    */
   user?: { uid: number; gid: number; name: string } | string;
+  /** Where file secrets are written (`<dir>/<app>/<service>/<name>`, 0400, owned by the process's user); `<dataDir>/run-secrets` of this runtime unless told. */
+  secretsDir?: string;
 }
 
 /**
@@ -198,10 +201,12 @@ export class ProcessRuntime implements WorkloadRuntime {
     const { spec, app, service } = p.desired;
     const [file, ...args] = spec.command ?? [];
     const { cwd, user } = this.launchPlace(p);
+    const secrets = this.secretEnv(p, user);
     const log = this.log(app, service);
     const child = spawn(file as string, args, {
       cwd,
-      env: { ...(this.o.baseEnv ?? DEFAULT_PROCESS_ENV), ...spec.environment },
+      // The env is never logged: it may hold secrets.
+      env: { ...(this.o.baseEnv ?? DEFAULT_PROCESS_ENV), ...spec.environment, ...secrets },
       stdio: ['ignore', 'pipe', 'pipe'],
       // Its own process group: a stop signals everything it forked, and a Ctrl-C meant for the agent does not reach it.
       detached: true,
@@ -247,6 +252,24 @@ export class ProcessRuntime implements WorkloadRuntime {
     // Node reports a missing cwd as "spawn <program> ENOENT", blaming the program: say which it is.
     if (!existsSync(cwd)) throw this.failedStart(p, `working dir ${cwd} does not exist`);
     return { cwd, user };
+  }
+
+  /** Where this runtime writes file secrets (pruned by the assembly when services go). */
+  get secretsDir(): string {
+    return this.o.secretsDir ?? join(this.o.dataDir, 'run-secrets');
+  }
+
+  /** The service's secrets as environment (file secrets written first, their paths in the variables `file` names). */
+  private secretEnv(p: Proc, user: { uid: number; gid: number } | undefined): Record<string, string> {
+    if (p.desired.spec.secrets.length === 0) return {};
+    let files: Map<string, string>;
+    try {
+      const root = this.secretsDir;
+      files = writeSecretFiles(root, p.desired, { mode: 0o400, ...(user ? { owner: user } : {}) });
+    } catch (err) {
+      throw this.failedStart(p, `cannot write its secret files: ${errorMessage(err)}`, err);
+    }
+    return secretEnv(p.desired, files);
   }
 
   /** Records a start that did not happen (it counts as an exit, for the crash loop) and says why. */
