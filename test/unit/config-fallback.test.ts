@@ -22,7 +22,8 @@ describe('the config source as shown', () => {
     expect(v.fallback?.issues).toHaveLength(25);
     expect(v.config.device.apiKey).toBe('[redacted]');
     expect(v.config.api.localApiKey).toBe('[redacted]');
-    expect(JSON.stringify(v)).not.toContain('secret');
+    expect(JSON.stringify(v)).not.toContain('secret-key-123');
+    expect(JSON.stringify(v)).not.toContain('local-secret-0123456');
   });
 });
 

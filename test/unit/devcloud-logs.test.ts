@@ -110,6 +110,8 @@ describe('devcloud log storage', () => {
     first.close();
     const raw = new BetterSqlite3(path);
     raw.exec('DROP TABLE log_lines; DROP TABLE log_messages;');
+    // What later schemas added goes too: a schema-4 file had none of it.
+    raw.exec('DROP TABLE device_secrets; ALTER TABLE devices DROP COLUMN secrets_version;');
     raw.pragma('user_version = 4');
     raw.close();
     const again = openStore(path);
