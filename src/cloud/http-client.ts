@@ -28,11 +28,16 @@ export interface CloudRequest {
   accept?: number[];
   /** A bound on this answer's body other than the client's `maxResponseBytes` (the target document's). */
   maxBytes?: { bytes: number; setting: string };
+  /** A bearer token sent instead of the device key (registration sends the provisioning key). */
+  bearer?: string;
 }
 
 export interface CloudHttpClientOptions {
   baseUrl: string;
-  apiKey?: string;
+  /** The device key, or where to read it at each request (a key issued at registration comes later). */
+  apiKey?: string | (() => string | undefined);
+  /** A 401 answered to a request sent with the device key `key` (revoked or replaced: registration.ts). */
+  onKeyRefused?: (key: string) => void;
   timeoutMs: number;
   clock: Pick<Clock, 'now'>;
   caFile?: string;
@@ -82,6 +87,11 @@ export class CloudHttpClient {
     return this.transport;
   }
 
+  private deviceKey(): string | undefined {
+    const k = this.opts.apiKey;
+    return typeof k === 'function' ? k() : k;
+  }
+
   get baseUrl(): string {
     return this.base.href;
   }
@@ -93,7 +103,9 @@ export class CloudHttpClient {
       'user-agent': this.opts.userAgent ?? 'iotistic-agent',
       ...req.headers,
     };
-    if (this.opts.apiKey) headers.authorization = `Bearer ${this.opts.apiKey}`;
+    const key = req.bearer === undefined ? this.deviceKey() : undefined;
+    const bearer = req.bearer ?? key;
+    if (bearer) headers.authorization = `Bearer ${bearer}`;
     let body: Buffer | undefined;
     if (req.json !== undefined) {
       body = Buffer.from(JSON.stringify(req.json));
@@ -133,6 +145,7 @@ export class CloudHttpClient {
       throw this.classify(err, req, timeout);
     }
     if (!ok) {
+      if (res.statusCode === 401 && key) this.opts.onKeyRefused?.(key);
       const retryAfter = headerValue(res.headers['retry-after']);
       const detail = summarise(text);
       throw new CloudError(
