@@ -1,6 +1,6 @@
 /** The devcloud's tables: the schema a new file gets, and the upgrades of older files. */
 
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 /**
  * Device logs (docs/protocol.md, "Logs"): one row per log message (an outbox message of channel `logs`,
@@ -46,6 +46,21 @@ export const UPGRADES: Record<number, string> = {
   4: `ALTER TABLE messages ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0;`,
   // Device logs: their messages (deduplicated by id) and lines.
   5: LOG_TABLES,
+  // Registration (provisioning.ts): fleet provisioning keys (hashed), and per device the key that
+  // registered it and when its device key was revoked (a revoked key is answered 401).
+  6: `CREATE TABLE provisioning_keys (
+        id          TEXT PRIMARY KEY,
+        key_hash    TEXT NOT NULL UNIQUE,
+        fleet       TEXT NOT NULL,
+        expires_at  INTEGER,
+        max_devices INTEGER,
+        devices     INTEGER NOT NULL DEFAULT 0,
+        revoked     INTEGER NOT NULL DEFAULT 0,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created_at  INTEGER NOT NULL
+      ) STRICT;
+      ALTER TABLE devices ADD COLUMN provisioning_key TEXT;
+      ALTER TABLE devices ADD COLUMN key_revoked_at INTEGER;`,
 };
 
 /**

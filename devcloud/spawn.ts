@@ -196,6 +196,10 @@ export function adminClient(adminUrl: string, opts: { token?: string } = {}): Ad
     logs: (uuid, q = {}) =>
       call('GET', `${device(uuid)}/logs${query({ service: q.service, since: q.since, until: q.until, afterSeq: q.afterSeq, limit: q.limit })}`),
     logServices: (uuid) => call('GET', `${device(uuid)}/logs/services`),
+    createProvisioningKey: (spec) => call('POST', '/admin/provisioning-keys', spec),
+    provisioningKeys: () => call('GET', '/admin/provisioning-keys'),
+    revokeProvisioningKey: (id) => call('POST', `/admin/provisioning-keys/${encodeURIComponent(id)}/revoke`),
+    revokeDeviceKey: (uuid) => call('POST', `${device(uuid)}/revoke-key`),
     setFaults: (spec) => call('PUT', '/admin/faults', spec),
     clearFaults: () => call('DELETE', '/admin/faults'),
     faults: () => call('GET', '/admin/faults'),
