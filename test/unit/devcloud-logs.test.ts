@@ -110,6 +110,7 @@ describe('devcloud log storage', () => {
     first.close();
     const raw = new BetterSqlite3(path);
     raw.exec('DROP TABLE log_lines; DROP TABLE log_messages;');
+    raw.exec('DROP TABLE provisioning_keys; ALTER TABLE devices DROP COLUMN provisioning_key; ALTER TABLE devices DROP COLUMN key_revoked_at;');
     raw.pragma('user_version = 4');
     raw.close();
     const again = openStore(path);
