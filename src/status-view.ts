@@ -238,7 +238,7 @@ function targetSection(state: StatusInput['state']): string[] {
 }
 
 /** Where the device key comes from: configured, registered, registering (why not yet) or refused (what to do). */
-function registrationLine(r: NonNullable<StatusInput['state']['registration']>): string {
+export function registrationLine(r: NonNullable<StatusInput['state']['registration']>): string {
   const why = r.reason ?? r.lastError;
   return why ? `${r.state}: ${why}` : r.state;
 }
