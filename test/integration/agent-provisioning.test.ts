@@ -1,7 +1,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
-import { waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { runCli, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 // Issue 17 (A) on the built agent: a device with a fleet provisioning key and no device key registers
@@ -18,16 +18,15 @@ interface Registration {
 
 const fastOffline = { offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, offlineRetryIntervalSeconds: 1 };
 
-function spawn(provisioningKey: string, extra: Record<string, unknown> = {}): Promise<AgentProcess> {
+function spawn(provisioningKey: string, dataDir = dirs.make()): Promise<AgentProcess> {
   return env.spawn({
-    dataDir: dirs.make(),
+    dataDir,
     // The key comes from the environment, as a fleet image would set it.
     env: { IOTISTIC_DEVICE_PROVISIONING_KEY: provisioningKey },
     config: {
       cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
       settings: { pollIntervalMs: 1_000, reportIntervalMs: 1_000, offline: fastOffline },
-      ...extra,
     },
   });
 }
@@ -82,6 +81,21 @@ it('first boot offline runs locally and queues; registers once the cloud is back
   }
 }, 90_000);
 
+it('a restart uses the key kept in identity.json: no second registration', async () => {
+  const pk = env.cloud.admin.createProvisioningKey({ fleet: 'restart', maxDevices: 1 });
+  const first = await spawn(pk.key);
+  const uuid = await uuidOf(first);
+  await waitFor('registered', async () => (await registration(first)).state === 'registered');
+  const key = issuedKey(first);
+  await first.stop('SIGTERM');
+  const again = await spawn(pk.key, first.dataDir);
+  expect(await registration(again)).toMatchObject({ state: 'registered' });
+  expect((await again.send('POST', '/v2/telemetry', { stream: 'temp', payload: { mark: 'after-restart' } })).status).toBe(202);
+  await waitFor('delivered after the restart', () => telemetry(uuid, 'after-restart') > 0, 30_000);
+  expect(issuedKey(again)).toBe(key);
+  expect(env.cloud.admin.provisioningKeys().keys.find((k) => k.id === pk.id)).toMatchObject({ attempts: 1, devices: 1 });
+}, 60_000);
+
 it('a revoked provisioning key, an expired one and a full device limit: the agent keeps running, says why, and retries slowly', async () => {
   const revoked = env.cloud.admin.createProvisioningKey({ fleet: 'revoked' });
   env.cloud.admin.revokeProvisioningKey(revoked.id);
@@ -106,7 +120,11 @@ it('a revoked provisioning key, an expired one and a full device limit: the agen
   const t0 = Date.now();
   await waitFor('two more attempts', () => attempts(full.id) >= start + 2, 20_000);
   expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
-  const refusals = (agents[2] as AgentProcess).records().filter((r) => String(r.msg).startsWith('registration refused'));
+  const full3 = agents[2] as AgentProcess;
+  const shown = await runCli(['status', '--api', full3.apiUrl, '--data-dir', full3.dataDir]);
+  expect(shown.stdout).toMatch(/Registration {2}refused: registration refused \(403\): the provisioning key's device limit is reached/);
+  expect(shown.stdout).not.toContain(full.key);
+  const refusals = full3.records().filter((r) => String(r.msg).startsWith('registration refused'));
   // Said once at error level, not at every attempt.
   expect(refusals.length).toBe(1);
   expect(refusals[0]?.level).toBe(50);
