@@ -28,8 +28,8 @@ export interface RegistrarOptions {
   provisioningKey?: string | undefined;
   /** What identity.json holds from an earlier registration. */
   issued?: IssuedCredentials | undefined;
-  /** Keeps what was issued (undefined: forgets it); throws when it cannot write. */
-  keep: (issued: IssuedCredentials | undefined) => void;
+  /** Keeps what was issued (in identity.json); throws when it cannot write. */
+  keep: (issued: IssuedCredentials) => void;
   retry: Pick<RetryPolicy, 'afterFailure' | 'afterSuccess' | 'wait'>;
   /** A refused registration is tried again after half to all of this (the backoff's cap). */
   refusedRetryMaxMs: number;
@@ -62,7 +62,7 @@ export class Registrar {
   private readonly waiters = new Set<() => void>();
   private attempts = 0;
   private told = false;
-  /** A refused key is forgotten only after this jittered wait: a fleet revoked at once must not return in step. */
+  /** The cloud refused the issued key (401): registering again. The key is kept until a new one comes. */
   private refusedKey = false;
 
   constructor(private readonly o: RegistrarOptions) {
@@ -107,13 +107,15 @@ export class Registrar {
   /** The cloud answered 401 to a request sent with `key`: it was revoked (or replaced). */
   keyRefused(key: string): void {
     if (key !== this.apiKey()) return; // an answer to a key already replaced
-    if (this.o.provisioningKey && this.issued && !this.refusedKey) {
+    if (this.o.provisioningKey && this.issued && !this.configured()) {
+      if (this.refusedKey) return;
       this.refusedKey = true;
+      this.current = { state: 'registering', attempts: this.attempts, lastError: 'the cloud refused the device key (401)' };
       this.o.logger.warn({ uuid: this.o.uuid }, 'the cloud refused the device key (401); registering again with device.provisioningKey');
       this.kick.kick();
       return;
     }
-    if (this.refusedKey || this.current.state === 'refused') return;
+    if (this.current.state === 'refused') return;
     const reason = this.o.provisioningKey
       ? 'device key refused (401); it is device.apiKey, set in the config: remove it to register with device.provisioningKey, or set a valid one'
       : 'device key refused (401) and no device.provisioningKey to register again; set a valid device.apiKey or a device.provisioningKey';
@@ -123,20 +125,19 @@ export class Registrar {
 
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      if (this.refusedKey) await this.forgetRefusedKey(signal);
-      else if (this.apiKey() !== undefined || !this.o.provisioningKey) await this.kick.wait(Number.POSITIVE_INFINITY, signal, this.o.clock);
-      else await this.attempt(signal);
+      const needed = Boolean(this.o.provisioningKey) && !this.configured() && (this.issued === undefined || this.refusedKey);
+      if (!needed) {
+        await this.kick.wait(Number.POSITIVE_INFINITY, signal, this.o.clock);
+        continue;
+      }
+      // After a refused key, one backoff step first (drawn with jitter): a fleet revoked at once must not return in step.
+      if (this.refusedKey && this.attempts === 0) await this.o.retry.wait(this.o.retry.afterFailure(new CloudError('http', 'the device key was refused (401)', 401)), signal);
+      if (!signal.aborted) await this.attempt(signal);
     }
   }
 
-  private async forgetRefusedKey(signal: AbortSignal): Promise<void> {
-    const err = new CloudError('http', 'the device key was refused (401)', 401);
-    this.current = { state: 'registering', attempts: this.attempts, lastError: err.message };
-    await this.o.retry.wait(this.o.retry.afterFailure(err), signal);
-    if (signal.aborted) return;
-    this.refusedKey = false;
-    this.issued = undefined;
-    this.persist(undefined);
+  private configured(): boolean {
+    return this.o.configuredKey !== undefined;
   }
 
   private async attempt(signal: AbortSignal): Promise<void> {
@@ -152,12 +153,29 @@ export class Registrar {
       this.registered(parseAnswer(res.body, this.o.uuid));
     } catch (err) {
       if (signal.aborted) return;
-      await this.o.retry.wait(this.failed(err), signal);
+      if (this.refusedKey && err instanceof CloudError && err.status === 409) return this.keyStillLive();
+      const { delayMs, refused } = this.failed(err);
+      // A refusal waits its time whatever the probe sees: only a change at the cloud ends it.
+      if (refused) await this.o.clock.sleep(delayMs, signal).catch(() => undefined);
+      else await this.o.retry.wait(delayMs, signal);
     }
+  }
+
+  /**
+   * The key was refused, yet the cloud says it is live (409): the 401 came from something else (a proxy,
+   * a captive portal). The key is kept: forgetting it would leave the device refused until an operator
+   * revoked it. The backoff is not reset, so 401s that go on come back ever more slowly.
+   */
+  private keyStillLive(): void {
+    this.refusedKey = false;
+    this.attempts = 0;
+    this.current = { state: 'registered', since: this.o.clock.now() };
+    this.o.logger.warn({ uuid: this.o.uuid }, 'the cloud says the device key is still live (409 on registration); keeping it');
   }
 
   private registered(issued: IssuedCredentials): void {
     this.issued = issued;
+    this.refusedKey = false;
     this.persist(issued);
     this.attempts = 0;
     this.told = false;
@@ -170,7 +188,7 @@ export class Registrar {
   }
 
   /** Records a failed attempt and returns how long to wait before the next. */
-  private failed(err: unknown): number {
+  private failed(err: unknown): { delayMs: number; refused: boolean } {
     const message = errorMessage(err);
     const status = err instanceof CloudError ? err.status : undefined;
     if (status !== undefined && REFUSALS.has(status)) {
@@ -180,19 +198,19 @@ export class Registrar {
       this.current = { state: 'refused', reason, statusCode: status, since: this.o.clock.now() };
       this.o.monitor.markFailure('api', 'register', reason, 'auth');
       this.o.retry.afterFailure(err);
-      return this.o.refusedRetryMaxMs * (0.5 + 0.5 * this.o.random());
+      return { delayMs: this.o.refusedRetryMaxMs * (0.5 + 0.5 * this.o.random()), refused: true };
     }
     this.current = { state: 'registering', attempts: this.attempts, lastError: message };
     this.o.logger.warn({ uuid: this.o.uuid, err: message, attempts: this.attempts }, 'registration failed; trying again after a backoff (the agent runs locally meanwhile)');
     this.o.monitor.markFailure('api', 'register', message, err instanceof CloudError && err.kind === 'http' ? 'answer' : 'transport');
-    return this.o.retry.afterFailure(err);
+    return { delayMs: this.o.retry.afterFailure(err), refused: false };
   }
 
-  private persist(issued: IssuedCredentials | undefined): void {
+  private persist(issued: IssuedCredentials): void {
     try {
       this.o.keep(issued);
     } catch (err) {
-      this.o.logger.error({ err: errorMessage(err) }, `could not write identity.json (${errorMessage(err)}); this run uses the device key in memory${issued ? ' and the next start registers again' : ''}`);
+      this.o.logger.error({ err: errorMessage(err) }, `could not write identity.json (${errorMessage(err)}); this run uses the device key in memory and the next start registers again`);
     }
   }
 }

@@ -16,7 +16,7 @@ function setup(opts: { answers: Answer[]; provisioningKey?: string; configuredKe
   const clock = new FakeClock();
   const random = (): number => 0;
   const requests: { at: number; req: CloudRequest }[] = [];
-  const kept: (IssuedCredentials | undefined)[] = [];
+  const kept: IssuedCredentials[] = [];
   const marks: string[] = [];
   let registeredCalls = 0;
   const log = captureLogger();
@@ -93,7 +93,7 @@ describe('Registrar', () => {
     await t.stop();
   });
 
-  it('its device key refused (401): forgets it after a backoff and registers again; a late 401 for the old key changes nothing', async () => {
+  it('its device key refused (401): registers again after a backoff step and replaces the key; a late 401 for the old key changes nothing', async () => {
     const t = setup({ provisioningKey: 'prov-key-123456', issued: { uuid: 'dev-1', deviceApiKey: 'old-device-key' }, answers: [ok('new-device-key')] });
     await t.clock.advance(0);
     expect(t.registrar.status().state).toBe('registered');
@@ -106,12 +106,30 @@ describe('Registrar', () => {
     expect(t.registrar.status()).toMatchObject({ state: 'registering' });
     await t.clock.advance(1_000);
     expect(t.requests).toHaveLength(1);
-    expect(t.kept).toEqual([undefined, { uuid: 'dev-1', deviceApiKey: 'new-device-key' }]);
+    expect(t.kept).toEqual([{ uuid: 'dev-1', deviceApiKey: 'new-device-key' }]);
     expect(t.registrar.apiKey()).toBe('new-device-key');
     t.registrar.keyRefused('old-device-key');
     await t.clock.advance(10_000);
     expect(t.requests).toHaveLength(1);
     expect(t.registrar.apiKey()).toBe('new-device-key');
+    await t.stop();
+  });
+
+  it('a 401 the cloud does not stand by (409 on registration: the key is live) keeps the key', async () => {
+    const t = setup({ provisioningKey: 'prov-key-123456', issued: { uuid: 'dev-1', deviceApiKey: 'live-device-key' }, answers: [{ status: 409 }, ok('never-used')] });
+    t.registrar.keyRefused('live-device-key');
+    await t.clock.advance(1_000);
+    expect(t.requests).toHaveLength(1);
+    expect(t.registrar.apiKey()).toBe('live-device-key');
+    expect(t.registrar.status().state).toBe('registered');
+    expect(t.kept).toEqual([]);
+    // Refused again: the backoff was not reset, so the next registration waits the doubled step.
+    t.registrar.keyRefused('live-device-key');
+    await t.clock.advance(1_999);
+    expect(t.requests).toHaveLength(1);
+    await t.clock.advance(1);
+    expect(t.requests).toHaveLength(2);
+    expect(t.registrar.apiKey()).toBe('never-used');
     await t.stop();
   });
 
