@@ -88,12 +88,13 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
   return { http, poller, reporter, health, jobs, shadowPoller, registrar };
 }
 
-export function buildHttpClient(core: Core, baseUrl: string, key: { apiKey(): string | undefined; keyRefused(key: string): void }): CloudHttpClient {
+export function buildHttpClient(core: Core, baseUrl: string, key: { apiKey(): string | undefined; keyRefused(key: string): void; keyAccepted(key: string): void }): CloudHttpClient {
   const { config, clock } = core;
   return new CloudHttpClient({
     baseUrl,
     apiKey: () => key.apiKey(),
     onKeyRefused: (k) => key.keyRefused(k),
+    onKeyAccepted: (k) => key.keyAccepted(k),
     timeoutMs: config.cloud.requestTimeoutMs,
     clock,
     ...(config.cloud.caFile ? { caFile: config.cloud.caFile } : {}),

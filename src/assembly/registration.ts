@@ -18,6 +18,7 @@ export function buildRegistration(core: Core, identity: Identity): { registrar: 
   const http = buildHttpClient(core, config.cloud.apiUrl, {
     apiKey: () => registrar.apiKey(),
     keyRefused: (key) => registrar.keyRefused(key),
+    keyAccepted: (key) => registrar.keyAccepted(key),
   });
   const registrar: Registrar = new Registrar({
     http,

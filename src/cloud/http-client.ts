@@ -38,6 +38,8 @@ export interface CloudHttpClientOptions {
   apiKey?: string | (() => string | undefined);
   /** A 401 answered to a request sent with the device key `key` (revoked or replaced: registration.ts). */
   onKeyRefused?: (key: string) => void;
+  /** An answer other than 401 to a request sent with the device key `key`: the cloud takes it (again). */
+  onKeyAccepted?: (key: string) => void;
   timeoutMs: number;
   clock: Pick<Clock, 'now'>;
   caFile?: string;
@@ -144,8 +146,8 @@ export class CloudHttpClient {
       if (err instanceof CloudAnswerRefused) throw err;
       throw this.classify(err, req, timeout);
     }
+    if (key) (res.statusCode === 401 ? this.opts.onKeyRefused : this.opts.onKeyAccepted)?.(key);
     if (!ok) {
-      if (res.statusCode === 401 && key) this.opts.onKeyRefused?.(key);
       const retryAfter = headerValue(res.headers['retry-after']);
       const detail = summarise(text);
       throw new CloudError(

@@ -123,6 +123,13 @@ export class Registrar {
     this.o.logger.error({ uuid: this.o.uuid }, reason);
   }
 
+  /** The cloud answered a request sent with `key` (not 401): a refusal of that key shown is over. */
+  keyAccepted(key: string): void {
+    if (this.current.state !== 'refused' || this.current.statusCode !== 401 || key !== this.apiKey() || this.refusedKey) return;
+    this.current = this.configured() ? { state: 'configured' } : { state: 'registered', since: this.o.clock.now() };
+    this.o.logger.info({ uuid: this.o.uuid }, 'the cloud takes the device key again');
+  }
+
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       const needed = Boolean(this.o.provisioningKey) && !this.configured() && (this.issued === undefined || this.refusedKey);

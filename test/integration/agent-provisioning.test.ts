@@ -129,3 +129,21 @@ it('a revoked provisioning key, an expired one and a full device limit: the agen
   expect(refusals.length).toBe(1);
   expect(refusals[0]?.level).toBe(50);
 }, 90_000);
+
+it('a configured device key revoked and no provisioning key: the agent says what to do, once, and keeps running', async () => {
+  const dev = { uuid: `configured-${process.pid}`, apiKey: 'configured-key-0123456789' };
+  env.cloud.admin.createDevice(dev);
+  const agent = await env.spawn({
+    dataDir: dirs.make(),
+    config: { device: dev, cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 }, features: { metrics: false }, settings: { pollIntervalMs: 1_000, offline: fastOffline } },
+  });
+  await waitFor('configured and polling', async () => (await registration(agent)).state === 'configured' && env.cloud.admin.received(dev.uuid).requests.total > 0);
+  env.cloud.admin.revokeDeviceKey(dev.uuid);
+  await waitFor('refused shown', async () => (await registration(agent)).state === 'refused');
+  expect((await registration(agent)).reason).toBe(
+    'device key refused (401) and no device.provisioningKey to register again; set a valid device.apiKey or a device.provisioningKey',
+  );
+  expect((await agent.get('/v1/healthy')).status).toBe(200);
+  await waitFor('more refused requests', () => (env.cloud.admin.received(dev.uuid).requests.byStatus['401'] ?? 0) >= 3);
+  expect(agent.records().filter((r) => String(r.msg).startsWith('device key refused (401)'))).toHaveLength(1);
+}, 60_000);

@@ -142,6 +142,9 @@ describe('Registrar', () => {
     expect(t.requests).toHaveLength(0);
     expect(t.registrar.status()).toMatchObject({ state: 'refused', reason: expect.stringContaining('no device.provisioningKey to register again') });
     expect(t.log.records().filter((r) => r.level === 50)).toHaveLength(1);
+    // The operator put the key back at the cloud: the next answer ends the refusal shown.
+    t.registrar.keyAccepted('configured-key-1');
+    expect(t.registrar.status()).toEqual({ state: 'configured' });
     await t.stop();
   });
 
