@@ -20,6 +20,7 @@ export const REDACT_PATHS = [
   '*.*.provisioningKey',
   'deviceApiKey',
   '*.deviceApiKey',
+  '*.*.deviceApiKey',
   'password',
   '*.password',
   '*.*.password',
