@@ -5,6 +5,7 @@ import { sendError } from './http.js';
 import { checkLedger, type LedgerCheck } from './ledger-check.js';
 import type { LogPage, LogServiceSummary } from './log-store.js';
 import { logFilter, logFilterFromQuery, type LogQuery } from './logs.js';
+import { provisioningAdmin, type NewProvisioningKey, type ProvisioningKeyView } from './provisioning.js';
 import type { DevCloudStore, HealthRecord, JobView, MessagePage, ReceivedCounts, ReportRecord, ShadowDesiredView } from './store.js';
 import {
   isObject,
@@ -50,6 +51,12 @@ export interface AdminApi {
   deleteSecret(uuid: string, name: string): { name: string; removed: true };
   /** Names and times only. */
   secrets(uuid: string): { version: number; secrets: { name: string; updatedAt: number }[] };
+  /** A fleet provisioning key `{ fleet, expiresInSeconds?, maxDevices? }`; the key is in this answer only. */
+  createProvisioningKey(spec: { fleet: string; expiresInSeconds?: number; maxDevices?: number }): NewProvisioningKey;
+  provisioningKeys(): { keys: ProvisioningKeyView[] };
+  revokeProvisioningKey(id: string): { id: string; revoked: true };
+  /** The device's key is refused (401 invalid_token) from now on; it may register again. */
+  revokeDeviceKey(uuid: string): { uuid: string; revoked: true };
   setFaults(spec: FaultSpec): Promise<FaultStatus>;
   clearFaults(): Promise<FaultStatus>;
   faults(): FaultStatus;
@@ -124,6 +131,7 @@ export function createAdminApi(store: DevCloudStore, faults: FaultInjector): Adm
     logServices(uuid) {
       return { services: store.logs.services(requireUuid(uuid)) };
     },
+    ...provisioningAdmin(store.provisioning),
     setFaults: (spec) => faults.set(spec),
     clearFaults: () => faults.clear(),
     faults: () => faults.status(),
@@ -198,6 +206,11 @@ export function registerAdminRoutes(app: FastifyInstance, admin: AdminApi, admin
     admin.deleteSecret(request.params.uuid, request.params.name),
   );
   app.get('/admin/devices/:uuid/secrets', async (request: FastifyRequest<Uuid>) => admin.secrets(request.params.uuid));
+  app.post('/admin/provisioning-keys', async (request, reply) => reply.code(201).send(admin.createProvisioningKey(request.body as { fleet: string })));
+  app.get('/admin/provisioning-keys', async () => admin.provisioningKeys());
+  app.post('/admin/provisioning-keys/:id/revoke', async (request: FastifyRequest<{ Params: { id: string } }>) => admin.revokeProvisioningKey(request.params.id));
+  app.post('/admin/devices/:uuid/revoke-key', async (request: FastifyRequest<Uuid>) => admin.revokeDeviceKey(request.params.uuid));
+
   app.get('/admin/faults', async () => admin.faults());
   app.put('/admin/faults', async (request) => admin.setFaults(request.body as FaultSpec));
   app.delete('/admin/faults', async () => admin.clearFaults());

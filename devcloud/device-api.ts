@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { FaultInjector } from './faults.js';
 import { sendError } from './http.js';
 import { parseLogBatch } from './logs.js';
+import { registerRegistrationRoute } from './provisioning.js';
 import { UPDATE_STATUSES, type DevCloudStore, type IncomingMessage, type JobUpdateStatus } from './store.js';
 import {
   badRequest,
@@ -42,6 +43,8 @@ export function registerDeviceApi(app: FastifyInstance, deps: DeviceApiDeps): vo
     if (uuid !== undefined) store.bump(uuid, `status:${reply.statusCode}`);
     done();
   });
+
+  registerRegistrationRoute(app, store.provisioning);
 
   // Encapsulated so that auth runs after the hooks above and only on matched device routes.
   void app.register((device, _opts, done) => {
@@ -90,7 +93,9 @@ function authenticate(request: UuidRequest, deps: DeviceApiDeps): Denial | null 
     message:
       result === 'wrong-key'
         ? `device ${uuid}: the API key does not match the one registered for this device`
-        : `device ${uuid} is not registered and auto-provisioning is off`,
+        : result === 'revoked'
+          ? `device ${uuid}: the device key was revoked; register again (POST /device/v1/register)`
+          : `device ${uuid} is not registered and auto-provisioning is off`,
     challenge: 'Bearer error="invalid_token"',
   };
 }

@@ -46,8 +46,21 @@ export const UPGRADES: Record<number, string> = {
   4: `ALTER TABLE messages ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0;`,
   // Device logs: their messages (deduplicated by id) and lines.
   5: LOG_TABLES,
-  // Placeholder: the upgrade to 6 is another change's (issue #17); the lead puts it here when merging.
-  6: '',
+  // Registration (provisioning.ts): fleet provisioning keys (hashed), and per device the key that
+  // registered it and when its device key was revoked (a revoked key is answered 401).
+  6: `CREATE TABLE provisioning_keys (
+        id          TEXT PRIMARY KEY,
+        key_hash    TEXT NOT NULL UNIQUE,
+        fleet       TEXT NOT NULL,
+        expires_at  INTEGER,
+        max_devices INTEGER,
+        devices     INTEGER NOT NULL DEFAULT 0,
+        revoked     INTEGER NOT NULL DEFAULT 0,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created_at  INTEGER NOT NULL
+      ) STRICT;
+      ALTER TABLE devices ADD COLUMN provisioning_key TEXT;
+      ALTER TABLE devices ADD COLUMN key_revoked_at INTEGER;`,
   // Device secrets (docs/protocol.md, "Secrets"): values per device, and the version the target carries.
   7: `CREATE TABLE device_secrets (
         device     TEXT NOT NULL,

@@ -4,6 +4,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { LogStore, type LogCounts } from './log-store.js';
 import { SecretTable } from './secrets.js';
+import { ProvisioningStore } from './provisioning.js';
 import { SCHEMA, SCHEMA_VERSION, UPGRADES } from './schema.js';
 
 /** The devcloud's SQLite tables and every query it runs. Counters live here too, so they survive a restart. */
@@ -103,7 +104,7 @@ export interface ReceivedCounts {
   requests: { total: number; byRoute: Record<string, number>; byStatus: Record<string, number> };
 }
 
-export type AuthResult = 'ok' | 'provisioned' | 'unknown-device' | 'wrong-key';
+export type AuthResult = 'ok' | 'provisioned' | 'unknown-device' | 'wrong-key' | 'revoked';
 
 export type JobUpdateResult =
   | { found: false }
@@ -136,6 +137,7 @@ function openFile(path: string): Database {
 
 interface DeviceRow {
   key_hash: string | null;
+  key_revoked_at: number | null;
   target: string | null;
   target_rev: number;
   target_etag: string | null;
@@ -206,6 +208,8 @@ export class DevCloudStore {
   readonly logs: LogStore;
   /** Device secrets (secrets.ts), in the same database. */
   readonly secrets: SecretTable;
+  /** Provisioning keys and registration (provisioning.ts), in the same database. */
+  readonly provisioning: ProvisioningStore;
 
   private constructor(
     private readonly db: Database,
@@ -213,7 +217,7 @@ export class DevCloudStore {
   ) {
     const prepare = (sql: string): Statement => db.prepare(sql);
     this.stmt = {
-      device: prepare('SELECT key_hash, target, target_rev, target_etag, shadow_desired, shadow_version FROM devices WHERE uuid = ?'),
+      device: prepare('SELECT key_hash, key_revoked_at, target, target_rev, target_etag, shadow_desired, shadow_version FROM devices WHERE uuid = ?'),
       setShadowDesired: prepare('UPDATE devices SET shadow_desired = ?, shadow_version = shadow_version + 1 WHERE uuid = ?'),
       insertDevice: prepare('INSERT INTO devices (uuid, key_hash, created_at) VALUES (?, ?, ?) ON CONFLICT (uuid) DO NOTHING'),
       setKey: prepare('UPDATE devices SET key_hash = ? WHERE uuid = ?'),
@@ -262,6 +266,7 @@ export class DevCloudStore {
     };
     this.logs = new LogStore(db, now, (uuid, name, by) => this.bump(uuid, name, by));
     this.secrets = new SecretTable(db, now);
+    this.provisioning = new ProvisioningStore(db, now);
   }
 
   /** Opens (creating if needed) the database at `path`, or an in-memory one for `:memory:`. */
@@ -314,7 +319,7 @@ export class DevCloudStore {
     return this.db.transaction((): AuthResult => {
       const row = this.stmt.device.get(uuid) as DeviceRow | undefined;
       const presented = hashKey(apiKey);
-      if (row?.key_hash != null) return sameHash(row.key_hash, presented) ? 'ok' : 'wrong-key';
+      if (row?.key_hash != null) return !sameHash(row.key_hash, presented) ? 'wrong-key' : row.key_revoked_at === null ? 'ok' : 'revoked';
       if (!autoProvision) return 'unknown-device';
       if (row) this.stmt.setKey.run(presented, uuid);
       else this.stmt.insertDevice.run(uuid, presented, this.now());

@@ -7,6 +7,7 @@ import { startLoops } from './assembly/loops.js';
 import { buildMqtt, routeMqttMessages } from './assembly/mqtt.js';
 import { buildLogs } from './assembly/logs.js';
 import { buildQueueing } from './assembly/outbox.js';
+import { buildRegistration } from './assembly/registration.js';
 import type { AgentParts } from './assembly/parts.js';
 import { buildLocalBroker, buildShadow, publishLocalDesired } from './assembly/shadow.js';
 import { buildLocalTarget, buildWorkloads } from './assembly/workloads.js';
@@ -126,10 +127,11 @@ function assemble(deps: AgentDeps): AgentParts {
   const logs = buildLogs(core, workloads, queueing, deps.logTap);
   const shadow = buildShadow(core, queueing);
   const localBroker = buildLocalBroker(core, queueing.ingest, shadow?.shadow, queueing.share);
-  const mqtt = buildMqtt(core, queueing);
+  const registration = buildRegistration(core, deps.identity);
+  const mqtt = buildMqtt(core, queueing, registration?.registrar);
   const { version, configSource, clock, monitor, degradation } = core;
   const status = new AgentStatus({ version, configSource, clock, monitor, reconciler: workloads.reconciler, outbox: queueing.outbox, degradation, mqtt, clockSync: core.clockSync });
-  const cloud = buildCloud(core, { workloads, queueing, status, shadow: shadow?.shadow });
+  const cloud = buildCloud(core, { workloads, queueing, status, shadow: shadow?.shadow, registration });
   // Local mode: a target set is reported; a cleared one makes the cloud's fetched at once.
   const localTarget = buildLocalTarget(core, workloads, { set: () => cloud?.reporter.markDirty(), cleared: () => cloud?.poller.pollNow() });
   return { core, workloads, queueing, logs, shadow, localBroker, mqtt, status, cloud, localTarget };

@@ -1,6 +1,6 @@
 /** `iotistic-agent status`: a few lines on what matters (the full table is `status --full`, status-view.ts). */
 import { palette, type Palette } from './cli-client.js';
-import { bytes, degradationLine, duration, linkLine, when, type StatusInput } from './status-view.js';
+import { bytes, degradationLine, duration, linkLine, registrationLine, when, type StatusInput } from './status-view.js';
 
 export interface SummaryOptions {
   /** Wall time now, for the ages ("5m ago"). */
@@ -25,6 +25,12 @@ export function renderSummary(s: StatusInput, o: SummaryOptions): string {
   const channels = Object.entries(c.channels);
   // The metered link (settings.network) beside the channels: what it lets through and what is held.
   out.push(...aligned([...channels.map(([name, ch]): [string, string] => [name, channelLine(p, ch, o.now)]), ...(c.link ? [['link', linkLine(c.link)] as [string, string]] : [])]));
+  // Said only while there is no usable device key: registering, or refused with what to do.
+  const reg = s.state.registration;
+  if (reg && (reg.state === 'registering' || reg.state === 'refused')) {
+    const line = `Registration  ${registrationLine(reg)}`;
+    out.push(reg.state === 'refused' ? p.red(line) : p.yellow(line));
+  }
   if (s.queue) out.push(...outboxLines(p, s.queue));
   out.push(...serviceLines(p, s.state));
   const ledger = s.queue?.ledger;

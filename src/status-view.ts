@@ -25,6 +25,7 @@ export interface StatusInput {
     lastRejection: { message: string } | null;
     lastPollError: string | null;
     database?: DatabaseInput;
+    registration?: { state: string; reason?: string; lastError?: string | null } | null;
     current?: { status?: string; apps?: Record<string, { services: Record<string, { status: string; restarts?: number; lastError?: string }> }> };
   };
   loops: { name: string; state: string; restarts: number; lastError: string | null }[];
@@ -231,8 +232,15 @@ function targetSection(state: StatusInput['state']): string[] {
       ['received', when(t?.receivedAt)],
       ['last rejection', state.lastRejection?.message ?? '-'],
       ['last poll error', state.lastPollError ?? '-'],
+      ...(state.registration ? [['registration', registrationLine(state.registration)] as [string, string]] : []),
     ]),
   ];
+}
+
+/** Where the device key comes from: configured, registered, registering (why not yet) or refused (what to do). */
+export function registrationLine(r: NonNullable<StatusInput['state']['registration']>): string {
+  const why = r.reason ?? r.lastError;
+  return why ? `${r.state}: ${why}` : r.state;
 }
 
 function servicesSection(state: StatusInput['state']): string[] {

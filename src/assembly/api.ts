@@ -22,7 +22,7 @@ export function buildApiView(p: AgentParts): ApiView {
       const link = queueing.link;
       return { ...status.connectionHealth(), ...(link ? { link: linkView(link, queueing.outbox) } : {}) };
     },
-    state: () => stateView({ status, store, poller: cloud?.poller, reporter: cloud?.reporter, hasCloud: Boolean(config.cloud.apiUrl) }),
+    state: () => stateView({ status, store, poller: cloud?.poller, reporter: cloud?.reporter, hasCloud: Boolean(config.cloud.apiUrl), registration: cloud?.registrar }),
     config: () => configView(config, core.configSource, core.clock.now()),
     pollNow: () => {
       if (!cloud) return false;

@@ -14,6 +14,7 @@ import { MQTT_CHANNELS } from '../mqtt/sink.js';
 import { ShadowDesiredPoller } from '../shadow/poller.js';
 import type { Shadow } from '../shadow/shadow.js';
 import { ShadowSync } from '../shadow/sync.js';
+import type { Registrar } from '../cloud/registration.js';
 import type { AgentStatus } from '../views/agent-status.js';
 import type { Core } from './core.js';
 import { buildJobs } from './jobs.js';
@@ -29,6 +30,7 @@ export interface CloudParts {
   health: HealthReporter;
   jobs: { runner: JobRunner; poller: JobPoller } | undefined;
   shadowPoller: ShadowDesiredPoller | undefined;
+  registrar: Registrar;
 }
 
 export interface CloudNeeds {
@@ -36,14 +38,14 @@ export interface CloudNeeds {
   queueing: Queueing;
   status: AgentStatus;
   shadow: Shadow | undefined;
+  registration: { registrar: Registrar; http: CloudHttpClient } | undefined;
 }
 
 export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefined {
   const { config, store, random, logger } = core;
-  const apiUrl = config.cloud.apiUrl;
-  if (!apiUrl) return undefined;
+  if (!needs.registration) return undefined;
   const { workloads, queueing, status } = needs;
-  const http = buildHttpClient(core, apiUrl);
+  const { registrar, http } = needs.registration;
   // What every cloud loop is built with; each gets a retry policy (a backoff) of its own.
   const cloudLoop = (part: string): CloudLoopDeps => ({ http, uuid: core.uuid, monitor: core.monitor, retry: core.retryFor('api'), clock: core.clock, logger: logger.child({ part }) });
   const reporter = new StateReporter({
@@ -94,14 +96,16 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
   if (jobs) core.degradation.register(jobs.poller, { order: 20 });
   if (shadowSync) core.degradation.register(shadowSync, { order: 30 });
   addHttpFlusher(core, queueing, http);
-  return { http, poller, secrets, reporter, health, jobs, shadowPoller };
+  return { http, poller, secrets, reporter, health, jobs, shadowPoller, registrar };
 }
 
-function buildHttpClient(core: Core, baseUrl: string): CloudHttpClient {
+export function buildHttpClient(core: Core, baseUrl: string, key: { apiKey(): string | undefined; keyRefused(key: string): void; keyAccepted(key: string): void }): CloudHttpClient {
   const { config, clock } = core;
   return new CloudHttpClient({
     baseUrl,
-    ...(config.device.apiKey ? { apiKey: config.device.apiKey } : {}),
+    apiKey: () => key.apiKey(),
+    onKeyRefused: (k) => key.keyRefused(k),
+    onKeyAccepted: (k) => key.keyAccepted(k),
     timeoutMs: config.cloud.requestTimeoutMs,
     clock,
     ...(config.cloud.caFile ? { caFile: config.cloud.caFile } : {}),

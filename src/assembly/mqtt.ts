@@ -1,16 +1,24 @@
 import { MqttSession } from '../mqtt/session.js';
 import { MqttSink } from '../mqtt/sink.js';
 import { backoffFromSettings } from '../resilience/backoff.js';
+import type { Registrar } from '../cloud/registration.js';
 import type { Shadow } from '../shadow/shadow.js';
 import type { Core } from './core.js';
 import { addFlusher, type Queueing } from './outbox.js';
 
 /** The MQTT session (`mqtt.url`) and the flusher that publishes the channels it carries. */
-export function buildMqtt(core: Core, q: Queueing): MqttSession | undefined {
+export function buildMqtt(core: Core, q: Queueing, registrar?: Registrar): MqttSession | undefined {
   const { config, store, monitor, probes, clock, random, logger } = core;
   if (!config.mqtt.url) return undefined;
   const mqtt = new MqttSession({
-    config: { mqtt: config.mqtt, uuid: core.uuid, apiKey: config.device.apiKey, limits: config.limits },
+    config: {
+      mqtt: config.mqtt,
+      uuid: core.uuid,
+      // Read at each attempt: the key (and credentials) registration brings are used without a restart.
+      apiKey: registrar ? () => registrar.apiKey() : config.device.apiKey,
+      ...(registrar ? { issued: () => registrar.mqttCredentials() } : {}),
+      limits: config.limits,
+    },
     store,
     monitor,
     backoff: backoffFromSettings(config.settings.offline, { clock, random }),

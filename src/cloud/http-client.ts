@@ -28,11 +28,18 @@ export interface CloudRequest {
   accept?: number[];
   /** A bound on this answer's body other than the client's `maxResponseBytes` (the target document's). */
   maxBytes?: { bytes: number; setting: string };
+  /** A bearer token sent instead of the device key (registration sends the provisioning key). */
+  bearer?: string;
 }
 
 export interface CloudHttpClientOptions {
   baseUrl: string;
-  apiKey?: string;
+  /** The device key, or where to read it at each request (a key issued at registration comes later). */
+  apiKey?: string | (() => string | undefined);
+  /** A 401 answered to a request sent with the device key `key` (revoked or replaced: registration.ts). */
+  onKeyRefused?: (key: string) => void;
+  /** An answer other than 401 to a request sent with the device key `key`: the cloud takes it (again). */
+  onKeyAccepted?: (key: string) => void;
   timeoutMs: number;
   clock: Pick<Clock, 'now'>;
   caFile?: string;
@@ -82,6 +89,11 @@ export class CloudHttpClient {
     return this.transport;
   }
 
+  private deviceKey(): string | undefined {
+    const k = this.opts.apiKey;
+    return typeof k === 'function' ? k() : k;
+  }
+
   get baseUrl(): string {
     return this.base.href;
   }
@@ -93,7 +105,9 @@ export class CloudHttpClient {
       'user-agent': this.opts.userAgent ?? 'iotistic-agent',
       ...req.headers,
     };
-    if (this.opts.apiKey) headers.authorization = `Bearer ${this.opts.apiKey}`;
+    const key = req.bearer === undefined ? this.deviceKey() : undefined;
+    const bearer = req.bearer ?? key;
+    if (bearer) headers.authorization = `Bearer ${bearer}`;
     let body: Buffer | undefined;
     if (req.json !== undefined) {
       body = Buffer.from(JSON.stringify(req.json));
@@ -132,6 +146,7 @@ export class CloudHttpClient {
       if (err instanceof CloudAnswerRefused) throw err;
       throw this.classify(err, req, timeout);
     }
+    if (key) (res.statusCode === 401 ? this.opts.onKeyRefused : this.opts.onKeyAccepted)?.(key);
     if (!ok) {
       const retryAfter = headerValue(res.headers['retry-after']);
       const detail = summarise(text);

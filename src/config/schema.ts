@@ -203,6 +203,11 @@ const deviceSchema = z.strictObject({
   apiKey: bearerToken(8)
     .optional()
     .describe('Device API key sent as a bearer token to the cloud and MQTT broker (visible ASCII, no spaces). Never logged.'),
+  provisioningKey: bearerToken(8)
+    .optional()
+    .describe(
+      'Fleet provisioning key: without device.apiKey the agent registers with it (POST /device/v1/register) and keeps the device key it is given in identity.json; again after that key is refused (401). Never logged.',
+    ),
   name: z.string().max(128).optional().describe('A human name for the device, shown locally.'),
 });
 
@@ -506,4 +511,4 @@ export function defaultConfig(): AgentConfig {
 }
 
 /** The keys whose values are secrets: redacted when a config is shown or logged. */
-export const SECRET_KEYS = new Set(['apiKey', 'localApiKey', 'password']);
+export const SECRET_KEYS = new Set(['apiKey', 'localApiKey', 'password', 'provisioningKey']);

@@ -9,6 +9,8 @@ export interface ClientOptionsInput {
   mqtt: AgentConfig['mqtt'];
   uuid: string;
   apiKey?: string | undefined;
+  /** MQTT credentials issued at registration: used where mqtt.username / mqtt.password are not set. */
+  issued?: { username: string; password: string } | undefined;
   url: URL;
   /** The version of this attempt (see ProtocolNegotiator). */
   version: MqttVersion;
@@ -31,7 +33,7 @@ export function clientOptions(i: ClientOptionsInput): IClientOptions {
   const options: IClientOptions = {
     protocolVersion: i.version,
     clientId: m.clientId ?? i.uuid,
-    username: m.username ?? i.uuid,
+    username: m.username ?? i.issued?.username ?? i.uuid,
     clean: i.clean ?? false,
     keepalive: m.keepAliveSeconds,
     connectTimeout: m.connectTimeoutMs,
@@ -61,7 +63,7 @@ export function clientOptions(i: ClientOptionsInput): IClientOptions {
   // mqtt.js logs through the debug module, whose calls collect their arguments into an array even
   // when debug output is off: about a fifth of what a drain allocates. Kept when DEBUG is set.
   if (!process.env.DEBUG) options.log = noop;
-  const password = m.password ?? i.apiKey;
+  const password = m.password ?? i.issued?.password ?? i.apiKey;
   if (password !== undefined) options.password = password;
   if (i.version === 5) options.properties = { sessionExpiryInterval: m.sessionExpirySeconds, maximumPacketSize: i.maxPacketBytes };
   if (i.url.protocol === 'mqtts:') {

@@ -30,8 +30,10 @@ export interface MqttSessionConfig {
   mqtt: AgentConfig['mqtt'];
   /** Device id: the default client id and user name, and the `{uuid}` of every topic. */
   uuid: string;
-  /** Device API key: the default password. */
-  apiKey?: string | undefined;
+  /** Device API key: the default password. A function is read at each attempt (a key registration brings). */
+  apiKey?: string | (() => string | undefined) | undefined;
+  /** MQTT credentials issued at registration, read at each attempt (config's mqtt.username/password win). */
+  issued?: () => { username: string; password: string } | undefined;
   /** Bounds on what the cloud may send: `maxCloudResponseBytes` per packet, `maxJsonDepth`. Defaults: the schema's. */
   limits?: Pick<AgentConfig['limits'], 'maxCloudResponseBytes' | 'maxJsonDepth'>;
 }
@@ -233,7 +235,8 @@ export class ConnectionLife {
       const clean = this.incoming.cleanSessionNeeded;
       if (clean) this.log.warn({ closes: this.incoming.oversizeStreak }, 'mqtt: the broker keeps re-sending a packet over limits.maxCloudResponseBytes with the stored session; connecting with a clean session to drop it (messages the broker held for the device are lost; retained ones come back on subscribe)');
       const stores = { outgoingStore: this.deps.stores.outgoing, incomingStore: this.deps.stores.incoming };
-      const options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey: c.apiKey, url: this.deps.url, version, clean, statusTopic: this.deps.topics.status, now: this.deps.clock.now(), maxPacketBytes: this.incoming.maxPacketBytes, ...stores });
+      const apiKey = typeof c.apiKey === 'function' ? c.apiKey() : c.apiKey;
+      const options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey, issued: c.issued?.(), url: this.deps.url, version, clean, statusTopic: this.deps.topics.status, now: this.deps.clock.now(), maxPacketBytes: this.incoming.maxPacketBytes, ...stores });
       return { options, clean };
     } catch (err) {
       return { error: errorMessage(err) };

@@ -1,4 +1,5 @@
 import type { DataDirDisk } from '../boot/disk.js';
+import type { Registrar } from '../cloud/registration.js';
 import type { StateReporter } from '../cloud/state-report.js';
 import type { TargetStatePoller } from '../cloud/target-state.js';
 import type { AgentConfig } from '../config/schema.js';
@@ -65,6 +66,8 @@ export interface StateParts {
   reporter: Pick<StateReporter, 'lastError'> | undefined;
   /** Without a cloud the agent is in local mode whatever the stored target's source. */
   hasCloud: boolean;
+  /** Where the device key comes from and what registration is doing (never a key). */
+  registration?: Pick<Registrar, 'status'> | undefined;
 }
 
 /** `GET /v2/state`: the config's source, the target and where it came from, the current state, the database. */
@@ -81,6 +84,7 @@ export function stateView(p: StateParts): unknown {
     current: p.status.currentState(),
     mode: stored?.source === 'local' || !p.hasCloud ? 'local' : 'cloud',
     database: p.store.databaseHealth(),
+    registration: p.registration?.status() ?? null,
   };
 }
 

@@ -127,6 +127,8 @@ export interface HarnessOptions {
   stopTimeoutMs?: number;
   /** Whether the wall clock is synced (default: the life's own default, synced). */
   clockSynced?: () => boolean;
+  /** The device key and the credentials registration issued, as the session is given them. */
+  credentials?: Pick<ConnectionLifeDeps['config'], 'apiKey' | 'issued'>;
 }
 
 export function harness(o: HarnessOptions = {}): Harness {
@@ -162,7 +164,7 @@ export function harness(o: HarnessOptions = {}): Harness {
   });
   if (o.wait) retry.wait = o.wait;
   const life = new ConnectionLife({
-    config: { mqtt, uuid: 'device-1', limits: o.limits },
+    config: { mqtt, uuid: 'device-1', limits: o.limits, ...o.credentials },
     url: new URL(mqtt.url),
     topics: deviceTopics('device-1'),
     window: {

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { trustedFile } from '../../src/boot/data-dir.js';
 import { DataDirDisk } from '../../src/boot/disk.js';
-import { loadIdentity } from '../../src/boot/identity.js';
+import { loadIdentity, saveIssuedCredentials } from '../../src/boot/identity.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -103,6 +103,23 @@ describe('identity', () => {
     expect(a.uuid).toBe('cd'.repeat(16));
     expect(a.localApiKey).not.toBe('short');
     expect(JSON.parse(readFileSync(join(dataDir, 'identity.json'), 'utf8'))).toEqual(a);
+  });
+
+  it('keeps the device key the cloud issued (0600), reads it back, forgets it, and drops a damaged one whole', () => {
+    const dataDir = dirs.make();
+    const path = join(dataDir, 'identity.json');
+    const a = loadIdentity({ dataDir, logger: silentLogger(), now: 0, legacyUuid: legacyNone });
+    const issued = { uuid: a.uuid, deviceApiKey: 'issued-device-key-1', mqtt: { username: a.uuid, password: 'issued-device-key-1' } };
+    saveIssuedCredentials(dataDir, a, issued);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    const { logger, text } = captureLogger();
+    expect(loadIdentity({ dataDir, logger, now: 0, legacyUuid: legacyNone })).toEqual({ ...a, issued });
+    expect(text()).not.toContain('issued-device-key-1');
+    saveIssuedCredentials(dataDir, a, undefined);
+    expect(loadIdentity({ dataDir, logger: silentLogger(), now: 0, legacyUuid: legacyNone })).toEqual(a);
+
+    writeFileSync(path, JSON.stringify({ ...a, issued: { uuid: a.uuid, deviceApiKey: 'has a space' } }), { mode: 0o600 });
+    expect(loadIdentity({ dataDir, logger: silentLogger(), now: 0, legacyUuid: legacyNone })).toEqual(a);
   });
 });
 

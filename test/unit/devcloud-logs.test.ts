@@ -112,6 +112,7 @@ describe('devcloud log storage', () => {
     raw.exec('DROP TABLE log_lines; DROP TABLE log_messages;');
     // What later schemas added goes too: a schema-4 file had none of it.
     raw.exec('DROP TABLE device_secrets; ALTER TABLE devices DROP COLUMN secrets_version;');
+    raw.exec('DROP TABLE provisioning_keys; ALTER TABLE devices DROP COLUMN provisioning_key; ALTER TABLE devices DROP COLUMN key_revoked_at;');
     raw.pragma('user_version = 4');
     raw.close();
     const again = openStore(path);

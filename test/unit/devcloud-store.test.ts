@@ -18,6 +18,7 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
   raw.exec('ALTER TABLE devices DROP COLUMN shadow_desired; ALTER TABLE devices DROP COLUMN shadow_version; DROP INDEX health_by_key; ALTER TABLE health DROP COLUMN idem_key; ALTER TABLE messages DROP COLUMN backfill;');
   raw.exec('DROP TABLE log_lines; DROP TABLE log_messages;');
   raw.exec('DROP TABLE device_secrets; ALTER TABLE devices DROP COLUMN secrets_version;');
+  raw.exec('DROP TABLE provisioning_keys; ALTER TABLE devices DROP COLUMN provisioning_key; ALTER TABLE devices DROP COLUMN key_revoked_at;');
   raw.pragma('user_version = 1');
   raw.close();
 
@@ -36,6 +37,8 @@ it('upgrades a devcloud file of schema 1 (before the shadow) in place, keeping i
     'log_messages',
   ]);
   expect(check.prepare("SELECT name FROM pragma_table_info('devices') WHERE name = 'secrets_version'").pluck().all()).toEqual(['secrets_version']);
+  expect(check.prepare("SELECT name FROM pragma_table_info('devices') WHERE name IN ('provisioning_key', 'key_revoked_at') ORDER BY name").pluck().all()).toEqual(['key_revoked_at', 'provisioning_key']);
+  expect(check.prepare("SELECT name FROM sqlite_master WHERE name = 'provisioning_keys'").pluck().all()).toEqual(['provisioning_keys']);
   check.close();
 });
 

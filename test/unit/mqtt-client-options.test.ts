@@ -63,6 +63,14 @@ describe('clientOptions', () => {
     expect(Object.keys(clientOptions(input()))).not.toContain('password');
   });
 
+  it('uses the MQTT credentials issued at registration where mqtt.username / mqtt.password are not set', () => {
+    const issued = { username: 'issued-user', password: 'issued-pass' };
+    const o = clientOptions(input({ apiKey: 'api-key', issued }));
+    expect([o.username, o.password]).toEqual(['issued-user', 'issued-pass']);
+    const configured = clientOptions(input({ apiKey: 'api-key', issued, mqtt: { username: 'fleet-a', password: 'secret' } }));
+    expect([configured.username, configured.password]).toEqual(['fleet-a', 'secret']);
+  });
+
   it('keeps the session across connections unless a clean one is asked for', () => {
     expect(clientOptions(input()).clean).toBe(false);
     expect(clientOptions(input({ clean: false })).clean).toBe(false);

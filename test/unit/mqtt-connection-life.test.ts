@@ -52,6 +52,22 @@ describe('ConnectionLife: a connection', () => {
     expect(h.life.stats().droppedIncoming).toBe(1);
   });
 
+  it('reads the device key and the credentials registration issued at each attempt (a key that came later is used without a restart)', async () => {
+    const cloud: { key?: string; issued?: { username: string; password: string } } = {};
+    const h = harness({ credentials: { apiKey: () => cloud.key, issued: () => cloud.issued } });
+    h.start();
+    await settle();
+    expect(h.clients[0]!.options).toMatchObject({ username: 'device-1' });
+    expect(h.clients[0]!.options.password).toBeUndefined();
+    cloud.key = 'issued-device-key';
+    cloud.issued = { username: 'fleet-user', password: 'fleet-pass' };
+    h.clients[0]!.fail(refused());
+    await h.clock.advance(1_000);
+    await settle();
+    expect(h.clients).toHaveLength(2);
+    expect(h.clients[1]!.options).toMatchObject({ username: 'fleet-user', password: 'fleet-pass' });
+  });
+
   it('asks the broker to publish the will at a stop (MQTT 5 DISCONNECT 0x04)', async () => {
     const h = harness();
     h.start();

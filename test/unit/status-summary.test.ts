@@ -100,6 +100,15 @@ describe('iotistic-agent status (the summary)', () => {
     expect(renderSummary({ ...status, connection: { ...status.connection, degradation: { mode: 'normal', features: [] } } }, { now: NOW, colour: false })).not.toContain('normal');
     expect(out).toContain('Ledger  DOES NOT BALANCE: unaccounted telemetry 2');
   });
+
+  it('says a refused or pending registration (what to do, never a key), and nothing once a key is in use', () => {
+    const reason = "registration refused (403): the provisioning key's device limit is reached: raise it in the cloud or use another device.provisioningKey";
+    const refused = renderSummary({ ...status, state: { ...status.state, registration: { state: 'refused', reason } } }, { now: NOW, colour: false });
+    expect(refused).toContain(`Registration  refused: ${reason}\n`);
+    const pending = renderSummary({ ...status, state: { ...status.state, registration: { state: 'registering', lastError: 'POST /device/v1/register failed: connection refused (ECONNREFUSED)' } } }, { now: NOW, colour: false });
+    expect(pending).toContain('Registration  registering: POST /device/v1/register failed: connection refused (ECONNREFUSED)\n');
+    expect(renderSummary({ ...status, state: { ...status.state, registration: { state: 'registered' } } }, { now: NOW, colour: false })).not.toContain('Registration');
+  });
 });
 
 describe('colour', () => {
