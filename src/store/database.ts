@@ -5,7 +5,7 @@ import type { Clock } from '../util/clock.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { fastCheck } from './integrity.js';
-import { latestVersion, oldestCompatibleReader, type Migration } from './migrations.js';
+import { COMPAT_TABLE, latestVersion, oldestCompatibleReader, type Migration } from './migrations.js';
 import { moveAside, readPendingSalvage, salvageQuarantined, SQLITE_FILES, writePendingSalvage, type QuarantineReport, type SalvageHook } from './quarantine.js';
 
 export interface OpenStoreOptions {
@@ -123,11 +123,9 @@ function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: 
 
 /**
  * The oldest schema version that can still read and write the database, kept beside `user_version` so
- * an older agent (after a rollback) knows whether it may open a database a newer one migrated.
+ * an older agent (after a rollback) knows whether it may open a database a newer one migrated;
+ * undefined in a database written before there was one.
  */
-const COMPAT_TABLE = 'schema_compat';
-
-/** The marker, or undefined in a database written before there was one. */
 export function readCompatMarker(db: Database): number | undefined {
   const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(COMPAT_TABLE);
   if (!exists) return undefined;

@@ -59,6 +59,12 @@ export function latestVersion(migrations: readonly Migration[]): number {
 }
 
 /**
+ * The table beside `user_version` holding the oldest schema version that can still read and write the
+ * database (see `migrate`); written by each open, so a salvage does not copy it.
+ */
+export const COMPAT_TABLE = 'schema_compat';
+
+/**
  * The oldest schema version whose agents can still use a database migrated up to `version`: the
  * newest migration up to it that older agents cannot live with (everything before it counts too).
  */
