@@ -64,22 +64,18 @@ async function freePort(): Promise<number> {
 }
 
 let n = 0;
-async function launched(): Promise<{ agent: AgentProcess; uuid: string; api: string; port: number }> {
+async function launched(update: Record<string, unknown> = {}, dataDir = dirs.make()): Promise<{ agent: AgentProcess; uuid: string; api: string; port: number; config: Record<string, unknown> }> {
   const dev = { uuid: `update-${process.pid}-${++n}`, apiKey: `update-key-${n}-0123456789` };
   env.cloud.admin.createDevice(dev);
   env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const port = await freePort();
-  const agent = await spawnAgent({
-    dataDir: dirs.make(),
-    launch: true,
-    timeoutMs: 60_000,
-    config: {
+  const config = {
       device: dev,
       api: { port },
       cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
       jobs: { pollIntervalMs: 1_000 },
-      update: { healthTimeoutSeconds: 30, probationSeconds: 1, trialAttempts: 2 },
+      update: { healthTimeoutSeconds: 30, probationSeconds: 1, trialAttempts: 2, ...update },
       settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: {
           minBackoffSeconds: 0.2,
           maxBackoffSeconds: 2,
@@ -89,10 +85,10 @@ async function launched(): Promise<{ agent: AgentProcess; uuid: string; api: str
           enableGracefulDegradation: false,
         },
       },
-    },
-  });
+  };
+  const agent = await spawnAgent({ dataDir, launch: true, timeoutMs: 60_000, config });
   agents.push(agent);
-  return { agent, uuid: dev.uuid, api: `http://127.0.0.1:${port}`, port };
+  return { agent, uuid: dev.uuid, api: `http://127.0.0.1:${port}`, port, config };
 }
 
 /** The local API of whichever agent the launcher runs now (the port is fixed, the process changes). */
@@ -222,6 +218,25 @@ describe('self-update under the launcher', () => {
       await new Promise<void>((r) => taken.close(() => r()));
     }
   }, 300_000);
+
+  it('carries on from state.json after the launcher itself is killed mid-trial: the restart counts, the deadline holds', async () => {
+    // A version that starts and never reports healthy; it leaves when its launcher is gone (systemd would kill it).
+    const stuck = serve('stuck.tgz', releaseOf('0.4.0', "process.on('disconnect', () => process.exit(0)); setInterval(() => {}, 1000);\n"));
+    const at = await launched({ healthTimeoutSeconds: 8, trialAttempts: 5 });
+    const id = env.cloud.admin.createJob(at.uuid, { type: 'update-agent', params: { url: stuck.url, sha256: stuck.sha256 }, timeoutSeconds: 120 }).id;
+    const stateFile = join(at.agent.dataDir, 'releases/state.json');
+    await waitFor('the trial under way', () => existsSync(stateFile) && (JSON.parse(readFileSync(stateFile, 'utf8')) as { trial?: { attempts: number } }).trial?.attempts === 1, 60_000);
+    await at.agent.stop('SIGKILL');
+
+    const again = await spawnAgent({ dataDir: at.agent.dataDir, launch: true, timeoutMs: 60_000, config: at.config });
+    agents.push(again);
+    const end = await jobEnd(at.uuid, id, 60_000);
+    expect(end.status).toBe('FAILED');
+    expect(String(end.details.error)).toBe('version 0.4.0 did not become healthy within 8 s');
+    expect(again.records().some((r) => String(r.msg).startsWith('rolled back') && r.part === 'launcher')).toBe(true);
+    expect((JSON.parse(readFileSync(stateFile, 'utf8')) as { current: unknown; trial?: unknown }).trial).toBeUndefined();
+    expect(await versionOf({ api: at.api, agent: again })).toBe('0.1.0');
+  }, 120_000);
 
   it('rejects update-agent when the agent runs without the launcher', async () => {
     const dev = { uuid: `update-run-${process.pid}`, apiKey: 'update-run-key-0123456789' };
