@@ -176,12 +176,14 @@ export class CloudHttpClient {
     if (this.opts.apiKey && target.origin === this.base.origin) headers.authorization = `Bearer ${this.opts.apiKey}`;
     const { request, dispatcher } = await this.loadTransport();
     const req: CloudRequest = { method: 'GET', path: target.pathname, ...(o.signal ? { signal: o.signal } : {}) };
-    const timeout = new AbortController();
+    // No deadline on the whole download (a package may be large on a slow link): the dispatcher's
+    // connect, headers and body timeouts bound every wait instead.
+    const noDeadline = new AbortController().signal;
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(target, { method: 'GET', headers, dispatcher, signal: o.signal ? AbortSignal.any([o.signal, timeout.signal]) : timeout.signal });
+      res = await request(target, { method: 'GET', headers, dispatcher, ...(o.signal ? { signal: o.signal } : {}) });
     } catch (err) {
-      throw this.classify(err, req, timeout.signal);
+      throw this.classify(err, req, noDeadline);
     }
     if (res.statusCode < 200 || res.statusCode >= 300) {
       res.body.destroy();
@@ -203,7 +205,7 @@ export class CloudHttpClient {
     } catch (err) {
       res.body.destroy();
       if ((err as { code?: unknown }).code === 'DOWNLOAD_TOO_LARGE') throw err;
-      throw this.classify(err, req, timeout.signal);
+      throw this.classify(err, req, noDeadline);
     }
     return { bytes };
   }

@@ -25,7 +25,11 @@ export async function runLauncher(o: { configFile: string; dataDir: string | und
     ...(o.dataDir ? { dataDirFlag: o.dataDir } : {}),
     ownRoot,
     nodePath: process.execPath,
-    update: config.update,
+    nodeArgs: process.execArgv,
+    update: (file = o.configFile) => {
+      const now = loadConfig({ file, env: o.env });
+      return now.ok ? now.config.update : config.update;
+    },
     logger,
     clock: systemClock,
     random: systemRandom,

@@ -21,7 +21,13 @@ export interface LauncherOptions {
   /** The launcher's own install (the tree /opt/iotistic-agent holds): run when no release is current. */
   ownRoot: string;
   nodePath: string;
-  update: { healthTimeoutSeconds: number; probationSeconds: number; trialAttempts: number };
+  /** Node's own flags for the agent (the launcher's: the bin's small-device settings, docs/performance.md). */
+  nodeArgs: readonly string[];
+  /**
+   * The `update` settings, read again when used (a config update may have changed them); from `file`
+   * when given: a config on trial is judged by the settings of the config it replaces, not by its own.
+   */
+  update: (file?: string) => { healthTimeoutSeconds: number; probationSeconds: number; trialAttempts: number };
   logger: Logger;
   clock: Clock;
   random: Random;
@@ -89,7 +95,8 @@ export class Launcher {
   }
 
   private watch(trial: Trial): TrialWatch {
-    return new TrialWatch(trial, { probationMs: this.o.update.probationSeconds * 1000, attempts: this.o.update.trialAttempts });
+    const u = this.o.update(trial.configBackup);
+    return new TrialWatch(trial, { probationMs: u.probationSeconds * 1000, attempts: u.trialAttempts });
   }
 
   /** The agent's entry point in `release`; a current release gone missing falls back to the own install. */
@@ -107,7 +114,7 @@ export class Launcher {
 
   private startTrial(r: SwitchRequest): void {
     const now = this.o.clock.now();
-    const trial: Trial = { ...r, startedAt: now, deadline: now + this.o.update.healthTimeoutSeconds * 1000, attempts: 0 };
+    const trial: Trial = { ...r, startedAt: now, deadline: now + this.o.update(r.configBackup).healthTimeoutSeconds * 1000, attempts: 0 };
     this.store.update((s) => ({ ...s, trial }));
     this.o.logger.info({ jobId: r.jobId, kind: r.kind, from: r.from.version, to: r.to.version }, `switching to ${r.kind === 'agent' ? `version ${r.to.version}` : 'a new config'} on trial`);
     this.backoff.reset();
@@ -115,7 +122,7 @@ export class Launcher {
 
   /** Runs the agent until it exits, the launcher stops, it asks for a switch, or its trial is decided. */
   private supervise(cli: string, watch: TrialWatch | undefined, signal: AbortSignal): Promise<End> {
-    const args = [cli, 'run', '--config', this.o.configFile, ...(this.o.dataDirFlag ? ['--data-dir', this.o.dataDirFlag] : [])];
+    const args = [...this.o.nodeArgs, cli, 'run', '--config', this.o.configFile, ...(this.o.dataDirFlag ? ['--data-dir', this.o.dataDirFlag] : [])];
     const child = spawn(this.o.nodePath, args, { stdio: ['inherit', 'inherit', 'inherit', 'ipc'], env: { ...this.o.env, [LAUNCHED_ENV]: '1' } });
     this.child = child;
     const timer = new AbortController();
@@ -145,7 +152,7 @@ export class Launcher {
         if (m.type === 'switch') finish({ kind: 'switch', request: m.request });
         else if (watch && this.store.read().trial) {
           watch.healthy(this.o.clock.now());
-          this.o.logger.info(`${watch.subject} reports healthy; on probation for ${this.o.update.probationSeconds} s`);
+          this.o.logger.info(`${watch.subject} reports healthy; on probation`);
           judge(watch.tick(this.o.clock.now()));
         }
       });

@@ -31,6 +31,14 @@ interface Params {
   sha256: string;
 }
 
+function realOrSelf(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
+  }
+}
+
 function parseParams(p: Record<string, Json>, localDirs: readonly string[]): Params {
   const { url, path, sha256 } = p;
   if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/i.test(sha256)) throw new JobRejected(`params.sha256: expected the package's SHA-256 as 64 hex digits, got ${describeValue(sha256)}`);
@@ -47,7 +55,7 @@ function parseParams(p: Record<string, Json>, localDirs: readonly string[]): Par
   } catch (err) {
     throw new JobRejected(`params.path: ${JSON.stringify(path)} cannot be read (${(err as NodeJS.ErrnoException).code ?? errorMessage(err)})`);
   }
-  const allowed = localDirs.some((d) => real.startsWith(d.endsWith(sep) ? d : d + sep));
+  const allowed = localDirs.map(realOrSelf).some((d) => real.startsWith(d.endsWith(sep) ? d : d + sep));
   if (!allowed) {
     throw new JobRejected(`params.path: ${JSON.stringify(path)} is not in update.localPackageDirs (allowed: ${localDirs.length > 0 ? localDirs.join(', ') : 'none; set update.localPackageDirs in the device config'})`);
   }
@@ -85,7 +93,13 @@ export function updateAgentHandler(o: UpdateAgentOptions): JobHandler {
       rmSync(release, { recursive: true, force: true });
       renameSync(unpack, release);
       const dbCopy = join(releases.dir, `agent-before-${jobTag}.db`);
-      copyDatabase(o.db, dbCopy);
+      try {
+        copyDatabase(o.db, dbCopy);
+      } catch (err) {
+        rmSync(release, { recursive: true, force: true });
+        rmSync(dbCopy, { force: true });
+        throw new JobFailed(`cannot take a copy of the database before the switch (${errorMessage(err)}); nothing was switched`, {});
+      }
       ctx.logger.info({ from: o.version, to: version, release: name }, `version ${version} unpacked; switching to it on trial`);
       o.link.requestSwitch({
         kind: 'agent',
