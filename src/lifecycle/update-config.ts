@@ -1,6 +1,6 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { formatIssues, loadConfig } from '../config/load.js';
+import { formatIssues, loadConfig, redactConfig } from '../config/load.js';
 import { LOCAL_ONLY_CONFIG_KEYS, SECRET_KEYS } from '../config/schema.js';
 import { describeValue } from '../config/issues.js';
 import { JobFailed, JobRejected, type JobHandler } from '../jobs/types.js';
@@ -33,7 +33,8 @@ function changedPaths(patch: Json, paths: string[]): Record<string, Json> {
   for (const path of paths) {
     let v: Json | undefined = patch;
     for (const k of path.split('.')) v = v !== null && typeof v === 'object' && !Array.isArray(v) ? v[k] : undefined;
-    out[path] = SECRET_KEYS.has(path.split('.').pop() ?? '') && v !== null ? '[redacted]' : (v ?? null);
+    // A secret leaf, or secrets inside a value that is an array of objects (credentials lists).
+    out[path] = SECRET_KEYS.has(path.split('.').pop() ?? '') && v !== null && v !== undefined ? '[redacted]' : redactConfig(v ?? null);
   }
   return out;
 }

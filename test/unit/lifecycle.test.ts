@@ -1,12 +1,18 @@
 import BetterSqlite3 from 'better-sqlite3';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { openableBy } from '../../src/lifecycle/db-copy.js';
+import { copyDatabase, openableBy, restoreDatabase } from '../../src/lifecycle/db-copy.js';
 import { mergePatch, patchPaths } from '../../src/lifecycle/merge-patch.js';
 import type { Trial } from '../../src/lifecycle/release-store.js';
 import { extractTar, unpackTarGz } from '../../src/lifecycle/tar.js';
 import { TrialWatch } from '../../src/lifecycle/trial.js';
+import type { LauncherLink } from '../../src/lifecycle/child-link.js';
+import type { SwitchRequest } from '../../src/lifecycle/ipc.js';
+import { NOT_LAUNCHED } from '../../src/lifecycle/update-agent.js';
+import { updateConfigHandler } from '../../src/lifecycle/update-config.js';
+import type { Json } from '../../src/util/json-diff.js';
+import { silentLogger } from '../helpers/logger.js';
 import { migrate, readCompatMarker } from '../../src/store/database.js';
 import type { Migration } from '../../src/store/migrations.js';
 import { pax, tar, tarGz, type TarMember } from '../helpers/tar-writer.js';
@@ -162,5 +168,76 @@ describe('the database compatibility marker', () => {
     db.pragma('user_version = 999');
     expect(() => migrate(db, MIGRATIONS)).toThrow(expect.objectContaining({ code: 'STORE_TOO_NEW' }));
     db.close();
+  });
+});
+
+describe('the database copy taken before a switch', () => {
+  it('is put back in place of a database and its WAL that the older agent cannot open', () => {
+    const dir = dirs.make();
+    const path = join(dir, 'agent.db');
+    const db = new BetterSqlite3(path);
+    db.pragma('journal_mode = WAL');
+    migrate(db, MIGRATIONS);
+    db.exec("INSERT INTO kv (key, value, updated_at) VALUES ('before', '1', 1)");
+    copyDatabase(db, join(dir, 'copy.db'));
+    expect(statSync(join(dir, 'copy.db')).mode & 0o777).toBe(0o600);
+    db.exec("INSERT INTO kv (key, value, updated_at) VALUES ('during', '2', 2)");
+    migrate(db, [...MIGRATIONS, { version: 901, name: 'made-up', up: (d) => d.exec('CREATE TABLE later (x INTEGER) STRICT') }]);
+    db.close();
+    const latest = Math.max(...MIGRATIONS.map((m) => m.version));
+    expect(openableBy(path, latest)).toBe(false);
+    restoreDatabase(join(dir, 'copy.db'), path);
+    expect(openableBy(path, latest)).toBe(true);
+    const back = new BetterSqlite3(path, { readonly: true });
+    expect((back.prepare('SELECT key FROM kv ORDER BY key').all() as { key: string }[]).map((r) => r.key)).toEqual(['before']);
+    back.close();
+  });
+});
+
+describe('update-config params', () => {
+  const requests: SwitchRequest[] = [];
+  const link = { requestSwitch: (r: SwitchRequest) => requests.push(r) } as unknown as LauncherLink;
+  const setup = (allowKeys: string[] = []): { run: (patch: Json) => Promise<Json>; file: string } => {
+    const dir = dirs.make();
+    const file = join(dir, 'config.json');
+    writeFileSync(file, JSON.stringify({ device: { uuid: 'dev-1', apiKey: 'secret-key-0123456789' }, api: { port: 0 } }));
+    const handler = updateConfigHandler({ link, dataDir: dir, configFile: file, version: '0.1.0', schemaVersion: 13, env: {}, allowKeys });
+    const abort = new AbortController();
+    return {
+      file,
+      run: (patch) => {
+        const p = handler({ patch }, { jobId: 'j1', signal: abort.signal, logger: silentLogger() });
+        // Once the switch is asked the handler waits for the stop: stop it.
+        setTimeout(() => abort.abort(new Error('stopped')), 10);
+        return p;
+      },
+    };
+  };
+
+  it('refuses local-only settings unless allowed, names invalid paths, never echoes a secret', async () => {
+    const { run, file } = setup();
+    await expect(run({ jobs: { allowedCommands: ['/bin/sh'] } })).rejects.toThrow(/jobs\.allowedCommands is a local-only setting/);
+    await expect(run({ workloads: null })).rejects.toThrow(/workloads is a local-only setting/);
+    await expect(run({ update: { allowConfigKeys: ['dataDir'] } })).rejects.toThrow(/update\.allowConfigKeys/);
+    const invalid = run({ device: { apiKey: 5 }, api: { port: 'high' } });
+    await expect(invalid).rejects.toThrow(/api\.port: expected/);
+    await expect(invalid).rejects.not.toThrow(/secret-key/);
+    await expect(run([] as unknown as Json)).rejects.toThrow(/params\.patch: expected a non-empty JSON object/);
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual({ device: { uuid: 'dev-1', apiKey: 'secret-key-0123456789' }, api: { port: 0 } });
+    expect(requests).toEqual([]);
+  });
+
+  it('writes the patched file, keeps the old one, and asks for a trial with the changed paths, secrets redacted', async () => {
+    const { run, file } = setup(['jobs.allowedCommands']);
+    await expect(run({ jobs: { allowedCommands: ['/bin/true'] }, device: { apiKey: 'new-secret-0123456789' } })).rejects.toThrow('stopped');
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({ jobs: { allowedCommands: ['/bin/true'] }, device: { apiKey: 'new-secret-0123456789' } });
+    const r = requests.at(-1)!;
+    expect(r).toMatchObject({ kind: 'config', jobId: 'j1', configFile: file, changed: { 'jobs.allowedCommands': ['/bin/true'], 'device.apiKey': '[redacted]' } });
+    expect(JSON.parse(readFileSync(r.configBackup!, 'utf8'))).toMatchObject({ device: { apiKey: 'secret-key-0123456789' } });
+  });
+
+  it('is REJECTED without the launcher', async () => {
+    const handler = updateConfigHandler({ link: undefined, dataDir: dirs.make(), configFile: '/x.json', version: '0.1.0', schemaVersion: 13, env: {}, allowKeys: [] });
+    await expect(handler({ patch: { a: 1 } }, { jobId: 'j', signal: new AbortController().signal, logger: silentLogger() })).rejects.toThrow(NOT_LAUNCHED);
   });
 });
