@@ -73,6 +73,7 @@ export function updateAgentHandler(o: UpdateAgentOptions): JobHandler {
     const p = parseParams(params, o.update.localPackageDirs);
     const releases = new ReleaseStore(o.dataDir);
     releases.ensure();
+    refuseDuringTrial(releases);
     const jobTag = ctx.jobId.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 64);
     const archive = join(releases.dir, `.download-${jobTag}.tgz`);
     const unpack = join(releases.dir, `.unpack-${jobTag}`);
@@ -115,6 +116,12 @@ export function updateAgentHandler(o: UpdateAgentOptions): JobHandler {
     // The launcher stops this agent now: the job stays RUNNING and is reported after the trial.
     return waitForStop(ctx.signal);
   };
+}
+
+/** One trial at a time: a second switch during a probation would leave the first job without its answer. */
+export function refuseDuringTrial(releases: ReleaseStore): void {
+  const trial = releases.read().trial;
+  if (trial) throw new JobRejected(`a ${trial.kind === 'agent' ? `switch to version ${trial.to.version}` : 'config update'} (job ${trial.jobId}) is on trial; try again once it is confirmed or rolled back`);
 }
 
 export function waitForStop(signal: AbortSignal): Promise<never> {

@@ -10,7 +10,7 @@ import type { Json } from '../util/json-diff.js';
 import type { LauncherLink } from './child-link.js';
 import { mergePatch, patchPaths } from './merge-patch.js';
 import { ReleaseStore } from './release-store.js';
-import { NOT_LAUNCHED, waitForStop } from './update-agent.js';
+import { NOT_LAUNCHED, refuseDuringTrial, waitForStop } from './update-agent.js';
 
 export interface UpdateConfigOptions {
   link: LauncherLink | undefined;
@@ -68,6 +68,7 @@ export function updateConfigHandler(o: UpdateConfigOptions): JobHandler {
     const next = mergePatch(old, patch);
     const releases = new ReleaseStore(o.dataDir);
     releases.ensure();
+    refuseDuringTrial(releases);
     const tag = ctx.jobId.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 64);
     const candidate = join(releases.dir, `config-candidate-${tag}.json`);
     const backup = join(releases.dir, `config-before-${tag}.json`);

@@ -196,6 +196,10 @@ describe('self-update under the launcher', () => {
     expect(ok).toMatchObject({ status: 'SUCCEEDED', details: { changed: { 'settings.reportIntervalMs': 700 } } });
     const file = join(at.agent.dataDir, 'config.json');
     expect((JSON.parse(readFileSync(file, 'utf8')) as { settings: { reportIntervalMs: number } }).settings.reportIntervalMs).toBe(700);
+    // In force: the agent that runs now reads it (the API shows the config in force, secrets redacted).
+    const inForce = (await get(at, '/v2/config')).body as { config: { settings: { reportIntervalMs: number }; device: { apiKey: string } } };
+    expect(inForce.config.settings.reportIntervalMs).toBe(700);
+    expect(inForce.config.device.apiKey).toBe('[redacted]');
 
     // Not allowed from the cloud: REJECTED, the file unchanged.
     const local = env.cloud.admin.createJob(uuid, { type: 'update-config', params: { patch: { jobs: { allowedCommands: ['/bin/sh'] } } } }).id;
