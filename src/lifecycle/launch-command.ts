@@ -38,11 +38,15 @@ export async function runLauncher(o: { configFile: string; dataDir: string | und
   const stop = new AbortController();
   process.on('SIGTERM', () => stop.abort());
   process.on('SIGINT', () => stop.abort());
+  let code = 0;
   try {
     await launcher.run(stop.signal);
-    return 0;
+    logger.info('the agent stopped; the launcher exits');
   } catch (err) {
     logger.error({ err: errorMessage(err) }, `the launcher failed: ${errorMessage(err)}`);
-    return 1;
+    code = 1;
   }
+  // A pretty log on a terminal goes through a worker: its last lines are written before the exit.
+  await new Promise<void>((resolve) => logger.flush(() => resolve()));
+  return code;
 }
