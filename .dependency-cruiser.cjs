@@ -22,6 +22,7 @@ const LAYERS = [
   'mqtt', //       the session, its in-flight store, the MQTT sink
   'telemetry', //  system metrics, the sampler, the local broker
   'jobs', //       cloud jobs: poller, runner, handlers
+  'lifecycle', //  self-update and config update: the launcher, releases, trials, their job handlers
   'shadow', //     the device shadow
   'api', //        the local HTTP API and dashboard
   'views', //      what status, the API and the dashboard show, computed from the parts' public methods

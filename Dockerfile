@@ -18,7 +18,9 @@ RUN ln -sfn /opt/iotistic-agent/dist/bundle/cli.js /usr/local/bin/iotistic-agent
 
 # The queue, identity and keys: keep them on a volume, or a new container is a new device.
 VOLUME /var/lib/iotistic-agent
-# The agent stops on SIGTERM within 8 s (docker stop waits 10 s by default).
+# The agent stops on SIGTERM within 8 s (docker stop waits 10 s by default); the launcher passes it on.
+# `launch`: self-updates land on the data volume (docs/lifecycle.md); with the config mounted read-only,
+# update-config jobs fail (the file cannot be written).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/local/bin/iotistic-agent", "run"]
+ENTRYPOINT ["/usr/local/bin/iotistic-agent", "launch"]
 CMD ["--config", "/etc/iotistic-agent/config.json"]

@@ -11,6 +11,7 @@ import { buildRegistration } from './assembly/registration.js';
 import type { AgentParts } from './assembly/parts.js';
 import { buildLocalBroker, buildShadow, publishLocalDesired } from './assembly/shadow.js';
 import { buildLocalTarget, buildWorkloads } from './assembly/workloads.js';
+import { settleLifecycleJobs } from './lifecycle/settle.js';
 import { AgentStatus } from './views/agent-status.js';
 import { AGENT_BUILT_AT, AGENT_VERSION } from './version.js';
 
@@ -68,6 +69,7 @@ export class Agent {
     if (shadow) shadow.reports.requeueUnsent(shadow.shadow);
     watchDatabase(store, queueing.events, { stopped: () => this.stopped, salvageNeeded: () => this.salvageNeeded?.() });
     startLoops(this.p);
+    this.settleLifecycle();
     void core.probes.start(core.loops.signal);
     announceConfig({ status: status.configStatus(), kv: store, events: queueing.events, healthReport: () => cloud?.health.request(), logger });
     const view = buildApiView(this.p);
@@ -81,6 +83,24 @@ export class Agent {
       { uuid: this.uuid, api: this.apiUrl, cloud: config.cloud.apiUrl ?? null, dataDir: config.dataDir, version: AGENT_VERSION },
       config.cloud.apiUrl ? 'agent started' : 'agent started in local mode (no cloud.apiUrl)',
     );
+  }
+
+  /** Whether /v1/healthy says healthy: every loop up. */
+  healthy(): boolean {
+    return this.p.core.loops.healthy();
+  }
+
+  /** Self-update and config-update jobs a switch left RUNNING are reported as their trial ended (now, and at its confirmation). */
+  private settleLifecycle(): void {
+    const { core, cloud } = this.p;
+    const runner = cloud?.jobs?.runner;
+    if (!runner) return;
+    const settle = (): void => {
+      if (this.stopped) return;
+      settleLifecycleJobs(core.config.dataDir, runner, core.logger).catch((err: unknown) => core.logger.error({ err: String(err) }, 'reporting the end of a self-update failed'));
+    };
+    settle();
+    core.lifecycle?.link?.onConfirmed(settle);
   }
 
   private async startLocalBroker(): Promise<void> {

@@ -21,6 +21,8 @@ import { AgentError, errorMessage } from './util/errors.js';
 import { HeldListener } from './util/held-listener.js';
 import { createLogger, type Logger } from './util/logger.js';
 import { AgentLogTap } from './logs/agent-tap.js';
+import type { LauncherLink } from './lifecycle/child-link.js';
+import { latestVersion } from './store/migrations.js';
 
 /** Where agents before `identity.json` kept a generated uuid; read once at the upgrade (see loadIdentity). */
 export const LEGACY_UUID_KEY = 'device.uuid';
@@ -43,6 +45,8 @@ export interface BootOptions {
   logDestination?: NodeJS.WritableStream;
   /** Ports bound before this was even loaded (cli.ts); else they are bound here, once the config is read. */
   listeners?: EarlyListeners;
+  /** The launcher that started this agent (`iotistic-agent launch`), if any. */
+  launcher?: LauncherLink;
 }
 
 export interface Booted {
@@ -246,7 +250,8 @@ function buildAgent(args: {
     resolved.source === 'last-known-good' && !loaded.ok
       ? { source: 'last-known-good', file, reason: loaded.failure, issues: resolved.issues, lastKnownGoodSavedAt: resolved.savedAt, since: systemClock.now() }
       : { source: 'file', file };
-  const agent = new Agent({ config, store, logger, configSource, identity, disk, listeners, ...(logTap ? { logTap } : {}), onStopped: () => lock.release() });
+  const lifecycle = { link: opts.launcher, configFile: opts.configFile, schemaVersion: latestVersion(MIGRATIONS), env: opts.env };
+  const agent = new Agent({ config, store, logger, configSource, identity, disk, listeners, lifecycle, ...(logTap ? { logTap } : {}), onStopped: () => lock.release() });
   return { agent, source: resolved.source, config };
 }
 

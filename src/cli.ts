@@ -8,6 +8,7 @@ import { earlyAddresses } from './boot/early-addresses.js';
 import type { bootAgent, EarlyListeners } from './bootstrap.js';
 import { AgentError, errorMessage } from './util/errors.js';
 import { HeldListener } from './util/held-listener.js';
+import { LAUNCHED_ENV } from './lifecycle/ipc.js';
 import { AGENT_VERSION } from './version.js';
 
 // Only what `run` needs to bind its ports is imported here: the rest (the config's schema, the agent)
@@ -29,13 +30,14 @@ program
   .action(async (opts: { config?: string; dataDir?: string }) => {
     // Bound before anything else loads: a local app connecting during the start waits instead of being refused.
     let listeners: EarlyListeners | undefined = await bindEarly(opts.config);
+    const launcher = process.env[LAUNCHED_ENV] === '1' ? (await import('./lifecycle/child-link.js')).LauncherLink.ofProcess(process) : undefined;
     const boot = async (): Promise<Awaited<ReturnType<typeof bootAgent>>> => {
       const early = listeners;
       // A restart (to salvage) binds again, after its config.
       listeners = undefined;
       try {
         const { bootAgent } = await import('./bootstrap.js');
-        return await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env, ...(early ? { listeners: early } : {}) });
+        return await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env, ...(early ? { listeners: early } : {}), ...(launcher ? { launcher } : {}) });
       } catch (err) {
         process.stderr.write(`iotistic-agent: ${errorMessage(err)}\n`);
         process.exit(err instanceof AgentError && err.code === 'CONFIG_INVALID' ? EXIT_CONFIG : 1);
@@ -80,6 +82,25 @@ program
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    if (launcher) {
+      // The launcher judges a version or config on trial by this: healthy, with every loop up.
+      const tell = setInterval(() => {
+        if (restarting || !agent.healthy()) return;
+        clearInterval(tell);
+        launcher.healthy(AGENT_VERSION);
+      }, 250);
+      launcher.onGone(() => stop('launcher gone'));
+    }
+  });
+
+program
+  .command('launch')
+  .description('run the agent under a launcher: restarts it after a crash and runs self-updates and config updates on trial, rolling back what does not become healthy')
+  .addOption(new Option('-c, --config <file>', 'JSON config file').env('IOTISTIC_CONFIG').makeOptionMandatory())
+  .option('-d, --data-dir <dir>', 'data directory (database, keys, releases); overrides the config')
+  .action(async (opts: { config: string; dataDir?: string }) => {
+    const { runLauncher } = await import('./lifecycle/launch-command.js');
+    process.exit(await runLauncher({ configFile: opts.config, dataDir: opts.dataDir, env: process.env, entry: process.argv[1] ?? '' }));
   });
 
 /** The options every command that talks to a running agent takes. */

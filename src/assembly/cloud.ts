@@ -85,7 +85,7 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
     clock: core.clock,
     intervalMs: () => workloads.settings().healthReportIntervalMs,
   });
-  const jobs = config.features.jobs ? buildJobs(core, { loop: cloudLoop('jobs'), outbox: queueing.outbox, poller, reconciler: workloads.reconciler }) : undefined;
+  const jobs = config.features.jobs ? buildJobs(core, { loop: cloudLoop('jobs'), outbox: queueing.outbox, poller, reconciler: workloads.reconciler, http }) : undefined;
   // Without MQTT the shadow's desired state is polled over HTTP; with it, it arrives retained.
   const shadowPoller =
     needs.shadow && !config.mqtt.url

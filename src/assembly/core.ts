@@ -11,6 +11,7 @@ import { DegradationController } from '../resilience/degradation.js';
 import { SqliteOutageLog } from '../resilience/outage-log.js';
 import { isCorruptionError } from '../store/integrity.js';
 import type { AgentLogTap } from '../logs/agent-tap.js';
+import type { LauncherLink } from '../lifecycle/child-link.js';
 import type { Store } from '../store/store.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
@@ -41,6 +42,16 @@ export interface AgentDeps {
   onStopped?: () => void;
   /** The logger's tap of the agent's own records (bootstrap.ts), shipped as the `agent` log. */
   logTap?: AgentLogTap;
+  /** Self-update and config update (docs/lifecycle.md): the launcher's link when there is one, the config file. */
+  lifecycle?: LifecycleDeps;
+}
+
+export interface LifecycleDeps {
+  link: LauncherLink | undefined;
+  configFile: string | undefined;
+  /** The newest schema version this agent knows (its migrations'). */
+  schemaVersion: number;
+  env: NodeJS.ProcessEnv;
 }
 
 /** What every part is built with: the deps, defaults filled in, and the connection's watchers. */
@@ -65,6 +76,7 @@ export interface Core {
   clockSync: ClockSync;
   /** A retry policy of its own (a backoff) for a loop whose requests go over `channel`. */
   retryFor(channel: SinkChannel): RetryPolicy;
+  lifecycle: LifecycleDeps | undefined;
 }
 
 /** `builtAt`: this agent's build date, the earliest wall time that can be right (clock-sync.ts). */
@@ -120,5 +132,6 @@ export function buildCore(deps: AgentDeps, version: string, builtAt: number): Co
     degradation,
     clockSync,
     retryFor,
+    lifecycle: deps.lifecycle,
   };
 }

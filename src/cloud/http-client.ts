@@ -180,6 +180,52 @@ export class CloudHttpClient {
   }
 
   /**
+   * Streams `url` (absolute, or relative to the cloud's base) into `write`, chunk by chunk, and stops
+   * at `maxBytes`. The device's key goes only to the cloud's own origin, never to another host; TLS
+   * is verified as for every request (cloud.caFile honoured), and the client's timeout bounds each wait.
+   */
+  async download(url: string, o: { maxBytes: number; setting: string; signal?: AbortSignal; write: (chunk: Buffer) => void | Promise<void> }): Promise<{ bytes: number }> {
+    const target = new URL(url, this.base);
+    if (target.protocol !== 'https:' && target.protocol !== 'http:') throw new AgentError('DOWNLOAD_REFUSED', `cannot download ${target.protocol} URLs; expected http: or https:`);
+    const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'iotistic-agent' };
+    if (this.opts.apiKey && target.origin === this.base.origin) headers.authorization = `Bearer ${this.opts.apiKey}`;
+    const { request, dispatcher } = await this.loadTransport();
+    const req: CloudRequest = { method: 'GET', path: target.pathname, ...(o.signal ? { signal: o.signal } : {}) };
+    // No deadline on the whole download (a package may be large on a slow link): the dispatcher's
+    // connect, headers and body timeouts bound every wait instead.
+    const noDeadline = new AbortController().signal;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(target, { method: 'GET', headers, dispatcher, ...(o.signal ? { signal: o.signal } : {}) });
+    } catch (err) {
+      throw this.classify(err, req, noDeadline);
+    }
+    if (res.statusCode < 200 || res.statusCode >= 300) {
+      res.body.destroy();
+      throw new CloudError('http', `GET ${target.href} answered ${res.statusCode}`, res.statusCode);
+    }
+    const declared = Number(headerValue(res.headers['content-length']) ?? Number.NaN);
+    const tooLarge = (): Error => new AgentError('DOWNLOAD_TOO_LARGE', `GET ${target.href} is larger than ${o.setting} (${o.maxBytes} bytes)`);
+    if (Number.isFinite(declared) && declared > o.maxBytes) {
+      res.body.destroy();
+      throw tooLarge();
+    }
+    let bytes = 0;
+    try {
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        bytes += chunk.length;
+        if (bytes > o.maxBytes) throw tooLarge();
+        await o.write(chunk);
+      }
+    } catch (err) {
+      res.body.destroy();
+      if ((err as { code?: unknown }).code === 'DOWNLOAD_TOO_LARGE') throw err;
+      throw this.classify(err, req, noDeadline);
+    }
+    return { bytes };
+  }
+
+  /**
    * The route to the cloud changed: later requests open connections of their own, from the new link's
    * address; a kept-alive connection would go on using the old link's address, its answers (billed, on a
    * metered link) coming back over the old link. Requests under way finish on the old ones, which then close.

@@ -400,6 +400,40 @@ const jobsSchema = z.strictObject({
   history: z.number().int().min(1).max(10_000).default(100).describe('Finished jobs kept in the local table (GET /v2/jobs).'),
 });
 
+/** Settings a cloud's update-config job may not change unless update.allowConfigKeys names them (docs/lifecycle.md). */
+export const LOCAL_ONLY_CONFIG_KEYS = [
+  'dataDir',
+  'cloud.caFile',
+  'jobs.allowedCommands',
+  'workloads.allowHostMounts',
+  'workloads.allowPrivileged',
+  'workloads.allowHostNetwork',
+  'workloads.allowDevices',
+  'workloads.processUser',
+  'update.localPackageDirs',
+  'update.maxPackageBytes',
+] as const;
+
+const updateSchema = z.strictObject({
+  localPackageDirs: z
+    .array(z.string().regex(/^\/[^\0]*$/, 'an absolute path'))
+    .default([])
+    .describe('Directories an update-agent job may take a package from by params.path (a local file). Empty: only URLs.'),
+  maxPackageBytes: z
+    .number()
+    .int()
+    .min(1_048_576)
+    .default(268_435_456)
+    .describe('Largest agent package accepted: its download and its unpacked tar stream are cut off above this.'),
+  healthTimeoutSeconds: seconds(1).default(120).describe('A new version or config must report healthy (/v1/healthy, its loops up) within this, or it is rolled back.'),
+  probationSeconds: seconds(0).default(30).describe('After reporting healthy, a new version or config must keep running this long before it is confirmed; a crash meanwhile rolls it back.'),
+  trialAttempts: z.number().int().min(1).max(10).default(3).describe('Exits of a new version or config during its trial before it is rolled back.'),
+  allowConfigKeys: z
+    .array(z.enum(LOCAL_ONLY_CONFIG_KEYS))
+    .default([])
+    .describe('Local-only settings an update-config job from the cloud may change all the same. Empty: none of them (docs/lifecycle.md, "Config updates").'),
+});
+
 const featuresSchema = z.strictObject({
   dashboard: z.boolean().default(true).describe('Serve the dashboard page at / of the local API.'),
   metrics: z.boolean().default(true).describe('Sample system metrics and send them to the cloud.'),
@@ -499,6 +533,7 @@ export const agentConfigSchema = z
     features: featuresSchema.prefault({}),
     limits: limitsSchema.prefault({}),
     secrets: secretsSchema.prefault({}),
+    update: updateSchema.prefault({}),
   })
   .describe('Iotistic Agent configuration');
 

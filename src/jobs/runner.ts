@@ -28,6 +28,8 @@ export interface JobRunnerOptions {
   logger: Logger;
   /** Finished jobs kept in the table (the oldest are deleted). Default 100. */
   history?: number;
+  /** Job types whose end is reported by another part after a restart (self-update, config update): recover() leaves them. */
+  finishedElsewhere?: readonly string[];
 }
 
 export interface JobRunnerEvents {
@@ -97,6 +99,7 @@ export class JobRunner extends TypedEmitter<JobRunnerEvents> {
   async recover(): Promise<void> {
     for (const row of this.q.running.all() as Row[]) {
       if (row.id === this.current?.id) continue; // running in this process (the poll loop was restarted around it)
+      if (this.o.finishedElsewhere?.includes(row.type)) continue;
       const job = toRecord(row);
       const stopped = row.pid !== null && row.pid_start !== null ? await this.stopOrphan(row.pid, String(row.pid_start)) : false;
       this.o.logger.warn({ jobId: job.id, type: job.type, stopped }, `job ${job.id} (${job.type}) was cut off by a restart of the agent; reporting it failed`);
@@ -114,6 +117,17 @@ export class JobRunner extends TypedEmitter<JobRunnerEvents> {
     while (groupMembers(pid).length > 0 && this.o.clock.monotonic() < until) await this.o.clock.sleep(50).catch(() => undefined);
     if (groupMembers(pid).length > 0) signalGroup(pid, 'SIGKILL');
     return true;
+  }
+
+  /** The jobs of these types left RUNNING (by an agent that stopped for a switch). */
+  leftRunning(types: readonly string[]): JobRecord[] {
+    return (this.q.running.all() as Row[]).filter((r) => types.includes(r.type) && r.id !== this.current?.id).map(toRecord);
+  }
+
+  /** Reports the end of a job another part finished (see `finishedElsewhere`); a job not RUNNING is left as it is. */
+  async conclude(id: string, status: 'SUCCEEDED' | 'FAILED', details: Json): Promise<void> {
+    const job = this.find(id);
+    if (job?.status === 'RUNNING') await this.end(job, status, details);
   }
 
   /** Whether this job id was received before (it is in the table). */
@@ -176,6 +190,7 @@ export class JobRunner extends TypedEmitter<JobRunnerEvents> {
         () => false,
       );
       const ctx = {
+        jobId: job.id,
         signal: AbortSignal.any([signal, timeout.signal]),
         logger: this.o.logger.child({ jobId: job.id }),
         started: (pid: number) => this.q.setPid.run(pid, Number(processStartTicks(pid) ?? 0), job.id),

@@ -17,6 +17,7 @@ export type JobUpdateStatus = 'IN_PROGRESS' | 'SUCCEEDED' | 'FAILED' | 'REJECTED
 export type JobStatus = 'RUNNING' | Exclude<JobUpdateStatus, 'IN_PROGRESS'>;
 
 export interface JobContext {
+  jobId: string;
   /** Aborted when the job times out or the agent stops. */
   signal: AbortSignal;
   logger: Logger;

@@ -5,7 +5,7 @@ import type { Clock } from '../util/clock.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { fastCheck } from './integrity.js';
-import { latestVersion, type Migration } from './migrations.js';
+import { COMPAT_TABLE, latestVersion, oldestCompatibleReader, type Migration } from './migrations.js';
 import { moveAside, readPendingSalvage, salvageQuarantined, SQLITE_FILES, writePendingSalvage, type QuarantineReport, type SalvageHook } from './quarantine.js';
 
 export interface OpenStoreOptions {
@@ -121,13 +121,28 @@ function openAndCheck(path: string, synchronous: 'full' | 'normal', migrations: 
   }
 }
 
+/**
+ * The oldest schema version that can still read and write the database, kept beside `user_version` so
+ * an older agent (after a rollback) knows whether it may open a database a newer one migrated;
+ * undefined in a database written before there was one.
+ */
+export function readCompatMarker(db: Database): number | undefined {
+  const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(COMPAT_TABLE);
+  if (!exists) return undefined;
+  const row = db.prepare(`SELECT oldest_reader FROM ${COMPAT_TABLE} WHERE id = 1`).get() as { oldest_reader: number } | undefined;
+  return row?.oldest_reader;
+}
+
 export function migrate(db: Database, migrations: readonly Migration[]): number {
   const current = db.pragma('user_version', { simple: true }) as number;
   const target = latestVersion(migrations);
   if (current > target) {
+    // Written by a newer agent: usable when every migration past ours said older agents can live with it.
+    const oldest = readCompatMarker(db) ?? current;
+    if (target >= oldest) return current;
     throw new AgentError(
       'STORE_TOO_NEW',
-      `the database schema is version ${current} but this agent knows up to ${target}; it was written by a newer agent`,
+      `the database schema is version ${current} but this agent knows up to ${target}; it was written by a newer agent${oldest !== current ? ` that needs at least version ${oldest}` : ''}`,
     );
   }
   const versions = migrations.map((m) => m.version);
@@ -137,6 +152,13 @@ export function migrate(db: Database, migrations: readonly Migration[]): number 
     db.transaction(() => {
       m.up(db);
       db.pragma(`user_version = ${m.version}`);
+    })();
+  }
+  const oldest = oldestCompatibleReader(migrations, target);
+  if (readCompatMarker(db) !== oldest) {
+    db.transaction(() => {
+      db.exec(`CREATE TABLE IF NOT EXISTS ${COMPAT_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), oldest_reader INTEGER NOT NULL) STRICT`);
+      db.prepare(`INSERT INTO ${COMPAT_TABLE} (id, oldest_reader) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET oldest_reader = excluded.oldest_reader`).run(oldest);
     })();
   }
   return target;

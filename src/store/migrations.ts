@@ -9,6 +9,12 @@ import type { Database } from 'better-sqlite3';
 export interface Migration {
   version: number;
   name: string;
+  /**
+   * Agents that know only the versions before this one can still read and write the database after it
+   * (an added table, an added nullable column). Unset: not known, so a rollback past it is refused
+   * (STORE_TOO_NEW) and the copy taken before a self-update is put back instead (docs/lifecycle.md).
+   */
+  olderAgentsCompatible?: boolean;
   up(db: Database): void;
 }
 
@@ -50,4 +56,18 @@ export const STORE_MIGRATION: Migration = {
 /** The highest version in `migrations` (gaps are allowed: versions are never reused). */
 export function latestVersion(migrations: readonly Migration[]): number {
   return migrations.reduce((max, m) => Math.max(max, m.version), 0);
+}
+
+/**
+ * The table beside `user_version` holding the oldest schema version that can still read and write the
+ * database (see `migrate`); written by each open, so a salvage does not copy it.
+ */
+export const COMPAT_TABLE = 'schema_compat';
+
+/**
+ * The oldest schema version whose agents can still use a database migrated up to `version`: the
+ * newest migration up to it that older agents cannot live with (everything before it counts too).
+ */
+export function oldestCompatibleReader(migrations: readonly Migration[], version: number): number {
+  return migrations.reduce((min, m) => (m.version <= version && !m.olderAgentsCompatible ? Math.max(min, m.version) : min), 0);
 }

@@ -5,6 +5,7 @@ import { type ColumnDef, tableColumns } from './page-scan.js';
 import { LISTED_CAP, type LostRows, nameLost, type PageScanSummary, scanInto, type ScanTarget } from './salvage-scan.js';
 
 export { LOST_ROWS_CAP, type LostRow, type LostRows } from './salvage-scan.js';
+import { COMPAT_TABLE } from './migrations.js';
 import { quote, TableCopier } from './table-copier.js';
 
 /**
@@ -66,8 +67,8 @@ interface TableInfo {
 /** Tables of the fresh database, with their columns, in creation order. */
 function freshTables(fresh: Database): TableInfo[] {
   const rows = fresh
-    .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
-    .all() as { name: string; sql: string }[];
+    .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != ? ORDER BY rowid")
+    .all(COMPAT_TABLE) as { name: string; sql: string }[];
   return rows.map(({ name, sql }) => {
     const info = fresh.pragma(`table_info(${quote(name)})`) as { name: string; type: string; pk: number }[];
     const rowid = !/WITHOUT\s+ROWID/i.test(sql.slice(sql.lastIndexOf(')')));

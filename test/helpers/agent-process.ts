@@ -36,6 +36,8 @@ export interface SpawnAgentOptions {
   bin?: boolean;
   /** A command the agent runs under, e.g. `['ip', 'netns', 'exec', 'ns1']` (in a network namespace); it must exec the agent. */
   prefix?: string[];
+  /** Start `launch` (the launcher, which runs the agent as its child) instead of `run`. */
+  launch?: boolean;
 }
 
 /** The key the agent's local API takes: configured, else the one in identity.json (local-api.key before it). */
@@ -53,7 +55,7 @@ export async function spawnAgent(opts: SpawnAgentOptions): Promise<AgentProcess>
   const configFile = join(opts.dataDir, 'config.json');
   const config = { api: { port: 0 }, logging: { level: 'debug', format: 'json' }, ...opts.config };
   writeFileSync(configFile, JSON.stringify(config));
-  const args = ['run', '--config', configFile, '--data-dir', opts.dataDir];
+  const args = [opts.launch ? 'launch' : 'run', '--config', configFile, '--data-dir', opts.dataDir];
   const command = [opts.bin ? '/bin/sh' : process.execPath, opts.bin ? BIN : CLI, ...args];
   const [file = '', ...rest] = [...(opts.prefix ?? []), ...command];
   const child = spawn(file, rest, {

@@ -45,7 +45,7 @@ describe('the systemd unit', () => {
   });
 
   it('runs the installed bin on the installed config, with state and config dirs of its own', () => {
-    expect(values('ExecStart')).toEqual([`${BIN} run --config /etc/iotistic-agent/config.json`]);
+    expect(values('ExecStart')).toEqual([`${BIN} launch --config /etc/iotistic-agent/config.json`]);
     expect(values('Type')).toEqual(['exec']);
     expect(values('StateDirectory')).toEqual(['iotistic-agent']);
     expect(values('ConfigurationDirectory')).toEqual(['iotistic-agent']);

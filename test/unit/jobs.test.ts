@@ -210,7 +210,7 @@ describe('parseJob', () => {
 });
 
 describe('run-command (real programs)', () => {
-  const ctx = (signal = new AbortController().signal) => ({ signal, logger: silentLogger() });
+  const ctx = (signal = new AbortController().signal) => ({ jobId: 'j1', signal, logger: silentLogger() });
   const run = runCommandHandler({ allowed: ['/bin/echo', '/bin/false', '/usr/bin/seq', '/bin/sleep'], maxOutputBytes: 1024 });
 
   it('runs an allowed program with its arguments as given, no shell', async () => {
