@@ -400,16 +400,32 @@ const jobsSchema = z.strictObject({
   history: z.number().int().min(1).max(10_000).default(100).describe('Finished jobs kept in the local table (GET /v2/jobs).'),
 });
 
-/** Settings a cloud's update-config job may not change unless update.allowConfigKeys names them (docs/lifecycle.md). */
+/**
+ * Settings a cloud's update-config job may not change unless update.allowConfigKeys names them
+ * (docs/lifecycle.md): what gives the host away (privileges, commands, packages), files and sockets
+ * on the device (a path from the network is not trusted), listeners that would leave loopback, the
+ * device's identity, and the cloud it answers to (moving a device to another cloud is its owner's call).
+ */
 export const LOCAL_ONLY_CONFIG_KEYS = [
   'dataDir',
+  'device',
+  'cloud.apiUrl',
   'cloud.caFile',
+  'mqtt.url',
+  'mqtt.caFile',
+  'mqtt.certFile',
+  'mqtt.keyFile',
+  'api.host',
+  'api.localApiKey',
+  'localBroker.host',
   'jobs.allowedCommands',
   'workloads.allowHostMounts',
   'workloads.allowPrivileged',
   'workloads.allowHostNetwork',
   'workloads.allowDevices',
   'workloads.processUser',
+  'workloads.dockerHost',
+  'secrets',
   'update.localPackageDirs',
   'update.maxPackageBytes',
 ] as const;

@@ -219,7 +219,9 @@ describe('update-config params', () => {
     await expect(run({ jobs: { allowedCommands: ['/bin/sh'] } })).rejects.toThrow(/jobs\.allowedCommands is a local-only setting/);
     await expect(run({ workloads: null })).rejects.toThrow(/workloads is a local-only setting/);
     await expect(run({ update: { allowConfigKeys: ['dataDir'] } })).rejects.toThrow(/update\.allowConfigKeys/);
-    const invalid = run({ device: { apiKey: 5 }, api: { port: 'high' } });
+    await expect(run({ device: { uuid: 'other-device' } })).rejects.toThrow(/device\.uuid is a local-only setting/);
+    await expect(run({ api: { host: '0.0.0.0' } })).rejects.toThrow(/api\.host is a local-only setting/);
+    const invalid = run({ mqtt: { password: 5 }, api: { port: 'high' } });
     await expect(invalid).rejects.toThrow(/api\.port: expected/);
     await expect(invalid).rejects.not.toThrow(/secret-key/);
     await expect(run([] as unknown as Json)).rejects.toThrow(/params\.patch: expected a non-empty JSON object/);
@@ -228,7 +230,7 @@ describe('update-config params', () => {
   });
 
   it('writes the patched file, keeps the old one, and asks for a trial with the changed paths, secrets redacted', async () => {
-    const { run, file } = setup(['jobs.allowedCommands']);
+    const { run, file } = setup(['jobs.allowedCommands', 'device']);
     await expect(run({ jobs: { allowedCommands: ['/bin/true'] }, device: { apiKey: 'new-secret-0123456789' } })).rejects.toThrow('stopped');
     expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({ jobs: { allowedCommands: ['/bin/true'] }, device: { apiKey: 'new-secret-0123456789' } });
     const r = requests.at(-1)!;
