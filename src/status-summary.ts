@@ -1,6 +1,6 @@
 /** `iotistic-agent status`: a few lines on what matters (the full table is `status --full`, status-view.ts). */
 import { palette, type Palette } from './cli-client.js';
-import { bytes, degradationLine, duration, linkLine, registrationLine, when, type StatusInput } from './status-view.js';
+import { bytes, degradationLine, duration, linkLine, registrationLine, updateLine, when, type StatusInput } from './status-view.js';
 
 export interface SummaryOptions {
   /** Wall time now, for the ages ("5m ago"). */
@@ -31,6 +31,10 @@ export function renderSummary(s: StatusInput, o: SummaryOptions): string {
     const line = `Registration  ${registrationLine(reg)}`;
     out.push(reg.state === 'refused' ? p.red(line) : p.yellow(line));
   }
+  // Said while a new version or config is on trial, and for a day after an update that was rolled back.
+  const lc = s.state.lifecycle;
+  if (lc?.trial) out.push(p.yellow(`Update  ${updateLine(lc)}`));
+  else if (lc?.lastOutcome?.status === 'FAILED' && o.now - lc.lastOutcome.at < 86_400_000) out.push(p.red(`Update  ${updateLine(lc)}`));
   if (s.queue) out.push(...outboxLines(p, s.queue));
   out.push(...serviceLines(p, s.state));
   const ledger = s.queue?.ledger;

@@ -26,6 +26,7 @@ export interface StatusInput {
     lastPollError: string | null;
     database?: DatabaseInput;
     registration?: { state: string; reason?: string; lastError?: string | null } | null;
+    lifecycle?: LifecycleInput | null;
     current?: { status?: string; apps?: Record<string, { services: Record<string, { status: string; restarts?: number; lastError?: string }> }> };
   };
   loops: { name: string; state: string; restarts: number; lastError: string | null }[];
@@ -233,8 +234,35 @@ function targetSection(state: StatusInput['state']): string[] {
       ['last rejection', state.lastRejection?.message ?? '-'],
       ['last poll error', state.lastPollError ?? '-'],
       ...(state.registration ? [['registration', registrationLine(state.registration)] as [string, string]] : []),
+      ...(state.lifecycle ? [['release', releaseLine(state.lifecycle)] as [string, string]] : []),
+      ...(state.lifecycle?.trial || state.lifecycle?.lastOutcome ? [['update', updateLine(state.lifecycle)] as [string, string]] : []),
     ]),
   ];
+}
+
+/** Self-update's state as /v2/state shows it (src/lifecycle/view.ts). */
+export interface LifecycleInput {
+  version: string;
+  launched: boolean;
+  release: string | null;
+  previous: string | null;
+  trial: { kind: string; from: string; to: string; startedAt: number; deadline: number; attempts: number } | null;
+  lastOutcome: { jobId: string; status: string; at: number; reason: string | null } | null;
+}
+
+/** "0.2.0 from releases/0.2.0-ab12 (previous 0.1.0-cd34), under the launcher". */
+export function releaseLine(l: LifecycleInput): string {
+  const from = l.release ? `releases/${l.release}` : 'the installed version';
+  return `${l.version} from ${from}${l.previous ? ` (previous ${l.previous})` : ''}, ${l.launched ? 'under the launcher' : 'not under the launcher (no self-update)'}`;
+}
+
+/** A trial under way (with its deadline), else how the last update ended. */
+export function updateLine(l: LifecycleInput): string {
+  const t = l.trial;
+  if (t) return `${t.kind === 'agent' ? `version ${t.to}` : 'a new config'} on trial since ${when(t.startedAt)}, healthy by ${when(t.deadline)} or rolled back (start ${t.attempts})`;
+  const o = l.lastOutcome;
+  if (!o) return '-';
+  return `job ${o.jobId} ${o.status} ${when(o.at)}${o.reason ? `: ${o.reason}` : ''}`;
 }
 
 /** Where the device key comes from: configured, registered, registering (why not yet) or refused (what to do). */

@@ -2,6 +2,7 @@ import type { Registry } from 'prom-client';
 import type { MetricsSource } from '../api/metrics.js';
 import type { ApiView, MetricsExposition } from '../api/server.js';
 import { configView } from '../config/fallback.js';
+import { lifecycleView } from '../lifecycle/view.js';
 import { jobsView, queueView, shadowSummary, stateView } from '../views/api-views.js';
 import { linkView } from '../views/link-view.js';
 import type { AgentParts } from './parts.js';
@@ -22,7 +23,7 @@ export function buildApiView(p: AgentParts): ApiView {
       const link = queueing.link;
       return { ...status.connectionHealth(), ...(link ? { link: linkView(link, queueing.outbox) } : {}) };
     },
-    state: () => stateView({ status, store, poller: cloud?.poller, reporter: cloud?.reporter, hasCloud: Boolean(config.cloud.apiUrl), registration: cloud?.registrar }),
+    state: () => stateView({ status, store, poller: cloud?.poller, reporter: cloud?.reporter, hasCloud: Boolean(config.cloud.apiUrl), registration: cloud?.registrar, lifecycle: () => lifecycleView(config.dataDir, core.version, core.lifecycle?.link !== undefined) }),
     config: () => configView(config, core.configSource, core.clock.now()),
     pollNow: () => {
       if (!cloud) return false;

@@ -9,6 +9,7 @@ import type { Flusher } from '../outbox/flusher.js';
 import type { LoopShare } from '../outbox/loop-share.js';
 import type { Outbox } from '../outbox/outbox.js';
 import type { Shadow } from '../shadow/shadow.js';
+import type { LifecycleView } from '../lifecycle/view.js';
 import type { Store } from '../store/store.js';
 import { redactTargetDocument } from '../workloads/registry-auth.js';
 import type { AgentStatus } from './agent-status.js';
@@ -68,6 +69,8 @@ export interface StateParts {
   hasCloud: boolean;
   /** Where the device key comes from and what registration is doing (never a key). */
   registration?: Pick<Registrar, 'status'> | undefined;
+  /** The version running and self-update's state (releases/state.json). */
+  lifecycle?: (() => LifecycleView) | undefined;
 }
 
 /** `GET /v2/state`: the config's source, the target and where it came from, the current state, the database. */
@@ -85,6 +88,7 @@ export function stateView(p: StateParts): unknown {
     mode: stored?.source === 'local' || !p.hasCloud ? 'local' : 'cloud',
     database: p.store.databaseHealth(),
     registration: p.registration?.status() ?? null,
+    lifecycle: p.lifecycle?.() ?? null,
   };
 }
 

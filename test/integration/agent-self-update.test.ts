@@ -186,6 +186,10 @@ describe('self-update under the launcher', () => {
     const state = JSON.parse(readFileSync(join(at.agent.dataDir, 'releases/state.json'), 'utf8')) as { current: string; trial?: unknown };
     expect(state.current).toMatch(/^0\.2\.0-/);
     expect(state.trial).toBeUndefined();
+    // What an operator sees: the release in force and why the last update was rolled back.
+    const lifecycle = ((await get(at, '/v2/state')).body as { lifecycle: Record<string, unknown> }).lifecycle;
+    expect(lifecycle).toMatchObject({ version: '0.2.0', launched: true, release: state.current, trial: null, lastOutcome: { jobId: bad, status: 'FAILED' } });
+    expect(String((lifecycle.lastOutcome as { reason: unknown }).reason)).toMatch(/exited with code 1/);
   }, 300_000);
 
   it('applies a config patch that works and rolls back one that leaves the agent unable to start', async () => {

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { copyDatabase, openableBy, restoreDatabase } from '../../src/lifecycle/db-copy.js';
 import { mergePatch, patchPaths } from '../../src/lifecycle/merge-patch.js';
-import type { Trial } from '../../src/lifecycle/release-store.js';
+import { ReleaseStore, type Trial } from '../../src/lifecycle/release-store.js';
+import { lifecycleView } from '../../src/lifecycle/view.js';
 import { extractTar, unpackTarGz } from '../../src/lifecycle/tar.js';
 import { TrialWatch } from '../../src/lifecycle/trial.js';
 import type { LauncherLink } from '../../src/lifecycle/child-link.js';
@@ -241,5 +242,27 @@ describe('update-config params', () => {
   it('is REJECTED without the launcher', async () => {
     const handler = updateConfigHandler({ link: undefined, dataDir: dirs.make(), configFile: '/x.json', version: '0.1.0', schemaVersion: 13, env: {}, allowKeys: [] });
     await expect(handler({ patch: { a: 1 } }, { jobId: 'j', signal: new AbortController().signal, logger: silentLogger() })).rejects.toThrow(NOT_LAUNCHED);
+  });
+});
+
+describe('the lifecycle view', () => {
+  it('shows the installed version before any update, then the release, the trial and the last outcome from state.json', () => {
+    const dataDir = dirs.make();
+    expect(lifecycleView(dataDir, '0.1.0', false)).toEqual({ version: '0.1.0', launched: false, release: null, previous: null, trial: null, lastOutcome: null });
+    const store = new ReleaseStore(dataDir);
+    store.write({
+      current: '0.2.0-aaaaaaaaaaaa',
+      previous: '0.1.0-bbbbbbbbbbbb',
+      trial: { kind: 'agent', jobId: 'j2', from: { release: '0.2.0-aaaaaaaaaaaa', version: '0.2.0', schemaVersion: 13 }, to: { release: '0.3.0-cccccccccccc', version: '0.3.0' }, startedAt: 1_000, deadline: 121_000, attempts: 2 },
+      outcomes: [{ jobId: 'j1', status: 'FAILED', details: { reason: 'version 0.3.0 did not become healthy within 120 s' }, at: 500 }],
+    });
+    expect(lifecycleView(dataDir, '0.2.0', true)).toEqual({
+      version: '0.2.0',
+      launched: true,
+      release: '0.2.0-aaaaaaaaaaaa',
+      previous: '0.1.0-bbbbbbbbbbbb',
+      trial: { kind: 'agent', jobId: 'j2', from: '0.2.0', to: '0.3.0', startedAt: 1_000, deadline: 121_000, attempts: 2 },
+      lastOutcome: { jobId: 'j1', status: 'FAILED', at: 500, reason: 'version 0.3.0 did not become healthy within 120 s' },
+    });
   });
 });

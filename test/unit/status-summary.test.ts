@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { colourWanted, palette } from '../../src/cli-client.js';
 import { formatParked, formatQueue, selectionProblem } from '../../src/queue-cli.js';
 import { renderSummary } from '../../src/status-summary.js';
+import { when } from '../../src/status-view.js';
 
 const NOW = Date.UTC(2026, 11, 6, 12, 0, 0);
 const ESC = '\u001b[';
@@ -108,6 +109,20 @@ describe('iotistic-agent status (the summary)', () => {
     const pending = renderSummary({ ...status, state: { ...status.state, registration: { state: 'registering', lastError: 'POST /device/v1/register failed: connection refused (ECONNREFUSED)' } } }, { now: NOW, colour: false });
     expect(pending).toContain('Registration  registering: POST /device/v1/register failed: connection refused (ECONNREFUSED)\n');
     expect(renderSummary({ ...status, state: { ...status.state, registration: { state: 'registered' } } }, { now: NOW, colour: false })).not.toContain('Registration');
+  });
+
+  it('says an update on trial with its deadline, and a rolled-back one for a day; nothing when the last one succeeded', () => {
+    const base = { version: '0.2.0', launched: true, release: '0.2.0-abcdef012345', previous: null, trial: null, lastOutcome: null };
+    const trial = { kind: 'agent', from: '0.2.0', to: '0.3.0', startedAt: NOW - 5_000, deadline: NOW + 115_000, attempts: 1 };
+    const on = renderSummary({ ...status, state: { ...status.state, lifecycle: { ...base, trial } } }, { now: NOW, colour: false });
+    expect(on).toContain(`Update  version 0.3.0 on trial since ${when(NOW - 5_000)}, healthy by ${when(NOW + 115_000)} or rolled back (start 1)\n`);
+    const failed = { jobId: 'j-9', status: 'FAILED', at: NOW - 60_000, reason: 'version 0.3.0 exited with code 1 two times during its trial' };
+    const rolled = renderSummary({ ...status, state: { ...status.state, lifecycle: { ...base, lastOutcome: failed } } }, { now: NOW, colour: false });
+    expect(rolled).toContain(`Update  job j-9 FAILED ${when(NOW - 60_000)}: version 0.3.0 exited with code 1 two times during its trial\n`);
+    const dayLater = renderSummary({ ...status, state: { ...status.state, lifecycle: { ...base, lastOutcome: failed } } }, { now: NOW + 86_400_000, colour: false });
+    expect(dayLater).not.toContain('Update');
+    const ok = renderSummary({ ...status, state: { ...status.state, lifecycle: { ...base, lastOutcome: { ...failed, status: 'SUCCEEDED', reason: null } } } }, { now: NOW, colour: false });
+    expect(ok).not.toContain('Update');
   });
 });
 
