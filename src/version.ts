@@ -17,4 +17,4 @@ export const AGENT_VERSION: string = (() => {
  * The date this version was cut (raised with each release): a wall clock before it cannot be right,
  * so the clock is not synced (resilience/clock-sync.ts), whatever else says so.
  */
-export const AGENT_BUILT_AT: number = Date.UTC(2026, 11, 1);
+export const AGENT_BUILT_AT: number = Date.UTC(2026, 11, 6);

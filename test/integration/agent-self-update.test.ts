@@ -29,6 +29,14 @@ beforeAll(async () => {
 });
 afterAll(() => new Promise<void>((r) => server.close(() => r())));
 
+/** The versions the test builds: the next two minor versions of this build's. */
+const CURRENT = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+const [major, minor] = CURRENT.split('.').map(Number) as [number, number];
+const NEXT = `${major}.${minor + 1}.0`;
+const BROKEN = `${major}.${minor + 2}.0`;
+const STUCK = `${major}.${minor + 3}.0`;
+const escaped = (v: string): string => v.replace(/\./g, '\\.');
+
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /** A release tree of this build (dist/bundle, package.json, the runtime node_modules) with `version`, tar.gz'd. */
@@ -121,8 +129,8 @@ async function jobEnd(uuid: string, id: string, timeoutMs = 120_000): Promise<{ 
 
 describe('self-update under the launcher', () => {
   it('refuses bad packages, updates to a second build with the queue and identity kept, and rolls back a version that cannot start', async () => {
-    const second = serve('second.tgz', releaseOf('0.2.0'));
-    const broken = serve('broken.tgz', releaseOf('0.3.0', 'process.exit(1);\n'));
+    const second = serve('second.tgz', releaseOf(NEXT));
+    const broken = serve('broken.tgz', releaseOf(BROKEN, 'process.exit(1);\n'));
     const unsafe = serve('unsafe.tgz', tarGz([{ name: 'pkg/package.json', data: '{}' }, { name: 'pkg/../../evil.js', data: 'x' }]));
     const at = await launched();
     const { uuid } = at;
@@ -164,31 +172,31 @@ describe('self-update under the launcher', () => {
       120_000,
       250,
     );
-    expect(await versionOf(at)).toBe('0.2.0');
+    expect(await versionOf(at)).toBe(NEXT);
     expect(env.storedMessages(uuid).filter((m) => ids.includes(m.id))).toEqual([]);
     await env.cloud.admin.clearFaults();
     const updated = await jobEnd(uuid, update);
-    expect(updated).toMatchObject({ status: 'SUCCEEDED', details: { from: before.version, to: '0.2.0' } });
-    expect(await versionOf(at)).toBe('0.2.0');
+    expect(updated).toMatchObject({ status: 'SUCCEEDED', details: { from: before.version, to: NEXT } });
+    expect(await versionOf(at)).toBe(NEXT);
     expect((await get(at, '/v2/device')).body.uuid).toBe(before.uuid);
     await waitFor('the queued telemetry delivered', () => ids.every((id) => env.storedMessages(uuid).some((m) => m.id === id)), 60_000, 250);
     const stored = env.storedMessages(uuid).filter((m) => ids.includes(m.id));
     expect(stored.length).toBe(ids.length);
     expect(env.cloud.admin.received(uuid).messages.duplicates).toBe(0);
 
-    // A version that exits at once: rolled back to 0.2.0, FAILED with the reason.
+    // A version that exits at once: rolled back to NEXT, FAILED with the reason.
     const bad = env.cloud.admin.createJob(uuid, { type: 'update-agent', params: { url: broken.url, sha256: broken.sha256 }, timeoutSeconds: 300 }).id;
     const failed = await jobEnd(uuid, bad);
     expect(failed.status).toBe('FAILED');
-    expect(String(failed.details.error)).toMatch(/version 0\.3\.0 exited with code 1 two times during its trial/);
-    await waitFor('0.2.0 running again', async () => (await versionOf(at)) === '0.2.0', 60_000);
+    expect(String(failed.details.error)).toMatch(new RegExp(`version ${escaped(BROKEN)} exited with code 1 two times during its trial`));
+    await waitFor(`${NEXT} running again`, async () => (await versionOf(at)) === NEXT, 60_000);
     await waitFor('healthy again', async () => (await fetch(`${at.api}/v1/healthy`)).status === 200, 30_000);
     const state = JSON.parse(readFileSync(join(at.agent.dataDir, 'releases/state.json'), 'utf8')) as { current: string; trial?: unknown };
-    expect(state.current).toMatch(/^0\.2\.0-/);
+    expect(state.current).toMatch(new RegExp(`^${escaped(NEXT)}-`));
     expect(state.trial).toBeUndefined();
     // What an operator sees: the release in force and why the last update was rolled back.
     const lifecycle = ((await get(at, '/v2/state')).body as { lifecycle: Record<string, unknown> }).lifecycle;
-    expect(lifecycle).toMatchObject({ version: '0.2.0', launched: true, release: state.current, trial: null, lastOutcome: { jobId: bad, status: 'FAILED' } });
+    expect(lifecycle).toMatchObject({ version: NEXT, launched: true, release: state.current, trial: null, lastOutcome: { jobId: bad, status: 'FAILED' } });
     expect(String((lifecycle.lastOutcome as { reason: unknown }).reason)).toMatch(/exited with code 1/);
   }, 300_000);
 
@@ -229,7 +237,7 @@ describe('self-update under the launcher', () => {
 
   it('carries on from state.json after the launcher itself is killed mid-trial: the restart counts, the deadline holds', async () => {
     // A version that starts and never reports healthy; it leaves when its launcher is gone (systemd would kill it).
-    const stuck = serve('stuck.tgz', releaseOf('0.4.0', "process.on('disconnect', () => process.exit(0)); setInterval(() => {}, 1000);\n"));
+    const stuck = serve('stuck.tgz', releaseOf(STUCK, "process.on('disconnect', () => process.exit(0)); setInterval(() => {}, 1000);\n"));
     const at = await launched({ healthTimeoutSeconds: 8, trialAttempts: 5 });
     const id = env.cloud.admin.createJob(at.uuid, { type: 'update-agent', params: { url: stuck.url, sha256: stuck.sha256 }, timeoutSeconds: 120 }).id;
     const stateFile = join(at.agent.dataDir, 'releases/state.json');
@@ -240,10 +248,10 @@ describe('self-update under the launcher', () => {
     agents.push(again);
     const end = await jobEnd(at.uuid, id, 60_000);
     expect(end.status).toBe('FAILED');
-    expect(String(end.details.error)).toBe('version 0.4.0 did not become healthy within 8 s');
+    expect(String(end.details.error)).toBe(`version ${STUCK} did not become healthy within 8 s`);
     expect(again.records().some((r) => String(r.msg).startsWith('rolled back') && r.part === 'launcher')).toBe(true);
     expect((JSON.parse(readFileSync(stateFile, 'utf8')) as { current: unknown; trial?: unknown }).trial).toBeUndefined();
-    expect(await versionOf({ api: at.api, agent: again })).toBe('0.1.0');
+    expect(await versionOf({ api: at.api, agent: again })).toBe(CURRENT);
   }, 120_000);
 
   it('rejects update-agent when the agent runs without the launcher', async () => {
