@@ -8,6 +8,7 @@ import { Kick } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import type { CloudHttpClient } from './http-client.js';
+import { PauseGate } from '../util/pause-gate.js';
 
 /** Where the device key comes from, and what registration is doing: in `/v2/state`, never a key. */
 export type RegistrationStatus =
@@ -59,7 +60,8 @@ export class Registrar {
   private issued: IssuedCredentials | undefined;
   private current: RegistrationStatus;
   private readonly kick = new Kick();
-  private readonly waiters = new Set<() => void>();
+  /** Closed until a key is issued: the loops that send one wait here. */
+  private readonly keyGate = new PauseGate();
   private attempts = 0;
   private told = false;
   /** The cloud refused the issued key (401): registering again. The key is kept until a new one comes. */
@@ -92,16 +94,9 @@ export class Registrar {
 
   /** Resolves once there is a key to send (at once when there is one, or when nothing can bring one), or on abort. */
   ready(signal: AbortSignal): Promise<void> {
-    if (this.apiKey() !== undefined || !this.o.provisioningKey || signal.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        this.waiters.delete(done);
-        signal.removeEventListener('abort', done);
-        resolve();
-      };
-      this.waiters.add(done);
-      signal.addEventListener('abort', done, { once: true });
-    });
+    if (this.apiKey() !== undefined || !this.o.provisioningKey) return Promise.resolve();
+    this.keyGate.pause();
+    return this.keyGate.whenOpen(signal);
   }
 
   /** The cloud answered 401 to a request sent with `key`: it was revoked (or replaced). */
@@ -190,7 +185,7 @@ export class Registrar {
     this.o.retry.afterSuccess();
     this.o.monitor.markSuccess('api', 'register');
     this.o.logger.info({ uuid: this.o.uuid, mqtt: Boolean(issued.mqtt) }, 'registered with the cloud; the device key is kept in identity.json');
-    for (const w of [...this.waiters]) w();
+    this.keyGate.resume();
     this.o.onRegistered?.();
   }
 

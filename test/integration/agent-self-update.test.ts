@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { createServer as createNetServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../devcloud/ports.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 import { ROOT, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { tarGz } from '../helpers/tar-writer.js';
@@ -63,13 +64,6 @@ function serve(name: string, body: Buffer): { url: string; sha256: string } {
   return { url: `${base}/${name}`, sha256: sha256(body) };
 }
 
-async function freePort(): Promise<number> {
-  const s = createNetServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 let n = 0;
 async function launched(update: Record<string, unknown> = {}, dataDir = dirs.make()): Promise<{ agent: AgentProcess; uuid: string; api: string; port: number; config: Record<string, unknown> }> {

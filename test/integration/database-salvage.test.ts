@@ -1,9 +1,9 @@
 import BetterSqlite3 from 'better-sqlite3';
 import { closeSync, existsSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { freePort } from '../../devcloud/ports.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 /**
@@ -18,16 +18,6 @@ const { dirs, agents } = env;
 
 const PAGE = 4096;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Overwrites `count` leaf pages in the middle of the outbox table with garbage, as a failing disk would. */
 function damageOutboxMiddle(path: string, count: number): void {
