@@ -6,6 +6,7 @@ import { SECRET_LIMITS, secretIssue, type SecretStore } from '../secrets/secret-
 import type { TargetState } from '../workloads/target-schema.js';
 import type { CloudLoopDeps } from './loop-deps.js';
 import { pollLoop } from './poll-loop.js';
+import { registrySecretNames } from '../workloads/registry-auth.js';
 
 export interface SecretsFetcherOptions extends CloudLoopDeps {
   store: Pick<SecretStore, 'cloudVersion' | 'has' | 'replaceCloud'>;
@@ -20,7 +21,7 @@ export interface SecretsFetcherOptions extends CloudLoopDeps {
 /** Why the held secrets are not enough for the target in force, or undefined. */
 export function fetchReason(target: TargetState | undefined, store: Pick<SecretStore, 'cloudVersion' | 'has'>, started: boolean): string | undefined {
   if (!target) return undefined;
-  const names = Object.values(target.apps).flatMap((a) => Object.values(a.services).flatMap((s) => s.secrets.map((r) => r.name)));
+  const names = [...Object.values(target.apps).flatMap((a) => Object.values(a.services).flatMap((s) => s.secrets.map((r) => r.name))), ...registrySecretNames(target.registries)];
   if (target.secretsVersion !== undefined && target.secretsVersion !== store.cloudVersion) return 'a new secretsVersion';
   const missing = names.find((n) => !store.has(n));
   if (missing) return `secret ${missing} is not held`;

@@ -251,7 +251,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     }
 
     this.forgetGone(byKey);
-    this.credentials = new TargetRegistryCredentials(target.registries, this.o.deviceRegistries);
+    this.credentials = new TargetRegistryCredentials(target.registries, this.o.deviceRegistries, this.o.secrets);
     this.pulls.retryChangedCredentials(this.credentials);
     const images = await this.pulls.present(resolved, signal);
 

@@ -3,6 +3,7 @@ import type { ConfigIssue } from '../config/issues.js';
 import { AgentError } from '../util/errors.js';
 import { canonicalRegistry, DOCKER_HUB, isRegistryHost, REGISTRY_HOST_EXPECTED } from '../util/registry-host.js';
 import { parseImageReference } from './image-ref.js';
+import { isSafeName, NAME_EXPECTED } from './names.js';
 
 /**
  * Registry credentials for image pulls. A target may carry a login per registry, or ask for the
@@ -17,8 +18,8 @@ export interface RegistryLogin {
   password: string;
 }
 
-/** What a target says for one registry: its own login, or "use the device's". */
-export type TargetRegistryEntry = RegistryLogin | { device: true };
+/** What a target says for one registry: its own login (the password inline or one of the device's secrets), or "use the device's". */
+export type TargetRegistryEntry = RegistryLogin | { username: string; passwordSecret: string } | { device: true };
 
 export type CredentialSource = 'target' | 'device';
 
@@ -56,11 +57,23 @@ export class TargetRegistryCredentials implements RegistryCredentials {
   constructor(
     private readonly target: Readonly<Record<string, TargetRegistryEntry>> | undefined,
     private readonly device: Readonly<Record<string, RegistryLogin>> | undefined,
+    /** The device's secrets, for a login whose password is one of them (kept encrypted, out of the target). */
+    private readonly secrets?: { get(name: string): string | undefined },
   ) {}
 
   for(registry: string): RegistryCredential | undefined {
     const wanted = canonicalRegistry(registry);
     const inline = lookup(this.target, wanted);
+    if (inline && 'passwordSecret' in inline) {
+      const password = this.secrets?.get(inline.passwordSecret);
+      if (password === undefined) {
+        throw new AgentError(
+          'REGISTRY_CREDENTIALS_MISSING',
+          `waiting for secret ${inline.passwordSecret}: the target's login for ${registry} takes its password from it, and the device does not hold it yet (it comes from the cloud, or set it with iotistic-agent secret set ${inline.passwordSecret})`,
+        );
+      }
+      return { username: inline.username, password, source: 'target' };
+    }
     if (inline && 'username' in inline) return { username: inline.username, password: inline.password, source: 'target' };
     const local = lookup(this.device, wanted);
     if (local) return { username: local.username, password: local.password, source: 'device' };
@@ -117,9 +130,9 @@ function shownEntry(value: unknown): unknown {
   return typeof value === 'string' || Array.isArray(value) ? REDACTED : redactEntries(value);
 }
 
-/** An entry is exactly `{ username, password }` (non-empty strings) or `{ device: true }`. */
+/** An entry is exactly `{ username, password }` (non-empty strings), `{ username, passwordSecret }` or `{ device: true }`. */
 function entryIssues(path: string, entry: unknown): ConfigIssue[] {
-  const expected = 'an object { "username": "...", "password": "..." } or { "device": true }';
+  const expected = 'an object { "username": "...", "password": "..." }, { "username": "...", "passwordSecret": "<secret name>" } or { "device": true }';
   if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) return [{ path, source: 'target', value: shownEntry(entry), expected }];
   const e = entry as Record<string, unknown>;
   const issues: ConfigIssue[] = [];
@@ -130,15 +143,18 @@ function entryIssues(path: string, entry: unknown): ConfigIssue[] {
     }
     return issues;
   }
-  for (const k of ['username', 'password'] as const) {
+  const fromSecret = 'passwordSecret' in e;
+  if (fromSecret && 'password' in e) issues.push({ path: `${path}.password`, source: 'target', expected: 'no password beside passwordSecret (give one of the two)' });
+  for (const k of ['username', ...(fromSecret ? [] : ['password'])]) {
     const v = e[k];
     if (typeof v !== 'string' || v === '') {
       const shown = k === 'password' && v !== undefined ? REDACTED : v;
       issues.push({ path: `${path}.${k}`, source: 'target', ...(v !== undefined ? { value: shown } : {}), expected: `a non-empty string (the registry's ${k})` });
     }
   }
+  if (fromSecret && !isSafeName(e.passwordSecret)) issues.push({ path: `${path}.passwordSecret`, source: 'target', value: e.passwordSecret, expected: `the name of one of the device's secrets: ${NAME_EXPECTED}` });
   for (const k of Object.keys(e)) {
-    if (k !== 'username' && k !== 'password') issues.push({ path: `${path}.${k}`, source: 'target', expected: 'no such key (an entry is { "username", "password" } or { "device": true })' });
+    if (!['username', 'password', 'passwordSecret'].includes(k)) issues.push({ path: `${path}.${k}`, source: 'target', expected: 'no such key (an entry is { "username", "password" }, { "username", "passwordSecret" } or { "device": true })' });
   }
   return issues;
 }
@@ -168,4 +184,9 @@ export function registryIssues(doc: unknown): ConfigIssue[] {
     issues.push(...entryIssues(path, entry));
   }
   return issues;
+}
+
+/** The secrets a target's registry logins take their passwords from. */
+export function registrySecretNames(registries: Readonly<Record<string, TargetRegistryEntry>> | undefined): string[] {
+  return Object.values(registries ?? {}).flatMap((e) => ('passwordSecret' in e ? [e.passwordSecret] : []));
 }

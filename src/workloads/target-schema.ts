@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { fromZodIssues, formatIssue, type ConfigIssue } from '../config/issues.js';
 import { parseImageReference } from './image-ref.js';
+import { NAME_EXPECTED, NAME_PATTERN } from './names.js';
 import { registryIssues } from './registry-auth.js';
 
 /**
@@ -8,19 +9,8 @@ import { registryIssues } from './registry-auth.js';
  * last good target stays in force and the reasons (each naming the path) are reported.
  */
 
-/**
- * The one pattern for every name a target gives (apps, services, named volumes). Names become
- * directory names, container and volume names and label values: lowercase ASCII only (no two names
- * differ only in case or by a look-alike letter), no "/", no leading "." and no "..", at most 63.
- */
-export const NAME_PATTERN = /^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62}$/;
+export { isSafeName, NAME_EXPECTED, NAME_PATTERN } from './names.js';
 const NAME = NAME_PATTERN;
-export const NAME_EXPECTED = `a name matching ${String(NAME_PATTERN)} (1-63 lowercase letters, digits, "_", "." or "-", starting with a letter or digit, no "..")`;
-
-/** Whether a name from a target is one the agent accepts (and may use in a path). */
-export function isSafeName(name: unknown): name is string {
-  return typeof name === 'string' && NAME_PATTERN.test(name);
-}
 
 const PORT_RE = /^(?:(?<ip>[0-9.]+):)?(?<host>\d{1,5})(?::(?<container>\d{1,5}))(?:\/(?<proto>tcp|udp))?$/;
 
@@ -177,7 +167,11 @@ const targetConfigSchema = z.strictObject({
 });
 
 /** Its problems are reported by registryIssues (on the raw input, never showing a password); this gives the type. */
-const registryEntrySchema = z.union([z.strictObject({ username: z.string().min(1), password: z.string().min(1) }), z.strictObject({ device: z.literal(true) })]);
+const registryEntrySchema = z.union([
+  z.strictObject({ username: z.string().min(1), password: z.string().min(1) }),
+  z.strictObject({ username: z.string().min(1), passwordSecret: z.string().regex(NAME) }),
+  z.strictObject({ device: z.literal(true) }),
+]);
 
 export const targetStateSchema = z.strictObject({
   version: z.number().int().min(0),

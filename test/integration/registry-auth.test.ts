@@ -20,6 +20,7 @@ const dirs = tempDirs();
 let cloud: DevCloud;
 let engine: TestEngine;
 let reg: TestRegistry;
+let SEC: string;
 let V1: string;
 let V2: string;
 /** Pulled only by the device-credentials test (images are shared on the engine). */
@@ -37,6 +38,8 @@ beforeAll(async () => {
   V2 = await reg.push(engine.docker, 'local/auth-app:2', 'auth-app:2');
   await engine.buildImage('local/auth-dev:1', 'auth-dev');
   DEV = await reg.push(engine.docker, 'local/auth-dev:1', 'auth-dev:1');
+  await engine.buildImage('local/auth-sec:1', 'auth-sec');
+  SEC = await reg.push(engine.docker, 'local/auth-sec:1', 'auth-sec:1');
 }, 180_000);
 afterEach(async () => {
   for (const a of agents.splice(0)) await a.stop('SIGTERM');
@@ -172,6 +175,28 @@ describe('registry credentials for image pulls (docker-registry with htpasswd)',
     expect(await container(app)).toMatchObject([{ state: 'running', image: DEV }]);
     const pulled = a.records().find((r) => String(r.msg) === `pulling ${DEV}`);
     expect(pulled).toMatchObject({ registry: reg.address, user: USER, credentials: 'device' });
+    expectNowhere(await everythingShown(a, uuid), [PASSWORD]);
+  }, 180_000);
+
+  it('{ "username", "passwordSecret" } takes the password from a secret the cloud delivers: the pull waits for it, then runs', async () => {
+    const uuid = `reg-sec-${process.pid}`;
+    const app = `secapp${process.pid}`;
+    const a = await agentFor(uuid);
+    const registries = { [reg.address]: { username: USER, passwordSecret: 'registry-pw' } };
+    await deploy(a, uuid, { version: 1, registries, apps: { [app]: { services: { web: { image: SEC, command: RUN } } } } });
+    const waiting = await waitFor('the pull waiting for the secret', async () => {
+      const s = (await service(a, app)).svc;
+      return s?.lastError?.includes('waiting for secret registry-pw') ? s : undefined;
+    }, 60_000);
+    expect(waiting.status).not.toBe('running');
+    expect(await container(app)).toEqual([]);
+
+    // The secret set in the cloud: the target's secretsVersion changes, the device fetches it, the pull goes through.
+    cloud.admin.setSecret(uuid, 'registry-pw', { value: PASSWORD });
+    expect((await a.send('POST', '/v1/update', {})).status).toBe(202);
+    await waitFor('it running', async () => (await service(a, app)).svc?.status === 'running', 90_000);
+    expect(await container(app)).toMatchObject([{ state: 'running', image: SEC }]);
+    expect(((await a.get('/v2/state')).body as StateView).target?.document.registries).toEqual(registries);
     expectNowhere(await everythingShown(a, uuid), [PASSWORD]);
   }, 180_000);
 });

@@ -9,7 +9,7 @@ import { seededRandom } from '../../src/util/random.js';
 import { isRegistryHost } from '../../src/util/registry-host.js';
 import { Reconciler } from '../../src/workloads/reconciler.js';
 import { DockerRuntime } from '../../src/workloads/runtimes/docker.js';
-import { pullErrorMessage, redactTargetDocument, registryOfImage, TargetRegistryCredentials } from '../../src/workloads/registry-auth.js';
+import { pullErrorMessage, redactTargetDocument, registryOfImage, registrySecretNames, TargetRegistryCredentials } from '../../src/workloads/registry-auth.js';
 import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import type { RegistryAuth } from '../../src/workloads/types.js';
@@ -65,7 +65,7 @@ describe('the target\'s registries', () => {
     expect(msg).toContain('registries["c.io"].password: expected a non-empty string');
     expect(msg).toContain('registries["d.io"].device: expected true');
     expect(msg).toContain('registries["e.io"].password: expected no other key beside "device": true');
-    expect(msg).toContain('registries["f.io"]: expected an object { "username": "...", "password": "..." } or { "device": true }, got "[redacted]"');
+    expect(msg).toContain('registries["f.io"]: expected an object { "username": "...", "password": "..." }, { "username": "...", "passwordSecret": "<secret name>" } or { "device": true }, got "[redacted]"');
     expect(msg).toContain('registries["g.io"].token: expected no such key');
     expect(msg).not.toContain(SECRET);
     expect(rejected({ version: 1, registries: [{ password: SECRET }] })).not.toContain(SECRET);
@@ -104,6 +104,22 @@ describe('which credentials a pull uses', () => {
   it('{ device: true } without device credentials is a clear error naming the config key', () => {
     const c = new TargetRegistryCredentials({ [REG]: { device: true } }, {});
     expect(() => c.for(REG)).toThrow(`the target asks for the device's own credentials for ${REG} ({"device": true}), but the device's config has none: set workloads.registries["${REG}"]`);
+  });
+
+  it('takes a password from one of the device\'s secrets, and says it waits for a secret it does not hold', () => {
+    const held = new Map([['registry-pw', SECRET]]);
+    const c = new TargetRegistryCredentials({ [REG]: { username: 'ci', passwordSecret: 'registry-pw' } }, device, { get: (n) => held.get(n) });
+    expect(c.for(REG)).toEqual({ username: 'ci', password: SECRET, source: 'target' });
+    held.delete('registry-pw');
+    expect(() => c.for(REG)).toThrow(`waiting for secret registry-pw: the target's login for ${REG} takes its password from it`);
+    expect(registrySecretNames({ [REG]: { username: 'ci', passwordSecret: 'registry-pw' }, 'ghcr.io': { device: true } })).toEqual(['registry-pw']);
+  });
+
+  it('accepts { username, passwordSecret } in a target; refuses a bad secret name or a password beside it', () => {
+    const ok = validateTarget({ version: 1, registries: { [REG]: { username: 'ci', passwordSecret: 'registry-pw' } }, apps: APPS });
+    expect(ok.ok).toBe(true);
+    expect(rejected({ version: 1, registries: { [REG]: { username: 'ci', passwordSecret: '../x' } }, apps: APPS })).toContain(`registries["${REG}"].passwordSecret`);
+    expect(rejected({ version: 1, registries: { [REG]: { username: 'ci', passwordSecret: 'registry-pw', password: SECRET } }, apps: APPS })).toContain('no password beside passwordSecret');
   });
 
   it('says whether a refusal was for missing or wrong credentials, and where they came from', () => {
