@@ -63,6 +63,15 @@ async function main(): Promise<void> {
     return r.json();
   };
   await call('POST', '/v2/local/target-state', FIXTURE_TARGET);
+  // A local secret, where the release has secrets (0.2.0 on): it must carry over, still readable.
+  const secrets: string[] = [];
+  const put = await fetch(`${api}/v2/secrets/fixture-token`, {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${identity.localApiKey}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ value: 'fixture-secret-value-0001' }),
+  });
+  if (put.ok) secrets.push('fixture-token');
+  else if (put.status !== 404) throw new Error(`PUT /v2/secrets/fixture-token: ${put.status} ${await put.text()}`);
   const items = Array.from({ length: FIXTURE_TELEMETRY }, (_, n) => ({ stream: 'fixture', payload: { n } }));
   const { ids } = (await call('POST', '/v2/telemetry', items)) as { ids: string[] };
   // Until the service runs, so the stored current state has it too.
@@ -87,7 +96,7 @@ async function main(): Promise<void> {
   const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
   writeFileSync(
     join(target, 'fixture.json'),
-    `${JSON.stringify({ agentVersion: version, madeAt: new Date().toISOString(), uuid: identity.uuid, localApiKey: identity.localApiKey, deviceApiKey: config.device.apiKey, telemetryIds: ids, target: FIXTURE_TARGET }, null, 2)}\n`,
+    `${JSON.stringify({ agentVersion: version, madeAt: new Date().toISOString(), uuid: identity.uuid, localApiKey: identity.localApiKey, deviceApiKey: config.device.apiKey, telemetryIds: ids, target: FIXTURE_TARGET, secrets }, null, 2)}\n`,
   );
   rmSync(dataDir, { recursive: true, force: true });
   console.log(`wrote the data dir of agent ${version} to ${target}: ${readdirSync(target).join(', ')}`);

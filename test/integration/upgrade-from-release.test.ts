@@ -17,6 +17,8 @@ interface Fixture {
   deviceApiKey: string;
   telemetryIds: string[];
   target: { version: number; apps: Record<string, { services: Record<string, unknown> }> };
+  /** Local secrets the release held (0.2.0 on). */
+  secrets?: string[];
 }
 
 /** Git keeps no modes but the exec bit: give the copy the modes the agent left (it refuses looser ones for secrets). */
@@ -27,7 +29,7 @@ function tighten(path: string): void {
 }
 
 for (const version of readdirSync(RELEASES)) {
-  it(`the data dir of release ${version} carries over: identity, target in force, queued telemetry delivered once`, async () => {
+  it(`the data dir of release ${version} carries over: identity, target in force, secrets, queued telemetry delivered once`, async () => {
     const fixture = JSON.parse(readFileSync(join(RELEASES, version, 'fixture.json'), 'utf8')) as Fixture;
     const dataDir = env.dirs.make();
     for (const name of readdirSync(join(RELEASES, version))) {
@@ -59,6 +61,13 @@ for (const version of readdirSync(RELEASES)) {
       };
       return state.mode === 'local' && state.target?.version === fixture.target.version && state.current.apps[app]?.services[service]?.status === 'running';
     }, 30_000);
+
+    // Its secrets are still there and still decrypt (the key file came along).
+    if (fixture.secrets?.length) {
+      const held = (await agent.get('/v2/secrets')).body as { secrets: { name: string; source: string }[] };
+      expect(held.secrets.map((x) => x.name).sort()).toEqual([...fixture.secrets].sort());
+      expect(agent.records().filter((r) => r.movedTo !== undefined)).toEqual([]);
+    }
 
     await waitFor('the queued telemetry at the devcloud', () => env.storedMessages(fixture.uuid).filter((m) => m.channel === 'telemetry').length >= fixture.telemetryIds.length, 40_000, 250);
     const ids = env.storedMessages(fixture.uuid).filter((m) => m.channel === 'telemetry').map((m) => m.id);
