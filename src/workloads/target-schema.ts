@@ -3,6 +3,7 @@ import { fromZodIssues, formatIssue, type ConfigIssue } from '../config/issues.j
 import { parseImageReference } from './image-ref.js';
 import { NAME_EXPECTED, NAME_PATTERN } from './names.js';
 import { registryIssues } from './registry-auth.js';
+import { processOptionIssues, serviceOptionFields } from './service-options.js';
 
 /**
  * The target-state document of PROTOCOL.md. A document that fails here is rejected whole: the
@@ -112,6 +113,7 @@ const serviceSchema = z
     network_mode: z.enum(NETWORK_MODES).optional(),
     devices: z.array(z.string().regex(DEVICE_RE, 'a device "/dev/HOST[:/dev/CONTAINER][:rwm]"')).default([]),
     secrets: z.array(secretRefSchema).max(64).default([]),
+    ...serviceOptionFields,
   })
   .superRefine((svc, ctx) => {
     // "auto" without an image can only ever run as a process, so it follows the process rules.
@@ -129,6 +131,7 @@ const serviceSchema = z
         const set = Array.isArray(v) ? v.length > 0 : key === 'privileged' ? v === true : v !== undefined;
         if (set) ctx.addIssue({ code: 'custom', path: [key], message: `no ${key} ${which} (containers only)` });
       }
+      for (const issue of processOptionIssues(svc, which)) ctx.addIssue({ code: 'custom', ...issue });
     } else if (svc.image === undefined) {
       // Not a process and no image: runtime "docker" ("auto" without an image is a process).
       ctx.addIssue({ code: 'custom', path: ['image'], message: 'an image reference for runtime "docker"' });

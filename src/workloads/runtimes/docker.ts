@@ -13,6 +13,7 @@ import { parseImageReference } from '../image-ref.js';
 import { parsePort, parseVolume } from '../target-schema.js';
 import { LABELS, type Availability, type DesiredService, type Instance, type InstanceState, type RegistryAuth, type WorkloadRuntime } from '../types.js';
 import { RuntimeEventEmitter } from './events.js';
+import { containerOptions } from './docker-create.js';
 
 /**
  * The Docker runtime: dockerode against `DOCKER_HOST` or the default socket.
@@ -293,6 +294,7 @@ export class DockerRuntime implements WorkloadRuntime {
       const [host, inContainer, perms] = d.split(':');
       return { PathOnHost: host as string, PathInContainer: inContainer ?? (host as string), CgroupPermissions: perms ?? 'rwm' };
     });
+    const extra = containerOptions(spec);
     const options: Docker.ContainerCreateOptions = {
       name: `${app}_${service}_${desired.configHash.slice(0, 8)}`,
       Image: desired.image,
@@ -300,6 +302,7 @@ export class DockerRuntime implements WorkloadRuntime {
       // Env secrets show in `docker inspect` on the host; file secrets do not. The options are never logged.
       Env: Object.entries({ ...spec.environment, ...secretEnv(desired) }).map(([k, v]) => `${k}=${v}`),
       ...(spec.workingDir ? { WorkingDir: spec.workingDir } : {}),
+      ...extra.config,
       // The engine's own stops (its shutdown, `docker stop` by hand) keep the agent's grace period too.
       StopTimeout: this.o.stopTimeoutSeconds ?? 10,
       Labels: {
@@ -320,6 +323,7 @@ export class DockerRuntime implements WorkloadRuntime {
         // The agent restarts, with its own CrashLoopBackOff.
         RestartPolicy: { Name: 'no' },
         ...this.logConfig(),
+        ...extra.host,
       },
     };
     try {
