@@ -258,6 +258,17 @@ configCmd
     process.stdout.write(`${JSON.stringify(defaultConfig(), null, 2)}\n`);
   });
 
+program
+  .command('compose')
+  .description('the Compose subset (docs/workloads.md)')
+  .command('convert <file>')
+  .description('print the target (JSON) a Compose file makes; exit 1 with every reason when it cannot')
+  .option('--app <name>', "the app's name (else the file's top-level name)")
+  .option('--version <n>', "the target's version (1 unless given)")
+  .action(async (file: string, opts: { app?: string; version?: string }) => {
+    process.exit((await import('./compose-cli.js')).runComposeConvert(file, opts));
+  });
+
 /** The ports the config file names, bound now (a hint read without the schema: see earlyAddresses). */
 async function bindEarly(configFile: string | undefined): Promise<EarlyListeners | undefined> {
   const at = earlyAddresses(configFile, process.env);

@@ -1,5 +1,6 @@
 import type { Store } from '../store/store.js';
 import type { Logger } from '../util/logger.js';
+import { isComposeBody, targetOfComposeBody } from './compose-body.js';
 import { validateTarget, type TargetValidation, type WorkloadPolicy } from './target-schema.js';
 import type { MemoryTargetSource } from './target-source.js';
 
@@ -21,7 +22,14 @@ export interface LocalTargetOptions {
 export class LocalTarget {
   constructor(private readonly o: LocalTargetOptions) {}
 
-  set(doc: unknown): TargetValidation {
+  /** A target document, or a Compose body (compose-body.ts) converted first. */
+  set(body: unknown): TargetValidation {
+    let doc = body;
+    if (isComposeBody(body)) {
+      const c = targetOfComposeBody(body);
+      if (!c.ok) return c;
+      doc = c.doc;
+    }
     const v = validateTarget(doc, { policy: this.o.policy });
     if (!v.ok) return v;
     this.o.store.setTarget({ etag: null, version: v.target.version, document: v.target, source: 'local' });
