@@ -103,7 +103,7 @@ export function onlyKeys(value: Record<string, unknown>, path: string, allowed: 
   for (const key of Object.keys(value)) {
     if (allowed.includes(key) || key.startsWith('x-')) continue;
     const hint = hints[key];
-    report(`${path}.${key}`, `not supported (the Compose subset: docs/workloads.md; here: ${allowed.join(', ')})${hint ? `; ${hint}` : ''}`);
+    report(path === '' ? key : `${path}.${key}`, `not supported (the Compose subset: docs/workloads.md; here: ${allowed.join(', ')})${hint ? `; ${hint}` : ''}`);
   }
 }
 

@@ -51,7 +51,7 @@ export function convertCompose(text: string, opts: ComposeOptions = {}): Compose
   const report: Report = (path, message) => issues.push({ path, message });
   const doc = readYaml(text, report);
   if (doc === undefined) return failed(issues);
-  onlyKeys(doc, '(document)', TOP_KEYS, report, TOP_HINTS);
+  onlyKeys(doc, '', TOP_KEYS, report, TOP_HINTS);
   const app = opts.app ?? (typeof doc.name === 'string' ? doc.name : undefined);
   if (app === undefined) report('name', 'an app name: give --app NAME (or "app" in the API body), or a top-level name');
   else if (!NAME_PATTERN.test(app)) report(opts.app === undefined ? 'name' : 'app', `${NAME_EXPECTED}, got ${JSON.stringify(app)}`);
@@ -78,8 +78,8 @@ function failed(issues: ComposeIssue[]): { ok: false; issues: ComposeIssue[]; me
 }
 
 function readYaml(text: string, report: Report): Record<string, unknown> | undefined {
-  // YAML 1.2 core schema (no custom tags, "no" is a string); merge keys on, as Compose files use them.
-  const doc = parseDocument(text, { schema: 'core', merge: true, uniqueKeys: true, customTags: [], prettyErrors: false });
+  // YAML 1.2 core schema (no custom or YAML 1.1 tags such as !!binary; "no" is a string); merge keys on, as Compose files use them.
+  const doc = parseDocument(text, { schema: 'core', merge: true, uniqueKeys: true, customTags: [], resolveKnownTags: false, prettyErrors: false });
   for (const e of [...doc.errors, ...doc.warnings]) report('(document)', `YAML: ${e.message}`);
   if (doc.errors.length > 0 || doc.warnings.length > 0) return undefined;
   let value: unknown;
