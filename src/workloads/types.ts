@@ -107,6 +107,8 @@ export interface WorkloadRuntime {
   list(signal?: AbortSignal): Promise<Instance[]>;
   /** Whether an image is present locally (always true for processes). */
   hasImage(image: string, signal?: AbortSignal): Promise<boolean>;
+  /** The bytes of an image in the local store, or undefined when it is not here (the plan preview shows it). */
+  imageSize?(image: string, signal?: AbortSignal): Promise<number | undefined>;
   /** Downloads an image, logging in with `auth` when given (never logged, never kept). */
   pull(image: string, signal?: AbortSignal, auth?: RegistryAuth): Promise<void>;
   /** Creates an instance (not started) and returns its id. */

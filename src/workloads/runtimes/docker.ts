@@ -235,6 +235,16 @@ export class DockerRuntime implements WorkloadRuntime {
     }
   }
 
+  async imageSize(image: string, signal?: AbortSignal): Promise<number | undefined> {
+    try {
+      const info = (await (await this.engine()).getImage(image).inspect({ abortSignal: this.signal(signal) } as object)) as { Size?: number };
+      return info.Size ?? 0;
+    } catch (err) {
+      if (status(err) === 404) return undefined;
+      throw err;
+    }
+  }
+
   /**
    * Pulls an image; rejects with the registry's reason (unreachable, unknown, unauthorized). With
    * `auth`, dockerode sends it as the X-Registry-Auth header (base64 JSON) of this one request only.
