@@ -117,6 +117,11 @@ export interface WorkloadRuntime {
   /** Stops gracefully, then kills after the runtime's stop timeout. Stopping a stopped instance is a no-op. */
   stop(id: string, signal?: AbortSignal): Promise<void>;
   remove(id: string, signal?: AbortSignal): Promise<void>;
+  /**
+   * Deletes the data `app` keeps on this runtime (its named volumes; a process app's working dirs, logs
+   * kept), its instances already removed; returns what went. Never a host bind mount.
+   */
+  purgeAppData?(app: string, signal?: AbortSignal): Promise<string[]>;
   /** Follows the runtime's own event stream, if it has one, until `signal` aborts. */
   watch?(signal: AbortSignal): Promise<void>;
   /** Releases the runtime at agent shutdown (the process runtime stops its children here). */
