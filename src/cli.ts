@@ -62,6 +62,8 @@ program
         });
     };
     agent.onSalvageNeeded(salvage);
+    // A reboot or shutdown: the agent has stopped and the power command ran (or failed): the process ends.
+    agent.onPoweredOff((_action, err) => logger.flush(() => process.exit(err === undefined ? 0 : 1)));
     const stop = (signal: string): void => {
       if (stopping) return;
       stopping = true;
