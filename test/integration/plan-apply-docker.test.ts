@@ -77,7 +77,7 @@ class RecordingDocker extends DockerRuntime {
 }
 
 function parse(version: number, apps: Record<string, unknown>): TargetState {
-  const v = validateTarget({ version, apps });
+  const v = validateTarget({ version, apps }, { policy: { allowHostMounts: true } });
   if (!v.ok) throw new Error(v.message);
   return v.target;
 }
@@ -126,4 +126,53 @@ it('recreate by image from the registry under both strategies: the pull is where
   expect(r1.pulls).toEqual([REMOTE]);
   await eng.docker.getImage(REMOTE).remove({ force: true });
   await check(parse(1, { a: { services: { web: { image: IMG, command: RUN, ...ktd } } } }), parse(2, { a: { services: { web: { image: REMOTE, command: RUN, ...ktd } } } }));
+}, 240_000);
+
+it('a purge deletes the app\'s named volume on the engine (a file in it is gone) and starts the service again; a bind mount is not touched', async () => {
+  const { DeviceActions } = await import('../../src/actions/device-actions.js');
+  const logger = silentLogger();
+  const agentId = `${eng.runId}-purge`;
+  const docker = new DockerRuntime({ docker: eng.docker, agentId, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1 });
+  const proc = new ProcessRuntime({ dataDir: dirs.make(), clock: systemClock, logger, stopTimeoutMs: 1_000 });
+  const host = dirs.make();
+  const writer = ['/bin/sh', '-c', 'trap "exit 0" TERM; [ -f /data/seed ] || cat /proc/sys/kernel/random/uuid > /data/seed; echo kept > /host/mark; sleep 1000 & wait'];
+  const t = parse(1, { store: { services: { db: { image: IMG, command: writer, volumes: ['data:/data', `${host}:/host`] } } } });
+  const source = new MemoryTargetSource(t);
+  const rec = new Reconciler({ source, docker, process: proc, clock: systemClock, random: Math.random, logger, reconciliationIntervalMs: 500, policy: { allowHostMounts: true } });
+  const ctl = new AbortController();
+  const loop = rec.run(ctl.signal);
+  const actions = new DeviceActions({ config: { allowReboot: false, allowShutdown: false }, reconciler: rec, source, runtimes: [proc, docker], record: () => Promise.resolve(), power: () => undefined, logger });
+  /** The seed the service wrote in its named volume, read through a container of its own. */
+  const seed = async (): Promise<string | undefined> => {
+    const running = (await docker.list()).find((i) => i.state === 'running');
+    if (!running) return undefined;
+    const exec = await eng.docker.getContainer(running.id).exec({ Cmd: ['cat', '/data/seed'], AttachStdout: true, AttachStderr: true });
+    const stream = await exec.start({ hijack: true, stdin: false });
+    const chunks: Buffer[] = [];
+    await new Promise<void>((resolve) => {
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('end', () => resolve());
+    });
+    const text = Buffer.concat(chunks).toString('utf8').replace(/[^0-9a-f-]/g, '');
+    return text.length >= 32 ? text : undefined;
+  };
+  try {
+    const first = await waitFor('the seed written', seed, 60_000);
+    const out = await actions.purgeApp('store', 'store', { by: 'local-api' });
+    expect(out.instances).toBe(1);
+    expect(out.removed).toEqual(['store_data']);
+    const second = await waitFor('a new seed on a fresh volume', async () => {
+      const s = await seed();
+      return s !== undefined && s !== first ? s : undefined;
+    }, 60_000);
+    expect(second).not.toBe(first);
+    const { readFileSync } = await import('node:fs');
+    expect(readFileSync(`${host}/mark`, 'utf8')).toBe('kept\n');
+  } finally {
+    ctl.abort();
+    await loop;
+    await proc.close();
+    for (const c of await eng.docker.listContainers({ all: true, filters: { label: [`io.iotistic.agent=${agentId}`] } })) await eng.docker.getContainer(c.Id).remove({ force: true });
+    for (const v of (await eng.docker.listVolumes({ filters: { label: [`io.iotistic.agent=${agentId}`] } })).Volumes ?? []) await eng.docker.getVolume(v.Name).remove();
+  }
 }, 240_000);

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ActionError, DeviceActions, type DeviceActionsOptions } from '../../src/actions/device-actions.js';
 import { powerCommand } from '../../src/actions/power.js';
+import { LOCAL_ONLY_CONFIG_KEYS } from '../../src/config/schema.js';
 import { seededRandom } from '../../src/util/random.js';
 import { Reconciler } from '../../src/workloads/reconciler.js';
 import { ProcessRuntime } from '../../src/workloads/runtimes/process.js';
@@ -91,6 +92,10 @@ describe('device actions: reboot and shutdown', () => {
     expect(r.order).toEqual(['event', 'power']);
     expect(r.power.calls).toEqual(['reboot']);
     expect(r.events[0]).toMatchObject({ action: 'reboot', by: 'job', jobId: 'j1', outcome: 'done' });
+  });
+
+  it('the actions section is local only: a cloud config update cannot allow a reboot', () => {
+    expect(LOCAL_ONLY_CONFIG_KEYS).toContain('actions');
   });
 
   it('the command: the configured one, else systemd where it runs, else /sbin', () => {
