@@ -2,7 +2,7 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
-import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // The built agent as a child process, the devcloud, real processes. The reboot is a real command too:
@@ -116,6 +116,9 @@ it('restarts an app, previews a target without changing anything, and purges an 
     throw new Error(`${String(err)}; state: ${JSON.stringify((await agent.get('/v2/state')).body)}`);
   });
 
+  const viaCli = await runCli(['restart', 'edge/two', '--api', agent.apiUrl, '--key', agent.key, '--json']);
+  expect(viaCli.code).toBe(0);
+  expect(JSON.parse(viaCli.stdout)).toEqual({ instances: 1 });
   const restarted = await agent.send('POST', '/v2/apps/edge/restart');
   expect(restarted).toMatchObject({ status: 200, body: { services: { one: { instances: 1 }, two: { instances: 1 } } } });
   expect((await agent.send('POST', '/v2/apps/nope/restart')).status).toBe(404);
