@@ -18,6 +18,7 @@ const LAYERS = [
   'workloads', //  target schema, reconciler, runtimes
   'secrets', //    the encrypted secret store (workloads see it through SecretSource)
   'logs', //       device logs: collection from the runtimes and the agent, chunks into the outbox
+  'actions', //    device actions: restart a service or an app, reboot, shutdown, purge an app's data
   'cloud', //      HTTP client, pollers' loop, target state, reporters, the HTTP sink
   'mqtt', //       the session, its in-flight store, the MQTT sink
   'telemetry', //  system metrics, the sampler, the local broker

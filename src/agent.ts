@@ -11,6 +11,8 @@ import { buildRegistration } from './assembly/registration.js';
 import type { AgentParts } from './assembly/parts.js';
 import { buildLocalBroker, buildShadow, publishLocalDesired } from './assembly/shadow.js';
 import { buildLocalTarget, buildWorkloads } from './assembly/workloads.js';
+import { buildActions } from './assembly/actions.js';
+import { CommandPowerControl, type PowerAction } from './actions/power.js';
 import { settleLifecycleJobs } from './lifecycle/settle.js';
 import { AgentStatus } from './views/agent-status.js';
 import { AGENT_BUILT_AT, AGENT_VERSION } from './version.js';
@@ -30,9 +32,10 @@ export class Agent {
   private api: Awaited<ReturnType<typeof startApi>> | undefined;
   private stopped = false;
   private salvageNeeded: (() => void) | undefined;
+  private poweredOff: ((action: PowerAction, err?: unknown) => void) | undefined;
 
   constructor(private readonly deps: AgentDeps) {
-    this.p = assemble(deps);
+    this.p = assemble(deps, (action) => void this.powerOff(action));
     this.uuid = this.p.core.uuid;
     this.localKey = this.p.core.localKey;
     this.wire();
@@ -112,6 +115,25 @@ export class Agent {
     if (shadow) publishLocalDesired(localBroker, shadow.shadow.get());
   }
 
+  /** `handler` (`run`) ends the process once the agent has stopped and the power action ran. */
+  onPoweredOff(handler: (action: PowerAction, err?: unknown) => void): void {
+    this.poweredOff = handler;
+  }
+
+  /** A reboot or shutdown: the agent stops cleanly (workloads' state recorded, queue closed), then the device's power action runs. */
+  private async powerOff(action: PowerAction): Promise<void> {
+    const { core } = this.p;
+    await this.stop();
+    const power = this.deps.power ?? new CommandPowerControl(core.config.actions);
+    try {
+      await power.run(action);
+      this.poweredOff?.(action);
+    } catch (err) {
+      core.logger.error({ err: String(err) }, `the ${action} command failed`);
+      this.poweredOff?.(action, err);
+    }
+  }
+
   /** Stops every loop, closes the API and the cloud client, and closes the database. Idempotent. */
   async stop(): Promise<void> {
     if (this.stopped) return;
@@ -140,7 +162,7 @@ export class Agent {
 }
 
 /** Builds the parts, each factory given what the earlier ones built. */
-function assemble(deps: AgentDeps): AgentParts {
+function assemble(deps: AgentDeps, power: (action: PowerAction) => void): AgentParts {
   const core = buildCore(deps, AGENT_VERSION, AGENT_BUILT_AT);
   const workloads = buildWorkloads(core);
   const queueing = buildQueueing(core, workloads.settings);
@@ -151,8 +173,9 @@ function assemble(deps: AgentDeps): AgentParts {
   const mqtt = buildMqtt(core, queueing, registration?.registrar);
   const { version, configSource, clock, monitor, degradation } = core;
   const status = new AgentStatus({ version, configSource, clock, monitor, reconciler: workloads.reconciler, outbox: queueing.outbox, degradation, mqtt, clockSync: core.clockSync });
-  const cloud = buildCloud(core, { workloads, queueing, status, shadow: shadow?.shadow, registration });
+  const actions = buildActions(core, workloads, queueing, power);
+  const cloud = buildCloud(core, { workloads, queueing, status, shadow: shadow?.shadow, registration, actions });
   // Local mode: a target set is reported; a cleared one makes the cloud's fetched at once.
   const localTarget = buildLocalTarget(core, workloads, { set: () => cloud?.reporter.markDirty(), cleared: () => cloud?.poller.pollNow() });
-  return { core, workloads, queueing, logs, shadow, localBroker, mqtt, status, cloud, localTarget };
+  return { core, workloads, queueing, logs, shadow, localBroker, mqtt, status, cloud, localTarget, actions };
 }

@@ -62,6 +62,8 @@ program
         });
     };
     agent.onSalvageNeeded(salvage);
+    // A reboot or shutdown: the agent has stopped and the power command ran (or failed): the process ends.
+    agent.onPoweredOff((_action, err) => logger.flush(() => process.exit(err === undefined ? 0 : 1)));
     const stop = (signal: string): void => {
       if (stopping) return;
       stopping = true;
@@ -179,6 +181,32 @@ apiOptions(queueCmd.command('purge'))
   .option('-y, --yes', 'do not ask (needed when stdin is not a terminal)')
   .option('--json', 'print the answer as JSON')
   .action((ids: string[], opts: ApiOpts & { json?: boolean; all?: boolean; yes?: boolean }) => queueAction('purge', ids, opts));
+
+/** `restart`, `reboot`, `shutdown`, `purge`: see actions-cli.ts. */
+async function deviceAction(kind: 'restart' | 'reboot' | 'shutdown' | 'purge', target: string | undefined, opts: ApiOpts & { json?: boolean; yes?: boolean; confirm?: string }): Promise<never> {
+  const [{ localApiAccess }, { AgentApi }, { askLine, runAction }] = await Promise.all([import('./cli-api.js'), import('./cli-client.js'), import('./actions-cli.js')]);
+  // A purge or restart stops services (up to their stop timeout): a longer wait than a read.
+  const api = new AgentApi(localApiAccess(opts), 120_000);
+  process.exit(await runAction(api, kind, target, opts, { out: process.stdout, err: process.stderr, ask: process.stdin.isTTY ? askLine : undefined }));
+}
+apiOptions(program.command('restart'))
+  .description('restart every service of an app, or one service (APP/SERVICE)')
+  .argument('<target>', 'APP or APP/SERVICE')
+  .option('--json', 'print the answer as JSON')
+  .action((target: string, opts: ApiOpts & { json?: boolean }) => deviceAction('restart', target, opts));
+for (const kind of ['reboot', 'shutdown'] as const) {
+  apiOptions(program.command(kind))
+    .description(`${kind} the device: the agent stops cleanly first (allowed only with actions.allow${kind === 'reboot' ? 'Reboot' : 'Shutdown'} in its config)`)
+    .option('--json', 'print the answer as JSON')
+    .action((opts: ApiOpts & { json?: boolean }) => deviceAction(kind, undefined, opts));
+}
+apiOptions(program.command('purge'))
+  .description("delete an app's data for good (its named volumes, its processes' working dirs); its services start again on fresh data. Asks for the app's name on a terminal")
+  .argument('<app>', 'the app')
+  .option('-y, --yes', 'do not ask: give the name again with --confirm')
+  .option('--confirm <app>', 'the app\'s name typed again (with --yes)')
+  .option('--json', 'print the answer as JSON')
+  .action((app: string, opts: ApiOpts & { json?: boolean; yes?: boolean; confirm?: string }) => deviceAction('purge', app, opts));
 
 /** `secret set|ls|rm`: see secret-cli.ts. */
 async function secretAction(action: 'set' | 'ls' | 'rm', name: string | undefined, opts: ApiOpts & { fromFile?: string; stdin?: boolean; json?: boolean }): Promise<never> {

@@ -142,6 +142,7 @@ export class Router {
   private readonly table = new Map<string, Map<string, Route>>();
   /** Routes of `prefix + one path segment` (`/v2/secrets/{name}`); the handler reads the segment from the path. */
   private readonly segmentTable = new Map<string, Map<string, Route>>();
+  private readonly patterns: { pattern: RegExp; route: Route }[] = [];
 
   constructor(private readonly o: RouterOptions) {}
 
@@ -171,7 +172,14 @@ export class Router {
     this.routes.push({ method, url: `${prefix}x` });
   }
 
+  /** A POST route for every path `pattern` matches (`/v2/apps/{app}/restart`); `example` goes in the route table. */
+  pattern(pattern: RegExp, example: string, handler: Handler): void {
+    this.patterns.push({ pattern, route: { handler, bodyLimit: undefined, gate: undefined } });
+    this.routes.push({ method: 'POST', url: example });
+  }
+
   private segmentRoute(path: string, method: string): Route | undefined {
+    if (method === 'POST') for (const p of this.patterns) if (p.pattern.test(path)) return p.route;
     for (const [prefix, byMethod] of this.segmentTable) {
       const rest = path.slice(prefix.length);
       if (path.startsWith(prefix) && rest.length > 0 && !rest.includes('/')) return byMethod.get(method);

@@ -13,6 +13,7 @@ export function buildApiView(p: AgentParts): ApiView {
   const { config, loops, store } = core;
   const shadow = p.shadow?.shadow;
   return {
+    actions: { actions: p.actions.actions, plan: (doc) => p.actions.preview.plan(doc) },
     version: core.version,
     uuid: core.uuid,
     hasCloud: Boolean(config.cloud.apiUrl),

@@ -17,6 +17,7 @@ import { ShadowSync } from '../shadow/sync.js';
 import type { Registrar } from '../cloud/registration.js';
 import type { AgentStatus } from '../views/agent-status.js';
 import type { Core } from './core.js';
+import type { ActionParts } from './actions.js';
 import { buildJobs } from './jobs.js';
 import { addFlusher, type Queueing } from './outbox.js';
 import type { Workloads } from './workloads.js';
@@ -39,6 +40,7 @@ export interface CloudNeeds {
   status: AgentStatus;
   shadow: Shadow | undefined;
   registration: { registrar: Registrar; http: CloudHttpClient } | undefined;
+  actions: ActionParts;
 }
 
 export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefined {
@@ -85,7 +87,7 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
     clock: core.clock,
     intervalMs: () => workloads.settings().healthReportIntervalMs,
   });
-  const jobs = config.features.jobs ? buildJobs(core, { loop: cloudLoop('jobs'), outbox: queueing.outbox, poller, reconciler: workloads.reconciler, http }) : undefined;
+  const jobs = config.features.jobs ? buildJobs(core, { loop: cloudLoop('jobs'), outbox: queueing.outbox, poller, reconciler: workloads.reconciler, http, actions: needs.actions }) : undefined;
   // Without MQTT the shadow's desired state is polled over HTTP; with it, it arrives retained.
   const shadowPoller =
     needs.shadow && !config.mqtt.url

@@ -1,3 +1,4 @@
+import type { PowerControl } from '../actions/power.js';
 import type { DataDirDisk } from '../boot/disk.js';
 import type { Identity } from '../boot/identity.js';
 import { RetryPolicy } from '../resilience/retry-policy.js';
@@ -44,6 +45,8 @@ export interface AgentDeps {
   logTap?: AgentLogTap;
   /** Self-update and config update (docs/lifecycle.md): the launcher's link when there is one, the config file. */
   lifecycle?: LifecycleDeps;
+  /** What reboots or powers off the device; default: the command of actions.rebootCommand / shutdownCommand. */
+  power?: PowerControl;
 }
 
 export interface LifecycleDeps {

@@ -11,6 +11,8 @@ import type { CloudHttpClient } from '../cloud/http-client.js';
 import { LIFECYCLE_JOB_TYPES } from '../lifecycle/settle.js';
 import { updateAgentHandler } from '../lifecycle/update-agent.js';
 import { updateConfigHandler } from '../lifecycle/update-config.js';
+import { actionJobHandlers } from '../jobs/action-handlers.js';
+import type { ActionParts } from './actions.js';
 import type { Core } from './core.js';
 
 export interface JobsNeeds {
@@ -20,18 +22,23 @@ export interface JobsNeeds {
   poller: Pick<TargetStatePoller, 'pollOnce'>;
   reconciler: Pick<Reconciler, 'restartService'>;
   http: CloudHttpClient;
+  actions: ActionParts;
 }
 
 /** Cloud jobs (`features.jobs`): the job types this agent runs, the runner, and the poller that feeds it. */
 export function buildJobs(core: Core, needs: JobsNeeds): { runner: JobRunner; poller: JobPoller } {
   const { config, store, clock, random, logger } = core;
+  const actionJobs = actionJobHandlers(needs.actions.actions, needs.actions.preview);
   const handlers: Record<string, JobHandler> = {
     'run-command': runCommandHandler({ allowed: config.jobs.allowedCommands, maxOutputBytes: config.jobs.maxOutputBytes, user: resolveProcessUser(config.workloads.processUser) }),
     'poll-target': pollTargetHandler((s) => needs.poller.pollOnce(s)),
     'restart-service': restartServiceHandler((app, service, s) => needs.reconciler.restartService(app, service, s)),
     ...lifecycleHandlers(core, needs.http),
+    ...actionJobs.handlers,
   };
   const runner = new JobRunner({ db: store.db, outbox: needs.outbox, handlers, clock, logger: logger.child({ part: 'jobs' }), history: config.jobs.history, finishedElsewhere: LIFECYCLE_JOB_TYPES });
+  // A reboot or shutdown job goes once its SUCCEEDED is queued durably.
+  runner.on('finished', (job) => actionJobs.finished(job.id));
   const poller = new JobPoller({ ...needs.loop, random, runner, pollIntervalMs: () => config.jobs.pollIntervalMs });
   return { runner, poller };
 }

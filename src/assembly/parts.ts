@@ -3,6 +3,7 @@ import type { MqttSession } from '../mqtt/session.js';
 import type { LocalBroker } from '../telemetry/local-broker.js';
 import type { AgentStatus } from '../views/agent-status.js';
 import type { LocalTarget } from '../workloads/local-target.js';
+import type { ActionParts } from './actions.js';
 import type { CloudParts } from './cloud.js';
 import type { Core } from './core.js';
 import type { Queueing } from './outbox.js';
@@ -21,4 +22,5 @@ export interface AgentParts {
   status: AgentStatus;
   cloud: CloudParts | undefined;
   localTarget: LocalTarget;
+  actions: ActionParts;
 }

@@ -400,6 +400,23 @@ const jobsSchema = z.strictObject({
   history: z.number().int().min(1).max(10_000).default(100).describe('Finished jobs kept in the local table (GET /v2/jobs).'),
 });
 
+const powerCommand = z
+  .array(z.string().min(1).refine((v) => !v.includes('\0'), 'no NUL'))
+  .min(1)
+  .refine((c) => (c[0] ?? '').startsWith('/'), 'the program as an absolute path first, then its arguments');
+
+/** Device actions (docs/workloads.md, "Actions"): what the device itself allows an operator or the cloud to do. */
+const actionsSchema = z.strictObject({
+  allowReboot: z.boolean().default(false).describe('Allow the reboot action (POST /v2/device/reboot, job reboot). Off: refused, naming this key. Local only.'),
+  allowShutdown: z.boolean().default(false).describe('Allow the shutdown action (POST /v2/device/shutdown, job shutdown). Off: refused, naming this key. Local only.'),
+  rebootCommand: powerCommand
+    .optional()
+    .describe('The program (absolute path) and arguments that reboot the device, run without a shell. Unset: /usr/bin/systemctl reboot where systemd runs (/run/systemd/system), else /sbin/reboot. Local only.'),
+  shutdownCommand: powerCommand
+    .optional()
+    .describe('The program (absolute path) and arguments that power the device off, run without a shell. Unset: /usr/bin/systemctl poweroff where systemd runs, else /sbin/poweroff. Local only.'),
+});
+
 /**
  * Settings a cloud's update-config job may not change unless update.allowConfigKeys names them
  * (docs/lifecycle.md): what gives the host away (privileges, commands, packages), files and sockets
@@ -419,6 +436,7 @@ export const LOCAL_ONLY_CONFIG_KEYS = [
   'api.localApiKey',
   'localBroker.host',
   'jobs.allowedCommands',
+  'actions',
   'workloads.allowHostMounts',
   'workloads.allowPrivileged',
   'workloads.allowHostNetwork',
@@ -541,6 +559,7 @@ export const agentConfigSchema = z
     workloads: workloadsSchema.prefault({}),
     localBroker: localBrokerSchema.prefault({}),
     jobs: jobsSchema.prefault({}),
+    actions: actionsSchema.prefault({}),
     api: apiSchema.prefault({}),
     logging: loggingSchema.prefault({}),
     logs: logsSchema.prefault({}),

@@ -130,6 +130,11 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     return this.restarts.request(app, service, signal);
   }
 
+  /** Runs `task` in the reconcile loop between passes, so it never races an apply (a purge of an app's data). */
+  exclusive<T>(task: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return this.restarts.exclusive(task, signal);
+  }
+
   protected override listenerFailed(err: unknown, event: string): void {
     this.o.logger.error({ err: errorMessage(err), event }, 'a workloads state listener failed');
   }

@@ -26,7 +26,9 @@ export interface RestartRequestsOptions {
 interface Request {
   app: string;
   service: string;
-  resolve(r: RestartResult): void;
+  /** Another task run between passes (a purge): instead of the restart of app/service. */
+  task?: (signal: AbortSignal) => Promise<unknown>;
+  resolve(r: unknown): void;
   reject(err: Error): void;
 }
 
@@ -49,15 +51,30 @@ export class RestartRequests {
    * withdraws a request that has not started.
    */
   request(app: string, service: string, signal?: AbortSignal): Promise<RestartResult> {
+    const unknown = this.unknownService(app, service);
+    if (unknown) return Promise.reject(unknown);
+    return this.enqueue<RestartResult>({ app, service }, signal);
+  }
+
+  /** Runs `task` between passes, after the requests queued before it (a purge of an app's data). */
+  exclusive<T>(task: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return this.enqueue<T>({ app: '', service: '', task }, signal);
+  }
+
+  private unknownService(app: string, service: string): AgentError | undefined {
     const target = this.o.source.current();
     if (!target || !Object.hasOwn(target.apps, app) || !Object.hasOwn(target.apps[app]?.services ?? {}, service)) {
       const known = target ? Object.entries(target.apps).flatMap(([a, d]) => Object.keys(d.services).map((s) => `${a}/${s}`)) : [];
       const list = known.length > 0 ? known.join(', ') : 'none';
-      return Promise.reject(new AgentError('UNKNOWN_SERVICE', `no service ${app}/${service} in the target in force (services: ${list})`));
+      return new AgentError('UNKNOWN_SERVICE', `no service ${app}/${service} in the target in force (services: ${list})`);
     }
+    return undefined;
+  }
+
+  private enqueue<T>(what: Pick<Request, 'app' | 'service' | 'task'>, signal?: AbortSignal): Promise<T> {
     if (this.o.lifetime.aborted) return Promise.reject(new AgentError('STOPPING', 'the agent is stopping'));
-    return new Promise<RestartResult>((resolve, reject) => {
-      const req: Request = { app, service, resolve, reject };
+    return new Promise<T>((resolve, reject) => {
+      const req: Request = { ...what, resolve: (r) => resolve(r as T), reject };
       this.queue.push(req);
       signal?.addEventListener(
         'abort',
@@ -79,7 +96,7 @@ export class RestartRequests {
     this.queue = [];
     for (const req of pending) {
       try {
-        req.resolve(await this.restartNow(req.app, req.service, signal));
+        req.resolve(req.task ? await req.task(signal) : await this.restartNow(req.app, req.service, signal));
       } catch (err) {
         req.reject(err instanceof Error ? err : new Error(String(err)));
       }

@@ -107,6 +107,8 @@ export interface WorkloadRuntime {
   list(signal?: AbortSignal): Promise<Instance[]>;
   /** Whether an image is present locally (always true for processes). */
   hasImage(image: string, signal?: AbortSignal): Promise<boolean>;
+  /** The bytes of an image in the local store, or undefined when it is not here (the plan preview shows it). */
+  imageSize?(image: string, signal?: AbortSignal): Promise<number | undefined>;
   /** Downloads an image, logging in with `auth` when given (never logged, never kept). */
   pull(image: string, signal?: AbortSignal, auth?: RegistryAuth): Promise<void>;
   /** Creates an instance (not started) and returns its id. */
@@ -115,6 +117,11 @@ export interface WorkloadRuntime {
   /** Stops gracefully, then kills after the runtime's stop timeout. Stopping a stopped instance is a no-op. */
   stop(id: string, signal?: AbortSignal): Promise<void>;
   remove(id: string, signal?: AbortSignal): Promise<void>;
+  /**
+   * Deletes the data `app` keeps on this runtime (its named volumes; a process app's working dirs, logs
+   * kept), its instances already removed; returns what went. Never a host bind mount.
+   */
+  purgeAppData?(app: string, signal?: AbortSignal): Promise<string[]>;
   /** Follows the runtime's own event stream, if it has one, until `signal` aborts. */
   watch?(signal: AbortSignal): Promise<void>;
   /** Releases the runtime at agent shutdown (the process runtime stops its children here). */

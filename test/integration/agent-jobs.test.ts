@@ -81,7 +81,7 @@ it('runs jobs from the cloud and reports each one: succeeded, not allowed, unkno
   expect(refused.status).toBe('REJECTED');
   expect(JSON.stringify(refused.updates.at(-1)?.details)).toContain('\\"/bin/sh\\" is not in jobs.allowedCommands');
   expect(cloud.admin.job(dev.uuid, unknown)).toMatchObject({ status: 'REJECTED' });
-  expect(JSON.stringify(cloud.admin.job(dev.uuid, unknown).updates)).toContain('unknown job type \\"format-disk\\"; this agent runs: poll-target, restart-service, run-command');
+  expect(JSON.stringify(cloud.admin.job(dev.uuid, unknown).updates)).toContain('unknown job type \\"format-disk\\"; this agent runs: plan-target, poll-target, purge-app, reboot, restart-app, restart-service, run-command, shutdown');
   expect(cloud.admin.job(dev.uuid, slow)).toMatchObject({ status: 'TIMED_OUT' });
 
   // The same, locally.

@@ -11,6 +11,7 @@ import { secretEnv, writeSecretFiles } from './secret-files.js';
 import type { Random } from '../../util/random.js';
 import { parseImageReference } from '../image-ref.js';
 import { parsePort, parseVolume } from '../target-schema.js';
+import { removeAppVolumes } from './docker-volumes.js';
 import { LABELS, type Availability, type DesiredService, type Instance, type InstanceState, type RegistryAuth, type WorkloadRuntime } from '../types.js';
 import { RuntimeEventEmitter } from './events.js';
 import { containerOptions } from './docker-create.js';
@@ -227,11 +228,15 @@ export class DockerRuntime implements WorkloadRuntime {
   }
 
   async hasImage(image: string, signal?: AbortSignal): Promise<boolean> {
+    return (await this.imageSize(image, signal)) !== undefined;
+  }
+
+  async imageSize(image: string, signal?: AbortSignal): Promise<number | undefined> {
     try {
-      await (await this.engine()).getImage(image).inspect({ abortSignal: this.signal(signal) } as object);
-      return true;
+      const info = (await (await this.engine()).getImage(image).inspect({ abortSignal: this.signal(signal) } as object)) as { Size?: number };
+      return info.Size ?? 0;
     } catch (err) {
-      if (status(err) === 404) return false;
+      if (status(err) === 404) return undefined;
       throw err;
     }
   }
@@ -393,6 +398,11 @@ export class DockerRuntime implements WorkloadRuntime {
       throw new AgentError('VOLUME_TAKEN', `${app}: volume "${name}" would be the engine's volume ${full}, which belongs to app "${owner}"; rename the volume or the app`);
     }
     return full;
+  }
+
+  /** Removes the named volumes of `app` this agent made (a purge); bind mounts are host paths and never touched. */
+  async purgeAppData(app: string, signal?: AbortSignal): Promise<string[]> {
+    return removeAppVolumes(await this.engine(), [...this.ownLabels(), `${LABELS.app}=${app}`], this.signal(signal));
   }
 
   async start(id: string, signal?: AbortSignal): Promise<void> {

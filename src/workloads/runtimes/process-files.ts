@@ -82,6 +82,24 @@ export class ProcessFiles {
     return join(this.appsDir, app, service);
   }
 
+  /** Empties the working dirs of `app`'s services but for `keep` (the logs); returns the paths removed. */
+  purgeApp(app: string, keep: readonly string[]): string[] {
+    const appDir = join(this.appsDir, app);
+    if (!isSafeName(app) || !lstatOrUndefined(appDir)?.isDirectory()) return [];
+    const removed: string[] = [];
+    for (const service of readdirSync(appDir)) {
+      const dir = join(appDir, service);
+      if (!lstatOrUndefined(dir)?.isDirectory()) continue;
+      for (const entry of readdirSync(dir)) {
+        if (keep.includes(entry)) continue;
+        // rmSync does not follow symlinks: a link the service made to elsewhere goes, its target stays.
+        rmSync(join(dir, entry), { recursive: true, force: true });
+        removed.push(join(dir, entry));
+      }
+    }
+    return removed;
+  }
+
   /**
    * Creates a service's directory. Whatever stands in the way (a file where a directory belongs, a
    * symlink, a log "file" that is a directory) is moved aside; `files` are the names that must be

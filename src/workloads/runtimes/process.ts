@@ -381,6 +381,11 @@ export class ProcessRuntime implements WorkloadRuntime {
   }
 
   /** The log and its rotations: plain files, or moved aside. */
+  async purgeAppData(app: string): Promise<string[]> {
+    await this.init;
+    return this.files.purgeApp(app, this.logNames());
+  }
+
   private logNames(): string[] {
     return [LOG_NAME, ...Array.from({ length: this.o.logFiles ?? 2 }, (_, i) => `${LOG_NAME}.${i + 1}`)];
   }
