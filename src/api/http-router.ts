@@ -125,12 +125,15 @@ export interface RouteGate {
 export interface RouteOptions {
   bodyLimit?: BodyLimit;
   gate?: RouteGate;
+  /** The handler reads the body itself from `raw` (a stream of any type: POST /v2/images/import). */
+  rawBody?: boolean;
 }
 
 interface Route {
   handler: Handler;
   bodyLimit: BodyLimit | undefined;
   gate: RouteGate | undefined;
+  rawBody?: boolean;
 }
 
 const EMPTY_JSON = "Body cannot be empty when content-type is set to 'application/json'";
@@ -193,7 +196,7 @@ export class Router {
   private add(method: string, path: string, handler: Handler, opts: RouteOptions = {}): void {
     const byMethod = this.table.get(path) ?? new Map<string, Route>();
     if (byMethod.has(method)) throw new Error(`route ${method} ${path} is registered twice`);
-    byMethod.set(method, { handler, bodyLimit: opts.bodyLimit, gate: opts.gate });
+    byMethod.set(method, { handler, bodyLimit: opts.bodyLimit, gate: opts.gate, rawBody: opts.rawBody });
     this.table.set(path, byMethod);
     this.routes.push({ method, url: path });
   }
@@ -213,7 +216,7 @@ export class Router {
       if (!route) throw new HttpError(404, 'not_found', `no route ${method} ${path}`);
       const ready = route.gate?.ready();
       if (ready) await ready;
-      const bytes = await this.readBody(req, route.bodyLimit ?? this.o.bodyLimit);
+      const bytes = route.rawBody ? undefined : await this.readBody(req, route.bodyLimit ?? this.o.bodyLimit);
       const end = route.gate?.begin();
       let pending: unknown;
       try {

@@ -10,6 +10,7 @@ import { HttpError, json, Router, text, type ApiRoute, type RouteGate } from './
 import { serveHttp, type HttpApp, type HttpTimeouts } from './http-server.js';
 import { FOLLOW_BOUNDS, logRoutes, type FollowBounds, type LogsView } from './logs-route.js';
 import { secretRoutes, type SecretsView } from './secret-routes.js';
+import { imageRoutes, type ImagesView } from './image-routes.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
 import { isOutboxError } from '../outbox/types.js';
 import { ShadowError } from '../shadow/shadow.js';
@@ -59,6 +60,8 @@ export interface ApiView {
   logs(): LogsView;
   /** The device's secrets: names and sources out, values only in. */
   secrets: SecretsView;
+  /** Image import and the target's images; undefined without the Docker runtime. */
+  images?: ImagesView | undefined;
   metrics: MetricsExposition;
 }
 
@@ -149,6 +152,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
   controlRoutes(router, view, limits, opts.ingestGate);
   shadowRoutes(router, view);
   secretRoutes(router, view.secrets);
+  imageRoutes(router, view.images, REFUSED_BODY_DRAIN);
   logRoutes(router, () => view.logs(), { ...FOLLOW_BOUNDS, ...opts.follow });
   const hub = opts.dashboard ? dashboardStream(router, opts, authorized) : undefined;
   const served = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts }).catch((err: unknown) => {
