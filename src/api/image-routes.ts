@@ -20,6 +20,8 @@ const STATUS: Readonly<Record<string, [number, string]>> = {
   IMAGE_ARCHIVE_INVALID: [400, 'bad_request'],
   IMAGE_IMPORT_DIGEST_MISMATCH: [400, 'digest_mismatch'],
   IMAGE_IMPORT_ENGINE_DOWN: [503, 'engine_unavailable'],
+  // Nobody is left to read it; answered so that it is not logged as the agent's error.
+  IMAGE_IMPORT_CLIENT_GONE: [400, 'bad_request'],
 };
 
 /** `?sha256=HEX` or the `X-Content-SHA256` header (both: they must agree). */
@@ -36,7 +38,7 @@ function expectedSha256(req: RouteRequest): string | undefined {
 /** `POST /v2/images/import` (the body: a `docker save` archive, streamed) and `GET /v2/images`. */
 export function imageRoutes(r: Router, view: ImagesView | undefined, drain: DrainBounds): void {
   const noEngine = () => json(404, { error: 'not_found', message: 'image import needs the Docker runtime, which this agent does not have' });
-  r.get('/v2/images', view ? () => view.list() : noEngine);
+  r.get('/v2/images', view ? () => view.list().catch((err: unknown) => refusal(undefined, err, drain)) : noEngine);
   r.post(
     IMAGE_IMPORT_ROUTE,
     view
@@ -55,12 +57,12 @@ export function imageRoutes(r: Router, view: ImagesView | undefined, drain: Drai
 }
 
 /** A refusal's answer, once the rest of the body (if any) was read and thrown away, so the client sees it. */
-async function refusal(req: RouteRequest, err: unknown, drain: DrainBounds): Promise<Reply> {
+async function refusal(req: RouteRequest | undefined, err: unknown, drain: DrainBounds): Promise<Reply> {
   const code = (err as { code?: unknown }).code;
   const known = typeof code === 'string' ? STATUS[code] : undefined;
   const bad = err instanceof HttpError ? ([err.statusCode, err.error] as const) : undefined;
   if (!known && !bad) throw err;
   const [status, error] = known ?? bad!;
-  const cut = req.raw.complete ? 'drained' : await drainBody(req.raw, drain);
+  const cut = !req || req.raw.complete ? 'drained' : await drainBody(req.raw, drain);
   return json(status, { error, message: (err as Error).message }, cut === 'cut' ? { connection: 'close' } : {});
 }

@@ -91,10 +91,14 @@ export class ImageImporter {
   async import(req: ImportRequest): Promise<ImportResult> {
     if (this.busy) throw new ImportError('IMAGE_IMPORT_BUSY', 'another image import is running: try again once it has finished');
     this.busy = true;
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     const file = join(this.dir, `upload-${Math.floor(this.o.random() * 2 ** 48).toString(36)}.tar`);
     try {
-      const spooled = await this.spool(req, file);
+      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      const spooled = await this.spool(req, file).catch((err: unknown) => {
+        // The disk filled under the spool (another writer): the same 507 as a refusal up front.
+        if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw new OverLimit('space', `the disk filled while the image archive was written to ${this.dir}`);
+        throw err;
+      });
       if (req.sha256 !== undefined && spooled.sha256 !== req.sha256) {
         throw new ImportError('IMAGE_IMPORT_DIGEST_MISMATCH', `sha256: the archive's is ${spooled.sha256}, expected ${req.sha256}: nothing was loaded (copy the file again)`);
       }

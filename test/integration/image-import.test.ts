@@ -4,6 +4,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { startEngine, startRegistry, type TestEngine, type TestRegistry } from '../helpers/docker.js';
@@ -55,8 +56,8 @@ interface StateView {
   missingImages: { image: string; services: string[]; lastError: string | null }[];
 }
 
-async function agent(workloads: Record<string, unknown> = {}, dataDir = dirs.make()): Promise<AgentProcess> {
-  const a = await spawnAgent({ dataDir, env: { DOCKER_HOST: engine.host }, config: { workloads, settings: { reconciliationIntervalMs: 2_000 } } });
+async function agent(workloads: Record<string, unknown> = {}, dataDir = dirs.make(), dockerHost = engine.host): Promise<AgentProcess> {
+  const a = await spawnAgent({ dataDir, env: { DOCKER_HOST: dockerHost }, config: { workloads, settings: { reconciliationIntervalMs: 2_000 } } });
   agents.push(a);
   return a;
 }
@@ -155,6 +156,23 @@ describe('air-gapped image import', () => {
     expect(second.status).toBe(409);
     release();
     expect((await slow).status).toBe(400);
+  }, 120_000);
+
+  it('a gzip\'d archive loads as it is; without an engine the import is a 503 and nothing is spooled', async () => {
+    const a = await agent();
+    const gz = gzipSync(readFileSync(archive));
+    const sha256 = createHash('sha256').update(gz).digest('hex');
+    const ok = await post(a, '/v2/images/import', [gz.subarray(0, 1000), gz.subarray(1000)], { hold: Promise.resolve() });
+    expect(ok.status).toBe(200);
+    expect(ok.body).toEqual({ loaded: [REF], bytes: gz.length, sha256 });
+
+    const none = await agent({}, dirs.make(), `unix://${join(dirs.make(), 'no-docker.sock')}`);
+    const refused = await post(none, '/v2/images/import', [readFileSync(archive)]);
+    expect(refused.status).toBe(503);
+    expect(refused.body.error).toBe('engine_unavailable');
+    expect(refused.body.message).toContain('no-docker.sock');
+    expect(tempFiles(none)).toEqual([]);
+    expect((await none.get('/v2/images')).status).toBe(503);
   }, 120_000);
 
   it('the temp file of an import cut by a kill is removed at the next start', async () => {
