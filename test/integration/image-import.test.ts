@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { gzipSync } from 'node:zlib';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { startDevCloud } from '../../devcloud/server.js';
 import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { startEngine, startRegistry, type TestEngine, type TestRegistry } from '../helpers/docker.js';
 import { tempDirs } from '../helpers/tmp.js';
@@ -52,12 +53,12 @@ afterAll(async () => {
 }, 120_000);
 
 interface StateView {
-  current: { apps: Record<string, { services: Record<string, { status: string; lastError: string | null }> }> };
-  missingImages: { image: string; services: string[]; lastError: string | null }[];
+  current: { apps: Record<string, { services: Record<string, { status: string; lastError: string | null; startedAt: number | null }> }> };
+  missingImages: { image: string; services: string[]; lastError: string | null; nextRetryAt: number | null }[];
 }
 
-async function agent(workloads: Record<string, unknown> = {}, dataDir = dirs.make(), dockerHost = engine.host): Promise<AgentProcess> {
-  const a = await spawnAgent({ dataDir, env: { DOCKER_HOST: dockerHost }, config: { workloads, settings: { reconciliationIntervalMs: 2_000 } } });
+async function agent(workloads: Record<string, unknown> = {}, dataDir = dirs.make(), dockerHost = engine.host, more: Record<string, unknown> = {}): Promise<AgentProcess> {
+  const a = await spawnAgent({ dataDir, env: { DOCKER_HOST: dockerHost }, config: { workloads, settings: { reconciliationIntervalMs: 2_000 }, ...more } });
   agents.push(a);
   return a;
 }
@@ -88,7 +89,8 @@ const tempFiles = (a: AgentProcess) => (existsSync(importDir(a)) ? readdirSync(i
 
 describe('air-gapped image import', () => {
   it('an image imported from a tarball runs with the registry stopped; a wrong sha256 loads nothing', async () => {
-    const a = await agent();
+    // A long interval: only the import's kick (or the pull retry falling due) makes a pass.
+    const a = await agent({}, dirs.make(), engine.host, { settings: { reconciliationIntervalMs: 120_000 } });
     const app = `imp${process.pid}`;
     const applied = await a.send('POST', '/v2/local/target-state', { version: 1, apps: { [app]: { services: { web: { image: REF, command: RUN } } } } });
     expect(applied.status).toBe(200);
@@ -106,7 +108,9 @@ describe('air-gapped image import', () => {
     await expect(engine.docker.getImage(REF).inspect()).rejects.toMatchObject({ statusCode: 404 });
     expect(tempFiles(a)).toEqual([]);
 
-    // The CLI, with the right sha256: loaded, and the service runs without waiting out the pull backoff.
+    // The CLI, with the right sha256: loaded, and the service runs without waiting out the pull backoff
+    // (imported while the next pull is at least 4 s away, it starts before that pull was due).
+    const backoff = await waitFor('a pull backoff with time to spare', async () => ((await a.get('/v2/state')).body as StateView).missingImages.find((m) => m.image === REF && m.nextRetryAt !== null && m.nextRetryAt > Date.now() + 4_000), 90_000);
     const sha = createHash('sha256').update(readFileSync(archive)).digest('hex');
     const cli = await runCli(['images', 'import', archive, '--sha256', sha, '--api', a.apiUrl, '--key', a.key]);
     expect(cli.stderr).not.toMatch(/refused/);
@@ -114,7 +118,9 @@ describe('air-gapped image import', () => {
     expect(cli.stdout).toContain(`loaded ${REF}`);
     expect(cli.stdout).toContain(sha);
     await waitFor('the service running', async () => ((await a.get('/v2/state')).body as StateView).current.apps[app]?.services.web?.status === 'running', 60_000);
-    expect(((await a.get('/v2/state')).body as StateView).missingImages).toEqual([]);
+    const after = (await a.get('/v2/state')).body as StateView;
+    expect(after.missingImages).toEqual([]);
+    expect(after.current.apps[app]?.services.web?.startedAt).toBeLessThan(backoff.nextRetryAt!);
     const [c] = await engine.docker.listContainers({ filters: { label: [`io.iotistic.app=${app}`] } });
     expect(c).toMatchObject({ State: 'running', Image: REF });
     expect(tempFiles(a)).toEqual([]);
@@ -159,12 +165,19 @@ describe('air-gapped image import', () => {
   }, 120_000);
 
   it('a gzip\'d archive loads as it is; without an engine the import is a 503 and nothing is spooled', async () => {
-    const a = await agent();
+    const cloud = await startDevCloud();
+    onTestFinished(() => cloud.close());
+    const dev = { uuid: `imp-gz-${process.pid}`, apiKey: `imp-gz-${process.pid}-key-0123456789` };
+    cloud.admin.createDevice(dev);
+    const a = await agent({}, dirs.make(), engine.host, { device: dev, cloud: { apiUrl: cloud.url } });
     const gz = gzipSync(readFileSync(archive));
     const sha256 = createHash('sha256').update(gz).digest('hex');
     const ok = await post(a, '/v2/images/import', [gz.subarray(0, 1000), gz.subarray(1000)], { hold: Promise.resolve() });
     expect(ok.status).toBe(200);
     expect(ok.body).toEqual({ loaded: [REF], bytes: gz.length, sha256 });
+    // The import is an event the cloud hears of (the outbox's events channel).
+    const event = await waitFor('the event at the cloud', () => cloud.admin.messages(dev.uuid, { limit: 1000 }).messages.find((m) => m.channel === 'events' && (m.payload as { type?: string }).type === 'image-imported'), 30_000);
+    expect(event.payload).toMatchObject({ images: [REF], sha256, bytes: gz.length });
 
     const none = await agent({}, dirs.make(), `unix://${join(dirs.make(), 'no-docker.sock')}`);
     const refused = await post(none, '/v2/images/import', [readFileSync(archive)]);
