@@ -143,10 +143,15 @@ export class Router {
   /** In registration order, so that a test can walk every route (for auth, say). */
   readonly routes: ApiRoute[] = [];
   private readonly table = new Map<string, Map<string, Route>>();
+  /** Connections whose request a rawBody route is reading: the route bounds it (see serveHttp's `untimed`). */
+  private readonly streaming = new WeakSet<object>();
   /** Routes of `prefix + one path segment` (`/v2/secrets/{name}`); the handler reads the segment from the path. */
   private readonly segmentTable = new Map<string, Map<string, Route>>();
 
   constructor(private readonly o: RouterOptions) {}
+
+  /** Whether a rawBody route is reading this connection's request now. */
+  readonly untimed = (socket: object): boolean => this.streaming.has(socket);
 
   /** A GET route, and HEAD for it (same answer, no body). */
   get(path: string, handler: Handler): void {
@@ -216,6 +221,7 @@ export class Router {
       if (!route) throw new HttpError(404, 'not_found', `no route ${method} ${path}`);
       const ready = route.gate?.ready();
       if (ready) await ready;
+      if (route.rawBody) this.untime(req);
       const bytes = route.rawBody ? undefined : await this.readBody(req, route.bodyLimit ?? this.o.bodyLimit);
       const end = route.gate?.begin();
       let pending: unknown;
@@ -231,6 +237,14 @@ export class Router {
     } catch (err) {
       this.fail(req, res, err);
     }
+  }
+
+  private untime(req: IncomingMessage): void {
+    const socket = req.socket;
+    this.streaming.add(socket);
+    const done = (): void => void this.streaming.delete(socket);
+    req.once('end', done);
+    req.once('close', done);
   }
 
   /** The JSON body's bytes, undefined when there is none; a 415 or 413 when it cannot be taken. */

@@ -11,6 +11,7 @@ export interface ImagesView {
 }
 
 export const IMAGE_IMPORT_ROUTE = '/v2/images/import';
+const STALL_MS = 60_000;
 
 /** The answer for each refusal's code (workloads/image-import.ts); anything else is a 500. */
 const STATUS: Readonly<Record<string, [number, string]>> = {
@@ -44,6 +45,10 @@ export function imageRoutes(r: Router, view: ImagesView | undefined, drain: Drai
     view
       ? async (req) => {
           const length = req.headers['content-length'];
+          // No bound on the whole upload (gigabytes over a slow stick take their time), but one on a stall.
+          req.raw.setTimeout(STALL_MS, () => req.raw.destroy(new Error(`no byte of the archive for ${STALL_MS / 1000} s`)));
+          // Received whole: the engine's load may take longer than that, and the client waits for it.
+          req.raw.once('end', () => req.raw.setTimeout(0));
           try {
             const sha256 = expectedSha256(req);
             return await view.import({ body: req.raw, ...(sha256 !== undefined ? { sha256 } : {}), ...(length !== undefined ? { declaredBytes: Number(length) } : {}) });

@@ -155,7 +155,7 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
   imageRoutes(router, view.images, REFUSED_BODY_DRAIN);
   logRoutes(router, () => view.logs(), { ...FOLLOW_BOUNDS, ...opts.follow });
   const hub = opts.dashboard ? dashboardStream(router, opts, authorized) : undefined;
-  const served = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts }).catch((err: unknown) => {
+  const served = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts, untimed: router.untimed }).catch((err: unknown) => {
     hub?.close();
     throw err;
   });
