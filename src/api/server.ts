@@ -60,7 +60,7 @@ export interface ApiView {
   logs(): LogsView;
   /** The device's secrets: names and sources out, values only in. */
   secrets: SecretsView;
-  /** Image import and the target's images; undefined without the Docker runtime. */
+  /** Image import and the target's images (the agent always has them; undefined: the routes answer 404). */
   images?: ImagesView | undefined;
   metrics: MetricsExposition;
 }
