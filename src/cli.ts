@@ -232,6 +232,26 @@ apiOptions(secretCmd.command('rm'))
   .argument('<name>', 'the secret name')
   .action((name: string, opts: ApiOpts) => secretAction('rm', name, opts));
 
+/** `images import|ls`: see images-cli.ts. */
+const imagesCmd = program.command('images').description('air-gapped updates: load `docker save` archives into the engine of a running agent');
+imagesCmd.enablePositionalOptions();
+apiOptions(imagesCmd.command('import'))
+  .description('stream a `docker save` archive (optionally gzip\'d) to the agent, which verifies it and loads it into the engine')
+  .argument('<file>', 'the archive (docker save -o FILE IMAGE...)')
+  .option('--sha256 <hex>', 'the archive\'s sha256 (sha256sum FILE): refused, nothing loaded, when it differs')
+  .option('--json', 'print the answer as JSON')
+  .action(async (file: string, opts: ApiOpts & { sha256?: string; json?: boolean }) => {
+    const [{ localApiAccess }, { runImageImport }] = await Promise.all([import('./cli-api.js'), import('./images-cli.js')]);
+    process.exit(await runImageImport(localApiAccess(opts), file, opts, { out: process.stdout, err: process.stderr }));
+  });
+apiOptions(imagesCmd.command('ls'))
+  .description('the images the target names: present (with sizes) or missing (and why the pull failed)')
+  .option('--json', 'print the raw JSON of GET /v2/images')
+  .action(async (opts: ApiOpts & { json?: boolean }) => {
+    const [{ localApiAccess }, { AgentApi }, { runImageList }] = await Promise.all([import('./cli-api.js'), import('./cli-client.js'), import('./images-cli.js')]);
+    process.exit(await runImageList(new AgentApi(localApiAccess(opts)), opts, { out: process.stdout, err: process.stderr }));
+  });
+
 program
   .command('logs')
   .description('print the last log lines of the workloads and the agent from the local API of a running agent; -f follows them')

@@ -125,12 +125,15 @@ export interface RouteGate {
 export interface RouteOptions {
   bodyLimit?: BodyLimit;
   gate?: RouteGate;
+  /** The handler reads the body itself from `raw` (a stream of any type: POST /v2/images/import). */
+  rawBody?: boolean;
 }
 
 interface Route {
   handler: Handler;
   bodyLimit: BodyLimit | undefined;
   gate: RouteGate | undefined;
+  rawBody?: boolean;
 }
 
 const EMPTY_JSON = "Body cannot be empty when content-type is set to 'application/json'";
@@ -140,11 +143,16 @@ export class Router {
   /** In registration order, so that a test can walk every route (for auth, say). */
   readonly routes: ApiRoute[] = [];
   private readonly table = new Map<string, Map<string, Route>>();
+  /** Connections whose request a rawBody route is reading: the route bounds it (see serveHttp's `untimed`). */
+  private readonly streaming = new WeakSet<object>();
   /** Routes of `prefix + one path segment` (`/v2/secrets/{name}`); the handler reads the segment from the path. */
   private readonly segmentTable = new Map<string, Map<string, Route>>();
   private readonly patterns: { pattern: RegExp; route: Route }[] = [];
 
   constructor(private readonly o: RouterOptions) {}
+
+  /** Whether a rawBody route is reading this connection's request now. */
+  readonly untimed = (socket: object): boolean => this.streaming.has(socket);
 
   /** A GET route, and HEAD for it (same answer, no body). */
   get(path: string, handler: Handler): void {
@@ -201,7 +209,7 @@ export class Router {
   private add(method: string, path: string, handler: Handler, opts: RouteOptions = {}): void {
     const byMethod = this.table.get(path) ?? new Map<string, Route>();
     if (byMethod.has(method)) throw new Error(`route ${method} ${path} is registered twice`);
-    byMethod.set(method, { handler, bodyLimit: opts.bodyLimit, gate: opts.gate });
+    byMethod.set(method, { handler, bodyLimit: opts.bodyLimit, gate: opts.gate, rawBody: opts.rawBody });
     this.table.set(path, byMethod);
     this.routes.push({ method, url: path });
   }
@@ -221,7 +229,8 @@ export class Router {
       if (!route) throw new HttpError(404, 'not_found', `no route ${method} ${path}`);
       const ready = route.gate?.ready();
       if (ready) await ready;
-      const bytes = await this.readBody(req, route.bodyLimit ?? this.o.bodyLimit);
+      if (route.rawBody) this.untime(req);
+      const bytes = route.rawBody ? undefined : await this.readBody(req, route.bodyLimit ?? this.o.bodyLimit);
       const end = route.gate?.begin();
       let pending: unknown;
       try {
@@ -236,6 +245,14 @@ export class Router {
     } catch (err) {
       this.fail(req, res, err);
     }
+  }
+
+  private untime(req: IncomingMessage): void {
+    const socket = req.socket;
+    this.streaming.add(socket);
+    const done = (): void => void this.streaming.delete(socket);
+    req.once('end', done);
+    req.once('close', done);
   }
 
   /** The JSON body's bytes, undefined when there is none; a 415 or 413 when it cannot be taken. */

@@ -36,6 +36,28 @@ export interface ServeOptions {
   listener?: HeldListener | undefined;
   /** Tests shorten them. */
   timeouts?: Partial<HttpTimeouts> | undefined;
+  /** A connection streaming a body its route bounds itself (an image import, gigabytes): exempt from requestMs. */
+  untimed?: ((socket: Socket) => boolean) | undefined;
+}
+
+// What node answers a client error with when the server has no 'clientError' listener.
+const CANNED: Readonly<Record<string, string>> = {
+  ERR_HTTP_REQUEST_TIMEOUT: '408 Request Timeout',
+  HPE_HEADER_OVERFLOW: '431 Request Header Fields Too Large',
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: '413 Payload Too Large',
+};
+
+/**
+ * Node's own handling of a client error (a canned answer unless one has started, then the socket goes),
+ * except a request timeout on an `untimed` connection, which is let run.
+ */
+function onClientError(untimed: (socket: Socket) => boolean): (err: NodeJS.ErrnoException, socket: Socket) => void {
+  return (err, socket) => {
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && untimed(socket)) return;
+    const started = (socket as { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true;
+    if (socket.writable && !started) socket.write(`HTTP/1.1 ${CANNED[err.code ?? ''] ?? '400 Bad Request'}\r\nConnection: close\r\n\r\n`);
+    socket.destroy(err);
+  };
 }
 
 /** Serves `listener` on `host:port` (or on the early-bound port), and returns how to stop it and its URL. */
@@ -43,6 +65,7 @@ export async function serveHttp(listener: RequestListener, o: ServeOptions): Pro
   const t = { ...HTTP_TIMEOUTS, ...o.timeouts };
   const server = createServer({ headersTimeout: t.headersMs, requestTimeout: t.requestMs, connectionsCheckingInterval: t.checkEveryMs }, listener);
   server.keepAliveTimeout = t.keepAliveMs;
+  if (o.untimed) server.on('clientError', onClientError(o.untimed));
   // Every connection, however it came (accepted here or handed over by the early listener), to end at a stop.
   const sockets = new Set<Socket>();
   server.on('connection', (socket: Socket) => {

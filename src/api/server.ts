@@ -11,6 +11,7 @@ import { serveHttp, type HttpApp, type HttpTimeouts } from './http-server.js';
 import { FOLLOW_BOUNDS, logRoutes, type FollowBounds, type LogsView } from './logs-route.js';
 import { secretRoutes, type SecretsView } from './secret-routes.js';
 import { actionRoutes, type ActionsView } from './action-routes.js';
+import { imageRoutes, type ImagesView } from './image-routes.js';
 import type { TargetValidation } from '../workloads/target-schema.js';
 import { isOutboxError } from '../outbox/types.js';
 import { ShadowError } from '../shadow/shadow.js';
@@ -62,6 +63,8 @@ export interface ApiView {
   secrets: SecretsView;
   /** Device actions and the plan preview (docs/api.md, "Actions"). */
   actions?: ActionsView | undefined;
+  /** Image import and the target's images (the agent always has them; undefined: the routes answer 404). */
+  images?: ImagesView | undefined;
   metrics: MetricsExposition;
 }
 
@@ -153,9 +156,10 @@ export async function startApi(opts: ApiOptions): Promise<{ app: HttpApp; url: s
   shadowRoutes(router, view);
   secretRoutes(router, view.secrets);
   if (view.actions) actionRoutes(router, view.actions, { bytes: limits.maxTargetBytes, setting: 'limits.maxTargetBytes' });
+  imageRoutes(router, view.images, REFUSED_BODY_DRAIN);
   logRoutes(router, () => view.logs(), { ...FOLLOW_BOUNDS, ...opts.follow });
   const hub = opts.dashboard ? dashboardStream(router, opts, authorized) : undefined;
-  const served = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts }).catch((err: unknown) => {
+  const served = await serveHttp(router.listener, { host: opts.host, port: opts.port, listener: opts.listener, timeouts: opts.timeouts, untimed: router.untimed }).catch((err: unknown) => {
     hub?.close();
     throw err;
   });

@@ -5,6 +5,7 @@ import { configView } from '../config/fallback.js';
 import { lifecycleView } from '../lifecycle/view.js';
 import { jobsView, queueView, shadowSummary, stateView } from '../views/api-views.js';
 import { linkView } from '../views/link-view.js';
+import { buildImagesView } from './images.js';
 import type { AgentParts } from './parts.js';
 
 /** What the local API shows and controls, each answer read from the parts at request time. */
@@ -24,7 +25,7 @@ export function buildApiView(p: AgentParts): ApiView {
       const link = queueing.link;
       return { ...status.connectionHealth(), ...(link ? { link: linkView(link, queueing.outbox) } : {}) };
     },
-    state: () => stateView({ status, store, poller: cloud?.poller, reporter: cloud?.reporter, hasCloud: Boolean(config.cloud.apiUrl), registration: cloud?.registrar, lifecycle: () => lifecycleView(config.dataDir, core.version, core.lifecycle?.link !== undefined) }),
+    state: () => stateView({ missingImages: () => p.workloads.reconciler.missing.current(), status, store, poller: cloud?.poller, reporter: cloud?.reporter, hasCloud: Boolean(config.cloud.apiUrl), registration: cloud?.registrar, lifecycle: () => lifecycleView(config.dataDir, core.version, core.lifecycle?.link !== undefined) }),
     config: () => configView(config, core.configSource, core.clock.now()),
     pollNow: () => {
       if (!cloud) return false;
@@ -53,6 +54,7 @@ export function buildApiView(p: AgentParts): ApiView {
     clearLocalTarget: () => localTarget.clear(),
     logs: () => ({ tail: p.logs.tail, events: p.logs.events, serviceStats: () => p.logs.serviceStats(), clock: core.clock }),
     secrets: secretsView(p),
+    images: buildImagesView(p),
     metrics: buildMetrics(p),
   };
 }

@@ -272,6 +272,12 @@ const workloadsSchema = z.strictObject({
   processLogFiles: z.number().int().min(0).max(20).default(2).describe('Rotated output files kept per native process.'),
   containerLogMaxBytes: z.number().int().min(65_536).default(10_485_760).describe("Docker's json-file log size per container before it rotates."),
   containerLogFiles: z.number().int().min(1).max(20).default(3).describe('Docker log files kept per container.'),
+  maxImageImportBytes: z
+    .number()
+    .int()
+    .min(1_048_576)
+    .default(4 * 1_073_741_824)
+    .describe('Largest `docker save` archive POST /v2/images/import (and `images import`) takes (413 above it); it is spooled to the data dir first, which must also have room for it above settings.offline.minFreeDiskBytes (507 otherwise).'),
   registries: z
     .record(
       z.string().refine(isRegistryHost, REGISTRY_HOST_EXPECTED),

@@ -71,6 +71,8 @@ export interface StateParts {
   registration?: Pick<Registrar, 'status'> | undefined;
   /** The version running and self-update's state (releases/state.json). */
   lifecycle?: (() => LifecycleView) | undefined;
+  /** Images the target needs that the engine lacks and could not pull (docs/workloads.md, "Air-gapped updates"). */
+  missingImages?: (() => unknown[]) | undefined;
 }
 
 /** `GET /v2/state`: the config's source, the target and where it came from, the current state, the database. */
@@ -89,6 +91,7 @@ export function stateView(p: StateParts): unknown {
     database: p.store.databaseHealth(),
     registration: p.registration?.status() ?? null,
     lifecycle: p.lifecycle?.() ?? null,
+    missingImages: p.missingImages?.() ?? [],
   };
 }
 

@@ -7,6 +7,7 @@ import type { Random } from '../util/random.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
 import { hasExited, isActive, planService, resolveTarget, serviceKey, wantsRestart, type ResolvedService, type ServicePlan, type Step } from './planner.js';
 import { ImagePulls } from './image-pulls.js';
+import { MissingImages } from './missing-images.js';
 import { TargetRegistryCredentials, type RegistryCredentials, type RegistryLogin } from './registry-auth.js';
 import { RestartRequests, type RestartResult } from './restart-requests.js';
 import { RetryManager, type RestartBackoffSpec } from './retry.js';
@@ -77,6 +78,8 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   private readonly memos = new Map<string, ServiceMemo>();
   private readonly pulls: ImagePulls;
   private readonly restarts: RestartRequests;
+  /** Images the target needs that the engine lacks and could not pull (an import brings them). */
+  readonly missing: MissingImages;
   /** The registry credentials of the target of the pass under way. */
   private credentials: RegistryCredentials | undefined;
   private state: CurrentState = { status: 'applied', targetVersion: null, apps: {} };
@@ -102,6 +105,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
       timeoutMs: o.pullTimeoutMs ?? 20 * 60_000,
       settled: () => this.kick.kick(),
     });
+    this.missing = new MissingImages(this.retry.pull, () => this.kick.kick());
     this.restarts = new RestartRequests({ source: o.source, docker: o.docker, process: o.process, crash: this.retry.crash, logger: o.logger, lifetime, queued: () => this.kick.kick() });
     // Until the first pass has looked, a target in force is being applied.
     const t = o.source.current();
@@ -228,6 +232,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     this.passKey = targetKey(target);
     if (!target) {
       // Never had a target: leave whatever runs alone (nothing tells us what should).
+      this.missing.update([], new Map());
       this.publish({ status: 'applied', targetVersion: null, apps: {} });
       return { acted: false, failed: false };
     }
@@ -259,6 +264,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     this.credentials = new TargetRegistryCredentials(target.registries, this.o.deviceRegistries, this.o.secrets);
     this.pulls.retryChangedCredentials(this.credentials);
     const images = await this.pulls.present(resolved, signal);
+    this.missing.update(resolved, images);
 
     // Plan.
     const plans = new Map<string, ServicePlan>();

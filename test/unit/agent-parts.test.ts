@@ -148,7 +148,7 @@ describe('API views', () => {
       reporter: undefined,
       hasCloud: false,
     }) as Record<string, unknown>;
-    expect(Object.keys(s)).toEqual(['config', 'target', 'lastRejection', 'lastPollAt', 'lastPollError', 'lastReportError', 'current', 'mode', 'database', 'registration', 'lifecycle']);
+    expect(Object.keys(s)).toEqual(['config', 'target', 'lastRejection', 'lastPollAt', 'lastPollError', 'lastReportError', 'current', 'mode', 'database', 'registration', 'lifecycle', 'missingImages']);
     expect(s.mode).toBe('local');
   });
 });

@@ -150,6 +150,11 @@ export class DockerRuntime implements WorkloadRuntime {
     return this.loading;
   }
 
+  /** The engine's client, for what is not a runtime step (image import and listing). */
+  engineClient(): Promise<Docker> {
+    return this.engine();
+  }
+
   /** Where the engine is expected, for messages. */
   get endpoint(): string {
     if (!this.client) {
