@@ -7,6 +7,9 @@ import type { Random } from '../util/random.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
 import { hasExited, isActive, planService, resolveTarget, serviceKey, wantsRestart, type ResolvedService, type ServicePlan, type Step } from './planner.js';
 import { ImagePulls } from './image-pulls.js';
+import { holdForDependencies } from './app-order.js';
+import { hasHealthcheck } from './app-graph.js';
+import { RejectedUpdates } from './health-gate.js';
 import { TargetRegistryCredentials, type RegistryCredentials, type RegistryLogin } from './registry-auth.js';
 import { RestartRequests, type RestartResult } from './restart-requests.js';
 import { RetryManager, type RestartBackoffSpec } from './retry.js';
@@ -77,6 +80,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   private readonly memos = new Map<string, ServiceMemo>();
   private readonly pulls: ImagePulls;
   private readonly restarts: RestartRequests;
+  private readonly rejected = new RejectedUpdates();
   /** The registry credentials of the target of the pass under way. */
   private credentials: RegistryCredentials | undefined;
   private state: CurrentState = { status: 'applied', targetVersion: null, apps: {} };
@@ -271,11 +275,13 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
           pulling: image !== undefined && this.pulls.pulling(image),
           pullWaiting: image !== undefined && this.retry.pull.waiting(image),
           crashWaiting: this.retry.crash.waiting(key),
+          rejected: r ? this.rejected.reason(key, r.desired.configHash) : undefined,
         }),
       );
+      if (r) this.rejected.record(key, r.desired, plans.get(key), this.o.logger);
     }
+    holdForDependencies(plans, byKey);
     this.pulls.abortUnwanted(resolved);
-
     const acting = [...plans.values()].some((p) => p.steps.length > 0);
     this.publish(this.buildState(target, byKey, plans, acting));
 
@@ -290,6 +296,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
       }),
     );
     signal.throwIfAborted();
+    if (docker.ok) await this.o.docker?.pruneNetworks?.(new Set(Object.keys(target.apps)), signal);
     this.publish(this.buildState(target, byKey, plans, false));
     return { acted: acting, failed };
   }
@@ -335,6 +342,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   }
 
   private forgetGone(byKey: Map<string, ResolvedService>): void {
+    this.rejected.prune(new Map([...byKey].map(([k, r]) => [k, r.desired.configHash])));
     for (const key of this.memos.keys()) {
       if (!byKey.has(key)) {
         this.memos.delete(key);
@@ -360,7 +368,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
             if (step.restart) memo.restarts++;
             memo.lastError = null;
           }
-          plan.status = 'running';
+          plan.status = r && hasHealthcheck(r.desired.spec.healthcheck) ? 'starting' : 'running';
           plan.current = undefined;
         }
       } catch (err) {
@@ -439,7 +447,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
         s.exitCode = cur.exitCode;
         if (isActive(cur)) s.startedAt = cur.startedAt;
       } else if (s.status === 'running') s.startedAt = this.o.clock.now();
-      if (r.blocked) s.lastError = r.blocked.reason;
+      s.lastError = r.blocked?.reason ?? planError(s, plan) ?? s.lastError;
       if (s.status === 'backoff') {
         const crash = this.retry.crash.view(key);
         const pull = desired.image !== undefined ? this.retry.pull.view(desired.image) : undefined;
@@ -447,8 +455,8 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
         s.nextRetryAt = v.nextRetryAt;
         s.lastError = v.lastError ?? s.lastError;
       }
-      if (s.status === 'pulling' || s.status === 'creating' || s.status === 'stopped') anyBusy = true;
-      if (s.status === 'failed' || s.status === 'backoff') anyFailed = true;
+      if (['pulling', 'creating', 'stopped', 'starting', 'waiting'].includes(s.status)) anyBusy = true;
+      if (s.status === 'failed' || s.status === 'backoff' || s.status === 'unhealthy' || plan?.rejectedUpdate === true) anyFailed = true;
       // Object.hasOwn: an app may be named "constructor", which a plain object already "has".
       const appState = Object.hasOwn(apps, desired.app) ? (apps[desired.app] as CurrentState['apps'][string]) : (apps[desired.app] = { services: {} });
       appState.services[desired.service] = s;
@@ -469,4 +477,12 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
 function exitReason(i: Instance): string {
   const code = i.exitCode === null ? 'exited' : `exited with code ${i.exitCode}`;
   return i.error ? `${code}: ${i.error}` : code;
+}
+
+/** What the plan says went wrong: a dependency waited for, a rejected update, a failing health check. */
+function planError(s: ServiceState, plan: ServicePlan | undefined): string | undefined {
+  if (plan?.reason !== undefined) return plan.reason;
+  if (s.status !== 'unhealthy') return undefined;
+  const log = plan?.current?.healthLog;
+  return `unhealthy${log ? `: ${log}` : ''}`;
 }

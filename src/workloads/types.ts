@@ -3,8 +3,14 @@ import type { ServiceSpec, TargetState, UpdateStrategy } from './target-schema.j
 
 export type RuntimeKind = 'docker' | 'process';
 
-/** What a service is doing, as reported (PROTOCOL.md, "Current state"). */
-export type ServiceStatus = 'running' | 'exited' | 'pulling' | 'backoff' | 'failed' | 'stopped' | 'creating';
+/**
+ * What a service is doing, as reported (PROTOCOL.md, "Current state"). With a health check it is
+ * `starting` until healthy and `unhealthy` after its retries fail; `waiting` while a dependency is not ready.
+ */
+export type ServiceStatus = 'running' | 'exited' | 'pulling' | 'backoff' | 'failed' | 'stopped' | 'creating' | 'starting' | 'unhealthy' | 'waiting';
+
+/** A health check's verdict on a running instance; null when it has none. */
+export type HealthState = 'starting' | 'healthy' | 'unhealthy';
 
 export interface ServiceState {
   status: ServiceStatus;
@@ -58,6 +64,10 @@ export interface Instance {
   finishedAt: number | null;
   /** Changes with every exit, so one exit is counted once however often it is observed. */
   exitKey: string | null;
+  /** The health check's verdict while it runs (absent or null: no health check). */
+  health?: HealthState | null;
+  /** The last failed probe's output or reason, for lastError. */
+  healthLog?: string | null;
 }
 
 /** A service as the target wants it, with its runtime resolved and its configuration hashed. */
@@ -115,6 +125,8 @@ export interface WorkloadRuntime {
   /** Stops gracefully, then kills after the runtime's stop timeout. Stopping a stopped instance is a no-op. */
   stop(id: string, signal?: AbortSignal): Promise<void>;
   remove(id: string, signal?: AbortSignal): Promise<void>;
+  /** Removes what the runtime made for apps not in `keep` beyond their instances (Docker: the app networks). */
+  pruneNetworks?(keep: ReadonlySet<string>, signal?: AbortSignal): Promise<void>;
   /** Follows the runtime's own event stream, if it has one, until `signal` aborts. */
   watch?(signal: AbortSignal): Promise<void>;
   /** Releases the runtime at agent shutdown (the process runtime stops its children here). */

@@ -13,6 +13,7 @@ import { parseImageReference } from '../image-ref.js';
 import { parsePort, parseVolume } from '../target-schema.js';
 import { LABELS, type Availability, type DesiredService, type Instance, type InstanceState, type RegistryAuth, type WorkloadRuntime } from '../types.js';
 import { RuntimeEventEmitter } from './events.js';
+import { AppNetworks, engineHealthcheck, healthOf, networkOptions } from './docker-apps.js';
 
 /**
  * The Docker runtime: dockerode against `DOCKER_HOST` or the default socket.
@@ -127,12 +128,14 @@ export class DockerRuntime implements WorkloadRuntime {
   private readonly address: Docker.DockerOptions | undefined;
   private client: Docker | undefined;
   private loading: Promise<Docker> | undefined;
+  private readonly networks: AppNetworks;
 
   constructor(private readonly o: DockerRuntimeOptions) {
     // A bad address fails here, at the start, as before the client was loaded lazily.
     this.address = o.host ? dockerAddress(o.host) : undefined;
     this.client = o.docker;
     this.agentId = o.agentId ?? 'default';
+    this.networks = new AppNetworks({ engine: () => this.engine(), agentId: this.agentId, logger: o.logger, callSignal: (s) => this.signal(s) });
   }
 
   /** The client, loaded at the first call; fails as dockerode would while the engine's socket is missing. */
@@ -222,6 +225,7 @@ export class DockerRuntime implements WorkloadRuntime {
       startedAt,
       finishedAt,
       exitKey: state === 'exited' || state === 'dead' ? `${info.Id}:${st.FinishedAt ?? ZERO_TIME}` : null,
+      ...(state === 'running' ? healthOf(st) : {}),
     };
   }
 
@@ -293,6 +297,8 @@ export class DockerRuntime implements WorkloadRuntime {
       const [host, inContainer, perms] = d.split(':');
       return { PathOnHost: host as string, PathInContainer: inContainer ?? (host as string), CgroupPermissions: perms ?? 'rwm' };
     });
+    const net = networkOptions(spec, spec.network_mode === undefined ? await this.networks.ensure(app, signal) : undefined, service);
+    const healthcheck = engineHealthcheck(spec.healthcheck);
     const options: Docker.ContainerCreateOptions = {
       name: `${app}_${service}_${desired.configHash.slice(0, 8)}`,
       Image: desired.image,
@@ -311,12 +317,14 @@ export class DockerRuntime implements WorkloadRuntime {
         [LABELS.configHash]: desired.configHash,
       },
       ExposedPorts: exposed,
+      ...(healthcheck ? { Healthcheck: healthcheck } : {}),
+      ...(net.NetworkingConfig ? { NetworkingConfig: net.NetworkingConfig } : {}),
       HostConfig: {
         Binds: binds,
         PortBindings: bindings,
         Privileged: spec.privileged,
         Devices: devices,
-        ...(spec.network_mode ? { NetworkMode: spec.network_mode } : {}),
+        ...(net.NetworkMode ? { NetworkMode: net.NetworkMode } : {}),
         // The agent restarts, with its own CrashLoopBackOff.
         RestartPolicy: { Name: 'no' },
         ...this.logConfig(),
@@ -335,6 +343,11 @@ export class DockerRuntime implements WorkloadRuntime {
       }
       throw new Error(dockerMessage(err), { cause: err });
     }
+  }
+
+  /** Removes the networks of apps that left the target (docker-apps.ts). */
+  pruneNetworks(keep: ReadonlySet<string>, signal?: AbortSignal): Promise<void> {
+    return this.networks.prune(keep, signal);
   }
 
   /** Where this runtime writes file secrets (pruned by the assembly when services go). */
