@@ -34,9 +34,6 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  // The engine helper removes containers and volumes of this run; networks are the agent's to remove, so check.
-  const left = await eng?.docker.listNetworks({ filters: { label: ['io.iotistic.managed=true'] } });
-  for (const n of left ?? []) if ((n.Labels?.['io.iotistic.agent'] ?? '').startsWith(eng.runId)) await eng.docker.getNetwork(n.Id).remove().catch(() => undefined);
   await reg?.destroy();
   await eng?.stop();
   dirs.cleanup();

@@ -81,31 +81,29 @@ export class AppNetworks {
     return docker.listNetworks({ filters: { label: this.labels() }, abortSignal: this.o.callSignal(signal) } as object);
   }
 
-  /** The name of the app's network, created when it does not exist yet. */
+  /**
+   * The id of the app's network, created when it does not exist yet. Containers join it by id: the
+   * engine lets two networks share a name (another agent's, someone's by hand), and then refuses the name.
+   */
   async ensure(app: string, signal?: AbortSignal): Promise<string> {
     const found = (await this.list(signal)).find((n) => n.Labels?.[LABELS.app] === app);
-    if (found) return found.Name;
+    if (found) return found.Id;
     const docker = await this.o.engine();
-    const create = (name: string): Promise<unknown> =>
-      docker.createNetwork({
+    const create = async (name: string): Promise<string> =>
+      (await docker.createNetwork({
         Name: name,
         Driver: 'bridge',
         CheckDuplicate: true,
         Labels: { [LABELS.managed]: 'true', [LABELS.agent]: this.o.agentId, [LABELS.app]: app },
         abortSignal: this.o.callSignal(signal),
-      } as Docker.NetworkCreateOptions);
+      } as Docker.NetworkCreateOptions)).id;
     const name = `${app}_default`;
-    try {
-      await create(name);
-      return name;
-    } catch (err) {
-      if (statusOf(err) !== 409) throw err;
-      // The name is taken by a network that is not this agent's (its own was looked for above).
-      const other = `${app}_${randomBytes(4).toString('hex')}`;
-      this.o.logger.warn({ app, name, instead: other }, 'network name taken by a network the agent does not manage; using another name');
-      await create(other);
-      return other;
-    }
+    const taken = (await docker.listNetworks({ filters: { name: [name] }, abortSignal: this.o.callSignal(signal) } as object)).some((n) => n.Name === name);
+    if (!taken) return create(name);
+    // Taken by a network that is not this agent's (its own was looked for above).
+    const other = `${app}_${randomBytes(4).toString('hex')}`;
+    this.o.logger.info({ app, name, instead: other }, 'network name taken by a network this agent does not manage; using another name');
+    return create(other);
   }
 
   /** Removes the networks of apps not in `keep`; one still in use (containers not yet gone) is left for a later pass. */
