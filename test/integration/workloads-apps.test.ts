@@ -1,3 +1,5 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/util/clock.js';
 import { Reconciler } from '../../src/workloads/reconciler.js';
@@ -163,6 +165,32 @@ describe('apps as a unit on a real Docker engine', () => {
     const healthyAt = Date.parse(dbInfo.State.StartedAt) + 2_000;
     // api started after db's script made it healthy (2 s after db started).
     expect(Date.parse(apiInfo.State.StartedAt)).toBeGreaterThanOrEqual(healthyAt);
+  }, 120_000);
+
+  it('a process with an HTTP health check is starting until it answers; its dependent waits for it', async () => {
+    const port = 20_000 + Math.floor(Math.random() * 30_000);
+    const www = dirs.make();
+    writeFileSync(join(www, 'index.html'), 'ok\n');
+    const a = agent(
+      target(1, {
+        native: {
+          services: {
+            api: {
+              runtime: 'process',
+              command: ['/bin/sh', '-c', `sleep 1; exec /usr/bin/busybox httpd -f -p 127.0.0.1:${port} -h ${www}`],
+              healthcheck: { http: `http://127.0.0.1:${port}/`, intervalSeconds: 0.3, timeoutSeconds: 2, retries: 3 },
+            },
+            worker: { runtime: 'process', command: ['/bin/sh', '-c', 'exec sleep 1000'], dependsOn: { api: { condition: 'healthy' } } },
+          },
+        },
+      }),
+    );
+    await waitFor('v1 applied', () => a.applied(1), 60_000).catch((err: unknown) => {
+      throw new Error(`${String(err)}: ${JSON.stringify(a.states.at(-1))}`);
+    });
+    expect(a.service('native', 'api')?.status).toBe('running');
+    const seen = a.states.map((s) => s.apps.native?.services);
+    expect(seen.some((s) => s?.api?.status === 'starting' && s.worker?.status === 'waiting' && s.worker.lastError === 'waiting for api to be healthy')).toBe(true);
   }, 120_000);
 
   it('an update whose health check fails does not replace the healthy old version', async () => {
