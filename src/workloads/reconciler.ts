@@ -280,7 +280,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
       );
       if (r) this.rejected.record(key, r.desired, plans.get(key), this.o.logger);
     }
-    holdForDependencies(plans, byKey);
+    holdForDependencies(plans, byKey, instancesByKey);
     this.pulls.abortUnwanted(resolved);
     const acting = [...plans.values()].some((p) => p.steps.length > 0);
     this.publish(this.buildState(target, byKey, plans, acting));

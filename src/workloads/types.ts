@@ -68,6 +68,8 @@ export interface Instance {
   health?: HealthState | null;
   /** The last failed probe's output or reason, for lastError. */
   healthLog?: string | null;
+  /** The services of its app it depended on when created (the stop order on removal is the reverse). */
+  dependsOn?: readonly string[];
 }
 
 /** A service as the target wants it, with its runtime resolved and its configuration hashed. */
@@ -140,4 +142,5 @@ export const LABELS = {
   app: 'io.iotistic.app',
   service: 'io.iotistic.service',
   configHash: 'io.iotistic.config-hash',
+  dependsOn: 'io.iotistic.depends-on',
 } as const;

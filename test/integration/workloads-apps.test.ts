@@ -128,6 +128,7 @@ describe('apps as a unit on a real Docker engine', () => {
     const info = await eng.docker.getContainer(client?.id as string).inspect();
     expect(Object.keys(info.NetworkSettings.Networks)).toEqual(['shop_default']);
     expect(info.NetworkSettings.Networks.shop_default?.Aliases).toContain('client');
+    expect(info.Config.Labels['io.iotistic.depends-on']).toBe('web');
     await waitFor('the client fetched the page from "web"', async () => (await logsOf(client?.id as string)).includes('got: hello-from-web'), 30_000);
 
     a.source.set(target(2, {}));

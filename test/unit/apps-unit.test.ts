@@ -119,13 +119,14 @@ describe('updates that wait for healthy (the planner)', () => {
 });
 
 describe('start order (the reconciler on a memory runtime)', () => {
-  it('starts each service once its dependencies run, or are healthy where asked', async () => {
+  it('starts each service once its dependencies run, or are healthy where asked; stops them in the reverse order', async () => {
     const clock = new FakeClock();
     const docker = new MemoryRuntime('docker', clock);
     docker.images.add('x:1');
     const proc = new MemoryRuntime('process', clock);
     const t = target(1, { app: { services: { a: { image: 'x:1', dependsOn: { b: { condition: 'healthy' } } }, b: { image: 'x:1', healthcheck: HC, dependsOn: ['c'] }, c: { image: 'x:1' } } } });
-    const rec = new Reconciler({ source: new MemoryTargetSource(t), docker, process: proc, clock, random: seededRandom(1), logger: silentLogger(), reconciliationIntervalMs: 10_000 });
+    const source = new MemoryTargetSource(t);
+    const rec = new Reconciler({ source, docker, process: proc, clock, random: seededRandom(1), logger: silentLogger(), reconciliationIntervalMs: 10_000 });
     const status = (s: string): unknown => rec.currentState().apps.app?.services[s];
     await rec.reconcileOnce();
     expect(docker.starts.map((s) => s.service)).toEqual(['c']);
@@ -146,6 +147,17 @@ describe('start order (the reconciler on a memory runtime)', () => {
     await rec.reconcileOnce();
     expect(status('b')).toMatchObject({ status: 'unhealthy', lastError: 'unhealthy: exit code 1: no db' });
     expect(rec.currentState().status).toBe('failed');
+
+    // The app leaves: stopped in the reverse order, by the dependencies its instances were created with.
+    for (const i of docker.instances.values()) i.dependsOn = i.service === 'a' ? ['b'] : i.service === 'b' ? ['c'] : [];
+    source.set(target(2, {}));
+    const left = (): string[] => [...docker.instances.values()].map((i) => i.service).sort();
+    await rec.reconcileOnce();
+    expect(left()).toEqual(['b', 'c']);
+    await rec.reconcileOnce();
+    expect(left()).toEqual(['c']);
+    await rec.reconcileOnce();
+    expect(left()).toEqual([]);
     await rec.close();
   });
 });

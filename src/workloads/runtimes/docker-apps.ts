@@ -2,9 +2,9 @@ import type Docker from 'dockerode';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../../util/logger.js';
 import { errorMessage } from '../../util/errors.js';
-import { hasHealthcheck, type Healthcheck } from '../app-graph.js';
+import { dependencies, hasHealthcheck, type Healthcheck } from '../app-graph.js';
 import type { ServiceSpec } from '../target-schema.js';
-import { LABELS, type HealthState } from '../types.js';
+import { LABELS, type HealthState, type Instance } from '../types.js';
 
 /**
  * The Docker side of apps as a unit: each app's own bridge network (its services find each other
@@ -43,6 +43,18 @@ export function healthOf(state: { Health?: InspectHealth } | undefined): { healt
   const output = failed?.Output?.trim().replace(/\s+/g, ' ').slice(0, 300);
   const healthLog = failed ? (output ? `exit code ${failed.ExitCode}: ${output}` : `exit code ${failed.ExitCode}`) : null;
   return { health: status, healthLog };
+}
+
+/** What an instance carries for apps as a unit: its health (while it runs) and the dependencies it was created with. */
+export function appFields(labels: Record<string, string>, running: { Health?: InspectHealth } | undefined): Pick<Instance, 'health' | 'healthLog' | 'dependsOn'> {
+  const deps = labels[LABELS.dependsOn];
+  return { ...(running ? healthOf(running) : {}), ...(deps ? { dependsOn: deps.split(',') } : {}) };
+}
+
+/** The services a container depends on, as a label: the reverse stop order needs them once the target no longer names the app. */
+export function dependsOnLabel(spec: Pick<ServiceSpec, 'dependsOn'>): Record<string, string> {
+  const deps = dependencies(spec.dependsOn).map((d) => d.service);
+  return deps.length > 0 ? { [LABELS.dependsOn]: deps.join(',') } : {};
 }
 
 /** The network part of a container's create options: the app's network with the service name as alias, unless the service sets a mode. */

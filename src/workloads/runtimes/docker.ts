@@ -13,7 +13,7 @@ import { parseImageReference } from '../image-ref.js';
 import { parsePort, parseVolume } from '../target-schema.js';
 import { LABELS, type Availability, type DesiredService, type Instance, type InstanceState, type RegistryAuth, type WorkloadRuntime } from '../types.js';
 import { RuntimeEventEmitter } from './events.js';
-import { AppNetworks, engineHealthcheck, healthOf, networkOptions } from './docker-apps.js';
+import { AppNetworks, appFields, dependsOnLabel, engineHealthcheck, networkOptions } from './docker-apps.js';
 
 /**
  * The Docker runtime: dockerode against `DOCKER_HOST` or the default socket.
@@ -225,7 +225,7 @@ export class DockerRuntime implements WorkloadRuntime {
       startedAt,
       finishedAt,
       exitKey: state === 'exited' || state === 'dead' ? `${info.Id}:${st.FinishedAt ?? ZERO_TIME}` : null,
-      ...(state === 'running' ? healthOf(st) : {}),
+      ...appFields(labels, state === 'running' ? st : undefined),
     };
   }
 
@@ -315,6 +315,7 @@ export class DockerRuntime implements WorkloadRuntime {
         [LABELS.app]: app,
         [LABELS.service]: service,
         [LABELS.configHash]: desired.configHash,
+        ...dependsOnLabel(spec),
       },
       ExposedPorts: exposed,
       ...(healthcheck ? { Healthcheck: healthcheck } : {}),
@@ -346,9 +347,7 @@ export class DockerRuntime implements WorkloadRuntime {
   }
 
   /** Removes the networks of apps that left the target (docker-apps.ts). */
-  pruneNetworks(keep: ReadonlySet<string>, signal?: AbortSignal): Promise<void> {
-    return this.networks.prune(keep, signal);
-  }
+  readonly pruneNetworks = (keep: ReadonlySet<string>, signal?: AbortSignal): Promise<void> => this.networks.prune(keep, signal);
 
   /** Where this runtime writes file secrets (pruned by the assembly when services go). */
   get secretsDir(): string | undefined {

@@ -12,6 +12,7 @@ import { RuntimeEventEmitter } from './events.js';
 import { ProcessFiles, type PidRecord } from './process-files.js';
 import { RotatingLog } from './rotating-log.js';
 import { HealthProbes } from '../health-probes.js';
+import { dependencies } from '../app-graph.js';
 import { groupMembers, processStartTicks, signalGroup } from '../../util/process-group.js';
 
 export { groupMembers, processStartTicks };
@@ -159,6 +160,7 @@ export class ProcessRuntime implements WorkloadRuntime {
       finishedAt: p.finishedAt,
       exitKey: p.exits > 0 ? `${p.id}:${p.exits}` : null,
       ...(p.state === 'running' ? this.probes.verdict(p.id) : {}),
+      dependsOn: dependencies(p.desired.spec.dependsOn).map((d) => d.service),
     }));
   }
 
