@@ -82,6 +82,9 @@ export interface AppNetworksOptions {
  * target and its containers are gone.
  */
 export class AppNetworks {
+  /** One lookup-or-create per app at a time: an app's services are created side by side. */
+  private readonly pending = new Map<string, Promise<string>>();
+
   constructor(private readonly o: AppNetworksOptions) {}
 
   private labels(): string[] {
@@ -97,7 +100,16 @@ export class AppNetworks {
    * The id of the app's network, created when it does not exist yet. Containers join it by id: the
    * engine lets two networks share a name (another agent's, someone's by hand), and then refuses the name.
    */
-  async ensure(app: string, signal?: AbortSignal): Promise<string> {
+  ensure(app: string, signal?: AbortSignal): Promise<string> {
+    let p = this.pending.get(app);
+    if (!p) {
+      p = this.lookupOrCreate(app, signal).finally(() => this.pending.delete(app));
+      this.pending.set(app, p);
+    }
+    return p;
+  }
+
+  private async lookupOrCreate(app: string, signal?: AbortSignal): Promise<string> {
     const found = (await this.list(signal)).find((n) => n.Labels?.[LABELS.app] === app);
     if (found) return found.Id;
     const docker = await this.o.engine();
