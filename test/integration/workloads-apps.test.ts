@@ -222,4 +222,30 @@ describe('apps as a unit on a real Docker engine', () => {
     expect(now[0]?.id).not.toBe(old?.id);
     expect(a.service('app', 'web')?.lastError).toBeNull();
   }, 180_000);
+
+  it('a service publishing a host port: the old one is stopped for the new, and started again when the new one fails', async () => {
+    const port = 20_000 + Math.floor(Math.random() * 30_000);
+    const svc = (version: string, check: string): object => ({
+      image: IMG,
+      command: RUN,
+      ports: [`127.0.0.1:${port}:80`],
+      environment: { VERSION: version },
+      healthcheck: { test: ['CMD', `/bin/${check}`], intervalSeconds: 0.5, timeoutSeconds: 2, retries: 2 },
+    });
+    const a = agent(target(1, { app: { services: { web: svc('1', 'true') } } }));
+    await waitFor('v1 applied and healthy', () => a.applied(1) && a.service('app', 'web')?.status === 'running', 60_000);
+    const [old] = await containersOf(a.id, 'web');
+    const firstStart = (await eng.docker.getContainer(old?.id as string).inspect()).State.StartedAt;
+
+    a.source.set(target(2, { app: { services: { web: svc('2', 'false') } } }));
+    await waitFor('the new version rejected', () => a.service('app', 'web')?.lastError?.startsWith('new version unhealthy') === true, 60_000);
+    await waitFor('the old one running again, alone', async () => {
+      const now = await containersOf(a.id, 'web');
+      return now.length === 1 && now[0]?.id === old?.id && now[0]?.state === 'running';
+    }, 30_000);
+    const started = (await eng.docker.getContainer(old?.id as string).inspect()).State.StartedAt;
+    // It was stopped for the new one (a host port is bound once) and started again.
+    expect(Date.parse(started)).toBeGreaterThan(Date.parse(firstStart));
+    await waitFor('running', () => a.service('app', 'web')?.status === 'running', 30_000);
+  }, 180_000);
 });
