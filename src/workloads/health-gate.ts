@@ -1,11 +1,12 @@
 import { hasHealthcheck } from './app-graph.js';
+import { parseVolume } from './target-schema.js';
 import type { Logger } from '../util/logger.js';
 import type { DesiredService, Instance, ServiceStatus } from './types.js';
 
 /**
  * Updates that wait for healthy: with download-then-kill (the default), a container service with a
  * health check runs its new version beside the old one and the old is removed only once the new is
- * healthy. A service that publishes host ports cannot run twice: there the old is stopped first
+ * healthy. A service that publishes host ports or writes a volume cannot run twice: there the old is stopped first
  * and kept (stopped) until the new is healthy, so it can be started again. A new version that turns
  * unhealthy or exits first is removed, the old keeps (or resumes) running, and the configuration is
  * remembered as rejected: it is not tried again until the target asks for another configuration.
@@ -90,8 +91,10 @@ export function planGatedUpdate(g: GateInput): GatePlan | undefined {
     return { steps: start, status: 'starting', current: g.current };
   }
   if (!g.imagePresent || !g.isActive(old)) return undefined;
-  // A host port can be bound once: stop the old first, but keep it for a rollback.
-  const stopFirst: GateStep[] = g.desired.spec.ports.length > 0 ? [{ kind: 'stop', instance: old }] : [];
+  // A host port can be bound once, and two writers on one volume (a database's lock) would fail or
+  // corrupt it: stop the old first, but keep it for a rollback.
+  const exclusive = g.desired.spec.ports.length > 0 || g.desired.spec.volumes.some((v) => parseVolume(v)?.readOnly === false);
+  const stopFirst: GateStep[] = exclusive ? [{ kind: 'stop', instance: old }] : [];
   return { steps: [...drop(others, g.isActive), ...stopFirst, { kind: 'create', desired: g.desired }, { kind: 'start', restart: false }], status: 'starting', current: undefined };
 }
 

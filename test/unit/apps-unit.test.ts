@@ -88,10 +88,12 @@ function plan(spec: Record<string, unknown>, instances: Instance[], rejected?: s
 
 describe('updates that wait for healthy (the planner)', () => {
   const old = instance({ id: 'old' });
-  it('starts the new version beside the old one, or stops the old first (kept for a rollback) when it publishes host ports', () => {
+  it('starts the new version beside the old one, or stops the old first (kept for a rollback) when it publishes host ports or writes a volume', () => {
     expect(plan({ image: 'x:2', healthcheck: HC }, [old]).steps.map((s) => s.kind)).toEqual(['create', 'start']);
     const ports = plan({ image: 'x:2', healthcheck: HC, ports: ['8080:80'] }, [old]);
     expect(ports.steps.map((s) => s.kind)).toEqual(['stop', 'create', 'start']);
+    expect(plan({ image: 'x:2', healthcheck: HC, volumes: ['data:/data'] }, [old]).steps.map((s) => s.kind)).toEqual(['stop', 'create', 'start']);
+    expect(plan({ image: 'x:2', healthcheck: HC, volumes: ['conf:/conf:ro'] }, [old]).steps.map((s) => s.kind)).toEqual(['create', 'start']);
     // Without a health check, or with kill-then-download: as before.
     expect(plan({ image: 'x:2' }, [old]).steps.map((s) => s.kind)).toEqual(['stop', 'remove', 'create', 'start']);
     expect(plan({ image: 'x:2', healthcheck: HC, labels: { 'io.iotistic.update-strategy': 'kill-then-download' } }, [old]).steps.map((s) => s.kind)).toEqual(['stop', 'remove', 'create', 'start']);
