@@ -10,7 +10,7 @@ export interface ServiceMetricsSource {
 }
 
 /** Every state a service can be in (workloads/types.ts `ServiceStatus`), each a series from the service's first scrape. */
-export const SERVICE_STATES: readonly ServiceStatus[] = ['running', 'exited', 'pulling', 'backoff', 'failed', 'stopped', 'creating'];
+export const SERVICE_STATES: readonly ServiceStatus[] = ['running', 'exited', 'pulling', 'backoff', 'failed', 'stopped', 'creating', 'starting', 'unhealthy', 'waiting'];
 
 /** The agent (version, device) and the services it runs: up or not, the state, the restarts it made. */
 export function serviceMetrics(registry: Registry, source: ServiceMetricsSource): void {

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { normalizeImage } from './image-ref.js';
 import { servicePolicyIssues, updateStrategyOf, UPDATE_STRATEGY_LABEL, type ServiceSpec, type TargetState, type WorkloadPolicy } from './target-schema.js';
 import { formatIssue } from '../config/issues.js';
+import { healthStatus, planGatedUpdate } from './health-gate.js';
 import type { Availability, DesiredService, Instance, RuntimeKind, SecretSource, ServiceStatus } from './types.js';
 
 /**
@@ -26,11 +27,11 @@ function canonical(value: unknown): string {
 }
 
 /**
- * The hash of what an instance is made from. The restart policy and the update strategy are left
- * out: the agent applies them itself, so changing them must not recreate a running service.
+ * The hash of what an instance is made from. The restart policy, the update strategy and the
+ * dependencies are left out: the agent applies them itself, so changing them must not recreate a running service.
  */
 export function configHash(runtime: RuntimeKind, spec: ServiceSpec): string {
-  const { restart: _restart, runtime: _runtime, labels, image, ...rest } = spec;
+  const { restart: _restart, runtime: _runtime, labels, image, dependsOn: _dependsOn, ...rest } = spec;
   const { [UPDATE_STRATEGY_LABEL]: _strategy, ...ownLabels } = labels;
   const material = { runtime, image: image === undefined ? undefined : normalizeImage(image), labels: ownLabels, ...rest };
   return createHash('sha256').update(canonical(material)).digest('hex').slice(0, 32);
@@ -138,6 +139,8 @@ export interface PlanInput {
   pullWaiting: boolean;
   /** The crash loop holds the next start back. */
   crashWaiting: boolean;
+  /** Why this configuration failed its health check as an update before (health-gate.ts), if it did. */
+  rejected?: string | undefined;
 }
 
 export interface ServicePlan {
@@ -147,6 +150,10 @@ export interface ServicePlan {
   /** The instance that is (or will be) the service, if there is one now. */
   current: Instance | undefined;
   reason?: string;
+  /** The new configuration failed its health check as an update: remember it as rejected, for this reason. */
+  reject?: string;
+  /** The old version runs because the new one was rejected. */
+  rejectedUpdate?: boolean;
 }
 
 function teardown(instances: readonly Instance[]): Step[] {
@@ -181,10 +188,14 @@ export function planService(input: PlanInput): ServicePlan {
   const matching = instances.filter((i) => i.runtime === desired.runtime && i.configHash === desired.configHash).sort(preferred);
   const current = matching[0];
   const stale = instances.filter((i) => i !== current);
+  if (current || !input.crashWaiting) {
+    const gated = planGatedUpdate({ desired, current, stale, imagePresent: input.imagePresent, rejected: input.rejected, isActive, hasExited });
+    if (gated) return gated;
+  }
 
   if (current) {
     const steps = teardown(stale);
-    if (isActive(current)) return { steps, status: 'running', current };
+    if (isActive(current)) return { steps, status: healthStatus(current), current };
     if (!hasExited(current)) {
       // Created and never started (the agent stopped between the two): start it now.
       return { steps: [...steps, { kind: 'start', instance: current, restart: false }], status: 'creating', current };

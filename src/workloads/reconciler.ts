@@ -6,13 +6,17 @@ import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
 import { hasExited, isActive, planService, resolveTarget, serviceKey, wantsRestart, type ResolvedService, type ServicePlan, type Step } from './planner.js';
+import { buildCurrentState, type StateInputs } from './current-state.js';
 import { ImagePulls } from './image-pulls.js';
 import { MissingImages } from './missing-images.js';
+import { holdForDependencies } from './app-order.js';
+import { hasHealthcheck } from './app-graph.js';
+import { RejectedUpdates } from './health-gate.js';
 import { TargetRegistryCredentials, type RegistryCredentials, type RegistryLogin } from './registry-auth.js';
 import { RestartRequests, type RestartResult } from './restart-requests.js';
 import { RetryManager, type RestartBackoffSpec } from './retry.js';
 import { DEFAULT_WORKLOAD_POLICY, type TargetState, type WorkloadPolicy } from './target-schema.js';
-import type { ApplyStatus, Availability, CurrentState, Instance, RuntimeKind, SecretSource, ServiceState, TargetSource, WorkloadRuntime } from './types.js';
+import type { Availability, CurrentState, Instance, RuntimeKind, SecretSource, TargetSource, WorkloadRuntime } from './types.js';
 
 /**
  * The workload reconciler, in the kubelet's shape: observe what runs (both runtimes), diff it
@@ -80,6 +84,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   private readonly restarts: RestartRequests;
   /** Images the target needs that the engine lacks and could not pull (an import brings them). */
   readonly missing: MissingImages;
+  private readonly rejected = new RejectedUpdates();
   /** The registry credentials of the target of the pass under way. */
   private credentials: RegistryCredentials | undefined;
   private state: CurrentState = { status: 'applied', targetVersion: null, apps: {} };
@@ -237,20 +242,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
       return { acted: false, failed: false };
     }
 
-    // Observe.
-    let docker: Availability = this.o.docker ? await this.o.docker.availability(signal) : { ok: false, reason: 'no container engine is configured on this device' };
-    const instances: Instance[] = [];
-    if (this.o.docker && docker.ok) {
-      try {
-        instances.push(...(await this.o.docker.list(signal)));
-      } catch (err) {
-        signal.throwIfAborted();
-        docker = { ok: false, reason: `listing containers failed: ${errorMessage(err)}` };
-      }
-    }
-    instances.push(...(await this.o.process.list(signal)));
-    signal.throwIfAborted();
-
+    const { docker, instances } = await this.observe(signal);
     const resolved = resolveTarget(target, docker, this.policy, this.o.secrets);
     const byKey = new Map<string, ResolvedService>();
     for (const r of resolved) byKey.set(serviceKey(r.desired.app, r.desired.service), r);
@@ -282,13 +274,15 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
           pulling: image !== undefined && this.pulls.pulling(image),
           pullWaiting: image !== undefined && this.retry.pull.waiting(image),
           crashWaiting: this.retry.crash.waiting(key),
+          rejected: r ? this.rejected.reason(key, r.desired.configHash) : undefined,
         }),
       );
+      if (r) this.rejected.record(key, r.desired, plans.get(key), this.o.logger);
     }
+    holdForDependencies(plans, byKey, instancesByKey);
     this.pulls.abortUnwanted(resolved);
-
     const acting = [...plans.values()].some((p) => p.steps.length > 0);
-    this.publish(this.buildState(target, byKey, plans, acting));
+    this.publish(buildCurrentState(target, byKey, plans, acting, this.stateInputs()));
 
     // Act: services side by side, each one's steps in order.
     let failed = false;
@@ -297,12 +291,31 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
         if (plan.steps.length === 0) return;
         const ok = await this.act(key, byKey.get(key), plan, signal);
         if (!ok) failed = true;
-        if (byKey.has(key)) this.publish(this.buildState(target, byKey, plans, true));
+        if (byKey.has(key)) this.publish(buildCurrentState(target, byKey, plans, true, this.stateInputs()));
       }),
     );
     signal.throwIfAborted();
-    this.publish(this.buildState(target, byKey, plans, false));
+    if (docker.ok) await this.o.docker?.pruneNetworks?.(new Set(Object.keys(target.apps)), signal);
+    this.publish(buildCurrentState(target, byKey, plans, false, this.stateInputs()));
     return { acted: acting, failed };
+  }
+
+  /** What runs now: the engine's containers (when it answers) and the processes. */
+  private async observe(signal: AbortSignal): Promise<{ docker: Availability; instances: Instance[] }> {
+    let docker: Availability = this.o.docker ? await this.o.docker.availability(signal) : { ok: false, reason: 'no container engine is configured on this device' };
+    const instances: Instance[] = [];
+    if (this.o.docker && docker.ok) {
+      try {
+        instances.push(...(await this.o.docker.list(signal)));
+      } catch (err) {
+        signal.throwIfAborted();
+        docker = { ok: false, reason: `listing containers failed: ${errorMessage(err)}` };
+      }
+    }
+    instances.push(...(await this.o.process.list(signal)));
+    signal.throwIfAborted();
+
+    return { docker, instances };
   }
 
   /** Counts new exits of the instance that is the service into its crash loop. */
@@ -346,6 +359,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
   }
 
   private forgetGone(byKey: Map<string, ResolvedService>): void {
+    this.rejected.prune(new Map([...byKey].map(([k, r]) => [k, r.desired.configHash])));
     for (const key of this.memos.keys()) {
       if (!byKey.has(key)) {
         this.memos.delete(key);
@@ -371,7 +385,7 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
             if (step.restart) memo.restarts++;
             memo.lastError = null;
           }
-          plan.status = 'running';
+          plan.status = r && hasHealthcheck(r.desired.spec.healthcheck) ? 'starting' : 'running';
           plan.current = undefined;
         }
       } catch (err) {
@@ -427,45 +441,8 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     return rt;
   }
 
-  private buildState(target: TargetState, byKey: Map<string, ResolvedService>, plans: Map<string, ServicePlan>, acting: boolean): CurrentState {
-    const apps: CurrentState['apps'] = {};
-    let anyBusy = acting || this.pulls.size > 0;
-    let anyFailed = false;
-    for (const [key, r] of byKey) {
-      const plan = plans.get(key);
-      const memo = this.memo(key, r.desired.configHash);
-      const { desired } = r;
-      const s: ServiceState = {
-        status: plan?.status ?? 'stopped',
-        restarts: memo.restarts,
-        lastError: memo.lastError,
-        image: desired.spec.image ?? null,
-        runtime: desired.runtime,
-        startedAt: null,
-        nextRetryAt: null,
-        exitCode: null,
-      };
-      const cur = plan?.current;
-      if (cur) {
-        s.exitCode = cur.exitCode;
-        if (isActive(cur)) s.startedAt = cur.startedAt;
-      } else if (s.status === 'running') s.startedAt = this.o.clock.now();
-      if (r.blocked) s.lastError = r.blocked.reason;
-      if (s.status === 'backoff') {
-        const crash = this.retry.crash.view(key);
-        const pull = desired.image !== undefined ? this.retry.pull.view(desired.image) : undefined;
-        const v = pull && this.retry.pull.waiting(desired.image as string) ? pull : crash;
-        s.nextRetryAt = v.nextRetryAt;
-        s.lastError = v.lastError ?? s.lastError;
-      }
-      if (s.status === 'pulling' || s.status === 'creating' || s.status === 'stopped') anyBusy = true;
-      if (s.status === 'failed' || s.status === 'backoff') anyFailed = true;
-      // Object.hasOwn: an app may be named "constructor", which a plain object already "has".
-      const appState = Object.hasOwn(apps, desired.app) ? (apps[desired.app] as CurrentState['apps'][string]) : (apps[desired.app] = { services: {} });
-      appState.services[desired.service] = s;
-    }
-    const status: ApplyStatus = anyBusy ? 'applying' : anyFailed ? 'failed' : 'applied';
-    return { status, targetVersion: target.version, apps };
+  private stateInputs(): StateInputs {
+    return { memo: (key, hash) => this.memo(key, hash), retry: this.retry, pullsUnderWay: this.pulls.size, now: this.o.clock.now() };
   }
 
   private publish(state: CurrentState): void {
@@ -481,3 +458,5 @@ function exitReason(i: Instance): string {
   const code = i.exitCode === null ? 'exited' : `exited with code ${i.exitCode}`;
   return i.error ? `${code}: ${i.error}` : code;
 }
+
+/** What the plan says went wrong: a dependency waited for, a rejected update, a failing health check. */

@@ -4,6 +4,7 @@ import { parseImageReference } from './image-ref.js';
 import { NAME_EXPECTED, NAME_PATTERN } from './names.js';
 import { registryIssues } from './registry-auth.js';
 import { processOptionIssues, serviceOptionFields } from './service-options.js';
+import { appGraphIssues, dependsOnSchema, healthcheckSchema } from './app-graph.js';
 
 /**
  * The target-state document of PROTOCOL.md. A document that fails here is rejected whole: the
@@ -114,6 +115,9 @@ const serviceSchema = z
     devices: z.array(z.string().regex(DEVICE_RE, 'a device "/dev/HOST[:/dev/CONTAINER][:rwm]"')).default([]),
     secrets: z.array(secretRefSchema).max(64).default([]),
     ...serviceOptionFields,
+    // Apps as a unit (app-graph.ts); optional so targets without them hash as before.
+    dependsOn: dependsOnSchema.optional(),
+    healthcheck: healthcheckSchema.optional(),
   })
   .superRefine((svc, ctx) => {
     // "auto" without an image can only ever run as a process, so it follows the process rules.
@@ -345,7 +349,7 @@ export function validateTarget(doc: unknown, opts: ValidateTargetOptions = {}): 
   const policy = { ...DEFAULT_WORKLOAD_POLICY, ...opts.policy };
   const parsed = targetStateSchema.safeParse(doc);
   const names = nameIssues(doc);
-  const extra = [...names, ...registryIssues(doc), ...duplicatePortIssues(doc), ...policyIssues(doc, policy)];
+  const extra = [...names, ...registryIssues(doc), ...duplicatePortIssues(doc), ...policyIssues(doc, policy), ...appGraphIssues(doc)];
   if (parsed.success && extra.length === 0) return { ok: true, target: parsed.data };
   // Bad keys are reported by nameIssues, with the key and the pattern; registries by registryIssues.
   const zodIssues = parsed.success ? [] : parsed.error.issues.filter((i) => !(i.code === 'invalid_key' && isNameKeyPath(i.path)) && i.path[0] !== 'registries');

@@ -3,8 +3,14 @@ import type { ServiceSpec, TargetState, UpdateStrategy } from './target-schema.j
 
 export type RuntimeKind = 'docker' | 'process';
 
-/** What a service is doing, as reported (PROTOCOL.md, "Current state"). */
-export type ServiceStatus = 'running' | 'exited' | 'pulling' | 'backoff' | 'failed' | 'stopped' | 'creating';
+/**
+ * What a service is doing, as reported (PROTOCOL.md, "Current state"). With a health check it is
+ * `starting` until healthy and `unhealthy` after its retries fail; `waiting` while a dependency is not ready.
+ */
+export type ServiceStatus = 'running' | 'exited' | 'pulling' | 'backoff' | 'failed' | 'stopped' | 'creating' | 'starting' | 'unhealthy' | 'waiting';
+
+/** A health check's verdict on a running instance; null when it has none. */
+export type HealthState = 'starting' | 'healthy' | 'unhealthy';
 
 export interface ServiceState {
   status: ServiceStatus;
@@ -58,6 +64,12 @@ export interface Instance {
   finishedAt: number | null;
   /** Changes with every exit, so one exit is counted once however often it is observed. */
   exitKey: string | null;
+  /** The health check's verdict while it runs (absent or null: no health check). */
+  health?: HealthState | null;
+  /** The last failed probe's output or reason, for lastError. */
+  healthLog?: string | null;
+  /** The services of its app it depended on when created (the stop order on removal is the reverse). */
+  dependsOn?: readonly string[];
 }
 
 /** A service as the target wants it, with its runtime resolved and its configuration hashed. */
@@ -122,6 +134,8 @@ export interface WorkloadRuntime {
    * kept), its instances already removed; returns what went. Never a host bind mount.
    */
   purgeAppData?(app: string, signal?: AbortSignal): Promise<string[]>;
+  /** Removes what the runtime made for apps not in `keep` beyond their instances (Docker: the app networks). */
+  pruneNetworks?(keep: ReadonlySet<string>, signal?: AbortSignal): Promise<void>;
   /** Follows the runtime's own event stream, if it has one, until `signal` aborts. */
   watch?(signal: AbortSignal): Promise<void>;
   /** Releases the runtime at agent shutdown (the process runtime stops its children here). */
@@ -135,4 +149,5 @@ export const LABELS = {
   app: 'io.iotistic.app',
   service: 'io.iotistic.service',
   configHash: 'io.iotistic.config-hash',
+  dependsOn: 'io.iotistic.depends-on',
 } as const;

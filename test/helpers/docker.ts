@@ -81,9 +81,19 @@ async function removeRunObjects(docker: Docker, runId: string): Promise<void> {
     const ours = labels[TEST_RUN_LABEL] === runId || (labels['io.iotistic.agent'] ?? '').startsWith(runId);
     if (ours) await docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => undefined);
   }
+  await removeNetworks(docker, (labels) => (labels['io.iotistic.agent'] ?? '').startsWith(runId));
   const { Volumes } = await docker.listVolumes();
   for (const v of Volumes ?? []) {
     if ((v.Labels?.['io.iotistic.agent'] ?? '').startsWith(runId)) await docker.getVolume(v.Name).remove().catch(() => undefined);
+  }
+}
+
+/** Removes the user-defined networks (apps' networks) whose labels `pick` chooses. */
+async function removeNetworks(docker: Docker, pick: (labels: Record<string, string>) => boolean): Promise<void> {
+  const networks = await docker.listNetworks().catch(() => []);
+  for (const n of networks) {
+    if (['bridge', 'host', 'none'].includes(n.Name) || !pick(n.Labels ?? {})) continue;
+    await docker.getNetwork(n.Id).remove().catch(() => undefined);
   }
 }
 
@@ -187,6 +197,8 @@ export async function startEngine(): Promise<TestEngine> {
         // Containers first (with SIGKILL), or dockerd waits out every container's stop timeout.
         const all = await docker.listContainers({ all: true }).catch(() => []);
         await Promise.all(all.map((c) => docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => undefined)));
+        // A user-defined bridge outlives dockerd as a host interface, using up the engine's address pools.
+        await removeNetworks(docker, () => true);
       }
       await halt();
     } finally {

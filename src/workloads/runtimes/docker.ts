@@ -7,14 +7,15 @@ import { Backoff } from '../../resilience/backoff.js';
 import type { Clock } from '../../util/clock.js';
 import { AgentError, errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
-import { secretEnv, writeSecretFiles } from './secret-files.js';
+import { writeSecretFiles } from './secret-files.js';
 import type { Random } from '../../util/random.js';
 import { parseImageReference } from '../image-ref.js';
-import { parsePort, parseVolume } from '../target-schema.js';
+import { parseVolume } from '../target-schema.js';
 import { removeAppVolumes } from './docker-volumes.js';
 import { LABELS, type Availability, type DesiredService, type Instance, type InstanceState, type RegistryAuth, type WorkloadRuntime } from '../types.js';
 import { RuntimeEventEmitter } from './events.js';
-import { containerOptions } from './docker-create.js';
+import { createOptions } from './docker-create.js';
+import { AppNetworks, appFields } from './docker-apps.js';
 
 /**
  * The Docker runtime: dockerode against `DOCKER_HOST` or the default socket.
@@ -129,12 +130,14 @@ export class DockerRuntime implements WorkloadRuntime {
   private readonly address: Docker.DockerOptions | undefined;
   private client: Docker | undefined;
   private loading: Promise<Docker> | undefined;
+  private readonly networks: AppNetworks;
 
   constructor(private readonly o: DockerRuntimeOptions) {
     // A bad address fails here, at the start, as before the client was loaded lazily.
     this.address = o.host ? dockerAddress(o.host) : undefined;
     this.client = o.docker;
     this.agentId = o.agentId ?? 'default';
+    this.networks = new AppNetworks({ engine: () => this.engine(), agentId: this.agentId, logger: o.logger, callSignal: (s) => this.signal(s) });
   }
 
   /** The client, loaded at the first call; fails as dockerode would while the engine's socket is missing. */
@@ -229,6 +232,7 @@ export class DockerRuntime implements WorkloadRuntime {
       startedAt,
       finishedAt,
       exitKey: state === 'exited' || state === 'dead' ? `${info.Id}:${st.FinishedAt ?? ZERO_TIME}` : null,
+      ...appFields(labels, state === 'running' ? st : undefined),
     };
   }
 
@@ -291,51 +295,8 @@ export class DockerRuntime implements WorkloadRuntime {
       binds.push(`${source}:${vol.target}${vol.readOnly ? ':ro' : ''}`);
     }
     binds.push(...this.secretBinds(desired));
-    const exposed: Record<string, object> = {};
-    const bindings: Record<string, { HostIp?: string; HostPort: string }[]> = {};
-    for (const port of spec.ports) {
-      const p = parsePort(port);
-      if (!p) throw new AgentError('PORT_INVALID', `${app}/${service}: bad port mapping ${JSON.stringify(port)}`);
-      const key = `${p.container}/${p.proto}`;
-      exposed[key] = {};
-      (bindings[key] ??= []).push({ ...(p.ip ? { HostIp: p.ip } : {}), HostPort: String(p.host) });
-    }
-    const devices = spec.devices.map((d) => {
-      const [host, inContainer, perms] = d.split(':');
-      return { PathOnHost: host as string, PathInContainer: inContainer ?? (host as string), CgroupPermissions: perms ?? 'rwm' };
-    });
-    const extra = containerOptions(spec);
-    const options: Docker.ContainerCreateOptions = {
-      name: `${app}_${service}_${desired.configHash.slice(0, 8)}`,
-      Image: desired.image,
-      ...(spec.command ? { Cmd: spec.command } : {}),
-      // Env secrets show in `docker inspect` on the host; file secrets do not. The options are never logged.
-      Env: Object.entries({ ...spec.environment, ...secretEnv(desired) }).map(([k, v]) => `${k}=${v}`),
-      ...(spec.workingDir ? { WorkingDir: spec.workingDir } : {}),
-      ...extra.config,
-      // The engine's own stops (its shutdown, `docker stop` by hand) keep the agent's grace period too.
-      StopTimeout: this.o.stopTimeoutSeconds ?? 10,
-      Labels: {
-        ...spec.labels,
-        [LABELS.managed]: 'true',
-        [LABELS.agent]: this.agentId,
-        [LABELS.app]: app,
-        [LABELS.service]: service,
-        [LABELS.configHash]: desired.configHash,
-      },
-      ExposedPorts: exposed,
-      HostConfig: {
-        Binds: binds,
-        PortBindings: bindings,
-        Privileged: spec.privileged,
-        Devices: devices,
-        ...(spec.network_mode ? { NetworkMode: spec.network_mode } : {}),
-        // The agent restarts, with its own CrashLoopBackOff.
-        RestartPolicy: { Name: 'no' },
-        ...this.logConfig(),
-        ...extra.host,
-      },
-    };
+    const network = spec.network_mode === undefined ? await this.networks.ensure(app, signal) : undefined;
+    const options = createOptions(desired, { binds, network, agentId: this.agentId, stopTimeoutSeconds: this.o.stopTimeoutSeconds ?? 10, logConfig: this.logConfig() });
     try {
       const c = await (await this.engine()).createContainer({ ...options, abortSignal: this.signal(signal) } as Docker.ContainerCreateOptions);
       return c.id;
@@ -350,6 +311,9 @@ export class DockerRuntime implements WorkloadRuntime {
       throw new Error(dockerMessage(err), { cause: err });
     }
   }
+
+  /** Removes the networks of apps that left the target (docker-apps.ts). */
+  readonly pruneNetworks = (keep: ReadonlySet<string>, signal?: AbortSignal): Promise<void> => this.networks.prune(keep, signal);
 
   /** Where this runtime writes file secrets (pruned by the assembly when services go). */
   get secretsDir(): string | undefined {

@@ -11,6 +11,8 @@ import { TypedEmitter } from '../../util/typed-emitter.js';
 import { RuntimeEventEmitter } from './events.js';
 import { ProcessFiles, type PidRecord } from './process-files.js';
 import { RotatingLog } from './rotating-log.js';
+import { HealthProbes } from '../health-probes.js';
+import { dependencies } from '../app-graph.js';
 import { groupMembers, processStartTicks, signalGroup } from '../../util/process-group.js';
 
 export { groupMembers, processStartTicks };
@@ -123,9 +125,11 @@ export class ProcessRuntime implements WorkloadRuntime {
   private readonly init: Promise<void>;
   private seq = 0;
   private closed = false;
+  private readonly probes: HealthProbes;
 
   constructor(private readonly o: ProcessRuntimeOptions) {
     this.files = new ProcessFiles({ root: o.dataDir, clock: o.clock, logger: o.logger });
+    this.probes = new HealthProbes({ clock: o.clock, logger: o.logger, changed: (id) => this.events.notify({ id, action: 'health_status' }) });
     this.init = this.reapLeftovers().catch((err: unknown) => {
       // A start never fails on what the last run left: whatever was not understood was moved aside.
       this.o.logger.error({ err: errorMessage(err) }, 'could not stop what a previous agent left running; going on');
@@ -155,6 +159,8 @@ export class ProcessRuntime implements WorkloadRuntime {
       startedAt: p.startedAt,
       finishedAt: p.finishedAt,
       exitKey: p.exits > 0 ? `${p.id}:${p.exits}` : null,
+      ...(p.state === 'running' ? this.probes.verdict(p.id) : {}),
+      dependsOn: dependencies(p.desired.spec.dependsOn).map((d) => d.service),
     }));
   }
 
@@ -294,6 +300,7 @@ export class ProcessRuntime implements WorkloadRuntime {
         p.finishedAt = null;
         this.writePidFile(p);
         write(Buffer.from(`--- ${new Date(p.startedAt).toISOString()} started ${JSON.stringify(desired.spec.command)} as pid ${child.pid}\n`));
+        this.probes.track(id, desired.spec.healthcheck);
         this.events.notify({ id, action: 'start' });
         resolve();
       });
@@ -318,6 +325,7 @@ export class ProcessRuntime implements WorkloadRuntime {
         p.finishedAt = this.o.clock.now();
         p.exits++;
         p.child = undefined;
+        this.probes.untrack(id);
         // What the service forked goes with it: a service is its process group.
         if (pid !== undefined) signalGroup(pid, 'SIGKILL');
         this.removePidFile(id);
@@ -359,6 +367,7 @@ export class ProcessRuntime implements WorkloadRuntime {
   async close(): Promise<void> {
     await this.init;
     this.closed = true;
+    this.probes.close();
     await Promise.allSettled([...this.procs.keys()].map((id) => this.stop(id)));
     for (const log of this.logs.values()) log.close();
     this.logs.clear();
