@@ -110,10 +110,10 @@ export function onlyKeys(value: Record<string, unknown>, path: string, allowed: 
 /** A health check in the target's terms: the engine's test, and times in seconds. */
 export interface TargetHealthcheck {
   test: string[];
-  interval?: number;
-  timeout?: number;
+  intervalSeconds?: number;
+  timeoutSeconds?: number;
   retries?: number;
-  startPeriod?: number;
+  startPeriodSeconds?: number;
 }
 
 const HEALTH_KEYS = ['test', 'interval', 'timeout', 'retries', 'start_period', 'disable'] as const;
@@ -134,7 +134,7 @@ export function readHealthcheck(value: unknown, path: string, report: Report): T
     return undefined;
   }
   const out: TargetHealthcheck = { test };
-  const times = [['interval', 'interval'], ['timeout', 'timeout'], ['start_period', 'startPeriod']] as const;
+  const times = [['interval', 'intervalSeconds'], ['timeout', 'timeoutSeconds'], ['start_period', 'startPeriodSeconds']] as const;
   for (const [from, to] of times) {
     if (value[from] === undefined) continue;
     const seconds = parseDuration(value[from]);

@@ -314,7 +314,6 @@ export class Reconciler extends TypedEmitter<ReconcilerEvents> {
     }
     instances.push(...(await this.o.process.list(signal)));
     signal.throwIfAborted();
-
     return { docker, instances };
   }
 
