@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { ConfigIssue } from '../config/issues.js';
+import { rawApps } from './raw-target.js';
 
 /**
  * Apps as a unit: the `dependsOn` and `healthcheck` fields of a service, their checks across the
@@ -119,11 +120,7 @@ export function findCycle(edges: ReadonlyMap<string, readonly string[]>): string
  */
 export function appGraphIssues(doc: unknown): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
-  const apps = (doc as { apps?: unknown } | null)?.apps;
-  if (apps === null || typeof apps !== 'object') return issues;
-  for (const [app, appDoc] of Object.entries(apps)) {
-    const services = (appDoc as { services?: unknown } | null)?.services;
-    if (services === null || typeof services !== 'object') continue;
+  for (const [app, services] of rawApps(doc)) {
     const all = services as Record<string, RawService | null>;
     const edges = new Map<string, string[]>();
     for (const [name, svc] of Object.entries(all)) {

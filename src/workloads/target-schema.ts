@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { fromZodIssues, formatIssue, type ConfigIssue } from '../config/issues.js';
 import { parseImageReference } from './image-ref.js';
 import { NAME_EXPECTED, NAME_PATTERN } from './names.js';
+import { rawApps } from './raw-target.js';
 import { registryIssues } from './registry-auth.js';
 import { processOptionIssues, serviceOptionFields } from './service-options.js';
 import { appGraphIssues, dependsOnSchema, healthcheckSchema } from './app-graph.js';
@@ -314,15 +315,7 @@ export function servicePolicyIssues(path: string, svc: unknown, policy: Readonly
 }
 
 function policyIssues(doc: unknown, policy: Readonly<WorkloadPolicy>): ConfigIssue[] {
-  const issues: ConfigIssue[] = [];
-  const apps = (doc as { apps?: unknown } | null)?.apps;
-  if (apps === null || typeof apps !== 'object') return issues;
-  for (const [app, appDoc] of Object.entries(apps)) {
-    const services = (appDoc as { services?: unknown } | null)?.services;
-    if (services === null || typeof services !== 'object') continue;
-    for (const [name, svc] of Object.entries(services)) issues.push(...servicePolicyIssues(`apps.${app}.services.${name}`, svc, policy));
-  }
-  return issues;
+  return rawApps(doc).flatMap(([app, services]) => Object.entries(services).flatMap(([name, svc]) => servicePolicyIssues(`apps.${app}.services.${name}`, svc, policy)));
 }
 
 export type TargetState = z.output<typeof targetStateSchema>;
