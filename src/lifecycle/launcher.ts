@@ -8,6 +8,7 @@ import { errorMessage } from '../util/errors.js';
 import type { Json } from '../util/json-diff.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
+import { CHILD_RECORD_FILE, ChildRecord } from './child-record.js';
 import { openableBy, restoreDatabase } from './db-copy.js';
 import { isChildMessage, LAUNCHED_ENV, type LauncherMessage, type SwitchRequest } from './ipc.js';
 import { ReleaseStore, type Outcome, type ReleaseName, type ReleaseState, type Trial } from './release-store.js';
@@ -49,15 +50,18 @@ const STOP_GRACE_MS = 15_000;
 export class Launcher {
   private readonly store: ReleaseStore;
   private readonly backoff: Backoff;
+  private readonly children: ChildRecord;
   private child: ChildProcess | undefined;
 
   constructor(private readonly o: LauncherOptions) {
     this.store = new ReleaseStore(o.dataDir);
+    this.children = new ChildRecord(join(this.store.dir, CHILD_RECORD_FILE), o.clock, o.logger);
     this.backoff = new Backoff({ minMs: 1_000, maxMs: 60_000, strategy: 'full', resetAfterMs: 60_000, clock: o.clock, random: o.random });
   }
 
   async run(signal: AbortSignal): Promise<void> {
     this.store.ensure();
+    await this.children.reap(STOP_GRACE_MS);
     while (!signal.aborted) {
       const state = this.store.read();
       let watch: TrialWatch | undefined;
@@ -125,6 +129,7 @@ export class Launcher {
     const args = [...this.o.nodeArgs, cli, 'run', '--config', this.o.configFile, ...(this.o.dataDirFlag ? ['--data-dir', this.o.dataDirFlag] : [])];
     const child = spawn(this.o.nodePath, args, { stdio: ['inherit', 'inherit', 'inherit', 'ipc'], env: { ...this.o.env, [LAUNCHED_ENV]: '1' } });
     this.child = child;
+    if (child.pid !== undefined) this.children.record(child.pid);
     const timer = new AbortController();
     return new Promise<End>((resolve) => {
       let ending: End | undefined;
@@ -158,6 +163,7 @@ export class Launcher {
       });
       child.once('exit', (code, sig) => {
         this.child = undefined;
+        this.children.clear();
         timer.abort();
         signal.removeEventListener('abort', onStop);
         if (ending) return resolve(ending);

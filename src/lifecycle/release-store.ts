@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { readJsonCopy, writeFileAtomic } from '../util/atomic-file.js';
 import type { Json } from '../util/json-diff.js';
+import { CHILD_RECORD_FILE } from './child-record.js';
 
 /** A release: a directory name under releases/, or null for the launcher's own install (/opt). */
 export type ReleaseName = string | null;
@@ -95,7 +96,7 @@ export class ReleaseStore {
     const keep = new Set([state.current, state.previous, state.trial?.to.release].filter((r): r is string => typeof r === 'string'));
     const removed: string[] = [];
     for (const e of readdirSync(this.dir, { withFileTypes: true })) {
-      if (e.name === 'state.json' || keep.has(e.name)) continue;
+      if (e.name === 'state.json' || e.name === CHILD_RECORD_FILE || keep.has(e.name)) continue;
       if (state.trial && (e.name === basename(state.trial.dbCopy) || e.name === basename(state.trial.configBackup))) continue;
       rmSync(join(this.dir, e.name), { recursive: true, force: true });
       removed.push(e.name);

@@ -38,6 +38,16 @@ const BROKEN = `${major}.${minor + 2}.0`;
 const STUCK = `${major}.${minor + 3}.0`;
 const escaped = (v: string): string => v.replace(/\./g, '\\.');
 
+/** Whether a process runs (a zombie left for init to reap does not). */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !['Z', 'X'].includes(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? 'X');
+  } catch {
+    return false;
+  }
+}
+
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /** A release tree of this build (dist/bundle, package.json, the runtime node_modules) with `version`, tar.gz'd. */
@@ -230,13 +240,17 @@ describe('self-update under the launcher', () => {
   }, 300_000);
 
   it('carries on from state.json after the launcher itself is killed mid-trial: the restart counts, the deadline holds', async () => {
-    // A version that starts and never reports healthy; it leaves when its launcher is gone (systemd would kill it).
-    const stuck = serve('stuck.tgz', releaseOf(STUCK, "process.on('disconnect', () => process.exit(0)); setInterval(() => {}, 1000);\n"));
+    // A version that starts, never reports healthy, and does not notice its launcher die (hung): the next
+    // launcher must stop it (outside systemd nothing else would), or it outlives its rollback.
+    const stuck = serve('stuck.tgz', releaseOf(STUCK, 'setInterval(() => {}, 1000);\n'));
     const at = await launched({ healthTimeoutSeconds: 8, trialAttempts: 5 });
     const id = env.cloud.admin.createJob(at.uuid, { type: 'update-agent', params: { url: stuck.url, sha256: stuck.sha256 }, timeoutSeconds: 120 }).id;
     const stateFile = join(at.agent.dataDir, 'releases/state.json');
     await waitFor('the trial under way', () => existsSync(stateFile) && (JSON.parse(readFileSync(stateFile, 'utf8')) as { trial?: { attempts: number } }).trial?.attempts === 1, 60_000);
+    const childFile = join(at.agent.dataDir, 'releases/agent.json');
+    const hung = await waitFor('the version on trial recorded', () => (existsSync(childFile) ? (JSON.parse(readFileSync(childFile, 'utf8')) as { pid: number }).pid : undefined), 30_000);
     await at.agent.stop('SIGKILL');
+    expect(alive(hung)).toBe(true);
 
     const again = await spawnAgent({ dataDir: at.agent.dataDir, launch: true, timeoutMs: 60_000, config: at.config });
     agents.push(again);
@@ -246,6 +260,9 @@ describe('self-update under the launcher', () => {
     expect(again.records().some((r) => String(r.msg).startsWith('rolled back') && r.part === 'launcher')).toBe(true);
     expect((JSON.parse(readFileSync(stateFile, 'utf8')) as { current: unknown; trial?: unknown }).trial).toBeUndefined();
     expect(await versionOf({ api: at.api, agent: again })).toBe(CURRENT);
+    // The hung version the killed launcher left was stopped by the new one before it started another.
+    expect(alive(hung)).toBe(false);
+    expect(again.records().some((r) => r.pid === hung && String(r.msg).includes('still running; stopping it'))).toBe(true);
   }, 120_000);
 
   it('rejects update-agent when the agent runs without the launcher', async () => {
