@@ -39,7 +39,7 @@ export function watchServiceTransitions(reconciler: Pick<Reconciler, 'on'>, even
         const key = `${app}/${name}`;
         const before = last.get(key);
         last.set(key, svc.status);
-        if (before !== undefined && before !== svc.status && ['exited', 'backoff', 'failed'].includes(svc.status)) {
+        if (before !== undefined && before !== svc.status && ['exited', 'backoff', 'failed', 'unhealthy'].includes(svc.status)) {
           events.record('service-status', { app, service: name, from: before, to: svc.status, restarts: svc.restarts, lastError: svc.lastError });
         }
       }

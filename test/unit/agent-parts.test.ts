@@ -122,10 +122,15 @@ describe('events', () => {
     listener?.(state('applied', 'running'));
     listener?.(state('failed', 'backoff'));
     listener?.(state('failed', 'backoff'));
+    // A health check that fails (issue #18) is a transition worth an event too.
+    listener?.(state('applied', 'running'));
+    listener?.(state('failed', 'unhealthy'));
     await Promise.resolve();
     expect(outbox.sent.map((m) => m.payload)).toEqual([
       { type: 'apply-failed', targetVersion: 4 },
       { type: 'service-status', app: 'a', service: 's', from: 'running', to: 'backoff', restarts: 2, lastError: 'x' },
+      { type: 'apply-failed', targetVersion: 4 },
+      { type: 'service-status', app: 'a', service: 's', from: 'running', to: 'unhealthy', restarts: 2, lastError: 'x' },
     ]);
   });
 });
