@@ -35,6 +35,10 @@ export function renderSummary(s: StatusInput, o: SummaryOptions): string {
   const lc = s.state.lifecycle;
   if (lc?.trial) out.push(p.yellow(`Update  ${updateLine(lc)}`));
   else if (lc?.lastOutcome?.status === 'FAILED' && o.now - lc.lastOutcome.at < 86_400_000) out.push(p.red(`Update  ${updateLine(lc)}`));
+  // Images the target needs that could not be pulled: an air-gapped device takes them from a file.
+  for (const m of s.state.missingImages ?? []) {
+    out.push(p.red(`Image  ${m.image} missing (${m.services.join(', ')}): ${m.lastError ?? 'not pulled yet'}; on a device without a registry: iotistic-agent images import FILE`));
+  }
   if (s.queue) out.push(...outboxLines(p, s.queue));
   out.push(...serviceLines(p, s.state));
   const ledger = s.queue?.ledger;

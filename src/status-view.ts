@@ -27,6 +27,7 @@ export interface StatusInput {
     database?: DatabaseInput;
     registration?: { state: string; reason?: string; lastError?: string | null } | null;
     lifecycle?: LifecycleInput | null;
+    missingImages?: { image: string; services: string[]; lastError: string | null }[];
     current?: { status?: string; apps?: Record<string, { services: Record<string, { status: string; restarts?: number; lastError?: string }> }> };
   };
   loops: { name: string; state: string; restarts: number; lastError: string | null }[];

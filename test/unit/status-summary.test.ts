@@ -111,6 +111,13 @@ describe('iotistic-agent status (the summary)', () => {
     expect(renderSummary({ ...status, state: { ...status.state, registration: { state: 'registered' } } }, { now: NOW, colour: false })).not.toContain('Registration');
   });
 
+  it('names an image the target needs that could not be pulled, and how to bring it without a registry', () => {
+    const missing = [{ image: 'registry.local:5000/app:2', services: ['shop/web'], lastError: 'pull of registry.local:5000/app:2 failed: connection refused' }];
+    const out = renderSummary({ ...status, state: { ...status.state, missingImages: missing } }, { now: NOW, colour: false });
+    expect(out).toContain('Image  registry.local:5000/app:2 missing (shop/web): pull of registry.local:5000/app:2 failed: connection refused; on a device without a registry: iotistic-agent images import FILE\n');
+    expect(renderSummary({ ...status, state: { ...status.state, missingImages: [] } }, { now: NOW, colour: false })).not.toContain('Image  ');
+  });
+
   it('says an update on trial with its deadline, and a rolled-back one for a day; nothing when the last one succeeded', () => {
     const base = { version: '0.2.0', launched: true, release: '0.2.0-abcdef012345', previous: null, trial: null, lastOutcome: null };
     const trial = { kind: 'agent', from: '0.2.0', to: '0.3.0', startedAt: NOW - 5_000, deadline: NOW + 115_000, attempts: 1 };
