@@ -1,38 +1,25 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
-import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { expect, it } from 'vitest';
+import { spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { processStartTicks } from '../../src/util/process-group.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 // The built agent as a child process, the devcloud's jobs API, real programs.
-const dirs = tempDirs();
-let cloud: DevCloud;
-const agents: AgentProcess[] = [];
-beforeAll(async () => {
-  requireBuilt();
-  cloud = await startDevCloud();
-});
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop('SIGKILL');
-});
-afterAll(async () => {
-  await cloud.close();
-  dirs.cleanup();
-});
+const env = agentsWithDevCloud();
+const { dirs, agents } = env;
 
 let n = 0;
 function device(): { uuid: string; apiKey: string } {
   const dev = { uuid: `jobs-${process.pid}-${++n}`, apiKey: `jobs-key-${n}-0123456789` };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   return dev;
 }
 
 function config(dev: { uuid: string; apiKey: string }): Record<string, unknown> {
   return {
     device: dev,
-    cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+    cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
     features: { metrics: false },
     jobs: { pollIntervalMs: 1_000, allowedCommands: ['/bin/echo', '/bin/sleep'] },
     settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2 } },
@@ -45,7 +32,7 @@ async function start(dataDir: string, dev: { uuid: string; apiKey: string }): Pr
   return agent;
 }
 
-const statusOf = (uuid: string, id: string): string => cloud.admin.job(uuid, id).status;
+const statusOf = (uuid: string, id: string): string => env.cloud.admin.job(uuid, id).status;
 
 /** The command lines of the processes whose parent is `ppid` (from /proc). */
 function childrenOf(ppid: number): string[] {
@@ -65,24 +52,24 @@ function childrenOf(ppid: number): string[] {
 
 it('runs jobs from the cloud and reports each one: succeeded, not allowed, unknown type, timed out', async () => {
   const dev = device();
-  const echo = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/echo', 'hello', '; reboot'] } }).id;
-  const shell = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sh', '-c', 'reboot'] } }).id;
-  const unknown = cloud.admin.createJob(dev.uuid, { type: 'format-disk' }).id;
-  const slow = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sleep', '30'] }, timeoutSeconds: 1 }).id;
+  const echo = env.cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/echo', 'hello', '; reboot'] } }).id;
+  const shell = env.cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sh', '-c', 'reboot'] } }).id;
+  const unknown = env.cloud.admin.createJob(dev.uuid, { type: 'format-disk' }).id;
+  const slow = env.cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sleep', '30'] }, timeoutSeconds: 1 }).id;
   const agent = await start(dirs.make(), dev);
 
   await waitFor('every job answered', () => [echo, shell, unknown, slow].every((id) => statusOf(dev.uuid, id) !== 'IN_PROGRESS' && statusOf(dev.uuid, id) !== 'QUEUED'), 30_000);
-  const done = cloud.admin.job(dev.uuid, echo);
+  const done = env.cloud.admin.job(dev.uuid, echo);
   expect(done.status).toBe('SUCCEEDED');
   expect(done.updates.map((u) => u.status)).toEqual(['IN_PROGRESS', 'SUCCEEDED']);
   expect(done.updates[1]?.details).toMatchObject({ exitCode: 0, stdout: 'hello ; reboot\n' });
 
-  const refused = cloud.admin.job(dev.uuid, shell);
+  const refused = env.cloud.admin.job(dev.uuid, shell);
   expect(refused.status).toBe('REJECTED');
   expect(JSON.stringify(refused.updates.at(-1)?.details)).toContain('\\"/bin/sh\\" is not in jobs.allowedCommands');
-  expect(cloud.admin.job(dev.uuid, unknown)).toMatchObject({ status: 'REJECTED' });
-  expect(JSON.stringify(cloud.admin.job(dev.uuid, unknown).updates)).toContain('unknown job type \\"format-disk\\"; this agent runs: plan-target, poll-target, purge-app, reboot, restart-app, restart-service, run-command, shutdown');
-  expect(cloud.admin.job(dev.uuid, slow)).toMatchObject({ status: 'TIMED_OUT' });
+  expect(env.cloud.admin.job(dev.uuid, unknown)).toMatchObject({ status: 'REJECTED' });
+  expect(JSON.stringify(env.cloud.admin.job(dev.uuid, unknown).updates)).toContain('unknown job type \\"format-disk\\"; this agent runs: plan-target, poll-target, purge-app, reboot, restart-app, restart-service, run-command, shutdown');
+  expect(env.cloud.admin.job(dev.uuid, slow)).toMatchObject({ status: 'TIMED_OUT' });
 
   // The same, locally.
   const local = (await agent.get('/v2/jobs')).body as { enabled: boolean; counts: Record<string, number>; recent: { id: string; status: string }[] };
@@ -95,15 +82,15 @@ it('reports a job that was running when the agent was SIGKILLed as FAILED after 
   const dev = device();
   const dataDir = dirs.make();
   const first = await start(dataDir, dev);
-  const id = cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sleep', '30'] }, timeoutSeconds: 60 }).id;
-  await waitFor('the job started', () => cloud.admin.job(dev.uuid, id).updates.some((u) => u.status === 'IN_PROGRESS'), 15_000);
+  const id = env.cloud.admin.createJob(dev.uuid, { type: 'run-command', params: { command: ['/bin/sleep', '30'] }, timeoutSeconds: 60 }).id;
+  await waitFor('the job started', () => env.cloud.admin.job(dev.uuid, id).updates.some((u) => u.status === 'IN_PROGRESS'), 15_000);
   // IN_PROGRESS can reach the cloud before the program runs (it is delivered once committed, while
   // its fsync is under way): kill once the agent's sleep is there (its pid is recorded in the same turn).
   await waitFor('the program running', () => childrenOf(first.child.pid!).some((c) => c === '/bin/sleep 30'), 15_000);
   await first.stop('SIGKILL');
   await start(dataDir, dev);
   await waitFor('the job reported failed', () => statusOf(dev.uuid, id) === 'FAILED', 15_000);
-  const details = cloud.admin.job(dev.uuid, id).updates.at(-1)?.details as { error: string; stoppedLeftoverProcess?: number };
+  const details = env.cloud.admin.job(dev.uuid, id).updates.at(-1)?.details as { error: string; stoppedLeftoverProcess?: number };
   expect(details.error).toBe('the agent restarted while the job ran; it was not run again');
   // The sleep the killed agent left behind was found by its pid and start time, and stopped.
   expect(details.stoppedLeftoverProcess).toEqual(expect.any(Number));
@@ -112,7 +99,7 @@ it('reports a job that was running when the agent was SIGKILLed as FAILED after 
 
 it('restarts a service of the target on a restart-service job, and rejects one that is not there, naming those that are', async () => {
   const dev = device();
-  cloud.admin.setTarget(dev.uuid, { version: 2, apps: { edge: { services: { ticker: { runtime: 'process', command: ['/bin/sleep', '3600'], restart: 'always' } } } } });
+  env.cloud.admin.setTarget(dev.uuid, { version: 2, apps: { edge: { services: { ticker: { runtime: 'process', command: ['/bin/sleep', '3600'], restart: 'always' } } } } });
   const agent = await start(dirs.make(), dev);
   type Svc = { status: string; startedAt: number | null };
   const ticker = async (): Promise<Svc | undefined> =>
@@ -121,12 +108,12 @@ it('restarts a service of the target on a restart-service job, and rejects one t
     const t = await ticker();
     return t?.status === 'running' ? t : undefined;
   }, 20_000);
-  const restart = cloud.admin.createJob(dev.uuid, { type: 'restart-service', params: { app: 'edge', service: 'ticker' } }).id;
-  const wrong = cloud.admin.createJob(dev.uuid, { type: 'restart-service', params: { app: 'edge', service: 'tocker' } }).id;
+  const restart = env.cloud.admin.createJob(dev.uuid, { type: 'restart-service', params: { app: 'edge', service: 'ticker' } }).id;
+  const wrong = env.cloud.admin.createJob(dev.uuid, { type: 'restart-service', params: { app: 'edge', service: 'tocker' } }).id;
   await waitFor('both answered', () => ['SUCCEEDED', 'REJECTED'].includes(statusOf(dev.uuid, restart)) && statusOf(dev.uuid, wrong) === 'REJECTED', 30_000);
-  expect(cloud.admin.job(dev.uuid, restart)).toMatchObject({ status: 'SUCCEEDED' });
-  expect(cloud.admin.job(dev.uuid, restart).updates.at(-1)?.details).toEqual({ instances: 1 });
-  expect(JSON.stringify(cloud.admin.job(dev.uuid, wrong).updates.at(-1)?.details)).toContain('no service edge/tocker in the target in force (services: edge/ticker)');
+  expect(env.cloud.admin.job(dev.uuid, restart)).toMatchObject({ status: 'SUCCEEDED' });
+  expect(env.cloud.admin.job(dev.uuid, restart).updates.at(-1)?.details).toEqual({ instances: 1 });
+  expect(JSON.stringify(env.cloud.admin.job(dev.uuid, wrong).updates.at(-1)?.details)).toContain('no service edge/tocker in the target in force (services: edge/ticker)');
   // Running again, started anew.
   await waitFor('running with a later start', async () => {
     const t = await ticker();

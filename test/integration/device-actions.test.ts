@@ -1,32 +1,19 @@
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
-import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
-import { tempDirs } from '../helpers/tmp.js';
+import { expect, it } from 'vitest';
+import { runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
 
 // The built agent as a child process, the devcloud, real processes. The reboot is a real command too:
 // `actions.rebootCommand` points at a script that records its call in a file.
-const dirs = tempDirs();
-let cloud: DevCloud;
-const agents: AgentProcess[] = [];
-beforeAll(async () => {
-  requireBuilt();
-  cloud = await startDevCloud();
-});
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop('SIGKILL');
-});
-afterAll(async () => {
-  await cloud.close();
-  dirs.cleanup();
-});
+const env = agentsWithDevCloud();
+const { dirs, agents } = env;
 
 let n = 0;
 function device(target: Record<string, unknown> = { version: 1, apps: {} }): { uuid: string; apiKey: string } {
   const dev = { uuid: `actions-${process.pid}-${++n}`, apiKey: `actions-key-${n}-0123456789` };
-  cloud.admin.createDevice(dev);
-  cloud.admin.setTarget(dev.uuid, target);
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, target);
   return dev;
 }
 
@@ -44,7 +31,7 @@ async function start(dataDir: string, dev: { uuid: string; apiKey: string }, act
     dataDir,
     config: {
       device: dev,
-      cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
+      cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
       jobs: { pollIntervalMs: 1_000 },
       actions,
@@ -57,7 +44,7 @@ async function start(dataDir: string, dev: { uuid: string; apiKey: string }, act
 }
 
 const events = (uuid: string, action: string): Record<string, unknown>[] =>
-  cloud.admin
+  env.cloud.admin
     .messages(uuid, { limit: 1000 })
     .messages.filter((m) => m.channel === 'events' && (m.payload as { type?: string; action?: string }).type === 'device-action' && (m.payload as { action?: string }).action === action)
     .map((m) => m.payload as Record<string, unknown>);
@@ -71,9 +58,9 @@ it('refuses reboot and shutdown unless the device allows them (403, REJECTED), n
   expect(local.status).toBe(403);
   expect(JSON.stringify(local.body)).toContain('set actions.allowReboot to true');
   expect((await agent.send('POST', '/v2/device/shutdown')).status).toBe(403);
-  const job = cloud.admin.createJob(dev.uuid, { type: 'reboot' }).id;
-  await waitFor('the job answered', () => cloud.admin.job(dev.uuid, job).status === 'REJECTED', 30_000);
-  expect(JSON.stringify(cloud.admin.job(dev.uuid, job).updates.at(-1)?.details)).toContain('actions.allowReboot');
+  const job = env.cloud.admin.createJob(dev.uuid, { type: 'reboot' }).id;
+  await waitFor('the job answered', () => env.cloud.admin.job(dev.uuid, job).status === 'REJECTED', 30_000);
+  expect(JSON.stringify(env.cloud.admin.job(dev.uuid, job).updates.at(-1)?.details)).toContain('actions.allowReboot');
   await waitFor('the refusals reported as events', () => events(dev.uuid, 'reboot').length === 2, 20_000);
   expect(events(dev.uuid, 'reboot').map((e) => [e.by, e.outcome])).toEqual(expect.arrayContaining([['local-api', 'refused'], ['job', 'refused']]));
   expect(existsSync(power.record)).toBe(false);
@@ -85,15 +72,15 @@ it('allowed: the job result and the event are queued first, the agent stops, the
   const dir = dirs.make();
   const power = recorder(dirs.make());
   const agent = await start(dir, dev, { allowReboot: true, rebootCommand: [power.command, 'now'] });
-  const job = cloud.admin.createJob(dev.uuid, { type: 'reboot' }).id;
+  const job = env.cloud.admin.createJob(dev.uuid, { type: 'reboot' }).id;
   const exit = await waitFor('the agent stopped', () => (agent.child.exitCode !== null ? { code: agent.child.exitCode } : undefined), 30_000);
   expect(exit.code).toBe(0);
   expect(readFileSync(power.record, 'utf8')).toBe('called now\n');
   expect(agent.records().some((r) => r.msg === 'agent stopped')).toBe(true);
   // "After the reboot": the next start delivers what was queued, and does not reboot again.
   await start(dir, dev, { allowReboot: true, rebootCommand: [power.command, 'now'] });
-  await waitFor('the job SUCCEEDED in the cloud', () => cloud.admin.job(dev.uuid, job).status === 'SUCCEEDED', 30_000);
-  expect(cloud.admin.job(dev.uuid, job).updates.at(-1)?.details).toEqual({ outcome: 'reboot requested' });
+  await waitFor('the job SUCCEEDED in the cloud', () => env.cloud.admin.job(dev.uuid, job).status === 'SUCCEEDED', 30_000);
+  expect(env.cloud.admin.job(dev.uuid, job).updates.at(-1)?.details).toEqual({ outcome: 'reboot requested' });
   await waitFor('the event in the cloud', () => events(dev.uuid, 'reboot').length === 1, 20_000);
   expect(events(dev.uuid, 'reboot')[0]).toMatchObject({ by: 'job', jobId: job, outcome: 'done' });
   expect(readFileSync(power.record, 'utf8')).toBe('called now\n');
