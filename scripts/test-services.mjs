@@ -16,6 +16,7 @@ const REQUIRED = [
   { bin: 'chromium', pkg: 'chromium', why: 'the dashboard test drives the page in Debian\'s chromium through playwright-core (no browser is downloaded)' },
   { bin: 'ip', pkg: 'iproute2', why: 'the data-budget test puts the agent and the devcloud in network namespaces linked by veth pairs (as root)' },
   { bin: 'promtool', pkg: 'prometheus', why: 'the metrics tests check /metrics, the alert rules and the dashboard\'s queries with promtool' },
+  { bin: 'systemd-analyze', pkg: 'systemd', why: 'the deploy test checks the systemd unit with systemd-analyze verify' },
 ];
 
 const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0 ||
