@@ -34,6 +34,10 @@ function holdRemovals(plans: Map<string, ServicePlan>, byKey: ReadonlyMap<string
     const app = key.slice(0, slash);
     const service = key.slice(slash + 1);
     const dependent = [...instances].find(([k, list]) => k !== key && !byKey.has(k) && k.startsWith(`${app}/`) && list.some((i) => isActive(i) && i.dependsOn?.includes(service) === true));
-    if (dependent) plan.steps = [];
+    if (dependent) {
+      // Held, not done: the apply is still under way (the state must not say applied while it runs).
+      plan.steps = [];
+      plan.status = 'waiting';
+    }
   }
 }

@@ -52,6 +52,8 @@ export function buildCurrentState(target: TargetState, byKey: Map<string, Resolv
     const appState = Object.hasOwn(apps, desired.app) ? (apps[desired.app] as CurrentState['apps'][string]) : (apps[desired.app] = { services: {} });
     appState.services[desired.service] = s;
   }
+  // A service leaving the target whose removal waits for another's (the reverse start order).
+  for (const [key, plan] of plans) if (!byKey.has(key) && plan.status === 'waiting') anyBusy = true;
   const status: ApplyStatus = anyBusy ? 'applying' : anyFailed ? 'failed' : 'applied';
   return { status, targetVersion: target.version, apps };
 }

@@ -1,7 +1,9 @@
 import { formatIssue } from '../config/issues.js';
+import { hasHealthcheck } from './app-graph.js';
+import { healthGated } from './health-gate.js';
 import { isActive, planService, resolveTarget, serviceKey, type ResolvedService, type Step } from './planner.js';
 import { servicePolicyIssues, validateTarget, type TargetState, type TargetValidation, type WorkloadPolicy } from './target-schema.js';
-import type { Availability, Instance, RuntimeKind, SecretSource, WorkloadRuntime } from './types.js';
+import type { Availability, DesiredService, Instance, RuntimeKind, SecretSource, WorkloadRuntime } from './types.js';
 
 /**
  * The plan preview (`POST /v2/target/plan`, job `plan-target`): what applying a candidate target
@@ -20,11 +22,16 @@ export interface PlanPreviewOptions {
   stopTimeoutSeconds: number;
 }
 
-/** One step as the plan lists it; `instance` is the id of an existing instance, absent for the one a create makes. */
+/**
+ * One step as the plan lists it; `instance` is the id of an existing instance, absent for the one a
+ * create makes. `after` marks the steps of a later pass: the one once the download is here, the one
+ * once the new version is healthy (a health-gated update removes the old only then).
+ */
 export interface PlanStep {
   kind: Step['kind'];
   instance?: string;
   image?: string;
+  after?: 'download' | 'healthy';
 }
 
 export type PlanAction = 'create' | 'recreate' | 'remove' | 'start' | 'unchanged' | 'refused' | 'blocked';
@@ -37,6 +44,8 @@ export interface Downtime {
   kind: 'none' | 'gap' | 'permanent' | 'not-started';
   maxSeconds?: number;
   includesPull?: boolean;
+  /** The gap lasts until the new version is healthy (a health-gated update that cannot run twice: host ports, a written volume). */
+  untilHealthy?: boolean;
 }
 
 export interface ServicePlanPreview {
@@ -140,56 +149,113 @@ export class PlanPreview {
     return out;
   }
 
-  /**
-   * The reconciler's planner, run as the passes would: the first pass (with the image as it is),
-   * then, when that pass ends at a pull, the pass after the download.
-   */
+  /** What applying the target does to one service: its steps (simulated passes), the action, why, and its downtime. */
   private planOne(key: string, r: ResolvedService | undefined, instances: Instance[], images: Map<string, ImagePlan>): ServicePlanPreview {
     const [app = '', service = ''] = key.split('/');
     const image = r?.desired.image;
     const imagePresent = image === undefined || images.get(image)?.present === true;
-    const base = { pulling: false, pullWaiting: false, crashWaiting: false };
-    const first = planService({ resolved: r, instances, imagePresent, ...base }).steps;
-    let steps = first;
-    if (first.at(-1)?.kind === 'pull') {
-      const gone = new Set(first.flatMap((s) => (s.kind === 'remove' ? [s.instance.id] : [])));
-      const after = planService({ resolved: r, instances: instances.filter((i) => !gone.has(i.id)), imagePresent: true, ...base }).steps;
-      steps = [...first, ...after];
-    }
-    const planSteps = steps.map(toPlanStep);
-    const common = { app, service, runtime: r?.desired.runtime ?? instances[0]?.runtime ?? null, steps: planSteps, updateStrategy: r?.desired.updateStrategy ?? null };
+    const steps = simulatePasses(r, instances, imagePresent);
+    const common = { app, service, runtime: r?.desired.runtime ?? instances[0]?.runtime ?? null, steps, updateStrategy: r?.desired.updateStrategy ?? null };
     if (!r) return { ...common, action: 'remove', why: ['not in the target'], downtime: { kind: 'permanent' } };
     if (r.blocked) return { ...common, action: r.blocked.removeInstances ? 'refused' : 'blocked', why: [r.blocked.reason], downtime: { kind: 'not-started' } };
-    const creates = steps.some((s) => s.kind === 'create');
-    const running = instances.filter(isActive);
-    if (!creates) {
+    if (!steps.some((s) => s.kind === 'create')) {
       const starts = steps.some((s) => s.kind === 'start');
       return { ...common, action: starts ? 'start' : 'unchanged', why: [], downtime: { kind: 'none' } };
     }
     if (instances.length === 0) return { ...common, action: 'create', why: [], downtime: { kind: 'none' } };
-    const old = running[0] ?? instances[0];
-    const why: string[] = [];
-    if (old && old.runtime !== r.desired.runtime) why.push('runtime');
-    else if (old && (old.image ?? undefined) !== image) why.push('image');
-    else why.push('config');
-    const downtime: Downtime =
-      running.length === 0
-        ? { kind: 'none' }
-        : { kind: 'gap', maxSeconds: this.o.stopTimeoutSeconds, ...(r.desired.updateStrategy === 'kill-then-download' && !imagePresent ? { includesPull: true } : {}) };
-    return { ...common, action: 'recreate', why, downtime };
+    const old = instances.find(isActive) ?? instances[0];
+    const why = old && old.runtime !== r.desired.runtime ? 'runtime' : old && (old.image ?? undefined) !== image ? 'image' : 'config';
+    return { ...common, action: 'recreate', why: [why], downtime: this.downtime(r, instances, steps) };
+  }
+
+  /** The gap a recreate leaves: none when nothing ran or the new one starts before the old is stopped (a health-gated update). */
+  private downtime(r: ResolvedService, instances: Instance[], steps: PlanStep[]): Downtime {
+    const running = new Set(instances.filter(isActive).map((i) => i.id));
+    const stopAt = steps.findIndex((s) => s.kind === 'stop' && s.instance !== undefined && running.has(s.instance));
+    const startAt = steps.findIndex((s) => s.kind === 'start' && s.instance === undefined);
+    if (stopAt < 0 || (startAt >= 0 && startAt < stopAt)) return { kind: 'none' };
+    const pullAt = steps.findIndex((s) => s.kind === 'pull');
+    return {
+      kind: 'gap',
+      maxSeconds: this.o.stopTimeoutSeconds,
+      ...(pullAt > stopAt ? { includesPull: true } : {}),
+      ...(healthGated(r.desired) ? { untilHealthy: true } : {}),
+    };
   }
 }
 
-function toPlanStep(s: Step): PlanStep {
+/** At most this many passes are simulated: a pull, a create and start, the removal once healthy. */
+const MAX_PASSES = 5;
+
+/**
+ * The reconciler's planner (planService), run pass after pass on a model of the service's instances
+ * as the apply would see them when every step succeeds: a pull brings the image, a create makes an
+ * instance, a start runs it and a new instance with a health check turns healthy before the next
+ * pass. The steps of each later pass say what that pass waited for.
+ */
+function simulatePasses(r: ResolvedService | undefined, instances: readonly Instance[], imagePresent: boolean): PlanStep[] {
+  let model = instances.map((i) => ({ ...i }));
+  let present = imagePresent;
+  let made = 0;
+  const planned = new Set<string>();
+  const out: PlanStep[] = [];
+  let after: PlanStep['after'];
+  for (let pass = 0; pass < MAX_PASSES; pass++) {
+    const { steps } = planService({ resolved: r, instances: model, imagePresent: present, pulling: false, pullWaiting: false, crashWaiting: false });
+    if (steps.length === 0) break;
+    let created: Instance | undefined;
+    for (const step of steps) {
+      out.push(toPlanStep(step, planned, after));
+      if (step.kind === 'pull') present = true;
+      else if (step.kind === 'remove') model = model.filter((i) => i.id !== step.instance.id);
+      else if (step.kind === 'stop') Object.assign(model.find((i) => i.id === step.instance.id) ?? {}, { state: 'exited', exitCode: 0, health: null });
+      else if (step.kind === 'create') {
+        created = modelInstance(step.desired, `planned-${++made}`, r);
+        planned.add(created.id);
+        model.push(created);
+      } else {
+        const id = step.instance?.id ?? created?.id;
+        Object.assign(model.find((i) => i.id === id) ?? {}, { state: 'running', startedAt: pass + 1, exitCode: null, error: null, health: r && hasHealthcheck(r.desired.spec.healthcheck) ? 'starting' : null });
+      }
+    }
+    if (steps.at(-1)?.kind === 'pull') after = 'download';
+    else if (model.some((i) => i.health === 'starting')) {
+      after = 'healthy';
+      for (const i of model) if (i.health === 'starting') i.health = 'healthy';
+    }
+  }
+  return out;
+}
+
+function modelInstance(d: DesiredService, id: string, r: ResolvedService | undefined): Instance {
+  return {
+    id,
+    runtime: d.runtime,
+    app: d.app,
+    service: d.service,
+    configHash: d.configHash,
+    image: d.image ?? null,
+    state: 'created',
+    exitCode: null,
+    error: null,
+    startedAt: null,
+    finishedAt: null,
+    exitKey: null,
+    health: r && hasHealthcheck(r.desired.spec.healthcheck) ? 'starting' : null,
+  };
+}
+
+/** A planner step as listed: ids of instances the plan itself makes are left out (they do not exist yet). */
+function toPlanStep(s: Step, planned: ReadonlySet<string>, after: PlanStep['after']): PlanStep {
+  const when = after === undefined ? {} : { after };
   switch (s.kind) {
     case 'pull':
-      return { kind: 'pull', image: s.image };
+      return { kind: 'pull', image: s.image, ...when };
+    case 'create':
+      return { kind: 'create', ...when };
     case 'stop':
     case 'remove':
-      return { kind: s.kind, instance: s.instance.id };
-    case 'create':
-      return { kind: 'create' };
     case 'start':
-      return s.instance ? { kind: 'start', instance: s.instance.id } : { kind: 'start' };
+      return s.instance && !planned.has(s.instance.id) ? { kind: s.kind, instance: s.instance.id, ...when } : { kind: s.kind, ...when };
   }
 }

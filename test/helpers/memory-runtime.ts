@@ -1,5 +1,5 @@
 import { RuntimeEventEmitter } from '../../src/workloads/runtimes/events.js';
-import type { Availability, DesiredService, Instance, RegistryAuth, RuntimeKind, WorkloadRuntime } from '../../src/workloads/types.js';
+import type { Availability, DesiredService, HealthState, Instance, RegistryAuth, RuntimeKind, WorkloadRuntime } from '../../src/workloads/types.js';
 import type { FakeClock } from './fake-clock.js';
 
 /** An in-memory runtime for unit tests of the loop on fake time (the integration tests use real engines). */
@@ -13,6 +13,9 @@ export class MemoryRuntime implements WorkloadRuntime {
   crashAfterMs = new Map<string, number>();
   pullBehaviour: (image: string, signal?: AbortSignal, auth?: RegistryAuth) => Promise<void> = () => Promise.reject(new Error('registry unreachable'));
   createBehaviour: (d: DesiredService, signal?: AbortSignal) => Promise<void> = () => Promise.resolve();
+  /** The verdict a service's health check reaches: an instance with one is `starting` when started and, once listed so, this verdict. */
+  healthVerdict: (service: string) => HealthState = () => 'healthy';
+  private readonly checked = new Set<string>();
   private seq = 0;
 
   constructor(
@@ -24,7 +27,9 @@ export class MemoryRuntime implements WorkloadRuntime {
     return Promise.resolve({ ok: true });
   }
   list(): Promise<Instance[]> {
-    return Promise.resolve([...this.instances.values()].map((i) => ({ ...i })));
+    const seen = [...this.instances.values()].map((i) => ({ ...i }));
+    for (const i of this.instances.values()) if (i.health === 'starting') i.health = this.healthVerdict(i.service);
+    return Promise.resolve(seen);
   }
   hasImage(image: string): Promise<boolean> {
     return Promise.resolve(this.kind === 'process' || this.images.has(image));
@@ -37,6 +42,7 @@ export class MemoryRuntime implements WorkloadRuntime {
   async create(d: DesiredService, signal?: AbortSignal): Promise<string> {
     await this.createBehaviour(d, signal);
     const id = `${d.service}-${++this.seq}`;
+    if (d.spec?.healthcheck) this.checked.add(id);
     this.instances.set(id, {
       id,
       runtime: this.kind,
@@ -56,7 +62,7 @@ export class MemoryRuntime implements WorkloadRuntime {
   start(id: string): Promise<void> {
     const i = this.instances.get(id);
     if (!i) return Promise.reject(new Error('no such instance'));
-    Object.assign(i, { state: 'running', startedAt: this.clock.now(), exitCode: null });
+    Object.assign(i, { state: 'running', startedAt: this.clock.now(), exitCode: null, ...(this.checked.has(id) ? { health: 'starting' } : {}) });
     this.starts.push({ service: i.service, at: this.clock.monotonic() });
     const after = this.crashAfterMs.get(i.service);
     if (after !== undefined) {
@@ -69,7 +75,7 @@ export class MemoryRuntime implements WorkloadRuntime {
   }
   stop(id: string): Promise<void> {
     const i = this.instances.get(id);
-    if (i && i.state === 'running') Object.assign(i, { state: 'exited', exitCode: 143, finishedAt: this.clock.now(), exitKey: `${id}:stop` });
+    if (i && i.state === 'running') Object.assign(i, { state: 'exited', exitCode: 143, finishedAt: this.clock.now(), exitKey: `${id}:stop`, ...(this.checked.has(id) ? { health: null } : {}) });
     return Promise.resolve();
   }
   remove(id: string): Promise<void> {

@@ -126,7 +126,17 @@ describe('a target applied through the devcloud', () => {
     const refused = await post({ version: 1, apps: { x: { services: { s: { image: 'local/x:1', privileged: true } } } } });
     expect(refused.status).toBe(400);
     expect(((await refused.json()) as { message: string }).message).toContain('apps.x.services.s.privileged');
-    const ok = await post({ version: 2, apps: { local: { services: { napper: { runtime: 'process', command: ['/bin/sleep', '3600'] } } } } });
+    const next = { version: 2, apps: { local: { services: { napper: { runtime: 'process', command: ['/bin/sleep', '3600'] } } } } };
+    // The plan of it first, through the same API: one process to create and start, nothing pulled.
+    const planned = await fetch(`${a.apiUrl}/v2/target/plan`, { method: 'POST', headers: { authorization: `Bearer ${a.key}`, 'content-type': 'application/json' }, body: JSON.stringify(next) });
+    expect(planned.status).toBe(200);
+    expect(await planned.json()).toMatchObject({
+      targetVersion: 2,
+      services: [{ app: 'local', service: 'napper', runtime: 'process', action: 'create', steps: [{ kind: 'create' }, { kind: 'start' }], downtime: { kind: 'none' } }],
+      images: { pull: [], present: [] },
+      refused: [],
+    });
+    const ok = await post(next);
     expect(ok.status).toBe(200);
     await waitFor('the local service running', async () => ((await a.get('/v2/state')).body as StateView).current.apps.local?.services.napper?.status === 'running');
     expect(((await a.get('/v2/state')).body as { mode: string }).mode).toBe('local');

@@ -1,19 +1,19 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemClock } from '../../src/util/clock.js';
 import { DEFAULT_WORKLOAD_POLICY, validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
-import { PlanPreview, type PlanStep } from '../../src/workloads/plan-preview.js';
+import { PlanPreview, type TargetPlan } from '../../src/workloads/plan-preview.js';
 import { Reconciler } from '../../src/workloads/reconciler.js';
 import { DockerRuntime } from '../../src/workloads/runtimes/docker.js';
 import { ProcessRuntime } from '../../src/workloads/runtimes/process.js';
 import { MemoryTargetSource } from '../../src/workloads/target-source.js';
-import type { DesiredService } from '../../src/workloads/types.js';
 import { waitFor } from '../helpers/agent-process.js';
 import { startEngine, startRegistry, type TestEngine, type TestRegistry } from '../helpers/docker.js';
 import { silentLogger } from '../helpers/logger.js';
+import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // plan == apply on the private Docker engine, with a real registry for the pulls: the plan of each
-// target lists exactly the engine calls its apply then makes.
+// target lists exactly the engine calls its apply then makes (test/helpers/plan-check.ts).
 let eng: TestEngine;
 let reg: TestRegistry;
 let IMG: string;
@@ -34,48 +34,6 @@ afterAll(async () => {
   dirs.cleanup();
 }, 60_000);
 
-/** The docker runtime, recording per service the calls it gets while `recording`. */
-class RecordingDocker extends DockerRuntime {
-  recording = false;
-  readonly calls = new Map<string, PlanStep[]>();
-  readonly pulled: string[] = [];
-  readonly keys = new Map<string, string>();
-  private readonly made = new Set<string>();
-  private log(id: string, kind: PlanStep['kind']): void {
-    const key = this.keys.get(id);
-    if (!this.recording || key === undefined) return;
-    this.calls.set(key, [...(this.calls.get(key) ?? []), this.made.has(id) ? { kind } : { kind, instance: id }]);
-  }
-  override async list(signal?: AbortSignal) {
-    const found = await super.list(signal);
-    for (const i of found) this.keys.set(i.id, `${i.app}/${i.service}`);
-    return found;
-  }
-  override async pull(image: string, signal?: AbortSignal): Promise<void> {
-    if (this.recording) this.pulled.push(image);
-    return super.pull(image, signal);
-  }
-  override async create(d: DesiredService, signal?: AbortSignal): Promise<string> {
-    const id = await super.create(d, signal);
-    this.keys.set(id, `${d.app}/${d.service}`);
-    if (this.recording) this.made.add(id);
-    this.log(id, 'create');
-    return id;
-  }
-  override async start(id: string, signal?: AbortSignal): Promise<void> {
-    this.log(id, 'start');
-    return super.start(id, signal);
-  }
-  override async stop(id: string, signal?: AbortSignal): Promise<void> {
-    this.log(id, 'stop');
-    return super.stop(id, signal);
-  }
-  override async remove(id: string, signal?: AbortSignal): Promise<void> {
-    this.log(id, 'remove');
-    return super.remove(id, signal);
-  }
-}
-
 function parse(version: number, apps: Record<string, unknown>): TargetState {
   const v = validateTarget({ version, apps }, { policy: { allowHostMounts: true } });
   if (!v.ok) throw new Error(v.message);
@@ -83,27 +41,26 @@ function parse(version: number, apps: Record<string, unknown>): TargetState {
 }
 
 let n = 0;
-async function check(before: TargetState | undefined, after: TargetState): Promise<{ pulls: string[] }> {
+/** Applies `before`, then `after`; each apply's engine calls are checked against its plan (PlanApplyCheck). Returns the plan of `after`. */
+async function check(before: TargetState | undefined, after: TargetState): Promise<TargetPlan> {
   const logger = silentLogger();
-  const docker = new RecordingDocker({ docker: eng.docker, agentId: `${eng.runId}-plan${++n}`, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1 });
+  const docker = new DockerRuntime({ docker: eng.docker, agentId: `${eng.runId}-plan${++n}`, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1 });
   const proc = new ProcessRuntime({ dataDir: dirs.make(), clock: systemClock, logger, stopTimeoutMs: 1_000 });
+  const plans = new PlanApplyCheck({ docker, process: proc, policy: { allowHostMounts: true } });
   const source = new MemoryTargetSource(before);
-  const rec = new Reconciler({ source, docker, process: proc, clock: systemClock, random: Math.random, logger, reconciliationIntervalMs: 500, pullBackoff: { minMs: 200, maxMs: 1_000 } });
+  const rec = new Reconciler({ source, docker: plans.docker, process: plans.process, clock: systemClock, random: Math.random, logger, reconciliationIntervalMs: 500, pullBackoff: { minMs: 200, maxMs: 1_000 } });
   const ctl = new AbortController();
-  const loop = rec.run(ctl.signal);
+  const loop = plans.run(rec, source, ctl.signal);
   const applied = (v: number): boolean => rec.currentState().targetVersion === v && rec.currentState().status === 'applied';
+  let plan: TargetPlan;
   try {
     if (before) await waitFor('before applied', () => applied(before.version), 60_000);
     const result = await new PlanPreview({ docker, process: proc, policy: { ...DEFAULT_WORKLOAD_POLICY }, stopTimeoutSeconds: 1 }).plan(after);
     if (!result.ok) throw new Error(result.validation.message);
-    docker.recording = true;
-    source.set(after);
+    plan = result.plan;
+    for (const p of plan.images.present) expect(p.sizeBytes).toBeGreaterThan(0);
+    await plans.apply(after);
     await waitFor('after applied', () => applied(after.version), 60_000);
-    const planned = new Map(result.plan.services.map((s) => [`${s.app}/${s.service}`, s.steps.filter((x) => x.kind !== 'pull')] as const).filter(([, s]) => s.length > 0));
-    expect(Object.fromEntries(docker.calls)).toEqual(Object.fromEntries(planned));
-    expect([...docker.pulled].sort()).toEqual(result.plan.images.pull.map((i) => i.image).sort());
-    for (const p of result.plan.images.present) expect(p.sizeBytes).toBeGreaterThan(0);
-    return { pulls: docker.pulled };
   } finally {
     ctl.abort();
     await loop;
@@ -112,6 +69,8 @@ async function check(before: TargetState | undefined, after: TargetState): Promi
       await eng.docker.getContainer(c.Id).remove({ force: true });
     }
   }
+  expect(plans.verify().targets).toBe(before ? 2 : 1);
+  return plan;
 }
 
 it('create with the image here; recreate by config; remove', async () => {
@@ -123,7 +82,7 @@ it('create with the image here; recreate by config; remove', async () => {
 it('recreate by image from the registry under both strategies: the pull is where the plan says', async () => {
   const ktd = { labels: { 'io.iotistic.update-strategy': 'kill-then-download' } };
   const r1 = await check(parse(1, { a: { services: { web: { image: IMG, command: RUN } } } }), parse(2, { a: { services: { web: { image: REMOTE, command: RUN } } } }));
-  expect(r1.pulls).toEqual([REMOTE]);
+  expect(r1.images.pull.map((i) => i.image)).toEqual([REMOTE]);
   await eng.docker.getImage(REMOTE).remove({ force: true });
   await check(parse(1, { a: { services: { web: { image: IMG, command: RUN, ...ktd } } } }), parse(2, { a: { services: { web: { image: REMOTE, command: RUN, ...ktd } } } }));
 }, 240_000);

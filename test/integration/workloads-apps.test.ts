@@ -11,6 +11,7 @@ import type { CurrentState, ServiceState } from '../../src/workloads/types.js';
 import { waitFor } from '../helpers/agent-process.js';
 import { startEngine, startRegistry, type TestEngine, type TestRegistry } from '../helpers/docker.js';
 import { silentLogger } from '../helpers/logger.js';
+import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -61,6 +62,8 @@ interface Agent {
   states: CurrentState[];
   service(app: string, name: string): ServiceState | undefined;
   applied(version: number): boolean;
+  /** Sets the next target, its plan taken first; `retries`: "app/service" keys that retry by design. */
+  apply(t: TargetState, retries?: string[]): Promise<void>;
 }
 
 function agent(t: TargetState): Agent {
@@ -69,19 +72,23 @@ function agent(t: TargetState): Agent {
   const docker = new DockerRuntime({ docker: eng.docker, agentId: id, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1, watchBackoff: { minMs: 200, maxMs: 1_000 } });
   const proc = new ProcessRuntime({ dataDir: dirs.make(), clock: systemClock, logger, stopTimeoutMs: 1_000 });
   const source = new MemoryTargetSource(t);
-  const rec = new Reconciler({ source, docker, process: proc, clock: systemClock, random: Math.random, logger, reconciliationIntervalMs: 2_000, crashBackoff: { minMs: 500, maxMs: 2_000 } });
+  // Every target is checked against its plan preview: the calls made are the plan's steps.
+  const check = new PlanApplyCheck({ docker, process: proc });
+  const rec = new Reconciler({ source, docker: check.docker, process: check.process, clock: systemClock, random: Math.random, logger, reconciliationIntervalMs: 2_000, crashBackoff: { minMs: 500, maxMs: 2_000 } });
   const states: CurrentState[] = [];
   rec.on('changed', (s) => states.push(s));
   const ctl = new AbortController();
-  const done = rec.run(ctl.signal);
+  const done = check.run(rec, source, ctl.signal);
   cleanups.push(async () => {
     ctl.abort();
     await done;
     await proc.close();
+    check.verify();
   });
   return {
     id,
     source,
+    apply: (next, retries) => check.apply(next, retries),
     states,
     service: (app, name) => rec.currentState().apps[app]?.services[name],
     applied: (version) => {
@@ -131,7 +138,7 @@ describe('apps as a unit on a real Docker engine', () => {
     expect(info.Config.Labels['io.iotistic.depends-on']).toBe('web');
     await waitFor('the client fetched the page from "web"', async () => (await logsOf(client?.id as string)).includes('got: hello-from-web'), 30_000);
 
-    a.source.set(target(2, {}));
+    await a.apply(target(2, {}));
     await waitFor('v2 applied', () => a.applied(2), 30_000);
     await waitFor('the app network removed', async () => (await networksOf(a.id)).length === 0, 30_000);
     expect(await containersOf(a.id, 'web')).toEqual([]);
@@ -205,7 +212,7 @@ describe('apps as a unit on a real Docker engine', () => {
     await waitFor('v1 applied and healthy', () => a.applied(1) && a.service('app', 'web')?.status === 'running', 60_000);
     const [old] = await containersOf(a.id, 'web');
 
-    a.source.set(target(2, { app: { services: { web: svc('2', 'false') } } }));
+    await a.apply(target(2, { app: { services: { web: svc('2', 'false') } } }), ['app/web']);
     await waitFor('the new version rejected', () => a.service('app', 'web')?.lastError?.startsWith('new version unhealthy') === true, 60_000);
     // It ran beside the old one (start-new-first) before it was judged.
     expect(a.states.some((s) => s.apps.app?.services.web?.status === 'starting')).toBe(true);
@@ -215,7 +222,7 @@ describe('apps as a unit on a real Docker engine', () => {
     expect(a.service('app', 'web')?.lastError).toMatch(/^new version unhealthy: unhealthy: exit code 1/);
 
     // A fixed version replaces it once healthy.
-    a.source.set(target(3, { app: { services: { web: svc('3', 'true') } } }));
+    await a.apply(target(3, { app: { services: { web: svc('3', 'true') } } }));
     await waitFor('v3 applied', () => a.applied(3) && a.service('app', 'web')?.status === 'running', 60_000);
     const now = await containersOf(a.id, 'web');
     expect(now).toHaveLength(1);
@@ -237,7 +244,7 @@ describe('apps as a unit on a real Docker engine', () => {
     const [old] = await containersOf(a.id, 'web');
     const firstStart = (await eng.docker.getContainer(old?.id as string).inspect()).State.StartedAt;
 
-    a.source.set(target(2, { app: { services: { web: svc('2', 'false') } } }));
+    await a.apply(target(2, { app: { services: { web: svc('2', 'false') } } }), ['app/web']);
     await waitFor('the new version rejected', () => a.service('app', 'web')?.lastError?.startsWith('new version unhealthy') === true, 60_000);
     await waitFor('the old one running again, alone', async () => {
       const now = await containersOf(a.id, 'web');

@@ -9,11 +9,13 @@ import type { CurrentState, ServiceState } from '../../src/workloads/types.js';
 import { waitFor } from '../helpers/agent-process.js';
 import { startEngine, startRegistry, TEST_RUN_LABEL, type TestEngine, type TestRegistry } from '../helpers/docker.js';
 import { silentLogger } from '../helpers/logger.js';
+import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
  * The reconciler on a real Docker engine (a private dockerd when none runs) with images built from
- * busybox-static and a real registry on loopback for pulls.
+ * busybox-static and a real registry on loopback for pulls. Every target applied is checked against
+ * its plan preview (PlanApplyCheck): the engine calls made are the plan's steps.
  */
 
 let eng: TestEngine;
@@ -57,19 +59,23 @@ interface Agent {
   source: MemoryTargetSource;
   states: { at: number; state: CurrentState }[];
   service(app: string, name: string): ServiceState | undefined;
+  /** Sets the next target, its plan taken first; `retries`: "app/service" keys that retry by design. */
+  apply(t: TargetState, retries?: string[]): Promise<void>;
+  /** Stops the loop and checks plan == apply for every target it applied. */
   stop(): Promise<void>;
 }
 
-function agent(t: TargetState, opts: { agentId?: string; intervalMs?: number } = {}): Agent {
+function agent(t: TargetState, opts: { agentId?: string; intervalMs?: number; retries?: string[] } = {}): Agent {
   const id = opts.agentId ?? `${eng.runId}-a${++agents}`;
   const logger = silentLogger();
   const docker = new DockerRuntime({ docker: eng.docker, agentId: id, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1, watchBackoff: { minMs: 200, maxMs: 1_000 } });
   const proc = new ProcessRuntime({ dataDir: dirs.make(), clock: systemClock, logger, stopTimeoutMs: 1_000 });
   const source = new MemoryTargetSource(t);
+  const check = new PlanApplyCheck({ docker, process: proc });
   const rec = new Reconciler({
     source,
-    docker,
-    process: proc,
+    docker: check.docker,
+    process: check.process,
     clock: systemClock,
     random: Math.random,
     logger,
@@ -80,7 +86,7 @@ function agent(t: TargetState, opts: { agentId?: string; intervalMs?: number } =
   const states: Agent['states'] = [];
   rec.on('changed', (state) => states.push({ at: Date.now(), state }));
   const ctl = new AbortController();
-  const done = rec.run(ctl.signal);
+  const done = check.run(rec, source, ctl.signal, opts.retries);
   let stopped = false;
   // An agent that stops (or is killed) leaves its containers running: nothing to close for docker.
   const stop = async (): Promise<void> => {
@@ -89,9 +95,10 @@ function agent(t: TargetState, opts: { agentId?: string; intervalMs?: number } =
     ctl.abort();
     await done;
     await proc.close();
+    check.verify();
   };
   cleanups.push(stop);
-  return { id, rec, source, states, stop, service: (app, name) => rec.currentState().apps[app]?.services[name] };
+  return { id, rec, source, states, stop, apply: (next, retries) => check.apply(next, retries), service: (app, name) => rec.currentState().apps[app]?.services[name] };
 }
 
 interface Seen {
@@ -141,7 +148,7 @@ describe('workloads on a real Docker engine', () => {
     const worker = await eng.docker.getContainer(v1.get('front/worker')?.[0]?.id as string).inspect();
     expect(worker.HostConfig.PortBindings).toEqual({ '80/tcp': [{ HostIp: '127.0.0.1', HostPort: String(PORT) }] });
 
-    a.source.set(
+    await a.apply(
       target(2, {
         front: { services: { web: { image: IMG, command: RUN, environment: { V: '2' } }, worker: { image: IMG, command: RUN, ports: [`127.0.0.1:${PORT}:80`] } } },
         back: { services: { db: { image: IMG, command: RUN, volumes: ['data:/data'] }, either: { runtime: 'auto', image: IMG, command: RUN } } },
@@ -157,7 +164,7 @@ describe('workloads on a real Docker engine', () => {
   });
 
   it('restarts a service that exits with growing delays; its neighbour keeps running', async () => {
-    const a = agent(target(1, { app: { services: { crash: { image: IMG, command: ['/bin/sh', '-c', 'exit 3'] }, calm: { image: IMG, command: RUN } } } }));
+    const a = agent(target(1, { app: { services: { crash: { image: IMG, command: ['/bin/sh', '-c', 'exit 3'] }, calm: { image: IMG, command: RUN } } } }), { retries: ['app/crash'] });
     await waitFor('three restarts', () => (a.service('app', 'crash')?.restarts ?? 0) >= 3, 30_000);
     // When each restart was seen (the state's restart count went up).
     const seen: number[] = [];
@@ -195,6 +202,7 @@ describe('workloads on a real Docker engine', () => {
           },
         },
       }),
+      { retries: ['app/missing', 'app/bad'] },
     );
     await waitFor('ok running, the others backing off', () => {
       const s = a.rec.currentState().apps.app?.services;
@@ -220,7 +228,7 @@ describe('workloads on a real Docker engine', () => {
     const before = await containers(a.id);
 
     await reg.stop();
-    a.source.set(target(2, { app: { services: { keep: { image: v2, command: RUN }, gone: { image: v2, command: RUN, labels: kill } } } }));
+    await a.apply(target(2, { app: { services: { keep: { image: v2, command: RUN }, gone: { image: v2, command: RUN, labels: kill } } } }), ['app/keep', 'app/gone']);
     await waitFor('v2 pull failing', () => {
       const s = a.rec.currentState().apps.app?.services;
       return s?.keep?.status === 'backoff' && s.gone?.status === 'backoff';
@@ -269,7 +277,7 @@ describe('workloads on a real Docker engine', () => {
     const otherAgent = await foreign({ 'io.iotistic.managed': 'true', 'io.iotistic.agent': 'someone-else', 'io.iotistic.app': 'app', 'io.iotistic.service': 'web', 'io.iotistic.config-hash': 'x' });
     const a = agent(target(1, { app: { services: { web: { image: IMG, command: RUN } } } }));
     await waitFor('applied', () => applied(a, 1), 30_000);
-    a.source.set(target(2, {}));
+    await a.apply(target(2, {}));
     await waitFor('everything of the agent removed', async () => applied(a, 2) && (await containers(a.id)).size === 0, 30_000);
     for (const id of [plain, lookalike, otherAgent]) {
       const info = await eng.docker.getContainer(id).inspect();
@@ -280,7 +288,9 @@ describe('workloads on a real Docker engine', () => {
   it('never hands one app\'s named volume to another whose names join to the same engine volume', async () => {
     const n = `v${Math.floor(Math.random() * 1e9)}`;
     // "<n>_x" + "data" and "<n>" + "x_data" are both the engine's volume "<n>_x_data".
-    const a = agent(target(1, { [`${n}_x`]: { services: { s: { image: IMG, command: RUN, volumes: ['data:/data'] } } }, [n]: { services: { s: { image: IMG, command: RUN, volumes: ['x_data:/data'] } } } }));
+    const a = agent(target(1, { [`${n}_x`]: { services: { s: { image: IMG, command: RUN, volumes: ['data:/data'] } } }, [n]: { services: { s: { image: IMG, command: RUN, volumes: ['x_data:/data'] } } } }), {
+      retries: [`${n}_x/s`, `${n}/s`],
+    });
     const states = await waitFor('one running, the other refused', () => {
       const s = [a.service(`${n}_x`, 's'), a.service(n, 's')];
       return s.some((x) => x?.status === 'running') && s.some((x) => x?.lastError?.includes('belongs to app')) ? s : undefined;

@@ -10,6 +10,7 @@ import { validateTarget, type TargetState } from '../../src/workloads/target-sch
 import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { startEngine, type TestEngine } from '../helpers/docker.js';
 import { silentLogger } from '../helpers/logger.js';
+import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /** Container options in force on a real engine (issue #18), and the Compose subset through the CLI and the local API. */
@@ -38,14 +39,19 @@ function target(version: number, apps: Record<string, unknown>): TargetState {
   return r.target;
 }
 
-function reconciler(t: TargetState): { id: string; rec: Reconciler; source: MemoryTargetSource } {
+/** A reconciler on the engine; every target it applies is checked against its plan preview (PlanApplyCheck). */
+function reconciler(t: TargetState): { id: string; rec: Reconciler; apply: (t: TargetState) => Promise<void> } {
   const id = `${eng.runId}-opts${cleanups.length}`;
   const logger = silentLogger();
   const source = new MemoryTargetSource(t);
-  const rec = new Reconciler({
-    source,
+  const check = new PlanApplyCheck({
     docker: new DockerRuntime({ docker: eng.docker, agentId: id, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1 }),
     process: new ProcessRuntime({ dataDir: dirs.make(), clock: systemClock, logger, stopTimeoutMs: 1_000 }),
+  });
+  const rec = new Reconciler({
+    source,
+    docker: check.docker,
+    process: check.process,
     clock: systemClock,
     random: Math.random,
     logger,
@@ -54,12 +60,13 @@ function reconciler(t: TargetState): { id: string; rec: Reconciler; source: Memo
     pullBackoff: { minMs: 500, maxMs: 2_000 },
   });
   const ctl = new AbortController();
-  const done = rec.run(ctl.signal);
+  const done = check.run(rec, source, ctl.signal);
   cleanups.push(async () => {
     ctl.abort();
     await done;
+    check.verify();
   });
-  return { id, rec, source };
+  return { id, rec, apply: (next) => check.apply(next) };
 }
 
 async function containerOf(agentId: string): Promise<string[]> {
@@ -94,7 +101,7 @@ describe('container options on a real engine', () => {
     expect(info.State, `${JSON.stringify(info.State)} ${logs}`).toMatchObject({ Running: true });
     expect(running()?.restarts).toBe(0);
 
-    a.source.set(target(2, { opts: { services: { limited: svc('96m') } } }));
+    await a.apply(target(2, { opts: { services: { limited: svc('96m') } } }));
     await waitFor('v2 applied', () => a.rec.currentState().targetVersion === 2 && a.rec.currentState().status === 'applied', 60_000);
     const after = await containerOf(a.id);
     expect(after).toHaveLength(1);

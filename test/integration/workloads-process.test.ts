@@ -11,6 +11,7 @@ import { validateTarget, type TargetState } from '../../src/workloads/target-sch
 import type { CurrentState, ServiceState } from '../../src/workloads/types.js';
 import { ROOT, waitFor } from '../helpers/agent-process.js';
 import { silentLogger } from '../helpers/logger.js';
+import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -38,28 +39,33 @@ interface Agent {
   source: MemoryTargetSource;
   states: { at: number; state: CurrentState }[];
   service(app: string, name: string): ServiceState | undefined;
+  /** Sets the next target, its plan taken first; `retries`: "app/service" keys that retry by design. */
+  apply(t: TargetState, retries?: string[]): Promise<void>;
   /** Stops the loop; with `graceful` also closes the runtime (stops the processes), as the agent's shutdown does. */
   stop(graceful?: boolean): Promise<void>;
 }
 
-function agent(dataDir: string, t: TargetState, opts: Partial<ProcessRuntimeOptions> = {}, rOpts: Partial<ReconcilerOptions> = {}): Agent {
+/** An agent's reconciler on real processes; every target it applies is checked against its plan preview (PlanApplyCheck). */
+function agent(dataDir: string, t: TargetState, opts: Partial<ProcessRuntimeOptions> = {}, rOpts: Partial<ReconcilerOptions> = {}, retries: string[] = []): Agent {
   const logger = silentLogger();
   const runtime = new ProcessRuntime({ dataDir, clock: systemClock, logger, stopTimeoutMs: 1_000, ...opts });
   const source = new MemoryTargetSource(t);
+  const check = new PlanApplyCheck({ docker: rOpts.docker, process: runtime });
   const rec = new Reconciler({
     source,
-    process: runtime,
+    process: check.process,
     clock: systemClock,
     random: Math.random,
     logger,
     reconciliationIntervalMs: 30_000,
     crashBackoff: { minMs: 300, maxMs: 5_000 },
     ...rOpts,
+    docker: check.docker,
   });
   const states: Agent['states'] = [];
   rec.on('changed', (state) => states.push({ at: Date.now(), state }));
   const ctl = new AbortController();
-  const done = rec.run(ctl.signal);
+  const done = check.run(rec, source, ctl.signal, retries);
   let stopped = false;
   const stop = async (graceful = true): Promise<void> => {
     if (stopped) return;
@@ -67,9 +73,10 @@ function agent(dataDir: string, t: TargetState, opts: Partial<ProcessRuntimeOpti
     ctl.abort();
     await done;
     if (graceful) await rec.close();
+    check.verify();
   };
   cleanups.push(() => stop(true));
-  return { rec, runtime, source, states, stop, service: (app, name) => rec.currentState().apps[app]?.services[name] };
+  return { rec, runtime, source, states, stop, apply: (next, r) => check.apply(next, r), service: (app, name) => rec.currentState().apps[app]?.services[name] };
 }
 
 function alive(pid: number): boolean {
@@ -115,7 +122,7 @@ describe('process runtime', () => {
           nowhere: { runtime: 'process', command: ['/bin/pwd'], workingDir: '/nonexistent-dir', restart: 'no' },
         },
       },
-    }));
+    }), {}, {}, ['app/nowhere']);
     await waitFor('hello running', () => a.service('app', 'hello')?.status === 'running');
     const log = join(dataDir, 'apps', 'app', 'hello', 'output.log');
     const text = await waitFor('output captured', () => {
@@ -163,7 +170,7 @@ describe('process runtime', () => {
           done: { runtime: 'process', command: ['/bin/true'], restart: 'on-failure' },
         },
       },
-    }));
+    }), {}, {}, ['app/crash', 'app/missing']);
     await waitFor('four restarts', () => (a.service('app', 'crash')?.restarts ?? 0) >= 4, 30_000);
     // Start times from the log's markers.
     const log = readFileSync(join(dataDir, 'apps', 'app', 'crash', 'output.log'), 'utf8');
@@ -205,7 +212,7 @@ describe('process runtime', () => {
     const stubbornChildren = groupMembers(pidsOf(stubborn)[0] as number);
     expect(stubbornChildren.length).toBe(2);
 
-    a.source.set(target(2, { app: { services: { one: { runtime: 'process', command: one, environment: { V: '2' } }, two: { runtime: 'process', command: two } } } }));
+    await a.apply(target(2, { app: { services: { one: { runtime: 'process', command: one, environment: { V: '2' } }, two: { runtime: 'process', command: two } } } }));
     await waitFor('v2 applied', () => {
       const s = a.rec.currentState();
       return s.targetVersion === 2 && s.status === 'applied' && pidsOf(one).length === 1 && pidsOf(one)[0] !== onePid;

@@ -156,10 +156,14 @@ describe('start order (the reconciler on a memory runtime)', () => {
     const left = (): string[] => [...docker.instances.values()].map((i) => i.service).sort();
     await rec.reconcileOnce();
     expect(left()).toEqual(['b', 'c']);
+    // Not applied while the removals wait their turn.
+    expect(rec.currentState()).toMatchObject({ targetVersion: 2, status: 'applying' });
     await rec.reconcileOnce();
     expect(left()).toEqual(['c']);
+    expect(rec.currentState().status).toBe('applying');
     await rec.reconcileOnce();
     expect(left()).toEqual([]);
+    expect(rec.currentState().status).toBe('applied');
     await rec.close();
   });
 });

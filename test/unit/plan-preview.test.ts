@@ -1,54 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { seededRandom } from '../../src/util/random.js';
-import { PlanPreview, type PlanStep, type TargetPlan } from '../../src/workloads/plan-preview.js';
+import { PlanPreview } from '../../src/workloads/plan-preview.js';
 import { Reconciler } from '../../src/workloads/reconciler.js';
 import { DEFAULT_WORKLOAD_POLICY, validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import { MemoryTargetSource } from '../../src/workloads/target-source.js';
-import type { DesiredService } from '../../src/workloads/types.js';
 import { PLAN_SCENARIOS } from '../fixtures/plan-targets.js';
 import { FakeClock } from '../helpers/fake-clock.js';
 import { silentLogger } from '../helpers/logger.js';
 import { MemoryRuntime } from '../helpers/memory-runtime.js';
-
-/** A memory runtime that records, per service, the calls the reconciler makes (the steps it took). */
-class RecordingRuntime extends MemoryRuntime {
-  recording = false;
-  readonly calls = new Map<string, PlanStep[]>();
-  readonly pulled: string[] = [];
-  private readonly made = new Set<string>();
-
-  private log(id: string, kind: PlanStep['kind']): void {
-    const i = this.instances.get(id);
-    if (!this.recording || !i) return;
-    const key = `${i.app}/${i.service}`;
-    // An instance made during the recorded apply is "the one the create made": the plan has no id for it.
-    this.calls.set(key, [...(this.calls.get(key) ?? []), this.made.has(id) ? { kind } : { kind, instance: id }]);
-  }
-  override async pull(image: string, signal?: AbortSignal): Promise<void> {
-    if (this.recording) this.pulled.push(image);
-    return super.pull(image, signal);
-  }
-  override async create(d: DesiredService, signal?: AbortSignal): Promise<string> {
-    const id = await super.create(d, signal);
-    if (this.recording) {
-      this.made.add(id);
-      this.log(id, 'create');
-    }
-    return id;
-  }
-  override start(id: string): Promise<void> {
-    this.log(id, 'start');
-    return super.start(id);
-  }
-  override stop(id: string): Promise<void> {
-    this.log(id, 'stop');
-    return super.stop(id);
-  }
-  override remove(id: string): Promise<void> {
-    this.log(id, 'remove');
-    return super.remove(id);
-  }
-}
+import { PlanApplyCheck } from '../helpers/plan-check.js';
 
 function parse(doc: Record<string, unknown>): TargetState {
   const v = validateTarget(doc);
@@ -58,33 +18,30 @@ function parse(doc: Record<string, unknown>): TargetState {
 
 function rig(images: string[] = []) {
   const clock = new FakeClock();
-  const docker = new RecordingRuntime('docker', clock);
-  const proc = new RecordingRuntime('process', clock);
+  const docker = new MemoryRuntime('docker', clock);
+  const proc = new MemoryRuntime('process', clock);
   for (const rt of [docker, proc]) rt.pullBehaviour = () => Promise.resolve();
   for (const i of images) docker.images.add(i);
   const source = new MemoryTargetSource();
-  const reconciler = new Reconciler({ source, docker, process: proc, clock, random: seededRandom(7), logger: silentLogger(), reconciliationIntervalMs: 30_000 });
+  const check = new PlanApplyCheck({ docker, process: proc });
+  const reconciler = new Reconciler({ source, docker: check.docker, process: check.process, clock, random: seededRandom(7), logger: silentLogger(), reconciliationIntervalMs: 30_000 });
+  check.attach(reconciler, source);
   const preview = new PlanPreview({ docker, process: proc, policy: { ...DEFAULT_WORKLOAD_POLICY }, stopTimeoutSeconds: 10 });
   /** Passes until nothing is left to do (a pull runs in the background between two passes). */
-  const apply = async (t: TargetState): Promise<void> => {
-    source.set(t);
+  const settle = async (): Promise<void> => {
     for (let quiet = 0, n = 0; quiet < 2 && n < 20; n++) {
       const r = await reconciler.reconcileOnce();
       await new Promise((resolve) => setImmediate(resolve));
       quiet = r.acted ? 0 : quiet + 1;
     }
   };
-  return { docker, proc, reconciler, preview, apply };
-}
-
-/** The plan's steps without its pulls (those are per image, compared apart), per service. */
-function plannedSteps(plan: TargetPlan): Map<string, PlanStep[]> {
-  const out = new Map<string, PlanStep[]>();
-  for (const s of plan.services) {
-    const steps = s.steps.filter((x) => x.kind !== 'pull');
-    if (steps.length > 0) out.set(`${s.app}/${s.service}`, steps);
-  }
-  return out;
+  /** Plans `t` (the check records its apply), sets it and lets it settle. */
+  const apply = async (t: TargetState): Promise<void> => {
+    await check.expect(t);
+    source.set(t);
+    await settle();
+  };
+  return { docker, proc, source, reconciler, preview, apply, settle, check };
 }
 
 describe('plan preview: plan == apply', () => {
@@ -92,20 +49,30 @@ describe('plan preview: plan == apply', () => {
     const r = rig(scenario.images);
     if (scenario.before) await r.apply(parse(scenario.before));
     const before = JSON.stringify([...r.docker.instances.values(), ...r.proc.instances.values()]);
-
+    const pulls = r.docker.pulls.length;
     const result = await r.preview.plan(scenario.target);
     if (!result.ok) throw new Error(result.validation.message);
-    const plan = result.plan;
     // Nothing changed by the preview: no pull, no create.
     expect(JSON.stringify([...r.docker.instances.values(), ...r.proc.instances.values()])).toBe(before);
+    expect(r.docker.pulls).toHaveLength(pulls);
 
-    r.docker.recording = r.proc.recording = true;
     await r.apply(parse(scenario.target));
-    const taken = new Map([...r.docker.calls, ...r.proc.calls]);
-    expect(Object.fromEntries(taken)).toEqual(Object.fromEntries(plannedSteps(plan)));
-    expect([...r.docker.pulled].sort()).toEqual(plan.images.pull.map((i) => i.image).sort());
-    const state = r.reconciler.currentState();
-    expect(state.status).toBe('applied');
+    expect(r.reconciler.currentState().status).toBe('applied');
+    // Both applies (before and target) took exactly their plans' steps and pulls.
+    expect(r.check.verify().targets).toBe(scenario.before ? 2 : 1);
+  });
+
+  it('the check sees a difference: a step the plan did not list fails it, naming the service', async () => {
+    const r = rig();
+    await r.apply(parse({ version: 1, apps: { a: { services: { s: { image: 'busybox:1', command: ['x'] } } } } }));
+    r.check.verify();
+    const t = parse({ version: 2, apps: { a: { services: { s: { image: 'busybox:1', command: ['y'] } } } } });
+    await r.check.expect(t);
+    // Someone else removes the instance between the plan and the apply: the apply makes fewer calls than planned.
+    for (const id of [...r.docker.instances.keys()]) await r.docker.remove(id);
+    r.source.set(t);
+    await r.settle();
+    expect(() => r.check.verify()).toThrow(/target 2, a\/s: planned \[stop s-1, remove s-1, create, start\], made \[create, start\]/);
   });
 });
 
@@ -135,6 +102,29 @@ describe('plan preview: what it says', () => {
     if (!result.ok) throw new Error('invalid');
     expect(result.plan.services[0]).toMatchObject({ action: 'recreate', why: ['image'], downtime: { kind: 'gap', includesPull: true } });
     expect(result.plan.services[0]?.steps.map((x) => x.kind)).toEqual(['stop', 'remove', 'pull', 'create', 'start']);
+  });
+
+  it('a health-gated update: no downtime beside the old; one that cannot run twice has a gap until healthy; the old goes after', async () => {
+    const plans = [];
+    for (const name of ['health-gated update: the new', 'health-gated update of a new image']) {
+      const r = rig();
+      const s = PLAN_SCENARIOS.find((x) => x.name.startsWith(name));
+      if (!s?.before) throw new Error('fixture missing');
+      await r.apply(parse(s.before));
+      const result = await r.preview.plan(s.target);
+      if (!result.ok) throw new Error('invalid');
+      plans.push(result.plan.services[0]);
+    }
+    expect(plans[0]).toMatchObject({ action: 'recreate', why: ['config'], downtime: { kind: 'none' } });
+    expect(plans[0]?.steps).toEqual([{ kind: 'create' }, { kind: 'start' }, { kind: 'stop', instance: 'api-1', after: 'healthy' }, { kind: 'remove', instance: 'api-1', after: 'healthy' }]);
+    expect(plans[1]).toMatchObject({ action: 'recreate', why: ['image'], downtime: { kind: 'gap', untilHealthy: true } });
+    expect(plans[1]?.steps).toEqual([
+      { kind: 'pull', image: 'nginx:1.26' },
+      { kind: 'stop', instance: 'api-1', after: 'download' },
+      { kind: 'create', after: 'download' },
+      { kind: 'start', after: 'download' },
+      { kind: 'remove', instance: 'api-1', after: 'healthy' },
+    ]);
   });
 
   it('lists what the policy refuses instead of throwing; bad input is not a plan', async () => {
