@@ -23,6 +23,7 @@ export interface DeviceApiDeps {
   store: DevCloudStore;
   faults: FaultInjector;
   autoProvision: boolean;
+  observe?: ((e: { phase: 'request' | 'response'; uuid: string | undefined; method: string; status?: number }) => void) | undefined;
 }
 
 type UuidRequest = FastifyRequest<{ Params: { uuid: string } }>;
@@ -35,12 +36,14 @@ export function registerDeviceApi(app: FastifyInstance, deps: DeviceApiDeps): vo
   app.addHook('onRequest', (request, _reply, done) => {
     const uuid = deviceOf(request);
     if (uuid !== undefined) store.countRequest(uuid, `${request.method} ${request.routeOptions.url ?? ''}`);
+    deps.observe?.({ phase: 'request', uuid, method: request.method });
     done();
   });
   app.addHook('onRequest', faults.onRequest);
   app.addHook('onResponse', (request, reply, done) => {
     const uuid = deviceOf(request);
     if (uuid !== undefined) store.bump(uuid, `status:${reply.statusCode}`);
+    deps.observe?.({ phase: 'response', uuid, method: request.method, status: reply.statusCode });
     done();
   });
 

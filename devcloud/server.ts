@@ -42,7 +42,19 @@ export interface DevCloudOptions {
   bodyLimit?: number;
   /** Wall clock for stored timestamps. Default `Date.now`. */
   now?: () => number;
+  /** Sees every device API request as it arrives and as it is answered (a benchmark's clock on the cloud side). */
+  observe?: DeviceRequestObserver;
 }
+
+/** A device request seen by the devcloud: `request` on arrival (before faults), `response` with the status sent. */
+export interface DeviceRequestEvent {
+  phase: 'request' | 'response';
+  /** The device the path names, when it names one. */
+  uuid: string | undefined;
+  method: string;
+  status?: number;
+}
+export type DeviceRequestObserver = (e: DeviceRequestEvent) => void;
 
 export interface DevCloud {
   /** Device API base URL, e.g. `http://127.0.0.1:41234` (the agent's `cloud.apiUrl`). */
@@ -93,7 +105,7 @@ export async function startDevCloud(opts: DevCloudOptions = {}): Promise<DevClou
 
   try {
     installGunzip(deviceApp);
-    registerDeviceApi(deviceApp, { store, faults, autoProvision: opts.autoProvision ?? true });
+    registerDeviceApi(deviceApp, { store, faults, autoProvision: opts.autoProvision ?? true, observe: opts.observe });
     registerAdminRoutes(adminApp, admin, opts.adminToken);
     await deviceApp.ready();
     const port = await listener.listen(opts.port ?? 0);

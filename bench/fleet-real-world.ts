@@ -1,0 +1,147 @@
+import { FaultProxy } from '../devcloud/fault-proxy.js';
+import { startMosquitto, type Mosquitto } from '../devcloud/mosquitto.js';
+import { startDevCloud, type DevCloud, type DeviceRequestEvent } from '../devcloud/server.js';
+
+/**
+ * The world a real fleet runs in (bench/fleet-real.ts): the devcloud's device API behind one TCP
+ * fault proxy, a private Mosquitto behind one fault proxy per device (so the broker side sees which
+ * device a connection is), and the clock on the cloud side: every device request as it arrives and
+ * as it is answered, every CONNACK each device receives. Outages of three kinds, on either channel:
+ * - `refused`: connections refused at once (the endpoint's host is up, nothing listens);
+ * - `blackhole`: connections accepted and never answered, current ones go silent (a dead route, a
+ *   firewall that drops): each attempt costs the agent its timeout;
+ * - `503`: a load balancer in front accepts while its backend is down: HTTP requests are answered
+ *   503 at once; MQTT connections are accepted and closed (the broker behind is stopped).
+ */
+
+export type OutageKind = 'refused' | 'blackhole' | '503';
+export type Channel = 'http' | 'mqtt';
+export const OUTAGE_KINDS: readonly OutageKind[] = ['refused', 'blackhole', '503'];
+
+export interface FleetWorld {
+  devcloud: DevCloud;
+  /** The device API's URL through the proxy (the agents' `cloud.apiUrl`). */
+  apiUrl: string;
+  /** The broker URL of device `i` (its own proxy). */
+  mqttUrl(i: number): string;
+  start(kind: OutageKind, channels: readonly Channel[]): Promise<void>;
+  end(): Promise<void>;
+  /** Device requests per second at the cloud, per whole second of `performance.now()`. */
+  requestsPerSecond(fromMs: number, toMs: number): number[];
+  /** The first instant ≥ `sinceMs` each device was answered below 500 (HTTP) or got a CONNACK (MQTT). */
+  backOnline(channel: Channel, sinceMs: number): Map<number, number>;
+  close(): Promise<void>;
+}
+
+interface Seen {
+  /** performance.now() of each request arrival. */
+  arrivals: number[];
+  /** Per device index: instants of answers below 500. */
+  httpOk: Map<number, number[]>;
+  /** Per device index: instants of CONNACKs. */
+  connacks: Map<number, number[]>;
+}
+
+function push(m: Map<number, number[]>, k: number, v: number): void {
+  const list = m.get(k);
+  if (list) list.push(v);
+  else m.set(k, [v]);
+}
+
+/** Starts the devcloud, the broker and the proxies for `devices` devices named by `uuidOf(i)`. */
+export async function startFleetWorld(devices: number, uuidOf: (i: number) => string): Promise<FleetWorld> {
+  const seen: Seen = { arrivals: [], httpOk: new Map(), connacks: new Map() };
+  const index = new Map<string, number>();
+  for (let i = 0; i < devices; i++) index.set(uuidOf(i), i);
+  const observe = (e: DeviceRequestEvent): void => {
+    const at = performance.now();
+    if (e.phase === 'request') seen.arrivals.push(at);
+    else if (e.uuid !== undefined && (e.status ?? 500) < 500) {
+      const i = index.get(e.uuid);
+      if (i !== undefined) push(seen.httpOk, i, at);
+    }
+  };
+  const devcloud = await startDevCloud({ observe });
+  const broker = await startMosquitto({ maxQueued: 10_000 });
+  const http = await FaultProxy.start({ target: { host: '127.0.0.1', port: devcloud.port } });
+  const mqtt: FaultProxy[] = [];
+  for (let i = 0; i < devices; i++) {
+    mqtt.push(await FaultProxy.start({ target: { host: broker.host, port: broker.port }, onFrame: (f) => f.direction === 'down' && f.type === 2 && push(seen.connacks, i, performance.now()) }));
+  }
+  let active: { kind: OutageKind; channels: readonly Channel[] } | undefined;
+  return {
+    devcloud,
+    apiUrl: `http://127.0.0.1:${http.port}`,
+    mqttUrl: (i) => `mqtt://127.0.0.1:${(mqtt[i] as FaultProxy).port}`,
+    async start(kind, channels) {
+      if (active) throw new Error('an outage is already under way');
+      active = { kind, channels };
+      if (channels.includes('http')) await startHttp(kind, http, devcloud);
+      if (channels.includes('mqtt')) await startMqtt(kind, mqtt, broker);
+    },
+    async end() {
+      if (!active) return;
+      const { kind, channels } = active;
+      active = undefined;
+      // A connection that lived through a black hole is gone when the way returns (the NAT or the
+      // firewall that dropped it has no state for it: the next segment is answered with a reset).
+      if (channels.includes('http')) {
+        if (kind === 'blackhole') http.cut();
+        http.pass();
+        if (kind === '503') await devcloud.admin.setFaults({ throttle: null });
+      }
+      if (channels.includes('mqtt')) {
+        for (const p of mqtt) {
+          if (kind === 'blackhole') p.cut();
+          p.pass();
+        }
+        if (kind === '503') await broker.start();
+      }
+    },
+    requestsPerSecond(fromMs, toMs) {
+      const buckets = new Array<number>(Math.max(0, Math.ceil((toMs - fromMs) / 1000))).fill(0);
+      for (const at of seen.arrivals) {
+        const b = Math.floor((at - fromMs) / 1000);
+        if (at >= fromMs && at < toMs) buckets[b] = (buckets[b] ?? 0) + 1;
+      }
+      return buckets;
+    },
+    backOnline(channel, sinceMs) {
+      const out = new Map<number, number>();
+      for (const [i, list] of channel === 'http' ? seen.httpOk : seen.connacks) {
+        const first = list.find((t) => t >= sinceMs);
+        if (first !== undefined) out.set(i, first);
+      }
+      return out;
+    },
+    async close() {
+      await http.close();
+      for (const p of mqtt) await p.close();
+      await broker.dispose();
+      await devcloud.close();
+    },
+  };
+}
+
+async function startHttp(kind: OutageKind, http: FaultProxy, devcloud: DevCloud): Promise<void> {
+  if (kind === 'refused') {
+    http.refuse(true);
+    http.cut();
+  } else if (kind === 'blackhole') http.blackhole('both', { newConnections: true });
+  else await devcloud.admin.setFaults({ throttle: { status: 503 } });
+}
+
+async function startMqtt(kind: OutageKind, proxies: FaultProxy[], broker: Mosquitto): Promise<void> {
+  if (kind === '503') {
+    // The proxies stay up (the load balancer); the broker behind them goes.
+    await broker.kill();
+    for (const p of proxies) p.cut();
+    return;
+  }
+  for (const p of proxies) {
+    if (kind === 'refused') {
+      p.refuse(true);
+      p.cut();
+    } else p.blackhole('both', { newConnections: true });
+  }
+}

@@ -1,0 +1,183 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startFleetAgent, type FleetAgent } from './fleet-real-agents.js';
+import { OUTAGE_KINDS, startFleetWorld, type Channel, type FleetWorld, type OutageKind } from './fleet-real-world.js';
+import { agentDefaults, outageScenario, quantile, simulate } from './fleet-sim.js';
+import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type BenchResult, type BenchTarget } from './report.js';
+
+/**
+ * npm run bench:fleet-real [-- --agents N --short S --long S --settle S --cap S --json]
+ *
+ * A real fleet: N agent processes (the built CLI, each with its own data dir) against the devcloud
+ * and a private Mosquitto through fault proxies (bench/fleet-real-world.ts). For each outage kind
+ * (refused, black hole, 503 behind an accepting proxy) and length (short, long), both channels go
+ * down together; when they return, it measures per agent the time until each channel is back (the
+ * first answer below 500 from the cloud, the first CONNACK from the broker, counted for the agents
+ * whose own view of that channel was not online at the return) and the request rate at the cloud,
+ * and compares them with bench:fleet's model (bench/fleet-sim.ts) run for the same N and schedule.
+ */
+
+const USAGE =
+  'usage: node dist/bench/fleet-real.js [--agents N (default 50)] [--short S (default 60)] [--long S (default 600; 0: none)] ' +
+  '[--settle S (default 90: steady time before each outage)] [--cap S (default 180: longest wait for the return)] [--json]';
+
+const CHANNELS: readonly Channel[] = ['http', 'mqtt'];
+/** The agent's name of each channel in `/v2/connection`. */
+const AGENT_CHANNEL: Record<Channel, string> = { http: 'api', mqtt: 'mqtt' };
+
+interface Measure {
+  kind: OutageKind;
+  outageS: number;
+  channel: Channel;
+  affected: number;
+  back: number;
+  p50S: number | null;
+  p99S: number | null;
+  maxS: number | null;
+  steadyRps: number;
+  peakRps: number;
+  model: { p99S: number | null; peakVsSteady: number | null };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitUntil(what: string, cond: () => boolean, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms / 1000} s`);
+    await sleep(250);
+  }
+}
+
+async function startFleet(world: FleetWorld, n: number, root: string, uuidOf: (i: number) => string): Promise<FleetAgent[]> {
+  const agents: FleetAgent[] = [];
+  for (let i = 0; i < n; i++) {
+    const apiKey = `fleet-device-key-${i}-0123456789abcdef`;
+    world.devcloud.admin.createDevice({ uuid: uuidOf(i), apiKey });
+    agents.push(await startFleetAgent({ index: i, uuid: uuidOf(i), apiKey, apiUrl: world.apiUrl, mqttUrl: world.mqttUrl(i), root }));
+    // Started a few at a time, so the start itself is not a reboot storm on two cores.
+    if (i % 5 === 4) await sleep(1_000);
+  }
+  await waitUntil('every agent online on both channels', () => CHANNELS.every((c) => world.backOnline(c, 0).size === n), 300_000);
+  return agents;
+}
+
+/** The agents whose own view of `channel` is not online, asked all at once. */
+async function notOnline(agents: FleetAgent[], channel: Channel): Promise<Set<number>> {
+  const views = await Promise.all(agents.map((a) => a.channels().catch(() => ({}) as Record<string, string>)));
+  return new Set(agents.filter((_, i) => views[i]?.[AGENT_CHANNEL[channel]] !== 'online').map((a) => a.index));
+}
+
+async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKind, outageS: number, o: { settleS: number; capS: number; seed: number }): Promise<Measure[]> {
+  const settleFrom = performance.now();
+  await sleep(o.settleS * 1000);
+  const steady = world.requestsPerSecond(settleFrom, performance.now());
+  const steadyRps = steady.reduce((a, b) => a + b, 0) / Math.max(1, steady.length);
+  process.stderr.write(`${kind} ${outageS} s: down\n`);
+  await world.start(kind, CHANNELS);
+  await sleep(outageS * 1000);
+  const affected = new Map<Channel, Set<number>>();
+  for (const c of CHANNELS) affected.set(c, await notOnline(agents, c));
+  await world.end();
+  const returned = performance.now();
+  process.stderr.write(`${kind} ${outageS} s: back; waiting for ${CHANNELS.map((c) => `${affected.get(c)?.size} ${c}`).join(', ')}\n`);
+  const allBack = (): boolean => CHANNELS.every((c) => [...(affected.get(c) ?? [])].every((i) => world.backOnline(c, returned).has(i)));
+  await waitUntil('every affected agent back', allBack, o.capS * 1000).catch((err: unknown) => process.stderr.write(`${String(err)}\n`));
+  const rates = world.requestsPerSecond(returned, performance.now());
+  const peakRps = Math.max(0, ...rates);
+  const settings = agentDefaults();
+  const model = simulate({ devices: agents.length, seed: o.seed, strategy: 'default+probe', scenario: outageScenario(outageS * 1000, agents.length, settings), settings });
+  const modelP99 = model.timeToOnlineMs ? model.timeToOnlineMs.p99 / 1000 : null;
+  return CHANNELS.map((channel) => {
+    const set = affected.get(channel) ?? new Set<number>();
+    const back = world.backOnline(channel, returned);
+    const times = Float64Array.from([...set].flatMap((i) => (back.has(i) ? [((back.get(i) as number) - returned) / 1000] : []))).sort();
+    const q = (p: number): number | null => (times.length > 0 ? quantile(times, p) : null);
+    return {
+      kind,
+      outageS,
+      channel,
+      affected: set.size,
+      back: times.length,
+      p50S: q(0.5),
+      p99S: times.length === set.size ? q(0.99) : null,
+      maxS: times.length === set.size ? q(1) : null,
+      steadyRps,
+      peakRps,
+      model: { p99S: modelP99, peakVsSteady: model.peakVsSteady },
+    };
+  });
+}
+
+function report(measures: Measure[], n: number, wallS: number, json: boolean, config: Record<string, unknown>): void {
+  const rows = measures.map((m) => [
+    `${m.kind} ${m.outageS} s ${m.channel}`,
+    `${m.back}/${m.affected}`,
+    cell(m.p50S, 1),
+    cell(m.p99S, 1),
+    cell(m.maxS, 1),
+    cell(m.model.p99S, 1),
+    cell(m.steadyRps, 2),
+    cell(m.peakRps),
+    cell(ratio(m.peakRps, m.steadyRps), 2),
+    cell(m.model.peakVsSteady, 2),
+  ]);
+  console.log(`real fleet: ${n} agents, ${machine().cpus} cpus, node ${process.version}, ${cell(wallS / 60, 1)} min`);
+  console.log(table(['outage, channel', 'back', 'p50 s', 'p99 s', 'max s', 'model p99 s', 'steady req/s', 'peak req/s', 'peak/steady', 'model peak/steady'], rows));
+  const results: BenchResult[] = [];
+  const ratios: Record<string, number | null> = {};
+  const targets: Record<string, BenchTarget> = {};
+  for (const m of measures) {
+    const k = `${m.kind}_${m.outageS}s.${m.channel}`;
+    results.push({ name: `${k}.p99_back_online`, value: m.p99S === null ? null : round(m.p99S), unit: 's' });
+    results.push({ name: `${k}.affected`, value: m.affected, unit: 'agents' });
+    const peakVsSteady = ratio(m.peakRps, m.steadyRps);
+    ratios[`${k}.p99_vs_model`] = ratio(m.p99S, m.model.p99S);
+    targets[`${k}.p99_back_online_s`] = target('<=', 40, m.p99S);
+    const off = (r: number | null): number | null => (r === null ? null : Math.abs(r - 1));
+    targets[`${k}.p99_within_25pct_of_model`] = target('<=', 0.25, off(ratios[`${k}.p99_vs_model`] ?? null));
+    if (m.channel === 'http') {
+      ratios[`${k}.peak_vs_steady_vs_model`] = ratio(peakVsSteady, m.model.peakVsSteady);
+      targets[`${k}.peak_vs_steady_within_25pct_of_model`] = target('<=', 0.25, off(ratios[`${k}.peak_vs_steady_vs_model`] ?? null));
+    }
+  }
+  if (json) console.log(jsonLine({ benchmark: 'fleet-real', machine: machine(), config, results, ratios, targets }));
+}
+
+async function main(): Promise<void> {
+  const a = benchArgs(process.argv.slice(2), USAGE, {
+    agents: { default: 50, min: 2, max: 500 },
+    short: { default: 60, min: 1 },
+    long: { default: 600, min: 0 },
+    settle: { default: 90, min: 1 },
+    cap: { default: 180, min: 10 },
+    seed: { default: 1, min: 0 },
+  });
+  const started = performance.now();
+  const root = mkdtempSync(join(tmpdir(), 'fleet-real-'));
+  const uuidOf = (i: number): string => `fleet-real-${String(i).padStart(4, '0')}`;
+  const world = await startFleetWorld(a.agents, uuidOf);
+  let agents: FleetAgent[] = [];
+  const measures: Measure[] = [];
+  try {
+    agents = await startFleet(world, a.agents, root, uuidOf);
+    for (const kind of OUTAGE_KINDS) {
+      for (const outageS of [a.short, a.long].filter((s) => s > 0)) {
+        measures.push(...(await runOutage(world, agents, kind, outageS, { settleS: a.settle, capS: a.cap, seed: a.seed })));
+      }
+    }
+    const dead = agents.filter((x) => !x.alive());
+    if (dead.length > 0) throw new Error(`${dead.length} agents exited during the run; the first one's stderr:\n${dead[0]?.stderr()}`);
+  } finally {
+    await Promise.all(agents.map((x) => x.stop()));
+    await world.close();
+    rmSync(root, { recursive: true, force: true });
+  }
+  report(measures, a.agents, (performance.now() - started) / 1000, a.json, { agents: a.agents, short: a.short, long: a.long, settle: a.settle, cap: a.cap, seed: a.seed });
+}
+
+main().catch((err: unknown) => {
+  console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
+  process.exit(1);
+});
