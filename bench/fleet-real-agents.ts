@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../devcloud/ports.js';
@@ -42,12 +42,17 @@ export async function startFleetAgent(s: FleetAgentSpec): Promise<FleetAgent> {
     cloud: { apiUrl: s.apiUrl },
     mqtt: { url: s.mqttUrl },
     api,
-    logging: { level: 'warn', format: 'json' },
+    // IOTISTIC_FLEET_LOG_LEVEL=info (or debug) to see why an agent came back late.
+    logging: { level: process.env.IOTISTIC_FLEET_LOG_LEVEL ?? 'warn', format: 'json' },
     features: { metrics: false, localBroker: false },
   };
   const configFile = join(dataDir, 'config.json');
   writeFileSync(configFile, JSON.stringify(config), { mode: 0o600 });
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'run', '--config', configFile, '--data-dir', dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // IOTISTIC_FLEET_LOG_DIR=DIR keeps each agent's log (stdout) there, as agent-N.log.
+  const logDir = process.env.IOTISTIC_FLEET_LOG_DIR;
+  const out = logDir ? openSync(join(logDir, `agent-${s.index}.log`), 'a') : 'ignore';
+  const child: ChildProcess = spawn(process.execPath, [CLI, 'run', '--config', configFile, '--data-dir', dataDir], { stdio: ['ignore', out, 'pipe'] });
+  if (typeof out === 'number') closeSync(out);
   let err = '';
   child.stderr?.setEncoding('utf8').on('data', (t: string) => {
     // Keep the tail only: a fleet of agents warning through an outage must not fill the bench's memory.

@@ -7,7 +7,7 @@ import { startDevCloud, type DevCloud, type DeviceRequestEvent } from '../devclo
  * fault proxy, a private Mosquitto behind one fault proxy per device (so the broker side sees which
  * device a connection is), and the clock on the cloud side: every device request as it arrives and
  * as it is answered, every CONNACK each device receives. Outages of three kinds, on either channel:
- * - `refused`: connections refused at once (the endpoint's host is up, nothing listens);
+ * - `refused`: connections refused by the kernel (the endpoint's host is up, nothing listens);
  * - `blackhole`: connections accepted and never answered, current ones go silent (a dead route, a
  *   firewall that drops): each attempt costs the agent its timeout;
  * - `503`: a load balancer in front accepts while its backend is down: HTTP requests are answered
@@ -88,12 +88,14 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
       if (channels.includes('http')) {
         if (kind === 'blackhole') http.cut();
         http.pass();
+        await http.listenAgain();
         if (kind === '503') await devcloud.admin.setFaults({ throttle: null });
       }
       if (channels.includes('mqtt')) {
         for (const p of mqtt) {
           if (kind === 'blackhole') p.cut();
           p.pass();
+          await p.listenAgain();
         }
         if (kind === '503') await broker.start();
       }
@@ -125,7 +127,7 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
 
 async function startHttp(kind: OutageKind, http: FaultProxy, devcloud: DevCloud): Promise<void> {
   if (kind === 'refused') {
-    http.refuse(true);
+    await http.stopListening();
     http.cut();
   } else if (kind === 'blackhole') http.blackhole('both', { newConnections: true });
   else await devcloud.admin.setFaults({ throttle: { status: 503 } });
@@ -140,7 +142,7 @@ async function startMqtt(kind: OutageKind, proxies: FaultProxy[], broker: Mosqui
   }
   for (const p of proxies) {
     if (kind === 'refused') {
-      p.refuse(true);
+      await p.stopListening();
       p.cut();
     } else p.blackhole('both', { newConnections: true });
   }

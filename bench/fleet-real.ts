@@ -83,7 +83,14 @@ async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKi
   const returned = performance.now();
   process.stderr.write(`${kind} ${outageS} s: back; waiting for ${CHANNELS.map((c) => `${affected.get(c)?.size} ${c}`).join(', ')}\n`);
   const allBack = (): boolean => CHANNELS.every((c) => [...(affected.get(c) ?? [])].every((i) => world.backOnline(c, returned).has(i)));
-  await waitUntil('every affected agent back', allBack, o.capS * 1000).catch((err: unknown) => process.stderr.write(`${String(err)}\n`));
+  await waitUntil('every affected agent back', allBack, o.capS * 1000).catch((err: unknown) => {
+    process.stderr.write(`${String(err)}\n`);
+    for (const c of CHANNELS) {
+      for (const i of affected.get(c) ?? []) {
+        if (!world.backOnline(c, returned).has(i)) process.stderr.write(`agent ${i} not back on ${c}; its log's tail:\n${agents[i]?.stderr().slice(-3000)}\n`);
+      }
+    }
+  });
   const rates = world.requestsPerSecond(returned, performance.now());
   const peakRps = Math.max(0, ...rates);
   const settings = agentDefaults();

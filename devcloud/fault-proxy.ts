@@ -10,7 +10,8 @@ import * as net from 'node:net';
  * - `delay(ms, direction)`: every chunk is forwarded `ms` later, in order.
  * - `reset()`: every current connection is reset (RST) on both sides.
  * - `cut()`: every current connection is closed on both sides.
- * - `refuse(true)`: new connections are closed as soon as they arrive.
+ * - `refuse(true)`: new connections are closed as soon as they arrive (accepted first: a load
+ *   balancer with no backend); `stopListening()`: refused by the kernel (nothing listens).
  *
  * `up` is client → server, `down` server → client. `onFrame` sees every MQTT control packet as the
  * client sees it: `up` when the client sent it, `down` when it reached the client (after any delay,
@@ -110,6 +111,31 @@ export class FaultProxy {
     this.refusing = on;
   }
 
+  /**
+   * Closes the listening socket: connections are refused by the kernel (ECONNREFUSED, as when
+   * nothing listens), where `refuse` accepts and closes (as a load balancer with no backend does).
+   * Open connections are left as they are. `listenAgain` listens on the same port.
+   */
+  async stopListening(): Promise<void> {
+    if (!this.server.listening) return;
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      // close() waits for open connections; the listening socket itself is gone at once.
+      setImmediate(resolve);
+    });
+  }
+
+  async listenAgain(): Promise<void> {
+    if (this.server.listening) return;
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.port, '127.0.0.1', () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
   reset(): void {
     for (const p of [...this.pipes]) {
       p.client.resetAndDestroy();
@@ -128,6 +154,7 @@ export class FaultProxy {
 
   async close(): Promise<void> {
     this.cut();
+    if (!this.server.listening) return;
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
