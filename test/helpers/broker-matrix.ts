@@ -39,6 +39,13 @@ export interface BrokerConfiguration {
   name: string;
   /** What `/v2/connection` shows as `mqtt.protocol` once connected. */
   protocol: ProtocolView;
+  /**
+   * What the broker does with a "." in a topic level (a device uuid or a telemetry stream may have
+   * one): `kept` delivers it as published; `split` delivers it with each "." turned into "/" (RabbitMQ
+   * maps MQTT topics to AMQP routing keys); `closes` closes the publisher's connection without a PUBACK
+   * (NATS 2.9: "." separates NATS subject tokens).
+   */
+  dottedTopic: 'kept' | 'split' | 'closes';
   /** Slow to start: the test starts it ahead, while the other configurations run. */
   slowStart?: boolean;
   start(device: Device): Promise<MatrixBroker>;
@@ -53,6 +60,7 @@ function mosquitto(version: 4 | 5, tls: boolean): BrokerConfiguration {
   return {
     name: `Mosquitto, MQTT ${version === 4 ? '3.1.1' : '5'} over ${tls ? 'TLS' : 'TCP'}`,
     protocol: version === 4 ? { setting: 4, version: 4, negotiated: true } : { setting: 'auto', version: 5, negotiated: true },
+    dottedTopic: 'kept',
     async start(device) {
       const ca: TestCa | undefined = tls ? makeCa('Iotistic Matrix CA') : undefined;
       try {
@@ -95,6 +103,7 @@ function mosquitto(version: 4 | 5, tls: boolean): BrokerConfiguration {
 const rabbitMq: BrokerConfiguration = {
   name: 'RabbitMQ 3.10 (rabbitmq_mqtt), TCP',
   protocol: { setting: 'auto', version: 4, negotiated: true },
+  dottedTopic: 'split',
   slowStart: true,
   async start(device) {
     const broker = await startRabbitMq({ user: { name: device.uuid, password: device.apiKey } });
@@ -106,6 +115,7 @@ const rabbitMq: BrokerConfiguration = {
 const nats: BrokerConfiguration = {
   name: 'NATS 2.9 (MQTT listener, JetStream), TCP',
   protocol: { setting: 'auto', version: 4, negotiated: true },
+  dottedTopic: 'closes',
   async start() {
     const broker = await startNats();
     return { ...broker, agentMqtt: {}, clientOptions: {} };

@@ -1,3 +1,4 @@
+import { connectAsync } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
@@ -9,7 +10,8 @@ import { tempDirs } from '../helpers/tmp.js';
  * The broker compatibility matrix (issue #19): the built agent against each broker configuration
  * (test/helpers/broker-matrix.ts), started privately once per configuration. For each: it connects,
  * telemetry accepted while the broker is down arrives at QoS 1 once it is back, a broker restart in
- * the middle of a stream loses nothing, and the shadow and jobs topics work through it. The cloud's
+ * the middle of a stream loses nothing, the shadow and jobs topics work through it, and what the broker
+ * does with a "." in a topic level is as docs/mqtt.md ("Supported brokers") says. The cloud's
  * side is a stock mqtt.js client with a persistent session (it gets what arrives while it is away)
  * plus the devcloud, which serves the jobs (a jobs/notify only makes the agent ask it at once).
  */
@@ -226,6 +228,38 @@ for (const config of BROKER_MATRIX) {
       // The subscriptions are back: a new desired state reaches the agent.
       await sub.client.publishAsync(`iot/${dev.uuid}/shadow/desired`, JSON.stringify({ version: 2, state: { setpoint: 22 } }), { qos: 1, retain: true });
       await waitFor('desired v2 applied', async () => ((await agent.get('/v2/shadow')).body as ShadowView).desiredVersion === 2);
+    });
+
+    it(`a "." in a topic level: the broker ${{ kept: 'keeps it', split: 'turns it into "/"', closes: 'closes the connection' }[config.dottedTopic]} (stock clients)`, async () => {
+      // Not the agent's doing: what a device uuid or telemetry stream with a "." meets on this broker (docs/mqtt.md, "Supported brokers").
+      const base = `matrix-dots/${dev.uuid}`;
+      const options = { ...broker.clientOptions, protocolVersion: config.protocol.version, reconnectPeriod: 0, connectTimeout: 5_000 };
+      const watcher = await connectAsync(broker.url, { ...options, clientId: `dots-sub-${process.pid}` });
+      const publisher = await connectAsync(broker.url, { ...options, clientId: `dots-pub-${process.pid}` });
+      try {
+        const topics: string[] = [];
+        watcher.on('message', (t) => topics.push(t));
+        await watcher.subscribeAsync(`${base}/#`, { qos: 1 });
+        let closed = false;
+        publisher.on('close', () => (closed = true));
+        publisher.on('error', () => undefined);
+        const acked = publisher.publishAsync(`${base}/stream.with.dots`, '{}', { qos: 1 }).then(() => true, () => false);
+        if (config.dottedTopic === 'closes') {
+          await waitFor('the publisher disconnected', () => closed);
+          // A message published after it arrives: the dotted one would have come first.
+          await watcher.publishAsync(`${base}/plain`, '{}', { qos: 1 });
+          await waitFor('the plain message', () => topics.includes(`${base}/plain`));
+          expect(topics).toEqual([`${base}/plain`]);
+        } else {
+          expect(await acked).toBe(true);
+          const expected = config.dottedTopic === 'kept' ? `${base}/stream.with.dots` : `${base}/stream/with/dots`;
+          await waitFor('the dotted message', () => topics.length > 0);
+          expect(topics).toEqual([expected]);
+        }
+      } finally {
+        await watcher.endAsync(true);
+        await publisher.endAsync(true);
+      }
     });
   });
 }
