@@ -44,7 +44,7 @@ afterAll(async () => {
 
 interface ConnectionView {
   channels: Record<string, { status: string }>;
-  mqtt: { connected: boolean; subscribed: boolean; reconnects: number; protocol: unknown } | null;
+  mqtt: { connected: boolean; subscribed: boolean; reconnects: number; connectionFailures: number; lastError: string | null; protocol: unknown } | null;
 }
 interface ShadowView {
   desired: Record<string, unknown>;
@@ -58,8 +58,8 @@ async function connection(agent: AgentProcess): Promise<ConnectionView> {
   return (await agent.get('/v2/connection')).body as ConnectionView;
 }
 
-async function postTelemetry(agent: AgentProcess, count: number, tag: string, accepted: Set<string>): Promise<string[]> {
-  const r = await agent.send('POST', '/v2/telemetry', Array.from({ length: count }, (_, i) => ({ stream: 'matrix', payload: { tag, i } })));
+async function postTelemetry(agent: AgentProcess, count: number, tag: string, accepted: Set<string>, stream = 'matrix'): Promise<string[]> {
+  const r = await agent.send('POST', '/v2/telemetry', Array.from({ length: count }, (_, i) => ({ stream, payload: { tag, i } })));
   expect(r.status, JSON.stringify(r.body)).toBe(202);
   const ids = (r.body as { ids: string[] }).ids;
   for (const id of ids) accepted.add(id);
@@ -260,6 +260,24 @@ for (const config of BROKER_MATRIX) {
         await watcher.endAsync(true);
         await publisher.endAsync(true);
       }
+    });
+
+    it(`the agent's telemetry on a stream with a "." in its name: ${{ kept: 'delivered', split: 'delivered on a topic with "/" for "."', closes: 'stops delivery (a known limit)' }[config.dottedTopic]}`, async () => {
+      // Last in the configuration: with NATS the message below never leaves the agent's queue.
+      const [dotted] = await postTelemetry(agent, 1, 'dotted', accepted, 'with.dots');
+      const at = (topic: string): boolean => sub.received.some((m) => m.topic === topic && m.payload.includes(`"${dotted}"`));
+      if (config.dottedTopic !== 'closes') {
+        const topic = `iot/${dev.uuid}/telemetry/${config.dottedTopic === 'kept' ? 'with.dots' : 'with/dots'}`;
+        await waitFor(`the message on ${topic}`, () => at(topic));
+        return;
+      }
+      // NATS closes the connection at the PUBLISH; the agent sends it again at every reconnect, and what
+      // comes after it waits behind it (docs/mqtt.md, "Known limits"). Asserted so that a fix shows here.
+      const [plain] = await postTelemetry(agent, 1, 'after-dotted', accepted);
+      const failures = (await connection(agent)).mqtt?.connectionFailures ?? 0;
+      await waitFor('three more lost connections', async () => ((await connection(agent)).mqtt?.connectionFailures ?? 0) >= failures + 3, 30_000);
+      expect(telemetryCopies(sub, dev.uuid)).not.toContain(plain);
+      expect((await connection(agent)).mqtt?.lastError).toBe('connection lost: the connection closed');
     });
   });
 }
