@@ -53,6 +53,8 @@ interface ShadowView {
 }
 
 const JOBS_NEXT = 'GET /device/v1/:uuid/jobs/next';
+/** A test that stops and starts its broker: a RabbitMQ node takes 20 s to start here, more on a loaded machine. */
+const BROKER_CYCLE_MS = 180_000;
 
 async function connection(agent: AgentProcess): Promise<ConnectionView> {
   return (await agent.get('/v2/connection')).body as ConnectionView;
@@ -190,7 +192,7 @@ for (const config of BROKER_MATRIX) {
       const after = await connection(agent);
       expect(after.mqtt?.connected).toBe(true);
       expect(after.mqtt?.reconnects).toBeGreaterThan(before);
-    });
+    }, BROKER_CYCLE_MS);
 
     it('survives a broker restart in the middle of a stream: reconnects by itself, loses nothing, subscribes again', async () => {
       // The retained desired state (v1, from the shadow test) comes again with every subscription, and is ignored as stale.
@@ -228,7 +230,7 @@ for (const config of BROKER_MATRIX) {
       // The subscriptions are back: a new desired state reaches the agent.
       await sub.client.publishAsync(`iot/${dev.uuid}/shadow/desired`, JSON.stringify({ version: 2, state: { setpoint: 22 } }), { qos: 1, retain: true });
       await waitFor('desired v2 applied', async () => ((await agent.get('/v2/shadow')).body as ShadowView).desiredVersion === 2);
-    });
+    }, BROKER_CYCLE_MS);
 
     it(`a "." in a topic level: the broker ${{ kept: 'keeps it', split: 'turns it into "/"', closes: 'closes the connection' }[config.dottedTopic]} (stock clients)`, async () => {
       // Not the agent's doing: what a device uuid or telemetry stream with a "." meets on this broker (docs/mqtt.md, "Supported brokers").
