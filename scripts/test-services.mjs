@@ -8,6 +8,9 @@ import { execFileSync, spawnSync } from 'node:child_process';
 const REQUIRED = [
   { bin: 'mosquitto', pkg: 'mosquitto', why: 'MQTT tests run a private Mosquitto broker' },
   { bin: 'mosquitto_sub', pkg: 'mosquitto-clients', why: 'MQTT tests watch birth/last-will messages with mosquitto_sub' },
+  { bin: 'nats-server', pkg: 'nats-server', why: 'the broker matrix and the negotiation tests run a private NATS server with its MQTT listener' },
+  { bin: 'rabbitmq-server', pkg: 'rabbitmq-server', why: 'the broker matrix and the negotiation tests run a private RabbitMQ node with the MQTT plugin' },
+  { bin: 'openssl', pkg: 'openssl', why: 'the TLS tests make a private CA and certificates with the openssl CLI' },
   { bin: 'dockerd', pkg: 'docker.io', why: 'workload tests start a private Docker engine when none answers' },
   { bin: 'docker-registry', pkg: 'docker-registry', why: 'workload tests pull images from a registry on loopback' },
   { bin: 'htpasswd', pkg: 'apache2-utils', why: 'the registry-auth tests give docker-registry an htpasswd (bcrypt) user' },

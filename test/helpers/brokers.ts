@@ -7,7 +7,8 @@ import { freePort, waitForPort } from '../../devcloud/ports.js';
 /**
  * Private MQTT brokers that speak MQTT 3.1.1 only, for the protocol negotiation tests: a NATS server
  * with its MQTT listener, and a RabbitMQ node with the MQTT plugin. Each has its own ports and data
- * dirs (RabbitMQ also its own node name, Erlang distribution port and epmd), never the system's.
+ * dirs (RabbitMQ also its own node name, Erlang distribution port and epmd), never the system's; each
+ * can be stopped and started again on the same ports with its data kept (the broker matrix restarts them).
  */
 
 export interface PrivateBroker {
@@ -15,19 +16,73 @@ export interface PrivateBroker {
   /** The MQTT listener. */
   port: number;
   url: string;
+  /** Everything the broker printed, over every start. */
   log(): string;
+  running(): boolean;
+  /** A clean stop (SIGTERM): its data dir, and with it sessions, queued and retained messages, stays. */
+  stop(): Promise<void>;
+  /** Starts it again: the same ports, node name, config and data dir. */
+  start(): Promise<void>;
+  /** SIGKILL and remove the data dir. */
   dispose(): Promise<void>;
 }
 
 export const NATS_SERVER = '/usr/sbin/nats-server';
 export const RABBITMQ_SERVER = '/usr/lib/rabbitmq/bin/rabbitmq-server';
 
-function watch(child: ChildProcess): { log: () => string; exited: Promise<void> } {
+interface Supervised {
+  log(): string;
+  running(): boolean;
+  /** Spawns the process and waits until it listens on the MQTT port. */
+  start(): Promise<void>;
+  /** Sends `signal` to the process (or to `pid()` when given, e.g. the Erlang VM under a script) and waits for the exit. */
+  signal(signal: NodeJS.Signals): Promise<void>;
+}
+
+/**
+ * One broker process, started and stopped again and again: its output collected across starts, a
+ * start that fails killed and reported with what it printed.
+ */
+function supervise(
+  what: string,
+  launch: () => ChildProcess,
+  listen: { host: string; port: number; timeoutMs: number; pollMs?: number },
+  pid: () => number | undefined = () => undefined,
+): Supervised {
+  let child: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
   let log = '';
-  child.stdout?.setEncoding('utf8').on('data', (t: string) => (log += t));
-  child.stderr?.setEncoding('utf8').on('data', (t: string) => (log += t));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  return { log: () => log, exited };
+  const running = (): boolean => child !== undefined && child.exitCode === null && child.signalCode === null;
+  const signal = async (sig: NodeJS.Signals): Promise<void> => {
+    if (!running()) return;
+    const target = pid();
+    try {
+      if (target !== undefined) process.kill(target, sig);
+    } catch {
+      // already gone
+    }
+    if (target === undefined || sig === 'SIGKILL') child?.kill(sig);
+    await exited;
+  };
+  return {
+    log: () => log,
+    running,
+    signal,
+    async start() {
+      if (running()) throw new Error(`${what} is already running`);
+      const c = launch();
+      child = c;
+      exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
+      c.stdout?.setEncoding('utf8').on('data', (t: string) => (log += t));
+      c.stderr?.setEncoding('utf8').on('data', (t: string) => (log += t));
+      try {
+        await waitForPort(listen.host, listen.port, listen.timeoutMs, () => c.exitCode === null && c.signalCode === null, listen.pollMs);
+      } catch (err) {
+        await signal('SIGKILL');
+        throw new Error(`${what} did not start: ${(err as Error).message}\n${log}`);
+      }
+    },
+  };
 }
 
 /** NATS (2.9 here) with JetStream, which its MQTT listener needs. It refuses an MQTT 5 CONNECT with return code 1. */
@@ -36,24 +91,23 @@ export async function startNats(): Promise<PrivateBroker> {
   const dir = mkdtempSync(join(tmpdir(), 'nats-'));
   const [clientPort, port] = [await freePort(), await freePort()];
   const config = join(dir, 'nats.conf');
+  // JetStream keeps the MQTT sessions, their QoS 1 messages and the retained messages in store_dir.
   writeFileSync(
     config,
     [`listen: ${host}:${clientPort}`, 'server_name: agent-test', `jetstream { store_dir: "${join(dir, 'js')}" }`, `mqtt { listen: ${host}:${port} }`].join('\n'),
   );
-  const child = spawn(NATS_SERVER, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const { log, exited } = watch(child);
+  const proc = supervise('nats-server', () => spawn(NATS_SERVER, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] }), { host, port, timeoutMs: 20_000 });
   const dispose = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
+    await proc.signal('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    await waitForPort(host, port, 20_000, () => child.exitCode === null);
+    await proc.start();
   } catch (err) {
     await dispose();
-    throw new Error(`nats-server did not start: ${(err as Error).message}\n${log()}`);
+    throw err;
   }
-  return { host, port, url: `mqtt://${host}:${port}`, log, dispose };
+  return { host, port, url: `mqtt://${host}:${port}`, log: proc.log, running: proc.running, stop: () => proc.signal('SIGTERM'), start: proc.start, dispose };
 }
 
 /**
@@ -73,7 +127,7 @@ export async function startRabbitMq(opts: { user?: { name: string; password: str
   const env = {
     ...process.env,
     HOME: dir,
-    RABBITMQ_NODENAME: `agenttest${process.pid}@localhost`,
+    RABBITMQ_NODENAME: `agenttest${process.pid}-${port}@localhost`,
     RABBITMQ_NODE_PORT: String(amqpPort),
     RABBITMQ_DIST_PORT: String(distPort),
     ERL_EPMD_PORT: String(epmdPort),
@@ -83,20 +137,20 @@ export async function startRabbitMq(opts: { user?: { name: string; password: str
     RABBITMQ_CONFIG_FILE: join(dir, 'rabbitmq'),
     RABBITMQ_PID_FILE: join(dir, 'pid'),
   };
-  const child = spawn(RABBITMQ_SERVER, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const { log, exited } = watch(child);
+  const pidFile = join(dir, 'pid');
+  // The script runs the Erlang VM as a child: signals go to the VM (SIGTERM: a clean shutdown), whose pid the node writes.
+  const beam = (): number | undefined => {
+    const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) : NaN;
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  };
+  const proc = supervise('rabbitmq', () => spawn(RABBITMQ_SERVER, [], { env, stdio: ['ignore', 'pipe', 'pipe'] }), { host, port, timeoutMs: 90_000, pollMs: 250 }, beam);
+  // A pid file left by a stopped node must not name some other process by the next signal.
+  const signal = async (sig: NodeJS.Signals): Promise<void> => {
+    await proc.signal(sig);
+    rmSync(pidFile, { force: true });
+  };
   const dispose = async (): Promise<void> => {
-    const pidFile = join(dir, 'pid');
-    const beam = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) : NaN;
-    if (Number.isInteger(beam) && beam > 0) {
-      try {
-        process.kill(beam, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
+    await signal('SIGKILL');
     // The node started an epmd of its own on epmdPort; stop that one only, once the node has gone
     // (epmd refuses -kill while a node is registered).
     for (let i = 0; i < 50; i++) {
@@ -107,10 +161,10 @@ export async function startRabbitMq(opts: { user?: { name: string; password: str
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    await waitForPort(host, port, 90_000, () => child.exitCode === null, 250);
+    await proc.start();
   } catch (err) {
     await dispose();
-    throw new Error(`rabbitmq did not start: ${(err as Error).message}\n${log()}`);
+    throw err;
   }
-  return { host, port, url: `mqtt://${host}:${port}`, log, dispose };
+  return { host, port, url: `mqtt://${host}:${port}`, log: proc.log, running: proc.running, stop: () => signal('SIGTERM'), start: proc.start, dispose };
 }
