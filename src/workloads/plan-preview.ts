@@ -1,9 +1,9 @@
 import { formatIssue } from '../config/issues.js';
 import { hasHealthcheck } from './app-graph.js';
 import { healthGated } from './health-gate.js';
-import { isActive, planService, resolveTarget, serviceKey, type ResolvedService, type Step } from './planner.js';
+import { createdInstance, isActive, planService, resolveTarget, serviceKey, type ResolvedService, type Step } from './planner.js';
 import { servicePolicyIssues, validateTarget, type TargetState, type TargetValidation, type WorkloadPolicy } from './target-schema.js';
-import type { Availability, DesiredService, Instance, RuntimeKind, SecretSource, WorkloadRuntime } from './types.js';
+import type { Availability, Instance, RuntimeKind, SecretSource, WorkloadRuntime } from './types.js';
 
 /**
  * The plan preview (`POST /v2/target/plan`, job `plan-target`): what applying a candidate target
@@ -210,7 +210,7 @@ function simulatePasses(r: ResolvedService | undefined, instances: readonly Inst
       else if (step.kind === 'remove') model = model.filter((i) => i.id !== step.instance.id);
       else if (step.kind === 'stop') Object.assign(model.find((i) => i.id === step.instance.id) ?? {}, { state: 'exited', exitCode: 0, health: null });
       else if (step.kind === 'create') {
-        created = modelInstance(step.desired, `planned-${++made}`, r);
+        created = createdInstance(step.desired, `planned-${++made}`);
         planned.add(created.id);
         model.push(created);
       } else {
@@ -225,24 +225,6 @@ function simulatePasses(r: ResolvedService | undefined, instances: readonly Inst
     }
   }
   return out;
-}
-
-function modelInstance(d: DesiredService, id: string, r: ResolvedService | undefined): Instance {
-  return {
-    id,
-    runtime: d.runtime,
-    app: d.app,
-    service: d.service,
-    configHash: d.configHash,
-    image: d.image ?? null,
-    state: 'created',
-    exitCode: null,
-    error: null,
-    startedAt: null,
-    finishedAt: null,
-    exitKey: null,
-    health: r && hasHealthcheck(r.desired.spec.healthcheck) ? 'starting' : null,
-  };
 }
 
 /** A planner step as listed: ids of instances the plan itself makes are left out (they do not exist yet). */

@@ -114,6 +114,12 @@ export function hasExited(i: Instance): boolean {
   return i.state === 'created' && (i.error !== null || i.startedAt !== null);
 }
 
+/** An instance as a create makes it: created, never started. */
+export function createdInstance(d: DesiredService, id: string): Instance {
+  const never = { exitCode: null, error: null, startedAt: null, finishedAt: null, exitKey: null };
+  return { id, runtime: d.runtime, app: d.app, service: d.service, configHash: d.configHash, image: d.image ?? null, state: 'created', ...never };
+}
+
 export function isActive(i: Instance): boolean {
   return i.state === 'running' || i.state === 'restarting' || i.state === 'paused';
 }

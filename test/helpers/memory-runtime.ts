@@ -1,3 +1,4 @@
+import { createdInstance } from '../../src/workloads/planner.js';
 import { RuntimeEventEmitter } from '../../src/workloads/runtimes/events.js';
 import type { Availability, DesiredService, HealthState, Instance, RegistryAuth, RuntimeKind, WorkloadRuntime } from '../../src/workloads/types.js';
 import type { FakeClock } from './fake-clock.js';
@@ -43,20 +44,7 @@ export class MemoryRuntime implements WorkloadRuntime {
     await this.createBehaviour(d, signal);
     const id = `${d.service}-${++this.seq}`;
     if (d.spec?.healthcheck) this.checked.add(id);
-    this.instances.set(id, {
-      id,
-      runtime: this.kind,
-      app: d.app,
-      service: d.service,
-      configHash: d.configHash,
-      image: d.image ?? null,
-      state: 'created',
-      exitCode: null,
-      error: null,
-      startedAt: null,
-      finishedAt: null,
-      exitKey: null,
-    });
+    this.instances.set(id, { ...createdInstance(d, id), runtime: this.kind });
     return id;
   }
   start(id: string): Promise<void> {
