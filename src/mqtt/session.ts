@@ -295,7 +295,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
 
 /** The brokers (`mqtt.urls`, else `mqtt.url`) as URLs, once the settings the session cannot work without are checked. */
 function checkedConfig(m: AgentConfig['mqtt']): URL[] {
-  if (m.url !== undefined && m.urls !== undefined) throw new AgentError('MQTT_CONFIG_INVALID', 'mqtt.urls: expected mqtt.url or mqtt.urls, not both');
+  if (m.url && m.urls) throw new AgentError('MQTT_CONFIG_INVALID', 'mqtt.urls: expected mqtt.url or mqtt.urls, not both');
   const urls = mqttBrokerUrls(m);
   if (urls.length === 0) throw new AgentError('MQTT_CONFIG_INVALID', 'mqtt.url: expected an mqtt:// or mqtts:// broker URL, got nothing');
   if (urls.length > 16) throw new AgentError('MQTT_CONFIG_INVALID', `mqtt.urls: expected at most 16 brokers, got ${urls.length}`);
