@@ -1,0 +1,71 @@
+import { join } from 'node:path';
+import { afterEach, expect, it } from 'vitest';
+import type { PublishOutcome } from '../../src/mqtt/session.js';
+import { startMosquitto } from '../helpers/mosquitto.js';
+import { observe, testSession, TEST_UUID, until, type Observer } from '../helpers/mqtt.js';
+import { tempDirs } from '../helpers/tmp.js';
+
+// Two real Mosquitto brokers on 127.0.0.1 (independent, not a cluster), no mocks.
+const dirs = tempDirs();
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+  dirs.cleanup();
+});
+
+const TOPIC = `iot/${TEST_UUID}/telemetry/temp`;
+const message = (id: string): { topic: string; payload: string; id: string } => ({ topic: TOPIC, payload: JSON.stringify({ id, ts: Date.now(), v: 21.5 }), id });
+
+/** Every id the subscribers received, with how many arrived more than once over all of them. */
+function tally(observers: Observer[]): { unique: Set<string>; duplicates: number } {
+  const all = observers.flatMap((o) => o.ids());
+  const unique = new Set(all);
+  return { unique, duplicates: all.length - unique.size };
+}
+
+const containsAll = (have: Set<string>, ids: readonly string[]): boolean => ids.every((id) => have.has(id));
+
+it('moves to the second broker when the first is killed while a backlog drains, and back once it returns: every acknowledged message arrives', async () => {
+  const [a, b] = [await startMosquitto({ verbose: false }), await startMosquitto({ verbose: false })];
+  cleanups.push(() => a.dispose(), () => b.dispose());
+  // The cloud side: a subscriber with a persistent session on each broker.
+  const onA = await observe(a.url, `iot/${TEST_UUID}/telemetry/#`, { clientId: 'cloud-a', clean: false });
+  const onB = await observe(b.url, `iot/${TEST_UUID}/telemetry/#`, { clientId: 'cloud-b', clean: false });
+  cleanups.push(() => onA.close(), () => onB.close());
+
+  const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: '', mqtt: { urls: [a.url, b.url], returnToPreferredSeconds: 2 } });
+  cleanups.push(() => s.close());
+  s.start();
+  await until('connected to the first broker', () => s.session.stats().connected);
+  expect(s.session.stats()).toMatchObject({ broker: a.url, brokerIndex: 0, brokers: 2 });
+
+  // The backlog: published at QoS 1 and drained through the in-flight window; the first broker dies mid-way.
+  const backlog = Array.from({ length: 6_000 }, (_, i) => `m-${String(i).padStart(5, '0')}`);
+  const drained = s.session.publishMany(backlog.map(message));
+  await until('part of the backlog acknowledged by the first broker', () => s.session.stats().acknowledged >= 500, 30_000);
+  await a.kill();
+  const ackedByA = s.session.stats().acknowledged;
+  expect(ackedByA).toBeLessThan(backlog.length);
+  await until('connected to the second broker', () => s.session.stats().connected && s.session.stats().brokerIndex === 1, 30_000);
+  expect(s.session.stats().broker).toBe(b.url);
+  const outcomes: PublishOutcome[] = await drained;
+  expect(outcomes.filter((o) => !o.ok)).toEqual([]);
+
+  // The first broker is back: the session returns to it (returnToPreferredSeconds: 2) once it accepts.
+  await a.start();
+  await until('the subscriber back on the first broker', () => onA.client.connected, 30_000);
+  await until('back on the preferred broker', () => s.session.stats().connected && s.session.stats().brokerIndex === 0, 30_000);
+  const after = Array.from({ length: 200 }, (_, i) => `n-${String(i).padStart(5, '0')}`);
+  const sent = await s.session.publishMany(after.map(message));
+  expect(sent.every((o) => o.ok)).toBe(true);
+  await until('the later messages at the first broker', () => containsAll(new Set(onA.ids()), after), 30_000);
+
+  const acknowledged = [...backlog, ...after];
+  await until('every acknowledged message at a subscriber', () => containsAll(tally([onA, onB]).unique, acknowledged), 30_000).catch(() => undefined);
+  const { unique, duplicates } = tally([onA, onB]);
+  const missing = acknowledged.filter((id) => !unique.has(id));
+  console.log(
+    `mqtt failover (mosquitto x2): ${acknowledged.length} acknowledged, ${ackedByA} by the first broker before its kill, received ${unique.size} unique, ${missing.length} missing, ${duplicates} duplicates`,
+  );
+  expect(missing).toEqual([]);
+}, 120_000);
