@@ -450,7 +450,8 @@ export class ConnectionLife {
     this.deps.events.connected({ sessionPresent, reconnect, at: this.deps.clock.now() });
     this.deps.window.attach(conn);
     const everyMs = this.deps.config.mqtt.returnToPreferredSeconds * 1000;
-    if (preferred || everyMs === 0) return;
+    // (Not `=== 0`: a config built by hand without the key must not check in a tight loop.)
+    if (preferred || !(everyMs > 0)) return;
     const to = this.deps.brokers.preferred;
     const options = (version: MqttVersion): ReturnType<ConnectionLife['attemptOptions']> => this.attemptOptions(version, to.url);
     void returnToPreferred({ everyMs, preferred: to, options, connect: this.connectClient, clock: this.deps.clock, logger: this.log, accepted: () => this.handOver(conn) }, conn.watchdog.signal);
