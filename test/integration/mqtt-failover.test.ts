@@ -1,7 +1,8 @@
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import type { PublishOutcome } from '../../src/mqtt/session.js';
-import { startMosquitto } from '../helpers/mosquitto.js';
+import { spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
+import { freePort, startMosquitto } from '../helpers/mosquitto.js';
 import { observe, testSession, TEST_UUID, until, type Observer } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
 
@@ -69,3 +70,42 @@ it('moves to the second broker when the first is killed while a backlog drains, 
   );
   expect(missing).toEqual([]);
 }, 120_000);
+
+/** The `mqtt` section of GET /v2/connection. */
+async function mqttStats(agent: AgentProcess): Promise<{ connected: boolean; broker: string; brokerIndex: number; brokers: number } | undefined> {
+  const r = await agent.get('/v2/connection');
+  return (r.body as { mqtt?: { connected: boolean; broker: string; brokerIndex: number; brokers: number } }).mqtt;
+}
+
+it('the agent process: mqtt.urls from its config file, the broker in use in /v2/connection, the log and /metrics, back to the preferred one once it listens', async () => {
+  const b = await startMosquitto({ verbose: false });
+  cleanups.push(() => b.dispose());
+  // The preferred broker is not there yet: nothing listens on its port.
+  const preferredPort = await freePort();
+  const preferred = `mqtt://127.0.0.1:${preferredPort}`;
+  const agent = await spawnAgent({
+    dataDir: dirs.make(),
+    config: {
+      device: { uuid: `failover-${process.pid}`, apiKey: 'failover-key-0123456789' },
+      mqtt: { urls: [preferred, b.url], returnToPreferredSeconds: 1 },
+      settings: { offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1 } },
+    },
+  });
+  cleanups.push(async () => void (await agent.stop('SIGKILL')));
+  const onB = await waitFor('connected to the second broker', async () => {
+    const m = await mqttStats(agent);
+    return m?.connected && m.brokerIndex === 1 ? m : undefined;
+  });
+  expect(onB).toMatchObject({ broker: b.url, brokers: 2 });
+  expect(agent.records().some((r) => r.msg === `mqtt: connected to ${b.url} (not the preferred broker)`)).toBe(true);
+  const metrics = await (await fetch(`${agent.apiUrl}/metrics`, { headers: { authorization: `Bearer ${agent.key}` } })).text();
+  expect(metrics).toContain(`\niotistic_mqtt_broker{broker="${b.url}"} 1\n`);
+
+  const a = await startMosquitto({ port: preferredPort, verbose: false });
+  cleanups.push(() => a.dispose());
+  await waitFor('back on the preferred broker', async () => {
+    const m = await mqttStats(agent);
+    return m?.connected && m.brokerIndex === 0 && m.broker === preferred;
+  });
+  expect(agent.records().some((r) => String(r.msg).startsWith(`mqtt: the preferred broker ${preferred} accepts connections again: moving back to it from ${b.url}`))).toBe(true);
+}, 60_000);
