@@ -162,8 +162,8 @@ export async function returnToPreferred(r: ReturnToPreferred, signal: AbortSigna
     }
     const version = r.preferred.negotiator.version();
     const attempt = r.options(version);
-    if ('error' in attempt) return;
-    const result = await probeBroker(r.connect, r.preferred.url, attempt.options, r.clock, signal);
+    // No options (a TLS file it cannot read): no check this time; the file may be there by the next.
+    const result: ProbeResult = 'error' in attempt ? { accepted: false, error: attempt.error } : await probeBroker(r.connect, r.preferred.url, attempt.options, r.clock, signal);
     if (signal.aborted) return;
     if (result.accepted) {
       r.accepted();

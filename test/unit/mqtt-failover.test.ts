@@ -205,6 +205,26 @@ describe('ConnectionLife: back to the preferred broker', () => {
     expect(attempts(h)).toEqual(['a.test:1883', 'b.test:1883', 'a.test:1883', 'b.test:1883', 'a.test:1883', 'b.test:1883', 'a.test:1883', 'b.test:1883']);
   });
 
+  it('gives up a check that gets no answer after connectTimeoutMs + 1 s, and checks again a period later', async () => {
+    const h = await onSecond(60);
+    await h.clock.advance(60_000);
+    await settle();
+    const check = probes(h)[0]!;
+    await h.clock.advance(30_999);
+    await settle();
+    expect(check.closed).toBe(false);
+    await h.clock.advance(1);
+    await settle();
+    expect(check.closed).toBe(true);
+    await h.clock.advance(59_999);
+    await settle();
+    expect(probes(h)).toHaveLength(1);
+    await h.clock.advance(1);
+    await settle();
+    expect(probes(h)).toHaveLength(2);
+    expect(h.life.stats()).toMatchObject({ connected: true, brokerIndex: 1 });
+  });
+
   it('uses MQTT 3.1.1 for the next check when the preferred broker refuses MQTT 5', async () => {
     const h = await onSecond(60, 'auto');
     await h.clock.advance(60_000);
