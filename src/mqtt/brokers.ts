@@ -1,7 +1,7 @@
 import type { IClientOptions, MqttClient } from 'mqtt';
 import { ErrorWithReasonCode } from 'mqtt';
 import type { Clock } from '../util/clock.js';
-import { AgentError } from '../util/errors.js';
+import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { classifyRefusal, type MqttVersion, type ProtocolNegotiator } from './negotiation.js';
 
@@ -97,11 +97,12 @@ export function probeBroker(
   return new Promise<ProbeResult>((resolve) => {
     const timeout = new AbortController();
     let result: ProbeResult = { accepted: false, error: 'the connection closed before the broker answered' };
+    let errored = false;
     let client: MqttClient;
     try {
       client = connect(url.href, probe);
     } catch (err) {
-      resolve({ accepted: false, error: String(err) });
+      resolve({ accepted: false, error: errorMessage(err) });
       return;
     }
     const finish = (): void => {
@@ -111,7 +112,9 @@ export function probeBroker(
     };
     signal.addEventListener('abort', finish, { once: true });
     client.on('error', (err) => {
-      if (result.error === 'the connection closed before the broker answered') result = { accepted: false, error: err.message };
+      // The first error is the cause, unless a later one is the CONNACK's refusal.
+      if (!errored) result = { accepted: false, error: err.message };
+      errored = true;
       if (err instanceof ErrorWithReasonCode && err.message.startsWith('Connection refused')) result = { accepted: false, refusalCode: err.code, error: err.message };
     });
     client.on('connect', () => {
