@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { startNatsCluster } from '../helpers/brokers.js';
 import { mosquittoSub, testSession, TEST_UUID, until, type MosquittoSub } from '../helpers/mqtt.js';
+import { captureLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // A real three-node NATS cluster (JetStream, MQTT) on loopback, no mocks.
@@ -46,7 +47,8 @@ it('a three-node NATS cluster: the node the agent is on is killed while a backlo
   const sub = await persistentSubscriber(n3.host, n3.port);
   cleanups.push(() => sub.stop());
 
-  const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: '', mqtt: { urls: [n1.url, n2.url, n3.url], returnToPreferredSeconds: 0 } });
+  const log = captureLogger('info');
+  const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: '', logger: log.logger, mqtt: { urls: [n1.url, n2.url, n3.url], returnToPreferredSeconds: 0 } });
   cleanups.push(() => s.close());
   s.start();
   await until('connected to the first node', () => s.session.stats().connected, 30_000);
@@ -61,6 +63,9 @@ it('a three-node NATS cluster: the node the agent is on is killed while a backlo
   expect(ackedBeforeKill).toBeLessThan(backlog.length);
   await until('connected to another node', () => s.session.stats().connected && s.session.stats().brokerIndex !== 0, 30_000);
   const movedAfterMs = Date.now() - killedAt;
+  // How the move went: each failed attempt after the kill, by node and cause.
+  const nodeOf = (url: unknown): string => cluster.nodes.find((n) => n.url === url)?.name ?? String(url);
+  const attempts = log.records().filter((r) => 'retryInMs' in r).map((r) => `${nodeOf(r.url)}: ${String(r.error).slice(0, 80)}`);
   const movedTo = cluster.nodes.find((n) => n.url === s.session.stats().broker)!;
   expect([n2.name, n3.name]).toContain(movedTo.name);
   const outcomes = await drained;
@@ -71,7 +76,7 @@ it('a three-node NATS cluster: the node the agent is on is killed while a backlo
   const unique = new Set(received);
   const missing = backlog.filter((id) => !unique.has(id));
   console.log(
-    `mqtt failover (nats cluster x3): ${backlog.length} acknowledged, ${ackedBeforeKill} before the kill of ${n1.name}, the agent moved to ${movedTo.name} in ${movedAfterMs} ms, subscriber on ${n3.name} received ${unique.size} unique, ${missing.length} missing, ${received.length - unique.size} duplicates`,
+    `mqtt failover (nats cluster x3): failed attempts ${JSON.stringify(attempts)}; ${backlog.length} acknowledged, ${ackedBeforeKill} before the kill of ${n1.name}, the agent moved to ${movedTo.name} in ${movedAfterMs} ms, subscriber on ${n3.name} received ${unique.size} unique, ${missing.length} missing, ${received.length - unique.size} duplicates`,
   );
   expect(missing).toEqual([]);
 }, 120_000);
