@@ -16,7 +16,7 @@ export interface StatusInput {
     degradation?: { mode: string; reason?: string | null; features?: { name: string; order: number; paused: boolean; error?: string }[] };
     clock?: { synced: boolean; source: string; detail: string };
     link?: LinkInput;
-    mqtt?: { connected: boolean; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null; protocol?: { setting: string | number; version: number; negotiated: boolean } } | null;
+    mqtt?: { connected: boolean; broker?: string; brokerIndex?: number; brokers?: number; inflight: number; queued: number; reconnects: number; lastError: string | null; sessionPresent: boolean | null; protocol?: { setting: string | number; version: number; negotiated: boolean } } | null;
   };
   state: {
     config?: ConfigStatusInput;
@@ -207,6 +207,7 @@ function connectionSection(c: StatusInput['connection']): string[] {
     out.push(
       table([
         ['connected', `${m.connected ? 'yes' : 'no'}${m.sessionPresent ? ' (session resumed)' : ''}`],
+        ...(m.broker ? [['broker', `${m.broker}${(m.brokers ?? 1) > 1 ? (m.brokerIndex === 0 ? ' (preferred)' : ` (${(m.brokerIndex ?? 0) + 1} of ${m.brokers ?? 1})`) : ''}`] as [string, string]] : []),
         ['in flight', `${m.inflight} unacknowledged, ${m.queued} waiting`],
         ['reconnects', String(m.reconnects)],
         ...(m.protocol ? [['protocol', `MQTT ${m.protocol.version === 5 ? '5' : '3.1.1'}${m.protocol.negotiated ? '' : ' (trying)'}${m.protocol.setting === 'auto' ? ' (auto)' : ' (forced)'}`] as [string, string]] : []),

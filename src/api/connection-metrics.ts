@@ -11,7 +11,7 @@ export interface ConnectionMetricsSource {
     >;
     outages: unknown[];
   };
-  mqtt(): { connected: boolean; inflight: number; reconnects: number; acknowledged?: number; rejected?: number } | null;
+  mqtt(): { connected: boolean; inflight: number; reconnects: number; acknowledged?: number; rejected?: number; broker?: string; brokerIndex?: number } | null;
 }
 
 const STATES = ['online', 'degraded', 'offline'] as const;
@@ -89,6 +89,17 @@ export function mqttMetrics(registry: Registry, source: ConnectionMetricsSource)
     collect() {
       const m = source.mqtt();
       if (m) this.set(m.connected ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'iotistic_mqtt_broker',
+    help: "The broker the MQTT session uses or is trying (label broker: its URL without credentials), valued by its place in the list of brokers: 0 is the preferred (mqtt.urls' first)",
+    labelNames: ['broker'],
+    registers: [registry],
+    collect() {
+      const m = source.mqtt();
+      this.reset();
+      if (m?.broker !== undefined) this.set({ broker: m.broker }, m.brokerIndex ?? 0);
     },
   });
   new Gauge({

@@ -21,6 +21,7 @@ import type { ActionParts } from './actions.js';
 import { buildJobs } from './jobs.js';
 import { addFlusher, type Queueing } from './outbox.js';
 import type { Workloads } from './workloads.js';
+import { mqttBrokerUrls } from '../config/schema.js';
 
 /** Everything that talks to the device API over HTTP (`cloud.apiUrl`). */
 export interface CloudParts {
@@ -82,7 +83,7 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
   const health = new HealthReporter({
     outbox: queueing.outbox,
     // The ledger says which channels went over MQTT: a cloud that sees only the device API cannot check those.
-    health: () => ({ ...status.connectionHealth(), config: status.configStatus(), ledger: { ...queueing.outbox.ledger(), mqttChannels: config.mqtt.url ? [...MQTT_CHANNELS] : [] } }),
+    health: () => ({ ...status.connectionHealth(), config: status.configStatus(), ledger: { ...queueing.outbox.ledger(), mqttChannels: mqttBrokerUrls(config.mqtt).length > 0 ? [...MQTT_CHANNELS] : [] } }),
     logger: logger.child({ part: 'health-report' }),
     clock: core.clock,
     intervalMs: () => workloads.settings().healthReportIntervalMs,
@@ -90,7 +91,7 @@ export function buildCloud(core: Core, needs: CloudNeeds): CloudParts | undefine
   const jobs = config.features.jobs ? buildJobs(core, { loop: cloudLoop('jobs'), outbox: queueing.outbox, poller, reconciler: workloads.reconciler, http, actions: needs.actions }) : undefined;
   // Without MQTT the shadow's desired state is polled over HTTP; with it, it arrives retained.
   const shadowPoller =
-    needs.shadow && !config.mqtt.url
+    needs.shadow && mqttBrokerUrls(config.mqtt).length === 0
       ? new ShadowDesiredPoller({ ...cloudLoop('shadow'), random, shadow: needs.shadow, pollIntervalMs: () => workloads.settings().pollIntervalMs })
       : undefined;
   const shadowSync = needs.shadow ? new ShadowSync({ ...(shadowPoller ? { poller: shadowPoller } : {}), logger: logger.child({ part: 'shadow' }) }) : undefined;
@@ -124,7 +125,7 @@ export function buildHttpClient(core: Core, baseUrl: string, key: { apiKey(): st
  */
 function addHttpFlusher(core: Core, q: Queueing, http: CloudHttpClient): void {
   const { config, store, monitor, uuid } = core;
-  const sink = new HttpSink(http, uuid, config.mqtt.url ? MQTT_CHANNELS : undefined, {
+  const sink = new HttpSink(http, uuid, mqttBrokerUrls(config.mqtt).length > 0 ? MQTT_CHANNELS : undefined, {
     [STATE_CHANNEL]: new StateDelivery(http, uuid, store, monitor),
     [JOBS_CHANNEL]: new JobUpdateDelivery(http, uuid, monitor),
     [HEALTH_CHANNEL]: new HealthDelivery(http, uuid, monitor),

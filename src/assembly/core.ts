@@ -3,7 +3,7 @@ import type { DataDirDisk } from '../boot/disk.js';
 import type { Identity } from '../boot/identity.js';
 import { RetryPolicy } from '../resilience/retry-policy.js';
 import type { ConfigSource } from '../config/fallback.js';
-import type { AgentConfig } from '../config/schema.js';
+import { mqttBrokerUrls, type AgentConfig } from '../config/schema.js';
 import { backoffFromSettings } from '../resilience/backoff.js';
 import { ChannelProbes } from '../resilience/channel-probes.js';
 import { ClockSync, wakeOnClockSync } from '../resilience/clock-sync.js';
@@ -91,15 +91,17 @@ export function buildCore(deps: AgentDeps, version: string, builtAt: number): Co
   // A loop that fails on a damaged page makes the store check the whole file.
   const loops = new LoopRunner({ logger, clock, onFailure: (_name, err) => isCorruptionError(err) && store.suspectCorruption(errorMessage(err)) });
   const ids = new IdGenerator(() => clock.now());
+  // The probe of channel `mqtt` checks the preferred broker (the first of mqtt.urls).
+  const preferredBroker = mqttBrokerUrls(config.mqtt)[0];
   const monitor = new ConnectionMonitor({
     clock,
     offlineAfterFailures: offline.offlineAfterFailures,
     outageLog: new SqliteOutageLog(store),
-    channels: [...(config.cloud.apiUrl ? ['api'] : []), ...(config.mqtt.url ? ['mqtt'] : [])],
+    channels: [...(config.cloud.apiUrl ? ['api'] : []), ...(preferredBroker ? ['mqtt'] : [])],
     logger: logger.child({ part: 'connection' }),
   });
   // Each channel is probed and woken on its own: the API down while MQTT works is still probed.
-  const endpoints = { ...(config.cloud.apiUrl ? { api: config.cloud.apiUrl } : {}), ...(config.mqtt.url ? { mqtt: config.mqtt.url } : {}) };
+  const endpoints = { ...(config.cloud.apiUrl ? { api: config.cloud.apiUrl } : {}), ...(preferredBroker ? { mqtt: preferredBroker } : {}) };
   const probes = new ChannelProbes({ monitor, endpoints, clock, random, logger, maxIntervalMs: offline.probeMaxIntervalSeconds * 1000 });
   const degradation = new DegradationController({
     status: monitor,

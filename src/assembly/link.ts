@@ -4,6 +4,7 @@ import { LinkBudget } from '../resilience/link-budget.js';
 import { SqliteBudgetStore } from '../resilience/link-budget-store.js';
 import { LinkGate } from '../resilience/link-gate.js';
 import type { Core } from './core.js';
+import { mqttBrokerUrls } from '../config/schema.js';
 
 /**
  * The metered-link gate (`settings.network`): built when the agent has a cloud to send to. The route
@@ -11,7 +12,7 @@ import type { Core } from './core.js';
  */
 export function buildLink(core: Core, wake: () => void): LinkGate | undefined {
   const { config, store, clock, logger } = core;
-  const endpoint = config.cloud.apiUrl ?? config.mqtt.url;
+  const endpoint = config.cloud.apiUrl ?? mqttBrokerUrls(config.mqtt)[0];
   if (!endpoint) return undefined;
   const n = config.settings.network;
   const gate = new LinkGate({

@@ -5,11 +5,12 @@ import type { Registrar } from '../cloud/registration.js';
 import type { Shadow } from '../shadow/shadow.js';
 import type { Core } from './core.js';
 import { addFlusher, type Queueing } from './outbox.js';
+import { mqttBrokerUrls } from '../config/schema.js';
 
-/** The MQTT session (`mqtt.url`) and the flusher that publishes the channels it carries. */
+/** The MQTT session (`mqtt.url` or `mqtt.urls`) and the flusher that publishes the channels it carries. */
 export function buildMqtt(core: Core, q: Queueing, registrar?: Registrar): MqttSession | undefined {
   const { config, store, monitor, probes, clock, random, logger } = core;
-  if (!config.mqtt.url) return undefined;
+  if (mqttBrokerUrls(config.mqtt).length === 0) return undefined;
   const mqtt = new MqttSession({
     config: {
       mqtt: config.mqtt,

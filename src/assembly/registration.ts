@@ -4,6 +4,7 @@ import { buildHttpClient } from './cloud.js';
 import { Registrar } from '../cloud/registration.js';
 import { backoffFromSettings } from '../resilience/backoff.js';
 import type { Core } from './core.js';
+import { mqttBrokerUrls } from '../config/schema.js';
 
 /**
  * The device key's source (docs/lifecycle.md, "Provisioning"): the configured `device.apiKey`, or the
@@ -40,7 +41,7 @@ export function buildRegistration(core: Core, identity: Identity): { registrar: 
     // Loops that backed off after the refused key try again now (each after its own stagger).
     onRegistered: () => {
       core.probes.wakeup('api').wake('registered');
-      if (config.mqtt.url) core.probes.wakeup('mqtt').wake('registered');
+      if (mqttBrokerUrls(config.mqtt).length > 0) core.probes.wakeup('mqtt').wake('registered');
     },
   });
   return { registrar, http };

@@ -70,7 +70,8 @@ function expectedOf(issue: z.core.$ZodIssue): string {
     case 'invalid_value':
       return `one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
     case 'invalid_format':
-      if (issue.format === 'url') return 'an http:// or https:// URL';
+      // A URL field with its own words (mqtt:// ones) says them; the rest are http(s).
+      if (issue.format === 'url') return /^an? /.test(issue.message) ? issue.message : 'an http:// or https:// URL';
       if (issue.format === 'regex') return issue.message;
       return `a string in ${issue.format} format`;
     case 'not_multiple_of':

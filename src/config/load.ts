@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { applyEnvOverrides } from './env.js';
 import { describeValue, formatIssue, fromZodIssues, type ConfigIssue } from './issues.js';
-import { agentConfigSchema, LIMIT_DEFAULTS, SECRET_KEYS, type AgentConfig } from './schema.js';
+import { agentConfigSchema, LIMIT_DEFAULTS, mqttBrokerUrls, SECRET_KEYS, type AgentConfig } from './schema.js';
 import { jsonDeeperThan } from '../util/json-limits.js';
 
 /** Why a file failed: unreadable, not JSON, not an object, or values the schema refuses. */
@@ -75,8 +75,10 @@ function unusedSettings(c: AgentConfig): string[] {
     out.push(`cloud.caFile is set but cloud.apiUrl is ${c.cloud.apiUrl ? 'not https://' : 'not set'}: the CA is not used`);
   }
   const tlsFiles = (['caFile', 'certFile', 'keyFile'] as const).filter((k) => c.mqtt[k] !== undefined);
-  if (tlsFiles.length > 0 && !c.mqtt.url?.startsWith('mqtts:')) {
-    out.push(`${tlsFiles.map((k) => `mqtt.${k}`).join(', ')} ${tlsFiles.length === 1 ? 'is' : 'are'} set but mqtt.url is ${c.mqtt.url ? 'not mqtts://' : 'not set'}: not used`);
+  const brokers = mqttBrokerUrls(c.mqtt);
+  if (tlsFiles.length > 0 && !brokers.some((u) => u.startsWith('mqtts:'))) {
+    const what = brokers.length === 0 ? 'mqtt.url is not set' : c.mqtt.urls ? 'no URL of mqtt.urls is mqtts://' : 'mqtt.url is not mqtts://';
+    out.push(`${tlsFiles.map((k) => `mqtt.${k}`).join(', ')} ${tlsFiles.length === 1 ? 'is' : 'are'} set but ${what}: not used`);
   }
   return out;
 }

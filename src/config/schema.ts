@@ -1,6 +1,9 @@
 import { z } from 'zod';
 import { API_ADDRESS, LOCAL_BROKER_ADDRESS } from '../boot/early-addresses.js';
 import { isRegistryHost, REGISTRY_HOST_EXPECTED } from '../util/registry-host.js';
+import { mqttSchema } from './mqtt-schema.js';
+
+export { mqttBrokerUrls } from './mqtt-schema.js';
 
 /**
  * The one place for every setting and its default. The JSON Schema shipped in `schema/` is
@@ -220,38 +223,6 @@ const cloudSchema = z.strictObject({
   caFile: z.string().optional().describe('Extra CA certificate (PEM) to trust for the cloud, on top of the system roots.'),
 });
 
-const mqttSchema = z.strictObject({
-  url: z
-    .url({ protocol: /^mqtts?$/ })
-    .optional()
-    .describe('Broker URL (mqtt:// or mqtts://). Without it the agent does not use MQTT.'),
-  protocolVersion: z
-    .union([z.literal('auto'), z.literal(4), z.literal(5)])
-    .default('auto')
-    .describe(
-      '"auto": try MQTT 5, fall back to 3.1.1 when the broker does not speak 5, and remember it (MQTT 5 is tried again after a day or when mqtt.url changes). 5 or 4 (3.1.1) force that version.',
-    ),
-  clientId: z.string().min(1).max(128).optional().describe('Client id; defaults to the device uuid.'),
-  username: z.string().optional().describe('User name; defaults to the device uuid.'),
-  password: z.string().optional().describe('Password; defaults to device.apiKey. Never logged.'),
-  keepAliveSeconds: z.number().int().min(5).max(3600).default(60).describe('Keep-alive; a connection that stops answering is torn down within 1.5 x this.'),
-  connectTimeoutMs: z.number().int().min(1000).default(30_000).describe('A CONNECT not acknowledged in this time counts as a failure.'),
-  maxInflight: z.number().int().min(1).max(65_535).default(100).describe('Most QoS 1 publishes awaiting PUBACK at once.'),
-  sessionExpirySeconds: z
-    .number()
-    .int()
-    .min(0)
-    .default(604_800)
-    .describe('MQTT 5: how long the broker keeps the session (subscriptions, queued messages) while the device is away.'),
-  caFile: z.string().optional().describe('CA certificate (PEM) for mqtts://, on top of the system roots.'),
-  certFile: z.string().optional().describe('Client certificate (PEM) for mutual TLS.'),
-  keyFile: z.string().optional().describe('Client private key (PEM) for mutual TLS.'),
-}).superRefine((m, ctx) => {
-  // The MQTT session refuses one without the other; caught here, it is a config error with a fallback, not a failed start.
-  if ((m.certFile === undefined) === (m.keyFile === undefined)) return;
-  const missing = m.certFile === undefined ? 'certFile' : 'keyFile';
-  ctx.addIssue({ code: 'custom', path: [missing], message: 'a path as well: mutual TLS needs both the client certificate (certFile) and its key (keyFile)' });
-});
 
 /** Local only: a target can never set these (a cloud must not be able to take over the host). */
 const workloadsSchema = z.strictObject({
@@ -435,6 +406,7 @@ export const LOCAL_ONLY_CONFIG_KEYS = [
   'cloud.apiUrl',
   'cloud.caFile',
   'mqtt.url',
+  'mqtt.urls',
   'mqtt.caFile',
   'mqtt.certFile',
   'mqtt.keyFile',

@@ -9,14 +9,17 @@ import type { Logger } from '../util/logger.js';
 import { systemRandom, type Random } from '../util/random.js';
 import { clientOptions } from './client-options.js';
 import { IncomingGuard } from './incoming.js';
-import { authRefusalMessage, classifyRefusal, type MqttVersion, type ProtocolNegotiator, type Refusal } from './negotiation.js';
+import { returnToPreferred, type Broker, type BrokerRotation } from './brokers.js';
+import { authRefusalMessage, classifyRefusal, type MqttVersion, type Refusal } from './negotiation.js';
 import type { PublishWindow } from './publish-window.js';
 import { describeConnectionError, hex, reasonName } from './reasons.js';
+import { watchSilence } from './watchdog.js';
 import type { ConnectedEvent, DisconnectedEvent, IncomingMessage } from './session-events.js';
 import type { DeviceTopics } from './topics.js';
 
 /**
- * The life of the session's connection to the broker: one attempt at a time, each with a fresh
+ * The life of the session's connection to the broker: one attempt at a time, to one broker of the
+ * rotation (`brokers.ts`; the next after every failure), each with a fresh
  * mqtt.js client on the same stores (mqtt.js's own reconnect is off), the CONNACK, the watchdog, the
  * subscriptions and the birth of every connection, and the wait between attempts, which is the
  * retry policy's as for every loop of the agent (the one backoff, the offline floor, the probe's
@@ -47,12 +50,11 @@ export interface ConnectionEvents {
 
 export interface ConnectionLifeDeps {
   config: MqttSessionConfig;
-  /** `mqtt.url`, checked. */
-  url: URL;
+  /** The brokers (`mqtt.urls` or `mqtt.url`, checked), each with its protocol negotiator. */
+  brokers: BrokerRotation;
   topics: DeviceTopics;
   window: Pick<PublishWindow, 'setBrokerLimits' | 'attach' | 'detach' | 'onPuback' | 'sendAhead' | 'counts' | 'stopped'>;
   stores: { outgoing: IStore; incoming: IStore };
-  negotiator: Pick<ProtocolNegotiator, 'version' | 'refused' | 'accepted'>;
   monitor: Pick<ConnectionMonitor, 'markSuccess' | 'markFailure' | 'channelStatus'>;
   /** The waits between attempts: a backoff of this session alone, woken by the `mqtt` channel's probe. */
   retry: Pick<RetryPolicy, 'afterFailure' | 'afterSuccess' | 'wait'>;
@@ -81,6 +83,10 @@ export interface ConnectionStats {
   lastConnectAt: number | null;
   sessionPresent: boolean | null;
   droppedIncoming: number;
+  /** The broker in use, or being tried, without credentials. */
+  broker: string;
+  /** Its place in mqtt.urls: 0 is the preferred one. */
+  brokerIndex: number;
 }
 
 interface ConnectionEnd {
@@ -91,11 +97,14 @@ interface ConnectionEnd {
   refusalCode?: number;
   /** The negotiator falls back to the other version: try again at once. */
   retryNow?: boolean;
+  /** Closed to move back to the preferred broker, which accepted a check: connect to it at once. */
+  handover?: boolean;
 }
 
 /** Per-connection state, for the one mqtt.js client of that connection. */
 interface Connection {
   client: MqttClient;
+  broker: Broker;
   version: MqttVersion;
   /** Connected with a clean session (to drop a packet the broker kept re-sending). */
   clean: boolean;
@@ -115,8 +124,10 @@ interface Connection {
   /** Monotonic time of the latest packet from the broker. */
   lastRx: number;
   establishedAtMono: number;
-  /** Stops the watchdog of this connection. */
+  /** Stops the watchdog of this connection (and its return to the preferred broker). */
   watchdog: AbortController;
+  /** Being closed to move back to the preferred broker. */
+  handover?: boolean;
 }
 
 /** Marks of success at most this often while the channel is online: one per PINGRESP would be noise. */
@@ -166,6 +177,8 @@ export class ConnectionLife {
       lastConnectAt: c.lastConnectAt,
       sessionPresent: c.sessionPresent,
       droppedIncoming: this.incoming.droppedIncoming,
+      broker: this.deps.brokers.current.name,
+      brokerIndex: this.deps.brokers.currentIndex,
     };
   }
 
@@ -187,47 +200,42 @@ export class ConnectionLife {
       }
       if (signal.aborted) break;
       if (end.retryNow) continue;
-      this.counters.connectionFailures++;
-      // Refused credentials stay refused until someone fixes them: retry at the backoff's cap.
-      // The failure is on the monitor already (as `auth`), so the offline floor sees it.
-      const auth = end.refusal === 'auth';
-      const delayMs = auth ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined);
-      // A refusal of the credentials is a warning once per outage (until a connection is accepted); its repeats are debug.
-      const level = auth ? (this.authRefusalSaid ? 'debug' : 'warn') : end.established ? 'warn' : 'info';
-      if (auth) this.authRefusalSaid = true;
-      this.log[level](
-        { url: this.safeUrl(), error: end.error, retryInMs: Math.round(delayMs), ...(auth ? { refusal: 'auth', reasonCode: end.refusalCode } : {}) },
-        `mqtt: ${end.established ? 'connection lost' : 'could not connect'}: ${end.error}; retrying in ${Math.round(delayMs)} ms${auth ? ' (the long backoff: retrying sooner cannot fix credentials)' : ''}`,
-      );
-      if (!(await this.pause(delayMs, signal))) break;
+      if (end.handover) {
+        this.deps.brokers.backToPreferred();
+        continue;
+      }
+      if (!(await this.afterFailure(end, signal))) break;
     }
   }
 
   /**
-   * Waits out `delayMs` before the next attempt; false when the session is stopping. When the probe
-   * saw the way open again the policy ends the wait and starts its backoff over: the wait belonged
-   * to an outage that has ended.
+   * An attempt failed or a connection was lost: the next broker, after the one backoff. Refused
+   * credentials stay refused until someone fixes them: once every broker in turn refused them, the
+   * retry is at the backoff's cap. The failure is on the monitor already (as `auth`), so the offline
+   * floor sees it. False when the session is stopping.
    */
-  private async pause(delayMs: number, signal: AbortSignal): Promise<boolean> {
-    try {
-      await this.deps.retry.wait(delayMs, signal);
-      return !signal.aborted;
-    } catch (err) {
-      if (signal.aborted || isAbortError(err)) return false;
-      // The loop must not end on a broken sleeper: wait on the clock instead.
-      this.log.error({ err: errorMessage(err) }, `mqtt: the backoff wait failed: ${errorMessage(err)}`);
-      try {
-        await this.deps.clock.sleep(delayMs, signal);
-        return true;
-      } catch {
-        // Stryker disable next-line BooleanLiteral: the clock's sleep rejects only on abort, which the loop's head checks as well
-        return false;
-      }
-    }
+  private async afterFailure(end: ConnectionEnd, signal: AbortSignal): Promise<boolean> {
+    this.counters.connectionFailures++;
+    const auth = end.refusal === 'auth';
+    const failed = this.deps.brokers.current.name;
+    const allRefused = this.deps.brokers.failed(auth);
+    const next = this.deps.brokers.current.name;
+    const delayMs = allRefused ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined);
+    // A refusal of the credentials is a warning once per outage (until a connection is accepted); its repeats are debug.
+    const level = auth ? (this.authRefusalSaid ? 'debug' : 'warn') : end.established ? 'warn' : 'info';
+    if (auth) this.authRefusalSaid = true;
+    // With one broker the log says as before; with several, which one failed and which is next.
+    const several = next !== failed;
+    const then = several ? `trying ${next} in ${Math.round(delayMs)} ms` : `retrying in ${Math.round(delayMs)} ms`;
+    this.log[level](
+      { url: failed, ...(several ? { next } : {}), error: end.error, retryInMs: Math.round(delayMs), ...(auth ? { refusal: 'auth', reasonCode: end.refusalCode } : {}) },
+      `mqtt: ${end.established ? 'connection lost' : 'could not connect'}${several ? ` (${failed})` : ''}: ${end.error}; ${then}${allRefused ? ' (the long backoff: retrying sooner cannot fix credentials)' : ''}`,
+    );
+    return pause(this.deps, delayMs, signal);
   }
 
   /** The mqtt.js options of the next attempt, or why there are none. */
-  private attemptOptions(version: MqttVersion): { options: IClientOptions; clean: boolean } | { error: string } {
+  private attemptOptions(version: MqttVersion, url: URL): { options: IClientOptions; clean: boolean } | { error: string } {
     try {
       const c = this.deps.config;
       // A broker that re-sends a packet over the limit with the stored session would cut the agent off for
@@ -236,7 +244,7 @@ export class ConnectionLife {
       if (clean) this.log.warn({ closes: this.incoming.oversizeStreak }, 'mqtt: the broker keeps re-sending a packet over limits.maxCloudResponseBytes with the stored session; connecting with a clean session to drop it (messages the broker held for the device are lost; retained ones come back on subscribe)');
       const stores = { outgoingStore: this.deps.stores.outgoing, incomingStore: this.deps.stores.incoming };
       const apiKey = typeof c.apiKey === 'function' ? c.apiKey() : c.apiKey;
-      const options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey, issued: c.issued?.(), url: this.deps.url, version, clean, statusTopic: this.deps.topics.status, now: this.deps.clock.now(), maxPacketBytes: this.incoming.maxPacketBytes, ...stores });
+      const options = clientOptions({ mqtt: c.mqtt, uuid: c.uuid, apiKey, issued: c.issued?.(), url, version, clean, statusTopic: this.deps.topics.status, now: this.deps.clock.now(), maxPacketBytes: this.incoming.maxPacketBytes, ...stores });
       return { options, clean };
     } catch (err) {
       return { error: errorMessage(err) };
@@ -245,16 +253,18 @@ export class ConnectionLife {
 
   /** One connection attempt and, when it succeeds, the connection's life. Resolves when it is over. */
   private connection(signal: AbortSignal): Promise<ConnectionEnd> {
-    const version = this.deps.negotiator.version();
-    const attempt = this.attemptOptions(version);
+    const broker = this.deps.brokers.current;
+    const version = broker.negotiator.version();
+    const attempt = this.attemptOptions(version, broker.url);
     if ('error' in attempt) {
       this.noteFailure('connect', attempt.error);
       return Promise.resolve({ established: false, error: attempt.error });
     }
     const { options, clean } = attempt;
-    const client = this.connectClient(this.deps.url.href, options);
+    const client = this.connectClient(broker.url.href, options);
     const conn: Connection = {
       client,
+      broker,
       version,
       clean,
       established: false,
@@ -317,9 +327,10 @@ export class ConnectionLife {
     this.deps.window.detach(conn);
     let error = conn.lastError ?? (conn.established ? 'the connection closed' : 'the connection closed before the broker accepted it');
     const refusal = conn.established ? undefined : classifyRefusal(conn.refusalCode, conn.lastError === null);
-    const retryNow = refusal !== undefined && !signal.aborted && this.deps.negotiator.refused(conn.version, refusal, conn.refusalCode);
+    const retryNow = refusal !== undefined && !signal.aborted && conn.broker.negotiator.refused(conn.version, refusal, conn.refusalCode);
     if (refusal === 'auth') error = authRefusalMessage(error);
-    if (!signal.aborted && !retryNow) {
+    if (conn.handover) error = `moved back to the preferred broker ${this.deps.brokers.preferred.name}`;
+    if (!signal.aborted && !retryNow && !conn.handover) {
       this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error, refusal === 'auth' ? 'auth' : conn.clockProblem ? 'answer' : 'transport');
     }
     if (conn.established) {
@@ -334,14 +345,14 @@ export class ConnectionLife {
     // the rest waits in the store for the next connection. Close the client's stores (a no-op
     // that commits what is pending) so it holds nothing.
     conn.client.end(true);
-    return { established: conn.established, error, ...(refusal ? { refusal } : {}), ...(conn.refusalCode !== undefined ? { refusalCode: conn.refusalCode } : {}), retryNow };
+    return { established: conn.established, error, ...(refusal ? { refusal } : {}), ...(conn.refusalCode !== undefined ? { refusalCode: conn.refusalCode } : {}), retryNow, handover: conn.handover === true };
   }
 
   private onClientError(conn: Connection, err: Error): void {
     const m = this.deps.config.mqtt;
     const synced = this.deps.clockSynced?.() ?? true;
     const described = describeConnectionError(err, {
-      host: this.deps.url.hostname,
+      host: conn.broker.url.hostname,
       caFile: m.caFile,
       certFile: m.certFile,
       connectTimeoutMs: m.connectTimeoutMs,
@@ -389,7 +400,8 @@ export class ConnectionLife {
     this.counters.since = now;
     this.counters.sessionPresent = sessionPresent;
     this.deps.window.setBrokerLimits({ receiveMaximum: properties?.receiveMaximum, maximumPacketSize: properties?.maximumPacketSize });
-    this.deps.negotiator.accepted(conn.version);
+    conn.broker.negotiator.accepted(conn.version);
+    this.deps.brokers.accepted();
     this.deps.monitor.markSuccess('mqtt', 'connect');
     this.deps.retry.afterSuccess();
     // As mqtt.js does: a server keep-alive in the CONNACK (MQTT 5) replaces ours.
@@ -406,27 +418,14 @@ export class ConnectionLife {
    * 1.5 x keep-alive after the last packet received, from the CONNACK on. Whichever fires first
    * closes the connection; the loop then reconnects.
    */
-  private async watch(conn: Connection, keepAliveMs: number): Promise<void> {
-    const limit = keepAliveMs * 1.5;
-    const signal = conn.watchdog.signal;
-    const clock = this.deps.clock;
-    while (!signal.aborted) {
-      const silentFor = clock.monotonic() - conn.lastRx;
-      if (silentFor >= limit) {
-        conn.lossOperation = 'ping';
-        conn.lastError ??= `nothing from the broker for ${Math.round(silentFor)} ms (1.5 x keep-alive of ${keepAliveMs / 1000} s): the connection is half-open`;
-        this.log.warn({ silentForMs: Math.round(silentFor) }, `mqtt: ${conn.lastError}; closing it`);
-        conn.ready = false;
-        conn.client.end(true);
-        return;
-      }
-      try {
-        await clock.sleep(limit - silentFor, signal);
-      // Stryker disable next-line BlockStatement: the sleep rejects only once the watchdog is aborted, which the loop's head checks as well
-      } catch {
-        return;
-      }
-    }
+  private watch(conn: Connection, keepAliveMs: number): Promise<void> {
+    return watchSilence({ clock: this.deps.clock, keepAliveMs, lastRx: () => conn.lastRx, signal: conn.watchdog.signal }, (silentForMs) => {
+      conn.lossOperation = 'ping';
+      conn.lastError ??= `nothing from the broker for ${silentForMs} ms (1.5 x keep-alive of ${keepAliveMs / 1000} s): the connection is half-open`;
+      this.log.warn({ silentForMs }, `mqtt: ${conn.lastError}; closing it`);
+      conn.ready = false;
+      conn.client.end(true);
+    });
   }
 
   /** mqtt.js has re-sent the stored packets: subscribe, announce, and let new publishes go. */
@@ -439,7 +438,10 @@ export class ConnectionLife {
     this.connections++;
     if (reconnect) this.counters.reconnects++;
     const w = this.deps.window.counts();
-    this.log.info({ url: this.safeUrl(), sessionPresent, inflight: w.inflight, queued: w.queued }, `mqtt: connected${sessionPresent ? ' (session resumed)' : ''}`);
+    const index = this.deps.brokers.currentIndex;
+    const preferred = index === 0;
+    const where = this.deps.brokers.brokers.length > 1 ? ` to ${conn.broker.name}${preferred ? '' : ' (not the preferred broker)'}` : '';
+    this.log.info({ url: conn.broker.name, brokerIndex: index, sessionPresent, inflight: w.inflight, queued: w.queued }, `mqtt: connected${where}${sessionPresent ? ' (session resumed)' : ''}`);
     if (!sessionPresent && reconnect) {
       this.log.info('mqtt: the broker did not keep the session; messages sent to the device while it was away are lost, subscribing again');
     }
@@ -447,27 +449,48 @@ export class ConnectionLife {
     this.sendBirth();
     this.deps.events.connected({ sessionPresent, reconnect, at: this.deps.clock.now() });
     this.deps.window.attach(conn);
+    const everyMs = this.deps.config.mqtt.returnToPreferredSeconds * 1000;
+    // (Not `=== 0`: a config built by hand without the key must not check in a tight loop.)
+    if (preferred || !(everyMs > 0)) return;
+    const to = this.deps.brokers.preferred;
+    const options = (version: MqttVersion): ReturnType<ConnectionLife['attemptOptions']> => this.attemptOptions(version, to.url);
+    void returnToPreferred({ everyMs, preferred: to, options, connect: this.connectClient, clock: this.deps.clock, logger: this.log, accepted: () => this.handOver(conn) }, conn.watchdog.signal);
+  }
+
+  /**
+   * Closes `conn` to connect to the preferred broker: new publishes wait, the DISCONNECT goes once
+   * the in-flight PUBACKs are in (mqtt.js waits for them; `stopTimeoutMs` bounds it), and what is
+   * still unacknowledged then stays in the store and is sent again on the preferred broker.
+   */
+  private handOver(conn: Connection): void {
+    if (this.conn !== conn || !conn.ready) return;
+    conn.handover = true;
+    conn.ready = false;
+    this.deps.window.detach(conn);
+    const to = this.deps.brokers.preferred.name;
+    this.log.info({ from: conn.broker.name, to }, `mqtt: the preferred broker ${to} accepts connections again: moving back to it from ${conn.broker.name}`);
+    // Reason 0: a normal DISCONNECT, so the broker does not publish the will (the device is not offline).
+    this.endGracefully(conn, 0);
+  }
+
+  /** A DISCONNECT once the in-flight PUBACKs are in (mqtt.js waits for them); the socket closes after stopTimeoutMs at the latest. */
+  private endGracefully(conn: Connection, reasonCode: number): void {
+    const client = conn.client;
+    // Stryker disable next-line OptionalChaining: an established connection always has its stream
+    const timer = setTimeout(() => client.stream?.destroy(), this.deps.stopTimeoutMs ?? 2_000);
+    client.once('close', () => clearTimeout(timer));
+    client.end(false, conn.version === 5 ? { reasonCode } : {});
   }
 
   /** Subscriptions are made on every connection: a session the broker lost or expired has none. */
   private subscribe(conn: Connection): void {
-    const topics = Object.fromEntries(this.deps.topics.subscriptions.map((s) => [s.topic, { qos: 1 as const }]));
-    conn.client.subscribe(topics, (err, granted) => {
-      if (err) {
-        if (this.conn === conn) this.log.warn({ err: err.message }, `mqtt: subscribing failed: ${err.message}`);
-        return;
-      }
-      let all = true;
-      for (const g of granted ?? []) {
-        if (g.qos >= 0x80) {
-          all = false;
-          const error = `the broker refused the subscription to ${g.topic}: ${reasonName(g.qos)} (${hex(g.qos)})`;
-          this.counters.lastError = error;
-          this.log.error({ topic: g.topic, reasonCode: g.qos }, `mqtt: ${error}`);
-          this.deps.monitor.markFailure('mqtt', 'subscribe', error);
-        }
-      }
-      conn.subscribed = all;
+    subscribeAll(conn.client, this.deps.topics, (error) => {
+      if (error === undefined) conn.subscribed = true;
+      else if (error.refused) {
+        this.counters.lastError = error.message;
+        this.log.error({ topic: error.topic, reasonCode: error.reasonCode }, `mqtt: ${error.message}`);
+        this.deps.monitor.markFailure('mqtt', 'subscribe', error.message);
+      } else if (this.conn === conn) this.log.warn({ err: error.message }, `mqtt: subscribing failed: ${error.message}`);
     });
   }
 
@@ -489,11 +512,8 @@ export class ConnectionLife {
       client.end(true);
       return;
     }
-    // Stryker disable next-line OptionalChaining: an established connection always has its stream
-    const timer = setTimeout(() => client.stream?.destroy(), this.deps.stopTimeoutMs ?? 2_000);
-    client.once('close', () => clearTimeout(timer));
     // 0x04: disconnect with will message, so the retained status turns offline.
-    client.end(false, { reasonCode: 0x04 });
+    this.endGracefully(conn, 0x04);
   }
 
   private noteFailure(operation: 'connect' | 'ping', error: string, kind: FailureKind = 'transport'): void {
@@ -501,7 +521,47 @@ export class ConnectionLife {
     this.deps.monitor.markFailure('mqtt', operation, error, kind);
   }
 
-  private safeUrl(): string {
-    return `${this.deps.url.protocol}//${this.deps.url.host}`;
+}
+
+type SubscribeOutcome = { refused: true; topic: string; reasonCode: number; message: string } | { refused: false; message: string } | undefined;
+
+/**
+ * Subscribes to the device's topics at QoS 1; `done` hears each refused subscription, a failure, or
+ * (once, `undefined`) that the broker granted every one.
+ */
+function subscribeAll(client: MqttClient, topics: DeviceTopics, done: (outcome: SubscribeOutcome) => void): void {
+  const wanted = Object.fromEntries(topics.subscriptions.map((s) => [s.topic, { qos: 1 as const }]));
+  client.subscribe(wanted, (err, granted) => {
+    if (err) return done({ refused: false, message: err.message });
+    let all = true;
+    for (const g of granted ?? []) {
+      if (g.qos < 0x80) continue;
+      all = false;
+      done({ refused: true, topic: g.topic, reasonCode: g.qos, message: `the broker refused the subscription to ${g.topic}: ${reasonName(g.qos)} (${hex(g.qos)})` });
+    }
+    if (all) done(undefined);
+  });
+}
+
+/**
+ * Waits out `delayMs` before the next attempt; false when the session is stopping. When the probe
+ * saw the way open again the policy ends the wait and starts its backoff over: the wait belonged
+ * to an outage that has ended.
+ */
+async function pause(deps: Pick<ConnectionLifeDeps, 'retry' | 'clock' | 'logger'>, delayMs: number, signal: AbortSignal): Promise<boolean> {
+  try {
+    await deps.retry.wait(delayMs, signal);
+    return !signal.aborted;
+  } catch (err) {
+    if (signal.aborted || isAbortError(err)) return false;
+    // The loop must not end on a broken sleeper: wait on the clock instead.
+    deps.logger.error({ err: errorMessage(err) }, `mqtt: the backoff wait failed: ${errorMessage(err)}`);
+    try {
+      await deps.clock.sleep(delayMs, signal);
+      return true;
+    } catch {
+      // Stryker disable next-line BooleanLiteral: the clock's sleep rejects only on abort, which the loop's head checks as well
+      return false;
+    }
   }
 }

@@ -10,8 +10,9 @@ import { hex, reasonName } from './reasons.js';
  * terms, return code 1 in 3.1.1 terms: NATS answers an MQTT 5 CONNECT so) or, from a broker that has
  * never accepted MQTT 5 here, the connection closed twice in a row before any CONNACK (RabbitMQ 3.10
  * does that). The version a broker accepted is kept in the store, so a restart does not ask again;
- * 3.1.1 is kept for a day (an hour when only closes led to it; then MQTT 5 is tried once more) and
- * forgotten when mqtt.url changes.
+ * 3.1.1 is kept for a day (an hour when only closes led to it; then MQTT 5 is tried once more).
+ * Each broker of mqtt.urls has a negotiator (and a record) of its own; a broker's record is forgotten
+ * when it is no longer the one configured.
  * `4` or `5` force that version.
  */
 
@@ -22,6 +23,11 @@ export type ProtocolSetting = 'auto' | MqttVersion;
 export type Refusal = 'protocol' | 'auth' | 'other';
 
 export const PROTOCOL_KV_KEY = 'mqtt.protocol';
+
+/** Where the record of a broker other than the preferred one is kept (by its URL without credentials). */
+export function protocolKvKey(broker: string): string {
+  return `${PROTOCOL_KV_KEY}:${broker}`;
+}
 /** How long a broker that speaks only 3.1.1 is believed before MQTT 5 is tried again. */
 export const RETRY_MQTT5_AFTER_MS = 24 * 3600_000;
 /**
@@ -71,6 +77,11 @@ export interface ProtocolNegotiatorOptions {
   clock: Pick<Clock, 'now'>;
   logger: Logger;
   retryMqtt5AfterMs?: number;
+  /**
+   * Where the record is kept. Default `mqtt.protocol`, the one record of agents before mqtt.urls:
+   * the preferred broker keeps it there, each other broker under `protocolKvKey`.
+   */
+  kvKey?: string;
 }
 
 export interface ProtocolInfo {
@@ -84,6 +95,7 @@ export interface ProtocolInfo {
 export class ProtocolNegotiator {
   private readonly opts: ProtocolNegotiatorOptions;
   private readonly retryAfterMs: number;
+  private readonly kvKey: string;
   private current: MqttVersion;
   /** Wall time `current` was last accepted; null while not yet. */
   private acceptedAt: number | null = null;
@@ -97,11 +109,12 @@ export class ProtocolNegotiator {
   constructor(opts: ProtocolNegotiatorOptions) {
     this.opts = opts;
     this.retryAfterMs = opts.retryMqtt5AfterMs ?? RETRY_MQTT5_AFTER_MS;
+    this.kvKey = opts.kvKey ?? PROTOCOL_KV_KEY;
     this.current = opts.setting === 'auto' ? 5 : opts.setting;
     if (opts.setting !== 'auto') return;
     let stored: StoredProtocol | undefined;
     try {
-      stored = opts.kv.getKv<StoredProtocol>(PROTOCOL_KV_KEY);
+      stored = opts.kv.getKv<StoredProtocol>(this.kvKey);
     } catch (err) {
       opts.logger.warn({ err: String(err) }, 'mqtt: could not read the negotiated protocol version; trying MQTT 5');
     }
@@ -143,17 +156,17 @@ export class ProtocolNegotiator {
     try {
       // Stryker disable next-line ConditionalExpression: equivalent: `inferred` of an MQTT 5 record is never read (it only shortens how long 3.1.1 is believed)
       const record: StoredProtocol = { version, at: now, broker: this.opts.broker, ...(version === 4 && this.inferred ? { inferred: true } : {}) };
-      this.opts.kv.setKv(PROTOCOL_KV_KEY, record);
+      this.opts.kv.setKv(this.kvKey, record);
     } catch (err) {
       this.opts.logger.warn({ err: String(err) }, 'mqtt: could not store the negotiated protocol version');
     }
     if (version === 4) {
       this.opts.logger.warn(
-        { protocolVersion: 4 },
-        'mqtt: the broker speaks MQTT 3.1.1, not 5: using 3.1.1 (no session expiry, reason codes or Receive Maximum); MQTT 5 is tried again later (a day, an hour when the broker only closed the connection) or when mqtt.url changes',
+        { protocolVersion: 4, broker: this.opts.broker },
+        `mqtt: the broker ${this.opts.broker} speaks MQTT 3.1.1, not 5: using 3.1.1 with it (no session expiry, reason codes or Receive Maximum); MQTT 5 is tried again later (a day, an hour when the broker only closed the connection)`,
       );
     } else {
-      this.opts.logger.info({ protocolVersion: 5 }, 'mqtt: negotiated MQTT 5');
+      this.opts.logger.info({ protocolVersion: 5, broker: this.opts.broker }, `mqtt: negotiated MQTT 5 with ${this.opts.broker}`);
     }
   }
 

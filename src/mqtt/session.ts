@@ -9,8 +9,10 @@ import type { WakeableSleep } from '../util/kick.js';
 import type { Logger } from '../util/logger.js';
 import type { Random } from '../util/random.js';
 import { TypedEmitter } from '../util/typed-emitter.js';
+import { mqttBrokerUrls } from '../config/schema.js';
+import { BrokerRotation, brokerName } from './brokers.js';
 import { ConnectionLife, type ConnectionLifeDeps, type MqttSessionConfig } from './connection-life.js';
-import { ProtocolNegotiator, type ProtocolInfo } from './negotiation.js';
+import { PROTOCOL_KV_KEY, protocolKvKey, ProtocolNegotiator, type ProtocolInfo } from './negotiation.js';
 import { PublishWindow, type PublishOutcome, type PublishRequest } from './publish-window.js';
 import type { MqttSessionEvents } from './session-events.js';
 import { SqliteMqttStore, type StoreDurability } from './sqlite-store.js';
@@ -104,8 +106,14 @@ export interface MqttSessionStats {
   rejected: number;
   /** Incoming messages dropped (not JSON). */
   droppedIncoming: number;
-  /** mqtt.protocolVersion and the version negotiated with the broker (see negotiation.ts). */
+  /** mqtt.protocolVersion and the version negotiated with the broker in use (see negotiation.ts). */
   protocol: ProtocolInfo;
+  /** The broker in use (or being tried), without credentials. */
+  broker: string;
+  /** Its place in the list of brokers (`mqtt.urls`; `mqtt.url` is the only one): 0 is the preferred. */
+  brokerIndex: number;
+  /** How many brokers there are to choose from. */
+  brokers: number;
 }
 
 const stopped = (): PublishOutcome => ({ ok: false, permanent: false, reason: 'the MQTT session stopped' });
@@ -115,7 +123,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   private readonly log: Logger;
   private readonly window: PublishWindow;
   private readonly incoming: SqliteMqttStore;
-  private readonly negotiator: ProtocolNegotiator;
+  private readonly brokers: BrokerRotation;
   private readonly life: ConnectionLife;
   private readonly controller = new AbortController();
   private started = false;
@@ -124,11 +132,16 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   constructor(deps: MqttSessionDeps) {
     super();
     const m = deps.config.mqtt;
-    const url = checkedConfig(m);
-    const safeUrl = `${url.protocol}//${url.host}`;
+    const urls = checkedConfig(m);
     this.topics = deviceTopics(deps.config.uuid);
     this.log = deps.logger;
-    this.negotiator = new ProtocolNegotiator({ setting: m.protocolVersion, broker: safeUrl, kv: deps.store, clock: deps.clock, logger: deps.logger });
+    this.brokers = new BrokerRotation(
+      urls.map((url, i) => {
+        const name = brokerName(url);
+        const kvKey = i === 0 ? PROTOCOL_KV_KEY : protocolKvKey(name);
+        return { url, name, negotiator: new ProtocolNegotiator({ setting: m.protocolVersion, broker: name, kvKey, kv: deps.store, clock: deps.clock, logger: deps.logger }) };
+      }),
+    );
     const durability = deps.inflightDurability ?? 'process';
     this.window = new PublishWindow({
       db: deps.store.db,
@@ -146,11 +159,10 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
     });
     this.life = new ConnectionLife({
       config: deps.config,
-      url,
+      brokers: this.brokers,
       topics: this.topics,
       window: this.window,
       stores: { outgoing: this.window.outgoing, incoming: this.incoming },
-      negotiator: this.negotiator,
       monitor: deps.monitor,
       retry: new RetryPolicy({ backoff: deps.backoff, sleeper: deps.wakeup, clock: deps.clock, ...(deps.floorMs ? { floorMs: deps.floorMs } : {}) }),
       refusedRetryMaxMs: deps.backoff.maxMs,
@@ -166,8 +178,10 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
         message: (e) => this.emit('message', e),
       },
     });
-    if (url.protocol === 'mqtt:' && (m.caFile || m.certFile)) {
-      this.log.warn({ url: safeUrl }, 'mqtt: mqtt.caFile/certFile are set but mqtt.url is mqtt:// (no TLS); they are not used');
+    if (urls.every((u) => u.protocol === 'mqtt:') && (m.caFile || m.certFile)) {
+      const names = urls.map(brokerName);
+      if (m.urls) this.log.warn({ urls: names }, 'mqtt: mqtt.caFile/certFile are set but no URL of mqtt.urls is mqtts:// (no TLS); they are not used');
+      else this.log.warn({ url: names[0] }, 'mqtt: mqtt.caFile/certFile are set but mqtt.url is mqtt:// (no TLS); they are not used');
     }
     this.window.restore();
   }
@@ -193,7 +207,10 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       acknowledged: w.acknowledged,
       rejected: w.rejected,
       droppedIncoming: c.droppedIncoming,
-      protocol: this.negotiator.info(),
+      protocol: this.brokers.current.negotiator.info(),
+      broker: c.broker,
+      brokerIndex: c.brokerIndex,
+      brokers: this.brokers.brokers.length,
     };
   }
 
@@ -276,13 +293,32 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
   }
 }
 
-/** `mqtt.url` as a URL, once the settings the session cannot work without are checked. */
-function checkedConfig(m: AgentConfig['mqtt']): URL {
-  if (!m.url) throw new AgentError('MQTT_CONFIG_INVALID', 'mqtt.url: expected an mqtt:// or mqtts:// broker URL, got nothing');
-  const url = new URL(m.url);
-  if (url.protocol !== 'mqtt:' && url.protocol !== 'mqtts:') {
-    throw new AgentError('MQTT_CONFIG_INVALID', `mqtt.url: expected an mqtt:// or mqtts:// URL, got ${url.protocol}//`);
+/** The brokers (`mqtt.urls`, else `mqtt.url`) as URLs, once the settings the session cannot work without are checked. */
+function checkedConfig(m: AgentConfig['mqtt']): URL[] {
+  if (m.url && m.urls) throw new AgentError('MQTT_CONFIG_INVALID', 'mqtt.urls: expected mqtt.url or mqtt.urls, not both');
+  const urls = mqttBrokerUrls(m);
+  if (urls.length === 0) throw new AgentError('MQTT_CONFIG_INVALID', 'mqtt.url: expected an mqtt:// or mqtts:// broker URL, got nothing');
+  if (urls.length > 16) throw new AgentError('MQTT_CONFIG_INVALID', `mqtt.urls: expected at most 16 brokers, got ${urls.length}`);
+  const checked = urls.map((u, i) => checkedUrl(m.urls ? `mqtt.urls.${i}` : 'mqtt.url', u));
+  checkedRest(m);
+  return checked;
+}
+
+function checkedUrl(key: string, value: string): URL {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new AgentError('MQTT_CONFIG_INVALID', `${key}: expected an mqtt:// or mqtts:// URL, got ${JSON.stringify(value)}`);
   }
+  if (url.protocol !== 'mqtt:' && url.protocol !== 'mqtts:') {
+    throw new AgentError('MQTT_CONFIG_INVALID', `${key}: expected an mqtt:// or mqtts:// URL, got ${url.protocol}//`);
+  }
+  return url;
+}
+
+/** The settings besides the brokers. */
+function checkedRest(m: AgentConfig['mqtt']): void {
   if (Boolean(m.certFile) !== Boolean(m.keyFile)) {
     const [set, missing] = m.certFile ? ['certFile', 'keyFile'] : ['keyFile', 'certFile'];
     throw new AgentError('MQTT_CONFIG_INVALID', `mqtt.${set} is set but mqtt.${missing} is not: mutual TLS needs both the client certificate and its key`);
@@ -290,5 +326,4 @@ function checkedConfig(m: AgentConfig['mqtt']): URL {
   if (!Number.isInteger(m.maxInflight) || m.maxInflight < 1) {
     throw new AgentError('MQTT_CONFIG_INVALID', `mqtt.maxInflight: expected an integer >= 1, got ${String(m.maxInflight)}`);
   }
-  return url;
 }

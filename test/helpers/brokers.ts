@@ -168,3 +168,62 @@ export async function startRabbitMq(opts: { user?: { name: string; password: str
   }
   return { host, port, url: `mqtt://${host}:${port}`, log: proc.log, running: proc.running, stop: () => signal('SIGTERM'), start: proc.start, dispose };
 }
+
+export interface ClusterNode extends PrivateBroker {
+  name: string;
+  /** SIGKILL: the node crashes. */
+  kill(): Promise<void>;
+  running(): boolean;
+}
+
+export interface NatsCluster {
+  nodes: ClusterNode[];
+  dispose(): Promise<void>;
+}
+
+/**
+ * A NATS cluster of `size` nodes on loopback, each with JetStream (its own store dir) and its MQTT
+ * listener. MQTT sessions and QoS 1 messages live in JetStream streams replicated on every node
+ * (`stream_replicas`, `consumer_replicas`), so a session outlives the loss of the node it was on.
+ */
+export async function startNatsCluster(size = 3): Promise<NatsCluster> {
+  const host = '127.0.0.1';
+  const dir = mkdtempSync(join(tmpdir(), 'nats-cluster-'));
+  const ports: Array<{ client: number; cluster: number; mqtt: number }> = [];
+  for (let i = 0; i < size; i++) ports.push({ client: await freePort(), cluster: await freePort(), mqtt: await freePort() });
+  const routes = ports.map((p) => `nats-route://${host}:${p.cluster}`).join(', ');
+  const nodes = ports.map((p, i): ClusterNode & { exited: Promise<void> } => {
+    const name = `n${i + 1}`;
+    const config = join(dir, `${name}.conf`);
+    writeFileSync(
+      config,
+      [
+        `server_name: ${name}`,
+        `listen: ${host}:${p.client}`,
+        `jetstream { store_dir: "${join(dir, name)}" }`,
+        `cluster { name: agent-test, listen: ${host}:${p.cluster}, routes: [${routes}] }`,
+        `mqtt { listen: ${host}:${p.mqtt}, stream_replicas: ${size}, consumer_replicas: ${size} }`,
+      ].join('\n'),
+    );
+    const child = spawn(NATS_SERVER, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const { log, exited } = watch(child);
+    const running = (): boolean => child.exitCode === null && child.signalCode === null;
+    const kill = async (): Promise<void> => {
+      if (running()) child.kill('SIGKILL');
+      await exited;
+    };
+    return { name, host, port: p.mqtt, url: `mqtt://${host}:${p.mqtt}`, log, running, kill, dispose: kill, exited };
+  });
+  const dispose = async (): Promise<void> => {
+    for (const n of nodes) await n.kill();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    for (const n of nodes) await waitForPort(host, n.port, 20_000, n.running);
+  } catch (err) {
+    const logs = nodes.map((n) => `${n.name}:\n${n.log()}`).join('\n');
+    await dispose();
+    throw new Error(`the NATS cluster did not start: ${(err as Error).message}\n${logs}`);
+  }
+  return { nodes, dispose };
+}

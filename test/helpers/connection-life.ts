@@ -2,7 +2,8 @@ import type { IClientOptions, MqttClient } from 'mqtt';
 import { EventEmitter } from 'node:events';
 import { PassThrough } from 'node:stream';
 import { afterEach } from 'vitest';
-import { defaultConfig, type AgentConfig } from '../../src/config/schema.js';
+import { defaultConfig, mqttBrokerUrls, type AgentConfig } from '../../src/config/schema.js';
+import { BrokerRotation, brokerName } from '../../src/mqtt/brokers.js';
 import { ConnectionLife, type ConnectionLifeDeps } from '../../src/mqtt/connection-life.js';
 import { ProtocolNegotiator, type ProtocolSetting } from '../../src/mqtt/negotiation.js';
 import type { BrokerLimits, PublishLink, PublishOutcome, WindowCounts } from '../../src/mqtt/publish-window.js';
@@ -33,6 +34,8 @@ export class FakeClient extends EventEmitter {
     private readonly lingerOnGracefulEnd = false,
     /** `end` leaves the close to the test (`drop`), as a socket that takes its time to close. */
     private readonly holdClose = false,
+    /** The broker URL the client connects to. */
+    readonly url = '',
   ) {
     super();
   }
@@ -135,7 +138,7 @@ export function harness(o: HarnessOptions = {}): Harness {
   const clock = new FakeClock();
   const random = (): number => o.random ?? 0.5;
   const config = defaultConfig();
-  const mqtt = { ...config.mqtt, url: 'mqtt://broker.test:1883', protocolVersion: o.protocol ?? 5, ...o.mqtt };
+  const mqtt = { ...config.mqtt, ...(o.mqtt?.urls ? {} : { url: 'mqtt://broker.test:1883' }), protocolVersion: o.protocol ?? 5, ...o.mqtt };
   const monitor = new ConnectionMonitor({ clock, channels: ['mqtt'] });
   const failures: Harness['failures'] = [];
   const successes: string[] = [];
@@ -165,7 +168,13 @@ export function harness(o: HarnessOptions = {}): Harness {
   if (o.wait) retry.wait = o.wait;
   const life = new ConnectionLife({
     config: { mqtt, uuid: 'device-1', limits: o.limits, ...o.credentials },
-    url: new URL(mqtt.url),
+    brokers: new BrokerRotation(
+      mqttBrokerUrls(mqtt).map((u) => {
+        const url = new URL(u);
+        const name = brokerName(url);
+        return { url, name, negotiator: new ProtocolNegotiator({ setting: o.protocol ?? 5, broker: name, kv: { getKv: () => undefined, setKv: () => undefined }, clock, logger: silentLogger() }) };
+      }),
+    ),
     topics: deviceTopics('device-1'),
     window: {
       setBrokerLimits: (l) => void win.limits.push(l),
@@ -179,7 +188,6 @@ export function harness(o: HarnessOptions = {}): Harness {
       },
     },
     stores: { outgoing: noStore, incoming: noStore },
-    negotiator: new ProtocolNegotiator({ setting: o.protocol ?? 5, broker: mqtt.url, kv: { getKv: () => undefined, setKv: () => undefined }, clock, logger: silentLogger() }),
     monitor,
     retry,
     refusedRetryMaxMs: 8_000,
@@ -193,9 +201,9 @@ export function harness(o: HarnessOptions = {}): Harness {
       disconnected: (e) => void events.disconnected.push(e),
       message: (m) => void events.message.push(m),
     },
-    connect: (_url, options) => {
+    connect: (url, options) => {
       if (o.connectThrows) throw o.connectThrows;
-      const c = new FakeClient(options, o.holdSubacks, o.suback, o.lingerOnGracefulEnd, o.holdClose);
+      const c = new FakeClient(options, o.holdSubacks, o.suback, o.lingerOnGracefulEnd, o.holdClose, url);
       clients.push(c);
       return c as unknown as MqttClient;
     },

@@ -222,6 +222,9 @@ describe('update-config params', () => {
     await expect(run({ update: { allowConfigKeys: ['dataDir'] } })).rejects.toThrow(/update\.allowConfigKeys/);
     await expect(run({ device: { uuid: 'other-device' } })).rejects.toThrow(/device\.uuid is a local-only setting/);
     await expect(run({ api: { host: '0.0.0.0' } })).rejects.toThrow(/api\.host is a local-only setting/);
+    // The device's broker, one or a list: a cloud must not redirect it.
+    await expect(run({ mqtt: { url: 'mqtt://elsewhere.test' } })).rejects.toThrow(/mqtt\.url is a local-only setting/);
+    await expect(run({ mqtt: { urls: ['mqtt://elsewhere.test'] } })).rejects.toThrow(/mqtt\.urls is a local-only setting/);
     const invalid = run({ mqtt: { password: 5 }, api: { port: 'high' } });
     await expect(invalid).rejects.toThrow(/api\.port: expected/);
     await expect(invalid).rejects.not.toThrow(/secret-key/);

@@ -182,17 +182,18 @@ describe('ProtocolNegotiator', () => {
     await clock.advance(RETRY_MQTT5_AFTER_CLOSES_MS);
     closes.version();
     await new Promise((r) => setImmediate(r));
-    const accepted4 = 'mqtt: the broker speaks MQTT 3.1.1, not 5: using 3.1.1 (no session expiry, reason codes or Receive Maximum); MQTT 5 is tried again later (a day, an hour when the broker only closed the connection) or when mqtt.url changes';
+    const accepted4 = (broker: string): string =>
+      `mqtt: the broker ${broker} speaks MQTT 3.1.1, not 5: using 3.1.1 with it (no session expiry, reason codes or Receive Maximum); MQTT 5 is tried again later (a day, an hour when the broker only closed the connection)`;
     expect(cap.records().map((r) => [r.level, r.msg, r.code ?? r.protocolVersion])).toEqual([
       [30, 'mqtt: the broker answered unacceptable protocol version (0x01) to an MQTT 5 CONNECT; trying MQTT 3.1.1', 1],
-      [40, accepted4, 4],
+      [40, accepted4(BROKER), 4],
       [30, 'mqtt: trying MQTT 5 again (3.1.1 was negotiated a day ago)', undefined],
       [30, 'mqtt: the broker answered Unsupported Protocol Version (0x84) to an MQTT 5 CONNECT; trying MQTT 3.1.1', 0x84],
-      [40, accepted4, 4],
+      [40, accepted4(BROKER), 4],
       [30, 'mqtt: trying MQTT 5 again (3.1.1 was negotiated a day ago)', undefined],
-      [30, 'mqtt: negotiated MQTT 5', 5],
+      [30, `mqtt: negotiated MQTT 5 with ${BROKER}`, 5],
       [30, 'mqtt: the broker closed the connection before answering to an MQTT 5 CONNECT; trying MQTT 3.1.1', undefined],
-      [40, accepted4, 4],
+      [40, accepted4('mqtt://closer.test:1883'), 4],
       [30, 'mqtt: trying MQTT 5 again (3.1.1 was negotiated an hour ago)', undefined],
     ]);
   });

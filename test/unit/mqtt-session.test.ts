@@ -118,6 +118,8 @@ describe('MqttSession: settings it cannot work with', () => {
     ['a certificate without its key', { url: 'mqtts://broker.test', certFile: '/etc/d.crt' }, 'mqtt.certFile is set but mqtt.keyFile is not: mutual TLS needs both the client certificate and its key'],
     ['a key without its certificate', { url: 'mqtts://broker.test', keyFile: '/etc/d.key' }, 'mqtt.keyFile is set but mqtt.certFile is not: mutual TLS needs both the client certificate and its key'],
     ['no in-flight slot', { maxInflight: 0 }, 'mqtt.maxInflight: expected an integer >= 1, got 0'],
+    ['a bad URL in the list, by its index', { url: undefined, urls: ['mqtt://a.test', 'ws://b.test'] }, 'mqtt.urls.1: expected an mqtt:// or mqtts:// URL, got ws://'],
+    ['both mqtt.url and mqtt.urls', { url: 'mqtt://a.test', urls: ['mqtt://b.test'] }, 'mqtt.urls: expected mqtt.url or mqtt.urls, not both'],
     ['a fraction of a slot', { maxInflight: 2.5 }, 'mqtt.maxInflight: expected an integer >= 1, got 2.5'],
   ])('refuses %s, naming the setting', (_what, mqtt, message) => {
     expect(() => build(mqtt)).toThrow(expect.objectContaining({ code: 'MQTT_CONFIG_INVALID', message }));
@@ -126,6 +128,20 @@ describe('MqttSession: settings it cannot work with', () => {
   it('takes mqtt:// and mqtts:// URLs, mutual TLS with both files, and a single in-flight slot', () => {
     expect(() => build({ url: 'mqtt://broker.test', maxInflight: 1 })).not.toThrow();
     expect(() => build({ url: 'mqtts://broker.test:8883', certFile: '/etc/d.crt', keyFile: '/etc/d.key' })).not.toThrow();
+  });
+});
+
+describe('MqttSession: a list of brokers', () => {
+  it('starts with the preferred broker and says so in its stats, without the credentials of its URL', () => {
+    const h = harness({ mqtt: { url: undefined, urls: ['mqtt://dev:s3cret@a.test:1883', 'mqtts://b.test:8883'] } });
+    expect(h.session.stats()).toMatchObject({ broker: 'mqtt://a.test:1883', brokerIndex: 0, brokers: 2 });
+    expect(JSON.stringify(h.session.stats())).not.toContain('s3cret');
+  });
+
+  it('says TLS files go unused only when no broker of the list is mqtts://', () => {
+    const warned = (urls: string[]): boolean => harness({ mqtt: { url: undefined, urls, caFile: '/etc/ca.pem' } }).records().some((r) => String(r.msg).includes('are set but no URL of mqtt.urls is mqtts://'));
+    expect(warned(['mqtt://a.test', 'mqtt://b.test'])).toBe(true);
+    expect(warned(['mqtt://a.test', 'mqtts://b.test'])).toBe(false);
   });
 });
 
