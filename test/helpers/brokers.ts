@@ -192,7 +192,7 @@ export async function startNatsCluster(size = 3): Promise<NatsCluster> {
   const ports: Array<{ client: number; cluster: number; mqtt: number }> = [];
   for (let i = 0; i < size; i++) ports.push({ client: await freePort(), cluster: await freePort(), mqtt: await freePort() });
   const routes = ports.map((p) => `nats-route://${host}:${p.cluster}`).join(', ');
-  const nodes = ports.map((p, i): ClusterNode & { exited: Promise<void> } => {
+  const nodes = ports.map((p, i): ClusterNode & { boot: () => Promise<void> } => {
     const name = `n${i + 1}`;
     const config = join(dir, `${name}.conf`);
     writeFileSync(
@@ -205,21 +205,17 @@ export async function startNatsCluster(size = 3): Promise<NatsCluster> {
         `mqtt { listen: ${host}:${p.mqtt}, stream_replicas: ${size}, consumer_replicas: ${size} }`,
       ].join('\n'),
     );
-    const child = spawn(NATS_SERVER, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const { log, exited } = watch(child);
-    const running = (): boolean => child.exitCode === null && child.signalCode === null;
-    const kill = async (): Promise<void> => {
-      if (running()) child.kill('SIGKILL');
-      await exited;
-    };
-    return { name, host, port: p.mqtt, url: `mqtt://${host}:${p.mqtt}`, log, running, kill, dispose: kill, exited };
+    const proc = supervise(`nats-server ${name}`, () => spawn(NATS_SERVER, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] }), { host, port: p.mqtt, timeoutMs: 20_000 });
+    const kill = (): Promise<void> => proc.signal('SIGKILL');
+    return { name, host, port: p.mqtt, url: `mqtt://${host}:${p.mqtt}`, log: proc.log, running: proc.running, kill, stop: () => proc.signal('SIGTERM'), start: proc.start, dispose: kill, boot: proc.start };
   });
   const dispose = async (): Promise<void> => {
     for (const n of nodes) await n.kill();
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    for (const n of nodes) await waitForPort(host, n.port, 20_000, n.running);
+    // All at once: a node's MQTT listener may wait for the cluster (JetStream's meta leader) to form.
+    await Promise.all(nodes.map((n) => n.boot()));
   } catch (err) {
     const logs = nodes.map((n) => `${n.name}:\n${n.log()}`).join('\n');
     await dispose();
