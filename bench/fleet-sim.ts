@@ -58,6 +58,9 @@ export * from './fleet-model.js';
  * triggers probes.
  */
 
+/** The seed's calculateBackoff caps at 15 minutes of its own, whatever the agent's settings say. */
+const SEED_MAX_BACKOFF_MS = 15 * 60 * 1000;
+
 /** The seed's calculateBackoff as its poll loop used it: the count grows per failure, a success clears it. */
 class SeedBackoff implements RetryBackoff {
   private failures = 0;
@@ -122,6 +125,9 @@ interface Loop {
   /** An attempt is under way. */
   busy: boolean;
   connected: boolean;
+  /** Wakes of the channel's Wakeup so far, and how many of them the loop had seen when its latest wait ended. */
+  wakes: number;
+  seenWakes: number;
   probeGen: number;
   probeSchedule: Backoff | null;
   reachable: boolean;
@@ -262,7 +268,7 @@ class FleetSimulation {
     let backoff: RetryBackoff;
     switch (this.opts.strategy) {
       case 'seed':
-        backoff = new SeedBackoff(this.settings.pollIntervalMs, offline.maxBackoffSeconds * 1000, random);
+        backoff = new SeedBackoff(this.settings.pollIntervalMs, SEED_MAX_BACKOFF_MS, random);
         break;
       case 'default+probe':
         backoff = backoffFromSettings(offline, deps);
@@ -286,6 +292,8 @@ class FleetSimulation {
       woken: false,
       busy: false,
       connected: false,
+      wakes: 0,
+      seenWakes: 0,
       probeGen: 0,
       probeSchedule: null,
       reachable: false,
@@ -332,6 +340,7 @@ class FleetSimulation {
   private start(loop: Loop): void {
     const now = this.time;
     loop.sleeping = false;
+    loop.seenWakes = loop.wakes;
     if (loop.woken) {
       loop.woken = false;
       const hold = loop.retry.afterWake();
@@ -420,12 +429,21 @@ class FleetSimulation {
     if (this.remaining === 0) this.queue.push(this.time + this.tailMs, { kind: END, loop: null, gen: 0 });
   }
 
-  /** Wakeup.sleep until `at` (a monotonic deadline). */
+  /**
+   * Wakeup.sleep until `at` (a monotonic deadline), as RetryPolicy.wait asks for it: a wake that came
+   * while the loop was busy with its attempt counts as a wake of this sleep (after its stagger).
+   */
   private sleep(loop: Loop, at: number): void {
-    loop.due = at;
-    loop.sleeping = true;
     loop.woken = false;
-    this.queue.push(at, { kind: START, loop, gen: ++loop.gen });
+    if (loop.wakes > loop.seenWakes) {
+      loop.sleeping = false;
+      loop.woken = true;
+      loop.due = Math.min(at, this.time + loop.device.random() * this.settings.staggerMaxMs);
+    } else {
+      loop.due = at;
+      loop.sleeping = true;
+    }
+    this.queue.push(loop.due, { kind: START, loop, gen: ++loop.gen });
   }
 
   /** RetryPolicy.wait's clock sleep after a wake, for what is left of a Retry-After: no wake cuts it. */
@@ -438,6 +456,7 @@ class FleetSimulation {
   private wake(loop: Loop): void {
     const stats = this.channelStats(loop);
     stats.wakes++;
+    loop.wakes++;
     if (isDown(stats.outage, this.time)) stats.wakesWhileDown++;
     if (!loop.sleeping) return;
     loop.sleeping = false;

@@ -31,8 +31,13 @@ import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type B
 const P99_LIMIT_S = 40;
 /** The peak request rate at the API after a return, over the steady rate. */
 const PEAK_LIMIT = 3.5;
-/** A strategy beats the default on a measure only by more than this fraction (the model's run-to-run noise). */
-const NOISE = 0.01;
+/**
+ * A strategy beats the default on a measure only by more than this fraction: the noise of the model
+ * between runs of the same behaviour with other random draws. A peak is the fullest 1-s bucket, and
+ * moves by several percent (in the 503 outages the API of `full` and `default+probe` behaves alike, the
+ * probe only drawing from the same random source, and their peaks differ by up to ~10% at 2,000 devices).
+ */
+const NOISE = { requests: 0.02, peak: 0.1 } as const;
 
 interface NamedScenario {
   key: string;
@@ -249,8 +254,8 @@ function measures(all: readonly { key: string; scenario: Scenario; runs: RunResu
         const b = best(scenario, runs, ch, m);
         ratios[`${key}.${ch}.${m}.default_vs_best_at_p99_limit`] = b.fast ? ratio(v(def), v(b.fast)) : null;
         ratios[`${key}.${ch}.${m}.default_vs_best_of_all`] = b.any ? ratio(v(def), v(b.any)) : null;
-        // Every strategy that makes fewer requests (or a lower peak) by more than the noise at a p99 within the limit.
-        const better = runs.filter((r) => r !== def && (p99s(channelOf(r, ch)) ?? Infinity) <= P99_LIMIT_S && v(r) < v(def) * (1 - NOISE));
+        // Every strategy that makes fewer requests (or has a lower peak) by more than the noise, at a p99 within the limit.
+        const better = runs.filter((r) => r !== def && (p99s(channelOf(r, ch)) ?? Infinity) <= P99_LIMIT_S && v(r) < v(def) * (1 - NOISE[m]));
         targets[`${k}.strategies_better_on_${m === 'requests' ? 'requests_per_device' : 'peak'}`] = target('<=', 0, better.length);
       }
     }

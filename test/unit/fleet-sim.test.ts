@@ -6,7 +6,9 @@ import { attempt, connectionLostAt, handshake, type EndpointOutage } from '../..
 
 const DEVICES = 300;
 const SEED = 7;
-const settings = agentDefaults();
+// A long backoff (2 s doubling to 15 min), whatever the defaults: these tests are about the model's mechanisms.
+const defaults = agentDefaults();
+const settings = { ...defaults, offline: { ...defaults.offline, minBackoffSeconds: 2, maxBackoffSeconds: 900 } };
 
 const outage = (strategy: StrategyName, outageS = 600): RunResult =>
   simulate({ devices: DEVICES, seed: SEED, strategy, scenario: outageScenario(outageS * 1000, DEVICES, settings), settings });
