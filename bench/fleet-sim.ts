@@ -1,151 +1,67 @@
-import { defaultConfig, type AgentConfig } from '../src/config/schema.js';
 import { backoffFromSettings, seedBackoffDelay } from '../src/resilience/backoff.js';
 import type { Backoff } from '../src/resilience/backoff.js';
-import { ConnectionMonitor, type StatusEvent } from '../src/resilience/connection-monitor.js';
+import { wayClosedBy } from '../src/resilience/channel-probes.js';
+import { ConnectionMonitor, type ChannelEvent } from '../src/resilience/connection-monitor.js';
 import { CloudError } from '../src/resilience/cloud-error.js';
 import { failureKind } from '../src/resilience/outcome.js';
 import { RetryPolicy, type RetryBackoff } from '../src/resilience/retry-policy.js';
-import { PROBE_INITIAL_INTERVAL_MS, probeSchedule } from '../src/resilience/probe.js';
-import { WAKE_STAGGER_MAX_MS } from '../src/resilience/wakeup.js';
+import { probeSchedule } from '../src/resilience/probe.js';
 import type { Clock } from '../src/util/clock.js';
 import { seededRandom, type Random } from '../src/util/random.js';
 import { EventQueue } from './event-queue.js';
+import {
+  agentDefaults,
+  DEFAULT_STRATEGY,
+  outageScenario,
+  quantile,
+  steadyStateRps,
+  type Channel,
+  type ChannelResult,
+  type FleetSettings,
+  type OutageChannels,
+  type RunResult,
+  type Scenario,
+  type SimOptions,
+  type StrategyName,
+} from './fleet-model.js';
+import { attempt, connectionLostAt, handshake, isDown, type Attempt, type EndpointOutage, type OutageKind } from './fleet-network.js';
+
+export * from './fleet-model.js';
 
 /**
  * A fleet of devices, each running the agent's target-state poll loop (src/cloud/target-state.ts)
- * with the REAL Backoff, ConnectionMonitor and probe schedule, against one simulated cloud, as a
- * discrete-event simulation in simulated milliseconds. The handlers call the parts' synchronous
- * APIs; nothing sleeps on a clock, so 10k devices over hours of simulated time take seconds.
+ * and its MQTT session's connect loop (src/mqtt/connection-life.ts) with the REAL Backoff,
+ * RetryPolicy, ConnectionMonitor and probe schedule, against one simulated cloud, as a discrete-event
+ * simulation in simulated milliseconds. The handlers call the parts' synchronous APIs; nothing sleeps
+ * on a clock, so 10k devices over hours of simulated time take seconds.
  *
- * Modelled exactly as the agent does it:
- * - poll: success → monitor.markSuccess, retry.afterSuccess(), next poll after pollIntervalMs plus
- *   up to 10 % jitter; failure → monitor.markFailure with the failure's kind (a refused connection
- *   is 'transport', a 503 an 'answer'), then the REAL RetryPolicy.afterFailure decides the wait:
- *   the backoff and, for the agent's default with the probe, the offline floor
- *   (offlineRetryIntervalSeconds while offline for want of a connection), exactly as agent.ts wires it;
- * - the wait is a Wakeup sleep: a wake resolves it after a uniform stagger in [0, staggerMaxMs]
- *   (never later than its own deadline) with 'woken', and the loop then calls retry.afterWake();
- * - the probe (ConnectivityProbe.run): starts when the monitor's status becomes offline, waits
- *   probeSchedule(...).failure() before each probe, and wakes the loop at the first successful
- *   probe when going offline closed the way (transport failures); offline because the cloud kept
- *   answering 503s, it wakes only after a probe has failed and then succeeded. It stops when the
- *   status leaves offline.
- * Simplifications: requests and probes take no time (a refused connection fails at once); the
- * device runs only the poll loop (the agent's state and health reporters share the monitor and
- * would add their own requests); the network interfaces never change, so only the probe's
- * schedule triggers probes.
+ * Modelled as the agent does it (src/assembly/core.ts and mqtt.ts wire it so):
+ * - poll: success → monitor.markSuccess('api'), retry.afterSuccess(), next poll after pollIntervalMs
+ *   plus up to 10 % jitter; failure → monitor.markFailure with the failure's kind (refused or timed
+ *   out: 'transport'; a 503: 'answer'), then RetryPolicy.afterFailure decides the wait: the backoff
+ *   and, for the agent's default with the probe, the offline floor (offlineRetryIntervalSeconds while
+ *   the API channel is offline for want of a connection);
+ * - MQTT: connected until the outage breaks the connection (see fleet-network.ts); then, as the
+ *   session's run loop, retry.afterFailure (no offline floor for the broker) and a connect per wait;
+ * - an attempt takes the time the network gives it (a black-holed one up to its timeout); the loop
+ *   waits for it and is no sleeper meanwhile, so a probe's wake-up passes it by;
+ * - the wait is a Wakeup sleep on the channel's Wakeup: a wake resolves it after a uniform stagger in
+ *   [0, staggerMaxMs] (never later than its own deadline), and the loop then calls retry.afterWake();
+ * - each channel's probe (ChannelProbes / ConnectivityProbe.run): starts when that channel becomes
+ *   offline, waits probeSchedule(...).failure() after each probe, and wakes the channel's loop at
+ *   the first handshake after going offline closed the way; offline because the endpoint answered
+ *   (503s), it wakes only after a handshake has failed and then succeeded. It stops when the channel
+ *   leaves offline.
+ * Simplifications: an endpoint that is reached answers at once; the broker accepts every connect (no
+ * capacity); the device runs only these two loops (the state and health reporters share the monitor
+ * and would add their own requests); the network interfaces never change, so only the schedule
+ * triggers probes.
  */
 
-export const STRATEGIES = ['none', 'seed', 'equal', 'full', 'decorrelated', 'default+probe'] as const;
-export type StrategyName = (typeof STRATEGIES)[number];
+/** The seed's calculateBackoff caps at 15 minutes of its own, whatever the agent's settings say. */
+const SEED_MAX_BACKOFF_MS = 15 * 60 * 1000;
 
-export interface FleetSettings {
-  pollIntervalMs: number;
-  offline: AgentConfig['settings']['offline'];
-  /** ConnectivityProbe's first wait before jitter (its constructor default; the agent does not set it). */
-  probeInitialMs: number;
-  /** Wakeup's stagger of woken sleepers (its constructor default; the agent does not set it). */
-  staggerMaxMs: number;
-}
-
-/** The agent as it runs with an empty config file. */
-export function agentDefaults(): FleetSettings {
-  const settings = defaultConfig().settings;
-  return { pollIntervalMs: settings.pollIntervalMs, offline: settings.offline, probeInitialMs: PROBE_INITIAL_INTERVAL_MS, staggerMaxMs: WAKE_STAGGER_MAX_MS };
-}
-
-export type Scenario =
-  /** Devices poll with random phases; the cloud is down in [outageStartMs, outageStartMs + outageMs). */
-  | { kind: 'outage'; outageStartMs: number; outageMs: number; capacityRps: number }
-  /** Every device starts at t=0 (first poll at once) against a cloud that is up. */
-  | { kind: 'reboot'; capacityRps: number };
-
-/** The fleet's request rate while every device is online: one poll per pollInterval each. */
-export function steadyStateRps(devices: number, settings: FleetSettings): number {
-  return devices / (settings.pollIntervalMs / 1000);
-}
-
-/**
- * Scenario 1's cloud serves this many times the steady-state rate: enough headroom for normal
- * peaks (a backend sized at its mean load falls over on the first spike) without being so large
- * that a fleet returning in step is absorbed for free.
- */
-export const OUTAGE_CAPACITY_HEADROOM = 4;
-
-/** Scenario 2's cloud serves this fraction of the fleet per second. */
-export const REBOOT_CAPACITY_FRACTION = 1 / 20;
-
-export function outageScenario(outageMs: number, devices: number, settings: FleetSettings): Scenario {
-  return {
-    kind: 'outage',
-    // Five poll intervals: every device has polled several times with its own phase.
-    outageStartMs: 5 * settings.pollIntervalMs,
-    outageMs,
-    capacityRps: Math.ceil(OUTAGE_CAPACITY_HEADROOM * steadyStateRps(devices, settings)),
-  };
-}
-
-export function rebootScenario(devices: number): Scenario {
-  return { kind: 'reboot', capacityRps: Math.max(1, Math.ceil(devices * REBOOT_CAPACITY_FRACTION)) };
-}
-
-export interface SimOptions {
-  devices: number;
-  seed: number;
-  strategy: StrategyName;
-  scenario: Scenario;
-  settings?: FleetSettings;
-  /** The run stops this long after the cloud's return even if some devices are not online. */
-  capMs?: number;
-}
-
-export interface Quantiles {
-  p50: number;
-  p99: number;
-  max: number;
-}
-
-export interface RunResult {
-  strategy: StrategyName;
-  scenario: Scenario;
-  devices: number;
-  steadyRps: number;
-  /** When the measured recovery starts: the cloud's return (outage), t=0 (reboot). */
-  returnAtMs: number;
-  /** Devices measured: those not online at the return (outage); every device (reboot). */
-  affected: number;
-  /** Of those, how many were online again when the run ended. */
-  recovered: number;
-  requests: number;
-  /** Requests sent while the cloud was down. */
-  requestsDuringOutage: number;
-  /** Mean over the affected devices of the requests from the return up to their first success, that one included. */
-  requestsToOnlinePerDevice: number;
-  /** Most requests arriving at the cloud in one 1-s bucket from the return on (503s included). */
-  peakRps: number;
-  peakVsSteady: number;
-  /** The same, leaving out the first second after the return (for the reboot: the instant every device starts). */
-  peakRpsAfterFirstSecond: number;
-  /** Time from the return until each affected device's monitor is online again; null when not all recovered. */
-  timeToOnlineMs: Quantiles | null;
-  /** Requests answered 503 (over capacity) from the return on. */
-  rejected: number;
-  probes: number;
-  /** Wake-ups of a device's poll loop by its probe, and how many of them happened while the cloud was down. */
-  wakes: number;
-  wakesWhileDown: number;
-  /** Shortest time between two consecutive requests of one device, both sent while the cloud was down. */
-  minGapWhileDownMs: number;
-  simulatedMs: number;
-  events: number;
-  wallMs: number;
-}
-
-
-/**
- * The seed's calculateBackoff as its poll loop used it: the error count grows on each failure,
- * is cleared by a success at once, and the delay is `seedBackoffDelay` from the poll interval.
- */
+/** The seed's calculateBackoff as its poll loop used it: the count grows per failure, a success clears it. */
 class SeedBackoff implements RetryBackoff {
   private failures = 0;
 
@@ -180,36 +96,64 @@ const NO_SLEEPER = {
   },
 };
 
-const POLL = 0;
-const PROBE = 1;
-const RETURN = 2;
-const END = 3;
+const START = 0;
+const DONE = 1;
+const PROBE = 2;
+const PROBE_DONE = 3;
+const LOST = 4;
+const RETURN = 5;
+const END = 6;
 
 interface SimEvent {
-  kind: typeof POLL | typeof PROBE | typeof RETURN | typeof END;
-  device: SimDevice | null;
-  /** The device's poll or probe generation when scheduled; a different one now means cancelled. */
+  kind: number;
+  loop: Loop | null;
+  /** The loop's (or its probe's) generation when scheduled; a different one now means cancelled. */
   gen: number;
+  result?: Attempt['result'];
 }
 
-interface SimDevice {
-  readonly index: number;
-  readonly random: Random;
+/** One channel's loop of one device, with its probe. */
+interface Loop {
+  readonly channel: Channel;
+  readonly device: SimDevice;
   readonly retry: RetryPolicy;
-  readonly monitor: ConnectionMonitor;
-  pollDue: number;
-  pollGen: number;
+  due: number;
+  gen: number;
   /** Sleeping on the Wakeup and not yet woken (Wakeup's current sleepers). */
   sleeping: boolean;
   woken: boolean;
+  /** An attempt is under way. */
+  busy: boolean;
+  connected: boolean;
+  /** Wakes of the channel's Wakeup so far, and how many of them the loop had seen when its latest wait ended. */
+  wakes: number;
+  seenWakes: number;
   probeGen: number;
   probeSchedule: Backoff | null;
   reachable: boolean;
-  lastRequestAt: number;
+  lastAttemptAt: number;
   affected: boolean;
   recovered: boolean;
-  requestsToOnline: number;
+  attemptsToOnline: number;
   onlineAfterMs: number;
+}
+
+interface SimDevice {
+  readonly random: Random;
+  readonly monitor: ConnectionMonitor;
+  readonly loops: Loop[];
+}
+
+interface ChannelStats {
+  readonly outage: EndpointOutage;
+  readonly buckets: Int32Array;
+  requests: number;
+  requestsDuringOutage: number;
+  rejected: number;
+  probes: number;
+  wakes: number;
+  wakesWhileDown: number;
+  minGapWhileDownMs: number;
 }
 
 const WALL_ORIGIN = Date.UTC(2026, 0, 1);
@@ -225,43 +169,43 @@ class FleetSimulation {
   private readonly scenario: Scenario;
   private readonly devices: SimDevice[] = [];
   private readonly probing: boolean;
-  private readonly downFrom: number;
-  private readonly downUntil: number;
   private readonly returnAt: number;
   private readonly tailMs: number;
-  private readonly buckets: Int32Array;
   private readonly clock: Clock;
+  private readonly stats: Record<Channel, ChannelStats | null>;
   private windowSecond = -1;
   private servedInWindow = 0;
   private remaining = 0;
-  private readonly stats = {
-    requests: 0,
-    requestsDuringOutage: 0,
-    rejected: 0,
-    probes: 0,
-    wakes: 0,
-    wakesWhileDown: 0,
-    minGapWhileDownMs: Infinity,
-    events: 0,
-  };
+  private events = 0;
 
   constructor(private readonly opts: SimOptions) {
     if (!Number.isInteger(opts.devices) || opts.devices < 1) throw new RangeError(`devices: expected an integer >= 1, got ${opts.devices}`);
     this.settings = opts.settings ?? agentDefaults();
     this.scenario = opts.scenario;
     this.probing = opts.strategy === 'default+probe';
-    if (this.scenario.kind === 'outage') {
-      this.downFrom = this.scenario.outageStartMs;
-      this.downUntil = this.scenario.outageStartMs + this.scenario.outageMs;
-    } else {
-      this.downFrom = Infinity;
-      this.downUntil = -Infinity;
-    }
-    this.returnAt = this.scenario.kind === 'outage' ? this.downUntil : 0;
+    const s = this.scenario;
+    this.returnAt = s.kind === 'outage' ? s.outageStartMs + s.outageMs : 0;
     // Long enough to see the echo of a wave of returning devices one poll interval later.
     this.tailMs = 2.2 * this.settings.pollIntervalMs;
     const capMs = opts.capMs ?? 6 * 60 * 60 * 1000;
-    this.buckets = new Int32Array(Math.ceil((this.returnAt + capMs + this.tailMs) / 1000) + 2);
+    const seconds = Math.ceil((this.returnAt + capMs + this.tailMs) / 1000) + 2;
+    const outage = (kind: OutageKind | null): EndpointOutage =>
+      s.kind === 'outage' ? { kind, fromMs: s.outageStartMs, untilMs: this.returnAt } : { kind: null, fromMs: 0, untilMs: 0 };
+    const channelStats = (o: EndpointOutage): ChannelStats => ({
+      outage: o,
+      buckets: new Int32Array(seconds),
+      requests: 0,
+      requestsDuringOutage: 0,
+      rejected: 0,
+      probes: 0,
+      wakes: 0,
+      wakesWhileDown: 0,
+      minGapWhileDownMs: Infinity,
+    });
+    this.stats = {
+      api: channelStats(outage(s.kind === 'outage' ? s.channels.api : null)),
+      mqtt: s.kind === 'outage' && s.channels.mqtt !== null ? channelStats(outage(s.channels.mqtt)) : null,
+    };
     this.clock = {
       monotonic: () => this.time,
       uptime: () => this.time,
@@ -269,8 +213,8 @@ class FleetSimulation {
       now: () => WALL_ORIGIN + this.time,
       sleep: () => Promise.reject(new Error('the fleet simulation moves time itself: nothing may sleep on its clock')),
     };
-    this.queue.push(this.returnAt, { kind: RETURN, device: null, gen: 0 });
-    this.queue.push(this.returnAt + capMs, { kind: END, device: null, gen: 0 });
+    this.queue.push(this.returnAt, { kind: RETURN, loop: null, gen: 0 });
+    this.queue.push(this.returnAt + capMs, { kind: END, loop: null, gen: 0 });
   }
 
   run(): RunResult {
@@ -279,33 +223,52 @@ class FleetSimulation {
     for (let i = 0; i < this.opts.devices; i++) {
       const device = this.createDevice(i);
       this.devices.push(device);
-      // Outage: each device's first poll at its own phase. Reboot: at t=0, as the agent does at start.
-      const first = this.scenario.kind === 'outage' ? phases() * this.settings.pollIntervalMs : 0;
-      this.sleep(device, first);
+      for (const loop of device.loops) {
+        if (loop.channel === 'api') {
+          // Outage: each device's first poll at its own phase. Reboot: at t=0, as the agent does at start.
+          this.sleep(loop, this.scenario.kind === 'outage' ? phases() * this.settings.pollIntervalMs : 0);
+        } else {
+          this.connectedAtStart(loop, phases());
+        }
+      }
     }
 
     for (;;) {
       const event = this.queue.pop();
       if (!event) break;
       this.time = event.time;
-      this.stats.events++;
-      const { kind, device, gen } = event.payload;
+      this.events++;
+      const { kind, loop, gen } = event.payload;
       if (kind === END) break;
-      if (kind === RETURN) this.cloudReturned();
-      else if (kind === POLL && device && gen === device.pollGen) this.poll(device);
-      else if (kind === PROBE && device && gen === device.probeGen) this.probe(device);
+      if (kind === RETURN) this.endpointsReturned();
+      else if (loop === null) continue;
+      else if (kind === START && gen === loop.gen) this.start(loop);
+      else if (kind === DONE && gen === loop.gen) this.finish(loop, event.payload.result ?? 'reached');
+      else if (kind === LOST) this.lost(loop);
+      else if (kind === PROBE && gen === loop.probeGen) this.probe(loop);
+      else if (kind === PROBE_DONE && gen === loop.probeGen) this.probeDone(loop, event.payload.result === 'reached');
     }
     return this.result(performance.now() - started);
   }
 
   private createDevice(index: number): SimDevice {
     const random = seededRandom(mix(this.opts.seed, index));
-    const deps = { clock: this.clock, random };
+    const channels: Channel[] = this.stats.mqtt ? ['api', 'mqtt'] : ['api'];
+    const monitor = new ConnectionMonitor({ clock: this.clock, offlineAfterFailures: this.settings.offline.offlineAfterFailures, channels });
+    const device: SimDevice = { random, monitor, loops: [] };
+    for (const channel of channels) device.loops.push(this.createLoop(device, channel));
+    if (this.probing) monitor.on('channel', (e) => this.followChannel(device, e));
+    return device;
+  }
+
+  private createLoop(device: SimDevice, channel: Channel): Loop {
+    const { random, monitor } = device;
     const offline = this.settings.offline;
+    const deps = { clock: this.clock, random };
     let backoff: RetryBackoff;
     switch (this.opts.strategy) {
       case 'seed':
-        backoff = new SeedBackoff(this.settings.pollIntervalMs, offline.maxBackoffSeconds * 1000, random);
+        backoff = new SeedBackoff(this.settings.pollIntervalMs, SEED_MAX_BACKOFF_MS, random);
         break;
       case 'default+probe':
         backoff = backoffFromSettings(offline, deps);
@@ -313,185 +276,275 @@ class FleetSimulation {
       default:
         backoff = backoffFromSettings({ ...offline, enableJitter: true, jitter: this.opts.strategy }, deps);
     }
-    const monitor = new ConnectionMonitor({ clock: this.clock, offlineAfterFailures: offline.offlineAfterFailures, channels: ['api'] });
-    const withProbe = this.opts.strategy === 'default+probe';
-    // As agent.ts wires it; the strategies without the probe have no floor (nothing would wake them).
+    // As src/assembly wires it: the API's loops have the offline floor, the broker's session none; the
+    // strategies without the probe have no floor (nothing would wake them).
     const floorMs = (): number =>
-      withProbe && monitor.channelStatus('api') === 'offline' && monitor.lastFailureKind('api') === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
-    const retry = new RetryPolicy({ backoff, sleeper: NO_SLEEPER, clock: NO_SLEEPER, floorMs });
-    const device: SimDevice = {
-      index,
-      random,
-      retry,
-      monitor,
-      pollDue: 0,
-      pollGen: 0,
+      this.probing && channel === 'api' && monitor.channelStatus('api') === 'offline' && monitor.lastFailureKind('api') === 'transport'
+        ? offline.offlineRetryIntervalSeconds * 1000
+        : 0;
+    const loop: Loop = {
+      channel,
+      device,
+      retry: new RetryPolicy({ backoff, sleeper: NO_SLEEPER, clock: NO_SLEEPER, floorMs }),
+      due: 0,
+      gen: 0,
       sleeping: false,
       woken: false,
+      busy: false,
+      connected: false,
+      wakes: 0,
+      seenWakes: 0,
       probeGen: 0,
       probeSchedule: null,
       reachable: false,
-      lastRequestAt: -Infinity,
+      lastAttemptAt: -Infinity,
       affected: this.scenario.kind === 'reboot',
       recovered: false,
-      requestsToOnline: 0,
+      attemptsToOnline: 0,
       onlineAfterMs: Infinity,
     };
-    if (device.affected) this.remaining++;
-    if (this.probing) monitor.on('status', (e) => this.followStatus(device, e));
-    return device;
+    if (loop.affected) this.remaining++;
+    return loop;
   }
 
-  private cloudUp(at: number): boolean {
-    return at < this.downFrom || at >= this.downUntil;
+  private channelStats(loop: Loop): ChannelStats {
+    return this.stats[loop.channel] as ChannelStats;
   }
 
-  private cloudReturned(): void {
+  /** The session connected before the outage; `phase` places its latest ping answer in the last keep-alive. */
+  private connectedAtStart(loop: Loop, phase: number): void {
+    loop.connected = true;
+    loop.device.monitor.markSuccess('mqtt', 'connect');
+    loop.retry.afterSuccess();
+    const outage = this.channelStats(loop).outage;
+    const lostAt = connectionLostAt(outage, outage.fromMs - phase * this.settings.keepAliveMs, this.settings.keepAliveMs);
+    if (lostAt !== null) this.queue.push(lostAt, { kind: LOST, loop, gen: 0 });
+  }
+
+  private endpointsReturned(): void {
     if (this.scenario.kind === 'outage') {
       for (const d of this.devices) {
-        if (d.monitor.status() !== 'online') {
-          d.affected = true;
-          this.remaining++;
+        for (const loop of d.loops) {
+          if (!isDown(this.channelStats(loop).outage, this.returnAt - 1)) continue;
+          if (loop.busy || d.monitor.channelStatus(loop.channel) !== 'online') {
+            loop.affected = true;
+            this.remaining++;
+          }
         }
       }
     }
-    if (this.remaining === 0) this.queue.push(this.time + this.tailMs, { kind: END, device: null, gen: 0 });
+    if (this.remaining === 0) this.queue.push(this.time + this.tailMs, { kind: END, loop: null, gen: 0 });
   }
 
-  /** One turn of TargetStatePoller.run: the poll, then the wait its outcome asks for. */
-  private poll(d: SimDevice): void {
+  /** One turn of the channel's loop: the poll or connect, whose end the network decides. */
+  private start(loop: Loop): void {
     const now = this.time;
-    d.sleeping = false;
-    if (d.woken) {
-      d.woken = false;
-      // No Retry-After in this model, so nothing is left to hold after a wake.
-      d.retry.afterWake();
+    loop.sleeping = false;
+    loop.seenWakes = loop.wakes;
+    if (loop.woken) {
+      loop.woken = false;
+      const hold = loop.retry.afterWake();
+      // A Retry-After still holds: the loop sleeps it out on the clock (no 503 here carries one).
+      if (hold > 0) return this.hold(loop, now + hold);
     }
-    const up = this.cloudUp(now);
-    this.stats.requests++;
-    const second = Math.floor(now / 1000);
-    if (second < this.buckets.length) this.buckets[second] = (this.buckets[second] ?? 0) + 1;
-    if (!up) {
-      this.stats.requestsDuringOutage++;
-      if (d.lastRequestAt >= this.downFrom) this.stats.minGapWhileDownMs = Math.min(this.stats.minGapWhileDownMs, now - d.lastRequestAt);
+    const stats = this.channelStats(loop);
+    stats.requests++;
+    if (isDown(stats.outage, now)) {
+      stats.requestsDuringOutage++;
+      if (loop.lastAttemptAt >= stats.outage.fromMs) stats.minGapWhileDownMs = Math.min(stats.minGapWhileDownMs, now - loop.lastAttemptAt);
     }
-    d.lastRequestAt = now;
-    if (d.affected && !d.recovered) d.requestsToOnline++;
+    loop.lastAttemptAt = now;
+    if (loop.affected && !loop.recovered) loop.attemptsToOnline++;
+    const timeoutMs = loop.channel === 'api' ? this.settings.requestTimeoutMs : this.settings.mqttConnectTimeoutMs;
+    const a = attempt(stats.outage, now, timeoutMs);
+    // Only what reaches the endpoint (or its balancer) is load on it.
+    if (a.result !== 'timeout') this.count(stats, a.atMs);
+    loop.busy = true;
+    if (a.atMs === now) this.finish(loop, a.result);
+    else this.queue.push(a.atMs, { kind: DONE, loop, gen: ++loop.gen, result: a.result });
+  }
 
-    let ok = false;
-    let error = new CloudError('network', 'GET /state failed: connection refused (ECONNREFUSED)');
-    if (up) {
-      if (second !== this.windowSecond) {
-        this.windowSecond = second;
-        this.servedInWindow = 0;
-      }
-      if (this.servedInWindow < this.scenario.capacityRps) {
-        this.servedInWindow++;
-        ok = true;
-      } else {
-        error = new CloudError('http', 'GET /state answered 503 (over capacity)', 503);
-        if (now >= this.returnAt) this.stats.rejected++;
-      }
-    }
+  private count(stats: ChannelStats, atMs: number): void {
+    const second = Math.floor(atMs / 1000);
+    if (second < stats.buckets.length) stats.buckets[second] = (stats.buckets[second] ?? 0) + 1;
+  }
 
-    let delay: number;
-    if (ok) {
-      d.monitor.markSuccess('api', 'poll');
-      d.retry.afterSuccess();
+  /** The attempt's end: the outcome on the monitor, then the wait the retry policy asks for. */
+  private finish(loop: Loop, result: Attempt['result']): void {
+    loop.busy = false;
+    const error = result === 'reached' ? this.admit(loop) : this.errorOf(loop.channel, result);
+    const { monitor, random } = loop.device;
+    if (error === null) {
+      monitor.markSuccess(loop.channel, loop.channel === 'api' ? 'poll' : 'connect');
+      loop.retry.afterSuccess();
+      if (loop.affected && !loop.recovered) this.recovered(loop);
+      if (loop.channel === 'mqtt') {
+        loop.connected = true;
+        return;
+      }
       const base = this.settings.pollIntervalMs;
-      delay = base + d.random() * base * 0.1;
-      if (d.affected && !d.recovered && d.monitor.status() === 'online') this.recovered(d);
-    } else {
-      d.monitor.markFailure('api', 'poll', error.message, failureKind(error));
-      // A 503 or a refused connection is retryable (no Retry-After in this model).
-      delay = d.retry.afterFailure(error);
+      return this.sleep(loop, this.time + base + random() * base * 0.1);
     }
-    this.sleep(d, now + delay);
+    monitor.markFailure(loop.channel, loop.channel === 'api' ? 'poll' : 'connect', error.message, loop.channel === 'api' ? failureKind(error) : 'transport');
+    // The session passes no error: a broker's refusal carries no Retry-After.
+    this.sleep(loop, this.time + loop.retry.afterFailure(loop.channel === 'api' ? error : undefined));
   }
 
-  private recovered(d: SimDevice): void {
-    d.recovered = true;
-    d.onlineAfterMs = this.time - this.returnAt;
+  /** A request that reached the API is served while the cloud has capacity left this second. */
+  private admit(loop: Loop): CloudError | null {
+    if (loop.channel === 'mqtt') return null;
+    const second = Math.floor(this.time / 1000);
+    if (second !== this.windowSecond) {
+      this.windowSecond = second;
+      this.servedInWindow = 0;
+    }
+    if (this.servedInWindow < this.scenario.capacityRps) {
+      this.servedInWindow++;
+      return null;
+    }
+    if (this.time >= this.returnAt) this.channelStats(loop).rejected++;
+    return new CloudError('http', 'GET /state answered 503 (over capacity)', 503);
+  }
+
+  /** The HTTP client's CloudError for a failed attempt (the session's are all transport failures). */
+  private errorOf(channel: Channel, result: Exclude<Attempt['result'], 'reached'>): CloudError {
+    const what = channel === 'api' ? 'GET /state' : 'mqtt connect';
+    if (result === 'refused') return new CloudError('network', `${what} failed: connection refused (ECONNREFUSED)`);
+    if (result === 'timeout') return new CloudError('timeout', `${what} timed out`);
+    return new CloudError('http', `${what} answered 503 (no backend)`, 503);
+  }
+
+  /** The MQTT connection broke: the session's run loop marks it and waits as its policy says. */
+  private lost(loop: Loop): void {
+    if (!loop.connected) return;
+    loop.connected = false;
+    loop.device.monitor.markFailure('mqtt', 'ping', 'connection lost', 'transport');
+    this.sleep(loop, this.time + loop.retry.afterFailure(undefined));
+  }
+
+  private recovered(loop: Loop): void {
+    loop.recovered = true;
+    loop.onlineAfterMs = this.time - this.returnAt;
     this.remaining--;
-    if (this.remaining === 0) this.queue.push(this.time + this.tailMs, { kind: END, device: null, gen: 0 });
+    if (this.remaining === 0) this.queue.push(this.time + this.tailMs, { kind: END, loop: null, gen: 0 });
   }
 
-  /** Wakeup.sleep until `at` (a monotonic deadline). */
-  private sleep(d: SimDevice, at: number): void {
-    d.pollDue = at;
-    d.sleeping = true;
-    d.woken = false;
-    this.queue.push(at, { kind: POLL, device: d, gen: ++d.pollGen });
+  /**
+   * Wakeup.sleep until `at` (a monotonic deadline), as RetryPolicy.wait asks for it: a wake that came
+   * while the loop was busy with its attempt counts as a wake of this sleep (after its stagger).
+   */
+  private sleep(loop: Loop, at: number): void {
+    loop.woken = false;
+    if (loop.wakes > loop.seenWakes) {
+      loop.sleeping = false;
+      loop.woken = true;
+      loop.due = Math.min(at, this.time + loop.device.random() * this.settings.staggerMaxMs);
+    } else {
+      loop.due = at;
+      loop.sleeping = true;
+    }
+    this.queue.push(loop.due, { kind: START, loop, gen: ++loop.gen });
   }
 
-  /** Wakeup.wake for a device's only sleeper, the poll loop. */
-  private wake(d: SimDevice): void {
-    this.stats.wakes++;
-    if (!this.cloudUp(this.time)) this.stats.wakesWhileDown++;
-    if (!d.sleeping) return;
-    d.sleeping = false;
-    d.woken = true;
-    const at = this.time + d.random() * this.settings.staggerMaxMs;
-    if (at < d.pollDue) {
-      d.pollDue = at;
-      this.queue.push(at, { kind: POLL, device: d, gen: ++d.pollGen });
+  /** RetryPolicy.wait's clock sleep after a wake, for what is left of a Retry-After: no wake cuts it. */
+  private hold(loop: Loop, at: number): void {
+    loop.due = at;
+    this.queue.push(at, { kind: START, loop, gen: ++loop.gen });
+  }
+
+  /** Wakeup.wake for the channel's only sleeper, its loop. */
+  private wake(loop: Loop): void {
+    const stats = this.channelStats(loop);
+    stats.wakes++;
+    loop.wakes++;
+    if (isDown(stats.outage, this.time)) stats.wakesWhileDown++;
+    if (!loop.sleeping) return;
+    loop.sleeping = false;
+    loop.woken = true;
+    const at = this.time + loop.device.random() * this.settings.staggerMaxMs;
+    if (at < loop.due) {
+      loop.due = at;
+      this.queue.push(at, { kind: START, loop, gen: ++loop.gen });
     }
   }
 
-  /** ConnectivityProbe.follow: probe while the status is offline. */
-  private followStatus(d: SimDevice, e: StatusEvent): void {
-    if (e.to === 'offline' && d.probeSchedule === null) {
-      const offline = this.settings.offline;
-      d.probeSchedule = probeSchedule(this.settings.probeInitialMs, offline.probeMaxIntervalSeconds * 1000, this.clock, d.random);
-      // As the probe's wayClosed: offline because the cloud answered 503s, a handshake is not news.
-      d.reachable = d.monitor.lastFailureKind('api') === 'answer';
-      this.queue.push(this.time + d.probeSchedule.failure(), { kind: PROBE, device: d, gen: ++d.probeGen });
-    } else if (e.to !== 'offline' && d.probeSchedule !== null) {
-      d.probeSchedule = null;
-      d.probeGen++;
+  /** ChannelProbes: each channel's ConnectivityProbe.follow, probing while that channel is offline. */
+  private followChannel(d: SimDevice, e: ChannelEvent): void {
+    const loop = d.loops.find((l) => l.channel === e.channel);
+    if (!loop) return;
+    if (e.to === 'offline' && loop.probeSchedule === null) {
+      const s = this.settings;
+      loop.probeSchedule = probeSchedule(s.probeInitialMs, s.offline.probeMaxIntervalSeconds * 1000, this.clock, d.random);
+      // As the probe's wayClosed: offline because the endpoint answered, a handshake is not news.
+      loop.reachable = !wayClosedBy(d.monitor.lastFailureKind(loop.channel));
+      this.queue.push(this.time + loop.probeSchedule.failure(), { kind: PROBE, loop, gen: ++loop.probeGen });
+    } else if (e.to !== 'offline' && loop.probeSchedule !== null) {
+      loop.probeSchedule = null;
+      loop.probeGen++;
     }
   }
 
-  /** One scheduled probe of ConnectivityProbe.run: a TCP connect succeeds only while the cloud is up. */
-  private probe(d: SimDevice): void {
-    const schedule = d.probeSchedule;
+  /** One scheduled probe of ConnectivityProbe.run: a TCP handshake with the channel's endpoint. */
+  private probe(loop: Loop): void {
+    const stats = this.channelStats(loop);
+    stats.probes++;
+    const h = handshake(stats.outage, this.time, this.settings.probeConnectTimeoutMs);
+    const result = h.connected ? 'reached' : 'refused';
+    if (h.atMs === this.time) this.probeDone(loop, h.connected);
+    else this.queue.push(h.atMs, { kind: PROBE_DONE, loop, gen: loop.probeGen, result });
+  }
+
+  /** The probe's round is over: wake the loop if the way opened, then wait for the next round. */
+  private probeDone(loop: Loop, connected: boolean): void {
+    const schedule = loop.probeSchedule;
     if (schedule === null) return;
-    this.stats.probes++;
-    if (!this.cloudUp(this.time)) {
-      d.reachable = false;
-    } else if (!d.reachable) {
-      d.reachable = true;
-      this.wake(d);
+    if (!connected) {
+      loop.reachable = false;
+    } else if (!loop.reachable) {
+      loop.reachable = true;
+      this.wake(loop);
     }
-    this.queue.push(this.time + schedule.failure(), { kind: PROBE, device: d, gen: d.probeGen });
+    this.queue.push(this.time + schedule.failure(), { kind: PROBE, loop, gen: loop.probeGen });
   }
 
   private result(wallMs: number): RunResult {
-    const affected = this.devices.filter((d) => d.affected);
-    const recovered = affected.filter((d) => d.recovered);
-    const times = Float64Array.from(recovered, (d) => d.onlineAfterMs).sort();
-    const returnSecond = Math.floor(this.returnAt / 1000);
-    const lastSecond = Math.min(this.buckets.length - 1, Math.floor(this.time / 1000));
-    let peak = 0;
-    let peakAfterFirst = 0;
-    for (let s = returnSecond; s <= lastSecond; s++) {
-      const n = this.buckets[s] ?? 0;
-      peak = Math.max(peak, n);
-      if (s > returnSecond) peakAfterFirst = Math.max(peakAfterFirst, n);
-    }
     const steadyRps = steadyStateRps(this.opts.devices, this.settings);
-    const requestsToOnline = affected.reduce((sum, d) => sum + d.requestsToOnline, 0);
+    const mqtt = this.stats.mqtt;
     return {
       strategy: this.opts.strategy,
       scenario: this.scenario,
       devices: this.opts.devices,
       steadyRps,
       returnAtMs: this.returnAt,
+      api: this.channelResult('api', this.stats.api as ChannelStats, steadyRps),
+      mqtt: mqtt ? this.channelResult('mqtt', mqtt, steadyRps) : null,
+      requests: (this.stats.api?.requests ?? 0) + (mqtt?.requests ?? 0),
+      simulatedMs: this.time,
+      events: this.events,
+      wallMs,
+    };
+  }
+
+  private channelResult(channel: Channel, stats: ChannelStats, steadyRps: number): ChannelResult {
+    const loops = this.devices.map((d) => d.loops.find((l) => l.channel === channel) as Loop);
+    const affected = loops.filter((l) => l.affected);
+    const recovered = affected.filter((l) => l.recovered);
+    const times = Float64Array.from(recovered, (l) => l.onlineAfterMs).sort();
+    const returnSecond = Math.floor(this.returnAt / 1000);
+    const lastSecond = Math.min(stats.buckets.length - 1, Math.floor(this.time / 1000));
+    let peak = 0;
+    let peakAfterFirst = 0;
+    for (let s = returnSecond; s <= lastSecond; s++) {
+      const n = stats.buckets[s] ?? 0;
+      peak = Math.max(peak, n);
+      if (s > returnSecond) peakAfterFirst = Math.max(peakAfterFirst, n);
+    }
+    const attempts = affected.reduce((sum, l) => sum + l.attemptsToOnline, 0);
+    return {
       affected: affected.length,
       recovered: recovered.length,
-      requests: this.stats.requests,
-      requestsDuringOutage: this.stats.requestsDuringOutage,
-      requestsToOnlinePerDevice: affected.length > 0 ? requestsToOnline / affected.length : 0,
+      requestsDuringOutage: stats.requestsDuringOutage,
+      requestsToOnlinePerDevice: affected.length > 0 ? attempts / affected.length : 0,
       peakRps: peak,
       peakVsSteady: peak / steadyRps,
       peakRpsAfterFirstSecond: peakAfterFirst,
@@ -499,23 +552,44 @@ class FleetSimulation {
         recovered.length === affected.length && times.length > 0
           ? { p50: quantile(times, 0.5), p99: quantile(times, 0.99), max: times[times.length - 1] ?? 0 }
           : null,
-      rejected: this.stats.rejected,
-      probes: this.stats.probes,
-      wakes: this.stats.wakes,
-      wakesWhileDown: this.stats.wakesWhileDown,
-      minGapWhileDownMs: this.stats.minGapWhileDownMs,
-      simulatedMs: this.time,
-      events: this.stats.events,
-      wallMs,
+      rejected: stats.rejected,
+      probes: stats.probes,
+      wakes: stats.wakes,
+      wakesWhileDown: stats.wakesWhileDown,
+      minGapWhileDownMs: stats.minGapWhileDownMs,
     };
   }
 }
 
-/** Nearest-rank quantile of sorted values. */
-export function quantile(sorted: ArrayLike<number>, q: number): number {
-  if (sorted.length === 0) return NaN;
-  const rank = Math.min(sorted.length, Math.max(1, Math.ceil(q * sorted.length)));
-  return sorted[rank - 1] as number;
+/** What a run of real agents (bench:fleet-real) asks of the model: the same fleet and outage. */
+export interface ModelRequest {
+  devices: number;
+  channels: OutageChannels;
+  outageS: number;
+  seed?: number;
+  strategy?: StrategyName;
+  settings?: FleetSettings;
+}
+
+export interface ModelChannelAnswer {
+  /** p99 time back online after the endpoint's return, in s; null when some device never came back. */
+  p99S: number | null;
+  /** Peak attempts per second at the endpoint after the return over the fleet's steady poll rate. */
+  peakVsSteady: number;
+}
+
+/** The model's prediction for one outage of one fleet, per channel (mqtt null when the broker stays up). */
+export function modelRun(r: ModelRequest): { api: ModelChannelAnswer; mqtt: ModelChannelAnswer | null; run: RunResult } {
+  const settings = r.settings ?? agentDefaults();
+  const run = simulate({
+    devices: r.devices,
+    seed: r.seed ?? 1,
+    strategy: r.strategy ?? DEFAULT_STRATEGY,
+    scenario: outageScenario(r.outageS * 1000, r.devices, settings, r.channels),
+    settings,
+  });
+  const answer = (c: ChannelResult): ModelChannelAnswer => ({ p99S: c.timeToOnlineMs ? c.timeToOnlineMs.p99 / 1000 : null, peakVsSteady: c.peakVsSteady });
+  return { api: answer(run.api), mqtt: run.mqtt ? answer(run.mqtt) : null, run };
 }
 
 /** A 32-bit seed for stream `b` of run seed `a` (murmur3's finaliser over both). */

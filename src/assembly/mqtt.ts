@@ -1,6 +1,6 @@
 import { MqttSession } from '../mqtt/session.js';
 import { MqttSink } from '../mqtt/sink.js';
-import { backoffFromSettings } from '../resilience/backoff.js';
+import { backoffFromSettings, refusedRetryMaxMs } from '../resilience/backoff.js';
 import type { Registrar } from '../cloud/registration.js';
 import type { Shadow } from '../shadow/shadow.js';
 import type { Core } from './core.js';
@@ -23,6 +23,7 @@ export function buildMqtt(core: Core, q: Queueing, registrar?: Registrar): MqttS
     store,
     monitor,
     backoff: backoffFromSettings(config.settings.offline, { clock, random }),
+    refusedRetryMaxMs: refusedRetryMaxMs(config.settings.offline),
     wakeup: probes.wakeup('mqtt'),
     // No offline floor for the broker: the probe wakes a loop only after it saw the port closed, and a
     // broker behind a load balancer or proxy (whose port stays open while the broker is down) would then

@@ -2,7 +2,7 @@ import { saveIssuedCredentials, type Identity } from '../boot/identity.js';
 import type { CloudHttpClient } from '../cloud/http-client.js';
 import { buildHttpClient } from './cloud.js';
 import { Registrar } from '../cloud/registration.js';
-import { backoffFromSettings } from '../resilience/backoff.js';
+import { refusedRetryMaxMs } from '../resilience/backoff.js';
 import type { Core } from './core.js';
 import { mqttBrokerUrls } from '../config/schema.js';
 
@@ -33,7 +33,7 @@ export function buildRegistration(core: Core, identity: Identity): { registrar: 
       kept = saveIssuedCredentials(config.dataDir, kept, issued);
     },
     retry: core.retryFor('api'),
-    refusedRetryMaxMs: backoffFromSettings(config.settings.offline, { clock, random }).maxMs,
+    refusedRetryMaxMs: refusedRetryMaxMs(config.settings.offline),
     monitor: core.monitor,
     clock,
     random,

@@ -77,8 +77,11 @@ const offlineSchema = z.strictObject({
     .default(300)
     .describe('Seconds offline before cloud-dependent features are paused (graceful degradation).'),
   enableGracefulDegradation: z.boolean().default(true).describe('Pause cloud-dependent features after offlineThresholdSeconds offline.'),
-  minBackoffSeconds: seconds(0.1).default(2).describe('First retry delay of the backoff, before jitter.'),
-  maxBackoffSeconds: seconds(1).default(900).describe('Cap of the exponential backoff, in seconds.'),
+  // 25 s and 40 s: the fleet benchmark (docs/connectivity.md). The first retry spread over 25 s keeps a
+  // fleet that reboots into an overloaded cloud at two requests per device; a cap of 40 s brings a device
+  // back within 40 s of an outage the probe cannot see (a balancer answering 503 for the backend).
+  minBackoffSeconds: seconds(0.1).default(25).describe('First retry delay of the backoff, before jitter (full jitter draws from up to this).'),
+  maxBackoffSeconds: seconds(1).default(40).describe('Cap of the exponential backoff, in seconds.'),
   enableJitter: z.boolean().default(true).describe('Randomise retry delays so a fleet does not reconnect in step. false means jitter "none".'),
   jitter: z.enum(JITTER_STRATEGIES).default('full').describe('Jitter strategy of the backoff when enableJitter is true.'),
   backoffResetAfterSeconds: seconds(0)

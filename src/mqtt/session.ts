@@ -57,6 +57,8 @@ export interface MqttSessionDeps {
    * agent's, for channel `mqtt`. None unless given.
    */
   floorMs?: () => number;
+  /** Refused credentials are tried again after half to all of this; the backoff's cap unless given. */
+  refusedRetryMaxMs?: number;
   /** Whether the wall clock is synced (TLS errors name the clock when it is not). Default: synced. */
   clockSynced?: () => boolean;
   clock: Clock;
@@ -165,7 +167,7 @@ export class MqttSession extends TypedEmitter<MqttSessionEvents> {
       stores: { outgoing: this.window.outgoing, incoming: this.incoming },
       monitor: deps.monitor,
       retry: new RetryPolicy({ backoff: deps.backoff, sleeper: deps.wakeup, clock: deps.clock, ...(deps.floorMs ? { floorMs: deps.floorMs } : {}) }),
-      refusedRetryMaxMs: deps.backoff.maxMs,
+      refusedRetryMaxMs: deps.refusedRetryMaxMs ?? deps.backoff.maxMs,
       clock: deps.clock,
       random: deps.random,
       logger: deps.logger,

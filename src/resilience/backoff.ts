@@ -188,6 +188,16 @@ export function backoffFromSettings(
   });
 }
 
+/**
+ * Refused credentials (a registration refused, a broker refusing the login) stay refused until someone
+ * fixes them: they are tried again after half to all of this, the backoff's cap or the offline floor
+ * (`offlineRetryIntervalSeconds`), whichever is longer, so a fleet with a revoked key does not knock
+ * at the backoff's short cap.
+ */
+export function refusedRetryMaxMs(offline: AgentConfig['settings']['offline']): number {
+  return Math.max(offline.maxBackoffSeconds, offline.offlineRetryIntervalSeconds) * 1000;
+}
+
 const MONTHS = ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
 const TIME = '(\\d{2}):(\\d{2}):(\\d{2})';
 // The three HTTP-date forms of RFC 9110 §5.6.7, which recipients must all accept.

@@ -164,6 +164,9 @@ export interface ConnectivityProbeOptions {
 /** The first probe of an offline stretch comes within this (then the schedule doubles). */
 export const PROBE_INITIAL_INTERVAL_MS = 1000;
 
+/** A probe that has not connected within this counts as failed (the agent does not set it). */
+export const PROBE_CONNECT_TIMEOUT_MS = 3000;
+
 export interface ProbeEvents {
   reachable: ReachableEvent;
 }
@@ -199,7 +202,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     this.maxIntervalMs = Math.max(1, opts.maxIntervalMs ?? 30_000);
     this.initialIntervalMs = Math.min(this.maxIntervalMs, Math.max(1, opts.initialIntervalMs ?? PROBE_INITIAL_INTERVAL_MS));
     this.wayClosed = opts.wayClosed ?? (() => true);
-    this.connectTimeoutMs = Math.max(1, opts.connectTimeoutMs ?? 3000);
+    this.connectTimeoutMs = Math.max(1, opts.connectTimeoutMs ?? PROBE_CONNECT_TIMEOUT_MS);
     this.interfacesPollMs = Math.max(1, opts.interfacesPollMs ?? 5000);
     this.interfaces = opts.interfaces ?? os.networkInterfaces;
     this.connect = opts.connect ?? createTcpConnect();

@@ -25,7 +25,12 @@ export interface RetryPolicyOptions {
  * floor, and what to do when the probe wakes it. Every loop that talks to the cloud uses one.
  */
 export class RetryPolicy {
-  constructor(private readonly o: RetryPolicyOptions) {}
+  /** The sleeper's wakeCount when the latest wait ended: a wake after it came while the loop was busy. */
+  private seenWakes: number | undefined;
+
+  constructor(private readonly o: RetryPolicyOptions) {
+    this.seenWakes = o.sleeper.wakeCount;
+  }
 
   /** The delay before the next attempt after `err`. */
   afterFailure(err: unknown): number {
@@ -50,15 +55,21 @@ export class RetryPolicy {
   /**
    * Waits `delayMs` after a failure. A `kick` (new work the user asked for) may end the wait; new
    * state alone must not, or every change during an outage would become a request. When the probe
-   * wakes the loop, the backoff starts over, after what is left of a Retry-After.
+   * wakes the loop, the backoff starts over, after what is left of a Retry-After. A wake that came
+   * while the loop was busy with its attempt (since the previous wait ended) wakes this wait.
    */
   async wait(delayMs: number, signal: AbortSignal, kick?: Kick): Promise<void> {
-    // Without a kick, kickable cannot matter: nobody holds the fresh Kick. ('false' is killed by retry.test.)
-    // Stryker disable next-line ObjectLiteral,ConditionalExpression: equivalent when no kick is given, see above
-    const r = await (kick ?? new Kick()).wait(delayMs, signal, this.o.sleeper, { kickable: kick !== undefined });
-    if (r !== 'woken') return;
-    const hold = this.afterWake();
-    // Stryker disable next-line ConditionalExpression,EqualityOperator: sleeping 0 ms is not sleeping
-    if (hold > 0) await this.o.clock.sleep(hold, signal).catch(() => undefined);
+    const since = this.seenWakes;
+    try {
+      // Without a kick, kickable cannot matter: nobody holds the fresh Kick. ('false' is killed by retry.test.)
+      // Stryker disable next-line ObjectLiteral,ConditionalExpression: equivalent when no kick is given, see above
+      const r = await (kick ?? new Kick()).wait(delayMs, signal, this.o.sleeper, { kickable: kick !== undefined, ...(since !== undefined ? { wokenSince: since } : {}) });
+      if (r !== 'woken') return;
+      const hold = this.afterWake();
+      // Stryker disable next-line ConditionalExpression,EqualityOperator: sleeping 0 ms is not sleeping
+      if (hold > 0) await this.o.clock.sleep(hold, signal).catch(() => undefined);
+    } finally {
+      this.seenWakes = this.o.sleeper.wakeCount;
+    }
   }
 }

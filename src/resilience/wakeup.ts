@@ -53,6 +53,7 @@ export class Wakeup {
   private readonly staggerMaxMs: number;
   private readonly sleepers = new Set<Sleeper>();
   private last: WakeRecord | null = null;
+  private wakes = 0;
 
   constructor(opts: WakeupOptions) {
     this.clock = opts.clock;
@@ -65,6 +66,11 @@ export class Wakeup {
     return this.sleepers.size;
   }
 
+  /** How many times `wake()` has been called: a loop keeps it to learn of wakes it missed while busy. */
+  get wakeCount(): number {
+    return this.wakes;
+  }
+
   /** The most recent wake, for status output; null before the first. */
   lastWake(): WakeRecord | null {
     return this.last;
@@ -74,8 +80,13 @@ export class Wakeup {
    * Resolves with `'elapsed'` after `ms` on the injected clock, or with `'woken'` after a `wake()`
    * plus its stagger delay (never later than the original deadline; `ms = Infinity` waits for a wake). Rejects with the AbortError
    * when `signal` aborts; no timer or listener is left behind in any case.
+   *
+   * With `wokenSince` (a `wakeCount` read earlier), a wake since then counts as a wake of this sleep,
+   * staggered from now: a loop that was busy with an attempt when the probe saw the way open (a
+   * request hanging on a black-holed link until its timeout) would otherwise miss the only wake-up of
+   * the outage and serve out its whole backoff.
    */
-  sleep(ms: number, signal?: AbortSignal): Promise<SleepOutcome> {
+  sleep(ms: number, signal?: AbortSignal, opts: { wokenSince?: number } = {}): Promise<SleepOutcome> {
     if (signal?.aborted) return Promise.reject(abortError(signal));
     const deadline = this.clock.monotonic() + Math.max(0, ms);
     return new Promise<SleepOutcome>((resolve, reject) => {
@@ -117,6 +128,11 @@ export class Wakeup {
 
       // Stryker disable next-line ObjectLiteral,BooleanLiteral: settle() removes the listener, so it never runs twice anyway
       signal?.addEventListener('abort', onAbort, { once: true });
+      if (opts.wokenSince !== undefined && this.wakes > opts.wokenSince) {
+        if (Number.isFinite(deadline)) arm(deadline);
+        sleeper.wake(this.random() * this.staggerMaxMs);
+        return;
+      }
       this.sleepers.add(sleeper);
       // ms = Infinity: wait for a wake or the abort only (a timer that long would overflow setTimeout).
       if (Number.isFinite(deadline)) arm(deadline);
@@ -127,6 +143,7 @@ export class Wakeup {
   wake(reason: string): number {
     const current = [...this.sleepers];
     this.sleepers.clear();
+    this.wakes++;
     for (const sleeper of current) sleeper.wake(this.random() * this.staggerMaxMs);
     this.last = { reason, at: this.clock.now(), woken: current.length };
     return current.length;

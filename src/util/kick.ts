@@ -2,7 +2,15 @@ import { isAbortError, type Clock } from './clock.js';
 
 /** A sleep that the connectivity probe can cut short ('woken') when the way is open again. */
 export interface WakeableSleep {
-  sleep(ms: number, signal?: AbortSignal): Promise<'elapsed' | 'woken'>;
+  /** With `wokenSince` (an earlier `wakeCount`), a wake since then ends this sleep as if it came now. */
+  sleep(ms: number, signal?: AbortSignal, opts?: { wokenSince?: number }): Promise<'elapsed' | 'woken'>;
+  /** How many wakes there have been; absent when the sleep cannot tell. */
+  readonly wakeCount?: number;
+}
+
+function sleepOn(sleeper: WakeableSleep | Pick<Clock, 'sleep'>, ms: number, signal: AbortSignal, wokenSince: number | undefined): Promise<unknown> {
+  if (wokenSince === undefined || !('wakeCount' in sleeper)) return sleeper.sleep(ms, signal);
+  return sleeper.sleep(ms, signal, { wokenSince });
 }
 
 export type WaitResult = 'elapsed' | 'woken' | 'kicked' | 'aborted';
@@ -31,12 +39,13 @@ export class Kick {
   /**
    * Waits `ms`. With `kickable: false` (a backoff after a failure) a kick does not end the wait: new
    * work must not turn every state change during an outage into a request; the kick stays pending.
+   * `wokenSince` is passed to a WakeableSleep (see there).
    */
-  async wait(ms: number, signal: AbortSignal, sleeper: WakeableSleep | Pick<Clock, 'sleep'>, opts: { kickable?: boolean } = {}): Promise<WaitResult> {
+  async wait(ms: number, signal: AbortSignal, sleeper: WakeableSleep | Pick<Clock, 'sleep'>, opts: { kickable?: boolean; wokenSince?: number } = {}): Promise<WaitResult> {
     if (signal.aborted) return 'aborted';
     if (opts.kickable === false) {
       try {
-        const r = await sleeper.sleep(ms, signal);
+        const r = await sleepOn(sleeper, ms, signal, opts.wokenSince);
         return r === 'woken' ? 'woken' : 'elapsed';
       } catch (err) {
         if (signal.aborted || isAbortError(err)) return 'aborted';
@@ -52,7 +61,7 @@ export class Kick {
         await new Promise<void>((_, reject) => both.addEventListener('abort', () => reject(abortErr()), { once: true }));
         return 'kicked';
       }
-      const r = await sleeper.sleep(ms, both);
+      const r = await sleepOn(sleeper, ms, both, opts.wokenSince);
       return r === 'woken' ? 'woken' : 'elapsed';
     } catch (err) {
       if (signal.aborted) return 'aborted';

@@ -11,7 +11,7 @@ import { tempDirs } from '../helpers/tmp.js';
  * when the devcloud or the broker is down) for longer than offline detection and listen again.
  * Measured: from the endpoint listening again to its channel `online` in `/v2/connection`.
  *
- * Settings are the defaults (backoff 2-900 s, offlineRetryIntervalSeconds 300, probe 1-30 s, wake
+ * Settings are the defaults (backoff 25-40 s, offlineRetryIntervalSeconds 300, probe 1-30 s, wake
  * stagger 10 s) except the ones that only make the outage start sooner: pollIntervalMs 5 s,
  * reportIntervalMs 2 s, cloud.requestTimeoutMs 2 s, mqtt.connectTimeoutMs 2 s.
  */

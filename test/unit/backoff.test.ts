@@ -358,8 +358,8 @@ describe('backoffFromSettings', () => {
   it('maps settings.offline with the defaults', () => {
     const b = backoffFromSettings(defaultConfig().settings.offline, { clock, random: seededRandom(1) });
     expect({ minMs: b.minMs, maxMs: b.maxMs, strategy: b.strategy, resetAfterMs: b.resetAfterMs, multiplier: b.multiplier }).toEqual({
-      minMs: 2000,
-      maxMs: 900_000,
+      minMs: 25_000,
+      maxMs: 40_000,
       strategy: 'full',
       resetAfterMs: 30_000,
       multiplier: 2,

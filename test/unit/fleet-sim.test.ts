@@ -2,18 +2,21 @@ import { describe, expect, it } from 'vitest';
 import { EventQueue } from '../../bench/event-queue.js';
 import { agentDefaults, outageScenario, rebootScenario, simulate, type RunResult, type StrategyName } from '../../bench/fleet-sim.js';
 import { FULL_JITTER_FLOOR_MS } from '../../src/resilience/backoff.js';
+import { attempt, connectionLostAt, handshake, type EndpointOutage } from '../../bench/fleet-network.js';
 
 const DEVICES = 300;
 const SEED = 7;
-const settings = agentDefaults();
+// A long backoff (2 s doubling to 15 min), whatever the defaults: these tests are about the model's mechanisms.
+const defaults = agentDefaults();
+const settings = { ...defaults, offline: { ...defaults.offline, minBackoffSeconds: 2, maxBackoffSeconds: 900 } };
 
 const outage = (strategy: StrategyName, outageS = 600): RunResult =>
   simulate({ devices: DEVICES, seed: SEED, strategy, scenario: outageScenario(outageS * 1000, DEVICES, settings), settings });
 const reboot = (strategy: StrategyName): RunResult => simulate({ devices: DEVICES, seed: SEED, strategy, scenario: rebootScenario(DEVICES), settings });
 
 function p99(r: RunResult): number {
-  expect(r.timeToOnlineMs).not.toBeNull();
-  return r.timeToOnlineMs?.p99 ?? Infinity;
+  expect(r.api.timeToOnlineMs).not.toBeNull();
+  return r.api.timeToOnlineMs?.p99 ?? Infinity;
 }
 
 describe('event queue', () => {
@@ -32,19 +35,19 @@ describe('fleet simulation (small fleet)', () => {
   it('after a fleet reboot into an overloaded cloud, full jitter needs fewer requests per device than no jitter, and comes online sooner', () => {
     const none = reboot('none');
     const full = reboot('full');
-    expect(none.recovered).toBe(DEVICES);
-    expect(full.recovered).toBe(DEVICES);
-    expect(full.requestsToOnlinePerDevice).toBeLessThan(none.requestsToOnlinePerDevice);
+    expect(none.api.recovered).toBe(DEVICES);
+    expect(full.api.recovered).toBe(DEVICES);
+    expect(full.api.requestsToOnlinePerDevice).toBeLessThan(none.api.requestsToOnlinePerDevice);
     expect(p99(full)).toBeLessThan(p99(none));
   });
 
   it('after a 10-minute outage, devices with the probe are online far sooner than with the same backoff and no probe', () => {
     const full = outage('full');
     const probed = outage('default+probe');
-    expect(probed.affected).toBe(DEVICES);
-    expect(probed.recovered).toBe(DEVICES);
+    expect(probed.api.affected).toBe(DEVICES);
+    expect(probed.api.recovered).toBe(DEVICES);
     expect(p99(probed)).toBeLessThan(p99(full));
-    expect(probed.timeToOnlineMs?.p50 ?? Infinity).toBeLessThan(full.timeToOnlineMs?.p50 ?? 0);
+    expect(probed.api.timeToOnlineMs?.p50 ?? Infinity).toBeLessThan(full.api.timeToOnlineMs?.p50 ?? 0);
   });
 
   it('while the cloud is down nobody is woken and nobody retries in a tight loop', () => {
@@ -56,23 +59,61 @@ describe('fleet simulation (small fleet)', () => {
     ];
     for (const [strategy, floor] of floors) {
       const r = outage(strategy, 600);
-      expect(r.wakesWhileDown, strategy).toBe(0);
-      expect(r.minGapWhileDownMs, strategy).toBeGreaterThanOrEqual(floor);
+      expect(r.api.wakesWhileDown, strategy).toBe(0);
+      expect(r.api.minGapWhileDownMs, strategy).toBeGreaterThanOrEqual(floor);
       // Nobody gives up either: every device notices the outage and keeps trying.
-      expect(r.requestsDuringOutage, strategy).toBeGreaterThanOrEqual(DEVICES);
+      expect(r.api.requestsDuringOutage, strategy).toBeGreaterThanOrEqual(DEVICES);
     }
   });
 
   it('only the strategy with the probe wakes its poll loop, and only once the cloud is back', () => {
     const probed = outage('default+probe', 3600);
-    expect(probed.wakes).toBeGreaterThan(0);
-    expect(probed.wakesWhileDown).toBe(0);
-    expect(outage('full', 3600).wakes).toBe(0);
+    expect(probed.api.wakes).toBeGreaterThan(0);
+    expect(probed.api.wakesWhileDown).toBe(0);
+    expect(outage('full', 3600).api.wakes).toBe(0);
   });
 
   it('is deterministic for a seed', () => {
     const a = outage('decorrelated', 60);
     const b = outage('decorrelated', 60);
     expect({ ...a, wallMs: 0 }).toEqual({ ...b, wallMs: 0 });
+  });
+});
+
+describe('fleet network model', () => {
+  const down = (kind: 'refused' | 'blackhole' | '503'): EndpointOutage => ({ kind, fromMs: 10_000, untilMs: 70_000 });
+
+  it('a black-holed connect gets through at the first SYN resend after the return, or fails at the timeout', () => {
+    expect(attempt(down('blackhole'), 60_000, 30_000)).toEqual({ atMs: 75_000, result: 'reached' });
+    expect(attempt(down('blackhole'), 69_500, 30_000)).toEqual({ atMs: 70_500, result: 'reached' });
+    // Started 20 s before the return: the resends at 15 s and 31 s miss it, the timeout comes first.
+    expect(attempt(down('blackhole'), 50_000, 30_000)).toEqual({ atMs: 80_000, result: 'timeout' });
+    expect(attempt(down('blackhole'), 5_000, 30_000)).toEqual({ atMs: 5_000, result: 'reached' });
+  });
+
+  it('refused and 503 fail at once; a probe handshakes with a balancer but not with a refused port', () => {
+    expect(attempt(down('refused'), 20_000, 30_000)).toEqual({ atMs: 20_000, result: 'refused' });
+    expect(attempt(down('503'), 20_000, 30_000)).toEqual({ atMs: 20_000, result: 'unavailable' });
+    expect(handshake(down('503'), 20_000, 3_000).connected).toBe(true);
+    expect(handshake(down('refused'), 20_000, 3_000).connected).toBe(false);
+    expect(handshake(down('blackhole'), 20_000, 3_000)).toMatchObject({ atMs: 23_000, connected: false });
+  });
+
+  it('a black-holed MQTT connection is given up 1.5 x keep-alive after the last ping answer, unless the path returns first', () => {
+    expect(connectionLostAt(down('refused'), 0, 60_000)).toBe(10_000);
+    expect(connectionLostAt(down('blackhole'), -85_000, 60_000)).toBe(10_000);
+    expect(connectionLostAt(down('blackhole'), 5_000, 60_000)).toBeNull();
+    expect(connectionLostAt(down('blackhole'), -30_000, 60_000)).toBe(60_000);
+  });
+
+  it('a black-holed cloud holds the loops for their timeouts, and the probe still brings the fleet back', () => {
+    const scenario = outageScenario(600_000, DEVICES, settings, { api: 'blackhole', mqtt: 'blackhole' });
+    const r = simulate({ devices: DEVICES, seed: SEED, strategy: 'default+probe', scenario, settings });
+    const full = simulate({ devices: DEVICES, seed: SEED, strategy: 'full', scenario, settings });
+    expect(r.api.recovered).toBe(r.api.affected);
+    expect(r.mqtt?.recovered).toBe(r.mqtt?.affected);
+    // A black-holed request waits out cloud.requestTimeoutMs: far fewer attempts than a refused cloud gets.
+    expect(r.api.minGapWhileDownMs).toBeGreaterThanOrEqual(settings.requestTimeoutMs);
+    expect(p99(r)).toBeLessThan(p99(full));
   });
 });

@@ -103,4 +103,28 @@ describe('retry policy', () => {
     expect(done).toBe(true);
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(8_000);
   });
+
+  it('a wake-up that came while the loop was busy with its attempt ends the next wait, and starts the backoff over', async () => {
+    const t = setup(300_000);
+    // The loop waited once, then its attempt hangs (a black-holed request) while the probe wakes the Wakeup.
+    void t.retry.wait(1_000, new AbortController().signal);
+    await t.clock.advance(1_000);
+    t.wakeup.wake('probe');
+    const delay = t.retry.afterFailure(new CloudError('timeout', 'timed out'));
+    expect(delay).toBe(300_000);
+    let done = false;
+    void t.retry.wait(delay, new AbortController().signal).then(() => (done = true));
+    await t.clock.advance(1_000);
+    expect(done).toBe(true);
+    t.setFloor(0);
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
+
+    // That wake is spent: the wait after the next attempt runs its course.
+    done = false;
+    void t.retry.wait(5_000, new AbortController().signal).then(() => (done = true));
+    await t.clock.advance(4_999);
+    expect(done).toBe(false);
+    await t.clock.advance(1);
+    expect(done).toBe(true);
+  });
 });

@@ -158,4 +158,20 @@ describe('Wakeup', () => {
     expect(wakeup.sleeping).toBe(0);
     expect(clock.pendingSleepers).toBe(0);
   });
+
+  it('a sleep given an earlier wakeCount is woken (after its stagger) by a wake it was not there for, and only by one', async () => {
+    const clock = new FakeClock();
+    const wakeup = new Wakeup({ clock, random: () => 0.5, staggerMaxMs: 2000 });
+    const seen = wakeup.wakeCount;
+    expect(wakeup.wake('probe')).toBe(0);
+    expect(wakeup.wakeCount).toBe(seen + 1);
+    const missed = track(clock, wakeup.sleep(60_000, undefined, { wokenSince: seen }));
+    expect(wakeup.sleeping).toBe(0);
+    await clock.advance(1000);
+    expect(missed).toEqual({ outcome: 'woken', at: 1000 });
+    const current = track(clock, wakeup.sleep(5_000, undefined, { wokenSince: wakeup.wakeCount }));
+    await clock.advance(5000);
+    expect(current).toEqual({ outcome: 'elapsed', at: 6000 });
+    expect(clock.pendingSleepers).toBe(0);
+  });
 });

@@ -1,0 +1,163 @@
+import { defaultConfig, type AgentConfig } from '../src/config/schema.js';
+import { PROBE_CONNECT_TIMEOUT_MS, PROBE_INITIAL_INTERVAL_MS } from '../src/resilience/probe.js';
+import { WAKE_STAGGER_MAX_MS } from '../src/resilience/wakeup.js';
+import type { OutageKind } from './fleet-network.js';
+
+/**
+ * The fleet model's vocabulary: the agent's settings as the model reads them, the strategies, the
+ * scenarios and what a run measures. The simulation itself is bench/fleet-sim.ts.
+ */
+
+export const STRATEGIES = ['none', 'seed', 'equal', 'full', 'decorrelated', 'default+probe'] as const;
+export type StrategyName = (typeof STRATEGIES)[number];
+/** The agent as it runs with an empty config file. */
+export const DEFAULT_STRATEGY: StrategyName = 'default+probe';
+
+export type Channel = 'api' | 'mqtt';
+
+export interface FleetSettings {
+  pollIntervalMs: number;
+  offline: AgentConfig['settings']['offline'];
+  /** cloud.requestTimeoutMs: a request not answered by then fails (the HTTP client's AbortSignal and undici's connect timeout). */
+  requestTimeoutMs: number;
+  /** mqtt.connectTimeoutMs: a CONNACK not received by then fails the attempt. */
+  mqttConnectTimeoutMs: number;
+  /** mqtt.keepAliveSeconds in ms: the session's watchdog gives up 1.5 x this after the last packet. */
+  keepAliveMs: number;
+  /** ConnectivityProbe's first wait before jitter (its constructor default; the agent does not set it). */
+  probeInitialMs: number;
+  /** ConnectivityProbe's connect timeout (its constructor default; the agent does not set it). */
+  probeConnectTimeoutMs: number;
+  /** Wakeup's stagger of woken sleepers (its constructor default; the agent does not set it). */
+  staggerMaxMs: number;
+}
+
+/** The agent as it runs with an empty config file. */
+export function agentDefaults(): FleetSettings {
+  const config = defaultConfig();
+  return {
+    pollIntervalMs: config.settings.pollIntervalMs,
+    offline: config.settings.offline,
+    requestTimeoutMs: config.cloud.requestTimeoutMs,
+    mqttConnectTimeoutMs: config.mqtt.connectTimeoutMs,
+    keepAliveMs: config.mqtt.keepAliveSeconds * 1000,
+    probeInitialMs: PROBE_INITIAL_INTERVAL_MS,
+    probeConnectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS,
+    staggerMaxMs: WAKE_STAGGER_MAX_MS,
+  };
+}
+
+/** How each endpoint fails during an outage; null: that endpoint stays up. */
+export interface OutageChannels {
+  api: OutageKind | null;
+  mqtt: OutageKind | null;
+}
+
+export type Scenario =
+  /**
+   * Devices poll with random phases and hold an MQTT connection; in [outageStartMs, outageStartMs +
+   * outageMs) the endpoints named in `channels` fail as their kind says.
+   */
+  | { kind: 'outage'; outageStartMs: number; outageMs: number; capacityRps: number; channels: OutageChannels }
+  /** Every device starts at t=0 (first poll at once) against a cloud that is up. */
+  | { kind: 'reboot'; capacityRps: number };
+
+/** The fleet's request rate while every device is online: one poll per pollInterval each. */
+export function steadyStateRps(devices: number, settings: FleetSettings): number {
+  return devices / (settings.pollIntervalMs / 1000);
+}
+
+/**
+ * The outage scenarios' cloud serves this many times the steady-state rate: enough headroom for normal
+ * peaks (a backend sized at its mean load falls over on the first spike) without being so large that a
+ * fleet returning in step is absorbed for free.
+ */
+export const OUTAGE_CAPACITY_HEADROOM = 4;
+
+/** The reboot's cloud serves this fraction of the fleet per second. */
+export const REBOOT_CAPACITY_FRACTION = 1 / 20;
+
+/** The whole cloud refused, as the first model had it. */
+export const REFUSED_BOTH: OutageChannels = { api: 'refused', mqtt: 'refused' };
+
+export function outageScenario(outageMs: number, devices: number, settings: FleetSettings, channels: OutageChannels = REFUSED_BOTH): Scenario {
+  return {
+    kind: 'outage',
+    // Five poll intervals: every device has polled several times with its own phase.
+    outageStartMs: 5 * settings.pollIntervalMs,
+    outageMs,
+    capacityRps: Math.ceil(OUTAGE_CAPACITY_HEADROOM * steadyStateRps(devices, settings)),
+    channels,
+  };
+}
+
+export function rebootScenario(devices: number): Scenario {
+  return { kind: 'reboot', capacityRps: Math.max(1, Math.ceil(devices * REBOOT_CAPACITY_FRACTION)) };
+}
+
+export interface SimOptions {
+  devices: number;
+  seed: number;
+  strategy: StrategyName;
+  scenario: Scenario;
+  settings?: FleetSettings;
+  /** The run stops this long after the cloud's return even if some devices are not online. */
+  capMs?: number;
+}
+
+export interface Quantiles {
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+/** What one channel of the fleet did from the endpoint's return on (API: polls; MQTT: connect attempts). */
+export interface ChannelResult {
+  /** Devices measured: those whose channel was not online, or had an attempt under way, at the return (outage); every device (reboot). */
+  affected: number;
+  /** Of those, how many were online again when the run ended. */
+  recovered: number;
+  /** Attempts sent while the endpoint was down. */
+  requestsDuringOutage: number;
+  /** Mean over the affected devices of the attempts from the return up to their first success, that one included. */
+  requestsToOnlinePerDevice: number;
+  /** Most attempts arriving at the endpoint in one 1-s bucket from the return on (503s included). */
+  peakRps: number;
+  /** peakRps over the fleet's steady poll rate (for MQTT too: the same yardstick of load). */
+  peakVsSteady: number;
+  /** The same, leaving out the first second after the return (for the reboot: the instant every device starts). */
+  peakRpsAfterFirstSecond: number;
+  /** Time from the return until each affected device's channel is online again; null when not all recovered. */
+  timeToOnlineMs: Quantiles | null;
+  /** Requests answered 503 for want of capacity from the return on (API only). */
+  rejected: number;
+  probes: number;
+  /** Wake-ups of the channel's loop by its probe, and how many of them happened while the endpoint was down. */
+  wakes: number;
+  wakesWhileDown: number;
+  /** Shortest time between two consecutive attempts of one device, both started while the endpoint was down. */
+  minGapWhileDownMs: number;
+}
+
+export interface RunResult {
+  strategy: StrategyName;
+  scenario: Scenario;
+  devices: number;
+  steadyRps: number;
+  /** When the measured recovery starts: the endpoints' return (outage), t=0 (reboot). */
+  returnAtMs: number;
+  api: ChannelResult;
+  /** Null when the scenario leaves the broker alone (the reboot; an API-only outage). */
+  mqtt: ChannelResult | null;
+  requests: number;
+  simulatedMs: number;
+  events: number;
+  wallMs: number;
+}
+
+/** Nearest-rank quantile of sorted values. */
+export function quantile(sorted: ArrayLike<number>, q: number): number {
+  if (sorted.length === 0) return NaN;
+  const rank = Math.min(sorted.length, Math.max(1, Math.ceil(q * sorted.length)));
+  return sorted[rank - 1] as number;
+}
