@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startFleetAgent, type FleetAgent } from './fleet-real-agents.js';
 import { OUTAGE_KINDS, startFleetWorld, type Channel, type FleetWorld, type OutageKind } from './fleet-real-world.js';
-import { agentDefaults, outageScenario, quantile, simulate } from './fleet-sim.js';
+import { modelRun, quantile } from './fleet-sim.js';
 import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type BenchResult, type BenchTarget } from './report.js';
 
 /**
@@ -93,10 +93,10 @@ async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKi
   });
   const rates = world.requestsPerSecond(returned, performance.now());
   const peakRps = Math.max(0, ...rates);
-  const settings = agentDefaults();
-  const model = simulate({ devices: agents.length, seed: o.seed, strategy: 'default+probe', scenario: outageScenario(outageS * 1000, agents.length, settings), settings });
-  const modelP99 = model.timeToOnlineMs ? model.timeToOnlineMs.p99 / 1000 : null;
+  // The model's run for the same fleet and outage (both channels down, the same kind).
+  const model = modelRun({ devices: agents.length, seed: o.seed, outageS, channels: { api: kind, mqtt: kind } });
   return CHANNELS.map((channel) => {
+    const predicted = (channel === 'http' ? model.api : model.mqtt) ?? { p99S: null, peakVsSteady: null };
     const set = affected.get(channel) ?? new Set<number>();
     const back = world.backOnline(channel, returned);
     const times = Float64Array.from([...set].flatMap((i) => (back.has(i) ? [((back.get(i) as number) - returned) / 1000] : []))).sort();
@@ -112,7 +112,7 @@ async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKi
       maxS: times.length === set.size ? q(1) : null,
       steadyRps,
       peakRps,
-      model: { p99S: modelP99, peakVsSteady: model.peakVsSteady },
+      model: { p99S: predicted.p99S, peakVsSteady: predicted.peakVsSteady },
     };
   });
 }
