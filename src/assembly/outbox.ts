@@ -4,6 +4,7 @@ import type { MqttSink } from '../mqtt/sink.js';
 import { join } from 'node:path';
 import { COUNTER_MIRROR_FILE, CounterMirror } from '../outbox/counter-mirror.js';
 import { MetricsBuffer } from '../outbox/downsample.js';
+import { ORDERED_CHANNELS } from '../outbox/channel-policies.js';
 import { Flusher } from '../outbox/flusher.js';
 import { LoopShare } from '../outbox/loop-share.js';
 import { Outbox } from '../outbox/outbox.js';
@@ -105,6 +106,7 @@ export function addFlusher(core: Core, q: Queueing, sink: HttpSink | MqttSink): 
     logger: logger.child({ part: `flush-${sink.name}` }),
     ...flusherSettings(config.settings.offline),
     ...(q.link ? { link: q.link } : {}),
+    ordered: ORDERED_CHANNELS,
   });
   return q.flushers.add(sink.monitorChannel, flusher);
 }

@@ -32,6 +32,13 @@ export const DEFAULT_PRIORITY = 20;
 /** Channels that drain freshness first unless configured otherwise: bulk data whose newest value matters most. */
 export const DEFAULT_FRESH_FIRST: ReadonlySet<string> = new Set(['telemetry', 'metrics']);
 
+/**
+ * Channels whose messages must reach the cloud in the order they were queued: a job's updates (its
+ * IN_PROGRESS before its final status), the state reports (merge patches, applied in order) and the
+ * shadow's reported versions. The flushers keep one batch of each in flight at a time.
+ */
+export const ORDERED_CHANNELS: ReadonlySet<string> = new Set(['jobs', 'state', 'shadow']);
+
 export const CHANNEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export function defaultPriority(channel: string): number {

@@ -65,6 +65,12 @@ export interface FlusherOptions {
   idleRecheckMs?: number;
   /** A metered link's filter and budget; absent: every channel, always. Held messages wait for a kick. */
   link?: LinkWindow;
+  /**
+   * Channels whose messages must reach the peer in queue order (a job's IN_PROGRESS before its final
+   * status, state patches in the order they were made): while a batch holding one is in flight, the
+   * next batch leaves that channel out. Two batches in flight may land in either order.
+   */
+  ordered?: ReadonlySet<string>;
 }
 
 export interface FlusherStats {
@@ -95,6 +101,8 @@ export class Flusher {
   private readonly messages: TokenBucket;
   private readonly bytes: TokenBucket;
   private readonly inflight = new Set<Promise<BatchOutcome>>();
+  /** Ordered channels with a batch in flight, and how many batches hold each. */
+  private readonly orderedInFlight = new Map<string, number>();
   private counters = { batchesSent: 0, delivered: 0, parked: 0 };
   private lastError: string | null = null;
   private lastSuccessAt: number | null = null;
@@ -173,7 +181,11 @@ export class Flusher {
           release();
           break;
         }
-        const task: Promise<BatchOutcome> = this.deliver(next, signal).finally(release).then(
+        const held = this.holdOrdered(next);
+        const task: Promise<BatchOutcome> = this.deliver(next, signal).finally(() => {
+          release();
+          held();
+        }).then(
           () => ({ ok: true }) as const,
           (err: unknown) => ({ ok: false, err }) as const,
         );
@@ -195,9 +207,10 @@ export class Flusher {
     const w = link?.window();
     const channels = w ? (sink.channels ?? w.channels).filter((c) => w.channels.includes(c)) : sink.channels;
     if (w && (channels?.length === 0 || w.maxBytes <= 0)) return { next: [], release: noop };
+    const excluded = [...(sink.excludeChannels ?? []), ...this.orderedInFlight.keys()];
     const next = outbox.peekBatch({
       ...(channels ? { channels } : {}),
-      ...(sink.excludeChannels ? { excludeChannels: sink.excludeChannels } : {}),
+      ...(excluded.length > 0 ? { excludeChannels: excluded } : {}),
       maxCount: batch.maxCount,
       maxBytes: w ? Math.min(batch.maxBytes, w.maxBytes) : batch.maxBytes,
       ...(episode ? { episode } : {}),
@@ -206,6 +219,21 @@ export class Flusher {
     const r = link.reserve(next);
     if (r.count < next.length) outbox.nack(next.slice(r.count).map((m) => m.id));
     return { next: next.slice(0, r.count), release: r.release };
+  }
+
+  /** Marks the ordered channels of `batch` in flight; the function returned clears them. */
+  private holdOrdered(batch: readonly OutboxMessage[]): () => void {
+    const ordered = this.o.ordered;
+    if (!ordered || ordered.size === 0) return noop;
+    const channels = [...new Set(batch.map((m) => m.channel))].filter((c) => ordered.has(c));
+    for (const c of channels) this.orderedInFlight.set(c, (this.orderedInFlight.get(c) ?? 0) + 1);
+    return () => {
+      for (const c of channels) {
+        const n = (this.orderedInFlight.get(c) ?? 1) - 1;
+        if (n > 0) this.orderedInFlight.set(c, n);
+        else this.orderedInFlight.delete(c);
+      }
+    };
   }
 
   /** Sends one batch; resolves when every message in it is acked, parked or back in the queue. */

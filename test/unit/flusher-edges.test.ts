@@ -48,7 +48,7 @@ const acceptAll = (batch: OutboxMessage[]): SinkResult => ({ accepted: batch.map
 
 type Mark = [kind: 'ok' | 'fail', channel: string, operation: string, error?: string, failure?: string];
 
-function setup(peer: RecordingPeer, opts: Partial<Pick<FlusherOptions, 'batch' | 'maxInflight' | 'rate' | 'idleRecheckMs'>> = {}) {
+function setup(peer: RecordingPeer, opts: Partial<Pick<FlusherOptions, 'batch' | 'maxInflight' | 'rate' | 'idleRecheckMs' | 'ordered'>> = {}) {
   const clock = new FakeClock();
   const random = seededRandom(5);
   const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
@@ -69,6 +69,7 @@ function setup(peer: RecordingPeer, opts: Partial<Pick<FlusherOptions, 'batch' |
     maxInflight: opts.maxInflight ?? 1,
     ...(opts.rate ? { rate: opts.rate } : {}),
     ...(opts.idleRecheckMs !== undefined ? { idleRecheckMs: opts.idleRecheckMs } : {}),
+    ...(opts.ordered ? { ordered: opts.ordered } : {}),
   });
   const stop = new AbortController();
   const done = flusher.run(stop.signal);
@@ -327,6 +328,45 @@ describe('flusher: back online', () => {
     release();
     await t.clock.advance(10);
     expect(t.outbox.stats().delivered).toBe(2);
+  });
+
+  it('an ordered channel has one batch in flight at a time: a job\'s final status waits for its IN_PROGRESS; other channels pass beside it', async () => {
+    const gates: (() => void)[] = [];
+    const peer = new RecordingPeer(async (b) => {
+      if (b.some((m) => m.channel === 'jobs')) await new Promise<void>((r) => gates.push(r));
+      return acceptAll(b);
+    });
+    const t = setup(peer, { maxInflight: 4, ordered: new Set(['jobs']) });
+    await t.enqueue(1, 'jobs', () => ({ status: 'IN_PROGRESS' }));
+    await t.clock.advance(10);
+    await t.enqueue(1, 'jobs', () => ({ status: 'REJECTED' }));
+    await t.enqueue(1, 'events');
+    await t.clock.advance(10);
+    // The events went beside the first job update; the second job update waits.
+    expect(peer.batches.map((b) => b.map((m) => `${m.channel}:${JSON.stringify(m.payload)}`))).toEqual([['jobs:{"status":"IN_PROGRESS"}'], ['events:0']]);
+    gates.shift()?.();
+    await t.clock.advance(10);
+    expect(peer.batches.map((b) => b.map((m) => m.channel))).toEqual([['jobs'], ['events'], ['jobs']]);
+    expect(peer.batches[2]?.[0]?.payload).toEqual({ status: 'REJECTED' });
+    gates.shift()?.();
+    await t.clock.advance(10);
+    expect(t.outbox.stats().delivered).toBe(3);
+  });
+
+  it('without ordering, two batches of one channel may be in flight together (the reason for it)', async () => {
+    const gates: (() => void)[] = [];
+    const peer = new RecordingPeer(async (b) => {
+      await new Promise<void>((r) => gates.push(r));
+      return acceptAll(b);
+    });
+    const t = setup(peer, { maxInflight: 4 });
+    await t.enqueue(1, 'jobs');
+    await t.clock.advance(10);
+    await t.enqueue(1, 'jobs');
+    await t.clock.advance(10);
+    expect(peer.batches).toHaveLength(2);
+    for (const g of gates.splice(0)) g();
+    await t.clock.advance(10);
   });
 
   it('a batch in flight that fails while nothing else is queued is retried after the backoff, not at the next idle look', async () => {
