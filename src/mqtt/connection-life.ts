@@ -57,7 +57,7 @@ export interface ConnectionLifeDeps {
   stores: { outgoing: IStore; incoming: IStore };
   monitor: Pick<ConnectionMonitor, 'markSuccess' | 'markFailure' | 'channelStatus'>;
   /** The waits between attempts: a backoff of this session alone, woken by the `mqtt` channel's probe. */
-  retry: Pick<RetryPolicy, 'afterFailure' | 'afterSuccess' | 'wait'>;
+  retry: Pick<RetryPolicy, 'afterFailure' | 'afterSuccess' | 'wait' | 'waitUnwoken'>;
   /** The cap of that backoff: refused credentials are retried after half to all of it. */
   refusedRetryMaxMs: number;
   clock: Clock;
@@ -231,7 +231,7 @@ export class ConnectionLife {
       { url: failed, ...(several ? { next } : {}), error: end.error, retryInMs: Math.round(delayMs), ...(auth ? { refusal: 'auth', reasonCode: end.refusalCode } : {}) },
       `mqtt: ${end.established ? 'connection lost' : 'could not connect'}${several ? ` (${failed})` : ''}: ${end.error}; ${then}${allRefused ? ' (the long backoff: retrying sooner cannot fix credentials)' : ''}`,
     );
-    return pause(this.deps, delayMs, signal);
+    return pause(this.deps, delayMs, signal, !allRefused);
   }
 
   /** The mqtt.js options of the next attempt, or why there are none. */
@@ -548,9 +548,11 @@ function subscribeAll(client: MqttClient, topics: DeviceTopics, done: (outcome: 
  * saw the way open again the policy ends the wait and starts its backoff over: the wait belonged
  * to an outage that has ended.
  */
-async function pause(deps: Pick<ConnectionLifeDeps, 'retry' | 'clock' | 'logger'>, delayMs: number, signal: AbortSignal): Promise<boolean> {
+async function pause(deps: Pick<ConnectionLifeDeps, 'retry' | 'clock' | 'logger'>, delayMs: number, signal: AbortSignal, wakeable = true): Promise<boolean> {
   try {
-    await deps.retry.wait(delayMs, signal);
+    // Refused credentials: the probe seeing the broker's port open proves nothing about them.
+    if (wakeable) await deps.retry.wait(delayMs, signal);
+    else await deps.retry.waitUnwoken(delayMs, signal);
     return !signal.aborted;
   } catch (err) {
     if (signal.aborted || isAbortError(err)) return false;

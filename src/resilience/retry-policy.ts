@@ -53,6 +53,18 @@ export class RetryPolicy {
   }
 
   /**
+   * Waits `delayMs` on the clock alone: the probe's wake does not end it (refused credentials, which
+   * a network that is open again cannot fix). Wakes meanwhile count as seen.
+   */
+  async waitUnwoken(delayMs: number, signal: AbortSignal): Promise<void> {
+    try {
+      await this.o.clock.sleep(delayMs, signal);
+    } finally {
+      this.seenWakes = this.o.sleeper.wakeCount;
+    }
+  }
+
+  /**
    * Waits `delayMs` after a failure. A `kick` (new work the user asked for) may end the wait; new
    * state alone must not, or every change during an outage would become a request. When the probe
    * wakes the loop, the backoff starts over, after what is left of a Retry-After. A wake that came

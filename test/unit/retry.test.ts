@@ -127,4 +127,23 @@ describe('retry policy', () => {
     await t.clock.advance(1);
     expect(done).toBe(true);
   });
+
+  it('a wait the probe does not end (refused credentials): a wake during it neither ends it nor the next wait', async () => {
+    const t = setup();
+    let done = false;
+    void t.retry.waitUnwoken(10_000, new AbortController().signal).then(() => (done = true));
+    await t.clock.advance(1_000);
+    t.wakeup.wake('probe');
+    await t.clock.advance(5_000);
+    expect(done).toBe(false);
+    await t.clock.advance(4_000);
+    expect(done).toBe(true);
+    // The wake came during that wait and counts as seen: the next wait runs its course.
+    done = false;
+    void t.retry.wait(5_000, new AbortController().signal).then(() => (done = true));
+    await t.clock.advance(4_999);
+    expect(done).toBe(false);
+    await t.clock.advance(1);
+    expect(done).toBe(true);
+  });
 });
