@@ -19,7 +19,7 @@ import { TARGET_MIRROR_FILE } from './store/target-mirror.js';
 import { systemClock } from './util/clock.js';
 import { AgentError, errorMessage } from './util/errors.js';
 import { HeldListener } from './util/held-listener.js';
-import { createLogger, type Logger } from './util/logger.js';
+import { createLogger, type Logger, type LoggerOptions } from './util/logger.js';
 import { AgentLogTap } from './logs/agent-tap.js';
 import type { LauncherLink } from './lifecycle/child-link.js';
 import { latestVersion } from './store/migrations.js';
@@ -47,6 +47,8 @@ export interface BootOptions {
   listeners?: EarlyListeners;
   /** The launcher that started this agent (`iotistic-agent launch`), if any. */
   launcher?: LauncherLink;
+  /** The process's stdout stream, shared across in-process restarts (createLogger's `stdout`). */
+  stdout?: LoggerOptions['stdout'];
 }
 
 export interface Booted {
@@ -74,6 +76,7 @@ export async function bootAgent(opts: BootOptions): Promise<Booted> {
     level: logging.level,
     format: logging.format,
     ...(opts.logDestination ? { destination: opts.logDestination } : {}),
+    ...(opts.stdout ? { stdout: opts.stdout } : {}),
     ...(logTap ? { tap: { level: logTap.level, stream: logTap.stream } } : {}),
   });
   for (const w of loaded.warnings) logger.warn(w);

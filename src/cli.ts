@@ -31,13 +31,15 @@ program
     // Bound before anything else loads: a local app connecting during the start waits instead of being refused.
     let listeners: EarlyListeners | undefined = await bindEarly(opts.config);
     const launcher = process.env[LAUNCHED_ENV] === '1' ? (await import('./lifecycle/child-link.js')).LauncherLink.ofProcess(process) : undefined;
+    // One stdout stream for every start of this process (a restart to salvage makes a new logger).
+    const stdout = (await import('./util/logger.js')).stdoutStream();
     const boot = async (): Promise<Awaited<ReturnType<typeof bootAgent>>> => {
       const early = listeners;
       // A restart (to salvage) binds again, after its config.
       listeners = undefined;
       try {
         const { bootAgent } = await import('./bootstrap.js');
-        return await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env, ...(early ? { listeners: early } : {}), ...(launcher ? { launcher } : {}) });
+        return await bootAgent({ configFile: opts.config, dataDir: opts.dataDir, env: process.env, stdout, ...(early ? { listeners: early } : {}), ...(launcher ? { launcher } : {}) });
       } catch (err) {
         process.stderr.write(`iotistic-agent: ${errorMessage(err)}\n`);
         process.exit(err instanceof AgentError && err.code === 'CONFIG_INVALID' ? EXIT_CONFIG : 1);

@@ -48,6 +48,17 @@ export interface LoggerOptions {
   destination?: NodeJS.WritableStream;
   /** A second destination for records at or above its level (the agent's own log source, logs/agent-tap.ts). */
   tap?: { level: string; stream: { write(record: string): void } };
+  /**
+   * The process's stdout, made once by `stdoutStream()` and shared by every logger of the process: an
+   * in-process restart makes a new logger, and two streams writing one pipe could cut a line in two
+   * (the test harness lost the line that said why the agent restarted). Default: a stream of its own.
+   */
+  stdout?: pino.DestinationStream;
+}
+
+/** The stdout stream the loggers of this process share (see LoggerOptions.stdout). */
+export function stdoutStream(): pino.DestinationStream {
+  return pino.destination(1);
 }
 
 export function createLogger(opts: LoggerOptions = {}): Logger {
@@ -61,9 +72,10 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   };
   const prettyOptions = { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' };
   if (opts.tap) {
-    const main = pretty ? pino.transport({ target: 'pino-pretty', options: prettyOptions }) : (opts.destination ?? pino.destination(1));
+    const main = pretty ? pino.transport({ target: 'pino-pretty', options: prettyOptions }) : (opts.destination ?? opts.stdout ?? pino.destination(1));
     return pino(base, pino.multistream([{ level: base.level as pino.Level, stream: main }, { level: opts.tap.level as pino.Level, stream: opts.tap.stream }]));
   }
   if (pretty) return pino({ ...base, transport: { target: 'pino-pretty', options: prettyOptions } });
-  return opts.destination ? pino(base, opts.destination) : pino(base);
+  const out = opts.destination ?? opts.stdout;
+  return out ? pino(base, out) : pino(base);
 }
