@@ -3,6 +3,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, closeSync, 
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import Docker from 'dockerode';
+import { afterAll, beforeAll } from 'vitest';
 import { ping, sweep } from '../../bench/docker-engine.js';
 import { freePort } from '../../devcloud/ports.js';
 
@@ -365,4 +366,36 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<TestReg
   };
   await reg.start();
   return reg;
+}
+
+/**
+ * A resource of the test file: started by a `beforeAll`, stopped by an `afterAll` (after hooks run in
+ * reverse, so what started later stops first), and used through the object returned, which stands for
+ * it once started. Using it before its `beforeAll` ran throws, naming it.
+ */
+function forTheFile<T extends object>(what: string, start: () => Promise<T>, stop: (t: T) => Promise<void>, timeoutMs: number): T {
+  let value: T | undefined;
+  beforeAll(async () => {
+    value = await start();
+  }, timeoutMs);
+  afterAll(async () => {
+    if (value) await stop(value);
+  }, timeoutMs);
+  return new Proxy({} as T, {
+    get(_target, prop) {
+      if (!value) throw new Error(`the test file's ${what} is used before its beforeAll started it`);
+      const v: unknown = Reflect.get(value, prop);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(value) : v;
+    },
+  });
+}
+
+/** The test file's engine (startEngine), started before its tests and stopped after them. */
+export function fileEngine(timeoutMs = 120_000): TestEngine {
+  return forTheFile('engine', startEngine, (e) => e.stop(), timeoutMs);
+}
+
+/** The test file's loopback registry (startRegistry), started before its tests and destroyed after them. */
+export function fileRegistry(opts: RegistryOptions = {}, timeoutMs = 60_000): TestRegistry {
+  return forTheFile('registry', () => startRegistry(opts), (r) => r.destroy(), timeoutMs);
 }

@@ -1,7 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
-import { startEngine, type TestEngine } from '../helpers/docker.js';
+import { fileEngine } from '../helpers/docker.js';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { observe } from '../helpers/mqtt.js';
 
@@ -11,15 +11,11 @@ import { observe } from '../helpers/mqtt.js';
  * agent that sends a line twice is seen).
  */
 const env = agentsWithDevCloud();
-let engine: TestEngine;
+const engine = fileEngine();
 const IMAGE = 'local/agent-logs:1';
 
 beforeAll(async () => {
-  engine = await startEngine();
   await engine.buildImage(IMAGE);
-}, 120_000);
-afterAll(async () => {
-  await engine?.stop();
 }, 120_000);
 
 interface StoredLine {

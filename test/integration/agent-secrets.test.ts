@@ -1,10 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { runCli, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { agentsWithDevCloud } from '../helpers/devcloud-agents.js';
-import { startEngine, type TestEngine } from '../helpers/docker.js';
+import { fileEngine } from '../helpers/docker.js';
 
 /**
  * Secrets end to end (docs/lifecycle.md, "Secrets"): the devcloud holds a device's secrets, the
@@ -165,14 +165,10 @@ describe('secrets', () => {
 });
 
 describe('secrets in a container', () => {
-  let engine: TestEngine;
+  const engine = fileEngine();
   const IMAGE = 'local/agent-secrets:1';
   beforeAll(async () => {
-    engine = await startEngine();
     await engine.buildImage(IMAGE);
-  }, 120_000);
-  afterAll(async () => {
-    await engine?.stop();
   }, 120_000);
 
   it('gets them as env and as a read-only file at its path; a change recreates it; none shown', async () => {

@@ -7,32 +7,26 @@ import { DockerRuntime } from '../../src/workloads/runtimes/docker.js';
 import { ProcessRuntime } from '../../src/workloads/runtimes/process.js';
 import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { waitFor } from '../helpers/agent-process.js';
-import { startEngine, startRegistry, type TestEngine, type TestRegistry } from '../helpers/docker.js';
+import { fileEngine, fileRegistry } from '../helpers/docker.js';
 import { silentLogger } from '../helpers/logger.js';
 import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 // plan == apply on the private Docker engine, with a real registry for the pulls: the plan of each
 // target lists exactly the engine calls its apply then makes (test/helpers/plan-check.ts).
-let eng: TestEngine;
-let reg: TestRegistry;
+const eng = fileEngine();
+const reg = fileRegistry();
 let IMG: string;
 let REMOTE: string;
 const dirs = tempDirs();
 const RUN = ['/bin/sh', '-c', 'trap "exit 0" TERM; sleep 1000 & wait'];
 
 beforeAll(async () => {
-  eng = await startEngine();
   IMG = await eng.buildImage('local/plan:1', 'plan-v1');
-  reg = await startRegistry();
   REMOTE = await reg.push(eng.docker, await eng.buildImage('local/plan:2', 'plan-v2'), 'plan/bb:2');
 }, 120_000);
 
-afterAll(async () => {
-  await reg?.destroy();
-  await eng?.stop();
-  dirs.cleanup();
-}, 60_000);
+afterAll(() => dirs.cleanup());
 
 function parse(version: number, apps: Record<string, unknown>): TargetState {
   const v = validateTarget({ version, apps }, { policy: { allowHostMounts: true } });

@@ -9,7 +9,7 @@ import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import type { CurrentState, ServiceState } from '../../src/workloads/types.js';
 import { waitFor } from '../helpers/agent-process.js';
-import { startEngine, startRegistry, type TestEngine, type TestRegistry } from '../helpers/docker.js';
+import { fileEngine, fileRegistry } from '../helpers/docker.js';
 import { silentLogger } from '../helpers/logger.js';
 import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
@@ -20,15 +20,13 @@ import { tempDirs } from '../helpers/tmp.js';
  * The images come from the loopback registry, as on a device.
  */
 
-let eng: TestEngine;
-let reg: TestRegistry;
+const eng = fileEngine();
+const reg = fileRegistry();
 let IMG: string;
 const dirs = tempDirs();
 const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
-  eng = await startEngine();
-  reg = await startRegistry();
   IMG = await reg.push(eng.docker, await eng.buildImage('local/apps:1', 'apps'), 'apps:1');
 }, 90_000);
 
@@ -36,11 +34,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-afterAll(async () => {
-  await reg?.destroy();
-  await eng?.stop();
-  dirs.cleanup();
-}, 60_000);
+afterAll(() => dirs.cleanup());
 
 /** Runs `script` as the container's main process, stopping at once on SIGTERM. */
 function sh(script: string): string[] {

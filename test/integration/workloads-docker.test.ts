@@ -7,7 +7,7 @@ import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import type { CurrentState, ServiceState } from '../../src/workloads/types.js';
 import { waitFor } from '../helpers/agent-process.js';
-import { startEngine, startRegistry, TEST_RUN_LABEL, type TestEngine, type TestRegistry } from '../helpers/docker.js';
+import { fileEngine, fileRegistry, TEST_RUN_LABEL } from '../helpers/docker.js';
 import { silentLogger } from '../helpers/logger.js';
 import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
@@ -18,29 +18,23 @@ import { tempDirs } from '../helpers/tmp.js';
  * its plan preview (PlanApplyCheck): the engine calls made are the plan's steps.
  */
 
-let eng: TestEngine;
-let reg: TestRegistry;
+const eng = fileEngine();
+const reg = fileRegistry();
 let IMG: string;
 let IMG2: string;
 const dirs = tempDirs();
 const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
-  eng = await startEngine();
   IMG = await eng.buildImage('local/bb:1', 'v1');
   IMG2 = await eng.buildImage('local/bb:2', 'v2');
-  reg = await startRegistry();
 }, 60_000);
 
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-afterAll(async () => {
-  await reg?.destroy();
-  await eng?.stop();
-  dirs.cleanup();
-}, 60_000);
+afterAll(() => dirs.cleanup());
 
 /** A long-running command that stops at once on SIGTERM (busybox sh as pid 1 would ignore it). */
 const RUN = ['/bin/sh', '-c', 'trap "exit 0" TERM; sleep 1000 & wait'];

@@ -8,30 +8,26 @@ import { ProcessRuntime } from '../../src/workloads/runtimes/process.js';
 import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
-import { startEngine, type TestEngine } from '../helpers/docker.js';
+import { fileEngine } from '../helpers/docker.js';
 import { silentLogger } from '../helpers/logger.js';
 import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /** Container options in force on a real engine (issue #18), and the Compose subset through the CLI and the local API. */
 
-let eng: TestEngine;
+const eng = fileEngine();
 let IMG: string;
 const dirs = tempDirs();
 const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   requireBuilt();
-  eng = await startEngine();
   IMG = await eng.buildImage('local/opts:1', 'opts');
 }, 120_000);
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
-afterAll(async () => {
-  await eng?.stop();
-  dirs.cleanup();
-}, 120_000);
+afterAll(() => dirs.cleanup());
 
 function target(version: number, apps: Record<string, unknown>): TargetState {
   const r = validateTarget({ version, apps });
