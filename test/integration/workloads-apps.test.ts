@@ -1,17 +1,12 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { systemClock } from '../../src/util/clock.js';
-import { Reconciler } from '../../src/workloads/reconciler.js';
-import { DockerRuntime } from '../../src/workloads/runtimes/docker.js';
-import { ProcessRuntime } from '../../src/workloads/runtimes/process.js';
-import { MemoryTargetSource } from '../../src/workloads/target-source.js';
+import type { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import type { CurrentState, ServiceState } from '../../src/workloads/types.js';
 import { waitFor } from '../helpers/agent-process.js';
 import { fileEngine, fileRegistry } from '../helpers/docker.js';
-import { silentLogger } from '../helpers/logger.js';
-import { PlanApplyCheck } from '../helpers/plan-check.js';
+import { workloadRig } from '../helpers/workload-rig.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -60,35 +55,19 @@ interface Agent {
   apply(t: TargetState, retries?: string[]): Promise<void>;
 }
 
+/** An agent's reconciler on the engine; every target it applies is checked against its plan preview. */
 function agent(t: TargetState): Agent {
-  const id = `${eng.runId}-apps${++agents}`;
-  const logger = silentLogger();
-  const docker = new DockerRuntime({ docker: eng.docker, agentId: id, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1, watchBackoff: { minMs: 200, maxMs: 1_000 } });
-  const proc = new ProcessRuntime({ dataDir: dirs.make(), clock: systemClock, logger, stopTimeoutMs: 1_000 });
-  const source = new MemoryTargetSource(t);
-  // Every target is checked against its plan preview: the calls made are the plan's steps.
-  const check = new PlanApplyCheck({ docker, process: proc });
-  const rec = new Reconciler({ source, docker: check.docker, process: check.process, clock: systemClock, random: Math.random, logger, reconciliationIntervalMs: 2_000, crashBackoff: { minMs: 500, maxMs: 2_000 } });
-  const states: CurrentState[] = [];
-  rec.on('changed', (s) => states.push(s));
-  const ctl = new AbortController();
-  const done = check.run(rec, source, ctl.signal);
-  cleanups.push(async () => {
-    ctl.abort();
-    await done;
-    await proc.close();
-    check.verify();
-  });
+  const rig = workloadRig(eng, t, { agentId: `${eng.runId}-apps${++agents}`, dataDir: dirs.make(), intervalMs: 2_000, crashBackoff: { minMs: 500, maxMs: 2_000 }, fastWatch: true });
+  cleanups.push(() => rig.stop());
   return {
-    id,
-    source,
-    apply: (next, retries) => check.apply(next, retries),
-    states,
-    service: (app, name) => rec.currentState().apps[app]?.services[name],
-    applied: (version) => {
-      const s = rec.currentState();
-      return s.targetVersion === version && s.status === 'applied';
+    id: rig.id,
+    source: rig.source,
+    apply: rig.apply,
+    get states() {
+      return rig.states.map((s) => s.state);
     },
+    service: rig.service,
+    applied: rig.applied,
   };
 }
 

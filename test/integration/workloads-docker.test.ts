@@ -1,15 +1,8 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { systemClock } from '../../src/util/clock.js';
-import { Reconciler } from '../../src/workloads/reconciler.js';
-import { DockerRuntime } from '../../src/workloads/runtimes/docker.js';
-import { ProcessRuntime } from '../../src/workloads/runtimes/process.js';
-import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
-import type { CurrentState, ServiceState } from '../../src/workloads/types.js';
 import { waitFor } from '../helpers/agent-process.js';
 import { fileEngine, fileRegistry, TEST_RUN_LABEL } from '../helpers/docker.js';
-import { silentLogger } from '../helpers/logger.js';
-import { PlanApplyCheck } from '../helpers/plan-check.js';
+import { workloadRig, type WorkloadRig } from '../helpers/workload-rig.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /**
@@ -47,52 +40,21 @@ function target(version: number, apps: Record<string, unknown>): TargetState {
 
 let agents = 0;
 
-interface Agent {
-  id: string;
-  rec: Reconciler;
-  source: MemoryTargetSource;
-  states: { at: number; state: CurrentState }[];
-  service(app: string, name: string): ServiceState | undefined;
-  /** Sets the next target, its plan taken first; `retries`: "app/service" keys that retry by design. */
-  apply(t: TargetState, retries?: string[]): Promise<void>;
-  /** Stops the loop and checks plan == apply for every target it applied. */
-  stop(): Promise<void>;
-}
+type Agent = WorkloadRig;
 
 function agent(t: TargetState, opts: { agentId?: string; intervalMs?: number; retries?: string[] } = {}): Agent {
-  const id = opts.agentId ?? `${eng.runId}-a${++agents}`;
-  const logger = silentLogger();
-  const docker = new DockerRuntime({ docker: eng.docker, agentId: id, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1, watchBackoff: { minMs: 200, maxMs: 1_000 } });
-  const proc = new ProcessRuntime({ dataDir: dirs.make(), clock: systemClock, logger, stopTimeoutMs: 1_000 });
-  const source = new MemoryTargetSource(t);
-  const check = new PlanApplyCheck({ docker, process: proc });
-  const rec = new Reconciler({
-    source,
-    docker: check.docker,
-    process: check.process,
-    clock: systemClock,
-    random: Math.random,
-    logger,
-    reconciliationIntervalMs: opts.intervalMs ?? 5_000,
+  const rig = workloadRig(eng, t, {
+    agentId: opts.agentId ?? `${eng.runId}-a${++agents}`,
+    dataDir: dirs.make(),
+    intervalMs: opts.intervalMs ?? 5_000,
     crashBackoff: { minMs: 1_000, maxMs: 8_000 },
     pullBackoff: { minMs: 500, maxMs: 2_000 },
+    fastWatch: true,
+    ...(opts.retries ? { retries: opts.retries } : {}),
   });
-  const states: Agent['states'] = [];
-  rec.on('changed', (state) => states.push({ at: Date.now(), state }));
-  const ctl = new AbortController();
-  const done = check.run(rec, source, ctl.signal, opts.retries);
-  let stopped = false;
   // An agent that stops (or is killed) leaves its containers running: nothing to close for docker.
-  const stop = async (): Promise<void> => {
-    if (stopped) return;
-    stopped = true;
-    ctl.abort();
-    await done;
-    await proc.close();
-    check.verify();
-  };
-  cleanups.push(stop);
-  return { id, rec, source, states, stop, apply: (next, retries) => check.apply(next, retries), service: (app, name) => rec.currentState().apps[app]?.services[name] };
+  cleanups.push(() => rig.stop());
+  return rig;
 }
 
 interface Seen {

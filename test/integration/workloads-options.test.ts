@@ -1,16 +1,10 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { systemClock } from '../../src/util/clock.js';
-import { Reconciler } from '../../src/workloads/reconciler.js';
-import { DockerRuntime } from '../../src/workloads/runtimes/docker.js';
-import { ProcessRuntime } from '../../src/workloads/runtimes/process.js';
-import { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { fileEngine } from '../helpers/docker.js';
-import { silentLogger } from '../helpers/logger.js';
-import { PlanApplyCheck } from '../helpers/plan-check.js';
+import { workloadRig, type WorkloadRig } from '../helpers/workload-rig.js';
 import { tempDirs } from '../helpers/tmp.js';
 
 /** Container options in force on a real engine (issue #18), and the Compose subset through the CLI and the local API. */
@@ -36,33 +30,16 @@ function target(version: number, apps: Record<string, unknown>): TargetState {
 }
 
 /** A reconciler on the engine; every target it applies is checked against its plan preview (PlanApplyCheck). */
-function reconciler(t: TargetState): { id: string; rec: Reconciler; apply: (t: TargetState) => Promise<void> } {
-  const id = `${eng.runId}-opts${cleanups.length}`;
-  const logger = silentLogger();
-  const source = new MemoryTargetSource(t);
-  const check = new PlanApplyCheck({
-    docker: new DockerRuntime({ docker: eng.docker, agentId: id, clock: systemClock, random: Math.random, logger, stopTimeoutSeconds: 1 }),
-    process: new ProcessRuntime({ dataDir: dirs.make(), clock: systemClock, logger, stopTimeoutMs: 1_000 }),
-  });
-  const rec = new Reconciler({
-    source,
-    docker: check.docker,
-    process: check.process,
-    clock: systemClock,
-    random: Math.random,
-    logger,
-    reconciliationIntervalMs: 2_000,
+function reconciler(t: TargetState): WorkloadRig {
+  const rig = workloadRig(eng, t, {
+    agentId: `${eng.runId}-opts${cleanups.length}`,
+    dataDir: dirs.make(),
+    intervalMs: 2_000,
     crashBackoff: { minMs: 1_000, maxMs: 8_000 },
     pullBackoff: { minMs: 500, maxMs: 2_000 },
   });
-  const ctl = new AbortController();
-  const done = check.run(rec, source, ctl.signal);
-  cleanups.push(async () => {
-    ctl.abort();
-    await done;
-    check.verify();
-  });
-  return { id, rec, apply: (next) => check.apply(next) };
+  cleanups.push(() => rig.stop());
+  return rig;
 }
 
 async function containerOf(agentId: string): Promise<string[]> {
