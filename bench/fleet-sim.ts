@@ -1,6 +1,6 @@
 import { backoffFromSettings, seedBackoffDelay } from '../src/resilience/backoff.js';
 import type { Backoff } from '../src/resilience/backoff.js';
-import { wayClosedBy } from '../src/resilience/channel-probes.js';
+import { offlineFloorApplies, wayClosedBy } from '../src/resilience/channel-probes.js';
 import { ConnectionMonitor, type ChannelEvent } from '../src/resilience/connection-monitor.js';
 import { CloudError } from '../src/resilience/cloud-error.js';
 import { failureKind } from '../src/resilience/outcome.js';
@@ -131,6 +131,8 @@ interface Loop {
   probeGen: number;
   probeSchedule: Backoff | null;
   reachable: boolean;
+  /** The probe's latest handshake of this offline stretch connected (ConnectivityProbe.wayOpen). */
+  probeConnected: boolean;
   lastAttemptAt: number;
   affected: boolean;
   recovered: boolean;
@@ -279,7 +281,9 @@ class FleetSimulation {
     // As src/assembly wires it: the API's loops have the offline floor, the broker's session none; the
     // strategies without the probe have no floor (nothing would wake them).
     const floorMs = (): number =>
-      this.probing && channel === 'api' && monitor.channelStatus('api') === 'offline' && monitor.lastFailureKind('api') === 'transport'
+      this.probing &&
+      channel === 'api' &&
+      offlineFloorApplies({ offline: monitor.channelStatus('api') === 'offline', lastFailureKind: monitor.lastFailureKind('api'), wayOpen: loop.probeSchedule !== null && loop.probeConnected })
         ? offline.offlineRetryIntervalSeconds * 1000
         : 0;
     const loop: Loop = {
@@ -297,6 +301,7 @@ class FleetSimulation {
       probeGen: 0,
       probeSchedule: null,
       reachable: false,
+      probeConnected: false,
       lastAttemptAt: -Infinity,
       affected: this.scenario.kind === 'reboot',
       recovered: false,
@@ -477,6 +482,7 @@ class FleetSimulation {
       loop.probeSchedule = probeSchedule(s.probeInitialMs, s.offline.probeMaxIntervalSeconds * 1000, this.clock, d.random);
       // As the probe's wayClosed: offline because the endpoint answered, a handshake is not news.
       loop.reachable = !wayClosedBy(d.monitor.lastFailureKind(loop.channel));
+      loop.probeConnected = false;
       this.queue.push(this.time + loop.probeSchedule.failure(), { kind: PROBE, loop, gen: ++loop.probeGen });
     } else if (e.to !== 'offline' && loop.probeSchedule !== null) {
       loop.probeSchedule = null;
@@ -498,6 +504,7 @@ class FleetSimulation {
   private probeDone(loop: Loop, connected: boolean): void {
     const schedule = loop.probeSchedule;
     if (schedule === null) return;
+    loop.probeConnected = connected;
     if (!connected) {
       loop.reachable = false;
     } else if (!loop.reachable) {

@@ -5,7 +5,7 @@ import { RetryPolicy } from '../resilience/retry-policy.js';
 import type { ConfigSource } from '../config/fallback.js';
 import { mqttBrokerUrls, type AgentConfig } from '../config/schema.js';
 import { backoffFromSettings } from '../resilience/backoff.js';
-import { ChannelProbes } from '../resilience/channel-probes.js';
+import { ChannelProbes, offlineFloorApplies } from '../resilience/channel-probes.js';
 import { ClockSync, wakeOnClockSync } from '../resilience/clock-sync.js';
 import { ConnectionMonitor } from '../resilience/connection-monitor.js';
 import { DegradationController } from '../resilience/degradation.js';
@@ -114,7 +114,9 @@ export function buildCore(deps: AgentDeps, version: string, builtAt: number): Co
   // Offline for want of a connection, the probe's handshakes are the way back; the loops' own
   // requests slow to one per offlineRetryIntervalSeconds so a returning cloud is not met by them.
   const offlineFloorMs = (channel: SinkChannel) => (): number =>
-    monitor.channelStatus(channel) === 'offline' && monitor.lastFailureKind(channel) === 'transport' ? offline.offlineRetryIntervalSeconds * 1000 : 0;
+    offlineFloorApplies({ offline: monitor.channelStatus(channel) === 'offline', lastFailureKind: monitor.lastFailureKind(channel), wayOpen: probes.wayOpen(channel) })
+      ? offline.offlineRetryIntervalSeconds * 1000
+      : 0;
   const clockSync = deps.clockSync ?? new ClockSync({ clock, logger: logger.child({ part: 'clock' }), notBefore: builtAt });
   wakeOnClockSync(clockSync, Object.keys(endpoints).map((channel) => probes.wakeup(channel)));
   const retryFor = (channel: SinkChannel): RetryPolicy =>

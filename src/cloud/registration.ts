@@ -1,6 +1,6 @@
 import type { IssuedCredentials } from '../boot/identity.js';
 import { CloudError } from '../resilience/cloud-error.js';
-import type { OutcomeSink } from '../resilience/outcome.js';
+import { failureKind, type OutcomeSink } from '../resilience/outcome.js';
 import type { RetryPolicy } from '../resilience/retry-policy.js';
 import type { Clock } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
@@ -204,7 +204,7 @@ export class Registrar {
     }
     this.current = { state: 'registering', attempts: this.attempts, lastError: message };
     this.o.logger.warn({ uuid: this.o.uuid, err: message, attempts: this.attempts }, 'registration failed; trying again after a backoff (the agent runs locally meanwhile)');
-    this.o.monitor.markFailure('api', 'register', message, err instanceof CloudError && err.kind === 'http' ? 'answer' : 'transport');
+    this.o.monitor.markFailure('api', 'register', message, failureKind(err));
     return { delayMs: this.o.retry.afterFailure(err), refused: false };
   }
 

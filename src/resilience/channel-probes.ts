@@ -56,28 +56,34 @@ export interface ChannelProbesOptions {
  */
 export class ChannelProbes {
   private readonly wakeups = new Map<string, Wakeup>();
+  private readonly byChannel = new Map<string, ConnectivityProbe>();
   readonly probes: ConnectivityProbe[] = [];
 
   constructor(private readonly opts: ChannelProbesOptions) {
     for (const [channel, url] of Object.entries(opts.endpoints)) {
       const monitor = opts.monitor;
-      this.probes.push(
-        new ConnectivityProbe({
-          targets: probeTargetsFromUrls([url]),
-          status: channelStatusSource(monitor, channel),
-          // Offline because the endpoint answered errors (503s) or refused the credentials is not a closed way: a handshake proves nothing new.
-          wayClosed: () => wayClosedBy(monitor.lastFailureKind(channel)),
-          wakeup: this.wakeup(channel),
-          clock: opts.clock,
-          random: opts.random,
-          logger: opts.logger.child({ part: `probe-${channel}`, channel }),
-          maxIntervalMs: opts.maxIntervalMs,
-          // Stryker disable next-line ConditionalExpression: 'true' passes undefined, which is the default; 'false' is killed by "starts each offline stretch at the initial interval it is given"
-          ...(opts.initialIntervalMs !== undefined ? { initialIntervalMs: opts.initialIntervalMs } : {}),
-          ...(opts.connect ? { connect: opts.connect } : {}),
-        }),
-      );
+      const probe = new ConnectivityProbe({
+        targets: probeTargetsFromUrls([url]),
+        status: channelStatusSource(monitor, channel),
+        // Offline because the endpoint answered errors (503s) or refused the credentials is not a closed way: a handshake proves nothing new.
+        wayClosed: () => wayClosedBy(monitor.lastFailureKind(channel)),
+        wakeup: this.wakeup(channel),
+        clock: opts.clock,
+        random: opts.random,
+        logger: opts.logger.child({ part: `probe-${channel}`, channel }),
+        maxIntervalMs: opts.maxIntervalMs,
+        // Stryker disable next-line ConditionalExpression: 'true' passes undefined, which is the default; 'false' is killed by "starts each offline stretch at the initial interval it is given"
+        ...(opts.initialIntervalMs !== undefined ? { initialIntervalMs: opts.initialIntervalMs } : {}),
+        ...(opts.connect ? { connect: opts.connect } : {}),
+      });
+      this.probes.push(probe);
+      this.byChannel.set(channel, probe);
     }
+  }
+
+  /** Whether the channel's probe is probing and its latest handshake connected (see ConnectivityProbe.wayOpen). */
+  wayOpen(channel: string): boolean {
+    return this.byChannel.get(channel)?.wayOpen() ?? false;
   }
 
   /** The Wakeup the channel's loops sleep on (made on first use, also for a channel without a probe). */
@@ -100,4 +106,24 @@ export class ChannelProbes {
 /** Whether the channel's latest failure says the way to its endpoint is closed (a transport failure, or none known). */
 export function wayClosedBy(kind: FailureKind | null): boolean {
   return kind !== 'answer' && kind !== 'auth';
+}
+
+/** What decides whether a channel's loops keep the offline floor. */
+export interface OfflineFloorState {
+  offline: boolean;
+  lastFailureKind: FailureKind | null;
+  /** The channel's probe's latest handshake of this offline stretch connected. */
+  wayOpen: boolean;
+}
+
+/**
+ * Whether a channel's loops wait at least the offline floor (offlineRetryIntervalSeconds) between
+ * their own attempts: while the channel is offline for want of a connection and its probe has not
+ * seen the way open, the probe's handshake is what wakes them when it opens. Once a handshake
+ * connects and the loops still fail (a balancer that accepts and closes or never answers, a captive
+ * portal), no later handshake can tell them more: their own backoff paces them, or they would be
+ * back only a floor's length after the cloud.
+ */
+export function offlineFloorApplies(s: OfflineFloorState): boolean {
+  return s.offline && s.lastFailureKind === 'transport' && !s.wayOpen;
 }

@@ -190,6 +190,8 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   /** Every episode not yet finished (a stopped one may still be closing its sockets). */
   private readonly running = new Set<Promise<void>>();
   private started = false;
+  /** Whether the latest probe of the current offline stretch connected (false before its first). */
+  private lastConnected = false;
 
   constructor(opts: ConnectivityProbeOptions) {
     super();
@@ -211,6 +213,14 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   /** True while probing (the status is offline and the probe is started). */
   probing(): boolean {
     return this.episode !== null;
+  }
+
+  /**
+   * True while probing when the latest probe connected: the way to the endpoint is open, so
+   * requests that still fail fail beyond the handshake, where the next probes cannot see.
+   */
+  wayOpen(): boolean {
+    return this.episode !== null && this.lastConnected;
   }
 
   /**
@@ -245,6 +255,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
         .finally(() => this.running.delete(done));
       this.running.add(done);
       this.episode = episode;
+      this.lastConnected = false;
       this.logger.debug({ targets: this.targets }, 'offline: probing the cloud');
     } else if (!offline && this.episode) {
       this.episode.abort();
@@ -267,6 +278,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
       const target = await this.firstReachable(signal);
       // Stryker disable next-line ConditionalExpression: an abort makes firstReachable answer null at once, so a target here means it came first
       if (signal.aborted) return;
+      this.lastConnected = target !== null;
       if (target === null) {
         reachable = false;
         return;

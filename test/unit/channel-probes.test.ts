@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ChannelProbes } from '../../src/resilience/channel-probes.js';
+import { ChannelProbes, offlineFloorApplies } from '../../src/resilience/channel-probes.js';
 import { ConnectionMonitor } from '../../src/resilience/connection-monitor.js';
 import type { ConnectFn, ProbeTarget } from '../../src/resilience/probe.js';
 import type { SleepOutcome } from '../../src/resilience/wakeup.js';
@@ -201,6 +201,33 @@ describe('ChannelProbes', () => {
     ]);
   });
 
+  it('says the way is open only while probing and only after its latest handshake connected', async () => {
+    const h = setup({ api: API });
+    expect(h.probes.wayOpen('api')).toBe(false);
+    goOffline(h.monitor, 'api');
+    // Offline, before the first probe: nothing known yet.
+    expect(h.probes.wayOpen('api')).toBe(false);
+    await h.clock.advance(1_000);
+    expect(h.calls).toHaveLength(1);
+    expect(h.probes.wayOpen('api')).toBe(false);
+    // A balancer that accepts every handshake while requests still fail behind it.
+    h.open.add(8443);
+    await h.clock.advance(5_000);
+    expect(h.probes.wayOpen('api')).toBe(true);
+    expect(h.probes.wayOpen('mqtt')).toBe(false);
+    h.open.delete(8443);
+    await h.clock.advance(10_000);
+    expect(h.probes.wayOpen('api')).toBe(false);
+    h.open.add(8443);
+    await h.clock.advance(35_000);
+    expect(h.probes.wayOpen('api')).toBe(true);
+    // Online again: the probe stops, and the next offline stretch starts knowing nothing.
+    h.monitor.markSuccess('api', 'poll');
+    expect(h.probes.wayOpen('api')).toBe(false);
+    goOffline(h.monitor, 'api');
+    expect(h.probes.wayOpen('api')).toBe(false);
+  });
+
   it('wakes with the stagger it is given: none at all', async () => {
     const h = setup({ api: API }, { staggerMaxMs: 0 });
     const api = sleeper(h, 'api');
@@ -232,5 +259,21 @@ describe('ChannelProbes', () => {
     await h.clock.advance(120_000);
     expect(h.calls).toEqual([]);
     expect(h.probes.probes.every((p) => !p.probing())).toBe(true);
+  });
+});
+
+describe('offlineFloorApplies', () => {
+  const base = { offline: true, lastFailureKind: 'transport' as const, wayOpen: false };
+  it('holds the floor while offline for want of a connection and the probe has not seen the way open', () => {
+    expect(offlineFloorApplies(base)).toBe(true);
+  });
+  it('drops it once a handshake connected while requests still fail (a balancer that accepts and closes)', () => {
+    expect(offlineFloorApplies({ ...base, wayOpen: true })).toBe(false);
+  });
+  it('never holds it when the channel is not offline, or offline on answers or refused credentials', () => {
+    expect(offlineFloorApplies({ ...base, offline: false })).toBe(false);
+    expect(offlineFloorApplies({ ...base, lastFailureKind: 'answer' })).toBe(false);
+    expect(offlineFloorApplies({ ...base, lastFailureKind: 'auth' })).toBe(false);
+    expect(offlineFloorApplies({ ...base, lastFailureKind: null })).toBe(false);
   });
 });
