@@ -1,6 +1,5 @@
 import { defaultConfig, type AgentConfig } from '../src/config/schema.js';
-import { PROBE_CONNECT_TIMEOUT_MS, PROBE_INITIAL_INTERVAL_MS } from '../src/resilience/probe.js';
-import { WAKE_STAGGER_MAX_MS } from '../src/resilience/wakeup.js';
+import { PROBE_CONNECT_TIMEOUT_MS, PROBE_INITIAL_INTERVAL_MS, WAKE_SPREAD_MS } from '../src/resilience/probe.js';
 import type { OutageKind } from './fleet-network.js';
 
 /**
@@ -8,7 +7,7 @@ import type { OutageKind } from './fleet-network.js';
  * scenarios and what a run measures. The simulation itself is bench/fleet-sim.ts.
  */
 
-export const STRATEGIES = ['none', 'seed', 'equal', 'full', 'decorrelated', 'default+probe'] as const;
+export const STRATEGIES = ['none', 'seed', 'equal', 'full', 'decorrelated', 'spread', 'default+probe'] as const;
 export type StrategyName = (typeof STRATEGIES)[number];
 /** The agent as it runs with an empty config file. */
 export const DEFAULT_STRATEGY: StrategyName = 'default+probe';
@@ -28,8 +27,8 @@ export interface FleetSettings {
   probeInitialMs: number;
   /** ConnectivityProbe's connect timeout (its constructor default; the agent does not set it). */
   probeConnectTimeoutMs: number;
-  /** Wakeup's stagger of woken sleepers (its constructor default; the agent does not set it). */
-  staggerMaxMs: number;
+  /** A probe's wake spreads the woken loops over what is left of this (WAKE_SPREAD_MS; see wakeStaggerMs). */
+  wakeSpreadMs: number;
 }
 
 /** The agent as it runs with an empty config file. */
@@ -43,7 +42,7 @@ export function agentDefaults(): FleetSettings {
     keepAliveMs: config.mqtt.keepAliveSeconds * 1000,
     probeInitialMs: PROBE_INITIAL_INTERVAL_MS,
     probeConnectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS,
-    staggerMaxMs: WAKE_STAGGER_MAX_MS,
+    wakeSpreadMs: WAKE_SPREAD_MS,
   };
 }
 

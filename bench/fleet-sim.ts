@@ -5,7 +5,7 @@ import { ConnectionMonitor, type ChannelEvent } from '../src/resilience/connecti
 import { CloudError } from '../src/resilience/cloud-error.js';
 import { failureKind } from '../src/resilience/outcome.js';
 import { RetryPolicy, type RetryBackoff } from '../src/resilience/retry-policy.js';
-import { probeSchedule } from '../src/resilience/probe.js';
+import { probeSchedule, wakeStaggerMs } from '../src/resilience/probe.js';
 import type { Clock } from '../src/util/clock.js';
 import { seededRandom, type Random } from '../src/util/random.js';
 import { EventQueue } from './event-queue.js';
@@ -46,7 +46,9 @@ export * from './fleet-model.js';
  * - an attempt takes the time the network gives it (a black-holed one up to its timeout); the loop
  *   waits for it and is no sleeper meanwhile, so a probe's wake-up passes it by;
  * - the wait is a Wakeup sleep on the channel's Wakeup: a wake resolves it after a uniform stagger in
- *   [0, staggerMaxMs] (never later than its own deadline), and the loop then calls retry.afterWake();
+ *   [0, wakeStaggerMs(time since the probe last saw the way closed)] (never later than its own
+ *   deadline), and the loop then calls retry.afterWake();
+ * - the backoff spaces the starts of attempts (RetryPolicy.attemptStarted at each start);
  * - each channel's probe (ChannelProbes / ConnectivityProbe.run): starts when that channel becomes
  *   offline, waits probeSchedule(...).failure() after each probe, and wakes the channel's loop at
  *   the first handshake after going offline closed the way; offline because the endpoint answered
@@ -133,6 +135,10 @@ interface Loop {
   reachable: boolean;
   /** The probe's latest handshake of this offline stretch connected (ConnectivityProbe.wayOpen). */
   probeConnected: boolean;
+  /** When the probe last saw the way closed: its latest failed handshake, or the start of the offline stretch. */
+  closedSeenAt: number;
+  /** The stagger of the channel's latest wake (Wakeup's, for a loop that learns of it when its attempt ends). */
+  staggerMaxMs: number;
   lastAttemptAt: number;
   affected: boolean;
   recovered: boolean;
@@ -278,18 +284,17 @@ class FleetSimulation {
       default:
         backoff = backoffFromSettings({ ...offline, enableJitter: true, jitter: this.opts.strategy }, deps);
     }
-    // As src/assembly wires it: the API's loops have the offline floor, the broker's session none; the
-    // strategies without the probe have no floor (nothing would wake them).
+    // As src/assembly wires it: the API's loops and the broker's session have the offline floor; the
+    // strategies without the probe have none (nothing would wake them).
     const floorMs = (): number =>
       this.probing &&
-      channel === 'api' &&
-      offlineFloorApplies({ offline: monitor.channelStatus('api') === 'offline', lastFailureKind: monitor.lastFailureKind('api'), wayOpen: loop.probeSchedule !== null && loop.probeConnected })
+      offlineFloorApplies({ offline: monitor.channelStatus(channel) === 'offline', lastFailureKind: monitor.lastFailureKind(channel), wayOpen: loop.probeSchedule !== null && loop.probeConnected })
         ? offline.offlineRetryIntervalSeconds * 1000
         : 0;
     const loop: Loop = {
       channel,
       device,
-      retry: new RetryPolicy({ backoff, sleeper: NO_SLEEPER, clock: NO_SLEEPER, floorMs }),
+      retry: new RetryPolicy({ backoff, sleeper: NO_SLEEPER, clock: { sleep: NO_SLEEPER.sleep, monotonic: () => this.time }, floorMs }),
       due: 0,
       gen: 0,
       sleeping: false,
@@ -302,6 +307,8 @@ class FleetSimulation {
       probeSchedule: null,
       reachable: false,
       probeConnected: false,
+      closedSeenAt: 0,
+      staggerMaxMs: 0,
       lastAttemptAt: -Infinity,
       affected: this.scenario.kind === 'reboot',
       recovered: false,
@@ -359,6 +366,8 @@ class FleetSimulation {
       if (loop.lastAttemptAt >= stats.outage.fromMs) stats.minGapWhileDownMs = Math.min(stats.minGapWhileDownMs, now - loop.lastAttemptAt);
     }
     loop.lastAttemptAt = now;
+    // As RetryPolicy.wait does when the loop's wait ends: the backoff spaces attempt starts.
+    loop.retry.attemptStarted();
     if (loop.affected && !loop.recovered) loop.attemptsToOnline++;
     const timeoutMs = loop.channel === 'api' ? this.settings.requestTimeoutMs : this.settings.mqttConnectTimeoutMs;
     const a = attempt(stats.outage, now, timeoutMs);
@@ -443,7 +452,7 @@ class FleetSimulation {
     if (loop.wakes > loop.seenWakes) {
       loop.sleeping = false;
       loop.woken = true;
-      loop.due = Math.min(at, this.time + loop.device.random() * this.settings.staggerMaxMs);
+      loop.due = Math.min(at, this.time + loop.device.random() * loop.staggerMaxMs);
     } else {
       loop.due = at;
       loop.sleeping = true;
@@ -457,16 +466,19 @@ class FleetSimulation {
     this.queue.push(at, { kind: START, loop, gen: ++loop.gen });
   }
 
+
   /** Wakeup.wake for the channel's only sleeper, its loop. */
   private wake(loop: Loop): void {
     const stats = this.channelStats(loop);
     stats.wakes++;
     loop.wakes++;
+    // ConnectivityProbe.reached: the stagger is what is left of the spread since the way was last seen closed.
+    loop.staggerMaxMs = wakeStaggerMs(this.time - loop.closedSeenAt, this.settings.wakeSpreadMs);
     if (isDown(stats.outage, this.time)) stats.wakesWhileDown++;
     if (!loop.sleeping) return;
     loop.sleeping = false;
     loop.woken = true;
-    const at = this.time + loop.device.random() * this.settings.staggerMaxMs;
+    const at = this.time + loop.device.random() * loop.staggerMaxMs;
     if (at < loop.due) {
       loop.due = at;
       this.queue.push(at, { kind: START, loop, gen: ++loop.gen });
@@ -483,6 +495,7 @@ class FleetSimulation {
       // As the probe's wayClosed: offline because the endpoint answered, a handshake is not news.
       loop.reachable = !wayClosedBy(d.monitor.lastFailureKind(loop.channel));
       loop.probeConnected = false;
+      loop.closedSeenAt = this.time;
       this.queue.push(this.time + loop.probeSchedule.failure(), { kind: PROBE, loop, gen: ++loop.probeGen });
     } else if (e.to !== 'offline' && loop.probeSchedule !== null) {
       loop.probeSchedule = null;
@@ -506,6 +519,7 @@ class FleetSimulation {
     if (schedule === null) return;
     loop.probeConnected = connected;
     if (!connected) {
+      loop.closedSeenAt = this.time;
       loop.reachable = false;
     } else if (!loop.reachable) {
       loop.reachable = true;

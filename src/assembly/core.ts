@@ -79,6 +79,8 @@ export interface Core {
   clockSync: ClockSync;
   /** A retry policy of its own (a backoff) for a loop whose requests go over `channel`. */
   retryFor(channel: SinkChannel): RetryPolicy;
+  /** The offline floor of a channel's loops, read at each failure (see offlineFloorApplies). */
+  offlineFloorMs(channel: SinkChannel): () => number;
   lifecycle: LifecycleDeps | undefined;
 }
 
@@ -139,6 +141,7 @@ export function buildCore(deps: AgentDeps, version: string, builtAt: number): Co
     degradation,
     clockSync,
     retryFor,
+    offlineFloorMs,
     lifecycle: deps.lifecycle,
   };
 }

@@ -25,10 +25,11 @@ export function buildMqtt(core: Core, q: Queueing, registrar?: Registrar): MqttS
     backoff: backoffFromSettings(config.settings.offline, { clock, random }),
     refusedRetryMaxMs: refusedRetryMaxMs(config.settings.offline),
     wakeup: probes.wakeup('mqtt'),
-    // No offline floor for the broker: the probe wakes a loop only after it saw the port closed, and a
-    // broker behind a load balancer or proxy (whose port stays open while the broker is down) would then
-    // hold every reconnect to one per offlineRetryIntervalSeconds (found by the chaos run: no delivery
-    // for the rest of the run after a broker kill). The session's backoff and jitter pace it instead.
+    // The offline floor, as the API's loops have it: refused or black-holed, the probe's handshake is
+    // the way back, and the session's reconnects would only meet a returning broker in a crowd. A broker
+    // behind a load balancer or proxy (whose port stays open while the broker is down) lifts the floor at
+    // the probe's first handshake (offlineFloorApplies), so the backoff paces the session there.
+    floorMs: core.offlineFloorMs('mqtt'),
     clock,
     clockSynced: () => core.clockSync.synced,
     random,

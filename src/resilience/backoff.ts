@@ -41,6 +41,14 @@ export interface FailureOptions {
  */
 export const FULL_JITTER_FLOOR_MS = 100;
 
+/**
+ * `spread` draws each retry after the first of a run of failures from [step x (1 - SPREAD_WIDTH), step]:
+ * narrow enough that a fleet's retries keep the phases the first (full-jitter) retry gave them, so a
+ * cloud that returns meets about devices/step requests per second, and wide enough that devices
+ * whose phases met do not stay together.
+ */
+export const SPREAD_WIDTH = 0.1;
+
 /** A `Retry-After` beyond this is treated as this: a broken header must not park the agent for a year. */
 export const MAX_RETRY_AFTER_MS = 24 * 60 * 60 * 1000;
 
@@ -141,16 +149,22 @@ export class Backoff {
     return this.goodSince !== undefined && this.clock.monotonic() - this.goodSince >= this.resetAfterMs;
   }
 
+  private fullJitter(base: number): number {
+    const floor = Math.min(FULL_JITTER_FLOOR_MS, this.minMs / 2);
+    return floor + this.random() * (base - floor);
+  }
+
   private nextDelay(): number {
     // Bounded by maxMs, so a long outage cannot overflow to Infinity * 0 or NaN.
     const base = Math.min(this.maxMs, this.minMs * this.multiplier ** this.failures);
     switch (this.strategy) {
       case 'none':
         return base;
-      case 'full': {
-        const floor = Math.min(FULL_JITTER_FLOOR_MS, this.minMs / 2);
-        return floor + this.random() * (base - floor);
-      }
+      case 'full':
+        return this.fullJitter(base);
+      case 'spread':
+        // The first retry spreads a fleet that failed together over the first step; the later ones keep it spread.
+        return this.failures === 0 ? this.fullJitter(base) : base * (1 - SPREAD_WIDTH * this.random());
       case 'equal':
         return base / 2 + this.random() * (base / 2);
       case 'decorrelated': {

@@ -42,8 +42,10 @@ export interface ChannelProbesOptions {
   logger: Logger;
   /** settings.offline.probeMaxIntervalSeconds * 1000. */
   maxIntervalMs: number;
-  /** Wake stagger of each channel's Wakeup (default WAKE_STAGGER_MAX_MS). */
+  /** Wake stagger of each channel's Wakeup for wakes other than the probe's (default WAKE_STAGGER_MAX_MS). */
   staggerMaxMs?: number;
+  /** The spread of a probe's wake (default WAKE_SPREAD_MS; see wakeStaggerMs). */
+  wakeSpreadMs?: number;
   initialIntervalMs?: number;
   connect?: ConnectFn;
 }
@@ -74,6 +76,7 @@ export class ChannelProbes {
         maxIntervalMs: opts.maxIntervalMs,
         // Stryker disable next-line ConditionalExpression: 'true' passes undefined, which is the default; 'false' is killed by "starts each offline stretch at the initial interval it is given"
         ...(opts.initialIntervalMs !== undefined ? { initialIntervalMs: opts.initialIntervalMs } : {}),
+        ...(opts.wakeSpreadMs !== undefined ? { wakeSpreadMs: opts.wakeSpreadMs } : {}),
         ...(opts.connect ? { connect: opts.connect } : {}),
       });
       this.probes.push(probe);

@@ -135,6 +135,8 @@ export interface ConnectivityProbeOptions {
   maxIntervalMs?: number;
   /** A probe that has not connected within this counts as failed. */
   connectTimeoutMs?: number;
+  /** A wake spreads the woken loops over what is left of this (see wakeStaggerMs); WAKE_SPREAD_MS unless told. */
+  wakeSpreadMs?: number;
   /** How often the network interfaces are looked at while offline. */
   interfacesPollMs?: number;
   interfaces?: InterfacesFn;
@@ -167,6 +169,22 @@ export const PROBE_INITIAL_INTERVAL_MS = 1000;
 /** A probe that has not connected within this counts as failed (the agent does not set it). */
 export const PROBE_CONNECT_TIMEOUT_MS = 3000;
 
+/**
+ * A probe's wake spreads the woken loops over what is left of this after the time since the way was
+ * last seen closed (its latest failed probe, or the start of the offline stretch): the cloud came back
+ * within that time, so the loops' first attempts land within about WAKE_SPREAD_MS of its return, as
+ * spread as that allows. A fleet that probes at short intervals (early in an outage) would otherwise
+ * come back within a few seconds of each other; one that probes at long intervals has already spent
+ * most of the budget waiting for its probe. Never less than WAKE_SPREAD_MIN_MS.
+ */
+export const WAKE_SPREAD_MS = 38_000;
+export const WAKE_SPREAD_MIN_MS = 1_000;
+
+/** The stagger of a probe's wake when the way was last seen closed `sinceClosedMs` ago. */
+export function wakeStaggerMs(sinceClosedMs: number, spreadMs = WAKE_SPREAD_MS): number {
+  return Math.max(Math.min(WAKE_SPREAD_MIN_MS, spreadMs), spreadMs - Math.max(0, sinceClosedMs));
+}
+
 export interface ProbeEvents {
   reachable: ReachableEvent;
 }
@@ -182,6 +200,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   private readonly maxIntervalMs: number;
   private readonly connectTimeoutMs: number;
   private readonly interfacesPollMs: number;
+  private readonly wakeSpreadMs: number;
   private readonly interfaces: InterfacesFn;
   private readonly connect: ConnectFn;
   private readonly wayClosed: () => boolean;
@@ -192,6 +211,8 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   private started = false;
   /** Whether the latest probe of the current offline stretch connected (false before its first). */
   private lastConnected = false;
+  /** Monotonic time the way was last seen closed: the latest failed probe, or the stretch's start. */
+  private closedAt = 0;
 
   constructor(opts: ConnectivityProbeOptions) {
     super();
@@ -206,6 +227,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     this.wayClosed = opts.wayClosed ?? (() => true);
     this.connectTimeoutMs = Math.max(1, opts.connectTimeoutMs ?? PROBE_CONNECT_TIMEOUT_MS);
     this.interfacesPollMs = Math.max(1, opts.interfacesPollMs ?? 5000);
+    this.wakeSpreadMs = Math.max(0, opts.wakeSpreadMs ?? WAKE_SPREAD_MS);
     this.interfaces = opts.interfaces ?? os.networkInterfaces;
     this.connect = opts.connect ?? createTcpConnect();
   }
@@ -256,6 +278,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
       this.running.add(done);
       this.episode = episode;
       this.lastConnected = false;
+      this.closedAt = this.clock.monotonic();
       this.logger.debug({ targets: this.targets }, 'offline: probing the cloud');
     } else if (!offline && this.episode) {
       this.episode.abort();
@@ -281,6 +304,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
       this.lastConnected = target !== null;
       if (target === null) {
         reachable = false;
+        this.closedAt = this.clock.monotonic();
         return;
       }
       if (reachable) return;
@@ -354,8 +378,9 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   private reached(event: ReachableEvent): void {
     this.emit('reachable', event);
     const reason = `cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`;
-    const woken = this.wakeup.wake(reason);
-    this.logger.info({ target: event.target, trigger: event.trigger, woken }, 'cloud reachable again: waking waiting loops');
+    const staggerMaxMs = wakeStaggerMs(this.clock.monotonic() - this.closedAt, this.wakeSpreadMs);
+    const woken = this.wakeup.wake(reason, { staggerMaxMs });
+    this.logger.info({ target: event.target, trigger: event.trigger, woken, staggerMaxMs: Math.round(staggerMaxMs) }, 'cloud reachable again: waking waiting loops');
   }
 
   /** The machine's non-internal addresses as one comparable string; null when they cannot be read. */
@@ -376,10 +401,13 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
 }
 
 /**
- * The probe's schedule is the project's one backoff with equal jitter: each wait is uniform in
- * [base/2, base], base doubling from `initialMs` to `maxMs`, so probes never come back-to-back and a
- * long outage settles at one probe every maxMs/2..maxMs. Exported for the fleet simulation.
+ * The probe's schedule is the project's one backoff with spread jitter: the first wait uniform in
+ * [0.1 s or less, initialMs], then base doubling to `maxMs` with at most a tenth taken off, so a long
+ * outage settles at one probe every 0.9-1 x maxMs. Nearly even intervals are what let the wake's
+ * spread (wakeStaggerMs) work: the time since the latest failed probe says how long ago the cloud may
+ * have come back, and a fleet whose probes keep the phases their outage gave them detects a return
+ * evenly over one interval, not in a crowd at its start. Exported for the fleet simulation.
  */
 export function probeSchedule(initialMs: number, maxMs: number, clock: Pick<Clock, 'monotonic' | 'now'>, random: Random): Backoff {
-  return new Backoff({ minMs: initialMs, maxMs: Math.max(initialMs, maxMs), strategy: 'equal', clock, random });
+  return new Backoff({ minMs: initialMs, maxMs: Math.max(initialMs, maxMs), strategy: 'spread', clock, random });
 }

@@ -10,7 +10,7 @@ export interface RetryPolicyOptions {
   backoff: RetryBackoff;
   /** Wakeable by the connectivity probe. */
   sleeper: WakeableSleep;
-  clock: Pick<Clock, 'sleep'>;
+  clock: Pick<Clock, 'sleep' | 'monotonic'>;
   /**
    * A lower bound on the delay after a failure, read at each failure. The agent returns
    * `offlineRetryIntervalSeconds` while the device is offline for want of a connection and the
@@ -27,20 +27,35 @@ export interface RetryPolicyOptions {
 export class RetryPolicy {
   /** The sleeper's wakeCount when the latest wait ended: a wake after it came while the loop was busy. */
   private seenWakes: number | undefined;
+  /** Monotonic time the current attempt started (its wait ended); unknown after a success. */
+  private attemptFrom: number | undefined;
 
   constructor(private readonly o: RetryPolicyOptions) {
     this.seenWakes = o.sleeper.wakeCount;
   }
 
-  /** The delay before the next attempt after `err`. */
+  /**
+   * The delay before the next attempt after `err`. The backoff (and the offline floor) spaces the
+   * starts of attempts, not the gaps between them: an attempt that hung until its timeout (a
+   * black-holed link) has served that much of its wait already, so a loop is never further than the
+   * backoff's cap behind a cloud that came back meanwhile. A server's Retry-After counts from now.
+   */
   afterFailure(err: unknown): number {
     const e = err instanceof CloudError ? err : undefined;
-    const delay = this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined);
-    return Math.max(delay, this.o.floorMs?.() ?? 0);
+    const delay = Math.max(this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined), this.o.floorMs?.() ?? 0);
+    if (this.attemptFrom === undefined) return delay;
+    const spent = Math.max(0, this.o.clock.monotonic() - this.attemptFrom);
+    return Math.max(delay - spent, this.o.backoff.holdRemainingMs());
   }
 
   afterSuccess(): void {
     this.o.backoff.success();
+    this.attemptFrom = undefined;
+  }
+
+  /** An attempt starts now (the loop's wait ended; `wait` and `waitUnwoken` call it themselves). */
+  attemptStarted(): void {
+    this.attemptFrom = this.o.clock.monotonic();
   }
 
   /**
@@ -61,6 +76,7 @@ export class RetryPolicy {
       await this.o.clock.sleep(delayMs, signal);
     } finally {
       this.seenWakes = this.o.sleeper.wakeCount;
+      this.attemptStarted();
     }
   }
 
@@ -82,6 +98,7 @@ export class RetryPolicy {
       if (hold > 0) await this.o.clock.sleep(hold, signal).catch(() => undefined);
     } finally {
       this.seenWakes = this.o.sleeper.wakeCount;
+      this.attemptStarted();
     }
   }
 }

@@ -4,9 +4,8 @@ import type { Random } from '../util/random.js';
 export type SleepOutcome = 'elapsed' | 'woken';
 
 /**
- * Default spread of a wake-up. A fleet that loses the same cloud comes back through the probe within
- * a second or two of each other; spreading the wake-ups over 10 s keeps their first requests near
- * 3x the fleet's steady rate (see the fleet benchmark) while p99 stays well under 40 s.
+ * Default spread of a wake-up that says nothing of its own (a synced clock, a registration). The
+ * probe's wakes say how much time they have left: see WAKE_SPREAD_MS in probe.ts.
  */
 export const WAKE_STAGGER_MAX_MS = 10_000;
 
@@ -54,11 +53,14 @@ export class Wakeup {
   private readonly sleepers = new Set<Sleeper>();
   private last: WakeRecord | null = null;
   private wakes = 0;
+  /** The stagger of the latest wake, for a sleep that learns of it late (`wokenSince`). */
+  private lastStaggerMs: number;
 
   constructor(opts: WakeupOptions) {
     this.clock = opts.clock;
     this.random = opts.random;
     this.staggerMaxMs = Math.max(0, opts.staggerMaxMs ?? WAKE_STAGGER_MAX_MS);
+    this.lastStaggerMs = this.staggerMaxMs;
   }
 
   /** Sleepers currently waiting for their deadline or a wake (not those already woken and staggering). */
@@ -130,7 +132,7 @@ export class Wakeup {
       signal?.addEventListener('abort', onAbort, { once: true });
       if (opts.wokenSince !== undefined && this.wakes > opts.wokenSince) {
         if (Number.isFinite(deadline)) arm(deadline);
-        sleeper.wake(this.random() * this.staggerMaxMs);
+        sleeper.wake(this.random() * this.lastStaggerMs);
         return;
       }
       this.sleepers.add(sleeper);
@@ -139,12 +141,17 @@ export class Wakeup {
     });
   }
 
-  /** Wakes every current sleeper, each after its own uniform random delay in [0, staggerMaxMs]. Returns how many. */
-  wake(reason: string): number {
+  /**
+   * Wakes every current sleeper, each after its own uniform random delay in [0, staggerMaxMs] (the
+   * constructor's unless the wake gives its own). Returns how many.
+   */
+  wake(reason: string, opts: { staggerMaxMs?: number } = {}): number {
     const current = [...this.sleepers];
     this.sleepers.clear();
     this.wakes++;
-    for (const sleeper of current) sleeper.wake(this.random() * this.staggerMaxMs);
+    const stagger = opts.staggerMaxMs !== undefined && Number.isFinite(opts.staggerMaxMs) ? Math.max(0, opts.staggerMaxMs) : this.staggerMaxMs;
+    this.lastStaggerMs = stagger;
+    for (const sleeper of current) sleeper.wake(this.random() * stagger);
     this.last = { reason, at: this.clock.now(), woken: current.length };
     return current.length;
   }

@@ -132,6 +132,36 @@ describe('full jitter', () => {
   });
 });
 
+describe('spread jitter', () => {
+  it('draws the first retry of a run like full jitter, and every later one from [0.9 x step, step]', () => {
+    const firsts: number[] = [];
+    const laters: number[] = [];
+    for (let i = 0; i < 2000; i++) {
+      const b = new Backoff({ minMs: 40_000, maxMs: 40_000, strategy: 'spread', clock: new FakeClock(), random: seededRandom(i) });
+      firsts.push(b.failure());
+      for (let k = 0; k < 3; k++) laters.push(b.failure());
+    }
+    // The first: over the whole step, so a fleet that failed together spreads over it.
+    expect(Math.min(...firsts)).toBeGreaterThanOrEqual(FULL_JITTER_FLOOR_MS);
+    expect(Math.max(...firsts)).toBeLessThanOrEqual(40_000);
+    expect(new Set(firsts.map((d) => Math.floor(d / 4000))).size).toBe(10);
+    // The later ones: within a tenth of the step, so the spread the first gave is kept.
+    expect(Math.min(...laters)).toBeGreaterThanOrEqual(36_000);
+    expect(Math.max(...laters)).toBeLessThanOrEqual(40_000);
+    expect(Math.min(...laters)).toBeLessThan(36_100);
+    expect(Math.max(...laters)).toBeGreaterThan(39_900);
+  });
+
+  it('grows by the multiplier to the cap, and starts over with a full-jitter draw after a reset', () => {
+    const top = (): number => 0;
+    const b = new Backoff({ minMs: 1000, maxMs: 10_000, strategy: 'spread', clock: new FakeClock(), random: top });
+    expect(failures(b, 6)).toEqual([100, 2000, 4000, 8000, 10_000, 10_000]);
+    b.reset();
+    expect(b.failure()).toBe(100);
+    expect(b.failure()).toBe(2000);
+  });
+});
+
 describe('equal jitter', () => {
   it('draws from [base/2, base] with mean 3/4 base', () => {
     const { delays, base } = drawsAtCap('equal', 20_000);
@@ -358,9 +388,9 @@ describe('backoffFromSettings', () => {
   it('maps settings.offline with the defaults', () => {
     const b = backoffFromSettings(defaultConfig().settings.offline, { clock, random: seededRandom(1) });
     expect({ minMs: b.minMs, maxMs: b.maxMs, strategy: b.strategy, resetAfterMs: b.resetAfterMs, multiplier: b.multiplier }).toEqual({
-      minMs: 25_000,
+      minMs: 40_000,
       maxMs: 40_000,
-      strategy: 'full',
+      strategy: 'spread',
       resetAfterMs: 30_000,
       multiplier: 2,
     });

@@ -44,7 +44,7 @@ function logLines(): { lines: Array<Record<string, unknown>>; destination: Writa
 
 function setup(
   endpoints: Record<string, string> = { api: API, mqtt: BROKER },
-  extra: { initialIntervalMs?: number; destination?: Writable; staggerMaxMs?: number } = {},
+  extra: { initialIntervalMs?: number; destination?: Writable; staggerMaxMs?: number; wakeSpreadMs?: number } = {},
 ): Harness {
   const clock = new FakeClock();
   const monitor = new ConnectionMonitor({ clock, offlineAfterFailures: 3, channels: Object.keys(endpoints) });
@@ -64,6 +64,7 @@ function setup(
     staggerMaxMs: extra.staggerMaxMs ?? 10_000,
     connect,
     ...(extra.initialIntervalMs !== undefined ? { initialIntervalMs: extra.initialIntervalMs } : {}),
+    ...(extra.wakeSpreadMs !== undefined ? { wakeSpreadMs: extra.wakeSpreadMs } : {}),
   });
   const ac = new AbortController();
   const h: Harness = { clock, monitor, probes, calls, open, ac, done: probes.start(ac.signal) };
@@ -228,8 +229,8 @@ describe('ChannelProbes', () => {
     expect(h.probes.wayOpen('api')).toBe(false);
   });
 
-  it('wakes with the stagger it is given: none at all', async () => {
-    const h = setup({ api: API }, { staggerMaxMs: 0 });
+  it('wakes with the spread it is given: none at all', async () => {
+    const h = setup({ api: API }, { wakeSpreadMs: 0 });
     const api = sleeper(h, 'api');
     goOffline(h.monitor, 'api');
     await h.clock.advance(5_000);

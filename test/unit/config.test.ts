@@ -36,8 +36,11 @@ describe('config schema', () => {
       enableGracefulDegradation: true,
       // The seed's 900 s cap left a device minutes behind an outage the probe cannot see (docs/connectivity.md, fleet benchmark).
       maxBackoffSeconds: 40,
+      // The fleet benchmark: a first retry over the whole 40 s, later ones at 36-40 s (docs/connectivity.md).
+      minBackoffSeconds: 40,
       enableJitter: true,
-      jitter: 'full',
+      jitter: 'spread',
+      probeMaxIntervalSeconds: 38,
     });
     expect(d.settings.reconciliationIntervalMs).toBe(30_000);
     expect(d.api).toEqual({ host: '127.0.0.1', port: 48_484 });

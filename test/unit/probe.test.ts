@@ -9,6 +9,8 @@ import {
   type ConnectivityProbeOptions,
   type ProbeTarget,
   type ReachableEvent,
+  wakeStaggerMs,
+  WAKE_SPREAD_MS,
 } from '../../src/resilience/probe.js';
 import { Wakeup, type SleepOutcome } from '../../src/resilience/wakeup.js';
 import type { AgentError } from '../../src/util/errors.js';
@@ -101,10 +103,11 @@ describe('ConnectivityProbe', () => {
     await h.clock.advance(120_000);
     const times = h.calls.map((c) => c.at);
     const g = [times[0] ?? 0, ...gaps(times)];
-    // Each wait lies in [base/2, base] with base = min(8000, 1000 * 2^n).
+    // The first wait lies in [100 ms, 1 s] (full jitter); each later one in [0.9 x base, base] with
+    // base = min(8000, 1000 * 2^n): nearly even intervals, so a fleet keeps its probes' phases apart.
     const bases = g.map((_, n) => Math.min(8000, 1000 * 2 ** n));
     g.forEach((gap, n) => {
-      expect(gap).toBeGreaterThanOrEqual((bases[n] ?? 0) / 2);
+      expect(gap).toBeGreaterThanOrEqual(n === 0 ? 100 : 0.9 * (bases[n] ?? 0));
       expect(gap).toBeLessThanOrEqual(bases[n] ?? 0);
     });
     expect(g[0]).toBeLessThanOrEqual(1000);
@@ -127,7 +130,7 @@ describe('ConnectivityProbe', () => {
   });
 
   it('emits reachable and wakes the sleepers when a probe connects', async () => {
-    const h = setup({ initial: 'online' });
+    const h = setup({ initial: 'online', wakeSpreadMs: 5000 });
     const sleeps: Array<{ outcome?: SleepOutcome; at?: number }> = [];
     for (let i = 0; i < 3; i++) {
       const s: { outcome?: SleepOutcome; at?: number } = {};
@@ -246,8 +249,8 @@ describe('ConnectivityProbe', () => {
   });
 
   it('probes at once when the non-internal addresses change, and restarts the schedule', async () => {
-    // Waits of ~base: probes near 1, 3, 7, 15, 31, 63, 127 s.
-    const h = setup({ initial: 'offline', interfacesPollMs: 2000, maxIntervalMs: 600_000, random: () => 0.999 });
+    // Waits of 0.1 s, then exactly base: probes near 0.1, 2.1, 6.1, 14.1, 30.1, 62.1, 126.1 s.
+    const h = setup({ initial: 'offline', interfacesPollMs: 2000, maxIntervalMs: 600_000, random: () => 0 });
     await h.clock.advance(64_000);
     const last = h.calls.at(-1)?.at ?? 0;
     expect(last).toBeGreaterThan(60_000);
@@ -467,6 +470,37 @@ describe('ConnectivityProbe', () => {
     expect(lines).toEqual([expect.objectContaining({ level: 50, msg: 'connectivity probe stopped on an unexpected error', err: 'wakeup bug' })]);
   });
 
+  it('spreads its wake over what is left of the spread since the way was last seen closed', async () => {
+    const wakes: Array<{ at: number; staggerMaxMs: number | undefined }> = [];
+    let h: Harness | undefined;
+    const recorder = {
+      wake: (_reason: string, opts?: { staggerMaxMs?: number }): number => {
+        wakes.push({ at: h?.clock.monotonic() ?? NaN, staggerMaxMs: opts?.staggerMaxMs });
+        return 0;
+      },
+    };
+    h = setup({ initial: 'offline', wakeup: recorder as unknown as Wakeup, wakeSpreadMs: 20_000, maxIntervalMs: 8000, random: () => 0 });
+    // Probes (random 0: waits of 0.1 s, then 2, 4, 8, 8 s) at 0.1, 2.1, 6.1, 14.1, 22.1 s, all refused.
+    await h.clock.advance(20_000);
+    const lastFailed = h.calls.at(-1)?.at ?? NaN;
+    expect(lastFailed).toBe(14_100);
+    h.outcome.value = 'ok';
+    await h.clock.advance(10_000);
+    // Found at 22.1 s, 8 s after the last refusal: 12 s of the 20 s are left.
+    expect(wakes).toEqual([{ at: 22_100, staggerMaxMs: 12_000 }]);
+  });
+
+  it('wakeStaggerMs: what is left of the spread, at least 1 s (or the spread itself when smaller)', () => {
+    expect(WAKE_SPREAD_MS).toBe(38_000);
+    expect(wakeStaggerMs(0)).toBe(38_000);
+    expect(wakeStaggerMs(30_000)).toBe(8_000);
+    expect(wakeStaggerMs(37_500)).toBe(1_000);
+    expect(wakeStaggerMs(600_000)).toBe(1_000);
+    expect(wakeStaggerMs(-5)).toBe(38_000);
+    expect(wakeStaggerMs(5_000, 0)).toBe(0);
+    expect(wakeStaggerMs(100, 500)).toBe(500);
+  });
+
   it('still wakes the sleepers when a reachable listener throws', async () => {
     const h = setup({ initial: 'offline' });
     h.probe.on('reachable', () => {
@@ -475,7 +509,7 @@ describe('ConnectivityProbe', () => {
     const s: { outcome?: SleepOutcome } = {};
     void h.wakeup.sleep(900_000).then((o) => (s.outcome = o));
     h.outcome.value = 'ok';
-    await h.clock.advance(7000);
+    await h.clock.advance(45_000);
     expect(h.events).toHaveLength(1);
     expect(s.outcome).toBe('woken');
   });

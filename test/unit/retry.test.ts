@@ -47,7 +47,8 @@ describe('retry policy', () => {
     await t.clock.advance(3_500);
     expect(done).toBe(true);
     await waiting;
-    // And the backoff starts again from its first step.
+    // And the backoff starts again from its first step (the attempt failing as it starts).
+    t.retry.attemptStarted();
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
   });
 
@@ -60,6 +61,40 @@ describe('retry policy', () => {
     t.retry.afterSuccess();
     await t.clock.advance(30_000); // the backoff's resetAfterMs
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
+  });
+
+  it('spaces the starts of attempts: an attempt that hung until its timeout has served that much of its wait', async () => {
+    const t = setup();
+    const signal = new AbortController().signal;
+    // No attempt start known yet (the first failure after a success, or ever): the whole step.
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
+    void t.retry.wait(1_000, signal);
+    await t.clock.advance(1_000);
+    // The next attempt hangs 1.5 s: 2 s from its start is 0.5 s from now.
+    await t.clock.advance(1_500);
+    expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(500);
+    void t.retry.wait(500, signal);
+    await t.clock.advance(500);
+    // Longer than the step (4 s): at once.
+    await t.clock.advance(10_000);
+    expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(0);
+    void t.retry.wait(0, signal);
+    await t.clock.advance(0);
+    // A Retry-After counts from the answer: 8 s from the start would be 5 s from now; the server said 6 s.
+    await t.clock.advance(3_000);
+    expect(t.retry.afterFailure(new CloudError('http', '503', 503, 6_000))).toBe(6_000);
+    // After a success the policy no longer knows when an attempt started: the whole step again.
+    t.retry.afterSuccess();
+    await t.clock.advance(2_000);
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(16_000);
+  });
+
+  it('the offline floor spaces attempt starts too', async () => {
+    const t = setup(300_000);
+    void t.retry.wait(1_000, new AbortController().signal);
+    await t.clock.advance(1_000);
+    await t.clock.advance(30_000);
+    expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(270_000);
   });
 
   it('a kick (work the user asked for) ends the wait; without one only time or the probe does', async () => {
@@ -101,7 +136,8 @@ describe('retry policy', () => {
     kick.kick();
     await t.clock.advance(10);
     expect(done).toBe(true);
-    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(8_000);
+    // The step is 8 s from the start of the attempt the kick began, 10 ms ago.
+    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(7_990);
   });
 
   it('a wake-up that came while the loop was busy with its attempt ends the next wait, and starts the backoff over', async () => {
@@ -117,6 +153,7 @@ describe('retry policy', () => {
     await t.clock.advance(1_000);
     expect(done).toBe(true);
     t.setFloor(0);
+    t.retry.attemptStarted();
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
 
     // That wake is spent: the wait after the next attempt runs its course.

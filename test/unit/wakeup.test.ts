@@ -174,4 +174,33 @@ describe('Wakeup', () => {
     expect(current).toEqual({ outcome: 'elapsed', at: 6000 });
     expect(clock.pendingSleepers).toBe(0);
   });
+
+  it('a wake that gives its own stagger uses it, for current sleepers and for one that learns of the wake late', async () => {
+    const clock = new FakeClock();
+    const wakeup = new Wakeup({ clock, random: () => 0.5, staggerMaxMs: 2000 });
+    const seen = wakeup.wakeCount;
+    const a = track(clock, wakeup.sleep(60_000));
+    expect(wakeup.wake('probe', { staggerMaxMs: 30_000 })).toBe(1);
+    const late = track(clock, wakeup.sleep(60_000, undefined, { wokenSince: seen }));
+    await clock.advance(14_999);
+    expect(a.outcome).toBeUndefined();
+    expect(late.outcome).toBeUndefined();
+    await clock.advance(1);
+    expect(a).toEqual({ outcome: 'woken', at: 15_000 });
+    expect(late).toEqual({ outcome: 'woken', at: 15_000 });
+    // A wake without one: the constructor's.
+    const b = track(clock, wakeup.sleep(60_000));
+    wakeup.wake('clock synced');
+    await clock.advance(1000);
+    expect(b).toEqual({ outcome: 'woken', at: 16_000 });
+    // No stagger at all, and nonsense treated as the constructor's.
+    const c = track(clock, wakeup.sleep(60_000));
+    wakeup.wake('now', { staggerMaxMs: 0 });
+    await clock.advance(0);
+    expect(c).toEqual({ outcome: 'woken', at: 16_000 });
+    const d = track(clock, wakeup.sleep(60_000));
+    wakeup.wake('odd', { staggerMaxMs: Number.NaN });
+    await clock.advance(1000);
+    expect(d).toEqual({ outcome: 'woken', at: 17_000 });
+  });
 });
