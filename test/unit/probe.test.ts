@@ -472,14 +472,13 @@ describe('ConnectivityProbe', () => {
 
   it('spreads its wake over what is left of the spread since the way was last seen closed', async () => {
     const wakes: Array<{ at: number; staggerMaxMs: number | undefined }> = [];
-    let h: Harness | undefined;
     const recorder = {
       wake: (_reason: string, opts?: { staggerMaxMs?: number }): number => {
-        wakes.push({ at: h?.clock.monotonic() ?? NaN, staggerMaxMs: opts?.staggerMaxMs });
+        wakes.push({ at: h.clock.monotonic(), staggerMaxMs: opts?.staggerMaxMs });
         return 0;
       },
     };
-    h = setup({ initial: 'offline', wakeup: recorder as unknown as Wakeup, wakeSpreadMs: 20_000, maxIntervalMs: 8000, random: () => 0 });
+    const h = setup({ initial: 'offline', wakeup: recorder as unknown as Wakeup, wakeSpreadMs: 20_000, maxIntervalMs: 8000, random: () => 0 });
     // Probes (random 0: waits of 0.1 s, then 2, 4, 8, 8 s) at 0.1, 2.1, 6.1, 14.1, 22.1 s, all refused.
     await h.clock.advance(20_000);
     const lastFailed = h.calls.at(-1)?.at ?? NaN;
