@@ -118,7 +118,11 @@ export interface ChannelResult {
   recovered: number;
   /** Attempts sent while the endpoint was down. */
   requestsDuringOutage: number;
-  /** Mean over the affected devices of the attempts from the return up to their first success, that one included. */
+  /**
+   * Mean over the affected devices of the attempts that reach the endpoint from the return up to their
+   * first success, that one included (an attempt sent before the return and carried through after it
+   * by a SYN resend counts: the returning cloud receives it).
+   */
   requestsToOnlinePerDevice: number;
   /** Most attempts arriving at the endpoint in one 1-s bucket from the return on (503s included). */
   peakRps: number;

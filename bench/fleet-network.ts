@@ -11,12 +11,18 @@
  *   so a connect started during the outage gets through at the first resend after the return, or is
  *   abandoned by the agent at its timeout (cloud.requestTimeoutMs for HTTP, mqtt.connectTimeoutMs for the
  *   broker, the probe's own connect timeout). While it waits, the loop that made it waits with it.
+ * - `hang`: connections are accepted and nothing is ever answered on them (a proxy or balancer whose
+ *   backend hangs, a path that drops everything but the handshake): a request or MQTT connect fails at
+ *   its timeout, and a connection still open when the outage ends is reset then (the proxy that held
+ *   it has no backend for it). A connected MQTT session goes silent: its watchdog gives up 1.5 x
+ *   keep-alive after the last packet, or the reset at the end reaches it first. A probe's handshake
+ *   succeeds throughout. This is the `blackhole` of bench:fleet-real (a userspace proxy cannot drop SYNs).
  * - `503`: a load balancer keeps accepting connections while the backend is gone: HTTP requests are
  *   answered 503 at once (without Retry-After: the balancer does not know when the backend returns), an
  *   MQTT connection is accepted and closed before any CONNACK. A probe's handshake succeeds throughout.
  */
 
-export const OUTAGE_KINDS = ['refused', 'blackhole', '503'] as const;
+export const OUTAGE_KINDS = ['refused', 'blackhole', 'hang', '503'] as const;
 export type OutageKind = (typeof OUTAGE_KINDS)[number];
 
 /** When Linux sends a connect's SYN and its resends, in ms from the connect (initial RTO 1 s, doubling). */
@@ -32,10 +38,11 @@ export interface EndpointOutage {
 /**
  * How a connect (and, once connected, the request on it) ends:
  * - `reached`: the endpoint got it (the cloud may still refuse it for want of capacity);
- * - `refused`: connection refused; `timeout`: abandoned at the timeout;
+ * - `refused`: connection refused; `timeout`: abandoned at the timeout; `reset`: reset by the far side
+ *   (a hung connection when the outage ends);
  * - `unavailable`: accepted by a balancer with no backend (HTTP 503, or MQTT closed before CONNACK).
  */
-export type AttemptResult = 'reached' | 'refused' | 'timeout' | 'unavailable';
+export type AttemptResult = 'reached' | 'refused' | 'timeout' | 'reset' | 'unavailable';
 
 export interface Attempt {
   /** When the agent learns the result (ms of simulated time). */
@@ -55,6 +62,8 @@ export function attempt(o: EndpointOutage, startMs: number, timeoutMs: number): 
       return { atMs: startMs, result: 'refused' };
     case '503':
       return { atMs: startMs, result: 'unavailable' };
+    case 'hang':
+      return startMs + timeoutMs < o.untilMs ? { atMs: startMs + timeoutMs, result: 'timeout' } : { atMs: o.untilMs, result: 'reset' };
     default: {
       for (const sendMs of SYN_SEND_TIMES_MS) {
         if (sendMs >= timeoutMs) break;
@@ -67,9 +76,10 @@ export function attempt(o: EndpointOutage, startMs: number, timeoutMs: number): 
 
 /**
  * A probe's TCP handshake started at `startMs`: true when it connects. A balancer with no backend
- * (`503`) completes the handshake, which is why the probe cannot see that outage.
+ * (`503`) or a hung one (`hang`) completes the handshake, which is why the probe cannot see that outage.
  */
 export function handshake(o: EndpointOutage, startMs: number, timeoutMs: number): Attempt & { connected: boolean } {
+  if (o.kind === 'hang' && isDown(o, startMs)) return { atMs: startMs, result: 'reached', connected: true };
   const a = attempt(o, startMs, timeoutMs);
   return { ...a, connected: a.result === 'reached' || a.result === 'unavailable' };
 }
@@ -83,7 +93,8 @@ export function handshake(o: EndpointOutage, startMs: number, timeoutMs: number)
  */
 export function connectionLostAt(o: EndpointOutage, lastRxMs: number, keepAliveMs: number): number | null {
   if (o.kind === null) return null;
-  if (o.kind !== 'blackhole') return o.fromMs;
+  if (o.kind !== 'blackhole' && o.kind !== 'hang') return o.fromMs;
   const at = lastRxMs + 1.5 * keepAliveMs;
-  return at < o.untilMs ? Math.max(at, o.fromMs) : null;
+  if (at < o.untilMs) return Math.max(at, o.fromMs);
+  return o.kind === 'hang' ? o.untilMs : null;
 }

@@ -8,15 +8,16 @@ import { startDevCloud, type DevCloud, type DeviceRequestEvent } from '../devclo
  * device a connection is), and the clock on the cloud side: every device request as it arrives and
  * as it is answered, every CONNACK each device receives. Outages of three kinds, on either channel:
  * - `refused`: connections refused by the kernel (the endpoint's host is up, nothing listens);
- * - `blackhole`: connections accepted and never answered, current ones go silent (a dead route, a
- *   firewall that drops): each attempt costs the agent its timeout;
+ * - `hang`: connections accepted and never answered, current ones go silent (a proxy whose backend
+ *   hangs; a userspace proxy cannot drop SYNs, so this is the model's `hang`, not its `blackhole`):
+ *   each attempt costs the agent its timeout, and what is still open at the end is reset;
  * - `503`: a load balancer in front accepts while its backend is down: HTTP requests are answered
  *   503 at once; MQTT connections are accepted and closed (the broker behind is stopped).
  */
 
-export type OutageKind = 'refused' | 'blackhole' | '503';
+export type OutageKind = 'refused' | 'hang' | '503';
 export type Channel = 'http' | 'mqtt';
-export const OUTAGE_KINDS: readonly OutageKind[] = ['refused', 'blackhole', '503'];
+export const OUTAGE_KINDS: readonly OutageKind[] = ['refused', 'hang', '503'];
 
 export interface FleetWorld {
   devcloud: DevCloud;
@@ -83,17 +84,16 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
       if (!active) return;
       const { kind, channels } = active;
       active = undefined;
-      // A connection that lived through a black hole is gone when the way returns (the NAT or the
-      // firewall that dropped it has no state for it: the next segment is answered with a reset).
+      // A connection that hung is reset when the way returns (the proxy that held it has no backend for it).
       if (channels.includes('http')) {
-        if (kind === 'blackhole') http.cut();
+        if (kind === 'hang') http.cut();
         http.pass();
         await http.listenAgain();
         if (kind === '503') await devcloud.admin.setFaults({ throttle: null });
       }
       if (channels.includes('mqtt')) {
         for (const p of mqtt) {
-          if (kind === 'blackhole') p.cut();
+          if (kind === 'hang') p.cut();
           p.pass();
           await p.listenAgain();
         }
@@ -129,7 +129,7 @@ async function startHttp(kind: OutageKind, http: FaultProxy, devcloud: DevCloud)
   if (kind === 'refused') {
     await http.stopListening();
     http.cut();
-  } else if (kind === 'blackhole') http.blackhole('both', { newConnections: true });
+  } else if (kind === 'hang') http.blackhole('both', { newConnections: true });
   else await devcloud.admin.setFaults({ throttle: { status: 503 } });
 }
 

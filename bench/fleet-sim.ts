@@ -40,15 +40,15 @@ export * from './fleet-model.js';
  *   plus up to 10 % jitter; failure → monitor.markFailure with the failure's kind (refused or timed
  *   out: 'transport'; a 503: 'answer'), then RetryPolicy.afterFailure decides the wait: the backoff
  *   and, for the agent's default with the probe, the offline floor (offlineRetryIntervalSeconds while
- *   the API channel is offline for want of a connection);
+ *   the channel is offline for want of a connection and its probe has not seen the way open);
  * - MQTT: connected until the outage breaks the connection (see fleet-network.ts); then, as the
- *   session's run loop, retry.afterFailure (no offline floor for the broker) and a connect per wait;
+ *   session's run loop, retry.afterFailure (with the same offline floor) and a connect per wait;
  * - an attempt takes the time the network gives it (a black-holed one up to its timeout); the loop
  *   waits for it and is no sleeper meanwhile, so a probe's wake-up passes it by;
  * - the wait is a Wakeup sleep on the channel's Wakeup: a wake resolves it after a uniform stagger in
  *   [0, wakeStaggerMs(time since the probe last saw the way closed)] (never later than its own
  *   deadline), and the loop then calls retry.afterWake();
- * - the backoff spaces the starts of attempts (RetryPolicy.attemptStarted at each start);
+ * - after a timeout the backoff counts from the attempt's start (RetryPolicy.attemptStarted at each start);
  * - each channel's probe (ChannelProbes / ConnectivityProbe.run): starts when that channel becomes
  *   offline, waits probeSchedule(...).failure() after each probe, and wakes the channel's loop at
  *   the first handshake after going offline closed the way; offline because the endpoint answered
@@ -88,6 +88,11 @@ class SeedBackoff implements RetryBackoff {
 
   holdRemainingMs(): number {
     return 0;
+  }
+
+  /** The seed's formula has no such draw: its own next delay, without counting a failure. */
+  respread(): number {
+    return seedBackoffDelay(this.baseMs, Math.max(1, this.failures), this.maxMs, this.random);
   }
 }
 
@@ -372,7 +377,7 @@ class FleetSimulation {
     const timeoutMs = loop.channel === 'api' ? this.settings.requestTimeoutMs : this.settings.mqttConnectTimeoutMs;
     const a = attempt(stats.outage, now, timeoutMs);
     // Only what reaches the endpoint (or its balancer) is load on it.
-    if (a.result !== 'timeout') this.count(stats, a.atMs);
+    if (a.result !== 'timeout' && a.result !== 'reset') this.count(stats, a.atMs);
     loop.busy = true;
     if (a.atMs === now) this.finish(loop, a.result);
     else this.queue.push(a.atMs, { kind: DONE, loop, gen: ++loop.gen, result: a.result });
@@ -386,6 +391,9 @@ class FleetSimulation {
   /** The attempt's end: the outcome on the monitor, then the wait the retry policy asks for. */
   private finish(loop: Loop, result: Attempt['result']): void {
     loop.busy = false;
+    // An attempt started before the return that reaches the endpoint after it (a SYN resend through a
+    // black hole) is a request the returning cloud receives: it counts as one until online.
+    if (result === 'reached' && loop.affected && !loop.recovered && loop.lastAttemptAt < this.returnAt && this.time >= this.returnAt) loop.attemptsToOnline++;
     const error = result === 'reached' ? this.admit(loop) : this.errorOf(loop.channel, result);
     const { monitor, random } = loop.device;
     if (error === null) {
@@ -400,8 +408,8 @@ class FleetSimulation {
       return this.sleep(loop, this.time + base + random() * base * 0.1);
     }
     monitor.markFailure(loop.channel, loop.channel === 'api' ? 'poll' : 'connect', error.message, loop.channel === 'api' ? failureKind(error) : 'transport');
-    // The session passes no error: a broker's refusal carries no Retry-After.
-    this.sleep(loop, this.time + loop.retry.afterFailure(loop.channel === 'api' ? error : undefined));
+    // The session passes no error (a broker's refusal carries no Retry-After), only whether the attempt timed out.
+    this.sleep(loop, this.time + (loop.channel === 'api' ? loop.retry.afterFailure(error) : loop.retry.afterFailure(undefined, { timedOut: result === 'timeout' })));
   }
 
   /** A request that reached the API is served while the cloud has capacity left this second. */
@@ -425,6 +433,7 @@ class FleetSimulation {
     const what = channel === 'api' ? 'GET /state' : 'mqtt connect';
     if (result === 'refused') return new CloudError('network', `${what} failed: connection refused (ECONNREFUSED)`);
     if (result === 'timeout') return new CloudError('timeout', `${what} timed out`);
+    if (result === 'reset') return new CloudError('network', `${what} failed: connection reset (ECONNRESET)`);
     return new CloudError('http', `${what} answered 503 (no backend)`, 503);
   }
 

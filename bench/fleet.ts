@@ -22,7 +22,8 @@ import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type B
  *
  * A fleet of simulated devices runs the agent's poll loop and MQTT session with each backoff strategy
  * side by side: the cloud's endpoints go away for 60 s and 600 s (the refused cloud also 3600 s) in
- * each outage kind (refused, black-holed, 503 behind a balancer, and the broker or the API alone), and
+ * each outage kind (refused, black-holed, hung behind a proxy, 503 behind a balancer, and the broker or
+ * the API alone), and
  * every device starts at once against a cloud that serves a twentieth of the fleet per second. Every
  * scenario compares the default with every strategy. See bench/fleet-sim.ts and fleet-network.ts.
  */
@@ -52,6 +53,7 @@ function scenarios(devices: number, settings: FleetSettings): NamedScenario[] {
   };
   for (const s of [60, 600, 3600]) outage('refused', 'cloud refused (API and broker: connection refused)', s, { api: 'refused', mqtt: 'refused' });
   for (const s of [60, 600]) outage('blackhole', 'cloud black-holed (API and broker: SYNs dropped)', s, { api: 'blackhole', mqtt: 'blackhole' });
+  for (const s of [60, 600]) outage('hang', 'cloud hung behind a proxy (API and broker: accepted, never answered)', s, { api: 'hang', mqtt: 'hang' });
   for (const s of [60, 600]) outage('503', 'backend down behind a balancer (API: 503 at once; broker: closed before CONNACK)', s, { api: '503', mqtt: '503' });
   for (const s of [60, 600]) outage('broker_only', 'broker refused, API up', s, { api: null, mqtt: 'refused' });
   for (const s of [60, 600]) outage('api_only', 'API refused, broker up', s, { api: 'refused', mqtt: null });
@@ -144,7 +146,7 @@ function main(): void {
         outageCapacityVsSteady: OUTAGE_CAPACITY_HEADROOM,
         rebootCapacityFractionOfFleet: REBOOT_CAPACITY_FRACTION,
         model:
-          'discrete-event; a reached endpoint answers at once; black-holed attempts last until a SYN resend after the return or the timeout; 503s carry no Retry-After; the broker has no capacity limit; one poll loop and one MQTT session per device',
+          'discrete-event; a reached endpoint answers at once; black-holed attempts last until a SYN resend after the return or the timeout; hung attempts until the timeout or the return (reset); 503s carry no Retry-After; the broker has no capacity limit; one poll loop and one MQTT session per device',
       },
       results: report.results,
       ratios: report.ratios,

@@ -95,6 +95,8 @@ interface ConnectionEnd {
   refusal?: Refusal;
   /** The CONNACK's refusal code (MQTT 5 reason code or 3.1.1 return code), when it refused. */
   refusalCode?: number;
+  /** The attempt lasted mqtt.connectTimeoutMs without a CONNACK: the backoff counts from its start. */
+  timedOut?: boolean;
   /** The negotiator falls back to the other version: try again at once. */
   retryNow?: boolean;
   /** Closed to move back to the preferred broker, which accepted a check: connect to it at once. */
@@ -124,6 +126,8 @@ interface Connection {
   /** Monotonic time of the latest packet from the broker. */
   lastRx: number;
   establishedAtMono: number;
+  /** Monotonic time the attempt started. */
+  startedAtMono: number;
   /** Stops the watchdog of this connection (and its return to the preferred broker). */
   watchdog: AbortController;
   /** Being closed to move back to the preferred broker. */
@@ -220,7 +224,7 @@ export class ConnectionLife {
     const failed = this.deps.brokers.current.name;
     const allRefused = this.deps.brokers.failed(auth);
     const next = this.deps.brokers.current.name;
-    const delayMs = allRefused ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined);
+    const delayMs = allRefused ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined, { timedOut: end.timedOut === true });
     // A refusal of the credentials is a warning once per outage (until a connection is accepted); its repeats are debug.
     const level = auth ? (this.authRefusalSaid ? 'debug' : 'warn') : end.established ? 'warn' : 'info';
     if (auth) this.authRefusalSaid = true;
@@ -274,6 +278,7 @@ export class ConnectionLife {
       lossOperation: 'connect',
       lastRx: this.deps.clock.monotonic(),
       establishedAtMono: 0,
+      startedAtMono: this.deps.clock.monotonic(),
       watchdog: new AbortController(),
     };
     this.conn = conn;
@@ -345,7 +350,9 @@ export class ConnectionLife {
     // the rest waits in the store for the next connection. Close the client's stores (a no-op
     // that commits what is pending) so it holds nothing.
     conn.client.end(true);
-    return { established: conn.established, error, ...(refusal ? { refusal } : {}), ...(conn.refusalCode !== undefined ? { refusalCode: conn.refusalCode } : {}), retryNow, handover: conn.handover === true };
+    // mqtt.js gives up a CONNACK at connectTimeoutMs (the guard a second later): an attempt that lasted that long timed out.
+    const timedOut = !conn.established && this.deps.clock.monotonic() - conn.startedAtMono >= this.deps.config.mqtt.connectTimeoutMs;
+    return { established: conn.established, error, ...(refusal ? { refusal } : {}), ...(conn.refusalCode !== undefined ? { refusalCode: conn.refusalCode } : {}), retryNow, handover: conn.handover === true, timedOut };
   }
 
   private onClientError(conn: Connection, err: Error): void {

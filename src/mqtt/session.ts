@@ -49,7 +49,7 @@ export interface MqttSessionDeps {
   store: Store;
   monitor: Pick<ConnectionMonitor, 'markSuccess' | 'markFailure' | 'channelStatus'>;
   /** The one backoff (`backoffFromSettings`), for this session alone. */
-  backoff: Pick<Backoff, 'failure' | 'success' | 'reset' | 'holdRemainingMs' | 'maxMs'>;
+  backoff: Pick<Backoff, 'failure' | 'success' | 'reset' | 'holdRemainingMs' | 'respread' | 'maxMs'>;
   /** Backoff waits sleep here, so the connectivity probe can end them early. */
   wakeup: WakeableSleep;
   /**

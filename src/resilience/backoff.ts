@@ -149,6 +149,16 @@ export class Backoff {
     return this.goodSince !== undefined && this.clock.monotonic() - this.goodSince >= this.resetAfterMs;
   }
 
+  /**
+   * A delay drawn uniformly over the latest step (as full jitter draws it), without counting a failure:
+   * for a failure whose moment the network chose, after its attempt had outlasted the step (a reset
+   * when a proxy's backend returned, the same moment for a whole fleet).
+   */
+  respread(): number {
+    const base = Math.min(this.maxMs, this.minMs * this.multiplier ** Math.max(0, this.failures - 1));
+    return this.fullJitter(base);
+  }
+
   private fullJitter(base: number): number {
     const floor = Math.min(FULL_JITTER_FLOOR_MS, this.minMs / 2);
     return floor + this.random() * (base - floor);

@@ -4,7 +4,7 @@ import type { Backoff } from './backoff.js';
 import { CloudError } from './cloud-error.js';
 
 /** What the policy needs of a backoff: the project's `Backoff` (the fleet benchmark adapts the seed's formula). */
-export type RetryBackoff = Pick<Backoff, 'failure' | 'success' | 'reset' | 'holdRemainingMs'>;
+export type RetryBackoff = Pick<Backoff, 'failure' | 'success' | 'reset' | 'holdRemainingMs' | 'respread'>;
 
 export interface RetryPolicyOptions {
   backoff: RetryBackoff;
@@ -36,16 +36,22 @@ export class RetryPolicy {
 
   /**
    * The delay before the next attempt after `err`. The backoff (and the offline floor) spaces the
-   * starts of attempts, not the gaps between them: an attempt that hung until its timeout (a
-   * black-holed link) has served that much of its wait already, so a loop is never further than the
-   * backoff's cap behind a cloud that came back meanwhile. A server's Retry-After counts from now.
+   * starts of attempts: an attempt that hung (a black-holed link) has served that much of its wait,
+   * so a loop is never further than the backoff's cap behind a cloud that came back meanwhile, and a
+   * fleet keeps the phases its attempts had. An attempt that outlasted its step: after a timeout
+   * (`err` a timeout, or `timedOut`: its moment is its own) the next goes at once; after anything else
+   * (a reset when a proxy's backend came back: the same moment for a whole fleet) it is drawn over the
+   * whole step from now. A Retry-After counts from now.
    */
-  afterFailure(err: unknown): number {
+  afterFailure(err: unknown, opts: { timedOut?: boolean } = {}): number {
     const e = err instanceof CloudError ? err : undefined;
-    const delay = Math.max(this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined), this.o.floorMs?.() ?? 0);
-    if (this.attemptFrom === undefined) return delay;
+    const step = Math.max(this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined), this.o.floorMs?.() ?? 0);
+    if (this.attemptFrom === undefined) return step;
     const spent = Math.max(0, this.o.clock.monotonic() - this.attemptFrom);
-    return Math.max(delay - spent, this.o.backoff.holdRemainingMs());
+    const hold = this.o.backoff.holdRemainingMs();
+    if (step > spent) return Math.max(step - spent, hold);
+    const timedOut = opts.timedOut ?? e?.kind === 'timeout';
+    return Math.max(timedOut ? 0 : this.o.backoff.respread(), hold);
   }
 
   afterSuccess(): void {

@@ -153,7 +153,8 @@ it('shows the agent live: online, offline with a growing queue, the drain back t
   await page.click('#keyform button[type=submit]');
   await page.waitForSelector('[data-testid="badge"]:text("online")', { timeout: 20_000 });
   await agrees(page, agent, 'online, the service running', (t) => t.connection === 'online' && t.services['edge/ticker'] === 'running');
-  expect(await page.textContent('#services')).toContain('tick 0 <b>');
+  // The service's first line reaches the panel with the log poll, which may come after the state (a busy machine).
+  await expect.poll(async () => await page.textContent('#services'), { timeout: 20_000, interval: 250 }).toContain('tick 0 <b>');
 
   // A local app produces telemetry while the cloud refuses every connection.
   await env.cloud.admin.setFaults({ refuse: true });

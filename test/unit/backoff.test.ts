@@ -162,6 +162,25 @@ describe('spread jitter', () => {
   });
 });
 
+describe('respread', () => {
+  it('draws over the latest step as full jitter does, without counting a failure', () => {
+    const draws = [0, 0.5, 0.999];
+    let i = 0;
+    const b = new Backoff({ minMs: 1000, maxMs: 10_000, strategy: 'spread', clock: new FakeClock(), random: () => draws[i++ % 3] as number });
+    // Before any failure: over the first step.
+    expect(b.respread()).toBe(100);
+    b.failure();
+    b.failure();
+    b.failure();
+    // The latest step was 4 s.
+    i = 2;
+    expect(b.respread()).toBeCloseTo(100 + 0.999 * 3900, 6);
+    // Not a failure: the next step is still 8 s (spread: within a tenth of it).
+    i = 0;
+    expect(b.failure()).toBe(8000);
+  });
+});
+
 describe('equal jitter', () => {
   it('draws from [base/2, base] with mean 3/4 base', () => {
     const { delays, base } = drawsAtCap('equal', 20_000);

@@ -63,7 +63,7 @@ describe('retry policy', () => {
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
   });
 
-  it('spaces the starts of attempts: an attempt that hung until its timeout has served that much of its wait', async () => {
+  it('spaces the starts of attempts; one that outlasted its step goes at once after a timeout, and is drawn over the step after anything else', async () => {
     const t = setup();
     const signal = new AbortController().signal;
     // No attempt start known yet (the first failure after a success, or ever): the whole step.
@@ -75,18 +75,36 @@ describe('retry policy', () => {
     expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(500);
     void t.retry.wait(500, signal);
     await t.clock.advance(500);
-    // Longer than the step (4 s): at once.
+    // Hung longer than its step (4 s) until its own timeout: at once.
     await t.clock.advance(10_000);
     expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(0);
     void t.retry.wait(0, signal);
     await t.clock.advance(0);
-    // A Retry-After counts from the answer: 8 s from the start would be 5 s from now; the server said 6 s.
+    // Reset after 3 s: the phase is kept, 8 s from the start.
     await t.clock.advance(3_000);
-    expect(t.retry.afterFailure(new CloudError('http', '503', 503, 6_000))).toBe(6_000);
-    // After a success the policy no longer knows when an attempt started: the whole step again.
+    expect(t.retry.afterFailure(new CloudError('network', 'connection reset'))).toBe(5_000);
+    void t.retry.wait(5_000, signal);
+    await t.clock.advance(5_000);
+    // Reset after outlasting its step (16 s): a moment the network chose, perhaps for a whole fleet: drawn over the step from now.
+    await t.clock.advance(20_000);
+    const respread = t.retry.afterFailure(new CloudError('network', 'connection reset'));
+    expect(respread).toBeGreaterThanOrEqual(100);
+    expect(respread).toBeLessThanOrEqual(16_000);
+    expect(respread).not.toBe(16_000);
+    void t.retry.wait(respread, signal);
+    await t.clock.advance(respread);
+    // A Retry-After counts from the answer.
+    await t.clock.advance(1_000);
+    expect(t.retry.afterFailure(new CloudError('http', '503', 503, 40_000))).toBe(40_000);
+    void t.retry.wait(40_000, signal);
+    await t.clock.advance(40_000);
+    // The session says itself that a connect lasted its timeout (60 s step, 70 s spent: at once).
+    await t.clock.advance(70_000);
+    expect(t.retry.afterFailure(undefined, { timedOut: true })).toBe(0);
+    // After a success the policy does not know when the next attempt started: the whole step.
     t.retry.afterSuccess();
     await t.clock.advance(2_000);
-    expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(16_000);
+    expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(60_000);
   });
 
   it('the offline floor spaces attempt starts too', async () => {
@@ -136,7 +154,7 @@ describe('retry policy', () => {
     kick.kick();
     await t.clock.advance(10);
     expect(done).toBe(true);
-    // The step is 8 s from the start of the attempt the kick began, 10 ms ago.
+    // The step counts from the start of the attempt the kick began, 10 ms ago.
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(7_990);
   });
 
