@@ -27,16 +27,20 @@ export interface FleetWorld {
   mqttUrl(i: number): string;
   start(kind: OutageKind, channels: readonly Channel[]): Promise<void>;
   end(): Promise<void>;
-  /** Device requests per second at the cloud, per whole second of `performance.now()`. */
-  requestsPerSecond(fromMs: number, toMs: number): number[];
+  /**
+   * Device requests per second at the cloud, per whole second of `performance.now()`: all of them, or
+   * only the GETs (the polls: target state, jobs), which is what the model's poll loop stands for.
+   */
+  requestsPerSecond(fromMs: number, toMs: number, only?: 'polls'): number[];
   /** The first instant ≥ `sinceMs` each device was answered below 500 (HTTP) or got a CONNACK (MQTT). */
   backOnline(channel: Channel, sinceMs: number): Map<number, number>;
   close(): Promise<void>;
 }
 
 interface Seen {
-  /** performance.now() of each request arrival. */
+  /** performance.now() of each request arrival, and of each GET's. */
   arrivals: number[];
+  polls: number[];
   /** Per device index: instants of answers below 500. */
   httpOk: Map<number, number[]>;
   /** Per device index: instants of CONNACKs. */
@@ -51,12 +55,15 @@ function push(m: Map<number, number[]>, k: number, v: number): void {
 
 /** Starts the devcloud, the broker and the proxies for `devices` devices named by `uuidOf(i)`. */
 export async function startFleetWorld(devices: number, uuidOf: (i: number) => string): Promise<FleetWorld> {
-  const seen: Seen = { arrivals: [], httpOk: new Map(), connacks: new Map() };
+  const seen: Seen = { arrivals: [], polls: [], httpOk: new Map(), connacks: new Map() };
   const index = new Map<string, number>();
   for (let i = 0; i < devices; i++) index.set(uuidOf(i), i);
   const observe = (e: DeviceRequestEvent): void => {
     const at = performance.now();
-    if (e.phase === 'request') seen.arrivals.push(at);
+    if (e.phase === 'request') {
+      seen.arrivals.push(at);
+      if (e.method === 'GET') seen.polls.push(at);
+    }
     else if (e.uuid !== undefined && (e.status ?? 500) < 500) {
       const i = index.get(e.uuid);
       if (i !== undefined) push(seen.httpOk, i, at);
@@ -100,9 +107,9 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
         if (kind === '503') await broker.start();
       }
     },
-    requestsPerSecond(fromMs, toMs) {
+    requestsPerSecond(fromMs, toMs, only) {
       const buckets = new Array<number>(Math.max(0, Math.ceil((toMs - fromMs) / 1000))).fill(0);
-      for (const at of seen.arrivals) {
+      for (const at of only === 'polls' ? seen.polls : seen.arrivals) {
         const b = Math.floor((at - fromMs) / 1000);
         if (at >= fromMs && at < toMs) buckets[b] = (buckets[b] ?? 0) + 1;
       }
