@@ -66,41 +66,30 @@ describe('retry policy', () => {
   it('spaces the starts of attempts; one that outlasted its step goes at once after a timeout, and is drawn over the step after anything else', async () => {
     const t = setup();
     const signal = new AbortController().signal;
+    /** Serves the wait, then an attempt that lasts `spentMs` and fails with `err`: the next delay. */
+    const attempt = async (waitMs: number, spentMs: number, err: unknown, opts?: { timedOut?: boolean }): Promise<number> => {
+      void t.retry.wait(waitMs, signal);
+      await t.clock.advance(waitMs);
+      await t.clock.advance(spentMs);
+      return t.retry.afterFailure(err, opts);
+    };
     // No attempt start known yet (the first failure after a success, or ever): the whole step.
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
-    void t.retry.wait(1_000, signal);
-    await t.clock.advance(1_000);
     // The next attempt hangs 1.5 s: 2 s from its start is 0.5 s from now.
-    await t.clock.advance(1_500);
-    expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(500);
-    void t.retry.wait(500, signal);
-    await t.clock.advance(500);
+    expect(await attempt(1_000, 1_500, new CloudError('timeout', 'timed out'))).toBe(500);
     // Hung longer than its step (4 s) until its own timeout: at once.
-    await t.clock.advance(10_000);
-    expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(0);
-    void t.retry.wait(0, signal);
-    await t.clock.advance(0);
+    expect(await attempt(500, 10_000, new CloudError('timeout', 'timed out'))).toBe(0);
     // Reset after 3 s: the phase is kept, 8 s from the start.
-    await t.clock.advance(3_000);
-    expect(t.retry.afterFailure(new CloudError('network', 'connection reset'))).toBe(5_000);
-    void t.retry.wait(5_000, signal);
-    await t.clock.advance(5_000);
+    expect(await attempt(0, 3_000, new CloudError('network', 'connection reset'))).toBe(5_000);
     // Reset after outlasting its step (16 s): a moment the network chose, perhaps for a whole fleet: drawn over the step from now.
-    await t.clock.advance(20_000);
-    const respread = t.retry.afterFailure(new CloudError('network', 'connection reset'));
+    const respread = await attempt(5_000, 20_000, new CloudError('network', 'connection reset'));
     expect(respread).toBeGreaterThanOrEqual(100);
     expect(respread).toBeLessThanOrEqual(16_000);
     expect(respread).not.toBe(16_000);
-    void t.retry.wait(respread, signal);
-    await t.clock.advance(respread);
     // A Retry-After counts from the answer.
-    await t.clock.advance(1_000);
-    expect(t.retry.afterFailure(new CloudError('http', '503', 503, 40_000))).toBe(40_000);
-    void t.retry.wait(40_000, signal);
-    await t.clock.advance(40_000);
+    expect(await attempt(respread, 1_000, new CloudError('http', '503', 503, 40_000))).toBe(40_000);
     // The session says itself that a connect lasted its timeout (60 s step, 70 s spent: at once).
-    await t.clock.advance(70_000);
-    expect(t.retry.afterFailure(undefined, { timedOut: true })).toBe(0);
+    expect(await attempt(40_000, 70_000, undefined, { timedOut: true })).toBe(0);
     // After a success the policy does not know when the next attempt started: the whole step.
     t.retry.afterSuccess();
     await t.clock.advance(2_000);
