@@ -17,6 +17,16 @@ function setup(floor = 0) {
   return { clock, backoff, wakeup, retry, setFloor: (ms: number) => (floorMs = ms) };
 }
 
+/** Starts one of the policy's waits; `ended` turns true when it ends. */
+function waiting(t: ReturnType<typeof setup>, ms: number, opts: { kick?: Kick; unwoken?: boolean } = {}): { ended: boolean; promise: Promise<void> } {
+  const w = { ended: false, promise: Promise.resolve() };
+  const signal = new AbortController().signal;
+  w.promise = (opts.unwoken ? t.retry.waitUnwoken(ms, signal) : t.retry.wait(ms, signal, opts.kick)).then(() => {
+    w.ended = true;
+  });
+  return w;
+}
+
 describe('retry policy', () => {
   it('follows the backoff and takes Retry-After as a lower bound', () => {
     const t = setup();
@@ -37,16 +47,15 @@ describe('retry policy', () => {
     for (let i = 0; i < 5; i++) t.retry.afterFailure(new CloudError('network', 'refused'));
     const delay = t.retry.afterFailure(new CloudError('http', '503', 503, 20_000));
     expect(delay).toBe(32_000);
-    let done = false;
-    const waiting = t.retry.wait(delay, new AbortController().signal).then(() => (done = true));
+    const w = waiting(t, delay);
     await t.clock.advance(2_000);
     t.wakeup.wake('probe');
     // Woken within the stagger, but the server asked for 20 s: not before.
     await t.clock.advance(15_000);
-    expect(done).toBe(false);
+    expect(w.ended).toBe(false);
     await t.clock.advance(3_500);
-    expect(done).toBe(true);
-    await waiting;
+    expect(w.ended).toBe(true);
+    await w.promise;
     // And the backoff starts again from its first step (the attempt failing as it starts).
     t.retry.attemptStarted();
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
@@ -107,23 +116,21 @@ describe('retry policy', () => {
   it('a kick (work the user asked for) ends the wait; without one only time or the probe does', async () => {
     const t = setup();
     const kick = new Kick();
-    let done = false;
-    void t.retry.wait(60_000, new AbortController().signal, kick).then(() => (done = true));
+    const w = waiting(t, 60_000, { kick });
     await t.clock.advance(10);
     kick.kick();
     await t.clock.advance(10);
-    expect(done).toBe(true);
+    expect(w.ended).toBe(true);
   });
 
   it('a wake-up with no Retry-After ends the wait within the stagger', async () => {
     const t = setup();
     const delay = t.retry.afterFailure(new CloudError('network', 'refused'));
-    let done = false;
-    void t.retry.wait(delay * 100, new AbortController().signal).then(() => (done = true));
+    const w = waiting(t, delay * 100);
     await t.clock.advance(10);
     t.wakeup.wake('probe');
     await t.clock.advance(1_000);
-    expect(done).toBe(true);
+    expect(w.ended).toBe(true);
   });
 
   it('a wait that runs out, or that a kick ends, keeps the backoff growing', async () => {
@@ -131,18 +138,16 @@ describe('retry policy', () => {
     t.retry.afterFailure(new CloudError('network', 'refused'));
     const delay = t.retry.afterFailure(new CloudError('network', 'refused'));
     expect(delay).toBe(2_000);
-    let done = false;
-    void t.retry.wait(delay, new AbortController().signal).then(() => (done = true));
+    let w = waiting(t, delay);
     await t.clock.advance(2_000);
-    expect(done).toBe(true);
+    expect(w.ended).toBe(true);
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(4_000);
     const kick = new Kick();
-    done = false;
-    void t.retry.wait(4_000, new AbortController().signal, kick).then(() => (done = true));
+    w = waiting(t, 4_000, { kick });
     await t.clock.advance(10);
     kick.kick();
     await t.clock.advance(10);
-    expect(done).toBe(true);
+    expect(w.ended).toBe(true);
     // The step counts from the start of the attempt the kick began, 10 ms ago.
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(7_990);
   });
@@ -155,39 +160,35 @@ describe('retry policy', () => {
     t.wakeup.wake('probe');
     const delay = t.retry.afterFailure(new CloudError('timeout', 'timed out'));
     expect(delay).toBe(300_000);
-    let done = false;
-    void t.retry.wait(delay, new AbortController().signal).then(() => (done = true));
+    let w = waiting(t, delay);
     await t.clock.advance(1_000);
-    expect(done).toBe(true);
+    expect(w.ended).toBe(true);
     t.setFloor(0);
     t.retry.attemptStarted();
     expect(t.retry.afterFailure(new CloudError('network', 'refused'))).toBe(1_000);
 
     // That wake is spent: the wait after the next attempt runs its course.
-    done = false;
-    void t.retry.wait(5_000, new AbortController().signal).then(() => (done = true));
+    w = waiting(t, 5_000);
     await t.clock.advance(4_999);
-    expect(done).toBe(false);
+    expect(w.ended).toBe(false);
     await t.clock.advance(1);
-    expect(done).toBe(true);
+    expect(w.ended).toBe(true);
   });
 
   it('a wait the probe does not end (refused credentials): a wake during it neither ends it nor the next wait', async () => {
     const t = setup();
-    let done = false;
-    void t.retry.waitUnwoken(10_000, new AbortController().signal).then(() => (done = true));
+    let w = waiting(t, 10_000, { unwoken: true });
     await t.clock.advance(1_000);
     t.wakeup.wake('probe');
     await t.clock.advance(5_000);
-    expect(done).toBe(false);
+    expect(w.ended).toBe(false);
     await t.clock.advance(4_000);
-    expect(done).toBe(true);
+    expect(w.ended).toBe(true);
     // The wake came during that wait and counts as seen: the next wait runs its course.
-    done = false;
-    void t.retry.wait(5_000, new AbortController().signal).then(() => (done = true));
+    w = waiting(t, 5_000);
     await t.clock.advance(4_999);
-    expect(done).toBe(false);
+    expect(w.ended).toBe(false);
     await t.clock.advance(1);
-    expect(done).toBe(true);
+    expect(w.ended).toBe(true);
   });
 });
