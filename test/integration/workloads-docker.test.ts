@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import { waitFor } from '../helpers/agent-process.js';
+import { freePort } from '../helpers/mosquitto.js';
 import { fileEngine, fileRegistry, TEST_RUN_LABEL } from '../helpers/docker.js';
 import { workloadRig, type WorkloadRig } from '../helpers/workload-rig.js';
 import { tempDirs } from '../helpers/tmp.js';
@@ -81,7 +82,8 @@ function applied(a: Agent, version: number): boolean {
 
 describe('workloads on a real Docker engine', () => {
   it('applies two apps; a changed environment recreates only that service', async () => {
-    const PORT = 20_000 + Math.floor(Math.random() * 30_000);
+    // A port free now: a random one could be held by another test's listener, and the worker would then fail to start over and over.
+    const PORT = await freePort();
     const a = agent(
       target(1, {
         front: { services: { web: { image: IMG, command: RUN, environment: { V: '1' } }, worker: { image: IMG, command: RUN, ports: [`127.0.0.1:${PORT}:80`] } } },
