@@ -1,5 +1,6 @@
 import { FaultProxy } from '../devcloud/fault-proxy.js';
 import { startMosquitto, type Mosquitto } from '../devcloud/mosquitto.js';
+import { DEVICE_PREFIX } from '../devcloud/device-api.js';
 import { startDevCloud, type DevCloud, type DeviceRequestEvent } from '../devcloud/server.js';
 
 /**
@@ -29,20 +30,27 @@ export interface FleetWorld {
   end(): Promise<void>;
   /**
    * Device requests per second at the cloud, per whole second of `performance.now()`: all of them, or
-   * only the GETs (the polls: target state, jobs), which is what the model's poll loop stands for.
+   * only the target-state polls, which is what the model's poll loop stands for.
    */
   requestsPerSecond(fromMs: number, toMs: number, only?: 'polls'): number[];
-  /** The first instant ≥ `sinceMs` each device was answered below 500 (HTTP) or got a CONNACK (MQTT). */
-  backOnline(channel: Channel, sinceMs: number): Map<number, number>;
+  /**
+   * The first instant ≥ `sinceMs` each device was answered below 500 (HTTP: any request, or with
+   * `polls` its target-state poll only) or got a CONNACK (MQTT).
+   */
+  backOnline(channel: Channel, sinceMs: number, only?: 'polls'): Map<number, number>;
   close(): Promise<void>;
 }
 
+/** The route of the target-state poll (src/cloud/target-state.ts), the model's poll loop. */
+const POLL_ROUTE = `${DEVICE_PREFIX}/state`;
+
 interface Seen {
-  /** performance.now() of each request arrival, and of each GET's. */
+  /** performance.now() of each request arrival, and of each target-state poll's. */
   arrivals: number[];
   polls: number[];
-  /** Per device index: instants of answers below 500. */
+  /** Per device index: instants of answers below 500, to any request and to the polls. */
   httpOk: Map<number, number[]>;
+  pollOk: Map<number, number[]>;
   /** Per device index: instants of CONNACKs. */
   connacks: Map<number, number[]>;
 }
@@ -55,18 +63,20 @@ function push(m: Map<number, number[]>, k: number, v: number): void {
 
 /** Starts the devcloud, the broker and the proxies for `devices` devices named by `uuidOf(i)`. */
 export async function startFleetWorld(devices: number, uuidOf: (i: number) => string): Promise<FleetWorld> {
-  const seen: Seen = { arrivals: [], polls: [], httpOk: new Map(), connacks: new Map() };
+  const seen: Seen = { arrivals: [], polls: [], httpOk: new Map(), pollOk: new Map(), connacks: new Map() };
   const index = new Map<string, number>();
   for (let i = 0; i < devices; i++) index.set(uuidOf(i), i);
   const observe = (e: DeviceRequestEvent): void => {
     const at = performance.now();
+    const poll = e.method === 'GET' && e.route === POLL_ROUTE;
     if (e.phase === 'request') {
       seen.arrivals.push(at);
-      if (e.method === 'GET') seen.polls.push(at);
-    }
-    else if (e.uuid !== undefined && (e.status ?? 500) < 500) {
+      if (poll) seen.polls.push(at);
+    } else if (e.uuid !== undefined && (e.status ?? 500) < 500) {
       const i = index.get(e.uuid);
-      if (i !== undefined) push(seen.httpOk, i, at);
+      if (i === undefined) return;
+      push(seen.httpOk, i, at);
+      if (poll) push(seen.pollOk, i, at);
     }
   };
   const devcloud = await startDevCloud({ observe });
@@ -115,9 +125,9 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
       }
       return buckets;
     },
-    backOnline(channel, sinceMs) {
+    backOnline(channel, sinceMs, only) {
       const out = new Map<number, number>();
-      for (const [i, list] of channel === 'http' ? seen.httpOk : seen.connacks) {
+      for (const [i, list] of channel === 'mqtt' ? seen.connacks : only === 'polls' ? seen.pollOk : seen.httpOk) {
         const first = list.find((t) => t >= sinceMs);
         if (first !== undefined) out.set(i, first);
       }

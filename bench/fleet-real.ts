@@ -11,12 +11,13 @@ import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type B
  *
  * A real fleet: N agent processes (the built CLI, each with its own data dir) against the devcloud
  * and a private Mosquitto through fault proxies (bench/fleet-real-world.ts). For each outage kind
- * (refused, black hole, 503 behind an accepting proxy) and length (short, long), both channels go
- * down together; when they return, it measures per agent the time until each channel is back (the
- * first answer below 500 from the cloud, the first CONNACK from the broker, counted for the agents
- * whose own view of that channel was not online at the return) and the request rate at the cloud
- * (all requests, and the polls alone: the GETs, which is what the model's poll loop stands for), and
- * compares them with bench:fleet's model (bench/fleet-sim.ts) run for the same N and schedule.
+ * (refused, hang, 503 behind an accepting proxy) and length (short, long), both channels go down
+ * together; when they return, it measures per agent the time until each channel is back (the first
+ * answer below 500 from the cloud, and the first to a target-state poll; the first CONNACK from the
+ * broker; counted for the agents whose own view of that channel was not online at the return) and the
+ * request rate at the cloud (all requests, and the target-state polls alone), and compares the polls
+ * and the connects with bench:fleet's model (bench/fleet-sim.ts), whose loops they are, run for the
+ * same N and schedule.
  */
 
 const USAGE =
@@ -36,6 +37,8 @@ interface Measure {
   p50S: number | null;
   p99S: number | null;
   maxS: number | null;
+  /** HTTP: the p99 of the first target-state poll answered (the model's poll loop; p99S counts any request). */
+  pollP99S: number | null;
   steadyRps: number;
   peakRps: number;
   /** The same for the GETs alone (the polls), which the model's poll loop stands for. */
@@ -88,12 +91,14 @@ async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKi
   await world.end();
   const returned = performance.now();
   process.stderr.write(`${kind} ${outageS} s: back; waiting for ${CHANNELS.map((c) => `${affected.get(c)?.size} ${c}`).join(', ')}\n`);
-  const allBack = (): boolean => CHANNELS.every((c) => [...(affected.get(c) ?? [])].every((i) => world.backOnline(c, returned).has(i)));
+  // Back on HTTP counts its first answered poll too (what the model is compared on), which may come later.
+  const allBack = (): boolean =>
+    CHANNELS.every((c) => [...(affected.get(c) ?? [])].every((i) => world.backOnline(c, returned).has(i) && world.backOnline(c, returned, 'polls').has(i)));
   await waitUntil('every affected agent back', allBack, o.capS * 1000).catch((err: unknown) => {
     process.stderr.write(`${String(err)}\n`);
     for (const c of CHANNELS) {
       for (const i of affected.get(c) ?? []) {
-        if (!world.backOnline(c, returned).has(i)) process.stderr.write(`agent ${i} not back on ${c}; its log's tail:\n${agents[i]?.stderr().slice(-3000)}\n`);
+        if (!world.backOnline(c, returned, 'polls').has(i)) process.stderr.write(`agent ${i} not back on ${c}; its log's tail:\n${agents[i]?.stderr().slice(-3000)}\n`);
       }
     }
   });
@@ -105,9 +110,11 @@ async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKi
   return CHANNELS.map((channel) => {
     const predicted = (channel === 'http' ? model.api : model.mqtt) ?? { p99S: null, peakVsSteady: null };
     const set = affected.get(channel) ?? new Set<number>();
-    const back = world.backOnline(channel, returned);
-    const times = Float64Array.from([...set].flatMap((i) => (back.has(i) ? [((back.get(i) as number) - returned) / 1000] : []))).sort();
+    const secondsBack = (back: Map<number, number>): Float64Array =>
+      Float64Array.from([...set].flatMap((i) => (back.has(i) ? [((back.get(i) as number) - returned) / 1000] : []))).sort();
+    const times = secondsBack(world.backOnline(channel, returned));
     const q = (p: number): number | null => (times.length > 0 ? quantile(times, p) : null);
+    const polls = channel === 'http' ? secondsBack(world.backOnline(channel, returned, 'polls')) : times;
     return {
       kind,
       outageS,
@@ -117,6 +124,7 @@ async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKi
       p50S: q(0.5),
       p99S: times.length === set.size ? q(0.99) : null,
       maxS: times.length === set.size ? q(1) : null,
+      pollP99S: polls.length === set.size && polls.length > 0 ? quantile(polls, 0.99) : null,
       steadyRps,
       peakRps,
       pollSteadyRps,
@@ -133,6 +141,7 @@ function report(measures: Measure[], n: number, wallS: number, json: boolean, co
     cell(m.p50S, 1),
     cell(m.p99S, 1),
     cell(m.maxS, 1),
+    m.channel === 'http' ? cell(m.pollP99S, 1) : '',
     cell(m.model.p99S, 1),
     cell(m.steadyRps, 2),
     cell(m.peakRps),
@@ -140,7 +149,7 @@ function report(measures: Measure[], n: number, wallS: number, json: boolean, co
     cell(m.model.peakVsSteady, 2),
   ]);
   console.log(`real fleet: ${n} agents, ${machine().cpus} cpus, node ${process.version}, ${cell(wallS / 60, 1)} min`);
-  console.log(table(['outage, channel', 'back', 'p50 s', 'p99 s', 'max s', 'model p99 s', 'steady req/s', 'peak req/s', 'polls peak/steady', 'model peak/steady'], rows));
+  console.log(table(['outage, channel', 'back', 'p50 s', 'p99 s', 'max s', 'polls p99 s', 'model p99 s', 'steady req/s', 'peak req/s', 'polls peak/steady', 'model peak/steady'], rows));
   const results: BenchResult[] = [];
   const ratios: Record<string, number | null> = {};
   const targets: Record<string, BenchTarget> = {};
@@ -148,10 +157,13 @@ function report(measures: Measure[], n: number, wallS: number, json: boolean, co
     const k = `${m.kind}_${m.outageS}s.${m.channel}`;
     results.push({ name: `${k}.p99_back_online`, value: m.p99S === null ? null : round(m.p99S), unit: 's' });
     results.push({ name: `${k}.affected`, value: m.affected, unit: 'agents' });
+    if (m.channel === 'http') results.push({ name: `${k}.polls_p99_back_online`, value: m.pollP99S === null ? null : round(m.pollP99S), unit: 's' });
     // The polls' peak over their steady rate: the model's poll loop makes no reports, the real agents do.
     const peakVsSteady = ratio(m.pollPeakRps, m.pollSteadyRps);
     results.push({ name: `${k}.peak_vs_steady_all_requests`, value: ratio(m.peakRps, m.steadyRps), unit: 'x' });
-    ratios[`${k}.p99_vs_model`] = ratio(m.p99S, m.model.p99S);
+    // Like for like: the model's HTTP loop is the poll loop; a real agent's other loops on the API (its
+    // reports, the outbox's flusher) can bring the channel back before its poll does.
+    ratios[`${k}.p99_vs_model`] = ratio(m.channel === 'http' ? m.pollP99S : m.p99S, m.model.p99S);
     targets[`${k}.p99_back_online_s`] = target('<=', 40, m.p99S);
     const off = (r: number | null): number | null => (r === null ? null : Math.abs(r - 1));
     targets[`${k}.p99_within_25pct_of_model`] = target('<=', 0.25, off(ratios[`${k}.p99_vs_model`] ?? null));

@@ -23,7 +23,18 @@ export interface DeviceApiDeps {
   store: DevCloudStore;
   faults: FaultInjector;
   autoProvision: boolean;
-  observe?: ((e: { phase: 'request' | 'response'; uuid: string | undefined; method: string; status?: number }) => void) | undefined;
+  observe?: ((e: DeviceRequestEvent) => void) | undefined;
+}
+
+/** A device request as it arrives and as it is answered (what a bench or test observing the cloud sees). */
+export interface DeviceRequestEvent {
+  phase: 'request' | 'response';
+  /** The device the path names, when it names one. */
+  uuid: string | undefined;
+  method: string;
+  /** The matched route, e.g. `/device/v1/:uuid/state` (empty when none matched). */
+  route: string;
+  status?: number;
 }
 
 type UuidRequest = FastifyRequest<{ Params: { uuid: string } }>;
@@ -35,15 +46,16 @@ export function registerDeviceApi(app: FastifyInstance, deps: DeviceApiDeps): vo
   // a fault answered (e.g. how many came during a throttle).
   app.addHook('onRequest', (request, _reply, done) => {
     const uuid = deviceOf(request);
-    if (uuid !== undefined) store.countRequest(uuid, `${request.method} ${request.routeOptions.url ?? ''}`);
-    deps.observe?.({ phase: 'request', uuid, method: request.method });
+    const route = request.routeOptions.url ?? '';
+    if (uuid !== undefined) store.countRequest(uuid, `${request.method} ${route}`);
+    deps.observe?.({ phase: 'request', uuid, method: request.method, route });
     done();
   });
   app.addHook('onRequest', faults.onRequest);
   app.addHook('onResponse', (request, reply, done) => {
     const uuid = deviceOf(request);
     if (uuid !== undefined) store.bump(uuid, `status:${reply.statusCode}`);
-    deps.observe?.({ phase: 'response', uuid, method: request.method, status: reply.statusCode });
+    deps.observe?.({ phase: 'response', uuid, method: request.method, route: request.routeOptions.url ?? '', status: reply.statusCode });
     done();
   });
 

@@ -1,11 +1,13 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { createAdminApi, registerAdminRoutes, type AdminApi } from './admin.js';
-import { registerDeviceApi } from './device-api.js';
+import { registerDeviceApi, type DeviceRequestEvent } from './device-api.js';
 import { FaultInjector } from './faults.js';
 import { formatUrl, installErrorHandling, installGunzip } from './http.js';
 import { Listener } from './listener.js';
 import { DevCloudStore } from './store.js';
+
+export type { DeviceRequestEvent } from './device-api.js';
 
 export type { AdminApi } from './admin.js';
 export { DevCloudError } from './validate.js';
@@ -47,13 +49,6 @@ export interface DevCloudOptions {
 }
 
 /** A device request seen by the devcloud: `request` on arrival (before faults), `response` with the status sent. */
-export interface DeviceRequestEvent {
-  phase: 'request' | 'response';
-  /** The device the path names, when it names one. */
-  uuid: string | undefined;
-  method: string;
-  status?: number;
-}
 export type DeviceRequestObserver = (e: DeviceRequestEvent) => void;
 
 export interface DevCloud {
