@@ -17,8 +17,10 @@ export type Channel = 'api' | 'mqtt';
 export interface FleetSettings {
   pollIntervalMs: number;
   offline: AgentConfig['settings']['offline'];
-  /** cloud.requestTimeoutMs: a request not answered by then fails (the HTTP client's AbortSignal and undici's connect timeout). */
+  /** cloud.requestTimeoutMs: a request not answered by then fails (the HTTP client's AbortSignal). */
   requestTimeoutMs: number;
+  /** cloud.connectTimeoutMs: a request whose connection is not made by then fails (undici's connect timeout). */
+  connectTimeoutMs: number;
   /** mqtt.connectTimeoutMs: a CONNACK not received by then fails the attempt. */
   mqttConnectTimeoutMs: number;
   /** mqtt.keepAliveSeconds in ms: the session's watchdog gives up 1.5 x this after the last packet. */
@@ -38,6 +40,7 @@ export function agentDefaults(): FleetSettings {
     pollIntervalMs: config.settings.pollIntervalMs,
     offline: config.settings.offline,
     requestTimeoutMs: config.cloud.requestTimeoutMs,
+    connectTimeoutMs: Number(process.env.CT ?? config.cloud.requestTimeoutMs),
     mqttConnectTimeoutMs: config.mqtt.connectTimeoutMs,
     keepAliveMs: config.mqtt.keepAliveSeconds * 1000,
     probeInitialMs: PROBE_INITIAL_INTERVAL_MS,

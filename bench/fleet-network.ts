@@ -54,8 +54,11 @@ export function isDown(o: EndpointOutage, atMs: number): boolean {
   return o.kind !== null && atMs >= o.fromMs && atMs < o.untilMs;
 }
 
-/** A connect (then a request) started at `startMs`, given up by its maker after `timeoutMs`. */
-export function attempt(o: EndpointOutage, startMs: number, timeoutMs: number): Attempt {
+/**
+ * A connect (then a request) started at `startMs`, given up by its maker after `timeoutMs`, or after
+ * `connectTimeoutMs` while the connect has not completed (the HTTP client's undici connect timeout).
+ */
+export function attempt(o: EndpointOutage, startMs: number, timeoutMs: number, connectTimeoutMs = timeoutMs): Attempt {
   if (!isDown(o, startMs)) return { atMs: startMs, result: 'reached' };
   switch (o.kind) {
     case 'refused':
@@ -65,11 +68,12 @@ export function attempt(o: EndpointOutage, startMs: number, timeoutMs: number): 
     case 'hang':
       return startMs + timeoutMs < o.untilMs ? { atMs: startMs + timeoutMs, result: 'timeout' } : { atMs: o.untilMs, result: 'reset' };
     default: {
+      const limitMs = Math.min(timeoutMs, connectTimeoutMs);
       for (const sendMs of SYN_SEND_TIMES_MS) {
-        if (sendMs >= timeoutMs) break;
+        if (sendMs >= limitMs) break;
         if (startMs + sendMs >= o.untilMs) return { atMs: startMs + sendMs, result: 'reached' };
       }
-      return { atMs: startMs + timeoutMs, result: 'timeout' };
+      return { atMs: startMs + limitMs, result: 'timeout' };
     }
   }
 }

@@ -374,8 +374,10 @@ class FleetSimulation {
     // As RetryPolicy.wait does when the loop's wait ends: the backoff spaces attempt starts.
     loop.retry.attemptStarted();
     if (loop.affected && !loop.recovered) loop.attemptsToOnline++;
-    const timeoutMs = loop.channel === 'api' ? this.settings.requestTimeoutMs : this.settings.mqttConnectTimeoutMs;
-    const a = attempt(stats.outage, now, timeoutMs);
+    const a =
+      loop.channel === 'api'
+        ? attempt(stats.outage, now, this.settings.requestTimeoutMs, this.settings.connectTimeoutMs)
+        : attempt(stats.outage, now, this.settings.mqttConnectTimeoutMs);
     // Only what reaches the endpoint (or its balancer) is load on it.
     if (a.result !== 'timeout' && a.result !== 'reset') this.count(stats, a.atMs);
     loop.busy = true;
@@ -569,6 +571,7 @@ class FleetSimulation {
       peak = Math.max(peak, n);
       if (s > returnSecond) peakAfterFirst = Math.max(peakAfterFirst, n);
     }
+    if (process.env.DBG) console.log(channel, Array.from(stats.buckets.slice(returnSecond - 35, returnSecond + 60)).join(' '));
     const attempts = affected.reduce((sum, l) => sum + l.attemptsToOnline, 0);
     return {
       affected: affected.length,
