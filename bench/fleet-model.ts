@@ -40,7 +40,7 @@ export function agentDefaults(): FleetSettings {
     pollIntervalMs: config.settings.pollIntervalMs,
     offline: config.settings.offline,
     requestTimeoutMs: config.cloud.requestTimeoutMs,
-    connectTimeoutMs: Number(process.env.CT ?? config.cloud.requestTimeoutMs),
+    connectTimeoutMs: config.cloud.connectTimeoutMs,
     mqttConnectTimeoutMs: config.mqtt.connectTimeoutMs,
     keepAliveMs: config.mqtt.keepAliveSeconds * 1000,
     probeInitialMs: PROBE_INITIAL_INTERVAL_MS,

@@ -9,7 +9,7 @@
  * - `blackhole`: packets to the endpoint are dropped (a route or firewall eats them): a connect's SYN is
  *   never answered. The kernel resends it (Linux, tcp_syn_retries 6: 1, 3, 7, 15, 31 s after the first),
  *   so a connect started during the outage gets through at the first resend after the return, or is
- *   abandoned by the agent at its timeout (cloud.requestTimeoutMs for HTTP, mqtt.connectTimeoutMs for the
+ *   abandoned by the agent at its timeout (cloud.connectTimeoutMs for HTTP, mqtt.connectTimeoutMs for the
  *   broker, the probe's own connect timeout). While it waits, the loop that made it waits with it.
  * - `hang`: connections are accepted and nothing is ever answered on them (a proxy or balancer whose
  *   backend hangs, a path that drops everything but the handshake): a request or MQTT connect fails at

@@ -571,7 +571,6 @@ class FleetSimulation {
       peak = Math.max(peak, n);
       if (s > returnSecond) peakAfterFirst = Math.max(peakAfterFirst, n);
     }
-    if (process.env.DBG) console.log(channel, Array.from(stats.buckets.slice(returnSecond - 35, returnSecond + 60)).join(' '));
     const attempts = affected.reduce((sum, l) => sum + l.attemptsToOnline, 0);
     return {
       affected: affected.length,

@@ -110,6 +110,7 @@ export function buildHttpClient(core: Core, baseUrl: string, key: { apiKey(): st
     onKeyRefused: (k) => key.keyRefused(k),
     onKeyAccepted: (k) => key.keyAccepted(k),
     timeoutMs: config.cloud.requestTimeoutMs,
+    connectTimeoutMs: config.cloud.connectTimeoutMs,
     clock,
     ...(config.cloud.caFile ? { caFile: config.cloud.caFile } : {}),
     userAgent: `iotistic-agent/${core.version}`,

@@ -40,7 +40,14 @@ export interface CloudHttpClientOptions {
   onKeyRefused?: (key: string) => void;
   /** An answer other than 401 to a request sent with the device key `key`: the cloud takes it (again). */
   onKeyAccepted?: (key: string) => void;
+  /** The whole request's deadline (`cloud.requestTimeoutMs`). */
   timeoutMs: number;
+  /**
+   * The connection's (TCP and TLS handshakes; `cloud.connectTimeoutMs`), capped by `timeoutMs`: a
+   * connect through a black hole fails sooner than the request would, so fewer attempts are in
+   * flight, their SYNs resent by the kernel, when the way opens again. Default: `timeoutMs`.
+   */
+  connectTimeoutMs?: number;
   clock: Pick<Clock, 'now'>;
   caFile?: string;
   userAgent?: string;
@@ -80,7 +87,7 @@ export class CloudHttpClient {
     this.transport ??= import('undici').then(({ default: { Agent, request } }) => ({
       request,
       dispatcher: new Agent({
-        connect: { timeout: this.opts.timeoutMs, ...(this.ca ? { ca: this.ca } : {}) },
+        connect: { timeout: this.connectTimeoutMs, ...(this.ca ? { ca: this.ca } : {}) },
         headersTimeout: this.opts.timeoutMs,
         bodyTimeout: this.opts.timeoutMs,
         keepAliveTimeout: 30_000,
@@ -92,6 +99,10 @@ export class CloudHttpClient {
   private deviceKey(): string | undefined {
     const k = this.opts.apiKey;
     return typeof k === 'function' ? k() : k;
+  }
+
+  private get connectTimeoutMs(): number {
+    return Math.min(this.opts.connectTimeoutMs ?? this.opts.timeoutMs, this.opts.timeoutMs);
   }
 
   get baseUrl(): string {
@@ -243,6 +254,9 @@ export class CloudHttpClient {
   private classify(err: unknown, req: CloudRequest, timeout: AbortSignal): Error {
     if (req.signal?.aborted) return err instanceof Error ? err : new Error(String(err));
     const where = `${req.method} ${req.path}`;
+    if (!timeout.aborted && (err as { code?: string }).code === 'UND_ERR_CONNECT_TIMEOUT') {
+      return new CloudError('timeout', `${where} failed: no connection within ${this.connectTimeoutMs} ms (cloud.connectTimeoutMs)`, undefined, undefined, { cause: err });
+    }
     if (timeout.aborted || (err as { code?: string }).code?.startsWith('UND_ERR_') && /timeout/i.test(String((err as Error).message))) {
       return new CloudError('timeout', `${where} timed out after ${this.opts.timeoutMs} ms`, undefined, undefined, { cause: err });
     }

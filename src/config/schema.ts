@@ -229,6 +229,11 @@ const cloudSchema = z.strictObject({
     .optional()
     .describe('Base URL of the device HTTP API. Without it the agent runs in local mode (no cloud).'),
   requestTimeoutMs: ms(100).default(30_000).describe('A cloud request that has not completed in this time is aborted and counts as a failure.'),
+  connectTimeoutMs: ms(100)
+    .default(10_000)
+    .describe(
+      'A connection to the cloud (TCP and TLS handshakes) not made in this time fails the request (capped by requestTimeoutMs): through a black hole the attempt ends sooner, and fewer are left for the kernel to resend when the way opens. Room for a lost SYN or two and a slow TLS handshake.',
+    ),
   caFile: z.string().optional().describe('Extra CA certificate (PEM) to trust for the cloud, on top of the system roots.'),
 });
 

@@ -1,4 +1,5 @@
-import { createServer, type Server } from 'node:net';
+import { spawn } from 'node:child_process';
+import { connect, createServer, type Server } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { CloudHttpClient } from '../../src/cloud/http-client.js';
@@ -30,6 +31,39 @@ async function failure(p: Promise<unknown>): Promise<CloudError> {
     return err as CloudError;
   }
   throw new Error('expected the request to fail');
+}
+
+/**
+ * A real black hole on loopback: a socket listening with a backlog of 0 that never accepts (python3,
+ * asleep), its accept queue filled by one held connection, so the kernel drops every further SYN.
+ */
+async function synDroppingListener(): Promise<{ port: number; close(): Promise<void> }> {
+  const py = spawn('python3', ['-c', "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(0); print(s.getsockname()[1], flush=True); time.sleep(600)"], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise<void>((r) => py.once('exit', () => r()));
+  const port = await new Promise<number>((resolve, reject) => {
+    py.stdout.once('data', (d: Buffer) => resolve(Number(String(d).trim())));
+    py.once('error', reject);
+  });
+  const filler = connect(port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => filler.once('connect', () => resolve()).once('error', reject));
+  // Proof the hole drops SYNs: a second connect does not complete.
+  const probe = connect(port, '127.0.0.1');
+  const connected = await new Promise<boolean>((resolve) => {
+    probe.once('connect', () => resolve(true));
+    setTimeout(() => resolve(false), 300);
+  });
+  probe.destroy();
+  if (connected) throw new Error('the listener accepted a second connection: its SYNs are not dropped');
+  return {
+    port,
+    async close() {
+      filler.destroy();
+      py.kill();
+      await exited;
+    },
+  };
 }
 
 const getState = (headers: Record<string, string> = {}) =>
@@ -89,6 +123,24 @@ describe('the cloud HTTP client against the devcloud', () => {
     await cloud.admin.clearFaults();
     expect((await fresh.request({ method: 'GET', path: `/device/v1/${dev.uuid}/state` })).status).toBe(200);
     await fresh.close();
+  });
+
+  it('gives up a connection through a black hole at connectTimeoutMs, long before the request timeout', async () => {
+    const hole = await synDroppingListener();
+    try {
+      const c = new CloudHttpClient({ baseUrl: `http://127.0.0.1:${hole.port}`, timeoutMs: 20_000, connectTimeoutMs: 600, clock: { now: () => Date.now() } });
+      const t0 = Date.now();
+      const err = await failure(c.request({ method: 'GET', path: '/device/v1/x/state' }));
+      const tookMs = Date.now() - t0;
+      expect(err.kind).toBe('timeout');
+      expect(err.retryable).toBe(true);
+      expect(err.message).toBe('GET /device/v1/x/state failed: no connection within 600 ms (cloud.connectTimeoutMs)');
+      expect(tookMs).toBeGreaterThanOrEqual(500);
+      expect(tookMs).toBeLessThan(10_000);
+      await c.close();
+    } finally {
+      await hole.close();
+    }
   });
 
   it('reports a connection reset mid-answer as a network failure', async () => {

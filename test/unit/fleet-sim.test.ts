@@ -89,6 +89,10 @@ describe('fleet network model', () => {
     // Started 20 s before the return: the resends at 15 s and 31 s miss it, the timeout comes first.
     expect(attempt(down('blackhole'), 50_000, 30_000)).toEqual({ atMs: 80_000, result: 'timeout' });
     expect(attempt(down('blackhole'), 5_000, 30_000)).toEqual({ atMs: 5_000, result: 'reached' });
+    // With a 10 s connect timeout only the resends at 1, 3 and 7 s are the connect's: started 12 s
+    // before the return, it fails 2 s before it; started 6 s before, its 7 s resend gets through.
+    expect(attempt(down('blackhole'), 58_000, 30_000, 10_000)).toEqual({ atMs: 68_000, result: 'timeout' });
+    expect(attempt(down('blackhole'), 64_000, 30_000, 10_000)).toEqual({ atMs: 71_000, result: 'reached' });
   });
 
   it('refused and 503 fail at once; a probe handshakes with a balancer but not with a refused port', () => {
@@ -112,8 +116,8 @@ describe('fleet network model', () => {
     const full = simulate({ devices: DEVICES, seed: SEED, strategy: 'full', scenario, settings });
     expect(r.api.recovered).toBe(r.api.affected);
     expect(r.mqtt?.recovered).toBe(r.mqtt?.affected);
-    // A black-holed request waits out cloud.requestTimeoutMs: far fewer attempts than a refused cloud gets.
-    expect(r.api.minGapWhileDownMs).toBeGreaterThanOrEqual(settings.requestTimeoutMs);
+    // A black-holed connect waits out cloud.connectTimeoutMs: far fewer attempts than a refused cloud gets.
+    expect(r.api.minGapWhileDownMs).toBeGreaterThanOrEqual(settings.connectTimeoutMs);
     expect(p99(r)).toBeLessThan(p99(full));
   });
 });
