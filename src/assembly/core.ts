@@ -93,17 +93,17 @@ export function buildCore(deps: AgentDeps, version: string, builtAt: number): Co
   // A loop that fails on a damaged page makes the store check the whole file.
   const loops = new LoopRunner({ logger, clock, onFailure: (_name, err) => isCorruptionError(err) && store.suspectCorruption(errorMessage(err)) });
   const ids = new IdGenerator(() => clock.now());
-  // The probe of channel `mqtt` checks the preferred broker (the first of mqtt.urls).
-  const preferredBroker = mqttBrokerUrls(config.mqtt)[0];
+  const brokers = mqttBrokerUrls(config.mqtt);
   const monitor = new ConnectionMonitor({
     clock,
     offlineAfterFailures: offline.offlineAfterFailures,
     outageLog: new SqliteOutageLog(store),
-    channels: [...(config.cloud.apiUrl ? ['api'] : []), ...(preferredBroker ? ['mqtt'] : [])],
+    channels: [...(config.cloud.apiUrl ? ['api'] : []), ...(brokers.length > 0 ? ['mqtt'] : [])],
     logger: logger.child({ part: 'connection' }),
   });
-  // Each channel is probed and woken on its own: the API down while MQTT works is still probed.
-  const endpoints = { ...(config.cloud.apiUrl ? { api: config.cloud.apiUrl } : {}), ...(preferredBroker ? { mqtt: preferredBroker } : {}) };
+  // Each channel is probed and woken on its own: the API down while MQTT works is still probed. The
+  // `mqtt` probe handshakes with every broker of mqtt.urls: the session moves to whichever is up.
+  const endpoints = { ...(config.cloud.apiUrl ? { api: config.cloud.apiUrl } : {}), ...(brokers.length > 0 ? { mqtt: brokers } : {}) };
   const probes = new ChannelProbes({ monitor, endpoints, clock, random, logger, maxIntervalMs: offline.probeMaxIntervalSeconds * 1000 });
   const degradation = new DegradationController({
     status: monitor,

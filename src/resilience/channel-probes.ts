@@ -35,8 +35,12 @@ export function channelStatusSource(monitor: ChannelMonitor, channel: string): S
 
 export interface ChannelProbesOptions {
   monitor: ChannelMonitor;
-  /** Each channel and the URL of its endpoint (`api`: the device API, `mqtt`: the broker). */
-  endpoints: Record<string, string>;
+  /**
+   * Each channel and the URL of its endpoint, or the URLs of its endpoints (`api`: the device API;
+   * `mqtt`: every broker of `mqtt.urls`, since the session moves to whichever is up): a round
+   * handshakes with all of them, and any one connecting opens that channel's way.
+   */
+  endpoints: Record<string, string | readonly string[]>;
   clock: Clock;
   random: Random;
   logger: Logger;
@@ -52,7 +56,7 @@ export interface ChannelProbesOptions {
 
 /**
  * A probe and a Wakeup per channel. The loops and sinks of a channel sleep on that channel's
- * Wakeup; when the channel is offline its probe handshakes with that channel's endpoint alone, and
+ * Wakeup; when the channel is offline its probe handshakes with that channel's endpoints alone, and
  * a handshake wakes that channel's sleepers only (with the stagger). Each probe keeps its own
  * schedule, so a channel that works is never probed and a fleet's probes stay as spread as before.
  */
@@ -62,10 +66,10 @@ export class ChannelProbes {
   readonly probes: ConnectivityProbe[] = [];
 
   constructor(private readonly opts: ChannelProbesOptions) {
-    for (const [channel, url] of Object.entries(opts.endpoints)) {
+    for (const [channel, urls] of Object.entries(opts.endpoints)) {
       const monitor = opts.monitor;
       const probe = new ConnectivityProbe({
-        targets: probeTargetsFromUrls([url]),
+        targets: probeTargetsFromUrls(typeof urls === 'string' ? [urls] : urls),
         status: channelStatusSource(monitor, channel),
         // Offline because the endpoint answered errors (503s) or refused the credentials is not a closed way: a handshake proves nothing new.
         wayClosed: () => wayClosedBy(monitor.lastFailureKind(channel)),

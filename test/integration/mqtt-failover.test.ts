@@ -121,3 +121,37 @@ it('the agent process: mqtt.urls from its config file, the broker in use in /v2/
   });
   expect(agent.records().some((r) => String(r.msg).startsWith(`mqtt: the preferred broker ${preferred} accepts connections again: moving back to it from ${b.url}`))).toBe(true);
 }, 60_000);
+
+it('every broker down, then only the second one back: the probe watches all of mqtt.urls and the session is there well before the offline floor', async () => {
+  const [preferredPort, secondPort] = [await freePort(), await freePort()];
+  const [preferred, second] = [`mqtt://127.0.0.1:${preferredPort}`, `mqtt://127.0.0.1:${secondPort}`];
+  const agent = await spawnAgent({
+    dataDir: dirs.make(),
+    config: {
+      device: { uuid: `failover-probe-${process.pid}`, apiKey: 'failover-key-0123456789' },
+      mqtt: { urls: [preferred, second] },
+      // Quick to go offline and quick to probe; the floor stays at its 300 s: a probe that watched the
+      // preferred broker alone would leave the session asleep in it.
+      settings: { offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+    },
+  });
+  cleanups.push(async () => void (await agent.stop('SIGKILL')));
+  await waitFor('the mqtt channel offline', async () => {
+    const r = await agent.get('/v2/connection');
+    return (r.body as { channels?: Record<string, { status?: string }> }).channels?.mqtt?.status === 'offline';
+  });
+  const b = await startMosquitto({ port: secondPort, verbose: false });
+  cleanups.push(() => b.dispose());
+  const back = Date.now();
+  // The probe's wake is spread over up to 38 s (WAKE_SPREAD_MS), then one failed try of the preferred broker at most.
+  const onB = await waitFor(
+    'connected to the second broker',
+    async () => {
+      const m = await mqttStats(agent);
+      return m?.connected && m.brokerIndex === 1 ? m : undefined;
+    },
+    90_000,
+  );
+  expect(onB.broker).toBe(second);
+  console.log(`back on the second broker ${((Date.now() - back) / 1000).toFixed(1)} s after it listened (the floor: 300 s)`);
+}, 120_000);

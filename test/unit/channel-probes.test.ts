@@ -43,7 +43,7 @@ function logLines(): { lines: Array<Record<string, unknown>>; destination: Writa
 }
 
 function setup(
-  endpoints: Record<string, string> = { api: API, mqtt: BROKER },
+  endpoints: Record<string, string | readonly string[]> = { api: API, mqtt: BROKER },
   extra: { initialIntervalMs?: number; destination?: Writable; staggerMaxMs?: number; wakeSpreadMs?: number } = {},
 ): Harness {
   const clock = new FakeClock();
@@ -118,6 +118,22 @@ describe('ChannelProbes', () => {
     await h.clock.advance(45_000);
     expect(mqtt.outcome).toBe('woken');
     expect(api.outcome).toBeUndefined();
+  });
+
+  it('with several brokers (mqtt.urls) handshakes with each, and wakes the session when any of them opens', async () => {
+    const h = setup({ api: API, mqtt: [BROKER, 'mqtt://second.example.test:1884'] });
+    const mqtt = sleeper(h, 'mqtt');
+    goOffline(h.monitor, 'mqtt');
+    await h.clock.advance(60_000);
+    const ports = h.calls.map((c) => c.target.port);
+    expect(ports.filter((p) => p === 8883).length).toBeGreaterThan(1);
+    expect(ports.filter((p) => p === 1884).length).toBe(ports.filter((p) => p === 8883).length);
+    expect(h.probes.wayOpen('mqtt')).toBe(false);
+    // The preferred broker stays down; the second one returns.
+    h.open.add(1884);
+    await h.clock.advance(45_000);
+    expect(mqtt.outcome).toBe('woken');
+    expect(h.probes.wayOpen('mqtt')).toBe(true);
   });
 
   it('both down: each channel follows its own endpoint and schedule', async () => {
