@@ -31,7 +31,7 @@ export interface RegistrarOptions {
   issued?: IssuedCredentials | undefined;
   /** Keeps what was issued (in identity.json); throws when it cannot write. */
   keep: (issued: IssuedCredentials) => void;
-  retry: Pick<RetryPolicy, 'afterFailure' | 'afterSuccess' | 'wait'>;
+  retry: Pick<RetryPolicy, 'afterFailure' | 'afterSuccess' | 'wait' | 'waitUnwoken'>;
   /** A refused registration is tried again after half to all of this (the backoff's cap). */
   refusedRetryMaxMs: number;
   monitor: Pick<OutcomeSink, 'markFailure' | 'markSuccess'>;
@@ -157,8 +157,9 @@ export class Registrar {
       if (signal.aborted) return;
       if (this.refusedKey && err instanceof CloudError && err.status === 409) return this.keyStillLive();
       const { delayMs, refused } = this.failed(err);
-      // A refusal waits its time whatever the probe sees: only a change at the cloud ends it.
-      if (refused) await this.o.clock.sleep(delayMs, signal).catch(() => undefined);
+      // A refusal waits its time whatever the probe sees: only a change at the cloud ends it (and a
+      // wake meanwhile must not end the wait after the next failure either).
+      if (refused) await this.o.retry.waitUnwoken(delayMs, signal).catch(() => undefined);
       else await this.o.retry.wait(delayMs, signal);
     }
   }
@@ -199,6 +200,7 @@ export class Registrar {
       this.told = true;
       this.current = { state: 'refused', reason, statusCode: status, since: this.o.clock.now() };
       this.o.monitor.markFailure('api', 'register', reason, 'auth');
+      // Counted, so the backoff goes on from a later step when the refusal ends; the wait is the refusal's own.
       this.o.retry.afterFailure(err);
       return { delayMs: this.o.refusedRetryMaxMs * (0.5 + 0.5 * this.o.random()), refused: true };
     }

@@ -20,6 +20,7 @@ function setup(opts: { answers: Answer[]; provisioningKey?: string; configuredKe
   const marks: string[] = [];
   let registeredCalls = 0;
   const log = captureLogger();
+  const wakeup = new Wakeup({ clock, random });
   const http = {
     request: <T>(req: CloudRequest): Promise<CloudResponse<T>> => {
       requests.push({ at: clock.monotonic(), req });
@@ -37,7 +38,7 @@ function setup(opts: { answers: Answer[]; provisioningKey?: string; configuredKe
     configuredKey: opts.configuredKey,
     issued: opts.issued,
     keep: (i) => kept.push(i),
-    retry: new RetryPolicy({ backoff: new Backoff({ minMs: 1_000, maxMs: 8_000, strategy: 'none', clock, random }), sleeper: new Wakeup({ clock, random }), clock }),
+    retry: new RetryPolicy({ backoff: new Backoff({ minMs: 1_000, maxMs: 8_000, strategy: 'none', clock, random }), sleeper: wakeup, clock }),
     refusedRetryMaxMs: 8_000,
     monitor: { markSuccess: (ch, op) => marks.push(`ok ${ch} ${op}`), markFailure: (ch, op, _e, kind) => marks.push(`fail ${ch} ${op} ${kind}`) },
     clock,
@@ -47,7 +48,7 @@ function setup(opts: { answers: Answer[]; provisioningKey?: string; configuredKe
   });
   const stop = new AbortController();
   const running = registrar.run(stop.signal);
-  return { clock, registrar, requests, kept, marks, log, registered: () => registeredCalls, stop: async () => (stop.abort(), await running) };
+  return { clock, registrar, requests, kept, marks, log, wakeup, registered: () => registeredCalls, stop: async () => (stop.abort(), await running) };
 }
 
 const ok = (apiKey: string, mqtt?: { username: string; password: string }): Answer => ({ status: 201, body: { uuid: 'dev-1', apiKey, ...(mqtt ? { mqtt } : {}) } });
@@ -90,6 +91,27 @@ describe('Registrar', () => {
     // The same refusal twice is said once; a different one is said again.
     expect(errors.map((r) => r.statusCode)).toEqual([401, 403]);
     expect(t.marks).toEqual(['fail api register auth', 'fail api register auth', 'fail api register auth']);
+    await t.stop();
+  });
+
+  it('a probe wake during a refusal wait neither ends it nor cuts short the backoff after the next failure', async () => {
+    const net = (): Error => new CloudError('network', 'POST /device/v1/register failed: connection refused (ECONNREFUSED)');
+    const t = setup({ provisioningKey: 'prov-key-123456', answers: [net(), { status: 403 }, net(), ok('device-key-1')] });
+    await t.clock.advance(0);
+    await t.clock.advance(1_000);
+    expect(t.registrar.status().state).toBe('refused');
+    // The network comes back while the refusal waits its 4 s (half the cap): no change at the cloud, no early try.
+    t.wakeup.wake('probe');
+    await t.clock.advance(3_999);
+    expect(t.requests).toHaveLength(2);
+    await t.clock.advance(1);
+    expect(t.requests).toHaveLength(3);
+    // The third attempt failed on the network: the backoff's third step (4 s) from its start, not at once for the old wake.
+    await t.clock.advance(3_999);
+    expect(t.requests).toHaveLength(3);
+    await t.clock.advance(1);
+    expect(t.requests.map((r) => r.at - t.requests[0]!.at)).toEqual([0, 1_000, 5_000, 9_000]);
+    expect(t.registrar.status().state).toBe('registered');
     await t.stop();
   });
 
