@@ -444,7 +444,11 @@ class FleetSimulation {
     if (!loop.connected) return;
     loop.connected = false;
     loop.device.monitor.markFailure('mqtt', 'ping', 'connection lost', 'transport');
-    this.sleep(loop, this.time + loop.retry.afterFailure(undefined));
+    // Gone silent (black hole, or hung before the reset at the end): the keep-alive watchdog gave it up,
+    // at a moment timed by the device's own last ping (ConnectionLife's `silent` end).
+    const outage = this.channelStats(loop).outage;
+    const silent = outage.kind === 'blackhole' || (outage.kind === 'hang' && this.time < outage.untilMs);
+    this.sleep(loop, this.time + loop.retry.afterFailure(undefined, { phased: silent }));
   }
 
   private recovered(loop: Loop): void {

@@ -97,6 +97,8 @@ interface ConnectionEnd {
   refusalCode?: number;
   /** The attempt lasted mqtt.connectTimeoutMs without a CONNACK: the backoff counts from its start. */
   timedOut?: boolean;
+  /** An established connection given up for silence (the keep-alive): a moment the device's own, not the fleet's. */
+  silent?: boolean;
   /** The negotiator falls back to the other version: try again at once. */
   retryNow?: boolean;
   /** Closed to move back to the preferred broker, which accepted a check: connect to it at once. */
@@ -224,7 +226,7 @@ export class ConnectionLife {
     const failed = this.deps.brokers.current.name;
     const allRefused = this.deps.brokers.failed(auth);
     const next = this.deps.brokers.current.name;
-    const delayMs = allRefused ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined, { timedOut: end.timedOut === true });
+    const delayMs = allRefused ? this.deps.refusedRetryMaxMs * (0.5 + 0.5 * (this.deps.random ?? systemRandom)()) : this.deps.retry.afterFailure(undefined, { timedOut: end.timedOut === true, phased: end.silent === true });
     // A refusal of the credentials is a warning once per outage (until a connection is accepted); its repeats are debug.
     const level = auth ? (this.authRefusalSaid ? 'debug' : 'warn') : end.established ? 'warn' : 'info';
     if (auth) this.authRefusalSaid = true;
@@ -352,7 +354,7 @@ export class ConnectionLife {
     conn.client.end(true);
     // mqtt.js gives up a CONNACK at connectTimeoutMs (the guard a second later): an attempt that lasted that long timed out.
     const timedOut = !conn.established && this.deps.clock.monotonic() - conn.startedAtMono >= this.deps.config.mqtt.connectTimeoutMs;
-    return { established: conn.established, error, ...(refusal ? { refusal } : {}), ...(conn.refusalCode !== undefined ? { refusalCode: conn.refusalCode } : {}), retryNow, handover: conn.handover === true, timedOut };
+    return { established: conn.established, error, ...(refusal ? { refusal } : {}), ...(conn.refusalCode !== undefined ? { refusalCode: conn.refusalCode } : {}), retryNow, handover: conn.handover === true, timedOut, silent: conn.established && conn.lossOperation === 'ping' };
   }
 
   private onClientError(conn: Connection, err: Error): void {

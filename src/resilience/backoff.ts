@@ -28,6 +28,13 @@ export interface BackoffOptions {
 export interface FailureOptions {
   /** What the server asked for (see `parseRetryAfter`): the delay will be at least this. */
   retryAfterMs?: number;
+  /**
+   * The failure's moment is the device's own, not one a fleet shares: a connection given up by its
+   * keep-alive watchdog, timed from when that device last heard its broker. `spread` then draws even
+   * the first retry of a run as it draws the later ones: the fleet is spread already, and a draw near
+   * 0 would only put connects in flight through the outage that the kernel resends together at its end.
+   */
+  phased?: boolean;
 }
 
 /**
@@ -107,7 +114,7 @@ export class Backoff {
   failure(opts: FailureOptions = {}): number {
     if (this.stableLongEnough()) this.restart();
     this.goodSince = undefined;
-    const delay = this.nextDelay();
+    const delay = this.nextDelay(opts.phased === true);
     this.failures++;
     const retryAfter = opts.retryAfterMs;
     // Stryker disable next-line ConditionalExpression,EqualityOperator: the guards overlap (undefined is not finite) and a Retry-After of 0 holds nothing
@@ -164,7 +171,7 @@ export class Backoff {
     return floor + this.random() * (base - floor);
   }
 
-  private nextDelay(): number {
+  private nextDelay(phased: boolean): number {
     // Bounded by maxMs, so a long outage cannot overflow to Infinity * 0 or NaN.
     const base = Math.min(this.maxMs, this.minMs * this.multiplier ** this.failures);
     switch (this.strategy) {
@@ -174,7 +181,7 @@ export class Backoff {
         return this.fullJitter(base);
       case 'spread':
         // The first retry spreads a fleet that failed together over the first step; the later ones keep it spread.
-        return this.failures === 0 ? this.fullJitter(base) : base * (1 - SPREAD_WIDTH * this.random());
+        return this.failures === 0 && !phased ? this.fullJitter(base) : base * (1 - SPREAD_WIDTH * this.random());
       case 'equal':
         return base / 2 + this.random() * (base / 2);
       case 'decorrelated': {

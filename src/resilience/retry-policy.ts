@@ -43,9 +43,10 @@ export class RetryPolicy {
    * (a reset when a proxy's backend came back: the same moment for a whole fleet) it is drawn over the
    * whole step from now. A Retry-After counts from now.
    */
-  afterFailure(err: unknown, opts: { timedOut?: boolean } = {}): number {
+  afterFailure(err: unknown, opts: { timedOut?: boolean; phased?: boolean } = {}): number {
     const e = err instanceof CloudError ? err : undefined;
-    const step = Math.max(this.o.backoff.failure(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : undefined), this.o.floorMs?.() ?? 0);
+    const failure = { ...(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}), ...(opts.phased ? { phased: true } : {}) };
+    const step = Math.max(this.o.backoff.failure(failure), this.o.floorMs?.() ?? 0);
     if (this.attemptFrom === undefined) return step;
     const spent = Math.max(0, this.o.clock.monotonic() - this.attemptFrom);
     const hold = this.o.backoff.holdRemainingMs();

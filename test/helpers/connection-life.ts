@@ -88,6 +88,8 @@ export interface Harness {
   wakeup: Wakeup;
   monitor: ConnectionMonitor;
   failures: Array<{ operation: string; error: string; kind: string | undefined }>;
+  /** The options of each retry.afterFailure call (how the session told the policy what ended). */
+  retryOptions: Array<{ timedOut?: boolean; phased?: boolean } | undefined>;
   successes: string[];
   attached: PublishLink[];
   /** What reached the publish window: PUBACKs, the broker's limits, births with their callbacks. */
@@ -166,6 +168,12 @@ export function harness(o: HarnessOptions = {}): Harness {
     floorMs: () => (monitor.channelStatus('mqtt') === 'offline' && monitor.lastFailureKind('mqtt') === 'transport' ? FLOOR_MS : 0),
   });
   if (o.wait) retry.wait = o.wait;
+  const retryOptions: Harness['retryOptions'] = [];
+  const afterFailure = retry.afterFailure.bind(retry);
+  retry.afterFailure = (err, opts) => {
+    retryOptions.push(opts);
+    return afterFailure(err, opts);
+  };
   const life = new ConnectionLife({
     config: { mqtt, uuid: 'device-1', limits: o.limits, ...o.credentials },
     brokers: new BrokerRotation(
@@ -217,6 +225,7 @@ export function harness(o: HarnessOptions = {}): Harness {
     wakeup,
     monitor,
     failures,
+    retryOptions,
     successes,
     attached,
     window: win,

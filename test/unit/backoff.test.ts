@@ -152,6 +152,19 @@ describe('spread jitter', () => {
     expect(Math.max(...laters)).toBeGreaterThan(39_900);
   });
 
+  it('draws a phased first retry (a moment of the device alone) like the later ones; other strategies ignore it', () => {
+    const firsts: number[] = [];
+    for (let i = 0; i < 500; i++) {
+      const b = new Backoff({ minMs: 40_000, maxMs: 40_000, strategy: 'spread', clock: new FakeClock(), random: seededRandom(i) });
+      firsts.push(b.failure({ phased: true }));
+    }
+    expect(Math.min(...firsts)).toBeGreaterThanOrEqual(36_000);
+    expect(Math.max(...firsts)).toBeLessThanOrEqual(40_000);
+    const half = (): number => 0.5;
+    expect(new Backoff({ minMs: 40_000, maxMs: 40_000, strategy: 'full', clock: new FakeClock(), random: half }).failure({ phased: true })).toBe(100 + 0.5 * 39_900);
+    expect(new Backoff({ minMs: 40_000, maxMs: 40_000, strategy: 'equal', clock: new FakeClock(), random: half }).failure({ phased: true })).toBe(30_000);
+  });
+
   it('grows by the multiplier to the cap, and starts over with a full-jitter draw after a reset', () => {
     const top = (): number => 0;
     const b = new Backoff({ minMs: 1000, maxMs: 10_000, strategy: 'spread', clock: new FakeClock(), random: top });

@@ -36,6 +36,19 @@ describe('ConnectionLife: a connection', () => {
     expect(h.failures[0]!.error).toMatch(/^connection lost: nothing from the broker for 15000 ms/);
     expect(h.events.disconnected).toEqual([expect.objectContaining({ connectedForMs: 15_000 })]);
     expect(h.life.connected).toBe(false);
+    // Its moment is the device's own (timed by its last ping), so the retry is drawn as an already spread one.
+    expect(h.retryOptions).toEqual([{ timedOut: false, phased: true }]);
+  });
+
+  it('a connection the broker closes is not a silent one: its retry spreads like any first one', async () => {
+    const h = harness();
+    h.start();
+    await settle();
+    h.clients[0]!.accept();
+    h.clients[0]!.fail(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }));
+    await settle();
+    expect(h.failures[0]).toMatchObject({ operation: 'connect', kind: 'transport' });
+    expect(h.retryOptions).toEqual([{ timedOut: false, phased: false }]);
   });
 
   it('passes on the JSON messages of the topics the agent handles, and drops the rest', async () => {

@@ -105,6 +105,17 @@ describe('retry policy', () => {
     expect(t.retry.afterFailure(new CloudError('timeout', 'timed out'))).toBe(60_000);
   });
 
+  it('tells the backoff when the moment of a failure was the device alone (phased)', () => {
+    const seen: Array<{ retryAfterMs?: number; phased?: boolean } | undefined> = [];
+    const backoff = { failure: (o?: { retryAfterMs?: number; phased?: boolean }) => (seen.push(o), 1_000), success: () => undefined, reset: () => undefined, holdRemainingMs: () => 0, respread: () => 1_000 };
+    const clock = new FakeClock();
+    const retry = new RetryPolicy({ backoff, sleeper: new Wakeup({ clock, random: () => 0 }), clock });
+    retry.afterFailure(undefined, { phased: true });
+    retry.afterFailure(undefined);
+    retry.afterFailure(new CloudError('http', '503', 503, 7_000), { phased: true });
+    expect(seen).toEqual([{ phased: true }, {}, { retryAfterMs: 7_000, phased: true }]);
+  });
+
   it('the offline floor spaces attempt starts too', async () => {
     const t = setup(300_000);
     void t.retry.wait(1_000, new AbortController().signal);
