@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startDevCloud, type DevCloud } from '../../devcloud/server.js';
 import { requireBuilt, spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { FaultProxy } from '../helpers/fault-proxy.js';
@@ -10,21 +10,22 @@ import { Store } from '../helpers/store.js';
 import { systemClock } from '../../src/util/clock.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // The built agent, a real Mosquitto (behind a fault proxy to take the device offline) and the devcloud.
 const dirs = tempDirs();
 let cloud: DevCloud;
 let broker: Mosquitto;
 const agents: AgentProcess[] = [];
-const cleanups: Array<() => Promise<unknown>> = [];
 beforeAll(async () => {
   requireBuilt();
   cloud = await startDevCloud();
   broker = await startMosquitto();
 });
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.stop('SIGKILL');
-  for (const c of cleanups.splice(0).reverse()) await c();
+const cleanup = cleanupsAfterEach({
+  before: async () => {
+    for (const a of agents.splice(0)) await a.stop('SIGKILL');
+  },
 });
 afterAll(async () => {
   await cloud.close();
@@ -47,9 +48,9 @@ it('keeps the shadow locally, reports it over MQTT, takes the cloud desired stat
   cloud.admin.createDevice(dev);
   cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
   const proxy = await FaultProxy.start({ target: broker });
-  cleanups.push(() => proxy.close());
+  cleanup(() => proxy.close());
   const watcher = await observe(broker.url, `iot/${dev.uuid}/shadow/reported`);
-  cleanups.push(() => watcher.close());
+  cleanup(() => watcher.close());
   const desiredTopic = `iot/${dev.uuid}/shadow/desired`;
   const dataDir = dirs.make();
   const config = {
@@ -161,7 +162,7 @@ it('serves the shadow to local apps on the local broker: desired retained on loc
   expect((await agent.send('PATCH', '/v2/shadow', { desired: { fan: 'on' } })).status).toBe(200);
   const started = await waitFor('the local broker', () => agent.records().find((r) => r.msg === 'local MQTT broker listening for local apps'));
   const app = await observe(`mqtt://127.0.0.1:${String(started.port)}`, 'local/shadow/desired', { protocolVersion: 4 });
-  cleanups.push(() => app.close());
+  cleanup(() => app.close());
   // Retained: a late subscriber gets the current desired state and what is left to do.
   const first = await waitFor('the retained desired state', () => app.received.find((m) => m.topic === 'local/shadow/desired'));
   expect(first.retain).toBe(true);

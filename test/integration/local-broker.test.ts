@@ -14,11 +14,9 @@ import type { Store } from '../../src/store/store.js';
 import { silentLogger } from '../helpers/logger.js';
 import { openStore, until } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanup = cleanupsAfterEach();
 
 interface Ingested {
   stream: string;
@@ -28,7 +26,7 @@ interface Ingested {
 async function startBroker(ingest: LocalBrokerOptions['ingest'], extra: Partial<LocalBrokerOptions> = {}): Promise<{ broker: LocalBroker; url: string; port: number }> {
   const broker = new LocalBroker({ port: 0, ingest, logger: silentLogger(), ...extra });
   const { port } = await broker.start();
-  cleanups.push(() => broker.stop());
+  cleanup(() => broker.stop());
   return { broker, url: `mqtt://127.0.0.1:${port}`, port };
 }
 
@@ -47,7 +45,7 @@ async function client(url: string, opts: IClientOptions = {}): Promise<Client> {
   c.closes = 0;
   c.on('packetreceive', (p) => c.received.push(p));
   c.on('close', () => c.closes++);
-  cleanups.push(() => c.endAsync(true));
+  cleanup(() => c.endAsync(true));
   return c;
 }
 
@@ -252,7 +250,7 @@ describe('LocalBroker (aedes on loopback, mqtt.js clients)', () => {
     // A connection that never sends CONNECT is not an aedes client yet; stop() must close it too.
     const raw: Socket = tcpConnect(port, '127.0.0.1');
     raw.on('error', () => undefined);
-    cleanups.push(() => void raw.destroy());
+    cleanup(() => void raw.destroy());
     const rawClosed = new Promise<void>((r) => raw.once('close', () => r()));
     await until('two clients', () => broker.stats().clients === 2, 5_000);
 
@@ -283,16 +281,16 @@ describe('LocalBroker on a port bound early in the start (HeldListener)', () => 
   it('a client that connected while the agent was starting gets its CONNACK once the broker is up, then its PUBACKs', async () => {
     const held = await HeldListener.bind('127.0.0.1', 0);
     if (!held) throw new Error('could not bind a port');
-    cleanups.push(() => held.close());
+    cleanup(() => held.close());
     // mqtt.js connects at once: accepted, not refused; its CONNECT waits in the held connection.
     const early = connectAsync(`mqtt://127.0.0.1:${held.port}`, { reconnectPeriod: 0, connectTimeout: 30_000 }, false);
     const { ingested, ingest } = recorder();
     const broker = new LocalBroker({ port: 0, ingest, logger: silentLogger() });
     const { port } = await broker.start(held);
-    cleanups.push(() => broker.stop());
+    cleanup(() => broker.stop());
     expect(port).toBe(held.port);
     const c = await early;
-    cleanups.push(() => c.endAsync(true));
+    cleanup(() => c.endAsync(true));
     await c.publishAsync('local/telemetry/early', JSON.stringify({ v: 1 }), { qos: 1 });
     expect(ingested).toEqual([{ stream: 'early', payload: { v: 1 } }]);
   });
@@ -302,7 +300,7 @@ describe('LocalBroker on a port bound early in the start (HeldListener)', () => 
 async function rawClient(port: number, clientId: string): Promise<{ socket: Socket; packets: mqttPacket.Packet[]; send: (p: mqttPacket.Packet) => void }> {
   const socket = tcpConnect(port, '127.0.0.1');
   socket.on('error', () => undefined);
-  cleanups.push(() => void socket.destroy());
+  cleanup(() => void socket.destroy());
   const packets: mqttPacket.Packet[] = [];
   const parser = mqttPacket.parser({ protocolVersion: 4 });
   parser.on('packet', (p) => packets.push(p));
@@ -323,7 +321,7 @@ describe('LocalBroker with its persistence (the agent database)', () => {
     const persistence = new BrokerPersistence({ db: store.db, clock: { now: () => Date.now() }, logger: silentLogger(), maxRetained: 10, maxQueuedPerClient: 10 });
     const broker = new LocalBroker({ port: 0, ingest: recorder().ingest, logger: silentLogger(), persistence });
     const { port } = await broker.start();
-    cleanups.push(async () => {
+    cleanup(async () => {
       await broker.stop();
       if (store.db.open) store.close();
     });

@@ -1,21 +1,18 @@
 import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { FaultProxy } from '../helpers/fault-proxy.js';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { observe, outgoingRows, spawnSessionChild, TEST_UUID, until, type ChildEvent } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // Real Mosquitto and a real agent-side process on 127.0.0.1, no mocks.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 it('re-sends the messages in flight when the agent was SIGKILLed, after a restart on the same database, without extra copies', async () => {
   const broker = await startMosquitto();
-  cleanups.push(() => broker.dispose());
+  cleanup(() => broker.dispose());
   let pubacks = 0;
   const proxy = await FaultProxy.start({
     target: broker,
@@ -23,9 +20,9 @@ it('re-sends the messages in flight when the agent was SIGKILLed, after a restar
       if (f.direction === 'down' && f.type === 4) pubacks++;
     },
   });
-  cleanups.push(() => proxy.close());
+  cleanup(() => proxy.close());
   const cloud = await observe(broker.url, `iot/${TEST_UUID}/events`);
-  cleanups.push(() => cloud.close());
+  cleanup(() => cloud.close());
   const dbPath = join(dirs.make(), 'agent.db');
   const topic = `iot/${TEST_UUID}/events`;
   const messages = Array.from({ length: 20 }, (_, i) => {
@@ -35,7 +32,7 @@ it('re-sends the messages in flight when the agent was SIGKILLed, after a restar
   const ids = messages.map((m) => m.id);
 
   const first = spawnSessionChild({ dbPath, url: proxy.url, uuid: TEST_UUID });
-  cleanups.push(() => first.kill());
+  cleanup(() => first.kill());
   await first.waitFor('the first connection', (e) => e.event === 'connected');
   // The birth's PUBACK, so that all 20 messages fit in the broker's Receive Maximum (Mosquitto: 20).
   await until('the birth acknowledged', () => pubacks >= 1);
@@ -49,7 +46,7 @@ it('re-sends the messages in flight when the agent was SIGKILLed, after a restar
 
   // Restart on the same database, straight to the broker.
   const second = spawnSessionChild({ dbPath, url: broker.url, uuid: TEST_UUID });
-  cleanups.push(() => second.kill());
+  cleanup(() => second.kill());
   const started = await second.waitFor('the restart', (e) => e.event === 'started');
   expect(started.inflight).toBe(20);
   // The outbox re-publishes what it never saw acknowledged: the same ids join the stored messages.

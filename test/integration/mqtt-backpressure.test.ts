@@ -1,24 +1,21 @@
 import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { FaultProxy, type FrameEvent } from '../helpers/fault-proxy.js';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { observe, testSession, TEST_UUID, until } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // Real Mosquitto behind a node:net fault proxy on 127.0.0.1, no mocks.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 const PUBLISH = 3;
 const PUBACK = 4;
 
 it('never has more than maxInflight QoS 1 publishes unacknowledged, with the PUBACKs delayed', async () => {
   const broker = await startMosquitto();
-  cleanups.push(() => broker.dispose());
+  cleanup(() => broker.dispose());
   // Counted on the wire, as the agent sees it: PUBLISH QoS 1 sent, PUBACK received.
   let unacked = 0;
   let maxUnacked = 0;
@@ -27,12 +24,12 @@ it('never has more than maxInflight QoS 1 publishes unacknowledged, with the PUB
     if (f.direction === 'down' && f.type === PUBACK) unacked--;
   };
   const proxy = await FaultProxy.start({ target: broker, onFrame });
-  cleanups.push(() => proxy.close());
+  cleanup(() => proxy.close());
   const cloud = await observe(broker.url, `iot/${TEST_UUID}/telemetry/#`);
-  cleanups.push(() => cloud.close());
+  cleanup(() => cloud.close());
 
   const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: proxy.url, mqtt: { maxInflight: 5 } });
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   s.start();
   await until('connected, birth acknowledged', () => s.session.connected && s.session.stats().inflight === 0);
   proxy.delay(100, 'down');
@@ -44,7 +41,7 @@ it('never has more than maxInflight QoS 1 publishes unacknowledged, with the PUB
     maxInflight = Math.max(maxInflight, st.inflight);
     maxQueued = Math.max(maxQueued, st.queued);
   }, 5);
-  cleanups.push(() => clearInterval(sampler));
+  cleanup(() => clearInterval(sampler));
   const ids = Array.from({ length: 40 }, (_, i) => `t-${String(i).padStart(2, '0')}`);
   const started = Date.now();
   const outcomes = await Promise.all(
@@ -64,7 +61,7 @@ it('never has more than maxInflight QoS 1 publishes unacknowledged, with the PUB
 
 it("keeps to the broker's Receive Maximum (MQTT 5 CONNACK) when it is below maxInflight", async () => {
   const broker = await startMosquitto(); // announces Receive Maximum 20
-  cleanups.push(() => broker.dispose());
+  cleanup(() => broker.dispose());
   let unacked = 0;
   let maxUnacked = 0;
   const proxy = await FaultProxy.start({
@@ -74,9 +71,9 @@ it("keeps to the broker's Receive Maximum (MQTT 5 CONNACK) when it is below maxI
       if (f.direction === 'down' && f.type === PUBACK) unacked--;
     },
   });
-  cleanups.push(() => proxy.close());
+  cleanup(() => proxy.close());
   const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: proxy.url, mqtt: { maxInflight: 100 } });
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   s.start();
   await until('connected, birth acknowledged', () => s.session.connected && s.session.stats().inflight === 0);
   proxy.delay(50, 'down');

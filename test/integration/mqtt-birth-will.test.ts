@@ -1,16 +1,13 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { mosquittoSub, spawnSessionChild, testSession, TEST_UUID, until } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // Real Mosquitto on 127.0.0.1 watched by Debian's mosquitto_sub, no mocks.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 const STATUS = `iot/${TEST_UUID}/status`;
 
@@ -22,11 +19,11 @@ function states(lines: string[]): Array<{ state: string; ts: number }> {
 describe('birth and last will on iot/{uuid}/status', () => {
   it('announces online (retained) on connect; the broker publishes the offline will when the agent is killed', async () => {
     const broker = await startMosquitto();
-    cleanups.push(() => broker.dispose());
+    cleanup(() => broker.dispose());
     const sub = await mosquittoSub(broker.host, broker.port, STATUS);
-    cleanups.push(() => sub.stop());
+    cleanup(() => sub.stop());
     const child = spawnSessionChild({ dbPath: join(dirs.make(), 'agent.db'), url: broker.url, uuid: TEST_UUID });
-    cleanups.push(() => child.kill());
+    cleanup(() => child.kill());
 
     await until('the birth', () => states(sub.lines).length === 1, 15_000);
     const before = Date.now();
@@ -39,7 +36,7 @@ describe('birth and last will on iot/{uuid}/status', () => {
 
     // Retained: a subscriber arriving now is told the device is offline.
     const late = await mosquittoSub(broker.host, broker.port, STATUS);
-    cleanups.push(() => late.stop());
+    cleanup(() => late.stop());
     await until('the retained status', () => states(late.lines).length === 1);
     expect(states(late.lines)[0]).toMatchObject({ state: 'offline' });
   });
@@ -47,9 +44,9 @@ describe('birth and last will on iot/{uuid}/status', () => {
   for (const protocolVersion of [5, 4] as const) {
     it(`a graceful stop also leaves the status offline (MQTT ${protocolVersion === 5 ? '5: DISCONNECT with will, 0x04' : '3.1.1: close without DISCONNECT'})`, async () => {
       const broker = await startMosquitto();
-      cleanups.push(() => broker.dispose());
+      cleanup(() => broker.dispose());
       const sub = await mosquittoSub(broker.host, broker.port, STATUS);
-      cleanups.push(() => sub.stop());
+      cleanup(() => sub.stop());
       const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: broker.url, mqtt: { protocolVersion } });
       s.start();
       await until('the birth', () => states(sub.lines).length === 1);

@@ -1,20 +1,17 @@
 import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { observe, testSession, TEST_UUID, until } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // Real Mosquitto on 127.0.0.1, no mocks.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 it('accepts publishes while the broker is down and delivers every one once it is up', async () => {
   const broker = await startMosquitto({ persistence: true });
-  cleanups.push(() => broker.dispose());
+  cleanup(() => broker.dispose());
   // The cloud side's subscriber has a persistent session, saved with the broker's state, so it gets
   // what arrives while it is away.
   const cloudOptions = { clientId: 'cloud-consumer', clean: false } as const;
@@ -23,7 +20,7 @@ it('accepts publishes while the broker is down and delivers every one once it is
   await broker.stop();
 
   const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: broker.url });
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   s.start();
   const ids = Array.from({ length: 50 }, (_, i) => `m-${String(i).padStart(3, '0')}`);
   const outcomes = ids.map((id) =>
@@ -38,7 +35,7 @@ it('accepts publishes while the broker is down and delivers every one once it is
   const results = await Promise.all(outcomes);
   expect(results.every((r) => r.ok)).toBe(true);
   const cloud = await observe(broker.url, `iot/${TEST_UUID}/telemetry/#`, cloudOptions);
-  cleanups.push(() => cloud.close());
+  cleanup(() => cloud.close());
   await until('every message at the subscriber', () => new Set(cloud.ids()).size === ids.length);
   expect([...new Set(cloud.ids())].sort()).toEqual(ids);
   expect(s.monitor.channelStatus('mqtt')).toBe('online');

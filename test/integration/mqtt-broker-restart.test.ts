@@ -1,25 +1,22 @@
 import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { observe, testSession, TEST_UUID, until } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // Real Mosquitto on 127.0.0.1, no mocks.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 it('delivers every id when the broker is SIGKILLed and restarted mid-stream; duplicates only with the same id', async () => {
   const broker = await startMosquitto({ persistence: true });
-  cleanups.push(() => broker.dispose());
+  cleanup(() => broker.dispose());
   const cloud = await observe(broker.url, `iot/${TEST_UUID}/telemetry/#`, { clientId: 'cloud-consumer', clean: false });
-  cleanups.push(() => cloud.close());
+  cleanup(() => cloud.close());
 
   const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: broker.url, mqtt: { maxInflight: 20 } });
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   s.start();
   const ids = Array.from({ length: 400 }, (_, i) => `m-${String(i).padStart(4, '0')}`);
   const acked = new Set<string>();

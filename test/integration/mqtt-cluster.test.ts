@@ -1,17 +1,14 @@
 import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { startNatsCluster } from '../helpers/brokers.js';
 import { mosquittoSub, testSession, TEST_UUID, until, type MosquittoSub } from '../helpers/mqtt.js';
 import { captureLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // A real three-node NATS cluster (JetStream, MQTT) on loopback, no mocks.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 const TOPIC = `iot/${TEST_UUID}/telemetry/temp`;
 
@@ -42,14 +39,14 @@ async function persistentSubscriber(host: string, port: number): Promise<Mosquit
 
 it('a three-node NATS cluster: the node the agent is on is killed while a backlog drains; the agent moves to another node and a persistent subscriber gets every acknowledged message', async () => {
   const cluster = await startNatsCluster(3);
-  cleanups.push(() => cluster.dispose());
+  cleanup(() => cluster.dispose());
   const [n1, n2, n3] = cluster.nodes as [(typeof cluster.nodes)[0], (typeof cluster.nodes)[0], (typeof cluster.nodes)[0]];
   const sub = await persistentSubscriber(n3.host, n3.port);
-  cleanups.push(() => sub.stop());
+  cleanup(() => sub.stop());
 
   const log = captureLogger('info');
   const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: '', logger: log.logger, mqtt: { urls: [n1.url, n2.url, n3.url], returnToPreferredSeconds: 0 } });
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   s.start();
   await until('connected to the first node', () => s.session.stats().connected, 30_000);
   expect(s.session.stats()).toMatchObject({ broker: n1.url, brokerIndex: 0 });

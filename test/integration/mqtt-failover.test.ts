@@ -1,18 +1,15 @@
 import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import type { PublishOutcome } from '../../src/mqtt/session.js';
 import { spawnAgent, waitFor, type AgentProcess } from '../helpers/agent-process.js';
 import { freePort, startMosquitto } from '../helpers/mosquitto.js';
 import { observe, testSession, TEST_UUID, until, type Observer } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // Two real Mosquitto brokers on 127.0.0.1 (independent, not a cluster), no mocks.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 const TOPIC = `iot/${TEST_UUID}/telemetry/temp`;
 const message = (id: string): { topic: string; payload: string; id: string } => ({ topic: TOPIC, payload: JSON.stringify({ id, ts: Date.now(), v: 21.5 }), id });
@@ -29,14 +26,14 @@ const containsAll = (have: Set<string>, ids: readonly string[]): boolean => ids.
 it('moves to the second broker when the first is killed while a backlog drains, and back once it returns: every acknowledged message arrives', async () => {
   // The first keeps its sessions on disk (saved at every change), so its subscriber's session outlives the kill.
   const [a, b] = [await startMosquitto({ verbose: false, persistence: true }), await startMosquitto({ verbose: false })];
-  cleanups.push(() => a.dispose(), () => b.dispose());
+  cleanup(() => a.dispose(), () => b.dispose());
   // The cloud side: a subscriber with a persistent session on each broker.
   const onA = await observe(a.url, `iot/${TEST_UUID}/telemetry/#`, { clientId: 'cloud-a', clean: false });
   const onB = await observe(b.url, `iot/${TEST_UUID}/telemetry/#`, { clientId: 'cloud-b', clean: false });
-  cleanups.push(() => onA.close(), () => onB.close());
+  cleanup(() => onA.close(), () => onB.close());
 
   const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: '', mqtt: { urls: [a.url, b.url], returnToPreferredSeconds: 2 } });
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   s.start();
   await until('connected to the first broker', () => s.session.stats().connected);
   expect(s.session.stats()).toMatchObject({ broker: a.url, brokerIndex: 0, brokers: 2 });
@@ -91,7 +88,7 @@ async function mqttStats(agent: AgentProcess): Promise<{ connected: boolean; bro
 
 it('the agent process: mqtt.urls from its config file, the broker in use in /v2/connection, the log and /metrics, back to the preferred one once it listens', async () => {
   const b = await startMosquitto({ verbose: false });
-  cleanups.push(() => b.dispose());
+  cleanup(() => b.dispose());
   // The preferred broker is not there yet: nothing listens on its port.
   const preferredPort = await freePort();
   const preferred = `mqtt://127.0.0.1:${preferredPort}`;
@@ -103,7 +100,7 @@ it('the agent process: mqtt.urls from its config file, the broker in use in /v2/
       settings: { offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1 } },
     },
   });
-  cleanups.push(async () => void (await agent.stop('SIGKILL')));
+  cleanup(async () => void (await agent.stop('SIGKILL')));
   const onB = await waitFor('connected to the second broker', async () => {
     const m = await mqttStats(agent);
     return m?.connected && m.brokerIndex === 1 ? m : undefined;
@@ -114,7 +111,7 @@ it('the agent process: mqtt.urls from its config file, the broker in use in /v2/
   expect(metrics).toContain(`\niotistic_mqtt_broker{broker="${b.url}"} 1\n`);
 
   const a = await startMosquitto({ port: preferredPort, verbose: false });
-  cleanups.push(() => a.dispose());
+  cleanup(() => a.dispose());
   await waitFor('back on the preferred broker', async () => {
     const m = await mqttStats(agent);
     return m?.connected && m.brokerIndex === 0 && m.broker === preferred;
@@ -135,13 +132,13 @@ it('every broker down, then only the second one back: the probe watches all of m
       settings: { offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
     },
   });
-  cleanups.push(async () => void (await agent.stop('SIGKILL')));
+  cleanup(async () => void (await agent.stop('SIGKILL')));
   await waitFor('the mqtt channel offline', async () => {
     const r = await agent.get('/v2/connection');
     return (r.body as { channels?: Record<string, { status?: string }> }).channels?.mqtt?.status === 'offline';
   });
   const b = await startMosquitto({ port: secondPort, verbose: false });
-  cleanups.push(() => b.dispose());
+  cleanup(() => b.dispose());
   const back = Date.now();
   // The probe's wake is spread over up to 38 s (WAKE_SPREAD_MS), then one failed try of the preferred broker at most.
   const onB = await waitFor(

@@ -1,32 +1,29 @@
 import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import type { DisconnectedEvent } from '../../src/mqtt/session.js';
 import { FaultProxy } from '../helpers/fault-proxy.js';
 import { startMosquitto } from '../helpers/mosquitto.js';
 import { observe, testSession, TEST_UUID, until } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // Real Mosquitto behind a node:net fault proxy on 127.0.0.1, no mocks.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 const KEEP_ALIVE_S = 5;
 const LIMIT_MS = 1.5 * KEEP_ALIVE_S * 1000;
 
 it('tears down a half-open connection within 1.5 x keep-alive and re-establishes it; a publish made meanwhile is delivered', async () => {
   const broker = await startMosquitto();
-  cleanups.push(() => broker.dispose());
+  cleanup(() => broker.dispose());
   const proxy = await FaultProxy.start({ target: broker });
-  cleanups.push(() => proxy.close());
+  cleanup(() => proxy.close());
   const cloud = await observe(broker.url, `iot/${TEST_UUID}/events`);
-  cleanups.push(() => cloud.close());
+  cleanup(() => cloud.close());
 
   const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url: proxy.url, mqtt: { keepAliveSeconds: KEEP_ALIVE_S } });
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   s.start();
   await until('connected and subscribed', () => s.session.stats().subscribed && s.session.stats().inflight === 0);
 

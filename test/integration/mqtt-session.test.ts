@@ -1,31 +1,28 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FaultProxy } from '../helpers/fault-proxy.js';
 import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { observe, testSession, TEST_UUID, until, type Observer, type TestSession } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 import type { IncomingMessage } from '../../src/mqtt/session.js';
 
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 async function broker(opts: Parameters<typeof startMosquitto>[0] = {}): Promise<Mosquitto> {
   const b = await startMosquitto(opts);
-  cleanups.push(() => b.dispose());
+  cleanup(() => b.dispose());
   return b;
 }
 function session(opts: Parameters<typeof testSession>[0]): TestSession {
   const s = testSession(opts);
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   return s;
 }
 async function observer(url: string, topic: string, opts = {}): Promise<Observer> {
   const o = await observe(url, topic, opts);
-  cleanups.push(() => o.close());
+  cleanup(() => o.close());
   return o;
 }
 
@@ -148,7 +145,7 @@ describe('MqttSession against a private Mosquitto', () => {
   it('re-establishes a connection that is reset or cut; a message caught in flight resolves once it is acknowledged', async () => {
     const b = await broker();
     const proxy = await FaultProxy.start({ target: b });
-    cleanups.push(() => proxy.close());
+    cleanup(() => proxy.close());
     const cloud = await observer(b.url, `iot/${TEST_UUID}/events`);
     const s = session({ dbPath: join(dirs.make(), 'agent.db'), url: proxy.url });
     s.start();

@@ -1,18 +1,15 @@
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeCa, type TestCa } from '../helpers/certs.js';
 import { startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { observe, testSession, TEST_UUID, until, type TestSession } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 // Real Mosquitto with a TLS listener on 127.0.0.1 and certificates made by the openssl CLI.
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 let ca: TestCa;
 let other: TestCa;
@@ -30,7 +27,7 @@ afterAll(async () => {
 
 function session(mqtt: Parameters<typeof testSession>[0]['mqtt'], url = broker.url): TestSession {
   const s = testSession({ dbPath: join(dirs.make(), 'agent.db'), url, mqtt, maxBackoffSeconds: 0.5 });
-  cleanups.push(() => s.close());
+  cleanup(() => s.close());
   s.start();
   return s;
 }
@@ -46,7 +43,7 @@ describe('MQTT over TLS (mqtts://)', () => {
       key: readFileSync(viewer.keyFile),
       rejectUnauthorized: true,
     });
-    cleanups.push(() => cloud.close());
+    cleanup(() => cloud.close());
     await until('connected', () => s.session.connected);
     expect(await s.session.publish({ topic: `iot/${TEST_UUID}/events`, payload: JSON.stringify({ id: 'tls-1' }), id: 'tls-1' })).toEqual({ ok: true });
     await until('the message', () => cloud.ids().includes('tls-1'));

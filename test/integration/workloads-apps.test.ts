@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MemoryTargetSource } from '../../src/workloads/target-source.js';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import type { CurrentState, ServiceState } from '../../src/workloads/types.js';
@@ -8,6 +8,7 @@ import { waitFor } from '../helpers/agent-process.js';
 import { fileEngine, fileRegistry } from '../helpers/docker.js';
 import { workloadRig } from '../helpers/workload-rig.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /**
  * Apps as a unit on a real Docker engine (a private dockerd when none runs): the app's own network
@@ -19,15 +20,12 @@ const eng = fileEngine();
 const reg = fileRegistry();
 let IMG: string;
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   IMG = await reg.push(eng.docker, await eng.buildImage('local/apps:1', 'apps'), 'apps:1');
 }, 90_000);
 
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanup = cleanupsAfterEach();
 
 afterAll(() => dirs.cleanup());
 
@@ -58,7 +56,7 @@ interface Agent {
 /** An agent's reconciler on the engine; every target it applies is checked against its plan preview. */
 function agent(t: TargetState): Agent {
   const rig = workloadRig(eng, t, { agentId: `${eng.runId}-apps${++agents}`, dataDir: dirs.make(), intervalMs: 2_000, crashBackoff: { minMs: 500, maxMs: 2_000 }, fastWatch: true });
-  cleanups.push(() => rig.stop());
+  cleanup(() => rig.stop());
   return {
     id: rig.id,
     source: rig.source,

@@ -1,10 +1,11 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { validateTarget, type TargetState } from '../../src/workloads/target-schema.js';
 import { waitFor } from '../helpers/agent-process.js';
 import { freePort } from '../helpers/mosquitto.js';
 import { fileEngine, fileRegistry, TEST_RUN_LABEL } from '../helpers/docker.js';
 import { workloadRig, type WorkloadRig } from '../helpers/workload-rig.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /**
  * The reconciler on a real Docker engine (a private dockerd when none runs) with images built from
@@ -17,16 +18,13 @@ const reg = fileRegistry();
 let IMG: string;
 let IMG2: string;
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   IMG = await eng.buildImage('local/bb:1', 'v1');
   IMG2 = await eng.buildImage('local/bb:2', 'v2');
 }, 60_000);
 
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanup = cleanupsAfterEach();
 
 afterAll(() => dirs.cleanup());
 
@@ -54,7 +52,7 @@ function agent(t: TargetState, opts: { agentId?: string; intervalMs?: number; re
     ...(opts.retries ? { retries: opts.retries } : {}),
   });
   // An agent that stops (or is killed) leaves its containers running: nothing to close for docker.
-  cleanups.push(() => rig.stop());
+  cleanup(() => rig.stop());
   return rig;
 }
 

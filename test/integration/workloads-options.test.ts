@@ -6,21 +6,19 @@ import { requireBuilt, runCli, spawnAgent, waitFor, type AgentProcess } from '..
 import { fileEngine } from '../helpers/docker.js';
 import { workloadRig, type WorkloadRig } from '../helpers/workload-rig.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /** Container options in force on a real engine (issue #18), and the Compose subset through the CLI and the local API. */
 
 const eng = fileEngine();
 let IMG: string;
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   requireBuilt();
   IMG = await eng.buildImage('local/opts:1', 'opts');
 }, 120_000);
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanup = cleanupsAfterEach();
 afterAll(() => dirs.cleanup());
 
 function target(version: number, apps: Record<string, unknown>): TargetState {
@@ -29,16 +27,17 @@ function target(version: number, apps: Record<string, unknown>): TargetState {
   return r.target;
 }
 
+let rigs = 0;
 /** A reconciler on the engine; every target it applies is checked against its plan preview (PlanApplyCheck). */
 function reconciler(t: TargetState): WorkloadRig {
   const rig = workloadRig(eng, t, {
-    agentId: `${eng.runId}-opts${cleanups.length}`,
+    agentId: `${eng.runId}-opts${rigs++}`,
     dataDir: dirs.make(),
     intervalMs: 2_000,
     crashBackoff: { minMs: 1_000, maxMs: 8_000 },
     pullBackoff: { minMs: 500, maxMs: 2_000 },
   });
-  cleanups.push(() => rig.stop());
+  cleanup(() => rig.stop());
   return rig;
 }
 

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/util/clock.js';
 import { Reconciler, type ReconcilerOptions } from '../../src/workloads/reconciler.js';
 import { DockerRuntime } from '../../src/workloads/runtimes/docker.js';
@@ -13,6 +13,7 @@ import { ROOT, waitFor } from '../helpers/agent-process.js';
 import { silentLogger } from '../helpers/logger.js';
 import { PlanApplyCheck } from '../helpers/plan-check.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /**
  * The process runtime on real processes: spawned without a shell, environment, output captured and
@@ -21,11 +22,7 @@ import { tempDirs } from '../helpers/tmp.js';
  */
 
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 function target(version: number, apps: Record<string, unknown>): TargetState {
   const r = validateTarget({ version, apps });
@@ -75,7 +72,7 @@ function agent(dataDir: string, t: TargetState, opts: Partial<ProcessRuntimeOpti
     if (graceful) await rec.close();
     check.verify();
   };
-  cleanups.push(() => stop(true));
+  cleanup(() => stop(true));
   return { rec, runtime, source, states, stop, apply: (next, r) => check.apply(next, r), service: (app, name) => rec.currentState().apps[app]?.services[name] };
 }
 
@@ -247,7 +244,7 @@ describe('process runtime', () => {
     let err = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    cleanups.push(async () => {
+    cleanup(async () => {
       if (child.exitCode === null) child.kill('SIGKILL');
     });
     await waitFor(`the first agent applied (stderr: ${err})`, () => out.includes('applied') && pidsOf(cmd).length === 1, 30_000);

@@ -1,7 +1,7 @@
 import { digestOf } from '../../src/outbox/ledger.js';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CounterMirror, readCounterMirror, restoreCounters } from '../../src/outbox/counter-mirror.js';
 import { Outbox } from '../../src/outbox/outbox.js';
 import { countCorruptLosses } from '../../src/outbox/salvage-losses.js';
@@ -10,15 +10,12 @@ import { FakeClock } from '../helpers/fake-clock.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { Store } from '../helpers/store.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /** The outbox's counters kept outside the database, so a corrupt database does not erase the drops it had counted. */
 
 const dirs = tempDirs();
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 function open(dir: string, maxCount = 100) {
   const clock = new FakeClock();
@@ -35,7 +32,7 @@ function open(dir: string, maxCount = 100) {
     await outbox.close();
     store.close();
   };
-  cleanups.push(close);
+  cleanup(close);
   return { clock, store, outbox, close, path: join(dir, 'outbox-counters.json') };
 }
 

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CloudError } from '../../src/resilience/cloud-error.js';
 import { RetryPolicy } from '../../src/resilience/retry-policy.js';
 import { Flusher, type FlusherOptions, type Sink, type SinkResult } from '../../src/outbox/flusher.js';
@@ -13,15 +13,12 @@ import { IdGenerator } from '../../src/util/ids.js';
 import { seededRandom } from '../../src/util/random.js';
 import { captureLogger, silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /** What a flusher tells its sink, the monitor, the outbox and its own stats, in the cases flusher.test.ts leaves out. */
 
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 /** Stands in for the cloud (named fake): answers with what `decide` says and records each batch. */
 class RecordingPeer implements Sink {
@@ -80,7 +77,7 @@ function setup(peer: RecordingPeer, opts: Partial<Pick<FlusherOptions, 'batch' |
     stop.abort();
     await done;
   };
-  cleanups.push(async () => {
+  cleanup(async () => {
     await halt();
     await outbox.close();
     store.close();

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Flusher, type Sink, type SinkResult } from '../../src/outbox/flusher.js';
 import { Outbox } from '../../src/outbox/outbox.js';
 import type { OutboxMessage } from '../../src/outbox/types.js';
@@ -15,13 +15,10 @@ import { FakeClock } from '../helpers/fake-clock.js';
 import { silentLogger } from '../helpers/logger.js';
 import { Store } from '../helpers/store.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 const HEADER = 'Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n';
 const defaultVia = (iface: string): string => `${HEADER}${iface}\t00000000\t0101000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n`;
@@ -108,7 +105,7 @@ function setup(opts: { limitBytes: number; channels?: string[] }) {
   woken.flusher = f;
   const stop = new AbortController();
   const done = f.run(stop.signal);
-  cleanups.push(async () => {
+  cleanup(async () => {
     stop.abort();
     await done;
     await outbox.close();

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CloudError } from '../../src/resilience/cloud-error.js';
 import { RetryPolicy } from '../../src/resilience/retry-policy.js';
 import { Flusher, type Sink, type SinkResult } from '../../src/outbox/flusher.js';
@@ -13,13 +13,10 @@ import { IdGenerator } from '../../src/util/ids.js';
 import { seededRandom } from '../../src/util/random.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 /** Stands in for the cloud (named fake): takes what `decide` says, and records every batch. */
 class FakePeer implements Sink {
@@ -69,7 +66,7 @@ async function setup(peer: FakePeer, opts: { maxInflight?: number; maxCount?: nu
   });
   const stop = new AbortController();
   const done = flusher.run(stop.signal);
-  cleanups.push(async () => {
+  cleanup(async () => {
     stop.abort();
     await done;
     await outbox.close();

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { CloudRequest, CloudResponse } from '../../src/cloud/http-client.js';
 import { CloudError } from '../../src/resilience/cloud-error.js';
 import { HttpSink } from '../../src/cloud/http-sink.js';
@@ -16,6 +16,7 @@ import { IdGenerator } from '../../src/util/ids.js';
 import { seededRandom } from '../../src/util/random.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /**
  * Issue 20: what an HTTP status from the cloud does to queued messages, through the real HTTP sink,
@@ -26,11 +27,7 @@ import { tempDirs } from '../helpers/tmp.js';
  */
 
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 /** The cloud's HTTP API as the sink sees it: answers `status` to everything while it is set, else takes all. */
 class Cloud {
@@ -72,7 +69,7 @@ function setup() {
   });
   const stop = new AbortController();
   const done = flusher.run(stop.signal);
-  cleanups.push(async () => {
+  cleanup(async () => {
     stop.abort();
     await done;
     await outbox.close();

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { defaultConfig, type AgentConfig } from '../../src/config/schema.js';
 import { MqttSession, type PublishOutcome, type PublishRequest } from '../../src/mqtt/session.js';
 import { deviceTopics } from '../../src/mqtt/topics.js';
@@ -12,15 +12,12 @@ import { fakeConnect, type FakeMqttClient } from '../helpers/fake-mqtt-client.js
 import { captureLogger } from '../helpers/logger.js';
 import { openStore } from '../helpers/mqtt.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /** The MQTT session as its users see it: settings checks, publish outcomes, stats, events, start and stop. */
 
 const dirs = tempDirs();
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 const URL_ = 'mqtt://broker.test:1883';
 const topics = deviceTopics('dev-1');
@@ -61,7 +58,7 @@ function harness(o: { mqtt?: Partial<AgentConfig['mqtt']>; floorMs?: () => numbe
     connect: fakeConnect(clients),
   });
   const ctl = new AbortController();
-  cleanups.push(() => store.close());
+  cleanup(() => store.close());
   const h: Harness = {
     session,
     store,
@@ -72,7 +69,7 @@ function harness(o: { mqtt?: Partial<AgentConfig['mqtt']>; floorMs?: () => numbe
       const running = { done: false };
       const p = session.start(ctl.signal);
       void p.then(() => (running.done = true));
-      cleanups.push(async () => {
+      cleanup(async () => {
         await session.stop();
         await p;
       });

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { CloudRequest } from '../../src/cloud/http-client.js';
 import { CloudError } from '../../src/resilience/cloud-error.js';
 import { StateDelivery } from '../../src/cloud/state-delivery.js';
@@ -9,13 +9,10 @@ import { FakeClock } from '../helpers/fake-clock.js';
 import type { Json } from '../../src/util/json-diff.js';
 import { silentLogger } from '../helpers/logger.js';
 import { tempDirs } from '../helpers/tmp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const dirs = tempDirs();
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) await c();
-  dirs.cleanup();
-});
+const cleanup = cleanupsAfterEach({ after: () => dirs.cleanup() });
 
 function openStore(clock: FakeClock): Store {
   const store = Store.open({ path: join(dirs.make(), 'agent.db'), logger: silentLogger(), clock });
@@ -43,7 +40,7 @@ function setupReporter(intervalMs = 1_000) {
   const reporter = new StateReporter({ outbox, clock, logger: silentLogger(), intervalMs: () => intervalMs, current: () => current });
   const stop = new AbortController();
   const done = reporter.run(stop.signal);
-  cleanups.push(async () => {
+  cleanup(async () => {
     stop.abort();
     await done;
   });
