@@ -7,7 +7,7 @@ import { modelRun, quantile } from './fleet-sim.js';
 import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type BenchResult, type BenchTarget } from './report.js';
 
 /**
- * npm run bench:fleet-real [-- --agents N --short S --long S --settle S --cap S --json]
+ * npm run bench:fleet-real [-- --agents N --short S --long S --settle S --cap S --kinds K,K --json]
  *
  * A real fleet: N agent processes (the built CLI, each with its own data dir) against the devcloud
  * and a private Mosquitto through fault proxies (bench/fleet-real-world.ts). For each outage kind
@@ -22,7 +22,28 @@ import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type B
 
 const USAGE =
   'usage: node dist/bench/fleet-real.js [--agents N (default 50)] [--short S (default 60; 0: none)] [--long S (default 600; 0: none)] ' +
-  '[--settle S (default 90: steady time before each outage)] [--cap S (default 180: longest wait for the return)] [--json]';
+  '[--settle S (default 90: steady time before each outage)] [--cap S (default 180: longest wait for the return)] ' +
+  `[--kinds K,K (default ${OUTAGE_KINDS.join(',')})] [--json]`;
+
+/** `--kinds a,b` (or `--kinds=a,b`) taken out of `argv`: the outage kinds to run, in the bench's order. */
+function takeKinds(argv: string[]): { kinds: OutageKind[]; rest: string[] } {
+  const rest: string[] = [];
+  let raw: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '--kinds') raw = argv[++i] ?? '';
+    else if (a.startsWith('--kinds=')) raw = a.slice('--kinds='.length);
+    else rest.push(a);
+  }
+  if (raw === undefined) return { kinds: [...OUTAGE_KINDS], rest };
+  const asked = raw.split(',').map((k) => k.trim());
+  const unknown = asked.filter((k) => !(OUTAGE_KINDS as readonly string[]).includes(k));
+  if (asked.length === 0 || unknown.length > 0) {
+    console.error(`--kinds: expected a comma-separated list of ${OUTAGE_KINDS.join(', ')}, got "${raw}"\n${USAGE}`);
+    process.exit(2);
+  }
+  return { kinds: OUTAGE_KINDS.filter((k) => asked.includes(k)), rest };
+}
 
 const CHANNELS: readonly Channel[] = ['http', 'mqtt'];
 /** The agent's name of each channel in `/v2/connection`. */
@@ -176,7 +197,8 @@ function report(measures: Measure[], n: number, wallS: number, json: boolean, co
 }
 
 async function main(): Promise<void> {
-  const a = benchArgs(process.argv.slice(2), USAGE, {
+  const { kinds, rest } = takeKinds(process.argv.slice(2));
+  const a = benchArgs(rest, USAGE, {
     agents: { default: 50, min: 2, max: 500 },
     short: { default: 60, min: 0 },
     long: { default: 600, min: 0 },
@@ -192,7 +214,7 @@ async function main(): Promise<void> {
   const measures: Measure[] = [];
   try {
     agents = await startFleet(world, a.agents, root, uuidOf);
-    for (const kind of OUTAGE_KINDS) {
+    for (const kind of kinds) {
       for (const outageS of [a.short, a.long].filter((s) => s > 0)) {
         measures.push(...(await runOutage(world, agents, kind, outageS, { settleS: a.settle, capS: a.cap, seed: a.seed })));
       }
@@ -204,7 +226,7 @@ async function main(): Promise<void> {
     await world.close();
     rmSync(root, { recursive: true, force: true });
   }
-  report(measures, a.agents, (performance.now() - started) / 1000, a.json, { agents: a.agents, short: a.short, long: a.long, settle: a.settle, cap: a.cap, seed: a.seed });
+  report(measures, a.agents, (performance.now() - started) / 1000, a.json, { agents: a.agents, short: a.short, long: a.long, settle: a.settle, cap: a.cap, seed: a.seed, kinds });
 }
 
 main().catch((err: unknown) => {

@@ -213,6 +213,8 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   private lastConnected = false;
   /** Monotonic time the way was last seen closed: the latest failed probe, or the stretch's start. */
   private closedAt = 0;
+  /** Whether this offline stretch has woken the loops already. */
+  private woke = false;
 
   constructor(opts: ConnectivityProbeOptions) {
     super();
@@ -261,12 +263,12 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     // Stryker disable next-line ObjectLiteral,BooleanLiteral: an AbortSignal fires 'abort' once
     await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
     this.status.off('status', onStatus);
-    this.follow(false);
+    this.follow(false, { stopping: true });
     // Stryker disable next-line ArrayDeclaration: an aborted episode ends within microtasks (nothing in it awaits a connect once its round is aborted)
     await Promise.all([...this.running]);
   }
 
-  private follow(offline: boolean): void {
+  private follow(offline: boolean, o: { stopping?: boolean } = {}): void {
     if (offline && !this.episode) {
       const episode = new AbortController();
       const done: Promise<void> = this.run(episode.signal)
@@ -278,11 +280,17 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
       this.running.add(done);
       this.episode = episode;
       this.lastConnected = false;
+      this.woke = false;
       this.closedAt = this.clock.monotonic();
       this.logger.debug({ targets: this.targets }, 'offline: probing the cloud');
     } else if (!offline && this.episode) {
       this.episode.abort();
       this.episode = null;
+      // A loop's own request got through before a probe saw the way open (its offline floor ran out
+      // first): the channel's other loops may still sleep out theirs, up to offlineRetryIntervalSeconds
+      // after the return. Wake them as the probe would have. Not when a handshake had connected: then
+      // no floor held them (offlineFloorApplies), their backoff does.
+      if (!o.stopping && !this.woke && !this.lastConnected) this.wakeLoops('the channel is back: a request got through', {});
     }
   }
 
@@ -377,10 +385,15 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
 
   private reached(event: ReachableEvent): void {
     this.emit('reachable', event);
-    const reason = `cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`;
+    this.wakeLoops(`cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`, { target: event.target, trigger: event.trigger });
+  }
+
+  /** Wakes the channel's waiting loops, spread over what is left of the spread since the way was last seen closed. */
+  private wakeLoops(reason: string, context: Record<string, unknown>): void {
+    this.woke = true;
     const staggerMaxMs = wakeStaggerMs(this.clock.monotonic() - this.closedAt, this.wakeSpreadMs);
     const woken = this.wakeup.wake(reason, { staggerMaxMs });
-    this.logger.info({ target: event.target, trigger: event.trigger, woken, staggerMaxMs: Math.round(staggerMaxMs) }, 'cloud reachable again: waking waiting loops');
+    this.logger.info({ ...context, reason, woken, staggerMaxMs: Math.round(staggerMaxMs) }, 'cloud reachable again: waking waiting loops');
   }
 
   /** The machine's non-internal addresses as one comparable string; null when they cannot be read. */

@@ -55,9 +55,15 @@ export class RetryPolicy {
     return Math.max(timedOut ? 0 : this.o.backoff.respread(), hold);
   }
 
+  /**
+   * The attempt got through. Wakes meanwhile count as seen: the way is proven open, and a wake it set
+   * off itself (the channel back online wakes the channel's loops) must not cut the wait that follows
+   * a success short into a request more.
+   */
   afterSuccess(): void {
     this.o.backoff.success();
     this.attemptFrom = undefined;
+    this.seenWakes = this.o.sleeper.wakeCount;
   }
 
   /** An attempt starts now (the loop's wait ended; `wait` and `waitUnwoken` call it themselves). */

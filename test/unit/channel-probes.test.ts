@@ -173,6 +173,48 @@ describe('ChannelProbes', () => {
     expect(h.probes.probes.every((p) => !p.probing())).toBe(true);
   });
 
+  it('a request through before any probe saw the way open wakes the loops still asleep, spread as a probe wake is', async () => {
+    const log = logLines();
+    const h = setup({ api: API }, { destination: log.destination });
+    goOffline(h.monitor, 'api');
+    // The way stays closed for a while: the probes fail, the loops sleep out their floor.
+    await h.clock.advance(600_000);
+    const poll = sleeper(h, 'api');
+    const reports = sleeper(h, 'api');
+    h.open.add(8443);
+    // One loop's floor ran out first and its request got through: no probe has seen the way open yet.
+    const back = h.clock.monotonic();
+    h.monitor.markSuccess('api', 'publish');
+    await h.clock.advance(40_000);
+    expect([poll.outcome, reports.outcome]).toEqual(['woken', 'woken']);
+    // Spread over what is left of 38 s since the latest failed probe (at most 38 s ago).
+    expect(Math.max(poll.at ?? Infinity, reports.at ?? Infinity) - back).toBeLessThanOrEqual(38_000);
+    expect(log.lines.filter((l) => l.msg === 'cloud reachable again: waking waiting loops')).toEqual([
+      expect.objectContaining({ channel: 'api', woken: 2, reason: 'the channel is back: a request got through' }),
+    ]);
+  });
+
+  it('does not wake again when the channel comes back after a probe woke it, nor when a connected handshake had lifted the floor', async () => {
+    const h = setup();
+    // The probe woke the loops; then the channel comes back: no second wake.
+    goOffline(h.monitor, 'api');
+    await h.clock.advance(5_000);
+    h.open.add(8443);
+    await h.clock.advance(40_000);
+    const after = sleeper(h, 'api');
+    h.monitor.markSuccess('api', 'poll');
+    await h.clock.advance(60_000);
+    expect(after.outcome).toBeUndefined();
+    // Offline on answers behind an accepting balancer: the handshakes connect, the loops' backoff paces them.
+    h.open.add(8883);
+    for (let i = 0; i < 3; i++) h.monitor.markFailure('mqtt', 'connect', 'closed before CONNACK', 'answer');
+    await h.clock.advance(60_000);
+    const session = sleeper(h, 'mqtt');
+    h.monitor.markSuccess('mqtt', 'connect');
+    await h.clock.advance(60_000);
+    expect(session.outcome).toBeUndefined();
+  });
+
   it('does not wake for a channel offline on answers (503s) until a probe has failed first', async () => {
     const h = setup();
     const api = sleeper(h, 'api');

@@ -116,6 +116,24 @@ describe('retry policy', () => {
     expect(seen).toEqual([{ phased: true }, {}, { retryAfterMs: 7_000, phased: true }]);
   });
 
+  it('a wake during an attempt that got through does not cut the wait after it short', async () => {
+    const t = setup();
+    const signal = new AbortController().signal;
+    // A failed attempt, then a wait the probe ends: the next attempt starts.
+    void t.retry.wait(t.retry.afterFailure(new CloudError('network', 'refused')), signal);
+    t.wakeup.wake('probe');
+    await t.clock.advance(1_000);
+    // While it runs, its own success sets off a wake (the channel back online wakes the channel's loops).
+    t.wakeup.wake('online');
+    t.retry.afterSuccess();
+    let ended = false;
+    void t.retry.wait(60_000, signal).then(() => (ended = true));
+    await t.clock.advance(59_999);
+    expect(ended).toBe(false);
+    await t.clock.advance(1);
+    expect(ended).toBe(true);
+  });
+
   it('the offline floor spaces attempt starts too', async () => {
     const t = setup(300_000);
     void t.retry.wait(1_000, new AbortController().signal);
