@@ -401,6 +401,8 @@ class FleetSimulation {
     if (error === null) {
       monitor.markSuccess(loop.channel, loop.channel === 'api' ? 'poll' : 'connect');
       loop.retry.afterSuccess();
+      // As RetryPolicy.afterSuccess: the wakes of an attempt that got through count as seen.
+      loop.seenWakes = loop.wakes;
       if (loop.affected && !loop.recovered) this.recovered(loop);
       if (loop.channel === 'mqtt') {
         loop.connected = true;
