@@ -607,6 +607,8 @@ export interface ModelRequest {
   seed?: number;
   strategy?: StrategyName;
   settings?: FleetSettings;
+  /** What the cloud serves per second (default: the outage scenarios' headroom over the steady rate). */
+  capacityRps?: number;
 }
 
 export interface ModelChannelAnswer {
@@ -623,7 +625,7 @@ export function modelRun(r: ModelRequest): { api: ModelChannelAnswer; mqtt: Mode
     devices: r.devices,
     seed: r.seed ?? 1,
     strategy: r.strategy ?? DEFAULT_STRATEGY,
-    scenario: outageScenario(r.outageS * 1000, r.devices, settings, r.channels),
+    scenario: { ...outageScenario(r.outageS * 1000, r.devices, settings, r.channels), ...(r.capacityRps !== undefined ? { capacityRps: r.capacityRps } : {}) },
     settings,
   });
   const answer = (c: ChannelResult): ModelChannelAnswer => ({ p99S: c.timeToOnlineMs ? c.timeToOnlineMs.p99 / 1000 : null, peakVsSteady: c.peakVsSteady });
