@@ -185,6 +185,9 @@ function report(measures: Measure[], n: number, wallS: number, json: boolean, co
     // The polls' peak over their steady rate: the model's poll loop makes no reports, the real agents do.
     const peakVsSteady = ratio(m.pollPeakRps, m.pollSteadyRps);
     results.push({ name: `${k}.peak_vs_steady_all_requests`, value: ratio(m.peakRps, m.steadyRps), unit: 'x' });
+    if (m.channel === 'http') results.push({ name: `${k}.polls_peak_vs_steady`, value: peakVsSteady, unit: 'x' });
+    results.push({ name: `${k}.model_p99_back_online`, value: m.model.p99S === null ? null : round(m.model.p99S), unit: 's' });
+    if (m.channel === 'http') results.push({ name: `${k}.model_peak_vs_steady`, value: m.model.peakVsSteady, unit: 'x' });
     // Like for like: the model's HTTP loop is the poll loop; a real agent's other loops on the API (its
     // reports, the outbox's flusher) can bring the channel back before its poll does.
     ratios[`${k}.p99_vs_model`] = ratio(m.channel === 'http' ? m.pollP99S : m.p99S, m.model.p99S);
