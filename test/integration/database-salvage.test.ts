@@ -95,7 +95,7 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
   );
   // The log is written asynchronously: on a busy machine its lines may arrive after the API's answer.
   const said = (text: string): boolean => second.records().some((r) => String(r.msg).includes(text));
-  await waitFor('the finding and the restart in the log', () => said('failed its integrity check') && said('restarting the agent to quarantine and salvage'), 15_000);
+  await waitFor('the finding and the restart in the log', () => said('failed its integrity check') && said('restarting the agent to quarantine and salvage'), 30_000);
   if (vouched) expect(said('database error in use')).toBe(true);
   expect((await second.get('/v1/healthy')).status).toBe(200);
   expect(d.salvagePending).toBeNull();
