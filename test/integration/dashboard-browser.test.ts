@@ -197,4 +197,4 @@ it('shows the agent live: online, offline with a growing queue, the drain back t
   await screenshot(page, 'drained');
   expect(failures).toEqual([]);
   await context.close();
-}, 60_000);
+}, 120_000);
