@@ -95,6 +95,11 @@ const offlineSchema = z.strictObject({
   probeMaxIntervalSeconds: seconds(1)
     .default(38)
     .describe('While offline, longest pause between cheap TCP reachability probes (a long outage settles at one every 0.9-1 x this).'),
+  wakeSpreadSeconds: seconds(0)
+    .default(38)
+    .describe(
+      'When a probe finds the way open again, the loops it wakes make their first attempts spread over what is left of this since the way was last seen closed, so a fleet back together does not come back in step. A fleet of a few devices can set a few seconds; 0 wakes at once.',
+    ),
   offlineRetryIntervalSeconds: seconds(0)
     .default(300)
     .describe(

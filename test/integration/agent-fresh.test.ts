@@ -21,7 +21,7 @@ it('after an outage the devcloud gets the newest reading of each stream first, t
       features: { metrics: false },
       // One batch in flight: the devcloud stores in the order sent (with two, the second may be stored
       // before the first, which this test would read as history before the newest).
-      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, flushBatchMessages: 20, flushMaxInflight: 1 } },
+      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2, flushBatchMessages: 20, flushMaxInflight: 1 } },
     },
   });
   agents.push(agent);

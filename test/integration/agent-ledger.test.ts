@@ -20,7 +20,7 @@ function configFor(dev: { uuid: string; apiKey: string }) {
     settings: {
       pollIntervalMs: 1_000,
       healthReportIntervalMs: 10_000,
-      offline: { offlineAfterFailures: 2, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 },
+      offline: { offlineAfterFailures: 2, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 },
     },
   };
 }

@@ -54,7 +54,7 @@ async function agentFor(uuid: string, dataDir: string, extra: Record<string, unk
       settings: {
         pollIntervalMs: 2_000,
         reconciliationIntervalMs: 2_000,
-        offline: { offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1 },
+        offline: { offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 },
       },
     },
   });

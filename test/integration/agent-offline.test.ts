@@ -34,7 +34,7 @@ it('offline beyond the threshold: jobs pause (one under way finishes, its result
       jobs: { pollIntervalMs: 1_000, allowedCommands: ['/bin/sleep'] },
       settings: {
         pollIntervalMs: 1_000,
-        offline: { offlineThresholdSeconds: 1, offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 },
+        offline: { offlineThresholdSeconds: 1, offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 },
       },
     },
   });
@@ -91,7 +91,7 @@ it('a health report queued on the return from offline survives a kill -9 and a r
     // Two failures in a row take the channel offline: a 503 of the health endpoint alone, between
     // answered polls, does not (with one, each would be an outage of its own and push the first one
     // out of the list of outages a report carries).
-    settings: { pollIntervalMs: 1_000, offline: { offlineAfterFailures: 2, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+    settings: { pollIntervalMs: 1_000, offline: { offlineAfterFailures: 2, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
   };
   const start = async (): Promise<AgentProcess> => {
     const a = await spawnAgent({ dataDir, config });

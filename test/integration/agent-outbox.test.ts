@@ -21,7 +21,7 @@ async function agentFor(extra: Record<string, unknown> = {}): Promise<{ agent: A
       device: dev,
       cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
-      settings: { pollIntervalMs: 60_000, reportIntervalMs: 200, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, flushBatchMessages: 50 } },
+      settings: { pollIntervalMs: 60_000, reportIntervalMs: 200, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2, flushBatchMessages: 50 } },
       ...extra,
     },
   });
@@ -171,7 +171,7 @@ describe('telemetry over MQTT', () => {
       // The agent's own warnings go over MQTT too (logs/agent): one in flight would take one of the 20
       // slots the broker allows, and this test counts 20 telemetry messages in flight.
       logs: { agentLevel: 'off' },
-      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1 } },
+      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
     };
     const watcher = await observe(broker.url, `iot/${dev.uuid}/telemetry/#`);
     try {

@@ -16,7 +16,7 @@ interface Registration {
   lastError?: string | null;
 }
 
-const fastOffline = { offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, offlineRetryIntervalSeconds: 1 };
+const fastOffline = { offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2, offlineRetryIntervalSeconds: 1 };
 
 function spawn(provisioningKey: string, dataDir = dirs.make()): Promise<AgentProcess> {
   return env.spawn({

@@ -58,7 +58,7 @@ it('keeps the shadow locally, reports it over MQTT, takes the cloud desired stat
     cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
     mqtt: { url: proxy.url, keepAliveSeconds: 30 },
     features: { metrics: false },
-    settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+    settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
   };
   const agent = await spawnAgent({ dataDir, config });
   agents.push(agent);

@@ -123,7 +123,7 @@ for (const config of BROKER_MATRIX) {
           logs: { enabled: false },
           // Jobs only on a notify (or at start): a 10-minute poll never comes during the test.
           jobs: { pollIntervalMs: 600_000, allowedCommands: ['/bin/echo'] },
-          settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+          settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
         },
       });
     }, 120_000);

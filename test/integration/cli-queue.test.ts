@@ -22,7 +22,7 @@ async function agentWithParked(): Promise<{ agent: AgentProcess; uuid: string; i
       device: dev,
       cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
-      settings: { pollIntervalMs: 60_000, reportIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, flushBatchMessages: 50 } },
+      settings: { pollIntervalMs: 60_000, reportIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2, flushBatchMessages: 50 } },
     },
   });
   env.agents.push(agent);

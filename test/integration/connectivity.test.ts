@@ -164,7 +164,7 @@ describe('faults injected by the devcloud', () => {
     const dev = device();
     c.admin.createDevice(dev);
     c.admin.setTarget(dev.uuid, { version: 1, apps: {} });
-    const agent = await agentFor(dev, c.url, { offline: { probeMaxIntervalSeconds: 1 } });
+    const agent = await agentFor(dev, c.url, { offline: { probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } });
     await waitFor('online', async () => (await conn(agent)).status === 'online' && (await state(agent)).target?.version === 1);
     await c.admin.setFaults({ refuse: true });
     await fetch(`${agent.apiUrl}/v1/update`, { method: 'POST', headers: { authorization: `Bearer ${agent.key}` } });
@@ -203,19 +203,25 @@ describe('outages of the cloud process', () => {
     // (offlineRetryIntervalSeconds): only the probe can bring it back sooner.
     const agent = await agentFor(dev, c.url, {
       pollIntervalMs: 1_000,
-      offline: { offlineAfterFailures: 1, probeMaxIntervalSeconds: 2, offlineRetryIntervalSeconds: 300 },
+      offline: { offlineAfterFailures: 1, probeMaxIntervalSeconds: 2, offlineRetryIntervalSeconds: 300, wakeSpreadSeconds: 4 },
     });
     await waitFor('online', async () => (await conn(agent)).status === 'online' && (await state(agent)).target?.version === 1);
     await c.kill();
     clouds.splice(clouds.indexOf(c), 1);
-    await waitFor('offline', async () => (await conn(agent)).status === 'offline', 30_000);
+    // Down until the poll loop itself has failed: then every loop that could bring the channel back sleeps
+    // out the 300 s floor, and only the probe's wake can end it early.
+    await waitFor('offline, the poll failed', async () => {
+      const c = await conn(agent);
+      return c.status === 'offline' && c.pollFailures >= 1;
+    }, 30_000);
     const failuresWhileDown = (await conn(agent)).pollFailures;
     c = await spawnDevCloud({ dataFile, port: c.port });
     clouds.push(c);
     const back = Date.now();
     await waitFor('online again', async () => (await conn(agent)).status === 'online', 40_000, 50);
     const took = Date.now() - back;
-    // Probe interval (2 s) + the wake-up stagger (at most 10 s) + margin for a busy machine.
+    // Probe interval (2 s) + the wake's spread (wakeSpreadSeconds, 4 s) + margin for a busy machine; the
+    // backoff floor would be 300 s.
     expect(took).toBeLessThan(16_000);
     // The loop did not hammer the dead cloud while it waited.
     expect(failuresWhileDown).toBeLessThanOrEqual(2);

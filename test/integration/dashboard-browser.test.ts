@@ -137,7 +137,7 @@ it('shows the agent live: online, offline with a growing queue, the drain back t
       settings: {
         pollIntervalMs: 1_000,
         reconciliationIntervalMs: 1_000,
-        offline: { offlineThresholdSeconds: 1, offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 },
+        offline: { offlineThresholdSeconds: 1, offlineAfterFailures: 1, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 },
       },
     },
   });

@@ -53,7 +53,7 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
     device: dev,
     cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
     features: { metrics: false },
-    settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+    settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
   };
   // A fixed port: the agent's in-process restart listens on the same address again.
   const port = await freePort();
@@ -173,7 +173,7 @@ async function interiorDamaged(): Promise<void> {
     api: { port },
     cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
     features: { metrics: false },
-    settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+    settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
   };
   await env.cloud.admin.setFaults({ refuse: true });
   const first = await spawnAgent({ dataDir, config });
@@ -302,7 +302,7 @@ async function countersDamaged(): Promise<void> {
     features: { metrics: false },
     settings: {
       pollIntervalMs: 60_000, reportIntervalMs: 500,
-      offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, maxQueueSize: 100, onLimit: { count: 'drop-oldest' } },
+      offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2, maxQueueSize: 100, onLimit: { count: 'drop-oldest' } },
     },
   };
   await env.cloud.admin.setFaults({ refuse: true });

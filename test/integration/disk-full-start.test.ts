@@ -63,7 +63,7 @@ describe('a start on a full disk', () => {
       cloud: { apiUrl: cloud.url, requestTimeoutMs: 2_000 },
       features: { metrics: false },
       // No watermark: producers write until the filesystem itself says ENOSPC.
-      settings: { pollIntervalMs: 60_000, reportIntervalMs: 60_000, offline: { minFreeDiskBytes: 0, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+      settings: { pollIntervalMs: 60_000, reportIntervalMs: 60_000, offline: { minFreeDiskBytes: 0, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
     };
     const start = async (): Promise<AgentProcess> => {
       const a = await spawnAgent({ dataDir, config });

@@ -89,7 +89,7 @@ it(
           pollIntervalMs: 600_000,
           metricsIntervalMs: 1_000,
           network: { meteredChannels: ALLOWED, meteredBudgetBytes: BUDGET, meteredBudgetPeriod: 'day', routeCheckIntervalMs: 500 },
-          offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1 },
+          offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 2, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 },
         },
       },
     });

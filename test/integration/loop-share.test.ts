@@ -45,7 +45,7 @@ async function agentFor(): Promise<{ agent: AgentProcess; uuid: string; brokerPo
       // info: the start line spawnAgent waits for; not debug, whose lines would cost the flood.
       logging: { level: 'info', format: 'json' },
       features: { metrics: false, jobs: false, shadow: false, localBroker: true },
-      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, flushBatchMessages: 100 } },
+      settings: { pollIntervalMs: 60_000, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2, flushBatchMessages: 100 } },
     },
     timeoutMs: 120_000,
   });

@@ -129,7 +129,7 @@ it('every broker down, then only the second one back: the probe watches all of m
       mqtt: { urls: [preferred, second] },
       // Quick to go offline and quick to probe; the floor stays at its 300 s: a probe that watched the
       // preferred broker alone would leave the session asleep in it.
-      settings: { offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1 } },
+      settings: { offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
     },
   });
   cleanup(async () => void (await agent.stop('SIGKILL')));

@@ -59,7 +59,7 @@ async function start(dataDir: string, dev: { uuid: string; apiKey: string }, off
       settings: {
         pollIntervalMs: 60_000,
         reportIntervalMs: 200,
-        offline: { maxQueueSize: 100, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, flushBatchMessages: 50, ...offline },
+        offline: { maxQueueSize: 100, minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2, flushBatchMessages: 50, ...offline },
       },
     },
   });

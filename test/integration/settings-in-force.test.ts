@@ -36,7 +36,7 @@ async function start(config: { store?: Record<string, unknown>; offline?: Record
       cloud: { apiUrl: 'http://127.0.0.1:9', requestTimeoutMs: 1_000 },
       features: { metrics: false },
       ...(config.store ? { store: config.store } : {}),
-      settings: { pollIntervalMs: 60_000, reportIntervalMs: 200, offline: { minBackoffSeconds: 0.1, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, ...config.offline } },
+      settings: { pollIntervalMs: 60_000, reportIntervalMs: 200, offline: { minBackoffSeconds: 0.1, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2, ...config.offline } },
     },
   });
   agents.push(agent);
