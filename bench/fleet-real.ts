@@ -25,26 +25,6 @@ const USAGE =
   '[--settle S (default 90: steady time before each outage)] [--cap S (default 180: longest wait for the return)] ' +
   `[--kinds K,K (default ${OUTAGE_KINDS.join(',')})] [--json]`;
 
-/** `--kinds a,b` (or `--kinds=a,b`) taken out of `argv`: the outage kinds to run, in the bench's order. */
-function takeKinds(argv: string[]): { kinds: OutageKind[]; rest: string[] } {
-  const rest: string[] = [];
-  let raw: string | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i] as string;
-    if (a === '--kinds') raw = argv[++i] ?? '';
-    else if (a.startsWith('--kinds=')) raw = a.slice('--kinds='.length);
-    else rest.push(a);
-  }
-  if (raw === undefined) return { kinds: [...OUTAGE_KINDS], rest };
-  const asked = raw.split(',').map((k) => k.trim());
-  const unknown = asked.filter((k) => !(OUTAGE_KINDS as readonly string[]).includes(k));
-  if (asked.length === 0 || unknown.length > 0) {
-    console.error(`--kinds: expected a comma-separated list of ${OUTAGE_KINDS.join(', ')}, got "${raw}"\n${USAGE}`);
-    process.exit(2);
-  }
-  return { kinds: OUTAGE_KINDS.filter((k) => asked.includes(k)), rest };
-}
-
 const CHANNELS: readonly Channel[] = ['http', 'mqtt'];
 /** The agent's name of each channel in `/v2/connection`. */
 const AGENT_CHANNEL: Record<Channel, string> = { http: 'api', mqtt: 'mqtt' };
@@ -203,15 +183,20 @@ function report(measures: Measure[], n: number, wallS: number, json: boolean, co
 }
 
 async function main(): Promise<void> {
-  const { kinds, rest } = takeKinds(process.argv.slice(2));
-  const a = benchArgs(rest, USAGE, {
-    agents: { default: 50, min: 2, max: 500 },
-    short: { default: 60, min: 0 },
-    long: { default: 600, min: 0 },
-    settle: { default: 90, min: 1 },
-    cap: { default: 180, min: 10 },
-    seed: { default: 1, min: 0 },
-  });
+  const a = benchArgs(
+    process.argv.slice(2),
+    USAGE,
+    {
+      agents: { default: 50, min: 2, max: 500 },
+      short: { default: 60, min: 0 },
+      long: { default: 600, min: 0 },
+      settle: { default: 90, min: 1 },
+      cap: { default: 180, min: 10 },
+      seed: { default: 1, min: 0 },
+    },
+    { lists: { kinds: { choices: OUTAGE_KINDS } } },
+  );
+  const kinds = OUTAGE_KINDS.filter((k) => a.kinds.includes(k));
   const started = performance.now();
   const root = mkdtempSync(join(tmpdir(), 'fleet-real-'));
   const uuidOf = (i: number): string => `fleet-real-${String(i).padStart(4, '0')}`;

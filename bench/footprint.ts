@@ -174,20 +174,14 @@ async function agent(cli: string, viaShell: boolean, broker: Mosquitto, seconds:
   }
 }
 
-function agentPath(argv: string[]): { cli: string; rest: string[] } {
-  const i = argv.indexOf('--agent');
-  if (i < 0) return { cli: DEFAULT_CLI, rest: argv };
-  const cli = argv[i + 1];
-  if (!cli) {
-    console.error(`--agent: expected the path of a built cli.js\n${USAGE}`);
-    process.exit(2);
-  }
-  return { cli: resolve(cli), rest: [...argv.slice(0, i), ...argv.slice(i + 2)] };
-}
-
 async function main(): Promise<void> {
-  const { cli, rest } = agentPath(process.argv.slice(2));
-  const a = benchArgs(rest, USAGE, { seconds: { default: 60, min: 1, max: 3_600 }, rounds: { default: 3, min: 1, max: 20 }, settle: { default: 5, min: 0, max: 600 } });
+  const a = benchArgs(
+    process.argv.slice(2),
+    USAGE,
+    { seconds: { default: 60, min: 1, max: 3_600 }, rounds: { default: 3, min: 1, max: 20 }, settle: { default: 5, min: 0, max: 600 } },
+    { strings: { agent: { default: DEFAULT_CLI } } },
+  );
+  const cli = resolve(a.agent);
   const log = a.json ? (s: string) => console.error(s) : (s: string) => console.log(s);
   const bin = launcher(cli);
   const cases: Case[] = bin.viaShell ? ['floor', 'agent', 'agent_plain_node'] : ['floor', 'agent'];

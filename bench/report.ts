@@ -90,31 +90,66 @@ export interface IntOption {
   max?: number;
 }
 
+/** A comma-separated list option: each item one of `choices`; unset, `default` (all of them unless told). */
+export interface ListOption {
+  choices: readonly string[];
+  default?: readonly string[];
+}
+
+/** Options beside the integers: lists of choices, and strings (a path, a name) with their defaults. */
+export interface BenchOptionsMore<L extends string, S extends string> {
+  lists?: Record<L, ListOption>;
+  strings?: Record<S, { default: string }>;
+}
+
 /**
- * Parses `--name N` integer options and `--json` (and `--help`), the command line every benchmark
- * shares. A bad value exits 2 with the option, the value and the range; `--help` prints `usage`.
+ * Parses `--name N` integer options, `--name a,b` lists, `--name text` strings and `--json` (and
+ * `--help`), the command line every benchmark shares. A bad value exits 2 with the option, the value
+ * and what was expected; `--help` prints `usage`.
  */
-export function benchArgs<K extends string>(argv: string[], usage: string, ints: Record<K, IntOption>): Record<K, number> & { json: boolean } {
+export function benchArgs<K extends string, L extends string = never, S extends string = never>(
+  argv: string[],
+  usage: string,
+  ints: Record<K, IntOption>,
+  more: BenchOptionsMore<L, S> = {},
+): Record<K, number> & Record<L, string[]> & Record<S, string> & { json: boolean } {
+  const lists = Object.entries<ListOption>(more.lists ?? ({} as Record<L, ListOption>));
+  const strings = Object.entries<{ default: string }>(more.strings ?? ({} as Record<S, { default: string }>));
   const options: Record<string, { type: 'string' | 'boolean'; default?: string | boolean; short?: string }> = {
     json: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   };
   for (const [name, o] of Object.entries<IntOption>(ints)) options[name] = { type: 'string', default: String(o.default) };
+  for (const [name, o] of lists) options[name] = { type: 'string', default: (o.default ?? o.choices).join(',') };
+  for (const [name, o] of strings) options[name] = { type: 'string', default: o.default };
   const { values } = parseArgs({ args: argv, options, strict: true });
   if (values.help) {
     console.log(usage);
     process.exit(0);
   }
-  const out = { json: values.json === true } as Record<K, number> & { json: boolean };
+  const fail = (message: string): never => {
+    console.error(`${message}\n${usage}`);
+    process.exit(2);
+  };
+  const out: Record<string, unknown> = { json: values.json === true };
   for (const [name, o] of Object.entries<IntOption>(ints)) {
     const raw = String(values[name]);
     const n = Number(raw);
     const max = o.max ?? Infinity;
-    if (!Number.isInteger(n) || n < o.min || n > max) {
-      console.error(`--${name}: expected an integer in [${o.min}, ${max}], got "${raw}"\n${usage}`);
-      process.exit(2);
-    }
-    (out as Record<string, number>)[name] = n;
+    if (!Number.isInteger(n) || n < o.min || n > max) fail(`--${name}: expected an integer in [${o.min}, ${max}], got "${raw}"`);
+    out[name] = n;
   }
-  return out;
+  for (const [name, o] of lists) {
+    const raw = String(values[name]);
+    const asked = raw.split(',').map((k) => k.trim()).filter((k) => k !== '');
+    if (asked.length === 0 || asked.some((k) => !o.choices.includes(k))) fail(`--${name}: expected a comma-separated list of ${o.choices.join(', ')}, got "${raw}"`);
+    // In the order of the choices, each once: the run does not depend on how the list was typed.
+    out[name] = o.choices.filter((c) => asked.includes(c));
+  }
+  for (const [name] of strings) {
+    const raw = String(values[name]);
+    if (raw === '') fail(`--${name}: expected a value, got ""`);
+    out[name] = raw;
+  }
+  return out as Record<K, number> & Record<L, string[]> & Record<S, string> & { json: boolean };
 }
