@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startFleetAgent, type FleetAgent } from './fleet-real-agents.js';
 import { OUTAGE_KINDS, startFleetWorld, type Channel, type FleetWorld, type OutageKind } from './fleet-real-world.js';
-import { modelRun, quantile } from './fleet-sim.js';
+import { modelRun } from './fleet-model-run.js';
+import { quantile } from './fleet-sim.js';
 import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type BenchResult, type BenchTarget } from './report.js';
 
 /**

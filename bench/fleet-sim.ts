@@ -1,4 +1,4 @@
-import { backoffFromSettings, seedBackoffDelay } from '../src/resilience/backoff.js';
+import { backoffFromSettings } from '../src/resilience/backoff.js';
 import type { Backoff } from '../src/resilience/backoff.js';
 import { offlineFloorApplies, wayClosedBy } from '../src/resilience/channel-probes.js';
 import { ConnectionMonitor, type ChannelEvent } from '../src/resilience/connection-monitor.js';
@@ -9,20 +9,17 @@ import { probeSchedule, wakeStaggerMs } from '../src/resilience/probe.js';
 import type { Clock } from '../src/util/clock.js';
 import { seededRandom, type Random } from '../src/util/random.js';
 import { EventQueue } from './event-queue.js';
+import { SEED_MAX_BACKOFF_MS, SeedBackoff } from './fleet-seed-backoff.js';
 import {
   agentDefaults,
-  DEFAULT_STRATEGY,
-  outageScenario,
   quantile,
   steadyStateRps,
   type Channel,
   type ChannelResult,
   type FleetSettings,
-  type OutageChannels,
   type RunResult,
   type Scenario,
   type SimOptions,
-  type StrategyName,
 } from './fleet-model.js';
 import { attempt, connectionLostAt, handshake, isDown, type Attempt, type EndpointOutage, type OutageKind } from './fleet-network.js';
 
@@ -50,7 +47,8 @@ export * from './fleet-model.js';
  *   deadline), and the loop then calls retry.afterWake();
  * - after a timeout the backoff counts from the attempt's start (RetryPolicy.attemptStarted at each start);
  * - each channel's probe (ChannelProbes / ConnectivityProbe.run): starts when that channel becomes
- *   offline, waits probeSchedule(...).failure() after each probe, and wakes the channel's loop at
+ *   offline, starts each probe probeSchedule(...).failure() after the previous one started (at once
+ *   when a black-holed one outlasted that), and wakes the channel's loop at
  *   the first handshake after going offline closed the way; offline because the endpoint answered
  *   (503s), it wakes only after a handshake has failed and then succeeded. It stops when the channel
  *   leaves offline.
@@ -59,42 +57,6 @@ export * from './fleet-model.js';
  * and would add their own requests); the network interfaces never change, so only the schedule
  * triggers probes.
  */
-
-/** The seed's calculateBackoff caps at 15 minutes of its own, whatever the agent's settings say. */
-const SEED_MAX_BACKOFF_MS = 15 * 60 * 1000;
-
-/** The seed's calculateBackoff as its poll loop used it: the count grows per failure, a success clears it. */
-class SeedBackoff implements RetryBackoff {
-  private failures = 0;
-
-  constructor(
-    private readonly baseMs: number,
-    private readonly maxMs: number,
-    private readonly random: Random,
-  ) {}
-
-  failure(): number {
-    this.failures++;
-    return seedBackoffDelay(this.baseMs, this.failures, this.maxMs, this.random);
-  }
-
-  success(): void {
-    this.failures = 0;
-  }
-
-  reset(): void {
-    this.failures = 0;
-  }
-
-  holdRemainingMs(): number {
-    return 0;
-  }
-
-  /** The seed's formula has no such draw: its own next delay, without counting a failure. */
-  respread(): number {
-    return seedBackoffDelay(this.baseMs, Math.max(1, this.failures), this.maxMs, this.random);
-  }
-}
 
 /** The simulation never sleeps: the loops' waits are events. */
 const NO_SLEEPER = {
@@ -140,8 +102,10 @@ interface Loop {
   reachable: boolean;
   /** The probe's latest handshake of this offline stretch connected (ConnectivityProbe.wayOpen). */
   probeConnected: boolean;
-  /** When the probe last saw the way closed: its latest failed handshake, or the start of the offline stretch. */
+  /** When the probe last saw the way closed: the start of its latest failed handshake, or the start of the offline stretch. */
   closedSeenAt: number;
+  /** When the probe's current (or latest) handshake started: the next one is timed from it. */
+  probeStartedAt: number;
   /** The stagger of the channel's latest wake (Wakeup's, for a loop that learns of it when its attempt ends). */
   staggerMaxMs: number;
   lastAttemptAt: number;
@@ -313,6 +277,7 @@ class FleetSimulation {
       reachable: false,
       probeConnected: false,
       closedSeenAt: 0,
+      probeStartedAt: 0,
       staggerMaxMs: 0,
       lastAttemptAt: -Infinity,
       affected: this.scenario.kind === 'reboot',
@@ -524,6 +489,7 @@ class FleetSimulation {
   private probe(loop: Loop): void {
     const stats = this.channelStats(loop);
     stats.probes++;
+    loop.probeStartedAt = this.time;
     const h = handshake(stats.outage, this.time, this.settings.probeConnectTimeoutMs);
     const result = h.connected ? 'reached' : 'refused';
     if (h.atMs === this.time) this.probeDone(loop, h.connected);
@@ -536,13 +502,13 @@ class FleetSimulation {
     if (schedule === null) return;
     loop.probeConnected = connected;
     if (!connected) {
-      loop.closedSeenAt = this.time;
+      loop.closedSeenAt = loop.probeStartedAt;
       loop.reachable = false;
     } else if (!loop.reachable) {
       loop.reachable = true;
       this.wake(loop);
     }
-    this.queue.push(this.time + schedule.failure(), { kind: PROBE, loop, gen: loop.probeGen });
+    this.queue.push(Math.max(this.time, loop.probeStartedAt + schedule.failure()), { kind: PROBE, loop, gen: loop.probeGen });
   }
 
   private result(wallMs: number): RunResult {
@@ -597,39 +563,6 @@ class FleetSimulation {
       minGapWhileDownMs: stats.minGapWhileDownMs,
     };
   }
-}
-
-/** What a run of real agents (bench:fleet-real) asks of the model: the same fleet and outage. */
-export interface ModelRequest {
-  devices: number;
-  channels: OutageChannels;
-  outageS: number;
-  seed?: number;
-  strategy?: StrategyName;
-  settings?: FleetSettings;
-  /** What the cloud serves per second (default: the outage scenarios' headroom over the steady rate). */
-  capacityRps?: number;
-}
-
-export interface ModelChannelAnswer {
-  /** p99 time back online after the endpoint's return, in s; null when some device never came back. */
-  p99S: number | null;
-  /** Peak attempts per second at the endpoint after the return over the fleet's steady poll rate. */
-  peakVsSteady: number;
-}
-
-/** The model's prediction for one outage of one fleet, per channel (mqtt null when the broker stays up). */
-export function modelRun(r: ModelRequest): { api: ModelChannelAnswer; mqtt: ModelChannelAnswer | null; run: RunResult } {
-  const settings = r.settings ?? agentDefaults();
-  const run = simulate({
-    devices: r.devices,
-    seed: r.seed ?? 1,
-    strategy: r.strategy ?? DEFAULT_STRATEGY,
-    scenario: { ...outageScenario(r.outageS * 1000, r.devices, settings, r.channels), ...(r.capacityRps !== undefined ? { capacityRps: r.capacityRps } : {}) },
-    settings,
-  });
-  const answer = (c: ChannelResult): ModelChannelAnswer => ({ p99S: c.timeToOnlineMs ? c.timeToOnlineMs.p99 / 1000 : null, peakVsSteady: c.peakVsSteady });
-  return { api: answer(run.api), mqtt: run.mqtt ? answer(run.mqtt) : null, run };
 }
 
 /** A 32-bit seed for stream `b` of run seed `a` (murmur3's finaliser over both). */
