@@ -1,5 +1,5 @@
 import { defaultConfig, type AgentConfig } from '../src/config/schema.js';
-import { PROBE_CONNECT_TIMEOUT_MS, PROBE_INITIAL_INTERVAL_MS, WAKE_SPREAD_MS } from '../src/resilience/probe.js';
+import { PROBE_CONNECT_TIMEOUT_MS, PROBE_INITIAL_INTERVAL_MS } from '../src/resilience/probe.js';
 import type { OutageKind } from './fleet-network.js';
 
 /**
@@ -29,8 +29,6 @@ export interface FleetSettings {
   probeInitialMs: number;
   /** ConnectivityProbe's connect timeout (its constructor default; the agent does not set it). */
   probeConnectTimeoutMs: number;
-  /** A probe's wake spreads the woken loops over what is left of this (WAKE_SPREAD_MS; see wakeStaggerMs). */
-  wakeSpreadMs: number;
 }
 
 /** The agent as it runs with an empty config file. */
@@ -45,7 +43,6 @@ export function agentDefaults(): FleetSettings {
     keepAliveMs: config.mqtt.keepAliveSeconds * 1000,
     probeInitialMs: PROBE_INITIAL_INTERVAL_MS,
     probeConnectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS,
-    wakeSpreadMs: WAKE_SPREAD_MS,
   };
 }
 

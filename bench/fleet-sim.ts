@@ -455,7 +455,7 @@ class FleetSimulation {
     stats.wakes++;
     loop.wakes++;
     // ConnectivityProbe.reached: the stagger is what is left of the spread since the way was last seen closed.
-    loop.staggerMaxMs = wakeStaggerMs(this.time - loop.closedSeenAt, this.settings.wakeSpreadMs);
+    loop.staggerMaxMs = wakeStaggerMs(this.time - loop.closedSeenAt, this.settings.offline.wakeSpreadSeconds * 1000);
     if (isDown(stats.outage, this.time)) stats.wakesWhileDown++;
     if (!loop.sleeping) return;
     loop.sleeping = false;

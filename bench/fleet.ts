@@ -141,7 +141,7 @@ function main(): void {
           connectTimeoutMs: settings.connectTimeoutMs,
           mqttConnectTimeoutMs: settings.mqttConnectTimeoutMs,
           keepAliveMs: settings.keepAliveMs,
-          wakeSpreadMs: settings.wakeSpreadMs,
+          wakeSpreadMs: off.wakeSpreadSeconds * 1000,
         },
         scenarios: runs.map((r) => ({ key: r.key, ...r.scenario })),
         outageCapacityVsSteady: OUTAGE_CAPACITY_HEADROOM,
@@ -163,7 +163,7 @@ function header(devices: number, seed: number, settings: FleetSettings): string 
     `fleet benchmark: ${devices} devices, seed ${seed}, ${machine().cpus} cpus, node ${process.version}`,
     `agent defaults: pollIntervalMs ${settings.pollIntervalMs} (+0-10% jitter), backoff ${off.enableJitter ? off.jitter : 'none'} ${off.minBackoffSeconds}-${off.maxBackoffSeconds} s, ` +
       `reset after ${off.backoffResetAfterSeconds} s stable, offline after ${off.offlineAfterFailures} failures, offline floor ${off.offlineRetryIntervalSeconds} s (API), ` +
-      `probe ${settings.probeInitialMs / 1000}-${off.probeMaxIntervalSeconds} s (equal jitter, ${settings.probeConnectTimeoutMs / 1000} s connect timeout), wake stagger 0 to what is left of ${settings.wakeSpreadMs / 1000} s since the way was last seen closed (at least 1 s), ` +
+      `probe ${settings.probeInitialMs / 1000}-${off.probeMaxIntervalSeconds} s (spread jitter from the start of one handshake to the next, ${settings.probeConnectTimeoutMs / 1000} s connect timeout), wake stagger 0 to what is left of ${off.wakeSpreadSeconds} s since the way was last seen closed (at least 1 s), ` +
       `request timeout ${settings.requestTimeoutMs / 1000} s (connect ${settings.connectTimeoutMs / 1000} s), MQTT connect timeout ${settings.mqttConnectTimeoutMs / 1000} s, keep-alive ${settings.keepAliveMs / 1000} s`,
     `steady state: ${cell(steadyStateRps(devices, settings), 1)} req/s (devices / poll interval); peaks of both channels are given over it`,
     'strategies: none/seed/equal/full/decorrelated retry with that backoff and no probe; default+probe is the agent as configured, with its probes, offline floor and wake stagger.',

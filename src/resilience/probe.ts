@@ -154,7 +154,8 @@ export interface ConnectivityProbeOptions {
  * While the connection is offline, checks cheaply whether the cloud can be reached again, so that
  * loops sleeping out a long backoff (on the Wakeup) can try at once instead of minutes later.
  *
- * Probes are TCP connects on a jittered schedule that starts near `initialIntervalMs` and doubles
+ * Probes are TCP connects on a jittered schedule (from the start of one round to the start of the
+ * next, so a black-holed round waiting out its timeout does not slow it) that starts near `initialIntervalMs` and doubles
  * to at most `maxIntervalMs`; a change of the machine's non-internal addresses (a link came up,
  * DHCP gave an address) triggers a probe at once and restarts the schedule.
  *
@@ -211,7 +212,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   private started = false;
   /** Whether the latest probe of the current offline stretch connected (false before its first). */
   private lastConnected = false;
-  /** Monotonic time the way was last seen closed: the latest failed probe, or the stretch's start. */
+  /** Monotonic time the way was last seen closed: the start of the latest failed probe, or the stretch's start. */
   private closedAt = 0;
   /** Whether this offline stretch has woken the loops already. */
   private woke = false;
@@ -305,14 +306,19 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     // Stryker disable next-line ArithmeticOperator: a poll at once finds the addresses just read: the next one is an interval later either way
     let nextPoll = this.clock.monotonic() + this.interfacesPollMs;
 
+    // A round's start: a black-holed round learns of its failure only at its timeout, and the way may
+    // have opened while it waited, so its start is when the way was last known closed, and the next
+    // round is timed from it: a black hole is probed at the same cadence as a refusal.
+    let roundStart = 0;
     const probe = async (trigger: ProbeTrigger): Promise<void> => {
+      roundStart = this.clock.monotonic();
       const target = await this.firstReachable(signal);
       // Stryker disable next-line ConditionalExpression: an abort makes firstReachable answer null at once, so a target here means it came first
       if (signal.aborted) return;
       this.lastConnected = target !== null;
       if (target === null) {
         reachable = false;
-        this.closedAt = this.clock.monotonic();
+        this.closedAt = roundStart;
         return;
       }
       if (reachable) return;
@@ -332,14 +338,14 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
             this.logger.debug('network interfaces changed: probing now');
             await probe('interfaces');
             schedule.reset();
-            nextProbe = this.clock.monotonic() + schedule.failure();
+            nextProbe = roundStart + schedule.failure();
             continue;
           }
         }
       }
       if (now >= nextProbe) {
         await probe('schedule');
-        nextProbe = this.clock.monotonic() + schedule.failure();
+        nextProbe = roundStart + schedule.failure();
         continue;
       }
       await this.clock.sleep(Math.min(nextProbe, nextPoll) - now, signal).catch(() => undefined);

@@ -18,6 +18,7 @@ import { FakeClock } from '../helpers/fake-clock.js';
 import { createLogger } from '../../src/util/logger.js';
 import { seededRandom } from '../../src/util/random.js';
 import { FakeStatus } from '../helpers/fake-status.js';
+import { defaultConfig } from '../../src/config/schema.js';
 
 
 type Iface = os.NetworkInterfaceInfo;
@@ -489,8 +490,37 @@ describe('ConnectivityProbe', () => {
     expect(wakes).toEqual([{ at: 22_100, staggerMaxMs: 12_000 }]);
   });
 
+  it('times each round from the start of the previous one: a black-holed round does not push the schedule back', async () => {
+    // Random 0: waits of 0.1 s, then 2, 4, 8, 8 s between starts; every round hangs for its 3 s timeout.
+    const h = setup({ initial: 'offline', maxIntervalMs: 8000, connectTimeoutMs: 3000, random: () => 0 });
+    h.outcome.value = 'hang';
+    await h.clock.advance(24_000);
+    // The second round is due at 2.1 s, while the first waits until 3.1 s: it starts at once then.
+    expect(h.calls.map((c) => c.at)).toEqual([100, 3_100, 7_100, 15_100, 23_100]);
+  });
+
+  it('counts the spread of its wake from the start of the latest failed round, not from its timeout', async () => {
+    const wakes: Array<{ at: number; staggerMaxMs: number | undefined }> = [];
+    const recorder = {
+      wake: (_reason: string, opts?: { staggerMaxMs?: number }): number => {
+        wakes.push({ at: h.clock.monotonic(), staggerMaxMs: opts?.staggerMaxMs });
+        return 0;
+      },
+    };
+    const h = setup({ initial: 'offline', wakeup: recorder as unknown as Wakeup, wakeSpreadMs: 20_000, maxIntervalMs: 8000, connectTimeoutMs: 3000, random: () => 0 });
+    h.outcome.value = 'hang';
+    await h.clock.advance(1_000);
+    h.outcome.value = 'ok';
+    await h.clock.advance(10_000);
+    // The round started at 0.1 s failed at its timeout, 3.1 s, and the next one (due at 2.1 s) connects
+    // then. The way may have opened any time after 0.1 s: 17 s of the 20 s are left, not 20.
+    expect(wakes).toEqual([{ at: 3_100, staggerMaxMs: 17_000 }]);
+  });
+
   it('wakeStaggerMs: what is left of the spread, at least 1 s (or the spread itself when smaller)', () => {
     expect(WAKE_SPREAD_MS).toBe(38_000);
+    // The probe's own default is the setting's (settings.offline.wakeSpreadSeconds).
+    expect(defaultConfig().settings.offline.wakeSpreadSeconds * 1000).toBe(WAKE_SPREAD_MS);
     expect(wakeStaggerMs(0)).toBe(38_000);
     expect(wakeStaggerMs(30_000)).toBe(8_000);
     expect(wakeStaggerMs(37_500)).toBe(1_000);
