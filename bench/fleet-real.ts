@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startFleetAgent, type FleetAgent } from './fleet-real-agents.js';
 import { OUTAGE_KINDS, startFleetWorld, type Channel, type FleetWorld, type OutageKind } from './fleet-real-world.js';
-import { modelRun } from './fleet-model-run.js';
-import { quantile } from './fleet-sim.js';
+import { modelSpread, type ModelSpread } from './fleet-model-run.js';
+import { agentDefaults, peakWindowSeconds, quantile, steadyStateRps, windowPeak } from './fleet-sim.js';
 import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type BenchResult, type BenchTarget } from './report.js';
 
 /**
@@ -46,8 +46,12 @@ interface Measure {
   /** The same for the GETs alone (the polls), which the model's poll loop stands for. */
   pollSteadyRps: number;
   pollPeakRps: number;
-  model: { p99S: number | null; peakVsSteady: number | null };
+  /** The model's median over MODEL_SEEDS seeds, with its 5th-95th percentile range. */
+  model: ModelSpread | null;
 }
+
+/** Seeds of the model per outage: at 50 devices a run takes milliseconds, and one run is one draw of chance. */
+const MODEL_SEEDS = 51;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -104,16 +108,18 @@ async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKi
       }
     }
   });
-  const rates = world.requestsPerSecond(returned, performance.now());
-  const peakRps = Math.max(0, ...rates);
-  const pollPeakRps = Math.max(0, ...world.requestsPerSecond(returned, performance.now(), 'polls'));
+  // Peaks over the window the model uses for this fleet (peakWindowSeconds: 12 s for 50 agents).
+  const windowS = peakWindowSeconds(steadyStateRps(agents.length, agentDefaults()));
+  const peakOf = (rates: number[]): number => windowPeak(rates, 0, rates.length - 1, windowS);
+  const peakRps = peakOf(world.requestsPerSecond(returned, performance.now()));
+  const pollPeakRps = peakOf(world.requestsPerSecond(returned, performance.now(), 'polls'));
   // The model's run for the same fleet and outage (both channels down, the same kind), with a cloud that
   // serves all it gets, as the devcloud does (the model's own scenarios give the cloud 4x the steady
   // rate, which for 50 devices is 4 requests a second: a few polls in one second would meet 503s the
   // devcloud never sends).
-  const model = modelRun({ devices: agents.length, seed: o.seed, outageS, channels: { api: kind, mqtt: kind }, capacityRps: Number.POSITIVE_INFINITY });
+  const model = modelSpread({ devices: agents.length, seed: o.seed, outageS, channels: { api: kind, mqtt: kind }, capacityRps: Number.POSITIVE_INFINITY }, MODEL_SEEDS);
   return CHANNELS.map((channel) => {
-    const predicted = (channel === 'http' ? model.api : model.mqtt) ?? { p99S: null, peakVsSteady: null };
+    const predicted = channel === 'http' ? model.api : model.mqtt;
     const set = affected.get(channel) ?? new Set<number>();
     const secondsBack = (back: Map<number, number>): Float64Array =>
       Float64Array.from([...set].flatMap((i) => (back.has(i) ? [((back.get(i) as number) - returned) / 1000] : []))).sort();
@@ -134,9 +140,15 @@ async function runOutage(world: FleetWorld, agents: FleetAgent[], kind: OutageKi
       peakRps,
       pollSteadyRps,
       pollPeakRps,
-      model: { p99S: predicted.p99S, peakVsSteady: predicted.peakVsSteady },
+      model: predicted,
     };
   });
+}
+
+/** "median (5th-95th)" of the model's runs. */
+function spreadCell(mid: number | null | undefined, range: [number, number] | null | undefined, digits: number): string {
+  if (mid === null || mid === undefined) return cell(null);
+  return range ? `${cell(mid, digits)} (${cell(range[0], digits)}-${cell(range[1], digits)})` : cell(mid, digits);
 }
 
 function report(measures: Measure[], n: number, wallS: number, json: boolean, config: Record<string, unknown>): void {
@@ -147,13 +159,14 @@ function report(measures: Measure[], n: number, wallS: number, json: boolean, co
     cell(m.p99S, 1),
     cell(m.maxS, 1),
     m.channel === 'http' ? cell(m.pollP99S, 1) : '',
-    cell(m.model.p99S, 1),
+    spreadCell(m.model?.p99S, m.model?.p99RangeS, 1),
     cell(m.steadyRps, 2),
-    cell(m.peakRps),
+    cell(m.peakRps, 2),
     cell(ratio(m.pollPeakRps, m.pollSteadyRps), 2),
-    cell(m.model.peakVsSteady, 2),
+    spreadCell(m.model?.peakVsSteady, m.model?.peakRange, 2),
   ]);
-  console.log(`real fleet: ${n} agents, ${machine().cpus} cpus, node ${process.version}, ${cell(wallS / 60, 1)} min`);
+  const windowS = peakWindowSeconds(steadyStateRps(n, agentDefaults()));
+  console.log(`real fleet: ${n} agents, ${machine().cpus} cpus, node ${process.version}, ${cell(wallS / 60, 1)} min; peaks over ${windowS} s windows; model: median (5th-95th percentile) of ${MODEL_SEEDS} seeds`);
   console.log(table(['outage, channel', 'back', 'p50 s', 'p99 s', 'max s', 'polls p99 s', 'model p99 s', 'steady req/s', 'peak req/s', 'polls peak/steady', 'model peak/steady'], rows));
   const results: BenchResult[] = [];
   const ratios: Record<string, number | null> = {};
@@ -167,20 +180,29 @@ function report(measures: Measure[], n: number, wallS: number, json: boolean, co
     const peakVsSteady = ratio(m.pollPeakRps, m.pollSteadyRps);
     results.push({ name: `${k}.peak_vs_steady_all_requests`, value: ratio(m.peakRps, m.steadyRps), unit: 'x' });
     if (m.channel === 'http') results.push({ name: `${k}.polls_peak_vs_steady`, value: peakVsSteady, unit: 'x' });
-    results.push({ name: `${k}.model_p99_back_online`, value: m.model.p99S === null ? null : round(m.model.p99S), unit: 's' });
-    if (m.channel === 'http') results.push({ name: `${k}.model_peak_vs_steady`, value: m.model.peakVsSteady, unit: 'x' });
+    const modelP99 = m.model?.p99S ?? null;
+    results.push({ name: `${k}.model_p99_back_online`, value: modelP99 === null ? null : round(modelP99), unit: 's' });
+    if (m.model?.p99RangeS) {
+      results.push({ name: `${k}.model_p99_back_online_p05`, value: round(m.model.p99RangeS[0]), unit: 's' });
+      results.push({ name: `${k}.model_p99_back_online_p95`, value: round(m.model.p99RangeS[1]), unit: 's' });
+    }
+    if (m.channel === 'http' && m.model) {
+      results.push({ name: `${k}.model_peak_vs_steady`, value: round(m.model.peakVsSteady), unit: 'x' });
+      results.push({ name: `${k}.model_peak_vs_steady_p05`, value: round(m.model.peakRange[0]), unit: 'x' });
+      results.push({ name: `${k}.model_peak_vs_steady_p95`, value: round(m.model.peakRange[1]), unit: 'x' });
+    }
     // Like for like: the model's HTTP loop is the poll loop; a real agent's other loops on the API (its
     // reports, the outbox's flusher) can bring the channel back before its poll does.
-    ratios[`${k}.p99_vs_model`] = ratio(m.channel === 'http' ? m.pollP99S : m.p99S, m.model.p99S);
+    ratios[`${k}.p99_vs_model`] = ratio(m.channel === 'http' ? m.pollP99S : m.p99S, modelP99);
     targets[`${k}.p99_back_online_s`] = target('<=', 40, m.p99S);
     const off = (r: number | null): number | null => (r === null ? null : Math.abs(r - 1));
     targets[`${k}.p99_within_25pct_of_model`] = target('<=', 0.25, off(ratios[`${k}.p99_vs_model`] ?? null));
     if (m.channel === 'http') {
-      ratios[`${k}.peak_vs_steady_vs_model`] = ratio(peakVsSteady, m.model.peakVsSteady);
+      ratios[`${k}.peak_vs_steady_vs_model`] = ratio(peakVsSteady, m.model?.peakVsSteady ?? null);
       targets[`${k}.peak_vs_steady_within_25pct_of_model`] = target('<=', 0.25, off(ratios[`${k}.peak_vs_steady_vs_model`] ?? null));
     }
   }
-  if (json) console.log(jsonLine({ benchmark: 'fleet-real', machine: machine(), config, results, ratios, targets }));
+  if (json) console.log(jsonLine({ benchmark: 'fleet-real', machine: machine(), config: { ...config, peakWindowS: windowS, modelSeeds: MODEL_SEEDS }, results, ratios, targets }));
 }
 
 async function main(): Promise<void> {

@@ -12,8 +12,10 @@ import { EventQueue } from './event-queue.js';
 import { SEED_MAX_BACKOFF_MS, SeedBackoff } from './fleet-seed-backoff.js';
 import {
   agentDefaults,
+  peakWindowSeconds,
   quantile,
   steadyStateRps,
+  windowPeak,
   type Channel,
   type ChannelResult,
   type FleetSettings,
@@ -536,13 +538,9 @@ class FleetSimulation {
     const times = Float64Array.from(recovered, (l) => l.onlineAfterMs).sort();
     const returnSecond = Math.floor(this.returnAt / 1000);
     const lastSecond = Math.min(stats.buckets.length - 1, Math.floor(this.time / 1000));
-    let peak = 0;
-    let peakAfterFirst = 0;
-    for (let s = returnSecond; s <= lastSecond; s++) {
-      const n = stats.buckets[s] ?? 0;
-      peak = Math.max(peak, n);
-      if (s > returnSecond) peakAfterFirst = Math.max(peakAfterFirst, n);
-    }
+    const windowS = peakWindowSeconds(steadyRps);
+    const peak = windowPeak(stats.buckets, returnSecond, lastSecond, windowS);
+    const peakAfterFirst = windowPeak(stats.buckets, returnSecond + 1, lastSecond, windowS);
     const attempts = affected.reduce((sum, l) => sum + l.attemptsToOnline, 0);
     return {
       affected: affected.length,
