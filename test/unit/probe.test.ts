@@ -84,6 +84,18 @@ function setup(opts: { initial?: ConnectionStatus; seed?: number } & Partial<Con
   return h;
 }
 
+/** A Wakeup stand-in that records when the probe woke it and with what stagger. */
+function wakeRecorder(now: () => number): { wakes: Array<{ at: number; staggerMaxMs: number | undefined }>; recorder: Wakeup } {
+  const wakes: Array<{ at: number; staggerMaxMs: number | undefined }> = [];
+  const recorder = {
+    wake: (_reason: string, opts?: { staggerMaxMs?: number }): number => {
+      wakes.push({ at: now(), staggerMaxMs: opts?.staggerMaxMs });
+      return 0;
+    },
+  };
+  return { wakes, recorder: recorder as unknown as Wakeup };
+}
+
 function gaps(times: number[]): number[] {
   return times.slice(1).map((t, i) => t - (times[i] ?? 0));
 }
@@ -472,14 +484,8 @@ describe('ConnectivityProbe', () => {
   });
 
   it('spreads its wake over what is left of the spread since the way was last seen closed', async () => {
-    const wakes: Array<{ at: number; staggerMaxMs: number | undefined }> = [];
-    const recorder = {
-      wake: (_reason: string, opts?: { staggerMaxMs?: number }): number => {
-        wakes.push({ at: h.clock.monotonic(), staggerMaxMs: opts?.staggerMaxMs });
-        return 0;
-      },
-    };
-    const h = setup({ initial: 'offline', wakeup: recorder as unknown as Wakeup, wakeSpreadMs: 20_000, maxIntervalMs: 8000, random: () => 0 });
+    const { wakes, recorder } = wakeRecorder(() => h.clock.monotonic());
+    const h = setup({ initial: 'offline', wakeup: recorder, wakeSpreadMs: 20_000, maxIntervalMs: 8000, random: () => 0 });
     // Probes (random 0: waits of 0.1 s, then 2, 4, 8, 8 s) at 0.1, 2.1, 6.1, 14.1, 22.1 s, all refused.
     await h.clock.advance(20_000);
     const lastFailed = h.calls.at(-1)?.at ?? NaN;
@@ -500,14 +506,8 @@ describe('ConnectivityProbe', () => {
   });
 
   it('counts the spread of its wake from the start of the latest failed round, not from its timeout', async () => {
-    const wakes: Array<{ at: number; staggerMaxMs: number | undefined }> = [];
-    const recorder = {
-      wake: (_reason: string, opts?: { staggerMaxMs?: number }): number => {
-        wakes.push({ at: h.clock.monotonic(), staggerMaxMs: opts?.staggerMaxMs });
-        return 0;
-      },
-    };
-    const h = setup({ initial: 'offline', wakeup: recorder as unknown as Wakeup, wakeSpreadMs: 20_000, maxIntervalMs: 8000, connectTimeoutMs: 3000, random: () => 0 });
+    const { wakes, recorder } = wakeRecorder(() => h.clock.monotonic());
+    const h = setup({ initial: 'offline', wakeup: recorder, wakeSpreadMs: 20_000, maxIntervalMs: 8000, connectTimeoutMs: 3000, random: () => 0 });
     h.outcome.value = 'hang';
     await h.clock.advance(1_000);
     h.outcome.value = 'ok';
