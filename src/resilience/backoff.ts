@@ -35,6 +35,14 @@ export interface FailureOptions {
    * 0 would only put connects in flight through the outage that the kernel resends together at its end.
    */
   phased?: boolean;
+  /**
+   * The failure's moment is one a fleet shares, though its run of failures is not new: the first
+   * answer after a run of transport failures (a cloud coming back meets the devices that were waiting
+   * for it in the same seconds, and answers those beyond its capacity 503). `spread` draws its retry
+   * over the whole step, as it draws the first retry of a run: the later draws would bring that crowd
+   * back together one step later.
+   */
+  shared?: boolean;
 }
 
 /**
@@ -114,7 +122,7 @@ export class Backoff {
   failure(opts: FailureOptions = {}): number {
     if (this.stableLongEnough()) this.restart();
     this.goodSince = undefined;
-    const delay = this.nextDelay(opts.phased === true);
+    const delay = this.nextDelay(opts.phased === true, opts.shared === true);
     this.failures++;
     const retryAfter = opts.retryAfterMs;
     // Stryker disable next-line ConditionalExpression,EqualityOperator: the guards overlap (undefined is not finite) and a Retry-After of 0 holds nothing
@@ -171,7 +179,7 @@ export class Backoff {
     return floor + this.random() * (base - floor);
   }
 
-  private nextDelay(phased: boolean): number {
+  private nextDelay(phased: boolean, shared: boolean): number {
     // Bounded by maxMs, so a long outage cannot overflow to Infinity * 0 or NaN.
     const base = Math.min(this.maxMs, this.minMs * this.multiplier ** this.failures);
     switch (this.strategy) {
@@ -181,7 +189,7 @@ export class Backoff {
         return this.fullJitter(base);
       case 'spread':
         // The first retry spreads a fleet that failed together over the first step; the later ones keep it spread.
-        return this.failures === 0 && !phased ? this.fullJitter(base) : base * (1 - SPREAD_WIDTH * this.random());
+        return (this.failures === 0 || shared) && !phased ? this.fullJitter(base) : base * (1 - SPREAD_WIDTH * this.random());
       case 'equal':
         return base / 2 + this.random() * (base / 2);
       case 'decorrelated': {

@@ -2,6 +2,8 @@ import type { Clock } from '../util/clock.js';
 import { Kick, type WakeableSleep } from '../util/kick.js';
 import type { Backoff } from './backoff.js';
 import { CloudError } from './cloud-error.js';
+import { failureKind } from './outcome.js';
+import type { FailureKind } from './connection-monitor.js';
 
 /** What the policy needs of a backoff: the project's `Backoff` (the fleet benchmark adapts the seed's formula). */
 export type RetryBackoff = Pick<Backoff, 'failure' | 'success' | 'reset' | 'holdRemainingMs' | 'respread'>;
@@ -29,6 +31,8 @@ export class RetryPolicy {
   private seenWakes: number | undefined;
   /** Monotonic time the current attempt started (its wait ended); unknown after a success. */
   private attemptFrom: number | undefined;
+  /** The kind of the latest failure since the latest success. */
+  private lastKind: FailureKind | undefined;
 
   constructor(private readonly o: RetryPolicyOptions) {
     this.seenWakes = o.sleeper.wakeCount;
@@ -45,7 +49,15 @@ export class RetryPolicy {
    */
   afterFailure(err: unknown, opts: { timedOut?: boolean; phased?: boolean } = {}): number {
     const e = err instanceof CloudError ? err : undefined;
-    const failure = { ...(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}), ...(opts.phased ? { phased: true } : {}) };
+    // The first answer after the way was closed: the cloud is back, and meets every device that waited for it at once.
+    const kind = failureKind(err);
+    const shared = this.lastKind === 'transport' && kind === 'answer';
+    this.lastKind = kind;
+    const failure = {
+      ...(e?.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
+      ...(opts.phased ? { phased: true } : {}),
+      ...(shared ? { shared: true } : {}),
+    };
     const step = Math.max(this.o.backoff.failure(failure), this.o.floorMs?.() ?? 0);
     if (this.attemptFrom === undefined) return step;
     const spent = Math.max(0, this.o.clock.monotonic() - this.attemptFrom);
@@ -62,6 +74,7 @@ export class RetryPolicy {
    */
   afterSuccess(): void {
     this.o.backoff.success();
+    this.lastKind = undefined;
     this.attemptFrom = undefined;
     this.seenWakes = this.o.sleeper.wakeCount;
   }

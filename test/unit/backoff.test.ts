@@ -165,6 +165,24 @@ describe('spread jitter', () => {
     expect(new Backoff({ minMs: 40_000, maxMs: 40_000, strategy: 'equal', clock: new FakeClock(), random: half }).failure({ phased: true })).toBe(30_000);
   });
 
+  it('draws a shared retry (a moment the fleet shares, mid-run) over the whole step, as the first of a run; phased wins', () => {
+    const shared: number[] = [];
+    for (let i = 0; i < 500; i++) {
+      const b = new Backoff({ minMs: 40_000, maxMs: 40_000, strategy: 'spread', clock: new FakeClock(), random: seededRandom(i) });
+      b.failure();
+      b.failure();
+      shared.push(b.failure({ shared: true }));
+    }
+    expect(Math.min(...shared)).toBeLessThan(4_000);
+    expect(Math.max(...shared)).toBeGreaterThan(36_000);
+    expect(Math.max(...shared)).toBeLessThanOrEqual(40_000);
+    const half = (): number => 0.5;
+    const b = new Backoff({ minMs: 40_000, maxMs: 40_000, strategy: 'spread', clock: new FakeClock(), random: half });
+    b.failure();
+    expect(b.failure({ shared: true, phased: true })).toBe(38_000);
+    expect(b.failure({ shared: true })).toBe(100 + 0.5 * 39_900);
+  });
+
   it('grows by the multiplier to the cap, and starts over with a full-jitter draw after a reset', () => {
     const top = (): number => 0;
     const b = new Backoff({ minMs: 1000, maxMs: 10_000, strategy: 'spread', clock: new FakeClock(), random: top });

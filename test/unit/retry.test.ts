@@ -113,7 +113,23 @@ describe('retry policy', () => {
     retry.afterFailure(undefined, { phased: true });
     retry.afterFailure(undefined);
     retry.afterFailure(new CloudError('http', '503', 503, 7_000), { phased: true });
-    expect(seen).toEqual([{ phased: true }, {}, { retryAfterMs: 7_000, phased: true }]);
+    expect(seen).toEqual([{ phased: true }, {}, { retryAfterMs: 7_000, phased: true, shared: true }]);
+  });
+
+  it('tells the backoff when a failure is the first answer after the way was closed (shared): not a later answer, nor one after a success', () => {
+    const seen: Array<{ shared?: boolean } | undefined> = [];
+    const backoff = { failure: (o?: { shared?: boolean }) => (seen.push(o), 1_000), success: () => undefined, reset: () => undefined, holdRemainingMs: () => 0, respread: () => 1_000 };
+    const clock = new FakeClock();
+    const retry = new RetryPolicy({ backoff, sleeper: new Wakeup({ clock, random: () => 0 }), clock });
+    const answer = new CloudError('http', '503', 503);
+    retry.afterFailure(new CloudError('network', 'refused'));
+    retry.afterFailure(new CloudError('timeout', 'timed out'));
+    retry.afterFailure(answer); // the cloud is back: the devices that waited meet it at once
+    retry.afterFailure(answer); // answered again: the crowd is spread already
+    retry.afterFailure(new CloudError('network', 'refused'));
+    retry.afterSuccess();
+    retry.afterFailure(answer); // after a success: the first of a run, which spread draws over the step anyway
+    expect(seen.map((o) => o?.shared === true)).toEqual([false, false, true, false, false, false]);
   });
 
   it('a wake during an attempt that got through does not cut the wait after it short', async () => {
