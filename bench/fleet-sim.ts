@@ -1,11 +1,10 @@
 import { backoffFromSettings } from '../src/resilience/backoff.js';
-import type { Backoff } from '../src/resilience/backoff.js';
 import { offlineFloorApplies, wayClosedBy } from '../src/resilience/channel-probes.js';
 import { ConnectionMonitor, type ChannelEvent } from '../src/resilience/connection-monitor.js';
 import { CloudError } from '../src/resilience/cloud-error.js';
 import { failureKind } from '../src/resilience/outcome.js';
 import { RetryPolicy, type RetryBackoff } from '../src/resilience/retry-policy.js';
-import { probeSchedule, wakeStaggerMs } from '../src/resilience/probe.js';
+import { probeSchedule, wakeStaggerMs, type ProbeSchedule } from '../src/resilience/probe.js';
 import type { Clock } from '../src/util/clock.js';
 import { seededRandom, type Random } from '../src/util/random.js';
 import { EventQueue } from './event-queue.js';
@@ -49,7 +48,7 @@ export * from './fleet-model.js';
  *   deadline), and the loop then calls retry.afterWake();
  * - after a timeout the backoff counts from the attempt's start (RetryPolicy.attemptStarted at each start);
  * - each channel's probe (ChannelProbes / ConnectivityProbe.run): starts when that channel becomes
- *   offline, starts each probe probeSchedule(...).failure() after the previous one started (at once
+ *   offline, starts each probe probeSchedule(...).next() after the previous one started (at once
  *   when a black-holed one outlasted that), and wakes the channel's loop at
  *   the first handshake after going offline closed the way; offline because the endpoint answered
  *   (503s), it wakes only after a handshake has failed and then succeeded. It stops when the channel
@@ -100,7 +99,7 @@ interface Loop {
   wakes: number;
   seenWakes: number;
   probeGen: number;
-  probeSchedule: Backoff | null;
+  probeSchedule: ProbeSchedule | null;
   reachable: boolean;
   /** The probe's latest handshake of this offline stretch connected (ConnectivityProbe.wayOpen). */
   probeConnected: boolean;
@@ -480,7 +479,7 @@ class FleetSimulation {
       loop.reachable = !wayClosedBy(d.monitor.lastFailureKind(loop.channel));
       loop.probeConnected = false;
       loop.closedSeenAt = this.time;
-      this.queue.push(this.time + loop.probeSchedule.failure(), { kind: PROBE, loop, gen: ++loop.probeGen });
+      this.queue.push(this.time + loop.probeSchedule.next(), { kind: PROBE, loop, gen: ++loop.probeGen });
     } else if (e.to !== 'offline' && loop.probeSchedule !== null) {
       loop.probeSchedule = null;
       loop.probeGen++;
@@ -510,7 +509,7 @@ class FleetSimulation {
       loop.reachable = true;
       this.wake(loop);
     }
-    this.queue.push(Math.max(this.time, loop.probeStartedAt + schedule.failure()), { kind: PROBE, loop, gen: loop.probeGen });
+    this.queue.push(Math.max(this.time, loop.probeStartedAt + schedule.next()), { kind: PROBE, loop, gen: loop.probeGen });
   }
 
   private result(wallMs: number): RunResult {

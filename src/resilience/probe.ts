@@ -302,7 +302,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     // success counts. Offline because the cloud kept answering errors, it takes a failed probe first.
     let reachable = !this.wayClosed();
     let addresses = this.addressSet();
-    let nextProbe = this.clock.monotonic() + schedule.failure();
+    let nextProbe = this.clock.monotonic() + schedule.next();
     // Stryker disable next-line ArithmeticOperator: a poll at once finds the addresses just read: the next one is an interval later either way
     let nextPoll = this.clock.monotonic() + this.interfacesPollMs;
 
@@ -338,14 +338,14 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
             this.logger.debug('network interfaces changed: probing now');
             await probe('interfaces');
             schedule.reset();
-            nextProbe = roundStart + schedule.failure();
+            nextProbe = roundStart + schedule.next();
             continue;
           }
         }
       }
       if (now >= nextProbe) {
         await probe('schedule');
-        nextProbe = roundStart + schedule.failure();
+        nextProbe = roundStart + schedule.next();
         continue;
       }
       await this.clock.sleep(Math.min(nextProbe, nextPoll) - now, signal).catch(() => undefined);
@@ -419,14 +419,39 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
   }
 }
 
+/** The waits between a probe's rounds over one offline stretch. */
+export interface ProbeSchedule {
+  /** The wait before the next round (from the start of the one before it). */
+  next(): number;
+  /** Back to the first step (the network interfaces changed). */
+  reset(): void;
+}
+
 /**
  * The probe's schedule is the project's one backoff with spread jitter: the first wait uniform in
  * [0.1 s or less, initialMs], then base doubling to `maxMs` with at most a tenth taken off, so a long
  * outage settles at one probe every 0.9-1 x maxMs. Nearly even intervals are what let the wake's
  * spread (wakeStaggerMs) work: the time since the latest failed probe says how long ago the cloud may
- * have come back, and a fleet whose probes keep the phases their outage gave them detects a return
- * evenly over one interval, not in a crowd at its start. Exported for the fleet simulation.
+ * have come back, and a fleet whose probes keep their phases detects a return evenly over one interval,
+ * not in a crowd. The phases a doubling schedule gives a fleet that went offline together are close
+ * together, though (a device with many loops on the API goes offline within seconds of losing it, as
+ * every other does): the first wait at the cap is drawn over the whole of it, like the first retry of a
+ * run, which spreads the phases once; the later ones keep them. Exported for the fleet simulation.
  */
-export function probeSchedule(initialMs: number, maxMs: number, clock: Pick<Clock, 'monotonic' | 'now'>, random: Random): Backoff {
-  return new Backoff({ minMs: initialMs, maxMs: Math.max(initialMs, maxMs), strategy: 'spread', clock, random });
+export function probeSchedule(initialMs: number, maxMs: number, clock: Pick<Clock, 'monotonic' | 'now'>, random: Random): ProbeSchedule {
+  const capMs = Math.max(initialMs, maxMs);
+  const backoff = new Backoff({ minMs: initialMs, maxMs: capMs, strategy: 'spread', clock, random });
+  let spreadAtCap = true;
+  return {
+    next() {
+      const atCap = initialMs * 2 ** backoff.attempt >= capMs;
+      const shared = atCap && spreadAtCap;
+      if (atCap) spreadAtCap = false;
+      return backoff.failure(shared ? { shared: true } : {});
+    },
+    reset() {
+      backoff.reset();
+      spreadAtCap = true;
+    },
+  };
 }

@@ -9,6 +9,7 @@ import {
   type ConnectivityProbeOptions,
   type ProbeTarget,
   type ReachableEvent,
+  probeSchedule,
   wakeStaggerMs,
   WAKE_SPREAD_MS,
 } from '../../src/resilience/probe.js';
@@ -116,11 +117,15 @@ describe('ConnectivityProbe', () => {
     await h.clock.advance(120_000);
     const times = h.calls.map((c) => c.at);
     const g = [times[0] ?? 0, ...gaps(times)];
-    // The first wait lies in [100 ms, 1 s] (full jitter); each later one in [0.9 x base, base] with
-    // base = min(8000, 1000 * 2^n): nearly even intervals, so a fleet keeps its probes' phases apart.
+    // The first wait lies in [100 ms, 1 s] (full jitter), and so does the first at the cap, in
+    // [100 ms, 8 s] (once, to spread the phases of a fleet that went offline together); each other one
+    // in [0.9 x base, base] with base = min(8000, 1000 * 2^n): nearly even intervals, so a fleet keeps
+    // its probes' phases apart.
     const bases = g.map((_, n) => Math.min(8000, 1000 * 2 ** n));
+    const firstAtCap = bases.indexOf(8000);
+    expect(firstAtCap).toBe(3);
     g.forEach((gap, n) => {
-      expect(gap).toBeGreaterThanOrEqual(n === 0 ? 100 : 0.9 * (bases[n] ?? 0));
+      expect(gap).toBeGreaterThanOrEqual(n === 0 || n === firstAtCap ? 100 : 0.9 * (bases[n] ?? 0));
       expect(gap).toBeLessThanOrEqual(bases[n] ?? 0);
     });
     expect(g[0]).toBeLessThanOrEqual(1000);
@@ -130,6 +135,25 @@ describe('ConnectivityProbe', () => {
     expect(h.calls.length).toBeGreaterThan(12);
     expect(h.calls.length).toBeLessThan(35);
     expect(h.calls.every((c) => c.timeoutMs === 3000)).toBe(true);
+  });
+
+  it('draws the first wait at the cap over all of it: a fleet that went offline together does not keep probing in step', async () => {
+    const atCap: number[] = [];
+    const after: number[] = [];
+    for (let seed = 1; seed <= 40; seed++) {
+      // Every device went offline at the same instant; each one's waits from its own random stream.
+      const schedule = probeSchedule(1000, 8000, new FakeClock(), seededRandom(seed));
+      const waits = Array.from({ length: 6 }, () => schedule.next());
+      atCap.push(waits[3] ?? NaN);
+      after.push(...waits.slice(4));
+      schedule.reset();
+      expect(schedule.next()).toBeLessThanOrEqual(1000);
+    }
+    // Over the whole cap (the phases spread over about one interval), then nearly even again.
+    expect(Math.min(...atCap)).toBeLessThan(2000);
+    expect(Math.max(...atCap)).toBeGreaterThan(6000);
+    expect(Math.min(...after)).toBeGreaterThanOrEqual(7200);
+    expect(Math.max(...after)).toBeLessThanOrEqual(8000);
   });
 
   it('jitters every wait', async () => {
@@ -486,23 +510,26 @@ describe('ConnectivityProbe', () => {
   it('spreads its wake over what is left of the spread since the way was last seen closed', async () => {
     const { wakes, recorder } = wakeRecorder(() => h.clock.monotonic());
     const h = setup({ initial: 'offline', wakeup: recorder, wakeSpreadMs: 20_000, maxIntervalMs: 8000, random: () => 0 });
-    // Probes (random 0: waits of 0.1 s, then 2, 4, 8, 8 s) at 0.1, 2.1, 6.1, 14.1, 22.1 s, all refused.
+    // Probes (random 0: waits of 0.1 s, then 2, 4, 0.1 (the first at the cap), 8 s) at 0.1, 2.1, 6.1,
+    // 6.2, 14.2, 22.2 s, all refused.
     await h.clock.advance(20_000);
     const lastFailed = h.calls.at(-1)?.at ?? NaN;
-    expect(lastFailed).toBe(14_100);
+    expect(lastFailed).toBe(14_200);
     h.outcome.value = 'ok';
     await h.clock.advance(10_000);
-    // Found at 22.1 s, 8 s after the last refusal: 12 s of the 20 s are left.
-    expect(wakes).toEqual([{ at: 22_100, staggerMaxMs: 12_000 }]);
+    // Found at 22.2 s, 8 s after the last refusal: 12 s of the 20 s are left.
+    expect(wakes).toEqual([{ at: 22_200, staggerMaxMs: 12_000 }]);
   });
 
   it('times each round from the start of the previous one: a black-holed round does not push the schedule back', async () => {
-    // Random 0: waits of 0.1 s, then 2, 4, 8, 8 s between starts; every round hangs for its 3 s timeout.
+    // Random 0: waits of 0.1 s, then 2, 4, 0.1 (the first at the cap, drawn over all of it), 8 s between
+    // starts; every round hangs for its 3 s timeout.
     const h = setup({ initial: 'offline', maxIntervalMs: 8000, connectTimeoutMs: 3000, random: () => 0 });
     h.outcome.value = 'hang';
     await h.clock.advance(24_000);
-    // The second round is due at 2.1 s, while the first waits until 3.1 s: it starts at once then.
-    expect(h.calls.map((c) => c.at)).toEqual([100, 3_100, 7_100, 15_100, 23_100]);
+    // The second round is due at 2.1 s, while the first waits until 3.1 s: it starts at once then; so
+    // does the fourth, due at 7.2 s while the third waits until 10.1 s.
+    expect(h.calls.map((c) => c.at)).toEqual([100, 3_100, 7_100, 10_100, 18_100]);
   });
 
   it('counts the spread of its wake from the start of the latest failed round, not from its timeout', async () => {
