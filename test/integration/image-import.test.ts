@@ -109,8 +109,9 @@ describe('air-gapped image import', () => {
     expect(tempFiles(a)).toEqual([]);
 
     // The CLI, with the right sha256: loaded, and the service runs without waiting out the pull backoff
-    // (imported while the next pull is at least 4 s away, it starts before that pull was due).
-    const backoff = await waitFor('a pull backoff with time to spare', async () => ((await a.get('/v2/state')).body as StateView).missingImages.find((m) => m.image === REF && m.nextRetryAt !== null && m.nextRetryAt > Date.now() + 4_000), 90_000);
+    // (imported while the next pull is at least 15 s away, it starts before that pull was due: the pull
+    // backoff, 5-10 s then doubling, leaves that much by its third wait; 4 s failed once on a loaded machine).
+    const backoff = await waitFor('a pull backoff with time to spare', async () => ((await a.get('/v2/state')).body as StateView).missingImages.find((m) => m.image === REF && m.nextRetryAt !== null && m.nextRetryAt > Date.now() + 15_000), 150_000);
     const sha = createHash('sha256').update(readFileSync(archive)).digest('hex');
     const cli = await runCli(['images', 'import', archive, '--sha256', sha, '--api', a.apiUrl, '--key', a.key]);
     expect(cli.stderr).not.toMatch(/refused/);
@@ -131,7 +132,7 @@ describe('air-gapped image import', () => {
     const listed = JSON.parse(ls.stdout) as { images: { image: string; present: boolean; sizeBytes: number; services: string[] }[] };
     expect(listed.images).toEqual([expect.objectContaining({ image: REF, present: true, services: [`${app}/web`] })]);
     expect(listed.images[0]!.sizeBytes).toBeGreaterThan(0);
-  }, 180_000);
+  }, 300_000);
 
   it('a body that is no archive is a 400; one over the size limit a 413 with no temp file left; one import at a time', async () => {
     const a = await agent({ maxImageImportBytes: 1_048_576 });
