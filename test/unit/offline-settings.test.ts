@@ -79,6 +79,7 @@ const wiredByAgent: Record<string, string> = {
   offlineThresholdSeconds: 'test/integration/agent-offline.test.ts (1 s: degraded, its reason names the threshold), test/unit/degradation.test.ts',
   enableGracefulDegradation: 'test/unit/degradation.test.ts (DegradationController enabled)',
   probeMaxIntervalSeconds: 'test/integration/connectivity.test.ts (back online within the probe interval)',
+  wakeSpreadSeconds: 'test/integration/connectivity.test.ts (back online within the probe interval and the 4 s spread; fails with 300 s)',
   offlineRetryIntervalSeconds: 'test/integration/recovery-per-channel.test.ts',
   enableJitter: 'below: false means strategy none',
   shareLoopWithDrain: 'test/integration/settings-in-force.test.ts (GET /v2/queue ingestShare.enabled), test/unit/loop-share.test.ts (disabled never pauses)',
