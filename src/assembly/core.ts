@@ -104,7 +104,13 @@ export function buildCore(deps: AgentDeps, version: string, builtAt: number): Co
   // Each channel is probed and woken on its own: the API down while MQTT works is still probed. The
   // `mqtt` probe handshakes with every broker of mqtt.urls: the session moves to whichever is up.
   const endpoints = { ...(config.cloud.apiUrl ? { api: config.cloud.apiUrl } : {}), ...(brokers.length > 0 ? { mqtt: brokers } : {}) };
-  const probes = new ChannelProbes({ monitor, endpoints, clock, random, logger, maxIntervalMs: offline.probeMaxIntervalSeconds * 1000,
+  const probes = new ChannelProbes({
+    monitor,
+    endpoints,
+    clock,
+    random,
+    logger,
+    maxIntervalMs: offline.probeMaxIntervalSeconds * 1000,
     wakeSpreadMs: offline.wakeSpreadSeconds * 1000,
   });
   const degradation = new DegradationController({

@@ -154,10 +154,11 @@ export interface ConnectivityProbeOptions {
  * While the connection is offline, checks cheaply whether the cloud can be reached again, so that
  * loops sleeping out a long backoff (on the Wakeup) can try at once instead of minutes later.
  *
- * Probes are TCP connects on a jittered schedule (from the start of one round to the start of the
- * next, so a black-holed round waiting out its timeout does not slow it) that starts near `initialIntervalMs` and doubles
- * to at most `maxIntervalMs`; a change of the machine's non-internal addresses (a link came up,
- * DHCP gave an address) triggers a probe at once and restarts the schedule.
+ * Probes are TCP connects on a jittered schedule that starts near `initialIntervalMs` and doubles
+ * to at most `maxIntervalMs`, timed from the start of one round to the start of the next (a
+ * black-holed round waiting out its timeout does not slow it); a change of the machine's
+ * non-internal addresses (a link came up, DHCP gave an address) triggers a probe at once and
+ * restarts the schedule.
  *
  * `'reachable'` is emitted, and the Wakeup woken, when a probe connects after the way was closed:
  * at the first success after the status went offline, and afterwards only after a probe has failed
@@ -444,7 +445,7 @@ export function probeSchedule(initialMs: number, maxMs: number, clock: Pick<Cloc
   let spreadAtCap = true;
   return {
     next() {
-      const atCap = initialMs * 2 ** backoff.attempt >= capMs;
+      const atCap = initialMs * backoff.multiplier ** backoff.attempt >= capMs;
       const shared = atCap && spreadAtCap;
       if (atCap) spreadAtCap = false;
       return backoff.failure(shared ? { shared: true } : {});
