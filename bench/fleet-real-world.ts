@@ -1,3 +1,4 @@
+import { appendFileSync } from 'node:fs';
 import { FaultProxy } from '../devcloud/fault-proxy.js';
 import { startMosquitto, type Mosquitto } from '../devcloud/mosquitto.js';
 import { DEVICE_PREFIX } from '../devcloud/device-api.js';
@@ -66,9 +67,15 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
   const seen: Seen = { arrivals: [], polls: [], httpOk: new Map(), pollOk: new Map(), connacks: new Map() };
   const index = new Map<string, number>();
   for (let i = 0; i < devices; i++) index.set(uuidOf(i), i);
+  // IOTISTIC_FLEET_TRACE=FILE writes every device request (arrival and answer) and outage edge there, one JSON line each, on the wall clock of the agents' logs.
+  const traceFile = process.env.IOTISTIC_FLEET_TRACE;
+  const trace = (line: Record<string, unknown>): void => {
+    if (traceFile) appendFileSync(traceFile, `${JSON.stringify({ time: Date.now(), ...line })}\n`);
+  };
   const observe = (e: DeviceRequestEvent): void => {
     const at = performance.now();
     const poll = e.method === 'GET' && e.route === POLL_ROUTE;
+    trace({ device: e.uuid === undefined ? null : (index.get(e.uuid) ?? null), method: e.method, route: e.route, phase: e.phase, ...(e.status !== undefined ? { status: e.status } : {}) });
     if (e.phase === 'request') {
       seen.arrivals.push(at);
       if (poll) seen.polls.push(at);
@@ -94,6 +101,7 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
     async start(kind, channels) {
       if (active) throw new Error('an outage is already under way');
       active = { kind, channels };
+      trace({ outage: 'start', kind, channels });
       if (channels.includes('http')) await startHttp(kind, http, devcloud);
       if (channels.includes('mqtt')) await startMqtt(kind, mqtt, broker);
     },
@@ -116,6 +124,7 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
         }
         if (kind === '503') await broker.start();
       }
+      trace({ outage: 'end', kind, channels });
     },
     requestsPerSecond(fromMs, toMs, only) {
       const buckets = new Array<number>(Math.max(0, Math.ceil((toMs - fromMs) / 1000))).fill(0);

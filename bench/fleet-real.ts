@@ -5,6 +5,7 @@ import { startFleetAgent, type FleetAgent } from './fleet-real-agents.js';
 import { OUTAGE_KINDS, startFleetWorld, type Channel, type FleetWorld, type OutageKind } from './fleet-real-world.js';
 import { modelSpread, type ModelSpread } from './fleet-model-run.js';
 import { agentDefaults, peakWindowSeconds, quantile, steadyStateRps, windowPeak } from './fleet-sim.js';
+import { seededRandom } from '../src/util/random.js';
 import { benchArgs, cell, jsonLine, machine, ratio, round, table, target, type BenchResult, type BenchTarget } from './report.js';
 
 /**
@@ -63,14 +64,23 @@ async function waitUntil(what: string, cond: () => boolean, ms: number): Promise
   }
 }
 
-async function startFleet(world: FleetWorld, n: number, root: string, uuidOf: (i: number) => string): Promise<FleetAgent[]> {
+/**
+ * Starts the fleet with each agent at its own moment, uniform over one poll interval (a draw of
+ * `seed`): an agent polls at its start and then every interval, so this gives the polls the phases
+ * of a fleet whose devices came up at different times, which is what the model draws. A fleet
+ * started within seconds polls in a crowd ever after, and an outage of about one interval ends in
+ * that crowd's next poll on schedule: a peak of the start, not of the return.
+ */
+async function startFleet(world: FleetWorld, n: number, root: string, uuidOf: (i: number) => string, seed: number): Promise<FleetAgent[]> {
+  const random = seededRandom(seed);
+  const offsets = Array.from({ length: n }, () => random() * agentDefaults().pollIntervalMs).sort((x, y) => x - y);
+  const from = performance.now();
   const agents: FleetAgent[] = [];
   for (let i = 0; i < n; i++) {
     const apiKey = `fleet-device-key-${i}-0123456789abcdef`;
     world.devcloud.admin.createDevice({ uuid: uuidOf(i), apiKey });
+    await sleep(Math.max(0, from + (offsets[i] as number) - performance.now()));
     agents.push(await startFleetAgent({ index: i, uuid: uuidOf(i), apiKey, apiUrl: world.apiUrl, mqttUrl: world.mqttUrl(i), root }));
-    // Started a few at a time, so the start itself is not a reboot storm on two cores.
-    if (i % 5 === 4) await sleep(1_000);
   }
   await waitUntil('every agent online on both channels', () => CHANNELS.every((c) => world.backOnline(c, 0).size === n), 300_000);
   return agents;
@@ -227,7 +237,7 @@ async function main(): Promise<void> {
   let agents: FleetAgent[] = [];
   const measures: Measure[] = [];
   try {
-    agents = await startFleet(world, a.agents, root, uuidOf);
+    agents = await startFleet(world, a.agents, root, uuidOf, a.seed);
     for (const kind of kinds) {
       for (const outageS of [a.short, a.long].filter((s) => s > 0)) {
         measures.push(...(await runOutage(world, agents, kind, outageS, { settleS: a.settle, capS: a.cap, seed: a.seed })));
