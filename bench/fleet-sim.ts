@@ -4,7 +4,7 @@ import { ConnectionMonitor, type ChannelEvent } from '../src/resilience/connecti
 import { CloudError } from '../src/resilience/cloud-error.js';
 import { failureKind } from '../src/resilience/outcome.js';
 import { RetryPolicy, type RetryBackoff } from '../src/resilience/retry-policy.js';
-import { probeSchedule, wakeStaggerMs, type ProbeSchedule } from '../src/resilience/probe.js';
+import { probeSchedule, SLOW_HANDSHAKE_MS, wakeStaggerMs, type ProbeSchedule } from '../src/resilience/probe.js';
 import type { Clock } from '../src/util/clock.js';
 import { seededRandom, type Random } from '../src/util/random.js';
 import { EventQueue } from './event-queue.js';
@@ -107,6 +107,10 @@ interface Loop {
   closedSeenAt: number;
   /** When the probe's current (or latest) handshake started: the next one is timed from it. */
   probeStartedAt: number;
+  /** The reach of the wait before the probe's next handshake (ProbeSchedule.reachMs). */
+  probeReachMs: number;
+  /** The latest attempt succeeded: the next starts at the loop's own moment (pollLoop's `phased`). */
+  lastOk: boolean;
   /** The stagger of the channel's latest wake (Wakeup's, for a loop that learns of it when its attempt ends). */
   staggerMaxMs: number;
   lastAttemptAt: number;
@@ -203,8 +207,9 @@ class FleetSimulation {
       this.devices.push(device);
       for (const loop of device.loops) {
         if (loop.channel === 'api') {
-          // Outage: each device's first poll at its own phase. Reboot: at t=0, as the agent does at start.
-          this.sleep(loop, this.scenario.kind === 'outage' ? phases() * this.settings.pollIntervalMs : 0);
+          // Outage: each device's first poll at its own phase, the interval after its latest success. Reboot: at t=0, as the agent does at start.
+          loop.lastOk = this.scenario.kind === 'outage';
+          this.sleep(loop, loop.lastOk ? phases() * this.settings.pollIntervalMs : 0);
         } else {
           this.connectedAtStart(loop, phases());
         }
@@ -279,6 +284,8 @@ class FleetSimulation {
       probeConnected: false,
       closedSeenAt: 0,
       probeStartedAt: 0,
+      probeReachMs: 0,
+      lastOk: false,
       staggerMaxMs: 0,
       lastAttemptAt: -Infinity,
       affected: this.scenario.kind === 'reboot',
@@ -366,6 +373,7 @@ class FleetSimulation {
     const { monitor, random } = loop.device;
     if (error === null) {
       monitor.markSuccess(loop.channel, loop.channel === 'api' ? 'poll' : 'connect');
+      loop.lastOk = true;
       loop.retry.afterSuccess();
       // As RetryPolicy.afterSuccess: the wakes of an attempt that got through count as seen.
       loop.seenWakes = loop.wakes;
@@ -377,9 +385,13 @@ class FleetSimulation {
       const base = this.settings.pollIntervalMs;
       return this.sleep(loop, this.time + base + random() * base * 0.1);
     }
-    monitor.markFailure(loop.channel, loop.channel === 'api' ? 'poll' : 'connect', error.message, loop.channel === 'api' ? failureKind(error) : 'transport');
-    // The session passes no error (a broker's refusal carries no Retry-After), only whether the attempt timed out.
-    this.sleep(loop, this.time + (loop.channel === 'api' ? loop.retry.afterFailure(error) : loop.retry.afterFailure(undefined, { timedOut: result === 'timeout' })));
+    // The session's kind: a connection the balancer accepted and closed before any CONNACK is an answer (the way is open).
+    monitor.markFailure(loop.channel, loop.channel === 'api' ? 'poll' : 'connect', error.message, loop.channel === 'api' ? failureKind(error) : result === 'unavailable' ? 'answer' : 'transport');
+    // pollLoop: a poll at the loop's own moment (after a success) fails phased. The session passes no
+    // error (a broker's refusal carries no Retry-After), only whether the attempt timed out.
+    const phased = loop.lastOk;
+    loop.lastOk = false;
+    this.sleep(loop, this.time + (loop.channel === 'api' ? loop.retry.afterFailure(error, phased ? { phased } : {}) : loop.retry.afterFailure(undefined, { timedOut: result === 'timeout' })));
   }
 
   /** A request that reached the API is served while the cloud has capacity left this second. */
@@ -455,13 +467,17 @@ class FleetSimulation {
     const stats = this.channelStats(loop);
     stats.wakes++;
     loop.wakes++;
-    // ConnectivityProbe.reached: the stagger is what is left of the spread since the way was last seen closed.
-    loop.staggerMaxMs = wakeStaggerMs(this.time - loop.closedSeenAt, this.settings.offline.wakeSpreadSeconds * 1000);
+    // ConnectivityProbe.reached: the stagger is what is left of the spread since the way was last seen closed, at least the round's reach.
+    const took = this.time - loop.probeStartedAt;
+    const sinceClosed = took > SLOW_HANDSHAKE_MS ? took : Math.max(this.time - loop.closedSeenAt, loop.probeReachMs);
+    loop.staggerMaxMs = wakeStaggerMs(sinceClosed, this.settings.offline.wakeSpreadSeconds * 1000);
     if (isDown(stats.outage, this.time)) stats.wakesWhileDown++;
     if (!loop.sleeping) return;
     loop.sleeping = false;
     loop.woken = true;
-    const at = this.time + loop.device.random() * loop.staggerMaxMs;
+    // Wakeup.sleep with RetryPolicy's pacedMs: where the backoff alone would have ended the wait, if that is still ahead.
+    const paced = loop.retry.pacedUntilMs;
+    const at = paced !== undefined && paced > this.time ? paced : this.time + loop.device.random() * loop.staggerMaxMs;
     if (at < loop.due) {
       loop.due = at;
       this.queue.push(at, { kind: START, loop, gen: ++loop.gen });
@@ -480,6 +496,7 @@ class FleetSimulation {
       loop.probeConnected = false;
       loop.closedSeenAt = this.time;
       this.queue.push(this.time + loop.probeSchedule.next(), { kind: PROBE, loop, gen: ++loop.probeGen });
+      loop.probeReachMs = loop.probeSchedule.reachMs;
     } else if (e.to !== 'offline' && loop.probeSchedule !== null) {
       loop.probeSchedule = null;
       loop.probeGen++;
@@ -510,6 +527,7 @@ class FleetSimulation {
       this.wake(loop);
     }
     this.queue.push(Math.max(this.time, loop.probeStartedAt + schedule.next()), { kind: PROBE, loop, gen: loop.probeGen });
+    loop.probeReachMs = schedule.reachMs;
   }
 
   private result(wallMs: number): RunResult {

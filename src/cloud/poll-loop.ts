@@ -27,10 +27,17 @@ export interface PollLoopOptions {
  * offline floor, woken by the connectivity probe). A refusal that retrying will not cure (a 4xx
  * other than 408/429) waits at least a full interval. A kick ends the wait after a success. While
  * `gate` is closed no poll starts; one under way runs to its end.
+ *
+ * A poll that fails at the loop's own moment (its interval after a success ran out: the fleet's
+ * polls keep the phases of their devices) is retried one step later, not drawn over the step as the
+ * first retry of a run usually is: that draw spreads a fleet that failed at one moment, and would
+ * only crowd the retries of one that failed at its own moments.
  */
 export async function pollLoop(o: PollLoopOptions, poll: (signal: AbortSignal) => Promise<'again' | 'wait'>, signal: AbortSignal): Promise<void> {
+  let phased = false;
   while (!signal.aborted) {
     let delay: number;
+    let succeeded = false;
     if (o.gate?.paused) {
       await o.gate.whenOpen(signal);
       continue;
@@ -39,18 +46,22 @@ export async function pollLoop(o: PollLoopOptions, poll: (signal: AbortSignal) =
       o.kick.consume();
       const next = await poll(signal);
       o.retry.afterSuccess();
+      phased = false;
       if (next === 'again') continue;
+      succeeded = true;
       const base = o.intervalMs();
       delay = base + o.random() * base * 0.1;
     } catch (err) {
       if (signal.aborted) return;
       const cloudErr = err instanceof CloudError ? err : undefined;
-      delay = o.retry.afterFailure(err);
+      delay = o.retry.afterFailure(err, phased ? { phased: true } : {});
+      phased = false;
       if (cloudErr && !cloudErr.retryable) delay = Math.max(delay, o.intervalMs());
       // Cloud failures are the monitor's to report; anything else is a bug worth an error.
       // An answer over a limit is the cloud's doing and nothing else reports it: worth a warning.
       o.logger[err instanceof CloudAnswerRefused ? 'warn' : cloudErr ? 'debug' : 'error']({ err: errorMessage(err), retryInMs: Math.round(delay) }, `${o.what} failed${cloudErr ? '' : ' unexpectedly'}`);
     }
-    await o.retry.wait(delay, signal, o.kick);
+    const waited = await o.retry.wait(delay, signal, o.kick);
+    phased = succeeded && waited === 'elapsed';
   }
 }

@@ -116,6 +116,8 @@ interface Connection {
   refusalCode?: number;
   /** TLS refused the broker's certificate as not yet valid by an unsynced clock: the clock's fault, not the network's. */
   clockProblem?: boolean;
+  /** The broker's end accepted the TCP connection: the way to it is open. */
+  reached?: boolean;
   /** CONNACK accepted. */
   established: boolean;
   /** The 'connect' event: mqtt.js has re-sent the stored packets; new publishes may go. */
@@ -314,6 +316,7 @@ export class ConnectionLife {
       conn.lastError = error;
       client.end(true);
     });
+    (client.stream as NodeJS.EventEmitter | undefined)?.once('connect', () => (conn.reached = true));
     client.on('disconnect', (packet) => {
       const rc = packet.reasonCode ?? 0;
       conn.lastError = `the broker closed the connection: ${reasonName(rc)} (${hex(rc)})${rc === 0x8e ? ` — another client is using client id ${String(options.clientId)}` : ''}`;
@@ -338,7 +341,9 @@ export class ConnectionLife {
     if (refusal === 'auth') error = authRefusalMessage(error);
     if (conn.handover) error = `moved back to the preferred broker ${this.deps.brokers.preferred.name}`;
     if (!signal.aborted && !retryNow && !conn.handover) {
-      this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error, refusal === 'auth' ? 'auth' : conn.clockProblem ? 'answer' : 'transport');
+      // Closed after the broker's end accepted and before any CONNACK or error: the way is open, what is behind it is not (a balancer without a broker).
+      const answered = conn.clockProblem === true || (conn.reached === true && !conn.established && conn.lastError === null);
+      this.noteFailure(conn.established ? conn.lossOperation : 'connect', conn.established ? `connection lost: ${error}` : error, refusal === 'auth' ? 'auth' : answered ? 'answer' : 'transport');
     }
     if (conn.established) {
       this.counters.since = this.deps.clock.now();

@@ -180,11 +180,24 @@ export const PROBE_CONNECT_TIMEOUT_MS = 3000;
  * most of the budget waiting for its probe. Never less than WAKE_SPREAD_MIN_MS.
  */
 export const WAKE_SPREAD_MS = 38_000;
+
+/**
+ * A round that takes longer than this to connect found the way closed at its start: its SYN went
+ * unanswered and a resend got through (the kernel's first resend comes after 1 s). Its moment of
+ * success is the network's, shared by every device whose round was under way, not its own.
+ */
+export const SLOW_HANDSHAKE_MS = 900;
 export const WAKE_SPREAD_MIN_MS = 1_000;
 
 /** The stagger of a probe's wake when the way was last seen closed `sinceClosedMs` ago. */
 export function wakeStaggerMs(sinceClosedMs: number, spreadMs = WAKE_SPREAD_MS): number {
   return Math.max(Math.min(WAKE_SPREAD_MIN_MS, spreadMs), spreadMs - Math.max(0, sinceClosedMs));
+}
+
+/** How long ago a wake counts the way as closed: `sinceClosedMs` as such, or since `closedAt` but at least `reachMs`. */
+interface WakeClosed {
+  sinceClosedMs?: number;
+  reachMs?: number;
 }
 
 export interface ProbeEvents {
@@ -311,7 +324,8 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     // have opened while it waited, so its start is when the way was last known closed, and the next
     // round is timed from it: a black hole is probed at the same cadence as a refusal.
     let roundStart = 0;
-    const probe = async (trigger: ProbeTrigger): Promise<void> => {
+    // `reachMs`: how far after the previous round's start this one could have come (0: not scheduled).
+    const probe = async (trigger: ProbeTrigger, reachMs: number): Promise<void> => {
       roundStart = this.clock.monotonic();
       const target = await this.firstReachable(signal);
       // Stryker disable next-line ConditionalExpression: an abort makes firstReachable answer null at once, so a target here means it came first
@@ -324,7 +338,9 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
       }
       if (reachable) return;
       reachable = true;
-      this.reached({ target, at: this.clock.now(), trigger });
+      // A round that needed a resend saw the way closed at its start; otherwise it counts as late as its reach.
+      const tookMs = this.clock.monotonic() - roundStart;
+      this.reached({ target, at: this.clock.now(), trigger }, tookMs > SLOW_HANDSHAKE_MS ? { sinceClosedMs: tookMs } : { reachMs });
     };
 
     while (!signal.aborted) {
@@ -337,7 +353,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
           addresses = current;
           if (!first) {
             this.logger.debug('network interfaces changed: probing now');
-            await probe('interfaces');
+            await probe('interfaces', 0);
             schedule.reset();
             nextProbe = roundStart + schedule.next();
             continue;
@@ -345,7 +361,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
         }
       }
       if (now >= nextProbe) {
-        await probe('schedule');
+        await probe('schedule', schedule.reachMs);
         nextProbe = roundStart + schedule.next();
         continue;
       }
@@ -390,15 +406,22 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     this.logger.warn({ err: errorMessage(err) }, `a ${event} listener threw`);
   }
 
-  private reached(event: ReachableEvent): void {
+  private reached(event: ReachableEvent, closed: WakeClosed): void {
     this.emit('reachable', event);
-    this.wakeLoops(`cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`, { target: event.target, trigger: event.trigger });
+    this.wakeLoops(`cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`, { target: event.target, trigger: event.trigger }, closed);
   }
 
-  /** Wakes the channel's waiting loops, spread over what is left of the spread since the way was last seen closed. */
-  private wakeLoops(reason: string, context: Record<string, unknown>): void {
+  /**
+   * Wakes the channel's waiting loops, spread over what is left of the spread since the way was last
+   * seen closed, counted as at least the round's reach: a round drawn over a wide range (the first at
+   * the cap is drawn over all of it) finds the way at a moment of its own on each device, so a fleet
+   * that lost the way together is already spread over that range, and waking each one over what is
+   * left after its own draw would crowd them all before the end of the spread.
+   */
+  private wakeLoops(reason: string, context: Record<string, unknown>, closed: WakeClosed = {}): void {
     this.woke = true;
-    const staggerMaxMs = wakeStaggerMs(this.clock.monotonic() - this.closedAt, this.wakeSpreadMs);
+    const sinceClosedMs = closed.sinceClosedMs ?? Math.max(this.clock.monotonic() - this.closedAt, closed.reachMs ?? 0);
+    const staggerMaxMs = wakeStaggerMs(sinceClosedMs, this.wakeSpreadMs);
     const woken = this.wakeup.wake(reason, { staggerMaxMs });
     this.logger.info({ ...context, reason, woken, staggerMaxMs: Math.round(staggerMaxMs) }, 'cloud reachable again: waking waiting loops');
   }
@@ -424,6 +447,8 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
 export interface ProbeSchedule {
   /** The wait before the next round (from the start of the one before it). */
   next(): number;
+  /** The longest wait the latest `next()` could have drawn: the step it was drawn under. */
+  readonly reachMs: number;
   /** Back to the first step (the network interfaces changed). */
   reset(): void;
 }
@@ -441,14 +466,22 @@ export interface ProbeSchedule {
  */
 export function probeSchedule(initialMs: number, maxMs: number, clock: Pick<Clock, 'monotonic' | 'now'>, random: Random): ProbeSchedule {
   const capMs = Math.max(initialMs, maxMs);
-  const backoff = new Backoff({ minMs: initialMs, maxMs: capMs, strategy: 'spread', clock, random });
+  // The cap halved until it is no longer than initialMs: the doubling then lands on the cap exactly.
+  const firstMs = capMs / 2 ** Math.ceil(Math.log2(capMs / initialMs));
+  const backoff = new Backoff({ minMs: firstMs, maxMs: capMs, strategy: 'spread', clock, random });
   let spreadAtCap = true;
+  let reachMs = 0;
   return {
     next() {
-      const atCap = initialMs * backoff.multiplier ** backoff.attempt >= capMs;
+      const step = firstMs * backoff.multiplier ** backoff.attempt;
+      const atCap = step >= capMs;
       const shared = atCap && spreadAtCap;
       if (atCap) spreadAtCap = false;
+      reachMs = Math.min(step, capMs);
       return backoff.failure(shared ? { shared: true } : {});
+    },
+    get reachMs() {
+      return reachMs;
     },
     reset() {
       backoff.reset();

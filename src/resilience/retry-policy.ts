@@ -1,5 +1,5 @@
 import type { Clock } from '../util/clock.js';
-import { Kick, type WakeableSleep } from '../util/kick.js';
+import { Kick, type WaitResult, type WakeableSleep } from '../util/kick.js';
 import type { Backoff } from './backoff.js';
 import { CloudError } from './cloud-error.js';
 import { failureKind } from './outcome.js';
@@ -33,6 +33,8 @@ export class RetryPolicy {
   private attemptFrom: number | undefined;
   /** The kind of the latest failure since the latest success. */
   private lastKind: FailureKind | undefined;
+  /** Monotonic time the backoff alone would have ended the current wait, when the offline floor stretched it. */
+  private pacedUntil: number | undefined;
 
   constructor(private readonly o: RetryPolicyOptions) {
     this.seenWakes = o.sleeper.wakeCount;
@@ -45,7 +47,8 @@ export class RetryPolicy {
    * fleet keeps the phases its attempts had. An attempt that outlasted its step: after a timeout
    * (`err` a timeout, or `timedOut`: its moment is its own) the next goes at once; after anything else
    * (a reset when a proxy's backend came back: the same moment for a whole fleet) it is drawn over the
-   * whole step from now. A Retry-After counts from now.
+   * whole step from now. A Retry-After counts from now. When the offline floor stretches the wait, the
+   * backoff's own end of it is kept: a wake ends the wait there if it is still ahead (see `wait`).
    */
   afterFailure(err: unknown, opts: { timedOut?: boolean; phased?: boolean } = {}): number {
     const e = err instanceof CloudError ? err : undefined;
@@ -58,12 +61,20 @@ export class RetryPolicy {
       ...(opts.phased ? { phased: true } : {}),
       ...(shared ? { shared: true } : {}),
     };
-    const step = Math.max(this.o.backoff.failure(failure), this.o.floorMs?.() ?? 0);
+    const paced = this.o.backoff.failure(failure);
+    const step = Math.max(paced, this.o.floorMs?.() ?? 0);
+    const timedOut = opts.timedOut ?? e?.kind === 'timeout';
+    const delay = this.fromAttemptStart(step, timedOut);
+    this.pacedUntil = step > paced ? this.o.clock.monotonic() + this.fromAttemptStart(paced, timedOut) : undefined;
+    return delay;
+  }
+
+  /** What is left of `step` after the time the attempt took; past it, at once after a timeout, else respread. */
+  private fromAttemptStart(step: number, timedOut: boolean): number {
     if (this.attemptFrom === undefined) return step;
     const spent = Math.max(0, this.o.clock.monotonic() - this.attemptFrom);
     const hold = this.o.backoff.holdRemainingMs();
     if (step > spent) return Math.max(step - spent, hold);
-    const timedOut = opts.timedOut ?? e?.kind === 'timeout';
     return Math.max(timedOut ? 0 : this.o.backoff.respread(), hold);
   }
 
@@ -76,7 +87,13 @@ export class RetryPolicy {
     this.o.backoff.success();
     this.lastKind = undefined;
     this.attemptFrom = undefined;
+    this.pacedUntil = undefined;
     this.seenWakes = this.o.sleeper.wakeCount;
+  }
+
+  /** Where a wake ends the current wait if it is still ahead (see `wait`); undefined when any wake ends it after its stagger. */
+  get pacedUntilMs(): number | undefined {
+    return this.pacedUntil;
   }
 
   /** An attempt starts now (the loop's wait ended; `wait` and `waitUnwoken` call it themselves). */
@@ -110,18 +127,27 @@ export class RetryPolicy {
    * Waits `delayMs` after a failure. A `kick` (new work the user asked for) may end the wait; new
    * state alone must not, or every change during an outage would become a request. When the probe
    * wakes the loop, the backoff starts over, after what is left of a Retry-After. A wake that came
-   * while the loop was busy with its attempt (since the previous wait ended) wakes this wait.
+   * while the loop was busy with its attempt (since the previous wait ended) wakes this wait. A wake
+   * of a wait the offline floor stretched ends it where the backoff alone would have, if that is still
+   * ahead (the way was closed when the loop failed, so its backoff had not run out), else after the
+   * wake's stagger. Says how the wait ended.
    */
-  async wait(delayMs: number, signal: AbortSignal, kick?: Kick): Promise<void> {
+  async wait(delayMs: number, signal: AbortSignal, kick?: Kick): Promise<WaitResult> {
     const since = this.seenWakes;
+    const pacedMs = this.pacedUntil === undefined ? undefined : this.pacedUntil - this.o.clock.monotonic();
     try {
       // Without a kick, kickable cannot matter: nobody holds the fresh Kick. ('false' is killed by retry.test.)
       // Stryker disable next-line ObjectLiteral,ConditionalExpression: equivalent when no kick is given, see above
-      const r = await (kick ?? new Kick()).wait(delayMs, signal, this.o.sleeper, { kickable: kick !== undefined, ...(since !== undefined ? { wokenSince: since } : {}) });
-      if (r !== 'woken') return;
+      const r = await (kick ?? new Kick()).wait(delayMs, signal, this.o.sleeper, {
+        kickable: kick !== undefined,
+        ...(since !== undefined ? { wokenSince: since } : {}),
+        ...(pacedMs !== undefined ? { pacedMs } : {}),
+      });
+      if (r !== 'woken') return r;
       const hold = this.afterWake();
       // Stryker disable next-line ConditionalExpression,EqualityOperator: sleeping 0 ms is not sleeping
       if (hold > 0) await this.o.clock.sleep(hold, signal).catch(() => undefined);
+      return r;
     } finally {
       this.seenWakes = this.o.sleeper.wakeCount;
       this.attemptStarted();

@@ -87,10 +87,16 @@ export class Wakeup {
    * staggered from now: a loop that was busy with an attempt when the probe saw the way open (a
    * request hanging on a black-holed link until its timeout) would otherwise miss the only wake-up of
    * the outage and serve out its whole backoff.
+   *
+   * With `pacedMs` (shorter than `ms`: the loop's own backoff, which the offline floor stretched to
+   * `ms`), a wake resolves the sleep at `pacedMs` from now when that is still ahead, without its
+   * stagger: the backoff had spread the fleet's attempts already, and the floor held them back only
+   * while the way was closed.
    */
-  sleep(ms: number, signal?: AbortSignal, opts: { wokenSince?: number } = {}): Promise<SleepOutcome> {
+  sleep(ms: number, signal?: AbortSignal, opts: { wokenSince?: number; pacedMs?: number } = {}): Promise<SleepOutcome> {
     if (signal?.aborted) return Promise.reject(abortError(signal));
     const deadline = this.clock.monotonic() + Math.max(0, ms);
+    const paced = opts.pacedMs !== undefined && Number.isFinite(opts.pacedMs) ? this.clock.monotonic() + Math.max(0, opts.pacedMs) : undefined;
     return new Promise<SleepOutcome>((resolve, reject) => {
       let timer = new AbortController();
       let woken = false;
@@ -122,7 +128,8 @@ export class Wakeup {
           woken = true;
           // A woken sleeper is no longer "current": a second wake must not push it further out.
           this.sleepers.delete(sleeper);
-          const at = this.clock.monotonic() + delayMs;
+          const now = this.clock.monotonic();
+          const at = paced !== undefined && paced > now ? paced : now + delayMs;
           // Stryker disable next-line EqualityOperator: at the deadline the armed timer resolves 'woken' (woken is set) at the same instant
           if (at < deadline) arm(at);
         },

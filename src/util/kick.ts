@@ -2,15 +2,24 @@ import { isAbortError, type Clock } from './clock.js';
 
 /** A sleep that the connectivity probe can cut short ('woken') when the way is open again. */
 export interface WakeableSleep {
-  /** With `wokenSince` (an earlier `wakeCount`), a wake since then ends this sleep as if it came now. */
-  sleep(ms: number, signal?: AbortSignal, opts?: { wokenSince?: number }): Promise<'elapsed' | 'woken'>;
+  /**
+   * With `wokenSince` (an earlier `wakeCount`), a wake since then ends this sleep as if it came now;
+   * with `pacedMs`, a wake ends it then if that is still ahead (see Wakeup.sleep).
+   */
+  sleep(ms: number, signal?: AbortSignal, opts?: WakeOptions): Promise<'elapsed' | 'woken'>;
   /** How many wakes there have been; absent when the sleep cannot tell. */
   readonly wakeCount?: number;
 }
 
-function sleepOn(sleeper: WakeableSleep | Pick<Clock, 'sleep'>, ms: number, signal: AbortSignal, wokenSince: number | undefined): Promise<unknown> {
-  if (wokenSince === undefined || !('wakeCount' in sleeper)) return sleeper.sleep(ms, signal);
-  return sleeper.sleep(ms, signal, { wokenSince });
+/** How a WakeableSleep treats a wake (see there). */
+export interface WakeOptions {
+  wokenSince?: number;
+  pacedMs?: number;
+}
+
+function sleepOn(sleeper: WakeableSleep | Pick<Clock, 'sleep'>, ms: number, signal: AbortSignal, opts: WakeOptions): Promise<unknown> {
+  if ((opts.wokenSince === undefined && opts.pacedMs === undefined) || !('wakeCount' in sleeper)) return sleeper.sleep(ms, signal);
+  return sleeper.sleep(ms, signal, opts);
 }
 
 export type WaitResult = 'elapsed' | 'woken' | 'kicked' | 'aborted';
@@ -39,13 +48,14 @@ export class Kick {
   /**
    * Waits `ms`. With `kickable: false` (a backoff after a failure) a kick does not end the wait: new
    * work must not turn every state change during an outage into a request; the kick stays pending.
-   * `wokenSince` is passed to a WakeableSleep (see there).
+   * `wokenSince` and `pacedMs` are passed to a WakeableSleep (see there).
    */
-  async wait(ms: number, signal: AbortSignal, sleeper: WakeableSleep | Pick<Clock, 'sleep'>, opts: { kickable?: boolean; wokenSince?: number } = {}): Promise<WaitResult> {
+  async wait(ms: number, signal: AbortSignal, sleeper: WakeableSleep | Pick<Clock, 'sleep'>, opts: { kickable?: boolean } & WakeOptions = {}): Promise<WaitResult> {
+    const wake: WakeOptions = { ...(opts.wokenSince !== undefined ? { wokenSince: opts.wokenSince } : {}), ...(opts.pacedMs !== undefined ? { pacedMs: opts.pacedMs } : {}) };
     if (signal.aborted) return 'aborted';
     if (opts.kickable === false) {
       try {
-        const r = await sleepOn(sleeper, ms, signal, opts.wokenSince);
+        const r = await sleepOn(sleeper, ms, signal, wake);
         return r === 'woken' ? 'woken' : 'elapsed';
       } catch (err) {
         if (signal.aborted || isAbortError(err)) return 'aborted';
@@ -61,7 +71,7 @@ export class Kick {
         await new Promise<void>((_, reject) => both.addEventListener('abort', () => reject(abortErr()), { once: true }));
         return 'kicked';
       }
-      const r = await sleepOn(sleeper, ms, both, opts.wokenSince);
+      const r = await sleepOn(sleeper, ms, both, wake);
       return r === 'woken' ? 'woken' : 'elapsed';
     } catch (err) {
       if (signal.aborted) return 'aborted';

@@ -422,6 +422,23 @@ describe('ConnectionLife: the loop', () => {
     expect(h.failures).toEqual([]);
   });
 
+  it('counts a close before any CONNACK once the broker\'s end accepted as an answer (a balancer with no broker behind it)', async () => {
+    const reached = harness();
+    reached.start();
+    await settle();
+    reached.clients[0]!.stream.emit('connect');
+    reached.clients[0]!.drop();
+    await settle();
+    // The way is open: the probe's handshake can tell nothing new, and no offline floor holds the session.
+    expect(reached.failures).toEqual([{ operation: 'connect', error: 'the connection closed before the broker accepted it', kind: 'answer' }]);
+    const unreached = harness();
+    unreached.start();
+    await settle();
+    unreached.clients[0]!.drop();
+    await settle();
+    expect(unreached.failures).toEqual([{ operation: 'connect', error: 'the connection closed before the broker accepted it', kind: 'transport' }]);
+  });
+
   it('takes two closes before any CONNACK, with no error, for a refusal of version 5; network errors are not', async () => {
     const h = harness({ protocol: 'auto' });
     h.start();

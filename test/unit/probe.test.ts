@@ -237,7 +237,7 @@ describe('ConnectivityProbe', () => {
     const h = setup({
       initial: 'offline',
       interfacesPollMs: 2000,
-      maxIntervalMs: 600_000,
+      maxIntervalMs: 512_000,
       random: () => 0.999,
       interfaces: () => {
         if (unreadable) throw new Error('EMFILE');
@@ -265,7 +265,7 @@ describe('ConnectivityProbe', () => {
     const h = setup({
       initial: 'offline',
       interfacesPollMs: 2000,
-      maxIntervalMs: 600_000,
+      maxIntervalMs: 512_000,
       random: () => 0.999,
       logger: createLogger({ level: 'debug', destination }),
       interfaces: () => {
@@ -287,7 +287,7 @@ describe('ConnectivityProbe', () => {
 
   it('probes at once when the non-internal addresses change, and restarts the schedule', async () => {
     // Waits of 0.1 s, then exactly base: probes near 0.1, 2.1, 6.1, 14.1, 30.1, 62.1, 126.1 s.
-    const h = setup({ initial: 'offline', interfacesPollMs: 2000, maxIntervalMs: 600_000, random: () => 0 });
+    const h = setup({ initial: 'offline', interfacesPollMs: 2000, maxIntervalMs: 512_000, random: () => 0 });
     await h.clock.advance(64_000);
     const last = h.calls.at(-1)?.at ?? 0;
     expect(last).toBeGreaterThan(60_000);
@@ -450,7 +450,7 @@ describe('ConnectivityProbe', () => {
     const h = setup({
       initial: 'offline',
       interfacesPollMs: 2000,
-      maxIntervalMs: 600_000,
+      maxIntervalMs: 512_000,
       random: () => 0.999,
       interfaces: () => (flip ? { wlan0: b, eth0: a } : { eth0: a, wlan0: b }),
     });
@@ -542,6 +542,39 @@ describe('ConnectivityProbe', () => {
     // The round started at 0.1 s failed at its timeout, 3.1 s, and the next one (due at 2.1 s) connects
     // then. The way may have opened any time after 0.1 s: 17 s of the 20 s are left, not 20.
     expect(wakes).toEqual([{ at: 3_100, staggerMaxMs: 17_000 }]);
+  });
+
+  it('wakes over what is left of the spread after the reach of the round that found the way, not after its own draw', async () => {
+    const { wakes, recorder } = wakeRecorder(() => h.clock.monotonic());
+    // Waits 0.55 s (over 1 s), 1.9 s, 3.8 s, then the first at the cap drawn over all 8 s: 4.05 s.
+    const h = setup({ initial: 'offline', wakeup: recorder, wakeSpreadMs: 20_000, maxIntervalMs: 8000, random: () => 0.5 });
+    await h.clock.advance(7_000);
+    expect(h.calls.map((c) => c.at)).toEqual([550, 2_450, 6_250]);
+    h.outcome.value = 'ok';
+    await h.clock.advance(4_000);
+    // A fleet that lost the way together finds it spread over the whole cap by that draw: 12 s are
+    // left after the 8 s it could have taken, not the 15.95 s after the 4.05 s this device drew.
+    expect(wakes).toEqual([{ at: 10_300, staggerMaxMs: 12_000 }]);
+  });
+
+  it('counts the way closed at the start of a round that connected only after a resend', async () => {
+    const { wakes, recorder } = wakeRecorder(() => h.clock.monotonic());
+    // The SYN went unanswered: the connect gets through 1.5 s after the round started at 0.55 s.
+    const h = setup({ initial: 'offline', wakeup: recorder, wakeSpreadMs: 20_000, maxIntervalMs: 8000, random: () => 0.5, connect: () => h.clock.sleep(1_500) });
+    await h.clock.advance(3_000);
+    // The network chose the moment (every device whose round was under way gets through at it): 18.5 s
+    // of the spread are left after the round's start, not 17.95 s after the offline stretch's start.
+    expect(wakes).toEqual([{ at: 2_050, staggerMaxMs: 18_500 }]);
+  });
+
+  it('halves the cap down to the initial interval, so the doubling lands on the cap', () => {
+    const schedule = probeSchedule(1_000, 38_000, new FakeClock(), () => 0);
+    const reach = Array.from({ length: 8 }, () => {
+      schedule.next();
+      return schedule.reachMs;
+    });
+    // No round is timed at 32 s of a 38 s cap: each before the cap is at most half of it.
+    expect(reach).toEqual([593.75, 1_187.5, 2_375, 4_750, 9_500, 19_000, 38_000, 38_000]);
   });
 
   it('wakeStaggerMs: what is left of the spread, at least 1 s (or the spread itself when smaller)', () => {

@@ -42,6 +42,39 @@ describe('retry policy', () => {
     expect(t.retry.afterFailure(new Error('boom'))).toBe(2_000);
   });
 
+  it('a wake ends a wait the offline floor stretched where the backoff alone would have, while that is ahead', async () => {
+    const t = setup(300_000);
+    t.retry.afterFailure(new CloudError('network', 'refused'));
+    t.retry.attemptStarted();
+    // The backoff's second step is 2 s; the floor makes it 300 s.
+    const delay = t.retry.afterFailure(new CloudError('network', 'refused'));
+    expect(delay).toBe(300_000);
+    expect(t.retry.pacedUntilMs).toBe(t.clock.monotonic() + 2_000);
+    const w = waiting(t, delay);
+    await t.clock.advance(500);
+    t.wakeup.wake('probe', { staggerMaxMs: 60_000 });
+    // Not after the wake's stagger (up to 60 s): at the backoff's 2 s, no later, no sooner.
+    await t.clock.advance(1_400);
+    expect(w.ended).toBe(false);
+    await t.clock.advance(200);
+    expect(w.ended).toBe(true);
+    await w.promise;
+  });
+
+  it('a wake after the backoff alone would have ended the floored wait goes by the wake\'s stagger', async () => {
+    const t = setup(300_000);
+    const delay = t.retry.afterFailure(new CloudError('network', 'refused'));
+    const w = waiting(t, delay);
+    await t.clock.advance(10_000);
+    t.wakeup.wake('probe', { staggerMaxMs: 5_000 });
+    await t.clock.advance(5_100);
+    expect(w.ended).toBe(true);
+    await w.promise;
+    // A success forgets it: the next wait is the backoff's own.
+    t.retry.afterSuccess();
+    expect(t.retry.pacedUntilMs).toBeUndefined();
+  });
+
   it('starts over after a wake-up but still honours what is left of a Retry-After', async () => {
     const t = setup();
     for (let i = 0; i < 5; i++) t.retry.afterFailure(new CloudError('network', 'refused'));

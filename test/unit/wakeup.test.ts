@@ -203,4 +203,17 @@ describe('Wakeup', () => {
     await clock.advance(1000);
     expect(d).toEqual({ outcome: 'woken', at: 17_000 });
   });
+
+  it('a wake ends a paced sleep at its paced time while that is ahead, without the stagger; after it, with the stagger', async () => {
+    const clock = new FakeClock();
+    const w = new Wakeup({ clock, random: () => 0.5, staggerMaxMs: 10_000 });
+    const ahead = track(clock, w.sleep(300_000, undefined, { pacedMs: 20_000 }));
+    const behind = track(clock, w.sleep(300_000, undefined, { pacedMs: 1_000 }));
+    await clock.advance(5_000);
+    w.wake('probe');
+    await clock.advance(20_000);
+    expect(ahead).toMatchObject({ outcome: 'woken', at: 20_000 });
+    // Its paced time had passed: the stagger's draw (half of 10 s) from the wake.
+    expect(behind).toMatchObject({ outcome: 'woken', at: 10_000 });
+  });
 });
