@@ -154,8 +154,8 @@ export interface ConnectivityProbeOptions {
  * While the connection is offline, checks cheaply whether the cloud can be reached again, so that
  * loops sleeping out a long backoff (on the Wakeup) can try at once instead of minutes later.
  *
- * Probes are TCP connects on a jittered schedule that starts near `initialIntervalMs` and doubles
- * to at most `maxIntervalMs`, timed from the start of one round to the start of the next (a
+ * Probes are TCP connects on a jittered schedule that starts near `initialIntervalMs` (at most) and
+ * doubles onto `maxIntervalMs`, timed from the start of one round to the start of the next (a
  * black-holed round waiting out its timeout does not slow it); a change of the machine's
  * non-internal addresses (a link came up, DHCP gave an address) triggers a probe at once and
  * restarts the schedule.
@@ -455,7 +455,9 @@ export interface ProbeSchedule {
 
 /**
  * The probe's schedule is the project's one backoff with spread jitter: the first wait uniform in
- * [0.1 s or less, initialMs], then base doubling to `maxMs` with at most a tenth taken off, so a long
+ * [0.1 s or less, first], where first is `maxMs` halved until it is no longer than `initialMs`, then
+ * base doubling onto `maxMs` with at most a tenth taken off (no step before the cap is over half of it,
+ * so the wake's spread after any of them keeps at least half of its length), so a long
  * outage settles at one probe every 0.9-1 x maxMs. Nearly even intervals are what let the wake's
  * spread (wakeStaggerMs) work: the time since the latest failed probe says how long ago the cloud may
  * have come back, and a fleet whose probes keep their phases detects a return evenly over one interval,
