@@ -180,6 +180,7 @@ export const PROBE_CONNECT_TIMEOUT_MS = 3000;
  * most of the budget waiting for its probe. Never less than WAKE_SPREAD_MIN_MS.
  */
 export const WAKE_SPREAD_MS = 38_000;
+export const WAKE_SPREAD_MIN_MS = 1_000;
 
 /**
  * A round that takes longer than this to connect found the way closed at its start: its SYN went
@@ -187,7 +188,6 @@ export const WAKE_SPREAD_MS = 38_000;
  * success is the network's, shared by every device whose round was under way, not its own.
  */
 export const SLOW_HANDSHAKE_MS = 900;
-export const WAKE_SPREAD_MIN_MS = 1_000;
 
 /** The stagger of a probe's wake when the way was last seen closed `sinceClosedMs` ago. */
 export function wakeStaggerMs(sinceClosedMs: number, spreadMs = WAKE_SPREAD_MS): number {
