@@ -38,14 +38,18 @@ export * from './fleet-model.js';
  *   plus up to 10 % jitter; failure → monitor.markFailure with the failure's kind (refused or timed
  *   out: 'transport'; a 503: 'answer'), then RetryPolicy.afterFailure decides the wait: the backoff
  *   and, for the agent's default with the probe, the offline floor (offlineRetryIntervalSeconds while
- *   the channel is offline for want of a connection and its probe has not seen the way open);
+ *   the channel is offline for want of a connection and its probe has not seen the way open); a
+ *   poll at the loop's own moment (after a success) fails `phased`, as pollLoop tells it;
  * - MQTT: connected until the outage breaks the connection (see fleet-network.ts); then, as the
- *   session's run loop, retry.afterFailure (with the same offline floor) and a connect per wait;
+ *   session's run loop, retry.afterFailure (with the same offline floor) and a connect per wait; a
+ *   connect a balancer accepted and closed (`503`) is an 'answer', any other failure 'transport';
  * - an attempt takes the time the network gives it (a black-holed one up to its timeout); the loop
  *   waits for it and is no sleeper meanwhile, so a probe's wake-up passes it by;
- * - the wait is a Wakeup sleep on the channel's Wakeup: a wake resolves it after a uniform stagger in
- *   [0, wakeStaggerMs(time since the probe last saw the way closed)] (never later than its own
- *   deadline), and the loop then calls retry.afterWake();
+ * - the wait is a Wakeup sleep on the channel's Wakeup: a wake resolves it where the backoff alone
+ *   would have (RetryPolicy.pacedUntilMs) if the floor stretched it and that is still ahead, else after
+ *   a uniform stagger in [0, wakeStaggerMs(time since the probe last saw the way closed, at least the
+ *   round's reach; from the round's start if it connected only after a resend)] (never later than its
+ *   own deadline), and the loop then calls retry.afterWake();
  * - after a timeout the backoff counts from the attempt's start (RetryPolicy.attemptStarted at each start);
  * - each channel's probe (ChannelProbes / ConnectivityProbe.run): starts when that channel becomes
  *   offline, starts each probe probeSchedule(...).next() after the previous one started (at once
