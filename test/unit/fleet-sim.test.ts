@@ -120,4 +120,13 @@ describe('fleet network model', () => {
     expect(r.api.minGapWhileDownMs).toBeGreaterThanOrEqual(settings.connectTimeoutMs);
     expect(p99(r)).toBeLessThan(p99(full));
   });
+
+  it('a broker behind a balancer that accepts and closes is an answer: its probe wakes no session, and none waits out the floor', () => {
+    const r = simulate({ devices: DEVICES, seed: SEED, strategy: 'default+probe', scenario: outageScenario(600_000, DEVICES, defaults, { api: null, mqtt: '503' }), settings: defaults });
+    expect(r.mqtt?.affected).toBeGreaterThan(DEVICES / 2);
+    expect(r.mqtt?.wakes).toBe(0);
+    expect(r.mqtt?.recovered).toBe(r.mqtt?.affected);
+    // Back on the backoff's 36-40 s, not the 300 s floor.
+    expect(r.mqtt?.timeToOnlineMs?.max).toBeLessThanOrEqual(defaults.offline.maxBackoffSeconds * 1000);
+  });
 });
