@@ -28,7 +28,11 @@ export interface FleetWorld {
   /** The broker URL of device `i` (its own proxy). */
   mqttUrl(i: number): string;
   start(kind: OutageKind, channels: readonly Channel[]): Promise<void>;
-  end(): Promise<void>;
+  /**
+   * Ends the outage; resolves with the `performance.now()` at which each channel's endpoint began to
+   * come back (taken before it is restored: an answer while the rest is restored counts as back).
+   */
+  end(): Promise<Record<Channel, number>>;
   /**
    * Device requests per second at the cloud, per whole second of `performance.now()`: all of them, or
    * only the target-state polls, which is what the model's poll loop stands for.
@@ -106,17 +110,20 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
       if (channels.includes('mqtt')) await startMqtt(kind, mqtt, broker);
     },
     async end() {
-      if (!active) return;
+      const back: Record<Channel, number> = { http: performance.now(), mqtt: performance.now() };
+      if (!active) return back;
       const { kind, channels } = active;
       active = undefined;
       // A connection that hung is reset when the way returns (the proxy that held it has no backend for it).
       if (channels.includes('http')) {
+        back.http = performance.now();
         if (kind === 'hang') http.cut();
         http.pass();
         await http.listenAgain();
         if (kind === '503') await devcloud.admin.setFaults({ throttle: null });
       }
       if (channels.includes('mqtt')) {
+        back.mqtt = performance.now();
         for (const p of mqtt) {
           if (kind === 'hang') p.cut();
           p.pass();
@@ -125,6 +132,7 @@ export async function startFleetWorld(devices: number, uuidOf: (i: number) => st
         if (kind === '503') await broker.start();
       }
       trace({ outage: 'end', kind, channels });
+      return back;
     },
     requestsPerSecond(fromMs, toMs, only) {
       const buckets = new Array<number>(Math.max(0, Math.ceil((toMs - fromMs) / 1000))).fill(0);
