@@ -14,7 +14,7 @@ export interface ModelRequest {
 }
 
 export interface ModelChannelAnswer {
-  /** p99 time back online after the endpoint's return, in s; null when some device never came back. */
+  /** p99 time back online after the endpoint's return of the devices that did not see themselves online then, in s; null when some device never came back (or none was such). */
   p99S: number | null;
   /** Peak attempts per second at the endpoint after the return over the fleet's steady poll rate. */
   peakVsSteady: number;
@@ -30,7 +30,8 @@ export function modelRun(r: ModelRequest): { api: ModelChannelAnswer; mqtt: Mode
     scenario: { ...outageScenario(r.outageS * 1000, r.devices, settings, r.channels), ...(r.capacityRps !== undefined ? { capacityRps: r.capacityRps } : {}) },
     settings,
   });
-  const answer = (c: ChannelResult): ModelChannelAnswer => ({ p99S: c.timeToOnlineMs ? c.timeToOnlineMs.p99 / 1000 : null, peakVsSteady: c.peakVsSteady });
+  // Over the devices whose own view was not online at the return: those are the real fleet's affected agents.
+  const answer = (c: ChannelResult): ModelChannelAnswer => ({ p99S: c.timeToOnlineSeenMs ? c.timeToOnlineSeenMs.p99 / 1000 : null, peakVsSteady: c.peakVsSteady });
   return { api: answer(run.api), mqtt: run.mqtt ? answer(run.mqtt) : null, run };
 }
 

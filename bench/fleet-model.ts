@@ -135,6 +135,12 @@ export interface ChannelResult {
   peakRpsAfterFirstSecond: number;
   /** Time from the return until each affected device's channel is online again; null when not all recovered. */
   timeToOnlineMs: Quantiles | null;
+  /**
+   * The same for the affected devices whose own view of the channel was not `online` at the return (a
+   * device whose request was still under way, black-holed or hung, may still count itself online):
+   * what bench:fleet-real can count of real agents, which it asks for their view.
+   */
+  timeToOnlineSeenMs: Quantiles | null;
   /** Requests answered 503 for want of capacity from the return on (API only). */
   rejected: number;
   probes: number;
@@ -194,4 +200,15 @@ export function quantile(sorted: ArrayLike<number>, q: number): number {
   if (sorted.length === 0) return NaN;
   const rank = Math.min(sorted.length, Math.max(1, Math.ceil(q * sorted.length)));
   return sorted[rank - 1] as number;
+}
+
+/** A 32-bit seed for stream `b` of run seed `a` (murmur3's finaliser over both). */
+export function mix(a: number, b: number): number {
+  let h = Math.imul(a ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul((b + 0x7f4a7c15) | 0, 0xc2b2ae35);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
 }

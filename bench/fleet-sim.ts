@@ -11,12 +11,14 @@ import { EventQueue } from './event-queue.js';
 import { SEED_MAX_BACKOFF_MS, SeedBackoff } from './fleet-seed-backoff.js';
 import {
   agentDefaults,
+  mix,
   peakWindowSeconds,
   quantile,
   steadyStateRps,
   windowPeak,
   type Channel,
   type ChannelResult,
+  type Quantiles,
   type FleetSettings,
   type RunResult,
   type Scenario,
@@ -119,6 +121,8 @@ interface Loop {
   staggerMaxMs: number;
   lastAttemptAt: number;
   affected: boolean;
+  /** Affected, and the device's own view of the channel was not online at the return. */
+  seenAffected: boolean;
   recovered: boolean;
   attemptsToOnline: number;
   onlineAfterMs: number;
@@ -293,6 +297,7 @@ class FleetSimulation {
       staggerMaxMs: 0,
       lastAttemptAt: -Infinity,
       affected: this.scenario.kind === 'reboot',
+      seenAffected: this.scenario.kind === 'reboot',
       recovered: false,
       attemptsToOnline: 0,
       onlineAfterMs: Infinity,
@@ -320,8 +325,10 @@ class FleetSimulation {
       for (const d of this.devices) {
         for (const loop of d.loops) {
           if (!isDown(this.channelStats(loop).outage, this.returnAt - 1)) continue;
-          if (loop.busy || d.monitor.channelStatus(loop.channel) !== 'online') {
+          const seen = d.monitor.channelStatus(loop.channel) !== 'online';
+          if (loop.busy || seen) {
             loop.affected = true;
+            loop.seenAffected = seen;
             this.remaining++;
           }
         }
@@ -465,7 +472,6 @@ class FleetSimulation {
     this.queue.push(at, { kind: START, loop, gen: ++loop.gen });
   }
 
-
   /** Wakeup.wake for the channel's only sleeper, its loop. */
   private wake(loop: Loop): void {
     const stats = this.channelStats(loop);
@@ -556,7 +562,11 @@ class FleetSimulation {
     const loops = this.devices.map((d) => d.loops.find((l) => l.channel === channel) as Loop);
     const affected = loops.filter((l) => l.affected);
     const recovered = affected.filter((l) => l.recovered);
-    const times = Float64Array.from(recovered, (l) => l.onlineAfterMs).sort();
+    const quantiles = (of: Loop[]): Quantiles | null => {
+      const back = of.filter((l) => l.recovered);
+      const times = Float64Array.from(back, (l) => l.onlineAfterMs).sort();
+      return back.length === of.length && times.length > 0 ? { p50: quantile(times, 0.5), p99: quantile(times, 0.99), max: times[times.length - 1] ?? 0 } : null;
+    };
     const returnSecond = Math.floor(this.returnAt / 1000);
     const lastSecond = Math.min(stats.buckets.length - 1, Math.floor(this.time / 1000));
     const windowS = peakWindowSeconds(steadyRps);
@@ -571,10 +581,8 @@ class FleetSimulation {
       peakRps: peak,
       peakVsSteady: peak / steadyRps,
       peakRpsAfterFirstSecond: peakAfterFirst,
-      timeToOnlineMs:
-        recovered.length === affected.length && times.length > 0
-          ? { p50: quantile(times, 0.5), p99: quantile(times, 0.99), max: times[times.length - 1] ?? 0 }
-          : null,
+      timeToOnlineMs: quantiles(affected),
+      timeToOnlineSeenMs: quantiles(affected.filter((l) => l.seenAffected)),
       rejected: stats.rejected,
       probes: stats.probes,
       wakes: stats.wakes,
@@ -582,15 +590,4 @@ class FleetSimulation {
       minGapWhileDownMs: stats.minGapWhileDownMs,
     };
   }
-}
-
-/** A 32-bit seed for stream `b` of run seed `a` (murmur3's finaliser over both). */
-function mix(a: number, b: number): number {
-  let h = Math.imul(a ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul((b + 0x7f4a7c15) | 0, 0xc2b2ae35);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }

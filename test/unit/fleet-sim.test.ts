@@ -129,4 +129,16 @@ describe('fleet network model', () => {
     // Back on the backoff's 36-40 s, not the 300 s floor.
     expect(r.mqtt?.timeToOnlineMs?.max).toBeLessThanOrEqual(defaults.offline.maxBackoffSeconds * 1000);
   });
+
+  it('times apart the devices that saw the channel not online at the return (what a real fleet can count)', () => {
+    const run = (kind: 'refused' | 'hang', outageS: number): RunResult =>
+      simulate({ devices: DEVICES, seed: SEED, strategy: 'default+probe', scenario: outageScenario(outageS * 1000, DEVICES, defaults, { api: kind, mqtt: null }), settings: defaults });
+    // After 600 s refused every affected device knew it was offline.
+    const refused = run('refused', 600);
+    expect(refused.api.timeToOnlineSeenMs).toEqual(refused.api.timeToOnlineMs);
+    // After 60 s hung, most had a poll still under way that had not failed yet: affected, but online in their own view.
+    const hang = run('hang', 60);
+    expect(hang.api.timeToOnlineMs).not.toBeNull();
+    expect(hang.api.timeToOnlineSeenMs).not.toEqual(hang.api.timeToOnlineMs);
+  });
 });
