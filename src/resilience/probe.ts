@@ -194,12 +194,6 @@ export function wakeStaggerMs(sinceClosedMs: number, spreadMs = WAKE_SPREAD_MS):
   return Math.max(Math.min(WAKE_SPREAD_MIN_MS, spreadMs), spreadMs - Math.max(0, sinceClosedMs));
 }
 
-/** How long ago a wake counts the way as closed: `sinceClosedMs` as such, or since `closedAt` but at least `reachMs`. */
-interface WakeClosed {
-  sinceClosedMs?: number;
-  reachMs?: number;
-}
-
 export interface ProbeEvents {
   reachable: ReachableEvent;
 }
@@ -340,7 +334,7 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
       reachable = true;
       // A round that needed a resend saw the way closed at its start; otherwise it counts as late as its reach.
       const tookMs = this.clock.monotonic() - roundStart;
-      this.reached({ target, at: this.clock.now(), trigger }, tookMs > SLOW_HANDSHAKE_MS ? { sinceClosedMs: tookMs } : { reachMs });
+      this.reached({ target, at: this.clock.now(), trigger }, tookMs > SLOW_HANDSHAKE_MS ? tookMs : Math.max(this.clock.monotonic() - this.closedAt, reachMs));
     };
 
     while (!signal.aborted) {
@@ -406,21 +400,21 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
     this.logger.warn({ err: errorMessage(err) }, `a ${event} listener threw`);
   }
 
-  private reached(event: ReachableEvent, closed: WakeClosed): void {
+  private reached(event: ReachableEvent, sinceClosedMs: number): void {
     this.emit('reachable', event);
-    this.wakeLoops(`cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`, { target: event.target, trigger: event.trigger }, closed);
+    this.wakeLoops(`cloud reachable at ${event.target.host}:${event.target.port} (${event.trigger})`, { target: event.target, trigger: event.trigger }, sinceClosedMs);
   }
 
   /**
-   * Wakes the channel's waiting loops, spread over what is left of the spread since the way was last
-   * seen closed, counted as at least the round's reach: a round drawn over a wide range (the first at
-   * the cap is drawn over all of it) finds the way at a moment of its own on each device, so a fleet
-   * that lost the way together is already spread over that range, and waking each one over what is
-   * left after its own draw would crowd them all before the end of the spread.
+   * Wakes the channel's waiting loops, spread over what is left of the spread after `sinceClosedMs`
+   * (by default since the way was last seen closed). A round that found the way counts it as at least
+   * the round's reach: a round drawn over a wide range (the first at the cap is drawn over all of it)
+   * finds the way at a moment of its own on each device, so a fleet that lost the way together is
+   * already spread over that range, and waking each one over what is left after its own draw would
+   * crowd them all before the end of the spread.
    */
-  private wakeLoops(reason: string, context: Record<string, unknown>, closed: WakeClosed = {}): void {
+  private wakeLoops(reason: string, context: Record<string, unknown>, sinceClosedMs = this.clock.monotonic() - this.closedAt): void {
     this.woke = true;
-    const sinceClosedMs = closed.sinceClosedMs ?? Math.max(this.clock.monotonic() - this.closedAt, closed.reachMs ?? 0);
     const staggerMaxMs = wakeStaggerMs(sinceClosedMs, this.wakeSpreadMs);
     const woken = this.wakeup.wake(reason, { staggerMaxMs });
     this.logger.info({ ...context, reason, woken, staggerMaxMs: Math.round(staggerMaxMs) }, 'cloud reachable again: waking waiting loops');
