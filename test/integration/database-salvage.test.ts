@@ -19,18 +19,41 @@ const { dirs, agents } = env;
 const PAGE = 4096;
 
 
-/** Overwrites `count` leaf pages in the middle of the outbox table with garbage, as a failing disk would. */
-function damageOutboxMiddle(path: string, count: number): void {
+/** The outbox's leaf pages in key order, each with the channels of the rows it holds. */
+function outboxLeaves(path: string): { page: number; channels: Set<string> }[] {
   const db = new BetterSqlite3(path, { readonly: true });
-  const leaves = (db.prepare("SELECT pageno FROM dbstat WHERE name = 'outbox' AND pagetype = 'leaf' ORDER BY path").all() as { pageno: number }[]).map((r) => r.pageno);
+  const leaves = db.prepare("SELECT pageno, ncell FROM dbstat WHERE name = 'outbox' AND pagetype = 'leaf' ORDER BY path").all() as { pageno: number; ncell: number }[];
+  const rows = (db.prepare('SELECT channel FROM outbox ORDER BY seq').all() as { channel: string }[]).map((r) => r.channel);
   db.close();
-  expect(leaves.length).toBeGreaterThan(20);
+  expect(leaves.reduce((n, l) => n + l.ncell, 0)).toBe(rows.length);
+  let at = 0;
+  return leaves.map((l) => {
+    const channels = new Set(rows.slice(at, at + l.ncell));
+    at += l.ncell;
+    return { page: l.pageno, channels };
+  });
+}
+
+function overwritePages(path: string, pages: readonly number[], fill: number): void {
   const fd = openSync(path, 'r+');
-  const mid = Math.floor(leaves.length / 2);
-  for (const p of leaves.slice(mid, mid + count)) writeSync(fd, Buffer.alloc(PAGE, 0xa5), 0, PAGE, (p - 1) * PAGE);
+  for (const p of pages) writeSync(fd, Buffer.alloc(PAGE, fill), 0, PAGE, (p - 1) * PAGE);
   closeSync(fd);
 }
 
+/**
+ * Overwrites `count` leaf pages in the middle of the outbox table with garbage, as a failing disk would:
+ * pages of telemetry only, which nothing reads until it is sent (the start reads the state report's row
+ * to replace it: damage there is found while starting, `damagedWhereTheStartReads`).
+ */
+function damageOutboxMiddle(path: string, count: number): void {
+  const leaves = outboxLeaves(path);
+  expect(leaves.length).toBeGreaterThan(20);
+  const onlyTelemetry = (i: number): boolean => leaves.slice(i, i + count).every((l) => l.channels.size === 1 && l.channels.has('telemetry'));
+  let from = Math.floor(leaves.length / 2);
+  while (from + count < leaves.length - 1 && !onlyTelemetry(from)) from++;
+  expect(onlyTelemetry(from)).toBe(true);
+  overwritePages(path, leaves.slice(from, from + count).map((l) => l.page), 0xa5);
+}
 
 interface DatabaseView {
   quarantine: { quarantinedTo: string; at: string; reason: string; recovered: number; lost: number; tables: Record<string, { recovered: number; lost: number | null }> } | null;
@@ -95,7 +118,10 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
   );
   // The log is written asynchronously: on a busy machine its lines may arrive after the API's answer.
   const said = (text: string): boolean => second.records().some((r) => String(r.msg).includes(text));
-  await waitFor('the finding and the restart in the log', () => said('failed its integrity check') && said('restarting the agent to quarantine and salvage'), 30_000);
+  await waitFor('the finding and the restart in the log', () => said('failed its integrity check') && said('restarting the agent to quarantine and salvage'), 30_000).catch((err: unknown) => {
+    const lines = second.records().filter((r) => /database|integrity|salvag|quarantin|restart|started/.test(String(r.msg))).map((r) => `${String(r.time)} ${String(r.msg)}`);
+    throw new Error(`${err instanceof Error ? err.message : String(err)}; the log said:\n${lines.join('\n')}\nstderr: ${second.stderr()}`);
+  });
   if (vouched) expect(said('database error in use')).toBe(true);
   expect((await second.get('/v1/healthy')).status).toBe(200);
   expect(d.salvagePending).toBeNull();
@@ -204,6 +230,70 @@ async function interiorDamaged(): Promise<void> {
   expect(queue.channels['telemetry']?.drops['corrupt']).toBe(0);
 }
 
+/**
+ * Damage where the start itself reads: the page holding the queued state report, which a start's first
+ * report replaces. The start fails on it, leaves the salvage marker and starts once more in the same
+ * process, which quarantines and salvages the file: the device comes up, says so, and what survived
+ * reaches the cloud.
+ */
+async function damagedWhereTheStartReads(): Promise<void> {
+  const dev = { uuid: `salvage-${process.pid}-s`, apiKey: 'salvage-key-0123456789abcdef' };
+  env.cloud.admin.createDevice(dev);
+  env.cloud.admin.setTarget(dev.uuid, { version: 1, apps: {} });
+  const dataDir = dirs.make();
+  const config = {
+    device: dev,
+    api: { port: await freePort() },
+    cloud: { apiUrl: env.cloud.url, requestTimeoutMs: 2_000 },
+    features: { metrics: false },
+    settings: { pollIntervalMs: 60_000, reportIntervalMs: 500, offline: { minBackoffSeconds: 0.2, maxBackoffSeconds: 1, probeMaxIntervalSeconds: 1, wakeSpreadSeconds: 2 } },
+  };
+  await env.cloud.admin.setFaults({ refuse: true });
+  // Two runs, each queueing telemetry: the second's start queues a new state report between them.
+  const accepted: string[] = [];
+  for (let run = 0; run < 2; run++) {
+    const a = await spawnAgent({ dataDir, config });
+    agents.push(a);
+    for (let b = 0; b < 10; b++) {
+      const r = await a.send('POST', '/v2/telemetry', Array.from({ length: 100 }, (_, i) => ({ stream: 'temp', payload: { run, b, i, pad: 'p'.repeat(200) } })));
+      expect(r.status).toBe(202);
+      accepted.push(...(r.body as { ids: string[] }).ids);
+    }
+    expect((await a.stop()).code).toBe(0);
+  }
+  const dbPath = join(dataDir, 'agent.db');
+  const leaves = outboxLeaves(dbPath);
+  const at = leaves.findIndex((l) => l.channels.has('state'));
+  // Neither the first nor the last leaf: those the checks at open read, which is another path.
+  expect(at, `the state report's leaf: ${at} of ${leaves.length}`).toBeGreaterThan(0);
+  expect(at).toBeLessThan(leaves.length - 1);
+  overwritePages(dbPath, [leaves[at]!.page], 0xc3);
+
+  const second = await spawnAgent({ dataDir, config });
+  agents.push(second);
+  expect((await second.get('/v1/healthy')).status).toBe(200);
+  const d = await databaseView(second);
+  expect(d.quarantinedThisStart).toBe(true);
+  expect(d.quarantine?.reason).toMatch(/^found while starting: /);
+  const said = (text: string): boolean => second.records().some((r) => String(r.msg).includes(text));
+  expect(said('found while starting): quarantining and salvaging it')).toBe(true);
+  expect(said('restarting the agent')).toBe(false);
+  const ro = new BetterSqlite3(dbPath, { readonly: true });
+  const survivors = (ro.prepare("SELECT id FROM outbox WHERE channel = 'telemetry'").all() as { id: string }[]).map((r) => r.id);
+  ro.close();
+  const acceptedSet = new Set(accepted);
+  expect(survivors.every((id) => acceptedSet.has(id))).toBe(true);
+  // One page lost: at most the rows one page holds (~15 of these).
+  expect(survivors.length).toBeGreaterThan(accepted.length - 30);
+
+  await env.cloud.admin.clearFaults();
+  const delivered = await waitFor('the survivors at the devcloud', () => {
+    const ids = new Set(env.storedMessages(dev.uuid).filter((m) => m.channel === 'telemetry').map((m) => m.id));
+    return survivors.every((id) => ids.has(id)) ? ids : undefined;
+  }, 60_000, 250);
+  expect(delivered.size).toBe(survivors.length);
+}
+
 describe('a corrupt database is salvaged and reported', () => {
   it('queued messages survive a damaged file and reach the cloud with their ids; the quarantine is visible', () => damagedWhileStopped(false), 90_000);
 
@@ -212,6 +302,8 @@ describe('a corrupt database is salvaged and reported', () => {
   it("the outbox's interior pages overwritten: the leaves under them are read page by page, nothing is lost", () => interiorDamaged(), 90_000);
 
   it('the page of the outbox counters overwritten: the drops counted before come back from their copy', () => countersDamaged(), 90_000);
+
+  it('damage where the start reads (the queued state report): the start salvages at once and comes up', () => damagedWhereTheStartReads(), 90_000);
 
   it('damage the checks at open do not see (the lane index): the start goes on, the background check finds it, and the salvage loses nothing', () => laneIndexDamaged(), 90_000);
 });
