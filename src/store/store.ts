@@ -255,6 +255,9 @@ export class Store {
       return;
     }
     if (!this.quarantine) return;
+    // The damaged file held no target (a device that never had one): nothing was lost.
+    const salvaged = this.quarantine.tables['target_state'];
+    if (salvaged && salvaged.recovered === 0 && salvaged.lost === 0) return;
     const copy = readTargetMirror(path);
     if (!copy.ok) {
       this.logger?.error({ file: path, why: copy.why }, `the target was lost with the damaged database and cannot be taken back from ${path} (${copy.why}): none is in force until the cloud or the local API gives one`);

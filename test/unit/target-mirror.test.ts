@@ -24,10 +24,10 @@ function paths(): { dir: string; db: string; mirror: string } {
 
 const open = (db: string, mirror: string, logger = silentLogger()): Store => Store.open({ path: db, logger, clock, targetMirror: mirror });
 
-/** Overwrites the page holding target_state, then starts as after a crash (the file is checked). */
-function damageTargetPage(db: string): void {
+/** Overwrites the page holding `table` (target_state by default), then starts as after a crash (the file is checked). */
+function damageTargetPage(db: string, table = 'target_state'): void {
   const ro = new BetterSqlite3(db, { readonly: true });
-  const pages = (ro.prepare("SELECT pageno FROM dbstat WHERE name = 'target_state'").all() as { pageno: number }[]).map((r) => r.pageno);
+  const pages = (ro.prepare('SELECT pageno FROM dbstat WHERE name = ?').all(table) as { pageno: number }[]).map((r) => r.pageno);
   ro.close();
   expect(pages.length).toBe(1);
   const fd = openSync(db, 'r+');
@@ -67,6 +67,20 @@ describe('the copy of the target outside the database', () => {
     expect(second.quarantine).toBeDefined();
     expect(second.getTarget()).toBeUndefined();
     expect(log.records().some((r) => String(r.msg).includes('cannot be taken back') && String(r.msg).includes('the copy is not JSON'))).toBe(true);
+    second.close();
+  });
+
+  it('a damaged database that never held a target: nothing is said to be lost', () => {
+    const { db, mirror } = paths();
+    const first = open(db, mirror);
+    first.setKv('k', 'v');
+    first.close();
+    damageTargetPage(db, 'kv');
+    const log = captureLogger();
+    const second = open(db, mirror, log.logger);
+    expect(second.quarantine?.tables['target_state']).toMatchObject({ recovered: 0, lost: 0 });
+    expect(second.getTarget()).toBeUndefined();
+    expect(log.records().filter((r) => String(r.msg).includes('the target was lost'))).toEqual([]);
     second.close();
   });
 
