@@ -41,18 +41,30 @@ function overwritePages(path: string, pages: readonly number[], fill: number): v
 }
 
 /**
- * Overwrites `count` leaf pages in the middle of the outbox table with garbage, as a failing disk would:
- * pages of telemetry only, which nothing reads until it is sent (the start reads the state report's row
- * to replace it: damage there is found while starting, `damagedWhereTheStartReads`).
+ * Overwrites `count` leaf pages of the outbox table with garbage, as a failing disk would: pages of
+ * telemetry only, after the first leaf (the checks at open read the first and last rows), so within
+ * the first batch a flush reads (flushBatchMessages, 500) and nothing else reads them (the start
+ * reads the state report's row to replace it: damage there is found while starting,
+ * `damagedWhereTheStartReads`).
  */
-function damageOutboxMiddle(path: string, count: number): void {
+function damageOutboxFront(path: string, count: number): void {
   const leaves = outboxLeaves(path);
   expect(leaves.length).toBeGreaterThan(20);
   const onlyTelemetry = (i: number): boolean => leaves.slice(i, i + count).every((l) => l.channels.size === 1 && l.channels.has('telemetry'));
-  let from = Math.floor(leaves.length / 2);
-  while (from + count < leaves.length - 1 && !onlyTelemetry(from)) from++;
-  expect(onlyTelemetry(from)).toBe(true);
+  let from = 1;
+  while (from < 10 && !onlyTelemetry(from)) from++;
+  expect(onlyTelemetry(from), `${count} leaves of telemetry only from leaf ${from}`).toBe(true);
   overwritePages(path, leaves.slice(from, from + count).map((l) => l.page), 0xa5);
+}
+
+/** A wait that fails says what the agent logged about its database and its loops. */
+async function orTheLog<T>(agent: AgentProcess, wait: Promise<T>): Promise<T> {
+  try {
+    return await wait;
+  } catch (err) {
+    const lines = agent.records().filter((r) => /database|integrity|salvag|quarantin|restart|started|loop/.test(String(r.msg)));
+    throw new Error(`${err instanceof Error ? err.message : String(err)}; the agent logged:\n${lines.map((r) => `${String(r.time)} ${String(r.msg)}`).join('\n')}\nstderr: ${agent.stderr()}`);
+  }
 }
 
 interface DatabaseView {
@@ -100,28 +112,28 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
   // Damaged while stopped. The start is quick (the full check runs once the agent is up); the check
   // finds the damage and the agent restarts itself to quarantine and salvage.
   const dbPath = join(dataDir, 'agent.db');
-  damageOutboxMiddle(dbPath, 4);
+  damageOutboxFront(dbPath, 4);
   if (vouched) {
     for (const suffix of ['-wal', '-shm']) rmSync(dbPath + suffix, { force: true });
     const st = statSync(dbPath);
     writeFileSync(`${dbPath}.clean`, `${st.size}:${st.mtimeMs}`);
   }
   const second = await start();
-  const d = await waitFor(
-    'the quarantine and salvage',
-    async () => {
-      const v = await databaseView(second);
-      return v.quarantinedThisStart ? v : undefined;
-    },
-    30_000,
-    200,
+  const d = await orTheLog(
+    second,
+    waitFor(
+      'the quarantine and salvage',
+      async () => {
+        const v = await databaseView(second);
+        return v.quarantinedThisStart ? v : undefined;
+      },
+      30_000,
+      200,
+    ),
   );
   // The log is written asynchronously: on a busy machine its lines may arrive after the API's answer.
   const said = (text: string): boolean => second.records().some((r) => String(r.msg).includes(text));
-  await waitFor('the finding and the restart in the log', () => said('failed its integrity check') && said('restarting the agent to quarantine and salvage'), 30_000).catch((err: unknown) => {
-    const lines = second.records().filter((r) => /database|integrity|salvag|quarantin|restart|started/.test(String(r.msg))).map((r) => `${String(r.time)} ${String(r.msg)}`);
-    throw new Error(`${err instanceof Error ? err.message : String(err)}; the log said:\n${lines.join('\n')}\nstderr: ${second.stderr()}`);
-  });
+  await orTheLog(second, waitFor('the finding and the restart in the log', () => said('failed its integrity check') && said('restarting the agent to quarantine and salvage'), 30_000));
   if (vouched) expect(said('database error in use')).toBe(true);
   expect((await second.get('/v1/healthy')).status).toBe(200);
   expect(d.salvagePending).toBeNull();
