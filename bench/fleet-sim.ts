@@ -4,7 +4,7 @@ import { ConnectionMonitor, type ChannelEvent } from '../src/resilience/connecti
 import { CloudError } from '../src/resilience/cloud-error.js';
 import { failureKind } from '../src/resilience/outcome.js';
 import { RetryPolicy, type RetryBackoff } from '../src/resilience/retry-policy.js';
-import { probeSchedule, SLOW_HANDSHAKE_MS, wakeStaggerMs, type ProbeSchedule } from '../src/resilience/probe.js';
+import { probeSchedule, wakeSinceClosedMs, wakeStaggerMs, type ProbeSchedule } from '../src/resilience/probe.js';
 import type { Clock } from '../src/util/clock.js';
 import { seededRandom, type Random } from '../src/util/random.js';
 import { EventQueue } from './event-queue.js';
@@ -479,7 +479,7 @@ class FleetSimulation {
     loop.wakes++;
     // ConnectivityProbe.reached: the stagger is what is left of the spread since the way was last seen closed, at least the round's reach.
     const took = this.time - loop.probeStartedAt;
-    const sinceClosed = took > SLOW_HANDSHAKE_MS ? took : Math.max(this.time - loop.closedSeenAt, loop.probeReachMs);
+    const sinceClosed = wakeSinceClosedMs(took, this.time - loop.closedSeenAt, loop.probeReachMs);
     loop.staggerMaxMs = wakeStaggerMs(sinceClosed, this.settings.offline.wakeSpreadSeconds * 1000);
     if (isDown(stats.outage, this.time)) stats.wakesWhileDown++;
     if (!loop.sleeping) return;

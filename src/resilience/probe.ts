@@ -189,6 +189,16 @@ export const WAKE_SPREAD_MIN_MS = 1_000;
  */
 export const SLOW_HANDSHAKE_MS = 900;
 
+/**
+ * How long ago the way may have opened, as the wake after the round that found it counts it: a round
+ * that connected only after a resend (`tookMs` over SLOW_HANDSHAKE_MS) saw it closed at its own start;
+ * any other counts at least its reach (`reachMs`), the step its wait was drawn under, beside the time
+ * since the way was last seen closed. Exported for the fleet simulation.
+ */
+export function wakeSinceClosedMs(tookMs: number, sinceClosedMs: number, reachMs: number): number {
+  return tookMs > SLOW_HANDSHAKE_MS ? tookMs : Math.max(sinceClosedMs, reachMs);
+}
+
 /** The stagger of a probe's wake when the way was last seen closed `sinceClosedMs` ago. */
 export function wakeStaggerMs(sinceClosedMs: number, spreadMs = WAKE_SPREAD_MS): number {
   return Math.max(Math.min(WAKE_SPREAD_MIN_MS, spreadMs), spreadMs - Math.max(0, sinceClosedMs));
@@ -332,9 +342,8 @@ export class ConnectivityProbe extends TypedEmitter<ProbeEvents> {
       }
       if (reachable) return;
       reachable = true;
-      // A round that needed a resend saw the way closed at its start; otherwise it counts as late as its reach.
-      const tookMs = this.clock.monotonic() - roundStart;
-      this.reached({ target, at: this.clock.now(), trigger }, tookMs > SLOW_HANDSHAKE_MS ? tookMs : Math.max(this.clock.monotonic() - this.closedAt, reachMs));
+      const now = this.clock.monotonic();
+      this.reached({ target, at: this.clock.now(), trigger }, wakeSinceClosedMs(now - roundStart, now - this.closedAt, reachMs));
     };
 
     while (!signal.aborted) {
