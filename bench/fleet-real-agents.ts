@@ -51,7 +51,9 @@ export async function startFleetAgent(s: FleetAgentSpec): Promise<FleetAgent> {
   // IOTISTIC_FLEET_LOG_DIR=DIR keeps each agent's log (stdout) there, as agent-N.log.
   const logDir = process.env.IOTISTIC_FLEET_LOG_DIR;
   const out = logDir ? openSync(join(logDir, `agent-${s.index}.log`), 'a') : 'ignore';
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'run', '--config', configFile, '--data-dir', dataDir], { stdio: ['ignore', out, 'pipe'] });
+  // The bench's own IOTISTIC_FLEET_* variables are not the agent's settings (it would warn of each).
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('IOTISTIC_FLEET_')));
+  const child: ChildProcess = spawn(process.execPath, [CLI, 'run', '--config', configFile, '--data-dir', dataDir], { stdio: ['ignore', out, 'pipe'], env });
   if (typeof out === 'number') closeSync(out);
   let err = '';
   child.stderr?.setEncoding('utf8').on('data', (t: string) => {
