@@ -75,6 +75,21 @@ interface DatabaseView {
 }
 const databaseView = async (agent: AgentProcess): Promise<DatabaseView> => ((await agent.get('/v2/state')).body as { database: DatabaseView }).database;
 
+/** Waits for a quarantine made at this start of the agent (after its restart to salvage, if it makes one). */
+const quarantinedThisStart = (agent: AgentProcess): Promise<DatabaseView> =>
+  orTheLog(
+    agent,
+    waitFor(
+      'the quarantine and salvage',
+      async () => {
+        const v = await databaseView(agent);
+        return v.quarantinedThisStart ? v : undefined;
+      },
+      30_000,
+      200,
+    ),
+  );
+
 /**
  * `vouched`: the damage is invisible to the clean-close marker (as silent media decay would be), so the
  * start checks nothing and the damage is found through a read that fails in use.
@@ -119,18 +134,7 @@ async function damagedWhileStopped(vouched: boolean): Promise<void> {
     writeFileSync(`${dbPath}.clean`, `${st.size}:${st.mtimeMs}`);
   }
   const second = await start();
-  const d = await orTheLog(
-    second,
-    waitFor(
-      'the quarantine and salvage',
-      async () => {
-        const v = await databaseView(second);
-        return v.quarantinedThisStart ? v : undefined;
-      },
-      30_000,
-      200,
-    ),
-  );
+  const d = await quarantinedThisStart(second);
   // The log is written asynchronously: on a busy machine its lines may arrive after the API's answer.
   const said = (text: string): boolean => second.records().some((r) => String(r.msg).includes(text));
   await orTheLog(second, waitFor('the finding and the restart in the log', () => said('failed its integrity check') && said('restarting the agent to quarantine and salvage'), 30_000));
@@ -227,10 +231,7 @@ async function interiorDamaged(): Promise<void> {
 
   const second = await spawnAgent({ dataDir, config });
   agents.push(second);
-  const d = await waitFor('the quarantine and salvage', async () => {
-    const v = await databaseView(second);
-    return v.quarantinedThisStart ? v : undefined;
-  }, 30_000, 200);
+  const d = await quarantinedThisStart(second);
   expect(d.quarantine!.tables.outbox).toMatchObject({ lost: 0 });
   await env.cloud.admin.clearFaults();
   const delivered = await waitFor('every accepted message at the devcloud', () => {
@@ -344,23 +345,13 @@ async function laneIndexDamaged(): Promise<void> {
   const leaves = (db.prepare("SELECT pageno FROM dbstat WHERE name = 'outbox_lane' AND pagetype = 'leaf' ORDER BY path").all() as { pageno: number }[]).map((r) => r.pageno);
   db.close();
   expect(leaves.length).toBeGreaterThan(4);
-  const fd = openSync(dbPath, 'r+');
   const mid = Math.floor(leaves.length / 2);
-  for (const p of leaves.slice(mid, mid + 2)) writeSync(fd, Buffer.alloc(PAGE, 0x6b), 0, PAGE, (p - 1) * PAGE);
-  closeSync(fd);
+  overwritePages(dbPath, leaves.slice(mid, mid + 2), 0x6b);
 
   const second = await spawnAgent({ dataDir, config });
   agents.push(second);
   expect((await second.get('/v1/healthy')).status).toBe(200);
-  const d = await waitFor(
-    'the quarantine and salvage',
-    async () => {
-      const v = await databaseView(second);
-      return v.quarantinedThisStart ? v : undefined;
-    },
-    30_000,
-    200,
-  );
+  const d = await quarantinedThisStart(second);
   await waitFor('the finding in the log', () => second.records().some((r) => String(r.msg).includes('failed its integrity check')), 15_000);
   expect(d.quarantine?.reason).toMatch(/integrity check/);
   expect(d.salvagePending).toBeNull();
@@ -426,10 +417,7 @@ async function countersDamaged(): Promise<void> {
   damageTable(join(dataDir, 'agent.db'), 'outbox_counters');
   const second = await spawnAgent({ dataDir, config });
   agents.push(second);
-  const d = await waitFor('the quarantine and salvage', async () => {
-    const v = await databaseView(second);
-    return v.quarantinedThisStart ? v : undefined;
-  }, 30_000, 200);
+  const d = await quarantinedThisStart(second);
   expect(d.quarantine!.tables['outbox_counters']?.recovered ?? 0).toBe(0);
   const after = ((await second.get('/v2/queue')).body as Queue).channels['telemetry']!.drops;
   expect(after['count']).toBe(dropsBefore['count']);
