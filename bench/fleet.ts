@@ -220,8 +220,8 @@ function best(s: Scenario, runs: readonly RunResult[], ch: Channel, measure: 're
  * The API's peak limit over the steady rate: PEAK_LIMIT, where any strategy at the p99 limit (the
  * default among them) meets it in this run; where none does, the lowest peak among the others within
  * the noise. After a short black hole the connects in flight at the return come through at the
- * kernel's SYN resends within seconds whatever the backoff (docs/connectivity.md, "Not met"): the
- * default must then do as well as the best strategy that can, not better than all.
+ * kernel's SYN resends within seconds whatever the backoff (docs/connectivity.md, "The black hole's
+ * peak"): the default must then do as well as the best strategy that can, not better than all.
  */
 function peakLimit(s: Scenario, runs: readonly RunResult[]): number {
   const peakOver = (r: RunResult): number => {
