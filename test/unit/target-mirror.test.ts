@@ -25,7 +25,7 @@ function paths(): { dir: string; db: string; mirror: string } {
 const open = (db: string, mirror: string, logger = silentLogger()): Store => Store.open({ path: db, logger, clock, targetMirror: mirror });
 
 /** Overwrites the page holding `table` (target_state by default), then starts as after a crash (the file is checked). */
-function damageTargetPage(db: string, table = 'target_state'): void {
+function damagePageOf(db: string, table = 'target_state'): void {
   const ro = new BetterSqlite3(db, { readonly: true });
   const pages = (ro.prepare('SELECT pageno FROM dbstat WHERE name = ?').all(table) as { pageno: number }[]).map((r) => r.pageno);
   ro.close();
@@ -46,7 +46,7 @@ describe('the copy of the target outside the database', () => {
     expect(statSync(mirror).mode & 0o777).toBe(0o600);
     expect(JSON.parse(readFileSync(mirror, 'utf8'))).toMatchObject({ version: 9, etag: '"t9"', source: 'cloud' });
 
-    damageTargetPage(db);
+    damagePageOf(db);
     const log = captureLogger();
     const second = open(db, mirror, log.logger);
     expect(second.quarantine).toBeDefined();
@@ -61,7 +61,7 @@ describe('the copy of the target outside the database', () => {
     first.setTarget(TARGET);
     first.close();
     writeFileSync(mirror, '{"format":1,"version":', { mode: 0o600 });
-    damageTargetPage(db);
+    damagePageOf(db);
     const log = captureLogger();
     const second = open(db, mirror, log.logger);
     expect(second.quarantine).toBeDefined();
@@ -75,7 +75,7 @@ describe('the copy of the target outside the database', () => {
     const first = open(db, mirror);
     first.setKv('k', 'v');
     first.close();
-    damageTargetPage(db, 'kv');
+    damagePageOf(db, 'kv');
     const log = captureLogger();
     const second = open(db, mirror, log.logger);
     expect(second.quarantine?.tables['target_state']).toMatchObject({ recovered: 0, lost: 0 });
